@@ -1,0 +1,1 @@
+"""Reference models built only from onnxattn.nn (installed as onnxattn.models)."""

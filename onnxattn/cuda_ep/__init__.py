@@ -1,0 +1,103 @@
+"""The onnxattn custom-op library: where it is, how to register it, and sessions that use it.
+
+Registering the library on a SessionOptions makes onnxruntime run our CPU/CUDA kernels for onnxattn
+nodes; without it, onnxruntime expands each node into the reference function attached to the model.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import onnx
+
+LIBRARY_ENV = "ONNXATTN_LIBRARY"
+_LIBRARY_NAMES = {"linux": "libonnxattn_ops.so", "darwin": "libonnxattn_ops.dylib", "win32": "onnxattn_ops.dll"}
+
+
+def library_name() -> str:
+    return _LIBRARY_NAMES.get(sys.platform, "libonnxattn_ops.so")
+
+
+def library_path() -> str:
+    """Path of the custom-op library: $ONNXATTN_LIBRARY, else the one installed with this package."""
+    override = os.environ.get(LIBRARY_ENV)
+    if override:
+        if not Path(override).is_file():
+            raise FileNotFoundError(f"onnxattn: {LIBRARY_ENV}={override} is not a file")
+        return override
+    # __path__ spans the source tree and, for editable installs, the installed binary directory.
+    for directory in __path__:
+        candidate = Path(directory) / library_name()
+        if candidate.is_file():
+            return str(candidate)
+    raise FileNotFoundError(
+        f"onnxattn: {library_name()} was not found next to {__name__} ({', '.join(__path__)}). "
+        f"Install the package (pip install .) so that the library is built, or point {LIBRARY_ENV} at it."
+    )
+
+
+def register(session_options=None):
+    """Registers the library on `session_options` (a new one if None) and returns it."""
+    import onnxruntime as ort
+
+    options = session_options if session_options is not None else ort.SessionOptions()
+    options.register_custom_ops_library(library_path())
+    return options
+
+
+def available_providers() -> list[str]:
+    import onnxruntime as ort
+
+    return ort.get_available_providers()
+
+
+def default_providers() -> list[str]:
+    """CUDA first when this onnxruntime has it, then CPU."""
+    providers = available_providers()
+    chosen = [p for p in ("CUDAExecutionProvider",) if p in providers]
+    return chosen + ["CPUExecutionProvider"]
+
+
+def make_session(
+    model: onnx.ModelProto | str | os.PathLike | bytes,
+    *,
+    providers: Sequence[str] | None = None,
+    use_library: bool = True,
+    session_options=None,
+):
+    """An onnxruntime InferenceSession for `model`; with `use_library`, onnxattn nodes run our kernels,
+    otherwise their reference functions."""
+    import onnxruntime as ort
+
+    options = session_options if session_options is not None else ort.SessionOptions()
+    if use_library:
+        register(options)
+    if isinstance(model, onnx.ModelProto):
+        model = model.SerializeToString()
+    elif isinstance(model, os.PathLike):
+        model = os.fspath(model)
+    return ort.InferenceSession(model, options, providers=list(providers or default_providers()))
+
+
+@functools.lru_cache(maxsize=1)
+def _library() -> ctypes.CDLL:
+    lib = ctypes.CDLL(library_path())
+    for name in ("OnnxAttnBuildInfo", "OnnxAttnCpuIsa"):
+        getattr(lib, name).restype = ctypes.c_char_p
+    return lib
+
+
+def build_info() -> dict[str, str]:
+    """How the library was built: providers, CUDA archs, compiler, ORT API version, CPU ISA in use."""
+    raw = _library().OnnxAttnBuildInfo().decode()
+    info = {"library": library_path()}
+    for item in raw.split():
+        key, _, value = item.partition("=")
+        info[key] = value or "yes"
+    info["cpu_isa"] = _library().OnnxAttnCpuIsa().decode()
+    return info

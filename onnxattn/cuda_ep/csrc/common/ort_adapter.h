@@ -1,0 +1,72 @@
+#pragma once
+// Helpers for the thin onnxruntime adapters of each op: attribute reading with type checks, shapes,
+// element types, the intra-op thread pool, and exception-to-status conversion. Kernels never include this.
+#include <onnxruntime_cxx_api.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "common/errors.h"
+#include "common/half.h"
+#include "common/parallel.h"
+
+namespace onnxattn::ort {
+
+// Runs f and converts an InputError into INVALID_ARGUMENT and any other exception into FAIL.
+template <typename F>
+OrtStatusPtr guarded(F&& f) noexcept {
+  try {
+    f();
+    return nullptr;
+  } catch (const InputError& e) {
+    return Ort::GetApi().CreateStatus(ORT_INVALID_ARGUMENT, e.what());
+  } catch (const Ort::Exception& e) {
+    return Ort::GetApi().CreateStatus(e.GetOrtErrorCode(), e.what());
+  } catch (const std::exception& e) {
+    return Ort::GetApi().CreateStatus(ORT_FAIL, e.what());
+  } catch (...) {
+    return Ort::GetApi().CreateStatus(ORT_FAIL, "onnxattn: unknown error");
+  }
+}
+
+// Attribute value, or `fallback` when the node does not set it. A value of another type is an InputError
+// naming the op and the attribute.
+int64_t int_attribute(const OrtKernelInfo* info, const char* op, const char* name, int64_t fallback);
+float float_attribute(const OrtKernelInfo* info, const char* op, const char* name, float fallback);
+
+std::vector<int64_t> shape_of(const Ort::ConstValue& value);
+ONNXTensorElementDataType element_type_of(const Ort::ConstValue& value);
+const char* type_name(ONNXTensorElementDataType type);
+
+// Input `index`, or an empty value when the node omits this optional input.
+Ort::ConstValue optional_input(const Ort::KernelContext& ctx, size_t index);
+
+// Runs on the session's intra-op thread pool.
+ParallelFor intra_op_parallel_for(const Ort::KernelContext& ctx);
+
+template <typename T>
+struct TypeOf;
+template <>
+struct TypeOf<float> {
+  static constexpr ONNXTensorElementDataType value = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+};
+template <>
+struct TypeOf<Float16> {
+  static constexpr ONNXTensorElementDataType value = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16;
+};
+template <>
+struct TypeOf<BFloat16> {
+  static constexpr ONNXTensorElementDataType value = ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16;
+};
+
+template <typename T>
+const T* data_of(const Ort::ConstValue& value) {
+  return value ? static_cast<const T*>(value.GetTensorRawData()) : nullptr;
+}
+template <typename T>
+T* data_of(Ort::UnownedValue& value) {
+  return value ? static_cast<T*>(value.GetTensorMutableRawData()) : nullptr;
+}
+
+}  // namespace onnxattn::ort

@@ -1,0 +1,66 @@
+// The one list of every op this library registers, CPU and CUDA kernels side by side. onnxruntime
+// calls RegisterCustomOps when the library is registered on a SessionOptions.
+#include <onnxruntime_cxx_api.h>
+
+#include <cstdio>
+#include <string>
+
+#include "build_info.h"
+
+#include "common/half.h"
+#include "common/ort_adapter.h"
+#include "sdpa/cpu_kernel.h"
+#include "sdpa/op.h"
+
+namespace onnxattn {
+namespace {
+
+constexpr const char* kDomain = "onnxattn";
+
+// Every (op, provider, type) kernel. A op registered for CUDA must also be registered for the CPU with
+// the same types: onnxruntime does not fall back to the model's function for a missing CPU kernel.
+void add_all_ops(Ort::CustomOpDomain& domain) {
+  domain.Add(sdpa::cpu_op<float>());
+  domain.Add(sdpa::cpu_op<Float16>());
+  domain.Add(sdpa::cpu_op<BFloat16>());
+}
+
+}  // namespace
+}  // namespace onnxattn
+
+#if defined(_WIN32)
+#define ONNXATTN_EXPORT __declspec(dllexport)
+#else
+#define ONNXATTN_EXPORT __attribute__((visibility("default")))
+#endif
+
+extern "C" {
+
+ONNXATTN_EXPORT OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
+  const OrtApi* api = api_base->GetApi(ORT_API_VERSION);
+  if (api == nullptr) {
+    std::fprintf(stderr, "onnxattn: this onnxruntime is older than the headers the library was built with "
+                         "(ORT API version %d); no kernels registered\n", ORT_API_VERSION);
+    return nullptr;
+  }
+  Ort::InitApi(api);
+  return onnxattn::ort::guarded([&] {
+    // onnxruntime keeps a pointer to the domain for the lifetime of every session using it.
+    static Ort::CustomOpDomain* domain = [] {
+      auto* d = new Ort::CustomOpDomain(onnxattn::kDomain);
+      onnxattn::add_all_ops(*d);
+      return d;
+    }();
+    Ort::UnownedSessionOptions(options).Add(*domain);
+  });
+}
+
+// Build facts for `onnxattn info`: provider list, CUDA architectures, compiler, ORT API version.
+ONNXATTN_EXPORT const char* OnnxAttnBuildInfo() {
+  static const std::string info = std::string(ONNXATTN_BUILD_INFO) + " ort_api=" + std::to_string(ORT_API_VERSION);
+  return info.c_str();
+}
+
+ONNXATTN_EXPORT const char* OnnxAttnCpuIsa() { return onnxattn::sdpa::cpu_isa(); }
+
+}  // extern "C"

@@ -1,0 +1,70 @@
+// Portable instantiation of the CPU flash kernel and the run-time ISA dispatch.
+#include "sdpa/cpu_kernel.h"
+
+#include <cstdlib>
+#include <cstring>
+
+#include "sdpa/cpu_flash_prelude.h"
+
+namespace onnxattn::sdpa {
+namespace generic {
+#include "sdpa/simd_generic.inc"
+#include "sdpa/cpu_flash.inc"
+}  // namespace generic
+
+namespace {
+
+enum class Isa { kGeneric, kAvx2, kAvx512 };
+
+Isa best_supported_isa() {
+#if ONNXATTN_HAVE_X86_ISAS && (defined(__GNUC__) || defined(__clang__))
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")) {
+    return Isa::kAvx512;
+  }
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) {
+    return Isa::kAvx2;
+  }
+#endif
+  return Isa::kGeneric;
+}
+
+Isa selected_isa() {
+  static const Isa best = best_supported_isa();
+  // Read on every call so tests can compare the ISA variants within one process.
+  const char* forced = std::getenv("ONNXATTN_CPU_ISA");
+  if (forced == nullptr || *forced == '\0') return best;
+  Isa wanted = best;
+  if (std::strcmp(forced, "generic") == 0) wanted = Isa::kGeneric;
+  if (std::strcmp(forced, "avx2") == 0) wanted = Isa::kAvx2;
+  if (std::strcmp(forced, "avx512") == 0) wanted = Isa::kAvx512;
+  return wanted < best ? wanted : best;  // never run an ISA the CPU lacks
+}
+
+}  // namespace
+
+const char* cpu_isa() {
+  switch (selected_isa()) {
+    case Isa::kAvx512: return "avx512";
+    case Isa::kAvx2: return "avx2";
+    default: return "generic";
+  }
+}
+
+template <typename T>
+void run_cpu(const Params& params, const Tensors<T>& tensors, const ParallelFor& parallel_for) {
+  switch (selected_isa()) {
+#if ONNXATTN_HAVE_X86_ISAS
+    case Isa::kAvx512: return avx512::run(params, tensors, parallel_for);
+    case Isa::kAvx2: return avx2::run(params, tensors, parallel_for);
+#endif
+    default: return generic::run(params, tensors, parallel_for);
+  }
+}
+
+template void run_cpu<float>(const Params&, const Tensors<float>&, const ParallelFor&);
+template void run_cpu<Float16>(const Params&, const Tensors<Float16>&, const ParallelFor&);
+template void run_cpu<BFloat16>(const Params&, const Tensors<BFloat16>&, const ParallelFor&);
+
+}  // namespace onnxattn::sdpa

@@ -1,0 +1,17 @@
+#pragma once
+// CPU entry point of ScaledDotProductAttention: a tiled, fused kernel with an online softmax (memory per
+// work item is O(tile), never Sq x Skv), compiled for several x86 ISAs and dispatched at run time.
+#include "common/half.h"
+#include "common/parallel.h"
+#include "sdpa/params.h"
+
+namespace onnxattn::sdpa {
+
+template <typename T>
+void run_cpu(const Params& params, const Tensors<T>& tensors, const ParallelFor& parallel_for);
+
+// The instruction set run_cpu uses on this machine: "avx512", "avx2" or "generic". The environment
+// variable ONNXATTN_CPU_ISA (generic | avx2 | avx512) lowers it, for tests and benchmarks.
+const char* cpu_isa();
+
+}  // namespace onnxattn::sdpa

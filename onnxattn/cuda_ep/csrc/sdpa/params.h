@@ -1,0 +1,74 @@
+#pragma once
+// ScaledDotProductAttention: the attribute and shape contract, checked once on the host and shared by the
+// CPU and CUDA kernels. Nothing here depends on onnxruntime (the adapter in op.cc fills these).
+#include <array>
+#include <cstdint>
+#include <optional>
+#include <vector>
+
+#include "common/visibility.h"
+
+namespace onnxattn::sdpa {
+
+inline constexpr const char* kOpName = "ScaledDotProductAttention";
+
+struct Attributes {
+  int64_t causal = 0;
+  int64_t window = 0;    // 0: off; > 0: causal sliding window of this many keys
+  int64_t band = 0;      // 0: off; > 0: keep |p - j| <= band
+  float scale = 0.0f;    // 0: 1/sqrt(head_dim)
+  float softcap = 0.0f;  // 0: off; > 0: c * tanh(s / c) before masking
+};
+
+// Throws InputError naming the attribute when a value is outside the contract.
+void check_attributes(const Attributes& attrs);
+
+enum class MaskKind { kNone, kBool, kAdditive };
+
+struct Params {
+  int64_t batch = 0, q_heads = 0, kv_heads = 0, q_len = 0, kv_len = 0, head_dim = 0, v_head_dim = 0;
+  float scale = 1.0f;  // resolved: never 0
+  float softcap = 0.0f;
+  StructuralMask structure;
+  MaskKind mask_kind = MaskKind::kNone;
+  // Element strides of the mask viewed as [B, Hq, Sq, Skv]; 0 on broadcast dimensions.
+  std::array<int64_t, 4> mask_strides{};
+  bool want_lse = false;
+
+  int64_t group_size() const { return q_heads / kv_heads; }
+  // Q, K, V, Y are contiguous [B, H, S, D]; these are their element offsets.
+  int64_t q_offset(int64_t b, int64_t h, int64_t i) const { return ((b * q_heads + h) * q_len + i) * head_dim; }
+  int64_t k_offset(int64_t b, int64_t h, int64_t j) const { return ((b * kv_heads + h) * kv_len + j) * head_dim; }
+  int64_t v_offset(int64_t b, int64_t h, int64_t j) const { return ((b * kv_heads + h) * kv_len + j) * v_head_dim; }
+  int64_t y_offset(int64_t b, int64_t h, int64_t i) const { return ((b * q_heads + h) * q_len + i) * v_head_dim; }
+  int64_t lse_offset(int64_t b, int64_t h, int64_t i) const { return (b * q_heads + h) * q_len + i; }
+  int64_t mask_offset(int64_t b, int64_t h, int64_t i) const {
+    return b * mask_strides[0] + h * mask_strides[1] + i * mask_strides[2];
+  }
+};
+
+struct Shapes {
+  std::vector<int64_t> q, k, v;
+  std::optional<std::vector<int64_t>> mask;
+};
+
+// Validates the input shapes against the contract and resolves the attributes. Throws InputError that
+// names the op, the input and the expected shape.
+Params make_params(const Shapes& shapes, MaskKind mask_kind, const Attributes& attrs, bool want_lse);
+
+// Output shapes: Y [B, Hq, Sq, Dv] and LSE [B, Hq, Sq].
+std::vector<int64_t> output_shape(const Params& p);
+std::vector<int64_t> lse_shape(const Params& p);
+
+template <typename T>
+struct Tensors {
+  const T* q = nullptr;
+  const T* k = nullptr;
+  const T* v = nullptr;
+  const bool* bool_mask = nullptr;   // MaskKind::kBool: true = may attend
+  const T* additive_mask = nullptr;  // MaskKind::kAdditive: added to the scores
+  T* y = nullptr;
+  float* lse = nullptr;  // only when Params::want_lse
+};
+
+}  // namespace onnxattn::sdpa

@@ -1,0 +1,93 @@
+"""Export torch models that use onnxattn.nn to ONNX with one onnxattn node per mechanism.
+
+``onnxattn.export(model, args, path)`` (this module is callable) wraps ``torch.onnx.export(dynamo=True)``
+with our translation table, then makes the result portable: every node's attributes written out, the
+matching reference functions attached (torch's exporter would inline them if attached earlier), and the
+model checked with ``onnx.checker.check_model(full_check=True)``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import types
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import onnx
+
+from onnxattn import ops
+
+# Models over this size are saved with external data (protobuf's 2 GB limit).
+_EXTERNAL_DATA_THRESHOLD = 2**31 - 2**26
+
+
+def export(
+    model,
+    args: Sequence[Any] | Any = (),
+    path: str | os.PathLike | None = None,
+    *,
+    kwargs: Mapping[str, Any] | None = None,
+    dynamic_shapes: Any = None,
+    input_names: Sequence[str] | None = None,
+    output_names: Sequence[str] | None = None,
+    opset_version: int | None = None,
+    optimize: bool = True,
+    check: bool = True,
+) -> onnx.ModelProto:
+    """Exports `model(*args, **kwargs)` to ONNX and returns the ModelProto (also saved to `path` if given).
+
+    `dynamic_shapes` is passed to torch.export (e.g. ``({0: "batch", 2: "seq"},)``)."""
+    import torch
+
+    from onnxattn.export._translations import TRANSLATIONS
+
+    if not isinstance(args, tuple):
+        args = (args,)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+        program = torch.onnx.export(
+            model,
+            args,
+            kwargs=dict(kwargs or {}),
+            dynamo=True,
+            custom_translation_table=TRANSLATIONS,
+            dynamic_shapes=dynamic_shapes,
+            input_names=list(input_names) if input_names else None,
+            output_names=list(output_names) if output_names else None,
+            opset_version=opset_version,
+            optimize=optimize,
+            verbose=False,
+        )
+    proto = program.model_proto
+    ops.attach_functions(proto)
+    if check:
+        if proto.ByteSize() < _EXTERNAL_DATA_THRESHOLD:
+            onnx.checker.check_model(proto, full_check=True)
+        else:
+            ops.value_types(proto)  # shape inference still runs our checks
+    if path is not None:
+        save(proto, path)
+    return proto
+
+
+def save(model: onnx.ModelProto, path: str | os.PathLike) -> None:
+    """Saves `model`, with external data next to it when it is too large for one protobuf."""
+    large = model.ByteSize() >= _EXTERNAL_DATA_THRESHOLD
+    onnx.save_model(
+        model,
+        os.fspath(path),
+        save_as_external_data=large,
+        location=os.path.basename(os.fspath(path)) + ".data" if large else None,
+    )
+
+
+class _CallableModule(types.ModuleType):
+    """Lets ``onnxattn.export(...)`` call export() while ``onnxattn.export.<name>`` still reaches this module."""
+
+    def __call__(self, *args, **kwargs):
+        return export(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

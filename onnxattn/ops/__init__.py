@@ -1,0 +1,123 @@
+"""The onnxattn ONNX ops: one spec per op (schema, shape inference, reference function, docs).
+
+Importing this package registers every schema with ``onnx.defs``, so ``onnx.checker`` and
+``onnx.shape_inference`` understand onnxattn nodes even without their functions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import onnx
+import onnx.defs
+
+from onnxattn.ops import sdpa
+from onnxattn.ops._spec import DOMAIN, MIN_MODEL_OPSET, OPSET_VERSION, OpError, OpSpec, TensorInfo
+
+SPECS: dict[str, OpSpec] = {spec.name: spec for spec in (sdpa.SPEC,)}
+
+__all__ = [
+    "DOMAIN",
+    "OPSET_VERSION",
+    "SPECS",
+    "OpError",
+    "OpSpec",
+    "TensorInfo",
+    "attach_functions",
+    "get_spec",
+    "model_opset",
+    "onnxattn_nodes",
+    "register_schemas",
+    "value_types",
+]
+
+
+def get_spec(op_type: str) -> OpSpec:
+    try:
+        return SPECS[op_type]
+    except KeyError:
+        raise OpError(f"unknown op {DOMAIN}::{op_type} (known: {', '.join(sorted(SPECS))})") from None
+
+
+def register_schemas() -> None:
+    """Registers every op's schema with onnx.defs (idempotent)."""
+    for spec in SPECS.values():
+        if not onnx.defs.has(spec.name, OPSET_VERSION, DOMAIN):
+            onnx.defs.register_schema(spec.onnx_schema())
+
+
+register_schemas()
+
+
+def model_opset(model: onnx.ModelProto) -> int:
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            return entry.version
+    raise OpError("model has no default-domain opset import")
+
+
+def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from _graphs(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for g in attr.graphs:
+                    yield from _graphs(g)
+
+
+def onnxattn_nodes(model: onnx.ModelProto) -> Iterator[onnx.NodeProto]:
+    """Every onnxattn node of the model, in subgraphs too."""
+    for graph in _graphs(model.graph):
+        for node in graph.node:
+            if node.domain == DOMAIN:
+                yield node
+
+
+def value_types(model: onnx.ModelProto) -> dict[str, TensorInfo]:
+    """Type and shape of every value name, after onnx shape inference (with our schemas)."""
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    types: dict[str, TensorInfo] = {}
+    for graph in _graphs(inferred.graph):
+        for init in graph.initializer:
+            types[init.name] = TensorInfo(init.data_type, tuple(init.dims))
+        for vi in list(graph.input) + list(graph.value_info) + list(graph.output):
+            types[vi.name] = TensorInfo.from_type_proto(vi.type)
+    return types
+
+
+def node_inputs(node: onnx.NodeProto, types: dict[str, TensorInfo]) -> list[TensorInfo | None]:
+    """The node's inputs as TensorInfo, None for omitted optional inputs."""
+    return [types.get(name, TensorInfo()) if name else None for name in node.input]
+
+
+def attach_functions(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Makes a model with onnxattn nodes portable, in place: every attribute written explicitly, each node
+    tagged with the overload of its input signature (present optional inputs, mask kind), and the
+    matching reference functions attached, built for the model's opset. Raises OpError on bad nodes."""
+    opset = model_opset(model)
+    if opset < MIN_MODEL_OPSET:
+        raise OpError(f"onnxattn reference functions need opset >= {MIN_MODEL_OPSET}, the model has {opset}")
+    if not any(o.domain == DOMAIN for o in model.opset_import):
+        model.opset_import.append(onnx.helper.make_opsetid(DOMAIN, OPSET_VERSION))
+    model.ir_version = max(model.ir_version, 10)  # function overloads need IR version 10
+    types = value_types(model)
+    needed: dict[tuple[str, str], OpSpec] = {}
+    for node in onnxattn_nodes(model):
+        spec = get_spec(node.op_type)
+        while node.output and not node.output[-1]:  # trailing absent outputs: drop, the overload needs none
+            node.output.pop()
+        inputs = node_inputs(node, types)
+        spec.infer_node(inputs, list(node.attribute))
+        values = spec.resolve_attributes(list(node.attribute))
+        del node.attribute[:]
+        node.attribute.extend(spec.node_attributes(values))
+        node.overload = spec.signature(inputs, [bool(name) for name in node.output])
+        needed[(spec.name, node.overload)] = spec
+    kept = [f for f in model.functions if f.domain != DOMAIN]
+    del model.functions[:]
+    model.functions.extend(kept)
+    for (_, overload), spec in sorted(needed.items()):
+        model.functions.append(spec.build_function(overload, opset))
+    return model
