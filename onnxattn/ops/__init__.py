@@ -12,12 +12,13 @@ import onnx
 import onnx.defs
 
 from onnxattn.ops import sdpa
-from onnxattn.ops._spec import DOMAIN, MIN_MODEL_OPSET, OPSET_VERSION, OpError, OpSpec, TensorInfo
+from onnxattn.ops._spec import DOMAIN, IR_VERSION, MIN_MODEL_OPSET, OPSET_VERSION, OpError, OpSpec, TensorInfo
 
 SPECS: dict[str, OpSpec] = {spec.name: spec for spec in (sdpa.SPEC,)}
 
 __all__ = [
     "DOMAIN",
+    "IR_VERSION",
     "OPSET_VERSION",
     "SPECS",
     "OpError",
@@ -76,8 +77,12 @@ def onnxattn_nodes(model: onnx.ModelProto) -> Iterator[onnx.NodeProto]:
 
 
 def value_types(model: onnx.ModelProto) -> dict[str, TensorInfo]:
-    """Type and shape of every value name, after onnx shape inference (with our schemas)."""
-    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    """Type and shape of every value name, after onnx shape inference (with our schemas). When inference
+    fails (our checks raise on bad nodes), only the model's declared types are returned."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError):
+        inferred = model
     types: dict[str, TensorInfo] = {}
     for graph in _graphs(inferred.graph):
         for init in graph.initializer:
@@ -101,7 +106,7 @@ def attach_functions(model: onnx.ModelProto) -> onnx.ModelProto:
         raise OpError(f"onnxattn reference functions need opset >= {MIN_MODEL_OPSET}, the model has {opset}")
     if not any(o.domain == DOMAIN for o in model.opset_import):
         model.opset_import.append(onnx.helper.make_opsetid(DOMAIN, OPSET_VERSION))
-    model.ir_version = max(model.ir_version, 10)  # function overloads need IR version 10
+    model.ir_version = max(model.ir_version, IR_VERSION)
     types = value_types(model)
     needed: dict[tuple[str, str], OpSpec] = {}
     for node in onnxattn_nodes(model):

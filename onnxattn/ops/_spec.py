@@ -19,6 +19,9 @@ DOMAIN = "onnxattn"
 OPSET_VERSION = 1
 # Reference functions use ReduceMax/ReduceSum with axes as an input and Shape with start/end.
 MIN_MODEL_OPSET = 18
+# Function overloads need IR version 10; onnxruntime 1.31 reads up to 13 while onnx 1.23 writes 14 by
+# default, so models built here use 10.
+IR_VERSION = 10
 
 FLOAT_TYPES = ("tensor(float)", "tensor(float16)", "tensor(bfloat16)")
 ELEM_TYPE_NAMES = {

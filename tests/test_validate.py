@@ -1,0 +1,99 @@
+"""onnxattn.validate and `onnxattn validate`: good models pass, each kind of defect is reported."""
+
+from __future__ import annotations
+
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from onnxattn import ops
+from onnxattn.cli import main as cli_main
+from onnxattn.validate import validate
+
+
+def sdpa_model(q_shape=("B", 4, "S", 16), kv_shape=("B", 2, "S", 16), dtype=TensorProto.FLOAT, attach=True,
+               mask=None, **attrs):
+    inputs = ["Q", "K", "V"] + (["M"] if mask is not None else [])
+    node = helper.make_node("ScaledDotProductAttention", inputs, ["Y"], domain=ops.DOMAIN, name="attn", **attrs)
+    graph_inputs = [
+        helper.make_tensor_value_info("Q", dtype, list(q_shape)),
+        helper.make_tensor_value_info("K", dtype, list(kv_shape)),
+        helper.make_tensor_value_info("V", dtype, list(kv_shape)),
+    ]
+    if mask is not None:
+        graph_inputs.append(helper.make_tensor_value_info("M", mask[0], list(mask[1])))
+    model = helper.make_model(
+        helper.make_graph([node], "g", graph_inputs, [helper.make_tensor_value_info("Y", dtype, ["b", "h", "s", "d"])]),
+        opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid(ops.DOMAIN, 1)],
+        ir_version=ops.IR_VERSION,
+    )
+    if attach:
+        ops.attach_functions(model)
+    return model
+
+
+def failed_checks(report) -> dict[str, str]:
+    out = {f"model:{c.name}": c.message for c in report.model_checks if not c.ok}
+    for n in report.nodes:
+        out.update({c.name: c.message for c in n.checks if not c.ok})
+    return out
+
+
+@pytest.mark.parametrize("dtype", [TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16])
+@pytest.mark.parametrize("mask", [None, (TensorProto.BOOL, ["B", 1, "S", "S"])])
+def test_valid_model_passes_with_numerics(dtype, mask):
+    report = validate(sdpa_model(dtype=dtype, mask=mask, causal=1, window=3), numerics=True, dims={"B": 2, "S": 9})
+    assert report.ok, str(report)
+    assert [c.name for c in report.nodes[0].checks] == ["schema", "attrs", "shapes", "function", "numerics"]
+    assert "max error" in report.nodes[0].checks[-1].message
+
+
+def test_missing_function_is_reported():
+    model = sdpa_model()
+    del model.functions[:]
+    failed = failed_checks(validate(model))
+    assert "no function onnxattn::ScaledDotProductAttention" in failed["function"]
+
+
+def test_tampered_function_is_reported():
+    model = sdpa_model()
+    model.functions[0].node[0].op_type = "Identity"
+    assert "differs from this package's reference function" in failed_checks(validate(model))["function"]
+
+
+def test_wrong_overload_is_reported():
+    model = sdpa_model(mask=(TensorProto.BOOL, ["S", "S"]))
+    model.graph.node[0].overload = ""
+    assert "need 'bool_mask'" in failed_checks(validate(model))["function"]
+
+
+def test_bad_attribute_is_reported():
+    model = sdpa_model(attach=False, causal=2)
+    failed = failed_checks(validate(model))
+    assert "attribute 'causal' must be 0 or 1, got 2" in failed["attrs"]
+
+
+def test_bad_head_ratio_is_reported_by_shape_inference_and_node_check():
+    model = sdpa_model(q_shape=(1, 3, 5, 16), kv_shape=(1, 2, 5, 16), attach=False)
+    failed = failed_checks(validate(model))
+    assert "must be a multiple of key/value heads" in failed["shapes"]
+    assert "must be a multiple of key/value heads" in failed["model:shape inference"]
+
+
+def test_unknown_op_is_reported():
+    model = sdpa_model(attach=False)
+    model.graph.node[0].op_type = "NoSuchAttention"
+    assert "unknown op onnxattn::NoSuchAttention" in failed_checks(validate(model))["schema"]
+
+
+def test_report_text_and_cli_exit_codes(tmp_path, capsys):
+    good, bad = tmp_path / "good.onnx", tmp_path / "bad.onnx"
+    onnx.save(sdpa_model(causal=1), good)
+    broken = sdpa_model()
+    del broken.functions[:]
+    onnx.save(broken, bad)
+    assert cli_main(["validate", str(good), "--numerics", "--dim", "B=1", "--dim", "S=7"]) == 0
+    out = capsys.readouterr().out
+    assert "result: OK" in out and "attn" in out
+    assert cli_main(["validate", str(bad)]) == 1
+    assert "FAILED" in capsys.readouterr().out
