@@ -8,6 +8,7 @@ model checked with ``onnx.checker.check_model(full_check=True)``.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import types
@@ -45,6 +46,8 @@ def export(
 
     if not isinstance(args, tuple):
         args = (args,)
+    # torch.onnx logs a warning per torchvision op it cannot register when torchvision is absent.
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
         program = torch.onnx.export(
