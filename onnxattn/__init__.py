@@ -4,7 +4,7 @@
 - ``onnxattn.nn``: torch modules (the numerical reference), exportable with one node per mechanism;
 - ``onnxattn.export(model, args, path)``: torch -> ONNX with our functions attached;
 - ``onnxattn.cuda_ep``: the custom-op library (CPU and CUDA kernels) and onnxruntime sessions;
-- ``onnxattn.validate(model)``: schema, shape, function and numerics checks.
+- ``onnxattn.validate(model)`` (onnxattn.validation): schema, shape, function and numerics checks.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import importlib
 
 from onnxattn import ops
 from onnxattn.ops import DOMAIN, OPSET_VERSION
+from onnxattn.validation import validate
 
 __version__ = "0.1.0"
 __all__ = ["DOMAIN", "OPSET_VERSION", "cuda_ep", "export", "nn", "ops", "validate"]
@@ -24,6 +25,4 @@ def __getattr__(name: str):
     # torch loads only when a torch-facing part is used
     if name in _LAZY:
         return importlib.import_module(_LAZY[name])
-    if name == "validate":
-        return importlib.import_module("onnxattn.validate").validate
     raise AttributeError(f"module 'onnxattn' has no attribute {name!r}")

@@ -55,7 +55,7 @@ def cmd_info(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    from onnxattn.validate import validate
+    from onnxattn.validation import validate
 
     report = validate(args.model, numerics=args.numerics, dims=_parse_dims(args.dim), providers=[args.provider])
     print(report)
@@ -130,7 +130,7 @@ def cmd_demo(args) -> int:
     import onnxattn
     from onnxattn import models
     from onnxattn.cuda_ep import make_session
-    from onnxattn.validate import validate
+    from onnxattn.validation import validate
 
     out_dir = Path(args.out or tempfile.mkdtemp(prefix="onnxattn-demo-"))
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ from onnx import TensorProto, helper
 
 from onnxattn import ops
 from onnxattn.cli import main as cli_main
-from onnxattn.validate import validate
+from onnxattn.validation import validate
 
 
 def sdpa_model(q_shape=("B", 4, "S", 16), kv_shape=("B", 2, "S", 16), dtype=TensorProto.FLOAT, attach=True,
