@@ -8,6 +8,7 @@ from typing import Any
 import onnx
 from onnx import TensorProto
 
+from onnxattn.ops import _bodies as bodies
 from onnxattn.ops._spec import (
     FLOAT_TYPES,
     Attr,
@@ -89,6 +90,7 @@ onnxattn.export(MyModel(), (x,), "model.onnx", dynamic_shapes=...)
 
 # Overload names: "+"-joined features of the node's signature; "" is the plain (Q, K, V) -> Y form.
 BOOL_MASK, ADDITIVE_MASK, WITH_LSE = "bool_mask", "additive_mask", "lse"
+I64, F32 = TensorProto.INT64, TensorProto.FLOAT
 OVERLOADS = ("", BOOL_MASK, ADDITIVE_MASK, WITH_LSE, f"{BOOL_MASK}+{WITH_LSE}", f"{ADDITIVE_MASK}+{WITH_LSE}")
 
 
@@ -155,55 +157,23 @@ def signature(inputs: Sequence[TensorInfo | None], outputs_present: Sequence[boo
     return "+".join(features)
 
 
-def _repeat_kv_heads(f: FunctionBuilder, x: str, q: str) -> str:
-    """[B, Hkv, S, E] -> [B, Hq, S, E], each KV head repeated G = Hq / Hkv times (repeat-each)."""
-    batch = f.op("Shape", x, start=0, end=1)
-    kv_heads = f.op("Shape", x, start=1, end=2)
-    q_heads = f.op("Shape", q, start=1, end=2)
-    group = f.op("Div", q_heads, kv_heads)
-    tail = f.op("Shape", x, start=2)  # [S, E]
-    expanded = f.op("Expand", f.op("Unsqueeze", x, f.const([2], TensorProto.INT64)),
-                    f.op("Concat", batch, kv_heads, group, tail, axis=0))
-    return f.op("Reshape", expanded, f.op("Concat", batch, q_heads, tail, axis=0))
-
-
 def build_function(overload: str, opset: int) -> onnx.FunctionProto:
     if overload not in OVERLOADS:
         raise ValueError(f"{NAME}: unknown overload {overload!r}")
     features = set(overload.split("+"))
     f = FunctionBuilder(SPEC, overload, opset)
-    I64, F32 = TensorProto.INT64, TensorProto.FLOAT
     q = f.op("Cast", "Q", to=F32)
-    k = _repeat_kv_heads(f, f.op("Cast", "K", to=F32), "Q")
-    v = _repeat_kv_heads(f, f.op("Cast", "V", to=F32), "Q")
+    k = bodies.repeat_kv_heads(f, f.op("Cast", "K", to=F32), "Q")
+    v = bodies.repeat_kv_heads(f, f.op("Cast", "V", to=F32), "Q")
+    scores = bodies.scores(f, q, k)
 
-    # scale: the attribute, or 1/sqrt(D) when it is 0
-    scale_attr = f.attr("scale")
-    default_scale = f.op("Reciprocal", f.op("Sqrt", f.op("Cast", f.op("Shape", "Q", start=3), to=F32)))
-    scale = f.op("Where", f.op("Equal", scale_attr, f.const(0.0)), default_scale, scale_attr)
-    scores = f.op("Mul", f.op("MatMul", q, f.op("Transpose", k, perm=[0, 1, 3, 2])), scale)
-
-    # softcap before any masking; a 0 cap divides by 1 in the unused branch
-    cap = f.attr("softcap")
-    cap_on = f.op("Greater", cap, f.const(0.0))
-    safe_cap = f.op("Where", cap_on, cap, f.const(1.0))
-    capped = f.op("Mul", f.op("Tanh", f.op("Div", scores, safe_cap)), safe_cap)
-    scores = f.op("Where", cap_on, capped, scores)
-
-    # structural rules over (query position p = i + Skv - Sq, key j)
+    # query row i sits at key position p = i + Skv - Sq
     zero, one = f.const(0, I64), f.const(1, I64)
     sq = f.op("Squeeze", f.op("Shape", "Q", start=2, end=3))
     skv = f.op("Squeeze", f.op("Shape", "K", start=2, end=3))
-    pos = f.op("Add", f.op("Range", zero, sq, one), f.op("Sub", skv, sq))
-    p = f.op("Unsqueeze", pos, f.const([1], I64))  # [Sq, 1]
-    j = f.op("Unsqueeze", f.op("Range", zero, skv, one), f.const([0], I64))  # [1, Skv]
-    causal_off = f.op("Equal", f.attr("causal"), f.const(0, I64))
-    visible = f.op("Or", causal_off, f.op("LessOrEqual", j, p))
-    window = f.attr("window")
-    window_ok = f.op("Or", f.op("LessOrEqual", window, zero), f.op("Greater", j, f.op("Sub", p, window)))
-    band = f.attr("band")
-    band_ok = f.op("Or", f.op("LessOrEqual", band, zero), f.op("LessOrEqual", f.op("Abs", f.op("Sub", p, j)), band))
-    visible = f.op("And", f.op("And", visible, window_ok), band_ok)
+    p = f.op("Unsqueeze", f.op("Add", f.op("Range", zero, sq, one), f.op("Sub", skv, sq)), f.const([1], I64))
+    j = f.op("Unsqueeze", f.op("Range", zero, skv, one), f.const([0], I64))
+    visible = bodies.structural_visibility(f, p, j, band=True)
 
     inputs = ["Q", "K", "V"]
     if BOOL_MASK in features:
@@ -212,20 +182,11 @@ def build_function(overload: str, opset: int) -> onnx.FunctionProto:
     elif ADDITIVE_MASK in features:
         inputs.append("attn_mask")
         scores = f.op("Add", scores, f.op("Cast", "attn_mask", to=F32))
-    scores = f.op("Where", visible, scores, f.const(float("-inf")))
-
-    # softmax with empty rows -> zeros and LSE = -inf
-    axis = f.const([-1], I64)
-    row_max = f.op("ReduceMax", scores, axis, keepdims=1)
-    safe_max = f.op("Where", f.op("IsInf", row_max, detect_positive=0), f.const(0.0), row_max)
-    probs = f.op("Exp", f.op("Sub", scores, safe_max))
-    row_sum = f.op("ReduceSum", probs, axis, keepdims=1)
-    out = f.op("Div", f.op("MatMul", probs, v), row_sum)
-    out = f.op("Where", f.op("Equal", row_sum, f.const(0.0)), f.const(0.0), out)
+    out, lse = bodies.masked_softmax_attention(f, scores, visible, v)
     f.nodes.append(onnx.helper.make_node("CastLike", [out, "Q"], ["Y"]))
     if WITH_LSE not in features:
         return f.build(inputs, ["Y"])
-    f.nodes.append(onnx.helper.make_node("Squeeze", [f.op("Add", f.op("Log", row_sum), safe_max), axis], ["LSE"]))
+    f.nodes.append(onnx.helper.make_node("Squeeze", [lse, f.const([-1], I64)], ["LSE"]))
     return f.build(inputs, ["Y", "LSE"])
 
 
