@@ -109,13 +109,30 @@ def test_bidirectional_constructor():
         (dict(num_query_heads=6, num_kv_heads=4), "multiple of num_kv_heads"),
         (dict(window=-1), "window must be >= 0"),
         (dict(band=-2), "band must be >= 0"),
-        (dict(softcap=-1.0), "softcap must be >= 0"),
+        (dict(softcap=-1.0), "softcap must be finite and >= 0"),
+        (dict(softcap=math.inf), "softcap must be finite and >= 0"),
+        (dict(scale=math.nan), "scale must be finite"),
     ],
-    ids=["heads-not-divisible", "negative-window", "negative-band", "negative-softcap"],
+    ids=["heads-not-divisible", "negative-window", "negative-band", "negative-softcap", "inf-softcap", "nan-scale"],
 )
 def test_module_rejects_bad_configuration(kwargs, message):
     with pytest.raises(ValueError, match=message):
         ScaledDotProductAttention(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(window=-1), "window must be >= 0"),
+        (dict(band=-1), "band must be >= 0"),
+        (dict(softcap=-0.5), "softcap must be finite and >= 0"),
+        (dict(scale=math.inf), "scale must be finite"),
+    ],
+    ids=["negative-window", "negative-band", "negative-softcap", "inf-scale"],
+)
+def test_functional_rejects_bad_attributes(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        sdpa(*qkv(), **kwargs)
 
 
 @pytest.mark.parametrize(

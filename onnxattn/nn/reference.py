@@ -40,6 +40,15 @@ def check_sdpa_shapes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_ma
             )
 
 
+def check_scale_and_softcap(scale: float, softcap: float) -> None:
+    """The op's contract: scale finite (0 = 1/sqrt(D)), softcap finite and >= 0 (0 = off)."""
+    name = "ScaledDotProductAttention"
+    if not math.isfinite(scale):
+        raise ValueError(f"{name}: scale must be finite (0 or None = 1/sqrt(D)), got {scale}")
+    if not (math.isfinite(softcap) and softcap >= 0):
+        raise ValueError(f"{name}: softcap must be finite and >= 0 (0 = off), got {softcap}")
+
+
 def sdpa_reference(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -58,6 +67,7 @@ def sdpa_reference(
     masks, softcap before masking, empty rows give zeros and LSE = -inf. Differentiable everywhere the
     result is finite (gradients of empty rows are zero)."""
     check_sdpa_shapes(q, k, v, attn_mask)
+    check_scale_and_softcap(scale, softcap)
     ct = compute_dtype(q.dtype)
     group = q.shape[1] // k.shape[1]
     qc, kc, vc = q.to(ct), k.to(ct).repeat_interleave(group, dim=1), v.to(ct).repeat_interleave(group, dim=1)

@@ -7,6 +7,7 @@ from torch import nn
 
 from onnxattn.nn import functional as F
 from onnxattn.nn.masks import AttentionMask
+from onnxattn.nn.reference import check_scale_and_softcap
 
 
 class ScaledDotProductAttention(nn.Module):
@@ -30,8 +31,7 @@ class ScaledDotProductAttention(nn.Module):
     ):
         super().__init__()
         self.mask = AttentionMask(bool(causal), int(window), int(band))  # validates window/band
-        if softcap < 0:
-            raise ValueError(f"ScaledDotProductAttention: softcap must be >= 0 (0 = off), got {softcap}")
+        check_scale_and_softcap(0.0 if scale is None else scale, softcap)
         if num_query_heads is not None and num_kv_heads is not None and num_query_heads % num_kv_heads != 0:
             raise ValueError(
                 f"ScaledDotProductAttention: num_query_heads ({num_query_heads}) must be a multiple of "
