@@ -151,8 +151,27 @@ def function_session(model: onnx.ModelProto) -> ort.InferenceSession:
     )
 
 
+def run_prefilled(session: ort.InferenceSession, feeds: Mapping[str, np.ndarray],
+                  like: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Runs `session` with each output bound to a NaN-filled buffer shaped like `like` (onnxruntime writes a
+    graph output straight into its bound buffer), so an element the kernel never writes shows up as NaN
+    instead of whatever the allocator's memory held."""
+    binding = session.io_binding()
+    for name, value in feeds.items():
+        binding.bind_cpu_input(name, np.ascontiguousarray(value))
+    arrays = [np.full(reference.shape, np.nan, dtype=reference.dtype) for reference in like]
+    for info, array in zip(session.get_outputs(), arrays):
+        binding.bind_ortvalue_output(info.name, ort.OrtValue.ortvalue_from_numpy(array))
+    session.run_with_iobinding(binding)
+    # The arrays themselves hold the results (OrtValue.numpy() would be a view that dies with the OrtValue).
+    return arrays
+
+
 def run_kernel(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], threads: int = 1) -> list[np.ndarray]:
-    return kernel_session(model, threads).run(None, dict(feeds))
+    """Our kernel's outputs, from a run into NaN-filled output buffers (see run_prefilled); a first plain
+    run gives the output shapes."""
+    session = kernel_session(model, threads)
+    return run_prefilled(session, feeds, session.run(None, dict(feeds)))
 
 
 def run_function(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:

@@ -82,7 +82,10 @@ def sdpa_reference(
         else:
             scores = scores + attn_mask.to(ct)
     scores = scores.masked_fill(~visible, float("-inf"))
-    row_max = scores.amax(dim=-1, keepdim=True)
+    if scores.shape[-1] == 0:  # no keys at all (amax cannot reduce an empty dim): every row is empty
+        row_max = scores.new_full((*scores.shape[:-1], 1), float("-inf"))
+    else:
+        row_max = scores.amax(dim=-1, keepdim=True)
     # Rows with no visible key subtract 0, so exp gives exact zeros. The shift cancels in the softmax, so
     # it carries no gradient.
     shift = torch.where(torch.isinf(row_max) & (row_max < 0), torch.zeros_like(row_max), row_max).detach()

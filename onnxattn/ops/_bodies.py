@@ -21,7 +21,8 @@ def repeat_kv_heads(f: FunctionBuilder, x: str, q: str) -> str:
     tail = f.op("Shape", x, start=2)  # [S, E]
     expanded = f.op("Expand", f.op("Unsqueeze", x, f.const([2], I64)),
                     f.op("Concat", batch, kv_heads, group, tail, axis=0))
-    return f.op("Reshape", expanded, f.op("Concat", batch, q_heads, tail, axis=0))
+    # allowzero: a 0 in the target is a real empty dim (e.g. Skv = 0), not "copy the input's dim"
+    return f.op("Reshape", expanded, f.op("Concat", batch, q_heads, tail, axis=0), allowzero=1)
 
 
 def scores(f: FunctionBuilder, q: str, k: str) -> str:
