@@ -3,53 +3,61 @@ call per use), computed eagerly by onnxattn.nn.reference, differentiable through
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Optional
 
 import torch
+from torch import Tensor
 
-from onnxattn.nn.reference import sdpa_reference
+from onnxattn.nn.reference import gqa_reference, sdpa_reference
+
+
+def _register_recompute_autograd(op, reference: Callable, num_tensors: int, attr_names: Sequence[str],
+                                 differentiable_outputs: Sequence[int]) -> None:
+    """Backward of `op` by recomputing `reference` (the same eager math) under autograd. The first
+    `num_tensors` arguments are (optional) tensors, the rest are attributes passed by keyword."""
+
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs[:num_tensors])
+        ctx.attrs = dict(zip(attr_names, inputs[num_tensors:]))
+
+    def backward(ctx, *grads):
+        saved = ctx.saved_tensors
+        wanted = [
+            t.detach().requires_grad_(needs) if t is not None and t.is_floating_point() else t
+            for t, needs in zip(saved, ctx.needs_input_grad)
+        ]
+        with torch.enable_grad():
+            outputs = reference(*wanted, **ctx.attrs)
+            outputs = [outputs[i] for i in differentiable_outputs]
+            pairs = [(o, g) for o, g in zip(outputs, grads) if g is not None and o.requires_grad]
+            leaves = [t for t in wanted if t is not None and t.requires_grad]
+            computed = iter(torch.autograd.grad([o for o, _ in pairs], leaves, [g for _, g in pairs],
+                                                allow_unused=True) if pairs and leaves else [None] * len(leaves))
+        result = [next(computed) if t is not None and t.requires_grad else None for t in wanted]
+        return (*result, *([None] * len(attr_names)))
+
+    op.register_autograd(backward, setup_context=setup_context)
+
+
+def _unaliased(t: Tensor, inputs) -> Tensor:
+    """Custom ops may not return views of their inputs (e.g. the present cache without a past is the
+    new key itself): clone those."""
+    storage = t.untyped_storage().data_ptr()
+    shares = any(i is not None and i.untyped_storage().data_ptr() == storage for i in inputs)
+    return t.clone() if shares else t
+
+
+# ---- ScaledDotProductAttention ----
 
 _SDPA_ATTRS = ("causal", "window", "band", "scale", "softcap")
 
 
-def _sdpa_backward_factory(with_lse: bool):
-    def setup_context(ctx, inputs, output):
-        q, k, v, attn_mask, *attrs = inputs
-        ctx.save_for_backward(q, k, v, attn_mask)
-        ctx.attrs = dict(zip(_SDPA_ATTRS, attrs))
-
-    def backward(ctx, *grads):
-        q, k, v, attn_mask = ctx.saved_tensors
-        differentiable = [q, k, v] + ([attn_mask] if attn_mask is not None and attn_mask.is_floating_point() else [])
-        wanted = [t.detach().requires_grad_(needs) for t, needs in zip(differentiable, ctx.needs_input_grad)]
-        mask = wanted[3] if len(wanted) > 3 else attn_mask
-        with torch.enable_grad():
-            out, lse = sdpa_reference(*wanted[:3], mask, **ctx.attrs)
-            outputs, out_grads = [out], [grads[0]]
-            if with_lse:
-                outputs.append(lse)
-                out_grads.append(grads[1])
-            inputs = [t for t in wanted if t.requires_grad]
-            computed = iter(torch.autograd.grad(outputs, inputs, out_grads, allow_unused=True)) if inputs else iter(())
-        result = [next(computed) if t.requires_grad else None for t in wanted]
-        result += [None] * (4 - len(result))  # q, k, v, attn_mask
-        return (*result, *([None] * len(_SDPA_ATTRS)))
-
-    return setup_context, backward
-
-
 @torch.library.custom_op("onnxattn::scaled_dot_product_attention", mutates_args=())
 def scaled_dot_product_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    attn_mask: Optional[torch.Tensor],
-    causal: bool,
-    window: int,
-    band: int,
-    scale: float,
-    softcap: float,
-) -> torch.Tensor:
+    q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor],
+    causal: bool, window: int, band: int, scale: float, softcap: float,
+) -> Tensor:
     return sdpa_reference(q, k, v, attn_mask, causal=causal, window=window, band=band, scale=scale, softcap=softcap)[0]
 
 
@@ -60,16 +68,9 @@ def _(q, k, v, attn_mask, causal, window, band, scale, softcap):
 
 @torch.library.custom_op("onnxattn::scaled_dot_product_attention_lse", mutates_args=())
 def scaled_dot_product_attention_lse(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    attn_mask: Optional[torch.Tensor],
-    causal: bool,
-    window: int,
-    band: int,
-    scale: float,
-    softcap: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor],
+    causal: bool, window: int, band: int, scale: float, softcap: float,
+) -> tuple[Tensor, Tensor]:
     return sdpa_reference(q, k, v, attn_mask, causal=causal, window=window, band=band, scale=scale, softcap=softcap)
 
 
@@ -80,6 +81,51 @@ def _(q, k, v, attn_mask, causal, window, band, scale, softcap):
     return out, q.new_empty((q.shape[0], q.shape[1], q.shape[2]), dtype=lse_dtype)
 
 
-for _op, _with_lse in ((scaled_dot_product_attention, False), (scaled_dot_product_attention_lse, True)):
-    _setup, _backward = _sdpa_backward_factory(_with_lse)
-    _op.register_autograd(_backward, setup_context=_setup)
+_register_recompute_autograd(scaled_dot_product_attention, sdpa_reference, 4,
+                             _SDPA_ATTRS, differentiable_outputs=(0,))
+_register_recompute_autograd(scaled_dot_product_attention_lse, sdpa_reference, 4, _SDPA_ATTRS,
+                             differentiable_outputs=(0, 1))
+
+
+# ---- GroupQueryAttention ----
+
+GQA_TENSORS = ("query", "key", "value", "past_key", "past_value", "past_lengths", "position_ids",
+               "q_norm_weight", "k_norm_weight", "rope_inv_freq", "attention_mask")
+GQA_ATTRS = ("num_heads", "kv_num_heads", "causal", "window", "softcap", "scale", "rope", "rope_base",
+             "rotary_dim", "rope_interleaved", "rope_attention_scaling", "qk_norm_epsilon")
+
+
+@torch.library.custom_op("onnxattn::group_query_attention", mutates_args=())
+def group_query_attention(
+    query: Tensor, key: Tensor, value: Tensor,
+    past_key: Optional[Tensor], past_value: Optional[Tensor], past_lengths: Optional[Tensor],
+    position_ids: Optional[Tensor], q_norm_weight: Optional[Tensor], k_norm_weight: Optional[Tensor],
+    rope_inv_freq: Optional[Tensor], attention_mask: Optional[Tensor],
+    num_heads: int, kv_num_heads: int, causal: bool, window: int, softcap: float, scale: float,
+    rope: bool, rope_base: float, rotary_dim: int, rope_interleaved: bool, rope_attention_scaling: float,
+    qk_norm_epsilon: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    out, present_k, present_v = gqa_reference(
+        query, key, value, past_key, past_value, past_lengths, position_ids, q_norm_weight, k_norm_weight,
+        rope_inv_freq, attention_mask, **dict(zip(GQA_ATTRS, (num_heads, kv_num_heads, causal, window, softcap,
+        scale, rope, rope_base, rotary_dim, rope_interleaved, rope_attention_scaling, qk_norm_epsilon))))
+    inputs = (query, key, value, past_key, past_value)
+    return _unaliased(out, inputs), _unaliased(present_k, inputs), _unaliased(present_v, inputs)
+
+
+@group_query_attention.register_fake
+def _(query, key, value, past_key, past_value, past_lengths, position_ids, q_norm_weight, k_norm_weight,
+      rope_inv_freq, attention_mask, num_heads, kv_num_heads, *attrs):
+    b, s = query.shape[0], query.shape[1]
+    d = query.shape[2] // num_heads
+    dv = value.shape[2] // kv_num_heads
+    if past_lengths is not None:
+        total = past_key.shape[2]
+    else:
+        total = s + (past_key.shape[2] if past_key is not None else 0)
+    return (query.new_empty((b, s, num_heads * dv)), key.new_empty((b, kv_num_heads, total, d)),
+            value.new_empty((b, kv_num_heads, total, dv)))
+
+
+_register_recompute_autograd(group_query_attention, gqa_reference, len(GQA_TENSORS), GQA_ATTRS,
+                             differentiable_outputs=(0, 1, 2))

@@ -7,12 +7,14 @@ import onnxscript
 import torch
 
 from onnxattn.export import _torch_ops  # noqa: F401  (defines torch.ops.onnxattn.*)
-from onnxattn.ops import DOMAIN, OPSET_VERSION, sdpa
+from onnxattn.export._torch_ops import GQA_ATTRS
+from onnxattn.ops import DOMAIN, OPSET_VERSION, gqa, sdpa
 
 _OPSET = onnxscript.values.Opset(DOMAIN, OPSET_VERSION)
 # The exporter sizes a node's outputs by its schema, so each output count gets its own schema view.
 _SDPA = onnxscript.values.Op(_OPSET, sdpa.NAME, sdpa.SPEC.onnx_schema(num_outputs=1))
 _SDPA_LSE = onnxscript.values.Op(_OPSET, sdpa.NAME, sdpa.SPEC.onnx_schema(num_outputs=2))
+_GQA = onnxscript.values.Op(_OPSET, gqa.NAME, gqa.SPEC.onnx_schema())
 
 
 def _sdpa_attrs(causal, window, band, scale, softcap):
@@ -27,7 +29,17 @@ def _sdpa_lse(q, k, v, attn_mask=None, causal=False, window=0, band=0, scale=0.0
     return _SDPA_LSE(q, k, v, attn_mask, **_sdpa_attrs(causal, window, band, scale, softcap))
 
 
+def _gqa(query, key, value, past_key=None, past_value=None, past_lengths=None, position_ids=None,
+         q_norm_weight=None, k_norm_weight=None, rope_inv_freq=None, attention_mask=None, *attrs):
+    values = dict(zip(GQA_ATTRS, attrs))
+    kinds = {a.name: a.kind for a in gqa.SPEC.attrs}
+    onnx_attrs = {name: int(v) if kinds[name] == "int" else float(v) for name, v in values.items()}
+    return _GQA(query, key, value, past_key, past_value, past_lengths, position_ids, q_norm_weight, k_norm_weight,
+                rope_inv_freq, attention_mask, **onnx_attrs)
+
+
 TRANSLATIONS = {
     torch.ops.onnxattn.scaled_dot_product_attention.default: _sdpa,
     torch.ops.onnxattn.scaled_dot_product_attention_lse.default: _sdpa_lse,
+    torch.ops.onnxattn.group_query_attention.default: _gqa,
 }

@@ -31,3 +31,40 @@ def scaled_dot_product_attention(
     if return_lse:
         return torch.ops.onnxattn.scaled_dot_product_attention_lse(*args)
     return torch.ops.onnxattn.scaled_dot_product_attention(*args)
+
+
+def group_query_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    past_key: torch.Tensor | None = None,
+    past_value: torch.Tensor | None = None,
+    past_lengths: torch.Tensor | None = None,
+    position_ids: torch.Tensor | None = None,
+    q_norm_weight: torch.Tensor | None = None,
+    k_norm_weight: torch.Tensor | None = None,
+    rope_inv_freq: torch.Tensor | None = None,
+    attention_mask: torch.Tensor | None = None,
+    *,
+    num_heads: int,
+    kv_num_heads: int,
+    causal: bool = True,
+    window: int = 0,
+    softcap: float = 0.0,
+    scale: float | None = None,
+    rope: bool = False,
+    rope_base: float = 10000.0,
+    rotary_dim: int = 0,
+    rope_interleaved: bool = False,
+    rope_attention_scaling: float = 1.0,
+    qk_norm_epsilon: float = 1e-6,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """onnxattn::GroupQueryAttention on projected query [B,S,Hq*D], key [B,S,Hkv*D], value [B,S,Hkv*Dv]:
+    QK-norm -> RoPE -> KV cache update -> attention. Returns (output [B,S,Hq*Dv], present_key,
+    present_value); see docs/ops.md for the two cache modes and the visibility rules."""
+    return torch.ops.onnxattn.group_query_attention(
+        query, key, value, past_key, past_value, past_lengths, position_ids, q_norm_weight, k_norm_weight,
+        rope_inv_freq, attention_mask, int(num_heads), int(kv_num_heads), bool(causal), int(window), float(softcap),
+        float(scale or 0.0), bool(rope), float(rope_base), int(rotary_dim), bool(rope_interleaved),
+        float(rope_attention_scaling), float(qk_norm_epsilon),
+    )

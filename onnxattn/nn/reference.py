@@ -96,3 +96,113 @@ def sdpa_reference(
     out = torch.where(empty, torch.zeros_like(row_sum), (probs @ vc) / safe_sum)
     lse = torch.where(empty, torch.full_like(row_sum, float("-inf")), torch.log(safe_sum) + shift)
     return out.to(q.dtype), lse.squeeze(-1).to(torch.float32 if ct != torch.float64 else ct)
+
+
+# ---- GroupQueryAttention ----
+
+
+def default_inv_freq(rotary_dim: int, base: float, device=None) -> torch.Tensor:
+    """RoPE inverse frequencies base^(-2i/rotary_dim), float32 [rotary_dim / 2]."""
+    exponents = torch.arange(0, rotary_dim, 2, device=device, dtype=torch.int64).to(torch.float32) / rotary_dim
+    return torch.exp(-exponents * math.log(base))
+
+
+def apply_rope(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor, *, interleaved: bool = False,
+               attention_scaling: float = 1.0) -> torch.Tensor:
+    """Rotates the first 2 * len(inv_freq) channels of x [B, H, S, D] at int positions [B, S]:
+    half-split pairs (c, c + rotary/2) or interleaved pairs (2c, 2c + 1)."""
+    rotary = 2 * inv_freq.shape[0]
+    angles = positions.to(torch.float32)[:, None, :, None] * inv_freq.to(torch.float32)  # [B, 1, S, rotary/2]
+    cos, sin = torch.cos(angles) * attention_scaling, torch.sin(angles) * attention_scaling
+    x_rot, x_pass = x[..., :rotary], x[..., rotary:]
+    if interleaved:
+        pairs = x_rot.unflatten(-1, (rotary // 2, 2))
+        x1, x2 = pairs[..., 0], pairs[..., 1]
+        rotated = torch.stack((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).flatten(-2)
+    else:
+        x1, x2 = x_rot[..., : rotary // 2], x_rot[..., rotary // 2:]
+        rotated = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+    return torch.cat((rotated, x_pass), dim=-1)
+
+
+def rms_norm_heads(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
+    """Per-head RMS norm over the last dim (QK-norm), times weight when given."""
+    out = x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + eps)
+    return out * weight.to(out.dtype) if weight is not None else out
+
+
+def gqa_reference(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    past_key: torch.Tensor | None = None,
+    past_value: torch.Tensor | None = None,
+    past_lengths: torch.Tensor | None = None,
+    position_ids: torch.Tensor | None = None,
+    q_norm_weight: torch.Tensor | None = None,
+    k_norm_weight: torch.Tensor | None = None,
+    rope_inv_freq: torch.Tensor | None = None,
+    attention_mask: torch.Tensor | None = None,
+    *,
+    num_heads: int,
+    kv_num_heads: int,
+    causal: bool = True,
+    window: int = 0,
+    softcap: float = 0.0,
+    scale: float = 0.0,
+    rope: bool = False,
+    rope_base: float = 10000.0,
+    rotary_dim: int = 0,
+    rope_interleaved: bool = False,
+    rope_attention_scaling: float = 1.0,
+    qk_norm_epsilon: float = 1e-6,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Eager onnxattn::GroupQueryAttention: (output [B,S,Hq*Dv], present_key, present_value), with the
+    op's contract (see docs/ops.md): QK-norm -> RoPE -> cache update -> attention."""
+    b, s, _ = query.shape
+    ct = compute_dtype(query.dtype)
+    split = lambda x, h: x.to(ct).unflatten(-1, (h, -1)).transpose(1, 2)  # noqa: E731
+    q, k, v = split(query, num_heads), split(key, kv_num_heads), split(value, kv_num_heads)
+    if q_norm_weight is not None:
+        q = rms_norm_heads(q, q_norm_weight, qk_norm_epsilon)
+    if k_norm_weight is not None:
+        k = rms_norm_heads(k, k_norm_weight, qk_norm_epsilon)
+
+    steps = torch.arange(s, device=query.device)
+    if past_lengths is not None:
+        past_len = past_lengths.to(torch.int64)[:, None]  # [B, 1]
+    else:
+        past_len = torch.full((1, 1), past_key.shape[2] if past_key is not None else 0, device=query.device)
+    query_pos = (past_len + steps).expand(b, s)  # each query's key position
+    if rope:
+        rd = rotary_dim or q.shape[-1]
+        inv_freq = rope_inv_freq if rope_inv_freq is not None else default_inv_freq(rd, rope_base, query.device)
+        positions = position_ids if position_ids is not None else query_pos
+        q = apply_rope(q, positions, inv_freq, interleaved=rope_interleaved, attention_scaling=rope_attention_scaling)
+        k = apply_rope(k, positions, inv_freq, interleaved=rope_interleaved, attention_scaling=rope_attention_scaling)
+
+    k_new, v_new = k.to(key.dtype), v.to(value.dtype)
+    if past_lengths is not None:
+        index = (past_len + steps)[:, None, :, None]  # [B, 1, S, 1]
+        present_k = past_key.scatter(2, index.expand_as(k_new), k_new)
+        present_v = past_value.scatter(2, index.expand_as(v_new), v_new)
+    elif past_key is not None:
+        present_k, present_v = torch.cat((past_key, k_new), dim=2), torch.cat((past_value, v_new), dim=2)
+    else:
+        present_k, present_v = k_new, v_new
+
+    total = present_k.shape[2]
+    j = torch.arange(total, device=query.device)
+    p = query_pos[:, None, :, None]  # [B, 1, S, 1]
+    visible = torch.ones(1, 1, 1, total, dtype=torch.bool, device=query.device)
+    if causal:
+        visible = visible & (j <= p)
+    if window > 0:
+        visible = visible & (j > p - window)
+    if past_lengths is not None:
+        visible = visible & (j < (past_len + s)[:, None, :, None])
+    if attention_mask is not None:
+        visible = visible & attention_mask.to(torch.bool)[:, None, None, :]
+    visible = visible.expand(b, 1, s, total)
+    out, _ = sdpa_reference(q, present_k.to(ct), present_v.to(ct), visible, scale=scale, softcap=softcap)
+    return out.transpose(1, 2).flatten(2).to(query.dtype), present_k, present_v

@@ -11,10 +11,10 @@ from collections.abc import Iterator
 import onnx
 import onnx.defs
 
-from onnxattn.ops import sdpa
+from onnxattn.ops import gqa, sdpa
 from onnxattn.ops._spec import DOMAIN, IR_VERSION, MIN_MODEL_OPSET, OPSET_VERSION, OpError, OpSpec, TensorInfo
 
-SPECS: dict[str, OpSpec] = {spec.name: spec for spec in (sdpa.SPEC,)}
+SPECS: dict[str, OpSpec] = {spec.name: spec for spec in (sdpa.SPEC, gqa.SPEC)}
 
 __all__ = [
     "DOMAIN",
@@ -97,6 +97,20 @@ def node_inputs(node: onnx.NodeProto, types: dict[str, TensorInfo]) -> list[Tens
     return [types.get(name, TensorInfo()) if name else None for name in node.input]
 
 
+def _consumed_names(model: onnx.ModelProto) -> set[str]:
+    """Every value name read by a node (in any graph) or returned by a graph."""
+    names: set[str] = set()
+    for graph in _graphs(model.graph):
+        names.update(o.name for o in graph.output)
+        for node in graph.node:
+            names.update(node.input)
+    for function in model.functions:
+        names.update(function.output)
+        for node in function.node:
+            names.update(node.input)
+    return names
+
+
 def attach_functions(model: onnx.ModelProto) -> onnx.ModelProto:
     """Makes a model with onnxattn nodes portable, in place: every attribute written explicitly, each node
     tagged with the overload of its input signature (present optional inputs, mask kind), and the
@@ -108,10 +122,14 @@ def attach_functions(model: onnx.ModelProto) -> onnx.ModelProto:
         model.opset_import.append(onnx.helper.make_opsetid(DOMAIN, OPSET_VERSION))
     model.ir_version = max(model.ir_version, IR_VERSION)
     types = value_types(model)
+    consumed = _consumed_names(model)
     needed: dict[tuple[str, str], OpSpec] = {}
     for node in onnxattn_nodes(model):
         spec = get_spec(node.op_type)
-        while node.output and not node.output[-1]:  # trailing absent outputs: drop, the overload needs none
+        # Trailing optional outputs nobody reads are dropped, so neither kernel nor function computes them.
+        while len(node.output) > 1 and (not node.output[-1] or node.output[-1] not in consumed):
+            if not spec.outputs[min(len(node.output), len(spec.outputs)) - 1].optional:
+                break
             node.output.pop()
         inputs = node_inputs(node, types)
         spec.infer_node(inputs, list(node.attribute))

@@ -167,6 +167,7 @@ class OpSpec:
     signature: SignatureFn
     build_function: BuildFn
     overloads: tuple[str, ...]  # every overload signature() can return
+    overload_doc: str = ""  # how overloads are named, for ops with too many to list
     examples: tuple[str, ...] = ()
 
     # ---- attributes ----

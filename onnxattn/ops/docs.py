@@ -38,8 +38,12 @@ def render_op(spec: OpSpec) -> list[str]:
                     [[f"`{t.name}`", ", ".join(t.types), t.doc] for t in spec.type_constraints])
     lines += ["", "### Reference function overloads", "",
               "One model-local function per signature (ONNX functions cannot test whether an optional input "
-              "is present); `onnxattn.ops.attach_functions` tags each node with its overload:", ""]
-    lines += [f"- `{o or '(default)'}`" for o in spec.overloads]
+              "is present); `onnxattn.ops.attach_functions` tags each node with its overload and attaches "
+              "only the overloads a model uses.", ""]
+    if spec.overload_doc:
+        lines += [spec.overload_doc + f" ({len(spec.overloads)} overloads.)"]
+    else:
+        lines += [f"- `{o or '(default)'}`" for o in spec.overloads]
     if spec.examples:
         lines += ["", "### Examples", ""]
         for example in spec.examples:
