@@ -115,6 +115,8 @@ CASES = [
     Case("scale", scale=0.3),
     Case("softcap-lse", scale=1.0, softcap=2.0, with_lse=True),
     Case("softcap-causal-additive", scale=1.0, softcap=1.5, causal=1, mask="additive", with_lse=True),
+    Case("large-logits", q_len=7, kv_len=97, scale=8.0, causal=1, with_lse=True),  # scores ~ +-100: exp range
+    Case("softcap-saturated", scale=8.0, softcap=3.0, with_lse=True),  # tanh at its limits
     # GQA, repeat-each
     Case("mqa-hkv1", q_heads=4, kv_heads=1, causal=1),
     Case("gqa-8-over-2-lse", q_heads=8, kv_heads=2, causal=1, with_lse=True),
@@ -155,6 +157,7 @@ CASES = [
 # final rounding, LSE from rounded inputs).
 _LOW_PRECISION_OF = (
     "causal-lse",
+    "large-logits",
     "gqa-8-over-2-lse",
     "gqa-decode",
     "window-causal-lse",
