@@ -1,0 +1,170 @@
+// The dispatch of ScaledDotProductAttention on CUDA, in one place. Plain C++ (no CUDA headers), built in
+// every configuration so the host tests run without nvcc or a GPU.
+//
+// Rules, in order:
+//  1. Refuse D > 256 or Dv > 256 (every kernel keeps a head's row tile in shared memory).
+//  2. Schedule: decode (split-KV + combine) when Sq <= 16, else prefill; ONNXATTN_SDPA_CUDA_PATH forces it.
+//     Decode is correct for every Sq, so forcing it is a valid test of the split path on any shape.
+//  3. Kernel: mma (tensor cores) for float16/bfloat16 when D and Dv are multiples of 8 (16-byte rows) and
+//     Q, K, V, Y are 16-byte aligned; simt otherwise (float32 always). ONNXATTN_SDPA_CUDA_KERNEL=simt
+//     forces the simple kernel; =mma makes an ineligible problem an error instead of a silent fallback.
+//  4. Geometry from sdpa/cuda_tiles.h; splits (decode only) from choose_splits() over the keys visible
+//     to any query row, so a sliding window splits its window, not the whole cache.
+#include "sdpa/cuda_plan.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+
+#include "common/errors.h"
+#include "sdpa/cuda_tiles.h"
+
+namespace onnxattn::sdpa::cuda {
+namespace {
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+size_t align_up(size_t n, size_t a) { return (n + a - 1) / a * a; }
+
+const char* env_value(const char* name) {
+  const char* value = std::getenv(name);
+  return value == nullptr ? "" : value;
+}
+
+}  // namespace
+
+const char* schedule_name(Schedule s) { return s == Schedule::kDecode ? "decode" : "prefill"; }
+const char* kernel_name(Kernel k) { return k == Kernel::kMma ? "mma" : "simt"; }
+
+Request request_from_env() {
+  Request r;
+  const std::string path = env_value("ONNXATTN_SDPA_CUDA_PATH");
+  if (path == "prefill") {
+    r.path = Request::Path::kPrefill;
+  } else if (path == "decode") {
+    r.path = Request::Path::kDecode;
+  } else if (!path.empty() && path != "auto") {
+    fail(kOpName, ": environment variable ONNXATTN_SDPA_CUDA_PATH must be auto, prefill or decode, got '", path, "'");
+  }
+  const std::string kernel = env_value("ONNXATTN_SDPA_CUDA_KERNEL");
+  if (kernel == "mma") {
+    r.kernel = Request::Kernel::kMma;
+  } else if (kernel == "simt") {
+    r.kernel = Request::Kernel::kSimt;
+  } else if (!kernel.empty() && kernel != "auto") {
+    fail(kOpName, ": environment variable ONNXATTN_SDPA_CUDA_KERNEL must be auto, mma or simt, got '", kernel, "'");
+  }
+  return r;
+}
+
+int64_t choose_splits(int64_t ctas, int64_t key_tiles, int64_t slots, int64_t min_tiles_per_split, int64_t max_splits) {
+  if (ctas <= 0 || slots <= 0 || key_tiles <= 1) return 1;
+  const int64_t limit = std::max<int64_t>(1, std::min(max_splits, key_tiles / std::max<int64_t>(1, min_tiles_per_split)));
+  // Occupancy of the last wave: waves / ceil(waves) (below one wave, the fraction of the device used).
+  auto efficiency = [&](int64_t splits) {
+    const double waves = double(ctas * splits) / double(slots);
+    return waves / double(ceil_div(ctas * splits, slots));
+  };
+  // Even out the tiles per split so that no split is left nearly empty.
+  auto evened = [&](int64_t splits) { return ceil_div(key_tiles, ceil_div(key_tiles, splits)); };
+  // Below one wave every extra split adds bandwidth: take them all.
+  if (ctas * limit <= slots) return evened(limit);
+  double best = 0.0;
+  for (int64_t s = 1; s <= limit; ++s) best = std::max(best, efficiency(s));
+  for (int64_t s = 1; s <= limit; ++s) {
+    // Fewer splits mean less scratch traffic and a cheaper combine: take the first that is nearly best.
+    if (efficiency(s) >= 0.85 * best) return evened(s);
+  }
+  return 1;
+}
+
+LaunchPlan make_plan(const Params& p, DType dtype, const DeviceInfo& device, const Request& request, bool aligned16) {
+  if (p.head_dim > kMaxHeadDim || p.v_head_dim > kMaxHeadDim) {
+    fail(kOpName, ": the CUDA kernels support head sizes up to ", kMaxHeadDim, ", got D = ", p.head_dim,
+         " (Q, K dim 3) and Dv = ", p.v_head_dim, " (V dim 3)");
+  }
+  if (device.sm_count <= 0 || device.max_smem_per_block <= 0 || device.smem_per_sm <= 0) {
+    fail(kOpName, ": invalid CUDA device description (sm_count ", device.sm_count, ", shared memory per block ",
+         device.max_smem_per_block, ", per SM ", device.smem_per_sm, ")");
+  }
+  LaunchPlan plan;
+  std::string why;
+
+  const bool forced_path = request.path != Request::Path::kAuto;
+  const bool decode = forced_path ? request.path == Request::Path::kDecode : p.q_len <= kDecodeMaxQueries;
+  plan.schedule = decode ? Schedule::kDecode : Schedule::kPrefill;
+  why += std::string(schedule_name(plan.schedule)) +
+         (forced_path ? " (forced by ONNXATTN_SDPA_CUDA_PATH)"
+                      : decode ? " (Sq <= " + std::to_string(kDecodeMaxQueries) + ")"
+                               : " (Sq > " + std::to_string(kDecodeMaxQueries) + ")");
+
+  std::string simt_reason;
+  if (request.kernel == Request::Kernel::kSimt) {
+    simt_reason = "forced by ONNXATTN_SDPA_CUDA_KERNEL";
+  } else if (dtype == DType::kFloat32) {
+    simt_reason = "float32 has no tensor-core path";
+  } else if (p.head_dim % 8 != 0 || p.v_head_dim % 8 != 0 || p.v_head_dim == 0) {
+    simt_reason = "D or Dv is not a positive multiple of 8";
+  } else if (!aligned16) {
+    simt_reason = "Q, K, V or Y is not 16-byte aligned";
+  }
+  if (request.kernel == Request::Kernel::kMma && !simt_reason.empty()) {
+    fail(kOpName, ": ONNXATTN_SDPA_CUDA_KERNEL=mma, but the tensor-core kernels cannot run this problem: ", simt_reason);
+  }
+  plan.kernel = simt_reason.empty() ? Kernel::kMma : Kernel::kSimt;
+  why += std::string(", ") + kernel_name(plan.kernel) + (simt_reason.empty() ? "" : " (" + simt_reason + ")");
+
+  plan.threads = tiles::kThreads;
+  int resident_cap = 2;  // CTAs per SM assumed for the split choice, further limited by shared memory
+  if (plan.kernel == Kernel::kMma) {
+    plan.head_dim_tile = tiles::mma_head_dim_tile(p.head_dim, p.v_head_dim);
+    if (decode) {
+      plan.rows_per_cta = tiles::kDecodeRows;
+      plan.keys_per_tile = tiles::kDecodeKeys;
+      plan.stages = tiles::decode_stages(plan.head_dim_tile);
+      plan.smem_bytes = tiles::decode_smem_bytes(plan.head_dim_tile);
+    } else {
+      plan.rows_per_cta = tiles::prefill_rows(plan.head_dim_tile);
+      plan.keys_per_tile = tiles::kPrefillKeys;
+      plan.smem_bytes = tiles::prefill_smem_bytes(plan.head_dim_tile);
+    }
+  } else {
+    plan.rows_per_cta = tiles::kSimtRows;
+    plan.keys_per_tile = tiles::kSimtKeys;
+    plan.smem_bytes = tiles::simt_smem_bytes(p.head_dim, p.v_head_dim);
+    resident_cap = 4;
+  }
+  if (plan.smem_bytes > size_t(device.max_smem_per_block)) {
+    fail(kOpName, ": the ", kernel_name(plan.kernel), " ", schedule_name(plan.schedule), " kernel needs ",
+         plan.smem_bytes, " bytes of shared memory for D = ", p.head_dim, ", Dv = ", p.v_head_dim,
+         "; this device allows ", device.max_smem_per_block, " per block");
+  }
+
+  plan.rows_per_head = p.q_len * p.group_size();
+  plan.row_tiles = ceil_div(plan.rows_per_head, plan.rows_per_cta);
+  const int64_t ctas = plan.row_tiles * p.kv_heads * p.batch;
+  if (decode && ctas > 0) {
+    // Keys any query row may see: rows' bounds are monotone, so the first and last rows bound the union.
+    const KeyRange keys = p.structure.visible_keys(0, p.q_len, p.kv_len);
+    const int64_t key_tiles = ceil_div(std::max<int64_t>(0, keys.end - keys.begin), plan.keys_per_tile);
+    const int64_t per_sm = std::clamp<int64_t>(int64_t(device.smem_per_sm) / int64_t(plan.smem_bytes + 1024), 1, resident_cap);
+    const int64_t slots = int64_t(device.sm_count) * per_sm;
+    plan.splits = choose_splits(ctas, key_tiles, slots, ceil_div(kMinKeysPerSplit, plan.keys_per_tile), kMaxSplits);
+    why += ", " + std::to_string(plan.splits) + " split(s) for " + std::to_string(ctas) + " CTAs over " +
+           std::to_string(key_tiles) + " key tiles on " + std::to_string(slots) + " slots";
+  }
+  plan.grid = ctas * plan.splits;
+  if (plan.grid > int64_t(0x7fffffff)) {
+    fail(kOpName, ": problem too large for one CUDA grid (", plan.grid, " CTAs)");
+  }
+  if (plan.splits > 1) {
+    const int64_t out_rows = p.batch * p.q_heads * p.q_len;
+    plan.combine_grid = ceil_div(out_rows, tiles::kCombineRowsPerCta);
+    const size_t partial_out = align_up(size_t(plan.splits) * size_t(out_rows) * size_t(p.v_head_dim) * 4, 256);
+    plan.partial_lse_offset = partial_out;
+    plan.scratch_bytes = partial_out + align_up(size_t(plan.splits) * size_t(out_rows) * 4, 256);
+  }
+  plan.reason = why;
+  return plan;
+}
+
+}  // namespace onnxattn::sdpa::cuda

@@ -1,0 +1,84 @@
+#pragma once
+// ScaledDotProductAttention on CUDA, part 1 of 2: the launch plan. A plain host struct that says which
+// kernel runs, with which tiles, how many key splits, what grid, how much shared memory and scratch.
+// make_plan() is a pure function of the problem, the device's numbers and what the caller forces, so it
+// is unit-tested on machines without a GPU (tests/test_sdpa_cuda_host.py, through sdpa/cuda_capi.cc).
+// Nothing here includes CUDA or onnxruntime headers; the run half lives in sdpa/cuda_kernel.h.
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "sdpa/params.h"
+
+namespace onnxattn::sdpa::cuda {
+
+enum class DType { kFloat32, kFloat16, kBFloat16 };
+
+// The numbers of one device that the plan depends on (cudaDeviceGetAttribute on the GPU machine;
+// made up freely in host tests).
+struct DeviceInfo {
+  int sm_count = 0;
+  int max_smem_per_block = 0;  // opt-in limit for dynamic shared memory, bytes
+  int smem_per_sm = 0;         // bytes
+};
+
+// What the caller forces; kAuto lets make_plan decide. Read from the environment by request_from_env().
+struct Request {
+  enum class Path { kAuto, kPrefill, kDecode };
+  enum class Kernel { kAuto, kMma, kSimt };
+  Path path = Path::kAuto;
+  Kernel kernel = Kernel::kAuto;
+};
+
+// ONNXATTN_SDPA_CUDA_PATH = auto | prefill | decode and ONNXATTN_SDPA_CUDA_KERNEL = auto | mma | simt
+// (unset or empty = auto), read on every call so tests can switch within one process. An unknown value
+// is an InputError.
+Request request_from_env();
+
+// prefill: one pass over the keys per row tile, the output written directly.
+// decode: the keys of each row tile are split into `splits` ranges processed by separate CTAs that write
+//         partial results (normalised output + log-sum-exp) to scratch; a combine kernel merges them.
+enum class Schedule { kPrefill, kDecode };
+// mma: tensor-core kernels (fp16/bf16, mma.sync m16n8k16); simt: the plain CUDA-core kernel (every
+// dtype, every head size up to 256), also the simple version the tests compare the fast ones with.
+enum class Kernel { kMma, kSimt };
+
+struct LaunchPlan {
+  Schedule schedule = Schedule::kPrefill;
+  Kernel kernel = Kernel::kSimt;
+  int head_dim_tile = 0;   // mma: D and Dv are padded to this compiled size (64, 128, 256); simt: 0
+  int rows_per_cta = 0;    // packed rows per CTA; a KV head's rows are r = i * G + g (query i, head g of the group)
+  int keys_per_tile = 0;   // keys per CTA per main-loop step
+  int stages = 1;          // decode mma: shared-memory stages per warp
+  int threads = 0;
+  int64_t rows_per_head = 0;  // Sq * G
+  int64_t row_tiles = 0;      // per (batch, KV head)
+  int64_t splits = 1;
+  int64_t grid = 0;           // CTAs of the attention kernel, one dimension
+  size_t smem_bytes = 0;      // dynamic shared memory of the attention kernel
+  int64_t combine_grid = 0;   // CTAs of the combine kernel (0 when splits == 1)
+  size_t scratch_bytes = 0;   // partial outputs + partial LSE (0 when splits == 1)
+  size_t partial_lse_offset = 0;  // byte offset of the partial LSE inside scratch
+  std::string reason;         // why this plan: schedule, kernel and split choice, for logs and tests
+};
+
+inline constexpr int64_t kMaxHeadDim = 256;
+inline constexpr int64_t kDecodeMaxQueries = 16;  // auto schedule: decode when Sq <= this
+inline constexpr int64_t kMinKeysPerSplit = 256;
+inline constexpr int64_t kMaxSplits = 256;
+
+// The one place that decides how ScaledDotProductAttention runs on CUDA; see the rules in cuda_plan.cc.
+// `aligned16`: Q, K, V and Y start on 16-byte boundaries (the mma kernels copy 16-byte row chunks).
+// Throws InputError naming the reason when no CUDA kernel can run the problem (e.g. D > 256).
+LaunchPlan make_plan(const Params& p, DType dtype, const DeviceInfo& device, const Request& request, bool aligned16);
+
+// Number of key splits for split-KV: `ctas` CTAs exist without splitting, each over `key_tiles` tiles;
+// `slots` CTAs fit on the device at once. With at least `min_tiles_per_split` tiles per split and at most
+// `max_splits`: all allowed splits when even that stays within one wave, else the smallest split count
+// whose last wave is nearly as full as the best one's.
+int64_t choose_splits(int64_t ctas, int64_t key_tiles, int64_t slots, int64_t min_tiles_per_split, int64_t max_splits);
+
+const char* schedule_name(Schedule s);
+const char* kernel_name(Kernel k);
+
+}  // namespace onnxattn::sdpa::cuda
