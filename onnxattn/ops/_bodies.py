@@ -55,13 +55,16 @@ def structural_visibility(f: FunctionBuilder, p: str, j: str, *, band: bool) -> 
 
 def masked_softmax_attention(f: FunctionBuilder, s: str, visible: str, v: str) -> tuple[str, str]:
     """softmax(s where visible, else -inf) @ v with empty rows giving zeros. Returns (output, LSE with a
-    trailing unit axis; -inf for empty rows)."""
+    trailing unit axis; -inf for empty rows). A key that no row gives weight to contributes nothing, even
+    if its V holds NaN or Inf (e.g. an unwritten cache slot hidden by a mask), as in the kernels."""
     s = f.op("Where", visible, s, f.const(float("-inf")))
     axis = f.const([-1], I64)
     row_max = f.op("ReduceMax", s, axis, keepdims=1)
     safe_max = f.op("Where", f.op("IsInf", row_max, detect_positive=0), f.const(0.0), row_max)
     probs = f.op("Exp", f.op("Sub", s, safe_max))
     row_sum = f.op("ReduceSum", probs, axis, keepdims=1)
+    weight = f.op("Unsqueeze", f.op("ReduceMax", probs, f.const([-2], I64), keepdims=0), axis)  # [..., T, 1]
+    v = f.op("Where", f.op("Greater", weight, f.const(0.0)), v, f.const(0.0))
     out = f.op("Div", f.op("MatMul", probs, v), row_sum)
     out = f.op("Where", f.op("Equal", row_sum, f.const(0.0)), f.const(0.0), out)
     return out, f.op("Add", f.op("Log", row_sum), safe_max)

@@ -8,6 +8,8 @@
   void run(const Params&, const Tensors<float>&, const ParallelFor&);                   \
   void run(const Params&, const Tensors<Float16>&, const ParallelFor&);                 \
   void run(const Params&, const Tensors<BFloat16>&, const ParallelFor&);                \
+  void run(const Params&, const Tensors<Float16, float>&, const ParallelFor&);          \
+  void run(const Params&, const Tensors<BFloat16, float>&, const ParallelFor&);         \
   }
 
 ONNXATTN_DECLARE_ISA(generic)

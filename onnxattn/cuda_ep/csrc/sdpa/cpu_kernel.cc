@@ -52,8 +52,8 @@ const char* cpu_isa() {
   }
 }
 
-template <typename T>
-void run_cpu(const Params& params, const Tensors<T>& tensors, const ParallelFor& parallel_for) {
+template <typename T, typename TQ>
+void run_cpu(const Params& params, const Tensors<T, TQ>& tensors, const ParallelFor& parallel_for) {
   switch (selected_isa()) {
 #if ONNXATTN_HAVE_X86_ISAS
     case Isa::kAvx512: return avx512::run(params, tensors, parallel_for);
@@ -66,5 +66,7 @@ void run_cpu(const Params& params, const Tensors<T>& tensors, const ParallelFor&
 template void run_cpu<float>(const Params&, const Tensors<float>&, const ParallelFor&);
 template void run_cpu<Float16>(const Params&, const Tensors<Float16>&, const ParallelFor&);
 template void run_cpu<BFloat16>(const Params&, const Tensors<BFloat16>&, const ParallelFor&);
+template void run_cpu<Float16, float>(const Params&, const Tensors<Float16, float>&, const ParallelFor&);
+template void run_cpu<BFloat16, float>(const Params&, const Tensors<BFloat16, float>&, const ParallelFor&);
 
 }  // namespace onnxattn::sdpa

@@ -7,8 +7,9 @@
 
 namespace onnxattn::sdpa {
 
-template <typename T>
-void run_cpu(const Params& params, const Tensors<T>& tensors, const ParallelFor& parallel_for);
+// T: K, V, Y (and mask) element type; TQ: the query's (T, or float32 for fused ops' prepared queries).
+template <typename T, typename TQ = T>
+void run_cpu(const Params& params, const Tensors<T, TQ>& tensors, const ParallelFor& parallel_for);
 
 // The instruction set run_cpu uses on this machine: "avx512", "avx2" or "generic". The environment
 // variable ONNXATTN_CPU_ISA (generic | avx2 | avx512) lowers it, for tests and benchmarks.

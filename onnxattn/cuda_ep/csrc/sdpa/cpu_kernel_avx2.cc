@@ -10,6 +10,7 @@
 #pragma GCC diagnostic push
 // GCC 12 flags its own _mm512_undefined_* helpers; the by-value vector ABI note is moot for inlined code.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wpsabi"
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c")

@@ -90,6 +90,10 @@ Params make_params(const Shapes& s, MaskKind mask_kind, const Attributes& attrs,
   p.structure.window = attrs.window;
   p.structure.band = attrs.band;
   p.want_lse = want_lse;
+  p.q_strides = Strides::contiguous(p.q_heads, p.q_len, p.head_dim);
+  p.k_strides = Strides::contiguous(p.kv_heads, p.kv_len, p.head_dim);
+  p.v_strides = Strides::contiguous(p.kv_heads, p.kv_len, p.v_head_dim);
+  p.y_strides = Strides::contiguous(p.q_heads, p.q_len, p.v_head_dim);
   return p;
 }
 

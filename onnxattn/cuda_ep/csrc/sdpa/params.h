@@ -25,8 +25,18 @@ void check_attributes(const Attributes& attrs);
 
 enum class MaskKind { kNone, kBool, kAdditive };
 
+// Element strides of a [B, H, S, E] view whose last dim is contiguous. ScaledDotProductAttention's tensors
+// are contiguous BNSH; fused ops point the attention core at other layouts (e.g. [B, S, H*E] outputs or
+// KV-cache buffers longer than the valid length) through these.
+struct Strides {
+  int64_t batch = 0, head = 0, seq = 0;
+  int64_t at(int64_t b, int64_t h, int64_t s) const { return b * batch + h * head + s * seq; }
+  static Strides contiguous(int64_t heads, int64_t len, int64_t width) { return {heads * len * width, len * width, width}; }
+};
+
 struct Params {
   int64_t batch = 0, q_heads = 0, kv_heads = 0, q_len = 0, kv_len = 0, head_dim = 0, v_head_dim = 0;
+  // kv_len is the key count of the K/V views (the buffer length with per-batch kv_lengths).
   float scale = 1.0f;  // resolved: never 0
   float softcap = 0.0f;
   StructuralMask structure;
@@ -36,11 +46,12 @@ struct Params {
   bool want_lse = false;
 
   int64_t group_size() const { return q_heads / kv_heads; }
-  // Q, K, V, Y are contiguous [B, H, S, D]; these are their element offsets.
-  int64_t q_offset(int64_t b, int64_t h, int64_t i) const { return ((b * q_heads + h) * q_len + i) * head_dim; }
-  int64_t k_offset(int64_t b, int64_t h, int64_t j) const { return ((b * kv_heads + h) * kv_len + j) * head_dim; }
-  int64_t v_offset(int64_t b, int64_t h, int64_t j) const { return ((b * kv_heads + h) * kv_len + j) * v_head_dim; }
-  int64_t y_offset(int64_t b, int64_t h, int64_t i) const { return ((b * q_heads + h) * q_len + i) * v_head_dim; }
+  // Layouts of Q, K, V, Y (contiguous [B, H, S, D] unless a fused op says otherwise) and their offsets.
+  Strides q_strides, k_strides, v_strides, y_strides;
+  int64_t q_offset(int64_t b, int64_t h, int64_t i) const { return q_strides.at(b, h, i); }
+  int64_t k_offset(int64_t b, int64_t h, int64_t j) const { return k_strides.at(b, h, j); }
+  int64_t v_offset(int64_t b, int64_t h, int64_t j) const { return v_strides.at(b, h, j); }
+  int64_t y_offset(int64_t b, int64_t h, int64_t i) const { return y_strides.at(b, h, i); }
   int64_t lse_offset(int64_t b, int64_t h, int64_t i) const { return (b * q_heads + h) * q_len + i; }
   int64_t mask_offset(int64_t b, int64_t h, int64_t i) const {
     return b * mask_strides[0] + h * mask_strides[1] + i * mask_strides[2];
@@ -60,15 +71,20 @@ Params make_params(const Shapes& shapes, MaskKind mask_kind, const Attributes& a
 std::vector<int64_t> output_shape(const Params& p);
 std::vector<int64_t> lse_shape(const Params& p);
 
-template <typename T>
+// TQ is the query's element type: T, or float for fused ops that prepare queries in float32 (QK-norm,
+// RoPE) before attention.
+template <typename T, typename TQ = T>
 struct Tensors {
-  const T* q = nullptr;
+  const TQ* q = nullptr;
   const T* k = nullptr;
   const T* v = nullptr;
   const bool* bool_mask = nullptr;   // MaskKind::kBool: true = may attend
   const T* additive_mask = nullptr;  // MaskKind::kAdditive: added to the scores
   T* y = nullptr;
   float* lse = nullptr;  // only when Params::want_lse
+  // Per-batch overrides of the uniform layout (fused ops with KV caches; null otherwise):
+  const int64_t* query_offsets = nullptr;  // [B] key position of query row 0 (instead of Skv - Sq)
+  const int64_t* kv_lengths = nullptr;     // [B] valid keys (instead of Skv)
 };
 
 }  // namespace onnxattn::sdpa
