@@ -2,7 +2,8 @@
 // every configuration so the host tests run without nvcc or a GPU.
 //
 // Rules, in order:
-//  1. Refuse D > 256 or Dv > 256 (every kernel keeps a head's row tile in shared memory).
+//  1. Refuse D > 256 or Dv > 256 (every kernel keeps a head's row tile in shared memory), and Skv >= 2^31
+//     (key indices are 32-bit inside the kernels; element offsets are 64-bit everywhere).
 //  2. Schedule: decode (split-KV + combine) when Sq <= 16, else prefill; ONNXATTN_SDPA_CUDA_PATH forces it.
 //     Decode is correct for every Sq, so forcing it is a valid test of the split path on any shape.
 //  3. Kernel: mma (tensor cores) for float16/bfloat16 when D and Dv are multiples of 8 (16-byte rows) and
@@ -85,6 +86,9 @@ LaunchPlan make_plan(const Params& p, DType dtype, const DeviceInfo& device, con
   if (device.sm_count <= 0 || device.max_smem_per_block <= 0 || device.smem_per_sm <= 0) {
     fail(kOpName, ": invalid CUDA device description (sm_count ", device.sm_count, ", shared memory per block ",
          device.max_smem_per_block, ", per SM ", device.smem_per_sm, ")");
+  }
+  if (p.kv_len > int64_t(0x7fffffff) - 1024) {
+    fail(kOpName, ": the CUDA kernels index keys with 32 bits; Skv = ", p.kv_len, " (K dim 2) is too long");
   }
   LaunchPlan plan;
   std::string why;

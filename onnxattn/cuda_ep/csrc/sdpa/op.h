@@ -7,4 +7,8 @@ namespace onnxattn::sdpa {
 template <typename T>
 const OrtCustomOp* cpu_op();
 
+// Defined only in builds with CUDA (op_cuda.cc).
+template <typename T>
+const OrtCustomOp* cuda_op();
+
 }  // namespace onnxattn::sdpa

@@ -1,0 +1,273 @@
+#pragma once
+// Split-KV decode kernel (Flash-Decoding) for float16/bfloat16 on tensor cores, included by one .cu per
+// dtype. One CTA = 16 packed rows of one KV head (for Sq = 1 these are the query heads of the GQA group,
+// so the group's K/V is read once) x one split of the keys those rows may see.
+//
+// Decode is bound by reading K and V, so the 4 warps split the keys rather than the rows: warp w takes
+// steps w, w+4, ... of 16 keys, each through its own ring of shared-memory stages filled by cp.async
+// (no CTA-wide barrier in the main loop, several loads in flight per warp). Each warp keeps its own
+// online-softmax state; at the end the warps merge through shared memory and the CTA writes either the
+// final output (one split) or a partial output normalised by its own sum plus its log-sum-exp, which
+// the combine kernel (cuda_simt.cu) merges across splits. All offsets are 64-bit.
+#include "sdpa/cuda_device.cuh"
+
+namespace onnxattn::sdpa::cuda {
+
+template <typename T, int kTile>
+__global__ void __launch_bounds__(tiles::kThreads) decode_mma_kernel(const KernelArgs<T> a) {
+  constexpr int kWarps = tiles::kWarps;
+  constexpr int kRows = tiles::kDecodeRows;
+  constexpr int kWarpKeys = tiles::kDecodeWarpKeys;
+  constexpr int kStages = tiles::decode_stages(kTile);
+  constexpr int kStride = tiles::smem_stride(kTile);
+  constexpr int kChunks = kTile / 8;
+  constexpr int kOutN8 = kTile / 8;
+  constexpr int kSteps = kTile / 16;
+  static_assert(kRows == 16 && kWarpKeys == 16, "one m16 block of rows, one k16 step of keys per warp step");
+
+  extern __shared__ __align__(16) unsigned char smem[];
+  uint16_t* const q_s = reinterpret_cast<uint16_t*>(smem);
+  unsigned char* const pipe = smem + kRows * kStride * sizeof(uint16_t);
+  __shared__ float merge_m[kWarps][kRows], merge_l[kWarps][kRows];
+  __shared__ float final_m[kRows], final_l[kRows];
+
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int quad_row = lane / 4, quad_col = 2 * (lane % 4);
+
+  const CtaCoords cta = cta_coords(a);
+  const int64_t row_begin = cta.row_tile * kRows;
+  const int64_t row_end = min(row_begin + kRows, a.rows_per_head);
+  const TileKeys keys = tile_keys(a.structure, row_begin, row_end, a.group, a.kv_len);
+  const KeyRange range = split_keys(keys.any, cta.split, a.splits, kWarpKeys);
+
+  const int d_chunks = (a.head_dim + 15) / 16 * 2;
+  const int dv_chunks = (a.v_head_dim + 15) / 16 * 2;
+  const int d_steps = d_chunks / 2, dv_pairs = dv_chunks / 2;
+  const int64_t kv_row0 = (cta.batch * a.kv_heads + cta.kv_head) * a.kv_len;
+  const T* const k_base = a.k + kv_row0 * a.head_dim;
+  const T* const v_base = a.v + kv_row0 * a.v_head_dim;
+
+  // ---- Q tile (whole CTA), then its A fragments into registers for the whole loop.
+  for (int idx = tid; idx < kRows * kChunks; idx += tiles::kThreads) {
+    const int row = idx / kChunks, c = idx % kChunks;
+    if (c >= d_chunks) continue;
+    const int64_t r = row_begin + row;
+    const bool valid = r < row_end && c * 8 < a.head_dim;
+    const T* src = a.q;
+    if (valid) {
+      const RowRef ref = row_ref(a, cta.batch, cta.kv_head, r);
+      src = a.q + ((cta.batch * a.q_heads + ref.head) * a.q_len + ref.query) * a.head_dim + c * 8;
+    }
+    cp_async_16(smem_u32(q_s + row * kStride + c * 8), src, valid);
+  }
+  cp_async_commit();
+  cp_async_wait<0>();
+  __syncthreads();
+  uint32_t qa[kSteps][4];
+#pragma unroll
+  for (int ks = 0; ks < kSteps; ++ks) {
+    if (ks < d_steps) ldmatrix_x4(qa[ks], smem_u32(q_s + (lane % 16) * kStride + ks * 16 + (lane / 16) * 8));
+  }
+
+  // ---- This warp's stages: K then V, [kWarpKeys][kStride] each.
+  uint16_t* const warp_pipe = reinterpret_cast<uint16_t*>(pipe) + warp * kStages * 2 * kWarpKeys * kStride;
+  // Key indices fit in 32 bits (the plan refuses Skv >= 2^31); element offsets are 64-bit.
+  const int range_begin = int(range.begin), range_end = int(range.end);
+  const int all_begin = int(keys.all.begin), all_end = int(keys.all.end);
+  const int key_steps = (range_end - range_begin + kWarpKeys - 1) / kWarpKeys;
+  const int my_steps = key_steps > warp ? (key_steps - warp + kWarps - 1) / kWarps : 0;
+  auto load_step = [&](int it) {
+    const int j0 = range_begin + (warp + it * kWarps) * kWarpKeys;
+    const int j_end = min(j0 + kWarpKeys, range_end);
+    uint16_t* const k_dst = warp_pipe + (it % kStages) * 2 * kWarpKeys * kStride;
+    uint16_t* const v_dst = k_dst + kWarpKeys * kStride;
+    for (int idx = lane; idx < kWarpKeys * kChunks; idx += 32) {
+      const int row = idx / kChunks, c = idx % kChunks;
+      const int j = j0 + row;
+      if (c < d_chunks) {
+        const bool valid = j < j_end && c * 8 < a.head_dim;
+        cp_async_16(smem_u32(k_dst + row * kStride + c * 8), valid ? k_base + int64_t(j) * a.head_dim + c * 8 : k_base,
+                    valid);
+      }
+      if (c < dv_chunks) {
+        const bool valid = j < j_end && c * 8 < a.v_head_dim;
+        cp_async_16(smem_u32(v_dst + row * kStride + c * 8),
+                    valid ? v_base + int64_t(j) * a.v_head_dim + c * 8 : v_base, valid);
+      }
+    }
+  };
+
+  float o[kOutN8][4];
+#pragma unroll
+  for (int n = 0; n < kOutN8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+  float m[2] = {kNegInf, kNegInf}, l[2] = {0.0f, 0.0f};
+  const bool has_mask = a.mask_kind != MaskKind::kNone;
+
+#pragma unroll
+  for (int st = 0; st < kStages - 1; ++st) {
+    if (st < my_steps) load_step(st);
+    cp_async_commit();  // empty groups keep the count uniform
+  }
+  for (int it = 0; it < my_steps; ++it) {
+    if (it + kStages - 1 < my_steps) load_step(it + kStages - 1);
+    cp_async_commit();
+    cp_async_wait<kStages - 1>();  // the group of step `it` has landed (this lane's part)
+    __syncwarp();                  // ... and every lane's part is visible
+    const uint16_t* const k_s = warp_pipe + (it % kStages) * 2 * kWarpKeys * kStride;
+    const uint16_t* const v_s = k_s + kWarpKeys * kStride;
+    const int j0 = range_begin + (warp + it * kWarps) * kWarpKeys;
+    const int j_end = min(j0 + kWarpKeys, range_end);
+
+    // S = Q K^T for 16 rows x 16 keys (two n8 tiles).
+    float s[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
+#pragma unroll
+    for (int ks = 0; ks < kSteps; ++ks) {
+      if (ks >= d_steps) break;
+      uint32_t kb[4];
+      const int key = lane % 8 + (lane / 16) * 8;
+      ldmatrix_x4(kb, smem_u32(k_s + key * kStride + ks * 16 + ((lane / 8) % 2) * 8));
+      Mma<T>::run(s[0], qa[ks], kb[0], kb[1]);
+      Mma<T>::run(s[1], qa[ks], kb[2], kb[3]);
+    }
+
+    // Keys past this split's end belong to another split: the element test runs on them too.
+    const bool edge = j0 < all_begin || j0 + kWarpKeys > all_end || j0 + kWarpKeys > j_end;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      float x[4];
+#pragma unroll
+      for (int n = 0; n < 2; ++n) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const float v = s[n][2 * h + e] * a.scale;
+          x[2 * n + e] = a.softcap > 0.0f ? soft_cap(v, a.softcap) : v;
+        }
+      }
+      if (edge || has_mask) {
+        const int64_t r = min(row_begin + quad_row + 8 * h, row_end - 1);
+        const RowRef ref = row_ref(a, cta.batch, cta.kv_head, r);
+        const KeyRange row_keys = a.structure.visible_keys(ref.query, a.kv_len);
+        const int64_t mask_row = has_mask ? mask_row_offset(a, cta.batch, ref) : 0;
+#pragma unroll
+        for (int n = 0; n < 2; ++n) {
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const int j = j0 + n * 8 + quad_col + e;
+            if (j >= j_end || j < row_keys.begin || j >= row_keys.end) {
+              x[2 * n + e] = kNegInf;
+            } else if (has_mask) {
+              x[2 * n + e] += user_mask(a, mask_row, j);
+            }
+          }
+        }
+      }
+      const float alpha = online_softmax_step(x, m[h], l[h]);
+      s[0][2 * h] = x[0];
+      s[0][2 * h + 1] = x[1];
+      s[1][2 * h] = x[2];
+      s[1][2 * h + 1] = x[3];
+#pragma unroll
+      for (int n = 0; n < kOutN8; ++n) {
+        o[n][2 * h] *= alpha;
+        o[n][2 * h + 1] *= alpha;
+      }
+    }
+
+    // O += P V: P (16 x 16) is one A fragment.
+    const uint32_t pa[4] = {Mma<T>::pack(s[0][0], s[0][1]), Mma<T>::pack(s[0][2], s[0][3]),
+                            Mma<T>::pack(s[1][0], s[1][1]), Mma<T>::pack(s[1][2], s[1][3])};
+#pragma unroll
+    for (int np = 0; np < kTile / 16; ++np) {
+      if (np >= dv_pairs) break;
+      uint32_t vb[4];
+      const int key = lane % 8 + ((lane / 8) % 2) * 8;
+      ldmatrix_x4_trans(vb, smem_u32(v_s + key * kStride + np * 16 + (lane / 16) * 8));
+      Mma<T>::run(o[2 * np], pa, vb[0], vb[1]);
+      Mma<T>::run(o[2 * np + 1], pa, vb[2], vb[3]);
+    }
+    __syncwarp();  // every lane is done with this stage before it is refilled
+  }
+  cp_async_wait<0>();
+
+  // ---- Merge the 4 warps: M = max m_w, L = sum l_w exp(m_w - M), O = sum O_w exp(m_w - M).
+  l[0] = quad_sum(l[0]);
+  l[1] = quad_sum(l[1]);
+  if (lane % 4 == 0) {
+    merge_m[warp][quad_row] = m[0];
+    merge_m[warp][quad_row + 8] = m[1];
+    merge_l[warp][quad_row] = l[0];
+    merge_l[warp][quad_row + 8] = l[1];
+  }
+  __syncthreads();  // also: every warp is done with the pipeline area, reused below
+  float* const merge_o = reinterpret_cast<float*>(pipe);  // [kWarps][kRows][kTile]
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int row = quad_row + 8 * h;
+    float big = kNegInf;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) big = fmaxf(big, merge_m[w][row]);
+    const float shift = (big == kNegInf ? 0.0f : big) * kLog2e;
+    const float factor = fast_exp2(m[h] * kLog2e - shift);
+    float* const dst = merge_o + (warp * kRows + row) * kTile;
+#pragma unroll
+    for (int n = 0; n < kOutN8; ++n) {
+      if (n >= dv_chunks) break;
+      *reinterpret_cast<float2*>(dst + n * 8 + quad_col) = make_float2(o[n][2 * h] * factor, o[n][2 * h + 1] * factor);
+    }
+    if (warp == 0 && lane % 4 == 0) {
+      float total = 0.0f;
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) total += merge_l[w][row] * fast_exp2(merge_m[w][row] * kLog2e - shift);
+      final_m[row] = big;
+      final_l[row] = total;
+    }
+  }
+  __syncthreads();
+
+  // ---- Write: coalesced along Dv.
+  const int dv = a.v_head_dim;
+  for (int idx = tid; idx < kRows * dv; idx += tiles::kThreads) {
+    const int row = idx / dv, col = idx % dv;
+    const int64_t r = row_begin + row;
+    if (r >= row_end) continue;
+    float value = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) value += merge_o[(w * kRows + row) * kTile + col];
+    const float total = final_l[row];
+    value = total > 0.0f ? value / total : 0.0f;
+    const int64_t out_row = row_ref(a, cta.batch, cta.kv_head, r).out_row;
+    if (a.splits == 1) {
+      a.y[out_row * dv + col] = from_float<T>(value);
+    } else {
+      a.partial_out[(cta.split * a.out_rows + out_row) * dv + col] = value;
+    }
+  }
+  if (tid < kRows && row_begin + tid < row_end) {
+    const int64_t out_row = row_ref(a, cta.batch, cta.kv_head, row_begin + tid).out_row;
+    const float total = final_l[tid];
+    const float lse = total > 0.0f ? final_m[tid] + logf(total) : kNegInf;
+    if (a.splits > 1) {
+      a.partial_lse[cta.split * a.out_rows + out_row] = lse;
+    } else if (a.lse != nullptr) {
+      a.lse[out_row] = lse;
+    }
+  }
+}
+
+template <typename T, int kTile>
+void launch_decode_tile(const KernelArgs<T>& args, const LaunchPlan& plan, cudaStream_t stream) {
+  auto* kernel = decode_mma_kernel<T, kTile>;
+  allow_smem(kernel, plan.smem_bytes);
+  kernel<<<unsigned(plan.grid), plan.threads, plan.smem_bytes, stream>>>(args);
+}
+
+template <typename T>
+void launch_decode_mma(const KernelArgs<T>& args, const LaunchPlan& plan, cudaStream_t stream) {
+  switch (plan.head_dim_tile) {
+    case 64: return launch_decode_tile<T, 64>(args, plan, stream);
+    case 128: return launch_decode_tile<T, 128>(args, plan, stream);
+    default: return launch_decode_tile<T, 256>(args, plan, stream);
+  }
+}
+
+}  // namespace onnxattn::sdpa::cuda

@@ -1,0 +1,232 @@
+#pragma once
+// Device-side building blocks shared by the CUDA kernels of ScaledDotProductAttention: the kernel
+// argument struct, PTX wrappers (cp.async, ldmatrix, mma.sync), and the score hooks (scale, softcap,
+// user mask, structural edge mask) applied in registers. Included by the .cu files only.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <cstring>
+
+#include "common/half.h"
+#include "common/visibility.h"
+#include "sdpa/cuda_plan.h"
+#include "sdpa/cuda_ranges.h"
+#include "sdpa/cuda_tiles.h"
+#include "sdpa/params.h"
+
+namespace onnxattn::sdpa::cuda {
+
+// Everything a kernel reads, by value. Q, K, V, Y are contiguous [B, H, S, D]; "out row" is the flat
+// index (b * Hq + h) * Sq + i of Y's and LSE's rows.
+template <typename T>
+struct KernelArgs {
+  const T* q;
+  const T* k;
+  const T* v;
+  const bool* bool_mask;
+  const T* additive_mask;
+  T* y;
+  float* lse;           // null when not requested
+  float* partial_out;   // decode with splits > 1: [splits][out_rows][Dv]
+  float* partial_lse;   // [splits][out_rows]
+  int64_t batch, q_heads, kv_heads, q_len, kv_len;
+  int head_dim, v_head_dim;
+  int64_t group;
+  int64_t rows_per_head;  // q_len * group
+  int64_t row_tiles, splits, out_rows;
+  float scale, softcap;
+  StructuralMask structure;
+  MaskKind mask_kind;
+  int64_t mask_stride[4];
+};
+
+inline constexpr float kLog2e = 1.4426950408889634f;
+inline constexpr float kNegInf = -__builtin_huge_valf();
+
+// ---- CTA coordinates. Flattened into blockIdx.x (no 65535 limit on heads or batch); row tiles vary
+// fastest so CTAs that share a KV head run together and share K/V in L2.
+struct CtaCoords {
+  int64_t row_tile, split, kv_head, batch;
+};
+
+template <typename T>
+__device__ __forceinline__ CtaCoords cta_coords(const KernelArgs<T>& a) {
+  int64_t bid = blockIdx.x;
+  CtaCoords c;
+  c.row_tile = bid % a.row_tiles;
+  bid /= a.row_tiles;
+  c.split = bid % a.splits;
+  bid /= a.splits;
+  c.kv_head = bid % a.kv_heads;
+  c.batch = bid / a.kv_heads;
+  return c;
+}
+
+// Query index, query head and flat output row of packed row r of KV head `kv_head`.
+struct RowRef {
+  int64_t query, head, out_row;
+};
+
+template <typename T>
+__device__ __forceinline__ RowRef row_ref(const KernelArgs<T>& a, int64_t batch, int64_t kv_head, int64_t r) {
+  RowRef ref;
+  ref.query = r / a.group;
+  ref.head = kv_head * a.group + r % a.group;
+  ref.out_row = (batch * a.q_heads + ref.head) * a.q_len + ref.query;
+  return ref;
+}
+
+template <typename T>
+__device__ __forceinline__ int64_t mask_row_offset(const KernelArgs<T>& a, int64_t batch, const RowRef& ref) {
+  return batch * a.mask_stride[0] + ref.head * a.mask_stride[1] + ref.query * a.mask_stride[2];
+}
+
+// ---- Score hooks, in the contract's order: scale, softcap, user mask, structural mask.
+// c * tanh(x / c) as c * (1 - 2 / (exp(2x/c) + 1)): exact limits, ~1e-7 relative error, no tanhf call.
+__device__ __forceinline__ float soft_cap(float x, float cap) {
+  const float e = __expf(2.0f * x / cap);
+  return cap - 2.0f * cap / (e + 1.0f);
+}
+
+// User mask at key j for a row whose mask row starts at `row_offset`: the value to add (0 or -inf for
+// bool masks).
+template <typename T>
+__device__ __forceinline__ float user_mask(const KernelArgs<T>& a, int64_t row_offset, int64_t j) {
+  const int64_t at = row_offset + j * a.mask_stride[3];
+  if (a.mask_kind == MaskKind::kBool) return a.bool_mask[at] ? 0.0f : kNegInf;
+  return to_float(a.additive_mask[at]);
+}
+
+// ex2.approx: one MUFU op; exp2(-inf) = +0, which the online softmax relies on.
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
+__device__ __forceinline__ float warp_max(float x) {
+  for (int o = 16; o > 0; o /= 2) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
+  return x;
+}
+__device__ __forceinline__ float warp_sum(float x) {
+  for (int o = 16; o > 0; o /= 2) x += __shfl_xor_sync(0xffffffffu, x, o);
+  return x;
+}
+// Reductions over the 4 lanes of a quad: in an mma accumulator, the lanes holding one row.
+__device__ __forceinline__ float quad_max(float x) {
+  x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+  return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+}
+__device__ __forceinline__ float quad_sum(float x) {
+  x += __shfl_xor_sync(0xffffffffu, x, 1);
+  return x + __shfl_xor_sync(0xffffffffu, x, 2);
+}
+
+// ---- PTX wrappers.
+__device__ __forceinline__ uint32_t smem_u32(const void* p) { return uint32_t(__cvta_generic_to_shared(p)); }
+
+// 16-byte global -> shared copy that bypasses L1; `valid` false writes 16 zero bytes and reads nothing.
+__device__ __forceinline__ void cp_async_16(uint32_t dst, const void* src, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int kPending>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
+}
+
+// Four 8x8 b16 matrices; lanes 8m..8m+7 give the row addresses of matrix m. Lane l receives, of each
+// matrix, row l/4 and columns 2(l%4), 2(l%4)+1 (transposed: rows 2(l%4), 2(l%4)+1 of column l/4).
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+
+// D = A B + D for A 16x16 (row-major fragments a0..a3), B 16x8 (b0, b1), fp32 accumulators: lane l holds
+// rows l/4 and l/4 + 8, columns 2(l%4) and 2(l%4)+1 of D in d[0..1] and d[2..3].
+template <typename T>
+struct Mma;
+
+template <>
+struct Mma<Float16> {
+  static __device__ __forceinline__ void run(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+  // Two floats as one register, `lo` in the low half (the lower column index).
+  static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
+    const __half2 h = __floats2half2_rn(lo, hi);
+    uint32_t bits;
+    memcpy(&bits, &h, sizeof bits);
+    return bits;
+  }
+};
+
+template <>
+struct Mma<BFloat16> {
+  static __device__ __forceinline__ void run(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+  static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
+    const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+    uint32_t bits;
+    memcpy(&bits, &h, sizeof bits);
+    return bits;
+  }
+};
+
+// ---- Online softmax over one row's slice held by a quad of lanes (the mma accumulator layout).
+// `x` holds the row's scores of this step (natural-log units, -inf where hidden) and becomes the
+// probabilities; returns the factor by which the row's earlier output and sum must be scaled.
+// A row that has seen no visible key yet keeps m = -inf and subtracts 0 instead, so exp gives exact zeros.
+template <int kCount>
+__device__ __forceinline__ float online_softmax_step(float (&x)[kCount], float& m, float& l) {
+  float step_max = kNegInf;
+#pragma unroll
+  for (int e = 0; e < kCount; ++e) step_max = fmaxf(step_max, x[e]);
+  const float m_new = fmaxf(m, quad_max(step_max));
+  const float shift = (m_new == kNegInf ? 0.0f : m_new) * kLog2e;
+  const float alpha = fast_exp2(m * kLog2e - shift);
+  m = m_new;
+  float sum = 0.0f;
+#pragma unroll
+  for (int e = 0; e < kCount; ++e) {
+    x[e] = fast_exp2(x[e] * kLog2e - shift);
+    sum += x[e];
+  }
+  l = l * alpha + sum;  // per-lane partial sum; reduced over the quad once, at the end
+  return alpha;
+}
+
+// ---- Launchers, one per kernel family, instantiated in their own translation units.
+template <typename T>
+void launch_prefill_mma(const KernelArgs<T>& args, const LaunchPlan& plan, cudaStream_t stream);
+template <typename T>
+void launch_decode_mma(const KernelArgs<T>& args, const LaunchPlan& plan, cudaStream_t stream);
+template <typename T>
+void launch_simt(const KernelArgs<T>& args, const LaunchPlan& plan, cudaStream_t stream);
+template <typename T>
+void launch_combine(const KernelArgs<T>& args, const LaunchPlan& plan, cudaStream_t stream);
+
+// Raises the kernel's dynamic shared-memory limit when it needs more than the default 48 KiB.
+template <typename Kernel>
+void allow_smem(Kernel* kernel, size_t bytes) {
+  if (bytes > 48 * 1024) cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
+}
+
+}  // namespace onnxattn::sdpa::cuda

@@ -1,0 +1,258 @@
+#pragma once
+// Prefill kernel (FlashAttention-2 style) for float16/bfloat16 on tensor cores, included by one .cu per
+// dtype. One CTA = one tile of packed rows of one KV head (sdpa/cuda_tiles.h); its 4 warps split the rows,
+// each warp owning kBlocks blocks of 16 rows, and walk the keys the tile may see (cuda_ranges.h) in steps
+// of 64:
+//
+//   wait K_t; barrier; async-load V_t          S = Q K_t^T   (ldmatrix Q and K, mma.sync m16n8k16)
+//   scale, softcap, user mask, edge mask;      online softmax in registers, rescale O
+//   wait V_t; barrier; async-load K_{t+1}      O += P V_t    (P from the S registers, V via ldmatrix.trans)
+//
+// so V's load overlaps the first product and the next K's load the second. D and Dv are padded to
+// kTile columns in shared memory (zero-filled), and the k-steps / output columns past them are skipped.
+#include "sdpa/cuda_device.cuh"
+
+namespace onnxattn::sdpa::cuda {
+
+template <typename T, int kTile>
+__global__ void __launch_bounds__(tiles::kThreads) prefill_mma_kernel(const KernelArgs<T> a) {
+  constexpr int kBlocks = tiles::prefill_row_blocks(kTile);
+  constexpr int kRows = tiles::prefill_rows(kTile);
+  constexpr int kKeys = tiles::kPrefillKeys;
+  constexpr int kStride = tiles::smem_stride(kTile);
+  constexpr int kChunks = kTile / 8;     // 16-byte chunks per padded row
+  constexpr int kKeyN8 = kKeys / 8;      // n8 tiles of S per row block
+  constexpr int kOutN8 = kTile / 8;      // n8 tiles of O per row block
+  constexpr int kThreads = tiles::kThreads;
+
+  extern __shared__ __align__(16) unsigned char smem[];
+  uint16_t* const q_s = reinterpret_cast<uint16_t*>(smem);
+  uint16_t* const k_s = q_s + kRows * kStride;
+  uint16_t* const v_s = k_s + kKeys * kStride;
+
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int quad_row = lane / 4, quad_col = 2 * (lane % 4);
+
+  // Coordinates; the last row tiles see the most keys under a causal mask, so they start first.
+  CtaCoords cta = cta_coords(a);
+  cta.row_tile = a.row_tiles - 1 - cta.row_tile;
+  const int64_t row_begin = cta.row_tile * kRows;
+  const int64_t row_end = min(row_begin + kRows, a.rows_per_head);
+  const TileKeys keys = tile_keys(a.structure, row_begin, row_end, a.group, a.kv_len);
+
+  const int d_chunks = (a.head_dim + 15) / 16 * 2;    // chunks read by the k-steps of S = Q K^T
+  const int dv_chunks = (a.v_head_dim + 15) / 16 * 2;  // chunks read by the n-tile pairs of O += P V
+  const int d_steps = d_chunks / 2, dv_pairs = dv_chunks / 2;
+  const int64_t kv_row0 = (cta.batch * a.kv_heads + cta.kv_head) * a.kv_len;
+  const T* const k_base = a.k + kv_row0 * a.head_dim;
+  const T* const v_base = a.v + kv_row0 * a.v_head_dim;
+
+  // ---- Q tile: rows past the end and columns past D are zero.
+  for (int idx = tid; idx < kRows * kChunks; idx += kThreads) {
+    const int row = idx / kChunks, c = idx % kChunks;
+    if (c >= d_chunks) continue;
+    const int64_t r = row_begin + row;
+    const bool valid = r < row_end && c * 8 < a.head_dim;
+    const T* src = a.q;
+    if (valid) {
+      const RowRef ref = row_ref(a, cta.batch, cta.kv_head, r);
+      src = a.q + ((cta.batch * a.q_heads + ref.head) * a.q_len + ref.query) * a.head_dim + c * 8;
+    }
+    cp_async_16(smem_u32(q_s + row * kStride + c * 8), src, valid);
+  }
+  // Rows [j0, j_end) of K or V into `dst`; rows outside and columns past `width` are zero. Each thread
+  // keeps one chunk column and strides over rows, so addresses advance by constants.
+  auto load_keys = [&](uint16_t* dst, const T* base, int width, int chunks, int j0, int j_end) {
+    constexpr int kRowStep = kThreads / kChunks;
+    const int c = tid % kChunks;
+    if (c >= chunks) return;
+    const int row0 = tid / kChunks;
+    const bool col_valid = c * 8 < width;
+    const T* src = base + int64_t(j0 + row0) * width + c * 8;
+    const uint32_t dst_addr = smem_u32(dst + row0 * kStride + c * 8);
+#pragma unroll
+    for (int i = 0; i < kKeys / kRowStep; ++i) {
+      const bool valid = col_valid && j0 + row0 + i * kRowStep < j_end;
+      cp_async_16(dst_addr + i * kRowStep * kStride * 2, valid ? src + int64_t(i) * kRowStep * width : base, valid);
+    }
+  };
+
+  float o[kBlocks][kOutN8][4];
+  float m[kBlocks][2], l[kBlocks][2];
+#pragma unroll
+  for (int b = 0; b < kBlocks; ++b) {
+#pragma unroll
+    for (int n = 0; n < kOutN8; ++n) o[b][n][0] = o[b][n][1] = o[b][n][2] = o[b][n][3] = 0.0f;
+    m[b][0] = m[b][1] = kNegInf;
+    l[b][0] = l[b][1] = 0.0f;
+  }
+
+  // Key indices fit in 32 bits (the plan refuses Skv >= 2^31); element offsets are 64-bit.
+  const int any_begin = int(keys.any.begin), any_end = int(keys.any.end);
+  const int all_begin = int(keys.all.begin), all_end = int(keys.all.end);
+  const int steps = any_end > any_begin ? (any_end - any_begin + kKeys - 1) / kKeys : 0;
+  if (steps > 0) load_keys(k_s, k_base, a.head_dim, d_chunks, any_begin, min(any_begin + kKeys, any_end));
+  cp_async_commit();
+
+  for (int step = 0; step < steps; ++step) {
+    const int j0 = any_begin + step * kKeys;
+    const int j_end = min(j0 + kKeys, any_end);
+    cp_async_wait<0>();
+    __syncthreads();  // K_t visible to all; every warp is done with V_{t-1}
+    load_keys(v_s, v_base, a.v_head_dim, dv_chunks, j0, j_end);
+    cp_async_commit();
+
+    // ---- S = Q K^T
+    float s[kBlocks][kKeyN8][4];
+#pragma unroll
+    for (int b = 0; b < kBlocks; ++b)
+#pragma unroll
+      for (int n = 0; n < kKeyN8; ++n) s[b][n][0] = s[b][n][1] = s[b][n][2] = s[b][n][3] = 0.0f;
+#pragma unroll
+    for (int ks = 0; ks < kTile / 16; ++ks) {
+      if (ks >= d_steps) break;
+      uint32_t qa[kBlocks][4];
+#pragma unroll
+      for (int b = 0; b < kBlocks; ++b) {
+        const int row = (warp * kBlocks + b) * 16 + lane % 16;
+        ldmatrix_x4(qa[b], smem_u32(q_s + row * kStride + ks * 16 + (lane / 16) * 8));
+      }
+#pragma unroll
+      for (int np = 0; np < kKeys / 16; ++np) {
+        // Matrices: keys +0..7 cols +0..7 | keys +0..7 cols +8..15 | keys +8..15 cols +0..7 | +8.., +8..
+        uint32_t kb[4];
+        const int key = np * 16 + lane % 8 + (lane / 16) * 8;
+        ldmatrix_x4(kb, smem_u32(k_s + key * kStride + ks * 16 + ((lane / 8) % 2) * 8));
+#pragma unroll
+        for (int b = 0; b < kBlocks; ++b) {
+          Mma<T>::run(s[b][2 * np], qa[b], kb[0], kb[1]);
+          Mma<T>::run(s[b][2 * np + 1], qa[b], kb[2], kb[3]);
+        }
+      }
+    }
+
+    // ---- Scores: scale, softcap, user mask; the element test only on tiles not wholly inside `all`.
+    const bool edge = j0 < all_begin || j0 + kKeys > all_end;
+    const bool has_mask = a.mask_kind != MaskKind::kNone;
+#pragma unroll
+    for (int b = 0; b < kBlocks; ++b) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        float x[2 * kKeyN8];
+#pragma unroll
+        for (int n = 0; n < kKeyN8; ++n) {
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const float v = s[b][n][2 * h + e] * a.scale;
+            x[2 * n + e] = a.softcap > 0.0f ? soft_cap(v, a.softcap) : v;
+          }
+        }
+        if (edge || has_mask) {
+          // Row facts are recomputed here rather than kept in registers: only edge tiles and masked
+          // problems pay for them, and the accumulators need the registers.
+          const int64_t r = min(row_begin + (warp * kBlocks + b) * 16 + quad_row + 8 * h, row_end - 1);
+          const RowRef ref = row_ref(a, cta.batch, cta.kv_head, r);
+          const KeyRange row_keys = a.structure.visible_keys(ref.query, a.kv_len);
+          const int64_t mask_row = has_mask ? mask_row_offset(a, cta.batch, ref) : 0;
+#pragma unroll
+          for (int n = 0; n < kKeyN8; ++n) {
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+              const int j = j0 + n * 8 + quad_col + e;
+              if (edge && (j >= j_end || j < row_keys.begin || j >= row_keys.end)) {
+                x[2 * n + e] = kNegInf;
+              } else if (has_mask) {
+                x[2 * n + e] += user_mask(a, mask_row, j);
+              }
+            }
+          }
+        }
+        const float alpha = online_softmax_step(x, m[b][h], l[b][h]);
+#pragma unroll
+        for (int n = 0; n < kKeyN8; ++n) {
+          s[b][n][2 * h] = x[2 * n];
+          s[b][n][2 * h + 1] = x[2 * n + 1];
+        }
+#pragma unroll
+        for (int n = 0; n < kOutN8; ++n) {
+          o[b][n][2 * h] *= alpha;
+          o[b][n][2 * h + 1] *= alpha;
+        }
+      }
+    }
+
+    cp_async_wait<0>();
+    __syncthreads();  // V_t visible to all; every warp is done with K_t
+    if (step + 1 < steps) {
+      load_keys(k_s, k_base, a.head_dim, d_chunks, j0 + kKeys, min(j0 + 2 * kKeys, any_end));
+    }
+    cp_async_commit();
+
+    // ---- O += P V: the S accumulators of n-tiles 2kk, 2kk+1 are exactly the A fragment of k-step kk.
+#pragma unroll
+    for (int kk = 0; kk < kKeys / 16; ++kk) {
+      uint32_t pa[kBlocks][4];
+#pragma unroll
+      for (int b = 0; b < kBlocks; ++b) {
+        pa[b][0] = Mma<T>::pack(s[b][2 * kk][0], s[b][2 * kk][1]);
+        pa[b][1] = Mma<T>::pack(s[b][2 * kk][2], s[b][2 * kk][3]);
+        pa[b][2] = Mma<T>::pack(s[b][2 * kk + 1][0], s[b][2 * kk + 1][1]);
+        pa[b][3] = Mma<T>::pack(s[b][2 * kk + 1][2], s[b][2 * kk + 1][3]);
+      }
+#pragma unroll
+      for (int np = 0; np < kTile / 16; ++np) {
+        if (np >= dv_pairs) break;
+        // Transposed matrices: keys +0..7 | keys +8..15 of columns +0..7, then the same of columns +8..15.
+        uint32_t vb[4];
+        const int key = kk * 16 + lane % 8 + ((lane / 8) % 2) * 8;
+        ldmatrix_x4_trans(vb, smem_u32(v_s + key * kStride + np * 16 + (lane / 16) * 8));
+#pragma unroll
+        for (int b = 0; b < kBlocks; ++b) {
+          Mma<T>::run(o[b][2 * np], pa[b], vb[0], vb[1]);
+          Mma<T>::run(o[b][2 * np + 1], pa[b], vb[2], vb[3]);
+        }
+      }
+    }
+  }
+  cp_async_wait<0>();
+
+  // ---- Epilogue: Y = O / l, LSE = m + log(l); rows without a visible key give 0 and -inf.
+#pragma unroll
+  for (int b = 0; b < kBlocks; ++b) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const float sum = quad_sum(l[b][h]);
+      const int64_t r = row_begin + (warp * kBlocks + b) * 16 + quad_row + 8 * h;
+      if (r >= row_end) continue;
+      const RowRef ref = row_ref(a, cta.batch, cta.kv_head, r);
+      const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+      T* const y = a.y + ref.out_row * a.v_head_dim;
+#pragma unroll
+      for (int n = 0; n < kOutN8; ++n) {
+        const int col = n * 8 + quad_col;
+        if (col >= a.v_head_dim) break;
+        const uint32_t packed = Mma<T>::pack(o[b][n][2 * h] * inv, o[b][n][2 * h + 1] * inv);
+        *reinterpret_cast<uint32_t*>(y + col) = packed;
+      }
+      if (a.lse != nullptr && lane % 4 == 0) a.lse[ref.out_row] = sum > 0.0f ? m[b][h] + logf(sum) : kNegInf;
+    }
+  }
+}
+
+template <typename T, int kTile>
+void launch_prefill_tile(const KernelArgs<T>& args, const LaunchPlan& plan, cudaStream_t stream) {
+  auto* kernel = prefill_mma_kernel<T, kTile>;
+  allow_smem(kernel, plan.smem_bytes);
+  kernel<<<unsigned(plan.grid), plan.threads, plan.smem_bytes, stream>>>(args);
+}
+
+template <typename T>
+void launch_prefill_mma(const KernelArgs<T>& args, const LaunchPlan& plan, cudaStream_t stream) {
+  switch (plan.head_dim_tile) {
+    case 64: return launch_prefill_tile<T, 64>(args, plan, stream);
+    case 128: return launch_prefill_tile<T, 128>(args, plan, stream);
+    default: return launch_prefill_tile<T, 256>(args, plan, stream);
+  }
+}
+
+}  // namespace onnxattn::sdpa::cuda

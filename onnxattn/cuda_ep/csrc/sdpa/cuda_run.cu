@@ -1,0 +1,114 @@
+// Runs a LaunchPlan: fills the kernel arguments and enqueues the attention kernel (and the combine when
+// the keys are split). Also the per-device facts the plan needs.
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "common/errors.h"
+#include "sdpa/cuda_device.cuh"
+#include "sdpa/cuda_kernel.h"
+
+namespace onnxattn::sdpa::cuda {
+namespace {
+
+void check_cuda(cudaError_t status, const char* what) {
+  if (status != cudaSuccess) {
+    throw std::runtime_error(str_cat(kOpName, ": ", what, ": ", cudaGetErrorName(status), " (",
+                                     cudaGetErrorString(status), ")"));
+  }
+}
+
+template <typename T>
+KernelArgs<T> make_args(const Params& p, const Tensors<T>& t, const LaunchPlan& plan, void* scratch) {
+  KernelArgs<T> a{};
+  a.q = t.q;
+  a.k = t.k;
+  a.v = t.v;
+  a.bool_mask = t.bool_mask;
+  a.additive_mask = t.additive_mask;
+  a.y = t.y;
+  a.lse = p.want_lse ? t.lse : nullptr;
+  if (plan.splits > 1) {
+    a.partial_out = static_cast<float*>(scratch);
+    a.partial_lse = reinterpret_cast<float*>(static_cast<unsigned char*>(scratch) + plan.partial_lse_offset);
+  }
+  a.batch = p.batch;
+  a.q_heads = p.q_heads;
+  a.kv_heads = p.kv_heads;
+  a.q_len = p.q_len;
+  a.kv_len = p.kv_len;
+  a.head_dim = int(p.head_dim);
+  a.v_head_dim = int(p.v_head_dim);
+  a.group = p.group_size();
+  a.rows_per_head = plan.rows_per_head;
+  a.row_tiles = plan.row_tiles;
+  a.splits = plan.splits;
+  a.out_rows = p.batch * p.q_heads * p.q_len;
+  a.scale = p.scale;
+  a.softcap = p.softcap;
+  a.structure = p.structure;
+  a.mask_kind = p.mask_kind;
+  for (int i = 0; i < 4; ++i) a.mask_stride[i] = p.mask_strides[i];
+  return a;
+}
+
+}  // namespace
+
+int current_device() {
+  int device = 0;
+  check_cuda(cudaGetDevice(&device), "cudaGetDevice");
+  return device;
+}
+
+DeviceInfo device_info(int device) {
+  static std::mutex mutex;
+  static std::vector<std::pair<int, DeviceInfo>> cache;
+  std::lock_guard<std::mutex> lock(mutex);
+  for (const auto& [id, info] : cache) {
+    if (id == device) return info;
+  }
+  DeviceInfo info;
+  check_cuda(cudaDeviceGetAttribute(&info.sm_count, cudaDevAttrMultiProcessorCount, device), "querying the SM count");
+  check_cuda(cudaDeviceGetAttribute(&info.max_smem_per_block, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
+             "querying shared memory per block");
+  check_cuda(cudaDeviceGetAttribute(&info.smem_per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device),
+             "querying shared memory per SM");
+  cache.emplace_back(device, info);
+  return info;
+}
+
+template <typename T>
+void run(const Params& p, const Tensors<T>& t, const LaunchPlan& plan, void* stream_ptr, void* scratch, size_t scratch_bytes) {
+  if (plan.grid == 0) return;  // no output rows
+  if (plan.scratch_bytes > 0 && (scratch == nullptr || scratch_bytes < plan.scratch_bytes)) {
+    throw std::runtime_error(str_cat(kOpName, ": the CUDA plan needs ", plan.scratch_bytes,
+                                     " bytes of scratch, got ", scratch_bytes));
+  }
+  const cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
+  const KernelArgs<T> args = make_args(p, t, plan, scratch);
+  if constexpr (std::is_same_v<T, float>) {
+    if (plan.kernel == Kernel::kMma) throw std::runtime_error(str_cat(kOpName, ": float32 has no mma kernel"));
+    launch_simt(args, plan, stream);
+  } else {
+    if (plan.kernel == Kernel::kSimt) {
+      launch_simt(args, plan, stream);
+    } else if (plan.schedule == Schedule::kDecode) {
+      launch_decode_mma(args, plan, stream);
+    } else {
+      launch_prefill_mma(args, plan, stream);
+    }
+  }
+  check_cuda(cudaGetLastError(), "launching the attention kernel");
+  if (plan.splits > 1) {
+    launch_combine(args, plan, stream);
+    check_cuda(cudaGetLastError(), "launching the split combine kernel");
+  }
+}
+
+template void run<float>(const Params&, const Tensors<float>&, const LaunchPlan&, void*, void*, size_t);
+template void run<Float16>(const Params&, const Tensors<Float16>&, const LaunchPlan&, void*, void*, size_t);
+template void run<BFloat16>(const Params&, const Tensors<BFloat16>&, const LaunchPlan&, void*, void*, size_t);
+
+}  // namespace onnxattn::sdpa::cuda

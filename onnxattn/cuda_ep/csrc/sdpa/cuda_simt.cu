@@ -1,0 +1,202 @@
+// The plain CUDA-core kernel of ScaledDotProductAttention and the split combine.
+//
+// simt_kernel: every dtype, any D and Dv up to 256, prefill (splits = 1) and split-KV decode alike. It is
+// the float32 path, the fallback for 16-bit problems the mma kernels cannot take (D % 8 != 0, unaligned
+// tensors), and the simple version the tests compare the fast kernels with (ONNXATTN_SDPA_CUDA_KERNEL=simt).
+// One CTA = 32 packed rows of one KV head x one split; warp w owns rows 8w..8w+7. Per step of 32 keys the
+// CTA stages K and V (as float) in shared memory; lane c scores key c against the warp's 8 rows, the warp
+// runs the online softmax per row with shuffles, and lane c then accumulates output columns c, c+32, ...
+//
+// combine_kernel: one warp per output row merges the splits' partial outputs by their log-sum-exp.
+#include "sdpa/cuda_device.cuh"
+
+namespace onnxattn::sdpa::cuda {
+namespace {
+
+template <typename T>
+__global__ void __launch_bounds__(tiles::kThreads) simt_kernel(const KernelArgs<T> a) {
+  constexpr int kRowsPerWarp = tiles::kSimtRowsPerWarp;
+  constexpr int kKeys = tiles::kSimtKeys;
+  constexpr int kChunks = tiles::kSimtMaxValueChunks;
+  extern __shared__ float simt_smem[];
+  const int dim = a.head_dim, v_dim = a.v_head_dim;
+  float* const q_s = simt_smem;                        // [32][D], pre-scaled
+  float* const k_s = q_s + tiles::kSimtRows * dim;     // [32][D + 1]
+  float* const v_s = k_s + kKeys * (dim + 1);          // [32][Dv]
+
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const CtaCoords cta = cta_coords(a);
+  const int64_t row_begin = cta.row_tile * tiles::kSimtRows;
+  const int64_t row_end = min(row_begin + tiles::kSimtRows, a.rows_per_head);
+  const TileKeys keys = tile_keys(a.structure, row_begin, row_end, a.group, a.kv_len);
+  const KeyRange range = split_keys(keys.any, cta.split, a.splits, kKeys);
+  const int64_t kv_row0 = (cta.batch * a.kv_heads + cta.kv_head) * a.kv_len;
+
+  for (int idx = tid; idx < tiles::kSimtRows * dim; idx += tiles::kThreads) {
+    const int row = idx / dim, d = idx % dim;
+    const int64_t r = row_begin + row;
+    float value = 0.0f;
+    if (r < row_end) {
+      const RowRef ref = row_ref(a, cta.batch, cta.kv_head, r);
+      value = to_float(a.q[((cta.batch * a.q_heads + ref.head) * a.q_len + ref.query) * dim + d]) * a.scale;
+    }
+    q_s[idx] = value;
+  }
+
+  // The warp's rows (every lane holds the same facts).
+  KeyRange row_keys[kRowsPerWarp];
+  int64_t mask_rows[kRowsPerWarp];
+#pragma unroll
+  for (int rr = 0; rr < kRowsPerWarp; ++rr) {
+    const int64_t r = min(row_begin + warp * kRowsPerWarp + rr, row_end - 1);
+    const RowRef ref = row_ref(a, cta.batch, cta.kv_head, r);
+    row_keys[rr] = a.structure.visible_keys(ref.query, a.kv_len);
+    mask_rows[rr] = mask_row_offset(a, cta.batch, ref);
+  }
+  float m[kRowsPerWarp], l[kRowsPerWarp], o[kRowsPerWarp][kChunks];
+#pragma unroll
+  for (int rr = 0; rr < kRowsPerWarp; ++rr) {
+    m[rr] = kNegInf;
+    l[rr] = 0.0f;
+#pragma unroll
+    for (int c = 0; c < kChunks; ++c) o[rr][c] = 0.0f;
+  }
+
+  for (int64_t j0 = range.begin; j0 < range.end; j0 += kKeys) {
+    const int count = int(min(int64_t(kKeys), range.end - j0));
+    __syncthreads();  // the previous step is done with K and V
+    for (int idx = tid; idx < kKeys * dim; idx += tiles::kThreads) {
+      const int c = idx / dim, d = idx % dim;
+      k_s[c * (dim + 1) + d] = c < count ? to_float(a.k[(kv_row0 + j0 + c) * dim + d]) : 0.0f;
+    }
+    for (int idx = tid; idx < kKeys * v_dim; idx += tiles::kThreads) {
+      const int c = idx / v_dim, e = idx % v_dim;
+      v_s[idx] = c < count ? to_float(a.v[(kv_row0 + j0 + c) * v_dim + e]) : 0.0f;
+    }
+    __syncthreads();
+
+    float s[kRowsPerWarp];
+#pragma unroll
+    for (int rr = 0; rr < kRowsPerWarp; ++rr) s[rr] = 0.0f;
+    const float* const q_warp = q_s + warp * kRowsPerWarp * dim;
+    for (int d = 0; d < dim; ++d) {
+      const float kd = k_s[lane * (dim + 1) + d];
+#pragma unroll
+      for (int rr = 0; rr < kRowsPerWarp; ++rr) s[rr] = fmaf(q_warp[rr * dim + d], kd, s[rr]);
+    }
+
+    const int64_t j = j0 + lane;
+#pragma unroll
+    for (int rr = 0; rr < kRowsPerWarp; ++rr) {
+      float x = s[rr];
+      if (a.softcap > 0.0f) x = a.softcap * tanhf(x / a.softcap);
+      if (lane >= count || j < row_keys[rr].begin || j >= row_keys[rr].end) {
+        x = kNegInf;
+      } else if (a.mask_kind != MaskKind::kNone) {
+        x += user_mask(a, mask_rows[rr], j);
+      }
+      const float m_new = fmaxf(m[rr], warp_max(x));
+      const float shift = m_new == kNegInf ? 0.0f : m_new;
+      const float alpha = expf(m[rr] - shift);
+      const float p = expf(x - shift);
+      l[rr] = l[rr] * alpha + warp_sum(p);
+      m[rr] = m_new;
+      s[rr] = p;
+#pragma unroll
+      for (int c = 0; c < kChunks; ++c) o[rr][c] *= alpha;
+    }
+    for (int c = 0; c < count; ++c) {
+#pragma unroll
+      for (int rr = 0; rr < kRowsPerWarp; ++rr) {
+        const float p = __shfl_sync(0xffffffffu, s[rr], c);
+#pragma unroll
+        for (int ch = 0; ch < kChunks; ++ch) {
+          const int e = ch * 32 + lane;
+          if (e < v_dim) o[rr][ch] = fmaf(p, v_s[c * v_dim + e], o[rr][ch]);
+        }
+      }
+    }
+  }
+
+#pragma unroll
+  for (int rr = 0; rr < kRowsPerWarp; ++rr) {
+    const int64_t r = row_begin + warp * kRowsPerWarp + rr;
+    if (r >= row_end) continue;
+    const int64_t out_row = row_ref(a, cta.batch, cta.kv_head, r).out_row;
+    const float inv = l[rr] > 0.0f ? 1.0f / l[rr] : 0.0f;
+#pragma unroll
+    for (int ch = 0; ch < kChunks; ++ch) {
+      const int e = ch * 32 + lane;
+      if (e >= v_dim) break;
+      if (a.splits == 1) {
+        a.y[out_row * v_dim + e] = from_float<T>(o[rr][ch] * inv);
+      } else {
+        a.partial_out[(cta.split * a.out_rows + out_row) * v_dim + e] = o[rr][ch] * inv;
+      }
+    }
+    if (lane == 0) {
+      const float lse = l[rr] > 0.0f ? m[rr] + logf(l[rr]) : kNegInf;
+      if (a.splits > 1) {
+        a.partial_lse[cta.split * a.out_rows + out_row] = lse;
+      } else if (a.lse != nullptr) {
+        a.lse[out_row] = lse;
+      }
+    }
+  }
+}
+
+// Y = sum_s w_s O_s / sum_s w_s with w_s = exp(lse_s - max lse); LSE = max lse + log(sum w_s).
+template <typename T>
+__global__ void __launch_bounds__(tiles::kThreads) combine_kernel(const KernelArgs<T> a) {
+  constexpr int kMaxSplits = int(cuda::kMaxSplits);
+  __shared__ float weights[tiles::kWarps][kMaxSplits];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t row = int64_t(blockIdx.x) * tiles::kCombineRowsPerCta + warp;
+  if (row >= a.out_rows) return;  // whole warps leave; no CTA barrier follows
+  const int splits = int(a.splits);
+  float big = kNegInf;
+  for (int s = lane; s < splits; s += 32) big = fmaxf(big, a.partial_lse[s * a.out_rows + row]);
+  big = warp_max(big);
+  const float shift = big == kNegInf ? 0.0f : big;
+  float total = 0.0f;
+  for (int s = lane; s < splits; s += 32) {
+    const float w = expf(a.partial_lse[s * a.out_rows + row] - shift);
+    weights[warp][s] = w;
+    total += w;
+  }
+  total = warp_sum(total);
+  __syncwarp();
+  const float inv = total > 0.0f ? 1.0f / total : 0.0f;
+  const int v_dim = a.v_head_dim;
+  for (int e = lane; e < v_dim; e += 32) {
+    float acc = 0.0f;
+    for (int s = 0; s < splits; ++s) {
+      const float w = weights[warp][s];
+      if (w != 0.0f) acc = fmaf(w, a.partial_out[(s * a.out_rows + row) * v_dim + e], acc);
+    }
+    a.y[row * v_dim + e] = from_float<T>(acc * inv);
+  }
+  if (lane == 0 && a.lse != nullptr) a.lse[row] = total > 0.0f ? big + logf(total) : kNegInf;
+}
+
+}  // namespace
+
+template <typename T>
+void launch_simt(const KernelArgs<T>& args, const LaunchPlan& plan, cudaStream_t stream) {
+  allow_smem(simt_kernel<T>, plan.smem_bytes);
+  simt_kernel<T><<<unsigned(plan.grid), plan.threads, plan.smem_bytes, stream>>>(args);
+}
+
+template <typename T>
+void launch_combine(const KernelArgs<T>& args, const LaunchPlan& plan, cudaStream_t stream) {
+  combine_kernel<T><<<unsigned(plan.combine_grid), tiles::kThreads, 0, stream>>>(args);
+}
+
+template void launch_simt<float>(const KernelArgs<float>&, const LaunchPlan&, cudaStream_t);
+template void launch_simt<Float16>(const KernelArgs<Float16>&, const LaunchPlan&, cudaStream_t);
+template void launch_simt<BFloat16>(const KernelArgs<BFloat16>&, const LaunchPlan&, cudaStream_t);
+template void launch_combine<float>(const KernelArgs<float>&, const LaunchPlan&, cudaStream_t);
+template void launch_combine<Float16>(const KernelArgs<Float16>&, const LaunchPlan&, cudaStream_t);
+template void launch_combine<BFloat16>(const KernelArgs<BFloat16>&, const LaunchPlan&, cudaStream_t);
+
+}  // namespace onnxattn::sdpa::cuda
