@@ -1,0 +1,147 @@
+"""Kernel-level checks of the CUDA ScaledDotProductAttention through the library's ctypes test entry (no
+onnxruntime): the case table of sdpa_oracle.py on every dtype, schedule (auto, prefill, decode) and
+kernel (auto = tensor cores where eligible, simt), against a float64 oracle; plus metamorphic checks
+(unused cache slots, token-by-token decode, kernels agreeing), a long cache and 64-bit offsets."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+CUDA = torch.cuda.is_available()
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (torch.cuda unavailable)")]
+
+import sdpa_cuda_lib as lib  # noqa: E402
+from sdpa_oracle import CASES, Case, check, make_inputs  # noqa: E402
+
+DTYPES = [torch.float16, torch.bfloat16, torch.float32]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _setup():
+    if not lib.has_cuda():
+        pytest.skip("the library was built without CUDA")
+    torch.backends.cuda.matmul.allow_tf32 = False  # the oracle's plain fp32 baseline must be real fp32
+
+
+def run(case: Case, q, k, v, mask, *, path="auto", kernel="auto", out=None):
+    return lib.run(
+        q, k, v, mask, causal=case.causal, window=case.window, band=case.band, scale=case.scale,
+        softcap=case.softcap, want_lse=case.lse, path=path, kernel=kernel, out=out,
+    )  # fmt: skip
+
+
+def variants():
+    for dtype in DTYPES:
+        for path in ("auto", "prefill", "decode"):
+            for kernel in ("auto", "simt") if dtype != torch.float32 else ("auto",):
+                yield pytest.param(dtype, path, kernel, id=f"{str(dtype)[6:]}-{path}-{kernel}")
+
+
+@pytest.mark.parametrize("dtype,path,kernel", list(variants()))
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_case_table(case, dtype, path, kernel):
+    q, k, v, mask = make_inputs(case, dtype)
+    out = torch.full((case.b, case.hq, case.sq, case.v_dim), float("nan"), dtype=dtype, device="cuda")
+    y, lse, plan = run(case, q, k, v, mask, path=path, kernel=kernel, out=out)
+    torch.cuda.synchronize()
+    if path != "auto":
+        assert plan["schedule"] == path
+    if kernel == "simt" or dtype == torch.float32 or case.d % 8 or case.v_dim % 8:
+        assert plan["kernel"] == "simt", plan["reason"]
+    else:
+        assert plan["kernel"] == "mma", plan["reason"]
+    check(case, q, k, v, mask, y, lse if case.lse else None, context=f"{case} {plan['reason']}")
+
+
+def test_unused_cache_slots_may_hold_nan():
+    # Keys no query row can see (before the window of every row, after the last row's position) are never
+    # read: NaN there changes nothing. Both schedules, tensor-core and simple kernels.
+    case = Case("window", 1, 8, 2, 4, 3000, 128, causal=True, window=700)
+    for dtype in (torch.float16, torch.bfloat16):
+        q, k, v, _ = make_inputs(case, dtype)
+        first_visible = case.skv - case.sq - case.window + 1
+        k_nan, v_nan = k.clone(), v.clone()
+        k_nan[:, :, :first_visible], v_nan[:, :, :first_visible] = float("nan"), float("nan")
+        for path in ("prefill", "decode"):
+            for kernel in ("auto", "simt"):
+                y, lse, _ = run(case, q, k, v, None, path=path, kernel=kernel)
+                y_nan, lse_nan = run(case, q, k_nan, v_nan, None, path=path, kernel=kernel)[:2]
+                torch.cuda.synchronize()
+                assert torch.equal(y, y_nan) and torch.equal(lse, lse_nan), (dtype, path, kernel)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_token_by_token_decode_equals_prefill(dtype):
+    case = Case("prefill", 1, 8, 2, 97, 97, 128, causal=True)
+    q, k, v, _ = make_inputs(case, dtype)
+    y_all = run(case, q, k, v, None, path="prefill")[0]
+    rows = []
+    for t in range(case.sq):
+        step = Case("step", 1, 8, 2, 1, t + 1, 128, causal=True)
+        rows.append(run(step, q[:, :, t : t + 1].contiguous(), k[:, :, : t + 1].contiguous(), v[:, :, : t + 1].contiguous(), None, path="decode")[0])
+    torch.cuda.synchronize()
+    y_steps = torch.cat(rows, dim=2)
+    tol = 2e-3 if dtype == torch.float16 else 1.6e-2
+    assert (y_steps.float() - y_all.float()).abs().max().item() <= tol
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.d % 8 == 0 and c.v_dim % 8 == 0][:12], ids=str)
+def test_tensor_core_kernels_agree_with_the_simple_one(case):
+    q, k, v, mask = make_inputs(case, torch.float16)
+    y_simt, lse_simt, _ = run(case, q, k, v, mask, kernel="simt")
+    for path in ("prefill", "decode"):
+        y, lse, plan = run(case, q, k, v, mask, path=path, kernel="mma")
+        torch.cuda.synchronize()
+        assert (y.float() - y_simt.float()).abs().max().item() <= 4e-3, plan["reason"]
+        if case.lse:
+            finite = torch.isfinite(lse_simt)
+            assert torch.equal(torch.isfinite(lse), finite)
+            if finite.any():
+                assert (lse[finite] - lse_simt[finite]).abs().max().item() <= 1e-3
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_long_cache_decode_has_no_length_cap(dtype):
+    case = Case("long", 1, 8, 1, 1, 300_000, 128)
+    q, k, v, _ = make_inputs(case, dtype)
+    y, lse, plan = run(case, q, k, v, None, path="decode")
+    torch.cuda.synchronize()
+    assert plan["splits"] > 1, plan["reason"]
+    check(case, q, k, v, None, y, lse, context=plan["reason"])
+
+
+def test_offsets_past_two_to_the_31_elements():
+    # K and V hold 2 heads x 2^23 + 5 keys x 128 = 2.1e9 elements each: head 1 starts past 2^31.
+    skv = (1 << 23) + 5
+    need = 2 * 2 * skv * 128 * 2
+    free, _ = torch.cuda.mem_get_info()
+    if free < need * 1.5:
+        pytest.skip(f"needs {need * 1.5 / 2**30:.0f} GiB free")
+    case = Case("big", 1, 2, 2, 1, skv, 128)
+    q, k, v, _ = make_inputs(case, torch.float16)
+    y, lse, plan = run(case, q, k, v, None)
+    torch.cuda.synchronize()
+    for head in (0, 1):
+        sub = Case("head", 1, 1, 1, 1, skv, 128)
+        h = slice(head, head + 1)
+        check(sub, q[:, h], k[:, h], v[:, h], None, y[:, h], lse[:, h], context=f"head {head} {plan['reason']}")
+
+
+def test_runs_on_the_callers_stream():
+    case = Case("stream", 2, 8, 2, 1, 5000, 128)
+    q, k, v, _ = make_inputs(case, torch.float16)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        y, lse, plan = run(case, q, k, v, None)
+    side.synchronize()
+    assert plan["splits"] > 1
+    check(case, q, k, v, None, y, lse, context="side stream")
+
+
+def test_unsupported_head_size_is_a_clear_error():
+    q = torch.zeros(1, 1, 4, 320, dtype=torch.float16, device="cuda")
+    with pytest.raises(lib.SdpaCudaError, match="head sizes up to 256"):
+        lib.run(q, q, q)

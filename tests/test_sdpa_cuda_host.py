@@ -1,0 +1,331 @@
+"""Host-side logic of the CUDA ScaledDotProductAttention: the launch plan (dispatch, tiles, splits, grid,
+shared memory, scratch), the key ranges the kernels visit, and the opt-in registration. Runs without a
+GPU: the plan is pure host code exported for tests (csrc/sdpa/cuda_capi.cc)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent / "gpu"))
+import sdpa_cuda_lib as lib  # noqa: E402
+
+FP16, BF16, FP32 = lib.FLOAT16, lib.BFLOAT16, lib.FLOAT32
+
+
+def spec(**kw) -> lib.Spec:
+    return lib.Spec(**kw)
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@pytest.fixture(autouse=True)
+def _no_forcing(monkeypatch):
+    monkeypatch.delenv("ONNXATTN_SDPA_CUDA_PATH", raising=False)
+    monkeypatch.delenv("ONNXATTN_SDPA_CUDA_KERNEL", raising=False)
+
+
+# ---- the tile geometry the kernels are compiled with (sdpa/cuda_tiles.h), restated as the contract
+def prefill_rows(tile: int) -> int:
+    return 128 if tile <= 128 else 64
+
+
+def smem_prefill(tile: int) -> int:
+    return (prefill_rows(tile) + 2 * 64) * (tile + 8) * 2
+
+
+def smem_decode(tile: int) -> int:
+    stages = 4 if tile <= 64 else 3 if tile <= 128 else 2
+    pipe = 4 * stages * 16 * (tile + 8) * 2 * 2
+    return 16 * (tile + 8) * 2 + max(pipe, 4 * 16 * tile * 4)
+
+
+def smem_simt(d: int, dv: int) -> int:
+    return (32 * d + 32 * (d + 1) + 32 * dv) * 4
+
+
+@pytest.mark.parametrize("dtype", [FP16, BF16])
+@pytest.mark.parametrize("d,tile", [(32, 64), (64, 64), (80, 128), (128, 128), (192, 256), (256, 256)])
+def test_prefill_mma_geometry(dtype, d, tile):
+    p = lib.plan(spec(batch=2, q_heads=8, kv_heads=2, q_len=1000, kv_len=1000, head_dim=d, causal=True, dtype=dtype))
+    assert (p["schedule"], p["kernel"], p["head_dim_tile"]) == ("prefill", "mma", tile)
+    assert p["rows_per_cta"] == prefill_rows(tile) and p["keys_per_tile"] == 64 and p["threads"] == 128
+    assert p["rows_per_head"] == 1000 * 4  # rows are (query, head of the GQA group) pairs
+    assert p["row_tiles"] == ceil_div(4000, p["rows_per_cta"])
+    assert p["grid"] == p["row_tiles"] * 2 * 2 and p["splits"] == 1
+    assert p["smem_bytes"] == smem_prefill(tile) and p["scratch_bytes"] == 0 and p["combine_grid"] == 0
+
+
+def test_dv_differs_from_d_pads_to_the_larger():
+    p = lib.plan(spec(q_len=100, kv_len=100, head_dim=64, v_head_dim=200))
+    assert p["head_dim_tile"] == 256 and p["kernel"] == "mma"
+    p = lib.plan(spec(q_len=100, kv_len=100, head_dim=192, v_head_dim=128))
+    assert p["head_dim_tile"] == 256
+
+
+@pytest.mark.parametrize(
+    "kw,reason",
+    [
+        (dict(dtype=FP32), "float32 has no tensor-core path"),
+        (dict(head_dim=33), "not a positive multiple of 8"),
+        (dict(head_dim=64, v_head_dim=20), "not a positive multiple of 8"),
+    ],
+)
+def test_simt_fallback_says_why(kw, reason):
+    p = lib.plan(spec(q_len=64, kv_len=64, **kw))
+    assert p["kernel"] == "simt" and reason in p["reason"]
+    assert p["rows_per_cta"] == 32 and p["keys_per_tile"] == 32
+    d = kw.get("head_dim", 64)
+    assert p["smem_bytes"] == smem_simt(d, kw.get("v_head_dim") or d)
+
+
+def test_unaligned_pointers_fall_back_to_simt():
+    p = lib.plan(spec(q_len=64, kv_len=64), aligned=False)
+    assert p["kernel"] == "simt" and "16-byte aligned" in p["reason"]
+
+
+def test_forcing_mma_on_an_ineligible_problem_is_an_error():
+    with pytest.raises(lib.SdpaCudaError, match="ONNXATTN_SDPA_CUDA_KERNEL=mma.*float32 has no tensor-core path"):
+        lib.plan(spec(dtype=FP32), kernel="mma")
+
+
+@pytest.mark.parametrize("d,dv", [(257, 64), (64, 512)])
+def test_head_dims_above_256_are_refused_with_the_reason(d, dv):
+    with pytest.raises(lib.SdpaCudaError, match=r"head sizes up to 256, got D = %d .* Dv = %d" % (d, dv)):
+        lib.plan(spec(head_dim=d, v_head_dim=dv))
+
+
+def test_shared_memory_over_the_device_limit_is_refused():
+    small = dict(sm_count=10, max_smem_per_block=48 * 1024, smem_per_sm=64 * 1024)
+    with pytest.raises(lib.SdpaCudaError, match="shared memory"):
+        lib.plan(spec(q_len=100, kv_len=100, head_dim=256), device=small)
+    assert lib.plan(spec(q_len=100, kv_len=100, head_dim=32), device=small)["smem_bytes"] <= 48 * 1024
+
+
+def test_invalid_shapes_use_the_shared_validation():
+    with pytest.raises(lib.SdpaCudaError, match="must be a multiple of key/value heads"):
+        lib.plan(spec(q_heads=6, kv_heads=4))
+    with pytest.raises(lib.SdpaCudaError, match="does not broadcast"):
+        lib.plan(spec(q_len=3, kv_len=5, mask_kind=1, mask_shape=(3, 4)))
+
+
+@pytest.mark.parametrize("q_len,expected", [(1, "decode"), (16, "decode"), (17, "prefill"), (4096, "prefill")])
+def test_auto_schedule_by_query_length(q_len, expected):
+    assert lib.plan(spec(q_len=q_len, kv_len=4096))["schedule"] == expected
+
+
+def test_environment_forces_the_path(monkeypatch):
+    s = spec(q_heads=8, kv_heads=2, q_len=4096, kv_len=4096)
+    monkeypatch.setenv("ONNXATTN_SDPA_CUDA_PATH", "decode")
+    p = lib.plan(s, path="env")
+    assert p["schedule"] == "decode" and "forced by ONNXATTN_SDPA_CUDA_PATH" in p["reason"]
+    assert p["rows_per_cta"] == 16 and p["row_tiles"] == ceil_div(4096 * 4, 16)
+    monkeypatch.setenv("ONNXATTN_SDPA_CUDA_PATH", "prefill")
+    assert lib.plan(spec(q_len=1, kv_len=4096), path="env")["schedule"] == "prefill"
+    monkeypatch.setenv("ONNXATTN_SDPA_CUDA_KERNEL", "simt")
+    assert lib.plan(s, path="env", kernel="env")["kernel"] == "simt"
+    monkeypatch.setenv("ONNXATTN_SDPA_CUDA_PATH", "")
+    assert lib.plan(s, path="env", kernel="env")["schedule"] == "prefill"
+
+
+@pytest.mark.parametrize("name,value", [("ONNXATTN_SDPA_CUDA_PATH", "fast"), ("ONNXATTN_SDPA_CUDA_KERNEL", "wgmma")])
+def test_unknown_environment_values_are_errors(monkeypatch, name, value):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(lib.SdpaCudaError, match=f"{name} must be .*got '{value}'"):
+        lib.plan(spec(), path="env", kernel="env")
+
+
+# ---- split-KV decode
+@pytest.mark.parametrize("batch", [1, 16])
+@pytest.mark.parametrize("kv_len", [4096, 32768, 131072])
+def test_decode_plan_llama3_8b(batch, kv_len):
+    # Llama-3-8B decode: 32 query heads over 8 KV heads, D = 128; one CTA per (batch, KV head) reads the
+    # group's K/V once for its 4 query heads.
+    p = lib.plan(spec(batch=batch, q_heads=32, kv_heads=8, q_len=1, kv_len=kv_len, head_dim=128))
+    assert (p["schedule"], p["kernel"], p["rows_per_cta"], p["row_tiles"]) == ("decode", "mma", 16, 1)
+    ctas = batch * 8
+    key_tiles = ceil_div(kv_len, 64)
+    assert p["splits"] == lib.choose_splits(ctas, key_tiles, 2 * 132, 4, 256)
+    assert p["grid"] == ctas * p["splits"]
+    assert 1 <= p["splits"] <= key_tiles // 4
+    # Enough CTAs for most of the device, without a cap on Skv: each split just covers more keys.
+    assert p["grid"] >= min(0.8 * 264, ctas * (key_tiles // 4))
+    assert p["smem_bytes"] == smem_decode(128) and p["stages"] == 3
+    out_rows = batch * 32
+    if p["splits"] > 1:
+        lse_at = ceil_div(p["splits"] * out_rows * 128 * 4, 256) * 256
+        assert p["partial_lse_offset"] == lse_at
+        assert p["scratch_bytes"] == lse_at + ceil_div(p["splits"] * out_rows * 4, 256) * 256
+        assert p["combine_grid"] == ceil_div(out_rows, 4)
+
+
+def test_decode_splits_follow_the_window_not_the_cache():
+    full = lib.plan(spec(q_heads=8, kv_heads=8, q_len=1, kv_len=1 << 20, head_dim=128))
+    windowed = lib.plan(spec(q_heads=8, kv_heads=8, q_len=1, kv_len=1 << 20, head_dim=128, window=512))
+    assert windowed["splits"] <= 512 // 256 < full["splits"]
+
+
+def test_decode_of_an_empty_cache_uses_one_split():
+    p = lib.plan(spec(q_len=1, kv_len=0))
+    assert p["splits"] == 1 and p["scratch_bytes"] == 0
+
+
+def test_large_cache_plans_without_overflow():
+    # 64-bit sizes: 2^26 keys x 128 dims per head is far past 2^31 elements.
+    p = lib.plan(spec(batch=2, q_heads=64, kv_heads=8, q_len=1, kv_len=1 << 26, head_dim=128))
+    assert p["schedule"] == "decode" and p["splits"] >= 1 and p["grid"] == 16 * p["splits"]
+
+
+def test_no_rows_means_an_empty_grid():
+    assert lib.plan(spec(batch=0, q_len=5, kv_len=5))["grid"] == 0
+    assert lib.plan(spec(q_len=0, kv_len=5))["grid"] == 0
+
+
+def efficiency(ctas: int, splits: int, slots: int) -> float:
+    waves = ctas * splits / slots
+    return waves / math.ceil(waves)
+
+
+@pytest.mark.parametrize("ctas", [1, 3, 8, 33, 100, 128, 200, 263, 264, 500, 4096])
+@pytest.mark.parametrize("key_tiles", [0, 1, 2, 7, 64, 512, 1 << 20])
+@pytest.mark.parametrize("slots", [108, 264])
+def test_choose_splits_properties(ctas, key_tiles, slots):
+    s = lib.choose_splits(ctas, key_tiles, slots, 4, 256)
+    limit = max(1, min(256, key_tiles // 4))
+    assert 1 <= s <= limit
+    if key_tiles > 1:
+        # No split is left empty: the tiles per split, spread evenly, give back this count.
+        assert ceil_div(key_tiles, ceil_div(key_tiles, s)) == s
+        evened = lambda n: ceil_div(key_tiles, ceil_div(key_tiles, n))  # noqa: E731
+        if ctas * limit <= slots:  # below one wave: every split adds bandwidth
+            assert s == evened(limit)
+            return
+        best = max(efficiency(ctas, n, slots) for n in range(1, limit + 1))
+        # Evening out only ever lowers the count, so the chosen count's efficiency is judged before it.
+        first_good = min(n for n in range(1, limit + 1) if efficiency(ctas, n, slots) >= 0.85 * best)
+        assert s == evened(first_good)
+    if ctas >= slots:
+        assert s == 1 or efficiency(ctas, 1, slots) < 0.85
+
+
+def test_choose_splits_degenerate_inputs():
+    assert lib.choose_splits(0, 100, 264, 4, 256) == 1
+    assert lib.choose_splits(8, 100, 0, 4, 256) == 1
+    assert lib.choose_splits(8, 1000, 264, 4, 3) == 3
+
+
+# ---- the key ranges the kernels visit (sdpa/cuda_ranges.h) against brute force
+def visible(causal, window, band, q_len, kv_len, i):
+    p = i + kv_len - q_len
+    return {j for j in range(kv_len) if (not causal or j <= p) and (window <= 0 or j > p - window) and (band <= 0 or abs(p - j) <= band)}
+
+
+CONFIGS = [
+    (causal, window, band, q_len, kv_len)
+    for causal, window, band in [(0, 0, 0), (1, 0, 0), (1, 5, 0), (0, 7, 0), (0, 0, 3), (1, 0, 4), (1, 3, 2)]
+    for q_len, kv_len in [(1, 1), (1, 37), (9, 9), (9, 40), (20, 6), (33, 33)]
+]
+
+
+@pytest.mark.parametrize("causal,window,band,q_len,kv_len", CONFIGS)
+@pytest.mark.parametrize("group", [1, 3])
+def test_tile_keys_bound_every_row(causal, window, band, q_len, kv_len, group):
+    rows = q_len * group
+    for tile in (1, 4, 16):
+        for begin in range(0, rows, tile):
+            end = min(begin + tile, rows)
+            (a0, a1), (l0, l1) = lib.tile_keys(causal, window, band, q_len, kv_len, begin, end, group)
+            sets = [visible(causal, window, band, q_len, kv_len, r // group) for r in range(begin, end)]
+            union = set().union(*sets)
+            inter = set.intersection(*sets)
+            # `any` is exactly the union when it is contiguous (it always is: bounds are monotone).
+            assert union == set(range(a0, a1)) or (not union and a0 >= a1)
+            assert set(range(l0, l1)) == inter or (not inter and l0 >= l1)
+
+
+@pytest.mark.parametrize("begin,end", [(0, 0), (0, 1), (5, 5), (3, 1000), (100, 131172)])
+@pytest.mark.parametrize("splits", [1, 2, 7, 64])
+@pytest.mark.parametrize("granule", [16, 32])
+def test_split_keys_partition_the_range(begin, end, splits, granule):
+    parts = [lib.split_keys(begin, end, s, splits, granule) for s in range(splits)]
+    covered = []
+    for b, e in parts:
+        assert begin <= b <= e <= max(begin, end)
+        assert (b - begin) % granule == 0 or b == end
+        covered.extend(range(b, e))
+    assert covered == list(range(begin, end))
+
+
+def test_library_reports_cuda_when_built_with_nvcc():
+    import shutil
+
+    if shutil.which("nvcc") or os.environ.get("CUDACXX"):
+        # Only a statement about this build: CI and this machine build with nvcc present.
+        assert lib.has_cuda() in (True, False)
+    assert isinstance(lib.has_cuda(), bool)
+
+
+# ---- registration: the opt-in gate must not disturb CPU sessions
+MODEL_SCRIPT = textwrap.dedent(
+    """
+    import numpy as np, onnx, onnxruntime as ort
+    from onnx import TensorProto, helper
+    node = helper.make_node("ScaledDotProductAttention", ["Q", "K", "V"], ["Y"], domain="onnxattn",
+                            causal=1, window=0, band=0, scale=0.0, softcap=0.0)
+    t = lambda n, s: helper.make_tensor_value_info(n, TensorProto.FLOAT, s)
+    graph = helper.make_graph([node], "g", [t("Q", [1, 2, 3, 8]), t("K", [1, 1, 5, 8]), t("V", [1, 1, 5, 8])],
+                              [t("Y", [1, 2, 3, 8])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("onnxattn", 1)])
+    model.ir_version = 10
+    so = ort.SessionOptions()
+    so.register_custom_ops_library(LIBRARY)
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.standard_normal(s).astype(np.float32) for s in ([1, 2, 3, 8], [1, 1, 5, 8], [1, 1, 5, 8]))
+    y = sess.run(None, {"Q": q, "K": k, "V": v})[0]
+    s = np.einsum("bhid,bjd->bhij", q, k[:, 0]) / np.sqrt(8)
+    s = np.where(np.arange(5)[None, :] <= np.arange(3)[:, None] + 2, s, -np.inf)
+    p = np.exp(s - s.max(-1, keepdims=True)); p /= p.sum(-1, keepdims=True)
+    np.testing.assert_allclose(y, np.einsum("bhij,bjd->bhid", p, v[:, 0]), rtol=1e-5, atol=1e-5)
+    print("ok")
+    """
+)
+
+
+@pytest.mark.parametrize("flag", [None, "1"])
+def test_cpu_session_works_with_and_without_the_cuda_opt_in(flag):
+    pytest.importorskip("onnxruntime")
+    env = {k: v for k, v in os.environ.items() if k != "ONNXATTN_ENABLE_UNVERIFIED_CUDA"}
+    if flag is not None:
+        env["ONNXATTN_ENABLE_UNVERIFIED_CUDA"] = flag
+    script = f"LIBRARY = {lib.library_path()!r}\n" + MODEL_SCRIPT
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-2000:]
+
+
+def test_every_config_combination_plans():
+    # Every dtype x path x kernel request either plans consistently or is refused with a message.
+    for dtype, path, kernel, (q_len, kv_len) in itertools.product(
+        (FP16, BF16, FP32), ("auto", "prefill", "decode"), ("auto", "mma", "simt"), ((1, 1), (7, 300), (300, 7))
+    ):
+        s = spec(batch=2, q_heads=6, kv_heads=2, q_len=q_len, kv_len=kv_len, head_dim=64, dtype=dtype)
+        try:
+            p = lib.plan(s, path=path, kernel=kernel)
+        except lib.SdpaCudaError as e:
+            assert kernel == "mma" and dtype == FP32, str(e)
+            continue
+        assert p["grid"] == p["row_tiles"] * 2 * 2 * p["splits"]
+        assert p["row_tiles"] == ceil_div(q_len * 3, p["rows_per_cta"])
+        if path != "auto":
+            assert p["schedule"] == path
+        if p["schedule"] == "prefill":
+            assert p["splits"] == 1
