@@ -12,6 +12,7 @@
 #include "common/half.h"
 #include "common/ort_adapter.h"
 #include "sdpa/cpu_kernel.h"
+#include "gqa/op.h"
 #include "sdpa/op.h"
 
 namespace onnxattn {
@@ -37,6 +38,9 @@ void add_all_ops(Ort::CustomOpDomain& domain) {
   domain.Add(sdpa::cpu_op<float>());
   domain.Add(sdpa::cpu_op<Float16>());
   domain.Add(sdpa::cpu_op<BFloat16>());
+  domain.Add(gqa::cpu_op<float>());
+  domain.Add(gqa::cpu_op<Float16>());
+  domain.Add(gqa::cpu_op<BFloat16>());
 #ifdef ONNXATTN_WITH_CUDA
   if (cuda_kernels_enabled()) {
     domain.Add(sdpa::cuda_op<float>());
