@@ -185,6 +185,14 @@ def test_large_cache_plans_without_overflow():
     assert p["schedule"] == "decode" and p["splits"] >= 1 and p["grid"] == 16 * p["splits"]
 
 
+def test_key_counts_past_32_bits_are_refused():
+    # Key indices are 32-bit inside the kernels (element offsets are 64-bit); 2^31 keys of one head would
+    # need 512 GiB of K at D = 128 fp16, so this only guards the arithmetic.
+    with pytest.raises(lib.SdpaCudaError, match="index keys with 32 bits"):
+        lib.plan(spec(q_len=1, kv_len=1 << 31))
+    assert lib.plan(spec(q_len=1, kv_len=(1 << 31) - 2048))["splits"] > 1
+
+
 def test_no_rows_means_an_empty_grid():
     assert lib.plan(spec(batch=0, q_len=5, kv_len=5))["grid"] == 0
     assert lib.plan(spec(q_len=0, kv_len=5))["grid"] == 0

@@ -72,6 +72,25 @@ def test_unused_cache_slots_may_hold_nan():
                 assert torch.equal(y, y_nan) and torch.equal(lse, lse_nan), (dtype, path, kernel)
 
 
+@pytest.mark.parametrize("q_len", [1, 7, 100])
+def test_keys_hidden_from_every_row_by_a_bool_mask_may_hold_nan(q_len):
+    # An unwritten KV-cache slot hidden by a key-padding mask: NaN in its K and V changes nothing (as in
+    # the CPU kernel and the reference function).
+    case = Case("padding", 2, 8, 2, q_len, 333, 64, mask="bool", mask_shape="keys")
+    for dtype in DTYPES:
+        q, k, v, mask = make_inputs(case, dtype)
+        k_nan, v_nan = k.clone(), v.clone()
+        hidden = ~mask[:, 0, 0, :]  # [B, Skv]
+        k_nan[hidden[:, None, :, None].expand_as(k)] = float("nan")
+        v_nan[hidden[:, None, :, None].expand_as(v)] = float("nan")
+        for path in ("prefill", "decode"):
+            for kernel in ("auto", "simt"):
+                y, lse, plan = run(case, q, k, v, mask, path=path, kernel=kernel)
+                y_nan, lse_nan, _ = run(case, q, k_nan, v_nan, mask, path=path, kernel=kernel)
+                torch.cuda.synchronize()
+                assert torch.equal(y, y_nan) and torch.equal(lse, lse_nan), plan["reason"]
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_token_by_token_decode_equals_prefill(dtype):
     case = Case("prefill", 1, 8, 2, 97, 97, 128, causal=True)

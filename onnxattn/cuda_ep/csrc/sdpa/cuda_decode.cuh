@@ -156,7 +156,7 @@ __global__ void __launch_bounds__(tiles::kThreads) decode_mma_kernel(const Kerne
             if (j >= j_end || j < row_keys.begin || j >= row_keys.end) {
               x[2 * n + e] = kNegInf;
             } else if (has_mask) {
-              x[2 * n + e] += user_mask(a, mask_row, j);
+              x[2 * n + e] = apply_user_mask(a, mask_row, j, x[2 * n + e]);
             }
           }
         }
@@ -173,15 +173,34 @@ __global__ void __launch_bounds__(tiles::kThreads) decode_mma_kernel(const Kerne
       }
     }
 
-    // O += P V: P (16 x 16) is one A fragment.
+    // O += P V: P (16 x 16) is one A fragment. Where a mask or an edge may hide keys from every row,
+    // V of keys without weight is zeroed in registers (NaN safety, see warp_live_keys).
     const uint32_t pa[4] = {Mma<T>::pack(s[0][0], s[0][1]), Mma<T>::pack(s[0][2], s[0][3]),
                             Mma<T>::pack(s[1][0], s[1][1]), Mma<T>::pack(s[1][2], s[1][3])};
+    const bool sanitize = edge || has_mask;
+    uint32_t keep0 = ~0u, keep1 = ~0u;
+    if (sanitize) {
+      uint32_t live = 0;
+#pragma unroll
+      for (int n = 0; n < 2; ++n)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) live |= s[n][i] > 0.0f ? 1u << (2 * n + i % 2) : 0u;
+      live = warp_live_keys(live);
+      keep0 = live_halves(live, 0);
+      keep1 = live_halves(live, 1);
+    }
 #pragma unroll
     for (int np = 0; np < kTile / 16; ++np) {
       if (np >= dv_pairs) break;
       uint32_t vb[4];
       const int key = lane % 8 + ((lane / 8) % 2) * 8;
       ldmatrix_x4_trans(vb, smem_u32(v_s + key * kStride + np * 16 + (lane / 16) * 8));
+      if (sanitize) {
+        vb[0] &= keep0;
+        vb[1] &= keep1;
+        vb[2] &= keep0;
+        vb[3] &= keep1;
+      }
       Mma<T>::run(o[2 * np], pa, vb[0], vb[1]);
       Mma<T>::run(o[2 * np + 1], pa, vb[2], vb[3]);
     }

@@ -90,13 +90,27 @@ __device__ __forceinline__ float soft_cap(float x, float cap) {
   return cap - 2.0f * cap / (e + 1.0f);
 }
 
-// User mask at key j for a row whose mask row starts at `row_offset`: the value to add (0 or -inf for
-// bool masks).
+// Applies the user mask at key j to score x, for a row whose mask row starts at `row_offset`: a bool mask
+// replaces hidden scores by -inf (so NaN in a hidden key's K never leaks), an additive one adds.
 template <typename T>
-__device__ __forceinline__ float user_mask(const KernelArgs<T>& a, int64_t row_offset, int64_t j) {
+__device__ __forceinline__ float apply_user_mask(const KernelArgs<T>& a, int64_t row_offset, int64_t j, float x) {
   const int64_t at = row_offset + j * a.mask_stride[3];
-  if (a.mask_kind == MaskKind::kBool) return a.bool_mask[at] ? 0.0f : kNegInf;
-  return to_float(a.additive_mask[at]);
+  if (a.mask_kind == MaskKind::kBool) return a.bool_mask[at] ? x : kNegInf;
+  return x + to_float(a.additive_mask[at]);
+}
+
+// NaN safety for V: a key that no row of a warp weighs must not reach that warp's O += P V, since
+// 0 * NaN = NaN (an unwritten cache slot hidden by a mask). `live` has bit 2n + e set when key
+// 8n + 2(l%4) + e of the step has weight in some row of this lane's quad column; OR-ing over the lanes
+// that share l%4 covers every row of the warp. Those are exactly the keys of this lane's V fragments.
+__device__ __forceinline__ uint32_t warp_live_keys(uint32_t live) {
+  live |= __shfl_xor_sync(0xffffffffu, live, 4);
+  live |= __shfl_xor_sync(0xffffffffu, live, 8);
+  return live | __shfl_xor_sync(0xffffffffu, live, 16);
+}
+// Mask keeping the 16-bit halves of a B fragment register whose keys are live: keys 8n + 2(l%4) + {0, 1}.
+__device__ __forceinline__ uint32_t live_halves(uint32_t live, int n) {
+  return ((live >> (2 * n)) & 1u ? 0x0000ffffu : 0u) | ((live >> (2 * n + 1)) & 1u ? 0xffff0000u : 0u);
 }
 
 // ex2.approx: one MUFU op; exp2(-inf) = +0, which the online softmax relies on.

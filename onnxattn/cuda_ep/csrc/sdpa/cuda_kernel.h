@@ -34,6 +34,7 @@ int current_device();
 
 template <typename T>
 LaunchPlan plan_for(const Params& p, const Tensors<T>& t, const DeviceInfo& device) {
+  check_supported_layout(p, t.query_offsets != nullptr || t.kv_lengths != nullptr);
   return make_plan(p, dtype_of<T>(), device, request_from_env(), aligned16(t));
 }
 

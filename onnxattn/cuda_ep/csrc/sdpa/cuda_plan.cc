@@ -78,6 +78,22 @@ int64_t choose_splits(int64_t ctas, int64_t key_tiles, int64_t slots, int64_t mi
   return 1;
 }
 
+void check_supported_layout(const Params& p, bool per_batch_overrides) {
+  auto contiguous = [](const Strides& s, int64_t heads, int64_t len, int64_t width) {
+    const Strides c = Strides::contiguous(heads, len, width);
+    return s.batch == c.batch && s.head == c.head && s.seq == c.seq;
+  };
+  if (!contiguous(p.q_strides, p.q_heads, p.q_len, p.head_dim) ||
+      !contiguous(p.k_strides, p.kv_heads, p.kv_len, p.head_dim) ||
+      !contiguous(p.v_strides, p.kv_heads, p.kv_len, p.v_head_dim) ||
+      !contiguous(p.y_strides, p.q_heads, p.q_len, p.v_head_dim)) {
+    fail(kOpName, ": the CUDA kernels take contiguous [B, H, S, D] tensors; strided views are not supported yet");
+  }
+  if (per_batch_overrides) {
+    fail(kOpName, ": the CUDA kernels do not support per-batch query offsets or KV lengths yet");
+  }
+}
+
 LaunchPlan make_plan(const Params& p, DType dtype, const DeviceInfo& device, const Request& request, bool aligned16) {
   if (p.head_dim > kMaxHeadDim || p.v_head_dim > kMaxHeadDim) {
     fail(kOpName, ": the CUDA kernels support head sizes up to ", kMaxHeadDim, ", got D = ", p.head_dim,

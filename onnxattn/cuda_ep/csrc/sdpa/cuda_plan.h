@@ -72,6 +72,11 @@ inline constexpr int64_t kMaxSplits = 256;
 // Throws InputError naming the reason when no CUDA kernel can run the problem (e.g. D > 256).
 LaunchPlan make_plan(const Params& p, DType dtype, const DeviceInfo& device, const Request& request, bool aligned16);
 
+// The CUDA kernels take ScaledDotProductAttention's own layout: contiguous [B, H, S, D] tensors and one
+// query offset and key count for every batch. The strided views and per-batch overrides that fused ops
+// give the CPU core are refused (InputError naming what is missing) until a CUDA fused op needs them.
+void check_supported_layout(const Params& p, bool per_batch_overrides);
+
 // Number of key splits for split-KV: `ctas` CTAs exist without splitting, each over `key_tiles` tiles;
 // `slots` CTAs fit on the device at once. With at least `min_tiles_per_split` tiles per split and at most
 // `max_splits`: all allowed splits when even that stays within one wave, else the smallest split count

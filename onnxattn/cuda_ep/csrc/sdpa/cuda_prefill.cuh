@@ -162,7 +162,7 @@ __global__ void __launch_bounds__(tiles::kThreads) prefill_mma_kernel(const Kern
               if (edge && (j >= j_end || j < row_keys.begin || j >= row_keys.end)) {
                 x[2 * n + e] = kNegInf;
               } else if (has_mask) {
-                x[2 * n + e] += user_mask(a, mask_row, j);
+                x[2 * n + e] = apply_user_mask(a, mask_row, j, x[2 * n + e]);
               }
             }
           }
@@ -181,6 +181,21 @@ __global__ void __launch_bounds__(tiles::kThreads) prefill_mma_kernel(const Kern
       }
     }
 
+    // NaN safety: where a mask or an edge may hide keys from every row of the warp, V of keys without
+    // weight is zeroed in registers below (see warp_live_keys).
+    const bool sanitize = edge || has_mask;
+    uint32_t live = ~0u;
+    if (sanitize) {
+      live = 0;
+#pragma unroll
+      for (int b = 0; b < kBlocks; ++b)
+#pragma unroll
+        for (int n = 0; n < kKeyN8; ++n)
+#pragma unroll
+          for (int i = 0; i < 4; ++i) live |= s[b][n][i] > 0.0f ? 1u << (2 * n + i % 2) : 0u;
+      live = warp_live_keys(live);
+    }
+
     cp_async_wait<0>();
     __syncthreads();  // V_t visible to all; every warp is done with K_t
     if (step + 1 < steps) {
@@ -191,6 +206,7 @@ __global__ void __launch_bounds__(tiles::kThreads) prefill_mma_kernel(const Kern
     // ---- O += P V: the S accumulators of n-tiles 2kk, 2kk+1 are exactly the A fragment of k-step kk.
 #pragma unroll
     for (int kk = 0; kk < kKeys / 16; ++kk) {
+      const uint32_t keep0 = live_halves(live, 2 * kk), keep1 = live_halves(live, 2 * kk + 1);
       uint32_t pa[kBlocks][4];
 #pragma unroll
       for (int b = 0; b < kBlocks; ++b) {
@@ -206,6 +222,12 @@ __global__ void __launch_bounds__(tiles::kThreads) prefill_mma_kernel(const Kern
         uint32_t vb[4];
         const int key = kk * 16 + lane % 8 + ((lane / 8) % 2) * 8;
         ldmatrix_x4_trans(vb, smem_u32(v_s + key * kStride + np * 16 + (lane / 16) * 8));
+        if (sanitize) {
+          vb[0] &= keep0;
+          vb[1] &= keep1;
+          vb[2] &= keep0;
+          vb[3] &= keep1;
+        }
 #pragma unroll
         for (int b = 0; b < kBlocks; ++b) {
           Mma<T>::run(o[b][2 * np], pa[b], vb[0], vb[1]);

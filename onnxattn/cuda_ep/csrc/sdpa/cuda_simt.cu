@@ -93,7 +93,7 @@ __global__ void __launch_bounds__(tiles::kThreads) simt_kernel(const KernelArgs<
       if (lane >= count || j < row_keys[rr].begin || j >= row_keys[rr].end) {
         x = kNegInf;
       } else if (a.mask_kind != MaskKind::kNone) {
-        x += user_mask(a, mask_rows[rr], j);
+        x = apply_user_mask(a, mask_rows[rr], j, x);
       }
       const float m_new = fmaxf(m[rr], warp_max(x));
       const float shift = m_new == kNegInf ? 0.0f : m_new;
@@ -109,6 +109,7 @@ __global__ void __launch_bounds__(tiles::kThreads) simt_kernel(const KernelArgs<
 #pragma unroll
       for (int rr = 0; rr < kRowsPerWarp; ++rr) {
         const float p = __shfl_sync(0xffffffffu, s[rr], c);
+        if (p == 0.0f) continue;  // a key this row does not weigh: NaN in its V must not leak (0 * NaN)
 #pragma unroll
         for (int ch = 0; ch < kChunks; ++ch) {
           const int e = ch * 32 + lane;
