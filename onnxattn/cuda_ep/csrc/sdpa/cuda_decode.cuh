@@ -275,9 +275,8 @@ __global__ void __launch_bounds__(tiles::kThreads) decode_mma_kernel(const Kerne
 
 template <typename T, int kTile>
 void launch_decode_tile(const KernelArgs<T>& args, const LaunchPlan& plan, cudaStream_t stream) {
-  auto* kernel = decode_mma_kernel<T, kTile>;
-  allow_smem(kernel, plan.smem_bytes);
-  kernel<<<unsigned(plan.grid), plan.threads, plan.smem_bytes, stream>>>(args);
+  allow_smem<decode_mma_kernel<T, kTile>>(plan.smem_bytes);
+  decode_mma_kernel<T, kTile><<<unsigned(plan.grid), plan.threads, plan.smem_bytes, stream>>>(args);
 }
 
 template <typename T>

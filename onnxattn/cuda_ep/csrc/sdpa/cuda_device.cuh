@@ -6,6 +6,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 
@@ -237,10 +238,23 @@ void launch_simt(const KernelArgs<T>& args, const LaunchPlan& plan, cudaStream_t
 template <typename T>
 void launch_combine(const KernelArgs<T>& args, const LaunchPlan& plan, cudaStream_t stream);
 
-// Raises the kernel's dynamic shared-memory limit when it needs more than the default 48 KiB.
-template <typename Kernel>
-void allow_smem(Kernel* kernel, size_t bytes) {
-  if (bytes > 48 * 1024) cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
+// Raises kKernel's dynamic shared-memory limit when it needs more than the default 48 KiB. The attribute
+// persists per device, so it is set only when a launch needs more than before: later launches make no
+// such call, which also keeps them capturable into CUDA graphs.
+template <auto kKernel>
+void allow_smem(size_t bytes) {
+  if (bytes <= 48 * 1024) return;
+  constexpr int kMaxDevices = 64;
+  static std::atomic<size_t> granted[kMaxDevices] = {};
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= kMaxDevices) device = -1;
+  if (device >= 0 && granted[device].load(std::memory_order_relaxed) >= bytes) return;
+  if (cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)) == cudaSuccess &&
+      device >= 0) {
+    size_t seen = granted[device].load(std::memory_order_relaxed);
+    while (seen < bytes && !granted[device].compare_exchange_weak(seen, bytes)) {
+    }
+  }
 }
 
 }  // namespace onnxattn::sdpa::cuda

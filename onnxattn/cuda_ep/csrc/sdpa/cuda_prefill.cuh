@@ -263,9 +263,8 @@ __global__ void __launch_bounds__(tiles::kThreads) prefill_mma_kernel(const Kern
 
 template <typename T, int kTile>
 void launch_prefill_tile(const KernelArgs<T>& args, const LaunchPlan& plan, cudaStream_t stream) {
-  auto* kernel = prefill_mma_kernel<T, kTile>;
-  allow_smem(kernel, plan.smem_bytes);
-  kernel<<<unsigned(plan.grid), plan.threads, plan.smem_bytes, stream>>>(args);
+  allow_smem<prefill_mma_kernel<T, kTile>>(plan.smem_bytes);
+  prefill_mma_kernel<T, kTile><<<unsigned(plan.grid), plan.threads, plan.smem_bytes, stream>>>(args);
 }
 
 template <typename T>

@@ -184,7 +184,7 @@ __global__ void __launch_bounds__(tiles::kThreads) combine_kernel(const KernelAr
 
 template <typename T>
 void launch_simt(const KernelArgs<T>& args, const LaunchPlan& plan, cudaStream_t stream) {
-  allow_smem(simt_kernel<T>, plan.smem_bytes);
+  allow_smem<simt_kernel<T>>(plan.smem_bytes);
   simt_kernel<T><<<unsigned(plan.grid), plan.threads, plan.smem_bytes, stream>>>(args);
 }
 
