@@ -220,11 +220,10 @@ def run(q, k, v, attn_mask=None, *, causal=False, window=0, band=0, scale=0.0, s
         rc = call(None)
         scratch = None
         if rc == 2:
-            # 256-byte alignment: torch's caching allocator hands out 512-byte aligned blocks.
+            # torch's caching allocator hands out 512-byte aligned blocks on this stream; freeing the block
+            # when this returns is safe: the allocator reuses it only for work ordered after ours here.
             scratch = torch.empty(int(math.ceil(info.scratch_bytes / 256) * 256), dtype=torch.uint8, device=q.device)
             rc = call(scratch)
         if rc != 0:
             raise SdpaCudaError(err.value.decode())
-        if scratch is not None:
-            scratch.record_stream(torch.cuda.current_stream(q.device))
     return y, lse, info.as_dict()

@@ -136,8 +136,8 @@ def test_offsets_past_two_to_the_31_elements():
     skv = (1 << 23) + 5
     need = 2 * 2 * skv * 128 * 2
     free, _ = torch.cuda.mem_get_info()
-    if free < need * 1.5:
-        pytest.skip(f"needs {need * 1.5 / 2**30:.0f} GiB free")
+    if free < need * 4:  # inputs are drawn in float32 first, and the oracle works per head in float32
+        pytest.skip(f"needs {need * 4 / 2**30:.0f} GiB free")
     case = Case("big", 1, 2, 2, 1, skv, 128)
     q, k, v, _ = make_inputs(case, torch.float16)
     y, lse, plan = run(case, q, k, v, None)
@@ -145,7 +145,8 @@ def test_offsets_past_two_to_the_31_elements():
     for head in (0, 1):
         sub = Case("head", 1, 1, 1, 1, skv, 128)
         h = slice(head, head + 1)
-        check(sub, q[:, h], k[:, h], v[:, h], None, y[:, h], lse[:, h], context=f"head {head} {plan['reason']}")
+        check(sub, q[:, h], k[:, h], v[:, h], None, y[:, h], lse[:, h], context=f"head {head} {plan['reason']}",
+              oracle_dtype=torch.float32)
 
 
 def test_runs_on_the_callers_stream():

@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Every GPU check of onnxattn in one run on the GPU machine (read ../shared/device/README.md first):
+#   1. kernel-level checks through the library's ctypes entry on torch tensors (tests/gpu/test_sdpa_cuda_kernels.py)
+#   2. the same through onnxruntime-gpu's CUDA EP, checking the node ran there (tests/gpu/test_sdpa_cuda_ort.py)
+#   3. the benchmark (benchmarks/bench_sdpa_cuda.py)
+# then prints one summary table and writes JSON under $OUT (the device tool's output folder; out/gpu_check
+# elsewhere): gpu_check.json (summary), bench_sdpa_cuda.json, gpu_tests.xml, gpu_check.log.
+#
+# Nothing compiles on the GPU machine. Here, first:
+#   cmake -S . -B build/gpu -G Ninja -DONNXATTN_CUDA=ON -DONNXATTN_CUDA_ARCHS="80;90a" -DONNXATTN_WERROR=ON
+#   ninja -C build/gpu -j2
+# For the onnxruntime checks, also run ../shared/device/ort-gpu-parts here and make its part calls (each
+# copies one part into /tmp/ortparts) back to back on a warm machine; this script reassembles and installs
+# them. Without them the onnxruntime checks and baseline are skipped, saying why. Then the one call:
+#   command: ONNXATTN_COMMIT=<git rev-parse HEAD> bash scripts/gpu_check.sh
+#   carry:   ["build/gpu/onnxattn/cuda_ep/libonnxattn_ops.so"]      timeout_s: 480
+# Commit the bench JSON it returns under benchmarks/results/.
+#
+# Environment: ONNXATTN_LIBRARY (default: the carried build), GPU_CHECK_QUICK=1 (smaller benchmark),
+# GPU_CHECK_PYTEST_ARGS (extra pytest arguments, e.g. "-k decode").
+set -uo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+OUT=${OUT:-$root/out/gpu_check}
+mkdir -p "$OUT"
+
+main() {
+
+export ONNXATTN_LIBRARY=${ONNXATTN_LIBRARY:-$root/build/gpu/onnxattn/cuda_ep/libonnxattn_ops.so}
+# The CUDA kernels are registered only on request until this check has passed once (see register.cc).
+export ONNXATTN_ENABLE_UNVERIFIED_CUDA=1
+export PYTHONUNBUFFERED=1
+if [ ! -f "$ONNXATTN_LIBRARY" ]; then
+  echo "gpu_check: no library at $ONNXATTN_LIBRARY: build it on the development machine and carry it"
+  return 2
+fi
+
+# onnxruntime-gpu from the parts carried earlier (../shared/device/ort-gpu-parts).
+if [ ! -d /tmp/ortsite/onnxruntime ] && ls /tmp/ortparts/*.part-* >/dev/null 2>&1; then
+  wheel=$(ls /tmp/ortparts | head -1 | sed 's/\.part-[0-9]*$//')
+  cat /tmp/ortparts/"$wheel".part-* > /tmp/"$wheel" &&
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/ortsite /tmp/"$wheel" ||
+    echo "gpu_check: installing $wheel failed; onnxruntime checks will be skipped"
+fi
+if [ -d /tmp/ortsite/onnxruntime ]; then export PYTHONPATH=/tmp/ortsite:${PYTHONPATH:-}; fi
+export PYTHONPATH=$root:$root/tests/gpu:${PYTHONPATH:-}
+
+echo "== environment"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader || true
+python3 - <<'PY' || true
+import ctypes, os, torch
+print("torch", torch.__version__, "cuda", torch.version.cuda, "device", torch.cuda.get_device_name(0))
+lib = ctypes.CDLL(os.environ["ONNXATTN_LIBRARY"]); lib.OnnxAttnBuildInfo.restype = ctypes.c_char_p
+print("library", lib.OnnxAttnBuildInfo().decode())
+try:
+    import onnxruntime as ort
+    print("onnxruntime", ort.__version__, ort.get_available_providers())
+except Exception as e:
+    print("onnxruntime unavailable:", e)
+PY
+
+echo "== tests (kernels via ctypes, then onnxruntime CUDA EP)"
+# Synchronous launches: a kernel fault is reported by the test that caused it.
+# shellcheck disable=SC2086
+CUDA_LAUNCH_BLOCKING=1 timeout 300 python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu -rfEs \
+  --junitxml="$OUT/gpu_tests.xml" ${GPU_CHECK_PYTEST_ARGS:-}
+tests_rc=$?
+
+if [ "$tests_rc" != 0 ] || [ "${GPU_CHECK_SANITIZE:-0}" = 1 ]; then
+  echo "== compute-sanitizer on representative launches (tests/gpu/sanitize_cases.py)"
+  for tool in memcheck racecheck; do
+    timeout 90 compute-sanitizer --tool "$tool" --error-exitcode 9 --print-limit 20 \
+      python3 tests/gpu/sanitize_cases.py || echo "compute-sanitizer $tool: exit $?"
+  done
+fi
+
+echo "== benchmark"
+quick=()
+if [ "${GPU_CHECK_QUICK:-0}" = 1 ]; then quick=(--quick); fi
+timeout 240 python3 benchmarks/bench_sdpa_cuda.py --out "$OUT/bench_sdpa_cuda.json" "${quick[@]}"
+bench_rc=$?
+
+echo "== summary"
+python3 scripts/gpu_summary.py "$OUT" --tests-rc "$tests_rc" --bench-rc "$bench_rc"
+return $(( tests_rc != 0 || bench_rc != 0 ))
+}
+
+main 2>&1 | tee "$OUT/gpu_check.log"
+exit "${PIPESTATUS[0]}"
