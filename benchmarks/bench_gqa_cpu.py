@@ -1,0 +1,191 @@
+"""CPU benchmark of onnxattn::GroupQueryAttention against onnxruntime's com.microsoft.GroupQueryAttention and
+our own reference function, side by side in one run.
+
+Shapes of a Llama-3-8B layer (Hq=32, Hkv=8, D=128, RoPE), fp32, B=1:
+  - prefill S=2048: ms and GFLOP/s (causal FLOPs 4*Hq*S^2*D/2); onnxattn vs ort_gqa vs function (inlined);
+  - decode (S=1) over P cached tokens in shared-buffer mode: past and present are one preallocated buffer
+    of M >= P+1 tokens bound with onnxruntime I/O binding (present bound to the past's OrtValue), so the
+    kernel writes only the new token. GB/s of K+V read = 2*Hkv*(P+1)*D*4 bytes / time. Each P runs with
+    M = P+64 and M = 32768: the time must follow P, not M (no O(M) copy). ORT's op runs the same way
+    (its past_present_share_buffer mode).
+Every timing is the median of --repeat runs after a warm-up, implementations interleaved.
+
+    python benchmarks/bench_gqa_cpu.py [--repeat 10] [--out benchmarks/results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from onnx import TensorProto, helper
+
+from onnxattn import ops
+from onnxattn.cuda_ep import make_session
+
+HQ, HKV, D, BASE = 32, 8, 128, 10000.0
+F32, I64, I32 = TensorProto.FLOAT, TensorProto.INT64, TensorProto.INT32
+
+
+def _vi(name, dtype, shape):
+    return helper.make_tensor_value_info(name, dtype, shape)
+
+
+def onnxattn_model(shared: bool):
+    inputs = ["q", "k", "v"] + (["past_key", "past_value", "past_lengths"] if shared else [])
+    outputs = ["y"] + (["present_key", "present_value"] if shared else [])
+    node = helper.make_node("GroupQueryAttention", inputs, outputs, domain=ops.DOMAIN, num_heads=HQ,
+                            kv_num_heads=HKV, rope=1, rope_base=BASE)
+    graph_inputs = [_vi("q", F32, [1, "S", HQ * D]), _vi("k", F32, [1, "S", HKV * D]), _vi("v", F32, [1, "S", HKV * D])]
+    graph_outputs = [_vi("y", F32, [1, "S", HQ * D])]
+    if shared:
+        graph_inputs += [_vi("past_key", F32, [1, HKV, "M", D]), _vi("past_value", F32, [1, HKV, "M", D]),
+                         _vi("past_lengths", I64, [1])]
+        graph_outputs += [_vi("present_key", F32, [1, HKV, "M", D]), _vi("present_value", F32, [1, HKV, "M", D])]
+    model = helper.make_model(helper.make_graph([node], "gqa", graph_inputs, graph_outputs),
+                              opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid(ops.DOMAIN, 1)],
+                              ir_version=ops.IR_VERSION)
+    return ops.attach_functions(model)
+
+
+def ort_gqa_model():
+    """onnxruntime's contrib op with its rotary (cos/sin caches) and a shared past/present buffer."""
+    node = helper.make_node(
+        "GroupQueryAttention",
+        ["q", "k", "v", "past_key", "past_value", "seqlens_k", "total_len", "cos_cache", "sin_cache"],
+        ["y", "present_key", "present_value"], domain="com.microsoft",
+        num_heads=HQ, kv_num_heads=HKV, do_rotary=1)
+    graph_inputs = [_vi("q", F32, [1, "S", HQ * D]), _vi("k", F32, [1, "S", HKV * D]), _vi("v", F32, [1, "S", HKV * D]),
+                    _vi("past_key", F32, [1, HKV, "M", D]), _vi("past_value", F32, [1, HKV, "M", D]),
+                    _vi("seqlens_k", I32, [1]), _vi("total_len", I32, []),
+                    _vi("cos_cache", F32, ["T", D // 2]), _vi("sin_cache", F32, ["T", D // 2])]
+    graph_outputs = [_vi("y", F32, [1, "S", HQ * D]), _vi("present_key", F32, [1, HKV, "M", D]),
+                     _vi("present_value", F32, [1, HKV, "M", D])]
+    return helper.make_model(helper.make_graph([node], "ort_gqa", graph_inputs, graph_outputs),
+                             opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)],
+                             ir_version=ops.IR_VERSION)
+
+
+def rope_caches(length: int):
+    inv_freq = BASE ** (-np.arange(0, D, 2, dtype=np.float32) / D)
+    angles = np.arange(length, dtype=np.float32)[:, None] * inv_freq[None]
+    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+
+
+def median_time(fn, repeat: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def bench_prefill(s: int, repeat: int, with_function: bool) -> list[dict]:
+    rng = np.random.default_rng(0)
+    q = rng.standard_normal((1, s, HQ * D), np.float32)
+    k = rng.standard_normal((1, s, HKV * D), np.float32)
+    v = rng.standard_normal((1, s, HKV * D), np.float32)
+    cpu = ["CPUExecutionProvider"]
+    ours = make_session(onnxattn_model(False), providers=cpu)
+    theirs = make_session(ort_gqa_model(), providers=cpu, use_library=False)
+    cos, sin = rope_caches(s)
+    empty = np.zeros((1, HKV, s, D), np.float32)  # shared buffer holding the prompt
+    ort_feeds = {"q": q, "k": k, "v": v, "past_key": empty, "past_value": empty.copy(),
+                 "seqlens_k": np.array([s - 1], np.int32), "total_len": np.array(s, np.int32),
+                 "cos_cache": cos, "sin_cache": sin}
+    y_ours = ours.run(None, {"q": q, "k": k, "v": v})[0]
+    y_theirs = theirs.run(["y"], ort_feeds)[0]
+    err = float(np.max(np.abs(y_ours - y_theirs)))
+    if err > 1e-3:
+        raise SystemExit(f"prefill: onnxattn and onnxruntime's GroupQueryAttention disagree (max error {err:.2e})")
+    runs = {"onnxattn": lambda: ours.run(None, {"q": q, "k": k, "v": v}),
+            "ort_gqa": lambda: theirs.run(["y"], ort_feeds)}
+    if with_function:
+        function = make_session(onnxattn_model(False), providers=cpu, use_library=False)
+        runs["function"] = lambda: function.run(None, {"q": q, "k": k, "v": v})
+    flops = 4 * HQ * s * s * D / 2
+    rows = []
+    for impl, fn in runs.items():
+        seconds = median_time(fn, repeat)
+        rows.append({"phase": "prefill", "S": s, "impl": impl, "ms": seconds * 1e3, "gflops": flops / seconds / 1e9})
+    return rows
+
+
+def bench_decode(past: int, capacity: int, repeat: int) -> list[dict]:
+    rng = np.random.default_rng(1)
+    cpu = ["CPUExecutionProvider"]
+    q = rng.standard_normal((1, 1, HQ * D), np.float32)
+    k = rng.standard_normal((1, 1, HKV * D), np.float32)
+    v = rng.standard_normal((1, 1, HKV * D), np.float32)
+    rows = []
+    for impl in ("onnxattn", "ort_gqa"):
+        key_buffer = ort.OrtValue.ortvalue_from_numpy(rng.standard_normal((1, HKV, capacity, D), np.float32))
+        value_buffer = ort.OrtValue.ortvalue_from_numpy(rng.standard_normal((1, HKV, capacity, D), np.float32))
+        if impl == "onnxattn":
+            session = make_session(onnxattn_model(True), providers=cpu)
+            extra = {"past_lengths": np.array([past], np.int64)}
+        else:
+            session = make_session(ort_gqa_model(), providers=cpu, use_library=False)
+            cos, sin = rope_caches(capacity)
+            extra = {"seqlens_k": np.array([past], np.int32), "total_len": np.array(past + 1, np.int32),
+                     "cos_cache": cos, "sin_cache": sin}
+        binding = session.io_binding()
+        for name, value in {"q": q, "k": k, "v": v, **extra}.items():
+            binding.bind_cpu_input(name, value)
+        binding.bind_ortvalue_input("past_key", key_buffer)
+        binding.bind_ortvalue_input("past_value", value_buffer)
+        binding.bind_output("y")
+        binding.bind_ortvalue_output("present_key", key_buffer)  # the same buffer: updated in place
+        binding.bind_ortvalue_output("present_value", value_buffer)
+        seconds = median_time(lambda: session.run_with_iobinding(binding), repeat)
+        in_place = binding.get_outputs()[1].data_ptr() == key_buffer.data_ptr()
+        read = 2 * HKV * (past + 1) * D * 4
+        rows.append({"phase": "decode", "P": past, "M": capacity, "impl": impl, "ms": seconds * 1e3,
+                     "gbps": read / seconds / 1e9, "in_place": in_place})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prefill", type=int, default=2048)
+    parser.add_argument("--past", type=int, nargs="+", default=[4096, 16384])
+    parser.add_argument("--capacity", type=int, default=32768)
+    parser.add_argument("--repeat", type=int, default=10)
+    parser.add_argument("--no-function", action="store_true", help="skip the inlined reference function")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = parser.parse_args()
+
+    rows = bench_prefill(args.prefill, max(3, args.repeat // 2), not args.no_function)
+    for past in args.past:
+        for capacity in (past + 64, max(args.capacity, past + 64)):
+            rows += bench_decode(past, capacity, args.repeat)
+
+    print(f"\nGroupQueryAttention, fp32, B=1, Hq={HQ}, Hkv={HKV}, D={D}, RoPE, {ort.get_device()} onnxruntime "
+          f"{ort.__version__}")
+    prefill = {r["impl"]: r for r in rows if r["phase"] == "prefill"}
+    print(f"prefill S={args.prefill}:")
+    for impl, r in prefill.items():
+        ratio = r["ms"] / prefill["onnxattn"]["ms"]
+        print(f"  {impl:<10} {r['ms']:9.2f} ms {r['gflops']:8.1f} GFLOP/s   onnxattn is {ratio:.2f}x faster")
+    print("decode S=1, shared buffer updated in place (I/O binding):")
+    print(f"  {'impl':<10} {'P':>6} {'M':>6} {'ms':>8} {'GB/s':>7}  in place")
+    for r in rows:
+        if r["phase"] == "decode":
+            print(f"  {r['impl']:<10} {r['P']:>6} {r['M']:>6} {r['ms']:8.2f} {r['gbps']:7.1f}  {r['in_place']}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / "gqa_cpu.json"
+    from bench_sdpa_cpu import machine  # same machine description as the SDPA benchmark
+
+    path.write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2))
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()
