@@ -102,8 +102,12 @@ def test_token_by_token_decode_equals_prefill(dtype):
         rows.append(run(step, q[:, :, t : t + 1].contiguous(), k[:, :, : t + 1].contiguous(), v[:, :, : t + 1].contiguous(), None, path="decode")[0])
     torch.cuda.synchronize()
     y_steps = torch.cat(rows, dim=2)
-    tol = 2e-3 if dtype == torch.float16 else 1.6e-2
-    assert (y_steps.float() - y_all.float()).abs().max().item() <= tol
+    # Both round P and Y to `dtype`, at different points (other tiles, other running maxima): allow a
+    # couple of units in the last place of O(1) outputs, relative to larger ones.
+    eps = torch.finfo(dtype).eps
+    diff = (y_steps.float() - y_all.float()).abs()
+    assert (diff <= 4 * eps * (1 + y_all.float().abs())).all(), diff.max().item()
+    check(case, q, k, v, None, y_steps, None, context="token by token")
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if c.d % 8 == 0 and c.v_dim % 8 == 0][:12], ids=str)
@@ -113,7 +117,8 @@ def test_tensor_core_kernels_agree_with_the_simple_one(case):
     for path in ("prefill", "decode"):
         y, lse, plan = run(case, q, k, v, mask, path=path, kernel="mma")
         torch.cuda.synchronize()
-        assert (y.float() - y_simt.float()).abs().max().item() <= 4e-3, plan["reason"]
+        # simt keeps P in float32, mma rounds it to fp16 for the tensor cores: a few fp16 ulps apart.
+        assert ((y.float() - y_simt.float()).abs() <= 4e-3 * (1 + y_simt.float().abs())).all(), plan["reason"]
         if case.lse:
             finite = torch.isfinite(lse_simt)
             assert torch.equal(torch.isfinite(lse), finite)
