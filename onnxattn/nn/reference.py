@@ -93,6 +93,10 @@ def sdpa_reference(
     row_sum = probs.sum(dim=-1, keepdim=True)
     empty = row_sum == 0
     safe_sum = torch.where(empty, torch.ones_like(row_sum), row_sum)
+    # A key no row gives weight to contributes nothing, even if its V holds NaN (e.g. a stale cache slot),
+    # as in the kernels and the reference function.
+    weighed = (probs > 0).any(dim=-2).unsqueeze(-1)  # [B, Hq, Skv, 1]
+    vc = torch.where(weighed, vc, torch.zeros_like(vc))
     out = torch.where(empty, torch.zeros_like(row_sum), (probs @ vc) / safe_sum)
     lse = torch.where(empty, torch.full_like(row_sum, float("-inf")), torch.log(safe_sum) + shift)
     return out.to(q.dtype), lse.squeeze(-1).to(torch.float32 if ct != torch.float64 else ct)
