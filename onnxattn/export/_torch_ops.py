@@ -110,7 +110,8 @@ def group_query_attention(
         rope_inv_freq, attention_mask, **dict(zip(GQA_ATTRS, (num_heads, kv_num_heads, causal, window, softcap,
         scale, rope, rope_base, rotary_dim, rope_interleaved, rope_attention_scaling, qk_norm_epsilon))))
     inputs = (query, key, value, past_key, past_value)
-    return _unaliased(out, inputs), _unaliased(present_k, inputs), _unaliased(present_v, inputs)
+    # contiguous, as the fake kernel says (without a past, the present key is a transposed view)
+    return tuple(_unaliased(t.contiguous(), inputs) for t in (out, present_k, present_v))
 
 
 @group_query_attention.register_fake
