@@ -126,12 +126,21 @@ def attach_functions(model: onnx.ModelProto) -> onnx.ModelProto:
     needed: dict[tuple[str, str], OpSpec] = {}
     for node in onnxattn_nodes(model):
         spec = get_spec(node.op_type)
-        # Trailing optional outputs nobody reads are dropped, so neither kernel nor function computes them.
-        while len(node.output) > 1 and (not node.output[-1] or node.output[-1] not in consumed):
-            if not spec.outputs[min(len(node.output), len(spec.outputs)) - 1].optional:
-                break
-            node.output.pop()
         inputs = node_inputs(node, types)
+        # Trailing optional outputs nobody reads are dropped, so neither kernel nor function computes them,
+        # but never into a combination the op rejects (e.g. present_key without present_value).
+        keep = len(node.output)
+        while keep > 1 and (not node.output[keep - 1] or node.output[keep - 1] not in consumed):
+            if not spec.outputs[min(keep, len(spec.outputs)) - 1].optional:
+                break
+            keep -= 1
+        while keep < len(node.output):
+            try:
+                spec.signature(inputs, [bool(name) for name in node.output[:keep]])
+                break
+            except OpError:
+                keep += 1
+        del node.output[keep:]
         spec.infer_node(inputs, list(node.attribute))
         values = spec.resolve_attributes(list(node.attribute))
         del node.attribute[:]
