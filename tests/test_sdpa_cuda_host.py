@@ -40,7 +40,8 @@ def prefill_rows(tile: int) -> int:
 
 
 def smem_prefill(tile: int) -> int:
-    return (prefill_rows(tile) + 2 * 64) * (tile + 8) * 2
+    # Q, K, V tiles (rows padded by 8 elements) and 16 bytes of row facts per query row
+    return (prefill_rows(tile) + 2 * 64) * (tile + 8) * 2 + prefill_rows(tile) * 16
 
 
 def smem_decode(tile: int) -> int:

@@ -29,6 +29,9 @@ __global__ void __launch_bounds__(tiles::kThreads) prefill_mma_kernel(const Kern
   uint16_t* const q_s = reinterpret_cast<uint16_t*>(smem);
   uint16_t* const k_s = q_s + kRows * kStride;
   uint16_t* const v_s = k_s + kKeys * kStride;
+  // Row facts for edge tiles and masks, kept in shared memory so the main loop holds no registers for them.
+  int2* const row_keys_s = reinterpret_cast<int2*>(v_s + kKeys * kStride);
+  int64_t* const mask_row_s = reinterpret_cast<int64_t*>(row_keys_s + kRows);
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int quad_row = lane / 4, quad_col = 2 * (lane % 4);
@@ -76,6 +79,14 @@ __global__ void __launch_bounds__(tiles::kThreads) prefill_mma_kernel(const Kern
       cp_async_16(dst_addr + i * kRowStep * kStride * 2, valid ? src + int64_t(i) * kRowStep * width : base, valid);
     }
   };
+
+  for (int row = tid; row < kRows; row += kThreads) {
+    const int64_t r = min(row_begin + row, row_end - 1);
+    const RowRef ref = row_ref(a, cta.batch, cta.kv_head, r);
+    const KeyRange keys_of_row = a.structure.visible_keys(ref.query, a.kv_len);
+    row_keys_s[row] = make_int2(int(keys_of_row.begin), int(keys_of_row.end));
+    mask_row_s[row] = mask_row_offset(a, cta.batch, ref);
+  }  // read after the main loop's first barrier
 
   float o[kBlocks][kOutN8][4];
   float m[kBlocks][2], l[kBlocks][2];
@@ -148,18 +159,15 @@ __global__ void __launch_bounds__(tiles::kThreads) prefill_mma_kernel(const Kern
           }
         }
         if (edge || has_mask) {
-          // Row facts are recomputed here rather than kept in registers: only edge tiles and masked
-          // problems pay for them, and the accumulators need the registers.
-          const int64_t r = min(row_begin + (warp * kBlocks + b) * 16 + quad_row + 8 * h, row_end - 1);
-          const RowRef ref = row_ref(a, cta.batch, cta.kv_head, r);
-          const KeyRange row_keys = a.structure.visible_keys(ref.query, a.kv_len);
-          const int64_t mask_row = has_mask ? mask_row_offset(a, cta.batch, ref) : 0;
+          const int row = (warp * kBlocks + b) * 16 + quad_row + 8 * h;
+          const int2 row_keys = row_keys_s[row];
+          const int64_t mask_row = mask_row_s[row];
 #pragma unroll
           for (int n = 0; n < kKeyN8; ++n) {
 #pragma unroll
             for (int e = 0; e < 2; ++e) {
               const int j = j0 + n * 8 + quad_col + e;
-              if (edge && (j >= j_end || j < row_keys.begin || j >= row_keys.end)) {
+              if (edge && (j >= j_end || j < row_keys.x || j >= row_keys.y)) {
                 x[2 * n + e] = kNegInf;
               } else if (has_mask) {
                 x[2 * n + e] = apply_user_mask(a, mask_row, j, x[2 * n + e]);

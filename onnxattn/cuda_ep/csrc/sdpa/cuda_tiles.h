@@ -25,9 +25,13 @@ constexpr int mma_head_dim_tile(int64_t head_dim, int64_t v_head_dim) {
 constexpr int prefill_row_blocks(int head_dim_tile) { return head_dim_tile <= 128 ? 2 : 1; }
 constexpr int prefill_rows(int head_dim_tile) { return 16 * prefill_row_blocks(head_dim_tile) * kWarps; }
 inline constexpr int kPrefillKeys = 64;
-// Q tile, one K tile and one V tile (V of step t loads during S = Q K^T, K of step t+1 during O += P V).
+// Per row of the tile, for edge tiles and masks: visible key range (2 x int32) and mask row offset (int64).
+inline constexpr int kPrefillRowInfoBytes = 16;
+// Q tile, one K tile and one V tile (V of step t loads during S = Q K^T, K of step t+1 during O += P V),
+// then the row facts.
 constexpr size_t prefill_smem_bytes(int head_dim_tile) {
-  return size_t(prefill_rows(head_dim_tile) + 2 * kPrefillKeys) * smem_stride(head_dim_tile) * 2;
+  return size_t(prefill_rows(head_dim_tile) + 2 * kPrefillKeys) * smem_stride(head_dim_tile) * 2 +
+         size_t(prefill_rows(head_dim_tile)) * kPrefillRowInfoBytes;
 }
 
 // ---- decode mma: one block of 16 rows per CTA; warps split the keys, 16 keys per warp per step, each
