@@ -98,15 +98,13 @@ def node_inputs(node: onnx.NodeProto, types: dict[str, TensorInfo]) -> list[Tens
 
 
 def _consumed_names(model: onnx.ModelProto) -> set[str]:
-    """Every value name read by a node (in any graph) or returned by a graph."""
+    """Every value name read by a node (in any graph) or returned by a graph. Names inside model-local
+    functions are a scope of their own (an attached function's formals are often named like graph values,
+    e.g. present_key), so they do not count."""
     names: set[str] = set()
     for graph in _graphs(model.graph):
         names.update(o.name for o in graph.output)
         for node in graph.node:
-            names.update(node.input)
-    for function in model.functions:
-        names.update(function.output)
-        for node in function.node:
             names.update(node.input)
     return names
 
