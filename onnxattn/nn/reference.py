@@ -135,6 +135,24 @@ def rms_norm_heads(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> 
     return out * weight.to(out.dtype) if weight is not None else out
 
 
+_ONNX_FLOAT_TYPES = {torch.float32: 1, torch.float16: 10, torch.bfloat16: 16}  # TensorProto element types
+
+
+def check_gqa_inputs(tensors, attrs) -> None:
+    """The op's shape and attribute checks (onnxattn.ops.gqa, so torch and ONNX give the same messages):
+    ValueError naming the op and the input. Tensors of other dtypes (float64 for gradcheck, integer masks)
+    are checked for shape only."""
+    from onnx import helper
+
+    from onnxattn.ops import TensorInfo, gqa
+
+    infos = [None if t is None else TensorInfo(_ONNX_FLOAT_TYPES.get(t.dtype, 0) if i in (0, 1, 2, 3, 4, 7, 8) else 0,
+                                               tuple(t.shape)) for i, t in enumerate(tensors)]
+    kinds = {a.name: a.kind for a in gqa.SPEC.attrs}
+    gqa.SPEC.infer_node(infos, [helper.make_attribute(name, int(v) if kinds[name] == "int" else float(v))
+                                for name, v in attrs.items()])
+
+
 def gqa_reference(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -163,6 +181,12 @@ def gqa_reference(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Eager onnxattn::GroupQueryAttention: (output [B,S,Hq*Dv], present_key, present_value), with the
     op's contract (see docs/ops.md): QK-norm -> RoPE -> cache update -> attention."""
+    check_gqa_inputs(
+        (query, key, value, past_key, past_value, past_lengths, position_ids, q_norm_weight, k_norm_weight,
+         rope_inv_freq, attention_mask),
+        dict(num_heads=num_heads, kv_num_heads=kv_num_heads, causal=causal, window=window, softcap=softcap,
+             scale=scale, rope=rope, rope_base=rope_base, rotary_dim=rotary_dim, rope_interleaved=rope_interleaved,
+             rope_attention_scaling=rope_attention_scaling, qk_norm_epsilon=qk_norm_epsilon))
     b, s, _ = query.shape
     ct = compute_dtype(query.dtype)
     split = lambda x, h: x.to(ct).unflatten(-1, (h, -1)).transpose(1, 2)  # noqa: E731
