@@ -313,23 +313,28 @@ def main(argv=None) -> int:
     env["onnxruntime"] = getattr(ort, "__version__", None) if ort else f"unavailable: {missing}"
     copy_gbs = copy_bandwidth_gbs()
     repeats = 3 if args.quick else 10
+    out = Path(args.out)
+    if out.suffix != ".json":
+        out.mkdir(parents=True, exist_ok=True)
+        out = out / f"bench_sdpa_cuda_{env['date'][:10]}_{env['device'].replace(' ', '_')}.json"
     rows = []
+
+    def save():  # after every row, so a run cut short by a time limit still leaves its numbers
+        out.write_text(json.dumps({"environment": env, "copy_bandwidth_gbs": copy_gbs, "results": rows}, indent=1))
+
     seqs = (1024, 4096) if args.quick else (1024, 4096, 16384)
     kv_lens = (4096, 32768) if args.quick else (4096, 32768, 131072)
     for dtype in (torch.float16, torch.bfloat16):
         for seq in seqs:
             rows.append(bench_prefill(dtype, seq, ort, repeats))
+            save()
             torch.cuda.empty_cache()
         for batch in (1, 16):
             for kv_len in kv_lens:
                 rows.append(bench_decode(dtype, batch, kv_len, ort, copy_gbs, repeats))
+                save()
                 torch.cuda.empty_cache()
     print_table(env, copy_gbs, rows)
-    out = Path(args.out)
-    if out.suffix != ".json":
-        out.mkdir(parents=True, exist_ok=True)
-        out = out / f"bench_sdpa_cuda_{env['date'][:10]}_{env['device'].replace(' ', '_')}.json"
-    out.write_text(json.dumps({"environment": env, "copy_bandwidth_gbs": copy_gbs, "results": rows}, indent=1))
     print(f"wrote {out}")
     return 0
 
