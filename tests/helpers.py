@@ -126,7 +126,7 @@ def attach_unchecked(model: onnx.ModelProto, overload: str = "") -> onnx.ModelPr
     reject a bad node), so onnxruntime without our library can be shown a bad node."""
     node = next(ops.onnxattn_nodes(model))
     node.overload = overload
-    model.functions.append(ops.get_spec(OP).build_function(overload, ops.model_opset(model)))
+    model.functions.append(ops.get_spec(node.op_type).build_function(overload, ops.model_opset(model)))
     return model
 
 
