@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
+import tempfile
 import zlib
 from typing import Any
 
@@ -37,14 +39,18 @@ from helpers import (
     GQA_INPUTS,
     GQA_KERNEL_XFAIL,
     gqa_model,
+    kernel_ops_run,
+    kernel_session,
     round_to,
     run_function,
     run_gqa_torch,
     run_kernel,
     run_onnx_reference,
+    session_options,
 )
 from oracle_gqa import default_inv_freq, gqa_oracle
 from onnxattn import ops
+from onnxattn.cuda_ep import make_session
 from onnxattn.ops import gqa
 
 FP32_ATOL = 1e-5
@@ -391,3 +397,23 @@ def test_every_signature_is_tagged_and_checked(overload: str):
 def test_every_signature_matches_oracle(overload: str, path: str):
     case = OVERLOAD_CASES[overload]
     check(case, run_path(case, path), present_checked=case.with_present or path == "torch")
+
+
+def test_profile_tells_the_function_from_the_kernel():
+    """run_kernel's proof: in onnxruntime's profile, a node expanded into its function shows up as the
+    function's standard ops, never under its own op type."""
+    model = model_of(CASES_BY_ID["decode"])
+    options = session_options()
+    options.enable_profiling = True
+    options.profile_file_prefix = os.path.join(tempfile.gettempdir(), f"onnxattn_profile_{os.getpid()}")
+    session = make_session(model, providers=["CPUExecutionProvider"], use_library=False, session_options=options)
+    session.run(None, feeds_of("decode"))
+    ran = kernel_ops_run(session)
+    assert gqa.NAME not in ran and {"Exp", "ReduceMax"} <= ran, ran
+
+
+@GQA_KERNEL_XFAIL
+def test_profile_shows_the_kernel():
+    session = kernel_session(model_of(CASES_BY_ID["decode"]), profile=True)
+    session.run(None, feeds_of("decode"))
+    assert gqa.NAME in kernel_ops_run(session)
