@@ -9,7 +9,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from onnxattn.nn.reference import gqa_reference, sdpa_reference
+from onnxattn.nn.reference import check_gqa_inputs, check_gqa_past_lengths, gqa_reference, sdpa_reference
 
 
 def _register_recompute_autograd(op, reference: Callable, num_tensors: int, attr_names: Sequence[str],
@@ -105,10 +105,13 @@ def group_query_attention(
     rope: bool, rope_base: float, rotary_dim: int, rope_interleaved: bool, rope_attention_scaling: float,
     qk_norm_epsilon: float,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    out, present_k, present_v = gqa_reference(
-        query, key, value, past_key, past_value, past_lengths, position_ids, q_norm_weight, k_norm_weight,
-        rope_inv_freq, attention_mask, **dict(zip(GQA_ATTRS, (num_heads, kv_num_heads, causal, window, softcap,
-        scale, rope, rope_base, rotary_dim, rope_interleaved, rope_attention_scaling, qk_norm_epsilon))))
+    tensors = (query, key, value, past_key, past_value, past_lengths, position_ids, q_norm_weight, k_norm_weight,
+               rope_inv_freq, attention_mask)
+    attrs = dict(zip(GQA_ATTRS, (num_heads, kv_num_heads, causal, window, softcap, scale, rope, rope_base,
+                                 rotary_dim, rope_interleaved, rope_attention_scaling, qk_norm_epsilon)))
+    check_gqa_inputs(tensors, attrs)  # shapes first (gqa_reference checks them too, also in the backward)
+    check_gqa_past_lengths(query, past_key, past_lengths)  # then values: on real tensors, so here only
+    out, present_k, present_v = gqa_reference(*tensors, **attrs)
     inputs = (query, key, value, past_key, past_value)
     # contiguous, as the fake kernel says (without a past, the present key is a transposed view)
     return tuple(_unaliased(t.contiguous(), inputs) for t in (out, present_k, present_v))

@@ -139,8 +139,8 @@ _ONNX_FLOAT_TYPES = {torch.float32: 1, torch.float16: 10, torch.bfloat16: 16}  #
 
 
 def check_gqa_inputs(tensors, attrs) -> None:
-    """The op's shape and attribute checks (onnxattn.ops.gqa, so torch and ONNX give the same messages) and
-    the range of past_lengths: ValueError naming the op and the input. Tensors of other dtypes (float64 for gradcheck, integer masks)
+    """The op's shape and attribute checks (onnxattn.ops.gqa, so torch and ONNX give the same messages):
+    ValueError naming the op and the input. Tensors of other dtypes (float64 for gradcheck, integer masks)
     are checked for shape only."""
     from onnx import helper
 
@@ -151,14 +151,20 @@ def check_gqa_inputs(tensors, attrs) -> None:
     kinds = {a.name: a.kind for a in gqa.SPEC.attrs}
     gqa.SPEC.infer_node(infos, [helper.make_attribute(name, int(v) if kinds[name] == "int" else float(v))
                                 for name, v in attrs.items()])
-    query, past_key, past_lengths = tensors[0], tensors[3], tensors[5]
-    if past_lengths is not None:  # values, which shape inference cannot see (the kernel's message)
+
+
+def check_gqa_past_lengths(query: torch.Tensor, past_key: torch.Tensor | None,
+                           past_lengths: torch.Tensor | None) -> None:
+    """past_lengths values, which shape inference cannot see (the kernel's message). Reads the values, so
+    it runs on real tensors only (the custom op's eager forward), not while torch traces the backward."""
+    if past_lengths is not None and past_key is not None:
         buffer, seq = past_key.shape[2], query.shape[1]
         bad = ((past_lengths < 0) | (past_lengths + seq > buffer)).nonzero()
         if bad.numel():
             b = int(bad[0, 0])
             raise ValueError(f"GroupQueryAttention: past_lengths[{b}] = {int(past_lengths[b])} is out of range: the "
-                             f"buffers hold {buffer} tokens, so with {seq} new tokens it must be in [0, {buffer - seq}]")
+                             f"buffers hold {buffer} tokens, so with {seq} new tokens it must be in "
+                             f"[0, {buffer - seq}]")
 
 
 def gqa_reference(
