@@ -197,9 +197,12 @@ def run_kernel(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], threads:
     run gives the output shapes. Proves the kernel ran: onnxruntime's profile must show every onnxattn op
     of the model under its own name (a library without a kernel for an op silently runs its function)."""
     session = kernel_session(model, threads, profile=True)
-    outputs = run_prefilled(session, feeds, session.run(None, dict(feeds)))
+    try:
+        outputs = run_prefilled(session, feeds, session.run(None, dict(feeds)))
+    finally:
+        ran = kernel_ops_run(session)  # also removes the profile file
     expected = {node.op_type for node in ops.onnxattn_nodes(model)}
-    missing = expected - kernel_ops_run(session)
+    missing = expected - ran
     if missing:
         raise KernelDidNotRun(f"onnxruntime ran {', '.join(sorted(missing))} as the reference function, not as "
                               "our kernel (the library registers no kernel for it)")
@@ -323,13 +326,13 @@ GQA_KERNEL_XFAIL = pytest.mark.xfail(GQA_KERNEL_PENDING, strict=False, reason="G
 GQA_INPUTS = ("query", "key", "value", "past_key", "past_value", "past_lengths", "position_ids", "q_norm_weight",
               "k_norm_weight", "rope_inv_freq", "attention_mask")
 GQA_OUTPUTS = ("output", "present_key", "present_value")
+GQA_RANKS = dict(zip(GQA_INPUTS + GQA_OUTPUTS, (3, 3, 3, 4, 4, 1, 2, 1, 1, 1, 2, 3, 4, 4)))
 # Inputs of the op's type T (cast to bfloat16 inside bfloat16 models); the others have fixed types.
 GQA_T_INPUTS = ("query", "key", "value", "past_key", "past_value", "q_norm_weight", "k_norm_weight")
 GQA_FIXED_TYPES = {"past_lengths": TensorProto.INT64, "position_ids": TensorProto.INT64,
                    "rope_inv_freq": TensorProto.FLOAT, "attention_mask": TensorProto.BOOL}
 # Declared shapes: symbolic, one name per (input, axis) so that no two dims are claimed equal.
-GQA_DECLARED = {name: tuple(f"{name}_{axis}" for axis in range(rank)) for name, rank in zip(
-    GQA_INPUTS, (3, 3, 3, 4, 4, 1, 2, 1, 1, 1, 2))}
+GQA_DECLARED = {name: tuple(f"{name}_{axis}" for axis in range(GQA_RANKS[name])) for name in GQA_INPUTS}
 
 
 def gqa_model(
@@ -346,7 +349,8 @@ def gqa_model(
     """A one-node model output[, present_key, present_value] = GroupQueryAttention(query, key, value, ...).
 
     `inputs` names the optional inputs that are present (graph inputs of the same names; absent ones are ''
-    in the node). `shapes` overrides declared shapes (None = unknown rank; default symbolic); `elem_types` overrides an input's element type (for bad-input tests). `attrs` is written
+    in the node). `shapes` overrides declared shapes (None = unknown rank; default symbolic); `elem_types`
+    overrides an input's element type (for bad-input tests). `attrs` is written
     as given; `attach` runs ops.attach_functions. bfloat16 models take and return float32 and Cast inside."""
     unknown = set(inputs) - set(GQA_INPUTS[3:])
     assert not unknown, f"unknown optional inputs {unknown}"
@@ -377,7 +381,7 @@ def gqa_model(
     if bf16:
         nodes += [helper.make_node("Cast", [n + "_bf16"], [n], to=TensorProto.FLOAT) for n in outputs]
     out_type = TensorProto.FLOAT if bf16 else types["query"]
-    graph_outputs = [_value_info(n, out_type, declared.get(n, tuple(f"{n}_{axis}" for axis in range(4 if n != "output" else 3))))
+    graph_outputs = [_value_info(n, out_type, declared.get(n, tuple(f"{n}_{axis}" for axis in range(GQA_RANKS[n]))))
                      for n in outputs]
     model = helper.make_model(
         helper.make_graph(nodes, "gqa", graph_inputs, graph_outputs),

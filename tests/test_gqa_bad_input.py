@@ -92,9 +92,11 @@ CASES = [
         shapes=dict(QKV, past_value=(1, 2, 3, 8))),
     Bad("past-length-mismatch", r"past_key and past_value must hold the same number of tokens, got \[1, 2, 3, 8\] "
         r"and \[1, 2, 4, 8\]", shapes=dict(QKV, past_key=(1, 2, 3, 8), past_value=(1, 2, 4, 8))),
-    Bad("past-key-head-size", r"input 'past_key' must be \[B, Hkv, P, (8|D)\] = \[1, 2, P, 8\], got (shape )?\[1, 2, 3, 6\]",
+    Bad("past-key-head-size",
+        r"input 'past_key' must be \[B, Hkv, P, (8|D)\] = \[1, 2, P, 8\], got (shape )?\[1, 2, 3, 6\]",
         shapes=dict(QKV, past_key=(1, 2, 3, 6), past_value=(1, 2, 3, 8))),
-    Bad("past-value-heads", r"input 'past_value' must be \[B, Hkv, P, (8|Dv)\] = \[1, 2, P, 8\], got (shape )?\[1, 1, 3, 8\]",
+    Bad("past-value-heads",
+        r"input 'past_value' must be \[B, Hkv, P, (8|Dv)\] = \[1, 2, P, 8\], got (shape )?\[1, 1, 3, 8\]",
         shapes=dict(QKV, past_key=(1, 2, 3, 8), past_value=(1, 1, 3, 8))),
     Bad("past-batch", r"input 'past_key' must be \[B, Hkv, P, (8|D)\] = \[1, 2, P, 8\], got (shape )?\[2, 2, 3, 8\]",
         shapes=dict(QKV, past_key=(2, 2, 3, 8), past_value=(2, 2, 3, 8))),
@@ -137,14 +139,17 @@ CASES = [
         kernel_match=r"GroupQueryAttention"),
     Bad("query-double", r"input 'query' must be one of tensor\(float\), tensor\(float16\), tensor\(bfloat16\), got "
         r"tensor\(double\)", types=dict(query=TensorProto.DOUBLE, key=TensorProto.DOUBLE, value=TensorProto.DOUBLE),
-        kernel="graph", kernel_match=r"GroupQueryAttention", torch_skip="float64 is the torch reference's gradcheck precision"),
+        kernel="graph", kernel_match=r"GroupQueryAttention",
+        torch_skip="float64 is the torch reference's gradcheck precision"),
     Bad("position-ids-int32", r"input 'position_ids' must be tensor\(int64\), got tensor\(int32\)",
         shapes=dict(QKV, position_ids=(1, 5)), types=dict(position_ids=TensorProto.INT32), attrs=dict(HEADS, rope=1),
-        kernel="graph", kernel_match=r"Type 'tensor\(int32\)' of input parameter \(position_ids\) of operator \(GroupQueryAttention\)",
+        kernel="graph",
+        kernel_match=r"Type 'tensor\(int32\)' of input parameter \(position_ids\) of operator \(GroupQueryAttention\)",
         torch_skip="the torch reference takes any integer positions"),
     Bad("mask-float", r"input 'attention_mask' must be tensor\(bool\), got tensor\(float\)",
         shapes=dict(QKV, attention_mask=(1, 5)), types=dict(attention_mask=TensorProto.FLOAT), kernel="graph",
-        kernel_match=r"Type 'tensor\(float\)' of input parameter \(attention_mask\) of operator \(GroupQueryAttention\)",
+        kernel_match=r"Type 'tensor\(float\)' of input parameter \(attention_mask\) of operator "
+                     r"\(GroupQueryAttention\)",
         torch_skip="the torch reference casts a 0/1 mask to bool"),
     Bad("inv-freq-float16", r"input 'rope_inv_freq' must be tensor\(float\), got tensor\(float16\)",
         shapes=dict(QKV, rope_inv_freq=(4,)), types=dict(rope_inv_freq=TensorProto.FLOAT16), attrs=dict(HEADS, rope=1),
@@ -157,7 +162,8 @@ CASES = [
         kernel="session", function="silent"),  # the function treats window <= 0 as off
     Bad("negative-softcap", r"attribute 'softcap' must be finite and >= 0 \(0 = off\), got -1",
         attrs=dict(HEADS, softcap=-1.0), kernel="session", function="silent"),
-    Bad("nan-scale", r"attribute 'scale' must be finite \(0 = 1/sqrt\(D\)\), got nan", attrs=dict(HEADS, scale=math.nan),
+    Bad("nan-scale", r"attribute 'scale' must be finite \(0 = 1/sqrt\(D\)\), got nan",
+        attrs=dict(HEADS, scale=math.nan),
         kernel="session", function="silent"),  # the function outputs NaN
     Bad("rope-2", r"attribute 'rope' must be 0 or 1, got 2", attrs=dict(HEADS, rope=2), kernel="session",
         torch_skip="rope is a bool argument", function="silent"),  # the function treats rope != 1 as off
@@ -272,7 +278,8 @@ def torch_call(case: Bad):
     tensors = {}
     for name, value in feeds(case).items():
         t = torch.from_numpy(value)
-        tensors[name] = t.to(TORCH_DTYPES[elem_type(case, name)]) if name in TORCH_DTYPES and t.is_floating_point() else t
+        floating = t.is_floating_point() and elem_type(case, name) in TORCH_DTYPES
+        tensors[name] = t.to(TORCH_DTYPES[elem_type(case, name)]) if floating else t
     attrs = dict(case.attrs)
     attrs.setdefault("num_heads", 0)
     attrs.setdefault("kv_num_heads", 0)
@@ -410,9 +417,11 @@ MODULE_CASES = [
     ("past-lengths-without-past", lambda: GroupedQueryAttention(32, 4, 2, rope=None),
      dict(past_lengths=torch.tensor([0])),
      r"GroupQueryAttention: input 'past_lengths' \(shared-buffer mode\) needs past_key and past_value"),
-    ("mask-wrong-length", lambda: GroupedQueryAttention(32, 4, 2), dict(attention_mask=torch.ones(1, 6, dtype=torch.bool)),
+    ("mask-wrong-length", lambda: GroupedQueryAttention(32, 4, 2),
+     dict(attention_mask=torch.ones(1, 6, dtype=torch.bool)),
      r"GroupQueryAttention: input 'attention_mask' must be \[B, total keys\] = \[1, 5\]"),
-    ("position-ids-wrong-length", lambda: GroupedQueryAttention(32, 4, 2), dict(position_ids=torch.zeros(1, 4, dtype=torch.int64)),
+    ("position-ids-wrong-length", lambda: GroupedQueryAttention(32, 4, 2),
+     dict(position_ids=torch.zeros(1, 4, dtype=torch.int64)),
      r"GroupQueryAttention: input 'position_ids' must be \[B, S\] = \[1, 5\], got \[1, 4\]"),
     ("past-wrong-heads", lambda: GroupedQueryAttention(32, 4, 2),
      dict(past_key=torch.zeros(1, 4, 3, 8), past_value=torch.zeros(1, 4, 3, 8)),

@@ -323,8 +323,8 @@ def test_doc_boundaries_reset_rope_positions():
         cache = KVCache()
         attn(x[:, :2], cache=cache)
         y2 = attn(x[:, 2:], cache=cache, doc_boundaries=[2])
-        np.testing.assert_allclose(y2.numpy(), attn(x, position_ids=torch.tensor([0, 1, 2, 3, 0, 1, 2, 3]).expand(2, 8))[:, 2:].numpy(),
-                                   atol=ATOL)
+        restarted = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3]).expand(2, 8)
+        np.testing.assert_allclose(y2.numpy(), attn(x, position_ids=restarted)[:, 2:].numpy(), atol=ATOL)
 
 
 def test_rope_is_relative_shifting_all_positions_changes_nothing():
@@ -548,8 +548,10 @@ def test_sliding_window_mask_equals_the_ops_window(seq_len, window):
 # Configuration errors
 
 @pytest.mark.parametrize("make_module, message", [
-    (lambda: GroupedQueryAttention(32, 4, 3), r"num_query_heads \(4\) must be a positive multiple of num_kv_heads \(3\)"),
-    (lambda: GroupedQueryAttention(30, 4, 2), r"model_dim \(30\) is not divisible by num_query_heads \(4\); pass head_dim"),
+    (lambda: GroupedQueryAttention(32, 4, 3),
+     r"num_query_heads \(4\) must be a positive multiple of num_kv_heads \(3\)"),
+    (lambda: GroupedQueryAttention(30, 4, 2),
+     r"model_dim \(30\) is not divisible by num_query_heads \(4\); pass head_dim"),
     (lambda: GroupedQueryAttention(32, 4, 2, window=-1), r"window must be >= 0"),
     (lambda: GlobalAttention(32, 4, 2, window=4), r"GlobalAttention: has no window"),
     (lambda: LocalAttention(32, 4, 2, window=0), r"LocalAttention: window must be >= 1, got 0"),

@@ -340,7 +340,8 @@ def test_oracle_self_check():
     past_k, past_v = np.array([[[[1.0, 0.0], [0.5, 0.5]]]]), np.array([[[[1.0, 1.0], [0.0, 3.0]]]])
     y, present_k, present_v = gqa_oracle(q, k, v, past_k, past_v, num_heads=1, kv_num_heads=1, rope=1)
     theta = 2.0  # position P + 0 = 2, inv_freq = 10000^0 = 1
-    rot = lambda x: np.array([x[0] * np.cos(theta) - x[1] * np.sin(theta), x[1] * np.cos(theta) + x[0] * np.sin(theta)])  # noqa: E731
+    c, s = np.cos(theta), np.sin(theta)
+    rot = lambda x: np.array([x[0] * c - x[1] * s, x[1] * c + x[0] * s])  # noqa: E731
     q_rot, k_rot = rot(q[0, 0]), rot(k[0, 0])
     np.testing.assert_allclose(present_k[0, 0, 2], k_rot, rtol=1e-12)
     np.testing.assert_array_equal(present_k[0, 0, :2], past_k[0, 0])
