@@ -7,6 +7,7 @@
 #include <limits>
 #include <memory>
 #include <type_traits>
+#include <vector>
 
 #include "common/half.h"
 #include "sdpa/cpu_flash_isa.h"

@@ -44,6 +44,9 @@ struct Params {
   // Element strides of the mask viewed as [B, Hq, Sq, Skv]; 0 on broadcast dimensions.
   std::array<int64_t, 4> mask_strides{};
   bool want_lse = false;
+  // Paged K/V (with Tensors::block_table): slots per block and entries per block-table row.
+  int64_t block_size = 0;
+  int64_t block_table_stride = 0;
 
   int64_t group_size() const { return q_heads / kv_heads; }
   // Layouts of Q, K, V, Y (contiguous [B, H, S, D] unless a fused op says otherwise) and their offsets.
@@ -85,6 +88,13 @@ struct Tensors {
   // Per-batch overrides of the uniform layout (fused ops with KV caches; null otherwise):
   const int64_t* query_offsets = nullptr;  // [B] key position of query row 0 (instead of Skv - Sq)
   const int64_t* kv_lengths = nullptr;     // [B] valid keys (instead of Skv)
+  // Ragged query batches (packed tokens): sequence b's rows start at packed row q_starts[b] (Q and Y use
+  // only their head and seq strides from there) and it has q_lengths[b] <= Sq rows. No LSE output.
+  const int64_t* q_starts = nullptr;
+  const int64_t* q_lengths = nullptr;
+  // Paged K/V: key j of sequence b is slot j % block_size of block block_table[b * block_table_stride +
+  // j / block_size]; K/V are addressed as slot * strides.seq + head * strides.head.
+  const int32_t* block_table = nullptr;
 };
 
 }  // namespace onnxattn::sdpa
