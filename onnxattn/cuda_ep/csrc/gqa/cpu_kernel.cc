@@ -6,42 +6,10 @@
 #include <vector>
 
 #include "common/errors.h"
+#include "gqa/new_tokens.h"
 #include "sdpa/cpu_kernel.h"
 
 namespace onnxattn::gqa {
-namespace {
-
-// RoPE inverse frequencies, computed as the reference function does (float32 steps).
-std::vector<float> inverse_frequencies(const Params& p, const float* given) {
-  std::vector<float> inv(size_t(p.rotary_dim / 2));
-  const float log_base = std::log(p.rope_base);
-  for (size_t i = 0; i < inv.size(); ++i) {
-    inv[i] = given ? given[i] : std::exp(-((float(2 * i) / float(p.rotary_dim)) * log_base));
-  }
-  return inv;
-}
-
-// x <- x * rsqrt(mean(x^2) + eps) * weight, over one head.
-template <typename T>
-void rms_norm(float* x, int64_t n, const T* weight, float eps) {
-  float sum = 0.0f;
-  for (int64_t i = 0; i < n; ++i) sum += x[i] * x[i];
-  const float inv = 1.0f / std::sqrt(sum / float(n) + eps);
-  for (int64_t i = 0; i < n; ++i) x[i] = x[i] * inv * to_float(weight[i]);
-}
-
-// Rotates the first 2 * half channels of x: pairs (i, i + half), or (2i, 2i + 1) when interleaved.
-void rotate(float* x, const float* cos, const float* sin, int64_t half, bool interleaved) {
-  for (int64_t i = 0; i < half; ++i) {
-    float* a = interleaved ? x + 2 * i : x + i;
-    float* b = interleaved ? x + 2 * i + 1 : x + i + half;
-    const float x1 = *a, x2 = *b;
-    *a = x1 * cos[i] - x2 * sin[i];
-    *b = x2 * cos[i] + x1 * sin[i];
-  }
-}
-
-}  // namespace
 
 template <typename T>
 void run_cpu(const Params& p, const Tensors<T>& t, const ParallelFor& parallel_for) {
@@ -75,36 +43,26 @@ void run_cpu(const Params& p, const Tensors<T>& t, const ParallelFor& parallel_f
   }
 
   // New tokens: QK-norm -> RoPE; queries to float scratch [B, Hq, S, D], keys/values into the cache.
-  const std::vector<float> inv_freq = inverse_frequencies(p, p.has_inv_freq ? t.inv_freq : nullptr);
-  const int64_t half = p.rotary_dim / 2;
+  TokenPrep prep;
+  prep.q_heads = Hq;
+  prep.kv_heads = Hkv;
+  prep.head_dim = D;
+  prep.v_head_dim = Dv;
+  prep.q_norm = p.q_norm;
+  prep.k_norm = p.k_norm;
+  prep.epsilon = p.qk_norm_epsilon;
+  prep.interleaved = p.rope_interleaved;
+  prep.attention_scaling = p.rope_attention_scaling;
+  prep.set_rope(p.rotary_dim, p.rope_base, p.has_inv_freq ? t.inv_freq : nullptr);
   std::unique_ptr<float[]> queries(new float[size_t(B * Hq * S * D)]);
   parallel_for(B * S, [&](int64_t token) {
-    const int64_t b = token / S, s = token % S;
-    const int64_t position = p.has_position_ids ? t.position_ids[token] : past[size_t(b)] + s;
-    std::vector<float> cos(static_cast<size_t>(half)), sin(static_cast<size_t>(half)), row(static_cast<size_t>(D));
-    for (int64_t i = 0; i < half; ++i) {
-      const float angle = float(position) * inv_freq[size_t(i)];
-      cos[size_t(i)] = std::cos(angle) * p.rope_attention_scaling;
-      sin[size_t(i)] = std::sin(angle) * p.rope_attention_scaling;
-    }
-    for (int64_t h = 0; h < Hq; ++h) {
-      const T* src = t.query + token * Hq * D + h * D;
-      float* dst = queries.get() + ((b * Hq + h) * S + s) * D;
-      for (int64_t d = 0; d < D; ++d) dst[d] = to_float(src[d]);
-      if (p.q_norm) rms_norm(dst, D, t.q_norm_weight, p.qk_norm_epsilon);
-      rotate(dst, cos.data(), sin.data(), half, p.rope_interleaved);
-    }
-    const int64_t slot = past[size_t(b)] + s;
-    for (int64_t h = 0; h < Hkv; ++h) {
-      const T* src = t.key + token * Hkv * D + h * D;
-      for (int64_t d = 0; d < D; ++d) row[size_t(d)] = to_float(src[d]);
-      if (p.k_norm) rms_norm(row.data(), D, t.k_norm_weight, p.qk_norm_epsilon);
-      rotate(row.data(), cos.data(), sin.data(), half, p.rope_interleaved);
-      T* key_slot = t.present_key + ((b * Hkv + h) * M + slot) * D;
-      for (int64_t d = 0; d < D; ++d) key_slot[d] = from_float<T>(row[size_t(d)]);
-      std::memcpy(t.present_value + ((b * Hkv + h) * M + slot) * Dv, t.value + token * Hkv * Dv + h * Dv,
-                  size_t(Dv) * sizeof(T));
-    }
+    const int64_t b = token / S, s = token % S, slot = past[size_t(b)] + s;
+    const int64_t position = p.has_position_ids ? t.position_ids[token] : slot;
+    const TokenSlots<T> out{queries.get() + (b * Hq * S + s) * D, S * D,
+                            t.present_key + (b * Hkv * M + slot) * D, M * D,
+                            t.present_value + (b * Hkv * M + slot) * Dv, M * Dv};
+    prepare_token<T>(prep, t.query + token * Hq * D, t.key + token * Hkv * D, t.value + token * Hkv * Dv,
+                     t.q_norm_weight, t.k_norm_weight, position, out);
   });
 
   // Attention of the prepared queries over the cache, written straight into [B, S, Hq*Dv].
