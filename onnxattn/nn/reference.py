@@ -248,3 +248,62 @@ def gqa_reference(
     visible = visible.expand(b, 1, s, total)
     out, _ = sdpa_reference(q, present_k.to(ct), present_v.to(ct), visible, scale=scale, softcap=softcap)
     return out.transpose(1, 2).flatten(2).to(query.dtype), present_k, present_v
+
+
+# ---- PagedAttention ----
+
+
+def paged_reference(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    block_table: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    seq_lens: torch.Tensor,
+    position_ids: torch.Tensor | None = None,
+    q_norm_weight: torch.Tensor | None = None,
+    k_norm_weight: torch.Tensor | None = None,
+    rope_inv_freq: torch.Tensor | None = None,
+    *,
+    num_heads: int,
+    kv_num_heads: int,
+    causal: bool = True,
+    window: int = 0,
+    softcap: float = 0.0,
+    scale: float = 0.0,
+    rope: bool = False,
+    rope_base: float = 10000.0,
+    rotary_dim: int = 0,
+    rope_interleaved: bool = False,
+    rope_attention_scaling: float = 1.0,
+    qk_norm_epsilon: float = 1e-6,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Eager onnxattn::PagedAttention: (output [T, Hq*Dv], key_cache_out, value_cache_out). Each sequence
+    runs as a GroupQueryAttention over its blocks gathered into a contiguous cache (the math the kernel
+    does without the gather)."""
+    block_size = key_cache.shape[1]
+    cu = cu_seqlens_q.to(torch.int64).tolist()
+    lengths = seq_lens.to(torch.int64).tolist()
+    attrs = dict(num_heads=num_heads, kv_num_heads=kv_num_heads, causal=causal, window=window, softcap=softcap,
+                 scale=scale, rope=rope, rope_base=rope_base, rotary_dim=rotary_dim, rope_interleaved=rope_interleaved,
+                 rope_attention_scaling=rope_attention_scaling, qk_norm_epsilon=qk_norm_epsilon)
+    key_out, value_out = key_cache.clone(), value_cache.clone()
+    outputs = []
+    for b in range(len(lengths)):
+        start, end, total = cu[b], cu[b + 1], lengths[b]
+        new, past = end - start, total - (end - start)
+        blocks = block_table[b, : (total + block_size - 1) // block_size].to(torch.int64)
+        # the sequence's cache as [1, Hkv, P, .] (positions < past), then one GroupQueryAttention step
+        past_k = key_cache[blocks].flatten(0, 1)[:past].permute(1, 0, 2)[None]
+        past_v = value_cache[blocks].flatten(0, 1)[:past].permute(1, 0, 2)[None]
+        positions = position_ids[start:end][None] if position_ids is not None else None
+        out, present_k, present_v = gqa_reference(
+            query[start:end][None], key[start:end][None], value[start:end][None], past_k, past_v, None, positions,
+            q_norm_weight, k_norm_weight, rope_inv_freq, **attrs)
+        outputs.append(out[0])
+        slots = blocks[torch.arange(past, total) // block_size] * block_size + torch.arange(past, total) % block_size
+        key_out.view(-1, *key_cache.shape[2:])[slots] = present_k[0, :, past:].permute(1, 0, 2)
+        value_out.view(-1, *value_cache.shape[2:])[slots] = present_v[0, :, past:].permute(1, 0, 2)
+    return torch.cat(outputs, dim=0), key_out, value_out

@@ -68,3 +68,65 @@ def masked_softmax_attention(f: FunctionBuilder, s: str, visible: str, v: str) -
     out = f.op("Div", f.op("MatMul", probs, v), row_sum)
     out = f.op("Where", f.op("Equal", row_sum, f.const(0.0)), f.const(0.0), out)
     return out, f.op("Add", f.op("Log", row_sum), safe_max)
+
+
+# ---- RoPE and QK-norm (ops with rope* and qk_norm_epsilon attributes) ----
+
+
+def rms_norm(f: FunctionBuilder, x: str, weight: str) -> str:
+    """x * rsqrt(mean(x^2 over the last dim) + qk_norm_epsilon) * weight (QK-norm)."""
+    mean_sq = f.op("ReduceMean", f.op("Mul", x, x), f.const([-1], I64), keepdims=1)
+    inv = f.op("Reciprocal", f.op("Sqrt", f.op("Add", mean_sq, f.attr("qk_norm_epsilon"))))
+    return f.op("Mul", f.op("Mul", x, inv), f.op("Cast", weight, to=F32))
+
+
+def rotary_dim(f: FunctionBuilder, x: str) -> str:
+    """The rotated channel count (int64 scalar): rotary_dim, D (the last dim of x) when it is 0, and 0
+    when rope is off — so one body serves rope on and off (the rotated part is then empty)."""
+    zero, one = f.const(0, I64), f.const(1, I64)
+    attr = f.attr("rotary_dim")
+    head_dim = f.op("Squeeze", f.op("Shape", x, start=-1))
+    rotary = f.op("Where", f.op("Equal", attr, zero), head_dim, attr)
+    return f.op("Where", f.op("Equal", f.attr("rope"), one), rotary, zero)
+
+
+def rope_tables(f: FunctionBuilder, positions: str, rotary: str, inv_freq: str | None) -> tuple[str, str]:
+    """cos, sin [B, 1, S, rotary/2] at int64 positions [B, S]."""
+    if inv_freq is None:
+        exponents = f.op("Div", f.op("Cast", f.op("Range", f.const(0, I64), rotary, f.const(2, I64)), to=F32),
+                         f.op("Cast", rotary, to=F32))
+        inv_freq = f.op("Exp", f.op("Neg", f.op("Mul", exponents, f.op("Log", f.attr("rope_base")))))
+    else:  # sliced, so that rope=0 (rotary 0) needs no frequencies
+        half = f.op("Unsqueeze", f.op("Div", rotary, f.const(2, I64)), f.const([0], I64))
+        inv_freq = f.op("Slice", f.op("Cast", inv_freq, to=F32), f.const([0], I64), half)
+    angles = f.op("Mul", f.op("Unsqueeze", f.op("Cast", positions, to=F32), f.const([-1], I64)), inv_freq)
+    angles = f.op("Unsqueeze", angles, f.const([1], I64))
+    scaling = f.attr("rope_attention_scaling")
+    return f.op("Mul", f.op("Cos", angles), scaling), f.op("Mul", f.op("Sin", angles), scaling)
+
+
+def apply_rope(f: FunctionBuilder, x: str, cos: str, sin: str, rotary: str) -> str:
+    """Rotates the first `rotary` channels of x [B, H, S, D]; half-split or interleaved by attribute."""
+    zero, last = f.const([0], I64), f.const([-1], I64)
+    rot_end = f.op("Unsqueeze", rotary, zero)
+    half_end = f.op("Div", rot_end, f.const([2], I64))
+    x_rot = f.op("Slice", x, zero, rot_end, last)
+    x_pass = f.op("Slice", x, rot_end, f.const([2**62], I64), last)
+
+    def rotate(x1, x2):
+        return (f.op("Sub", f.op("Mul", x1, cos), f.op("Mul", x2, sin)),
+                f.op("Add", f.op("Mul", x2, cos), f.op("Mul", x1, sin)))
+
+    # half-split: pairs (c, c + rotary/2)
+    h1, h2 = rotate(f.op("Slice", x_rot, zero, half_end, last), f.op("Slice", x_rot, half_end, rot_end, last))
+    half_split = f.op("Concat", h1, h2, axis=-1)
+    # interleaved: pairs (2c, 2c + 1)
+    pairs_shape = f.op("Concat", f.op("Shape", x_rot, end=3), half_end, f.const([2], I64), axis=0)
+    pairs = f.op("Reshape", x_rot, pairs_shape)
+    e1 = f.op("Squeeze", f.op("Slice", pairs, zero, f.const([1], I64), last), last)
+    e2 = f.op("Squeeze", f.op("Slice", pairs, f.const([1], I64), f.const([2], I64), last), last)
+    i1, i2 = rotate(e1, e2)
+    interleaved = f.op("Reshape", f.op("Concat", f.op("Unsqueeze", i1, last), f.op("Unsqueeze", i2, last), axis=-1),
+                       f.op("Shape", x_rot))
+    use_interleaved = f.op("Equal", f.attr("rope_interleaved"), f.const(1, I64))
+    return f.op("Concat", f.op("Where", use_interleaved, interleaved, half_split), x_pass, axis=-1)

@@ -230,54 +230,6 @@ def signature(inputs: Sequence[TensorInfo | None], outputs_present: Sequence[boo
     return "+".join(f for f in FEATURES if f in present)
 
 
-def _rms_norm(f: FunctionBuilder, x: str, weight: str) -> str:
-    mean_sq = f.op("ReduceMean", f.op("Mul", x, x), f.const([-1], I64), keepdims=1)
-    inv = f.op("Reciprocal", f.op("Sqrt", f.op("Add", mean_sq, f.attr("qk_norm_epsilon"))))
-    return f.op("Mul", f.op("Mul", x, inv), f.op("Cast", weight, to=F32))
-
-
-def _rope_tables(f: FunctionBuilder, positions: str, rotary: str, inv_freq: str | None) -> tuple[str, str]:
-    """cos, sin [B, 1, S, rotary/2] at int64 positions [B, S]."""
-    if inv_freq is None:
-        exponents = f.op("Div", f.op("Cast", f.op("Range", f.const(0, I64), rotary, f.const(2, I64)), to=F32),
-                         f.op("Cast", rotary, to=F32))
-        inv_freq = f.op("Exp", f.op("Neg", f.op("Mul", exponents, f.op("Log", f.attr("rope_base")))))
-    else:  # sliced, so that rope=0 (rotary 0) needs no frequencies
-        half = f.op("Unsqueeze", f.op("Div", rotary, f.const(2, I64)), f.const([0], I64))
-        inv_freq = f.op("Slice", f.op("Cast", inv_freq, to=F32), f.const([0], I64), half)
-    angles = f.op("Mul", f.op("Unsqueeze", f.op("Cast", positions, to=F32), f.const([-1], I64)), inv_freq)
-    angles = f.op("Unsqueeze", angles, f.const([1], I64))
-    scaling = f.attr("rope_attention_scaling")
-    return f.op("Mul", f.op("Cos", angles), scaling), f.op("Mul", f.op("Sin", angles), scaling)
-
-
-def _apply_rope(f: FunctionBuilder, x: str, cos: str, sin: str, rotary: str) -> str:
-    """Rotates the first `rotary` channels of x [B, H, S, D]; half-split or interleaved by attribute."""
-    zero, last = f.const([0], I64), f.const([-1], I64)
-    rot_end = f.op("Unsqueeze", rotary, zero)
-    half_end = f.op("Div", rot_end, f.const([2], I64))
-    x_rot = f.op("Slice", x, zero, rot_end, last)
-    x_pass = f.op("Slice", x, rot_end, f.const([2**62], I64), last)
-
-    def rotate(x1, x2):
-        return (f.op("Sub", f.op("Mul", x1, cos), f.op("Mul", x2, sin)),
-                f.op("Add", f.op("Mul", x2, cos), f.op("Mul", x1, sin)))
-
-    # half-split: pairs (c, c + rotary/2)
-    h1, h2 = rotate(f.op("Slice", x_rot, zero, half_end, last), f.op("Slice", x_rot, half_end, rot_end, last))
-    half_split = f.op("Concat", h1, h2, axis=-1)
-    # interleaved: pairs (2c, 2c + 1)
-    pairs_shape = f.op("Concat", f.op("Shape", x_rot, end=3), half_end, f.const([2], I64), axis=0)
-    pairs = f.op("Reshape", x_rot, pairs_shape)
-    e1 = f.op("Squeeze", f.op("Slice", pairs, zero, f.const([1], I64), last), last)
-    e2 = f.op("Squeeze", f.op("Slice", pairs, f.const([1], I64), f.const([2], I64), last), last)
-    i1, i2 = rotate(e1, e2)
-    interleaved = f.op("Reshape", f.op("Concat", f.op("Unsqueeze", i1, last), f.op("Unsqueeze", i2, last), axis=-1),
-                       f.op("Shape", x_rot))
-    use_interleaved = f.op("Equal", f.attr("rope_interleaved"), f.const(1, I64))
-    return f.op("Concat", f.op("Where", use_interleaved, interleaved, half_split), x_pass, axis=-1)
-
-
 def build_function(overload: str, opset: int) -> onnx.FunctionProto:
     if overload not in OVERLOADS:
         raise ValueError(f"{NAME}: unknown overload {overload!r}")
@@ -295,9 +247,9 @@ def build_function(overload: str, opset: int) -> onnx.FunctionProto:
 
     q, k, v = split("query", num_heads), split("key", kv_heads), split("value", kv_heads)
     if "qnorm" in features:
-        q = _rms_norm(f, q, "q_norm_weight")
+        q = bodies.rms_norm(f, q, "q_norm_weight")
     if "knorm" in features:
-        k = _rms_norm(f, k, "k_norm_weight")
+        k = bodies.rms_norm(f, k, "k_norm_weight")
 
     zero, one = f.const(0, I64), f.const(1, I64)
     seq = f.op("Squeeze", f.op("Shape", "query", start=1, end=2))
@@ -310,16 +262,12 @@ def build_function(overload: str, opset: int) -> onnx.FunctionProto:
         past_len = f.const([0], I64)
     query_pos = f.op("Add", past_len, steps)  # [B or 1, S]: each query's key position
 
-    # RoPE; with rope=0 the rotated part is empty, so one body serves rope on and off
-    rotary_attr = f.attr("rotary_dim")
-    head_dim = f.op("Squeeze", f.op("Shape", q, start=3, end=4))
-    rotary = f.op("Where", f.op("Equal", rotary_attr, zero), head_dim, rotary_attr)
-    rotary = f.op("Where", f.op("Equal", f.attr("rope"), one), rotary, zero)
+    rotary = bodies.rotary_dim(f, q)
     positions = "position_ids" if "pos" in features else f.op(
         "Expand", query_pos, f.op("Shape", "query", start=0, end=2))
-    cos, sin = _rope_tables(f, positions, rotary, "rope_inv_freq" if "inv_freq" in features else None)
-    q = _apply_rope(f, q, cos, sin, rotary)
-    k = _apply_rope(f, k, cos, sin, rotary)
+    cos, sin = bodies.rope_tables(f, positions, rotary, "rope_inv_freq" if "inv_freq" in features else None)
+    q = bodies.apply_rope(f, q, cos, sin, rotary)
+    k = bodies.apply_rope(f, k, cos, sin, rotary)
 
     # the cache, in the input type
     k_new, v_new = f.op("CastLike", k, "key"), f.op("CastLike", v, "value")
@@ -365,6 +313,30 @@ def _positive_heads(v: Any) -> str | None:
     return None if v >= 1 else f"is required and must be >= 1, got {v}"
 
 
+# The attributes of the fused decoder attention ops (GroupQueryAttention, PagedAttention).
+ATTRS = (
+    Attr("num_heads", "int", 0, "Query heads Hq (required).", _positive_heads),
+    Attr("kv_num_heads", "int", 0, "Key/value heads Hkv (required); num_heads must be a multiple.",
+         _positive_heads),
+    Attr("causal", "int", 1, "1: query at key position p sees keys j <= p. 0: bidirectional (encoders).",
+         zero_or_one),
+    Attr("window", "int", 0, "> 0: only the `window` most recent keys (the current one included).",
+         non_negative("0 = off")),
+    Attr("softcap", "float", 0.0, "> 0: scores = softcap * tanh(scores / softcap) before masking.",
+         finite_non_negative("0 = off")),
+    Attr("scale", "float", 0.0, "Score scale; 0 means 1/sqrt(D).", finite("0 = 1/sqrt(D)")),
+    Attr("rope", "int", 0, "1: apply rotary position embeddings to q and k.", zero_or_one),
+    Attr("rope_base", "float", 10000.0, "RoPE base (theta) when rope_inv_freq is not given.",
+         lambda v: None if v > 0 else f"must be > 0, got {v}"),
+    Attr("rotary_dim", "int", 0, "Channels rotated (partial RoPE), even; 0 means D.", non_negative("0 = D")),
+    Attr("rope_interleaved", "int", 0, "1: rotate interleaved pairs (2c, 2c+1); 0: half-split pairs "
+         "(c, c + rotary_dim/2).", zero_or_one),
+    Attr("rope_attention_scaling", "float", 1.0, "Multiplies cos and sin (YaRN's attention factor).",
+         finite("1 = off")),
+    Attr("qk_norm_epsilon", "float", 1e-6, "Epsilon of the QK RMS-norm.", finite_non_negative("variance epsilon")),
+)
+
+
 SPEC = OpSpec(
     name=NAME,
     summary=SUMMARY,
@@ -391,27 +363,7 @@ SPEC = OpSpec(
         Output("present_key", "T", "[B, Hkv, P+S, D], or the updated buffer [B, Hkv, M, D].", optional=True),
         Output("present_value", "T", "[B, Hkv, P+S, Dv], or the updated buffer [B, Hkv, M, Dv].", optional=True),
     ),
-    attrs=(
-        Attr("num_heads", "int", 0, "Query heads Hq (required).", _positive_heads),
-        Attr("kv_num_heads", "int", 0, "Key/value heads Hkv (required); num_heads must be a multiple.",
-             _positive_heads),
-        Attr("causal", "int", 1, "1: query at key position p sees keys j <= p. 0: bidirectional (encoders).",
-             zero_or_one),
-        Attr("window", "int", 0, "> 0: only the `window` most recent keys (the current one included).",
-             non_negative("0 = off")),
-        Attr("softcap", "float", 0.0, "> 0: scores = softcap * tanh(scores / softcap) before masking.",
-             finite_non_negative("0 = off")),
-        Attr("scale", "float", 0.0, "Score scale; 0 means 1/sqrt(D).", finite("0 = 1/sqrt(D)")),
-        Attr("rope", "int", 0, "1: apply rotary position embeddings to q and k.", zero_or_one),
-        Attr("rope_base", "float", 10000.0, "RoPE base (theta) when rope_inv_freq is not given.",
-             lambda v: None if v > 0 else f"must be > 0, got {v}"),
-        Attr("rotary_dim", "int", 0, "Channels rotated (partial RoPE), even; 0 means D.", non_negative("0 = D")),
-        Attr("rope_interleaved", "int", 0, "1: rotate interleaved pairs (2c, 2c+1); 0: half-split pairs "
-             "(c, c + rotary_dim/2).", zero_or_one),
-        Attr("rope_attention_scaling", "float", 1.0, "Multiplies cos and sin (YaRN's attention factor).",
-             finite("1 = off")),
-        Attr("qk_norm_epsilon", "float", 1e-6, "Epsilon of the QK RMS-norm.", finite_non_negative("variance epsilon")),
-    ),
+    attrs=ATTRS,
     type_constraints=(TypeConstraint("T", FLOAT_TYPES, "Activations, caches and norm weights."),),
     infer=infer,
     signature=signature,
