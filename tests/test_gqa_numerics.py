@@ -1,7 +1,8 @@
 """onnxattn::GroupQueryAttention against the numpy oracle (tests/oracle_gqa.py) on every path: the reference
 function in onnxruntime without the library and in onnx.reference (inlined), the torch functional, and our
-CPU kernel (onnxruntime with the library; run_kernel proves from onnxruntime's profile that the kernel, not
-the function, ran; marked by the helpers' GQA_KERNEL_PENDING switch until the kernel is registered).
+CPU kernel under each ISA variant (onnxruntime with the library; run_kernel proves from onnxruntime's profile
+that the kernel, not the function, ran; marked by the helpers' GQA_KERNEL_PENDING switch until the kernel is
+registered).
 
 The matrix is data: CASES, one row per behaviour. Each case checks the output and, when requested, the
 present_key/present_value caches (K stored after QK-norm and RoPE, in the input type; the past part copied
@@ -40,6 +41,8 @@ from helpers import (
     GQA_INPUTS,
     GQA_KERNEL_XFAIL,
     IO_NUMPY,
+    ISAS,
+    cpu_isa,
     function_session,
     gqa_model,
     kernel_ops_run,
@@ -325,17 +328,22 @@ def check(case: Case, outputs: list[np.ndarray], *, present_checked: bool) -> No
 
 
 PATHS = ["function-ort", "function-onnx-reference", "torch", pytest.param("kernel", marks=GQA_KERNEL_XFAIL)]
+# The main matrix runs the kernel under each CPU ISA variant (the attention core it shares with SDPA).
+MATRIX_PATHS = PATHS[:3] + [pytest.param(f"kernel-{isa}", marks=GQA_KERNEL_XFAIL) for isa in ISAS]
 
 
 def run_path(case: Case, path: str) -> list[np.ndarray]:
     feeds = feeds_of(case.id)
     if path == "torch":
         return run_gqa_torch(feeds, dtype=case.dtype, attrs=case.attrs)
+    if path.startswith("kernel-"):
+        with cpu_isa(path.removeprefix("kernel-")):
+            return run_kernel(model_of(case), feeds)
     runner = {"function-ort": run_function, "function-onnx-reference": run_onnx_reference, "kernel": run_kernel}
     return runner[path](model_of(case), feeds)
 
 
-@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("path", MATRIX_PATHS)
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in CASES])
 def test_matches_oracle(case: Case, path: str):
     outputs = run_path(case, path)
