@@ -33,31 +33,31 @@ void expect_shape(const Shapes& s, Input index, const Shape& want, const char* l
 
 }  // namespace
 
-void check_attributes(const Attributes& a) {
+void check_attributes(const Attributes& a, const char* op) {
   if (a.num_heads < 1 || a.kv_num_heads < 1) {
-    fail(kOpName, ": attributes 'num_heads' and 'kv_num_heads' are required and must be >= 1, got ", a.num_heads,
+    fail(op, ": attributes 'num_heads' and 'kv_num_heads' are required and must be >= 1, got ", a.num_heads,
          " and ", a.kv_num_heads);
   }
   if (a.num_heads % a.kv_num_heads != 0) {
-    fail(kOpName, ": num_heads (", a.num_heads, ") must be a multiple of kv_num_heads (", a.kv_num_heads, ")");
+    fail(op, ": num_heads (", a.num_heads, ") must be a multiple of kv_num_heads (", a.kv_num_heads, ")");
   }
-  if (a.causal != 0 && a.causal != 1) fail(kOpName, ": attribute 'causal' must be 0 or 1, got ", a.causal);
-  if (a.window < 0) fail(kOpName, ": attribute 'window' must be >= 0 (0 = off), got ", a.window);
+  if (a.causal != 0 && a.causal != 1) fail(op, ": attribute 'causal' must be 0 or 1, got ", a.causal);
+  if (a.window < 0) fail(op, ": attribute 'window' must be >= 0 (0 = off), got ", a.window);
   if (!std::isfinite(a.softcap) || a.softcap < 0) {
-    fail(kOpName, ": attribute 'softcap' must be finite and >= 0 (0 = off), got ", a.softcap);
+    fail(op, ": attribute 'softcap' must be finite and >= 0 (0 = off), got ", a.softcap);
   }
-  if (!std::isfinite(a.scale)) fail(kOpName, ": attribute 'scale' must be finite (0 = 1/sqrt(D)), got ", a.scale);
-  if (a.rope != 0 && a.rope != 1) fail(kOpName, ": attribute 'rope' must be 0 or 1, got ", a.rope);
-  if (!(a.rope_base > 0) || !std::isfinite(a.rope_base)) fail(kOpName, ": attribute 'rope_base' must be > 0, got ", a.rope_base);
-  if (a.rotary_dim < 0) fail(kOpName, ": attribute 'rotary_dim' must be >= 0 (0 = D), got ", a.rotary_dim);
+  if (!std::isfinite(a.scale)) fail(op, ": attribute 'scale' must be finite (0 = 1/sqrt(D)), got ", a.scale);
+  if (a.rope != 0 && a.rope != 1) fail(op, ": attribute 'rope' must be 0 or 1, got ", a.rope);
+  if (!(a.rope_base > 0) || !std::isfinite(a.rope_base)) fail(op, ": attribute 'rope_base' must be > 0, got ", a.rope_base);
+  if (a.rotary_dim < 0) fail(op, ": attribute 'rotary_dim' must be >= 0 (0 = D), got ", a.rotary_dim);
   if (a.rope_interleaved != 0 && a.rope_interleaved != 1) {
-    fail(kOpName, ": attribute 'rope_interleaved' must be 0 or 1, got ", a.rope_interleaved);
+    fail(op, ": attribute 'rope_interleaved' must be 0 or 1, got ", a.rope_interleaved);
   }
   if (!std::isfinite(a.rope_attention_scaling)) {
-    fail(kOpName, ": attribute 'rope_attention_scaling' must be finite, got ", a.rope_attention_scaling);
+    fail(op, ": attribute 'rope_attention_scaling' must be finite, got ", a.rope_attention_scaling);
   }
   if (!std::isfinite(a.qk_norm_epsilon) || a.qk_norm_epsilon < 0) {
-    fail(kOpName, ": attribute 'qk_norm_epsilon' must be finite and >= 0, got ", a.qk_norm_epsilon);
+    fail(op, ": attribute 'qk_norm_epsilon' must be finite and >= 0, got ", a.qk_norm_epsilon);
   }
 }
 

@@ -21,7 +21,8 @@ struct Attributes {
   float rope_attention_scaling = 1.0f, qk_norm_epsilon = 1e-6f;
 };
 
-void check_attributes(const Attributes& attrs);
+// `op` names the op in error messages (the attributes are shared by the fused decoder ops).
+void check_attributes(const Attributes& attrs, const char* op = kOpName);
 
 enum class CacheMode { kNone, kConcat, kShared };
 
