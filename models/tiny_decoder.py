@@ -1,5 +1,5 @@
-"""A tiny decoder-only transformer whose attention is onnxattn's ScaledDotProductAttention: the built-in
-default model of ``onnxattn demo``. Pre-norm blocks with GQA, a sliding-window layer, SwiGLU MLPs."""
+"""A tiny decoder-only transformer whose attention is onnxattn's ScaledDotProductAttention (no KV cache):
+the smallest model using that op. Pre-norm blocks with GQA, a sliding-window layer, SwiGLU MLPs."""
 
 from __future__ import annotations
 
@@ -74,6 +74,8 @@ class Block(nn.Module):
 class TinyDecoder(nn.Module):
     """token ids [B, S] -> logits [B, S, vocab]."""
 
+    kind = "stateless"  # exported as is: no KV cache inputs
+
     def __init__(self, cfg: TinyDecoderConfig):
         super().__init__()
         self.config = cfg
@@ -99,9 +101,8 @@ class TinyDecoder(nn.Module):
         return ({0: "batch", 1: "sequence"},)
 
 
-@register("tiny-decoder")
-def build_tiny_decoder(**overrides) -> TinyDecoder:
-    cfg = TinyDecoderConfig(**overrides)
+@register("tiny-decoder", TinyDecoderConfig)
+def build_tiny_decoder(cfg: TinyDecoderConfig) -> TinyDecoder:
     torch.manual_seed(cfg.seed)
     model = TinyDecoder(cfg)
     with torch.no_grad():  # deterministic, non-trivial weights (norm weights away from 1)

@@ -1,0 +1,114 @@
+"""Llama-style decoder: GQA + RoPE + RMSNorm + SwiGLU, pre-norm. Options cover its close relatives:
+Mistral (sliding window), Qwen2 (Q/K/V biases), Qwen3 (QK-norm, head dim != hidden / heads), scaled RoPE
+(linear, Llama 3, YaRN), tied embeddings, and per-layer full/sliding attention (layer_types)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from onnxattn.models import register
+from onnxattn.models._base import ACTIVATIONS, CausalLM, RMSNorm, check_activation, check_heads, init_weights
+from onnxattn.nn import GroupedQueryAttention, Rope, RopeScaling
+
+LAYER_TYPES = ("full_attention", "sliding_attention")
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaConfig:
+    vocab_size: int = 256
+    hidden: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    head_dim: int | None = None  # None: hidden / num_heads
+    intermediate: int = 128
+    rope_theta: float = 10000.0
+    rope_scaling: RopeScaling | None = None
+    rms_norm_eps: float = 1e-5
+    qkv_bias: bool = False  # Qwen2
+    o_bias: bool = False
+    mlp_bias: bool = False
+    qk_norm: bool = False  # Qwen3
+    sliding_window: int = 0  # Mistral; applies to the layers typed "sliding_attention"
+    layer_types: tuple[str, ...] | None = None  # None: all sliding when sliding_window > 0, else all full
+    activation: str = "silu"
+    tie_embeddings: bool = False
+    seed: int = 0
+
+    def __post_init__(self):
+        name = type(self).__name__
+        check_heads(name, self.hidden, self.num_heads, self.num_kv_heads, self.head_dim)
+        check_activation(self.activation, name)
+        if self.sliding_window < 0:
+            raise ValueError(f"{name}: sliding_window must be >= 0 (0 = off), got {self.sliding_window}")
+        if self.layer_types is not None:
+            if len(self.layer_types) != self.num_layers or not set(self.layer_types) <= set(LAYER_TYPES):
+                raise ValueError(f"{name}: layer_types must list one of {LAYER_TYPES} per layer "
+                                 f"({self.num_layers}), got {self.layer_types}")
+            if "sliding_attention" in self.layer_types and not self.sliding_window:
+                raise ValueError(f"{name}: sliding_attention layers need sliding_window > 0")
+
+    @property
+    def resolved_head_dim(self) -> int:
+        return check_heads(type(self).__name__, self.hidden, self.num_heads, self.num_kv_heads, self.head_dim)
+
+    def window(self, layer: int) -> int:
+        types = self.layer_types or ("sliding_attention" if self.sliding_window else "full_attention",) * self.num_layers
+        return self.sliding_window if types[layer] == "sliding_attention" else 0
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, hidden: int, intermediate: int, bias: bool, activation: str):
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden, intermediate, bias=bias)
+        self.up_proj = nn.Linear(hidden, intermediate, bias=bias)
+        self.down_proj = nn.Linear(intermediate, hidden, bias=bias)
+        self.act = ACTIVATIONS[activation]
+
+    def forward(self, x):
+        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+
+
+class LlamaBlock(nn.Module):
+    def __init__(self, cfg: LlamaConfig, layer_idx: int):
+        super().__init__()
+        self.input_norm = RMSNorm(cfg.hidden, cfg.rms_norm_eps)
+        self.attn = GroupedQueryAttention(
+            cfg.hidden, cfg.num_heads, cfg.num_kv_heads, head_dim=cfg.resolved_head_dim, bias=cfg.qkv_bias,
+            out_bias=cfg.o_bias, window=cfg.window(layer_idx), rope=Rope(cfg.rope_theta, scaling=cfg.rope_scaling),
+            qk_norm=cfg.qk_norm, qk_norm_eps=cfg.rms_norm_eps, layer_idx=layer_idx)
+        self.post_attn_norm = RMSNorm(cfg.hidden, cfg.rms_norm_eps)
+        self.mlp = SwiGLU(cfg.hidden, cfg.intermediate, cfg.mlp_bias, cfg.activation)
+
+    def forward(self, x, **kv):
+        h, present = self.attn(self.input_norm(x), return_present=True, **kv)
+        x = x + h
+        return x + self.mlp(self.post_attn_norm(x)), present
+
+
+class LlamaModel(CausalLM):
+    """token ids [B, S] (+ KV cache, see CausalLM) -> logits [B, S, vocab]."""
+
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        self.config = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden)
+        self.layers = nn.ModuleList(LlamaBlock(cfg, i) for i in range(cfg.num_layers))
+        self.norm = RMSNorm(cfg.hidden, cfg.rms_norm_eps)
+        self.lm_head = nn.Linear(cfg.hidden, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+
+    def embed(self, input_ids, positions):
+        return self.embed_tokens(input_ids)
+
+    def head(self, x):
+        return self.lm_head(self.norm(x))
+
+
+@register("llama", LlamaConfig)
+def build_llama(cfg: LlamaConfig) -> LlamaModel:
+    return init_weights(LlamaModel(cfg), cfg.seed)

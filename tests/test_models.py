@@ -1,0 +1,132 @@
+"""The reference models eagerly: registry and configs (clear errors for bad ones), deterministic weights,
+and the one forward's cache modes agreeing with each other (no cache, KVCache, concatenated pasts,
+shared buffers; token-by-token decode equals one prefill); GPT-2/BERT position tables bound the length.
+Everything float32; torch vs torch in a different order of the same math, so 2e-5 absolute."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from model_helpers import one_torch_thread  # noqa: F401  (autouse fixture)
+
+from onnxattn import models
+from onnxattn.models.bert import BertConfig
+from onnxattn.models.gemma3 import Gemma3Config
+from onnxattn.models.gpt2 import GPT2Config
+from onnxattn.models.llama import LlamaConfig
+from onnxattn.nn import KVCache
+
+DECODERS = ["llama", "gemma3", "gpt2"]
+ATOL = 2e-5
+
+
+def _ids(batch=2, seq=11, seed=0):
+    return torch.randint(0, 256, (batch, seq), generator=torch.Generator().manual_seed(seed))
+
+
+def test_registry_lists_the_families():
+    assert {"llama", "gemma3", "gpt2", "bert"} <= set(models.MODELS)
+    assert models.DEFAULT_MODEL == "llama"
+    assert isinstance(models.build("llama").config, LlamaConfig)
+    assert models.build(LlamaConfig(hidden=32, num_heads=2, num_kv_heads=1)).config.hidden == 32
+
+
+def test_weights_are_deterministic_and_scalable():
+    a, b = models.build("llama"), models.build("llama")
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    c = models.build("llama", seed=1)
+    assert not torch.equal(a.lm_head.weight, c.lm_head.weight)
+    big = models.build("llama", hidden=512, num_layers=4, num_heads=8, num_kv_heads=2, intermediate=1024)
+    assert len(big.layers) == 4 and big.layers[0].attn.head_dim == 64
+
+
+@pytest.mark.parametrize("name", DECODERS)
+def test_cache_modes_agree(name):
+    model = models.build(name)
+    ids = _ids()
+    with torch.no_grad():
+        full = model(ids)
+        cache = KVCache()
+        eager = torch.cat([model(ids[:, :6], cache=cache)] + [model(ids[:, t:t + 1], cache=cache) for t in range(6, 11)], 1)
+        first, presents = model(ids[:, :7], model.empty_past(2))
+        second, presents = model(ids[:, 7:], presents)
+        buffers, lengths = model.empty_past(2, 16), torch.zeros(2, dtype=torch.int64)
+        shared_a, buffers = model(ids[:, :7], buffers, lengths)
+        shared_b, _ = model(ids[:, 7:], buffers, lengths + 7)
+        last = model(ids, cache=KVCache(), logits_to_keep=1)
+    torch.testing.assert_close(eager, full, atol=ATOL, rtol=1e-5)
+    torch.testing.assert_close(torch.cat([first, second], 1), full, atol=ATOL, rtol=1e-5)
+    torch.testing.assert_close(torch.cat([shared_a, shared_b], 1), full, atol=ATOL, rtol=1e-5)
+    torch.testing.assert_close(last, full[:, -1:], atol=ATOL, rtol=1e-5)
+    assert presents[0][0].shape == (2, model.kv_shapes()[0][0], 11, model.kv_shapes()[0][1])
+
+
+def test_gemma3_layers_alternate_and_differ_from_hidden_over_heads():
+    model = models.build("gemma3", num_layers=4)
+    windows = [layer.attn.window for layer in model.layers]
+    assert windows == [8, 0, 8, 0]
+    assert [layer.attn.rope.base for layer in model.layers] == [10000.0, 1e6, 10000.0, 1e6]
+    attn = model.layers[0].attn
+    assert attn.head_dim == 32 != 64 // 4 and attn.q_norm is not None and attn.softcap == 50.0
+    assert models.build("gemma3", sliding_window_pattern=6, num_layers=6).layers[5].attn.window == 0
+
+
+def test_sliding_window_limits_what_a_token_sees():
+    """A token beyond the window of every layer cannot change the last logits (Mistral-style, 1 layer)."""
+    model = models.build("llama", num_layers=1, sliding_window=4)
+    ids = _ids(1, 10)
+    changed = ids.clone()
+    changed[0, 2] = (changed[0, 2] + 1) % 256
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids)[:, -1], model(changed)[:, -1])
+        assert not torch.allclose(model(ids)[:, 3], model(changed)[:, 3])
+
+
+def test_bert_padding_is_invisible():
+    model = models.build("bert")
+    ids, mask, types = model.example_inputs(2, 7)
+    with torch.no_grad():
+        hidden, pooled = model(ids, mask, types)
+        garbage = ids.clone()
+        garbage[1, 5:] = 0  # padded positions (mask 0) may hold anything
+        hidden2, _ = model(garbage, mask, types)
+        alone, _ = model(ids[1:, :5], mask[1:, :5], types[1:, :5])
+    torch.testing.assert_close(hidden2[1, :5], hidden[1, :5])
+    torch.testing.assert_close(alone[0], hidden[1, :5], atol=ATOL, rtol=1e-5)
+    assert pooled.shape == (2, 64)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: LlamaConfig(hidden=65), "hidden (65) is not divisible by num_heads (4)"),
+    (lambda: GPT2Config(hidden=66, num_heads=4), "hidden (66) is not divisible by num_heads (4)"),
+    (lambda: BertConfig(hidden=30, num_heads=4), "hidden (30) is not divisible by num_heads (4)"),
+    (lambda: LlamaConfig(num_heads=4, num_kv_heads=3), "num_heads (4) must be a positive multiple of num_kv_heads (3)"),
+    (lambda: Gemma3Config(num_heads=6, num_kv_heads=4), "num_heads (6) must be a positive multiple"),
+    (lambda: LlamaConfig(layer_types=("sliding_attention",) * 2), "sliding_attention layers need sliding_window"),
+    (lambda: LlamaConfig(activation="swish2"), "activation must be one of"),
+])
+def test_bad_configs_are_clear_errors(make, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        make()
+
+
+def test_unknown_names_and_options():
+    with pytest.raises(KeyError, match="unknown model 'llama4'.*available: bert, gemma3, gpt2, llama.*deepseek-v3"):
+        models.build("llama4")
+    with pytest.raises(ValueError, match="LlamaConfig: unknown option.*hiden"):
+        models.build("llama", hiden=64)
+
+
+def test_past_beyond_the_position_table_is_a_clear_error():
+    gpt2 = models.build("gpt2", n_positions=16)
+    with torch.no_grad():
+        gpt2(_ids(1, 16))  # exactly the table: fine
+        with pytest.raises(ValueError, match="17 tokens .past \\+ new. exceed the position table of 16"):
+            gpt2(_ids(1, 1), gpt2.empty_past(1, 16))
+        cache = KVCache()
+        gpt2(_ids(1, 15), cache=cache)
+        with pytest.raises(ValueError, match="exceed the position table of 16"):
+            gpt2(_ids(1, 2), cache=cache)
+    bert = models.build("bert", max_positions=8)
+    with pytest.raises(ValueError, match="9 tokens exceed the position table of 8"):
+        bert(_ids(1, 9))
