@@ -4,6 +4,7 @@ GPU: the plan is pure host code exported for tests (csrc/sdpa/cuda_capi.cc)."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import os
@@ -338,3 +339,56 @@ def test_every_config_combination_plans():
             assert p["schedule"] == path
         if p["schedule"] == "prefill":
             assert p["splits"] == 1
+
+
+# ---- layouts of fused ops: strided views and per-batch lengths (sdpa/cuda_plan.cc rule 5)
+def test_strided_views_plan_like_contiguous_ones():
+    # [B, S, H*D] activations seen as [B, H, S, D]: same kernels and geometry as the contiguous layout.
+    s = spec(batch=2, q_heads=8, kv_heads=2, q_len=300, kv_len=300, head_dim=128, causal=True)
+    layout = lib.Layout.of(q=(300 * 8 * 128, 128, 8 * 128), y=(300 * 8 * 128, 128, 8 * 128))
+    assert lib.plan(s, layout=layout) == lib.plan(s)
+
+
+def test_negative_strides_are_refused():
+    with pytest.raises(lib.SdpaCudaError, match=r"non-negative strides; K has strides \(batch -1"):
+        lib.plan(spec(q_len=4, kv_len=4), layout=lib.Layout.of(k=(-1, 64, 64)))
+
+
+@pytest.mark.parametrize("kv_len", [4096, 32768, 65536])
+def test_per_batch_lengths_split_for_the_whole_view(kv_len):
+    # A shared KV-cache buffer: the valid lengths are on the device, so the split count is chosen for the
+    # whole buffer (an upper bound) and each sequence splits its own keys, >= 256 per split.
+    s = spec(batch=1, q_heads=32, kv_heads=8, q_len=1, kv_len=kv_len, head_dim=128)
+    uniform = lib.plan(s)
+    per_batch = lib.plan(s, layout=lib.Layout.of(per_batch_lengths=True))
+    assert uniform["min_split_keys"] == 0 and per_batch["min_split_keys"] == 256
+    assert per_batch["splits"] == lib.choose_splits(8, ceil_div(kv_len, 64), 264, 4, 256) == uniform["splits"]
+    assert "per-batch lengths" in per_batch["reason"]
+
+
+def test_per_batch_lengths_bound_splits_by_a_causal_window():
+    # Unknown query offsets: any window + Sq - 1 consecutive keys may be the visible ones.
+    s = spec(batch=1, q_heads=8, kv_heads=8, q_len=1, kv_len=1 << 20, head_dim=128, causal=True, window=512)
+    p = lib.plan(s, layout=lib.Layout.of(per_batch_lengths=True))
+    assert p["splits"] <= 512 // 256
+    bidirectional = lib.plan(dataclasses.replace(s, causal=False), layout=lib.Layout.of(per_batch_lengths=True))
+    assert bidirectional["splits"] > p["splits"]  # without causality the window bounds nothing above
+
+
+@pytest.mark.parametrize("length", [0, 1, 100, 256, 257, 1000, 4096, 100_000])
+@pytest.mark.parametrize("splits", [1, 8, 33])
+def test_split_floor_uses_fewer_splits_for_short_sequences(length, splits):
+    # What a decode CTA computes on the device for its sequence's keys [begin, begin + length).
+    begin, granule, floor = 7, 16, 256
+    parts = [lib.split_keys(begin, begin + length, s, splits, granule, floor) for s in range(splits)]
+    covered = [j for b, e in parts for j in range(b, e)]
+    assert covered == list(range(begin, begin + length))
+    used = [e > b for b, e in parts]
+    assert used == sorted(used, reverse=True)  # the empty splits are the trailing ones
+    assert sum(used) <= max(1, ceil_div(length, floor))
+    if length > 0:
+        assert all(e - b >= min(floor, length) for b, e in parts[: sum(used) - 1])
+    # Without a floor: the plain split of the SDPA path, unchanged.
+    assert [lib.split_keys(begin, begin + length, s, splits, granule) for s in range(splits)] == [
+        lib.split_keys(begin, begin + length, s, splits, granule, 0) for s in range(splits)
+    ]

@@ -63,6 +63,7 @@ class PlanInfo(ctypes.Structure):
         ("combine_grid", ctypes.c_int64),
         ("scratch_bytes", ctypes.c_int64),
         ("partial_lse_offset", ctypes.c_int64),
+        ("min_split_keys", ctypes.c_int64),
         ("reason", ctypes.c_char * 512),
     ]
 
@@ -71,6 +72,28 @@ class PlanInfo(ctypes.Structure):
         out["schedule"] = ("prefill", "decode")[self.schedule]
         out["kernel"] = ("mma", "simt")[self.kernel]
         out["reason"] = self.reason.decode()
+        return out
+
+
+class Layout(ctypes.Structure):
+    """Strided views (element strides batch, head, seq; all 0 = contiguous) and per-batch lengths."""
+
+    _fields_ = [
+        ("q_strides", ctypes.c_int64 * 3),
+        ("k_strides", ctypes.c_int64 * 3),
+        ("v_strides", ctypes.c_int64 * 3),
+        ("y_strides", ctypes.c_int64 * 3),
+        ("per_batch_lengths", ctypes.c_int32),
+        ("reserved", ctypes.c_int32),
+    ]
+
+    @classmethod
+    def of(cls, q=None, k=None, v=None, y=None, per_batch_lengths=False) -> "Layout":
+        out = cls()
+        for name, strides in (("q_strides", q), ("k_strides", k), ("v_strides", v), ("y_strides", y)):
+            if strides is not None:
+                getattr(out, name)[:] = list(strides)
+        out.per_batch_lengths = int(per_batch_lengths)
         return out
 
 
@@ -92,20 +115,21 @@ def load(path: str | None = None) -> ctypes.CDLL:
     lib = ctypes.CDLL(path or library_path())
     lib.OnnxAttnSdpaCudaPlan.restype = ctypes.c_int
     lib.OnnxAttnSdpaCudaPlan.argtypes = [
-        ctypes.POINTER(Problem), ctypes.POINTER(Device), ctypes.c_int32, ctypes.c_int32, ctypes.c_int32,
-        ctypes.POINTER(PlanInfo), ctypes.c_char_p, ctypes.c_size_t,
+        ctypes.POINTER(Problem), ctypes.POINTER(Layout), ctypes.POINTER(Device), ctypes.c_int32, ctypes.c_int32,
+        ctypes.c_int32, ctypes.POINTER(PlanInfo), ctypes.c_char_p, ctypes.c_size_t,
     ]  # fmt: skip
     lib.OnnxAttnSdpaChooseSplits.restype = ctypes.c_int64
     lib.OnnxAttnSdpaChooseSplits.argtypes = [ctypes.c_int64] * 5
     lib.OnnxAttnSdpaTileKeys.restype = None
     lib.OnnxAttnSdpaTileKeys.argtypes = [ctypes.c_int64] * 8 + [ctypes.POINTER(ctypes.c_int64)]
     lib.OnnxAttnSdpaSplitKeys.restype = None
-    lib.OnnxAttnSdpaSplitKeys.argtypes = [ctypes.c_int64] * 5 + [ctypes.POINTER(ctypes.c_int64)]
+    lib.OnnxAttnSdpaSplitKeys.argtypes = [ctypes.c_int64] * 6 + [ctypes.POINTER(ctypes.c_int64)]
     lib.OnnxAttnHasCuda.restype = ctypes.c_int
     lib.OnnxAttnSdpaCudaRunForTest.restype = ctypes.c_int
     lib.OnnxAttnSdpaCudaRunForTest.argtypes = [
-        ctypes.POINTER(Problem), ctypes.c_int32, ctypes.c_int32,
+        ctypes.POINTER(Problem), ctypes.POINTER(Layout), ctypes.c_int32, ctypes.c_int32,
         ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+        ctypes.c_void_p, ctypes.c_void_p,
         ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.POINTER(PlanInfo), ctypes.c_char_p, ctypes.c_size_t,
     ]  # fmt: skip
     return lib
@@ -145,14 +169,15 @@ class Spec:
         return p
 
 
-def plan(spec: Spec, device: dict = H100, *, path: str = "auto", kernel: str = "auto", aligned: bool = True) -> dict:
+def plan(spec: Spec, device: dict = H100, *, path: str = "auto", kernel: str = "auto", aligned: bool = True,
+         layout: Layout | None = None) -> dict:  # fmt: skip
     """The launch plan make_plan() computes; raises SdpaCudaError with the library's message."""
     lib = load()
     info, err = PlanInfo(), ctypes.create_string_buffer(1024)
     dev = Device(device["sm_count"], device["max_smem_per_block"], device["smem_per_sm"])
     rc = lib.OnnxAttnSdpaCudaPlan(
-        ctypes.byref(spec.problem()), ctypes.byref(dev), PATHS[path], KERNELS[kernel], int(aligned),
-        ctypes.byref(info), err, len(err),
+        ctypes.byref(spec.problem()), ctypes.byref(layout) if layout is not None else None, ctypes.byref(dev),
+        PATHS[path], KERNELS[kernel], int(aligned), ctypes.byref(info), err, len(err),
     )  # fmt: skip
     if rc != 0:
         raise SdpaCudaError(err.value.decode())
@@ -169,9 +194,9 @@ def tile_keys(causal, window, band, q_len, kv_len, row_begin, row_end, group) ->
     return (out[0], out[1]), (out[2], out[3])
 
 
-def split_keys(begin: int, end: int, split: int, splits: int, granule: int) -> tuple[int, int]:
+def split_keys(begin: int, end: int, split: int, splits: int, granule: int, min_chunk: int = 0) -> tuple[int, int]:
     out = (ctypes.c_int64 * 2)()
-    load().OnnxAttnSdpaSplitKeys(begin, end, split, splits, granule, out)
+    load().OnnxAttnSdpaSplitKeys(begin, end, split, splits, granule, min_chunk, out)
     return out[0], out[1]
 
 
@@ -185,9 +210,18 @@ def torch_dtype_code(dtype) -> int:
     return {torch.float32: FLOAT32, torch.float16: FLOAT16, torch.bfloat16: BFLOAT16}[dtype]
 
 
+def _strides(t) -> tuple[int, int, int] | None:
+    """Element strides (batch, head, seq) of a [B, H, S, D] view with a contiguous last dim; None when it is
+    contiguous."""
+    assert t.stride(3) == 1, "the last dim must be contiguous"
+    return None if t.is_contiguous() else tuple(t.stride()[:3])
+
+
 def run(q, k, v, attn_mask=None, *, causal=False, window=0, band=0, scale=0.0, softcap=0.0, want_lse=False,
-        path="auto", kernel="auto", out=None):  # fmt: skip
-    """Runs the CUDA kernels on torch CUDA tensors (contiguous, [B,H,S,D]) on torch's current stream.
+        path="auto", kernel="auto", out=None, query_offsets=None, kv_lengths=None):  # fmt: skip
+    """Runs the CUDA kernels on torch CUDA tensors ([B,H,S,D] views with a contiguous last dim: strided
+    views are passed as such) on torch's current stream. query_offsets / kv_lengths: optional int64 CUDA
+    tensors [B] (the per-batch layout of fused ops). `out` may be a strided view too.
     Returns (Y, LSE or None, plan dict)."""
     import torch
 
@@ -202,6 +236,10 @@ def run(q, k, v, attn_mask=None, *, causal=False, window=0, band=0, scale=0.0, s
         spec.mask_shape = tuple(attn_mask.shape)
         attn_mask = attn_mask.contiguous()
     y = out if out is not None else torch.empty(q.shape[:3] + (v.shape[3],), dtype=q.dtype, device=q.device)
+    per_batch = query_offsets is not None or kv_lengths is not None
+    layout = Layout.of(_strides(q), _strides(k), _strides(v), _strides(y), per_batch_lengths=per_batch)
+    for t in (query_offsets, kv_lengths):
+        assert t is None or (t.is_cuda and t.dtype == torch.int64 and t.is_contiguous())
     lse = torch.empty(q.shape[:3], dtype=torch.float32, device=q.device) if want_lse else None
     stream = torch.cuda.current_stream(q.device).cuda_stream
     lib, info, err = load(), PlanInfo(), ctypes.create_string_buffer(2048)
@@ -209,9 +247,11 @@ def run(q, k, v, attn_mask=None, *, causal=False, window=0, band=0, scale=0.0, s
 
     def call(scratch):
         return lib.OnnxAttnSdpaCudaRunForTest(
-            ctypes.byref(problem), PATHS[path], KERNELS[kernel],
+            ctypes.byref(problem), ctypes.byref(layout), PATHS[path], KERNELS[kernel],
             q.data_ptr(), k.data_ptr(), v.data_ptr(), attn_mask.data_ptr() if attn_mask is not None else None,
             y.data_ptr(), lse.data_ptr() if lse is not None else None,
+            query_offsets.data_ptr() if query_offsets is not None else None,
+            kv_lengths.data_ptr() if kv_lengths is not None else None,
             scratch.data_ptr() if scratch is not None else None, scratch.numel() if scratch is not None else 0,
             stream, ctypes.byref(info), err, len(err),
         )  # fmt: skip

@@ -3,7 +3,7 @@
 //    so tests/test_sdpa_cuda_host.py checks the dispatch on machines without nvcc or a GPU;
 //  - OnnxAttnSdpaCudaRunForTest (CUDA builds only), which runs the kernels on raw device pointers such as
 //    torch CUDA tensors' (tests/gpu).
-// Structs mirror tests/gpu/sdpa_cuda_lib.py field for field; change both together.
+// The structs live in sdpa/cuda_capi.h (shared with gqa/cuda_capi.cc).
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
@@ -13,6 +13,7 @@
 
 #include "common/errors.h"
 #include "common/half.h"
+#include "sdpa/cuda_capi.h"
 #include "sdpa/cuda_plan.h"
 #include "sdpa/cuda_ranges.h"
 #include "sdpa/params.h"
@@ -20,92 +21,31 @@
 #include "sdpa/cuda_kernel.h"
 #endif
 
-#define ONNXATTN_EXPORT __attribute__((visibility("default")))
+namespace onnxattn::sdpa::cuda::capi {
 
-extern "C" {
-
-struct OnnxAttnSdpaProblem {
-  int64_t batch, q_heads, kv_heads, q_len, kv_len, head_dim, v_head_dim;
-  int64_t causal, window, band;
-  float scale, softcap;
-  int32_t dtype;      // ONNX element type: 1 float32, 10 float16, 16 bfloat16
-  int32_t mask_kind;  // 0 none, 1 bool, 2 additive
-  int32_t mask_rank;  // 0..4, dims in mask_shape[0 .. mask_rank)
-  int32_t want_lse;
-  int64_t mask_shape[4];
-};
-
-struct OnnxAttnSdpaDevice {
-  int32_t sm_count, max_smem_per_block, smem_per_sm;
-};
-
-struct OnnxAttnSdpaPlanInfo {
-  int32_t schedule;  // 0 prefill, 1 decode
-  int32_t kernel;    // 0 mma, 1 simt
-  int32_t head_dim_tile, rows_per_cta, keys_per_tile, stages, threads, reserved;
-  int64_t rows_per_head, row_tiles, splits, grid, smem_bytes, combine_grid, scratch_bytes, partial_lse_offset;
-  char reason[512];
-};
-
-}  // extern "C"
-
-namespace onnxattn::sdpa::cuda {
-namespace {
-
-void write_error(char* err, size_t err_len, const char* message) {
-  if (err != nullptr && err_len > 0) std::snprintf(err, err_len, "%s", message);
-}
-
-// Runs f; returns 0, or 1 with the exception's message in err.
-template <typename F>
-int guarded(char* err, size_t err_len, F&& f) noexcept {
-  try {
-    return f();
-  } catch (const std::exception& e) {
-    write_error(err, err_len, e.what());
-  } catch (...) {
-    write_error(err, err_len, "onnxattn: unknown error");
-  }
-  return 1;
-}
-
-DType dtype_from_onnx(int32_t code) {
+DType dtype_from_onnx(int32_t code, const char* op) {
   switch (code) {
     case 1: return DType::kFloat32;
     case 10: return DType::kFloat16;
     case 16: return DType::kBFloat16;
-    default: fail(kOpName, ": unsupported dtype code ", code, " (1 float32, 10 float16, 16 bfloat16)");
+    default: fail(op, ": unsupported dtype code ", code, " (1 float32, 10 float16, 16 bfloat16)");
   }
 }
 
-// The problem through the same validation as the onnxruntime adapter.
-Params params_from(const OnnxAttnSdpaProblem& pr) {
-  Shapes shapes{{pr.batch, pr.q_heads, pr.q_len, pr.head_dim},
-                {pr.batch, pr.kv_heads, pr.kv_len, pr.head_dim},
-                {pr.batch, pr.kv_heads, pr.kv_len, pr.v_head_dim},
-                std::nullopt};
-  MaskKind kind = MaskKind::kNone;
-  if (pr.mask_kind != 0) {
-    if (pr.mask_rank < 0 || pr.mask_rank > 4) fail(kOpName, ": mask_rank must be 0..4, got ", pr.mask_rank);
-    shapes.mask = std::vector<int64_t>(pr.mask_shape, pr.mask_shape + pr.mask_rank);
-    kind = pr.mask_kind == 1 ? MaskKind::kBool : MaskKind::kAdditive;
-  }
-  Attributes attrs;
-  attrs.causal = pr.causal;
-  attrs.window = pr.window;
-  attrs.band = pr.band;
-  attrs.scale = pr.scale;
-  attrs.softcap = pr.softcap;
-  return make_params(shapes, kind, attrs, pr.want_lse != 0);
-}
-
-// path: -1 from the environment, 0 auto, 1 prefill, 2 decode; kernel: -1 environment, 0 auto, 1 mma, 2 simt.
 Request request_from(int32_t path, int32_t kernel) {
   Request env = (path < 0 || kernel < 0) ? request_from_env() : Request{};
   Request r;
   r.path = path < 0 ? env.path : path == 1 ? Request::Path::kPrefill : path == 2 ? Request::Path::kDecode : Request::Path::kAuto;
   r.kernel = kernel < 0 ? env.kernel : kernel == 1 ? Request::Kernel::kMma : kernel == 2 ? Request::Kernel::kSimt : Request::Kernel::kAuto;
   return r;
+}
+
+DeviceInfo device_from(const OnnxAttnSdpaDevice& d) {
+  DeviceInfo info;
+  info.sm_count = d.sm_count;
+  info.max_smem_per_block = d.max_smem_per_block;
+  info.smem_per_sm = d.smem_per_sm;
+  return info;
 }
 
 void fill_info(const LaunchPlan& plan, OnnxAttnSdpaPlanInfo* out) {
@@ -126,15 +66,56 @@ void fill_info(const LaunchPlan& plan, OnnxAttnSdpaPlanInfo* out) {
   out->combine_grid = plan.combine_grid;
   out->scratch_bytes = int64_t(plan.scratch_bytes);
   out->partial_lse_offset = int64_t(plan.partial_lse_offset);
+  out->min_split_keys = plan.min_split_keys;
   std::snprintf(out->reason, sizeof out->reason, "%s", plan.reason.c_str());
+}
+
+}  // namespace onnxattn::sdpa::cuda::capi
+
+namespace onnxattn::sdpa::cuda {
+namespace {
+
+using namespace capi;
+
+// The problem through the same validation as the onnxruntime adapter, then the layout's strides.
+Params params_from(const OnnxAttnSdpaProblem& pr, const OnnxAttnSdpaLayout* layout) {
+  Shapes shapes{{pr.batch, pr.q_heads, pr.q_len, pr.head_dim},
+                {pr.batch, pr.kv_heads, pr.kv_len, pr.head_dim},
+                {pr.batch, pr.kv_heads, pr.kv_len, pr.v_head_dim},
+                std::nullopt};
+  MaskKind kind = MaskKind::kNone;
+  if (pr.mask_kind != 0) {
+    if (pr.mask_rank < 0 || pr.mask_rank > 4) fail(kOpName, ": mask_rank must be 0..4, got ", pr.mask_rank);
+    shapes.mask = std::vector<int64_t>(pr.mask_shape, pr.mask_shape + pr.mask_rank);
+    kind = pr.mask_kind == 1 ? MaskKind::kBool : MaskKind::kAdditive;
+  }
+  Attributes attrs;
+  attrs.causal = pr.causal;
+  attrs.window = pr.window;
+  attrs.band = pr.band;
+  attrs.scale = pr.scale;
+  attrs.softcap = pr.softcap;
+  Params p = make_params(shapes, kind, attrs, pr.want_lse != 0);
+  if (layout != nullptr) {
+    auto view = [](const int64_t (&s)[3], Strides& out) {
+      if (s[0] != 0 || s[1] != 0 || s[2] != 0) out = {s[0], s[1], s[2]};
+    };
+    view(layout->q_strides, p.q_strides);
+    view(layout->k_strides, p.k_strides);
+    view(layout->v_strides, p.v_strides);
+    view(layout->y_strides, p.y_strides);
+  }
+  return p;
 }
 
 #ifdef ONNXATTN_WITH_CUDA
 template <typename T>
 int run_for_test(const Params& p, const Request& request, const void* q, const void* k, const void* v,
-                 const void* mask, void* y, float* lse, void* scratch, size_t scratch_bytes, void* stream,
-                 OnnxAttnSdpaPlanInfo* info) {
+                 const void* mask, void* y, float* lse, const int64_t* query_offsets, const int64_t* kv_lengths,
+                 void* scratch, size_t scratch_bytes, void* stream, OnnxAttnSdpaPlanInfo* info) {
   Tensors<T> t;
+  t.query_offsets = query_offsets;
+  t.kv_lengths = kv_lengths;
   t.q = static_cast<const T*>(q);
   t.k = static_cast<const T*>(k);
   t.v = static_cast<const T*>(v);
@@ -142,7 +123,9 @@ int run_for_test(const Params& p, const Request& request, const void* q, const v
   if (p.mask_kind == MaskKind::kAdditive) t.additive_mask = static_cast<const T*>(mask);
   t.y = static_cast<T*>(y);
   t.lse = lse;
-  const LaunchPlan plan = make_plan(p, dtype_of<T>(), device_info(current_device()), request, aligned16(t));
+  Layout layout;
+  layout.per_batch_lengths = query_offsets != nullptr || kv_lengths != nullptr;
+  const LaunchPlan plan = make_plan(p, dtype_of<T>(), device_info(current_device()), request, aligned16(p, t), layout);
   fill_info(plan, info);
   if (plan.scratch_bytes > scratch_bytes) return 2;  // the caller allocates plan.scratch_bytes and calls again
   run(p, t, plan, stream, scratch, scratch_bytes);
@@ -155,18 +138,20 @@ int run_for_test(const Params& p, const Request& request, const void* q, const v
 
 extern "C" {
 
-// The launch plan for `problem` on a described device. Returns 0, or 1 with a message in err.
-ONNXATTN_EXPORT int OnnxAttnSdpaCudaPlan(const OnnxAttnSdpaProblem* problem, const OnnxAttnSdpaDevice* device,
-                                         int32_t path, int32_t kernel, int32_t aligned16,
-                                         OnnxAttnSdpaPlanInfo* out, char* err, size_t err_len) {
+// The launch plan for `problem` (with `layout`, or null for contiguous tensors) on a described device.
+// Returns 0, or 1 with a message in err.
+ONNXATTN_EXPORT int OnnxAttnSdpaCudaPlan(const OnnxAttnSdpaProblem* problem, const OnnxAttnSdpaLayout* layout,
+                                         const OnnxAttnSdpaDevice* device, int32_t path, int32_t kernel,
+                                         int32_t aligned16, OnnxAttnSdpaPlanInfo* out, char* err, size_t err_len) {
   using namespace onnxattn::sdpa::cuda;
+  using namespace onnxattn::sdpa::cuda::capi;
   return guarded(err, err_len, [&] {
-    const onnxattn::sdpa::Params p = params_from(*problem);
-    DeviceInfo info;
-    info.sm_count = device->sm_count;
-    info.max_smem_per_block = device->max_smem_per_block;
-    info.smem_per_sm = device->smem_per_sm;
-    fill_info(make_plan(p, dtype_from_onnx(problem->dtype), info, request_from(path, kernel), aligned16 != 0), out);
+    const onnxattn::sdpa::Params p = params_from(*problem, layout);
+    Layout how;
+    how.per_batch_lengths = layout != nullptr && layout->per_batch_lengths != 0;
+    fill_info(make_plan(p, dtype_from_onnx(problem->dtype), device_from(*device), request_from(path, kernel),
+                        aligned16 != 0, how),
+              out);
     return 0;
   });
 }
@@ -193,8 +178,8 @@ ONNXATTN_EXPORT void OnnxAttnSdpaTileKeys(int64_t causal, int64_t window, int64_
 }
 
 ONNXATTN_EXPORT void OnnxAttnSdpaSplitKeys(int64_t begin, int64_t end, int64_t split, int64_t splits, int64_t granule,
-                                           int64_t* out) {
-  const onnxattn::KeyRange r = onnxattn::sdpa::cuda::split_keys({begin, end}, split, splits, granule);
+                                           int64_t min_chunk, int64_t* out) {
+  const onnxattn::KeyRange r = onnxattn::sdpa::cuda::split_keys({begin, end}, split, splits, granule, min_chunk);
   out[0] = r.begin;
   out[1] = r.end;
 }
@@ -211,28 +196,36 @@ ONNXATTN_EXPORT int OnnxAttnHasCuda() {
 // Runs the CUDA kernels on device pointers, on `stream` (a cudaStream_t; null = the legacy default
 // stream), without synchronising. Returns 0 when enqueued; 2 when `scratch_bytes` is less than the plan
 // needs (info->scratch_bytes; nothing ran: allocate and call again); 1 with a message in err on error.
-// path/kernel force the plan as in OnnxAttnSdpaCudaPlan (-1: from the environment).
-ONNXATTN_EXPORT int OnnxAttnSdpaCudaRunForTest(const OnnxAttnSdpaProblem* problem, int32_t path, int32_t kernel,
-                                               const void* q, const void* k, const void* v, const void* mask,
-                                               void* y, float* lse, void* scratch, size_t scratch_bytes,
-                                               void* stream, OnnxAttnSdpaPlanInfo* info, char* err, size_t err_len) {
+// path/kernel force the plan as in OnnxAttnSdpaCudaPlan (-1: from the environment). `layout` (nullable)
+// gives strided views; query_offsets / kv_lengths (device [B] int64, nullable) the per-batch layout.
+ONNXATTN_EXPORT int OnnxAttnSdpaCudaRunForTest(const OnnxAttnSdpaProblem* problem, const OnnxAttnSdpaLayout* layout,
+                                               int32_t path, int32_t kernel, const void* q, const void* k,
+                                               const void* v, const void* mask, void* y, float* lse,
+                                               const int64_t* query_offsets, const int64_t* kv_lengths,
+                                               void* scratch, size_t scratch_bytes, void* stream,
+                                               OnnxAttnSdpaPlanInfo* info, char* err, size_t err_len) {
   using namespace onnxattn::sdpa::cuda;
+  using namespace onnxattn::sdpa::cuda::capi;
 #ifdef ONNXATTN_WITH_CUDA
   return guarded(err, err_len, [&] {
-    const onnxattn::sdpa::Params p = params_from(*problem);
+    const onnxattn::sdpa::Params p = params_from(*problem, layout);
     const Request request = request_from(path, kernel);
+    const int64_t* qo = query_offsets;
+    const int64_t* kl = kv_lengths;
     switch (dtype_from_onnx(problem->dtype)) {
       case DType::kFloat32:
-        return run_for_test<float>(p, request, q, k, v, mask, y, lse, scratch, scratch_bytes, stream, info);
+        return run_for_test<float>(p, request, q, k, v, mask, y, lse, qo, kl, scratch, scratch_bytes, stream, info);
       case DType::kFloat16:
-        return run_for_test<onnxattn::Float16>(p, request, q, k, v, mask, y, lse, scratch, scratch_bytes, stream, info);
+        return run_for_test<onnxattn::Float16>(p, request, q, k, v, mask, y, lse, qo, kl, scratch, scratch_bytes,
+                                               stream, info);
       default:
-        return run_for_test<onnxattn::BFloat16>(p, request, q, k, v, mask, y, lse, scratch, scratch_bytes, stream, info);
+        return run_for_test<onnxattn::BFloat16>(p, request, q, k, v, mask, y, lse, qo, kl, scratch, scratch_bytes,
+                                                stream, info);
     }
   });
 #else
-  (void)problem, (void)path, (void)kernel, (void)q, (void)k, (void)v, (void)mask, (void)y, (void)lse;
-  (void)scratch, (void)scratch_bytes, (void)stream, (void)info;
+  (void)problem, (void)layout, (void)path, (void)kernel, (void)q, (void)k, (void)v, (void)mask, (void)y, (void)lse;
+  (void)query_offsets, (void)kv_lengths, (void)scratch, (void)scratch_bytes, (void)stream, (void)info;
   write_error(err, err_len, "onnxattn: this library was built without CUDA");
   return 1;
 #endif

@@ -9,7 +9,12 @@
 // online-softmax state; at the end the warps merge through shared memory and the CTA writes either the
 // final output (one split) or a partial output normalised by its own sum plus its log-sum-exp, which
 // the combine kernel (cuda_simt.cu) merges across splits. All offsets are 64-bit.
-#include "sdpa/cuda_device.cuh"
+//
+// Fused ops: the Q tile is prepared in place (QK-norm, RoPE; cuda_query_prep.cuh) before its fragments go
+// to registers, so decode needs no separate pass over Q. With per-batch lengths (a shared KV-cache buffer)
+// each CTA splits only its own sequence's visible keys, at least a.min_split_keys per split: the plan's
+// split count is an upper bound from the buffer length, and CTAs left without keys return at once.
+#include "sdpa/cuda_query_prep.cuh"
 
 namespace onnxattn::sdpa::cuda {
 
@@ -37,15 +42,25 @@ __global__ void __launch_bounds__(tiles::kThreads) decode_mma_kernel(const Kerne
   const CtaCoords cta = cta_coords(a);
   const int64_t row_begin = cta.row_tile * kRows;
   const int64_t row_end = min(row_begin + kRows, a.rows_per_head);
-  const TileKeys keys = tile_keys(a.structure, row_begin, row_end, a.group, a.kv_len);
-  const KeyRange range = split_keys(keys.any, cta.split, a.splits, kWarpKeys);
+  const SeqView seq = seq_view(a, cta.batch);
+  if (seq.skip) return;
+  const TileKeys keys = tile_keys(seq.structure, row_begin, row_end, a.group, seq.num_keys);
+  const KeyRange range = split_keys(keys.any, cta.split, a.splits, kWarpKeys, a.min_split_keys);
+  if (a.splits > 1 && range.empty()) {
+    // Nothing to merge: an empty partial (LSE = -inf) has weight 0 in the combine, which never reads its
+    // output. A single split must still write its (zero) rows, so it takes the normal path.
+    if (tid < kRows && row_begin + tid < row_end) {
+      a.partial_lse[cta.split * a.out_rows + row_ref(a, cta.batch, cta.kv_head, row_begin + tid).out_row] = kNegInf;
+    }
+    return;
+  }
 
   const int d_chunks = (a.head_dim + 15) / 16 * 2;
   const int dv_chunks = (a.v_head_dim + 15) / 16 * 2;
   const int d_steps = d_chunks / 2, dv_pairs = dv_chunks / 2;
-  const int64_t kv_row0 = (cta.batch * a.kv_heads + cta.kv_head) * a.kv_len;
-  const T* const k_base = a.k + kv_row0 * a.head_dim;
-  const T* const v_base = a.v + kv_row0 * a.v_head_dim;
+  const T* const k_base = a.k + cta.batch * a.k_stride[0] + cta.kv_head * a.k_stride[1];
+  const T* const v_base = a.v + cta.batch * a.v_stride[0] + cta.kv_head * a.v_stride[1];
+  const int64_t k_row_stride = a.k_stride[2], v_row_stride = a.v_stride[2];
 
   // ---- Q tile (whole CTA), then its A fragments into registers for the whole loop.
   for (int idx = tid; idx < kRows * kChunks; idx += tiles::kThreads) {
@@ -56,13 +71,18 @@ __global__ void __launch_bounds__(tiles::kThreads) decode_mma_kernel(const Kerne
     const T* src = a.q;
     if (valid) {
       const RowRef ref = row_ref(a, cta.batch, cta.kv_head, r);
-      src = a.q + ((cta.batch * a.q_heads + ref.head) * a.q_len + ref.query) * a.head_dim + c * 8;
+      src = q_row(a, cta.batch, ref.head, ref.query) + c * 8;
     }
     cp_async_16(smem_u32(q_s + row * kStride + c * 8), src, valid);
   }
   cp_async_commit();
   cp_async_wait<0>();
   __syncthreads();
+  if (a.prep.active()) {
+    prepare_query_tile(a, seq, cta.batch, cta.kv_head, row_begin, row_end, reinterpret_cast<T*>(q_s), kStride, kRows,
+                       1.0f);
+    __syncthreads();
+  }
   uint32_t qa[kSteps][4];
 #pragma unroll
   for (int ks = 0; ks < kSteps; ++ks) {
@@ -86,13 +106,13 @@ __global__ void __launch_bounds__(tiles::kThreads) decode_mma_kernel(const Kerne
       const int j = j0 + row;
       if (c < d_chunks) {
         const bool valid = j < j_end && c * 8 < a.head_dim;
-        cp_async_16(smem_u32(k_dst + row * kStride + c * 8), valid ? k_base + int64_t(j) * a.head_dim + c * 8 : k_base,
+        cp_async_16(smem_u32(k_dst + row * kStride + c * 8), valid ? k_base + int64_t(j) * k_row_stride + c * 8 : k_base,
                     valid);
       }
       if (c < dv_chunks) {
         const bool valid = j < j_end && c * 8 < a.v_head_dim;
         cp_async_16(smem_u32(v_dst + row * kStride + c * 8),
-                    valid ? v_base + int64_t(j) * a.v_head_dim + c * 8 : v_base, valid);
+                    valid ? v_base + int64_t(j) * v_row_stride + c * 8 : v_base, valid);
       }
     }
   };
@@ -146,7 +166,7 @@ __global__ void __launch_bounds__(tiles::kThreads) decode_mma_kernel(const Kerne
       if (edge || has_mask) {
         const int64_t r = min(row_begin + quad_row + 8 * h, row_end - 1);
         const RowRef ref = row_ref(a, cta.batch, cta.kv_head, r);
-        const KeyRange row_keys = a.structure.visible_keys(ref.query, a.kv_len);
+        const KeyRange row_keys = seq.structure.visible_keys(ref.query, seq.num_keys);
         const int64_t mask_row = has_mask ? mask_row_offset(a, cta.batch, ref) : 0;
 #pragma unroll
         for (int n = 0; n < 2; ++n) {
@@ -254,11 +274,11 @@ __global__ void __launch_bounds__(tiles::kThreads) decode_mma_kernel(const Kerne
     for (int w = 0; w < kWarps; ++w) value += merge_o[(w * kRows + row) * kTile + col];
     const float total = final_l[row];
     value = total > 0.0f ? value / total : 0.0f;
-    const int64_t out_row = row_ref(a, cta.batch, cta.kv_head, r).out_row;
+    const RowRef ref = row_ref(a, cta.batch, cta.kv_head, r);
     if (a.splits == 1) {
-      a.y[out_row * dv + col] = from_float<T>(value);
+      y_row(a, cta.batch, ref.head, ref.query)[col] = from_float<T>(value);
     } else {
-      a.partial_out[(cta.split * a.out_rows + out_row) * dv + col] = value;
+      a.partial_out[(cta.split * a.out_rows + ref.out_row) * dv + col] = value;
     }
   }
   if (tid < kRows && row_begin + tid < row_end) {

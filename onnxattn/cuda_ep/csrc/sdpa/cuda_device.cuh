@@ -13,14 +13,17 @@
 #include "common/half.h"
 #include "common/visibility.h"
 #include "sdpa/cuda_plan.h"
+#include "sdpa/cuda_query_prep.h"
 #include "sdpa/cuda_ranges.h"
 #include "sdpa/cuda_tiles.h"
 #include "sdpa/params.h"
 
 namespace onnxattn::sdpa::cuda {
 
-// Everything a kernel reads, by value. Q, K, V, Y are contiguous [B, H, S, D]; "out row" is the flat
-// index (b * Hq + h) * Sq + i of Y's and LSE's rows.
+// Everything a kernel reads, by value. Q, K, V, Y are [B, H, S, D] views with a contiguous last dim and
+// the element strides below (batch, head, seq): contiguous tensors for ScaledDotProductAttention, other
+// layouts for fused ops ([B, S, H*D] activations, KV-cache buffers longer than the valid length).
+// "Out row" is the flat index (b * Hq + h) * Sq + i of LSE's and the split scratch's rows.
 template <typename T>
 struct KernelArgs {
   const T* q;
@@ -41,7 +44,52 @@ struct KernelArgs {
   StructuralMask structure;
   MaskKind mask_kind;
   int64_t mask_stride[4];
+  int64_t q_stride[3], k_stride[3], v_stride[3], y_stride[3];
+  // Per-batch layout of fused ops (device memory, [B]; null = uniform): the key position of query row 0,
+  // and the valid keys (a negative length marks a sequence the caller found invalid: its rows are skipped).
+  const int64_t* query_offsets;
+  const int64_t* kv_lengths;
+  int64_t min_split_keys;  // decode: a split covers at least this many of its sequence's keys (0: no floor)
+  QueryPrep<T> prep;       // applied to the Q tile after loading it (fused ops); inactive otherwise
 };
+
+template <typename T>
+__device__ __forceinline__ const T* q_row(const KernelArgs<T>& a, int64_t b, int64_t h, int64_t i) {
+  return a.q + b * a.q_stride[0] + h * a.q_stride[1] + i * a.q_stride[2];
+}
+template <typename T>
+__device__ __forceinline__ T* y_row(const KernelArgs<T>& a, int64_t b, int64_t h, int64_t i) {
+  return a.y + b * a.y_stride[0] + h * a.y_stride[1] + i * a.y_stride[2];
+}
+// Y's row for a flat out row (b * Hq + h) * Sq + i.
+template <typename T>
+__device__ __forceinline__ T* y_row(const KernelArgs<T>& a, int64_t out_row) {
+  const int64_t i = out_row % a.q_len, bh = out_row / a.q_len;
+  return y_row(a, bh / a.q_heads, bh % a.q_heads, i);
+}
+
+// What one batch's rows see: the structural rules with this batch's query offset, and how many keys are
+// valid (the rest of the K/V view is never read, e.g. stale KV-cache slots).
+struct SeqView {
+  StructuralMask structure;
+  int64_t num_keys;
+  bool skip;  // the caller marked the sequence invalid: write nothing for its rows
+};
+
+template <typename T>
+__device__ __forceinline__ SeqView seq_view(const KernelArgs<T>& a, int64_t batch) {
+  SeqView s;
+  s.structure = a.structure;
+  s.num_keys = a.kv_len;
+  s.skip = false;
+  if (a.query_offsets != nullptr) s.structure.query_offset = a.query_offsets[batch];
+  if (a.kv_lengths != nullptr) {
+    const int64_t n = a.kv_lengths[batch];
+    s.skip = n < 0;
+    s.num_keys = n < 0 ? 0 : n < a.kv_len ? n : a.kv_len;  // never past the view, whatever the caller says
+  }
+  return s;
+}
 
 inline constexpr float kLog2e = 1.4426950408889634f;
 inline constexpr float kNegInf = -__builtin_huge_valf();

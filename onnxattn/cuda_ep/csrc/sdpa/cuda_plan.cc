@@ -11,11 +11,19 @@
 //     forces the simple kernel; =mma makes an ineligible problem an error instead of a silent fallback.
 //  4. Geometry from sdpa/cuda_tiles.h; splits (decode only) from choose_splits() over the keys visible
 //     to any query row, so a sliding window splits its window, not the whole cache.
+//  5. Per-batch lengths (Layout::per_batch_lengths: a shared KV-cache buffer whose valid lengths live on
+//     the device): the host cannot know the visible keys, so the split count is chosen for the longest
+//     possible range — the whole view, or window + Sq - 1 under a causal window — and is an upper bound.
+//     On the device each CTA splits only its own sequence's visible keys, at least kMinKeysPerSplit per
+//     split (LaunchPlan::min_split_keys), so a short sequence uses few splits and the CTAs of the others
+//     return at once. No host synchronisation, and the launch shape does not depend on the lengths (a
+//     CUDA graph captured once stays valid as the cache grows).
 #include "sdpa/cuda_plan.h"
 
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <utility>
 
 #include "common/errors.h"
 #include "sdpa/cuda_tiles.h"
@@ -78,33 +86,31 @@ int64_t choose_splits(int64_t ctas, int64_t key_tiles, int64_t slots, int64_t mi
   return 1;
 }
 
-void check_supported_layout(const Params& p, bool per_batch_overrides) {
-  auto contiguous = [](const Strides& s, int64_t heads, int64_t len, int64_t width) {
-    const Strides c = Strides::contiguous(heads, len, width);
-    return s.batch == c.batch && s.head == c.head && s.seq == c.seq;
-  };
-  if (!contiguous(p.q_strides, p.q_heads, p.q_len, p.head_dim) ||
-      !contiguous(p.k_strides, p.kv_heads, p.kv_len, p.head_dim) ||
-      !contiguous(p.v_strides, p.kv_heads, p.kv_len, p.v_head_dim) ||
-      !contiguous(p.y_strides, p.q_heads, p.q_len, p.v_head_dim)) {
-    fail(kOpName, ": the CUDA kernels take contiguous [B, H, S, D] tensors; strided views are not supported yet");
-  }
-  if (per_batch_overrides) {
-    fail(kOpName, ": the CUDA kernels do not support per-batch query offsets or KV lengths yet");
+void check_layout(const Params& p, const char* op) {
+  const std::pair<const char*, const Strides*> views[] = {
+      {"Q", &p.q_strides}, {"K", &p.k_strides}, {"V", &p.v_strides}, {"Y", &p.y_strides}};
+  for (const auto& [name, s] : views) {
+    if (s->batch < 0 || s->head < 0 || s->seq < 0) {
+      fail(op, ": the CUDA kernels take views with non-negative strides; ", name, " has strides (batch ", s->batch,
+           ", head ", s->head, ", seq ", s->seq, ")");
+    }
   }
 }
 
-LaunchPlan make_plan(const Params& p, DType dtype, const DeviceInfo& device, const Request& request, bool aligned16) {
+LaunchPlan make_plan(const Params& p, DType dtype, const DeviceInfo& device, const Request& request, bool aligned16,
+                     const Layout& layout) {
+  const char* const op = layout.op;
+  check_layout(p, op);
   if (p.head_dim > kMaxHeadDim || p.v_head_dim > kMaxHeadDim) {
-    fail(kOpName, ": the CUDA kernels support head sizes up to ", kMaxHeadDim, ", got D = ", p.head_dim,
+    fail(op, ": the CUDA kernels support head sizes up to ", kMaxHeadDim, ", got D = ", p.head_dim,
          " (Q, K dim 3) and Dv = ", p.v_head_dim, " (V dim 3)");
   }
   if (device.sm_count <= 0 || device.max_smem_per_block <= 0 || device.smem_per_sm <= 0) {
-    fail(kOpName, ": invalid CUDA device description (sm_count ", device.sm_count, ", shared memory per block ",
+    fail(op, ": invalid CUDA device description (sm_count ", device.sm_count, ", shared memory per block ",
          device.max_smem_per_block, ", per SM ", device.smem_per_sm, ")");
   }
   if (p.kv_len > int64_t(0x7fffffff) - 1024) {
-    fail(kOpName, ": the CUDA kernels index keys with 32 bits; Skv = ", p.kv_len, " (K dim 2) is too long");
+    fail(op, ": the CUDA kernels index keys with 32 bits; Skv = ", p.kv_len, " (K dim 2) is too long");
   }
   LaunchPlan plan;
   std::string why;
@@ -125,10 +131,10 @@ LaunchPlan make_plan(const Params& p, DType dtype, const DeviceInfo& device, con
   } else if (p.head_dim % 8 != 0 || p.v_head_dim % 8 != 0 || p.v_head_dim == 0) {
     simt_reason = "D or Dv is not a positive multiple of 8";
   } else if (!aligned16) {
-    simt_reason = "Q, K, V or Y is not 16-byte aligned";
+    simt_reason = "a row of Q, K, V or Y is not 16-byte aligned";
   }
   if (request.kernel == Request::Kernel::kMma && !simt_reason.empty()) {
-    fail(kOpName, ": ONNXATTN_SDPA_CUDA_KERNEL=mma, but the tensor-core kernels cannot run this problem: ", simt_reason);
+    fail(op, ": ONNXATTN_SDPA_CUDA_KERNEL=mma, but the tensor-core kernels cannot run this problem: ", simt_reason);
   }
   plan.kernel = simt_reason.empty() ? Kernel::kMma : Kernel::kSimt;
   why += std::string(", ") + kernel_name(plan.kernel) + (simt_reason.empty() ? "" : " (" + simt_reason + ")");
@@ -154,7 +160,7 @@ LaunchPlan make_plan(const Params& p, DType dtype, const DeviceInfo& device, con
     resident_cap = 4;
   }
   if (plan.smem_bytes > size_t(device.max_smem_per_block)) {
-    fail(kOpName, ": the ", kernel_name(plan.kernel), " ", schedule_name(plan.schedule), " kernel needs ",
+    fail(op, ": the ", kernel_name(plan.kernel), " ", schedule_name(plan.schedule), " kernel needs ",
          plan.smem_bytes, " bytes of shared memory for D = ", p.head_dim, ", Dv = ", p.v_head_dim,
          "; this device allows ", device.max_smem_per_block, " per block");
   }
@@ -164,17 +170,30 @@ LaunchPlan make_plan(const Params& p, DType dtype, const DeviceInfo& device, con
   const int64_t ctas = plan.row_tiles * p.kv_heads * p.batch;
   if (decode && ctas > 0) {
     // Keys any query row may see: rows' bounds are monotone, so the first and last rows bound the union.
-    const KeyRange keys = p.structure.visible_keys(0, p.q_len, p.kv_len);
-    const int64_t key_tiles = ceil_div(std::max<int64_t>(0, keys.end - keys.begin), plan.keys_per_tile);
+    // With per-batch lengths only a bound is known here (rule 5).
+    int64_t visible = 0;
+    if (layout.per_batch_lengths) {
+      visible = p.structure.causal && p.structure.window > 0 ? std::min(p.kv_len, p.structure.window + p.q_len - 1)
+                                                               : p.kv_len;
+      plan.min_split_keys = kMinKeysPerSplit;
+    } else {
+      const KeyRange keys = p.structure.visible_keys(0, p.q_len, p.kv_len);
+      visible = std::max<int64_t>(0, keys.end - keys.begin);
+    }
+    const int64_t key_tiles = ceil_div(visible, plan.keys_per_tile);
     const int64_t per_sm = std::clamp<int64_t>(int64_t(device.smem_per_sm) / int64_t(plan.smem_bytes + 1024), 1, resident_cap);
     const int64_t slots = int64_t(device.sm_count) * per_sm;
     plan.splits = choose_splits(ctas, key_tiles, slots, ceil_div(kMinKeysPerSplit, plan.keys_per_tile), kMaxSplits);
     why += ", " + std::to_string(plan.splits) + " split(s) for " + std::to_string(ctas) + " CTAs over " +
            std::to_string(key_tiles) + " key tiles on " + std::to_string(slots) + " slots";
+    if (layout.per_batch_lengths) {
+      why += " (per-batch lengths: an upper bound, each sequence splits its own keys, >= " +
+             std::to_string(kMinKeysPerSplit) + " per split)";
+    }
   }
   plan.grid = ctas * plan.splits;
   if (plan.grid > int64_t(0x7fffffff)) {
-    fail(kOpName, ": problem too large for one CUDA grid (", plan.grid, " CTAs)");
+    fail(op, ": problem too large for one CUDA grid (", plan.grid, " CTAs)");
   }
   if (plan.splits > 1) {
     const int64_t out_rows = p.batch * p.q_heads * p.q_len;

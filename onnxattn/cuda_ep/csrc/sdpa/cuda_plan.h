@@ -56,6 +56,7 @@ struct LaunchPlan {
   int64_t splits = 1;
   int64_t grid = 0;           // CTAs of the attention kernel, one dimension
   size_t smem_bytes = 0;      // dynamic shared memory of the attention kernel
+  int64_t min_split_keys = 0; // decode with per-batch lengths: keys a split covers at least (see make_plan)
   int64_t combine_grid = 0;   // CTAs of the combine kernel (0 when splits == 1)
   size_t scratch_bytes = 0;   // partial outputs + partial LSE (0 when splits == 1)
   size_t partial_lse_offset = 0;  // byte offset of the partial LSE inside scratch
@@ -67,15 +68,24 @@ inline constexpr int64_t kDecodeMaxQueries = 16;  // auto schedule: decode when 
 inline constexpr int64_t kMinKeysPerSplit = 256;
 inline constexpr int64_t kMaxSplits = 256;
 
-// The one place that decides how ScaledDotProductAttention runs on CUDA; see the rules in cuda_plan.cc.
-// `aligned16`: Q, K, V and Y start on 16-byte boundaries (the mma kernels copy 16-byte row chunks).
-// Throws InputError naming the reason when no CUDA kernel can run the problem (e.g. D > 256).
-LaunchPlan make_plan(const Params& p, DType dtype, const DeviceInfo& device, const Request& request, bool aligned16);
+// How the attention core is called beyond Params: whether the query offsets and valid key counts come
+// per batch from device memory (fused ops with a shared KV-cache buffer; unknown on the host), and the op
+// named in error messages.
+struct Layout {
+  bool per_batch_lengths = false;
+  const char* op = kOpName;
+};
 
-// The CUDA kernels take ScaledDotProductAttention's own layout: contiguous [B, H, S, D] tensors and one
-// query offset and key count for every batch. The strided views and per-batch overrides that fused ops
-// give the CPU core are refused (InputError naming what is missing) until a CUDA fused op needs them.
-void check_supported_layout(const Params& p, bool per_batch_overrides);
+// The one place that decides how the CUDA attention core runs (ScaledDotProductAttention and the fused
+// ops built on it); see the rules in cuda_plan.cc. `aligned16`: every row of Q, K, V and Y starts on a
+// 16-byte boundary (the mma kernels copy 16-byte row chunks). Throws InputError naming the reason when no
+// CUDA kernel can run the problem (e.g. D > 256).
+LaunchPlan make_plan(const Params& p, DType dtype, const DeviceInfo& device, const Request& request, bool aligned16,
+                     const Layout& layout = {});
+
+// Strided views: every stride of Q, K, V, Y must be >= 0 (the last dim is contiguous by construction).
+// Throws InputError naming the tensor otherwise.
+void check_layout(const Params& p, const char* op = kOpName);
 
 // Number of key splits for split-KV: `ctas` CTAs exist without splitting, each over `key_tiles` tiles;
 // `slots` CTAs fit on the device at once. With at least `min_tiles_per_split` tiles per split and at most

@@ -10,7 +10,9 @@
 //
 // so V's load overlaps the first product and the next K's load the second. D and Dv are padded to
 // kTile columns in shared memory (zero-filled), and the k-steps / output columns past them are skipped.
-#include "sdpa/cuda_device.cuh"
+// Fused ops: the Q tile is prepared in place (QK-norm, RoPE; cuda_query_prep.cuh) before the first step,
+// and each batch sees its own query offset and valid keys (SeqView).
+#include "sdpa/cuda_query_prep.cuh"
 
 namespace onnxattn::sdpa::cuda {
 
@@ -41,14 +43,15 @@ __global__ void __launch_bounds__(tiles::kThreads) prefill_mma_kernel(const Kern
   cta.row_tile = a.row_tiles - 1 - cta.row_tile;
   const int64_t row_begin = cta.row_tile * kRows;
   const int64_t row_end = min(row_begin + kRows, a.rows_per_head);
-  const TileKeys keys = tile_keys(a.structure, row_begin, row_end, a.group, a.kv_len);
+  const SeqView seq = seq_view(a, cta.batch);
+  if (seq.skip) return;
+  const TileKeys keys = tile_keys(seq.structure, row_begin, row_end, a.group, seq.num_keys);
 
   const int d_chunks = (a.head_dim + 15) / 16 * 2;    // chunks read by the k-steps of S = Q K^T
   const int dv_chunks = (a.v_head_dim + 15) / 16 * 2;  // chunks read by the n-tile pairs of O += P V
   const int d_steps = d_chunks / 2, dv_pairs = dv_chunks / 2;
-  const int64_t kv_row0 = (cta.batch * a.kv_heads + cta.kv_head) * a.kv_len;
-  const T* const k_base = a.k + kv_row0 * a.head_dim;
-  const T* const v_base = a.v + kv_row0 * a.v_head_dim;
+  const T* const k_base = a.k + cta.batch * a.k_stride[0] + cta.kv_head * a.k_stride[1];
+  const T* const v_base = a.v + cta.batch * a.v_stride[0] + cta.kv_head * a.v_stride[1];
 
   // ---- Q tile: rows past the end and columns past D are zero.
   for (int idx = tid; idx < kRows * kChunks; idx += kThreads) {
@@ -59,31 +62,39 @@ __global__ void __launch_bounds__(tiles::kThreads) prefill_mma_kernel(const Kern
     const T* src = a.q;
     if (valid) {
       const RowRef ref = row_ref(a, cta.batch, cta.kv_head, r);
-      src = a.q + ((cta.batch * a.q_heads + ref.head) * a.q_len + ref.query) * a.head_dim + c * 8;
+      src = q_row(a, cta.batch, ref.head, ref.query) + c * 8;
     }
     cp_async_16(smem_u32(q_s + row * kStride + c * 8), src, valid);
   }
+  if (a.prep.active()) {
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();
+    prepare_query_tile(a, seq, cta.batch, cta.kv_head, row_begin, row_end, reinterpret_cast<T*>(q_s), kStride, kRows,
+                       1.0f);
+  }  // the main loop's first barrier publishes the prepared tile
   // Rows [j0, j_end) of K or V into `dst`; rows outside and columns past `width` are zero. Each thread
-  // keeps one chunk column and strides over rows, so addresses advance by constants.
-  auto load_keys = [&](uint16_t* dst, const T* base, int width, int chunks, int j0, int j_end) {
+  // keeps one chunk column and strides over rows (`row_stride` elements apart), so addresses advance by
+  // constants.
+  auto load_keys = [&](uint16_t* dst, const T* base, int64_t row_stride, int width, int chunks, int j0, int j_end) {
     constexpr int kRowStep = kThreads / kChunks;
     const int c = tid % kChunks;
     if (c >= chunks) return;
     const int row0 = tid / kChunks;
     const bool col_valid = c * 8 < width;
-    const T* src = base + int64_t(j0 + row0) * width + c * 8;
+    const T* src = base + int64_t(j0 + row0) * row_stride + c * 8;
     const uint32_t dst_addr = smem_u32(dst + row0 * kStride + c * 8);
 #pragma unroll
     for (int i = 0; i < kKeys / kRowStep; ++i) {
       const bool valid = col_valid && j0 + row0 + i * kRowStep < j_end;
-      cp_async_16(dst_addr + i * kRowStep * kStride * 2, valid ? src + int64_t(i) * kRowStep * width : base, valid);
+      cp_async_16(dst_addr + i * kRowStep * kStride * 2, valid ? src + int64_t(i) * kRowStep * row_stride : base, valid);
     }
   };
 
   for (int row = tid; row < kRows; row += kThreads) {
     const int64_t r = min(row_begin + row, row_end - 1);
     const RowRef ref = row_ref(a, cta.batch, cta.kv_head, r);
-    const KeyRange keys_of_row = a.structure.visible_keys(ref.query, a.kv_len);
+    const KeyRange keys_of_row = seq.structure.visible_keys(ref.query, seq.num_keys);
     row_keys_s[row] = make_int2(int(keys_of_row.begin), int(keys_of_row.end));
     mask_row_s[row] = mask_row_offset(a, cta.batch, ref);
   }  // read after the main loop's first barrier
@@ -102,7 +113,7 @@ __global__ void __launch_bounds__(tiles::kThreads) prefill_mma_kernel(const Kern
   const int any_begin = int(keys.any.begin), any_end = int(keys.any.end);
   const int all_begin = int(keys.all.begin), all_end = int(keys.all.end);
   const int steps = any_end > any_begin ? (any_end - any_begin + kKeys - 1) / kKeys : 0;
-  if (steps > 0) load_keys(k_s, k_base, a.head_dim, d_chunks, any_begin, min(any_begin + kKeys, any_end));
+  if (steps > 0) load_keys(k_s, k_base, a.k_stride[2], a.head_dim, d_chunks, any_begin, min(any_begin + kKeys, any_end));
   cp_async_commit();
 
   for (int step = 0; step < steps; ++step) {
@@ -110,7 +121,7 @@ __global__ void __launch_bounds__(tiles::kThreads) prefill_mma_kernel(const Kern
     const int j_end = min(j0 + kKeys, any_end);
     cp_async_wait<0>();
     __syncthreads();  // K_t visible to all; every warp is done with V_{t-1}
-    load_keys(v_s, v_base, a.v_head_dim, dv_chunks, j0, j_end);
+    load_keys(v_s, v_base, a.v_stride[2], a.v_head_dim, dv_chunks, j0, j_end);
     cp_async_commit();
 
     // ---- S = Q K^T
@@ -207,7 +218,7 @@ __global__ void __launch_bounds__(tiles::kThreads) prefill_mma_kernel(const Kern
     cp_async_wait<0>();
     __syncthreads();  // V_t visible to all; every warp is done with K_t
     if (step + 1 < steps) {
-      load_keys(k_s, k_base, a.head_dim, d_chunks, j0 + kKeys, min(j0 + 2 * kKeys, any_end));
+      load_keys(k_s, k_base, a.k_stride[2], a.head_dim, d_chunks, j0 + kKeys, min(j0 + 2 * kKeys, any_end));
     }
     cp_async_commit();
 
@@ -256,7 +267,7 @@ __global__ void __launch_bounds__(tiles::kThreads) prefill_mma_kernel(const Kern
       if (r >= row_end) continue;
       const RowRef ref = row_ref(a, cta.batch, cta.kv_head, r);
       const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
-      T* const y = a.y + ref.out_row * a.v_head_dim;
+      T* const y = y_row(a, cta.batch, ref.head, ref.query);
 #pragma unroll
       for (int n = 0; n < kOutN8; ++n) {
         const int col = n * 8 + quad_col;

@@ -29,11 +29,15 @@ ONNXATTN_HD TileKeys tile_keys(const StructuralMask& mask, int64_t row_begin, in
   return t;
 }
 
-// Split `split` of `splits` of the key range `keys`: contiguous chunks of equal length, rounded up to a
-// multiple of `granule` keys so each split starts on a step boundary; trailing splits may be empty.
-ONNXATTN_HD KeyRange split_keys(KeyRange keys, int64_t split, int64_t splits, int64_t granule) {
+// Split `split` of `splits` of the key range `keys`: contiguous chunks of equal length, at least
+// `min_chunk` keys, rounded up to a multiple of `granule` keys so each split starts on a step boundary;
+// trailing splits may be empty. The floor matters when `splits` was chosen on the host for the longest
+// possible range and this range (one sequence's visible keys) is shorter: it then uses fewer splits, and
+// the CTAs of the empty ones return at once.
+ONNXATTN_HD KeyRange split_keys(KeyRange keys, int64_t split, int64_t splits, int64_t granule, int64_t min_chunk = 0) {
   const int64_t length = keys.end > keys.begin ? keys.end - keys.begin : 0;
-  const int64_t per_split = (length + splits - 1) / splits;
+  int64_t per_split = (length + splits - 1) / splits;
+  if (per_split < min_chunk) per_split = min_chunk;
   const int64_t chunk = (per_split + granule - 1) / granule * granule;
   int64_t begin = keys.begin + split * chunk;
   if (begin > keys.end) begin = keys.end;

@@ -20,8 +20,15 @@ void check_cuda(cudaError_t status, const char* what) {
   }
 }
 
+void strides_of(const Strides& s, int64_t (&out)[3]) {
+  out[0] = s.batch;
+  out[1] = s.head;
+  out[2] = s.seq;
+}
+
 template <typename T>
-KernelArgs<T> make_args(const Params& p, const Tensors<T>& t, const LaunchPlan& plan, void* scratch) {
+KernelArgs<T> make_args(const Params& p, const Tensors<T>& t, const LaunchPlan& plan, void* scratch,
+                        const QueryPrep<T>& prep) {
   KernelArgs<T> a{};
   a.q = t.q;
   a.k = t.k;
@@ -51,6 +58,14 @@ KernelArgs<T> make_args(const Params& p, const Tensors<T>& t, const LaunchPlan& 
   a.structure = p.structure;
   a.mask_kind = p.mask_kind;
   for (int i = 0; i < 4; ++i) a.mask_stride[i] = p.mask_strides[i];
+  strides_of(p.q_strides, a.q_stride);
+  strides_of(p.k_strides, a.k_stride);
+  strides_of(p.v_strides, a.v_stride);
+  strides_of(p.y_strides, a.y_stride);
+  a.query_offsets = t.query_offsets;
+  a.kv_lengths = t.kv_lengths;
+  a.min_split_keys = plan.min_split_keys;
+  a.prep = prep;
   return a;
 }
 
@@ -80,14 +95,15 @@ DeviceInfo device_info(int device) {
 }
 
 template <typename T>
-void run(const Params& p, const Tensors<T>& t, const LaunchPlan& plan, void* stream_ptr, void* scratch, size_t scratch_bytes) {
+void run(const Params& p, const Tensors<T>& t, const LaunchPlan& plan, void* stream_ptr, void* scratch, size_t scratch_bytes,
+         const QueryPrep<T>& prep) {
   if (plan.grid == 0) return;  // no output rows
   if (plan.scratch_bytes > 0 && (scratch == nullptr || scratch_bytes < plan.scratch_bytes)) {
     throw std::runtime_error(str_cat(kOpName, ": the CUDA plan needs ", plan.scratch_bytes,
                                      " bytes of scratch, got ", scratch_bytes));
   }
   const cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
-  const KernelArgs<T> args = make_args(p, t, plan, scratch);
+  const KernelArgs<T> args = make_args(p, t, plan, scratch, prep);
   if constexpr (std::is_same_v<T, float>) {
     if (plan.kernel == Kernel::kMma) throw std::runtime_error(str_cat(kOpName, ": float32 has no mma kernel"));
     launch_simt(args, plan, stream);
@@ -107,8 +123,11 @@ void run(const Params& p, const Tensors<T>& t, const LaunchPlan& plan, void* str
   }
 }
 
-template void run<float>(const Params&, const Tensors<float>&, const LaunchPlan&, void*, void*, size_t);
-template void run<Float16>(const Params&, const Tensors<Float16>&, const LaunchPlan&, void*, void*, size_t);
-template void run<BFloat16>(const Params&, const Tensors<BFloat16>&, const LaunchPlan&, void*, void*, size_t);
+template void run<float>(const Params&, const Tensors<float>&, const LaunchPlan&, void*, void*, size_t,
+                         const QueryPrep<float>&);
+template void run<Float16>(const Params&, const Tensors<Float16>&, const LaunchPlan&, void*, void*, size_t,
+                           const QueryPrep<Float16>&);
+template void run<BFloat16>(const Params&, const Tensors<BFloat16>&, const LaunchPlan&, void*, void*, size_t,
+                            const QueryPrep<BFloat16>&);
 
 }  // namespace onnxattn::sdpa::cuda

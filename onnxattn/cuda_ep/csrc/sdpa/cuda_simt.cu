@@ -8,7 +8,10 @@
 // runs the online softmax per row with shuffles, and lane c then accumulates output columns c, c+32, ...
 //
 // combine_kernel: one warp per output row merges the splits' partial outputs by their log-sum-exp.
-#include "sdpa/cuda_device.cuh"
+//
+// Fused ops' layouts (strided views, per-batch query offsets and lengths, the Q-load hook) as in the mma
+// kernels; here the prepared Q stays in float32.
+#include "sdpa/cuda_query_prep.cuh"
 
 namespace onnxattn::sdpa::cuda {
 namespace {
@@ -28,20 +31,29 @@ __global__ void __launch_bounds__(tiles::kThreads) simt_kernel(const KernelArgs<
   const CtaCoords cta = cta_coords(a);
   const int64_t row_begin = cta.row_tile * tiles::kSimtRows;
   const int64_t row_end = min(row_begin + tiles::kSimtRows, a.rows_per_head);
-  const TileKeys keys = tile_keys(a.structure, row_begin, row_end, a.group, a.kv_len);
-  const KeyRange range = split_keys(keys.any, cta.split, a.splits, kKeys);
-  const int64_t kv_row0 = (cta.batch * a.kv_heads + cta.kv_head) * a.kv_len;
+  const SeqView seq = seq_view(a, cta.batch);
+  if (seq.skip) return;
+  const TileKeys keys = tile_keys(seq.structure, row_begin, row_end, a.group, seq.num_keys);
+  const KeyRange range = split_keys(keys.any, cta.split, a.splits, kKeys, a.min_split_keys);
+  const T* const k_base = a.k + cta.batch * a.k_stride[0] + cta.kv_head * a.k_stride[1];
+  const T* const v_base = a.v + cta.batch * a.v_stride[0] + cta.kv_head * a.v_stride[1];
+  const int64_t k_row_stride = a.k_stride[2], v_row_stride = a.v_stride[2];
 
+  const bool prep = a.prep.active();
   for (int idx = tid; idx < tiles::kSimtRows * dim; idx += tiles::kThreads) {
     const int row = idx / dim, d = idx % dim;
     const int64_t r = row_begin + row;
     float value = 0.0f;
     if (r < row_end) {
       const RowRef ref = row_ref(a, cta.batch, cta.kv_head, r);
-      value = to_float(a.q[((cta.batch * a.q_heads + ref.head) * a.q_len + ref.query) * dim + d]) * a.scale;
+      value = to_float(q_row(a, cta.batch, ref.head, ref.query)[d]) * (prep ? 1.0f : a.scale);
     }
     q_s[idx] = value;
   }
+  if (prep) {
+    __syncthreads();
+    prepare_query_tile(a, seq, cta.batch, cta.kv_head, row_begin, row_end, q_s, dim, tiles::kSimtRows, a.scale);
+  }  // the main loop's first barrier publishes the prepared tile
 
   // The warp's rows (every lane holds the same facts).
   KeyRange row_keys[kRowsPerWarp];
@@ -50,7 +62,7 @@ __global__ void __launch_bounds__(tiles::kThreads) simt_kernel(const KernelArgs<
   for (int rr = 0; rr < kRowsPerWarp; ++rr) {
     const int64_t r = min(row_begin + warp * kRowsPerWarp + rr, row_end - 1);
     const RowRef ref = row_ref(a, cta.batch, cta.kv_head, r);
-    row_keys[rr] = a.structure.visible_keys(ref.query, a.kv_len);
+    row_keys[rr] = seq.structure.visible_keys(ref.query, seq.num_keys);
     mask_rows[rr] = mask_row_offset(a, cta.batch, ref);
   }
   float m[kRowsPerWarp], l[kRowsPerWarp], o[kRowsPerWarp][kChunks];
@@ -67,11 +79,11 @@ __global__ void __launch_bounds__(tiles::kThreads) simt_kernel(const KernelArgs<
     __syncthreads();  // the previous step is done with K and V
     for (int idx = tid; idx < kKeys * dim; idx += tiles::kThreads) {
       const int c = idx / dim, d = idx % dim;
-      k_s[c * (dim + 1) + d] = c < count ? to_float(a.k[(kv_row0 + j0 + c) * dim + d]) : 0.0f;
+      k_s[c * (dim + 1) + d] = c < count ? to_float(k_base[(j0 + c) * k_row_stride + d]) : 0.0f;
     }
     for (int idx = tid; idx < kKeys * v_dim; idx += tiles::kThreads) {
       const int c = idx / v_dim, e = idx % v_dim;
-      v_s[idx] = c < count ? to_float(a.v[(kv_row0 + j0 + c) * v_dim + e]) : 0.0f;
+      v_s[idx] = c < count ? to_float(v_base[(j0 + c) * v_row_stride + e]) : 0.0f;
     }
     __syncthreads();
 
@@ -123,14 +135,16 @@ __global__ void __launch_bounds__(tiles::kThreads) simt_kernel(const KernelArgs<
   for (int rr = 0; rr < kRowsPerWarp; ++rr) {
     const int64_t r = row_begin + warp * kRowsPerWarp + rr;
     if (r >= row_end) continue;
-    const int64_t out_row = row_ref(a, cta.batch, cta.kv_head, r).out_row;
+    const RowRef ref = row_ref(a, cta.batch, cta.kv_head, r);
+    const int64_t out_row = ref.out_row;
+    T* const y = y_row(a, cta.batch, ref.head, ref.query);
     const float inv = l[rr] > 0.0f ? 1.0f / l[rr] : 0.0f;
 #pragma unroll
     for (int ch = 0; ch < kChunks; ++ch) {
       const int e = ch * 32 + lane;
       if (e >= v_dim) break;
       if (a.splits == 1) {
-        a.y[out_row * v_dim + e] = from_float<T>(o[rr][ch] * inv);
+        y[e] = from_float<T>(o[rr][ch] * inv);
       } else {
         a.partial_out[(cta.split * a.out_rows + out_row) * v_dim + e] = o[rr][ch] * inv;
       }
@@ -154,6 +168,7 @@ __global__ void __launch_bounds__(tiles::kThreads) combine_kernel(const KernelAr
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t row = int64_t(blockIdx.x) * tiles::kCombineRowsPerCta + warp;
   if (row >= a.out_rows) return;  // whole warps leave; no CTA barrier follows
+  if (a.kv_lengths != nullptr && a.kv_lengths[row / (a.q_heads * a.q_len)] < 0) return;  // a skipped sequence
   const int splits = int(a.splits);
   float big = kNegInf;
   for (int s = lane; s < splits; s += 32) big = fmaxf(big, a.partial_lse[s * a.out_rows + row]);
@@ -169,13 +184,14 @@ __global__ void __launch_bounds__(tiles::kThreads) combine_kernel(const KernelAr
   __syncwarp();
   const float inv = total > 0.0f ? 1.0f / total : 0.0f;
   const int v_dim = a.v_head_dim;
+  T* const y = y_row(a, row);
   for (int e = lane; e < v_dim; e += 32) {
     float acc = 0.0f;
     for (int s = 0; s < splits; ++s) {
       const float w = weights[warp][s];
       if (w != 0.0f) acc = fmaf(w, a.partial_out[(s * a.out_rows + row) * v_dim + e], acc);
     }
-    a.y[row * v_dim + e] = from_float<T>(acc * inv);
+    y[e] = from_float<T>(acc * inv);
   }
   if (lane == 0 && a.lse != nullptr) a.lse[row] = total > 0.0f ? big + logf(total) : kNegInf;
 }

@@ -1,0 +1,41 @@
+#pragma once
+// Device scratch for a CUDA custom-op kernel, from onnxruntime's allocator (never cudaMalloc per call).
+// KernelContext_GetScratchBuffer allocates against the kernel's compute stream, so returning the block
+// right after the launches is safe: the allocator hands it out again only to work ordered after ours on
+// that stream.
+#include <onnxruntime_cxx_api.h>
+
+#include <cstddef>
+#include <stdexcept>
+#include <string>
+
+namespace onnxattn::ort {
+
+class DeviceScratch {
+ public:
+  DeviceScratch(OrtKernelContext* ctx, const OrtMemoryInfo* memory_info, size_t bytes, const char* op) {
+    if (bytes == 0) return;
+    const OrtApi& api = Ort::GetApi();
+    Ort::ThrowOnError(api.KernelContext_GetAllocator(ctx, memory_info, &allocator_));
+    try {
+      Ort::ThrowOnError(api.KernelContext_GetScratchBuffer(ctx, memory_info, bytes, &data_));
+      if (data_ == nullptr) throw std::runtime_error(std::string(op) + ": onnxruntime returned no scratch buffer");
+    } catch (...) {
+      api.ReleaseAllocator(allocator_);  // the destructor does not run when the constructor throws
+      throw;
+    }
+  }
+  ~DeviceScratch() {
+    if (data_ != nullptr) allocator_->Free(allocator_, data_);
+    if (allocator_ != nullptr) Ort::GetApi().ReleaseAllocator(allocator_);
+  }
+  DeviceScratch(const DeviceScratch&) = delete;
+  DeviceScratch& operator=(const DeviceScratch&) = delete;
+  void* data() const { return data_; }
+
+ private:
+  OrtAllocator* allocator_ = nullptr;
+  void* data_ = nullptr;
+};
+
+}  // namespace onnxattn::ort
