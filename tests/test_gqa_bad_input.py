@@ -2,8 +2,7 @@
 - onnx shape inference with our registered schema (`infer_shapes(strict_mode=True)` on static shapes),
 - the Python spec (`SPEC.infer_node`),
 - our CPU kernel (onnxruntime with the library; inputs of unknown shape, so every shape error is the
-  kernel's own, returned as an onnxruntime error naming the op and the input, never a crash; under the
-  helpers' GQA_KERNEL_PENDING switch),
+  kernel's own, returned as an onnxruntime error naming the op and the input, never a crash),
 - the torch functional and, where the module API can express the input, the torch modules (ValueError),
 and, for attributes and run-time values, onnxruntime *without* the library (the reference function), whose
 behaviour is recorded per case (it cannot validate attribute values; known limitations).
@@ -26,7 +25,6 @@ from helpers import (
     GQA,
     GQA_FIXED_TYPES,
     GQA_INPUTS,
-    GQA_KERNEL_XFAIL,
     attach_unchecked,
     function_session,
     gqa_model,
@@ -255,7 +253,6 @@ def test_spec_infer_node(case: Bad):
     assert_names_op(str(info.value), case.match)
 
 
-@GQA_KERNEL_XFAIL
 @pytest.mark.parametrize("case", params(CASES))
 def test_kernel_reports_an_error(case: Bad):
     m = model(case, static=False)
@@ -312,7 +309,6 @@ def test_function_without_library(case: Bad):
         function_session(m)
 
 
-@GQA_KERNEL_XFAIL
 @pytest.mark.parametrize("case", params(SIZE_CASES))
 def test_symbolic_dims_are_checked_at_run_time(case: Bad):
     """With symbolic dims (known ranks, unknown sizes) shape inference cannot tell and must accept the
@@ -359,7 +355,6 @@ def _length_message(lengths):
     return _LENGTH_MESSAGE.format(b=b, n=lengths[b])
 
 
-@GQA_KERNEL_XFAIL
 @pytest.mark.parametrize("lengths", [pytest.param(c[1], id=c[0]) for c in LENGTH_CASES])
 def test_kernel_rejects_past_lengths_out_of_range(lengths):
     m = gqa_model(["past_key", "past_value", "past_lengths"], shapes={n: None for n in GQA_INPUTS}, attrs=HEADS,

@@ -3,7 +3,7 @@
 AttentionHead to ScaledDotProductAttention; merged QKV as one MatMul + Split), the matching functions are
 attached, the full checker passes, and the model runs at other batch / sequence / past lengths like eager
 torch in onnxruntime without the library (the function), in onnx.reference, and with the library (our
-kernels; the GroupQueryAttention kernel under the helpers' GQA_KERNEL_PENDING switch). Also: unused
+kernels). Also: unused
 trailing present outputs are dropped from the node (and kept when used).
 
 Tolerance: float32 end to end; onnxruntime's and torch's matmuls round differently (~1e-6 on outputs of
@@ -24,7 +24,7 @@ import pytest
 import torch
 
 import onnxattn
-from helpers import GQA, GQA_KERNEL_XFAIL, OP as SDPA, gqa_model, run_function, run_kernel, run_onnx_reference
+from helpers import GQA, OP as SDPA, gqa_model, run_function, run_kernel, run_onnx_reference
 from onnxattn import ops
 from onnxattn.nn import AttentionHead, GlobalAttention, GroupedQueryAttention, LocalAttention, Rope, RopeScaling
 
@@ -254,8 +254,7 @@ def _path_params():
     params = []
     for case in CASES:
         for path in ("function-ort", "function-onnx-reference", "kernel"):
-            marks = [GQA_KERNEL_XFAIL] if path == "kernel" and case.has_gqa else []
-            params.append(pytest.param(case, path, id=f"{case.id}-{path}", marks=marks))
+            params.append(pytest.param(case, path, id=f"{case.id}-{path}"))
     return params
 
 

@@ -1,8 +1,7 @@
 """onnxattn::GroupQueryAttention against the numpy oracle (tests/oracle_gqa.py) on every path: the reference
 function in onnxruntime without the library and in onnx.reference (inlined), the torch functional, and our
 CPU kernel under each ISA variant (onnxruntime with the library; run_kernel proves from onnxruntime's profile
-that the kernel, not the function, ran; marked by the helpers' GQA_KERNEL_PENDING switch until the kernel is
-registered).
+that the kernel, not the function, ran).
 
 The matrix is data: CASES, one row per behaviour. Each case checks the output and, when requested, the
 present_key/present_value caches (K stored after QK-norm and RoPE, in the input type; the past part copied
@@ -39,7 +38,6 @@ import pytest
 
 from helpers import (
     GQA_INPUTS,
-    GQA_KERNEL_XFAIL,
     IO_NUMPY,
     ISAS,
     cpu_isa,
@@ -327,9 +325,9 @@ def check(case: Case, outputs: list[np.ndarray], *, present_checked: bool) -> No
             np.testing.assert_allclose(got[new], ref[new], atol=1e-6, rtol=EPS[case.dtype], err_msg=name)
 
 
-PATHS = ["function-ort", "function-onnx-reference", "torch", pytest.param("kernel", marks=GQA_KERNEL_XFAIL)]
+PATHS = ["function-ort", "function-onnx-reference", "torch", "kernel"]
 # The main matrix runs the kernel under each CPU ISA variant (the attention core it shares with SDPA).
-MATRIX_PATHS = PATHS[:3] + [pytest.param(f"kernel-{isa}", marks=GQA_KERNEL_XFAIL) for isa in ISAS]
+MATRIX_PATHS = PATHS[:3] + [f"kernel-{isa}" for isa in ISAS]
 
 
 def run_path(case: Case, path: str) -> list[np.ndarray]:
@@ -433,7 +431,6 @@ def test_profile_tells_the_function_from_the_kernel():
     assert gqa.NAME not in ran and {"Exp", "ReduceMax"} <= ran, ran
 
 
-@GQA_KERNEL_XFAIL
 def test_profile_shows_the_kernel():
     session = kernel_session(model_of(CASES_BY_ID["decode"]), profile=True)
     session.run(None, feeds_of("decode"))
@@ -444,7 +441,7 @@ def test_profile_shows_the_kernel():
 # Shared-buffer mode in place, determinism
 
 
-@pytest.mark.parametrize("path", ["function-ort", pytest.param("kernel", marks=GQA_KERNEL_XFAIL)])
+@pytest.mark.parametrize("path", ["function-ort", "kernel"])
 @pytest.mark.parametrize("case_id", ["shared-chunk-b2", "shared-decode-b3", "large-decode-shared-mqa-b2-float16"])
 def test_shared_buffer_updated_in_place_through_io_binding(case_id: str, path: str):
     """The way onnxruntime-genai runs the shared-buffer mode: present_key/present_value bound (I/O binding)
@@ -471,7 +468,6 @@ def test_shared_buffer_updated_in_place_through_io_binding(case_id: str, path: s
     check(case, [output, buffers["past_key"].numpy(), buffers["past_value"].numpy()], present_checked=True)
 
 
-@GQA_KERNEL_XFAIL
 @pytest.mark.parametrize("case_id", ["large-prefill-window", "large-decode-shared-mqa-b2", "everything-shared"])
 def test_kernel_is_bitwise_deterministic_across_runs_and_threads(case_id: str):
     model, feeds = model_of(CASES_BY_ID[case_id]), feeds_of(case_id)

@@ -80,7 +80,9 @@ def _yarn(dim: int, base: float, s: RopeScaling) -> tuple[torch.Tensor, float]:
     interpolation = extrapolation / s.factor
     keep = 1 - ramp  # 1 for high frequencies (kept), 0 for low ones (interpolated)
     inv_freq = interpolation * (1 - keep) + extrapolation * keep
-    attention = s.attention_factor if s.attention_factor is not None else 0.1 * math.log(s.factor) + 1.0
+    # the published default: 0.1 ln(s) + 1, and no scaling when the context is not extended (s <= 1)
+    default = 0.1 * math.log(s.factor) + 1.0 if s.factor > 1 else 1.0
+    attention = s.attention_factor if s.attention_factor is not None else default
     return inv_freq, attention
 
 
