@@ -318,11 +318,6 @@ def random_problem(
 # GroupQueryAttention: one-node models and the torch functional
 
 GQA = "GroupQueryAttention"
-# The one switch for GroupQueryAttention tests on the CPU kernel path: the kernel is not registered in the
-# library yet, so a session with the library runs the reference function and run_kernel's profile check
-# fails. Set to False (or delete with its uses) when the kernel lands.
-
-
 GQA_INPUTS = ("query", "key", "value", "past_key", "past_value", "past_lengths", "position_ids", "q_norm_weight",
               "k_norm_weight", "rope_inv_freq", "attention_mask")
 GQA_OUTPUTS = ("output", "present_key", "present_value")
