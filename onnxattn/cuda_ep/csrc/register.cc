@@ -50,6 +50,9 @@ void add_all_ops(Ort::CustomOpDomain& domain) {
     domain.Add(sdpa::cuda_op<float>());
     domain.Add(sdpa::cuda_op<Float16>());
     domain.Add(sdpa::cuda_op<BFloat16>());
+    domain.Add(gqa::cuda_op<float>());
+    domain.Add(gqa::cuda_op<Float16>());
+    domain.Add(gqa::cuda_op<BFloat16>());
   }
 #endif
 }

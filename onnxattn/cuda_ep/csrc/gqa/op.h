@@ -7,4 +7,8 @@ namespace onnxattn::gqa {
 template <typename T>
 const OrtCustomOp* cpu_op();
 
+// Built only with CUDA (gqa/op_cuda.cc).
+template <typename T>
+const OrtCustomOp* cuda_op();
+
 }  // namespace onnxattn::gqa

@@ -1,0 +1,191 @@
+// GroupQueryAttention on CUDA: the past copy, the new-token kernel, then the shared attention core.
+//
+// Why the new keys get their own (tiny) kernel while the queries are prepared inside the attention
+// kernels' Q load: every new K/V row must land in the cache anyway (it is an output, and later steps read
+// it), and in one call many attention CTAs read each new key — the CTAs of every query tile and every
+// key split of its KV head. Preparing K inside those CTAs would either repeat the work per CTA and race on
+// the cache write, or need a grid-wide barrier. A separate launch of B*S*Hkv warps writes each row once,
+// and stream order makes the rows visible to the attention. A query row, by contrast, is read by exactly
+// one attention CTA per split, so its QK-norm and RoPE cost nothing extra in the Q load and need no
+// float32 query buffer. In decode this makes two launches (three with split-KV's combine), none of which
+// waits on the host.
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <stdexcept>
+
+#include "common/errors.h"
+#include "gqa/cuda_kernel.h"
+#include "sdpa/cuda_query_prep.cuh"
+
+namespace onnxattn::gqa::cuda {
+namespace {
+
+using sdpa::cuda::QueryPrep;
+using sdpa::cuda::RowPrep;
+
+template <typename T>
+struct AppendArgs {
+  const T* key;    // [B, S, Hkv*D]
+  const T* value;  // [B, S, Hkv*Dv]
+  T* present_key;  // [B, Hkv, total, D]
+  T* present_value;
+  const int64_t* past_lengths;  // shared-buffer mode [B], else null (every sequence starts at `past`)
+  const int64_t* position_ids;  // [B, S] or null
+  int64_t* lengths;             // shared-buffer mode: out [2][B] (query offsets, valid lengths)
+  T* output;                    // [B, S, Hq*Dv]: NaN rows for sequences with out-of-range past_lengths
+  int64_t batch, seq, kv_heads, total, past, output_width;
+  int head_dim, v_head_dim;
+  RowPrep<T> key_prep;
+};
+
+// One warp per new (token, KV head) row, rows ordered like the key input so a block reads contiguous
+// memory: QK-norm and RoPE of K in float32, K and V written to slot past_b + s of the cache.
+template <typename T>
+__global__ void __launch_bounds__(32 * kAppendRowsPerBlock) append_kernel(const AppendArgs<T> a) {
+  const int lane = threadIdx.x % 32;
+  const int64_t row = int64_t(blockIdx.x) * kAppendRowsPerBlock + threadIdx.x / 32;
+  if (row >= a.batch * a.seq * a.kv_heads) return;  // whole warps
+  const int64_t h = row % a.kv_heads, token = row / a.kv_heads;
+  const int64_t b = token / a.seq, s = token % a.seq;
+  const int64_t start = a.past_lengths != nullptr ? a.past_lengths[b] : a.past;
+  // The CPU kernel rejects such values with an error; here that would need a host synchronisation.
+  const bool valid = start >= 0 && start <= a.total - a.seq;
+  if (a.lengths != nullptr && s == 0 && h == 0 && lane == 0) {
+    a.lengths[b] = valid ? start : 0;
+    a.lengths[a.batch + b] = valid ? start + a.seq : -1;  // -1: the attention skips the sequence
+  }
+  if (!valid) {
+    if (h == 0) {
+      T* const out = a.output + token * a.output_width;
+      for (int64_t e = lane; e < a.output_width; e += 32) out[e] = from_float<T>(__int_as_float(0x7fc00000));
+    }
+    return;
+  }
+  const int64_t slot = start + s;
+  const int64_t position = a.position_ids != nullptr ? a.position_ids[token] : slot;
+  const int64_t cache_row = (b * a.kv_heads + h) * a.total + slot;
+  sdpa::cuda::prepare_row(a.key + row * a.head_dim, a.present_key + cache_row * a.head_dim, a.head_dim, a.key_prep,
+                          position, 1.0f, lane);
+  const T* const v_src = a.value + row * a.v_head_dim;
+  T* const v_dst = a.present_value + cache_row * a.v_head_dim;
+  const int bytes = a.v_head_dim * int(sizeof(T));
+  if (bytes % 16 == 0 && ((reinterpret_cast<uintptr_t>(v_src) | reinterpret_cast<uintptr_t>(v_dst)) & 15u) == 0) {
+    const uint4* const src = reinterpret_cast<const uint4*>(v_src);
+    uint4* const dst = reinterpret_cast<uint4*>(v_dst);
+    for (int c = lane; c < bytes / 16; c += 32) dst[c] = src[c];
+  } else {
+    for (int e = lane; e < a.v_head_dim; e += 32) v_dst[e] = v_src[e];
+  }
+}
+
+void check_cuda(cudaError_t status, const char* what) {
+  if (status != cudaSuccess) {
+    throw std::runtime_error(str_cat(kOpName, ": ", what, ": ", cudaGetErrorName(status), " (",
+                                     cudaGetErrorString(status), ")"));
+  }
+}
+
+template <typename T>
+RowPrep<T> row_prep(const Params& p, const T* norm_weight, const float* inv_freq) {
+  RowPrep<T> r;
+  r.norm_weight = norm_weight;
+  r.norm_epsilon = p.qk_norm_epsilon;
+  r.rotary_dim = p.rope ? int(p.rotary_dim) : 0;
+  r.interleaved = p.rope_interleaved ? 1 : 0;
+  r.inv_freq = p.has_inv_freq ? inv_freq : nullptr;
+  r.log_base = std::log(p.rope_base);  // as the CPU kernel: float log, then float steps
+  r.attention_scaling = p.rope_attention_scaling;
+  return r;
+}
+
+// The past part of a present cache of `width` channels. Nothing when the present cache is the past
+// buffer (shared buffer updated in place) or there is no past.
+template <typename T>
+void copy_past(const Params& p, const T* past, T* present, int64_t width, cudaStream_t stream) {
+  if (past == nullptr || past == present || p.mode == CacheMode::kNone) return;
+  const size_t row_bytes = size_t(width) * sizeof(T);
+  if (p.mode == CacheMode::kShared) {  // the whole buffer: stale slots are outputs too
+    const size_t bytes = size_t(p.batch * p.kv_heads * p.total) * row_bytes;
+    if (bytes > 0) check_cuda(cudaMemcpyAsync(present, past, bytes, cudaMemcpyDeviceToDevice, stream), "copying the past");
+    return;
+  }
+  if (p.past == 0 || p.batch * p.kv_heads == 0 || width == 0) return;
+  // Concatenation: P slots of each (batch, KV head) to the front of its P + S slots.
+  check_cuda(cudaMemcpy2DAsync(present, size_t(p.total) * row_bytes, past, size_t(p.past) * row_bytes,
+                               size_t(p.past) * row_bytes, size_t(p.batch * p.kv_heads), cudaMemcpyDeviceToDevice,
+                               stream),
+             "copying the past");
+}
+
+}  // namespace
+
+template <typename T>
+void run(const Params& p, const Tensors<T>& t_in, const Plan& plan, void* stream_ptr, void* scratch, size_t scratch_bytes) {
+  if (plan.scratch_bytes > 0 && (scratch == nullptr || scratch_bytes < plan.scratch_bytes)) {
+    throw std::runtime_error(str_cat(kOpName, ": the CUDA plan needs ", plan.scratch_bytes, " bytes of scratch, got ",
+                                     scratch_bytes));
+  }
+  const cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
+  unsigned char* const base = static_cast<unsigned char*>(scratch);
+  Tensors<T> t = t_in;
+  if (plan.present_in_scratch) {
+    t.present_key = reinterpret_cast<T*>(base + plan.present_key_offset);
+    t.present_value = reinterpret_cast<T*>(base + plan.present_value_offset);
+  }
+  if (t.present_key == nullptr || t.present_value == nullptr) {
+    throw std::runtime_error(str_cat(kOpName, ": the CUDA kernel needs present buffers (plan/run mismatch)"));
+  }
+  int64_t* const lengths = plan.per_batch ? reinterpret_cast<int64_t*>(base + plan.lengths_offset) : nullptr;
+
+  // 1. The past part of the caches (stream-ordered before the new rows land).
+  copy_past(p, t.past_key, t.present_key, p.head_dim, stream);
+  copy_past(p, t.past_value, t.present_value, p.v_head_dim, stream);
+
+  // 2. New keys and values into the cache; per-sequence lengths for the attention.
+  if (plan.append_blocks > 0) {
+    AppendArgs<T> a{};
+    a.key = t.key;
+    a.value = t.value;
+    a.present_key = t.present_key;
+    a.present_value = t.present_value;
+    a.past_lengths = p.mode == CacheMode::kShared ? t.past_lengths : nullptr;
+    a.position_ids = p.has_position_ids ? t.position_ids : nullptr;
+    a.lengths = lengths;
+    a.output = t.output;
+    a.batch = p.batch;
+    a.seq = p.seq;
+    a.kv_heads = p.kv_heads;
+    a.total = p.total;
+    a.past = p.past;
+    a.output_width = p.q_heads * p.v_head_dim;
+    a.head_dim = int(p.head_dim);
+    a.v_head_dim = int(p.v_head_dim);
+    a.key_prep = row_prep<T>(p, p.k_norm ? t.k_norm_weight : nullptr, t.inv_freq);
+    if (plan.append_blocks > int64_t(0x7fffffff)) throw std::runtime_error(str_cat(kOpName, ": too many new tokens"));
+    append_kernel<T><<<unsigned(plan.append_blocks), 32 * kAppendRowsPerBlock, 0, stream>>>(a);
+    check_cuda(cudaGetLastError(), "launching the new-token kernel");
+  }
+
+  // 3. Attention over the cache, queries prepared in the core's Q load.
+  sdpa::Tensors<T> at;
+  at.q = t.query;
+  at.k = t.present_key;
+  at.v = t.present_value;
+  at.bool_mask = p.has_mask ? t.attention_mask : nullptr;
+  at.y = t.output;
+  if (lengths != nullptr) {
+    at.query_offsets = lengths;
+    at.kv_lengths = lengths + p.batch;
+  }
+  QueryPrep<T> prep;
+  prep.row = row_prep<T>(p, p.q_norm ? t.q_norm_weight : nullptr, t.inv_freq);
+  prep.position_ids = p.has_position_ids ? t.position_ids : nullptr;
+  sdpa::cuda::run(plan.attention, at, plan.launch, stream, base + plan.attention_offset, plan.launch.scratch_bytes, prep);
+}
+
+template void run<float>(const Params&, const Tensors<float>&, const Plan&, void*, void*, size_t);
+template void run<Float16>(const Params&, const Tensors<Float16>&, const Plan&, void*, void*, size_t);
+template void run<BFloat16>(const Params&, const Tensors<BFloat16>&, const Plan&, void*, void*, size_t);
+
+}  // namespace onnxattn::gqa::cuda

@@ -1,0 +1,77 @@
+// The plan of GroupQueryAttention on CUDA (see gqa/cuda_plan.h). The attention core's own dispatch
+// (schedule, kernel, tiles, splits) stays in sdpa/cuda_plan.cc; this file only describes the cache to it
+// and lays out the scratch.
+#include "gqa/cuda_plan.h"
+
+namespace onnxattn::gqa::cuda {
+namespace {
+
+size_t align_up(size_t n, size_t a) { return (n + a - 1) / a * a; }
+
+size_t element_size(DType dtype) { return dtype == DType::kFloat32 ? 4 : 2; }
+
+}  // namespace
+
+sdpa::Params attention_params(const Params& p) {
+  sdpa::Params a;
+  a.batch = p.batch;
+  a.q_heads = p.q_heads;
+  a.kv_heads = p.kv_heads;
+  a.q_len = p.seq;
+  a.kv_len = p.total;
+  a.head_dim = p.head_dim;
+  a.v_head_dim = p.v_head_dim;
+  a.scale = p.scale;
+  a.softcap = p.softcap;
+  a.structure.causal = p.causal;
+  a.structure.window = p.window;
+  // Concatenation: query i at P + i for every batch. Shared buffer: per batch, from the device (the value
+  // here is never used then).
+  a.structure.query_offset = p.past;
+  // The raw projected queries: QK-norm and RoPE happen in the core's Q load.
+  a.q_strides = {p.seq * p.q_heads * p.head_dim, p.head_dim, p.q_heads * p.head_dim};
+  a.k_strides = sdpa::Strides::contiguous(p.kv_heads, p.total, p.head_dim);
+  a.v_strides = sdpa::Strides::contiguous(p.kv_heads, p.total, p.v_head_dim);
+  a.y_strides = {p.seq * p.q_heads * p.v_head_dim, p.v_head_dim, p.q_heads * p.v_head_dim};
+  if (p.has_mask) {  // [B, total keys], the same for every head and query
+    a.mask_kind = sdpa::MaskKind::kBool;
+    a.mask_strides = {p.total, 0, 0, 1};
+  }
+  return a;
+}
+
+Plan make_plan(const Params& p, DType dtype, const DeviceInfo& device, const Request& request, bool aligned16,
+               bool present_outputs) {
+  Plan plan;
+  plan.attention = attention_params(p);
+  plan.per_batch = p.mode == CacheMode::kShared;
+  sdpa::cuda::Layout layout;
+  layout.per_batch_lengths = plan.per_batch;
+  layout.op = kOpName;
+  // Rows of the views advance by multiples of D or Dv elements.
+  const size_t size = element_size(dtype);
+  const bool rows16 = (size_t(p.head_dim) * size) % 16 == 0 && (size_t(p.v_head_dim) * size) % 16 == 0;
+  plan.launch = sdpa::cuda::make_plan(plan.attention, dtype, device, request, aligned16 && rows16, layout);
+
+  plan.append_rows = p.batch * p.seq * p.kv_heads;
+  plan.append_blocks = (plan.append_rows + kAppendRowsPerBlock - 1) / kAppendRowsPerBlock;
+
+  size_t offset = 0;
+  auto take = [&](size_t bytes) {
+    const size_t at = offset;
+    offset += align_up(bytes, 256);
+    return at;
+  };
+  if (plan.per_batch) plan.lengths_offset = take(size_t(2 * p.batch) * sizeof(int64_t));
+  plan.attention_offset = take(plan.launch.scratch_bytes);
+  plan.present_in_scratch = !present_outputs;
+  if (plan.present_in_scratch) {
+    const size_t slots = size_t(p.batch * p.kv_heads * p.total);
+    plan.present_key_offset = take(slots * size_t(p.head_dim) * size);
+    plan.present_value_offset = take(slots * size_t(p.v_head_dim) * size);
+  }
+  plan.scratch_bytes = offset;
+  return plan;
+}
+
+}  // namespace onnxattn::gqa::cuda

@@ -1,0 +1,56 @@
+#pragma once
+// GroupQueryAttention on CUDA, part 1 of 2: the plan. Plain C++ (no CUDA or onnxruntime headers), built
+// in every configuration so tests/test_gqa_cuda_host.py checks it without a GPU (gqa/cuda_capi.cc).
+//
+// One call runs, in order, on the caller's stream:
+//   1. the past part of the present caches, only when they are not the past buffers themselves
+//      (concatenation: cudaMemcpy2DAsync of P slots per (batch, KV head); shared buffer with distinct
+//      outputs: one copy of the whole buffer, stale slots included);
+//   2. the new-token kernel (gqa/cuda_kernel.cu): QK-norm and RoPE of the new keys, K and V written to
+//      their cache slots; in shared-buffer mode also the per-sequence query offsets and valid lengths the
+//      attention reads (past_lengths is read on the device: no host synchronisation);
+//   3. the attention core (sdpa/cuda_*) over the cache, with QK-norm and RoPE of the queries fused into its
+//      Q load (sdpa/cuda_query_prep.h) and the output written straight into [B, S, Hq*Dv].
+// Every input stays in device memory: nothing is read on the host, and the launches do not depend on
+// input values, so a decode step can be captured in a CUDA graph.
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "gqa/params.h"
+#include "sdpa/cuda_plan.h"
+#include "sdpa/params.h"
+
+namespace onnxattn::gqa::cuda {
+
+using sdpa::cuda::DeviceInfo;
+using sdpa::cuda::DType;
+using sdpa::cuda::LaunchPlan;
+using sdpa::cuda::Request;
+
+inline constexpr int kAppendRowsPerBlock = 4;  // new-token kernel: one warp per (token, KV head) row
+
+struct Plan {
+  sdpa::Params attention;  // the core's view: raw queries [B, S, Hq*D], the caches, output [B, S, Hq*Dv]
+  LaunchPlan launch;       // the core's launch
+  bool per_batch = false;  // shared-buffer mode: query offsets and valid lengths per sequence, on the device
+  int64_t append_rows = 0;    // B * S * Hkv
+  int64_t append_blocks = 0;  // CTAs of the new-token kernel
+  // Scratch, one device block: byte offsets (256-aligned) and the total. lengths: [2][B] int64 (query
+  // offsets, then valid lengths; a negative length marks an out-of-range past_lengths entry).
+  size_t lengths_offset = 0, attention_offset = 0, present_key_offset = 0, present_value_offset = 0;
+  bool present_in_scratch = false;  // the node does not ask for present_key/present_value
+  size_t scratch_bytes = 0;
+};
+
+// The attention core's parameters for the cache this call produces (the same rules as the CPU kernel).
+sdpa::Params attention_params(const Params& p);
+
+// `aligned16`: every row of query, output and the present caches starts on a 16-byte boundary (base
+// pointers; the strides are multiples of D and Dv, checked here). `present_outputs`: the node asks for
+// present_key/present_value (else the caches live in scratch). Throws InputError naming the op when the
+// CUDA kernels cannot run the problem.
+Plan make_plan(const Params& p, DType dtype, const DeviceInfo& device, const Request& request, bool aligned16,
+               bool present_outputs);
+
+}  // namespace onnxattn::gqa::cuda

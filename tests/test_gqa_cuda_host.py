@@ -1,0 +1,221 @@
+"""Host-side logic of the CUDA GroupQueryAttention (csrc/gqa/cuda_plan.cc): the attention core's view of
+the cache (strides, key count, query offset, mask), the per-sequence layout of the shared-buffer mode,
+the core's launch through the shared dispatch, the new-token kernel's grid and the scratch layout; plus
+the opt-in registration next to the CPU kernel. Runs without a GPU through the library's C test entry."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent / "gpu"))
+import gqa_cuda_lib as lib  # noqa: E402
+import sdpa_cuda_lib  # noqa: E402
+
+FP16, BF16, FP32 = lib.FLOAT16, lib.BFLOAT16, lib.FLOAT32
+
+
+@pytest.fixture(autouse=True)
+def _no_forcing(monkeypatch):
+    monkeypatch.delenv("ONNXATTN_SDPA_CUDA_PATH", raising=False)
+    monkeypatch.delenv("ONNXATTN_SDPA_CUDA_KERNEL", raising=False)
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def align(n: int) -> int:
+    return ceil_div(n, 256) * 256
+
+
+# Llama-3-8B attention: 32 query heads over 8 KV heads, D = 128
+LLAMA = dict(q_heads=32, kv_heads=8, head_dim=128)
+
+
+@pytest.mark.parametrize("mode,past,total", [("none", 0, 7), ("concat", 5, 12), ("shared", 40, 40)])
+def test_the_core_reads_raw_queries_and_writes_the_output_layout(mode, past, total):
+    s = lib.Spec(batch=3, seq=7, q_heads=6, kv_heads=2, head_dim=32, v_head_dim=48, mode=mode, past=past, rope=1)
+    p = lib.plan(s)
+    # query [B, S, Hq*D] and output [B, S, Hq*Dv] seen as [B, H, S, .]: strides (batch, head, seq)
+    assert p["q_strides"] == (7 * 6 * 32, 32, 6 * 32)
+    assert p["y_strides"] == (7 * 6 * 48, 48, 6 * 48)
+    # the present caches [B, Hkv, total, .], contiguous
+    assert p["kv_len"] == total
+    assert p["k_strides"] == (2 * total * 32, total * 32, 32)
+    assert p["v_strides"] == (2 * total * 48, total * 48, 48)
+    # concatenation: every query i at P + i; shared: per sequence, from the device
+    assert p["query_offset"] == (past if mode == "concat" else 0)
+    assert p["per_batch"] == (mode == "shared")
+    assert p["mask_strides"] == (0, 0, 0, 0)
+
+
+def test_key_padding_mask_is_one_row_per_batch():
+    p = lib.plan(lib.Spec(batch=2, seq=3, mode="shared", past=50, mask=True))
+    assert p["mask_strides"] == (50, 0, 0, 1)
+
+
+@pytest.mark.parametrize("dtype,kernel", [(FP16, "mma"), (BF16, "mma"), (FP32, "simt")])
+@pytest.mark.parametrize("seq,schedule", [(1, "decode"), (16, "decode"), (17, "prefill"), (2048, "prefill")])
+def test_schedule_and_kernel_come_from_the_shared_dispatch(dtype, kernel, seq, schedule):
+    p = lib.plan(lib.Spec(seq=seq, mode="concat", past=100, dtype=dtype, rope=1, **LLAMA))
+    a = p["attention"]
+    assert (a["schedule"], a["kernel"]) == (schedule, kernel), a["reason"]
+    assert a["rows_per_head"] == seq * 4  # the 4 query heads of each KV head's group share its K/V tiles
+
+
+@pytest.mark.parametrize("head_dim,dtype", [(12, FP16), (20, BF16)])
+def test_head_sizes_off_16_byte_rows_and_unaligned_pointers_fall_back_to_simt(head_dim, dtype):
+    # D * 2 bytes not a multiple of 16: rows of the [B, S, Hq*D] query start off 16-byte boundaries.
+    p = lib.plan(lib.Spec(seq=4, head_dim=head_dim, dtype=dtype))
+    assert p["attention"]["kernel"] == "simt" and "multiple of 8" in p["attention"]["reason"]
+    assert lib.plan(lib.Spec(seq=4, head_dim=16, dtype=dtype))["attention"]["kernel"] == "mma"
+    unaligned = lib.plan(lib.Spec(seq=4, head_dim=16, dtype=dtype), aligned=False)["attention"]
+    assert unaligned["kernel"] == "simt" and "16-byte aligned" in unaligned["reason"]
+
+
+@pytest.mark.parametrize("buffer", [4096, 16384, 32768, 65536])
+@pytest.mark.parametrize("batch", [1, 4])
+def test_shared_buffer_decode_splits_for_the_buffer_and_floors_each_split(buffer, batch):
+    # The valid lengths are on the device: the split count is planned for the whole buffer (an upper
+    # bound, the same as the core's own plan for that layout) and each sequence splits only its keys.
+    p = lib.plan(lib.Spec(batch=batch, seq=1, mode="shared", past=buffer, rope=1, **LLAMA))
+    a = p["attention"]
+    core = sdpa_cuda_lib.plan(
+        sdpa_cuda_lib.Spec(batch=batch, q_heads=32, kv_heads=8, q_len=1, kv_len=buffer, head_dim=128, causal=True),
+        layout=sdpa_cuda_lib.Layout.of(per_batch_lengths=True),
+    )  # fmt: skip
+    assert (a["schedule"], a["kernel"], a["splits"], a["min_split_keys"]) == (
+        "decode", "mma", core["splits"], 256)  # fmt: skip
+    assert a["splits"] == sdpa_cuda_lib.choose_splits(batch * 8, ceil_div(buffer, 64), 264, 4, 256)
+    assert "per-batch lengths" in a["reason"]
+
+
+def test_concatenation_decode_splits_the_known_keys():
+    p = lib.plan(lib.Spec(seq=1, mode="concat", past=32767, rope=1, **LLAMA))["attention"]
+    assert p["min_split_keys"] == 0 and p["splits"] == sdpa_cuda_lib.choose_splits(8, 512, 264, 4, 256)
+
+
+def test_a_causal_window_bounds_the_splits_of_a_shared_buffer():
+    p = lib.plan(lib.Spec(seq=1, mode="shared", past=1 << 20, window=512, rope=1, **LLAMA))["attention"]
+    assert p["splits"] <= 512 // 256
+
+
+@pytest.mark.parametrize("batch,seq,kv_heads", [(1, 1, 8), (2, 2048, 8), (3, 5, 1), (0, 4, 2)])
+def test_new_token_kernel_has_one_warp_per_token_and_kv_head(batch, seq, kv_heads):
+    p = lib.plan(lib.Spec(batch=batch, seq=seq, q_heads=8, kv_heads=kv_heads, mode="concat", past=3))
+    assert p["append_rows"] == batch * seq * kv_heads
+    assert p["append_blocks"] == ceil_div(batch * seq * kv_heads, 4)
+
+
+@pytest.mark.parametrize("present_outputs", [True, False])
+@pytest.mark.parametrize("mode,past", [("none", 0), ("concat", 9), ("shared", 64)])
+def test_scratch_layout(mode, past, present_outputs):
+    # Forced decode with a long enough cache so the core has split scratch too.
+    s = lib.Spec(batch=2, seq=3, q_heads=8, kv_heads=2, head_dim=64, v_head_dim=32, mode=mode, past=past)
+    p = lib.plan(s, path="decode", present_outputs=present_outputs)
+    offset = 0
+    if mode == "shared":
+        assert p["lengths_offset"] == 0
+        offset = align(2 * 2 * 8)  # [2][B] int64: query offsets, valid lengths
+    assert p["attention_offset"] == offset
+    offset += align(p["attention"]["scratch_bytes"])
+    assert p["present_in_scratch"] == (not present_outputs)
+    if not present_outputs:
+        total = {"none": 3, "concat": 12, "shared": 64}[mode]
+        assert p["present_key_offset"] == offset
+        offset += align(2 * 2 * total * 64 * 2)
+        assert p["present_value_offset"] == offset
+        offset += align(2 * 2 * total * 32 * 2)
+    assert p["scratch_bytes"] == offset
+    for name in ("lengths_offset", "attention_offset", "present_key_offset", "present_value_offset"):
+        assert p[name] % 256 == 0
+
+
+def test_long_decode_has_split_scratch_after_the_lengths():
+    p = lib.plan(lib.Spec(batch=2, seq=1, mode="shared", past=65536, **LLAMA))
+    a = p["attention"]
+    assert a["splits"] > 1 and a["scratch_bytes"] > 0
+    assert p["attention_offset"] == 256 and p["scratch_bytes"] == 256 + align(a["scratch_bytes"])
+
+
+def test_errors_name_the_op():
+    with pytest.raises(lib.GqaCudaError, match=r"^GroupQueryAttention: the CUDA kernels support head sizes up to 256"):
+        lib.plan(lib.Spec(q_heads=1, kv_heads=1, head_dim=320))
+    # shapes and attributes go through the op's shared validation (gqa::make_params)
+    with pytest.raises(lib.GqaCudaError, match=r"GroupQueryAttention: rotary_dim must be even"):
+        lib.plan(lib.Spec(rope=1, rotary_dim=7))
+    with pytest.raises(lib.GqaCudaError, match=r"GroupQueryAttention: num_heads \(6\) must be a multiple"):
+        lib.plan(lib.Spec(q_heads=6, kv_heads=4))
+    with pytest.raises(lib.GqaCudaError, match=r"GroupQueryAttention: unsupported dtype code 7"):
+        lib.plan(lib.Spec(dtype=7))
+
+
+def test_environment_forces_the_core(monkeypatch):
+    s = lib.Spec(seq=300, mode="concat", past=10, **LLAMA)
+    monkeypatch.setenv("ONNXATTN_SDPA_CUDA_PATH", "decode")
+    monkeypatch.setenv("ONNXATTN_SDPA_CUDA_KERNEL", "simt")
+    a = lib.plan(s, path="env", kernel="env")["attention"]
+    assert (a["schedule"], a["kernel"]) == ("decode", "simt")
+
+
+def test_run_entry_reports_a_build_without_cuda():
+    if sdpa_cuda_lib.has_cuda():
+        pytest.skip("built with CUDA: tests/gpu runs the kernels")
+    import ctypes
+
+    err = ctypes.create_string_buffer(256)
+    rc = lib.load().OnnxAttnGqaCudaRunForTest(ctypes.byref(lib.Spec().problem()), ctypes.byref(lib.Tensors()), 0, 0,
+                                              None, 0, None, None, err, len(err))  # fmt: skip
+    assert rc == 1 and b"without CUDA" in err.value
+
+
+# ---- registration: the CUDA kernel is opt-in and never disturbs CPU sessions
+GQA_SCRIPT = textwrap.dedent(
+    """
+    import numpy as np, onnxruntime as ort
+    from onnx import TensorProto, helper
+    names = ["query", "key", "value", "past_key", "past_value", "past_lengths"]
+    node = helper.make_node("GroupQueryAttention", names, ["output", "present_key", "present_value"],
+                            domain="onnxattn", num_heads=4, kv_num_heads=2, rope=1)
+    f = lambda n, s: helper.make_tensor_value_info(n, TensorProto.FLOAT, s)
+    inputs = [f("query", [1, 2, 32]), f("key", [1, 2, 16]), f("value", [1, 2, 16]), f("past_key", [1, 2, 6, 8]),
+              f("past_value", [1, 2, 6, 8]), helper.make_tensor_value_info("past_lengths", TensorProto.INT64, [1])]
+    outputs = [f("output", [1, 2, 32]), f("present_key", [1, 2, 6, 8]), f("present_value", [1, 2, 6, 8])]
+    model = helper.make_model(helper.make_graph([node], "g", inputs, outputs),
+                              opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("onnxattn", 1)])
+    model.ir_version = 10
+    so = ort.SessionOptions()
+    so.register_custom_ops_library(LIBRARY)
+    so.enable_profiling = True
+    so.profile_file_prefix = PROFILE
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    feeds = {n: rng.standard_normal(i.type.tensor_type.shape.dim and [d.dim_value for d in i.type.tensor_type.shape.dim]).astype(np.float32)
+             for n, i in zip(names[:5], inputs[:5])}
+    feeds["past_lengths"] = np.array([3], dtype=np.int64)
+    out, pk, pv = sess.run(None, feeds)
+    assert np.isfinite(out).all() and np.array_equal(pk[:, :, :3], feeds["past_key"][:, :, :3])
+    assert np.array_equal(pv[:, :, 3:5], feeds["value"].reshape(1, 2, 2, 8).transpose(0, 2, 1, 3))
+    import json
+    events = json.load(open(sess.end_profiling()))
+    print(sorted({e["args"]["provider"] for e in events if e.get("args", {}).get("op_name") == "GroupQueryAttention"}))
+    """
+)
+
+
+@pytest.mark.parametrize("flag", [None, "1"])
+def test_cpu_session_runs_the_cpu_kernel_with_and_without_the_cuda_opt_in(flag, tmp_path):
+    pytest.importorskip("onnxruntime")
+    env = {k: v for k, v in os.environ.items() if k != "ONNXATTN_ENABLE_UNVERIFIED_CUDA"}
+    if flag is not None:
+        env["ONNXATTN_ENABLE_UNVERIFIED_CUDA"] = flag
+    script = f"LIBRARY = {sdpa_cuda_lib.library_path()!r}\nPROFILE = {str(tmp_path / 'p')!r}\n" + GQA_SCRIPT
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "['CPUExecutionProvider']", done.stdout
