@@ -44,6 +44,10 @@ struct Params {
   // Element strides of the mask viewed as [B, Hq, Sq, Skv]; 0 on broadcast dimensions.
   std::array<int64_t, 4> mask_strides{};
   bool want_lse = false;
+  // Split K rows (with Tensors::k_tail): dims [0, k_split) come from K, [k_split, D) from K's tail at
+  // k_tail_strides (e.g. MLA: a latent cache plus rope keys shared by all heads, head stride 0). 0: off.
+  int64_t k_split = 0;
+  Strides k_tail_strides;
   // Paged K/V (with Tensors::block_table): slots per block and entries per block-table row.
   int64_t block_size = 0;
   int64_t block_table_stride = 0;
@@ -95,6 +99,7 @@ struct Tensors {
   // Paged K/V: key j of sequence b is slot j % block_size of block block_table[b * block_table_stride +
   // j / block_size]; K/V are addressed as slot * strides.seq + head * strides.head.
   const int32_t* block_table = nullptr;
+  const T* k_tail = nullptr;  // Params::k_split > 0; not combined with block_table
 };
 
 }  // namespace onnxattn::sdpa
