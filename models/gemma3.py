@@ -105,4 +105,7 @@ class Gemma3Model(CausalLM):
 
 @register("gemma3", Gemma3Config)
 def build_gemma3(cfg: Gemma3Config) -> Gemma3Model:
-    return init_weights(Gemma3Model(cfg), cfg.seed)
+    model = init_weights(Gemma3Model(cfg), cfg.seed)
+    with torch.no_grad():  # smaller embeddings: scaled by sqrt(hidden) and tied to the output, random ones
+        model.embed_tokens.weight.mul_(0.25)  # make each token predict itself (greedy text of one token)
+    return model

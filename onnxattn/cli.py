@@ -1,4 +1,4 @@
-"""The ``onnxattn`` command: demo, export, validate, run, bench, info."""
+"""The ``onnxattn`` command: demo, export, generate, validate, run, bench, info."""
 
 from __future__ import annotations
 
@@ -110,64 +110,170 @@ def cmd_bench(args) -> int:
     return 0
 
 
-def cmd_export(args) -> int:
-    import onnxattn
-    from onnxattn import models
+def _parse_overrides(items: list[str] | None) -> dict:
+    """--set NAME=VALUE config overrides; values are Python literals (512, 1e-6, True, None) or strings."""
+    import ast
 
-    model = models.build(args.model_name)
-    batch, seq = args.batch, args.seq
+    overrides = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"onnxattn: --set expects NAME=VALUE, got {item!r}")
+        try:
+            overrides[name] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            overrides[name] = value
+    return overrides
+
+
+def cmd_export(args) -> int:
+    from onnxattn.export import export_model
+
     path = Path(args.output or f"{args.model_name}.onnx")
-    onnxattn.export(model, model.example_inputs(batch, seq), path, dynamic_shapes=model.dynamic_shapes())
-    print(f"exported {args.model_name} to {path} ({path.stat().st_size / 1e6:.2f} MB)")
+    result = export_model(args.model_name, path, dtype=args.dtype, cache=args.cache, logits=args.logits,
+                          overrides=_parse_overrides(args.set), validate=not args.no_validate,
+                          external_data_threshold=args.external_data_threshold, progress=not args.quiet)
+    size = path.stat().st_size + (Path(str(path) + ".data").stat().st_size if result.external_data else 0)
+    print(f"exported {args.model_name} ({result.kind}, {args.dtype}"
+          f"{', cache ' + result.cache if result.cache else ''}) to {path} in {result.seconds:.1f}s "
+          f"({size / 1e6:.2f} MB{', weights in ' + path.name + '.data' if result.external_data else ''})")
+    print(f"  inputs  {', '.join(_abbreviate(result.input_names))}")
+    print(f"  outputs {', '.join(_abbreviate(result.output_names))}")
+    if result.report is not None:
+        print(f"  validation: {'OK' if result.report.ok else 'FAILED'} ({len(result.report.nodes)} onnxattn nodes)")
     return 0
 
 
-def cmd_demo(args) -> int:
-    """Export the built-in model, validate it, run it in onnxruntime with and without our kernels, and
-    compare with eager torch."""
+def _abbreviate(names: list[str]) -> list[str]:
+    if len(names) <= 6:
+        return names
+    return [*names[:4], f"... ({len(names) - 6} more)", *names[-2:]]
+
+
+def _prompt(args, vocab_size: int) -> np.ndarray:
+    if args.ids:
+        rows = [[int(t) for t in row.split(",") if t.strip()] for row in args.ids.split(";")]
+        if len({len(r) for r in rows}) != 1:
+            raise ValueError("--ids: every row (separated by ';') needs the same length")
+        return np.array(rows, dtype=np.int64)
+    return np.random.default_rng(args.seed).integers(0, vocab_size, (args.batch, args.prompt_length)).astype(np.int64)
+
+
+def cmd_generate(args) -> int:
+    from onnxattn import models
+    from onnxattn.generate import generate, generate_torch
+
+    sampling = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    providers = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+                 "auto": None}[args.provider]
+    model = None
+    if Path(args.model).is_file():
+        path = Path(args.model)
+        vocab = args.vocab_size
+    else:  # a model name: export it first
+        from onnxattn.export import export_model
+
+        out_dir = Path(args.out or tempfile.mkdtemp(prefix="onnxattn-generate-"))
+        result = export_model(args.model, out_dir / f"{args.model}.onnx", dtype=args.dtype,
+                              overrides=_parse_overrides(args.set), logits="last", progress=not args.quiet,
+                              numerics=False)
+        path, model, vocab = result.path, result.model, result.model.config.vocab_size
+        if result.kind != "decoder":
+            raise ValueError(f"generate: {args.model} is an {result.kind}, not a decoder")
+    ids = _prompt(args, vocab)
+    out = generate(path, ids, args.max_new_tokens, use_library=not args.no_library, providers=providers,
+                   progress=not args.quiet, **sampling)
+    print(out.summary())
+    for row in out.new_tokens:
+        print("  " + " ".join(str(int(t)) for t in row))
+    if args.compare_torch:
+        if model is None:
+            raise ValueError("generate: --compare-torch needs a model name (the eager model to compare with)")
+        ref = generate_torch(model, ids, args.max_new_tokens, **sampling)
+        same = np.array_equal(ref.tokens, out.tokens)
+        print(ref.summary())
+        print(f"tokens equal to eager torch: {'yes' if same else 'NO'}")
+        return 0 if same else 1
+    return 0
+
+
+def _demo_generation(path, model, ids, new_tokens: int) -> tuple[list[dict], bool]:
+    from onnxattn.generate import generate, generate_torch
+
+    ref = generate_torch(model, ids, new_tokens)
+    rows, ok = [dict(path="eager torch", ttft_ms=ref.time_to_first_token * 1e3,
+                     tokens_per_s=ref.tokens_per_second, same_tokens=True)], True
+    for label, use_library in (("onnxruntime + onnxattn kernels", True), ("onnxruntime, reference functions", False)):
+        out = generate(path, ids, new_tokens, use_library=use_library, providers=["CPUExecutionProvider"],
+                       progress=False)
+        same = bool(np.array_equal(out.tokens, ref.tokens))
+        ok = ok and same
+        rows.append(dict(path=label, ttft_ms=out.time_to_first_token * 1e3, tokens_per_s=out.tokens_per_second,
+                         same_tokens=same))
+    return rows, ok
+
+
+def _demo_logits(path, model, batch: int, seq: int) -> list[dict]:
+    """Prefill logits at a shape other than the traced one (dynamic axes at work), vs eager torch."""
     import torch
 
-    import onnxattn
-    from onnxattn import models
     from onnxattn.cuda_ep import make_session
-    from onnxattn.validation import validate
 
-    out_dir = Path(args.out or tempfile.mkdtemp(prefix="onnxattn-demo-"))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    name = models.DEFAULT_MODEL
-    model = models.build(name)
-    cfg = model.config
-    print(f"[1/4] model {name}: {cfg.num_layers} layers, hidden {cfg.hidden}, heads {cfg.num_query_heads}/"
-          f"{cfg.num_kv_heads} (GQA), head dim {cfg.head_dim}, sliding window {cfg.window} on odd layers")
-    path = out_dir / f"{name}.onnx"
-    start = time.perf_counter()
-    proto = onnxattn.export(model, model.example_inputs(2, 16), path, dynamic_shapes=model.dynamic_shapes())
-    attn_nodes = sum(1 for n in proto.graph.node if n.domain == onnxattn.DOMAIN)
-    print(f"[2/4] exported to {path} in {time.perf_counter() - start:.1f}s: {len(proto.graph.node)} nodes, "
-          f"{attn_nodes} onnxattn::ScaledDotProductAttention, {len(proto.functions)} reference function(s)")
-    report = validate(path, numerics=True, dims={"batch": 2, "sequence": 24})
-    print("[3/4] " + str(report).replace("\n", "\n      "))
-    batch, seq = args.batch, args.seq  # a shape other than the traced one: dynamic axes at work
-    (ids,) = model.example_inputs(batch, seq)
+    ids = torch.from_numpy(np.random.default_rng(7).integers(0, model.config.vocab_size, (batch, seq)))
     with torch.no_grad():
         expected = model(ids).numpy()
     rows = []
-    ok = report.ok
-    for label, use_library in (("onnxruntime + onnxattn kernels", True), ("onnxruntime, reference function", False)):
+    for label, use_library in (("onnxruntime + onnxattn kernels", True), ("onnxruntime, reference functions", False)):
         session = make_session(path, use_library=use_library, providers=["CPUExecutionProvider"])
-        (logits,), seconds = _timed(lambda: session.run(None, {session.get_inputs()[0].name: ids.numpy()}))
-        err = float(np.max(np.abs(logits - expected)))
-        ok = ok and err < 1e-3
-        rows.append((label, seconds, err))
-    _, torch_seconds = _timed(lambda: model(ids))
-    print(f"[4/4] logits for batch {batch}, sequence {seq} (traced at 2 x 16):")
-    print(f"      {'path':<34} {'time':>10}   max |diff| vs torch")
-    print(f"      {'eager torch':<34} {torch_seconds * 1e3:8.2f}ms   -")
-    for label, seconds, err in rows:
-        print(f"      {label:<34} {seconds * 1e3:8.2f}ms   {err:.1e}")
+        feeds = {"input_ids": ids.numpy()}
+        for inp in session.get_inputs()[1:]:
+            feeds[inp.name] = np.zeros((batch, inp.shape[1], 0, inp.shape[3]), np.float32)
+        (logits, *_), seconds = _timed(lambda: session.run(None, feeds), 2)
+        rows.append(dict(path=label, ms=seconds * 1e3, max_abs_diff=float(np.max(np.abs(logits - expected)))))
+    return rows
+
+
+def cmd_demo(args) -> int:
+    """Export a reference model (default: the Llama-style one), validate it, generate with it in
+    onnxruntime with and without our kernels, and compare with eager torch."""
+    from onnxattn import models
+    from onnxattn.export import export_model
+
+    out_dir = Path(args.out or tempfile.mkdtemp(prefix="onnxattn-demo-"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name = args.model or models.DEFAULT_MODEL
+    cfg = models.config_for(name)
+    if models.MODELS[name][0].__name__ in ("BertConfig", "TinyDecoderConfig"):
+        raise ValueError(f"demo: {name} is not a decoder with a KV cache; pick one of llama, gemma3, gpt2")
+    fields = ", ".join(f"{k} {getattr(cfg, k)}" for k in ("num_layers", "hidden", "num_heads", "num_kv_heads")
+                       if hasattr(cfg, k))
+    print(f"[1/5] model {name}: {type(cfg).__name__}({fields}), random weights (seed {cfg.seed})")
+    result = export_model(name, out_dir / f"{name}.onnx", progress=False)
+    import onnx
+
+    proto = onnx.load(result.path)
+    attn = sum(1 for n in proto.graph.node if n.domain == "onnxattn")
+    print(f"[2/5] exported to {result.path} in {result.seconds:.1f}s: {len(proto.graph.node)} nodes, {attn} "
+          f"onnxattn::GroupQueryAttention, {len(proto.functions)} reference function(s); inputs input_ids + "
+          f"past_key_values.*, outputs logits + present.* (dynamic batch, sequence, past)")
+    report = result.report
+    print("[3/5] " + str(report).replace("\n", "\n      "))
+    ids = np.random.default_rng(3).integers(0, cfg.vocab_size, (2, 12))
+    gen_rows, same = _demo_generation(result.path, result.model, ids, args.new_tokens)
+    print(f"[4/5] greedy generation, batch 2, prompt 12, {args.new_tokens} new tokens (KV cache in onnxruntime):")
+    print(f"      {'path':<34} {'first token':>12} {'decode':>14}   tokens == torch")
+    for r in gen_rows:
+        print(f"      {r['path']:<34} {r['ttft_ms']:10.1f}ms {r['tokens_per_s']:10.0f} tok/s   "
+              f"{'yes' if r['same_tokens'] else 'NO'}")
+    logit_rows = _demo_logits(result.path, result.model, args.batch, args.seq)
+    print(f"[5/5] prefill logits for batch {args.batch}, sequence {args.seq} (traced at 2 x 5, past 3):")
+    for r in logit_rows:
+        print(f"      {r['path']:<34} {r['ms']:8.2f}ms   max |diff| vs torch {r['max_abs_diff']:.1e}")
+    ok = report.ok and same and all(r["max_abs_diff"] < 1e-3 for r in logit_rows)
     print("demo: " + ("OK" if ok else "FAILED"))
     if args.json:
-        Path(args.json).write_text(json.dumps({"ok": ok, "model": str(path), "rows": rows}, indent=2))
+        Path(args.json).write_text(json.dumps({"ok": ok, "model": name, "path": str(result.path),
+                                               "generation": gen_rows, "logits": logit_rows}, indent=2))
     return 0 if ok else 1
 
 
@@ -175,19 +281,48 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="onnxattn", description="Attention mechanisms as ONNX custom ops.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("demo", help="export, validate and run the built-in model; compare with torch")
+    p = sub.add_parser("demo", help="export, validate and generate with a reference model; compare with torch")
+    p.add_argument("--model", help="a decoder from onnxattn.models (default: llama)")
     p.add_argument("--out", help="directory for the exported model (default: a temporary directory)")
-    p.add_argument("--batch", type=int, default=3)
-    p.add_argument("--seq", type=int, default=37)
+    p.add_argument("--batch", type=int, default=3, help="batch of the prefill logits comparison")
+    p.add_argument("--seq", type=int, default=37, help="sequence length of the prefill logits comparison")
+    p.add_argument("--new-tokens", type=int, default=16)
     p.add_argument("--json", help="also write the report as JSON here")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("export", help="export a built-in model to ONNX")
-    p.add_argument("model_name", help="a model from onnxattn.models (e.g. tiny-decoder)")
+    p = sub.add_parser("export", help="export a reference model to ONNX (past/present KV cache for decoders)")
+    p.add_argument("model_name", help="a model from onnxattn.models: llama, gemma3, gpt2, bert, tiny-decoder")
     p.add_argument("-o", "--output")
-    p.add_argument("--batch", type=int, default=2)
-    p.add_argument("--seq", type=int, default=16)
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    p.add_argument("--cache", default="concat", choices=["concat", "shared"],
+                   help="KV cache: concatenation (default) or shared preallocated buffers + past_lengths")
+    p.add_argument("--logits", default="all", choices=["all", "last"], help="logits of every position or the last")
+    p.add_argument("--set", action="append", metavar="NAME=VALUE", help="config override, e.g. --set hidden=512")
+    p.add_argument("--no-validate", action="store_true")
+    p.add_argument("--external-data-threshold", type=int, metavar="BYTES",
+                   help="save weights as external data above this size (default: 2 GB)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("generate", help="generate tokens in onnxruntime with the KV cache (greedy or sampled)")
+    p.add_argument("model", help="an exported decoder (.onnx) or a model name (exported first)")
+    p.add_argument("--ids", help="prompt token ids: '1,2,3' or rows '1,2;3,4' (default: random)")
+    p.add_argument("--batch", type=int, default=1, help="rows of the random prompt")
+    p.add_argument("--prompt-length", type=int, default=8, help="length of the random prompt")
+    p.add_argument("--vocab-size", type=int, default=256, help="vocabulary of the random prompt for a .onnx file")
+    p.add_argument("-n", "--max-new-tokens", type=int, default=16)
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-library", action="store_true", help="run the reference functions (plain onnxruntime)")
+    p.add_argument("--provider", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--compare-torch", action="store_true", help="also generate eagerly in torch and compare")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    p.add_argument("--set", action="append", metavar="NAME=VALUE", help="config override for a model name")
+    p.add_argument("--out", help="directory for the export of a model name (default: a temporary directory)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("validate", help="check a model's onnxattn nodes (schema, shapes, functions, numerics)")
     p.add_argument("model")

@@ -1,10 +1,11 @@
-"""The `onnxattn` command: the demo (README's first command), export, run, bench and info."""
+"""The `onnxattn` command: the demo (README's first command), export, generate, run, bench and info."""
 
 from __future__ import annotations
 
 import json
 
 import onnx
+from model_helpers import one_torch_thread  # noqa: F401  (autouse fixture)
 
 from onnxattn import ops
 from onnxattn.cli import main
@@ -12,27 +13,46 @@ from onnxattn.cli import main
 
 def test_demo_end_to_end(tmp_path, capsys):
     report = tmp_path / "demo.json"
-    assert main(["demo", "--out", str(tmp_path), "--batch", "2", "--seq", "21", "--json", str(report)]) == 0
+    assert main(["demo", "--out", str(tmp_path), "--batch", "2", "--seq", "21", "--new-tokens", "8",
+                 "--json", str(report)]) == 0
     out = capsys.readouterr().out
-    assert "demo: OK" in out and "result: OK" in out
+    assert "demo: OK" in out and "result: OK" in out and "model llama" in out
     data = json.loads(report.read_text())
-    assert data["ok"] and all(err < 1e-3 for _, _, err in data["rows"])
+    assert data["ok"] and data["model"] == "llama"
+    assert [r["same_tokens"] for r in data["generation"]] == [True, True, True]
+    assert all(r["max_abs_diff"] < 1e-3 for r in data["logits"])
 
 
 def test_export_run_bench_info(tmp_path, capsys):
-    path = tmp_path / "tiny.onnx"
-    assert main(["export", "tiny-decoder", "-o", str(path)]) == 0
+    path = tmp_path / "gpt2.onnx"
+    assert main(["export", "gpt2", "-o", str(path), "--set", "num_layers=1", "--quiet"]) == 0
     model = onnx.load(path)
-    assert sum(n.domain == ops.DOMAIN for n in model.graph.node) == 2
-    assert main(["run", str(path), "--dim", "batch=1", "--dim", "sequence=9", "--provider", "CPUExecutionProvider",
-                 "--repeat", "1"]) == 0
+    assert sum(n.domain == ops.DOMAIN for n in model.graph.node) == 1
+    assert [i.name for i in model.graph.input] == ["input_ids", "past_key_values.0.key", "past_key_values.0.value"]
+    dims = ["--dim", "batch=1", "--dim", "sequence=9", "--dim", "past_sequence=3"]
+    assert main(["run", str(path), *dims, "--provider", "CPUExecutionProvider", "--repeat", "1"]) == 0
     assert main(["run", str(path), "--no-library", "--provider", "CPUExecutionProvider", "--repeat", "1"]) == 0
-    assert main(["bench", str(path), "--provider", "CPUExecutionProvider", "--repeat", "1"]) == 0
+    assert main(["bench", str(path), *dims, "--provider", "CPUExecutionProvider", "--repeat", "1"]) == 0
     assert main(["info"]) == 0
     out = capsys.readouterr().out
+    assert "exported gpt2 (decoder, float32, cache concat)" in out and "validation: OK" in out
     assert "onnxattn kernels" in out and "reference function" in out and "cpu_isa" in out
+
+    assert main(["generate", str(path), "--ids", "1,2,3;4,5,6", "-n", "5", "--quiet", "--provider", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "prompt 2 x 3, 5 new tokens per row" in out and "tokens/s" in out
+
+
+def test_generate_a_model_name_compared_with_torch(tmp_path, capsys):
+    args = ["generate", "gemma3", "--out", str(tmp_path), "--batch", "2", "-n", "6", "--compare-torch", "--quiet",
+            "--provider", "cpu"]
+    assert main(args) == 0
+    assert "tokens equal to eager torch: yes" in capsys.readouterr().out
+    assert main([*args, "--temperature", "0.8", "--top-k", "20", "--top-p", "0.9", "--seed", "3"]) == 0
+    assert main([*args, "--no-library"]) == 0
 
 
 def test_unknown_model_name_is_a_clear_error(capsys):
     assert main(["export", "no-such-model"]) == 2
-    assert "unknown model 'no-such-model'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "unknown model 'no-such-model'" in err and "llama" in err and "deepseek-v3" in err

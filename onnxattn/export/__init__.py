@@ -50,6 +50,8 @@ def export(
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+        # dims named alike in dynamic_shapes (batch, sequence) are one dim; torch says so once per input
+        warnings.filterwarnings("ignore", message=".*The axis name: .* will not be used.*", category=UserWarning)
         program = torch.onnx.export(
             model,
             args,
@@ -66,24 +68,48 @@ def export(
     proto = program.model_proto
     ops.attach_functions(proto)
     if check:
-        if proto.ByteSize() < _EXTERNAL_DATA_THRESHOLD:
-            onnx.checker.check_model(proto, full_check=True)
-        else:
-            ops.value_types(proto)  # shape inference still runs our checks
+        check_model(proto)
     if path is not None:
         save(proto, path)
     return proto
 
 
-def save(model: onnx.ModelProto, path: str | os.PathLike) -> None:
-    """Saves `model`, with external data next to it when it is too large for one protobuf."""
-    large = model.ByteSize() >= _EXTERNAL_DATA_THRESHOLD
+def check_model(proto: onnx.ModelProto) -> None:
+    """The full onnx checker (with our schemas), or only shape inference for models too large for it."""
+    if proto.ByteSize() < _EXTERNAL_DATA_THRESHOLD:
+        onnx.checker.check_model(proto, full_check=True)
+    else:
+        ops.value_types(proto)  # shape inference still runs our checks
+
+
+def save(model: onnx.ModelProto, path: str | os.PathLike, *, external_data_threshold: int | None = None) -> bool:
+    """Saves `model`, with its weights in ``<path>.data`` when it is larger than `external_data_threshold`
+    bytes (default: just under protobuf's 2 GB limit). Returns whether external data was written."""
+    threshold = _EXTERNAL_DATA_THRESHOLD if external_data_threshold is None else external_data_threshold
+    large = model.ByteSize() >= threshold
     onnx.save_model(
         model,
         os.fspath(path),
         save_as_external_data=large,
+        all_tensors_to_one_file=True,
         location=os.path.basename(os.fspath(path)) + ".data" if large else None,
+        size_threshold=1024,
     )
+    return large
+
+
+def export_model(*args, **kwargs):
+    """A reference model (name, config or module) -> one validated .onnx; see onnxattn.export._models."""
+    from onnxattn.export._models import export_model as run
+
+    return run(*args, **kwargs)
+
+
+def from_transformers(*args, **kwargs):
+    """A Hugging Face transformers model -> one validated .onnx with our ops; see onnxattn.export._hf."""
+    from onnxattn.export._hf import from_transformers as run
+
+    return run(*args, **kwargs)
 
 
 class _CallableModule(types.ModuleType):

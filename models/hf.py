@@ -1,0 +1,245 @@
+"""Hugging Face transformers models -> the reference models here, with the same weights: the config is
+mapped onto ours, each weight copied to its place, and RoPE frequencies checked against the HF model's
+own. Export then goes through our modules (onnxattn.export.from_transformers), so the graph uses our ops.
+
+Nothing is downloaded: pass a model you built (e.g. ``LlamaForCausalLM(LlamaConfig(...))``) or loaded."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from onnxattn.models import build
+from onnxattn.models._base import set_linear
+from onnxattn.models.bert import BertConfig, BertModel
+from onnxattn.models.gemma3 import Gemma3Config, Gemma3Model
+from onnxattn.models.gpt2 import GPT2Config, GPT2Model
+from onnxattn.models.llama import LlamaConfig, LlamaModel
+from onnxattn.nn import RopeScaling
+
+# model_type -> the HF class to pass
+SUPPORTED = {
+    "llama": "LlamaForCausalLM",
+    "mistral": "MistralForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
+    "gemma3_text": "Gemma3ForCausalLM",
+    "gpt2": "GPT2LMHeadModel",
+    "bert": "BertModel",
+}
+NOT_YET = {"deepseek_v3": "multi-head latent attention (MLA) is not an onnxattn op yet (issue 6)",
+           "deepseek_v2": "multi-head latent attention (MLA) is not an onnxattn op yet (issue 6)"}
+_ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu": "gelu", "gelu_new": "gelu_tanh",
+                "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
+
+
+def supported_message() -> str:
+    listed = ", ".join(f"{t} ({c})" for t, c in SUPPORTED.items())
+    later = "; ".join(f"{t}: {why}" for t, why in NOT_YET.items())
+    return f"supported: {listed}. Not yet: {later}"
+
+
+class UnsupportedModel(ValueError):
+    pass
+
+
+def _unsupported(why: str) -> UnsupportedModel:
+    return UnsupportedModel(f"from_transformers: {why}. {supported_message()}")
+
+
+def _activation(name: str) -> str:
+    if name not in _ACTIVATIONS:
+        raise _unsupported(f"activation {name!r} has no equivalent here (known: {', '.join(_ACTIVATIONS)})")
+    return _ACTIVATIONS[name]
+
+
+def _rope_scaling(params: dict) -> RopeScaling | None:
+    kind = params.get("rope_type", "default")
+    if kind == "default":
+        return None
+    if kind == "linear":
+        return RopeScaling("linear", params["factor"])
+    if kind == "llama3":
+        return RopeScaling("llama3", params["factor"], params["original_max_position_embeddings"],
+                           low_freq_factor=params["low_freq_factor"], high_freq_factor=params["high_freq_factor"])
+    if kind == "yarn":
+        return RopeScaling("yarn", params["factor"], params.get("original_max_position_embeddings") or 4096,
+                           beta_fast=params.get("beta_fast") or 32.0, beta_slow=params.get("beta_slow") or 1.0,
+                           attention_factor=params.get("attention_factor"))
+    raise _unsupported(f"RoPE type {kind!r} is not supported (default, linear, llama3, yarn are)")
+
+
+def _check_rope(ours: nn.Module, hf_inv_freq: torch.Tensor, hf_scaling: float, what: str) -> None:
+    """Our frequencies must be HF's (catches RoPE variants whose parameters map imperfectly)."""
+    for attn in ours.attention_layers():
+        inv_freq, scaling = attn.rope.frequencies(attn.head_dim)
+        if inv_freq.shape != hf_inv_freq.shape or not torch.allclose(inv_freq, hf_inv_freq.float().cpu(), rtol=1e-5) \
+                or abs(scaling - hf_scaling) > 1e-6:
+            raise _unsupported(f"the RoPE frequencies of {what} differ from the transformers model's")
+
+
+def _window(hf_cfg) -> int:
+    return int(getattr(hf_cfg, "sliding_window", None) or 0)
+
+
+def _llama(hf) -> LlamaModel:
+    c = hf.config
+    layer_types = getattr(c, "layer_types", None)
+    window = _window(c)
+    if layer_types is not None:
+        layer_types = tuple(layer_types)
+        if "sliding_attention" not in layer_types:
+            window = 0
+    qwen2 = c.model_type == "qwen2"
+    cfg = LlamaConfig(
+        vocab_size=c.vocab_size, hidden=c.hidden_size, num_layers=c.num_hidden_layers, num_heads=c.num_attention_heads,
+        num_kv_heads=c.num_key_value_heads or c.num_attention_heads,
+        head_dim=getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads,
+        intermediate=c.intermediate_size, rope_theta=c.rope_parameters["rope_theta"],
+        rope_scaling=_rope_scaling(c.rope_parameters), rms_norm_eps=c.rms_norm_eps,
+        qkv_bias=qwen2 or bool(getattr(c, "attention_bias", False)), o_bias=bool(getattr(c, "attention_bias", False)),
+        mlp_bias=bool(getattr(c, "mlp_bias", False)), qk_norm=c.model_type == "qwen3", sliding_window=window,
+        layer_types=layer_types if window else None, activation=_activation(c.hidden_act),
+        tie_embeddings=bool(c.tie_word_embeddings))
+    ours = build(cfg)
+    src = hf.model
+    with torch.no_grad():
+        ours.embed_tokens.weight.copy_(src.embed_tokens.weight)
+        if not cfg.tie_embeddings:
+            ours.lm_head.weight.copy_(hf.lm_head.weight)
+        ours.norm.weight.copy_(src.norm.weight)
+        for mine, theirs in zip(ours.layers, src.layers):
+            a, t = mine.attn, theirs.self_attn
+            for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+                set_linear(getattr(a, name), getattr(t, name).weight, getattr(t, name).bias)
+            if cfg.qk_norm:
+                a.q_norm.copy_(t.q_norm.weight)
+                a.k_norm.copy_(t.k_norm.weight)
+            for name in ("gate_proj", "up_proj", "down_proj"):
+                set_linear(getattr(mine.mlp, name), getattr(theirs.mlp, name).weight, getattr(theirs.mlp, name).bias)
+            mine.input_norm.weight.copy_(theirs.input_layernorm.weight)
+            mine.post_attn_norm.weight.copy_(theirs.post_attention_layernorm.weight)
+    _check_rope(ours, src.rotary_emb.inv_freq, src.rotary_emb.attention_scaling, c.model_type)
+    return ours
+
+
+def _gemma3(hf) -> Gemma3Model:
+    c = hf.config
+    if getattr(c, "use_bidirectional_attention", False):
+        raise _unsupported("Gemma 3 with use_bidirectional_attention (an encoder variant) is not supported")
+    full, local = c.rope_parameters["full_attention"], c.rope_parameters["sliding_attention"]
+    if local.get("rope_type", "default") != "default":
+        raise _unsupported("scaled RoPE on Gemma 3's local layers is not supported")
+    cfg = Gemma3Config(
+        vocab_size=c.vocab_size, hidden=c.hidden_size, num_layers=c.num_hidden_layers, num_heads=c.num_attention_heads,
+        num_kv_heads=c.num_key_value_heads, head_dim=c.head_dim, intermediate=c.intermediate_size,
+        sliding_window=_window(c), layer_types=tuple(c.layer_types), rope_local_theta=local["rope_theta"],
+        rope_global_theta=full["rope_theta"], rope_global_scaling=_rope_scaling(full),
+        # transformers' Gemma 3 keeps attn_logit_softcapping in its config but never applies it
+        query_pre_attn_scalar=c.query_pre_attn_scalar, attn_logit_softcap=0.0,
+        final_logit_softcap=c.final_logit_softcapping or 0.0, rms_norm_eps=c.rms_norm_eps,
+        activation=_activation(c.hidden_activation))
+    ours = build(cfg)
+    src = hf.model
+    one = lambda w: 1.0 + w.float()  # noqa: E731  (Gemma's norms scale by 1 + weight; our QK-norm takes the factor)
+    with torch.no_grad():
+        ours.embed_tokens.weight.copy_(src.embed_tokens.weight)
+        ours.norm.weight.copy_(src.norm.weight)
+        for mine, theirs in zip(ours.layers, src.layers):
+            a, t = mine.attn, theirs.self_attn
+            for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+                set_linear(getattr(a, name), getattr(t, name).weight, getattr(t, name).bias)
+            a.q_norm.copy_(one(t.q_norm.weight))
+            a.k_norm.copy_(one(t.k_norm.weight))
+            for name in ("gate_proj", "up_proj", "down_proj"):
+                set_linear(getattr(mine.mlp, name), getattr(theirs.mlp, name).weight)
+            for ours_norm, hf_norm in (("input_norm", "input_layernorm"), ("post_attn_norm", "post_attention_layernorm"),
+                                       ("pre_mlp_norm", "pre_feedforward_layernorm"),
+                                       ("post_mlp_norm", "post_feedforward_layernorm")):
+                getattr(mine, ours_norm).weight.copy_(getattr(theirs, hf_norm).weight)
+    rotary = src.rotary_emb
+    for layer, kind in zip(ours.layers, c.layer_types):
+        inv_freq, scaling = layer.attn.rope.frequencies(layer.attn.head_dim)
+        theirs = getattr(rotary, f"{kind}_inv_freq")
+        if not torch.allclose(inv_freq, theirs.float().cpu(), rtol=1e-5) or \
+                abs(scaling - getattr(rotary, f"{kind}_attention_scaling")) > 1e-6:
+            raise _unsupported(f"the RoPE frequencies of Gemma 3's {kind} layers differ from the transformers model's")
+    return ours
+
+
+def _gpt2(hf) -> GPT2Model:
+    c = hf.config
+    cfg = GPT2Config(vocab_size=c.vocab_size, n_positions=c.n_positions, hidden=c.n_embd, num_layers=c.n_layer,
+                     num_heads=c.n_head, intermediate=c.n_inner, layer_norm_eps=c.layer_norm_epsilon,
+                     activation=_activation(c.activation_function), scale_attn_weights=c.scale_attn_weights,
+                     scale_attn_by_inverse_layer_idx=c.scale_attn_by_inverse_layer_idx)
+    ours = build(cfg)
+    src = hf.transformer
+    with torch.no_grad():
+        ours.wte.weight.copy_(src.wte.weight)
+        ours.wpe.weight.copy_(src.wpe.weight)
+        ours.ln_f.load_state_dict(src.ln_f.state_dict())
+        for mine, theirs in zip(ours.layers, src.h):
+            # HF's Conv1D stores weights [in, out]
+            set_linear(mine.attn.qkv_proj, theirs.attn.c_attn.weight.T, theirs.attn.c_attn.bias)
+            set_linear(mine.attn.o_proj, theirs.attn.c_proj.weight.T, theirs.attn.c_proj.bias)
+            set_linear(mine.c_fc, theirs.mlp.c_fc.weight.T, theirs.mlp.c_fc.bias)
+            set_linear(mine.c_proj, theirs.mlp.c_proj.weight.T, theirs.mlp.c_proj.bias)
+            mine.ln_1.load_state_dict(theirs.ln_1.state_dict())
+            mine.ln_2.load_state_dict(theirs.ln_2.state_dict())
+    return ours
+
+
+def _bert(hf) -> BertModel:
+    c = hf.config
+    if getattr(c, "position_embedding_type", "absolute") != "absolute" or getattr(c, "is_decoder", False):
+        raise _unsupported("BERT with relative position embeddings or as a decoder is not supported")
+    cfg = BertConfig(vocab_size=c.vocab_size, hidden=c.hidden_size, num_layers=c.num_hidden_layers,
+                     num_heads=c.num_attention_heads, intermediate=c.intermediate_size,
+                     max_positions=c.max_position_embeddings, type_vocab_size=c.type_vocab_size,
+                     layer_norm_eps=c.layer_norm_eps, activation=_activation(c.hidden_act),
+                     pooler=hf.pooler is not None)
+    ours = build(cfg)
+    e = hf.embeddings
+    with torch.no_grad():
+        for name in ("word_embeddings", "position_embeddings", "token_type_embeddings"):
+            getattr(ours, name).weight.copy_(getattr(e, name).weight)
+        ours.embed_norm.load_state_dict(e.LayerNorm.state_dict())
+        for mine, theirs in zip(ours.layers, hf.encoder.layer):
+            s = theirs.attention.self
+            set_linear(mine.attn.q_proj, s.query.weight, s.query.bias)
+            set_linear(mine.attn.k_proj, s.key.weight, s.key.bias)
+            set_linear(mine.attn.v_proj, s.value.weight, s.value.bias)
+            set_linear(mine.attn.o_proj, theirs.attention.output.dense.weight, theirs.attention.output.dense.bias)
+            mine.attn_norm.load_state_dict(theirs.attention.output.LayerNorm.state_dict())
+            set_linear(mine.intermediate, theirs.intermediate.dense.weight, theirs.intermediate.dense.bias)
+            set_linear(mine.output, theirs.output.dense.weight, theirs.output.dense.bias)
+            mine.out_norm.load_state_dict(theirs.output.LayerNorm.state_dict())
+        if hf.pooler is not None:
+            set_linear(ours.pooler, hf.pooler.dense.weight, hf.pooler.dense.bias)
+    return ours
+
+
+_CONVERTERS = {"llama": _llama, "mistral": _llama, "qwen2": _llama, "qwen3": _llama, "gemma3_text": _gemma3,
+               "gpt2": _gpt2, "bert": _bert}
+
+
+def from_transformers(hf_model) -> nn.Module:
+    """Our reference model (fp32, eval) with the weights of `hf_model`, a transformers model of a supported
+    architecture; anything else raises UnsupportedModel naming what is supported."""
+    config = getattr(hf_model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    if model_type in NOT_YET:
+        raise _unsupported(f"{type(hf_model).__name__} ({model_type}): {NOT_YET[model_type]}")
+    if model_type == "gemma3":
+        raise _unsupported("Gemma3ForConditionalGeneration is multimodal; pass its text model as "
+                           "Gemma3ForCausalLM(config.text_config) with the language model's weights")
+    if model_type not in _CONVERTERS:
+        raise _unsupported(f"{type(hf_model).__name__} (model_type {model_type!r}) is not supported")
+    if type(hf_model).__name__ != SUPPORTED[model_type]:
+        raise _unsupported(f"pass a {SUPPORTED[model_type]} for {model_type}, got {type(hf_model).__name__}")
+    hf_dtype = next(hf_model.parameters()).dtype
+    if hf_dtype != torch.float32:  # convert in fp32; export_model casts afterwards
+        raise ValueError(f"from_transformers: convert the model to float32 first (it is {hf_dtype}); "
+                         f"export with dtype=... to cast")
+    return _CONVERTERS[model_type](hf_model).eval()

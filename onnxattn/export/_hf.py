@@ -1,0 +1,18 @@
+"""``from_transformers``: a Hugging Face transformers model -> one validated .onnx with onnxattn ops, by
+way of the reference models (onnxattn.models.hf maps config and weights), so the graph is the same as
+``export_model``'s: past/present KV per layer, dynamic batch / sequence / past, functions attached."""
+
+from __future__ import annotations
+
+import os
+
+from onnxattn.export._models import ExportResult, export_model
+
+
+def from_transformers(hf_model, path: str | os.PathLike, **export_options) -> ExportResult:
+    """Exports `hf_model` (LlamaForCausalLM, MistralForCausalLM, Qwen2/Qwen3ForCausalLM, Gemma3ForCausalLM,
+    GPT2LMHeadModel or BertModel, float32) to `path`; `export_options` as for export_model (dtype, cache,
+    logits, validate, ...). Other architectures raise a ValueError that lists the supported ones."""
+    from onnxattn.models.hf import from_transformers as convert
+
+    return export_model(convert(hf_model), path, **export_options)
