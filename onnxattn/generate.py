@@ -121,7 +121,7 @@ def default_providers() -> list[str]:
     return ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else ["CPUExecutionProvider"]
 
 
-def _session(model, use_library: bool, providers):
+def _session(model, use_library: bool, providers, session_options=None):
     import onnxruntime as ort
 
     from onnxattn.cuda_ep import make_session
@@ -130,7 +130,8 @@ def _session(model, use_library: bool, providers):
         return model
     if isinstance(model, (str, os.PathLike)) and not os.path.isfile(model):
         raise FileNotFoundError(f"generate: no model file {os.fspath(model)!r}")
-    return make_session(model, use_library=use_library, providers=providers or default_providers())
+    return make_session(model, use_library=use_library, providers=providers or default_providers(),
+                        session_options=session_options)
 
 
 def generate(
@@ -145,14 +146,16 @@ def generate(
     eos_token_id: int | None = None,
     use_library: bool = True,
     providers: Sequence[str] | None = None,
+    session_options=None,
     progress: bool = True,
 ) -> GenerationResult:
     """Generates from `model` (an exported decoder: path, ModelProto or InferenceSession) in onnxruntime.
     `input_ids` [B, S] (or [S]); greedy unless temperature > 0. With `use_library` our kernels run the
-    attention, otherwise the models' reference functions (plain onnxruntime)."""
+    attention, otherwise the models' reference functions (plain onnxruntime). `session_options` (e.g. thread
+    counts) apply when a session is made here."""
     import onnxruntime as ort
 
-    session = _session(model, use_library, providers)
+    session = _session(model, use_library, providers, session_options)
     meta = session.get_modelmeta().custom_metadata_map
     max_positions = int(meta[METADATA_PREFIX + "max_positions"]) if METADATA_PREFIX + "max_positions" in meta else None
     ids = _check_request(input_ids, max_new_tokens, max_positions)
