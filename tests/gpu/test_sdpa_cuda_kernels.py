@@ -170,3 +170,54 @@ def test_unsupported_head_size_is_a_clear_error():
     q = torch.zeros(1, 1, 4, 320, dtype=torch.float16, device="cuda")
     with pytest.raises(lib.SdpaCudaError, match="head sizes up to 256"):
         lib.run(q, q, q)
+
+
+# ---- layouts of fused ops (GroupQueryAttention): strided views, per-batch query offsets and lengths
+@pytest.mark.parametrize("path", ["prefill", "decode"])
+@pytest.mark.parametrize("kernel", ["auto", "simt"])
+def test_strided_views_give_the_contiguous_result(path, kernel):
+    # Q and Y as [B, S, H*D] activations, K and V as a cache longer than the keys: views with other strides
+    # run the same arithmetic, so the results are bit-identical.
+    b, hq, hkv, sq, skv, d = 2, 8, 2, 37, 300, 128
+    gen = torch.Generator(device="cuda").manual_seed(11)
+    q_bshd = torch.randn(b, sq, hq, d, generator=gen, device="cuda").half()
+    cache_k = torch.randn(b, hkv, skv + 50, d, generator=gen, device="cuda").half()
+    cache_v = torch.randn(b, hkv, skv + 50, d, generator=gen, device="cuda").half()
+    q, k, v = q_bshd.transpose(1, 2), cache_k[:, :, :skv], cache_v[:, :, :skv]
+    y_bshd = torch.full((b, sq, hq, d), float("nan"), dtype=torch.half, device="cuda")
+    y_view, _, plan = lib.run(q, k, v, causal=True, path=path, kernel=kernel, out=y_bshd.transpose(1, 2))
+    y_ref, _, _ = lib.run(q.contiguous(), k.contiguous(), v.contiguous(), causal=True, path=path, kernel=kernel)
+    torch.cuda.synchronize()
+    assert torch.equal(y_bshd.transpose(1, 2), y_ref), plan["reason"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+@pytest.mark.parametrize("path", ["prefill", "decode"])
+@pytest.mark.parametrize("sq", [1, 5, 40])
+def test_per_batch_lengths_read_only_each_sequences_keys(dtype, path, sq):
+    # A shared KV-cache buffer: sequence b holds kv_lengths[b] valid keys, its query row 0 sits at
+    # query_offsets[b]; slots past the valid keys hold NaN and are never read. Each sequence must match
+    # the plain problem on its own valid keys; a negative length leaves its rows untouched.
+    hq, hkv, d, buffer = 8, 2, 128, 3000
+    lengths = [2500, sq, 700, -1]
+    gen = torch.Generator(device="cuda").manual_seed(sq)
+    q = torch.randn(len(lengths), hq, sq, d, generator=gen, device="cuda").to(dtype)
+    k = torch.randn(len(lengths), hkv, buffer, d, generator=gen, device="cuda").to(dtype)
+    v = torch.randn(len(lengths), hkv, buffer, d, generator=gen, device="cuda").to(dtype)
+    for i, n in enumerate(lengths):
+        k[i, :, max(n, 0):], v[i, :, max(n, 0):] = float("nan"), float("nan")
+    kv_lengths = torch.tensor(lengths, dtype=torch.int64, device="cuda")
+    offsets = torch.tensor([max(n, 0) - sq for n in lengths], dtype=torch.int64, device="cuda")
+    y = torch.full((len(lengths), hq, sq, d), 7.0, dtype=dtype, device="cuda")
+    _, lse, plan = lib.run(q, k, v, causal=True, window=1000, want_lse=True, path=path, out=y,
+                           query_offsets=offsets, kv_lengths=kv_lengths)  # fmt: skip
+    torch.cuda.synchronize()
+    if path == "decode":
+        assert plan["min_split_keys"] == 256 and "per-batch lengths" in plan["reason"], plan["reason"]
+    for i, n in enumerate(lengths):
+        if n < 0:
+            assert (y[i] == 7.0).all(), "a skipped sequence's rows must stay untouched"
+            continue
+        case = Case(f"seq{i}", 1, hq, hkv, sq, n, d, causal=True, window=1000)
+        check(case, q[i:i + 1], k[i:i + 1, :, :n], v[i:i + 1, :, :n], None, y[i:i + 1], lse[i:i + 1],
+              context=f"sequence {i} of {lengths}: {plan['reason']}")

@@ -1,0 +1,174 @@
+"""Kernel-level checks of the CUDA GroupQueryAttention through the library's C test entry (no
+onnxruntime): the case table of gqa_cases.py (prefill, decode, chunked prefill, shared buffers with
+per-sequence lengths and NaN in stale slots, windows, RoPE variants, QK-norm, head ratios down to one KV
+head, bidirectional, masks, softcap, caches in scratch) in every dtype, on both schedules of the
+attention core and on its simple kernel, against the float64 numpy oracle of the GQA suite; plus the
+in-place update, out-of-range lengths, token-by-token decode, a long shared cache with per-sequence
+splits, and a decode step captured in a CUDA graph and replayed with new lengths."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+CUDA = torch.cuda.is_available()
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (torch.cuda unavailable)")]
+
+import gqa_cases as gc  # noqa: E402
+import gqa_cuda_lib as lib  # noqa: E402
+import gqa_torch as gt  # noqa: E402
+from oracle_gqa import gqa_oracle  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _setup():
+    if not lib.sdpa.has_cuda():
+        pytest.skip("the library was built without CUDA")
+
+
+# (dtype, path, kernel): every dtype on the automatic plan; float16 also forced onto each schedule of the
+# attention core and onto its simple kernel.
+VARIANTS = [("float16", "auto", "auto"), ("bfloat16", "auto", "auto"), ("float32", "auto", "auto"),
+            ("float16", "prefill", "auto"), ("float16", "decode", "auto"), ("float16", "auto", "simt")]  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype,path,kernel", VARIANTS, ids=["-".join(v) for v in VARIANTS])
+@pytest.mark.parametrize("case", gc.CASES, ids=str)
+def test_case_table(case, dtype, path, kernel):
+    y, pk, pv, plan, _ = gt.run(case, dtype, path=path, kernel=kernel)
+    a = plan["attention"]
+    if path != "auto":
+        assert a["schedule"] == path
+    tensor_cores = dtype != "float32" and kernel == "auto" and case.head_dim % 8 == 0 and case.dv % 8 == 0
+    assert a["kernel"] == ("mma" if tensor_cores else "simt"), a["reason"]
+    assert plan["per_batch"] == (case.mode == "shared")
+    gc.check(case, dtype, y, pk, pv, context=f"{case} {dtype} {a['reason']}")
+
+
+@pytest.mark.parametrize("dtype", gc.DTYPES)
+@pytest.mark.parametrize("case_id", ["shared-decode-b4", "shared-chunk-b2", "window-shared-b2", "everything-shared"])
+def test_in_place_update_of_the_shared_buffer(case_id, dtype):
+    # present IS past: only the new tokens are written; the valid prefix and the stale (NaN) slots stay.
+    case = gc.CASES_BY_ID[case_id]
+    y, pk, pv, plan, t = gt.run(case, dtype, in_place=True)
+    assert t["present_key"].data_ptr() == t["past_key"].data_ptr()
+    gc.check(case, dtype, y, pk, pv, context=f"in place {case} {dtype}")
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_out_of_range_past_lengths_leave_the_cache_and_give_nan_rows(dtype):
+    # Sequence 1 would write past the buffer, sequence 2 has a negative length: neither touches the cache,
+    # their output rows are NaN (the CPU kernel raises instead; here that would need a host sync), and
+    # sequence 0 is unaffected.
+    good = gc.Case("oor-good", batch=1, seq=2, buffer=50, past_lengths=(10,))
+    gc.CASES_BY_ID.setdefault(good.id, good)
+    t0 = gt.to_device(good, dtype)
+    case = gc.Case("oor", batch=3, seq=2, buffer=50, past_lengths=(10, 49, -1))
+    t = {n: (torch.cat([x] * 3) if n not in ("past_lengths",) else torch.tensor([10, 49, -1], device="cuda"))
+         for n, x in t0.items()}  # fmt: skip
+    before_k, before_v = t["past_key"].clone(), t["past_value"].clone()
+    out = gt.outputs(case, dtype)
+    out["present_key"], out["present_value"] = t["past_key"], t["past_value"]
+    spec = dataclasses.replace(gc.spec(good, dtype), batch=3)
+    lib.run(spec, {gt.FIELD.get(n, n): v for n, v in {**t, **out}.items()})
+    torch.cuda.synchronize()
+    y = out["output"].double().cpu().numpy()
+    assert np.isnan(y[1:]).all(), "rows of invalid sequences must be NaN"
+    for name, before in (("present_key", before_k), ("present_value", before_v)):
+        assert torch.equal(torch.nan_to_num(out[name][1:].float(), nan=7.0), torch.nan_to_num(before[1:].float(), nan=7.0)), name
+    gc.check(good, dtype, y[:1], out["present_key"][:1].double().cpu().numpy(),
+             out["present_value"][:1].double().cpu().numpy(), context="valid sequence beside invalid ones")
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_token_by_token_decode_equals_one_prefill(dtype):
+    # One prefill of 96 tokens into a shared buffer vs 64 tokens then 32 single-token steps in place.
+    rng = np.random.default_rng(3)
+    hq, hkv, d, m, n = 8, 2, 128, 160, 96
+    dt = gt.TORCH[dtype]
+    q = torch.from_numpy(rng.standard_normal((1, n, hq * d))).to(dt).cuda()
+    k = torch.from_numpy(rng.standard_normal((1, n, hkv * d))).to(dt).cuda()
+    v = torch.from_numpy(rng.standard_normal((1, n, hkv * d))).to(dt).cuda()
+
+    def step(buffer_k, buffer_v, start, count):
+        spec = lib.Spec(batch=1, seq=count, q_heads=hq, kv_heads=hkv, head_dim=d, mode="shared", past=m, rope=1,
+                        dtype=lib.FLOAT16 if dtype == "float16" else lib.BFLOAT16)  # fmt: skip
+        y = torch.empty(1, count, hq * d, dtype=dt, device="cuda")
+        lib.run(spec, dict(query=q[:, start:start + count].contiguous(), key=k[:, start:start + count].contiguous(),
+                           value=v[:, start:start + count].contiguous(), past_key=buffer_k, past_value=buffer_v,
+                           past_lengths=torch.tensor([start], device="cuda"), output=y, present_key=buffer_k,
+                           present_value=buffer_v))  # fmt: skip
+        return y
+
+    zeros = lambda: torch.zeros(1, hkv, m, d, dtype=dt, device="cuda")  # noqa: E731
+    ka, va = zeros(), zeros()
+    y_all = step(ka, va, 0, n)
+    kb, vb = zeros(), zeros()
+    rows = [step(kb, vb, 0, 64)] + [step(kb, vb, i, 1) for i in range(64, n)]
+    torch.cuda.synchronize()
+    assert torch.equal(ka, kb) and torch.equal(va, vb), "the caches must be bit-identical"
+    y_steps = torch.cat(rows, dim=1).float()
+    eps = torch.finfo(dt).eps
+    diff = (y_steps - y_all.float()).abs()
+    assert (diff <= 4 * eps * (1 + y_all.float().abs())).all(), diff.max().item()
+
+
+def test_long_shared_decode_splits_each_sequence_separately():
+    # Two sequences in a 40k buffer, one nearly full and one short: the plan's splits are an upper bound
+    # from the buffer; each CTA splits its own sequence's keys (>= 256 per split).
+    case = gc.Case("long-shared", batch=2, q_heads=4, kv_heads=1, head_dim=64, buffer=40_000,
+                   past_lengths=(39_000, 700))  # fmt: skip
+    gc.CASES_BY_ID.setdefault(case.id, case)
+    y, pk, pv, plan, _ = gt.run(case, "float16")
+    a = plan["attention"]
+    assert a["schedule"] == "decode" and a["splits"] > 4 and a["min_split_keys"] == 256, a["reason"]
+    gc.check(case, "float16", y, pk, pv, context=a["reason"])
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_a_decode_step_captured_in_a_cuda_graph_replays_with_new_lengths(dtype):
+    # No host synchronisation and no launch shape that depends on input values: a captured step stays
+    # valid while the lengths (device memory) and the inputs change.
+    hq, hkv, d, m, b = 8, 2, 128, 512, 2
+    dt = gt.TORCH[dtype]
+    rng = np.random.default_rng(5)
+    new = lambda *s: torch.from_numpy(rng.standard_normal(s)).to(dt).cuda()  # noqa: E731
+    t = dict(query=new(b, 1, hq * d), key=new(b, 1, hkv * d), value=new(b, 1, hkv * d), past_key=new(b, hkv, m, d),
+             past_value=new(b, hkv, m, d), past_lengths=torch.tensor([100, 300], device="cuda"),
+             output=torch.empty(b, 1, hq * d, dtype=dt, device="cuda"))  # fmt: skip
+    t["present_key"], t["present_value"] = t["past_key"], t["past_value"]
+    spec = lib.Spec(batch=b, seq=1, q_heads=hq, kv_heads=hkv, head_dim=d, mode="shared", past=m, rope=1,
+                    q_norm=False, dtype=lib.FLOAT32 if dtype == "float32" else lib.FLOAT16)  # fmt: skip
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        lib.run(spec, t)  # warm-up: shared-memory attributes, device facts
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        plan = lib.run(spec, t)
+    for lengths in ([101, 301], [7, 511], [400, 0]):
+        t["past_lengths"].copy_(torch.tensor(lengths))
+        for name in ("query", "key", "value"):
+            t[name].copy_(new(*t[name].shape))
+        before = {n: t[n].double().cpu().numpy() for n in ("query", "key", "value", "past_key", "past_value")}
+        graph.replay()
+        torch.cuda.synchronize()
+        store = lambda x: x.astype(np.float32).astype(np.float64) if dtype == "float32" else (  # noqa: E731
+            x.astype(np.float16).astype(np.float64))
+        y_ref, k_ref, _ = gqa_oracle(**before, past_lengths=np.array(lengths), num_heads=hq, kv_num_heads=hkv,
+                                     rope=1, store=store)  # fmt: skip
+        y = t["output"].double().cpu().numpy()
+        tol = 4e-3 if dtype == "float16" else 5e-5
+        assert np.abs(y - y_ref).max() <= tol, (lengths, np.abs(y - y_ref).max(), plan["attention"]["reason"])
+        np.testing.assert_allclose(t["past_key"].double().cpu().numpy(), k_ref, atol=tol, rtol=tol)
+
+
+def test_unsupported_head_size_is_a_clear_error():
+    case = gc.Case("d320", q_heads=1, kv_heads=1, head_dim=320, seq=2)
+    gc.CASES_BY_ID.setdefault(case.id, case)
+    with pytest.raises(lib.GqaCudaError, match="GroupQueryAttention: the CUDA kernels support head sizes up to 256"):
+        gt.run(case, "float16")
