@@ -9,7 +9,13 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from onnxattn.nn.reference import check_gqa_inputs, check_gqa_past_lengths, gqa_reference, sdpa_reference
+from onnxattn.nn.reference import (
+    check_gqa_inputs,
+    check_gqa_past_lengths,
+    gqa_reference,
+    paged_reference,
+    sdpa_reference,
+)
 
 
 def _register_recompute_autograd(op, reference: Callable, num_tensors: int, attr_names: Sequence[str],
@@ -132,4 +138,40 @@ def _(query, key, value, past_key, past_value, past_lengths, position_ids, q_nor
 
 
 _register_recompute_autograd(group_query_attention, gqa_reference, len(GQA_TENSORS), GQA_ATTRS,
+                             differentiable_outputs=(0, 1, 2))
+
+
+# ---- PagedAttention ----
+
+PAGED_TENSORS = ("query", "key", "value", "key_cache", "value_cache", "block_table", "cu_seqlens_q", "seq_lens",
+                 "position_ids", "q_norm_weight", "k_norm_weight", "rope_inv_freq")
+
+
+@torch.library.custom_op("onnxattn::paged_attention", mutates_args=())
+def paged_attention(
+    query: Tensor, key: Tensor, value: Tensor, key_cache: Tensor, value_cache: Tensor,
+    block_table: Tensor, cu_seqlens_q: Tensor, seq_lens: Tensor, position_ids: Optional[Tensor],
+    q_norm_weight: Optional[Tensor], k_norm_weight: Optional[Tensor], rope_inv_freq: Optional[Tensor],
+    num_heads: int, kv_num_heads: int, causal: bool, window: int, softcap: float, scale: float,
+    rope: bool, rope_base: float, rotary_dim: int, rope_interleaved: bool, rope_attention_scaling: float,
+    qk_norm_epsilon: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    # the updated pools are new tensors (paged_reference writes into copies): outputs may not alias inputs
+    attrs = dict(zip(GQA_ATTRS, (num_heads, kv_num_heads, causal, window, softcap, scale, rope, rope_base,
+                                 rotary_dim, rope_interleaved, rope_attention_scaling, qk_norm_epsilon)))
+    out, key_out, value_out = paged_reference(query, key, value, key_cache, value_cache, block_table, cu_seqlens_q,
+                                              seq_lens, position_ids, q_norm_weight, k_norm_weight, rope_inv_freq,
+                                              **attrs)
+    return out.contiguous(), key_out, value_out
+
+
+@paged_attention.register_fake
+def _(query, key, value, key_cache, value_cache, block_table, cu_seqlens_q, seq_lens, position_ids, q_norm_weight,
+      k_norm_weight, rope_inv_freq, num_heads, kv_num_heads, *attrs):
+    dv = value.shape[1] // kv_num_heads
+    return (query.new_empty((query.shape[0], num_heads * dv)), key_cache.new_empty(key_cache.shape),
+            value_cache.new_empty(value_cache.shape))
+
+
+_register_recompute_autograd(paged_attention, paged_reference, len(PAGED_TENSORS), GQA_ATTRS,
                              differentiable_outputs=(0, 1, 2))

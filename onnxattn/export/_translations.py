@@ -8,13 +8,14 @@ import torch
 
 from onnxattn.export import _torch_ops  # noqa: F401  (defines torch.ops.onnxattn.*)
 from onnxattn.export._torch_ops import GQA_ATTRS
-from onnxattn.ops import DOMAIN, OPSET_VERSION, gqa, sdpa
+from onnxattn.ops import DOMAIN, OPSET_VERSION, gqa, paged, sdpa
 
 _OPSET = onnxscript.values.Opset(DOMAIN, OPSET_VERSION)
 # The exporter sizes a node's outputs by its schema, so each output count gets its own schema view.
 _SDPA = onnxscript.values.Op(_OPSET, sdpa.NAME, sdpa.SPEC.onnx_schema(num_outputs=1))
 _SDPA_LSE = onnxscript.values.Op(_OPSET, sdpa.NAME, sdpa.SPEC.onnx_schema(num_outputs=2))
 _GQA = onnxscript.values.Op(_OPSET, gqa.NAME, gqa.SPEC.onnx_schema())
+_PAGED = onnxscript.values.Op(_OPSET, paged.NAME, paged.SPEC.onnx_schema())
 
 
 def _sdpa_attrs(causal, window, band, scale, softcap):
@@ -38,8 +39,19 @@ def _gqa(query, key, value, past_key=None, past_value=None, past_lengths=None, p
                 rope_inv_freq, attention_mask, **onnx_attrs)
 
 
+def _paged(query, key, value, key_cache, value_cache, block_table, cu_seqlens_q, seq_lens, position_ids=None,
+           q_norm_weight=None, k_norm_weight=None, rope_inv_freq=None, *attrs):
+    # every attribute explicit (onnx.reference ignores function defaults); unused cache outputs are
+    # dropped later by attach_functions
+    kinds = {a.name: a.kind for a in paged.SPEC.attrs}
+    onnx_attrs = {name: int(v) if kinds[name] == "int" else float(v) for name, v in zip(GQA_ATTRS, attrs)}
+    return _PAGED(query, key, value, key_cache, value_cache, block_table, cu_seqlens_q, seq_lens, position_ids,
+                  q_norm_weight, k_norm_weight, rope_inv_freq, **onnx_attrs)
+
+
 TRANSLATIONS = {
     torch.ops.onnxattn.scaled_dot_product_attention.default: _sdpa,
     torch.ops.onnxattn.scaled_dot_product_attention_lse.default: _sdpa_lse,
     torch.ops.onnxattn.group_query_attention.default: _gqa,
+    torch.ops.onnxattn.paged_attention.default: _paged,
 }

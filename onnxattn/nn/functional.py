@@ -68,3 +68,76 @@ def group_query_attention(
         float(scale or 0.0), bool(rope), float(rope_base), int(rotary_dim), bool(rope_interleaved),
         float(rope_attention_scaling), float(qk_norm_epsilon),
     )
+
+
+def paged_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    block_table: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    seq_lens: torch.Tensor,
+    position_ids: torch.Tensor | None = None,
+    q_norm_weight: torch.Tensor | None = None,
+    k_norm_weight: torch.Tensor | None = None,
+    rope_inv_freq: torch.Tensor | None = None,
+    *,
+    num_heads: int,
+    kv_num_heads: int,
+    causal: bool = True,
+    window: int = 0,
+    softcap: float = 0.0,
+    scale: float | None = None,
+    rope: bool = False,
+    rope_base: float = 10000.0,
+    rotary_dim: int = 0,
+    rope_interleaved: bool = False,
+    rope_attention_scaling: float = 1.0,
+    qk_norm_epsilon: float = 1e-6,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """onnxattn::PagedAttention on a ragged batch of packed tokens: query [T,Hq*D], key [T,Hkv*D], value
+    [T,Hkv*Dv] (sequence b owns rows cu_seqlens_q[b] .. cu_seqlens_q[b+1]-1, int32 [B+1]) over block pools
+    key_cache/value_cache [num_blocks, block_size, Hkv, D|Dv] listed per sequence by block_table [B, max_blocks]
+    int32; seq_lens [B] int32 counts each sequence's keys including its new tokens. Returns (output [T,Hq*Dv],
+    key_cache_out, value_cache_out): the pools with the new tokens written (new tensors in torch; the kernel
+    updates them in place). Attributes as in group_query_attention; see docs/ops.md."""
+    return torch.ops.onnxattn.paged_attention(
+        query, key, value, key_cache, value_cache, block_table, cu_seqlens_q, seq_lens, position_ids, q_norm_weight,
+        k_norm_weight, rope_inv_freq, int(num_heads), int(kv_num_heads), bool(causal), int(window), float(softcap),
+        float(scale or 0.0), bool(rope), float(rope_base), int(rotary_dim), bool(rope_interleaved),
+        float(rope_attention_scaling), float(qk_norm_epsilon),
+    )
+
+
+def multi_head_latent_attention(
+    query: torch.Tensor,
+    latent: torch.Tensor,
+    k_rope: torch.Tensor,
+    w_uk: torch.Tensor,
+    w_uv: torch.Tensor,
+    past_latent: torch.Tensor | None = None,
+    past_k_rope: torch.Tensor | None = None,
+    past_lengths: torch.Tensor | None = None,
+    position_ids: torch.Tensor | None = None,
+    rope_inv_freq: torch.Tensor | None = None,
+    *,
+    num_heads: int,
+    causal: bool = True,
+    window: int = 0,
+    softcap: float = 0.0,
+    scale: float | None = None,
+    rope_base: float = 10000.0,
+    rope_interleaved: bool = False,
+    rope_attention_scaling: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """onnxattn::MultiHeadLatentAttention (DeepSeek-V2/V3 MLA) on query [B,S,H*(Dn+Dr)], the new tokens' latent
+    [B,S,R] and rope keys [B,S,Dr] (before RoPE), with up-projections w_uk [H,R,Dn] and w_uv [H,R,Dv]. Caches
+    past_latent [B,P,R] / past_k_rope [B,P,Dr] (or [B,1,P,.]; buffers with past_lengths). Returns (output
+    [B,S,H*Dv], present_latent, present_k_rope); scale None means 1/sqrt(Dn+Dr). See docs/ops.md."""
+    return torch.ops.onnxattn.multi_head_latent_attention(
+        query, latent, k_rope, w_uk, w_uv, past_latent, past_k_rope, past_lengths, position_ids, rope_inv_freq,
+        int(num_heads), bool(causal), int(window), float(softcap), float(scale or 0.0), float(rope_base),
+        bool(rope_interleaved), float(rope_attention_scaling),
+    )

@@ -253,6 +253,50 @@ def gqa_reference(
 # ---- PagedAttention ----
 
 
+def check_paged_inputs(tensors, attrs) -> None:
+    """The op's shape and attribute checks (onnxattn.ops.paged): ValueError naming the op and the input."""
+    from onnx import helper
+
+    from onnxattn.ops import TensorInfo, paged
+
+    float_inputs = (0, 1, 2, 3, 4, 9, 10)  # of the op's type T; index inputs are checked for shape only
+    infos = [None if t is None else TensorInfo(_ONNX_FLOAT_TYPES.get(t.dtype, 0) if i in float_inputs else 0,
+                                               tuple(t.shape)) for i, t in enumerate(tensors)]
+    kinds = {a.name: a.kind for a in paged.SPEC.attrs}
+    paged.SPEC.infer_node(infos, [helper.make_attribute(name, int(v) if kinds[name] == "int" else float(v))
+                                  for name, v in attrs.items()])
+
+
+def check_paged_layout(tokens: int, num_blocks: int, block_size: int, block_table: torch.Tensor,
+                       cu_seqlens_q: torch.Tensor, seq_lens: torch.Tensor) -> None:
+    """The index inputs' values, with the kernel's messages and in its order: every block the op reads or
+    writes exists, and every sequence's tokens fit in the rows and in its block table."""
+    name = "PagedAttention"
+    cu, lengths = cu_seqlens_q.tolist(), seq_lens.tolist()
+    if cu[0] != 0:
+        raise ValueError(f"{name}: input 'cu_seqlens_q' must start at 0, got {cu[0]}")
+    if cu[-1] != tokens:
+        raise ValueError(f"{name}: input 'cu_seqlens_q' must end at the token count T = {tokens}, got {cu[-1]}")
+    for b in range(len(lengths)):
+        if cu[b + 1] < cu[b]:
+            raise ValueError(f"{name}: input 'cu_seqlens_q' must not decrease, got {cu[b]} then {cu[b + 1]} at {b}")
+    max_blocks = block_table.shape[1]
+    capacity = max_blocks * block_size
+    for b, length in enumerate(lengths):
+        new = cu[b + 1] - cu[b]
+        if length < 0:
+            raise ValueError(f"{name}: input 'seq_lens' must be >= 0, got seq_lens[{b}] = {length}")
+        if length < new:
+            raise ValueError(f"{name}: seq_lens[{b}] = {length} is smaller than the sequence's {new} new tokens")
+        if length > capacity:
+            raise ValueError(f"{name}: seq_lens[{b}] = {length} is larger than its block table can hold "
+                             f"({max_blocks} blocks of {block_size} = {capacity})")
+        used = block_table[b, : (length + block_size - 1) // block_size].tolist()
+        for i, index in enumerate(used):
+            if not 0 <= index < num_blocks:
+                raise ValueError(f"{name}: block_table[{b}, {i}] = {index} is out of range [0, {num_blocks})")
+
+
 def paged_reference(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -282,7 +326,14 @@ def paged_reference(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Eager onnxattn::PagedAttention: (output [T, Hq*Dv], key_cache_out, value_cache_out). Each sequence
     runs as a GroupQueryAttention over its blocks gathered into a contiguous cache (the math the kernel
-    does without the gather)."""
+    does without the gather). Checks its inputs as the kernel does (ValueError naming the op and input)."""
+    tensors = (query, key, value, key_cache, value_cache, block_table, cu_seqlens_q, seq_lens, position_ids,
+               q_norm_weight, k_norm_weight, rope_inv_freq)
+    check_paged_inputs(tensors, dict(
+        num_heads=num_heads, kv_num_heads=kv_num_heads, causal=causal, window=window, softcap=softcap, scale=scale,
+        rope=rope, rope_base=rope_base, rotary_dim=rotary_dim, rope_interleaved=rope_interleaved,
+        rope_attention_scaling=rope_attention_scaling, qk_norm_epsilon=qk_norm_epsilon))
+    check_paged_layout(query.shape[0], key_cache.shape[0], key_cache.shape[1], block_table, cu_seqlens_q, seq_lens)
     block_size = key_cache.shape[1]
     cu = cu_seqlens_q.to(torch.int64).tolist()
     lengths = seq_lens.to(torch.int64).tolist()
@@ -306,4 +357,6 @@ def paged_reference(
         slots = blocks[torch.arange(past, total) // block_size] * block_size + torch.arange(past, total) % block_size
         key_out.view(-1, *key_cache.shape[2:])[slots] = present_k[0, :, past:].permute(1, 0, 2)
         value_out.view(-1, *value_cache.shape[2:])[slots] = present_v[0, :, past:].permute(1, 0, 2)
+    if not outputs:  # an empty batch
+        return query.new_zeros((0, num_heads * (value.shape[1] // kv_num_heads))), key_out, value_out
     return torch.cat(outputs, dim=0), key_out, value_out

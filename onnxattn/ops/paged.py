@@ -124,6 +124,8 @@ def infer(inputs: Sequence[TensorInfo | None], attrs: Mapping[str, Any]) -> list
         if dims_differ(s[2], hkv) or dims_differ(s[3], width):
             raise OpError(f"{NAME}: input '{name}' must be [num_blocks, block_size, Hkv, {width}] with Hkv = {hkv}, "
                           f"got {info.shape_str()}")
+    if isinstance(kc[1], int) and kc[1] < 1:
+        raise OpError(f"{NAME}: input 'key_cache' must have block_size >= 1, got {key_cache.shape_str()}")
     if dims_differ(kc[0], vc[0]) or dims_differ(kc[1], vc[1]):
         raise OpError(f"{NAME}: key_cache {key_cache.shape_str()} and value_cache {value_cache.shape_str()} must "
                       f"have the same blocks")

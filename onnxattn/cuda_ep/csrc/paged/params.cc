@@ -88,10 +88,15 @@ Layout check_layout(const Params& p, const int32_t* table, const int32_t* cu, co
   if (cu[p.batch] != p.tokens) {
     fail(kOpName, ": input 'cu_seqlens_q' must end at the token count T = ", p.tokens, ", got ", cu[p.batch]);
   }
+  // All of cu_seqlens_q first: with it non-decreasing from 0 to T, every row index below is in [0, T).
+  for (int64_t b = 0; b < p.batch; ++b) {
+    if (cu[b + 1] < cu[b]) {
+      fail(kOpName, ": input 'cu_seqlens_q' must not decrease, got ", cu[b], " then ", cu[b + 1], " at ", b);
+    }
+  }
   const int64_t capacity = p.max_blocks * p.block_size;
   for (int64_t b = 0; b < p.batch; ++b) {
     const int64_t begin = cu[b], end = cu[b + 1], length = seq_lens[b];
-    if (end < begin) fail(kOpName, ": input 'cu_seqlens_q' must not decrease, got ", begin, " then ", end, " at ", b);
     if (length < 0) fail(kOpName, ": input 'seq_lens' must be >= 0, got seq_lens[", b, "] = ", length);
     if (length < end - begin) {
       fail(kOpName, ": seq_lens[", b, "] = ", length, " is smaller than the sequence's ", end - begin, " new tokens");
