@@ -9,6 +9,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from onnxattn.nn.mla_reference import check_mla_inputs, check_mla_past_lengths, mla_reference
 from onnxattn.nn.reference import (
     check_gqa_inputs,
     check_gqa_past_lengths,
@@ -174,4 +175,47 @@ def _(query, key, value, key_cache, value_cache, block_table, cu_seqlens_q, seq_
 
 
 _register_recompute_autograd(paged_attention, paged_reference, len(PAGED_TENSORS), GQA_ATTRS,
+                             differentiable_outputs=(0, 1, 2))
+
+
+# ---- MultiHeadLatentAttention ----
+
+MLA_TENSORS = ("query", "latent", "k_rope", "w_uk", "w_uv", "past_latent", "past_k_rope", "past_lengths",
+               "position_ids", "rope_inv_freq")
+MLA_ATTRS = ("num_heads", "causal", "window", "softcap", "scale", "rope_base", "rope_interleaved",
+             "rope_attention_scaling")
+
+
+@torch.library.custom_op("onnxattn::multi_head_latent_attention", mutates_args=())
+def multi_head_latent_attention(
+    query: Tensor, latent: Tensor, k_rope: Tensor, w_uk: Tensor, w_uv: Tensor,
+    past_latent: Optional[Tensor], past_k_rope: Optional[Tensor], past_lengths: Optional[Tensor],
+    position_ids: Optional[Tensor], rope_inv_freq: Optional[Tensor],
+    num_heads: int, causal: bool, window: int, softcap: float, scale: float, rope_base: float,
+    rope_interleaved: bool, rope_attention_scaling: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    tensors = (query, latent, k_rope, w_uk, w_uv, past_latent, past_k_rope, past_lengths, position_ids, rope_inv_freq)
+    attrs = dict(zip(MLA_ATTRS, (num_heads, causal, window, softcap, scale, rope_base, rope_interleaved,
+                                 rope_attention_scaling)))
+    check_mla_inputs(tensors, attrs)
+    check_mla_past_lengths(query, past_latent, past_lengths)
+    outputs = mla_reference(*tensors, **attrs)
+    # without a past the present latent is the input itself: outputs may not alias inputs
+    return tuple(_unaliased(t.contiguous(), (latent, k_rope, past_latent, past_k_rope)) for t in outputs)
+
+
+@multi_head_latent_attention.register_fake
+def _(query, latent, k_rope, w_uk, w_uv, past_latent, past_k_rope, past_lengths, position_ids, rope_inv_freq,
+      num_heads, *attrs):
+    b, s = query.shape[0], query.shape[1]
+    if past_latent is None:
+        lead, total = (b,), s
+    else:
+        lead = tuple(past_latent.shape[:-2])
+        total = past_latent.shape[-2] if past_lengths is not None else past_latent.shape[-2] + s
+    return (query.new_empty((b, s, num_heads * w_uv.shape[2])), latent.new_empty((*lead, total, latent.shape[2])),
+            k_rope.new_empty((*lead, total, k_rope.shape[2])))
+
+
+_register_recompute_autograd(multi_head_latent_attention, mla_reference, len(MLA_TENSORS), MLA_ATTRS,
                              differentiable_outputs=(0, 1, 2))

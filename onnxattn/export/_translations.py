@@ -7,8 +7,8 @@ import onnxscript
 import torch
 
 from onnxattn.export import _torch_ops  # noqa: F401  (defines torch.ops.onnxattn.*)
-from onnxattn.export._torch_ops import GQA_ATTRS
-from onnxattn.ops import DOMAIN, OPSET_VERSION, gqa, paged, sdpa
+from onnxattn.export._torch_ops import GQA_ATTRS, MLA_ATTRS
+from onnxattn.ops import DOMAIN, OPSET_VERSION, gqa, mla, paged, sdpa
 
 _OPSET = onnxscript.values.Opset(DOMAIN, OPSET_VERSION)
 # The exporter sizes a node's outputs by its schema, so each output count gets its own schema view.
@@ -16,6 +16,7 @@ _SDPA = onnxscript.values.Op(_OPSET, sdpa.NAME, sdpa.SPEC.onnx_schema(num_output
 _SDPA_LSE = onnxscript.values.Op(_OPSET, sdpa.NAME, sdpa.SPEC.onnx_schema(num_outputs=2))
 _GQA = onnxscript.values.Op(_OPSET, gqa.NAME, gqa.SPEC.onnx_schema())
 _PAGED = onnxscript.values.Op(_OPSET, paged.NAME, paged.SPEC.onnx_schema())
+_MLA = onnxscript.values.Op(_OPSET, mla.NAME, mla.SPEC.onnx_schema())
 
 
 def _sdpa_attrs(causal, window, band, scale, softcap):
@@ -49,9 +50,18 @@ def _paged(query, key, value, key_cache, value_cache, block_table, cu_seqlens_q,
                   q_norm_weight, k_norm_weight, rope_inv_freq, **onnx_attrs)
 
 
+def _mla(query, latent, k_rope, w_uk, w_uv, past_latent=None, past_k_rope=None, past_lengths=None,
+         position_ids=None, rope_inv_freq=None, *attrs):
+    kinds = {a.name: a.kind for a in mla.SPEC.attrs}
+    onnx_attrs = {name: int(v) if kinds[name] == "int" else float(v) for name, v in zip(MLA_ATTRS, attrs)}
+    return _MLA(query, latent, k_rope, w_uk, w_uv, past_latent, past_k_rope, past_lengths, position_ids,
+                rope_inv_freq, **onnx_attrs)
+
+
 TRANSLATIONS = {
     torch.ops.onnxattn.scaled_dot_product_attention.default: _sdpa,
     torch.ops.onnxattn.scaled_dot_product_attention_lse.default: _sdpa_lse,
     torch.ops.onnxattn.group_query_attention.default: _gqa,
     torch.ops.onnxattn.paged_attention.default: _paged,
+    torch.ops.onnxattn.multi_head_latent_attention.default: _mla,
 }

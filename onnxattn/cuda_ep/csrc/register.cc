@@ -13,6 +13,7 @@
 #include "common/ort_adapter.h"
 #include "sdpa/cpu_kernel.h"
 #include "gqa/op.h"
+#include "mla/op.h"
 #include "paged/op.h"
 #include "sdpa/op.h"
 
@@ -45,6 +46,9 @@ void add_all_ops(Ort::CustomOpDomain& domain) {
   domain.Add(paged::cpu_op<float>());
   domain.Add(paged::cpu_op<Float16>());
   domain.Add(paged::cpu_op<BFloat16>());
+  domain.Add(mla::cpu_op<float>());
+  domain.Add(mla::cpu_op<Float16>());
+  domain.Add(mla::cpu_op<BFloat16>());
 #ifdef ONNXATTN_WITH_CUDA
   if (cuda_kernels_enabled()) {
     domain.Add(sdpa::cuda_op<float>());

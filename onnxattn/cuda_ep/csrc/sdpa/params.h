@@ -89,6 +89,9 @@ struct Tensors {
   const T* additive_mask = nullptr;  // MaskKind::kAdditive: added to the scores
   T* y = nullptr;
   float* lse = nullptr;  // only when Params::want_lse
+  // Instead of y: the output in float32 at y's strides (CPU; fused ops that project the result further,
+  // e.g. MLA's latent output times W_UV, so 16-bit types round only once, at the end).
+  float* y_float = nullptr;
   // Per-batch overrides of the uniform layout (fused ops with KV caches; null otherwise):
   const int64_t* query_offsets = nullptr;  // [B] key position of query row 0 (instead of Skv - Sq)
   const int64_t* kv_lengths = nullptr;     // [B] valid keys (instead of Skv)

@@ -1,0 +1,301 @@
+#include "mla/cpu_kernel.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <memory>
+#include <type_traits>
+#include <vector>
+
+#include "common/errors.h"
+#include "gqa/new_tokens.h"
+#include "mla/cpu_linear.h"
+#include "sdpa/cpu_kernel.h"
+
+namespace onnxattn::mla {
+namespace {
+
+using Buffer = std::unique_ptr<float[]>;
+
+Buffer floats(int64_t count) { return Buffer(new float[size_t(std::max<int64_t>(count, 1))]); }
+
+// `src` as float32: itself for float inputs, else converted into `storage`.
+template <typename T>
+const float* as_float(const T* src, int64_t count, Buffer& storage, const ParallelFor& parallel_for) {
+  if constexpr (std::is_same_v<T, float>) {
+    (void)count, (void)storage, (void)parallel_for;
+    return src;
+  } else {
+    storage = floats(count);
+    float* dst = storage.get();
+    constexpr int64_t kChunk = 1 << 14;
+    parallel_for((count + kChunk - 1) / kChunk, [&](int64_t c) {
+      const int64_t end = std::min(count, (c + 1) * kChunk);
+      for (int64_t i = c * kChunk; i < end; ++i) dst[i] = to_float(src[i]);
+    });
+    return dst;
+  }
+}
+
+// What every call needs before attention: where each sequence's new tokens go, how many keys it has,
+// the caches holding past and new tokens, and the prepared (rotated) rope part of the queries.
+template <typename T>
+struct Prepared {
+  std::vector<int64_t> past;   // [B] key position of the first query (= slot of the first new token)
+  std::vector<int64_t> valid;  // [B] valid keys
+  Buffer q_rope;               // [B, S, H, Dr] float: the queries' rope part after RoPE
+};
+
+template <typename T>
+Prepared<T> prepare(const Params& p, const Tensors<T>& t, const ParallelFor& parallel_for) {
+  const int64_t B = p.batch, S = p.seq, H = p.heads, R = p.rank, Dr = p.rope_dim, M = p.total;
+  const int64_t Dq = p.query_width();
+  Prepared<T> out;
+  out.past.assign(size_t(B), p.past);
+  if (p.mode == CacheMode::kShared) {
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t len = t.past_lengths[b];
+      if (len < 0 || len + S > M) {
+        fail(kOpName, ": past_lengths[", b, "] = ", len, " is out of range: the buffers hold ", M,
+             " tokens, so with ", S, " new tokens it must be in [0, ", M - S, "]");
+      }
+      out.past[size_t(b)] = len;
+    }
+  }
+  out.valid.resize(size_t(B));
+  for (int64_t b = 0; b < B; ++b) out.valid[size_t(b)] = p.mode == CacheMode::kShared ? out.past[size_t(b)] + S : M;
+
+  // The past part of the caches, unless the present already is the past buffer (updated in place).
+  auto copy_past = [&](const T* src, T* dst, int64_t width) {
+    if (src == nullptr || src == dst) return;
+    const int64_t src_len = p.mode == CacheMode::kConcat ? p.past : M;
+    parallel_for(B, [&](int64_t b) {
+      std::memcpy(dst + b * M * width, src + b * src_len * width, size_t(src_len * width) * sizeof(T));
+    });
+  };
+  if (p.mode != CacheMode::kNone) {
+    copy_past(t.past_latent, t.present_latent, R);
+    copy_past(t.past_k_rope, t.present_k_rope, Dr);
+  }
+
+  // New tokens: latent into its slot as given, the rope key rotated (rounded to T), the queries' rope parts
+  // rotated into float scratch.
+  gqa::TokenPrep rope;
+  rope.interleaved = p.rope_interleaved;
+  rope.attention_scaling = p.rope_attention_scaling;
+  rope.set_rope(Dr, p.rope_base, p.has_inv_freq ? t.inv_freq : nullptr);
+  out.q_rope = floats(B * S * H * Dr);
+  float* const q_rope = out.q_rope.get();
+  const int64_t half = Dr / 2;
+  parallel_for(B * S, [&](int64_t token) {
+    const int64_t b = token / S, s = token % S, slot = out.past[size_t(b)] + s;
+    const int64_t position = p.has_position_ids ? t.position_ids[token] : slot;
+    std::vector<float> cos(static_cast<size_t>(half)), sin(static_cast<size_t>(half)), row(static_cast<size_t>(Dr));
+    for (int64_t i = 0; i < half; ++i) {
+      const float angle = float(position) * rope.inv_freq[size_t(i)];
+      cos[size_t(i)] = std::cos(angle) * rope.attention_scaling;
+      sin[size_t(i)] = std::sin(angle) * rope.attention_scaling;
+    }
+    std::memcpy(t.present_latent + (b * M + slot) * R, t.latent + token * R, size_t(R) * sizeof(T));
+    for (int64_t x = 0; x < Dr; ++x) row[size_t(x)] = to_float(t.k_rope[token * Dr + x]);
+    gqa::detail::rotate(row.data(), cos.data(), sin.data(), half, rope.interleaved);
+    T* key = t.present_k_rope + (b * M + slot) * Dr;
+    for (int64_t x = 0; x < Dr; ++x) key[x] = from_float<T>(row[size_t(x)]);
+    for (int64_t h = 0; h < H; ++h) {
+      const T* src = t.query + (token * H + h) * Dq + p.nope_dim;
+      float* dst = q_rope + (token * H + h) * Dr;
+      for (int64_t x = 0; x < Dr; ++x) dst[x] = to_float(src[x]);
+      gqa::detail::rotate(dst, cos.data(), sin.data(), half, rope.interleaved);
+    }
+  });
+  return out;
+}
+
+// Rounds the float output [B, S, H*Dv] to T.
+template <typename T>
+void store_output(const Params& p, const float* src, T* dst, const ParallelFor& parallel_for) {
+  const int64_t width = p.heads * p.v_head_dim;
+  parallel_for(p.batch * p.seq, [&](int64_t token) {
+    for (int64_t e = 0; e < width; ++e) dst[token * width + e] = from_float<T>(src[token * width + e]);
+  });
+}
+
+// output [B, S, H*Dv] = y [B, S, H, R] . W_UV[h] (float), in blocks of queries per head.
+template <typename T>
+void project_output(const Params& p, const float* y, int64_t y_width, const float* w_uv, T* output,
+                    const ParallelFor& parallel_for) {
+  constexpr int64_t kRows = 16;
+  const int64_t H = p.heads, S = p.seq, Dv = p.v_head_dim, blocks = (S + kRows - 1) / kRows;
+  Buffer storage;
+  float* out = nullptr;
+  if constexpr (std::is_same_v<T, float>) {
+    out = output;
+  } else {
+    storage = floats(p.batch * S * H * Dv);
+    out = storage.get();
+  }
+  parallel_for(p.batch * H * blocks, [&](int64_t item) {
+    const int64_t b = item / (H * blocks), h = item / blocks % H, s0 = item % blocks * kRows;
+    const int64_t first = (b * S + s0) * H + h;
+    matmul(y + first * y_width, H * y_width, std::min(kRows, S - s0), y_width, w_uv + h * y_width * Dv, Dv, Dv,
+           out + first * Dv, H * Dv);
+  });
+  if constexpr (!std::is_same_v<T, float>) store_output(p, out, output, parallel_for);
+}
+
+// The attention core's view of MLA: Hkv = 1 (absorbed) or one KV head per head (expanded).
+sdpa::Params core_params(const Params& p, int64_t batch, int64_t q_heads, int64_t kv_heads, int64_t kv_len,
+                         int64_t head_dim, int64_t k_split, int64_t v_head_dim) {
+  sdpa::Params a;
+  a.batch = batch;
+  a.q_heads = q_heads;
+  a.kv_heads = kv_heads;
+  a.q_len = p.seq;
+  a.kv_len = kv_len;
+  a.head_dim = head_dim;
+  a.v_head_dim = v_head_dim;
+  a.k_split = k_split;
+  a.scale = p.scale;
+  a.softcap = p.softcap;
+  a.structure.causal = p.causal;
+  a.structure.window = p.window;
+  a.structure.query_offset = p.past;
+  return a;
+}
+
+// Absorbed: attention over the latent rows [latent ; k_rope] (R + Dr) shared by every head.
+template <typename T>
+void run_absorbed(const Params& p, const Tensors<T>& t, Prepared<T>& prep, const ParallelFor& parallel_for) {
+  const int64_t B = p.batch, S = p.seq, H = p.heads, R = p.rank, Dn = p.nope_dim, Dr = p.rope_dim;
+  const int64_t Dv = p.v_head_dim, M = p.total, Dq = p.query_width(), Dk = R + Dr;
+  Buffer w_uk_storage, w_uv_storage;
+  const float* w_uk = as_float(t.w_uk, H * R * Dn, w_uk_storage, parallel_for);
+  const float* w_uv = as_float(t.w_uv, H * R * Dv, w_uv_storage, parallel_for);
+
+  // q_abs [B, S, H, R + Dr] = [q_nope . W_UK[h]^T ; rotated q_rope]
+  Buffer q_abs = floats(B * S * H * Dk);
+  parallel_for(B * S * H, [&](int64_t item) {
+    const int64_t h = item % H;
+    std::vector<float> nope(static_cast<size_t>(Dn));
+    const T* src = t.query + item * Dq;
+    for (int64_t x = 0; x < Dn; ++x) nope[size_t(x)] = to_float(src[x]);
+    float* dst = q_abs.get() + item * Dk;
+    dot_rows(nope.data(), w_uk + h * R * Dn, R, Dn, Dn, dst);
+    std::memcpy(dst + R, prep.q_rope.get() + item * Dr, size_t(Dr) * sizeof(float));
+  });
+
+  // Attention of every head over the one latent "KV head"; float output [B, S, H, R].
+  Buffer latent_out = floats(B * S * H * R);
+  sdpa::Params a = core_params(p, B, H, 1, M, Dk, R, R);
+  a.q_strides = {S * H * Dk, Dk, H * Dk};
+  a.k_strides = {M * R, 0, R};
+  a.v_strides = {M * R, 0, R};
+  a.k_tail_strides = {M * Dr, 0, Dr};
+  a.y_strides = {S * H * R, R, H * R};
+  sdpa::Tensors<T, float> at;
+  at.q = q_abs.get();
+  at.k = t.present_latent;
+  at.v = t.present_latent;
+  at.k_tail = t.present_k_rope;
+  at.y_float = latent_out.get();
+  if (p.mode == CacheMode::kShared) {
+    at.query_offsets = prep.past.data();
+    at.kv_lengths = prep.valid.data();
+  }
+  sdpa::run_cpu<T, float>(a, at, parallel_for);  // T = float: the core's float instantiation
+
+  // output [B, S, H*Dv] = latent output . W_UV[h], blocks of queries per head (W_UV[h] read once per block)
+  project_output(p, latent_out.get(), R, w_uv, t.output, parallel_for);
+}
+
+// Expanded: per sequence and group of heads, K_h = latent . W_UK[h] and V_h = latent . W_UV[h] for the keys
+// some query sees, then attention with Hkv = H (the rope keys as the split tail of every head's K rows).
+template <typename T>
+void run_expanded(const Params& p, const Tensors<T>& t, Prepared<T>& prep, const ParallelFor& parallel_for) {
+  const int64_t B = p.batch, S = p.seq, H = p.heads, R = p.rank, Dn = p.nope_dim, Dr = p.rope_dim;
+  const int64_t Dv = p.v_head_dim, M = p.total, Dq = p.query_width();
+  Buffer w_uk_storage, w_uv_storage;
+  const float* w_uk = as_float(t.w_uk, H * R * Dn, w_uk_storage, parallel_for);
+  const float* w_uv = as_float(t.w_uv, H * R * Dv, w_uv_storage, parallel_for);
+
+  // q_full [B, S, H, Dn + Dr] = [q_nope ; rotated q_rope]; output in float [B, S, H, Dv]
+  Buffer q_full = floats(B * S * H * Dq);
+  parallel_for(B * S * H, [&](int64_t item) {
+    const T* src = t.query + item * Dq;
+    float* dst = q_full.get() + item * Dq;
+    for (int64_t x = 0; x < Dn; ++x) dst[x] = to_float(src[x]);
+    std::memcpy(dst + Dn, prep.q_rope.get() + item * Dr, size_t(Dr) * sizeof(float));
+  });
+  Buffer storage;  // float output [B, S, H, Dv]: the node's output itself for float
+  float* out = nullptr;
+  if constexpr (std::is_same_v<T, float>) {
+    out = t.output;
+  } else {
+    storage = floats(B * S * H * Dv);
+    out = storage.get();
+  }
+
+  constexpr int64_t kBudgetFloats = int64_t(64) << 20 >> 2;  // 64 MiB of expanded K/V at a time
+  constexpr int64_t kRowBlock = 64;
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t past = prep.past[size_t(b)], keys = prep.valid[size_t(b)];
+    // keys before the earliest one any query sees are never expanded (sliding windows)
+    StructuralMask structure;
+    structure.causal = p.causal;
+    structure.window = p.window;
+    structure.query_offset = past;
+    const int64_t first = S > 0 ? std::min(structure.visible_keys(0, keys).begin, keys) : keys;
+    const int64_t count = keys - first;
+    Buffer lat_storage, rope_storage;
+    const float* lat = as_float(t.present_latent + b * M * R, keys * R, lat_storage, parallel_for);
+    const float* rope = as_float(t.present_k_rope + b * M * Dr, keys * Dr, rope_storage, parallel_for);
+    const int64_t chunk = std::clamp<int64_t>(kBudgetFloats / std::max<int64_t>(1, keys * (Dn + Dv)), 1, H);
+    Buffer k_exp = floats(chunk * keys * Dn), v_exp = floats(chunk * keys * Dv);
+    for (int64_t h0 = 0; h0 < H; h0 += chunk) {
+      const int64_t hc = std::min(chunk, H - h0);
+      const int64_t blocks = (count + kRowBlock - 1) / kRowBlock;
+      parallel_for(hc * blocks, [&](int64_t item) {
+        const int64_t h = item / blocks, j0 = first + (item % blocks) * kRowBlock;
+        const int64_t rows = std::min(kRowBlock, keys - j0);
+        matmul(lat + j0 * R, R, rows, R, w_uk + (h0 + h) * R * Dn, Dn, Dn, k_exp.get() + (h * keys + j0) * Dn, Dn);
+        matmul(lat + j0 * R, R, rows, R, w_uv + (h0 + h) * R * Dv, Dv, Dv, v_exp.get() + (h * keys + j0) * Dv, Dv);
+      });
+      sdpa::Params a = core_params(p, 1, hc, hc, keys, Dq, Dn, Dv);
+      a.structure.query_offset = past;
+      a.q_strides = {0, Dq, H * Dq};
+      a.k_strides = {0, keys * Dn, Dn};
+      a.v_strides = {0, keys * Dv, Dv};
+      a.k_tail_strides = {0, 0, Dr};
+      a.y_strides = {0, Dv, H * Dv};
+      sdpa::Tensors<float> at;
+      at.q = q_full.get() + (b * S * H + h0) * Dq;
+      at.k = k_exp.get();
+      at.v = v_exp.get();
+      at.k_tail = rope;
+      at.y = out + (b * S * H + h0) * Dv;
+      sdpa::run_cpu<float>(a, at, parallel_for);
+    }
+  }
+  if constexpr (!std::is_same_v<T, float>) store_output(p, out, t.output, parallel_for);
+}
+
+}  // namespace
+
+template <typename T>
+Path run_cpu(const Params& p, const Tensors<T>& t, const ParallelFor& parallel_for) {
+  Prepared<T> prep = prepare(p, t, parallel_for);
+  if (p.batch == 0 || p.seq == 0) return Path::kAbsorbed;
+  const Path path = choose_path(p, prep.past.data(), prep.valid.data());
+  if (path == Path::kExpanded) {
+    run_expanded(p, t, prep, parallel_for);
+  } else {
+    run_absorbed(p, t, prep, parallel_for);
+  }
+  return path;
+}
+
+template Path run_cpu<float>(const Params&, const Tensors<float>&, const ParallelFor&);
+template Path run_cpu<Float16>(const Params&, const Tensors<Float16>&, const ParallelFor&);
+template Path run_cpu<BFloat16>(const Params&, const Tensors<BFloat16>&, const ParallelFor&);
+
+}  // namespace onnxattn::mla

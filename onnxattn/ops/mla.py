@@ -1,0 +1,386 @@
+"""onnxattn::MultiHeadLatentAttention — DeepSeek-V2/V3 multi-head latent attention (MLA): RoPE of the
+decoupled rope part, the latent KV cache update and attention of every head over the shared latent cache,
+in one node."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import onnx
+from onnx import TensorProto
+
+from onnxattn.ops import _bodies as bodies
+from onnxattn.ops import gqa
+from onnxattn.ops._spec import (
+    FLOAT_TYPES,
+    Attr,
+    Dim,
+    FunctionBuilder,
+    Input,
+    OpError,
+    OpSpec,
+    Output,
+    TensorInfo,
+    TypeConstraint,
+    dims_differ,
+    finite,
+)
+
+NAME = "MultiHeadLatentAttention"
+I64, F32 = TensorProto.INT64, TensorProto.FLOAT
+
+SUMMARY = (
+    "output, present_latent?, present_k_rope? = MultiHeadLatentAttention(query [B,S,H*(Dn+Dr)], latent [B,S,R], "
+    "k_rope [B,S,Dr], w_uk [H,R,Dn], w_uv [H,R,Dv], past_latent?, past_k_rope?, past_lengths?, position_ids?, "
+    "rope_inv_freq?)"
+)
+
+DOC = """\
+The attention of a DeepSeek-V2/V3 layer after its down-projections. Per token the cache holds only the
+normalised latent `c_kv` (R values) and one rope key (Dr values) shared by every head — R + Dr values per
+token instead of H * (Dn + Dr + Dv). Per head h:
+
+1. split heads: `query [B,S,H*(Dn+Dr)]` -> `q [B,H,S,Dn+Dr]`, each head `[q_nope (Dn) ; q_rope (Dr)]`;
+2. RoPE at `position_ids` of `q_rope` and of the new `k_rope` (all Dr channels; half-split, or interleaved
+   pairs with `rope_interleaved=1` as DeepSeek checkpoints store them);
+3. the new `latent` and rope keys (after RoPE) are appended to the caches;
+4. keys `k_h[j] = [latent[j] @ w_uk[h] ; k_rope[j]]` (Dn + Dr), values `v_h[j] = latent[j] @ w_uv[h]` (Dv);
+5. attention of q over them (scale default `1/sqrt(Dn+Dr)`, softcap, causal and window as in
+   `GroupQueryAttention`); output `[B,S,H*Dv]`.
+
+torch equivalent (expanded form, concatenation mode):
+```python
+q = query.unflatten(-1, (H, Dn + Dr)).transpose(1, 2)
+q_nope, q_rope = q.split([Dn, Dr], -1)
+lat = torch.cat([past_latent, latent], 1)                          # present_latent [B, P+S, R]
+kr = torch.cat([past_k_rope, rope(k_rope, pos)], 1)                # present_k_rope [B, P+S, Dr]
+k = torch.cat([lat[:, None] @ w_uk, kr[:, None].expand(-1, H, -1, -1)], -1)   # [B, H, P+S, Dn+Dr]
+v = lat[:, None] @ w_uv                                            # [B, H, P+S, Dv]
+y = sdpa(torch.cat([q_nope, rope(q_rope, pos)], -1), k, v, causal=True)        # bottom-right aligned
+output = y.transpose(1, 2).flatten(2)
+```
+Kernels may instead use the *absorbed* form, which never materialises per-head keys: `q_lat = q_nope @
+w_uk[h]^T` (R), attention of `[q_lat ; q_rope]` over the R + Dr wide rows `[latent ; k_rope]` shared by all
+heads (one KV head), then `@ w_uv[h]`. It is the same function up to rounding; see the CPU kernel's notes in
+docs for which form it picks.
+
+**Weights.** `w_uk [H, R, Dn]` and `w_uv [H, R, Dv]` map the latent to each head's key and value: `k_nope =
+latent @ w_uk[h]`. From DeepSeek's `kv_b_proj.weight` ([H*(Dn+Dv), R]): `w = weight.view(H, Dn + Dv, R)`,
+`w_uk = w[:, :Dn].transpose(1, 2)`, `w_uv = w[:, Dn:].transpose(1, 2)`.
+
+**Cache layout.** `past_latent [B, P, R]` and `past_k_rope [B, P, Dr]`, or the same memory as
+`[B, 1, P, R]` / `[B, 1, P, Dr]` (BNSH with the one shared KV head: the layout of the decoder export and
+generation tooling). The present caches have the rank of the past ones (rank 3 without a past).
+
+**KV cache, two modes** (as in `GroupQueryAttention`).
+- *Concatenation* (no `past_lengths`): `present = concat(past, new)` along the sequence. Query i of every
+  batch sits at key position `P + i`.
+- *Shared buffer* (`past_lengths [B]` given): the pasts are preallocated buffers with `past_lengths[b]`
+  valid tokens; the new tokens are written at `past_lengths[b] .. past_lengths[b]+S-1` and the presents are
+  the same buffers (the library's kernel updates them in place and declares the aliasing to onnxruntime,
+  reading only the valid prefix). Query i of batch b sits at `past_lengths[b] + i`; later slots are hidden.
+
+**Visibility.** Query at key position p sees key j iff `j <= p` (`causal=1`), `p - window < j`
+(`window > 0`), and j is a valid key. A query that sees no key outputs zeros.
+
+**RoPE.** `inv_freq[i] = rope_base^(-2i/Dr)`, or the `rope_inv_freq` input (scaled RoPE such as the YaRN
+frequencies of DeepSeek-V3, with its attention factor in `rope_attention_scaling`, which multiplies cos
+and sin). Positions default to each query's key position.
+
+**Precision.** Computed in float32; the caches hold the input type and attention reads them back.
+"""
+
+OVERLOAD_DOC = (
+    "Overload names join the node's present optional parts with '+', in this order: `past` (past_latent and "
+    "past_k_rope), `shared` (past_lengths), `pos` (position_ids), `inv_freq`, `present` (present_latent and "
+    "present_k_rope outputs); past caches of rank 4 add `bnsh`. `shared` and `bnsh` require `past`. The "
+    "plain form is the default overload ''."
+)
+
+EXAMPLES = (
+    """\
+DeepSeek-V3-style decode step (128 heads, latent 512, rope keys 64, YaRN frequencies given):
+```python
+node = onnx.helper.make_node(
+    "MultiHeadLatentAttention",
+    ["q", "c_kv", "k_pe", "w_uk", "w_uv", "past_latent", "past_k_rope", "", "position_ids", "inv_freq"],
+    ["out", "present_latent", "present_k_rope"], domain="onnxattn",
+    num_heads=128, rope_interleaved=1, scale=0.1352)
+```""",
+    """\
+Torch module (DeepSeek form: low-rank query, RMSNorm on the latents, W_O) with an eager latent cache:
+```python
+from onnxattn.nn import LatentCache, MultiHeadLatentAttention
+attn = MultiHeadLatentAttention(model_dim=512, num_heads=8, kv_rank=128, q_rank=192, nope_head_dim=32,
+                                rope_head_dim=16, v_head_dim=32)
+cache = LatentCache()
+y = attn(x_prompt, cache=cache)        # prefill
+y = attn(x_next_token, cache=cache)    # decode: attention over the R + Dr wide latent rows
+```""",
+)
+
+FEATURES = ("past", "shared", "pos", "inv_freq", "present", "bnsh")
+_INPUT_OF_FEATURE = {"past": 5, "shared": 7, "pos": 8, "inv_freq": 9}
+
+
+def _all_overloads() -> tuple[str, ...]:
+    out = []
+    for flags in itertools.product((False, True), repeat=len(FEATURES)):
+        chosen = [f for f, on in zip(FEATURES, flags) if on]
+        if ("shared" in chosen or "bnsh" in chosen) and "past" not in chosen:
+            continue
+        out.append("+".join(chosen))
+    return tuple(out)
+
+
+OVERLOADS = _all_overloads()
+
+
+def _known(*dims: Dim) -> bool:
+    return all(isinstance(d, int) for d in dims)
+
+
+def infer(inputs: Sequence[TensorInfo | None], attrs: Mapping[str, Any]) -> list[TensorInfo]:
+    query, latent, k_rope, w_uk, w_uv, past_latent, past_k_rope, past_lengths, position_ids, inv_freq = inputs
+    heads = attrs["num_heads"]
+    if heads < 1:
+        raise OpError(f"{NAME}: attribute 'num_heads' is required and must be >= 1, got {heads}")
+    for name, info, layout in (("query", query, "[B, S, H*(Dn+Dr)]"), ("latent", latent, "[B, S, R]"),
+                               ("k_rope", k_rope, "[B, S, Dr]"), ("w_uk", w_uk, "[H, R, Dn]"),
+                               ("w_uv", w_uv, "[H, R, Dv]")):
+        if info.rank is not None and info.rank != 3:
+            raise OpError(f"{NAME}: input '{name}' must have rank 3 {layout}, got shape {info.shape_str()}")
+    qs, ls, ks, uk, uv = (x.shape or (None,) * 3 for x in (query, latent, k_rope, w_uk, w_uv))
+    batch, seq = qs[0], qs[1]
+    for name, info, s in (("latent", latent, ls), ("k_rope", k_rope, ks)):
+        if dims_differ(s[0], batch) or dims_differ(s[1], seq):
+            raise OpError(f"{NAME}: input '{name}' must have the batch and sequence dims of query "
+                          f"{query.shape_str()}, got shape {info.shape_str()}")
+    rank, rope_dim = ls[2], ks[2]
+    if _known(rope_dim) and (rope_dim < 2 or rope_dim % 2):
+        raise OpError(f"{NAME}: the rope head dim Dr (k_rope dim 2) must be even and >= 2 (RoPE rotates pairs), "
+                      f"got {rope_dim}")
+    for name, info, s, width in (("w_uk", w_uk, uk, "Dn"), ("w_uv", w_uv, uv, "Dv")):
+        if dims_differ(s[0], heads):
+            raise OpError(f"{NAME}: input '{name}' must be [H, R, {width}] with H = num_heads = {heads} heads, "
+                          f"got shape {info.shape_str()}")
+        if dims_differ(s[1], rank):
+            raise OpError(f"{NAME}: input '{name}' must be [H, R, {width}] with R = {rank} (the latent width, "
+                          f"latent dim 2), got shape {info.shape_str()}")
+        if _known(s[2]) and s[2] < 1:
+            raise OpError(f"{NAME}: input '{name}' must have {width} >= 1, got shape {info.shape_str()}")
+    nope_dim, v_dim = uk[2], uv[2]
+    if _known(qs[2], nope_dim, rope_dim) and qs[2] != heads * (nope_dim + rope_dim):
+        raise OpError(f"{NAME}: query width must be num_heads * (Dn + Dr) = {heads} * ({nope_dim} + {rope_dim}) = "
+                      f"{heads * (nope_dim + rope_dim)} (Dn from w_uk, Dr from k_rope), got shape {query.shape_str()}")
+    if _known(qs[2]) and qs[2] % heads:
+        raise OpError(f"{NAME}: query width {qs[2]} (dim 2) must be a multiple of num_heads ({heads})")
+
+    if (past_latent is None) != (past_k_rope is None):
+        raise OpError(f"{NAME}: inputs 'past_latent' and 'past_k_rope' must be given together")
+    cache_rank, past_len = 3, 0
+    if past_latent is not None:
+        ranks = {x.rank for x in (past_latent, past_k_rope)} - {None}
+        if not ranks <= {3, 4} or len(ranks) > 1:
+            raise OpError(f"{NAME}: inputs 'past_latent' and 'past_k_rope' must both be [B, P, .] or both "
+                          f"[B, 1, P, .], got {past_latent.shape_str()} and {past_k_rope.shape_str()}")
+        cache_rank = ranks.pop() if ranks else None
+        shapes = []
+        for name, info, width in (("past_latent", past_latent, rank), ("past_k_rope", past_k_rope, rope_dim)):
+            if info.shape is None:
+                shapes.append(None)
+                continue
+            s = info.shape if info.rank == 4 else (info.shape[0], 1, *info.shape[1:])
+            if dims_differ(s[0], batch) or dims_differ(s[1], 1) or dims_differ(s[3], width):
+                layout = "[B, 1, P, {0}] = [{1}, 1, P, {0}]" if info.rank == 4 else "[B, P, {0}] = [{1}, P, {0}]"
+                raise OpError(f"{NAME}: input '{name}' must be {layout.format(width, batch)}, got shape "
+                              f"{info.shape_str()}")
+            shapes.append(s)
+        if shapes[0] is not None and shapes[1] is not None and dims_differ(shapes[0][2], shapes[1][2]):
+            raise OpError(f"{NAME}: past_latent and past_k_rope must hold the same number of tokens, got "
+                          f"{past_latent.shape_str()} and {past_k_rope.shape_str()}")
+        past_len = next((s[2] for s in shapes if s is not None), None)
+    if past_lengths is not None:
+        if past_latent is None:
+            raise OpError(f"{NAME}: input 'past_lengths' (shared-buffer mode) needs past_latent and past_k_rope")
+        if past_lengths.rank is not None and (past_lengths.rank != 1 or dims_differ(past_lengths.shape[0], batch)):
+            raise OpError(f"{NAME}: input 'past_lengths' must be [B] = [{batch}], got {past_lengths.shape_str()}")
+    if position_ids is not None and position_ids.rank is not None:
+        ps = position_ids.shape
+        if position_ids.rank != 2 or dims_differ(ps[0], batch) or dims_differ(ps[1], seq):
+            raise OpError(f"{NAME}: input 'position_ids' must be [B, S] = [{batch}, {seq}], got "
+                          f"{position_ids.shape_str()}")
+    half = rope_dim // 2 if _known(rope_dim) else None
+    if inv_freq is not None and inv_freq.rank is not None and (inv_freq.rank != 1 or dims_differ(inv_freq.shape[0], half)):
+        raise OpError(f"{NAME}: input 'rope_inv_freq' must be [Dr / 2] = [{half}], got {inv_freq.shape_str()}")
+
+    if past_lengths is not None:
+        total = past_len
+    elif _known(past_len, seq):
+        total = past_len + seq
+    else:
+        total = None
+    elem = query.elem_type
+    out_width = heads * v_dim if _known(v_dim) else None
+
+    def cache(width: Dim) -> TensorInfo:
+        if cache_rank is None:
+            return TensorInfo(elem, None)
+        return TensorInfo(elem, (batch, 1, total, width) if cache_rank == 4 else (batch, total, width))
+
+    return [TensorInfo(elem, (batch, seq, out_width)), cache(rank), cache(rope_dim)]
+
+
+def signature(inputs: Sequence[TensorInfo | None], outputs_present: Sequence[bool]) -> str:
+    present = [f for f, index in _INPUT_OF_FEATURE.items() if index < len(inputs) and inputs[index] is not None]
+    if any(outputs_present[1:3]):
+        if not all(outputs_present[1:3]) or len(outputs_present) < 3:
+            raise OpError(f"{NAME}: outputs 'present_latent' and 'present_k_rope' must be requested together")
+        present.append("present")
+    if "past" in present and inputs[5].rank == 4:
+        present.append("bnsh")
+    elif "past" in present and inputs[5].rank is None:
+        # the function reshapes by rank, so the rank must be known when the overload is chosen
+        raise OpError(f"{NAME}: the rank of input 'past_latent' must be known (3: [B, P, R] or 4: [B, 1, P, R])")
+    return "+".join(f for f in FEATURES if f in present)
+
+
+def build_function(overload: str, opset: int) -> onnx.FunctionProto:
+    if overload not in OVERLOADS:
+        raise ValueError(f"{NAME}: unknown overload {overload!r}")
+    features = set(overload.split("+")) if overload else set()
+    f = FunctionBuilder(SPEC, overload, opset)
+    last = max([4] + [_INPUT_OF_FEATURE[x] + (1 if x == "past" else 0) for x in features if x in _INPUT_OF_FEATURE])
+    inputs = [spec_input.name for spec_input in SPEC.inputs[: last + 1]]
+    zero, one = f.const(0, I64), f.const(1, I64)
+    axis0, axis1 = f.const([0], I64), f.const([1], I64)
+
+    # heads: q [B, H, S, Dn+Dr] split into the nope and rope parts
+    shape = f.op("Concat", f.op("Shape", "query", start=0, end=2), f.op("Unsqueeze", f.attr("num_heads"), axis0),
+                 f.const([-1], I64), axis=0)
+    q = f.op("Transpose", f.op("Reshape", f.op("Cast", "query", to=F32), shape), perm=[0, 2, 1, 3])
+    rope_dim = f.op("Shape", "k_rope", start=2, end=3)  # [1]
+    nope_dim = f.op("Shape", "w_uk", start=2, end=3)
+    last_axis = f.const([-1], I64)
+    q_nope = f.op("Slice", q, f.const([0], I64), nope_dim, last_axis)
+    q_rope = f.op("Slice", q, nope_dim, f.const([2**62], I64), last_axis)
+
+    # key positions of the queries and RoPE
+    seq = f.op("Squeeze", f.op("Shape", "query", start=1, end=2))
+    steps = f.op("Unsqueeze", f.op("Range", zero, seq, one), axis0)  # [1, S]
+    if "shared" in features:
+        past_len = f.op("Unsqueeze", f.op("Cast", "past_lengths", to=I64), axis1)  # [B, 1]
+    elif "past" in features:
+        past_len = f.op("Shape", "past_latent", start=-2, end=-1)  # [1]
+    else:
+        past_len = f.const([0], I64)
+    query_pos = f.op("Add", past_len, steps)  # [B or 1, S]
+    positions = "position_ids" if "pos" in features else f.op(
+        "Expand", query_pos, f.op("Shape", "query", start=0, end=2))
+    rotary = f.op("Squeeze", rope_dim)
+    cos, sin = bodies.rope_tables(f, positions, rotary, "rope_inv_freq" if "inv_freq" in features else None)
+    q = f.op("Concat", q_nope, bodies.apply_rope(f, q_rope, cos, sin, rotary), axis=-1)
+    k_rope_new = bodies.apply_rope(f, f.op("Unsqueeze", f.op("Cast", "k_rope", to=F32), axis1), cos, sin, rotary)
+    k_rope_new = f.op("Squeeze", f.op("CastLike", k_rope_new, "k_rope"), axis1)  # [B, S, Dr]
+
+    # the caches, in the input type and the past's rank
+    if "past" in features:
+        def like_past(x):  # [B, S, .] -> [B, S, .] or [B, 1, S, .]
+            return f.op("Reshape", x, f.op("Concat", f.op("Shape", "past_latent", end=-2), f.op("Shape", x, start=1),
+                                           axis=0))
+
+        new_latent, new_rope = like_past("latent"), like_past(k_rope_new)
+        if "shared" in features:
+            def scatter(buffer, update):
+                index = like_past(f.op("Unsqueeze", f.op("Add", past_len, steps), last_axis))  # [B, (1,) S, 1]
+                return f.op("ScatterElements", buffer, f.op("Expand", index, f.op("Shape", update)), update, axis=-2)
+
+            present_latent, present_rope = scatter("past_latent", new_latent), scatter("past_k_rope", new_rope)
+        else:
+            present_latent = f.op("Concat", "past_latent", new_latent, axis=-2)
+            present_rope = f.op("Concat", "past_k_rope", new_rope, axis=-2)
+    else:
+        present_latent, present_rope = f.op("Identity", "latent"), k_rope_new
+
+    # expanded keys and values of every head: [B, H, T, .]
+    def as_bnsh(x):  # [B, (1,) T, .] -> [B, 1, T, .] float
+        dims = f.op("Concat", f.op("Shape", x, end=1), f.const([1], I64), f.op("Shape", x, start=-2), axis=0)
+        return f.op("Reshape", f.op("Cast", x, to=F32), dims)
+
+    latent_all, rope_all = as_bnsh(present_latent), as_bnsh(present_rope)
+    k_nope = f.op("MatMul", latent_all, f.op("Cast", "w_uk", to=F32))
+    v = f.op("MatMul", latent_all, f.op("Cast", "w_uv", to=F32))
+    k_rope_heads = f.op("Expand", rope_all, f.op("Concat", f.op("Shape", k_nope, end=3), rope_dim, axis=0))
+    k = f.op("Concat", k_nope, k_rope_heads, axis=-1)
+
+    total = f.op("Squeeze", f.op("Shape", latent_all, start=2, end=3))
+    j = f.op("Range", zero, total, one)  # [T]
+    p = f.op("Unsqueeze", query_pos, f.const([1, 3], I64))  # [B or 1, 1, S, 1]
+    visible = bodies.structural_visibility(f, p, j, band=False)
+    if "shared" in features:
+        valid = f.op("Add", past_len, f.op("Unsqueeze", seq, axis0))  # [B, 1]
+        visible = f.op("And", visible, f.op("Less", j, f.op("Unsqueeze", valid, f.const([2, 3], I64))))
+    out, _ = bodies.masked_softmax_attention(f, bodies.scores(f, q, k), visible, v)
+    out = f.op("Reshape", f.op("Transpose", out, perm=[0, 2, 1, 3]),
+               f.op("Concat", f.op("Shape", "query", start=0, end=2), f.const([-1], I64), axis=0))
+    f.nodes.append(onnx.helper.make_node("CastLike", [out, "query"], ["output"]))
+    outputs = ["output"]
+    if "present" in features:
+        f.nodes.append(onnx.helper.make_node("Identity", [present_latent], ["present_latent"]))
+        f.nodes.append(onnx.helper.make_node("Identity", [present_rope], ["present_k_rope"]))
+        outputs += ["present_latent", "present_k_rope"]
+    return f.build(inputs, outputs)
+
+
+_GQA_ATTRS = {a.name: a for a in gqa.ATTRS}
+ATTRS = (
+    _GQA_ATTRS["num_heads"],
+    _GQA_ATTRS["causal"],
+    _GQA_ATTRS["window"],
+    _GQA_ATTRS["softcap"],
+    Attr("scale", "float", 0.0, "Score scale; 0 means 1/sqrt(Dn + Dr) (DeepSeek-V3 with YaRN multiplies it by "
+         "mscale^2).", finite("0 = 1/sqrt(Dn + Dr)")),
+    _GQA_ATTRS["rope_base"],
+    Attr("rope_interleaved", "int", 0, "1: rotate interleaved pairs (2c, 2c+1) of the rope part (DeepSeek "
+         "checkpoints); 0: half-split pairs (c, c + Dr/2).", _GQA_ATTRS["rope_interleaved"].check),
+    _GQA_ATTRS["rope_attention_scaling"],
+)
+
+
+SPEC = OpSpec(
+    name=NAME,
+    summary=SUMMARY,
+    doc=DOC,
+    inputs=(
+        Input("query", "T", "Projected queries [B, S, H*(Dn+Dr)], each head [q_nope ; q_rope] (before RoPE)."),
+        Input("latent", "T", "Normalised latent c_kv of the new tokens [B, S, R]."),
+        Input("k_rope", "T", "Rope keys of the new tokens [B, S, Dr] (before RoPE), shared by every head."),
+        Input("w_uk", "T", "Latent-to-key up-projection [H, R, Dn]: k_nope = latent @ w_uk[h]."),
+        Input("w_uv", "T", "Latent-to-value up-projection [H, R, Dv]: v = latent @ w_uv[h]."),
+        Input("past_latent", "T", "Latent cache [B, P, R] (or [B, 1, P, R]), or the preallocated buffer "
+              "[B, M, R] in shared-buffer mode.", optional=True),
+        Input("past_k_rope", "T", "Rope-key cache [B, P, Dr] (after RoPE; or [B, 1, P, Dr]), or the buffer "
+              "[B, M, Dr].", optional=True),
+        Input("past_lengths", "tensor(int64)", "[B]: valid tokens in the buffers per sequence; selects the "
+              "shared-buffer mode.", optional=True),
+        Input("position_ids", "tensor(int64)", "[B, S] RoPE positions (default: each query's key position).",
+              optional=True),
+        Input("rope_inv_freq", "tensor(float)", "[Dr / 2] RoPE inverse frequencies (scaled RoPE such as YaRN); "
+              "default rope_base^(-2i/Dr).", optional=True),
+    ),
+    outputs=(
+        Output("output", "T", "Attention output [B, S, H*Dv]."),
+        Output("present_latent", "T", "[B, P+S, R] (rank of the past), or the updated buffer.", optional=True),
+        Output("present_k_rope", "T", "[B, P+S, Dr] (rank of the past), or the updated buffer.", optional=True),
+    ),
+    attrs=ATTRS,
+    type_constraints=(TypeConstraint("T", FLOAT_TYPES, "Activations, caches and weights."),),
+    infer=infer,
+    signature=signature,
+    build_function=build_function,
+    overloads=OVERLOADS,
+    overload_doc=OVERLOAD_DOC,
+    examples=EXAMPLES,
+)
