@@ -11,6 +11,7 @@ from onnxattn.nn.gqa import (
 )
 from onnxattn.nn.kv_cache import KVCache
 from onnxattn.nn.masks import AttentionMask, build_causal_sliding_window_mask
+from onnxattn.nn.paged_cache import BlockAllocator, PagedKVCache, PagedStep, PoolExhausted
 from onnxattn.nn.reference import apply_rope, gqa_reference, sdpa_reference
 from onnxattn.nn.rope import Rope, RopeScaling, positions_from_boundaries
 from onnxattn.nn.sdpa import ScaledDotProductAttention
@@ -18,10 +19,14 @@ from onnxattn.nn.sdpa import ScaledDotProductAttention
 __all__ = [
     "AttentionHead",
     "AttentionMask",
+    "BlockAllocator",
     "GlobalAttention",
     "GroupedQueryAttention",
     "KVCache",
     "LocalAttention",
+    "PagedKVCache",
+    "PagedStep",
+    "PoolExhausted",
     "Rope",
     "RopeScaling",
     "ScaledDotProductAttention",

@@ -7,6 +7,7 @@ from torch import nn
 
 from onnxattn.nn import functional as F
 from onnxattn.nn.kv_cache import KVCache
+from onnxattn.nn.paged_cache import PagedStep
 from onnxattn.nn.reference import apply_rope, rms_norm_heads
 from onnxattn.nn.rope import Rope, positions_from_boundaries
 
@@ -29,7 +30,7 @@ class GroupedQueryAttention(nn.Module):
     `causal` (False: bidirectional, BERT), `window` (causal sliding window), `softcap`, `scale`,
     `rope` (a Rope, or None for no rotary embedding, e.g. GPT-2/BERT), `max_positions` (positions must be
     below it), `qk_norm`, `merged_qkv` (one projection for Q, K and V: one MatMul + Split when exported),
-    `layer_idx` (this layer's slot in a KVCache)."""
+    `layer_idx` (this layer's slot in a KVCache or a PagedStep)."""
 
     def __init__(
         self,
@@ -120,11 +121,20 @@ class GroupedQueryAttention(nn.Module):
         attention_mask: torch.Tensor | None = None,
         doc_boundaries=None,
         return_present: bool = False,
+        paged: PagedStep | None = None,
     ):
         """x [B, S, model_dim]. The KV cache comes from `cache` (this layer's slot, updated in place) or from
         explicit `past_key`/`past_value` (with `past_lengths`: preallocated buffers, shared-buffer mode).
         `attention_mask` [B, total keys] is True for real tokens. Returns the output, and with
-        `return_present` also (present_key, present_value)."""
+        `return_present` also (present_key, present_value).
+
+        With `paged` (a PagedStep, e.g. from PagedKVCache.step): x is the step's packed tokens [T, model_dim]
+        and the layer runs one PagedAttention node over its pools in the step, which it replaces by the
+        updated pools; with `return_present` those come back as (key_cache, value_cache)."""
+        if paged is not None:
+            return self._forward_paged(x, paged, position_ids, return_present, cache=cache, past_key=past_key,
+                                       past_value=past_value, past_lengths=past_lengths,
+                                       attention_mask=attention_mask, doc_boundaries=doc_boundaries)
         if cache is not None:
             if past_key is not None:
                 raise ValueError("GroupedQueryAttention: pass either cache or past_key/past_value, not both")
@@ -154,6 +164,38 @@ class GroupedQueryAttention(nn.Module):
             cache.update(self.layer_idx, present_k, present_v)
         y = self.o_proj(out)
         return (y, (present_k, present_v)) if return_present else y
+
+    def _forward_paged(self, x: torch.Tensor, step: PagedStep, position_ids: torch.Tensor | None,
+                       return_present: bool, **unsupported):
+        given = sorted(name for name, value in unsupported.items() if value is not None)
+        if given:
+            raise ValueError(f"GroupedQueryAttention: paged takes the cache from the PagedStep; {', '.join(given)} "
+                             f"cannot be combined with it")
+        if x.dim() != 2:
+            raise ValueError(f"GroupedQueryAttention: with paged, x must be the packed tokens [T, model_dim], got "
+                             f"shape {list(x.shape)}")
+        key_cache, value_cache = step.pools(self.layer_idx)
+        position_ids = position_ids if position_ids is not None else step.position_ids
+        if self.max_positions is not None and self.rope is not None and not torch.compiler.is_exporting():
+            last = (int(position_ids.max()) if position_ids is not None and position_ids.numel()
+                    else max(step.seq_lens.tolist(), default=0) - 1)
+            if last >= self.max_positions:
+                raise ValueError(f"GroupedQueryAttention: position {last} is out of range for max_positions "
+                                 f"{self.max_positions}")
+        q, k, v = self.project(x)
+        rope = self.rope
+        out, key_cache, value_cache = F.paged_attention(
+            q, k, v, key_cache, value_cache, step.block_table, step.cu_seqlens_q, step.seq_lens, position_ids,
+            self.q_norm, self.k_norm, getattr(self, "rope_inv_freq", None),
+            num_heads=self.num_query_heads, kv_num_heads=self.num_kv_heads, causal=self.causal, window=self.window,
+            softcap=self.softcap, scale=self.scale, rope=rope is not None,
+            rope_base=rope.base if rope else 10000.0, rotary_dim=rope.rotary_dim or 0 if rope else 0,
+            rope_interleaved=rope.interleaved if rope else False,
+            rope_attention_scaling=getattr(self, "rope_attention_scaling", 1.0), qk_norm_epsilon=self.qk_norm_eps,
+        )
+        step.update(self.layer_idx, key_cache, value_cache)
+        y = self.o_proj(out)
+        return (y, (key_cache, value_cache)) if return_present else y
 
 
 class GlobalAttention(GroupedQueryAttention):
@@ -189,7 +231,7 @@ class LocalAttention(GroupedQueryAttention):
     def forward(self, x: torch.Tensor, **kwargs):
         if self.kind == "sliding":
             return super().forward(x, **kwargs)
-        if any(kwargs.get(k) is not None for k in ("cache", "past_key", "past_value", "past_lengths")):
+        if any(kwargs.get(k) is not None for k in ("cache", "past_key", "past_value", "past_lengths", "paged")):
             raise ValueError("LocalAttention(kind='band') has no KV cache support")
         b, s, _ = x.shape
         q, k, v = (t.unflatten(-1, (h, self.head_dim)).transpose(1, 2)
