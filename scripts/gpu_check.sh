@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Every GPU check of onnxattn in one run on the GPU machine (read ../shared/device/README.md first):
-#   1. kernel-level checks through the library's ctypes entry on torch tensors (tests/gpu/test_sdpa_cuda_kernels.py)
-#   2. the same through onnxruntime-gpu's CUDA EP, checking the node ran there (tests/gpu/test_sdpa_cuda_ort.py)
-#   3. the benchmark (benchmarks/bench_sdpa_cuda.py)
+#   1. ScaledDotProductAttention: kernel-level checks through the library's ctypes entry on torch tensors
+#      (tests/gpu/test_sdpa_cuda_kernels.py), then through onnxruntime-gpu's CUDA EP, checking the node ran
+#      there (tests/gpu/test_sdpa_cuda_ort.py)
+#   2. GroupQueryAttention: the same two levels (tests/gpu/test_gqa_cuda_kernels.py, test_gqa_cuda_ort.py)
+#   3. compute-sanitizer on representative launches of the family whose tests failed
+#   4. the benchmarks (benchmarks/bench_sdpa_cuda.py, benchmarks/bench_gqa_cuda.py)
 # then prints one summary table and writes JSON under $OUT (the device tool's output folder; out/gpu_check
-# elsewhere): gpu_check.json (summary), bench_sdpa_cuda.json, gpu_tests.xml, gpu_check.log.
+# elsewhere): gpu_check.json (summary), bench_sdpa_cuda.json, bench_gqa_cuda.json, gpu_tests.xml,
+# gpu_tests_gqa.xml, gpu_check.log.
 #
 # Nothing compiles on the GPU machine. Here, first:
 #   cmake -S . -B build/gpu -G Ninja -DONNXATTN_CUDA=ON -DONNXATTN_CUDA_ARCHS="80;90a" -DONNXATTN_WERROR=ON
@@ -14,7 +18,8 @@
 # them. Without them the onnxruntime checks and baseline are skipped, saying why. Then the one call:
 #   command: ONNXATTN_COMMIT=<git rev-parse HEAD> bash scripts/gpu_check.sh
 #   carry:   ["build/gpu/onnxattn/cuda_ep/libonnxattn_ops.so"]      timeout_s: 540
-# (stages are capped at 240 s tests + 90 s memcheck, only after a failure, + 150 s benchmark; expect ~3 min)
+# (stages are capped at 130 s SDPA tests + 110 s GQA tests + 90 s memcheck, only after a failure, + 100 s SDPA
+# benchmark + 70 s GQA benchmark = 500 s, under the call's 540 s; expect ~4 min)
 # Commit the bench JSON it returns under benchmarks/results/.
 #
 # Environment: ONNXATTN_LIBRARY (default: the carried build), GPU_CHECK_QUICK=1 (smaller benchmark),
@@ -61,32 +66,45 @@ except Exception as e:
     print("onnxruntime unavailable:", e)
 PY
 
-echo "== tests (kernels via ctypes, then onnxruntime CUDA EP)"
-# Synchronous launches: a kernel fault is reported by the test that caused it.
+# Synchronous launches: a kernel fault is reported by the test that caused it. One pytest run per op
+# family, each under its own cap, so a family that runs long cannot take the other's report with it; the
+# cap interrupts pytest (SIGINT) so it still writes its JUnit report.
+echo "== ScaledDotProductAttention tests (kernels via ctypes, then onnxruntime CUDA EP)"
 # shellcheck disable=SC2086
-CUDA_LAUNCH_BLOCKING=1 timeout 240 python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu -rfEs \
-  --junitxml="$OUT/gpu_tests.xml" ${GPU_CHECK_PYTEST_ARGS:-}
+CUDA_LAUNCH_BLOCKING=1 timeout -s INT -k 10 130 python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu/test_sdpa_cuda_kernels.py \
+  tests/gpu/test_sdpa_cuda_ort.py -rfEs --junitxml="$OUT/gpu_tests.xml" ${GPU_CHECK_PYTEST_ARGS:-}
 tests_rc=$?
+echo "== GroupQueryAttention tests (kernels via ctypes, then onnxruntime CUDA EP)"
+# shellcheck disable=SC2086
+CUDA_LAUNCH_BLOCKING=1 timeout -s INT -k 10 110 python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu/test_gqa_cuda_kernels.py \
+  tests/gpu/test_gqa_cuda_ort.py -rfEs --junitxml="$OUT/gpu_tests_gqa.xml" ${GPU_CHECK_PYTEST_ARGS:-}
+gqa_tests_rc=$?
 
-if [ "$tests_rc" != 0 ] || [ "${GPU_CHECK_SANITIZE:-0}" = 1 ]; then
-  echo "== compute-sanitizer on representative launches (tests/gpu/sanitize_cases.py)"
+families=()
+if [ "$tests_rc" != 0 ] || [ "${GPU_CHECK_SANITIZE:-0}" = 1 ]; then families+=(sdpa); fi
+if [ "$gqa_tests_rc" != 0 ] || [ "${GPU_CHECK_SANITIZE:-0}" = 1 ]; then families+=(gqa); fi
+if [ "${#families[@]}" != 0 ]; then
+  echo "== compute-sanitizer on representative launches of: ${families[*]} (tests/gpu/sanitize_cases.py)"
   tools=(memcheck)
   if [ "${GPU_CHECK_SANITIZE:-0}" = 1 ]; then tools+=(racecheck); fi
   for tool in "${tools[@]}"; do
-    timeout 90 compute-sanitizer --tool "$tool" --error-exitcode 9 --print-limit 20 \
-      python3 tests/gpu/sanitize_cases.py || echo "compute-sanitizer $tool: exit $?"
+    timeout $(( 90 / ${#tools[@]} )) compute-sanitizer --tool "$tool" --error-exitcode 9 --print-limit 20 \
+      python3 tests/gpu/sanitize_cases.py "${families[@]}" || echo "compute-sanitizer $tool: exit $?"
   done
 fi
 
-echo "== benchmark"
+echo "== benchmarks"
 quick=()
 if [ "${GPU_CHECK_QUICK:-0}" = 1 ]; then quick=(--quick); fi
-timeout 150 python3 benchmarks/bench_sdpa_cuda.py --out "$OUT/bench_sdpa_cuda.json" "${quick[@]}"
+timeout 100 python3 benchmarks/bench_sdpa_cuda.py --out "$OUT/bench_sdpa_cuda.json" "${quick[@]}"
 bench_rc=$?
+timeout 70 python3 benchmarks/bench_gqa_cuda.py --out "$OUT/bench_gqa_cuda.json" "${quick[@]}"
+gqa_bench_rc=$?
 
 echo "== summary"
-python3 scripts/gpu_summary.py "$OUT" --tests-rc "$tests_rc" --bench-rc "$bench_rc"
-return $(( tests_rc != 0 || bench_rc != 0 ))
+python3 scripts/gpu_summary.py "$OUT" --tests-rc "$tests_rc" --gqa-tests-rc "$gqa_tests_rc" --bench-rc "$bench_rc" \
+  --gqa-bench-rc "$gqa_bench_rc"
+return $(( tests_rc != 0 || gqa_tests_rc != 0 || bench_rc != 0 || gqa_bench_rc != 0 ))
 }
 
 main 2>&1 | tee "$OUT/gpu_check.log"

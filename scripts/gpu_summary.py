@@ -1,6 +1,6 @@
 """Summary of one scripts/gpu_check.sh run: test counts per file and the first failures (from the
-pytest JUnit XML), the benchmark table (from bench_sdpa_cuda.json); prints one table and writes
-gpu_check.json next to them."""
+pytest JUnit XML files gpu_tests.xml and gpu_tests_gqa.xml), the benchmark tables (from
+bench_sdpa_cuda.json and bench_gqa_cuda.json); prints one table and writes gpu_check.json next to them."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 
-def test_summary(xml_path: Path) -> dict:
-    if not xml_path.is_file():
-        return {"error": f"no {xml_path.name} (pytest did not finish?)"}
+def test_summary(xml_paths: list[Path]) -> dict:
+    missing = [p.name for p in xml_paths if not p.is_file()]
     counts: dict[str, Counter] = defaultdict(Counter)
     failures, skip_reasons = [], Counter()
-    for case in ET.parse(xml_path).getroot().iter("testcase"):
+    cases = [c for p in xml_paths if p.is_file() for c in ET.parse(p).getroot().iter("testcase")]
+    for case in cases:
         group = (case.get("classname") or "?").split(".")[-1]
         outcome = "passed"
         for child in case:
@@ -28,11 +28,27 @@ def test_summary(xml_path: Path) -> dict:
                 outcome = "skipped"
                 skip_reasons[(child.get("message") or "")[:160]] += 1
         counts[group][outcome] += 1
-    return {
+    out = {
         "by_file": {g: dict(c) for g, c in sorted(counts.items())},
         "failures": failures,
         "skip_reasons": dict(skip_reasons),
     }
+    if missing:
+        out["error"] = f"no {', '.join(missing)} (pytest did not finish?)"
+    return out
+
+
+def print_gqa_bench(bench: dict) -> None:
+    unit_of = {"prefill": ("tflops", "TFLOP/s"), "decode": ("gbs", "GB/s")}
+    print(f"{'GQA bench':9} {'shape':34} {'ours gpu':>9} {'ort gpu':>9} {'ours wall':>9} {'ort wall':>9}  unit")
+    for r in bench["results"]:
+        key, unit = unit_of[r["kind"]]
+        ours, theirs = r[key].get("onnxattn", {}), r[key].get("ort_gqa", {})
+        cells = " ".join(f"{v:9.1f}" if v else "      n/a" for v in (ours.get("gpu"), theirs.get("gpu"),
+                                                                       ours.get("wall"), theirs.get("wall")))
+        if r["kind"] == "decode" and r["fraction_of_copy"].get("onnxattn", {}).get("gpu"):
+            unit += f" (ours {100 * r['fraction_of_copy']['onnxattn']['gpu']:.0f}% of copy)"
+        print(f"{r['kind']:9} {r['shape']:34} {cells}  {unit}")
 
 
 def main(argv=None) -> int:
@@ -40,10 +56,14 @@ def main(argv=None) -> int:
     parser.add_argument("out", type=Path)
     parser.add_argument("--tests-rc", type=int, default=None)
     parser.add_argument("--bench-rc", type=int, default=None)
+    parser.add_argument("--gqa-tests-rc", type=int, default=None)
+    parser.add_argument("--gqa-bench-rc", type=int, default=None)
     args = parser.parse_args(argv)
-    tests = test_summary(args.out / "gpu_tests.xml")
+    tests = test_summary([args.out / "gpu_tests.xml", args.out / "gpu_tests_gqa.xml"])
     bench_path = args.out / "bench_sdpa_cuda.json"
     bench = json.loads(bench_path.read_text()) if bench_path.is_file() else None
+    gqa_bench_path = args.out / "bench_gqa_cuda.json"
+    gqa_bench = json.loads(gqa_bench_path.read_text()) if gqa_bench_path.is_file() else None
 
     print("\n=========================== GPU check summary ===========================")
     if bench:
@@ -55,6 +75,9 @@ def main(argv=None) -> int:
         print(f"{group:44} {c.get('passed', 0):7d} {c.get('failed', 0):7d} {c.get('skipped', 0):8d}")
     if "error" in tests:
         print(tests["error"])
+    for label, rc in (("ScaledDotProductAttention tests", args.tests_rc), ("GroupQueryAttention tests", args.gqa_tests_rc)):
+        if rc == 124:
+            print(f"  {label} were interrupted at their time cap: the counts cover what ran")
     for reason, n in tests.get("skip_reasons", {}).items():
         print(f"  skipped x{n}: {reason}")
     for f in tests.get("failures", [])[:15]:
@@ -77,12 +100,19 @@ def main(argv=None) -> int:
             print(f"{r['kind']:8} {r['dtype']:9} {r['shape']:32} {ours_s} {best_s} {ratio}  {unit} [{best[0]}]")
     elif args.bench_rc is not None:
         print(f"benchmark: no results (exit code {args.bench_rc})")
+    if gqa_bench:
+        print_gqa_bench(gqa_bench)
+    elif args.gqa_bench_rc is not None:
+        print(f"GQA benchmark: no results (exit code {args.gqa_bench_rc})")
     summary = {
         "tests_exit_code": args.tests_rc,
+        "gqa_tests_exit_code": args.gqa_tests_rc,
         "bench_exit_code": args.bench_rc,
+        "gqa_bench_exit_code": args.gqa_bench_rc,
         "tests": tests,
-        "environment": bench["environment"] if bench else None,
+        "environment": bench["environment"] if bench else gqa_bench["environment"] if gqa_bench else None,
         "bench_file": bench_path.name if bench else None,
+        "gqa_bench_file": gqa_bench_path.name if gqa_bench else None,
     }
     (args.out / "gpu_check.json").write_text(json.dumps(summary, indent=1))
     print(f"wrote {args.out / 'gpu_check.json'}")
