@@ -172,3 +172,25 @@ def test_unsupported_head_size_is_a_clear_error():
     gc.CASES_BY_ID.setdefault(case.id, case)
     with pytest.raises(lib.GqaCudaError, match="GroupQueryAttention: the CUDA kernels support head sizes up to 256"):
         gt.run(case, "float16")
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("case_id", ["prefill-s96", "shared-decode-b4", "window-chunk", "everything-shared"])
+def test_agrees_with_the_torch_reference_on_the_gpu(case_id, dtype):
+    # The package's eager reference (onnxattn.nn.reference.gqa_reference: float32 math, caches in the
+    # input type) on the same CUDA tensors: a second reference besides the numpy oracle.
+    try:
+        from onnxattn.nn.reference import gqa_reference
+    except Exception as e:  # noqa: BLE001
+        pytest.skip(f"onnxattn.nn not importable here: {type(e).__name__}: {e}")
+    case = gc.CASES_BY_ID[case_id]
+    y, pk, pv, plan, t = gt.run(case, dtype)
+    inputs = [t.get(name) for name in gc.INPUTS]
+    attrs = {**case.attrs, "causal": bool(case.causal), "rope": bool(case.rope),
+             "rope_interleaved": bool(case.rope_interleaved)}  # fmt: skip
+    with torch.no_grad():
+        y_ref, k_ref, v_ref = gqa_reference(*inputs, **attrs)
+    _, y_tol, _ = gc.expected(case.id, dtype)
+    err = np.abs(y - y_ref.double().cpu().numpy()).max()
+    assert err <= y_tol, f"max |ours - torch reference| = {err:.3g} > {y_tol:.3g} ({plan['attention']['reason']})"
+    assert torch.equal(torch.from_numpy(pk).to(k_ref.dtype).isnan(), k_ref.cpu().isnan())
