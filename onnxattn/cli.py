@@ -198,18 +198,23 @@ def cmd_generate(args) -> int:
 
 
 def _demo_generation(path, model, ids, new_tokens: int) -> tuple[list[dict], bool]:
+    """Each path three times (one session for the onnxruntime ones): the tokens of every run must equal
+    eager torch's; the best time of the three is shown (tiny models time in microseconds)."""
+    from onnxattn.cuda_ep import make_session
     from onnxattn.generate import generate, generate_torch
 
-    ref = generate_torch(model, ids, new_tokens)
-    rows, ok = [dict(path="eager torch", ttft_ms=ref.time_to_first_token * 1e3,
-                     tokens_per_s=ref.tokens_per_second, same_tokens=True)], True
+    runs = {"eager torch": lambda: generate_torch(model, ids, new_tokens)}
     for label, use_library in (("onnxruntime + onnxattn kernels", True), ("onnxruntime, reference functions", False)):
-        out = generate(path, ids, new_tokens, use_library=use_library, providers=["CPUExecutionProvider"],
-                       progress=False)
-        same = bool(np.array_equal(out.tokens, ref.tokens))
+        session = make_session(path, use_library=use_library, providers=["CPUExecutionProvider"])
+        runs[label] = lambda s=session: generate(s, ids, new_tokens, progress=False)
+    rows, ok, want = [], True, None
+    for label, run in runs.items():
+        results = [run() for _ in range(3)]
+        want = results[0].tokens if want is None else want
+        same = all(np.array_equal(r.tokens, want) for r in results)
         ok = ok and same
-        rows.append(dict(path=label, ttft_ms=out.time_to_first_token * 1e3, tokens_per_s=out.tokens_per_second,
-                         same_tokens=same))
+        rows.append(dict(path=label, ttft_ms=min(r.time_to_first_token for r in results) * 1e3,
+                         tokens_per_s=max(r.tokens_per_second for r in results), same_tokens=same))
     return rows, ok
 
 
@@ -236,21 +241,22 @@ def _demo_logits(path, model, batch: int, seq: int) -> list[dict]:
 def cmd_demo(args) -> int:
     """Export a reference model (default: the Llama-style one), validate it, generate with it in
     onnxruntime with and without our kernels, and compare with eager torch."""
+    import onnx
+
     from onnxattn import models
     from onnxattn.export import export_model
 
     out_dir = Path(args.out or tempfile.mkdtemp(prefix="onnxattn-demo-"))
     out_dir.mkdir(parents=True, exist_ok=True)
     name = args.model or models.DEFAULT_MODEL
-    cfg = models.config_for(name)
-    if models.MODELS[name][0].__name__ in ("BertConfig", "TinyDecoderConfig"):
+    model = models.build(name)
+    if getattr(model, "kind", None) != "decoder":
         raise ValueError(f"demo: {name} is not a decoder with a KV cache; pick one of llama, gemma3, gpt2")
+    cfg = model.config
     fields = ", ".join(f"{k} {getattr(cfg, k)}" for k in ("num_layers", "hidden", "num_heads", "num_kv_heads")
                        if hasattr(cfg, k))
     print(f"[1/5] model {name}: {type(cfg).__name__}({fields}), random weights (seed {cfg.seed})")
-    result = export_model(name, out_dir / f"{name}.onnx", progress=False)
-    import onnx
-
+    result = export_model(model, out_dir / f"{name}.onnx", progress=False)
     proto = onnx.load(result.path)
     attn = sum(1 for n in proto.graph.node if n.domain == "onnxattn")
     print(f"[2/5] exported to {result.path} in {result.seconds:.1f}s: {len(proto.graph.node)} nodes, {attn} "

@@ -171,15 +171,14 @@ def generate(
     batch, prompt = ids.shape
     length = prompt + max_new_tokens if shared else 0
     cache = {}
-    for name in pasts:
+    for name in pasts:  # first pasts on the host (onnxruntime copies them over); later ones stay on the device
         info = inputs[name]
         np_type, onnx_type = _ORT_TYPES[info.type]
         shape = [batch, info.shape[1], length, info.shape[3]]
-        if device == "cpu":
-            cache[name] = ort.OrtValue.ortvalue_from_numpy_with_onnx_type(np.zeros(shape, np_type), onnx_type)
-        else:
-            cache[name] = ort.OrtValue.ortvalue_from_shape_and_type(shape, np_type, device, 0)
-    in_place = shared and use_library and not isinstance(model, ort.InferenceSession)
+        cache[name] = ort.OrtValue.ortvalue_from_numpy_with_onnx_type(np.zeros(shape, np_type), onnx_type)
+    # Presents bound to the past buffers: our kernel then appends in place. Only where this function made the
+    # session (so the library is known to be registered), and on the CPU, where the buffers live.
+    in_place = shared and use_library and device == "cpu" and not isinstance(model, ort.InferenceSession)
     sampler, done = Sampler(temperature, top_k, top_p, seed), np.zeros(batch, dtype=bool)
     rng = sampler.start()
     tokens, step_ids, past_length = [ids], ids, 0
