@@ -84,7 +84,8 @@ class Report:
 def _load(model: onnx.ModelProto | str | os.PathLike) -> tuple[onnx.ModelProto, str]:
     if isinstance(model, onnx.ModelProto):
         return model, "<ModelProto>"
-    return onnx.load(os.fspath(model)), os.fspath(model)
+    # No check reads weights: leave external data (models over 2 GB) on disk
+    return onnx.load(os.fspath(model), load_external_data=False), os.fspath(model)
 
 
 def _run_check(checks: list[Check], name: str, fn) -> bool:
@@ -108,7 +109,9 @@ def validate(
     """Validates `model` (a ModelProto or a path). `dims` sizes symbolic dims for the numerics check."""
     proto, source = _load(model)
     report = Report(source)
-    _run_check(report.model_checks, "onnx checker", lambda: onnx.checker.check_model(proto))
+    # by path, the checker follows external data and accepts models over protobuf's 2 GB limit
+    checked = proto if isinstance(model, onnx.ModelProto) else os.fspath(model)
+    _run_check(report.model_checks, "onnx checker", lambda: onnx.checker.check_model(checked))
     _run_check(report.model_checks, "shape inference", lambda: onnx.shape_inference.infer_shapes(proto, strict_mode=True) and None)
     types = ops.value_types(proto)
     opset = None
