@@ -89,7 +89,8 @@ def export_stock(model, path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
-            StockLlama(model).eval(), (ids, past), dynamo=True, dynamic_shapes=({0: "batch", 1: "sequence"}, [(kv, kv)] * layers),
+            StockLlama(model).eval(), (ids, past), dynamo=True,
+            dynamic_shapes=({0: "batch", 1: "sequence"}, [(kv, kv)] * layers),
             input_names=["input_ids"] + [f"past_key_values.{i}.{t}" for i in range(layers) for t in ("key", "value")],
             output_names=["logits"] + [f"present.{i}.{t}" for i in range(layers) for t in ("key", "value")],
             verbose=False)

@@ -77,7 +77,8 @@ class BertModel(nn.Module):
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         positions = torch.arange(s, device=input_ids.device)[None, :]
-        x = self.word_embeddings(input_ids) + self.position_embeddings(positions) + self.token_type_embeddings(token_type_ids)
+        x = (self.word_embeddings(input_ids) + self.position_embeddings(positions)
+             + self.token_type_embeddings(token_type_ids))
         x = self.embed_norm(x)
         mask = attention_mask.to(torch.bool) if attention_mask is not None else None
         for layer in self.layers:
