@@ -35,6 +35,10 @@ __global__ void __launch_bounds__(tiles::kThreads) decode_mma_kernel(const Kerne
   unsigned char* const pipe = smem + kRows * kStride * sizeof(uint16_t);
   __shared__ float merge_m[kWarps][kRows], merge_l[kWarps][kRows];
   __shared__ float final_m[kRows], final_l[kRows];
+  // Row facts for edge steps and masks (visible key range, mask row offset), kept in shared memory so the
+  // main loop holds no registers for them.
+  __shared__ int2 row_keys_s[kRows];
+  __shared__ int64_t mask_row_s[kRows];
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int quad_row = lane / 4, quad_col = 2 * (lane % 4);
@@ -62,7 +66,7 @@ __global__ void __launch_bounds__(tiles::kThreads) decode_mma_kernel(const Kerne
   const T* const v_base = a.v + cta.batch * a.v_stride[0] + cta.kv_head * a.v_stride[1];
   const int64_t k_row_stride = a.k_stride[2], v_row_stride = a.v_stride[2];
 
-  // ---- Q tile (whole CTA), then its A fragments into registers for the whole loop.
+  // ---- Q tile (whole CTA); its A fragments go to registers for the whole loop once it has landed.
   for (int idx = tid; idx < kRows * kChunks; idx += tiles::kThreads) {
     const int row = idx / kChunks, c = idx % kChunks;
     if (c >= d_chunks) continue;
@@ -75,19 +79,13 @@ __global__ void __launch_bounds__(tiles::kThreads) decode_mma_kernel(const Kerne
     }
     cp_async_16(smem_u32(q_s + row * kStride + c * 8), src, valid);
   }
-  cp_async_commit();
-  cp_async_wait<0>();
-  __syncthreads();
-  if (a.prep.active()) {
-    prepare_query_tile(a, seq, cta.batch, cta.kv_head, row_begin, row_end, reinterpret_cast<T*>(q_s), kStride, kRows,
-                       1.0f);
-    __syncthreads();
-  }
-  uint32_t qa[kSteps][4];
-#pragma unroll
-  for (int ks = 0; ks < kSteps; ++ks) {
-    if (ks < d_steps) ldmatrix_x4(qa[ks], smem_u32(q_s + (lane % 16) * kStride + ks * 16 + (lane / 16) * 8));
-  }
+  cp_async_commit();  // group: Q
+  if (tid < kRows) {  // rows past the end repeat the last row (their results are never written)
+    const RowRef ref = row_ref(a, cta.batch, cta.kv_head, min(row_begin + tid, row_end - 1));
+    const KeyRange keys_of_row = seq.structure.visible_keys(ref.query, seq.num_keys);
+    row_keys_s[tid] = make_int2(int(keys_of_row.begin), int(keys_of_row.end));
+    mask_row_s[tid] = mask_row_offset(a, cta.batch, ref);
+  }  // read after the barrier that publishes the Q tile
 
   // ---- This warp's stages: K then V, [kWarpKeys][kStride] each.
   uint16_t* const warp_pipe = reinterpret_cast<uint16_t*>(pipe) + warp * kStages * 2 * kWarpKeys * kStride;
@@ -117,17 +115,31 @@ __global__ void __launch_bounds__(tiles::kThreads) decode_mma_kernel(const Kerne
     }
   };
 
+  // The first stages' K/V loads go out before the Q tile is awaited (and prepared), so they overlap.
+#pragma unroll
+  for (int st = 0; st < kStages - 1; ++st) {
+    if (st < my_steps) load_step(st);
+    cp_async_commit();  // empty groups keep the count uniform
+  }
+  cp_async_wait<kStages - 1>();  // the Q group, the oldest, has landed (this thread's part)
+  __syncthreads();
+  if (a.prep.active()) {
+    prepare_query_tile(a, seq, cta.batch, cta.kv_head, row_begin, row_end, reinterpret_cast<T*>(q_s), kStride, kRows,
+                       1.0f);
+    __syncthreads();
+  }
+  uint32_t qa[kSteps][4];
+#pragma unroll
+  for (int ks = 0; ks < kSteps; ++ks) {
+    if (ks < d_steps) ldmatrix_x4(qa[ks], smem_u32(q_s + (lane % 16) * kStride + ks * 16 + (lane / 16) * 8));
+  }
+
   float o[kOutN8][4];
 #pragma unroll
   for (int n = 0; n < kOutN8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
   float m[2] = {kNegInf, kNegInf}, l[2] = {0.0f, 0.0f};
   const bool has_mask = a.mask_kind != MaskKind::kNone;
 
-#pragma unroll
-  for (int st = 0; st < kStages - 1; ++st) {
-    if (st < my_steps) load_step(st);
-    cp_async_commit();  // empty groups keep the count uniform
-  }
   for (int it = 0; it < my_steps; ++it) {
     if (it + kStages - 1 < my_steps) load_step(it + kStages - 1);
     cp_async_commit();
@@ -164,16 +176,14 @@ __global__ void __launch_bounds__(tiles::kThreads) decode_mma_kernel(const Kerne
         }
       }
       if (edge || has_mask) {
-        const int64_t r = min(row_begin + quad_row + 8 * h, row_end - 1);
-        const RowRef ref = row_ref(a, cta.batch, cta.kv_head, r);
-        const KeyRange row_keys = seq.structure.visible_keys(ref.query, seq.num_keys);
-        const int64_t mask_row = has_mask ? mask_row_offset(a, cta.batch, ref) : 0;
+        const int2 row_keys = row_keys_s[quad_row + 8 * h];
+        const int64_t mask_row = mask_row_s[quad_row + 8 * h];
 #pragma unroll
         for (int n = 0; n < 2; ++n) {
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
             const int j = j0 + n * 8 + quad_col + e;
-            if (j >= j_end || j < row_keys.begin || j >= row_keys.end) {
+            if (j >= j_end || j < row_keys.x || j >= row_keys.y) {
               x[2 * n + e] = kNegInf;
             } else if (has_mask) {
               x[2 * n + e] = apply_user_mask(a, mask_row, j, x[2 * n + e]);

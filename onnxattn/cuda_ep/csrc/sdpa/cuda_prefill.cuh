@@ -66,13 +66,7 @@ __global__ void __launch_bounds__(tiles::kThreads) prefill_mma_kernel(const Kern
     }
     cp_async_16(smem_u32(q_s + row * kStride + c * 8), src, valid);
   }
-  if (a.prep.active()) {
-    cp_async_commit();
-    cp_async_wait<0>();
-    __syncthreads();
-    prepare_query_tile(a, seq, cta.batch, cta.kv_head, row_begin, row_end, reinterpret_cast<T*>(q_s), kStride, kRows,
-                       1.0f);
-  }  // the main loop's first barrier publishes the prepared tile
+  cp_async_commit();  // group: Q
   // Rows [j0, j_end) of K or V into `dst`; rows outside and columns past `width` are zero. Each thread
   // keeps one chunk column and strides over rows (`row_stride` elements apart), so addresses advance by
   // constants.
@@ -114,7 +108,13 @@ __global__ void __launch_bounds__(tiles::kThreads) prefill_mma_kernel(const Kern
   const int all_begin = int(keys.all.begin), all_end = int(keys.all.end);
   const int steps = any_end > any_begin ? (any_end - any_begin + kKeys - 1) / kKeys : 0;
   if (steps > 0) load_keys(k_s, k_base, a.k_stride[2], a.head_dim, d_chunks, any_begin, min(any_begin + kKeys, any_end));
-  cp_async_commit();
+  cp_async_commit();  // group: K_0
+  if (a.prep.active()) {  // while K_0 is in flight
+    cp_async_wait<1>();
+    __syncthreads();
+    prepare_query_tile(a, seq, cta.batch, cta.kv_head, row_begin, row_end, reinterpret_cast<T*>(q_s), kStride, kRows,
+                       1.0f);
+  }  // the main loop's first barrier publishes the prepared tile
 
   for (int step = 0; step < steps; ++step) {
     const int j0 = any_begin + step * kKeys;
