@@ -5,10 +5,10 @@ dataclass plus a builder with deterministic random weights, tiny by default and 
 "decoder"``) share one forward for eager generation and export (see models._base.CausalLM); encoders
 (``kind == "encoder"``) take ids, a padding mask and token types.
 
-Still to come, as their ops land: a DeepSeek-V3-style decoder (multi-head latent attention, issue 6) and
-decoders with native sparse / block-routed attention layers (issue 7). A new family is one module here:
-a config dataclass, a CausalLM subclass whose blocks call the new attention module (its layers must expose
-the cache layout through ``kv_shapes``), and ``@register(name, ConfigClass)`` on its builder.
+Still to come, as their ops land: decoders with native sparse / block-routed attention layers (issue 7).
+A new family is one module here: a config dataclass, a CausalLM subclass whose blocks call the new
+attention module (its layers must expose the cache layout through ``kv_shapes``), and
+``@register(name, ConfigClass)`` on its builder.
 """
 
 from __future__ import annotations
@@ -19,8 +19,7 @@ from collections.abc import Callable
 MODELS: dict[str, tuple[type, Callable]] = {}  # name -> (config class, builder(config) -> model)
 
 # Families whose ops do not exist yet: named in error messages so users know they are planned.
-PLANNED = {"deepseek-v3": "multi-head latent attention (MLA), issue 6",
-           "nsa": "native sparse attention layers, issue 7"}
+PLANNED = {"nsa": "native sparse attention layers, issue 7"}
 
 
 def register(name: str, config_class: type):
@@ -62,6 +61,6 @@ def build(name_or_config, **overrides):
                     f"({', '.join(sorted(MODELS))}) or one of their configs")
 
 
-from onnxattn.models import bert, gemma3, gpt2, llama, tiny_decoder  # noqa: E402,F401  (register their models)
+from onnxattn.models import bert, deepseek, gemma3, gpt2, llama, tiny_decoder  # noqa: E402,F401  (register their models)
 
 DEFAULT_MODEL = "llama"

@@ -11,6 +11,8 @@ from onnxattn.nn.gqa import (
 )
 from onnxattn.nn.kv_cache import KVCache
 from onnxattn.nn.masks import AttentionMask, build_causal_sliding_window_mask
+from onnxattn.nn.mla import LatentCache, MultiHeadLatentAttention
+from onnxattn.nn.mla_reference import mla_reference
 from onnxattn.nn.paged_cache import BlockAllocator, PagedKVCache, PagedStep, PoolExhausted
 from onnxattn.nn.reference import apply_rope, gqa_reference, sdpa_reference
 from onnxattn.nn.rope import Rope, RopeScaling, positions_from_boundaries
@@ -23,7 +25,9 @@ __all__ = [
     "GlobalAttention",
     "GroupedQueryAttention",
     "KVCache",
+    "LatentCache",
     "LocalAttention",
+    "MultiHeadLatentAttention",
     "PagedKVCache",
     "PagedStep",
     "PoolExhausted",
@@ -34,6 +38,7 @@ __all__ = [
     "build_causal_sliding_window_mask",
     "functional",
     "gqa_reference",
+    "mla_reference",
     "positions_from_boundaries",
     "qk_norm",
     "sdpa_reference",

@@ -63,8 +63,10 @@ output = y.transpose(1, 2).flatten(2)
 ```
 Kernels may instead use the *absorbed* form, which never materialises per-head keys: `q_lat = q_nope @
 w_uk[h]^T` (R), attention of `[q_lat ; q_rope]` over the R + Dr wide rows `[latent ; k_rope]` shared by all
-heads (one KV head), then `@ w_uv[h]`. It is the same function up to rounding; see the CPU kernel's notes in
-docs for which form it picks.
+heads (one KV head), then `@ w_uv[h]`. It is the same function up to rounding. The library's CPU kernel picks
+the form per call by counting multiply-adds (decode and short chunks over a long past: absorbed; prompts
+without a past and long chunks: expanded; `ONNXATTN_MLA_PATH=absorbed|expanded` forces one); its CUDA
+kernel runs the absorbed form.
 
 **Weights.** `w_uk [H, R, Dn]` and `w_uv [H, R, Dv]` map the latent to each head's key and value: `k_nope =
 latent @ w_uk[h]`. From DeepSeek's `kv_b_proj.weight` ([H*(Dn+Dv), R]): `w = weight.view(H, Dn + Dv, R)`,
@@ -95,8 +97,8 @@ and sin). Positions default to each query's key position.
 OVERLOAD_DOC = (
     "Overload names join the node's present optional parts with '+', in this order: `past` (past_latent and "
     "past_k_rope), `shared` (past_lengths), `pos` (position_ids), `inv_freq`, `present` (present_latent and "
-    "present_k_rope outputs); past caches of rank 4 add `bnsh`. `shared` and `bnsh` require `past`. The "
-    "plain form is the default overload ''."
+    "present_k_rope outputs). `shared` requires `past`. The plain form is the default overload ''. One body "
+    "serves both cache ranks."
 )
 
 EXAMPLES = (
@@ -121,7 +123,7 @@ y = attn(x_next_token, cache=cache)    # decode: attention over the R + Dr wide 
 ```""",
 )
 
-FEATURES = ("past", "shared", "pos", "inv_freq", "present", "bnsh")
+FEATURES = ("past", "shared", "pos", "inv_freq", "present")
 _INPUT_OF_FEATURE = {"past": 5, "shared": 7, "pos": 8, "inv_freq": 9}
 
 
@@ -129,7 +131,7 @@ def _all_overloads() -> tuple[str, ...]:
     out = []
     for flags in itertools.product((False, True), repeat=len(FEATURES)):
         chosen = [f for f, on in zip(FEATURES, flags) if on]
-        if ("shared" in chosen or "bnsh" in chosen) and "past" not in chosen:
+        if "shared" in chosen and "past" not in chosen:
             continue
         out.append("+".join(chosen))
     return tuple(out)
@@ -239,11 +241,6 @@ def signature(inputs: Sequence[TensorInfo | None], outputs_present: Sequence[boo
         if not all(outputs_present[1:3]) or len(outputs_present) < 3:
             raise OpError(f"{NAME}: outputs 'present_latent' and 'present_k_rope' must be requested together")
         present.append("present")
-    if "past" in present and inputs[5].rank == 4:
-        present.append("bnsh")
-    elif "past" in present and inputs[5].rank is None:
-        # the function reshapes by rank, so the rank must be known when the overload is chosen
-        raise OpError(f"{NAME}: the rank of input 'past_latent' must be known (3: [B, P, R] or 4: [B, 1, P, R])")
     return "+".join(f for f in FEATURES if f in present)
 
 
@@ -285,7 +282,7 @@ def build_function(overload: str, opset: int) -> onnx.FunctionProto:
     k_rope_new = bodies.apply_rope(f, f.op("Unsqueeze", f.op("Cast", "k_rope", to=F32), axis1), cos, sin, rotary)
     k_rope_new = f.op("Squeeze", f.op("CastLike", k_rope_new, "k_rope"), axis1)  # [B, S, Dr]
 
-    # the caches, in the input type and the past's rank
+    # the caches, in the input type and the past's rank (shapes taken from the tensors: one body for both ranks)
     if "past" in features:
         def like_past(x):  # [B, S, .] -> [B, S, .] or [B, 1, S, .]
             return f.op("Reshape", x, f.op("Concat", f.op("Shape", "past_latent", end=-2), f.op("Shape", x, start=1),

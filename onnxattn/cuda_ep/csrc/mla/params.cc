@@ -47,8 +47,8 @@ Shape cache_shape(const Shapes& s, Input index, int64_t batch, int64_t width) {
   }
   const Shape flat = bnsh ? Shape{shape[0], shape[2], shape[3]} : shape;
   if (flat[0] != batch || flat[2] != width || (bnsh && shape[1] != 1)) {
-    fail(kOpName, ": input '", kInputNames[index], "' must be ", bnsh ? "[B, 1, P, " : "[B, P, ", width, "] with B = ",
-         batch, ", got ", shape_str(shape));
+    fail(kOpName, ": input '", kInputNames[index], "' must be ", bnsh ? "[B, 1, P, " : "[B, P, ", width, "] = [", batch,
+         bnsh ? ", 1, P, " : ", P, ", width, "], got shape ", shape_str(shape));
   }
   return flat;
 }

@@ -82,9 +82,12 @@ struct Tensors {
 // V_h = latent . W_UV[h] for every key, then attention with per-head keys of width Dn + Dr. Multiply-adds:
 //   absorbed = H * (S * R * (Dn + Dv) + V * (2R + Dr))      projections per query + wide attention
 //   expanded = H * (K * R * (Dn + Dv) + V * (Dn + Dr + Dv)) projections per key   + narrow attention
-// with V the (query, key) pairs visible under the mask and K the keys that some query sees. Decode
-// (S = 1, K >> 1) is absorbed; long prefill, where S * (2R - Dn - Dv) outgrows R * (Dn + Dv) per key,
-// is expanded (DeepSeek-V3 sizes: from about 170 queries on a causal prompt, counting V).
+// with V the (query, key) pairs visible under the mask and K the keys that some query sees. With a past of P
+// keys the difference is V * (2R - Dn - Dv) - P * R * (Dn + Dv): decode (S = 1) is absorbed; a chunk over
+// a long past is expanded once S (2R - Dn - Dv) outgrows R (Dn + Dv) (DeepSeek-V3 sizes: S > ~170); a
+// prompt without a past is expanded (as many keys as queries: the projections cost the same, and the
+// expanded attention is narrower). Measured on the CPU kernel (benchmarks/bench_mla_cpu.py) the choice
+// matches the faster form.
 enum class Path { kAbsorbed, kExpanded };
 
 struct Cost {

@@ -1,0 +1,244 @@
+"""CPU benchmark of onnxattn::MultiHeadLatentAttention at decode: the kernel's absorbed form, its expanded form
+(forced with ONNXATTN_MLA_PATH), and the reference function inlined by onnxruntime, side by side in one run.
+
+DeepSeek-V3 attention sizes (# DeepSeek-V3: R=512, Dr=64, Dn=128, Dv=128) with H=16 heads (a 1/8 tensor-
+parallel slice of its 128), fp32, B=1, one new token over P cached tokens in shared-buffer mode: the
+latent caches are preallocated buffers bound with I/O binding (present bound to the past's OrtValue), so
+the kernel appends in place. Reported: ms (median of --repeat runs after a warm-up, implementations
+interleaved), the cache read in GB/s ((P+1) * (R+Dr) * 4 bytes: what the absorbed form must stream), and
+GFLOP/s of the form's own multiply-adds (absorbed: H * (R*(Dn+Dv) + (P+1)*(2R+Dr)); expanded:
+H * ((P+1)*R*(Dn+Dv) + (P+1)*(Dn+Dr+Dv)); 2 FLOPs each). The kernel's cost model (mla/params.h) and the
+path it picks on its own are printed too.
+
+A second table checks the cost model where the choice is close: causal chunks of S tokens over P cached
+ones (concatenation mode), both forms forced, and the form the kernel picks by itself.
+
+    python benchmarks/bench_mla_cpu.py [--past 4096] [--heads 16] [--repeat 10] [--threads 0] [--out ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from onnx import TensorProto, helper
+
+from onnxattn import ops
+from onnxattn.cuda_ep import library_path, make_session
+
+R, DR, DN, DV = 512, 64, 128, 128
+F32, I64 = TensorProto.FLOAT, TensorProto.INT64
+
+
+def mla_model(heads: int):
+    names = ["q", "latent", "k_rope", "w_uk", "w_uv", "past_latent", "past_k_rope", "past_lengths"]
+    node = helper.make_node("MultiHeadLatentAttention", names, ["y", "present_latent", "present_k_rope"],
+                            domain=ops.DOMAIN, num_heads=heads, rope_interleaved=1)
+    vi = helper.make_tensor_value_info
+    inputs = [vi("q", F32, [1, 1, heads * (DN + DR)]), vi("latent", F32, [1, 1, R]), vi("k_rope", F32, [1, 1, DR]),
+              vi("w_uk", F32, [heads, R, DN]), vi("w_uv", F32, [heads, R, DV]), vi("past_latent", F32, [1, "M", R]),
+              vi("past_k_rope", F32, [1, "M", DR]), vi("past_lengths", I64, [1])]
+    outputs = [vi("y", F32, [1, 1, heads * DV]), vi("present_latent", F32, [1, "M", R]),
+               vi("present_k_rope", F32, [1, "M", DR])]
+    model = helper.make_model(helper.make_graph([node], "mla", inputs, outputs),
+                              opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid(ops.DOMAIN, 1)],
+                              ir_version=ops.IR_VERSION)
+    return ops.attach_functions(model)
+
+
+@contextlib.contextmanager
+def forced_path(path: str | None):
+    old = os.environ.pop("ONNXATTN_MLA_PATH", None)
+    if path:
+        os.environ["ONNXATTN_MLA_PATH"] = path
+    try:
+        yield
+    finally:
+        os.environ.pop("ONNXATTN_MLA_PATH", None)
+        if old is not None:
+            os.environ["ONNXATTN_MLA_PATH"] = old
+
+
+def kernel_choice(heads: int, past: int) -> tuple[str, float, float]:
+    """The CPU kernel's own choice for this decode step and its cost estimates (multiply-adds)."""
+    lib = ctypes.CDLL(str(library_path()))
+    fn = lib.OnnxAttnMlaCpuPath
+    fn.restype = ctypes.c_char_p
+    fn.argtypes = [ctypes.c_int64] * 10 + [ctypes.POINTER(ctypes.c_double)] * 2
+    absorbed, expanded = ctypes.c_double(), ctypes.c_double()
+    with forced_path(None):
+        path = fn(1, 1, heads, R, DN, DR, DV, past, 1, 0, ctypes.byref(absorbed), ctypes.byref(expanded)).decode()
+    return path, absorbed.value, expanded.value
+
+
+def median_time(fn, repeat: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def bench_decode(heads: int, past: int, repeat: int, threads: int, with_function: bool) -> list[dict]:
+    rng = np.random.default_rng(0)
+    capacity = past + 64
+    feeds = {"q": rng.standard_normal((1, 1, heads * (DN + DR)), np.float32),
+             "latent": rng.standard_normal((1, 1, R), np.float32),
+             "k_rope": rng.standard_normal((1, 1, DR), np.float32),
+             "w_uk": (rng.standard_normal((heads, R, DN)) / np.sqrt(R)).astype(np.float32),
+             "w_uv": (rng.standard_normal((heads, R, DV)) / np.sqrt(R)).astype(np.float32),
+             "past_lengths": np.array([past], np.int64)}
+    latent = rng.standard_normal((1, capacity, R), np.float32)
+    rope = rng.standard_normal((1, capacity, DR), np.float32)
+    model = mla_model(heads)
+    impls = {"absorbed": ("absorbed", True), "expanded": ("expanded", True)}
+    if with_function:
+        impls["function"] = (None, False)
+    sessions, outputs = {}, {}
+    for impl, (path, library) in impls.items():
+        options = ort.SessionOptions()  # one per session: the library registers on it
+        options.intra_op_num_threads = threads
+        session = make_session(model, providers=["CPUExecutionProvider"], use_library=library, session_options=options)
+        buffers = (ort.OrtValue.ortvalue_from_numpy(latent.copy()), ort.OrtValue.ortvalue_from_numpy(rope.copy()))
+        binding = session.io_binding()
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, value)
+        binding.bind_ortvalue_input("past_latent", buffers[0])
+        binding.bind_ortvalue_input("past_k_rope", buffers[1])
+        binding.bind_output("y")
+        if library:  # the kernel appends in place; the function writes a new buffer (ScatterElements)
+            binding.bind_ortvalue_output("present_latent", buffers[0])
+            binding.bind_ortvalue_output("present_k_rope", buffers[1])
+        else:
+            binding.bind_output("present_latent")
+            binding.bind_output("present_k_rope")
+        sessions[impl] = (session, binding, path, buffers)
+        with forced_path(path):
+            session.run_with_iobinding(binding)
+        outputs[impl] = binding.copy_outputs_to_cpu()[0]
+    for impl, y in outputs.items():
+        err = float(np.max(np.abs(y - outputs["absorbed"])) / np.max(np.abs(outputs["absorbed"])))
+        if err > 1e-4:
+            raise SystemExit(f"decode P={past}: {impl} disagrees with the absorbed kernel (relative error {err:.2e})")
+
+    flops = {"absorbed": 2 * heads * (R * (DN + DV) + (past + 1) * (2 * R + DR)),
+             "expanded": 2 * heads * ((past + 1) * R * (DN + DV) + (past + 1) * (DN + DR + DV))}
+    flops["function"] = flops["expanded"]
+    times = {impl: [] for impl in impls}
+    for _ in range(repeat + 1):  # interleaved; the first round warms up
+        for impl, (session, binding, path, _) in sessions.items():
+            with forced_path(path):
+                start = time.perf_counter()
+                session.run_with_iobinding(binding)
+                times[impl].append(time.perf_counter() - start)
+    rows = []
+    cache_bytes = (past + 1) * (R + DR) * 4
+    for impl in impls:
+        seconds = statistics.median(times[impl][1:])
+        rows.append({"phase": "decode", "H": heads, "P": past, "impl": impl, "ms": seconds * 1e3,
+                     "cache_gbps": cache_bytes / seconds / 1e9, "gflops": flops[impl] / seconds / 1e9,
+                     "max_rel_error_vs_absorbed": float(np.max(np.abs(outputs[impl] - outputs["absorbed"]))
+                                                        / np.max(np.abs(outputs["absorbed"])))})
+    return rows
+
+
+def chunk_model(heads: int):
+    names = ["q", "latent", "k_rope", "w_uk", "w_uv", "past_latent", "past_k_rope"]
+    node = helper.make_node("MultiHeadLatentAttention", names, ["y"], domain=ops.DOMAIN, num_heads=heads,
+                            rope_interleaved=1)
+    vi = helper.make_tensor_value_info
+    inputs = [vi("q", F32, [1, "S", heads * (DN + DR)]), vi("latent", F32, [1, "S", R]),
+              vi("k_rope", F32, [1, "S", DR]), vi("w_uk", F32, [heads, R, DN]), vi("w_uv", F32, [heads, R, DV]),
+              vi("past_latent", F32, [1, "P", R]), vi("past_k_rope", F32, [1, "P", DR])]
+    model = helper.make_model(helper.make_graph([node], "mla", inputs, [vi("y", F32, [1, "S", heads * DV])]),
+                              opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid(ops.DOMAIN, 1)],
+                              ir_version=ops.IR_VERSION)
+    return ops.attach_functions(model)
+
+
+def bench_chunks(heads: int, shapes, repeat: int, threads: int) -> list[dict]:
+    """Causal chunks: both forms forced, and the kernel's own choice (cost model check)."""
+    rng = np.random.default_rng(2)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = make_session(chunk_model(heads), providers=["CPUExecutionProvider"], session_options=options)
+    rows = []
+    for seq, past in shapes:
+        f = lambda *shape, scale=1.0: (rng.standard_normal(shape) * scale).astype(np.float32)  # noqa: E731
+        feeds = {"q": f(1, seq, heads * (DN + DR)), "latent": f(1, seq, R), "k_rope": f(1, seq, DR),
+                 "w_uk": f(heads, R, DN, scale=R**-0.5), "w_uv": f(heads, R, DV, scale=R**-0.5),
+                 "past_latent": f(1, past, R), "past_k_rope": f(1, past, DR)}
+        times = {}
+        for path in ("absorbed", "expanded"):
+            with forced_path(path):
+                times[path] = median_time(lambda: session.run(None, feeds), max(2, repeat // 3))
+        fn = ctypes.CDLL(str(library_path())).OnnxAttnMlaCpuPath
+        fn.restype = ctypes.c_char_p
+        fn.argtypes = [ctypes.c_int64] * 10 + [ctypes.POINTER(ctypes.c_double)] * 2
+        with forced_path(None):
+            chosen = fn(1, seq, heads, R, DN, DR, DV, past, 1, 0, None, None).decode()
+        faster = min(times, key=times.get)
+        rows.append({"phase": "chunk", "H": heads, "S": seq, "P": past, "absorbed_ms": times["absorbed"] * 1e3,
+                     "expanded_ms": times["expanded"] * 1e3, "chosen": chosen, "faster": faster})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--past", type=int, nargs="+", default=[4096])
+    parser.add_argument("--heads", type=int, default=16)
+    parser.add_argument("--repeat", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=0, help="intra-op threads (0: onnxruntime's default)")
+    parser.add_argument("--no-function", action="store_true", help="skip the inlined reference function")
+    parser.add_argument("--chunks", nargs="*", default=["16x0", "256x0", "64x2048", "256x2048"],
+                        help="SxP causal chunks for the cost-model table (none: skip it)")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = parser.parse_args()
+
+    rows, choices = [], {}
+    for past in args.past:
+        rows += bench_decode(args.heads, past, args.repeat, args.threads, not args.no_function)
+        choices[past] = kernel_choice(args.heads, past)
+
+    print(f"\nMultiHeadLatentAttention decode, fp32, B=1, H={args.heads}, R={R}, Dr={DR}, Dn={DN}, Dv={DV}, "
+          f"shared buffer in place; onnxruntime {ort.__version__}, threads={args.threads or 'default'}")
+    print(f"  {'impl':<10} {'P':>6} {'ms':>9} {'cache GB/s':>11} {'GFLOP/s':>9} {'vs absorbed':>12}  rel err")
+    for r in rows:
+        base = next(x for x in rows if x["P"] == r["P"] and x["impl"] == "absorbed")
+        print(f"  {r['impl']:<10} {r['P']:>6} {r['ms']:9.2f} {r['cache_gbps']:11.2f} {r['gflops']:9.1f} "
+              f"{r['ms'] / base['ms']:11.1f}x  {r['max_rel_error_vs_absorbed']:.1e}")
+    for past, (path, absorbed, expanded) in choices.items():
+        print(f"  kernel's own choice at P={past}: {path} (cost model: absorbed {absorbed / 1e6:.1f}M, "
+              f"expanded {expanded / 1e6:.1f}M multiply-adds)")
+    shapes = [tuple(int(x) for x in c.split("x")) for c in args.chunks]
+    if shapes:
+        chunk_rows = bench_chunks(args.heads, shapes, args.repeat, args.threads)
+        rows += chunk_rows
+        print("causal chunks of S tokens over P cached ones (concatenation mode):")
+        print(f"  {'S':>5} {'P':>6} {'absorbed ms':>12} {'expanded ms':>12}  chosen    faster")
+        for r in chunk_rows:
+            print(f"  {r['S']:>5} {r['P']:>6} {r['absorbed_ms']:12.2f} {r['expanded_ms']:12.2f}  {r['chosen']:<9} "
+                  f"{r['faster']}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / "mla_cpu.json"
+    sys.path.insert(0, str(Path(__file__).parent))
+    from bench_sdpa_cpu import machine  # same machine description as the other CPU benchmarks
+
+    path.write_text(json.dumps({"machine": machine(), "onnxruntime": ort.__version__, "threads": args.threads,
+                                "choices": {str(p): c[0] for p, c in choices.items()}, "rows": rows}, indent=2))
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""DeepSeek-V3-style decoder: multi-head latent attention (MLA) + SwiGLU MLP, pre-norm RMSNorm blocks.
+
+Each layer caches only the normalised latent c_kv [B, 1, P, R] and the rope keys [B, 1, P, Dr] (the
+[B, Hkv=1, P, .] layout of the other decoders' caches, so export_model and generate serve it unchanged:
+past_key_values.{i}.key is the latent, .value the rope keys). Optional low-rank query path, YaRN RoPE with
+DeepSeek's softmax scale (mscale^2 / sqrt(Dn + Dr)), interleaved rope pairs as the checkpoints store them.
+DeepSeek-V3's mixture-of-experts FFN and multi-token prediction are not modelled: every layer has a dense
+MLP (as V3's first dense layers do)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+from torch import nn
+
+from onnxattn.models import register
+from onnxattn.models._base import CausalLM, RMSNorm, check_activation, init_weights
+from onnxattn.models.llama import SwiGLU
+from onnxattn.nn import MultiHeadLatentAttention, Rope, RopeScaling
+
+
+@dataclasses.dataclass(frozen=True)
+class DeepSeekV3Config:
+    vocab_size: int = 256
+    hidden: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    q_rank: int | None = 48  # None: one query projection (DeepSeek-V2-Lite)
+    kv_rank: int = 32  # R
+    nope_head_dim: int = 16  # Dn
+    rope_head_dim: int = 8  # Dr
+    v_head_dim: int = 16  # Dv
+    intermediate: int = 128
+    rope_theta: float = 10000.0
+    rope_scaling: RopeScaling | None = None  # YaRN for DeepSeek-V3 (factor 40, original 4096)
+    mscale_all_dim: float = 0.0  # YaRN: softmax scale times (0.1 * mscale_all_dim * ln(factor) + 1)^2
+    rope_interleaved: bool = True
+    rms_norm_eps: float = 1e-6
+    activation: str = "silu"
+    tie_embeddings: bool = False
+    seed: int = 0
+
+    def __post_init__(self):
+        name = type(self).__name__
+        check_activation(self.activation, name)
+        for label in ("num_heads", "kv_rank", "nope_head_dim", "v_head_dim", "hidden", "num_layers"):
+            if getattr(self, label) < 1:
+                raise ValueError(f"{name}: {label} must be >= 1, got {getattr(self, label)}")
+        if self.rope_head_dim < 2 or self.rope_head_dim % 2:
+            raise ValueError(f"{name}: rope_head_dim must be even and >= 2, got {self.rope_head_dim}")
+        if self.q_rank is not None and self.q_rank < 1:
+            raise ValueError(f"{name}: q_rank must be >= 1 or None, got {self.q_rank}")
+
+    @property
+    def softmax_scale(self) -> float | None:
+        """DeepSeek's score scale: 1/sqrt(Dn + Dr), times mscale^2 with YaRN (None: the op's default)."""
+        s = self.rope_scaling
+        if s is None or s.kind != "yarn" or not self.mscale_all_dim or s.factor <= 1:
+            return None
+        mscale = 0.1 * self.mscale_all_dim * math.log(s.factor) + 1.0
+        return mscale * mscale / math.sqrt(self.nope_head_dim + self.rope_head_dim)
+
+
+class DeepSeekBlock(nn.Module):
+    def __init__(self, cfg: DeepSeekV3Config, layer_idx: int):
+        super().__init__()
+        self.input_norm = RMSNorm(cfg.hidden, cfg.rms_norm_eps)
+        self.attn = MultiHeadLatentAttention(
+            cfg.hidden, cfg.num_heads, kv_rank=cfg.kv_rank, q_rank=cfg.q_rank, nope_head_dim=cfg.nope_head_dim,
+            rope_head_dim=cfg.rope_head_dim, v_head_dim=cfg.v_head_dim,
+            rope=Rope(cfg.rope_theta, interleaved=cfg.rope_interleaved, scaling=cfg.rope_scaling),
+            scale=cfg.softmax_scale, norm_eps=cfg.rms_norm_eps, layer_idx=layer_idx)
+        self.post_attn_norm = RMSNorm(cfg.hidden, cfg.rms_norm_eps)
+        self.mlp = SwiGLU(cfg.hidden, cfg.intermediate, False, cfg.activation)
+
+    def forward(self, x, *, cache=None, past_key=None, past_value=None, past_lengths=None):
+        # the decoder base passes the per-layer cache as (key, value): here (latent, rope keys)
+        h, present = self.attn(self.input_norm(x), cache=cache, past_latent=past_key, past_k_rope=past_value,
+                               past_lengths=past_lengths, return_present=True)
+        x = x + h
+        return x + self.mlp(self.post_attn_norm(x)), present
+
+
+class DeepSeekV3Model(CausalLM):
+    """token ids [B, S] (+ latent cache, see CausalLM) -> logits [B, S, vocab]."""
+
+    def __init__(self, cfg: DeepSeekV3Config):
+        super().__init__()
+        self.config = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden)
+        self.layers = nn.ModuleList(DeepSeekBlock(cfg, i) for i in range(cfg.num_layers))
+        self.norm = RMSNorm(cfg.hidden, cfg.rms_norm_eps)
+        self.lm_head = nn.Linear(cfg.hidden, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+
+    def embed(self, input_ids, positions):
+        return self.embed_tokens(input_ids)
+
+    def head(self, x):
+        return self.lm_head(self.norm(x))
+
+    def kv_shapes(self) -> list[tuple[int, int, int]]:
+        """Per layer (1, R, Dr): the latent cache [B, 1, P, R] and the rope keys [B, 1, P, Dr]."""
+        return [(1, layer.attn.kv_rank, layer.attn.rope_head_dim) for layer in self.layers]
+
+
+@register("deepseek-v3", DeepSeekV3Config)
+def build_deepseek_v3(cfg: DeepSeekV3Config) -> DeepSeekV3Model:
+    model = init_weights(DeepSeekV3Model(cfg), cfg.seed)
+    # init_weights scales matrices by 1/sqrt(their last dim); W_UK/W_UV [H, R, D] map R -> D, so 1/sqrt(R)
+    g = torch.Generator().manual_seed(cfg.seed + 1)
+    with torch.no_grad():
+        for layer in model.layers:
+            for w in (layer.attn.w_uk, layer.attn.w_uv):
+                w.copy_(torch.randn(w.shape, generator=g) / math.sqrt(w.shape[1]))
+    return model

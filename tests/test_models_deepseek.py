@@ -1,0 +1,88 @@
+"""The DeepSeek-V3-style reference decoder (models/deepseek.py): multi-head latent attention layers whose
+caches hold R + Dr values per token. It exports to one graph (one MultiHeadLatentAttention node per layer)
+and generates greedily in onnxruntime — with our kernels and with the reference functions, in both cache
+modes — token for token as eager torch does; the exported caches have the latent layout."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from model_helpers import kernel_ops_ran, one_torch_thread, session  # noqa: F401  (fixture)
+from onnxattn import models
+from onnxattn.export import export_model
+from onnxattn.generate import generate, generate_torch
+from onnxattn.nn import LatentCache, RopeScaling
+
+YARN = dict(rope_scaling=RopeScaling("yarn", factor=4.0, original_max_positions=8, attention_factor=1.0),
+            mscale_all_dim=0.7)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """(model, {cache mode: path}): the tiny default in concatenation mode, a YaRN variant in shared mode."""
+    out = tmp_path_factory.mktemp("deepseek")
+    plain = models.build("deepseek-v3")
+    yarn = models.build("deepseek-v3", **YARN)
+    paths = {"concat": export_model(plain, out / "concat.onnx", cache="concat", logits="last", progress=False).path,
+             "shared": export_model(yarn, out / "shared.onnx", cache="shared", logits="last", progress=False).path}
+    return {"concat": plain, "shared": yarn}, paths
+
+
+def test_registered_and_configurable():
+    assert "deepseek-v3" in models.MODELS and "deepseek-v3" not in models.PLANNED
+    m = models.build("deepseek-v3", q_rank=None, num_layers=1)
+    assert m.config.q_rank is None and len(m.layers) == 1 and hasattr(m.layers[0].attn, "q_proj")
+    assert m.kv_shapes() == [(1, 32, 8)]  # one shared "KV head": the latent (R) and the rope keys (Dr)
+    with pytest.raises(ValueError, match="rope_head_dim must be even"):
+        models.build("deepseek-v3", rope_head_dim=5)
+    assert models.build("deepseek-v3", **YARN).config.softmax_scale == pytest.approx(
+        (0.07 * np.log(4.0) + 1) ** 2 / np.sqrt(16 + 8))
+
+
+def test_eager_cache_is_latent_and_matches_one_pass():
+    m = models.build("deepseek-v3")
+    ids = torch.randint(0, 256, (2, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        full = m(ids)
+        cache = LatentCache()
+        steps = torch.cat([m(ids[:, :6], cache=cache), m(ids[:, 6:7], cache=cache), m(ids[:, 7:], cache=cache)], 1)
+    torch.testing.assert_close(steps, full, atol=2e-5, rtol=1e-4)
+    for layer in range(len(m.layers)):
+        latent, rope = cache.get(layer)
+        assert latent.shape == (2, 1, 9, 32) and rope.shape == (2, 1, 9, 8)
+        assert cache.bytes_per_token(layer) == (32 + 8) * 4
+
+
+@pytest.mark.parametrize("cache", ["concat", "shared"])
+def test_exported_graph(exported, cache):
+    _, paths = exported
+    sess = session(paths[cache], profile=True)
+    inputs = {i.name: i for i in sess.get_inputs()}
+    latent, rope = inputs["past_key_values.0.key"], inputs["past_key_values.0.value"]
+    assert latent.shape[1:] == [1, latent.shape[2], 32] and rope.shape[1:] == [1, rope.shape[2], 8]
+    assert ("past_lengths" in inputs) == (cache == "shared")
+    ids = np.array([[5, 9, 3]], dtype=np.int64)
+    feeds = {"input_ids": ids}
+    for name, info in inputs.items():
+        if name.startswith("past_key_values."):
+            feeds[name] = np.zeros((1, 1, 8 if cache == "shared" else 0, info.shape[3]), np.float32)
+    if cache == "shared":
+        feeds["past_lengths"] = np.zeros(1, np.int64)
+    outputs = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
+    assert outputs["present.1.key"].shape == (1, 1, 8 if cache == "shared" else 3, 32)
+    assert outputs["present.1.value"].shape == (1, 1, 8 if cache == "shared" else 3, 8)
+    assert kernel_ops_ran(sess) == {"MultiHeadLatentAttention"}
+
+
+@pytest.mark.parametrize("use_library", [True, False], ids=["kernels", "functions"])
+@pytest.mark.parametrize("cache", ["concat", "shared"])
+def test_generation_matches_eager_torch(exported, cache, use_library):
+    modules, paths = exported
+    ids = np.array([[17, 200, 3, 45, 99], [1, 2, 3, 4, 5]], dtype=np.int64)
+    want = generate_torch(modules[cache], ids, 16)
+    got = generate(str(paths[cache]), ids, 16, use_library=use_library, providers=["CPUExecutionProvider"],
+                   progress=False)
+    np.testing.assert_array_equal(got.tokens, want.tokens)
+    assert len(np.unique(want.new_tokens)) >= 4, "the tiny model should not collapse onto one token"
