@@ -134,6 +134,9 @@ CASES = [
     # heads and sizes
     Case("mqa-8-over-1", past=(6, 11), new=(1, 2), q_heads=8, kv_heads=1),
     Case("mha-3-heads", past=(2, 5), new=(3, 1), q_heads=3, kv_heads=3),
+    # decode of 8 sequences: the kernel runs a sequence's KV heads together in groups (here 2 + 1 heads)
+    Case("decode-b8-3-kv-heads", past=(17, 3, 40, 0, 9, 16, 33, 5), new=(1,) * 8, q_heads=6, kv_heads=3,
+         block_size=8),
     Case("dv-ne-d", past=(3, 8), new=(2, 1), head_dim=16, v_head_dim=8),
     # scores
     Case("scale-softcap", past=(6, 3), new=(1, 2), scale=0.5, softcap=2.0),
@@ -392,3 +395,40 @@ def test_kernel_is_bitwise_deterministic_across_runs_and_threads(case_id: str):
     for outputs in (one.run(None, feeds), two.run(None, feeds), two.run(None, feeds)):
         for x, y in zip(reference, outputs):
             np.testing.assert_array_equal(x, y)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The kernel's paged decode is the contiguous decode, bit for bit
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("q_heads, kv_heads, head_dim, block_size, dtype", [
+    (8, 2, 128, 16, "float32"), (4, 4, 64, 1, "float32"), (8, 1, 64, 64, "bfloat16"), (8, 2, 128, 3, "float16")])
+def test_paged_decode_is_bitwise_the_contiguous_decode(q_heads, kv_heads, head_dim, block_size, dtype, isa):
+    """GroupQueryAttention's shared-buffer decode over the same keys gives the same bits: the paged kernel
+    cuts its key tiles where the contiguous one does (spanning blocks), whatever the block layout."""
+    from helpers import gqa_model
+
+    past = (300, 45, 129, 0, 7)
+    rng = np.random.default_rng(head_dim + block_size)
+    problem = make_problem(rng, past=past, new=(1,) * len(past), block_size=block_size, q_heads=q_heads,
+                           kv_heads=kv_heads, head_dim=head_dim, v_head_dim=head_dim, dtype=dtype)
+    f = problem.feeds
+    attrs = dict(num_heads=q_heads, kv_num_heads=kv_heads, rope=1)
+    buffer = max(past) + 1
+    past_key = np.full((len(past), kv_heads, buffer, head_dim), np.nan, np.float32)
+    past_value = past_key.copy()
+    for b, (pk, pv) in enumerate(problem.pasts):
+        past_key[b, :, : past[b]], past_value[b, :, : past[b]] = pk[0], pv[0]
+    gqa_feeds = dict(query=f["query"][:, None], key=f["key"][:, None], value=f["value"][:, None],
+                     past_key=round_to(past_key, dtype), past_value=round_to(past_value, dtype),
+                     past_lengths=np.array(past, np.int64))
+    with cpu_isa(isa):
+        contiguous = run_kernel(gqa_model(["past_key", "past_value", "past_lengths"], dtype=dtype, with_present=True,
+                                          attrs=attrs), gqa_feeds)
+        paged_out = run_kernel(paged_model(dtype=dtype, with_present=True, attrs=attrs), f)
+    np.testing.assert_array_equal(paged_out[0], contiguous[0][:, 0])
+    for pool, present in zip(paged_out[1:], contiguous[1:]):
+        flat = pool.reshape(-1, kv_heads, head_dim)
+        for b in range(len(past)):
+            np.testing.assert_array_equal(flat[problem.slots[b][past[b]]], present[b, :, past[b]])
