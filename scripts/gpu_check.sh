@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Every GPU check of onnxattn in one run on the GPU machine (read ../shared/device/README.md first):
-#   1. ScaledDotProductAttention: kernel-level checks through the library's ctypes entry on torch tensors
-#      (tests/gpu/test_sdpa_cuda_kernels.py), then through onnxruntime-gpu's CUDA EP, checking the node ran
-#      there (tests/gpu/test_sdpa_cuda_ort.py)
+#   1. every GPU test in tests/gpu but GroupQueryAttention's: kernel-level checks through the library's
+#      ctypes entries on torch tensors (e.g. tests/gpu/test_sdpa_cuda_kernels.py), then through
+#      onnxruntime-gpu's CUDA EP, checking the node ran there (e.g. tests/gpu/test_sdpa_cuda_ort.py)
 #   2. GroupQueryAttention: the same two levels (tests/gpu/test_gqa_cuda_kernels.py, test_gqa_cuda_ort.py)
 #   3. compute-sanitizer on representative launches of the family whose tests failed
 #   4. the benchmarks (benchmarks/bench_sdpa_cuda.py, benchmarks/bench_gqa_cuda.py)
@@ -18,7 +18,7 @@
 # them. Without them the onnxruntime checks and baseline are skipped, saying why. Then the one call:
 #   command: ONNXATTN_COMMIT=<git rev-parse HEAD> bash scripts/gpu_check.sh
 #   carry:   ["build/gpu/onnxattn/cuda_ep/libonnxattn_ops.so"]      timeout_s: 540
-# (stages are capped at 130 s SDPA tests + 110 s GQA tests + 90 s memcheck, only after a failure, + 100 s SDPA
+# (stages are capped at 130 s tests + 110 s GQA tests + 90 s memcheck, only after a failure, + 100 s SDPA
 # benchmark + 70 s GQA benchmark = 500 s, under the call's 540 s; expect ~4 min)
 # Commit the bench JSON it returns under benchmarks/results/.
 #
@@ -69,10 +69,11 @@ PY
 # Synchronous launches: a kernel fault is reported by the test that caused it. One pytest run per op
 # family, each under its own cap, so a family that runs long cannot take the other's report with it; the
 # cap interrupts pytest (SIGINT) so it still writes its JUnit report.
-echo "== ScaledDotProductAttention tests (kernels via ctypes, then onnxruntime CUDA EP)"
+echo "== GPU tests but GroupQueryAttention's (ScaledDotProductAttention, ...: kernels via ctypes, then onnxruntime CUDA EP)"
 # shellcheck disable=SC2086
-CUDA_LAUNCH_BLOCKING=1 timeout -s INT -k 10 130 python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu/test_sdpa_cuda_kernels.py \
-  tests/gpu/test_sdpa_cuda_ort.py -rfEs --junitxml="$OUT/gpu_tests.xml" ${GPU_CHECK_PYTEST_ARGS:-}
+CUDA_LAUNCH_BLOCKING=1 timeout -s INT -k 10 130 python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu \
+  --ignore=tests/gpu/test_gqa_cuda_kernels.py --ignore=tests/gpu/test_gqa_cuda_ort.py \
+  -rfEs --junitxml="$OUT/gpu_tests.xml" ${GPU_CHECK_PYTEST_ARGS:-}
 tests_rc=$?
 echo "== GroupQueryAttention tests (kernels via ctypes, then onnxruntime CUDA EP)"
 # shellcheck disable=SC2086
@@ -81,7 +82,7 @@ CUDA_LAUNCH_BLOCKING=1 timeout -s INT -k 10 110 python3 -m pytest -q -p no:cache
 gqa_tests_rc=$?
 
 families=()
-if [ "$tests_rc" != 0 ] || [ "${GPU_CHECK_SANITIZE:-0}" = 1 ]; then families+=(sdpa); fi
+if [ "$tests_rc" != 0 ] || [ "${GPU_CHECK_SANITIZE:-0}" = 1 ]; then families+=(sdpa); fi  # sanitize_cases.py
 if [ "$gqa_tests_rc" != 0 ] || [ "${GPU_CHECK_SANITIZE:-0}" = 1 ]; then families+=(gqa); fi
 if [ "${#families[@]}" != 0 ]; then
   echo "== compute-sanitizer on representative launches of: ${families[*]} (tests/gpu/sanitize_cases.py)"

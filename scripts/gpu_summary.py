@@ -75,7 +75,7 @@ def main(argv=None) -> int:
         print(f"{group:44} {c.get('passed', 0):7d} {c.get('failed', 0):7d} {c.get('skipped', 0):8d}")
     if "error" in tests:
         print(tests["error"])
-    for label, rc in (("ScaledDotProductAttention tests", args.tests_rc), ("GroupQueryAttention tests", args.gqa_tests_rc)):
+    for label, rc in (("GPU tests (but GroupQueryAttention's)", args.tests_rc), ("GroupQueryAttention tests", args.gqa_tests_rc)):
         if rc == 124:
             print(f"  {label} were interrupted at their time cap: the counts cover what ran")
     for reason, n in tests.get("skip_reasons", {}).items():
