@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "gpu"))
+import gqa_cases as gc  # noqa: E402
 import gqa_cuda_lib as lib  # noqa: E402
 import sdpa_cuda_lib  # noqa: E402
 
@@ -219,3 +220,18 @@ def test_cpu_session_runs_the_cpu_kernel_with_and_without_the_cuda_opt_in(flag, 
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "['CPUExecutionProvider']", done.stdout
+
+
+# ---- the GPU tests' case table, oracle and tolerance rule, checked on the CPU kernel
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("case_id", [c.id for c in gc.CASES])
+def test_gpu_case_table_passes_on_the_cpu_kernel(case_id, dtype):
+    # tests/gpu/gqa_cases.py is what the CUDA kernel is held to on the GPU machine; the CPU kernel (the
+    # same contract) must meet it here, so a failure there points at the CUDA kernel, not at the harness.
+    ort = pytest.importorskip("onnxruntime")
+    case = gc.CASES_BY_ID[case_id]
+    options = ort.SessionOptions()
+    options.register_custom_ops_library(sdpa_cuda_lib.library_path())
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(gc.model(case, dtype), options, providers=["CPUExecutionProvider"])
+    gc.check(case, dtype, *session.run(None, gc.numpy_feeds(case, dtype)), context=f"CPU kernel {case_id} {dtype}")
