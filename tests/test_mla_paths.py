@@ -25,8 +25,8 @@ def _feeds(rng, *, batch, seq, heads, past, dtype=np.float32):
             "past_latent": f(batch, past, R), "past_k_rope": f(batch, past, DR)}
 
 
-@pytest.mark.parametrize("batch, seq, heads, past", [(1, 1, 16, 300), (2, 1, 8, 97), (1, 19, 4, 40)],
-                         ids=["decode-h16", "decode-h8-b2", "chunk-s19"])
+@pytest.mark.parametrize("batch, seq, heads, past", [(1, 1, 16, 300), (2, 1, 8, 97), (1, 19, 4, 40), (1, 1, 4, 5000)],
+                         ids=["decode-h16", "decode-h8-b2", "chunk-s19", "decode-split-keys"])
 def test_absorbed_and_expanded_agree(batch, seq, heads, past):
     feeds = _feeds(np.random.default_rng(seq * 100 + heads), batch=batch, seq=seq, heads=heads, past=past)
     model = mla_model(["past_latent", "past_k_rope"], with_present=True, attrs=dict(num_heads=heads, rope_interleaved=1))
@@ -44,6 +44,29 @@ def test_absorbed_and_expanded_agree(batch, seq, heads, past):
         np.testing.assert_array_equal(a, e)
     function = run_function(model, feeds)[0]
     assert np.abs(absorbed[0] - function).max() / scale <= 1e-4
+
+
+@pytest.mark.parametrize("window", [0, 3000])
+def test_split_key_decode_in_shared_buffers(window):
+    """Decode over a long cache splits the keys across threads (>= 2048 keys per split) and merges the
+    splits by log-sum-exp: per-sequence lengths (a long one, a short one whose later splits are empty), a
+    window that empties the first splits, NaN in the stale slots; against the reference function."""
+    rng = np.random.default_rng(window)
+    heads, buffer, lengths = 4, 6400, np.array([6000, 37], np.int64)
+    feeds = _feeds(rng, batch=2, seq=1, heads=heads, past=buffer)
+    for b, n in enumerate(lengths):
+        feeds["past_latent"][b, n + 1:] = np.nan
+        feeds["past_k_rope"][b, n + 1:] = np.nan
+    feeds["past_lengths"] = lengths
+    model = mla_model(["past_latent", "past_k_rope", "past_lengths"], with_present=True,
+                      attrs=dict(num_heads=heads, rope_interleaved=1, window=window))
+    session = kernel_session(model, threads=2, profile=True)
+    got = session.run(None, feeds)
+    assert MLA in kernel_ops_run(session)
+    want = run_function(model, feeds)
+    scale = np.abs(want[0]).max()
+    assert np.abs(got[0] - want[0]).max() / scale <= 1e-4
+    np.testing.assert_array_equal(np.isnan(got[1]), np.isnan(want[1]))
 
 
 def _choice(batch, seq, heads, past, causal=1, window=0, rank=R, nope=DN, rope=DR, value=DV):

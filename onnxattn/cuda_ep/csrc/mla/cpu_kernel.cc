@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <type_traits>
 #include <vector>
@@ -163,6 +164,84 @@ sdpa::Params core_params(const Params& p, int64_t batch, int64_t q_heads, int64_
   return a;
 }
 
+// The core's view of the latent caches from key `first` on: Q [B, S, H, R + Dr], K the latent rows with
+// the rope keys as their split tail, V the latent rows, Y [B, S, H, R]; one KV head (head stride 0).
+template <typename T>
+sdpa::Tensors<T, float> latent_view(const Params& p, const Tensors<T>& t, sdpa::Params& a, const float* q_abs,
+                                    int64_t first) {
+  const int64_t S = p.seq, H = p.heads, R = p.rank, Dr = p.rope_dim, M = p.total, Dk = R + Dr;
+  a.q_strides = {S * H * Dk, Dk, H * Dk};
+  a.k_strides = {M * R, 0, R};
+  a.v_strides = {M * R, 0, R};
+  a.k_tail_strides = {M * Dr, 0, Dr};
+  a.y_strides = {S * H * R, R, H * R};
+  sdpa::Tensors<T, float> at;
+  at.q = q_abs;
+  at.k = t.present_latent + first * R;
+  at.v = t.present_latent + first * R;
+  at.k_tail = t.present_k_rope + first * Dr;
+  return at;
+}
+
+// Decode reads a long cache with few query rows: B * (row tiles) work items, too few for the core to spread
+// over the threads (every head shares the one latent KV head). Then the keys are split — flash-decoding —
+// into ranges of >= 2048 keys (at most 16), each attended on its own thread and merged by log-sum-exp. The
+// split depends on the shape only, so results do not depend on the thread count.
+template <typename T>
+int64_t key_splits(const Params& p, const Prepared<T>& prep) {
+  constexpr int64_t kMinKeys = 2048, kMaxSplits = 16, kMaxTokens = 4;
+  if (p.batch * p.seq > kMaxTokens) return 1;
+  const int64_t keys = *std::max_element(prep.valid.begin(), prep.valid.end());
+  return std::clamp<int64_t>(keys / kMinKeys, 1, kMaxSplits);
+}
+
+template <typename T>
+void attend_split(const Params& p, const Tensors<T>& t, const Prepared<T>& prep, const float* q_abs, int64_t splits,
+                  float* latent_out, const ParallelFor& parallel_for) {
+  const int64_t B = p.batch, S = p.seq, H = p.heads, R = p.rank, Dr = p.rope_dim, M = p.total;
+  const int64_t keys = *std::max_element(prep.valid.begin(), prep.valid.end());
+  const int64_t chunk = (keys + splits - 1) / splits, rows = B * S * H;
+  Buffer partial = floats(splits * rows * R), lse = floats(splits * rows);
+  parallel_for(splits, [&](int64_t k) {
+    const int64_t first = k * chunk, count = std::min(chunk, M - first);
+    sdpa::Params a = core_params(p, B, H, 1, count, R + Dr, R, R);
+    a.structure.query_offset = p.past - first;  // key positions relative to the range
+    a.want_lse = true;
+    sdpa::Tensors<T, float> at = latent_view(p, t, a, q_abs, first);
+    at.y_float = partial.get() + k * rows * R;
+    at.lse = lse.get() + k * rows;
+    std::vector<int64_t> offsets(static_cast<size_t>(B)), lengths(static_cast<size_t>(B));
+    if (p.mode == CacheMode::kShared) {
+      for (int64_t b = 0; b < B; ++b) {
+        offsets[size_t(b)] = prep.past[size_t(b)] - first;
+        lengths[size_t(b)] = std::clamp<int64_t>(prep.valid[size_t(b)] - first, 0, count);
+      }
+      at.query_offsets = offsets.data();
+      at.kv_lengths = lengths.data();
+    }
+    sdpa::run_cpu<T, float>(a, at, serial_for);
+  });
+  // Merge: row (b, s, h) has LSE [b, h, s] (the core's layout) and output [b, s, h] in each split.
+  parallel_for(rows, [&](int64_t row) {
+    const int64_t h = row % H, token = row / H, b = token / S, s = token % S;
+    const int64_t at = (b * H + h) * S + s;
+    float m = -std::numeric_limits<float>::infinity();
+    for (int64_t k = 0; k < splits; ++k) m = std::max(m, lse[size_t(k * rows + at)]);
+    float* out = latent_out + row * R;
+    std::fill(out, out + R, 0.0f);
+    if (m == -std::numeric_limits<float>::infinity()) return;  // no visible key: zeros
+    float total = 0.0f;
+    for (int64_t k = 0; k < splits; ++k) {
+      const float w = std::exp(lse[size_t(k * rows + at)] - m);
+      if (w == 0.0f) continue;
+      total += w;
+      const float* y = partial.get() + (k * rows + row) * R;
+      for (int64_t x = 0; x < R; ++x) out[x] += w * y[x];
+    }
+    for (int64_t x = 0; x < R; ++x) out[x] /= total;
+  });
+}
+
 // Absorbed: attention over the latent rows [latent ; k_rope] (R + Dr) shared by every head.
 template <typename T>
 void run_absorbed(const Params& p, const Tensors<T>& t, Prepared<T>& prep, const ParallelFor& parallel_for) {
@@ -186,23 +265,19 @@ void run_absorbed(const Params& p, const Tensors<T>& t, Prepared<T>& prep, const
 
   // Attention of every head over the one latent "KV head"; float output [B, S, H, R].
   Buffer latent_out = floats(B * S * H * R);
-  sdpa::Params a = core_params(p, B, H, 1, M, Dk, R, R);
-  a.q_strides = {S * H * Dk, Dk, H * Dk};
-  a.k_strides = {M * R, 0, R};
-  a.v_strides = {M * R, 0, R};
-  a.k_tail_strides = {M * Dr, 0, Dr};
-  a.y_strides = {S * H * R, R, H * R};
-  sdpa::Tensors<T, float> at;
-  at.q = q_abs.get();
-  at.k = t.present_latent;
-  at.v = t.present_latent;
-  at.k_tail = t.present_k_rope;
-  at.y_float = latent_out.get();
-  if (p.mode == CacheMode::kShared) {
-    at.query_offsets = prep.past.data();
-    at.kv_lengths = prep.valid.data();
+  const int64_t splits = key_splits(p, prep);
+  if (splits == 1) {
+    sdpa::Params a = core_params(p, B, H, 1, M, Dk, R, R);
+    sdpa::Tensors<T, float> at = latent_view(p, t, a, q_abs.get(), 0);
+    at.y_float = latent_out.get();
+    if (p.mode == CacheMode::kShared) {
+      at.query_offsets = prep.past.data();
+      at.kv_lengths = prep.valid.data();
+    }
+    sdpa::run_cpu<T, float>(a, at, parallel_for);  // T = float: the core's float instantiation
+  } else {
+    attend_split(p, t, prep, q_abs.get(), splits, latent_out.get(), parallel_for);
   }
-  sdpa::run_cpu<T, float>(a, at, parallel_for);  // T = float: the core's float instantiation
 
   // output [B, S, H*Dv] = latent output . W_UV[h], blocks of queries per head (W_UV[h] read once per block)
   project_output(p, latent_out.get(), R, w_uv, t.output, parallel_for);
