@@ -17,6 +17,7 @@ from onnxattn.nn.reference import (
     paged_reference,
     sdpa_reference,
 )
+from onnxattn.nn.sparse_reference import nsa_reference, routed_reference
 
 
 def _register_recompute_autograd(op, reference: Callable, num_tensors: int, attr_names: Sequence[str],
@@ -219,3 +220,61 @@ def _(query, latent, k_rope, w_uk, w_uv, past_latent, past_k_rope, past_lengths,
 
 _register_recompute_autograd(multi_head_latent_attention, mla_reference, len(MLA_TENSORS), MLA_ATTRS,
                              differentiable_outputs=(0, 1, 2))
+
+
+# ---- NativeSparseAttention, SparseRoutedAttention ----
+
+NSA_TENSORS = ("q", "k", "v", "gates", "compressed_key", "compressed_value")
+NSA_ATTRS = ("block_size", "top_blocks", "top_tokens", "window", "causal", "shared_selection", "sink_blocks",
+             "local_blocks", "scale")
+
+
+@torch.library.custom_op("onnxattn::native_sparse_attention", mutates_args=())
+def native_sparse_attention(
+    q: Tensor, k: Tensor, v: Tensor, gates: Optional[Tensor], compressed_key: Optional[Tensor],
+    compressed_value: Optional[Tensor], block_size: int, top_blocks: int, top_tokens: int, window: int,
+    causal: bool, shared_selection: bool, sink_blocks: int, local_blocks: int, scale: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    attrs = dict(zip(NSA_ATTRS, (block_size, top_blocks, top_tokens, window, causal, shared_selection, sink_blocks,
+                                 local_blocks, scale)))
+    y, blocks, tokens = nsa_reference(q, k, v, gates, compressed_key, compressed_value, **attrs)
+    return y.contiguous(), blocks.contiguous(), tokens.contiguous()
+
+
+@native_sparse_attention.register_fake
+def _(q, k, v, gates, compressed_key, compressed_value, block_size, top_blocks, top_tokens, window, causal,
+      shared_selection, *attrs):
+    b, hq, sq = q.shape[0], q.shape[1], q.shape[2]
+    hs = k.shape[1] if shared_selection else hq
+    return (q.new_empty((b, hq, sq, v.shape[3])), q.new_empty((b, hs, sq, top_blocks), dtype=torch.int64),
+            q.new_empty((b, hq, sq, top_tokens), dtype=torch.int64))
+
+
+_register_recompute_autograd(native_sparse_attention, nsa_reference, len(NSA_TENSORS), NSA_ATTRS,
+                             differentiable_outputs=(0,))
+
+ROUTED_TENSORS = ("q", "k", "v", "position_ids")
+ROUTED_ATTRS = ("segment_size", "top_k", "causal", "cosine", "rope", "rope_before_routing", "rope_base", "rotary_dim",
+                "rope_interleaved", "rope_attention_scaling", "scale")
+
+
+@torch.library.custom_op("onnxattn::sparse_routed_attention", mutates_args=())
+def sparse_routed_attention(
+    q: Tensor, k: Tensor, v: Tensor, position_ids: Optional[Tensor], segment_size: int, top_k: int, causal: bool,
+    cosine: bool, rope: bool, rope_before_routing: bool, rope_base: float, rotary_dim: int, rope_interleaved: bool,
+    rope_attention_scaling: float, scale: float,
+) -> tuple[Tensor, Tensor]:
+    attrs = dict(zip(ROUTED_ATTRS, (segment_size, top_k, causal, cosine, rope, rope_before_routing, rope_base,
+                                    rotary_dim, rope_interleaved, rope_attention_scaling, scale)))
+    y, selected = routed_reference(q, k, v, position_ids, **attrs)
+    return y.contiguous(), selected.contiguous()
+
+
+@sparse_routed_attention.register_fake
+def _(q, k, v, position_ids, segment_size, top_k, *attrs):
+    b, hq, sq = q.shape[0], q.shape[1], q.shape[2]
+    return q.new_empty((b, hq, sq, v.shape[3])), q.new_empty((b, hq, sq, top_k), dtype=torch.int64)
+
+
+_register_recompute_autograd(sparse_routed_attention, routed_reference, len(ROUTED_TENSORS), ROUTED_ATTRS,
+                             differentiable_outputs=(0,))

@@ -7,8 +7,8 @@ import onnxscript
 import torch
 
 from onnxattn.export import _torch_ops  # noqa: F401  (defines torch.ops.onnxattn.*)
-from onnxattn.export._torch_ops import GQA_ATTRS, MLA_ATTRS
-from onnxattn.ops import DOMAIN, OPSET_VERSION, gqa, mla, paged, sdpa
+from onnxattn.export._torch_ops import GQA_ATTRS, MLA_ATTRS, NSA_ATTRS, ROUTED_ATTRS
+from onnxattn.ops import DOMAIN, OPSET_VERSION, gqa, mla, nsa, paged, routed, sdpa
 
 _OPSET = onnxscript.values.Opset(DOMAIN, OPSET_VERSION)
 # The exporter sizes a node's outputs by its schema, so each output count gets its own schema view.
@@ -17,6 +17,8 @@ _SDPA_LSE = onnxscript.values.Op(_OPSET, sdpa.NAME, sdpa.SPEC.onnx_schema(num_ou
 _GQA = onnxscript.values.Op(_OPSET, gqa.NAME, gqa.SPEC.onnx_schema())
 _PAGED = onnxscript.values.Op(_OPSET, paged.NAME, paged.SPEC.onnx_schema())
 _MLA = onnxscript.values.Op(_OPSET, mla.NAME, mla.SPEC.onnx_schema())
+_NSA = onnxscript.values.Op(_OPSET, nsa.NAME, nsa.SPEC.onnx_schema())
+_ROUTED = onnxscript.values.Op(_OPSET, routed.NAME, routed.SPEC.onnx_schema())
 
 
 def _sdpa_attrs(causal, window, band, scale, softcap):
@@ -58,10 +60,26 @@ def _mla(query, latent, k_rope, w_uk, w_uv, past_latent=None, past_k_rope=None, 
                 rope_inv_freq, **onnx_attrs)
 
 
+def _explicit(spec, names, values) -> dict:
+    kinds = {a.name: a.kind for a in spec.attrs}
+    return {name: int(v) if kinds[name] == "int" else float(v) for name, v in zip(names, values)}
+
+
+def _nsa(q, k, v, gates=None, compressed_key=None, compressed_value=None, *attrs):
+    # all three outputs; attach_functions drops the selections when nothing reads them
+    return _NSA(q, k, v, gates, compressed_key, compressed_value, **_explicit(nsa.SPEC, NSA_ATTRS, attrs))
+
+
+def _routed(q, k, v, position_ids=None, *attrs):
+    return _ROUTED(q, k, v, position_ids, **_explicit(routed.SPEC, ROUTED_ATTRS, attrs))
+
+
 TRANSLATIONS = {
     torch.ops.onnxattn.scaled_dot_product_attention.default: _sdpa,
     torch.ops.onnxattn.scaled_dot_product_attention_lse.default: _sdpa_lse,
     torch.ops.onnxattn.group_query_attention.default: _gqa,
     torch.ops.onnxattn.paged_attention.default: _paged,
     torch.ops.onnxattn.multi_head_latent_attention.default: _mla,
+    torch.ops.onnxattn.native_sparse_attention.default: _nsa,
+    torch.ops.onnxattn.sparse_routed_attention.default: _routed,
 }

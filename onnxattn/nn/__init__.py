@@ -17,30 +17,54 @@ from onnxattn.nn.paged_cache import BlockAllocator, PagedKVCache, PagedStep, Poo
 from onnxattn.nn.reference import apply_rope, gqa_reference, sdpa_reference
 from onnxattn.nn.rope import Rope, RopeScaling, positions_from_boundaries
 from onnxattn.nn.sdpa import ScaledDotProductAttention
+from onnxattn.nn.compressed_cache import CompressedKVCache, compress_kv
+from onnxattn.nn.sparse import (
+    NativeSparseAttention,
+    NSACoarseCompression,
+    NSACompressor,
+    NSAFineSelection,
+    NSAWindowAttention,
+    SparseRoutedAttention,
+    native_sparse_attention,
+    sparse_routed_attention,
+)
+from onnxattn.nn.sparse_reference import nsa_reference, routed_reference
 
 __all__ = [
     "AttentionHead",
     "AttentionMask",
     "BlockAllocator",
+    "CompressedKVCache",
     "GlobalAttention",
     "GroupedQueryAttention",
     "KVCache",
     "LatentCache",
     "LocalAttention",
     "MultiHeadLatentAttention",
+    "NSACoarseCompression",
+    "NSACompressor",
+    "NSAFineSelection",
+    "NSAWindowAttention",
+    "NativeSparseAttention",
     "PagedKVCache",
     "PagedStep",
     "PoolExhausted",
     "Rope",
     "RopeScaling",
     "ScaledDotProductAttention",
+    "SparseRoutedAttention",
     "apply_rope",
     "build_causal_sliding_window_mask",
+    "compress_kv",
     "functional",
     "gqa_reference",
     "mla_reference",
+    "native_sparse_attention",
+    "nsa_reference",
     "positions_from_boundaries",
     "qk_norm",
+    "routed_reference",
     "sdpa_reference",
+    "sparse_routed_attention",
     "whole_tensor_rms_norm",
 ]

@@ -16,6 +16,7 @@
 #include "mla/op.h"
 #include "paged/op.h"
 #include "sdpa/op.h"
+#include "sparse/op.h"
 
 namespace onnxattn {
 namespace {
@@ -49,6 +50,12 @@ void add_all_ops(Ort::CustomOpDomain& domain) {
   domain.Add(mla::cpu_op<float>());
   domain.Add(mla::cpu_op<Float16>());
   domain.Add(mla::cpu_op<BFloat16>());
+  domain.Add(sparse::nsa_cpu_op<float>());
+  domain.Add(sparse::nsa_cpu_op<Float16>());
+  domain.Add(sparse::nsa_cpu_op<BFloat16>());
+  domain.Add(sparse::routed_cpu_op<float>());
+  domain.Add(sparse::routed_cpu_op<Float16>());
+  domain.Add(sparse::routed_cpu_op<BFloat16>());
 #ifdef ONNXATTN_WITH_CUDA
   if (cuda_kernels_enabled()) {
     domain.Add(sdpa::cuda_op<float>());

@@ -51,6 +51,14 @@ struct Params {
   // Paged K/V (with Tensors::block_table): slots per block and entries per block-table row.
   int64_t block_size = 0;
   int64_t block_table_stride = 0;
+  // Block-sparse attention (with Tensors::sparse_blocks; NativeSparseAttention, SparseRoutedAttention): row
+  // (b, h, i) sees only the keys of the blocks its list names — block c is keys [c * sparse_block_size,
+  // (c + 1) * sparse_block_size) — within its structural range. Lists have sparse_list_len entries
+  // (distinct, any order, -1 = unused): one per (b, KV head, i) when sparse_shared (the heads of a GQA group
+  // share it), else one per (b, query head, i). Not combined with paged K/V or ragged queries. 0: dense.
+  int64_t sparse_block_size = 0;
+  int64_t sparse_list_len = 0;
+  bool sparse_shared = false;
 
   int64_t group_size() const { return q_heads / kv_heads; }
   // Layouts of Q, K, V, Y (contiguous [B, H, S, D] unless a fused op says otherwise) and their offsets.
@@ -103,6 +111,8 @@ struct Tensors {
   // j / block_size]; K/V are addressed as slot * strides.seq + head * strides.head.
   const int32_t* block_table = nullptr;
   const T* k_tail = nullptr;  // Params::k_split > 0; not combined with block_table
+  // Block-sparse lists [B, Hkv or Hq, Sq, sparse_list_len] (see Params::sparse_block_size).
+  const int32_t* sparse_blocks = nullptr;
 };
 
 }  // namespace onnxattn::sdpa

@@ -1,0 +1,357 @@
+"""onnxattn::NativeSparseAttention — block selection, fine token selection, compression and a sliding
+window, gated per head and token (the seed's NativeSparseAttention and the NSA paper, Yuan et al. 2025)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import onnx
+from onnx import TensorProto
+
+from onnxattn.ops import _bodies as bodies
+from onnxattn.ops import _sparse as sparse
+from onnxattn.ops._spec import (
+    FLOAT_TYPES,
+    Attr,
+    FunctionBuilder,
+    Input,
+    OpError,
+    OpSpec,
+    Output,
+    TensorInfo,
+    TypeConstraint,
+    dims_differ,
+    finite_non_negative,
+    non_negative,
+    zero_or_one,
+)
+
+NAME = "NativeSparseAttention"
+
+SUMMARY = (
+    "Y[, selected_blocks, selected_tokens] = NativeSparseAttention(Q [B,Hq,Sq,D], K [B,Hkv,Skv,D], "
+    "V [B,Hkv,Skv,Dv], gates? [..broadcast to B,Hq,Sq,3], compressed_key? [B,Hkv,Nc,D], "
+    "compressed_value? [B,Hkv,Nc,Dv])"
+)
+
+DOC = """\
+Three attention branches over the same keys, each a softmax attention of its own, mixed by gates:
+
+```
+Y = g0 * O_blocks + g1 * (O_fine or O_compressed) + g2 * O_window      g = gates broadcast to [B,Hq,Sq,3]
+```
+
+Query row `i` sits at key position `p = i + Skv - Sq` (bottom-right aligned); blocks are `c = j // block_size`;
+the query's own block is `p // block_size`. Scores are `scale * <Q, K>`; GQA maps query head h to KV
+head `h // (Hq / Hkv)`. A branch that is off, or a row that sees no key in it, contributes zeros.
+
+**Block branch** (`top_blocks > 0`; the seed's coarse path, the paper's selection branch). Each
+candidate block gets a score, and the row attends at full resolution to every key of its `top_blocks`
+best blocks:
+- score without `compressed_key`: `<Q[i], mean of the block's keys>` (the seed);
+- score with `compressed_key` / `compressed_value` (the paper): the probability the compression branch
+  gives the block's compressed token (see below);
+- `shared_selection=1`: the scores of the G query heads of a KV head are summed and the group shares
+  one selection (the paper); 0: every query head selects for itself (the seed).
+- `causal=0` (the seed): candidates are the complete blocks `c < Skv // block_size`; a trailing partial
+  block is never attended. `causal=1`: candidates are the blocks `c <= p // block_size`; the query's own
+  block (partial or not) is always selected, and keys `j > p` are hidden.
+- forced blocks, always selected and counted in `top_blocks`: the own block (causal), the first
+  `sink_blocks` blocks (attention sink), the `local_blocks` blocks before the own block. Their number
+  must not exceed `top_blocks`. The other slots go to the best-scoring candidates.
+
+**Fine branch** (`top_tokens > 0`; the seed's fine path): each row attends to its `top_tokens` keys of
+largest `<Q[i], K[j]>` among all keys (`causal=0`) or keys `j <= p` (`causal=1`). Exact, so it costs
+a dense score pass.
+
+**Compression branch** (`compressed_key` and `compressed_value` given; the paper's compression
+branch): attention over `Nc = Skv // block_size` compressed tokens, token t summarizing keys
+`[t * block_size, (t + 1) * block_size)` (a learned compressor in torch makes them). With `causal=1`,
+token t is visible iff its whole block is: `(t + 1) * block_size - 1 <= p`. Its attention
+probabilities are the block scores above. Fine and compression branches share gate 1 and exclude each
+other.
+
+**Window branch** (`window = W > 0`): causal sliding window of W keys, the current one included:
+`p - W < j <= p` (also when `causal=0`).
+
+**Selection** ranks by unscaled dot products (or, with compression, by probabilities), so `scale` must be
+>= 0. Ties go to the lower index (as ONNX TopK). Selection is discrete: no gradient flows through it;
+gradients flow through each branch's attention to Q, K, V, the compressed tokens and the gates.
+
+`selected_blocks` `[B, Hs, Sq, top_blocks]` (`Hs` = Hkv with `shared_selection`, else Hq) and
+`selected_tokens` `[B, Hq, Sq, top_tokens]` list each row's choices in ascending order, -1 for unused slots.
+
+**Configurations.** The seed: `causal=0, shared_selection=0`, no compressed inputs, gates
+`sigmoid(logits[Hq, 1, 3])`. The paper: `causal=1, shared_selection=1, sink_blocks=1, local_blocks=1`,
+compressed inputs, `top_tokens=0`, gates from a per-token MLP (`[B, Hq, Sq, 3]`, in the order
+(selection, compression, window)).
+"""
+
+EXAMPLES = (
+    """\
+The NSA paper's decoder configuration (16 blocks of 64 incl. a sink and a local block, window 512):
+```python
+node = onnx.helper.make_node(
+    "NativeSparseAttention", ["Q", "K", "V", "gates", "compressed_key", "compressed_value"], ["Y"],
+    domain="onnxattn", block_size=64, top_blocks=16, top_tokens=0, window=512, causal=1,
+    shared_selection=1, sink_blocks=1, local_blocks=1, scale=0.0)
+```""",
+    """\
+Torch modules (export to one node each):
+```python
+from onnxattn.nn import NativeSparseAttention
+nsa = NativeSparseAttention.paper(num_heads=16, num_kv_heads=2, head_dim=128, hidden=2048)
+y = nsa(q, k, v, x)         # x [B, S, hidden] feeds the gate MLP
+```""",
+)
+
+GATES, COMPRESSED, BLOCKS, TOKENS = "gates", "compressed", "blocks", "tokens"
+FEATURES = (GATES, COMPRESSED, BLOCKS, TOKENS)
+OVERLOADS = tuple(
+    "+".join(f for f, on in zip(FEATURES, (g, c, b, t)) if on)
+    for g in (0, 1) for c in (0, 1) for b in (0, 1) for t in (0, 1) if not (b and t)
+)
+I64, F32 = TensorProto.INT64, TensorProto.FLOAT
+
+
+def check_attributes(attrs: Mapping[str, Any], has_compressed: bool) -> None:
+    """The cross-attribute rules (single attributes are checked by their Attr)."""
+    top_blocks, forced = attrs["top_blocks"], attrs["sink_blocks"] + attrs["local_blocks"]
+    if top_blocks > 0 and forced + attrs["causal"] > top_blocks:
+        raise OpError(f"{NAME}: the forced blocks (own block {attrs['causal']} + sink_blocks "
+                      f"{attrs['sink_blocks']} + local_blocks {attrs['local_blocks']}) exceed top_blocks = {top_blocks}")
+    if top_blocks == 0 and forced:
+        raise OpError(f"{NAME}: sink_blocks and local_blocks need the block branch (top_blocks > 0)")
+    if attrs["top_tokens"] > 0 and has_compressed:
+        raise OpError(f"{NAME}: the fine branch (top_tokens > 0) and the compression branch (compressed_key) "
+                      "share gate 1; use one of them")
+    if top_blocks == 0 and attrs["top_tokens"] == 0 and attrs["window"] == 0 and not has_compressed:
+        raise OpError(f"{NAME}: every branch is off; set top_blocks, top_tokens or window > 0, or give "
+                      "compressed_key/compressed_value")
+
+
+def check_gates_shape(op: str, gates: TensorInfo, target: tuple) -> None:
+    if gates.rank is None:
+        return
+    if gates.rank > 4:
+        raise OpError(f"{op}: input 'gates' must have rank <= 4 (broadcastable to [B, Hq, Sq, 3]), got shape "
+                      f"{gates.shape_str()}")
+    for axis, dim in enumerate(gates.shape):
+        want = target[4 - gates.rank + axis]
+        if dim != 1 and dims_differ(dim, want):
+            raise OpError(f"{op}: input 'gates' of shape {gates.shape_str()} does not broadcast to [B, Hq, Sq, 3] "
+                          f"(dim {axis} is {dim}, expected 1 or {want})")
+
+
+def check_qkv(op: str, q: TensorInfo, k: TensorInfo, v: TensorInfo) -> tuple[tuple, tuple, tuple]:
+    layouts = {"Q": "[B, Hq, Sq, D]", "K": "[B, Hkv, Skv, D]", "V": "[B, Hkv, Skv, Dv]"}
+    for name, info in (("Q", q), ("K", k), ("V", v)):
+        if info.rank is not None and info.rank != 4:
+            raise OpError(f"{op}: input '{name}' must have rank 4 {layouts[name]}, got shape {info.shape_str()}")
+    qs, ks, vs = (x.shape or (None,) * 4 for x in (q, k, v))
+    if dims_differ(qs[0], ks[0]) or dims_differ(qs[0], vs[0]):
+        raise OpError(f"{op}: batch sizes differ: Q {q.shape_str()}, K {k.shape_str()}, V {v.shape_str()}")
+    if dims_differ(qs[3], ks[3]):
+        raise OpError(f"{op}: input 'K' must have head size D = {qs[3]} (from Q) in dim 3, got shape {k.shape_str()}")
+    if dims_differ(ks[1], vs[1]) or dims_differ(ks[2], vs[2]):
+        raise OpError(f"{op}: input 'V' must be [B, Hkv, Skv, Dv] with Hkv = {ks[1]} and Skv = {ks[2]} (from K), "
+                      f"got shape {v.shape_str()}")
+    for name, heads in (("Q", qs[1]), ("K", ks[1])):
+        if isinstance(heads, int) and heads < 1:
+            raise OpError(f"{op}: input '{name}' must have at least one head, got {heads} in dim 1")
+    if isinstance(qs[3], int) and qs[3] < 1:
+        raise OpError(f"{op}: input 'Q' must have head size D >= 1, got shape {q.shape_str()}")
+    if isinstance(qs[1], int) and isinstance(ks[1], int) and qs[1] % ks[1] != 0:
+        raise OpError(f"{op}: query heads ({qs[1]}, Q dim 1) must be a multiple of key/value heads ({ks[1]}, K dim 1)")
+    return qs, ks, vs
+
+
+def infer(inputs: Sequence[TensorInfo | None], attrs: Mapping[str, Any]) -> list[TensorInfo]:
+    q, k, v, gates, ckey, cvalue = inputs
+    qs, ks, vs = check_qkv(NAME, q, k, v)
+    if (ckey is None) != (cvalue is None):
+        raise OpError(f"{NAME}: inputs 'compressed_key' and 'compressed_value' must be given together")
+    check_attributes(attrs, ckey is not None)
+    if gates is not None:
+        check_gates_shape(NAME, gates, (qs[0], qs[1], qs[2], 3))
+    if ckey is not None:
+        for name, info, width in (("compressed_key", ckey, qs[3]), ("compressed_value", cvalue, vs[3])):
+            if info.rank is not None and info.rank != 4:
+                raise OpError(f"{NAME}: input '{name}' must have rank 4 [B, Hkv, Nc, {'D' if width is qs[3] else 'Dv'}], "
+                              f"got shape {info.shape_str()}")
+            shape = info.shape or (None,) * 4
+            nc = ks[2] // attrs["block_size"] if isinstance(ks[2], int) else None
+            for axis, want in ((0, qs[0]), (1, ks[1]), (2, nc), (3, width)):
+                if dims_differ(shape[axis], want):
+                    raise OpError(f"{NAME}: input '{name}' must be [B, Hkv, Nc, .] = [{qs[0]}, {ks[1]}, {nc}, {width}] "
+                                  f"(Nc = Skv // block_size), got shape {info.shape_str()}")
+    sel_heads = ks[1] if attrs["shared_selection"] else qs[1]
+    return [
+        TensorInfo(q.elem_type, (qs[0], qs[1], qs[2], vs[3])),
+        TensorInfo(TensorProto.INT64, (qs[0], sel_heads, qs[2], attrs["top_blocks"])),
+        TensorInfo(TensorProto.INT64, (qs[0], qs[1], qs[2], attrs["top_tokens"])),
+    ]
+
+
+def signature(inputs: Sequence[TensorInfo | None], outputs_present: Sequence[bool]) -> str:
+    present = lambda i: i < len(inputs) and inputs[i] is not None  # noqa: E731
+    if present(4) != present(5):
+        raise OpError(f"{NAME}: inputs 'compressed_key' and 'compressed_value' must be given together")
+    tokens = len(outputs_present) > 2 and outputs_present[2]
+    blocks = len(outputs_present) > 1 and outputs_present[1]
+    on = {GATES: present(3), COMPRESSED: present(4), BLOCKS: blocks and not tokens, TOKENS: tokens}
+    return "+".join(f for f in FEATURES if on[f])
+
+
+def build_function(overload: str, opset: int) -> onnx.FunctionProto:
+    if overload not in OVERLOADS:
+        raise ValueError(f"{NAME}: unknown overload {overload!r}")
+    features = set(overload.split("+")) if overload else set()
+    f = FunctionBuilder(SPEC, overload, opset)
+    zero, one = f.const(0, I64), f.const(1, I64)
+    q = f.op("Cast", "Q", to=F32)
+    k = f.op("Cast", "K", to=F32)
+    kr = bodies.repeat_kv_heads(f, k, "Q")
+    vr = bodies.repeat_kv_heads(f, f.op("Cast", "V", to=F32), "Q")
+    scale = sparse.resolved_scale(f, "Q")
+    dots = f.op("MatMul", q, f.op("Transpose", kr, perm=[0, 1, 3, 2]))  # [B, Hq, Sq, Skv], unscaled
+    logits = f.op("Mul", dots, scale)
+    p = sparse.query_positions(f, "Q", "K")  # [Sq, 1]
+    skv = sparse.scalar_dim(f, "K", 2)
+    j = f.op("Range", zero, skv, one)  # [Skv]
+    causal = f.op("Equal", f.attr("causal"), one)
+    past_only = f.op("Or", f.op("Not", causal), f.op("LessOrEqual", j, p))  # [Sq, Skv]
+    bs = f.attr("block_size")
+    full = f.op("Div", skv, bs)  # complete blocks
+
+    # ---- compression branch: attention over the compressed tokens; its probabilities score the blocks
+    if COMPRESSED in features:
+        ck = bodies.repeat_kv_heads(f, f.op("Cast", "compressed_key", to=F32), "Q")
+        cv = bodies.repeat_kv_heads(f, f.op("Cast", "compressed_value", to=F32), "Q")
+        c_logits = f.op("Mul", f.op("MatMul", q, f.op("Transpose", ck, perm=[0, 1, 3, 2])), scale)
+        t = f.op("Range", zero, sparse.scalar_dim(f, ck, 2), one)
+        whole = f.op("LessOrEqual", f.op("Sub", f.op("Mul", f.op("Add", t, one), bs), one), p)
+        c_visible = f.op("Or", f.op("Not", causal), whole)  # [Sq, Nc]
+        o_second, c_lse = bodies.masked_softmax_attention(f, c_logits, c_visible, cv)
+        block_scores = f.op("Where", c_visible, f.op("Exp", f.op("Sub", c_logits, c_lse)), f.const(0.0))
+    else:
+        keys = f.op("Slice", k, f.const([0], I64), f.op("Reshape", f.op("Mul", full, bs), f.const([1], I64)),
+                    f.const([2], I64))
+        shape = f.op("Concat", f.op("Shape", k, end=2), f.op("Reshape", full, f.const([1], I64)),
+                     f.op("Reshape", bs, f.const([1], I64)), f.op("Shape", k, start=3), axis=0)
+        means = f.op("ReduceMean", f.op("Reshape", keys, shape, allowzero=1), f.const([3], I64), keepdims=0)
+        block_scores = f.op("MatMul", q, f.op("Transpose", bodies.repeat_kv_heads(f, means, "Q"), perm=[0, 1, 3, 2]))
+
+    # ---- block branch: selection keys, TopK, keys of the chosen blocks
+    shared = f.op("Equal", f.attr("shared_selection"), one)
+    group = f.op("Div", f.op("Shape", "Q", start=1, end=2), f.op("Shape", "K", start=1, end=2))
+    grouped_shape = f.op("Concat", f.op("Shape", "K", end=2), group, f.op("Shape", block_scores, start=2), axis=0)
+    summed = f.op("ReduceSum", f.op("Reshape", block_scores, grouped_shape, allowzero=1), f.const([2], I64), keepdims=0)
+    # one body for both settings: per head, or the group's sum repeated to every head of the group
+    block_scores = f.op("Where", shared, bodies.repeat_kv_heads(f, summed, "Q"), block_scores)
+    blocks = f.op("Add", full, f.op("Mul", f.op("Cast", causal, to=I64),
+                                    f.op("Cast", f.op("Greater", f.op("Mod", skv, bs), zero), to=I64)))
+    pads = f.op("Concat", f.const([0, 0, 0, 0, 0, 0, 0], I64),
+                f.op("Reshape", f.op("Sub", blocks, full), f.const([1], I64)), axis=0)
+    block_scores = f.op("Pad", block_scores, pads, f.const(float("-inf")))  # the own partial block: forced
+    c = f.op("Range", zero, blocks, one)  # [Nb]
+    own = f.op("Div", p, bs)  # [Sq, 1]
+    candidate = f.op("Or", f.op("Not", causal), f.op("LessOrEqual", c, own))
+    local = f.op("And", f.op("Less", c, own), f.op("GreaterOrEqual", c, f.op("Sub", own, f.attr("local_blocks"))))
+    forced = f.op("Or", f.op("Or", f.op("And", causal, f.op("Equal", c, own)), f.op("Less", c, f.attr("sink_blocks"))),
+                  local)
+    forced = f.op("And", forced, candidate)
+    key = f.op("Where", forced, f.const(float("inf")), f.op("Where", candidate, block_scores, f.const(float("-inf"))))
+    indices, chosen = sparse.select_top(f, key, f.attr("top_blocks"))
+    block_mask = sparse.chosen_mask(f, key, indices, chosen, extra=1)  # + a zero column for dropped keys
+    key_block = f.op("Min", f.op("Div", j, bs), blocks)
+    in_blocks = f.op("Cast", f.op("Gather", block_mask, key_block, axis=3), to=TensorProto.BOOL)
+    o_blocks, _ = bodies.masked_softmax_attention(f, logits, f.op("And", in_blocks, past_only), vr)
+    if BLOCKS in features or TOKENS in features:
+        # the rows of a group are equal under shared selection: report the group's (every G-th head)
+        heads = f.op("Range", zero, sparse.scalar_dim(f, "Q", 1), f.op("Squeeze", f.op("Where", shared, group, one)))
+        listed = sparse.ascending_list(f, indices, chosen, "top_blocks")
+        f.nodes.append(onnx.helper.make_node("Gather", [listed, heads], ["selected_blocks"], axis=1))
+
+    # ---- fine branch (top_tokens keys by score) or the compression branch's output
+    if COMPRESSED not in features or TOKENS in features:
+        token_key = f.op("Where", past_only, dots, f.const(float("-inf")))
+        t_indices, t_chosen = sparse.select_top(f, token_key, f.attr("top_tokens"))
+        if COMPRESSED not in features:
+            token_mask = sparse.chosen_mask(f, token_key, t_indices, t_chosen)
+            o_second, _ = bodies.masked_softmax_attention(f, logits, f.op("Cast", token_mask, to=TensorProto.BOOL), vr)
+        if TOKENS in features:
+            f.nodes.append(onnx.helper.make_node("Identity", [sparse.ascending_list(f, t_indices, t_chosen, "top_tokens")],
+                                                 ["selected_tokens"]))
+
+    # ---- window branch: the W most recent keys, the current one included
+    window = f.attr("window")
+    in_window = f.op("And", f.op("LessOrEqual", j, p), f.op("Greater", j, f.op("Sub", p, window)))
+    in_window = f.op("And", in_window, f.op("Greater", window, zero))
+    o_window, _ = bodies.masked_softmax_attention(f, logits, in_window, vr)
+
+    # ---- gates
+    if GATES in features:
+        g = f.op("Expand", f.op("Cast", "gates", to=F32), f.op("Concat", f.op("Shape", "Q", end=3), f.const([3], I64),
+                                                               axis=0))
+        gate = [f.op("Slice", g, f.const([x], I64), f.const([x + 1], I64), f.const([3], I64)) for x in range(3)]
+        y = f.op("Add", f.op("Add", f.op("Mul", gate[0], o_blocks), f.op("Mul", gate[1], o_second)),
+                 f.op("Mul", gate[2], o_window))
+    else:
+        y = f.op("Add", f.op("Add", o_blocks, o_second), o_window)
+    f.nodes.append(onnx.helper.make_node("CastLike", [y, "Q"], ["Y"]))
+    last = 5 if COMPRESSED in features else 3 if GATES in features else 2
+    inputs = [i.name for i in SPEC.inputs[: last + 1]]
+    outputs = ["Y"] + (["selected_blocks"] if BLOCKS in features or TOKENS in features else []) + (
+        ["selected_tokens"] if TOKENS in features else [])
+    return f.build(inputs, outputs)
+
+
+SPEC = OpSpec(
+    name=NAME,
+    summary=SUMMARY,
+    doc=DOC,
+    inputs=(
+        Input("Q", "T", "Queries [B, Hq, Sq, D]."),
+        Input("K", "T", "Keys [B, Hkv, Skv, D]; Hq must be a multiple of Hkv."),
+        Input("V", "T", "Values [B, Hkv, Skv, Dv]."),
+        Input("gates", "T", "Branch weights (after the sigmoid), broadcastable to [B, Hq, Sq, 3]: (block, fine "
+              "or compression, window). Absent: 1 for every branch.", optional=True),
+        Input("compressed_key", "T", "Compressed tokens' keys [B, Hkv, Skv // block_size, D] (the paper's "
+              "compression branch; with compressed_value).", optional=True),
+        Input("compressed_value", "T", "Compressed tokens' values [B, Hkv, Skv // block_size, Dv].", optional=True),
+    ),
+    outputs=(
+        Output("Y", "T", "Attention output [B, Hq, Sq, Dv]."),
+        Output("selected_blocks", "tensor(int64)", "Chosen blocks per row [B, Hs, Sq, top_blocks], ascending, -1 "
+               "unused (Hs = Hkv with shared_selection, else Hq).", optional=True),
+        Output("selected_tokens", "tensor(int64)", "Chosen keys of the fine branch [B, Hq, Sq, top_tokens], "
+               "ascending, -1 unused.", optional=True),
+    ),
+    attrs=(
+        Attr("block_size", "int", 64, "Keys per block (>= 1).",
+             lambda v: None if v >= 1 else f"must be >= 1, got {v}"),
+        Attr("top_blocks", "int", 16, "Blocks each row (or group) attends to; 0: block branch off.",
+             non_negative("0 = off")),
+        Attr("top_tokens", "int", 0, "Keys of the fine branch per row; 0: off.", non_negative("0 = off")),
+        Attr("window", "int", 0, "Keys of the causal sliding-window branch; 0: off.", non_negative("0 = off")),
+        Attr("causal", "int", 0, "1: causal selection and attention (decoders); 0: the seed's non-causal paths.",
+             zero_or_one),
+        Attr("shared_selection", "int", 0, "1: one block selection per GQA group, by scores summed over its heads.",
+             zero_or_one),
+        Attr("sink_blocks", "int", 0, "The first blocks, always selected (attention sink).", non_negative("count")),
+        Attr("local_blocks", "int", 0, "Blocks right before the own block, always selected.", non_negative("count")),
+        Attr("scale", "float", 0.0, "Score scale; 0 means 1/sqrt(D). Must be >= 0.",
+             finite_non_negative("0 = 1/sqrt(D)")),
+    ),
+    type_constraints=(TypeConstraint("T", FLOAT_TYPES, "Q, K, V, gates, compressed tokens and Y."),),
+    infer=infer,
+    signature=signature,
+    build_function=build_function,
+    overloads=OVERLOADS,
+    overload_doc="Overload names join the present features with '+': `gates`, `compressed` (the compressed "
+                 "inputs), `blocks` (output selected_blocks) or `tokens` (outputs selected_blocks and "
+                 "selected_tokens); the empty name is (Q, K, V) -> Y",
+    examples=EXAMPLES,
+)
