@@ -402,33 +402,38 @@ def test_kernel_is_bitwise_deterministic_across_runs_and_threads(case_id: str):
 
 
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("q_heads, kv_heads, head_dim, block_size, dtype", [
-    (8, 2, 128, 16, "float32"), (4, 4, 64, 1, "float32"), (8, 1, 64, 64, "bfloat16"), (8, 2, 128, 3, "float16")])
-def test_paged_decode_is_bitwise_the_contiguous_decode(q_heads, kv_heads, head_dim, block_size, dtype, isa):
-    """GroupQueryAttention's shared-buffer decode over the same keys gives the same bits: the paged kernel
-    cuts its key tiles where the contiguous one does (spanning blocks), whatever the block layout."""
+@pytest.mark.parametrize("q_heads, kv_heads, head_dim, block_size, dtype, new", [
+    (8, 2, 128, 16, "float32", 1), (4, 4, 64, 1, "float32", 1), (8, 1, 64, 64, "bfloat16", 1),
+    (8, 2, 128, 3, "float16", 1), (8, 2, 64, 16, "float32", 7), (4, 1, 32, 5, "bfloat16", 11)],
+    ids=["decode-bs16", "decode-bs1", "decode-bs64-bf16", "decode-bs3-f16", "chunk-bs16", "chunk-bs5-bf16"])
+def test_paged_is_bitwise_the_contiguous_attention(q_heads, kv_heads, head_dim, block_size, dtype, new, isa):
+    """GroupQueryAttention's shared-buffer mode over the same keys gives the same bits, for decodes (the
+    kernel's narrow tiles) and prefill chunks (wide tiles): the paged kernel cuts its key tiles where the
+    contiguous one does (spanning blocks), whatever the block layout."""
     from helpers import gqa_model
 
     past = (300, 45, 129, 0, 7)
     rng = np.random.default_rng(head_dim + block_size)
-    problem = make_problem(rng, past=past, new=(1,) * len(past), block_size=block_size, q_heads=q_heads,
+    problem = make_problem(rng, past=past, new=(new,) * len(past), block_size=block_size, q_heads=q_heads,
                            kv_heads=kv_heads, head_dim=head_dim, v_head_dim=head_dim, dtype=dtype)
     f = problem.feeds
     attrs = dict(num_heads=q_heads, kv_num_heads=kv_heads, rope=1)
-    buffer = max(past) + 1
+    buffer = max(past) + new
     past_key = np.full((len(past), kv_heads, buffer, head_dim), np.nan, np.float32)
     past_value = past_key.copy()
     for b, (pk, pv) in enumerate(problem.pasts):
         past_key[b, :, : past[b]], past_value[b, :, : past[b]] = pk[0], pv[0]
-    gqa_feeds = dict(query=f["query"][:, None], key=f["key"][:, None], value=f["value"][:, None],
+    rows = lambda x: x.reshape(len(past), new, -1)  # noqa: E731  (packed tokens -> [B, S, .])
+    gqa_feeds = dict(query=rows(f["query"]), key=rows(f["key"]), value=rows(f["value"]),
                      past_key=round_to(past_key, dtype), past_value=round_to(past_value, dtype),
                      past_lengths=np.array(past, np.int64))
     with cpu_isa(isa):
         contiguous = run_kernel(gqa_model(["past_key", "past_value", "past_lengths"], dtype=dtype, with_present=True,
                                           attrs=attrs), gqa_feeds)
         paged_out = run_kernel(paged_model(dtype=dtype, with_present=True, attrs=attrs), f)
-    np.testing.assert_array_equal(paged_out[0], contiguous[0][:, 0])
+    np.testing.assert_array_equal(paged_out[0], contiguous[0].reshape(len(past) * new, -1))
     for pool, present in zip(paged_out[1:], contiguous[1:]):
         flat = pool.reshape(-1, kv_heads, head_dim)
         for b in range(len(past)):
-            np.testing.assert_array_equal(flat[problem.slots[b][past[b]]], present[b, :, past[b]])
+            written = slice(past[b], past[b] + new)
+            np.testing.assert_array_equal(flat[problem.slots[b][written]], present[b, :, written].transpose(1, 0, 2))
