@@ -23,12 +23,13 @@ import pytest
 
 from helpers import ISAS, cpu_isa, run_function, run_kernel, run_onnx_reference
 from oracle_sparse import nsa_oracle, routed_oracle
-from sparse_helpers import (
+from sparse_helpers import (  # noqa: F401  (one_torch_thread: an autouse fixture)
     NSA,
     ROUTED,
     feeds_in,
     grid,
     nsa_attrs,
+    one_torch_thread,
     one_node_model,
     routed_attrs,
     run_nsa_torch,
