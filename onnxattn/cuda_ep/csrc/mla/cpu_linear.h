@@ -1,6 +1,7 @@
 #pragma once
 // The small dense products of the MLA CPU kernel (query absorption, key/value expansion, output projection),
-// float32 in and out. Compiled once per x86 ISA level with the best chosen when the library loads.
+// float32 in and out. Compiled once per x86 ISA level; each call takes the attention core's level
+// (sdpa::cpu_isa(), which ONNXATTN_CPU_ISA caps).
 #include <cstdint>
 
 namespace onnxattn::mla {
