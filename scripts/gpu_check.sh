@@ -5,7 +5,7 @@
 #      onnxruntime-gpu's CUDA EP, checking the node ran there (e.g. tests/gpu/test_sdpa_cuda_ort.py)
 #   2. GroupQueryAttention: the same two levels (tests/gpu/test_gqa_cuda_kernels.py, test_gqa_cuda_ort.py)
 #   3. compute-sanitizer on representative launches of the family whose tests failed
-#   4. the benchmarks (benchmarks/bench_sdpa_cuda.py, benchmarks/bench_gqa_cuda.py)
+#   4. the benchmarks (benchmarks/bench_sdpa_cuda.py, benchmarks/bench_gqa_cuda.py, benchmarks/bench_mla_cuda.py)
 # then prints one summary table and writes JSON under $OUT (the device tool's output folder; out/gpu_check
 # elsewhere): gpu_check.json (summary), bench_sdpa_cuda.json, bench_gqa_cuda.json, gpu_tests.xml,
 # gpu_tests_gqa.xml, gpu_check.log.
@@ -19,7 +19,7 @@
 #   command: ONNXATTN_COMMIT=<git rev-parse HEAD> bash scripts/gpu_check.sh
 #   carry:   ["build/gpu/onnxattn/cuda_ep/libonnxattn_ops.so"]      timeout_s: 540
 # (stages are capped at 130 s tests + 110 s GQA tests + 90 s memcheck, only after a failure, + 100 s SDPA
-# benchmark + 70 s GQA benchmark = 500 s, under the call's 540 s; expect ~4 min)
+# benchmark + 70 s GQA benchmark + 30 s MLA benchmark = 530 s, under the call's 540 s; expect ~4 min)
 # Commit the bench JSON it returns under benchmarks/results/.
 #
 # Environment: ONNXATTN_LIBRARY (default: the carried build), GPU_CHECK_QUICK=1 (smaller benchmark),
@@ -101,11 +101,14 @@ timeout 100 python3 benchmarks/bench_sdpa_cuda.py --out "$OUT/bench_sdpa_cuda.js
 bench_rc=$?
 timeout 70 python3 benchmarks/bench_gqa_cuda.py --out "$OUT/bench_gqa_cuda.json" "${quick[@]}"
 gqa_bench_rc=$?
+timeout 30 python3 benchmarks/bench_mla_cuda.py --out "$OUT/bench_mla_cuda.json" "${quick[@]}"
+mla_bench_rc=$?
+echo "MultiHeadLatentAttention benchmark: rc=$mla_bench_rc (its tests ran in the first stage)"
 
 echo "== summary"
 python3 scripts/gpu_summary.py "$OUT" --tests-rc "$tests_rc" --gqa-tests-rc "$gqa_tests_rc" --bench-rc "$bench_rc" \
   --gqa-bench-rc "$gqa_bench_rc"
-return $(( tests_rc != 0 || gqa_tests_rc != 0 || bench_rc != 0 || gqa_bench_rc != 0 ))
+return $(( tests_rc != 0 || gqa_tests_rc != 0 || bench_rc != 0 || gqa_bench_rc != 0 || mla_bench_rc != 0 ))
 }
 
 main 2>&1 | tee "$OUT/gpu_check.log"

@@ -64,6 +64,9 @@ void add_all_ops(Ort::CustomOpDomain& domain) {
     domain.Add(gqa::cuda_op<float>());
     domain.Add(gqa::cuda_op<Float16>());
     domain.Add(gqa::cuda_op<BFloat16>());
+    domain.Add(mla::cuda_op<float>());
+    domain.Add(mla::cuda_op<Float16>());
+    domain.Add(mla::cuda_op<BFloat16>());
   }
 #endif
 }

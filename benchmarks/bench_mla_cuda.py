@@ -1,0 +1,85 @@
+"""GPU benchmark of onnxattn::MultiHeadLatentAttention's CUDA kernel (absorbed form, SIMT first version) at
+decode, through the library's C entry on torch CUDA tensors (no onnxruntime needed).
+
+The issue's shapes: DeepSeek-V3 attention sizes (R=512, Dr=64, Dn=Dv=128), B=64 sequences, one new token
+over P=4096 cached ones, H=16 (memory-bound: the latent cache is read once per step, reported as GB/s of
+cache bytes (P+1) * (R+Dr) * 2 per sequence; anchor: FlashMLA ~3000 GB/s on H800) and H=128 (compute-
+bound: 2 * B * H * (P+1) * (2R+Dr) attention FLOPs plus the projections 2 * B * H * R * (Dn+Dv), as
+TFLOP/s; anchor: FlashMLA 580-660 TFLOP/s on H800). bf16. Times are CUDA-event medians of --repeat runs
+after a warm-up; the scratch is allocated once. Writes JSON to --out.
+
+    python benchmarks/bench_mla_cuda.py [--out bench_mla_cuda.json] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "tests" / "gpu"))
+import mla_cuda_lib as lib  # noqa: E402
+
+R, DR, DN, DV = 512, 64, 128, 128
+
+
+def bench(batch: int, heads: int, past: int, repeat: int) -> dict:
+    p = lib.Problem(batch=batch, seq=1, heads=heads, past=past + 64, mode="shared", rank=R, nope=DN, rope=DR, v_dim=DV)
+    g = torch.Generator(device="cuda").manual_seed(0)
+    t = lambda *shape, scale=1.0: (torch.randn(*shape, generator=g, device="cuda") * scale).to(torch.bfloat16)  # noqa: E731
+    x = {"query": t(batch, 1, heads * (DN + DR)), "latent": t(batch, 1, R), "k_rope": t(batch, 1, DR),
+         "w_uk": t(heads, R, DN, scale=R**-0.5), "w_uv": t(heads, R, DV, scale=R**-0.5),
+         "past_latent": t(batch, past + 64, R), "past_k_rope": t(batch, past + 64, DR),
+         "past_lengths": torch.full((batch,), past, dtype=torch.int64, device="cuda")}
+    out = torch.empty(batch, 1, heads * DV, dtype=torch.bfloat16, device="cuda")
+    scratch = torch.empty(lib.scratch_bytes(p, "bfloat16"), dtype=torch.uint8, device="cuda")
+
+    def step():  # in place: the new token's slot is rewritten every time
+        lib.run(p, x, "bfloat16", output=out, present_latent=x["past_latent"], present_k_rope=x["past_k_rope"],
+                scratch=scratch)
+
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeat):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        step()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    seconds = statistics.median(times)
+    cache_bytes = batch * (past + 1) * (R + DR) * 2
+    flops = 2 * batch * heads * ((past + 1) * (2 * R + DR) + R * (DN + DV))
+    return {"B": batch, "H": heads, "P": past, "dtype": "bfloat16", "us": seconds * 1e6,
+            "cache_gbps": cache_bytes / seconds / 1e9, "tflops": flops / seconds / 1e12,
+            "splits": lib.plan(p, sm_count=torch.cuda.get_device_properties(0).multi_processor_count).splits}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("bench_mla_cuda.json"))
+    parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--quick", action="store_true", help="fewer repeats")
+    args = parser.parse_args()
+    repeat = 5 if args.quick else args.repeat
+    device = torch.cuda.get_device_name(0)
+    rows = [bench(64, 16, 4096, repeat), bench(64, 128, 4096, repeat), bench(1, 16, 4096, repeat)]
+    print(f"\nMultiHeadLatentAttention CUDA (absorbed, SIMT), decode, bf16, R={R} Dr={DR} Dn={DN} Dv={DV}, {device}")
+    print(f"  {'B':>3} {'H':>4} {'P':>5} {'splits':>6} {'us':>9} {'cache GB/s':>11} {'TFLOP/s':>8}")
+    for r in rows:
+        print(f"  {r['B']:>3} {r['H']:>4} {r['P']:>5} {r['splits']:>6} {r['us']:9.1f} {r['cache_gbps']:11.1f} "
+              f"{r['tflops']:8.2f}")
+    print("  anchors (FlashMLA on H800): ~3000 GB/s memory-bound, 580-660 TFLOP/s compute-bound")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"device": device, "rows": rows}, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

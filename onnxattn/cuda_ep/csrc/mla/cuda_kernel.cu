@@ -1,0 +1,345 @@
+// MultiHeadLatentAttention on CUDA (absorbed form, SIMT): see mla/cuda_plan.h for the four steps.
+//
+// Layouts on the device: caches [B, M, R] and [B, M, Dr] (a [B, 1, M, .] cache is the same memory);
+// q_abs [chunk, H, R + Dr] float, pre-scaled; each split's normalised latent output [chunk, H, R] and its
+// log-sum-exp. Why a separate merge-and-project kernel: the W_UV projection needs the whole merged latent
+// row, which exists only after every split of the row has finished.
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <stdexcept>
+
+#include "common/errors.h"
+#include "common/half.h"
+#include "mla/cuda_kernel.h"
+
+namespace onnxattn::mla::cuda {
+namespace {
+
+constexpr int kAppendThreads = 128;
+constexpr int kAbsorbWarps = 8;
+constexpr int kOutputThreads = 128;
+constexpr float kNegInf = -__builtin_huge_valf();
+
+struct Shape {
+  int64_t batch, seq, heads, rank, nope, rope, v_dim, total, past;
+  int mode;  // CacheMode as int
+  int causal, interleaved;
+  int64_t window;
+  float scale, softcap, log_base, rope_scaling;
+};
+
+Shape shape_of(const Params& p) {
+  Shape s;
+  s.batch = p.batch, s.seq = p.seq, s.heads = p.heads, s.rank = p.rank, s.nope = p.nope_dim, s.rope = p.rope_dim;
+  s.v_dim = p.v_head_dim, s.total = p.total, s.past = p.past, s.mode = int(p.mode);
+  s.causal = p.causal ? 1 : 0, s.interleaved = p.rope_interleaved ? 1 : 0, s.window = p.window;
+  s.scale = p.scale, s.softcap = p.softcap, s.log_base = std::log(p.rope_base);  // as the CPU kernel
+  s.rope_scaling = p.rope_attention_scaling;
+  return s;
+}
+
+// RoPE angle of pair i at `position`: the CPU kernel's float steps (gqa::TokenPrep::set_rope).
+__device__ __forceinline__ float rope_angle(const Shape& s, const float* inv_freq, int64_t i, int64_t position) {
+  const float freq = inv_freq != nullptr ? inv_freq[i] : expf(-((float(2 * i) / float(s.rope)) * s.log_base));
+  return float(position) * freq;
+}
+
+// Rotates the Dr values of `src` into `dst` (both float views through load/store functors).
+template <typename Load, typename Store>
+__device__ __forceinline__ void rotate_pairs(const Shape& s, const float* inv_freq, int64_t position, Load load,
+                                             Store store, int thread, int threads) {
+  const int64_t half = s.rope / 2;
+  for (int64_t i = thread; i < half; i += threads) {
+    float sn, cs;
+    sincosf(rope_angle(s, inv_freq, i, position), &sn, &cs);
+    cs *= s.rope_scaling;
+    sn *= s.rope_scaling;
+    const int64_t a = s.interleaved ? 2 * i : i, b = s.interleaved ? 2 * i + 1 : i + half;
+    const float x1 = load(a), x2 = load(b);
+    store(a, x1 * cs - x2 * sn);
+    store(b, x2 * cs + x1 * sn);
+  }
+}
+
+template <typename T>
+struct Pointers {
+  const T *query, *latent, *k_rope, *w_uk, *w_uv;
+  const int64_t *past_lengths, *position_ids;
+  const float* inv_freq;
+  T *output, *present_latent, *present_k_rope;
+  int64_t* lengths;  // [2][B]: key position of each sequence's first query, its valid keys (-1: invalid)
+  float *q_abs, *partial, *lse;
+};
+
+__device__ __forceinline__ int64_t position_of(const Shape& s, const int64_t* position_ids, int64_t token,
+                                               int64_t slot) {
+  return position_ids != nullptr ? position_ids[token] : slot;
+}
+
+// 1. One block per new token: its latent and rotated rope key into slot start + s of the caches; the
+// sequence's lengths. An out-of-range past_lengths entry leaves the caches alone and NaN-fills the rows.
+template <typename T>
+__global__ void __launch_bounds__(kAppendThreads) append_kernel(const Shape s, const Pointers<T> ptr) {
+  const int64_t token = blockIdx.x, b = token / s.seq, i = token % s.seq;
+  const int64_t start = s.mode == int(CacheMode::kShared) ? ptr.past_lengths[b] : s.past;
+  const bool valid = start >= 0 && start <= s.total - s.seq;
+  if (i == 0 && threadIdx.x == 0) {
+    ptr.lengths[b] = valid ? start : 0;
+    ptr.lengths[s.batch + b] = valid ? (s.mode == int(CacheMode::kShared) ? start + s.seq : s.total) : -1;
+  }
+  if (!valid) {
+    T* out = ptr.output + token * s.heads * s.v_dim;
+    for (int64_t e = threadIdx.x; e < s.heads * s.v_dim; e += blockDim.x) out[e] = from_float<T>(__int_as_float(0x7fc00000));
+    return;
+  }
+  const int64_t slot = start + i;
+  const T* latent = ptr.latent + token * s.rank;
+  T* latent_dst = ptr.present_latent + (b * s.total + slot) * s.rank;
+  for (int64_t x = threadIdx.x; x < s.rank; x += blockDim.x) latent_dst[x] = latent[x];
+  const T* rope = ptr.k_rope + token * s.rope;
+  T* rope_dst = ptr.present_k_rope + (b * s.total + slot) * s.rope;
+  rotate_pairs(
+      s, ptr.inv_freq, position_of(s, ptr.position_ids, token, slot), [&](int64_t x) { return to_float(rope[x]); },
+      [&](int64_t x, float v) { rope_dst[x] = from_float<T>(v); }, threadIdx.x, blockDim.x);
+}
+
+__device__ __forceinline__ float warp_sum(float x) {
+  for (int offset = 16; offset > 0; offset /= 2) x += __shfl_xor_sync(0xffffffffu, x, offset);
+  return x;
+}
+
+// 2. One block per (token of the chunk, head): q_abs = scale * [q_nope . W_UK[h]^T ; RoPE(q_rope)]. Each warp
+// takes rows r of W_UK[h] ([R, Dn], read along Dn by its lanes) and reduces the dot product.
+template <typename T>
+__global__ void __launch_bounds__(32 * kAbsorbWarps) absorb_kernel(const Shape s, const Pointers<T> ptr, int64_t first) {
+  extern __shared__ float q_nope[];  // [Dn]
+  const int64_t token = first + blockIdx.x, h = blockIdx.y, b = token / s.seq, i = token % s.seq;
+  if (ptr.lengths[s.batch + b] < 0) return;
+  const T* q = ptr.query + (token * s.heads + h) * (s.nope + s.rope);
+  for (int64_t x = threadIdx.x; x < s.nope; x += blockDim.x) q_nope[x] = to_float(q[x]);
+  __syncthreads();
+  float* dst = ptr.q_abs + (int64_t(blockIdx.x) * s.heads + h) * (s.rank + s.rope);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const T* w = ptr.w_uk + h * s.rank * s.nope;
+  for (int64_t r = warp; r < s.rank; r += kAbsorbWarps) {
+    float sum = 0.0f;
+    for (int64_t d = lane; d < s.nope; d += 32) sum += q_nope[d] * to_float(w[r * s.nope + d]);
+    sum = warp_sum(sum);
+    if (lane == 0) dst[r] = sum * s.scale;
+  }
+  const int64_t slot = ptr.lengths[b] + i;
+  rotate_pairs(
+      s, ptr.inv_freq, position_of(s, ptr.position_ids, token, slot),
+      [&](int64_t x) { return to_float(q[s.nope + x]); }, [&](int64_t x, float v) { dst[s.rank + x] = v * s.scale; },
+      threadIdx.x, blockDim.x);
+}
+
+// 3. One block per (row = token of the chunk x head, split): the split's share of the row's visible keys,
+// each warp an online softmax over every kAttentionWarps-th key (scores reduced across lanes, the latent
+// accumulator in shared memory), then the warps merged. Writes the split's normalised output and its
+// log-sum-exp (-inf when it saw no key).
+template <typename T>
+__global__ void __launch_bounds__(32 * kAttentionWarps) attention_kernel(const Shape s, const Pointers<T> ptr,
+                                                                          int64_t first, int64_t splits) {
+  extern __shared__ float smem[];
+  float* q = smem;                                  // [R + Dr]
+  float* acc = q + (s.rank + s.rope);               // [warps][R]
+  float* stats = acc + kAttentionWarps * s.rank;    // [warps][2]: m, l
+  const int64_t row = blockIdx.x, split = blockIdx.y;
+  const int64_t token = first + row / s.heads, b = token / s.seq, i = token % s.seq;
+  const int64_t chunk_rows = int64_t(gridDim.x);
+  float* out = ptr.partial + (split * chunk_rows + row) * s.rank;
+  float* lse = ptr.lse + split * chunk_rows + row;
+  const int64_t valid = ptr.lengths[s.batch + b];
+  if (valid < 0) return;  // NaN rows already written; kernel 4 skips the sequence
+  const int64_t p = ptr.lengths[b] + i;  // the query's key position
+  int64_t begin = 0, end = valid;
+  if (s.causal && p + 1 < end) end = p + 1;
+  if (s.window > 0 && p - begin >= s.window) begin = p - s.window + 1;  // no p - window: it may overflow
+  const int64_t count = end > begin ? end - begin : 0, per = (count + splits - 1) / splits;
+  const int64_t lo = begin + split * per, hi = lo + per < end ? lo + per : end;
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  for (int64_t x = threadIdx.x; x < s.rank + s.rope; x += blockDim.x) q[x] = ptr.q_abs[row * (s.rank + s.rope) + x];
+  float* my_acc = acc + warp * s.rank;
+  for (int64_t x = lane; x < s.rank; x += 32) my_acc[x] = 0.0f;
+  __syncthreads();
+  float m = kNegInf, l = 0.0f;
+  const T* latent = ptr.present_latent + b * s.total * s.rank;
+  const T* rope = ptr.present_k_rope + b * s.total * s.rope;
+  for (int64_t j = lo + warp; j < hi; j += kAttentionWarps) {
+    const T* key = latent + j * s.rank;
+    float dot = 0.0f;
+    for (int64_t x = lane; x < s.rank; x += 32) dot += q[x] * to_float(key[x]);
+    for (int64_t x = lane; x < s.rope; x += 32) dot += q[s.rank + x] * to_float(rope[j * s.rope + x]);
+    float score = warp_sum(dot);
+    if (s.softcap > 0.0f) score = s.softcap * tanhf(score / s.softcap);
+    const float m_new = fmaxf(m, score);
+    const float alpha = __expf(m - m_new), weight = __expf(score - m_new);
+    l = l * alpha + weight;
+    m = m_new;
+    for (int64_t x = lane; x < s.rank; x += 32) my_acc[x] = my_acc[x] * alpha + weight * to_float(key[x]);
+  }
+  if (lane == 0) {
+    stats[2 * warp] = m;
+    stats[2 * warp + 1] = l;
+  }
+  __syncthreads();
+  float m_all = kNegInf;
+  for (int w = 0; w < kAttentionWarps; ++w) m_all = fmaxf(m_all, stats[2 * w]);
+  float l_all = 0.0f, factor[kAttentionWarps];
+  for (int w = 0; w < kAttentionWarps; ++w) {
+    factor[w] = stats[2 * w + 1] > 0.0f ? __expf(stats[2 * w] - m_all) : 0.0f;
+    l_all += stats[2 * w + 1] * factor[w];
+  }
+  const float inv = l_all > 0.0f ? 1.0f / l_all : 0.0f;
+  for (int64_t x = threadIdx.x; x < s.rank; x += blockDim.x) {
+    float o = 0.0f;
+    for (int w = 0; w < kAttentionWarps; ++w) o += acc[w * s.rank + x] * factor[w];
+    out[x] = o * inv;
+  }
+  if (threadIdx.x == 0) *lse = l_all > 0.0f ? m_all + __logf(l_all) : kNegInf;
+}
+
+// 4. One block per row: the splits merged by their log-sum-exp (a row that saw no key gives zeros), then
+// output[token, h] = merged latent output . W_UV[h] ([R, Dv], read along Dv by the threads).
+template <typename T>
+__global__ void __launch_bounds__(kOutputThreads) output_kernel(const Shape s, const Pointers<T> ptr, int64_t first,
+                                                                int64_t splits) {
+  extern __shared__ float merged[];  // [R]
+  const int64_t row = blockIdx.x, chunk_rows = int64_t(gridDim.x);
+  const int64_t token = first + row / s.heads, h = row % s.heads, b = token / s.seq;
+  if (ptr.lengths[s.batch + b] < 0) return;
+  float m = kNegInf;
+  for (int64_t k = 0; k < splits; ++k) m = fmaxf(m, ptr.lse[k * chunk_rows + row]);
+  float total = 0.0f;
+  for (int64_t k = 0; k < splits; ++k) {
+    const float v = ptr.lse[k * chunk_rows + row];
+    total += v == kNegInf ? 0.0f : __expf(v - m);
+  }
+  const float inv = total > 0.0f ? 1.0f / total : 0.0f;
+  for (int64_t x = threadIdx.x; x < s.rank; x += blockDim.x) {
+    float o = 0.0f;
+    for (int64_t k = 0; k < splits; ++k) {
+      const float v = ptr.lse[k * chunk_rows + row];
+      if (v != kNegInf) o += __expf(v - m) * ptr.partial[(k * chunk_rows + row) * s.rank + x];
+    }
+    merged[x] = o * inv;
+  }
+  __syncthreads();
+  const T* w = ptr.w_uv + h * s.rank * s.v_dim;
+  T* out = ptr.output + (token * s.heads + h) * s.v_dim;
+  for (int64_t e = threadIdx.x; e < s.v_dim; e += blockDim.x) {
+    float y = 0.0f;
+    for (int64_t r = 0; r < s.rank; ++r) y += merged[r] * to_float(w[r * s.v_dim + e]);
+    out[e] = from_float<T>(y);
+  }
+}
+
+void check_cuda(cudaError_t status, const char* what) {
+  if (status != cudaSuccess) {
+    throw std::runtime_error(str_cat(kOpName, ": ", what, ": ", cudaGetErrorName(status), " (",
+                                     cudaGetErrorString(status), ")"));
+  }
+}
+
+// The past part of a present cache of `width` channels; nothing when present is the past buffer.
+template <typename T>
+void copy_past(const Params& p, const T* past, T* present, int64_t width, cudaStream_t stream) {
+  if (past == nullptr || past == present || p.mode == CacheMode::kNone) return;
+  const size_t row_bytes = size_t(width) * sizeof(T);
+  if (p.mode == CacheMode::kShared) {  // the whole buffer: stale slots are outputs too
+    const size_t bytes = size_t(p.batch * p.total) * row_bytes;
+    if (bytes > 0) check_cuda(cudaMemcpyAsync(present, past, bytes, cudaMemcpyDeviceToDevice, stream), "copying the past");
+    return;
+  }
+  if (p.past == 0 || p.batch == 0 || width == 0) return;
+  check_cuda(cudaMemcpy2DAsync(present, size_t(p.total) * row_bytes, past, size_t(p.past) * row_bytes,
+                               size_t(p.past) * row_bytes, size_t(p.batch), cudaMemcpyDeviceToDevice, stream),
+             "copying the past");
+}
+
+unsigned grid_dim(int64_t n, const char* what) {
+  if (n > int64_t(0x7fffffff)) throw std::runtime_error(str_cat(kOpName, ": too many ", what, " for one launch"));
+  return unsigned(n);
+}
+
+}  // namespace
+
+template <typename T>
+void run(const Params& p, const Tensors<T>& t, const Plan& plan, void* stream_ptr, void* scratch, size_t scratch_bytes) {
+  if (plan.scratch_bytes > 0 && (scratch == nullptr || scratch_bytes < plan.scratch_bytes)) {
+    throw std::runtime_error(str_cat(kOpName, ": the CUDA plan needs ", plan.scratch_bytes, " bytes of scratch, got ",
+                                     scratch_bytes));
+  }
+  const cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
+  unsigned char* const base = static_cast<unsigned char*>(scratch);
+  Pointers<T> ptr{};
+  ptr.query = t.query, ptr.latent = t.latent, ptr.k_rope = t.k_rope, ptr.w_uk = t.w_uk, ptr.w_uv = t.w_uv;
+  ptr.past_lengths = p.mode == CacheMode::kShared ? t.past_lengths : nullptr;
+  ptr.position_ids = p.has_position_ids ? t.position_ids : nullptr;
+  ptr.inv_freq = p.has_inv_freq ? t.inv_freq : nullptr;
+  ptr.output = t.output;
+  ptr.present_latent = plan.present_in_scratch ? reinterpret_cast<T*>(base + plan.present_latent_offset) : t.present_latent;
+  ptr.present_k_rope = plan.present_in_scratch ? reinterpret_cast<T*>(base + plan.present_k_rope_offset) : t.present_k_rope;
+  if (ptr.present_latent == nullptr || ptr.present_k_rope == nullptr) {
+    throw std::runtime_error(str_cat(kOpName, ": the CUDA kernel needs present buffers (plan/run mismatch)"));
+  }
+  ptr.lengths = reinterpret_cast<int64_t*>(base + plan.lengths_offset);
+  ptr.q_abs = reinterpret_cast<float*>(base + plan.q_offset);
+  ptr.partial = reinterpret_cast<float*>(base + plan.partial_offset);
+  ptr.lse = reinterpret_cast<float*>(base + plan.lse_offset);
+  const Shape s = shape_of(p);
+  const int64_t tokens = p.batch * p.seq;
+
+  copy_past(p, t.past_latent, ptr.present_latent, p.rank, stream);
+  copy_past(p, t.past_k_rope, ptr.present_k_rope, p.rope_dim, stream);
+  if (tokens == 0) return;  // the presents are the pasts
+  append_kernel<T><<<grid_dim(tokens, "tokens"), kAppendThreads, 0, stream>>>(s, ptr);
+  check_cuda(cudaGetLastError(), "launching the new-token kernel");
+
+  for (int64_t first = 0; first < tokens; first += plan.chunk_tokens) {
+    const int64_t count = std::min(plan.chunk_tokens, tokens - first);
+    absorb_kernel<T><<<dim3(grid_dim(count, "tokens"), grid_dim(p.heads, "heads")), 32 * kAbsorbWarps,
+                       sizeof(float) * size_t(p.nope_dim), stream>>>(s, ptr, first);
+    check_cuda(cudaGetLastError(), "launching the query absorption");
+    attention_kernel<T><<<dim3(grid_dim(count * p.heads, "rows"), unsigned(plan.splits)), 32 * kAttentionWarps,
+                          plan.attention_smem, stream>>>(s, ptr, first, plan.splits);
+    check_cuda(cudaGetLastError(), "launching the attention");
+    output_kernel<T><<<grid_dim(count * p.heads, "rows"), kOutputThreads, sizeof(float) * size_t(p.rank), stream>>>(
+        s, ptr, first, plan.splits);
+    check_cuda(cudaGetLastError(), "launching the output projection");
+  }
+}
+
+Plan plan_for_current_device(const Params& p, size_t element_bytes, bool present_outputs) {
+  int device = 0, sm_count = 0;
+  check_cuda(cudaGetDevice(&device), "cudaGetDevice");
+  check_cuda(cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");
+  return make_plan(p, sm_count, element_bytes, present_outputs);
+}
+
+template <typename T>
+void run_for_test(const Params& p, const Tensors<T>& t, void* stream, void* scratch, size_t scratch_bytes) {
+  const Plan plan = plan_for_current_device(p, sizeof(T), t.present_latent != nullptr && t.present_k_rope != nullptr);
+  if (scratch != nullptr) return run(p, t, plan, stream, scratch, scratch_bytes);
+  if (plan.scratch_bytes > 0) check_cuda(cudaMalloc(&scratch, plan.scratch_bytes), "cudaMalloc of the scratch");
+  try {
+    run(p, t, plan, stream, scratch, plan.scratch_bytes);
+    check_cuda(cudaStreamSynchronize(static_cast<cudaStream_t>(stream)), "running the kernels");
+  } catch (...) {
+    cudaFree(scratch);
+    throw;
+  }
+  check_cuda(cudaFree(scratch), "cudaFree");
+}
+
+template void run<float>(const Params&, const Tensors<float>&, const Plan&, void*, void*, size_t);
+template void run<Float16>(const Params&, const Tensors<Float16>&, const Plan&, void*, void*, size_t);
+template void run<BFloat16>(const Params&, const Tensors<BFloat16>&, const Plan&, void*, void*, size_t);
+template void run_for_test<float>(const Params&, const Tensors<float>&, void*, void*, size_t);
+template void run_for_test<Float16>(const Params&, const Tensors<Float16>&, void*, void*, size_t);
+template void run_for_test<BFloat16>(const Params&, const Tensors<BFloat16>&, void*, void*, size_t);
+
+}  // namespace onnxattn::mla::cuda

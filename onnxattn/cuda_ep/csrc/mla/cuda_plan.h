@@ -1,0 +1,84 @@
+#pragma once
+// MultiHeadLatentAttention on CUDA, part 1 of 2: the plan (plain C++, built and tested without CUDA).
+//
+// The CUDA kernel runs the absorbed form only (the expanded form pays off for long prompts; on the GPU a
+// tensor-core version of it is future work): (1) new tokens into the latent caches, (2) per chunk of
+// query tokens: q_lat = q_nope . W_UK[h]^T next to the rotated rope part, (3) split-KV attention of every
+// (token, head) over the R + Dr wide latent rows, each split keeping its own online softmax, (4) the
+// splits merged by their log-sum-exp and projected through W_UV[h]. SIMT code (CUDA cores, float32
+// arithmetic): correct first, not yet fast.
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+
+#include "common/errors.h"
+#include "mla/params.h"
+
+namespace onnxattn::mla::cuda {
+
+inline constexpr int kAttentionWarps = 4;
+inline constexpr int64_t kMinKeysPerSplit = 256;
+inline constexpr int64_t kMaxSplits = 64;
+inline constexpr size_t kScratchBudget = size_t(256) << 20;  // query-side scratch per chunk of tokens
+inline constexpr size_t kMaxSharedBytes = 48 * 1024;         // the attention kernel's dynamic shared memory
+
+struct Plan {
+  int64_t splits = 1;        // key splits per (token, head): an upper bound, each row splits its own keys
+  int64_t chunk_tokens = 0;  // query tokens per pass of kernels 2-4 (bounds the scratch)
+  size_t attention_smem = 0; // dynamic shared memory of the attention kernel
+  bool present_in_scratch = false;  // the node asks for no present caches: they live in scratch
+  // Scratch layout (byte offsets, 256-aligned): lengths [2][B] int64 (query offsets, valid lengths),
+  // q_abs [chunk, H, R + Dr] float, partial [splits, chunk, H, R] float, lse [splits, chunk, H] float,
+  // then the caches when present_in_scratch.
+  size_t lengths_offset = 0, q_offset = 0, partial_offset = 0, lse_offset = 0;
+  size_t present_latent_offset = 0, present_k_rope_offset = 0;
+  size_t scratch_bytes = 0;
+};
+
+inline size_t align256(size_t bytes) { return (bytes + 255) / 256 * 256; }
+
+// `present_outputs`: the node requests the present caches. Throws InputError for shapes the kernel cannot
+// run (a latent too wide for its shared memory).
+inline Plan make_plan(const Params& p, int sm_count, size_t element_bytes, bool present_outputs) {
+  Plan plan;
+  const int64_t tokens = p.batch * p.seq, heads = p.heads, r = p.rank, dr = p.rope_dim;
+  plan.attention_smem = sizeof(float) * size_t((r + dr) + kAttentionWarps * r + 2 * kAttentionWarps);
+  if (plan.attention_smem > kMaxSharedBytes) {
+    fail(kOpName, ": the CUDA kernel keeps the query row and one latent accumulator per warp in shared memory, "
+         "which allows R + Dr + 4R <= ", kMaxSharedBytes / sizeof(float) - 2 * kAttentionWarps, " floats; got R = ",
+         r, ", Dr = ", dr);
+  }
+  if (sizeof(float) * size_t(std::max(p.nope_dim, r)) > kMaxSharedBytes) {
+    fail(kOpName, ": the CUDA kernel stages a query's Dn values and a merged latent row in shared memory, which "
+         "allows Dn and R up to ", kMaxSharedBytes / sizeof(float), "; got Dn = ", p.nope_dim, ", R = ", r);
+  }
+  // Enough blocks to fill the GPU twice over, each split seeing at least kMinKeysPerSplit keys.
+  const int64_t rows = std::max<int64_t>(1, tokens * heads);
+  const int64_t by_occupancy = (2 * int64_t(std::max(sm_count, 1)) + rows - 1) / rows;
+  const int64_t by_keys = std::max<int64_t>(1, p.total / kMinKeysPerSplit);
+  plan.splits = std::clamp<int64_t>(std::min(by_occupancy, by_keys), 1, kMaxSplits);
+  const size_t per_token = sizeof(float) * size_t(heads) * size_t((r + dr) + plan.splits * (r + 1));
+  plan.chunk_tokens = std::clamp<int64_t>(int64_t(kScratchBudget / std::max<size_t>(per_token, 1)), 1,
+                                          std::max<int64_t>(tokens, 1));
+  const size_t chunk_rows = size_t(plan.chunk_tokens * heads);
+  size_t at = 0;
+  plan.lengths_offset = at;
+  at += align256(sizeof(int64_t) * size_t(2 * std::max<int64_t>(p.batch, 1)));
+  plan.q_offset = at;
+  at += align256(sizeof(float) * chunk_rows * size_t(r + dr));
+  plan.partial_offset = at;
+  at += align256(sizeof(float) * size_t(plan.splits) * chunk_rows * size_t(r));
+  plan.lse_offset = at;
+  at += align256(sizeof(float) * size_t(plan.splits) * chunk_rows);
+  plan.present_in_scratch = !present_outputs;
+  if (plan.present_in_scratch) {
+    plan.present_latent_offset = at;
+    at += align256(element_bytes * size_t(p.batch * p.total * r));
+    plan.present_k_rope_offset = at;
+    at += align256(element_bytes * size_t(p.batch * p.total * dr));
+  }
+  plan.scratch_bytes = at;
+  return plan;
+}
+
+}  // namespace onnxattn::mla::cuda

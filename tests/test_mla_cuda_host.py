@@ -1,0 +1,65 @@
+"""Host-side plan of the CUDA MultiHeadLatentAttention (csrc/mla/cuda_plan.h): key splits that fill the GPU
+without splits of fewer than 256 keys, query chunks that bound the scratch, the scratch layout, caches in
+scratch when the node does not ask for them, and clear errors for shapes the kernel cannot run. Runs
+without a GPU through the library's C test entry (built in every configuration)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent / "gpu"))
+import mla_cuda_lib as lib  # noqa: E402
+
+H100_SMS = 132
+
+
+def align(n: int) -> int:
+    return -(-n // 256) * 256
+
+
+def test_decode_splits_fill_the_gpu():
+    # DeepSeek-V3 sizes, 16 heads, one token over 4096 cached ones: 16 rows, so the keys are split so that
+    # 16 * splits blocks fill 132 SMs twice (17), but no split sees fewer than 256 keys (4097 // 256 = 16)
+    p = lib.plan(lib.Problem(batch=1, heads=16, past=4096), sm_count=H100_SMS)
+    assert p.splits == 16 and p.chunk_tokens == 1 and not p.present_in_scratch
+    assert p.attention_smem == 4 * ((512 + 64) + 4 * 512 + 8)
+    rows = 16
+    want = align(8 * 2) + align(4 * rows * 576) + align(4 * 16 * rows * 512) + align(4 * 16 * rows)
+    assert p.scratch_bytes == want
+    # B = 64, H = 128: 8192 rows already fill the GPU
+    assert lib.plan(lib.Problem(batch=64, heads=128, past=4096), sm_count=H100_SMS).splits == 1
+    # a short cache is not split below 256 keys
+    assert lib.plan(lib.Problem(batch=1, heads=16, past=300), sm_count=H100_SMS).splits == 1
+    assert lib.plan(lib.Problem(batch=1, heads=1, past=1 << 20), sm_count=H100_SMS).splits == 64  # the cap
+
+
+def test_long_prefill_is_chunked_to_bound_the_scratch():
+    p = lib.plan(lib.Problem(batch=1, seq=32768, heads=128, past=0), sm_count=H100_SMS)
+    per_token = 4 * 128 * (576 + p.splits * 513)
+    assert p.splits == 1 and p.chunk_tokens == (256 << 20) // per_token < 32768
+    assert p.scratch_bytes < (256 << 20) + 4096
+
+
+def test_caches_in_scratch_without_present_outputs():
+    with_out = lib.plan(lib.Problem(batch=2, seq=1, past=100), present_outputs=True)
+    without = lib.plan(lib.Problem(batch=2, seq=1, past=100), present_outputs=False, element_bytes=2)
+    assert without.present_in_scratch and not with_out.present_in_scratch
+    assert without.scratch_bytes == with_out.scratch_bytes + align(2 * 2 * 101 * 512) + align(2 * 2 * 101 * 64)
+
+
+def test_shared_buffer_plans_for_the_buffer_length():
+    p = lib.plan(lib.Problem(batch=2, seq=1, heads=16, past=8192, mode="shared", cache_rank=4), sm_count=H100_SMS)
+    assert p.splits == 9  # by occupancy: ceil(264 / 32); 8192 // 256 allows 32
+
+
+@pytest.mark.parametrize("problem, message", [
+    (lib.Problem(rank=4096), r"allows R \+ Dr \+ 4R <= 12280 floats; got R = 4096, Dr = 64"),
+    (lib.Problem(rope=5), r"rope head dim Dr \(k_rope dim 2\) must be even"),
+    (lib.Problem(nope=16384, rank=64), r"allows Dn and R up to 12288; got Dn = 16384"),
+], ids=["latent-too-wide", "odd-rope", "nope-too-wide"])
+def test_plan_errors(problem, message):
+    with pytest.raises(ValueError, match="MultiHeadLatentAttention: .*" + message):
+        lib.plan(problem)
