@@ -26,10 +26,13 @@ struct StructuralMask {
     const int64_t p = query_row + query_offset;
     int64_t begin = 0, end = num_keys;
     if (causal && p + 1 < end) end = p + 1;
-    if (window > 0 && p - window + 1 > begin) begin = p - window + 1;
+    // Windows and bands may be as large as int64 allows (no limit in the spec): compare distances from p,
+    // which stay small, and form p -/+ window only when the result lies inside [begin, end), so nothing
+    // overflows (p - window wrapped for a huge window when p < 0, i.e. more queries than keys).
+    if (window > 0 && p - begin >= window) begin = p - window + 1;
     if (band > 0) {
-      if (p - band > begin) begin = p - band;
-      if (p + band + 1 < end) end = p + band + 1;
+      if (p - begin > band) begin = p - band;
+      if (end - p - 1 > band) end = p + band + 1;
     }
     if (end < begin) end = begin;
     if (begin > num_keys) begin = end = num_keys;

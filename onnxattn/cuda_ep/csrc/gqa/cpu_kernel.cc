@@ -21,7 +21,7 @@ void run_cpu(const Params& p, const Tensors<T>& t, const ParallelFor& parallel_f
   if (p.mode == CacheMode::kShared) {
     for (int64_t b = 0; b < B; ++b) {
       const int64_t len = t.past_lengths[b];
-      if (len < 0 || len + S > M) {
+      if (len < 0 || len > M - S) {  // not len + S > M: a huge len would wrap and pass
         fail(kOpName, ": past_lengths[", b, "] = ", len, " is out of range: the buffers hold ", M,
              " tokens, so with ", S, " new tokens it must be in [0, ", M - S, "]");
       }

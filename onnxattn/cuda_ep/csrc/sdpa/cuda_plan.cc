@@ -173,8 +173,10 @@ LaunchPlan make_plan(const Params& p, DType dtype, const DeviceInfo& device, con
     // With per-batch lengths only a bound is known here (rule 5).
     int64_t visible = 0;
     if (layout.per_batch_lengths) {
-      visible = p.structure.causal && p.structure.window > 0 ? std::min(p.kv_len, p.structure.window + p.q_len - 1)
-                                                               : p.kv_len;
+      // window + q_len - 1 would overflow for a huge window; any window >= kv_len bounds nothing here
+      visible = p.structure.causal && p.structure.window > 0 && p.structure.window < p.kv_len
+                    ? std::min(p.kv_len, p.structure.window + p.q_len - 1)
+                    : p.kv_len;
       plan.min_split_keys = kMinKeysPerSplit;
     } else {
       const KeyRange keys = p.structure.visible_keys(0, p.q_len, p.kv_len);
