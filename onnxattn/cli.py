@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import sys
 import tempfile
@@ -258,9 +259,10 @@ def cmd_demo(args) -> int:
     print(f"[1/5] model {name}: {type(cfg).__name__}({fields}), random weights (seed {cfg.seed})")
     result = export_model(model, out_dir / f"{name}.onnx", progress=False)
     proto = onnx.load(result.path)
-    attn = sum(1 for n in proto.graph.node if n.domain == "onnxattn")
-    print(f"[2/5] exported to {result.path} in {result.seconds:.1f}s: {len(proto.graph.node)} nodes, {attn} "
-          f"onnxattn::GroupQueryAttention, {len(proto.functions)} reference function(s); inputs input_ids + "
+    counts = collections.Counter(n.op_type for n in proto.graph.node if n.domain == "onnxattn")
+    attn = ", ".join(f"{count} onnxattn::{op}" for op, count in sorted(counts.items()))
+    print(f"[2/5] exported to {result.path} in {result.seconds:.1f}s: {len(proto.graph.node)} nodes, {attn}, "
+          f"{len(proto.functions)} reference function(s); inputs input_ids + "
           f"past_key_values.*, outputs logits + present.* (dynamic batch, sequence, past)")
     report = result.report
     print("[3/5] " + str(report).replace("\n", "\n      "))
