@@ -1,5 +1,9 @@
 #include "common/ort_adapter.h"
 
+#include <atomic>
+#include <exception>
+#include <mutex>
+
 namespace onnxattn::ort {
 namespace {
 
@@ -71,13 +75,40 @@ Ort::ConstValue optional_input(const Ort::KernelContext& ctx, size_t index) {
   return ctx.GetInput(index);
 }
 
+namespace {
+
+// One ParallelFor call: the body, and the first exception any item threw.
+struct ParallelCall {
+  const std::function<void(int64_t)>* body;
+  std::atomic<bool> failed{false};
+  std::mutex mutex;
+  std::exception_ptr error;
+};
+
+}  // namespace
+
 ParallelFor intra_op_parallel_for(const Ort::KernelContext& ctx) {
   return [&ctx](int64_t count, const std::function<void(int64_t)>& body) {
     if (count <= 0) return;
     if (count == 1) return body(0);
-    auto trampoline = [](void* user, size_t i) { (*static_cast<const std::function<void(int64_t)>*>(user))(int64_t(i)); };
+    // No exception may leave an item: onnxruntime's pool runs items on its threads through a C callback, and
+    // one escaping (e.g. a std::length_error from a buffer sized by a huge attribute) would terminate a worker
+    // or unwind the caller while other workers still run items over its stack (seen: a later segfault). The
+    // first one is kept, the remaining items are skipped, and it is rethrown here once every item is done.
+    ParallelCall call{&body};
+    auto trampoline = [](void* user, size_t i) noexcept {
+      auto* c = static_cast<ParallelCall*>(user);
+      if (c->failed.load(std::memory_order_relaxed)) return;
+      try {
+        (*c->body)(int64_t(i));
+      } catch (...) {
+        std::lock_guard<std::mutex> lock(c->mutex);
+        if (!c->failed.exchange(true)) c->error = std::current_exception();
+      }
+    };
     // num_batch = 0: onnxruntime balances the items dynamically over its intra-op threads.
-    ctx.ParallelFor(trampoline, size_t(count), 0, const_cast<std::function<void(int64_t)>*>(&body));
+    ctx.ParallelFor(trampoline, size_t(count), 0, &call);
+    if (call.error) std::rethrow_exception(call.error);
   };
 }
 

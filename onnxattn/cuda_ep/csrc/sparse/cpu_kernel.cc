@@ -36,7 +36,10 @@ sdpa::Params core_params(const Dims& d, float scale) {
 // Block-sparse attention over lists of `list_len` blocks of `block_size` keys.
 void make_sparse(sdpa::Params& a, int64_t block_size, int64_t list_len, bool shared, bool causal) {
   a.structure.causal = causal;
-  a.sparse_block_size = block_size;
+  // A block longer than the keys holds them all (block 0): the core packs and indexes keys by the block length
+  // (pitch, c * size, (c + 1) * size), which would overflow for a size near INT64_MAX, so give it Skv instead:
+  // the same blocks, the same lists, the same result.
+  a.sparse_block_size = a.kv_len > 0 ? std::min(block_size, a.kv_len) : block_size;
   a.sparse_list_len = list_len;
   a.sparse_shared = shared;
 }

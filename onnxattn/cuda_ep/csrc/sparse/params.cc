@@ -169,7 +169,11 @@ RoutedParams make_routed_params(const RoutedShapes& s, const RoutedAttributes& a
   p.attrs = attrs;
   const Dims& d = p.dims;
   p.scale = attrs.scale != 0.0f ? attrs.scale : 1.0f / std::sqrt(float(d.head_dim));
-  p.num_segments = (d.kv_len + attrs.segment_size - 1) / attrs.segment_size;
+  // A segment longer than the keys is one segment of Skv keys: the kernels size buffers and index keys by the
+  // segment length (c * size, (c + 1) * size), so a huge attribute (up to INT64_MAX) would overflow them; the
+  // shorter length gives the same segment and the same result.
+  if (d.kv_len > 0 && p.attrs.segment_size > d.kv_len) p.attrs.segment_size = d.kv_len;
+  p.num_segments = d.kv_len == 0 ? 0 : (d.kv_len - 1) / p.attrs.segment_size + 1;
   if (attrs.rope) {
     p.rotary_dim = attrs.rotary_dim ? attrs.rotary_dim : d.head_dim;
     if (p.rotary_dim % 2 || p.rotary_dim > d.head_dim) {
