@@ -5,7 +5,6 @@ dataclass plus a builder with deterministic random weights, tiny by default and 
 "decoder"``) share one forward for eager generation and export (see models._base.CausalLM); encoders
 (``kind == "encoder"``) take ids, a padding mask and token types.
 
-Still to come, as their ops land: decoders with native sparse / block-routed attention layers (issue 7).
 A new family is one module here: a config dataclass, a CausalLM subclass whose blocks call the new
 attention module (its layers must expose the cache layout through ``kv_shapes``), and
 ``@register(name, ConfigClass)`` on its builder.
@@ -19,7 +18,7 @@ from collections.abc import Callable
 MODELS: dict[str, tuple[type, Callable]] = {}  # name -> (config class, builder(config) -> model)
 
 # Families whose ops do not exist yet: named in error messages so users know they are planned.
-PLANNED = {"nsa": "native sparse attention layers, issue 7"}
+PLANNED: dict[str, str] = {}
 
 
 def register(name: str, config_class: type):
@@ -31,7 +30,7 @@ def register(name: str, config_class: type):
 
 
 def _unknown(name: str) -> KeyError:
-    planned = "; not available yet: " + ", ".join(f"{k} ({v})" for k, v in PLANNED.items())
+    planned = ("; not available yet: " + ", ".join(f"{k} ({v})" for k, v in PLANNED.items())) if PLANNED else ""
     return KeyError(f"unknown model {name!r}; available: {', '.join(sorted(MODELS))}{planned}")
 
 
@@ -61,6 +60,6 @@ def build(name_or_config, **overrides):
                     f"({', '.join(sorted(MODELS))}) or one of their configs")
 
 
-from onnxattn.models import bert, deepseek, gemma3, gpt2, llama, tiny_decoder  # noqa: E402,F401  (register their models)
+from onnxattn.models import bert, deepseek, gemma3, gpt2, llama, sparse, tiny_decoder  # noqa: E402,F401  (register)
 
 DEFAULT_MODEL = "llama"

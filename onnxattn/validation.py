@@ -160,10 +160,36 @@ def validate(
     return report
 
 
+def _dim_value(dim: str, dims: Mapping[str, int]) -> int:
+    """A symbolic dim's size: given by name, or an arithmetic expression of given names as torch's exporter
+    writes them (e.g. "past_sequence + sequence", "((past_sequence + sequence)//4)"), so inputs that the
+    graph relates (a cache and the keys compressed from it) stay consistent; else DEFAULT_DIM."""
+    if dim in dims:
+        return dims[dim]
+    import ast
+    import operator
+
+    binary = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.FloorDiv: operator.floordiv}
+
+    def value(node):
+        if isinstance(node, ast.BinOp) and type(node.op) in binary:
+            return binary[type(node.op)](value(node.left), value(node.right))
+        if isinstance(node, ast.Constant) and isinstance(node.value, int):
+            return node.value
+        if isinstance(node, ast.Name) and node.id in dims:
+            return dims[node.id]
+        raise ValueError(dim)
+
+    try:
+        return max(int(value(ast.parse(dim, mode="eval").body)), 0)
+    except (ValueError, SyntaxError, ZeroDivisionError):
+        return DEFAULT_DIM
+
+
 def _concrete_shape(info: TensorInfo, dims: Mapping[str, int]) -> list[int]:
     if info.shape is None:
         raise OpError("an input of unknown rank; cannot make random inputs")
-    return [d if isinstance(d, int) else dims.get(d, DEFAULT_DIM) if isinstance(d, str) else DEFAULT_DIM
+    return [d if isinstance(d, int) else _dim_value(d, dims) if isinstance(d, str) else DEFAULT_DIM
             for d in info.shape]
 
 

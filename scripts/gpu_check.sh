@@ -4,6 +4,7 @@
 #      ctypes entries on torch tensors (e.g. tests/gpu/test_sdpa_cuda_kernels.py), then through
 #      onnxruntime-gpu's CUDA EP, checking the node ran there (e.g. tests/gpu/test_sdpa_cuda_ort.py)
 #   2. GroupQueryAttention: the same two levels (tests/gpu/test_gqa_cuda_kernels.py, test_gqa_cuda_ort.py)
+#   2b. NativeSparseAttention / SparseRoutedAttention through the CUDA EP (tests/gpu/test_sparse_cuda_ort.py)
 #   3. compute-sanitizer on representative launches of the family whose tests failed
 #   4. the benchmarks (benchmarks/bench_sdpa_cuda.py, benchmarks/bench_gqa_cuda.py, benchmarks/bench_mla_cuda.py)
 # then prints one summary table and writes JSON under $OUT (the device tool's output folder; out/gpu_check
@@ -18,8 +19,9 @@
 # them. Without them the onnxruntime checks and baseline are skipped, saying why. Then the one call:
 #   command: ONNXATTN_COMMIT=<git rev-parse HEAD> bash scripts/gpu_check.sh
 #   carry:   ["build/gpu/onnxattn/cuda_ep/libonnxattn_ops.so"]      timeout_s: 540
-# (stages are capped at 130 s tests + 110 s GQA tests + 90 s memcheck, only after a failure, + 100 s SDPA
-# benchmark + 70 s GQA benchmark + 30 s MLA benchmark = 530 s, under the call's 540 s; expect ~4 min)
+# (stages are capped at 130 s tests + 110 s GQA tests + 60 s sparse tests + 90 s memcheck, only after a
+# failure, + 100 s SDPA benchmark + 70 s GQA benchmark + 30 s MLA benchmark = 590 s with a failure, 500 s
+# without; use timeout_s 600; expect ~4 min)
 # Commit the bench JSON it returns under benchmarks/results/.
 #
 # Environment: ONNXATTN_LIBRARY (default: the carried build), GPU_CHECK_QUICK=1 (smaller benchmark),
@@ -72,7 +74,7 @@ PY
 echo "== GPU tests but GroupQueryAttention's (ScaledDotProductAttention, ...: kernels via ctypes, then onnxruntime CUDA EP)"
 # shellcheck disable=SC2086
 CUDA_LAUNCH_BLOCKING=1 timeout -s INT -k 10 130 python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu \
-  --ignore=tests/gpu/test_gqa_cuda_kernels.py --ignore=tests/gpu/test_gqa_cuda_ort.py \
+  --ignore=tests/gpu/test_gqa_cuda_kernels.py --ignore=tests/gpu/test_gqa_cuda_ort.py --ignore=tests/gpu/test_sparse_cuda_ort.py \
   -rfEs --junitxml="$OUT/gpu_tests.xml" ${GPU_CHECK_PYTEST_ARGS:-}
 tests_rc=$?
 echo "== GroupQueryAttention tests (kernels via ctypes, then onnxruntime CUDA EP)"
@@ -80,6 +82,12 @@ echo "== GroupQueryAttention tests (kernels via ctypes, then onnxruntime CUDA EP
 CUDA_LAUNCH_BLOCKING=1 timeout -s INT -k 10 110 python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu/test_gqa_cuda_kernels.py \
   tests/gpu/test_gqa_cuda_ort.py -rfEs --junitxml="$OUT/gpu_tests_gqa.xml" ${GPU_CHECK_PYTEST_ARGS:-}
 gqa_tests_rc=$?
+echo "== Sparse attention tests (NativeSparseAttention, SparseRoutedAttention through onnxruntime CUDA EP)"
+# shellcheck disable=SC2086
+CUDA_LAUNCH_BLOCKING=1 timeout -s INT -k 10 60 python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu/test_sparse_cuda_ort.py \
+  -rfEs --junitxml="$OUT/gpu_tests_sparse.xml" ${GPU_CHECK_PYTEST_ARGS:-}
+sparse_tests_rc=$?
+echo "Sparse attention tests: rc=$sparse_tests_rc (report gpu_tests_sparse.xml)"
 
 families=()
 if [ "$tests_rc" != 0 ] || [ "${GPU_CHECK_SANITIZE:-0}" = 1 ]; then families+=(sdpa); fi  # sanitize_cases.py
@@ -108,7 +116,7 @@ echo "MultiHeadLatentAttention benchmark: rc=$mla_bench_rc (its tests ran in the
 echo "== summary"
 python3 scripts/gpu_summary.py "$OUT" --tests-rc "$tests_rc" --gqa-tests-rc "$gqa_tests_rc" --bench-rc "$bench_rc" \
   --gqa-bench-rc "$gqa_bench_rc"
-return $(( tests_rc != 0 || gqa_tests_rc != 0 || bench_rc != 0 || gqa_bench_rc != 0 || mla_bench_rc != 0 ))
+return $(( tests_rc != 0 || gqa_tests_rc != 0 || sparse_tests_rc != 0 || bench_rc != 0 || gqa_bench_rc != 0 || mla_bench_rc != 0 ))
 }
 
 main 2>&1 | tee "$OUT/gpu_check.log"

@@ -111,8 +111,7 @@ def test_bad_configs_are_clear_errors(make, message):
 
 
 def test_unknown_names_and_options():
-    with pytest.raises(KeyError, match="unknown model 'llama4'; available: bert, .*gemma3, gpt2, llama.*"
-                                      "not available yet: .*issue 7"):
+    with pytest.raises(KeyError, match="unknown model 'llama4'; available: bert, .*gemma3, gpt2, llama, moba, nsa"):
         models.build("llama4")
     with pytest.raises(ValueError, match="LlamaConfig: unknown option.*hiden"):
         models.build("llama", hiden=64)

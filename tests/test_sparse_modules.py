@@ -159,7 +159,7 @@ class _Wrap(torch.nn.Module):
 def _export_and_run(module, args, op_type, names, dynamic=True):
     dims = {0: "batch", 2: "seq"}
     dynamic_shapes = tuple(dims if a.dim() == 4 else {0: "batch", 1: "seq"} for a in args) if dynamic else None
-    model = onnxattn.export(module, args, dynamic_shapes=dynamic_shapes, input_names=names)
+    model = onnxattn.export(module.eval(), args, dynamic_shapes=dynamic_shapes, input_names=names)
     assert [n.op_type for n in model.graph.node if n.domain == "onnxattn"] == [op_type]
     with torch.no_grad():
         want = module(*args)

@@ -55,7 +55,8 @@ struct Params {
   // (b, h, i) sees only the keys of the blocks its list names — block c is keys [c * sparse_block_size,
   // (c + 1) * sparse_block_size) — within its structural range. Lists have sparse_list_len entries
   // (distinct, any order, -1 = unused): one per (b, KV head, i) when sparse_shared (the heads of a GQA group
-  // share it), else one per (b, query head, i). Not combined with paged K/V or ragged queries. 0: dense.
+  // share it), else one per (b, query head, i). Not combined with paged K/V, ragged queries or split K rows.
+  // 0: dense.
   int64_t sparse_block_size = 0;
   int64_t sparse_list_len = 0;
   bool sparse_shared = false;

@@ -1,0 +1,642 @@
+// NativeSparseAttention and SparseRoutedAttention on CUDA (see cuda_kernel.h): simple SIMT kernels, written
+// for correctness first. Every kernel accumulates in float32; 16-bit inputs are converted as they are read.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "common/errors.h"
+#include "sparse/cuda_kernel.h"
+
+namespace onnxattn::sparse::cuda {
+namespace {
+
+constexpr float kNegInf = -__builtin_huge_valf();
+constexpr float kPosInf = __builtin_huge_valf();
+constexpr int kThreads = 128;
+constexpr int kWarpsPerBlock = kThreads / 32;
+constexpr int kMaxValueChunks = 8;  // Dv <= 256: 8 output dims per lane
+constexpr int64_t kMaxCentroids = 4096;
+constexpr int64_t kMaxTop = 1024;
+constexpr size_t kFineScratchBytes = size_t(64) << 20;  // fine branch: rows x Skv scores per launch
+
+void check_launch(const char* what) {
+  const cudaError_t error = cudaGetLastError();
+  if (error != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(error));
+}
+
+// A bump allocator over the caller's scratch; with a null base it only counts.
+struct Carver {
+  char* base;
+  size_t used = 0;
+  template <typename X>
+  X* take(int64_t count) {
+    const size_t at = used;
+    used += (size_t(count > 0 ? count : 0) * sizeof(X) + 255) / 256 * 256;
+    return base ? reinterpret_cast<X*>(base + at) : nullptr;
+  }
+};
+
+__device__ __forceinline__ float warp_sum(float x) {
+  for (int o = 16; o > 0; o /= 2) x += __shfl_xor_sync(0xffffffffu, x, o);
+  return x;
+}
+__device__ __forceinline__ float warp_max(float x) {
+  for (int o = 16; o > 0; o /= 2) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
+  return x;
+}
+// (value, index) pairs: larger value first, then lower index (ONNX TopK's tie rule); NaN never wins.
+__device__ __forceinline__ bool better(float a, int64_t ia, float b, int64_t ib) {
+  return a > b || (a == b && ia < ib) || (b != b && a == a);
+}
+__device__ __forceinline__ void warp_best(float& value, int64_t& index) {
+  for (int o = 16; o > 0; o /= 2) {
+    const float v = __shfl_xor_sync(0xffffffffu, value, o);
+    const int64_t i = __shfl_xor_sync(0xffffffffu, index, o);
+    if (better(v, i, value, index)) value = v, index = i;
+  }
+}
+// Block-wide reductions over kThreads threads through `shared` (kWarpsPerBlock floats).
+__device__ float block_reduce(float x, float* shared, bool is_max) {
+  x = is_max ? warp_max(x) : warp_sum(x);
+  __syncthreads();
+  if (threadIdx.x % 32 == 0) shared[threadIdx.x / 32] = x;
+  __syncthreads();
+  float total = shared[0];
+  for (int w = 1; w < kWarpsPerBlock; ++w) total = is_max ? fmaxf(total, shared[w]) : total + shared[w];
+  return total;
+}
+
+// ---- centroids: per (b, KV head, c), the mean of rows [c * seg, min((c + 1) * seg, len)) of src ----
+
+template <typename S>
+__global__ void centroid_kernel(const S* src, float* out, int64_t len, int64_t count, int dim, int64_t seg,
+                                bool unit) {
+  __shared__ float reduce[kWarpsPerBlock];
+  const int64_t c = blockIdx.x, head = blockIdx.y;
+  const int64_t begin = c * seg, end = min(begin + seg, len);
+  float sq = 0.0f;
+  for (int d = threadIdx.x; d < dim; d += kThreads) {
+    float sum = 0.0f;
+    for (int64_t j = begin; j < end; ++j) sum += to_float(src[(head * len + j) * dim + d]);
+    const float mean = sum / float(end - begin);
+    out[(head * count + c) * dim + d] = mean;
+    sq += mean * mean;
+  }
+  if (!unit) return;  // (uniform per block: no thread leaves a barrier behind)
+  const float norm = fmaxf(sqrtf(block_reduce(sq, reduce, false)), 1e-12f);
+  for (int d = threadIdx.x; d < dim; d += kThreads) out[(head * count + c) * dim + d] /= norm;
+}
+
+// ---- RoPE: src [rows of len][dim] (T) -> float, rotated at the key positions; `raw` gets the unrotated copy ----
+
+template <typename T>
+__global__ void rope_kernel(const T* src, float* dst, float* raw, int64_t rows, int64_t heads, int64_t len, int dim,
+                            int rotary, bool interleaved, float base, float scaling, const int64_t* positions,
+                            int64_t position_batch_stride, int64_t first_key) {
+  const int64_t row = blockIdx.x;
+  if (row >= rows) return;
+  const int64_t b = row / (heads * len), s = row % len, key = first_key + s;
+  const float position = float(positions ? positions[b * position_batch_stride + key] : key);
+  const T* x = src + row * dim;
+  float* y = dst + row * dim;
+  const int half = rotary / 2;
+  for (int d = threadIdx.x; d < dim; d += blockDim.x) {
+    const float value = to_float(x[d]);
+    if (raw) raw[row * dim + d] = value;
+    if (d >= rotary) {
+      y[d] = value;
+      continue;
+    }
+    // the pair (first, second) of channel d and which half of it d is
+    const int pair = interleaved ? d / 2 : d % half;
+    const bool first = interleaved ? d % 2 == 0 : d < half;
+    const int other = interleaved ? (first ? d + 1 : d - 1) : (first ? d + half : d - half);
+    // inv_freq as the CPU kernel and the function compute it (float32 steps)
+    const float inv_freq = expf(-((float(2 * pair) / float(rotary)) * logf(base)));
+    const float angle = position * inv_freq;
+    const float c = cosf(angle) * scaling, sn = sinf(angle) * scaling;
+    const float partner = to_float(x[other]);
+    y[d] = first ? value * c - partner * sn : value * c + partner * sn;
+  }
+}
+
+template <typename T>
+__global__ void to_float_kernel(const T* src, float* dst, int64_t count) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < count; i += int64_t(gridDim.x) * blockDim.x) {
+    dst[i] = to_float(src[i]);
+  }
+}
+
+// ---- selection: one CTA per list (b, selection head, i) ----
+
+template <typename TQ>
+struct SelectArgs {
+  const TQ* q;                 // [B, Hq, Sq, D]
+  const float* centroids;      // [B, Hkv, Nc, D]
+  const TQ* compressed_values; // probabilities mode: [B, Hkv, Nc, Dv]
+  float* compressed_out;       // probabilities mode: [B, Hq, Sq, Dv]
+  int32_t* lists;              // [B, Hs, Sq, top]
+  int64_t* listed;             // optional int64 copy
+  int64_t batch, q_heads, kv_heads, q_len, num_centroids, num_blocks, block_size, query_offset, top;
+  int dim, v_dim;
+  bool causal, shared, probabilities;
+  int64_t sink_blocks, local_blocks;
+  float scale;
+};
+
+template <typename TQ>
+__global__ void __launch_bounds__(kThreads) select_kernel(const SelectArgs<TQ> a) {
+  extern __shared__ float select_smem[];
+  __shared__ float reduce[kWarpsPerBlock];
+  const int64_t nc = a.num_centroids;
+  float* const key = select_smem;        // [max(Nc, num_blocks)]: the group's scores, then the selection keys
+  float* const probs = key + max(nc, a.num_blocks);  // [Nc]: one head's probabilities
+  int32_t* const chosen = reinterpret_cast<int32_t*>(probs + nc);  // [top]
+  const int64_t group = a.q_heads / a.kv_heads, heads_per_list = a.shared ? group : 1;
+  const int64_t list_heads = a.shared ? a.kv_heads : a.q_heads;
+  const int64_t i = blockIdx.x % a.q_len, list_head = blockIdx.x / a.q_len % list_heads;
+  const int64_t b = blockIdx.x / (a.q_len * list_heads);
+  const int64_t kv_head = a.shared ? list_head : list_head / group;
+  const int64_t position = i + a.query_offset;
+  const float* cents = a.centroids + (b * a.kv_heads + kv_head) * nc * a.dim;
+  for (int64_t c = threadIdx.x; c < nc; c += kThreads) key[c] = 0.0f;
+  __syncthreads();
+  for (int64_t x = 0; x < heads_per_list; ++x) {
+    const int64_t h = a.shared ? kv_head * group + x : list_head;
+    const TQ* q = a.q + ((b * a.q_heads + h) * a.q_len + i) * a.dim;
+    for (int64_t c = threadIdx.x; c < nc; c += kThreads) {
+      float s = 0.0f;
+      for (int d = 0; d < a.dim; ++d) s += to_float(q[d]) * cents[c * a.dim + d];
+      probs[c] = s;
+    }
+    __syncthreads();
+    if (a.probabilities) {  // the compression branch: softmax over the visible tokens, its output, probabilities
+      const int64_t visible = a.causal ? min(max(position + 1, int64_t(0)) / a.block_size, nc) : nc;
+      float top = kNegInf;
+      for (int64_t c = threadIdx.x; c < visible; c += kThreads) top = fmaxf(top, probs[c] * a.scale);
+      top = block_reduce(top, reduce, true);
+      float sum = 0.0f;
+      for (int64_t c = threadIdx.x; c < nc; c += kThreads) {
+        const float e = c < visible ? expf(probs[c] * a.scale - top) : 0.0f;
+        probs[c] = e;
+        sum += e;
+      }
+      sum = block_reduce(sum, reduce, false);
+      const float inv = visible > 0 ? 1.0f / sum : 0.0f;
+      for (int64_t c = threadIdx.x; c < nc; c += kThreads) probs[c] *= inv;
+      __syncthreads();
+      const TQ* values = a.compressed_values + (b * a.kv_heads + kv_head) * nc * a.v_dim;
+      float* out = a.compressed_out + ((b * a.q_heads + h) * a.q_len + i) * a.v_dim;
+      for (int e = threadIdx.x; e < a.v_dim; e += kThreads) {
+        float o = 0.0f;
+        for (int64_t c = 0; c < visible; ++c)
+          if (probs[c] > 0.0f) o += probs[c] * to_float(values[c * a.v_dim + e]);  // weightless: never read
+        out[e] = o;
+      }
+    }
+    for (int64_t c = threadIdx.x; c < nc; c += kThreads) key[c] += probs[c];
+    __syncthreads();
+  }
+  if (a.top == 0) return;
+  // keys: +inf forced, the score for other candidates, -inf otherwise
+  const int64_t own = position >= 0 ? position / a.block_size : -1;
+  const int64_t limit = a.causal ? min(own + 1, a.num_blocks) : a.num_blocks;
+  for (int64_t c = threadIdx.x; c < a.num_blocks; c += kThreads) {
+    const bool forced = (a.causal && c == own) || c < a.sink_blocks || (c < own && c >= own - a.local_blocks);
+    key[c] = c >= limit ? kNegInf : forced ? kPosInf : c < nc ? key[c] : kNegInf;
+  }
+  __syncthreads();
+  // top-k by repeated warp argmax (warp 0), then ascending order
+  if (threadIdx.x >= 32) return;
+  const int lane = threadIdx.x;
+  int64_t count = 0;
+  for (; count < a.top; ++count) {
+    float best = kNegInf;
+    int64_t at = a.num_blocks;
+    for (int64_t c = lane; c < a.num_blocks; c += 32)
+      if (better(key[c], c, best, at)) best = key[c], at = c;
+    warp_best(best, at);
+    if (!(best > kNegInf)) break;
+    if (lane == 0) {
+      chosen[count] = int32_t(at);
+      key[at] = kNegInf;
+    }
+    __syncwarp();
+  }
+  if (lane != 0) return;
+  for (int64_t x = 1; x < count; ++x) {  // insertion sort: lists are short
+    const int32_t v = chosen[x];
+    int64_t y = x - 1;
+    for (; y >= 0 && chosen[y] > v; --y) chosen[y + 1] = chosen[y];
+    chosen[y + 1] = v;
+  }
+  const int64_t at = ((b * list_heads + list_head) * a.q_len + i) * a.top;
+  for (int64_t x = 0; x < a.top; ++x) {
+    const int32_t value = x < count ? chosen[x] : -1;
+    a.lists[at + x] = value;
+    if (a.listed) a.listed[at + x] = value;
+  }
+}
+
+// ---- attention: one warp per query row, over its listed blocks (or its structural range) ----
+
+template <typename TK, typename TQ>
+struct AttendArgs {
+  const TQ* q;          // [B, Hq, Sq, D]
+  const TK* k;          // [B, Hkv, Skv, D]
+  const TK* v;          // [B, Hkv, Skv, Dv]
+  const int32_t* lists; // [B, Hs, Sq, list_len] or null: the whole structural range
+  float* out;           // [B, Hq, Sq, Dv]
+  int64_t batch, q_heads, kv_heads, q_len, kv_len, block_size, list_len;
+  int dim, v_dim;
+  bool shared, causal;
+  int64_t window;  // > 0: keys p - window < j
+  float scale;
+};
+
+template <typename TK, typename TQ>
+__global__ void __launch_bounds__(kThreads) attend_kernel(const AttendArgs<TK, TQ> a) {
+  extern __shared__ float attend_smem[];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t row = int64_t(blockIdx.x) * kWarpsPerBlock + warp;  // (b * Hq + h) * Sq + i
+  if (row >= a.batch * a.q_heads * a.q_len) return;  // whole warps; no block barrier below
+  const int64_t i = row % a.q_len, h = row / a.q_len % a.q_heads, b = row / (a.q_len * a.q_heads);
+  const int64_t group = a.q_heads / a.kv_heads, kv_head = h / group;
+  const int64_t p = i + a.kv_len - a.q_len;
+  const int64_t begin = a.window > 0 ? max(p - a.window + 1, int64_t(0)) : 0;
+  const int64_t end = a.causal || a.window > 0 ? min(p + 1, a.kv_len) : a.kv_len;
+  float* q = attend_smem + warp * a.dim;
+  const TQ* q_src = a.q + row * a.dim;
+  for (int d = lane; d < a.dim; d += 32) q[d] = to_float(q_src[d]) * a.scale;
+  __syncwarp();
+  const TK* k_head = a.k + (b * a.kv_heads + kv_head) * a.kv_len * a.dim;
+  const TK* v_head = a.v + (b * a.kv_heads + kv_head) * a.kv_len * a.v_dim;
+  float m = kNegInf, l = 0.0f, o[kMaxValueChunks];
+  for (int x = 0; x < kMaxValueChunks; ++x) o[x] = 0.0f;
+  const int32_t* list = a.lists ? a.lists + ((b * (a.shared ? a.kv_heads : a.q_heads) + (a.shared ? kv_head : h)) *
+                                             a.q_len + i) * a.list_len : nullptr;
+  const int64_t ranges = list ? a.list_len : 1;
+  for (int64_t r = 0; r < ranges; ++r) {
+    int64_t lo = begin, hi = end;
+    if (list) {
+      const int64_t c = list[r];
+      if (c < 0) continue;
+      lo = max(lo, c * a.block_size);
+      hi = min(hi, (c + 1) * a.block_size);
+    }
+    for (int64_t j0 = lo; j0 < hi; j0 += 32) {
+      const int64_t j = j0 + lane;
+      float s = kNegInf;
+      if (j < hi) {
+        const TK* key = k_head + j * a.dim;
+        s = 0.0f;
+        for (int d = 0; d < a.dim; ++d) s += q[d] * to_float(key[d]);
+      }
+      const float m_new = fmaxf(m, warp_max(s));
+      const float m_use = m_new == kNegInf ? 0.0f : m_new;
+      const float prob = expf(s - m_use), alpha = expf(m - m_use);
+      l = l * alpha + warp_sum(prob);
+      m = m_new;
+      for (int x = 0; x < kMaxValueChunks; ++x) o[x] *= alpha;
+      const int keys = int(min(int64_t(32), hi - j0));
+      for (int key = 0; key < keys; ++key) {
+        const float w = __shfl_sync(0xffffffffu, prob, key);
+        if (w == 0.0f) continue;  // a weightless key is never read (NaN in its V cannot leak)
+        const TK* value = v_head + (j0 + key) * a.v_dim;
+        for (int x = 0; x < kMaxValueChunks; ++x) {
+          const int e = lane + 32 * x;
+          if (e < a.v_dim) o[x] += w * to_float(value[e]);
+        }
+      }
+    }
+  }
+  const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+  for (int x = 0; x < kMaxValueChunks; ++x) {
+    const int e = lane + 32 * x;
+    if (e < a.v_dim) a.out[row * a.v_dim + e] = o[x] * inv;
+  }
+}
+
+// ---- the fine branch: one CTA per query row, scores in global scratch ----
+
+template <typename T>
+struct FineArgs {
+  const T* q;
+  const T* k;
+  const T* v;
+  float* out;        // [B, Hq, Sq, Dv]
+  int64_t* listed;   // optional [B, Hq, Sq, top]
+  float* scores;     // [rows of this launch][Skv]
+  int64_t row_begin, rows;
+  int64_t q_heads, kv_heads, q_len, kv_len, top;
+  int dim, v_dim;
+  bool causal;
+  float scale;
+};
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) fine_kernel(const FineArgs<T> a) {
+  extern __shared__ float fine_smem[];
+  __shared__ float best_value[kWarpsPerBlock];
+  __shared__ int64_t best_index[kWarpsPerBlock];
+  float* const chosen_score = fine_smem;                                   // [top]
+  int64_t* const chosen_index = reinterpret_cast<int64_t*>(chosen_score + (a.top + 1) / 2 * 2);  // [top]
+  const int64_t local = blockIdx.x, row = a.row_begin + local;
+  const int64_t i = row % a.q_len, h = row / a.q_len % a.q_heads, b = row / (a.q_len * a.q_heads);
+  const int64_t kv_head = h / (a.q_heads / a.kv_heads), p = i + a.kv_len - a.q_len;
+  const int64_t end = a.causal ? max(min(p + 1, a.kv_len), int64_t(0)) : a.kv_len;
+  const T* q = a.q + row * a.dim;
+  const T* k_head = a.k + (b * a.kv_heads + kv_head) * a.kv_len * a.dim;
+  float* scores = a.scores + local * a.kv_len;
+  for (int64_t j = threadIdx.x; j < end; j += kThreads) {
+    float s = 0.0f;
+    for (int d = 0; d < a.dim; ++d) s += to_float(q[d]) * to_float(k_head[j * a.dim + d]);
+    scores[j] = s;
+  }
+  __syncthreads();
+  int64_t count = 0;
+  for (; count < a.top; ++count) {
+    float best = kNegInf;
+    int64_t at = a.kv_len;
+    for (int64_t j = threadIdx.x; j < end; j += kThreads)
+      if (better(scores[j], j, best, at)) best = scores[j], at = j;
+    warp_best(best, at);
+    if (threadIdx.x % 32 == 0) best_value[threadIdx.x / 32] = best, best_index[threadIdx.x / 32] = at;
+    __syncthreads();
+    best = best_value[0], at = best_index[0];
+    for (int w = 1; w < kWarpsPerBlock; ++w)
+      if (better(best_value[w], best_index[w], best, at)) best = best_value[w], at = best_index[w];
+    __syncthreads();
+    if (!(best > kNegInf)) break;
+    if (threadIdx.x == 0) {
+      chosen_score[count] = best;
+      chosen_index[count] = at;
+      scores[at] = kNegInf;
+    }
+    __syncthreads();
+  }
+  float top = kNegInf;
+  for (int64_t x = 0; x < count; ++x) top = fmaxf(top, chosen_score[x]);
+  float sum = 0.0f;
+  for (int64_t x = 0; x < count; ++x) sum += expf(a.scale * (chosen_score[x] - top));
+  const T* v_head = a.v + (b * a.kv_heads + kv_head) * a.kv_len * a.v_dim;
+  for (int e = threadIdx.x; e < a.v_dim; e += kThreads) {
+    float o = 0.0f;
+    for (int64_t x = 0; x < count; ++x) {
+      const float w = expf(a.scale * (chosen_score[x] - top)) / sum;
+      if (w > 0.0f) o += w * to_float(v_head[chosen_index[x] * a.v_dim + e]);
+    }
+    a.out[row * a.v_dim + e] = o;
+  }
+  __syncthreads();  // every thread is done with chosen_index
+  if (a.listed && threadIdx.x == 0) {
+    for (int64_t x = 1; x < count; ++x) {
+      const int64_t v = chosen_index[x];
+      int64_t y = x - 1;
+      for (; y >= 0 && chosen_index[y] > v; --y) chosen_index[y + 1] = chosen_index[y];
+      chosen_index[y + 1] = v;
+    }
+    for (int64_t x = 0; x < a.top; ++x) a.listed[row * a.top + x] = x < count ? chosen_index[x] : -1;
+  }
+}
+
+// ---- the gated mix: y = sum over present branches of gate * branch ----
+
+template <typename T>
+struct MixArgs {
+  const float* branch[3];  // null: branch off
+  const T* gates;          // null: every gate is 1
+  int64_t gate_strides[4];
+  T* y;
+  int64_t q_heads, q_len, rows;
+  int v_dim;
+};
+
+template <typename T>
+__global__ void mix_kernel(const MixArgs<T> a) {
+  const int64_t count = a.rows * a.v_dim;
+  for (int64_t x = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; x < count; x += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t row = x / a.v_dim, i = row % a.q_len, h = row / a.q_len % a.q_heads, b = row / (a.q_len * a.q_heads);
+    float y = 0.0f;
+    for (int g = 0; g < 3; ++g) {
+      if (!a.branch[g]) continue;
+      const float gate = a.gates ? to_float(a.gates[b * a.gate_strides[0] + h * a.gate_strides[1] +
+                                                    i * a.gate_strides[2] + g * a.gate_strides[3]]) : 1.0f;
+      y += gate * a.branch[g][x];
+    }
+    a.y[x] = from_float<T>(y);
+  }
+}
+
+int grid_for(int64_t count) { return int(std::min<int64_t>(std::max<int64_t>((count + 255) / 256, 1), 65535)); }
+
+// Scores of the fine branch's rows per launch: as many rows as fit kFineScratchBytes (at least one).
+int64_t fine_rows_per_launch(const Dims& d) {
+  return std::max<int64_t>(1, int64_t(kFineScratchBytes / sizeof(float)) / std::max<int64_t>(d.kv_len, 1));
+}
+// The branches with an output buffer: blocks, fine or compression, window.
+bool branch_used(const NsaParams& p, int branch) {
+  const NsaAttributes& a = p.attrs;
+  return branch == 0 ? a.top_blocks > 0 : branch == 1 ? p.has_compressed || a.top_tokens > 0 : a.window > 0;
+}
+
+int64_t fine_scratch_floats(const NsaParams& p) {
+  const Dims& d = p.dims;
+  if (p.has_compressed || p.attrs.top_tokens == 0) return 0;
+  return std::min(fine_rows_per_launch(d), d.batch * d.q_heads * d.q_len) * d.kv_len;
+}
+
+template <typename TK, typename TQ>
+void launch_attend(const AttendArgs<TK, TQ>& a, cudaStream_t stream) {
+  const int64_t rows = a.batch * a.q_heads * a.q_len;
+  if (rows == 0) return;
+  attend_kernel<TK, TQ><<<unsigned((rows + kWarpsPerBlock - 1) / kWarpsPerBlock), kThreads,
+                          size_t(kWarpsPerBlock) * a.dim * sizeof(float), stream>>>(a);
+  check_launch("sparse attention kernel");
+}
+
+template <typename TQ>
+void launch_select(const SelectArgs<TQ>& a, cudaStream_t stream) {
+  const int64_t lists = a.batch * (a.shared ? a.kv_heads : a.q_heads) * a.q_len;
+  if (lists == 0) return;
+  const size_t smem = size_t(std::max(a.num_centroids, a.num_blocks) + a.num_centroids) * sizeof(float) +
+                      size_t(a.top) * sizeof(int32_t);
+  select_kernel<TQ><<<unsigned(lists), kThreads, smem, stream>>>(a);
+  check_launch("sparse selection kernel");
+}
+
+}  // namespace
+
+void check_cuda_support(const char* op, int64_t head_dim, int64_t v_head_dim, int64_t num_centroids, int64_t top) {
+  if (v_head_dim > 32 * kMaxValueChunks || head_dim > 1024) {
+    fail(op, ": the CUDA kernel supports head sizes D <= 1024 and Dv <= ", 32 * kMaxValueChunks, ", got D = ", head_dim,
+         ", Dv = ", v_head_dim);
+  }
+  if (num_centroids > kMaxCentroids || top > kMaxTop) {
+    fail(op, ": the CUDA kernel supports at most ", kMaxCentroids, " blocks (segments) and top-k <= ", kMaxTop,
+         " (its selection lives in shared memory), got ", num_centroids, " and ", top);
+  }
+}
+
+size_t nsa_scratch_bytes(const NsaParams& p) {
+  const Dims& d = p.dims;
+  Carver c{nullptr};
+  const int64_t out = d.batch * d.q_heads * d.q_len * d.v_head_dim;
+  c.take<float>(d.batch * d.kv_heads * std::max<int64_t>(p.full_blocks, 1) * d.head_dim);
+  c.take<int32_t>(d.batch * p.selection_heads * d.q_len * p.attrs.top_blocks);
+  for (int branch = 0; branch < 3; ++branch) c.take<float>(branch_used(p, branch) ? out : 0);
+  c.take<float>(fine_scratch_floats(p));
+  return c.used;
+}
+
+template <typename T>
+void run_nsa(const NsaParams& p, const NsaTensors<T>& t, void* stream_ptr, void* scratch, size_t scratch_bytes) {
+  const Dims& d = p.dims;
+  const NsaAttributes& a = p.attrs;
+  check_cuda_support(kNsaName, d.head_dim, d.v_head_dim, std::max(p.num_blocks, p.full_blocks),
+                     std::max(a.top_blocks, a.top_tokens));
+  if (scratch_bytes < nsa_scratch_bytes(p)) fail(kNsaName, ": CUDA scratch too small");
+  if (d.batch == 0 || d.q_len == 0) return;
+  cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
+  Carver c{static_cast<char*>(scratch)};
+  const int64_t rows = d.batch * d.q_heads * d.q_len, out = rows * d.v_head_dim, nc = p.full_blocks;
+  float* centroids = c.take<float>(d.batch * d.kv_heads * std::max<int64_t>(nc, 1) * d.head_dim);
+  int32_t* lists = c.take<int32_t>(d.batch * p.selection_heads * d.q_len * a.top_blocks);
+  float* branch[3];
+  for (int x = 0; x < 3; ++x) branch[x] = c.take<float>(branch_used(p, x) ? out : 0);
+  float* fine_scores = c.take<float>(fine_scratch_floats(p));
+
+  if (nc > 0) {  // compressed keys (a "mean" over one row each) or the complete blocks' mean keys
+    const dim3 grid(unsigned(nc), unsigned(d.batch * d.kv_heads));
+    if (p.has_compressed) {
+      centroid_kernel<T><<<grid, kThreads, 0, stream>>>(t.compressed_key, centroids, nc, nc, int(d.head_dim), 1, false);
+    } else {
+      centroid_kernel<T><<<grid, kThreads, 0, stream>>>(t.k, centroids, d.kv_len, nc, int(d.head_dim), a.block_size,
+                                                        false);
+    }
+    check_launch("sparse centroid kernel");
+  }
+  if (a.top_blocks > 0 || p.has_compressed) {
+    SelectArgs<T> s{t.q, centroids, t.compressed_value, p.has_compressed ? branch[1] : nullptr, lists,
+                    p.want_blocks ? t.selected_blocks : nullptr, d.batch, d.q_heads, d.kv_heads, d.q_len, nc,
+                    p.num_blocks, a.block_size, d.query_offset(), a.top_blocks, int(d.head_dim), int(d.v_head_dim),
+                    a.causal != 0, a.shared_selection != 0, p.has_compressed, a.sink_blocks, a.local_blocks, p.scale};
+    launch_select(s, stream);
+  }
+  AttendArgs<T, T> base{t.q, t.k, t.v, nullptr, nullptr, d.batch, d.q_heads, d.kv_heads, d.q_len, d.kv_len, 1, 0,
+                        int(d.head_dim), int(d.v_head_dim), false, false, 0, p.scale};
+  if (a.top_blocks > 0) {
+    AttendArgs<T, T> blocks = base;
+    blocks.lists = lists, blocks.out = branch[0], blocks.block_size = a.block_size, blocks.list_len = a.top_blocks;
+    blocks.shared = a.shared_selection != 0, blocks.causal = a.causal != 0;
+    launch_attend(blocks, stream);
+  }
+  if (!p.has_compressed && a.top_tokens > 0) {
+    const int64_t per_launch = fine_rows_per_launch(d);
+    const size_t smem = size_t(a.top_tokens + 1) / 2 * 2 * sizeof(float) + size_t(a.top_tokens) * sizeof(int64_t);
+    for (int64_t begin = 0; begin < rows; begin += per_launch) {
+      FineArgs<T> f{t.q, t.k, t.v, branch[1], p.want_tokens ? t.selected_tokens : nullptr, fine_scores, begin,
+                    std::min(per_launch, rows - begin), d.q_heads, d.kv_heads, d.q_len, d.kv_len, a.top_tokens,
+                    int(d.head_dim), int(d.v_head_dim), a.causal != 0, p.scale};
+      fine_kernel<T><<<unsigned(f.rows), kThreads, smem, stream>>>(f);
+      check_launch("sparse fine kernel");
+    }
+  }
+  if (a.window > 0) {
+    AttendArgs<T, T> recent = base;
+    recent.out = branch[2], recent.causal = true, recent.window = a.window;
+    launch_attend(recent, stream);
+  }
+  MixArgs<T> m{{branch_used(p, 0) ? branch[0] : nullptr, branch_used(p, 1) ? branch[1] : nullptr,
+                branch_used(p, 2) ? branch[2] : nullptr},
+               t.gates, {p.gate_strides[0], p.gate_strides[1], p.gate_strides[2], p.gate_strides[3]}, t.y, d.q_heads,
+               d.q_len, rows, int(d.v_head_dim)};
+  mix_kernel<T><<<grid_for(out), 256, 0, stream>>>(m);
+  check_launch("sparse mix kernel");
+}
+
+size_t routed_scratch_bytes(const RoutedParams& p) {
+  const Dims& d = p.dims;
+  Carver c{nullptr};
+  const int64_t q = d.batch * d.q_heads * d.q_len, k = d.batch * d.kv_heads * d.kv_len;
+  c.take<float>(q * d.head_dim);
+  c.take<float>(k * d.head_dim);
+  c.take<float>(q * d.head_dim);
+  c.take<float>(k * d.head_dim);
+  c.take<float>(k * d.v_head_dim);
+  c.take<float>(d.batch * d.kv_heads * std::max<int64_t>(p.num_segments, 1) * d.head_dim);
+  c.take<int32_t>(q * p.attrs.top_k);
+  c.take<float>(q * d.v_head_dim);
+  return c.used;
+}
+
+template <typename T>
+void run_routed(const RoutedParams& p, const RoutedTensors<T>& t, void* stream_ptr, void* scratch, size_t scratch_bytes) {
+  const Dims& d = p.dims;
+  const RoutedAttributes& a = p.attrs;
+  check_cuda_support(kRoutedName, d.head_dim, d.v_head_dim, p.num_segments, a.top_k);
+  if (scratch_bytes < routed_scratch_bytes(p)) fail(kRoutedName, ": CUDA scratch too small");
+  if (d.batch == 0 || d.q_len == 0) return;
+  cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
+  Carver c{static_cast<char*>(scratch)};
+  const int64_t q_rows = d.batch * d.q_heads * d.q_len, k_rows = d.batch * d.kv_heads * d.kv_len;
+  const bool route_raw = a.rope && !a.rope_before_routing;
+  float* q_att = c.take<float>(q_rows * d.head_dim);
+  float* k_att = c.take<float>(k_rows * d.head_dim);
+  float* q_raw = c.take<float>(q_rows * d.head_dim);
+  float* k_raw = c.take<float>(k_rows * d.head_dim);
+  float* v = c.take<float>(k_rows * d.v_head_dim);
+  float* centroids = c.take<float>(d.batch * d.kv_heads * std::max<int64_t>(p.num_segments, 1) * d.head_dim);
+  int32_t* lists = c.take<int32_t>(q_rows * a.top_k);
+  float* out = c.take<float>(q_rows * d.v_head_dim);
+
+  const int rotary = a.rope ? int(p.rotary_dim) : 0;
+  if (q_rows) {
+    rope_kernel<T><<<unsigned(q_rows), kThreads, 0, stream>>>(t.q, q_att, route_raw ? q_raw : nullptr, q_rows, d.q_heads,
+                                                             d.q_len, int(d.head_dim), rotary, a.rope_interleaved != 0,
+                                                             a.rope_base, a.rope_attention_scaling, t.position_ids,
+                                                             p.position_batch_stride, d.query_offset());
+  }
+  if (k_rows) {
+    rope_kernel<T><<<unsigned(k_rows), kThreads, 0, stream>>>(t.k, k_att, route_raw ? k_raw : nullptr, k_rows,
+                                                             d.kv_heads, d.kv_len, int(d.head_dim), rotary,
+                                                             a.rope_interleaved != 0, a.rope_base,
+                                                             a.rope_attention_scaling, t.position_ids,
+                                                             p.position_batch_stride, 0);
+    to_float_kernel<T><<<grid_for(k_rows * d.v_head_dim), 256, 0, stream>>>(t.v, v, k_rows * d.v_head_dim);
+  }
+  check_launch("routed RoPE kernel");
+  const float* q_route = route_raw ? q_raw : q_att;
+  const float* k_route = route_raw ? k_raw : k_att;
+  if (p.num_segments > 0) {
+    const dim3 grid(unsigned(p.num_segments), unsigned(d.batch * d.kv_heads));
+    centroid_kernel<float><<<grid, kThreads, 0, stream>>>(k_route, centroids, d.kv_len, p.num_segments, int(d.head_dim),
+                                                          a.segment_size, a.cosine != 0);
+    check_launch("routed centroid kernel");
+  }
+  SelectArgs<float> s{q_route, centroids, nullptr, nullptr, lists, p.want_segments ? t.selected_segments : nullptr,
+                      d.batch, d.q_heads, d.kv_heads, d.q_len, p.num_segments, p.num_segments, a.segment_size,
+                      d.query_offset(), a.top_k, int(d.head_dim), int(d.v_head_dim), a.causal != 0, false, false, 0, 0,
+                      p.scale};
+  launch_select(s, stream);
+  AttendArgs<float, float> attend{q_att, k_att, v, lists, out, d.batch, d.q_heads, d.kv_heads, d.q_len, d.kv_len,
+                                  a.segment_size, a.top_k, int(d.head_dim), int(d.v_head_dim), false, a.causal != 0, 0,
+                                  p.scale};
+  launch_attend(attend, stream);
+  MixArgs<T> m{{out, nullptr, nullptr}, nullptr, {0, 0, 0, 0}, t.y, d.q_heads, d.q_len, q_rows, int(d.v_head_dim)};
+  mix_kernel<T><<<grid_for(q_rows * d.v_head_dim), 256, 0, stream>>>(m);
+  check_launch("routed output kernel");
+}
+
+template void run_nsa<float>(const NsaParams&, const NsaTensors<float>&, void*, void*, size_t);
+template void run_nsa<Float16>(const NsaParams&, const NsaTensors<Float16>&, void*, void*, size_t);
+template void run_nsa<BFloat16>(const NsaParams&, const NsaTensors<BFloat16>&, void*, void*, size_t);
+template void run_routed<float>(const RoutedParams&, const RoutedTensors<float>&, void*, void*, size_t);
+template void run_routed<Float16>(const RoutedParams&, const RoutedTensors<Float16>&, void*, void*, size_t);
+template void run_routed<BFloat16>(const RoutedParams&, const RoutedTensors<BFloat16>&, void*, void*, size_t);
+
+}  // namespace onnxattn::sparse::cuda

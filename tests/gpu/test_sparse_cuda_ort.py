@@ -1,0 +1,141 @@
+"""NativeSparseAttention and SparseRoutedAttention through onnxruntime-gpu's CUDA execution provider with our
+library registered (the simple CUDA kernels of sparse/cuda_kernel.cu): the sparse suite's own numerics
+matrix (tests/test_sparse_numerics.py: oracle outputs and exact selections, every dtype) with each node
+proven to run on CUDA from onnxruntime's profile; the semantic checks that need no oracle (causality, ties);
+a long-context case (S = 4096) against our CPU kernel; and bad input rejected with the kernel's message.
+
+Needs a GPU, onnxruntime-gpu, and ONNXATTN_ENABLE_UNVERIFIED_CUDA=1 in the environment before the process
+first registers the library (scripts/gpu_check.sh sets it)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+CUDA = torch.cuda.is_available()
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (torch.cuda unavailable)")]
+
+import ort_cuda  # noqa: E402
+import sdpa_cuda_lib  # noqa: E402
+
+ORT, ORT_MISSING = ort_cuda.onnxruntime_cuda() if CUDA else (None, "no GPU")
+MATRIX_BUDGET_S = float(os.environ.get("SPARSE_MATRIX_BUDGET_S", "40"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the CPU suite's cases and oracles
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _requirements():
+    if ORT is None or ORT_MISSING:
+        pytest.skip(ORT_MISSING or "onnxruntime-gpu unavailable")
+    if os.environ.get(ort_cuda.ENABLE_FLAG) != "1":
+        pytest.skip(f"set {ort_cuda.ENABLE_FLAG}=1 before the process starts (the library reads it once)")
+
+
+def numerics():
+    try:
+        import test_sparse_numerics as module
+    except Exception as e:  # noqa: BLE001 - report why instead of failing the whole GPU run
+        pytest.skip(f"tests/test_sparse_numerics.py not importable here: {type(e).__name__}: {e}")
+    return module
+
+
+def cuda_session(model, profile_dir=None):
+    return ort_cuda.session(ORT, model.SerializeToString(), library=sdpa_cuda_lib.library_path(),
+                            profile_prefix=str(profile_dir / "ort") if profile_dir else None)
+
+
+def test_the_sparse_suite_numerics_matrix_on_the_cuda_ep(tmp_path):
+    """Every case of the CPU suite (float32, float16, bfloat16) on CUDA, checked by the suite's own rule
+    (oracle tolerance on Y, exact selections), the node placed on the CUDA EP."""
+    n = numerics()
+    start, ran = time.perf_counter(), 0
+    for case in n.CASES:
+        if time.perf_counter() - start > MATRIX_BUDGET_S:
+            break
+        sess = cuda_session(n.model_of(case), tmp_path)
+        outputs = sess.run(None, n.feeds_in(case.dtype, **n.arrays_of(case.id)))
+        assert ort_cuda.node_providers(sess, case.op) == {ort_cuda.CUDA_EP}, case.id
+        try:
+            n.check(case, outputs)
+        except AssertionError as e:
+            raise AssertionError(f"{case.id}: {e}") from None
+        ran += 1
+    print(f"{ran} of {len(n.CASES)} sparse cases ran on the CUDA EP in {time.perf_counter() - start:.0f} s")
+    assert ran >= min(10, len(n.CASES))
+
+
+def test_causal_rows_ignore_the_future_on_cuda():
+    import sparse_helpers as sh
+
+    rng = np.random.default_rng(7)
+    s, i0 = 40, 21
+    for op, attrs, compressed in ((sh.NSA, sh.nsa_attrs(block_size=4, top_blocks=3, window=5, causal=1,
+                                                         shared_selection=1, sink_blocks=1, local_blocks=1), True),
+                                  (sh.ROUTED, sh.routed_attrs(segment_size=4, top_k=2, causal=1, cosine=0, rope=1,
+                                                              rope_before_routing=1), False)):
+        arrays = dict(Q=sh.grid(rng, (1, 4, s, 16)), K=sh.grid(rng, (1, 2, s, 16)), V=sh.grid(rng, (1, 2, s, 16)))
+        if compressed:
+            arrays["compressed_key"], arrays["compressed_value"] = (sh.grid(rng, (1, 2, s // 4, 16)) for _ in range(2))
+        sess = cuda_session(sh.one_node_model(op, list(arrays), ["Y"], attrs=attrs))
+        before = sess.run(None, sh.feeds_in("float32", **arrays))[0]
+        arrays["K"][:, :, i0 + 1:] *= -3
+        arrays["V"][:, :, i0 + 1:] = 50.0
+        if compressed:
+            future = np.arange(s // 4) * 4 + 3 > i0
+            arrays["compressed_key"][:, :, future] = 9.0
+        after = sess.run(None, sh.feeds_in("float32", **arrays))[0]
+        np.testing.assert_array_equal(after[:, :, : i0 + 1], before[:, :, : i0 + 1], err_msg=op)
+
+
+@pytest.mark.parametrize("op", ["NativeSparseAttention", "SparseRoutedAttention"])
+def test_long_context_matches_the_cpu_kernel(op):
+    """S = 4096, 16/2 heads, D = 128, blocks of 64, 16 chosen (window 256): CUDA vs our CPU kernel."""
+    import sparse_helpers as sh
+    from helpers import run_kernel
+
+    rng = np.random.default_rng(3)
+    s = 4096
+    arrays = dict(Q=sh.grid(rng, (1, 16, s, 128)), K=sh.grid(rng, (1, 2, s, 128)), V=sh.grid(rng, (1, 2, s, 128)))
+    if op == sh.NSA:
+        attrs = sh.nsa_attrs(block_size=64, top_blocks=16, window=256, causal=1, shared_selection=1, sink_blocks=1,
+                             local_blocks=2)
+        arrays["compressed_key"] = arrays["K"].reshape(1, 2, s // 64, 64, 128).mean(3)
+        arrays["compressed_value"] = arrays["V"].reshape(1, 2, s // 64, 64, 128).mean(3)
+        outputs = ["Y", "selected_blocks"]
+    else:
+        attrs = sh.routed_attrs(segment_size=64, top_k=16, causal=1, cosine=0, rope=1, rope_before_routing=1)
+        outputs = ["Y", "selected_segments"]
+    model = sh.one_node_model(op, list(arrays), outputs, attrs=attrs)
+    feeds = sh.feeds_in("float32", **arrays)
+    got = cuda_session(model).run(None, feeds)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        want = run_kernel(model, feeds, threads=8)
+    # probabilities/centroids differ in the last bits between devices: near-ties may pick another block
+    agree = float(np.mean(got[1] == want[1]))
+    assert agree > 0.999, f"selections agree on {agree:.4%} of the entries"
+    same = np.all(got[1] == want[1], axis=-1)  # [B, Hs, S]: rows whose selection agrees
+    if op == sh.NSA:
+        same = np.repeat(same, 8, axis=1)  # shared by the 8 query heads of each KV head
+    rows = np.broadcast_to(same[..., None], got[0].shape)
+    np.testing.assert_allclose(got[0][rows], want[0][rows], atol=2e-4, rtol=2e-4)
+
+
+def test_bad_input_is_an_error_from_the_cuda_kernel():
+    import sparse_helpers as sh
+
+    model = sh.one_node_model(sh.NSA, ["Q", "K", "V", "gates"], ["Y"], attrs=sh.nsa_attrs(block_size=4, top_blocks=1),
+                              shapes={n: None for n in ("Q", "K", "V", "gates")}, attach=False)
+    sess = cuda_session(model)
+    rng = np.random.default_rng(0)
+    feeds = {"Q": rng.standard_normal((1, 4, 8, 8), dtype=np.float32), "K": rng.standard_normal((1, 2, 8, 8), dtype=np.float32),
+             "V": rng.standard_normal((1, 2, 8, 8), dtype=np.float32), "gates": np.ones((3, 1, 3), np.float32)}
+    with pytest.raises(Exception, match=r"NativeSparseAttention: input 'gates' of shape \[3, 1, 3\] does not broadcast"):
+        sess.run(None, feeds)
