@@ -95,7 +95,7 @@ ParallelFor intra_op_parallel_for(const Ort::KernelContext& ctx) {
     // one escaping (e.g. a std::length_error from a buffer sized by a huge attribute) would terminate a worker
     // or unwind the caller while other workers still run items over its stack (seen: a later segfault). The
     // first one is kept, the remaining items are skipped, and it is rethrown here once every item is done.
-    ParallelCall call{&body};
+    ParallelCall call{&body, {false}, {}, {}};
     auto trampoline = [](void* user, size_t i) noexcept {
       auto* c = static_cast<ParallelCall*>(user);
       if (c->failed.load(std::memory_order_relaxed)) return;
