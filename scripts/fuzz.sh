@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The long fuzz run of every op (tests/hardening/test_fuzz.py): random seeds, N examples per op (default 400,
+# ~4 min per 100 examples for all six ops on 2 cores), failures kept in hypothesis's example database
+# (.hypothesis/) so a rerun tries them first. CI runs the derandomized 20-example profile instead.
+#   scripts/fuzz.sh [N] [pytest args...]        e.g. scripts/fuzz.sh 1000 -k GroupQueryAttention
+set -euo pipefail
+cd "$(dirname "$0")/.."
+examples=${1:-400}
+shift || true
+export ONNXATTN_FUZZ_EXAMPLES=$examples HYPOTHESIS_PROFILE=long
+exec .venv/bin/python -m pytest tests/hardening/test_fuzz.py -p no:randomly -q --hypothesis-show-statistics "$@"

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Issue 9 on the GPU machine, one device call of its own (scripts/gpu_check.sh's budget is full): the hardening
+# suite's bad-input table of every op through onnxruntime's CUDA EP, the 8-thread/repeat determinism checks on
+# CUDA (tests/gpu/hardening_cuda.py), then compute-sanitizer memcheck over the same cases. Prints a summary and
+# writes $OUT/gpu_hardening.json (out/gpu_hardening elsewhere) for docs/reliability.md (section 8).
+#
+# Here first: the CUDA build as for gpu_check.sh (build/gpu), and the onnxruntime-gpu parts on a warm machine
+# (../shared/device/ort-gpu-parts; if gpu_check.sh ran on this machine, they are installed already). Then:
+#   command: bash scripts/gpu_hardening.sh
+#   carry:   ["build/gpu/onnxattn/cuda_ep/libonnxattn_ops.so"]      timeout_s: 300
+# (caps: 150 s tests + 120 s memcheck = 270 s)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+OUT=${OUT:-$root/out/gpu_hardening}
+mkdir -p "$OUT"
+export ONNXATTN_LIBRARY=${ONNXATTN_LIBRARY:-$root/build/gpu/onnxattn/cuda_ep/libonnxattn_ops.so}
+export ONNXATTN_ENABLE_UNVERIFIED_CUDA=1 PYTHONUNBUFFERED=1
+if [ ! -d /tmp/ortsite/onnxruntime ] && ls /tmp/ortparts/*.part-* >/dev/null 2>&1; then
+  wheel=$(ls /tmp/ortparts | head -1 | sed 's/\.part-[0-9]*$//')
+  cat /tmp/ortparts/"$wheel".part-* > /tmp/"$wheel" &&
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/ortsite /tmp/"$wheel"
+fi
+if [ -d /tmp/ortsite/onnxruntime ]; then export PYTHONPATH=/tmp/ortsite:${PYTHONPATH:-}; fi
+export PYTHONPATH=$root:$root/tests:$root/tests/gpu:$root/tests/hardening:${PYTHONPATH:-}
+
+echo "== hardening on CUDA: bad-input table per op, 8 threads, repeats (tests/gpu/hardening_cuda.py)"
+timeout -s INT -k 10 150 python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu/hardening_cuda.py -rfEs -s \
+  --junitxml="$OUT/gpu_hardening.xml" 2>&1 | tee "$OUT/tests.log"
+tests_rc=${PIPESTATUS[0]}
+echo "== compute-sanitizer memcheck over the bad-input cases"
+timeout 120 compute-sanitizer --tool memcheck --error-exitcode 9 --print-limit 20 \
+  python3 tests/gpu/hardening_cuda.py memcheck 2>&1 | tee "$OUT/memcheck.log"
+memcheck_rc=${PIPESTATUS[0]}
+errors=$(grep -c "========= Invalid\|========= Program hit" "$OUT/memcheck.log" || true)
+python3 - "$OUT" "$tests_rc" "$memcheck_rc" "$errors" <<'PY'
+import json, sys
+out, tests_rc, memcheck_rc, errors = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+summary = {"tests_rc": tests_rc, "memcheck_rc": memcheck_rc, "memcheck_errors": errors,
+           "clean": tests_rc == 0 and memcheck_rc == 0 and errors == 0}
+open(f"{out}/gpu_hardening.json", "w").write(json.dumps(summary, indent=1) + "\n")
+print(json.dumps(summary))
+PY
+exit $(( tests_rc != 0 || memcheck_rc != 0 ))

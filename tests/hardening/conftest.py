@@ -1,0 +1,31 @@
+"""tests/hardening: bad input on every path, fuzzing, sanitizers, load, determinism, large shapes (issue 9).
+
+The shared test helpers live one level up (tests/helpers.py, the per-op bad-input tables); the hypothesis
+profiles are registered here: "ci" (derandomized, small budget, the default) and "long" (select it with
+`--hypothesis-profile long`, or run scripts/fuzz.sh).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from hypothesis import HealthCheck, settings
+
+HERE = Path(__file__).resolve().parent
+for path in (HERE, HERE.parent):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+_COMMON = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+               print_blob=True)
+# CI: the same examples on every run (derandomize), 30 per op: the fuzz tests take ~15 s on 2 cores.
+settings.register_profile("ci", max_examples=int(os.environ.get("ONNXATTN_FUZZ_EXAMPLES", "30")), derandomize=True,
+                          database=None, **_COMMON)
+# The long run: random seeds, many more examples, failures kept in hypothesis's example database.
+settings.register_profile("long", max_examples=int(os.environ.get("ONNXATTN_FUZZ_EXAMPLES", "400")), **_COMMON)
+# Unless one was chosen (`--hypothesis-profile long` when this conftest loads before pytest_configure, or
+# HYPOTHESIS_PROFILE=long), CI's profile.
+if settings.get_current_profile_name() == "default":
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
