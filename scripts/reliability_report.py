@@ -28,7 +28,8 @@ sys.path[:0] = [str(ROOT / "tests" / "hardening"), str(ROOT / "tests")]
 
 
 def _commit() -> str:
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
+    return done.stdout.strip()
 
 
 def _record(name: str, data: dict) -> None:
@@ -78,7 +79,7 @@ def run_soak() -> None:
 def run_large() -> None:
     from isolate import run_jobs
 
-    jobs = ["sdpa", "gqa", "paged"]
+    jobs = ["sdpa", "gqa", "paged", "mla"]
     _record("large", {"jobs": run_jobs("large_shapes", jobs, timeout=300)})
 
 
@@ -227,7 +228,8 @@ def determinism_section() -> list[str]:
 
 def large_section() -> list[str]:
     lines = ["## 6. Large shapes", "",
-             "Through onnxruntime on the CPU kernels, caches of 2^32+ float16 elements (8 GiB of address space each, "
+             "Through onnxruntime on the CPU kernels of ScaledDotProductAttention, GroupQueryAttention, PagedAttention "
+             "and MultiHeadLatentAttention, caches of 2^32+ float16 elements (8 GiB of address space each, "
              "from mmap; onnxruntime binds them without a copy and a sliding window makes the kernel read only the "
              "last keys, so the process touches a few MiB): reads and the new token's write at element offsets past "
              "2^32, checked against the oracle and at the slot itself (tests/hardening/test_large_shapes.py). "

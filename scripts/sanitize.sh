@@ -40,10 +40,16 @@ nice ninja -C "$build" -j"${JOBS:-2}" >"$out/build.log" 2>&1 || { tail -40 "$out
 build_s=$(( $(date +%s) - start ))
 
 export ONNXATTN_LIBRARY=$root/$build/onnxattn/cuda_ep/libonnxattn_ops.so
-LD_PRELOAD=$(gcc -print-file-name=libasan.so)
+# libstdc++ too: ASan's __cxa_throw interceptor looks the real one up when it starts, and the interpreter is
+# not C++; without it the first C++ exception of a wheel that links libstdc++ statically (onnx's shape
+# inference raising our InferenceError) fails an ASan CHECK and aborts.
+LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libstdc++.so)"
 export LD_PRELOAD
-export ASAN_OPTIONS=detect_leaks=0:halt_on_error=1:abort_on_error=1:detect_stack_use_after_return=1:strict_string_checks=1:check_initialization_order=1:print_summary=1
-export UBSAN_OPTIONS=halt_on_error=1:abort_on_error=1:print_stacktrace=1:print_summary=1
+# Reports also go to files ($out/reports/asan.PID, ubsan.PID): pytest captures a test's stderr and an abort
+# loses it, and the bad-input children's stderr is only a tail.
+rm -rf "$out/reports" && mkdir -p "$out/reports"
+export ASAN_OPTIONS=detect_leaks=0:halt_on_error=1:abort_on_error=1:detect_stack_use_after_return=1:strict_string_checks=1:check_initialization_order=1:print_summary=1:log_path=$out/reports/asan
+export UBSAN_OPTIONS=halt_on_error=1:abort_on_error=1:print_stacktrace=1:print_summary=1:log_path=$out/reports/ubsan
 export ONNXATTN_CASE_TIMEOUT=300  # sanitized builds run ~3-10x slower
 
 kernel_filter="kernel"
@@ -64,7 +70,8 @@ rc2=${PIPESTATUS[0]}
 test_s=$(( $(date +%s) - test_start ))
 
 # Sanitizer reports in any process (pytest's, xdist workers', the bad-input children's stderr tails)
-reports=$(cat "$out"/hardening.log "$out"/numerics.log | grep -cE "ERROR: AddressSanitizer|runtime error:|ERROR: LeakSanitizer|UndefinedBehaviorSanitizer")
+reports=$(cat "$out"/reports/* 2>/dev/null | grep -cE "ERROR: AddressSanitizer|runtime error:|ERROR: LeakSanitizer")
+for f in "$out"/reports/*; do [ -f "$f" ] && { echo "== $f"; grep -vE "^    #[1-9][0-9]" "$f" | head -40; }; done
 unset LD_PRELOAD
 .venv/bin/python - "$out" "$rc1" "$rc2" "$reports" "$sanitizers" "$build_s" "$test_s" "$record" <<'PY'
 import json, subprocess, sys, time, xml.etree.ElementTree as ET

@@ -9,8 +9,8 @@ import functools
 import numpy as np
 from onnx import TensorProto
 
-from bad_input_cases import INT64_MAX, Case, builder, defined, expect, fault_of, poke, random_feeds
-from bad_input_tables import EMPTY_NOTE, FUNCTION_NOTE, KERNEL, defined_empty
+from bad_input_cases import INT64_MAX, Case, builder, defined, expect, fault_of, poke
+from bad_input_tables import EMPTY_NOTE, FAILS_NOTE, FUNCTION_NOTE, KERNEL, defined_empty
 
 NSA, ROUTED = "NativeSparseAttention", "SparseRoutedAttention"
 HERE = "tests/hardening/bad_input_sparse.py"
@@ -39,8 +39,8 @@ def _oracle(op, attrs):
         g = {n: (np.asarray(v, np.float64) if n != "position_ids" else v) for n, v in f.items()}
         with np.errstate(all="ignore"):
             if op == NSA:
-                y = nsa_oracle(g["Q"], g["K"], g["V"], g.get("gates"), g.get("compressed_key"), g.get("compressed_value"),
-                               **attrs)[0]
+                y = nsa_oracle(g["Q"], g["K"], g["V"], g.get("gates"), g.get("compressed_key"),
+                               g.get("compressed_value"), **attrs)[0]
             else:
                 y = routed_oracle(g["Q"], g["K"], g["V"], g.get("position_ids"), **attrs)[0]
         return [y]
@@ -68,7 +68,7 @@ def _cases(op: str) -> list[Case]:
                         expect("rejects", "rejects", function, KERNEL[c.kernel]), match=c.match,
                         static_model=functools.partial(t._model, c, True),
                         dynamic_model=functools.partial(t._model, c, False), feeds=functools.partial(t._feeds, c),
-                        note=FUNCTION_NOTE if function == "runs" else ""))
+                        note=FUNCTION_NOTE if function == "runs" else FAILS_NOTE))
     attrs_of = (lambda **kw: nsa_attrs(**{"block_size": 4, "top_blocks": 1, **kw})) if op == NSA else \
         (lambda **kw: routed_attrs(**{"segment_size": 4, "top_k": 1, **kw}))
     prefix = "nsa" if op == NSA else "routed"
@@ -84,8 +84,8 @@ def _cases(op: str) -> list[Case]:
                      grid(rng, s).astype({TensorProto.DOUBLE: np.float64}.get((types or {}).get(n), np.float32)))
                  for n, s in shapes.items()}
             return change(f) if change else f
-        if note == "" and "defined" in outcomes.values() and outcomes["function"] == "fails":
-            note = EMPTY_NOTE
+        if note == "" and outcomes["function"] == "fails":
+            note = EMPTY_NOTE if "defined" in outcomes.values() else FAILS_NOTE
         if oracle is None and "defined" in outcomes.values():
             oracle = _oracle(op, attrs_of(**oracle_attrs) if oracle_attrs else attrs)
         return Case(op, f"{prefix}-{id}", HERE, fault, outcomes, match=match, kernel_match=kernel_match,

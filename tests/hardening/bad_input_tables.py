@@ -33,7 +33,11 @@ FUNCTION_ATTR = {"silent": "runs", "session": "fails", "run": "fails"}
 UNKNOWN_ATTRIBUTE_NOTE = ("onnx's inference context hands our inference function only the attributes it asks for "
                           "and onnxruntime's custom-op API cannot list a node's attributes, so neither runtime nor "
                           "shape inference sees it; onnx.checker and onnxattn validate reject it")
-FUNCTION_NOTE = "the reference function does not validate its inputs (documented in docs/ops.md)"
+FUNCTION_NOTE = ("the reference function does not validate its inputs (standard ONNX ops cannot raise the op's "
+                 "errors): it computes something from what it is given; shape inference, validate and the kernel "
+                 "reject it")
+FAILS_NOTE = ("the reference function does not validate its inputs: an op of its body stops with onnxruntime's "
+              "message, which does not name the op")
 # Zero-size dims and empty sequences: the kernels return the defined (empty or zero) result; the reference
 # functions stop in onnxruntime (a Reshape whose -1 cannot be inferred from an empty tensor, a Where or MatMul
 # that will not broadcast a 0-sized axis), and so does validate's numerics check, which runs them.
@@ -47,7 +51,11 @@ def defined_empty(validate: str = "fails") -> dict[str, str]:
 
 def _note(outcomes, note: str) -> str:
     """The note of a new case: given, or EMPTY_NOTE for defined cases whose function fails."""
-    return note or (EMPTY_NOTE if "defined" in outcomes.values() and outcomes["function"] == "fails" else "")
+    if note:
+        return note
+    if outcomes["function"] == "fails":
+        return EMPTY_NOTE if "defined" in outcomes.values() else FAILS_NOTE
+    return FUNCTION_NOTE if outcomes["function"] == "runs" else ""
 
 
 def _imported(op, origin, table_case, *, static_model, dynamic_model, feeds, function, kernel, infer="rejects",
@@ -55,7 +63,7 @@ def _imported(op, origin, table_case, *, static_model, dynamic_model, feeds, fun
     return Case(op=op, id=table_case.id, origin=origin, fault=fault_of(table_case.id),
                 expect=expect(infer, "rejects", function, kernel), match=table_case.match,
                 kernel_match=kernel_match, static_model=static_model, dynamic_model=dynamic_model, feeds=feeds,
-                note=note or (FUNCTION_NOTE if function == "runs" else ""))
+                note=note or {"runs": FUNCTION_NOTE, "fails": FAILS_NOTE}.get(function, ""))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -309,7 +317,8 @@ def gqa_cases() -> list[Case]:
         new("zero-batch-with-past", "zero-size", defined_empty(),
             dict(query=(0, 5, 32), key=(0, 5, 16), value=(0, 5, 16), past_key=(0, 2, 3, 8), past_value=(0, 2, 3, 8)),
             with_present=True),
-        new("empty-sequence", "empty sequence", defined_empty(), dict(query=(1, 0, 32), key=(1, 0, 16), value=(1, 0, 16))),
+        new("empty-sequence", "empty sequence", defined_empty(),
+            dict(query=(1, 0, 32), key=(1, 0, 16), value=(1, 0, 16))),
         new("empty-sequence-with-past", "empty sequence", defined_empty(),
             dict(query=(1, 0, 32), key=(1, 0, 16), value=(1, 0, 16), **past), with_present=True),
         new("empty-past", "empty sequence", defined(), dict(qkv, past_key=(1, 2, 0, 8), past_value=(1, 2, 0, 8)),
@@ -423,7 +432,8 @@ def paged_cases() -> list[Case]:
                     dynamic_model=lambda: paged_model(present, shapes={n: None for n in INPUTS}, attrs=attrs,
                                                       attach=False),
                     feeds=feeds, oracle=oracle if "defined" in outcomes.values() else None,
-                    validate_numerics=False, tolerance=tolerance, note=_note(outcomes, note))  # random block tables would be out of range
+                    # validate's random block tables would be out of range: it checks the node only
+                    validate_numerics=False, tolerance=tolerance, note=_note(outcomes, note))
 
     rejects_attr = expect("rejects", "rejects", "fails", "rejects")
     defined = functools.partial(_defined_without_validate_numerics)

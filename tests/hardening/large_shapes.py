@@ -16,6 +16,7 @@ import numpy as np
 import onnxruntime as ort
 
 from helpers import GQA_INPUTS, gqa_model, kernel_session, sdpa_model
+from mla_helpers import MLA_INPUTS, mla_model
 from paged_helpers import INPUTS as PAGED_INPUTS
 from paged_helpers import paged_model
 from soak import rss_kib
@@ -27,7 +28,7 @@ WINDOW = 5
 def execute(job: str) -> dict:
     before = rss_kib()
     try:
-        checks = {"sdpa": _sdpa, "gqa": _gqa, "paged": _paged}[job]()
+        checks = {"sdpa": _sdpa, "gqa": _gqa, "paged": _paged, "mla": _mla}[job]()
     except MemoryError as e:
         return {"outcome": "no-memory", "message": f"the machine cannot map the cache: {e}"}
     grown = (rss_kib() - before) / 1024
@@ -136,4 +137,39 @@ def _paged() -> dict:
     want = np.concatenate([_attend(q[h], flat_k[seen, h // 2], flat_v[seen, h // 2], d**-0.5) for h in range(hq)])
     err = float(np.abs(y.reshape(-1) - want).max())
     return {"elements": int(key_cache.size), "max_offset": int(last * hkv * d + hkv * d - 1), "max_error": err,
+            "error_ok": err < 4e-3, "written_in_place": written}
+
+
+def _mla() -> dict:
+    """Shared latent cache [1, 2^23 + 8, 512] float16 (2^32 + 4096 elements) and rope keys [1, 2^23 + 8, 64],
+    bound in place: the new token's latent goes to slot 2^23 (element offset ~2^32), attention over the
+    window's last keys; checked against the oracle on a small cache holding the same keys at the same
+    positions."""
+    from oracle_mla import mla_oracle
+
+    m, r, dr, heads, dn, dv = 2**23 + 8, 512, 64, 4, 32, 32
+    rng = np.random.default_rng(3)
+    latent = np.zeros((1, m, r), np.float16)
+    rope = np.zeros((1, m, dr), np.float16)
+    length = m - 8
+    latent[:, length - WINDOW:length] = rng.standard_normal((1, WINDOW, r))
+    rope[:, length - WINDOW:length] = rng.standard_normal((1, WINDOW, dr))
+    small = dict(query=rng.standard_normal((1, 1, heads * (dn + dr))).astype(np.float16),
+                 latent=rng.standard_normal((1, 1, r)).astype(np.float16),
+                 k_rope=rng.standard_normal((1, 1, dr)).astype(np.float16),
+                 w_uk=(rng.standard_normal((heads, r, dn)) * r**-0.5).astype(np.float16),
+                 w_uv=(rng.standard_normal((heads, r, dv)) * r**-0.5).astype(np.float16))
+    positions = np.array([[100]], np.int64)  # RoPE at 2^23 in float32 is ~1 rad off the float64 oracle
+    attrs = dict(num_heads=heads, window=WINDOW)
+    # the oracle first, on a copy of the window's keys (the big run updates the cache in place)
+    want = mla_oracle(**small, past_latent=latent[:, length - WINDOW + 1:length].copy(),
+                      past_k_rope=rope[:, length - WINDOW + 1:length].copy(), position_ids=positions, **attrs)[0]
+    feeds = dict(small, past_latent=latent, past_k_rope=rope, past_lengths=np.array([length], np.int64),
+                 position_ids=positions)
+    model = mla_model(["past_latent", "past_k_rope", "past_lengths", "position_ids"], dtype="float16",
+                      with_present=True, attrs=attrs, shapes={n: None for n in MLA_INPUTS})
+    y = _bind_and_run(kernel_session(model), feeds, {"present_latent": "past_latent", "present_k_rope": "past_k_rope"})
+    written = bool(np.array_equal(latent[0, length], small["latent"][0, 0]))
+    err = float(np.abs(y.astype(np.float64) - want).max() / max(1.0, np.abs(want).max()))
+    return {"elements": int(latent.size), "max_offset": int(length * r + r - 1), "max_error": err,
             "error_ok": err < 4e-3, "written_in_place": written}

@@ -155,7 +155,8 @@ def sparse_cases(draw, op):
         if not (top_blocks or top_tokens or window or compressed):
             window = 2
         shared = draw(st.integers(0, 1)) if top_tokens == 0 else 0
-        gates = draw(st.sampled_from([None, (3,), (common["q_heads"], 1, 3), (common["batch"], common["q_heads"], q_len, 3)]))
+        gates = draw(st.sampled_from([None, (3,), (common["q_heads"], 1, 3),
+                                      (common["batch"], common["q_heads"], q_len, 3)]))
         return m.nsa("", gates=gates, compressed=compressed, block_size=block, top_blocks=top_blocks,
                      top_tokens=top_tokens, window=window, causal=causal, shared_selection=shared, **common)
     # Segment means over a power-of-two count of grid values are exact, so scores that tie in exact arithmetic
@@ -165,8 +166,9 @@ def sparse_cases(draw, op):
     kv_len = segment * max(1, kv_len // segment)
     common.update(kv_len=kv_len, q_len=min(q_len, kv_len))
     rope = draw(st.integers(0, 1))
-    return m.routed("", segment_size=segment, top_k=draw(st.integers(1, 4)), causal=causal, cosine=draw(st.integers(0, 1)),
-                    rope=rope, rope_before_routing=draw(st.integers(0, 1)) if rope else 0,
+    return m.routed("", segment_size=segment, top_k=draw(st.integers(1, 4)), causal=causal,
+                    cosine=draw(st.integers(0, 1)), rope=rope,
+                    rope_before_routing=draw(st.integers(0, 1)) if rope else 0,
                     positions=draw(st.sampled_from([None, "batch"])) if rope else None, **common)
 
 

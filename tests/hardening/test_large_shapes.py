@@ -1,7 +1,8 @@
 """Indexing past 2^31 elements (issue 9, item 6).
 
 Through onnxruntime, on the CPU kernels: ScaledDotProductAttention, GroupQueryAttention (shared buffer, in
-place) and PagedAttention (pools, in place) over caches of 2^32+ float16 elements whose element offsets for
+place), PagedAttention (pools, in place) and MultiHeadLatentAttention (shared latent cache, in place) over
+caches of 2^32+ float16 elements whose element offsets for
 the reads and the new token's write lie past 2^32 (large_shapes.py explains why that costs 8 GiB of address
 space per cache but only a few MiB of memory). Float32 caches of that size are the same index arithmetic
 (offsets are element counts; the byte address is formed from the typed pointer) and would need 16 GiB of
@@ -29,7 +30,7 @@ SANITIZED = "asan" in os.environ.get("LD_PRELOAD", "")
 
 
 @pytest.mark.skipif(SANITIZED, reason="AddressSanitizer's allocator would back the 8 GiB caches")
-@pytest.mark.parametrize("job", ["sdpa", "gqa", "paged"])
+@pytest.mark.parametrize("job", ["sdpa", "gqa", "paged", "mla"])
 def test_cache_offsets_past_2_to_the_32(job):
     result = run_jobs("large_shapes", [job], timeout=300)[job]
     if result["outcome"] == "no-memory":
