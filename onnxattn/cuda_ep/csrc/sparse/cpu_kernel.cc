@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
 #include <type_traits>
 #include <vector>
 
@@ -67,7 +68,7 @@ void run_nsa_cpu(const NsaParams& p, const NsaTensors<T>& t, const ParallelFor& 
   const int64_t dim = d.head_dim, v_dim = d.v_head_dim;
 
   // Centroids of the complete blocks (mean key, or the compressed keys), transposed for the score GEMM.
-  std::vector<float> centroids_t(size_t(d.batch * d.kv_heads * dim * ldc), 0.0f), values, compressed_out;
+  std::vector<float> centroids_t(size_t(d.batch * d.kv_heads * dim * ldc), 0.0f), values;
   parallel_for(d.batch * d.kv_heads, [&](int64_t bh) {
     float* dst = centroids_t.data() + bh * dim * ldc;
     for (int64_t c = 0; c < nc; ++c) {
@@ -98,52 +99,59 @@ void run_nsa_cpu(const NsaParams& p, const NsaTensors<T>& t, const ParallelFor& 
   st.centroids_t = centroids_t.data();
   st.lists = lists.data();
   st.listed = p.want_blocks ? t.selected_blocks : nullptr;
+  // The branches, each into `branch` (the compression branch straight into `mixed`), mixed into `mixed` by
+  // their gates. Left uninitialized: every element is written before it is read (fresh zeroed pages of
+  // rows x Dv floats per buffer cost as much as a branch's softmax at long S).
+  const size_t out_floats = size_t(rows * v_dim);
+  std::unique_ptr<float[]> mixed(new float[out_floats]), branch(new float[out_floats]);
+  bool mixed_written = false;
   if (p.has_compressed) {
     st.compressed_values = as_float(t.compressed_value, d.batch * d.kv_heads * nc * v_dim, values);
-    compressed_out.resize(size_t(rows * v_dim));
-    st.compressed_out = compressed_out.data();
+    st.compressed_out = mixed.get();
   }
   if (a.top_blocks > 0 || p.has_compressed) select_blocks<T>(sp, st, parallel_for);
 
-  // The branches, each into `branch`, mixed into `mixed` by their gates.
-  std::vector<float> mixed(size_t(rows * v_dim), 0.0f), branch(size_t(rows * v_dim));
+  // mixed = (mixed or 0) + gate * src; src == mixed scales it in place
   auto mix = [&](const float* src, int64_t gate) {
+    const bool add = mixed_written && src != mixed.get();
     parallel_for(rows, [&](int64_t row) {
       const int64_t b = row / (d.q_heads * d.q_len), h = row / d.q_len % d.q_heads, i = row % d.q_len;
       const std::array<int64_t, 4>& s = p.gate_strides;
       const float g = t.gates ? to_float(t.gates[b * s[0] + h * s[1] + i * s[2] + gate * s[3]]) : 1.0f;
-      for (int64_t e = 0; e < v_dim; ++e) mixed[size_t(row * v_dim + e)] += g * src[row * v_dim + e];
+      float* out = mixed.get() + row * v_dim;
+      const float* in = src + row * v_dim;
+      for (int64_t e = 0; e < v_dim; ++e) out[e] = add ? out[e] + g * in[e] : g * in[e];
     });
+    mixed_written = true;
   };
+  if (p.has_compressed) mix(mixed.get(), 1);
   sdpa::Tensors<T> core;
   core.q = t.q;
   core.k = t.k;
   core.v = t.v;
-  core.y_float = branch.data();
+  core.y_float = branch.get();
   if (a.top_blocks > 0) {
     sdpa::Params blocks = core_params(d, p.scale);
     make_sparse(blocks, bs, a.top_blocks, a.shared_selection != 0, a.causal != 0);
     sdpa::Tensors<T> selected = core;
     selected.sparse_blocks = lists.data();
     sdpa::run_cpu<T>(blocks, selected, parallel_for);
-    mix(branch.data(), 0);
+    mix(branch.get(), 0);
   }
-  if (p.has_compressed) {
-    mix(compressed_out.data(), 1);
-  } else if (a.top_tokens > 0) {
+  if (!p.has_compressed && a.top_tokens > 0) {
     FineParams fp;
     fp.batch = d.batch, fp.q_heads = d.q_heads, fp.kv_heads = d.kv_heads, fp.q_len = d.q_len, fp.kv_len = d.kv_len;
     fp.head_dim = dim, fp.v_head_dim = v_dim, fp.top = a.top_tokens, fp.causal = a.causal != 0, fp.scale = p.scale;
-    FineTensors<T> ft{t.q, t.k, t.v, branch.data(), p.want_tokens ? t.selected_tokens : nullptr};
+    FineTensors<T> ft{t.q, t.k, t.v, branch.get(), p.want_tokens ? t.selected_tokens : nullptr};
     fine_tokens<T>(fp, ft, parallel_for);
-    mix(branch.data(), 1);
+    mix(branch.get(), 1);
   }
   if (a.window > 0) {  // the causal sliding window: the core's dense path
     sdpa::Params recent = core_params(d, p.scale);
     recent.structure.causal = true;
     recent.structure.window = a.window;
     sdpa::run_cpu<T>(recent, core, parallel_for);
-    mix(branch.data(), 2);
+    mix(branch.get(), 2);
   }
   parallel_for(rows, [&](int64_t row) {
     for (int64_t e = 0; e < v_dim; ++e) t.y[row * v_dim + e] = from_float<T>(mixed[size_t(row * v_dim + e)]);
@@ -165,21 +173,30 @@ void run_routed_cpu(const RoutedParams& p, const RoutedTensors<T>& t, const Para
   rope_prep.interleaved = a.rope_interleaved != 0;
   if (rope) rope_prep.set_rope(p.rotary_dim, a.rope_base, nullptr);
   const int64_t half = int64_t(rope_prep.inv_freq.size());
+  // cos/sin per (position row, key) once, shared by every head: [B or 1][Skv][half]
+  const int64_t position_rows = t.position_ids && p.position_batch_stride ? d.batch : 1;
+  std::vector<float> cos_table, sin_table;
+  if (rope) {
+    cos_table.resize(size_t(position_rows * d.kv_len * half));
+    sin_table.resize(cos_table.size());
+    parallel_for(position_rows * d.kv_len, [&](int64_t at) {
+      const int64_t b = at / d.kv_len, key = at % d.kv_len;
+      const float position = float(t.position_ids ? t.position_ids[b * p.position_batch_stride + key] : key);
+      for (int64_t c = 0; c < half; ++c) {
+        const float angle = position * rope_prep.inv_freq[size_t(c)];
+        cos_table[size_t(at * half + c)] = std::cos(angle) * a.rope_attention_scaling;
+        sin_table[size_t(at * half + c)] = std::sin(angle) * a.rope_attention_scaling;
+      }
+    });
+  }
   auto prepare = [&](const T* src, float* dst, float* raw, int64_t heads, int64_t len, int64_t first_key) {
     parallel_for(d.batch * heads * len, [&](int64_t row) {
       const int64_t b = row / (heads * len), s = row % len;
       for (int64_t x = 0; x < dim; ++x) dst[row * dim + x] = to_float(src[row * dim + x]);
       if (raw) std::copy(dst + row * dim, dst + (row + 1) * dim, raw + row * dim);
       if (!rope) return;
-      const int64_t key = first_key + s;
-      const float position = float(t.position_ids ? t.position_ids[b * p.position_batch_stride + key] : key);
-      std::vector<float> cos(static_cast<size_t>(half)), sin(static_cast<size_t>(half));
-      for (int64_t c = 0; c < half; ++c) {
-        const float angle = position * rope_prep.inv_freq[size_t(c)];
-        cos[size_t(c)] = std::cos(angle) * a.rope_attention_scaling;
-        sin[size_t(c)] = std::sin(angle) * a.rope_attention_scaling;
-      }
-      gqa::detail::rotate(dst + row * dim, cos.data(), sin.data(), half, rope_prep.interleaved);
+      const int64_t at = ((position_rows > 1 ? b : 0) * d.kv_len + first_key + s) * half;
+      gqa::detail::rotate(dst + row * dim, cos_table.data() + at, sin_table.data() + at, half, rope_prep.interleaved);
     });
   };
   if (route_raw) {
