@@ -98,6 +98,19 @@ void check_attributes(const RoutedAttributes& a) {
   check_scale(op, a.scale);
 }
 
+// The kernels keep `top` entries per row ([rows, top] selection lists, top-k heaps): a top count near INT64_MAX
+// overflowed rows * top (undefined behaviour, then an allocation error that named nothing). No list of more
+// than 2^40 entries can be allocated anyway, so such a count is an error that names the op and the attribute.
+namespace {
+void check_list_size(const char* op, const char* name, int64_t top, int64_t rows) {
+  constexpr int64_t kMaxEntries = int64_t{1} << 40;
+  if (top > 0 && rows > 0 && top > kMaxEntries / rows) {
+    fail(op, ": attribute '", name, "' = ", top, " is too large: the selection lists of ", rows,
+         " rows would hold more than 2^40 entries");
+  }
+}
+}  // namespace
+
 NsaParams make_nsa_params(const NsaShapes& s, const NsaAttributes& attrs, bool want_blocks, bool want_tokens) {
   const char* op = kNsaName;
   if (s.compressed_key.has_value() != s.compressed_value.has_value()) {
@@ -113,6 +126,8 @@ NsaParams make_nsa_params(const NsaShapes& s, const NsaAttributes& attrs, bool w
   p.full_blocks = d.kv_len / attrs.block_size;
   p.num_blocks = p.full_blocks + (attrs.causal && d.kv_len % attrs.block_size ? 1 : 0);
   p.selection_heads = attrs.shared_selection ? d.kv_heads : d.q_heads;
+  check_list_size(op, "top_blocks", attrs.top_blocks, d.batch * p.selection_heads * d.q_len);
+  check_list_size(op, "top_tokens", attrs.top_tokens, d.batch * d.q_heads * d.q_len);
   if (p.has_compressed) {
     const std::vector<int64_t>* inputs[] = {&*s.compressed_key, &*s.compressed_value};
     const char* names[] = {"compressed_key", "compressed_value"};
@@ -174,6 +189,7 @@ RoutedParams make_routed_params(const RoutedShapes& s, const RoutedAttributes& a
   // shorter length gives the same segment and the same result.
   if (d.kv_len > 0 && p.attrs.segment_size > d.kv_len) p.attrs.segment_size = d.kv_len;
   p.num_segments = d.kv_len == 0 ? 0 : (d.kv_len - 1) / p.attrs.segment_size + 1;
+  check_list_size(op, "top_k", attrs.top_k, d.batch * d.q_heads * d.q_len);
   if (attrs.rope) {
     p.rotary_dim = attrs.rotary_dim ? attrs.rotary_dim : d.head_dim;
     if (p.rotary_dim % 2 || p.rotary_dim > d.head_dim) {
