@@ -18,9 +18,9 @@ HERE = "tests/hardening/bad_input_sparse.py"
 FUNCTION_SPARSE = dict.fromkeys(("nsa-all-branches-off", "nsa-forced-exceed-top", "nsa-sink-without-blocks",
                                   "nsa-fine-and-compression", "nsa-negative-scale", "routed-top-k-0",
                                   "routed-cosine-2"), "runs")
-HUGE_TOP_NOTE = ("a top count beyond what can be allocated: the kernel sizes its selection buffers by it and fails "
-                 "with onnxruntime's allocation error (no op name; no crash since the ParallelFor fix), while the "
-                 "function clamps k to the candidates; reported to the op's owner (clamp, or reject naming it)")
+HUGE_TOP_NOTE = ("a top count whose selection lists could never be allocated (> 2^40 entries): the kernel rejects "
+                 "it naming the attribute; the function clamps k to the candidates and computes the result of "
+                 "'all of them' (the kernel could do the same; noted for the op's owner)")
 NAN_SELECTION_NOTE = ("a NaN selection score is never chosen (kernel and function agree; not yet in the op's docs): "
                       "a NaN query row selects nothing and outputs zeros")
 
@@ -94,7 +94,7 @@ def _cases(op: str) -> list[Case]:
                     oracle=oracle, note=note)
 
     q0 = dict(Q=(0, 4, 8, 8), K=(0, 2, 8, 8), V=(0, 2, 8, 8))
-    huge_top = expect("accepts", "fails", "defined", "fails")
+    huge_top = expect("accepts", "rejects", "defined", "rejects")
     out += [
         new("zero-batch", "zero-size", defined_empty(), q0),
         new("empty-query", "empty sequence", defined_empty(), dict(qkv, Q=(1, 4, 0, 8))),
@@ -109,9 +109,11 @@ def _cases(op: str) -> list[Case]:
         out += [
             new("huge-window", "window", defined(), attrs=dict(window=INT64_MAX, causal=1)),
             new("huge-top-blocks", "attribute", huge_top, attrs=dict(top_blocks=INT64_MAX),
-                oracle_attrs=dict(top_blocks=2), note=HUGE_TOP_NOTE),  # 8 keys: 2 blocks of 4
+                oracle_attrs=dict(top_blocks=2), note=HUGE_TOP_NOTE,  # 8 keys: 2 blocks of 4
+                match=r"attribute 'top_blocks' = 9223372036854775807 is too large"),
             new("huge-top-tokens", "attribute", huge_top, attrs=dict(top_blocks=0, top_tokens=INT64_MAX),
-                oracle_attrs=dict(top_blocks=0, top_tokens=8), note=HUGE_TOP_NOTE),
+                oracle_attrs=dict(top_blocks=0, top_tokens=8), note=HUGE_TOP_NOTE,
+                match=r"attribute 'top_tokens' = 9223372036854775807 is too large"),
             new("huge-block-size", "attribute", defined_empty(), attrs=dict(block_size=INT64_MAX, window=3)),
             new("huge-block-size-causal", "attribute", defined_empty(),
                 attrs=dict(block_size=INT64_MAX, window=3, causal=1)),
@@ -119,7 +121,7 @@ def _cases(op: str) -> list[Case]:
     else:
         out += [
             new("huge-top-k", "attribute", huge_top, attrs=dict(top_k=INT64_MAX), oracle_attrs=dict(top_k=2),
-                note=HUGE_TOP_NOTE),
+                note=HUGE_TOP_NOTE, match=r"attribute 'top_k' = 9223372036854775807 is too large"),
             new("huge-segment-size", "attribute", defined_empty(), attrs=dict(segment_size=INT64_MAX)),
             new("q-rank-3", "rank", expect("rejects", "rejects", "fails", "rejects"), dict(qkv, Q=(4, 8, 8)),
                 match=r"input 'Q' must have rank 4"),

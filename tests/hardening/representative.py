@@ -36,8 +36,17 @@ SOURCES = {
 }
 
 
-def call(op: str) -> Call:
-    name, case_id, feeds_of = SOURCES[op]
+def call(op: str, case_id: str | None = None) -> Call:
+    """The op's representative call, or case `case_id` of its numerics suite."""
+    name, default, feeds_of = SOURCES[op]
     module = importlib.import_module(name)
-    case = module.CASES_BY_ID[case_id]
+    case = module.CASES_BY_ID[case_id or default]
     return Call(op, module.model_of(case), dict(feeds_of(module, case)))
+
+
+def case_ids(op: str) -> list[str]:
+    """Every case id of the op's numerics suite (the sparse suite holds both sparse ops)."""
+    name = SOURCES[op][0]
+    module = importlib.import_module(name)
+    prefix = {"NativeSparseAttention": "nsa-", "SparseRoutedAttention": "routed-"}.get(op, "")
+    return [i for i in module.CASES_BY_ID if i.startswith(prefix) and not i.startswith("fuzz-")]
