@@ -41,6 +41,9 @@ if [ "${SANITIZE_SOURCES:-head}" = head ]; then
   src=$build-src
   rm -rf "$src" && mkdir -p "$src" && git archive HEAD | tar -x -C "$src"
 fi
+if [ -f "$build/CMakeCache.txt" ] && ! grep -q "CMAKE_HOME_DIRECTORY:INTERNAL=$(cd "$src" && pwd)$" "$build/CMakeCache.txt"; then
+  rm -rf "$build"  # configured from the other source tree
+fi
 cmake -S "$src" -B "$build" -G Ninja -DONNXATTN_CUDA=OFF -DONNXATTN_SANITIZE="$sanitizers" \
   -DCMAKE_BUILD_TYPE=RelWithDebInfo >"$out/cmake.log" 2>&1 || { tail -20 "$out/cmake.log"; exit 2; }
 nice ninja -C "$build" -j"${JOBS:-2}" >"$out/build.log" 2>&1 || { tail -40 "$out/build.log"; exit 2; }
