@@ -7,8 +7,8 @@
 #
 # The subset: every bad-input case of every op on every path (tests/hardening/test_bad_input_paths.py, each
 # in a child process, and the per-op tables tests/test_*_bad_input.py), the kernel paths of every op's
-# numerics matrix under each ISA (tests/test_*_numerics.py -k kernel; --quick: the plain kernel paths
-# only), the fuzz tests (CI profile), the 8-thread concurrency and determinism tests and the short soaks.
+# numerics matrix (tests/test_*_numerics.py -k kernel, generic and AVX2; --quick: AVX2 only), the fuzz tests
+# (CI profile), guard pages, the 8-thread concurrency and determinism tests (tests/hardening).
 #
 # How: the library is instrumented, the Python interpreter is not, so the ASan runtime is LD_PRELOADed (it
 # must come first) and inherited by every child process. halt_on_error makes the first report abort the
