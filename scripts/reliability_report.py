@@ -170,10 +170,19 @@ def fuzz_section() -> list[str]:
 
 def sanitize_section() -> list[str]:
     lines = ["## 3. Memory safety", "",
-             "`scripts/sanitize.sh` builds the library with `ONNXATTN_SANITIZE=address,undefined` into build/asan and "
-             "runs the bad-input suites (all ops, all paths), the kernel paths of every op's numerics matrix under "
-             "each ISA, the fuzz, concurrency, determinism and soak tests against it (ASan preloaded into the "
-             "interpreter, halt_on_error; leak detection off for the interpreter, leaks measured by the soaks).", ""]
+             "`scripts/sanitize.sh` builds the committed sources (git archive HEAD) with "
+             "`ONNXATTN_SANITIZE=address,undefined` into build/asan and runs against it: the bad-input suites (all "
+             "ops, all paths, children included), the kernel paths of every op's numerics matrix, the fuzz, "
+             "concurrency and determinism tests (ASan and libstdc++ preloaded into the interpreter, halt_on_error, "
+             "reports to files; leak detection off for the interpreter, leaks measured by the soaks instead). The "
+             "kernels are capped at AVX2 there: GCC 12's instrumented AVX-512 kernels report 4-byte reads one "
+             "element past Q or K (Q packing in cpu_flash_wide.inc:139 and cpu_flash_narrow.inc:232, the "
+             "scores micro-kernel) which the uninstrumented library never makes — see the guard pages below; the "
+             "generic and AVX2 kernels are the same source.", "",
+             "Guard pages (tests/hardening/test_guard_pages.py, CI): every op's kernel on every ISA (generic, AVX2, "
+             "AVX-512) with each input and output flush against an inaccessible page, after its end and before its "
+             "start, over each op's representative call and 8 of its numerics cases: no access outside the tensors "
+             "(it would fault) and the same bits as a plain run.", ""]
     recorded = _load("sanitize")
     if recorded:
         counts = recorded["tests"]
@@ -249,8 +258,8 @@ def large_section() -> list[str]:
 
 STATIC_TAIL = """## 7. Findings fixed
 
-Found by this suite and fixed in the kernels (commits "CPU kernels: bad input found by the hardening suite" and
-"Kernels: no exception escapes a ParallelFor item; huge sparse block/segment sizes"):
+Found by this suite and fixed in the kernels (commits 71639f3, 452bb3a, 52bcc4a, dfe7224; each finding has its
+case in the tables above, so it stays fixed):
 
 | finding | effect before | fix |
 |---|---|---|
@@ -261,16 +270,17 @@ Found by this suite and fixed in the kernels (commits "CPU kernels: bad input fo
 | SparseRoutedAttention `segment_size` near INT64_MAX | `ceil(Skv / size)` wrapped: wrong by ~1.4 | a segment longer than the keys is taken as Skv keys |
 | NativeSparseAttention, causal, `block_size` near INT64_MAX | the block-sparse core's pitch and key ranges overflowed: wrong by ~1.75 | the core gets min(block_size, Skv) |
 | CUDA plan with a huge window and per-batch lengths (host code) | `window + Sq - 1` overflowed | bounded by the cache length |
+| NativeSparseAttention / SparseRoutedAttention top counts near INT64_MAX | `rows * top` overflowed (UBSan), then an allocation error naming nothing | an error naming the op and the attribute when the lists would exceed 2^40 entries |
 
 Reported to the ops' owners, recorded above as limitations: the reference functions fail in onnxruntime on
-zero-size dims (Reshape/Where/MatMul of an empty axis) where the kernels return the defined empty result; the
-sparse kernels size selection buffers by `top_blocks`/`top_tokens`/`top_k` (a huge value fails with an
-allocation error that does not name the op; the functions clamp); a NaN selection score is never chosen (the
-sparse ops' kernels and functions agree, the docs do not say it); SparseRoutedAttention's segment means over a
-non-power-of-two count round differently in float32 and in the float64 oracle, so exactly tied segments may
-be chosen differently (all implementations agree with each other; the fuzz draws power-of-two segments);
-non-finite K/V values inside the visible range of any row of a key tile reach the rows that mask them
-(0 x NaN), as in the function's MatMul.
+zero-size dims (Reshape/Where/MatMul of an empty axis) where the kernels return the defined empty result; a huge
+top count is rejected by the sparse kernels but computed as "all candidates" by their functions; a NaN selection
+score is never chosen (the sparse ops' kernels and functions agree, the docs do not say it); the AVX-512
+AddressSanitizer reports of section 3 (not reproduced in the release library; worth a look with GCC 13+ or
+clang); SparseRoutedAttention's segment means over a non-power-of-two count round differently in float32 and
+in the float64 oracle, so exactly tied segments may be chosen differently (all implementations agree with each
+other; the fuzz draws power-of-two segments); non-finite K/V values inside the visible range of any row of a key
+tile reach the rows that mask them (0 x NaN), as in the function's MatMul.
 
 ## 8. For the GPU session
 
