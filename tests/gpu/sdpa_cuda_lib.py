@@ -125,6 +125,8 @@ def load(path: str | None = None) -> ctypes.CDLL:
     lib.OnnxAttnSdpaSplitKeys.restype = None
     lib.OnnxAttnSdpaSplitKeys.argtypes = [ctypes.c_int64] * 6 + [ctypes.POINTER(ctypes.c_int64)]
     lib.OnnxAttnHasCuda.restype = ctypes.c_int
+    lib.OnnxAttnSdpaBlockDivider.restype = None
+    lib.OnnxAttnSdpaBlockDivider.argtypes = [ctypes.c_int64, ctypes.POINTER(ctypes.c_uint32)]
     lib.OnnxAttnSdpaCudaRunForTest.restype = ctypes.c_int
     lib.OnnxAttnSdpaCudaRunForTest.argtypes = [
         ctypes.POINTER(Problem), ctypes.POINTER(Layout), ctypes.c_int32, ctypes.c_int32,
@@ -197,6 +199,13 @@ def tile_keys(causal, window, band, q_len, kv_len, row_begin, row_end, group) ->
 def split_keys(begin: int, end: int, split: int, splits: int, granule: int, min_chunk: int = 0) -> tuple[int, int]:
     out = (ctypes.c_int64 * 2)()
     load().OnnxAttnSdpaSplitKeys(begin, end, split, splits, granule, min_chunk, out)
+    return out[0], out[1]
+
+
+def block_divider(block_size: int) -> tuple[int, int]:
+    """(mul, shift) of the paged kernels' division by the block size (sdpa/cuda_tiles.h)."""
+    out = (ctypes.c_uint32 * 2)()
+    load().OnnxAttnSdpaBlockDivider(block_size, out)
     return out[0], out[1]
 
 

@@ -16,6 +16,7 @@
 #include "sdpa/cuda_capi.h"
 #include "sdpa/cuda_plan.h"
 #include "sdpa/cuda_ranges.h"
+#include "sdpa/cuda_tiles.h"
 #include "sdpa/params.h"
 #ifdef ONNXATTN_WITH_CUDA
 #include "sdpa/cuda_kernel.h"
@@ -182,6 +183,13 @@ ONNXATTN_EXPORT void OnnxAttnSdpaSplitKeys(int64_t begin, int64_t end, int64_t s
   const onnxattn::KeyRange r = onnxattn::sdpa::cuda::split_keys({begin, end}, split, splits, granule, min_chunk);
   out[0] = r.begin;
   out[1] = r.end;
+}
+
+// The paged kernels' division of key indices by the block size: out = {mul, shift} (sdpa/cuda_tiles.h).
+ONNXATTN_EXPORT void OnnxAttnSdpaBlockDivider(int64_t block_size, uint32_t* out) {
+  const onnxattn::sdpa::cuda::tiles::BlockDivider d = onnxattn::sdpa::cuda::tiles::block_divider(block_size);
+  out[0] = d.mul;
+  out[1] = d.shift;
 }
 
 // 1 when the library was built with the CUDA kernels.

@@ -39,22 +39,25 @@ __global__ void __launch_bounds__(tiles::kThreads) decode_mma_kernel(const Kerne
   // main loop holds no registers for them.
   __shared__ int2 row_keys_s[kRows];
   __shared__ int64_t mask_row_s[kRows];
+  // Facts only the epilogue needs, likewise: the batch's first packed row (ragged batches), the schedule item.
+  __shared__ int64_t q_start_s, item_s;
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int quad_row = lane / 4, quad_col = 2 * (lane % 4);
 
-  const CtaCoords cta = cta_coords(a);
-  const int64_t row_begin = cta.row_tile * kRows;
-  const int64_t row_end = min(row_begin + kRows, a.rows_per_head);
-  const SeqView seq = seq_view(a, cta.batch);
-  if (seq.skip) return;
+  const CtaWork work = cta_work(a, kRows, /*longest_first=*/false);
+  if (work.skip) return;
+  const CtaCoords& cta = work.cta;
+  const SeqView& seq = work.seq;
+  const int64_t row_begin = work.row_begin, row_end = work.row_end;
   const TileKeys keys = tile_keys(seq.structure, row_begin, row_end, a.group, seq.num_keys);
   const KeyRange range = split_keys(keys.any, cta.split, a.splits, kWarpKeys, a.min_split_keys);
   if (a.splits > 1 && range.empty()) {
     // Nothing to merge: an empty partial (LSE = -inf) has weight 0 in the combine, which never reads its
     // output. A single split must still write its (zero) rows, so it takes the normal path.
     if (tid < kRows && row_begin + tid < row_end) {
-      a.partial_lse[cta.split * a.out_rows + row_ref(a, cta.batch, cta.kv_head, row_begin + tid).out_row] = kNegInf;
+      const int64_t r = row_begin + tid;
+      a.partial_lse[cta.split * a.out_rows + partial_row(a, work, row_ref(a, cta.batch, cta.kv_head, r), r)] = kNegInf;
     }
     return;
   }
@@ -75,7 +78,7 @@ __global__ void __launch_bounds__(tiles::kThreads) decode_mma_kernel(const Kerne
     const T* src = a.q;
     if (valid) {
       const RowRef ref = row_ref(a, cta.batch, cta.kv_head, r);
-      src = q_row(a, cta.batch, ref.head, ref.query) + c * 8;
+      src = q_row(a, cta.batch, ref.head, ref.query, seq.q_start) + c * 8;
     }
     cp_async_16(smem_u32(q_s + row * kStride + c * 8), src, valid);
   }
@@ -86,6 +89,10 @@ __global__ void __launch_bounds__(tiles::kThreads) decode_mma_kernel(const Kerne
     row_keys_s[tid] = make_int2(int(keys_of_row.begin), int(keys_of_row.end));
     mask_row_s[tid] = mask_row_offset(a, cta.batch, ref);
   }  // read after the barrier that publishes the Q tile
+  if (tid == 0) {
+    q_start_s = seq.q_start;
+    item_s = work.work;
+  }
 
   // ---- This warp's stages: K then V, [kWarpKeys][kStride] each.
   uint16_t* const warp_pipe = reinterpret_cast<uint16_t*>(pipe) + warp * kStages * 2 * kWarpKeys * kStride;
@@ -99,18 +106,23 @@ __global__ void __launch_bounds__(tiles::kThreads) decode_mma_kernel(const Kerne
     const int j_end = min(j0 + kWarpKeys, range_end);
     uint16_t* const k_dst = warp_pipe + (it % kStages) * 2 * kWarpKeys * kStride;
     uint16_t* const v_dst = k_dst + kWarpKeys * kStride;
+    // Paged: lane l < 16 looks up the slot of key row l in its block (a bad block index reads zeros) and
+    // the lanes loading that row take it by shuffle; the table is read only for keys of the range, which
+    // the caller's lengths keep inside the sequence's table row.
+    const int64_t lane_slot =
+        j0 + lane % kWarpKeys < j_end ? key_slot(a, table_row(a, cta.batch), j0 + lane % kWarpKeys) : -1;
     for (int idx = lane; idx < kWarpKeys * kChunks; idx += 32) {
       const int row = idx / kChunks, c = idx % kChunks;
-      const int j = j0 + row;
+      const int64_t slot = __shfl_sync(0xffffffffu, lane_slot, row);
       if (c < d_chunks) {
-        const bool valid = j < j_end && c * 8 < a.head_dim;
-        cp_async_16(smem_u32(k_dst + row * kStride + c * 8), valid ? k_base + int64_t(j) * k_row_stride + c * 8 : k_base,
+        const bool valid = slot >= 0 && c * 8 < a.head_dim;
+        cp_async_16(smem_u32(k_dst + row * kStride + c * 8), valid ? k_base + slot * k_row_stride + c * 8 : k_base,
                     valid);
       }
       if (c < dv_chunks) {
-        const bool valid = j < j_end && c * 8 < a.v_head_dim;
-        cp_async_16(smem_u32(v_dst + row * kStride + c * 8),
-                    valid ? v_base + int64_t(j) * v_row_stride + c * 8 : v_base, valid);
+        const bool valid = slot >= 0 && c * 8 < a.v_head_dim;
+        cp_async_16(smem_u32(v_dst + row * kStride + c * 8), valid ? v_base + slot * v_row_stride + c * 8 : v_base,
+                    valid);
       }
     }
   };
@@ -275,6 +287,7 @@ __global__ void __launch_bounds__(tiles::kThreads) decode_mma_kernel(const Kerne
 
   // ---- Write: coalesced along Dv.
   const int dv = a.v_head_dim;
+  const int64_t q_start = q_start_s, item = item_s;
   for (int idx = tid; idx < kRows * dv; idx += tiles::kThreads) {
     const int row = idx / dv, col = idx % dv;
     const int64_t r = row_begin + row;
@@ -286,13 +299,13 @@ __global__ void __launch_bounds__(tiles::kThreads) decode_mma_kernel(const Kerne
     value = total > 0.0f ? value / total : 0.0f;
     const RowRef ref = row_ref(a, cta.batch, cta.kv_head, r);
     if (a.splits == 1) {
-      y_row(a, cta.batch, ref.head, ref.query)[col] = from_float<T>(value);
+      y_row(a, cta.batch, ref.head, ref.query, q_start)[col] = from_float<T>(value);
     } else {
-      a.partial_out[(cta.split * a.out_rows + ref.out_row) * dv + col] = value;
+      a.partial_out[(cta.split * a.out_rows + partial_row(a, item, cta.kv_head, row, ref)) * dv + col] = value;
     }
   }
   if (tid < kRows && row_begin + tid < row_end) {
-    const int64_t out_row = row_ref(a, cta.batch, cta.kv_head, row_begin + tid).out_row;
+    const int64_t out_row = partial_row(a, item, cta.kv_head, tid, row_ref(a, cta.batch, cta.kv_head, row_begin + tid));
     const float total = final_l[tid];
     const float lse = total > 0.0f ? final_m[tid] + logf(total) : kNegInf;
     if (a.splits > 1) {

@@ -51,15 +51,37 @@ struct KernelArgs {
   const int64_t* kv_lengths;
   int64_t min_split_keys;  // decode: a split covers at least this many of its sequence's keys (0: no floor)
   QueryPrep<T> prep;       // applied to the Q tile after loading it (fused ops); inactive otherwise
+  // Ragged query batches (run_ragged; null q_starts = uniform): sequence b's queries are packed rows
+  // q_starts[b] .. + q_lengths[b] of `tokens` (sanitised by ragged_rows), and this launch's CTAs take their
+  // (sequence, row tile) from work_items[w], w < min(*work_total, work_tiles). Partial rows (splits > 1)
+  // are then ((w * kv_heads + kv_head) * rows_per_cta + tile row).
+  const int64_t* q_starts;
+  const int64_t* q_lengths;
+  int64_t tokens;
+  const int2* work_items;
+  const int* work_total;
+  int64_t work_tiles;
+  int rows_per_cta;
+  // Paged K/V (null block_table = contiguous views): key j of sequence b is slot block * block_size +
+  // j % block_size of the pool, block = block_table[b * table_stride + j / block_size]; K/V rows are then
+  // addressed as slot * stride[2] + head * stride[1] (stride[0] unused). j / block_size is computed as
+  // (umulhi(j, block_mul) + j) >> block_shift (block_divider below: one multiply, no division, for every
+  // block size). A block outside [0, num_blocks) (num_blocks > 0) reads as zeros.
+  const int32_t* block_table;
+  int64_t table_stride, num_blocks;
+  int block_size;
+  uint32_t block_mul, block_shift;
 };
 
+// Q's and Y's row of query i of head h of batch b; `q_start` is the packed row of the batch's query 0 in a
+// ragged batch (whose batch strides are 0), else 0.
 template <typename T>
-__device__ __forceinline__ const T* q_row(const KernelArgs<T>& a, int64_t b, int64_t h, int64_t i) {
-  return a.q + b * a.q_stride[0] + h * a.q_stride[1] + i * a.q_stride[2];
+__device__ __forceinline__ const T* q_row(const KernelArgs<T>& a, int64_t b, int64_t h, int64_t i, int64_t q_start = 0) {
+  return a.q + b * a.q_stride[0] + h * a.q_stride[1] + (q_start + i) * a.q_stride[2];
 }
 template <typename T>
-__device__ __forceinline__ T* y_row(const KernelArgs<T>& a, int64_t b, int64_t h, int64_t i) {
-  return a.y + b * a.y_stride[0] + h * a.y_stride[1] + i * a.y_stride[2];
+__device__ __forceinline__ T* y_row(const KernelArgs<T>& a, int64_t b, int64_t h, int64_t i, int64_t q_start = 0) {
+  return a.y + b * a.y_stride[0] + h * a.y_stride[1] + (q_start + i) * a.y_stride[2];
 }
 // Y's row for a flat out row (b * Hq + h) * Sq + i.
 template <typename T>
@@ -68,12 +90,28 @@ __device__ __forceinline__ T* y_row(const KernelArgs<T>& a, int64_t out_row) {
   return y_row(a, bh / a.q_heads, bh % a.q_heads, i);
 }
 
-// What one batch's rows see: the structural rules with this batch's query offset, and how many keys are
-// valid (the rest of the K/V view is never read, e.g. stale KV-cache slots).
+// A ragged batch's query rows of sequence b, as every kernel (and the schedule) reads them: the caller's
+// start and count, or no rows at all when they would leave the packed rows [0, tokens) or exceed the
+// plan's queries per sequence (never a read or write outside Q and Y, whatever the caller says).
+struct QueryRows {
+  int64_t start, count;
+};
+
+__device__ __forceinline__ QueryRows ragged_rows(const int64_t* q_starts, const int64_t* q_lengths, int64_t b,
+                                                 int64_t q_len, int64_t tokens) {
+  const int64_t start = q_starts[b], count = q_lengths[b];
+  if (start < 0 || count < 0 || count > q_len || start > tokens - count) return {0, 0};
+  return {start, count};
+}
+
+// What one batch's rows see: the structural rules with this batch's query offset, how many keys are valid
+// (the rest of the K/V view is never read, e.g. stale KV-cache slots), and its rows.
 struct SeqView {
   StructuralMask structure;
   int64_t num_keys;
-  bool skip;  // the caller marked the sequence invalid: write nothing for its rows
+  int64_t q_start;  // ragged: packed row of query 0 (else 0)
+  int64_t rows;     // packed rows r = i * G + g of each KV head
+  bool skip;        // the caller marked the sequence invalid: write nothing for its rows
 };
 
 template <typename T>
@@ -81,6 +119,8 @@ __device__ __forceinline__ SeqView seq_view(const KernelArgs<T>& a, int64_t batc
   SeqView s;
   s.structure = a.structure;
   s.num_keys = a.kv_len;
+  s.q_start = 0;
+  s.rows = a.rows_per_head;
   s.skip = false;
   if (a.query_offsets != nullptr) s.structure.query_offset = a.query_offsets[batch];
   if (a.kv_lengths != nullptr) {
@@ -88,7 +128,30 @@ __device__ __forceinline__ SeqView seq_view(const KernelArgs<T>& a, int64_t batc
     s.skip = n < 0;
     s.num_keys = n < 0 ? 0 : n < a.kv_len ? n : a.kv_len;  // never past the view, whatever the caller says
   }
+  if (a.q_starts != nullptr) {
+    const QueryRows q = ragged_rows(a.q_starts, a.q_lengths, batch, a.q_len, a.tokens);
+    s.q_start = q.start;
+    s.rows = q.count * a.group;
+  }
   return s;
+}
+
+// ---- Paged K/V: the pool slot of key j (j itself for contiguous views), or -1 for a block index outside
+// the pool. `table_row` is the sequence's block-table row (null: not paged). Reads the table through the
+// read-only cache: the entries of one block are read by every lane that loads one of its rows.
+template <typename T>
+__device__ __forceinline__ const int32_t* table_row(const KernelArgs<T>& a, int64_t batch) {
+  return a.block_table != nullptr ? a.block_table + batch * a.table_stride : nullptr;
+}
+
+template <typename T>
+__device__ __forceinline__ int64_t key_slot(const KernelArgs<T>& a, const int32_t* table, int j) {
+  if (table == nullptr) return j;
+  const int index = int((__umulhi(uint32_t(j), a.block_mul) + uint32_t(j)) >> a.block_shift);
+  const int offset = j - index * a.block_size;
+  const int64_t block = __ldg(table + index);
+  if (block < 0 || (a.num_blocks > 0 && block >= a.num_blocks)) return -1;
+  return block * a.block_size + offset;
 }
 
 inline constexpr float kLog2e = 1.4426950408889634f;
@@ -113,6 +176,53 @@ __device__ __forceinline__ CtaCoords cta_coords(const KernelArgs<T>& a) {
   return c;
 }
 
+// One CTA's work: coordinates, its batch's view, and its packed rows [row_begin, row_end) of the KV head.
+// `work` is the schedule item of a ragged batch (-1 otherwise). skip: nothing to do (an invalid sequence,
+// or a CTA past the items the schedule listed); the kernel returns at once and writes nothing.
+struct CtaWork {
+  CtaCoords cta;
+  SeqView seq;
+  int64_t work;
+  int64_t row_begin, row_end;
+  bool skip;
+};
+
+// `longest_first` (prefill): the last row tiles see the most keys under a causal mask, so they start first.
+template <typename T>
+__device__ __forceinline__ CtaWork cta_work(const KernelArgs<T>& a, int rows_per_cta, bool longest_first) {
+  CtaWork w{};
+  w.work = -1;
+  if (a.work_items == nullptr) {
+    w.cta = cta_coords(a);
+    if (longest_first) w.cta.row_tile = a.row_tiles - 1 - w.cta.row_tile;
+  } else {
+    int64_t bid = blockIdx.x;
+    int64_t item = bid % a.work_tiles;
+    bid /= a.work_tiles;
+    w.cta.split = bid % a.splits;
+    w.cta.kv_head = bid / a.splits;
+    const int64_t total = min(int64_t(*a.work_total), a.work_tiles);
+    if (item >= total) {
+      w.skip = true;
+      return w;
+    }
+    if (longest_first) item = total - 1 - item;
+    const int2 it = a.work_items[item];
+    w.work = item;
+    w.cta.batch = it.x;
+    w.cta.row_tile = it.y;
+    if (w.cta.batch < 0 || w.cta.batch >= a.batch) {  // never written by the schedule; defensive
+      w.skip = true;
+      return w;
+    }
+  }
+  w.seq = seq_view(a, w.cta.batch);
+  w.row_begin = w.cta.row_tile * rows_per_cta;
+  w.row_end = min(w.row_begin + rows_per_cta, w.seq.rows);
+  w.skip = w.seq.skip || w.row_begin >= w.row_end;
+  return w;
+}
+
 // Query index, query head and flat output row of packed row r of KV head `kv_head`.
 struct RowRef {
   int64_t query, head, out_row;
@@ -125,6 +235,19 @@ __device__ __forceinline__ RowRef row_ref(const KernelArgs<T>& a, int64_t batch,
   ref.head = kv_head * a.group + r % a.group;
   ref.out_row = (batch * a.q_heads + ref.head) * a.q_len + ref.query;
   return ref;
+}
+
+// The split scratch's row of packed row r = row_begin + tile_row of a CTA of KV head `kv_head` working on
+// schedule item `item` (-1: a uniform batch, whose partial rows are the out rows; see KernelArgs).
+template <typename T>
+__device__ __forceinline__ int64_t partial_row(const KernelArgs<T>& a, int64_t item, int64_t kv_head,
+                                               int64_t tile_row, const RowRef& ref) {
+  if (item < 0) return ref.out_row;
+  return (item * a.kv_heads + kv_head) * a.rows_per_cta + tile_row;
+}
+template <typename T>
+__device__ __forceinline__ int64_t partial_row(const KernelArgs<T>& a, const CtaWork& w, const RowRef& ref, int64_t r) {
+  return partial_row(a, w.work, w.cta.kv_head, r - w.row_begin, ref);
 }
 
 template <typename T>
@@ -285,6 +408,19 @@ template <typename T>
 void launch_simt(const KernelArgs<T>& args, const LaunchPlan& plan, cudaStream_t stream);
 template <typename T>
 void launch_combine(const KernelArgs<T>& args, const LaunchPlan& plan, cudaStream_t stream);
+
+// The ragged schedule (run_ragged): one warp per sequence lists its row tiles for the launch of its class.
+struct ScheduleArgs {
+  const int64_t* q_starts;
+  const int64_t* q_lengths;
+  const int64_t* kv_lengths;  // negative: the sequence is skipped, so it gets no items
+  int64_t batch, tokens, q_len, group, decode_max_queries;
+  int* totals;                // [2]: item counts (decode, prefill)
+  int2* items[2];             // {sequence, row tile}
+  int64_t work_tiles[2];      // capacity of each list (0: that launch does not run)
+  int rows_per_cta[2];
+};
+void launch_schedule(const ScheduleArgs& args, int64_t grid, cudaStream_t stream);
 
 // Raises kKernel's dynamic shared-memory limit when it needs more than the default 48 KiB. The attribute
 // persists per device, so it is set only when a launch needs more than before: later launches make no

@@ -4,7 +4,8 @@
 // Usage: plan = plan_for(params, tensors, device_info(dev)); allocate plan.scratch_bytes on the device;
 // run(params, tensors, plan, stream, scratch, bytes). run() only enqueues work: no host synchronisation,
 // no allocation. Fused ops pass strided views in Params, per-batch query offsets / valid lengths (device
-// pointers) in Tensors, and optionally a QueryPrep that the kernels apply to Q as they load it.
+// pointers) in Tensors, and optionally a QueryPrep that the kernels apply to Q as they load it; paged K/V
+// (block table on the device) in either form; ragged query batches through ragged_plan_for / run_ragged.
 #include <cstddef>
 #include <cstdint>
 #include <type_traits>
@@ -42,14 +43,37 @@ DeviceInfo device_info(int device);
 int current_device();
 
 template <typename T>
-LaunchPlan plan_for(const Params& p, const Tensors<T>& t, const DeviceInfo& device, const char* op = kOpName) {
-  if (t.q_starts != nullptr || t.q_lengths != nullptr || t.block_table != nullptr) {
-    fail(op, ": the CUDA kernels do not support ragged query batches or paged K/V yet");
+void check_paged(const Params& p, const Tensors<T>& t, const char* op) {
+  if ((t.block_table != nullptr) != (p.block_size > 0)) {
+    fail(op, ": paged K/V needs both a block table and Params::block_size (got ",
+         t.block_table != nullptr ? "a table" : "no table", ", block_size ", p.block_size, ")");
   }
+  if (t.k_tail != nullptr || t.sparse_blocks != nullptr || t.y_float != nullptr) {
+    fail(op, ": the CUDA kernels take no split K rows, block-sparse lists or float32 output");
+  }
+}
+
+// A uniform batch (every batch's Sq rows; paged K/V allowed).
+template <typename T>
+LaunchPlan plan_for(const Params& p, const Tensors<T>& t, const DeviceInfo& device, const char* op = kOpName) {
+  if (t.q_starts != nullptr || t.q_lengths != nullptr) fail(op, ": ragged query batches take ragged_plan_for");
+  check_paged(p, t, op);
   Layout layout;
   layout.per_batch_lengths = t.query_offsets != nullptr || t.kv_lengths != nullptr;
   layout.op = op;
   return make_plan(p, dtype_of<T>(), device, request_from_env(), aligned16(p, t), layout);
+}
+
+// A ragged batch of `tokens` packed query rows: t.q_starts, q_lengths, query_offsets and kv_lengths are
+// all given (device memory).
+template <typename T>
+RaggedPlan ragged_plan_for(const Params& p, const Tensors<T>& t, const DeviceInfo& device, int64_t tokens,
+                           const char* op = kOpName) {
+  if (t.q_starts == nullptr || t.q_lengths == nullptr || t.query_offsets == nullptr || t.kv_lengths == nullptr) {
+    fail(op, ": a ragged query batch needs per-sequence query starts, query counts, query offsets and lengths");
+  }
+  check_paged(p, t, op);
+  return make_ragged_plan(p, dtype_of<T>(), device, request_from_env(), aligned16(p, t), tokens, op);
 }
 
 // Enqueues the plan's kernels on `stream` (a cudaStream_t). `scratch` must hold plan.scratch_bytes
@@ -59,5 +83,14 @@ LaunchPlan plan_for(const Params& p, const Tensors<T>& t, const DeviceInfo& devi
 template <typename T>
 void run(const Params& p, const Tensors<T>& t, const LaunchPlan& plan, void* stream, void* scratch, size_t scratch_bytes,
          const QueryPrep<T>& prep = {});
+
+// The ragged counterpart: the schedule kernel, then each class's launch (and combine). The query
+// starts and counts are read on the device only, by every kernel through the same sanitising rule: a
+// sequence whose rows would leave [0, plan.tokens) or exceed p.q_len has no rows (nothing is read or
+// written for it). Sequences must not share rows (the callers' layout pass guarantees it). A negative
+// kv_lengths entry skips the sequence, as in run(). QueryPrep's position_ids are [T] (packed rows).
+template <typename T>
+void run_ragged(const Params& p, const Tensors<T>& t, const RaggedPlan& plan, void* stream, void* scratch,
+                size_t scratch_bytes, const QueryPrep<T>& prep = {});
 
 }  // namespace onnxattn::sdpa::cuda

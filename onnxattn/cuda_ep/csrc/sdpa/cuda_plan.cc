@@ -18,6 +18,13 @@
 //     split (LaunchPlan::min_split_keys), so a short sequence uses few splits and the CTAs of the others
 //     return at once. No host synchronisation, and the launch shape does not depend on the lengths (a
 //     CUDA graph captured once stays valid as the cache grows).
+//  6. Paged K/V (Params::block_size > 0, block table on the device): the same kernels, each K/V row read
+//     from its block (slot block_table[j / block_size] * block_size + j % block_size) straight from the
+//     pool; the table rows must cover the view (checked here). No layout change otherwise.
+//  7. Ragged query batches (make_ragged_plan): classes by query count on the device (see RaggedPlan):
+//     decode for 1..16 queries, prefill above; each class's launch is planned by rules 2-5 for the most
+//     the class may hold (rows, sequences, queries per sequence), so the grid is a bound and the split
+//     count an upper bound, as in rule 5.
 #include "sdpa/cuda_plan.h"
 
 #include <algorithm>
@@ -97,9 +104,20 @@ void check_layout(const Params& p, const char* op) {
   }
 }
 
-LaunchPlan make_plan(const Params& p, DType dtype, const DeviceInfo& device, const Request& request, bool aligned16,
-                     const Layout& layout) {
-  const char* const op = layout.op;
+namespace {
+
+// What one launch serves. A uniform batch has one launch (every batch's Sq rows); a ragged batch up to two,
+// one per class of sequences (by query count), each bounded by what the class may hold.
+struct Part {
+  bool decode = false;
+  std::string why;               // the schedule's reason
+  bool ragged = false;
+  int64_t max_queries = 0;       // ragged: the most queries of one sequence of this class
+  int64_t rows = 0;              // ragged: packed query rows the class may hold in all
+  int64_t sequences = 0;         // ragged: sequences of the class that may have a query
+};
+
+void check_problem(const Params& p, const DeviceInfo& device, const char* op) {
   check_layout(p, op);
   if (p.head_dim > kMaxHeadDim || p.v_head_dim > kMaxHeadDim) {
     fail(op, ": the CUDA kernels support head sizes up to ", kMaxHeadDim, ", got D = ", p.head_dim,
@@ -112,16 +130,23 @@ LaunchPlan make_plan(const Params& p, DType dtype, const DeviceInfo& device, con
   if (p.kv_len > int64_t(0x7fffffff) - 1024) {
     fail(op, ": the CUDA kernels index keys with 32 bits; Skv = ", p.kv_len, " (K dim 2) is too long");
   }
-  LaunchPlan plan;
-  std::string why;
+  if (p.block_size > 0) {
+    // Key j of a sequence reads table entry j / block_size of its row: the row must cover the view.
+    if (p.block_size > (int64_t(1) << 30) || p.block_table_stride < 1 ||
+        p.block_table_stride * p.block_size < p.kv_len || p.num_blocks < 0) {
+      fail(op, ": paged K/V needs 1 <= block_size <= 2^30 and block-table rows covering the ", p.kv_len,
+           " keys of the view; got block_size ", p.block_size, ", ", p.block_table_stride, " entries per row, ",
+           p.num_blocks, " blocks");
+    }
+  }
+}
 
-  const bool forced_path = request.path != Request::Path::kAuto;
-  const bool decode = forced_path ? request.path == Request::Path::kDecode : p.q_len <= kDecodeMaxQueries;
+LaunchPlan plan_launch(const Params& p, DType dtype, const DeviceInfo& device, const Request& request,
+                       bool aligned16, bool per_batch, const char* op, const Part& part) {
+  LaunchPlan plan;
+  const bool decode = part.decode;
   plan.schedule = decode ? Schedule::kDecode : Schedule::kPrefill;
-  why += std::string(schedule_name(plan.schedule)) +
-         (forced_path ? " (forced by ONNXATTN_SDPA_CUDA_PATH)"
-                      : decode ? " (Sq <= " + std::to_string(kDecodeMaxQueries) + ")"
-                               : " (Sq > " + std::to_string(kDecodeMaxQueries) + ")");
+  std::string why = std::string(schedule_name(plan.schedule)) + part.why;
 
   std::string simt_reason;
   if (request.kernel == Request::Kernel::kSimt) {
@@ -165,17 +190,28 @@ LaunchPlan make_plan(const Params& p, DType dtype, const DeviceInfo& device, con
          "; this device allows ", device.max_smem_per_block, " per block");
   }
 
-  plan.rows_per_head = p.q_len * p.group_size();
-  plan.row_tiles = ceil_div(plan.rows_per_head, plan.rows_per_cta);
-  const int64_t ctas = plan.row_tiles * p.kv_heads * p.batch;
+  const int64_t group = p.group_size(), rows_per_cta = plan.rows_per_cta;
+  const int64_t queries = part.ragged ? part.max_queries : p.q_len;  // the most of one sequence
+  plan.rows_per_head = queries * group;
+  plan.row_tiles = ceil_div(plan.rows_per_head, rows_per_cta);
+  int64_t row_work = plan.row_tiles * p.batch;  // row tiles per KV head over the batch
+  if (part.ragged) {
+    // Each sequence's rows round up to whole tiles: at most rows * G / R + (one partial tile per sequence),
+    // and (when G <= R) never more tiles than rows, since every tile holds a query of its own.
+    plan.work_tiles = part.rows > 0 ? std::min(ceil_div(part.rows * group, rows_per_cta) + part.sequences,
+                                               part.rows * ceil_div(group, rows_per_cta))
+                                    : 0;
+    row_work = plan.work_tiles;
+  }
+  const int64_t ctas = row_work * p.kv_heads;
   if (decode && ctas > 0) {
     // Keys any query row may see: rows' bounds are monotone, so the first and last rows bound the union.
     // With per-batch lengths only a bound is known here (rule 5).
     int64_t visible = 0;
-    if (layout.per_batch_lengths) {
-      // window + q_len - 1 would overflow for a huge window; any window >= kv_len bounds nothing here
+    if (per_batch) {
+      // window + queries - 1 would overflow for a huge window; any window >= kv_len bounds nothing here
       visible = p.structure.causal && p.structure.window > 0 && p.structure.window < p.kv_len
-                    ? std::min(p.kv_len, p.structure.window + p.q_len - 1)
+                    ? std::min(p.kv_len, p.structure.window + queries - 1)
                     : p.kv_len;
       plan.min_split_keys = kMinKeysPerSplit;
     } else {
@@ -188,7 +224,7 @@ LaunchPlan make_plan(const Params& p, DType dtype, const DeviceInfo& device, con
     plan.splits = choose_splits(ctas, key_tiles, slots, ceil_div(kMinKeysPerSplit, plan.keys_per_tile), kMaxSplits);
     why += ", " + std::to_string(plan.splits) + " split(s) for " + std::to_string(ctas) + " CTAs over " +
            std::to_string(key_tiles) + " key tiles on " + std::to_string(slots) + " slots";
-    if (layout.per_batch_lengths) {
+    if (per_batch) {
       why += " (per-batch lengths: an upper bound, each sequence splits its own keys, >= " +
              std::to_string(kMinKeysPerSplit) + " per split)";
     }
@@ -198,7 +234,9 @@ LaunchPlan make_plan(const Params& p, DType dtype, const DeviceInfo& device, con
     fail(op, ": problem too large for one CUDA grid (", plan.grid, " CTAs)");
   }
   if (plan.splits > 1) {
-    const int64_t out_rows = p.batch * p.q_heads * p.q_len;
+    // Partial rows: (b, query head, query) of a uniform batch; (row tile item, KV head, tile row) of a
+    // ragged one, so the scratch follows the tiles the class may hold, not the packed rows of the call.
+    const int64_t out_rows = part.ragged ? plan.work_tiles * p.kv_heads * rows_per_cta : p.batch * p.q_heads * p.q_len;
     plan.combine_grid = ceil_div(out_rows, tiles::kCombineRowsPerCta);
     const size_t partial_out = align_up(size_t(plan.splits) * size_t(out_rows) * size_t(p.v_head_dim) * 4, 256);
     plan.partial_lse_offset = partial_out;
@@ -206,6 +244,74 @@ LaunchPlan make_plan(const Params& p, DType dtype, const DeviceInfo& device, con
   }
   plan.reason = why;
   return plan;
+}
+
+}  // namespace
+
+LaunchPlan make_plan(const Params& p, DType dtype, const DeviceInfo& device, const Request& request, bool aligned16,
+                     const Layout& layout) {
+  const char* const op = layout.op;
+  check_problem(p, device, op);
+  Part part;
+  const bool forced_path = request.path != Request::Path::kAuto;
+  part.decode = forced_path ? request.path == Request::Path::kDecode : p.q_len <= kDecodeMaxQueries;
+  part.why = forced_path ? " (forced by ONNXATTN_SDPA_CUDA_PATH)"
+             : part.decode ? " (Sq <= " + std::to_string(kDecodeMaxQueries) + ")"
+                           : " (Sq > " + std::to_string(kDecodeMaxQueries) + ")";
+  return plan_launch(p, dtype, device, request, aligned16, layout.per_batch_lengths, op, part);
+}
+
+RaggedPlan make_ragged_plan(const Params& p, DType dtype, const DeviceInfo& device, const Request& request,
+                            bool aligned16, int64_t tokens, const char* op) {
+  check_problem(p, device, op);
+  if (tokens < 0 || p.q_len < 0) fail(op, ": negative packed query rows (", tokens, ") or queries (", p.q_len, ")");
+  if (p.mask_kind != MaskKind::kNone) fail(op, ": the CUDA kernels take no mask with ragged query batches");
+  if (p.want_lse) fail(op, ": the CUDA kernels give no LSE output for ragged query batches");
+  RaggedPlan r;
+  r.tokens = tokens;
+  const int64_t queries = std::min(p.q_len, tokens);  // the most queries of one sequence
+  const bool forced = request.path != Request::Path::kAuto;
+  r.decode_max_queries = !forced ? kDecodeMaxQueries : request.path == Request::Path::kDecode ? std::max<int64_t>(queries, 1) : 0;
+  const int64_t dmax = r.decode_max_queries;
+  const std::string forced_why = " (forced by ONNXATTN_SDPA_CUDA_PATH)";
+  if (dmax >= 1 && tokens >= 1 && p.batch >= 1) {
+    Part part;
+    part.decode = part.ragged = true;
+    part.why = forced ? forced_why : " (sequences of 1.." + std::to_string(dmax) + " queries)";
+    part.max_queries = std::min(dmax, queries);
+    part.rows = std::min(tokens, dmax * p.batch);
+    part.sequences = std::min(p.batch, tokens);
+    r.decode = plan_launch(p, dtype, device, request, aligned16, /*per_batch=*/true, op, part);
+  }
+  if (queries > dmax && p.batch >= 1) {
+    Part part;
+    part.ragged = true;
+    part.why = forced ? forced_why : " (sequences of more than " + std::to_string(dmax) + " queries)";
+    part.max_queries = queries;
+    part.rows = tokens;
+    part.sequences = std::min(p.batch, tokens / (dmax + 1));
+    r.prefill = plan_launch(p, dtype, device, request, aligned16, /*per_batch=*/true, op, part);
+  }
+  if (r.decode.grid > 0 || r.prefill.grid > 0) r.schedule_grid = ceil_div(p.batch, tiles::kWarps);
+
+  size_t offset = 0;
+  auto take = [&](size_t bytes) {
+    const size_t at = offset;
+    offset += align_up(bytes, 256);
+    return at;
+  };
+  r.totals_offset = take(2 * sizeof(int32_t));
+  r.decode_items_offset = take(size_t(r.decode.work_tiles) * 2 * sizeof(int32_t));
+  r.prefill_items_offset = take(size_t(r.prefill.work_tiles) * 2 * sizeof(int32_t));
+  r.decode_offset = take(r.decode.scratch_bytes);
+  r.prefill_offset = take(r.prefill.scratch_bytes);
+  r.scratch_bytes = offset;
+  if (std::max(r.decode.work_tiles, r.prefill.work_tiles) > int64_t(0x7fffffff) || p.batch > int64_t(0x7fffffff)) {
+    fail(op, ": too many sequences or row tiles for the CUDA schedule");
+  }
+  r.reason = "ragged: " + (r.decode.grid > 0 ? r.decode.reason + ", " + std::to_string(r.decode.work_tiles) + " row tiles at most" : "no decode launch") +
+             "; " + (r.prefill.grid > 0 ? r.prefill.reason + ", " + std::to_string(r.prefill.work_tiles) + " row tiles at most" : "no prefill launch");
+  return r;
 }
 
 }  // namespace onnxattn::sdpa::cuda

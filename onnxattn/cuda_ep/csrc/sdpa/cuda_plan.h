@@ -57,6 +57,9 @@ struct LaunchPlan {
   int64_t grid = 0;           // CTAs of the attention kernel, one dimension
   size_t smem_bytes = 0;      // dynamic shared memory of the attention kernel
   int64_t min_split_keys = 0; // decode with per-batch lengths: keys a split covers at least (see make_plan)
+  // Ragged query batches (make_ragged_plan): the grid's bound on row tiles per KV head; each CTA takes its
+  // (sequence, row tile) from the schedule the device writes. 0: a uniform batch (row_tiles per batch).
+  int64_t work_tiles = 0;
   int64_t combine_grid = 0;   // CTAs of the combine kernel (0 when splits == 1)
   size_t scratch_bytes = 0;   // partial outputs + partial LSE (0 when splits == 1)
   size_t partial_lse_offset = 0;  // byte offset of the partial LSE inside scratch
@@ -70,7 +73,7 @@ inline constexpr int64_t kMaxSplits = 256;
 
 // How the attention core is called beyond Params: whether the query offsets and valid key counts come
 // per batch from device memory (fused ops with a shared KV-cache buffer; unknown on the host), and the op
-// named in error messages.
+// named in error messages. Paged K/V (Params::block_size > 0) works with either.
 struct Layout {
   bool per_batch_lengths = false;
   const char* op = kOpName;
@@ -82,6 +85,35 @@ struct Layout {
 // CUDA kernel can run the problem (e.g. D > 256).
 LaunchPlan make_plan(const Params& p, DType dtype, const DeviceInfo& device, const Request& request, bool aligned16,
                      const Layout& layout = {});
+
+// Ragged query batches (Tensors::q_starts / q_lengths in device memory, with per-sequence query offsets
+// and valid lengths; e.g. PagedAttention's packed tokens): the host knows only the packed row count and
+// the batch, so one call serves single-token decodes and prefill chunks together by their query count,
+// decided on the device. Sequences with 1 .. decode_max_queries queries go to `decode` (split-KV), longer
+// ones to `prefill`; a launch whose class may be empty on every input of this shape is left out (grid 0).
+// Before them, a schedule kernel (one warp per sequence) lists each launch's (sequence, row tile) items in
+// scratch; each grid covers a bound on their count (see make_ragged_plan in cuda_plan.cc) and CTAs past
+// the listed items return at once. The launch shapes depend only on the shapes, never on the values.
+struct RaggedPlan {
+  LaunchPlan decode;   // grid 0: not launched
+  LaunchPlan prefill;  // grid 0: not launched
+  int64_t tokens = 0;              // packed query rows T
+  int64_t decode_max_queries = 0;  // class boundary (0: every sequence goes to prefill)
+  int64_t schedule_grid = 0;       // CTAs of the schedule kernel (4 sequences each)
+  // Scratch, 256-aligned byte offsets: the item counts (int32 [2]: decode, prefill), the items (int32
+  // pairs {sequence, row tile}), then each launch's own scratch (split partials).
+  size_t totals_offset = 0, decode_items_offset = 0, prefill_items_offset = 0;
+  size_t decode_offset = 0, prefill_offset = 0;
+  size_t scratch_bytes = 0;
+  std::string reason;
+};
+
+// `p` describes sequences of up to p.q_len queries each (an upper bound: at most `tokens`) over keys
+// [0, p.kv_len) (paged: the capacity of a block-table row); Q and Y are packed [T, H, D] views (batch
+// stride ignored). Per-sequence query offsets and valid lengths are always per batch. Refuses masks and
+// LSE output. ONNXATTN_SDPA_CUDA_PATH=decode / prefill sends every sequence to that launch.
+RaggedPlan make_ragged_plan(const Params& p, DType dtype, const DeviceInfo& device, const Request& request,
+                            bool aligned16, int64_t tokens, const char* op = kOpName);
 
 // Strided views: every stride of Q, K, V, Y must be >= 0 (the last dim is contiguous by construction).
 // Throws InputError naming the tensor otherwise.

@@ -28,6 +28,7 @@ __global__ void __launch_bounds__(tiles::kThreads) prefill_mma_kernel(const Kern
   constexpr int kThreads = tiles::kThreads;
 
   extern __shared__ __align__(16) unsigned char smem[];
+  __shared__ int64_t q_start_s;  // the batch's first packed row (ragged), for the epilogue only
   uint16_t* const q_s = reinterpret_cast<uint16_t*>(smem);
   uint16_t* const k_s = q_s + kRows * kStride;
   uint16_t* const v_s = k_s + kKeys * kStride;
@@ -39,12 +40,11 @@ __global__ void __launch_bounds__(tiles::kThreads) prefill_mma_kernel(const Kern
   const int quad_row = lane / 4, quad_col = 2 * (lane % 4);
 
   // Coordinates; the last row tiles see the most keys under a causal mask, so they start first.
-  CtaCoords cta = cta_coords(a);
-  cta.row_tile = a.row_tiles - 1 - cta.row_tile;
-  const int64_t row_begin = cta.row_tile * kRows;
-  const int64_t row_end = min(row_begin + kRows, a.rows_per_head);
-  const SeqView seq = seq_view(a, cta.batch);
-  if (seq.skip) return;
+  const CtaWork work = cta_work(a, kRows, /*longest_first=*/true);
+  if (work.skip) return;
+  const CtaCoords& cta = work.cta;
+  const SeqView& seq = work.seq;
+  const int64_t row_begin = work.row_begin, row_end = work.row_end;
   const TileKeys keys = tile_keys(seq.structure, row_begin, row_end, a.group, seq.num_keys);
 
   const int d_chunks = (a.head_dim + 15) / 16 * 2;    // chunks read by the k-steps of S = Q K^T
@@ -62,14 +62,15 @@ __global__ void __launch_bounds__(tiles::kThreads) prefill_mma_kernel(const Kern
     const T* src = a.q;
     if (valid) {
       const RowRef ref = row_ref(a, cta.batch, cta.kv_head, r);
-      src = q_row(a, cta.batch, ref.head, ref.query) + c * 8;
+      src = q_row(a, cta.batch, ref.head, ref.query, seq.q_start) + c * 8;
     }
     cp_async_16(smem_u32(q_s + row * kStride + c * 8), src, valid);
   }
   cp_async_commit();  // group: Q
   // Rows [j0, j_end) of K or V into `dst`; rows outside and columns past `width` are zero. Each thread
   // keeps one chunk column and strides over rows (`row_stride` elements apart), so addresses advance by
-  // constants.
+  // constants; paged K/V looks each row's slot up in its block instead (a bad block index reads zeros),
+  // one row at a time: the next K tile loads at the kernel's register peak, where unrolled lookups spill.
   auto load_keys = [&](uint16_t* dst, const T* base, int64_t row_stride, int width, int chunks, int j0, int j_end) {
     constexpr int kRowStep = kThreads / kChunks;
     const int c = tid % kChunks;
@@ -78,6 +79,16 @@ __global__ void __launch_bounds__(tiles::kThreads) prefill_mma_kernel(const Kern
     const bool col_valid = c * 8 < width;
     const T* src = base + int64_t(j0 + row0) * row_stride + c * 8;
     const uint32_t dst_addr = smem_u32(dst + row0 * kStride + c * 8);
+    if (a.block_table != nullptr) {
+      const int32_t* const table = table_row(a, cta.batch);
+#pragma unroll 1
+      for (int i = 0; i < kKeys / kRowStep; ++i) {
+        const int j = j0 + row0 + i * kRowStep;
+        const int64_t slot = col_valid && j < j_end ? key_slot(a, table, j) : -1;
+        cp_async_16(dst_addr + i * kRowStep * kStride * 2, slot >= 0 ? base + slot * row_stride + c * 8 : base, slot >= 0);
+      }
+      return;
+    }
 #pragma unroll
     for (int i = 0; i < kKeys / kRowStep; ++i) {
       const bool valid = col_valid && j0 + row0 + i * kRowStep < j_end;
@@ -85,6 +96,7 @@ __global__ void __launch_bounds__(tiles::kThreads) prefill_mma_kernel(const Kern
     }
   };
 
+  if (tid == 0) q_start_s = seq.q_start;
   for (int row = tid; row < kRows; row += kThreads) {
     const int64_t r = min(row_begin + row, row_end - 1);
     const RowRef ref = row_ref(a, cta.batch, cta.kv_head, r);
@@ -107,7 +119,9 @@ __global__ void __launch_bounds__(tiles::kThreads) prefill_mma_kernel(const Kern
   const int any_begin = int(keys.any.begin), any_end = int(keys.any.end);
   const int all_begin = int(keys.all.begin), all_end = int(keys.all.end);
   const int steps = any_end > any_begin ? (any_end - any_begin + kKeys - 1) / kKeys : 0;
-  if (steps > 0) load_keys(k_s, k_base, a.k_stride[2], a.head_dim, d_chunks, any_begin, min(any_begin + kKeys, any_end));
+  if (steps > 0) {
+    load_keys(k_s, k_base, a.k_stride[2], a.head_dim, d_chunks, any_begin, min(any_begin + kKeys, any_end));
+  }
   cp_async_commit();  // group: K_0
   if (a.prep.active()) {  // while K_0 is in flight
     cp_async_wait<1>();
@@ -258,6 +272,8 @@ __global__ void __launch_bounds__(tiles::kThreads) prefill_mma_kernel(const Kern
   cp_async_wait<0>();
 
   // ---- Epilogue: Y = O / l, LSE = m + log(l); rows without a visible key give 0 and -inf.
+  __syncthreads();  // publishes q_start_s even when no key step (and no barrier) ran
+  const int64_t q_start = q_start_s;
 #pragma unroll
   for (int b = 0; b < kBlocks; ++b) {
 #pragma unroll
@@ -267,7 +283,7 @@ __global__ void __launch_bounds__(tiles::kThreads) prefill_mma_kernel(const Kern
       if (r >= row_end) continue;
       const RowRef ref = row_ref(a, cta.batch, cta.kv_head, r);
       const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
-      T* const y = y_row(a, cta.batch, ref.head, ref.query);
+      T* const y = y_row(a, cta.batch, ref.head, ref.query, q_start);
 #pragma unroll
       for (int n = 0; n < kOutN8; ++n) {
         const int col = n * 8 + quad_col;

@@ -61,7 +61,9 @@ __device__ __forceinline__ void prepare_query_tile(const KernelArgs<T>& a, const
     const int64_t r = row_begin + row;
     if (r >= row_end) break;  // warp-uniform
     const RowRef ref = row_ref(a, batch, kv_head, r);
-    const int64_t position = a.prep.position_ids != nullptr ? a.prep.position_ids[batch * a.q_len + ref.query]
+    // position_ids: [B, Sq], or [T] (packed rows) in a ragged batch
+    const int64_t at = a.q_starts != nullptr ? seq.q_start + ref.query : batch * a.q_len + ref.query;
+    const int64_t position = a.prep.position_ids != nullptr ? a.prep.position_ids[at]
                                                             : seq.structure.query_offset + ref.query;
     E* const x = tile + int64_t(row) * stride;
     prepare_row(x, x, a.head_dim, a.prep.row, position, post_scale, lane);

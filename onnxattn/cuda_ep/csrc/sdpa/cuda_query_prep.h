@@ -27,7 +27,8 @@ struct RowPrep {
 };
 
 // The query rows' transform. Query i of batch b sits at position position_ids[b * Sq + i] when given
-// (device memory, [B, Sq]), else at its key position (the query offset of its batch + i).
+// (device memory, [B, Sq]; a ragged batch: [T], at its packed row), else at its key position (the query
+// offset of its batch + i).
 template <typename T>
 struct QueryPrep {
   RowPrep<T> row;

@@ -1,5 +1,6 @@
 // Runs a LaunchPlan: fills the kernel arguments and enqueues the attention kernel (and the combine when
-// the keys are split). Also the per-device facts the plan needs.
+// the keys are split); a RaggedPlan: the device schedule, then each class's launch. Also the per-device
+// facts the plan needs.
 #include <mutex>
 #include <stdexcept>
 #include <string>
@@ -66,7 +67,39 @@ KernelArgs<T> make_args(const Params& p, const Tensors<T>& t, const LaunchPlan& 
   a.kv_lengths = t.kv_lengths;
   a.min_split_keys = plan.min_split_keys;
   a.prep = prep;
+  a.rows_per_cta = plan.rows_per_cta;
+  if (t.block_table != nullptr) {
+    a.block_table = t.block_table;
+    a.table_stride = p.block_table_stride;
+    a.num_blocks = p.num_blocks;
+    a.block_size = int(p.block_size);
+    const tiles::BlockDivider divider = tiles::block_divider(p.block_size);
+    a.block_mul = divider.mul;
+    a.block_shift = divider.shift;
+    a.k_stride[0] = a.v_stride[0] = 0;  // the pool: rows by slot, whatever the batch
+  }
   return a;
+}
+
+template <typename T>
+void launch_attention(const KernelArgs<T>& args, const LaunchPlan& plan, cudaStream_t stream) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (plan.kernel == Kernel::kMma) throw std::runtime_error(str_cat(kOpName, ": float32 has no mma kernel"));
+    launch_simt(args, plan, stream);
+  } else {
+    if (plan.kernel == Kernel::kSimt) {
+      launch_simt(args, plan, stream);
+    } else if (plan.schedule == Schedule::kDecode) {
+      launch_decode_mma(args, plan, stream);
+    } else {
+      launch_prefill_mma(args, plan, stream);
+    }
+  }
+  check_cuda(cudaGetLastError(), "launching the attention kernel");
+  if (plan.splits > 1) {
+    launch_combine(args, plan, stream);
+    check_cuda(cudaGetLastError(), "launching the split combine kernel");
+  }
 }
 
 }  // namespace
@@ -103,23 +136,57 @@ void run(const Params& p, const Tensors<T>& t, const LaunchPlan& plan, void* str
                                      " bytes of scratch, got ", scratch_bytes));
   }
   const cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
-  const KernelArgs<T> args = make_args(p, t, plan, scratch, prep);
-  if constexpr (std::is_same_v<T, float>) {
-    if (plan.kernel == Kernel::kMma) throw std::runtime_error(str_cat(kOpName, ": float32 has no mma kernel"));
-    launch_simt(args, plan, stream);
-  } else {
-    if (plan.kernel == Kernel::kSimt) {
-      launch_simt(args, plan, stream);
-    } else if (plan.schedule == Schedule::kDecode) {
-      launch_decode_mma(args, plan, stream);
-    } else {
-      launch_prefill_mma(args, plan, stream);
-    }
+  launch_attention(make_args(p, t, plan, scratch, prep), plan, stream);
+}
+
+template <typename T>
+void run_ragged(const Params& p, const Tensors<T>& t, const RaggedPlan& plan, void* stream_ptr, void* scratch,
+                size_t scratch_bytes, const QueryPrep<T>& prep) {
+  if (plan.schedule_grid == 0) return;  // no sequence can have a row
+  if (scratch == nullptr || scratch_bytes < plan.scratch_bytes) {
+    throw std::runtime_error(str_cat(kOpName, ": the CUDA ragged plan needs ", plan.scratch_bytes,
+                                     " bytes of scratch, got ", scratch_bytes));
   }
-  check_cuda(cudaGetLastError(), "launching the attention kernel");
-  if (plan.splits > 1) {
-    launch_combine(args, plan, stream);
-    check_cuda(cudaGetLastError(), "launching the split combine kernel");
+  const cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
+  unsigned char* const base = static_cast<unsigned char*>(scratch);
+  int* const totals = reinterpret_cast<int*>(base + plan.totals_offset);
+  int2* const items[2] = {reinterpret_cast<int2*>(base + plan.decode_items_offset),
+                          reinterpret_cast<int2*>(base + plan.prefill_items_offset)};
+  const LaunchPlan* const parts[2] = {&plan.decode, &plan.prefill};
+  const size_t offsets[2] = {plan.decode_offset, plan.prefill_offset};
+
+  ScheduleArgs s{};
+  s.q_starts = t.q_starts;
+  s.q_lengths = t.q_lengths;
+  s.kv_lengths = t.kv_lengths;
+  s.batch = p.batch;
+  s.tokens = plan.tokens;
+  s.q_len = p.q_len;
+  s.group = p.group_size();
+  s.decode_max_queries = plan.decode_max_queries;
+  s.totals = totals;
+  for (int c = 0; c < 2; ++c) {
+    s.items[c] = items[c];
+    s.work_tiles[c] = parts[c]->grid > 0 ? parts[c]->work_tiles : 0;
+    s.rows_per_cta[c] = parts[c]->rows_per_cta > 0 ? parts[c]->rows_per_cta : 1;
+  }
+  launch_schedule(s, plan.schedule_grid, stream);
+  check_cuda(cudaGetLastError(), "launching the ragged schedule kernel");
+
+  for (int c = 0; c < 2; ++c) {
+    const LaunchPlan& part = *parts[c];
+    if (part.grid == 0) continue;
+    KernelArgs<T> args = make_args(p, t, part, base + offsets[c], prep);
+    args.q_starts = t.q_starts;
+    args.q_lengths = t.q_lengths;
+    args.tokens = plan.tokens;
+    args.work_items = items[c];
+    args.work_total = totals + c;
+    args.work_tiles = part.work_tiles;
+    args.out_rows = part.work_tiles * p.kv_heads * part.rows_per_cta;
+    args.q_stride[0] = args.y_stride[0] = 0;  // packed rows: sequences start at q_starts
+    args.lse = nullptr;
+    launch_attention(args, part, stream);
   }
 }
 
@@ -129,5 +196,11 @@ template void run<Float16>(const Params&, const Tensors<Float16>&, const LaunchP
                            const QueryPrep<Float16>&);
 template void run<BFloat16>(const Params&, const Tensors<BFloat16>&, const LaunchPlan&, void*, void*, size_t,
                             const QueryPrep<BFloat16>&);
+template void run_ragged<float>(const Params&, const Tensors<float>&, const RaggedPlan&, void*, void*, size_t,
+                                const QueryPrep<float>&);
+template void run_ragged<Float16>(const Params&, const Tensors<Float16>&, const RaggedPlan&, void*, void*, size_t,
+                                  const QueryPrep<Float16>&);
+template void run_ragged<BFloat16>(const Params&, const Tensors<BFloat16>&, const RaggedPlan&, void*, void*, size_t,
+                                   const QueryPrep<BFloat16>&);
 
 }  // namespace onnxattn::sdpa::cuda

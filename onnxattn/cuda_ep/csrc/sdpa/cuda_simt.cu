@@ -26,18 +26,20 @@ __global__ void __launch_bounds__(tiles::kThreads) simt_kernel(const KernelArgs<
   float* const q_s = simt_smem;                        // [32][D], pre-scaled
   float* const k_s = q_s + tiles::kSimtRows * dim;     // [32][D + 1]
   float* const v_s = k_s + kKeys * (dim + 1);          // [32][Dv]
+  __shared__ int64_t slot_s[kKeys];                    // paged: the pool slots of this step's keys
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-  const CtaCoords cta = cta_coords(a);
-  const int64_t row_begin = cta.row_tile * tiles::kSimtRows;
-  const int64_t row_end = min(row_begin + tiles::kSimtRows, a.rows_per_head);
-  const SeqView seq = seq_view(a, cta.batch);
-  if (seq.skip) return;
+  const CtaWork work = cta_work(a, tiles::kSimtRows, /*longest_first=*/false);
+  if (work.skip) return;
+  const CtaCoords& cta = work.cta;
+  const SeqView& seq = work.seq;
+  const int64_t row_begin = work.row_begin, row_end = work.row_end;
   const TileKeys keys = tile_keys(seq.structure, row_begin, row_end, a.group, seq.num_keys);
   const KeyRange range = split_keys(keys.any, cta.split, a.splits, kKeys, a.min_split_keys);
   const T* const k_base = a.k + cta.batch * a.k_stride[0] + cta.kv_head * a.k_stride[1];
   const T* const v_base = a.v + cta.batch * a.v_stride[0] + cta.kv_head * a.v_stride[1];
   const int64_t k_row_stride = a.k_stride[2], v_row_stride = a.v_stride[2];
+  const int32_t* const table = table_row(a, cta.batch);
 
   const bool prep = a.prep.active();
   for (int idx = tid; idx < tiles::kSimtRows * dim; idx += tiles::kThreads) {
@@ -46,7 +48,7 @@ __global__ void __launch_bounds__(tiles::kThreads) simt_kernel(const KernelArgs<
     float value = 0.0f;
     if (r < row_end) {
       const RowRef ref = row_ref(a, cta.batch, cta.kv_head, r);
-      value = to_float(q_row(a, cta.batch, ref.head, ref.query)[d]) * (prep ? 1.0f : a.scale);
+      value = to_float(q_row(a, cta.batch, ref.head, ref.query, seq.q_start)[d]) * (prep ? 1.0f : a.scale);
     }
     q_s[idx] = value;
   }
@@ -76,14 +78,22 @@ __global__ void __launch_bounds__(tiles::kThreads) simt_kernel(const KernelArgs<
 
   for (int64_t j0 = range.begin; j0 < range.end; j0 += kKeys) {
     const int count = int(min(int64_t(kKeys), range.end - j0));
-    __syncthreads();  // the previous step is done with K and V
+    __syncthreads();  // the previous step is done with K, V and the slots
+    if (table != nullptr) {  // paged: each key's slot looked up once per step (CTA-uniform branch)
+      if (tid < kKeys) slot_s[tid] = tid < count ? key_slot(a, table, int(j0) + tid) : -1;
+      __syncthreads();
+    }
+    // -1: past the range, or a bad block index: zeros
+    auto slot_of = [&](int c) -> int64_t { return table != nullptr ? slot_s[c] : c < count ? j0 + c : -1; };
     for (int idx = tid; idx < kKeys * dim; idx += tiles::kThreads) {
       const int c = idx / dim, d = idx % dim;
-      k_s[c * (dim + 1) + d] = c < count ? to_float(k_base[(j0 + c) * k_row_stride + d]) : 0.0f;
+      const int64_t slot = slot_of(c);
+      k_s[c * (dim + 1) + d] = slot >= 0 ? to_float(k_base[slot * k_row_stride + d]) : 0.0f;
     }
     for (int idx = tid; idx < kKeys * v_dim; idx += tiles::kThreads) {
       const int c = idx / v_dim, e = idx % v_dim;
-      v_s[idx] = c < count ? to_float(v_base[(j0 + c) * v_row_stride + e]) : 0.0f;
+      const int64_t slot = slot_of(c);
+      v_s[idx] = slot >= 0 ? to_float(v_base[slot * v_row_stride + e]) : 0.0f;
     }
     __syncthreads();
 
@@ -136,8 +146,8 @@ __global__ void __launch_bounds__(tiles::kThreads) simt_kernel(const KernelArgs<
     const int64_t r = row_begin + warp * kRowsPerWarp + rr;
     if (r >= row_end) continue;
     const RowRef ref = row_ref(a, cta.batch, cta.kv_head, r);
-    const int64_t out_row = ref.out_row;
-    T* const y = y_row(a, cta.batch, ref.head, ref.query);
+    const int64_t out_row = partial_row(a, work, ref, r);  // the uniform out row when not ragged
+    T* const y = y_row(a, cta.batch, ref.head, ref.query, seq.q_start);
     const float inv = l[rr] > 0.0f ? 1.0f / l[rr] : 0.0f;
 #pragma unroll
     for (int ch = 0; ch < kChunks; ++ch) {
@@ -168,7 +178,22 @@ __global__ void __launch_bounds__(tiles::kThreads) combine_kernel(const KernelAr
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t row = int64_t(blockIdx.x) * tiles::kCombineRowsPerCta + warp;
   if (row >= a.out_rows) return;  // whole warps leave; no CTA barrier follows
-  if (a.kv_lengths != nullptr && a.kv_lengths[row / (a.q_heads * a.q_len)] < 0) return;  // a skipped sequence
+  T* y = nullptr;
+  if (a.work_items == nullptr) {
+    if (a.kv_lengths != nullptr && a.kv_lengths[row / (a.q_heads * a.q_len)] < 0) return;  // a skipped sequence
+    y = y_row(a, row);
+  } else {
+    // Ragged: the partial row of (item, KV head, tile row); rows the attention skipped are never read.
+    const int64_t item = row / (a.kv_heads * a.rows_per_cta);
+    if (item >= min(int64_t(*a.work_total), a.work_tiles)) return;
+    const int2 it = a.work_items[item];
+    if (it.x < 0 || it.x >= a.batch) return;
+    const SeqView seq = seq_view(a, it.x);
+    const int64_t r = int64_t(it.y) * a.rows_per_cta + row % a.rows_per_cta;
+    if (seq.skip || r >= seq.rows) return;
+    const int64_t kv_head = (row / a.rows_per_cta) % a.kv_heads;
+    y = y_row(a, it.x, kv_head * a.group + r % a.group, r / a.group, seq.q_start);
+  }
   const int splits = int(a.splits);
   float big = kNegInf;
   for (int s = lane; s < splits; s += 32) big = fmaxf(big, a.partial_lse[s * a.out_rows + row]);
@@ -184,7 +209,6 @@ __global__ void __launch_bounds__(tiles::kThreads) combine_kernel(const KernelAr
   __syncwarp();
   const float inv = total > 0.0f ? 1.0f / total : 0.0f;
   const int v_dim = a.v_head_dim;
-  T* const y = y_row(a, row);
   for (int e = lane; e < v_dim; e += 32) {
     float acc = 0.0f;
     for (int s = 0; s < splits; ++s) {
@@ -196,7 +220,54 @@ __global__ void __launch_bounds__(tiles::kThreads) combine_kernel(const KernelAr
   if (lane == 0 && a.lse != nullptr) a.lse[row] = total > 0.0f ? big + logf(total) : kNegInf;
 }
 
+// One warp per sequence: its class by query count, the row tiles of the sequences before it in that class
+// (the warp sums them itself: O(B) reads, no cross-block step), then its own items. Sequences without
+// rows, skipped ones (negative length) and those whose rows the sanitising rule drops get no items. Item
+// lists never grow past their capacity (the plan's bound; a caller breaking its contract loses rows, it
+// never writes outside the lists).
+__global__ void __launch_bounds__(tiles::kThreads) schedule_kernel(const ScheduleArgs s) {
+  const int lane = threadIdx.x % 32;
+  const int64_t b = int64_t(blockIdx.x) * tiles::kWarps + threadIdx.x / 32;
+  if (b >= s.batch) return;
+  // (class, tiles) of sequence i: class 0 decode, 1 prefill, -1 none.
+  auto tiles_of = [&](int64_t i, int& cls) -> int64_t {
+    const int64_t n = ragged_rows(s.q_starts, s.q_lengths, i, s.q_len, s.tokens).count;
+    cls = n == 0 || s.kv_lengths[i] < 0 ? -1 : n <= s.decode_max_queries ? 0 : 1;
+    if (cls < 0 || s.work_tiles[cls] == 0) {
+      cls = -1;
+      return 0;
+    }
+    return (n * s.group + s.rows_per_cta[cls] - 1) / s.rows_per_cta[cls];
+  };
+  int64_t before[2] = {0, 0};
+  for (int64_t i = lane; i < b; i += 32) {
+    int cls;
+    const int64_t n = tiles_of(i, cls);
+    if (cls >= 0) before[cls] += n;
+  }
+  for (int c = 0; c < 2; ++c) {
+    for (int o = 16; o > 0; o /= 2) before[c] += __shfl_xor_sync(0xffffffffu, before[c], o);
+  }
+  int cls;
+  const int64_t mine = tiles_of(b, cls);
+  if (cls >= 0) {
+    for (int64_t t = lane; t < mine && before[cls] + t < s.work_tiles[cls]; t += 32) {
+      s.items[cls][before[cls] + t] = make_int2(int(b), int(t));
+    }
+  }
+  if (b == s.batch - 1 && lane == 0) {
+    for (int c = 0; c < 2; ++c) {
+      const int64_t total = before[c] + (cls == c ? mine : 0);
+      s.totals[c] = int(min(total, s.work_tiles[c]));
+    }
+  }
+}
+
 }  // namespace
+
+void launch_schedule(const ScheduleArgs& args, int64_t grid, cudaStream_t stream) {
+  schedule_kernel<<<unsigned(grid), tiles::kThreads, 0, stream>>>(args);
+}
 
 template <typename T>
 void launch_simt(const KernelArgs<T>& args, const LaunchPlan& plan, cudaStream_t stream) {

@@ -60,6 +60,20 @@ constexpr size_t simt_smem_bytes(int64_t head_dim, int64_t v_head_dim) {
   return size_t(kSimtRows * head_dim + kSimtKeys * (head_dim + 1) + kSimtKeys * v_head_dim) * 4;
 }
 
+// ---- paged K/V: division of key indices (0 <= j < 2^31) by the block size d (1 <= d <= 2^30) without a
+// divide instruction: j / d == (umulhi(j, mul) + j) >> shift with shift = ceil(log2 d) and
+// mul = floor(2^32 (2^shift - d) / d) + 1 (the round-up method; tests/test_paged_cuda_host.py checks it).
+struct BlockDivider {
+  uint32_t mul, shift;
+};
+constexpr BlockDivider block_divider(int64_t d) {
+  if (d < 1 || d > (int64_t(1) << 30)) return {0, 0};  // outside the contract (the plan refuses it)
+  uint32_t shift = 0;
+  while ((int64_t(1) << shift) < d) ++shift;
+  const uint64_t mul = ((uint64_t(1) << 32) * ((uint64_t(1) << shift) - uint64_t(d))) / uint64_t(d) + 1;
+  return {uint32_t(mul), shift};
+}
+
 // ---- combine: one warp per output row.
 inline constexpr int kCombineRowsPerCta = kWarps;
 

@@ -51,6 +51,9 @@ struct Params {
   // Paged K/V (with Tensors::block_table): slots per block and entries per block-table row.
   int64_t block_size = 0;
   int64_t block_table_stride = 0;
+  // Blocks in the pool (CUDA kernels: a table entry outside [0, num_blocks) reads as zero keys instead of
+  // out-of-bounds memory; 0: unchecked). The CPU kernels rely on the caller's checks (paged::check_layout).
+  int64_t num_blocks = 0;
   // Block-sparse attention (with Tensors::sparse_blocks; NativeSparseAttention, SparseRoutedAttention): row
   // (b, h, i) sees only the keys of the blocks its list names — block c is keys [c * sparse_block_size,
   // (c + 1) * sparse_block_size) — within its structural range. Lists have sparse_list_len entries
@@ -106,6 +109,7 @@ struct Tensors {
   const int64_t* kv_lengths = nullptr;     // [B] valid keys (instead of Skv)
   // Ragged query batches (packed tokens): sequence b's rows start at packed row q_starts[b] (Q and Y use
   // only their head and seq strides from there) and it has q_lengths[b] <= Sq rows. No LSE output.
+  // (CUDA: device memory, like query_offsets and kv_lengths; see sdpa::cuda::make_ragged_plan.)
   const int64_t* q_starts = nullptr;
   const int64_t* q_lengths = nullptr;
   // Paged K/V: key j of sequence b is slot j % block_size of block block_table[b * block_table_stride +
