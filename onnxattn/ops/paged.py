@@ -61,7 +61,12 @@ two sequences must not receive new tokens (copy it on write first).
 
 **Bad input.** The kernel checks, before reading anything: cu_seqlens_q starts at 0, never decreases and
 ends at T; `0 <= q_b <= seq_lens[b] <= max_blocks * block_size`; every block index it will read or write
-is in `[0, num_blocks)`. The reference function cannot raise on data; it clamps block indices.
+is in `[0, num_blocks)`. The CPU kernel raises an error naming the input. The CUDA kernel cannot raise
+without synchronising the host (the index inputs stay on the device), so it makes the same checks on the
+device and, instead of an error, gives a failing sequence NaN output rows and writes none of its slots
+(every sequence fails when cu_seqlens_q is not a partition of the T rows); it never reads or writes
+outside its inputs and outputs. Validate on the host first where an error is needed. The reference
+function cannot raise on data; it clamps block indices.
 """
 
 FEATURES = ("pos", "qnorm", "knorm", "inv_freq", "present")

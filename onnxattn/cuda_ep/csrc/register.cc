@@ -64,6 +64,9 @@ void add_all_ops(Ort::CustomOpDomain& domain) {
     domain.Add(gqa::cuda_op<float>());
     domain.Add(gqa::cuda_op<Float16>());
     domain.Add(gqa::cuda_op<BFloat16>());
+    domain.Add(paged::cuda_op<float>());
+    domain.Add(paged::cuda_op<Float16>());
+    domain.Add(paged::cuda_op<BFloat16>());
     domain.Add(sparse::nsa_cuda_op<float>());
     domain.Add(sparse::nsa_cuda_op<Float16>());
     domain.Add(sparse::nsa_cuda_op<BFloat16>());

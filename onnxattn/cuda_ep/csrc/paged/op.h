@@ -7,4 +7,8 @@ namespace onnxattn::paged {
 template <typename T>
 const OrtCustomOp* cpu_op();
 
+// Built only with CUDA (paged/op_cuda.cc).
+template <typename T>
+const OrtCustomOp* cuda_op();
+
 }  // namespace onnxattn::paged

@@ -1,0 +1,101 @@
+#pragma once
+// The onnxruntime adapter of PagedAttention shared by the CPU (op.cc) and CUDA (op_cuda.cc) kernels:
+// attributes at session creation; per call, shapes through make_params and the tensors' pointers (the
+// output pools when the node asks for them); the op's signature, including the in-place declaration of
+// the pools. Each provider adds only its Compute.
+//
+// In place: GetMayInplace lets onnxruntime hand the output pools the input pools' buffers, and I/O binding
+// of each output to its input's OrtValue does the same explicitly (the serving pattern); the kernels then
+// write only the new tokens. Other output buffers first receive a copy of the pools.
+#include "common/ort_adapter.h"
+#include "gqa/attributes.h"
+#include "paged/params.h"
+
+namespace onnxattn::paged::adapter {
+
+inline ONNXTensorElementDataType input_type(size_t index, ONNXTensorElementDataType t) {
+  switch (index) {
+    case kBlockTable:
+    case kCuSeqlensQ:
+    case kSeqLens: return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32;
+    case kPositionIds: return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64;
+    case kInvFreq: return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+    default: return t;
+  }
+}
+
+// One call's checked shapes and pointers; key_cache_out/value_cache_out are null when the node does not ask
+// for the pools (the kernel then needs its own copies).
+template <typename T>
+struct Call {
+  Params params;
+  Tensors<T> tensors;
+};
+
+template <typename T>
+Call<T> prepare(const gqa::Attributes& attrs, Ort::KernelContext& ctx) {
+  Ort::ConstValue in[kNumInputs];
+  Shapes shapes;
+  for (size_t i = 0; i < kNumInputs; ++i) {
+    in[i] = ort::optional_input(ctx, i);
+    if (in[i]) shapes.inputs[i] = ort::shape_of(in[i]);
+  }
+  Call<T> call{make_params(shapes, attrs), {}};
+  const Params& p = call.params;
+  Tensors<T>& t = call.tensors;
+  t.query = ort::data_of<T>(in[kQuery]);
+  t.key = ort::data_of<T>(in[kKey]);
+  t.value = ort::data_of<T>(in[kValue]);
+  t.key_cache = ort::data_of<T>(in[kKeyCache]);
+  t.value_cache = ort::data_of<T>(in[kValueCache]);
+  t.block_table = ort::data_of<int32_t>(in[kBlockTable]);
+  t.cu_seqlens_q = ort::data_of<int32_t>(in[kCuSeqlensQ]);
+  t.seq_lens = ort::data_of<int32_t>(in[kSeqLens]);
+  t.position_ids = ort::data_of<int64_t>(in[kPositionIds]);
+  t.q_norm_weight = ort::data_of<T>(in[kQNorm]);
+  t.k_norm_weight = ort::data_of<T>(in[kKNorm]);
+  t.inv_freq = ort::data_of<float>(in[kInvFreq]);
+  Ort::UnownedValue output = ctx.GetOutput(kOutput, p.output_shape());
+  t.output = ort::data_of<T>(output);
+  if (ctx.GetOutputCount() > kValueCacheOut) {
+    Ort::UnownedValue key_out = ctx.GetOutput(kKeyCacheOut, p.pool_shape(p.head_dim));
+    Ort::UnownedValue value_out = ctx.GetOutput(kValueCacheOut, p.pool_shape(p.v_head_dim));
+    t.key_cache_out = ort::data_of<T>(key_out);
+    t.value_cache_out = ort::data_of<T>(value_out);
+  }
+  return call;
+}
+
+// The op's signature, shared by every provider; Derived supplies the provider name, Kernel the Compute
+// (constructed from the attributes).
+template <typename Derived, typename Kernel, typename T>
+struct OpBase : Ort::CustomOpBase<Derived, Kernel, /*WithStatus=*/true> {
+  OpBase() {
+    // The output pools may reuse the input pools' buffers (in-place update).
+    OrtCustomOp::GetMayInplace = [](int** input_index, int** output_index) -> size_t {
+      *input_index = new int[2]{int(kKeyCache), int(kValueCache)};
+      *output_index = new int[2]{int(kKeyCacheOut), int(kValueCacheOut)};
+      return 2;
+    };
+    OrtCustomOp::ReleaseMayInplace = [](int* input_index, int* output_index) {
+      delete[] input_index;
+      delete[] output_index;
+    };
+  }
+  OrtStatusPtr CreateKernelV2(const OrtApi& /*api*/, const OrtKernelInfo* info, void** kernel) const {
+    return ort::guarded([&] { *kernel = new Kernel{gqa::read_attributes(info, kOpName)}; });
+  }
+  const char* GetName() const { return kOpName; }
+  size_t GetInputTypeCount() const { return kNumInputs; }
+  ONNXTensorElementDataType GetInputType(size_t index) const { return input_type(index, ort::TypeOf<T>::value); }
+  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t index) const {
+    return index <= kSeqLens ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
+  }
+  size_t GetOutputTypeCount() const { return kNumOutputs; }
+  ONNXTensorElementDataType GetOutputType(size_t /*index*/) const { return ort::TypeOf<T>::value; }
+  OrtCustomOpInputOutputCharacteristic GetOutputCharacteristic(size_t index) const {
+    return index == kOutput ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
+  }
+};
+
+}  // namespace onnxattn::paged::adapter
