@@ -5,11 +5,13 @@
 #      onnxruntime-gpu's CUDA EP, checking the node ran there (e.g. tests/gpu/test_sdpa_cuda_ort.py)
 #   2. GroupQueryAttention: the same two levels (tests/gpu/test_gqa_cuda_kernels.py, test_gqa_cuda_ort.py)
 #   2b. NativeSparseAttention / SparseRoutedAttention through the CUDA EP (tests/gpu/test_sparse_cuda_ort.py)
-#   3. compute-sanitizer on representative launches of the family whose tests failed
-#   4. the benchmarks (benchmarks/bench_sdpa_cuda.py, benchmarks/bench_gqa_cuda.py, benchmarks/bench_mla_cuda.py)
+#   2c. PagedAttention: kernels via ctypes, then the CUDA EP (tests/gpu/test_paged_cuda_kernels.py, _ort.py)
+#   3. compute-sanitizer memcheck on PagedAttention's launches and bad index inputs (every run), and on
+#      representative launches of every other family whose tests failed
+#   4. the benchmarks (benchmarks/bench_sdpa_cuda.py, bench_gqa_cuda.py, bench_mla_cuda.py, bench_paged_cuda.py)
 # then prints one summary table and writes JSON under $OUT (the device tool's output folder; out/gpu_check
-# elsewhere): gpu_check.json (summary), bench_sdpa_cuda.json, bench_gqa_cuda.json, gpu_tests.xml,
-# gpu_tests_gqa.xml, gpu_check.log.
+# elsewhere): gpu_check.json (summary), bench_sdpa_cuda.json, bench_gqa_cuda.json, bench_paged_cuda.json,
+# gpu_tests.xml, gpu_tests_gqa.xml, gpu_tests_paged.xml, gpu_check.log.
 #
 # Nothing compiles on the GPU machine. Here, first:
 #   cmake -S . -B build/gpu -G Ninja -DONNXATTN_CUDA=ON -DONNXATTN_CUDA_ARCHS="80;90a" -DONNXATTN_WERROR=ON
@@ -19,9 +21,9 @@
 # them. Without them the onnxruntime checks and baseline are skipped, saying why. Then the one call:
 #   command: ONNXATTN_COMMIT=<git rev-parse HEAD> bash scripts/gpu_check.sh
 #   carry:   ["build/gpu/onnxattn/cuda_ep/libonnxattn_ops.so"]      timeout_s: 540
-# (stages are capped at 130 s tests + 110 s GQA tests + 60 s sparse tests + 90 s memcheck, only after a
-# failure, + 100 s SDPA benchmark + 70 s GQA benchmark + 30 s MLA benchmark = 590 s with a failure, 500 s
-# without; use timeout_s 600; expect ~4 min)
+# (the stage caps below (CAP_*) add up to 510 s in the worst case: test stages 85 + 70 + 40 + 55 s, each
+# with 5 s for pytest to write its report after the interrupt, memcheck 60 s, benchmarks 70 + 45 + 20 + 30 s,
+# and ~25 s of setup (onnxruntime-gpu install, environment), under the call's 540 s; expect ~5 min)
 # Commit the bench JSON it returns under benchmarks/results/.
 #
 # Environment: ONNXATTN_LIBRARY (default: the carried build), GPU_CHECK_QUICK=1 (smaller benchmark),
@@ -32,6 +34,10 @@ cd "$(dirname "$0")/.."
 root=$PWD
 OUT=${OUT:-$root/out/gpu_check}
 mkdir -p "$OUT"
+# Stage caps in seconds; keep their sum (+ 5 s per test stage, + ~25 s setup) under the device call's 540 s.
+# CAP_SPARSE_TESTS is the sparse-attention stage's (NativeSparseAttention / SparseRoutedAttention).
+CAP_TESTS=85 CAP_GQA_TESTS=70 CAP_SPARSE_TESTS=40 CAP_PAGED_TESTS=55 CAP_SANITIZE=60
+CAP_BENCH_SDPA=70 CAP_BENCH_GQA=45 CAP_BENCH_MLA=20 CAP_BENCH_PAGED=30
 
 main() {
 
@@ -73,50 +79,65 @@ PY
 # cap interrupts pytest (SIGINT) so it still writes its JUnit report.
 echo "== GPU tests but GroupQueryAttention's (ScaledDotProductAttention, ...: kernels via ctypes, then onnxruntime CUDA EP)"
 # shellcheck disable=SC2086
-CUDA_LAUNCH_BLOCKING=1 timeout -s INT -k 10 130 python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu \
+CUDA_LAUNCH_BLOCKING=1 timeout -s INT -k 5 "$CAP_TESTS" python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu \
+  --ignore=tests/gpu/test_paged_cuda_kernels.py --ignore=tests/gpu/test_paged_cuda_ort.py \
   --ignore=tests/gpu/test_gqa_cuda_kernels.py --ignore=tests/gpu/test_gqa_cuda_ort.py --ignore=tests/gpu/test_sparse_cuda_ort.py \
   -rfEs --junitxml="$OUT/gpu_tests.xml" ${GPU_CHECK_PYTEST_ARGS:-}
 tests_rc=$?
 echo "== GroupQueryAttention tests (kernels via ctypes, then onnxruntime CUDA EP)"
 # shellcheck disable=SC2086
-CUDA_LAUNCH_BLOCKING=1 timeout -s INT -k 10 110 python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu/test_gqa_cuda_kernels.py \
+CUDA_LAUNCH_BLOCKING=1 timeout -s INT -k 5 "$CAP_GQA_TESTS" python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu/test_gqa_cuda_kernels.py \
   tests/gpu/test_gqa_cuda_ort.py -rfEs --junitxml="$OUT/gpu_tests_gqa.xml" ${GPU_CHECK_PYTEST_ARGS:-}
 gqa_tests_rc=$?
 echo "== Sparse attention tests (NativeSparseAttention, SparseRoutedAttention through onnxruntime CUDA EP)"
 # shellcheck disable=SC2086
-CUDA_LAUNCH_BLOCKING=1 timeout -s INT -k 10 60 python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu/test_sparse_cuda_ort.py \
+CUDA_LAUNCH_BLOCKING=1 timeout -s INT -k 5 "$CAP_SPARSE_TESTS" python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu/test_sparse_cuda_ort.py \
   -rfEs --junitxml="$OUT/gpu_tests_sparse.xml" ${GPU_CHECK_PYTEST_ARGS:-}
 sparse_tests_rc=$?
 echo "Sparse attention tests: rc=$sparse_tests_rc (report gpu_tests_sparse.xml)"
 
-families=()
+echo "== PagedAttention tests (kernels via ctypes, then onnxruntime CUDA EP)"
+# shellcheck disable=SC2086
+CUDA_LAUNCH_BLOCKING=1 timeout -s INT -k 5 "$CAP_PAGED_TESTS" python3 -m pytest -q -p no:cacheprovider -m gpu \
+  tests/gpu/test_paged_cuda_kernels.py tests/gpu/test_paged_cuda_ort.py -rfEs --junitxml="$OUT/gpu_tests_paged.xml" \
+  ${GPU_CHECK_PYTEST_ARGS:-}
+paged_tests_rc=$?
+
+# PagedAttention always: its bad index inputs must stay inside every buffer, which only memcheck shows.
+families=(paged)
 if [ "$tests_rc" != 0 ] || [ "${GPU_CHECK_SANITIZE:-0}" = 1 ]; then families+=(sdpa); fi  # sanitize_cases.py
 if [ "$gqa_tests_rc" != 0 ] || [ "${GPU_CHECK_SANITIZE:-0}" = 1 ]; then families+=(gqa); fi
-if [ "${#families[@]}" != 0 ]; then
-  echo "== compute-sanitizer on representative launches of: ${families[*]} (tests/gpu/sanitize_cases.py)"
-  tools=(memcheck)
-  if [ "${GPU_CHECK_SANITIZE:-0}" = 1 ]; then tools+=(racecheck); fi
-  for tool in "${tools[@]}"; do
-    timeout $(( 90 / ${#tools[@]} )) compute-sanitizer --tool "$tool" --error-exitcode 9 --print-limit 20 \
-      python3 tests/gpu/sanitize_cases.py "${families[@]}" || echo "compute-sanitizer $tool: exit $?"
-  done
-fi
+echo "== compute-sanitizer on representative launches of: ${families[*]} (tests/gpu/sanitize_cases.py)"
+tools=(memcheck)
+if [ "${GPU_CHECK_SANITIZE:-0}" = 1 ]; then tools+=(racecheck); fi
+sanitize_rc=0
+for tool in "${tools[@]}"; do
+  # One allocation per tensor (no caching allocator), so a stray access lands outside every allocation.
+  PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout $(( CAP_SANITIZE / ${#tools[@]} )) compute-sanitizer --tool "$tool" \
+    --error-exitcode 9 --print-limit 20 python3 tests/gpu/sanitize_cases.py "${families[@]}"
+  rc=$?
+  echo "compute-sanitizer $tool: exit $rc"
+  if [ "$rc" = 124 ]; then echo "  (interrupted at its cap: the cases printed above ran)"; elif [ "$rc" != 0 ]; then sanitize_rc=$rc; fi
+done
 
 echo "== benchmarks"
 quick=()
 if [ "${GPU_CHECK_QUICK:-0}" = 1 ]; then quick=(--quick); fi
-timeout 100 python3 benchmarks/bench_sdpa_cuda.py --out "$OUT/bench_sdpa_cuda.json" "${quick[@]}"
+timeout "$CAP_BENCH_SDPA" python3 benchmarks/bench_sdpa_cuda.py --out "$OUT/bench_sdpa_cuda.json" "${quick[@]}"
 bench_rc=$?
-timeout 70 python3 benchmarks/bench_gqa_cuda.py --out "$OUT/bench_gqa_cuda.json" "${quick[@]}"
+timeout "$CAP_BENCH_GQA" python3 benchmarks/bench_gqa_cuda.py --out "$OUT/bench_gqa_cuda.json" "${quick[@]}"
 gqa_bench_rc=$?
-timeout 30 python3 benchmarks/bench_mla_cuda.py --out "$OUT/bench_mla_cuda.json" "${quick[@]}"
+timeout "$CAP_BENCH_MLA" python3 benchmarks/bench_mla_cuda.py --out "$OUT/bench_mla_cuda.json" "${quick[@]}"
 mla_bench_rc=$?
 echo "MultiHeadLatentAttention benchmark: rc=$mla_bench_rc (its tests ran in the first stage)"
+timeout "$CAP_BENCH_PAGED" python3 benchmarks/bench_paged_cuda.py --out "$OUT/bench_paged_cuda.json" "${quick[@]}"
+paged_bench_rc=$?
 
 echo "== summary"
 python3 scripts/gpu_summary.py "$OUT" --tests-rc "$tests_rc" --gqa-tests-rc "$gqa_tests_rc" --bench-rc "$bench_rc" \
-  --gqa-bench-rc "$gqa_bench_rc"
-return $(( tests_rc != 0 || gqa_tests_rc != 0 || sparse_tests_rc != 0 || bench_rc != 0 || gqa_bench_rc != 0 || mla_bench_rc != 0 ))
+  --gqa-bench-rc "$gqa_bench_rc" --paged-tests-rc "$paged_tests_rc" --paged-bench-rc "$paged_bench_rc" \
+  --sanitize-rc "$sanitize_rc"
+return $(( tests_rc != 0 || gqa_tests_rc != 0 || paged_tests_rc != 0 || sanitize_rc != 0 || sparse_tests_rc != 0 || bench_rc != 0 || gqa_bench_rc != 0 || mla_bench_rc != 0 || paged_bench_rc != 0 ))
 }
 
 main 2>&1 | tee "$OUT/gpu_check.log"

@@ -1,6 +1,7 @@
 """Summary of one scripts/gpu_check.sh run: test counts per file and the first failures (from the
-pytest JUnit XML files gpu_tests.xml and gpu_tests_gqa.xml), the benchmark tables (from
-bench_sdpa_cuda.json and bench_gqa_cuda.json); prints one table and writes gpu_check.json next to them."""
+pytest JUnit XML files gpu_tests.xml, gpu_tests_gqa.xml and gpu_tests_paged.xml), the benchmark tables
+(from bench_sdpa_cuda.json, bench_gqa_cuda.json and bench_paged_cuda.json); prints one table and writes
+gpu_check.json next to them."""
 
 from __future__ import annotations
 
@@ -51,6 +52,16 @@ def print_gqa_bench(bench: dict) -> None:
         print(f"{r['kind']:9} {r['shape']:34} {cells}  {unit}")
 
 
+def print_paged_bench(bench: dict) -> None:
+    print(f"{'paged bench':11} {'shape':36} {'ours graph':>10} {'% copy':>7} {'contiguous':>10}  GB/s of K+V read")
+    for r in bench["results"]:
+        ours, contig = r["gbs"].get("onnxattn", {}), r["gbs"].get("gqa_contiguous", {})
+        frac = r["fraction_of_copy"].get("onnxattn", {}).get("graph")
+        cells = [f"{ours['graph']:10.0f}" if ours.get("graph") else "       n/a",
+                 f"{100 * frac:6.0f}%" if frac else "    n/a", f"{contig['graph']:10.0f}" if contig.get("graph") else "       n/a"]
+        print(f"{r['kind']:11} {r['shape']:36} {' '.join(cells)}")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("out", type=Path)
@@ -58,12 +69,20 @@ def main(argv=None) -> int:
     parser.add_argument("--bench-rc", type=int, default=None)
     parser.add_argument("--gqa-tests-rc", type=int, default=None)
     parser.add_argument("--gqa-bench-rc", type=int, default=None)
+    parser.add_argument("--paged-tests-rc", type=int, default=None)
+    parser.add_argument("--paged-bench-rc", type=int, default=None)
+    parser.add_argument("--sanitize-rc", type=int, default=None)
     args = parser.parse_args(argv)
-    tests = test_summary([args.out / "gpu_tests.xml", args.out / "gpu_tests_gqa.xml"])
+    xml = [args.out / "gpu_tests.xml", args.out / "gpu_tests_gqa.xml"]
+    if args.paged_tests_rc is not None:
+        xml.append(args.out / "gpu_tests_paged.xml")
+    tests = test_summary(xml)
     bench_path = args.out / "bench_sdpa_cuda.json"
     bench = json.loads(bench_path.read_text()) if bench_path.is_file() else None
     gqa_bench_path = args.out / "bench_gqa_cuda.json"
     gqa_bench = json.loads(gqa_bench_path.read_text()) if gqa_bench_path.is_file() else None
+    paged_bench_path = args.out / "bench_paged_cuda.json"
+    paged_bench = json.loads(paged_bench_path.read_text()) if paged_bench_path.is_file() else None
 
     print("\n=========================== GPU check summary ===========================")
     if bench:
@@ -75,7 +94,8 @@ def main(argv=None) -> int:
         print(f"{group:44} {c.get('passed', 0):7d} {c.get('failed', 0):7d} {c.get('skipped', 0):8d}")
     if "error" in tests:
         print(tests["error"])
-    for label, rc in (("GPU tests (but GroupQueryAttention's)", args.tests_rc), ("GroupQueryAttention tests", args.gqa_tests_rc)):
+    for label, rc in (("GPU tests (but GroupQueryAttention's)", args.tests_rc), ("GroupQueryAttention tests", args.gqa_tests_rc),
+                      ("PagedAttention tests", args.paged_tests_rc)):
         if rc == 124:
             print(f"  {label} were interrupted at their time cap: the counts cover what ran")
     for reason, n in tests.get("skip_reasons", {}).items():
@@ -104,15 +124,25 @@ def main(argv=None) -> int:
         print_gqa_bench(gqa_bench)
     elif args.gqa_bench_rc is not None:
         print(f"GQA benchmark: no results (exit code {args.gqa_bench_rc})")
+    if paged_bench:
+        print_paged_bench(paged_bench)
+    elif args.paged_bench_rc is not None:
+        print(f"PagedAttention benchmark: no results (exit code {args.paged_bench_rc})")
+    if args.sanitize_rc is not None:
+        print(f"compute-sanitizer: {'clean' if args.sanitize_rc == 0 else f'errors (exit code {args.sanitize_rc})'}")
     summary = {
         "tests_exit_code": args.tests_rc,
         "gqa_tests_exit_code": args.gqa_tests_rc,
         "bench_exit_code": args.bench_rc,
         "gqa_bench_exit_code": args.gqa_bench_rc,
+        "paged_tests_exit_code": args.paged_tests_rc,
+        "paged_bench_exit_code": args.paged_bench_rc,
+        "sanitize_exit_code": args.sanitize_rc,
         "tests": tests,
         "environment": bench["environment"] if bench else gqa_bench["environment"] if gqa_bench else None,
         "bench_file": bench_path.name if bench else None,
         "gqa_bench_file": gqa_bench_path.name if gqa_bench else None,
+        "paged_bench_file": paged_bench_path.name if paged_bench else None,
     }
     (args.out / "gpu_check.json").write_text(json.dumps(summary, indent=1))
     print(f"wrote {args.out / 'gpu_check.json'}")

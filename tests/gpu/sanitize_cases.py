@@ -1,7 +1,10 @@
 """A few representative kernel launches for compute-sanitizer (memcheck, racecheck), run by
 scripts/gpu_check.sh when the GPU tests fail or GPU_CHECK_SANITIZE=1: every kernel family (prefill mma,
 decode mma with splits + combine, simt), edge tiles, masks, D padding, Dv != D; then GroupQueryAttention
-(new-token kernel, past copies, per-sequence lengths, the fused Q preparation, caches in scratch).
+(new-token kernel, past copies, per-sequence lengths, the fused Q preparation, caches in scratch); then
+PagedAttention (family `paged`, run on every gpu_check: layout and new-token kernels, the ragged schedule,
+both launches over blocks, and bad index inputs, which must stay inside every buffer: run with
+PYTORCH_NO_CUDA_MEMORY_CACHING=1 so each tensor is its own allocation and memcheck sees any stray access).
 Not a pytest module."""
 
 from __future__ import annotations
@@ -19,11 +22,47 @@ NAMES = ("gqa4_causal_sq_lt_skv", "decode_gqa_odd", "d80", "dv128_d192", "bool_m
          "additive_mask_rows", "window_decode", "d33_simt_fallback")  # fmt: skip
 
 
-def main(argv=None) -> int:
-    """Arguments: the families to run, `sdpa` and/or `gqa` (default both)."""
-    families = set(argv if argv is not None else sys.argv[1:]) or {"sdpa", "gqa"}
-    by_name = {c.name: c for c in CASES}
+PAGED_NAMES = ("decode-b4-bs16", "mixed-chunks-decodes", "decode-long-splits", "d12-simt", "chunk-bs1", "no-present")
+PAGED_FAULTS = ("block-huge", "block-negative", "length-past-capacity", "negative-length")
+PAGED_CALL_FAULTS = ("cu-decreasing", "cu-past-the-rows")
+
+
+def paged_cases() -> int:
+    import numpy as np
+
+    import paged_cases as pc
+    import paged_torch as pt
+
     failed = 0
+    for name in PAGED_NAMES:
+        case = pc.CASES_BY_ID[name]
+        for dtype, path in (("float16", "auto"), ("float16", "prefill"), ("float32", "auto")):
+            try:
+                y, kp, vp, plan, _ = pt.run(case, dtype, path=path)
+                pc.check(case, dtype, y, kp, vp, context=plan["reason"])
+                print(f"ok   paged {name} {dtype} {path}: {plan['reason']}")
+            except Exception as e:  # noqa: BLE001 - report every case
+                failed += 1
+                print(f"FAIL paged {name} {dtype} {path}: {type(e).__name__}: {e}")
+    case = pc.CASES_BY_ID[pc.FAULT_BASE]
+    faults = [(n, pc.SEQUENCE_FAULTS[n][1]) for n in PAGED_FAULTS] + [(n, pc.CALL_FAULTS[n]) for n in PAGED_CALL_FAULTS]
+    for name, fault in faults:
+        for path in ("decode", "prefill"):
+            try:
+                y, _, _, _, _ = pt.run(case, "float16", feeds=pc.faulty(fault), path=path, in_place=True)
+                assert np.isnan(y).any(), "a failing sequence must give NaN rows"
+                print(f"ok   paged bad input {name} {path}")
+            except Exception as e:  # noqa: BLE001 - report every case
+                failed += 1
+                print(f"FAIL paged bad input {name} {path}: {type(e).__name__}: {e}")
+    return failed
+
+
+def main(argv=None) -> int:
+    """Arguments: the families to run, `sdpa`, `gqa` and/or `paged` (default all)."""
+    families = set(argv if argv is not None else sys.argv[1:]) or {"sdpa", "gqa", "paged"}
+    by_name = {c.name: c for c in CASES}
+    failed = paged_cases() if "paged" in families else 0  # first: the one family checked on every run
     for name in NAMES if "sdpa" in families else ():
         case = by_name[name]
         for dtype in (torch.float16, torch.float32):
