@@ -124,8 +124,7 @@ def bench(label: str, new: list[int], shuffled: bool, copy_gbs: float, repeats: 
         c = contiguous(t, 1)
         gspec = gqa_cuda_lib.Spec(batch=batch, seq=1, q_heads=HQ, kv_heads=HKV, head_dim=D, mode="shared", past=KEYS,
                                   rope=1, rope_base=BASE)  # fmt: skip
-        # the paged run above wrote the new tokens in place: both see the same cache and the same new rows
-        c["past_lengths"].fill_(KEYS - 1)
+        # copied after the paged runs wrote the new tokens in place: both see the same keys and new rows
         gcall = lambda: gqa_cuda_lib.run(gspec, c)  # noqa: E731
         row["baseline_plan"] = gcall()["attention"]["reason"]
         call()
