@@ -111,6 +111,7 @@ echo "== compute-sanitizer on representative launches of: ${families[*]} (tests/
 tools=(memcheck)
 if [ "${GPU_CHECK_SANITIZE:-0}" = 1 ]; then tools+=(racecheck); fi
 sanitize_rc=0
+if ! command -v compute-sanitizer >/dev/null; then echo "compute-sanitizer not found: memcheck skipped"; tools=(); fi
 for tool in "${tools[@]}"; do
   # One allocation per tensor (no caching allocator), so a stray access lands outside every allocation.
   PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout $(( CAP_SANITIZE / ${#tools[@]} )) compute-sanitizer --tool "$tool" \
