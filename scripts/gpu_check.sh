@@ -16,14 +16,15 @@
 # Nothing compiles on the GPU machine. Here, first:
 #   cmake -S . -B build/gpu -G Ninja -DONNXATTN_CUDA=ON -DONNXATTN_CUDA_ARCHS="80;90a" -DONNXATTN_WERROR=ON
 #   ninja -C build/gpu -j2
-# For the onnxruntime checks, also run ../shared/device/ort-gpu-parts here and make its part calls (each
-# copies one part into /tmp/ortparts) back to back on a warm machine; this script reassembles and installs
-# them. Without them the onnxruntime checks and baseline are skipped, saying why. Then the one call:
-#   command: ONNXATTN_COMMIT=<git rev-parse HEAD> bash scripts/gpu_check.sh
-#   carry:   ["build/gpu/onnxattn/cuda_ep/libonnxattn_ops.so"]      timeout_s: 540
-# (the stage caps below (CAP_*) add up to 510 s in the worst case: test stages 85 + 70 + 40 + 55 s, each
-# with 5 s for pytest to write its report after the interrupt, memcheck 60 s, benchmarks 70 + 45 + 20 + 30 s,
-# and ~25 s of setup (onnxruntime-gpu install, environment), under the call's 540 s; expect ~5 min)
+# For the onnxruntime checks and a parallel test stage, run scripts/ort_gpu_parts.sh here (onnxruntime-gpu in
+# four parts, pytest-xdist) and make its part calls back to back on a warm machine (each copies one part into
+# /tmp/ortparts); the wheel parts of ../shared/device/ort-gpu-parts work too. This script reassembles and
+# installs them; without them the onnxruntime checks and baseline are skipped, saying why. Then the one call:
+#   command: mkdir -p /tmp/ortparts && cp .devcarry/ort-4/* /tmp/ortparts/ && ONNXATTN_COMMIT=<git rev-parse HEAD> bash scripts/gpu_check.sh
+#   carry:   ["build/gpu/onnxattn/cuda_ep/libonnxattn_ops.so", ".devcarry/ort-4", ".devcarry/pywheels"]   timeout_s: 480
+# Worst case under the caps below: ~25 s setup, the parallel test stage 170 + 10 s, memcheck 60 s, benchmarks
+# 70 + 45 + 20 + 30 s: 430 s (without pytest-xdist the serial stages take 85 + 70 + 40 + 55 s, each + 5 s
+# for pytest's report after the interrupt: 510 s in all; then timeout_s 540).
 # Commit the bench JSON it returns under benchmarks/results/.
 #
 # Environment: ONNXATTN_LIBRARY (default: the carried build), GPU_CHECK_QUICK=1 (smaller benchmark),
@@ -36,7 +37,7 @@ OUT=${OUT:-$root/out/gpu_check}
 mkdir -p "$OUT"
 # Stage caps in seconds; keep their sum (+ 5 s per test stage, + ~25 s setup) under the device call's 540 s.
 # CAP_SPARSE_TESTS is the sparse-attention stage's (NativeSparseAttention / SparseRoutedAttention).
-CAP_TESTS=85 CAP_GQA_TESTS=70 CAP_SPARSE_TESTS=40 CAP_PAGED_TESTS=55 CAP_SANITIZE=60
+CAP_TESTS_PARALLEL=170 CAP_TESTS=85 CAP_GQA_TESTS=70 CAP_SPARSE_TESTS=40 CAP_PAGED_TESTS=55 CAP_SANITIZE=60
 CAP_BENCH_SDPA=70 CAP_BENCH_GQA=45 CAP_BENCH_MLA=20 CAP_BENCH_PAGED=30
 
 main() {
@@ -50,14 +51,27 @@ if [ ! -f "$ONNXATTN_LIBRARY" ]; then
   return 2
 fi
 
-# onnxruntime-gpu from the parts carried earlier (../shared/device/ort-gpu-parts).
-if [ ! -d /tmp/ortsite/onnxruntime ] && ls /tmp/ortparts/*.part-* >/dev/null 2>&1; then
-  wheel=$(ls /tmp/ortparts | head -1 | sed 's/\.part-[0-9]*$//')
+# onnxruntime-gpu from the parts carried earlier: either the wheel split by ../shared/device/ort-gpu-parts, or
+# the smaller tar.xz of its onnxruntime/ folder made by scripts/ort_gpu_parts.sh (4 calls instead of 6).
+if [ ! -d /tmp/ortsite/onnxruntime ] && ls /tmp/ortparts/*.tar.xz.part-* >/dev/null 2>&1; then
+  tarball=$(ls /tmp/ortparts | grep '\.tar\.xz\.part-' | head -1 | sed 's/\.part-[0-9]*$//')
+  mkdir -p /tmp/ortsite && cat /tmp/ortparts/"$tarball".part-* > /tmp/"$tarball" &&
+    python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2], filter="data")' /tmp/"$tarball" /tmp/ortsite ||
+    echo "gpu_check: unpacking $tarball failed; onnxruntime checks will be skipped"
+elif [ ! -d /tmp/ortsite/onnxruntime ] && ls /tmp/ortparts/*.whl.part-* >/dev/null 2>&1; then
+  wheel=$(ls /tmp/ortparts | grep '\.whl\.part-' | head -1 | sed 's/\.part-[0-9]*$//')
   cat /tmp/ortparts/"$wheel".part-* > /tmp/"$wheel" &&
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/ortsite /tmp/"$wheel" ||
     echo "gpu_check: installing $wheel failed; onnxruntime checks will be skipped"
 fi
 if [ -d /tmp/ortsite/onnxruntime ]; then export PYTHONPATH=/tmp/ortsite:${PYTHONPATH:-}; fi
+# pytest-xdist (carried as wheels in .devcarry/pywheels, see scripts/ort_gpu_parts.sh): the test stage then runs
+# on many processes at once; without it, serially under a longer cap.
+if ls "$root"/.devcarry/pywheels/*.whl >/dev/null 2>&1 && [ ! -d /tmp/pysite/xdist ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/pysite "$root"/.devcarry/pywheels/*.whl ||
+    echo "gpu_check: installing pytest-xdist failed; the tests run serially"
+fi
+if [ -d /tmp/pysite/xdist ]; then export PYTHONPATH=/tmp/pysite:${PYTHONPATH:-}; fi
 export PYTHONPATH=$root:$root/tests/gpu:${PYTHONPATH:-}
 
 echo "== environment"
@@ -74,9 +88,19 @@ except Exception as e:
     print("onnxruntime unavailable:", e)
 PY
 
-# Synchronous launches: a kernel fault is reported by the test that caused it. One pytest run per op
-# family, each under its own cap, so a family that runs long cannot take the other's report with it; the
-# cap interrupts pytest (SIGINT) so it still writes its JUnit report.
+# Synchronous launches: a kernel fault is reported by the test that caused it. With pytest-xdist, every GPU test
+# in one run on GPU_CHECK_WORKERS processes (the tests are small: the host side dominates), and a worker whose
+# CUDA context a fault has poisoned exits so a fresh one takes its remaining tests (tests/gpu/conftest.py).
+# Without it, one pytest run per op family, each under its own cap, so a family that runs long cannot take the
+# others' report with it; the cap interrupts pytest (SIGINT) so it still writes its JUnit report.
+if python3 -c 'import xdist' 2>/dev/null; then
+echo "== every GPU test (kernels via ctypes, then onnxruntime CUDA EP) on ${GPU_CHECK_WORKERS:-12} processes"
+# shellcheck disable=SC2086
+CUDA_LAUNCH_BLOCKING=1 timeout -s INT -k 10 "$CAP_TESTS_PARALLEL" python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu \
+  -n "${GPU_CHECK_WORKERS:-12}" --max-worker-restart 64 -rfEs --junitxml="$OUT/gpu_tests.xml" ${GPU_CHECK_PYTEST_ARGS:-}
+tests_rc=$?
+gqa_tests_rc=$tests_rc sparse_tests_rc=$tests_rc paged_tests_rc=$tests_rc
+else
 echo "== GPU tests but GroupQueryAttention's (ScaledDotProductAttention, ...: kernels via ctypes, then onnxruntime CUDA EP)"
 # shellcheck disable=SC2086
 CUDA_LAUNCH_BLOCKING=1 timeout -s INT -k 5 "$CAP_TESTS" python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu \
@@ -102,6 +126,7 @@ CUDA_LAUNCH_BLOCKING=1 timeout -s INT -k 5 "$CAP_PAGED_TESTS" python3 -m pytest 
   tests/gpu/test_paged_cuda_kernels.py tests/gpu/test_paged_cuda_ort.py -rfEs --junitxml="$OUT/gpu_tests_paged.xml" \
   ${GPU_CHECK_PYTEST_ARGS:-}
 paged_tests_rc=$?
+fi
 
 # PagedAttention always: its bad index inputs must stay inside every buffer, which only memcheck shows.
 families=(paged)

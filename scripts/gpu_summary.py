@@ -1,5 +1,5 @@
 """Summary of one scripts/gpu_check.sh run: test counts per file and the first failures (from the
-pytest JUnit XML files gpu_tests.xml, gpu_tests_gqa.xml and gpu_tests_paged.xml), the benchmark tables
+pytest JUnit XML files gpu_tests*.xml), the benchmark tables
 (from bench_sdpa_cuda.json, bench_gqa_cuda.json and bench_paged_cuda.json); prints one table and writes
 gpu_check.json next to them."""
 
@@ -73,9 +73,8 @@ def main(argv=None) -> int:
     parser.add_argument("--paged-bench-rc", type=int, default=None)
     parser.add_argument("--sanitize-rc", type=int, default=None)
     args = parser.parse_args(argv)
-    xml = [args.out / "gpu_tests.xml", args.out / "gpu_tests_gqa.xml"]
-    if args.paged_tests_rc is not None:
-        xml.append(args.out / "gpu_tests_paged.xml")
+    # One report from the parallel run (pytest-xdist), or one per op family from the serial stages.
+    xml = sorted(args.out.glob("gpu_tests*.xml")) or [args.out / "gpu_tests.xml"]
     tests = test_summary(xml)
     bench_path = args.out / "bench_sdpa_cuda.json"
     bench = json.loads(bench_path.read_text()) if bench_path.is_file() else None
