@@ -187,6 +187,10 @@ class OrtGqa:
         self.sess.run_with_iobinding(self.binding)
 
 
+# torch SDPA backends measured beside ours (--only-ours: none, for comparing builds of our library).
+BASELINES = (("torch_flash", "FLASH_ATTENTION"), ("torch_cudnn", "CUDNN_ATTENTION"))
+
+
 def measure(label, fn, timer, results, row, key):
     try:
         results[key] = timer(fn)
@@ -206,7 +210,7 @@ def bench_prefill(dtype, seq, ort, repeats):
     ms = {}
     row["plan"] = lib.run(q, k, v, causal=True, out=y)[2]["reason"]
     measure(row["shape"], lambda: lib.run(q, k, v, causal=True, out=y), lambda f: time_graph(f, repeats=repeats), ms, row, "onnxattn")
-    for name, backend in (("torch_flash", "FLASH_ATTENTION"), ("torch_cudnn", "CUDNN_ATTENTION")):
+    for name, backend in BASELINES:
         fn = torch_sdpa(backend)
         measure(row["shape"], lambda fn=fn: fn(q, k, v, causal=True), lambda f: time_graph(f, repeats=repeats), ms, row, name)
     if ort is not None:
@@ -233,7 +237,7 @@ def bench_decode(dtype, batch, kv_len, ort, copy_gbs, repeats):
     ms = {}
     row["plan"] = lib.run(q, k, v, out=y)[2]["reason"]
     measure(row["shape"], lambda: lib.run(q, k, v, out=y), lambda f: time_graph(f, repeats=repeats), ms, row, "onnxattn")
-    for name, backend in (("torch_flash", "FLASH_ATTENTION"), ("torch_cudnn", "CUDNN_ATTENTION")):
+    for name, backend in BASELINES:
         fn = torch_sdpa(backend)
         measure(row["shape"], lambda fn=fn: fn(q, k, v, causal=False), lambda f: time_graph(f, repeats=repeats), ms, row, name)
     if ort is not None:
@@ -300,13 +304,19 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=os.environ.get("OUT") or str(ROOT / "benchmarks" / "results"))
     parser.add_argument("--quick", action="store_true", help="fewer shapes and repeats (a smoke run)")
+    parser.add_argument("--kinds", default="prefill,decode", help="comma-separated: prefill, decode")
+    parser.add_argument("--dtypes", default="float16,bfloat16", help="comma-separated: float16, bfloat16")
+    parser.add_argument("--only-ours", action="store_true", help="no baselines (compare builds of the library)")
     args = parser.parse_args(argv)
+    global BASELINES
+    if args.only_ours:
+        BASELINES = ()
     if not torch.cuda.is_available():
         print("bench_sdpa_cuda: no CUDA GPU", file=sys.stderr)
         return 2
     torch.backends.cuda.matmul.allow_tf32 = False
     env = environment()
-    ort, missing = ort_cuda.onnxruntime_cuda()
+    ort, missing = ort_cuda.onnxruntime_cuda() if not args.only_ours else (None, "--only-ours")
     if missing:
         print(f"bench_sdpa_cuda: onnxruntime GroupQueryAttention baseline skipped: {missing}", file=sys.stderr)
         ort = None
@@ -324,12 +334,13 @@ def main(argv=None) -> int:
 
     seqs = (1024, 4096) if args.quick else (1024, 4096, 16384)
     kv_lens = (4096, 32768) if args.quick else (4096, 32768, 131072)
-    for dtype in (torch.float16, torch.bfloat16):
-        for seq in seqs:
+    kinds = set(args.kinds.split(","))
+    for dtype in (getattr(torch, name) for name in args.dtypes.split(",")):
+        for seq in seqs if "prefill" in kinds else ():
             rows.append(bench_prefill(dtype, seq, ort, repeats))
             save()
             torch.cuda.empty_cache()
-        for batch in (1, 16):
+        for batch in (1, 16) if "decode" in kinds else ():
             for kv_len in kv_lens:
                 rows.append(bench_decode(dtype, batch, kv_len, ort, copy_gbs, repeats))
                 save()

@@ -354,7 +354,8 @@ def paged_reference(
             query[start:end][None], key[start:end][None], value[start:end][None], past_k, past_v, None, positions,
             q_norm_weight, k_norm_weight, rope_inv_freq, **attrs)
         outputs.append(out[0])
-        slots = blocks[torch.arange(past, total) // block_size] * block_size + torch.arange(past, total) % block_size
+        new_positions = torch.arange(past, total, device=blocks.device)
+        slots = blocks[new_positions // block_size] * block_size + new_positions % block_size
         key_out.view(-1, *key_cache.shape[2:])[slots] = present_k[0, :, past:].permute(1, 0, 2)
         value_out.view(-1, *value_cache.shape[2:])[slots] = present_v[0, :, past:].permute(1, 0, 2)
     if not outputs:  # an empty batch

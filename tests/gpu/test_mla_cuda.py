@@ -230,13 +230,14 @@ def test_runs_on_the_cuda_execution_provider(case_id, tmp_path):
                             profile_prefix=str(tmp_path / "ort"))
     dev = {k: v.cuda() for k, v in x.items()}
     ref = reference(case, x, dtype)
-    out = {"output": torch.empty(ref[0].shape, dtype=torch.float16, device="cuda")}
+    expected = ref[0]  # (output, present_latent, present_k_rope); ref[1] is the float32 baseline
+    out = {"output": torch.empty(expected[0].shape, dtype=torch.float16, device="cuda")}
     if with_present:
         if case.present == "in-place":
             out["present_latent"], out["present_k_rope"] = dev["past_latent"], dev["past_k_rope"]
         else:
-            out["present_latent"] = torch.empty(ref[1].shape, dtype=torch.float16, device="cuda")
-            out["present_k_rope"] = torch.empty(ref[2].shape, dtype=torch.float16, device="cuda")
+            out["present_latent"] = torch.empty(expected[1].shape, dtype=torch.float16, device="cuda")
+            out["present_k_rope"] = torch.empty(expected[2].shape, dtype=torch.float16, device="cuda")
     ort_cuda.run_bound(sess, dev, out)
     torch.cuda.synchronize()
     assert ort_cuda.node_providers(sess, "MultiHeadLatentAttention") == {ort_cuda.CUDA_EP}

@@ -155,6 +155,7 @@ __device__ __forceinline__ int64_t key_slot(const KernelArgs<T>& a, const int32_
 }
 
 inline constexpr float kLog2e = 1.4426950408889634f;
+inline constexpr float kLn2 = 0.6931471805599453f;
 inline constexpr float kNegInf = -__builtin_huge_valf();
 
 // ---- CTA coordinates. Flattened into blockIdx.x (no 65535 limit on heads or batch); row tiles vary
@@ -261,6 +262,15 @@ __device__ __forceinline__ float soft_cap(float x, float cap) {
   const float e = __expf(2.0f * x / cap);
   return cap - 2.0f * cap / (e + 1.0f);
 }
+// The same with the divisions by the cap hoisted out of the loop and the last one a fast reciprocal
+// (__fdividef(y, inf) = 0 keeps the +cap limit; e + 1 >= 1 otherwise).
+struct SoftCap {
+  float cap, two_over_cap, two_cap;
+  __device__ explicit SoftCap(float c) : cap(c), two_over_cap(c > 0.0f ? 2.0f / c : 0.0f), two_cap(2.0f * c) {}
+  __device__ __forceinline__ float apply(float x) const {
+    return cap - __fdividef(two_cap, __expf(x * two_over_cap) + 1.0f);
+  }
+};
 
 // Applies the user mask at key j to score x, for a row whose mask row starts at `row_offset`: a bool mask
 // replaces hidden scores by -inf (so NaN in a hidden key's K never leaks), an additive one adds.

@@ -12,11 +12,41 @@
 // kTile columns in shared memory (zero-filled), and the k-steps / output columns past them are skipped.
 // Fused ops: the Q tile is prepared in place (QK-norm, RoPE; cuda_query_prep.cuh) before the first step,
 // and each batch sees its own query offset and valid keys (SeqView).
+//
+// kPlain (no softcap, no user mask, scale > 0; the common case) compiles the score stage without their
+// per-element code: the loop is issue-bound (an m16n8k16 mma every ~6 issue slots per warp scheduler at
+// mma.sync's peak), so every instruction between the mmas counts. Its row maxima stay in raw Q.K units and
+// each probability is one FFMA + ex2: exp2(s * scale log2(e) - m * scale log2(e)).
 #include "sdpa/cuda_query_prep.cuh"
 
 namespace onnxattn::sdpa::cuda {
 
-template <typename T, int kTile>
+// Online softmax step in log2 units for the prefill tile: `x` holds this step's scores of one row slice (a
+// quad of lanes), raw (kRaw: Q.K, to be scaled by `scale_log2` > 0) or already in log2 units, -inf where
+// hidden; it becomes the probabilities. `m` (in the same units as x) and the per-lane sum `l` are updated;
+// returns the factor for the row's earlier output. A row with no visible key yet keeps m = -inf and exact
+// zeros.
+template <bool kRaw, int kCount>
+__device__ __forceinline__ float prefill_softmax_step(float (&x)[kCount], float& m, float& l, float scale_log2) {
+  float step_max = kNegInf;
+#pragma unroll
+  for (int e = 0; e < kCount; ++e) step_max = fmaxf(step_max, x[e]);
+  const float m_new = fmaxf(m, quad_max(step_max));
+  const float unit = kRaw ? scale_log2 : 1.0f;
+  const float shift = m_new == kNegInf ? 0.0f : m_new * unit;
+  const float alpha = fast_exp2(fmaf(m, unit, -shift));
+  m = m_new;
+  float sum = 0.0f;
+#pragma unroll
+  for (int e = 0; e < kCount; ++e) {
+    x[e] = fast_exp2(fmaf(x[e], unit, -shift));
+    sum += x[e];
+  }
+  l = l * alpha + sum;  // per-lane partial sum; reduced over the quad once, at the end
+  return alpha;
+}
+
+template <typename T, int kTile, bool kPlain>
 __global__ void __launch_bounds__(tiles::kThreads) prefill_mma_kernel(const KernelArgs<T> a) {
   constexpr int kBlocks = tiles::prefill_row_blocks(kTile);
   constexpr int kRows = tiles::prefill_rows(kTile);
@@ -130,6 +160,9 @@ __global__ void __launch_bounds__(tiles::kThreads) prefill_mma_kernel(const Kern
                        1.0f);
   }  // the main loop's first barrier publishes the prepared tile
 
+  const float scale_log2 = a.scale * kLog2e;  // kPlain: raw scores to log2 units
+  const bool has_softcap = a.softcap > 0.0f;
+  const SoftCap softcap(a.softcap);
   for (int step = 0; step < steps; ++step) {
     const int j0 = any_begin + step * kKeys;
     const int j_end = min(j0 + kKeys, any_end);
@@ -169,7 +202,7 @@ __global__ void __launch_bounds__(tiles::kThreads) prefill_mma_kernel(const Kern
 
     // ---- Scores: scale, softcap, user mask; the element test only on tiles not wholly inside `all`.
     const bool edge = j0 < all_begin || j0 + kKeys > all_end;
-    const bool has_mask = a.mask_kind != MaskKind::kNone;
+    const bool has_mask = !kPlain && a.mask_kind != MaskKind::kNone;
 #pragma unroll
     for (int b = 0; b < kBlocks; ++b) {
 #pragma unroll
@@ -177,16 +210,17 @@ __global__ void __launch_bounds__(tiles::kThreads) prefill_mma_kernel(const Kern
         float x[2 * kKeyN8];
 #pragma unroll
         for (int n = 0; n < kKeyN8; ++n) {
+          x[2 * n] = kPlain ? s[b][n][2 * h] : s[b][n][2 * h] * a.scale;
+          x[2 * n + 1] = kPlain ? s[b][n][2 * h + 1] : s[b][n][2 * h + 1] * a.scale;
+        }
+        if (!kPlain && has_softcap) {
 #pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            const float v = s[b][n][2 * h + e] * a.scale;
-            x[2 * n + e] = a.softcap > 0.0f ? soft_cap(v, a.softcap) : v;
-          }
+          for (int e = 0; e < 2 * kKeyN8; ++e) x[e] = softcap.apply(x[e]);
         }
         if (edge || has_mask) {
           const int row = (warp * kBlocks + b) * 16 + quad_row + 8 * h;
           const int2 row_keys = row_keys_s[row];
-          const int64_t mask_row = mask_row_s[row];
+          const int64_t mask_row = has_mask ? mask_row_s[row] : 0;
 #pragma unroll
           for (int n = 0; n < kKeyN8; ++n) {
 #pragma unroll
@@ -200,7 +234,11 @@ __global__ void __launch_bounds__(tiles::kThreads) prefill_mma_kernel(const Kern
             }
           }
         }
-        const float alpha = online_softmax_step(x, m[b][h], l[b][h]);
+        if (!kPlain) {
+#pragma unroll
+          for (int e = 0; e < 2 * kKeyN8; ++e) x[e] *= kLog2e;
+        }
+        const float alpha = prefill_softmax_step<kPlain>(x, m[b][h], l[b][h], scale_log2);
 #pragma unroll
         for (int n = 0; n < kKeyN8; ++n) {
           s[b][n][2 * h] = x[2 * n];
@@ -291,15 +329,25 @@ __global__ void __launch_bounds__(tiles::kThreads) prefill_mma_kernel(const Kern
         const uint32_t packed = Mma<T>::pack(o[b][n][2 * h] * inv, o[b][n][2 * h + 1] * inv);
         *reinterpret_cast<uint32_t*>(y + col) = packed;
       }
-      if (a.lse != nullptr && lane % 4 == 0) a.lse[ref.out_row] = sum > 0.0f ? m[b][h] + logf(sum) : kNegInf;
+      if (a.lse != nullptr && lane % 4 == 0) {
+        const float m_log2 = kPlain ? m[b][h] * scale_log2 : m[b][h];
+        a.lse[ref.out_row] = sum > 0.0f ? (m_log2 + log2f(sum)) * kLn2 : kNegInf;
+      }
     }
   }
 }
 
+template <typename T, int kTile, bool kPlain>
+void launch_prefill_variant(const KernelArgs<T>& args, const LaunchPlan& plan, cudaStream_t stream) {
+  allow_smem<prefill_mma_kernel<T, kTile, kPlain>>(plan.smem_bytes);
+  prefill_mma_kernel<T, kTile, kPlain><<<unsigned(plan.grid), plan.threads, plan.smem_bytes, stream>>>(args);
+}
+
 template <typename T, int kTile>
 void launch_prefill_tile(const KernelArgs<T>& args, const LaunchPlan& plan, cudaStream_t stream) {
-  allow_smem<prefill_mma_kernel<T, kTile>>(plan.smem_bytes);
-  prefill_mma_kernel<T, kTile><<<unsigned(plan.grid), plan.threads, plan.smem_bytes, stream>>>(args);
+  const bool plain = !(args.softcap > 0.0f) && args.mask_kind == MaskKind::kNone && args.scale > 0.0f;
+  if (plain) return launch_prefill_variant<T, kTile, true>(args, plan, stream);
+  launch_prefill_variant<T, kTile, false>(args, plan, stream);
 }
 
 template <typename T>
