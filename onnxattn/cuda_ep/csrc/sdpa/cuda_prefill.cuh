@@ -17,6 +17,8 @@
 // per-element code: the loop is issue-bound (an m16n8k16 mma every ~6 issue slots per warp scheduler at
 // mma.sync's peak), so every instruction between the mmas counts. Its row maxima stay in raw Q.K units and
 // each probability is one FFMA + ex2: exp2(s * scale log2(e) - m * scale log2(e)).
+#include <type_traits>
+
 #include "sdpa/cuda_query_prep.cuh"
 
 namespace onnxattn::sdpa::cuda {
@@ -28,21 +30,27 @@ namespace onnxattn::sdpa::cuda {
 // zeros.
 template <bool kRaw, int kCount>
 __device__ __forceinline__ float prefill_softmax_step(float (&x)[kCount], float& m, float& l, float scale_log2) {
-  float step_max = kNegInf;
+  static_assert(kCount % 4 == 0, "four partial reductions");
+  // Four interleaved partial reductions (dependency depth kCount / 4 + 2, not kCount) in four registers:
+  // with two warps per scheduler the loop is latency-bound between the mmas, and a full tree spills.
+  float part[4];
 #pragma unroll
-  for (int e = 0; e < kCount; ++e) step_max = fmaxf(step_max, x[e]);
-  const float m_new = fmaxf(m, quad_max(step_max));
+  for (int c = 0; c < 4; ++c) part[c] = x[c];
+#pragma unroll
+  for (int e = 4; e < kCount; ++e) part[e % 4] = fmaxf(part[e % 4], x[e]);
+  const float m_new = fmaxf(m, quad_max(fmaxf(fmaxf(part[0], part[1]), fmaxf(part[2], part[3]))));
   const float unit = kRaw ? scale_log2 : 1.0f;
   const float shift = m_new == kNegInf ? 0.0f : m_new * unit;
   const float alpha = fast_exp2(fmaf(m, unit, -shift));
   m = m_new;
-  float sum = 0.0f;
+#pragma unroll
+  for (int c = 0; c < 4; ++c) part[c] = 0.0f;
 #pragma unroll
   for (int e = 0; e < kCount; ++e) {
     x[e] = fast_exp2(fmaf(x[e], unit, -shift));
-    sum += x[e];
+    part[e % 4] += x[e];
   }
-  l = l * alpha + sum;  // per-lane partial sum; reduced over the quad once, at the end
+  l = l * alpha + ((part[0] + part[1]) + (part[2] + part[3]));  // per-lane partial sum; quad-reduced at the end
   return alpha;
 }
 
@@ -119,10 +127,12 @@ __global__ void __launch_bounds__(tiles::kThreads) prefill_mma_kernel(const Kern
       }
       return;
     }
+    const int64_t step = int64_t(kRowStep) * row_stride;  // a pointer increment per row, no multiply
 #pragma unroll
     for (int i = 0; i < kKeys / kRowStep; ++i) {
       const bool valid = col_valid && j0 + row0 + i * kRowStep < j_end;
-      cp_async_16(dst_addr + i * kRowStep * kStride * 2, valid ? src + int64_t(i) * kRowStep * row_stride : base, valid);
+      cp_async_16(dst_addr + i * kRowStep * kStride * 2, valid ? src : base, valid);
+      src += step;
     }
   };
 
@@ -160,6 +170,10 @@ __global__ void __launch_bounds__(tiles::kThreads) prefill_mma_kernel(const Kern
                        1.0f);
   }  // the main loop's first barrier publishes the prepared tile
 
+  // Per-lane ldmatrix row addresses (bytes in shared memory) of the first fragment of each operand.
+  const uint32_t q_frag_addr = smem_u32(q_s + (warp * kBlocks * 16 + lane % 16) * kStride + (lane / 16) * 8);
+  const uint32_t k_frag_addr = smem_u32(k_s + (lane % 8 + (lane / 16) * 8) * kStride + ((lane / 8) % 2) * 8);
+  const uint32_t v_frag_addr = smem_u32(v_s + (lane % 8 + ((lane / 8) % 2) * 8) * kStride + (lane / 16) * 8);
   const float scale_log2 = a.scale * kLog2e;  // kPlain: raw scores to log2 units
   const bool has_softcap = a.softcap > 0.0f;
   const SoftCap softcap(a.softcap);
@@ -171,38 +185,45 @@ __global__ void __launch_bounds__(tiles::kThreads) prefill_mma_kernel(const Kern
     load_keys(v_s, v_base, a.v_stride[2], a.v_head_dim, dv_chunks, j0, j_end);
     cp_async_commit();
 
-    // ---- S = Q K^T
+    // ---- S = Q K^T. When D fills the tile (the common case), the k-step count is a constant: without a
+    // per-step exit the compiler issues the next step's ldmatrix ahead of this step's mmas.
     float s[kBlocks][kKeyN8][4];
+    auto qk_product = [&](auto full_steps) {
+      constexpr bool kFull = decltype(full_steps)::value;
 #pragma unroll
-    for (int b = 0; b < kBlocks; ++b)
+      for (int b = 0; b < kBlocks; ++b)
 #pragma unroll
-      for (int n = 0; n < kKeyN8; ++n) s[b][n][0] = s[b][n][1] = s[b][n][2] = s[b][n][3] = 0.0f;
+        for (int n = 0; n < kKeyN8; ++n) s[b][n][0] = s[b][n][1] = s[b][n][2] = s[b][n][3] = 0.0f;
 #pragma unroll
-    for (int ks = 0; ks < kTile / 16; ++ks) {
-      if (ks >= d_steps) break;
-      uint32_t qa[kBlocks][4];
+      for (int ks = 0; ks < kTile / 16; ++ks) {
+        if (!kFull && ks >= d_steps) break;
+        uint32_t qa[kBlocks][4];
 #pragma unroll
-      for (int b = 0; b < kBlocks; ++b) {
-        const int row = (warp * kBlocks + b) * 16 + lane % 16;
-        ldmatrix_x4(qa[b], smem_u32(q_s + row * kStride + ks * 16 + (lane / 16) * 8));
-      }
+        for (int b = 0; b < kBlocks; ++b) ldmatrix_x4(qa[b], q_frag_addr + b * 16 * kStride * 2 + ks * 32);
 #pragma unroll
-      for (int np = 0; np < kKeys / 16; ++np) {
-        // Matrices: keys +0..7 cols +0..7 | keys +0..7 cols +8..15 | keys +8..15 cols +0..7 | +8.., +8..
-        uint32_t kb[4];
-        const int key = np * 16 + lane % 8 + (lane / 16) * 8;
-        ldmatrix_x4(kb, smem_u32(k_s + key * kStride + ks * 16 + ((lane / 8) % 2) * 8));
+        for (int np = 0; np < kKeys / 16; ++np) {
+          // Matrices: keys +0..7 cols +0..7 | keys +0..7 cols +8..15 | keys +8..15 cols +0..7 | +8.., +8..
+          uint32_t kb[4];
+          ldmatrix_x4(kb, k_frag_addr + np * 16 * kStride * 2 + ks * 32);
 #pragma unroll
-        for (int b = 0; b < kBlocks; ++b) {
-          Mma<T>::run(s[b][2 * np], qa[b], kb[0], kb[1]);
-          Mma<T>::run(s[b][2 * np + 1], qa[b], kb[2], kb[3]);
+          for (int b = 0; b < kBlocks; ++b) {
+            Mma<T>::run(s[b][2 * np], qa[b], kb[0], kb[1]);
+            Mma<T>::run(s[b][2 * np + 1], qa[b], kb[2], kb[3]);
+          }
         }
       }
+    };
+    if (d_steps == kTile / 16) {
+      qk_product(std::true_type{});
+    } else {
+      qk_product(std::false_type{});
     }
 
     // ---- Scores: scale, softcap, user mask; the element test only on tiles not wholly inside `all`.
     const bool edge = j0 < all_begin || j0 + kKeys > all_end;
     const bool has_mask = !kPlain && a.mask_kind != MaskKind::kNone;
+    float alpha[kBlocks][2];
+    bool unchanged = true;
 #pragma unroll
     for (int b = 0; b < kBlocks; ++b) {
 #pragma unroll
@@ -238,18 +259,27 @@ __global__ void __launch_bounds__(tiles::kThreads) prefill_mma_kernel(const Kern
 #pragma unroll
           for (int e = 0; e < 2 * kKeyN8; ++e) x[e] *= kLog2e;
         }
-        const float alpha = prefill_softmax_step<kPlain>(x, m[b][h], l[b][h], scale_log2);
+        alpha[b][h] = prefill_softmax_step<kPlain>(x, m[b][h], l[b][h], scale_log2);
+        unchanged = unchanged && alpha[b][h] == 1.0f;
 #pragma unroll
         for (int n = 0; n < kKeyN8; ++n) {
           s[b][n][2 * h] = x[2 * n];
           s[b][n][2 * h + 1] = x[2 * n + 1];
         }
+      }
+    }
+    // Rescale O only when some row's maximum moved (alpha == 1 exactly otherwise): after the first steps of
+    // a long row that is rare, and the 128 multiplies per step are a tenth of the loop's instructions.
+    if (!__all_sync(0xffffffffu, unchanged)) {
+#pragma unroll
+      for (int b = 0; b < kBlocks; ++b)
 #pragma unroll
         for (int n = 0; n < kOutN8; ++n) {
-          o[b][n][2 * h] *= alpha;
-          o[b][n][2 * h + 1] *= alpha;
+          o[b][n][0] *= alpha[b][0];
+          o[b][n][1] *= alpha[b][0];
+          o[b][n][2] *= alpha[b][1];
+          o[b][n][3] *= alpha[b][1];
         }
-      }
     }
 
     // NaN safety: where a mask or an edge may hide keys from every row of the warp, V of keys without
@@ -275,36 +305,52 @@ __global__ void __launch_bounds__(tiles::kThreads) prefill_mma_kernel(const Kern
     cp_async_commit();
 
     // ---- O += P V: the S accumulators of n-tiles 2kk, 2kk+1 are exactly the A fragment of k-step kk.
+    auto pv_product = [&](auto full_pairs, auto masked_keys) {
+      constexpr bool kFull = decltype(full_pairs)::value, kMasked = decltype(masked_keys)::value;
 #pragma unroll
-    for (int kk = 0; kk < kKeys / 16; ++kk) {
-      const uint32_t keep0 = live_halves(live, 2 * kk), keep1 = live_halves(live, 2 * kk + 1);
-      uint32_t pa[kBlocks][4];
-#pragma unroll
-      for (int b = 0; b < kBlocks; ++b) {
-        pa[b][0] = Mma<T>::pack(s[b][2 * kk][0], s[b][2 * kk][1]);
-        pa[b][1] = Mma<T>::pack(s[b][2 * kk][2], s[b][2 * kk][3]);
-        pa[b][2] = Mma<T>::pack(s[b][2 * kk + 1][0], s[b][2 * kk + 1][1]);
-        pa[b][3] = Mma<T>::pack(s[b][2 * kk + 1][2], s[b][2 * kk + 1][3]);
-      }
-#pragma unroll
-      for (int np = 0; np < kTile / 16; ++np) {
-        if (np >= dv_pairs) break;
-        // Transposed matrices: keys +0..7 | keys +8..15 of columns +0..7, then the same of columns +8..15.
-        uint32_t vb[4];
-        const int key = kk * 16 + lane % 8 + ((lane / 8) % 2) * 8;
-        ldmatrix_x4_trans(vb, smem_u32(v_s + key * kStride + np * 16 + (lane / 16) * 8));
-        if (sanitize) {
-          vb[0] &= keep0;
-          vb[1] &= keep1;
-          vb[2] &= keep0;
-          vb[3] &= keep1;
-        }
+      for (int kk = 0; kk < kKeys / 16; ++kk) {
+        const uint32_t keep0 = kMasked ? live_halves(live, 2 * kk) : ~0u;
+        const uint32_t keep1 = kMasked ? live_halves(live, 2 * kk + 1) : ~0u;
+        uint32_t pa[kBlocks][4];
 #pragma unroll
         for (int b = 0; b < kBlocks; ++b) {
-          Mma<T>::run(o[b][2 * np], pa[b], vb[0], vb[1]);
-          Mma<T>::run(o[b][2 * np + 1], pa[b], vb[2], vb[3]);
+          pa[b][0] = Mma<T>::pack(s[b][2 * kk][0], s[b][2 * kk][1]);
+          pa[b][1] = Mma<T>::pack(s[b][2 * kk][2], s[b][2 * kk][3]);
+          pa[b][2] = Mma<T>::pack(s[b][2 * kk + 1][0], s[b][2 * kk + 1][1]);
+          pa[b][3] = Mma<T>::pack(s[b][2 * kk + 1][2], s[b][2 * kk + 1][3]);
+        }
+#pragma unroll
+        for (int np = 0; np < kTile / 16; ++np) {
+          if (!kFull && np >= dv_pairs) break;
+          // Transposed matrices: keys +0..7 | keys +8..15 of columns +0..7, then the same of columns +8..15.
+          uint32_t vb[4];
+          ldmatrix_x4_trans(vb, v_frag_addr + kk * 16 * kStride * 2 + np * 32);
+          if (kMasked) {
+            vb[0] &= keep0;
+            vb[1] &= keep1;
+            vb[2] &= keep0;
+            vb[3] &= keep1;
+          }
+#pragma unroll
+          for (int b = 0; b < kBlocks; ++b) {
+            Mma<T>::run(o[b][2 * np], pa[b], vb[0], vb[1]);
+            Mma<T>::run(o[b][2 * np + 1], pa[b], vb[2], vb[3]);
+          }
         }
       }
+    };
+    // Four copies: the edge/mask sanitizing out of the common path, and a constant pair count when Dv fills
+    // the tile.
+    if (dv_pairs == kTile / 16) {
+      if (sanitize) {
+        pv_product(std::true_type{}, std::true_type{});
+      } else {
+        pv_product(std::true_type{}, std::false_type{});
+      }
+    } else if (sanitize) {
+      pv_product(std::false_type{}, std::true_type{});
+    } else {
+      pv_product(std::false_type{}, std::false_type{});
     }
   }
   cp_async_wait<0>();
