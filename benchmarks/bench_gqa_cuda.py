@@ -260,8 +260,8 @@ def main(argv=None) -> int:
     if missing:
         print(f"bench_gqa_cuda: needs onnxruntime-gpu ({missing})", file=sys.stderr)
         return 2
-    if os.environ.get(ort_cuda.ENABLE_FLAG) != "1":
-        print(f"bench_gqa_cuda: set {ort_cuda.ENABLE_FLAG}=1 (the CUDA kernels are opt-in)", file=sys.stderr)
+    if os.environ.get(ort_cuda.DISABLE_FLAG) == "1":
+        print(f"bench_gqa_cuda: unset {ort_cuda.DISABLE_FLAG} (it leaves our CUDA kernels out)", file=sys.stderr)
         return 2
     env = environment()
     env["onnxruntime"] = ort.__version__

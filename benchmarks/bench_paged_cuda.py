@@ -187,8 +187,8 @@ def main(argv=None) -> int:
         print("bench_paged_cuda: the library was built without CUDA", file=sys.stderr)
         return 2
     ort, missing = ort_cuda.onnxruntime_cuda()
-    if missing or os.environ.get(ort_cuda.ENABLE_FLAG) != "1":
-        print(f"bench_paged_cuda: onnxruntime rows skipped ({missing or ort_cuda.ENABLE_FLAG + ' not set'})",
+    if missing or os.environ.get(ort_cuda.DISABLE_FLAG) == "1":
+        print(f"bench_paged_cuda: onnxruntime rows skipped ({missing or ort_cuda.DISABLE_FLAG + ' is set'})",
               file=sys.stderr)  # fmt: skip
         ort = None
     env = environment()

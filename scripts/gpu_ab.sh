@@ -16,7 +16,7 @@ root=$PWD
 OUT=${OUT:-$root/out/gpu_ab}
 mkdir -p "$OUT"
 lib_a=$(realpath "$1") lib_b=$(realpath "$2")
-export ONNXATTN_ENABLE_UNVERIFIED_CUDA=1 PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1
 export PYTHONPATH=$root:$root/tests/gpu:${PYTHONPATH:-}
 if ls "$root"/.devcarry/pywheels/*.whl >/dev/null 2>&1 && [ ! -d /tmp/pysite/xdist ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/pysite "$root"/.devcarry/pywheels/*.whl

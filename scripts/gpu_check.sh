@@ -43,8 +43,6 @@ CAP_BENCH_SDPA=70 CAP_BENCH_GQA=45 CAP_BENCH_MLA=20 CAP_BENCH_PAGED=30
 main() {
 
 export ONNXATTN_LIBRARY=${ONNXATTN_LIBRARY:-$root/build/gpu/onnxattn/cuda_ep/libonnxattn_ops.so}
-# The CUDA kernels are registered only on request until this check has passed once (see register.cc).
-export ONNXATTN_ENABLE_UNVERIFIED_CUDA=1
 export PYTHONUNBUFFERED=1
 if [ ! -f "$ONNXATTN_LIBRARY" ]; then
   echo "gpu_check: no library at $ONNXATTN_LIBRARY: build it on the development machine and carry it"

@@ -15,7 +15,7 @@ root=$PWD
 OUT=${OUT:-$root/out/gpu_hardening}
 mkdir -p "$OUT"
 export ONNXATTN_LIBRARY=${ONNXATTN_LIBRARY:-$root/build/gpu/onnxattn/cuda_ep/libonnxattn_ops.so}
-export ONNXATTN_ENABLE_UNVERIFIED_CUDA=1 PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1
 if [ ! -d /tmp/ortsite/onnxruntime ] && ls /tmp/ortparts/*.part-* >/dev/null 2>&1; then
   wheel=$(ls /tmp/ortparts | head -1 | sed 's/\.part-[0-9]*$//')
   cat /tmp/ortparts/"$wheel".part-* > /tmp/"$wheel" &&

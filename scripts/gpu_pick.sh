@@ -5,7 +5,7 @@
 #   ONNXATTN_LIBRARY=$(bash scripts/gpu_pick.sh LIB_A LIB_B) bash scripts/gpu_check.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
-export ONNXATTN_ENABLE_UNVERIFIED_CUDA=1 PYTHONPATH=$PWD:$PWD/tests/gpu:${PYTHONPATH:-}
+export PYTHONPATH=$PWD:$PWD/tests/gpu:${PYTHONPATH:-}
 a=$(realpath "$1") b=$(realpath "$2")
 for run in A1 B1 A2 B2; do
   lib=$a; [ "${run:0:1}" = B ] && lib=$b

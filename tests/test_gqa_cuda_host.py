@@ -1,7 +1,7 @@
 """Host-side logic of the CUDA GroupQueryAttention (csrc/gqa/cuda_plan.cc): the attention core's view of
 the cache (strides, key count, query offset, mask), the per-sequence layout of the shared-buffer mode,
 the core's launch through the shared dispatch, the new-token kernel's grid and the scratch layout; plus
-the opt-in registration next to the CPU kernel. Runs without a GPU through the library's C test entry."""
+the registration next to the CPU kernel (ONNXATTN_DISABLE_CUDA=1 leaves it out). Runs without a GPU through the library's C test entry."""
 
 from __future__ import annotations
 
@@ -176,7 +176,7 @@ def test_run_entry_reports_a_build_without_cuda():
     assert rc == 1 and b"without CUDA" in err.value
 
 
-# ---- registration: the CUDA kernel is opt-in and never disturbs CPU sessions
+# ---- registration: the CUDA kernel (default on, ONNXATTN_DISABLE_CUDA=1 leaves it out) never disturbs CPU sessions
 GQA_SCRIPT = textwrap.dedent(
     """
     import numpy as np, onnxruntime as ort
@@ -211,11 +211,11 @@ GQA_SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.parametrize("flag", [None, "1"])
-def test_cpu_session_runs_the_cpu_kernel_with_and_without_the_cuda_opt_in(flag, tmp_path):
+def test_cpu_session_runs_the_cpu_kernel_with_and_without_the_cuda_opt_out(flag, tmp_path):
     pytest.importorskip("onnxruntime")
-    env = {k: v for k, v in os.environ.items() if k != "ONNXATTN_ENABLE_UNVERIFIED_CUDA"}
+    env = {k: v for k, v in os.environ.items() if k != "ONNXATTN_DISABLE_CUDA"}
     if flag is not None:
-        env["ONNXATTN_ENABLE_UNVERIFIED_CUDA"] = flag
+        env["ONNXATTN_DISABLE_CUDA"] = flag
     script = f"LIBRARY = {sdpa_cuda_lib.library_path()!r}\nPROFILE = {str(tmp_path / 'p')!r}\n" + GQA_SCRIPT
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]

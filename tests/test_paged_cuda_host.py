@@ -3,7 +3,7 @@ plan it uses (csrc/sdpa/cuda_plan.cc, make_ragged_plan): the core's view of the 
 block, the table's capacity as the key bound), the split into a decode launch (sequences of <= 16 new
 tokens) and a prefill launch, grids that bound every schedule the device may write (checked against a
 Python model of the schedule over many partitions), splits, the scratch layout, kernel choice and forcing,
-errors; plus the opt-in registration next to the CPU kernel and the GPU case table on the CPU kernel.
+errors; plus the registration next to the CPU kernel (ONNXATTN_DISABLE_CUDA=1 leaves it out) and the GPU case table on the CPU kernel.
 Runs without a GPU through the library's C test entry."""
 
 from __future__ import annotations
@@ -240,7 +240,7 @@ def test_run_entry_reports_a_build_without_cuda():
     assert rc == 1 and b"without CUDA" in err.value
 
 
-# ---- registration: the CUDA kernel is opt-in and never disturbs CPU sessions
+# ---- registration: the CUDA kernel (default on, ONNXATTN_DISABLE_CUDA=1 leaves it out) never disturbs CPU sessions
 SCRIPT = textwrap.dedent(
     """
     import json, sys
@@ -262,11 +262,11 @@ SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.parametrize("flag", [None, "1"])
-def test_cpu_session_runs_the_cpu_kernel_with_and_without_the_cuda_opt_in(flag, tmp_path):
+def test_cpu_session_runs_the_cpu_kernel_with_and_without_the_cuda_opt_out(flag, tmp_path):
     pytest.importorskip("onnxruntime")
-    env = {k: v for k, v in os.environ.items() if k != "ONNXATTN_ENABLE_UNVERIFIED_CUDA"}
+    env = {k: v for k, v in os.environ.items() if k != "ONNXATTN_DISABLE_CUDA"}
     if flag is not None:
-        env["ONNXATTN_ENABLE_UNVERIFIED_CUDA"] = flag
+        env["ONNXATTN_DISABLE_CUDA"] = flag
     tests = [str(Path(__file__).parent), str(Path(__file__).parent / "gpu")]
     script = (f"LIBRARY = {sdpa_cuda_lib.library_path()!r}\nPROFILE = {str(tmp_path / 'p')!r}\nTESTS = {tests!r}\n"
               + SCRIPT)  # fmt: skip

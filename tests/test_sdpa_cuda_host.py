@@ -1,5 +1,5 @@
 """Host-side logic of the CUDA ScaledDotProductAttention: the launch plan (dispatch, tiles, splits, grid,
-shared memory, scratch), the key ranges the kernels visit, and the opt-in registration. Runs without a
+shared memory, scratch), the key ranges the kernels visit, and the registration (ONNXATTN_DISABLE_CUDA opt-out). Runs without a
 GPU: the plan is pure host code exported for tests (csrc/sdpa/cuda_capi.cc)."""
 
 from __future__ import annotations
@@ -284,7 +284,7 @@ def test_library_reports_cuda_consistently():
     assert lib.has_cuda() == built_with_cuda
 
 
-# ---- registration: the opt-in gate must not disturb CPU sessions
+# ---- registration: the ONNXATTN_DISABLE_CUDA opt-out must not disturb CPU sessions either way
 MODEL_SCRIPT = textwrap.dedent(
     """
     import numpy as np, onnx, onnxruntime as ort
@@ -312,11 +312,11 @@ MODEL_SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.parametrize("flag", [None, "1"])
-def test_cpu_session_works_with_and_without_the_cuda_opt_in(flag):
+def test_cpu_session_works_with_and_without_the_cuda_opt_out(flag):
     pytest.importorskip("onnxruntime")
-    env = {k: v for k, v in os.environ.items() if k != "ONNXATTN_ENABLE_UNVERIFIED_CUDA"}
+    env = {k: v for k, v in os.environ.items() if k != "ONNXATTN_DISABLE_CUDA"}
     if flag is not None:
-        env["ONNXATTN_ENABLE_UNVERIFIED_CUDA"] = flag
+        env["ONNXATTN_DISABLE_CUDA"] = flag
     script = f"LIBRARY = {lib.library_path()!r}\n" + MODEL_SCRIPT
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-2000:]

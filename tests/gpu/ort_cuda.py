@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import os
 
-ENABLE_FLAG = "ONNXATTN_ENABLE_UNVERIFIED_CUDA"
+DISABLE_FLAG = "ONNXATTN_DISABLE_CUDA"  # leaves our CUDA kernels unregistered (register.cc)
 CUDA_EP = "CUDAExecutionProvider"
 
 

@@ -1,9 +1,8 @@
 """ScaledDotProductAttention through onnxruntime-gpu's CUDA execution provider with our library
 registered: the node must run on CUDA (read from onnxruntime's profile) and match the float64 oracle;
-without the opt-in flag the same session must place it on our CPU kernel and still be right.
+with ONNXATTN_DISABLE_CUDA=1 the same session must place it on our CPU kernel and still be right.
 
-Needs a GPU, onnxruntime-gpu, and ONNXATTN_ENABLE_UNVERIFIED_CUDA=1 in the environment before the
-process first registers the library (scripts/gpu_check.sh sets it)."""
+Needs a GPU and onnxruntime-gpu."""
 
 from __future__ import annotations
 
@@ -40,8 +39,8 @@ ORT_CASES = [
 def _requirements():
     if ORT is None or ORT_MISSING:
         pytest.skip(ORT_MISSING or "onnxruntime-gpu unavailable")
-    if os.environ.get(ort_cuda.ENABLE_FLAG) != "1":
-        pytest.skip(f"set {ort_cuda.ENABLE_FLAG}=1 before the process starts (the library reads it once)")
+    if os.environ.get(ort_cuda.DISABLE_FLAG) == "1":
+        pytest.skip(f"{ort_cuda.DISABLE_FLAG}=1 leaves our CUDA kernels unregistered")
     torch.backends.cuda.matmul.allow_tf32 = False
 
 
@@ -134,7 +133,7 @@ def test_without_the_opt_in_the_node_falls_back_to_the_cpu_kernel(tmp_path):
         print(sorted(ort_cuda.node_providers(sess, "{OP}")))
         """
     )
-    env = {n: val for n, val in os.environ.items() if n != ort_cuda.ENABLE_FLAG}
+    env = dict(os.environ, **{ort_cuda.DISABLE_FLAG: "1"})
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1] == "['CPUExecutionProvider']", done.stdout

@@ -4,8 +4,7 @@ matrix (tests/test_sparse_numerics.py: oracle outputs and exact selections, ever
 proven to run on CUDA from onnxruntime's profile; the semantic checks that need no oracle (causality, ties);
 a long-context case (S = 4096) against our CPU kernel; and bad input rejected with the kernel's message.
 
-Needs a GPU, onnxruntime-gpu, and ONNXATTN_ENABLE_UNVERIFIED_CUDA=1 in the environment before the process
-first registers the library (scripts/gpu_check.sh sets it)."""
+Needs a GPU and onnxruntime-gpu."""
 
 from __future__ import annotations
 
@@ -34,8 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the CPU 
 def _requirements():
     if ORT is None or ORT_MISSING:
         pytest.skip(ORT_MISSING or "onnxruntime-gpu unavailable")
-    if os.environ.get(ort_cuda.ENABLE_FLAG) != "1":
-        pytest.skip(f"set {ort_cuda.ENABLE_FLAG}=1 before the process starts (the library reads it once)")
+    if os.environ.get(ort_cuda.DISABLE_FLAG) == "1":
+        pytest.skip(f"{ort_cuda.DISABLE_FLAG}=1 leaves our CUDA kernels unregistered")
 
 
 def numerics():
