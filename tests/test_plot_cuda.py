@@ -1,0 +1,36 @@
+"""benchmarks/plot_cuda.py draws the recorded CUDA benchmark runs (benchmarks/results/*_cuda_h100.json)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+NAMES = ("sdpa", "gqa", "paged", "mla")
+
+
+def load_plot_cuda():
+    spec = importlib.util.spec_from_file_location("plot_cuda", ROOT / "benchmarks" / "plot_cuda.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_plot_cuda_writes_every_png(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    files = [RESULTS / f"{name}_cuda_h100.json" for name in NAMES]
+    missing = [f.name for f in files if not f.exists()]
+    assert not missing, f"recorded CUDA results missing: {missing}"
+    plot_cuda = load_plot_cuda()
+    assert plot_cuda.main([*map(str, files), "--out-dir", str(tmp_path)]) == 0
+    for name in NAMES:
+        png = tmp_path / f"{name}_cuda_h100.png"
+        assert png.exists() and png.stat().st_size > 10_000, png
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    out = capsys.readouterr().out
+    for title in ("ScaledDotProductAttention", "GroupQueryAttention", "PagedAttention", "MultiHeadLatentAttention"):
+        assert f"### {title}" in out
+    assert "NVIDIA H100" in out and "| fp16 | B4 H16 S4096 D128 causal |" in out
