@@ -29,7 +29,7 @@
 #
 # Environment: ONNXATTN_LIBRARY (default: the carried build), GPU_CHECK_QUICK=1 (smaller benchmark),
 # GPU_CHECK_PYTEST_ARGS (extra pytest arguments, e.g. "-k decode"), GPU_CHECK_SANITIZE=1 (memcheck and
-# racecheck even when the tests pass).
+# racecheck even when the tests pass), GPU_CHECK_BENCHES (comma-separated subset of sdpa,gqa,mla,paged; default all).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -147,21 +147,34 @@ done
 echo "== benchmarks"
 quick=()
 if [ "${GPU_CHECK_QUICK:-0}" = 1 ]; then quick=(--quick); fi
-timeout "$CAP_BENCH_SDPA" python3 benchmarks/bench_sdpa_cuda.py --out "$OUT/bench_sdpa_cuda.json" "${quick[@]}"
-bench_rc=$?
-timeout "$CAP_BENCH_GQA" python3 benchmarks/bench_gqa_cuda.py --out "$OUT/bench_gqa_cuda.json" "${quick[@]}"
-gqa_bench_rc=$?
-timeout "$CAP_BENCH_MLA" python3 benchmarks/bench_mla_cuda.py --out "$OUT/bench_mla_cuda.json" "${quick[@]}"
-mla_bench_rc=$?
-echo "MultiHeadLatentAttention benchmark: rc=$mla_bench_rc (its tests ran in the first stage)"
-timeout "$CAP_BENCH_PAGED" python3 benchmarks/bench_paged_cuda.py --out "$OUT/bench_paged_cuda.json" "${quick[@]}"
-paged_bench_rc=$?
+benches=",${GPU_CHECK_BENCHES:-sdpa,gqa,mla,paged},"
+bench_rc= gqa_bench_rc= mla_bench_rc=0 paged_bench_rc=
+if [[ $benches == *,sdpa,* ]]; then
+  timeout "$CAP_BENCH_SDPA" python3 benchmarks/bench_sdpa_cuda.py --out "$OUT/bench_sdpa_cuda.json" "${quick[@]}"
+  bench_rc=$?
+fi
+if [[ $benches == *,gqa,* ]]; then
+  timeout "$CAP_BENCH_GQA" python3 benchmarks/bench_gqa_cuda.py --out "$OUT/bench_gqa_cuda.json" "${quick[@]}"
+  gqa_bench_rc=$?
+fi
+if [[ $benches == *,mla,* ]]; then
+  timeout "$CAP_BENCH_MLA" python3 benchmarks/bench_mla_cuda.py --out "$OUT/bench_mla_cuda.json" "${quick[@]}"
+  mla_bench_rc=$?
+  echo "MultiHeadLatentAttention benchmark: rc=$mla_bench_rc (its tests ran in the first stage)"
+fi
+if [[ $benches == *,paged,* ]]; then
+  timeout "$CAP_BENCH_PAGED" python3 benchmarks/bench_paged_cuda.py --out "$OUT/bench_paged_cuda.json" "${quick[@]}"
+  paged_bench_rc=$?
+fi
 
 echo "== summary"
-python3 scripts/gpu_summary.py "$OUT" --tests-rc "$tests_rc" --gqa-tests-rc "$gqa_tests_rc" --bench-rc "$bench_rc" \
-  --gqa-bench-rc "$gqa_bench_rc" --paged-tests-rc "$paged_tests_rc" --paged-bench-rc "$paged_bench_rc" \
-  --sanitize-rc "$sanitize_rc"
-return $(( tests_rc != 0 || gqa_tests_rc != 0 || paged_tests_rc != 0 || sanitize_rc != 0 || sparse_tests_rc != 0 || bench_rc != 0 || gqa_bench_rc != 0 || mla_bench_rc != 0 || paged_bench_rc != 0 ))
+bench_args=()
+[ -n "$bench_rc" ] && bench_args+=(--bench-rc "$bench_rc")
+[ -n "$gqa_bench_rc" ] && bench_args+=(--gqa-bench-rc "$gqa_bench_rc")
+[ -n "$paged_bench_rc" ] && bench_args+=(--paged-bench-rc "$paged_bench_rc")
+python3 scripts/gpu_summary.py "$OUT" --tests-rc "$tests_rc" --gqa-tests-rc "$gqa_tests_rc" --paged-tests-rc "$paged_tests_rc" \
+  --sanitize-rc "$sanitize_rc" "${bench_args[@]}"
+return $(( tests_rc != 0 || gqa_tests_rc != 0 || paged_tests_rc != 0 || sanitize_rc != 0 || sparse_tests_rc != 0 || ${bench_rc:-0} != 0 || ${gqa_bench_rc:-0} != 0 || mla_bench_rc != 0 || ${paged_bench_rc:-0} != 0 ))
 }
 
 main 2>&1 | tee "$OUT/gpu_check.log"

@@ -151,6 +151,8 @@ __global__ void __launch_bounds__(tiles::kThreads) decode_mma_kernel(const Kerne
   for (int n = 0; n < kOutN8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
   float m[2] = {kNegInf, kNegInf}, l[2] = {0.0f, 0.0f};
   const bool has_mask = a.mask_kind != MaskKind::kNone;
+  const bool has_softcap = a.softcap > 0.0f;
+  const SoftCap softcap(a.softcap);  // its divisions once, not per score
 
   for (int it = 0; it < my_steps; ++it) {
     if (it + kStages - 1 < my_steps) load_step(it + kStages - 1);
@@ -162,16 +164,36 @@ __global__ void __launch_bounds__(tiles::kThreads) decode_mma_kernel(const Kerne
     const int j0 = range_begin + (warp + it * kWarps) * kWarpKeys;
     const int j_end = min(j0 + kWarpKeys, range_end);
 
-    // S = Q K^T for 16 rows x 16 keys (two n8 tiles).
+    // S = Q K^T for 16 rows x 16 keys (two n8 tiles). When D fills the tile the step count is a constant
+    // (no per-step exit between an ldmatrix and its mmas), and even and odd k-steps accumulate apart: two
+    // dependent mma chains of half the length, since a warp's step latency is what bounds small batches.
     float s[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
+    const uint32_t k_frag_addr = smem_u32(k_s + (lane % 8 + (lane / 16) * 8) * kStride + ((lane / 8) % 2) * 8);
+    if (d_steps == kSteps && kSteps % 2 == 0) {
+      float odd[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
 #pragma unroll
-    for (int ks = 0; ks < kSteps; ++ks) {
-      if (ks >= d_steps) break;
-      uint32_t kb[4];
-      const int key = lane % 8 + (lane / 16) * 8;
-      ldmatrix_x4(kb, smem_u32(k_s + key * kStride + ks * 16 + ((lane / 8) % 2) * 8));
-      Mma<T>::run(s[0], qa[ks], kb[0], kb[1]);
-      Mma<T>::run(s[1], qa[ks], kb[2], kb[3]);
+      for (int ks = 0; ks < kSteps; ks += 2) {
+        uint32_t kb[4], kb_odd[4];
+        ldmatrix_x4(kb, k_frag_addr + ks * 32);
+        ldmatrix_x4(kb_odd, k_frag_addr + (ks + 1) * 32);
+        Mma<T>::run(s[0], qa[ks], kb[0], kb[1]);
+        Mma<T>::run(s[1], qa[ks], kb[2], kb[3]);
+        Mma<T>::run(odd[0], qa[ks + 1], kb_odd[0], kb_odd[1]);
+        Mma<T>::run(odd[1], qa[ks + 1], kb_odd[2], kb_odd[3]);
+      }
+#pragma unroll
+      for (int n = 0; n < 2; ++n)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) s[n][i] += odd[n][i];
+    } else {
+#pragma unroll
+      for (int ks = 0; ks < kSteps; ++ks) {
+        if (ks >= d_steps) break;
+        uint32_t kb[4];
+        ldmatrix_x4(kb, k_frag_addr + ks * 32);
+        Mma<T>::run(s[0], qa[ks], kb[0], kb[1]);
+        Mma<T>::run(s[1], qa[ks], kb[2], kb[3]);
+      }
     }
 
     // Keys past this split's end belong to another split: the element test runs on them too.
@@ -184,7 +206,7 @@ __global__ void __launch_bounds__(tiles::kThreads) decode_mma_kernel(const Kerne
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
           const float v = s[n][2 * h + e] * a.scale;
-          x[2 * n + e] = a.softcap > 0.0f ? soft_cap(v, a.softcap) : v;
+          x[2 * n + e] = has_softcap ? softcap.apply(v) : v;
         }
       }
       if (edge || has_mask) {

@@ -257,13 +257,9 @@ __device__ __forceinline__ int64_t mask_row_offset(const KernelArgs<T>& a, int64
 }
 
 // ---- Score hooks, in the contract's order: scale, softcap, user mask, structural mask.
-// c * tanh(x / c) as c * (1 - 2 / (exp(2x/c) + 1)): exact limits, ~1e-7 relative error, no tanhf call.
-__device__ __forceinline__ float soft_cap(float x, float cap) {
-  const float e = __expf(2.0f * x / cap);
-  return cap - 2.0f * cap / (e + 1.0f);
-}
-// The same with the divisions by the cap hoisted out of the loop and the last one a fast reciprocal
-// (__fdividef(y, inf) = 0 keeps the +cap limit; e + 1 >= 1 otherwise).
+// c * tanh(x / c) as c - 2c / (exp(2x/c) + 1): exact limits, a few ulps (fast exp and reciprocal), no tanhf. The
+// divisions by the cap are made once per kernel, the last one a fast reciprocal (__fdividef(y, inf) = 0
+// keeps the +c limit; e + 1 >= 1 otherwise).
 struct SoftCap {
   float cap, two_over_cap, two_cap;
   __device__ explicit SoftCap(float c) : cap(c), two_over_cap(c > 0.0f ? 2.0f / c : 0.0f), two_cap(2.0f * c) {}

@@ -209,13 +209,41 @@ __global__ void __launch_bounds__(tiles::kThreads) combine_kernel(const KernelAr
   __syncwarp();
   const float inv = total > 0.0f ? 1.0f / total : 0.0f;
   const int v_dim = a.v_head_dim;
-  for (int e = lane; e < v_dim; e += 32) {
-    float acc = 0.0f;
-    for (int s = 0; s < splits; ++s) {
-      const float w = weights[warp][s];
-      if (w != 0.0f) acc = fmaf(w, a.partial_out[(s * a.out_rows + row) * v_dim + e], acc);
+  // The partial loads are unconditional (an empty split's partial is never written: its weight-0 value is
+  // selected away after the load), so the unrolled split loop keeps several loads in flight. A load under
+  // `if (w != 0)` went out one at a time: ~splits x Dv/32 dependent L2 round trips, most of a B=1 decode.
+  const float* const partials = a.partial_out + row * v_dim;
+  const int64_t split_stride = a.out_rows * v_dim;
+  if (v_dim % 4 == 0) {  // rows 16-byte aligned (the scratch base is 256-byte aligned)
+    for (int e = 4 * lane; e < v_dim; e += 128) {
+      float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll 8
+      for (int s = 0; s < splits; ++s) {
+        const float w = weights[warp][s];
+        const float4 p = *reinterpret_cast<const float4*>(partials + s * split_stride + e);
+        if (w != 0.0f) {
+          acc.x = fmaf(w, p.x, acc.x);
+          acc.y = fmaf(w, p.y, acc.y);
+          acc.z = fmaf(w, p.z, acc.z);
+          acc.w = fmaf(w, p.w, acc.w);
+        }
+      }
+      y[e] = from_float<T>(acc.x * inv);
+      y[e + 1] = from_float<T>(acc.y * inv);
+      y[e + 2] = from_float<T>(acc.z * inv);
+      y[e + 3] = from_float<T>(acc.w * inv);
     }
-    y[e] = from_float<T>(acc * inv);
+  } else {
+    for (int e = lane; e < v_dim; e += 32) {
+      float acc = 0.0f;
+#pragma unroll 8
+      for (int s = 0; s < splits; ++s) {
+        const float w = weights[warp][s];
+        const float p = partials[s * split_stride + e];
+        acc = fmaf(w, w != 0.0f ? p : 0.0f, acc);
+      }
+      y[e] = from_float<T>(acc * inv);
+    }
   }
   if (lane == 0 && a.lse != nullptr) a.lse[row] = total > 0.0f ? big + logf(total) : kNegInf;
 }
