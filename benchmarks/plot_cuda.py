@@ -1,21 +1,24 @@
 """Plots and markdown tables of the recorded CUDA benchmark runs (benchmarks/results/*_cuda_*.json).
 
-Reads the JSON written by bench_sdpa_cuda.py, bench_gqa_cuda.py, bench_paged_cuda.py and bench_mla_cuda.py
-(which one a file is: its name, `sdpa_...`, `gqa_...`, `paged_...`, `mla_...`, optionally `bench_`-prefixed,
-else its rows) and writes one PNG per file, next to it (or into --out-dir), with the same name:
+Reads the JSON written by bench_sdpa_cuda.py, bench_gqa_cuda.py, bench_paged_cuda.py, bench_mla_cuda.py and
+bench_sparse_cuda.py (which one a file is: its name, `sdpa_...`, `gqa_...`, `paged_...`, `mla_...`,
+`sparse_...`, optionally `bench_`-prefixed, else its rows) and writes one PNG per file, next to it (or into
+--out-dir), with the same name:
   - sdpa:  prefill TFLOP/s per shape and dtype for each implementation (onnxattn, torch flash, torch cuDNN,
            onnxruntime GroupQueryAttention), and decode as a fraction of the measured copy bandwidth per shape;
   - gqa:   onnxattn::GroupQueryAttention vs onnxruntime's com.microsoft.GroupQueryAttention, prefill TFLOP/s and
            decode fraction of copy bandwidth, per timer (gpu = summed device time, graph, wall);
   - paged: paged decode / chunked-prefill step vs our contiguous decode of the same keys, fraction of copy
            bandwidth, with the paged/contiguous time ratio;
-  - mla:   cache GB/s and TFLOP/s per row.
+  - mla:   cache GB/s and TFLOP/s per row;
+  - sparse: NativeSparseAttention and SparseRoutedAttention (CUDA EP) vs our dense SDPA and torch SDPA, ms per
+           sequence length (log scale) and the sparse/dense, sparse/torch time ratios.
 Each plot is titled with the device, commit and date of the run; a markdown table of each file goes to stdout.
 Computes nothing the benchmarks did not record (ratios of recorded times aside).
 
     python benchmarks/plot_cuda.py [FILE.json ...] [--out-dir DIR]
 
-Without files: benchmarks/results/{sdpa,gqa,paged,mla}_cuda_h100.json.
+Without files: those of benchmarks/results/{sdpa,gqa,paged,mla,sparse}_cuda_h100.json that exist.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-DEFAULTS = [RESULTS / f"{name}_cuda_h100.json" for name in ("sdpa", "gqa", "paged", "mla")]
+DEFAULTS = [RESULTS / f"{name}_cuda_h100.json" for name in ("sdpa", "gqa", "paged", "mla", "sparse")]
 
 SDPA_IMPLS = ("onnxattn", "torch_flash", "torch_cudnn", "ort_gqa")
 LABELS = {
@@ -37,6 +40,10 @@ LABELS = {
     "ort_gqa": "ORT GroupQueryAttention",
     "gqa_contiguous": "contiguous (our GQA decode)",
     "onnxattn_ort": "paged via ORT CUDA EP",
+    "nsa": "NativeSparseAttention (ORT CUDA EP)",
+    "routed": "SparseRoutedAttention (ORT CUDA EP)",
+    "dense": "dense SDPA, ours (C entry)",
+    "dense_ort": "dense SDPA, ours (ORT CUDA EP)",
 }
 COLORS = {
     "onnxattn": "tab:blue",
@@ -45,6 +52,10 @@ COLORS = {
     "ort_gqa": "tab:red",
     "gqa_contiguous": "tab:gray",
     "onnxattn_ort": "tab:cyan",
+    "nsa": "tab:purple",
+    "routed": "tab:brown",
+    "dense": "tab:blue",
+    "dense_ort": "tab:cyan",
 }
 DTYPE = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
 PREFILL_TARGET_TFLOPS = 300.0  # the SDPA issue's first prefill target (FA2 class) at S=4k
@@ -57,12 +68,14 @@ PAGED_RATIO_TARGET = 1.15  # paged within 15% of contiguous
 
 def kind_of(path: Path, data: dict) -> str:
     stem = path.stem.removeprefix("bench_")
-    for kind in ("sdpa", "gqa", "paged", "mla"):
+    for kind in ("sdpa", "gqa", "paged", "mla", "sparse"):
         if stem.startswith(kind):
             return kind
     if "rows" in data:
         return "mla"
     rows = data.get("results", [])
+    if any("ratio" in r and "seq" in r for r in rows):
+        return "sparse"
     if any("gqa_contiguous" in r.get("ms", {}) for r in rows):
         return "paged"
     if any(isinstance(v, dict) for r in rows for v in r.get("ms", {}).values()):
@@ -348,6 +361,46 @@ def table_mla(data: dict) -> str:
     return "\n".join(out)
 
 
+# ------------------------------------------------------------------------------------------------ sparse
+
+SPARSE_IMPLS = ("nsa", "routed", "dense", "dense_ort", "torch_flash", "torch_cudnn")
+SPARSE_RATIOS = ("nsa/dense", "routed/dense", "nsa/torch", "routed/torch")
+
+
+def plot_sparse(data: dict, png: Path) -> None:
+    rows = data["results"]
+    groups = [f"S={short_len(r['seq'])}" for r in rows]
+    plt, fig, (ax1, ax2) = new_figure(2, width=14, height=5.5, ratios=[1.6, 1])
+    grouped_bars(ax1, groups, {i: [r["ms"].get(i) for r in rows] for i in SPARSE_IMPLS}, COLORS, LABELS,
+                 fmt="{:.1f}")
+    ax1.set_yscale("log")
+    ax1.set_ylabel("ms per forward (log)")
+    ax1.set_title("causal prefill, B1 16q/2kv D128 bf16; blocks of 64, top 16, window 512", fontsize=9)
+    ax1.legend(fontsize=7, loc="upper left")
+    grouped_bars(ax2, groups, {k: [r.get("ratio", {}).get(k) for r in rows] for k in SPARSE_RATIOS}, fmt="{:.2f}")
+    ax2.axhline(1.0, color="k", lw=0.8)
+    ax2.set_ylabel("time ratio (< 1: sparse faster)")
+    ax2.set_title("sparse / dense (ours), sparse / torch (faster backend)", fontsize=9)
+    ax2.legend(fontsize=7, loc="upper right")
+    fig.suptitle(title_of(environment(data), "onnxattn::NativeSparseAttention, SparseRoutedAttention (CUDA EP)"),
+                 fontsize=10)
+    save(plt, fig, png)
+
+
+def table_sparse(data: dict) -> str:
+    out = ["| S | NSA ms | routed ms | dense ms (ours, C entry) | dense ms (ours, ORT) | torch flash ms "
+           "| torch cuDNN ms | NSA / dense | routed / dense | NSA / torch | routed / torch |",
+           "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in data["results"]:
+        ms, q = r["ms"], r.get("ratio", {})
+        out.append(f"| {short_len(r['seq'])} | " + " | ".join(num(ms.get(i), ".2f") for i in SPARSE_IMPLS) + " | "
+                   + " | ".join(num(q.get(k), ".3f") for k in SPARSE_RATIOS) + " |")
+    out.append("")
+    out.append("Time ratios: dense = our SDPA through the same onnxruntime path when measured, torch = the faster "
+               "torch backend.")
+    return "\n".join(out)
+
+
 # -------------------------------------------------------------------------------------------------- main
 
 KINDS = {
@@ -355,6 +408,7 @@ KINDS = {
     "gqa": (plot_gqa, table_gqa, "GroupQueryAttention"),
     "paged": (plot_paged, table_paged, "PagedAttention"),
     "mla": (plot_mla, table_mla, "MultiHeadLatentAttention"),
+    "sparse": (plot_sparse, table_sparse, "Sparse attention"),
 }
 
 

@@ -8,10 +8,12 @@
 #   2c. PagedAttention: kernels via ctypes, then the CUDA EP (tests/gpu/test_paged_cuda_kernels.py, _ort.py)
 #   3. compute-sanitizer memcheck on PagedAttention's launches and bad index inputs (every run), and on
 #      representative launches of every other family whose tests failed
-#   4. the benchmarks (benchmarks/bench_sdpa_cuda.py, bench_gqa_cuda.py, bench_mla_cuda.py, bench_paged_cuda.py)
-# then prints one summary table and writes JSON under $OUT (the device tool's output folder; out/gpu_check
-# elsewhere): gpu_check.json (summary), bench_sdpa_cuda.json, bench_gqa_cuda.json, bench_paged_cuda.json,
-# gpu_tests.xml, gpu_tests_gqa.xml, gpu_tests_paged.xml, gpu_check.log.
+#   4. the benchmarks (benchmarks/bench_sdpa_cuda.py, bench_gqa_cuda.py, bench_mla_cuda.py, bench_paged_cuda.py,
+#      bench_sparse_cuda.py)
+# then prints one summary table and writes under $OUT (the device tool's output folder; out/gpu_check
+# elsewhere) the 8 files the device tool returns at most: gpu_check.json (summary), bench_sdpa_cuda.json,
+# bench_gqa_cuda.json, bench_mla_cuda.json, bench_paged_cuda.json, bench_sparse_cuda.json, gpu_tests.xml (the
+# serial stages' gpu_tests_*.xml merged into it by gpu_summary.py), gpu_check.log.
 #
 # Nothing compiles on the GPU machine. Here, first:
 #   cmake -S . -B build/gpu -G Ninja -DONNXATTN_CUDA=ON -DONNXATTN_CUDA_ARCHS="80;90a" -DONNXATTN_WERROR=ON
@@ -21,24 +23,26 @@
 # /tmp/ortparts); the wheel parts of ../shared/device/ort-gpu-parts work too. This script reassembles and
 # installs them; without them the onnxruntime checks and baseline are skipped, saying why. Then the one call:
 #   command: mkdir -p /tmp/ortparts && cp .devcarry/ort-4/* /tmp/ortparts/ && ONNXATTN_COMMIT=<git rev-parse HEAD> bash scripts/gpu_check.sh
-#   carry:   ["build/gpu/onnxattn/cuda_ep/libonnxattn_ops.so", ".devcarry/ort-4", ".devcarry/pywheels"]   timeout_s: 480
+#   carry:   ["build/gpu/onnxattn/cuda_ep/libonnxattn_ops.so", ".devcarry/ort-4", ".devcarry/pywheels"]   timeout_s: 500
 # Worst case under the caps below: ~25 s setup, the parallel test stage 170 + 10 s, memcheck 60 s, benchmarks
-# 70 + 45 + 20 + 30 s: 430 s (without pytest-xdist the serial stages take 85 + 70 + 40 + 55 s, each + 5 s
-# for pytest's report after the interrupt: 510 s in all; then timeout_s 540).
+# 70 + 45 + 20 + 30 + 40 s: 470 s (without pytest-xdist the serial stages take 85 + 70 + 40 + 55 s, each + 5 s
+# for pytest's report after the interrupt: 560 s in all; then timeout_s 590).
 # Commit the bench JSON it returns under benchmarks/results/.
 #
 # Environment: ONNXATTN_LIBRARY (default: the carried build), GPU_CHECK_QUICK=1 (smaller benchmark),
 # GPU_CHECK_PYTEST_ARGS (extra pytest arguments, e.g. "-k decode"), GPU_CHECK_SANITIZE=1 (memcheck and
-# racecheck even when the tests pass), GPU_CHECK_BENCHES (comma-separated subset of sdpa,gqa,mla,paged; default all).
+# racecheck even when the tests pass), GPU_CHECK_BENCHES (comma-separated subset of sdpa,gqa,mla,paged,sparse;
+# default all).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 OUT=${OUT:-$root/out/gpu_check}
 mkdir -p "$OUT"
-# Stage caps in seconds; keep their sum (+ 5 s per test stage, + ~25 s setup) under the device call's 540 s.
+# Stage caps in seconds; keep their sum (+ 5 s per test stage, + ~25 s setup) under the device call's timeout_s
+# (600 s at most). CAP_BENCH_SPARSE: bench_sparse_cuda.py also stops measuring by itself at 32 s (--budget-s).
 # CAP_SPARSE_TESTS is the sparse-attention stage's (NativeSparseAttention / SparseRoutedAttention).
 CAP_TESTS_PARALLEL=170 CAP_TESTS=85 CAP_GQA_TESTS=70 CAP_SPARSE_TESTS=40 CAP_PAGED_TESTS=55 CAP_SANITIZE=60
-CAP_BENCH_SDPA=70 CAP_BENCH_GQA=45 CAP_BENCH_MLA=20 CAP_BENCH_PAGED=30
+CAP_BENCH_SDPA=70 CAP_BENCH_GQA=45 CAP_BENCH_MLA=20 CAP_BENCH_PAGED=30 CAP_BENCH_SPARSE=40
 
 main() {
 
@@ -147,8 +151,8 @@ done
 echo "== benchmarks"
 quick=()
 if [ "${GPU_CHECK_QUICK:-0}" = 1 ]; then quick=(--quick); fi
-benches=",${GPU_CHECK_BENCHES:-sdpa,gqa,mla,paged},"
-bench_rc= gqa_bench_rc= mla_bench_rc=0 paged_bench_rc=
+benches=",${GPU_CHECK_BENCHES:-sdpa,gqa,mla,paged,sparse},"
+bench_rc= gqa_bench_rc= mla_bench_rc=0 paged_bench_rc= sparse_bench_rc=
 if [[ $benches == *,sdpa,* ]]; then
   timeout "$CAP_BENCH_SDPA" python3 benchmarks/bench_sdpa_cuda.py --out "$OUT/bench_sdpa_cuda.json" "${quick[@]}"
   bench_rc=$?
@@ -166,15 +170,20 @@ if [[ $benches == *,paged,* ]]; then
   timeout "$CAP_BENCH_PAGED" python3 benchmarks/bench_paged_cuda.py --out "$OUT/bench_paged_cuda.json" "${quick[@]}"
   paged_bench_rc=$?
 fi
+if [[ $benches == *,sparse,* ]]; then
+  timeout "$CAP_BENCH_SPARSE" python3 benchmarks/bench_sparse_cuda.py --out "$OUT/bench_sparse_cuda.json" "${quick[@]}"
+  sparse_bench_rc=$?
+fi
 
 echo "== summary"
 bench_args=()
 [ -n "$bench_rc" ] && bench_args+=(--bench-rc "$bench_rc")
 [ -n "$gqa_bench_rc" ] && bench_args+=(--gqa-bench-rc "$gqa_bench_rc")
 [ -n "$paged_bench_rc" ] && bench_args+=(--paged-bench-rc "$paged_bench_rc")
+[ -n "$sparse_bench_rc" ] && bench_args+=(--sparse-bench-rc "$sparse_bench_rc")
 python3 scripts/gpu_summary.py "$OUT" --tests-rc "$tests_rc" --gqa-tests-rc "$gqa_tests_rc" --paged-tests-rc "$paged_tests_rc" \
   --sanitize-rc "$sanitize_rc" "${bench_args[@]}"
-return $(( tests_rc != 0 || gqa_tests_rc != 0 || paged_tests_rc != 0 || sanitize_rc != 0 || sparse_tests_rc != 0 || ${bench_rc:-0} != 0 || ${gqa_bench_rc:-0} != 0 || mla_bench_rc != 0 || ${paged_bench_rc:-0} != 0 ))
+return $(( tests_rc != 0 || gqa_tests_rc != 0 || paged_tests_rc != 0 || sanitize_rc != 0 || sparse_tests_rc != 0 || ${bench_rc:-0} != 0 || ${gqa_bench_rc:-0} != 0 || mla_bench_rc != 0 || ${paged_bench_rc:-0} != 0 || ${sparse_bench_rc:-0} != 0 ))
 }
 
 main 2>&1 | tee "$OUT/gpu_check.log"

@@ -1,7 +1,8 @@
 """Summary of one scripts/gpu_check.sh run: test counts per file and the first failures (from the
 pytest JUnit XML files gpu_tests*.xml), the benchmark tables
-(from bench_sdpa_cuda.json, bench_gqa_cuda.json and bench_paged_cuda.json); prints one table and writes
-gpu_check.json next to them."""
+(from bench_sdpa_cuda.json, bench_gqa_cuda.json, bench_paged_cuda.json and bench_sparse_cuda.json); prints one
+table and writes gpu_check.json next to them. The serial stages' reports (gpu_tests_gqa.xml, ...) are then merged
+into gpu_tests.xml, so the folder holds at most 8 files (what the device tool returns)."""
 
 from __future__ import annotations
 
@@ -39,6 +40,49 @@ def test_summary(xml_paths: list[Path]) -> dict:
     return out
 
 
+def merge_reports(xml_paths: list[Path], into: Path) -> None:
+    """One JUnit report from several (each testsuite tagged with its file); the merged-in files are removed.
+    A report that does not parse stays as it is."""
+    if len(xml_paths) < 2:
+        return
+    merged, done = ET.Element("testsuites"), []
+    for path in xml_paths:
+        try:
+            root = ET.parse(path).getroot()
+        except (ET.ParseError, OSError) as e:
+            print(f"gpu_summary: {path.name} not merged ({e})")
+            continue
+        for suite in [root] if root.tag == "testsuite" else list(root):
+            suite.set("file", path.name)
+            merged.append(suite)
+        done.append(path)
+    ET.ElementTree(merged).write(into, encoding="utf-8", xml_declaration=True)
+    for path in done:
+        if path != into:
+            path.unlink()
+
+
+def sparse_bench_lines(bench: dict) -> list[str]:
+    """The sparse attention benchmark (bench_sparse_cuda.json): ms per implementation and the time ratios."""
+    def cell(x, spec="9.2f"):
+        return format(x, spec) if isinstance(x, (int, float)) else "n/a".rjust(int(spec.split(".")[0]))
+
+    lines = [f"{'sparse bench':12} {'S':>6} {'nsa ms':>9} {'routed ms':>9} {'dense ms':>9} {'torch ms':>9} "
+             f"{'nsa/dense':>9} {'rtd/dense':>9} {'nsa/torch':>9} {'rtd/torch':>9}  dense, torch ="]
+    for r in bench.get("results", []):
+        ms, ratio = r.get("ms", {}), r.get("ratio", {})
+        dense, torch_ref = r.get("dense_ref"), r.get("torch_ref")
+        cells = [cell(ms.get("nsa")), cell(ms.get("routed")), cell(ms.get(dense) if dense else None),
+                 cell(ms.get(torch_ref) if torch_ref else None)]
+        cells += [cell(ratio.get(k), "9.3f") for k in ("nsa/dense", "routed/dense", "nsa/torch", "routed/torch")]
+        seq = r.get("seq", 0)
+        lines.append(f"{'prefill':12} {f'{seq // 1024}k' if seq % 1024 == 0 else seq:>6} {' '.join(cells)}  "
+                     f"{dense or '-'}, {torch_ref or '-'}")
+        for name, text in r.get("errors", {}).items():
+            lines.append(f"  {name}: {text[:160]}")
+    return lines
+
+
 def print_gqa_bench(bench: dict) -> None:
     unit_of = {"prefill": ("tflops", "TFLOP/s"), "decode": ("gbs", "GB/s")}
     print(f"{'GQA bench':9} {'shape':34} {'ours gpu':>9} {'ort gpu':>9} {'ours wall':>9} {'ort wall':>9}  unit")
@@ -71,6 +115,7 @@ def main(argv=None) -> int:
     parser.add_argument("--gqa-bench-rc", type=int, default=None)
     parser.add_argument("--paged-tests-rc", type=int, default=None)
     parser.add_argument("--paged-bench-rc", type=int, default=None)
+    parser.add_argument("--sparse-bench-rc", type=int, default=None)
     parser.add_argument("--sanitize-rc", type=int, default=None)
     args = parser.parse_args(argv)
     # One report from the parallel run (pytest-xdist), or one per op family from the serial stages.
@@ -82,6 +127,8 @@ def main(argv=None) -> int:
     gqa_bench = json.loads(gqa_bench_path.read_text()) if gqa_bench_path.is_file() else None
     paged_bench_path = args.out / "bench_paged_cuda.json"
     paged_bench = json.loads(paged_bench_path.read_text()) if paged_bench_path.is_file() else None
+    sparse_bench_path = args.out / "bench_sparse_cuda.json"
+    sparse_bench = json.loads(sparse_bench_path.read_text()) if sparse_bench_path.is_file() else None
 
     print("\n=========================== GPU check summary ===========================")
     if bench:
@@ -127,6 +174,10 @@ def main(argv=None) -> int:
         print_paged_bench(paged_bench)
     elif args.paged_bench_rc is not None:
         print(f"PagedAttention benchmark: no results (exit code {args.paged_bench_rc})")
+    if sparse_bench:
+        print("\n".join(sparse_bench_lines(sparse_bench)))
+    elif args.sparse_bench_rc is not None:
+        print(f"sparse attention benchmark: no results (exit code {args.sparse_bench_rc})")
     if args.sanitize_rc is not None:
         print(f"compute-sanitizer: {'clean' if args.sanitize_rc == 0 else f'errors (exit code {args.sanitize_rc})'}")
     summary = {
@@ -136,14 +187,17 @@ def main(argv=None) -> int:
         "gqa_bench_exit_code": args.gqa_bench_rc,
         "paged_tests_exit_code": args.paged_tests_rc,
         "paged_bench_exit_code": args.paged_bench_rc,
+        "sparse_bench_exit_code": args.sparse_bench_rc,
         "sanitize_exit_code": args.sanitize_rc,
         "tests": tests,
-        "environment": bench["environment"] if bench else gqa_bench["environment"] if gqa_bench else None,
+        "environment": next((b["environment"] for b in (bench, gqa_bench, paged_bench, sparse_bench) if b), None),
         "bench_file": bench_path.name if bench else None,
         "gqa_bench_file": gqa_bench_path.name if gqa_bench else None,
         "paged_bench_file": paged_bench_path.name if paged_bench else None,
+        "sparse_bench_file": sparse_bench_path.name if sparse_bench else None,
     }
     (args.out / "gpu_check.json").write_text(json.dumps(summary, indent=1))
+    merge_reports([p for p in xml if p.is_file()], args.out / "gpu_tests.xml")
     print(f"wrote {args.out / 'gpu_check.json'}")
     return 0
 
