@@ -61,12 +61,15 @@ def bench(batch: int, heads: int, past: int, repeat: int) -> dict:
             "splits": lib.plan(p, sm_count=torch.cuda.get_device_properties(0).multi_processor_count).splits}
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("bench_mla_cuda.json"))
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
     args = parser.parse_args()
+    if not torch.cuda.is_available():
+        print("bench_mla_cuda: no CUDA GPU", file=sys.stderr)
+        return 2
     repeat = 5 if args.quick else args.repeat
     device = torch.cuda.get_device_name(0)
     rows = [bench(64, 16, 4096, repeat), bench(64, 128, 4096, repeat), bench(1, 16, 4096, repeat)]
@@ -77,9 +80,12 @@ def main() -> None:
               f"{r['tflops']:8.2f}")
     print("  anchors (FlashMLA on H800): ~3000 GB/s memory-bound, 580-660 TFLOP/s compute-bound")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"device": device, "rows": rows}, indent=2))
+    from bench_sdpa_cuda import environment  # device, driver, torch, commit, date: as the other CUDA benchmarks
+
+    args.out.write_text(json.dumps({"device": device, "environment": environment(), "rows": rows}, indent=2))
     print(f"wrote {args.out}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
