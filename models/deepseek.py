@@ -1,11 +1,17 @@
-"""DeepSeek-V3-style decoder: multi-head latent attention (MLA) + SwiGLU MLP, pre-norm RMSNorm blocks.
+"""DeepSeek-V3-style decoder: multi-head latent attention (MLA), pre-norm RMSNorm blocks, a SwiGLU MLP in the
+first `first_dense_layers` layers and DeepSeek-V3's mixture of experts (MoE) in the others.
 
 Each layer caches only the normalised latent c_kv [B, 1, P, R] and the rope keys [B, 1, P, Dr] (the
 [B, Hkv=1, P, .] layout of the other decoders' caches, so export_model and generate serve it unchanged:
 past_key_values.{i}.key is the latent, .value the rope keys). Optional low-rank query path, YaRN RoPE with
 DeepSeek's softmax scale (mscale^2 / sqrt(Dn + Dr)), interleaved rope pairs as the checkpoints store them.
-DeepSeek-V3's mixture-of-experts FFN and multi-token prediction are not modelled: every layer has a dense
-MLP (as V3's first dense layers do)."""
+
+The MoE is DeepSeek-V3's: sigmoid router scores, a per-expert bias (e_score_correction_bias) added for the
+choice only, group-limited top-k (experts_per_token among the experts of the groups_per_token best of
+num_groups groups, a group scored by the sum of its two best experts), the chosen scores renormalised
+(norm_topk) and scaled (routed_scaling), plus always-on shared experts. Every expert runs on every token and the router's weights (zero for the
+experts not chosen) mix them: exact, exportable with standard ONNX ops, and E / k times the compute of a
+sparse dispatch (this is a reference model). Multi-token prediction (MTP) is not modelled."""
 
 from __future__ import annotations
 
@@ -16,7 +22,7 @@ import torch
 from torch import nn
 
 from onnxattn.models import register
-from onnxattn.models._base import CausalLM, RMSNorm, check_activation, init_weights
+from onnxattn.models._base import ACTIVATIONS, CausalLM, RMSNorm, check_activation, init_weights
 from onnxattn.models.llama import SwiGLU
 from onnxattn.nn import MultiHeadLatentAttention, Rope, RopeScaling
 
@@ -32,12 +38,24 @@ class DeepSeekV3Config:
     nope_head_dim: int = 16  # Dn
     rope_head_dim: int = 8  # Dr
     v_head_dim: int = 16  # Dv
-    intermediate: int = 128
+    intermediate: int = 128  # the dense MLP's (the first `first_dense_layers` layers)
+    # mixture of experts (transformers' DeepseekV3Config names in brackets)
+    num_experts: int = 8  # routed experts [n_routed_experts]; 0: every layer has the dense MLP
+    experts_per_token: int = 2  # [num_experts_per_tok]
+    moe_intermediate: int = 32  # each expert's SwiGLU width [moe_intermediate_size]
+    num_shared_experts: int = 1  # one SwiGLU of width moe_intermediate * this, on every token [n_shared_experts]
+    first_dense_layers: int = 1  # [first_k_dense_replace]
+    num_groups: int = 4  # expert groups [n_group]
+    groups_per_token: int = 2  # groups a token's experts come from [topk_group]
+    routed_scaling: float = 2.5  # [routed_scaling_factor]
+    norm_topk: bool = True  # the chosen experts' weights sum to 1 before the scaling [norm_topk_prob]
     rope_theta: float = 10000.0
     rope_scaling: RopeScaling | None = None  # YaRN for DeepSeek-V3 (factor 40, original 4096)
     mscale_all_dim: float = 0.0  # YaRN: softmax scale times (0.1 * mscale_all_dim * ln(factor) + 1)^2
     rope_interleaved: bool = True
+    attention_bias: bool = False  # biases on W_DQ, the joint KV down-projection and W_O
     rms_norm_eps: float = 1e-6
+    latent_norm_eps: float = 1e-6  # the RMSNorms on the query and KV latents (DeepSeek fixes them at 1e-6)
     activation: str = "silu"
     tie_embeddings: bool = False
     seed: int = 0
@@ -52,6 +70,29 @@ class DeepSeekV3Config:
             raise ValueError(f"{name}: rope_head_dim must be even and >= 2, got {self.rope_head_dim}")
         if self.q_rank is not None and self.q_rank < 1:
             raise ValueError(f"{name}: q_rank must be >= 1 or None, got {self.q_rank}")
+        if self.num_experts < 0 or self.first_dense_layers < 0 or self.num_shared_experts < 0:
+            raise ValueError(f"{name}: num_experts, first_dense_layers and num_shared_experts must be >= 0, got "
+                             f"{self.num_experts}, {self.first_dense_layers}, {self.num_shared_experts}")
+        if self.num_experts:
+            self._check_moe(name)
+
+    def _check_moe(self, name: str) -> None:
+        e, g = self.num_experts, self.num_groups
+        if self.moe_intermediate < 1:
+            raise ValueError(f"{name}: moe_intermediate must be >= 1, got {self.moe_intermediate}")
+        if g < 1 or e % g:
+            raise ValueError(f"{name}: num_groups ({g}) must be >= 1 and divide num_experts ({e})")
+        if g > 1 and e // g < 2:
+            raise ValueError(f"{name}: with num_groups > 1 each group needs >= 2 experts (a group scores by its "
+                             f"two best), got {e // g}")
+        if not 1 <= self.groups_per_token <= g:
+            raise ValueError(f"{name}: groups_per_token must be in [1, num_groups = {g}], got {self.groups_per_token}")
+        if not 1 <= self.experts_per_token <= self.groups_per_token * (e // g):
+            raise ValueError(f"{name}: experts_per_token must be in [1, {self.groups_per_token * (e // g)}] "
+                             f"(the experts of groups_per_token groups), got {self.experts_per_token}")
+
+    def is_moe(self, layer: int) -> bool:
+        return self.num_experts > 0 and layer >= self.first_dense_layers
 
     @property
     def softmax_scale(self) -> float | None:
@@ -63,6 +104,53 @@ class DeepSeekV3Config:
         return mscale * mscale / math.sqrt(self.nope_head_dim + self.rope_head_dim)
 
 
+class DeepSeekMoE(nn.Module):
+    """x [..., hidden] -> sum over the chosen routed experts of weight * SwiGLU_e(x), plus the shared experts.
+    Parameters as transformers stores them: `router` [E, hidden] (gate.weight), `e_score_correction_bias`
+    [E] (a buffer), `gate_up_proj` [E, 2 * I, hidden] (gate rows first), `down_proj` [E, hidden, I]."""
+
+    def __init__(self, cfg: DeepSeekV3Config):
+        super().__init__()
+        e, i, h = cfg.num_experts, cfg.moe_intermediate, cfg.hidden
+        self.num_experts, self.top_k, self.num_groups, self.topk_groups = e, cfg.experts_per_token, cfg.num_groups, \
+            cfg.groups_per_token
+        self.routed_scaling, self.norm_topk = cfg.routed_scaling, cfg.norm_topk
+        self.router = nn.Parameter(torch.zeros(e, h))
+        self.register_buffer("e_score_correction_bias", torch.zeros(e))
+        self.gate_up_proj = nn.Parameter(torch.zeros(e, 2 * i, h))
+        self.down_proj = nn.Parameter(torch.zeros(e, h, i))
+        self.act = ACTIVATIONS[cfg.activation]
+        self.shared_experts = (SwiGLU(h, i * cfg.num_shared_experts, False, cfg.activation)
+                               if cfg.num_shared_experts else None)
+
+    def route(self, x: torch.Tensor) -> torch.Tensor:
+        """Routing weights [..., E] in float32: zero but for each token's top_k experts."""
+        scores = torch.sigmoid(nn.functional.linear(x.float(), self.router.float()))
+        choice = scores + self.e_score_correction_bias.float()  # the bias steers the choice, not the weights
+        if self.num_groups > 1:
+            grouped = choice.unflatten(-1, (self.num_groups, self.num_experts // self.num_groups))
+            group_scores = grouped.topk(2, dim=-1).values.sum(-1)  # [..., G]
+            best = group_scores.topk(self.topk_groups, dim=-1).indices
+            keep = torch.zeros_like(group_scores).scatter(-1, best, 1.0)
+            choice = grouped.masked_fill(keep.unsqueeze(-1) == 0, float("-inf")).flatten(-2)
+        chosen = choice.topk(self.top_k, dim=-1).indices
+        weights = scores.gather(-1, chosen)
+        if self.norm_topk:
+            weights = weights / (weights.sum(-1, keepdim=True) + 1e-20)
+        return torch.zeros_like(scores).scatter(-1, chosen, weights * self.routed_scaling)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weights = self.route(x)  # [B, S, E]
+        gate, up = torch.matmul(x.unsqueeze(-3), self.gate_up_proj.transpose(1, 2)).chunk(2, dim=-1)  # [B, E, S, I]
+        y = torch.matmul(self.act(gate) * up, self.down_proj.transpose(1, 2))  # [B, E, S, hidden]
+        out = (y.float() * weights.transpose(-1, -2).unsqueeze(-1)).sum(-3).to(x.dtype)
+        return out if self.shared_experts is None else out + self.shared_experts(x)
+
+    def extra_repr(self) -> str:
+        return (f"experts={self.num_experts}, top_k={self.top_k}, groups={self.num_groups}, "
+                f"topk_groups={self.topk_groups}, intermediate={self.down_proj.shape[-1]}")
+
+
 class DeepSeekBlock(nn.Module):
     def __init__(self, cfg: DeepSeekV3Config, layer_idx: int):
         super().__init__()
@@ -71,9 +159,12 @@ class DeepSeekBlock(nn.Module):
             cfg.hidden, cfg.num_heads, kv_rank=cfg.kv_rank, q_rank=cfg.q_rank, nope_head_dim=cfg.nope_head_dim,
             rope_head_dim=cfg.rope_head_dim, v_head_dim=cfg.v_head_dim,
             rope=Rope(cfg.rope_theta, interleaved=cfg.rope_interleaved, scaling=cfg.rope_scaling),
-            scale=cfg.softmax_scale, norm_eps=cfg.rms_norm_eps, layer_idx=layer_idx)
+            scale=cfg.softmax_scale, norm_eps=cfg.latent_norm_eps, bias=cfg.attention_bias, layer_idx=layer_idx)
+        if cfg.attention_bias:  # the module's `bias` covers the down-projections; DeepSeek's W_O has one too
+            self.attn.o_proj = nn.Linear(cfg.num_heads * cfg.v_head_dim, cfg.hidden, bias=True)
         self.post_attn_norm = RMSNorm(cfg.hidden, cfg.rms_norm_eps)
-        self.mlp = SwiGLU(cfg.hidden, cfg.intermediate, False, cfg.activation)
+        self.mlp = DeepSeekMoE(cfg) if cfg.is_moe(layer_idx) else SwiGLU(cfg.hidden, cfg.intermediate, False,
+                                                                         cfg.activation)
 
     def forward(self, x, *, cache=None, past_key=None, past_value=None, past_lengths=None):
         # the decoder base passes the per-layer cache as (key, value): here (latent, rope keys)
@@ -116,4 +207,10 @@ def build_deepseek_v3(cfg: DeepSeekV3Config) -> DeepSeekV3Model:
         for layer in model.layers:
             for w in (layer.attn.w_uk, layer.attn.w_uv):
                 w.copy_(torch.randn(w.shape, generator=g) / math.sqrt(w.shape[1]))
+        # the routers' choice biases (buffers, zero after init_weights): DeepSeek-V3 learns them
+        g = torch.Generator().manual_seed(cfg.seed + 2)
+        for layer in model.layers:
+            if isinstance(layer.mlp, DeepSeekMoE):
+                bias = layer.mlp.e_score_correction_bias
+                bias.copy_(torch.randn(bias.shape, generator=g) * 0.1)
     return model

@@ -6,16 +6,19 @@ Nothing is downloaded: pass a model you built (e.g. ``LlamaForCausalLM(LlamaConf
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
 from onnxattn.models import build
 from onnxattn.models._base import set_linear
 from onnxattn.models.bert import BertConfig, BertModel
+from onnxattn.models.deepseek import DeepSeekMoE, DeepSeekV3Config, DeepSeekV3Model
 from onnxattn.models.gemma3 import Gemma3Config, Gemma3Model
 from onnxattn.models.gpt2 import GPT2Config, GPT2Model
 from onnxattn.models.llama import LlamaConfig, LlamaModel
-from onnxattn.nn import RopeScaling
+from onnxattn.nn import MultiHeadLatentAttention, RopeScaling
 
 # model_type -> the HF class to pass
 SUPPORTED = {
@@ -26,9 +29,10 @@ SUPPORTED = {
     "gemma3_text": "Gemma3ForCausalLM",
     "gpt2": "GPT2LMHeadModel",
     "bert": "BertModel",
+    "deepseek_v3": "DeepseekV3ForCausalLM",
 }
-NOT_YET = {"deepseek_v3": "multi-head latent attention (MLA) is not an onnxattn op yet (issue 6)",
-           "deepseek_v2": "multi-head latent attention (MLA) is not an onnxattn op yet (issue 6)"}
+NOT_YET = {"deepseek_v2": "its mixture-of-experts routing (softmax scores, greedy group limit) is not modelled "
+                          "(DeepSeek-V3's is)"}
 _ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu": "gelu", "gelu_new": "gelu_tanh",
                 "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
 
@@ -63,16 +67,24 @@ def _rope_scaling(params: dict) -> RopeScaling | None:
         return RopeScaling("llama3", params["factor"], params["original_max_position_embeddings"],
                            low_freq_factor=params["low_freq_factor"], high_freq_factor=params["high_freq_factor"])
     if kind == "yarn":
-        return RopeScaling("yarn", params["factor"], params.get("original_max_position_embeddings") or 4096,
+        if params.get("truncate") is False:
+            raise _unsupported("YaRN with truncate=False is not supported (the correction range is truncated here)")
+        factor, attention = params["factor"], params.get("attention_factor")
+        mscale, mscale_all_dim = params.get("mscale"), params.get("mscale_all_dim")
+        if attention is None and mscale and mscale_all_dim and factor > 1:  # DeepSeek's ratio, as transformers
+            attention = (0.1 * mscale * math.log(factor) + 1.0) / (0.1 * mscale_all_dim * math.log(factor) + 1.0)
+        return RopeScaling("yarn", factor, params.get("original_max_position_embeddings") or 4096,
                            beta_fast=params.get("beta_fast") or 32.0, beta_slow=params.get("beta_slow") or 1.0,
-                           attention_factor=params.get("attention_factor"))
+                           attention_factor=attention)
     raise _unsupported(f"RoPE type {kind!r} is not supported (default, linear, llama3, yarn are)")
 
 
 def _check_rope(ours: nn.Module, hf_inv_freq: torch.Tensor, hf_scaling: float, what: str) -> None:
     """Our frequencies must be HF's (catches RoPE variants whose parameters map imperfectly)."""
     for attn in ours.attention_layers():
-        inv_freq, scaling = attn.rope.frequencies(attn.head_dim)
+        # MLA rotates only the rope part of each head
+        inv_freq, scaling = attn.rope.frequencies(
+            attn.rope_head_dim if isinstance(attn, MultiHeadLatentAttention) else attn.head_dim)
         if inv_freq.shape != hf_inv_freq.shape or not torch.allclose(inv_freq, hf_inv_freq.float().cpu(), rtol=1e-5) \
                 or abs(scaling - hf_scaling) > 1e-6:
             raise _unsupported(f"the RoPE frequencies of {what} differ from the transformers model's")
@@ -220,8 +232,78 @@ def _bert(hf) -> BertModel:
     return ours
 
 
+def _deepseek_v3(hf) -> DeepSeekV3Model:
+    c = hf.config
+    params = c.rope_parameters
+    scaling = _rope_scaling(params)
+    num_layers, dense = c.num_hidden_layers, c.first_k_dense_replace
+    moe = dense < num_layers  # transformers gives layers >= first_k_dense_replace the MoE
+    if moe and not c.n_routed_experts:
+        raise _unsupported(f"DeepSeek-V3 with MoE layers (first_k_dense_replace = {dense} < num_hidden_layers = "
+                           f"{num_layers}) needs n_routed_experts >= 1, got {c.n_routed_experts}")
+    src = hf.model
+    # num_key_value_heads has no role: MLA expands the one latent to every head (the cache is per token)
+    experts = dict(num_experts=c.n_routed_experts, experts_per_token=c.num_experts_per_tok,
+                   moe_intermediate=c.moe_intermediate_size, num_shared_experts=c.n_shared_experts,
+                   first_dense_layers=dense, num_groups=c.n_group or 1, groups_per_token=c.topk_group or 1,
+                   routed_scaling=c.routed_scaling_factor, norm_topk=bool(c.norm_topk_prob)) if moe else \
+        dict(num_experts=0)
+    try:
+        cfg = DeepSeekV3Config(
+            vocab_size=c.vocab_size, hidden=c.hidden_size, num_layers=num_layers, num_heads=c.num_attention_heads,
+            q_rank=c.q_lora_rank, kv_rank=c.kv_lora_rank, nope_head_dim=c.qk_nope_head_dim,
+            rope_head_dim=c.qk_rope_head_dim, v_head_dim=c.v_head_dim, intermediate=c.intermediate_size, **experts,
+            rope_theta=params["rope_theta"], rope_scaling=scaling,
+            mscale_all_dim=float(params.get("mscale_all_dim") or 0.0) if scaling else 0.0,
+            rope_interleaved=bool(c.rope_interleave), attention_bias=bool(c.attention_bias),
+            rms_norm_eps=c.rms_norm_eps,
+            # transformers builds the latent norms with RMSNorm's default eps, not rms_norm_eps
+            latent_norm_eps=src.layers[0].self_attn.kv_a_layernorm.variance_epsilon,
+            activation=_activation(c.hidden_act), tie_embeddings=bool(c.tie_word_embeddings))
+    except ValueError as e:  # e.g. an expert count the group-limited routing cannot split
+        raise _unsupported(f"this DeepseekV3Config does not map onto ours: {e}") from e
+    hf_scale = src.layers[0].self_attn.scaling
+    ours_scale = cfg.softmax_scale or 1.0 / math.sqrt(cfg.nope_head_dim + cfg.rope_head_dim)
+    if abs(ours_scale - hf_scale) > 1e-6 * hf_scale:  # transformers applies mscale_all_dim to any scaled RoPE
+        raise _unsupported(f"DeepSeek-V3's softmax scale {hf_scale} (rope_parameters {params}) is only reproduced "
+                           f"for YaRN (ours: {ours_scale})")
+    ours = build(cfg)
+    with torch.no_grad():
+        ours.embed_tokens.weight.copy_(src.embed_tokens.weight)
+        if not cfg.tie_embeddings:
+            ours.lm_head.weight.copy_(hf.lm_head.weight)
+        ours.norm.weight.copy_(src.norm.weight)
+        for mine, theirs in zip(ours.layers, src.layers):
+            a, t = mine.attn, theirs.self_attn
+            if cfg.q_rank:
+                set_linear(a.q_a_proj, t.q_a_proj.weight, t.q_a_proj.bias)
+                a.q_a_norm.copy_(t.q_a_layernorm.weight)
+                set_linear(a.q_b_proj, t.q_b_proj.weight)
+            else:
+                set_linear(a.q_proj, t.q_proj.weight)
+            # [latent R | rope key Dr] in both; RoPE pairs are interleaved in both when rope_interleave
+            set_linear(a.kv_a_proj, t.kv_a_proj_with_mqa.weight, t.kv_a_proj_with_mqa.bias)
+            a.kv_a_norm.copy_(t.kv_a_layernorm.weight)
+            a.load_kv_b_proj(t.kv_b_proj.weight)
+            set_linear(a.o_proj, t.o_proj.weight, t.o_proj.bias)
+            mine.input_norm.weight.copy_(theirs.input_layernorm.weight)
+            mine.post_attn_norm.weight.copy_(theirs.post_attention_layernorm.weight)
+            m, h = mine.mlp, theirs.mlp
+            if isinstance(m, DeepSeekMoE):
+                m.router.copy_(h.gate.weight)
+                m.e_score_correction_bias.copy_(h.gate.e_score_correction_bias)
+                m.gate_up_proj.copy_(h.experts.gate_up_proj)
+                m.down_proj.copy_(h.experts.down_proj)
+                m, h = m.shared_experts, h.shared_experts  # None when n_shared_experts = 0 (HF's is zero-width)
+            if m is not None:
+                for name in ("gate_proj", "up_proj", "down_proj"):
+                    set_linear(getattr(m, name), getattr(h, name).weight)
+    _check_rope(ours, src.rotary_emb.inv_freq, src.rotary_emb.attention_scaling, c.model_type)
+    return ours
+
+
 _CONVERTERS = {"llama": _llama, "mistral": _llama, "qwen2": _llama, "qwen3": _llama, "gemma3_text": _gemma3,
-               "gpt2": _gpt2, "bert": _bert}
+               "gpt2": _gpt2, "bert": _bert, "deepseek_v3": _deepseek_v3}
 
 
 def from_transformers(hf_model) -> nn.Module:

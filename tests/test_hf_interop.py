@@ -1,8 +1,10 @@
 """Hugging Face transformers models (built from small configs with random weights: nothing downloaded)
 exported with onnxattn.export.from_transformers: onnxruntime's logits with our kernels match the
 transformers model's for a prefill and three decode steps (fp32, <= 1e-4 relative to the largest
-logit); the exported graph is ours (GroupQueryAttention nodes); unsupported architectures get a message
-listing the supported ones (DeepSeek-V3's MLA: not yet)."""
+logit: fp32 rounding differs by ~1e-6 between the two, and 100x that still catches any wrong weight,
+layout or scale); the exported graph is ours (GroupQueryAttention nodes, MultiHeadLatentAttention for
+DeepSeek-V3, whose greedy generation also equals transformers' generate token for token); unsupported
+architectures get a message listing the supported ones."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import onnx
 import pytest
 import torch
 from model_helpers import one_torch_thread, relative_error, run_steps, session  # noqa: F401
+from onnxattn.generate import generate  # noqa: E402
 
 transformers = pytest.importorskip("transformers")
 
@@ -103,11 +106,82 @@ def test_bert_matches_transformers(tmp_path):
 def test_unsupported_architectures_list_the_supported_ones(tmp_path):
     fake = types.SimpleNamespace(config=types.SimpleNamespace(model_type="t5"))
     with pytest.raises(UnsupportedModel, match="model_type 't5'.*supported: llama .LlamaForCausalLM., mistral.*"
-                                               "gemma3_text .Gemma3ForCausalLM.*bert .BertModel.*deepseek_v3"):
+                                               "gemma3_text .Gemma3ForCausalLM.*bert .BertModel.*"
+                                               "deepseek_v3 .DeepseekV3ForCausalLM.*Not yet: deepseek_v2"):
         from_transformers(fake, tmp_path / "x.onnx")
-    deepseek = types.SimpleNamespace(config=types.SimpleNamespace(model_type="deepseek_v3"))
-    with pytest.raises(UnsupportedModel, match="multi-head latent attention .MLA. is not an onnxattn op yet"):
+    deepseek = types.SimpleNamespace(config=types.SimpleNamespace(model_type="deepseek_v2"))
+    with pytest.raises(UnsupportedModel, match="deepseek_v2.*routing .softmax scores"):
         from_transformers(deepseek, tmp_path / "x.onnx")
     base = T.LlamaModel(T.LlamaConfig(**SMALL))
     with pytest.raises(UnsupportedModel, match="pass a LlamaForCausalLM for llama, got LlamaModel"):
         from_transformers(base, tmp_path / "x.onnx")
+
+
+# DeepSeek-V3: MLA + MoE. "v3": low-rank queries, YaRN with mscale != mscale_all_dim (an attention factor
+# and a softmax scale), interleaved RoPE, dense then MoE layers with group-limited routing. "lite": one query
+# projection (as DeepSeek-V2-Lite), half-split RoPE, attention biases, ungrouped unnormalised routing, two shared
+# experts, tied embeddings.
+DEEPSEEK = {
+    "v3": dict(hidden_size=256, intermediate_size=256, moe_intermediate_size=64, num_hidden_layers=3, q_lora_rank=96,
+               kv_lora_rank=64, qk_nope_head_dim=32, qk_rope_head_dim=16, v_head_dim=32, n_routed_experts=8,
+               num_experts_per_tok=3, n_group=4, topk_group=2, n_shared_experts=1, first_k_dense_replace=1,
+               routed_scaling_factor=2.5, max_position_embeddings=128,
+               rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "beta_fast": 32,
+                                "beta_slow": 1, "original_max_position_embeddings": 32, "mscale": 1.0,
+                                "mscale_all_dim": 0.8}),
+    "lite": dict(hidden_size=128, intermediate_size=256, moe_intermediate_size=32, num_hidden_layers=2,
+                 q_lora_rank=None, kv_lora_rank=32, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=24,
+                 n_routed_experts=4, num_experts_per_tok=2, n_group=1, topk_group=1, n_shared_experts=2,
+                 first_k_dense_replace=1, routed_scaling_factor=1.5, norm_topk_prob=False, rope_interleave=False,
+                 attention_bias=True, tie_word_embeddings=True),
+}
+
+
+def deepseek_v3(name: str):
+    config = T.DeepseekV3Config(vocab_size=256, num_attention_heads=4, bos_token_id=None, eos_token_id=None,
+                                **DEEPSEEK[name])
+    hf = randomize(T.DeepseekV3ForCausalLM(config))
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():  # the routers' choice biases are buffers (randomize leaves them zero)
+        for layer in hf.model.layers[config.first_k_dense_replace:]:
+            bias = layer.mlp.gate.e_score_correction_bias
+            bias.copy_(torch.randn(bias.shape, generator=g) * 0.1)
+    return hf
+
+
+@pytest.mark.parametrize("name", list(DEEPSEEK))
+def test_deepseek_v3_matches_transformers(name, tmp_path):
+    """Logits (prefill, then decode steps with the latent cache) and greedy generation, one export per case."""
+    torch.manual_seed(0)
+    hf = deepseek_v3(name)
+    result = from_transformers(hf, tmp_path / f"{name}.onnx", progress=False)
+    assert result.report.ok
+    layers = hf.config.num_hidden_layers
+    moe = T.models.deepseek_v3.modeling_deepseek_v3.DeepseekV3MoE
+    assert sum(isinstance(layer.mlp, moe) for layer in hf.model.layers) == layers - 1  # both MLP kinds occur
+    ops = [n.op_type for n in onnx.load(result.path).graph.node]
+    assert ops.count("MultiHeadLatentAttention") == layers and "GroupQueryAttention" not in ops
+    ids = torch.randint(0, 256, (2, 11), generator=torch.Generator().manual_seed(1))
+    want = hf_steps(hf, ids, 8)
+    got = run_steps(session(result.path), ids.numpy(), 8)  # prefill of 8, then 3 decode steps
+    errors = [relative_error(g, w) for g, w in zip(got, want)]
+    assert max(errors) <= 1e-4, errors
+
+    prompt = np.array([[17, 200, 3, 45, 99], [1, 2, 3, 4, 5]], dtype=np.int64)
+    with torch.no_grad():
+        tokens = hf.generate(torch.from_numpy(prompt), max_new_tokens=12, do_sample=False).numpy()
+    got = generate(str(result.path), prompt, 12, providers=["CPUExecutionProvider"], progress=False)
+    np.testing.assert_array_equal(got.tokens, tokens)
+    assert len(np.unique(tokens[:, 5:])) >= 4, "the tiny model should not collapse onto one token"
+
+
+def test_deepseek_v3_unsupported_settings_are_named(tmp_path):
+    small = dict(DEEPSEEK["lite"], vocab_size=256, num_attention_heads=4, num_hidden_layers=1)
+    linear = T.DeepseekV3ForCausalLM(T.DeepseekV3Config(**small, rope_parameters={
+        "rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0, "mscale_all_dim": 1.0}))
+    with pytest.raises(UnsupportedModel, match="softmax scale .* is only reproduced for YaRN"):
+        from_transformers(linear, tmp_path / "x.onnx")
+    groups = T.DeepseekV3ForCausalLM(T.DeepseekV3Config(**small | dict(n_group=4, topk_group=2,
+                                                                       first_k_dense_replace=0)))
+    with pytest.raises(UnsupportedModel, match="does not map onto ours.*each group needs >= 2 experts"):
+        from_transformers(groups, tmp_path / "x.onnx")

@@ -1,7 +1,9 @@
 """The DeepSeek-V3-style reference decoder (models/deepseek.py): multi-head latent attention layers whose
-caches hold R + Dr values per token. It exports to one graph (one MultiHeadLatentAttention node per layer)
-and generates greedily in onnxruntime — with our kernels and with the reference functions, in both cache
-modes — token for token as eager torch does; the exported caches have the latent layout."""
+caches hold R + Dr values per token, a dense MLP then DeepSeek-V3's mixture of experts (its routing checked
+token by token against a plain loop that runs only the chosen experts). It exports to one graph (one
+MultiHeadLatentAttention node per layer) and generates greedily in onnxruntime — with our kernels and with
+the reference functions, in both cache modes — token for token as eager torch does; the exported caches
+have the latent layout."""
 
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ from model_helpers import kernel_ops_ran, one_torch_thread, session  # noqa: F40
 from onnxattn import models
 from onnxattn.export import export_model
 from onnxattn.generate import generate, generate_torch
+from onnxattn.models.deepseek import DeepSeekMoE
+from onnxattn.models.llama import SwiGLU
 from onnxattn.nn import LatentCache, RopeScaling
 
 YARN = dict(rope_scaling=RopeScaling("yarn", factor=4.0, original_max_positions=8, attention_factor=1.0),
@@ -39,6 +43,53 @@ def test_registered_and_configurable():
         models.build("deepseek-v3", rope_head_dim=5)
     assert models.build("deepseek-v3", **YARN).config.softmax_scale == pytest.approx(
         (0.07 * np.log(4.0) + 1) ** 2 / np.sqrt(16 + 8))
+    kinds = [type(layer.mlp) for layer in models.build("deepseek-v3", num_layers=3).layers]
+    assert kinds == [SwiGLU, DeepSeekMoE, DeepSeekMoE]  # first_dense_layers = 1
+    assert all(type(layer.mlp) is SwiGLU for layer in models.build("deepseek-v3", num_experts=0).layers)
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(num_experts=6, num_groups=4), r"num_groups \(4\) must be >= 1 and divide num_experts \(6\)"),
+    (dict(num_experts=4, num_groups=4, groups_per_token=1), r"each group needs >= 2 experts"),
+    (dict(groups_per_token=5), r"groups_per_token must be in \[1, num_groups = 4\]"),
+    (dict(experts_per_token=5), r"experts_per_token must be in \[1, 4\]"),
+    (dict(moe_intermediate=0), r"moe_intermediate must be >= 1"),
+])
+def test_moe_config_errors(options, message):
+    with pytest.raises(ValueError, match=message):
+        models.build("deepseek-v3", **options)
+
+
+def _moe_oracle(moe: DeepSeekMoE, x: torch.Tensor) -> torch.Tensor:
+    """DeepSeek-V3's MoE token by token, running only the chosen experts."""
+    e, g = moe.num_experts, moe.num_groups
+    out = torch.zeros_like(x)
+    for b, s in np.ndindex(*x.shape[:2]):
+        t = x[b, s]
+        scores = torch.sigmoid(moe.router @ t)
+        choice = scores + moe.e_score_correction_bias
+        group_score = [float(choice[i * e // g:(i + 1) * e // g].topk(2).values.sum()) if g > 1 else 0.0
+                       for i in range(g)]
+        groups = sorted(range(g), key=lambda i: -group_score[i])[:moe.topk_groups]
+        allowed = [j for j in range(e) if j // (e // g) in groups]
+        chosen = sorted(allowed, key=lambda j: -float(choice[j]))[:moe.top_k]
+        weights = scores[chosen] / (scores[chosen].sum() if moe.norm_topk else 1.0) * moe.routed_scaling
+        for j, w in zip(chosen, weights):
+            gate, up = (moe.gate_up_proj[j] @ t).chunk(2)
+            out[b, s] += w * (moe.down_proj[j] @ (torch.nn.functional.silu(gate) * up))
+        out[b, s] += moe.shared_experts(t)
+    return out
+
+
+@pytest.mark.parametrize("options", [dict(), dict(num_groups=1, groups_per_token=1, norm_topk=False,
+                                                      experts_per_token=3)], ids=["grouped", "ungrouped"])
+def test_moe_matches_per_token_routing(options):
+    moe = models.build("deepseek-v3", **options).layers[1].mlp
+    x = torch.randn(2, 8, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        weights = moe.route(x)
+        assert ((weights > 0).sum(-1) == moe.top_k).all()
+        torch.testing.assert_close(moe(x), _moe_oracle(moe, x), atol=1e-5, rtol=1e-5)
 
 
 def test_eager_cache_is_latent_and_matches_one_pass():
