@@ -7,8 +7,8 @@ in docs/reliability/*.json, so the numbers in it stay true.
     python scripts/reliability_report.py --run bad-input soak large fuzz    measure, record, regenerate
         bad-input: every case on every path in child processes (~40 s); soak: 10,000 decode steps and 1,000
         sessions (~15 s); large: the 2^32-element caches (~5 s); fuzz: scripts/fuzz.sh's long run (--examples,
-        default 100 per op, ~20 s). The sanitizer run records itself: scripts/sanitize.sh --record (~10 min
-        to build, ~2 min of tests).
+        default 100 per op, ~30 s). The sanitizer run records itself: scripts/sanitize.sh --record (~10 min
+        to build from scratch, seconds when only a few sources changed; ~1.5-3 min of tests).
 """
 
 from __future__ import annotations
