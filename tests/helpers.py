@@ -25,7 +25,7 @@ from onnx import TensorProto, helper
 from onnx.reference import ReferenceEvaluator
 
 from onnxattn import ops
-from onnxattn.cuda_ep import make_session
+from onnxattn.cuda_ep import library_path, make_session
 
 OP = "ScaledDotProductAttention"
 ONNX_TYPES = {"float32": TensorProto.FLOAT, "float16": TensorProto.FLOAT16, "bfloat16": TensorProto.BFLOAT16}
@@ -205,7 +205,9 @@ def run_kernel(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], threads:
     missing = expected - ran
     if missing:
         raise KernelDidNotRun(f"onnxruntime ran {', '.join(sorted(missing))} as the reference function, not as "
-                              "our kernel (the library registers no kernel for it)")
+                              f"our kernel: the library registers no kernel for it ({library_path()}; built "
+                              "before the kernel was added? an editable install copies the library there: "
+                              "rebuild with pip install --no-build-isolation -e .)")
     return outputs
 
 
