@@ -9,11 +9,12 @@
 #   3. compute-sanitizer memcheck on PagedAttention's launches and bad index inputs (every run), and on
 #      representative launches of every other family whose tests failed
 #   4. the benchmarks (benchmarks/bench_sdpa_cuda.py, bench_gqa_cuda.py, bench_mla_cuda.py, bench_paged_cuda.py,
-#      bench_sparse_cuda.py)
-# then prints one summary table and writes under $OUT (the device tool's output folder; out/gpu_check
-# elsewhere) the 8 files the device tool returns at most: gpu_check.json (summary), bench_sdpa_cuda.json,
-# bench_gqa_cuda.json, bench_mla_cuda.json, bench_paged_cuda.json, bench_sparse_cuda.json, gpu_tests.xml (the
-# serial stages' gpu_tests_*.xml merged into it by gpu_summary.py), gpu_check.log.
+#      bench_sparse_cuda.py, bench_models_cuda.py: whole-model float16 generation)
+# then prints one summary table and leaves under $OUT (the device tool's output folder; out/gpu_check
+# elsewhere) 4 files, of the 8 the device tool returns at most: gpu_check.json (summary), gpu_tests.xml (the
+# serial stages' gpu_tests_*.xml merged into it), benchmarks.json (every bench_<name>_cuda.json bundled into it,
+# both by gpu_summary.py), gpu_check.log. Split the returned bundle into benchmarks/results/<name>_cuda_<device>.json
+# with scripts/gpu_unbundle.py <files_at>/benchmarks.json [--summary <files_at>/gpu_check.json].
 #
 # Nothing compiles on the GPU machine. Here, first:
 #   cmake -S . -B build/gpu -G Ninja -DONNXATTN_CUDA=ON -DONNXATTN_CUDA_ARCHS="80;90a" -DONNXATTN_WERROR=ON
@@ -23,16 +24,17 @@
 # /tmp/ortparts); the wheel parts of ../shared/device/ort-gpu-parts work too. This script reassembles and
 # installs them; without them the onnxruntime checks and baseline are skipped, saying why. Then the one call:
 #   command: mkdir -p /tmp/ortparts && cp .devcarry/ort-4/* /tmp/ortparts/ && ONNXATTN_COMMIT=<git rev-parse HEAD> bash scripts/gpu_check.sh
-#   carry:   ["build/gpu/onnxattn/cuda_ep/libonnxattn_ops.so", ".devcarry/ort-4", ".devcarry/pywheels"]   timeout_s: 500
+#   carry:   ["build/gpu/onnxattn/cuda_ep/libonnxattn_ops.so", ".devcarry/ort-4", ".devcarry/pywheels"]   timeout_s: 560
 # Worst case under the caps below: ~25 s setup, the parallel test stage 170 + 10 s, memcheck 60 s, benchmarks
-# 70 + 45 + 20 + 30 + 40 s: 470 s (without pytest-xdist the serial stages take 85 + 70 + 40 + 55 s, each + 5 s
-# for pytest's report after the interrupt: 560 s in all; then timeout_s 590).
-# Commit the bench JSON it returns under benchmarks/results/.
+# 70 + 45 + 20 + 30 + 40 + 60 s: 530 s (without pytest-xdist the serial stages take 85 + 70 + 40 + 55 s, each + 5 s
+# for pytest's report after the interrupt: 620 s in all, past one call's 600 s: leave a benchmark out, e.g.
+# GPU_CHECK_BENCHES=sdpa,gqa,mla,paged,sparse for 560 s, then timeout_s 590).
+# Commit the bench JSON it returns under benchmarks/results/ (scripts/gpu_unbundle.py).
 #
 # Environment: ONNXATTN_LIBRARY (default: the carried build), GPU_CHECK_QUICK=1 (smaller benchmark),
 # GPU_CHECK_PYTEST_ARGS (extra pytest arguments, e.g. "-k decode"), GPU_CHECK_SANITIZE=1 (memcheck and
-# racecheck even when the tests pass), GPU_CHECK_BENCHES (comma-separated subset of sdpa,gqa,mla,paged,sparse;
-# default all).
+# racecheck even when the tests pass), GPU_CHECK_BENCHES (comma-separated subset of sdpa,gqa,mla,paged,sparse,
+# models; default all).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -41,8 +43,9 @@ mkdir -p "$OUT"
 # Stage caps in seconds; keep their sum (+ 5 s per test stage, + ~25 s setup) under the device call's timeout_s
 # (600 s at most). CAP_BENCH_SPARSE: bench_sparse_cuda.py also stops measuring by itself at 32 s (--budget-s).
 # CAP_SPARSE_TESTS is the sparse-attention stage's (NativeSparseAttention / SparseRoutedAttention).
+# CAP_BENCH_MODELS: bench_models_cuda.py starts no path after 45 s by itself (--budget-s).
 CAP_TESTS_PARALLEL=170 CAP_TESTS=85 CAP_GQA_TESTS=70 CAP_SPARSE_TESTS=40 CAP_PAGED_TESTS=55 CAP_SANITIZE=60
-CAP_BENCH_SDPA=70 CAP_BENCH_GQA=45 CAP_BENCH_MLA=20 CAP_BENCH_PAGED=30 CAP_BENCH_SPARSE=40
+CAP_BENCH_SDPA=70 CAP_BENCH_GQA=45 CAP_BENCH_MLA=20 CAP_BENCH_PAGED=30 CAP_BENCH_SPARSE=40 CAP_BENCH_MODELS=60
 
 main() {
 
@@ -151,8 +154,8 @@ done
 echo "== benchmarks"
 quick=()
 if [ "${GPU_CHECK_QUICK:-0}" = 1 ]; then quick=(--quick); fi
-benches=",${GPU_CHECK_BENCHES:-sdpa,gqa,mla,paged,sparse},"
-bench_rc= gqa_bench_rc= mla_bench_rc=0 paged_bench_rc= sparse_bench_rc=
+benches=",${GPU_CHECK_BENCHES:-sdpa,gqa,mla,paged,sparse,models},"
+bench_rc= gqa_bench_rc= mla_bench_rc=0 paged_bench_rc= sparse_bench_rc= models_bench_rc=
 if [[ $benches == *,sdpa,* ]]; then
   timeout "$CAP_BENCH_SDPA" python3 benchmarks/bench_sdpa_cuda.py --out "$OUT/bench_sdpa_cuda.json" "${quick[@]}"
   bench_rc=$?
@@ -174,6 +177,10 @@ if [[ $benches == *,sparse,* ]]; then
   timeout "$CAP_BENCH_SPARSE" python3 benchmarks/bench_sparse_cuda.py --out "$OUT/bench_sparse_cuda.json" "${quick[@]}"
   sparse_bench_rc=$?
 fi
+if [[ $benches == *,models,* ]]; then
+  timeout "$CAP_BENCH_MODELS" python3 benchmarks/bench_models_cuda.py --out "$OUT/bench_models_cuda.json" "${quick[@]}"
+  models_bench_rc=$?
+fi
 
 echo "== summary"
 bench_args=()
@@ -181,9 +188,10 @@ bench_args=()
 [ -n "$gqa_bench_rc" ] && bench_args+=(--gqa-bench-rc "$gqa_bench_rc")
 [ -n "$paged_bench_rc" ] && bench_args+=(--paged-bench-rc "$paged_bench_rc")
 [ -n "$sparse_bench_rc" ] && bench_args+=(--sparse-bench-rc "$sparse_bench_rc")
+[ -n "$models_bench_rc" ] && bench_args+=(--models-bench-rc "$models_bench_rc")
 python3 scripts/gpu_summary.py "$OUT" --tests-rc "$tests_rc" --gqa-tests-rc "$gqa_tests_rc" --paged-tests-rc "$paged_tests_rc" \
   --sanitize-rc "$sanitize_rc" "${bench_args[@]}"
-return $(( tests_rc != 0 || gqa_tests_rc != 0 || paged_tests_rc != 0 || sanitize_rc != 0 || sparse_tests_rc != 0 || ${bench_rc:-0} != 0 || ${gqa_bench_rc:-0} != 0 || mla_bench_rc != 0 || ${paged_bench_rc:-0} != 0 || ${sparse_bench_rc:-0} != 0 ))
+return $(( tests_rc != 0 || gqa_tests_rc != 0 || paged_tests_rc != 0 || sanitize_rc != 0 || sparse_tests_rc != 0 || ${bench_rc:-0} != 0 || ${gqa_bench_rc:-0} != 0 || mla_bench_rc != 0 || ${paged_bench_rc:-0} != 0 || ${sparse_bench_rc:-0} != 0 || ${models_bench_rc:-0} != 0 ))
 }
 
 main 2>&1 | tee "$OUT/gpu_check.log"

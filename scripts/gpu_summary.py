@@ -1,13 +1,17 @@
 """Summary of one scripts/gpu_check.sh run: test counts per file and the first failures (from the
 pytest JUnit XML files gpu_tests*.xml), the benchmark tables
-(from bench_sdpa_cuda.json, bench_gqa_cuda.json, bench_paged_cuda.json and bench_sparse_cuda.json); prints one
-table and writes gpu_check.json next to them. The serial stages' reports (gpu_tests_gqa.xml, ...) are then merged
-into gpu_tests.xml, so the folder holds at most 8 files (what the device tool returns)."""
+(from bench_sdpa_cuda.json, bench_gqa_cuda.json, bench_paged_cuda.json, bench_sparse_cuda.json and
+bench_models_cuda.json); prints one table and writes gpu_check.json next to them. Then, so that the folder
+holds at most 8 files (what the device tool returns): the serial stages' reports (gpu_tests_gqa.xml, ...) are
+merged into gpu_tests.xml, and every bench_<name>_cuda.json is bundled into benchmarks.json
+({"sdpa": <its contents>, "gqa": ..., "models": ...}; entries of an earlier bundle there that this run did not
+remake stay) and removed. scripts/gpu_unbundle.py splits the returned bundle into benchmarks/results/."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import xml.etree.ElementTree as ET
 from collections import Counter, defaultdict
@@ -83,6 +87,63 @@ def sparse_bench_lines(bench: dict) -> list[str]:
     return lines
 
 
+def models_bench_lines(bench: dict) -> list[str]:
+    """The whole-model generation benchmark (bench_models_cuda.json): time to first token and decode rate per
+    config and path."""
+    lines = [f"{'models bench':12} {'config':6} {'path':46} {'1st token':>10} {'decode':>12}  same tokens (matching)"]
+    for r in bench.get("results", []):
+        head = f"{'generate':12} {r.get('config', '?'):6} {r.get('label', r.get('path', '?'))[:46]:46}"
+        if "error" in r:
+            lines.append(f"{head} {r['error'][:100]}")
+        else:
+            lines.append(f"{head} {r['ttft_ms']:7.1f} ms {r['tokens_per_s']:6.1f} tok/s  {r.get('same_tokens')} "
+                         f"({r.get('matching')})")  # fmt: skip
+    return lines
+
+
+BUNDLE = "benchmarks.json"
+_BENCH_FILE = re.compile(r"bench_(?P<name>[A-Za-z0-9]+)_cuda\.json")
+
+
+def load_json(path: Path) -> dict | None:
+    """A benchmark's JSON, or None when it is missing or does not parse (e.g. cut off by its time cap)."""
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        print(f"gpu_summary: {path.name} does not parse ({e}); its table is left out")
+        return None
+
+
+def bundle_benchmarks(out: Path) -> list[str]:
+    """Moves every bench_<name>_cuda.json of `out` into out/benchmarks.json under <name> (merged into a
+    bundle already there); a file that does not parse goes in as {"unparsed_text": its text}. Returns the
+    names bundled."""
+    files = sorted(p for p in out.glob("bench_*_cuda.json") if _BENCH_FILE.fullmatch(p.name))
+    if not files:
+        return []
+    bundle = {}
+    if (out / BUNDLE).is_file():
+        try:
+            bundle = json.loads((out / BUNDLE).read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            print(f"gpu_summary: the earlier {BUNDLE} does not parse ({e}); replaced")
+    names = []
+    for path in files:
+        name = _BENCH_FILE.fullmatch(path.name)["name"]
+        text = path.read_text(errors="replace")
+        try:
+            bundle[name] = json.loads(text)
+        except json.JSONDecodeError:
+            bundle[name] = {"unparsed_text": text}
+        names.append(name)
+    (out / BUNDLE).write_text(json.dumps(bundle, indent=1))
+    for path in files:
+        path.unlink()
+    return names
+
+
 def print_gqa_bench(bench: dict) -> None:
     unit_of = {"prefill": ("tflops", "TFLOP/s"), "decode": ("gbs", "GB/s")}
     print(f"{'GQA bench':9} {'shape':34} {'ours gpu':>9} {'ort gpu':>9} {'ours wall':>9} {'ort wall':>9}  unit")
@@ -116,19 +177,22 @@ def main(argv=None) -> int:
     parser.add_argument("--paged-tests-rc", type=int, default=None)
     parser.add_argument("--paged-bench-rc", type=int, default=None)
     parser.add_argument("--sparse-bench-rc", type=int, default=None)
+    parser.add_argument("--models-bench-rc", type=int, default=None)
     parser.add_argument("--sanitize-rc", type=int, default=None)
     args = parser.parse_args(argv)
     # One report from the parallel run (pytest-xdist), or one per op family from the serial stages.
     xml = sorted(args.out.glob("gpu_tests*.xml")) or [args.out / "gpu_tests.xml"]
     tests = test_summary(xml)
     bench_path = args.out / "bench_sdpa_cuda.json"
-    bench = json.loads(bench_path.read_text()) if bench_path.is_file() else None
+    bench = load_json(bench_path)
     gqa_bench_path = args.out / "bench_gqa_cuda.json"
-    gqa_bench = json.loads(gqa_bench_path.read_text()) if gqa_bench_path.is_file() else None
+    gqa_bench = load_json(gqa_bench_path)
     paged_bench_path = args.out / "bench_paged_cuda.json"
-    paged_bench = json.loads(paged_bench_path.read_text()) if paged_bench_path.is_file() else None
+    paged_bench = load_json(paged_bench_path)
     sparse_bench_path = args.out / "bench_sparse_cuda.json"
-    sparse_bench = json.loads(sparse_bench_path.read_text()) if sparse_bench_path.is_file() else None
+    sparse_bench = load_json(sparse_bench_path)
+    models_bench_path = args.out / "bench_models_cuda.json"
+    models_bench = load_json(models_bench_path)
 
     print("\n=========================== GPU check summary ===========================")
     if bench:
@@ -178,6 +242,10 @@ def main(argv=None) -> int:
         print("\n".join(sparse_bench_lines(sparse_bench)))
     elif args.sparse_bench_rc is not None:
         print(f"sparse attention benchmark: no results (exit code {args.sparse_bench_rc})")
+    if models_bench:
+        print("\n".join(models_bench_lines(models_bench)))
+    elif args.models_bench_rc is not None:
+        print(f"models benchmark: no results (exit code {args.models_bench_rc})")
     if args.sanitize_rc is not None:
         print(f"compute-sanitizer: {'clean' if args.sanitize_rc == 0 else f'errors (exit code {args.sanitize_rc})'}")
     summary = {
@@ -188,17 +256,25 @@ def main(argv=None) -> int:
         "paged_tests_exit_code": args.paged_tests_rc,
         "paged_bench_exit_code": args.paged_bench_rc,
         "sparse_bench_exit_code": args.sparse_bench_rc,
+        "models_bench_exit_code": args.models_bench_rc,
         "sanitize_exit_code": args.sanitize_rc,
         "tests": tests,
-        "environment": next((b["environment"] for b in (bench, gqa_bench, paged_bench, sparse_bench) if b), None),
+        "environment": next((b["environment"] for b in (bench, gqa_bench, paged_bench, sparse_bench, models_bench)
+                             if b and "environment" in b), None),
         "bench_file": bench_path.name if bench else None,
         "gqa_bench_file": gqa_bench_path.name if gqa_bench else None,
         "paged_bench_file": paged_bench_path.name if paged_bench else None,
         "sparse_bench_file": sparse_bench_path.name if sparse_bench else None,
+        "models_bench_file": models_bench_path.name if models_bench else None,
+        "bench_bundle": None,
     }
+    bundled = sorted(p.name for p in args.out.glob("bench_*_cuda.json"))
+    if bundled:  # the files' names above stay as they were written; their contents move into the bundle
+        summary["bench_bundle"] = {"file": BUNDLE, "from": bundled}
     (args.out / "gpu_check.json").write_text(json.dumps(summary, indent=1))
     merge_reports([p for p in xml if p.is_file()], args.out / "gpu_tests.xml")
-    print(f"wrote {args.out / 'gpu_check.json'}")
+    names = bundle_benchmarks(args.out)
+    print(f"wrote {args.out / 'gpu_check.json'}" + (f"; bundled {', '.join(names)} into {args.out / BUNDLE}" if names else ""))
     return 0
 
 
