@@ -6,19 +6,16 @@ recorded per row, the table."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 import time
 import types
-from pathlib import Path
 
-import numpy as np
 import pytest
+from script_modules import load_script
 
 torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
-ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(num_layers=2, hidden=64, num_heads=4, num_kv_heads=2, intermediate=128, vocab_size=256)
 SPECS = {
     "base": {"model": TINY, "prompt": 12, "new_tokens": 4, "shared_layers": False},
@@ -29,11 +26,7 @@ SPECS = {
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_models_cuda", ROOT / "benchmarks" / "bench_models_cuda.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_models_cuda"] = module  # the export workers import it by this name
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/bench_models_cuda.py", "bench_models_cuda")  # the export workers import it by this name
 
 
 def library():

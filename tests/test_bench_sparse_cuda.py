@@ -5,30 +5,22 @@ its JSON (gpu_summary also merges the serial stages' JUnit reports, so gpu_check
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 import types
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from script_modules import load_script
 
 torch = pytest.importorskip("torch")
-ROOT = Path(__file__).resolve().parents[1]
 
 
-def load(relative: str, name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / relative)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
 def bench():
-    return load("benchmarks/bench_sparse_cuda.py", "bench_sparse_cuda")
+    return load_script("benchmarks/bench_sparse_cuda.py", "bench_sparse_cuda")
 
 
 MS = {"nsa": 40.0, "routed": 30.0, "dense": 70.0, "dense_ort": 80.0, "torch_flash": 55.0, "torch_cudnn": 50.0}
@@ -158,7 +150,7 @@ def junit(path: Path, suite: str, cases: dict[str, str]) -> None:
 
 
 def test_gpu_summary_prints_the_sparse_table_and_merges_the_reports(bench, tmp_path, capsys):
-    summary = load("scripts/gpu_summary.py", "gpu_summary")
+    summary = load_script("scripts/gpu_summary.py", "gpu_summary")
     (tmp_path / "bench_sparse_cuda.json").write_text(json.dumps(fake_result(bench)))
     junit(tmp_path / "gpu_tests.xml", "test_sdpa_cuda_ort", {"a": "passed", "b": "skipped"})
     junit(tmp_path / "gpu_tests_gqa.xml", "test_gqa_cuda_ort", {"c": "passed"})
@@ -179,7 +171,7 @@ def test_gpu_summary_prints_the_sparse_table_and_merges_the_reports(bench, tmp_p
 
 def test_plot_cuda_draws_the_sparse_json(bench, tmp_path, capsys):
     pytest.importorskip("matplotlib")
-    plot_cuda = load("benchmarks/plot_cuda.py", "plot_cuda_sparse")
+    plot_cuda = load_script("benchmarks/plot_cuda.py", "plot_cuda_sparse")
     path = tmp_path / "sparse_cuda_h100.json"
     path.write_text(json.dumps(fake_result(bench)))
     assert plot_cuda.kind_of(tmp_path / "run.json", fake_result(bench)) == "sparse"

@@ -5,35 +5,28 @@ committed H100 results, the models benchmark's table, unparsable and earlier bun
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
+from script_modules import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 COMMITTED = sorted(RESULTS.glob("*_cuda_h100.json"))
 
 
-def load(relative: str, name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / relative)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
 def summary():
-    return load("scripts/gpu_summary.py", "gpu_summary")
+    return load_script("scripts/gpu_summary.py", "gpu_summary")
 
 
 @pytest.fixture(scope="module")
 def unbundle():
-    return load("scripts/gpu_unbundle.py", "gpu_unbundle")
+    return load_script("scripts/gpu_unbundle.py", "gpu_unbundle")
 
 
 def models_result() -> dict:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
+from script_modules import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -13,10 +13,7 @@ NAMES = ("sdpa", "gqa", "paged", "mla")
 
 
 def load_plot_cuda():
-    spec = importlib.util.spec_from_file_location("plot_cuda", ROOT / "benchmarks" / "plot_cuda.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/plot_cuda.py", "plot_cuda")
 
 
 def test_plot_cuda_writes_every_png(tmp_path, capsys):
