@@ -253,15 +253,9 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=os.environ.get("OUT") or str(ROOT / "benchmarks" / "results"))
     parser.add_argument("--quick", action="store_true", help="fewer shapes and repeats (a smoke run)")
     args = parser.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("bench_gqa_cuda: no CUDA GPU", file=sys.stderr)
-        return 2
-    ort, missing = ort_cuda.onnxruntime_cuda()
-    if missing:
-        print(f"bench_gqa_cuda: needs onnxruntime-gpu ({missing})", file=sys.stderr)
-        return 2
-    if os.environ.get(ort_cuda.DISABLE_FLAG) == "1":
-        print(f"bench_gqa_cuda: unset {ort_cuda.DISABLE_FLAG} (it leaves our CUDA kernels out)", file=sys.stderr)
+    ort, why_not = ort_cuda.benchmark_runtime("bench_gqa_cuda")
+    if ort is None:
+        print(why_not, file=sys.stderr)
         return 2
     env = environment()
     env["onnxruntime"] = ort.__version__

@@ -406,15 +406,9 @@ def main(argv=None) -> int:
             parser.error(f"--configs: unknown config {name!r} (known: {', '.join(CONFIGS)})")
         specs[name] = dict(CONFIGS[name], **(dict(zip(("prompt", "new_tokens"), QUICK[name])) if args.quick else {}))
     start = time.perf_counter()
-    if not torch.cuda.is_available():
-        print("bench_models_cuda: no CUDA GPU", file=sys.stderr)
-        return 2
-    ort, missing = ort_cuda.onnxruntime_cuda()
-    if missing:
-        print(f"bench_models_cuda: needs onnxruntime-gpu ({missing})", file=sys.stderr)
-        return 2
-    if os.environ.get(ort_cuda.DISABLE_FLAG) == "1":
-        print(f"bench_models_cuda: unset {ort_cuda.DISABLE_FLAG} (it leaves our CUDA kernels out)", file=sys.stderr)
+    ort, why_not = ort_cuda.benchmark_runtime("bench_models_cuda")
+    if ort is None:
+        print(why_not, file=sys.stderr)
         return 2
     from bench_sdpa_cuda import environment
 

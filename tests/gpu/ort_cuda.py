@@ -28,6 +28,21 @@ def onnxruntime_cuda():
     return ort, None
 
 
+def benchmark_runtime(tool: str):
+    """(onnxruntime module, None) when a CUDA benchmark whose rows need our CUDA kernels in onnxruntime can run,
+    else (None, the line `tool` prints before it exits 2)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None, f"{tool}: no CUDA GPU"
+    ort, missing = onnxruntime_cuda()
+    if missing:
+        return None, f"{tool}: needs onnxruntime-gpu ({missing})"
+    if os.environ.get(DISABLE_FLAG) == "1":
+        return None, f"{tool}: unset {DISABLE_FLAG} (it leaves our CUDA kernels out)"
+    return ort, None
+
+
 def onnx_type(dtype) -> int:
     import torch
     from onnx import TensorProto
