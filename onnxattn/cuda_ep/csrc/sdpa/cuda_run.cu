@@ -117,6 +117,18 @@ DeviceInfo device_info(int device) {
   for (const auto& [id, info] : cache) {
     if (id == device) return info;
   }
+  // The kernels use mma.sync m16n8k16 with bf16 and cp.async (sm_80+), and the library carries sm_80 code
+  // (+ PTX) and sm_90a code: an older GPU would fail at the first launch with "no kernel image". Say so once,
+  // with the way out, instead.
+  int major = 0, minor = 0;
+  check_cuda(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), "querying the compute capability");
+  check_cuda(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device), "querying the compute capability");
+  if (major < 8) {
+    throw std::runtime_error(str_cat("onnxattn: the CUDA kernels need compute capability 8.0 or newer (Ampere, Hopper, ...); "
+                                     "device ", device, " has ", major, ".", minor,
+                                     ". Set ONNXATTN_DISABLE_CUDA=1 before registering the library to run onnxattn nodes "
+                                     "on its CPU kernels"));
+  }
   DeviceInfo info;
   check_cuda(cudaDeviceGetAttribute(&info.sm_count, cudaDevAttrMultiProcessorCount, device), "querying the SM count");
   check_cuda(cudaDeviceGetAttribute(&info.max_smem_per_block, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
