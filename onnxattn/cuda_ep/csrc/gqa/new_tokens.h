@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "common/half.h"
@@ -50,14 +51,25 @@ void rms_norm(float* x, int64_t n, const T* weight, float eps) {
   for (int64_t i = 0; i < n; ++i) x[i] = x[i] * inv * to_float(weight[i]);
 }
 
-// Rotates the first 2 * half channels: pairs (i, i + half), or (2i, 2i + 1) when interleaved.
+// Rotates the first 2 * half channels: pairs (i, i + half), or (2i, 2i + 1) when interleaved. One loop per
+// layout, over non-overlapping halves, so the compiler vectorizes it.
 inline void rotate(float* x, const float* cos, const float* sin, int64_t half, bool interleaved) {
+  if (interleaved) {
+    for (int64_t i = 0; i < half; ++i) {
+      const float x1 = x[2 * i], x2 = x[2 * i + 1];
+      x[2 * i] = x1 * cos[i] - x2 * sin[i];
+      x[2 * i + 1] = x2 * cos[i] + x1 * sin[i];
+    }
+    return;
+  }
+  float* __restrict a = x;
+  float* __restrict b = x + half;
+  const float* __restrict c = cos;
+  const float* __restrict s = sin;
   for (int64_t i = 0; i < half; ++i) {
-    float* a = interleaved ? x + 2 * i : x + i;
-    float* b = interleaved ? x + 2 * i + 1 : x + i + half;
-    const float x1 = *a, x2 = *b;
-    *a = x1 * cos[i] - x2 * sin[i];
-    *b = x2 * cos[i] + x1 * sin[i];
+    const float x1 = a[i], x2 = b[i];
+    a[i] = x1 * c[i] - x2 * s[i];
+    b[i] = x2 * c[i] + x1 * s[i];
   }
 }
 
@@ -68,24 +80,33 @@ template <typename T>
 void prepare_token(const TokenPrep& p, const T* query, const T* key, const T* value, const T* q_norm_weight,
                    const T* k_norm_weight, int64_t position, const TokenSlots<T>& out) {
   const int64_t half = int64_t(p.inv_freq.size()), d = p.head_dim;
-  std::vector<float> cos(static_cast<size_t>(half)), sin(static_cast<size_t>(half)), row(static_cast<size_t>(d));
+  // cos, sin [half] and one key row [d]: per-thread storage reused token after token (no allocation per token)
+  thread_local std::vector<float> storage;
+  if (storage.size() < size_t(2 * half + d)) storage.resize(size_t(2 * half + d));
+  float* const cos = storage.data();
+  float* const sin = cos + half;
+  float* const row = sin + half;
   for (int64_t i = 0; i < half; ++i) {
     const float angle = float(position) * p.inv_freq[size_t(i)];
-    cos[size_t(i)] = std::cos(angle) * p.attention_scaling;
-    sin[size_t(i)] = std::sin(angle) * p.attention_scaling;
+    cos[i] = std::cos(angle) * p.attention_scaling;
+    sin[i] = std::sin(angle) * p.attention_scaling;
   }
   for (int64_t h = 0; h < p.q_heads; ++h) {
     float* dst = out.query + h * out.query_head_stride;
-    for (int64_t x = 0; x < d; ++x) dst[x] = to_float(query[h * d + x]);
+    if constexpr (std::is_same_v<T, float>) {
+      std::memcpy(dst, query + h * d, size_t(d) * sizeof(float));
+    } else {
+      for (int64_t x = 0; x < d; ++x) dst[x] = to_float(query[h * d + x]);
+    }
     if (p.q_norm) detail::rms_norm(dst, d, q_norm_weight, p.epsilon);
-    detail::rotate(dst, cos.data(), sin.data(), half, p.interleaved);
+    detail::rotate(dst, cos, sin, half, p.interleaved);
   }
   for (int64_t h = 0; h < p.kv_heads; ++h) {
-    for (int64_t x = 0; x < d; ++x) row[size_t(x)] = to_float(key[h * d + x]);
-    if (p.k_norm) detail::rms_norm(row.data(), d, k_norm_weight, p.epsilon);
-    detail::rotate(row.data(), cos.data(), sin.data(), half, p.interleaved);
+    for (int64_t x = 0; x < d; ++x) row[x] = to_float(key[h * d + x]);
+    if (p.k_norm) detail::rms_norm(row, d, k_norm_weight, p.epsilon);
+    detail::rotate(row, cos, sin, half, p.interleaved);
     T* key_dst = out.key + h * out.key_head_stride;
-    for (int64_t x = 0; x < d; ++x) key_dst[x] = from_float<T>(row[size_t(x)]);
+    for (int64_t x = 0; x < d; ++x) key_dst[x] = from_float<T>(row[x]);
     std::memcpy(out.value + h * out.value_head_stride, value + h * p.v_head_dim, size_t(p.v_head_dim) * sizeof(T));
   }
 }

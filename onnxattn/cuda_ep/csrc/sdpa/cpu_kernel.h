@@ -8,6 +8,9 @@
 namespace onnxattn::sdpa {
 
 // T: K, V, Y (and mask) element type; TQ: the query's (T, or float32 for fused ops' prepared queries).
+// Q may be the output buffer itself when TQ == T and q_strides == y_strides (each query row where its output
+// row goes; GroupQueryAttention's fp32 prepared queries): every work item reads all of its rows' queries
+// before it writes any of their outputs, and no item reads another's rows.
 template <typename T, typename TQ = T>
 void run_cpu(const Params& params, const Tensors<T, TQ>& tensors, const ParallelFor& parallel_for);
 
