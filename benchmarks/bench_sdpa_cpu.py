@@ -6,9 +6,15 @@ Prefill, fp32, causal, B=1, Hq=8, Hkv=2, D=64 (a GQA layer of a small Llama), S 
   - ort_gqa    onnxruntime's com.microsoft.GroupQueryAttention (CPU EP)
   - onnx_attn  ONNX Attention (opset 23, is_causal=1) in onnxruntime
   - function   our reference function, inlined by onnxruntime (no library)
-GFLOP/s use the causal FLOP count 4*B*Hq*S^2*D/2. Each size times all implementations interleaved (median
-of --repeat runs after a warm-up), so machine noise hits them alike; ratios are what to read. Then the
-extra peak memory of a first S=16384 run in a fresh process (resident-set high-water mark).
+GFLOP/s use the causal FLOP count 4*B*Hq*S^2*D/2. Each size runs --repeat rounds; in each round every
+implementation runs one burst (so drifts in machine load hit them alike; ratios are what to read): a pause of
+--settle seconds, one untimed call, then timed calls for at least --burst seconds (at least one); the median
+over all timed calls. The pause matters on a small machine: after a run, each onnxruntime session's pool
+threads spin (~33 ms of CPU on the 2-core machine) and torch's OpenMP threads too (~10 ms); a call started
+right after another implementation's shares the cores with them (measured at S=512 back to back: ours 0.8 ->
+1.9 ms, ONNX Attention 1.4 -> 4-7 ms). The untimed call wakes the implementation's own threads, which slept
+through the pause. Then the extra peak memory of a first S=16384 run in a fresh process (resident-set
+high-water mark).
 
     python benchmarks/bench_sdpa_cpu.py [--sizes 512 2048 8192] [--repeat 5] [--out benchmarks/results]
 """
@@ -123,7 +129,20 @@ class Runner:
         return self.sessions[impl].run(None, self.bnsh)[0]
 
 
-def bench_speed(runner: Runner, sizes, repeat: int, function_max: int) -> list[dict]:
+def time_burst(runner: Runner, impl: str, settle: float, burst: float) -> list[float]:
+    """One implementation's turn in a round: the pause, one untimed call, then timed calls for >= burst seconds."""
+    time.sleep(settle)  # the previous implementation's pool threads stop spinning
+    runner.call(impl)  # wakes this implementation's own threads
+    times: list[float] = []
+    while not times or sum(times) < burst:
+        start = time.perf_counter()
+        runner.call(impl)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def bench_speed(runner: Runner, sizes, repeat: int, function_max: int, settle: float = 0.1,
+                burst: float = 0.02) -> list[dict]:
     rows = []
     for s in sizes:
         runner.prepare(s)
@@ -136,9 +155,7 @@ def bench_speed(runner: Runner, sizes, repeat: int, function_max: int) -> list[d
                 raise SystemExit(f"{impl} disagrees with torch at S={s}: max error {err:.2e}")
         for _ in range(repeat):
             for impl in impls:  # interleaved, so drifts in machine load hit every impl alike
-                start = time.perf_counter()
-                runner.call(impl)
-                times[impl].append(time.perf_counter() - start)
+                times[impl] += time_burst(runner, impl, settle, burst)
         flops = 4 * B * HQ * s * s * D / 2
         for impl in impls:
             seconds = statistics.median(times[impl])
@@ -241,6 +258,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[512, 2048, 8192])
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--settle", type=float, default=0.1,
+                        help="seconds of pause before each implementation's burst (other pools stop spinning)")
+    parser.add_argument("--burst", type=float, default=0.02, help="least seconds of timed calls per burst")
     parser.add_argument("--function-max", type=int, default=4096,
                         help="largest S for the inlined function (it materializes S x S scores)")
     parser.add_argument("--memory-size", type=int, default=16384, help="S of the peak-memory run (0: skip)")
@@ -253,12 +273,16 @@ def main() -> None:
         return measure_memory_child(args.memory_child, args.memory_size)
 
     runner = Runner()
-    rows = bench_speed(runner, args.sizes, args.repeat, args.function_max)
+    load_before = os.getloadavg()[0]  # other work on the machine: recorded with the rows
+    rows = bench_speed(runner, args.sizes, args.repeat, args.function_max, args.settle, args.burst)
     memory = bench_memory(args.memory_size, args.memory_impls) if args.memory_size else []
+    load = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     print_table(rows, memory)
+    print(f"load average {load[0]} -> {load[1]}")
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / "sdpa_cpu"
-    stem.with_suffix(".json").write_text(json.dumps({"machine": machine(), "speed": rows, "memory": memory}, indent=2))
+    stem.with_suffix(".json").write_text(json.dumps({"machine": machine(), "load_average": load, "speed": rows,
+                                                     "memory": memory}, indent=2))
     plot(rows, stem.with_suffix(".png"))
     print(f"\nwrote {stem.with_suffix('.json')} and {stem.with_suffix('.png')}")
 
