@@ -12,7 +12,6 @@ scripts/gpu_check.sh's budget is untouched.
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 from pathlib import Path

@@ -28,6 +28,17 @@ def onnxruntime_cuda():
     return ort, None
 
 
+def require_cuda_kernels(ort, missing) -> None:
+    """Skips the calling test unless onnxruntime-gpu can run here (`ort`, `missing` from onnxruntime_cuda())
+    and our CUDA kernels are registered."""
+    import pytest
+
+    if ort is None or missing:
+        pytest.skip(missing or "onnxruntime-gpu unavailable")
+    if os.environ.get(DISABLE_FLAG) == "1":
+        pytest.skip(f"{DISABLE_FLAG}=1 leaves our CUDA kernels unregistered")
+
+
 def benchmark_runtime(tool: str):
     """(onnxruntime module, None) when a CUDA benchmark whose rows need our CUDA kernels in onnxruntime can run,
     else (None, the line `tool` prints before it exits 2)."""

@@ -19,7 +19,6 @@ for that sequence only, its cache untouched: the device cannot raise)."""
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
 from pathlib import Path
 
@@ -211,10 +210,7 @@ def test_runs_on_the_cuda_execution_provider(case_id, tmp_path):
     import ort_cuda
 
     ort, missing = ort_cuda.onnxruntime_cuda()
-    if ort is None or missing:
-        pytest.skip(missing or "onnxruntime-gpu unavailable")
-    if os.environ.get(ort_cuda.DISABLE_FLAG) == "1":
-        pytest.skip(f"{ort_cuda.DISABLE_FLAG}=1 leaves our CUDA kernels unregistered")
+    ort_cuda.require_cuda_kernels(ort, missing)
     sys.path.insert(0, str(Path(__file__).parents[1]))
     from mla_helpers import mla_model
 

@@ -16,7 +16,6 @@ Needs a GPU and onnxruntime-gpu."""
 from __future__ import annotations
 
 import copy
-import os
 from pathlib import Path
 
 import numpy as np
@@ -38,10 +37,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module", autouse=True)
 def _requirements():
-    if ORT is None or ORT_MISSING:
-        pytest.skip(ORT_MISSING or "onnxruntime-gpu unavailable")
-    if os.environ.get(ort_cuda.DISABLE_FLAG) == "1":
-        pytest.skip(f"{ort_cuda.DISABLE_FLAG}=1 leaves our CUDA kernels unregistered")
+    ort_cuda.require_cuda_kernels(ORT, ORT_MISSING)
 
 
 def models_package():

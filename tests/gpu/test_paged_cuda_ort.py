@@ -9,7 +9,6 @@ Needs a GPU and onnxruntime-gpu."""
 
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import pytest
@@ -32,10 +31,7 @@ ORT_CASES = ["decode-b4-bs16", "mixed-chunks-decodes", "prefill-long-chunk", "ro
 
 @pytest.fixture(scope="module", autouse=True)
 def _requirements():
-    if ORT is None or ORT_MISSING:
-        pytest.skip(ORT_MISSING or "onnxruntime-gpu unavailable")
-    if os.environ.get(ort_cuda.DISABLE_FLAG) == "1":
-        pytest.skip(f"{ort_cuda.DISABLE_FLAG}=1 leaves our CUDA kernels unregistered")
+    ort_cuda.require_cuda_kernels(ORT, ORT_MISSING)
 
 
 def session(case, dtype, tmp_path):

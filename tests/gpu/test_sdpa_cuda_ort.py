@@ -37,10 +37,7 @@ ORT_CASES = [
 
 @pytest.fixture(scope="module", autouse=True)
 def _requirements():
-    if ORT is None or ORT_MISSING:
-        pytest.skip(ORT_MISSING or "onnxruntime-gpu unavailable")
-    if os.environ.get(ort_cuda.DISABLE_FLAG) == "1":
-        pytest.skip(f"{ort_cuda.DISABLE_FLAG}=1 leaves our CUDA kernels unregistered")
+    ort_cuda.require_cuda_kernels(ORT, ORT_MISSING)
     torch.backends.cuda.matmul.allow_tf32 = False
 
 

@@ -31,10 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the CPU 
 
 @pytest.fixture(scope="module", autouse=True)
 def _requirements():
-    if ORT is None or ORT_MISSING:
-        pytest.skip(ORT_MISSING or "onnxruntime-gpu unavailable")
-    if os.environ.get(ort_cuda.DISABLE_FLAG) == "1":
-        pytest.skip(f"{ort_cuda.DISABLE_FLAG}=1 leaves our CUDA kernels unregistered")
+    ort_cuda.require_cuda_kernels(ORT, ORT_MISSING)
 
 
 def numerics():
