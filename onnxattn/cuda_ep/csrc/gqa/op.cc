@@ -4,6 +4,7 @@
 
 #include <memory>
 
+#include "common/ort_scratch.h"
 #include "gqa/cpu_kernel.h"
 #include "gqa/op_adapter.h"
 
@@ -13,41 +14,6 @@ namespace {
 using adapter::Call;
 using adapter::OpBase;
 using adapter::prepare;
-
-// A host buffer for a present cache the node does not ask for: from onnxruntime's CPU allocator, whose arena
-// hands the same block out again call after call (a fresh new[] of the caches, 16 MiB at S = 2048 with 8 KV
-// heads of 128, page-faulted on every prefill: ~3% of it), or new[] where onnxruntime gives no allocator.
-template <typename T>
-class HostBuffer {
- public:
-  HostBuffer(OrtKernelContext* ctx, size_t count) {
-    const OrtApi& api = Ort::GetApi();
-    const Ort::MemoryInfo info = Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault);
-    if (OrtStatus* status = api.KernelContext_GetAllocator(ctx, info, &allocator_)) {
-      api.ReleaseStatus(status);
-      allocator_ = nullptr;
-    }
-    if (allocator_ != nullptr) data_ = static_cast<T*>(allocator_->Alloc(allocator_, (count > 0 ? count : 1) * sizeof(T)));
-    if (data_ == nullptr) {
-      fallback_.reset(new T[count]);
-      data_ = fallback_.get();
-    }
-  }
-  ~HostBuffer() {
-    if (allocator_ != nullptr) {
-      if (fallback_ == nullptr && data_ != nullptr) allocator_->Free(allocator_, data_);
-      Ort::GetApi().ReleaseAllocator(allocator_);
-    }
-  }
-  HostBuffer(const HostBuffer&) = delete;
-  HostBuffer& operator=(const HostBuffer&) = delete;
-  T* get() const { return data_; }
-
- private:
-  OrtAllocator* allocator_ = nullptr;
-  T* data_ = nullptr;
-  std::unique_ptr<T[]> fallback_;
-};
 
 template <typename T>
 struct CpuKernel {
@@ -59,14 +25,21 @@ struct CpuKernel {
       Call<T> call = prepare<T>(attrs, ctx);
       const Params& p = call.params;
       Tensors<T>& t = call.tensors;
-      std::unique_ptr<HostBuffer<T>> scratch_key, scratch_value;
+      // Present caches the node does not ask for: from onnxruntime's CPU arena (a fresh new[] of them, 16 MiB at
+      // S = 2048 with 8 KV heads of 128, page-faulted on every prefill: ~3% of it).
+      const Ort::MemoryInfo host = Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault);
+      auto cache_scratch = [&](int64_t width) {
+        const size_t count = size_t(p.batch * p.kv_heads * p.total * width);
+        return std::make_unique<ort::Scratch>(raw_context, host, (count > 0 ? count : 1) * sizeof(T), kOpName);
+      };
+      std::unique_ptr<ort::Scratch> scratch_key, scratch_value;
       if (!t.present_key) {
-        scratch_key.reset(new HostBuffer<T>(raw_context, size_t(p.batch * p.kv_heads * p.total * p.head_dim)));
-        t.present_key = scratch_key->get();
+        scratch_key = cache_scratch(p.head_dim);
+        t.present_key = static_cast<T*>(scratch_key->data());
       }
       if (!t.present_value) {
-        scratch_value.reset(new HostBuffer<T>(raw_context, size_t(p.batch * p.kv_heads * p.total * p.v_head_dim)));
-        t.present_value = scratch_value->get();
+        scratch_value = cache_scratch(p.v_head_dim);
+        t.present_value = static_cast<T*>(scratch_value->data());
       }
       run_cpu<T>(p, t, ort::intra_op_parallel_for(ctx));
     });

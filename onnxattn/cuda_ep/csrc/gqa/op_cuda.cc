@@ -7,7 +7,7 @@
 // so a session with enable_cuda_graph can capture the node. The in-place KV cache works as on the CPU:
 // GetMayInplace (past -> present, declared by the shared adapter) or I/O binding of present to the past's
 // OrtValue hands the kernel the same buffer, and only the new tokens are written.
-#include "common/ort_device_scratch.h"
+#include "common/ort_scratch.h"
 #include "gqa/cuda_kernel.h"
 #include "gqa/op.h"
 #include "gqa/op_adapter.h"
@@ -30,7 +30,7 @@ struct CudaKernel {
       const Ort::ConstMemoryInfo memory = ctx.GetInput(kQuery).GetTensorMemoryInfo();
       const cuda::Plan plan =
           cuda::plan_for(call.params, call.tensors, sdpa::cuda::device_info(memory.GetDeviceId()));
-      ort::DeviceScratch scratch(raw_context, memory, plan.scratch_bytes, kOpName);
+      ort::Scratch scratch(raw_context, memory, plan.scratch_bytes, kOpName);
       cuda::run(call.params, call.tensors, plan, ctx.GetGPUComputeStream(), scratch.data(), plan.scratch_bytes);
     });
   }

@@ -2,7 +2,7 @@
 // (op_adapter.h) plus a Compute that plans, takes one scratch block from onnxruntime's allocator and
 // enqueues the work on onnxruntime's compute stream. Every input stays in device memory and nothing
 // synchronises the host; the in-place latent cache works as on the CPU (GetMayInplace or I/O binding).
-#include "common/ort_device_scratch.h"
+#include "common/ort_scratch.h"
 #include "mla/cuda_kernel.h"
 #include "mla/op.h"
 #include "mla/op_adapter.h"
@@ -23,7 +23,7 @@ struct CudaKernel {
       const bool present_outputs = call.tensors.present_latent != nullptr && call.tensors.present_k_rope != nullptr;
       const cuda::Plan plan = cuda::make_plan(call.params, sdpa::cuda::device_info(memory.GetDeviceId()).sm_count,
                                               sizeof(T), present_outputs);
-      ort::DeviceScratch scratch(raw_context, memory, plan.scratch_bytes, kOpName);
+      ort::Scratch scratch(raw_context, memory, plan.scratch_bytes, kOpName);
       cuda::run(call.params, call.tensors, plan, ctx.GetGPUComputeStream(), scratch.data(), plan.scratch_bytes);
     });
   }

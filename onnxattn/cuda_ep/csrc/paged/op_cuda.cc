@@ -8,7 +8,7 @@
 // index inputs: instead of an error, the failing sequences get NaN output rows and nothing of theirs is
 // written (paged/cuda_plan.h). Callers that want the error check on the host before running, or run the
 // CPU kernel. In place: see op_adapter.h (MayInplace, I/O binding of the pools).
-#include "common/ort_device_scratch.h"
+#include "common/ort_scratch.h"
 #include "paged/cuda_kernel.h"
 #include "paged/op.h"
 #include "paged/op_adapter.h"
@@ -27,7 +27,7 @@ struct CudaKernel {
       const Ort::ConstMemoryInfo memory = ctx.GetInput(kQuery).GetTensorMemoryInfo();
       const cuda::Plan plan =
           cuda::plan_for(call.params, call.tensors, sdpa::cuda::device_info(memory.GetDeviceId()));
-      ort::DeviceScratch scratch(raw_context, memory, plan.scratch_bytes, kOpName);
+      ort::Scratch scratch(raw_context, memory, plan.scratch_bytes, kOpName);
       cuda::run(call.params, call.tensors, plan, ctx.GetGPUComputeStream(), scratch.data(), plan.scratch_bytes);
     });
   }

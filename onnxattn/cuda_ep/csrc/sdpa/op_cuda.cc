@@ -1,7 +1,7 @@
 // The CUDA kernel of ScaledDotProductAttention for onnxruntime (built only with CUDA): the shared adapter
 // (op_adapter.h) plus a Compute that plans, takes scratch from onnxruntime's allocator for the input's
 // device, and enqueues the kernels on onnxruntime's compute stream. Nothing here synchronises the host.
-#include "common/ort_device_scratch.h"
+#include "common/ort_scratch.h"
 #include "sdpa/cuda_kernel.h"
 #include "sdpa/op.h"
 #include "sdpa/op_adapter.h"
@@ -23,7 +23,7 @@ struct CudaKernel {
       const Call<T> call = prepare<T>(attrs, ctx);
       const Ort::ConstMemoryInfo memory = ctx.GetInput(adapter::kQ).GetTensorMemoryInfo();
       const cuda::LaunchPlan plan = cuda::plan_for(call.params, call.tensors, cuda::device_info(memory.GetDeviceId()));
-      ort::DeviceScratch scratch(raw_context, memory, plan.scratch_bytes, kOpName);
+      ort::Scratch scratch(raw_context, memory, plan.scratch_bytes, kOpName);
       cuda::run(call.params, call.tensors, plan, ctx.GetGPUComputeStream(), scratch.data(), plan.scratch_bytes);
     });
   }

@@ -2,7 +2,7 @@
 // the shared adapters (op_adapter.h) plus a Compute that takes one scratch block from onnxruntime's allocator
 // and enqueues the work on onnxruntime's compute stream. Every input (position_ids included) stays in device
 // memory; nothing synchronises the host.
-#include "common/ort_device_scratch.h"
+#include "common/ort_scratch.h"
 #include "sparse/cuda_kernel.h"
 #include "sparse/op.h"
 #include "sparse/op_adapter.h"
@@ -20,7 +20,7 @@ struct NsaCudaKernel {
       const adapter::NsaCall<T> call = adapter::prepare_nsa<T>(attrs, ctx);
       const Ort::ConstMemoryInfo memory = ctx.GetInput(adapter::nsa_io::kQ).GetTensorMemoryInfo();
       const size_t bytes = cuda::nsa_scratch_bytes(call.params);
-      ort::DeviceScratch scratch(raw_context, memory, bytes, kNsaName);
+      ort::Scratch scratch(raw_context, memory, bytes, kNsaName);
       cuda::run_nsa<T>(call.params, call.tensors, ctx.GetGPUComputeStream(), scratch.data(), bytes);
     });
   }
@@ -36,7 +36,7 @@ struct RoutedCudaKernel {
       const adapter::RoutedCall<T> call = adapter::prepare_routed<T>(attrs, ctx);
       const Ort::ConstMemoryInfo memory = ctx.GetInput(adapter::routed_io::kQ).GetTensorMemoryInfo();
       const size_t bytes = cuda::routed_scratch_bytes(call.params);
-      ort::DeviceScratch scratch(raw_context, memory, bytes, kRoutedName);
+      ort::Scratch scratch(raw_context, memory, bytes, kRoutedName);
       cuda::run_routed<T>(call.params, call.tensors, ctx.GetGPUComputeStream(), scratch.data(), bytes);
     });
   }

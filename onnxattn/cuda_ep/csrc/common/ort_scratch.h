@@ -1,8 +1,8 @@
 #pragma once
-// Device scratch for a CUDA custom-op kernel, from onnxruntime's allocator (never cudaMalloc per call).
-// KernelContext_GetScratchBuffer allocates against the kernel's compute stream, so returning the block
-// right after the launches is safe: the allocator hands it out again only to work ordered after ours on
-// that stream.
+// Scratch for a custom-op kernel from onnxruntime's allocator of `memory_info`'s device: never a cudaMalloc
+// or a fresh page-faulting new[] per call (the arena hands the same blocks out again). On a CUDA device,
+// KernelContext_GetScratchBuffer allocates against the kernel's compute stream, so returning the block right
+// after the launches is safe: the allocator hands it out again only to work ordered after ours on that stream.
 #include <onnxruntime_cxx_api.h>
 
 #include <cstddef>
@@ -11,9 +11,9 @@
 
 namespace onnxattn::ort {
 
-class DeviceScratch {
+class Scratch {
  public:
-  DeviceScratch(OrtKernelContext* ctx, const OrtMemoryInfo* memory_info, size_t bytes, const char* op) {
+  Scratch(OrtKernelContext* ctx, const OrtMemoryInfo* memory_info, size_t bytes, const char* op) {
     if (bytes == 0) return;
     const OrtApi& api = Ort::GetApi();
     Ort::ThrowOnError(api.KernelContext_GetAllocator(ctx, memory_info, &allocator_));
@@ -25,12 +25,12 @@ class DeviceScratch {
       throw;
     }
   }
-  ~DeviceScratch() {
+  ~Scratch() {
     if (data_ != nullptr) allocator_->Free(allocator_, data_);
     if (allocator_ != nullptr) Ort::GetApi().ReleaseAllocator(allocator_);
   }
-  DeviceScratch(const DeviceScratch&) = delete;
-  DeviceScratch& operator=(const DeviceScratch&) = delete;
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
   void* data() const { return data_; }
 
  private:
