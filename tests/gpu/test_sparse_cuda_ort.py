@@ -12,6 +12,7 @@ import os
 import sys
 import time
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -134,4 +135,86 @@ def test_bad_input_is_an_error_from_the_cuda_kernel():
     feeds = {"Q": rng.standard_normal((1, 4, 8, 8), dtype=np.float32), "K": rng.standard_normal((1, 2, 8, 8), dtype=np.float32),
              "V": rng.standard_normal((1, 2, 8, 8), dtype=np.float32), "gates": np.ones((3, 1, 3), np.float32)}
     with pytest.raises(Exception, match=r"NativeSparseAttention: input 'gates' of shape \[3, 1, 3\] does not broadcast"):
+        sess.run(None, feeds)
+
+
+# NativeSparseAttention's block and window branches on the attention core (each selection list a sequence of
+# the paged decode path; the window a causal sliding-window attention) and the dot-product selection with a
+# CTA per 16 queries, against our CPU kernel and against the simple CUDA kernels
+# (ONNXATTN_SPARSE_CUDA_ATTENTION=simple: one CTA per list and a warp per row). Grid inputs and power-of-two blocks keep the scores exact, so the
+# selections must agree entry for entry; the odd block size (24) may round centroids, so there only the rows
+# whose selections agree are compared (ties broken differently are not errors).
+CORE_CASES = {
+    # name: (B, Hq, Hkv, Sq, Skv, D, attributes)
+    "paper-shared-causal": (2, 8, 2, 300, 300, 64, dict(block_size=16, top_blocks=6, window=40, causal=1,
+                                                          shared_selection=1, sink_blocks=1, local_blocks=1)),
+    "seed-per-head-fine": (1, 4, 2, 50, 77, 32, dict(block_size=8, top_blocks=3, top_tokens=5, window=7)),
+    "decode-mqa": (3, 8, 1, 1, 1001, 128, dict(block_size=64, top_blocks=4, window=128, causal=1,
+                                               shared_selection=1)),
+    "odd-block-group-1": (1, 4, 4, 37, 100, 16, dict(block_size=24, top_blocks=3, window=10, causal=1,
+                                                     shared_selection=1)),
+    "chunk-over-past": (1, 6, 3, 20, 333, 64, dict(block_size=32, top_blocks=5, window=64, causal=1,
+                                                   shared_selection=1, sink_blocks=2)),
+}
+UNIT_ROUNDOFF = {"float32": 2.0**-24, "float16": 2.0**-11, "bfloat16": 2.0**-8}
+
+
+def core_case(name: str, dtype: str):
+    import sparse_helpers as sh
+
+    b, hq, hkv, sq, skv, d, attrs = CORE_CASES[name]
+    rng = np.random.default_rng(zlib.crc32(name.encode()))
+    arrays = dict(Q=sh.grid(rng, (b, hq, sq, d)), K=sh.grid(rng, (b, hkv, skv, d)), V=sh.grid(rng, (b, hkv, skv, d)),
+                  gates=np.round(rng.uniform(0, 1, (b, hq, sq, 3)) * 8) / 8)
+    outputs = ["Y", "selected_blocks"] + (["selected_tokens"] if attrs.get("top_tokens") else [])
+    model = sh.one_node_model(sh.NSA, list(arrays), outputs, dtype=dtype, attrs=sh.nsa_attrs(**attrs))
+    return model, sh.feeds_in(dtype, **arrays), attrs
+
+
+def agreeing_rows(got, want, attrs, heads):
+    """Rows [B, Hq, Sq] whose selections (every list output) agree; asserts they are >= 99.9% of the entries,
+    and all of them when block_size is a power of two (exact scores)."""
+    exact = attrs["block_size"] & (attrs["block_size"] - 1) == 0
+    same = np.ones(got[0].shape[:3], bool)
+    for g, w in zip(got[1:], want[1:]):
+        agree = float(np.mean(g == w))
+        assert agree == 1.0 if exact else agree > 0.999, f"selections agree on {agree:.4%} of the entries"
+        rows = np.all(g == w, axis=-1)
+        same &= np.repeat(rows, heads // rows.shape[1], axis=1)
+    return same
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("name", list(CORE_CASES))
+def test_nsa_core_path_matches_the_cpu_kernel_and_the_simple_kernels(name, dtype, monkeypatch):
+    from helpers import run_kernel
+
+    model, feeds, attrs = core_case(name, dtype)
+    sess = cuda_session(model)
+    monkeypatch.setenv("ONNXATTN_SPARSE_CUDA_ATTENTION", "core")
+    core = sess.run(None, feeds)
+    monkeypatch.setenv("ONNXATTN_SPARSE_CUDA_ATTENTION", "simple")
+    simple = sess.run(None, feeds)
+    monkeypatch.delenv("ONNXATTN_SPARSE_CUDA_ATTENTION")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        want = run_kernel(model, feeds, threads=8)
+    # Both sides round the output once from float32; the core's P.V product takes P in the input dtype
+    # (relative error u per weight: |dY| <= u * max|V| per branch, three gated branches) -> 4 u max(1, max|V|).
+    v_max = max(1.0, float(np.abs(feeds["V"].astype(np.float32)).max()))
+    tol = 2e-4 if dtype == "float32" else 4 * UNIT_ROUNDOFF[dtype] * v_max
+    heads = feeds["Q"].shape[1]
+    for label, got in (("core", core), ("simple", simple)):
+        rows = agreeing_rows(got, want, attrs, heads)
+        y, y_want = np.asarray(got[0], np.float64), np.asarray(want[0], np.float64)
+        assert not np.isnan(y).any(), f"{label}: NaN in the output"
+        err = float(np.abs(y - y_want)[rows].max(initial=0.0))
+        assert err <= tol, f"{label}: max |Y - CPU kernel| = {err:.3g} > {tol:.3g} ({name}, {dtype})"
+
+
+def test_a_bad_sparse_attention_setting_is_an_error(monkeypatch):
+    model, feeds, _ = core_case("decode-mqa", "float32")
+    sess = cuda_session(model)
+    monkeypatch.setenv("ONNXATTN_SPARSE_CUDA_ATTENTION", "fast")
+    with pytest.raises(Exception, match=r"ONNXATTN_SPARSE_CUDA_ATTENTION must be core or simple, got 'fast'"):
         sess.run(None, feeds)

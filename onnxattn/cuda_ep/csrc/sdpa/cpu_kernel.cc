@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "common/errors.h"
 #include "sdpa/cpu_flash_prelude.h"
 
 namespace onnxattn::sdpa {
@@ -54,6 +55,7 @@ const char* cpu_isa() {
 
 template <typename T, typename TQ>
 void run_cpu(const Params& params, const Tensors<T, TQ>& tensors, const ParallelFor& parallel_for) {
+  if (tensors.kv_starts != nullptr) fail(kOpName, ": per-sequence pool starts (kv_starts) are a CUDA-only layout");
   switch (selected_isa()) {
 #if ONNXATTN_HAVE_X86_ISAS
     case Isa::kAvx512: return avx512::run(params, tensors, parallel_for);

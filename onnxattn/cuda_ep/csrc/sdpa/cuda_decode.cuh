@@ -65,8 +65,8 @@ __global__ void __launch_bounds__(tiles::kThreads) decode_mma_kernel(const Kerne
   const int d_chunks = (a.head_dim + 15) / 16 * 2;
   const int dv_chunks = (a.v_head_dim + 15) / 16 * 2;
   const int d_steps = d_chunks / 2, dv_pairs = dv_chunks / 2;
-  const T* const k_base = a.k + cta.batch * a.k_stride[0] + cta.kv_head * a.k_stride[1];
-  const T* const v_base = a.v + cta.batch * a.v_stride[0] + cta.kv_head * a.v_stride[1];
+  const T* const k_base = kv_base(a, a.k, a.k_stride, cta.batch, cta.kv_head);
+  const T* const v_base = kv_base(a, a.v, a.v_stride, cta.batch, cta.kv_head);
   const int64_t k_row_stride = a.k_stride[2], v_row_stride = a.v_stride[2];
 
   // ---- Q tile (whole CTA); its A fragments go to registers for the whole loop once it has landed.
@@ -321,7 +321,7 @@ __global__ void __launch_bounds__(tiles::kThreads) decode_mma_kernel(const Kerne
     value = total > 0.0f ? value / total : 0.0f;
     const RowRef ref = row_ref(a, cta.batch, cta.kv_head, r);
     if (a.splits == 1) {
-      y_row(a, cta.batch, ref.head, ref.query, q_start)[col] = from_float<T>(value);
+      store_y(a, y_row(a, cta.batch, ref.head, ref.query, q_start) + col, value);
     } else {
       a.partial_out[(cta.split * a.out_rows + partial_row(a, item, cta.kv_head, row, ref)) * dv + col] = value;
     }

@@ -32,6 +32,8 @@ struct KernelArgs {
   const bool* bool_mask;
   const T* additive_mask;
   T* y;
+  float* y_float;       // non-null: the output in float32 at Y's strides instead of y (fused ops that mix or
+                        // project the result further round to T only once, at the end)
   float* lse;           // null when not requested
   float* partial_out;   // decode with splits > 1: [splits][out_rows][Dv]
   float* partial_lse;   // [splits][out_rows]
@@ -71,23 +73,44 @@ struct KernelArgs {
   int64_t table_stride, num_blocks;
   int block_size;
   uint32_t block_mul, block_shift;
+  // Paged K/V only (null = 0): sequence b's pool starts kv_starts[b] rows into K/V, its table entries count
+  // blocks from there (block-sparse lists over per-(batch, head) K/V, e.g. NativeSparseAttention's).
+  const int64_t* kv_starts;
 };
 
-// Q's and Y's row of query i of head h of batch b; `q_start` is the packed row of the batch's query 0 in a
-// ragged batch (whose batch strides are 0), else 0.
+// Q's row of query i of head h of batch b; `q_start` is the packed row of the batch's query 0 in a ragged
+// batch (whose batch strides are 0), else 0.
 template <typename T>
 __device__ __forceinline__ const T* q_row(const KernelArgs<T>& a, int64_t b, int64_t h, int64_t i, int64_t q_start = 0) {
   return a.q + b * a.q_stride[0] + h * a.q_stride[1] + (q_start + i) * a.q_stride[2];
 }
+// Y's row (element offset into y or y_float), the same way.
 template <typename T>
-__device__ __forceinline__ T* y_row(const KernelArgs<T>& a, int64_t b, int64_t h, int64_t i, int64_t q_start = 0) {
-  return a.y + b * a.y_stride[0] + h * a.y_stride[1] + (q_start + i) * a.y_stride[2];
+__device__ __forceinline__ int64_t y_row(const KernelArgs<T>& a, int64_t b, int64_t h, int64_t i, int64_t q_start = 0) {
+  return b * a.y_stride[0] + h * a.y_stride[1] + (q_start + i) * a.y_stride[2];
 }
 // Y's row for a flat out row (b * Hq + h) * Sq + i.
 template <typename T>
-__device__ __forceinline__ T* y_row(const KernelArgs<T>& a, int64_t out_row) {
+__device__ __forceinline__ int64_t y_row(const KernelArgs<T>& a, int64_t out_row) {
   const int64_t i = out_row % a.q_len, bh = out_row / a.q_len;
   return y_row(a, bh / a.q_heads, bh % a.q_heads, i);
+}
+// Element `at` of the output: T, or float32 when the caller asked for y_float.
+template <typename T>
+__device__ __forceinline__ void store_y(const KernelArgs<T>& a, int64_t at, float value) {
+  if (a.y_float != nullptr) {
+    a.y_float[at] = value;
+  } else {
+    a.y[at] = from_float<T>(value);
+  }
+}
+
+// K's or V's rows of (batch, KV head): `data` at the view's strides, plus the sequence's pool start.
+template <typename T>
+__device__ __forceinline__ const T* kv_base(const KernelArgs<T>& a, const T* data, const int64_t (&stride)[3],
+                                            int64_t batch, int64_t kv_head) {
+  const int64_t start = a.kv_starts != nullptr ? a.kv_starts[batch] : 0;
+  return data + batch * stride[0] + kv_head * stride[1] + start * stride[2];
 }
 
 // A ragged batch's query rows of sequence b, as every kernel (and the schedule) reads them: the caller's

@@ -48,9 +48,13 @@ void check_paged(const Params& p, const Tensors<T>& t, const char* op) {
     fail(op, ": paged K/V needs both a block table and Params::block_size (got ",
          t.block_table != nullptr ? "a table" : "no table", ", block_size ", p.block_size, ")");
   }
-  if (t.k_tail != nullptr || t.sparse_blocks != nullptr || t.y_float != nullptr) {
-    fail(op, ": the CUDA kernels take no split K rows, block-sparse lists or float32 output");
+  if (t.kv_starts != nullptr && t.block_table == nullptr) {
+    fail(op, ": per-sequence pool starts (kv_starts) need paged K/V");
   }
+  if (t.k_tail != nullptr || t.sparse_blocks != nullptr) {
+    fail(op, ": the CUDA kernels take no split K rows or block-sparse lists (turn lists into block tables)");
+  }
+  if (t.y != nullptr && t.y_float != nullptr) fail(op, ": the CUDA kernels write y or y_float, not both");
 }
 
 // A uniform batch (every batch's Sq rows; paged K/V allowed).

@@ -88,8 +88,8 @@ __global__ void __launch_bounds__(tiles::kThreads) prefill_mma_kernel(const Kern
   const int d_chunks = (a.head_dim + 15) / 16 * 2;    // chunks read by the k-steps of S = Q K^T
   const int dv_chunks = (a.v_head_dim + 15) / 16 * 2;  // chunks read by the n-tile pairs of O += P V
   const int d_steps = d_chunks / 2, dv_pairs = dv_chunks / 2;
-  const T* const k_base = a.k + cta.batch * a.k_stride[0] + cta.kv_head * a.k_stride[1];
-  const T* const v_base = a.v + cta.batch * a.v_stride[0] + cta.kv_head * a.v_stride[1];
+  const T* const k_base = kv_base(a, a.k, a.k_stride, cta.batch, cta.kv_head);
+  const T* const v_base = kv_base(a, a.v, a.v_stride, cta.batch, cta.kv_head);
 
   // ---- Q tile: rows past the end and columns past D are zero.
   for (int idx = tid; idx < kRows * kChunks; idx += kThreads) {
@@ -367,13 +367,16 @@ __global__ void __launch_bounds__(tiles::kThreads) prefill_mma_kernel(const Kern
       if (r >= row_end) continue;
       const RowRef ref = row_ref(a, cta.batch, cta.kv_head, r);
       const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
-      T* const y = y_row(a, cta.batch, ref.head, ref.query, q_start);
+      const int64_t y_at = y_row(a, cta.batch, ref.head, ref.query, q_start);
 #pragma unroll
       for (int n = 0; n < kOutN8; ++n) {
         const int col = n * 8 + quad_col;
         if (col >= a.v_head_dim) break;
-        const uint32_t packed = Mma<T>::pack(o[b][n][2 * h] * inv, o[b][n][2 * h + 1] * inv);
-        *reinterpret_cast<uint32_t*>(y + col) = packed;
+        if (a.y_float != nullptr) {  // Dv is a multiple of 8 here: 8-byte aligned pairs
+          *reinterpret_cast<float2*>(a.y_float + y_at + col) = make_float2(o[b][n][2 * h] * inv, o[b][n][2 * h + 1] * inv);
+        } else {
+          *reinterpret_cast<uint32_t*>(a.y + y_at + col) = Mma<T>::pack(o[b][n][2 * h] * inv, o[b][n][2 * h + 1] * inv);
+        }
       }
       if (a.lse != nullptr && lane % 4 == 0) {
         const float m_log2 = kPlain ? m[b][h] * scale_log2 : m[b][h];

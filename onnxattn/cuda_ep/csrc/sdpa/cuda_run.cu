@@ -37,6 +37,7 @@ KernelArgs<T> make_args(const Params& p, const Tensors<T>& t, const LaunchPlan& 
   a.bool_mask = t.bool_mask;
   a.additive_mask = t.additive_mask;
   a.y = t.y;
+  a.y_float = t.y_float;
   a.lse = p.want_lse ? t.lse : nullptr;
   if (plan.splits > 1) {
     a.partial_out = static_cast<float*>(scratch);
@@ -77,6 +78,7 @@ KernelArgs<T> make_args(const Params& p, const Tensors<T>& t, const LaunchPlan& 
     a.block_mul = divider.mul;
     a.block_shift = divider.shift;
     a.k_stride[0] = a.v_stride[0] = 0;  // the pool: rows by slot, whatever the batch
+    a.kv_starts = t.kv_starts;
   }
   return a;
 }

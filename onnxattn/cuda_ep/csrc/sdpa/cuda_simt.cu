@@ -36,8 +36,8 @@ __global__ void __launch_bounds__(tiles::kThreads) simt_kernel(const KernelArgs<
   const int64_t row_begin = work.row_begin, row_end = work.row_end;
   const TileKeys keys = tile_keys(seq.structure, row_begin, row_end, a.group, seq.num_keys);
   const KeyRange range = split_keys(keys.any, cta.split, a.splits, kKeys, a.min_split_keys);
-  const T* const k_base = a.k + cta.batch * a.k_stride[0] + cta.kv_head * a.k_stride[1];
-  const T* const v_base = a.v + cta.batch * a.v_stride[0] + cta.kv_head * a.v_stride[1];
+  const T* const k_base = kv_base(a, a.k, a.k_stride, cta.batch, cta.kv_head);
+  const T* const v_base = kv_base(a, a.v, a.v_stride, cta.batch, cta.kv_head);
   const int64_t k_row_stride = a.k_stride[2], v_row_stride = a.v_stride[2];
   const int32_t* const table = table_row(a, cta.batch);
 
@@ -147,14 +147,14 @@ __global__ void __launch_bounds__(tiles::kThreads) simt_kernel(const KernelArgs<
     if (r >= row_end) continue;
     const RowRef ref = row_ref(a, cta.batch, cta.kv_head, r);
     const int64_t out_row = partial_row(a, work, ref, r);  // the uniform out row when not ragged
-    T* const y = y_row(a, cta.batch, ref.head, ref.query, seq.q_start);
+    const int64_t y_at = y_row(a, cta.batch, ref.head, ref.query, seq.q_start);
     const float inv = l[rr] > 0.0f ? 1.0f / l[rr] : 0.0f;
 #pragma unroll
     for (int ch = 0; ch < kChunks; ++ch) {
       const int e = ch * 32 + lane;
       if (e >= v_dim) break;
       if (a.splits == 1) {
-        y[e] = from_float<T>(o[rr][ch] * inv);
+        store_y(a, y_at + e, o[rr][ch] * inv);
       } else {
         a.partial_out[(cta.split * a.out_rows + out_row) * v_dim + e] = o[rr][ch] * inv;
       }
@@ -178,10 +178,10 @@ __global__ void __launch_bounds__(tiles::kThreads) combine_kernel(const KernelAr
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t row = int64_t(blockIdx.x) * tiles::kCombineRowsPerCta + warp;
   if (row >= a.out_rows) return;  // whole warps leave; no CTA barrier follows
-  T* y = nullptr;
+  int64_t y_at = 0;
   if (a.work_items == nullptr) {
     if (a.kv_lengths != nullptr && a.kv_lengths[row / (a.q_heads * a.q_len)] < 0) return;  // a skipped sequence
-    y = y_row(a, row);
+    y_at = y_row(a, row);
   } else {
     // Ragged: the partial row of (item, KV head, tile row); rows the attention skipped are never read.
     const int64_t item = row / (a.kv_heads * a.rows_per_cta);
@@ -192,7 +192,7 @@ __global__ void __launch_bounds__(tiles::kThreads) combine_kernel(const KernelAr
     const int64_t r = int64_t(it.y) * a.rows_per_cta + row % a.rows_per_cta;
     if (seq.skip || r >= seq.rows) return;
     const int64_t kv_head = (row / a.rows_per_cta) % a.kv_heads;
-    y = y_row(a, it.x, kv_head * a.group + r % a.group, r / a.group, seq.q_start);
+    y_at = y_row(a, it.x, kv_head * a.group + r % a.group, r / a.group, seq.q_start);
   }
   const int splits = int(a.splits);
   float big = kNegInf;
@@ -228,10 +228,10 @@ __global__ void __launch_bounds__(tiles::kThreads) combine_kernel(const KernelAr
           acc.w = fmaf(w, p.w, acc.w);
         }
       }
-      y[e] = from_float<T>(acc.x * inv);
-      y[e + 1] = from_float<T>(acc.y * inv);
-      y[e + 2] = from_float<T>(acc.z * inv);
-      y[e + 3] = from_float<T>(acc.w * inv);
+      store_y(a, y_at + e, acc.x * inv);
+      store_y(a, y_at + e + 1, acc.y * inv);
+      store_y(a, y_at + e + 2, acc.z * inv);
+      store_y(a, y_at + e + 3, acc.w * inv);
     }
   } else {
     for (int e = lane; e < v_dim; e += 32) {
@@ -242,7 +242,7 @@ __global__ void __launch_bounds__(tiles::kThreads) combine_kernel(const KernelAr
         const float p = partials[s * split_stride + e];
         acc = fmaf(w, w != 0.0f ? p : 0.0f, acc);
       }
-      y[e] = from_float<T>(acc * inv);
+      store_y(a, y_at + e, acc * inv);
     }
   }
   if (lane == 0 && a.lse != nullptr) a.lse[row] = total > 0.0f ? big + logf(total) : kNegInf;

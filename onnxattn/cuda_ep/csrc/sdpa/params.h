@@ -101,8 +101,9 @@ struct Tensors {
   const T* additive_mask = nullptr;  // MaskKind::kAdditive: added to the scores
   T* y = nullptr;
   float* lse = nullptr;  // only when Params::want_lse
-  // Instead of y: the output in float32 at y's strides (CPU; fused ops that project the result further,
-  // e.g. MLA's latent output times W_UV, so 16-bit types round only once, at the end).
+  // Instead of y: the output in float32 at y's strides (fused ops that project or mix the result further,
+  // e.g. MLA's latent output times W_UV, NativeSparseAttention's gated branches, so 16-bit types round only
+  // once, at the end).
   float* y_float = nullptr;
   // Per-batch overrides of the uniform layout (fused ops with KV caches; null otherwise):
   const int64_t* query_offsets = nullptr;  // [B] key position of query row 0 (instead of Skv - Sq)
@@ -115,6 +116,10 @@ struct Tensors {
   // Paged K/V: key j of sequence b is slot j % block_size of block block_table[b * block_table_stride +
   // j / block_size]; K/V are addressed as slot * strides.seq + head * strides.head.
   const int32_t* block_table = nullptr;
+  // Paged K/V, CUDA only: sequence b's pool starts kv_starts[b] rows into K/V (its table entries count
+  // blocks from there); null = every sequence shares the pool from row 0. Lets per-(batch, head) K/V views
+  // serve as pools, e.g. block-sparse lists turned into block tables (sparse/cuda_kernel.cu).
+  const int64_t* kv_starts = nullptr;
   const T* k_tail = nullptr;  // Params::k_split > 0; not combined with block_table
   // Block-sparse lists [B, Hkv or Hq, Sq, sparse_list_len] (see Params::sparse_block_size).
   const int32_t* sparse_blocks = nullptr;

@@ -1,10 +1,11 @@
-// NativeSparseAttention and SparseRoutedAttention on CUDA (see cuda_kernel.h): simple SIMT kernels, written
-// for correctness first. Every kernel accumulates in float32; 16-bit inputs are converted as they are read.
+// NativeSparseAttention and SparseRoutedAttention on CUDA (see cuda_kernel.h for the structure). Every kernel
+// accumulates in float32; 16-bit inputs are converted as they are read.
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <stdexcept>
 #include <string>
 
@@ -242,6 +243,184 @@ __global__ void __launch_bounds__(kThreads) select_kernel(const SelectArgs<TQ> a
   }
 }
 
+// ---- selection by dot product: one CTA per (b, selection head, up to kSelectQueries queries) ----
+//
+// Scores = (the list's query, summed over the heads it serves) . centroid, for every centroid: each tile of
+// 32 centroid rows is staged in shared memory once and scored for all the CTA's queries (a thread per
+// centroid row and 4 queries, the sums in d order with fmaf like the one-CTA-per-list kernel, so per-head
+// lists score bit for bit alike). Then one warp per query: forced blocks and the causal limit, top-k by
+// repeated warp argmax (lower index on ties), the list sorted ascending with -1 after the valid entries.
+
+constexpr int kSelectQueries = 16;          // 4 per warp
+constexpr size_t kSelectSmemBudget = 96 << 10;  // below every sm_80+ device's opt-in limit (sm_86: 99 KB)
+
+size_t select_fixed_smem(int dim, int64_t top) {
+  return (size_t(dim) * kSelectQueries + size_t(32) * (dim + 1)) * sizeof(float) + size_t(kWarpsPerBlock) * top * sizeof(int32_t);
+}
+
+// Queries per CTA of dot_select_kernel within the shared-memory budget (0: it cannot run; use select_kernel).
+int dot_select_queries(int dim, int64_t num_blocks, int64_t top, size_t* smem) {
+  if (dim > 256 || top < 1) return 0;
+  const size_t fixed = select_fixed_smem(dim, top);
+  if (fixed >= kSelectSmemBudget) return 0;
+  const size_t per_query = size_t(num_blocks) * sizeof(float);
+  const int64_t fit = per_query == 0 ? kSelectQueries : int64_t((kSelectSmemBudget - fixed) / per_query);
+  const int queries = int(std::min<int64_t>(fit, kSelectQueries));
+  if (queries < 1) return 0;
+  *smem = fixed + size_t(queries) * per_query;
+  return queries;
+}
+
+template <typename TQ>
+__global__ void __launch_bounds__(kThreads) dot_select_kernel(const SelectArgs<TQ> a, int queries) {
+  extern __shared__ float dot_smem[];
+  const int dim = a.dim, tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int64_t nc = a.num_centroids, nb = a.num_blocks;
+  float* const q_s = dot_smem;                               // [dim][kSelectQueries]
+  float* const tile_s = q_s + dim * kSelectQueries;          // [32][dim + 1]
+  float* const scores = tile_s + 32 * (dim + 1);             // [queries][nb]
+  int32_t* const chosen_s = reinterpret_cast<int32_t*>(scores + int64_t(queries) * nb);  // [warps][top]
+  const int64_t group = a.q_heads / a.kv_heads, heads_per_list = a.shared ? group : 1;
+  const int64_t list_heads = a.shared ? a.kv_heads : a.q_heads;
+  const int64_t tiles = (a.q_len + queries - 1) / queries;
+  const int64_t i0 = int64_t(blockIdx.x) % tiles * queries;
+  const int64_t list_head = int64_t(blockIdx.x) / tiles % list_heads, b = int64_t(blockIdx.x) / (tiles * list_heads);
+  const int64_t kv_head = a.shared ? list_head : list_head / group;
+  const int count_q = int(min(int64_t(queries), a.q_len - i0));
+
+  for (int idx = tid; idx < kSelectQueries * dim; idx += kThreads) {  // along d: coalesced reads of Q rows
+    const int x = idx / dim, d = idx % dim;
+    float sum = 0.0f;
+    if (x < count_q) {
+      for (int64_t g = 0; g < heads_per_list; ++g) {
+        const int64_t h = a.shared ? kv_head * group + g : list_head;
+        sum += to_float(a.q[((b * a.q_heads + h) * a.q_len + i0 + x) * dim + d]);
+      }
+    }
+    q_s[d * kSelectQueries + x] = sum;
+  }
+  const float* const cents = a.centroids + (b * a.kv_heads + kv_head) * nc * dim;
+  const int row = lane, first_query = 4 * warp;
+  for (int64_t c0 = 0; c0 < nc; c0 += 32) {
+    __syncthreads();  // the previous tile is consumed (and, the first time, q_s is written)
+    for (int idx = tid; idx < 32 * dim; idx += kThreads) {
+      const int r = idx / dim, d = idx % dim;
+      tile_s[r * (dim + 1) + d] = c0 + r < nc ? cents[(c0 + r) * dim + d] : 0.0f;
+    }
+    __syncthreads();
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (int d = 0; d < dim; ++d) {
+      const float c = tile_s[row * (dim + 1) + d];
+      const float4 q = *reinterpret_cast<const float4*>(q_s + d * kSelectQueries + first_query);
+      acc[0] = fmaf(q.x, c, acc[0]);
+      acc[1] = fmaf(q.y, c, acc[1]);
+      acc[2] = fmaf(q.z, c, acc[2]);
+      acc[3] = fmaf(q.w, c, acc[3]);
+    }
+    if (c0 + row < nc) {
+      for (int x = 0; x < 4; ++x) {
+        if (first_query + x < count_q) scores[int64_t(first_query + x) * nb + c0 + row] = acc[x];
+      }
+    }
+  }
+  __syncthreads();
+
+  int32_t* const chosen = chosen_s + warp * a.top;
+  for (int x = warp; x < count_q; x += kWarpsPerBlock) {
+    const int64_t i = i0 + x, position = i + a.query_offset;
+    float* const key = scores + int64_t(x) * nb;
+    // keys: +inf forced, the score for other candidates, -inf otherwise (as select_kernel)
+    const int64_t own = position >= 0 ? position / a.block_size : -1;
+    const int64_t limit = a.causal ? min(own + 1, nb) : nb;
+    for (int64_t c = lane; c < nb; c += 32) {
+      const bool forced = (a.causal && c == own) || c < a.sink_blocks || (c < own && c >= own - a.local_blocks);
+      key[c] = c >= limit ? kNegInf : forced ? kPosInf : c < nc ? key[c] : kNegInf;
+    }
+    __syncwarp();
+    int64_t count = 0;
+    for (; count < a.top; ++count) {
+      float best = kNegInf;
+      int64_t at = nb;
+      for (int64_t c = lane; c < nb; c += 32)
+        if (better(key[c], c, best, at)) best = key[c], at = c;
+      warp_best(best, at);
+      if (!(best > kNegInf)) break;
+      if (lane == 0) {
+        chosen[count] = int32_t(at);
+        key[at] = kNegInf;
+      }
+      __syncwarp();
+    }
+    if (lane == 0) {
+      for (int64_t y = 1; y < count; ++y) {  // insertion sort: lists are short
+        const int32_t v = chosen[y];
+        int64_t z = y - 1;
+        for (; z >= 0 && chosen[z] > v; --z) chosen[z + 1] = chosen[z];
+        chosen[z + 1] = v;
+      }
+    }
+    __syncwarp();
+    const int64_t at = ((b * list_heads + list_head) * a.q_len + i) * a.top;
+    for (int64_t y = lane; y < a.top; y += 32) {
+      const int32_t value = y < count ? chosen[y] : -1;
+      a.lists[at + y] = value;
+      if (a.listed) a.listed[at + y] = value;
+    }
+    __syncwarp();  // chosen is reused by this warp's next query
+  }
+}
+
+// ---- NSA's lists as sequences of the attention core's paged decode path (see cuda_kernel.h) ----
+//
+// Sequence n = (b, selection head, i), in the lists' order, with one query and its list's heads as rows:
+// Q and the branch output as [n][heads of the list][D] (a list's query heads are Sq rows apart in Q, so
+// shared lists read a regrouped copy), its list as its block-table row, its pool at its KV head's rows.
+
+struct ListLayoutArgs {
+  const int32_t* lists;  // [B, Hs, Sq, top]: sorted ascending, -1 after the valid entries
+  int64_t items, top, q_len, kv_heads, list_heads, group, kv_len, block_size, query_offset;
+  bool shared, causal;
+  int64_t *kv_lengths, *kv_starts;  // [items] each
+};
+
+// One thread per list: its pool start and its keys, every listed block complete but the last, which holds
+// the keys up to the end of the row's structural range.
+__global__ void list_layout_kernel(const ListLayoutArgs a) {
+  const int64_t n = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (n >= a.items) return;
+  const int64_t i = n % a.q_len, list_head = n / a.q_len % a.list_heads, b = n / (a.q_len * a.list_heads);
+  const int64_t kv_head = a.shared ? list_head : list_head / a.group;
+  a.kv_starts[n] = (b * a.kv_heads + kv_head) * a.kv_len;
+  const int32_t* const list = a.lists + n * a.top;
+  int64_t count = 0, last = -1;
+  for (; count < a.top; ++count) {
+    const int32_t c = list[count];
+    if (c < 0) break;
+    last = c;
+  }
+  const int64_t p = i + a.query_offset;
+  const int64_t end = a.causal ? min(p + 1, a.kv_len) : a.kv_len;
+  const int64_t extent = count > 0 ? max(int64_t(0), min(a.block_size, end - last * a.block_size)) : 0;
+  a.kv_lengths[n] = count > 0 ? (count - 1) * a.block_size + extent : 0;
+}
+
+// Q [B, Hkv * G, Sq, D] -> [B, Hkv, Sq, G, D]: a warp per row, 16-byte chunks when rows allow them.
+template <typename T>
+__global__ void group_queries_kernel(const T* q, T* out, int64_t rows, int64_t kv_heads, int64_t group,
+                                     int64_t q_len, int dim) {
+  const int64_t row = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;  // destination row
+  const int lane = threadIdx.x % 32;
+  if (row >= rows) return;
+  const int64_t g = row % group, i = row / group % q_len, bh = row / (group * q_len);  // bh = b * Hkv + kv head
+  const T* const src = q + ((bh * group + g) * q_len + i) * dim;
+  T* const dst = out + row * dim;
+  if ((dim * int(sizeof(T))) % 16 == 0 && ((reinterpret_cast<uintptr_t>(src) | reinterpret_cast<uintptr_t>(dst)) & 15u) == 0) {
+    for (int c = lane; c < dim * int(sizeof(T)) / 16; c += 32) reinterpret_cast<uint4*>(dst)[c] = reinterpret_cast<const uint4*>(src)[c];
+  } else {
+    for (int d = lane; d < dim; d += 32) dst[d] = src[d];
+  }
+}
+
 // ---- attention: one warp per query row, over its listed blocks (or its structural range) ----
 
 template <typename TK, typename TQ>
@@ -408,12 +587,13 @@ __global__ void __launch_bounds__(kThreads) fine_kernel(const FineArgs<T> a) {
 
 template <typename T>
 struct MixArgs {
-  const float* branch[3];  // null: branch off
+  const float* branch[3];  // null: branch off; [B, Hq, Sq, Dv], but see grouped
   const T* gates;          // null: every gate is 1
   int64_t gate_strides[4];
   T* y;
   int64_t q_heads, q_len, rows;
   int v_dim;
+  int64_t grouped;  // > 1: branch 0 is [B, Hq / grouped, Sq, grouped, Dv] (the core's shared-list layout)
 };
 
 template <typename T>
@@ -426,7 +606,12 @@ __global__ void mix_kernel(const MixArgs<T> a) {
       if (!a.branch[g]) continue;
       const float gate = a.gates ? to_float(a.gates[b * a.gate_strides[0] + h * a.gate_strides[1] +
                                                     i * a.gate_strides[2] + g * a.gate_strides[3]]) : 1.0f;
-      y += gate * a.branch[g][x];
+      int64_t at = x;
+      if (g == 0 && a.grouped > 1) {
+        const int64_t e = x % a.v_dim;
+        at = (((b * a.q_heads + h - h % a.grouped) * a.q_len + i * a.grouped) + h % a.grouped) * a.v_dim + e;
+      }
+      y += gate * a.branch[g][at];
     }
     a.y[x] = from_float<T>(y);
   }
@@ -459,10 +644,24 @@ void launch_attend(const AttendArgs<TK, TQ>& a, cudaStream_t stream) {
   check_launch("sparse attention kernel");
 }
 
+// `queries` > 0 (dot-product scores only): dot_select_kernel with that many queries per CTA and `smem`
+// bytes of shared memory (dot_select_queries); else one CTA per list.
 template <typename TQ>
-void launch_select(const SelectArgs<TQ>& a, cudaStream_t stream) {
-  const int64_t lists = a.batch * (a.shared ? a.kv_heads : a.q_heads) * a.q_len;
+void launch_select(const SelectArgs<TQ>& a, int queries, size_t smem_bytes, cudaStream_t stream) {
+  const int64_t list_heads = a.shared ? a.kv_heads : a.q_heads, lists = a.batch * list_heads * a.q_len;
   if (lists == 0) return;
+  if (queries > 0 && !a.probabilities) {
+    const int64_t grid = a.batch * list_heads * ((a.q_len + queries - 1) / queries);
+    if (grid > int64_t(0x7fffffff)) throw std::runtime_error("sparse selection kernel: too many lists for one grid");
+    if (smem_bytes > 48 * 1024 &&
+        cudaFuncSetAttribute(dot_select_kernel<TQ>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem_bytes)) !=
+            cudaSuccess) {
+      throw std::runtime_error("sparse selection kernel: cannot get its shared memory");
+    }
+    dot_select_kernel<TQ><<<unsigned(grid), kThreads, smem_bytes, stream>>>(a, queries);
+    check_launch("sparse selection kernel");
+    return;
+  }
   const size_t smem = size_t(std::max(a.num_centroids, a.num_blocks) + a.num_centroids) * sizeof(float) +
                       size_t(a.top) * sizeof(int32_t);
   select_kernel<TQ><<<unsigned(lists), kThreads, smem, stream>>>(a);
@@ -482,56 +681,192 @@ void check_cuda_support(const char* op, int64_t head_dim, int64_t v_head_dim, in
   }
 }
 
-size_t nsa_scratch_bytes(const NsaParams& p) {
+// ---- NativeSparseAttention: the plan and the launches ----
+namespace {
+
+bool core_requested() {
+  const char* value = std::getenv("ONNXATTN_SPARSE_CUDA_ATTENTION");
+  const std::string v = value == nullptr ? "" : value;
+  if (v.empty() || v == "core") return true;
+  if (v == "simple") return false;
+  fail(kNsaName, ": environment variable ONNXATTN_SPARSE_CUDA_ATTENTION must be core or simple, got '", v, "'");
+}
+
+// The block branch on the core: one sequence per list, its heads as rows (see "NSA's lists" above).
+sdpa::Params blocks_core_params(const NsaParams& p, int64_t block_size) {
   const Dims& d = p.dims;
-  Carver c{nullptr};
+  const int64_t heads = p.attrs.shared_selection != 0 ? d.group() : 1;
+  sdpa::Params a;
+  a.batch = d.batch * p.selection_heads * d.q_len;
+  a.q_heads = heads;
+  a.kv_heads = 1;
+  a.q_len = 1;
+  a.kv_len = p.attrs.top_blocks * block_size;  // a table row's capacity; each list has its own length
+  a.head_dim = d.head_dim;
+  a.v_head_dim = d.v_head_dim;
+  a.scale = p.scale;
+  a.q_strides = {heads * d.head_dim, d.head_dim, d.head_dim};
+  a.y_strides = {heads * d.v_head_dim, d.v_head_dim, d.v_head_dim};
+  a.k_strides = {0, 0, d.head_dim};  // per-list pools (kv_starts)
+  a.v_strides = {0, 0, d.v_head_dim};
+  a.block_size = block_size;
+  a.block_table_stride = p.attrs.top_blocks;
+  a.num_blocks = (d.kv_len + block_size - 1) / block_size;
+  return a;
+}
+
+bool grouped_queries(const NsaParams& p) { return p.attrs.shared_selection != 0 && p.dims.group() > 1; }
+
+sdpa::Params window_core_params(const NsaParams& p) {
+  const Dims& d = p.dims;
+  sdpa::Params a;
+  a.batch = d.batch;
+  a.q_heads = d.q_heads;
+  a.kv_heads = d.kv_heads;
+  a.q_len = d.q_len;
+  a.kv_len = d.kv_len;
+  a.head_dim = d.head_dim;
+  a.v_head_dim = d.v_head_dim;
+  a.scale = p.scale;
+  a.structure.query_offset = d.query_offset();
+  a.structure.causal = true;
+  a.structure.window = p.attrs.window;
+  a.q_strides = sdpa::Strides::contiguous(d.q_heads, d.q_len, d.head_dim);
+  a.k_strides = sdpa::Strides::contiguous(d.kv_heads, d.kv_len, d.head_dim);
+  a.v_strides = sdpa::Strides::contiguous(d.kv_heads, d.kv_len, d.v_head_dim);
+  a.y_strides = sdpa::Strides::contiguous(d.q_heads, d.q_len, d.v_head_dim);
+  return a;
+}
+
+int64_t core_block_size(const NsaParams& p) {
+  // A block longer than the keys holds them all (block 0), as on the CPU (sparse/cpu_kernel.cc).
+  return std::min(p.attrs.block_size, p.dims.kv_len);
+}
+
+// Scratch of run_nsa, in order; with a null base it only counts (plan) and else it hands out the pointers.
+struct NsaScratch {
+  float* centroids;
+  int32_t* lists;
+  float* branch[3];
+  float* fine_scores;
+  int64_t* layout;  // [2][lists]: valid keys, pool starts
+  unsigned char* grouped_q;  // shared lists with G > 1: Q regrouped as [B, Hkv, Sq, G, D]
+  unsigned char *blocks_core, *window_core;
+};
+
+NsaScratch carve_nsa(const NsaParams& p, const NsaPlan& plan, Carver& c) {
+  const Dims& d = p.dims;
   const int64_t out = d.batch * d.q_heads * d.q_len * d.v_head_dim;
-  c.take<float>(d.batch * d.kv_heads * std::max<int64_t>(p.full_blocks, 1) * d.head_dim);
-  c.take<int32_t>(d.batch * p.selection_heads * d.q_len * p.attrs.top_blocks);
-  for (int branch = 0; branch < 3; ++branch) c.take<float>(branch_used(p, branch) ? out : 0);
-  c.take<float>(fine_scratch_floats(p));
-  return c.used;
+  NsaScratch s{};
+  s.centroids = c.take<float>(d.batch * d.kv_heads * std::max<int64_t>(p.full_blocks, 1) * d.head_dim);
+  s.lists = c.take<int32_t>(d.batch * p.selection_heads * d.q_len * p.attrs.top_blocks);
+  for (int branch = 0; branch < 3; ++branch) s.branch[branch] = c.take<float>(branch_used(p, branch) ? out : 0);
+  s.fine_scores = c.take<float>(fine_scratch_floats(p));
+  s.layout = c.take<int64_t>(plan.core_blocks ? 2 * plan.blocks_params.batch : 0);
+  s.grouped_q = c.take<unsigned char>(plan.core_blocks && grouped_queries(p) ? int64_t(plan.element_bytes) *
+                                      d.batch * d.q_heads * d.q_len * d.head_dim : 0);
+  s.blocks_core = c.take<unsigned char>(plan.core_blocks ? int64_t(plan.blocks.scratch_bytes) : 0);
+  s.window_core = c.take<unsigned char>(plan.core_window ? int64_t(plan.window.scratch_bytes) : 0);
+  return s;
+}
+
+}  // namespace
+
+template <typename T>
+NsaPlan plan_nsa(const NsaParams& p, const NsaTensors<T>& t) {
+  const Dims& d = p.dims;
+  const NsaAttributes& a = p.attrs;
+  NsaPlan plan;
+  plan.element_bytes = sizeof(T);
+  const bool fast = core_requested();
+  // The core's limits (head sizes up to 256); empty problems stay on the simple kernels, which write zeros.
+  const bool core = fast && d.head_dim > 0 && d.head_dim <= sdpa::cuda::kMaxHeadDim && d.v_head_dim > 0 &&
+                    d.v_head_dim <= sdpa::cuda::kMaxHeadDim && d.kv_len > 0 && d.batch > 0 && d.q_len > 0;
+  check_cuda_support(kNsaName, d.head_dim, d.v_head_dim, std::max(p.num_blocks, p.full_blocks),
+                     std::max(a.top_blocks, a.top_tokens));
+  if (core) {
+    const sdpa::cuda::DeviceInfo device = sdpa::cuda::device_info(sdpa::cuda::current_device());
+    sdpa::Tensors<T> view;
+    view.q = t.q, view.k = t.k, view.v = t.v;
+    if (a.top_blocks > 0) {
+      plan.core_blocks = true;
+      plan.blocks_params = blocks_core_params(p, core_block_size(p));
+      // One query per sequence: the decode launch, with per-sequence lengths (known on the device only).
+      plan.blocks = sdpa::cuda::make_plan(plan.blocks_params, sdpa::cuda::dtype_of<T>(), device,
+                                          sdpa::cuda::request_from_env(),
+                                          sdpa::cuda::aligned16(plan.blocks_params, view), {true, kNsaName});
+    }
+    if (a.window > 0) {
+      plan.core_window = true;
+      plan.window_params = window_core_params(p);
+      plan.window = sdpa::cuda::make_plan(plan.window_params, sdpa::cuda::dtype_of<T>(), device,
+                                          sdpa::cuda::request_from_env(),
+                                          sdpa::cuda::aligned16(plan.window_params, view), {false, kNsaName});
+    }
+  }
+  if (fast && !p.has_compressed && a.top_blocks > 0) {
+    plan.select_queries = dot_select_queries(int(d.head_dim), p.num_blocks, a.top_blocks, &plan.select_smem);
+  }
+  Carver c{nullptr};
+  carve_nsa(p, plan, c);
+  plan.scratch_bytes = c.used;
+  return plan;
 }
 
 template <typename T>
-void run_nsa(const NsaParams& p, const NsaTensors<T>& t, void* stream_ptr, void* scratch, size_t scratch_bytes) {
+void run_nsa(const NsaParams& p, const NsaTensors<T>& t, const NsaPlan& plan, void* stream_ptr, void* scratch,
+             size_t scratch_bytes) {
   const Dims& d = p.dims;
   const NsaAttributes& a = p.attrs;
-  check_cuda_support(kNsaName, d.head_dim, d.v_head_dim, std::max(p.num_blocks, p.full_blocks),
-                     std::max(a.top_blocks, a.top_tokens));
-  if (scratch_bytes < nsa_scratch_bytes(p)) fail(kNsaName, ": CUDA scratch too small");
+  if (scratch_bytes < plan.scratch_bytes) fail(kNsaName, ": CUDA scratch too small");
   if (d.batch == 0 || d.q_len == 0) return;
   cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
   Carver c{static_cast<char*>(scratch)};
+  const NsaScratch sc = carve_nsa(p, plan, c);
   const int64_t rows = d.batch * d.q_heads * d.q_len, out = rows * d.v_head_dim, nc = p.full_blocks;
-  float* centroids = c.take<float>(d.batch * d.kv_heads * std::max<int64_t>(nc, 1) * d.head_dim);
-  int32_t* lists = c.take<int32_t>(d.batch * p.selection_heads * d.q_len * a.top_blocks);
-  float* branch[3];
-  for (int x = 0; x < 3; ++x) branch[x] = c.take<float>(branch_used(p, x) ? out : 0);
-  float* fine_scores = c.take<float>(fine_scratch_floats(p));
+  float* const* branch = sc.branch;
 
   if (nc > 0) {  // compressed keys (a "mean" over one row each) or the complete blocks' mean keys
     const dim3 grid(unsigned(nc), unsigned(d.batch * d.kv_heads));
     if (p.has_compressed) {
-      centroid_kernel<T><<<grid, kThreads, 0, stream>>>(t.compressed_key, centroids, nc, nc, int(d.head_dim), 1, false);
+      centroid_kernel<T><<<grid, kThreads, 0, stream>>>(t.compressed_key, sc.centroids, nc, nc, int(d.head_dim), 1, false);
     } else {
-      centroid_kernel<T><<<grid, kThreads, 0, stream>>>(t.k, centroids, d.kv_len, nc, int(d.head_dim), a.block_size,
+      centroid_kernel<T><<<grid, kThreads, 0, stream>>>(t.k, sc.centroids, d.kv_len, nc, int(d.head_dim), a.block_size,
                                                         false);
     }
     check_launch("sparse centroid kernel");
   }
   if (a.top_blocks > 0 || p.has_compressed) {
-    SelectArgs<T> s{t.q, centroids, t.compressed_value, p.has_compressed ? branch[1] : nullptr, lists,
+    SelectArgs<T> s{t.q, sc.centroids, t.compressed_value, p.has_compressed ? branch[1] : nullptr, sc.lists,
                     p.want_blocks ? t.selected_blocks : nullptr, d.batch, d.q_heads, d.kv_heads, d.q_len, nc,
                     p.num_blocks, a.block_size, d.query_offset(), a.top_blocks, int(d.head_dim), int(d.v_head_dim),
                     a.causal != 0, a.shared_selection != 0, p.has_compressed, a.sink_blocks, a.local_blocks, p.scale};
-    launch_select(s, stream);
+    launch_select(s, plan.select_queries, plan.select_smem, stream);
   }
   AttendArgs<T, T> base{t.q, t.k, t.v, nullptr, nullptr, d.batch, d.q_heads, d.kv_heads, d.q_len, d.kv_len, 1, 0,
                         int(d.head_dim), int(d.v_head_dim), false, false, 0, p.scale};
-  if (a.top_blocks > 0) {
+  if (plan.core_blocks) {
+    const int64_t items = plan.blocks_params.batch;
+    ListLayoutArgs l{sc.lists, items, a.top_blocks, d.q_len, d.kv_heads, p.selection_heads, d.group(), d.kv_len,
+                     core_block_size(p), d.query_offset(), a.shared_selection != 0, a.causal != 0, sc.layout,
+                     sc.layout + items};
+    list_layout_kernel<<<unsigned((items + 255) / 256), 256, 0, stream>>>(l);
+    check_launch("sparse list layout kernel");
+    sdpa::Tensors<T> core;
+    core.q = t.q, core.k = t.k, core.v = t.v, core.y_float = branch[0];
+    if (grouped_queries(p)) {
+      T* const grouped = reinterpret_cast<T*>(sc.grouped_q);
+      const int64_t q_rows = rows;  // B * Hq * Sq
+      group_queries_kernel<T><<<unsigned((q_rows * 32 + 255) / 256), 256, 0, stream>>>(
+          t.q, grouped, q_rows, d.kv_heads, d.group(), d.q_len, int(d.head_dim));
+      check_launch("sparse query regrouping kernel");
+      core.q = grouped;
+    }
+    core.kv_lengths = l.kv_lengths, core.kv_starts = l.kv_starts, core.block_table = sc.lists;
+    sdpa::cuda::run(plan.blocks_params, core, plan.blocks, stream, sc.blocks_core, plan.blocks.scratch_bytes);
+  } else if (a.top_blocks > 0) {
     AttendArgs<T, T> blocks = base;
-    blocks.lists = lists, blocks.out = branch[0], blocks.block_size = a.block_size, blocks.list_len = a.top_blocks;
+    blocks.lists = sc.lists, blocks.out = branch[0], blocks.block_size = a.block_size, blocks.list_len = a.top_blocks;
     blocks.shared = a.shared_selection != 0, blocks.causal = a.causal != 0;
     launch_attend(blocks, stream);
   }
@@ -539,14 +874,18 @@ void run_nsa(const NsaParams& p, const NsaTensors<T>& t, void* stream_ptr, void*
     const int64_t per_launch = fine_rows_per_launch(d);
     const size_t smem = size_t(a.top_tokens + 1) / 2 * 2 * sizeof(float) + size_t(a.top_tokens) * sizeof(int64_t);
     for (int64_t begin = 0; begin < rows; begin += per_launch) {
-      FineArgs<T> f{t.q, t.k, t.v, branch[1], p.want_tokens ? t.selected_tokens : nullptr, fine_scores, begin,
+      FineArgs<T> f{t.q, t.k, t.v, branch[1], p.want_tokens ? t.selected_tokens : nullptr, sc.fine_scores, begin,
                     std::min(per_launch, rows - begin), d.q_heads, d.kv_heads, d.q_len, d.kv_len, a.top_tokens,
                     int(d.head_dim), int(d.v_head_dim), a.causal != 0, p.scale};
       fine_kernel<T><<<unsigned(f.rows), kThreads, smem, stream>>>(f);
       check_launch("sparse fine kernel");
     }
   }
-  if (a.window > 0) {
+  if (plan.core_window) {
+    sdpa::Tensors<T> core;
+    core.q = t.q, core.k = t.k, core.v = t.v, core.y_float = branch[2];
+    sdpa::cuda::run(plan.window_params, core, plan.window, stream, sc.window_core, plan.window.scratch_bytes);
+  } else if (a.window > 0) {
     AttendArgs<T, T> recent = base;
     recent.out = branch[2], recent.causal = true, recent.window = a.window;
     launch_attend(recent, stream);
@@ -554,7 +893,7 @@ void run_nsa(const NsaParams& p, const NsaTensors<T>& t, void* stream_ptr, void*
   MixArgs<T> m{{branch_used(p, 0) ? branch[0] : nullptr, branch_used(p, 1) ? branch[1] : nullptr,
                 branch_used(p, 2) ? branch[2] : nullptr},
                t.gates, {p.gate_strides[0], p.gate_strides[1], p.gate_strides[2], p.gate_strides[3]}, t.y, d.q_heads,
-               d.q_len, rows, int(d.v_head_dim)};
+               d.q_len, rows, int(d.v_head_dim), plan.core_blocks && grouped_queries(p) ? d.group() : 1};
   mix_kernel<T><<<grid_for(out), 256, 0, stream>>>(m);
   check_launch("sparse mix kernel");
 }
@@ -622,19 +961,24 @@ void run_routed(const RoutedParams& p, const RoutedTensors<T>& t, void* stream_p
                       d.batch, d.q_heads, d.kv_heads, d.q_len, p.num_segments, p.num_segments, a.segment_size,
                       d.query_offset(), a.top_k, int(d.head_dim), int(d.v_head_dim), a.causal != 0, false, false, 0, 0,
                       p.scale};
-  launch_select(s, stream);
+  size_t select_smem = 0;
+  const int select_queries = dot_select_queries(int(d.head_dim), p.num_segments, a.top_k, &select_smem);
+  launch_select(s, select_queries, select_smem, stream);
   AttendArgs<float, float> attend{q_att, k_att, v, lists, out, d.batch, d.q_heads, d.kv_heads, d.q_len, d.kv_len,
                                   a.segment_size, a.top_k, int(d.head_dim), int(d.v_head_dim), false, a.causal != 0, 0,
                                   p.scale};
   launch_attend(attend, stream);
-  MixArgs<T> m{{out, nullptr, nullptr}, nullptr, {0, 0, 0, 0}, t.y, d.q_heads, d.q_len, q_rows, int(d.v_head_dim)};
+  MixArgs<T> m{{out, nullptr, nullptr}, nullptr, {0, 0, 0, 0}, t.y, d.q_heads, d.q_len, q_rows, int(d.v_head_dim), 1};
   mix_kernel<T><<<grid_for(q_rows * d.v_head_dim), 256, 0, stream>>>(m);
   check_launch("routed output kernel");
 }
 
-template void run_nsa<float>(const NsaParams&, const NsaTensors<float>&, void*, void*, size_t);
-template void run_nsa<Float16>(const NsaParams&, const NsaTensors<Float16>&, void*, void*, size_t);
-template void run_nsa<BFloat16>(const NsaParams&, const NsaTensors<BFloat16>&, void*, void*, size_t);
+template NsaPlan plan_nsa<float>(const NsaParams&, const NsaTensors<float>&);
+template NsaPlan plan_nsa<Float16>(const NsaParams&, const NsaTensors<Float16>&);
+template NsaPlan plan_nsa<BFloat16>(const NsaParams&, const NsaTensors<BFloat16>&);
+template void run_nsa<float>(const NsaParams&, const NsaTensors<float>&, const NsaPlan&, void*, void*, size_t);
+template void run_nsa<Float16>(const NsaParams&, const NsaTensors<Float16>&, const NsaPlan&, void*, void*, size_t);
+template void run_nsa<BFloat16>(const NsaParams&, const NsaTensors<BFloat16>&, const NsaPlan&, void*, void*, size_t);
 template void run_routed<float>(const RoutedParams&, const RoutedTensors<float>&, void*, void*, size_t);
 template void run_routed<Float16>(const RoutedParams&, const RoutedTensors<Float16>&, void*, void*, size_t);
 template void run_routed<BFloat16>(const RoutedParams&, const RoutedTensors<BFloat16>&, void*, void*, size_t);

@@ -19,9 +19,9 @@ struct NsaCudaKernel {
       Ort::KernelContext ctx(raw_context);
       const adapter::NsaCall<T> call = adapter::prepare_nsa<T>(attrs, ctx);
       const Ort::ConstMemoryInfo memory = ctx.GetInput(adapter::nsa_io::kQ).GetTensorMemoryInfo();
-      const size_t bytes = cuda::nsa_scratch_bytes(call.params);
-      ort::Scratch scratch(raw_context, memory, bytes, kNsaName);
-      cuda::run_nsa<T>(call.params, call.tensors, ctx.GetGPUComputeStream(), scratch.data(), bytes);
+      const cuda::NsaPlan plan = cuda::plan_nsa<T>(call.params, call.tensors);
+      ort::Scratch scratch(raw_context, memory, plan.scratch_bytes, kNsaName);
+      cuda::run_nsa<T>(call.params, call.tensors, plan, ctx.GetGPUComputeStream(), scratch.data(), plan.scratch_bytes);
     });
   }
 };
