@@ -7,6 +7,9 @@ causal prefill, S in {16k, 64k} (--quick: {4k, 16k}):
   - nsa:       NativeSparseAttention, the paper's decoder form: causal, GQA-shared selection driven by the
                compression branch (compressed tokens = block means, given as inputs), blocks of 64, top 16
                (1 sink + 1 local + the own block among them), sliding window 512, gates [B,Hq,S,3];
+  - nsa_dot:   the same without the compression branch: blocks scored by the group's queries . mean keys;
+  - nsa_simple: nsa on the first, simple CUDA kernels (ONNXATTN_SPARSE_CUDA_ATTENTION=simple: a CTA per
+               selection list, a warp per row): what the attention core's block and window branches gain;
   - routed:    SparseRoutedAttention, the MoBA form: segments of 64, top 16 incl. the own, dot-product routing
                after RoPE;
   - dense:     our ScaledDotProductAttention CUDA kernel (causal, GQA) through the library's C test entry
@@ -63,23 +66,27 @@ from bench_sdpa_cuda import environment, time_cuda, time_graph, time_wall  # noq
 from bench_sparse_cpu import BLOCK, CASES, D, HKV, HQ, TOP, WINDOW, attended_keys  # noqa: E402
 
 DTYPE = torch.bfloat16
-IMPLS = ("nsa", "routed", "dense", "dense_ort", "torch_flash", "torch_cudnn")
-ORT_CASES = {"nsa": "nsa", "routed": "routed", "dense_ort": "dense"}  # implementation -> bench_sparse_cpu.CASES
+IMPLS = ("nsa", "nsa_dot", "nsa_simple", "routed", "dense", "dense_ort", "torch_flash", "torch_cudnn")
+NSA_DOT = ("NativeSparseAttention", ["Q", "K", "V", "gates"], CASES["nsa"][2])
+# implementation -> (op, inputs, attributes) and the environment its runs see
+ORT_CASES = {"nsa": CASES["nsa"], "nsa_dot": NSA_DOT, "nsa_simple": CASES["nsa"], "routed": CASES["routed"],
+             "dense_ort": CASES["dense"]}  # fmt: skip
+ORT_ENV = {"nsa_simple": {"ONNXATTN_SPARSE_CUDA_ATTENTION": "simple"}}
 TORCH_BACKENDS = {"torch_flash": "FLASH_ATTENTION", "torch_cudnn": "CUDNN_ATTENTION"}
-SPARSE, DENSE, TORCH = ("nsa", "routed"), ("dense_ort", "dense"), ("torch_flash", "torch_cudnn")
+SPARSE, DENSE, TORCH = ("nsa", "nsa_dot", "nsa_simple", "routed"), ("dense_ort", "dense"), ("torch_flash", "torch_cudnn")
 PROBE_SEQ = 1024  # the placement check's run
 SKIPPED = "skipped: "
 CAP_MARGIN_S = 4.0  # past --budget-s, before gpu_check.sh's cap (40 s) ends the process
 
 
 # ---- problem and onnxruntime sessions
-def ort_model(case: str) -> bytes:
-    """One node of CASES[case] with bfloat16 inputs and output (fed by I/O binding), functions attached."""
+def ort_model(case: tuple) -> bytes:
+    """One node (op, inputs, attributes) with bfloat16 inputs and output (fed by I/O binding), functions attached."""
     from onnx import TensorProto, helper
 
     from onnxattn import ops
 
-    op, inputs, attrs = CASES[case]
+    op, inputs, attrs = case
     shapes = {"Q": [1, HQ, "S", D], "K": [1, HKV, "S", D], "V": [1, HKV, "S", D], "gates": [1, HQ, "S", 3],
               "compressed_key": [1, HKV, "N", D], "compressed_value": [1, HKV, "N", D], "position_ids": [1, "S"]}  # fmt: skip
     vi = helper.make_tensor_value_info
@@ -111,8 +118,9 @@ class OrtOp:
     CUDA tensors. Creating it runs the node once at S=PROBE_SEQ with profiling and raises unless the node ran
     on CUDAExecutionProvider (profiling ends with that check)."""
 
-    def __init__(self, ort, case: str):
-        self.op, self.inputs, _ = CASES[case]
+    def __init__(self, ort, case: tuple, env: dict | None = None):
+        self.op, self.inputs, _ = case
+        self.env = env or {}
         with tempfile.TemporaryDirectory() as tmp:
             self.sess = ort_cuda.session(ort, ort_model(case), library=lib.library_path(),
                                          profile_prefix=str(Path(tmp) / "ort"))  # fmt: skip
@@ -138,7 +146,16 @@ class OrtOp:
         self.binding = self.keep = None
 
     def __call__(self) -> None:
-        self.sess.run_with_iobinding(self.binding)
+        saved = {k: os.environ.get(k) for k in self.env}
+        os.environ.update(self.env)  # read by the kernels on every run
+        try:
+            self.sess.run_with_iobinding(self.binding)
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
 
 
 def torch_call(name: str, t: dict[str, torch.Tensor], notes: dict):
@@ -219,7 +236,9 @@ def is_oom(text: str) -> bool:
 def derive(row: dict) -> dict:
     """Adds tflops, the reference names and the time ratios to a row with 'seq' and 'ms'."""
     ms, s = row["ms"], row["seq"]
-    keys = {"nsa": attended_keys("nsa", s), "routed": attended_keys("routed", s)}
+    blocks_and_window = attended_keys("routed", s) + float(sum(min(p + 1, WINDOW) for p in range(s)))
+    keys = {"nsa": attended_keys("nsa", s), "nsa_simple": attended_keys("nsa", s), "nsa_dot": blocks_and_window,
+            "routed": attended_keys("routed", s)}  # fmt: skip
     row["attended_keys"] = {**keys, "dense": attended_keys("dense", s)}
     row["tflops"] = {n: (4 * D * HQ * keys.get(n, row["attended_keys"]["dense"]) / (t * 1e-3) / 1e12 if t else None)
                      for n, t in ms.items()}  # fmt: skip
@@ -231,6 +250,8 @@ def derive(row: dict) -> dict:
         for label, ref in (("dense", dense), ("torch", best_torch)):
             t, base = ms.get(sparse), ms.get(ref) if ref else None
             row["ratio"][f"{sparse}/{label}"] = t / base if t and base else None
+    t, base = ms.get("nsa"), ms.get("nsa_simple")
+    row["ratio"]["nsa/nsa_simple"] = t / base if t and base else None
     return row
 
 
@@ -253,7 +274,7 @@ def format_table(env: dict, rows: list[dict]) -> str:
     lines.append(f"{'S':>5} " + " ".join(f"{n:>11}" for n in IMPLS) + "   (TFLOP/s over the keys attended)")
     for r in rows:
         lines.append(f"{short_len(r['seq']):>5} " + " ".join(fmt(r.get("tflops", {}).get(n), "11.1f", 11) for n in IMPLS))
-    heads = ("nsa/dense", "routed/dense", "nsa/torch", "routed/torch")
+    heads = ("nsa/dense", "nsa_dot/dense", "routed/dense", "nsa/torch", "routed/torch", "nsa/nsa_simple")
     lines.append(f"{'S':>5} " + " ".join(f"{h:>12}" for h in heads) + "   time ratios (< 1: sparse faster)  dense, torch =")
     for r in rows:
         refs = f"{r.get('dense_ref') or '-'}, {r.get('torch_ref') or '-'}"
@@ -356,7 +377,8 @@ def main(argv=None) -> int:
         out.mkdir(parents=True, exist_ok=True)
         out = out / f"bench_sparse_cuda_{env['date'][:10]}_{env['device'].replace(' ', '_')}.json"
     rows: list[dict] = []
-    config = {"nsa": CASES["nsa"][2], "routed": CASES["routed"][2], "dense": CASES["dense"][2],
+    config = {"nsa": CASES["nsa"][2], "nsa_dot": "nsa without compressed_key/compressed_value",
+              "nsa_simple": ORT_ENV["nsa_simple"], "routed": CASES["routed"][2], "dense": CASES["dense"][2],
               "timers": "onnxruntime: wall clock around run_with_iobinding; torch and dense: CUDA events "
                         "(a graph of back-to-back calls under 5 ms); medians"}  # fmt: skip
 
@@ -371,7 +393,7 @@ def main(argv=None) -> int:
             ort_errors[name] = f"{SKIPPED}onnxruntime CUDA EP unavailable ({missing})"
             continue
         try:
-            ort_ops[name] = OrtOp(ort, case)
+            ort_ops[name] = OrtOp(ort, case, ORT_ENV.get(name))
         except Exception as e:  # noqa: BLE001 - reported in every row; a wrong placement fails the run
             ort_errors[name] = error_text(e)
             print(f"bench_sparse_cuda: {name}: {ort_errors[name]}", file=sys.stderr)

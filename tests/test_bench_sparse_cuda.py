@@ -23,7 +23,8 @@ def bench():
     return load_script("benchmarks/bench_sparse_cuda.py", "bench_sparse_cuda")
 
 
-MS = {"nsa": 40.0, "routed": 30.0, "dense": 70.0, "dense_ort": 80.0, "torch_flash": 55.0, "torch_cudnn": 50.0}
+MS = {"nsa": 40.0, "nsa_dot": 20.0, "nsa_simple": 160.0, "routed": 30.0, "dense": 70.0, "dense_ort": 80.0,
+      "torch_flash": 55.0, "torch_cudnn": 50.0}
 
 
 def fake_result(bench) -> dict:
@@ -37,7 +38,10 @@ def fake_result(bench) -> dict:
 def test_ratios_use_the_same_path_dense_and_the_faster_torch_backend(bench):
     r = fake_result(bench)["results"][1]
     assert r["dense_ref"] == "dense_ort" and r["torch_ref"] == "torch_cudnn"
-    assert r["ratio"] == pytest.approx({"nsa/dense": 0.5, "routed/dense": 0.375, "nsa/torch": 0.8, "routed/torch": 0.6})
+    assert r["ratio"] == pytest.approx({"nsa/dense": 0.5, "routed/dense": 0.375, "nsa/torch": 0.8, "routed/torch": 0.6,
+                                        "nsa_dot/dense": 0.25, "nsa_dot/torch": 0.4, "nsa_simple/dense": 2.0,
+                                        "nsa_simple/torch": 3.2, "nsa/nsa_simple": 0.25})  # fmt: skip
+    assert r["attended_keys"]["dense"] > r["attended_keys"]["nsa"] > r["attended_keys"]["nsa_dot"]
     s = 65536
     assert r["attended_keys"]["dense"] == s * (s + 1) / 2
     assert r["tflops"]["torch_cudnn"] == pytest.approx(4 * 128 * 16 * s * (s + 1) / 2 / 0.050 / 1e12)
@@ -51,8 +55,8 @@ def test_table(bench):
     text = bench.format_table(fake_result(bench)["environment"], fake_result(bench)["results"])
     assert "NVIDIA H100 80GB HBM3" in text and "commit 0123456789ab" in text
     lines = text.splitlines()
-    assert any(line.split()[:3] == ["64k", "40.00", "30.00"] for line in lines)
-    assert any(line.split()[:5] == ["64k", "0.500", "0.375", "0.800", "0.600"] for line in lines)
+    assert any(line.split()[:5] == ["64k", "40.00", "20.00", "160.00", "30.00"] for line in lines)
+    assert any(line.split()[:7] == ["64k", "0.500", "0.250", "0.375", "0.800", "0.600", "0.250"] for line in lines)
     assert "S=16k routed: skipped: time budget spent" in text
 
 
@@ -65,9 +69,10 @@ def test_without_cuda_it_exits_2(bench, monkeypatch, capsys):
 class FakeOrtOp:
     broken: set[str] = set()
 
-    def __init__(self, ort, case):
-        if case in self.broken:
-            raise RuntimeError(f"placement: {case} ran on ['CPUExecutionProvider'], not CUDAExecutionProvider")
+    def __init__(self, ort, case, env=None):
+        op = case[0]
+        if op in self.broken:
+            raise RuntimeError(f"placement: {op} ran on ['CPUExecutionProvider'], not CUDAExecutionProvider")
         self.providers, self.bound = ["CUDAExecutionProvider"], None
 
     def bind(self, t):
@@ -112,10 +117,11 @@ def test_main_records_errors_and_goes_on(fake_device, tmp_path, capsys):
     assert fake_device.main(["--out", str(out), "--seqs", "128,256", "--repeats", "2"]) == 0
     data = json.loads(out.read_text())
     assert data["environment"]["onnxruntime"] == "9.9"
-    assert data["environment"]["placement"] == {n: ["CUDAExecutionProvider"] for n in ("nsa", "routed", "dense_ort")}
+    ort_names = ("nsa", "nsa_dot", "nsa_simple", "routed", "dense_ort")
+    assert data["environment"]["placement"] == {n: ["CUDAExecutionProvider"] for n in ort_names}
     assert [r["seq"] for r in data["results"]] == [128, 256]
     for r in data["results"]:
-        assert set(r["ms"]) == {"nsa", "routed", "dense", "dense_ort", "torch_flash"}
+        assert set(r["ms"]) == {*ort_names, "dense", "torch_flash"}
         assert r["ms"]["torch_flash"] == 1.0 and r["timing"]["torch_flash"]["timer"].startswith("graph")
         assert "OutOfMemoryError" in r["errors"]["torch_cudnn"]
         assert r["torch_ref"] == "torch_flash" and r["dense_ref"] == "dense_ort" and r["dense_plan"] == "fake plan"
@@ -124,11 +130,11 @@ def test_main_records_errors_and_goes_on(fake_device, tmp_path, capsys):
 
 
 def test_a_node_off_the_cuda_ep_fails_the_run(fake_device, tmp_path):
-    FakeOrtOp.broken = {"routed"}
+    FakeOrtOp.broken = {"SparseRoutedAttention"}
     out = tmp_path / "b.json"
     assert fake_device.main(["--out", str(out), "--seqs", "128", "--repeats", "1"]) == 1
     row = json.loads(out.read_text())["results"][0]
-    assert row["errors"]["routed"].startswith("RuntimeError: placement: routed ran on ['CPUExecutionProvider']")
+    assert row["errors"]["routed"].startswith("RuntimeError: placement: SparseRoutedAttention ran on ['CPUExecutionProvider']")
     assert "routed" not in row["ms"] and "nsa" in row["ms"]
 
 
