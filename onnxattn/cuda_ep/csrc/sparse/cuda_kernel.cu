@@ -243,43 +243,51 @@ __global__ void __launch_bounds__(kThreads) select_kernel(const SelectArgs<TQ> a
   }
 }
 
-// ---- selection by dot product: one CTA per (b, selection head, up to kSelectQueries queries) ----
+// ---- tiled selection: one CTA per (b, selection head, a few queries) ----
 //
-// Scores = (the list's query, summed over the heads it serves) . centroid, for every centroid: each tile of
-// 32 centroid rows is staged in shared memory once and scored for all the CTA's queries (a thread per
-// centroid row and 4 queries, the sums in d order with fmaf like the one-CTA-per-list kernel, so per-head
-// lists score bit for bit alike). Then one warp per query: forced blocks and the causal limit, top-k by
-// repeated warp argmax (lower index on ties), the list sorted ascending with -1 after the valid entries.
+// The same results as select_kernel, with each centroid (and compressed value) tile staged in shared memory
+// once for all the CTA's rows instead of once per list. Rows: dot-product scores take one per query (its
+// query summed over the heads the list serves: sum_g q_g . c = (sum_g q_g) . c); the compression branch one
+// per (query, head) — its softmax is per head — whose probabilities are then summed over the heads in head
+// order. Scores are sums in d order with fmaf, a thread per centroid row and 4 rows, so per-head lists
+// score bit for bit like select_kernel. Then one warp per query: forced blocks and the causal limit, top-k
+// by repeated warp argmax (lower index on ties), the list sorted ascending with -1 after the valid entries.
 
-constexpr int kSelectQueries = 16;          // 4 per warp
+constexpr int kSelectRows = 16;                 // 4 per warp
 constexpr size_t kSelectSmemBudget = 96 << 10;  // below every sm_80+ device's opt-in limit (sm_86: 99 KB)
 
-size_t select_fixed_smem(int dim, int64_t top) {
-  return (size_t(dim) * kSelectQueries + size_t(32) * (dim + 1)) * sizeof(float) + size_t(kWarpsPerBlock) * top * sizeof(int32_t);
-}
-
-// Queries per CTA of dot_select_kernel within the shared-memory budget (0: it cannot run; use select_kernel).
-int dot_select_queries(int dim, int64_t num_blocks, int64_t top, size_t* smem) {
-  if (dim > 256 || top < 1) return 0;
-  const size_t fixed = select_fixed_smem(dim, top);
-  if (fixed >= kSelectSmemBudget) return 0;
-  const size_t per_query = size_t(num_blocks) * sizeof(float);
-  const int64_t fit = per_query == 0 ? kSelectQueries : int64_t((kSelectSmemBudget - fixed) / per_query);
-  const int queries = int(std::min<int64_t>(fit, kSelectQueries));
-  if (queries < 1) return 0;
-  *smem = fixed + size_t(queries) * per_query;
-  return queries;
+// `probabilities`: the compression branch (one row per (query, head) of the list); `heads_per_list`: G for
+// shared lists, else 1.
+SelectTiling select_tiling(int dim, int v_dim, int64_t num_centroids, int64_t num_blocks, int64_t top,
+                           bool probabilities, int64_t heads_per_list) {
+  SelectTiling t;
+  const int64_t per_query = probabilities ? heads_per_list : 1;
+  if (dim > 256 || v_dim > 256 || per_query > kSelectRows || (top < 1 && !probabilities)) return t;
+  const int tile_width = std::max(dim + 1, v_dim);
+  const size_t fixed = (size_t(dim) * kSelectRows + size_t(32) * tile_width) * sizeof(float) +
+                       size_t(kWarpsPerBlock) * std::max<int64_t>(top, 0) * sizeof(int32_t);
+  if (fixed >= kSelectSmemBudget) return t;
+  const size_t per_row = size_t(std::max(num_centroids, num_blocks)) * sizeof(float);
+  const int64_t rows = per_row == 0 ? kSelectRows : int64_t((kSelectSmemBudget - fixed) / per_row);
+  const int64_t queries = std::min<int64_t>(rows, kSelectRows) / per_query;
+  if (queries < 1) return t;
+  t.queries = int(queries);
+  t.rows_per_query = int(per_query);
+  t.smem = fixed + size_t(queries * per_query) * per_row;
+  return t;
 }
 
 template <typename TQ>
-__global__ void __launch_bounds__(kThreads) dot_select_kernel(const SelectArgs<TQ> a, int queries) {
-  extern __shared__ float dot_smem[];
-  const int dim = a.dim, tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-  const int64_t nc = a.num_centroids, nb = a.num_blocks;
-  float* const q_s = dot_smem;                               // [dim][kSelectQueries]
-  float* const tile_s = q_s + dim * kSelectQueries;          // [32][dim + 1]
-  float* const scores = tile_s + 32 * (dim + 1);             // [queries][nb]
-  int32_t* const chosen_s = reinterpret_cast<int32_t*>(scores + int64_t(queries) * nb);  // [warps][top]
+__global__ void __launch_bounds__(kThreads) tiled_select_kernel(const SelectArgs<TQ> a, int queries, int rows_per_query) {
+  extern __shared__ float select_tile_smem[];
+  const int dim = a.dim, v_dim = a.v_dim, tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int tile_width = max(dim + 1, v_dim);
+  const int64_t nc = a.num_centroids, nb = a.num_blocks, stride = max(nc, nb);
+  float* const q_s = select_tile_smem;                       // [dim][kSelectRows]
+  float* const tile_s = q_s + dim * kSelectRows;             // [32][tile_width]: centroids, then values
+  float* const probs = tile_s + 32 * tile_width;             // [rows][stride]
+  const int rows = queries * rows_per_query;
+  int32_t* const chosen_s = reinterpret_cast<int32_t*>(probs + int64_t(rows) * stride);  // [warps][top]
   const int64_t group = a.q_heads / a.kv_heads, heads_per_list = a.shared ? group : 1;
   const int64_t list_heads = a.shared ? a.kv_heads : a.q_heads;
   const int64_t tiles = (a.q_len + queries - 1) / queries;
@@ -287,48 +295,125 @@ __global__ void __launch_bounds__(kThreads) dot_select_kernel(const SelectArgs<T
   const int64_t list_head = int64_t(blockIdx.x) / tiles % list_heads, b = int64_t(blockIdx.x) / (tiles * list_heads);
   const int64_t kv_head = a.shared ? list_head : list_head / group;
   const int count_q = int(min(int64_t(queries), a.q_len - i0));
+  auto head_of = [&](int64_t g) { return a.shared ? kv_head * group + g : list_head; };
 
-  for (int idx = tid; idx < kSelectQueries * dim; idx += kThreads) {  // along d: coalesced reads of Q rows
-    const int x = idx / dim, d = idx % dim;
+  // Row r = x * rows_per_query + g: query i0 + x; head g of the list (compression), or the list's heads summed.
+  for (int idx = tid; idx < kSelectRows * dim; idx += kThreads) {  // along d: coalesced reads of Q rows
+    const int r = idx / dim, d = idx % dim, x = r / rows_per_query;
     float sum = 0.0f;
-    if (x < count_q) {
-      for (int64_t g = 0; g < heads_per_list; ++g) {
-        const int64_t h = a.shared ? kv_head * group + g : list_head;
-        sum += to_float(a.q[((b * a.q_heads + h) * a.q_len + i0 + x) * dim + d]);
-      }
+    if (r < rows && x < count_q) {
+      const int64_t first = rows_per_query > 1 ? r % rows_per_query : 0;
+      const int64_t last = rows_per_query > 1 ? first + 1 : heads_per_list;
+      for (int64_t g = first; g < last; ++g) sum += to_float(a.q[((b * a.q_heads + head_of(g)) * a.q_len + i0 + x) * dim + d]);
     }
-    q_s[d * kSelectQueries + x] = sum;
+    q_s[d * kSelectRows + r] = sum;
   }
   const float* const cents = a.centroids + (b * a.kv_heads + kv_head) * nc * dim;
-  const int row = lane, first_query = 4 * warp;
+  const int first_row = 4 * warp;
   for (int64_t c0 = 0; c0 < nc; c0 += 32) {
     __syncthreads();  // the previous tile is consumed (and, the first time, q_s is written)
     for (int idx = tid; idx < 32 * dim; idx += kThreads) {
       const int r = idx / dim, d = idx % dim;
-      tile_s[r * (dim + 1) + d] = c0 + r < nc ? cents[(c0 + r) * dim + d] : 0.0f;
+      tile_s[r * tile_width + d] = c0 + r < nc ? cents[(c0 + r) * dim + d] : 0.0f;
     }
     __syncthreads();
     float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     for (int d = 0; d < dim; ++d) {
-      const float c = tile_s[row * (dim + 1) + d];
-      const float4 q = *reinterpret_cast<const float4*>(q_s + d * kSelectQueries + first_query);
+      const float c = tile_s[lane * tile_width + d];
+      const float4 q = *reinterpret_cast<const float4*>(q_s + d * kSelectRows + first_row);
       acc[0] = fmaf(q.x, c, acc[0]);
       acc[1] = fmaf(q.y, c, acc[1]);
       acc[2] = fmaf(q.z, c, acc[2]);
       acc[3] = fmaf(q.w, c, acc[3]);
     }
-    if (c0 + row < nc) {
+    if (c0 + lane < nc) {
       for (int x = 0; x < 4; ++x) {
-        if (first_query + x < count_q) scores[int64_t(first_query + x) * nb + c0 + row] = acc[x];
+        if (first_row + x < rows) probs[int64_t(first_row + x) * stride + c0 + lane] = acc[x];
       }
     }
   }
   __syncthreads();
 
+  if (a.probabilities) {
+    // Softmax of each (query, head) row over the compressed tokens it may see (as select_kernel).
+    int64_t most_visible = 0;
+    for (int r = 0; r < rows; ++r) {
+      const int64_t position = i0 + r / rows_per_query + a.query_offset;
+      const int64_t visible = r / rows_per_query >= count_q ? 0
+                              : a.causal ? min(max(position + 1, int64_t(0)) / a.block_size, nc) : nc;
+      most_visible = max(most_visible, visible);
+      if (r % kWarpsPerBlock != warp) continue;
+      float* const row = probs + int64_t(r) * stride;
+      float top = kNegInf;
+      for (int64_t c = lane; c < visible; c += 32) top = fmaxf(top, row[c] * a.scale);
+      top = warp_max(top);
+      float sum = 0.0f;
+      for (int64_t c = lane; c < nc; c += 32) {
+        const float e = c < visible ? expf(row[c] * a.scale - top) : 0.0f;
+        row[c] = e;
+        sum += e;
+      }
+      sum = warp_sum(sum);
+      const float inv = visible > 0 ? 1.0f / sum : 0.0f;
+      for (int64_t c = lane; c < nc; c += 32) row[c] *= inv;
+    }
+    __syncthreads();
+    // The branch output of each row: probabilities . compressed values, value tiles staged once for all rows.
+    // A weightless token's value is never read (NaN there cannot leak), as in select_kernel.
+    float out[2][kSelectRows];
+    for (int k = 0; k < 2; ++k)
+      for (int r = 0; r < kSelectRows; ++r) out[k][r] = 0.0f;
+    const TQ* const values = a.compressed_values + (b * a.kv_heads + kv_head) * nc * v_dim;
+    for (int64_t c0 = 0; c0 < most_visible; c0 += 32) {
+      __syncthreads();
+      for (int idx = tid; idx < 32 * v_dim; idx += kThreads) {
+        const int c = idx / v_dim, e = idx % v_dim;
+        tile_s[c * tile_width + e] = c0 + c < most_visible ? to_float(values[(c0 + c) * v_dim + e]) : 0.0f;
+      }
+      __syncthreads();
+      const int count = int(min(int64_t(32), most_visible - c0));
+      for (int k = 0; k < 2; ++k) {
+        const int e = tid + k * kThreads;
+        if (e >= v_dim) break;
+        for (int c = 0; c < count; ++c) {
+          const float v = tile_s[c * tile_width + e];
+#pragma unroll
+          for (int r = 0; r < kSelectRows; ++r) {
+            if (r >= rows) break;
+            const float p = probs[int64_t(r) * stride + c0 + c];
+            if (p > 0.0f) out[k][r] += p * v;
+          }
+        }
+      }
+    }
+    for (int k = 0; k < 2; ++k) {
+      const int e = tid + k * kThreads;
+      if (e >= v_dim) break;
+      for (int r = 0; r < rows; ++r) {
+        const int x = r / rows_per_query;
+        if (x >= count_q) break;
+        const int64_t h = head_of(r % rows_per_query);
+        a.compressed_out[((b * a.q_heads + h) * a.q_len + i0 + x) * v_dim + e] = out[k][r];
+      }
+    }
+    // Selection keys: each query's probabilities summed over its heads, into its first row (once every
+    // thread is done reading the rows above).
+    __syncthreads();
+    for (int64_t idx = tid; idx < int64_t(count_q) * nc; idx += kThreads) {
+      const int x = int(idx / nc);
+      const int64_t c = idx % nc;
+      float key = 0.0f;
+      for (int g = 0; g < rows_per_query; ++g) key += probs[int64_t(x * rows_per_query + g) * stride + c];
+      probs[int64_t(x * rows_per_query) * stride + c] = key;
+    }
+    __syncthreads();
+  }
+  if (a.top == 0) return;
+
   int32_t* const chosen = chosen_s + warp * a.top;
   for (int x = warp; x < count_q; x += kWarpsPerBlock) {
     const int64_t i = i0 + x, position = i + a.query_offset;
-    float* const key = scores + int64_t(x) * nb;
+    float* const key = probs + int64_t(x * rows_per_query) * stride;
     // keys: +inf forced, the score for other candidates, -inf otherwise (as select_kernel)
     const int64_t own = position >= 0 ? position / a.block_size : -1;
     const int64_t limit = a.causal ? min(own + 1, nb) : nb;
@@ -644,21 +729,20 @@ void launch_attend(const AttendArgs<TK, TQ>& a, cudaStream_t stream) {
   check_launch("sparse attention kernel");
 }
 
-// `queries` > 0 (dot-product scores only): dot_select_kernel with that many queries per CTA and `smem`
-// bytes of shared memory (dot_select_queries); else one CTA per list.
+// `tiling.queries` > 0: tiled_select_kernel (select_tiling); else one CTA per list.
 template <typename TQ>
-void launch_select(const SelectArgs<TQ>& a, int queries, size_t smem_bytes, cudaStream_t stream) {
+void launch_select(const SelectArgs<TQ>& a, const SelectTiling& tiling, cudaStream_t stream) {
   const int64_t list_heads = a.shared ? a.kv_heads : a.q_heads, lists = a.batch * list_heads * a.q_len;
   if (lists == 0) return;
-  if (queries > 0 && !a.probabilities) {
-    const int64_t grid = a.batch * list_heads * ((a.q_len + queries - 1) / queries);
+  if (tiling.queries > 0) {
+    const int64_t grid = a.batch * list_heads * ((a.q_len + tiling.queries - 1) / tiling.queries);
     if (grid > int64_t(0x7fffffff)) throw std::runtime_error("sparse selection kernel: too many lists for one grid");
-    if (smem_bytes > 48 * 1024 &&
-        cudaFuncSetAttribute(dot_select_kernel<TQ>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem_bytes)) !=
+    if (tiling.smem > 48 * 1024 &&
+        cudaFuncSetAttribute(tiled_select_kernel<TQ>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(tiling.smem)) !=
             cudaSuccess) {
       throw std::runtime_error("sparse selection kernel: cannot get its shared memory");
     }
-    dot_select_kernel<TQ><<<unsigned(grid), kThreads, smem_bytes, stream>>>(a, queries);
+    tiled_select_kernel<TQ><<<unsigned(grid), kThreads, tiling.smem, stream>>>(a, tiling.queries, tiling.rows_per_query);
     check_launch("sparse selection kernel");
     return;
   }
@@ -804,8 +888,9 @@ NsaPlan plan_nsa(const NsaParams& p, const NsaTensors<T>& t) {
                                           sdpa::cuda::aligned16(plan.window_params, view), {false, kNsaName});
     }
   }
-  if (fast && !p.has_compressed && a.top_blocks > 0) {
-    plan.select_queries = dot_select_queries(int(d.head_dim), p.num_blocks, a.top_blocks, &plan.select_smem);
+  if (fast && (a.top_blocks > 0 || p.has_compressed)) {
+    plan.select = select_tiling(int(d.head_dim), int(d.v_head_dim), p.full_blocks, p.num_blocks, a.top_blocks,
+                                p.has_compressed, a.shared_selection != 0 ? d.group() : 1);
   }
   Carver c{nullptr};
   carve_nsa(p, plan, c);
@@ -841,7 +926,7 @@ void run_nsa(const NsaParams& p, const NsaTensors<T>& t, const NsaPlan& plan, vo
                     p.want_blocks ? t.selected_blocks : nullptr, d.batch, d.q_heads, d.kv_heads, d.q_len, nc,
                     p.num_blocks, a.block_size, d.query_offset(), a.top_blocks, int(d.head_dim), int(d.v_head_dim),
                     a.causal != 0, a.shared_selection != 0, p.has_compressed, a.sink_blocks, a.local_blocks, p.scale};
-    launch_select(s, plan.select_queries, plan.select_smem, stream);
+    launch_select(s, plan.select, stream);
   }
   AttendArgs<T, T> base{t.q, t.k, t.v, nullptr, nullptr, d.batch, d.q_heads, d.kv_heads, d.q_len, d.kv_len, 1, 0,
                         int(d.head_dim), int(d.v_head_dim), false, false, 0, p.scale};
@@ -961,9 +1046,8 @@ void run_routed(const RoutedParams& p, const RoutedTensors<T>& t, void* stream_p
                       d.batch, d.q_heads, d.kv_heads, d.q_len, p.num_segments, p.num_segments, a.segment_size,
                       d.query_offset(), a.top_k, int(d.head_dim), int(d.v_head_dim), a.causal != 0, false, false, 0, 0,
                       p.scale};
-  size_t select_smem = 0;
-  const int select_queries = dot_select_queries(int(d.head_dim), p.num_segments, a.top_k, &select_smem);
-  launch_select(s, select_queries, select_smem, stream);
+  launch_select(s, select_tiling(int(d.head_dim), int(d.v_head_dim), p.num_segments, p.num_segments, a.top_k, false, 1),
+                stream);
   AttendArgs<float, float> attend{q_att, k_att, v, lists, out, d.batch, d.q_heads, d.kv_heads, d.q_len, d.kv_len,
                                   a.segment_size, a.top_k, int(d.head_dim), int(d.v_head_dim), false, a.causal != 0, 0,
                                   p.scale};

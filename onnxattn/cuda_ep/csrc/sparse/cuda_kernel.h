@@ -4,11 +4,12 @@
 //
 // Same structure as the CPU kernels: centroids -> selection -> attention over the selected blocks -> the
 // fine branch -> the gated mix.
-//  - Selection by dot product (NSA's block scores summed over a GQA group, MoBA's routing): one CTA per
-//    (batch, selection head, up to 16 queries) scores every centroid tile once for all its queries (the
-//    group's queries summed first: sum_g q_g . c = (sum_g q_g) . c), then a warp per query takes the top-k
-//    (forced blocks first, lower index on ties). The compression branch (softmax over compressed tokens,
-//    per head) keeps one CTA per list.
+//  - Selection (NSA's block scores, MoBA's routing): one CTA per (batch, selection head, up to 16 rows of
+//    queries) stages every centroid tile once for all its rows — a query's scores by dot product (the
+//    group's queries summed first: sum_g q_g . c = (sum_g q_g) . c), or, for the compression branch, one
+//    row per (query, head) with its softmax, the branch output from value tiles staged the same way, and
+//    the probabilities summed over the heads — then a warp per query takes the top-k (forced blocks first,
+//    lower index on ties).
 //  - NSA's block branch and window branch run on the attention core (sdpa/cuda_kernel.h; tensor cores for
 //    float16/bfloat16): each selection list becomes one short "sequence" of the paged decode path — its
 //    query heads as rows (one K/V load per GQA group), its listed blocks as the block table, its pool
@@ -33,13 +34,19 @@
 
 namespace onnxattn::sparse::cuda {
 
+// How the tiled selection kernel runs (select_tiling in cuda_kernel.cu); queries 0: one CTA per list.
+struct SelectTiling {
+  int queries = 0;  // per CTA
+  int rows_per_query = 1;
+  size_t smem = 0;
+};
+
 struct NsaPlan {
   bool core_blocks = false, core_window = false;  // the branch runs on the attention core
   sdpa::Params blocks_params, window_params;
   sdpa::cuda::LaunchPlan blocks, window;
   size_t element_bytes = 0;
-  int select_queries = 0;  // queries per CTA of the dot-product selection (0: one CTA per list)
-  size_t select_smem = 0;
+  SelectTiling select;
   size_t scratch_bytes = 0;
 };
 
