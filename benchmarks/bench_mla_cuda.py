@@ -1,5 +1,7 @@
-"""GPU benchmark of onnxattn::MultiHeadLatentAttention's CUDA kernel (absorbed form, SIMT first version) at
-decode, through the library's C entry on torch CUDA tensors (no onnxruntime needed).
+"""GPU benchmark of onnxattn::MultiHeadLatentAttention's CUDA kernel (absorbed form) at decode, through the
+library's C entry on torch CUDA tensors (no onnxruntime needed), with each attention kernel (the SIMT one and
+the tensor-core one, ONNXATTN_MLA_CUDA_KERNEL=simt / mma) in the same run; the rest of the op (new tokens,
+query absorption, merge and W_UV projection) is the same SIMT code in both.
 
 The issue's shapes: DeepSeek-V3 attention sizes (R=512, Dr=64, Dn=Dv=128), B=64 sequences, one new token
 over P=4096 cached ones, H=16 (memory-bound: the latent cache is read once per step, reported as GB/s of
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -27,7 +30,8 @@ import mla_cuda_lib as lib  # noqa: E402
 R, DR, DN, DV = 512, 64, 128, 128
 
 
-def bench(batch: int, heads: int, past: int, repeat: int) -> dict:
+def bench(batch: int, heads: int, past: int, repeat: int, kernel: str) -> dict:
+    os.environ["ONNXATTN_MLA_CUDA_KERNEL"] = kernel  # read by every call
     p = lib.Problem(batch=batch, seq=1, heads=heads, past=past + 64, mode="shared", rank=R, nope=DN, rope=DR, v_dim=DV)
     g = torch.Generator(device="cuda").manual_seed(0)
     t = lambda *shape, scale=1.0: (torch.randn(*shape, generator=g, device="cuda") * scale).to(torch.bfloat16)  # noqa: E731
@@ -56,7 +60,7 @@ def bench(batch: int, heads: int, past: int, repeat: int) -> dict:
     seconds = statistics.median(times)
     cache_bytes = batch * (past + 1) * (R + DR) * 2
     flops = 2 * batch * heads * ((past + 1) * (2 * R + DR) + R * (DN + DV))
-    return {"B": batch, "H": heads, "P": past, "dtype": "bfloat16", "us": seconds * 1e6,
+    return {"B": batch, "H": heads, "P": past, "dtype": "bfloat16", "kernel": kernel, "us": seconds * 1e6,
             "cache_gbps": cache_bytes / seconds / 1e9, "tflops": flops / seconds / 1e12,
             "splits": lib.plan(p, sm_count=torch.cuda.get_device_properties(0).multi_processor_count).splits}
 
@@ -72,19 +76,31 @@ def main() -> int:
         return 2
     repeat = 5 if args.quick else args.repeat
     device = torch.cuda.get_device_name(0)
-    rows = [bench(64, 16, 4096, repeat), bench(64, 128, 4096, repeat), bench(1, 16, 4096, repeat)]
-    print(f"\nMultiHeadLatentAttention CUDA (absorbed, SIMT), decode, bf16, R={R} Dr={DR} Dn={DN} Dv={DV}, {device}")
-    print(f"  {'B':>3} {'H':>4} {'P':>5} {'splits':>6} {'us':>9} {'cache GB/s':>11} {'TFLOP/s':>8}")
+    rows = []
+    for batch, heads in ((64, 16), (64, 128), (1, 16)):
+        for kernel in ("simt", "mma"):
+            try:
+                rows.append(bench(batch, heads, 4096, repeat, kernel))
+            except Exception as e:  # noqa: BLE001 - a failing kernel is reported, the other still measured
+                rows.append({"B": batch, "H": heads, "P": 4096, "dtype": "bfloat16", "kernel": kernel,
+                             "error": f"{type(e).__name__}: {e}"})
+                print(f"bench_mla_cuda: B{batch} H{heads} {kernel}: {rows[-1]['error']}", file=sys.stderr)
+    os.environ.pop("ONNXATTN_MLA_CUDA_KERNEL", None)
+    print(f"\nMultiHeadLatentAttention CUDA (absorbed), decode, bf16, R={R} Dr={DR} Dn={DN} Dv={DV}, {device}")
+    print(f"  {'B':>3} {'H':>4} {'P':>5} {'kernel':>6} {'splits':>6} {'us':>9} {'cache GB/s':>11} {'TFLOP/s':>8}")
     for r in rows:
-        print(f"  {r['B']:>3} {r['H']:>4} {r['P']:>5} {r['splits']:>6} {r['us']:9.1f} {r['cache_gbps']:11.1f} "
-              f"{r['tflops']:8.2f}")
+        if "error" in r:
+            print(f"  {r['B']:>3} {r['H']:>4} {r['P']:>5} {r['kernel']:>6} failed: {r['error'][:100]}")
+            continue
+        print(f"  {r['B']:>3} {r['H']:>4} {r['P']:>5} {r['kernel']:>6} {r['splits']:>6} {r['us']:9.1f} "
+              f"{r['cache_gbps']:11.1f} {r['tflops']:8.2f}")
     print("  anchors (FlashMLA on H800): ~3000 GB/s memory-bound, 580-660 TFLOP/s compute-bound")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     from bench_sdpa_cuda import environment  # device, driver, torch, commit, date: as the other CUDA benchmarks
 
     args.out.write_text(json.dumps({"device": device, "environment": environment(), "rows": rows}, indent=2))
     print(f"wrote {args.out}")
-    return 0
+    return 1 if any("error" in r for r in rows) else 0
 
 
 if __name__ == "__main__":

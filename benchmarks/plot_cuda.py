@@ -338,9 +338,9 @@ def table_paged(data: dict) -> str:
 
 
 def plot_mla(data: dict, png: Path) -> None:
-    rows = data["rows"]
-    groups = [f"B{r['B']} H{r['H']}\nP{short_len(r['P'])} {DTYPE.get(r['dtype'], r['dtype'])}\n{r['splits']} split(s)"
-              for r in rows]
+    rows = [r for r in data["rows"] if "error" not in r]
+    groups = [f"B{r['B']} H{r['H']} {r.get('kernel', 'simt')}\nP{short_len(r['P'])} {DTYPE.get(r['dtype'], r['dtype'])}"
+              f"\n{r['splits']} split(s)" for r in rows]
     plt, fig, (ax1, ax2) = new_figure(2, width=11, height=5)
     grouped_bars(ax1, groups, {"onnxattn": [r["cache_gbps"] for r in rows]}, COLORS, LABELS)
     ax1.set_ylabel("latent cache GB/s")
@@ -348,16 +348,20 @@ def plot_mla(data: dict, png: Path) -> None:
     grouped_bars(ax2, groups, {"onnxattn": [r["tflops"] for r in rows]}, COLORS, LABELS, fmt="{:.2f}")
     ax2.set_ylabel("TFLOP/s")
     ax2.set_title("compute-bound view (anchor: FlashMLA 580-660 TFLOP/s on H800)", fontsize=9)
-    fig.suptitle(title_of(environment(data), "onnxattn::MultiHeadLatentAttention decode (CUDA, absorbed, SIMT)"),
+    fig.suptitle(title_of(environment(data), "onnxattn::MultiHeadLatentAttention decode (CUDA, absorbed)"),
                  fontsize=10)
     save(plt, fig, png)
 
 
 def table_mla(data: dict) -> str:
-    out = ["| B | H | P | dtype | µs | cache GB/s | TFLOP/s | splits |", "|---:|---:|---:|---|---:|---:|---:|---:|"]
+    out = ["| B | H | P | dtype | attention | µs | cache GB/s | TFLOP/s | splits |",
+           "|---:|---:|---:|---|---|---:|---:|---:|---:|"]
     for r in data["rows"]:
-        out.append(f"| {r['B']} | {r['H']} | {r['P']} | {DTYPE.get(r['dtype'], r['dtype'])} | {r['us']:.0f} | "
-                   f"{r['cache_gbps']:.1f} | {r['tflops']:.2f} | {r['splits']} |")
+        head = f"| {r['B']} | {r['H']} | {r['P']} | {DTYPE.get(r['dtype'], r['dtype'])} | {r.get('kernel', 'simt')} |"
+        if "error" in r:
+            out.append(f"{head} failed: {r['error'][:80]} | | | |")
+            continue
+        out.append(f"{head} {r['us']:.0f} | {r['cache_gbps']:.1f} | {r['tflops']:.2f} | {r['splits']} |")
     return "\n".join(out)
 
 

@@ -63,3 +63,37 @@ def test_shared_buffer_plans_for_the_buffer_length():
 def test_plan_errors(problem, message):
     with pytest.raises(ValueError, match="MultiHeadLatentAttention: .*" + message):
         lib.plan(problem)
+
+
+def test_the_attention_kernel_is_simt_unless_mma_is_asked_for(monkeypatch):
+    ds = lib.Problem(batch=64, heads=16, past=4096)
+    monkeypatch.delenv("ONNXATTN_MLA_CUDA_KERNEL", raising=False)
+    assert lib.plan(ds, sm_count=H100_SMS).kernel == "simt"  # until the mma kernel has passed on a GPU
+    monkeypatch.setenv("ONNXATTN_MLA_CUDA_KERNEL", "mma")
+    p = lib.plan(ds, sm_count=H100_SMS)
+    # one CTA per (token, 16 heads): 64 of them, so 5 splits fill 264 slots (ceil(264 / 64)); 4097 // 256 allows 16
+    assert p.kernel == "mma" and p.head_blocks == 1 and p.splits == 5
+    p = lib.plan(lib.Problem(batch=64, heads=128, past=4096), sm_count=H100_SMS)
+    assert p.head_blocks == 8 and p.splits == 1
+    assert lib.plan(lib.Problem(heads=20, rank=64, nope=32, rope=16, v_dim=32, past=50)).head_blocks == 2
+    monkeypatch.setenv("ONNXATTN_MLA_CUDA_KERNEL", "simt")
+    assert lib.plan(ds, sm_count=H100_SMS).kernel == "simt"
+
+
+@pytest.mark.parametrize("problem, element_bytes, message", [
+    (lib.Problem(), 4, "float32 has no tensor-core path"),
+    (lib.Problem(rank=40, rope=12), 2, "R and Dr must be multiples of 8"),
+    (lib.Problem(rank=1024), 2, "it allows R <= 512 and R \\+ Dr <= 576"),
+    (lib.Problem(rank=512, rope=128), 2, "it allows R <= 512 and R \\+ Dr <= 576"),
+], ids=["float32", "unaligned-rows", "rank", "width"])
+def test_asking_for_mma_where_it_cannot_run_is_an_error(problem, element_bytes, message, monkeypatch):
+    monkeypatch.setenv("ONNXATTN_MLA_CUDA_KERNEL", "mma")
+    with pytest.raises(ValueError, match="MultiHeadLatentAttention: ONNXATTN_MLA_CUDA_KERNEL=mma, but the tensor-core "
+                                         "kernel cannot run this problem: " + message):
+        lib.plan(problem, element_bytes=element_bytes)
+
+
+def test_an_unknown_kernel_setting_is_an_error(monkeypatch):
+    monkeypatch.setenv("ONNXATTN_MLA_CUDA_KERNEL", "tensor")
+    with pytest.raises(ValueError, match="ONNXATTN_MLA_CUDA_KERNEL must be auto, simt or mma, got 'tensor'"):
+        lib.plan(lib.Problem())

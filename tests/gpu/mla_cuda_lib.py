@@ -81,15 +81,17 @@ class Plan:
     attention_smem: int
     present_in_scratch: bool
     scratch_bytes: int
+    kernel: str  # of the attention step: "simt" or "mma" (ONNXATTN_MLA_CUDA_KERNEL)
+    head_blocks: int
 
 
 def plan(problem: Problem, *, sm_count: int = 132, element_bytes: int = 2, present_outputs: bool = True) -> Plan:
     ints, floats = problem.arrays()
-    out = (ctypes.c_int64 * 5)()
+    out = (ctypes.c_int64 * 7)()
     error = load().OnnxAttnMlaCudaPlan(ints, floats, sm_count, element_bytes, int(present_outputs), out)
     if error:
         raise ValueError(error.decode())
-    return Plan(out[0], out[1], out[2], bool(out[3]), out[4])
+    return Plan(out[0], out[1], out[2], bool(out[3]), out[4], "mma" if out[5] else "simt", out[6])
 
 
 def scratch_bytes(problem: Problem, dtype: str, present_outputs: bool = True) -> int:

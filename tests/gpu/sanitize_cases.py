@@ -4,8 +4,9 @@ decode mma with splits + combine, simt), edge tiles, masks, D padding, Dv != D; 
 (new-token kernel, past copies, per-sequence lengths, the fused Q preparation, caches in scratch); then
 PagedAttention (family `paged`, run on every gpu_check: layout and new-token kernels, the ragged schedule,
 both launches over blocks, and bad index inputs, which must stay inside every buffer: run with
-PYTORCH_NO_CUDA_MEMORY_CACHING=1 so each tensor is its own allocation and memcheck sees any stray access).
-Not a pytest module."""
+PYTORCH_NO_CUDA_MEMORY_CACHING=1 so each tensor is its own allocation and memcheck sees any stray access);
+then MultiHeadLatentAttention's tensor-core attention (family `mla`, also on every run until it has passed on a
+GPU). Not a pytest module."""
 
 from __future__ import annotations
 
@@ -58,11 +59,40 @@ def paged_cases() -> int:
     return failed
 
 
+MLA_NAMES = ("decode-h16-b2", "decode-h128-shared-b3", "chunk-s37-window", "prompt-odd-b2", "shared-bnsh-yarn")
+
+
+def mla_cases() -> int:
+    """MultiHeadLatentAttention with the tensor-core attention (ONNXATTN_MLA_CUDA_KERNEL=mma): split tails, head
+    blocks past H, NaN stale slots, widths that are not multiples of 16, against the suite's reference."""
+    import os
+
+    import test_mla_cuda as tm
+
+    failed = 0
+    os.environ["ONNXATTN_MLA_CUDA_KERNEL"] = "mma"
+    try:
+        for name in MLA_NAMES:
+            case = tm.CASES_BY_ID[name]
+            try:
+                x = tm.make_inputs(case, "bfloat16")
+                y, presents = tm.run_cuda(case, x, "bfloat16")
+                tm.check(case, "bfloat16", y, presents, tm.reference(case, x, "bfloat16"))
+                print(f"ok   mla mma {name}")
+            except Exception as e:  # noqa: BLE001 - report every case
+                failed += 1
+                print(f"FAIL mla mma {name}: {type(e).__name__}: {e}")
+    finally:
+        os.environ.pop("ONNXATTN_MLA_CUDA_KERNEL", None)
+    return failed
+
+
 def main(argv=None) -> int:
-    """Arguments: the families to run, `sdpa`, `gqa` and/or `paged` (default all)."""
-    families = set(argv if argv is not None else sys.argv[1:]) or {"sdpa", "gqa", "paged"}
+    """Arguments: the families to run, `sdpa`, `gqa`, `paged` and/or `mla` (default all)."""
+    families = set(argv if argv is not None else sys.argv[1:]) or {"sdpa", "gqa", "paged", "mla"}
     by_name = {c.name: c for c in CASES}
     failed = paged_cases() if "paged" in families else 0  # first: the one family checked on every run
+    failed += mla_cases() if "mla" in families else 0
     for name in NAMES if "sdpa" in families else ():
         case = by_name[name]
         for dtype in (torch.float16, torch.float32):

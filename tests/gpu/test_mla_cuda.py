@@ -1,5 +1,7 @@
-"""MultiHeadLatentAttention's CUDA kernel (absorbed form, SIMT; first run and passed on an H100, 2026-11-27) against the eager torch reference, through the library's ctypes
-entry on torch CUDA tensors, then through onnxruntime-gpu's CUDA execution provider.
+"""MultiHeadLatentAttention's CUDA kernel (absorbed form; the SIMT attention first run and passed on an H100,
+2026-11-27; the tensor-core attention, ONNXATTN_MLA_CUDA_KERNEL=mma, written since and not yet run) against the
+eager torch reference, through the library's ctypes entry on torch CUDA tensors, then through onnxruntime-gpu's
+CUDA execution provider; each 16-bit case with both attention kernels.
 
 Reference: onnxattn.nn.mla_reference on the CPU from the same inputs — in float64 for float32 inputs; for
 16-bit inputs in the input type, which computes in float32 and stores the rope keys in the cache in the
@@ -162,16 +164,31 @@ PARAMS = [(c.id, d) for c in CASES for d in DTYPES if d == "bfloat16" or c.id in
           ("decode-h16-b2", "shared-bnsh-yarn", "prompt-odd-b2", "chunk-s37-window")]
 
 
+KERNELS = ("simt", "mma")  # ONNXATTN_MLA_CUDA_KERNEL: the attention step's SIMT and tensor-core kernels
+
+
+def use_kernel(monkeypatch, kernel: str, dtype: str, problem: lib.Problem) -> None:
+    """Runs the attention step on `kernel` (read on every call); the mma kernel is 16-bit only."""
+    if kernel == "mma" and dtype == "float32":
+        pytest.skip("the mma kernel is float16/bfloat16 only")
+    monkeypatch.setenv("ONNXATTN_MLA_CUDA_KERNEL", kernel)
+    assert lib.plan(problem).kernel == kernel
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("case_id, dtype", PARAMS, ids=[f"{c}-{d}" for c, d in PARAMS])
-def test_kernel_matches_reference(case_id, dtype):
+def test_kernel_matches_reference(case_id, dtype, kernel, monkeypatch):
     case = CASES_BY_ID[case_id]
+    use_kernel(monkeypatch, kernel, dtype, case.problem)
     x = make_inputs(case, dtype)
     y, presents = run_cuda(case, x, dtype)
     check(case, dtype, y, presents, reference(case, x, dtype))
 
 
-def test_out_of_range_past_lengths_give_nan_rows_only_there():
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_out_of_range_past_lengths_give_nan_rows_only_there(kernel, monkeypatch):
     case = dataclasses.replace(CASES_BY_ID["decode-h128-shared-b3"], lengths=(600, 700, 5))  # 700 + 1 > M
+    use_kernel(monkeypatch, kernel, "bfloat16", case.problem)
     x = make_inputs(case, "bfloat16")
     before = x["past_latent"][1].clone()
     y, presents = run_cuda(case, {**x, "past_lengths": x["past_lengths"]}, "bfloat16")
@@ -205,10 +222,12 @@ def test_decode_steps_equal_one_pass():
 ORT_CASES = ["decode-h16-b2", "shared-bnsh-yarn", "caches-in-scratch", "in-place-decode"]
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("case_id", ORT_CASES)
-def test_runs_on_the_cuda_execution_provider(case_id, tmp_path):
+def test_runs_on_the_cuda_execution_provider(case_id, kernel, tmp_path, monkeypatch):
     import ort_cuda
 
+    use_kernel(monkeypatch, kernel, "float16", CASES_BY_ID[case_id].problem)
     ort, missing = ort_cuda.onnxruntime_cuda()
     ort_cuda.require_cuda_kernels(ort, missing)
     sys.path.insert(0, str(Path(__file__).parents[1]))

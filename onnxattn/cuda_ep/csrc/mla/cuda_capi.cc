@@ -72,7 +72,8 @@ const char* guarded(F&& f) {
 
 extern "C" {
 
-// out: splits, chunk_tokens, attention_smem, present_in_scratch, scratch_bytes. Returns an error message or null.
+// out: splits, chunk_tokens, attention_smem, present_in_scratch, scratch_bytes, kernel (0 simt, 1 mma),
+// head_blocks. The kernel request comes from ONNXATTN_MLA_CUDA_KERNEL. Returns an error message or null.
 __attribute__((visibility("default"))) const char* OnnxAttnMlaCudaPlan(const int64_t* ints, const float* floats,
                                                                        int32_t sm_count, int32_t element_bytes,
                                                                        int32_t present_outputs, int64_t* out) {
@@ -84,6 +85,8 @@ __attribute__((visibility("default"))) const char* OnnxAttnMlaCudaPlan(const int
     out[2] = int64_t(plan.attention_smem);
     out[3] = plan.present_in_scratch ? 1 : 0;
     out[4] = int64_t(plan.scratch_bytes);
+    out[5] = plan.kernel == Kernel::kMma ? 1 : 0;
+    out[6] = plan.head_blocks;
   });
 }
 

@@ -8,10 +8,12 @@
 
 #include <cmath>
 #include <stdexcept>
+#include <type_traits>
 
 #include "common/errors.h"
 #include "common/half.h"
 #include "mla/cuda_kernel.h"
+#include "sdpa/cuda_device.cuh"  // the PTX wrappers (cp.async, ldmatrix, mma.sync) and the online softmax step
 
 namespace onnxattn::mla::cuda {
 namespace {
@@ -202,6 +204,229 @@ __global__ void __launch_bounds__(32 * kAttentionWarps) attention_kernel(const S
   if (threadIdx.x == 0) *lse = l_all > 0.0f ? m_all + __logf(l_all) : kNegInf;
 }
 
+// 3'. The tensor-core attention (mla/cuda_plan.h): one CTA per (token of the chunk, block of 16 heads,
+// split), 4 warps. Each step of 32 latent rows (latent | rope, cp.async double-buffered):
+//   S = Q K^T   each warp a quarter of the k-steps over all 32 keys (its query fragments, hi and lo halves,
+//               stay in registers for the whole loop); the partial scores meet in shared memory and every
+//               warp sums them in the same order, so all warps hold the same S;
+//   softmax     online, per row, in registers (natural-log units, as the SIMT kernel's LSE);
+//   O += P V    V = the latent columns of the same tile (ldmatrix.trans); each warp a quarter of the R
+//               output columns.
+// Every row of the CTA is the same token, so they share the key range: only the last step is partial.
+// Writes each row's normalised latent output and its log-sum-exp, as attention_kernel does.
+namespace sc = onnxattn::sdpa::cuda;
+
+constexpr int kMmaThreads = 128;
+constexpr int kMmaQSteps = int(kMmaMaxWidth) / 16 / 4;  // a warp's k-steps of S (9)
+constexpr int kMmaOutPairs = int(kMmaMaxRank) / 16 / 4; // a warp's pairs of output n8-tiles (8)
+
+template <typename T>
+__global__ void __launch_bounds__(kMmaThreads, 2)
+    attention_mma_kernel(const Shape s, const Pointers<T> ptr, int64_t first, int64_t count, int64_t splits,
+                         int64_t head_blocks) {
+  extern __shared__ __align__(16) unsigned char mma_smem[];
+  uint16_t* const stage0 = reinterpret_cast<uint16_t*>(mma_smem);
+  uint16_t* const stage1 = stage0 + kMmaKeys * kMmaStride;
+  float* const s_part = reinterpret_cast<float*>(stage1 + kMmaKeys * kMmaStride);  // [warp][16 rows][32 keys]
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int quad_row = lane / 4, quad_col = 2 * (lane % 4);
+  const int64_t head_block = int64_t(blockIdx.x) % head_blocks, tok = int64_t(blockIdx.x) / head_blocks;
+  const int64_t split = blockIdx.y, token = first + tok, b = token / s.seq, i = token % s.seq;
+  const int64_t chunk_rows = count * s.heads;
+  const int64_t valid = ptr.lengths[s.batch + b];
+  if (valid < 0) return;  // NaN rows already written; kernel 4 skips the sequence
+  const int64_t p = ptr.lengths[b] + i;  // the query's key position
+  int64_t begin = 0, end = valid;
+  if (s.causal && p + 1 < end) end = p + 1;
+  if (s.window > 0 && p - begin >= s.window) begin = p - s.window + 1;
+  const int64_t n_keys = end > begin ? end - begin : 0, per = (n_keys + splits - 1) / splits;
+  const int64_t lo = begin + split * per, hi = lo + per < end ? lo + per : end;
+  const int h0 = int(head_block * kMmaHeads);
+  const int rows = int(min(kMmaHeads, s.heads - h0));
+  const int rank = int(s.rank), width = int(s.rank + s.rope);
+  const int k_steps = (width + 15) / 16, out_pairs = (rank + 15) / 16;
+
+  // ---- The 16 query rows as two 16-bit halves (x = hi + lo up to float32 rounding), rows and columns past
+  // the problem zero; their A fragments to registers. stage0 holds them until the first K tile.
+  uint16_t* const q_hi = stage0;
+  uint16_t* const q_lo = stage0 + 16 * kMmaStride;
+  const int q_cols = k_steps * 16;
+  for (int idx = tid; idx < 16 * q_cols; idx += kMmaThreads) {
+    const int r = idx / q_cols, c = idx % q_cols;
+    const float x = r < rows && c < width ? ptr.q_abs[(tok * s.heads + h0 + r) * width + c] : 0.0f;
+    const T high = from_float<T>(x);
+    q_hi[r * kMmaStride + c] = high.bits;
+    q_lo[r * kMmaStride + c] = from_float<T>(x - to_float(high)).bits;
+  }
+  __syncthreads();
+  uint32_t qa_hi[kMmaQSteps][4], qa_lo[kMmaQSteps][4];
+  const int q_frag = (lane % 16) * kMmaStride + (lane / 16) * 8;
+#pragma unroll
+  for (int n = 0; n < kMmaQSteps; ++n) {
+    const int ks = warp + 4 * n;  // this warp's k-steps: warp, warp + 4, ...
+    if (ks < k_steps) {
+      sc::ldmatrix_x4(qa_hi[n], sc::smem_u32(q_hi + q_frag + ks * 16));
+      sc::ldmatrix_x4(qa_lo[n], sc::smem_u32(q_lo + q_frag + ks * 16));
+    } else {
+      qa_hi[n][0] = qa_hi[n][1] = qa_hi[n][2] = qa_hi[n][3] = 0u;
+      qa_lo[n][0] = qa_lo[n][1] = qa_lo[n][2] = qa_lo[n][3] = 0u;
+    }
+  }
+  __syncthreads();  // stage0 now takes K
+
+  // ---- K tiles: row r = latent row j0 + r as [latent (R) | rope (Dr) | zeros up to the k-steps' width];
+  // rows past the split read nothing and are zero (their scores are masked below).
+  const T* const latent = ptr.present_latent + b * s.total * s.rank;
+  const T* const rope = ptr.present_k_rope + b * s.total * s.rope;
+  const int lat_chunks = rank / 8, rope_chunks = int(s.rope) / 8, row_chunks = k_steps * 2;
+  auto load_tile = [&](uint16_t* dst, int64_t j0) {
+    for (int idx = tid; idx < kMmaKeys * row_chunks; idx += kMmaThreads) {
+      const int r = idx / row_chunks, c = idx % row_chunks;
+      const int64_t j = j0 + r;
+      const T* src = latent;
+      bool valid_chunk = false;
+      if (j < hi && c < lat_chunks) {
+        src = latent + j * s.rank + c * 8;
+        valid_chunk = true;
+      } else if (j < hi && c < lat_chunks + rope_chunks) {
+        src = rope + j * s.rope + (c - lat_chunks) * 8;
+        valid_chunk = true;
+      }
+      sc::cp_async_16(sc::smem_u32(dst + r * kMmaStride + c * 8), src, valid_chunk);
+    }
+  };
+
+  float o[kMmaOutPairs][2][4];
+#pragma unroll
+  for (int n = 0; n < kMmaOutPairs; ++n)
+#pragma unroll
+    for (int t = 0; t < 2; ++t) o[n][t][0] = o[n][t][1] = o[n][t][2] = o[n][t][3] = 0.0f;
+  float m[2] = {sc::kNegInf, sc::kNegInf}, l[2] = {0.0f, 0.0f};
+  const int64_t steps = hi > lo ? (hi - lo + kMmaKeys - 1) / kMmaKeys : 0;
+  if (steps > 0) load_tile(stage0, lo);
+  sc::cp_async_commit();
+  const bool has_softcap = s.softcap > 0.0f;
+  const sc::SoftCap softcap(s.softcap);
+  // ldmatrix row addresses (elements), as the SDPA prefill kernel's K and V fragments.
+  const int k_frag = (lane % 8 + (lane / 16) * 8) * kMmaStride + ((lane / 8) % 2) * 8;
+  const int v_frag = (lane % 8 + ((lane / 8) % 2) * 8) * kMmaStride + (lane / 16) * 8;
+  float* const my_part = s_part + warp * 16 * kMmaKeys;
+
+  for (int64_t step = 0; step < steps; ++step) {
+    uint16_t* const cur = step % 2 == 0 ? stage0 : stage1;
+    uint16_t* const next = step % 2 == 0 ? stage1 : stage0;
+    const int64_t j0 = lo + step * kMmaKeys;
+    sc::cp_async_wait<0>();
+    __syncthreads();  // `cur` landed for every warp; all are done with `next` and with s_part of the last step
+    if (step + 1 < steps) load_tile(next, j0 + kMmaKeys);
+    sc::cp_async_commit();
+
+    // ---- Partial S over this warp's k-steps, all 32 keys (n8 tiles t: keys 8t..8t+7).
+    float sp[4][4];
+#pragma unroll
+    for (int t = 0; t < 4; ++t) sp[t][0] = sp[t][1] = sp[t][2] = sp[t][3] = 0.0f;
+#pragma unroll
+    for (int n = 0; n < kMmaQSteps; ++n) {
+      const int ks = warp + 4 * n;
+      if (ks >= k_steps) break;
+#pragma unroll
+      for (int np = 0; np < 2; ++np) {
+        uint32_t kb[4];  // keys 16np + 0..7 (cols +0..7, +8..15), keys 16np + 8..15 (the same)
+        sc::ldmatrix_x4(kb, sc::smem_u32(cur + k_frag + np * 16 * kMmaStride + ks * 16));
+        sc::Mma<T>::run(sp[2 * np], qa_hi[n], kb[0], kb[1]);
+        sc::Mma<T>::run(sp[2 * np + 1], qa_hi[n], kb[2], kb[3]);
+        sc::Mma<T>::run(sp[2 * np], qa_lo[n], kb[0], kb[1]);
+        sc::Mma<T>::run(sp[2 * np + 1], qa_lo[n], kb[2], kb[3]);
+      }
+    }
+#pragma unroll
+    for (int t = 0; t < 4; ++t) {
+      *reinterpret_cast<float2*>(my_part + quad_row * kMmaKeys + 8 * t + quad_col) = make_float2(sp[t][0], sp[t][1]);
+      *reinterpret_cast<float2*>(my_part + (quad_row + 8) * kMmaKeys + 8 * t + quad_col) = make_float2(sp[t][2], sp[t][3]);
+    }
+    __syncthreads();
+
+    // ---- The whole S in every warp (the same sums in the same order), masked past the split; softmax.
+    float x[2][8];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int row = quad_row + 8 * h;
+#pragma unroll
+      for (int t = 0; t < 4; ++t) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int key = 8 * t + quad_col + e;
+          float v = s_part[row * kMmaKeys + key];
+#pragma unroll
+          for (int w = 1; w < 4; ++w) v += s_part[(w * 16 + row) * kMmaKeys + key];
+          if (has_softcap) v = softcap.apply(v);
+          x[h][2 * t + e] = j0 + key < hi ? v : sc::kNegInf;
+        }
+      }
+    }
+    float alpha[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) alpha[h] = sc::online_softmax_step<8>(x[h], m[h], l[h]);
+#pragma unroll
+    for (int n = 0; n < kMmaOutPairs; ++n)
+#pragma unroll
+      for (int t = 0; t < 2; ++t) {
+        o[n][t][0] *= alpha[0];
+        o[n][t][1] *= alpha[0];
+        o[n][t][2] *= alpha[1];
+        o[n][t][3] *= alpha[1];
+      }
+
+    // ---- O += P V over this warp's output column pairs (np = warp, warp + 4, ...).
+    uint32_t pa[2][4];  // k-step kk: keys 16kk..16kk+15
+#pragma unroll
+    for (int kk = 0; kk < 2; ++kk) {
+      pa[kk][0] = sc::Mma<T>::pack(x[0][4 * kk], x[0][4 * kk + 1]);
+      pa[kk][1] = sc::Mma<T>::pack(x[1][4 * kk], x[1][4 * kk + 1]);
+      pa[kk][2] = sc::Mma<T>::pack(x[0][4 * kk + 2], x[0][4 * kk + 3]);
+      pa[kk][3] = sc::Mma<T>::pack(x[1][4 * kk + 2], x[1][4 * kk + 3]);
+    }
+#pragma unroll
+    for (int n = 0; n < kMmaOutPairs; ++n) {
+      const int np = warp + 4 * n;
+      if (np >= out_pairs) break;
+#pragma unroll
+      for (int kk = 0; kk < 2; ++kk) {
+        uint32_t vb[4];  // columns 16np + 0..7 (keys +0..7, +8..15), columns 16np + 8..15 (the same)
+        sc::ldmatrix_x4_trans(vb, sc::smem_u32(cur + v_frag + kk * 16 * kMmaStride + np * 16));
+        sc::Mma<T>::run(o[n][0], pa[kk], vb[0], vb[1]);
+        sc::Mma<T>::run(o[n][1], pa[kk], vb[2], vb[3]);
+      }
+    }
+  }
+  sc::cp_async_wait<0>();
+
+  // ---- Each row's normalised output and log-sum-exp (zeros and -inf when the split saw no key).
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int r = quad_row + 8 * h;
+    const float sum = sc::quad_sum(l[h]);
+    if (r >= rows) continue;
+    const int64_t row = tok * s.heads + h0 + r;
+    const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+    float* const out = ptr.partial + (split * chunk_rows + row) * s.rank;
+#pragma unroll
+    for (int n = 0; n < kMmaOutPairs; ++n) {
+      const int np = warp + 4 * n;
+      if (np >= out_pairs) break;
+#pragma unroll
+      for (int t = 0; t < 2; ++t) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int col = np * 16 + t * 8 + quad_col + e;
+          if (col < rank) out[col] = o[n][t][2 * h + e] * inv;
+        }
+      }
+    }
+    if (warp == 0 && lane % 4 == 0) ptr.lse[split * chunk_rows + row] = sum > 0.0f ? m[h] + logf(sum) : sc::kNegInf;
+  }
+}
+
 // 4. One block per row: the splits merged by their log-sum-exp (a row that saw no key gives zeros), then
 // output[token, h] = merged latent output . W_UV[h] ([R, Dv], read along Dv by the threads).
 template <typename T>
@@ -260,6 +485,13 @@ void copy_past(const Params& p, const T* past, T* present, int64_t width, cudaSt
              "copying the past");
 }
 
+// The mma kernel's shared memory is above the default 48 KiB: raised once per device (the attribute
+// persists), so later launches make no such call and stay capturable into CUDA graphs.
+template <typename T>
+void allow_mma_smem() {
+  if constexpr (!std::is_same_v<T, float>) sc::allow_smem<attention_mma_kernel<T>>(kMmaSmem);
+}
+
 unsigned grid_dim(int64_t n, const char* what) {
   if (n > int64_t(0x7fffffff)) throw std::runtime_error(str_cat(kOpName, ": too many ", what, " for one launch"));
   return unsigned(n);
@@ -299,13 +531,26 @@ void run(const Params& p, const Tensors<T>& t, const Plan& plan, void* stream_pt
   append_kernel<T><<<grid_dim(tokens, "tokens"), kAppendThreads, 0, stream>>>(s, ptr);
   check_cuda(cudaGetLastError(), "launching the new-token kernel");
 
+  // The mma kernel copies 16-byte chunks of the cache rows: a misaligned cache buffer takes the SIMT kernel.
+  const bool aligned = ((reinterpret_cast<uintptr_t>(ptr.present_latent) | reinterpret_cast<uintptr_t>(ptr.present_k_rope)) &
+                        15u) == 0;
+  const bool use_mma = !std::is_same_v<T, float> && plan.kernel == Kernel::kMma && aligned;
+  if (use_mma) allow_mma_smem<T>();
+
   for (int64_t first = 0; first < tokens; first += plan.chunk_tokens) {
     const int64_t count = std::min(plan.chunk_tokens, tokens - first);
     absorb_kernel<T><<<dim3(grid_dim(count, "tokens"), grid_dim(p.heads, "heads")), 32 * kAbsorbWarps,
                        sizeof(float) * size_t(p.nope_dim), stream>>>(s, ptr, first);
     check_cuda(cudaGetLastError(), "launching the query absorption");
-    attention_kernel<T><<<dim3(grid_dim(count * p.heads, "rows"), unsigned(plan.splits)), 32 * kAttentionWarps,
-                          plan.attention_smem, stream>>>(s, ptr, first, plan.splits);
+    if (use_mma) {
+      if constexpr (!std::is_same_v<T, float>) {
+        attention_mma_kernel<T><<<dim3(grid_dim(count * plan.head_blocks, "rows"), unsigned(plan.splits)),
+                                  kMmaThreads, kMmaSmem, stream>>>(s, ptr, first, count, plan.splits, plan.head_blocks);
+      }
+    } else {
+      attention_kernel<T><<<dim3(grid_dim(count * p.heads, "rows"), unsigned(plan.splits)), 32 * kAttentionWarps,
+                            plan.attention_smem, stream>>>(s, ptr, first, plan.splits);
+    }
     check_cuda(cudaGetLastError(), "launching the attention");
     output_kernel<T><<<grid_dim(count * p.heads, "rows"), kOutputThreads, sizeof(float) * size_t(p.rank), stream>>>(
         s, ptr, first, plan.splits);

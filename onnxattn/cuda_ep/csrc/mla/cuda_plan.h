@@ -5,11 +5,22 @@
 // tensor-core version of it is future work): (1) new tokens into the latent caches, (2) per chunk of
 // query tokens: q_lat = q_nope . W_UK[h]^T next to the rotated rope part, (3) split-KV attention of every
 // (token, head) over the R + Dr wide latent rows, each split keeping its own online softmax, (4) the
-// splits merged by their log-sum-exp and projected through W_UV[h]. SIMT code (CUDA cores, float32
-// arithmetic): correct first, not yet fast.
+// splits merged by their log-sum-exp and projected through W_UV[h]. Steps 1, 2 and 4 are SIMT code
+// (CUDA cores, float32 arithmetic). Step 3 has two kernels:
+//  - simt: one CTA per (token, head, split), every head reading the latent rows on its own;
+//  - mma (float16/bfloat16; R and Dr multiples of 8, R <= 512, R + Dr <= 576): one CTA per (token, 16
+//    heads, split) reads each tile of 32 latent rows once for its heads and multiplies on tensor cores
+//    (mma.sync m16n8k16, FlashMLA's shape of the problem: the heads are the rows of one MQA group). The
+//    query row is split into two 16-bit halves (hi + lo) so the scores keep float32 accuracy (the
+//    absorbed query is a float32 product, unlike an input query); P is rounded to 16 bits for P V as in
+//    every flash kernel.
+// ONNXATTN_MLA_CUDA_KERNEL = auto | simt | mma picks one (read on every call). auto is simt: the mma
+// kernel has not run on a GPU yet (it becomes the default once the GPU tests pass on it).
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
+#include <string>
 
 #include "common/errors.h"
 #include "mla/params.h"
@@ -17,12 +28,42 @@
 namespace onnxattn::mla::cuda {
 
 inline constexpr int kAttentionWarps = 4;
+inline constexpr int64_t kMmaHeads = 16;       // query heads per CTA of the mma kernel (one m16 block)
+inline constexpr int64_t kMmaMaxRank = 512;    // R
+inline constexpr int64_t kMmaMaxWidth = 576;   // R + Dr
+inline constexpr int kMmaKeys = 32;            // latent rows per step
+inline constexpr int kMmaStride = int(kMmaMaxWidth) + 8;  // shared-memory row, elements (conflict-free ldmatrix)
+// Two stages of kMmaKeys rows (the first also stages the query halves), then the warps' partial scores.
+inline constexpr size_t kMmaSmem = size_t(2) * kMmaKeys * kMmaStride * 2 + size_t(4) * 16 * kMmaKeys * 4;
+
+enum class Kernel { kSimt, kMma };
+enum class KernelRequest { kAuto, kSimt, kMma };
+
+// ONNXATTN_MLA_CUDA_KERNEL (unset or empty = auto). An unknown value is an InputError.
+inline KernelRequest kernel_request_from_env() {
+  const char* value = std::getenv("ONNXATTN_MLA_CUDA_KERNEL");
+  const std::string v = value == nullptr ? "" : value;
+  if (v.empty() || v == "auto") return KernelRequest::kAuto;
+  if (v == "simt") return KernelRequest::kSimt;
+  if (v == "mma") return KernelRequest::kMma;
+  fail(kOpName, ": environment variable ONNXATTN_MLA_CUDA_KERNEL must be auto, simt or mma, got '", v, "'");
+}
+
+// Why the mma kernel cannot run a problem ("" when it can).
+inline std::string mma_ineligible(const Params& p, size_t element_bytes) {
+  if (element_bytes != 2) return "float32 has no tensor-core path";
+  if (p.rank % 8 != 0 || p.rope_dim % 8 != 0) return "R and Dr must be multiples of 8 (16-byte rows)";
+  if (p.rank > kMmaMaxRank || p.rank + p.rope_dim > kMmaMaxWidth) return "it allows R <= 512 and R + Dr <= 576";
+  return "";
+}
 inline constexpr int64_t kMinKeysPerSplit = 256;
 inline constexpr int64_t kMaxSplits = 64;
 inline constexpr size_t kScratchBudget = size_t(256) << 20;  // query-side scratch per chunk of tokens
 inline constexpr size_t kMaxSharedBytes = 48 * 1024;         // the attention kernel's dynamic shared memory
 
 struct Plan {
+  Kernel kernel = Kernel::kSimt;  // of step 3
+  int64_t head_blocks = 1;   // mma: CTAs per (token, split), kMmaHeads heads each
   int64_t splits = 1;        // key splits per (token, head): an upper bound, each row splits its own keys
   int64_t chunk_tokens = 0;  // query tokens per pass of kernels 2-4 (bounds the scratch)
   size_t attention_smem = 0; // dynamic shared memory of the attention kernel
@@ -39,9 +80,16 @@ inline size_t align256(size_t bytes) { return (bytes + 255) / 256 * 256; }
 
 // `present_outputs`: the node requests the present caches. Throws InputError for shapes the kernel cannot
 // run (a latent too wide for its shared memory).
-inline Plan make_plan(const Params& p, int sm_count, size_t element_bytes, bool present_outputs) {
+inline Plan make_plan(const Params& p, int sm_count, size_t element_bytes, bool present_outputs,
+                      KernelRequest request = kernel_request_from_env()) {
   Plan plan;
   const int64_t tokens = p.batch * p.seq, heads = p.heads, r = p.rank, dr = p.rope_dim;
+  if (request == KernelRequest::kMma) {
+    const std::string why = mma_ineligible(p, element_bytes);
+    if (!why.empty()) fail(kOpName, ": ONNXATTN_MLA_CUDA_KERNEL=mma, but the tensor-core kernel cannot run this problem: ", why);
+    plan.kernel = Kernel::kMma;
+    plan.head_blocks = (heads + kMmaHeads - 1) / kMmaHeads;
+  }
   plan.attention_smem = sizeof(float) * size_t((r + dr) + kAttentionWarps * r + 2 * kAttentionWarps);
   if (plan.attention_smem > kMaxSharedBytes) {
     fail(kOpName, ": the CUDA kernel keeps the query row and one latent accumulator per warp in shared memory, "
@@ -53,7 +101,7 @@ inline Plan make_plan(const Params& p, int sm_count, size_t element_bytes, bool 
          "allows Dn and R up to ", kMaxSharedBytes / sizeof(float), "; got Dn = ", p.nope_dim, ", R = ", r);
   }
   // Enough blocks to fill the GPU twice over, each split seeing at least kMinKeysPerSplit keys.
-  const int64_t rows = std::max<int64_t>(1, tokens * heads);
+  const int64_t rows = std::max<int64_t>(1, plan.kernel == Kernel::kMma ? tokens * plan.head_blocks : tokens * heads);
   const int64_t by_occupancy = (2 * int64_t(std::max(sm_count, 1)) + rows - 1) / rows;
   const int64_t by_keys = std::max<int64_t>(1, p.total / kMinKeysPerSplit);
   plan.splits = std::clamp<int64_t>(std::min(by_occupancy, by_keys), 1, kMaxSplits);
