@@ -8,8 +8,9 @@ causal prefill, S in {16k, 64k} (--quick: {4k, 16k}):
                compression branch (compressed tokens = block means, given as inputs), blocks of 64, top 16
                (1 sink + 1 local + the own block among them), sliding window 512, gates [B,Hq,S,3];
   - nsa_dot:   the same without the compression branch: blocks scored by the group's queries . mean keys;
-  - nsa_simple: nsa on the first, simple CUDA kernels (ONNXATTN_SPARSE_CUDA_ATTENTION=simple: a CTA per
-               selection list, a warp per row): what the attention core's block and window branches gain;
+  - nsa_simple: nsa on the first, simple CUDA kernels (ONNXATTN_SPARSE_CUDA=simple: a CTA per selection
+               list, a warp per row): what the fast path (ONNXATTN_SPARSE_CUDA=fast, asked for by nsa, nsa_dot
+               and routed: tiled selection, NSA's branches on the attention core) gains;
   - routed:    SparseRoutedAttention, the MoBA form: segments of 64, top 16 incl. the own, dot-product routing
                after RoPE;
   - dense:     our ScaledDotProductAttention CUDA kernel (causal, GQA) through the library's C test entry
@@ -71,7 +72,8 @@ NSA_DOT = ("NativeSparseAttention", ["Q", "K", "V", "gates"], CASES["nsa"][2])
 # implementation -> (op, inputs, attributes) and the environment its runs see
 ORT_CASES = {"nsa": CASES["nsa"], "nsa_dot": NSA_DOT, "nsa_simple": CASES["nsa"], "routed": CASES["routed"],
              "dense_ort": CASES["dense"]}  # fmt: skip
-ORT_ENV = {"nsa_simple": {"ONNXATTN_SPARSE_CUDA_ATTENTION": "simple"}}
+FAST, SIMPLE = {"ONNXATTN_SPARSE_CUDA": "fast"}, {"ONNXATTN_SPARSE_CUDA": "simple"}
+ORT_ENV = {"nsa": FAST, "nsa_dot": FAST, "routed": FAST, "nsa_simple": SIMPLE}
 TORCH_BACKENDS = {"torch_flash": "FLASH_ATTENTION", "torch_cudnn": "CUDNN_ATTENTION"}
 SPARSE, DENSE, TORCH = ("nsa", "nsa_dot", "nsa_simple", "routed"), ("dense_ort", "dense"), ("torch_flash", "torch_cudnn")
 PROBE_SEQ = 1024  # the placement check's run

@@ -1,6 +1,7 @@
 """NativeSparseAttention and SparseRoutedAttention through onnxruntime-gpu's CUDA execution provider with our
-library registered (the simple CUDA kernels of sparse/cuda_kernel.cu): the sparse suite's own numerics
-matrix (tests/test_sparse_numerics.py: oracle outputs and exact selections, every dtype) with each node
+library registered, on both CUDA paths of sparse/cuda_kernel.cu (ONNXATTN_SPARSE_CUDA=simple: the first
+kernels, run and passed on an H100 2026-11-27; fast: tiled selection and NSA's branches on the attention core,
+not yet run): the sparse suite's own numerics matrix (tests/test_sparse_numerics.py: oracle outputs and exact selections, every dtype) with each node
 proven to run on CUDA from onnxruntime's profile; the semantic checks that need no oracle (causality, ties);
 a long-context case (S = 4096) against our CPU kernel; and bad input rejected with the kernel's message.
 
@@ -26,7 +27,7 @@ import ort_cuda  # noqa: E402
 import sdpa_cuda_lib  # noqa: E402
 
 ORT, ORT_MISSING = ort_cuda.onnxruntime_cuda() if CUDA else (None, "no GPU")
-MATRIX_BUDGET_S = float(os.environ.get("SPARSE_MATRIX_BUDGET_S", "40"))
+MATRIX_BUDGET_S = float(os.environ.get("SPARSE_MATRIX_BUDGET_S", "20"))  # per path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the CPU suite's cases and oracles
 
 
@@ -48,9 +49,14 @@ def cuda_session(model, profile_dir=None):
                             profile_prefix=str(profile_dir / "ort") if profile_dir else None)
 
 
-def test_the_sparse_suite_numerics_matrix_on_the_cuda_ep(tmp_path):
+PATHS = ("simple", "fast")  # ONNXATTN_SPARSE_CUDA
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_the_sparse_suite_numerics_matrix_on_the_cuda_ep(tmp_path, path, monkeypatch):
     """Every case of the CPU suite (float32, float16, bfloat16) on CUDA, checked by the suite's own rule
     (oracle tolerance on Y, exact selections), the node placed on the CUDA EP."""
+    monkeypatch.setenv("ONNXATTN_SPARSE_CUDA", path)
     n = numerics()
     start, ran = time.perf_counter(), 0
     for case in n.CASES:
@@ -68,9 +74,11 @@ def test_the_sparse_suite_numerics_matrix_on_the_cuda_ep(tmp_path):
     assert ran >= min(10, len(n.CASES))
 
 
-def test_causal_rows_ignore_the_future_on_cuda():
+@pytest.mark.parametrize("path", PATHS)
+def test_causal_rows_ignore_the_future_on_cuda(path, monkeypatch):
     import sparse_helpers as sh
 
+    monkeypatch.setenv("ONNXATTN_SPARSE_CUDA", path)
     rng = np.random.default_rng(7)
     s, i0 = 40, 21
     for op, attrs, compressed in ((sh.NSA, sh.nsa_attrs(block_size=4, top_blocks=3, window=5, causal=1,
@@ -91,12 +99,14 @@ def test_causal_rows_ignore_the_future_on_cuda():
         np.testing.assert_array_equal(after[:, :, : i0 + 1], before[:, :, : i0 + 1], err_msg=op)
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("op", ["NativeSparseAttention", "SparseRoutedAttention"])
-def test_long_context_matches_the_cpu_kernel(op):
+def test_long_context_matches_the_cpu_kernel(op, path, monkeypatch):
     """S = 4096, 16/2 heads, D = 128, blocks of 64, 16 chosen (window 256): CUDA vs our CPU kernel."""
     import sparse_helpers as sh
     from helpers import run_kernel
 
+    monkeypatch.setenv("ONNXATTN_SPARSE_CUDA", path)
     rng = np.random.default_rng(3)
     s = 4096
     arrays = dict(Q=sh.grid(rng, (1, 16, s, 128)), K=sh.grid(rng, (1, 2, s, 128)), V=sh.grid(rng, (1, 2, s, 128)))
@@ -141,7 +151,7 @@ def test_bad_input_is_an_error_from_the_cuda_kernel():
 # NativeSparseAttention's block and window branches on the attention core (each selection list a sequence of
 # the paged decode path; the window a causal sliding-window attention) and the dot-product selection with a
 # CTA per 16 queries, against our CPU kernel and against the simple CUDA kernels
-# (ONNXATTN_SPARSE_CUDA_ATTENTION=simple: one CTA per list and a warp per row). Grid inputs and power-of-two blocks keep the scores exact, so the
+# (ONNXATTN_SPARSE_CUDA=fast vs simple: one CTA per list and a warp per row). Grid inputs and power-of-two blocks keep the scores exact, so the
 # selections must agree entry for entry; the odd block size (24) may round centroids, so there only the rows
 # whose selections agree are compared (ties broken differently are not errors).
 CORE_CASES = {
@@ -195,16 +205,16 @@ def agreeing_rows(got, want, attrs, heads, exact_scores=True):
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
 @pytest.mark.parametrize("name", list(CORE_CASES))
-def test_nsa_core_path_matches_the_cpu_kernel_and_the_simple_kernels(name, dtype, monkeypatch):
+def test_nsa_fast_path_matches_the_cpu_kernel_and_the_simple_kernels(name, dtype, monkeypatch):
     from helpers import run_kernel
 
     model, feeds, attrs = core_case(name, dtype)
     sess = cuda_session(model)
-    monkeypatch.setenv("ONNXATTN_SPARSE_CUDA_ATTENTION", "core")
+    monkeypatch.setenv("ONNXATTN_SPARSE_CUDA", "fast")
     core = sess.run(None, feeds)
-    monkeypatch.setenv("ONNXATTN_SPARSE_CUDA_ATTENTION", "simple")
+    monkeypatch.setenv("ONNXATTN_SPARSE_CUDA", "simple")
     simple = sess.run(None, feeds)
-    monkeypatch.delenv("ONNXATTN_SPARSE_CUDA_ATTENTION")
+    monkeypatch.delenv("ONNXATTN_SPARSE_CUDA")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         want = run_kernel(model, feeds, threads=8)
@@ -213,7 +223,7 @@ def test_nsa_core_path_matches_the_cpu_kernel_and_the_simple_kernels(name, dtype
     v_max = max(1.0, float(np.abs(feeds["V"].astype(np.float32)).max()))
     tol = 2e-4 if dtype == "float32" else 4 * UNIT_ROUNDOFF[dtype] * v_max
     heads = feeds["Q"].shape[1]
-    for label, got in (("core", core), ("simple", simple)):
+    for label, got in (("fast", core), ("simple", simple)):
         rows = agreeing_rows(got, want, attrs, heads, exact_scores=name not in COMPRESSED)
         y, y_want = np.asarray(got[0], np.float64), np.asarray(want[0], np.float64)
         assert not np.isnan(y).any(), f"{label}: NaN in the output"
@@ -224,6 +234,6 @@ def test_nsa_core_path_matches_the_cpu_kernel_and_the_simple_kernels(name, dtype
 def test_a_bad_sparse_attention_setting_is_an_error(monkeypatch):
     model, feeds, _ = core_case("decode-mqa", "float32")
     sess = cuda_session(model)
-    monkeypatch.setenv("ONNXATTN_SPARSE_CUDA_ATTENTION", "fast")
-    with pytest.raises(Exception, match=r"ONNXATTN_SPARSE_CUDA_ATTENTION must be core or simple, got 'fast'"):
+    monkeypatch.setenv("ONNXATTN_SPARSE_CUDA", "core")
+    with pytest.raises(Exception, match=r"NativeSparseAttention: .*ONNXATTN_SPARSE_CUDA must be auto, simple or fast, got 'core'"):
         sess.run(None, feeds)

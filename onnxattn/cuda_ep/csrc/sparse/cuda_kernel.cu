@@ -768,12 +768,13 @@ void check_cuda_support(const char* op, int64_t head_dim, int64_t v_head_dim, in
 // ---- NativeSparseAttention: the plan and the launches ----
 namespace {
 
-bool core_requested() {
-  const char* value = std::getenv("ONNXATTN_SPARSE_CUDA_ATTENTION");
+// ONNXATTN_SPARSE_CUDA = auto | simple | fast (see cuda_kernel.h); `op` names the caller in the error.
+bool fast_requested(const char* op) {
+  const char* value = std::getenv("ONNXATTN_SPARSE_CUDA");
   const std::string v = value == nullptr ? "" : value;
-  if (v.empty() || v == "core") return true;
-  if (v == "simple") return false;
-  fail(kNsaName, ": environment variable ONNXATTN_SPARSE_CUDA_ATTENTION must be core or simple, got '", v, "'");
+  if (v == "fast") return true;
+  if (v.empty() || v == "auto" || v == "simple") return false;  // auto: simple until fast has run on a GPU
+  fail(op, ": environment variable ONNXATTN_SPARSE_CUDA must be auto, simple or fast, got '", v, "'");
 }
 
 // The block branch on the core: one sequence per list, its heads as rows (see "NSA's lists" above).
@@ -862,7 +863,7 @@ NsaPlan plan_nsa(const NsaParams& p, const NsaTensors<T>& t) {
   const NsaAttributes& a = p.attrs;
   NsaPlan plan;
   plan.element_bytes = sizeof(T);
-  const bool fast = core_requested();
+  const bool fast = fast_requested(kNsaName);
   // The core's limits (head sizes up to 256); empty problems stay on the simple kernels, which write zeros.
   const bool core = fast && d.head_dim > 0 && d.head_dim <= sdpa::cuda::kMaxHeadDim && d.v_head_dim > 0 &&
                     d.v_head_dim <= sdpa::cuda::kMaxHeadDim && d.kv_len > 0 && d.batch > 0 && d.q_len > 0;
@@ -1046,7 +1047,9 @@ void run_routed(const RoutedParams& p, const RoutedTensors<T>& t, void* stream_p
                       d.batch, d.q_heads, d.kv_heads, d.q_len, p.num_segments, p.num_segments, a.segment_size,
                       d.query_offset(), a.top_k, int(d.head_dim), int(d.v_head_dim), a.causal != 0, false, false, 0, 0,
                       p.scale};
-  launch_select(s, select_tiling(int(d.head_dim), int(d.v_head_dim), p.num_segments, p.num_segments, a.top_k, false, 1),
+  launch_select(s, fast_requested(kRoutedName) ? select_tiling(int(d.head_dim), int(d.v_head_dim), p.num_segments,
+                                                                p.num_segments, a.top_k, false, 1)
+                                                : SelectTiling{},
                 stream);
   AttendArgs<float, float> attend{q_att, k_att, v, lists, out, d.batch, d.q_heads, d.kv_heads, d.q_len, d.kv_len,
                                   a.segment_size, a.top_k, int(d.head_dim), int(d.v_head_dim), false, a.causal != 0, 0,

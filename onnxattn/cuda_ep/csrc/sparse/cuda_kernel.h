@@ -20,9 +20,11 @@
 //    then complete, and the last one's visible keys end the sequence.
 //  - Not yet on the core: the fine branch (one CTA per row: dense scores, top-k by repeated block argmax)
 //    and SparseRoutedAttention's attention (its RoPE'd Q and K stay float32 to match the oracle's rounding;
-//    one warp per row). ONNXATTN_SPARSE_CUDA_ATTENTION=simple runs NSA on the first, simple kernels only
-//    (one CTA per selection list, a warp per row in every branch): the comparison the GPU tests and the
-//    benchmark make.
+//    one warp per row).
+// ONNXATTN_SPARSE_CUDA = auto | simple | fast (read on every call): fast is the above; simple the first
+// kernels (one CTA per selection list, a warp per row in every branch). auto is simple until the fast
+// path has passed the GPU tests (written with it, not yet run on a GPU); the tests and the benchmark ask
+// for each explicitly.
 //
 // Usage: plan = plan_nsa(params, tensors); allocate plan.scratch_bytes of device scratch (256-byte
 // aligned); run_nsa() only enqueues work on `stream`: no host synchronisation, no allocation.
@@ -50,7 +52,7 @@ struct NsaPlan {
   size_t scratch_bytes = 0;
 };
 
-// Reads the current device's numbers and ONNXATTN_SPARSE_CUDA_ATTENTION (core | simple; unset = core).
+// Reads the current device's numbers and ONNXATTN_SPARSE_CUDA.
 template <typename T>
 NsaPlan plan_nsa(const NsaParams& p, const NsaTensors<T>& t);
 template <typename T>
