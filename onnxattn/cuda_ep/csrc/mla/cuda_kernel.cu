@@ -462,6 +462,135 @@ __global__ void __launch_bounds__(kOutputThreads) output_kernel(const Shape s, c
   }
 }
 
+// 2'. and 4'. with the mma attention: the projections as small GEMMs per head, a CTA per (16 tokens, head,
+// 64 output columns), so each weight row is read once per 16 tokens instead of once per token (at B = 64,
+// H = 128 the per-token kernels read W_UK and W_UV ~64 times each from L2). Thread (column c, group g): the
+// 8 tokens 8g..8g+7 of column c, their inputs from shared memory ([k][token]: two float4 per k).
+constexpr int kTileTokens = 16;
+constexpr int kTileCols = 64;
+constexpr int kTileThreads = 128;
+constexpr int kTileDepth = 128;  // q_nope columns staged per pass
+
+// q_abs[token, h, r] = scale * q_nope[token, h] . W_UK[h, r] for r < R (the rope part: rope_query_kernel).
+template <typename T>
+__global__ void __launch_bounds__(kTileThreads) absorb_tiled_kernel(const Shape s, const Pointers<T> ptr, int64_t first,
+                                                                    int64_t count) {
+  __shared__ __align__(16) float q_s[kTileDepth][kTileTokens];
+  __shared__ float w_s[kTileCols][kTileDepth + 1];
+  const int tid = threadIdx.x, col = tid % kTileCols, group = tid / kTileCols;
+  const int64_t t0 = int64_t(blockIdx.x) * kTileTokens, h = blockIdx.y, r0 = int64_t(blockIdx.z) * kTileCols;
+  const T* const w = ptr.w_uk + h * s.rank * s.nope;  // [R, Dn]
+  const int64_t q_width = s.nope + s.rope;
+  float acc[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+  for (int64_t d0 = 0; d0 < s.nope; d0 += kTileDepth) {
+    const int depth = int(min(int64_t(kTileDepth), s.nope - d0));
+    __syncthreads();  // the previous pass is consumed
+    for (int idx = tid; idx < kTileTokens * kTileDepth; idx += kTileThreads) {
+      const int tok = idx / kTileDepth, d = idx % kTileDepth;
+      const int64_t token = first + t0 + tok;
+      q_s[d][tok] = d < depth && t0 + tok < count ? to_float(ptr.query[(token * s.heads + h) * q_width + d0 + d]) : 0.0f;
+    }
+    for (int idx = tid; idx < kTileCols * kTileDepth; idx += kTileThreads) {
+      const int c = idx / kTileDepth, d = idx % kTileDepth;
+      w_s[c][d] = d < depth && r0 + c < s.rank ? to_float(w[(r0 + c) * s.nope + d0 + d]) : 0.0f;
+    }
+    __syncthreads();
+    for (int d = 0; d < depth; ++d) {
+      const float wv = w_s[col][d];
+      const float4 a = *reinterpret_cast<const float4*>(&q_s[d][8 * group]);
+      const float4 b = *reinterpret_cast<const float4*>(&q_s[d][8 * group + 4]);
+      acc[0] = fmaf(a.x, wv, acc[0]);
+      acc[1] = fmaf(a.y, wv, acc[1]);
+      acc[2] = fmaf(a.z, wv, acc[2]);
+      acc[3] = fmaf(a.w, wv, acc[3]);
+      acc[4] = fmaf(b.x, wv, acc[4]);
+      acc[5] = fmaf(b.y, wv, acc[5]);
+      acc[6] = fmaf(b.z, wv, acc[6]);
+      acc[7] = fmaf(b.w, wv, acc[7]);
+    }
+  }
+  if (r0 + col >= s.rank) return;
+  for (int x = 0; x < 8; ++x) {
+    const int64_t tok = t0 + 8 * group + x;
+    if (tok >= count) break;
+    if (ptr.lengths[s.batch + (first + tok) / s.seq] < 0) continue;  // an invalid sequence: NaN rows already
+    ptr.q_abs[(tok * s.heads + h) * (s.rank + s.rope) + r0 + col] = acc[x] * s.scale;
+  }
+}
+
+// The rope part of q_abs: one warp per (token of the chunk, head).
+template <typename T>
+__global__ void __launch_bounds__(32) rope_query_kernel(const Shape s, const Pointers<T> ptr, int64_t first) {
+  const int64_t token = first + blockIdx.x, h = blockIdx.y, b = token / s.seq, i = token % s.seq;
+  if (ptr.lengths[s.batch + b] < 0) return;
+  const T* const q = ptr.query + (token * s.heads + h) * (s.nope + s.rope);
+  float* const dst = ptr.q_abs + (int64_t(blockIdx.x) * s.heads + h) * (s.rank + s.rope);
+  const int64_t slot = ptr.lengths[b] + i;
+  rotate_pairs(
+      s, ptr.inv_freq, position_of(s, ptr.position_ids, token, slot),
+      [&](int64_t x) { return to_float(q[s.nope + x]); }, [&](int64_t x, float v) { dst[s.rank + x] = v * s.scale; },
+      threadIdx.x, 32);
+}
+
+// The splits merged by their log-sum-exp (as output_kernel), then output[token, h, e] = merged . W_UV[h][:, e].
+// Dynamic shared memory: the merged rows, [R][kTileTokens] floats.
+template <typename T>
+__global__ void __launch_bounds__(kTileThreads) output_tiled_kernel(const Shape s, const Pointers<T> ptr, int64_t first,
+                                                                    int64_t count, int64_t splits) {
+  extern __shared__ __align__(16) float merged_s[];
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int64_t t0 = int64_t(blockIdx.x) * kTileTokens, h = blockIdx.y, e0 = int64_t(blockIdx.z) * kTileCols;
+  const int64_t chunk_rows = count * s.heads;
+  auto live = [&](int64_t tok) { return tok < count && ptr.lengths[s.batch + (first + tok) / s.seq] >= 0; };
+  for (int tok = warp; tok < kTileTokens; tok += kTileThreads / 32) {
+    const int64_t row = (t0 + tok) * s.heads + h;
+    const bool ok = live(t0 + tok);
+    float m = kNegInf, total = 0.0f;
+    if (ok) {
+      for (int64_t k = 0; k < splits; ++k) m = fmaxf(m, ptr.lse[k * chunk_rows + row]);
+      for (int64_t k = 0; k < splits; ++k) {
+        const float v = ptr.lse[k * chunk_rows + row];
+        total += v == kNegInf ? 0.0f : __expf(v - m);
+      }
+    }
+    const float inv = total > 0.0f ? 1.0f / total : 0.0f;
+    for (int64_t r = lane; r < s.rank; r += 32) {
+      float o = 0.0f;
+      if (ok) {
+        for (int64_t k = 0; k < splits; ++k) {
+          const float v = ptr.lse[k * chunk_rows + row];
+          if (v != kNegInf) o += __expf(v - m) * ptr.partial[(k * chunk_rows + row) * s.rank + r];
+        }
+      }
+      merged_s[r * kTileTokens + tok] = o * inv;
+    }
+  }
+  __syncthreads();
+  const int col = tid % kTileCols, group = tid / kTileCols;
+  const int64_t e = e0 + col;
+  if (e >= s.v_dim) return;
+  const T* const w = ptr.w_uv + h * s.rank * s.v_dim;  // [R, Dv]
+  float acc[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+  for (int64_t r = 0; r < s.rank; ++r) {
+    const float wv = to_float(w[r * s.v_dim + e]);
+    const float4 a = *reinterpret_cast<const float4*>(merged_s + r * kTileTokens + 8 * group);
+    const float4 b = *reinterpret_cast<const float4*>(merged_s + r * kTileTokens + 8 * group + 4);
+    acc[0] = fmaf(a.x, wv, acc[0]);
+    acc[1] = fmaf(a.y, wv, acc[1]);
+    acc[2] = fmaf(a.z, wv, acc[2]);
+    acc[3] = fmaf(a.w, wv, acc[3]);
+    acc[4] = fmaf(b.x, wv, acc[4]);
+    acc[5] = fmaf(b.y, wv, acc[5]);
+    acc[6] = fmaf(b.z, wv, acc[6]);
+    acc[7] = fmaf(b.w, wv, acc[7]);
+  }
+  for (int x = 0; x < 8; ++x) {
+    const int64_t tok = t0 + 8 * group + x;
+    if (!live(tok)) continue;
+    ptr.output[((first + tok) * s.heads + h) * s.v_dim + e] = from_float<T>(acc[x]);
+  }
+}
+
 void check_cuda(cudaError_t status, const char* what) {
   if (status != cudaSuccess) {
     throw std::runtime_error(str_cat(kOpName, ": ", what, ": ", cudaGetErrorName(status), " (",
@@ -539,8 +668,16 @@ void run(const Params& p, const Tensors<T>& t, const Plan& plan, void* stream_pt
 
   for (int64_t first = 0; first < tokens; first += plan.chunk_tokens) {
     const int64_t count = std::min(plan.chunk_tokens, tokens - first);
-    absorb_kernel<T><<<dim3(grid_dim(count, "tokens"), grid_dim(p.heads, "heads")), 32 * kAbsorbWarps,
-                       sizeof(float) * size_t(p.nope_dim), stream>>>(s, ptr, first);
+    const dim3 tiles(grid_dim((count + kTileTokens - 1) / kTileTokens, "tokens"), grid_dim(p.heads, "heads"));
+    if (use_mma) {
+      absorb_tiled_kernel<T><<<dim3(tiles.x, tiles.y, grid_dim((p.rank + kTileCols - 1) / kTileCols, "columns")),
+                               kTileThreads, 0, stream>>>(s, ptr, first, count);
+      check_cuda(cudaGetLastError(), "launching the query absorption");
+      rope_query_kernel<T><<<dim3(grid_dim(count, "tokens"), grid_dim(p.heads, "heads")), 32, 0, stream>>>(s, ptr, first);
+    } else {
+      absorb_kernel<T><<<dim3(grid_dim(count, "tokens"), grid_dim(p.heads, "heads")), 32 * kAbsorbWarps,
+                         sizeof(float) * size_t(p.nope_dim), stream>>>(s, ptr, first);
+    }
     check_cuda(cudaGetLastError(), "launching the query absorption");
     if (use_mma) {
       if constexpr (!std::is_same_v<T, float>) {
@@ -552,8 +689,14 @@ void run(const Params& p, const Tensors<T>& t, const Plan& plan, void* stream_pt
                             plan.attention_smem, stream>>>(s, ptr, first, plan.splits);
     }
     check_cuda(cudaGetLastError(), "launching the attention");
-    output_kernel<T><<<grid_dim(count * p.heads, "rows"), kOutputThreads, sizeof(float) * size_t(p.rank), stream>>>(
-        s, ptr, first, plan.splits);
+    if (use_mma) {  // R <= 512: the merged rows take at most 32 KiB
+      output_tiled_kernel<T><<<dim3(tiles.x, tiles.y, grid_dim((p.v_head_dim + kTileCols - 1) / kTileCols, "columns")),
+                               kTileThreads, sizeof(float) * size_t(p.rank) * kTileTokens, stream>>>(
+          s, ptr, first, count, plan.splits);
+    } else {
+      output_kernel<T><<<grid_dim(count * p.heads, "rows"), kOutputThreads, sizeof(float) * size_t(p.rank), stream>>>(
+          s, ptr, first, plan.splits);
+    }
     check_cuda(cudaGetLastError(), "launching the output projection");
   }
 }

@@ -13,7 +13,8 @@
 //    (mma.sync m16n8k16, FlashMLA's shape of the problem: the heads are the rows of one MQA group). The
 //    query row is split into two 16-bit halves (hi + lo) so the scores keep float32 accuracy (the
 //    absorbed query is a float32 product, unlike an input query); P is rounded to 16 bits for P V as in
-//    every flash kernel.
+//    every flash kernel. With it, steps 2 and 4 run as small GEMMs per head over tiles of 16 tokens, so
+//    each weight row is read once per 16 tokens rather than once per token.
 // ONNXATTN_MLA_CUDA_KERNEL = auto | simt | mma picks one (read on every call). auto is simt: the mma
 // kernel has not run on a GPU yet (it becomes the default once the GPU tests pass on it).
 #include <algorithm>
@@ -52,7 +53,7 @@ inline KernelRequest kernel_request_from_env() {
 // Why the mma kernel cannot run a problem ("" when it can).
 inline std::string mma_ineligible(const Params& p, size_t element_bytes) {
   if (element_bytes != 2) return "float32 has no tensor-core path";
-  if (p.rank % 8 != 0 || p.rope_dim % 8 != 0) return "R and Dr must be multiples of 8 (16-byte rows)";
+  if (p.rank < 8 || p.rank % 8 != 0 || p.rope_dim % 8 != 0) return "R and Dr must be multiples of 8 (16-byte rows)";
   if (p.rank > kMmaMaxRank || p.rank + p.rope_dim > kMmaMaxWidth) return "it allows R <= 512 and R + Dr <= 576";
   return "";
 }
