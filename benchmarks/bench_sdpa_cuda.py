@@ -251,7 +251,29 @@ def bench_decode(dtype, batch, kv_len, ort, copy_gbs, repeats):
     row["ms"] = ms
     row["gbs"] = {n: (nbytes / (t * 1e-3) / 1e9 if t else None) for n, t in ms.items()}
     row["fraction_of_copy"] = {n: (g / copy_gbs if g else None) for n, g in row["gbs"].items()}
+    if batch == 1:
+        row["split_sweep"] = split_sweep(q, k, v, y, nbytes, copy_gbs, repeats)
     return row
+
+
+def split_sweep(q, k, v, y, nbytes, copy_gbs, repeats) -> dict:
+    """Our decode with the key splits forced (ONNXATTN_SDPA_CUDA_SPLITS) to fill half, one, one and a half, two
+    and three waves of 2 CTAs per SM: where a single sequence's bandwidth peaks, for the split rule
+    (choose_splits takes the first count within 85% of the best last-wave occupancy). Fraction of copy per count."""
+    ctas = k.shape[0] * k.shape[1]
+    slots = 2 * torch.cuda.get_device_properties(0).multi_processor_count
+    counts = sorted({max(1, min(256, round(w * slots / ctas))) for w in (0.5, 1.0, 1.5, 2.0, 3.0)})
+    out = {}
+    try:
+        for n in counts:
+            os.environ["ONNXATTN_SDPA_CUDA_SPLITS"] = str(n)
+            ms = time_graph(lambda: lib.run(q, k, v, out=y), repeats=repeats)
+            out[str(n)] = nbytes / (ms * 1e-3) / 1e9 / copy_gbs if ms else None
+    except Exception as e:  # noqa: BLE001 - a diagnosis, not fatal
+        out["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+    finally:
+        os.environ.pop("ONNXATTN_SDPA_CUDA_SPLITS", None)
+    return out
 
 
 def environment() -> dict:
@@ -298,6 +320,9 @@ def print_table(env, copy_gbs, rows):
         if r["kind"] == "decode" and r["fraction_of_copy"].get("onnxattn"):
             extra += f", ours {100 * r['fraction_of_copy']['onnxattn']:.0f}% of copy bw"
         print(f"{r['kind']:8} {r['dtype']:9} {r['shape']:32} {cells}{extra}")
+        sweep = {n: f for n, f in r.get("split_sweep", {}).items() if n != "error" and f}
+        if sweep:
+            print(f"{'':8} splits forced: " + ", ".join(f"{n}: {100 * f:.0f}%" for n, f in sweep.items()) + " of copy bw")
 
 
 def main(argv=None) -> int:

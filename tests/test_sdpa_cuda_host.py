@@ -176,6 +176,20 @@ def test_decode_splits_follow_the_window_not_the_cache():
     assert windowed["splits"] <= 512 // 256 < full["splits"]
 
 
+def test_the_environment_can_force_the_split_count(monkeypatch):
+    # For benchmarks that sweep the rule: B=1, 32k keys plans 29 splits (232 of 264 slots); 33 fills one wave.
+    llama = spec(q_heads=32, kv_heads=8, q_len=1, kv_len=32768, head_dim=128)
+    assert lib.plan(llama)["splits"] == 29
+    monkeypatch.setenv("ONNXATTN_SDPA_CUDA_SPLITS", "33")
+    p = lib.plan(llama)
+    assert p["splits"] == 33 and p["grid"] == 8 * 33 and "ONNXATTN_SDPA_CUDA_SPLITS" in p["reason"]
+    assert lib.plan(spec(q_len=1, kv_len=100))["splits"] == 2  # at most one split per key tile
+    for bad in ("0", "257", "many"):
+        monkeypatch.setenv("ONNXATTN_SDPA_CUDA_SPLITS", bad)
+        with pytest.raises(lib.SdpaCudaError, match=rf"ONNXATTN_SDPA_CUDA_SPLITS must be an integer in \[1, 256\], got '{bad}'"):
+            lib.plan(llama)
+
+
 def test_decode_of_an_empty_cache_uses_one_split():
     p = lib.plan(spec(q_len=1, kv_len=0))
     assert p["splits"] == 1 and p["scratch_bytes"] == 0

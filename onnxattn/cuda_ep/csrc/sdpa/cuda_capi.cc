@@ -38,6 +38,7 @@ Request request_from(int32_t path, int32_t kernel) {
   Request r;
   r.path = path < 0 ? env.path : path == 1 ? Request::Path::kPrefill : path == 2 ? Request::Path::kDecode : Request::Path::kAuto;
   r.kernel = kernel < 0 ? env.kernel : kernel == 1 ? Request::Kernel::kMma : kernel == 2 ? Request::Kernel::kSimt : Request::Kernel::kAuto;
+  r.splits = request_from_env().splits;  // only from the environment (benchmarks' sweeps)
   return r;
 }
 

@@ -69,6 +69,16 @@ Request request_from_env() {
   } else if (!kernel.empty() && kernel != "auto") {
     fail(kOpName, ": environment variable ONNXATTN_SDPA_CUDA_KERNEL must be auto, mma or simt, got '", kernel, "'");
   }
+  const std::string splits = env_value("ONNXATTN_SDPA_CUDA_SPLITS");
+  if (!splits.empty()) {
+    char* end = nullptr;
+    const long long n = std::strtoll(splits.c_str(), &end, 10);
+    if (end == splits.c_str() || *end != '\0' || n < 1 || n > kMaxSplits) {
+      fail(kOpName, ": environment variable ONNXATTN_SDPA_CUDA_SPLITS must be an integer in [1, ", kMaxSplits, "], got '",
+           splits, "'");
+    }
+    r.splits = n;
+  }
   return r;
 }
 
@@ -222,8 +232,10 @@ LaunchPlan plan_launch(const Params& p, DType dtype, const DeviceInfo& device, c
     const int64_t per_sm = std::clamp<int64_t>(int64_t(device.smem_per_sm) / int64_t(plan.smem_bytes + 1024), 1, resident_cap);
     const int64_t slots = int64_t(device.sm_count) * per_sm;
     plan.splits = choose_splits(ctas, key_tiles, slots, ceil_div(kMinKeysPerSplit, plan.keys_per_tile), kMaxSplits);
-    why += ", " + std::to_string(plan.splits) + " split(s) for " + std::to_string(ctas) + " CTAs over " +
-           std::to_string(key_tiles) + " key tiles on " + std::to_string(slots) + " slots";
+    if (request.splits > 0) plan.splits = std::clamp<int64_t>(request.splits, 1, std::max<int64_t>(key_tiles, 1));
+    why += ", " + std::to_string(plan.splits) + " split(s)" + (request.splits > 0 ? " (ONNXATTN_SDPA_CUDA_SPLITS)" : "") +
+           " for " + std::to_string(ctas) + " CTAs over " + std::to_string(key_tiles) + " key tiles on " +
+           std::to_string(slots) + " slots";
     if (per_batch) {
       why += " (per-batch lengths: an upper bound, each sequence splits its own keys, >= " +
              std::to_string(kMinKeysPerSplit) + " per split)";

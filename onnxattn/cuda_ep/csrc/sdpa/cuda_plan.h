@@ -28,11 +28,13 @@ struct Request {
   enum class Kernel { kAuto, kMma, kSimt };
   Path path = Path::kAuto;
   Kernel kernel = Kernel::kAuto;
+  int64_t splits = 0;  // > 0: decode launches split their keys this many ways (at most one split per key tile)
 };
 
 // ONNXATTN_SDPA_CUDA_PATH = auto | prefill | decode and ONNXATTN_SDPA_CUDA_KERNEL = auto | mma | simt
-// (unset or empty = auto), read on every call so tests can switch within one process. An unknown value
-// is an InputError.
+// (unset or empty = auto), ONNXATTN_SDPA_CUDA_SPLITS = 1 .. kMaxSplits (unset = the plan's choice; for
+// benchmarks that sweep the split rule), read on every call so tests can switch within one process. An
+// unknown value is an InputError.
 Request request_from_env();
 
 // prefill: one pass over the keys per row tile, the output written directly.
