@@ -471,6 +471,20 @@ constexpr int kTileCols = 64;
 constexpr int kTileThreads = 128;
 constexpr int kTileDepth = 128;  // q_nope columns staged per pass
 
+// acc[x] += in[x] * w for 8 consecutive floats of shared memory (16-byte aligned: two float4 loads).
+__device__ __forceinline__ void add_scaled8(float (&acc)[8], const float* in, float w) {
+  const float4 a = *reinterpret_cast<const float4*>(in);
+  const float4 b = *reinterpret_cast<const float4*>(in + 4);
+  acc[0] = fmaf(a.x, w, acc[0]);
+  acc[1] = fmaf(a.y, w, acc[1]);
+  acc[2] = fmaf(a.z, w, acc[2]);
+  acc[3] = fmaf(a.w, w, acc[3]);
+  acc[4] = fmaf(b.x, w, acc[4]);
+  acc[5] = fmaf(b.y, w, acc[5]);
+  acc[6] = fmaf(b.z, w, acc[6]);
+  acc[7] = fmaf(b.w, w, acc[7]);
+}
+
 // q_abs[token, h, r] = scale * q_nope[token, h] . W_UK[h, r] for r < R (the rope part: rope_query_kernel).
 template <typename T>
 __global__ void __launch_bounds__(kTileThreads) absorb_tiled_kernel(const Shape s, const Pointers<T> ptr, int64_t first,
@@ -496,17 +510,7 @@ __global__ void __launch_bounds__(kTileThreads) absorb_tiled_kernel(const Shape 
     }
     __syncthreads();
     for (int d = 0; d < depth; ++d) {
-      const float wv = w_s[col][d];
-      const float4 a = *reinterpret_cast<const float4*>(&q_s[d][8 * group]);
-      const float4 b = *reinterpret_cast<const float4*>(&q_s[d][8 * group + 4]);
-      acc[0] = fmaf(a.x, wv, acc[0]);
-      acc[1] = fmaf(a.y, wv, acc[1]);
-      acc[2] = fmaf(a.z, wv, acc[2]);
-      acc[3] = fmaf(a.w, wv, acc[3]);
-      acc[4] = fmaf(b.x, wv, acc[4]);
-      acc[5] = fmaf(b.y, wv, acc[5]);
-      acc[6] = fmaf(b.z, wv, acc[6]);
-      acc[7] = fmaf(b.w, wv, acc[7]);
+      add_scaled8(acc, &q_s[d][8 * group], w_s[col][d]);
     }
   }
   if (r0 + col >= s.rank) return;
@@ -572,17 +576,7 @@ __global__ void __launch_bounds__(kTileThreads) output_tiled_kernel(const Shape 
   const T* const w = ptr.w_uv + h * s.rank * s.v_dim;  // [R, Dv]
   float acc[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
   for (int64_t r = 0; r < s.rank; ++r) {
-    const float wv = to_float(w[r * s.v_dim + e]);
-    const float4 a = *reinterpret_cast<const float4*>(merged_s + r * kTileTokens + 8 * group);
-    const float4 b = *reinterpret_cast<const float4*>(merged_s + r * kTileTokens + 8 * group + 4);
-    acc[0] = fmaf(a.x, wv, acc[0]);
-    acc[1] = fmaf(a.y, wv, acc[1]);
-    acc[2] = fmaf(a.z, wv, acc[2]);
-    acc[3] = fmaf(a.w, wv, acc[3]);
-    acc[4] = fmaf(b.x, wv, acc[4]);
-    acc[5] = fmaf(b.y, wv, acc[5]);
-    acc[6] = fmaf(b.z, wv, acc[6]);
-    acc[7] = fmaf(b.w, wv, acc[7]);
+    add_scaled8(acc, merged_s + r * kTileTokens + 8 * group, to_float(w[r * s.v_dim + e]));
   }
   for (int x = 0; x < 8; ++x) {
     const int64_t tok = t0 + 8 * group + x;

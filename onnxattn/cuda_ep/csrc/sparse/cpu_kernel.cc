@@ -15,25 +15,6 @@ namespace {
 
 int64_t round_up16(int64_t n) { return (std::max<int64_t>(n, 1) + 15) / 16 * 16; }
 
-// The attention core over contiguous [B, H, S, D] tensors, output in float32 at y's layout.
-sdpa::Params core_params(const Dims& d, float scale) {
-  sdpa::Params a;
-  a.batch = d.batch;
-  a.q_heads = d.q_heads;
-  a.kv_heads = d.kv_heads;
-  a.q_len = d.q_len;
-  a.kv_len = d.kv_len;
-  a.head_dim = d.head_dim;
-  a.v_head_dim = d.v_head_dim;
-  a.scale = scale;
-  a.structure.query_offset = d.query_offset();
-  a.q_strides = sdpa::Strides::contiguous(d.q_heads, d.q_len, d.head_dim);
-  a.k_strides = sdpa::Strides::contiguous(d.kv_heads, d.kv_len, d.head_dim);
-  a.v_strides = sdpa::Strides::contiguous(d.kv_heads, d.kv_len, d.v_head_dim);
-  a.y_strides = sdpa::Strides::contiguous(d.q_heads, d.q_len, d.v_head_dim);
-  return a;
-}
-
 // Block-sparse attention over lists of `list_len` blocks of `block_size` keys.
 void make_sparse(sdpa::Params& a, int64_t block_size, int64_t list_len, bool shared, bool causal) {
   a.structure.causal = causal;

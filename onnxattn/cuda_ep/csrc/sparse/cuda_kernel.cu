@@ -149,6 +149,52 @@ struct SelectArgs {
   float scale;
 };
 
+// One warp picks a list from `key` (the num_blocks candidates' scores, in shared memory, used up): +inf for
+// forced blocks, the score for the other candidates up to the causal limit, -inf otherwise; top-k by
+// repeated warp argmax (larger first, lower index on ties; -inf never), sorted ascending, -1 after the
+// valid entries, written at lists[at] (and listed). `chosen`: a.top ints of shared scratch.
+template <typename TQ>
+__device__ void warp_select(const SelectArgs<TQ>& a, float* key, int64_t position, int32_t* chosen, int64_t at) {
+  const int lane = threadIdx.x % 32;
+  const int64_t nb = a.num_blocks, nc = a.num_centroids;
+  const int64_t own = position >= 0 ? position / a.block_size : -1;
+  const int64_t limit = a.causal ? min(own + 1, nb) : nb;
+  for (int64_t c = lane; c < nb; c += 32) {
+    const bool forced = (a.causal && c == own) || c < a.sink_blocks || (c < own && c >= own - a.local_blocks);
+    key[c] = c >= limit ? kNegInf : forced ? kPosInf : c < nc ? key[c] : kNegInf;
+  }
+  __syncwarp();
+  int64_t count = 0;
+  for (; count < a.top; ++count) {
+    float best = kNegInf;
+    int64_t index = nb;
+    for (int64_t c = lane; c < nb; c += 32)
+      if (better(key[c], c, best, index)) best = key[c], index = c;
+    warp_best(best, index);
+    if (!(best > kNegInf)) break;
+    if (lane == 0) {
+      chosen[count] = int32_t(index);
+      key[index] = kNegInf;
+    }
+    __syncwarp();
+  }
+  if (lane == 0) {
+    for (int64_t x = 1; x < count; ++x) {  // insertion sort: lists are short
+      const int32_t v = chosen[x];
+      int64_t y = x - 1;
+      for (; y >= 0 && chosen[y] > v; --y) chosen[y + 1] = chosen[y];
+      chosen[y + 1] = v;
+    }
+  }
+  __syncwarp();
+  for (int64_t x = lane; x < a.top; x += 32) {
+    const int32_t value = x < count ? chosen[x] : -1;
+    a.lists[at + x] = value;
+    if (a.listed) a.listed[at + x] = value;
+  }
+  __syncwarp();  // `chosen` may be reused by this warp
+}
+
 template <typename TQ>
 __global__ void __launch_bounds__(kThreads) select_kernel(const SelectArgs<TQ> a) {
   extern __shared__ float select_smem[];
@@ -202,45 +248,8 @@ __global__ void __launch_bounds__(kThreads) select_kernel(const SelectArgs<TQ> a
     for (int64_t c = threadIdx.x; c < nc; c += kThreads) key[c] += probs[c];
     __syncthreads();
   }
-  if (a.top == 0) return;
-  // keys: +inf forced, the score for other candidates, -inf otherwise
-  const int64_t own = position >= 0 ? position / a.block_size : -1;
-  const int64_t limit = a.causal ? min(own + 1, a.num_blocks) : a.num_blocks;
-  for (int64_t c = threadIdx.x; c < a.num_blocks; c += kThreads) {
-    const bool forced = (a.causal && c == own) || c < a.sink_blocks || (c < own && c >= own - a.local_blocks);
-    key[c] = c >= limit ? kNegInf : forced ? kPosInf : c < nc ? key[c] : kNegInf;
-  }
-  __syncthreads();
-  // top-k by repeated warp argmax (warp 0), then ascending order
-  if (threadIdx.x >= 32) return;
-  const int lane = threadIdx.x;
-  int64_t count = 0;
-  for (; count < a.top; ++count) {
-    float best = kNegInf;
-    int64_t at = a.num_blocks;
-    for (int64_t c = lane; c < a.num_blocks; c += 32)
-      if (better(key[c], c, best, at)) best = key[c], at = c;
-    warp_best(best, at);
-    if (!(best > kNegInf)) break;
-    if (lane == 0) {
-      chosen[count] = int32_t(at);
-      key[at] = kNegInf;
-    }
-    __syncwarp();
-  }
-  if (lane != 0) return;
-  for (int64_t x = 1; x < count; ++x) {  // insertion sort: lists are short
-    const int32_t v = chosen[x];
-    int64_t y = x - 1;
-    for (; y >= 0 && chosen[y] > v; --y) chosen[y + 1] = chosen[y];
-    chosen[y + 1] = v;
-  }
-  const int64_t at = ((b * list_heads + list_head) * a.q_len + i) * a.top;
-  for (int64_t x = 0; x < a.top; ++x) {
-    const int32_t value = x < count ? chosen[x] : -1;
-    a.lists[at + x] = value;
-    if (a.listed) a.listed[at + x] = value;
-  }
+  if (a.top == 0 || threadIdx.x >= 32) return;
+  warp_select(a, key, position, chosen, ((b * list_heads + list_head) * a.q_len + i) * a.top);
 }
 
 // ---- tiled selection: one CTA per (b, selection head, a few queries) ----
@@ -410,48 +419,10 @@ __global__ void __launch_bounds__(kThreads) tiled_select_kernel(const SelectArgs
   }
   if (a.top == 0) return;
 
-  int32_t* const chosen = chosen_s + warp * a.top;
   for (int x = warp; x < count_q; x += kWarpsPerBlock) {
-    const int64_t i = i0 + x, position = i + a.query_offset;
-    float* const key = probs + int64_t(x * rows_per_query) * stride;
-    // keys: +inf forced, the score for other candidates, -inf otherwise (as select_kernel)
-    const int64_t own = position >= 0 ? position / a.block_size : -1;
-    const int64_t limit = a.causal ? min(own + 1, nb) : nb;
-    for (int64_t c = lane; c < nb; c += 32) {
-      const bool forced = (a.causal && c == own) || c < a.sink_blocks || (c < own && c >= own - a.local_blocks);
-      key[c] = c >= limit ? kNegInf : forced ? kPosInf : c < nc ? key[c] : kNegInf;
-    }
-    __syncwarp();
-    int64_t count = 0;
-    for (; count < a.top; ++count) {
-      float best = kNegInf;
-      int64_t at = nb;
-      for (int64_t c = lane; c < nb; c += 32)
-        if (better(key[c], c, best, at)) best = key[c], at = c;
-      warp_best(best, at);
-      if (!(best > kNegInf)) break;
-      if (lane == 0) {
-        chosen[count] = int32_t(at);
-        key[at] = kNegInf;
-      }
-      __syncwarp();
-    }
-    if (lane == 0) {
-      for (int64_t y = 1; y < count; ++y) {  // insertion sort: lists are short
-        const int32_t v = chosen[y];
-        int64_t z = y - 1;
-        for (; z >= 0 && chosen[z] > v; --z) chosen[z + 1] = chosen[z];
-        chosen[z + 1] = v;
-      }
-    }
-    __syncwarp();
-    const int64_t at = ((b * list_heads + list_head) * a.q_len + i) * a.top;
-    for (int64_t y = lane; y < a.top; y += 32) {
-      const int32_t value = y < count ? chosen[y] : -1;
-      a.lists[at + y] = value;
-      if (a.listed) a.listed[at + y] = value;
-    }
-    __syncwarp();  // chosen is reused by this warp's next query
+    const int64_t i = i0 + x;
+    warp_select(a, probs + int64_t(x * rows_per_query) * stride, i + a.query_offset, chosen_s + warp * a.top,
+                ((b * list_heads + list_head) * a.q_len + i) * a.top);
   }
 }
 
@@ -803,23 +774,9 @@ sdpa::Params blocks_core_params(const NsaParams& p, int64_t block_size) {
 bool grouped_queries(const NsaParams& p) { return p.attrs.shared_selection != 0 && p.dims.group() > 1; }
 
 sdpa::Params window_core_params(const NsaParams& p) {
-  const Dims& d = p.dims;
-  sdpa::Params a;
-  a.batch = d.batch;
-  a.q_heads = d.q_heads;
-  a.kv_heads = d.kv_heads;
-  a.q_len = d.q_len;
-  a.kv_len = d.kv_len;
-  a.head_dim = d.head_dim;
-  a.v_head_dim = d.v_head_dim;
-  a.scale = p.scale;
-  a.structure.query_offset = d.query_offset();
+  sdpa::Params a = core_params(p.dims, p.scale);
   a.structure.causal = true;
   a.structure.window = p.attrs.window;
-  a.q_strides = sdpa::Strides::contiguous(d.q_heads, d.q_len, d.head_dim);
-  a.k_strides = sdpa::Strides::contiguous(d.kv_heads, d.kv_len, d.head_dim);
-  a.v_strides = sdpa::Strides::contiguous(d.kv_heads, d.kv_len, d.v_head_dim);
-  a.y_strides = sdpa::Strides::contiguous(d.q_heads, d.q_len, d.v_head_dim);
   return a;
 }
 

@@ -7,6 +7,8 @@
 #include <optional>
 #include <vector>
 
+#include "sdpa/params.h"
+
 namespace onnxattn::sparse {
 
 inline constexpr const char* kNsaName = "NativeSparseAttention";
@@ -49,6 +51,26 @@ struct Dims {
   int64_t group() const { return q_heads / kv_heads; }
   int64_t query_offset() const { return kv_len - q_len; }  // p = i + query_offset
 };
+
+// The attention core (sdpa::Params) over the ops' contiguous [B, H, S, D] tensors, bottom-right aligned, no
+// structure yet: each branch adds its own (the CPU and CUDA kernels alike).
+inline sdpa::Params core_params(const Dims& d, float scale) {
+  sdpa::Params a;
+  a.batch = d.batch;
+  a.q_heads = d.q_heads;
+  a.kv_heads = d.kv_heads;
+  a.q_len = d.q_len;
+  a.kv_len = d.kv_len;
+  a.head_dim = d.head_dim;
+  a.v_head_dim = d.v_head_dim;
+  a.scale = scale;
+  a.structure.query_offset = d.query_offset();
+  a.q_strides = sdpa::Strides::contiguous(d.q_heads, d.q_len, d.head_dim);
+  a.k_strides = sdpa::Strides::contiguous(d.kv_heads, d.kv_len, d.head_dim);
+  a.v_strides = sdpa::Strides::contiguous(d.kv_heads, d.kv_len, d.v_head_dim);
+  a.y_strides = sdpa::Strides::contiguous(d.q_heads, d.q_len, d.v_head_dim);
+  return a;
+}
 
 struct NsaShapes {
   std::vector<int64_t> q, k, v;
