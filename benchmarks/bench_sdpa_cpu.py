@@ -9,12 +9,12 @@ Prefill, fp32, causal, B=1, Hq=8, Hkv=2, D=64 (a GQA layer of a small Llama), S 
 GFLOP/s use the causal FLOP count 4*B*Hq*S^2*D/2. Each size runs --repeat rounds; in each round every
 implementation runs one burst (so drifts in machine load hit them alike; ratios are what to read): a pause of
 --settle seconds, one untimed call, then timed calls for at least --burst seconds (at least one); the median
-over all timed calls. The pause matters on a small machine: after a run, each onnxruntime session's pool
-threads spin (~33 ms of CPU on the 2-core machine) and torch's OpenMP threads too (~10 ms); a call started
-right after another implementation's shares the cores with them (measured at S=512 back to back: ours 0.8 ->
-1.9 ms, ONNX Attention 1.4 -> 4-7 ms). The untimed call wakes the implementation's own threads, which slept
-through the pause. Then the extra peak memory of a first S=16384 run in a fresh process (resident-set
-high-water mark).
+over all timed calls (cpu_timing.py, shared by all the CPU benchmarks). The pause matters on a small machine:
+after a run, each onnxruntime session's pool threads spin (~33 ms of CPU on the 2-core machine) and torch's
+OpenMP threads too (~10 ms); a call started right after another implementation's shares the cores with them
+(measured at S=512 back to back: ours 0.8 -> 1.9 ms, ONNX Attention 1.4 -> 4-7 ms). The untimed call wakes the
+implementation's own threads, which slept through the pause. Then the extra peak memory of a first S=16384 run
+in a fresh process (resident-set high-water mark).
 
     python benchmarks/bench_sdpa_cpu.py [--sizes 512 2048 8192] [--repeat 5] [--out benchmarks/results]
 """
@@ -26,10 +26,8 @@ import datetime
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +37,10 @@ from onnx import TensorProto, helper
 
 from onnxattn import ops
 from onnxattn.cuda_ep import build_info, make_session
+
+if str(Path(__file__).parent) not in sys.path:  # cpu_timing next to this file, also when imported by path
+    sys.path.insert(0, str(Path(__file__).parent))
+import cpu_timing  # noqa: E402
 
 B, HQ, HKV, D = 1, 8, 2, 64
 IMPLS = ("onnxattn", "torch", "ort_gqa", "onnx_attn", "function")
@@ -129,36 +131,22 @@ class Runner:
         return self.sessions[impl].run(None, self.bnsh)[0]
 
 
-def time_burst(runner: Runner, impl: str, settle: float, burst: float) -> list[float]:
-    """One implementation's turn in a round: the pause, one untimed call, then timed calls for >= burst seconds."""
-    time.sleep(settle)  # the previous implementation's pool threads stop spinning
-    runner.call(impl)  # wakes this implementation's own threads
-    times: list[float] = []
-    while not times or sum(times) < burst:
-        start = time.perf_counter()
-        runner.call(impl)
-        times.append(time.perf_counter() - start)
-    return times
-
-
-def bench_speed(runner: Runner, sizes, repeat: int, function_max: int, settle: float = 0.1,
-                burst: float = 0.02) -> list[dict]:
+def bench_speed(runner: Runner, sizes, repeat: int, function_max: int, settle: float = cpu_timing.SETTLE,
+                burst: float = cpu_timing.BURST) -> list[dict]:
     rows = []
     for s in sizes:
         runner.prepare(s)
         impls = [i for i in IMPLS if i != "function" or s <= function_max]
         reference = runner.call("torch")
-        times = {i: [] for i in impls}
         for impl in impls:  # warm-up and agreement check
             err = float(np.max(np.abs(runner.call(impl) - reference)))
             if err > 1e-3:
                 raise SystemExit(f"{impl} disagrees with torch at S={s}: max error {err:.2e}")
-        for _ in range(repeat):
-            for impl in impls:  # interleaved, so drifts in machine load hit every impl alike
-                times[impl] += time_burst(runner, impl, settle, burst)
+        # interleaved bursts, so drifts in machine load hit every impl alike
+        median = cpu_timing.median_rounds({i: (lambda i=i: runner.call(i)) for i in impls}, repeat, settle, burst)
         flops = 4 * B * HQ * s * s * D / 2
         for impl in impls:
-            seconds = statistics.median(times[impl])
+            seconds = median[impl]
             rows.append({"S": s, "impl": impl, "ms": seconds * 1e3, "gflops": flops / seconds / 1e9})
     return rows
 
@@ -258,9 +246,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[512, 2048, 8192])
     parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--settle", type=float, default=0.1,
-                        help="seconds of pause before each implementation's burst (other pools stop spinning)")
-    parser.add_argument("--burst", type=float, default=0.02, help="least seconds of timed calls per burst")
+    cpu_timing.add_arguments(parser)
     parser.add_argument("--function-max", type=int, default=4096,
                         help="largest S for the inlined function (it materializes S x S scores)")
     parser.add_argument("--memory-size", type=int, default=16384, help="S of the peak-memory run (0: skip)")
@@ -273,10 +259,10 @@ def main() -> None:
         return measure_memory_child(args.memory_child, args.memory_size)
 
     runner = Runner()
-    load_before = os.getloadavg()[0]  # other work on the machine: recorded with the rows
+    load_before = cpu_timing.load_average()  # other work on the machine: recorded with the rows
     rows = bench_speed(runner, args.sizes, args.repeat, args.function_max, args.settle, args.burst)
     memory = bench_memory(args.memory_size, args.memory_impls) if args.memory_size else []
-    load = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+    load = [load_before, cpu_timing.load_average()]
     print_table(rows, memory)
     print(f"load average {load[0]} -> {load[1]}")
     args.out.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,126 @@
+"""benchmarks/cpu_timing.py, the burst timing every CPU benchmark uses (a pause, one untimed call, timed calls
+for at least `burst` seconds, the median), with a fake clock; and each CPU benchmark's main run end to end
+at tiny sizes with that timing (its CLI, its JSON fields, its table)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+from script_modules import ROOT, load_script
+
+timing = load_script("benchmarks/cpu_timing.py", "cpu_timing")
+
+
+class FakeMachine:
+    """A clock that advances only when the timed callable runs (by the next of `durations`) or sleeps."""
+
+    def __init__(self, durations):
+        self.now, self.durations, self.events = 0.0, list(durations), []
+
+    def clock(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.events.append(("sleep", seconds))
+        self.now += seconds
+
+    def call(self, name="f"):
+        def fn():
+            self.events.append(("call", name))
+            self.now += self.durations.pop(0)
+
+        return fn
+
+    def clocks(self):
+        return {"clock": self.clock, "sleep": self.sleep, "cpu_clock": self.clock}
+
+
+def test_burst_pauses_discards_one_call_and_times_until_burst_seconds():
+    m = FakeMachine([1.0, 0.005, 0.007, 0.009, 0.5])
+    times = timing.time_burst(m.call(), settle=0.1, burst=0.02, **m.clocks())
+    assert times == pytest.approx([0.005, 0.007, 0.009])  # the 1.0 s first call is not timed; 0.021 >= 0.02
+    assert m.events == [("sleep", 0.1), ("call", "f"), ("call", "f"), ("call", "f"), ("call", "f")]
+    assert m.durations == [0.5]  # stopped as soon as the burst was long enough
+
+
+def test_burst_times_at_least_one_call_and_records_cpu_times():
+    m = FakeMachine([0.3, 0.2, 9.9])
+    cpu: list[float] = []
+    assert timing.time_burst(m.call(), settle=0.0, burst=0.0, cpu_times=cpu, **m.clocks()) == pytest.approx([0.2])
+    assert cpu == pytest.approx([0.2])
+    m = FakeMachine([0.3, 0.2, 9.9])  # a burst shorter than one call still times exactly one
+    assert timing.time_burst(m.call(), settle=0.0, burst=0.1, **m.clocks()) == pytest.approx([0.2])
+
+
+def test_rounds_interleave_the_implementations_and_take_the_median():
+    m = FakeMachine([1, 0.010, 1, 0.100, 1, 0.030, 1, 0.300, 1, 0.020, 1, 0.200])
+    fns = {"a": m.call("a"), "b": m.call("b")}
+    median = timing.median_rounds(fns, 3, settle=0.05, burst=0.001, **m.clocks())
+    assert median == pytest.approx({"a": 0.020, "b": 0.200})
+    calls = [e[1] for e in m.events if e[0] == "call"]
+    assert calls == ["a", "a", "b", "b"] * 3  # a burst each per round, in order
+    assert sum(e[0] == "sleep" for e in m.events) == 6  # a pause before every burst
+
+
+def test_default_cli_options():
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    timing.add_arguments(parser)
+    args = parser.parse_args([])
+    assert (args.settle, args.burst) == (timing.SETTLE, timing.BURST) == (0.1, 0.02)
+    assert parser.parse_args(["--settle", "0", "--burst", "0.5"]).burst == 0.5
+
+
+def test_sdpa_benchmark_uses_the_shared_timing():
+    sdpa = load_script("benchmarks/bench_sdpa_cpu.py", "bench_sdpa_cpu")
+    assert sdpa.cpu_timing is sys.modules["cpu_timing"] or sdpa.cpu_timing.__file__ == timing.__file__
+    assert not hasattr(sdpa, "time_burst")  # one source of truth
+
+
+TINY = {
+}
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_cpu_benchmark_runs_end_to_end(name, tmp_path, monkeypatch, capsys):
+    module = load_script(f"benchmarks/{name}.py", name)
+    assert module.cpu_timing.__file__ == timing.__file__
+    monkeypatch.setattr(sys, "argv", [name, *TINY[name], "--settle", "0", "--burst", "0.001", "--out", str(tmp_path)])
+    module.main()
+    out = capsys.readouterr().out
+    result = json.loads((tmp_path / f"{name.removeprefix('bench_')}.json").read_text())
+    assert result["machine"]["cores"] and len(result["load_average"]) >= 2
+    assert result["timing"]["settle"] == 0 and result["timing"]["burst"] == 0.001
+    rows = result["rows"]
+    assert rows and all(r.get("ms", r.get("absorbed_ms", r.get("paged_ms", 0))) > 0 for r in rows)
+    if name == "bench_gqa_cpu":
+        assert {(r["phase"], r["impl"]) for r in rows} == {("prefill", "onnxattn"), ("prefill", "ort_gqa"),
+                                                          ("prefill", "function"), ("decode", "onnxattn"),
+                                                          ("decode", "ort_gqa")}
+        assert all(r["in_place"] for r in rows if r["phase"] == "decode") and "onnxattn is" in out
+    elif name == "bench_mla_cpu":
+        assert [r["impl"] for r in rows if r["phase"] == "decode"] == ["absorbed", "expanded", "function"]
+        assert [(r["S"], r["P"]) for r in rows if r["phase"] == "chunk"] == [(4, 0), (2, 16)]
+        assert "kernel's own choice" in out
+    elif name == "bench_paged_cpu":
+        assert [(r["threads"], r["layout"]) for r in rows] == [(1, "in-order"), (1, "shuffled"), (2, "in-order"),
+                                                               (2, "shuffled")]
+        assert all(r["max_error"] <= 1e-4 and r["paged_in_place"] and "ratio" in r for r in rows)
+        assert all("cpu_ratio" in r for r in rows if r["threads"] == 1)
+    else:
+        assert [r["impl"] for r in rows] == ["nsa", "routed", "dense", "nsa", "routed", "nsa-function",
+                                             "routed-function"]
+        assert set(result["ratio_dense_over"]) == {"nsa", "routed"} and "faster than dense" in out
+
+
+@pytest.mark.parametrize("name", ["bench_sdpa_cpu", *sorted(TINY)])
+def test_benchmarks_import_without_benchmarks_on_the_path(name, monkeypatch):
+    """Loaded by path (as the tests, or bench_sparse_cuda importing bench_sparse_cpu), a benchmark finds
+    cpu_timing next to it."""
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(ROOT / "benchmarks")])
+    monkeypatch.delitem(sys.modules, "cpu_timing")
+    module = load_script(f"benchmarks/{name}.py", f"{name}_path_check")
+    assert module.cpu_timing.__file__ == timing.__file__
