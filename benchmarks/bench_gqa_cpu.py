@@ -8,17 +8,19 @@ Shapes of a Llama-3-8B layer (Hq=32, Hkv=8, D=128, RoPE), fp32, B=1:
     kernel writes only the new token. GB/s of K+V read = 2*Hkv*(P+1)*D*4 bytes / time. Each P runs with
     M = P+64 and M = 32768: the time must follow P, not M (no O(M) copy). ORT's op runs the same way
     (its past_present_share_buffer mode).
-Every timing is the median of --repeat runs after a warm-up, implementations interleaved.
+Timing (cpu_timing.py, as every CPU benchmark): rounds in which every implementation runs one burst, a pause
+of --settle seconds (the previous implementation's pool threads stop spinning), one untimed call, then timed
+calls for at least --burst seconds; the median over all timed calls. Decode runs --repeat rounds, prefill
+max(3, --repeat // 2).
 
-    python benchmarks/bench_gqa_cpu.py [--repeat 10] [--out benchmarks/results]
+    python benchmarks/bench_gqa_cpu.py [--repeat 10] [--settle 0.1] [--burst 0.02] [--out benchmarks/results]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +29,10 @@ from onnx import TensorProto, helper
 
 from onnxattn import ops
 from onnxattn.cuda_ep import make_session
+
+if str(Path(__file__).parent) not in sys.path:  # cpu_timing next to this file, also when imported by path
+    sys.path.insert(0, str(Path(__file__).parent))
+import cpu_timing  # noqa: E402
 
 HQ, HKV, D, BASE = 32, 8, 128, 10000.0
 F32, I64, I32 = TensorProto.FLOAT, TensorProto.INT64, TensorProto.INT32
@@ -77,17 +83,8 @@ def rope_caches(length: int):
     return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
 
 
-def median_time(fn, repeat: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def bench_prefill(s: int, repeat: int, with_function: bool) -> list[dict]:
+def bench_prefill(s: int, repeat: int, with_function: bool, settle: float = cpu_timing.SETTLE,
+                  burst: float = cpu_timing.BURST) -> list[dict]:
     rng = np.random.default_rng(0)
     q = rng.standard_normal((1, s, HQ * D), np.float32)
     k = rng.standard_normal((1, s, HKV * D), np.float32)
@@ -112,19 +109,19 @@ def bench_prefill(s: int, repeat: int, with_function: bool) -> list[dict]:
         runs["function"] = lambda: function.run(None, {"q": q, "k": k, "v": v})
     flops = 4 * HQ * s * s * D / 2
     rows = []
-    for impl, fn in runs.items():
-        seconds = median_time(fn, repeat)
+    for impl, seconds in cpu_timing.median_rounds(runs, repeat, settle, burst).items():
         rows.append({"phase": "prefill", "S": s, "impl": impl, "ms": seconds * 1e3, "gflops": flops / seconds / 1e9})
     return rows
 
 
-def bench_decode(past: int, capacity: int, repeat: int) -> list[dict]:
+def bench_decode(past: int, capacity: int, repeat: int, settle: float = cpu_timing.SETTLE,
+                 burst: float = cpu_timing.BURST) -> list[dict]:
     rng = np.random.default_rng(1)
     cpu = ["CPUExecutionProvider"]
     q = rng.standard_normal((1, 1, HQ * D), np.float32)
     k = rng.standard_normal((1, 1, HKV * D), np.float32)
     v = rng.standard_normal((1, 1, HKV * D), np.float32)
-    rows = []
+    runs, bindings = {}, {}
     for impl in ("onnxattn", "ort_gqa"):
         key_buffer = ort.OrtValue.ortvalue_from_numpy(rng.standard_normal((1, HKV, capacity, D), np.float32))
         value_buffer = ort.OrtValue.ortvalue_from_numpy(rng.standard_normal((1, HKV, capacity, D), np.float32))
@@ -144,9 +141,13 @@ def bench_decode(past: int, capacity: int, repeat: int) -> list[dict]:
         binding.bind_output("y")
         binding.bind_ortvalue_output("present_key", key_buffer)  # the same buffer: updated in place
         binding.bind_ortvalue_output("present_value", value_buffer)
-        seconds = median_time(lambda: session.run_with_iobinding(binding), repeat)
+        runs[impl] = lambda session=session, binding=binding: session.run_with_iobinding(binding)
+        bindings[impl] = (binding, key_buffer)
+    rows = []
+    read = 2 * HKV * (past + 1) * D * 4
+    for impl, seconds in cpu_timing.median_rounds(runs, repeat, settle, burst).items():
+        binding, key_buffer = bindings[impl]
         in_place = binding.get_outputs()[1].data_ptr() == key_buffer.data_ptr()
-        read = 2 * HKV * (past + 1) * D * 4
         rows.append({"phase": "decode", "P": past, "M": capacity, "impl": impl, "ms": seconds * 1e3,
                      "gbps": read / seconds / 1e9, "in_place": in_place})
     return rows
@@ -157,18 +158,21 @@ def main() -> None:
     parser.add_argument("--prefill", type=int, default=2048)
     parser.add_argument("--past", type=int, nargs="+", default=[4096, 16384])
     parser.add_argument("--capacity", type=int, default=32768)
-    parser.add_argument("--repeat", type=int, default=10)
+    parser.add_argument("--repeat", type=int, default=10, help="rounds of bursts (prefill: max(3, repeat // 2))")
+    cpu_timing.add_arguments(parser)
     parser.add_argument("--no-function", action="store_true", help="skip the inlined reference function")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
 
-    rows = bench_prefill(args.prefill, max(3, args.repeat // 2), not args.no_function)
+    load_before = cpu_timing.load_average()  # other work on the machine: recorded with the rows
+    rows = bench_prefill(args.prefill, max(3, args.repeat // 2), not args.no_function, args.settle, args.burst)
     for past in args.past:
         for capacity in (past + 64, max(args.capacity, past + 64)):
-            rows += bench_decode(past, capacity, args.repeat)
+            rows += bench_decode(past, capacity, args.repeat, args.settle, args.burst)
+    load = [load_before, cpu_timing.load_average()]
 
     print(f"\nGroupQueryAttention, fp32, B=1, Hq={HQ}, Hkv={HKV}, D={D}, RoPE, {ort.get_device()} onnxruntime "
-          f"{ort.__version__}")
+          f"{ort.__version__}; load average {load[0]} -> {load[1]}")
     prefill = {r["impl"]: r for r in rows if r["phase"] == "prefill"}
     print(f"prefill S={args.prefill}:")
     for impl, r in prefill.items():
@@ -183,7 +187,9 @@ def main() -> None:
     path = args.out / "gqa_cpu.json"
     from bench_sdpa_cpu import machine  # same machine description as the SDPA benchmark
 
-    path.write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2))
+    timing = {"repeat": args.repeat, "settle": args.settle, "burst": args.burst}
+    path.write_text(json.dumps({"machine": machine(), "load_average": load, "timing": timing, "rows": rows},
+                               indent=2))
     print(f"\nwrote {path}")
 
 

@@ -81,6 +81,7 @@ def test_sdpa_benchmark_uses_the_shared_timing():
 
 
 TINY = {
+    "bench_gqa_cpu": ["--prefill", "64", "--past", "32", "--capacity", "128", "--repeat", "2"],
 }
 
 
