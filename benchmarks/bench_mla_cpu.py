@@ -2,18 +2,21 @@
 (forced with ONNXATTN_MLA_PATH), and the reference function inlined by onnxruntime, side by side in one run.
 
 DeepSeek-V3 attention sizes (# DeepSeek-V3: R=512, Dr=64, Dn=128, Dv=128) with H=16 heads (a 1/8 tensor-
-parallel slice of its 128), fp32, B=1, one new token over P cached tokens in shared-buffer mode: the
-latent caches are preallocated buffers bound with I/O binding (present bound to the past's OrtValue), so
-the kernel appends in place. Reported: ms (median of --repeat runs after a warm-up, implementations
-interleaved), the cache read in GB/s ((P+1) * (R+Dr) * 4 bytes: what the absorbed form must stream), and
-GFLOP/s of the form's own multiply-adds (absorbed: H * (R*(Dn+Dv) + (P+1)*(2R+Dr)); expanded:
-H * ((P+1)*R*(Dn+Dv) + (P+1)*(Dn+Dr+Dv)); 2 FLOPs each). The kernel's cost model (mla/params.h) and the
-path it picks on its own are printed too.
+parallel slice of its 128), fp32, B=1, one new token over P cached tokens in shared-buffer mode: the latent
+caches are preallocated buffers bound with I/O binding (present bound to the past's OrtValue), so the kernel
+appends in place. Reported: ms (median over --repeat rounds of bursts, cpu_timing.py as every CPU benchmark:
+in each round every implementation a pause of --settle seconds, one untimed call, then timed calls for at
+least --burst seconds), the cache read in GB/s ((P+1) * (R+Dr) * 4 bytes: what the absorbed form must stream),
+and GFLOP/s of the form's own multiply-adds (absorbed: H * (R*(Dn+Dv) + (P+1)*(2R+Dr)); expanded:
+H * ((P+1)*R*(Dn+Dv) + (P+1)*(Dn+Dr+Dv)); 2 FLOPs each). The kernel's cost model (mla/params.h) and the path it
+picks on its own are printed too.
 
 A second table checks the cost model where the choice is close: causal chunks of S tokens over P cached
-ones (concatenation mode), both forms forced, and the form the kernel picks by itself.
+ones (concatenation mode), both forms forced (max(2, --repeat // 3) rounds of bursts), and the form the
+kernel picks by itself.
 
-    python benchmarks/bench_mla_cpu.py [--past 4096] [--heads 16] [--repeat 10] [--threads 0] [--out ...]
+    python benchmarks/bench_mla_cpu.py [--past 4096] [--heads 16] [--repeat 10] [--threads 0] [--settle 0.1]
+                                       [--burst 0.02] [--out ...]
 """
 
 from __future__ import annotations
@@ -23,9 +26,7 @@ import contextlib
 import ctypes
 import json
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,10 @@ from onnx import TensorProto, helper
 
 from onnxattn import ops
 from onnxattn.cuda_ep import library_path, make_session
+
+if str(Path(__file__).parent) not in sys.path:  # cpu_timing next to this file, also when imported by path
+    sys.path.insert(0, str(Path(__file__).parent))
+import cpu_timing  # noqa: E402
 
 R, DR, DN, DV = 512, 64, 128, 128
 F32, I64 = TensorProto.FLOAT, TensorProto.INT64
@@ -80,17 +85,18 @@ def kernel_choice(heads: int, past: int) -> tuple[str, float, float]:
     return path, absorbed.value, expanded.value
 
 
-def median_time(fn, repeat: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def forced_run(path: str | None, run):
+    """`run` with ONNXATTN_MLA_PATH forced to `path` (None: the kernel's own choice)."""
+
+    def call():
+        with forced_path(path):
+            run()
+
+    return call
 
 
-def bench_decode(heads: int, past: int, repeat: int, threads: int, with_function: bool) -> list[dict]:
+def bench_decode(heads: int, past: int, repeat: int, threads: int, with_function: bool,
+                 settle: float = cpu_timing.SETTLE, burst: float = cpu_timing.BURST) -> list[dict]:
     rng = np.random.default_rng(0)
     capacity = past + 64
     feeds = {"q": rng.standard_normal((1, 1, heads * (DN + DR)), np.float32),
@@ -135,17 +141,13 @@ def bench_decode(heads: int, past: int, repeat: int, threads: int, with_function
     flops = {"absorbed": 2 * heads * (R * (DN + DV) + (past + 1) * (2 * R + DR)),
              "expanded": 2 * heads * ((past + 1) * R * (DN + DV) + (past + 1) * (DN + DR + DV))}
     flops["function"] = flops["expanded"]
-    times = {impl: [] for impl in impls}
-    for _ in range(repeat + 1):  # interleaved; the first round warms up
-        for impl, (session, binding, path, _) in sessions.items():
-            with forced_path(path):
-                start = time.perf_counter()
-                session.run_with_iobinding(binding)
-                times[impl].append(time.perf_counter() - start)
+    runs = {impl: forced_run(path, lambda session=session, binding=binding: session.run_with_iobinding(binding))
+            for impl, (session, binding, path, _) in sessions.items()}
+    median = cpu_timing.median_rounds(runs, repeat, settle, burst)
     rows = []
     cache_bytes = (past + 1) * (R + DR) * 4
     for impl in impls:
-        seconds = statistics.median(times[impl][1:])
+        seconds = median[impl]
         rows.append({"phase": "decode", "H": heads, "P": past, "impl": impl, "ms": seconds * 1e3,
                      "cache_gbps": cache_bytes / seconds / 1e9, "gflops": flops[impl] / seconds / 1e9,
                      "max_rel_error_vs_absorbed": float(np.max(np.abs(outputs[impl] - outputs["absorbed"]))
@@ -167,7 +169,8 @@ def chunk_model(heads: int):
     return ops.attach_functions(model)
 
 
-def bench_chunks(heads: int, shapes, repeat: int, threads: int) -> list[dict]:
+def bench_chunks(heads: int, shapes, repeat: int, threads: int, settle: float = cpu_timing.SETTLE,
+                 burst: float = cpu_timing.BURST) -> list[dict]:
     """Causal chunks: both forms forced, and the kernel's own choice (cost model check)."""
     rng = np.random.default_rng(2)
     options = ort.SessionOptions()
@@ -179,10 +182,8 @@ def bench_chunks(heads: int, shapes, repeat: int, threads: int) -> list[dict]:
         feeds = {"q": f(1, seq, heads * (DN + DR)), "latent": f(1, seq, R), "k_rope": f(1, seq, DR),
                  "w_uk": f(heads, R, DN, scale=R**-0.5), "w_uv": f(heads, R, DV, scale=R**-0.5),
                  "past_latent": f(1, past, R), "past_k_rope": f(1, past, DR)}
-        times = {}
-        for path in ("absorbed", "expanded"):
-            with forced_path(path):
-                times[path] = median_time(lambda: session.run(None, feeds), max(2, repeat // 3))
+        runs = {path: forced_run(path, lambda: session.run(None, feeds)) for path in ("absorbed", "expanded")}
+        times = cpu_timing.median_rounds(runs, max(2, repeat // 3), settle, burst)
         fn = ctypes.CDLL(str(library_path())).OnnxAttnMlaCpuPath
         fn.restype = ctypes.c_char_p
         fn.argtypes = [ctypes.c_int64] * 10 + [ctypes.POINTER(ctypes.c_double)] * 2
@@ -198,7 +199,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--past", type=int, nargs="+", default=[4096])
     parser.add_argument("--heads", type=int, default=16)
-    parser.add_argument("--repeat", type=int, default=10)
+    parser.add_argument("--repeat", type=int, default=10, help="rounds of bursts (chunks: max(2, repeat // 3))")
+    cpu_timing.add_arguments(parser)
     parser.add_argument("--threads", type=int, default=0, help="intra-op threads (0: onnxruntime's default)")
     parser.add_argument("--no-function", action="store_true", help="skip the inlined reference function")
     parser.add_argument("--chunks", nargs="*", default=["16x0", "256x0", "64x2048", "256x2048"],
@@ -207,8 +209,10 @@ def main() -> None:
     args = parser.parse_args()
 
     rows, choices = [], {}
+    load_before = cpu_timing.load_average()  # other work on the machine: recorded with the rows
     for past in args.past:
-        rows += bench_decode(args.heads, past, args.repeat, args.threads, not args.no_function)
+        rows += bench_decode(args.heads, past, args.repeat, args.threads, not args.no_function, args.settle,
+                             args.burst)
         choices[past] = kernel_choice(args.heads, past)
 
     print(f"\nMultiHeadLatentAttention decode, fp32, B=1, H={args.heads}, R={R}, Dr={DR}, Dn={DN}, Dv={DV}, "
@@ -223,19 +227,22 @@ def main() -> None:
               f"expanded {expanded / 1e6:.1f}M multiply-adds)")
     shapes = [tuple(int(x) for x in c.split("x")) for c in args.chunks]
     if shapes:
-        chunk_rows = bench_chunks(args.heads, shapes, args.repeat, args.threads)
+        chunk_rows = bench_chunks(args.heads, shapes, args.repeat, args.threads, args.settle, args.burst)
         rows += chunk_rows
         print("causal chunks of S tokens over P cached ones (concatenation mode):")
         print(f"  {'S':>5} {'P':>6} {'absorbed ms':>12} {'expanded ms':>12}  chosen    faster")
         for r in chunk_rows:
             print(f"  {r['S']:>5} {r['P']:>6} {r['absorbed_ms']:12.2f} {r['expanded_ms']:12.2f}  {r['chosen']:<9} "
                   f"{r['faster']}")
+    load = [load_before, cpu_timing.load_average()]
+    print(f"load average {load[0]} -> {load[1]}")
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "mla_cpu.json"
-    sys.path.insert(0, str(Path(__file__).parent))
     from bench_sdpa_cpu import machine  # same machine description as the other CPU benchmarks
 
+    timing = {"repeat": args.repeat, "settle": args.settle, "burst": args.burst}
     path.write_text(json.dumps({"machine": machine(), "onnxruntime": ort.__version__, "threads": args.threads,
+                                "load_average": load, "timing": timing,
                                 "choices": {str(p): c[0] for p, c in choices.items()}, "rows": rows}, indent=2))
     print(f"\nwrote {path}")
 
