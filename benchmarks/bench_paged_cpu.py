@@ -7,20 +7,21 @@ Hkv=8, D=128 (Llama-3-8B), RoPE, fp32. Both update their caches in place through
   - paged: pools [num_blocks, 16, Hkv, D] holding the same K/V, each sequence's blocks in order ("in-order")
     or scattered over the pool ("shuffled"), cache outputs bound to the input pools.
 The outputs must agree before anything is timed. GB/s counts the K+V bytes read, 2*B*Hkv*(P+1)*D*4, and the
-ratio is paged time / contiguous time (target: <= 1.15). Medians of --repeat runs after a warm-up, the
-implementations interleaved run by run; with one thread also the ratio of CPU times, which other load on
-the machine disturbs less than wall time.
+ratio is paged time / contiguous time (target: <= 1.15). Medians over --repeat rounds of bursts
+(cpu_timing.py, as every CPU benchmark: in each round each implementation a pause of --settle seconds, one
+untimed call, then timed calls for at least --burst seconds); with one thread also the ratio of CPU times,
+which other load on the machine disturbs less than wall time.
 
     python benchmarks/bench_paged_cpu.py [--batch 8] [--past 4096] [--block-size 16] [--threads 1 2]
+                                         [--repeat 30] [--settle 0.1] [--burst 0.02]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import time
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,10 @@ from onnx import TensorProto, helper
 
 from onnxattn import ops
 from onnxattn.cuda_ep import make_session
+
+if str(Path(__file__).parent) not in sys.path:  # cpu_timing next to this file, also when imported by path
+    sys.path.insert(0, str(Path(__file__).parent))
+import cpu_timing  # noqa: E402
 
 HQ, HKV, D = 32, 8, 128
 F32, I64, I32 = TensorProto.FLOAT, TensorProto.INT64, TensorProto.INT32
@@ -128,7 +133,8 @@ def problem(batch: int, past: int, block_size: int, layout: str, seed: int = 0):
     return contiguous, paged
 
 
-def bench(batch: int, past: int, block_size: int, layout: str, threads: int, repeat: int) -> dict:
+def bench(batch: int, past: int, block_size: int, layout: str, threads: int, repeat: int,
+          settle: float = cpu_timing.SETTLE, burst: float = cpu_timing.BURST) -> dict:
     contiguous_feeds, paged_feeds = problem(batch, past, block_size, layout)
     runners = {
         "contiguous": Runner(contiguous_model(), contiguous_feeds,
@@ -142,14 +148,9 @@ def bench(batch: int, past: int, block_size: int, layout: str, threads: int, rep
     err = float(np.abs(y_contiguous - y_paged).max())
     if err > 1e-4:
         raise SystemExit(f"paged and contiguous decode disagree (max error {err:.2e})")
-    times = {name: [] for name in runners}
-    cpu_times = {name: [] for name in runners}  # with one thread: robust to other load on the machine
-    for _ in range(repeat):
-        for name, r in runners.items():
-            start, cpu_start = time.perf_counter(), time.process_time()
-            r.run()
-            times[name].append(time.perf_counter() - start)
-            cpu_times[name].append(time.process_time() - cpu_start)
+    cpu_times: dict[str, list[float]] = {}  # with one thread: robust to other load on the machine
+    times = cpu_timing.time_rounds({name: r.run for name, r in runners.items()}, repeat, settle, burst,
+                                   cpu_times=cpu_times)
     read = 2 * batch * HKV * (past + 1) * D * 4
     row = dict(B=batch, P=past, block_size=block_size, layout=layout, threads=threads, max_error=err)
     for name, ts in times.items():
@@ -172,14 +173,15 @@ def main() -> None:
     parser.add_argument("--block-size", type=int, nargs="+", default=[16])
     parser.add_argument("--layout", nargs="+", default=["in-order", "shuffled"])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--repeat", type=int, default=30)
+    parser.add_argument("--repeat", type=int, default=30, help="rounds of bursts")
+    cpu_timing.add_arguments(parser)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
 
-    load_before = os.getloadavg()[0]  # other work on the machine slows both sides; recorded with the rows
-    rows = [bench(args.batch, args.past, bs, layout, threads, args.repeat)
+    load_before = cpu_timing.load_average()  # other work on the machine slows both sides; recorded with the rows
+    rows = [bench(args.batch, args.past, bs, layout, threads, args.repeat, args.settle, args.burst)
             for threads in args.threads for bs in args.block_size for layout in args.layout]
-    load = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+    load = [load_before, cpu_timing.load_average()]
     print(f"\nPaged vs contiguous decode, fp32, B={args.batch}, P={args.past}, Hq={HQ}, Hkv={HKV}, D={D}, RoPE; "
           f"onnxruntime {ort.__version__}; caches updated in place (I/O binding); load average {load[0]} -> {load[1]}")
     print(f"  {'threads':>7} {'block':>5} {'layout':<9} {'contig ms':>9} {'GB/s':>6} {'paged ms':>9} {'GB/s':>6} "
@@ -195,7 +197,9 @@ def main() -> None:
     path = args.out / "paged_cpu.json"
     from bench_sdpa_cpu import machine  # the same machine description as the other CPU benchmarks
 
-    path.write_text(json.dumps({"machine": machine(), "load_average": load, "rows": rows}, indent=2))
+    timing = {"repeat": args.repeat, "settle": args.settle, "burst": args.burst}
+    path.write_text(json.dumps({"machine": machine(), "load_average": load, "timing": timing, "rows": rows},
+                               indent=2))
     print(f"\nwrote {path}")
 
 

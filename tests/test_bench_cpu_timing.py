@@ -83,6 +83,7 @@ def test_sdpa_benchmark_uses_the_shared_timing():
 TINY = {
     "bench_gqa_cpu": ["--prefill", "64", "--past", "32", "--capacity", "128", "--repeat", "2"],
     "bench_mla_cpu": ["--past", "32", "--heads", "2", "--repeat", "2", "--chunks", "4x0", "2x16", "--threads", "1"],
+    "bench_paged_cpu": ["--batch", "2", "--past", "40", "--block-size", "16", "--repeat", "2"],
 }
 
 
