@@ -12,26 +12,32 @@ Shape: B=1, Hq=16, Hkv=2, D=128, fp32, blocks/segments of 64, 16 chosen per quer
 Inputs are random normal: queries of neighbouring positions choose unrelated blocks, the hardest case for a
 kernel that shares K/V loads between rows (real models' selections overlap more).
 
-Reported: ms (median of --repeat rounds after a warm-up; each round runs every implementation once, so load
-changes on the shared machine hit them alike), the dense/sparse ratio, and the multiply-adds each
-performs (attention FLOPs over the keys it attends to: 4 * D * keys per row; selection and compression extra).
+Reported: ms (median over --repeat rounds of bursts, cpu_timing.py as every CPU benchmark: in each round every
+implementation a pause of --settle seconds, one untimed call, then timed calls for at least --burst seconds,
+so load changes on the shared machine hit them alike and no call runs beside another session's spinning
+pool threads), the dense/sparse ratio, and the multiply-adds each performs (attention FLOPs over the keys it
+attends to: 4 * D * keys per row; selection and compression extra).
 
     python benchmarks/bench_sparse_cpu.py [--seq 16384] [--function-seq 2048] [--threads 2] [--repeat 3]
+                                          [--settle 0.1] [--burst 0.02]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 from onnx import TensorProto, helper
 
 from onnxattn import ops
+
+if str(Path(__file__).parent) not in sys.path:  # cpu_timing next to this file, also when imported by path
+    sys.path.insert(0, str(Path(__file__).parent))
+import cpu_timing  # noqa: E402
+
 HQ, HKV, D, BLOCK, TOP, WINDOW = 16, 2, 128, 64, 16, 512
 F32, I64 = TensorProto.FLOAT, TensorProto.INT64
 
@@ -95,9 +101,10 @@ def options(threads: int):
     return o
 
 
-def bench(names: list[str], s: int, threads: int, repeat: int, library: bool) -> list[dict]:
-    """Median time of each implementation, run round-robin (one run of each per round after a warm-up), so a
-    change in the shared machine's load hits all of them alike."""
+def bench(names: list[str], s: int, threads: int, repeat: int, library: bool, settle: float = cpu_timing.SETTLE,
+          burst: float = cpu_timing.BURST) -> list[dict]:
+    """Median time of each implementation over `repeat` rounds of bursts (cpu_timing: every implementation one
+    burst per round), so a change in the shared machine's load hits all of them alike."""
     from onnxattn.cuda_ep import make_session
 
     data = feeds(s)
@@ -107,17 +114,11 @@ def bench(names: list[str], s: int, threads: int, repeat: int, library: bool) ->
         session = make_session(model(op, inputs, attrs), providers=["CPUExecutionProvider"], use_library=library,
                                session_options=options(threads))
         f = {n: a for n, a in data.items() if n in inputs}
-        runs[name] = (session, f)
-        session.run(None, f)  # warm-up
-    times = {name: [] for name in names}
-    for _ in range(repeat):
-        for name, (session, f) in runs.items():
-            start = time.perf_counter()
-            session.run(None, f)
-            times[name].append(time.perf_counter() - start)
+        runs[name] = lambda session=session, f=f: session.run(None, f)  # each burst's untimed call warms up
+    median = cpu_timing.median_rounds(runs, repeat, settle, burst)
     rows = []
     for name in names:
-        seconds = statistics.median(times[name])
+        seconds = median[name]
         flops = 4 * D * HQ * attended_keys(name, s)
         rows.append({"impl": name + ("" if library else "-function"), "S": s, "ms": seconds * 1e3,
                      "attention_gflop": flops / 1e9, "gflops": flops / seconds / 1e9, "threads": threads})
@@ -166,17 +167,21 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=16384)
     parser.add_argument("--function-seq", type=int, default=2048)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=3, help="rounds of bursts")
+    cpu_timing.add_arguments(parser)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
 
+    load_before = cpu_timing.load_average()  # other work on the machine: recorded with the rows
     agreement = check_agreement(min(args.function_seq, 1024), args.threads)
-    rows = bench(["nsa", "routed", "dense"], args.seq, args.threads, args.repeat, True)
-    rows += bench(["nsa", "routed"], args.function_seq, args.threads, args.repeat, True)
-    rows += bench(["nsa", "routed"], args.function_seq, args.threads, args.repeat, False)
+    timing = (args.threads, args.repeat)
+    rows = bench(["nsa", "routed", "dense"], args.seq, *timing, True, args.settle, args.burst)
+    rows += bench(["nsa", "routed"], args.function_seq, *timing, True, args.settle, args.burst)
+    rows += bench(["nsa", "routed"], args.function_seq, *timing, False, args.settle, args.burst)
+    load = [load_before, cpu_timing.load_average()]
 
     print(f"\nSparse attention, fp32, B=1, Hq={HQ}, Hkv={HKV}, D={D}, blocks of {BLOCK}, top {TOP}, window {WINDOW}, "
-          f"{args.threads} threads (median of {args.repeat})")
+          f"{args.threads} threads (median over {args.repeat} rounds of bursts); load average {load[0]} -> {load[1]}")
     print(f"{'impl':<18}{'S':>7}{'ms':>11}{'attn GFLOP':>12}{'GFLOP/s':>9}  vs dense / vs function")
     dense = next(r for r in rows if r["impl"] == "dense")
     by = {(r["impl"], r["S"]): r for r in rows}
@@ -196,7 +201,9 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     info = machine()
     info["load_average"] = list(__import__("os").getloadavg())
-    result = {"machine": info, "shape": dict(B=1, Hq=HQ, Hkv=HKV, D=D, block=BLOCK, top=TOP, window=WINDOW),
+    result = {"machine": info, "load_average": load,
+              "timing": {"repeat": args.repeat, "settle": args.settle, "burst": args.burst},
+              "shape": dict(B=1, Hq=HQ, Hkv=HKV, D=D, block=BLOCK, top=TOP, window=WINDOW),
               "rows": rows, "ratio_dense_over": {n: dense["ms"] / by[(n, args.seq)]["ms"] for n in ("nsa", "routed")},
               "kernel_vs_function_max_abs": agreement}
     path = args.out / "sparse_cpu.json"

@@ -84,6 +84,7 @@ TINY = {
     "bench_gqa_cpu": ["--prefill", "64", "--past", "32", "--capacity", "128", "--repeat", "2"],
     "bench_mla_cpu": ["--past", "32", "--heads", "2", "--repeat", "2", "--chunks", "4x0", "2x16", "--threads", "1"],
     "bench_paged_cpu": ["--batch", "2", "--past", "40", "--block-size", "16", "--repeat", "2"],
+    "bench_sparse_cpu": ["--seq", "256", "--function-seq", "128", "--repeat", "1"],
 }
 
 
