@@ -10,6 +10,7 @@
 #include <string>
 
 #include "common/errors.h"
+#include "sdpa/cuda_device.cuh"  // allow_smem
 #include "sparse/cuda_kernel.h"
 
 namespace onnxattn::sparse::cuda {
@@ -708,11 +709,7 @@ void launch_select(const SelectArgs<TQ>& a, const SelectTiling& tiling, cudaStre
   if (tiling.queries > 0) {
     const int64_t grid = a.batch * list_heads * ((a.q_len + tiling.queries - 1) / tiling.queries);
     if (grid > int64_t(0x7fffffff)) throw std::runtime_error("sparse selection kernel: too many lists for one grid");
-    if (tiling.smem > 48 * 1024 &&
-        cudaFuncSetAttribute(tiled_select_kernel<TQ>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(tiling.smem)) !=
-            cudaSuccess) {
-      throw std::runtime_error("sparse selection kernel: cannot get its shared memory");
-    }
+    sdpa::cuda::allow_smem<tiled_select_kernel<TQ>>(tiling.smem);  // once per device: launches stay capturable
     tiled_select_kernel<TQ><<<unsigned(grid), kThreads, tiling.smem, stream>>>(a, tiling.queries, tiling.rows_per_query);
     check_launch("sparse selection kernel");
     return;
