@@ -640,6 +640,188 @@ __global__ void __launch_bounds__(kThreads) fine_kernel(const FineArgs<T> a) {
   }
 }
 
+// ---- the fine branch, tiled (the fast path): one CTA per (b, KV head, 16 rows of its group's (query, head)
+// pairs), as the CPU kernel. Each tile of 32 keys is staged once and scored for the 16 rows (a thread per
+// key and 4 rows, sums in d order); a row keeps a candidate buffer of `capacity` (score, key) pairs that
+// takes every key beating the row's threshold (its top-th best so far; keys arrive in index order, so an
+// equal score never displaces an earlier key). A buffer that could overflow on the next tile is cut back
+// to its best `top` by a warp's bitonic sort (larger score first, lower index on ties, NaN never), which also
+// raises the threshold. At the end: each row's best `top` in index order, the softmax over their scores and
+// their values.
+
+constexpr int kFineRows = 16;  // 4 per warp
+
+// Buffer entries per row (a power of two) for `top`, or 0 when the tiled kernel takes no such top.
+int fine_capacity(int64_t top) {
+  int capacity = 64;
+  while (capacity < 2 * top + 32) capacity *= 2;
+  return capacity <= 1024 ? capacity : 0;
+}
+
+size_t fine_tiled_smem(int dim, int capacity) {
+  return (size_t(dim) * kFineRows + size_t(32) * (dim + 1)) * sizeof(float) +
+         size_t(kFineRows) * capacity * (sizeof(float) + sizeof(int32_t)) + kFineRows * (sizeof(int) + sizeof(float));
+}
+
+template <typename T>
+struct FineTiledArgs {
+  const T* q;
+  const T* k;
+  const T* v;
+  float* out;       // [B, Hq, Sq, Dv]
+  int64_t* listed;  // optional [B, Hq, Sq, top]
+  int64_t batch, q_heads, kv_heads, q_len, kv_len, top;
+  int dim, v_dim, capacity;
+  bool causal;
+  float scale;
+};
+
+// Sorts the first `n` (a power of two) pairs of a buffer, best first (`better`), or by key ascending
+// (`by_index`); one warp.
+__device__ void warp_bitonic(float* score, int32_t* index, int n, bool by_index) {
+  const int lane = threadIdx.x % 32;
+  for (int k = 2; k <= n; k *= 2) {
+    for (int j = k / 2; j > 0; j /= 2) {
+      for (int i = lane; i < n; i += 32) {
+        const int partner = i ^ j;
+        if (partner <= i) continue;
+        const bool first_ahead = by_index ? index[i] < index[partner]
+                                          : better(score[i], index[i], score[partner], index[partner]);
+        const bool want_first_ahead = (i & k) == 0;
+        if (first_ahead != want_first_ahead) {
+          const float s = score[i];
+          score[i] = score[partner];
+          score[partner] = s;
+          const int32_t x = index[i];
+          index[i] = index[partner];
+          index[partner] = x;
+        }
+      }
+      __syncwarp();
+    }
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) fine_tiled_kernel(const FineTiledArgs<T> a) {
+  extern __shared__ float fine_tile_smem[];
+  const int dim = a.dim, capacity = a.capacity, tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  float* const q_s = fine_tile_smem;                                   // [dim][kFineRows]
+  float* const tile_s = q_s + dim * kFineRows;                          // [32][dim + 1]
+  float* const buf_score = tile_s + 32 * (dim + 1);                     // [kFineRows][capacity]
+  int32_t* const buf_index = reinterpret_cast<int32_t*>(buf_score + kFineRows * capacity);
+  int* const count_s = reinterpret_cast<int*>(buf_index + kFineRows * capacity);
+  float* const threshold_s = reinterpret_cast<float*>(count_s + kFineRows);
+  const int64_t group = a.q_heads / a.kv_heads, rows_per_head = group * a.q_len;
+  const int64_t tiles = (rows_per_head + kFineRows - 1) / kFineRows;
+  const int64_t row_begin = int64_t(blockIdx.x) % tiles * kFineRows;
+  const int64_t kv_head = int64_t(blockIdx.x) / tiles % a.kv_heads, b = int64_t(blockIdx.x) / (tiles * a.kv_heads);
+  const int rows = int(min(int64_t(kFineRows), rows_per_head - row_begin));
+  // Row r: pair row_begin + r = (query i, head kv_head * G + g), keys [0, end).
+  auto end_of = [&](int r) -> int64_t {
+    if (r >= rows) return 0;
+    const int64_t i = (row_begin + r) / group;
+    return a.causal ? max(min(i + a.kv_len - a.q_len + 1, a.kv_len), int64_t(0)) : a.kv_len;
+  };
+  auto q_offset = [&](int r) {
+    const int64_t pair = row_begin + r, i = pair / group, h = kv_head * group + pair % group;
+    return ((b * a.q_heads + h) * a.q_len + i);
+  };
+  for (int idx = tid; idx < kFineRows * dim; idx += kThreads) {
+    const int r = idx / dim, d = idx % dim;
+    q_s[d * kFineRows + r] = r < rows ? to_float(a.q[q_offset(r) * dim + d]) : 0.0f;
+  }
+  if (tid < kFineRows) {
+    count_s[tid] = 0;
+    threshold_s[tid] = kNegInf;
+  }
+  int64_t key_end = 0;
+  for (int r = 0; r < rows; ++r) key_end = max(key_end, end_of(r));
+  const int first_row = 4 * warp;
+  int64_t ends[4];
+  for (int x = 0; x < 4; ++x) ends[x] = end_of(first_row + x);
+  const T* const k_head = a.k + (b * a.kv_heads + kv_head) * a.kv_len * dim;
+
+  // Cuts row r's buffer back to its best `top` (one warp), raising its threshold when it holds `top`.
+  auto cut = [&](int r) {
+    float* const sc = buf_score + r * capacity;
+    int32_t* const ix = buf_index + r * capacity;
+    const int n = count_s[r];
+    for (int e = n + lane; e < capacity; e += 32) sc[e] = kNegInf, ix[e] = 0x7fffffff;  // last in the order
+    __syncwarp();
+    warp_bitonic(sc, ix, capacity, false);
+    const int kept = int(min(int64_t(n), a.top));
+    if (lane == 0) {
+      count_s[r] = kept;
+      threshold_s[r] = kept == a.top ? sc[kept - 1] : kNegInf;
+    }
+    __syncwarp();
+  };
+
+  for (int64_t j0 = 0; j0 < key_end; j0 += 32) {
+    __syncthreads();  // the previous tile is consumed, the buffers cut (and, the first time, q_s written)
+    for (int idx = tid; idx < 32 * dim; idx += kThreads) {
+      const int c = idx / dim, d = idx % dim;
+      tile_s[c * (dim + 1) + d] = j0 + c < key_end ? to_float(k_head[(j0 + c) * dim + d]) : 0.0f;
+    }
+    __syncthreads();
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (int d = 0; d < dim; ++d) {
+      const float kd = tile_s[lane * (dim + 1) + d];
+      const float4 q = *reinterpret_cast<const float4*>(q_s + d * kFineRows + first_row);
+      acc[0] = fmaf(q.x, kd, acc[0]);
+      acc[1] = fmaf(q.y, kd, acc[1]);
+      acc[2] = fmaf(q.z, kd, acc[2]);
+      acc[3] = fmaf(q.w, kd, acc[3]);
+    }
+    const int64_t j = j0 + lane;
+    for (int x = 0; x < 4; ++x) {
+      const int r = first_row + x;
+      if (j < ends[x] && acc[x] > threshold_s[r]) {  // NaN never passes
+        const int at = atomicAdd(&count_s[r], 1);
+        buf_score[r * capacity + at] = acc[x];
+        buf_index[r * capacity + at] = int32_t(j);
+      }
+    }
+    __syncthreads();
+    // A buffer that the next tile could overflow (32 more at most) is cut back now.
+    for (int r = warp; r < rows; r += kWarpsPerBlock) {
+      if (count_s[r] > capacity - 32) cut(r);
+    }
+  }
+  __syncthreads();
+
+  // Each row (a warp per row): its best `top`, in index order; softmax over their scores; their values.
+  for (int r = warp; r < rows; r += kWarpsPerBlock) {
+    cut(r);
+    const int n = count_s[r];
+    float* const sc = buf_score + r * capacity;
+    int32_t* const ix = buf_index + r * capacity;
+    const float top_score = n > 0 ? sc[0] : 0.0f;  // the best comes first
+    int sorted = 1;
+    while (sorted < n) sorted *= 2;
+    for (int e = n + lane; e < sorted; e += 32) sc[e] = kNegInf, ix[e] = 0x7fffffff;
+    __syncwarp();
+    if (n > 1) warp_bitonic(sc, ix, sorted, true);
+    float sum = 0.0f;
+    for (int x = lane; x < n; x += 32) sum += expf(a.scale * (sc[x] - top_score));
+    sum = warp_sum(sum);
+    const int64_t row = q_offset(r);
+    const T* const v_head = a.v + (b * a.kv_heads + kv_head) * a.kv_len * a.v_dim;
+    for (int e = lane; e < a.v_dim; e += 32) {
+      float o = 0.0f;
+      for (int x = 0; x < n; ++x) {
+        const float w = expf(a.scale * (sc[x] - top_score)) / sum;
+        if (w > 0.0f) o += w * to_float(v_head[int64_t(ix[x]) * a.v_dim + e]);  // a weightless key is never read
+      }
+      a.out[row * a.v_dim + e] = o;
+    }
+    if (a.listed) {
+      for (int64_t x = lane; x < a.top; x += 32) a.listed[row * a.top + x] = x < n ? ix[x] : -1;
+    }
+  }
+}
+
 // ---- the gated mix: y = sum over present branches of gate * branch ----
 
 template <typename T>
@@ -800,7 +982,7 @@ NsaScratch carve_nsa(const NsaParams& p, const NsaPlan& plan, Carver& c) {
   s.centroids = c.take<float>(d.batch * d.kv_heads * std::max<int64_t>(p.full_blocks, 1) * d.head_dim);
   s.lists = c.take<int32_t>(d.batch * p.selection_heads * d.q_len * p.attrs.top_blocks);
   for (int branch = 0; branch < 3; ++branch) s.branch[branch] = c.take<float>(branch_used(p, branch) ? out : 0);
-  s.fine_scores = c.take<float>(fine_scratch_floats(p));
+  s.fine_scores = c.take<float>(plan.fine_capacity > 0 ? 0 : fine_scratch_floats(p));
   s.layout = c.take<int64_t>(plan.core_blocks ? 2 * plan.blocks_params.batch : 0);
   s.grouped_q = c.take<unsigned char>(plan.core_blocks && grouped_queries(p) ? int64_t(plan.element_bytes) *
                                       d.batch * d.q_heads * d.q_len * d.head_dim : 0);
@@ -841,6 +1023,13 @@ NsaPlan plan_nsa(const NsaParams& p, const NsaTensors<T>& t) {
       plan.window = sdpa::cuda::make_plan(plan.window_params, sdpa::cuda::dtype_of<T>(), device,
                                           sdpa::cuda::request_from_env(),
                                           sdpa::cuda::aligned16(plan.window_params, view), {false, kNsaName});
+    }
+  }
+  if (fast && !p.has_compressed && a.top_tokens > 0 && d.head_dim <= 256) {
+    const int capacity = fine_capacity(a.top_tokens);
+    if (capacity > 0 && fine_tiled_smem(int(d.head_dim), capacity) <= kSelectSmemBudget) {
+      plan.fine_capacity = capacity;
+      plan.fine_smem = fine_tiled_smem(int(d.head_dim), capacity);
     }
   }
   if (fast && (a.top_blocks > 0 || p.has_compressed)) {
@@ -910,7 +1099,16 @@ void run_nsa(const NsaParams& p, const NsaTensors<T>& t, const NsaPlan& plan, vo
     blocks.shared = a.shared_selection != 0, blocks.causal = a.causal != 0;
     launch_attend(blocks, stream);
   }
-  if (!p.has_compressed && a.top_tokens > 0) {
+  if (!p.has_compressed && a.top_tokens > 0 && plan.fine_capacity > 0) {
+    FineTiledArgs<T> f{t.q, t.k, t.v, branch[1], p.want_tokens ? t.selected_tokens : nullptr, d.batch, d.q_heads,
+                       d.kv_heads, d.q_len, d.kv_len, a.top_tokens, int(d.head_dim), int(d.v_head_dim),
+                       plan.fine_capacity, a.causal != 0, p.scale};
+    const int64_t grid = d.batch * d.kv_heads * ((d.group() * d.q_len + kFineRows - 1) / kFineRows);
+    if (grid > int64_t(0x7fffffff)) fail(kNsaName, ": too many rows for one CUDA grid");
+    sdpa::cuda::allow_smem<fine_tiled_kernel<T>>(plan.fine_smem);
+    fine_tiled_kernel<T><<<unsigned(grid), kThreads, plan.fine_smem, stream>>>(f);
+    check_launch("sparse fine kernel");
+  } else if (!p.has_compressed && a.top_tokens > 0) {
     const int64_t per_launch = fine_rows_per_launch(d);
     const size_t smem = size_t(a.top_tokens + 1) / 2 * 2 * sizeof(float) + size_t(a.top_tokens) * sizeof(int64_t);
     for (int64_t begin = 0; begin < rows; begin += per_launch) {

@@ -18,9 +18,11 @@
 //    Both write float32 branch outputs, so 16-bit outputs round once, after the mix. Lists must be sorted
 //    ascending with -1 after the valid entries (what the selection writes): every block but the last is
 //    then complete, and the last one's visible keys end the sequence.
-//  - Not yet on the core: the fine branch (one CTA per row: dense scores, top-k by repeated block argmax)
-//    and SparseRoutedAttention's attention (its RoPE'd Q and K stay float32 to match the oracle's rounding;
-//    one warp per row).
+//  - The fine branch (exact: every key scored): a CTA per 16 (query, head) rows of a GQA group scores each
+//    staged tile of 32 keys for all of them and keeps a streaming top-k per row (candidates past the row's
+//    threshold into a buffer, cut back by a bitonic sort), as the CPU kernel does with its heaps.
+//  - Not yet on the core: SparseRoutedAttention's attention (its RoPE'd Q and K stay float32 to match the
+//    oracle's rounding; one warp per row).
 // ONNXATTN_SPARSE_CUDA = auto | simple | fast (read on every call): fast is the above; simple the first
 // kernels (one CTA per selection list, a warp per row in every branch). auto is simple until the fast
 // path has passed the GPU tests (written with it, not yet run on a GPU); the tests and the benchmark ask
@@ -49,6 +51,8 @@ struct NsaPlan {
   sdpa::cuda::LaunchPlan blocks, window;
   size_t element_bytes = 0;
   SelectTiling select;
+  int fine_capacity = 0;  // the fine branch's tiled kernel: candidates kept per row (0: one CTA per row)
+  size_t fine_smem = 0;
   size_t scratch_bytes = 0;
 };
 
