@@ -235,3 +235,22 @@ def test_gpu_case_table_passes_on_the_cpu_kernel(case_id, dtype):
     options.intra_op_num_threads = 1
     session = ort.InferenceSession(gc.model(case, dtype), options, providers=["CPUExecutionProvider"])
     gc.check(case, dtype, *session.run(None, gc.numpy_feeds(case, dtype)), context=f"CPU kernel {case_id} {dtype}")
+
+
+def test_rotated_queries_are_asked_for_by_the_environment(monkeypatch):
+    """ONNXATTN_GQA_CUDA_QUERY=rotated: the queries prepared into scratch first, only for tensor-core plans
+    that have a preparation to do; an unknown value is an error naming the variable."""
+    s = lib.Spec(seq=64, mode="concat", past=100, rope=1, **LLAMA)
+    fused = lib.plan(s)
+    assert not fused["rotate_queries"]
+    monkeypatch.setenv("ONNXATTN_GQA_CUDA_QUERY", "rotated")
+    rotated = lib.plan(s)
+    assert rotated["rotate_queries"] and rotated["attention"]["kernel"] == "mma"
+    q_bytes = s.batch * s.seq * s.q_heads * s.head_dim * 2
+    assert rotated["rotated_q_offset"] == fused["scratch_bytes"]
+    assert rotated["scratch_bytes"] == fused["scratch_bytes"] + -(-q_bytes // 256) * 256
+    assert not lib.plan(lib.Spec(seq=64, mode="concat", past=100, rope=0, **LLAMA))["rotate_queries"]  # nothing to do
+    assert not lib.plan(s, kernel="simt")["rotate_queries"]  # SIMT prepares in float32
+    monkeypatch.setenv("ONNXATTN_GQA_CUDA_QUERY", "early")
+    with pytest.raises(lib.GqaCudaError, match="ONNXATTN_GQA_CUDA_QUERY must be fused or rotated, got 'early'"):
+        lib.plan(s)

@@ -67,6 +67,9 @@ class GqaPlanInfo(ctypes.Structure):
         ("present_key_offset", ctypes.c_int64),
         ("present_value_offset", ctypes.c_int64),
         ("scratch_bytes", ctypes.c_int64),
+        ("rotated_q_offset", ctypes.c_int64),
+        ("rotate_queries", ctypes.c_int32),
+        ("reserved", ctypes.c_int32),
     ]
 
     def as_dict(self) -> dict:
@@ -77,7 +80,7 @@ class GqaPlanInfo(ctypes.Structure):
                 value = value.as_dict()
             elif isinstance(value, ctypes.Array):
                 value = tuple(value)
-            elif name in ("per_batch", "present_in_scratch"):
+            elif name in ("per_batch", "present_in_scratch", "rotate_queries"):
                 value = bool(value)
             out[name] = value
         return out

@@ -194,3 +194,26 @@ def test_agrees_with_the_torch_reference_on_the_gpu(case_id, dtype):
     err = np.abs(y - y_ref.double().cpu().numpy()).max()
     assert err <= y_tol, f"max |ours - torch reference| = {err:.3g} > {y_tol:.3g} ({plan['attention']['reason']})"
     assert torch.equal(torch.from_numpy(pk).to(k_ref.dtype).isnan(), k_ref.cpu().isnan())
+
+
+ROTATED_CASES = ["prefill-s96", "chunk-s5-p700", "shared-chunk-b2", "window-shared-b2", "left-pad-prefill-b3",
+                 "positions-docs", "rope-partial-interleaved", "rope-inv-freq-custom-scaling", "qk-norm",
+                 "qnorm-only-decode", "everything-shared"]
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("case_id", ROTATED_CASES)
+def test_rotated_queries_give_the_fused_bits(case_id, dtype, monkeypatch):
+    """ONNXATTN_GQA_CUDA_QUERY=rotated (queries prepared into scratch by their own kernel) against the fused Q
+    load: the same arithmetic on the same 16-bit rows, so the same output bits."""
+    case = gc.CASES_BY_ID[case_id]
+    t = gt.to_device(case, dtype)
+    fresh = lambda: {k: v.clone() for k, v in t.items()}  # noqa: E731 - in-place cases write their inputs
+    y, pk, pv, plan, _ = gt.run(case, dtype, inputs=fresh())
+    monkeypatch.setenv("ONNXATTN_GQA_CUDA_QUERY", "rotated")
+    y2, pk2, pv2, plan2, _ = gt.run(case, dtype, inputs=fresh())
+    assert plan2["rotate_queries"] == (plan["attention"]["kernel"] == "mma"), plan2["attention"]["reason"]
+    np.testing.assert_array_equal(y2, y)
+    for a, b in ((pk2, pk), (pv2, pv)):
+        if a is not None:
+            np.testing.assert_array_equal(a, b)

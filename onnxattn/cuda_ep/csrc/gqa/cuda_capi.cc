@@ -35,6 +35,8 @@ struct OnnxAttnGqaPlanInfo {
   int32_t per_batch, present_in_scratch;
   int64_t append_rows, append_blocks, lengths_offset, attention_offset, present_key_offset, present_value_offset;
   int64_t scratch_bytes;
+  int64_t rotated_q_offset;
+  int32_t rotate_queries, reserved;
 };
 
 // Device pointers of one call; null where the input is absent. present_key/present_value null: the
@@ -110,6 +112,8 @@ void fill_plan_info(const Plan& plan, OnnxAttnGqaPlanInfo* out) {
   for (int i = 0; i < 4; ++i) out->mask_strides[i] = a.mask_strides[size_t(i)];
   out->per_batch = plan.per_batch ? 1 : 0;
   out->present_in_scratch = plan.present_in_scratch ? 1 : 0;
+  out->rotate_queries = plan.rotate_queries ? 1 : 0;
+  out->rotated_q_offset = int64_t(plan.rotated_q_offset);
   out->append_rows = plan.append_rows;
   out->append_blocks = plan.append_blocks;
   out->lengths_offset = int64_t(plan.lengths_offset);

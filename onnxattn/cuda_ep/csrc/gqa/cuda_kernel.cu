@@ -79,6 +79,34 @@ __global__ void __launch_bounds__(32 * kAppendRowsPerBlock) append_kernel(const 
   }
 }
 
+// ONNXATTN_GQA_CUDA_QUERY=rotated: one warp per query (token, head) row, prepared into scratch exactly as the
+// core's Q load would prepare it (sdpa/cuda_query_prep.cuh: 16-bit in, float32 arithmetic, 16-bit out) at
+// the query's position. Rows of a sequence the new-token kernel found invalid are left alone (the core
+// skips that sequence).
+template <typename T>
+struct RotateArgs {
+  const T* query;  // [B, S, Hq*D]
+  T* rotated;      // the same layout
+  const int64_t* position_ids;  // [B, S] or null
+  const int64_t* lengths;       // shared-buffer mode: [2][B] from the new-token kernel, else null
+  int64_t batch, seq, q_heads, past;
+  int head_dim;
+  RowPrep<T> prep;
+};
+
+template <typename T>
+__global__ void __launch_bounds__(32 * kAppendRowsPerBlock) rotate_queries_kernel(const RotateArgs<T> a) {
+  const int lane = threadIdx.x % 32;
+  const int64_t row = int64_t(blockIdx.x) * kAppendRowsPerBlock + threadIdx.x / 32;
+  if (row >= a.batch * a.seq * a.q_heads) return;  // whole warps
+  const int64_t token = row / a.q_heads, b = token / a.seq, i = token % a.seq;
+  if (a.lengths != nullptr && a.lengths[a.batch + b] < 0) return;
+  const int64_t start = a.lengths != nullptr ? a.lengths[b] : a.past;
+  const int64_t position = a.position_ids != nullptr ? a.position_ids[token] : start + i;
+  sdpa::cuda::prepare_row(a.query + row * a.head_dim, a.rotated + row * a.head_dim, a.head_dim, a.prep, position, 1.0f,
+                          lane);
+}
+
 void check_cuda(cudaError_t status, const char* what) {
   if (status != cudaSuccess) {
     throw std::runtime_error(str_cat(kOpName, ": ", what, ": ", cudaGetErrorName(status), " (",
@@ -181,6 +209,22 @@ void run(const Params& p, const Tensors<T>& t_in, const Plan& plan, void* stream
   QueryPrep<T> prep;
   prep.row = row_prep<T>(p, p.q_norm ? t.q_norm_weight : nullptr, t.inv_freq);
   prep.position_ids = p.has_position_ids ? t.position_ids : nullptr;
+  if (plan.rotate_queries) {
+    RotateArgs<T> r{};
+    r.query = t.query;
+    r.rotated = reinterpret_cast<T*>(base + plan.rotated_q_offset);
+    r.position_ids = prep.position_ids;
+    r.lengths = lengths;
+    r.batch = p.batch, r.seq = p.seq, r.q_heads = p.q_heads, r.past = p.past;
+    r.head_dim = int(p.head_dim);
+    r.prep = prep.row;
+    const int64_t blocks = (p.batch * p.seq * p.q_heads + kAppendRowsPerBlock - 1) / kAppendRowsPerBlock;
+    if (blocks > int64_t(0x7fffffff)) throw std::runtime_error(str_cat(kOpName, ": too many query rows"));
+    rotate_queries_kernel<T><<<unsigned(blocks), 32 * kAppendRowsPerBlock, 0, stream>>>(r);
+    check_cuda(cudaGetLastError(), "launching the query kernel");
+    at.q = r.rotated;
+    prep = QueryPrep<T>{};  // the core reads prepared rows
+  }
   sdpa::cuda::run(plan.attention, at, plan.launch, stream, base + plan.attention_offset, plan.launch.scratch_bytes, prep);
 }
 

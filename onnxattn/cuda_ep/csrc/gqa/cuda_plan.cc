@@ -41,7 +41,7 @@ sdpa::Params attention_params(const Params& p) {
 }
 
 Plan make_plan(const Params& p, DType dtype, const DeviceInfo& device, const Request& request, bool aligned16,
-               bool present_outputs) {
+               bool present_outputs, bool rotate_queries) {
   Plan plan;
   plan.attention = attention_params(p);
   plan.per_batch = p.mode == CacheMode::kShared;
@@ -70,6 +70,10 @@ Plan make_plan(const Params& p, DType dtype, const DeviceInfo& device, const Req
     plan.present_key_offset = take(slots * size_t(p.head_dim) * size);
     plan.present_value_offset = take(slots * size_t(p.v_head_dim) * size);
   }
+  // Queries prepared ahead only where the core would prepare them in 16 bits (its tensor-core kernels).
+  plan.rotate_queries = rotate_queries && plan.launch.kernel == sdpa::cuda::Kernel::kMma && plan.launch.grid > 0 &&
+                        (p.rope || p.q_norm);
+  if (plan.rotate_queries) plan.rotated_q_offset = take(size_t(p.batch * p.seq * p.q_heads * p.head_dim) * size);
   plan.scratch_bytes = offset;
   return plan;
 }

@@ -10,12 +10,18 @@
 //      their cache slots; in shared-buffer mode also the per-sequence query offsets and valid lengths the
 //      attention reads (past_lengths is read on the device: no host synchronisation);
 //   3. the attention core (sdpa/cuda_*) over the cache, with QK-norm and RoPE of the queries fused into its
-//      Q load (sdpa/cuda_query_prep.h) and the output written straight into [B, S, Hq*Dv].
+//      Q load (sdpa/cuda_query_prep.h) and the output written straight into [B, S, Hq*Dv]. With
+//      ONNXATTN_GQA_CUDA_QUERY=rotated (tensor-core plans only; for measuring what the fusion costs), a
+//      kernel first writes the prepared queries to scratch and the core reads them plainly: the same
+//      arithmetic (the tensor-core kernels prepare 16-bit rows in 16 bits), so the same bits.
 // Every input stays in device memory: nothing is read on the host, and the launches do not depend on
 // input values, so a decode step can be captured in a CUDA graph.
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <string>
+
+#include "common/errors.h"
 
 #include "gqa/params.h"
 #include "sdpa/cuda_plan.h"
@@ -30,6 +36,16 @@ using sdpa::cuda::Request;
 
 inline constexpr int kAppendRowsPerBlock = 4;  // new-token kernel: one warp per (token, KV head) row
 
+// ONNXATTN_GQA_CUDA_QUERY = fused | rotated (unset or empty = fused), read on every call. An unknown value is
+// an InputError.
+inline bool rotated_queries_from_env() {
+  const char* value = std::getenv("ONNXATTN_GQA_CUDA_QUERY");
+  const std::string v = value == nullptr ? "" : value;
+  if (v.empty() || v == "fused") return false;
+  if (v == "rotated") return true;
+  fail(kOpName, ": environment variable ONNXATTN_GQA_CUDA_QUERY must be fused or rotated, got '", v, "'");
+}
+
 struct Plan {
   sdpa::Params attention;  // the core's view: raw queries [B, S, Hq*D], the caches, output [B, S, Hq*Dv]
   LaunchPlan launch;       // the core's launch
@@ -40,6 +56,8 @@ struct Plan {
   // offsets, then valid lengths; a negative length marks an out-of-range past_lengths entry).
   size_t lengths_offset = 0, attention_offset = 0, present_key_offset = 0, present_value_offset = 0;
   bool present_in_scratch = false;  // the node does not ask for present_key/present_value
+  bool rotate_queries = false;      // the queries are prepared into scratch ([B, S, Hq*D]) before the core
+  size_t rotated_q_offset = 0;
   size_t scratch_bytes = 0;
 };
 
@@ -51,6 +69,6 @@ sdpa::Params attention_params(const Params& p);
 // present_key/present_value (else the caches live in scratch). Throws InputError naming the op when the
 // CUDA kernels cannot run the problem.
 Plan make_plan(const Params& p, DType dtype, const DeviceInfo& device, const Request& request, bool aligned16,
-               bool present_outputs);
+               bool present_outputs, bool rotate_queries = rotated_queries_from_env());
 
 }  // namespace onnxattn::gqa::cuda
