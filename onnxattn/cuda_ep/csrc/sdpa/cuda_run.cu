@@ -79,6 +79,10 @@ KernelArgs<T> make_args(const Params& p, const Tensors<T>& t, const LaunchPlan& 
     a.block_shift = divider.shift;
     a.k_stride[0] = a.v_stride[0] = 0;  // the pool: rows by slot, whatever the batch
     a.kv_starts = t.kv_starts;
+    if (t.kv_starts != nullptr && plan.kernel == Kernel::kMma && plan.schedule == Schedule::kPrefill) {
+      fail(kOpName, ": per-sequence pool starts (kv_starts) run on the decode and SIMT kernels only, not the "
+           "tensor-core prefill kernel (ONNXATTN_SDPA_CUDA_PATH=prefill?)");
+    }
   }
   return a;
 }

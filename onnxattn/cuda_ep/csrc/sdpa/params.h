@@ -116,9 +116,10 @@ struct Tensors {
   // Paged K/V: key j of sequence b is slot j % block_size of block block_table[b * block_table_stride +
   // j / block_size]; K/V are addressed as slot * strides.seq + head * strides.head.
   const int32_t* block_table = nullptr;
-  // Paged K/V, CUDA only: sequence b's pool starts kv_starts[b] rows into K/V (its table entries count
-  // blocks from there); null = every sequence shares the pool from row 0. Lets per-(batch, head) K/V views
-  // serve as pools, e.g. block-sparse lists turned into block tables (sparse/cuda_kernel.cu).
+  // Paged K/V, CUDA decode and SIMT kernels only: sequence b's pool starts kv_starts[b] rows into K/V (its
+  // table entries count blocks from there); null = every sequence shares the pool from row 0. Lets
+  // per-(batch, head) K/V views serve as pools, e.g. block-sparse lists turned into block tables
+  // (sparse/cuda_kernel.cu).
   const int64_t* kv_starts = nullptr;
   const T* k_tail = nullptr;  // Params::k_split > 0; not combined with block_table
   // Block-sparse lists [B, Hkv or Hq, Sq, sparse_list_len] (see Params::sparse_block_size).

@@ -1016,6 +1016,9 @@ NsaPlan plan_nsa(const NsaParams& p, const NsaTensors<T>& t) {
       plan.blocks = sdpa::cuda::make_plan(plan.blocks_params, sdpa::cuda::dtype_of<T>(), device,
                                           sdpa::cuda::request_from_env(),
                                           sdpa::cuda::aligned16(plan.blocks_params, view), {true, kNsaName});
+      // The pool starts run on the decode and SIMT kernels; a forced prefill schedule keeps the simple kernel.
+      plan.core_blocks = plan.blocks.schedule == sdpa::cuda::Schedule::kDecode ||
+                         plan.blocks.kernel == sdpa::cuda::Kernel::kSimt;
     }
     if (a.window > 0) {
       plan.core_window = true;
