@@ -19,6 +19,7 @@
 // each probability is one FFMA + ex2: exp2(s * scale log2(e) - m * scale log2(e)).
 #include <type_traits>
 
+#include "common/errors.h"
 #include "sdpa/cuda_query_prep.cuh"
 
 namespace onnxattn::sdpa::cuda {
@@ -54,7 +55,9 @@ __device__ __forceinline__ float prefill_softmax_step(float (&x)[kCount], float&
   return alpha;
 }
 
-template <typename T, int kTile, bool kPlain>
+// kFloatOut: Y in float32 (KernelArgs::y_float), compiled only with kPlain (its one user, NativeSparseAttention's
+// window branch, has no softcap or mask): a runtime choice in the epilogue cost the other variants registers.
+template <typename T, int kTile, bool kPlain, bool kFloatOut = false>
 __global__ void __launch_bounds__(tiles::kThreads) prefill_mma_kernel(const KernelArgs<T> a) {
   constexpr int kBlocks = tiles::prefill_row_blocks(kTile);
   constexpr int kRows = tiles::prefill_rows(kTile);
@@ -374,7 +377,7 @@ __global__ void __launch_bounds__(tiles::kThreads) prefill_mma_kernel(const Kern
       for (int n = 0; n < kOutN8; ++n) {
         const int col = n * 8 + quad_col;
         if (col >= a.v_head_dim) break;
-        if (a.y_float != nullptr) {  // Dv is a multiple of 8 here: 8-byte aligned pairs
+        if constexpr (kFloatOut) {  // Dv is a multiple of 8 here: 8-byte aligned pairs
           *reinterpret_cast<float2*>(a.y_float + y_at + col) = make_float2(o[b][n][2 * h] * inv, o[b][n][2 * h + 1] * inv);
         } else {
           *reinterpret_cast<uint32_t*>(a.y + y_at + col) = Mma<T>::pack(o[b][n][2 * h] * inv, o[b][n][2 * h + 1] * inv);
@@ -388,15 +391,19 @@ __global__ void __launch_bounds__(tiles::kThreads) prefill_mma_kernel(const Kern
   }
 }
 
-template <typename T, int kTile, bool kPlain>
+template <typename T, int kTile, bool kPlain, bool kFloatOut = false>
 void launch_prefill_variant(const KernelArgs<T>& args, const LaunchPlan& plan, cudaStream_t stream) {
-  allow_smem<prefill_mma_kernel<T, kTile, kPlain>>(plan.smem_bytes);
-  prefill_mma_kernel<T, kTile, kPlain><<<unsigned(plan.grid), plan.threads, plan.smem_bytes, stream>>>(args);
+  allow_smem<prefill_mma_kernel<T, kTile, kPlain, kFloatOut>>(plan.smem_bytes);
+  prefill_mma_kernel<T, kTile, kPlain, kFloatOut><<<unsigned(plan.grid), plan.threads, plan.smem_bytes, stream>>>(args);
 }
 
 template <typename T, int kTile>
 void launch_prefill_tile(const KernelArgs<T>& args, const LaunchPlan& plan, cudaStream_t stream) {
   const bool plain = !(args.softcap > 0.0f) && args.mask_kind == MaskKind::kNone && args.scale > 0.0f;
+  if (args.y_float != nullptr) {
+    if (!plain) fail(kOpName, ": the tensor-core prefill kernel writes float32 output without softcap or mask only");
+    return launch_prefill_variant<T, kTile, true, true>(args, plan, stream);
+  }
   if (plain) return launch_prefill_variant<T, kTile, true>(args, plan, stream);
   launch_prefill_variant<T, kTile, false>(args, plan, stream);
 }
