@@ -246,14 +246,36 @@ __global__ void __launch_bounds__(kMmaThreads, 2)
   const int rank = int(s.rank), width = int(s.rank + s.rope);
   const int k_steps = (width + 15) / 16, out_pairs = (rank + 15) / 16;
 
-  // ---- The 16 query rows as two 16-bit halves (x = hi + lo up to float32 rounding), rows and columns past
-  // the problem zero; their A fragments to registers. stage0 holds them until the first K tile.
+  // ---- The 16 query rows as two 16-bit halves (x = hi + lo: ~22 significant bits in float16, ~16 in
+  // bfloat16, against 11 and 8 for one), rows and columns past the problem zero; their A fragments to
+  // registers. stage0 holds them until the first K tile. float16: the rows are first scaled by a power of two
+  // that keeps their largest value inside float16's range (the scores are scaled back, exactly), where one
+  // value past 65504 would otherwise make the row's scores Inf - Inf.
   uint16_t* const q_hi = stage0;
   uint16_t* const q_lo = stage0 + 16 * kMmaStride;
   const int q_cols = k_steps * 16;
+  auto q_value = [&](int idx) {
+    const int r = idx / q_cols, c = idx % q_cols;
+    return r < rows && c < width ? ptr.q_abs[(tok * s.heads + h0 + r) * width + c] : 0.0f;
+  };
+  __shared__ float score_scale_s;  // read each step rather than held in a register (the loop is at 255)
+  float q_scale = 1.0f;
+  if constexpr (std::is_same_v<T, Float16>) {
+    float biggest = 0.0f;
+    for (int idx = tid; idx < 16 * q_cols; idx += kMmaThreads) biggest = fmaxf(biggest, fabsf(q_value(idx)));
+    biggest = sc::warp_max(biggest);
+    if (lane == 0) s_part[warp] = biggest;  // s_part is free until the first step
+    __syncthreads();
+    biggest = fmaxf(fmaxf(s_part[0], s_part[1]), fmaxf(s_part[2], s_part[3]));
+    int exponent = 0;
+    if (isfinite(biggest)) frexpf(biggest, &exponent);  // biggest < 2^exponent
+    const int shift = exponent > 14 ? exponent - 14 : 0;  // largest scaled value < 2^14
+    q_scale = ldexpf(1.0f, -shift);
+    if (tid == 0) score_scale_s = ldexpf(1.0f, shift);
+  }
   for (int idx = tid; idx < 16 * q_cols; idx += kMmaThreads) {
     const int r = idx / q_cols, c = idx % q_cols;
-    const float x = r < rows && c < width ? ptr.q_abs[(tok * s.heads + h0 + r) * width + c] : 0.0f;
+    const float x = q_value(idx) * q_scale;
     const T high = from_float<T>(x);
     q_hi[r * kMmaStride + c] = high.bits;
     q_lo[r * kMmaStride + c] = from_float<T>(x - to_float(high)).bits;
@@ -339,10 +361,14 @@ __global__ void __launch_bounds__(kMmaThreads, 2)
         sc::Mma<T>::run(sp[2 * np + 1], qa_lo[n], kb[2], kb[3]);
       }
     }
+    // Partial scores at row * 32 + (key ^ swizzle(row)): the swizzle (bits 3-4 of the key, from the row) keeps
+    // each lane pair's two keys adjacent and spreads a warp's 8 rows over the banks (unswizzled, 32-float
+    // rows put them all on the same 8 banks).
+    auto part_at = [](int row, int key) { return row * kMmaKeys + (key ^ ((row & 3) << 3)); };
 #pragma unroll
     for (int t = 0; t < 4; ++t) {
-      *reinterpret_cast<float2*>(my_part + quad_row * kMmaKeys + 8 * t + quad_col) = make_float2(sp[t][0], sp[t][1]);
-      *reinterpret_cast<float2*>(my_part + (quad_row + 8) * kMmaKeys + 8 * t + quad_col) = make_float2(sp[t][2], sp[t][3]);
+      *reinterpret_cast<float2*>(my_part + part_at(quad_row, 8 * t + quad_col)) = make_float2(sp[t][0], sp[t][1]);
+      *reinterpret_cast<float2*>(my_part + part_at(quad_row + 8, 8 * t + quad_col)) = make_float2(sp[t][2], sp[t][3]);
     }
     __syncthreads();
 
@@ -353,15 +379,24 @@ __global__ void __launch_bounds__(kMmaThreads, 2)
       const int row = quad_row + 8 * h;
 #pragma unroll
       for (int t = 0; t < 4; ++t) {
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const int key = 8 * t + quad_col + e;
-          float v = s_part[row * kMmaKeys + key];
-#pragma unroll
-          for (int w = 1; w < 4; ++w) v += s_part[(w * 16 + row) * kMmaKeys + key];
-          if (has_softcap) v = softcap.apply(v);
-          x[h][2 * t + e] = j0 + key < hi ? v : sc::kNegInf;
+        float2 v = *reinterpret_cast<const float2*>(s_part + part_at(row, 8 * t + quad_col));
+#pragma unroll 1  // unrolled, the hoisted loads pushed the bfloat16 kernel past 255 registers
+        for (int w = 1; w < 4; ++w) {
+          const float2 p = *reinterpret_cast<const float2*>(s_part + part_at(w * 16 + row, 8 * t + quad_col));
+          v.x += p.x;
+          v.y += p.y;
         }
+        if constexpr (std::is_same_v<T, Float16>) {  // a power of two: exact
+          v.x *= score_scale_s;
+          v.y *= score_scale_s;
+        }
+        if (has_softcap) {
+          v.x = softcap.apply(v.x);
+          v.y = softcap.apply(v.y);
+        }
+        const int key = 8 * t + quad_col;
+        x[h][2 * t] = j0 + key < hi ? v.x : sc::kNegInf;
+        x[h][2 * t + 1] = j0 + key + 1 < hi ? v.y : sc::kNegInf;
       }
     }
     float alpha[2];

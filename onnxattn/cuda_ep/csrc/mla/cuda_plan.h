@@ -11,9 +11,9 @@
 //  - mma (float16/bfloat16; R and Dr multiples of 8, R <= 512, R + Dr <= 576): one CTA per (token, 16
 //    heads, split) reads each tile of 32 latent rows once for its heads and multiplies on tensor cores
 //    (mma.sync m16n8k16, FlashMLA's shape of the problem: the heads are the rows of one MQA group). The
-//    query row is split into two 16-bit halves (hi + lo) so the scores keep float32 accuracy (the
-//    absorbed query is a float32 product, unlike an input query); P is rounded to 16 bits for P V as in
-//    every flash kernel. With it, steps 2 and 4 run as small GEMMs per head over tiles of 16 tokens, so
+//    query row is split into two 16-bit halves (hi + lo: ~22 significant bits in float16, ~16 in bfloat16)
+//    so the scores stay close to float32 ones (the absorbed query is a float32 product, unlike an input
+//    query); P is rounded to 16 bits for P V as in every flash kernel. With it, steps 2 and 4 run as small GEMMs per head over tiles of 16 tokens, so
 //    each weight row is read once per 16 tokens rather than once per token.
 // ONNXATTN_MLA_CUDA_KERNEL = auto | simt | mma picks one (read on every call). auto is simt: the mma
 // kernel has not run on a GPU yet (it becomes the default once the GPU tests pass on it).
