@@ -169,6 +169,14 @@ CORE_CASES = {
     "paper-compressed": (2, 8, 2, 200, 200, 32, dict(block_size=8, top_blocks=4, window=24, causal=1,
                                                      shared_selection=1, sink_blocks=1, local_blocks=1)),
     "compressed-per-head": (1, 4, 2, 45, 90, 16, dict(block_size=4, top_blocks=3, window=5, causal=1)),
+    # split-KV inside the core (several splits per list and for the window: the combine's float32 output)
+    "decode-long-splits": (1, 8, 2, 1, 4096, 64, dict(block_size=64, top_blocks=16, window=1024, causal=1,
+                                                      shared_selection=1)),
+    "more-queries-than-keys": (1, 4, 2, 20, 12, 32, dict(block_size=4, top_blocks=2, window=3, causal=1,
+                                                         shared_selection=1)),
+    "mqa-g32": (1, 32, 1, 40, 100, 64, dict(block_size=16, top_blocks=3, window=20, causal=1, shared_selection=1)),
+    "d12-simt-core": (2, 4, 2, 9, 30, 12, dict(block_size=4, top_blocks=3, window=5, causal=1, shared_selection=1)),
+    "fine-many-cuts": (1, 2, 1, 30, 600, 32, dict(block_size=16, top_blocks=2, top_tokens=24, window=8)),
 }
 COMPRESSED = {"paper-compressed", "compressed-per-head"}
 UNIT_ROUNDOFF = {"float32": 2.0**-24, "float16": 2.0**-11, "bfloat16": 2.0**-8}

@@ -17,7 +17,6 @@ namespace onnxattn::sparse::cuda {
 namespace {
 
 constexpr float kNegInf = -__builtin_huge_valf();
-constexpr float kPosInf = __builtin_huge_valf();
 constexpr int kThreads = 128;
 constexpr int kWarpsPerBlock = kThreads / 32;
 constexpr int kMaxValueChunks = 8;  // Dv <= 256: 8 output dims per lane
@@ -150,22 +149,34 @@ struct SelectArgs {
   float scale;
 };
 
-// One warp picks a list from `key` (the num_blocks candidates' scores, in shared memory, used up): +inf for
-// forced blocks, the score for the other candidates up to the causal limit, -inf otherwise; top-k by
-// repeated warp argmax (larger first, lower index on ties; -inf never), sorted ascending, -1 after the
-// valid entries, written at lists[at] (and listed). `chosen`: a.top ints of shared scratch.
+// One warp picks a list from `key` (the num_blocks candidates' scores, in shared memory, used up): the forced
+// blocks first (the own block under causal, sinks, local blocks; in index order, at most `top`), then the
+// best other candidates up to the causal limit by repeated warp argmax (larger first, lower index on ties;
+// -inf and NaN never), sorted ascending, -1 after the valid entries, written at lists[at] (and listed).
+// (Forced blocks taken apart, not as +inf scores: a score that overflowed to +inf must not displace them.)
+// `chosen`: a.top ints of shared scratch.
 template <typename TQ>
-__device__ void warp_select(const SelectArgs<TQ>& a, float* key, int64_t position, int32_t* chosen, int64_t at) {
+__device__ __forceinline__ void warp_select(const SelectArgs<TQ>& a, float* key, int64_t position, int32_t* chosen, int64_t at) {
   const int lane = threadIdx.x % 32;
   const int64_t nb = a.num_blocks, nc = a.num_centroids;
   const int64_t own = position >= 0 ? position / a.block_size : -1;
   const int64_t limit = a.causal ? min(own + 1, nb) : nb;
-  for (int64_t c = lane; c < nb; c += 32) {
-    const bool forced = (a.causal && c == own) || c < a.sink_blocks || (c < own && c >= own - a.local_blocks);
-    key[c] = c >= limit ? kNegInf : forced ? kPosInf : c < nc ? key[c] : kNegInf;
+  int64_t count = 0;
+  for (int64_t c0 = 0; c0 < nb; c0 += 32) {
+    const int64_t c = c0 + lane;
+    const bool forced = c < limit && ((a.causal && c == own) || c < a.sink_blocks || (c < own && c >= own - a.local_blocks));
+    if (c < nb) key[c] = c >= limit || forced || c >= nc ? kNegInf : key[c];
+    unsigned mask = __ballot_sync(0xffffffffu, forced);
+    while (mask != 0u) {  // in index order, the same on every lane
+      const int bit = __ffs(mask) - 1;
+      mask &= mask - 1u;
+      if (count < a.top) {
+        if (lane == 0) chosen[count] = int32_t(c0 + bit);
+        ++count;
+      }
+    }
   }
   __syncwarp();
-  int64_t count = 0;
   for (; count < a.top; ++count) {
     float best = kNegInf;
     int64_t index = nb;
@@ -264,6 +275,9 @@ __global__ void __launch_bounds__(kThreads) select_kernel(const SelectArgs<TQ> a
 // by repeated warp argmax (lower index on ties), the list sorted ascending with -1 after the valid entries.
 
 constexpr int kSelectRows = 16;                 // 4 per warp
+
+// Floats per staged centroid or value row: odd, so a warp's 32 rows sit on 32 banks.
+__host__ __device__ inline int select_tile_width(int dim, int v_dim) { return (max(dim, v_dim) + 1) | 1; }
 constexpr size_t kSelectSmemBudget = 96 << 10;  // below every sm_80+ device's opt-in limit (sm_86: 99 KB)
 
 // `probabilities`: the compression branch (one row per (query, head) of the list); `heads_per_list`: G for
@@ -271,9 +285,12 @@ constexpr size_t kSelectSmemBudget = 96 << 10;  // below every sm_80+ device's o
 SelectTiling select_tiling(int dim, int v_dim, int64_t num_centroids, int64_t num_blocks, int64_t top,
                            bool probabilities, int64_t heads_per_list) {
   SelectTiling t;
-  const int64_t per_query = probabilities ? heads_per_list : 1;
+  // A row per (query, head): the compression branch's softmax is per head, and dot scores are summed over the
+  // heads in head order as the CPU kernel and select_kernel sum them (the same bits; summing the queries
+  // first would round differently and could turn a near-tie).
+  const int64_t per_query = heads_per_list;
   if (dim > 256 || v_dim > 256 || per_query > kSelectRows || (top < 1 && !probabilities)) return t;
-  const int tile_width = std::max(dim + 1, v_dim);
+  const int tile_width = select_tile_width(dim, v_dim);
   const size_t fixed = (size_t(dim) * kSelectRows + size_t(32) * tile_width) * sizeof(float) +
                        size_t(kWarpsPerBlock) * std::max<int64_t>(top, 0) * sizeof(int32_t);
   if (fixed >= kSelectSmemBudget) return t;
@@ -291,7 +308,7 @@ template <typename TQ>
 __global__ void __launch_bounds__(kThreads) tiled_select_kernel(const SelectArgs<TQ> a, int queries, int rows_per_query) {
   extern __shared__ float select_tile_smem[];
   const int dim = a.dim, v_dim = a.v_dim, tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-  const int tile_width = max(dim + 1, v_dim);
+  const int tile_width = select_tile_width(dim, v_dim);
   const int64_t nc = a.num_centroids, nb = a.num_blocks, stride = max(nc, nb);
   float* const q_s = select_tile_smem;                       // [dim][kSelectRows]
   float* const tile_s = q_s + dim * kSelectRows;             // [32][tile_width]: centroids, then values
@@ -307,16 +324,12 @@ __global__ void __launch_bounds__(kThreads) tiled_select_kernel(const SelectArgs
   const int count_q = int(min(int64_t(queries), a.q_len - i0));
   auto head_of = [&](int64_t g) { return a.shared ? kv_head * group + g : list_head; };
 
-  // Row r = x * rows_per_query + g: query i0 + x; head g of the list (compression), or the list's heads summed.
+  // Row r = x * rows_per_query + g: query i0 + x, head g of the list.
   for (int idx = tid; idx < kSelectRows * dim; idx += kThreads) {  // along d: coalesced reads of Q rows
     const int r = idx / dim, d = idx % dim, x = r / rows_per_query;
-    float sum = 0.0f;
-    if (r < rows && x < count_q) {
-      const int64_t first = rows_per_query > 1 ? r % rows_per_query : 0;
-      const int64_t last = rows_per_query > 1 ? first + 1 : heads_per_list;
-      for (int64_t g = first; g < last; ++g) sum += to_float(a.q[((b * a.q_heads + head_of(g)) * a.q_len + i0 + x) * dim + d]);
-    }
-    q_s[d * kSelectRows + r] = sum;
+    q_s[d * kSelectRows + r] = r < rows && x < count_q
+                                   ? to_float(a.q[((b * a.q_heads + head_of(r % rows_per_query)) * a.q_len + i0 + x) * dim + d])
+                                   : 0.0f;
   }
   const float* const cents = a.centroids + (b * a.kv_heads + kv_head) * nc * dim;
   const int first_row = 4 * warp;
@@ -371,7 +384,9 @@ __global__ void __launch_bounds__(kThreads) tiled_select_kernel(const SelectArgs
     // The branch output of each row: probabilities . compressed values, value tiles staged once for all rows.
     // A weightless token's value is never read (NaN there cannot leak), as in select_kernel.
     float out[2][kSelectRows];
+#pragma unroll
     for (int k = 0; k < 2; ++k)
+#pragma unroll
       for (int r = 0; r < kSelectRows; ++r) out[k][r] = 0.0f;
     const TQ* const values = a.compressed_values + (b * a.kv_heads + kv_head) * nc * v_dim;
     for (int64_t c0 = 0; c0 < most_visible; c0 += 32) {
@@ -382,9 +397,10 @@ __global__ void __launch_bounds__(kThreads) tiled_select_kernel(const SelectArgs
       }
       __syncthreads();
       const int count = int(min(int64_t(32), most_visible - c0));
+#pragma unroll
       for (int k = 0; k < 2; ++k) {
         const int e = tid + k * kThreads;
-        if (e >= v_dim) break;
+        if (e >= v_dim) continue;  // not break: a constant k keeps out[][] in registers
         for (int c = 0; c < count; ++c) {
           const float v = tile_s[c * tile_width + e];
 #pragma unroll
@@ -396,19 +412,23 @@ __global__ void __launch_bounds__(kThreads) tiled_select_kernel(const SelectArgs
         }
       }
     }
+#pragma unroll
     for (int k = 0; k < 2; ++k) {
       const int e = tid + k * kThreads;
-      if (e >= v_dim) break;
-      for (int r = 0; r < rows; ++r) {
+      if (e >= v_dim) continue;
+#pragma unroll
+      for (int r = 0; r < kSelectRows; ++r) {
+        if (r >= rows) break;
         const int x = r / rows_per_query;
         if (x >= count_q) break;
         const int64_t h = head_of(r % rows_per_query);
         a.compressed_out[((b * a.q_heads + h) * a.q_len + i0 + x) * v_dim + e] = out[k][r];
       }
     }
-    // Selection keys: each query's probabilities summed over its heads, into its first row (once every
-    // thread is done reading the rows above).
-    __syncthreads();
+    __syncthreads();  // every thread is done reading the rows before the sums below overwrite them
+  }
+  if (rows_per_query > 1) {
+    // Selection keys: each query's scores (probabilities) summed over its heads in head order, into its first row.
     for (int64_t idx = tid; idx < int64_t(count_q) * nc; idx += kThreads) {
       const int x = int(idx / nc);
       const int64_t c = idx % nc;
@@ -678,7 +698,7 @@ struct FineTiledArgs {
 
 // Sorts the first `n` (a power of two) pairs of a buffer, best first (`better`), or by key ascending
 // (`by_index`); one warp.
-__device__ void warp_bitonic(float* score, int32_t* index, int n, bool by_index) {
+__device__ __forceinline__ void warp_bitonic(float* score, int32_t* index, int n, bool by_index) {
   const int lane = threadIdx.x % 32;
   for (int k = 2; k <= n; k *= 2) {
     for (int j = k / 2; j > 0; j /= 2) {
@@ -739,6 +759,7 @@ __global__ void __launch_bounds__(kThreads) fine_tiled_kernel(const FineTiledArg
   for (int r = 0; r < rows; ++r) key_end = max(key_end, end_of(r));
   const int first_row = 4 * warp;
   int64_t ends[4];
+#pragma unroll
   for (int x = 0; x < 4; ++x) ends[x] = end_of(first_row + x);
   const T* const k_head = a.k + (b * a.kv_heads + kv_head) * a.kv_len * dim;
 
@@ -775,6 +796,7 @@ __global__ void __launch_bounds__(kThreads) fine_tiled_kernel(const FineTiledArg
       acc[3] = fmaf(q.w, kd, acc[3]);
     }
     const int64_t j = j0 + lane;
+#pragma unroll
     for (int x = 0; x < 4; ++x) {
       const int r = first_row + x;
       if (j < ends[x] && acc[x] > threshold_s[r]) {  // NaN never passes
@@ -936,7 +958,8 @@ sdpa::Params blocks_core_params(const NsaParams& p, int64_t block_size) {
   a.q_heads = heads;
   a.kv_heads = 1;
   a.q_len = 1;
-  a.kv_len = p.attrs.top_blocks * block_size;  // a table row's capacity; each list has its own length
+  // A table row's capacity (each list has its own length): no list holds more than the blocks there are.
+  a.kv_len = std::min(p.attrs.top_blocks, (d.kv_len + block_size - 1) / block_size) * block_size;
   a.head_dim = d.head_dim;
   a.v_head_dim = d.v_head_dim;
   a.scale = p.scale;
@@ -1009,7 +1032,9 @@ NsaPlan plan_nsa(const NsaParams& p, const NsaTensors<T>& t) {
     const sdpa::cuda::DeviceInfo device = sdpa::cuda::device_info(sdpa::cuda::current_device());
     sdpa::Tensors<T> view;
     view.q = t.q, view.k = t.k, view.v = t.v;
-    if (a.top_blocks > 0) {
+    // A branch the core refuses (a forced ONNXATTN_SDPA_CUDA_KERNEL it cannot honour, sizes past its limits)
+    // runs on the simple kernels, as it would without the fast path.
+    if (a.top_blocks > 0) try {
       plan.core_blocks = true;
       plan.blocks_params = blocks_core_params(p, core_block_size(p));
       // One query per sequence: the decode launch, with per-sequence lengths (known on the device only).
@@ -1019,13 +1044,17 @@ NsaPlan plan_nsa(const NsaParams& p, const NsaTensors<T>& t) {
       // The pool starts run on the decode and SIMT kernels; a forced prefill schedule keeps the simple kernel.
       plan.core_blocks = plan.blocks.schedule == sdpa::cuda::Schedule::kDecode ||
                          plan.blocks.kernel == sdpa::cuda::Kernel::kSimt;
+    } catch (const InputError&) {
+      plan.core_blocks = false;
     }
-    if (a.window > 0) {
+    if (a.window > 0) try {
       plan.core_window = true;
       plan.window_params = window_core_params(p);
       plan.window = sdpa::cuda::make_plan(plan.window_params, sdpa::cuda::dtype_of<T>(), device,
                                           sdpa::cuda::request_from_env(),
                                           sdpa::cuda::aligned16(plan.window_params, view), {false, kNsaName});
+    } catch (const InputError&) {
+      plan.core_window = false;
     }
   }
   if (fast && !p.has_compressed && a.top_tokens > 0 && d.head_dim <= 256) {
