@@ -460,25 +460,14 @@ struct ListLayoutArgs {
   int64_t *kv_lengths, *kv_starts;  // [items] each
 };
 
-// One thread per list: its pool start and its keys, every listed block complete but the last, which holds
-// the keys up to the end of the row's structural range.
+// One thread per list: its pool start and its keys (list_sequence_keys, sparse/params.h).
 __global__ void list_layout_kernel(const ListLayoutArgs a) {
   const int64_t n = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (n >= a.items) return;
   const int64_t i = n % a.q_len, list_head = n / a.q_len % a.list_heads, b = n / (a.q_len * a.list_heads);
   const int64_t kv_head = a.shared ? list_head : list_head / a.group;
   a.kv_starts[n] = (b * a.kv_heads + kv_head) * a.kv_len;
-  const int32_t* const list = a.lists + n * a.top;
-  int64_t count = 0, last = -1;
-  for (; count < a.top; ++count) {
-    const int32_t c = list[count];
-    if (c < 0) break;
-    last = c;
-  }
-  const int64_t p = i + a.query_offset;
-  const int64_t end = a.causal ? min(p + 1, a.kv_len) : a.kv_len;
-  const int64_t extent = count > 0 ? max(int64_t(0), min(a.block_size, end - last * a.block_size)) : 0;
-  a.kv_lengths[n] = count > 0 ? (count - 1) * a.block_size + extent : 0;
+  a.kv_lengths[n] = list_sequence_keys(a.lists + n * a.top, a.top, i + a.query_offset, a.causal, a.kv_len, a.block_size);
 }
 
 // Q [B, Hkv * G, Sq, D] -> [B, Hkv, Sq, G, D]: a warp per row, 16-byte chunks when rows allow them.

@@ -221,3 +221,10 @@ std::vector<int64_t> routed_segments_shape(const RoutedParams& p) {
 }
 
 }  // namespace onnxattn::sparse
+
+// For the host tests (tests/test_sparse_cuda_host.py): list_sequence_keys through a C entry.
+extern "C" __attribute__((visibility("default"))) int64_t OnnxAttnSparseListKeys(const int32_t* list, int64_t top,
+                                                                                   int64_t position, int32_t causal,
+                                                                                   int64_t kv_len, int64_t block_size) {
+  return onnxattn::sparse::list_sequence_keys(list, top, position, causal != 0, kv_len, block_size);
+}

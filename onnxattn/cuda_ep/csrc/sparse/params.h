@@ -7,6 +7,7 @@
 #include <optional>
 #include <vector>
 
+#include "common/host_device.h"
 #include "sdpa/params.h"
 
 namespace onnxattn::sparse {
@@ -70,6 +71,29 @@ inline sdpa::Params core_params(const Dims& d, float scale) {
   a.v_strides = sdpa::Strides::contiguous(d.kv_heads, d.kv_len, d.v_head_dim);
   a.y_strides = sdpa::Strides::contiguous(d.q_heads, d.q_len, d.v_head_dim);
   return a;
+}
+
+// The keys of one block-sparse list as a sequence of the attention core's paged path (the CUDA fast path,
+// sparse/cuda_kernel.cu): the list's blocks in order as one key range, so every block but the last must be
+// complete and inside the row's structural range — true of the lists the selection writes (sorted
+// ascending, -1 after the valid entries, candidates up to the own block under causal, complete blocks
+// otherwise) — and the last one holds the keys up to the end of the range. `position`: the row's query
+// position (i + Skv - Sq); `block_size`: the list's block length, at most Skv.
+ONNXATTN_HD int64_t list_sequence_keys(const int32_t* list, int64_t top, int64_t position, bool causal, int64_t kv_len,
+                                       int64_t block_size) {
+  int64_t count = 0, last = -1;
+  for (; count < top; ++count) {
+    const int32_t c = list[count];
+    if (c < 0) break;
+    last = c;
+  }
+  if (count == 0) return 0;
+  int64_t end = kv_len;
+  if (causal && position + 1 < end) end = position + 1;
+  int64_t extent = end - last * block_size;
+  if (extent > block_size) extent = block_size;
+  if (extent < 0) extent = 0;
+  return (count - 1) * block_size + extent;
 }
 
 struct NsaShapes {
