@@ -4,12 +4,11 @@
 //
 // Same structure as the CPU kernels: centroids -> selection -> attention over the selected blocks -> the
 // fine branch -> the gated mix.
-//  - Selection (NSA's block scores, MoBA's routing): one CTA per (batch, selection head, up to 16 rows of
-//    queries) stages every centroid tile once for all its rows — a query's scores by dot product (the
-//    group's queries summed first: sum_g q_g . c = (sum_g q_g) . c), or, for the compression branch, one
-//    row per (query, head) with its softmax, the branch output from value tiles staged the same way, and
-//    the probabilities summed over the heads — then a warp per query takes the top-k (forced blocks first,
-//    lower index on ties).
+//  - Selection (NSA's block scores, MoBA's routing; cuda_select.cu): one CTA per (batch, selection head, up
+//    to 16 (query, head) rows) stages every centroid tile once for all its rows — dot-product scores, or,
+//    for the compression branch, each row's softmax and the branch output from value tiles staged the same
+//    way — and sums each query's rows over its heads in head order (the CPU kernel's bits); then a warp per
+//    query takes the forced blocks and the top-k of the rest (lower index on ties).
 //  - NSA's block branch and window branch run on the attention core (sdpa/cuda_kernel.h; tensor cores for
 //    float16/bfloat16): each selection list becomes one short "sequence" of the paged decode path — its
 //    query heads as rows (one K/V load per GQA group), its listed blocks as the block table, its pool

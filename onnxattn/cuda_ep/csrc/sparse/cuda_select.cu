@@ -1,0 +1,596 @@
+// The sparse ops' selection (block scores, compression branch, top-k lists) and NativeSparseAttention's fine
+// branch on CUDA: the simple kernels (one CTA per list / per row) and the tiled ones of the fast path. See
+// cuda_kernel.h for the structure and cuda_select.cuh for the launchers the plan and run code call.
+#include "sparse/cuda_select.cuh"
+
+#include <algorithm>
+
+#include "sdpa/cuda_device.cuh"  // allow_smem
+#include "sparse/cuda_common.cuh"
+
+namespace onnxattn::sparse::cuda {
+namespace {
+
+// Floats per staged centroid or value row: odd, so a warp's 32 rows sit on 32 banks.
+__host__ __device__ inline int select_tile_width(int dim, int v_dim) { return (max(dim, v_dim) + 1) | 1; }
+
+// acc[x] = sum over d < dim of q_s[d][first_row + x] * tile_s[lane][d], in d order with fmaf (q_s: [dim][16]
+// rows of queries, tile_s: 32 staged rows `width` floats apart). The tiled selection and fine kernels' scores.
+__device__ __forceinline__ void score_rows4(const float* q_s, const float* tile_s, int width, int dim, int lane,
+                                            int first_row, float (&acc)[4]) {
+  acc[0] = acc[1] = acc[2] = acc[3] = 0.0f;
+  for (int d = 0; d < dim; ++d) {
+    const float c = tile_s[lane * width + d];
+    const float4 q = *reinterpret_cast<const float4*>(q_s + d * 16 + first_row);
+    acc[0] = fmaf(q.x, c, acc[0]);
+    acc[1] = fmaf(q.y, c, acc[1]);
+    acc[2] = fmaf(q.z, c, acc[2]);
+    acc[3] = fmaf(q.w, c, acc[3]);
+  }
+}
+
+// ---- selection: one CTA per list (b, selection head, i) ----
+
+// One warp picks a list from `key` (the num_blocks candidates' scores, in shared memory, used up): the forced
+// blocks first (the own block under causal, sinks, local blocks; in index order, at most `top`), then the
+// best other candidates up to the causal limit by repeated warp argmax (larger first, lower index on ties;
+// -inf and NaN never), sorted ascending, -1 after the valid entries, written at lists[at] (and listed).
+// (Forced blocks taken apart, not as +inf scores: a score that overflowed to +inf must not displace them.)
+// `chosen`: a.top ints of shared scratch.
+template <typename TQ>
+__device__ __forceinline__ void warp_select(const SelectArgs<TQ>& a, float* key, int64_t position, int32_t* chosen, int64_t at) {
+  const int lane = threadIdx.x % 32;
+  const int64_t nb = a.num_blocks, nc = a.num_centroids;
+  const int64_t own = position >= 0 ? position / a.block_size : -1;
+  const int64_t limit = a.causal ? min(own + 1, nb) : nb;
+  int64_t count = 0;
+  for (int64_t c0 = 0; c0 < nb; c0 += 32) {
+    const int64_t c = c0 + lane;
+    const bool forced = c < limit && ((a.causal && c == own) || c < a.sink_blocks || (c < own && c >= own - a.local_blocks));
+    if (c < nb) key[c] = c >= limit || forced || c >= nc ? kNegInf : key[c];
+    unsigned mask = __ballot_sync(0xffffffffu, forced);
+    while (mask != 0u) {  // in index order, the same on every lane
+      const int bit = __ffs(mask) - 1;
+      mask &= mask - 1u;
+      if (count < a.top) {
+        if (lane == 0) chosen[count] = int32_t(c0 + bit);
+        ++count;
+      }
+    }
+  }
+  __syncwarp();
+  for (; count < a.top; ++count) {
+    float best = kNegInf;
+    int64_t index = nb;
+    for (int64_t c = lane; c < nb; c += 32)
+      if (better(key[c], c, best, index)) best = key[c], index = c;
+    warp_best(best, index);
+    if (!(best > kNegInf)) break;
+    if (lane == 0) {
+      chosen[count] = int32_t(index);
+      key[index] = kNegInf;
+    }
+    __syncwarp();
+  }
+  if (lane == 0) {
+    for (int64_t x = 1; x < count; ++x) {  // insertion sort: lists are short
+      const int32_t v = chosen[x];
+      int64_t y = x - 1;
+      for (; y >= 0 && chosen[y] > v; --y) chosen[y + 1] = chosen[y];
+      chosen[y + 1] = v;
+    }
+  }
+  __syncwarp();
+  for (int64_t x = lane; x < a.top; x += 32) {
+    const int32_t value = x < count ? chosen[x] : -1;
+    a.lists[at + x] = value;
+    if (a.listed) a.listed[at + x] = value;
+  }
+  __syncwarp();  // `chosen` may be reused by this warp
+}
+
+template <typename TQ>
+__global__ void __launch_bounds__(kThreads) select_kernel(const SelectArgs<TQ> a) {
+  extern __shared__ float select_smem[];
+  __shared__ float reduce[kWarpsPerBlock];
+  const int64_t nc = a.num_centroids;
+  float* const key = select_smem;        // [max(Nc, num_blocks)]: the group's scores, then the selection keys
+  float* const probs = key + max(nc, a.num_blocks);  // [Nc]: one head's probabilities
+  int32_t* const chosen = reinterpret_cast<int32_t*>(probs + nc);  // [top]
+  const int64_t group = a.q_heads / a.kv_heads, heads_per_list = a.shared ? group : 1;
+  const int64_t list_heads = a.shared ? a.kv_heads : a.q_heads;
+  const int64_t i = blockIdx.x % a.q_len, list_head = blockIdx.x / a.q_len % list_heads;
+  const int64_t b = blockIdx.x / (a.q_len * list_heads);
+  const int64_t kv_head = a.shared ? list_head : list_head / group;
+  const int64_t position = i + a.query_offset;
+  const float* cents = a.centroids + (b * a.kv_heads + kv_head) * nc * a.dim;
+  for (int64_t c = threadIdx.x; c < nc; c += kThreads) key[c] = 0.0f;
+  __syncthreads();
+  for (int64_t x = 0; x < heads_per_list; ++x) {
+    const int64_t h = a.shared ? kv_head * group + x : list_head;
+    const TQ* q = a.q + ((b * a.q_heads + h) * a.q_len + i) * a.dim;
+    for (int64_t c = threadIdx.x; c < nc; c += kThreads) {
+      float s = 0.0f;
+      for (int d = 0; d < a.dim; ++d) s += to_float(q[d]) * cents[c * a.dim + d];
+      probs[c] = s;
+    }
+    __syncthreads();
+    if (a.probabilities) {  // the compression branch: softmax over the visible tokens, its output, probabilities
+      const int64_t visible = a.causal ? min(max(position + 1, int64_t(0)) / a.block_size, nc) : nc;
+      float top = kNegInf;
+      for (int64_t c = threadIdx.x; c < visible; c += kThreads) top = fmaxf(top, probs[c] * a.scale);
+      top = block_reduce(top, reduce, true);
+      float sum = 0.0f;
+      for (int64_t c = threadIdx.x; c < nc; c += kThreads) {
+        const float e = c < visible ? expf(probs[c] * a.scale - top) : 0.0f;
+        probs[c] = e;
+        sum += e;
+      }
+      sum = block_reduce(sum, reduce, false);
+      const float inv = visible > 0 ? 1.0f / sum : 0.0f;
+      for (int64_t c = threadIdx.x; c < nc; c += kThreads) probs[c] *= inv;
+      __syncthreads();
+      const TQ* values = a.compressed_values + (b * a.kv_heads + kv_head) * nc * a.v_dim;
+      float* out = a.compressed_out + ((b * a.q_heads + h) * a.q_len + i) * a.v_dim;
+      for (int e = threadIdx.x; e < a.v_dim; e += kThreads) {
+        float o = 0.0f;
+        for (int64_t c = 0; c < visible; ++c)
+          if (probs[c] > 0.0f) o += probs[c] * to_float(values[c * a.v_dim + e]);  // weightless: never read
+        out[e] = o;
+      }
+    }
+    for (int64_t c = threadIdx.x; c < nc; c += kThreads) key[c] += probs[c];
+    __syncthreads();
+  }
+  if (a.top == 0 || threadIdx.x >= 32) return;
+  warp_select(a, key, position, chosen, ((b * list_heads + list_head) * a.q_len + i) * a.top);
+}
+
+// ---- tiled selection: one CTA per (b, selection head, a few queries) ----
+//
+// The same results as select_kernel, with each centroid (and compressed value) tile staged in shared memory
+// once for all the CTA's rows instead of once per list. A row per (query, head of the list): the compression
+// branch's softmax is per head (and gives the branch output from staged value tiles), and both kinds of
+// score are then summed over the heads in head order. Scores are sums in d order with fmaf (score_rows4), so
+// every list scores bit for bit like select_kernel. Then one warp per query: warp_select.
+
+template <typename TQ>
+__global__ void __launch_bounds__(kThreads) tiled_select_kernel(const SelectArgs<TQ> a, int queries, int rows_per_query) {
+  extern __shared__ float select_tile_smem[];
+  const int dim = a.dim, v_dim = a.v_dim, tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int tile_width = select_tile_width(dim, v_dim);
+  const int64_t nc = a.num_centroids, nb = a.num_blocks, stride = max(nc, nb);
+  float* const q_s = select_tile_smem;                       // [dim][kSelectRows]
+  float* const tile_s = q_s + dim * kSelectRows;             // [32][tile_width]: centroids, then values
+  float* const probs = tile_s + 32 * tile_width;             // [rows][stride]
+  const int rows = queries * rows_per_query;
+  int32_t* const chosen_s = reinterpret_cast<int32_t*>(probs + int64_t(rows) * stride);  // [warps][top]
+  const int64_t group = a.q_heads / a.kv_heads, heads_per_list = a.shared ? group : 1;
+  const int64_t list_heads = a.shared ? a.kv_heads : a.q_heads;
+  const int64_t tiles = (a.q_len + queries - 1) / queries;
+  const int64_t i0 = int64_t(blockIdx.x) % tiles * queries;
+  const int64_t list_head = int64_t(blockIdx.x) / tiles % list_heads, b = int64_t(blockIdx.x) / (tiles * list_heads);
+  const int64_t kv_head = a.shared ? list_head : list_head / group;
+  const int count_q = int(min(int64_t(queries), a.q_len - i0));
+  auto head_of = [&](int64_t g) { return a.shared ? kv_head * group + g : list_head; };
+
+  // Row r = x * rows_per_query + g: query i0 + x, head g of the list.
+  for (int idx = tid; idx < kSelectRows * dim; idx += kThreads) {  // along d: coalesced reads of Q rows
+    const int r = idx / dim, d = idx % dim, x = r / rows_per_query;
+    q_s[d * kSelectRows + r] = r < rows && x < count_q
+                                   ? to_float(a.q[((b * a.q_heads + head_of(r % rows_per_query)) * a.q_len + i0 + x) * dim + d])
+                                   : 0.0f;
+  }
+  const float* const cents = a.centroids + (b * a.kv_heads + kv_head) * nc * dim;
+  const int first_row = 4 * warp;
+  for (int64_t c0 = 0; c0 < nc; c0 += 32) {
+    __syncthreads();  // the previous tile is consumed (and, the first time, q_s is written)
+    for (int idx = tid; idx < 32 * dim; idx += kThreads) {
+      const int r = idx / dim, d = idx % dim;
+      tile_s[r * tile_width + d] = c0 + r < nc ? cents[(c0 + r) * dim + d] : 0.0f;
+    }
+    __syncthreads();
+    float acc[4];
+    score_rows4(q_s, tile_s, tile_width, dim, lane, first_row, acc);
+    if (c0 + lane < nc) {
+      for (int x = 0; x < 4; ++x) {
+        if (first_row + x < rows) probs[int64_t(first_row + x) * stride + c0 + lane] = acc[x];
+      }
+    }
+  }
+  __syncthreads();
+
+  if (a.probabilities) {
+    // Softmax of each (query, head) row over the compressed tokens it may see (as select_kernel).
+    int64_t most_visible = 0;
+    for (int r = 0; r < rows; ++r) {
+      const int64_t position = i0 + r / rows_per_query + a.query_offset;
+      const int64_t visible = r / rows_per_query >= count_q ? 0
+                              : a.causal ? min(max(position + 1, int64_t(0)) / a.block_size, nc) : nc;
+      most_visible = max(most_visible, visible);
+      if (r % kWarpsPerBlock != warp) continue;
+      float* const row = probs + int64_t(r) * stride;
+      float top = kNegInf;
+      for (int64_t c = lane; c < visible; c += 32) top = fmaxf(top, row[c] * a.scale);
+      top = warp_max(top);
+      float sum = 0.0f;
+      for (int64_t c = lane; c < nc; c += 32) {
+        const float e = c < visible ? expf(row[c] * a.scale - top) : 0.0f;
+        row[c] = e;
+        sum += e;
+      }
+      sum = warp_sum(sum);
+      const float inv = visible > 0 ? 1.0f / sum : 0.0f;
+      for (int64_t c = lane; c < nc; c += 32) row[c] *= inv;
+    }
+    __syncthreads();
+    // The branch output of each row: probabilities . compressed values, value tiles staged once for all rows.
+    // A weightless token's value is never read (NaN there cannot leak), as in select_kernel.
+    float out[2][kSelectRows];
+#pragma unroll
+    for (int k = 0; k < 2; ++k)
+#pragma unroll
+      for (int r = 0; r < kSelectRows; ++r) out[k][r] = 0.0f;
+    const TQ* const values = a.compressed_values + (b * a.kv_heads + kv_head) * nc * v_dim;
+    for (int64_t c0 = 0; c0 < most_visible; c0 += 32) {
+      __syncthreads();
+      for (int idx = tid; idx < 32 * v_dim; idx += kThreads) {
+        const int c = idx / v_dim, e = idx % v_dim;
+        tile_s[c * tile_width + e] = c0 + c < most_visible ? to_float(values[(c0 + c) * v_dim + e]) : 0.0f;
+      }
+      __syncthreads();
+      const int count = int(min(int64_t(32), most_visible - c0));
+#pragma unroll
+      for (int k = 0; k < 2; ++k) {
+        const int e = tid + k * kThreads;
+        if (e >= v_dim) continue;  // not break: a constant k keeps out[][] in registers
+        for (int c = 0; c < count; ++c) {
+          const float v = tile_s[c * tile_width + e];
+#pragma unroll
+          for (int r = 0; r < kSelectRows; ++r) {
+            if (r >= rows) break;
+            const float p = probs[int64_t(r) * stride + c0 + c];
+            if (p > 0.0f) out[k][r] += p * v;
+          }
+        }
+      }
+    }
+#pragma unroll
+    for (int k = 0; k < 2; ++k) {
+      const int e = tid + k * kThreads;
+      if (e >= v_dim) continue;
+#pragma unroll
+      for (int r = 0; r < kSelectRows; ++r) {
+        if (r >= rows) break;
+        const int x = r / rows_per_query;
+        if (x >= count_q) break;
+        const int64_t h = head_of(r % rows_per_query);
+        a.compressed_out[((b * a.q_heads + h) * a.q_len + i0 + x) * v_dim + e] = out[k][r];
+      }
+    }
+    __syncthreads();  // every thread is done reading the rows before the sums below overwrite them
+  }
+  if (rows_per_query > 1) {
+    // Selection keys: each query's scores (probabilities) summed over its heads in head order, into its first row.
+    for (int64_t idx = tid; idx < int64_t(count_q) * nc; idx += kThreads) {
+      const int x = int(idx / nc);
+      const int64_t c = idx % nc;
+      float key = 0.0f;
+      for (int g = 0; g < rows_per_query; ++g) key += probs[int64_t(x * rows_per_query + g) * stride + c];
+      probs[int64_t(x * rows_per_query) * stride + c] = key;
+    }
+    __syncthreads();
+  }
+  if (a.top == 0) return;
+
+  for (int x = warp; x < count_q; x += kWarpsPerBlock) {
+    const int64_t i = i0 + x;
+    warp_select(a, probs + int64_t(x * rows_per_query) * stride, i + a.query_offset, chosen_s + warp * a.top,
+                ((b * list_heads + list_head) * a.q_len + i) * a.top);
+  }
+}
+
+// Sorts the first `n` (a power of two) pairs of a buffer, best first (`better`), or by key ascending
+// (`by_index`); one warp.
+__device__ __forceinline__ void warp_bitonic(float* score, int32_t* index, int n, bool by_index) {
+  const int lane = threadIdx.x % 32;
+  for (int k = 2; k <= n; k *= 2) {
+    for (int j = k / 2; j > 0; j /= 2) {
+      for (int i = lane; i < n; i += 32) {
+        const int partner = i ^ j;
+        if (partner <= i) continue;
+        const bool first_ahead = by_index ? index[i] < index[partner]
+                                          : better(score[i], index[i], score[partner], index[partner]);
+        const bool want_first_ahead = (i & k) == 0;
+        if (first_ahead != want_first_ahead) {
+          const float s = score[i];
+          score[i] = score[partner];
+          score[partner] = s;
+          const int32_t x = index[i];
+          index[i] = index[partner];
+          index[partner] = x;
+        }
+      }
+      __syncwarp();
+    }
+  }
+}
+
+// ---- the fine branch: one CTA per query row, scores in global scratch ----
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) fine_kernel(const FineArgs<T> a) {
+  extern __shared__ float fine_smem[];
+  __shared__ float best_value[kWarpsPerBlock];
+  __shared__ int64_t best_index[kWarpsPerBlock];
+  float* const chosen_score = fine_smem;                                   // [top]
+  int64_t* const chosen_index = reinterpret_cast<int64_t*>(chosen_score + (a.top + 1) / 2 * 2);  // [top]
+  const int64_t local = blockIdx.x, row = a.row_begin + local;
+  const int64_t i = row % a.q_len, h = row / a.q_len % a.q_heads, b = row / (a.q_len * a.q_heads);
+  const int64_t kv_head = h / (a.q_heads / a.kv_heads), p = i + a.kv_len - a.q_len;
+  const int64_t end = a.causal ? max(min(p + 1, a.kv_len), int64_t(0)) : a.kv_len;
+  const T* q = a.q + row * a.dim;
+  const T* k_head = a.k + (b * a.kv_heads + kv_head) * a.kv_len * a.dim;
+  float* scores = a.scores + local * a.kv_len;
+  for (int64_t j = threadIdx.x; j < end; j += kThreads) {
+    float s = 0.0f;
+    for (int d = 0; d < a.dim; ++d) s += to_float(q[d]) * to_float(k_head[j * a.dim + d]);
+    scores[j] = s;
+  }
+  __syncthreads();
+  int64_t count = 0;
+  for (; count < a.top; ++count) {
+    float best = kNegInf;
+    int64_t at = a.kv_len;
+    for (int64_t j = threadIdx.x; j < end; j += kThreads)
+      if (better(scores[j], j, best, at)) best = scores[j], at = j;
+    warp_best(best, at);
+    if (threadIdx.x % 32 == 0) best_value[threadIdx.x / 32] = best, best_index[threadIdx.x / 32] = at;
+    __syncthreads();
+    best = best_value[0], at = best_index[0];
+    for (int w = 1; w < kWarpsPerBlock; ++w)
+      if (better(best_value[w], best_index[w], best, at)) best = best_value[w], at = best_index[w];
+    __syncthreads();
+    if (!(best > kNegInf)) break;
+    if (threadIdx.x == 0) {
+      chosen_score[count] = best;
+      chosen_index[count] = at;
+      scores[at] = kNegInf;
+    }
+    __syncthreads();
+  }
+  float top = kNegInf;
+  for (int64_t x = 0; x < count; ++x) top = fmaxf(top, chosen_score[x]);
+  float sum = 0.0f;
+  for (int64_t x = 0; x < count; ++x) sum += expf(a.scale * (chosen_score[x] - top));
+  const T* v_head = a.v + (b * a.kv_heads + kv_head) * a.kv_len * a.v_dim;
+  for (int e = threadIdx.x; e < a.v_dim; e += kThreads) {
+    float o = 0.0f;
+    for (int64_t x = 0; x < count; ++x) {
+      const float w = expf(a.scale * (chosen_score[x] - top)) / sum;
+      if (w > 0.0f) o += w * to_float(v_head[chosen_index[x] * a.v_dim + e]);
+    }
+    a.out[row * a.v_dim + e] = o;
+  }
+  __syncthreads();  // every thread is done with chosen_index
+  if (a.listed && threadIdx.x == 0) {
+    for (int64_t x = 1; x < count; ++x) {
+      const int64_t v = chosen_index[x];
+      int64_t y = x - 1;
+      for (; y >= 0 && chosen_index[y] > v; --y) chosen_index[y + 1] = chosen_index[y];
+      chosen_index[y + 1] = v;
+    }
+    for (int64_t x = 0; x < a.top; ++x) a.listed[row * a.top + x] = x < count ? chosen_index[x] : -1;
+  }
+}
+
+// ---- the fine branch, tiled (the fast path): one CTA per (b, KV head, 16 rows of its group's (query, head)
+// pairs), as the CPU kernel. Each tile of 32 keys is staged once and scored for the 16 rows (a thread per
+// key and 4 rows, sums in d order); a row keeps a candidate buffer of `capacity` (score, key) pairs that
+// takes every key beating the row's threshold (its top-th best so far; keys arrive in index order, so an
+// equal score never displaces an earlier key). A buffer that could overflow on the next tile is cut back
+// to its best `top` by a warp's bitonic sort (larger score first, lower index on ties, NaN never), which also
+// raises the threshold. At the end: each row's best `top` in index order, the softmax over their scores and
+// their values.
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) fine_tiled_kernel(const FineTiledArgs<T> a) {
+  extern __shared__ float fine_tile_smem[];
+  const int dim = a.dim, capacity = a.capacity, tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  float* const q_s = fine_tile_smem;                                   // [dim][kFineRows]
+  float* const tile_s = q_s + dim * kFineRows;                          // [32][dim + 1]
+  float* const buf_score = tile_s + 32 * (dim + 1);                     // [kFineRows][capacity]
+  int32_t* const buf_index = reinterpret_cast<int32_t*>(buf_score + kFineRows * capacity);
+  int* const count_s = reinterpret_cast<int*>(buf_index + kFineRows * capacity);
+  float* const threshold_s = reinterpret_cast<float*>(count_s + kFineRows);
+  const int64_t group = a.q_heads / a.kv_heads, rows_per_head = group * a.q_len;
+  const int64_t tiles = (rows_per_head + kFineRows - 1) / kFineRows;
+  const int64_t row_begin = int64_t(blockIdx.x) % tiles * kFineRows;
+  const int64_t kv_head = int64_t(blockIdx.x) / tiles % a.kv_heads, b = int64_t(blockIdx.x) / (tiles * a.kv_heads);
+  const int rows = int(min(int64_t(kFineRows), rows_per_head - row_begin));
+  // Row r: pair row_begin + r = (query i, head kv_head * G + g), keys [0, end).
+  auto end_of = [&](int r) -> int64_t {
+    if (r >= rows) return 0;
+    const int64_t i = (row_begin + r) / group;
+    return a.causal ? max(min(i + a.kv_len - a.q_len + 1, a.kv_len), int64_t(0)) : a.kv_len;
+  };
+  auto q_offset = [&](int r) {
+    const int64_t pair = row_begin + r, i = pair / group, h = kv_head * group + pair % group;
+    return ((b * a.q_heads + h) * a.q_len + i);
+  };
+  for (int idx = tid; idx < kFineRows * dim; idx += kThreads) {
+    const int r = idx / dim, d = idx % dim;
+    q_s[d * kFineRows + r] = r < rows ? to_float(a.q[q_offset(r) * dim + d]) : 0.0f;
+  }
+  if (tid < kFineRows) {
+    count_s[tid] = 0;
+    threshold_s[tid] = kNegInf;
+  }
+  int64_t key_end = 0;
+  for (int r = 0; r < rows; ++r) key_end = max(key_end, end_of(r));
+  const int first_row = 4 * warp;
+  int64_t ends[4];
+#pragma unroll
+  for (int x = 0; x < 4; ++x) ends[x] = end_of(first_row + x);
+  const T* const k_head = a.k + (b * a.kv_heads + kv_head) * a.kv_len * dim;
+
+  // Cuts row r's buffer back to its best `top` (one warp), raising its threshold when it holds `top`.
+  auto cut = [&](int r) {
+    float* const sc = buf_score + r * capacity;
+    int32_t* const ix = buf_index + r * capacity;
+    const int n = count_s[r];
+    for (int e = n + lane; e < capacity; e += 32) sc[e] = kNegInf, ix[e] = 0x7fffffff;  // last in the order
+    __syncwarp();
+    warp_bitonic(sc, ix, capacity, false);
+    const int kept = int(min(int64_t(n), a.top));
+    if (lane == 0) {
+      count_s[r] = kept;
+      threshold_s[r] = kept == a.top ? sc[kept - 1] : kNegInf;
+    }
+    __syncwarp();
+  };
+
+  for (int64_t j0 = 0; j0 < key_end; j0 += 32) {
+    __syncthreads();  // the previous tile is consumed, the buffers cut (and, the first time, q_s written)
+    for (int idx = tid; idx < 32 * dim; idx += kThreads) {
+      const int c = idx / dim, d = idx % dim;
+      tile_s[c * (dim + 1) + d] = j0 + c < key_end ? to_float(k_head[(j0 + c) * dim + d]) : 0.0f;
+    }
+    __syncthreads();
+    float acc[4];
+    score_rows4(q_s, tile_s, dim + 1, dim, lane, first_row, acc);
+    const int64_t j = j0 + lane;
+#pragma unroll
+    for (int x = 0; x < 4; ++x) {
+      const int r = first_row + x;
+      if (j < ends[x] && acc[x] > threshold_s[r]) {  // NaN never passes
+        const int at = atomicAdd(&count_s[r], 1);
+        buf_score[r * capacity + at] = acc[x];
+        buf_index[r * capacity + at] = int32_t(j);
+      }
+    }
+    __syncthreads();
+    // A buffer that the next tile could overflow (32 more at most) is cut back now.
+    for (int r = warp; r < rows; r += kWarpsPerBlock) {
+      if (count_s[r] > capacity - 32) cut(r);
+    }
+  }
+  __syncthreads();
+
+  // Each row (a warp per row): its best `top`, in index order; softmax over their scores; their values.
+  for (int r = warp; r < rows; r += kWarpsPerBlock) {
+    cut(r);
+    const int n = count_s[r];
+    float* const sc = buf_score + r * capacity;
+    int32_t* const ix = buf_index + r * capacity;
+    const float top_score = n > 0 ? sc[0] : 0.0f;  // the best comes first
+    int sorted = 1;
+    while (sorted < n) sorted *= 2;
+    for (int e = n + lane; e < sorted; e += 32) sc[e] = kNegInf, ix[e] = 0x7fffffff;
+    __syncwarp();
+    if (n > 1) warp_bitonic(sc, ix, sorted, true);
+    float sum = 0.0f;
+    for (int x = lane; x < n; x += 32) sum += expf(a.scale * (sc[x] - top_score));
+    sum = warp_sum(sum);
+    const int64_t row = q_offset(r);
+    const T* const v_head = a.v + (b * a.kv_heads + kv_head) * a.kv_len * a.v_dim;
+    for (int e = lane; e < a.v_dim; e += 32) {
+      float o = 0.0f;
+      for (int x = 0; x < n; ++x) {
+        const float w = expf(a.scale * (sc[x] - top_score)) / sum;
+        if (w > 0.0f) o += w * to_float(v_head[int64_t(ix[x]) * a.v_dim + e]);  // a weightless key is never read
+      }
+      a.out[row * a.v_dim + e] = o;
+    }
+    if (a.listed) {
+      for (int64_t x = lane; x < a.top; x += 32) a.listed[row * a.top + x] = x < n ? ix[x] : -1;
+    }
+  }
+}
+
+}  // namespace
+
+// `probabilities`: the compression branch (one row per (query, head) of the list); `heads_per_list`: G for
+// shared lists, else 1.
+SelectTiling select_tiling(int dim, int v_dim, int64_t num_centroids, int64_t num_blocks, int64_t top,
+                           bool probabilities, int64_t heads_per_list) {
+  SelectTiling t;
+  // A row per (query, head): the compression branch's softmax is per head, and dot scores are summed over the
+  // heads in head order as the CPU kernel and select_kernel sum them (the same bits; summing the queries
+  // first would round differently and could turn a near-tie).
+  const int64_t per_query = heads_per_list;
+  if (dim > 256 || v_dim > 256 || per_query > kSelectRows || (top < 1 && !probabilities)) return t;
+  const int tile_width = select_tile_width(dim, v_dim);
+  const size_t fixed = (size_t(dim) * kSelectRows + size_t(32) * tile_width) * sizeof(float) +
+                       size_t(kWarpsPerBlock) * std::max<int64_t>(top, 0) * sizeof(int32_t);
+  if (fixed >= kSelectSmemBudget) return t;
+  const size_t per_row = size_t(std::max(num_centroids, num_blocks)) * sizeof(float);
+  const int64_t rows = per_row == 0 ? kSelectRows : int64_t((kSelectSmemBudget - fixed) / per_row);
+  const int64_t queries = std::min<int64_t>(rows, kSelectRows) / per_query;
+  if (queries < 1) return t;
+  t.queries = int(queries);
+  t.rows_per_query = int(per_query);
+  t.smem = fixed + size_t(queries * per_query) * per_row;
+  return t;
+}
+
+// Buffer entries per row (a power of two) for `top`, or 0 when the tiled kernel takes no such top.
+int fine_capacity(int64_t top) {
+  int capacity = 64;
+  while (capacity < 2 * top + 32) capacity *= 2;
+  return capacity <= 1024 ? capacity : 0;
+}
+
+size_t fine_tiled_smem(int dim, int capacity) {
+  return (size_t(dim) * kFineRows + size_t(32) * (dim + 1)) * sizeof(float) +
+         size_t(kFineRows) * capacity * (sizeof(float) + sizeof(int32_t)) + kFineRows * (sizeof(int) + sizeof(float));
+}
+
+// `tiling.queries` > 0: tiled_select_kernel (select_tiling); else one CTA per list.
+template <typename TQ>
+void launch_select(const SelectArgs<TQ>& a, const SelectTiling& tiling, cudaStream_t stream) {
+  const int64_t list_heads = a.shared ? a.kv_heads : a.q_heads, lists = a.batch * list_heads * a.q_len;
+  if (lists == 0) return;
+  if (tiling.queries > 0) {
+    const int64_t grid = a.batch * list_heads * ((a.q_len + tiling.queries - 1) / tiling.queries);
+    if (grid > int64_t(0x7fffffff)) throw std::runtime_error("sparse selection kernel: too many lists for one grid");
+    sdpa::cuda::allow_smem<tiled_select_kernel<TQ>>(tiling.smem);  // once per device: launches stay capturable
+    tiled_select_kernel<TQ><<<unsigned(grid), kThreads, tiling.smem, stream>>>(a, tiling.queries, tiling.rows_per_query);
+    check_launch("sparse selection kernel");
+    return;
+  }
+  const size_t smem = size_t(std::max(a.num_centroids, a.num_blocks) + a.num_centroids) * sizeof(float) +
+                      size_t(a.top) * sizeof(int32_t);
+  select_kernel<TQ><<<unsigned(lists), kThreads, smem, stream>>>(a);
+  check_launch("sparse selection kernel");
+}
+
+// The fine branch, one CTA per row over `f.rows` rows from f.row_begin (scores in f.scores).
+template <typename T>
+void launch_fine(const FineArgs<T>& f, cudaStream_t stream) {
+  const size_t smem = size_t(f.top + 1) / 2 * 2 * sizeof(float) + size_t(f.top) * sizeof(int64_t);
+  fine_kernel<T><<<unsigned(f.rows), kThreads, smem, stream>>>(f);
+  check_launch("sparse fine kernel");
+}
+
+// The tiled fine branch (f.capacity from fine_capacity, `smem` from fine_tiled_smem).
+template <typename T>
+void launch_fine_tiled(const FineTiledArgs<T>& f, size_t smem, cudaStream_t stream) {
+  const int64_t grid = f.batch * f.kv_heads * ((f.q_heads / f.kv_heads * f.q_len + kFineRows - 1) / kFineRows);
+  if (grid > int64_t(0x7fffffff)) throw std::runtime_error("sparse fine kernel: too many rows for one CUDA grid");
+  sdpa::cuda::allow_smem<fine_tiled_kernel<T>>(smem);
+  fine_tiled_kernel<T><<<unsigned(grid), kThreads, smem, stream>>>(f);
+  check_launch("sparse fine kernel");
+}
+
+template void launch_select<float>(const SelectArgs<float>&, const SelectTiling&, cudaStream_t);
+template void launch_select<Float16>(const SelectArgs<Float16>&, const SelectTiling&, cudaStream_t);
+template void launch_select<BFloat16>(const SelectArgs<BFloat16>&, const SelectTiling&, cudaStream_t);
+template void launch_fine<float>(const FineArgs<float>&, cudaStream_t);
+template void launch_fine<Float16>(const FineArgs<Float16>&, cudaStream_t);
+template void launch_fine<BFloat16>(const FineArgs<BFloat16>&, cudaStream_t);
+template void launch_fine_tiled<float>(const FineTiledArgs<float>&, size_t, cudaStream_t);
+template void launch_fine_tiled<Float16>(const FineTiledArgs<Float16>&, size_t, cudaStream_t);
+template void launch_fine_tiled<BFloat16>(const FineTiledArgs<BFloat16>&, size_t, cudaStream_t);
+
+}  // namespace onnxattn::sparse::cuda

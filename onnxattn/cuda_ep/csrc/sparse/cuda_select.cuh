@@ -1,0 +1,76 @@
+#pragma once
+// The sparse ops' selection and fine-branch launchers (cuda_select.cu), for the plan and run code in
+// cuda_kernel.cu: their argument structs and the host-side sizing of the tiled kernels. Included by .cu files.
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "common/half.h"
+#include "sparse/cuda_kernel.h"
+
+namespace onnxattn::sparse::cuda {
+
+inline constexpr int kSelectRows = 16;  // tiled selection: rows per CTA, 4 per warp
+inline constexpr int kFineRows = 16;    // tiled fine branch: rows per CTA, 4 per warp
+inline constexpr size_t kSelectSmemBudget = 96 << 10;  // below every sm_80+ device's opt-in limit (sm_86: 99 KB)
+
+template <typename TQ>
+struct SelectArgs {
+  const TQ* q;                 // [B, Hq, Sq, D]
+  const float* centroids;      // [B, Hkv, Nc, D]
+  const TQ* compressed_values; // probabilities mode: [B, Hkv, Nc, Dv]
+  float* compressed_out;       // probabilities mode: [B, Hq, Sq, Dv]
+  int32_t* lists;              // [B, Hs, Sq, top]
+  int64_t* listed;             // optional int64 copy
+  int64_t batch, q_heads, kv_heads, q_len, num_centroids, num_blocks, block_size, query_offset, top;
+  int dim, v_dim;
+  bool causal, shared, probabilities;
+  int64_t sink_blocks, local_blocks;
+  float scale;
+};
+
+template <typename T>
+struct FineArgs {
+  const T* q;
+  const T* k;
+  const T* v;
+  float* out;        // [B, Hq, Sq, Dv]
+  int64_t* listed;   // optional [B, Hq, Sq, top]
+  float* scores;     // [rows of this launch][Skv]
+  int64_t row_begin, rows;
+  int64_t q_heads, kv_heads, q_len, kv_len, top;
+  int dim, v_dim;
+  bool causal;
+  float scale;
+};
+
+template <typename T>
+struct FineTiledArgs {
+  const T* q;
+  const T* k;
+  const T* v;
+  float* out;       // [B, Hq, Sq, Dv]
+  int64_t* listed;  // optional [B, Hq, Sq, top]
+  int64_t batch, q_heads, kv_heads, q_len, kv_len, top;
+  int dim, v_dim, capacity;
+  bool causal;
+  float scale;
+};
+
+// `probabilities`: the compression branch (one row per (query, head) of the list); `heads_per_list`: G for
+// shared lists, else 1. queries 0: the tiled kernel cannot run this (one CTA per list instead).
+SelectTiling select_tiling(int dim, int v_dim, int64_t num_centroids, int64_t num_blocks, int64_t top,
+                           bool probabilities, int64_t heads_per_list);
+// Buffer entries per row (a power of two) for `top`, or 0 when the tiled fine kernel takes no such top.
+int fine_capacity(int64_t top);
+size_t fine_tiled_smem(int dim, int capacity);
+
+template <typename TQ>
+void launch_select(const SelectArgs<TQ>& a, const SelectTiling& tiling, cudaStream_t stream);
+template <typename T>
+void launch_fine(const FineArgs<T>& f, cudaStream_t stream);
+template <typename T>
+void launch_fine_tiled(const FineTiledArgs<T>& f, size_t smem, cudaStream_t stream);
+
+}  // namespace onnxattn::sparse::cuda
