@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT / "tests" / "gpu"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import gqa_cuda_lib as lib  # noqa: E402
 import ort_cuda  # noqa: E402
-from bench_sdpa_cuda import copy_bandwidth_gbs, environment, time_graph, time_wall  # noqa: E402
+from bench_sdpa_cuda import copy_bandwidth_gbs, env_vars, environment, time_graph, time_wall  # noqa: E402
 
 HQ, HKV, D, BASE = 32, 8, 128, 10000.0
 IMPLS = ("onnxattn", "ort_gqa")
@@ -172,12 +172,10 @@ def bench_prefill(ort, seq: int, repeats: int) -> dict:
     y_view = torch.empty_like(q).view(1, seq, HQ, D).transpose(1, 2)
     q_contiguous, y_contiguous = q_view.contiguous(), torch.empty(1, HQ, seq, D, dtype=torch.half, device="cuda")
     try:  # the op with its queries prepared by a kernel of their own (ONNXATTN_GQA_CUDA_QUERY=rotated)
-        os.environ["ONNXATTN_GQA_CUDA_QUERY"] = "rotated"
-        t["rotated_queries"] = {"graph": time_graph(lambda: lib.run(spec, direct), repeats=repeats)}
+        with env_vars({"ONNXATTN_GQA_CUDA_QUERY": "rotated"}):
+            t["rotated_queries"] = {"graph": time_graph(lambda: lib.run(spec, direct), repeats=repeats)}
     except Exception as e:  # noqa: BLE001 - a diagnosis row, not fatal
         t["rotated_queries"] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
-    finally:
-        os.environ.pop("ONNXATTN_GQA_CUDA_QUERY", None)
     for name, qq, yy in (("core_same_layout", q_view, y_view), ("core_contiguous", q_contiguous, y_contiguous)):
         try:
             call = lambda qq=qq, yy=yy: lib.sdpa.run(qq, k_rot, v_rot, causal=True, out=yy)  # noqa: E731

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 from pathlib import Path
@@ -26,12 +25,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests" / "gpu"))
 import mla_cuda_lib as lib  # noqa: E402
+from bench_sdpa_cuda import env_vars  # noqa: E402
 
 R, DR, DN, DV = 512, 64, 128, 128
 
 
 def bench(batch: int, heads: int, past: int, repeat: int, kernel: str) -> dict:
-    os.environ["ONNXATTN_MLA_CUDA_KERNEL"] = kernel  # read by every call
+    """One shape with the attention step on `kernel` (ONNXATTN_MLA_CUDA_KERNEL, read by every call)."""
     p = lib.Problem(batch=batch, seq=1, heads=heads, past=past + 64, mode="shared", rank=R, nope=DN, rope=DR, v_dim=DV)
     g = torch.Generator(device="cuda").manual_seed(0)
     t = lambda *shape, scale=1.0: (torch.randn(*shape, generator=g, device="cuda") * scale).to(torch.bfloat16)  # noqa: E731
@@ -80,12 +80,12 @@ def main() -> int:
     for batch, heads in ((64, 16), (64, 128), (1, 16)):
         for kernel in ("simt", "mma"):
             try:
-                rows.append(bench(batch, heads, 4096, repeat, kernel))
+                with env_vars({"ONNXATTN_MLA_CUDA_KERNEL": kernel}):
+                    rows.append(bench(batch, heads, 4096, repeat, kernel))
             except Exception as e:  # noqa: BLE001 - a failing kernel is reported, the other still measured
                 rows.append({"B": batch, "H": heads, "P": 4096, "dtype": "bfloat16", "kernel": kernel,
                              "error": f"{type(e).__name__}: {e}"})
                 print(f"bench_mla_cuda: B{batch} H{heads} {kernel}: {rows[-1]['error']}", file=sys.stderr)
-    os.environ.pop("ONNXATTN_MLA_CUDA_KERNEL", None)
     print(f"\nMultiHeadLatentAttention CUDA (absorbed), decode, bf16, R={R} Dr={DR} Dn={DN} Dv={DV}, {device}")
     print(f"  {'B':>3} {'H':>4} {'P':>5} {'kernel':>6} {'splits':>6} {'us':>9} {'cache GB/s':>11} {'TFLOP/s':>8}")
     for r in rows:

@@ -19,6 +19,7 @@ Prints one table and writes JSON with date, device, driver and commit.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import math
@@ -256,6 +257,22 @@ def bench_decode(dtype, batch, kv_len, ort, copy_gbs, repeats):
     return row
 
 
+@contextlib.contextmanager
+def env_vars(values: dict):
+    """The environment variables `values` set for the block (the library reads its switches on every call), and
+    each restored afterwards to what it was."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def split_sweep(q, k, v, y, nbytes, copy_gbs, repeats) -> dict:
     """Our decode with the key splits forced (ONNXATTN_SDPA_CUDA_SPLITS) to fill half, one, one and a half, two
     and three waves of 2 CTAs per SM: where a single sequence's bandwidth peaks, for the split rule
@@ -266,13 +283,11 @@ def split_sweep(q, k, v, y, nbytes, copy_gbs, repeats) -> dict:
     out = {}
     try:
         for n in counts:
-            os.environ["ONNXATTN_SDPA_CUDA_SPLITS"] = str(n)
-            ms = time_graph(lambda: lib.run(q, k, v, out=y), repeats=repeats)
+            with env_vars({"ONNXATTN_SDPA_CUDA_SPLITS": str(n)}):
+                ms = time_graph(lambda: lib.run(q, k, v, out=y), repeats=repeats)
             out[str(n)] = nbytes / (ms * 1e-3) / 1e9 / copy_gbs if ms else None
     except Exception as e:  # noqa: BLE001 - a diagnosis, not fatal
         out["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
-    finally:
-        os.environ.pop("ONNXATTN_SDPA_CUDA_SPLITS", None)
     return out
 
 

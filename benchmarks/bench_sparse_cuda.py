@@ -63,7 +63,7 @@ sys.path.insert(0, str(ROOT / "tests" / "gpu"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import ort_cuda  # noqa: E402
 import sdpa_cuda_lib as lib  # noqa: E402
-from bench_sdpa_cuda import environment, time_cuda, time_graph, time_wall  # noqa: E402
+from bench_sdpa_cuda import env_vars, environment, time_cuda, time_graph, time_wall  # noqa: E402
 from bench_sparse_cpu import BLOCK, CASES, D, HKV, HQ, TOP, WINDOW, attended_keys  # noqa: E402
 
 DTYPE = torch.bfloat16
@@ -148,16 +148,8 @@ class OrtOp:
         self.binding = self.keep = None
 
     def __call__(self) -> None:
-        saved = {k: os.environ.get(k) for k in self.env}
-        os.environ.update(self.env)  # read by the kernels on every run
-        try:
+        with env_vars(self.env):  # read by the kernels on every run
             self.sess.run_with_iobinding(self.binding)
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
 
 
 def torch_call(name: str, t: dict[str, torch.Tensor], notes: dict):

@@ -6,6 +6,7 @@ its JSON (gpu_summary also merges the serial stages' JUnit reports, so gpu_check
 from __future__ import annotations
 
 import json
+import os
 import types
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -198,3 +199,12 @@ def test_measure_repeats_within_the_share_or_runs_once(bench, monkeypatch):
     calls.clear()
     m = bench.measure(lambda: calls.append(1), "wall", share_s=5.0, max_repeats=4, predicted_s=3.0)
     assert m["repeats"] == 1 and m["timer"].startswith("wall, one call") and len(calls) == 1
+
+
+def test_env_vars_sets_and_restores(bench, monkeypatch):
+    """The CUDA benchmarks' switch helper (bench_sdpa_cuda.env_vars): set for the block, then back as before."""
+    monkeypatch.setenv("ONNXATTN_SPARSE_CUDA", "simple")
+    monkeypatch.delenv("ONNXATTN_MLA_CUDA_KERNEL", raising=False)
+    with bench.env_vars({"ONNXATTN_SPARSE_CUDA": "fast", "ONNXATTN_MLA_CUDA_KERNEL": "mma"}):
+        assert os.environ["ONNXATTN_SPARSE_CUDA"] == "fast" and os.environ["ONNXATTN_MLA_CUDA_KERNEL"] == "mma"
+    assert os.environ["ONNXATTN_SPARSE_CUDA"] == "simple" and "ONNXATTN_MLA_CUDA_KERNEL" not in os.environ
