@@ -35,35 +35,11 @@ from torch import nn
 from onnxattn import models
 from onnxattn.export import export_model
 from onnxattn.generate import generate, generate_torch
-from onnxattn.nn import GroupedQueryAttention, apply_rope
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from stock_attention import stock_attention  # noqa: E402
 
 CONFIG = dict(num_layers=4, hidden=512, num_heads=8, num_kv_heads=2, intermediate=1536, vocab_size=32000)
-
-
-def stock_attention(self: GroupedQueryAttention, x, *, cache=None, past_key=None, past_value=None, return_present=False,
-                    **unused):
-    """GroupedQueryAttention.forward in plain torch ops (concatenation cache, no QK-norm / window: what the
-    benchmarked config uses), so torch.onnx.export emits stock ONNX ops only."""
-    if cache is not None:
-        past_key, past_value = cache.get(self.layer_idx)
-    b, s, _ = x.shape
-    q, k, v = (t.unflatten(-1, (h, self.head_dim)).transpose(1, 2)
-               for t, h in zip(self.project(x), (self.num_query_heads, self.num_kv_heads, self.num_kv_heads)))
-    past = 0 if past_key is None else past_key.shape[2]
-    positions = (torch.arange(s) + past)[None].expand(b, s)
-    inv_freq = self.rope.frequencies(self.head_dim)[0]
-    q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
-    if past_key is not None:
-        k, v = torch.cat([past_key, k], 2), torch.cat([past_value, v], 2)
-    if cache is not None:
-        cache.update(self.layer_idx, k, v)
-    group = self.num_query_heads // self.num_kv_heads
-    # bottom-right causal mask: query i sits at key position past + i
-    mask = torch.arange(k.shape[2])[None, :] <= (torch.arange(s) + past)[:, None]
-    out = nn.functional.scaled_dot_product_attention(q, k.repeat_interleave(group, 1), v.repeat_interleave(group, 1),
-                                                     attn_mask=mask)
-    y = self.o_proj(out.transpose(1, 2).flatten(2))
-    return (y, (k, v)) if return_present else y
 
 
 class StockLlama(nn.Module):

@@ -55,10 +55,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "gpu"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import ort_cuda  # noqa: E402
+from stock_attention import stock_attention  # noqa: E402
 
 from onnxattn.export import export_model  # noqa: E402
 from onnxattn.generate import generate, generate_torch  # noqa: E402
-from onnxattn.nn import GroupedQueryAttention, apply_rope  # noqa: E402
 
 OP = "GroupQueryAttention"
 CONFIGS = {
@@ -98,32 +98,7 @@ def models_package():
     return models
 
 
-# ---- the stock model: GroupedQueryAttention in plain torch ops (bench_models_cpu.py's, on any device and dtype)
-def stock_attention(self: GroupedQueryAttention, x, *, cache=None, past_key=None, past_value=None, return_present=False,
-                    **unused):
-    """GroupedQueryAttention.forward in plain torch ops (concatenation cache, no QK-norm / window), so
-    torch.onnx.export emits stock ONNX ops only. RoPE in float32, rounded back to the model's dtype."""
-    if cache is not None:
-        past_key, past_value = cache.get(self.layer_idx)
-    b, s, _ = x.shape
-    q, k, v = (t.unflatten(-1, (h, self.head_dim)).transpose(1, 2)
-               for t, h in zip(self.project(x), (self.num_query_heads, self.num_kv_heads, self.num_kv_heads)))
-    past = 0 if past_key is None else past_key.shape[2]
-    steps = torch.arange(s, device=x.device) + past
-    inv_freq = self.rope.frequencies(self.head_dim)[0].to(x.device)
-    q, k = (apply_rope(t, steps[None].expand(b, s), inv_freq).to(t.dtype) for t in (q, k))
-    if past_key is not None:
-        k, v = torch.cat([past_key, k], 2), torch.cat([past_value, v], 2)
-    if cache is not None:
-        cache.update(self.layer_idx, k, v)
-    group = self.num_query_heads // self.num_kv_heads
-    mask = torch.arange(k.shape[2], device=x.device)[None, :] <= steps[:, None]  # bottom-right causal
-    out = nn.functional.scaled_dot_product_attention(q, k.repeat_interleave(group, 1), v.repeat_interleave(group, 1),
-                                                     attn_mask=mask)
-    y = self.o_proj(out.transpose(1, 2).flatten(2))
-    return (y, (k, v)) if return_present else y
-
-
+# ---- the stock model: GroupedQueryAttention in plain torch ops (stock_attention.py)
 def with_layers(model, blocks, config=None):
     """A shallow copy of the decoder `model` whose layers are shallow copies of `blocks` (weights shared), each
     with its own attention module (layer_idx = its position, so its own cache slot)."""
