@@ -176,6 +176,14 @@ def bench_prefill(ort, seq: int, repeats: int) -> dict:
             t["rotated_queries"] = {"graph": time_graph(lambda: lib.run(spec, direct), repeats=repeats)}
     except Exception as e:  # noqa: BLE001 - a diagnosis row, not fatal
         t["rotated_queries"] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
+    try:  # the op on the Hopper prefill kernel (ONNXATTN_SDPA_CUDA_PREFILL=wgmma; queries rotated ahead for it)
+        with env_vars({"ONNXATTN_SDPA_CUDA_PREFILL": "wgmma"}):
+            row["plan_wgmma"] = lib.run(spec, direct)["attention"]["reason"]
+            if "-> wgmma" in row["plan_wgmma"]:
+                t["wgmma"] = timings(ours, repeats)
+                t["wgmma"]["graph"] = time_graph(lambda: lib.run(spec, direct), repeats=repeats)
+    except Exception as e:  # noqa: BLE001 - an opt-in kernel's row, not fatal
+        t["wgmma"] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
     for name, qq, yy in (("core_same_layout", q_view, y_view), ("core_contiguous", q_contiguous, y_contiguous)):
         try:
             call = lambda qq=qq, yy=yy: lib.sdpa.run(qq, k_rot, v_rot, causal=True, out=yy)  # noqa: E731
@@ -272,6 +280,10 @@ def print_table(env, copy_gbs, rows):
             print(f"{'':8} attention core alone (graph): {fmt(same.get('graph'), '6.1f')} TFLOP/s on the same memory, "
                   f"{fmt(contiguous.get('graph'), '6.1f')} on a contiguous Q; the op's graph: {fmt(ours.get('graph'), '6.1f')}, "
                   f"with its queries rotated ahead: {fmt(rotated.get('graph'), '6.1f')}")
+            wgmma = metric.get("wgmma", {})
+            wg_ratio = wgmma.get("gpu") / theirs["gpu"] if wgmma.get("gpu") and theirs.get("gpu") else None
+            print(f"{'':8} on the wgmma prefill kernel: {fmt(wgmma.get('gpu'), '6.1f')} TFLOP/s (gpu), graph "
+                  f"{fmt(wgmma.get('graph'), '6.1f')}; {fmt(wg_ratio, '5.2f')}x ORT's")
 
 
 def main(argv=None) -> int:

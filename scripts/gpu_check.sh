@@ -135,7 +135,7 @@ fi
 
 # PagedAttention always: its bad index inputs must stay inside every buffer, which only memcheck shows. MLA's
 # tensor-core attention too, until it has passed on a GPU.
-families=(paged mla)
+families=(paged mla wgmma)
 if [ "$tests_rc" != 0 ] || [ "${GPU_CHECK_SANITIZE:-0}" = 1 ]; then families+=(sdpa); fi  # sanitize_cases.py
 if [ "$gqa_tests_rc" != 0 ] || [ "${GPU_CHECK_SANITIZE:-0}" = 1 ]; then families+=(gqa); fi
 echo "== compute-sanitizer on representative launches of: ${families[*]} (tests/gpu/sanitize_cases.py)"

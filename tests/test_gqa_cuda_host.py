@@ -25,6 +25,8 @@ FP16, BF16, FP32 = lib.FLOAT16, lib.BFLOAT16, lib.FLOAT32
 def _no_forcing(monkeypatch):
     monkeypatch.delenv("ONNXATTN_SDPA_CUDA_PATH", raising=False)
     monkeypatch.delenv("ONNXATTN_SDPA_CUDA_KERNEL", raising=False)
+    monkeypatch.delenv("ONNXATTN_SDPA_CUDA_PREFILL", raising=False)
+    monkeypatch.delenv("ONNXATTN_GQA_CUDA_QUERY", raising=False)
 
 
 def ceil_div(a: int, b: int) -> int:
@@ -254,3 +256,21 @@ def test_rotated_queries_are_asked_for_by_the_environment(monkeypatch):
     monkeypatch.setenv("ONNXATTN_GQA_CUDA_QUERY", "early")
     with pytest.raises(lib.GqaCudaError, match="ONNXATTN_GQA_CUDA_QUERY must be fused or rotated, got 'early'"):
         lib.plan(s)
+
+
+def test_wgmma_prefill_prepares_the_queries_ahead(monkeypatch):
+    """ONNXATTN_SDPA_CUDA_PREFILL=wgmma: the Hopper kernel has no preparation in its Q load, so a prefill that
+    rotates or normalises queries takes them prepared into scratch; one without either reads them plainly;
+    a mask (padding) or a decode keeps the mma.sync kernels and the fused load."""
+    monkeypatch.setenv("ONNXATTN_SDPA_CUDA_PREFILL", "wgmma")
+    rope = lib.plan(lib.Spec(seq=64, mode="concat", past=100, rope=1, **LLAMA))
+    assert rope["attention"]["kernel"] == "wgmma" and rope["rotate_queries"], rope["attention"]["reason"]
+    plain = lib.plan(lib.Spec(seq=64, mode="shared", past=300, rope=0, **LLAMA))
+    assert plain["attention"]["kernel"] == "wgmma" and not plain["rotate_queries"]
+    masked = lib.plan(lib.Spec(seq=64, mode="concat", past=100, rope=1, mask=True, **LLAMA))
+    assert masked["attention"]["kernel"] == "mma" and not masked["rotate_queries"]
+    assert "not eligible: softcap, mask" in masked["attention"]["reason"]
+    decode = lib.plan(lib.Spec(seq=1, mode="shared", past=4096, rope=1, **LLAMA))
+    assert decode["attention"]["kernel"] == "mma" and not decode["rotate_queries"]
+    small = lib.plan(lib.Spec(seq=64, mode="concat", past=100, rope=1, q_heads=8, kv_heads=2, head_dim=64))
+    assert small["attention"]["kernel"] == "mma" and not small["rotate_queries"]

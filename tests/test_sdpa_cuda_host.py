@@ -33,6 +33,7 @@ def ceil_div(a: int, b: int) -> int:
 def _no_forcing(monkeypatch):
     monkeypatch.delenv("ONNXATTN_SDPA_CUDA_PATH", raising=False)
     monkeypatch.delenv("ONNXATTN_SDPA_CUDA_KERNEL", raising=False)
+    monkeypatch.delenv("ONNXATTN_SDPA_CUDA_PREFILL", raising=False)
 
 
 # ---- the tile geometry the kernels are compiled with (sdpa/cuda_tiles.h), restated as the contract
@@ -139,11 +140,71 @@ def test_environment_forces_the_path(monkeypatch):
     assert lib.plan(s, path="env", kernel="env")["schedule"] == "prefill"
 
 
-@pytest.mark.parametrize("name,value", [("ONNXATTN_SDPA_CUDA_PATH", "fast"), ("ONNXATTN_SDPA_CUDA_KERNEL", "wgmma")])
+@pytest.mark.parametrize("name,value", [("ONNXATTN_SDPA_CUDA_PATH", "fast"), ("ONNXATTN_SDPA_CUDA_KERNEL", "wgmma"),
+                                        ("ONNXATTN_SDPA_CUDA_PREFILL", "fa3")])  # fmt: skip
 def test_unknown_environment_values_are_errors(monkeypatch, name, value):
     monkeypatch.setenv(name, value)
     with pytest.raises(lib.SdpaCudaError, match=f"{name} must be .*got '{value}'"):
         lib.plan(spec(), path="env", kernel="env")
+
+
+# ---- the Hopper prefill kernel (ONNXATTN_SDPA_CUDA_PREFILL=wgmma, sdpa/cuda_prefill_wgmma.cuh)
+def smem_wgmma() -> int:
+    # 1024 bytes to align the swizzled tiles, Q + 2 K stages + 2 V stages of 128 x 128 16-bit, row facts
+    return 1024 + 5 * 128 * 128 * 2 + 128 * 16
+
+
+@pytest.mark.parametrize("dtype", [FP16, BF16])
+@pytest.mark.parametrize("d,dv", [(128, 128), (72, 128), (128, 64), (80, 80), (96, 96), (128, None)])
+def test_wgmma_prefill_geometry(monkeypatch, dtype, d, dv):
+    monkeypatch.setenv("ONNXATTN_SDPA_CUDA_PREFILL", "wgmma")
+    p = lib.plan(spec(batch=2, q_heads=8, kv_heads=2, q_len=1000, kv_len=1000, head_dim=d, v_head_dim=dv, causal=True,
+                      dtype=dtype))  # fmt: skip
+    assert (p["schedule"], p["kernel"], p["head_dim_tile"]) == ("prefill", "wgmma", 128), p["reason"]
+    assert p["rows_per_cta"] == 128 and p["keys_per_tile"] == 128 and p["threads"] == 256
+    assert p["row_tiles"] == ceil_div(4000, 128) and p["grid"] == p["row_tiles"] * 2 * 2 and p["splits"] == 1
+    assert p["smem_bytes"] == smem_wgmma() <= lib.H100["max_smem_per_block"] and p["scratch_bytes"] == 0
+    assert "wgmma (ONNXATTN_SDPA_CUDA_PREFILL)" in p["reason"]
+
+
+def test_wgmma_is_opt_in(monkeypatch):
+    # auto stays the mma.sync kernel measured on the H100 until the wgmma kernel has passed there.
+    s = spec(q_heads=16, kv_heads=16, q_len=4096, kv_len=4096, head_dim=128, causal=True)
+    assert lib.plan(s)["kernel"] == "mma"
+    for value in ("auto", "mma", ""):
+        monkeypatch.setenv("ONNXATTN_SDPA_CUDA_PREFILL", value)
+        assert lib.plan(s)["kernel"] == "mma"
+    monkeypatch.setenv("ONNXATTN_SDPA_CUDA_PREFILL", "wgmma")
+    assert lib.plan(s)["kernel"] == "wgmma"
+
+
+@pytest.mark.parametrize("why,kw,device", [
+    ("no sm_90a device and code", {}, lib.A100),
+    ("no sm_90a device and code", {}, {**lib.H100, "wgmma": 0}),
+    ("max(D, Dv) is not in (64, 128]", dict(head_dim=64), lib.H100),
+    ("max(D, Dv) is not in (64, 128]", dict(head_dim=64, v_head_dim=32), lib.H100),
+    ("max(D, Dv) is not in (64, 128]", dict(head_dim=128, v_head_dim=192), lib.H100),
+    ("softcap, mask or scale <= 0", dict(softcap=30.0), lib.H100),
+    ("softcap, mask or scale <= 0", dict(mask_kind=1, mask_shape=(1, 1, 1, 500)), lib.H100),
+    ("softcap, mask or scale <= 0", dict(mask_kind=2, mask_shape=(300, 500)), lib.H100),
+])  # fmt: skip
+def test_wgmma_refusals_fall_back_to_mma_and_say_why(monkeypatch, why, kw, device):
+    monkeypatch.setenv("ONNXATTN_SDPA_CUDA_PREFILL", "wgmma")
+    p = lib.plan(spec(q_heads=8, kv_heads=2, q_len=300, kv_len=500, **{"head_dim": 128, **kw}), device)
+    assert p["kernel"] == "mma" and p["threads"] == 128, p["reason"]
+    assert f"wgmma requested, not eligible: {why}" in p["reason"]
+    assert p["smem_bytes"] == smem_prefill(p["head_dim_tile"])
+
+
+def test_wgmma_serves_tensor_core_prefill_only(monkeypatch):
+    monkeypatch.setenv("ONNXATTN_SDPA_CUDA_PREFILL", "wgmma")
+    decode = lib.plan(spec(q_heads=32, kv_heads=8, q_len=1, kv_len=4096, head_dim=128))
+    assert (decode["schedule"], decode["kernel"]) == ("decode", "mma")
+    assert lib.plan(spec(q_len=300, kv_len=300, head_dim=128, dtype=FP32))["kernel"] == "simt"
+    assert lib.plan(spec(q_len=300, kv_len=300, head_dim=128), kernel="simt")["kernel"] == "simt"
+    assert lib.plan(spec(q_len=300, kv_len=300, head_dim=128), aligned=False)["kernel"] == "simt"
+    # A forced prefill of a short query block still takes it (rows past Sq * G are masked off).
+    assert lib.plan(spec(q_len=1, kv_len=4096, head_dim=128), path="prefill")["kernel"] == "wgmma"
 
 
 # ---- split-KV decode

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 
 import sdpa_cuda_lib as sdpa
-from sdpa_cuda_lib import BFLOAT16, FLOAT16, FLOAT32, H100, KERNELS, PATHS, Device, PlanInfo  # noqa: F401
+from sdpa_cuda_lib import BFLOAT16, FLOAT16, FLOAT32, H100, KERNELS, PATHS, Device, PlanInfo, device_struct  # noqa: F401
 
 MODES = {"none": 0, "concat": 1, "shared": 2}
 
@@ -155,7 +155,7 @@ class Spec:
 def plan(spec: Spec, device: dict = H100, *, path: str = "auto", kernel: str = "auto", aligned: bool = True,
          present_outputs: bool = True) -> dict:  # fmt: skip
     info, err = GqaPlanInfo(), ctypes.create_string_buffer(1024)
-    dev = Device(device["sm_count"], device["max_smem_per_block"], device["smem_per_sm"])
+    dev = device_struct(device)
     rc = load().OnnxAttnGqaCudaPlan(ctypes.byref(spec.problem()), ctypes.byref(dev), PATHS[path], KERNELS[kernel],
                                     int(aligned), int(present_outputs), ctypes.byref(info), err, len(err))  # fmt: skip
     if rc != 0:

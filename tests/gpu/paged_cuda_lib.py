@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 
 import sdpa_cuda_lib as sdpa
-from sdpa_cuda_lib import BFLOAT16, FLOAT16, FLOAT32, H100, KERNELS, PATHS, Device, PlanInfo  # noqa: F401
+from sdpa_cuda_lib import BFLOAT16, FLOAT16, FLOAT32, H100, KERNELS, PATHS, Device, PlanInfo, device_struct  # noqa: F401
 
 
 class Problem(ctypes.Structure):
@@ -123,7 +123,7 @@ class Spec:
 def plan(spec: Spec, device: dict = H100, *, path: str = "auto", kernel: str = "auto", aligned: bool = True,
          pool_outputs: bool = True) -> dict:  # fmt: skip
     info, err = PagedPlanInfo(), ctypes.create_string_buffer(1024)
-    dev = Device(device["sm_count"], device["max_smem_per_block"], device["smem_per_sm"])
+    dev = device_struct(device)
     rc = load().OnnxAttnPagedCudaPlan(ctypes.byref(spec.problem()), ctypes.byref(dev), PATHS[path], KERNELS[kernel],
                                       int(aligned), int(pool_outputs), ctypes.byref(info), err, len(err))  # fmt: skip
     if rc != 0:

@@ -6,7 +6,9 @@ PagedAttention (family `paged`, run on every gpu_check: layout and new-token ker
 both launches over blocks, and bad index inputs, which must stay inside every buffer: run with
 PYTORCH_NO_CUDA_MEMORY_CACHING=1 so each tensor is its own allocation and memcheck sees any stray access);
 then MultiHeadLatentAttention's tensor-core attention (family `mla`, also on every run until it has passed on a
-GPU). Not a pytest module."""
+GPU); then the Hopper prefill kernel (family `wgmma`, ONNXATTN_SDPA_CUDA_PREFILL=wgmma: partial row tiles,
+partial key steps, padded D/Dv, rows without keys; on every run until it has passed, skipped on other GPUs).
+Not a pytest module."""
 
 from __future__ import annotations
 
@@ -87,12 +89,49 @@ def mla_cases() -> int:
     return failed
 
 
+WGMMA_NAMES = ("causal_sq_gt_skv_empty_rows", "mha_odd_bidirectional", "d72_dv128", "dv80_d128", "window_causal",
+               "band", "sq17")  # fmt: skip
+
+
+def wgmma_cases() -> int:
+    """The Hopper prefill kernel (ONNXATTN_SDPA_CUDA_PREFILL=wgmma) on shapes with partial tiles and padding,
+    against the oracle; nothing on a GPU other than sm_90."""
+    import os
+
+    from test_sdpa_cuda_wgmma import WGMMA_CASES
+
+    if torch.cuda.get_device_capability() != (9, 0):
+        print("skip wgmma: not an sm_90 GPU")
+        return 0
+    by_name = {c.name: c for c in WGMMA_CASES}
+    failed = 0
+    os.environ["ONNXATTN_SDPA_CUDA_PREFILL"] = "wgmma"
+    try:
+        for name in WGMMA_NAMES:
+            case = by_name[name]
+            q, k, v, _ = make_inputs(case, torch.bfloat16)
+            try:
+                y, lse, plan = lib.run(q, k, v, causal=case.causal, window=case.window, band=case.band,
+                                       scale=case.scale, want_lse=case.lse, path="prefill")  # fmt: skip
+                torch.cuda.synchronize()
+                assert plan["kernel"] == "wgmma", plan["reason"]
+                check(case, q, k, v, None, y, lse if case.lse else None, context=plan["reason"])
+                print(f"ok   wgmma {name}")
+            except Exception as e:  # noqa: BLE001 - report every case
+                failed += 1
+                print(f"FAIL wgmma {name}: {type(e).__name__}: {e}")
+    finally:
+        os.environ.pop("ONNXATTN_SDPA_CUDA_PREFILL", None)
+    return failed
+
+
 def main(argv=None) -> int:
-    """Arguments: the families to run, `sdpa`, `gqa`, `paged` and/or `mla` (default all)."""
-    families = set(argv if argv is not None else sys.argv[1:]) or {"sdpa", "gqa", "paged", "mla"}
+    """Arguments: the families to run, `sdpa`, `gqa`, `paged`, `mla` and/or `wgmma` (default all)."""
+    families = set(argv if argv is not None else sys.argv[1:]) or {"sdpa", "gqa", "paged", "mla", "wgmma"}
     by_name = {c.name: c for c in CASES}
     failed = paged_cases() if "paged" in families else 0  # first: the one family checked on every run
     failed += mla_cases() if "mla" in families else 0
+    failed += wgmma_cases() if "wgmma" in families else 0
     for name in NAMES if "sdpa" in families else ():
         case = by_name[name]
         for dtype in (torch.float16, torch.float32):

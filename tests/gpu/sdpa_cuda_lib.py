@@ -15,8 +15,9 @@ from dataclasses import dataclass
 FLOAT32, FLOAT16, BFLOAT16 = 1, 10, 16  # ONNX element types
 PATHS = {"env": -1, "auto": 0, "prefill": 1, "decode": 2}
 KERNELS = {"env": -1, "auto": 0, "mma": 1, "simt": 2}
-H100 = {"sm_count": 132, "max_smem_per_block": 232448, "smem_per_sm": 233472}
-A100 = {"sm_count": 108, "max_smem_per_block": 166912, "smem_per_sm": 167936}
+H100 = {"sm_count": 132, "max_smem_per_block": 232448, "smem_per_sm": 233472, "wgmma": 1}
+A100 = {"sm_count": 108, "max_smem_per_block": 166912, "smem_per_sm": 167936, "wgmma": 0}
+KERNEL_NAMES = ("mma", "simt", "wgmma")  # PlanInfo.kernel codes
 
 
 class Problem(ctypes.Structure):
@@ -42,7 +43,13 @@ class Problem(ctypes.Structure):
 
 
 class Device(ctypes.Structure):
-    _fields_ = [("sm_count", ctypes.c_int32), ("max_smem_per_block", ctypes.c_int32), ("smem_per_sm", ctypes.c_int32)]
+    _fields_ = [("sm_count", ctypes.c_int32), ("max_smem_per_block", ctypes.c_int32), ("smem_per_sm", ctypes.c_int32),
+                ("wgmma", ctypes.c_int32)]  # fmt: skip
+
+
+def device_struct(device: dict) -> Device:
+    """A described device (H100, A100 or a dict with their keys; "wgmma" defaults to 0)."""
+    return Device(device["sm_count"], device["max_smem_per_block"], device["smem_per_sm"], int(device.get("wgmma", 0)))
 
 
 class PlanInfo(ctypes.Structure):
@@ -70,7 +77,7 @@ class PlanInfo(ctypes.Structure):
     def as_dict(self) -> dict:
         out = {name: getattr(self, name) for name, _ in self._fields_ if name not in ("reason", "reserved")}
         out["schedule"] = ("prefill", "decode")[self.schedule]
-        out["kernel"] = ("mma", "simt")[self.kernel]
+        out["kernel"] = KERNEL_NAMES[self.kernel]
         out["reason"] = self.reason.decode()
         return out
 
@@ -176,7 +183,7 @@ def plan(spec: Spec, device: dict = H100, *, path: str = "auto", kernel: str = "
     """The launch plan make_plan() computes; raises SdpaCudaError with the library's message."""
     lib = load()
     info, err = PlanInfo(), ctypes.create_string_buffer(1024)
-    dev = Device(device["sm_count"], device["max_smem_per_block"], device["smem_per_sm"])
+    dev = device_struct(device)
     rc = lib.OnnxAttnSdpaCudaPlan(
         ctypes.byref(spec.problem()), ctypes.byref(layout) if layout is not None else None, ctypes.byref(dev),
         PATHS[path], KERNELS[kernel], int(aligned), ctypes.byref(info), err, len(err),

@@ -217,3 +217,28 @@ def test_rotated_queries_give_the_fused_bits(case_id, dtype, monkeypatch):
     for a, b in ((pk2, pk), (pv2, pv)):
         if a is not None:
             np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.skipif(not CUDA or torch.cuda.get_device_capability() != (9, 0), reason="the wgmma kernel needs an sm_90 GPU")
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("case_id", ROTATED_CASES)
+def test_wgmma_prefill_with_prepared_queries(case_id, dtype, monkeypatch):
+    """ONNXATTN_SDPA_CUDA_PREFILL=wgmma: the Hopper prefill kernel where the core's plan allows it, with the
+    queries prepared ahead (it has no preparation in its Q load); the cache outputs are the same bits, the
+    output within the case's tolerance of the fused mma.sync path (other tiles, the same 16-bit rounding)."""
+    case = gc.CASES_BY_ID[case_id]
+    t = gt.to_device(case, dtype)
+    fresh = lambda: {k: v.clone() for k, v in t.items()}  # noqa: E731 - in-place cases write their inputs
+    y, pk, pv, plan, _ = gt.run(case, dtype, inputs=fresh())
+    monkeypatch.setenv("ONNXATTN_SDPA_CUDA_PREFILL", "wgmma")
+    y2, pk2, pv2, plan2, _ = gt.run(case, dtype, inputs=fresh())
+    attention = plan2["attention"]
+    if attention["kernel"] == "wgmma":
+        assert plan2["rotate_queries"] == bool(case.rope or case.q_norm), attention["reason"]
+    else:
+        assert attention["schedule"] == "decode" or "not eligible" in attention["reason"], attention["reason"]
+    _, y_tol, _ = gc.expected(case.id, dtype)
+    assert np.abs(y2.astype(np.float64) - y.astype(np.float64)).max() <= y_tol, attention["reason"]
+    for a, b in ((pk2, pk), (pv2, pv)):
+        if a is not None:
+            np.testing.assert_array_equal(a, b)

@@ -48,6 +48,9 @@ Plan make_plan(const Params& p, DType dtype, const DeviceInfo& device, const Req
   sdpa::cuda::Layout layout;
   layout.per_batch_lengths = plan.per_batch;
   layout.op = kOpName;
+  // The wgmma prefill kernel reads plain query rows: with it, the queries are prepared ahead (below).
+  const bool prepares = p.rope || p.q_norm;
+  layout.wgmma_ok = !prepares || rotate_queries || request.prefill == Request::Prefill::kWgmma;
   // Rows of the views advance by multiples of D or Dv elements.
   const size_t size = element_size(dtype);
   const bool rows16 = (size_t(p.head_dim) * size) % 16 == 0 && (size_t(p.v_head_dim) * size) % 16 == 0;
@@ -70,9 +73,11 @@ Plan make_plan(const Params& p, DType dtype, const DeviceInfo& device, const Req
     plan.present_key_offset = take(slots * size_t(p.head_dim) * size);
     plan.present_value_offset = take(slots * size_t(p.v_head_dim) * size);
   }
-  // Queries prepared ahead only where the core would prepare them in 16 bits (its tensor-core kernels).
-  plan.rotate_queries = rotate_queries && plan.launch.kernel == sdpa::cuda::Kernel::kMma && plan.launch.grid > 0 &&
-                        (p.rope || p.q_norm);
+  // Queries prepared ahead only where the core would prepare them in 16 bits (its tensor-core kernels), and
+  // always for the wgmma kernel, which has no preparation in its Q load.
+  const sdpa::cuda::Kernel kernel = plan.launch.kernel;
+  plan.rotate_queries = prepares && plan.launch.grid > 0 &&
+                        (kernel == sdpa::cuda::Kernel::kWgmma || (rotate_queries && kernel == sdpa::cuda::Kernel::kMma));
   if (plan.rotate_queries) plan.rotated_q_offset = take(size_t(p.batch * p.seq * p.q_heads * p.head_dim) * size);
   plan.scratch_bytes = offset;
   return plan;

@@ -38,7 +38,9 @@ Request request_from(int32_t path, int32_t kernel) {
   Request r;
   r.path = path < 0 ? env.path : path == 1 ? Request::Path::kPrefill : path == 2 ? Request::Path::kDecode : Request::Path::kAuto;
   r.kernel = kernel < 0 ? env.kernel : kernel == 1 ? Request::Kernel::kMma : kernel == 2 ? Request::Kernel::kSimt : Request::Kernel::kAuto;
-  r.splits = request_from_env().splits;  // only from the environment (benchmarks' sweeps)
+  const Request from_env = request_from_env();
+  r.splits = from_env.splits;  // only from the environment (benchmarks' sweeps)
+  r.prefill = from_env.prefill;
   return r;
 }
 
@@ -47,6 +49,7 @@ DeviceInfo device_from(const OnnxAttnSdpaDevice& d) {
   info.sm_count = d.sm_count;
   info.max_smem_per_block = d.max_smem_per_block;
   info.smem_per_sm = d.smem_per_sm;
+  info.wgmma = d.wgmma != 0;
   return info;
 }
 
@@ -54,7 +57,7 @@ void fill_info(const LaunchPlan& plan, OnnxAttnSdpaPlanInfo* out) {
   if (out == nullptr) return;
   std::memset(out, 0, sizeof *out);
   out->schedule = plan.schedule == Schedule::kDecode ? 1 : 0;
-  out->kernel = plan.kernel == Kernel::kSimt ? 1 : 0;
+  out->kernel = plan.kernel == Kernel::kSimt ? 1 : plan.kernel == Kernel::kWgmma ? 2 : 0;
   out->head_dim_tile = plan.head_dim_tile;
   out->rows_per_cta = plan.rows_per_cta;
   out->keys_per_tile = plan.keys_per_tile;
@@ -127,6 +130,7 @@ int run_for_test(const Params& p, const Request& request, const void* q, const v
   t.lse = lse;
   Layout layout;
   layout.per_batch_lengths = query_offsets != nullptr || kv_lengths != nullptr;
+  layout.wgmma_ok = true;  // plain Q loads and T output, as the SDPA op's own calls
   const LaunchPlan plan = make_plan(p, dtype_of<T>(), device_info(current_device()), request, aligned16(p, t), layout);
   fill_info(plan, info);
   if (plan.scratch_bytes > scratch_bytes) return 2;  // the caller allocates plan.scratch_bytes and calls again
@@ -151,6 +155,7 @@ ONNXATTN_EXPORT int OnnxAttnSdpaCudaPlan(const OnnxAttnSdpaProblem* problem, con
     const onnxattn::sdpa::Params p = params_from(*problem, layout);
     Layout how;
     how.per_batch_lengths = layout != nullptr && layout->per_batch_lengths != 0;
+    how.wgmma_ok = true;  // the plan of the SDPA op's own calls (plain Q loads, T output)
     fill_info(make_plan(p, dtype_from_onnx(problem->dtype), device_from(*device), request_from(path, kernel),
                         aligned16 != 0, how),
               out);

@@ -26,11 +26,12 @@ struct OnnxAttnSdpaProblem {
 
 struct OnnxAttnSdpaDevice {
   int32_t sm_count, max_smem_per_block, smem_per_sm;
+  int32_t wgmma;  // 1: an sm_90 device with the library's sm_90a code (DeviceInfo::wgmma)
 };
 
 struct OnnxAttnSdpaPlanInfo {
   int32_t schedule;  // 0 prefill, 1 decode
-  int32_t kernel;    // 0 mma, 1 simt
+  int32_t kernel;    // 0 mma, 1 simt, 2 wgmma
   int32_t head_dim_tile, rows_per_cta, keys_per_tile, stages, threads, reserved;
   int64_t rows_per_head, row_tiles, splits, grid, smem_bytes, combine_grid, scratch_bytes, partial_lse_offset;
   int64_t min_split_keys;
@@ -68,6 +69,7 @@ int guarded(char* err, size_t err_len, F&& f) noexcept {
 // ONNX element type code (1 float32, 10 float16, 16 bfloat16); InputError naming `op` otherwise.
 DType dtype_from_onnx(int32_t code, const char* op = kOpName);
 // path: -1 from the environment, 0 auto, 1 prefill, 2 decode; kernel: -1 environment, 0 auto, 1 mma, 2 simt.
+// The split count and the prefill kernel choice always come from the environment.
 Request request_from(int32_t path, int32_t kernel);
 DeviceInfo device_from(const OnnxAttnSdpaDevice& d);
 void fill_info(const LaunchPlan& plan, OnnxAttnSdpaPlanInfo* out);

@@ -428,9 +428,42 @@ __device__ __forceinline__ float online_softmax_step(float (&x)[kCount], float& 
   return alpha;
 }
 
+// Online softmax step in log2 units for the prefill tiles (mma.sync and wgmma kernels): `x` holds this step's scores of one row slice (a
+// quad of lanes), raw (kRaw: Q.K, to be scaled by `scale_log2` > 0) or already in log2 units, -inf where
+// hidden; it becomes the probabilities. `m` (in the same units as x) and the per-lane sum `l` are updated;
+// returns the factor for the row's earlier output. A row with no visible key yet keeps m = -inf and exact
+// zeros.
+template <bool kRaw, int kCount>
+__device__ __forceinline__ float prefill_softmax_step(float (&x)[kCount], float& m, float& l, float scale_log2) {
+  static_assert(kCount % 4 == 0, "four partial reductions");
+  // Four interleaved partial reductions (dependency depth kCount / 4 + 2, not kCount) in four registers:
+  // with two warps per scheduler the loop is latency-bound between the mmas, and a full tree spills.
+  float part[4];
+#pragma unroll
+  for (int c = 0; c < 4; ++c) part[c] = x[c];
+#pragma unroll
+  for (int e = 4; e < kCount; ++e) part[e % 4] = fmaxf(part[e % 4], x[e]);
+  const float m_new = fmaxf(m, quad_max(fmaxf(fmaxf(part[0], part[1]), fmaxf(part[2], part[3]))));
+  const float unit = kRaw ? scale_log2 : 1.0f;
+  const float shift = m_new == kNegInf ? 0.0f : m_new * unit;
+  const float alpha = fast_exp2(fmaf(m, unit, -shift));
+  m = m_new;
+#pragma unroll
+  for (int c = 0; c < 4; ++c) part[c] = 0.0f;
+#pragma unroll
+  for (int e = 0; e < kCount; ++e) {
+    x[e] = fast_exp2(fmaf(x[e], unit, -shift));
+    part[e % 4] += x[e];
+  }
+  l = l * alpha + ((part[0] + part[1]) + (part[2] + part[3]));  // per-lane partial sum; quad-reduced at the end
+  return alpha;
+}
+
 // ---- Launchers, one per kernel family, instantiated in their own translation units.
 template <typename T>
 void launch_prefill_mma(const KernelArgs<T>& args, const LaunchPlan& plan, cudaStream_t stream);
+template <typename T>
+void launch_prefill_wgmma(const KernelArgs<T>& args, const LaunchPlan& plan, cudaStream_t stream);
 template <typename T>
 void launch_decode_mma(const KernelArgs<T>& args, const LaunchPlan& plan, cudaStream_t stream);
 template <typename T>

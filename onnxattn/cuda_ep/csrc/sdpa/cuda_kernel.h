@@ -65,6 +65,7 @@ LaunchPlan plan_for(const Params& p, const Tensors<T>& t, const DeviceInfo& devi
   Layout layout;
   layout.per_batch_lengths = t.query_offsets != nullptr || t.kv_lengths != nullptr;
   layout.op = op;
+  layout.wgmma_ok = t.y_float == nullptr && t.kv_starts == nullptr;  // callers of plan_for pass no QueryPrep
   return make_plan(p, dtype_of<T>(), device, request_from_env(), aligned16(p, t), layout);
 }
 

@@ -9,6 +9,11 @@
 //  3. Kernel: mma (tensor cores) for float16/bfloat16 when D and Dv are multiples of 8 (16-byte rows) and
 //     Q, K, V, Y are 16-byte aligned; simt otherwise (float32 always). ONNXATTN_SDPA_CUDA_KERNEL=simt
 //     forces the simple kernel; =mma makes an ineligible problem an error instead of a silent fallback.
+//     A tensor-core prefill runs the wgmma kernel instead of mma.sync's when ONNXATTN_SDPA_CUDA_PREFILL=wgmma
+//     (auto = mma until the kernel has passed on a GPU) and it can: a device with sm_90a code
+//     (DeviceInfo::wgmma), 64 < max(D, Dv) <= 128, no softcap, no mask, scale > 0, contiguous K/V (not
+//     paged), a uniform batch, and a caller whose launch fits (Layout::wgmma_ok); otherwise mma.sync's,
+//     with the reason in the plan.
 //  4. Geometry from sdpa/cuda_tiles.h; splits (decode only) from choose_splits() over the keys visible
 //     to any query row, so a sliding window splits its window, not the whole cache.
 //  5. Per-batch lengths (Layout::per_batch_lengths: a shared KV-cache buffer whose valid lengths live on
@@ -49,7 +54,7 @@ const char* env_value(const char* name) {
 }  // namespace
 
 const char* schedule_name(Schedule s) { return s == Schedule::kDecode ? "decode" : "prefill"; }
-const char* kernel_name(Kernel k) { return k == Kernel::kMma ? "mma" : "simt"; }
+const char* kernel_name(Kernel k) { return k == Kernel::kMma ? "mma" : k == Kernel::kWgmma ? "wgmma" : "simt"; }
 
 Request request_from_env() {
   Request r;
@@ -68,6 +73,14 @@ Request request_from_env() {
     r.kernel = Request::Kernel::kSimt;
   } else if (!kernel.empty() && kernel != "auto") {
     fail(kOpName, ": environment variable ONNXATTN_SDPA_CUDA_KERNEL must be auto, mma or simt, got '", kernel, "'");
+  }
+  const std::string prefill = env_value("ONNXATTN_SDPA_CUDA_PREFILL");
+  if (prefill == "mma") {
+    r.prefill = Request::Prefill::kMma;
+  } else if (prefill == "wgmma") {
+    r.prefill = Request::Prefill::kWgmma;
+  } else if (!prefill.empty() && prefill != "auto") {
+    fail(kOpName, ": environment variable ONNXATTN_SDPA_CUDA_PREFILL must be auto, mma or wgmma, got '", prefill, "'");
   }
   const std::string splits = env_value("ONNXATTN_SDPA_CUDA_SPLITS");
   if (!splits.empty()) {
@@ -151,8 +164,19 @@ void check_problem(const Params& p, const DeviceInfo& device, const char* op) {
   }
 }
 
+// Why the wgmma prefill kernel cannot run a tensor-core prefill (rule 3), or "" when it can.
+std::string wgmma_refusal(const Params& p, const DeviceInfo& device, bool wgmma_ok, const Part& part, int head_dim_tile) {
+  if (!device.wgmma) return "no sm_90a device and code";
+  if (head_dim_tile != tiles::kWgmmaTile) return "max(D, Dv) is not in (64, 128]";
+  if (p.softcap > 0.0f || p.mask_kind != MaskKind::kNone || !(p.scale > 0.0f)) return "softcap, mask or scale <= 0";
+  if (p.block_size > 0) return "paged K/V";
+  if (part.ragged) return "a ragged batch";
+  if (!wgmma_ok) return "the caller prepares queries in the load or wants float32 output";
+  return "";
+}
+
 LaunchPlan plan_launch(const Params& p, DType dtype, const DeviceInfo& device, const Request& request,
-                       bool aligned16, bool per_batch, const char* op, const Part& part) {
+                       bool aligned16, bool per_batch, const char* op, const Part& part, bool wgmma_ok = false) {
   LaunchPlan plan;
   const bool decode = part.decode;
   plan.schedule = decode ? Schedule::kDecode : Schedule::kPrefill;
@@ -187,6 +211,19 @@ LaunchPlan plan_launch(const Params& p, DType dtype, const DeviceInfo& device, c
       plan.rows_per_cta = tiles::prefill_rows(plan.head_dim_tile);
       plan.keys_per_tile = tiles::kPrefillKeys;
       plan.smem_bytes = tiles::prefill_smem_bytes(plan.head_dim_tile);
+      if (request.prefill == Request::Prefill::kWgmma) {
+        const std::string refusal = wgmma_refusal(p, device, wgmma_ok, part, plan.head_dim_tile);
+        if (refusal.empty()) {
+          plan.kernel = Kernel::kWgmma;
+          plan.threads = tiles::kWgmmaThreads;
+          plan.rows_per_cta = tiles::kWgmmaRows;
+          plan.keys_per_tile = tiles::kWgmmaKeys;
+          plan.smem_bytes = tiles::wgmma_prefill_smem_bytes();
+          why += " -> wgmma (ONNXATTN_SDPA_CUDA_PREFILL)";
+        } else {
+          why += " (wgmma requested, not eligible: " + refusal + ")";
+        }
+      }
     }
   } else {
     plan.rows_per_cta = tiles::kSimtRows;
@@ -270,7 +307,7 @@ LaunchPlan make_plan(const Params& p, DType dtype, const DeviceInfo& device, con
   part.why = forced_path ? " (forced by ONNXATTN_SDPA_CUDA_PATH)"
              : part.decode ? " (Sq <= " + std::to_string(kDecodeMaxQueries) + ")"
                            : " (Sq > " + std::to_string(kDecodeMaxQueries) + ")";
-  return plan_launch(p, dtype, device, request, aligned16, layout.per_batch_lengths, op, part);
+  return plan_launch(p, dtype, device, request, aligned16, layout.per_batch_lengths, op, part, layout.wgmma_ok);
 }
 
 RaggedPlan make_ragged_plan(const Params& p, DType dtype, const DeviceInfo& device, const Request& request,

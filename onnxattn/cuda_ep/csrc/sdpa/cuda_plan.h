@@ -20,21 +20,25 @@ struct DeviceInfo {
   int sm_count = 0;
   int max_smem_per_block = 0;  // opt-in limit for dynamic shared memory, bytes
   int smem_per_sm = 0;         // bytes
+  bool wgmma = false;          // an sm_90 device (Hopper) and a library built with sm_90a code
 };
 
 // What the caller forces; kAuto lets make_plan decide. Read from the environment by request_from_env().
 struct Request {
   enum class Path { kAuto, kPrefill, kDecode };
   enum class Kernel { kAuto, kMma, kSimt };
+  enum class Prefill { kAuto, kMma, kWgmma };  // which tensor-core prefill kernel
   Path path = Path::kAuto;
   Kernel kernel = Kernel::kAuto;
+  Prefill prefill = Prefill::kAuto;
   int64_t splits = 0;  // > 0: decode launches split their keys this many ways (at most one split per key tile)
 };
 
 // ONNXATTN_SDPA_CUDA_PATH = auto | prefill | decode and ONNXATTN_SDPA_CUDA_KERNEL = auto | mma | simt
 // (unset or empty = auto), ONNXATTN_SDPA_CUDA_SPLITS = 1 .. kMaxSplits (unset = the plan's choice; for
-// benchmarks that sweep the split rule), read on every call so tests can switch within one process. An
-// unknown value is an InputError.
+// benchmarks that sweep the split rule), ONNXATTN_SDPA_CUDA_PREFILL = auto | mma | wgmma (the Hopper
+// prefill kernel where it can run, see cuda_plan.cc rule 3; auto = mma until it has passed on a GPU), read
+// on every call so tests can switch within one process. An unknown value is an InputError.
 Request request_from_env();
 
 // prefill: one pass over the keys per row tile, the output written directly.
@@ -42,8 +46,9 @@ Request request_from_env();
 //         partial results (normalised output + log-sum-exp) to scratch; a combine kernel merges them.
 enum class Schedule { kPrefill, kDecode };
 // mma: tensor-core kernels (fp16/bf16, mma.sync m16n8k16); simt: the plain CUDA-core kernel (every
-// dtype, every head size up to 256), also the simple version the tests compare the fast ones with.
-enum class Kernel { kMma, kSimt };
+// dtype, every head size up to 256), also the simple version the tests compare the fast ones with;
+// wgmma: the Hopper prefill kernel (sm_90a warpgroup MMA, sdpa/cuda_prefill_wgmma.cuh).
+enum class Kernel { kMma, kSimt, kWgmma };
 
 struct LaunchPlan {
   Schedule schedule = Schedule::kPrefill;
@@ -76,9 +81,12 @@ inline constexpr int64_t kMaxSplits = 256;
 // How the attention core is called beyond Params: whether the query offsets and valid key counts come
 // per batch from device memory (fused ops with a shared KV-cache buffer; unknown on the host), and the op
 // named in error messages. Paged K/V (Params::block_size > 0) works with either.
+// wgmma_ok: the caller's launch fits the wgmma prefill kernel's contract beyond Params (no query preparation
+// in the Q load, output in Y's dtype, no per-sequence pool starts); callers opt in.
 struct Layout {
   bool per_batch_lengths = false;
   const char* op = kOpName;
+  bool wgmma_ok = false;
 };
 
 // The one place that decides how the CUDA attention core runs (ScaledDotProductAttention and the fused

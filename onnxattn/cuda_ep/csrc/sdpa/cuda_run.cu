@@ -90,11 +90,13 @@ KernelArgs<T> make_args(const Params& p, const Tensors<T>& t, const LaunchPlan& 
 template <typename T>
 void launch_attention(const KernelArgs<T>& args, const LaunchPlan& plan, cudaStream_t stream) {
   if constexpr (std::is_same_v<T, float>) {
-    if (plan.kernel == Kernel::kMma) throw std::runtime_error(str_cat(kOpName, ": float32 has no mma kernel"));
+    if (plan.kernel != Kernel::kSimt) throw std::runtime_error(str_cat(kOpName, ": float32 has no tensor-core kernel"));
     launch_simt(args, plan, stream);
   } else {
     if (plan.kernel == Kernel::kSimt) {
       launch_simt(args, plan, stream);
+    } else if (plan.kernel == Kernel::kWgmma) {
+      launch_prefill_wgmma(args, plan, stream);
     } else if (plan.schedule == Schedule::kDecode) {
       launch_decode_mma(args, plan, stream);
     } else {
@@ -141,6 +143,9 @@ DeviceInfo device_info(int device) {
              "querying shared memory per block");
   check_cuda(cudaDeviceGetAttribute(&info.smem_per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device),
              "querying shared memory per SM");
+#ifdef ONNXATTN_CUDA_SM90A
+  info.wgmma = major == 9;  // sm_90a code runs on sm_90 devices only
+#endif
   cache.emplace_back(device, info);
   return info;
 }

@@ -34,6 +34,18 @@ constexpr size_t prefill_smem_bytes(int head_dim_tile) {
          size_t(prefill_rows(head_dim_tile)) * kPrefillRowInfoBytes;
 }
 
+// ---- prefill wgmma (sm_90a): two warpgroups of 64 rows each (128 rows per CTA), 128 keys per step, D and Dv
+// padded to 128; Q, two K stages and two V stages as 128-byte-swizzled tiles (cuda_wgmma.cuh), then the row
+// facts, plus 1024 bytes to align the tiles to the swizzle atom.
+inline constexpr int kWgmmaThreads = 256;
+inline constexpr int kWgmmaRows = 128;
+inline constexpr int kWgmmaKeys = 128;
+inline constexpr int kWgmmaTile = 128;
+inline constexpr size_t kWgmmaTileBytes = size_t(kWgmmaRows) * kWgmmaTile * 2;  // one 128 x 128 16-bit tile
+constexpr size_t wgmma_prefill_smem_bytes() {
+  return 1024 + 5 * kWgmmaTileBytes + size_t(kWgmmaRows) * kPrefillRowInfoBytes;
+}
+
 // ---- decode mma: one block of 16 rows per CTA; warps split the keys, 16 keys per warp per step, each
 // warp with its own ring of `decode_stages` shared-memory stages (no CTA barrier in the main loop).
 inline constexpr int kDecodeRows = 16;
