@@ -207,6 +207,70 @@ def test_wgmma_serves_tensor_core_prefill_only(monkeypatch):
     assert lib.plan(spec(q_len=1, kv_len=4096, head_dim=128), path="prefill")["kernel"] == "wgmma"
 
 
+# ---- the wgmma kernel's shared-memory layout, read back through its descriptors (sdpa/cuda_wgmma_layout.h)
+def swizzle128(addr: int) -> int:
+    """The hardware's 128-byte swizzle of a shared-memory byte address: bits 4..6 ^= bits 7..9."""
+    return addr ^ (((addr >> 7) & 7) << 4)
+
+
+def stored_tile(base: int) -> dict:
+    """Byte address -> (row, column) of every 16-bit element the kernel's loads store into a tile at `base`."""
+    out = {}
+    for row in range(128):
+        for chunk in range(16):
+            at = base + lib.wgmma_layout("offset", 0, row * 16 + chunk)
+            for e in range(8):
+                out[at + 2 * e] = (row, 8 * chunk + e)
+    return out
+
+
+def decode(desc: int) -> tuple[int, int, int, int]:
+    start = (desc & 0x3FFF) << 4
+    lbo = ((desc >> 16) & 0x3FFF) << 4
+    sbo = ((desc >> 32) & 0x3FFF) << 4
+    layout = desc >> 62
+    return start, lbo, sbo, layout
+
+
+def test_wgmma_tile_layout_is_a_permutation_within_each_swizzle_atom():
+    seen = set()
+    for row in range(128):
+        for chunk in range(16):
+            off = lib.wgmma_layout("offset", 0, row * 16 + chunk)
+            assert off % 16 == 0 and 0 <= off < 32768 and off not in seen
+            # the chunk stays in its row and 64-column half: only its position inside the row is permuted
+            assert off // 16384 == chunk // 8 and (off % 16384) // 128 == row
+            seen.add(off)
+    assert len(seen) == 128 * 16
+
+
+@pytest.mark.parametrize("base", [0, 5 * 32768 + 1024])
+def test_wgmma_descriptors_address_the_stored_elements(base):
+    """Each descriptor, decoded by the PTX ISA's canonical 128-byte-swizzled layouts (CUTLASS's GMMA layout
+    atoms), must read element (m or n, k) of its operand from where the loads stored it."""
+    tile = stored_tile(base)
+    # Q as A (K-major, M = 64 rows of warpgroup g) and K as B (K-major, N = 128 keys) of S = Q K^T:
+    # element (r, k) at start + (r // 8) * SBO + (r % 8) * 128 + 2 k, swizzled.
+    for operand, rows, indices in (("q", 64, [(g, ks) for g in (0, 1) for ks in range(8)]),
+                                   ("k", 128, [(0, ks) for ks in range(8)])):  # fmt: skip
+        for g, ks in indices:
+            start, _, sbo, layout = decode(lib.wgmma_layout(operand, base, g * 8 + ks if operand == "q" else ks))
+            assert layout == 1 and sbo == 1024 and start % 16 == 0
+            for r in range(rows):
+                for k in range(16):
+                    addr = swizzle128(start + (r // 8) * sbo + (r % 8) * 128 + 2 * k)
+                    assert tile[addr] == (64 * g + r, 16 * ks + k), (operand, g, ks, r, k)
+    # V as B of O += P V (MN-major, transposed): element (k, n) of keys 16 kk.. at
+    # start + (n // 64) * LBO + (k // 8) * SBO + (k % 8) * 128 + 2 (n % 64), swizzled.
+    for kk in range(8):
+        start, lbo, sbo, layout = decode(lib.wgmma_layout("v", base, kk))
+        assert layout == 1 and (lbo, sbo) == (16384, 1024)
+        for k in range(16):
+            for n in range(128):
+                addr = swizzle128(start + (n // 64) * lbo + (k // 8) * sbo + (k % 8) * 128 + 2 * (n % 64))
+                assert tile[addr] == (16 * kk + k, n), (kk, k, n)
+
+
 # ---- split-KV decode
 @pytest.mark.parametrize("batch", [1, 16])
 @pytest.mark.parametrize("kv_len", [4096, 32768, 131072])

@@ -131,6 +131,8 @@ def load(path: str | None = None) -> ctypes.CDLL:
     lib.OnnxAttnSdpaTileKeys.argtypes = [ctypes.c_int64] * 8 + [ctypes.POINTER(ctypes.c_int64)]
     lib.OnnxAttnSdpaSplitKeys.restype = None
     lib.OnnxAttnSdpaSplitKeys.argtypes = [ctypes.c_int64] * 6 + [ctypes.POINTER(ctypes.c_int64)]
+    lib.OnnxAttnSdpaWgmmaLayout.restype = ctypes.c_uint64
+    lib.OnnxAttnSdpaWgmmaLayout.argtypes = [ctypes.c_int32, ctypes.c_uint32, ctypes.c_uint32]
     lib.OnnxAttnHasCuda.restype = ctypes.c_int
     lib.OnnxAttnSdpaBlockDivider.restype = None
     lib.OnnxAttnSdpaBlockDivider.argtypes = [ctypes.c_int64, ctypes.POINTER(ctypes.c_uint32)]
@@ -214,6 +216,12 @@ def block_divider(block_size: int) -> tuple[int, int]:
     out = (ctypes.c_uint32 * 2)()
     load().OnnxAttnSdpaBlockDivider(block_size, out)
     return out[0], out[1]
+
+
+def wgmma_layout(operand: str, tile: int, index: int) -> int:
+    """The wgmma prefill kernel's descriptors (operand q: index = group * 8 + k-step; k: k-step; v: k-step of 16
+    keys) for a tile at byte address `tile`, or ("offset") the byte offset of chunk index % 16 of row index // 16."""
+    return load().OnnxAttnSdpaWgmmaLayout({"q": 0, "k": 1, "v": 2, "offset": 3}[operand], tile, index)
 
 
 def has_cuda() -> bool:

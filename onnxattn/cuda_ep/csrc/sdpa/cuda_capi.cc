@@ -17,6 +17,7 @@
 #include "sdpa/cuda_plan.h"
 #include "sdpa/cuda_ranges.h"
 #include "sdpa/cuda_tiles.h"
+#include "sdpa/cuda_wgmma_layout.h"
 #include "sdpa/params.h"
 #ifdef ONNXATTN_WITH_CUDA
 #include "sdpa/cuda_kernel.h"
@@ -196,6 +197,19 @@ ONNXATTN_EXPORT void OnnxAttnSdpaBlockDivider(int64_t block_size, uint32_t* out)
   const onnxattn::sdpa::cuda::tiles::BlockDivider d = onnxattn::sdpa::cuda::tiles::block_divider(block_size);
   out[0] = d.mul;
   out[1] = d.shift;
+}
+
+// The wgmma prefill kernel's layout (sdpa/cuda_wgmma_layout.h): operand 0 = Q (index = group * 8 + k-step),
+// 1 = K (k-step), 2 = V (k-step of 16 keys), for a tile at byte address `tile`; operand 3 = the byte offset of
+// chunk index % 16 of row index / 16.
+ONNXATTN_EXPORT uint64_t OnnxAttnSdpaWgmmaLayout(int32_t operand, uint32_t tile, uint32_t index) {
+  namespace layout = onnxattn::sdpa::cuda::wgmma_layout;
+  switch (operand) {
+    case 0: return layout::q_descriptor(tile, index / 8, index % 8);
+    case 1: return layout::k_descriptor(tile, index);
+    case 2: return layout::v_descriptor(tile, index);
+    default: return layout::tile_offset(index / 16, index % 16);
+  }
 }
 
 // 1 when the library was built with the CUDA kernels.

@@ -24,14 +24,9 @@
 #include "common/errors.h"
 #include "sdpa/cuda_device.cuh"
 #include "sdpa/cuda_wgmma.cuh"
+#include "sdpa/cuda_wgmma_layout.h"
 
 namespace onnxattn::sdpa::cuda {
-
-// Byte offset of 16-byte chunk `chunk` (0..15: columns 8 chunk .. 8 chunk + 7) of row `row` in a 128 x 128
-// swizzled tile: two 64-column halves of 128-byte rows, 16 KiB apart.
-__device__ __forceinline__ uint32_t wgmma_tile_offset(int row, int chunk) {
-  return uint32_t((chunk / 8) * (tiles::kWgmmaRows * 128) + row * 128 + (((chunk % 8) ^ (row % 8)) * 16));
-}
 
 template <typename T>
 __global__ void __launch_bounds__(tiles::kWgmmaThreads, 1) prefill_wgmma_kernel(const KernelArgs<T> a) {
@@ -40,9 +35,9 @@ __global__ void __launch_bounds__(tiles::kWgmmaThreads, 1) prefill_wgmma_kernel(
   constexpr int kKeys = tiles::kWgmmaKeys;
   constexpr int kChunks = tiles::kWgmmaTile / 8;  // 16-byte chunks per row
   constexpr int kThreads = tiles::kWgmmaThreads;
-  constexpr uint32_t kTileBytes = uint32_t(tiles::kWgmmaTileBytes);
-  constexpr uint32_t kHalfBytes = uint32_t(tiles::kWgmmaRows) * 128;  // one 64-column half of a tile
-  static_assert(kRows == kKeys, "Q, K and V tiles share one layout");
+  constexpr uint32_t kTileBytes = wgmma_layout::kTileBytes;
+  static_assert(kRows == kKeys && kRows == int(wgmma_layout::kRows) && kTileBytes == tiles::kWgmmaTileBytes,
+                "Q, K and V tiles share one layout (sdpa/cuda_wgmma_layout.h)");
 
   extern __shared__ __align__(16) unsigned char smem[];
   __shared__ int64_t q_start_s;
@@ -80,7 +75,7 @@ __global__ void __launch_bounds__(tiles::kWgmmaThreads, 1) prefill_wgmma_kernel(
       const RowRef ref = row_ref(a, cta.batch, cta.kv_head, r);
       src = q_row(a, cta.batch, ref.head, ref.query, seq.q_start) + c * 8;
     }
-    cp_async_16(q_addr + wgmma_tile_offset(row, c), src, valid);
+    cp_async_16(q_addr + wgmma_layout::tile_offset(row, c), src, valid);
   }
   // Rows [j0, j_end) of K or V into a stage; rows outside and columns past `width` are zero. Each thread
   // keeps one chunk column (so one swizzled chunk position) and strides over rows.
@@ -93,7 +88,7 @@ __global__ void __launch_bounds__(tiles::kWgmmaThreads, 1) prefill_wgmma_kernel(
 #pragma unroll
     for (int i = 0; i < kKeys / kRowStep; ++i) {
       const bool valid = col_valid && j0 + row0 + i * kRowStep < j_end;
-      cp_async_16(dst + wgmma_tile_offset(row0 + i * kRowStep, c), valid ? src : rows, valid);
+      cp_async_16(dst + wgmma_layout::tile_offset(row0 + i * kRowStep, c), valid ? src : rows, valid);
       src += step;
     }
   };
@@ -135,21 +130,18 @@ __global__ void __launch_bounds__(tiles::kWgmmaThreads, 1) prefill_wgmma_kernel(
 #pragma unroll
   for (int i = 0; i < 64; ++i) s[i] = o[i] = 0.0f;
 
-  // This warpgroup's 64 rows of Q: K-major, 64 rows * 128 bytes into each half.
-  const uint32_t q_group_addr = q_addr + uint32_t(group) * 64 * 128;
   const float scale_log2 = a.scale * kLog2e;  // raw Q.K to log2 units
   // Tile rows of this lane's two accumulator rows.
   const int row_lo = group * 64 + warp_in_group * 16 + quad_row, row_hi = row_lo + 8;
 
-  // S = Q K^T of key step `step` into s, issued and committed (8 k-steps of the padded head, 4 per 64-column
-  // half, 32 bytes each); the caller waits.
+  // S = Q K^T of key step `step` into s (this warpgroup's 64 rows), issued and committed (8 k-steps of the
+  // padded head); the caller waits.
   auto issue_scores = [&](int step) {
     const uint32_t k_tile = k_addr(step & 1);
 #pragma unroll
     for (int ks = 0; ks < 8; ++ks) {
-      const uint32_t half = uint32_t(ks / 4) * kHalfBytes, within = uint32_t(ks % 4) * 32;
-      wgmma::mma_ss<T>(s, wgmma::descriptor(q_group_addr + half + within, 0, 1024),
-                       wgmma::descriptor(k_tile + half + within, 0, 1024), ks > 0 ? 1u : 0u);
+      wgmma::mma_ss<T>(s, wgmma_layout::q_descriptor(q_addr, uint32_t(group), uint32_t(ks)),
+                       wgmma_layout::k_descriptor(k_tile, uint32_t(ks)), ks > 0 ? 1u : 0u);
     }
     wgmma::commit();
   };
@@ -158,7 +150,7 @@ __global__ void __launch_bounds__(tiles::kWgmmaThreads, 1) prefill_wgmma_kernel(
     const uint32_t v_tile = v_addr(step & 1);
 #pragma unroll
     for (int kk = 0; kk < 8; ++kk) {
-      wgmma::mma_rs<T>(o, p[kk], wgmma::descriptor(v_tile + uint32_t(kk) * 16 * 128, kHalfBytes, 1024), 1u);
+      wgmma::mma_rs<T>(o, p[kk], wgmma_layout::v_descriptor(v_tile, uint32_t(kk)), 1u);
     }
     wgmma::commit();
   };

@@ -4,17 +4,8 @@
 // empty bodies, and the plan sends work to the wgmma kernel only on devices this build has sm_90a code for
 // (DeviceInfo::wgmma).
 //
-// Shared-memory operands are read through 64-bit matrix descriptors. Every tile here uses the 128-byte
-// swizzle: rows of 64 16-bit elements (128 bytes), 16-byte chunk c of row r stored at chunk c ^ (r % 8),
-// in atoms of 8 rows (1024 bytes, 1024-aligned), so the hardware's address swizzle (address bits 4..6 xor
-// bits 7..9) finds them. Descriptor fields (PTX ISA, "matrix descriptor"): start address >> 4 in bits
-// 0..13, leading-dimension byte offset >> 4 in 16..29, stride-dimension byte offset >> 4 in 32..45, the
-// layout (1 = 128-byte swizzle) in bits 62..63.
-//  - K-major (rows along M or N, the 16 k-elements of one instruction inside a 128-byte row): SBO = 1024
-//    (the next 8 rows); LBO unused (1). A k-step of 16 elements moves the start address by 32 bytes.
-//  - MN-major (V as the B operand of P V: 64 consecutive N-elements per 128-byte row, one row per k): LBO =
-//    the byte distance between 64-column halves along N, SBO = 1024 (the next 8 k-rows). A k-step of 16
-//    keys moves the start address by 16 rows (2048 bytes).
+// Shared-memory operands are read through 64-bit matrix descriptors; the tiles' layout and the descriptors
+// are in sdpa/cuda_wgmma_layout.h (host-tested).
 #include <cstdint>
 #include <type_traits>
 
@@ -40,12 +31,6 @@ namespace onnxattn::sdpa::cuda::wgmma {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define ONNXATTN_WGMMA_ENABLED 1
 #endif
-
-__device__ __forceinline__ uint64_t descriptor(uint32_t smem_addr, uint32_t lbo_bytes, uint32_t sbo_bytes) {
-  const uint64_t lbo_field = lbo_bytes == 0 ? 1 : lbo_bytes >> 4;  // 0: unused (K-major swizzled)
-  return uint64_t((smem_addr & 0x3ffffu) >> 4) | (lbo_field << 16) | (uint64_t(sbo_bytes >> 4) << 32) |
-         (uint64_t(1) << 62);
-}
 
 // Orders the warpgroup's register writes before the wgmma that reads them (accumulators, A fragments).
 __device__ __forceinline__ void fence() {
