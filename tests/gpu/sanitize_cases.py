@@ -12,6 +12,8 @@ Not a pytest module."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 
 import torch
@@ -23,11 +25,34 @@ GQA_NAMES = ("shared-decode-b4", "everything-shared", "prefill-b2-s77-d64", "chu
              "no-present-decode", "window-shared-b2")  # fmt: skip
 NAMES = ("gqa4_causal_sq_lt_skv", "decode_gqa_odd", "d80", "dv128_d192", "bool_mask_keys_padding",
          "additive_mask_rows", "window_decode", "d33_simt_fallback")  # fmt: skip
-
-
 PAGED_NAMES = ("decode-b4-bs16", "mixed-chunks-decodes", "decode-long-splits", "d12-simt", "chunk-bs1", "no-present")
 PAGED_FAULTS = ("block-huge", "block-negative", "length-past-capacity", "negative-length")
 PAGED_CALL_FAULTS = ("cu-decreasing", "cu-past-the-rows")
+MLA_NAMES = ("decode-h16-b2", "decode-h128-shared-b3", "chunk-s37-window", "prompt-odd-b2", "shared-bnsh-yarn")
+WGMMA_NAMES = ("causal_sq_gt_skv_empty_rows", "mha_odd_bidirectional", "d72_dv128", "dv80_d128", "window_causal",
+               "band", "sq17")  # fmt: skip
+
+
+def checked(label: str, run) -> int:
+    """Runs one case: prints `ok` (with what `run` returns, e.g. the plan's reason) or `FAIL` and the error, so
+    every case is reported; returns the failures (0 or 1)."""
+    try:
+        detail = run()
+    except Exception as e:  # noqa: BLE001 - report every case
+        print(f"FAIL {label}: {type(e).__name__}: {e}")
+        return 1
+    print(f"ok   {label}" + (f": {detail}" if detail else ""))
+    return 0
+
+
+@contextlib.contextmanager
+def library_switch(name: str, value: str):
+    """One of the library's environment switches (read on every call) set for the block."""
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        os.environ.pop(name, None)
 
 
 def paged_cases() -> int:
@@ -36,93 +61,80 @@ def paged_cases() -> int:
     import paged_cases as pc
     import paged_torch as pt
 
+    def run_case(case, dtype, path):
+        y, kp, vp, plan, _ = pt.run(case, dtype, path=path)
+        pc.check(case, dtype, y, kp, vp, context=plan["reason"])
+        return plan["reason"]
+
+    def run_fault(fault, path):
+        y, _, _, _, _ = pt.run(case, "float16", feeds=pc.faulty(fault), path=path, in_place=True)
+        assert np.isnan(y).any(), "a failing sequence must give NaN rows"
+
     failed = 0
     for name in PAGED_NAMES:
-        case = pc.CASES_BY_ID[name]
         for dtype, path in (("float16", "auto"), ("float16", "prefill"), ("float32", "auto")):
-            try:
-                y, kp, vp, plan, _ = pt.run(case, dtype, path=path)
-                pc.check(case, dtype, y, kp, vp, context=plan["reason"])
-                print(f"ok   paged {name} {dtype} {path}: {plan['reason']}")
-            except Exception as e:  # noqa: BLE001 - report every case
-                failed += 1
-                print(f"FAIL paged {name} {dtype} {path}: {type(e).__name__}: {e}")
+            failed += checked(f"paged {name} {dtype} {path}", lambda: run_case(pc.CASES_BY_ID[name], dtype, path))
     case = pc.CASES_BY_ID[pc.FAULT_BASE]
     faults = [(n, pc.SEQUENCE_FAULTS[n][1]) for n in PAGED_FAULTS] + [(n, pc.CALL_FAULTS[n]) for n in PAGED_CALL_FAULTS]
     for name, fault in faults:
         for path in ("decode", "prefill"):
-            try:
-                y, _, _, _, _ = pt.run(case, "float16", feeds=pc.faulty(fault), path=path, in_place=True)
-                assert np.isnan(y).any(), "a failing sequence must give NaN rows"
-                print(f"ok   paged bad input {name} {path}")
-            except Exception as e:  # noqa: BLE001 - report every case
-                failed += 1
-                print(f"FAIL paged bad input {name} {path}: {type(e).__name__}: {e}")
+            failed += checked(f"paged bad input {name} {path}", lambda: run_fault(fault, path))
     return failed
-
-
-MLA_NAMES = ("decode-h16-b2", "decode-h128-shared-b3", "chunk-s37-window", "prompt-odd-b2", "shared-bnsh-yarn")
 
 
 def mla_cases() -> int:
     """MultiHeadLatentAttention with the tensor-core attention (ONNXATTN_MLA_CUDA_KERNEL=mma): split tails, head
     blocks past H, NaN stale slots, widths that are not multiples of 16, against the suite's reference."""
-    import os
-
     import test_mla_cuda as tm
 
-    failed = 0
-    os.environ["ONNXATTN_MLA_CUDA_KERNEL"] = "mma"
-    try:
-        for name in MLA_NAMES:
-            case = tm.CASES_BY_ID[name]
-            try:
-                x = tm.make_inputs(case, "bfloat16")
-                y, presents = tm.run_cuda(case, x, "bfloat16")
-                tm.check(case, "bfloat16", y, presents, tm.reference(case, x, "bfloat16"))
-                print(f"ok   mla mma {name}")
-            except Exception as e:  # noqa: BLE001 - report every case
-                failed += 1
-                print(f"FAIL mla mma {name}: {type(e).__name__}: {e}")
-    finally:
-        os.environ.pop("ONNXATTN_MLA_CUDA_KERNEL", None)
-    return failed
+    def run_case(case):
+        x = tm.make_inputs(case, "bfloat16")
+        y, presents = tm.run_cuda(case, x, "bfloat16")
+        tm.check(case, "bfloat16", y, presents, tm.reference(case, x, "bfloat16"))
+
+    with library_switch("ONNXATTN_MLA_CUDA_KERNEL", "mma"):
+        return sum(checked(f"mla mma {name}", lambda: run_case(tm.CASES_BY_ID[name])) for name in MLA_NAMES)
 
 
-WGMMA_NAMES = ("causal_sq_gt_skv_empty_rows", "mha_odd_bidirectional", "d72_dv128", "dv80_d128", "window_causal",
-               "band", "sq17")  # fmt: skip
+def sdpa_run(case, dtype, path: str) -> str:
+    """One ScaledDotProductAttention case of the oracle's table on `path`, checked; returns the plan's reason."""
+    q, k, v, mask = make_inputs(case, dtype)
+    y, lse, plan = lib.run(q, k, v, mask, causal=case.causal, window=case.window, band=case.band, scale=case.scale,
+                           softcap=case.softcap, want_lse=case.lse, path=path)  # fmt: skip
+    torch.cuda.synchronize()
+    check(case, q, k, v, mask, y, lse if case.lse else None, context=plan["reason"])
+    return plan["reason"]
 
 
 def wgmma_cases() -> int:
     """The Hopper prefill kernel (ONNXATTN_SDPA_CUDA_PREFILL=wgmma) on shapes with partial tiles and padding,
     against the oracle; nothing on a GPU other than sm_90."""
-    import os
-
     from test_sdpa_cuda_wgmma import WGMMA_CASES
 
     if torch.cuda.get_device_capability() != (9, 0):
         print("skip wgmma: not an sm_90 GPU")
         return 0
     by_name = {c.name: c for c in WGMMA_CASES}
-    failed = 0
-    os.environ["ONNXATTN_SDPA_CUDA_PREFILL"] = "wgmma"
-    try:
-        for name in WGMMA_NAMES:
-            case = by_name[name]
-            q, k, v, _ = make_inputs(case, torch.bfloat16)
-            try:
-                y, lse, plan = lib.run(q, k, v, causal=case.causal, window=case.window, band=case.band,
-                                       scale=case.scale, want_lse=case.lse, path="prefill")  # fmt: skip
-                torch.cuda.synchronize()
-                assert plan["kernel"] == "wgmma", plan["reason"]
-                check(case, q, k, v, None, y, lse if case.lse else None, context=plan["reason"])
-                print(f"ok   wgmma {name}")
-            except Exception as e:  # noqa: BLE001 - report every case
-                failed += 1
-                print(f"FAIL wgmma {name}: {type(e).__name__}: {e}")
-    finally:
-        os.environ.pop("ONNXATTN_SDPA_CUDA_PREFILL", None)
-    return failed
+
+    def run_case(case):
+        reason = sdpa_run(case, torch.bfloat16, "prefill")
+        assert "-> wgmma" in reason, reason
+
+    with library_switch("ONNXATTN_SDPA_CUDA_PREFILL", "wgmma"):
+        return sum(checked(f"wgmma {name}", lambda: run_case(by_name[name])) for name in WGMMA_NAMES)
+
+
+def gqa_cases() -> int:
+    import gqa_cases as gc
+    import gqa_torch as gt
+
+    def run_case(case, dtype):
+        y, pk, pv, plan, _ = gt.run(case, dtype)
+        gc.check(case, dtype, y, pk, pv, context=plan["attention"]["reason"])
+        return plan["attention"]["reason"]
+
+    return sum(checked(f"gqa {name} {dtype}", lambda: run_case(gc.CASES_BY_ID[name], dtype))
+               for name in GQA_NAMES for dtype in ("float16", "float32"))  # fmt: skip
 
 
 def main(argv=None) -> int:
@@ -133,34 +145,10 @@ def main(argv=None) -> int:
     failed += mla_cases() if "mla" in families else 0
     failed += wgmma_cases() if "wgmma" in families else 0
     for name in NAMES if "sdpa" in families else ():
-        case = by_name[name]
         for dtype in (torch.float16, torch.float32):
             for path in ("prefill", "decode"):
-                q, k, v, mask = make_inputs(case, dtype)
-                try:
-                    y, lse, plan = lib.run(
-                        q, k, v, mask, causal=case.causal, window=case.window, band=case.band,
-                        softcap=case.softcap, want_lse=case.lse, path=path,
-                    )  # fmt: skip
-                    torch.cuda.synchronize()
-                    check(case, q, k, v, mask, y, lse if case.lse else None, context=plan["reason"])
-                    print(f"ok   {name} {dtype} {path}: {plan['reason']}")
-                except Exception as e:  # noqa: BLE001 - report every case
-                    failed += 1
-                    print(f"FAIL {name} {dtype} {path}: {type(e).__name__}: {e}")
-    import gqa_cases as gc
-    import gqa_torch as gt
-
-    for name in GQA_NAMES if "gqa" in families else ():
-        case = gc.CASES_BY_ID[name]
-        for dtype in ("float16", "float32"):
-            try:
-                y, pk, pv, plan, _ = gt.run(case, dtype)
-                gc.check(case, dtype, y, pk, pv, context=plan["attention"]["reason"])
-                print(f"ok   gqa {name} {dtype}: {plan['attention']['reason']}")
-            except Exception as e:  # noqa: BLE001 - report every case
-                failed += 1
-                print(f"FAIL gqa {name} {dtype}: {type(e).__name__}: {e}")
+                failed += checked(f"{name} {dtype} {path}", lambda: sdpa_run(by_name[name], dtype, path))
+    failed += gqa_cases() if "gqa" in families else 0
     return 1 if failed else 0
 
 

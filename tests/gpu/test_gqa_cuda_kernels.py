@@ -196,6 +196,15 @@ def test_agrees_with_the_torch_reference_on_the_gpu(case_id, dtype):
     assert torch.equal(torch.from_numpy(pk).to(k_ref.dtype).isnan(), k_ref.cpu().isnan())
 
 
+def run_before_and_after(case, dtype, monkeypatch, switch: str, value: str):
+    """(y, present_key, present_value, plan) of `case` on the same inputs without, then with, the library switch
+    `switch`=`value` (fresh copies each time: in-place cases write their inputs)."""
+    t = gt.to_device(case, dtype)
+    before = gt.run(case, dtype, inputs={k: v.clone() for k, v in t.items()})[:4]
+    monkeypatch.setenv(switch, value)
+    return before, gt.run(case, dtype, inputs={k: v.clone() for k, v in t.items()})[:4]
+
+
 ROTATED_CASES = ["prefill-s96", "chunk-s5-p700", "shared-chunk-b2", "window-shared-b2", "left-pad-prefill-b3",
                  "positions-docs", "rope-partial-interleaved", "rope-inv-freq-custom-scaling", "qk-norm",
                  "qnorm-only-decode", "everything-shared"]
@@ -207,11 +216,7 @@ def test_rotated_queries_give_the_fused_bits(case_id, dtype, monkeypatch):
     """ONNXATTN_GQA_CUDA_QUERY=rotated (queries prepared into scratch by their own kernel) against the fused Q
     load: the same arithmetic on the same 16-bit rows, so the same output bits."""
     case = gc.CASES_BY_ID[case_id]
-    t = gt.to_device(case, dtype)
-    fresh = lambda: {k: v.clone() for k, v in t.items()}  # noqa: E731 - in-place cases write their inputs
-    y, pk, pv, plan, _ = gt.run(case, dtype, inputs=fresh())
-    monkeypatch.setenv("ONNXATTN_GQA_CUDA_QUERY", "rotated")
-    y2, pk2, pv2, plan2, _ = gt.run(case, dtype, inputs=fresh())
+    (y, pk, pv, plan), (y2, pk2, pv2, plan2) = run_before_and_after(case, dtype, monkeypatch, "ONNXATTN_GQA_CUDA_QUERY", "rotated")
     assert plan2["rotate_queries"] == (plan["attention"]["kernel"] == "mma"), plan2["attention"]["reason"]
     np.testing.assert_array_equal(y2, y)
     for a, b in ((pk2, pk), (pv2, pv)):
@@ -227,18 +232,15 @@ def test_wgmma_prefill_with_prepared_queries(case_id, dtype, monkeypatch):
     queries prepared ahead (it has no preparation in its Q load); the cache outputs are the same bits, the
     output within the case's tolerance of the fused mma.sync path (other tiles, the same 16-bit rounding)."""
     case = gc.CASES_BY_ID[case_id]
-    t = gt.to_device(case, dtype)
-    fresh = lambda: {k: v.clone() for k, v in t.items()}  # noqa: E731 - in-place cases write their inputs
-    y, pk, pv, plan, _ = gt.run(case, dtype, inputs=fresh())
-    monkeypatch.setenv("ONNXATTN_SDPA_CUDA_PREFILL", "wgmma")
-    y2, pk2, pv2, plan2, _ = gt.run(case, dtype, inputs=fresh())
+    (y, pk, pv, plan), (y2, pk2, pv2, plan2) = run_before_and_after(case, dtype, monkeypatch, "ONNXATTN_SDPA_CUDA_PREFILL", "wgmma")
     attention = plan2["attention"]
     if attention["kernel"] == "wgmma":
         assert plan2["rotate_queries"] == bool(case.rope or case.q_norm), attention["reason"]
     else:
         assert attention["schedule"] == "decode" or "not eligible" in attention["reason"], attention["reason"]
     _, y_tol, _ = gc.expected(case.id, dtype)
-    assert np.abs(y2.astype(np.float64) - y.astype(np.float64)).max() <= y_tol, attention["reason"]
+    np.testing.assert_allclose(y2.astype(np.float64), y.astype(np.float64), rtol=0, atol=y_tol, equal_nan=True,
+                               err_msg=attention["reason"])  # fmt: skip
     for a, b in ((pk2, pk), (pv2, pv)):
         if a is not None:
             np.testing.assert_array_equal(a, b)
