@@ -118,10 +118,10 @@ __global__ void __launch_bounds__(tiles::kWgmmaThreads, 1) prefill_wgmma_kernel(
     return;
   }
   // Groups: [Q, K_0], then [K_1, V_0]; each step t then commits [K_{t+2}, V_{t+1}] (see the loop).
-  if (steps > 0) load_rows(k_addr(0), k_base, a.k_stride[2], a.head_dim, any_begin, step_end(0));
+  load_rows(k_addr(0), k_base, a.k_stride[2], a.head_dim, any_begin, step_end(0));
   cp_async_commit();
   if (steps > 1) load_rows(k_addr(1), k_base, a.k_stride[2], a.head_dim, any_begin + kKeys, step_end(1));
-  if (steps > 0) load_rows(v_addr(0), v_base, a.v_stride[2], a.v_head_dim, any_begin, step_end(0));
+  load_rows(v_addr(0), v_base, a.v_stride[2], a.v_head_dim, any_begin, step_end(0));
   cp_async_commit();
 
   float s[64], o[64];
