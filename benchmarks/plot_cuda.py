@@ -33,8 +33,10 @@ RESULTS = ROOT / "benchmarks" / "results"
 DEFAULTS = [RESULTS / f"{name}_cuda_h100.json" for name in ("sdpa", "gqa", "paged", "mla", "sparse")]
 
 SDPA_IMPLS = ("onnxattn", "torch_flash", "torch_cudnn", "ort_gqa")
+PREFILL_IMPLS = ("onnxattn", "wgmma", "torch_flash", "torch_cudnn", "ort_gqa")  # wgmma: the opt-in Hopper kernel
 LABELS = {
     "onnxattn": "onnxattn",
+    "wgmma": "onnxattn, wgmma kernel",
     "torch_flash": "torch SDPA flash",
     "torch_cudnn": "torch SDPA cuDNN",
     "ort_gqa": "ORT GroupQueryAttention",
@@ -47,6 +49,7 @@ LABELS = {
 }
 COLORS = {
     "onnxattn": "tab:blue",
+    "wgmma": "tab:olive",
     "torch_flash": "tab:orange",
     "torch_cudnn": "tab:green",
     "ort_gqa": "tab:red",
@@ -170,7 +173,8 @@ def plot_sdpa(data: dict, png: Path) -> None:
     plt, fig, (ax1, ax2) = new_figure(2, width=17, height=6, ratios=[1, 1.8])
     if prefill:
         grouped_bars(ax1, [sdpa_group(r) for r in prefill],
-                     {i: [r["tflops"].get(i) for r in prefill] for i in SDPA_IMPLS}, COLORS, LABELS)
+                     {i: [r["tflops"].get(i) for r in prefill] for i in PREFILL_IMPLS
+                      if any(r["tflops"].get(i) for r in prefill)}, COLORS, LABELS)  # fmt: skip
         ax1.axhline(PREFILL_TARGET_TFLOPS, color="k", ls="--", lw=0.8, label=f"target {PREFILL_TARGET_TFLOPS:.0f}")
         ax1.set_ylabel("TFLOP/s (causal FLOPs 4·B·H·S²·D/2)")
         ax1.set_title("prefill: causal, B·S = 16k, H=16, D=128", fontsize=9)
@@ -189,18 +193,21 @@ def plot_sdpa(data: dict, png: Path) -> None:
 
 
 def table_sdpa(data: dict) -> str:
-    out = ["| dtype | prefill shape | onnxattn TFLOP/s | torch flash | torch cuDNN | ORT GQA "
-           "| ours / flash | ours / cuDNN | ours / ORT |",
-           "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in data["results"]:
-        if r["kind"] != "prefill":
-            continue
+    prefill = [r for r in data["results"] if r["kind"] == "prefill"]
+    wgmma = any(r["tflops"].get("wgmma") for r in prefill)  # the opt-in Hopper kernel's column, when it ran
+    out = ["| dtype | prefill shape | onnxattn TFLOP/s | " + ("wgmma kernel | " if wgmma else "") +
+           "torch flash | torch cuDNN | ORT GQA | ours / flash | ours / cuDNN | ours / ORT |" +
+           (" wgmma / cuDNN |" if wgmma else ""),
+           "|---|---|" + "---:|" * (9 if wgmma else 7)]  # fmt: skip
+    for r in prefill:
         t = r["tflops"]
-        out.append(f"| {DTYPE.get(r['dtype'], r['dtype'])} | {r['shape']} | {num(t.get('onnxattn'))} | "
+        out.append(f"| {DTYPE.get(r['dtype'], r['dtype'])} | {r['shape']} | {num(t.get('onnxattn'))} | " +
+                   (f"{num(t.get('wgmma'))} | " if wgmma else "") +
                    f"{num(t.get('torch_flash'))} | {num(t.get('torch_cudnn'))} | {num(t.get('ort_gqa'))} | "
                    f"{num(ratio(t.get('onnxattn'), t.get('torch_flash')), '.2f')}× | "
                    f"{num(ratio(t.get('onnxattn'), t.get('torch_cudnn')), '.2f')}× | "
-                   f"{num(ratio(t.get('onnxattn'), t.get('ort_gqa')), '.2f')}× |")
+                   f"{num(ratio(t.get('onnxattn'), t.get('ort_gqa')), '.2f')}× |" +
+                   (f" {num(ratio(t.get('wgmma'), t.get('torch_cudnn')), '.2f')}× |" if wgmma else ""))  # fmt: skip
     out += ["", f"Decode, fraction of the measured copy bandwidth ({data.get('copy_bandwidth_gbs', 0):.0f} GB/s):", "",
             "| dtype | decode shape | onnxattn GB/s | onnxattn | torch flash | torch cuDNN | ORT GQA | ours / cuDNN |",
             "|---|---|---:|---:|---:|---:|---:|---:|"]

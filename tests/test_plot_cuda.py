@@ -31,3 +31,19 @@ def test_plot_cuda_writes_every_png(tmp_path, capsys):
     for title in ("ScaledDotProductAttention", "GroupQueryAttention", "PagedAttention", "MultiHeadLatentAttention"):
         assert f"### {title}" in out
     assert "NVIDIA H100" in out and "| fp16 | B4 H16 S4096 D128 causal |" in out
+
+
+def test_sdpa_table_shows_the_wgmma_kernel_only_when_it_ran():
+    import json
+
+    plot_cuda = load_plot_cuda()
+    data = json.loads((RESULTS / "sdpa_cuda_h100.json").read_text())
+    without = plot_cuda.table_sdpa(data)
+    assert "wgmma" not in without  # the recorded run predates the kernel
+    prefill = next(r for r in data["results"] if r["kind"] == "prefill")
+    prefill["tflops"]["wgmma"] = 2 * prefill["tflops"]["torch_cudnn"]
+    lines = plot_cuda.table_sdpa(data).splitlines()
+    assert "| wgmma kernel |" in lines[0] and lines[0].endswith(" wgmma / cuDNN |")
+    assert lines[0].count("|") == lines[1].count("|")  # header and rule agree
+    row = next(line for line in lines if line.startswith(f"| {plot_cuda.DTYPE[prefill['dtype']]} | {prefill['shape']} |"))
+    assert row.count("|") == lines[0].count("|") and row.endswith(" 2.00× |")
