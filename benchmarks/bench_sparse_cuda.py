@@ -12,7 +12,8 @@ causal prefill, S in {16k, 64k} (--quick: {4k, 16k}):
                list, a warp per row): what the fast path (ONNXATTN_SPARSE_CUDA=fast, asked for by nsa, nsa_dot
                and routed: tiled selection, NSA's branches on the attention core) gains;
   - routed:    SparseRoutedAttention, the MoBA form: segments of 64, top 16 incl. the own, dot-product routing
-               after RoPE;
+               after RoPE (fast: its attention by segment, each chosen segment read once per slot);
+  - routed_simple: routed on the simple kernels (a warp per row reading its own segments);
   - dense:     our ScaledDotProductAttention CUDA kernel (causal, GQA) through the library's C test entry
                (tests/gpu/sdpa_cuda_lib.py, as bench_sdpa_cuda.py);
   - dense_ort: the same op through onnxruntime's CUDA EP: the sparse ops' path, so sparse/dense compares like
@@ -26,7 +27,7 @@ Reported per S: ms; TFLOP/s over the keys each one attends to (4*D per query hea
 triangle for the dense ones, the selected blocks (+ window + compressed tokens for nsa) for the sparse ones,
 as bench_sparse_cpu.attended_keys; selection and compression work comes on top); and time ratios
 nsa/dense, routed/dense (dense = dense_ort, else the C entry) and nsa/torch, routed/torch (torch = the faster
-backend): below 1, sparse is faster. Anchors (issue 7, FlashMoBA on H100): NSA kernels ~6-9x faster than
+backend), nsa/nsa_simple and routed/routed_simple: below 1, sparse (fast) is faster. Anchors (issue 7, FlashMoBA on H100): NSA kernels ~6-9x faster than
 FA2 at 64k (ratio ~0.11-0.17), MoBA ~6x (~0.17).
 
 Timers: onnxruntime by wall clock around run_with_iobinding (which synchronises; its per-run overhead of tens
@@ -67,15 +68,17 @@ from bench_sdpa_cuda import env_vars, environment, time_cuda, time_graph, time_w
 from bench_sparse_cpu import BLOCK, CASES, D, HKV, HQ, TOP, WINDOW, attended_keys  # noqa: E402
 
 DTYPE = torch.bfloat16
-IMPLS = ("nsa", "nsa_dot", "nsa_simple", "routed", "dense", "dense_ort", "torch_flash", "torch_cudnn")
+IMPLS = ("nsa", "nsa_dot", "nsa_simple", "routed", "routed_simple", "dense", "dense_ort", "torch_flash", "torch_cudnn")
 NSA_DOT = ("NativeSparseAttention", ["Q", "K", "V", "gates"], CASES["nsa"][2])
 # implementation -> (op, inputs, attributes) and the environment its runs see
 ORT_CASES = {"nsa": CASES["nsa"], "nsa_dot": NSA_DOT, "nsa_simple": CASES["nsa"], "routed": CASES["routed"],
-             "dense_ort": CASES["dense"]}  # fmt: skip
+             "routed_simple": CASES["routed"], "dense_ort": CASES["dense"]}  # fmt: skip
 FAST, SIMPLE = {"ONNXATTN_SPARSE_CUDA": "fast"}, {"ONNXATTN_SPARSE_CUDA": "simple"}
-ORT_ENV = {"nsa": FAST, "nsa_dot": FAST, "routed": FAST, "nsa_simple": SIMPLE}
+ORT_ENV = {"nsa": FAST, "nsa_dot": FAST, "routed": FAST, "nsa_simple": SIMPLE, "routed_simple": SIMPLE}
 TORCH_BACKENDS = {"torch_flash": "FLASH_ATTENTION", "torch_cudnn": "CUDNN_ATTENTION"}
-SPARSE, DENSE, TORCH = ("nsa", "nsa_dot", "nsa_simple", "routed"), ("dense_ort", "dense"), ("torch_flash", "torch_cudnn")
+SPARSE = ("nsa", "nsa_dot", "nsa_simple", "routed", "routed_simple")
+DENSE, TORCH = ("dense_ort", "dense"), ("torch_flash", "torch_cudnn")
+FAST_VS_SIMPLE = (("nsa", "nsa_simple"), ("routed", "routed_simple"))
 PROBE_SEQ = 1024  # the placement check's run
 SKIPPED = "skipped: "
 CAP_MARGIN_S = 4.0  # past --budget-s, before gpu_check.sh's cap (40 s) ends the process
@@ -232,7 +235,7 @@ def derive(row: dict) -> dict:
     ms, s = row["ms"], row["seq"]
     blocks_and_window = attended_keys("routed", s) + float(sum(min(p + 1, WINDOW) for p in range(s)))
     keys = {"nsa": attended_keys("nsa", s), "nsa_simple": attended_keys("nsa", s), "nsa_dot": blocks_and_window,
-            "routed": attended_keys("routed", s)}  # fmt: skip
+            "routed": attended_keys("routed", s), "routed_simple": attended_keys("routed", s)}  # fmt: skip
     row["attended_keys"] = {**keys, "dense": attended_keys("dense", s)}
     row["tflops"] = {n: (4 * D * HQ * keys.get(n, row["attended_keys"]["dense"]) / (t * 1e-3) / 1e12 if t else None)
                      for n, t in ms.items()}  # fmt: skip
@@ -244,8 +247,9 @@ def derive(row: dict) -> dict:
         for label, ref in (("dense", dense), ("torch", best_torch)):
             t, base = ms.get(sparse), ms.get(ref) if ref else None
             row["ratio"][f"{sparse}/{label}"] = t / base if t and base else None
-    t, base = ms.get("nsa"), ms.get("nsa_simple")
-    row["ratio"]["nsa/nsa_simple"] = t / base if t and base else None
+    for fast, simple in FAST_VS_SIMPLE:
+        t, base = ms.get(fast), ms.get(simple)
+        row["ratio"][f"{fast}/{simple}"] = t / base if t and base else None
     return row
 
 
@@ -268,7 +272,8 @@ def format_table(env: dict, rows: list[dict]) -> str:
     lines.append(f"{'S':>5} " + " ".join(f"{n:>11}" for n in IMPLS) + "   (TFLOP/s over the keys attended)")
     for r in rows:
         lines.append(f"{short_len(r['seq']):>5} " + " ".join(fmt(r.get("tflops", {}).get(n), "11.1f", 11) for n in IMPLS))
-    heads = ("nsa/dense", "nsa_dot/dense", "routed/dense", "nsa/torch", "routed/torch", "nsa/nsa_simple")
+    heads = ("nsa/dense", "nsa_dot/dense", "routed/dense", "nsa/torch", "routed/torch", "nsa/nsa_simple",
+             "routed/routed_simple")
     lines.append(f"{'S':>5} " + " ".join(f"{h:>12}" for h in heads) + "   time ratios (< 1: sparse faster)  dense, torch =")
     for r in rows:
         refs = f"{r.get('dense_ref') or '-'}, {r.get('torch_ref') or '-'}"
@@ -372,7 +377,8 @@ def main(argv=None) -> int:
         out = out / f"bench_sparse_cuda_{env['date'][:10]}_{env['device'].replace(' ', '_')}.json"
     rows: list[dict] = []
     config = {"nsa": CASES["nsa"][2], "nsa_dot": "nsa without compressed_key/compressed_value",
-              "nsa_simple": ORT_ENV["nsa_simple"], "routed": CASES["routed"][2], "dense": CASES["dense"][2],
+              "nsa_simple": ORT_ENV["nsa_simple"], "routed": CASES["routed"][2],
+              "routed_simple": ORT_ENV["routed_simple"], "dense": CASES["dense"][2],
               "timers": "onnxruntime: wall clock around run_with_iobinding; torch and dense: CUDA events "
                         "(a graph of back-to-back calls under 5 ms); medians"}  # fmt: skip
 

@@ -239,6 +239,62 @@ def test_nsa_fast_path_matches_the_cpu_kernel_and_the_simple_kernels(name, dtype
         assert err <= tol, f"{label}: max |Y - CPU kernel| = {err:.3g} > {tol:.3g} ({name}, {dtype})"
 
 
+# SparseRoutedAttention's attention by segment (ONNXATTN_SPARSE_CUDA=fast: the routing lists inverted, each chosen
+# segment staged once per slot for all the rows that chose it) against our CPU kernel and the row kernel
+# (simple). Segments longer than the 64-key tile (several tiles, a partial last one), odd segment sizes, rows
+# choosing fewer than top_k segments (early causal rows), GQA, B > 1, Sq < Skv, Dv != D. The routing itself
+# is the same tiled selection on both CUDA paths; only rows whose selections agree with the CPU kernel's are
+# compared (RoPE'd float32 scores may round differently between devices).
+ROUTED_CASES = {
+    # name: (B, Hq, Hkv, Sq, Skv, D, Dv, attributes)
+    "long-segments-causal": (2, 8, 2, 400, 400, 64, 64, dict(segment_size=100, top_k=3, causal=1, cosine=0, rope=1,
+                                                             rope_before_routing=1)),
+    "odd-segments-bidirectional": (1, 4, 4, 77, 300, 32, 48, dict(segment_size=65, top_k=2, causal=0, cosine=1,
+                                                                  rope=0)),
+    "moba-64-top-8": (1, 16, 2, 1024, 1024, 128, 128, dict(segment_size=64, top_k=8, causal=1, cosine=0, rope=1,
+                                                           rope_before_routing=1)),
+    "chunk-over-past-mqa": (2, 6, 1, 30, 500, 16, 16, dict(segment_size=16, top_k=4, causal=1, cosine=0, rope=1,
+                                                           rope_before_routing=0)),
+}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("name", list(ROUTED_CASES))
+def test_routed_by_segment_matches_the_cpu_kernel_and_the_row_kernel(name, dtype, monkeypatch):
+    import sparse_helpers as sh
+    from helpers import run_kernel
+
+    b, hq, hkv, sq, skv, d, dv, attrs = ROUTED_CASES[name]
+    rng = np.random.default_rng(zlib.crc32(name.encode()))
+    arrays = dict(Q=sh.grid(rng, (b, hq, sq, d)), K=sh.grid(rng, (b, hkv, skv, d)), V=sh.grid(rng, (b, hkv, skv, dv)))
+    model = sh.one_node_model(sh.ROUTED, list(arrays), ["Y", "selected_segments"], dtype=dtype,
+                              attrs=sh.routed_attrs(**attrs))  # fmt: skip
+    feeds = sh.feeds_in(dtype, **arrays)
+    sess = cuda_session(model)
+    monkeypatch.setenv("ONNXATTN_SPARSE_CUDA", "fast")
+    fast = sess.run(None, feeds)
+    again = sess.run(None, feeds)
+    monkeypatch.setenv("ONNXATTN_SPARSE_CUDA", "simple")
+    rows_kernel = sess.run(None, feeds)
+    monkeypatch.delenv("ONNXATTN_SPARSE_CUDA")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        want = run_kernel(model, feeds, threads=8)
+    np.testing.assert_array_equal(again[0], fast[0])  # deterministic: each row's partials merge in slot order
+    np.testing.assert_array_equal(fast[1], rows_kernel[1])  # the same selection kernel on both CUDA paths
+    # float32 math throughout (RoPE'd Q and K, V); the sums run in another order: float32 rounding, then one
+    # rounding to the output dtype.
+    tol = 2e-4 if dtype == "float32" else 2 * UNIT_ROUNDOFF[dtype] * max(1.0, float(np.abs(arrays["V"]).max()))
+    for label, got in (("by segment", fast), ("row kernel", rows_kernel)):
+        agree = float(np.mean(got[1] == want[1]))
+        assert agree > 0.999, f"{label}: selections agree on {agree:.4%} of the entries"
+        same = np.broadcast_to(np.all(got[1] == want[1], axis=-1)[..., None], got[0].shape)
+        y, y_want = np.asarray(got[0], np.float64), np.asarray(want[0], np.float64)
+        assert not np.isnan(y).any(), f"{label}: NaN in the output"
+        err = float(np.abs(y - y_want)[same].max(initial=0.0))
+        assert err <= tol, f"{label}: max |Y - CPU kernel| = {err:.3g} > {tol:.3g} ({name}, {dtype})"
+
+
 def test_a_bad_sparse_attention_setting_is_an_error(monkeypatch):
     model, feeds, _ = core_case("decode-mqa", "float32")
     sess = cuda_session(model)

@@ -13,6 +13,7 @@
 #include "sdpa/cuda_device.cuh"  // allow_smem
 #include "sparse/cuda_common.cuh"
 #include "sparse/cuda_kernel.h"
+#include "sparse/cuda_routed.cuh"
 #include "sparse/cuda_select.cuh"
 
 namespace onnxattn::sparse::cuda {
@@ -514,6 +515,22 @@ void run_nsa(const NsaParams& p, const NsaTensors<T>& t, const NsaPlan& plan, vo
   check_launch("sparse mix kernel");
 }
 
+namespace {
+
+// The routed attention by segment (cuda_routed.cuh) under ONNXATTN_SPARSE_CUDA=fast, where it takes the problem.
+int64_t routed_rows(const RoutedParams& p) { return p.dims.batch * p.dims.q_heads * p.dims.q_len; }
+int64_t routed_list_keys(const RoutedParams& p) {
+  return p.attrs.top_k * p.dims.batch * p.dims.q_heads * std::max<int64_t>(p.num_segments, 0);
+}
+bool routed_by_segment(const RoutedParams& p) {
+  if (!fast_requested(kRoutedName) || routed_rows(p) == 0 || p.num_segments == 0) return false;
+  const int max_smem = sdpa::cuda::device_info(sdpa::cuda::current_device()).max_smem_per_block;
+  return routed_blocks_eligible(routed_rows(p), p.attrs.top_k, routed_list_keys(p), int(p.dims.head_dim),
+                                int(p.dims.v_head_dim), max_smem);
+}
+
+}  // namespace
+
 size_t routed_scratch_bytes(const RoutedParams& p) {
   const Dims& d = p.dims;
   Carver c{nullptr};
@@ -526,6 +543,7 @@ size_t routed_scratch_bytes(const RoutedParams& p) {
   c.take<float>(d.batch * d.kv_heads * std::max<int64_t>(p.num_segments, 1) * d.head_dim);
   c.take<int32_t>(q * p.attrs.top_k);
   c.take<float>(q * d.v_head_dim);
+  if (routed_by_segment(p)) c.take<char>(int64_t(routed_blocks_scratch_bytes(routed_rows(p), p.attrs.top_k, routed_list_keys(p))));
   return c.used;
 }
 
@@ -548,6 +566,9 @@ void run_routed(const RoutedParams& p, const RoutedTensors<T>& t, void* stream_p
   float* centroids = c.take<float>(d.batch * d.kv_heads * std::max<int64_t>(p.num_segments, 1) * d.head_dim);
   int32_t* lists = c.take<int32_t>(q_rows * a.top_k);
   float* out = c.take<float>(q_rows * d.v_head_dim);
+  const bool by_segment = routed_by_segment(p);
+  char* by_segment_scratch =
+      by_segment ? c.take<char>(int64_t(routed_blocks_scratch_bytes(q_rows, a.top_k, routed_list_keys(p)))) : nullptr;
 
   const int rotary = a.rope ? int(p.rotary_dim) : 0;
   if (q_rows) {
@@ -581,10 +602,19 @@ void run_routed(const RoutedParams& p, const RoutedTensors<T>& t, void* stream_p
                                                                 p.num_segments, a.top_k, false, 1)
                                                 : SelectTiling{},
                 stream);
-  AttendArgs<float, float> attend{q_att, k_att, v, lists, out, d.batch, d.q_heads, d.kv_heads, d.q_len, d.kv_len,
-                                  a.segment_size, a.top_k, int(d.head_dim), int(d.v_head_dim), false, a.causal != 0, 0,
-                                  p.scale};
-  launch_attend(attend, stream);
+  if (by_segment) {
+    RoutedBlocksArgs r{};
+    r.q = q_att, r.k = k_att, r.v = v, r.lists = lists, r.out = out;
+    r.batch = d.batch, r.q_heads = d.q_heads, r.kv_heads = d.kv_heads, r.q_len = d.q_len, r.kv_len = d.kv_len;
+    r.segment_size = a.segment_size, r.num_segments = p.num_segments, r.top_k = a.top_k;
+    r.dim = int(d.head_dim), r.v_dim = int(d.v_head_dim), r.causal = a.causal != 0, r.scale = p.scale;
+    run_routed_blocks(r, by_segment_scratch, stream);
+  } else {
+    AttendArgs<float, float> attend{q_att, k_att, v, lists, out, d.batch, d.q_heads, d.kv_heads, d.q_len, d.kv_len,
+                                    a.segment_size, a.top_k, int(d.head_dim), int(d.v_head_dim), false, a.causal != 0, 0,
+                                    p.scale};
+    launch_attend(attend, stream);
+  }
   MixArgs<T> m{{out, nullptr, nullptr}, nullptr, {0, 0, 0, 0}, t.y, d.q_heads, d.q_len, q_rows, int(d.v_head_dim), 1};
   mix_kernel<T><<<grid_for(q_rows * d.v_head_dim), 256, 0, stream>>>(m);
   check_launch("routed output kernel");

@@ -20,10 +20,11 @@
 //  - The fine branch (exact: every key scored): a CTA per 16 (query, head) rows of a GQA group scores each
 //    staged tile of 32 keys for all of them and keeps a streaming top-k per row (candidates past the row's
 //    threshold into a buffer, cut back by a bitonic sort), as the CPU kernel does with its heaps.
-//  - Not yet on the core: SparseRoutedAttention's attention (its RoPE'd Q and K stay float32 to match the
-//    oracle's rounding; one warp per row).
+//  - SparseRoutedAttention's attention (its RoPE'd Q and K stay float32 to match the oracle's rounding) by
+//    segment (cuda_routed.cuh): the routing lists inverted, each chosen segment staged once per slot for all
+//    the rows that chose it, each row's partials merged in the order of its list.
 // ONNXATTN_SPARSE_CUDA = auto | simple | fast (read on every call): fast is the above; simple the first
-// kernels (one CTA per selection list, a warp per row in every branch). auto is simple until the fast
+// kernels (one CTA per selection list, a warp per row in every branch, SparseRoutedAttention included). auto is simple until the fast
 // path has passed the GPU tests (written with it, not yet run on a GPU); the tests and the benchmark ask
 // for each explicitly.
 //
