@@ -211,21 +211,38 @@ def agreeing_rows(got, want, attrs, heads, exact_scores=True):
     return same
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
-@pytest.mark.parametrize("name", list(CORE_CASES))
-def test_nsa_fast_path_matches_the_cpu_kernel_and_the_simple_kernels(name, dtype, monkeypatch):
+def fast_simple_and_cpu(model, feeds, monkeypatch, *, fast_twice: bool = False):
+    """The model's outputs on the CUDA EP with ONNXATTN_SPARSE_CUDA=fast, then =simple, and on our CPU kernel.
+    fast_twice: the fast path runs twice and must give the same bits both times."""
     from helpers import run_kernel
 
-    model, feeds, attrs = core_case(name, dtype)
     sess = cuda_session(model)
     monkeypatch.setenv("ONNXATTN_SPARSE_CUDA", "fast")
-    core = sess.run(None, feeds)
+    fast = sess.run(None, feeds)
+    if fast_twice:
+        np.testing.assert_array_equal(sess.run(None, feeds)[0], fast[0], err_msg="fast path: not deterministic")
     monkeypatch.setenv("ONNXATTN_SPARSE_CUDA", "simple")
     simple = sess.run(None, feeds)
     monkeypatch.delenv("ONNXATTN_SPARSE_CUDA")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         want = run_kernel(model, feeds, threads=8)
+    return fast, simple, want
+
+
+def assert_close_on(rows, y, y_want, tol: float, context: str) -> None:
+    """|Y - Y_want| <= tol on the (batch, head, query) rows `rows`; no NaN anywhere in Y."""
+    y, y_want = np.asarray(y, np.float64), np.asarray(y_want, np.float64)
+    assert not np.isnan(y).any(), f"{context}: NaN in the output"
+    err = float(np.abs(y - y_want)[np.broadcast_to(rows[..., None], y.shape)].max(initial=0.0))
+    assert err <= tol, f"{context}: max |Y - CPU kernel| = {err:.3g} > {tol:.3g}"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("name", list(CORE_CASES))
+def test_nsa_fast_path_matches_the_cpu_kernel_and_the_simple_kernels(name, dtype, monkeypatch):
+    model, feeds, attrs = core_case(name, dtype)
+    core, simple, want = fast_simple_and_cpu(model, feeds, monkeypatch)
     # Both sides round the output once from float32; the core's P.V product takes P in the input dtype
     # (relative error u per weight: |dY| <= u * max|V| per branch, three gated branches) -> 4 u max(1, max|V|).
     v_max = max(1.0, float(np.abs(feeds["V"].astype(np.float32)).max()))
@@ -233,10 +250,7 @@ def test_nsa_fast_path_matches_the_cpu_kernel_and_the_simple_kernels(name, dtype
     heads = feeds["Q"].shape[1]
     for label, got in (("fast", core), ("simple", simple)):
         rows = agreeing_rows(got, want, attrs, heads, exact_scores=name not in COMPRESSED)
-        y, y_want = np.asarray(got[0], np.float64), np.asarray(want[0], np.float64)
-        assert not np.isnan(y).any(), f"{label}: NaN in the output"
-        err = float(np.abs(y - y_want)[rows].max(initial=0.0))
-        assert err <= tol, f"{label}: max |Y - CPU kernel| = {err:.3g} > {tol:.3g} ({name}, {dtype})"
+        assert_close_on(rows, got[0], want[0], tol, f"{label}, {name}, {dtype}")
 
 
 # SparseRoutedAttention's attention by segment (ONNXATTN_SPARSE_CUDA=fast: the routing lists inverted, each chosen
@@ -262,7 +276,6 @@ ROUTED_CASES = {
 @pytest.mark.parametrize("name", list(ROUTED_CASES))
 def test_routed_by_segment_matches_the_cpu_kernel_and_the_row_kernel(name, dtype, monkeypatch):
     import sparse_helpers as sh
-    from helpers import run_kernel
 
     b, hq, hkv, sq, skv, d, dv, attrs = ROUTED_CASES[name]
     rng = np.random.default_rng(zlib.crc32(name.encode()))
@@ -270,29 +283,15 @@ def test_routed_by_segment_matches_the_cpu_kernel_and_the_row_kernel(name, dtype
     model = sh.one_node_model(sh.ROUTED, list(arrays), ["Y", "selected_segments"], dtype=dtype,
                               attrs=sh.routed_attrs(**attrs))  # fmt: skip
     feeds = sh.feeds_in(dtype, **arrays)
-    sess = cuda_session(model)
-    monkeypatch.setenv("ONNXATTN_SPARSE_CUDA", "fast")
-    fast = sess.run(None, feeds)
-    again = sess.run(None, feeds)
-    monkeypatch.setenv("ONNXATTN_SPARSE_CUDA", "simple")
-    rows_kernel = sess.run(None, feeds)
-    monkeypatch.delenv("ONNXATTN_SPARSE_CUDA")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        want = run_kernel(model, feeds, threads=8)
-    np.testing.assert_array_equal(again[0], fast[0])  # deterministic: each row's partials merge in slot order
-    np.testing.assert_array_equal(fast[1], rows_kernel[1])  # the same selection kernel on both CUDA paths
+    fast, rows_kernel, want = fast_simple_and_cpu(model, feeds, monkeypatch, fast_twice=True)
     # float32 math throughout (RoPE'd Q and K, V); the sums run in another order: float32 rounding, then one
     # rounding to the output dtype.
     tol = 2e-4 if dtype == "float32" else 2 * UNIT_ROUNDOFF[dtype] * max(1.0, float(np.abs(arrays["V"]).max()))
     for label, got in (("by segment", fast), ("row kernel", rows_kernel)):
         agree = float(np.mean(got[1] == want[1]))
         assert agree > 0.999, f"{label}: selections agree on {agree:.4%} of the entries"
-        same = np.broadcast_to(np.all(got[1] == want[1], axis=-1)[..., None], got[0].shape)
-        y, y_want = np.asarray(got[0], np.float64), np.asarray(want[0], np.float64)
-        assert not np.isnan(y).any(), f"{label}: NaN in the output"
-        err = float(np.abs(y - y_want)[same].max(initial=0.0))
-        assert err <= tol, f"{label}: max |Y - CPU kernel| = {err:.3g} > {tol:.3g} ({name}, {dtype})"
+        rows = np.all(got[1] == want[1], axis=-1)  # [B, Hq, Sq]
+        assert_close_on(rows, got[0], want[0], tol, f"{label}, {name}, {dtype}")
 
 
 def test_a_bad_sparse_attention_setting_is_an_error(monkeypatch):
