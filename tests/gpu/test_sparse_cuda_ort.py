@@ -294,6 +294,24 @@ def test_routed_by_segment_matches_the_cpu_kernel_and_the_row_kernel(name, dtype
         assert_close_on(rows, got[0], want[0], tol, f"{label}, {name}, {dtype}")
 
 
+def test_routed_by_segment_propagates_nan_as_the_row_kernel(monkeypatch):
+    """A NaN in one query row turns that row's output NaN on both CUDA paths, as in the CPU kernel (whatever its
+    routing picked from NaN scores); every other row stays finite and the paths agree there within float32."""
+    import sparse_helpers as sh
+
+    rng = np.random.default_rng(11)
+    arrays = dict(Q=sh.grid(rng, (1, 4, 90, 32)), K=sh.grid(rng, (1, 2, 90, 32)), V=sh.grid(rng, (1, 2, 90, 32)))
+    arrays["Q"][0, 1, 40, 5] = np.nan
+    attrs = sh.routed_attrs(segment_size=16, top_k=3, causal=1, cosine=0, rope=0)
+    model = sh.one_node_model(sh.ROUTED, list(arrays), ["Y", "selected_segments"], attrs=attrs)
+    fast, simple, want = fast_simple_and_cpu(model, sh.feeds_in("float32", **arrays), monkeypatch)
+    for label, got in (("by segment", fast), ("row kernel", simple), ("CPU kernel", want)):
+        nan_rows = np.isnan(got[0]).any(axis=-1)
+        assert nan_rows[0, 1, 40] and nan_rows.sum() == 1, f"{label}: NaN rows {np.argwhere(nan_rows).tolist()}"
+    finite = ~np.isnan(want[0])
+    np.testing.assert_allclose(fast[0][finite], simple[0][finite], atol=2e-4, rtol=2e-4)
+
+
 def test_a_bad_sparse_attention_setting_is_an_error(monkeypatch):
     model, feeds, _ = core_case("decode-mqa", "float32")
     sess = cuda_session(model)

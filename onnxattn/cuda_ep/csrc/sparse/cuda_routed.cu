@@ -103,8 +103,9 @@ __global__ void init_rows_kernel(const RoutedBlocksArgs a, int64_t rows) {
 __global__ void normalize_kernel(const RoutedBlocksArgs a, int64_t rows) {
   const int64_t values = rows * a.v_dim;
   for (int64_t x = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; x < values; x += int64_t(gridDim.x) * blockDim.x) {
+    // As the row kernel: a NaN sum (a NaN score) keeps the output NaN (NaN * 0), an empty row gives 0.
     const float sum = a.row_sum[x / a.v_dim];
-    a.out[x] = sum > 0.0f ? a.out[x] / sum : 0.0f;
+    a.out[x] *= sum > 0.0f ? 1.0f / sum : 0.0f;
   }
 }
 
@@ -248,10 +249,13 @@ __global__ void __launch_bounds__(kThreads) segment_kernel(const RoutedBlocksArg
   // Merge each row's partial over this segment into its running state (the only CTA touching it in this slot).
   for (int r = warp; r < rows; r += kWarpsPerBlock) {
     const float m_part = ms[r];
-    if (m_part == kNegInf) continue;  // no visible key here
+    // No visible key here. (A partial whose scores were all NaN also keeps m = -inf, fmaxf skipping NaN, but
+    // its sum is NaN: it merges, and the row turns NaN as in the row kernel.)
+    if (m_part == kNegInf && ls[r] == 0.0f) continue;
     const int64_t row = row_of[r];
     const float m_row = a.row_max[row], m_new = fmaxf(m_row, m_part);
-    const float keep = expf(m_row - m_new), add = expf(m_part - m_new);  // exp(-inf) = 0 for a first partial
+    const float m_use = m_new == kNegInf ? 0.0f : m_new;  // never -inf - -inf
+    const float keep = expf(m_row - m_use), add = expf(m_part - m_use);  // exp(-inf) = 0 for a first partial
     for (int e = lane; e < v_dim; e += 32) {
       a.out[row * v_dim + e] = a.out[row * v_dim + e] * keep + os[r * v_dim + e] * add;
     }
