@@ -65,6 +65,22 @@ __global__ void __launch_bounds__(tiles::kWgmmaThreads, 1) prefill_wgmma_kernel(
   const T* const k_base = a.k + cta.batch * a.k_stride[0] + cta.kv_head * a.k_stride[1];
   const T* const v_base = a.v + cta.batch * a.v_stride[0] + cta.kv_head * a.v_stride[1];
 
+  const int any_begin = int(keys.any.begin), any_end = int(keys.any.end);
+  const int all_begin = int(keys.all.begin), all_end = int(keys.all.end);
+  const int steps = any_end > any_begin ? (any_end - any_begin + kKeys - 1) / kKeys : 0;
+  auto step_end = [&](int step) { return min(any_begin + (step + 1) * kKeys, any_end); };
+  if (steps == 0) {  // no row of the tile sees a key: Y = 0, LSE = -inf (Dv is a multiple of 8)
+    for (int idx = tid; idx < kRows * kChunks; idx += kThreads) {
+      const int64_t r = row_begin + idx / kChunks;
+      const int col = (idx % kChunks) * 8;
+      if (r >= row_end || col >= a.v_head_dim) continue;
+      const RowRef ref = row_ref(a, cta.batch, cta.kv_head, r);
+      *reinterpret_cast<uint4*>(a.y + y_row(a, cta.batch, ref.head, ref.query, seq.q_start) + col) = make_uint4(0, 0, 0, 0);
+      if (a.lse != nullptr && col == 0) a.lse[ref.out_row] = kNegInf;
+    }
+    return;
+  }
+
   // ---- Q tile; rows past the end and columns past D are zero (every k-step runs).
   for (int idx = tid; idx < kRows * kChunks; idx += kThreads) {
     const int row = idx / kChunks, c = idx % kChunks;
@@ -101,22 +117,6 @@ __global__ void __launch_bounds__(tiles::kWgmmaThreads, 1) prefill_wgmma_kernel(
     row_keys_s[row] = make_int2(int(keys_of_row.begin), int(keys_of_row.end));
   }  // read after the first barrier
 
-  const int any_begin = int(keys.any.begin), any_end = int(keys.any.end);
-  const int all_begin = int(keys.all.begin), all_end = int(keys.all.end);
-  const int steps = any_end > any_begin ? (any_end - any_begin + kKeys - 1) / kKeys : 0;
-  auto step_end = [&](int step) { return min(any_begin + (step + 1) * kKeys, any_end); };
-  if (steps == 0) {  // no row of the tile sees a key: Y = 0, LSE = -inf (Dv is a multiple of 8)
-    cp_async_wait<0>();  // the Q tile's copies, issued above
-    for (int idx = tid; idx < kRows * kChunks; idx += kThreads) {
-      const int64_t r = row_begin + idx / kChunks;
-      const int col = (idx % kChunks) * 8;
-      if (r >= row_end || col >= a.v_head_dim) continue;
-      const RowRef ref = row_ref(a, cta.batch, cta.kv_head, r);
-      *reinterpret_cast<uint4*>(a.y + y_row(a, cta.batch, ref.head, ref.query, seq.q_start) + col) = make_uint4(0, 0, 0, 0);
-      if (a.lse != nullptr && col == 0) a.lse[ref.out_row] = kNegInf;
-    }
-    return;
-  }
   // Groups: [Q, K_0], then [K_1, V_0]; each step t then commits [K_{t+2}, V_{t+1}] (see the loop).
   load_rows(k_addr(0), k_base, a.k_stride[2], a.head_dim, any_begin, step_end(0));
   cp_async_commit();
