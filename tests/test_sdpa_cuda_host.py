@@ -225,6 +225,8 @@ def stored_tile(base: int) -> dict:
 
 
 def decode(desc: int) -> tuple[int, int, int, int]:
+    # bits 14-15, 30-31, 46-48, 52-61 are reserved; 49-51 is the base offset, 0 for 1024-aligned atoms
+    assert desc & ~((0x3FFF) | (0x3FFF << 16) | (0x3FFF << 32) | (3 << 62)) == 0, hex(desc)
     start = (desc & 0x3FFF) << 4
     lbo = ((desc >> 16) & 0x3FFF) << 4
     sbo = ((desc >> 32) & 0x3FFF) << 4
