@@ -7,6 +7,7 @@ where nvcc is missing."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -36,3 +37,24 @@ def test_wgmma_kernel_compiles_to_pipelined_hgmma_without_spills(unit, tmp_path)
     assert props and props.groups() == ("0", "0", "0"), log[-3000:]
     registers = re.search(r"Used (\d+) registers", log[log.index("prefill_wgmma_kernel") :])
     assert registers and int(registers.group(1)) <= 255
+
+
+CUOBJDUMP = shutil.which("cuobjdump") or os.environ.get("ONNXATTN_CUOBJDUMP")
+
+
+@pytest.mark.skipif(CUOBJDUMP is None, reason="cuobjdump not found (set ONNXATTN_CUOBJDUMP to check the SASS order)")
+def test_wgmma_softmax_runs_beside_the_value_product(tmp_path):
+    """In the main loop, every exponential of the next step's softmax (64 probabilities + 2 rescale factors per
+    thread) is issued between the wait for the scores (DEPBAR 0x1) and the wait for P V (DEPBAR 0x0): ptxas
+    hoisted that wait above two thirds of them until wgmma::wait_after pinned it."""
+    cubin = tmp_path / "k.cubin"
+    done = subprocess.run(
+        [NVCC, "-I", str(CSRC), "-O3", "-std=c++17", "--expt-relaxed-constexpr", "-arch=sm_90a", "-cubin",
+         "-DONNXATTN_WITH_CUDA", str(CSRC / "sdpa" / "cuda_prefill_wgmma_bf16.cu"), "-o", str(cubin)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    sass = subprocess.run([CUOBJDUMP, "-sass", str(cubin)], capture_output=True, text=True, timeout=120).stdout
+    loop = sass[sass.index("WARPGROUP.DEPBAR.LE gsb0, 0x1") :]
+    between = loop[: loop.index("WARPGROUP.DEPBAR.LE gsb0, 0x0")]
+    assert between.count("MUFU.EX2") >= 66, f"only {between.count('MUFU.EX2')} exponentials overlap P V"

@@ -11,7 +11,8 @@
 //   issue S_{t+1} = Q K_{t+1}^T   8 x wgmma m64n128k16, Q and K from shared memory (K-major)
 //   issue O += P_t V_t            8 x wgmma m64n128k16, P from registers, V from shared memory (MN-major)
 //   wait for S_{t+1}; edge mask and online softmax (fp32, in place), while P_t V_t runs on the tensor cores
-//   wait for P_t V_t; rescale O for step t+1's maxima; pack P_{t+1} to 16 bits where P_t was
+//   wait for P_t V_t (kept after the softmax: wgmma::wait_after); rescale O for step t+1's maxima; pack
+//   P_{t+1} to 16 bits where P_t was
 //
 // (FlashAttention-3's intra-warpgroup overlap, without its producer warps: every thread issues cp.async),
 // so each load has a whole step to land. Unlike the mma.sync kernel, V is read by the tensor cores straight
@@ -238,7 +239,9 @@ __global__ void __launch_bounds__(tiles::kWgmmaThreads, 1) prefill_wgmma_kernel(
     wgmma::fence_registers(s);
     float alpha[2];
     softmax_step(step + 1, alpha);
-    wgmma::wait<0>();
+    // P_t V_t done. The condition depends on every exponential of the softmax and is true for every l (sums
+    // of exponentials are >= 0 or NaN), so all warps of the warpgroup take the same branch (.aligned).
+    wgmma::wait_after<0>(__all_sync(0xffffffffu, !(l[0] + l[1] < 0.0f)));
     wgmma::fence_registers(o);
     wgmma::fence_registers(p);  // P_t stays in its registers until its product is done
     if (!__all_sync(0xffffffffu, alpha[0] == 1.0f && alpha[1] == 1.0f)) {

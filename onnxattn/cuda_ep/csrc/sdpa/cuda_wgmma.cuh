@@ -49,6 +49,21 @@ __device__ __forceinline__ void wait() {
   asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(kPending) : "memory");
 #endif
 }
+// wait<kPending> kept below the instructions that compute `ready`, which must be the same in every warp of the
+// warpgroup (wgmma.wait_group is .aligned: they must all execute the same instruction): ptxas
+// treats a wait as free to hoist and moved the prefill loop's wait<0> above two thirds of the softmax's
+// exponentials, which then ran after the P V product instead of beside it; a branch on a value computed last
+// pins it (the sm_90a SASS then has every MUFU.EX2 of the step before the WARPGROUP.DEPBAR).
+template <int kPending>
+__device__ __forceinline__ void wait_after(bool ready) {
+#ifdef ONNXATTN_WGMMA_ENABLED
+  if (ready) {
+    wait<kPending>();
+  } else {  // a different string, so the two branches are not merged back into one unconditional wait
+    asm volatile("wgmma.wait_group.sync.aligned %0; // pinned\n" ::"n"(kPending) : "memory");
+  }
+#endif
+}
 // Makes this thread's generic-proxy shared-memory writes (cp.async) visible to the async proxy (wgmma's
 // operand reads); followed by a barrier before the wgmma is issued.
 __device__ __forceinline__ void fence_shared_for_async() {
