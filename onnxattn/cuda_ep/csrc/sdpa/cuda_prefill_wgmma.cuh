@@ -7,9 +7,10 @@
 // warpgroups of 64 rows each, steps of 128 keys; K and V have two shared-memory stages each. Before the loop,
 // S_0 = Q K_0^T and its softmax give P_0. Step t:
 //
-//   wait K_{t+1}, V_t; barrier; async-load K_{t+2}, V_{t+1} (into the stages S_t and P_{t-1} V_{t-1} read)
+//   wait K_{t+1}, V_t; barrier
 //   issue S_{t+1} = Q K_{t+1}^T   8 x wgmma m64n128k16, Q and K from shared memory (K-major)
 //   issue O += P_t V_t            8 x wgmma m64n128k16, P from registers, V from shared memory (MN-major)
+//   async-load K_{t+2}, V_{t+1} (into the stages S_t and P_{t-1} V_{t-1} read)
 //   wait for S_{t+1}; edge mask and online softmax (fp32, in place), while P_t V_t runs on the tensor cores
 //   wait for P_t V_t (kept after the softmax: wgmma::wait_after); rescale O for step t+1's maxima; pack
 //   P_{t+1} to 16 bits where P_t was
@@ -222,19 +223,20 @@ __global__ void __launch_bounds__(tiles::kWgmmaThreads, 1) prefill_wgmma_kernel(
     cp_async_wait<0>();
     wgmma::fence_shared_for_async();
     __syncthreads();  // K_{t+1}, V_t visible; both warpgroups are done with K_t (S_t) and V_{t-1} (P_{t-1} V_{t-1})
-    if (step + 2 < steps) {
-      load_rows(k_addr(step & 1), k_base, a.k_stride[2], a.head_dim, any_begin + (step + 2) * kKeys, step_end(step + 2));
-    }
-    load_rows(v_addr((step + 1) & 1), v_base, a.v_stride[2], a.v_head_dim, any_begin + (step + 1) * kKeys,
-              step_end(step + 1));
-    cp_async_commit();
-
     wgmma::fence_registers(s);
     wgmma::fence_registers(o);
     wgmma::fence_registers(p);
     wgmma::fence();
     issue_scores(step + 1);
     issue_values(step);
+    // The next loads go out once the tensor cores have their work: into the stages S_t and P_{t-1} V_{t-1}
+    // read, which no product in flight touches.
+    if (step + 2 < steps) {
+      load_rows(k_addr(step & 1), k_base, a.k_stride[2], a.head_dim, any_begin + (step + 2) * kKeys, step_end(step + 2));
+    }
+    load_rows(v_addr((step + 1) & 1), v_base, a.v_stride[2], a.v_head_dim, any_begin + (step + 1) * kKeys,
+              step_end(step + 1));
+    cp_async_commit();
     wgmma::wait<1>();  // S_{t+1} done; P_t V_t may still run
     wgmma::fence_registers(s);
     float alpha[2];
