@@ -232,6 +232,12 @@ def bench_decode(ort, past: int, capacity: int, copy_gbs: float, repeats: int) -
     spec = lib.Spec(seq=1, q_heads=HQ, kv_heads=HKV, head_dim=D, mode="shared", past=capacity, rope=1, rope_base=BASE)
     row["plan"] = lib.run(spec, {**ours_in, **ours_out})["attention"]["reason"]
     t["onnxattn"]["graph"] = time_graph(lambda: lib.run(spec, {**ours_in, **ours_out}), repeats=repeats)
+    try:  # decode and combine as programmatic dependent launches (ONNXATTN_CUDA_PDL=1, opt-in until measured)
+        with env_vars({"ONNXATTN_CUDA_PDL": "1"}):
+            t["pdl"] = timings(ours, repeats)
+            t["pdl"]["graph"] = time_graph(lambda: lib.run(spec, {**ours_in, **ours_out}), repeats=repeats)
+    except Exception as e:  # noqa: BLE001 - an opt-in path's row, not fatal
+        t["pdl"] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
     try:
         cos, sin = rope_caches(capacity)
         theirs = Bound(ort, ort_gqa_model(), {
@@ -271,6 +277,9 @@ def print_table(env, copy_gbs, rows):
         if r["kind"] == "decode":
             frac = r["fraction_of_copy"].get("onnxattn", {})
             extra = f", ours {100 * (frac.get('gpu') or 0):.0f}% of copy bw (graph {100 * (frac.get('graph') or 0):.0f}%)"
+            pdl = r["fraction_of_copy"].get("pdl", {})
+            if pdl.get("gpu") or pdl.get("graph"):
+                extra += f"; with PDL {100 * (pdl.get('gpu') or 0):.0f}% (graph {100 * (pdl.get('graph') or 0):.0f}%)"
         print(f"{r['kind']:8} {r['shape']:34} {fmt(ours.get('gpu'), '9.1f')} {fmt(theirs.get('gpu'), '9.1f')} "
               f"{fmt(ours.get('wall'), '9.1f')} {fmt(theirs.get('wall'), '9.1f')} {fmt(ours.get('graph'), '10.1f')}  "
               f"{unit}; {fmt(ratio, '5.2f')}x{extra}")  # fmt: skip

@@ -246,6 +246,9 @@ def bench_decode(dtype, batch, kv_len, ort, copy_gbs, repeats):
     ms = {}
     row["plan"] = lib.run(q, k, v, out=y)[2]["reason"]
     measure(row["shape"], lambda: lib.run(q, k, v, out=y), lambda f: time_graph(f, repeats=repeats), ms, row, "onnxattn")
+    # Decode and combine as programmatic dependent launches (opt-in until measured), timed beside the default.
+    with env_vars({"ONNXATTN_CUDA_PDL": "1"}):
+        measure(row["shape"], lambda: lib.run(q, k, v, out=y), lambda f: time_graph(f, repeats=repeats), ms, row, "pdl")
     for name, backend in BASELINES:
         fn = torch_sdpa(backend)
         measure(row["shape"], lambda fn=fn: fn(q, k, v, causal=False), lambda f: time_graph(f, repeats=repeats), ms, row, name)
@@ -345,6 +348,8 @@ def print_table(env, copy_gbs, rows):
             extra += f", wgmma/best-baseline {fmt(metric['wgmma'] / max(base), '5.2f')}x"
         if r["kind"] == "decode" and r["fraction_of_copy"].get("onnxattn"):
             extra += f", ours {100 * r['fraction_of_copy']['onnxattn']:.0f}% of copy bw"
+            if r["fraction_of_copy"].get("pdl"):
+                extra += f" ({100 * r['fraction_of_copy']['pdl']:.0f}% with PDL)"
         print(f"{r['kind']:8} {r['dtype']:9} {r['shape']:32} {cells}{extra}")
         sweep = {n: f for n, f in r.get("split_sweep", {}).items() if n != "error" and f}
         if sweep:

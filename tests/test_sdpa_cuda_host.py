@@ -34,6 +34,7 @@ def _no_forcing(monkeypatch):
     monkeypatch.delenv("ONNXATTN_SDPA_CUDA_PATH", raising=False)
     monkeypatch.delenv("ONNXATTN_SDPA_CUDA_KERNEL", raising=False)
     monkeypatch.delenv("ONNXATTN_SDPA_CUDA_PREFILL", raising=False)
+    monkeypatch.delenv("ONNXATTN_CUDA_PDL", raising=False)
 
 
 # ---- the tile geometry the kernels are compiled with (sdpa/cuda_tiles.h), restated as the contract
@@ -141,7 +142,7 @@ def test_environment_forces_the_path(monkeypatch):
 
 
 @pytest.mark.parametrize("name,value", [("ONNXATTN_SDPA_CUDA_PATH", "fast"), ("ONNXATTN_SDPA_CUDA_KERNEL", "wgmma"),
-                                        ("ONNXATTN_SDPA_CUDA_PREFILL", "fa3")])  # fmt: skip
+                                        ("ONNXATTN_SDPA_CUDA_PREFILL", "fa3"), ("ONNXATTN_CUDA_PDL", "yes")])  # fmt: skip
 def test_unknown_environment_values_are_errors(monkeypatch, name, value):
     monkeypatch.setenv(name, value)
     with pytest.raises(lib.SdpaCudaError, match=f"{name} must be .*got '{value}'"):
@@ -271,6 +272,22 @@ def test_wgmma_descriptors_address_the_stored_elements(base):
             for n in range(128):
                 addr = swizzle128(start + (n // 64) * lbo + (k // 8) * sbo + (k % 8) * 128 + 2 * (n % 64))
                 assert tile[addr] == (16 * kk + k, n), (kk, k, n)
+
+
+# ---- programmatic dependent launches (ONNXATTN_CUDA_PDL=1, cuda_plan.cc rule 8)
+def test_programmatic_dependent_launch_is_opt_in_for_tensor_core_decode_on_sm90(monkeypatch):
+    decode = spec(q_heads=32, kv_heads=8, q_len=1, kv_len=32768, head_dim=128)
+    assert lib.plan(decode)["pdl"] == 0
+    monkeypatch.setenv("ONNXATTN_CUDA_PDL", "1")
+    p = lib.plan(decode)
+    assert p["pdl"] == 1 and p["splits"] > 1 and "programmatic dependent launches" in p["reason"]
+    assert lib.plan(decode, lib.A100)["pdl"] == 0  # no sm_90a code there
+    assert lib.plan(decode, {**lib.H100, "wgmma": 0})["pdl"] == 0
+    assert lib.plan(decode, kernel="simt")["pdl"] == 0  # the SIMT kernel has no wait for its predecessor
+    assert lib.plan(spec(q_len=1, kv_len=4096, head_dim=128, dtype=FP32))["pdl"] == 0
+    assert lib.plan(spec(q_heads=8, kv_heads=2, q_len=2048, kv_len=2048, head_dim=128))["pdl"] == 0  # prefill
+    monkeypatch.setenv("ONNXATTN_CUDA_PDL", "0")
+    assert lib.plan(decode)["pdl"] == 0
 
 
 # ---- split-KV decode

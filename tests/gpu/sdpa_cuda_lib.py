@@ -61,7 +61,7 @@ class PlanInfo(ctypes.Structure):
         ("keys_per_tile", ctypes.c_int32),
         ("stages", ctypes.c_int32),
         ("threads", ctypes.c_int32),
-        ("reserved", ctypes.c_int32),
+        ("pdl", ctypes.c_int32),
         ("rows_per_head", ctypes.c_int64),
         ("row_tiles", ctypes.c_int64),
         ("splits", ctypes.c_int64),

@@ -244,3 +244,17 @@ def test_wgmma_prefill_with_prepared_queries(case_id, dtype, monkeypatch):
     for a, b in ((pk2, pk), (pv2, pv)):
         if a is not None:
             np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.skipif(not CUDA or torch.cuda.get_device_capability() != (9, 0), reason="programmatic dependent launch: sm_90")
+@pytest.mark.parametrize("case_id", ["shared-decode-b4", "window-shared-b2", "everything-shared", "chunk-s5-p700"])
+def test_programmatic_dependent_launches_give_the_same_bits(case_id, monkeypatch):
+    """ONNXATTN_CUDA_PDL=1 (decode and combine launched as programmatic dependents after the new-token kernel):
+    the same output and cache bits."""
+    case = gc.CASES_BY_ID[case_id]
+    (y, pk, pv, plan), (y2, pk2, pv2, plan2) = run_before_and_after(case, "float16", monkeypatch, "ONNXATTN_CUDA_PDL", "1")
+    assert plan2["attention"]["pdl"] == 1, plan2["attention"]["reason"]
+    np.testing.assert_array_equal(y2, y)
+    for a, b in ((pk2, pk), (pv2, pv)):
+        if a is not None:
+            np.testing.assert_array_equal(a, b)

@@ -221,3 +221,23 @@ def test_per_batch_lengths_read_only_each_sequences_keys(dtype, path, sq):
         case = Case(f"seq{i}", 1, hq, hkv, sq, n, d, causal=True, window=1000)
         check(case, q[i:i + 1], k[i:i + 1, :, :n], v[i:i + 1, :, :n], None, y[i:i + 1], lse[i:i + 1],
               context=f"sequence {i} of {lengths}: {plan['reason']}")
+
+
+@pytest.mark.skipif(not CUDA or torch.cuda.get_device_capability() != (9, 0), reason="programmatic dependent launch: sm_90")
+@pytest.mark.parametrize("name", ["decode", "decode_gqa_odd", "decode_sq5", "decode_sq16", "window_decode",
+                                  "mask_decode", "mqa_long"])  # fmt: skip
+def test_programmatic_dependent_launches_give_the_same_bits(name, monkeypatch):
+    # ONNXATTN_CUDA_PDL=1: the decode kernel and the split combine start while their predecessors drain and
+    # wait in griddepcontrol.wait before reading: the same kernels, so the same bits, with several splits.
+    case = next(c for c in CASES if c.name == name)
+    for dtype in (torch.float16, torch.bfloat16):
+        q, k, v, mask = make_inputs(case, dtype)
+        y, lse, plan = run(case, q, k, v, mask, path="decode")
+        monkeypatch.setenv("ONNXATTN_CUDA_PDL", "1")
+        y2, lse2, plan2 = run(case, q, k, v, mask, path="decode")
+        monkeypatch.delenv("ONNXATTN_CUDA_PDL")
+        torch.cuda.synchronize()
+        assert plan2["pdl"] == 1 and plan["pdl"] == 0, plan2["reason"]
+        assert torch.equal(y, y2), (name, dtype)
+        if case.lse:
+            assert torch.equal(lse, lse2), (name, dtype)

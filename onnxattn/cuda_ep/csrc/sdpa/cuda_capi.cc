@@ -42,6 +42,7 @@ Request request_from(int32_t path, int32_t kernel) {
   const Request from_env = request_from_env();
   r.splits = from_env.splits;  // only from the environment (benchmarks' sweeps)
   r.prefill = from_env.prefill;
+  r.pdl = from_env.pdl;
   return r;
 }
 
@@ -73,6 +74,7 @@ void fill_info(const LaunchPlan& plan, OnnxAttnSdpaPlanInfo* out) {
   out->scratch_bytes = int64_t(plan.scratch_bytes);
   out->partial_lse_offset = int64_t(plan.partial_lse_offset);
   out->min_split_keys = plan.min_split_keys;
+  out->pdl = plan.pdl ? 1 : 0;
   std::snprintf(out->reason, sizeof out->reason, "%s", plan.reason.c_str());
 }
 

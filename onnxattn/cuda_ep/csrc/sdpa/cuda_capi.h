@@ -32,7 +32,8 @@ struct OnnxAttnSdpaDevice {
 struct OnnxAttnSdpaPlanInfo {
   int32_t schedule;  // 0 prefill, 1 decode
   int32_t kernel;    // 0 mma, 1 simt, 2 wgmma
-  int32_t head_dim_tile, rows_per_cta, keys_per_tile, stages, threads, reserved;
+  int32_t head_dim_tile, rows_per_cta, keys_per_tile, stages, threads;
+  int32_t pdl;  // 1: decode and combine launched as programmatic dependents
   int64_t rows_per_head, row_tiles, splits, grid, smem_bytes, combine_grid, scratch_bytes, partial_lse_offset;
   int64_t min_split_keys;
   char reason[512];

@@ -45,6 +45,8 @@ __global__ void __launch_bounds__(tiles::kThreads) decode_mma_kernel(const Kerne
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int quad_row = lane / 4, quad_col = 2 * (lane % 4);
 
+  wait_for_prerequisite_grids();  // before any read (LaunchPlan::pdl); at once otherwise
+  allow_dependent_grids();        // the split combine may launch now and wait for this grid in turn
   const CtaWork work = cta_work(a, kRows, /*longest_first=*/false);
   if (work.skip) return;
   const CtaCoords& cta = work.cta;
@@ -341,7 +343,8 @@ __global__ void __launch_bounds__(tiles::kThreads) decode_mma_kernel(const Kerne
 template <typename T, int kTile>
 void launch_decode_tile(const KernelArgs<T>& args, const LaunchPlan& plan, cudaStream_t stream) {
   allow_smem<decode_mma_kernel<T, kTile>>(plan.smem_bytes);
-  decode_mma_kernel<T, kTile><<<unsigned(plan.grid), plan.threads, plan.smem_bytes, stream>>>(args);
+  launch_maybe_dependent(decode_mma_kernel<T, kTile>, unsigned(plan.grid), unsigned(plan.threads), plan.smem_bytes,
+                         stream, plan.pdl, args);  // errors: checked by the caller (cudaGetLastError)
 }
 
 template <typename T>

@@ -459,6 +459,43 @@ __device__ __forceinline__ float prefill_softmax_step(float (&x)[kCount], float&
   return alpha;
 }
 
+// ---- Programmatic dependent launch (sm_90; LaunchPlan::pdl, cuda_plan.cc rule 8). A kernel launched as a
+// programmatic dependent may start before its predecessor in the stream has finished: it must call
+// wait_for_prerequisite_grids() before reading anything the predecessor writes (here: first thing). For a
+// kernel launched normally the wait returns at once. allow_dependent_grids() lets the next kernel launch early
+// (it then waits in turn). Compiled to nothing before sm_90, where the plan never asks for it.
+__device__ __forceinline__ void wait_for_prerequisite_grids() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void allow_dependent_grids() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+
+// Launches kernel<<<grid, threads, smem, stream>>>(args), as a programmatic dependent when `pdl`.
+template <typename Args>
+cudaError_t launch_maybe_dependent(void (*kernel)(Args), unsigned grid, unsigned threads, size_t smem,
+                                   cudaStream_t stream, bool pdl, const Args& args) {
+  if (!pdl) {
+    kernel<<<grid, threads, smem, stream>>>(args);
+    return cudaGetLastError();
+  }
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(grid);
+  config.blockDim = dim3(threads);
+  config.dynamicSmemBytes = smem;
+  config.stream = stream;
+  cudaLaunchAttribute attribute[1];
+  attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute[0].val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = attribute;
+  config.numAttrs = 1;
+  return cudaLaunchKernelEx(&config, kernel, args);
+}
+
 // ---- Launchers, one per kernel family, instantiated in their own translation units.
 template <typename T>
 void launch_prefill_mma(const KernelArgs<T>& args, const LaunchPlan& plan, cudaStream_t stream);

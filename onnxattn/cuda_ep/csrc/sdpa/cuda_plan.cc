@@ -26,6 +26,11 @@
 //  6. Paged K/V (Params::block_size > 0, block table on the device): the same kernels, each K/V row read
 //     from its block (slot block_table[j / block_size] * block_size + j % block_size) straight from the
 //     pool; the table rows must cover the view (checked here). No layout change otherwise.
+//  8. ONNXATTN_CUDA_PDL=1 (opt-in until measured on a GPU): on sm_90 devices with the library's sm_90a code,
+//     the decode kernel and the split combine are launched as programmatic dependents (cudaLaunchKernelEx,
+//     programmatic stream serialization): each starts while its predecessor drains and waits in
+//     griddepcontrol.wait before reading anything, so a small decode (B = 1) pays less launch latency
+//     between kernels. Same kernels, same bits.
 //  7. Ragged query batches (make_ragged_plan): classes by query count on the device (see RaggedPlan):
 //     decode for 1..16 queries, prefill above; each class's launch is planned by rules 2-5 for the most
 //     the class may hold (rows, sequences, queries per sequence), so the grid is a bound and the split
@@ -81,6 +86,12 @@ Request request_from_env() {
     r.prefill = Request::Prefill::kWgmma;
   } else if (!prefill.empty() && prefill != "auto") {
     fail(kOpName, ": environment variable ONNXATTN_SDPA_CUDA_PREFILL must be auto, mma or wgmma, got '", prefill, "'");
+  }
+  const std::string pdl = env_value("ONNXATTN_CUDA_PDL");
+  if (pdl == "1") {
+    r.pdl = true;
+  } else if (!pdl.empty() && pdl != "0") {
+    fail(kOpName, ": environment variable ONNXATTN_CUDA_PDL must be 0 or 1, got '", pdl, "'");
   }
   const std::string splits = env_value("ONNXATTN_SDPA_CUDA_SPLITS");
   if (!splits.empty()) {
@@ -279,6 +290,8 @@ LaunchPlan plan_launch(const Params& p, DType dtype, const DeviceInfo& device, c
     }
   }
   plan.grid = ctas * plan.splits;
+  plan.pdl = request.pdl && device.wgmma && decode && plan.kernel == Kernel::kMma;
+  if (plan.pdl) why += ", programmatic dependent launches (ONNXATTN_CUDA_PDL)";
   if (plan.grid > int64_t(0x7fffffff)) {
     fail(op, ": problem too large for one CUDA grid (", plan.grid, " CTAs)");
   }

@@ -176,6 +176,7 @@ __global__ void __launch_bounds__(tiles::kThreads) combine_kernel(const KernelAr
   constexpr int kMaxSplits = int(cuda::kMaxSplits);
   __shared__ float weights[tiles::kWarps][kMaxSplits];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  wait_for_prerequisite_grids();  // the partials are complete and visible (LaunchPlan::pdl); at once otherwise
   const int64_t row = int64_t(blockIdx.x) * tiles::kCombineRowsPerCta + warp;
   if (row >= a.out_rows) return;  // whole warps leave; no CTA barrier follows
   int64_t y_at = 0;
@@ -305,7 +306,8 @@ void launch_simt(const KernelArgs<T>& args, const LaunchPlan& plan, cudaStream_t
 
 template <typename T>
 void launch_combine(const KernelArgs<T>& args, const LaunchPlan& plan, cudaStream_t stream) {
-  combine_kernel<T><<<unsigned(plan.combine_grid), tiles::kThreads, 0, stream>>>(args);
+  launch_maybe_dependent(combine_kernel<T>, unsigned(plan.combine_grid), unsigned(tiles::kThreads), 0, stream, plan.pdl,
+                         args);  // errors: checked by the caller (cudaGetLastError)
 }
 
 template void launch_simt<float>(const KernelArgs<float>&, const LaunchPlan&, cudaStream_t);
