@@ -61,38 +61,30 @@ const char* env_value(const char* name) {
 const char* schedule_name(Schedule s) { return s == Schedule::kDecode ? "decode" : "prefill"; }
 const char* kernel_name(Kernel k) { return k == Kernel::kMma ? "mma" : k == Kernel::kWgmma ? "wgmma" : "simt"; }
 
+// The position of environment variable `name`'s value in `values` (unset or empty: 0, the default); an
+// InputError listing the values otherwise.
+template <size_t N>
+int env_choice(const char* name, const char* const (&values)[N]) {
+  const std::string value = env_value(name);
+  if (value.empty()) return 0;
+  std::string listed;
+  for (size_t i = 0; i < N; ++i) {
+    if (value == values[i]) return int(i);
+    listed += (i == 0 ? "" : i + 1 == N ? " or " : ", ") + std::string(values[i]);
+  }
+  fail(kOpName, ": environment variable ", name, " must be ", listed, ", got '", value, "'");
+}
+
 Request request_from_env() {
   Request r;
-  const std::string path = env_value("ONNXATTN_SDPA_CUDA_PATH");
-  if (path == "prefill") {
-    r.path = Request::Path::kPrefill;
-  } else if (path == "decode") {
-    r.path = Request::Path::kDecode;
-  } else if (!path.empty() && path != "auto") {
-    fail(kOpName, ": environment variable ONNXATTN_SDPA_CUDA_PATH must be auto, prefill or decode, got '", path, "'");
-  }
-  const std::string kernel = env_value("ONNXATTN_SDPA_CUDA_KERNEL");
-  if (kernel == "mma") {
-    r.kernel = Request::Kernel::kMma;
-  } else if (kernel == "simt") {
-    r.kernel = Request::Kernel::kSimt;
-  } else if (!kernel.empty() && kernel != "auto") {
-    fail(kOpName, ": environment variable ONNXATTN_SDPA_CUDA_KERNEL must be auto, mma or simt, got '", kernel, "'");
-  }
-  const std::string prefill = env_value("ONNXATTN_SDPA_CUDA_PREFILL");
-  if (prefill == "mma") {
-    r.prefill = Request::Prefill::kMma;
-  } else if (prefill == "wgmma") {
-    r.prefill = Request::Prefill::kWgmma;
-  } else if (!prefill.empty() && prefill != "auto") {
-    fail(kOpName, ": environment variable ONNXATTN_SDPA_CUDA_PREFILL must be auto, mma or wgmma, got '", prefill, "'");
-  }
-  const std::string pdl = env_value("ONNXATTN_CUDA_PDL");
-  if (pdl == "1") {
-    r.pdl = true;
-  } else if (!pdl.empty() && pdl != "0") {
-    fail(kOpName, ": environment variable ONNXATTN_CUDA_PDL must be 0 or 1, got '", pdl, "'");
-  }
+  static constexpr const char* kPaths[] = {"auto", "prefill", "decode"};
+  static constexpr const char* kKernels[] = {"auto", "mma", "simt"};
+  static constexpr const char* kPrefills[] = {"auto", "mma", "wgmma"};
+  static constexpr const char* kSwitch[] = {"0", "1"};
+  r.path = Request::Path(env_choice("ONNXATTN_SDPA_CUDA_PATH", kPaths));
+  r.kernel = Request::Kernel(env_choice("ONNXATTN_SDPA_CUDA_KERNEL", kKernels));
+  r.prefill = Request::Prefill(env_choice("ONNXATTN_SDPA_CUDA_PREFILL", kPrefills));
+  r.pdl = env_choice("ONNXATTN_CUDA_PDL", kSwitch) == 1;
   const std::string splits = env_value("ONNXATTN_SDPA_CUDA_SPLITS");
   if (!splits.empty()) {
     char* end = nullptr;
