@@ -43,6 +43,9 @@ struct AppendArgs {
 // memory: QK-norm and RoPE of K in float32, K and V written to slot past_b + s of the cache.
 template <typename T>
 __global__ void __launch_bounds__(32 * kAppendRowsPerBlock) append_kernel(const AppendArgs<T> a) {
+  // A decode launched as a programmatic dependent (ONNXATTN_CUDA_PDL) may start now: it waits for this grid
+  // to complete before its first read. A no-op otherwise.
+  sdpa::cuda::allow_dependent_grids();
   const int lane = threadIdx.x % 32;
   const int64_t row = int64_t(blockIdx.x) * kAppendRowsPerBlock + threadIdx.x / 32;
   if (row >= a.batch * a.seq * a.kv_heads) return;  // whole warps
