@@ -177,6 +177,7 @@ def test_through_onnxruntime_cuda_ep(wgmma, tmp_path):
 
     ort_cuda.require_cuda_kernels(ORT, ORT_MISSING)
     for case in (WGMMA_CASES[2], WGMMA_CASES[5], WGMMA_CASES[12]):
+        (tmp_path / case.name).mkdir()  # onnxruntime's profile goes there
         (q, k, v, mask), y, lse, providers = run_case(case, torch.bfloat16, tmp_path / case.name)
         assert providers == {ort_cuda.CUDA_EP}, f"{OP} ran on {providers}"
         check(case, q, k, v, mask, y, lse, context=f"ORT CUDA EP, wgmma, {case}")
