@@ -160,7 +160,15 @@ __global__ void __launch_bounds__(kThreads) segment_kernel(const RoutedBlocksArg
   const float* const k_head = a.k + (b * a.kv_heads + kv_head) * a.kv_len * dim;
   const float* const v_head = a.v + (b * a.kv_heads + kv_head) * a.kv_len * v_dim;
   const int value_regs = (v_dim + 31) / 32;
-  for (int64_t t0 = j_begin; t0 < j_end; t0 += kRoutedKeys) {
+  // Causal: tiles past every row's position are hidden from all of them; skipping them changes no bit (a
+  // wholly hidden tile leaves each row's max, sum and output as they were).
+  int64_t tiles_end = j_end;
+  if (a.causal) {
+    int64_t last = -1;
+    for (int r = 0; r < rows; ++r) last = max(last, pos_of[r]);
+    tiles_end = min(j_end, last + 1);
+  }
+  for (int64_t t0 = j_begin; t0 < tiles_end; t0 += kRoutedKeys) {
     const int keys = int(min(int64_t(kRoutedKeys), j_end - t0));
     __syncthreads();  // the previous tile is done with
     for (int x = threadIdx.x; x < keys * dim; x += kThreads) ks[(x / dim) * k_stride + x % dim] = k_head[t0 * dim + x];
