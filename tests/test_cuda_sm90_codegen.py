@@ -32,11 +32,9 @@ def test_wgmma_kernel_compiles_to_pipelined_hgmma_without_spills(unit, tmp_path)
     assert "Potential Performance Loss" not in log, log[-3000:]
     kernel = [line for line in log.splitlines() if "prefill_wgmma_kernel" in line]
     assert kernel, log[-3000:]
-    props = re.search(r"Function properties for \S*prefill_wgmma_kernel\S*\s+(\d+) bytes stack frame, (\d+) bytes spill "
-                      r"stores, (\d+) bytes spill loads", log)  # fmt: skip
-    assert props and props.groups() == ("0", "0", "0"), log[-3000:]
-    registers = re.search(r"Used (\d+) registers", log[log.index("prefill_wgmma_kernel") :])
-    assert registers and int(registers.group(1)) <= 255
+    props = re.findall(r"Function properties for \S*prefill_wgmma_kernel\S*\s+(\d+) bytes stack frame, (\d+) bytes "
+                       r"spill stores, (\d+) bytes spill loads", log)  # fmt: skip
+    assert len(props) == 2 and all(p == ("0", "0", "0") for p in props), log[-3000:]  # head tiles 64 and 128
 
 
 CUOBJDUMP = shutil.which("cuobjdump") or os.environ.get("ONNXATTN_CUOBJDUMP")
@@ -55,6 +53,8 @@ def test_wgmma_softmax_runs_beside_the_value_product(tmp_path):
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     sass = subprocess.run([CUOBJDUMP, "-sass", str(cubin)], capture_output=True, text=True, timeout=120).stdout
-    loop = sass[sass.index("WARPGROUP.DEPBAR.LE gsb0, 0x1") :]
-    between = loop[: loop.index("WARPGROUP.DEPBAR.LE gsb0, 0x0")]
-    assert between.count("MUFU.EX2") >= 66, f"only {between.count('MUFU.EX2')} exponentials overlap P V"
+    loops = sass.split("WARPGROUP.DEPBAR.LE gsb0, 0x1")[1:]
+    assert len(loops) == 2, "one main loop per head tile (64, 128)"
+    for loop in loops:
+        between = loop[: loop.index("WARPGROUP.DEPBAR.LE gsb0, 0x0")]
+        assert between.count("MUFU.EX2") >= 66, f"only {between.count('MUFU.EX2')} exponentials overlap P V"

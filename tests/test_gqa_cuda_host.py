@@ -273,4 +273,6 @@ def test_wgmma_prefill_prepares_the_queries_ahead(monkeypatch):
     decode = lib.plan(lib.Spec(seq=1, mode="shared", past=4096, rope=1, **LLAMA))
     assert decode["attention"]["kernel"] == "mma" and not decode["rotate_queries"]
     small = lib.plan(lib.Spec(seq=64, mode="concat", past=100, rope=1, q_heads=8, kv_heads=2, head_dim=64))
-    assert small["attention"]["kernel"] == "mma" and not small["rotate_queries"]
+    assert small["attention"]["kernel"] == "wgmma" and small["attention"]["head_dim_tile"] == 64 and small["rotate_queries"]
+    wide = lib.plan(lib.Spec(seq=64, mode="concat", past=100, rope=1, q_heads=8, kv_heads=2, head_dim=192))
+    assert wide["attention"]["kernel"] == "mma" and not wide["rotate_queries"]

@@ -150,21 +150,22 @@ def test_unknown_environment_values_are_errors(monkeypatch, name, value):
 
 
 # ---- the Hopper prefill kernel (ONNXATTN_SDPA_CUDA_PREFILL=wgmma, sdpa/cuda_prefill_wgmma.cuh)
-def smem_wgmma() -> int:
-    # 1024 bytes to align the swizzled tiles, Q + 2 K stages + 2 V stages of 128 x 128 16-bit, row facts
-    return 1024 + 5 * 128 * 128 * 2 + 128 * 16
+def smem_wgmma(tile: int) -> int:
+    # 1024 bytes to align the swizzled tiles, Q + 2 K stages + 2 V stages of 128 x tile 16-bit, row facts
+    return 1024 + 5 * 128 * tile * 2 + 128 * 16
 
 
 @pytest.mark.parametrize("dtype", [FP16, BF16])
-@pytest.mark.parametrize("d,dv", [(128, 128), (72, 128), (128, 64), (80, 80), (96, 96), (128, None)])
-def test_wgmma_prefill_geometry(monkeypatch, dtype, d, dv):
+@pytest.mark.parametrize("d,dv,tile", [(128, 128, 128), (72, 128, 128), (128, 64, 128), (80, 80, 128), (96, 96, 128),
+                                       (128, None, 128), (64, 64, 64), (32, 48, 64), (16, None, 64)])  # fmt: skip
+def test_wgmma_prefill_geometry(monkeypatch, dtype, d, dv, tile):
     monkeypatch.setenv("ONNXATTN_SDPA_CUDA_PREFILL", "wgmma")
     p = lib.plan(spec(batch=2, q_heads=8, kv_heads=2, q_len=1000, kv_len=1000, head_dim=d, v_head_dim=dv, causal=True,
                       dtype=dtype))  # fmt: skip
-    assert (p["schedule"], p["kernel"], p["head_dim_tile"]) == ("prefill", "wgmma", 128), p["reason"]
+    assert (p["schedule"], p["kernel"], p["head_dim_tile"]) == ("prefill", "wgmma", tile), p["reason"]
     assert p["rows_per_cta"] == 128 and p["keys_per_tile"] == 128 and p["threads"] == 256
     assert p["row_tiles"] == ceil_div(4000, 128) and p["grid"] == p["row_tiles"] * 2 * 2 and p["splits"] == 1
-    assert p["smem_bytes"] == smem_wgmma() <= lib.H100["max_smem_per_block"] and p["scratch_bytes"] == 0
+    assert p["smem_bytes"] == smem_wgmma(tile) <= lib.H100["max_smem_per_block"] and p["scratch_bytes"] == 0
     assert "wgmma (ONNXATTN_SDPA_CUDA_PREFILL)" in p["reason"]
 
 
@@ -182,9 +183,9 @@ def test_wgmma_is_opt_in(monkeypatch):
 @pytest.mark.parametrize("why,kw,device", [
     ("no sm_90a device and code", {}, lib.A100),
     ("no sm_90a device and code", {}, {**lib.H100, "wgmma": 0}),
-    ("max(D, Dv) is not in (64, 128]", dict(head_dim=64), lib.H100),
-    ("max(D, Dv) is not in (64, 128]", dict(head_dim=64, v_head_dim=32), lib.H100),
-    ("max(D, Dv) is not in (64, 128]", dict(head_dim=128, v_head_dim=192), lib.H100),
+    ("max(D, Dv) > 128", dict(head_dim=192), lib.H100),
+    ("max(D, Dv) > 128", dict(head_dim=128, v_head_dim=192), lib.H100),
+    ("max(D, Dv) > 128", dict(head_dim=256, v_head_dim=64), lib.H100),
     ("softcap, mask or scale <= 0", dict(softcap=30.0), lib.H100),
     ("softcap, mask or scale <= 0", dict(mask_kind=1, mask_shape=(1, 1, 1, 500)), lib.H100),
     ("softcap, mask or scale <= 0", dict(mask_kind=2, mask_shape=(300, 500)), lib.H100),

@@ -11,7 +11,7 @@
 //     forces the simple kernel; =mma makes an ineligible problem an error instead of a silent fallback.
 //     A tensor-core prefill runs the wgmma kernel instead of mma.sync's when ONNXATTN_SDPA_CUDA_PREFILL=wgmma
 //     (auto = mma until the kernel has passed on a GPU) and it can: a device with sm_90a code
-//     (DeviceInfo::wgmma), 64 < max(D, Dv) <= 128, no softcap, no mask, scale > 0, contiguous K/V (not
+//     (DeviceInfo::wgmma), max(D, Dv) <= 128, no softcap, no mask, scale > 0, contiguous K/V (not
 //     paged), a uniform batch, and a caller whose launch fits (Layout::wgmma_ok); otherwise mma.sync's,
 //     with the reason in the plan.
 //  4. Geometry from sdpa/cuda_tiles.h; splits (decode only) from choose_splits() over the keys visible
@@ -170,7 +170,7 @@ void check_problem(const Params& p, const DeviceInfo& device, const char* op) {
 // Why the wgmma prefill kernel cannot run a tensor-core prefill (rule 3), or "" when it can.
 std::string wgmma_refusal(const Params& p, const DeviceInfo& device, bool wgmma_ok, const Part& part, int head_dim_tile) {
   if (!device.wgmma) return "no sm_90a device and code";
-  if (head_dim_tile != tiles::kWgmmaTile) return "max(D, Dv) is not in (64, 128]";
+  if (head_dim_tile > tiles::kWgmmaMaxTile) return "max(D, Dv) > 128";
   if (p.softcap > 0.0f || p.mask_kind != MaskKind::kNone || !(p.scale > 0.0f)) return "softcap, mask or scale <= 0";
   if (p.block_size > 0) return "paged K/V";
   if (part.ragged) return "a ragged batch";
@@ -221,7 +221,7 @@ LaunchPlan plan_launch(const Params& p, DType dtype, const DeviceInfo& device, c
           plan.threads = tiles::kWgmmaThreads;
           plan.rows_per_cta = tiles::kWgmmaRows;
           plan.keys_per_tile = tiles::kWgmmaKeys;
-          plan.smem_bytes = tiles::wgmma_prefill_smem_bytes();
+          plan.smem_bytes = tiles::wgmma_prefill_smem_bytes(plan.head_dim_tile);
           why += " -> wgmma (ONNXATTN_SDPA_CUDA_PREFILL)";
         } else {
           why += " (wgmma requested, not eligible: " + refusal + ")";

@@ -1,5 +1,6 @@
 #pragma once
-// Prefill kernel on Hopper's warpgroup MMA (sm_90a), for float16/bfloat16 with 64 < max(D, Dv) <= 128, no
+// Prefill kernel on Hopper's warpgroup MMA (sm_90a), for float16/bfloat16 with max(D, Dv) <= 128 (head tiles
+// of 64 and 128 columns), no
 // softcap, no user mask, no fused query preparation and contiguous (not paged) K/V: the plan's
 // Kernel::kWgmma (cuda_plan.cc says when). Included by one .cu per dtype.
 //
@@ -30,15 +31,18 @@
 
 namespace onnxattn::sdpa::cuda {
 
-template <typename T>
+template <typename T, int kTile>
 __global__ void __launch_bounds__(tiles::kWgmmaThreads, 1) prefill_wgmma_kernel(const KernelArgs<T> a) {
 #ifdef ONNXATTN_WGMMA_ENABLED
   constexpr int kRows = tiles::kWgmmaRows;
   constexpr int kKeys = tiles::kWgmmaKeys;
-  constexpr int kChunks = tiles::kWgmmaTile / 8;  // 16-byte chunks per row
+  constexpr int kChunks = kTile / 8;  // 16-byte chunks per row
+  constexpr int kDimSteps = kTile / 16;  // k-steps of S = Q K^T
+  constexpr int kOutN8 = kTile / 8;      // n8 tiles of O per row
   constexpr int kThreads = tiles::kWgmmaThreads;
-  constexpr uint32_t kTileBytes = wgmma_layout::kTileBytes;
-  static_assert(kRows == kKeys && kRows == int(wgmma_layout::kRows) && kTileBytes == tiles::kWgmmaTileBytes,
+  constexpr uint32_t kTileBytes = wgmma_layout::tile_bytes(kTile);
+  static_assert((kTile == 64 || kTile == 128) && kRows == kKeys && kRows == int(wgmma_layout::kRows) &&
+                    kTileBytes == tiles::wgmma_tile_bytes(kTile),
                 "Q, K and V tiles share one layout (sdpa/cuda_wgmma_layout.h)");
 
   extern __shared__ __align__(16) unsigned char smem[];
@@ -126,22 +130,24 @@ __global__ void __launch_bounds__(tiles::kWgmmaThreads, 1) prefill_wgmma_kernel(
   load_rows(v_addr(0), v_base, a.v_stride[2], a.v_head_dim, any_begin, step_end(0));
   cp_async_commit();
 
-  float s[64], o[64];
+  float s[64], o[kTile / 2];
   uint32_t p[8][4];  // P of the step whose O += P V is issued next (the A fragments of its 8 k-steps)
   float m[2] = {kNegInf, kNegInf}, l[2] = {0.0f, 0.0f};
 #pragma unroll
-  for (int i = 0; i < 64; ++i) s[i] = o[i] = 0.0f;
+  for (int i = 0; i < 64; ++i) s[i] = 0.0f;
+#pragma unroll
+  for (int i = 0; i < kTile / 2; ++i) o[i] = 0.0f;
 
   const float scale_log2 = a.scale * kLog2e;  // raw Q.K to log2 units
   // Tile rows of this lane's two accumulator rows.
   const int row_lo = group * 64 + warp_in_group * 16 + quad_row, row_hi = row_lo + 8;
 
-  // S = Q K^T of key step `step` into s (this warpgroup's 64 rows), issued and committed (8 k-steps of the
+  // S = Q K^T of key step `step` into s (this warpgroup's 64 rows), issued and committed (every k-step of the
   // padded head); the caller waits.
   auto issue_scores = [&](int step) {
     const uint32_t k_tile = k_addr(step & 1);
 #pragma unroll
-    for (int ks = 0; ks < 8; ++ks) {
+    for (int ks = 0; ks < kDimSteps; ++ks) {
       wgmma::mma_ss<T>(s, wgmma_layout::q_descriptor(q_addr, uint32_t(group), uint32_t(ks)),
                        wgmma_layout::k_descriptor(k_tile, uint32_t(ks)), ks > 0 ? 1u : 0u);
     }
@@ -248,7 +254,7 @@ __global__ void __launch_bounds__(tiles::kWgmmaThreads, 1) prefill_wgmma_kernel(
     wgmma::fence_registers(p);  // P_t stays in its registers until its product is done
     if (!__all_sync(0xffffffffu, alpha[0] == 1.0f && alpha[1] == 1.0f)) {
 #pragma unroll
-      for (int n = 0; n < 16; ++n) {
+      for (int n = 0; n < kOutN8; ++n) {
         o[4 * n] *= alpha[0];
         o[4 * n + 1] *= alpha[0];
         o[4 * n + 2] *= alpha[1];
@@ -280,7 +286,7 @@ __global__ void __launch_bounds__(tiles::kWgmmaThreads, 1) prefill_wgmma_kernel(
     const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
     const int64_t y_at = y_row(a, cta.batch, ref.head, ref.query, q_start);
 #pragma unroll
-    for (int n = 0; n < 16; ++n) {
+    for (int n = 0; n < kOutN8; ++n) {
       const int col = n * 8 + quad_col;
       if (col >= a.v_head_dim) break;
       *reinterpret_cast<uint32_t*>(a.y + y_at + col) = Mma<T>::pack(o[4 * n + 2 * h] * inv, o[4 * n + 2 * h + 1] * inv);
@@ -292,17 +298,24 @@ __global__ void __launch_bounds__(tiles::kWgmmaThreads, 1) prefill_wgmma_kernel(
 #endif
 }
 
+template <typename T, int kTile>
+void launch_prefill_wgmma_tile(const KernelArgs<T>& args, const LaunchPlan& plan, cudaStream_t stream) {
+  allow_smem<prefill_wgmma_kernel<T, kTile>>(plan.smem_bytes);
+  prefill_wgmma_kernel<T, kTile><<<unsigned(plan.grid), plan.threads, plan.smem_bytes, stream>>>(args);
+}
+
 template <typename T>
 void launch_prefill_wgmma(const KernelArgs<T>& args, const LaunchPlan& plan, cudaStream_t stream) {
   // What the plan promised (cuda_plan.cc, rule 3): checked again here, since a wrong launch reads garbage.
   const bool plain = !(args.softcap > 0.0f) && args.mask_kind == MaskKind::kNone && args.scale > 0.0f;
   if (!plain || args.prep.active() || args.y_float != nullptr || args.block_table != nullptr ||
-      args.work_items != nullptr || args.head_dim > tiles::kWgmmaTile || args.v_head_dim > tiles::kWgmmaTile) {
+      args.work_items != nullptr || args.head_dim > plan.head_dim_tile || args.v_head_dim > plan.head_dim_tile ||
+      (plan.head_dim_tile != 64 && plan.head_dim_tile != 128)) {
     fail(kOpName, ": internal error: the wgmma prefill kernel was planned for a problem it does not run "
          "(softcap, mask, query preparation, float32 output, paged or ragged batches, or D > 128)");
   }
-  allow_smem<prefill_wgmma_kernel<T>>(plan.smem_bytes);
-  prefill_wgmma_kernel<T><<<unsigned(plan.grid), plan.threads, plan.smem_bytes, stream>>>(args);
+  if (plan.head_dim_tile == 64) return launch_prefill_wgmma_tile<T, 64>(args, plan, stream);
+  launch_prefill_wgmma_tile<T, 128>(args, plan, stream);
 }
 
 }  // namespace onnxattn::sdpa::cuda

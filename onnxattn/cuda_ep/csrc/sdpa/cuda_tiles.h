@@ -35,15 +35,15 @@ constexpr size_t prefill_smem_bytes(int head_dim_tile) {
 }
 
 // ---- prefill wgmma (sm_90a): two warpgroups of 64 rows each (128 rows per CTA), 128 keys per step, D and Dv
-// padded to 128; Q, two K stages and two V stages as 128-byte-swizzled tiles (cuda_wgmma.cuh), then the row
-// facts, plus 1024 bytes to align the tiles to the swizzle atom.
+// padded to the mma head tile (64 or 128); Q, two K stages and two V stages as 128-byte-swizzled tiles
+// (cuda_wgmma_layout.h), then the row facts, plus 1024 bytes to align the tiles to the swizzle atom.
 inline constexpr int kWgmmaThreads = 256;
 inline constexpr int kWgmmaRows = 128;
 inline constexpr int kWgmmaKeys = 128;
-inline constexpr int kWgmmaTile = 128;
-inline constexpr size_t kWgmmaTileBytes = size_t(kWgmmaRows) * kWgmmaTile * 2;  // one 128 x 128 16-bit tile
-constexpr size_t wgmma_prefill_smem_bytes() {
-  return 1024 + 5 * kWgmmaTileBytes + size_t(kWgmmaRows) * kPrefillRowInfoBytes;
+inline constexpr int kWgmmaMaxTile = 128;
+constexpr size_t wgmma_tile_bytes(int head_dim_tile) { return size_t(kWgmmaRows) * head_dim_tile * 2; }
+constexpr size_t wgmma_prefill_smem_bytes(int head_dim_tile) {
+  return 1024 + 5 * wgmma_tile_bytes(head_dim_tile) + size_t(kWgmmaRows) * kPrefillRowInfoBytes;
 }
 
 // ---- decode mma: one block of 16 rows per CTA; warps split the keys, 16 keys per warp per step, each

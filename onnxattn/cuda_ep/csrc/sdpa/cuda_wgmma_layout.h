@@ -4,8 +4,8 @@
 // every descriptor, decoded by the PTX ISA's canonical layouts, addresses exactly the elements the loads
 // stored there (sdpa/cuda_capi.cc exports them).
 //
-// Tiles are 128 rows x 128 16-bit columns, 1024-byte aligned: two 64-column halves of 128-byte rows, 16 KiB
-// apart; 16-byte chunk c of row r of a half is stored at chunk c ^ (r % 8) (the 128-byte swizzle, which the
+// Tiles are 128 rows x 64 or 128 16-bit columns, 1024-byte aligned: one or two 64-column halves of 128-byte
+// rows, 16 KiB apart; 16-byte chunk c of row r of a half is stored at chunk c ^ (r % 8) (the 128-byte swizzle, which the
 // hardware applies to address bits 4..6 from bits 7..9).
 //
 // Descriptor (PTX ISA, "matrix descriptor"): start address >> 4 in bits 0..13, leading-dimension byte
@@ -25,7 +25,7 @@ namespace onnxattn::sdpa::cuda::wgmma_layout {
 
 inline constexpr uint32_t kRows = 128;                 // rows of every tile (Q rows, K/V keys)
 inline constexpr uint32_t kHalfBytes = kRows * 128;    // one 64-column half
-inline constexpr uint32_t kTileBytes = 2 * kHalfBytes; // 32 KiB
+constexpr uint32_t tile_bytes(int columns) { return uint32_t(columns / 64) * kHalfBytes; }  // 16 or 32 KiB
 inline constexpr uint32_t kAtomBytes = 1024;           // 8 rows of 128 bytes: the swizzle's period
 
 // Byte offset in its tile of 16-byte chunk `chunk` (columns 8 chunk .. 8 chunk + 7, 0 <= chunk < 16) of `row`.
