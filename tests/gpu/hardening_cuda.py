@@ -46,13 +46,11 @@ PROVIDERS = [CUDA_EP, "CPUExecutionProvider"]
 CUDA_TOLERANCE = 2e-3
 # The opt-in CUDA paths not yet run on a GPU get the same table (MultiHeadLatentAttention's mma kernel refuses
 # float32 by design, so it is checked by tests/gpu/test_mla_cuda.py and sanitize_cases.py instead).
-# The attention core's opt-ins (the Hopper prefill kernel, programmatic dependent decode launches) run under
-# the ops that reach it through the CUDA EP; both fall back or do nothing where they do not apply.
-CORE_OPT_INS = {"ONNXATTN_SDPA_CUDA_PREFILL": "wgmma", "ONNXATTN_CUDA_PDL": "1"}
+# (The attention core's opt-ins, ONNXATTN_SDPA_CUDA_PREFILL=wgmma and ONNXATTN_CUDA_PDL=1, serve 16-bit
+# tensor-core launches only, and this table is float32: they are checked by their own GPU tests and the
+# `wgmma` memcheck family of sanitize_cases.py instead.)
 VARIANTS = {"NativeSparseAttention": {"ONNXATTN_SPARSE_CUDA": "fast"},
-            "SparseRoutedAttention": {"ONNXATTN_SPARSE_CUDA": "fast"},
-            "ScaledDotProductAttention": CORE_OPT_INS, "GroupQueryAttention": CORE_OPT_INS,
-            "PagedAttention": {"ONNXATTN_CUDA_PDL": "1"}}  # fmt: skip
+            "SparseRoutedAttention": {"ONNXATTN_SPARSE_CUDA": "fast"}}  # fmt: skip
 TABLE = [(op, "default") for op in all_ops()] + [(op, "opt-in") for op in all_ops() if op in VARIANTS]
 
 
