@@ -1,9 +1,11 @@
-"""The host-side arithmetic of the sparse ops' CUDA fast path (sparse/params.h, list_sequence_keys): each
+"""The host-side arithmetic of the sparse ops' CUDA fast path. (1) sparse/params.h, list_sequence_keys: each
 block-sparse selection list becomes one sequence of the attention core's paged path whose keys are the
 listed blocks back to back, so its length must count exactly the keys the list's blocks hold inside the row's
 structural range — what the CPU kernel's block-sparse core attends to. Checked on the lists our CPU kernel
-selects (its `selected_blocks` output) over random configurations, and on hand-made edge cases. Runs without a
-GPU through the library's C entry (built in every configuration)."""
+selects (its `selected_blocks` output) over random configurations, and on hand-made edge cases. (2)
+sparse/cuda_sizes.h: the tiled selection's and fine branch's shared memory within their budget, and the routed
+by-segment path's shared memory, scratch and int32 limits. Runs without a GPU through the library's C entries
+(built in every configuration)."""
 
 from __future__ import annotations
 
@@ -79,3 +81,94 @@ def test_edge_cases(list_keys):
     assert list_keys([0, 2], 100, False, 10, 4) == 4 + 2  # non-causal: the partial last block's 2 keys
     assert list_keys([0], 3, True, 3, 8) == 3  # a block longer than the keys holds them all (block size -> Skv)
     assert list_keys([0, 1], -1, True, 10, 4) == 4  # more queries than keys: nothing visible in the last block
+
+
+# ---- the CUDA kernels' sizing (sparse/cuda_sizes.h), restated as the contract
+SELECT_BUDGET = 96 << 10
+H100_SMEM, A100_SMEM = 232448, 166912
+
+
+@pytest.fixture(scope="module")
+def sizes():
+    lib = ctypes.CDLL(sdpa_cuda_lib.library_path())
+    out = (ctypes.c_int64 * 3)()
+    lib.OnnxAttnSparseSelectTiling.argtypes = [ctypes.c_int32, ctypes.c_int32, ctypes.c_int64, ctypes.c_int64,
+                                               ctypes.c_int64, ctypes.c_int32, ctypes.c_int64, ctypes.c_void_p]  # fmt: skip
+    lib.OnnxAttnSparseFineTiling.argtypes = [ctypes.c_int32, ctypes.c_int64, ctypes.c_void_p]
+    lib.OnnxAttnSparseRoutedBlocks.argtypes = [ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int32,
+                                               ctypes.c_int32, ctypes.c_int32, ctypes.c_void_p]  # fmt: skip
+
+    class Sizes:
+        @staticmethod
+        def select(dim, v_dim, centroids, blocks, top, probabilities, heads):
+            lib.OnnxAttnSparseSelectTiling(dim, v_dim, centroids, blocks, top, int(probabilities), heads, out)
+            return tuple(out[:3])
+
+        @staticmethod
+        def fine(dim, top):
+            lib.OnnxAttnSparseFineTiling(dim, top, out)
+            return tuple(out[:2])
+
+        @staticmethod
+        def routed(rows, top_k, keys, dim, v_dim, max_smem=H100_SMEM):
+            lib.OnnxAttnSparseRoutedBlocks(rows, top_k, keys, dim, v_dim, max_smem, out)
+            return bool(out[0]), out[1], out[2]
+
+    return Sizes
+
+
+def test_tiled_selection_fits_its_budget_and_keeps_whole_queries(sizes):
+    rng = np.random.default_rng(5)
+    for _ in range(400):
+        dim, v_dim = int(rng.integers(1, 300)), int(rng.integers(1, 300))
+        centroids, blocks = int(rng.integers(0, 5000)), int(rng.integers(0, 5000))
+        top, probabilities, heads = int(rng.integers(0, 40)), bool(rng.integers(0, 2)), int(rng.integers(1, 20))
+        queries, rows_per_query, smem = sizes.select(dim, v_dim, centroids, blocks, top, probabilities, heads)
+        width = (max(dim, v_dim) + 1) | 1
+        fixed = (dim * 16 + 32 * width) * 4 + 4 * max(top, 0) * 4
+        if dim > 256 or v_dim > 256 or heads > 16 or (top < 1 and not probabilities) or fixed >= SELECT_BUDGET:
+            assert queries == 0, (dim, v_dim, heads, top, probabilities)
+            continue
+        if queries == 0:  # not even one query's rows fit
+            assert fixed + heads * max(centroids, blocks) * 4 > SELECT_BUDGET
+            continue
+        assert rows_per_query == heads and 1 <= queries * heads <= 16
+        assert smem == fixed + queries * heads * max(centroids, blocks) * 4 <= SELECT_BUDGET
+        # as many whole queries as fit (up to 16 rows)
+        more = (queries + 1) * heads
+        assert more > 16 or fixed + more * max(centroids, blocks) * 4 > SELECT_BUDGET
+
+
+@pytest.mark.parametrize("top", [0, 1, 15, 16, 17, 100, 496, 497, 2000])
+def test_fine_capacity_is_a_power_of_two_with_room_for_a_tile(sizes, top):
+    capacity, smem = sizes.fine(128, top)
+    if 2 * top + 32 > 1024:
+        assert capacity == 0 and smem == 0
+        return
+    # the smallest power of two from 64 up that holds 2 top + 32 entries
+    assert capacity & (capacity - 1) == 0 and capacity >= max(64, 2 * top + 32)
+    assert capacity == 64 or capacity // 2 < 2 * top + 32
+    assert smem == (128 * 16 + 32 * 129) * 4 + 16 * capacity * 8 + 16 * 8
+
+
+def test_routed_by_segment_sizes_and_limits(sizes):
+    def smem(d, dv):
+        return (32 * d + 64 * (d + 1) + 64 * dv + 32 * dv + 64) * 4 + 64 * 4 + 32 * 8
+
+    def a256(n):
+        return -(-n // 256) * 256
+
+    ok, shared, scratch = sizes.routed(rows=16 * 65536, top_k=16, keys=16 * 16 * 1024, dim=128, v_dim=128)
+    assert ok and shared == smem(128, 128) == 99328
+    keys, rows = 16 * 16 * 1024, 16 * 65536
+    assert scratch == 2 * a256(keys * 4) + 2 * a256((keys + 1) * 4) + a256(rows * 16 * 4) + 2 * a256(rows * 4)
+    assert sizes.routed(1, 1, 1, 256, 256)[0] and not sizes.routed(1, 1, 1, 257, 256)[0]
+    assert not sizes.routed(1, 1, 1, 64, 257)[0] and not sizes.routed(1, 1, 1, 0, 64)[0]
+    assert not sizes.routed(0, 1, 1, 64, 64)[0] and not sizes.routed(1, 0, 1, 64, 64)[0]
+    assert sizes.routed(1, 1, 1, 256, 256, max_smem=H100_SMEM)[0]
+    assert not sizes.routed(1, 1, 1, 256, 256, max_smem=A100_SMEM)[0]  # 197,632 bytes at D = Dv = 256
+    # int32 list entries and keys
+    assert sizes.routed((2**31 - 1) // 16 - 1, 16, 1000, 64, 64)[0]
+    assert not sizes.routed((2**31 - 1) // 16, 16, 1000, 64, 64)[0]
+    assert not sizes.routed(1000, 4, 2**31 - 2, 64, 64)[0]
+    assert not sizes.routed(2**62, 2**4, 10, 64, 64)[0]  # no overflow into a small product

@@ -7,11 +7,11 @@
 #include <stdexcept>
 #include <string>
 
+#include "sparse/cuda_sizes.h"  // kThreads, kWarpsPerBlock
+
 namespace onnxattn::sparse::cuda {
 
 inline constexpr float kNegInf = -__builtin_huge_valf();
-inline constexpr int kThreads = 128;
-inline constexpr int kWarpsPerBlock = kThreads / 32;
 
 inline void check_launch(const char* what) {
   const cudaError_t error = cudaGetLastError();

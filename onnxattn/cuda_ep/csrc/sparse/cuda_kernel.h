@@ -34,16 +34,10 @@
 
 #include "common/half.h"
 #include "sdpa/cuda_kernel.h"
+#include "sparse/cuda_sizes.h"
 #include "sparse/params.h"
 
 namespace onnxattn::sparse::cuda {
-
-// How the tiled selection kernel runs (select_tiling in cuda_kernel.cu); queries 0: one CTA per list.
-struct SelectTiling {
-  int queries = 0;  // per CTA
-  int rows_per_query = 1;
-  size_t smem = 0;
-};
 
 struct NsaPlan {
   bool core_blocks = false, core_window = false;  // the branch runs on the attention core

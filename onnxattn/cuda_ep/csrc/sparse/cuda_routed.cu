@@ -17,7 +17,6 @@ inline constexpr int kScanPerThread = 4;
 inline constexpr int kQueriesPerPass = 4;  // rows a warp scores together (each staged key read once for them)
 inline constexpr int kMaxValueRegs = kRoutedMaxDim / 32;
 
-size_t align256(size_t n) { return (n + 255) / 256 * 256; }
 
 // The (slot, batch * head, segment) key of entry `idx` = row * top_k + slot, or -1 for an empty choice.
 __device__ __forceinline__ int64_t entry_key(const RoutedBlocksArgs& a, int64_t idx, int64_t* row) {
@@ -284,30 +283,13 @@ void check(cudaError_t error, const char* what) {
 
 }  // namespace
 
-size_t routed_blocks_smem_bytes(int dim, int v_dim) {
-  return (size_t(kRoutedChunk) * dim + size_t(kRoutedKeys) * (dim + 1) + size_t(kRoutedKeys) * v_dim +
-          size_t(kRoutedChunk) * v_dim + 2 * kRoutedChunk) * sizeof(float) +
-         2 * kRoutedChunk * sizeof(int) + kRoutedChunk * sizeof(int64_t);
-}
-
-bool routed_blocks_eligible(int64_t rows, int64_t top_k, int64_t keys, int dim, int v_dim, int max_smem_per_block) {
-  return dim >= 1 && dim <= kRoutedMaxDim && v_dim >= 1 && v_dim <= kRoutedMaxDim && rows >= 1 && top_k >= 1 &&
-         rows * top_k < int64_t(0x7fffffff) && keys + 1 < int64_t(0x7fffffff) &&
-         routed_blocks_smem_bytes(dim, v_dim) <= size_t(max_smem_per_block);
-}
-
-size_t routed_blocks_scratch_bytes(int64_t rows, int64_t top_k, int64_t keys) {
-  return 2 * align256(size_t(keys) * 4) + 2 * align256(size_t(keys + 1) * 4) + align256(size_t(rows * top_k) * 4) +
-         2 * align256(size_t(rows) * 4);
-}
-
 void run_routed_blocks(RoutedBlocksArgs a, void* scratch, cudaStream_t stream) {
   const int64_t rows = a.batch * a.q_heads * a.q_len, entries = rows * a.top_k;
   const int64_t lists_per_slot = a.batch * a.q_heads * a.num_segments, keys = a.top_k * lists_per_slot;
   char* at = static_cast<char*>(scratch);
   auto take = [&](size_t bytes) {
     char* p = at;
-    at += align256(bytes);
+    at += routed_align256(bytes);
     return p;
   };
   a.counts = reinterpret_cast<int32_t*>(take(size_t(keys) * 4));

@@ -23,11 +23,9 @@
 #include <cstddef>
 #include <cstdint>
 
-namespace onnxattn::sparse::cuda {
+#include "sparse/cuda_sizes.h"  // kRouted*, the sizing and eligibility functions
 
-inline constexpr int kRoutedChunk = 32;  // rows per CTA (8 per warp)
-inline constexpr int kRoutedKeys = 64;   // keys per staged tile
-inline constexpr int kRoutedMaxDim = 256;
+namespace onnxattn::sparse::cuda {
 
 struct RoutedBlocksArgs {
   const float* q;        // [rows, D], RoPE'd (unscaled)
@@ -49,13 +47,6 @@ struct RoutedBlocksArgs {
   float* row_sum;          // [rows]
   float* out;              // [rows, Dv]: the running sum of p * v, normalised at the end
 };
-
-// Whether this path takes the problem: head sizes up to kRoutedMaxDim, list entries and keys within int32,
-// its shared memory within the device's limit (`max_smem_per_block`).
-bool routed_blocks_eligible(int64_t rows, int64_t top_k, int64_t keys, int dim, int v_dim, int max_smem_per_block);
-// Scratch beyond the row kernel's: `keys` = top_k * B * Hq * segments.
-size_t routed_blocks_scratch_bytes(int64_t rows, int64_t top_k, int64_t keys);
-size_t routed_blocks_smem_bytes(int dim, int v_dim);
 
 // Carves a's scratch pointers (counts .. row_sum) from `scratch` (routed_blocks_scratch_bytes of them) and
 // enqueues every kernel on `stream`. a.out must be the row kernel's output buffer ([rows, Dv] float).

@@ -12,7 +12,6 @@ namespace onnxattn::sparse::cuda {
 namespace {
 
 // Floats per staged centroid or value row: odd, so a warp's 32 rows sit on 32 banks.
-__host__ __device__ inline int select_tile_width(int dim, int v_dim) { return (max(dim, v_dim) + 1) | 1; }
 
 // acc[x] = sum over d < dim of q_s[d][first_row + x] * tile_s[lane][d], in d order with fmaf (q_s: [dim][16]
 // rows of queries, tile_s: 32 staged rows `width` floats apart). The tiled selection and fine kernels' scores.
@@ -512,40 +511,6 @@ __global__ void __launch_bounds__(kThreads) fine_tiled_kernel(const FineTiledArg
 
 // `probabilities`: the compression branch (one row per (query, head) of the list); `heads_per_list`: G for
 // shared lists, else 1.
-SelectTiling select_tiling(int dim, int v_dim, int64_t num_centroids, int64_t num_blocks, int64_t top,
-                           bool probabilities, int64_t heads_per_list) {
-  SelectTiling t;
-  // A row per (query, head): the compression branch's softmax is per head, and dot scores are summed over the
-  // heads in head order as the CPU kernel and select_kernel sum them (the same bits; summing the queries
-  // first would round differently and could turn a near-tie).
-  const int64_t per_query = heads_per_list;
-  if (dim > 256 || v_dim > 256 || per_query > kSelectRows || (top < 1 && !probabilities)) return t;
-  const int tile_width = select_tile_width(dim, v_dim);
-  const size_t fixed = (size_t(dim) * kSelectRows + size_t(32) * tile_width) * sizeof(float) +
-                       size_t(kWarpsPerBlock) * std::max<int64_t>(top, 0) * sizeof(int32_t);
-  if (fixed >= kSelectSmemBudget) return t;
-  const size_t per_row = size_t(std::max(num_centroids, num_blocks)) * sizeof(float);
-  const int64_t rows = per_row == 0 ? kSelectRows : int64_t((kSelectSmemBudget - fixed) / per_row);
-  const int64_t queries = std::min<int64_t>(rows, kSelectRows) / per_query;
-  if (queries < 1) return t;
-  t.queries = int(queries);
-  t.rows_per_query = int(per_query);
-  t.smem = fixed + size_t(queries * per_query) * per_row;
-  return t;
-}
-
-// Buffer entries per row (a power of two) for `top`, or 0 when the tiled kernel takes no such top.
-int fine_capacity(int64_t top) {
-  int capacity = 64;
-  while (capacity < 2 * top + 32) capacity *= 2;
-  return capacity <= 1024 ? capacity : 0;
-}
-
-size_t fine_tiled_smem(int dim, int capacity) {
-  return (size_t(dim) * kFineRows + size_t(32) * (dim + 1)) * sizeof(float) +
-         size_t(kFineRows) * capacity * (sizeof(float) + sizeof(int32_t)) + kFineRows * (sizeof(int) + sizeof(float));
-}
-
 // `tiling.queries` > 0: tiled_select_kernel (select_tiling); else one CTA per list.
 template <typename TQ>
 void launch_select(const SelectArgs<TQ>& a, const SelectTiling& tiling, cudaStream_t stream) {

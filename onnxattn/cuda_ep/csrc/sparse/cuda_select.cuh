@@ -11,10 +11,6 @@
 
 namespace onnxattn::sparse::cuda {
 
-inline constexpr int kSelectRows = 16;  // tiled selection: rows per CTA, 4 per warp
-inline constexpr int kFineRows = 16;    // tiled fine branch: rows per CTA, 4 per warp
-inline constexpr size_t kSelectSmemBudget = 96 << 10;  // below every sm_80+ device's opt-in limit (sm_86: 99 KB)
-
 template <typename TQ>
 struct SelectArgs {
   const TQ* q;                 // [B, Hq, Sq, D]
@@ -58,14 +54,7 @@ struct FineTiledArgs {
   float scale;
 };
 
-// `probabilities`: the compression branch (one row per (query, head) of the list); `heads_per_list`: G for
-// shared lists, else 1. queries 0: the tiled kernel cannot run this (one CTA per list instead).
-SelectTiling select_tiling(int dim, int v_dim, int64_t num_centroids, int64_t num_blocks, int64_t top,
-                           bool probabilities, int64_t heads_per_list);
-// Buffer entries per row (a power of two) for `top`, or 0 when the tiled fine kernel takes no such top.
-int fine_capacity(int64_t top);
-size_t fine_tiled_smem(int dim, int capacity);
-
+// Sizing (select_tiling, fine_capacity, fine_tiled_smem): sparse/cuda_sizes.h.
 template <typename TQ>
 void launch_select(const SelectArgs<TQ>& a, const SelectTiling& tiling, cudaStream_t stream);
 template <typename T>

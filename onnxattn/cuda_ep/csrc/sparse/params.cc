@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "common/errors.h"
+#include "sparse/cuda_sizes.h"
 
 namespace onnxattn::sparse {
 namespace {
@@ -227,4 +228,34 @@ extern "C" __attribute__((visibility("default"))) int64_t OnnxAttnSparseListKeys
                                                                                    int64_t position, int32_t causal,
                                                                                    int64_t kv_len, int64_t block_size) {
   return onnxattn::sparse::list_sequence_keys(list, top, position, causal != 0, kv_len, block_size);
+}
+
+// The CUDA kernels' sizing (sparse/cuda_sizes.h), for the same tests: out = {queries, rows per query, shared bytes}.
+extern "C" __attribute__((visibility("default"))) void OnnxAttnSparseSelectTiling(int32_t dim, int32_t v_dim,
+                                                                                  int64_t num_centroids,
+                                                                                  int64_t num_blocks, int64_t top,
+                                                                                  int32_t probabilities,
+                                                                                  int64_t heads_per_list, int64_t* out) {
+  const auto t = onnxattn::sparse::cuda::select_tiling(dim, v_dim, num_centroids, num_blocks, top, probabilities != 0,
+                                                       heads_per_list);
+  out[0] = t.queries, out[1] = t.rows_per_query, out[2] = int64_t(t.smem);
+}
+
+// out = {fine capacity, its tiled kernel's shared bytes (0 without a capacity)}.
+extern "C" __attribute__((visibility("default"))) void OnnxAttnSparseFineTiling(int32_t dim, int64_t top, int64_t* out) {
+  const int capacity = onnxattn::sparse::cuda::fine_capacity(top);
+  out[0] = capacity;
+  out[1] = capacity > 0 ? int64_t(onnxattn::sparse::cuda::fine_tiled_smem(dim, capacity)) : 0;
+}
+
+// out = {eligible, shared bytes, scratch bytes} of SparseRoutedAttention by segment.
+extern "C" __attribute__((visibility("default"))) void OnnxAttnSparseRoutedBlocks(int64_t rows, int64_t top_k,
+                                                                                  int64_t keys, int32_t dim,
+                                                                                  int32_t v_dim,
+                                                                                  int32_t max_smem_per_block,
+                                                                                  int64_t* out) {
+  namespace c = onnxattn::sparse::cuda;
+  out[0] = c::routed_blocks_eligible(rows, top_k, keys, dim, v_dim, max_smem_per_block) ? 1 : 0;
+  out[1] = int64_t(c::routed_blocks_smem_bytes(dim, v_dim));
+  out[2] = int64_t(c::routed_blocks_scratch_bytes(rows, top_k, keys));
 }

@@ -1,0 +1,100 @@
+#pragma once
+// The launch geometry and shared-memory / scratch sizing of the sparse ops' CUDA kernels (cuda_select.cu,
+// cuda_routed.cu, planned in cuda_kernel.cu). Plain C++, built in every configuration, so
+// tests/test_sparse_cuda_host.py checks it without a GPU (C entries in sparse/params.cc).
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+
+#include "common/host_device.h"
+
+namespace onnxattn::sparse::cuda {
+
+inline constexpr int kThreads = 128;
+inline constexpr int kWarpsPerBlock = kThreads / 32;
+
+// ---- selection and the fine branch (cuda_select.cu)
+inline constexpr int kSelectRows = 16;  // tiled selection: rows per CTA, 4 per warp
+inline constexpr int kFineRows = 16;    // tiled fine branch: rows per CTA, 4 per warp
+inline constexpr size_t kSelectSmemBudget = 96 << 10;  // below every sm_80+ device's opt-in limit (sm_86: 99 KB)
+
+// How the tiled selection kernel runs (select_tiling); queries 0: one CTA per list.
+struct SelectTiling {
+  int queries = 0;  // per CTA
+  int rows_per_query = 1;
+  size_t smem = 0;
+};
+
+// Floats between staged rows of centroids / values: odd, so lanes reading a column hit distinct banks.
+ONNXATTN_HD int select_tile_width(int dim, int v_dim) { return ((dim > v_dim ? dim : v_dim) + 1) | 1; }
+
+// `probabilities`: the compression branch (one row per (query, head) of the list); `heads_per_list`: G for
+// shared lists, else 1. queries 0: the tiled kernel cannot run this (one CTA per list instead). A row per
+// (query, head): the compression branch's softmax is per head, and dot scores are summed over the heads in
+// head order as the CPU kernel and select_kernel sum them (the same bits; summing the queries first would
+// round differently and could turn a near-tie).
+inline SelectTiling select_tiling(int dim, int v_dim, int64_t num_centroids, int64_t num_blocks, int64_t top,
+                                  bool probabilities, int64_t heads_per_list) {
+  SelectTiling t;
+  const int64_t per_query = heads_per_list;
+  if (dim > 256 || v_dim > 256 || per_query > kSelectRows || (top < 1 && !probabilities)) return t;
+  const int tile_width = select_tile_width(dim, v_dim);
+  const size_t fixed = (size_t(dim) * kSelectRows + size_t(32) * tile_width) * sizeof(float) +
+                       size_t(kWarpsPerBlock) * size_t(std::max<int64_t>(top, 0)) * sizeof(int32_t);
+  if (fixed >= kSelectSmemBudget) return t;
+  const size_t per_row = size_t(std::max(num_centroids, num_blocks)) * sizeof(float);
+  const int64_t rows = per_row == 0 ? kSelectRows : int64_t((kSelectSmemBudget - fixed) / per_row);
+  const int64_t queries = std::min<int64_t>(rows, kSelectRows) / per_query;
+  if (queries < 1) return t;
+  t.queries = int(queries);
+  t.rows_per_query = int(per_query);
+  t.smem = fixed + size_t(queries * per_query) * per_row;
+  return t;
+}
+
+// Buffer entries per row (a power of two) for `top`, or 0 when the tiled fine kernel takes no such top.
+inline int fine_capacity(int64_t top) {
+  int capacity = 64;
+  while (capacity < 2 * top + 32) capacity *= 2;
+  return capacity <= 1024 ? capacity : 0;
+}
+
+inline size_t fine_tiled_smem(int dim, int capacity) {
+  return (size_t(dim) * kFineRows + size_t(32) * (dim + 1)) * sizeof(float) +
+         size_t(kFineRows) * capacity * (sizeof(float) + sizeof(int32_t)) + kFineRows * (sizeof(int) + sizeof(float));
+}
+
+// ---- SparseRoutedAttention by segment (cuda_routed.cuh)
+inline constexpr int kRoutedChunk = 32;  // rows per CTA (8 per warp)
+inline constexpr int kRoutedKeys = 64;   // keys per staged tile
+inline constexpr int kRoutedMaxDim = 256;
+
+inline size_t routed_align256(size_t n) { return (n + 255) / 256 * 256; }
+
+// Shared memory of the segment kernel: the chunk's query rows [32][D], a key tile [64][D + 1], a value tile
+// [64][Dv], the rows' partial outputs [32][Dv], maxima and sums, row indices (2 x 32 ints: 8-byte alignment for
+// what follows) and positions (32 int64).
+inline size_t routed_blocks_smem_bytes(int dim, int v_dim) {
+  return (size_t(kRoutedChunk) * dim + size_t(kRoutedKeys) * (dim + 1) + size_t(kRoutedKeys) * v_dim +
+          size_t(kRoutedChunk) * v_dim + 2 * kRoutedChunk) * sizeof(float) +
+         2 * kRoutedChunk * sizeof(int) + kRoutedChunk * sizeof(int64_t);
+}
+
+// Whether the by-segment path takes the problem: head sizes up to kRoutedMaxDim, list entries and keys
+// within int32, its shared memory within the device's limit (`max_smem_per_block`).
+inline bool routed_blocks_eligible(int64_t rows, int64_t top_k, int64_t keys, int dim, int v_dim,
+                                   int max_smem_per_block) {
+  return dim >= 1 && dim <= kRoutedMaxDim && v_dim >= 1 && v_dim <= kRoutedMaxDim && rows >= 1 && top_k >= 1 &&
+         rows <= int64_t(0x7fffffff) / top_k - 1 && keys + 1 < int64_t(0x7fffffff) &&
+         routed_blocks_smem_bytes(dim, v_dim) <= size_t(max_smem_per_block);
+}
+
+// Scratch beyond the row kernel's, carved in this order by run_routed_blocks: counts and cursors [keys],
+// offsets and chunk offsets [keys + 1], entries [rows * top_k] (int32 each), row maxima and sums [rows]
+// (float32), each 256-byte aligned. `keys` = top_k * B * Hq * segments.
+inline size_t routed_blocks_scratch_bytes(int64_t rows, int64_t top_k, int64_t keys) {
+  return 2 * routed_align256(size_t(keys) * 4) + 2 * routed_align256(size_t(keys + 1) * 4) +
+         routed_align256(size_t(rows * top_k) * 4) + 2 * routed_align256(size_t(rows) * 4);
+}
+
+}  // namespace onnxattn::sparse::cuda
