@@ -3,6 +3,7 @@
 // the plan and the launches; cuda_select.cu: the selection and the fine branch). Included by .cu files only.
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -12,6 +13,11 @@
 namespace onnxattn::sparse::cuda {
 
 inline constexpr float kNegInf = -__builtin_huge_valf();
+
+// Blocks of 256 threads for a grid-stride loop over `count` elements (at least 1, at most 65535).
+inline int grid_for(int64_t count) {
+  return int(std::min<int64_t>(std::max<int64_t>((count + 255) / 256, 1), 65535));
+}
 
 inline void check_launch(const char* what) {
   const cudaError_t error = cudaGetLastError();

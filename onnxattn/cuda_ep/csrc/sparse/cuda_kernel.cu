@@ -250,7 +250,6 @@ __global__ void mix_kernel(const MixArgs<T> a) {
   }
 }
 
-int grid_for(int64_t count) { return int(std::min<int64_t>(std::max<int64_t>((count + 255) / 256, 1), 65535)); }
 
 // Scores of the fine branch's rows per launch: as many rows as fit kFineScratchBytes (at least one).
 int64_t fine_rows_per_launch(const Dims& d) {

@@ -271,10 +271,6 @@ __global__ void __launch_bounds__(kThreads) segment_kernel(const RoutedBlocksArg
   }
 }
 
-int64_t blocks_for(int64_t count, int threads) {
-  return std::clamp<int64_t>((count + threads - 1) / threads, 1, 65535);
-}
-
 void check(cudaError_t error, const char* what) {
   if (error != cudaSuccess) {
     throw std::runtime_error(std::string("SparseRoutedAttention: ") + what + ": " + cudaGetErrorString(error));
@@ -302,10 +298,10 @@ void run_routed_blocks(RoutedBlocksArgs a, void* scratch, cudaStream_t stream) {
 
   check(cudaMemsetAsync(a.counts, 0, size_t(keys) * 4, stream), "clearing the list counts");
   check(cudaMemsetAsync(a.cursors, 0, size_t(keys) * 4, stream), "clearing the list cursors");
-  count_kernel<<<unsigned(blocks_for(entries, 256)), 256, 0, stream>>>(a, entries);
+  count_kernel<<<grid_for(entries), 256, 0, stream>>>(a, entries);
   scan_kernel<<<1, kScanThreads, 0, stream>>>(a, keys);
-  fill_kernel<<<unsigned(blocks_for(entries, 256)), 256, 0, stream>>>(a, entries);
-  init_rows_kernel<<<unsigned(blocks_for(rows * a.v_dim, 256)), 256, 0, stream>>>(a, rows);
+  fill_kernel<<<grid_for(entries), 256, 0, stream>>>(a, entries);
+  init_rows_kernel<<<grid_for(rows * a.v_dim), 256, 0, stream>>>(a, rows);
   check_launch("routed list inversion kernels");
 
   const size_t smem = routed_blocks_smem_bytes(a.dim, a.v_dim);
@@ -317,7 +313,7 @@ void run_routed_blocks(RoutedBlocksArgs a, void* scratch, cudaStream_t stream) {
     segment_kernel<<<unsigned(grid), kThreads, smem, stream>>>(a, slot);
   }
   check_launch("routed segment kernel");
-  normalize_kernel<<<unsigned(blocks_for(rows * a.v_dim, 256)), 256, 0, stream>>>(a, rows);
+  normalize_kernel<<<grid_for(rows * a.v_dim), 256, 0, stream>>>(a, rows);
   check_launch("routed normalize kernel");
 }
 
