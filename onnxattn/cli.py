@@ -12,6 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
+# The registered reference models (onnxattn.models.MODELS), named here so `--help` need not import torch;
+# tests/test_cli.py keeps the two equal.
+MODEL_NAMES = {"decoders": ("llama", "gemma3", "gpt2", "deepseek-v3", "nsa", "moba"),
+               "others": ("bert", "tiny-decoder")}  # an encoder, a decoder without a KV cache
+
 
 def _parse_dims(items: list[str] | None) -> dict[str, int]:
     dims = {}
@@ -252,7 +257,8 @@ def cmd_demo(args) -> int:
     name = args.model or models.DEFAULT_MODEL
     model = models.build(name)
     if getattr(model, "kind", None) != "decoder":
-        raise ValueError(f"demo: {name} is not a decoder with a KV cache; pick one of llama, gemma3, gpt2")
+        raise ValueError(f"demo: {name} is not a decoder with a KV cache; pick one of "
+                         f"{', '.join(MODEL_NAMES['decoders'])}")
     cfg = model.config
     fields = ", ".join(f"{k} {getattr(cfg, k)}" for k in ("num_layers", "hidden", "num_heads", "num_kv_heads")
                        if hasattr(cfg, k))
@@ -290,7 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="export, validate and generate with a reference model; compare with torch")
-    p.add_argument("--model", help="a decoder from onnxattn.models (default: llama)")
+    p.add_argument("--model", help=f"a decoder from onnxattn.models: {', '.join(MODEL_NAMES['decoders'])} "
+                                   "(default: llama)")
     p.add_argument("--out", help="directory for the exported model (default: a temporary directory)")
     p.add_argument("--batch", type=int, default=3, help="batch of the prefill logits comparison")
     p.add_argument("--seq", type=int, default=37, help="sequence length of the prefill logits comparison")
@@ -299,7 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("export", help="export a reference model to ONNX (past/present KV cache for decoders)")
-    p.add_argument("model_name", help="a model from onnxattn.models: llama, gemma3, gpt2, bert, tiny-decoder")
+    p.add_argument("model_name", help="a model from onnxattn.models: "
+                   + ", ".join(MODEL_NAMES["decoders"] + MODEL_NAMES["others"]))
     p.add_argument("-o", "--output")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     p.add_argument("--cache", default="concat", choices=["concat", "shared"],

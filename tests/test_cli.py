@@ -56,3 +56,13 @@ def test_unknown_model_name_is_a_clear_error(capsys):
     assert main(["export", "no-such-model"]) == 2
     err = capsys.readouterr().err
     assert "unknown model 'no-such-model'" in err and "llama" in err and "deepseek-v3" in err
+
+
+def test_help_names_every_registered_model_by_kind():
+    """The CLI names the models without importing torch for --help: its list must be the registry's."""
+    from onnxattn import models
+    from onnxattn.cli import MODEL_NAMES
+
+    kinds = {name: models.build(name).kind for name in models.MODELS}
+    assert set(MODEL_NAMES["decoders"]) == {n for n, k in kinds.items() if k == "decoder"}
+    assert set(MODEL_NAMES["others"]) == {n for n, k in kinds.items() if k != "decoder"}
