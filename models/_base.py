@@ -104,6 +104,7 @@ class CausalLM(nn.Module):
     `logits_to_keep` > 0 keeps only the last positions' logits (generation needs one)."""
 
     kind = "decoder"
+    cache_modes: tuple[str, ...] = ("concat", "shared")  # the exportable KV cache modes (onnxattn.export)
     max_positions: int | None = None  # learned position tables bound the total length
 
     def embed(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:

@@ -128,6 +128,8 @@ class SparseBlock(nn.Module):
 class SparseDecoder(CausalLM):
     """token ids [B, S] (+ KV cache, see CausalLM) -> logits [B, S, vocab]."""
 
+    cache_modes = ("concat",)  # the sparse ops take whole K/V sequences: no past_lengths into a shared buffer
+
     def __init__(self, cfg: SparseDecoderConfig, kind: str):
         super().__init__()
         self.config = cfg

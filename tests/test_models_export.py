@@ -184,6 +184,11 @@ def test_bad_requests_are_clear_errors(exported, tmp_path):
         export_model("llama", tmp_path / "x.onnx", dtype="int8", progress=False)
     with pytest.raises(ValueError, match="hidden \\(65\\) is not divisible"):
         export_model("llama", tmp_path / "x.onnx", overrides={"hidden": 65}, progress=False)
+    # a cache mode the model has no use for: named before tracing (torch.export would bury it in a traceback)
+    with pytest.raises(ValueError, match="SparseDecoder .decoder. cannot export cache='shared'; it supports 'concat'"):
+        export_model("moba", tmp_path / "x.onnx", cache="shared", progress=False)
+    with pytest.raises(ValueError, match="BertModel \\(encoder\\) cannot export cache='shared'; it has no KV cache"):
+        export_model("bert", tmp_path / "x.onnx", cache="shared", progress=False)
     gpt2 = exported("gpt2")  # n_positions 128
     with pytest.raises(ValueError, match=re.escape("prompt (120) + max_new_tokens (16) = 136 tokens exceed the "
                                                    "model's position table (128 positions)")):

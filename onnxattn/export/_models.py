@@ -131,6 +131,11 @@ def export_model(
     with Progress(5 if validate else 4, f"export {path.name}", enabled=progress) as bar:
         module = _resolve(model, overrides)
         kind = getattr(module, "kind", "stateless")
+        modes = getattr(module, "cache_modes", CACHE_MODES) if kind == "decoder" else ("concat",)
+        if cache not in modes:  # before tracing, whose error would bury this one
+            supports = f"it supports {' or '.join(map(repr, modes))}" if kind == "decoder" else "it has no KV cache"
+            raise ValueError(f"export_model: {type(module).__name__} ({kind}) cannot export cache={cache!r}; "
+                             f"{supports}")
         if torch_dtype != next(module.parameters()).dtype:
             from onnxattn.models._base import cast_model
 
