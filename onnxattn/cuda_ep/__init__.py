@@ -81,7 +81,25 @@ def make_session(
         model = model.SerializeToString()
     elif isinstance(model, os.PathLike):
         model = os.fspath(model)
-    return ort.InferenceSession(model, options, providers=list(providers or default_providers()))
+    providers = list(providers or default_providers())
+    from onnxruntime.capi.onnxruntime_pybind11_state import NotImplemented as OrtNotImplemented
+
+    try:
+        return ort.InferenceSession(model, options, providers=providers)
+    except OrtNotImplemented as e:
+        if "CUDAExecutionProvider" in providers or not _has_bfloat16(model):
+            raise
+        raise ValueError(f"onnxruntime's CPU provider cannot run this bfloat16 model: its kernels for standard ops "
+                         f"(Mul, MatMul, ...) have no bfloat16 ({e}). Run it with the CUDA provider, or export "
+                         "float32 or float16 for the CPU") from e
+
+
+def _has_bfloat16(model: str | bytes) -> bool:
+    """Whether the graph's inputs, outputs or weights are bfloat16 (read without external data)."""
+    proto = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(model, load_external_data=False)
+    values = [*proto.graph.input, *proto.graph.output]
+    return (any(v.type.tensor_type.elem_type == onnx.TensorProto.BFLOAT16 for v in values)
+            or any(t.data_type == onnx.TensorProto.BFLOAT16 for t in proto.graph.initializer))
 
 
 @functools.lru_cache(maxsize=1)
