@@ -106,21 +106,6 @@ def _finished(next_ids: np.ndarray, done: np.ndarray, eos: int | None) -> np.nda
 _ORT_TYPES = {"tensor(float)": (np.float32, 1), "tensor(float16)": (np.float16, 10), "tensor(bfloat16)": (np.uint16, 16)}
 
 
-def default_providers() -> list[str]:
-    """CUDA when onnxruntime has it and a GPU is visible (asked through torch, which knows without loading
-    onnxruntime's CUDA libraries), else CPU."""
-    import onnxruntime as ort
-
-    try:
-        import torch
-
-        gpu = torch.cuda.is_available()
-    except ImportError:
-        gpu = False
-    cuda = gpu and "CUDAExecutionProvider" in ort.get_available_providers()
-    return ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else ["CPUExecutionProvider"]
-
-
 def _session(model, use_library: bool, providers, session_options=None):
     import onnxruntime as ort
 
@@ -130,8 +115,7 @@ def _session(model, use_library: bool, providers, session_options=None):
         return model
     if isinstance(model, (str, os.PathLike)) and not os.path.isfile(model):
         raise FileNotFoundError(f"generate: no model file {os.fspath(model)!r}")
-    return make_session(model, use_library=use_library, providers=providers or default_providers(),
-                        session_options=session_options)
+    return make_session(model, use_library=use_library, providers=providers, session_options=session_options)
 
 
 def generate(

@@ -50,17 +50,20 @@ def register(session_options=None):
     return options
 
 
-def available_providers() -> list[str]:
+def default_providers() -> list[str]:
+    """CUDA first when this onnxruntime has it and a GPU is visible, then CPU. onnxruntime-gpu lists its CUDA
+    provider on machines without a GPU too (and logs errors when a session tries it), so the GPU is asked
+    through torch, which knows without loading onnxruntime's CUDA libraries."""
     import onnxruntime as ort
 
-    return ort.get_available_providers()
+    try:
+        import torch
 
-
-def default_providers() -> list[str]:
-    """CUDA first when this onnxruntime has it, then CPU."""
-    providers = available_providers()
-    chosen = [p for p in ("CUDAExecutionProvider",) if p in providers]
-    return chosen + ["CPUExecutionProvider"]
+        gpu = torch.cuda.is_available()
+    except ImportError:
+        gpu = False
+    cuda = gpu and "CUDAExecutionProvider" in ort.get_available_providers()
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else ["CPUExecutionProvider"]
 
 
 def make_session(
