@@ -370,6 +370,13 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError, KeyError) as e:
         print(f"onnxattn {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:
+        # onnxruntime's errors (a kernel's or shape inference's message about a bad model) are the user's
+        # answer, not a bug of this command: their message without the traceback
+        if not type(e).__module__.startswith("onnxruntime."):
+            raise
+        print(f"onnxattn {args.command}: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -42,6 +42,15 @@ def test_export_run_bench_info(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "prompt 2 x 3, 5 new tokens per row" in out and "tokens/s" in out
 
+    # a model onnxruntime refuses (a node edited after export): its message, no traceback
+    for attribute in next(n for n in model.graph.node if n.domain == ops.DOMAIN).attribute:
+        if attribute.name == "kv_num_heads":
+            attribute.i = 3
+    onnx.save(model, tmp_path / "bad.onnx")
+    assert main(["run", str(tmp_path / "bad.onnx"), "--provider", "CPUExecutionProvider", "--repeat", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "onnxattn run: error: [ONNXRuntimeError]" in err and "must be a multiple of kv_num_heads (3)" in err
+
 
 def test_generate_a_model_name_compared_with_torch(tmp_path, capsys):
     args = ["generate", "gemma3", "--out", str(tmp_path), "--batch", "2", "-n", "6", "--compare-torch", "--quiet",
