@@ -1,12 +1,13 @@
 """Gemma-3-style decoder (text model): local sliding-window layers interleaved with global ones (every
 `sliding_window_pattern`-th layer is global), each kind with its own RoPE base (and scaling on the global
-layers), QK-norm, head dim independent of hidden / heads, score scale query_pre_attn_scalar^-0.5,
+layers), QK-norm (optional), head dim independent of hidden / heads, score scale query_pre_attn_scalar^-0.5,
 sandwich norms (pre and post attention and MLP) with Gemma's (1 + weight) RMSNorm, GeGLU MLP (tanh GELU),
 embeddings scaled by sqrt(hidden), tied output embedding.
 
 Soft-capping: attention logits through the op's `softcap` attribute, final logits in torch
 (cap * tanh(logits / cap)). Gemma 2 used 50 / 30; Gemma 3 checkpoints use neither (0 here turns them
-off); the tiny default keeps them on so both paths are exercised."""
+off); the tiny default keeps them on so both paths are exercised. Gemma 2 is this model with qk_norm=False
+and one RoPE base for both layer kinds."""
 
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ class Gemma3Config:
     rope_global_theta: float = 1_000_000.0
     rope_global_scaling: RopeScaling | None = None  # Gemma 3 4B+: linear, factor 8
     query_pre_attn_scalar: float | None = None  # None: head_dim
+    qk_norm: bool = True  # Gemma 2 has none
     attn_logit_softcap: float = 50.0
     final_logit_softcap: float = 30.0
     rms_norm_eps: float = 1e-6
@@ -72,8 +74,8 @@ class Gemma3Block(nn.Module):
         scalar = cfg.query_pre_attn_scalar or cfg.head_dim
         self.attn = GroupedQueryAttention(
             cfg.hidden, cfg.num_heads, cfg.num_kv_heads, head_dim=cfg.head_dim, window=cfg.sliding_window if sliding else 0,
-            softcap=cfg.attn_logit_softcap, scale=scalar ** -0.5, rope=rope, qk_norm=True, qk_norm_eps=cfg.rms_norm_eps,
-            layer_idx=layer_idx)
+            softcap=cfg.attn_logit_softcap, scale=scalar ** -0.5, rope=rope, qk_norm=cfg.qk_norm,
+            qk_norm_eps=cfg.rms_norm_eps, layer_idx=layer_idx)
         self.mlp = SwiGLU(cfg.hidden, cfg.intermediate, False, cfg.activation)
 
     def forward(self, x, **kv):

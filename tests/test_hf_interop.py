@@ -3,8 +3,9 @@ exported with onnxattn.export.from_transformers: onnxruntime's logits with our k
 transformers model's for a prefill and three decode steps (fp32, <= 1e-4 relative to the largest
 logit: fp32 rounding differs by ~1e-6 between the two, and 100x that still catches any wrong weight,
 layout or scale); the exported graph is ours (GroupQueryAttention nodes, MultiHeadLatentAttention for
-DeepSeek-V3, whose greedy generation also equals transformers' generate token for token); unsupported
-architectures get a message listing the supported ones."""
+DeepSeek-V3, whose greedy generation also equals transformers' generate token for token); Gemma 2's
+attention soft-cap and windows are on those nodes, and the cap changes the logits; unsupported architectures
+and settings get a message listing the supported ones."""
 
 from __future__ import annotations
 
@@ -38,6 +39,11 @@ CASES = {
     "gemma3": lambda: T.Gemma3ForCausalLM(T.Gemma3TextConfig(
         **SMALL, head_dim=32, sliding_window=6, sliding_window_pattern=2, final_logit_softcapping=30.0,
         rope_scaling={"rope_type": "linear", "factor": 8.0})),
+    # no QK-norm, one RoPE base; attention soft-cap 5 (scaled scores reach ~6.6 here), scalar 16 != head dim;
+    # eager: transformers refuses sdpa for Gemma 2 (sdpa cannot soft-cap)
+    "gemma2": lambda: T.Gemma2ForCausalLM(T.Gemma2Config(
+        **SMALL, head_dim=32, sliding_window=6, query_pre_attn_scalar=16, attn_logit_softcapping=5.0,
+        final_logit_softcapping=10.0, attn_implementation="eager")),
     "gpt2": lambda: T.GPT2LMHeadModel(T.GPT2Config(vocab_size=256, n_positions=64, n_embd=64, n_layer=2, n_head=4,
                                                    bos_token_id=0, eos_token_id=0)),
 }
@@ -85,6 +91,39 @@ def test_logits_match_transformers(name, tmp_path):
     assert max(errors) <= 1e-4, errors
 
 
+def test_gemma2_keeps_attention_softcap_and_windows(tmp_path):
+    """What stock exporters drop: every GroupQueryAttention node carries the soft-cap, sliding layers the
+    window; and the cap matters here: with it zeroed in the graph, the logits miss transformers' by far more
+    than test_logits_match_transformers' tolerance."""
+    hf = randomize(CASES["gemma2"]())
+    result = from_transformers(hf, tmp_path / "gemma2.onnx", progress=False)
+    proto = onnx.load(result.path)
+    nodes = [n for n in proto.graph.node if n.op_type == "GroupQueryAttention"]
+    attrs = [{a.name: onnx.helper.get_attribute_value(a) for a in n.attribute} for n in nodes]
+    assert [a["softcap"] for a in attrs] == [5.0, 5.0]
+    assert [a["window"] for a in attrs] == [6, 0]  # sliding, then global
+    ids = torch.randint(0, 256, (2, 11), generator=torch.Generator().manual_seed(1))
+    want = hf_steps(hf, ids, 8)
+    for node in nodes:
+        next(a for a in node.attribute if a.name == "softcap").f = 0.0
+    onnx.save(proto, tmp_path / "uncapped.onnx")
+    got = run_steps(session(tmp_path / "uncapped.onnx"), ids.numpy(), 8)
+    assert min(relative_error(g, w) for g, w in zip(got, want)) > 1e-2
+
+
+@pytest.mark.parametrize("setting, match", [
+    (dict(attention_bias=True), "Gemma 2 with attention_bias is not supported"),
+    (dict(rope_parameters={"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0}), "scaled RoPE .linear."),
+    (dict(tie_word_embeddings=False), "output embedding other than the input one"),
+    (dict(sliding_window=None), "Gemma2Config does not map onto ours.*sliding_window"),
+])
+def test_gemma2_unsupported_settings_are_named(setting, match, tmp_path):
+    config = T.Gemma2Config(**SMALL | dict(num_hidden_layers=1), head_dim=32, **setting)
+    hf = randomize(T.Gemma2ForCausalLM(config))  # untied: lm_head gets its own random weights
+    with pytest.raises(UnsupportedModel, match=match):
+        from_transformers(hf, tmp_path / "x.onnx")
+
+
 def test_bert_matches_transformers(tmp_path):
     hf = randomize(T.BertModel(T.BertConfig(vocab_size=256, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                                             intermediate_size=128, max_position_embeddings=64)))
@@ -106,7 +145,8 @@ def test_bert_matches_transformers(tmp_path):
 def test_unsupported_architectures_list_the_supported_ones(tmp_path):
     fake = types.SimpleNamespace(config=types.SimpleNamespace(model_type="t5"))
     with pytest.raises(UnsupportedModel, match="model_type 't5'.*supported: llama .LlamaForCausalLM., mistral.*"
-                                               "gemma3_text .Gemma3ForCausalLM.*bert .BertModel.*"
+                                               "gemma2 .Gemma2ForCausalLM., gemma3_text .Gemma3ForCausalLM.*"
+                                               "bert .BertModel.*"
                                                "deepseek_v3 .DeepseekV3ForCausalLM.*Not yet: deepseek_v2"):
         from_transformers(fake, tmp_path / "x.onnx")
     deepseek = types.SimpleNamespace(config=types.SimpleNamespace(model_type="deepseek_v2"))
