@@ -6,12 +6,11 @@ Each layer caches only the normalised latent c_kv [B, 1, P, R] and the rope keys
 past_key_values.{i}.key is the latent, .value the rope keys). Optional low-rank query path, YaRN RoPE with
 DeepSeek's softmax scale (mscale^2 / sqrt(Dn + Dr)), interleaved rope pairs as the checkpoints store them.
 
-The MoE is DeepSeek-V3's: sigmoid router scores, a per-expert bias (e_score_correction_bias) added for the
-choice only, group-limited top-k (experts_per_token among the experts of the groups_per_token best of
-num_groups groups, a group scored by the sum of its two best experts), the chosen scores renormalised
-(norm_topk) and scaled (routed_scaling), plus always-on shared experts. Every expert runs on every token and the router's weights (zero for the
-experts not chosen) mix them: exact, exportable with standard ONNX ops, and E / k times the compute of a
-sparse dispatch (this is a reference model). Multi-token prediction (MTP) is not modelled."""
+The MoE is DeepSeek-V3's (models.moe with sigmoid scoring): sigmoid router scores, a per-expert bias
+(e_score_correction_bias) added for the choice only, group-limited top-k (experts_per_token among the experts
+of the groups_per_token best of num_groups groups, a group scored by the sum of its two best experts), the
+chosen scores renormalised (norm_topk) and scaled (routed_scaling), plus always-on shared experts. Every expert
+runs on every token (exact and exportable; see models.moe). Multi-token prediction (MTP) is not modelled."""
 
 from __future__ import annotations
 
@@ -22,8 +21,9 @@ import torch
 from torch import nn
 
 from onnxattn.models import register
-from onnxattn.models._base import ACTIVATIONS, CausalLM, RMSNorm, check_activation, init_weights
+from onnxattn.models._base import CausalLM, RMSNorm, check_activation, init_weights
 from onnxattn.models.llama import SwiGLU
+from onnxattn.models.moe import MixtureOfExperts, check_moe
 from onnxattn.nn import MultiHeadLatentAttention, Rope, RopeScaling
 
 
@@ -77,19 +77,9 @@ class DeepSeekV3Config:
             self._check_moe(name)
 
     def _check_moe(self, name: str) -> None:
-        e, g = self.num_experts, self.num_groups
-        if self.moe_intermediate < 1:
-            raise ValueError(f"{name}: moe_intermediate must be >= 1, got {self.moe_intermediate}")
-        if g < 1 or e % g:
-            raise ValueError(f"{name}: num_groups ({g}) must be >= 1 and divide num_experts ({e})")
-        if g > 1 and e // g < 2:
-            raise ValueError(f"{name}: with num_groups > 1 each group needs >= 2 experts (a group scores by its "
-                             f"two best), got {e // g}")
-        if not 1 <= self.groups_per_token <= g:
-            raise ValueError(f"{name}: groups_per_token must be in [1, num_groups = {g}], got {self.groups_per_token}")
-        if not 1 <= self.experts_per_token <= self.groups_per_token * (e // g):
-            raise ValueError(f"{name}: experts_per_token must be in [1, {self.groups_per_token * (e // g)}] "
-                             f"(the experts of groups_per_token groups), got {self.experts_per_token}")
+        check_moe(name, num_experts=self.num_experts, experts_per_token=self.experts_per_token,
+                  intermediate=self.moe_intermediate, scoring="sigmoid", num_groups=self.num_groups,
+                  groups_per_token=self.groups_per_token)
 
     def is_moe(self, layer: int) -> bool:
         return self.num_experts > 0 and layer >= self.first_dense_layers
@@ -104,51 +94,20 @@ class DeepSeekV3Config:
         return mscale * mscale / math.sqrt(self.nope_head_dim + self.rope_head_dim)
 
 
-class DeepSeekMoE(nn.Module):
-    """x [..., hidden] -> sum over the chosen routed experts of weight * SwiGLU_e(x), plus the shared experts.
-    Parameters as transformers stores them: `router` [E, hidden] (gate.weight), `e_score_correction_bias`
-    [E] (a buffer), `gate_up_proj` [E, 2 * I, hidden] (gate rows first), `down_proj` [E, hidden, I]."""
+class DeepSeekMoE(MixtureOfExperts):
+    """DeepSeek-V3's routed experts (sigmoid scoring, group limit) plus `shared_experts` (a SwiGLU on every
+    token, None when num_shared_experts = 0)."""
 
     def __init__(self, cfg: DeepSeekV3Config):
-        super().__init__()
-        e, i, h = cfg.num_experts, cfg.moe_intermediate, cfg.hidden
-        self.num_experts, self.top_k, self.num_groups, self.topk_groups = e, cfg.experts_per_token, cfg.num_groups, \
-            cfg.groups_per_token
-        self.routed_scaling, self.norm_topk = cfg.routed_scaling, cfg.norm_topk
-        self.router = nn.Parameter(torch.zeros(e, h))
-        self.register_buffer("e_score_correction_bias", torch.zeros(e))
-        self.gate_up_proj = nn.Parameter(torch.zeros(e, 2 * i, h))
-        self.down_proj = nn.Parameter(torch.zeros(e, h, i))
-        self.act = ACTIVATIONS[cfg.activation]
-        self.shared_experts = (SwiGLU(h, i * cfg.num_shared_experts, False, cfg.activation)
+        super().__init__(cfg.hidden, cfg.num_experts, cfg.experts_per_token, cfg.moe_intermediate, cfg.activation,
+                         scoring="sigmoid", norm_topk=cfg.norm_topk, routed_scaling=cfg.routed_scaling,
+                         num_groups=cfg.num_groups, groups_per_token=cfg.groups_per_token)
+        self.shared_experts = (SwiGLU(cfg.hidden, cfg.moe_intermediate * cfg.num_shared_experts, False, cfg.activation)
                                if cfg.num_shared_experts else None)
 
-    def route(self, x: torch.Tensor) -> torch.Tensor:
-        """Routing weights [..., E] in float32: zero but for each token's top_k experts."""
-        scores = torch.sigmoid(nn.functional.linear(x.float(), self.router.float()))
-        choice = scores + self.e_score_correction_bias.float()  # the bias steers the choice, not the weights
-        if self.num_groups > 1:
-            grouped = choice.unflatten(-1, (self.num_groups, self.num_experts // self.num_groups))
-            group_scores = grouped.topk(2, dim=-1).values.sum(-1)  # [..., G]
-            best = group_scores.topk(self.topk_groups, dim=-1).indices
-            keep = torch.zeros_like(group_scores).scatter(-1, best, 1.0)
-            choice = grouped.masked_fill(keep.unsqueeze(-1) == 0, float("-inf")).flatten(-2)
-        chosen = choice.topk(self.top_k, dim=-1).indices
-        weights = scores.gather(-1, chosen)
-        if self.norm_topk:
-            weights = weights / (weights.sum(-1, keepdim=True) + 1e-20)
-        return torch.zeros_like(scores).scatter(-1, chosen, weights * self.routed_scaling)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weights = self.route(x)  # [B, S, E]
-        gate, up = torch.matmul(x.unsqueeze(-3), self.gate_up_proj.transpose(1, 2)).chunk(2, dim=-1)  # [B, E, S, I]
-        y = torch.matmul(self.act(gate) * up, self.down_proj.transpose(1, 2))  # [B, E, S, hidden]
-        out = (y.float() * weights.transpose(-1, -2).unsqueeze(-1)).sum(-3).to(x.dtype)
+        out = super().forward(x)
         return out if self.shared_experts is None else out + self.shared_experts(x)
-
-    def extra_repr(self) -> str:
-        return (f"experts={self.num_experts}, top_k={self.top_k}, groups={self.num_groups}, "
-                f"topk_groups={self.topk_groups}, intermediate={self.down_proj.shape[-1]}")
 
 
 class DeepSeekBlock(nn.Module):

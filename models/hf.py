@@ -1,6 +1,8 @@
 """Hugging Face transformers models -> the reference models here, with the same weights: the config is
 mapped onto ours, each weight copied to its place, and RoPE frequencies checked against the HF model's
 own. Export then goes through our modules (onnxattn.export.from_transformers), so the graph uses our ops.
+Llama-likes (Mistral, Mixtral, Qwen2/3, Qwen3-MoE, Phi-3) map onto our Llama: Phi-3's fused projections are
+split, and the mixtures of experts become models.moe with softmax routing.
 
 Nothing is downloaded: pass a model you built (e.g. ``LlamaForCausalLM(LlamaConfig(...))``) or loaded."""
 
@@ -18,14 +20,18 @@ from onnxattn.models.deepseek import DeepSeekMoE, DeepSeekV3Config, DeepSeekV3Mo
 from onnxattn.models.gemma3 import Gemma3Config, Gemma3Model
 from onnxattn.models.gpt2 import GPT2Config, GPT2Model
 from onnxattn.models.llama import LlamaConfig, LlamaModel
+from onnxattn.models.moe import MixtureOfExperts
 from onnxattn.nn import MultiHeadLatentAttention, RopeScaling
 
 # model_type -> the HF class to pass
 SUPPORTED = {
     "llama": "LlamaForCausalLM",
     "mistral": "MistralForCausalLM",
+    "mixtral": "MixtralForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
     "qwen3": "Qwen3ForCausalLM",
+    "qwen3_moe": "Qwen3MoeForCausalLM",
+    "phi3": "Phi3ForCausalLM",
     "gemma2": "Gemma2ForCausalLM",
     "gemma3_text": "Gemma3ForCausalLM",
     "gpt2": "GPT2LMHeadModel",
@@ -77,6 +83,11 @@ def _rope_scaling(params: dict) -> RopeScaling | None:
         return RopeScaling("yarn", factor, params.get("original_max_position_embeddings") or 4096,
                            beta_fast=params.get("beta_fast") or 32.0, beta_slow=params.get("beta_slow") or 1.0,
                            attention_factor=attention)
+    if kind == "longrope":
+        raise _unsupported("LongRoPE (rope_type 'longrope': Phi-3 128k, Phi-3.5, Phi-4-mini) is not supported: "
+                           "transformers switches between its short and long factors by the total length at run "
+                           "time (and generate re-encodes the prompt when it crosses "
+                           "original_max_position_embeddings); the exported graph has one set of frequencies")
     raise _unsupported(f"RoPE type {kind!r} is not supported (default, linear, llama3, yarn are)")
 
 
@@ -95,6 +106,38 @@ def _window(hf_cfg) -> int:
     return int(getattr(hf_cfg, "sliding_window", None) or 0)
 
 
+def _copy(param: torch.Tensor, value: torch.Tensor, what: str) -> None:
+    if param.shape != value.shape:  # copy_ would broadcast
+        raise ValueError(f"{what} of shape {list(value.shape)} does not fit ours ({list(param.shape)})")
+    param.copy_(value)
+
+
+def _rotary_dim(c, head_dim: int) -> int | None:
+    """Partial rotary (Phi-3 / Phi-4-mini): the channels transformers rotates, None for the whole head."""
+    factor = c.rope_parameters.get("partial_rotary_factor", 1.0)
+    dim = int(head_dim * factor)  # as transformers truncates
+    if dim == head_dim:
+        return None
+    if dim < 2 or dim % 2:  # transformers would rotate dim + 1 channels with frequencies for dim
+        raise _unsupported(f"{c.model_type} with partial_rotary_factor {factor} rotates {dim} of {head_dim} channels; "
+                           f"only an even count >= 2 is supported")
+    return dim
+
+
+def _experts(hf) -> dict:
+    """LlamaConfig's MoE fields for Mixtral / Qwen3-MoE; the modules say which layers have experts (Qwen3-MoE's
+    mlp_only_layers and decoder_sparse_step leave the others a dense MLP)."""
+    c = hf.config
+    moe = [hasattr(layer.mlp, "experts") for layer in hf.model.layers]
+    if not any(moe):
+        return {}
+    # both route by a softmax over all experts, then top-k; Mixtral always renormalises the chosen weights
+    return dict(num_experts=c.num_local_experts if c.model_type == "mixtral" else c.num_experts,
+                experts_per_token=c.num_experts_per_tok, moe_intermediate=getattr(c, "moe_intermediate_size", None),
+                router_scoring="softmax", norm_topk=bool(getattr(c, "norm_topk_prob", True)),
+                dense_layers=tuple(i for i, sparse in enumerate(moe) if not sparse))
+
+
 def _llama(hf) -> LlamaModel:
     c = hf.config
     layer_types = getattr(c, "layer_types", None)
@@ -104,16 +147,20 @@ def _llama(hf) -> LlamaModel:
         if "sliding_attention" not in layer_types:
             window = 0
     qwen2 = c.model_type == "qwen2"
-    cfg = LlamaConfig(
-        vocab_size=c.vocab_size, hidden=c.hidden_size, num_layers=c.num_hidden_layers, num_heads=c.num_attention_heads,
-        num_kv_heads=c.num_key_value_heads or c.num_attention_heads,
-        head_dim=getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads,
-        intermediate=c.intermediate_size, rope_theta=c.rope_parameters["rope_theta"],
-        rope_scaling=_rope_scaling(c.rope_parameters), rms_norm_eps=c.rms_norm_eps,
-        qkv_bias=qwen2 or bool(getattr(c, "attention_bias", False)), o_bias=bool(getattr(c, "attention_bias", False)),
-        mlp_bias=bool(getattr(c, "mlp_bias", False)), qk_norm=c.model_type == "qwen3", sliding_window=window,
-        layer_types=layer_types if window else None, activation=_activation(c.hidden_act),
-        tie_embeddings=bool(c.tie_word_embeddings))
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    mapped = dict(rope_scaling=_rope_scaling(c.rope_parameters), rotary_dim=_rotary_dim(c, head_dim),
+                  activation=_activation(c.hidden_act), **_experts(hf))
+    try:
+        cfg = LlamaConfig(
+            vocab_size=c.vocab_size, hidden=c.hidden_size, num_layers=c.num_hidden_layers,
+            num_heads=c.num_attention_heads, num_kv_heads=c.num_key_value_heads or c.num_attention_heads,
+            head_dim=head_dim, intermediate=c.intermediate_size, rope_theta=c.rope_parameters["rope_theta"],
+            rms_norm_eps=c.rms_norm_eps, qkv_bias=qwen2 or bool(getattr(c, "attention_bias", False)),
+            o_bias=bool(getattr(c, "attention_bias", False)), mlp_bias=bool(getattr(c, "mlp_bias", False)),
+            qk_norm=c.model_type in ("qwen3", "qwen3_moe"), sliding_window=window,
+            layer_types=layer_types if window else None, tie_embeddings=bool(c.tie_word_embeddings), **mapped)
+    except ValueError as e:  # e.g. more experts per token than experts
+        raise _unsupported(f"this {type(c).__name__} does not map onto ours: {e}") from e
     ours = build(cfg)
     src = hf.model
     with torch.no_grad():
@@ -123,13 +170,30 @@ def _llama(hf) -> LlamaModel:
         ours.norm.weight.copy_(src.norm.weight)
         for mine, theirs in zip(ours.layers, src.layers):
             a, t = mine.attn, theirs.self_attn
-            for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
-                set_linear(getattr(a, name), getattr(t, name).weight, getattr(t, name).bias)
+            if hasattr(t, "qkv_proj"):  # Phi-3: one projection, rows [q | k | v], no biases
+                for name, w in zip(("q_proj", "k_proj", "v_proj"),
+                                   t.qkv_proj.weight.split([a.q_width, a.kv_width, a.kv_width])):
+                    set_linear(getattr(a, name), w)
+                set_linear(a.o_proj, t.o_proj.weight)
+            else:
+                for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+                    set_linear(getattr(a, name), getattr(t, name).weight, getattr(t, name).bias)
             if cfg.qk_norm:
                 a.q_norm.copy_(t.q_norm.weight)
                 a.k_norm.copy_(t.k_norm.weight)
-            for name in ("gate_proj", "up_proj", "down_proj"):
-                set_linear(getattr(mine.mlp, name), getattr(theirs.mlp, name).weight, getattr(theirs.mlp, name).bias)
+            m, h = mine.mlp, theirs.mlp
+            if isinstance(m, MixtureOfExperts):
+                _copy(m.router, h.gate.weight, "the router weight")
+                _copy(m.gate_up_proj, h.experts.gate_up_proj, "the experts' gate_up_proj")
+                _copy(m.down_proj, h.experts.down_proj, "the experts' down_proj")
+            elif hasattr(h, "gate_up_proj"):  # Phi-3: rows [gate | up], no biases
+                gate, up = h.gate_up_proj.weight.chunk(2)
+                set_linear(m.gate_proj, gate)
+                set_linear(m.up_proj, up)
+                set_linear(m.down_proj, h.down_proj.weight)
+            else:
+                for name in ("gate_proj", "up_proj", "down_proj"):
+                    set_linear(getattr(m, name), getattr(h, name).weight, getattr(h, name).bias)
             mine.input_norm.weight.copy_(theirs.input_layernorm.weight)
             mine.post_attn_norm.weight.copy_(theirs.post_attention_layernorm.weight)
     _check_rope(ours, src.rotary_emb.inv_freq, src.rotary_emb.attention_scaling, c.model_type)
@@ -330,8 +394,9 @@ def _deepseek_v3(hf) -> DeepSeekV3Model:
     return ours
 
 
-_CONVERTERS = {"llama": _llama, "mistral": _llama, "qwen2": _llama, "qwen3": _llama, "gemma2": _gemma2,
-               "gemma3_text": _gemma3, "gpt2": _gpt2, "bert": _bert, "deepseek_v3": _deepseek_v3}
+_CONVERTERS = {"llama": _llama, "mistral": _llama, "mixtral": _llama, "qwen2": _llama, "qwen3": _llama,
+               "qwen3_moe": _llama, "phi3": _llama, "gemma2": _gemma2, "gemma3_text": _gemma3, "gpt2": _gpt2,
+               "bert": _bert, "deepseek_v3": _deepseek_v3}
 
 
 def from_transformers(hf_model) -> nn.Module:

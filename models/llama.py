@@ -1,6 +1,8 @@
 """Llama-style decoder: GQA + RoPE + RMSNorm + SwiGLU, pre-norm. Options cover its close relatives:
-Mistral (sliding window), Qwen2 (Q/K/V biases), Qwen3 (QK-norm, head dim != hidden / heads), scaled RoPE
-(linear, Llama 3, YaRN), tied embeddings, and per-layer full/sliding attention (layer_types)."""
+Mistral (sliding window), Qwen2 (Q/K/V biases), Qwen3 (QK-norm, head dim != hidden / heads), Phi-3 (partial
+rotary: rotary_dim), scaled RoPE (linear, Llama 3, YaRN), tied embeddings, per-layer full/sliding attention
+(layer_types), and a mixture of experts in place of the MLP (Mixtral, Qwen3-MoE: num_experts > 0, see
+models.moe; dense_layers keep the MLP)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from torch import nn
 
 from onnxattn.models import register
 from onnxattn.models._base import ACTIVATIONS, CausalLM, RMSNorm, check_activation, check_heads, init_weights
+from onnxattn.models.moe import MixtureOfExperts, check_moe
 from onnxattn.nn import GroupedQueryAttention, Rope, RopeScaling
 
 LAYER_TYPES = ("full_attention", "sliding_attention")
@@ -27,6 +30,7 @@ class LlamaConfig:
     intermediate: int = 128
     rope_theta: float = 10000.0
     rope_scaling: RopeScaling | None = None
+    rotary_dim: int | None = None  # None: the whole head; Phi-3 / Phi-4-mini rotate the leading channels only
     rms_norm_eps: float = 1e-5
     qkv_bias: bool = False  # Qwen2
     o_bias: bool = False
@@ -36,6 +40,13 @@ class LlamaConfig:
     layer_types: tuple[str, ...] | None = None  # None: all sliding when sliding_window > 0, else all full
     activation: str = "silu"
     tie_embeddings: bool = False
+    # mixture of experts (transformers' Mixtral / Qwen3-MoE config names in brackets)
+    num_experts: int = 0  # 0: the dense SwiGLU in every layer [num_local_experts / num_experts]
+    experts_per_token: int = 2  # [num_experts_per_tok]
+    moe_intermediate: int | None = None  # each expert's width; None: intermediate [moe_intermediate_size]
+    router_scoring: str = "softmax"  # or "sigmoid" (see models.moe)
+    norm_topk: bool = True  # the chosen experts' weights sum to 1 (Mixtral always) [norm_topk_prob]
+    dense_layers: tuple[int, ...] = ()  # layers that keep the dense MLP [mlp_only_layers, decoder_sparse_step]
     seed: int = 0
 
     def __post_init__(self):
@@ -50,10 +61,29 @@ class LlamaConfig:
                                  f"({self.num_layers}), got {self.layer_types}")
             if "sliding_attention" in self.layer_types and not self.sliding_window:
                 raise ValueError(f"{name}: sliding_attention layers need sliding_window > 0")
+        head_dim = self.resolved_head_dim
+        if self.rotary_dim is not None and not (0 < self.rotary_dim <= head_dim and self.rotary_dim % 2 == 0):
+            raise ValueError(f"{name}: rotary_dim must be even and in [2, head_dim = {head_dim}], "
+                             f"got {self.rotary_dim}")
+        if self.num_experts < 0:
+            raise ValueError(f"{name}: num_experts must be >= 0 (0 = dense MLP), got {self.num_experts}")
+        if self.num_experts:
+            check_moe(name, num_experts=self.num_experts, experts_per_token=self.experts_per_token,
+                      intermediate=self.expert_intermediate, scoring=self.router_scoring)
+        if not set(self.dense_layers) <= set(range(self.num_layers)):
+            raise ValueError(f"{name}: dense_layers must be layer indices in [0, {self.num_layers}), "
+                             f"got {self.dense_layers}")
 
     @property
     def resolved_head_dim(self) -> int:
         return check_heads(type(self).__name__, self.hidden, self.num_heads, self.num_kv_heads, self.head_dim)
+
+    @property
+    def expert_intermediate(self) -> int:
+        return self.intermediate if self.moe_intermediate is None else self.moe_intermediate
+
+    def is_moe(self, layer: int) -> bool:
+        return self.num_experts > 0 and layer not in self.dense_layers
 
     def window(self, layer: int) -> int:
         types = self.layer_types or ("sliding_attention" if self.sliding_window else "full_attention",) * self.num_layers
@@ -78,10 +108,15 @@ class LlamaBlock(nn.Module):
         self.input_norm = RMSNorm(cfg.hidden, cfg.rms_norm_eps)
         self.attn = GroupedQueryAttention(
             cfg.hidden, cfg.num_heads, cfg.num_kv_heads, head_dim=cfg.resolved_head_dim, bias=cfg.qkv_bias,
-            out_bias=cfg.o_bias, window=cfg.window(layer_idx), rope=Rope(cfg.rope_theta, scaling=cfg.rope_scaling),
-            qk_norm=cfg.qk_norm, qk_norm_eps=cfg.rms_norm_eps, layer_idx=layer_idx)
+            out_bias=cfg.o_bias, window=cfg.window(layer_idx),
+            rope=Rope(cfg.rope_theta, rotary_dim=cfg.rotary_dim, scaling=cfg.rope_scaling), qk_norm=cfg.qk_norm,
+            qk_norm_eps=cfg.rms_norm_eps, layer_idx=layer_idx)
         self.post_attn_norm = RMSNorm(cfg.hidden, cfg.rms_norm_eps)
-        self.mlp = SwiGLU(cfg.hidden, cfg.intermediate, cfg.mlp_bias, cfg.activation)
+        if cfg.is_moe(layer_idx):
+            self.mlp = MixtureOfExperts(cfg.hidden, cfg.num_experts, cfg.experts_per_token, cfg.expert_intermediate,
+                                        cfg.activation, scoring=cfg.router_scoring, norm_topk=cfg.norm_topk)
+        else:
+            self.mlp = SwiGLU(cfg.hidden, cfg.intermediate, cfg.mlp_bias, cfg.activation)
 
     def forward(self, x, **kv):
         h, present = self.attn(self.input_norm(x), return_present=True, **kv)

@@ -4,8 +4,9 @@ transformers model's for a prefill and three decode steps (fp32, <= 1e-4 relativ
 logit: fp32 rounding differs by ~1e-6 between the two, and 100x that still catches any wrong weight,
 layout or scale); the exported graph is ours (GroupQueryAttention nodes, MultiHeadLatentAttention for
 DeepSeek-V3, whose greedy generation also equals transformers' generate token for token); Gemma 2's
-attention soft-cap and windows are on those nodes, and the cap changes the logits; unsupported architectures
-and settings get a message listing the supported ones."""
+attention soft-cap and windows are on those nodes, and the cap changes the logits; Phi-3 (fused projections,
+partial rotary) and the mixtures of experts of Mixtral and Qwen3-MoE map onto our Llama; unsupported
+architectures and settings get a message listing the supported ones."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from onnxattn.models.hf import UnsupportedModel  # noqa: E402
 
 SMALL = dict(vocab_size=256, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
              intermediate_size=128)
+NO_TOKENS = dict(bos_token_id=None, eos_token_id=None, pad_token_id=None)  # Phi-3's defaults exceed the vocab
 T = transformers
 CASES = {
     # Llama 3.1-style RoPE scaling
@@ -46,6 +48,15 @@ CASES = {
         final_logit_softcapping=10.0, attn_implementation="eager")),
     "gpt2": lambda: T.GPT2LMHeadModel(T.GPT2Config(vocab_size=256, n_positions=64, n_embd=64, n_layer=2, n_head=4,
                                                    bos_token_id=0, eos_token_id=0)),
+    # fused qkv_proj and gate_up_proj; 12 of 16 channels rotated (Phi-4-mini's partial_rotary_factor); a window
+    "phi3": lambda: T.Phi3ForCausalLM(T.Phi3Config(**SMALL, **NO_TOKENS, sliding_window=6, rope_parameters={
+        "rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.75})),
+    # top-2 of 4 experts in every layer, renormalised
+    "mixtral": lambda: T.MixtralForCausalLM(T.MixtralConfig(**SMALL, num_local_experts=4, num_experts_per_tok=2)),
+    # QK-norm, top-2 of 4 narrower experts renormalised (norm_topk_prob); decoder_sparse_step 2: layer 0 dense
+    "qwen3_moe": lambda: T.Qwen3MoeForCausalLM(T.Qwen3MoeConfig(
+        **SMALL, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=48, norm_topk_prob=True,
+        decoder_sparse_step=2)),
 }
 
 
@@ -124,6 +135,28 @@ def test_gemma2_unsupported_settings_are_named(setting, match, tmp_path):
         from_transformers(hf, tmp_path / "x.onnx")
 
 
+ONE_LAYER = SMALL | dict(num_hidden_layers=1)
+
+
+@pytest.mark.parametrize("make, match", [
+    # the factor set depends on the total length at run time
+    (lambda: T.Phi3ForCausalLM(T.Phi3Config(**ONE_LAYER, **NO_TOKENS, max_position_embeddings=128, rope_parameters={
+        "rope_type": "longrope", "rope_theta": 10000.0, "short_factor": [1.0] * 8, "long_factor": [2.0] * 8,
+        "original_max_position_embeddings": 32})), "LongRoPE .* switches between its short and long factors"),
+    # 16 * 0.5625 = 9 channels: transformers rotates 10 with frequencies for 9
+    (lambda: T.Phi3ForCausalLM(T.Phi3Config(**ONE_LAYER, **NO_TOKENS, rope_parameters={
+        "rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5625})),
+     "phi3 with partial_rotary_factor 0.5625 rotates 9 of 16 channels; only an even count"),
+    (lambda: T.Qwen3MoeForCausalLM(T.Qwen3MoeConfig(**ONE_LAYER, num_experts=4, num_experts_per_tok=5)),
+     r"this Qwen3MoeConfig does not map onto ours: LlamaConfig: experts_per_token must be in \[1, 4\]"),
+    (lambda: T.MixtralForCausalLM(T.MixtralConfig(**ONE_LAYER, head_dim=16, rope_parameters={
+        "rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0})), "RoPE type 'dynamic' is not supported"),
+], ids=["phi3-longrope", "phi3-odd-rotary-dim", "qwen3_moe-more-chosen-than-experts", "mixtral-dynamic-rope"])
+def test_phi3_and_moe_unsupported_settings_are_named(make, match, tmp_path):
+    with pytest.raises(UnsupportedModel, match=match):
+        from_transformers(make(), tmp_path / "x.onnx")
+
+
 def test_bert_matches_transformers(tmp_path):
     hf = randomize(T.BertModel(T.BertConfig(vocab_size=256, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                                             intermediate_size=128, max_position_embeddings=64)))
@@ -145,6 +178,8 @@ def test_bert_matches_transformers(tmp_path):
 def test_unsupported_architectures_list_the_supported_ones(tmp_path):
     fake = types.SimpleNamespace(config=types.SimpleNamespace(model_type="t5"))
     with pytest.raises(UnsupportedModel, match="model_type 't5'.*supported: llama .LlamaForCausalLM., mistral.*"
+                                               "mixtral .MixtralForCausalLM.*qwen3_moe .Qwen3MoeForCausalLM.*"
+                                               "phi3 .Phi3ForCausalLM.*"
                                                "gemma2 .Gemma2ForCausalLM., gemma3_text .Gemma3ForCausalLM.*"
                                                "bert .BertModel.*"
                                                "deepseek_v3 .DeepseekV3ForCausalLM.*Not yet: deepseek_v2"):

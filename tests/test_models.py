@@ -5,6 +5,9 @@ Everything float32; torch vs torch in a different order of the same math, so 2e-
 
 from __future__ import annotations
 
+import itertools
+import re
+
 import pytest
 import torch
 from model_helpers import one_torch_thread  # noqa: F401  (autouse fixture)
@@ -13,7 +16,8 @@ from onnxattn import models
 from onnxattn.models.bert import BertConfig
 from onnxattn.models.gemma3 import Gemma3Config
 from onnxattn.models.gpt2 import GPT2Config
-from onnxattn.models.llama import LlamaConfig
+from onnxattn.models.llama import LlamaConfig, SwiGLU
+from onnxattn.models.moe import MixtureOfExperts
 from onnxattn.nn import KVCache
 
 DECODERS = ["llama", "gemma3", "gpt2"]
@@ -104,10 +108,36 @@ def test_bert_padding_is_invisible():
     (lambda: Gemma3Config(num_heads=6, num_kv_heads=4), "num_heads (6) must be a positive multiple"),
     (lambda: LlamaConfig(layer_types=("sliding_attention",) * 2), "sliding_attention layers need sliding_window"),
     (lambda: LlamaConfig(activation="swish2"), "activation must be one of"),
+    (lambda: LlamaConfig(rotary_dim=5), "rotary_dim must be even and in [2, head_dim = 16], got 5"),
+    (lambda: LlamaConfig(num_experts=4, experts_per_token=5), "experts_per_token must be in [1, 4]"),
+    (lambda: LlamaConfig(num_experts=4, router_scoring="relu"), "router scoring must be one of softmax, sigmoid"),
+    (lambda: LlamaConfig(num_experts=4, dense_layers=(2,)), "dense_layers must be layer indices in [0, 2)"),
 ])
 def test_bad_configs_are_clear_errors(make, message):
-    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ValueError, match=re.escape(message)):
         make()
+
+
+def test_llama_experts_route_softmax_top_k():
+    """Mixtral / Qwen3-MoE routing: softmax over all experts, the top k mixed with their probabilities
+    (renormalised with norm_topk), equal to running only the chosen experts; dense_layers keep the MLP; the
+    registry's default stays dense."""
+    assert all(type(layer.mlp) is SwiGLU for layer in models.build("llama").layers)
+    for norm_topk in (True, False):
+        model = models.build("llama", num_experts=4, moe_intermediate=32, dense_layers=(0,), norm_topk=norm_topk)
+        assert type(model.layers[0].mlp) is SwiGLU
+        moe = model.layers[1].mlp
+        assert isinstance(moe, MixtureOfExperts) and moe.down_proj.shape == (4, 64, 32)
+        x = torch.randn(2, 5, 64, generator=torch.Generator().manual_seed(0))
+        want = torch.zeros_like(x)
+        with torch.no_grad():
+            for b, s in itertools.product(range(2), range(5)):
+                top = torch.softmax(moe.router @ x[b, s], -1).topk(2)
+                weights = top.values / top.values.sum() if norm_topk else top.values
+                for j, w in zip(top.indices, weights):
+                    gate, up = (moe.gate_up_proj[j] @ x[b, s]).chunk(2)
+                    want[b, s] += w * (moe.down_proj[j] @ (torch.nn.functional.silu(gate) * up))
+            torch.testing.assert_close(moe(x), want, atol=ATOL, rtol=1e-5)
 
 
 def test_unknown_names_and_options():

@@ -10,12 +10,15 @@ from onnxattn.export._models import ExportResult, export_model
 
 
 def from_transformers(hf_model, path: str | os.PathLike, **export_options) -> ExportResult:
-    """Exports `hf_model` (LlamaForCausalLM, MistralForCausalLM, Qwen2/Qwen3ForCausalLM,
-    Gemma2/Gemma3ForCausalLM, GPT2LMHeadModel, BertModel or DeepseekV3ForCausalLM, float32) to `path`;
-    `export_options` as for export_model (dtype, cache, logits, validate, ...). Gemma 2 keeps its attention
-    logit soft-cap (the GroupQueryAttention nodes' softcap) and its final one. DeepSeek-V3's caches are its
-    latents: past_key_values.{i}.key [B, 1, P, kv_lora_rank], .value [B, 1, P, qk_rope_head_dim]. Other
-    architectures raise a ValueError that lists the supported ones."""
+    """Exports `hf_model` (LlamaForCausalLM, MistralForCausalLM, MixtralForCausalLM,
+    Qwen2/Qwen3/Qwen3MoeForCausalLM, Phi3ForCausalLM, Gemma2/Gemma3ForCausalLM, GPT2LMHeadModel, BertModel or
+    DeepseekV3ForCausalLM, float32) to `path`; `export_options` as for export_model (dtype, cache, logits,
+    validate, ...). Gemma 2 keeps its attention logit soft-cap (the GroupQueryAttention nodes' softcap) and
+    its final one. Phi-3's partial rotary is the nodes' rotary_dim (LongRoPE is refused: its frequencies
+    depend on the total length). Mixtral's and Qwen3-MoE's experts all run on every token, mixed by the
+    router's top-k weights (standard ONNX ops). DeepSeek-V3's caches are its latents:
+    past_key_values.{i}.key [B, 1, P, kv_lora_rank], .value [B, 1, P, qk_rope_head_dim]. Other architectures
+    and settings raise a ValueError (UnsupportedModel) that lists the supported ones."""
     from onnxattn.models.hf import from_transformers as convert
 
     return export_model(convert(hf_model), path, **export_options)
