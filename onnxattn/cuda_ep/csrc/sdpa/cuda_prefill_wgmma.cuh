@@ -1,8 +1,7 @@
 #pragma once
-// Prefill kernel on Hopper's warpgroup MMA (sm_90a), for float16/bfloat16 with max(D, Dv) <= 128 (head tiles
-// of 64 and 128 columns), no
-// softcap, no user mask, no fused query preparation and contiguous (not paged) K/V: the plan's
-// Kernel::kWgmma (cuda_plan.cc says when). Included by one .cu per dtype.
+// Prefill kernel on Hopper's warpgroup MMA (sm_90a), for float16/bfloat16 with max(D, Dv) <= 128 (head
+// tiles of 64 and 128 columns), no softcap, no user mask, no fused query preparation and contiguous (not
+// paged) K/V: the plan's Kernel::kWgmma (cuda_plan.cc says when). Included by one .cu per dtype.
 //
 // One CTA = 128 packed rows of one KV head (the same row tiles as the mma.sync prefill kernel), two
 // warpgroups of 64 rows each, steps of 128 keys; K and V have two shared-memory stages each. Before the loop,
@@ -273,8 +272,6 @@ __global__ void __launch_bounds__(tiles::kWgmmaThreads, 1) prefill_wgmma_kernel(
   wgmma::wait<0>();
   wgmma::fence_registers(o);
 
-  cp_async_wait<0>();
-
   // ---- Epilogue: Y = O / l, LSE = m + log(l); rows without a visible key give 0 and -inf.
   const int64_t q_start = q_start_s;  // written before the first barrier
 #pragma unroll
@@ -295,6 +292,9 @@ __global__ void __launch_bounds__(tiles::kWgmmaThreads, 1) prefill_wgmma_kernel(
       a.lse[ref.out_row] = sum > 0.0f ? (m[h] * scale_log2 + log2f(sum)) * kLn2 : kNegInf;
     }
   }
+#elif defined(__CUDA_ARCH__)
+  __trap();  // only sm_90a code has this kernel: a launch of any other build (the plan forbids it) must not
+             // pass for a result
 #endif
 }
 
