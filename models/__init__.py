@@ -3,7 +3,7 @@ dataclass plus a builder with deterministic random weights, tiny by default and 
 
 ``build("llama", hidden=512, num_layers=4)`` or ``build(LlamaConfig(...))``. Decoders (``kind ==
 "decoder"``) share one forward for eager generation and export (see models._base.CausalLM); encoders
-(``kind == "encoder"``) take ids, a padding mask and token types.
+(``kind == "encoder"``) take ids, a padding mask and (BERT) token types.
 
 A new family is one module here: a config dataclass, a CausalLM subclass whose blocks call the new
 attention module (its layers must expose the cache layout through ``kv_shapes``), and
@@ -60,6 +60,7 @@ def build(name_or_config, **overrides):
                     f"({', '.join(sorted(MODELS))}) or one of their configs")
 
 
-from onnxattn.models import bert, deepseek, gemma3, gpt2, llama, sparse, tiny_decoder  # noqa: E402,F401  (register)
+from onnxattn.models import (  # noqa: E402,F401  (register)
+    bert, deepseek, gemma3, gpt2, llama, modernbert, sparse, tiny_decoder)
 
 DEFAULT_MODEL = "llama"

@@ -1,6 +1,10 @@
 """BERT encoder: bidirectional attention with a key-padding mask (one GroupQueryAttention node per layer,
 causal=0, no RoPE), word + learned position + token type embeddings, post-LayerNorm blocks, exact GELU,
-and the [CLS] pooler. The position table bounds the sequence length (`max_positions`)."""
+and the [CLS] pooler. The position table bounds the sequence length (`max_positions`).
+
+RoBERTa / XLM-RoBERTa are this model with `position_padding_idx` (their pad token id): positions count the
+non-padding tokens from padding_idx + 1 and padding tokens sit at padding_idx (transformers'
+create_position_ids_from_input_ids), so the table holds max_positions - padding_idx - 1 tokens."""
 
 from __future__ import annotations
 
@@ -26,12 +30,17 @@ class BertConfig:
     layer_norm_eps: float = 1e-12
     activation: str = "gelu"
     pooler: bool = True
+    position_padding_idx: int | None = None  # RoBERTa: positions from the input ids (see the module doc)
     seed: int = 0
 
     def __post_init__(self):
         name = type(self).__name__
         check_heads(name, self.hidden, self.num_heads, self.num_heads, None)
         check_activation(self.activation, name)
+        pad = self.position_padding_idx
+        if pad is not None and not 0 <= pad < self.max_positions - 1:
+            raise ValueError(f"{name}: position_padding_idx must be in [0, max_positions - 1 = "
+                             f"{self.max_positions - 1}) (positions start at position_padding_idx + 1), got {pad}")
 
 
 class BertLayer(nn.Module):
@@ -71,12 +80,18 @@ class BertModel(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None):
         b, s = input_ids.shape
-        if not _exporting() and s > self.max_positions:
+        pad = self.config.position_padding_idx
+        if not _exporting() and s > self.max_positions - (0 if pad is None else pad + 1):
+            start = "" if pad is None else f" from position {pad + 1} (position_padding_idx + 1)"
             raise ValueError(f"BertModel: {s} tokens exceed the position table of {self.max_positions} "
-                             f"(max_positions); shorten the input")
+                             f"(max_positions){start}; shorten the input")
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
-        positions = torch.arange(s, device=input_ids.device)[None, :]
+        if pad is None:
+            positions = torch.arange(s, device=input_ids.device)[None, :]
+        else:  # from the ids, not attention_mask, as transformers does
+            real = (input_ids != pad).to(torch.int64)
+            positions = torch.cumsum(real, dim=1) * real + pad
         x = (self.word_embeddings(input_ids) + self.position_embeddings(positions)
              + self.token_type_embeddings(token_type_ids))
         x = self.embed_norm(x)

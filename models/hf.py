@@ -2,7 +2,8 @@
 mapped onto ours, each weight copied to its place, and RoPE frequencies checked against the HF model's
 own. Export then goes through our modules (onnxattn.export.from_transformers), so the graph uses our ops.
 Llama-likes (Mistral, Mixtral, Qwen2/3, Qwen3-MoE, Phi-3) map onto our Llama: Phi-3's fused projections are
-split, and the mixtures of experts become models.moe with softmax routing.
+split, and the mixtures of experts become models.moe with softmax routing. RoBERTa / XLM-RoBERTa map onto
+our BERT (positions from the pad token id); ModernBERT onto models.modernbert.
 
 Nothing is downloaded: pass a model you built (e.g. ``LlamaForCausalLM(LlamaConfig(...))``) or loaded."""
 
@@ -19,7 +20,8 @@ from onnxattn.models.bert import BertConfig, BertModel
 from onnxattn.models.deepseek import DeepSeekMoE, DeepSeekV3Config, DeepSeekV3Model
 from onnxattn.models.gemma3 import Gemma3Config, Gemma3Model
 from onnxattn.models.gpt2 import GPT2Config, GPT2Model
-from onnxattn.models.llama import LlamaConfig, LlamaModel
+from onnxattn.models.llama import LAYER_TYPES, LlamaConfig, LlamaModel
+from onnxattn.models.modernbert import ModernBertConfig, ModernBertModel
 from onnxattn.models.moe import MixtureOfExperts
 from onnxattn.nn import MultiHeadLatentAttention, RopeScaling
 
@@ -36,6 +38,9 @@ SUPPORTED = {
     "gemma3_text": "Gemma3ForCausalLM",
     "gpt2": "GPT2LMHeadModel",
     "bert": "BertModel",
+    "roberta": "RobertaModel",
+    "xlm-roberta": "XLMRobertaModel",
+    "modernbert": "ModernBertModel",
     "deepseek_v3": "DeepseekV3ForCausalLM",
 }
 NOT_YET = {"deepseek_v2": "its mixture-of-experts routing (softmax scores, greedy group limit) is not modelled "
@@ -295,14 +300,25 @@ def _gpt2(hf) -> GPT2Model:
 
 
 def _bert(hf) -> BertModel:
+    """BERT, and RoBERTa / XLM-RoBERTa (the same blocks; positions counted from the pad token id)."""
     c = hf.config
+    what = {"bert": "BERT", "roberta": "RoBERTa", "xlm-roberta": "XLM-RoBERTa"}[c.model_type]
     if getattr(c, "position_embedding_type", "absolute") != "absolute" or getattr(c, "is_decoder", False):
-        raise _unsupported("BERT with relative position embeddings or as a decoder is not supported")
-    cfg = BertConfig(vocab_size=c.vocab_size, hidden=c.hidden_size, num_layers=c.num_hidden_layers,
-                     num_heads=c.num_attention_heads, intermediate=c.intermediate_size,
-                     max_positions=c.max_position_embeddings, type_vocab_size=c.type_vocab_size,
-                     layer_norm_eps=c.layer_norm_eps, activation=_activation(c.hidden_act),
-                     pooler=hf.pooler is not None)
+        raise _unsupported(f"{what} with relative position embeddings or as a decoder is not supported")
+    padding_idx = None
+    if c.model_type != "bert":
+        padding_idx = c.pad_token_id
+        if padding_idx is None:  # transformers derives the positions from it
+            raise _unsupported(f"{what} without pad_token_id is not supported (its positions start after it)")
+    activation = _activation(c.hidden_act)
+    try:
+        cfg = BertConfig(vocab_size=c.vocab_size, hidden=c.hidden_size, num_layers=c.num_hidden_layers,
+                         num_heads=c.num_attention_heads, intermediate=c.intermediate_size,
+                         max_positions=c.max_position_embeddings, type_vocab_size=c.type_vocab_size,
+                         layer_norm_eps=c.layer_norm_eps, activation=activation,
+                         pooler=hf.pooler is not None, position_padding_idx=padding_idx)
+    except ValueError as e:  # e.g. a pad token id beyond the position table
+        raise _unsupported(f"this {type(c).__name__} does not map onto ours: {e}") from e
     ours = build(cfg)
     e = hf.embeddings
     with torch.no_grad():
@@ -321,6 +337,56 @@ def _bert(hf) -> BertModel:
             mine.out_norm.load_state_dict(theirs.output.LayerNorm.state_dict())
         if hf.pooler is not None:
             set_linear(ours.pooler, hf.pooler.dense.weight, hf.pooler.dense.bias)
+    return ours
+
+
+def _modernbert(hf) -> ModernBertModel:
+    c = hf.config
+    layer_types = tuple(c.layer_types)
+    if not set(layer_types) <= set(LAYER_TYPES):
+        raise _unsupported(f"ModernBERT layer types other than {', '.join(LAYER_TYPES)} are not supported, got "
+                           f"{sorted(set(layer_types) - set(LAYER_TYPES))}")
+    thetas = {}
+    for kind in set(layer_types):
+        params = c.rope_parameters[kind]
+        if params.get("rope_type", "default") != "default":
+            raise _unsupported(f"ModernBERT with scaled RoPE ({params['rope_type']}) on its {kind} layers is not "
+                               f"supported")
+        thetas[kind] = params["rope_theta"]
+    # only local layers read local_attention (transformers' sliding_window is local_attention // 2)
+    local = c.local_attention if "sliding_attention" in layer_types else ModernBertConfig.local_attention
+    activation = _activation(c.hidden_activation)
+    try:
+        cfg = ModernBertConfig(
+            vocab_size=c.vocab_size, hidden=c.hidden_size, num_layers=c.num_hidden_layers,
+            num_heads=c.num_attention_heads, intermediate=c.intermediate_size, local_attention=local,
+            layer_types=layer_types, rope_global_theta=thetas.get("full_attention", 160_000.0),
+            rope_local_theta=thetas.get("sliding_attention", 10_000.0), norm_eps=c.norm_eps,
+            norm_bias=bool(c.norm_bias), attention_bias=bool(c.attention_bias), mlp_bias=bool(c.mlp_bias),
+            activation=activation)
+    except ValueError as e:  # e.g. local_attention < 2 (a band of width 0)
+        raise _unsupported(f"this ModernBertConfig does not map onto ours: {e}") from e
+    ours = build(cfg)
+    with torch.no_grad():
+        ours.tok_embeddings.weight.copy_(hf.embeddings.tok_embeddings.weight)
+        ours.embed_norm.load_state_dict(hf.embeddings.norm.state_dict())
+        ours.final_norm.load_state_dict(hf.final_norm.state_dict())
+        for mine, theirs in zip(ours.layers, hf.layers):
+            mine.attn_norm.load_state_dict(theirs.attn_norm.state_dict())  # layer 0: both Identity
+            # Wqkv rows are [q | k | v], each hidden wide, as our merged projection's
+            set_linear(mine.attn.qkv_proj, theirs.attn.Wqkv.weight, theirs.attn.Wqkv.bias)
+            set_linear(mine.attn.o_proj, theirs.attn.Wo.weight, theirs.attn.Wo.bias)
+            mine.mlp_norm.load_state_dict(theirs.mlp_norm.state_dict())
+            set_linear(mine.mlp.Wi, theirs.mlp.Wi.weight, theirs.mlp.Wi.bias)
+            set_linear(mine.mlp.Wo, theirs.mlp.Wo.weight, theirs.mlp.Wo.bias)
+    rotary = hf.rotary_emb
+    for layer, kind in zip(ours.layers, layer_types):
+        inv_freq, scaling = layer.attn.rope.frequencies(layer.attn.head_dim)
+        theirs = getattr(rotary, f"{kind}_inv_freq")
+        if inv_freq.shape != theirs.shape or not torch.allclose(inv_freq, theirs.float().cpu(), rtol=1e-5) or \
+                abs(scaling - getattr(rotary, f"{kind}_attention_scaling")) > 1e-6:
+            raise _unsupported(f"the RoPE frequencies of ModernBERT's {kind} layers differ from the transformers "
+                               f"model's")
     return ours
 
 
@@ -396,7 +462,8 @@ def _deepseek_v3(hf) -> DeepSeekV3Model:
 
 _CONVERTERS = {"llama": _llama, "mistral": _llama, "mixtral": _llama, "qwen2": _llama, "qwen3": _llama,
                "qwen3_moe": _llama, "phi3": _llama, "gemma2": _gemma2, "gemma3_text": _gemma3, "gpt2": _gpt2,
-               "bert": _bert, "deepseek_v3": _deepseek_v3}
+               "bert": _bert, "roberta": _bert, "xlm-roberta": _bert, "modernbert": _modernbert,
+               "deepseek_v3": _deepseek_v3}
 
 
 def from_transformers(hf_model) -> nn.Module:

@@ -15,7 +15,7 @@ import numpy as np
 # The registered reference models (onnxattn.models.MODELS), named here so `--help` need not import torch;
 # tests/test_cli.py keeps the two equal.
 MODEL_NAMES = {"decoders": ("llama", "gemma3", "gpt2", "deepseek-v3", "nsa", "moba"),
-               "others": ("bert", "tiny-decoder")}  # an encoder, a decoder without a KV cache
+               "others": ("bert", "modernbert", "tiny-decoder")}  # encoders, a decoder without a KV cache
 
 
 def _parse_dims(items: list[str] | None) -> dict[str, int]:

@@ -1,6 +1,7 @@
 """The reference models eagerly: registry and configs (clear errors for bad ones), deterministic weights,
 and the one forward's cache modes agreeing with each other (no cache, KVCache, concatenated pasts,
-shared buffers; token-by-token decode equals one prefill); GPT-2/BERT position tables bound the length.
+shared buffers; token-by-token decode equals one prefill); GPT-2/BERT position tables bound the length;
+RoBERTa positions skip padding; ModernBERT's local layers see only their band.
 Everything float32; torch vs torch in a different order of the same math, so 2e-5 absolute."""
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from onnxattn.models.bert import BertConfig
 from onnxattn.models.gemma3 import Gemma3Config
 from onnxattn.models.gpt2 import GPT2Config
 from onnxattn.models.llama import LlamaConfig, SwiGLU
+from onnxattn.models.modernbert import ModernBertConfig
 from onnxattn.models.moe import MixtureOfExperts
 from onnxattn.nn import KVCache
 
@@ -29,7 +31,7 @@ def _ids(batch=2, seq=11, seed=0):
 
 
 def test_registry_lists_the_families():
-    assert {"llama", "gemma3", "gpt2", "bert"} <= set(models.MODELS)
+    assert {"llama", "gemma3", "gpt2", "bert", "modernbert"} <= set(models.MODELS)
     assert models.DEFAULT_MODEL == "llama"
     assert isinstance(models.build("llama").config, LlamaConfig)
     assert models.build(LlamaConfig(hidden=32, num_heads=2, num_kv_heads=1)).config.hidden == 32
@@ -100,6 +102,43 @@ def test_bert_padding_is_invisible():
     assert pooled.shape == (2, 64)
 
 
+def test_roberta_positions_skip_left_padding():
+    """position_padding_idx (RoBERTa): pad tokens in front, masked, leave the real tokens' outputs as without them."""
+    model = models.build("bert", position_padding_idx=1, type_vocab_size=1)
+    ids = torch.randint(2, 256, (1, 6), generator=torch.Generator().manual_seed(0))
+    padded = torch.cat([torch.ones(1, 3, dtype=torch.int64), ids], 1)
+    mask = (padded != 1).to(torch.int64)
+    with torch.no_grad():
+        alone, _ = model(ids)
+        hidden, _ = model(padded, mask)
+        shifted, _ = models.build("bert", type_vocab_size=1)(padded, mask)  # arange positions: not the same
+    torch.testing.assert_close(hidden[:, 3:], alone, atol=ATOL, rtol=1e-5)
+    assert not torch.allclose(shifted[:, 3:], alone, atol=1e-2)
+    with pytest.raises(ValueError, match="127 tokens exceed the position table of 128 .max_positions. from position 2"):
+        model(torch.full((1, 127), 5))
+
+
+def test_modernbert_layers_and_band():
+    """Global layers every third (GroupQueryAttention, RoPE base 160k), local ones a band of local_attention // 2
+    (LocalAttention, base 10k); a local layer does not see a key beyond the band; padded keys are invisible."""
+    model = models.build("modernbert", num_layers=4)
+    assert [layer.attn.band if hasattr(layer.attn, "band") else None for layer in model.layers] == [None, 4, 4, None]
+    assert [layer.attn.rope.base for layer in model.layers] == [160_000.0, 10_000.0, 10_000.0, 160_000.0]
+    local = models.build("modernbert", num_layers=1, layer_types=("sliding_attention",), local_attention=4)
+    ids = _ids(1, 9)
+    changed = ids.clone()
+    changed[0, 0] = (changed[0, 0] + 1) % 256
+    mask = torch.ones(1, 9, dtype=torch.int64)
+    mask[0, 7:] = 0
+    garbage = ids.clone()
+    garbage[0, 7:] = 0
+    with torch.no_grad():
+        out = local(ids, mask)
+        torch.testing.assert_close(local(changed, mask)[:, 3:], out[:, 3:])  # |3 - 0| > 2
+        assert not torch.allclose(local(changed, mask)[:, 2], out[:, 2])
+        torch.testing.assert_close(model(garbage, mask)[:, :7], model(ids, mask)[:, :7])
+
+
 @pytest.mark.parametrize("make, message", [
     (lambda: LlamaConfig(hidden=65), "hidden (65) is not divisible by num_heads (4)"),
     (lambda: GPT2Config(hidden=66, num_heads=4), "hidden (66) is not divisible by num_heads (4)"),
@@ -108,6 +147,9 @@ def test_bert_padding_is_invisible():
     (lambda: Gemma3Config(num_heads=6, num_kv_heads=4), "num_heads (6) must be a positive multiple"),
     (lambda: LlamaConfig(layer_types=("sliding_attention",) * 2), "sliding_attention layers need sliding_window"),
     (lambda: LlamaConfig(activation="swish2"), "activation must be one of"),
+    (lambda: BertConfig(position_padding_idx=127), "position_padding_idx must be in [0, max_positions - 1 = 127)"),
+    (lambda: ModernBertConfig(local_attention=1), "local_attention must be >= 2, got 1"),
+    (lambda: ModernBertConfig(layer_types=("full_attention",)), "layer_types must list one of"),
     (lambda: LlamaConfig(rotary_dim=5), "rotary_dim must be even and in [2, head_dim = 16], got 5"),
     (lambda: LlamaConfig(num_experts=4, experts_per_token=5), "experts_per_token must be in [1, 4]"),
     (lambda: LlamaConfig(num_experts=4, router_scoring="relu"), "router scoring must be one of softmax, sigmoid"),
@@ -141,7 +183,8 @@ def test_llama_experts_route_softmax_top_k():
 
 
 def test_unknown_names_and_options():
-    with pytest.raises(KeyError, match="unknown model 'llama4'; available: bert, .*gemma3, gpt2, llama, moba, nsa"):
+    available = "available: bert, .*gemma3, gpt2, llama, moba, modernbert, nsa"
+    with pytest.raises(KeyError, match=f"unknown model 'llama4'; {available}"):
         models.build("llama4")
     with pytest.raises(ValueError, match="LlamaConfig: unknown option.*hiden"):
         models.build("llama", hiden=64)

@@ -173,6 +173,17 @@ def test_encoder_and_stateless_exports(exported):
                                                          "token_type_ids": types.numpy()})
         for g, w in zip(got, want):
             assert relative_error(g, w.numpy()) < 1e-5
+    modern = exported("modernbert")  # no token types; local layers are banded ScaledDotProductAttention nodes
+    assert modern.report.ok and modern.input_names == ["input_ids", "attention_mask"]
+    assert modern.output_names == ["last_hidden_state"]
+    ops = [n.op_type for n in onnx.load(modern.path).graph.node if n.domain == "onnxattn"]
+    assert ops == ["GroupQueryAttention", "ScaledDotProductAttention", "ScaledDotProductAttention"]
+    ids, mask = modern.model.example_inputs(3, 19)  # longer than the band (4) on each side
+    with torch.no_grad():
+        want = modern.model(ids, mask).numpy()
+    for use_library in (True, False):
+        got = session(modern.path, use_library).run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})
+        assert relative_error(got[0], want) < 1e-5
     tiny = exported("tiny-decoder")
     assert tiny.input_names == ["input_ids"] and tiny.report.ok
     with pytest.raises(ValueError, match="not an exported decoder"):

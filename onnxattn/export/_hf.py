@@ -1,6 +1,7 @@
 """``from_transformers``: a Hugging Face transformers model -> one validated .onnx with onnxattn ops, by
 way of the reference models (onnxattn.models.hf maps config and weights), so the graph is the same as
-``export_model``'s: past/present KV per layer, dynamic batch / sequence / past, functions attached."""
+``export_model``'s: past/present KV per layer for decoders, input_ids and attention_mask (and token_type_ids,
+but for ModernBERT) for encoders, dynamic batch / sequence / past, functions attached."""
 
 from __future__ import annotations
 
@@ -11,14 +12,20 @@ from onnxattn.export._models import ExportResult, export_model
 
 def from_transformers(hf_model, path: str | os.PathLike, **export_options) -> ExportResult:
     """Exports `hf_model` (LlamaForCausalLM, MistralForCausalLM, MixtralForCausalLM,
-    Qwen2/Qwen3/Qwen3MoeForCausalLM, Phi3ForCausalLM, Gemma2/Gemma3ForCausalLM, GPT2LMHeadModel, BertModel or
-    DeepseekV3ForCausalLM, float32) to `path`; `export_options` as for export_model (dtype, cache, logits,
-    validate, ...). Gemma 2 keeps its attention logit soft-cap (the GroupQueryAttention nodes' softcap) and
-    its final one. Phi-3's partial rotary is the nodes' rotary_dim (LongRoPE is refused: its frequencies
-    depend on the total length). Mixtral's and Qwen3-MoE's experts all run on every token, mixed by the
-    router's top-k weights (standard ONNX ops). DeepSeek-V3's caches are its latents:
-    past_key_values.{i}.key [B, 1, P, kv_lora_rank], .value [B, 1, P, qk_rope_head_dim]. Other architectures
-    and settings raise a ValueError (UnsupportedModel) that lists the supported ones."""
+    Qwen2/Qwen3/Qwen3MoeForCausalLM, Phi3ForCausalLM, Gemma2/Gemma3ForCausalLM, GPT2LMHeadModel, BertModel,
+    RobertaModel, XLMRobertaModel, ModernBertModel or DeepseekV3ForCausalLM, float32) to `path`; `export_options`
+    as for export_model (dtype, cache, logits, validate, ...). Gemma 2 keeps its attention logit soft-cap (the
+    GroupQueryAttention nodes' softcap) and its final one. Phi-3's partial rotary is the nodes' rotary_dim
+    (LongRoPE is refused: its frequencies depend on the total length). Mixtral's and Qwen3-MoE's experts all run
+    on every token, mixed by the router's top-k weights (standard ONNX ops). DeepSeek-V3's caches are its
+    latents: past_key_values.{i}.key [B, 1, P, kv_lora_rank], .value [B, 1, P, qk_rope_head_dim].
+
+    Encoders output last_hidden_state (and pooler_output when the model has a pooler). RoBERTa / XLM-RoBERTa
+    derive positions from the ids as transformers does (from pad_token_id + 1, pad tokens skipped), so feed the
+    pad token where attention_mask is 0. ModernBERT takes no token_type_ids; its global layers are
+    GroupQueryAttention nodes (causal=0, RoPE), its local layers ScaledDotProductAttention nodes with
+    band = local_attention // 2 (|i - j| <= band, transformers' sdpa / eager mask) after RoPE in standard ops.
+    Other architectures and settings raise a ValueError (UnsupportedModel) that lists the supported ones."""
     from onnxattn.models.hf import from_transformers as convert
 
     return export_model(convert(hf_model), path, **export_options)

@@ -10,8 +10,8 @@ Decoders get one graph for prefill and decode: ``input_ids [batch, sequence]`` p
   presents are the updated buffers. With our library and I/O binding (present bound to the past's
   OrtValue), the kernel writes the new tokens in place: a decode step does not copy the cache.
 
-Encoders (BERT) take ``input_ids``, ``attention_mask``, ``token_type_ids``; stateless models their own
-example inputs.
+Encoders take ``input_ids``, ``attention_mask`` and, when their example inputs have them (BERT, RoBERTa),
+``token_type_ids`` (ModernBERT has none); stateless models their own example inputs.
 """
 
 from __future__ import annotations
@@ -43,13 +43,15 @@ class ExportResult:
     report: object | None = None  # onnxattn.validation.Report
 
 
-def io_names(kind: str, num_layers: int = 0, cache: str = "concat", outputs: int = 1) -> tuple[list[str], list[str]]:
+def io_names(kind: str, num_layers: int = 0, cache: str = "concat", outputs: int = 1,
+             inputs: int = 3) -> tuple[list[str], list[str]]:
     if kind == "decoder":
         past = [f"past_key_values.{i}.{t}" for i in range(num_layers) for t in ("key", "value")]
         present = [f"present.{i}.{t}" for i in range(num_layers) for t in ("key", "value")]
         return ["input_ids", *past] + (["past_lengths"] if cache == "shared" else []), ["logits", *present]
     if kind == "encoder":
-        return ["input_ids", "attention_mask", "token_type_ids"], ["last_hidden_state", "pooler_output"][:outputs]
+        names = ["input_ids", "attention_mask", "token_type_ids"][:inputs]
+        return names, ["last_hidden_state", "pooler_output"][:outputs]
     return ["input_ids"], ["logits"]
 
 
@@ -165,9 +167,9 @@ def export_model(
         elif kind == "encoder":
             graph, args = module, module.example_inputs(2, 5)
             outputs_count = 2 if getattr(module, "pooler", None) is not None else 1
-            inputs, outputs = io_names(kind, outputs=outputs_count)
+            inputs, outputs = io_names(kind, outputs=outputs_count, inputs=len(args))
             seq = {0: "batch", 1: "sequence"}
-            dynamic, cache = (seq, seq, seq), None
+            dynamic, cache = (seq,) * len(args), None
         else:
             graph, args = module, module.example_inputs(2, 5)
             inputs, outputs = io_names(kind)

@@ -248,7 +248,8 @@ class LocalAttention(GroupedQueryAttention):
             if inv_freq is None:
                 inv_freq = self.rope.frequencies(self.head_dim)[0].to(x.device)
             rope_kwargs = dict(interleaved=self.rope.interleaved, attention_scaling=self.rope_attention_scaling)
-            q, k = apply_rope(q, positions, inv_freq, **rope_kwargs), apply_rope(k, positions, inv_freq, **rope_kwargs)
+            # rotated in float32 (the frequencies are), back to the input dtype for the op's one type T
+            q, k = (apply_rope(t, positions, inv_freq, **rope_kwargs).to(t.dtype) for t in (q, k))
         mask = kwargs.get("attention_mask")
         if mask is not None:
             mask = mask.to(torch.bool)[:, None, None, :]
