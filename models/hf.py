@@ -1,8 +1,10 @@
 """Hugging Face transformers models -> the reference models here, with the same weights: the config is
 mapped onto ours, each weight copied to its place, and RoPE frequencies checked against the HF model's
 own. Export then goes through our modules (onnxattn.export.from_transformers), so the graph uses our ops.
-Llama-likes (Mistral, Mixtral, Qwen2/3, Qwen3-MoE, Phi-3) map onto our Llama: Phi-3's fused projections are
-split, and the mixtures of experts become models.moe with softmax routing. RoBERTa / XLM-RoBERTa map onto
+Llama-likes (Mistral, Mixtral, Qwen2/3, Qwen3-MoE, Phi-3, SmolLM3, Granite, OLMo 2, Starcoder2) map onto our
+Llama: Phi-3's fused projections are split, the mixtures of experts become models.moe with softmax routing, and
+the others set LlamaConfig options (NoPE layers, Granite's multipliers, OLMo 2's whole-projection QK-norm and
+post-norm blocks, Starcoder2's LayerNorm and ungated MLP). RoBERTa / XLM-RoBERTa map onto
 our BERT (positions from the pad token id); ModernBERT onto models.modernbert.
 
 Nothing is downloaded: pass a model you built (e.g. ``LlamaForCausalLM(LlamaConfig(...))``) or loaded."""
@@ -34,6 +36,10 @@ SUPPORTED = {
     "qwen3": "Qwen3ForCausalLM",
     "qwen3_moe": "Qwen3MoeForCausalLM",
     "phi3": "Phi3ForCausalLM",
+    "smollm3": "SmolLM3ForCausalLM",
+    "granite": "GraniteForCausalLM",
+    "olmo2": "Olmo2ForCausalLM",
+    "starcoder2": "Starcoder2ForCausalLM",
     "gemma2": "Gemma2ForCausalLM",
     "gemma3_text": "Gemma3ForCausalLM",
     "gpt2": "GPT2LMHeadModel",
@@ -99,6 +105,8 @@ def _rope_scaling(params: dict) -> RopeScaling | None:
 def _check_rope(ours: nn.Module, hf_inv_freq: torch.Tensor, hf_scaling: float, what: str) -> None:
     """Our frequencies must be HF's (catches RoPE variants whose parameters map imperfectly)."""
     for attn in ours.attention_layers():
+        if attn.rope is None:  # NoPE layers (SmolLM3)
+            continue
         # MLA rotates only the rope part of each head
         inv_freq, scaling = attn.rope.frequencies(
             attn.rope_head_dim if isinstance(attn, MultiHeadLatentAttention) else attn.head_dim)
@@ -143,6 +151,30 @@ def _experts(hf) -> dict:
                 dense_layers=tuple(i for i, sparse in enumerate(moe) if not sparse))
 
 
+def _smollm3(c) -> dict:
+    types = tuple(c.layer_types)
+    if "sliding_attention" in types and not c.use_sliding_window:
+        raise _unsupported("SmolLM3 with sliding_attention layers but use_sliding_window=False is not supported: "
+                           "transformers' eager and sdpa masks apply the window there, its flash attention does not")
+    return dict(nope_layers=tuple(i for i, rope in enumerate(c.no_rope_layers[:c.num_hidden_layers]) if not rope))
+
+
+def _granite(c) -> dict:
+    return dict(attention_scale=float(c.attention_multiplier), embedding_multiplier=float(c.embedding_multiplier),
+                residual_multiplier=float(c.residual_multiplier), logits_scaling=float(c.logits_scaling))
+
+
+def _starcoder2(c) -> dict:
+    bias = bool(c.use_bias)  # every projection, both MLP layers
+    return dict(norm="layer", gated_mlp=False, rms_norm_eps=c.norm_epsilon, qkv_bias=bias, o_bias=bias,
+                mlp_bias=bias)
+
+
+# LlamaConfig fields that differ from the Llama mapping, per model_type
+_LLAMA_VARIANTS = {"smollm3": _smollm3, "granite": _granite, "starcoder2": _starcoder2,
+                   "olmo2": lambda c: dict(qk_proj_norm=True, post_norm=True)}
+
+
 def _llama(hf) -> LlamaModel:
     c = hf.config
     layer_types = getattr(c, "layer_types", None)
@@ -153,17 +185,21 @@ def _llama(hf) -> LlamaModel:
             window = 0
     qwen2 = c.model_type == "qwen2"
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-    mapped = dict(rope_scaling=_rope_scaling(c.rope_parameters), rotary_dim=_rotary_dim(c, head_dim),
-                  activation=_activation(c.hidden_act), **_experts(hf))
+    fields = dict(
+        vocab_size=c.vocab_size, hidden=c.hidden_size, num_layers=c.num_hidden_layers,
+        num_heads=c.num_attention_heads, num_kv_heads=c.num_key_value_heads or c.num_attention_heads,
+        head_dim=head_dim, intermediate=c.intermediate_size, rope_theta=c.rope_parameters["rope_theta"],
+        rope_scaling=_rope_scaling(c.rope_parameters), rotary_dim=_rotary_dim(c, head_dim),
+        rms_norm_eps=getattr(c, "rms_norm_eps", None), qkv_bias=qwen2 or bool(getattr(c, "attention_bias", False)),
+        o_bias=bool(getattr(c, "attention_bias", False)), mlp_bias=bool(getattr(c, "mlp_bias", False)),
+        qk_norm=c.model_type in ("qwen3", "qwen3_moe"), sliding_window=window,
+        layer_types=layer_types if window else None, activation=_activation(c.hidden_act),
+        tie_embeddings=bool(c.tie_word_embeddings), **_experts(hf))
+    variant = _LLAMA_VARIANTS.get(c.model_type)
+    if variant is not None:
+        fields |= variant(c)
     try:
-        cfg = LlamaConfig(
-            vocab_size=c.vocab_size, hidden=c.hidden_size, num_layers=c.num_hidden_layers,
-            num_heads=c.num_attention_heads, num_kv_heads=c.num_key_value_heads or c.num_attention_heads,
-            head_dim=head_dim, intermediate=c.intermediate_size, rope_theta=c.rope_parameters["rope_theta"],
-            rms_norm_eps=c.rms_norm_eps, qkv_bias=qwen2 or bool(getattr(c, "attention_bias", False)),
-            o_bias=bool(getattr(c, "attention_bias", False)), mlp_bias=bool(getattr(c, "mlp_bias", False)),
-            qk_norm=c.model_type in ("qwen3", "qwen3_moe"), sliding_window=window,
-            layer_types=layer_types if window else None, tie_embeddings=bool(c.tie_word_embeddings), **mapped)
+        cfg = LlamaConfig(**fields)
     except ValueError as e:  # e.g. more experts per token than experts
         raise _unsupported(f"this {type(c).__name__} does not map onto ours: {e}") from e
     ours = build(cfg)
@@ -172,7 +208,7 @@ def _llama(hf) -> LlamaModel:
         ours.embed_tokens.weight.copy_(src.embed_tokens.weight)
         if not cfg.tie_embeddings:
             ours.lm_head.weight.copy_(hf.lm_head.weight)
-        ours.norm.weight.copy_(src.norm.weight)
+        ours.norm.load_state_dict(src.norm.state_dict())
         for mine, theirs in zip(ours.layers, src.layers):
             a, t = mine.attn, theirs.self_attn
             if hasattr(t, "qkv_proj"):  # Phi-3: one projection, rows [q | k | v], no biases
@@ -186,6 +222,9 @@ def _llama(hf) -> LlamaModel:
             if cfg.qk_norm:
                 a.q_norm.copy_(t.q_norm.weight)
                 a.k_norm.copy_(t.k_norm.weight)
+            if cfg.qk_proj_norm:  # OLMo 2: over all heads
+                a.q_proj_norm.load_state_dict(t.q_norm.state_dict())
+                a.k_proj_norm.load_state_dict(t.k_norm.state_dict())
             m, h = mine.mlp, theirs.mlp
             if isinstance(m, MixtureOfExperts):
                 _copy(m.router, h.gate.weight, "the router weight")
@@ -197,10 +236,14 @@ def _llama(hf) -> LlamaModel:
                 set_linear(m.up_proj, up)
                 set_linear(m.down_proj, h.down_proj.weight)
             else:
-                for name in ("gate_proj", "up_proj", "down_proj"):
+                for name in ("gate_proj", "up_proj", "down_proj") if cfg.gated_mlp else ("c_fc", "c_proj"):
                     set_linear(getattr(m, name), getattr(h, name).weight, getattr(h, name).bias)
-            mine.input_norm.weight.copy_(theirs.input_layernorm.weight)
-            mine.post_attn_norm.weight.copy_(theirs.post_attention_layernorm.weight)
+            # ours carry transformers' names (OLMo 2: post_attention_layernorm norms the attention output)
+            norms = {"post_attn_norm": "post_attention_layernorm"}
+            norms |= {"post_mlp_norm": "post_feedforward_layernorm"} if cfg.post_norm else \
+                {"input_norm": "input_layernorm"}
+            for ours_norm, hf_norm in norms.items():  # strict: LayerNorm biases too
+                getattr(mine, ours_norm).load_state_dict(getattr(theirs, hf_norm).state_dict())
     _check_rope(ours, src.rotary_emb.inv_freq, src.rotary_emb.attention_scaling, c.model_type)
     return ours
 
@@ -461,7 +504,8 @@ def _deepseek_v3(hf) -> DeepSeekV3Model:
 
 
 _CONVERTERS = {"llama": _llama, "mistral": _llama, "mixtral": _llama, "qwen2": _llama, "qwen3": _llama,
-               "qwen3_moe": _llama, "phi3": _llama, "gemma2": _gemma2, "gemma3_text": _gemma3, "gpt2": _gpt2,
+               "qwen3_moe": _llama, "phi3": _llama, "smollm3": _llama, "granite": _llama, "olmo2": _llama,
+               "starcoder2": _llama, "gemma2": _gemma2, "gemma3_text": _gemma3, "gpt2": _gpt2,
                "bert": _bert, "roberta": _bert, "xlm-roberta": _bert, "modernbert": _modernbert,
                "deepseek_v3": _deepseek_v3}
 

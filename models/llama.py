@@ -2,11 +2,14 @@
 Mistral (sliding window), Qwen2 (Q/K/V biases), Qwen3 (QK-norm, head dim != hidden / heads), Phi-3 (partial
 rotary: rotary_dim), scaled RoPE (linear, Llama 3, YaRN), tied embeddings, per-layer full/sliding attention
 (layer_types), and a mixture of experts in place of the MLP (Mixtral, Qwen3-MoE: num_experts > 0, see
-models.moe; dense_layers keep the MLP)."""
+models.moe; dense_layers keep the MLP). Further options, all off by default: layers without RoPE (SmolLM3's
+NoPE layers), Granite's multipliers (embeddings, residual branches, attention scale, logits), OLMo 2's RMSNorm
+over the whole Q / K projections and its post-norm blocks, and Starcoder2's LayerNorm and ungated MLP."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 from torch import nn
@@ -17,6 +20,7 @@ from onnxattn.models.moe import MixtureOfExperts, check_moe
 from onnxattn.nn import GroupedQueryAttention, Rope, RopeScaling
 
 LAYER_TYPES = ("full_attention", "sliding_attention")
+NORMS = ("rms", "layer")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,7 +35,7 @@ class LlamaConfig:
     rope_theta: float = 10000.0
     rope_scaling: RopeScaling | None = None
     rotary_dim: int | None = None  # None: the whole head; Phi-3 / Phi-4-mini rotate the leading channels only
-    rms_norm_eps: float = 1e-5
+    rms_norm_eps: float = 1e-5  # every norm's epsilon (LayerNorm's too, norm="layer")
     qkv_bias: bool = False  # Qwen2
     o_bias: bool = False
     mlp_bias: bool = False
@@ -47,6 +51,18 @@ class LlamaConfig:
     router_scoring: str = "softmax"  # or "sigmoid" (see models.moe)
     norm_topk: bool = True  # the chosen experts' weights sum to 1 (Mixtral always) [norm_topk_prob]
     dense_layers: tuple[int, ...] = ()  # layers that keep the dense MLP [mlp_only_layers, decoder_sparse_step]
+    nope_layers: tuple[int, ...] = ()  # layers without RoPE (SmolLM3's NoPE layers)
+    # Granite
+    attention_scale: float | None = None  # None: 1/sqrt(head_dim) [attention_multiplier]
+    embedding_multiplier: float = 1.0  # token embeddings times this
+    residual_multiplier: float = 1.0  # each block's attention and MLP outputs times this, before the residual add
+    logits_scaling: float = 1.0  # logits divided by this
+    # OLMo 2
+    qk_proj_norm: bool = False  # RMSNorm over the whole q_proj / k_proj outputs (all heads at once), before RoPE
+    post_norm: bool = False  # norm the attention / MLP outputs inside the residual instead of their inputs
+    # Starcoder2
+    norm: str = "rms"  # or "layer": LayerNorm with bias
+    gated_mlp: bool = True  # False: the dense MLP is c_proj(act(c_fc(x)))
     seed: int = 0
 
     def __post_init__(self):
@@ -70,9 +86,20 @@ class LlamaConfig:
         if self.num_experts:
             check_moe(name, num_experts=self.num_experts, experts_per_token=self.experts_per_token,
                       intermediate=self.expert_intermediate, scoring=self.router_scoring)
-        if not set(self.dense_layers) <= set(range(self.num_layers)):
-            raise ValueError(f"{name}: dense_layers must be layer indices in [0, {self.num_layers}), "
-                             f"got {self.dense_layers}")
+        for field in ("dense_layers", "nope_layers"):
+            if not set(getattr(self, field)) <= set(range(self.num_layers)):
+                raise ValueError(f"{name}: {field} must be layer indices in [0, {self.num_layers}), "
+                                 f"got {getattr(self, field)}")
+        if self.attention_scale is not None and not 0 < self.attention_scale < math.inf:
+            raise ValueError(f"{name}: attention_scale must be > 0 and finite (None: 1/sqrt(head_dim)), "
+                             f"got {self.attention_scale}")
+        for field in ("embedding_multiplier", "residual_multiplier", "logits_scaling"):
+            if not math.isfinite(getattr(self, field)):
+                raise ValueError(f"{name}: {field} must be finite, got {getattr(self, field)}")
+        if self.logits_scaling == 0:
+            raise ValueError(f"{name}: logits_scaling divides the logits; it must not be 0")
+        if self.norm not in NORMS:
+            raise ValueError(f"{name}: norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
 
     @property
     def resolved_head_dim(self) -> int:
@@ -102,26 +129,76 @@ class SwiGLU(nn.Module):
         return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
 
 
+class PlainMLP(nn.Module):
+    """Ungated MLP (Starcoder2; names as GPT-2's)."""
+
+    def __init__(self, hidden: int, intermediate: int, bias: bool, activation: str):
+        super().__init__()
+        self.c_fc = nn.Linear(hidden, intermediate, bias=bias)
+        self.c_proj = nn.Linear(intermediate, hidden, bias=bias)
+        self.act = ACTIVATIONS[activation]
+
+    def forward(self, x):
+        return self.c_proj(self.act(self.c_fc(x)))
+
+
+class ProjNormAttention(GroupedQueryAttention):
+    """OLMo 2's attention: RMSNorm over q_proj's and k_proj's whole outputs, all heads at once (the op's QK-norm
+    is per head, so these run in torch before the GroupQueryAttention node)."""
+
+    def __init__(self, *args, norm_eps: float, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.q_proj_norm = RMSNorm(self.q_width, norm_eps)
+        self.k_proj_norm = RMSNorm(self.kv_width, norm_eps)
+
+    def project(self, x):
+        q, k, v = super().project(x)
+        return self.q_proj_norm(q), self.k_proj_norm(k), v
+
+
+def make_norm(cfg: LlamaConfig) -> nn.Module:
+    eps = cfg.rms_norm_eps
+    return RMSNorm(cfg.hidden, eps) if cfg.norm == "rms" else nn.LayerNorm(cfg.hidden, eps)
+
+
 class LlamaBlock(nn.Module):
+    """Pre-norm: x + attn(input_norm(x)), then + mlp(post_attn_norm(x)). With post_norm (OLMo 2) there is no
+    input_norm: x + post_attn_norm(attn(x)), then + post_mlp_norm(mlp(x)) (named as transformers' norms)."""
+
     def __init__(self, cfg: LlamaConfig, layer_idx: int):
         super().__init__()
-        self.input_norm = RMSNorm(cfg.hidden, cfg.rms_norm_eps)
-        self.attn = GroupedQueryAttention(
+        self.post_norm, self.residual_multiplier = cfg.post_norm, cfg.residual_multiplier
+        if not cfg.post_norm:
+            self.input_norm = make_norm(cfg)
+        rope = None if layer_idx in cfg.nope_layers else Rope(cfg.rope_theta, rotary_dim=cfg.rotary_dim,
+                                                              scaling=cfg.rope_scaling)
+        attention, extra = (ProjNormAttention, dict(norm_eps=cfg.rms_norm_eps)) if cfg.qk_proj_norm else \
+            (GroupedQueryAttention, {})
+        self.attn = attention(
             cfg.hidden, cfg.num_heads, cfg.num_kv_heads, head_dim=cfg.resolved_head_dim, bias=cfg.qkv_bias,
-            out_bias=cfg.o_bias, window=cfg.window(layer_idx),
-            rope=Rope(cfg.rope_theta, rotary_dim=cfg.rotary_dim, scaling=cfg.rope_scaling), qk_norm=cfg.qk_norm,
-            qk_norm_eps=cfg.rms_norm_eps, layer_idx=layer_idx)
-        self.post_attn_norm = RMSNorm(cfg.hidden, cfg.rms_norm_eps)
+            out_bias=cfg.o_bias, window=cfg.window(layer_idx), scale=cfg.attention_scale, rope=rope,
+            qk_norm=cfg.qk_norm, qk_norm_eps=cfg.rms_norm_eps, layer_idx=layer_idx, **extra)
+        self.post_attn_norm = make_norm(cfg)
         if cfg.is_moe(layer_idx):
             self.mlp = MixtureOfExperts(cfg.hidden, cfg.num_experts, cfg.experts_per_token, cfg.expert_intermediate,
                                         cfg.activation, scoring=cfg.router_scoring, norm_topk=cfg.norm_topk)
         else:
-            self.mlp = SwiGLU(cfg.hidden, cfg.intermediate, cfg.mlp_bias, cfg.activation)
+            self.mlp = (SwiGLU if cfg.gated_mlp else PlainMLP)(cfg.hidden, cfg.intermediate, cfg.mlp_bias,
+                                                               cfg.activation)
+        if cfg.post_norm:
+            self.post_mlp_norm = make_norm(cfg)
+
+    def residual(self, h):
+        return h if self.residual_multiplier == 1.0 else h * self.residual_multiplier
 
     def forward(self, x, **kv):
+        if self.post_norm:
+            h, present = self.attn(x, return_present=True, **kv)
+            x = x + self.residual(self.post_attn_norm(h))
+            return x + self.residual(self.post_mlp_norm(self.mlp(x))), present
         h, present = self.attn(self.input_norm(x), return_present=True, **kv)
-        x = x + h
-        return x + self.mlp(self.post_attn_norm(x)), present
+        x = x + self.residual(h)
+        return x + self.residual(self.mlp(self.post_attn_norm(x))), present
 
 
 class LlamaModel(CausalLM):
@@ -132,16 +209,20 @@ class LlamaModel(CausalLM):
         self.config = cfg
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden)
         self.layers = nn.ModuleList(LlamaBlock(cfg, i) for i in range(cfg.num_layers))
-        self.norm = RMSNorm(cfg.hidden, cfg.rms_norm_eps)
+        self.norm = make_norm(cfg)
         self.lm_head = nn.Linear(cfg.hidden, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
 
     def embed(self, input_ids, positions):
-        return self.embed_tokens(input_ids)
+        x = self.embed_tokens(input_ids)
+        m = self.config.embedding_multiplier
+        return x if m == 1.0 else x * m
 
     def head(self, x):
-        return self.lm_head(self.norm(x))
+        logits = self.lm_head(self.norm(x))
+        s = self.config.logits_scaling
+        return logits if s == 1.0 else logits / s
 
 
 @register("llama", LlamaConfig)

@@ -5,10 +5,11 @@ logit: fp32 rounding differs by ~1e-6 between the two, and 100x that still catch
 layout or scale); the exported graph is ours (GroupQueryAttention nodes, MultiHeadLatentAttention for
 DeepSeek-V3, whose greedy generation also equals transformers' generate token for token); Gemma 2's
 attention soft-cap and windows are on those nodes, and the cap changes the logits; Phi-3 (fused projections,
-partial rotary) and the mixtures of experts of Mixtral and Qwen3-MoE map onto our Llama; the encoders (BERT,
-RoBERTa / XLM-RoBERTa with positions from the pad token, ModernBERT with its local band) match transformers'
-hidden states on real tokens under a key-padding mask; unsupported architectures and settings get a message
-listing the supported ones."""
+partial rotary), the mixtures of experts of Mixtral and Qwen3-MoE, SmolLM3 (NoPE layers), Granite (multipliers),
+OLMo 2 (whole-projection QK-norm, post-norm) and Starcoder2 (LayerNorm, ungated MLP) map onto our Llama, their
+nodes carrying the per-layer RoPE, windows and scale; the encoders (BERT, RoBERTa / XLM-RoBERTa with positions from
+the pad token, ModernBERT with its local band) match transformers' hidden states on real tokens under a key-padding
+mask; unsupported architectures and settings get a message listing the supported ones."""
 
 from __future__ import annotations
 
@@ -59,7 +60,20 @@ CASES = {
     "qwen3_moe": lambda: T.Qwen3MoeForCausalLM(T.Qwen3MoeConfig(
         **SMALL, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=48, norm_topk_prob=True,
         decoder_sparse_step=2)),
+    # NoPE every 2nd layer: layer 1 has no RoPE; its window (sliding layers are the NoPE ones) < prompt
+    "smollm3": lambda: T.SmolLM3ForCausalLM(T.SmolLM3Config(
+        **SMALL, **NO_TOKENS, no_rope_layer_interval=2, use_sliding_window=True, sliding_window=6)),
+    # multipliers far from 1 (as Granite 3's); attention scale 0.05 instead of 1/sqrt(16)
+    "granite": lambda: T.GraniteForCausalLM(T.GraniteConfig(
+        **SMALL, embedding_multiplier=12.0, residual_multiplier=0.22, attention_multiplier=0.05, logits_scaling=8.0)),
+    # RMSNorm over all heads of q_proj / k_proj, post-norm blocks
+    "olmo2": lambda: T.Olmo2ForCausalLM(T.Olmo2Config(**SMALL, **NO_TOKENS)),
+    # LayerNorm with bias, biased projections, tanh-GELU c_fc / c_proj, window < prompt
+    "starcoder2": lambda: T.Starcoder2ForCausalLM(T.Starcoder2Config(**SMALL, **NO_TOKENS, sliding_window=6)),
 }
+# attributes the GroupQueryAttention nodes must carry, layer by layer
+NODE_ATTRS = {"smollm3": dict(rope=[1, 0], window=[0, 6]), "granite": dict(scale=[0.05, 0.05]),
+              "starcoder2": dict(window=[6, 6])}
 
 
 def randomize(model, seed=0):
@@ -96,7 +110,11 @@ def test_logits_match_transformers(name, tmp_path):
     result = from_transformers(hf, tmp_path / f"{name}.onnx", progress=False)
     assert result.report.ok
     proto = onnx.load(result.path)
-    assert sum(n.op_type == "GroupQueryAttention" for n in proto.graph.node) == 2
+    nodes = [n for n in proto.graph.node if n.op_type == "GroupQueryAttention"]
+    assert len(nodes) == 2
+    attrs = [{a.name: onnx.helper.get_attribute_value(a) for a in n.attribute} for n in nodes]
+    for attr, values in NODE_ATTRS.get(name, {}).items():
+        assert [a[attr] for a in attrs] == pytest.approx(values), attr
     ids = torch.randint(0, 256, (2, 11), generator=torch.Generator().manual_seed(1))
     want = hf_steps(hf, ids, 8)
     got = run_steps(session(result.path), ids.numpy(), 8)  # prefill of 8, then 3 decode steps
@@ -155,6 +173,28 @@ ONE_LAYER = SMALL | dict(num_hidden_layers=1)
         "rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0})), "RoPE type 'dynamic' is not supported"),
 ], ids=["phi3-longrope", "phi3-odd-rotary-dim", "qwen3_moe-more-chosen-than-experts", "mixtral-dynamic-rope"])
 def test_phi3_and_moe_unsupported_settings_are_named(make, match, tmp_path):
+    with pytest.raises(UnsupportedModel, match=match):
+        from_transformers(make(), tmp_path / "x.onnx")
+
+
+@pytest.mark.parametrize("make, match", [
+    # transformers' eager / sdpa masks would apply the window, its flash attention would not
+    (lambda: T.SmolLM3ForCausalLM(T.SmolLM3Config(**ONE_LAYER, **NO_TOKENS, layer_types=["sliding_attention"],
+                                                  sliding_window=6)),
+     "SmolLM3 with sliding_attention layers but use_sliding_window=False is not supported"),
+    (lambda: T.GraniteForCausalLM(T.GraniteConfig(**ONE_LAYER, attention_multiplier=0.0)),
+     "GraniteConfig does not map onto ours: LlamaConfig: attention_scale must be > 0"),
+    (lambda: T.GraniteForCausalLM(T.GraniteConfig(**ONE_LAYER, logits_scaling=0.0)),
+     "GraniteConfig does not map onto ours: LlamaConfig: logits_scaling divides the logits; it must not be 0"),
+    (lambda: T.Olmo2ForCausalLM(T.Olmo2Config(**ONE_LAYER, **NO_TOKENS, rope_parameters={
+        "rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0})), "RoPE type 'dynamic' is not supported"),
+    (lambda: T.Starcoder2ForCausalLM(T.Starcoder2Config(**ONE_LAYER, **NO_TOKENS, hidden_act="gelu_fast")),
+     "activation 'gelu_fast' has no equivalent here"),
+    (lambda: T.Starcoder2Model(T.Starcoder2Config(**ONE_LAYER, **NO_TOKENS)),
+     "pass a Starcoder2ForCausalLM for starcoder2, got Starcoder2Model"),
+], ids=["smollm3-window-without-use_sliding_window", "granite-attention-multiplier-0", "granite-logits-scaling-0",
+        "olmo2-dynamic-rope", "starcoder2-gelu-fast", "starcoder2-base-model"])
+def test_llama_variant_unsupported_settings_are_named(make, match, tmp_path):
     with pytest.raises(UnsupportedModel, match=match):
         from_transformers(make(), tmp_path / "x.onnx")
 
@@ -274,7 +314,9 @@ def test_unsupported_architectures_list_the_supported_ones(tmp_path):
     fake = types.SimpleNamespace(config=types.SimpleNamespace(model_type="t5"))
     with pytest.raises(UnsupportedModel, match="model_type 't5'.*supported: llama .LlamaForCausalLM., mistral.*"
                                                "mixtral .MixtralForCausalLM.*qwen3_moe .Qwen3MoeForCausalLM.*"
-                                               "phi3 .Phi3ForCausalLM.*"
+                                               "phi3 .Phi3ForCausalLM.*smollm3 .SmolLM3ForCausalLM., "
+                                               "granite .GraniteForCausalLM., olmo2 .Olmo2ForCausalLM., "
+                                               "starcoder2 .Starcoder2ForCausalLM.*"
                                                "gemma2 .Gemma2ForCausalLM., gemma3_text .Gemma3ForCausalLM.*"
                                                "bert .BertModel., roberta .RobertaModel., "
                                                "xlm-roberta .XLMRobertaModel., modernbert .ModernBertModel.*"

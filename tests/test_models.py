@@ -7,6 +7,7 @@ Everything float32; torch vs torch in a different order of the same math, so 2e-
 from __future__ import annotations
 
 import itertools
+import math
 import re
 
 import pytest
@@ -154,6 +155,11 @@ def test_modernbert_layers_and_band():
     (lambda: LlamaConfig(num_experts=4, experts_per_token=5), "experts_per_token must be in [1, 4]"),
     (lambda: LlamaConfig(num_experts=4, router_scoring="relu"), "router scoring must be one of softmax, sigmoid"),
     (lambda: LlamaConfig(num_experts=4, dense_layers=(2,)), "dense_layers must be layer indices in [0, 2)"),
+    (lambda: LlamaConfig(nope_layers=(-1,)), "nope_layers must be layer indices in [0, 2)"),
+    (lambda: LlamaConfig(attention_scale=0.0), "attention_scale must be > 0 and finite"),
+    (lambda: LlamaConfig(logits_scaling=0.0), "logits_scaling divides the logits; it must not be 0"),
+    (lambda: LlamaConfig(residual_multiplier=math.nan), "residual_multiplier must be finite, got nan"),
+    (lambda: LlamaConfig(norm="batch"), "norm must be one of rms, layer, got 'batch'"),
 ])
 def test_bad_configs_are_clear_errors(make, message):
     with pytest.raises(ValueError, match=re.escape(message)):

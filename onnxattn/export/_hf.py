@@ -12,13 +12,17 @@ from onnxattn.export._models import ExportResult, export_model
 
 def from_transformers(hf_model, path: str | os.PathLike, **export_options) -> ExportResult:
     """Exports `hf_model` (LlamaForCausalLM, MistralForCausalLM, MixtralForCausalLM,
-    Qwen2/Qwen3/Qwen3MoeForCausalLM, Phi3ForCausalLM, Gemma2/Gemma3ForCausalLM, GPT2LMHeadModel, BertModel,
-    RobertaModel, XLMRobertaModel, ModernBertModel or DeepseekV3ForCausalLM, float32) to `path`; `export_options`
-    as for export_model (dtype, cache, logits, validate, ...). Gemma 2 keeps its attention logit soft-cap (the
-    GroupQueryAttention nodes' softcap) and its final one. Phi-3's partial rotary is the nodes' rotary_dim
-    (LongRoPE is refused: its frequencies depend on the total length). Mixtral's and Qwen3-MoE's experts all run
-    on every token, mixed by the router's top-k weights (standard ONNX ops). DeepSeek-V3's caches are its
-    latents: past_key_values.{i}.key [B, 1, P, kv_lora_rank], .value [B, 1, P, qk_rope_head_dim].
+    Qwen2/Qwen3/Qwen3MoeForCausalLM, Phi3ForCausalLM, SmolLM3ForCausalLM, GraniteForCausalLM, Olmo2ForCausalLM,
+    Starcoder2ForCausalLM, Gemma2/Gemma3ForCausalLM, GPT2LMHeadModel, BertModel, RobertaModel, XLMRobertaModel,
+    ModernBertModel or DeepseekV3ForCausalLM, float32) to `path`; `export_options` as for export_model (dtype,
+    cache, logits, validate, ...). Gemma 2 keeps its attention logit soft-cap (the GroupQueryAttention nodes'
+    softcap) and its final one. Phi-3's partial rotary is the nodes' rotary_dim (LongRoPE is refused: its
+    frequencies depend on the total length). SmolLM3's NoPE layers are nodes with rope=0; Granite's
+    attention_multiplier is the nodes' scale, its other multipliers standard ops around them. OLMo 2's QK-norm
+    spans all heads, so it runs in standard ops before the node (whose QK-norm is per head). Mixtral's and
+    Qwen3-MoE's experts all run on every token, mixed by the router's top-k weights (standard ONNX ops).
+    DeepSeek-V3's caches are its latents: past_key_values.{i}.key [B, 1, P, kv_lora_rank], .value
+    [B, 1, P, qk_rope_head_dim].
 
     Encoders output last_hidden_state (and pooler_output when the model has a pooler). RoBERTa / XLM-RoBERTa
     derive positions from the ids as transformers does (from pad_token_id + 1, pad tokens skipped), so feed the
