@@ -161,11 +161,11 @@ def fuzz_section() -> list[str]:
              "- CI: hypothesis profile `ci`, derandomized, 100 examples per op (ONNXATTN_FUZZ_EXAMPLES), ~30 s of "
              "test time in all on 2 cores.",
              "- Top-k selections (NativeSparseAttention, SparseRoutedAttention): a tie in exact arithmetic that "
-             "rounding breaks (a probability from exp, a unit-length centroid) may go one way in float32 and the "
-             "other in the float64 oracle. The fuzz test accepts a different selection only when every path made "
-             "the same one, it is also a top-k of the oracle's float64 scores up to a relative 1e-5 (an exact "
-             "float64 tie still goes to the lower index), and every path's outputs match the oracle run with "
-             "that selection (`selection_tie`).",
+             "rounding breaks (a probability from exp, a unit-length centroid, a mean over 3 keys) may go either "
+             "way in each implementation and in the float64 oracle. The fuzz test accepts a path's different "
+             "selection only when it is a top-k of the oracle's float64 scores up to a relative 1e-5 (an exact "
+             "float64 tie between scores that every implementation computes exactly still goes to the lower "
+             "index) and that path's outputs match the oracle run with its selection (`selection_tie`).",
              "- Long run: `scripts/fuzz.sh [N]` (profile `long`: random seeds, N examples per op, default 400; "
              "or `pytest tests/hardening/test_fuzz.py --hypothesis-profile long`)."]
     recorded = _load("fuzz")
@@ -285,9 +285,10 @@ zero-size dims (Reshape/Where/MatMul of an empty axis) where the kernels return 
 top count is rejected by the sparse kernels but computed as "all candidates" by their functions; a NaN selection
 score is never chosen (the sparse ops' kernels and functions agree, the docs do not say it); the AVX-512
 AddressSanitizer reports of section 3 (not reproduced in the release library; worth a look with GCC 13+ or
-clang); SparseRoutedAttention's segment means over a non-power-of-two count round differently in float32 and
-in the float64 oracle, so exactly tied segments may be chosen differently (all implementations agree with each
-other; the fuzz draws power-of-two segments); non-finite K/V values inside the visible range of any row of a key
+clang); the sparse ops' block and segment means over a count of keys that is not a power of two round (in
+float32, each implementation in its own order), so blocks or segments that tie in exact arithmetic may be chosen
+differently by the kernel, the function, torch and the float64 oracle (each a top-k up to rounding: the fuzz
+accepts exactly that); non-finite K/V values inside the visible range of any row of a key
 tile reach the rows that mask them (0 x NaN), as in the function's MatMul.
 
 ## 8. For the GPU session

@@ -8,8 +8,11 @@ Each returns (Y, selections...) with selections as ascending lists padded with -
 `prefer` (the selections of an implementation under test, in the outputs' layout) with `tie_tol` > 0: where
 that selection is also a top-k of the float64 scores once scores within `tie_tol` (relative) of each other count
 as tied, the oracle takes it instead of its own (and computes Y from it). For ties in exact arithmetic that
-rounding breaks (a probability from exp, a unit-length centroid): float32 may break them one way, float64 the
-other. An exact float64 tie still goes to the lower index, and anything beyond `tie_tol` is the oracle's choice.
+rounding breaks (a probability from exp, a unit-length centroid, a mean over 3 keys): float32 may break them one
+way, float64 the other. An exact float64 tie between two scores that every implementation computes exactly
+(dot products of grid values with a mean over a power-of-two count of keys, or none) still goes to the lower
+index; one between scores that round (float64 may happen to round them equal where float32 does not) counts
+as a near tie. Anything beyond `tie_tol` is the oracle's choice.
 """
 
 from __future__ import annotations
@@ -30,23 +33,25 @@ def _attend(q_row: np.ndarray, keys: np.ndarray, values: np.ndarray, scale: floa
 
 
 def _choose(scores: dict[int, float], candidates: list[int], forced: set[int], top: int, prefer=None,
-            tie_tol: float = 0.0) -> list[int]:
+            tie_tol: float = 0.0, rounded=frozenset()) -> list[int]:
     """Forced candidates first, then the best-scoring others (ties: lower index); at most `top` in all.
-    `prefer` (a padded row of another selection) replaces that when it is a top-k up to `tie_tol`."""
+    `prefer` (a padded row of another selection) replaces that when it is a top-k up to `tie_tol`; `rounded`:
+    the candidates whose scores the implementations cannot compute exactly (see the module's doc)."""
     k = min(top, len(candidates)) if top > 0 else 0
     forced = sorted(c for c in candidates if c in forced)
     rest = sorted((c for c in candidates if c not in forced), key=lambda c: (-scores[c], c))
     chosen = sorted(forced + rest[: max(0, k - len(forced))]) if k else []
     if prefer is not None and tie_tol > 0:
         other = [int(c) for c in prefer if c >= 0]
-        if other != chosen and _top_k_up_to_ties(scores, candidates, forced, len(chosen), other, tie_tol):
+        if other != chosen and _top_k_up_to_ties(scores, candidates, forced, len(chosen), other, tie_tol, rounded):
             return sorted(other)
     return chosen
 
 
-def _top_k_up_to_ties(scores, candidates, forced, k, other, tie_tol) -> bool:
+def _top_k_up_to_ties(scores, candidates, forced, k, other, tie_tol, rounded=frozenset()) -> bool:
     """`other` holds k distinct candidates, the forced ones among them, and no candidate it leaves out beats
-    one it takes by more than tie_tol * (1 + |score|); an exact tie must still go to the lower index."""
+    one it takes by more than tie_tol * (1 + |score|); an exact tie must still go to the lower index unless one
+    of the two scores is `rounded` (and finite)."""
     if len(other) != k or len(set(other)) != k or not set(other) <= set(candidates) or not set(forced) <= set(other):
         return False
     taken = [c for c in other if c not in forced]
@@ -56,7 +61,9 @@ def _top_k_up_to_ties(scores, candidates, forced, k, other, tie_tol) -> bool:
             st, so = scores[t], scores[o]
             if st > so or (st == so and t < o):
                 continue
-            if st == so or not (math.isfinite(st) and math.isfinite(so)):
+            if not (math.isfinite(st) and math.isfinite(so)):
+                return False
+            if st == so and t not in rounded and o not in rounded:
                 return False
             if so - st > tie_tol * (1.0 + max(abs(st), abs(so))):
                 return False
@@ -102,6 +109,8 @@ def nsa_oracle(q, k, v, gates=None, compressed_key=None, compressed_value=None, 
     sel_blocks = np.full((batch, hs, sq, top_blocks), -1, dtype=np.int64)
     sel_tokens = np.full((batch, hq, sq, top_tokens), -1, dtype=np.int64)
     prefer_blocks, prefer_tokens = (list(prefer or ()) + [None, None])[:2]
+    # block scores that round in every implementation: means over a count of keys that is not a power of two
+    rounded = frozenset(range(full)) if not has_cmp and bs & (bs - 1) else frozenset()
     for b in range(batch):
         means = np.stack([k[b, :, c * bs:(c + 1) * bs].mean(axis=1) for c in range(full)], 1) if full else None
         for i in range(sq):
@@ -134,7 +143,7 @@ def nsa_oracle(q, k, v, gates=None, compressed_key=None, compressed_value=None, 
                 heads = range(s * group, (s + 1) * group) if shared_selection else [s]
                 summed = {c: sum(scores[h][c] for h in heads) for c in range(num_blocks)}
                 chosen[s] = _choose(summed, candidates, forced, top_blocks,
-                                    _preferred(prefer_blocks, (b, s, i), sel_blocks.shape), tie_tol)
+                                    _preferred(prefer_blocks, (b, s, i), sel_blocks.shape), tie_tol, rounded)
                 sel_blocks[b, s, i] = _padded(chosen[s], top_blocks)
             for h in range(hq):
                 kh = h // group
@@ -177,6 +186,10 @@ def routed_oracle(q, k, v, position_ids=None, *, segment_size: int, top_k: int, 
         k_rot = np.asarray(rope_oracle(k, positions, inv_freq, **kw), np.float64)
     q_route, k_route = (q_rot, k_rot) if rope_before_routing else (q, k)
     num_segments = -(-skv // seg)
+    # segment scores that round in every implementation: unit-length or rotated centroids, and means over a
+    # count of keys that is not a power of two (a partial last segment has its own count)
+    lengths = [min(seg, skv - c * seg) for c in range(num_segments)]
+    rounded = frozenset(c for c, n in enumerate(lengths) if cosine or (rope and rope_before_routing) or n & (n - 1))
     y = np.zeros((batch, hq, sq, v.shape[3]))
     selected = np.full((batch, hq, sq, top_k), -1, dtype=np.int64)
     for b in range(batch):
@@ -191,7 +204,8 @@ def routed_oracle(q, k, v, position_ids=None, *, segment_size: int, top_k: int, 
                 scores = {c: float(centroids[c] @ q_route[b, h, i]) for c in range(num_segments)}
                 candidates = [c for c in range(num_segments) if not causal or c <= own]
                 chosen = _choose(scores, candidates, {own} if causal else set(), top_k,
-                                 _preferred(prefer[0] if prefer else None, (b, h, i), selected.shape), tie_tol)
+                                 _preferred(prefer[0] if prefer else None, (b, h, i), selected.shape), tie_tol,
+                                 rounded)
                 selected[b, h, i] = _padded(chosen, top_k)
                 keys = [j for c in chosen for j in range(c * seg, min((c + 1) * seg, skv)) if not causal or j <= p]
                 y[b, h, i] = _attend(q_rot[b, h, i], k_rot[b, kh, keys], v[b, kh, keys], scale)

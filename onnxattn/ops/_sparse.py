@@ -29,6 +29,13 @@ def query_positions(f: FunctionBuilder, q: str, k: str) -> str:
     return f.op("Unsqueeze", p, f.const([1], I64))
 
 
+def own_index(f: FunctionBuilder, p: str, size: str) -> str:
+    """The block (segment) of `size` keys that holds each query's position: p // size, and -1 for a row before
+    the first key (Sq > Skv puts rows at p < 0, where ONNX's integer Div would truncate toward 0 and make
+    block 0 theirs); same shape as p."""
+    return f.op("Where", f.op("Less", p, f.const(0, I64)), f.const(-1, I64), f.op("Div", p, size))
+
+
 def resolved_scale(f: FunctionBuilder, q: str) -> str:
     """The node's `scale`, or 1/sqrt(D) when it is 0 (float32 scalar)."""
     attr = f.attr("scale")

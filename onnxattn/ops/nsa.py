@@ -256,7 +256,7 @@ def build_function(overload: str, opset: int) -> onnx.FunctionProto:
                 f.op("Reshape", f.op("Sub", blocks, full), f.const([1], I64)), axis=0)
     block_scores = f.op("Pad", block_scores, pads, f.const(float("-inf")))  # the own partial block: forced
     c = f.op("Range", zero, blocks, one)  # [Nb]
-    own = f.op("Div", p, bs)  # [Sq, 1]
+    own = sparse.own_index(f, p, bs)  # [Sq, 1]
     candidate = f.op("Or", f.op("Not", causal), f.op("LessOrEqual", c, own))
     local = f.op("And", f.op("Less", c, own), f.op("GreaterOrEqual", c, f.op("Sub", own, f.attr("local_blocks"))))
     forced = f.op("Or", f.op("Or", f.op("And", causal, f.op("Equal", c, own)), f.op("Less", c, f.attr("sink_blocks"))),

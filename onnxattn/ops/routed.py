@@ -123,13 +123,18 @@ def build_function(overload: str, opset: int) -> onnx.FunctionProto:
     p = sparse.query_positions(f, "Q", "K")  # [Sq, 1]
     j = f.op("Range", zero, skv, one)
 
-    # RoPE at the keys' positions; queries take the last Sq of them
+    # RoPE at the keys' positions; queries take the last Sq of them. Sq > Skv (rope=0 only: shape inference and
+    # the kernels refuse it with rope=1) pads the positions on the left so that the slice still has Sq rows
+    # (a negative start would count from the end)
     if POSITIONS in features:
         key_pos = f.op("Cast", "position_ids", to=I64)
     else:
         key_pos = f.op("Unsqueeze", j, f.const([0], I64))
-    query_pos = f.op("Slice", key_pos, f.op("Reshape", f.op("Sub", skv, sq), f.const([1], I64)),
-                     f.op("Reshape", skv, f.const([1], I64)), f.const([1], I64))
+    extra = f.op("Reshape", f.op("Max", f.op("Sub", sq, skv), zero), f.const([1], I64))
+    padded_pos = f.op("Pad", key_pos, f.op("Concat", f.const([0], I64), extra, f.const([0, 0], I64), axis=0))
+    end = f.op("Add", f.op("Reshape", skv, f.const([1], I64)), extra)
+    query_pos = f.op("Slice", padded_pos, f.op("Sub", end, f.op("Reshape", sq, f.const([1], I64))), end,
+                     f.const([1], I64))
     rotary = bodies.rotary_dim(f, q)
     cos_k, sin_k = bodies.rope_tables(f, key_pos, rotary, None)
     cos_q, sin_q = bodies.rope_tables(f, query_pos, rotary, None)
@@ -157,7 +162,7 @@ def build_function(overload: str, opset: int) -> onnx.FunctionProto:
 
     # routing: the own segment forced, earlier ones by score (causal); all by score otherwise
     causal = f.op("Equal", f.attr("causal"), one)
-    own = f.op("Div", p, seg)
+    own = sparse.own_index(f, p, seg)
     candidate = f.op("Or", f.op("Not", causal), f.op("Less", c, own))
     key = f.op("Where", f.op("And", causal, f.op("Equal", c, own)), f.const(float("inf")),
                f.op("Where", candidate, scores, f.const(float("-inf"))))

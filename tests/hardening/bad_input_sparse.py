@@ -17,7 +17,7 @@ HERE = "tests/hardening/bad_input_sparse.py"
 # Function path of the imported cases (the spec checks these; the body cannot)
 FUNCTION_SPARSE = dict.fromkeys(("nsa-all-branches-off", "nsa-forced-exceed-top", "nsa-sink-without-blocks",
                                   "nsa-fine-and-compression", "nsa-negative-scale", "routed-top-k-0",
-                                  "routed-cosine-2"), "runs")
+                                  "routed-cosine-2", "routed-rope-sq-gt-skv"), "runs")
 HUGE_TOP_NOTE = ("a top count whose selection lists could never be allocated (> 2^40 entries): the kernel rejects "
                  "it naming the attribute; the function clamps k to the candidates and computes the result of "
                  "'all of them' (the kernel could do the same; noted for the op's owner)")
