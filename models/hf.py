@@ -529,3 +529,28 @@ def from_transformers(hf_model) -> nn.Module:
         raise ValueError(f"from_transformers: convert the model to float32 first (it is {hf_dtype}); "
                          f"export with dtype=... to cast")
     return _CONVERTERS[model_type](hf_model).eval()
+
+
+def load_local(directory) -> nn.Module:
+    """The transformers model saved in `directory` (config.json + weights, e.g. a downloaded checkpoint or
+    save_pretrained's output) as the class from_transformers expects for its model_type, in float32, eval.
+    Local files only: nothing is downloaded."""
+    import json
+    from pathlib import Path
+
+    import transformers
+
+    config_file = Path(directory) / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"load_local: {directory} has no config.json (not a transformers model directory)")
+    model_type = json.loads(config_file.read_text()).get("model_type")
+    if model_type not in SUPPORTED:
+        raise _unsupported(f"{directory} holds a {model_type!r} model")
+    model_class = getattr(transformers, SUPPORTED[model_type], None)
+    if model_class is None:
+        raise _unsupported(f"this transformers ({transformers.__version__}) has no {SUPPORTED[model_type]}")
+    # eager attention: transformers refuses sdpa where it cannot express the model (Gemma 2's soft-cap)
+    model = model_class.from_pretrained(directory, dtype=torch.float32, local_files_only=True,
+                                        attn_implementation="eager")
+    return model.eval()
+

@@ -132,15 +132,31 @@ def _parse_overrides(items: list[str] | None) -> dict:
     return overrides
 
 
+def _model_source(spec: str, overrides: list[str] | None):
+    """(what export_model takes, a name for files, the transformers model or None): a reference model's name,
+    or a directory holding a transformers checkpoint (config.json + weights), converted with its weights."""
+    if not Path(spec).is_dir():
+        if "/" in spec or "\\" in spec:  # meant as a path (model names have no slashes)
+            raise FileNotFoundError(f"{spec}: no such directory (a transformers checkpoint) or model name")
+        return spec, spec, None
+    from onnxattn.models import hf
+
+    if overrides:
+        raise ValueError("--set changes a reference model's config; a transformers checkpoint brings its own")
+    hf_model = hf.load_local(spec)
+    return hf.from_transformers(hf_model), Path(spec).resolve().name, hf_model
+
+
 def cmd_export(args) -> int:
     from onnxattn.export import export_model
 
-    path = Path(args.output or f"{args.model_name}.onnx")
-    result = export_model(args.model_name, path, dtype=args.dtype, cache=args.cache, logits=args.logits,
+    model, name, _ = _model_source(args.model_name, args.set)
+    path = Path(args.output or f"{name}.onnx")
+    result = export_model(model, path, dtype=args.dtype, cache=args.cache, logits=args.logits,
                           overrides=_parse_overrides(args.set), validate=not args.no_validate,
                           external_data_threshold=args.external_data_threshold, progress=not args.quiet)
     size = path.stat().st_size + (Path(str(path) + ".data").stat().st_size if result.external_data else 0)
-    print(f"exported {args.model_name} ({result.kind}, {args.dtype}"
+    print(f"exported {name} ({result.kind}, {args.dtype}"
           f"{', cache ' + result.cache if result.cache else ''}) to {path} in {result.seconds:.1f}s "
           f"({size / 1e6:.2f} MB{', weights in ' + path.name + '.data' if result.external_data else ''})")
     print(f"  inputs  {', '.join(_abbreviate(result.input_names))}")
@@ -172,15 +188,19 @@ def cmd_generate(args) -> int:
     sampling = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     providers = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
                  "auto": None}[args.provider]
-    model = None
+    model = hf_model = None
     if Path(args.model).is_file():
         path = Path(args.model)
         vocab = args.vocab_size
-    else:  # a model name: export it first
+    else:  # a model name or a transformers checkpoint: export it first
         from onnxattn.export import export_model
 
+        source, name, hf_model = _model_source(args.model, args.set)
+        if hf_model is not None and args.compare_torch and args.temperature > 0:
+            raise ValueError("generate: --compare-torch with a transformers checkpoint compares greedy tokens "
+                             "with transformers' generate; drop --temperature")
         out_dir = Path(args.out or tempfile.mkdtemp(prefix="onnxattn-generate-"))
-        result = export_model(args.model, out_dir / f"{args.model}.onnx", dtype=args.dtype,
+        result = export_model(source, out_dir / f"{name}.onnx", dtype=args.dtype,
                               overrides=_parse_overrides(args.set), logits="last", progress=not args.quiet,
                               numerics=False)
         path, model, vocab = result.path, result.model, result.model.config.vocab_size
@@ -194,7 +214,19 @@ def cmd_generate(args) -> int:
         print("  " + " ".join(str(int(t)) for t in row))
     if args.compare_torch:
         if model is None:
-            raise ValueError("generate: --compare-torch needs a model name (the eager model to compare with)")
+            raise ValueError("generate: --compare-torch needs a model name or a transformers checkpoint (the "
+                             "eager model to compare with)")
+        if hf_model is not None:
+            import torch
+
+            with torch.no_grad():  # exactly max_new_tokens, whatever the checkpoint's end-of-sequence tokens
+                prompt, eos = torch.from_numpy(ids), hf_model.generation_config.eos_token_id
+                tokens = hf_model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
+                                           max_new_tokens=args.max_new_tokens, min_new_tokens=args.max_new_tokens,
+                                           pad_token_id=eos[0] if isinstance(eos, list) else eos).numpy()
+            same = np.array_equal(tokens, out.tokens)
+            print(f"tokens equal to transformers' generate: {'yes' if same else 'NO'}")
+            return 0 if same else 1
         ref = generate_torch(model, ids, args.max_new_tokens, **sampling)
         same = np.array_equal(ref.tokens, out.tokens)
         print(ref.summary())
@@ -306,8 +338,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("export", help="export a reference model to ONNX (past/present KV cache for decoders)")
-    p.add_argument("model_name", help="a model from onnxattn.models: "
-                   + ", ".join(MODEL_NAMES["decoders"] + MODEL_NAMES["others"]))
+    p.add_argument("model_name", help="a model from onnxattn.models ("
+                   + ", ".join(MODEL_NAMES["decoders"] + MODEL_NAMES["others"])
+                   + "), or a directory holding a transformers checkpoint of a supported architecture "
+                     "(config.json + weights; see onnxattn.export.from_transformers)")
     p.add_argument("-o", "--output")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     p.add_argument("--cache", default="concat", choices=["concat", "shared"],
@@ -321,7 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("generate", help="generate tokens in onnxruntime with the KV cache (greedy or sampled)")
-    p.add_argument("model", help="an exported decoder (.onnx) or a model name (exported first)")
+    p.add_argument("model", help="an exported decoder (.onnx), or a model name or transformers checkpoint "
+                                 "directory (exported first)")
     p.add_argument("--ids", help="prompt token ids: '1,2,3' or rows '1,2;3,4' (default: random)")
     p.add_argument("--batch", type=int, default=1, help="rows of the random prompt")
     p.add_argument("--prompt-length", type=int, default=8, help="length of the random prompt")

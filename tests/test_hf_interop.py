@@ -122,6 +122,33 @@ def test_logits_match_transformers(name, tmp_path):
     assert max(errors) <= 1e-4, errors
 
 
+def test_cli_takes_a_checkpoint_directory(tmp_path, capsys):
+    """`onnxattn export|generate <dir>` loads a saved transformers checkpoint (local files only, eager attention:
+    Gemma 2's soft-cap) and exports it with our ops; generate --compare-torch checks greedy tokens against
+    transformers' own generate."""
+    from onnxattn.cli import main
+
+    hf = randomize(CASES["gemma2"]())
+    hf.save_pretrained(tmp_path / "ckpt")
+    out = tmp_path / "g.onnx"
+    assert main(["export", str(tmp_path / "ckpt"), "-o", str(out), "--quiet"]) == 0
+    assert "exported ckpt (decoder, float32, cache concat)" in capsys.readouterr().out
+    ids = torch.randint(0, 256, (2, 11), generator=torch.Generator().manual_seed(1))
+    errors = [relative_error(g, w) for g, w in zip(run_steps(session(out), ids.numpy(), 8), hf_steps(hf, ids, 8))]
+    assert max(errors) <= 1e-4, errors
+    assert main(["generate", str(tmp_path / "ckpt"), "-n", "6", "--batch", "2", "--compare-torch", "--quiet",
+                 "--provider", "cpu", "--out", str(tmp_path)]) == 0
+    assert "tokens equal to transformers' generate: yes" in capsys.readouterr().out
+    assert main(["export", str(tmp_path / "missing")]) == 2
+    assert "no such directory" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "ckpt"), "--set", "hidden=8"]) == 2
+    assert "a transformers checkpoint brings its own" in capsys.readouterr().err
+    (tmp_path / "t5").mkdir()
+    (tmp_path / "t5" / "config.json").write_text('{"model_type": "t5"}')
+    assert main(["export", str(tmp_path / "t5")]) == 2
+    assert "holds a 't5' model" in capsys.readouterr().err
+
+
 def test_gemma2_keeps_attention_softcap_and_windows(tmp_path):
     """What stock exporters drop: every GroupQueryAttention node carries the soft-cap, sliding layers the
     window; and the cap matters here: with it zeroed in the graph, the logits miss transformers' by far more
