@@ -74,9 +74,13 @@ def export(
     return proto
 
 
-def check_model(proto: onnx.ModelProto) -> None:
-    """The full onnx checker (with our schemas), or only shape inference for models too large for it."""
-    if proto.ByteSize() < _EXTERNAL_DATA_THRESHOLD:
+def check_model(proto: onnx.ModelProto | str | os.PathLike) -> None:
+    """The full onnx checker (with our schemas). A saved model's path is checked from the file: any size
+    (external data too), without copies of the weights in Python. A ModelProto too large to serialize gets only
+    shape inference."""
+    if isinstance(proto, (str, os.PathLike)):
+        onnx.checker.check_model(os.fspath(proto), full_check=True)
+    elif proto.ByteSize() < _EXTERNAL_DATA_THRESHOLD:
         onnx.checker.check_model(proto, full_check=True)
     else:
         ops.value_types(proto)  # shape inference still runs our checks

@@ -177,13 +177,13 @@ def export_model(
         bar.step("tracing and translating (torch.onnx.export)")
         proto = ox.export(graph, args, None, dynamic_shapes=dynamic, input_names=inputs, output_names=outputs,
                           check=False)
-        bar.step("functions attached; checking")
-        ox.check_model(proto)
+        bar.step("functions attached; saving")
         _set_metadata(proto, module, kind, cache, torch_dtype)
         path.parent.mkdir(parents=True, exist_ok=True)
         external = ox.save(proto, path, external_data_threshold=external_data_threshold)
-        bar.step(f"saved{' with external data' if external else ''}")
         del proto
+        ox.check_model(path)  # from the file: no copies of the weights in memory, any size
+        bar.step(f"saved{' with external data' if external else ''} and checked")
         report = None
         if validate:
             report = run_validation(path, numerics=numerics, dims=dims)

@@ -78,11 +78,46 @@ def onnxattn_nodes(model: onnx.ModelProto) -> Iterator[onnx.NodeProto]:
                 yield node
 
 
+# Initializers above this many bytes go to shape inference without their data: weights, never the small
+# shape and index constants whose values inference propagates (a Reshape's target shape).
+_INFERENCE_DATA_LIMIT = 4096
+
+
+def _for_inference(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model` without the data of its large main-graph initializers (names, types and dims kept). Inference
+    serializes the model to C++ and back: with the weights that is four transient copies of them (a 1B
+    model's export peaked at 3x its size there)."""
+    large = {t.name for t in model.graph.initializer if t.ByteSize() > _INFERENCE_DATA_LIMIT}
+    if not large:
+        return model
+    light = onnx.ModelProto()
+    _copy_fields(model, light, skip="graph")
+    _copy_fields(model.graph, light.graph, skip="initializer")
+    for tensor in model.graph.initializer:
+        if tensor.name in large:
+            light.graph.initializer.add(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims)
+        else:
+            light.graph.initializer.append(tensor)
+    return light
+
+
+def _copy_fields(src, dst, skip: str) -> None:
+    for field, value in src.ListFields():
+        if field.name == skip:
+            continue
+        if hasattr(value, "extend"):  # repeated
+            getattr(dst, field.name).extend(value)
+        elif field.message_type is not None:
+            getattr(dst, field.name).CopyFrom(value)
+        else:
+            setattr(dst, field.name, value)
+
+
 def value_types(model: onnx.ModelProto) -> dict[str, TensorInfo]:
     """Type and shape of every value name, after onnx shape inference (with our schemas). When inference
     fails (our checks raise on bad nodes), only the model's declared types are returned."""
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+        inferred = onnx.shape_inference.infer_shapes(_for_inference(model), strict_mode=False)
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError):
         inferred = model
     types: dict[str, TensorInfo] = {}
