@@ -7,6 +7,17 @@ the others set LlamaConfig options (NoPE layers, Granite's multipliers, OLMo 2's
 post-norm blocks, Starcoder2's LayerNorm and ungated MLP). RoBERTa / XLM-RoBERTa map onto
 our BERT (positions from the pad token id); ModernBERT onto models.modernbert.
 
+LongRoPE (rope_type "longrope": Phi-3-mini-128k, Phi-3.5-mini, Phi-4-mini) maps onto RopeScaling("longrope") for
+the Llama-likes, both factor sets checked against transformers'. As transformers' rotary embedding
+(modeling_rope_utils.dynamic_rope_update), each forward uses the long factors when its largest position + 1
+exceeds original_max_position_embeddings (Phi3Config's own field wins over rope_parameters'), else the short
+ones; our layers pick the set with a torch.where that exports as Greater + Where. Phi-3's generate() differs:
+its prepare_inputs_for_generation drops the cache when the sequence first reaches original_max_position_embeddings
++ 1 tokens and re-encodes it all with the long factors, which a KV-cached graph does not do, so our generation
+equals transformers' forward-by-forward decoding, not its generate(), across that boundary. Refused: LongRoPE on
+Gemma 2/3 and DeepSeek-V3, and factor lists that are not one per rotated frequency (transformers broadcasts a
+single factor).
+
 Nothing is downloaded: pass a model you built (e.g. ``LlamaForCausalLM(LlamaConfig(...))``) or loaded."""
 
 from __future__ import annotations
@@ -75,7 +86,9 @@ def _activation(name: str) -> str:
     return _ACTIVATIONS[name]
 
 
-def _rope_scaling(params: dict) -> RopeScaling | None:
+def _rope_scaling(params: dict, max_positions: int | None = None) -> RopeScaling | None:
+    """Our RopeScaling for transformers' rope_parameters. LongRoPE needs `max_positions` (the config's
+    max_position_embeddings, for its default factor); converters that do not pass it refuse LongRoPE."""
     kind = params.get("rope_type", "default")
     if kind == "default":
         return None
@@ -95,24 +108,52 @@ def _rope_scaling(params: dict) -> RopeScaling | None:
                            beta_fast=params.get("beta_fast") or 32.0, beta_slow=params.get("beta_slow") or 1.0,
                            attention_factor=attention)
     if kind == "longrope":
-        raise _unsupported("LongRoPE (rope_type 'longrope': Phi-3 128k, Phi-3.5, Phi-4-mini) is not supported: "
-                           "transformers switches between its short and long factors by the total length at run "
-                           "time (and generate re-encodes the prompt when it crosses "
-                           "original_max_position_embeddings); the exported graph has one set of frequencies")
-    raise _unsupported(f"RoPE type {kind!r} is not supported (default, linear, llama3, yarn are)")
+        if max_positions is None:
+            raise _unsupported("LongRoPE (rope_type 'longrope') is supported for the Llama-like architectures "
+                               "(Phi-3, Phi-3.5, Phi-4-mini, ...), not for this one")
+        original = params["original_max_position_embeddings"]
+        # transformers: factor, else max_position_embeddings / original_max_position_embeddings (attention factor)
+        factor = params.get("factor")
+        try:
+            return RopeScaling("longrope", factor if factor is not None else max_positions / original, original,
+                               attention_factor=params.get("attention_factor"), short_factor=params["short_factor"],
+                               long_factor=params["long_factor"])
+        except ValueError as e:  # e.g. factor lists of different lengths
+            raise _unsupported(f"these LongRoPE parameters do not map onto ours: {e}") from e
+    raise _unsupported(f"RoPE type {kind!r} is not supported (default, linear, llama3, yarn, longrope are)")
 
 
-def _check_rope(ours: nn.Module, hf_inv_freq: torch.Tensor, hf_scaling: float, what: str) -> None:
-    """Our frequencies must be HF's (catches RoPE variants whose parameters map imperfectly)."""
+def _check_rope(ours: nn.Module, hf_inv_freq: torch.Tensor, hf_scaling: float, what: str,
+                hf_long_inv_freq: torch.Tensor | None = None) -> None:
+    """Our frequencies must be HF's (catches RoPE variants whose parameters map imperfectly); with LongRoPE
+    both sets, short (`hf_inv_freq`) and long."""
+    def same(inv_freq, theirs):
+        return theirs is not None and inv_freq.shape == theirs.shape and \
+            torch.allclose(inv_freq, theirs.float().cpu(), rtol=1e-5)
+
     for attn in ours.attention_layers():
         if attn.rope is None:  # NoPE layers (SmolLM3)
             continue
         # MLA rotates only the rope part of each head
-        inv_freq, scaling = attn.rope.frequencies(
-            attn.rope_head_dim if isinstance(attn, MultiHeadLatentAttention) else attn.head_dim)
-        if inv_freq.shape != hf_inv_freq.shape or not torch.allclose(inv_freq, hf_inv_freq.float().cpu(), rtol=1e-5) \
-                or abs(scaling - hf_scaling) > 1e-6:
+        dim = attn.rope_head_dim if isinstance(attn, MultiHeadLatentAttention) else attn.head_dim
+        inv_freq, scaling = attn.rope.frequencies(dim)
+        long_ok = same(attn.rope.frequencies(dim, long=True)[0], hf_long_inv_freq) if attn.rope.switches else \
+            hf_long_inv_freq is None
+        if not same(inv_freq, hf_inv_freq) or not long_ok or abs(scaling - hf_scaling) > 1e-6:
             raise _unsupported(f"the RoPE frequencies of {what} differ from the transformers model's")
+
+
+def _hf_frequencies(rotary) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(short or only inv_freq, LongRoPE's long inv_freq or None) of a transformers rotary embedding. Its
+    inv_freq buffer holds whichever set the last forward used; original_inv_freq keeps the initial (short) one, and
+    the long set is computed as its longrope update does (modeling_rope_utils.dynamic_rope_update)."""
+    short = getattr(rotary, "original_inv_freq", rotary.inv_freq)
+    if getattr(rotary, "rope_type", None) != "longrope":
+        return short, None
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    original = rotary.config.rope_parameters["original_max_position_embeddings"]
+    return short, ROPE_INIT_FUNCTIONS["longrope"](rotary.config, None, seq_len=original + 1)[0]
 
 
 def _window(hf_cfg) -> int:
@@ -189,7 +230,7 @@ def _llama(hf) -> LlamaModel:
         vocab_size=c.vocab_size, hidden=c.hidden_size, num_layers=c.num_hidden_layers,
         num_heads=c.num_attention_heads, num_kv_heads=c.num_key_value_heads or c.num_attention_heads,
         head_dim=head_dim, intermediate=c.intermediate_size, rope_theta=c.rope_parameters["rope_theta"],
-        rope_scaling=_rope_scaling(c.rope_parameters), rotary_dim=_rotary_dim(c, head_dim),
+        rope_scaling=_rope_scaling(c.rope_parameters, c.max_position_embeddings), rotary_dim=_rotary_dim(c, head_dim),
         rms_norm_eps=getattr(c, "rms_norm_eps", None), qkv_bias=qwen2 or bool(getattr(c, "attention_bias", False)),
         o_bias=bool(getattr(c, "attention_bias", False)), mlp_bias=bool(getattr(c, "mlp_bias", False)),
         qk_norm=c.model_type in ("qwen3", "qwen3_moe"), sliding_window=window,
@@ -200,9 +241,9 @@ def _llama(hf) -> LlamaModel:
         fields |= variant(c)
     try:
         cfg = LlamaConfig(**fields)
-    except ValueError as e:  # e.g. more experts per token than experts
+        ours = build(cfg)
+    except ValueError as e:  # e.g. more experts per token than experts, or LongRoPE factors for another rotary dim
         raise _unsupported(f"this {type(c).__name__} does not map onto ours: {e}") from e
-    ours = build(cfg)
     src = hf.model
     with torch.no_grad():
         ours.embed_tokens.weight.copy_(src.embed_tokens.weight)
@@ -244,7 +285,8 @@ def _llama(hf) -> LlamaModel:
                 {"input_norm": "input_layernorm"}
             for ours_norm, hf_norm in norms.items():  # strict: LayerNorm biases too
                 getattr(mine, ours_norm).load_state_dict(getattr(theirs, hf_norm).state_dict())
-    _check_rope(ours, src.rotary_emb.inv_freq, src.rotary_emb.attention_scaling, c.model_type)
+    short, long = _hf_frequencies(src.rotary_emb)
+    _check_rope(ours, short, src.rotary_emb.attention_scaling, c.model_type, long)
     return ours
 
 

@@ -1,6 +1,6 @@
 """Llama-style decoder: GQA + RoPE + RMSNorm + SwiGLU, pre-norm. Options cover its close relatives:
 Mistral (sliding window), Qwen2 (Q/K/V biases), Qwen3 (QK-norm, head dim != hidden / heads), Phi-3 (partial
-rotary: rotary_dim), scaled RoPE (linear, Llama 3, YaRN), tied embeddings, per-layer full/sliding attention
+rotary: rotary_dim), scaled RoPE (linear, Llama 3, YaRN, LongRoPE), tied embeddings, per-layer full/sliding attention
 (layer_types), and a mixture of experts in place of the MLP (Mixtral, Qwen3-MoE: num_experts > 0, see
 models.moe; dense_layers keep the MLP). Further options, all off by default: layers without RoPE (SmolLM3's
 NoPE layers), Granite's multipliers (embeddings, residual branches, attention scale, logits), OLMo 2's RMSNorm

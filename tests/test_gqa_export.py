@@ -135,6 +135,14 @@ CASES = [
         DIM, 4, 2, head_dim=12, rope=Rope(rotary_dim=6, interleaved=True,
                                           scaling=RopeScaling("yarn", 4.0, original_max_positions=32))), Plain,
         ((GQA, "inv_freq", dict(rotary_dim=6, rope_interleaved=1, rope_attention_scaling=_yarn_factor(4.0))),)),
+    # original context 8: traced at positions <= 7 (short factors), RUN_SHAPES reach 9 (long)
+    ExportCase("gqa-longrope-partial-past", lambda: GroupedQueryAttention(
+        DIM, 4, 2, rope=Rope(rotary_dim=6, scaling=RopeScaling("longrope", 4.0, original_max_positions=8,
+                                                                short_factor=(1.0, 1.3, 2.0),
+                                                                long_factor=(2.5, 4.0, 8.0)))), WithPast,
+        ((GQA, "past+inv_freq+present", dict(rotary_dim=6, rope_attention_scaling=math.sqrt(1 + math.log(4) /
+                                                                                            math.log(8)))),),
+        outputs=3),
     ExportCase("gqa-merged-qkv", lambda: GroupedQueryAttention(DIM, 4, 2, merged_qkv=True, qk_norm=True), Plain,
                ((GQA, "qnorm+knorm", {}),), matmuls=2, splits=1),
     ExportCase("gqa-past-present", lambda: GroupedQueryAttention(DIM, 4, 2, window=4, softcap=3.0), WithPast,
@@ -276,6 +284,21 @@ def test_runs_at_other_shapes_like_eager(case: ExportCase, path: str):
         for g, e in zip(got, expected):
             assert g.shape == e.shape
             np.testing.assert_allclose(g, e, atol=ATOL, rtol=RTOL, err_msg=f"batch {batch}, seq {seq}, past {past}")
+
+
+def test_longrope_switch_is_exported_not_folded():
+    """LongRoPE's factor set is chosen in the graph, by a Greater on the positions (from the past length) and a
+    Where in front of rope_inv_freq, not fixed at the traced length; test_runs_at_other_shapes_like_eager runs
+    both sides of the boundary (positions up to 7, and up to 9) on every path."""
+    module, proto = exported("gqa-longrope-partial-past")
+    producers = {out: n for n in proto.graph.node for out in n.output}
+    (node,) = ops.onnxattn_nodes(proto)
+    where = producers[node.input[9]]
+    assert where.op_type == "Where" and producers[where.input[0]].op_type == "Greater"
+    values = {i.name: onnx.numpy_helper.to_array(i) for i in proto.graph.initializer}
+    np.testing.assert_array_equal(values[where.input[1]], module.attn.long_rope_inv_freq.numpy())
+    np.testing.assert_array_equal(values[where.input[2]], module.attn.rope_inv_freq.numpy())
+    assert not np.allclose(module.attn.long_rope_inv_freq.numpy(), module.attn.rope_inv_freq.numpy())
 
 
 # ---------------------------------------------------------------------------------------------------------

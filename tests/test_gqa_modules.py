@@ -24,6 +24,7 @@ from onnxattn.nn import (
     GroupedQueryAttention,
     KVCache,
     LocalAttention,
+    MultiHeadLatentAttention,
     Rope,
     RopeScaling,
     build_causal_sliding_window_mask,
@@ -32,6 +33,7 @@ from onnxattn.nn import (
     whole_tensor_rms_norm,
 )
 from onnxattn.nn.functional import group_query_attention
+from onnxattn.nn.paged_cache import PagedKVCache
 from onnxattn.nn.reference import apply_rope
 
 ATOL = 2e-5
@@ -435,8 +437,130 @@ def test_partial_rotary_scaling_uses_the_rotary_dim():
     np.testing.assert_allclose(np64(inv_freq), default_inv_freq(8, 10000.0) / 2, rtol=1e-6)
 
 
+@pytest.mark.parametrize("factor, attention_factor, expected_attention", [
+    (32.0, None, math.sqrt(1 + math.log(32.0) / math.log(4096))),  # Phi-3-mini-128k: 131072 / 4096
+    (1.0, None, 1.0),  # no extension: no scaling
+    (32.0, 1.19, 1.19),  # explicit attention factor
+])
+def test_longrope_frequencies_match_the_published_formula(factor, attention_factor, expected_attention):
+    """LongRoPE (Ding et al. 2024; the Hugging Face `_compute_longrope_parameters` form): each frequency divided by
+    its own factor, short or long set; attention factor sqrt(1 + ln(factor) / ln(original context)). Partial rotary
+    (Phi-4-mini's 0.75): the factors are per frequency of the rotated channels."""
+    short, long = (1.0, 1.2, 1.5, 2.0, 3.0, 4.0), (1.5, 3.0, 6.0, 12.0, 24.0, 48.0)
+    scaling = RopeScaling("longrope", factor, original_max_positions=4096, attention_factor=attention_factor,
+                          short_factor=short, long_factor=long)
+    rope = Rope(rotary_dim=12, scaling=scaling)
+    assert rope.switches and not Rope(scaling=RopeScaling("yarn", 4.0)).switches
+    for factors, is_long in ((short, False), (long, True)):
+        inv_freq, attention = rope.frequencies(16, long=is_long)
+        np.testing.assert_allclose(np64(inv_freq), default_inv_freq(12, 10000.0) / np.array(factors), rtol=1e-6)
+        assert attention == pytest.approx(expected_attention)
+
+
+LONGROPE = dict(short_factor=(1.0, 1.3, 2.0), long_factor=(2.5, 4.0, 8.0))  # rotary 6 of head_dim 8
+
+
+def longrope_modules(cls=GroupedQueryAttention, **kwargs):
+    """A module with LongRoPE (original context 8, so position 8 switches to the long factors) and its twins with
+    the same weights whose two sets are both the short ones, or both the long ones."""
+    def build(short, long):
+        scaling = RopeScaling("longrope", 4.0, original_max_positions=8, short_factor=short, long_factor=long)
+        return make(cls, MODEL_DIM, 4, 2, rope=Rope(rotary_dim=6, scaling=scaling), **kwargs)
+
+    short, long = LONGROPE["short_factor"], LONGROPE["long_factor"]
+    return build(short, long), build(short, short), build(long, long)
+
+
+def _past(past: int, batch: int = 2, seed: int = 2):
+    return dict(past_key=randn(batch, 2, past, 8, seed=seed), past_value=randn(batch, 2, past, 8, seed=seed + 1))
+
+
+def _shared(lengths: list[int]):
+    return dict(**_past(10, len(lengths), seed=4), past_lengths=torch.tensor(lengths))
+
+
+# (id, tokens per row, forward inputs, the set transformers would use: the largest position + 1 > 8 is long)
+LONGROPE_FORWARDS = [
+    ("8-tokens", 8, {}, "short"),  # positions 0..7
+    ("9-tokens", 9, {}, "long"),
+    ("past-7-decode", 1, _past(7), "short"),  # position 7
+    ("past-8-decode", 1, _past(8), "long"),
+    ("past-6-chunk-crossing", 3, _past(6), "long"),  # positions 6, 7, 8: the whole chunk uses the long set
+    ("documents-reset-positions", 10, dict(doc_boundaries=[5]), "short"),  # positions 0..4, 0..4
+    ("position-ids", 3, dict(position_ids=torch.tensor([[0, 1, 2], [6, 7, 8]])), "long"),  # any row decides
+    ("shared-buffer-short", 1, _shared([2, 7]), "short"),
+    ("shared-buffer-one-row-long", 1, _shared([2, 8]), "long"),  # row 0 too, as transformers' max over the batch
+]
+
+
+@pytest.mark.parametrize("tokens, inputs, expected", [pytest.param(*c[1:], id=c[0]) for c in LONGROPE_FORWARDS])
+def test_longrope_module_picks_the_factor_set_by_its_positions(tokens, inputs, expected):
+    """Each forward uses the long factors for all of its tokens once its largest position reaches the original
+    context, else the short ones (cached keys are as given); the two sets give clearly different outputs here."""
+    attn, short, long = longrope_modules()
+    want, other = (short, long) if expected == "short" else (long, short)
+    x = randn(2, tokens, MODEL_DIM)
+    with torch.no_grad():
+        got, want, other = attn(x, **inputs), want(x, **inputs), other(x, **inputs)
+    np.testing.assert_allclose(got.numpy(), want.numpy(), atol=ATOL)
+    assert np.abs(got.numpy() - other.numpy()).max() > 1e-2
+
+
+def test_longrope_band_and_paged_pick_the_factor_set_by_their_positions():
+    """The other consumers of the frequencies: LocalAttention(kind="band") rotates in torch, and a paged step
+    decides by the largest position of all its sequences."""
+    attn, short, long = longrope_modules(LocalAttention, window=2, kind="band")
+    for tokens, want in ((8, short), (9, long)):
+        x = randn(1, tokens, MODEL_DIM)
+        with torch.no_grad():
+            np.testing.assert_allclose(attn(x).numpy(), want(x).numpy(), atol=ATOL)
+    attn, short, long = longrope_modules()
+
+    def run(module, lengths):  # one step over fresh sequences of these lengths, packed
+        cache = PagedKVCache([(2, 8, 8)], 8, 4)
+        for i in range(len(lengths)):
+            cache.add(i)
+        with torch.no_grad():
+            return module(randn(sum(lengths), MODEL_DIM), paged=cache.step(range(len(lengths)), lengths))
+
+    for lengths, want, other in (([3, 8], short, long), ([3, 9], long, short)):
+        got = run(attn, lengths)
+        np.testing.assert_allclose(got.numpy(), run(want, lengths).numpy(), atol=ATOL)
+        assert np.abs(got[:3].numpy() - run(other, lengths)[:3].numpy()).max() > 1e-2  # the short sequence too
+
+
+def test_longrope_sets_stay_float32_in_a_cast_model():
+    """The op takes rope_inv_freq as float; a float16 export must not round either set."""
+    from onnxattn.models._base import cast_model
+
+    attn = cast_model(longrope_modules()[0], torch.float16)
+    assert attn.q_proj.weight.dtype == torch.float16
+    assert attn.rope_inv_freq.dtype == attn.long_rope_inv_freq.dtype == torch.float32
+
+
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(kind="ntk", factor=2.0), r"kind must be 'linear', 'llama3' or 'yarn', got 'ntk'"),
+    (dict(short_factor=(1.0, 2.0), long_factor=(1.0,)), "longrope needs short_factor and long_factor of one length"),
+    (dict(short_factor=(1.0, 0.0), long_factor=(1.0, 2.0)), "all > 0"),
+    (dict(short_factor=(1.0,), long_factor=(1.0,), original_max_positions=1), "original_max_positions must be >= 2"),
+])
+def test_longrope_rejects_bad_settings(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        RopeScaling("longrope", 2.0, **kwargs)
+
+
+def test_longrope_factors_must_fit_and_mla_refuses_them():
+    with pytest.raises(ValueError, match="short_factor / long_factor belong to kind 'longrope', not 'yarn'"):
+        RopeScaling("yarn", 2.0, short_factor=(1.0,))
+    longrope = Rope(scaling=RopeScaling("longrope", 2.0, **LONGROPE))
+    with pytest.raises(ValueError, match=r"one factor per frequency \(rotary_dim / 2 = 4\), got 3"):
+        GroupedQueryAttention(MODEL_DIM, 4, 2, rope=longrope)
+    with pytest.raises(ValueError, match="MultiHeadLatentAttention: LongRoPE scaling is not supported"):
+        MultiHeadLatentAttention(MODEL_DIM, 4, kv_rank=16, nope_head_dim=8, rope_head_dim=6, v_head_dim=8,
+                                 rope=longrope)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(kind="ntk", factor=2.0), r"kind must be 'linear', 'llama3', 'yarn' or 'longrope', got 'ntk'"),
     (dict(kind="linear", factor=0.0), r"factor must be > 0, got 0.0"),
     (dict(kind="yarn", factor=-2.0), r"factor must be > 0"),
 ])

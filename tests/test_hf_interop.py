@@ -5,7 +5,9 @@ logit: fp32 rounding differs by ~1e-6 between the two, and 100x that still catch
 layout or scale); the exported graph is ours (GroupQueryAttention nodes, MultiHeadLatentAttention for
 DeepSeek-V3, whose greedy generation also equals transformers' generate token for token); Gemma 2's
 attention soft-cap and windows are on those nodes, and the cap changes the logits; Phi-3 (fused projections,
-partial rotary), the mixtures of experts of Mixtral and Qwen3-MoE, SmolLM3 (NoPE layers), Granite (multipliers),
+partial rotary, LongRoPE switching factor sets per forward, as transformers' forward does, across
+original_max_position_embeddings; its generate() re-encodes there instead), the mixtures of experts of Mixtral
+and Qwen3-MoE, SmolLM3 (NoPE layers), Granite (multipliers),
 OLMo 2 (whole-projection QK-norm, post-norm) and Starcoder2 (LayerNorm, ungated MLP) map onto our Llama, their
 nodes carrying the per-layer RoPE, windows and scale; the encoders (BERT, RoBERTa / XLM-RoBERTa with positions from
 the pad token, ModernBERT with its local band) match transformers' hidden states on real tokens under a key-padding
@@ -122,6 +124,83 @@ def test_logits_match_transformers(name, tmp_path):
     assert max(errors) <= 1e-4, errors
 
 
+def phi3_longrope():
+    """Phi-3 with LongRoPE over a short context: original_max_position_embeddings 8 (a forward whose positions
+    reach 8 uses the long factors), max_position_embeddings 32 (attention factor sqrt(1 + ln 4 / ln 8)), 12 of 16
+    channels rotated (Phi-4-mini's partial_rotary_factor 0.75). The long factors differ from the short ones most
+    on the high frequencies, which turn by whole radians over these few positions."""
+    return randomize(T.Phi3ForCausalLM(T.Phi3Config(
+        **SMALL, **NO_TOKENS, max_position_embeddings=32, original_max_position_embeddings=8, rope_parameters={
+            "rope_type": "longrope", "rope_theta": 10000.0, "partial_rotary_factor": 0.75,
+            "short_factor": [1.0, 1.1, 1.3, 1.6, 2.0, 2.5], "long_factor": [2.0, 3.0, 4.0, 6.0, 8.0, 12.0]})))
+
+
+def test_phi3_longrope_matches_transformers_forward_by_forward(tmp_path):
+    """transformers picks LongRoPE's factor set per forward: long when its largest position + 1 exceeds
+    original_max_position_embeddings, for all of that forward's tokens; cached keys keep the set they were rotated
+    with. The graph does the same (Greater + Where in front of each node's rope_inv_freq), so over a prefill below
+    the boundary whose decode steps cross it, and over a prefill already past it, the logits match. Wiring the
+    nodes to the short set only (or the long set only) misses by far on the other side."""
+    hf = phi3_longrope()
+    result = from_transformers(hf, tmp_path / "phi3.onnx", progress=False)
+    assert result.report.ok
+    proto = onnx.load(result.path)
+    producers = {out: n for n in proto.graph.node for out in n.output}
+    nodes = [n for n in proto.graph.node if n.op_type == "GroupQueryAttention"]
+    wheres = [producers[n.input[9]] for n in nodes]  # rope_inv_freq
+    assert len(nodes) == 2 and all(w.op_type == "Where" and producers[w.input[0]].op_type == "Greater" for w in wheres)
+    ids = torch.randint(0, 256, (2, 13), generator=torch.Generator().manual_seed(1))
+    sess = session(result.path)
+    for prefill in (6, 10):  # positions 0..5 then 6, 7 short and 8..12 long; positions 0..9 long from the start
+        got, want = run_steps(sess, ids.numpy(), prefill), hf_steps(hf, ids, prefill)
+        errors = [relative_error(g, w) for g, w in zip(got, want)]
+        assert max(errors) <= 1e-4, (prefill, errors)
+
+    want = hf_steps(hf, ids, 6)
+    for branch, name in ((2, "short"), (1, "long")):  # Where(condition, long, short)
+        for node, where in zip(nodes, wheres):
+            node.input[9] = where.input[branch]
+        onnx.save(proto, tmp_path / f"{name}.onnx")
+        errors = [relative_error(g, w) for g, w in zip(run_steps(session(tmp_path / f"{name}.onnx"), ids.numpy(), 6),
+                                                       want)]
+        if name == "short":  # right up to position 7 (the prefill and the first two steps), wrong from 8 on
+            assert max(errors[:3]) <= 1e-4 and min(errors[3:]) > 1e-2, errors
+        else:  # wrong from the prefill on
+            assert min(errors) > 1e-2, errors
+
+
+def test_phi3_longrope_generation_is_forward_by_forward_not_transformers_generate(tmp_path):
+    """Our greedy generation (concatenated and shared-buffer caches) equals transformers' model run forward by
+    forward with its cache, token for token, across the boundary. It does not equal transformers' generate():
+    Phi3ForCausalLM.prepare_inputs_for_generation drops the cache when the sequence first reaches
+    original_max_position_embeddings + 1 tokens and re-encodes all of it with the long factors, while a KV cache
+    keeps the earlier keys rotated with the short ones. Checked here on transformers' own logits, so this test
+    fails (and the docs need updating) if transformers changes that."""
+    hf = phi3_longrope()
+    prompt = torch.randint(0, 256, (2, 5), generator=torch.Generator().manual_seed(2))
+    new = 8  # the 4th generated token is predicted from 9 tokens, the first forward past the boundary
+    with torch.no_grad():
+        out = hf(prompt, use_cache=True)
+        cache, steps = out.cache, [out.logits[:, -1]]
+        for _ in range(new - 1):
+            out = hf(steps[-1].argmax(-1, keepdim=True), use_cache=True, cache=cache)
+            cache = out.cache
+            steps.append(out.logits[:, -1])
+        want = torch.cat([prompt, torch.stack(steps, 1).argmax(-1)], 1).numpy()
+        theirs = hf.generate(prompt, max_new_tokens=new, do_sample=False, output_logits=True,
+                             return_dict_in_generate=True)
+        reencoded = hf(theirs.sequences[:, :9]).logits[:, -1]  # the whole sequence in one forward, no cache
+    errors = [relative_error(g.numpy(), s.numpy()) for g, s in zip(theirs.logits, steps)]
+    assert max(errors[:4]) <= 1e-5 and errors[4] > 1e-2, errors  # equal before the boundary, not at it
+    assert relative_error(theirs.logits[4].numpy(), reencoded.numpy()) <= 1e-5
+    for cache_mode in ("concat", "shared"):
+        result = from_transformers(hf, tmp_path / f"{cache_mode}.onnx", cache=cache_mode, logits="last",
+                                   progress=False)
+        got = generate(str(result.path), prompt.numpy(), new, providers=["CPUExecutionProvider"], progress=False)
+        np.testing.assert_array_equal(got.tokens, want, err_msg=cache_mode)
+    assert len(np.unique(want[:, 5:])) >= 4, "the tiny model should not collapse onto one token"
+
+
 def test_cli_takes_a_checkpoint_directory(tmp_path, capsys):
     """`onnxattn export|generate <dir>` loads a saved transformers checkpoint (local files only, eager attention:
     Gemma 2's soft-cap) and exports it with our ops; generate --compare-torch checks greedy tokens against
@@ -186,10 +265,12 @@ ONE_LAYER = SMALL | dict(num_hidden_layers=1)
 
 
 @pytest.mark.parametrize("make, match", [
-    # the factor set depends on the total length at run time
-    (lambda: T.Phi3ForCausalLM(T.Phi3Config(**ONE_LAYER, **NO_TOKENS, max_position_embeddings=128, rope_parameters={
-        "rope_type": "longrope", "rope_theta": 10000.0, "short_factor": [1.0] * 8, "long_factor": [2.0] * 8,
-        "original_max_position_embeddings": 32})), "LongRoPE .* switches between its short and long factors"),
+    # Llama's config only warns, and transformers broadcasts one factor over all 8 frequencies (Phi3Config refuses)
+    (lambda: T.LlamaForCausalLM(T.LlamaConfig(**ONE_LAYER, max_position_embeddings=128, rope_parameters={
+        "rope_type": "longrope", "rope_theta": 10000.0, "short_factor": [1.0], "long_factor": [2.0],
+        "original_max_position_embeddings": 32})),
+     r"LlamaConfig does not map onto ours: RopeScaling: longrope needs one factor per frequency "
+     r"\(rotary_dim / 2 = 8\)"),
     # 16 * 0.5625 = 9 channels: transformers rotates 10 with frequencies for 9
     (lambda: T.Phi3ForCausalLM(T.Phi3Config(**ONE_LAYER, **NO_TOKENS, rope_parameters={
         "rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5625})),
@@ -198,7 +279,8 @@ ONE_LAYER = SMALL | dict(num_hidden_layers=1)
      r"this Qwen3MoeConfig does not map onto ours: LlamaConfig: experts_per_token must be in \[1, 4\]"),
     (lambda: T.MixtralForCausalLM(T.MixtralConfig(**ONE_LAYER, head_dim=16, rope_parameters={
         "rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0})), "RoPE type 'dynamic' is not supported"),
-], ids=["phi3-longrope", "phi3-odd-rotary-dim", "qwen3_moe-more-chosen-than-experts", "mixtral-dynamic-rope"])
+], ids=["llama-longrope-one-factor", "phi3-odd-rotary-dim", "qwen3_moe-more-chosen-than-experts",
+        "mixtral-dynamic-rope"])
 def test_phi3_and_moe_unsupported_settings_are_named(make, match, tmp_path):
     with pytest.raises(UnsupportedModel, match=match):
         from_transformers(make(), tmp_path / "x.onnx")
@@ -421,6 +503,11 @@ def test_deepseek_v3_unsupported_settings_are_named(tmp_path):
         "rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0, "mscale_all_dim": 1.0}))
     with pytest.raises(UnsupportedModel, match="softmax scale .* is only reproduced for YaRN"):
         from_transformers(linear, tmp_path / "x.onnx")
+    longrope = T.DeepseekV3ForCausalLM(T.DeepseekV3Config(**small, max_position_embeddings=64, rope_parameters={
+        "rope_type": "longrope", "rope_theta": 10000.0, "short_factor": [1.0] * 4, "long_factor": [2.0] * 4,
+        "original_max_position_embeddings": 16}))
+    with pytest.raises(UnsupportedModel, match="LongRoPE .* is supported for the Llama-like architectures"):
+        from_transformers(longrope, tmp_path / "x.onnx")
     groups = T.DeepseekV3ForCausalLM(T.DeepseekV3Config(**small | dict(n_group=4, topk_group=2,
                                                                        first_k_dense_replace=0)))
     with pytest.raises(UnsupportedModel, match="does not map onto ours.*each group needs >= 2 experts"):

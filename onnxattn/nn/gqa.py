@@ -9,7 +9,7 @@ from onnxattn.nn import functional as F
 from onnxattn.nn.kv_cache import KVCache
 from onnxattn.nn.paged_cache import PagedStep
 from onnxattn.nn.reference import apply_rope, rms_norm_heads
-from onnxattn.nn.rope import Rope, positions_from_boundaries
+from onnxattn.nn.rope import Rope, longrope_frequencies, positions_from_boundaries
 
 
 def qk_norm(x: torch.Tensor, weight: torch.Tensor | None = None, eps: float = 1e-6) -> torch.Tensor:
@@ -84,6 +84,10 @@ class GroupedQueryAttention(nn.Module):
             inv_freq, self.rope_attention_scaling = rope.frequencies(head_dim)
             # the default frequencies are computed by the op itself; scaled ones travel as an input
             self.register_buffer("rope_inv_freq", inv_freq if rope.scaling else None, persistent=False)
+            # LongRoPE: rope_inv_freq is the short set; each forward picks one by its positions (rope_frequencies).
+            # The name ends in rope_inv_freq so that models._base.cast_model keeps it float32 as well.
+            long = rope.frequencies(head_dim, long=True)[0] if rope.switches else None
+            self.register_buffer("long_rope_inv_freq", long, persistent=False)
             self.rotary_dim = rope.rotary_dim or head_dim
 
     def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -102,6 +106,16 @@ class GroupedQueryAttention(nn.Module):
                 merged.bias.copy_(torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias]))
         self.qkv_proj = merged.to(self.q_proj.weight.device, self.q_proj.weight.dtype)
         del self.q_proj, self.k_proj, self.v_proj
+
+    def rope_frequencies(self, last_position) -> torch.Tensor | None:
+        """The rope_inv_freq input for one forward (None: the op's default). With LongRoPE, the long or short
+        set by `last_position`, a callable giving the forward's largest position as a 0-d tensor (only LongRoPE
+        calls it, so other layers add no ops to the graph)."""
+        inv_freq = getattr(self, "rope_inv_freq", None)
+        if getattr(self, "long_rope_inv_freq", None) is None:
+            return inv_freq
+        return longrope_frequencies(inv_freq, self.long_rope_inv_freq, last_position(),
+                                    self.rope.scaling.original_max_positions)
 
     def positions(self, batch: int, seq: int, past: int, doc_boundaries=None, device=None) -> torch.Tensor | None:
         """position_ids [B, S] for RoPE: None (the op's default, past + arange) unless documents are packed."""
@@ -151,9 +165,17 @@ class GroupedQueryAttention(nn.Module):
                 raise ValueError(f"GroupedQueryAttention: position {last} is out of range for max_positions "
                                  f"{self.max_positions}")
         rope = self.rope
+
+        def last_position():  # the op's positions: position_ids, or (past_lengths[b] or past) + arange(s)
+            if position_ids is not None:
+                return position_ids.max()
+            offset = past_lengths.max() if past_lengths is not None else past
+            # a tensor even when past is a traced size, so the exported switch compares at run time
+            return (torch.arange(s, device=x.device) + offset).max()
+
         out, present_k, present_v = F.group_query_attention(
             q, k, v, past_key, past_value, past_lengths, position_ids, self.q_norm, self.k_norm,
-            getattr(self, "rope_inv_freq", None), attention_mask,
+            self.rope_frequencies(last_position), attention_mask,
             num_heads=self.num_query_heads, kv_num_heads=self.num_kv_heads, causal=self.causal, window=self.window,
             softcap=self.softcap, scale=self.scale, rope=rope is not None,
             rope_base=rope.base if rope else 10000.0, rotary_dim=rope.rotary_dim or 0 if rope else 0,
@@ -184,9 +206,13 @@ class GroupedQueryAttention(nn.Module):
                                  f"{self.max_positions}")
         q, k, v = self.project(x)
         rope = self.rope
+
+        def last_position():  # over all sequences of the step, as transformers takes the max over the batch
+            return (position_ids if position_ids is not None else step.token_positions(x.shape[0])).max()
+
         out, key_cache, value_cache = F.paged_attention(
             q, k, v, key_cache, value_cache, step.block_table, step.cu_seqlens_q, step.seq_lens, position_ids,
-            self.q_norm, self.k_norm, getattr(self, "rope_inv_freq", None),
+            self.q_norm, self.k_norm, self.rope_frequencies(last_position),
             num_heads=self.num_query_heads, kv_num_heads=self.num_kv_heads, causal=self.causal, window=self.window,
             softcap=self.softcap, scale=self.scale, rope=rope is not None,
             rope_base=rope.base if rope else 10000.0, rotary_dim=rope.rotary_dim or 0 if rope else 0,
@@ -244,7 +270,7 @@ class LocalAttention(GroupedQueryAttention):
                 positions = self.positions(b, s, 0, kwargs.get("doc_boundaries"), x.device)
             if positions is None:
                 positions = torch.arange(s, device=x.device).expand(b, s)
-            inv_freq = getattr(self, "rope_inv_freq", None)
+            inv_freq = self.rope_frequencies(positions.max)
             if inv_freq is None:
                 inv_freq = self.rope.frequencies(self.head_dim)[0].to(x.device)
             rope_kwargs = dict(interleaved=self.rope.interleaved, attention_scaling=self.rope_attention_scaling)

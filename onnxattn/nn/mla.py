@@ -41,6 +41,11 @@ def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor
     return weight * (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
 
 
+def _no_longrope(name: str, rope: Rope) -> None:
+    if rope.switches:  # its frequencies are chosen per forward (GroupedQueryAttention does); not wired here
+        raise ValueError(f"{name}: LongRoPE scaling is not supported (GroupedQueryAttention takes it)")
+
+
 def _onnx_rotary_embedding_available() -> bool:
     return hasattr(torch.onnx, "ops") and hasattr(torch.onnx.ops, "rotary_embedding")
 
@@ -122,6 +127,7 @@ class MultiHeadLatentAttention(nn.Module):
         self.w_uv = nn.Parameter(torch.randn(h, kv_rank, v_head_dim) / math.sqrt(kv_rank))
         self.o_proj = nn.Linear(h * v_head_dim, self.model_dim, bias=False)
         self.rope = rope if rope is not None else Rope(interleaved=True)
+        _no_longrope(name, self.rope)
         if self.rope.rotary_dim not in (None, dr):
             raise ValueError(f"{name}: RoPE rotates the whole rope part (rope_head_dim = {dr}); rotary_dim must be None")
         inv_freq, self.rope_attention_scaling = self.rope.frequencies(dr)
@@ -208,6 +214,7 @@ class MultiHeadLatentAttention(nn.Module):
         self.v_up_proj = nn.Linear(latent_dim, h * head_dim, bias=bias)  # W_UV
         self.o_proj = nn.Linear(h * head_dim, self.model_dim, bias=bias)  # W_O
         self.rope = rope if rope is not None else Rope()
+        _no_longrope(name, self.rope)
         inv_freq, self.rope_attention_scaling = Rope(self.rope.base, self.rope_head_dim, self.rope.interleaved,
                                                      self.rope.scaling).frequencies(head_dim)
         self.register_buffer("rope_inv_freq", inv_freq, persistent=False)

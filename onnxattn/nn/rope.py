@@ -1,6 +1,7 @@
 """Rotary position embedding settings: base, partial rotation, layout, and frequency scaling schemes
-(linear, Llama 3, YaRN) expressed as inverse frequencies plus an attention factor, the form the
-GroupQueryAttention op takes (rope_inv_freq input, rope_attention_scaling attribute)."""
+(linear, Llama 3, YaRN, LongRoPE) expressed as inverse frequencies plus an attention factor, the form the
+GroupQueryAttention op takes (rope_inv_freq input, rope_attention_scaling attribute). LongRoPE has two sets of
+frequencies; `longrope_frequencies` picks one per forward with tensor ops, so an exported graph keeps the switch."""
 
 from __future__ import annotations
 
@@ -14,8 +15,17 @@ from onnxattn.nn.reference import default_inv_freq
 
 @dataclasses.dataclass(frozen=True)
 class RopeScaling:
-    """Context-extension scheme. kind: "linear" (positions / factor), "llama3" (Llama 3.1 frequency bands)
-    or "yarn" (NTK-by-parts interpolation with an attention factor)."""
+    """Context-extension scheme. kind:
+    - "linear": positions / factor;
+    - "llama3": Llama 3.1 frequency bands;
+    - "yarn": NTK-by-parts interpolation with an attention factor (default 0.1 ln(factor) + 1);
+    - "longrope": LongRoPE (Phi-3-mini-128k, Phi-3.5-mini, Phi-4-mini): inv_freq[i] = 1 / (f[i] base^(2i/d)) with
+      per-frequency divisors f = `short_factor`, or `long_factor` for a whole forward once its largest position
+      reaches `original_max_positions` (largest position + 1 > original_max_positions, as transformers decides;
+      earlier tokens' cached keys keep the frequencies they were rotated with). cos and sin are multiplied by
+      `attention_factor`, by default sqrt(1 + ln(factor) / ln(original_max_positions)) for factor > 1 (else 1),
+      with factor the context extension (max positions / original_max_positions). Rope.frequencies gives the
+      short set, frequencies(long=True) the long one, and `longrope_frequencies` the switch between them."""
 
     kind: str
     factor: float
@@ -24,13 +34,26 @@ class RopeScaling:
     high_freq_factor: float = 4.0  # llama3
     beta_fast: float = 32.0  # yarn
     beta_slow: float = 1.0  # yarn
-    attention_factor: float | None = None  # yarn; default 0.1 * ln(factor) + 1
+    attention_factor: float | None = None  # yarn, longrope; None: the kind's default (above)
+    short_factor: tuple[float, ...] = ()  # longrope: one divisor per frequency [rotary_dim / 2]
+    long_factor: tuple[float, ...] = ()  # longrope
 
     def __post_init__(self):
-        if self.kind not in ("linear", "llama3", "yarn"):
-            raise ValueError(f"RopeScaling: kind must be 'linear', 'llama3' or 'yarn', got {self.kind!r}")
+        if self.kind not in ("linear", "llama3", "yarn", "longrope"):
+            raise ValueError(f"RopeScaling: kind must be 'linear', 'llama3', 'yarn' or 'longrope', got {self.kind!r}")
         if not self.factor > 0:
             raise ValueError(f"RopeScaling: factor must be > 0, got {self.factor}")
+        if self.kind == "longrope":
+            object.__setattr__(self, "short_factor", tuple(float(f) for f in self.short_factor))  # hashable
+            object.__setattr__(self, "long_factor", tuple(float(f) for f in self.long_factor))
+            n = len(self.short_factor)
+            if not n or len(self.long_factor) != n or not all(f > 0 for f in self.short_factor + self.long_factor):
+                raise ValueError(f"RopeScaling: longrope needs short_factor and long_factor of one length >= 1, all "
+                                 f"> 0, got {len(self.short_factor)} and {len(self.long_factor)} factors")
+            if self.original_max_positions < 2:  # its log divides the default attention factor
+                raise ValueError(f"RopeScaling: original_max_positions must be >= 2, got {self.original_max_positions}")
+        elif self.short_factor or self.long_factor:
+            raise ValueError(f"RopeScaling: short_factor / long_factor belong to kind 'longrope', not {self.kind!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,8 +63,14 @@ class Rope:
     interleaved: bool = False
     scaling: RopeScaling | None = None
 
-    def frequencies(self, head_dim: int) -> tuple[torch.Tensor, float]:
-        """(inv_freq [rotary_dim / 2] float32, attention scaling)."""
+    @property
+    def switches(self) -> bool:
+        """True for LongRoPE: the frequencies of a forward depend on its positions (longrope_frequencies)."""
+        return self.scaling is not None and self.scaling.kind == "longrope"
+
+    def frequencies(self, head_dim: int, long: bool = False) -> tuple[torch.Tensor, float]:
+        """(inv_freq [rotary_dim / 2] float32, attention scaling). `long`: LongRoPE's long set (else the short
+        one); the other kinds have one set."""
         dim = self.rotary_dim or head_dim
         if dim % 2 or dim > head_dim:
             raise ValueError(f"Rope: rotary_dim must be even and <= head_dim ({head_dim}), got {dim}")
@@ -53,6 +82,8 @@ class Rope:
             return inv_freq / s.factor, 1.0
         if s.kind == "llama3":
             return _llama3(inv_freq, s), 1.0
+        if s.kind == "longrope":
+            return _longrope(dim, self.base, s, long)
         return _yarn(dim, self.base, s)
 
 
@@ -84,6 +115,27 @@ def _yarn(dim: int, base: float, s: RopeScaling) -> tuple[torch.Tensor, float]:
     default = 0.1 * math.log(s.factor) + 1.0 if s.factor > 1 else 1.0
     attention = s.attention_factor if s.attention_factor is not None else default
     return inv_freq, attention
+
+
+def _longrope(dim: int, base: float, s: RopeScaling, long: bool) -> tuple[torch.Tensor, float]:
+    factors = s.long_factor if long else s.short_factor
+    if len(factors) != dim // 2:
+        raise ValueError(f"RopeScaling: longrope needs one factor per frequency (rotary_dim / 2 = {dim // 2}), got "
+                         f"{len(factors)}")
+    # transformers' order of operations (1 / (f * base^e)), so the float32 values are its own
+    exponents = torch.arange(0, dim, 2, dtype=torch.int64).float() / dim
+    inv_freq = 1.0 / (torch.tensor(factors, dtype=torch.float32) * base ** exponents)
+    if s.attention_factor is not None:
+        return inv_freq, s.attention_factor
+    return inv_freq, math.sqrt(1 + math.log(s.factor) / math.log(s.original_max_positions)) if s.factor > 1 else 1.0
+
+
+def longrope_frequencies(short: torch.Tensor, long: torch.Tensor, last_position: torch.Tensor,
+                         original_max_positions: int) -> torch.Tensor:
+    """LongRoPE's frequencies for one forward: `long` if its largest position `last_position` (a 0-d tensor,
+    the largest over the whole batch, as transformers takes it) + 1 exceeds original_max_positions, else `short`.
+    A torch.where, not a Python branch: exported, it stays a Greater + Where on the positions."""
+    return torch.where(last_position + 1 > original_max_positions, long, short)
 
 
 def positions_from_boundaries(seq_len: int, boundaries, offset: int = 0, device=None) -> torch.Tensor:
