@@ -198,7 +198,7 @@ def cmd_generate(args) -> int:
         source, name, hf_model = _model_source(args.model, args.set)
         if hf_model is not None and args.compare_torch and args.temperature > 0:
             raise ValueError("generate: --compare-torch with a transformers checkpoint compares greedy tokens "
-                             "with transformers' generate; drop --temperature")
+                             "with transformers'; drop --temperature")
         out_dir = Path(args.out or tempfile.mkdtemp(prefix="onnxattn-generate-"))
         result = export_model(source, out_dir / f"{name}.onnx", dtype=args.dtype,
                               overrides=_parse_overrides(args.set), logits="last", progress=not args.quiet,
@@ -217,15 +217,9 @@ def cmd_generate(args) -> int:
             raise ValueError("generate: --compare-torch needs a model name or a transformers checkpoint (the "
                              "eager model to compare with)")
         if hf_model is not None:
-            import torch
-
-            with torch.no_grad():  # exactly max_new_tokens, whatever the checkpoint's end-of-sequence tokens
-                prompt, eos = torch.from_numpy(ids), hf_model.generation_config.eos_token_id
-                tokens = hf_model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
-                                           max_new_tokens=args.max_new_tokens, min_new_tokens=args.max_new_tokens,
-                                           pad_token_id=eos[0] if isinstance(eos, list) else eos).numpy()
+            tokens = _transformers_greedy(hf_model, ids, args.max_new_tokens)
             same = np.array_equal(tokens, out.tokens)
-            print(f"tokens equal to transformers' generate: {'yes' if same else 'NO'}")
+            print(f"tokens equal to transformers (greedy, KV-cached forward steps): {'yes' if same else 'NO'}")
             return 0 if same else 1
         ref = generate_torch(model, ids, args.max_new_tokens, **sampling)
         same = np.array_equal(ref.tokens, out.tokens)
@@ -233,6 +227,26 @@ def cmd_generate(args) -> int:
         print(f"tokens equal to eager torch: {'yes' if same else 'NO'}")
         return 0 if same else 1
     return 0
+
+
+def _transformers_greedy(hf_model, ids: np.ndarray, new_tokens: int) -> np.ndarray:
+    """Greedy tokens from the transformers model, one cached forward per token as our graph runs them (its
+    generate() may differ: Phi-3's re-encodes the sequence when LongRoPE switches to the long factors)."""
+    import inspect
+
+    import torch
+
+    # transformers 5 names the cache argument `cache` in some models, `past_key_values` in others
+    key = "cache" if "cache" in inspect.signature(hf_model.forward).parameters else "past_key_values"
+    tokens = torch.from_numpy(ids)
+    with torch.no_grad():
+        out = hf_model(tokens, use_cache=True)
+        for i in range(new_tokens):
+            step = out.logits[:, -1].argmax(-1, keepdim=True)
+            tokens = torch.cat([tokens, step], dim=1)
+            if i + 1 < new_tokens:
+                out = hf_model(step, use_cache=True, **{key: getattr(out, key)})
+    return tokens.numpy()
 
 
 def _demo_generation(path, model, ids, new_tokens: int) -> tuple[list[dict], bool]:

@@ -204,7 +204,7 @@ def test_phi3_longrope_generation_is_forward_by_forward_not_transformers_generat
 def test_cli_takes_a_checkpoint_directory(tmp_path, capsys):
     """`onnxattn export|generate <dir>` loads a saved transformers checkpoint (local files only, eager attention:
     Gemma 2's soft-cap) and exports it with our ops; generate --compare-torch checks greedy tokens against
-    transformers' own generate."""
+    the transformers model's, one cached forward per token."""
     from onnxattn.cli import main
 
     hf = randomize(CASES["gemma2"]())
@@ -217,7 +217,7 @@ def test_cli_takes_a_checkpoint_directory(tmp_path, capsys):
     assert max(errors) <= 1e-4, errors
     assert main(["generate", str(tmp_path / "ckpt"), "-n", "6", "--batch", "2", "--compare-torch", "--quiet",
                  "--provider", "cpu", "--out", str(tmp_path)]) == 0
-    assert "tokens equal to transformers' generate: yes" in capsys.readouterr().out
+    assert "tokens equal to transformers (greedy, KV-cached forward steps): yes" in capsys.readouterr().out
     assert main(["export", str(tmp_path / "missing")]) == 2
     assert "no such directory" in capsys.readouterr().err
     assert main(["export", str(tmp_path / "ckpt"), "--set", "hidden=8"]) == 2
