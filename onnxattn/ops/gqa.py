@@ -71,7 +71,8 @@ A query that sees no key outputs zeros.
 **RoPE.** `inv_freq[i] = rope_base^(-2i/rotary_dim)` for i < rotary_dim/2, or the `rope_inv_freq` input
 (how scaled variants are expressed: linear scaling divides inv_freq by the factor; Llama 3 and YaRN
 frequency schemes are precomputed the same way, with YaRN's attention factor in
-`rope_attention_scaling`, which multiplies cos and sin). Angles `position * inv_freq`. Half-split layout
+`rope_attention_scaling`, which multiplies cos and sin; LongRoPE's two factor sets arrive through a
+`Where` in front of this input that picks one per run from the largest position). Angles `position * inv_freq`. Half-split layout
 (rotate_half, GPT-NeoX/Llama) by default, interleaved pairs (GPT-J, DeepSeek) with `rope_interleaved=1`.
 `rotary_dim=0` means D. Positions default to the query's key position (`P + i`, or
 `past_lengths[b] + i`).
