@@ -172,7 +172,34 @@ def _abbreviate(names: list[str]) -> list[str]:
     return [*names[:4], f"... ({len(names) - 6} more)", *names[-2:]]
 
 
-def _prompt(args, vocab_size: int) -> np.ndarray:
+def _tokenizer(args):
+    """The tokenizer for --prompt and for printing text: --tokenizer's directory, else the checkpoint's (None
+    when neither is given, or the checkpoint has none and no --prompt needs it). Local files only."""
+    where = args.tokenizer or (args.model if Path(args.model).is_dir() else None)
+    if where is None:
+        if args.prompt:
+            raise ValueError("generate: --prompt needs a tokenizer: a transformers checkpoint directory as the model, "
+                             "or --tokenizer DIR")
+        return None
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(where, local_files_only=True)
+    except (OSError, ValueError) as e:
+        if args.prompt or args.tokenizer:
+            raise ValueError(f"generate: no tokenizer could be loaded from {where}: {e}") from e
+        return None
+
+
+def _prompt(args, vocab_size: int, tokenizer=None) -> np.ndarray:
+    if args.prompt:
+        if args.ids:
+            raise ValueError("generate: give --prompt or --ids, not both")
+        rows = [tokenizer(text)["input_ids"] for text in args.prompt]
+        if len({len(r) for r in rows}) != 1:
+            raise ValueError(f"generate: the prompts tokenize to {[len(r) for r in rows]} tokens; batched rows need "
+                             "the same length (there is no padding)")
+        return np.array(rows, dtype=np.int64)
     if args.ids:
         rows = [[int(t) for t in row.split(",") if t.strip()] for row in args.ids.split(";")]
         if len({len(r) for r in rows}) != 1:
@@ -206,12 +233,15 @@ def cmd_generate(args) -> int:
         path, model, vocab = result.path, result.model, result.model.config.vocab_size
         if result.kind != "decoder":
             raise ValueError(f"generate: {args.model} is an {result.kind}, not a decoder")
-    ids = _prompt(args, vocab)
+    tokenizer = _tokenizer(args)
+    ids = _prompt(args, vocab, tokenizer)
     out = generate(path, ids, args.max_new_tokens, use_library=not args.no_library, providers=providers,
                    progress=not args.quiet, **sampling)
     print(out.summary())
     for row in out.new_tokens:
         print("  " + " ".join(str(int(t)) for t in row))
+        if tokenizer is not None:
+            print(f"  text: {tokenizer.decode(row.tolist())!r}")
     if args.compare_torch:
         if model is None:
             raise ValueError("generate: --compare-torch needs a model name or a transformers checkpoint (the "
@@ -372,6 +402,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="an exported decoder (.onnx), or a model name or transformers checkpoint "
                                  "directory (exported first)")
     p.add_argument("--ids", help="prompt token ids: '1,2,3' or rows '1,2;3,4' (default: random)")
+    p.add_argument("--prompt", action="append", metavar="TEXT",
+                   help="prompt text, tokenized by the checkpoint's tokenizer (or --tokenizer); repeat for a batch "
+                        "of prompts of equal token length. The continuation is printed as text too")
+    p.add_argument("--tokenizer", metavar="DIR", help="a transformers tokenizer directory (default: the checkpoint's)")
     p.add_argument("--batch", type=int, default=1, help="rows of the random prompt")
     p.add_argument("--prompt-length", type=int, default=8, help="length of the random prompt")
     p.add_argument("--vocab-size", type=int, default=256, help="vocabulary of the random prompt for a .onnx file")

@@ -228,6 +228,35 @@ def test_cli_takes_a_checkpoint_directory(tmp_path, capsys):
     assert "holds a 't5' model" in capsys.readouterr().err
 
 
+def test_cli_prompt_text_through_the_checkpoint_tokenizer(tmp_path, capsys):
+    """--prompt tokenizes with the checkpoint directory's tokenizer (a word-level one built here: w0 .. w255 are
+    ids 0 .. 255) and the continuation is printed as text as well; prompts of unequal length are refused."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from onnxattn.cli import main
+
+    words = Tokenizer(models.WordLevel({f"w{i}": i for i in range(256)}, unk_token="w0"))
+    words.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    checkpoint = tmp_path / "ckpt"
+    randomize(CASES["qwen3"]()).save_pretrained(checkpoint)
+    PreTrainedTokenizerFast(tokenizer_object=words, unk_token="w0").save_pretrained(checkpoint)
+    args = ["generate", str(checkpoint), "-n", "5", "--quiet", "--provider", "cpu", "--out", str(tmp_path)]
+    assert main([*args, "--prompt", "w7 w8 w9", "--prompt", "w1 w2 w3", "--compare-torch"]) == 0
+    out = capsys.readouterr().out
+    assert "prompt 2 x 3, 5 new tokens per row" in out and "tokens equal to transformers" in out and ": yes" in out
+    lines = out.splitlines()
+    texts = [i for i, line in enumerate(lines) if line.startswith("  text: ")]
+    assert len(texts) == 2
+    for at in texts:
+        ids = [int(t) for t in lines[at - 1].split()]
+        assert lines[at] == "  text: " + repr(" ".join(f"w{i}" for i in ids))
+    assert main([*args, "--prompt", "w1 w2", "--prompt", "w1"]) == 2
+    assert "tokenize to [2, 1] tokens" in capsys.readouterr().err
+    assert main(["generate", "llama", "--prompt", "hi", "--quiet"]) == 2
+    assert "--prompt needs a tokenizer" in capsys.readouterr().err
+
+
 def test_gemma2_keeps_attention_softcap_and_windows(tmp_path):
     """What stock exporters drop: every GroupQueryAttention node carries the soft-cap, sliding layers the
     window; and the cap matters here: with it zeroed in the graph, the logits miss transformers' by far more
