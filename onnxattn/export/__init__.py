@@ -74,13 +74,24 @@ def export(
     return proto
 
 
+def serialized_size(model: onnx.ModelProto) -> int:
+    """The model's protobuf size in bytes; at least 2 GiB for a model protobuf cannot serialize (ByteSize raises
+    past its 2 GiB limit: a 750M-parameter float32 model in memory, before its weights go to external data)."""
+    from google.protobuf.message import EncodeError
+
+    try:
+        return model.ByteSize()
+    except EncodeError:
+        return 2**31
+
+
 def check_model(proto: onnx.ModelProto | str | os.PathLike) -> None:
     """The full onnx checker (with our schemas). A saved model's path is checked from the file: any size
     (external data too), without copies of the weights in Python. A ModelProto too large to serialize gets only
     shape inference."""
     if isinstance(proto, (str, os.PathLike)):
         onnx.checker.check_model(os.fspath(proto), full_check=True)
-    elif proto.ByteSize() < _EXTERNAL_DATA_THRESHOLD:
+    elif serialized_size(proto) < _EXTERNAL_DATA_THRESHOLD:
         onnx.checker.check_model(proto, full_check=True)
     else:
         ops.value_types(proto)  # shape inference still runs our checks
@@ -90,7 +101,7 @@ def save(model: onnx.ModelProto, path: str | os.PathLike, *, external_data_thres
     """Saves `model`, with its weights in ``<path>.data`` when it is larger than `external_data_threshold`
     bytes (default: just under protobuf's 2 GB limit). Returns whether external data was written."""
     threshold = _EXTERNAL_DATA_THRESHOLD if external_data_threshold is None else external_data_threshold
-    large = model.ByteSize() >= threshold
+    large = serialized_size(model) >= threshold
     onnx.save_model(
         model,
         os.fspath(path),
