@@ -4,7 +4,11 @@ own. Export then goes through our modules (onnxattn.export.from_transformers), s
 Llama-likes (Mistral, Mixtral, Qwen2/3, Qwen3-MoE, Phi-3, SmolLM3, Granite, OLMo 2, Starcoder2) map onto our
 Llama: Phi-3's fused projections are split, the mixtures of experts become models.moe with softmax routing, and
 the others set LlamaConfig options (NoPE layers, Granite's multipliers, OLMo 2's whole-projection QK-norm and
-post-norm blocks, Starcoder2's LayerNorm and ungated MLP). RoBERTa / XLM-RoBERTa map onto
+post-norm blocks, Starcoder2's LayerNorm and ungated MLP). The parallel-residual decoders map onto our Llama too,
+with LayerNorm, ungated MLPs and parallel blocks: GPT-NeoX / Pythia (two norms per block, or sequential blocks with
+use_parallel_residual=False; its fused query_key_value split per head, partial rotary), GPT-J (one norm per block,
+interleaved RoPE on rotary_dim channels, biased lm_head) and Phi (phi-1 / 1.5 / 2: one norm per block, partial
+rotary, biased projections and lm_head; qk_layernorm refused). RoBERTa / XLM-RoBERTa map onto
 our BERT (positions from the pad token id); ModernBERT onto models.modernbert.
 
 LongRoPE (rope_type "longrope": Phi-3-mini-128k, Phi-3.5-mini, Phi-4-mini) maps onto RopeScaling("longrope") for
@@ -51,6 +55,9 @@ SUPPORTED = {
     "granite": "GraniteForCausalLM",
     "olmo2": "Olmo2ForCausalLM",
     "starcoder2": "Starcoder2ForCausalLM",
+    "gpt_neox": "GPTNeoXForCausalLM",
+    "gptj": "GPTJForCausalLM",
+    "phi": "PhiForCausalLM",
     "gemma2": "Gemma2ForCausalLM",
     "gemma3_text": "Gemma3ForCausalLM",
     "gpt2": "GPT2LMHeadModel",
@@ -216,6 +223,13 @@ _LLAMA_VARIANTS = {"smollm3": _smollm3, "granite": _granite, "starcoder2": _star
                    "olmo2": lambda c: dict(qk_proj_norm=True, post_norm=True)}
 
 
+def _build_llama(c, fields: dict) -> LlamaModel:
+    try:
+        return build(LlamaConfig(**fields))
+    except ValueError as e:  # e.g. more experts per token than experts, or LongRoPE factors for another rotary dim
+        raise _unsupported(f"this {type(c).__name__} does not map onto ours: {e}") from e
+
+
 def _llama(hf) -> LlamaModel:
     c = hf.config
     layer_types = getattr(c, "layer_types", None)
@@ -239,12 +253,8 @@ def _llama(hf) -> LlamaModel:
     variant = _LLAMA_VARIANTS.get(c.model_type)
     if variant is not None:
         fields |= variant(c)
-    try:
-        cfg = LlamaConfig(**fields)
-        ours = build(cfg)
-    except ValueError as e:  # e.g. more experts per token than experts, or LongRoPE factors for another rotary dim
-        raise _unsupported(f"this {type(c).__name__} does not map onto ours: {e}") from e
-    src = hf.model
+    ours = _build_llama(c, fields)
+    cfg, src = ours.config, hf.model
     with torch.no_grad():
         ours.embed_tokens.weight.copy_(src.embed_tokens.weight)
         if not cfg.tie_embeddings:
@@ -287,6 +297,112 @@ def _llama(hf) -> LlamaModel:
                 getattr(mine, ours_norm).load_state_dict(getattr(theirs, hf_norm).state_dict())
     short, long = _hf_frequencies(src.rotary_emb)
     _check_rope(ours, short, src.rotary_emb.attention_scaling, c.model_type, long)
+    return ours
+
+
+def _parallel_fields(c, *, hidden: int, heads: int, layers: int, intermediate: int, eps: float, activation: str,
+                     **fields) -> dict:
+    """LlamaConfig fields shared by GPT-NeoX, GPT-J and Phi: LayerNorm, biased ungated MLP, parallel blocks."""
+    return dict(vocab_size=c.vocab_size, hidden=hidden, num_layers=layers, num_heads=heads,
+                num_kv_heads=heads, intermediate=intermediate, rms_norm_eps=eps,
+                norm="layer", gated_mlp=False, mlp_bias=True, parallel_residual=True,
+                activation=_activation(activation), tie_embeddings=bool(c.tie_word_embeddings)) | fields
+
+
+def _copy_head(ours: LlamaModel, embed: nn.Embedding, head: nn.Linear, final_norm: nn.LayerNorm) -> None:
+    cfg = ours.config
+    ours.embed_tokens.weight.copy_(embed.weight)
+    if not cfg.tie_embeddings:
+        ours.lm_head.weight.copy_(head.weight)
+    if cfg.lm_head_bias:
+        ours.lm_head.bias.copy_(head.bias)
+    ours.norm.load_state_dict(final_norm.state_dict())
+
+
+def _gpt_neox(hf) -> LlamaModel:
+    c = hf.config
+    heads = c.num_attention_heads
+    head_dim = c.hidden_size // heads  # transformers' head_size (no head_dim option)
+    bias = bool(c.attention_bias)  # query_key_value and dense; the MLP always has biases
+    ours = _build_llama(c, _parallel_fields(
+        c, hidden=c.hidden_size, heads=heads, layers=c.num_hidden_layers, intermediate=c.intermediate_size,
+        eps=c.layer_norm_eps, activation=c.hidden_act, rope_theta=c.rope_parameters["rope_theta"],
+        rope_scaling=_rope_scaling(c.rope_parameters), rotary_dim=_rotary_dim(c, head_dim), qkv_bias=bias,
+        o_bias=bias, parallel_residual=bool(c.use_parallel_residual)))
+    src = hf.gpt_neox
+    with torch.no_grad():
+        _copy_head(ours, src.embed_in, hf.lm_head, src.final_layer_norm)
+        for mine, theirs in zip(ours.layers, src.layers):
+            a, t = mine.attn, theirs.attention
+            # transformers views the output as [..., heads, 3 * head_dim]: rows per head [q_h | k_h | v_h]
+            w = t.query_key_value.weight.unflatten(0, (heads, 3, head_dim))
+            b = t.query_key_value.bias.unflatten(0, (heads, 3, head_dim)) if bias else None
+            for i, name in enumerate(("q_proj", "k_proj", "v_proj")):
+                set_linear(getattr(a, name), w[:, i].flatten(0, 1), None if b is None else b[:, i].flatten())
+            set_linear(a.o_proj, t.dense.weight, t.dense.bias)
+            set_linear(mine.mlp.c_fc, theirs.mlp.dense_h_to_4h.weight, theirs.mlp.dense_h_to_4h.bias)
+            set_linear(mine.mlp.c_proj, theirs.mlp.dense_4h_to_h.weight, theirs.mlp.dense_4h_to_h.bias)
+            mine.input_norm.load_state_dict(theirs.input_layernorm.state_dict())
+            mine.post_attn_norm.load_state_dict(theirs.post_attention_layernorm.state_dict())
+    short, long = _hf_frequencies(src.rotary_emb)
+    _check_rope(ours, short, src.rotary_emb.attention_scaling, "GPT-NeoX", long)
+    return ours
+
+
+def _gptj(hf) -> LlamaModel:
+    c = hf.config
+    head_dim = c.n_embd // c.n_head
+    # transformers' sin / cos table is rotary_dim wide, or n_embd wide without one: that fits a head only with one
+    rotary = c.rotary_dim or c.n_embd
+    if rotary > head_dim:
+        raise _unsupported(f"GPT-J with rotary_dim {c.rotary_dim} rotates {rotary} channels of a {head_dim}-wide "
+                           f"head (transformers' GPTJAttention cannot run it either)")
+    ours = _build_llama(c, _parallel_fields(
+        c, hidden=c.n_embd, heads=c.n_head, layers=c.n_layer, intermediate=c.n_inner or 4 * c.n_embd,
+        eps=c.layer_norm_epsilon, activation=c.activation_function, rope_theta=10000.0,  # fixed in transformers
+        rotary_dim=None if rotary == head_dim else rotary, rope_interleaved=True, shared_block_norm=True,
+        lm_head_bias=True))
+    src = hf.transformer
+    with torch.no_grad():
+        _copy_head(ours, src.wte, hf.lm_head, src.ln_f)
+        for mine, theirs in zip(ours.layers, src.h):
+            a, t = mine.attn, theirs.attn
+            for name in ("q_proj", "k_proj", "v_proj"):
+                set_linear(getattr(a, name), getattr(t, name).weight)
+            set_linear(a.o_proj, t.out_proj.weight)
+            set_linear(mine.mlp.c_fc, theirs.mlp.fc_in.weight, theirs.mlp.fc_in.bias)
+            set_linear(mine.mlp.c_proj, theirs.mlp.fc_out.weight, theirs.mlp.fc_out.bias)
+            mine.input_norm.load_state_dict(theirs.ln_1.state_dict())
+    # its table's row for position 1 holds [sin(inv_freq) | cos(inv_freq)]; every angle there is <= 1 rad
+    sin, cos = src.rotary_emb.embed_positions[1].chunk(2)
+    _check_rope(ours, torch.atan2(sin, cos), 1.0, "GPT-J")
+    return ours
+
+
+def _phi(hf) -> LlamaModel:
+    c = hf.config
+    if c.qk_layernorm:  # a per-head LayerNorm with bias; the op's QK-norm is an RMSNorm
+        raise _unsupported("Phi with qk_layernorm is not supported")
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    ours = _build_llama(c, _parallel_fields(
+        c, hidden=c.hidden_size, heads=c.num_attention_heads, layers=c.num_hidden_layers,
+        intermediate=c.intermediate_size, eps=c.layer_norm_eps, activation=c.hidden_act,
+        num_kv_heads=c.num_key_value_heads or c.num_attention_heads, head_dim=head_dim,
+        rope_theta=c.rope_parameters["rope_theta"], rope_scaling=_rope_scaling(c.rope_parameters),
+        rotary_dim=_rotary_dim(c, head_dim), qkv_bias=True, o_bias=True, shared_block_norm=True, lm_head_bias=True))
+    src = hf.model
+    with torch.no_grad():
+        _copy_head(ours, src.embed_tokens, hf.lm_head, src.final_layernorm)
+        for mine, theirs in zip(ours.layers, src.layers):
+            a, t = mine.attn, theirs.self_attn
+            for name in ("q_proj", "k_proj", "v_proj"):
+                set_linear(getattr(a, name), getattr(t, name).weight, getattr(t, name).bias)
+            set_linear(a.o_proj, t.dense.weight, t.dense.bias)
+            set_linear(mine.mlp.c_fc, theirs.mlp.fc1.weight, theirs.mlp.fc1.bias)
+            set_linear(mine.mlp.c_proj, theirs.mlp.fc2.weight, theirs.mlp.fc2.bias)
+            mine.input_norm.load_state_dict(theirs.input_layernorm.state_dict())
+    short, long = _hf_frequencies(src.rotary_emb)
+    _check_rope(ours, short, src.rotary_emb.attention_scaling, "Phi", long)
     return ours
 
 
@@ -547,7 +663,8 @@ def _deepseek_v3(hf) -> DeepSeekV3Model:
 
 _CONVERTERS = {"llama": _llama, "mistral": _llama, "mixtral": _llama, "qwen2": _llama, "qwen3": _llama,
                "qwen3_moe": _llama, "phi3": _llama, "smollm3": _llama, "granite": _llama, "olmo2": _llama,
-               "starcoder2": _llama, "gemma2": _gemma2, "gemma3_text": _gemma3, "gpt2": _gpt2,
+               "starcoder2": _llama, "gpt_neox": _gpt_neox, "gptj": _gptj, "phi": _phi, "gemma2": _gemma2,
+               "gemma3_text": _gemma3, "gpt2": _gpt2,
                "bert": _bert, "roberta": _bert, "xlm-roberta": _bert, "modernbert": _modernbert,
                "deepseek_v3": _deepseek_v3}
 

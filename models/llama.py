@@ -4,7 +4,9 @@ rotary: rotary_dim), scaled RoPE (linear, Llama 3, YaRN, LongRoPE), tied embeddi
 (layer_types), and a mixture of experts in place of the MLP (Mixtral, Qwen3-MoE: num_experts > 0, see
 models.moe; dense_layers keep the MLP). Further options, all off by default: layers without RoPE (SmolLM3's
 NoPE layers), Granite's multipliers (embeddings, residual branches, attention scale, logits), OLMo 2's RMSNorm
-over the whole Q / K projections and its post-norm blocks, and Starcoder2's LayerNorm and ungated MLP."""
+over the whole Q / K projections and its post-norm blocks, Starcoder2's LayerNorm and ungated MLP, and the
+parallel blocks of GPT-NeoX / GPT-J / Phi (attention and MLP both read the block input; one shared norm or two),
+interleaved RoPE pairs (GPT-J) and a biased output projection."""
 
 from __future__ import annotations
 
@@ -63,6 +65,11 @@ class LlamaConfig:
     # Starcoder2
     norm: str = "rms"  # or "layer": LayerNorm with bias
     gated_mlp: bool = True  # False: the dense MLP is c_proj(act(c_fc(x)))
+    # GPT-NeoX, GPT-J, Phi
+    parallel_residual: bool = False  # x + attn(input_norm(x)) + mlp(post_attn_norm(x)): both branches read x
+    shared_block_norm: bool = False  # with parallel_residual: the MLP reads input_norm(x) too (GPT-J, Phi)
+    rope_interleaved: bool = False  # RoPE pairs channels (2i, 2i + 1) (GPT-J), not (i, i + rotary_dim / 2)
+    lm_head_bias: bool = False
     seed: int = 0
 
     def __post_init__(self):
@@ -100,6 +107,11 @@ class LlamaConfig:
             raise ValueError(f"{name}: logits_scaling divides the logits; it must not be 0")
         if self.norm not in NORMS:
             raise ValueError(f"{name}: norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
+        if self.shared_block_norm and not self.parallel_residual:
+            raise ValueError(f"{name}: shared_block_norm needs parallel_residual (a sequential block's MLP reads "
+                             f"the attention's output, which needs its own norm)")
+        if self.parallel_residual and self.post_norm:
+            raise ValueError(f"{name}: parallel_residual and post_norm cannot be combined")
 
     @property
     def resolved_head_dim(self) -> int:
@@ -163,14 +175,18 @@ def make_norm(cfg: LlamaConfig) -> nn.Module:
 
 class LlamaBlock(nn.Module):
     """Pre-norm: x + attn(input_norm(x)), then + mlp(post_attn_norm(x)). With post_norm (OLMo 2) there is no
-    input_norm: x + post_attn_norm(attn(x)), then + post_mlp_norm(mlp(x)) (named as transformers' norms)."""
+    input_norm: x + post_attn_norm(attn(x)), then + post_mlp_norm(mlp(x)) (named as transformers' norms).
+    With parallel_residual: x + attn(input_norm(x)) + mlp(post_attn_norm(x)), or mlp(input_norm(x)) with
+    shared_block_norm (no post_attn_norm then)."""
 
     def __init__(self, cfg: LlamaConfig, layer_idx: int):
         super().__init__()
         self.post_norm, self.residual_multiplier = cfg.post_norm, cfg.residual_multiplier
+        self.parallel_residual, self.shared_block_norm = cfg.parallel_residual, cfg.shared_block_norm
         if not cfg.post_norm:
             self.input_norm = make_norm(cfg)
         rope = None if layer_idx in cfg.nope_layers else Rope(cfg.rope_theta, rotary_dim=cfg.rotary_dim,
+                                                              interleaved=cfg.rope_interleaved,
                                                               scaling=cfg.rope_scaling)
         attention, extra = (ProjNormAttention, dict(norm_eps=cfg.rms_norm_eps)) if cfg.qk_proj_norm else \
             (GroupedQueryAttention, {})
@@ -178,7 +194,8 @@ class LlamaBlock(nn.Module):
             cfg.hidden, cfg.num_heads, cfg.num_kv_heads, head_dim=cfg.resolved_head_dim, bias=cfg.qkv_bias,
             out_bias=cfg.o_bias, window=cfg.window(layer_idx), scale=cfg.attention_scale, rope=rope,
             qk_norm=cfg.qk_norm, qk_norm_eps=cfg.rms_norm_eps, layer_idx=layer_idx, **extra)
-        self.post_attn_norm = make_norm(cfg)
+        if not cfg.shared_block_norm:
+            self.post_attn_norm = make_norm(cfg)
         if cfg.is_moe(layer_idx):
             self.mlp = MixtureOfExperts(cfg.hidden, cfg.num_experts, cfg.experts_per_token, cfg.expert_intermediate,
                                         cfg.activation, scoring=cfg.router_scoring, norm_topk=cfg.norm_topk)
@@ -196,7 +213,11 @@ class LlamaBlock(nn.Module):
             h, present = self.attn(x, return_present=True, **kv)
             x = x + self.residual(self.post_attn_norm(h))
             return x + self.residual(self.post_mlp_norm(self.mlp(x))), present
-        h, present = self.attn(self.input_norm(x), return_present=True, **kv)
+        normed = self.input_norm(x)
+        h, present = self.attn(normed, return_present=True, **kv)
+        if self.parallel_residual:
+            m = self.mlp(normed if self.shared_block_norm else self.post_attn_norm(x))
+            return x + self.residual(h) + self.residual(m), present
         x = x + self.residual(h)
         return x + self.residual(self.mlp(self.post_attn_norm(x))), present
 
@@ -210,8 +231,8 @@ class LlamaModel(CausalLM):
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden)
         self.layers = nn.ModuleList(LlamaBlock(cfg, i) for i in range(cfg.num_layers))
         self.norm = make_norm(cfg)
-        self.lm_head = nn.Linear(cfg.hidden, cfg.vocab_size, bias=False)
-        if cfg.tie_embeddings:
+        self.lm_head = nn.Linear(cfg.hidden, cfg.vocab_size, bias=cfg.lm_head_bias)
+        if cfg.tie_embeddings:  # the weight only: a biased head keeps its own bias (GPT-J, Phi)
             self.lm_head.weight = self.embed_tokens.weight
 
     def embed(self, input_ids, positions):

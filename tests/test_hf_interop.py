@@ -9,9 +9,11 @@ partial rotary, LongRoPE switching factor sets per forward, as transformers' for
 original_max_position_embeddings; its generate() re-encodes there instead), the mixtures of experts of Mixtral
 and Qwen3-MoE, SmolLM3 (NoPE layers), Granite (multipliers),
 OLMo 2 (whole-projection QK-norm, post-norm) and Starcoder2 (LayerNorm, ungated MLP) map onto our Llama, their
-nodes carrying the per-layer RoPE, windows and scale; the encoders (BERT, RoBERTa / XLM-RoBERTa with positions from
-the pad token, ModernBERT with its local band) match transformers' hidden states on real tokens under a key-padding
-mask; unsupported architectures and settings get a message listing the supported ones."""
+nodes carrying the per-layer RoPE, windows and scale; so do the parallel-residual decoders GPT-NeoX (per-head fused
+QKV, partial rotary, both residual modes), GPT-J (one norm per block, interleaved partial RoPE) and Phi; the
+encoders (BERT, RoBERTa / XLM-RoBERTa with positions from the pad token, ModernBERT with its local band) match
+transformers' hidden states on real tokens under a key-padding mask; unsupported architectures and settings get a
+message listing the supported ones."""
 
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ from onnxattn.models.hf import UnsupportedModel  # noqa: E402
 SMALL = dict(vocab_size=256, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
              intermediate_size=128)
 NO_TOKENS = dict(bos_token_id=None, eos_token_id=None, pad_token_id=None)  # Phi-3's defaults exceed the vocab
+MHA = {k: v for k, v in SMALL.items() if k != "num_key_value_heads"}  # GPT-NeoX has no GQA
 T = transformers
 CASES = {
     # Llama 3.1-style RoPE scaling
@@ -72,10 +75,21 @@ CASES = {
     "olmo2": lambda: T.Olmo2ForCausalLM(T.Olmo2Config(**SMALL, **NO_TOKENS)),
     # LayerNorm with bias, biased projections, tanh-GELU c_fc / c_proj, window < prompt
     "starcoder2": lambda: T.Starcoder2ForCausalLM(T.Starcoder2Config(**SMALL, **NO_TOKENS, sliding_window=6)),
+    # Pythia: parallel blocks with two LayerNorms, query_key_value rows per head [q | k | v], 4 of 16 channels rotated
+    "gpt_neox": lambda: T.GPTNeoXForCausalLM(T.GPTNeoXConfig(**MHA, rotary_pct=0.25)),
+    "gpt_neox_sequential": lambda: T.GPTNeoXForCausalLM(T.GPTNeoXConfig(**MHA, rotary_pct=0.25,
+                                                                        use_parallel_residual=False)),
+    # parallel blocks with one LayerNorm, interleaved RoPE on 8 of 16 channels, biased lm_head
+    "gptj": lambda: T.GPTJForCausalLM(T.GPTJConfig(vocab_size=256, n_positions=64, n_embd=64, n_layer=2, n_head=4,
+                                                   n_inner=128, rotary_dim=8, **NO_TOKENS)),
+    # phi-2's partial_rotary_factor 0.4 (6 of 16 channels), GQA, one LayerNorm per block, biased lm_head
+    "phi": lambda: T.PhiForCausalLM(T.PhiConfig(**SMALL, **NO_TOKENS, partial_rotary_factor=0.4)),
 }
 # attributes the GroupQueryAttention nodes must carry, layer by layer
 NODE_ATTRS = {"smollm3": dict(rope=[1, 0], window=[0, 6]), "granite": dict(scale=[0.05, 0.05]),
-              "starcoder2": dict(window=[6, 6])}
+              "starcoder2": dict(window=[6, 6]), "gpt_neox": dict(rotary_dim=[4, 4], rope_interleaved=[0, 0]),
+              "gpt_neox_sequential": dict(rotary_dim=[4, 4]), "gptj": dict(rotary_dim=[8, 8], rope_interleaved=[1, 1]),
+              "phi": dict(rotary_dim=[6, 6], rope_interleaved=[0, 0])}
 
 
 def randomize(model, seed=0):
@@ -337,6 +351,37 @@ def test_llama_variant_unsupported_settings_are_named(make, match, tmp_path):
         from_transformers(make(), tmp_path / "x.onnx")
 
 
+ONE_MHA = MHA | dict(num_hidden_layers=1)
+ONE_GPTJ = dict(vocab_size=256, n_positions=64, n_embd=64, n_layer=1, n_head=4, **NO_TOKENS)
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: T.GPTNeoXForCausalLM(T.GPTNeoXConfig(**ONE_MHA, rope_parameters={
+        "rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0, "partial_rotary_factor": 0.25})),
+     "RoPE type 'dynamic' is not supported"),
+    (lambda: T.GPTNeoXForCausalLM(T.GPTNeoXConfig(**ONE_MHA, rotary_pct=0.3125)),
+     "gpt_neox with partial_rotary_factor 0.3125 rotates 5 of 16 channels; only an even count"),
+    (lambda: T.GPTNeoXModel(T.GPTNeoXConfig(**ONE_MHA)), "pass a GPTNeoXForCausalLM for gpt_neox, got GPTNeoXModel"),
+    # wider than a head: transformers' forward fails too
+    (lambda: T.GPTJForCausalLM(T.GPTJConfig(**ONE_GPTJ, rotary_dim=32)),
+     "GPT-J with rotary_dim 32 rotates 32 channels of a 16-wide head"),
+    (lambda: T.GPTJForCausalLM(T.GPTJConfig(**ONE_GPTJ, rotary_dim=7)),
+     "GPTJConfig does not map onto ours: LlamaConfig: rotary_dim must be even"),
+    (lambda: T.PhiForCausalLM(T.PhiConfig(**ONE_LAYER, **NO_TOKENS, qk_layernorm=True)),
+     "Phi with qk_layernorm is not supported"),
+    (lambda: T.PhiForCausalLM(T.PhiConfig(**ONE_LAYER, **NO_TOKENS, partial_rotary_factor=0.3125)),
+     "phi with partial_rotary_factor 0.3125 rotates 5 of 16 channels"),
+    (lambda: T.PhiForCausalLM(T.PhiConfig(**ONE_LAYER, **NO_TOKENS, max_position_embeddings=64, rope_parameters={
+        "rope_type": "longrope", "rope_theta": 10000.0, "partial_rotary_factor": 0.5, "short_factor": [1.0] * 4,
+        "long_factor": [2.0] * 4, "original_max_position_embeddings": 16})),
+     "LongRoPE .* is supported for the Llama-like architectures"),
+], ids=["gpt_neox-dynamic-rope", "gpt_neox-odd-rotary-dim", "gpt_neox-base-model", "gptj-rotary-dim-over-head",
+        "gptj-odd-rotary-dim", "phi-qk-layernorm", "phi-odd-rotary-dim", "phi-longrope"])
+def test_parallel_residual_unsupported_settings_are_named(make, match, tmp_path):
+    with pytest.raises(UnsupportedModel, match=match):
+        from_transformers(make(), tmp_path / "x.onnx")
+
+
 def test_bert_matches_transformers(tmp_path):
     hf = randomize(T.BertModel(T.BertConfig(vocab_size=256, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                                             intermediate_size=128, max_position_embeddings=64)))
@@ -454,7 +499,9 @@ def test_unsupported_architectures_list_the_supported_ones(tmp_path):
                                                "mixtral .MixtralForCausalLM.*qwen3_moe .Qwen3MoeForCausalLM.*"
                                                "phi3 .Phi3ForCausalLM.*smollm3 .SmolLM3ForCausalLM., "
                                                "granite .GraniteForCausalLM., olmo2 .Olmo2ForCausalLM., "
-                                               "starcoder2 .Starcoder2ForCausalLM.*"
+                                               "starcoder2 .Starcoder2ForCausalLM., "
+                                               "gpt_neox .GPTNeoXForCausalLM., gptj .GPTJForCausalLM., "
+                                               "phi .PhiForCausalLM.*"
                                                "gemma2 .Gemma2ForCausalLM., gemma3_text .Gemma3ForCausalLM.*"
                                                "bert .BertModel., roberta .RobertaModel., "
                                                "xlm-roberta .XLMRobertaModel., modernbert .ModernBertModel.*"

@@ -160,6 +160,8 @@ def test_modernbert_layers_and_band():
     (lambda: LlamaConfig(logits_scaling=0.0), "logits_scaling divides the logits; it must not be 0"),
     (lambda: LlamaConfig(residual_multiplier=math.nan), "residual_multiplier must be finite, got nan"),
     (lambda: LlamaConfig(norm="batch"), "norm must be one of rms, layer, got 'batch'"),
+    (lambda: LlamaConfig(shared_block_norm=True), "shared_block_norm needs parallel_residual"),
+    (lambda: LlamaConfig(parallel_residual=True, post_norm=True), "parallel_residual and post_norm cannot be combined"),
 ])
 def test_bad_configs_are_clear_errors(make, message):
     with pytest.raises(ValueError, match=re.escape(message)):
