@@ -36,10 +36,15 @@ def export(
     opset_version: int | None = None,
     optimize: bool = True,
     check: bool = True,
+    external_data: str | os.PathLike | None = None,
+    external_data_threshold: int | None = None,
 ) -> onnx.ModelProto:
     """Exports `model(*args, **kwargs)` to ONNX and returns the ModelProto (also saved to `path` if given).
 
-    `dynamic_shapes` is passed to torch.export (e.g. ``({0: "batch", 2: "seq"},)``)."""
+    `dynamic_shapes` is passed to torch.export (e.g. ``({0: "batch", 2: "seq"},)``). With `external_data` (the
+    data file beside the model file it will be saved as), weights that total at least `external_data_threshold`
+    bytes (default: just under protobuf's 2 GB) are written there straight from the exporter's tensors, and the
+    returned ModelProto references them: it never holds a copy of the weights."""
     import torch
 
     from onnxattn.export._translations import TRANSLATIONS
@@ -65,6 +70,8 @@ def export(
             optimize=optimize,
             verbose=False,
         )
+    if external_data is not None:
+        _weights_to_file(program.model, external_data, external_data_threshold)
     proto = program.model_proto
     ops.attach_functions(proto)
     if check:
@@ -72,6 +79,22 @@ def export(
     if path is not None:
         save(proto, path)
     return proto
+
+
+def _weights_to_file(model, data_path: str | os.PathLike, threshold: int | None) -> None:
+    """Moves a large exported model's initializers (onnx_ir) into `data_path`, in place."""
+    import onnx_ir
+
+    threshold = _EXTERNAL_DATA_THRESHOLD if threshold is None else threshold
+    weights = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
+    if weights >= threshold:
+        data_path = os.path.abspath(os.fspath(data_path))
+        onnx_ir.external_data.unload_from_model(model, os.path.dirname(data_path), os.path.basename(data_path),
+                                                size_threshold_bytes=1024)
+
+
+def has_external_data(model: onnx.ModelProto) -> bool:
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
 
 
 def serialized_size(model: onnx.ModelProto) -> int:
@@ -100,6 +123,9 @@ def check_model(proto: onnx.ModelProto | str | os.PathLike) -> None:
 def save(model: onnx.ModelProto, path: str | os.PathLike, *, external_data_threshold: int | None = None) -> bool:
     """Saves `model`, with its weights in ``<path>.data`` when it is larger than `external_data_threshold`
     bytes (default: just under protobuf's 2 GB limit). Returns whether external data was written."""
+    if has_external_data(model):  # written at export (export(external_data=...)): the proto only refers to it
+        onnx.save_model(model, os.fspath(path))
+        return True
     threshold = _EXTERNAL_DATA_THRESHOLD if external_data_threshold is None else external_data_threshold
     large = serialized_size(model) >= threshold
     onnx.save_model(

@@ -175,11 +175,12 @@ def export_model(
             inputs, outputs = io_names(kind)
             dynamic, cache = module.dynamic_shapes(), None
         bar.step("tracing and translating (torch.onnx.export)")
+        path.parent.mkdir(parents=True, exist_ok=True)
         proto = ox.export(graph, args, None, dynamic_shapes=dynamic, input_names=inputs, output_names=outputs,
-                          check=False)
+                          check=False, external_data=str(path) + ".data",
+                          external_data_threshold=external_data_threshold)
         bar.step("functions attached; saving")
         _set_metadata(proto, module, kind, cache, torch_dtype)
-        path.parent.mkdir(parents=True, exist_ok=True)
         external = ox.save(proto, path, external_data_threshold=external_data_threshold)
         del proto
         ox.check_model(path)  # from the file: no copies of the weights in memory, any size
