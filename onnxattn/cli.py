@@ -152,7 +152,7 @@ def cmd_export(args) -> int:
 
     model, name, _ = _model_source(args.model_name, args.set)
     path = Path(args.output or f"{name}.onnx")
-    result = export_model(model, path, dtype=args.dtype, cache=args.cache, logits=args.logits,
+    result = export_model(model, path, dtype=args.dtype, cache=args.cache, logits=args.logits, _owned=True,
                           overrides=_parse_overrides(args.set), validate=not args.no_validate,
                           external_data_threshold=args.external_data_threshold, progress=not args.quiet)
     size = path.stat().st_size + (Path(str(path) + ".data").stat().st_size if result.external_data else 0)
@@ -227,7 +227,7 @@ def cmd_generate(args) -> int:
             raise ValueError("generate: --compare-torch with a transformers checkpoint compares greedy tokens "
                              "with transformers'; drop --temperature")
         out_dir = Path(args.out or tempfile.mkdtemp(prefix="onnxattn-generate-"))
-        result = export_model(source, out_dir / f"{name}.onnx", dtype=args.dtype,
+        result = export_model(source, out_dir / f"{name}.onnx", dtype=args.dtype, _owned=True,
                               overrides=_parse_overrides(args.set), logits="last", progress=not args.quiet,
                               numerics=False)
         path, model, vocab = result.path, result.model, result.model.config.vocab_size

@@ -274,3 +274,15 @@ def test_models_past_protobufs_limit_count_as_large():
     assert serialized_size(TooLarge()) >= 2**31
     small = onnx.helper.make_model(onnx.helper.make_graph([], "g", [], []))
     assert serialized_size(small) == small.ByteSize()
+
+
+def test_a_callers_module_is_not_cast_in_place(tmp_path):
+    """export_model casts a module it was given on a copy (the caller keeps float32), and one it built, or
+    from_transformers converted, in place (no second copy of the weights)."""
+    model = models.build("llama")
+    result = export_model(model, tmp_path / "h.onnx", dtype="float16", progress=False, validate=False)
+    assert next(model.parameters()).dtype == torch.float32 and next(result.model.parameters()).dtype == torch.float16
+    assert result.model is not model
+    owned = models.build("llama")
+    result = export_model(owned, tmp_path / "o.onnx", dtype="float16", progress=False, validate=False, _owned=True)
+    assert result.model is owned and next(owned.parameters()).dtype == torch.float16

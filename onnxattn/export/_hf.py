@@ -39,4 +39,5 @@ def from_transformers(hf_model, path: str | os.PathLike, **export_options) -> Ex
     Other architectures and settings raise a ValueError (UnsupportedModel) that lists the supported ones."""
     from onnxattn.models.hf import from_transformers as convert
 
-    return export_model(convert(hf_model), path, **export_options)
+    # the conversion is this call's own: a dtype cast may happen in place
+    return export_model(convert(hf_model), path, _owned=True, **export_options)

@@ -67,14 +67,15 @@ class _DecoderGraph(nn.Module):
         return logits.float(), presents
 
 
-def _resolve(model, overrides) -> nn.Module:
+def _resolve(model, overrides) -> tuple[nn.Module, bool]:
+    """The module, and whether it was built here (so it may be cast in place)."""
     from onnxattn import models
 
     if isinstance(model, nn.Module):
         if overrides:
             raise ValueError("export_model: config overrides apply to a model name or config, not a module")
-        return model
-    return models.build(model, **(overrides or {}))
+        return model, False
+    return models.build(model, **(overrides or {})), True
 
 
 def _dtype(dtype) -> torch.dtype:
@@ -111,6 +112,7 @@ def export_model(
     numerics: bool = True,
     external_data_threshold: int | None = None,
     progress: bool = True,
+    _owned: bool = False,  # the module is the caller's own conversion (from_transformers, the CLI): cast in place
 ) -> ExportResult:
     """Exports a reference model (a name from onnxattn.models, a config, or a model module) to `path`.
 
@@ -131,7 +133,8 @@ def export_model(
     start = time.perf_counter()
     path = Path(path)
     with Progress(5 if validate else 4, f"export {path.name}", enabled=progress) as bar:
-        module = _resolve(model, overrides)
+        module, owned = _resolve(model, overrides)
+        owned = owned or _owned
         kind = getattr(module, "kind", "stateless")
         modes = getattr(module, "cache_modes", CACHE_MODES) if kind == "decoder" else ("concat",)
         if cache not in modes:  # before tracing, whose error would bury this one
@@ -141,7 +144,8 @@ def export_model(
         if torch_dtype != next(module.parameters()).dtype:
             from onnxattn.models._base import cast_model
 
-            module = cast_model(copy.deepcopy(module), torch_dtype)
+            # a caller's module is left as it was; one built for this export is cast in place (no second copy)
+            module = cast_model(module if owned else copy.deepcopy(module), torch_dtype)
         bar.step(f"built {type(module).__name__} ({sum(p.numel() for p in module.parameters()) / 1e6:.2f}M parameters)")
 
         dims = {"batch": 2, "sequence": 5}
