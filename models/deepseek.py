@@ -1,5 +1,6 @@
 """DeepSeek-V3-style decoder: multi-head latent attention (MLA), pre-norm RMSNorm blocks, a SwiGLU MLP in the
-first `first_dense_layers` layers and DeepSeek-V3's mixture of experts (MoE) in the others.
+first `first_dense_layers` layers and DeepSeek-V3's mixture of experts (MoE) in the others. DeepSeek-V2 is the same
+model with its own router (router_scoring "softmax", group_score "max", see below).
 
 Each layer caches only the normalised latent c_kv [B, 1, P, R] and the rope keys [B, 1, P, Dr] (the
 [B, Hkv=1, P, .] layout of the other decoders' caches, so export_model and generate serve it unchanged:
@@ -9,8 +10,10 @@ DeepSeek's softmax scale (mscale^2 / sqrt(Dn + Dr)), interleaved rope pairs as t
 The MoE is DeepSeek-V3's (models.moe with sigmoid scoring): sigmoid router scores, a per-expert bias
 (e_score_correction_bias) added for the choice only, group-limited top-k (experts_per_token among the experts
 of the groups_per_token best of num_groups groups, a group scored by the sum of its two best experts), the
-chosen scores renormalised (norm_topk) and scaled (routed_scaling), plus always-on shared experts. Every expert
-runs on every token (exact and exportable; see models.moe). Multi-token prediction (MTP) is not modelled."""
+chosen scores renormalised (norm_topk) and scaled (routed_scaling), plus always-on shared experts. DeepSeek-V2's
+router: softmax scores without a bias, groups scored by their best expert (its group_limited_greedy; one group is
+its greedy), the chosen scores scaled, not renormalised. Every expert runs on every token (exact and exportable;
+see models.moe). Multi-token prediction (MTP) is not modelled."""
 
 from __future__ import annotations
 
@@ -49,6 +52,8 @@ class DeepSeekV3Config:
     groups_per_token: int = 2  # groups a token's experts come from [topk_group]
     routed_scaling: float = 2.5  # [routed_scaling_factor]
     norm_topk: bool = True  # the chosen experts' weights sum to 1 before the scaling [norm_topk_prob]
+    router_scoring: str = "sigmoid"  # "softmax": DeepSeek-V2's router (no choice bias)
+    group_score: str = "top2_sum"  # a group's score: its two best experts' sum (V3) or its best ("max": V2)
     rope_theta: float = 10000.0
     rope_scaling: RopeScaling | None = None  # YaRN for DeepSeek-V3 (factor 40, original 4096)
     mscale_all_dim: float = 0.0  # YaRN: softmax scale times (0.1 * mscale_all_dim * ln(factor) + 1)^2
@@ -78,8 +83,8 @@ class DeepSeekV3Config:
 
     def _check_moe(self, name: str) -> None:
         check_moe(name, num_experts=self.num_experts, experts_per_token=self.experts_per_token,
-                  intermediate=self.moe_intermediate, scoring="sigmoid", num_groups=self.num_groups,
-                  groups_per_token=self.groups_per_token)
+                  intermediate=self.moe_intermediate, scoring=self.router_scoring, num_groups=self.num_groups,
+                  groups_per_token=self.groups_per_token, group_score=self.group_score)
 
     def is_moe(self, layer: int) -> bool:
         return self.num_experts > 0 and layer >= self.first_dense_layers
@@ -95,13 +100,14 @@ class DeepSeekV3Config:
 
 
 class DeepSeekMoE(MixtureOfExperts):
-    """DeepSeek-V3's routed experts (sigmoid scoring, group limit) plus `shared_experts` (a SwiGLU on every
+    """DeepSeek's routed experts (V3's or V2's router, group limit) plus `shared_experts` (a SwiGLU on every
     token, None when num_shared_experts = 0)."""
 
     def __init__(self, cfg: DeepSeekV3Config):
         super().__init__(cfg.hidden, cfg.num_experts, cfg.experts_per_token, cfg.moe_intermediate, cfg.activation,
-                         scoring="sigmoid", norm_topk=cfg.norm_topk, routed_scaling=cfg.routed_scaling,
-                         num_groups=cfg.num_groups, groups_per_token=cfg.groups_per_token)
+                         scoring=cfg.router_scoring, norm_topk=cfg.norm_topk, routed_scaling=cfg.routed_scaling,
+                         num_groups=cfg.num_groups, groups_per_token=cfg.groups_per_token,
+                         group_score=cfg.group_score)
         self.shared_experts = (SwiGLU(cfg.hidden, cfg.moe_intermediate * cfg.num_shared_experts, False, cfg.activation)
                                if cfg.num_shared_experts else None)
 
@@ -169,7 +175,7 @@ def build_deepseek_v3(cfg: DeepSeekV3Config) -> DeepSeekV3Model:
         # the routers' choice biases (buffers, zero after init_weights): DeepSeek-V3 learns them
         g = torch.Generator().manual_seed(cfg.seed + 2)
         for layer in model.layers:
-            if isinstance(layer.mlp, DeepSeekMoE):
+            if isinstance(layer.mlp, DeepSeekMoE) and layer.mlp.e_score_correction_bias is not None:
                 bias = layer.mlp.e_score_correction_bias
                 bias.copy_(torch.randn(bias.shape, generator=g) * 0.1)
     return model

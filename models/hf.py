@@ -9,7 +9,9 @@ with LayerNorm, ungated MLPs and parallel blocks: GPT-NeoX / Pythia (two norms p
 use_parallel_residual=False; its fused query_key_value split per head, partial rotary), GPT-J (one norm per block,
 interleaved RoPE on rotary_dim channels, biased lm_head) and Phi (phi-1 / 1.5 / 2: one norm per block, partial
 rotary, biased projections and lm_head; qk_layernorm refused). RoBERTa / XLM-RoBERTa map onto
-our BERT (positions from the pad token id); ModernBERT onto models.modernbert.
+our BERT (positions from the pad token id); ModernBERT onto models.modernbert. DeepSeek-V3 and DeepSeek-V2 / V2-Lite
+map onto models.deepseek (MLA with its latent cache, YaRN with mscale); V2's router scores by softmax, picks greedily
+or group-limited (a group scored by its best expert) and scales without renormalising.
 
 LongRoPE (rope_type "longrope": Phi-3-mini-128k, Phi-3.5-mini, Phi-4-mini) maps onto RopeScaling("longrope") for
 the Llama-likes, both factor sets checked against transformers'. As transformers' rotary embedding
@@ -19,7 +21,7 @@ ones; our layers pick the set with a torch.where that exports as Greater + Where
 its prepare_inputs_for_generation drops the cache when the sequence first reaches original_max_position_embeddings
 + 1 tokens and re-encodes it all with the long factors, which a KV-cached graph does not do, so our generation
 equals transformers' forward-by-forward decoding, not its generate(), across that boundary. Refused: LongRoPE on
-Gemma 2/3 and DeepSeek-V3, and factor lists that are not one per rotated frequency (transformers broadcasts a
+Gemma 2/3 and DeepSeek-V2/V3, and factor lists that are not one per rotated frequency (transformers broadcasts a
 single factor).
 
 Nothing is downloaded: pass a model you built (e.g. ``LlamaForCausalLM(LlamaConfig(...))``) or loaded."""
@@ -65,10 +67,10 @@ SUPPORTED = {
     "roberta": "RobertaModel",
     "xlm-roberta": "XLMRobertaModel",
     "modernbert": "ModernBertModel",
+    "deepseek_v2": "DeepseekV2ForCausalLM",
     "deepseek_v3": "DeepseekV3ForCausalLM",
 }
-NOT_YET = {"deepseek_v2": "its mixture-of-experts routing (softmax scores, greedy group limit) is not modelled "
-                          "(DeepSeek-V3's is)"}
+NOT_YET: dict[str, str] = {}  # model_type -> why it is not converted yet (listed in every refusal)
 _ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu": "gelu", "gelu_new": "gelu_tanh",
                 "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
 
@@ -76,7 +78,7 @@ _ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu": "gelu", "gelu_new": "ge
 def supported_message() -> str:
     listed = ", ".join(f"{t} ({c})" for t, c in SUPPORTED.items())
     later = "; ".join(f"{t}: {why}" for t, why in NOT_YET.items())
-    return f"supported: {listed}. Not yet: {later}"
+    return f"supported: {listed}" + (f". Not yet: {later}" if later else "")
 
 
 class UnsupportedModel(ValueError):
@@ -591,22 +593,47 @@ def _modernbert(hf) -> ModernBertModel:
     return ours
 
 
-def _deepseek_v3(hf) -> DeepSeekV3Model:
+def _deepseek_router(c) -> dict:
+    """DeepSeekV3Config's router fields: V3's sigmoid router (the defaults), or V2's softmax one."""
+    if c.model_type == "deepseek_v3":
+        return dict(num_groups=c.n_group or 1, groups_per_token=c.topk_group or 1, norm_topk=bool(c.norm_topk_prob))
+    freq = getattr(c, "moe_layer_freq", 1)  # not a transformers field: its model has experts in every layer
+    if freq != 1:
+        raise _unsupported(f"DeepSeek-V2 with moe_layer_freq = {freq} is not supported: transformers puts experts in "
+                           f"every layer from first_k_dense_replace on, DeepSeek's code in every {freq}th")
+    if c.norm_topk_prob and c.num_experts_per_tok > 1:
+        raise _unsupported("DeepSeek-V2 with norm_topk_prob=True is not supported: transformers ignores it (its "
+                           "router never renormalises), DeepSeek's code renormalises instead of scaling")
+    router = dict(router_scoring="softmax", group_score="max", norm_topk=False)
+    if c.topk_method == "greedy":
+        return router | dict(num_groups=1, groups_per_token=1)
+    if c.topk_method == "group_limited_greedy" and c.n_group and c.topk_group:
+        return router | dict(num_groups=c.n_group, groups_per_token=c.topk_group)
+    raise _unsupported(f"DeepSeek-V2 with topk_method {c.topk_method!r} (n_group {c.n_group}, topk_group "
+                       f"{c.topk_group}) is not supported: greedy, or group_limited_greedy with both set")
+
+
+def _deepseek(hf) -> DeepSeekV3Model:
+    """DeepSeek-V3, and DeepSeek-V2 / V2-Lite: the same MLA decoder with V2's router (softmax scores, groups
+    scored by their best expert, no choice bias); V2's RoPE always pairs channels (interleaved)."""
     c = hf.config
+    what = {"deepseek_v2": "DeepSeek-V2", "deepseek_v3": "DeepSeek-V3"}[c.model_type]
     params = c.rope_parameters
     scaling = _rope_scaling(params)
     num_layers, dense = c.num_hidden_layers, c.first_k_dense_replace
     moe = dense < num_layers  # transformers gives layers >= first_k_dense_replace the MoE
-    if moe and not c.n_routed_experts:
-        raise _unsupported(f"DeepSeek-V3 with MoE layers (first_k_dense_replace = {dense} < num_hidden_layers = "
-                           f"{num_layers}) needs n_routed_experts >= 1, got {c.n_routed_experts}")
+    if moe and (not c.n_routed_experts or not c.num_experts_per_tok):
+        raise _unsupported(f"{what} with MoE layers (first_k_dense_replace = {dense} < num_hidden_layers = "
+                           f"{num_layers}) needs n_routed_experts and num_experts_per_tok >= 1, got "
+                           f"{c.n_routed_experts} and {c.num_experts_per_tok}")
+    if getattr(c, "mlp_bias", False):  # a DeepseekV2Config field; DeepSeek's MLPs have none
+        raise _unsupported(f"{what} with mlp_bias=True is not supported")
     src = hf.model
     # num_key_value_heads has no role: MLA expands the one latent to every head (the cache is per token)
     experts = dict(num_experts=c.n_routed_experts, experts_per_token=c.num_experts_per_tok,
                    moe_intermediate=c.moe_intermediate_size, num_shared_experts=c.n_shared_experts,
-                   first_dense_layers=dense, num_groups=c.n_group or 1, groups_per_token=c.topk_group or 1,
-                   routed_scaling=c.routed_scaling_factor, norm_topk=bool(c.norm_topk_prob)) if moe else \
-        dict(num_experts=0)
+                   first_dense_layers=dense, routed_scaling=c.routed_scaling_factor, **_deepseek_router(c)) if moe \
+        else dict(num_experts=0)
     try:
         cfg = DeepSeekV3Config(
             vocab_size=c.vocab_size, hidden=c.hidden_size, num_layers=num_layers, num_heads=c.num_attention_heads,
@@ -614,17 +641,19 @@ def _deepseek_v3(hf) -> DeepSeekV3Model:
             rope_head_dim=c.qk_rope_head_dim, v_head_dim=c.v_head_dim, intermediate=c.intermediate_size, **experts,
             rope_theta=params["rope_theta"], rope_scaling=scaling,
             mscale_all_dim=float(params.get("mscale_all_dim") or 0.0) if scaling else 0.0,
-            rope_interleaved=bool(c.rope_interleave), attention_bias=bool(c.attention_bias),
+            # V2 rotates channel pairs (complex numbers); V3 does when rope_interleave, else half-split
+            rope_interleaved=c.model_type == "deepseek_v2" or bool(c.rope_interleave),
+            attention_bias=bool(c.attention_bias),
             rms_norm_eps=c.rms_norm_eps,
             # transformers builds the latent norms with RMSNorm's default eps, not rms_norm_eps
             latent_norm_eps=src.layers[0].self_attn.kv_a_layernorm.variance_epsilon,
             activation=_activation(c.hidden_act), tie_embeddings=bool(c.tie_word_embeddings))
     except ValueError as e:  # e.g. an expert count the group-limited routing cannot split
-        raise _unsupported(f"this DeepseekV3Config does not map onto ours: {e}") from e
+        raise _unsupported(f"this {type(c).__name__} does not map onto ours: {e}") from e
     hf_scale = src.layers[0].self_attn.scaling
     ours_scale = cfg.softmax_scale or 1.0 / math.sqrt(cfg.nope_head_dim + cfg.rope_head_dim)
     if abs(ours_scale - hf_scale) > 1e-6 * hf_scale:  # transformers applies mscale_all_dim to any scaled RoPE
-        raise _unsupported(f"DeepSeek-V3's softmax scale {hf_scale} (rope_parameters {params}) is only reproduced "
+        raise _unsupported(f"{what}'s softmax scale {hf_scale} (rope_parameters {params}) is only reproduced "
                            f"for YaRN (ours: {ours_scale})")
     ours = build(cfg)
     with torch.no_grad():
@@ -650,7 +679,8 @@ def _deepseek_v3(hf) -> DeepSeekV3Model:
             m, h = mine.mlp, theirs.mlp
             if isinstance(m, DeepSeekMoE):
                 m.router.copy_(h.gate.weight)
-                m.e_score_correction_bias.copy_(h.gate.e_score_correction_bias)
+                if m.e_score_correction_bias is not None:  # V3's; V2's router has none
+                    m.e_score_correction_bias.copy_(h.gate.e_score_correction_bias)
                 m.gate_up_proj.copy_(h.experts.gate_up_proj)
                 m.down_proj.copy_(h.experts.down_proj)
                 m, h = m.shared_experts, h.shared_experts  # None when n_shared_experts = 0 (HF's is zero-width)
@@ -666,7 +696,7 @@ _CONVERTERS = {"llama": _llama, "mistral": _llama, "mixtral": _llama, "qwen2": _
                "starcoder2": _llama, "gpt_neox": _gpt_neox, "gptj": _gptj, "phi": _phi, "gemma2": _gemma2,
                "gemma3_text": _gemma3, "gpt2": _gpt2,
                "bert": _bert, "roberta": _bert, "xlm-roberta": _bert, "modernbert": _modernbert,
-               "deepseek_v3": _deepseek_v3}
+               "deepseek_v2": _deepseek, "deepseek_v3": _deepseek}
 
 
 def from_transformers(hf_model) -> nn.Module:

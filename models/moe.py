@@ -4,8 +4,10 @@
 Every expert runs on every token and the weights (zero for the experts not chosen) mix them: exact,
 exportable with standard ONNX ops, and E / k times the compute of a sparse dispatch (a reference model).
 
-Router scoring: "softmax" (Mixtral, Qwen-MoE: softmax over all experts, then top-k) or "sigmoid"
-(DeepSeek-V3: sigmoid scores, a per-expert bias that steers the choice only, optionally group-limited).
+Router scoring: "softmax" (Mixtral, Qwen-MoE, DeepSeek-V2: softmax over all experts, then top-k) or "sigmoid"
+(DeepSeek-V3: sigmoid scores plus a per-expert bias that steers the choice only). Either may be group-limited:
+the experts come from the `groups_per_token` best of `num_groups` groups, a group scored by its best expert
+(group_score "max": DeepSeek-V2's group_limited_greedy) or by the sum of its two best ("top2_sum": DeepSeek-V3).
 Top-k ties: torch.topk decides in eager torch (as in transformers); the exported ONNX TopK prefers the lower
 index, so an exact tie between two scores could pick a different expert there."""
 
@@ -17,10 +19,11 @@ from torch import nn
 from onnxattn.models._base import ACTIVATIONS
 
 SCORINGS = ("softmax", "sigmoid")
+GROUP_SCORES = ("top2_sum", "max")
 
 
 def check_moe(owner: str, *, num_experts: int, experts_per_token: int, intermediate: int, scoring: str = "softmax",
-              num_groups: int = 1, groups_per_token: int = 1) -> None:
+              num_groups: int = 1, groups_per_token: int = 1, group_score: str = "top2_sum") -> None:
     """Validates MoE settings (num_experts >= 1), naming `owner` and the offending field."""
     e, g = num_experts, num_groups
     if scoring not in SCORINGS:
@@ -29,11 +32,11 @@ def check_moe(owner: str, *, num_experts: int, experts_per_token: int, intermedi
         raise ValueError(f"{owner}: moe_intermediate must be >= 1, got {intermediate}")
     if g < 1 or e % g:
         raise ValueError(f"{owner}: num_groups ({g}) must be >= 1 and divide num_experts ({e})")
-    if g > 1 and scoring != "sigmoid":  # the group score (sum of the two best) is DeepSeek-V3's
-        raise ValueError(f"{owner}: expert groups need sigmoid scoring (DeepSeek-V3's group limit), got {scoring!r}")
-    if g > 1 and e // g < 2:
-        raise ValueError(f"{owner}: with num_groups > 1 each group needs >= 2 experts (a group scores by its "
-                         f"two best), got {e // g}")
+    if group_score not in GROUP_SCORES:
+        raise ValueError(f"{owner}: group_score must be one of {', '.join(GROUP_SCORES)}, got {group_score!r}")
+    if g > 1 and group_score == "top2_sum" and e // g < 2:
+        raise ValueError(f"{owner}: with num_groups > 1 each group needs >= 2 experts (group_score "
+                         f"top2_sum: a group scores by its two best), got {e // g}")
     if not 1 <= groups_per_token <= g:
         raise ValueError(f"{owner}: groups_per_token must be in [1, num_groups = {g}], got {groups_per_token}")
     if not 1 <= experts_per_token <= groups_per_token * (e // g):
@@ -48,13 +51,15 @@ class MixtureOfExperts(nn.Module):
 
     def __init__(self, hidden: int, num_experts: int, experts_per_token: int, intermediate: int,
                  activation: str = "silu", *, scoring: str = "softmax", norm_topk: bool = True,
-                 routed_scaling: float = 1.0, num_groups: int = 1, groups_per_token: int = 1):
+                 routed_scaling: float = 1.0, num_groups: int = 1, groups_per_token: int = 1,
+                 group_score: str = "top2_sum"):
         super().__init__()
         check_moe(type(self).__name__, num_experts=num_experts, experts_per_token=experts_per_token,
-                  intermediate=intermediate, scoring=scoring, num_groups=num_groups, groups_per_token=groups_per_token)
+                  intermediate=intermediate, scoring=scoring, num_groups=num_groups, groups_per_token=groups_per_token,
+                  group_score=group_score)
         e, i, h = num_experts, intermediate, hidden
         self.num_experts, self.top_k, self.scoring = e, experts_per_token, scoring
-        self.num_groups, self.topk_groups = num_groups, groups_per_token
+        self.num_groups, self.topk_groups, self.group_score = num_groups, groups_per_token, group_score
         self.routed_scaling, self.norm_topk = routed_scaling, norm_topk
         self.router = nn.Parameter(torch.zeros(e, h))
         self.register_buffer("e_score_correction_bias", torch.zeros(e) if scoring == "sigmoid" else None)
@@ -72,7 +77,10 @@ class MixtureOfExperts(nn.Module):
             choice = scores + self.e_score_correction_bias.float()  # the bias steers the choice, not the weights
         if self.num_groups > 1:
             grouped = choice.unflatten(-1, (self.num_groups, self.num_experts // self.num_groups))
-            group_scores = grouped.topk(2, dim=-1).values.sum(-1)  # [..., G]
+            if self.group_score == "max":
+                group_scores = grouped.amax(-1)  # [..., G]
+            else:
+                group_scores = grouped.topk(2, dim=-1).values.sum(-1)
             best = group_scores.topk(self.topk_groups, dim=-1).indices
             keep = torch.zeros_like(group_scores).scatter(-1, best, 1.0)
             choice = grouped.masked_fill(keep.unsqueeze(-1) == 0, float("-inf")).flatten(-2)
@@ -89,6 +97,7 @@ class MixtureOfExperts(nn.Module):
         return (y.float() * weights.transpose(-1, -2).unsqueeze(-1)).sum(-3).to(x.dtype)
 
     def extra_repr(self) -> str:
-        groups = f", groups={self.num_groups}, topk_groups={self.topk_groups}" if self.num_groups > 1 else ""
+        groups = (f", groups={self.num_groups}, topk_groups={self.topk_groups}, group_score={self.group_score}"
+                  if self.num_groups > 1 else "")
         return (f"experts={self.num_experts}, top_k={self.top_k}, scoring={self.scoring}{groups}, "
                 f"intermediate={self.down_proj.shape[-1]}")

@@ -61,15 +61,17 @@ def test_moe_config_errors(options, message):
 
 
 def _moe_oracle(moe: DeepSeekMoE, x: torch.Tensor) -> torch.Tensor:
-    """DeepSeek-V3's MoE token by token, running only the chosen experts."""
+    """DeepSeek-V3's (or V2's) MoE token by token, running only the chosen experts."""
     e, g = moe.num_experts, moe.num_groups
     out = torch.zeros_like(x)
     for b, s in np.ndindex(*x.shape[:2]):
         t = x[b, s]
-        scores = torch.sigmoid(moe.router @ t)
-        choice = scores + moe.e_score_correction_bias
-        group_score = [float(choice[i * e // g:(i + 1) * e // g].topk(2).values.sum()) if g > 1 else 0.0
-                       for i in range(g)]
+        v2 = moe.scoring == "softmax"
+        scores = torch.softmax(moe.router @ t, -1) if v2 else torch.sigmoid(moe.router @ t)
+        choice = scores if v2 else scores + moe.e_score_correction_bias
+        best = [choice[i * e // g:(i + 1) * e // g].topk(2 if moe.group_score == "top2_sum" else 1).values
+                for i in range(g)]
+        group_score = [float(b.sum()) if g > 1 else 0.0 for b in best]
         groups = sorted(range(g), key=lambda i: -group_score[i])[:moe.topk_groups]
         allowed = [j for j in range(e) if j // (e // g) in groups]
         chosen = sorted(allowed, key=lambda j: -float(choice[j]))[:moe.top_k]
@@ -81,8 +83,11 @@ def _moe_oracle(moe: DeepSeekMoE, x: torch.Tensor) -> torch.Tensor:
     return out
 
 
-@pytest.mark.parametrize("options", [dict(), dict(num_groups=1, groups_per_token=1, norm_topk=False,
-                                                      experts_per_token=3)], ids=["grouped", "ungrouped"])
+@pytest.mark.parametrize("options", [
+    dict(), dict(num_groups=1, groups_per_token=1, norm_topk=False, experts_per_token=3),
+    # DeepSeek-V2's group_limited_greedy: softmax, a group scored by its best expert, scaled only
+    dict(router_scoring="softmax", group_score="max", norm_topk=False, experts_per_token=3),
+], ids=["grouped", "ungrouped", "v2-grouped"])
 def test_moe_matches_per_token_routing(options):
     moe = models.build("deepseek-v3", **options).layers[1].mlp
     x = torch.randn(2, 8, 64, generator=torch.Generator().manual_seed(0))
