@@ -1,0 +1,97 @@
+"""Hugging Face transformers models -> the reference models here, with the same weights: the config is
+mapped onto ours, each weight copied to its place, and RoPE frequencies checked against the HF model's
+own. Export then goes through our modules (onnxattn.export.from_transformers), so the graph uses our ops.
+Llama-likes (Mistral, Mixtral, Qwen2/3, Qwen3-MoE, Phi-3, SmolLM3, Granite, OLMo 2, Starcoder2) map onto our
+Llama: Phi-3's fused projections are split, the mixtures of experts become models.moe with softmax routing, and
+the others set LlamaConfig options (NoPE layers, Granite's multipliers, OLMo 2's whole-projection QK-norm and
+post-norm blocks, Starcoder2's LayerNorm and ungated MLP). The parallel-residual decoders map onto our Llama too,
+with LayerNorm, ungated MLPs and parallel blocks: GPT-NeoX / Pythia (two norms per block, or sequential blocks with
+use_parallel_residual=False; its fused query_key_value split per head, partial rotary), GPT-J (one norm per block,
+interleaved RoPE on rotary_dim channels, biased lm_head) and Phi (phi-1 / 1.5 / 2: one norm per block, partial
+rotary, biased projections and lm_head; qk_layernorm refused). RoBERTa / XLM-RoBERTa map onto
+our BERT (positions from the pad token id); ModernBERT onto models.modernbert. DeepSeek-V3 and DeepSeek-V2 / V2-Lite
+map onto models.deepseek (MLA with its latent cache, YaRN with mscale); V2's router scores by softmax, picks greedily
+or group-limited (a group scored by its best expert) and scales without renormalising.
+
+LongRoPE (rope_type "longrope": Phi-3-mini-128k, Phi-3.5-mini, Phi-4-mini) maps onto RopeScaling("longrope") for
+the Llama-likes, both factor sets checked against transformers'. As transformers' rotary embedding
+(modeling_rope_utils.dynamic_rope_update), each forward uses the long factors when its largest position + 1
+exceeds original_max_position_embeddings (Phi3Config's own field wins over rope_parameters'), else the short
+ones; our layers pick the set with a torch.where that exports as Greater + Where. Phi-3's generate() differs:
+its prepare_inputs_for_generation drops the cache when the sequence first reaches original_max_position_embeddings
++ 1 tokens and re-encodes it all with the long factors, which a KV-cached graph does not do, so our generation
+equals transformers' forward-by-forward decoding, not its generate(), across that boundary. Refused: LongRoPE on
+Gemma 2/3 and DeepSeek-V2/V3, and factor lists that are not one per rotated frequency (transformers broadcasts a
+single factor).
+
+Nothing is downloaded: pass a model you built (e.g. ``LlamaForCausalLM(LlamaConfig(...))``) or loaded.
+
+Layout: _common (SUPPORTED, refusals, activation and RoPE helpers) and one converter module per family group
+(llama, gemma, gpt2, encoders, deepseek); this module holds the model_type -> converter table."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from onnxattn.models.hf._common import NOT_YET, SUPPORTED, UnsupportedModel, _unsupported, supported_message
+from onnxattn.models.hf.deepseek import _deepseek
+from onnxattn.models.hf.encoders import _bert, _modernbert
+from onnxattn.models.hf.gemma import _gemma2, _gemma3
+from onnxattn.models.hf.gpt2 import _gpt2
+from onnxattn.models.hf.llama import _gpt_neox, _gptj, _llama, _phi
+
+__all__ = ["NOT_YET", "SUPPORTED", "UnsupportedModel", "from_transformers", "load_local", "supported_message"]
+
+_CONVERTERS = {"llama": _llama, "mistral": _llama, "mixtral": _llama, "qwen2": _llama, "qwen3": _llama,
+               "qwen3_moe": _llama, "phi3": _llama, "smollm3": _llama, "granite": _llama, "olmo2": _llama,
+               "starcoder2": _llama, "gpt_neox": _gpt_neox, "gptj": _gptj, "phi": _phi, "gemma2": _gemma2,
+               "gemma3_text": _gemma3, "gpt2": _gpt2,
+               "bert": _bert, "roberta": _bert, "xlm-roberta": _bert, "modernbert": _modernbert,
+               "deepseek_v2": _deepseek, "deepseek_v3": _deepseek}
+
+
+def from_transformers(hf_model) -> nn.Module:
+    """Our reference model (fp32, eval) with the weights of `hf_model`, a transformers model of a supported
+    architecture; anything else raises UnsupportedModel naming what is supported."""
+    config = getattr(hf_model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    if model_type in NOT_YET:
+        raise _unsupported(f"{type(hf_model).__name__} ({model_type}): {NOT_YET[model_type]}")
+    if model_type == "gemma3":
+        raise _unsupported("Gemma3ForConditionalGeneration is multimodal; pass its text model as "
+                           "Gemma3ForCausalLM(config.text_config) with the language model's weights")
+    if model_type not in _CONVERTERS:
+        raise _unsupported(f"{type(hf_model).__name__} (model_type {model_type!r}) is not supported")
+    if type(hf_model).__name__ != SUPPORTED[model_type]:
+        raise _unsupported(f"pass a {SUPPORTED[model_type]} for {model_type}, got {type(hf_model).__name__}")
+    hf_dtype = next(hf_model.parameters()).dtype
+    if hf_dtype != torch.float32:  # convert in fp32; export_model casts afterwards
+        raise ValueError(f"from_transformers: convert the model to float32 first (it is {hf_dtype}); "
+                         f"export with dtype=... to cast")
+    return _CONVERTERS[model_type](hf_model).eval()
+
+
+def load_local(directory) -> nn.Module:
+    """The transformers model saved in `directory` (config.json + weights, e.g. a downloaded checkpoint or
+    save_pretrained's output) as the class from_transformers expects for its model_type, in float32, eval.
+    Local files only: nothing is downloaded."""
+    import json
+    from pathlib import Path
+
+    import transformers
+
+    config_file = Path(directory) / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"load_local: {directory} has no config.json (not a transformers model directory)")
+    model_type = json.loads(config_file.read_text()).get("model_type")
+    if model_type not in SUPPORTED:
+        raise _unsupported(f"{directory} holds a {model_type!r} model")
+    model_class = getattr(transformers, SUPPORTED[model_type], None)
+    if model_class is None:
+        raise _unsupported(f"this transformers ({transformers.__version__}) has no {SUPPORTED[model_type]}")
+    # eager attention: transformers refuses sdpa where it cannot express the model (Gemma 2's soft-cap)
+    model = model_class.from_pretrained(directory, dtype=torch.float32, local_files_only=True,
+                                        attn_implementation="eager")
+    return model.eval()
+

@@ -1,0 +1,152 @@
+"""Shared by the converters: the supported model types, refusals, activation and RoPE mapping, weight copies."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from onnxattn.nn import MultiHeadLatentAttention, RopeScaling
+
+# model_type -> the HF class to pass
+SUPPORTED = {
+    "llama": "LlamaForCausalLM",
+    "mistral": "MistralForCausalLM",
+    "mixtral": "MixtralForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
+    "qwen3_moe": "Qwen3MoeForCausalLM",
+    "phi3": "Phi3ForCausalLM",
+    "smollm3": "SmolLM3ForCausalLM",
+    "granite": "GraniteForCausalLM",
+    "olmo2": "Olmo2ForCausalLM",
+    "starcoder2": "Starcoder2ForCausalLM",
+    "gpt_neox": "GPTNeoXForCausalLM",
+    "gptj": "GPTJForCausalLM",
+    "phi": "PhiForCausalLM",
+    "gemma2": "Gemma2ForCausalLM",
+    "gemma3_text": "Gemma3ForCausalLM",
+    "gpt2": "GPT2LMHeadModel",
+    "bert": "BertModel",
+    "roberta": "RobertaModel",
+    "xlm-roberta": "XLMRobertaModel",
+    "modernbert": "ModernBertModel",
+    "deepseek_v2": "DeepseekV2ForCausalLM",
+    "deepseek_v3": "DeepseekV3ForCausalLM",
+}
+NOT_YET: dict[str, str] = {}  # model_type -> why it is not converted yet (listed in every refusal)
+_ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu": "gelu", "gelu_new": "gelu_tanh",
+                "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
+
+
+def supported_message() -> str:
+    listed = ", ".join(f"{t} ({c})" for t, c in SUPPORTED.items())
+    later = "; ".join(f"{t}: {why}" for t, why in NOT_YET.items())
+    return f"supported: {listed}" + (f". Not yet: {later}" if later else "")
+
+
+class UnsupportedModel(ValueError):
+    pass
+
+
+def _unsupported(why: str) -> UnsupportedModel:
+    return UnsupportedModel(f"from_transformers: {why}. {supported_message()}")
+
+
+def _activation(name: str) -> str:
+    if name not in _ACTIVATIONS:
+        raise _unsupported(f"activation {name!r} has no equivalent here (known: {', '.join(_ACTIVATIONS)})")
+    return _ACTIVATIONS[name]
+
+
+def _rope_scaling(params: dict, max_positions: int | None = None) -> RopeScaling | None:
+    """Our RopeScaling for transformers' rope_parameters. LongRoPE needs `max_positions` (the config's
+    max_position_embeddings, for its default factor); converters that do not pass it refuse LongRoPE."""
+    kind = params.get("rope_type", "default")
+    if kind == "default":
+        return None
+    if kind == "linear":
+        return RopeScaling("linear", params["factor"])
+    if kind == "llama3":
+        return RopeScaling("llama3", params["factor"], params["original_max_position_embeddings"],
+                           low_freq_factor=params["low_freq_factor"], high_freq_factor=params["high_freq_factor"])
+    if kind == "yarn":
+        if params.get("truncate") is False:
+            raise _unsupported("YaRN with truncate=False is not supported (the correction range is truncated here)")
+        factor, attention = params["factor"], params.get("attention_factor")
+        mscale, mscale_all_dim = params.get("mscale"), params.get("mscale_all_dim")
+        if attention is None and mscale and mscale_all_dim and factor > 1:  # DeepSeek's ratio, as transformers
+            attention = (0.1 * mscale * math.log(factor) + 1.0) / (0.1 * mscale_all_dim * math.log(factor) + 1.0)
+        return RopeScaling("yarn", factor, params.get("original_max_position_embeddings") or 4096,
+                           beta_fast=params.get("beta_fast") or 32.0, beta_slow=params.get("beta_slow") or 1.0,
+                           attention_factor=attention)
+    if kind == "longrope":
+        if max_positions is None:
+            raise _unsupported("LongRoPE (rope_type 'longrope') is supported for the Llama-like architectures "
+                               "(Phi-3, Phi-3.5, Phi-4-mini, ...), not for this one")
+        original = params["original_max_position_embeddings"]
+        # transformers: factor, else max_position_embeddings / original_max_position_embeddings (attention factor)
+        factor = params.get("factor")
+        try:
+            return RopeScaling("longrope", factor if factor is not None else max_positions / original, original,
+                               attention_factor=params.get("attention_factor"), short_factor=params["short_factor"],
+                               long_factor=params["long_factor"])
+        except ValueError as e:  # e.g. factor lists of different lengths
+            raise _unsupported(f"these LongRoPE parameters do not map onto ours: {e}") from e
+    raise _unsupported(f"RoPE type {kind!r} is not supported (default, linear, llama3, yarn, longrope are)")
+
+
+def _check_rope(ours: nn.Module, hf_inv_freq: torch.Tensor, hf_scaling: float, what: str,
+                hf_long_inv_freq: torch.Tensor | None = None) -> None:
+    """Our frequencies must be HF's (catches RoPE variants whose parameters map imperfectly); with LongRoPE
+    both sets, short (`hf_inv_freq`) and long."""
+    def same(inv_freq, theirs):
+        return theirs is not None and inv_freq.shape == theirs.shape and \
+            torch.allclose(inv_freq, theirs.float().cpu(), rtol=1e-5)
+
+    for attn in ours.attention_layers():
+        if attn.rope is None:  # NoPE layers (SmolLM3)
+            continue
+        # MLA rotates only the rope part of each head
+        dim = attn.rope_head_dim if isinstance(attn, MultiHeadLatentAttention) else attn.head_dim
+        inv_freq, scaling = attn.rope.frequencies(dim)
+        long_ok = same(attn.rope.frequencies(dim, long=True)[0], hf_long_inv_freq) if attn.rope.switches else \
+            hf_long_inv_freq is None
+        if not same(inv_freq, hf_inv_freq) or not long_ok or abs(scaling - hf_scaling) > 1e-6:
+            raise _unsupported(f"the RoPE frequencies of {what} differ from the transformers model's")
+
+
+def _hf_frequencies(rotary) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(short or only inv_freq, LongRoPE's long inv_freq or None) of a transformers rotary embedding. Its
+    inv_freq buffer holds whichever set the last forward used; original_inv_freq keeps the initial (short) one, and
+    the long set is computed as its longrope update does (modeling_rope_utils.dynamic_rope_update)."""
+    short = getattr(rotary, "original_inv_freq", rotary.inv_freq)
+    if getattr(rotary, "rope_type", None) != "longrope":
+        return short, None
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    original = rotary.config.rope_parameters["original_max_position_embeddings"]
+    return short, ROPE_INIT_FUNCTIONS["longrope"](rotary.config, None, seq_len=original + 1)[0]
+
+
+def _window(hf_cfg) -> int:
+    return int(getattr(hf_cfg, "sliding_window", None) or 0)
+
+
+def _copy(param: torch.Tensor, value: torch.Tensor, what: str) -> None:
+    if param.shape != value.shape:  # copy_ would broadcast
+        raise ValueError(f"{what} of shape {list(value.shape)} does not fit ours ({list(param.shape)})")
+    param.copy_(value)
+
+
+def _rotary_dim(c, head_dim: int) -> int | None:
+    """Partial rotary (Phi-3 / Phi-4-mini): the channels transformers rotates, None for the whole head."""
+    factor = c.rope_parameters.get("partial_rotary_factor", 1.0)
+    dim = int(head_dim * factor)  # as transformers truncates
+    if dim == head_dim:
+        return None
+    if dim < 2 or dim % 2:  # transformers would rotate dim + 1 channels with frequencies for dim
+        raise _unsupported(f"{c.model_type} with partial_rotary_factor {factor} rotates {dim} of {head_dim} channels; "
+                           f"only an even count >= 2 is supported")
+    return dim

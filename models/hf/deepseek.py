@@ -1,0 +1,110 @@
+"""DeepSeek-V3 and DeepSeek-V2 / V2-Lite -> models.deepseek (MLA, DeepSeek MoE)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from onnxattn.models import build
+from onnxattn.models._base import set_linear
+from onnxattn.models.deepseek import DeepSeekMoE, DeepSeekV3Config, DeepSeekV3Model
+from onnxattn.models.hf._common import _activation, _check_rope, _rope_scaling, _unsupported
+
+
+def _deepseek_router(c) -> dict:
+    """DeepSeekV3Config's router fields: V3's sigmoid router (the defaults), or V2's softmax one."""
+    if c.model_type == "deepseek_v3":
+        return dict(num_groups=c.n_group or 1, groups_per_token=c.topk_group or 1, norm_topk=bool(c.norm_topk_prob))
+    freq = getattr(c, "moe_layer_freq", 1)  # not a transformers field: its model has experts in every layer
+    if freq != 1:
+        raise _unsupported(f"DeepSeek-V2 with moe_layer_freq = {freq} is not supported: transformers puts experts in "
+                           f"every layer from first_k_dense_replace on, DeepSeek's code in every {freq}th")
+    if c.norm_topk_prob and c.num_experts_per_tok > 1:
+        raise _unsupported("DeepSeek-V2 with norm_topk_prob=True is not supported: transformers ignores it (its "
+                           "router never renormalises), DeepSeek's code renormalises instead of scaling")
+    router = dict(router_scoring="softmax", group_score="max", norm_topk=False)
+    if c.topk_method == "greedy":
+        return router | dict(num_groups=1, groups_per_token=1)
+    if c.topk_method == "group_limited_greedy" and c.n_group and c.topk_group:
+        return router | dict(num_groups=c.n_group, groups_per_token=c.topk_group)
+    raise _unsupported(f"DeepSeek-V2 with topk_method {c.topk_method!r} (n_group {c.n_group}, topk_group "
+                       f"{c.topk_group}) is not supported: greedy, or group_limited_greedy with both set")
+
+
+def _deepseek(hf) -> DeepSeekV3Model:
+    """DeepSeek-V3, and DeepSeek-V2 / V2-Lite: the same MLA decoder with V2's router (softmax scores, groups
+    scored by their best expert, no choice bias); V2's RoPE always pairs channels (interleaved)."""
+    c = hf.config
+    what = {"deepseek_v2": "DeepSeek-V2", "deepseek_v3": "DeepSeek-V3"}[c.model_type]
+    params = c.rope_parameters
+    scaling = _rope_scaling(params)
+    num_layers, dense = c.num_hidden_layers, c.first_k_dense_replace
+    moe = dense < num_layers  # transformers gives layers >= first_k_dense_replace the MoE
+    if moe and (not c.n_routed_experts or not c.num_experts_per_tok):
+        raise _unsupported(f"{what} with MoE layers (first_k_dense_replace = {dense} < num_hidden_layers = "
+                           f"{num_layers}) needs n_routed_experts and num_experts_per_tok >= 1, got "
+                           f"{c.n_routed_experts} and {c.num_experts_per_tok}")
+    if getattr(c, "mlp_bias", False):  # a DeepseekV2Config field; DeepSeek's MLPs have none
+        raise _unsupported(f"{what} with mlp_bias=True is not supported")
+    src = hf.model
+    # num_key_value_heads has no role: MLA expands the one latent to every head (the cache is per token)
+    experts = dict(num_experts=c.n_routed_experts, experts_per_token=c.num_experts_per_tok,
+                   moe_intermediate=c.moe_intermediate_size, num_shared_experts=c.n_shared_experts,
+                   first_dense_layers=dense, routed_scaling=c.routed_scaling_factor, **_deepseek_router(c)) if moe \
+        else dict(num_experts=0)
+    try:
+        cfg = DeepSeekV3Config(
+            vocab_size=c.vocab_size, hidden=c.hidden_size, num_layers=num_layers, num_heads=c.num_attention_heads,
+            q_rank=c.q_lora_rank, kv_rank=c.kv_lora_rank, nope_head_dim=c.qk_nope_head_dim,
+            rope_head_dim=c.qk_rope_head_dim, v_head_dim=c.v_head_dim, intermediate=c.intermediate_size, **experts,
+            rope_theta=params["rope_theta"], rope_scaling=scaling,
+            mscale_all_dim=float(params.get("mscale_all_dim") or 0.0) if scaling else 0.0,
+            # V2 rotates channel pairs (complex numbers); V3 does when rope_interleave, else half-split
+            rope_interleaved=c.model_type == "deepseek_v2" or bool(c.rope_interleave),
+            attention_bias=bool(c.attention_bias),
+            rms_norm_eps=c.rms_norm_eps,
+            # transformers builds the latent norms with RMSNorm's default eps, not rms_norm_eps
+            latent_norm_eps=src.layers[0].self_attn.kv_a_layernorm.variance_epsilon,
+            activation=_activation(c.hidden_act), tie_embeddings=bool(c.tie_word_embeddings))
+    except ValueError as e:  # e.g. an expert count the group-limited routing cannot split
+        raise _unsupported(f"this {type(c).__name__} does not map onto ours: {e}") from e
+    hf_scale = src.layers[0].self_attn.scaling
+    ours_scale = cfg.softmax_scale or 1.0 / math.sqrt(cfg.nope_head_dim + cfg.rope_head_dim)
+    if abs(ours_scale - hf_scale) > 1e-6 * hf_scale:  # transformers applies mscale_all_dim to any scaled RoPE
+        raise _unsupported(f"{what}'s softmax scale {hf_scale} (rope_parameters {params}) is only reproduced "
+                           f"for YaRN (ours: {ours_scale})")
+    ours = build(cfg)
+    with torch.no_grad():
+        ours.embed_tokens.weight.copy_(src.embed_tokens.weight)
+        if not cfg.tie_embeddings:
+            ours.lm_head.weight.copy_(hf.lm_head.weight)
+        ours.norm.weight.copy_(src.norm.weight)
+        for mine, theirs in zip(ours.layers, src.layers):
+            a, t = mine.attn, theirs.self_attn
+            if cfg.q_rank:
+                set_linear(a.q_a_proj, t.q_a_proj.weight, t.q_a_proj.bias)
+                a.q_a_norm.copy_(t.q_a_layernorm.weight)
+                set_linear(a.q_b_proj, t.q_b_proj.weight)
+            else:
+                set_linear(a.q_proj, t.q_proj.weight)
+            # [latent R | rope key Dr] in both; RoPE pairs are interleaved in both when rope_interleave
+            set_linear(a.kv_a_proj, t.kv_a_proj_with_mqa.weight, t.kv_a_proj_with_mqa.bias)
+            a.kv_a_norm.copy_(t.kv_a_layernorm.weight)
+            a.load_kv_b_proj(t.kv_b_proj.weight)
+            set_linear(a.o_proj, t.o_proj.weight, t.o_proj.bias)
+            mine.input_norm.weight.copy_(theirs.input_layernorm.weight)
+            mine.post_attn_norm.weight.copy_(theirs.post_attention_layernorm.weight)
+            m, h = mine.mlp, theirs.mlp
+            if isinstance(m, DeepSeekMoE):
+                m.router.copy_(h.gate.weight)
+                if m.e_score_correction_bias is not None:  # V3's; V2's router has none
+                    m.e_score_correction_bias.copy_(h.gate.e_score_correction_bias)
+                m.gate_up_proj.copy_(h.experts.gate_up_proj)
+                m.down_proj.copy_(h.experts.down_proj)
+                m, h = m.shared_experts, h.shared_experts  # None when n_shared_experts = 0 (HF's is zero-width)
+            if m is not None:
+                for name in ("gate_proj", "up_proj", "down_proj"):
+                    set_linear(getattr(m, name), getattr(h, name).weight)
+    _check_rope(ours, src.rotary_emb.inv_freq, src.rotary_emb.attention_scaling, c.model_type)
+    return ours

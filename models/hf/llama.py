@@ -1,0 +1,234 @@
+"""Llama-likes (Mistral, Qwen, Phi-3, SmolLM3, Granite, OLMo 2, Starcoder2, ...), GPT-NeoX, GPT-J, Phi -> our Llama."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from onnxattn.models import build
+from onnxattn.models._base import set_linear
+from onnxattn.models.hf._common import (_activation, _check_rope, _copy, _hf_frequencies, _rope_scaling,
+                                       _rotary_dim, _unsupported, _window)
+from onnxattn.models.llama import LlamaConfig, LlamaModel
+from onnxattn.models.moe import MixtureOfExperts
+
+
+def _experts(hf) -> dict:
+    """LlamaConfig's MoE fields for Mixtral / Qwen3-MoE; the modules say which layers have experts (Qwen3-MoE's
+    mlp_only_layers and decoder_sparse_step leave the others a dense MLP)."""
+    c = hf.config
+    moe = [hasattr(layer.mlp, "experts") for layer in hf.model.layers]
+    if not any(moe):
+        return {}
+    # both route by a softmax over all experts, then top-k; Mixtral always renormalises the chosen weights
+    return dict(num_experts=c.num_local_experts if c.model_type == "mixtral" else c.num_experts,
+                experts_per_token=c.num_experts_per_tok, moe_intermediate=getattr(c, "moe_intermediate_size", None),
+                router_scoring="softmax", norm_topk=bool(getattr(c, "norm_topk_prob", True)),
+                dense_layers=tuple(i for i, sparse in enumerate(moe) if not sparse))
+
+
+def _smollm3(c) -> dict:
+    types = tuple(c.layer_types)
+    if "sliding_attention" in types and not c.use_sliding_window:
+        raise _unsupported("SmolLM3 with sliding_attention layers but use_sliding_window=False is not supported: "
+                           "transformers' eager and sdpa masks apply the window there, its flash attention does not")
+    return dict(nope_layers=tuple(i for i, rope in enumerate(c.no_rope_layers[:c.num_hidden_layers]) if not rope))
+
+
+def _granite(c) -> dict:
+    return dict(attention_scale=float(c.attention_multiplier), embedding_multiplier=float(c.embedding_multiplier),
+                residual_multiplier=float(c.residual_multiplier), logits_scaling=float(c.logits_scaling))
+
+
+def _starcoder2(c) -> dict:
+    bias = bool(c.use_bias)  # every projection, both MLP layers
+    return dict(norm="layer", gated_mlp=False, rms_norm_eps=c.norm_epsilon, qkv_bias=bias, o_bias=bias,
+                mlp_bias=bias)
+
+
+# LlamaConfig fields that differ from the Llama mapping, per model_type
+_LLAMA_VARIANTS = {"smollm3": _smollm3, "granite": _granite, "starcoder2": _starcoder2,
+                   "olmo2": lambda c: dict(qk_proj_norm=True, post_norm=True)}
+
+
+def _build_llama(c, fields: dict) -> LlamaModel:
+    try:
+        return build(LlamaConfig(**fields))
+    except ValueError as e:  # e.g. more experts per token than experts, or LongRoPE factors for another rotary dim
+        raise _unsupported(f"this {type(c).__name__} does not map onto ours: {e}") from e
+
+
+def _llama(hf) -> LlamaModel:
+    c = hf.config
+    layer_types = getattr(c, "layer_types", None)
+    window = _window(c)
+    if layer_types is not None:
+        layer_types = tuple(layer_types)
+        if "sliding_attention" not in layer_types:
+            window = 0
+    qwen2 = c.model_type == "qwen2"
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    fields = dict(
+        vocab_size=c.vocab_size, hidden=c.hidden_size, num_layers=c.num_hidden_layers,
+        num_heads=c.num_attention_heads, num_kv_heads=c.num_key_value_heads or c.num_attention_heads,
+        head_dim=head_dim, intermediate=c.intermediate_size, rope_theta=c.rope_parameters["rope_theta"],
+        rope_scaling=_rope_scaling(c.rope_parameters, c.max_position_embeddings), rotary_dim=_rotary_dim(c, head_dim),
+        rms_norm_eps=getattr(c, "rms_norm_eps", None), qkv_bias=qwen2 or bool(getattr(c, "attention_bias", False)),
+        o_bias=bool(getattr(c, "attention_bias", False)), mlp_bias=bool(getattr(c, "mlp_bias", False)),
+        qk_norm=c.model_type in ("qwen3", "qwen3_moe"), sliding_window=window,
+        layer_types=layer_types if window else None, activation=_activation(c.hidden_act),
+        tie_embeddings=bool(c.tie_word_embeddings), **_experts(hf))
+    variant = _LLAMA_VARIANTS.get(c.model_type)
+    if variant is not None:
+        fields |= variant(c)
+    ours = _build_llama(c, fields)
+    cfg, src = ours.config, hf.model
+    with torch.no_grad():
+        ours.embed_tokens.weight.copy_(src.embed_tokens.weight)
+        if not cfg.tie_embeddings:
+            ours.lm_head.weight.copy_(hf.lm_head.weight)
+        ours.norm.load_state_dict(src.norm.state_dict())
+        for mine, theirs in zip(ours.layers, src.layers):
+            a, t = mine.attn, theirs.self_attn
+            if hasattr(t, "qkv_proj"):  # Phi-3: one projection, rows [q | k | v], no biases
+                for name, w in zip(("q_proj", "k_proj", "v_proj"),
+                                   t.qkv_proj.weight.split([a.q_width, a.kv_width, a.kv_width])):
+                    set_linear(getattr(a, name), w)
+                set_linear(a.o_proj, t.o_proj.weight)
+            else:
+                for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+                    set_linear(getattr(a, name), getattr(t, name).weight, getattr(t, name).bias)
+            if cfg.qk_norm:
+                a.q_norm.copy_(t.q_norm.weight)
+                a.k_norm.copy_(t.k_norm.weight)
+            if cfg.qk_proj_norm:  # OLMo 2: over all heads
+                a.q_proj_norm.load_state_dict(t.q_norm.state_dict())
+                a.k_proj_norm.load_state_dict(t.k_norm.state_dict())
+            m, h = mine.mlp, theirs.mlp
+            if isinstance(m, MixtureOfExperts):
+                _copy(m.router, h.gate.weight, "the router weight")
+                _copy(m.gate_up_proj, h.experts.gate_up_proj, "the experts' gate_up_proj")
+                _copy(m.down_proj, h.experts.down_proj, "the experts' down_proj")
+            elif hasattr(h, "gate_up_proj"):  # Phi-3: rows [gate | up], no biases
+                gate, up = h.gate_up_proj.weight.chunk(2)
+                set_linear(m.gate_proj, gate)
+                set_linear(m.up_proj, up)
+                set_linear(m.down_proj, h.down_proj.weight)
+            else:
+                for name in ("gate_proj", "up_proj", "down_proj") if cfg.gated_mlp else ("c_fc", "c_proj"):
+                    set_linear(getattr(m, name), getattr(h, name).weight, getattr(h, name).bias)
+            # ours carry transformers' names (OLMo 2: post_attention_layernorm norms the attention output)
+            norms = {"post_attn_norm": "post_attention_layernorm"}
+            norms |= {"post_mlp_norm": "post_feedforward_layernorm"} if cfg.post_norm else \
+                {"input_norm": "input_layernorm"}
+            for ours_norm, hf_norm in norms.items():  # strict: LayerNorm biases too
+                getattr(mine, ours_norm).load_state_dict(getattr(theirs, hf_norm).state_dict())
+    short, long = _hf_frequencies(src.rotary_emb)
+    _check_rope(ours, short, src.rotary_emb.attention_scaling, c.model_type, long)
+    return ours
+
+
+def _parallel_fields(c, *, hidden: int, heads: int, layers: int, intermediate: int, eps: float, activation: str,
+                     **fields) -> dict:
+    """LlamaConfig fields shared by GPT-NeoX, GPT-J and Phi: LayerNorm, biased ungated MLP, parallel blocks."""
+    return dict(vocab_size=c.vocab_size, hidden=hidden, num_layers=layers, num_heads=heads,
+                num_kv_heads=heads, intermediate=intermediate, rms_norm_eps=eps,
+                norm="layer", gated_mlp=False, mlp_bias=True, parallel_residual=True,
+                activation=_activation(activation), tie_embeddings=bool(c.tie_word_embeddings)) | fields
+
+
+def _copy_head(ours: LlamaModel, embed: nn.Embedding, head: nn.Linear, final_norm: nn.LayerNorm) -> None:
+    cfg = ours.config
+    ours.embed_tokens.weight.copy_(embed.weight)
+    if not cfg.tie_embeddings:
+        ours.lm_head.weight.copy_(head.weight)
+    if cfg.lm_head_bias:
+        ours.lm_head.bias.copy_(head.bias)
+    ours.norm.load_state_dict(final_norm.state_dict())
+
+
+def _gpt_neox(hf) -> LlamaModel:
+    c = hf.config
+    heads = c.num_attention_heads
+    head_dim = c.hidden_size // heads  # transformers' head_size (no head_dim option)
+    bias = bool(c.attention_bias)  # query_key_value and dense; the MLP always has biases
+    ours = _build_llama(c, _parallel_fields(
+        c, hidden=c.hidden_size, heads=heads, layers=c.num_hidden_layers, intermediate=c.intermediate_size,
+        eps=c.layer_norm_eps, activation=c.hidden_act, rope_theta=c.rope_parameters["rope_theta"],
+        rope_scaling=_rope_scaling(c.rope_parameters), rotary_dim=_rotary_dim(c, head_dim), qkv_bias=bias,
+        o_bias=bias, parallel_residual=bool(c.use_parallel_residual)))
+    src = hf.gpt_neox
+    with torch.no_grad():
+        _copy_head(ours, src.embed_in, hf.lm_head, src.final_layer_norm)
+        for mine, theirs in zip(ours.layers, src.layers):
+            a, t = mine.attn, theirs.attention
+            # transformers views the output as [..., heads, 3 * head_dim]: rows per head [q_h | k_h | v_h]
+            w = t.query_key_value.weight.unflatten(0, (heads, 3, head_dim))
+            b = t.query_key_value.bias.unflatten(0, (heads, 3, head_dim)) if bias else None
+            for i, name in enumerate(("q_proj", "k_proj", "v_proj")):
+                set_linear(getattr(a, name), w[:, i].flatten(0, 1), None if b is None else b[:, i].flatten())
+            set_linear(a.o_proj, t.dense.weight, t.dense.bias)
+            set_linear(mine.mlp.c_fc, theirs.mlp.dense_h_to_4h.weight, theirs.mlp.dense_h_to_4h.bias)
+            set_linear(mine.mlp.c_proj, theirs.mlp.dense_4h_to_h.weight, theirs.mlp.dense_4h_to_h.bias)
+            mine.input_norm.load_state_dict(theirs.input_layernorm.state_dict())
+            mine.post_attn_norm.load_state_dict(theirs.post_attention_layernorm.state_dict())
+    short, long = _hf_frequencies(src.rotary_emb)
+    _check_rope(ours, short, src.rotary_emb.attention_scaling, "GPT-NeoX", long)
+    return ours
+
+
+def _gptj(hf) -> LlamaModel:
+    c = hf.config
+    head_dim = c.n_embd // c.n_head
+    # transformers' sin / cos table is rotary_dim wide, or n_embd wide without one: that fits a head only with one
+    rotary = c.rotary_dim or c.n_embd
+    if rotary > head_dim:
+        raise _unsupported(f"GPT-J with rotary_dim {c.rotary_dim} rotates {rotary} channels of a {head_dim}-wide "
+                           f"head (transformers' GPTJAttention cannot run it either)")
+    ours = _build_llama(c, _parallel_fields(
+        c, hidden=c.n_embd, heads=c.n_head, layers=c.n_layer, intermediate=c.n_inner or 4 * c.n_embd,
+        eps=c.layer_norm_epsilon, activation=c.activation_function, rope_theta=10000.0,  # fixed in transformers
+        rotary_dim=None if rotary == head_dim else rotary, rope_interleaved=True, shared_block_norm=True,
+        lm_head_bias=True))
+    src = hf.transformer
+    with torch.no_grad():
+        _copy_head(ours, src.wte, hf.lm_head, src.ln_f)
+        for mine, theirs in zip(ours.layers, src.h):
+            a, t = mine.attn, theirs.attn
+            for name in ("q_proj", "k_proj", "v_proj"):
+                set_linear(getattr(a, name), getattr(t, name).weight)
+            set_linear(a.o_proj, t.out_proj.weight)
+            set_linear(mine.mlp.c_fc, theirs.mlp.fc_in.weight, theirs.mlp.fc_in.bias)
+            set_linear(mine.mlp.c_proj, theirs.mlp.fc_out.weight, theirs.mlp.fc_out.bias)
+            mine.input_norm.load_state_dict(theirs.ln_1.state_dict())
+    # its table's row for position 1 holds [sin(inv_freq) | cos(inv_freq)]; every angle there is <= 1 rad
+    sin, cos = src.rotary_emb.embed_positions[1].chunk(2)
+    _check_rope(ours, torch.atan2(sin, cos), 1.0, "GPT-J")
+    return ours
+
+
+def _phi(hf) -> LlamaModel:
+    c = hf.config
+    if c.qk_layernorm:  # a per-head LayerNorm with bias; the op's QK-norm is an RMSNorm
+        raise _unsupported("Phi with qk_layernorm is not supported")
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    ours = _build_llama(c, _parallel_fields(
+        c, hidden=c.hidden_size, heads=c.num_attention_heads, layers=c.num_hidden_layers,
+        intermediate=c.intermediate_size, eps=c.layer_norm_eps, activation=c.hidden_act,
+        num_kv_heads=c.num_key_value_heads or c.num_attention_heads, head_dim=head_dim,
+        rope_theta=c.rope_parameters["rope_theta"], rope_scaling=_rope_scaling(c.rope_parameters),
+        rotary_dim=_rotary_dim(c, head_dim), qkv_bias=True, o_bias=True, shared_block_norm=True, lm_head_bias=True))
+    src = hf.model
+    with torch.no_grad():
+        _copy_head(ours, src.embed_tokens, hf.lm_head, src.final_layernorm)
+        for mine, theirs in zip(ours.layers, src.layers):
+            a, t = mine.attn, theirs.self_attn
+            for name in ("q_proj", "k_proj", "v_proj"):
+                set_linear(getattr(a, name), getattr(t, name).weight, getattr(t, name).bias)
+            set_linear(a.o_proj, t.dense.weight, t.dense.bias)
+            set_linear(mine.mlp.c_fc, theirs.mlp.fc1.weight, theirs.mlp.fc1.bias)
+            set_linear(mine.mlp.c_proj, theirs.mlp.fc2.weight, theirs.mlp.fc2.bias)
+            mine.input_norm.load_state_dict(theirs.input_layernorm.state_dict())
+    short, long = _hf_frequencies(src.rotary_emb)
+    _check_rope(ours, short, src.rotary_emb.attention_scaling, "Phi", long)
+    return ours
