@@ -150,7 +150,8 @@ def _model_source(spec: str, overrides: list[str] | None):
 def cmd_export(args) -> int:
     from onnxattn.export import export_model
 
-    model, name, _ = _model_source(args.model_name, args.set)
+    model, name, hf_model = _model_source(args.model_name, args.set)
+    del hf_model  # our conversion holds the weights: free the transformers model's copy before exporting
     path = Path(args.output or f"{name}.onnx")
     result = export_model(model, path, dtype=args.dtype, cache=args.cache, logits=args.logits, _owned=True,
                           overrides=_parse_overrides(args.set), validate=not args.no_validate,
@@ -223,6 +224,8 @@ def cmd_generate(args) -> int:
         from onnxattn.export import export_model
 
         source, name, hf_model = _model_source(args.model, args.set)
+        if not args.compare_torch:
+            hf_model = None  # only the comparison needs it: free its copy of the weights before exporting
         if hf_model is not None and args.compare_torch and args.temperature > 0:
             raise ValueError("generate: --compare-torch with a transformers checkpoint compares greedy tokens "
                              "with transformers'; drop --temperature")
