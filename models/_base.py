@@ -79,6 +79,20 @@ def init_weights(model: nn.Module, seed: int) -> nn.Module:
     return model.eval()
 
 
+class SwiGLU(nn.Module):
+    """Gated MLP: down_proj(act(gate_proj(x)) * up_proj(x)), named as transformers' (Llama, the MoE experts)."""
+
+    def __init__(self, hidden: int, intermediate: int, bias: bool, activation: str):
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden, intermediate, bias=bias)
+        self.up_proj = nn.Linear(hidden, intermediate, bias=bias)
+        self.down_proj = nn.Linear(intermediate, hidden, bias=bias)
+        self.act = ACTIVATIONS[activation]
+
+    def forward(self, x):
+        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+
+
 def cast_model(model: nn.Module, dtype: torch.dtype) -> nn.Module:
     """Casts parameters to `dtype`; RoPE inverse frequencies stay float32 (the op takes them as float)."""
     keep = {name: b.clone() for name, b in model.named_buffers() if name.endswith("rope_inv_freq")}

@@ -2,11 +2,12 @@
 Mistral (sliding window), Qwen2 (Q/K/V biases), Qwen3 (QK-norm, head dim != hidden / heads), Phi-3 (partial
 rotary: rotary_dim), scaled RoPE (linear, Llama 3, YaRN, LongRoPE), tied embeddings, per-layer full/sliding attention
 (layer_types), and a mixture of experts in place of the MLP (Mixtral, Qwen3-MoE: num_experts > 0, see
-models.moe; dense_layers keep the MLP). Further options, all off by default: layers without RoPE (SmolLM3's
-NoPE layers), Granite's multipliers (embeddings, residual branches, attention scale, logits), OLMo 2's RMSNorm
-over the whole Q / K projections and its post-norm blocks, Starcoder2's LayerNorm and ungated MLP, and the
-parallel blocks of GPT-NeoX / GPT-J / Phi (attention and MLP both read the block input; one shared norm or two),
-interleaved RoPE pairs (GPT-J) and a biased output projection."""
+models.moe; dense_layers keep the MLP; Qwen2-MoE adds a gated shared expert). Further options, all off by default:
+layers without RoPE (SmolLM3's NoPE layers), Granite's multipliers (embeddings, residual branches, attention scale,
+logits), OLMo 2's RMSNorm over the whole Q / K projections and its post-norm blocks, Starcoder2's LayerNorm (Cohere's
+without bias) and ungated MLP, and the parallel blocks of GPT-NeoX / GPT-J / Phi / Cohere (attention and MLP both
+read the block input; one shared norm or two), interleaved RoPE pairs (GPT-J, Cohere) and a biased output
+projection."""
 
 from __future__ import annotations
 
@@ -17,12 +18,13 @@ import torch
 from torch import nn
 
 from onnxattn.models import register
-from onnxattn.models._base import ACTIVATIONS, CausalLM, RMSNorm, check_activation, check_heads, init_weights
+from onnxattn.models._base import (ACTIVATIONS, CausalLM, RMSNorm, SwiGLU, check_activation, check_heads,
+                                   init_weights)
 from onnxattn.models.moe import MixtureOfExperts, check_moe
 from onnxattn.nn import GroupedQueryAttention, Rope, RopeScaling
 
 LAYER_TYPES = ("full_attention", "sliding_attention")
-NORMS = ("rms", "layer")
+NORMS = ("rms", "layer", "layer_no_bias")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +55,7 @@ class LlamaConfig:
     router_scoring: str = "softmax"  # or "sigmoid" (see models.moe)
     norm_topk: bool = True  # the chosen experts' weights sum to 1 (Mixtral always) [norm_topk_prob]
     dense_layers: tuple[int, ...] = ()  # layers that keep the dense MLP [mlp_only_layers, decoder_sparse_step]
+    shared_expert_intermediate: int = 0  # > 0: Qwen2-MoE's gated shared expert [shared_expert_intermediate_size]
     nope_layers: tuple[int, ...] = ()  # layers without RoPE (SmolLM3's NoPE layers)
     # Granite
     attention_scale: float | None = None  # None: 1/sqrt(head_dim) [attention_multiplier]
@@ -63,7 +66,7 @@ class LlamaConfig:
     qk_proj_norm: bool = False  # RMSNorm over the whole q_proj / k_proj outputs (all heads at once), before RoPE
     post_norm: bool = False  # norm the attention / MLP outputs inside the residual instead of their inputs
     # Starcoder2
-    norm: str = "rms"  # or "layer": LayerNorm with bias
+    norm: str = "rms"  # or "layer": LayerNorm with bias; "layer_no_bias": without (Cohere)
     gated_mlp: bool = True  # False: the dense MLP is c_proj(act(c_fc(x)))
     # GPT-NeoX, GPT-J, Phi
     parallel_residual: bool = False  # x + attn(input_norm(x)) + mlp(post_attn_norm(x)): both branches read x
@@ -90,6 +93,9 @@ class LlamaConfig:
                              f"got {self.rotary_dim}")
         if self.num_experts < 0:
             raise ValueError(f"{name}: num_experts must be >= 0 (0 = dense MLP), got {self.num_experts}")
+        if self.shared_expert_intermediate < 0:
+            raise ValueError(f"{name}: shared_expert_intermediate must be >= 0 (0 = none), "
+                             f"got {self.shared_expert_intermediate}")
         if self.num_experts:
             check_moe(name, num_experts=self.num_experts, experts_per_token=self.experts_per_token,
                       intermediate=self.expert_intermediate, scoring=self.router_scoring)
@@ -129,18 +135,6 @@ class LlamaConfig:
         return self.sliding_window if types[layer] == "sliding_attention" else 0
 
 
-class SwiGLU(nn.Module):
-    def __init__(self, hidden: int, intermediate: int, bias: bool, activation: str):
-        super().__init__()
-        self.gate_proj = nn.Linear(hidden, intermediate, bias=bias)
-        self.up_proj = nn.Linear(hidden, intermediate, bias=bias)
-        self.down_proj = nn.Linear(intermediate, hidden, bias=bias)
-        self.act = ACTIVATIONS[activation]
-
-    def forward(self, x):
-        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
-
-
 class PlainMLP(nn.Module):
     """Ungated MLP (Starcoder2; names as GPT-2's)."""
 
@@ -170,7 +164,9 @@ class ProjNormAttention(GroupedQueryAttention):
 
 def make_norm(cfg: LlamaConfig) -> nn.Module:
     eps = cfg.rms_norm_eps
-    return RMSNorm(cfg.hidden, eps) if cfg.norm == "rms" else nn.LayerNorm(cfg.hidden, eps)
+    if cfg.norm == "rms":
+        return RMSNorm(cfg.hidden, eps)
+    return nn.LayerNorm(cfg.hidden, eps, bias=cfg.norm == "layer")
 
 
 class LlamaBlock(nn.Module):
@@ -198,7 +194,8 @@ class LlamaBlock(nn.Module):
             self.post_attn_norm = make_norm(cfg)
         if cfg.is_moe(layer_idx):
             self.mlp = MixtureOfExperts(cfg.hidden, cfg.num_experts, cfg.experts_per_token, cfg.expert_intermediate,
-                                        cfg.activation, scoring=cfg.router_scoring, norm_topk=cfg.norm_topk)
+                                        cfg.activation, scoring=cfg.router_scoring, norm_topk=cfg.norm_topk,
+                                        shared_intermediate=cfg.shared_expert_intermediate)
         else:
             self.mlp = (SwiGLU if cfg.gated_mlp else PlainMLP)(cfg.hidden, cfg.intermediate, cfg.mlp_bias,
                                                                cfg.activation)

@@ -8,6 +8,8 @@ Router scoring: "softmax" (Mixtral, Qwen-MoE, DeepSeek-V2: softmax over all expe
 (DeepSeek-V3: sigmoid scores plus a per-expert bias that steers the choice only). Either may be group-limited:
 the experts come from the `groups_per_token` best of `num_groups` groups, a group scored by its best expert
 (group_score "max": DeepSeek-V2's group_limited_greedy) or by the sum of its two best ("top2_sum": DeepSeek-V3).
+An optional shared expert (Qwen2-MoE: shared_intermediate > 0) runs on every token, its output scaled by
+sigmoid(shared_expert_gate(x)) and added to the routed experts'.
 Top-k ties: torch.topk decides in eager torch (as in transformers); the exported ONNX TopK prefers the lower
 index, so an exact tie between two scores could pick a different expert there."""
 
@@ -16,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from onnxattn.models._base import ACTIVATIONS
+from onnxattn.models._base import ACTIVATIONS, SwiGLU
 
 SCORINGS = ("softmax", "sigmoid")
 GROUP_SCORES = ("top2_sum", "max")
@@ -47,12 +49,13 @@ def check_moe(owner: str, *, num_experts: int, experts_per_token: int, intermedi
 class MixtureOfExperts(nn.Module):
     """x [..., hidden] -> sum over the chosen experts of weight * SwiGLU_e(x). Parameters as transformers
     stores them: `router` [E, hidden] (gate.weight), `gate_up_proj` [E, 2 * I, hidden] (gate rows first),
-    `down_proj` [E, hidden, I]; with sigmoid scoring also `e_score_correction_bias` [E] (a buffer)."""
+    `down_proj` [E, hidden, I]; with sigmoid scoring also `e_score_correction_bias` [E] (a buffer); with
+    shared_intermediate > 0 also `shared_expert` (a SwiGLU) and `shared_expert_gate` [1, hidden]."""
 
     def __init__(self, hidden: int, num_experts: int, experts_per_token: int, intermediate: int,
                  activation: str = "silu", *, scoring: str = "softmax", norm_topk: bool = True,
                  routed_scaling: float = 1.0, num_groups: int = 1, groups_per_token: int = 1,
-                 group_score: str = "top2_sum"):
+                 group_score: str = "top2_sum", shared_intermediate: int = 0):
         super().__init__()
         check_moe(type(self).__name__, num_experts=num_experts, experts_per_token=experts_per_token,
                   intermediate=intermediate, scoring=scoring, num_groups=num_groups, groups_per_token=groups_per_token,
@@ -66,6 +69,14 @@ class MixtureOfExperts(nn.Module):
         self.gate_up_proj = nn.Parameter(torch.zeros(e, 2 * i, h))
         self.down_proj = nn.Parameter(torch.zeros(e, h, i))
         self.act = ACTIVATIONS[activation]
+        if shared_intermediate < 0:
+            raise ValueError(f"{type(self).__name__}: shared_intermediate must be >= 0 (0 = none), "
+                             f"got {shared_intermediate}")
+        if shared_intermediate:  # created only when asked for: the seeded init of the others stays as it was
+            self.shared_expert = SwiGLU(h, shared_intermediate, False, activation)
+            self.shared_expert_gate = nn.Linear(h, 1, bias=False)
+        else:
+            self.shared_expert = self.shared_expert_gate = None
 
     def route(self, x: torch.Tensor) -> torch.Tensor:
         """Routing weights [..., E] in float32: zero but for each token's top_k experts."""
@@ -94,10 +105,15 @@ class MixtureOfExperts(nn.Module):
         weights = self.route(x)  # [B, S, E]
         gate, up = torch.matmul(x.unsqueeze(-3), self.gate_up_proj.transpose(1, 2)).chunk(2, dim=-1)  # [B, E, S, I]
         y = torch.matmul(self.act(gate) * up, self.down_proj.transpose(1, 2))  # [B, E, S, hidden]
-        return (y.float() * weights.transpose(-1, -2).unsqueeze(-1)).sum(-3).to(x.dtype)
+        out = (y.float() * weights.transpose(-1, -2).unsqueeze(-1)).sum(-3).to(x.dtype)
+        if self.shared_expert is None:
+            return out
+        return out + torch.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)
 
     def extra_repr(self) -> str:
         groups = (f", groups={self.num_groups}, topk_groups={self.topk_groups}, group_score={self.group_score}"
                   if self.num_groups > 1 else "")
+        shared = "" if self.shared_expert is None else \
+            f", gated shared expert={self.shared_expert.down_proj.in_features}"
         return (f"experts={self.num_experts}, top_k={self.top_k}, scoring={self.scoring}{groups}, "
-                f"intermediate={self.down_proj.shape[-1]}")
+                f"intermediate={self.down_proj.shape[-1]}{shared}")

@@ -6,14 +6,14 @@ layout or scale); the exported graph is ours (GroupQueryAttention nodes, MultiHe
 DeepSeek-V2 / V3, whose greedy generation also equals transformers' generate token for token); Gemma 2's
 attention soft-cap and windows are on those nodes, and the cap changes the logits; Phi-3 (fused projections,
 partial rotary, LongRoPE switching factor sets per forward, as transformers' forward does, across
-original_max_position_embeddings; its generate() re-encodes there instead), the mixtures of experts of Mixtral
-and Qwen3-MoE, SmolLM3 (NoPE layers), Granite (multipliers),
+original_max_position_embeddings; its generate() re-encodes there instead), the mixtures of experts of Mixtral,
+Qwen3-MoE and Qwen2-MoE (sigmoid-gated shared expert), SmolLM3 (NoPE layers), Granite (multipliers),
 OLMo 2 (whole-projection QK-norm, post-norm) and Starcoder2 (LayerNorm, ungated MLP) map onto our Llama, their
 nodes carrying the per-layer RoPE, windows and scale; so do the parallel-residual decoders GPT-NeoX (per-head fused
-QKV, partial rotary, both residual modes), GPT-J (one norm per block, interleaved partial RoPE) and Phi; the
-encoders (BERT, RoBERTa / XLM-RoBERTa with positions from the pad token, ModernBERT with its local band) match
-transformers' hidden states on real tokens under a key-padding mask; unsupported architectures and settings get a
-message listing the supported ones."""
+QKV, partial rotary, both residual modes), GPT-J (one norm per block, interleaved partial RoPE), Phi and Cohere
+(bias-free LayerNorm, interleaved RoPE, logit_scale); the encoders (BERT, RoBERTa / XLM-RoBERTa with positions
+from the pad token, ModernBERT with its local band) match transformers' hidden states on real tokens under a
+key-padding mask; unsupported architectures and settings get a message listing the supported ones."""
 
 from __future__ import annotations
 
@@ -66,6 +66,11 @@ CASES = {
     "qwen3_moe": lambda: T.Qwen3MoeForCausalLM(T.Qwen3MoeConfig(
         **SMALL, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=48, norm_topk_prob=True,
         decoder_sparse_step=2)),
+    # Q/K/V biases, top-2 of 4 experts not renormalised (Qwen1.5-MoE's default), a sigmoid-gated shared expert;
+    # layer 0 dense (mlp_only_layers)
+    "qwen2_moe": lambda: T.Qwen2MoeForCausalLM(T.Qwen2MoeConfig(
+        **SMALL, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=48, shared_expert_intermediate_size=96,
+        norm_topk_prob=False, mlp_only_layers=[0])),
     # NoPE every 2nd layer: layer 1 has no RoPE; its window (sliding layers are the NoPE ones) < prompt
     "smollm3": lambda: T.SmolLM3ForCausalLM(T.SmolLM3Config(
         **SMALL, **NO_TOKENS, no_rope_layer_interval=2, use_sliding_window=True, sliding_window=6)),
@@ -85,12 +90,14 @@ CASES = {
                                                    n_inner=128, rotary_dim=8, **NO_TOKENS)),
     # phi-2's partial_rotary_factor 0.4 (6 of 16 channels), GQA, one LayerNorm per block, biased lm_head
     "phi": lambda: T.PhiForCausalLM(T.PhiConfig(**SMALL, **NO_TOKENS, partial_rotary_factor=0.4)),
+    # Command-R: parallel blocks, one bias-free LayerNorm, interleaved RoPE on the whole head, logits x 0.3
+    "cohere": lambda: T.CohereForCausalLM(T.CohereConfig(**SMALL, **NO_TOKENS, logit_scale=0.3)),
 }
 # attributes the GroupQueryAttention nodes must carry, layer by layer
 NODE_ATTRS = {"smollm3": dict(rope=[1, 0], window=[0, 6]), "granite": dict(scale=[0.05, 0.05]),
               "starcoder2": dict(window=[6, 6]), "gpt_neox": dict(rotary_dim=[4, 4], rope_interleaved=[0, 0]),
               "gpt_neox_sequential": dict(rotary_dim=[4, 4]), "gptj": dict(rotary_dim=[8, 8], rope_interleaved=[1, 1]),
-              "phi": dict(rotary_dim=[6, 6], rope_interleaved=[0, 0])}
+              "phi": dict(rotary_dim=[6, 6], rope_interleaved=[0, 0]), "cohere": dict(rope_interleaved=[1, 1])}
 
 
 def randomize(model, seed=0):
@@ -323,8 +330,12 @@ ONE_LAYER = SMALL | dict(num_hidden_layers=1)
      r"this Qwen3MoeConfig does not map onto ours: LlamaConfig: experts_per_token must be in \[1, 4\]"),
     (lambda: T.MixtralForCausalLM(T.MixtralConfig(**ONE_LAYER, head_dim=16, rope_parameters={
         "rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0})), "RoPE type 'dynamic' is not supported"),
+    (lambda: T.Qwen2MoeForCausalLM(T.Qwen2MoeConfig(**ONE_LAYER, num_experts=4, num_experts_per_tok=5)),
+     r"this Qwen2MoeConfig does not map onto ours: LlamaConfig: experts_per_token must be in \[1, 4\]"),
+    (lambda: T.Qwen2MoeModel(T.Qwen2MoeConfig(**ONE_LAYER, num_experts=4)),
+     "pass a Qwen2MoeForCausalLM for qwen2_moe, got Qwen2MoeModel"),
 ], ids=["llama-longrope-one-factor", "phi3-odd-rotary-dim", "qwen3_moe-more-chosen-than-experts",
-        "mixtral-dynamic-rope"])
+        "mixtral-dynamic-rope", "qwen2_moe-more-chosen-than-experts", "qwen2_moe-base-model"])
 def test_phi3_and_moe_unsupported_settings_are_named(make, match, tmp_path):
     with pytest.raises(UnsupportedModel, match=match):
         from_transformers(make(), tmp_path / "x.onnx")
@@ -376,8 +387,16 @@ ONE_GPTJ = dict(vocab_size=256, n_positions=64, n_embd=64, n_layer=1, n_head=4, 
         "rope_type": "longrope", "rope_theta": 10000.0, "partial_rotary_factor": 0.5, "short_factor": [1.0] * 4,
         "long_factor": [2.0] * 4, "original_max_position_embeddings": 16})),
      "LongRoPE .* is supported for the Llama-like architectures"),
+    # mean-centred, a weight per head: not the op's RMS QK-norm
+    (lambda: T.CohereForCausalLM(T.CohereConfig(**ONE_LAYER, **NO_TOKENS, use_qk_norm=True)),
+     "Cohere with use_qk_norm is not supported"),
+    (lambda: T.CohereForCausalLM(T.CohereConfig(**ONE_LAYER, **NO_TOKENS, logit_scale=0.0)),
+     "Cohere with logit_scale 0.0 is not supported"),
+    (lambda: T.CohereForCausalLM(T.CohereConfig(**ONE_LAYER, **NO_TOKENS, rope_parameters={
+        "rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0})), "RoPE type 'dynamic' is not supported"),
 ], ids=["gpt_neox-dynamic-rope", "gpt_neox-odd-rotary-dim", "gpt_neox-base-model", "gptj-rotary-dim-over-head",
-        "gptj-odd-rotary-dim", "phi-qk-layernorm", "phi-odd-rotary-dim", "phi-longrope"])
+        "gptj-odd-rotary-dim", "phi-qk-layernorm", "phi-odd-rotary-dim", "phi-longrope", "cohere-qk-norm",
+        "cohere-logit-scale-0", "cohere-dynamic-rope"])
 def test_parallel_residual_unsupported_settings_are_named(make, match, tmp_path):
     with pytest.raises(UnsupportedModel, match=match):
         from_transformers(make(), tmp_path / "x.onnx")
@@ -497,12 +516,13 @@ def test_encoder_unsupported_settings_are_named(make, match, tmp_path):
 def test_unsupported_architectures_list_the_supported_ones(tmp_path, monkeypatch):
     fake = types.SimpleNamespace(config=types.SimpleNamespace(model_type="t5"))
     with pytest.raises(UnsupportedModel, match="model_type 't5'.*supported: llama .LlamaForCausalLM., mistral.*"
-                                               "mixtral .MixtralForCausalLM.*qwen3_moe .Qwen3MoeForCausalLM.*"
+                                               "mixtral .MixtralForCausalLM.*qwen3_moe .Qwen3MoeForCausalLM., "
+                                               "qwen2_moe .Qwen2MoeForCausalLM.*"
                                                "phi3 .Phi3ForCausalLM.*smollm3 .SmolLM3ForCausalLM., "
                                                "granite .GraniteForCausalLM., olmo2 .Olmo2ForCausalLM., "
                                                "starcoder2 .Starcoder2ForCausalLM., "
                                                "gpt_neox .GPTNeoXForCausalLM., gptj .GPTJForCausalLM., "
-                                               "phi .PhiForCausalLM.*"
+                                               "phi .PhiForCausalLM., cohere .CohereForCausalLM.*"
                                                "gemma2 .Gemma2ForCausalLM., gemma3_text .Gemma3ForCausalLM.*"
                                                "bert .BertModel., roberta .RobertaModel., "
                                                "xlm-roberta .XLMRobertaModel., modernbert .ModernBertModel.*"

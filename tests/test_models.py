@@ -159,7 +159,8 @@ def test_modernbert_layers_and_band():
     (lambda: LlamaConfig(attention_scale=0.0), "attention_scale must be > 0 and finite"),
     (lambda: LlamaConfig(logits_scaling=0.0), "logits_scaling divides the logits; it must not be 0"),
     (lambda: LlamaConfig(residual_multiplier=math.nan), "residual_multiplier must be finite, got nan"),
-    (lambda: LlamaConfig(norm="batch"), "norm must be one of rms, layer, got 'batch'"),
+    (lambda: LlamaConfig(norm="batch"), "norm must be one of rms, layer, layer_no_bias, got 'batch'"),
+    (lambda: LlamaConfig(num_experts=4, shared_expert_intermediate=-1), "shared_expert_intermediate must be >= 0"),
     (lambda: LlamaConfig(shared_block_norm=True), "shared_block_norm needs parallel_residual"),
     (lambda: LlamaConfig(parallel_residual=True, post_norm=True), "parallel_residual and post_norm cannot be combined"),
 ])

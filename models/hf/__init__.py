@@ -1,16 +1,18 @@
 """Hugging Face transformers models -> the reference models here, with the same weights: the config is
 mapped onto ours, each weight copied to its place, and RoPE frequencies checked against the HF model's
 own. Export then goes through our modules (onnxattn.export.from_transformers), so the graph uses our ops.
-Llama-likes (Mistral, Mixtral, Qwen2/3, Qwen3-MoE, Phi-3, SmolLM3, Granite, OLMo 2, Starcoder2) map onto our
-Llama: Phi-3's fused projections are split, the mixtures of experts become models.moe with softmax routing, and
-the others set LlamaConfig options (NoPE layers, Granite's multipliers, OLMo 2's whole-projection QK-norm and
-post-norm blocks, Starcoder2's LayerNorm and ungated MLP). The parallel-residual decoders map onto our Llama too,
-with LayerNorm, ungated MLPs and parallel blocks: GPT-NeoX / Pythia (two norms per block, or sequential blocks with
-use_parallel_residual=False; its fused query_key_value split per head, partial rotary), GPT-J (one norm per block,
-interleaved RoPE on rotary_dim channels, biased lm_head) and Phi (phi-1 / 1.5 / 2: one norm per block, partial
-rotary, biased projections and lm_head; qk_layernorm refused). RoBERTa / XLM-RoBERTa map onto
-our BERT (positions from the pad token id); ModernBERT onto models.modernbert. DeepSeek-V3 and DeepSeek-V2 / V2-Lite
-map onto models.deepseek (MLA with its latent cache, YaRN with mscale); V2's router scores by softmax, picks greedily
+Llama-likes (Mistral, Mixtral, Qwen2/3, Qwen2/3-MoE, Phi-3, SmolLM3, Granite, OLMo 2, Starcoder2) map onto our
+Llama: Phi-3's fused projections are split, the mixtures of experts become models.moe with softmax routing (Qwen2-MoE
+with its sigmoid-gated shared expert), and the others set LlamaConfig options (NoPE layers, Granite's multipliers,
+OLMo 2's whole-projection QK-norm and post-norm blocks, Starcoder2's LayerNorm and ungated MLP). The parallel-residual
+decoders map onto our Llama too, with LayerNorm, ungated MLPs and parallel blocks: GPT-NeoX / Pythia (two norms per
+block, or sequential blocks with use_parallel_residual=False; its fused query_key_value split per head, partial
+rotary), GPT-J (one norm per block, interleaved RoPE on rotary_dim channels, biased lm_head), Phi (phi-1 / 1.5 / 2:
+one norm per block, partial rotary, biased projections and lm_head; qk_layernorm refused) and Cohere / Command-R
+(one bias-free LayerNorm per block, gated MLP, interleaved RoPE, logits times logit_scale as a division by its
+inverse; use_qk_norm refused). RoBERTa / XLM-RoBERTa map onto our BERT (positions from the pad token id); ModernBERT
+onto models.modernbert. DeepSeek-V3 and DeepSeek-V2 / V2-Lite map onto models.deepseek (MLA with its latent cache,
+YaRN with mscale); V2's router scores by softmax, picks greedily
 or group-limited (a group scored by its best expert) and scales without renormalising.
 
 LongRoPE (rope_type "longrope": Phi-3-mini-128k, Phi-3.5-mini, Phi-4-mini) maps onto RopeScaling("longrope") for
@@ -39,14 +41,14 @@ from onnxattn.models.hf.deepseek import _deepseek
 from onnxattn.models.hf.encoders import _bert, _modernbert
 from onnxattn.models.hf.gemma import _gemma2, _gemma3
 from onnxattn.models.hf.gpt2 import _gpt2
-from onnxattn.models.hf.llama import _gpt_neox, _gptj, _llama, _phi
+from onnxattn.models.hf.llama import _cohere, _gpt_neox, _gptj, _llama, _phi
 
 __all__ = ["NOT_YET", "SUPPORTED", "UnsupportedModel", "from_transformers", "load_local", "supported_message"]
 
 _CONVERTERS = {"llama": _llama, "mistral": _llama, "mixtral": _llama, "qwen2": _llama, "qwen3": _llama,
-               "qwen3_moe": _llama, "phi3": _llama, "smollm3": _llama, "granite": _llama, "olmo2": _llama,
-               "starcoder2": _llama, "gpt_neox": _gpt_neox, "gptj": _gptj, "phi": _phi, "gemma2": _gemma2,
-               "gemma3_text": _gemma3, "gpt2": _gpt2,
+               "qwen3_moe": _llama, "qwen2_moe": _llama, "phi3": _llama, "smollm3": _llama, "granite": _llama,
+               "olmo2": _llama, "starcoder2": _llama, "gpt_neox": _gpt_neox, "gptj": _gptj, "phi": _phi,
+               "cohere": _cohere, "gemma2": _gemma2, "gemma3_text": _gemma3, "gpt2": _gpt2,
                "bert": _bert, "roberta": _bert, "xlm-roberta": _bert, "modernbert": _modernbert,
                "deepseek_v2": _deepseek, "deepseek_v3": _deepseek}
 

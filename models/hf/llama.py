@@ -1,4 +1,5 @@
-"""Llama-likes (Mistral, Qwen, Phi-3, SmolLM3, Granite, OLMo 2, Starcoder2, ...), GPT-NeoX, GPT-J, Phi -> our Llama."""
+"""Llama-likes (Mistral, Qwen, Phi-3, SmolLM3, Granite, OLMo 2, Starcoder2, ...), GPT-NeoX, GPT-J, Phi, Cohere
+-> our Llama."""
 
 from __future__ import annotations
 
@@ -14,17 +15,19 @@ from onnxattn.models.moe import MixtureOfExperts
 
 
 def _experts(hf) -> dict:
-    """LlamaConfig's MoE fields for Mixtral / Qwen3-MoE; the modules say which layers have experts (Qwen3-MoE's
-    mlp_only_layers and decoder_sparse_step leave the others a dense MLP)."""
+    """LlamaConfig's MoE fields for Mixtral / Qwen2-MoE / Qwen3-MoE; the modules say which layers have experts
+    (the Qwen MoEs' mlp_only_layers and decoder_sparse_step leave the others a dense MLP)."""
     c = hf.config
     moe = [hasattr(layer.mlp, "experts") for layer in hf.model.layers]
     if not any(moe):
         return {}
-    # both route by a softmax over all experts, then top-k; Mixtral always renormalises the chosen weights
+    # all route by a softmax over all experts, then top-k; Mixtral always renormalises the chosen weights.
+    # Qwen2-MoE's shared expert is sigmoid-gated; a zero-width one (size 0) adds nothing, as none here
     return dict(num_experts=c.num_local_experts if c.model_type == "mixtral" else c.num_experts,
                 experts_per_token=c.num_experts_per_tok, moe_intermediate=getattr(c, "moe_intermediate_size", None),
                 router_scoring="softmax", norm_topk=bool(getattr(c, "norm_topk_prob", True)),
-                dense_layers=tuple(i for i, sparse in enumerate(moe) if not sparse))
+                dense_layers=tuple(i for i, sparse in enumerate(moe) if not sparse),
+                shared_expert_intermediate=getattr(c, "shared_expert_intermediate_size", 0) or 0)
 
 
 def _smollm3(c) -> dict:
@@ -66,14 +69,14 @@ def _llama(hf) -> LlamaModel:
         layer_types = tuple(layer_types)
         if "sliding_attention" not in layer_types:
             window = 0
-    qwen2 = c.model_type == "qwen2"
+    qkv_bias = bool(c.qkv_bias) if c.model_type == "qwen2_moe" else c.model_type == "qwen2"
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
     fields = dict(
         vocab_size=c.vocab_size, hidden=c.hidden_size, num_layers=c.num_hidden_layers,
         num_heads=c.num_attention_heads, num_kv_heads=c.num_key_value_heads or c.num_attention_heads,
         head_dim=head_dim, intermediate=c.intermediate_size, rope_theta=c.rope_parameters["rope_theta"],
         rope_scaling=_rope_scaling(c.rope_parameters, c.max_position_embeddings), rotary_dim=_rotary_dim(c, head_dim),
-        rms_norm_eps=getattr(c, "rms_norm_eps", None), qkv_bias=qwen2 or bool(getattr(c, "attention_bias", False)),
+        rms_norm_eps=getattr(c, "rms_norm_eps", None), qkv_bias=qkv_bias or bool(getattr(c, "attention_bias", False)),
         o_bias=bool(getattr(c, "attention_bias", False)), mlp_bias=bool(getattr(c, "mlp_bias", False)),
         qk_norm=c.model_type in ("qwen3", "qwen3_moe"), sliding_window=window,
         layer_types=layer_types if window else None, activation=_activation(c.hidden_act),
@@ -109,6 +112,9 @@ def _llama(hf) -> LlamaModel:
                 _copy(m.router, h.gate.weight, "the router weight")
                 _copy(m.gate_up_proj, h.experts.gate_up_proj, "the experts' gate_up_proj")
                 _copy(m.down_proj, h.experts.down_proj, "the experts' down_proj")
+                if m.shared_expert is not None:
+                    m.shared_expert.load_state_dict(h.shared_expert.state_dict())
+                    m.shared_expert_gate.load_state_dict(h.shared_expert_gate.state_dict())
             elif hasattr(h, "gate_up_proj"):  # Phi-3: rows [gate | up], no biases
                 gate, up = h.gate_up_proj.weight.chunk(2)
                 set_linear(m.gate_proj, gate)
@@ -231,4 +237,38 @@ def _phi(hf) -> LlamaModel:
             mine.input_norm.load_state_dict(theirs.input_layernorm.state_dict())
     short, long = _hf_frequencies(src.rotary_emb)
     _check_rope(ours, short, src.rotary_emb.attention_scaling, "Phi", long)
+    return ours
+
+
+def _cohere(hf) -> LlamaModel:
+    """Command-R: parallel blocks with one bias-free, mean-centred LayerNorm, interleaved RoPE, logits times
+    logit_scale, tied embeddings."""
+    c = hf.config
+    if c.use_qk_norm:  # mean-centred, a weight per head: the op's QK-norm is an RMSNorm shared by the heads
+        raise _unsupported("Cohere with use_qk_norm is not supported")
+    if not c.logit_scale:  # transformers multiplies by it; ours divides by its inverse
+        raise _unsupported(f"Cohere with logit_scale {c.logit_scale} is not supported")
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    bias = bool(c.attention_bias)  # q / k / v and o alike
+    ours = _build_llama(c, dict(
+        vocab_size=c.vocab_size, hidden=c.hidden_size, num_layers=c.num_hidden_layers,
+        num_heads=c.num_attention_heads, num_kv_heads=c.num_key_value_heads or c.num_attention_heads,
+        head_dim=head_dim, intermediate=c.intermediate_size, rope_theta=c.rope_parameters["rope_theta"],
+        rope_scaling=_rope_scaling(c.rope_parameters), rope_interleaved=True,  # the whole head: as transformers
+        rms_norm_eps=c.layer_norm_eps, norm="layer_no_bias", parallel_residual=True, shared_block_norm=True,
+        qkv_bias=bias, o_bias=bias, activation=_activation(c.hidden_act), tie_embeddings=bool(c.tie_word_embeddings),
+        # x / (1 / s) is within 2 ulp of x * s
+        logits_scaling=1.0 / c.logit_scale))
+    src = hf.model
+    with torch.no_grad():
+        _copy_head(ours, src.embed_tokens, hf.lm_head, src.norm)
+        for mine, theirs in zip(ours.layers, src.layers):
+            a, t = mine.attn, theirs.self_attn
+            for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+                set_linear(getattr(a, name), getattr(t, name).weight, getattr(t, name).bias)
+            for name in ("gate_proj", "up_proj", "down_proj"):
+                set_linear(getattr(mine.mlp, name), getattr(theirs.mlp, name).weight)
+            mine.input_norm.load_state_dict(theirs.input_layernorm.state_dict())
+    short, long = _hf_frequencies(src.rotary_emb)
+    _check_rope(ours, short, src.rotary_emb.attention_scaling, "Cohere", long)
     return ours
