@@ -315,7 +315,7 @@ def test_gemma2_unsupported_settings_are_named(setting, match, tmp_path):
 ONE_LAYER = SMALL | dict(num_hidden_layers=1)
 
 
-@pytest.mark.parametrize("make, match", [
+_PHI3_AND_MOE_REFUSALS = ([
     # Llama's config only warns, and transformers broadcasts one factor over all 8 frequencies (Phi3Config refuses)
     (lambda: T.LlamaForCausalLM(T.LlamaConfig(**ONE_LAYER, max_position_embeddings=128, rope_parameters={
         "rope_type": "longrope", "rope_theta": 10000.0, "short_factor": [1.0], "long_factor": [2.0],
@@ -334,14 +334,11 @@ ONE_LAYER = SMALL | dict(num_hidden_layers=1)
      r"this Qwen2MoeConfig does not map onto ours: LlamaConfig: experts_per_token must be in \[1, 4\]"),
     (lambda: T.Qwen2MoeModel(T.Qwen2MoeConfig(**ONE_LAYER, num_experts=4)),
      "pass a Qwen2MoeForCausalLM for qwen2_moe, got Qwen2MoeModel"),
-], ids=["llama-longrope-one-factor", "phi3-odd-rotary-dim", "qwen3_moe-more-chosen-than-experts",
+], ["llama-longrope-one-factor", "phi3-odd-rotary-dim", "qwen3_moe-more-chosen-than-experts",
         "mixtral-dynamic-rope", "qwen2_moe-more-chosen-than-experts", "qwen2_moe-base-model"])
-def test_phi3_and_moe_unsupported_settings_are_named(make, match, tmp_path):
-    with pytest.raises(UnsupportedModel, match=match):
-        from_transformers(make(), tmp_path / "x.onnx")
 
 
-@pytest.mark.parametrize("make, match", [
+_LLAMA_VARIANT_REFUSALS = ([
     # transformers' eager / sdpa masks would apply the window, its flash attention would not
     (lambda: T.SmolLM3ForCausalLM(T.SmolLM3Config(**ONE_LAYER, **NO_TOKENS, layer_types=["sliding_attention"],
                                                   sliding_window=6)),
@@ -356,18 +353,15 @@ def test_phi3_and_moe_unsupported_settings_are_named(make, match, tmp_path):
      "activation 'gelu_fast' has no equivalent here"),
     (lambda: T.Starcoder2Model(T.Starcoder2Config(**ONE_LAYER, **NO_TOKENS)),
      "pass a Starcoder2ForCausalLM for starcoder2, got Starcoder2Model"),
-], ids=["smollm3-window-without-use_sliding_window", "granite-attention-multiplier-0", "granite-logits-scaling-0",
+], ["smollm3-window-without-use_sliding_window", "granite-attention-multiplier-0", "granite-logits-scaling-0",
         "olmo2-dynamic-rope", "starcoder2-gelu-fast", "starcoder2-base-model"])
-def test_llama_variant_unsupported_settings_are_named(make, match, tmp_path):
-    with pytest.raises(UnsupportedModel, match=match):
-        from_transformers(make(), tmp_path / "x.onnx")
 
 
 ONE_MHA = MHA | dict(num_hidden_layers=1)
 ONE_GPTJ = dict(vocab_size=256, n_positions=64, n_embd=64, n_layer=1, n_head=4, **NO_TOKENS)
 
 
-@pytest.mark.parametrize("make, match", [
+_PARALLEL_RESIDUAL_REFUSALS = ([
     (lambda: T.GPTNeoXForCausalLM(T.GPTNeoXConfig(**ONE_MHA, rope_parameters={
         "rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0, "partial_rotary_factor": 0.25})),
      "RoPE type 'dynamic' is not supported"),
@@ -394,12 +388,9 @@ ONE_GPTJ = dict(vocab_size=256, n_positions=64, n_embd=64, n_layer=1, n_head=4, 
      "Cohere with logit_scale 0.0 is not supported"),
     (lambda: T.CohereForCausalLM(T.CohereConfig(**ONE_LAYER, **NO_TOKENS, rope_parameters={
         "rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0})), "RoPE type 'dynamic' is not supported"),
-], ids=["gpt_neox-dynamic-rope", "gpt_neox-odd-rotary-dim", "gpt_neox-base-model", "gptj-rotary-dim-over-head",
+], ["gpt_neox-dynamic-rope", "gpt_neox-odd-rotary-dim", "gpt_neox-base-model", "gptj-rotary-dim-over-head",
         "gptj-odd-rotary-dim", "phi-qk-layernorm", "phi-odd-rotary-dim", "phi-longrope", "cohere-qk-norm",
         "cohere-logit-scale-0", "cohere-dynamic-rope"])
-def test_parallel_residual_unsupported_settings_are_named(make, match, tmp_path):
-    with pytest.raises(UnsupportedModel, match=match):
-        from_transformers(make(), tmp_path / "x.onnx")
 
 
 def test_bert_matches_transformers(tmp_path):
@@ -489,7 +480,7 @@ ONE_ENCODER = ENCODER | dict(num_hidden_layers=1)
 ONE_MODERNBERT = MODERNBERT | dict(num_hidden_layers=2)
 
 
-@pytest.mark.parametrize("make, match", [
+_ENCODER_REFUSALS = ([
     (lambda: T.RobertaModel(T.RobertaConfig(**ONE_ENCODER, is_decoder=True)),
      "RoBERTa with relative position embeddings or as a decoder is not supported"),
     (lambda: T.RobertaModel(T.RobertaConfig(**ONE_ENCODER, pad_token_id=None)),
@@ -506,9 +497,18 @@ ONE_MODERNBERT = MODERNBERT | dict(num_hidden_layers=2)
      "activation 'quick_gelu' has no equivalent here"),
     (lambda: T.ModernBertForMaskedLM(T.ModernBertConfig(**ONE_MODERNBERT)),
      "pass a ModernBertModel for modernbert, got ModernBertForMaskedLM"),
-], ids=["roberta-decoder", "roberta-no-pad-token", "xlm-roberta-pad-beyond-table", "modernbert-scaled-rope",
+], ["roberta-decoder", "roberta-no-pad-token", "xlm-roberta-pad-beyond-table", "modernbert-scaled-rope",
         "modernbert-band-0", "modernbert-activation", "modernbert-masked-lm"])
-def test_encoder_unsupported_settings_are_named(make, match, tmp_path):
+
+
+REFUSALS = [pytest.param(*case, id=name) for cases, names in (
+    _PHI3_AND_MOE_REFUSALS, _LLAMA_VARIANT_REFUSALS, _PARALLEL_RESIDUAL_REFUSALS, _ENCODER_REFUSALS)
+    for case, name in zip(cases, names)]
+
+
+@pytest.mark.parametrize("make, match", REFUSALS)
+def test_unsupported_settings_are_named(make, match, tmp_path):
+    """Settings a converter does not model: (transformers model factory, the UnsupportedModel message)."""
     with pytest.raises(UnsupportedModel, match=match):
         from_transformers(make(), tmp_path / "x.onnx")
 
