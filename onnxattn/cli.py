@@ -226,7 +226,7 @@ def cmd_generate(args) -> int:
         source, name, hf_model = _model_source(args.model, args.set)
         if not args.compare_torch:
             hf_model = None  # only the comparison needs it: free its copy of the weights before exporting
-        if hf_model is not None and args.compare_torch and args.temperature > 0:
+        if hf_model is not None and args.temperature > 0:  # hf_model is kept for --compare-torch only
             raise ValueError("generate: --compare-torch with a transformers checkpoint compares greedy tokens "
                              "with transformers'; drop --temperature")
         out_dir = Path(args.out or tempfile.mkdtemp(prefix="onnxattn-generate-"))
@@ -453,13 +453,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError, KeyError) as e:
-        print(f"onnxattn {args.command}: error: {e}", file=sys.stderr)
-        return 2
     except Exception as e:
-        # onnxruntime's errors (a kernel's or shape inference's message about a bad model) are the user's
-        # answer, not a bug of this command: their message without the traceback
-        if not type(e).__module__.startswith("onnxruntime."):
+        # bad requests, and onnxruntime's errors (a kernel's or shape inference's message about a bad model),
+        # are the user's answer, not a bug of this command: their message without the traceback
+        if not (isinstance(e, (FileNotFoundError, ValueError, KeyError))
+                or type(e).__module__.startswith("onnxruntime.")):
             raise
         print(f"onnxattn {args.command}: error: {e}", file=sys.stderr)
         return 2
