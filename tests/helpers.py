@@ -321,11 +321,11 @@ def random_problem(
 
 GQA = "GroupQueryAttention"
 GQA_INPUTS = ("query", "key", "value", "past_key", "past_value", "past_lengths", "position_ids", "q_norm_weight",
-              "k_norm_weight", "rope_inv_freq", "attention_mask")
+              "k_norm_weight", "rope_inv_freq", "attention_mask", "sinks")
 GQA_OUTPUTS = ("output", "present_key", "present_value")
-GQA_RANKS = dict(zip(GQA_INPUTS + GQA_OUTPUTS, (3, 3, 3, 4, 4, 1, 2, 1, 1, 1, 2, 3, 4, 4)))
+GQA_RANKS = dict(zip(GQA_INPUTS + GQA_OUTPUTS, (3, 3, 3, 4, 4, 1, 2, 1, 1, 1, 2, 1, 3, 4, 4)))
 # Inputs of the op's type T (cast to bfloat16 inside bfloat16 models); the others have fixed types.
-GQA_T_INPUTS = ("query", "key", "value", "past_key", "past_value", "q_norm_weight", "k_norm_weight")
+GQA_T_INPUTS = ("query", "key", "value", "past_key", "past_value", "q_norm_weight", "k_norm_weight", "sinks")
 GQA_FIXED_TYPES = {"past_lengths": TensorProto.INT64, "position_ids": TensorProto.INT64,
                    "rope_inv_freq": TensorProto.FLOAT, "attention_mask": TensorProto.BOOL}
 # Declared shapes: symbolic, one name per (input, axis) so that no two dims are claimed equal.

@@ -22,6 +22,9 @@ Contract, in order:
    query at key position p sees key j iff j <= p (causal=1), p - W < j (window W > 0), j is valid, and
    attention_mask[b, j] (when given); scores = scale * q.k (scale 0: 1/sqrt(D)), softcap c > 0:
    c * tanh(scores / c) before masking; a row with no visible key gives zeros.
+6. attention sinks (sinks [Hq] given): head h's sink logit joins each row's softmax as one more score
+   without a value: weights = softmax([scores, sink])[:-1], so they sum to less than 1 (a +inf sink takes
+   all the weight: zeros; a NaN sink gives NaN).
 
 `compute` picks the arithmetic type (float64 for the oracle; a low-precision type gives the plain
 low-precision baseline that STYLE.md #10 bounds errors by): every intermediate is rounded to it.
@@ -77,6 +80,7 @@ def gqa_oracle(
     k_norm_weight: np.ndarray | None = None,
     rope_inv_freq: np.ndarray | None = None,
     attention_mask: np.ndarray | None = None,
+    sinks: np.ndarray | None = None,
     *,
     num_heads: int,
     kv_num_heads: int,
@@ -172,8 +176,16 @@ def gqa_oracle(
             scores = c(c(np.matmul(q[b, :, i][:, None, :], keys.transpose(0, 2, 1))[:, 0]) * scale)  # [Hq, n]
             if softcap > 0.0:
                 scores = c(c(np.tanh(c(scores / softcap))) * softcap)
-            weights = c(np.exp(c(scores - scores.max(axis=-1, keepdims=True))))
+            if sinks is not None:  # one more logit per head, dropped after the softmax
+                scores = np.concatenate([scores, c(sinks)[:, None]], axis=-1)
+            top = scores.max(axis=-1, keepdims=True)
+            with np.errstate(invalid="ignore"):
+                weights = c(np.exp(c(scores - top)))
+            if sinks is not None:  # a sink that is the max weighs 1, also when +inf (all weight on it)
+                weights[:, -1] = np.where(scores[:, -1] == top[:, 0], c(1.0), weights[:, -1])
             total_weight = c(weights.sum(axis=-1, keepdims=True))
+            if sinks is not None:
+                weights = weights[:, :-1]
             out[b, :, i] = c(c(np.matmul(weights[:, None, :], values)[:, 0]) / total_weight)
     return out.transpose(0, 2, 1, 3).reshape(batch, seq, num_heads * value_dim), present_k, present_v
 

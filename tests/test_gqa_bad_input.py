@@ -30,7 +30,7 @@ from helpers import (
     gqa_model,
     kernel_session,
 )
-from onnxattn.nn import GroupedQueryAttention, Rope
+from onnxattn.nn import GroupedQueryAttention, LocalAttention, Rope
 from onnxattn.nn.functional import group_query_attention
 from onnxattn.ops import OpError, TensorInfo, get_spec
 
@@ -129,6 +129,15 @@ CASES = [
         shapes=dict(QKV, **PAST, attention_mask=(1, 5))),
     Bad("mask-shared-not-buffer-length", r"input 'attention_mask' must be \[B, total keys\] = \[1, 3\]",
         shapes=dict(QKV, **PAST, past_lengths=(1,), attention_mask=(1, 8))),
+    # attention sinks
+    Bad("sinks-wrong-length", r"input 'sinks' must be \[num_heads\] = \[4\] \(one logit per query head\), got \[2\]",
+        shapes=dict(QKV, sinks=(2,)), kernel_match=r"input 'sinks' must be \[num_heads\] = \[4\], got \[2\]"),
+    Bad("sinks-rank-2", r"input 'sinks' must be \[num_heads\] = \[4\] \(one logit per query head\), got \[1, 4\]",
+        shapes=dict(QKV, sinks=(1, 4)),
+        kernel_match=r"input 'sinks' must (be|have rank 1) \[num_heads\].*got (shape )?\[1, 4\]"),
+    Bad("sinks-float16-with-float", r"input 'sinks' must have the same type as the other 'T' inputs",
+        shapes=dict(QKV, sinks=(4,)), types=dict(sinks=TensorProto.FLOAT16), kernel="graph",
+        kernel_match=r"GroupQueryAttention"),
     # types
     Bad("key-float16-with-float-query", r"input 'key' must have the same type as the other 'T' inputs \(float\), "
         r"got float16", types=dict(key=TensorProto.FLOAT16), kernel="graph", kernel_match=r"GroupQueryAttention"),
@@ -421,6 +430,10 @@ MODULE_CASES = [
     ("past-wrong-heads", lambda: GroupedQueryAttention(32, 4, 2),
      dict(past_key=torch.zeros(1, 4, 3, 8), past_value=torch.zeros(1, 4, 3, 8)),
      r"GroupQueryAttention: input 'past_key' must be \[B, Hkv, P, 8\] = \[1, 2, P, 8\]"),
+    ("sinks-with-paged", lambda: GroupedQueryAttention(32, 4, 2, sinks=True),
+     dict(paged=object()), r"attention sinks are not supported with paged"),
+    ("sinks-on-a-band", lambda: LocalAttention(32, 4, 2, window=2, kind="band", sinks=True), None,
+     r"LocalAttention\(kind='band'\) has no attention sinks"),
 ]
 
 

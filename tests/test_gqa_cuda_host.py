@@ -5,6 +5,7 @@ the registration next to the CPU kernel (ONNXATTN_DISABLE_CUDA=1 leaves it out).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -138,6 +139,22 @@ def test_scratch_layout(mode, past, present_outputs):
     assert p["scratch_bytes"] == offset
     for name in ("lengths_offset", "attention_offset", "present_key_offset", "present_value_offset"):
         assert p[name] % 256 == 0
+
+
+@pytest.mark.parametrize("path", ["decode", "prefill"])
+@pytest.mark.parametrize("mode,past", [("none", 0), ("concat", 9), ("shared", 64)])
+def test_sinks_add_the_lse_after_everything_else(mode, path, past):
+    """Attention sinks: the core writes its LSE ([B, Hq, S] float32, last in the scratch) and the sink kernel
+    reads it; without sinks, no LSE and the same layout otherwise."""
+    s = lib.Spec(batch=2, seq=3, q_heads=8, kv_heads=2, head_dim=64, mode=mode, past=past, rope=1)
+    plain = lib.plan(s, path=path)
+    with_sinks = lib.plan(dataclasses.replace(s, sinks=True), path=path)
+    assert not plain["sinks"] and plain["lse_offset"] == 0
+    assert with_sinks["sinks"]
+    assert with_sinks["lse_offset"] == plain["scratch_bytes"] and with_sinks["lse_offset"] % 256 == 0
+    assert with_sinks["scratch_bytes"] == plain["scratch_bytes"] + align(2 * 8 * 3 * 4)
+    for field in ("schedule", "kernel", "splits", "grid"):  # the core's launch does not change
+        assert with_sinks["attention"][field] == plain["attention"][field]
 
 
 def test_long_decode_has_split_scratch_after_the_lengths():

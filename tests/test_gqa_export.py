@@ -117,6 +117,13 @@ def _yarn_factor(factor: float) -> float:
     return 0.1 * math.log(factor) + 1.0
 
 
+def _with_sinks():
+    attn = GroupedQueryAttention(DIM, 4, 2, window=3, sinks=True)
+    with torch.no_grad():
+        attn.sinks.copy_(torch.tensor([1.5, -0.5, 0.0, 3.0]))  # the initial zeros would still matter, but less
+    return attn
+
+
 def _merged_with_bias():
     attn = GroupedQueryAttention(DIM, 4, 2, bias=True)
     attn.merge_qkv()
@@ -147,6 +154,8 @@ CASES = [
                ((GQA, "qnorm+knorm", {}),), matmuls=2, splits=1),
     ExportCase("gqa-past-present", lambda: GroupedQueryAttention(DIM, 4, 2, window=4, softcap=3.0), WithPast,
                ((GQA, "past+present", dict(window=4, softcap=3.0)),), outputs=3),
+    ExportCase("gqa-sinks-past-present", _with_sinks, WithPast, ((GQA, "past+sinks+present", dict(window=3)),),
+               outputs=3),
     ExportCase("gqa-merged-past-present", _merged_with_bias, WithPast, ((GQA, "past+present", {}),), matmuls=2,
                splits=1, outputs=3),
     ExportCase("gqa-shared-buffer", lambda: GroupedQueryAttention(DIM, 4, 1, qk_norm=True), Shared,

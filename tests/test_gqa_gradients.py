@@ -1,6 +1,6 @@
 """Gradients of GroupQueryAttention and its modules: torch.autograd.gradcheck in float64 on small shapes
 (the custom op's backward recomputes the eager reference under autograd), including GQA with
-1 < Hkv < Hq, QK-norm, partial RoPE, windows, a past cache in both modes and padded rows; and
+1 < Hkv < Hq, QK-norm, partial RoPE, windows, a past cache in both modes, padded rows and attention sinks; and
 torch.library.opcheck of the custom op's registration (schema, fake kernel, autograd)."""
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ GRAD_CASES = [
     ("shared-buffer", dict(rope=True), "shared", ("norm",)),
     ("bidirectional-mask-empty-rows", dict(causal=False), "concat", ("mask",)),
     ("softcap-scale-positions", dict(rope=True, softcap=1.5, scale=0.7), "concat", ("positions",)),
+    ("sinks-window-past", dict(rope=True, window=2), "concat", ("sinks",)),
+    ("sinks-empty-rows", dict(causal=False), "concat", ("sinks", "mask")),
 ]
 
 
@@ -52,6 +54,8 @@ def functional_inputs(past: str | None, extras):
         fixed["attention_mask"] = mask
     if "positions" in extras:
         fixed["position_ids"] = torch.tensor([[5, 0, 1], [2, 3, 9]])
+    if "sinks" in extras:
+        grads["sinks"] = rand(HQ, seed=7)
     return grads, fixed
 
 
@@ -104,11 +108,13 @@ def module_gradcheck(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], 
 
 
 def test_grouped_query_attention_module_gradcheck():
-    """GQA 4 over 2 heads, QK-norm, partial RoPE, a window and a past cache: gradients w.r.t. the input,
-    the past cache and every parameter (projections with biases, norm weights)."""
+    """GQA 4 over 2 heads, QK-norm, partial RoPE, a window, attention sinks and a past cache: gradients w.r.t.
+    the input, the past cache and every parameter (projections with biases, norm weights, sinks)."""
     torch.manual_seed(0)
-    attn = GroupedQueryAttention(6, 4, 2, head_dim=4, bias=True, qk_norm=True, window=3,
+    attn = GroupedQueryAttention(6, 4, 2, head_dim=4, bias=True, qk_norm=True, window=3, sinks=True,
                                  rope=Rope(rotary_dim=2)).to(F64)
+    with torch.no_grad():
+        attn.sinks.copy_(torch.tensor([0.3, -1.0, 1.5, 0.0]))
     x, pk, pv = rand(2, 3, 6, seed=1), rand(2, 2, 2, 4, seed=2), rand(2, 2, 2, 4, seed=3)
 
     def call(module, x, pk, pv):
@@ -154,6 +160,7 @@ OPCHECK_ARGS = [  # the slow AOT-dispatch check (~3 s) on one set of arguments
     pytest.param(dict(past=True, rope=True, norm=True), FAST_OPCHECKS, id="concat-rope-norm"),
     pytest.param(dict(past=True, shared=True, mask=True, rope=True), (*FAST_OPCHECKS, "test_aot_dispatch_dynamic"),
                  id="shared-mask"),
+    pytest.param(dict(past=True, sinks=True), FAST_OPCHECKS, id="concat-sinks"),
 ]
 
 
@@ -162,7 +169,7 @@ def test_custom_op_registration(setup, checks):
     """torch.library.opcheck: schema, fake (meta) kernel, autograd registration, export-ability."""
     op = torch.ops.onnxattn.group_query_attention
     q, k, v = rand(B, S, HQ * D, seed=0), rand(B, S, HKV * D, seed=1), rand(B, S, HKV * DV, seed=2)
-    pk = pv = lengths = qn = kn = mask = None
+    pk = pv = lengths = qn = kn = mask = sinks = None
     if setup.get("past"):
         length = 7 if setup.get("shared") else 2
         pk, pv = rand(B, HKV, length, D, seed=3), rand(B, HKV, length, DV, seed=4)
@@ -172,7 +179,9 @@ def test_custom_op_registration(setup, checks):
         qn, kn = rand(D, seed=5), rand(D, seed=6)
     if setup.get("mask"):
         mask = torch.rand(B, pk.shape[2], generator=torch.Generator().manual_seed(0)) < 0.8
+    if setup.get("sinks"):
+        sinks = rand(HQ, seed=7)
     rope = bool(setup.get("rope"))
-    args = (q, k, v, pk, pv, lengths, None, qn, kn, None, mask, HQ, HKV, True, 2, 0.0, 0.0, rope, 10000.0, 0, False,
-            1.0, 1e-6)
+    args = (q, k, v, pk, pv, lengths, None, qn, kn, None, mask, sinks, HQ, HKV, True, 2, 0.0, 0.0, rope, 10000.0, 0,
+            False, 1.0, 1e-6)
     torch.library.opcheck(op, args, test_utils=checks)

@@ -375,16 +375,19 @@ def llama3_inv_freq(dim, base, factor, low_freq_factor, high_freq_factor, old_co
     return np.array(out)
 
 
-def yarn_inv_freq(dim, base, factor, original_max, beta_fast=32.0, beta_slow=1.0):
+def yarn_inv_freq(dim, base, factor, original_max, beta_fast=32.0, beta_slow=1.0, truncate=True):
     """YaRN's NTK-by-parts frequencies and attention factor (Peng et al. 2023; the Hugging Face
     `_compute_yarn_parameters` form): frequencies that turn fewer than beta_slow times over the original
     context are interpolated (divided by the factor), those turning more than beta_fast times are kept,
-    with a linear ramp over the dims in between; attention factor 0.1 ln(factor) + 1."""
+    with a linear ramp over the dims in between (its ends rounded out to whole dims unless not `truncate`,
+    as GPT-OSS's); attention factor 0.1 ln(factor) + 1."""
     def correction_dim(rotations):
         return dim * math.log(original_max / (rotations * 2 * math.pi)) / (2 * math.log(base))
 
-    low = max(math.floor(correction_dim(beta_fast)), 0)
-    high = min(math.ceil(correction_dim(beta_slow)), dim - 1)
+    low, high = correction_dim(beta_fast), correction_dim(beta_slow)
+    if truncate:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, dim - 1)
     if low == high:
         high += 0.001
     out = []
@@ -414,17 +417,20 @@ def test_llama3_scaling_matches_the_published_formula(dim, base, factor, low, hi
     np.testing.assert_allclose(np64(inv_freq)[[0, -1]], [unscaled[0], unscaled[-1] / factor], rtol=1e-5)
 
 
-@pytest.mark.parametrize("dim, base, factor, original_max, attention_factor", [
-    (128, 10000.0, 4.0, 32768, None),  # Qwen2.5 long context
-    (64, 1000000.0, 16.0, 4096, None),
-    (16, 10000.0, 4.0, 64, None),
-    (16, 10000.0, 4.0, 64, 1.5),  # explicit attention factor
+@pytest.mark.parametrize("dim, base, factor, original_max, attention_factor, truncate", [
+    (128, 10000.0, 4.0, 32768, None, True),  # Qwen2.5 long context
+    (64, 1000000.0, 16.0, 4096, None, True),
+    (16, 10000.0, 4.0, 64, None, True),
+    (16, 10000.0, 4.0, 64, 1.5, True),  # explicit attention factor
+    (64, 150000.0, 32.0, 4096, None, False),  # GPT-OSS: the ramp's ends not rounded
 ])
-def test_yarn_scaling_matches_the_published_formula(dim, base, factor, original_max, attention_factor):
+def test_yarn_scaling_matches_the_published_formula(dim, base, factor, original_max, attention_factor, truncate):
     rope = Rope(base=base, scaling=RopeScaling("yarn", factor, original_max_positions=original_max,
-                                               attention_factor=attention_factor))
+                                               attention_factor=attention_factor, truncate=truncate))
     inv_freq, attention = rope.frequencies(dim)
-    expected, expected_attention = yarn_inv_freq(dim, base, factor, original_max)
+    expected, expected_attention = yarn_inv_freq(dim, base, factor, original_max, truncate=truncate)
+    if not truncate:  # differs from the rounded ramp (by up to 76% at GPT-OSS's shape)
+        assert not np.allclose(expected, yarn_inv_freq(dim, base, factor, original_max)[0], rtol=1e-2)
     np.testing.assert_allclose(np64(inv_freq), expected, rtol=1e-5)
     assert attention == pytest.approx(attention_factor if attention_factor is not None else expected_attention)
     assert np.isfinite(np64(inv_freq)).all() and np.all(np.diff(np64(inv_freq)) < 0), "frequencies must decrease"

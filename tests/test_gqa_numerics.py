@@ -92,6 +92,7 @@ class Case:
     rotary_dim: int = 0
     rope_interleaved: int = 0
     rope_attention_scaling: float = 1.0
+    sinks: str | None = None  # None, "random" (logits like the scores'), "large" (the sink takes most weight)
     dtype: str = "float32"
     with_present: bool = True
 
@@ -185,13 +186,26 @@ CASES = [
          mask="random", window=7, softcap=3.0, **R),
     Case("everything-concat", batch=2, seq=4, past=6, positions="shifted", q_norm=True, k_norm=True,
          inv_freq="linear4", rope_interleaved=1, mask="left-pad", window=5, scale=0.2, **R),
+    # attention sinks (GPT-OSS): a per-head logit in every row's denominator
+    Case("sinks-prefill-odd-s9", batch=2, seq=9, sinks="random", **R),
+    Case("sinks-decode", seq=1, past=9, sinks="random", **R),
+    Case("sinks-shared-decode-b3", batch=3, seq=1, buffer=16, past_lengths=(5, 0, 15), sinks="random", **R),
+    Case("sinks-window-chunk", seq=7, past=11, window=5, sinks="random", **R),
+    Case("sinks-mqa-hkv1-gqa8", batch=2, q_heads=8, kv_heads=1, seq=2, past=6, sinks="random", **R),
+    Case("sinks-empty-rows", batch=2, seq=6, mask="left-pad", pads=(3, 1), sinks="random", **R),  # zero rows stay 0
+    Case("sinks-large", seq=4, past=5, sinks="large", **R),
+    Case("sinks-softcap-scale", softcap=2.0, scale=1.0, past=4, sinks="random", **R),
+    Case("sinks-large-prefill-window", q_heads=8, kv_heads=2, seq=130, head_dim=64, window=50, sinks="random", **R),
+    Case("sinks-large-decode-shared", batch=2, q_heads=8, kv_heads=1, seq=1, head_dim=128, buffer=400,
+         past_lengths=(300, 17), sinks="random", **R),
+    Case("sinks-dv-ne-d-no-present", head_dim=16, v_head_dim=8, past=3, sinks="random", with_present=False, **R),
 ]
 
 # Low-precision variants of the cases that exercise distinct conversions (inputs, norm weights, cache
 # written in the input type, output rounding).
 _LOW_PRECISION_OF = ("prefill-rope-b2-odd-s9", "decode-b3-gqa8-2", "chunk-s5-p12", "shared-chunk-b2", "qk-norm",
                      "window-decode", "left-pad-prefill-b3", "softcap", "everything-shared", "dv-ne-d",
-                     "large-decode-shared-mqa-b2")
+                     "large-decode-shared-mqa-b2", "sinks-prefill-odd-s9", "sinks-shared-decode-b3", "sinks-large")
 CASES += [dataclasses.replace(c, id=f"{c.id}-{dtype}", dtype=dtype)
           for dtype in ("float16", "bfloat16") for c in CASES if c.id in _LOW_PRECISION_OF]
 CASES_BY_ID = {c.id: c for c in CASES}
@@ -259,6 +273,10 @@ def feeds_of(case_id: str) -> dict[str, np.ndarray]:
         feeds["q_norm_weight"] = round_to(rng.uniform(0.5, 1.5, d), case.dtype)
     if case.k_norm:
         feeds["k_norm_weight"] = round_to(rng.uniform(0.5, 1.5, d), case.dtype)
+    if case.sinks == "random":
+        feeds["sinks"] = round_to(rng.uniform(-2.0, 3.0, case.q_heads), case.dtype)
+    elif case.sinks == "large":
+        feeds["sinks"] = round_to(rng.uniform(8.0, 12.0, case.q_heads), case.dtype)
     rotary = case.rotary_dim or d
     if case.inv_freq == "linear4":
         feeds["rope_inv_freq"] = (default_inv_freq(rotary, case.rope_base) / 4).astype(np.float32)
@@ -389,7 +407,7 @@ def _case_of_overload(overload: str) -> Case:
         fields.update(past=4)
     fields.update(positions="shifted" if "pos" in features else None, q_norm="qnorm" in features,
                   k_norm="knorm" in features, inv_freq="custom" if "inv_freq" in features else None,
-                  mask="random" if "mask" in features else None)
+                  mask="random" if "mask" in features else None, sinks="random" if "sinks" in features else None)
     return Case(f"overload-{overload or 'plain'}", **fields)
 
 
@@ -402,7 +420,7 @@ OVERLOAD_PARAMS = [pytest.param(o, id=o or "plain") for o in gqa.SPEC.overloads]
 
 @pytest.mark.parametrize("overload", OVERLOAD_PARAMS)
 def test_every_signature_is_tagged_and_checked(overload: str):
-    """Each of the 192 present/absent combinations of the optional inputs and outputs gets its own
+    """Each of the 384 present/absent combinations of the optional inputs and outputs gets its own
     overload and function, and the model passes the full checker."""
     model = model_of(OVERLOAD_CASES[overload])
     (node,) = ops.onnxattn_nodes(model)

@@ -98,7 +98,7 @@ _register_recompute_autograd(scaled_dot_product_attention_lse, sdpa_reference, 4
 # ---- GroupQueryAttention ----
 
 GQA_TENSORS = ("query", "key", "value", "past_key", "past_value", "past_lengths", "position_ids",
-               "q_norm_weight", "k_norm_weight", "rope_inv_freq", "attention_mask")
+               "q_norm_weight", "k_norm_weight", "rope_inv_freq", "attention_mask", "sinks")
 GQA_ATTRS = ("num_heads", "kv_num_heads", "causal", "window", "softcap", "scale", "rope", "rope_base",
              "rotary_dim", "rope_interleaved", "rope_attention_scaling", "qk_norm_epsilon")
 
@@ -108,13 +108,13 @@ def group_query_attention(
     query: Tensor, key: Tensor, value: Tensor,
     past_key: Optional[Tensor], past_value: Optional[Tensor], past_lengths: Optional[Tensor],
     position_ids: Optional[Tensor], q_norm_weight: Optional[Tensor], k_norm_weight: Optional[Tensor],
-    rope_inv_freq: Optional[Tensor], attention_mask: Optional[Tensor],
+    rope_inv_freq: Optional[Tensor], attention_mask: Optional[Tensor], sinks: Optional[Tensor],
     num_heads: int, kv_num_heads: int, causal: bool, window: int, softcap: float, scale: float,
     rope: bool, rope_base: float, rotary_dim: int, rope_interleaved: bool, rope_attention_scaling: float,
     qk_norm_epsilon: float,
 ) -> tuple[Tensor, Tensor, Tensor]:
     tensors = (query, key, value, past_key, past_value, past_lengths, position_ids, q_norm_weight, k_norm_weight,
-               rope_inv_freq, attention_mask)
+               rope_inv_freq, attention_mask, sinks)
     attrs = dict(zip(GQA_ATTRS, (num_heads, kv_num_heads, causal, window, softcap, scale, rope, rope_base,
                                  rotary_dim, rope_interleaved, rope_attention_scaling, qk_norm_epsilon)))
     check_gqa_inputs(tensors, attrs)  # shapes first (gqa_reference checks them too, also in the backward)
@@ -127,7 +127,7 @@ def group_query_attention(
 
 @group_query_attention.register_fake
 def _(query, key, value, past_key, past_value, past_lengths, position_ids, q_norm_weight, k_norm_weight,
-      rope_inv_freq, attention_mask, num_heads, kv_num_heads, *attrs):
+      rope_inv_freq, attention_mask, sinks, num_heads, kv_num_heads, *attrs):
     b, s = query.shape[0], query.shape[1]
     d = query.shape[2] // num_heads
     dv = value.shape[2] // kv_num_heads

@@ -34,12 +34,12 @@ def _sdpa_lse(q, k, v, attn_mask=None, causal=False, window=0, band=0, scale=0.0
 
 
 def _gqa(query, key, value, past_key=None, past_value=None, past_lengths=None, position_ids=None,
-         q_norm_weight=None, k_norm_weight=None, rope_inv_freq=None, attention_mask=None, *attrs):
+         q_norm_weight=None, k_norm_weight=None, rope_inv_freq=None, attention_mask=None, sinks=None, *attrs):
     values = dict(zip(GQA_ATTRS, attrs))
     kinds = {a.name: a.kind for a in gqa.SPEC.attrs}
     onnx_attrs = {name: int(v) if kinds[name] == "int" else float(v) for name, v in values.items()}
     return _GQA(query, key, value, past_key, past_value, past_lengths, position_ids, q_norm_weight, k_norm_weight,
-                rope_inv_freq, attention_mask, **onnx_attrs)
+                rope_inv_freq, attention_mask, sinks, **onnx_attrs)
 
 
 def _paged(query, key, value, key_cache, value_cache, block_table, cu_seqlens_q, seq_lens, position_ids=None,

@@ -45,6 +45,7 @@ def group_query_attention(
     k_norm_weight: torch.Tensor | None = None,
     rope_inv_freq: torch.Tensor | None = None,
     attention_mask: torch.Tensor | None = None,
+    sinks: torch.Tensor | None = None,
     *,
     num_heads: int,
     kv_num_heads: int,
@@ -60,11 +61,12 @@ def group_query_attention(
     qk_norm_epsilon: float = 1e-6,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """onnxattn::GroupQueryAttention on projected query [B,S,Hq*D], key [B,S,Hkv*D], value [B,S,Hkv*Dv]:
-    QK-norm -> RoPE -> KV cache update -> attention. Returns (output [B,S,Hq*Dv], present_key,
-    present_value); see docs/ops.md for the two cache modes and the visibility rules."""
+    QK-norm -> RoPE -> KV cache update -> attention; `sinks` [Hq]: attention-sink logits (GPT-OSS). Returns
+    (output [B,S,Hq*Dv], present_key, present_value); see docs/ops.md for the two cache modes and the
+    visibility rules."""
     return torch.ops.onnxattn.group_query_attention(
         query, key, value, past_key, past_value, past_lengths, position_ids, q_norm_weight, k_norm_weight,
-        rope_inv_freq, attention_mask, int(num_heads), int(kv_num_heads), bool(causal), int(window), float(softcap),
+        rope_inv_freq, attention_mask, sinks, int(num_heads), int(kv_num_heads), bool(causal), int(window), float(softcap),
         float(scale or 0.0), bool(rope), float(rope_base), int(rotary_dim), bool(rope_interleaved),
         float(rope_attention_scaling), float(qk_norm_epsilon),
     )

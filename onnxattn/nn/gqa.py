@@ -30,7 +30,8 @@ class GroupedQueryAttention(nn.Module):
     `causal` (False: bidirectional, BERT), `window` (causal sliding window), `softcap`, `scale`,
     `rope` (a Rope, or None for no rotary embedding, e.g. GPT-2/BERT), `max_positions` (positions must be
     below it), `qk_norm`, `merged_qkv` (one projection for Q, K and V: one MatMul + Split when exported),
-    `layer_idx` (this layer's slot in a KVCache or a PagedStep)."""
+    `sinks` (a learned attention-sink logit per query head, GPT-OSS: the parameter `sinks` [num_query_heads],
+    in the space of the scaled scores), `layer_idx` (this layer's slot in a KVCache or a PagedStep)."""
 
     def __init__(
         self,
@@ -50,6 +51,7 @@ class GroupedQueryAttention(nn.Module):
         qk_norm: bool = False,
         qk_norm_eps: float = 1e-6,
         merged_qkv: bool = False,
+        sinks: bool = False,
         layer_idx: int = 0,
     ):
         super().__init__()
@@ -80,6 +82,7 @@ class GroupedQueryAttention(nn.Module):
         self.o_proj = nn.Linear(q_width, model_dim, bias=bias if out_bias is None else out_bias)
         self.q_norm = nn.Parameter(torch.ones(head_dim)) if qk_norm else None
         self.k_norm = nn.Parameter(torch.ones(head_dim)) if qk_norm else None
+        self.sinks = nn.Parameter(torch.zeros(num_query_heads)) if sinks else None
         if rope is not None:
             inv_freq, self.rope_attention_scaling = rope.frequencies(head_dim)
             # the default frequencies are computed by the op itself; scaled ones travel as an input
@@ -175,7 +178,7 @@ class GroupedQueryAttention(nn.Module):
 
         out, present_k, present_v = F.group_query_attention(
             q, k, v, past_key, past_value, past_lengths, position_ids, self.q_norm, self.k_norm,
-            self.rope_frequencies(last_position), attention_mask,
+            self.rope_frequencies(last_position), attention_mask, self.sinks,
             num_heads=self.num_query_heads, kv_num_heads=self.num_kv_heads, causal=self.causal, window=self.window,
             softcap=self.softcap, scale=self.scale, rope=rope is not None,
             rope_base=rope.base if rope else 10000.0, rotary_dim=rope.rotary_dim or 0 if rope else 0,
@@ -193,6 +196,9 @@ class GroupedQueryAttention(nn.Module):
         if given:
             raise ValueError(f"GroupedQueryAttention: paged takes the cache from the PagedStep; {', '.join(given)} "
                              f"cannot be combined with it")
+        if self.sinks is not None:
+            raise ValueError("GroupedQueryAttention: attention sinks are not supported with paged (PagedAttention has "
+                             "no sinks input yet); use the contiguous KV cache")
         if x.dim() != 2:
             raise ValueError(f"GroupedQueryAttention: with paged, x must be the packed tokens [T, model_dim], got "
                              f"shape {list(x.shape)}")
@@ -246,6 +252,9 @@ class LocalAttention(GroupedQueryAttention):
             raise ValueError(f"LocalAttention: window must be >= 1, got {window}")
         if kind not in ("sliding", "band"):
             raise ValueError(f"LocalAttention: kind must be 'sliding' or 'band', got {kind!r}")
+        if kind == "band" and kwargs.get("sinks"):
+            raise ValueError("LocalAttention(kind='band') has no attention sinks (ScaledDotProductAttention has no "
+                             "sinks input); use kind='sliding'")
         self.kind, self.band = kind, window if kind == "band" else 0
         if kind == "sliding":
             if causal is False:

@@ -146,7 +146,8 @@ def check_gqa_inputs(tensors, attrs) -> None:
 
     from onnxattn.ops import TensorInfo, gqa
 
-    infos = [None if t is None else TensorInfo(_ONNX_FLOAT_TYPES.get(t.dtype, 0) if i in (0, 1, 2, 3, 4, 7, 8) else 0,
+    float_inputs = (0, 1, 2, 3, 4, 7, 8, 11)  # type T
+    infos = [None if t is None else TensorInfo(_ONNX_FLOAT_TYPES.get(t.dtype, 0) if i in float_inputs else 0,
                                                tuple(t.shape)) for i, t in enumerate(tensors)]
     kinds = {a.name: a.kind for a in gqa.SPEC.attrs}
     gqa.SPEC.infer_node(infos, [helper.make_attribute(name, int(v) if kinds[name] == "int" else float(v))
@@ -179,6 +180,7 @@ def gqa_reference(
     k_norm_weight: torch.Tensor | None = None,
     rope_inv_freq: torch.Tensor | None = None,
     attention_mask: torch.Tensor | None = None,
+    sinks: torch.Tensor | None = None,
     *,
     num_heads: int,
     kv_num_heads: int,
@@ -194,10 +196,11 @@ def gqa_reference(
     qk_norm_epsilon: float = 1e-6,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Eager onnxattn::GroupQueryAttention: (output [B,S,Hq*Dv], present_key, present_value), with the
-    op's contract (see docs/ops.md): QK-norm -> RoPE -> cache update -> attention."""
+    op's contract (see docs/ops.md): QK-norm -> RoPE -> cache update -> attention (with `sinks`, per-head
+    attention-sink logits in each row's softmax denominator)."""
     check_gqa_inputs(
         (query, key, value, past_key, past_value, past_lengths, position_ids, q_norm_weight, k_norm_weight,
-         rope_inv_freq, attention_mask),
+         rope_inv_freq, attention_mask, sinks),
         dict(num_heads=num_heads, kv_num_heads=kv_num_heads, causal=causal, window=window, softcap=softcap,
              scale=scale, rope=rope, rope_base=rope_base, rotary_dim=rotary_dim, rope_interleaved=rope_interleaved,
              rope_attention_scaling=rope_attention_scaling, qk_norm_epsilon=qk_norm_epsilon))
@@ -246,7 +249,10 @@ def gqa_reference(
     if attention_mask is not None:
         visible = visible & attention_mask.to(torch.bool)[:, None, None, :]
     visible = visible.expand(b, 1, s, total)
-    out, _ = sdpa_reference(q, present_k.to(ct), present_v.to(ct), visible, scale=scale, softcap=softcap)
+    out, lse = sdpa_reference(q, present_k.to(ct), present_v.to(ct), visible, scale=scale, softcap=softcap)
+    if sinks is not None:
+        # sum_j e^s_j / (sum_j e^s_j + e^sink) = sigmoid(lse - sink); an empty row (lse = -inf) stays zero
+        out = out * torch.sigmoid(lse.to(ct) - sinks.to(ct)[:, None])[..., None]
     return out.transpose(1, 2).flatten(2).to(query.dtype), present_k, present_v
 
 

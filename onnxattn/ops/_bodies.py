@@ -53,16 +53,24 @@ def structural_visibility(f: FunctionBuilder, p: str, j: str, *, band: bool) -> 
     return visible
 
 
-def masked_softmax_attention(f: FunctionBuilder, s: str, visible: str, v: str) -> tuple[str, str]:
+def masked_softmax_attention(f: FunctionBuilder, s: str, visible: str, v: str,
+                             sink: str | None = None) -> tuple[str, str]:
     """softmax(s where visible, else -inf) @ v with empty rows giving zeros. Returns (output, LSE with a
     trailing unit axis; -inf for empty rows). A key that no row gives weight to contributes nothing, even
-    if its V holds NaN or Inf (e.g. an unwritten cache slot hidden by a mask), as in the kernels."""
+    if its V holds NaN or Inf (e.g. an unwritten cache slot hidden by a mask), as in the kernels.
+    `sink` (float32, broadcastable to the rows [..., 1]): an extra logit in every row's softmax without a
+    value (attention sinks), so the weights sum to less than 1 and an empty row stays zero."""
     s = f.op("Where", visible, s, f.const(float("-inf")))
     axis = f.const([-1], I64)
     row_max = f.op("ReduceMax", s, axis, keepdims=1)
+    if sink is not None:
+        row_max = f.op("Max", row_max, sink)
     safe_max = f.op("Where", f.op("IsInf", row_max, detect_positive=0), f.const(0.0), row_max)
     probs = f.op("Exp", f.op("Sub", s, safe_max))
     row_sum = f.op("ReduceSum", probs, axis, keepdims=1)
+    if sink is not None:  # e^(sink - max), 1 where the sink is the max (also +inf: all weight on it, zeros out)
+        sink_weight = f.op("Where", f.op("Equal", sink, safe_max), f.const(1.0), f.op("Exp", f.op("Sub", sink, safe_max)))
+        row_sum = f.op("Add", row_sum, sink_weight)
     weight = f.op("Unsqueeze", f.op("ReduceMax", probs, f.const([-2], I64), keepdims=0), axis)  # [..., T, 1]
     v = f.op("Where", f.op("Greater", weight, f.const(0.0)), v, f.const(0.0))
     out = f.op("Div", f.op("MatMul", probs, v), row_sum)

@@ -35,7 +35,7 @@ I64, F32 = TensorProto.INT64, TensorProto.FLOAT
 SUMMARY = (
     "output, present_key?, present_value? = GroupQueryAttention(query [B,S,Hq*D], key [B,S,Hkv*D], "
     "value [B,S,Hkv*Dv], past_key?, past_value?, past_lengths?, position_ids?, q_norm_weight?, "
-    "k_norm_weight?, rope_inv_freq?, attention_mask?)"
+    "k_norm_weight?, rope_inv_freq?, attention_mask?, sinks?)"
 )
 
 DOC = """\
@@ -68,6 +68,11 @@ positions, so it is unaffected by position_ids resets (documents packed in one s
 position_ids for RoPE and, if they must not see each other, an explicit mask via ScaledDotProductAttention).
 A query that sees no key outputs zeros.
 
+**Attention sinks** (`sinks` [Hq], GPT-OSS): one learned logit per query head that joins every row's softmax
+denominator and carries no value: `softmax([scores, sink])` over the visible keys plus the sink, the sink's
+weight dropped (the row's weights then sum to less than 1). The sink is compared with the scaled (and
+soft-capped) scores as they are. A query that sees no key still outputs zeros.
+
 **RoPE.** `inv_freq[i] = rope_base^(-2i/rotary_dim)` for i < rotary_dim/2, or the `rope_inv_freq` input
 (how scaled variants are expressed: linear scaling divides inv_freq by the factor; Llama 3 and YaRN
 frequency schemes are precomputed the same way, with YaRN's attention factor in
@@ -84,7 +89,7 @@ attention reads them back from it.
 OVERLOAD_DOC = (
     "Overload names join the node's present optional parts with '+', in this order: "
     "`past` (past_key and past_value), `shared` (past_lengths), `pos` (position_ids), `qnorm`, `knorm`, "
-    "`inv_freq`, `mask` (attention_mask), `present` (present_key and present_value outputs). "
+    "`inv_freq`, `mask` (attention_mask), `sinks`, `present` (present_key and present_value outputs). "
     "`shared` requires `past`. The plain form (query, key, value) -> output is the default overload ''."
 )
 
@@ -109,8 +114,9 @@ y = attn(x_next_token, cache=cache)      # decode, positions continue from the c
 ```""",
 )
 
-FEATURES = ("past", "shared", "pos", "qnorm", "knorm", "inv_freq", "mask", "present")
-_INPUT_OF_FEATURE = {"past": 3, "shared": 5, "pos": 6, "qnorm": 7, "knorm": 8, "inv_freq": 9, "mask": 10}
+FEATURES = ("past", "shared", "pos", "qnorm", "knorm", "inv_freq", "mask", "sinks", "present")
+_INPUT_OF_FEATURE = {"past": 3, "shared": 5, "pos": 6, "qnorm": 7, "knorm": 8, "inv_freq": 9, "mask": 10,
+                     "sinks": 11}
 
 
 def _all_overloads() -> tuple[str, ...]:
@@ -139,7 +145,8 @@ def _mul(a: Dim, b: int) -> Dim:
 
 
 def infer(inputs: Sequence[TensorInfo | None], attrs: Mapping[str, Any]) -> list[TensorInfo]:
-    query, key, value, past_key, past_value, past_lengths, position_ids, q_norm, k_norm, inv_freq, mask = inputs
+    query, key, value, past_key, past_value, past_lengths, position_ids, q_norm, k_norm, inv_freq, mask, sinks = (
+        list(inputs) + [None] * 12)[:12]
     hq, hkv = attrs["num_heads"], attrs["kv_num_heads"]
     if hq < 1 or hkv < 1:
         raise OpError(f"{NAME}: attributes 'num_heads' and 'kv_num_heads' are required and must be >= 1, "
@@ -214,6 +221,9 @@ def infer(inputs: Sequence[TensorInfo | None], attrs: Mapping[str, Any]) -> list
         if mask.rank != 2 or dims_differ(mask.shape[0], batch) or dims_differ(mask.shape[1], total):
             raise OpError(f"{NAME}: input 'attention_mask' must be [B, total keys] = [{batch}, {total}] "
                           f"(past + new, or the buffer length in shared-buffer mode), got {mask.shape_str()}")
+    if sinks is not None and sinks.rank is not None and (sinks.rank != 1 or dims_differ(sinks.shape[0], hq)):
+        raise OpError(f"{NAME}: input 'sinks' must be [num_heads] = [{hq}] (one logit per query head), got "
+                      f"{sinks.shape_str()}")
 
     elem = query.elem_type
     out = TensorInfo(elem, (batch, seq, _mul(dv, hq) if dv is not None else None))
@@ -298,7 +308,10 @@ def build_function(overload: str, opset: int) -> onnx.FunctionProto:
         visible = f.op("And", visible, key_mask)
     k_all = bodies.repeat_kv_heads(f, f.op("Cast", present_k, to=F32), q)
     v_all = bodies.repeat_kv_heads(f, f.op("Cast", present_v, to=F32), q)
-    out, _ = bodies.masked_softmax_attention(f, bodies.scores(f, q, k_all), visible, v_all)
+    sink = None
+    if "sinks" in features:  # [1, Hq, 1, 1]
+        sink = f.op("Reshape", f.op("Cast", "sinks", to=F32), f.const([1, -1, 1, 1], I64))
+    out, _ = bodies.masked_softmax_attention(f, bodies.scores(f, q, k_all), visible, v_all, sink=sink)
     out = f.op("Reshape", f.op("Transpose", out, perm=[0, 2, 1, 3]),
                f.op("Concat", f.op("Shape", "query", start=0, end=2), f.const([-1], I64), axis=0))
     f.nodes.append(onnx.helper.make_node("CastLike", [out, "query"], ["output"]))
@@ -358,6 +371,8 @@ SPEC = OpSpec(
         Input("rope_inv_freq", "tensor(float)", "[rotary_dim / 2] RoPE inverse frequencies (scaled RoPE); "
               "default rope_base^(-2i/rotary_dim).", optional=True),
         Input("attention_mask", "tensor(bool)", "[B, total keys]: False hides a key (padding).", optional=True),
+        Input("sinks", "T", "[Hq] attention-sink logits, one per query head: each joins its head's softmax "
+              "denominators without a value (GPT-OSS).", optional=True),
     ),
     outputs=(
         Output("output", "T", "Attention output [B, S, Hq*Dv]."),

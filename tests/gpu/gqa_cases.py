@@ -32,8 +32,8 @@ from oracle_gqa import default_inv_freq, gqa_oracle  # noqa: E402
 DTYPES = ("float16", "bfloat16", "float32")
 EPS = {"float16": 2.0**-10, "bfloat16": 2.0**-7}
 INPUTS = ("query", "key", "value", "past_key", "past_value", "past_lengths", "position_ids", "q_norm_weight",
-          "k_norm_weight", "rope_inv_freq", "attention_mask")  # fmt: skip
-T_INPUTS = ("query", "key", "value", "past_key", "past_value", "q_norm_weight", "k_norm_weight")
+          "k_norm_weight", "rope_inv_freq", "attention_mask", "sinks")  # fmt: skip
+T_INPUTS = ("query", "key", "value", "past_key", "past_value", "q_norm_weight", "k_norm_weight", "sinks")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +63,7 @@ class Case:
     rotary_dim: int = 0
     rope_interleaved: int = 0
     rope_attention_scaling: float = 1.0
+    sinks: bool = False  # attention-sink logits per query head (GPT-OSS)
     with_present: bool = True
 
     def __str__(self) -> str:
@@ -153,6 +154,13 @@ CASES = [
          softcap=3.0),
     Case("everything-concat", batch=2, seq=20, past=60, positions="shifted", q_norm=True, k_norm=True,
          inv_freq="linear4", rope_interleaved=1, mask="left-pad", window=25, scale=0.1),
+    # attention sinks (GPT-OSS: head_dim 64, 64q/8kv, window 128 on alternate layers): every schedule and kernel
+    Case("sinks-prefill-window", seq=150, q_heads=16, kv_heads=2, head_dim=64, window=128, sinks=True),
+    Case("sinks-decode-split", past=3000, head_dim=64, sinks=True),
+    Case("sinks-shared-decode-b4", batch=4, buffer=1200, past_lengths=(5, 0, 700, 1199), sinks=True),
+    Case("sinks-chunk-mask", batch=2, seq=5, past=300, mask="left-pad", sinks=True),  # with empty rows
+    Case("sinks-simt-d12", head_dim=12, seq=10, past=20, sinks=True),
+    Case("sinks-no-present-dv-ne-d", v_head_dim=64, seq=20, past=30, with_present=False, sinks=True),
 ]
 CASES_BY_ID = {c.id: c for c in CASES}
 assert len(CASES_BY_ID) == len(CASES), "case ids must be unique"
@@ -227,6 +235,8 @@ def feeds(case_id: str, dtype: str) -> dict[str, np.ndarray]:
     if case.k_norm:
         out["k_norm_weight"] = round_to(rng.uniform(0.5, 1.5, d), dtype)
     rotary = case.rotary_dim or d
+    if case.sinks:  # about the size of the largest scores, so that the sink takes a real share
+        out["sinks"] = round_to(rng.uniform(-1.0, 4.0, case.q_heads), dtype)
     if case.inv_freq == "linear4":
         out["rope_inv_freq"] = (default_inv_freq(rotary, case.rope_base) / 4).astype(np.float32)
     elif case.inv_freq == "custom":
@@ -351,7 +361,7 @@ def spec(case: Case, dtype: str):
         batch=case.batch, seq=case.seq, q_heads=case.q_heads, kv_heads=case.kv_heads, head_dim=case.head_dim,
         v_head_dim=case.dv, mode=case.mode, past=case.buffer if case.buffer is not None else case.past or 0,
         position_ids="position_ids" in present, q_norm=case.q_norm, k_norm=case.k_norm,
-        inv_freq="rope_inv_freq" in present, mask="attention_mask" in present, causal=case.causal,
+        inv_freq="rope_inv_freq" in present, mask="attention_mask" in present, sinks=case.sinks, causal=case.causal,
         window=case.window, softcap=case.softcap, scale=case.scale, rope=case.rope, rope_base=case.rope_base,
         rotary_dim=case.rotary_dim, rope_interleaved=case.rope_interleaved,
         rope_attention_scaling=case.rope_attention_scaling, qk_norm_epsilon=case.qk_norm_epsilon,

@@ -44,7 +44,7 @@ class Problem(ctypes.Structure):
         ("rope_base", ctypes.c_float),
         ("rope_attention_scaling", ctypes.c_float),
         ("qk_norm_epsilon", ctypes.c_float),
-        ("reserved", ctypes.c_float),
+        ("has_sinks", ctypes.c_int32),
     ]
 
 
@@ -69,7 +69,8 @@ class GqaPlanInfo(ctypes.Structure):
         ("scratch_bytes", ctypes.c_int64),
         ("rotated_q_offset", ctypes.c_int64),
         ("rotate_queries", ctypes.c_int32),
-        ("reserved", ctypes.c_int32),
+        ("sinks", ctypes.c_int32),
+        ("lse_offset", ctypes.c_int64),
     ]
 
     def as_dict(self) -> dict:
@@ -80,7 +81,7 @@ class GqaPlanInfo(ctypes.Structure):
                 value = value.as_dict()
             elif isinstance(value, ctypes.Array):
                 value = tuple(value)
-            elif name in ("per_batch", "present_in_scratch", "rotate_queries"):
+            elif name in ("per_batch", "present_in_scratch", "rotate_queries", "sinks"):
                 value = bool(value)
             out[name] = value
         return out
@@ -89,7 +90,7 @@ class GqaPlanInfo(ctypes.Structure):
 class Tensors(ctypes.Structure):
     _fields_ = [(name, ctypes.c_void_p) for name in (
         "query", "key", "value", "past_key", "past_value", "past_lengths", "position_ids", "q_norm_weight",
-        "k_norm_weight", "inv_freq", "attention_mask", "output", "present_key", "present_value")]  # fmt: skip
+        "k_norm_weight", "inv_freq", "attention_mask", "output", "present_key", "present_value", "sinks")]  # fmt: skip
 
 
 GqaCudaError = sdpa.SdpaCudaError
@@ -128,6 +129,7 @@ class Spec:
     k_norm: bool = False
     inv_freq: bool = False
     mask: bool = False
+    sinks: bool = False
     causal: int = 1
     window: int = 0
     softcap: float = 0.0
@@ -143,12 +145,13 @@ class Spec:
     def problem(self) -> Problem:
         p = Problem()
         for name, _ in Problem._fields_:
-            if name in ("mode", "reserved", "has_position_ids", "has_inv_freq", "has_mask", "v_head_dim"):
+            if name in ("mode", "has_position_ids", "has_inv_freq", "has_mask", "has_sinks", "v_head_dim"):
                 continue
             setattr(p, name, int(getattr(self, name)) if isinstance(getattr(self, name), bool) else getattr(self, name))
         p.v_head_dim = self.head_dim if self.v_head_dim is None else self.v_head_dim
         p.mode = MODES[self.mode]
         p.has_position_ids, p.has_inv_freq, p.has_mask = int(self.position_ids), int(self.inv_freq), int(self.mask)
+        p.has_sinks = int(self.sinks)
         return p
 
 

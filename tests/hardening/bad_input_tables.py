@@ -250,7 +250,7 @@ GQA = "GroupQueryAttention"
 FUNCTION_GQA = dict.fromkeys(("value-rank-4", "key-batch-mismatch", "inv-freq-partial-wrong-length",
                                "k-norm-weight-rank", "key-float16-with-float-query", "norm-weight-float16-with-float",
                                "query-double", "position-ids-int32", "mask-float", "inv-freq-float16",
-                               "past-lengths-negative"), "runs")
+                               "past-lengths-negative", "sinks-rank-2", "sinks-float16-with-float"), "runs")
 
 
 def _gqa_model(present, shapes, attrs, *, with_present=False, types=None):
@@ -343,6 +343,12 @@ def gqa_cases() -> list[Case]:
             change=lambda f: poke(f, "attention_mask", ..., False)),
         new("mask-all-false-with-past", "mask", defined(), dict(qkv, **past, attention_mask=(1, 8)),
             change=lambda f: poke(f, "attention_mask", ..., False)),
+        new("mask-all-false-with-sinks", "mask", defined(), dict(qkv, attention_mask=(1, 5), sinks=(4,)),
+            change=lambda f: poke(f, "attention_mask", ..., False)),
+        new("inf-sinks", "non-finite", defined(), dict(qkv, **past, sinks=(4,)),  # all weight on the sink: zeros
+            change=lambda f: poke(f, "sinks", (1,), np.inf)),
+        new("nan-sink", "non-finite", defined(), dict(qkv, **past, sinks=(4,)),  # that head's rows: NaN
+            change=lambda f: poke(f, "sinks", (2,), np.nan)),
         new("nan-query", "non-finite", defined(), change=lambda f: poke(f, "query", (0, 2, slice(0, 8)), np.nan)),
         new("inf-key", "non-finite", defined(), change=lambda f: poke(f, "key", (0, 1, 0), np.inf)),
         new("nan-stale-buffer-slots", "non-finite", defined(),

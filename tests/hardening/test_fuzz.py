@@ -92,7 +92,8 @@ def gqa_cases(draw):
         softcap=draw(st.sampled_from([0.0, 0.0, 5.0])), scale=draw(st.sampled_from([0.0, 0.0, 0.4])), rope=rope,
         rope_base=draw(st.sampled_from([10000.0, 500000.0])), rotary_dim=rotary,
         rope_interleaved=draw(st.integers(0, 1)), rope_attention_scaling=draw(st.sampled_from([1.0, 1.2])),
-        dtype=draw(DTYPES), with_present=draw(st.booleans()))
+        sinks=draw(st.sampled_from([None, None, "random", "large"])), dtype=draw(DTYPES),
+        with_present=draw(st.booleans()))
 
 
 @st.composite

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "common/errors.h"
+#include "common/sinks.h"
 #include "gqa/new_tokens.h"
 #include "sdpa/cpu_kernel.h"
 
@@ -117,7 +118,23 @@ void run_cpu(const Params& p, const Tensors<T>& t, const ParallelFor& parallel_f
     at.query_offsets = past.data();
     at.kv_lengths = kv_lengths.data();
   }
+  std::vector<float> lse;
+  if (p.has_sinks) {
+    a.want_lse = true;
+    lse.resize(size_t(B * Hq * S));
+    at.lse = lse.data();
+  }
   sdpa::run_cpu<T, float>(a, at, parallel_for);
+  if (p.has_sinks) {
+    parallel_for(B * S, [&](int64_t token) {
+      const int64_t b = token / S, s = token % S;
+      T* row = t.output + token * Hq * Dv;
+      for (int64_t h = 0; h < Hq; ++h) {
+        const float factor = sink_factor(lse[size_t(a.lse_offset(b, h, s))], to_float(t.sinks[h]));
+        for (int64_t c = 0; c < Dv; ++c) row[h * Dv + c] = from_float<T>(to_float(row[h * Dv + c]) * factor);
+      }
+    });
+  }
 }
 
 template void run_cpu<float>(const Params&, const Tensors<float>&, const ParallelFor&);

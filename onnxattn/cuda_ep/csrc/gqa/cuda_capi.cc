@@ -25,7 +25,8 @@ struct OnnxAttnGqaProblem {
   int32_t mode;  // 0 no past, 1 concatenation, 2 shared buffer (past_lengths given)
   int32_t dtype;  // ONNX element type: 1 float32, 10 float16, 16 bfloat16
   int32_t causal, rope, rope_interleaved, has_position_ids, q_norm, k_norm, has_inv_freq, has_mask;
-  float softcap, scale, rope_base, rope_attention_scaling, qk_norm_epsilon, reserved;
+  float softcap, scale, rope_base, rope_attention_scaling, qk_norm_epsilon;
+  int32_t has_sinks;
 };
 
 struct OnnxAttnGqaPlanInfo {
@@ -36,7 +37,8 @@ struct OnnxAttnGqaPlanInfo {
   int64_t append_rows, append_blocks, lengths_offset, attention_offset, present_key_offset, present_value_offset;
   int64_t scratch_bytes;
   int64_t rotated_q_offset;
-  int32_t rotate_queries, reserved;
+  int32_t rotate_queries, sinks;
+  int64_t lse_offset;
 };
 
 // Device pointers of one call; null where the input is absent. present_key/present_value null: the
@@ -48,6 +50,7 @@ struct OnnxAttnGqaTensors {
   const float* inv_freq;
   const bool* attention_mask;
   void *output, *present_key, *present_value;
+  const void* sinks;
 };
 
 }  // extern "C"
@@ -76,6 +79,7 @@ Params params_from(const OnnxAttnGqaProblem& pr) {
   if (pr.has_inv_freq) shapes.inputs[kInvFreq] = Shape{rotary / 2};
   const int64_t total = pr.mode == 2 ? pr.past : pr.mode == 1 ? pr.past + s : s;
   if (pr.has_mask) shapes.inputs[kMask] = Shape{b, total};
+  if (pr.has_sinks) shapes.inputs[kSinks] = Shape{pr.q_heads};
   Attributes a;
   a.num_heads = pr.q_heads;
   a.kv_num_heads = pr.kv_heads;
@@ -114,6 +118,8 @@ void fill_plan_info(const Plan& plan, OnnxAttnGqaPlanInfo* out) {
   out->present_in_scratch = plan.present_in_scratch ? 1 : 0;
   out->rotate_queries = plan.rotate_queries ? 1 : 0;
   out->rotated_q_offset = int64_t(plan.rotated_q_offset);
+  out->sinks = plan.sinks ? 1 : 0;
+  out->lse_offset = int64_t(plan.lse_offset);
   out->append_rows = plan.append_rows;
   out->append_blocks = plan.append_blocks;
   out->lengths_offset = int64_t(plan.lengths_offset);
@@ -142,6 +148,7 @@ int run_for_test(const Params& p, const OnnxAttnGqaTensors& in, const Request& r
   t.output = static_cast<T*>(in.output);
   t.present_key = static_cast<T*>(in.present_key);
   t.present_value = static_cast<T*>(in.present_value);
+  t.sinks = static_cast<const T*>(in.sinks);
   const bool present_outputs = t.present_key != nullptr && t.present_value != nullptr;
   const Plan plan = make_plan(p, sdpa::cuda::dtype_of<T>(), sdpa::cuda::device_info(sdpa::cuda::current_device()),
                               request, aligned16(t), present_outputs);

@@ -37,6 +37,7 @@ sdpa::Params attention_params(const Params& p) {
     a.mask_kind = sdpa::MaskKind::kBool;
     a.mask_strides = {p.total, 0, 0, 1};
   }
+  a.want_lse = p.has_sinks;  // the sink factor is a function of the row's LSE
   return a;
 }
 
@@ -79,6 +80,8 @@ Plan make_plan(const Params& p, DType dtype, const DeviceInfo& device, const Req
   plan.rotate_queries = prepares && plan.launch.grid > 0 &&
                         (kernel == sdpa::cuda::Kernel::kWgmma || (rotate_queries && kernel == sdpa::cuda::Kernel::kMma));
   if (plan.rotate_queries) plan.rotated_q_offset = take(size_t(p.batch * p.seq * p.q_heads * p.head_dim) * size);
+  plan.sinks = p.has_sinks;
+  if (plan.sinks) plan.lse_offset = take(size_t(p.batch * p.q_heads * p.seq) * sizeof(float));
   plan.scratch_bytes = offset;
   return plan;
 }

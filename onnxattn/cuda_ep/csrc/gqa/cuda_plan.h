@@ -14,6 +14,9 @@
 //      ONNXATTN_GQA_CUDA_QUERY=rotated (tensor-core plans only; for measuring what the fusion costs), a
 //      kernel first writes the prepared queries to scratch and the core reads them plainly: the same
 //      arithmetic (the tensor-core kernels prepare 16-bit rows in 16 bits), so the same bits.
+//   4. with attention sinks only: the core also writes each row's LSE to scratch, and a small kernel scales
+//      each output row by 1 / (1 + e^(sink - lse)) (common/sinks.h), in the output's type. The core's
+//      kernels stay as they are; the price is one pass over the output (B * S * Hq * Dv) and one launch.
 // Every input stays in device memory: nothing is read on the host, and the launches do not depend on
 // input values, so a decode step can be captured in a CUDA graph.
 #include <cstddef>
@@ -58,6 +61,8 @@ struct Plan {
   bool present_in_scratch = false;  // the node does not ask for present_key/present_value
   bool rotate_queries = false;      // the queries are prepared into scratch ([B, S, Hq*D]) before the core
   size_t rotated_q_offset = 0;
+  bool sinks = false;    // step 4 runs; the core's LSE [B, Hq, S] float32 at lse_offset
+  size_t lse_offset = 0;
   size_t scratch_bytes = 0;
 };
 

@@ -51,6 +51,7 @@ Call<T> prepare(const Attributes& attrs, Ort::KernelContext& ctx) {
   t.k_norm_weight = ort::data_of<T>(inputs[kKNorm]);
   t.inv_freq = ort::data_of<float>(inputs[kInvFreq]);
   t.attention_mask = ort::data_of<bool>(inputs[kMask]);
+  t.sinks = ort::data_of<T>(inputs[kSinks]);
 
   Ort::UnownedValue output = ctx.GetOutput(kOutput, p.output_shape());
   t.output = ort::data_of<T>(output);

@@ -7,9 +7,9 @@
 namespace onnxattn::gqa {
 namespace {
 
-const char* const kInputNames[kNumInputs] = {"query", "key", "value", "past_key", "past_value", "past_lengths",
-                                             "position_ids", "q_norm_weight", "k_norm_weight", "rope_inv_freq",
-                                             "attention_mask"};
+const char* const kInputNames[] = {"query", "key", "value", "past_key", "past_value", "past_lengths", "position_ids",
+                                   "q_norm_weight", "k_norm_weight", "rope_inv_freq", "attention_mask", "sinks"};
+static_assert(sizeof(kInputNames) / sizeof(kInputNames[0]) == kNumInputs, "one name per input");
 
 const Shape& expect_rank(const Shapes& s, Input index, size_t rank, const char* layout) {
   const Shape& shape = *s.inputs[index];
@@ -117,6 +117,7 @@ Params make_params(const Shapes& s, const Attributes& a) {
   if ((p.q_norm = s.inputs[kQNorm].has_value())) expect_shape(s, kQNorm, {p.head_dim}, "[D]");
   if ((p.k_norm = s.inputs[kKNorm].has_value())) expect_shape(s, kKNorm, {p.head_dim}, "[D]");
   if ((p.has_mask = s.inputs[kMask].has_value())) expect_shape(s, kMask, {p.batch, p.total}, "[B, total keys]");
+  if ((p.has_sinks = s.inputs[kSinks].has_value())) expect_shape(s, kSinks, {p.q_heads}, "[num_heads]");
 
   p.rope = a.rope != 0;
   p.rotary_dim = p.rope ? (a.rotary_dim ? a.rotary_dim : p.head_dim) : 0;

@@ -28,7 +28,7 @@ enum class CacheMode { kNone, kConcat, kShared };
 
 // Input indices, as in the schema.
 enum Input : size_t {
-  kQuery, kKey, kValue, kPastKey, kPastValue, kPastLengths, kPositionIds, kQNorm, kKNorm, kInvFreq, kMask,
+  kQuery, kKey, kValue, kPastKey, kPastValue, kPastLengths, kPositionIds, kQNorm, kKNorm, kInvFreq, kMask, kSinks,
   kNumInputs
 };
 enum Output : size_t { kOutput, kPresentKey, kPresentValue, kNumOutputs };
@@ -53,6 +53,7 @@ struct Params {
   bool q_norm = false, k_norm = false;
   float qk_norm_epsilon = 1e-6f;
   bool has_position_ids = false, has_mask = false;
+  bool has_sinks = false;  // attention sinks: the attention core's LSE rescales each output row (common/sinks.h)
 
   std::vector<int64_t> output_shape() const { return {batch, seq, q_heads * v_head_dim}; }
   std::vector<int64_t> present_shape(int64_t width) const { return {batch, kv_heads, total, width}; }
@@ -74,6 +75,7 @@ struct Tensors {
   const T* k_norm_weight = nullptr;
   const float* inv_freq = nullptr;
   const bool* attention_mask = nullptr;
+  const T* sinks = nullptr;  // [Hq]
   T* output = nullptr;
   T* present_key = nullptr;    // may equal past_key (shared buffer, updated in place)
   T* present_value = nullptr;  // may equal past_value
