@@ -6,8 +6,9 @@ models.moe; dense_layers keep the MLP; Qwen2-MoE adds a gated shared expert). Fu
 layers without RoPE (SmolLM3's NoPE layers), Granite's multipliers (embeddings, residual branches, attention scale,
 logits), OLMo 2's RMSNorm over the whole Q / K projections and its post-norm blocks, Starcoder2's LayerNorm (Cohere's
 without bias) and ungated MLP, and the parallel blocks of GPT-NeoX / GPT-J / Phi / Cohere (attention and MLP both
-read the block input; one shared norm or two), interleaved RoPE pairs (GPT-J, Cohere) and a biased output
-projection."""
+read the block input; one shared norm or two), interleaved RoPE pairs (GPT-J, Cohere), a biased output
+projection, and GPT-OSS's attention sinks (a learned logit per query head in each softmax's denominator) and experts
+(router and expert biases, clamped SwiGLU: models.moe.ClampedSwiGLU)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from torch import nn
 from onnxattn.models import register
 from onnxattn.models._base import (ACTIVATIONS, CausalLM, RMSNorm, SwiGLU, check_activation, check_heads,
                                    init_weights)
-from onnxattn.models.moe import MixtureOfExperts, check_moe
+from onnxattn.models.moe import ClampedSwiGLU, MixtureOfExperts, check_moe
 from onnxattn.nn import GroupedQueryAttention, Rope, RopeScaling
 
 LAYER_TYPES = ("full_attention", "sliding_attention")
@@ -73,6 +74,11 @@ class LlamaConfig:
     shared_block_norm: bool = False  # with parallel_residual: the MLP reads input_norm(x) too (GPT-J, Phi)
     rope_interleaved: bool = False  # RoPE pairs channels (2i, 2i + 1) (GPT-J), not (i, i + rotary_dim / 2)
     lm_head_bias: bool = False
+    # GPT-OSS
+    attention_sinks: bool = False  # a learned logit per query head joins each softmax's denominator [sinks]
+    router_bias: bool = False  # the MoE router adds a bias per expert
+    expert_bias: bool = False  # the experts' gate_up_proj and down_proj have biases
+    expert_glu: ClampedSwiGLU | None = None  # None: act(gate) * up [swiglu_alpha, swiglu_limit]
     seed: int = 0
 
     def __post_init__(self):
@@ -189,13 +195,15 @@ class LlamaBlock(nn.Module):
         self.attn = attention(
             cfg.hidden, cfg.num_heads, cfg.num_kv_heads, head_dim=cfg.resolved_head_dim, bias=cfg.qkv_bias,
             out_bias=cfg.o_bias, window=cfg.window(layer_idx), scale=cfg.attention_scale, rope=rope,
-            qk_norm=cfg.qk_norm, qk_norm_eps=cfg.rms_norm_eps, layer_idx=layer_idx, **extra)
+            qk_norm=cfg.qk_norm, qk_norm_eps=cfg.rms_norm_eps, sinks=cfg.attention_sinks, layer_idx=layer_idx,
+            **extra)
         if not cfg.shared_block_norm:
             self.post_attn_norm = make_norm(cfg)
         if cfg.is_moe(layer_idx):
             self.mlp = MixtureOfExperts(cfg.hidden, cfg.num_experts, cfg.experts_per_token, cfg.expert_intermediate,
                                         cfg.activation, scoring=cfg.router_scoring, norm_topk=cfg.norm_topk,
-                                        shared_intermediate=cfg.shared_expert_intermediate)
+                                        shared_intermediate=cfg.shared_expert_intermediate,
+                                        router_bias=cfg.router_bias, expert_bias=cfg.expert_bias, glu=cfg.expert_glu)
         else:
             self.mlp = (SwiGLU if cfg.gated_mlp else PlainMLP)(cfg.hidden, cfg.intermediate, cfg.mlp_bias,
                                                                cfg.activation)

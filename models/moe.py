@@ -10,10 +10,16 @@ the experts come from the `groups_per_token` best of `num_groups` groups, a grou
 (group_score "max": DeepSeek-V2's group_limited_greedy) or by the sum of its two best ("top2_sum": DeepSeek-V3).
 An optional shared expert (Qwen2-MoE: shared_intermediate > 0) runs on every token, its output scaled by
 sigmoid(shared_expert_gate(x)) and added to the routed experts'.
+GPT-OSS's experts (all off by default): a router bias, expert biases, and ClampedSwiGLU in place of act(gate) * up.
+Its routing (softmax over the top-k logits only) is "softmax" with norm_topk: exp(l_i) / sum over the chosen of
+exp(l_j) either way.
 Top-k ties: torch.topk decides in eager torch (as in transformers); the exported ONNX TopK prefers the lower
 index, so an exact tie between two scores could pick a different expert there."""
 
 from __future__ import annotations
+
+import dataclasses
+import math
 
 import torch
 from torch import nn
@@ -22,6 +28,26 @@ from onnxattn.models._base import ACTIVATIONS, SwiGLU
 
 SCORINGS = ("softmax", "sigmoid")
 GROUP_SCORES = ("top2_sum", "max")
+
+
+@dataclasses.dataclass(frozen=True)
+class ClampedSwiGLU:
+    """GPT-OSS's expert activation of (gate, up): gate clamped to <= limit, up to [-limit, limit], then
+    (up + 1) * gate * sigmoid(alpha * gate)."""
+
+    alpha: float = 1.702
+    limit: float = 7.0
+
+    def __post_init__(self):
+        if not math.isfinite(self.alpha):
+            raise ValueError(f"ClampedSwiGLU: alpha must be finite, got {self.alpha}")
+        if not self.limit >= 0:  # NaN too; inf clamps nothing
+            raise ValueError(f"ClampedSwiGLU: limit must be >= 0, got {self.limit}")
+
+    def __call__(self, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        gate = gate.clamp(max=self.limit)
+        up = up.clamp(-self.limit, self.limit)
+        return (up + 1) * (gate * torch.sigmoid(gate * self.alpha))  # transformers' order of operations
 
 
 def check_moe(owner: str, *, num_experts: int, experts_per_token: int, intermediate: int, scoring: str = "softmax",
@@ -50,12 +76,15 @@ class MixtureOfExperts(nn.Module):
     """x [..., hidden] -> sum over the chosen experts of weight * SwiGLU_e(x). Parameters as transformers
     stores them: `router` [E, hidden] (gate.weight), `gate_up_proj` [E, 2 * I, hidden] (gate rows first),
     `down_proj` [E, hidden, I]; with sigmoid scoring also `e_score_correction_bias` [E] (a buffer); with
-    shared_intermediate > 0 also `shared_expert` (a SwiGLU) and `shared_expert_gate` [1, hidden]."""
+    shared_intermediate > 0 also `shared_expert` (a SwiGLU) and `shared_expert_gate` [1, hidden]; with
+    router_bias `router_bias` [E] (added to the router logits); with expert_bias `gate_up_proj_bias` [E, 2 * I]
+    and `down_proj_bias` [E, hidden]. `glu` (a ClampedSwiGLU) replaces act(gate) * up."""
 
     def __init__(self, hidden: int, num_experts: int, experts_per_token: int, intermediate: int,
                  activation: str = "silu", *, scoring: str = "softmax", norm_topk: bool = True,
                  routed_scaling: float = 1.0, num_groups: int = 1, groups_per_token: int = 1,
-                 group_score: str = "top2_sum", shared_intermediate: int = 0):
+                 group_score: str = "top2_sum", shared_intermediate: int = 0, router_bias: bool = False,
+                 expert_bias: bool = False, glu: ClampedSwiGLU | None = None):
         super().__init__()
         check_moe(type(self).__name__, num_experts=num_experts, experts_per_token=experts_per_token,
                   intermediate=intermediate, scoring=scoring, num_groups=num_groups, groups_per_token=groups_per_token,
@@ -68,7 +97,11 @@ class MixtureOfExperts(nn.Module):
         self.register_buffer("e_score_correction_bias", torch.zeros(e) if scoring == "sigmoid" else None)
         self.gate_up_proj = nn.Parameter(torch.zeros(e, 2 * i, h))
         self.down_proj = nn.Parameter(torch.zeros(e, h, i))
-        self.act = ACTIVATIONS[activation]
+        self.act, self.glu = ACTIVATIONS[activation], glu
+        # created only when asked for (as the shared expert below): the seeded init of the others stays as it was
+        self.router_bias = nn.Parameter(torch.zeros(e)) if router_bias else None
+        self.gate_up_proj_bias = nn.Parameter(torch.zeros(e, 2 * i)) if expert_bias else None
+        self.down_proj_bias = nn.Parameter(torch.zeros(e, h)) if expert_bias else None
         if shared_intermediate < 0:
             raise ValueError(f"{type(self).__name__}: shared_intermediate must be >= 0 (0 = none), "
                              f"got {shared_intermediate}")
@@ -80,7 +113,8 @@ class MixtureOfExperts(nn.Module):
 
     def route(self, x: torch.Tensor) -> torch.Tensor:
         """Routing weights [..., E] in float32: zero but for each token's top_k experts."""
-        logits = nn.functional.linear(x.float(), self.router.float())
+        bias = None if self.router_bias is None else self.router_bias.float()
+        logits = nn.functional.linear(x.float(), self.router.float(), bias)
         if self.scoring == "softmax":
             scores = choice = torch.softmax(logits, dim=-1)
         else:
@@ -103,8 +137,14 @@ class MixtureOfExperts(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weights = self.route(x)  # [B, S, E]
-        gate, up = torch.matmul(x.unsqueeze(-3), self.gate_up_proj.transpose(1, 2)).chunk(2, dim=-1)  # [B, E, S, I]
-        y = torch.matmul(self.act(gate) * up, self.down_proj.transpose(1, 2))  # [B, E, S, hidden]
+        gate_up = torch.matmul(x.unsqueeze(-3), self.gate_up_proj.transpose(1, 2))  # [B, E, S, 2I]
+        if self.gate_up_proj_bias is not None:
+            gate_up = gate_up + self.gate_up_proj_bias.unsqueeze(-2)
+        gate, up = gate_up.chunk(2, dim=-1)  # [B, E, S, I]
+        y = torch.matmul(self.act(gate) * up if self.glu is None else self.glu(gate, up),
+                         self.down_proj.transpose(1, 2))  # [B, E, S, hidden]
+        if self.down_proj_bias is not None:
+            y = y + self.down_proj_bias.unsqueeze(-2)
         out = (y.float() * weights.transpose(-1, -2).unsqueeze(-1)).sum(-3).to(x.dtype)
         if self.shared_expert is None:
             return out
@@ -115,5 +155,8 @@ class MixtureOfExperts(nn.Module):
                   if self.num_groups > 1 else "")
         shared = "" if self.shared_expert is None else \
             f", gated shared expert={self.shared_expert.down_proj.in_features}"
+        gpt_oss = (", router_bias" if self.router_bias is not None else "") + \
+            (", expert_bias" if self.gate_up_proj_bias is not None else "") + \
+            ("" if self.glu is None else f", {self.glu}")
         return (f"experts={self.num_experts}, top_k={self.top_k}, scoring={self.scoring}{groups}, "
-                f"intermediate={self.down_proj.shape[-1]}{shared}")
+                f"intermediate={self.down_proj.shape[-1]}{shared}{gpt_oss}")

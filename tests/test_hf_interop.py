@@ -8,7 +8,8 @@ attention soft-cap and windows are on those nodes, and the cap changes the logit
 partial rotary, LongRoPE switching factor sets per forward, as transformers' forward does, across
 original_max_position_embeddings; its generate() re-encodes there instead), the mixtures of experts of Mixtral,
 Qwen3-MoE and Qwen2-MoE (sigmoid-gated shared expert), SmolLM3 (NoPE layers), Granite (multipliers),
-OLMo 2 (whole-projection QK-norm, post-norm) and Starcoder2 (LayerNorm, ungated MLP) map onto our Llama, their
+OLMo 2 (whole-projection QK-norm, post-norm), Starcoder2 (LayerNorm, ungated MLP) and GPT-OSS (attention sinks as
+node inputs, biased router and experts with interleaved gate / up and a clamped SwiGLU) map onto our Llama, their
 nodes carrying the per-layer RoPE, windows and scale; so do the parallel-residual decoders GPT-NeoX (per-head fused
 QKV, partial rotary, both residual modes), GPT-J (one norm per block, interleaved partial RoPE), Phi and Cohere
 (bias-free LayerNorm, interleaved RoPE, logit_scale); the encoders (BERT, RoBERTa / XLM-RoBERTa with positions
@@ -25,8 +26,9 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from model_helpers import one_torch_thread, relative_error, run_steps, session  # noqa: F401
+from model_helpers import kernel_ops_ran, one_torch_thread, relative_error, run_steps, session  # noqa: F401
 from onnxattn.generate import generate  # noqa: E402
+from onnxattn.ops import SPECS  # noqa: E402
 
 transformers = pytest.importorskip("transformers")
 
@@ -39,6 +41,11 @@ SMALL = dict(vocab_size=256, hidden_size=64, num_hidden_layers=2, num_attention_
 NO_TOKENS = dict(bos_token_id=None, eos_token_id=None, pad_token_id=None)  # Phi-3's defaults exceed the vocab
 MHA = {k: v for k, v in SMALL.items() if k != "num_key_value_heads"}  # GPT-NeoX has no GQA
 T = transformers
+# GPT-OSS: attention sinks, Q/K/V/O biases, head_dim 32 != 64 / 4, layer 0 sliding (window < prompt) and layer 1 full,
+# GptOssConfig's own RoPE (YaRN, factor 32, correction range not truncated), top-2 of 4 biased experts routed with a
+# biased router, gate / up interleaved; swiglu_limit 0.5 clamps ~15% of the gates and ~30% of the ups here (the
+# default 7 would clamp none)
+GPT_OSS = SMALL | dict(head_dim=32, num_local_experts=4, num_experts_per_tok=2, sliding_window=6, swiglu_limit=0.5)
 CASES = {
     # Llama 3.1-style RoPE scaling
     "llama": lambda: T.LlamaForCausalLM(T.LlamaConfig(**SMALL, rope_scaling={
@@ -92,12 +99,14 @@ CASES = {
     "phi": lambda: T.PhiForCausalLM(T.PhiConfig(**SMALL, **NO_TOKENS, partial_rotary_factor=0.4)),
     # Command-R: parallel blocks, one bias-free LayerNorm, interleaved RoPE on the whole head, logits x 0.3
     "cohere": lambda: T.CohereForCausalLM(T.CohereConfig(**SMALL, **NO_TOKENS, logit_scale=0.3)),
+    "gpt_oss": lambda: T.GptOssForCausalLM(T.GptOssConfig(**GPT_OSS)),
 }
 # attributes the GroupQueryAttention nodes must carry, layer by layer
 NODE_ATTRS = {"smollm3": dict(rope=[1, 0], window=[0, 6]), "granite": dict(scale=[0.05, 0.05]),
               "starcoder2": dict(window=[6, 6]), "gpt_neox": dict(rotary_dim=[4, 4], rope_interleaved=[0, 0]),
               "gpt_neox_sequential": dict(rotary_dim=[4, 4]), "gptj": dict(rotary_dim=[8, 8], rope_interleaved=[1, 1]),
-              "phi": dict(rotary_dim=[6, 6], rope_interleaved=[0, 0]), "cohere": dict(rope_interleaved=[1, 1])}
+              "phi": dict(rotary_dim=[6, 6], rope_interleaved=[0, 0]), "cohere": dict(rope_interleaved=[1, 1]),
+              "gpt_oss": dict(window=[6, 0])}
 
 
 def randomize(model, seed=0):
@@ -312,6 +321,31 @@ def test_gemma2_unsupported_settings_are_named(setting, match, tmp_path):
         from_transformers(hf, tmp_path / "x.onnx")
 
 
+def test_gpt_oss_sinks_are_node_inputs(tmp_path):
+    """GPT-OSS's attention sinks reach each GroupQueryAttention node as its sinks input (the layer's parameter),
+    our kernels run them, and onnxruntime without our library (the functions) matches transformers too; with the
+    sinks zeroed in the graph, the logits miss by far more than test_logits_match_transformers' tolerance."""
+    hf = randomize(CASES["gpt_oss"]())
+    result = from_transformers(hf, tmp_path / "gpt_oss.onnx", progress=False)
+    proto = onnx.load(result.path)
+    nodes = [n for n in proto.graph.node if n.op_type == "GroupQueryAttention"]
+    sinks = [i.name for i in SPECS["GroupQueryAttention"].inputs].index("sinks")
+    assert [n.input[sinks] for n in nodes] == [f"model.layers.{i}.attn.sinks" for i in range(2)]
+    ids = torch.randint(0, 256, (2, 11), generator=torch.Generator().manual_seed(1))
+    want = hf_steps(hf, ids, 8)
+    profiled = session(result.path, profile=True)
+    for sess in (profiled, session(result.path, use_library=False)):
+        errors = [relative_error(g, w) for g, w in zip(run_steps(sess, ids.numpy(), 8), want)]
+        assert max(errors) <= 1e-4, errors
+    assert kernel_ops_ran(profiled) == {"GroupQueryAttention"}
+    for init in proto.graph.initializer:
+        if init.name.endswith("attn.sinks"):
+            init.CopyFrom(onnx.numpy_helper.from_array(np.zeros(4, np.float32), init.name))
+    onnx.save(proto, tmp_path / "no_sinks.onnx")
+    got = run_steps(session(tmp_path / "no_sinks.onnx"), ids.numpy(), 8)
+    assert min(relative_error(g, w) for g, w in zip(got, want)) > 1e-2
+
+
 ONE_LAYER = SMALL | dict(num_hidden_layers=1)
 
 
@@ -501,8 +535,19 @@ _ENCODER_REFUSALS = ([
         "modernbert-band-0", "modernbert-activation", "modernbert-masked-lm"])
 
 
+ONE_GPT_OSS = GPT_OSS | dict(num_hidden_layers=1)
+_GPT_OSS_REFUSALS = ([
+    (lambda: T.GptOssForCausalLM(T.GptOssConfig(**ONE_GPT_OSS | dict(swiglu_limit=-1.0))),
+     "GptOssConfig does not map onto ours: ClampedSwiGLU: limit must be >= 0, got -1.0"),
+    (lambda: T.GptOssForCausalLM(T.GptOssConfig(**ONE_GPT_OSS | dict(num_experts_per_tok=5))),
+     r"this GptOssConfig does not map onto ours: LlamaConfig: experts_per_token must be in \[1, 4\]"),
+    (lambda: T.GptOssModel(T.GptOssConfig(**ONE_GPT_OSS)), "pass a GptOssForCausalLM for gpt_oss, got GptOssModel"),
+], ["gpt_oss-negative-limit", "gpt_oss-more-chosen-than-experts",
+        "gpt_oss-base-model"])
+
+
 REFUSALS = [pytest.param(*case, id=name) for cases, names in (
-    _PHI3_AND_MOE_REFUSALS, _LLAMA_VARIANT_REFUSALS, _PARALLEL_RESIDUAL_REFUSALS, _ENCODER_REFUSALS)
+    _PHI3_AND_MOE_REFUSALS, _LLAMA_VARIANT_REFUSALS, _PARALLEL_RESIDUAL_REFUSALS, _ENCODER_REFUSALS, _GPT_OSS_REFUSALS)
     for case, name in zip(cases, names)]
 
 
@@ -520,7 +565,7 @@ def test_unsupported_architectures_list_the_supported_ones(tmp_path, monkeypatch
                                                "qwen2_moe .Qwen2MoeForCausalLM.*"
                                                "phi3 .Phi3ForCausalLM.*smollm3 .SmolLM3ForCausalLM., "
                                                "granite .GraniteForCausalLM., olmo2 .Olmo2ForCausalLM., "
-                                               "starcoder2 .Starcoder2ForCausalLM., "
+                                               "starcoder2 .Starcoder2ForCausalLM., gpt_oss .GptOssForCausalLM., "
                                                "gpt_neox .GPTNeoXForCausalLM., gptj .GPTJForCausalLM., "
                                                "phi .PhiForCausalLM., cohere .CohereForCausalLM.*"
                                                "gemma2 .Gemma2ForCausalLM., gemma3_text .Gemma3ForCausalLM.*"

@@ -20,7 +20,7 @@ from onnxattn.models.gemma3 import Gemma3Config
 from onnxattn.models.gpt2 import GPT2Config
 from onnxattn.models.llama import LlamaConfig, SwiGLU
 from onnxattn.models.modernbert import ModernBertConfig
-from onnxattn.models.moe import MixtureOfExperts
+from onnxattn.models.moe import ClampedSwiGLU, MixtureOfExperts
 from onnxattn.nn import KVCache
 
 DECODERS = ["llama", "gemma3", "gpt2"]
@@ -163,6 +163,8 @@ def test_modernbert_layers_and_band():
     (lambda: LlamaConfig(num_experts=4, shared_expert_intermediate=-1), "shared_expert_intermediate must be >= 0"),
     (lambda: LlamaConfig(shared_block_norm=True), "shared_block_norm needs parallel_residual"),
     (lambda: LlamaConfig(parallel_residual=True, post_norm=True), "parallel_residual and post_norm cannot be combined"),
+    (lambda: ClampedSwiGLU(limit=-1.0), "ClampedSwiGLU: limit must be >= 0, got -1.0"),
+    (lambda: ClampedSwiGLU(alpha=math.inf), "ClampedSwiGLU: alpha must be finite, got inf"),
 ])
 def test_bad_configs_are_clear_errors(make, message):
     with pytest.raises(ValueError, match=re.escape(message)):
@@ -189,6 +191,34 @@ def test_llama_experts_route_softmax_top_k():
                     gate, up = (moe.gate_up_proj[j] @ x[b, s]).chunk(2)
                     want[b, s] += w * (moe.down_proj[j] @ (torch.nn.functional.silu(gate) * up))
             torch.testing.assert_close(moe(x), want, atol=ATOL, rtol=1e-5)
+
+
+def test_llama_gpt_oss_options():
+    """GPT-OSS's options: each layer's attention has sinks; the experts add the router bias to the logits, take
+    the softmax over the chosen logits only, and run (up + 1) * gate * sigmoid(alpha * gate) on the clamped
+    gate / up with biases; equal to running only the chosen experts; token-by-token decode equals one prefill."""
+    glu = ClampedSwiGLU(alpha=1.702, limit=0.5)
+    model = models.build("llama", num_experts=4, attention_sinks=True, router_bias=True, expert_bias=True,
+                         expert_glu=glu, sliding_window=4, layer_types=("sliding_attention", "full_attention"))
+    assert [layer.attn.sinks.shape for layer in model.layers] == [(4,), (4,)]
+    assert all(layer.attn.sinks.abs().min() > 0 for layer in model.layers)  # init_weights moves them off zero
+    assert models.build("llama").layers[0].attn.sinks is None
+    moe = model.layers[1].mlp
+    x = torch.randn(2, 5, 64, generator=torch.Generator().manual_seed(0))
+    want = torch.zeros_like(x)
+    with torch.no_grad():
+        for b, s in itertools.product(range(2), range(5)):
+            top = (moe.router @ x[b, s] + moe.router_bias).topk(2)
+            for j, w in zip(top.indices, torch.softmax(top.values, -1)):
+                gate, up = (moe.gate_up_proj[j] @ x[b, s] + moe.gate_up_proj_bias[j]).chunk(2)
+                gate, up = gate.clamp(max=0.5), up.clamp(-0.5, 0.5)
+                want[b, s] += w * (moe.down_proj[j] @ ((up + 1) * gate * torch.sigmoid(1.702 * gate)) +
+                                   moe.down_proj_bias[j])
+        torch.testing.assert_close(moe(x), want, atol=ATOL, rtol=1e-5)
+        ids = _ids()
+        cache = KVCache()
+        steps = [model(ids[:, :6], cache=cache)] + [model(ids[:, t:t + 1], cache=cache) for t in range(6, 11)]
+        torch.testing.assert_close(torch.cat(steps, 1), model(ids), atol=ATOL, rtol=1e-5)
 
 
 def test_unknown_names_and_options():

@@ -23,6 +23,7 @@ SUPPORTED = {
     "granite": "GraniteForCausalLM",
     "olmo2": "Olmo2ForCausalLM",
     "starcoder2": "Starcoder2ForCausalLM",
+    "gpt_oss": "GptOssForCausalLM",
     "gpt_neox": "GPTNeoXForCausalLM",
     "gptj": "GPTJForCausalLM",
     "phi": "PhiForCausalLM",
@@ -74,15 +75,13 @@ def _rope_scaling(params: dict, max_positions: int | None = None) -> RopeScaling
         return RopeScaling("llama3", params["factor"], params["original_max_position_embeddings"],
                            low_freq_factor=params["low_freq_factor"], high_freq_factor=params["high_freq_factor"])
     if kind == "yarn":
-        if params.get("truncate") is False:
-            raise _unsupported("YaRN with truncate=False is not supported (the correction range is truncated here)")
         factor, attention = params["factor"], params.get("attention_factor")
         mscale, mscale_all_dim = params.get("mscale"), params.get("mscale_all_dim")
         if attention is None and mscale and mscale_all_dim and factor > 1:  # DeepSeek's ratio, as transformers
             attention = (0.1 * mscale * math.log(factor) + 1.0) / (0.1 * mscale_all_dim * math.log(factor) + 1.0)
         return RopeScaling("yarn", factor, params.get("original_max_position_embeddings") or 4096,
                            beta_fast=params.get("beta_fast") or 32.0, beta_slow=params.get("beta_slow") or 1.0,
-                           attention_factor=attention)
+                           attention_factor=attention, truncate=params.get("truncate") is not False)
     if kind == "longrope":
         if max_positions is None:
             raise _unsupported("LongRoPE (rope_type 'longrope') is supported for the Llama-like architectures "

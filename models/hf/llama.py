@@ -1,5 +1,5 @@
-"""Llama-likes (Mistral, Qwen, Phi-3, SmolLM3, Granite, OLMo 2, Starcoder2, ...), GPT-NeoX, GPT-J, Phi, Cohere
--> our Llama."""
+"""Llama-likes (Mistral, Qwen, Phi-3, SmolLM3, Granite, OLMo 2, Starcoder2, GPT-OSS, ...), GPT-NeoX, GPT-J, Phi,
+Cohere -> our Llama."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from onnxattn.models._base import set_linear
 from onnxattn.models.hf._common import (_activation, _check_rope, _copy, _hf_frequencies, _rope_scaling,
                                        _rotary_dim, _unsupported, _window)
 from onnxattn.models.llama import LlamaConfig, LlamaModel
-from onnxattn.models.moe import MixtureOfExperts
+from onnxattn.models.moe import ClampedSwiGLU, MixtureOfExperts
 
 
 def _experts(hf) -> dict:
@@ -21,7 +21,8 @@ def _experts(hf) -> dict:
     moe = [hasattr(layer.mlp, "experts") for layer in hf.model.layers]
     if not any(moe):
         return {}
-    # all route by a softmax over all experts, then top-k; Mixtral always renormalises the chosen weights.
+    # all route by a softmax over all experts, then top-k; Mixtral always renormalises the chosen weights (GPT-OSS's
+    # softmax over the top-k logits is that too: it has no norm_topk_prob, so True).
     # Qwen2-MoE's shared expert is sigmoid-gated; a zero-width one (size 0) adds nothing, as none here
     return dict(num_experts=c.num_local_experts if c.model_type == "mixtral" else c.num_experts,
                 experts_per_token=c.num_experts_per_tok, moe_intermediate=getattr(c, "moe_intermediate_size", None),
@@ -49,9 +50,37 @@ def _starcoder2(c) -> dict:
                 mlp_bias=bias)
 
 
+def _gpt_oss(c) -> dict:
+    try:
+        glu = ClampedSwiGLU(c.swiglu_alpha, c.swiglu_limit)
+    except ValueError as e:  # e.g. a negative limit
+        raise _unsupported(f"this GptOssConfig does not map onto ours: {e}") from e
+    return dict(attention_sinks=True, router_bias=True, expert_bias=True, expert_glu=glu)
+
+
 # LlamaConfig fields that differ from the Llama mapping, per model_type
 _LLAMA_VARIANTS = {"smollm3": _smollm3, "granite": _granite, "starcoder2": _starcoder2,
-                   "olmo2": lambda c: dict(qk_proj_norm=True, post_norm=True)}
+                   "olmo2": lambda c: dict(qk_proj_norm=True, post_norm=True), "gpt_oss": _gpt_oss}
+
+
+def _copy_experts(m: MixtureOfExperts, h) -> None:
+    """Router and experts of a transformers MoE block `h` into ours."""
+    if hasattr(h, "router"):  # GPT-OSS: a biased router; experts [E, in, out] (x @ W), gate / up interleaved
+        _copy(m.router, h.router.weight, "the router weight")
+        _copy(m.router_bias, h.router.bias, "the router bias")
+        e = h.experts
+        w, b = e.gate_up_proj.transpose(1, 2), e.gate_up_proj_bias  # [E, 2I, H] rows gate0, up0, gate1, ...
+        _copy(m.gate_up_proj, torch.cat((w[:, 0::2], w[:, 1::2]), 1), "the experts' gate_up_proj")
+        _copy(m.gate_up_proj_bias, torch.cat((b[:, 0::2], b[:, 1::2]), 1), "the experts' gate_up_proj_bias")
+        _copy(m.down_proj, e.down_proj.transpose(1, 2), "the experts' down_proj")
+        _copy(m.down_proj_bias, e.down_proj_bias, "the experts' down_proj_bias")
+        return
+    _copy(m.router, h.gate.weight, "the router weight")
+    _copy(m.gate_up_proj, h.experts.gate_up_proj, "the experts' gate_up_proj")
+    _copy(m.down_proj, h.experts.down_proj, "the experts' down_proj")
+    if m.shared_expert is not None:
+        m.shared_expert.load_state_dict(h.shared_expert.state_dict())
+        m.shared_expert_gate.load_state_dict(h.shared_expert_gate.state_dict())
 
 
 def _build_llama(c, fields: dict) -> LlamaModel:
@@ -104,17 +133,14 @@ def _llama(hf) -> LlamaModel:
             if cfg.qk_norm:
                 a.q_norm.copy_(t.q_norm.weight)
                 a.k_norm.copy_(t.k_norm.weight)
+            if cfg.attention_sinks:  # GPT-OSS
+                _copy(a.sinks, t.sinks, "the attention sinks")
             if cfg.qk_proj_norm:  # OLMo 2: over all heads
                 a.q_proj_norm.load_state_dict(t.q_norm.state_dict())
                 a.k_proj_norm.load_state_dict(t.k_norm.state_dict())
             m, h = mine.mlp, theirs.mlp
             if isinstance(m, MixtureOfExperts):
-                _copy(m.router, h.gate.weight, "the router weight")
-                _copy(m.gate_up_proj, h.experts.gate_up_proj, "the experts' gate_up_proj")
-                _copy(m.down_proj, h.experts.down_proj, "the experts' down_proj")
-                if m.shared_expert is not None:
-                    m.shared_expert.load_state_dict(h.shared_expert.state_dict())
-                    m.shared_expert_gate.load_state_dict(h.shared_expert_gate.state_dict())
+                _copy_experts(m, h)
             elif hasattr(h, "gate_up_proj"):  # Phi-3: rows [gate | up], no biases
                 gate, up = h.gate_up_proj.weight.chunk(2)
                 set_linear(m.gate_proj, gate)

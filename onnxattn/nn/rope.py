@@ -18,7 +18,8 @@ class RopeScaling:
     """Context-extension scheme. kind:
     - "linear": positions / factor;
     - "llama3": Llama 3.1 frequency bands;
-    - "yarn": NTK-by-parts interpolation with an attention factor (default 0.1 ln(factor) + 1);
+    - "yarn": NTK-by-parts interpolation with an attention factor (default 0.1 ln(factor) + 1); its correction
+      range is rounded outward to whole dims unless `truncate` is False (GPT-OSS);
     - "longrope": LongRoPE (Phi-3-mini-128k, Phi-3.5-mini, Phi-4-mini): inv_freq[i] = 1 / (f[i] base^(2i/d)) with
       per-frequency divisors f = `short_factor`, or `long_factor` for a whole forward once its largest position
       reaches `original_max_positions` (largest position + 1 > original_max_positions, as transformers decides;
@@ -37,6 +38,7 @@ class RopeScaling:
     attention_factor: float | None = None  # yarn, longrope; None: the kind's default (above)
     short_factor: tuple[float, ...] = ()  # longrope: one divisor per frequency [rotary_dim / 2]
     long_factor: tuple[float, ...] = ()  # longrope
+    truncate: bool = True  # yarn: floor / ceil the correction range (transformers' truncate)
 
     def __post_init__(self):
         if self.kind not in ("linear", "llama3", "yarn", "longrope"):
@@ -102,8 +104,10 @@ def _yarn(dim: int, base: float, s: RopeScaling) -> tuple[torch.Tensor, float]:
     def correction_dim(rotations: float) -> float:
         return dim * math.log(s.original_max_positions / (rotations * 2 * math.pi)) / (2 * math.log(base))
 
-    low = max(math.floor(correction_dim(s.beta_fast)), 0)
-    high = min(math.ceil(correction_dim(s.beta_slow)), dim - 1)
+    low, high = correction_dim(s.beta_fast), correction_dim(s.beta_slow)
+    if s.truncate:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, dim - 1)
     if low == high:
         high += 0.001  # avoid a zero-width ramp
     ramp = ((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
