@@ -8,12 +8,14 @@ Shapes of a Llama-3-8B layer (Hq=32, Hkv=8, D=128, RoPE), fp32, B=1:
     kernel writes only the new token. GB/s of K+V read = 2*Hkv*(P+1)*D*4 bytes / time. Each P runs with
     M = P+64 and M = 32768: the time must follow P, not M (no O(M) copy). ORT's op runs the same way
     (its past_present_share_buffer mode).
+With --sinks, the same rounds also time both ops with attention sinks (one logit per query head: our `sinks`
+input, onnxruntime's `head_sink`), checked to agree, and the results go to gqa_cpu_sinks.json.
 Timing (cpu_timing.py, as every CPU benchmark): rounds in which every implementation runs one burst, a pause
 of --settle seconds (the previous implementation's pool threads stop spinning), one untimed call, then timed
 calls for at least --burst seconds; the median over all timed calls. Decode runs --repeat rounds, prefill
 max(3, --repeat // 2).
 
-    python benchmarks/bench_gqa_cpu.py [--repeat 10] [--settle 0.1] [--burst 0.02] [--out benchmarks/results]
+    python benchmarks/bench_gqa_cpu.py [--repeat 10] [--settle 0.1] [--burst 0.02] [--sinks] [--out benchmarks/results]
 """
 
 from __future__ import annotations
@@ -42,8 +44,10 @@ def _vi(name, dtype, shape):
     return helper.make_tensor_value_info(name, dtype, shape)
 
 
-def onnxattn_model(shared: bool):
+def onnxattn_model(shared: bool, sinks: bool = False):
     inputs = ["q", "k", "v"] + (["past_key", "past_value", "past_lengths"] if shared else [])
+    if sinks:  # input 11; the optional inputs in between absent
+        inputs += [""] * (11 - len(inputs)) + ["sinks"]
     outputs = ["y"] + (["present_key", "present_value"] if shared else [])
     node = helper.make_node("GroupQueryAttention", inputs, outputs, domain=ops.DOMAIN, num_heads=HQ,
                             kv_num_heads=HKV, rope=1, rope_base=BASE)
@@ -53,23 +57,27 @@ def onnxattn_model(shared: bool):
         graph_inputs += [_vi("past_key", F32, [1, HKV, "M", D]), _vi("past_value", F32, [1, HKV, "M", D]),
                          _vi("past_lengths", I64, [1])]
         graph_outputs += [_vi("present_key", F32, [1, HKV, "M", D]), _vi("present_value", F32, [1, HKV, "M", D])]
+    if sinks:
+        graph_inputs.append(_vi("sinks", F32, [HQ]))
     model = helper.make_model(helper.make_graph([node], "gqa", graph_inputs, graph_outputs),
                               opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid(ops.DOMAIN, 1)],
                               ir_version=ops.IR_VERSION)
     return ops.attach_functions(model)
 
 
-def ort_gqa_model():
+def ort_gqa_model(sinks: bool = False):
     """onnxruntime's contrib op with its rotary (cos/sin caches) and a shared past/present buffer."""
-    node = helper.make_node(
-        "GroupQueryAttention",
-        ["q", "k", "v", "past_key", "past_value", "seqlens_k", "total_len", "cos_cache", "sin_cache"],
-        ["y", "present_key", "present_value"], domain="com.microsoft",
-        num_heads=HQ, kv_num_heads=HKV, do_rotary=1)
+    inputs = ["q", "k", "v", "past_key", "past_value", "seqlens_k", "total_len", "cos_cache", "sin_cache"]
+    if sinks:  # head_sink is input 11 (position_ids and attention_bias absent)
+        inputs += ["", "", "sinks"]
+    node = helper.make_node("GroupQueryAttention", inputs, ["y", "present_key", "present_value"],
+                            domain="com.microsoft", num_heads=HQ, kv_num_heads=HKV, do_rotary=1)
     graph_inputs = [_vi("q", F32, [1, "S", HQ * D]), _vi("k", F32, [1, "S", HKV * D]), _vi("v", F32, [1, "S", HKV * D]),
                     _vi("past_key", F32, [1, HKV, "M", D]), _vi("past_value", F32, [1, HKV, "M", D]),
                     _vi("seqlens_k", I32, [1]), _vi("total_len", I32, []),
                     _vi("cos_cache", F32, ["T", D // 2]), _vi("sin_cache", F32, ["T", D // 2])]
+    if sinks:
+        graph_inputs.append(_vi("sinks", F32, [HQ]))
     graph_outputs = [_vi("y", F32, [1, "S", HQ * D]), _vi("present_key", F32, [1, HKV, "M", D]),
                      _vi("present_value", F32, [1, HKV, "M", D])]
     return helper.make_model(helper.make_graph([node], "ort_gqa", graph_inputs, graph_outputs),
@@ -83,8 +91,12 @@ def rope_caches(length: int):
     return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
 
 
+# Sink logits about the size of the largest scores, so that the sink takes a real share of each row.
+SINKS = np.random.default_rng(2).uniform(-1.0, 4.0, HQ).astype(np.float32)
+
+
 def bench_prefill(s: int, repeat: int, with_function: bool, settle: float = cpu_timing.SETTLE,
-                  burst: float = cpu_timing.BURST) -> list[dict]:
+                  burst: float = cpu_timing.BURST, sinks: bool = False) -> list[dict]:
     rng = np.random.default_rng(0)
     q = rng.standard_normal((1, s, HQ * D), np.float32)
     k = rng.standard_normal((1, s, HKV * D), np.float32)
@@ -107,6 +119,15 @@ def bench_prefill(s: int, repeat: int, with_function: bool, settle: float = cpu_
     if with_function:
         function = make_session(onnxattn_model(False), providers=cpu, use_library=False)
         runs["function"] = lambda: function.run(None, {"q": q, "k": k, "v": v})
+    if sinks:
+        ours_sinks = make_session(onnxattn_model(False, sinks=True), providers=cpu)
+        theirs_sinks = make_session(ort_gqa_model(sinks=True), providers=cpu, use_library=False)
+        ours_feeds, ort_sink_feeds = {"q": q, "k": k, "v": v, "sinks": SINKS}, dict(ort_feeds, sinks=SINKS)
+        err = float(np.max(np.abs(ours_sinks.run(None, ours_feeds)[0] - theirs_sinks.run(["y"], ort_sink_feeds)[0])))
+        if err > 1e-3:
+            raise SystemExit(f"prefill with sinks: onnxattn and onnxruntime disagree (max error {err:.2e})")
+        runs["onnxattn+sinks"] = lambda: ours_sinks.run(None, ours_feeds)
+        runs["ort_gqa+sinks"] = lambda: theirs_sinks.run(["y"], ort_sink_feeds)
     flops = 4 * HQ * s * s * D / 2
     rows = []
     for impl, seconds in cpu_timing.median_rounds(runs, repeat, settle, burst).items():
@@ -115,24 +136,27 @@ def bench_prefill(s: int, repeat: int, with_function: bool, settle: float = cpu_
 
 
 def bench_decode(past: int, capacity: int, repeat: int, settle: float = cpu_timing.SETTLE,
-                 burst: float = cpu_timing.BURST) -> list[dict]:
+                 burst: float = cpu_timing.BURST, sinks: bool = False) -> list[dict]:
     rng = np.random.default_rng(1)
     cpu = ["CPUExecutionProvider"]
     q = rng.standard_normal((1, 1, HQ * D), np.float32)
     k = rng.standard_normal((1, 1, HKV * D), np.float32)
     v = rng.standard_normal((1, 1, HKV * D), np.float32)
     runs, bindings = {}, {}
-    for impl in ("onnxattn", "ort_gqa"):
+    for impl in ("onnxattn", "ort_gqa") + (("onnxattn+sinks", "ort_gqa+sinks") if sinks else ()):
+        with_sinks = impl.endswith("+sinks")
         key_buffer = ort.OrtValue.ortvalue_from_numpy(rng.standard_normal((1, HKV, capacity, D), np.float32))
         value_buffer = ort.OrtValue.ortvalue_from_numpy(rng.standard_normal((1, HKV, capacity, D), np.float32))
-        if impl == "onnxattn":
-            session = make_session(onnxattn_model(True), providers=cpu)
+        if impl.startswith("onnxattn"):
+            session = make_session(onnxattn_model(True, with_sinks), providers=cpu)
             extra = {"past_lengths": np.array([past], np.int64)}
         else:
-            session = make_session(ort_gqa_model(), providers=cpu, use_library=False)
+            session = make_session(ort_gqa_model(with_sinks), providers=cpu, use_library=False)
             cos, sin = rope_caches(capacity)
             extra = {"seqlens_k": np.array([past], np.int32), "total_len": np.array(past + 1, np.int32),
                      "cos_cache": cos, "sin_cache": sin}
+        if with_sinks:
+            extra["sinks"] = SINKS
         binding = session.io_binding()
         for name, value in {"q": q, "k": k, "v": v, **extra}.items():
             binding.bind_cpu_input(name, value)
@@ -161,14 +185,16 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=10, help="rounds of bursts (prefill: max(3, repeat // 2))")
     cpu_timing.add_arguments(parser)
     parser.add_argument("--no-function", action="store_true", help="skip the inlined reference function")
+    parser.add_argument("--sinks", action="store_true", help="also time both ops with attention sinks")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
 
     load_before = cpu_timing.load_average()  # other work on the machine: recorded with the rows
-    rows = bench_prefill(args.prefill, max(3, args.repeat // 2), not args.no_function, args.settle, args.burst)
+    rows = bench_prefill(args.prefill, max(3, args.repeat // 2), not args.no_function, args.settle, args.burst,
+                         args.sinks)
     for past in args.past:
         for capacity in (past + 64, max(args.capacity, past + 64)):
-            rows += bench_decode(past, capacity, args.repeat, args.settle, args.burst)
+            rows += bench_decode(past, capacity, args.repeat, args.settle, args.burst, args.sinks)
     load = [load_before, cpu_timing.load_average()]
 
     print(f"\nGroupQueryAttention, fp32, B=1, Hq={HQ}, Hkv={HKV}, D={D}, RoPE, {ort.get_device()} onnxruntime "
@@ -177,14 +203,14 @@ def main() -> None:
     print(f"prefill S={args.prefill}:")
     for impl, r in prefill.items():
         ratio = r["ms"] / prefill["onnxattn"]["ms"]
-        print(f"  {impl:<10} {r['ms']:9.2f} ms {r['gflops']:8.1f} GFLOP/s   onnxattn is {ratio:.2f}x faster")
+        print(f"  {impl:<14} {r['ms']:9.2f} ms {r['gflops']:8.1f} GFLOP/s   onnxattn is {ratio:.2f}x faster")
     print("decode S=1, shared buffer updated in place (I/O binding):")
-    print(f"  {'impl':<10} {'P':>6} {'M':>6} {'ms':>8} {'GB/s':>7}  in place")
+    print(f"  {'impl':<14} {'P':>6} {'M':>6} {'ms':>8} {'GB/s':>7}  in place")
     for r in rows:
         if r["phase"] == "decode":
-            print(f"  {r['impl']:<10} {r['P']:>6} {r['M']:>6} {r['ms']:8.2f} {r['gbps']:7.1f}  {r['in_place']}")
+            print(f"  {r['impl']:<14} {r['P']:>6} {r['M']:>6} {r['ms']:8.2f} {r['gbps']:7.1f}  {r['in_place']}")
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / "gqa_cpu.json"
+    path = args.out / ("gqa_cpu_sinks.json" if args.sinks else "gqa_cpu.json")
     from bench_sdpa_cpu import machine  # same machine description as the SDPA benchmark
 
     timing = {"repeat": args.repeat, "settle": args.settle, "burst": args.burst}

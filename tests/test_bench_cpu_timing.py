@@ -88,6 +88,20 @@ TINY = {
 }
 
 
+def test_gqa_benchmark_with_sinks_times_both_ops_with_sinks(tmp_path, monkeypatch):
+    """--sinks: our sinks input and onnxruntime's head_sink in the same rounds (after a check that they agree),
+    written to gqa_cpu_sinks.json."""
+    module = load_script("benchmarks/bench_gqa_cpu.py", "bench_gqa_cpu")
+    monkeypatch.setattr(sys, "argv", ["bench_gqa_cpu", *TINY["bench_gqa_cpu"], "--sinks", "--no-function", "--settle",
+                                      "0", "--burst", "0.001", "--out", str(tmp_path)])
+    module.main()
+    rows = json.loads((tmp_path / "gqa_cpu_sinks.json").read_text())["rows"]
+    impls = {"onnxattn", "ort_gqa", "onnxattn+sinks", "ort_gqa+sinks"}
+    assert {r["impl"] for r in rows if r["phase"] == "prefill"} == impls
+    assert {r["impl"] for r in rows if r["phase"] == "decode"} == impls
+    assert not (tmp_path / "gqa_cpu.json").exists()
+
+
 @pytest.mark.parametrize("name", sorted(TINY))
 def test_cpu_benchmark_runs_end_to_end(name, tmp_path, monkeypatch, capsys):
     module = load_script(f"benchmarks/{name}.py", name)
