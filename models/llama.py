@@ -8,14 +8,14 @@ logits), OLMo 2's RMSNorm over the whole Q / K projections and its post-norm blo
 without bias) and ungated MLP, and the parallel blocks of GPT-NeoX / GPT-J / Phi / Cohere (attention and MLP both
 read the block input; one shared norm or two), interleaved RoPE pairs (GPT-J, Cohere), a biased output
 projection, and GPT-OSS's attention sinks (a learned logit per query head in each softmax's denominator) and experts
-(router and expert biases, clamped SwiGLU: models.moe.ClampedSwiGLU)."""
+(router and expert biases, clamped SwiGLU: models.moe.ClampedSwiGLU). GptOssConfig ("gpt-oss" in the registry)
+sets those options for a tiny GPT-OSS."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
 
-import torch
 from torch import nn
 
 from onnxattn.models import register
@@ -136,9 +136,15 @@ class LlamaConfig:
     def is_moe(self, layer: int) -> bool:
         return self.num_experts > 0 and layer not in self.dense_layers
 
+    @property
+    def resolved_layer_types(self) -> tuple[str, ...]:
+        """layer_types, or the default for none: all sliding when sliding_window > 0, else all full."""
+        if self.layer_types is not None:
+            return self.layer_types
+        return ("sliding_attention" if self.sliding_window else "full_attention",) * self.num_layers
+
     def window(self, layer: int) -> int:
-        types = self.layer_types or ("sliding_attention" if self.sliding_window else "full_attention",) * self.num_layers
-        return self.sliding_window if types[layer] == "sliding_attention" else 0
+        return self.sliding_window if self.resolved_layer_types[layer] == "sliding_attention" else 0
 
 
 class PlainMLP(nn.Module):
@@ -254,3 +260,36 @@ class LlamaModel(CausalLM):
 @register("llama", LlamaConfig)
 def build_llama(cfg: LlamaConfig) -> LlamaModel:
     return init_weights(LlamaModel(cfg), cfg.seed)
+
+
+@dataclasses.dataclass(frozen=True)
+class GptOssConfig(LlamaConfig):
+    """GPT-OSS (gpt-oss-20b / 120b) as LlamaConfig options, tiny: attention sinks in every layer, Q/K/V and output
+    biases, head dim != hidden / heads, sliding-window layers alternating with full ones (sliding first, for any
+    num_layers; layer_types overrides), YaRN RoPE without truncation, and a mixture of experts in every layer (biased
+    router, biased experts, clamped SwiGLU). gpt-oss-20b: vocab 201088, hidden 2880, 24 layers, 64 / 8 heads of 64,
+    32 experts top-4 of width 2880, window 128."""
+
+    head_dim: int | None = 32
+    intermediate: int = 64  # each expert's width (GPT-OSS: hidden)
+    rope_theta: float = 150000.0
+    rope_scaling: RopeScaling | None = RopeScaling("yarn", 32.0, original_max_positions=4096, truncate=False)
+    qkv_bias: bool = True
+    o_bias: bool = True
+    sliding_window: int = 8  # on the "sliding_attention" layers (GPT-OSS: 128)
+    num_experts: int = 4
+    experts_per_token: int = 2
+    attention_sinks: bool = True  # init_weights draws them in [-0.5, 0.5): not zero
+    router_bias: bool = True
+    expert_bias: bool = True
+    # GPT-OSS clamps at 7, which the tiny model's gate / up values never reach; at 1 the clamps act
+    expert_glu: ClampedSwiGLU | None = ClampedSwiGLU(alpha=1.702, limit=1.0)
+
+    @property
+    def resolved_layer_types(self) -> tuple[str, ...]:
+        if self.layer_types is not None or not self.sliding_window:
+            return super().resolved_layer_types
+        return tuple(("sliding_attention", "full_attention")[i % 2] for i in range(self.num_layers))
+
+
+register("gpt-oss", GptOssConfig)(build_llama)  # the same model; build() matches the config's exact class

@@ -14,7 +14,7 @@ import numpy as np
 
 # The registered reference models (onnxattn.models.MODELS), named here so `--help` need not import torch;
 # tests/test_cli.py keeps the two equal.
-MODEL_NAMES = {"decoders": ("llama", "gemma3", "gpt2", "deepseek-v3", "nsa", "moba"),
+MODEL_NAMES = {"decoders": ("llama", "gemma3", "gpt2", "gpt-oss", "deepseek-v3", "nsa", "moba"),
                "others": ("bert", "modernbert", "tiny-decoder")}  # encoders, a decoder without a KV cache
 
 
@@ -210,7 +210,6 @@ def _prompt(args, vocab_size: int, tokenizer=None) -> np.ndarray:
 
 
 def cmd_generate(args) -> int:
-    from onnxattn import models
     from onnxattn.generate import generate, generate_torch
 
     sampling = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)

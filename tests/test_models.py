@@ -1,7 +1,7 @@
 """The reference models eagerly: registry and configs (clear errors for bad ones), deterministic weights,
 and the one forward's cache modes agreeing with each other (no cache, KVCache, concatenated pasts,
-shared buffers; token-by-token decode equals one prefill); GPT-2/BERT position tables bound the length;
-RoBERTa positions skip padding; ModernBERT's local layers see only their band.
+shared buffers; token-by-token decode equals one prefill); the GPT-OSS preset's options; GPT-2/BERT
+position tables bound the length; RoBERTa positions skip padding; ModernBERT's local layers see only their band.
 Everything float32; torch vs torch in a different order of the same math, so 2e-5 absolute."""
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ from onnxattn import models
 from onnxattn.models.bert import BertConfig
 from onnxattn.models.gemma3 import Gemma3Config
 from onnxattn.models.gpt2 import GPT2Config
-from onnxattn.models.llama import LlamaConfig, SwiGLU
+from onnxattn.models.llama import GptOssConfig, LlamaConfig, LlamaModel, SwiGLU
 from onnxattn.models.modernbert import ModernBertConfig
 from onnxattn.models.moe import ClampedSwiGLU, MixtureOfExperts
 from onnxattn.nn import KVCache
 
-DECODERS = ["llama", "gemma3", "gpt2"]
+DECODERS = ["llama", "gemma3", "gpt2", "gpt-oss"]
 ATOL = 2e-5
 
 
@@ -54,7 +54,8 @@ def test_cache_modes_agree(name):
     with torch.no_grad():
         full = model(ids)
         cache = KVCache()
-        eager = torch.cat([model(ids[:, :6], cache=cache)] + [model(ids[:, t:t + 1], cache=cache) for t in range(6, 11)], 1)
+        prefill = model(ids[:, :6], cache=cache)  # before the steps: they read its cache
+        eager = torch.cat([prefill] + [model(ids[:, t:t + 1], cache=cache) for t in range(6, 11)], 1)
         first, presents = model(ids[:, :7], model.empty_past(2))
         second, presents = model(ids[:, 7:], presents)
         buffers, lengths = model.empty_past(2, 16), torch.zeros(2, dtype=torch.int64)
@@ -221,8 +222,35 @@ def test_llama_gpt_oss_options():
         torch.testing.assert_close(torch.cat(steps, 1), model(ids), atol=ATOL, rtol=1e-5)
 
 
+def test_gpt_oss_preset():
+    """"gpt-oss" is LlamaModel with GptOssConfig's GPT-OSS options: sliding layers alternate with full ones for
+    any depth (sliding first), sinks (not zero), biases, head dim 32, untruncated YaRN, biased clamped experts in
+    every layer; layer_types overrides the alternation; the sinks change the logits."""
+    model = models.build("gpt-oss", num_layers=5)
+    assert type(model) is LlamaModel and type(model.config) is GptOssConfig
+    assert [layer.attn.window for layer in model.layers] == [8, 0, 8, 0, 8]
+    cfg = model.config
+    assert cfg.rope_scaling.kind == "yarn" and not cfg.rope_scaling.truncate
+    for layer in model.layers:
+        attn, moe = layer.attn, layer.mlp
+        assert attn.head_dim == 32 != 64 // 4 and attn.sinks.shape == (4,) and attn.sinks.abs().min() > 0
+        assert attn.q_proj.bias is not None and attn.o_proj.bias is not None
+        assert isinstance(moe, MixtureOfExperts) and moe.num_experts == 4 and moe.top_k == 2
+        assert moe.router_bias is not None and moe.down_proj_bias is not None and moe.glu == cfg.expert_glu
+    assert [layer.attn.window for layer in models.build(
+        cfg, num_layers=2, layer_types=("full_attention", "sliding_attention")).layers] == [0, 8]
+    assert [layer.attn.window for layer in models.build("gpt-oss", sliding_window=0).layers] == [0, 0]
+    model = models.build("gpt-oss")
+    ids = _ids()
+    with torch.no_grad():
+        logits = model(ids)
+        for layer in model.layers:
+            layer.attn.sinks.fill_(-1e4)  # exp(-1e4) = 0: no sinks
+        assert not torch.allclose(model(ids), logits, atol=1e-2)
+
+
 def test_unknown_names_and_options():
-    available = "available: bert, .*gemma3, gpt2, llama, moba, modernbert, nsa"
+    available = "available: bert, .*gemma3, gpt-oss, gpt2, llama, moba, modernbert, nsa"
     with pytest.raises(KeyError, match=f"unknown model 'llama4'; {available}"):
         models.build("llama4")
     with pytest.raises(ValueError, match="LlamaConfig: unknown option.*hiden"):

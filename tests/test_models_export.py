@@ -19,7 +19,7 @@ from onnxattn import models
 from onnxattn.export import export_model
 from onnxattn.generate import GenerationResult, Sampler, generate, generate_torch
 
-DECODERS = ["llama", "gemma3", "gpt2"]
+DECODERS = ["llama", "gemma3", "gpt2", "gpt-oss"]
 NEW = 16
 
 
@@ -56,8 +56,8 @@ def test_export_graph_and_validation(exported, name):
     assert dims(proto.graph.input[1])[0::2] == ["batch", "past_sequence"]
     attn = [n for n in proto.graph.node if n.domain == "onnxattn"]
     assert [n.op_type for n in attn] == ["GroupQueryAttention"] * layers
-    overload = "past+qnorm+knorm+present" if name == "gemma3" else "past+present"
-    assert {n.overload for n in attn} == {overload} and len(proto.functions) == 1
+    overloads = {"gemma3": "past+qnorm+knorm+present", "gpt-oss": "past+inv_freq+sinks+present"}  # YaRN: inv_freq
+    assert {n.overload for n in attn} == {overloads.get(name, "past+present")} and len(proto.functions) == 1
     meta = {p.key: p.value for p in proto.metadata_props}
     assert meta["onnxattn.kind"] == "decoder" and meta["onnxattn.cache"] == "concat"
 
@@ -117,12 +117,13 @@ def test_sampler_filters():
         Sampler(1.0, top_p=0.0)
 
 
-@pytest.mark.parametrize("name", ["llama", "gpt2"])
+@pytest.mark.parametrize("name", ["llama", "gpt2", "gpt-oss"])
 def test_shared_buffer_graph_generates_in_place(exported, name):
     result = exported(name, cache="shared", logits="last")
     proto = onnx.load(result.path)
     assert [i.name for i in proto.graph.input][-1] == "past_lengths"
-    assert {n.overload for n in proto.graph.node if n.domain == "onnxattn"} == {"past+shared+present"}
+    overload = "past+shared+inv_freq+sinks+present" if name == "gpt-oss" else "past+shared+present"
+    assert {n.overload for n in proto.graph.node if n.domain == "onnxattn"} == {overload}
     ids = _prompt(2, 9, seed=2)
     want = generate_torch(result.model, ids, NEW)
     for use_library in (True, False):  # the kernel updates the bound buffers in place; the function copies
@@ -130,9 +131,9 @@ def test_shared_buffer_graph_generates_in_place(exported, name):
                                       want.tokens)
 
 
-@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
-def test_low_precision_exports(exported, dtype):
-    result = exported("llama", dtype=dtype)
+@pytest.mark.parametrize("name, dtype", [("llama", "float16"), ("llama", "bfloat16"), ("gpt-oss", "float16")])
+def test_low_precision_exports(exported, name, dtype):
+    result = exported(name, dtype=dtype)
     assert result.report.ok, str(result.report)  # includes kernel vs function per node in this dtype
     proto = onnx.load(result.path)
     want = {"float16": onnx.TensorProto.FLOAT16, "bfloat16": onnx.TensorProto.BFLOAT16}[dtype]
@@ -144,7 +145,7 @@ def test_low_precision_exports(exported, dtype):
         return
     ids = _prompt(2, 6, seed=3)
     with torch.no_grad():
-        want_logits = models.build("llama")(torch.from_numpy(ids)).numpy()
+        want_logits = models.build(name)(torch.from_numpy(ids)).numpy()
     for use_library in (True, False):
         sess = session(result.path, use_library)
         feeds = {"input_ids": ids, **{k: v.astype(np.float16) for k, v in empty_past(sess, 2).items()}}

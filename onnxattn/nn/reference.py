@@ -350,7 +350,7 @@ def paged_reference(
     outputs = []
     for b in range(len(lengths)):
         start, end, total = cu[b], cu[b + 1], lengths[b]
-        new, past = end - start, total - (end - start)
+        past = total - (end - start)
         blocks = block_table[b, : (total + block_size - 1) // block_size].to(torch.int64)
         # the sequence's cache as [1, Hkv, P, .] (positions < past), then one GroupQueryAttention step
         past_k = key_cache[blocks].flatten(0, 1)[:past].permute(1, 0, 2)[None]
