@@ -21,7 +21,8 @@ def _vi(name, elem, shape):
 
 
 def ours(sinks: bool):
-    inputs = ["q", "k", "v", "past_key", "past_value", "past_lengths"] + (["", "", "", "", "", "sinks"] if sinks else [])
+    inputs = ["q", "k", "v", "past_key", "past_value", "past_lengths"]
+    inputs += ["", "", "", "", "", "sinks"] if sinks else []  # sinks is input 11
     node = helper.make_node("GroupQueryAttention", inputs, ["y", "present_key", "present_value"], domain=ops.DOMAIN,
                             num_heads=HQ, kv_num_heads=HKV, rope=1, rope_base=BASE)
     graph_inputs = [_vi("q", F32, [1, "S", HQ * D]), _vi("k", F32, [1, "S", HKV * D]), _vi("v", F32, [1, "S", HKV * D]),
