@@ -69,11 +69,13 @@ def init_weights(model: nn.Module, seed: int) -> nn.Module:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if p.dim() >= 2:  # embeddings too: with tied output embeddings, larger ones lock greedy decoding
-                p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(p.shape[-1]))  # onto one token
+            owner = name.rsplit(".", 2)[-2] if name.count(".") else ""
+            # matrices and embeddings (with tied output embeddings, larger ones lock greedy decoding onto one token)
+            if p.dim() >= 2 and "norm" not in owner:
+                p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(p.shape[-1]))
             elif name.endswith("bias"):
                 p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-            else:  # norm weights; zero-centred ones (Gemma) get small offsets
+            else:  # norm weights (per-head ones [heads, head_dim] too); zero-centred ones (Gemma) get small offsets
                 neutral = 0.0 if torch.all(p == 0) else 1.0
                 p.copy_(neutral + (torch.rand(p.shape, generator=g) - 0.5))
     return model.eval()
@@ -134,7 +136,8 @@ class CausalLM(nn.Module):
         """(Hkv, D of keys, D of values) per layer: the cache layout [B, Hkv, P, D]."""
         return [(a.num_kv_heads, a.head_dim, a.head_dim) for a in self.attention_layers()]
 
-    def empty_past(self, batch: int, length: int = 0, dtype=None, device=None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def empty_past(self, batch: int, length: int = 0, dtype=None,
+                   device=None) -> list[tuple[torch.Tensor, torch.Tensor]]:
         dtype = dtype or next(self.parameters()).dtype
         return [(torch.zeros(batch, h, length, dk, dtype=dtype, device=device),
                  torch.zeros(batch, h, length, dv, dtype=dtype, device=device)) for h, dk, dv in self.kv_shapes()]

@@ -7,7 +7,8 @@ embeddings scaled by sqrt(hidden), tied output embedding.
 Soft-capping: attention logits through the op's `softcap` attribute, final logits in torch
 (cap * tanh(logits / cap)). Gemma 2 used 50 / 30; Gemma 3 checkpoints use neither (0 here turns them
 off); the tiny default keeps them on so both paths are exercised. Gemma 2 is this model with qk_norm=False
-and one RoPE base for both layer kinds."""
+and one RoPE base for both layer kinds; Gemma 1 has neither soft-cap, only global layers and plain pre-norm blocks
+(post_norms=False: no norm on the attention and MLP outputs)."""
 
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ class Gemma3Config:
     final_logit_softcap: float = 30.0
     rms_norm_eps: float = 1e-6
     activation: str = "gelu_tanh"
+    post_norms: bool = True  # False: Gemma 1's pre-norm blocks (input_norm, pre_mlp_norm; no post_attn / post_mlp)
     seed: int = 0
 
     def __post_init__(self):
@@ -69,17 +71,26 @@ class Gemma3Block(nn.Module):
         sliding = cfg.is_sliding(layer_idx)
         rope = Rope(cfg.rope_local_theta) if sliding else Rope(cfg.rope_global_theta, scaling=cfg.rope_global_scaling)
         norm = lambda dim: RMSNorm(dim, cfg.rms_norm_eps, unit_offset=True)  # noqa: E731
-        self.input_norm, self.post_attn_norm = norm(cfg.hidden), norm(cfg.hidden)
-        self.pre_mlp_norm, self.post_mlp_norm = norm(cfg.hidden), norm(cfg.hidden)
+        self.post_norms = cfg.post_norms  # registered in this order, which init_weights' draws follow
+        self.input_norm = norm(cfg.hidden)
+        if cfg.post_norms:
+            self.post_attn_norm = norm(cfg.hidden)
+        self.pre_mlp_norm = norm(cfg.hidden)
+        if cfg.post_norms:
+            self.post_mlp_norm = norm(cfg.hidden)
         scalar = cfg.query_pre_attn_scalar or cfg.head_dim
         self.attn = GroupedQueryAttention(
-            cfg.hidden, cfg.num_heads, cfg.num_kv_heads, head_dim=cfg.head_dim, window=cfg.sliding_window if sliding else 0,
+            cfg.hidden, cfg.num_heads, cfg.num_kv_heads, head_dim=cfg.head_dim,
+            window=cfg.sliding_window if sliding else 0,
             softcap=cfg.attn_logit_softcap, scale=scalar ** -0.5, rope=rope, qk_norm=cfg.qk_norm,
             qk_norm_eps=cfg.rms_norm_eps, layer_idx=layer_idx)
         self.mlp = SwiGLU(cfg.hidden, cfg.intermediate, False, cfg.activation)
 
     def forward(self, x, **kv):
         h, present = self.attn(self.input_norm(x), return_present=True, **kv)
+        if not self.post_norms:  # Gemma 1
+            x = x + h
+            return x + self.mlp(self.pre_mlp_norm(x)), present
         x = x + self.post_attn_norm(h)
         return x + self.post_mlp_norm(self.mlp(self.pre_mlp_norm(x))), present
 

@@ -4,11 +4,12 @@ rotary: rotary_dim), scaled RoPE (linear, Llama 3, YaRN, LongRoPE), tied embeddi
 (layer_types), and a mixture of experts in place of the MLP (Mixtral, Qwen3-MoE: num_experts > 0, see
 models.moe; dense_layers keep the MLP; Qwen2-MoE adds a gated shared expert). Further options, all off by default:
 layers without RoPE (SmolLM3's NoPE layers), Granite's multipliers (embeddings, residual branches, attention scale,
-logits), OLMo 2's RMSNorm over the whole Q / K projections and its post-norm blocks, Starcoder2's LayerNorm (Cohere's
-without bias) and ungated MLP, and the parallel blocks of GPT-NeoX / GPT-J / Phi / Cohere (attention and MLP both
-read the block input; one shared norm or two), interleaved RoPE pairs (GPT-J, Cohere), a biased output
-projection, and GPT-OSS's attention sinks (a learned logit per query head in each softmax's denominator) and experts
-(router and expert biases, clamped SwiGLU: models.moe.ClampedSwiGLU). GptOssConfig ("gpt-oss" in the registry)
+logits), OLMo 2's RMSNorm over the whole Q / K projections and its post-norm blocks, a LayerNorm over each head
+of Q / K (Cohere's use_qk_norm, Phi's qk_layernorm), Starcoder2's LayerNorm (Cohere's without bias) and ungated
+MLP, and the parallel blocks of GPT-NeoX / GPT-J / Phi / Cohere (attention and MLP both read the block input; one
+shared norm or two), interleaved RoPE pairs (GPT-J, Cohere), a biased output projection, and GPT-OSS's attention
+sinks (a learned logit per query head in each softmax's denominator) and experts (router and expert biases, clamped
+SwiGLU: models.moe.ClampedSwiGLU). GptOssConfig ("gpt-oss" in the registry)
 sets those options for a tiny GPT-OSS."""
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import torch
 from torch import nn
 
 from onnxattn.models import register
@@ -26,6 +28,7 @@ from onnxattn.nn import GroupedQueryAttention, Rope, RopeScaling
 
 LAYER_TYPES = ("full_attention", "sliding_attention")
 NORMS = ("rms", "layer", "layer_no_bias")
+QK_LAYER_NORMS = ("shared", "per_head")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +69,9 @@ class LlamaConfig:
     # OLMo 2
     qk_proj_norm: bool = False  # RMSNorm over the whole q_proj / k_proj outputs (all heads at once), before RoPE
     post_norm: bool = False  # norm the attention / MLP outputs inside the residual instead of their inputs
+    # Phi (qk_layernorm), Cohere (use_qk_norm): a LayerNorm over each head of q_proj / k_proj, before RoPE. "shared":
+    # one weight and bias [head_dim] for all heads (Phi); "per_head": a weight per head [heads, head_dim], no bias
+    qk_layer_norm: str | None = None
     # Starcoder2
     norm: str = "rms"  # or "layer": LayerNorm with bias; "layer_no_bias": without (Cohere)
     gated_mlp: bool = True  # False: the dense MLP is c_proj(act(c_fc(x)))
@@ -122,6 +128,11 @@ class LlamaConfig:
         if self.shared_block_norm and not self.parallel_residual:
             raise ValueError(f"{name}: shared_block_norm needs parallel_residual (a sequential block's MLP reads "
                              f"the attention's output, which needs its own norm)")
+        if self.qk_layer_norm is not None and self.qk_layer_norm not in QK_LAYER_NORMS:
+            raise ValueError(f"{name}: qk_layer_norm must be None or one of {', '.join(QK_LAYER_NORMS)}, "
+                             f"got {self.qk_layer_norm!r}")
+        if self.qk_layer_norm and self.qk_proj_norm:
+            raise ValueError(f"{name}: qk_layer_norm and qk_proj_norm cannot be combined")
         if self.parallel_residual and self.post_norm:
             raise ValueError(f"{name}: parallel_residual and post_norm cannot be combined")
 
@@ -174,6 +185,39 @@ class ProjNormAttention(GroupedQueryAttention):
         return self.q_proj_norm(q), self.k_proj_norm(k), v
 
 
+class HeadLayerNorm(nn.Module):
+    """LayerNorm (mean-centred) over each head's channels of a projection's output [..., heads * head_dim], in
+    float32: `per_head` scales by a weight per head [heads, head_dim] without bias (Cohere's q_norm / k_norm), else
+    by one weight and bias [head_dim] shared by the heads (Phi's q_layernorm / k_layernorm, an nn.LayerNorm)."""
+
+    def __init__(self, heads: int, head_dim: int, eps: float, *, per_head: bool):
+        super().__init__()
+        self.heads, self.head_dim, self.eps = heads, head_dim, eps
+        self.weight = nn.Parameter(torch.ones((heads, head_dim) if per_head else (head_dim,)))
+        self.bias = None if per_head else nn.Parameter(torch.zeros(head_dim))
+
+    def forward(self, x):
+        h = x.unflatten(-1, (self.heads, self.head_dim)).to(torch.float32)
+        h = nn.functional.layer_norm(h, (self.head_dim,), eps=self.eps) * self.weight.to(torch.float32)
+        if self.bias is not None:
+            h = h + self.bias.to(torch.float32)
+        return h.flatten(-2).to(x.dtype)
+
+
+class HeadNormAttention(GroupedQueryAttention):
+    """Cohere's / Phi's attention with QK-norm: a LayerNorm over each head of q and k (mean-centred, while the op's
+    QK-norm is an RMSNorm), so it runs in torch before the GroupQueryAttention node, which then applies RoPE."""
+
+    def __init__(self, *args, norm_eps: float, per_head: bool, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.q_head_norm = HeadLayerNorm(self.num_query_heads, self.head_dim, norm_eps, per_head=per_head)
+        self.k_head_norm = HeadLayerNorm(self.num_kv_heads, self.head_dim, norm_eps, per_head=per_head)
+
+    def project(self, x):
+        q, k, v = super().project(x)
+        return self.q_head_norm(q), self.k_head_norm(k), v
+
+
 def make_norm(cfg: LlamaConfig) -> nn.Module:
     eps = cfg.rms_norm_eps
     if cfg.norm == "rms":
@@ -196,8 +240,12 @@ class LlamaBlock(nn.Module):
         rope = None if layer_idx in cfg.nope_layers else Rope(cfg.rope_theta, rotary_dim=cfg.rotary_dim,
                                                               interleaved=cfg.rope_interleaved,
                                                               scaling=cfg.rope_scaling)
-        attention, extra = (ProjNormAttention, dict(norm_eps=cfg.rms_norm_eps)) if cfg.qk_proj_norm else \
-            (GroupedQueryAttention, {})
+        attention, extra = GroupedQueryAttention, {}
+        if cfg.qk_proj_norm:
+            attention, extra = ProjNormAttention, dict(norm_eps=cfg.rms_norm_eps)
+        elif cfg.qk_layer_norm:
+            attention, extra = HeadNormAttention, dict(norm_eps=cfg.rms_norm_eps,
+                                                       per_head=cfg.qk_layer_norm == "per_head")
         self.attn = attention(
             cfg.hidden, cfg.num_heads, cfg.num_kv_heads, head_dim=cfg.resolved_head_dim, bias=cfg.qkv_bias,
             out_bias=cfg.o_bias, window=cfg.window(layer_idx), scale=cfg.attention_scale, rope=rope,

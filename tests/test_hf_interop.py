@@ -12,7 +12,9 @@ OLMo 2 (whole-projection QK-norm, post-norm), Starcoder2 (LayerNorm, ungated MLP
 node inputs, biased router and experts with interleaved gate / up and a clamped SwiGLU) map onto our Llama, their
 nodes carrying the per-layer RoPE, windows and scale; so do the parallel-residual decoders GPT-NeoX (per-head fused
 QKV, partial rotary, both residual modes), GPT-J (one norm per block, interleaved partial RoPE), Phi and Cohere
-(bias-free LayerNorm, interleaved RoPE, logit_scale); the encoders (BERT, RoBERTa / XLM-RoBERTa with positions
+(bias-free LayerNorm, interleaved RoPE, logit_scale), Phi's qk_layernorm and Cohere's use_qk_norm (a LayerNorm per
+head of q / k in standard ops before the node), Cohere 2 (sliding RoPE layers, full NoPE layers); Gemma 1 maps onto
+our Gemma without post-norms; the encoders (BERT, RoBERTa / XLM-RoBERTa with positions
 from the pad token, ModernBERT with its local band) match transformers' hidden states on real tokens under a
 key-padding mask; unsupported architectures and settings get a message listing the supported ones."""
 
@@ -54,6 +56,10 @@ CASES = {
     "mistral": lambda: T.MistralForCausalLM(T.MistralConfig(**SMALL, sliding_window=6)),  # window < prompt
     "qwen2": lambda: T.Qwen2ForCausalLM(T.Qwen2Config(**SMALL)),  # Q/K/V biases
     "qwen3": lambda: T.Qwen3ForCausalLM(T.Qwen3Config(**SMALL, head_dim=32)),  # QK-norm
+    # pre-norm blocks (post_attention_layernorm norms the MLP input), all layers global, head_dim 32 != 64 / 4, scaled
+    # RoPE, tanh-GELU GeGLU, embeddings times sqrt(hidden), tied output embedding
+    "gemma": lambda: T.GemmaForCausalLM(T.GemmaConfig(**SMALL, **NO_TOKENS, head_dim=32, rope_parameters={
+        "rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0})),
     "gemma3": lambda: T.Gemma3ForCausalLM(T.Gemma3TextConfig(
         **SMALL, head_dim=32, sliding_window=6, sliding_window_pattern=2, final_logit_softcapping=30.0,
         rope_scaling={"rope_type": "linear", "factor": 8.0})),
@@ -97,15 +103,26 @@ CASES = {
                                                    n_inner=128, rotary_dim=8, **NO_TOKENS)),
     # phi-2's partial_rotary_factor 0.4 (6 of 16 channels), GQA, one LayerNorm per block, biased lm_head
     "phi": lambda: T.PhiForCausalLM(T.PhiConfig(**SMALL, **NO_TOKENS, partial_rotary_factor=0.4)),
+    # qk_layernorm: one LayerNorm (weight and bias) over each head of q / k, shared by the heads
+    "phi_qk_layernorm": lambda: T.PhiForCausalLM(T.PhiConfig(**SMALL, **NO_TOKENS, partial_rotary_factor=0.4,
+                                                             qk_layernorm=True)),
     # Command-R: parallel blocks, one bias-free LayerNorm, interleaved RoPE on the whole head, logits x 0.3
     "cohere": lambda: T.CohereForCausalLM(T.CohereConfig(**SMALL, **NO_TOKENS, logit_scale=0.3)),
+    # Command R+: use_qk_norm, a mean-centred LayerNorm per head of q / k with a weight per head (GQA: 4 and 2)
+    "cohere_qk_norm": lambda: T.CohereForCausalLM(T.CohereConfig(**SMALL, **NO_TOKENS, logit_scale=0.3,
+                                                                 use_qk_norm=True)),
+    # Command R7B: sliding layers with interleaved RoPE and a window < prompt, full layers without RoPE (layer 1)
+    "cohere2": lambda: T.Cohere2ForCausalLM(T.Cohere2Config(**SMALL, **NO_TOKENS, logit_scale=0.3, sliding_window=6,
+                                                            sliding_window_pattern=2)),
     "gpt_oss": lambda: T.GptOssForCausalLM(T.GptOssConfig(**GPT_OSS)),
 }
 # attributes the GroupQueryAttention nodes must carry, layer by layer
 NODE_ATTRS = {"smollm3": dict(rope=[1, 0], window=[0, 6]), "granite": dict(scale=[0.05, 0.05]),
               "starcoder2": dict(window=[6, 6]), "gpt_neox": dict(rotary_dim=[4, 4], rope_interleaved=[0, 0]),
               "gpt_neox_sequential": dict(rotary_dim=[4, 4]), "gptj": dict(rotary_dim=[8, 8], rope_interleaved=[1, 1]),
-              "phi": dict(rotary_dim=[6, 6], rope_interleaved=[0, 0]), "cohere": dict(rope_interleaved=[1, 1]),
+              "phi": dict(rotary_dim=[6, 6], rope_interleaved=[0, 0]), "phi_qk_layernorm": dict(rotary_dim=[6, 6]),
+              "cohere": dict(rope_interleaved=[1, 1]),
+              "cohere2": dict(rope=[1, 0], window=[6, 0], rope_interleaved=[1, 0]),
               "gpt_oss": dict(window=[6, 0])}
 
 
@@ -114,7 +131,7 @@ def randomize(model, seed=0):
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if p.dim() >= 2:
+            if p.dim() >= 2 and not name.endswith("norm.weight"):  # Cohere's QK-norm weights are [heads, head_dim]
                 p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(p.shape[-1]))
             elif name.endswith("bias"):
                 p.copy_(torch.randn(p.shape, generator=g) * 0.1)
@@ -407,24 +424,26 @@ _PARALLEL_RESIDUAL_REFUSALS = ([
      "GPT-J with rotary_dim 32 rotates 32 channels of a 16-wide head"),
     (lambda: T.GPTJForCausalLM(T.GPTJConfig(**ONE_GPTJ, rotary_dim=7)),
      "GPTJConfig does not map onto ours: LlamaConfig: rotary_dim must be even"),
-    (lambda: T.PhiForCausalLM(T.PhiConfig(**ONE_LAYER, **NO_TOKENS, qk_layernorm=True)),
-     "Phi with qk_layernorm is not supported"),
     (lambda: T.PhiForCausalLM(T.PhiConfig(**ONE_LAYER, **NO_TOKENS, partial_rotary_factor=0.3125)),
      "phi with partial_rotary_factor 0.3125 rotates 5 of 16 channels"),
     (lambda: T.PhiForCausalLM(T.PhiConfig(**ONE_LAYER, **NO_TOKENS, max_position_embeddings=64, rope_parameters={
         "rope_type": "longrope", "rope_theta": 10000.0, "partial_rotary_factor": 0.5, "short_factor": [1.0] * 4,
         "long_factor": [2.0] * 4, "original_max_position_embeddings": 16})),
      "LongRoPE .* is supported for the Llama-like architectures"),
-    # mean-centred, a weight per head: not the op's RMS QK-norm
-    (lambda: T.CohereForCausalLM(T.CohereConfig(**ONE_LAYER, **NO_TOKENS, use_qk_norm=True)),
-     "Cohere with use_qk_norm is not supported"),
     (lambda: T.CohereForCausalLM(T.CohereConfig(**ONE_LAYER, **NO_TOKENS, logit_scale=0.0)),
      "Cohere with logit_scale 0.0 is not supported"),
     (lambda: T.CohereForCausalLM(T.CohereConfig(**ONE_LAYER, **NO_TOKENS, rope_parameters={
         "rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0})), "RoPE type 'dynamic' is not supported"),
+    # transformers' sliding mask raises without a window, even when no layer is sliding
+    (lambda: T.Cohere2ForCausalLM(T.Cohere2Config(**ONE_LAYER, **NO_TOKENS, sliding_window=None)),
+     "Cohere 2 with sliding_window None is not supported"),
+    (lambda: T.Cohere2ForCausalLM(T.Cohere2Config(**ONE_LAYER, **NO_TOKENS, logit_scale=0.0)),
+     "Cohere 2 with logit_scale 0.0 is not supported"),
+    (lambda: T.Cohere2Model(T.Cohere2Config(**ONE_LAYER, **NO_TOKENS)),
+     "pass a Cohere2ForCausalLM for cohere2, got Cohere2Model"),
 ], ["gpt_neox-dynamic-rope", "gpt_neox-odd-rotary-dim", "gpt_neox-base-model", "gptj-rotary-dim-over-head",
-        "gptj-odd-rotary-dim", "phi-qk-layernorm", "phi-odd-rotary-dim", "phi-longrope", "cohere-qk-norm",
-        "cohere-logit-scale-0", "cohere-dynamic-rope"])
+        "gptj-odd-rotary-dim", "phi-odd-rotary-dim", "phi-longrope", "cohere-logit-scale-0", "cohere-dynamic-rope",
+        "cohere2-no-window", "cohere2-logit-scale-0", "cohere2-base-model"])
 
 
 def test_bert_matches_transformers(tmp_path):
@@ -546,8 +565,27 @@ _GPT_OSS_REFUSALS = ([
         "gpt_oss-base-model"])
 
 
+def gemma1(**setting):
+    # randomized: an untied lm_head then differs from the embedding
+    return randomize(T.GemmaForCausalLM(T.GemmaConfig(**ONE_LAYER, **NO_TOKENS, head_dim=32, **setting)))
+
+
+_GEMMA_REFUSALS = ([
+    (lambda: gemma1(attention_bias=True), "Gemma with attention_bias is not supported"),
+    (lambda: gemma1(tie_word_embeddings=False), "Gemma with an output embedding other than the input one"),
+    (lambda: gemma1(use_bidirectional_attention=True), "Gemma with use_bidirectional_attention .* is not supported"),
+    (lambda: gemma1(hidden_act="relu6"), "activation 'relu6' has no equivalent here"),
+    (lambda: gemma1(rope_parameters={"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0}),
+     "RoPE type 'dynamic' is not supported"),
+    (lambda: T.GemmaModel(T.GemmaConfig(**ONE_LAYER, **NO_TOKENS, head_dim=32)),
+     "pass a GemmaForCausalLM for gemma, got GemmaModel"),
+], ["gemma-attention-bias", "gemma-untied", "gemma-bidirectional", "gemma-relu6", "gemma-dynamic-rope",
+    "gemma-base-model"])
+
+
 REFUSALS = [pytest.param(*case, id=name) for cases, names in (
-    _PHI3_AND_MOE_REFUSALS, _LLAMA_VARIANT_REFUSALS, _PARALLEL_RESIDUAL_REFUSALS, _ENCODER_REFUSALS, _GPT_OSS_REFUSALS)
+    _PHI3_AND_MOE_REFUSALS, _LLAMA_VARIANT_REFUSALS, _PARALLEL_RESIDUAL_REFUSALS, _ENCODER_REFUSALS, _GPT_OSS_REFUSALS,
+    _GEMMA_REFUSALS)
     for case, name in zip(cases, names)]
 
 

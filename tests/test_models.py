@@ -79,6 +79,18 @@ def test_gemma3_layers_alternate_and_differ_from_hidden_over_heads():
     assert models.build("gemma3", sliding_window_pattern=6, num_layers=6).layers[5].attn.window == 0
 
 
+def test_gemma3_without_post_norms_is_gemma1_pre_norm():
+    """post_norms=False (Gemma 1): x + attn(input_norm(x)), then + mlp(pre_mlp_norm(x)), no post norms."""
+    model = models.build("gemma3", post_norms=False, layer_types=("full_attention",) * 2, attn_logit_softcap=0.0,
+                         final_logit_softcap=0.0)
+    block = model.layers[0]
+    assert not hasattr(block, "post_attn_norm") and not hasattr(block, "post_mlp_norm")
+    x = torch.randn(1, 5, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        h = x + block.attn(block.input_norm(x))
+        torch.testing.assert_close(block(x)[0], h + block.mlp(block.pre_mlp_norm(h)))
+
+
 def test_sliding_window_limits_what_a_token_sees():
     """A token beyond the window of every layer cannot change the last logits (Mistral-style, 1 layer)."""
     model = models.build("llama", num_layers=1, sliding_window=4)
@@ -164,6 +176,9 @@ def test_modernbert_layers_and_band():
     (lambda: LlamaConfig(num_experts=4, shared_expert_intermediate=-1), "shared_expert_intermediate must be >= 0"),
     (lambda: LlamaConfig(shared_block_norm=True), "shared_block_norm needs parallel_residual"),
     (lambda: LlamaConfig(parallel_residual=True, post_norm=True), "parallel_residual and post_norm cannot be combined"),
+    (lambda: LlamaConfig(qk_layer_norm="rms"), "qk_layer_norm must be None or one of shared, per_head, got 'rms'"),
+    (lambda: LlamaConfig(qk_layer_norm="shared", qk_proj_norm=True),
+     "qk_layer_norm and qk_proj_norm cannot be combined"),
     (lambda: ClampedSwiGLU(limit=-1.0), "ClampedSwiGLU: limit must be >= 0, got -1.0"),
     (lambda: ClampedSwiGLU(alpha=math.inf), "ClampedSwiGLU: alpha must be finite, got inf"),
 ])

@@ -10,9 +10,12 @@ GPT-OSS's attention sinks and alternating sliding / full layers). The parallel-r
 decoders map onto our Llama too, with LayerNorm, ungated MLPs and parallel blocks: GPT-NeoX / Pythia (two norms per
 block, or sequential blocks with use_parallel_residual=False; its fused query_key_value split per head, partial
 rotary), GPT-J (one norm per block, interleaved RoPE on rotary_dim channels, biased lm_head), Phi (phi-1 / 1.5 / 2:
-one norm per block, partial rotary, biased projections and lm_head; qk_layernorm refused) and Cohere / Command-R
-(one bias-free LayerNorm per block, gated MLP, interleaved RoPE, logits times logit_scale as a division by its
-inverse; use_qk_norm refused). RoBERTa / XLM-RoBERTa map onto our BERT (positions from the pad token id); ModernBERT
+one norm per block, partial rotary, biased projections and lm_head; qk_layernorm as a LayerNorm per head of q / k,
+shared by the heads, in torch before the node), Cohere / Command-R (one bias-free LayerNorm per block, gated MLP,
+interleaved RoPE, logits times logit_scale as a division by its inverse; use_qk_norm as a LayerNorm per head of
+q / k with a weight per head) and Cohere 2 / Command R7B (as Cohere, sliding-window layers with RoPE, full layers
+without). Gemma maps onto models.gemma3 without post-norms, soft-caps, QK-norm or sliding layers. RoBERTa /
+XLM-RoBERTa map onto our BERT (positions from the pad token id); ModernBERT
 onto models.modernbert. DeepSeek-V3 and DeepSeek-V2 / V2-Lite map onto models.deepseek (MLA with its latent cache,
 YaRN with mscale); V2's router scores by softmax, picks greedily
 or group-limited (a group scored by its best expert) and scales without renormalising.
@@ -25,7 +28,7 @@ ones; our layers pick the set with a torch.where that exports as Greater + Where
 its prepare_inputs_for_generation drops the cache when the sequence first reaches original_max_position_embeddings
 + 1 tokens and re-encodes it all with the long factors, which a KV-cached graph does not do, so our generation
 equals transformers' forward-by-forward decoding, not its generate(), across that boundary. Refused: LongRoPE on
-Gemma 2/3 and DeepSeek-V2/V3, and factor lists that are not one per rotated frequency (transformers broadcasts a
+Gemma 1/2/3 and DeepSeek-V2/V3, and factor lists that are not one per rotated frequency (transformers broadcasts a
 single factor).
 
 Nothing is downloaded: pass a model you built (e.g. ``LlamaForCausalLM(LlamaConfig(...))``) or loaded.
@@ -41,7 +44,7 @@ from torch import nn
 from onnxattn.models.hf._common import NOT_YET, SUPPORTED, UnsupportedModel, _unsupported, supported_message
 from onnxattn.models.hf.deepseek import _deepseek
 from onnxattn.models.hf.encoders import _bert, _modernbert
-from onnxattn.models.hf.gemma import _gemma2, _gemma3
+from onnxattn.models.hf.gemma import _gemma1, _gemma2, _gemma3
 from onnxattn.models.hf.gpt2 import _gpt2
 from onnxattn.models.hf.llama import _cohere, _gpt_neox, _gptj, _llama, _phi
 
@@ -50,7 +53,8 @@ __all__ = ["NOT_YET", "SUPPORTED", "UnsupportedModel", "from_transformers", "loa
 _CONVERTERS = {"llama": _llama, "mistral": _llama, "mixtral": _llama, "qwen2": _llama, "qwen3": _llama,
                "qwen3_moe": _llama, "qwen2_moe": _llama, "phi3": _llama, "smollm3": _llama, "granite": _llama,
                "olmo2": _llama, "starcoder2": _llama, "gpt_oss": _llama, "gpt_neox": _gpt_neox, "gptj": _gptj,
-               "phi": _phi, "cohere": _cohere, "gemma2": _gemma2, "gemma3_text": _gemma3, "gpt2": _gpt2,
+               "phi": _phi, "cohere": _cohere, "cohere2": _cohere,
+               "gemma": _gemma1, "gemma2": _gemma2, "gemma3_text": _gemma3, "gpt2": _gpt2,
                "bert": _bert, "roberta": _bert, "xlm-roberta": _bert, "modernbert": _modernbert,
                "deepseek_v2": _deepseek, "deepseek_v3": _deepseek}
 

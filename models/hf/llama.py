@@ -1,5 +1,5 @@
 """Llama-likes (Mistral, Qwen, Phi-3, SmolLM3, Granite, OLMo 2, Starcoder2, GPT-OSS, ...), GPT-NeoX, GPT-J, Phi,
-Cohere -> our Llama."""
+Cohere, Cohere 2 -> our Llama."""
 
 from __future__ import annotations
 
@@ -241,15 +241,15 @@ def _gptj(hf) -> LlamaModel:
 
 def _phi(hf) -> LlamaModel:
     c = hf.config
-    if c.qk_layernorm:  # a per-head LayerNorm with bias; the op's QK-norm is an RMSNorm
-        raise _unsupported("Phi with qk_layernorm is not supported")
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
     ours = _build_llama(c, _parallel_fields(
         c, hidden=c.hidden_size, heads=c.num_attention_heads, layers=c.num_hidden_layers,
         intermediate=c.intermediate_size, eps=c.layer_norm_eps, activation=c.hidden_act,
         num_kv_heads=c.num_key_value_heads or c.num_attention_heads, head_dim=head_dim,
         rope_theta=c.rope_parameters["rope_theta"], rope_scaling=_rope_scaling(c.rope_parameters),
-        rotary_dim=_rotary_dim(c, head_dim), qkv_bias=True, o_bias=True, shared_block_norm=True, lm_head_bias=True))
+        rotary_dim=_rotary_dim(c, head_dim), qkv_bias=True, o_bias=True, shared_block_norm=True, lm_head_bias=True,
+        # an nn.LayerNorm(head_dim) with bias, shared by the heads: in torch before the node (its QK-norm is RMS)
+        qk_layer_norm="shared" if c.qk_layernorm else None))
     src = hf.model
     with torch.no_grad():
         _copy_head(ours, src.embed_tokens, hf.lm_head, src.final_layernorm)
@@ -258,6 +258,9 @@ def _phi(hf) -> LlamaModel:
             for name in ("q_proj", "k_proj", "v_proj"):
                 set_linear(getattr(a, name), getattr(t, name).weight, getattr(t, name).bias)
             set_linear(a.o_proj, t.dense.weight, t.dense.bias)
+            if ours.config.qk_layer_norm:
+                a.q_head_norm.load_state_dict(t.q_layernorm.state_dict())
+                a.k_head_norm.load_state_dict(t.k_layernorm.state_dict())
             set_linear(mine.mlp.c_fc, theirs.mlp.fc1.weight, theirs.mlp.fc1.bias)
             set_linear(mine.mlp.c_proj, theirs.mlp.fc2.weight, theirs.mlp.fc2.bias)
             mine.input_norm.load_state_dict(theirs.input_layernorm.state_dict())
@@ -266,14 +269,27 @@ def _phi(hf) -> LlamaModel:
     return ours
 
 
+def _cohere2_fields(c) -> dict:
+    """Cohere 2 (Command R7B / Command A): sliding-window layers with RoPE, the others full and without RoPE
+    (Cohere2Attention rotates q / k only where it has a window)."""
+    if not c.sliding_window:  # transformers' sliding mask needs one, whatever layer_types say
+        raise _unsupported(f"Cohere 2 with sliding_window {c.sliding_window} is not supported (transformers "
+                           f"cannot run it either)")
+    types = tuple(c.layer_types)
+    sliding = "sliding_attention" in types
+    return dict(sliding_window=c.sliding_window if sliding else 0, layer_types=types if sliding else None,
+                nope_layers=tuple(i for i, kind in enumerate(types) if kind != "sliding_attention"))
+
+
 def _cohere(hf) -> LlamaModel:
-    """Command-R: parallel blocks with one bias-free, mean-centred LayerNorm, interleaved RoPE, logits times
-    logit_scale, tied embeddings."""
+    """Command-R (Cohere) and Command R7B / Command A (Cohere 2): parallel blocks with one bias-free, mean-centred
+    LayerNorm, interleaved RoPE, logits times logit_scale, tied embeddings; Cohere's use_qk_norm (Command R+) a
+    LayerNorm per head of q / k; Cohere 2 adds sliding-window layers with RoPE interleaved with full NoPE layers."""
     c = hf.config
-    if c.use_qk_norm:  # mean-centred, a weight per head: the op's QK-norm is an RMSNorm shared by the heads
-        raise _unsupported("Cohere with use_qk_norm is not supported")
+    cohere2 = c.model_type == "cohere2"
+    what = "Cohere 2" if cohere2 else "Cohere"
     if not c.logit_scale:  # transformers multiplies by it; ours divides by its inverse
-        raise _unsupported(f"Cohere with logit_scale {c.logit_scale} is not supported")
+        raise _unsupported(f"{what} with logit_scale {c.logit_scale} is not supported")
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
     bias = bool(c.attention_bias)  # q / k / v and o alike
     ours = _build_llama(c, dict(
@@ -284,7 +300,9 @@ def _cohere(hf) -> LlamaModel:
         rms_norm_eps=c.layer_norm_eps, norm="layer_no_bias", parallel_residual=True, shared_block_norm=True,
         qkv_bias=bias, o_bias=bias, activation=_activation(c.hidden_act), tie_embeddings=bool(c.tie_word_embeddings),
         # x / (1 / s) is within 2 ulp of x * s
-        logits_scaling=1.0 / c.logit_scale))
+        logits_scaling=1.0 / c.logit_scale, **(_cohere2_fields(c) if cohere2 else {}),
+        # use_qk_norm: mean-centred with a weight per head, in torch before the node (its QK-norm is RMS, shared)
+        qk_layer_norm="per_head" if getattr(c, "use_qk_norm", False) else None))
     src = hf.model
     with torch.no_grad():
         _copy_head(ours, src.embed_tokens, hf.lm_head, src.norm)
@@ -292,9 +310,12 @@ def _cohere(hf) -> LlamaModel:
             a, t = mine.attn, theirs.self_attn
             for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
                 set_linear(getattr(a, name), getattr(t, name).weight, getattr(t, name).bias)
+            if ours.config.qk_layer_norm:  # weights [heads, head_dim], no bias
+                a.q_head_norm.load_state_dict(t.q_norm.state_dict())
+                a.k_head_norm.load_state_dict(t.k_norm.state_dict())
             for name in ("gate_proj", "up_proj", "down_proj"):
                 set_linear(getattr(mine.mlp, name), getattr(theirs.mlp, name).weight)
             mine.input_norm.load_state_dict(theirs.input_layernorm.state_dict())
     short, long = _hf_frequencies(src.rotary_emb)
-    _check_rope(ours, short, src.rotary_emb.attention_scaling, "Cohere", long)
+    _check_rope(ours, short, src.rotary_emb.attention_scaling, what, long)
     return ours
