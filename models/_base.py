@@ -39,6 +39,7 @@ ACTIVATIONS = {
     "gelu": nn.functional.gelu,  # exact (erf), BERT
     "gelu_tanh": lambda x: nn.functional.gelu(x, approximate="tanh"),  # GPT-2 "gelu_new", Gemma
     "relu": nn.functional.relu,
+    "relu2": lambda x: torch.square(nn.functional.relu(x)),  # squared ReLU (Nemotron, Arcee)
 }
 
 

@@ -4,10 +4,12 @@ rotary: rotary_dim), scaled RoPE (linear, Llama 3, YaRN, LongRoPE), tied embeddi
 (layer_types), and a mixture of experts in place of the MLP (Mixtral, Qwen3-MoE: num_experts > 0, see
 models.moe; dense_layers keep the MLP; Qwen2-MoE adds a gated shared expert). Further options, all off by default:
 layers without RoPE (SmolLM3's NoPE layers), Granite's multipliers (embeddings, residual branches, attention scale,
-logits), OLMo 2's RMSNorm over the whole Q / K projections and its post-norm blocks, a LayerNorm over each head
-of Q / K (Cohere's use_qk_norm, Phi's qk_layernorm), Starcoder2's LayerNorm (Cohere's without bias) and ungated
-MLP, and the parallel blocks of GPT-NeoX / GPT-J / Phi / Cohere (attention and MLP both read the block input; one
-shared norm or two), interleaved RoPE pairs (GPT-J, Cohere), a biased output projection, and GPT-OSS's attention
+logits), OLMo 2's RMSNorm over the whole Q / K projections and its post-norm blocks, GLM-4's sandwich norms (pre-
+and post-norms), OLMo's clamp of Q / K / V (clip_qkv) and its LayerNorm without weight or bias, a LayerNorm over
+each head of Q / K (Cohere's use_qk_norm, Phi's qk_layernorm, StableLM's), Starcoder2's LayerNorm (Cohere's without
+bias) and ungated MLP (Nemotron's squared ReLU), and the parallel blocks of GPT-NeoX / GPT-J / Phi / Cohere / StableLM
+(attention and MLP both read the block input; one shared norm or two), interleaved RoPE pairs (GPT-J, Cohere, GLM,
+ERNIE 4.5, Helium), a biased output projection, and GPT-OSS's attention
 sinks (a learned logit per query head in each softmax's denominator) and experts (router and expert biases, clamped
 SwiGLU: models.moe.ClampedSwiGLU). GptOssConfig ("gpt-oss" in the registry)
 sets those options for a tiny GPT-OSS."""
@@ -27,7 +29,7 @@ from onnxattn.models.moe import ClampedSwiGLU, MixtureOfExperts, check_moe
 from onnxattn.nn import GroupedQueryAttention, Rope, RopeScaling
 
 LAYER_TYPES = ("full_attention", "sliding_attention")
-NORMS = ("rms", "layer", "layer_no_bias")
+NORMS = ("rms", "layer", "layer_no_bias", "layer_no_affine")
 QK_LAYER_NORMS = ("shared", "per_head")
 
 
@@ -69,11 +71,17 @@ class LlamaConfig:
     # OLMo 2
     qk_proj_norm: bool = False  # RMSNorm over the whole q_proj / k_proj outputs (all heads at once), before RoPE
     post_norm: bool = False  # norm the attention / MLP outputs inside the residual instead of their inputs
+    # GLM-4: pre-norm blocks whose attention / MLP outputs are normed too, inside the residual (attn_out_norm,
+    # post_mlp_norm): "sandwich" norms, four per block
+    sandwich_norm: bool = False
+    # OLMo, OLMoE: q, k and v clamped to [-clip_qkv, clip_qkv] before the node (after qk_proj_norm) [clip_qkv]
+    clip_qkv: float | None = None
     # Phi (qk_layernorm), Cohere (use_qk_norm): a LayerNorm over each head of q_proj / k_proj, before RoPE. "shared":
     # one weight and bias [head_dim] for all heads (Phi); "per_head": a weight per head [heads, head_dim], no bias
     qk_layer_norm: str | None = None
     # Starcoder2
-    norm: str = "rms"  # or "layer": LayerNorm with bias; "layer_no_bias": without (Cohere)
+    norm: str = "rms"  # or "layer": LayerNorm with bias; "layer_no_bias": without (Cohere); "layer_no_affine":
+    # neither weight nor bias (OLMo)
     gated_mlp: bool = True  # False: the dense MLP is c_proj(act(c_fc(x)))
     # GPT-NeoX, GPT-J, Phi
     parallel_residual: bool = False  # x + attn(input_norm(x)) + mlp(post_attn_norm(x)): both branches read x
@@ -135,6 +143,10 @@ class LlamaConfig:
             raise ValueError(f"{name}: qk_layer_norm and qk_proj_norm cannot be combined")
         if self.parallel_residual and self.post_norm:
             raise ValueError(f"{name}: parallel_residual and post_norm cannot be combined")
+        if self.sandwich_norm and (self.post_norm or self.parallel_residual):
+            raise ValueError(f"{name}: sandwich_norm cannot be combined with post_norm or parallel_residual")
+        if self.clip_qkv is not None and not 0 < self.clip_qkv < math.inf:
+            raise ValueError(f"{name}: clip_qkv must be > 0 and finite (None: no clamp), got {self.clip_qkv}")
 
     @property
     def resolved_head_dim(self) -> int:
@@ -171,20 +183,6 @@ class PlainMLP(nn.Module):
         return self.c_proj(self.act(self.c_fc(x)))
 
 
-class ProjNormAttention(GroupedQueryAttention):
-    """OLMo 2's attention: RMSNorm over q_proj's and k_proj's whole outputs, all heads at once (the op's QK-norm
-    is per head, so these run in torch before the GroupQueryAttention node)."""
-
-    def __init__(self, *args, norm_eps: float, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.q_proj_norm = RMSNorm(self.q_width, norm_eps)
-        self.k_proj_norm = RMSNorm(self.kv_width, norm_eps)
-
-    def project(self, x):
-        q, k, v = super().project(x)
-        return self.q_proj_norm(q), self.k_proj_norm(k), v
-
-
 class HeadLayerNorm(nn.Module):
     """LayerNorm (mean-centred) over each head's channels of a projection's output [..., heads * head_dim], in
     float32: `per_head` scales by a weight per head [heads, head_dim] without bias (Cohere's q_norm / k_norm), else
@@ -204,30 +202,49 @@ class HeadLayerNorm(nn.Module):
         return h.flatten(-2).to(x.dtype)
 
 
-class HeadNormAttention(GroupedQueryAttention):
-    """Cohere's / Phi's attention with QK-norm: a LayerNorm over each head of q and k (mean-centred, while the op's
-    QK-norm is an RMSNorm), so it runs in torch before the GroupQueryAttention node, which then applies RoPE."""
+class LlamaAttention(GroupedQueryAttention):
+    """GroupedQueryAttention with what runs in torch between the projections and the node (the op's QK-norm is an
+    RMSNorm per head), each optional, in this order: OLMo 2's RMSNorm over q_proj's and k_proj's whole outputs, all
+    heads at once (`proj_norm_eps`: q_proj_norm, k_proj_norm); Cohere's / Phi's / StableLM's LayerNorm over each head
+    of q and k (`head_norm`: q_head_norm, k_head_norm, see HeadLayerNorm); OLMo's clamp of q, k and v to
+    [-clip_qkv, clip_qkv] (after the norms, as OLMoE). The node then applies RoPE."""
 
-    def __init__(self, *args, norm_eps: float, per_head: bool, **kwargs):
+    def __init__(self, *args, proj_norm_eps: float | None = None, head_norm: str | None = None,
+                 head_norm_eps: float = 1e-5, clip_qkv: float | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.q_head_norm = HeadLayerNorm(self.num_query_heads, self.head_dim, norm_eps, per_head=per_head)
-        self.k_head_norm = HeadLayerNorm(self.num_kv_heads, self.head_dim, norm_eps, per_head=per_head)
+        self.q_proj_norm = self.k_proj_norm = self.q_head_norm = self.k_head_norm = None
+        if proj_norm_eps is not None:
+            self.q_proj_norm = RMSNorm(self.q_width, proj_norm_eps)
+            self.k_proj_norm = RMSNorm(self.kv_width, proj_norm_eps)
+        if head_norm is not None:
+            per_head = head_norm == "per_head"
+            self.q_head_norm = HeadLayerNorm(self.num_query_heads, self.head_dim, head_norm_eps, per_head=per_head)
+            self.k_head_norm = HeadLayerNorm(self.num_kv_heads, self.head_dim, head_norm_eps, per_head=per_head)
+        self.clip_qkv = clip_qkv
 
     def project(self, x):
         q, k, v = super().project(x)
-        return self.q_head_norm(q), self.k_head_norm(k), v
+        if self.q_proj_norm is not None:
+            q, k = self.q_proj_norm(q), self.k_proj_norm(k)
+        if self.q_head_norm is not None:
+            q, k = self.q_head_norm(q), self.k_head_norm(k)
+        if self.clip_qkv is not None:
+            c = self.clip_qkv
+            q, k, v = q.clamp(-c, c), k.clamp(-c, c), v.clamp(-c, c)
+        return q, k, v
 
 
 def make_norm(cfg: LlamaConfig) -> nn.Module:
     eps = cfg.rms_norm_eps
     if cfg.norm == "rms":
         return RMSNorm(cfg.hidden, eps)
-    return nn.LayerNorm(cfg.hidden, eps, bias=cfg.norm == "layer")
+    return nn.LayerNorm(cfg.hidden, eps, elementwise_affine=cfg.norm != "layer_no_affine", bias=cfg.norm == "layer")
 
 
 class LlamaBlock(nn.Module):
     """Pre-norm: x + attn(input_norm(x)), then + mlp(post_attn_norm(x)). With post_norm (OLMo 2) there is no
     input_norm: x + post_attn_norm(attn(x)), then + post_mlp_norm(mlp(x)) (named as transformers' norms).
+    With sandwich_norm (GLM-4): x + attn_out_norm(attn(input_norm(x))), then + post_mlp_norm(mlp(post_attn_norm(x))).
     With parallel_residual: x + attn(input_norm(x)) + mlp(post_attn_norm(x)), or mlp(input_norm(x)) with
     shared_block_norm (no post_attn_norm then)."""
 
@@ -241,16 +258,18 @@ class LlamaBlock(nn.Module):
                                                               interleaved=cfg.rope_interleaved,
                                                               scaling=cfg.rope_scaling)
         attention, extra = GroupedQueryAttention, {}
-        if cfg.qk_proj_norm:
-            attention, extra = ProjNormAttention, dict(norm_eps=cfg.rms_norm_eps)
-        elif cfg.qk_layer_norm:
-            attention, extra = HeadNormAttention, dict(norm_eps=cfg.rms_norm_eps,
-                                                       per_head=cfg.qk_layer_norm == "per_head")
+        if cfg.qk_proj_norm or cfg.qk_layer_norm or cfg.clip_qkv is not None:
+            attention, extra = LlamaAttention, dict(
+                proj_norm_eps=cfg.rms_norm_eps if cfg.qk_proj_norm else None, head_norm=cfg.qk_layer_norm,
+                head_norm_eps=cfg.rms_norm_eps, clip_qkv=cfg.clip_qkv)
         self.attn = attention(
             cfg.hidden, cfg.num_heads, cfg.num_kv_heads, head_dim=cfg.resolved_head_dim, bias=cfg.qkv_bias,
             out_bias=cfg.o_bias, window=cfg.window(layer_idx), scale=cfg.attention_scale, rope=rope,
             qk_norm=cfg.qk_norm, qk_norm_eps=cfg.rms_norm_eps, sinks=cfg.attention_sinks, layer_idx=layer_idx,
             **extra)
+        self.sandwich_norm = cfg.sandwich_norm
+        if cfg.sandwich_norm:  # registered only when asked for: the seeded init of the others stays as it was
+            self.attn_out_norm = make_norm(cfg)
         if not cfg.shared_block_norm:
             self.post_attn_norm = make_norm(cfg)
         if cfg.is_moe(layer_idx):
@@ -261,7 +280,7 @@ class LlamaBlock(nn.Module):
         else:
             self.mlp = (SwiGLU if cfg.gated_mlp else PlainMLP)(cfg.hidden, cfg.intermediate, cfg.mlp_bias,
                                                                cfg.activation)
-        if cfg.post_norm:
+        if cfg.post_norm or cfg.sandwich_norm:
             self.post_mlp_norm = make_norm(cfg)
 
     def residual(self, h):
@@ -277,6 +296,9 @@ class LlamaBlock(nn.Module):
         if self.parallel_residual:
             m = self.mlp(normed if self.shared_block_norm else self.post_attn_norm(x))
             return x + self.residual(h) + self.residual(m), present
+        if self.sandwich_norm:
+            x = x + self.residual(self.attn_out_norm(h))
+            return x + self.residual(self.post_mlp_norm(self.mlp(self.post_attn_norm(x)))), present
         x = x + self.residual(h)
         return x + self.residual(self.mlp(self.post_attn_norm(x))), present
 

@@ -13,7 +13,11 @@ node inputs, biased router and experts with interleaved gate / up and a clamped 
 nodes carrying the per-layer RoPE, windows and scale; so do the parallel-residual decoders GPT-NeoX (per-head fused
 QKV, partial rotary, both residual modes), GPT-J (one norm per block, interleaved partial RoPE), Phi and Cohere
 (bias-free LayerNorm, interleaved RoPE, logit_scale), Phi's qk_layernorm and Cohere's use_qk_norm (a LayerNorm per
-head of q / k in standard ops before the node), Cohere 2 (sliding RoPE layers, full NoPE layers); Gemma 1 maps onto
+head of q / k in standard ops before the node), Cohere 2 (sliding RoPE layers, full NoPE layers); so do OLMo
+(LayerNorm without weight or bias, clip_qkv), OLMoE (whole-projection QK-norm, clip_qkv, experts), ERNIE 4.5 and Helium
+(interleaved RoPE), Seed-OSS, EXAONE 4 (post-norm, QK-norm, full NoPE layers), GLM / GLM-4 (interleaved partial RoPE,
+GLM-4's sandwich norms), Arcee and Nemotron (squared-ReLU MLP; Nemotron's 1 + weight LayerNorm) and StableLM (per-head
+QK LayerNorm weights, parallel or sequential blocks); Gemma 1 maps onto
 our Gemma without post-norms; the encoders (BERT, RoBERTa / XLM-RoBERTa with positions
 from the pad token, ModernBERT with its local band) match transformers' hidden states on real tokens under a
 key-padding mask; unsupported architectures and settings get a message listing the supported ones."""
@@ -115,6 +119,32 @@ CASES = {
     "cohere2": lambda: T.Cohere2ForCausalLM(T.Cohere2Config(**SMALL, **NO_TOKENS, logit_scale=0.3, sliding_window=6,
                                                             sliding_window_pattern=2)),
     "gpt_oss": lambda: T.GptOssForCausalLM(T.GptOssConfig(**GPT_OSS)),
+    # LayerNorm without weight or bias; clip_qkv 1 clamps ~30% of q / k / v (unclamped the logits miss by ~1)
+    "olmo": lambda: T.OlmoForCausalLM(T.OlmoConfig(**SMALL, **NO_TOKENS, clip_qkv=1.0)),
+    # RMSNorm over all heads of q_proj / k_proj in pre-norm blocks, then clip_qkv; top-2 of 4 experts not renormalised
+    "olmoe": lambda: T.OlmoeForCausalLM(T.OlmoeConfig(**SMALL, **NO_TOKENS, num_experts=4, num_experts_per_tok=2,
+                                                      clip_qkv=1.0)),
+    # interleaved RoPE on the whole head, biases on every projection (use_bias), head_dim 32, tied embeddings
+    "ernie4_5": lambda: T.Ernie4_5ForCausalLM(T.Ernie4_5Config(**SMALL, **NO_TOKENS, head_dim=32, use_bias=True)),
+    # interleaved RoPE; attention_bias on q / k / v only (o_proj never has one)
+    "helium": lambda: T.HeliumForCausalLM(T.HeliumConfig(**SMALL, **NO_TOKENS, head_dim=16, attention_bias=True)),
+    # q / k / v biases (attention_bias), none on o_proj (attention_out_bias), head_dim 32
+    "seed_oss": lambda: T.SeedOssForCausalLM(T.SeedOssConfig(**SMALL, **NO_TOKENS, head_dim=32)),
+    # post-norm blocks, per-head RMS QK-norm; layer 0 sliding with RoPE (window < prompt), layer 1 full without RoPE
+    "exaone4": lambda: T.Exaone4ForCausalLM(T.Exaone4Config(**SMALL, **NO_TOKENS, sliding_window=6,
+                                                            sliding_window_pattern=2)),
+    # interleaved RoPE on 8 of 16 channels, q / k / v biases, fused gate_up_proj; GLM-4 adds sandwich norms
+    "glm": lambda: T.GlmForCausalLM(T.GlmConfig(**SMALL, **NO_TOKENS, head_dim=16)),
+    "glm4": lambda: T.Glm4ForCausalLM(T.Glm4Config(**SMALL, **NO_TOKENS, head_dim=16)),
+    # ungated up_proj / down_proj MLP with ReLU squared
+    "arcee": lambda: T.ArceeForCausalLM(T.ArceeConfig(**SMALL, **NO_TOKENS)),
+    # StableLM 2 12B-like: parallel blocks with one LayerNorm, a bias-free LayerNorm per head of q / k (weights differ
+    # per head), q / k / v biases, 4 of 16 channels rotated; 1.6B-like: sequential blocks, no QK-norm
+    "stablelm": lambda: T.StableLmForCausalLM(T.StableLmConfig(**SMALL, **NO_TOKENS, use_qkv_bias=True,
+                                                               qk_layernorm=True, use_parallel_residual=True)),
+    "stablelm_sequential": lambda: T.StableLmForCausalLM(T.StableLmConfig(**SMALL, **NO_TOKENS, use_qkv_bias=True)),
+    # LayerNorm1P (scales by 1 + weight), 8 of 16 channels rotated, ungated squared-ReLU MLP
+    "nemotron": lambda: T.NemotronForCausalLM(T.NemotronConfig(**SMALL, **NO_TOKENS)),
 }
 # attributes the GroupQueryAttention nodes must carry, layer by layer
 NODE_ATTRS = {"smollm3": dict(rope=[1, 0], window=[0, 6]), "granite": dict(scale=[0.05, 0.05]),
@@ -123,7 +153,11 @@ NODE_ATTRS = {"smollm3": dict(rope=[1, 0], window=[0, 6]), "granite": dict(scale
               "phi": dict(rotary_dim=[6, 6], rope_interleaved=[0, 0]), "phi_qk_layernorm": dict(rotary_dim=[6, 6]),
               "cohere": dict(rope_interleaved=[1, 1]),
               "cohere2": dict(rope=[1, 0], window=[6, 0], rope_interleaved=[1, 0]),
-              "gpt_oss": dict(window=[6, 0])}
+              "gpt_oss": dict(window=[6, 0]), "ernie4_5": dict(rope_interleaved=[1, 1], rotary_dim=[0, 0]),
+              "helium": dict(rope_interleaved=[1, 1]), "exaone4": dict(rope=[1, 0], window=[6, 0]),
+              "glm": dict(rope_interleaved=[1, 1], rotary_dim=[8, 8]),
+              "glm4": dict(rope_interleaved=[1, 1], rotary_dim=[8, 8]), "stablelm": dict(rotary_dim=[4, 4]),
+              "nemotron": dict(rotary_dim=[8, 8], rope_interleaved=[0, 0])}
 
 
 def randomize(model, seed=0):
@@ -404,8 +438,32 @@ _LLAMA_VARIANT_REFUSALS = ([
      "activation 'gelu_fast' has no equivalent here"),
     (lambda: T.Starcoder2Model(T.Starcoder2Config(**ONE_LAYER, **NO_TOKENS)),
      "pass a Starcoder2ForCausalLM for starcoder2, got Starcoder2Model"),
+    # transformers would zero (0) or saturate (< 0) every q / k / v
+    (lambda: T.OlmoForCausalLM(T.OlmoConfig(**ONE_LAYER, **NO_TOKENS, clip_qkv=0.0)),
+     "OlmoConfig does not map onto ours: LlamaConfig: clip_qkv must be > 0 and finite"),
+    (lambda: T.OlmoeForCausalLM(T.OlmoeConfig(**ONE_LAYER, **NO_TOKENS, num_experts=4,
+                                                  num_experts_per_tok=2, clip_qkv=-1.0)),
+     "OlmoeConfig does not map onto ours: LlamaConfig: clip_qkv must be > 0 and finite"),
+    (lambda: T.OlmoeForCausalLM(T.OlmoeConfig(**ONE_LAYER, **NO_TOKENS, num_experts=4, num_experts_per_tok=5)),
+     r"this OlmoeConfig does not map onto ours: LlamaConfig: experts_per_token must be in \[1, 4\]"),
+    (lambda: T.Ernie4_5ForCausalLM(T.Ernie4_5Config(**ONE_LAYER, **NO_TOKENS, head_dim=16, rope_parameters={
+        "rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0})), "RoPE type 'dynamic' is not supported"),
+    # transformers' sliding mask needs a window
+    (lambda: T.Exaone4ForCausalLM(T.Exaone4Config(**ONE_LAYER, **NO_TOKENS, sliding_window=None,
+                                                  layer_types=["sliding_attention"])),
+     "EXAONE 4 with sliding_window None and sliding_attention layers is not supported"),
+    (lambda: T.GlmForCausalLM(T.GlmConfig(**ONE_LAYER, **NO_TOKENS, head_dim=16, partial_rotary_factor=0.3125)),
+     "glm with partial_rotary_factor 0.3125 rotates 5 of 16 channels; only an even count"),
+    (lambda: T.ArceeForCausalLM(T.ArceeConfig(**ONE_LAYER, **NO_TOKENS, hidden_act="relu6")),
+     "activation 'relu6' has no equivalent here"),
+    (lambda: T.StableLmModel(T.StableLmConfig(**ONE_LAYER, **NO_TOKENS)),
+     "pass a StableLmForCausalLM for stablelm, got StableLmModel"),
+    (lambda: T.NemotronForCausalLM(T.NemotronConfig(**ONE_LAYER, **NO_TOKENS, partial_rotary_factor=0.3125)),
+     "nemotron with partial_rotary_factor 0.3125 rotates 5 of 16 channels"),
 ], ["smollm3-window-without-use_sliding_window", "granite-attention-multiplier-0", "granite-logits-scaling-0",
-        "olmo2-dynamic-rope", "starcoder2-gelu-fast", "starcoder2-base-model"])
+        "olmo2-dynamic-rope", "starcoder2-gelu-fast", "starcoder2-base-model", "olmo-clip-0", "olmoe-clip-negative",
+        "olmoe-more-chosen-than-experts", "ernie4_5-dynamic-rope", "exaone4-sliding-without-window",
+        "glm-odd-rotary-dim", "arcee-relu6", "stablelm-base-model", "nemotron-odd-rotary-dim"])
 
 
 ONE_MHA = MHA | dict(num_hidden_layers=1)
@@ -604,6 +662,9 @@ def test_unsupported_architectures_list_the_supported_ones(tmp_path, monkeypatch
                                                "phi3 .Phi3ForCausalLM.*smollm3 .SmolLM3ForCausalLM., "
                                                "granite .GraniteForCausalLM., olmo2 .Olmo2ForCausalLM., "
                                                "starcoder2 .Starcoder2ForCausalLM., gpt_oss .GptOssForCausalLM., "
+                                               "olmo .OlmoForCausalLM., olmoe .OlmoeForCausalLM.*"
+                                               "exaone4 .Exaone4ForCausalLM., glm4 .Glm4ForCausalLM.*"
+                                               "stablelm .StableLmForCausalLM., nemotron .NemotronForCausalLM., "
                                                "gpt_neox .GPTNeoXForCausalLM., gptj .GPTJForCausalLM., "
                                                "phi .PhiForCausalLM., cohere .CohereForCausalLM.*"
                                                "gemma2 .Gemma2ForCausalLM., gemma3_text .Gemma3ForCausalLM.*"

@@ -1,12 +1,19 @@
 """Hugging Face transformers models -> the reference models here, with the same weights: the config is
 mapped onto ours, each weight copied to its place, and RoPE frequencies checked against the HF model's
 own. Export then goes through our modules (onnxattn.export.from_transformers), so the graph uses our ops.
-Llama-likes (Mistral, Mixtral, Qwen2/3, Qwen2/3-MoE, Phi-3, SmolLM3, Granite, OLMo 2, Starcoder2, GPT-OSS) map onto
+Llama-likes (Mistral, Mixtral, Qwen2/3, Qwen2/3-MoE, Phi-3, SmolLM3, Granite, OLMo 2, Starcoder2, GPT-OSS, ...) map onto
 our Llama: Phi-3's fused projections are split, the mixtures of experts become models.moe with softmax routing
 (Qwen2-MoE with its sigmoid-gated shared expert; GPT-OSS with router and expert biases, its interleaved gate / up
 columns split into our gate and up rows, and its clamped SwiGLU), and the others set LlamaConfig options (NoPE layers,
 Granite's multipliers, OLMo 2's whole-projection QK-norm and post-norm blocks, Starcoder2's LayerNorm and ungated MLP,
-GPT-OSS's attention sinks and alternating sliding / full layers). The parallel-residual
+GPT-OSS's attention sinks and alternating sliding / full layers). Further Llama-likes set LlamaConfig options too:
+OLMo (LayerNorm without weight or bias, q / k / v clamped by clip_qkv), OLMoE (OLMo 2's whole-projection QK-norm in
+pre-norm blocks, clip_qkv, softmax top-k experts), ERNIE 4.5 (interleaved RoPE, use_bias everywhere), Helium
+(interleaved RoPE, Q/K/V biases only), Seed-OSS (Q/K/V and output biases set apart), EXAONE 4 (post-norm blocks with a
+per-head RMS QK-norm, sliding layers with RoPE and full layers without), GLM (interleaved partial RoPE, fused gate / up)
+and GLM-4 (with sandwich norms), Arcee (ungated squared-ReLU MLP), StableLM (LayerNorm, partial RoPE, a LayerNorm per
+head of q / k with its own weight, parallel or sequential blocks) and Nemotron (LayerNorm scaling by 1 + weight,
+partial RoPE, ungated squared-ReLU MLP). The parallel-residual
 decoders map onto our Llama too, with LayerNorm, ungated MLPs and parallel blocks: GPT-NeoX / Pythia (two norms per
 block, or sequential blocks with use_parallel_residual=False; its fused query_key_value split per head, partial
 rotary), GPT-J (one norm per block, interleaved RoPE on rotary_dim channels, biased lm_head), Phi (phi-1 / 1.5 / 2:
@@ -52,7 +59,10 @@ __all__ = ["NOT_YET", "SUPPORTED", "UnsupportedModel", "from_transformers", "loa
 
 _CONVERTERS = {"llama": _llama, "mistral": _llama, "mixtral": _llama, "qwen2": _llama, "qwen3": _llama,
                "qwen3_moe": _llama, "qwen2_moe": _llama, "phi3": _llama, "smollm3": _llama, "granite": _llama,
-               "olmo2": _llama, "starcoder2": _llama, "gpt_oss": _llama, "gpt_neox": _gpt_neox, "gptj": _gptj,
+               "olmo2": _llama, "starcoder2": _llama, "gpt_oss": _llama, "olmo": _llama, "olmoe": _llama,
+               "ernie4_5": _llama, "helium": _llama, "seed_oss": _llama, "exaone4": _llama, "glm4": _llama,
+               "glm": _llama, "arcee": _llama, "stablelm": _llama, "nemotron": _llama,
+               "gpt_neox": _gpt_neox, "gptj": _gptj,
                "phi": _phi, "cohere": _cohere, "cohere2": _cohere,
                "gemma": _gemma1, "gemma2": _gemma2, "gemma3_text": _gemma3, "gpt2": _gpt2,
                "bert": _bert, "roberta": _bert, "xlm-roberta": _bert, "modernbert": _modernbert,

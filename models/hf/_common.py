@@ -24,6 +24,17 @@ SUPPORTED = {
     "olmo2": "Olmo2ForCausalLM",
     "starcoder2": "Starcoder2ForCausalLM",
     "gpt_oss": "GptOssForCausalLM",
+    "olmo": "OlmoForCausalLM",
+    "olmoe": "OlmoeForCausalLM",
+    "ernie4_5": "Ernie4_5ForCausalLM",
+    "helium": "HeliumForCausalLM",
+    "seed_oss": "SeedOssForCausalLM",
+    "exaone4": "Exaone4ForCausalLM",
+    "glm4": "Glm4ForCausalLM",
+    "glm": "GlmForCausalLM",
+    "arcee": "ArceeForCausalLM",
+    "stablelm": "StableLmForCausalLM",
+    "nemotron": "NemotronForCausalLM",
     "gpt_neox": "GPTNeoXForCausalLM",
     "gptj": "GPTJForCausalLM",
     "phi": "PhiForCausalLM",
@@ -42,7 +53,7 @@ SUPPORTED = {
 }
 NOT_YET: dict[str, str] = {}  # model_type -> why it is not converted yet (listed in every refusal)
 _ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu": "gelu", "gelu_new": "gelu_tanh",
-                "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
+                "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu", "relu2": "relu2"}
 
 
 def supported_message() -> str:

@@ -1,5 +1,6 @@
-"""Llama-likes (Mistral, Qwen, Phi-3, SmolLM3, Granite, OLMo 2, Starcoder2, GPT-OSS, ...), GPT-NeoX, GPT-J, Phi,
-Cohere, Cohere 2 -> our Llama."""
+"""Llama-likes (Mistral, Qwen, Phi-3, SmolLM3, Granite, OLMo / OLMo 2 / OLMoE, Starcoder2, GPT-OSS, ERNIE 4.5,
+Helium, Seed-OSS, EXAONE 4, GLM / GLM-4, Arcee, StableLM, Nemotron, ...), GPT-NeoX, GPT-J, Phi, Cohere, Cohere 2 -> our
+Llama."""
 
 from __future__ import annotations
 
@@ -50,6 +51,34 @@ def _starcoder2(c) -> dict:
                 mlp_bias=bias)
 
 
+def _olmo(c) -> dict:
+    # OLMo 1: LayerNorm without weight or bias, its epsilon fixed at 1e-5 (OlmoLayerNorm)
+    return dict(norm="layer_no_affine", rms_norm_eps=1e-5, clip_qkv=c.clip_qkv)
+
+
+def _ernie4_5(c) -> dict:
+    bias = bool(c.use_bias)  # every projection, the MLP's too
+    return dict(qkv_bias=bias, o_bias=bias, mlp_bias=bias, rope_interleaved=True)
+
+
+def _exaone4(c) -> dict:
+    # post-norm blocks (OLMo 2's) with a per-head RMS QK-norm; with a window, RoPE on the sliding layers only
+    return dict(qk_norm=True, post_norm=True) | _rope_on_sliding_only(c, "EXAONE 4", window_required=False)
+
+
+def _glm(c) -> dict:
+    # interleaved pairs on the leading partial_rotary_factor channels; attention_bias is q / k / v's only
+    return dict(rope_interleaved=True, o_bias=False)
+
+
+def _stablelm(c) -> dict:
+    parallel = bool(c.use_parallel_residual)  # then one LayerNorm per block, read by the attention and the MLP
+    # qk_layernorm: an nn.LayerNorm without bias per head of q / k, stacked into our weight per head
+    return dict(norm="layer", rms_norm_eps=c.layer_norm_eps, qkv_bias=bool(c.use_qkv_bias), o_bias=False,
+                parallel_residual=parallel, shared_block_norm=parallel,
+                qk_layer_norm="per_head" if c.qk_layernorm else None)
+
+
 def _gpt_oss(c) -> dict:
     try:
         glu = ClampedSwiGLU(c.swiglu_alpha, c.swiglu_limit)
@@ -59,8 +88,40 @@ def _gpt_oss(c) -> dict:
 
 
 # LlamaConfig fields that differ from the Llama mapping, per model_type
-_LLAMA_VARIANTS = {"smollm3": _smollm3, "granite": _granite, "starcoder2": _starcoder2,
-                   "olmo2": lambda c: dict(qk_proj_norm=True, post_norm=True), "gpt_oss": _gpt_oss}
+_LLAMA_VARIANTS = {
+    "smollm3": _smollm3, "granite": _granite, "starcoder2": _starcoder2, "gpt_oss": _gpt_oss,
+    "olmo": _olmo, "olmo2": lambda c: dict(qk_proj_norm=True, post_norm=True),
+    "olmoe": lambda c: dict(qk_proj_norm=True, clip_qkv=c.clip_qkv),  # pre-norm blocks; clamped after the norms
+    "ernie4_5": _ernie4_5, "helium": lambda c: dict(rope_interleaved=True, o_bias=False),
+    "seed_oss": lambda c: dict(o_bias=bool(c.attention_out_bias)), "exaone4": _exaone4,
+    "glm": _glm, "glm4": lambda c: _glm(c) | dict(sandwich_norm=True),
+    "arcee": lambda c: dict(gated_mlp=False),  # up_proj / down_proj, ReLU squared by default
+    "stablelm": _stablelm,
+    # LayerNorm1P scales by 1 + weight (ours holds that sum), squared-ReLU up_proj / down_proj
+    "nemotron": lambda c: dict(norm="layer", rms_norm_eps=c.norm_eps, gated_mlp=False),
+}
+_UNIT_OFFSET_NORMS = {"nemotron"}  # model types whose norms scale by 1 + weight
+
+
+def _load_norm(ours: nn.Module, theirs: nn.Module, unit_offset: bool) -> None:
+    """Strict (LayerNorm biases too; none for OLMo's); with unit_offset ours holds 1 + their weight."""
+    state = theirs.state_dict()
+    if unit_offset:
+        state["weight"] = state["weight"] + 1.0
+    ours.load_state_dict(state)
+
+
+def _block_norms(cfg: LlamaConfig) -> dict[str, str]:
+    """Our block's norms -> transformers' (OLMo 2: post_attention_layernorm norms the attention output; GLM-4:
+    post_attention_layernorm norms the MLP input, post_self_attn_layernorm the attention output)."""
+    if cfg.post_norm:
+        return {"post_attn_norm": "post_attention_layernorm", "post_mlp_norm": "post_feedforward_layernorm"}
+    norms = {"input_norm": "input_layernorm"}
+    if not cfg.shared_block_norm:
+        norms["post_attn_norm"] = "post_attention_layernorm"
+    if cfg.sandwich_norm:
+        norms |= {"attn_out_norm": "post_self_attn_layernorm", "post_mlp_norm": "post_mlp_layernorm"}
+    return norms
 
 
 def _copy_experts(m: MixtureOfExperts, h) -> None:
@@ -115,11 +176,12 @@ def _llama(hf) -> LlamaModel:
         fields |= variant(c)
     ours = _build_llama(c, fields)
     cfg, src = ours.config, hf.model
+    unit_offset = c.model_type in _UNIT_OFFSET_NORMS
     with torch.no_grad():
         ours.embed_tokens.weight.copy_(src.embed_tokens.weight)
         if not cfg.tie_embeddings:
             ours.lm_head.weight.copy_(hf.lm_head.weight)
-        ours.norm.load_state_dict(src.norm.state_dict())
+        _load_norm(ours.norm, src.norm, unit_offset)
         for mine, theirs in zip(ours.layers, src.layers):
             a, t = mine.attn, theirs.self_attn
             if hasattr(t, "qkv_proj"):  # Phi-3: one projection, rows [q | k | v], no biases
@@ -135,9 +197,13 @@ def _llama(hf) -> LlamaModel:
                 a.k_norm.copy_(t.k_norm.weight)
             if cfg.attention_sinks:  # GPT-OSS
                 _copy(a.sinks, t.sinks, "the attention sinks")
-            if cfg.qk_proj_norm:  # OLMo 2: over all heads
+            if cfg.qk_proj_norm:  # OLMo 2, OLMoE: over all heads
                 a.q_proj_norm.load_state_dict(t.q_norm.state_dict())
                 a.k_proj_norm.load_state_dict(t.k_norm.state_dict())
+            if cfg.qk_layer_norm:  # StableLM: one bias-free nn.LayerNorm per head
+                for ours_norm, hf_norm in (("q_head_norm", "q_layernorm"), ("k_head_norm", "k_layernorm")):
+                    _copy(getattr(a, ours_norm).weight, torch.stack([n.weight for n in getattr(t, hf_norm).norms]),
+                          f"the {hf_norm} weights")
             m, h = mine.mlp, theirs.mlp
             if isinstance(m, MixtureOfExperts):
                 _copy_experts(m, h)
@@ -147,14 +213,13 @@ def _llama(hf) -> LlamaModel:
                 set_linear(m.up_proj, up)
                 set_linear(m.down_proj, h.down_proj.weight)
             else:
-                for name in ("gate_proj", "up_proj", "down_proj") if cfg.gated_mlp else ("c_fc", "c_proj"):
-                    set_linear(getattr(m, name), getattr(h, name).weight, getattr(h, name).bias)
-            # ours carry transformers' names (OLMo 2: post_attention_layernorm norms the attention output)
-            norms = {"post_attn_norm": "post_attention_layernorm"}
-            norms |= {"post_mlp_norm": "post_feedforward_layernorm"} if cfg.post_norm else \
-                {"input_norm": "input_layernorm"}
-            for ours_norm, hf_norm in norms.items():  # strict: LayerNorm biases too
-                getattr(mine, ours_norm).load_state_dict(getattr(theirs, hf_norm).state_dict())
+                names = ("gate_proj", "up_proj", "down_proj") if cfg.gated_mlp else ("c_fc", "c_proj")
+                # ungated: Starcoder2's c_fc / c_proj, or Nemotron's / Arcee's up_proj / down_proj
+                hf_names = ("up_proj", "down_proj") if not cfg.gated_mlp and hasattr(h, "up_proj") else names
+                for name, hf_name in zip(names, hf_names):
+                    set_linear(getattr(m, name), getattr(h, hf_name).weight, getattr(h, hf_name).bias)
+            for ours_norm, hf_norm in _block_norms(cfg).items():
+                _load_norm(getattr(mine, ours_norm), getattr(theirs, hf_norm), unit_offset)
     short, long = _hf_frequencies(src.rotary_emb)
     _check_rope(ours, short, src.rotary_emb.attention_scaling, c.model_type, long)
     return ours
@@ -269,14 +334,18 @@ def _phi(hf) -> LlamaModel:
     return ours
 
 
-def _cohere2_fields(c) -> dict:
-    """Cohere 2 (Command R7B / Command A): sliding-window layers with RoPE, the others full and without RoPE
-    (Cohere2Attention rotates q / k only where it has a window)."""
-    if not c.sliding_window:  # transformers' sliding mask needs one, whatever layer_types say
-        raise _unsupported(f"Cohere 2 with sliding_window {c.sliding_window} is not supported (transformers "
-                           f"cannot run it either)")
+def _rope_on_sliding_only(c, what: str, *, window_required: bool) -> dict:
+    """Cohere 2 (Command R7B / Command A), EXAONE 4: sliding-window layers with RoPE, the others full and without
+    RoPE (their attention rotates q / k only where it has a window; EXAONE 4's everywhere when the config has no
+    sliding_window)."""
     types = tuple(c.layer_types)
     sliding = "sliding_attention" in types
+    if not c.sliding_window:
+        if window_required or sliding:  # transformers' sliding mask needs one (Cohere 2's whatever layer_types say)
+            raise _unsupported(f"{what} with sliding_window {c.sliding_window}"
+                               f"{'' if window_required else ' and sliding_attention layers'} is not supported "
+                               f"(transformers cannot run it either)")
+        return {}
     return dict(sliding_window=c.sliding_window if sliding else 0, layer_types=types if sliding else None,
                 nope_layers=tuple(i for i, kind in enumerate(types) if kind != "sliding_attention"))
 
@@ -300,7 +369,7 @@ def _cohere(hf) -> LlamaModel:
         rms_norm_eps=c.layer_norm_eps, norm="layer_no_bias", parallel_residual=True, shared_block_norm=True,
         qkv_bias=bias, o_bias=bias, activation=_activation(c.hidden_act), tie_embeddings=bool(c.tie_word_embeddings),
         # x / (1 / s) is within 2 ulp of x * s
-        logits_scaling=1.0 / c.logit_scale, **(_cohere2_fields(c) if cohere2 else {}),
+        logits_scaling=1.0 / c.logit_scale, **(_rope_on_sliding_only(c, what, window_required=True) if cohere2 else {}),
         # use_qk_norm: mean-centred with a weight per head, in torch before the node (its QK-norm is RMS, shared)
         qk_layer_norm="per_head" if getattr(c, "use_qk_norm", False) else None))
     src = hf.model
