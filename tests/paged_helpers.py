@@ -18,11 +18,11 @@ from paged_problems import Problem, add_optional_inputs, contiguous_oracle, make
 
 PAGED = "PagedAttention"
 INPUTS = ("query", "key", "value", "key_cache", "value_cache", "block_table", "cu_seqlens_q", "seq_lens",
-          "position_ids", "q_norm_weight", "k_norm_weight", "rope_inv_freq")
+          "position_ids", "q_norm_weight", "k_norm_weight", "rope_inv_freq", "sinks")
 OUTPUTS = ("output", "key_cache_out", "value_cache_out")
 REQUIRED = INPUTS[:8]
-RANKS = dict(zip(INPUTS + OUTPUTS, (2, 2, 2, 4, 4, 2, 1, 1, 1, 1, 1, 1, 2, 4, 4)))
-T_INPUTS = ("query", "key", "value", "key_cache", "value_cache", "q_norm_weight", "k_norm_weight")
+RANKS = dict(zip(INPUTS + OUTPUTS, (2, 2, 2, 4, 4, 2, 1, 1, 1, 1, 1, 1, 1, 2, 4, 4)))
+T_INPUTS = ("query", "key", "value", "key_cache", "value_cache", "q_norm_weight", "k_norm_weight", "sinks")
 FIXED_TYPES = {"block_table": TensorProto.INT32, "cu_seqlens_q": TensorProto.INT32, "seq_lens": TensorProto.INT32,
                "position_ids": TensorProto.INT64, "rope_inv_freq": TensorProto.FLOAT}
 # Declared shapes: symbolic, one name per (input, axis), so no two dims are claimed equal.

@@ -94,7 +94,8 @@ def make_problem(rng: np.random.Generator, *, past: Sequence[int], new: Sequence
 
 def add_optional_inputs(rng: np.random.Generator, problem: Problem, *, positions: str | None, q_norm: bool,
                         k_norm: bool, inv_freq: str | None, head_dim: int, rotary_dim: int, rope_base: float,
-                        dtype: str) -> None:
+                        dtype: str, sinks: int = 0) -> None:
+    """sinks: the query head count, for attention-sink logits (0: none)."""
     feeds = problem.feeds
     if positions == "shifted":  # each token's key position plus an offset per sequence
         cu, lengths = feeds["cu_seqlens_q"], feeds["seq_lens"]
@@ -109,6 +110,8 @@ def add_optional_inputs(rng: np.random.Generator, problem: Problem, *, positions
         feeds["rope_inv_freq"] = (default_inv_freq(rotary, rope_base) / 4).astype(np.float32)
     elif inv_freq == "custom":
         feeds["rope_inv_freq"] = np.sort(rng.uniform(0.001, 1.2, rotary // 2))[::-1].astype(np.float32)
+    if sinks:
+        feeds["sinks"] = round_to(rng.uniform(-2.0, 3.0, sinks), dtype)
 
 
 def contiguous_oracle(problem: Problem, attrs: Mapping[str, Any], *, store=None, compute=np.float64):
@@ -121,7 +124,8 @@ def contiguous_oracle(problem: Problem, attrs: Mapping[str, Any], *, store=None,
     hkv = key_cache.shape[2]
     for b, (pk, pv) in enumerate(problem.pasts):
         rows = slice(int(cu[b]), int(cu[b + 1]))
-        optional = {name: f[name] for name in ("q_norm_weight", "k_norm_weight", "rope_inv_freq") if name in f}
+        names = ("q_norm_weight", "k_norm_weight", "rope_inv_freq", "sinks")
+        optional = {name: f[name] for name in names if name in f}
         if "position_ids" in f:
             optional["position_ids"] = f["position_ids"][rows][None]
         y, present_k, present_v = gqa_oracle(f["query"][rows][None], f["key"][rows][None], f["value"][rows][None],

@@ -430,8 +430,6 @@ MODULE_CASES = [
     ("past-wrong-heads", lambda: GroupedQueryAttention(32, 4, 2),
      dict(past_key=torch.zeros(1, 4, 3, 8), past_value=torch.zeros(1, 4, 3, 8)),
      r"GroupQueryAttention: input 'past_key' must be \[B, Hkv, P, 8\] = \[1, 2, P, 8\]"),
-    ("sinks-with-paged", lambda: GroupedQueryAttention(32, 4, 2, sinks=True),
-     dict(paged=object()), r"attention sinks are not supported with paged"),
     ("sinks-on-a-band", lambda: LocalAttention(32, 4, 2, window=2, kind="band", sinks=True), None,
      r"LocalAttention\(kind='band'\) has no attention sinks"),
 ]

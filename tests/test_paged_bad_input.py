@@ -90,6 +90,8 @@ SHAPE_CASES = [
         shapes=_with(q_norm_weight=(7,))),
     Bad("inv-freq-length", r"input 'rope_inv_freq' must be \[rotary_dim / 2\] = \[4\], got \[3\]",
         shapes=_with(rope_inv_freq=(3,)), attrs=dict(HEADS, rope=1)),
+    Bad("sinks-length", r"input 'sinks' must be \[num_heads\] = \[4\] \(one logit per query head\), got \[2\]",
+        shapes=_with(sinks=(2,)), kernel_match=r"input 'sinks' must be \[num_heads\] = \[4\], got \[2\]"),
     Bad("rotary-dim-above-head-dim", r"rotary_dim \(16\) must be <= D \(8\)", attrs=dict(HEADS, rope=1, rotary_dim=16)),
     Bad("block-table-int64", r"input 'block_table' must be tensor\(int32\), got tensor\(int64\)",
         types=dict(block_table=TensorProto.INT64), kernel="graph",

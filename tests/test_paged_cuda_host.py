@@ -8,6 +8,7 @@ Runs without a GPU through the library's C test entry."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -195,6 +196,19 @@ def test_scratch_layout(pool_outputs):
         assert p["value_pool_offset"] == offset
         offset += align(300 * 16 * 2 * 32 * 2)
     assert p["scratch_bytes"] == offset
+
+
+@pytest.mark.parametrize("pool_outputs", [True, False])
+def test_sinks_add_the_lse_by_packed_row_last(pool_outputs):
+    """Attention sinks: the core's LSE of the ragged batch, [T, Hq] float32, after everything else; the core's
+    launches do not change."""
+    s = lib.Spec(tokens=40, batch=3, q_heads=8, kv_heads=2, head_dim=64, num_blocks=300, block_size=16, max_blocks=100)
+    plain = lib.plan(s, pool_outputs=pool_outputs)
+    with_sinks = lib.plan(dataclasses.replace(s, sinks=True), pool_outputs=pool_outputs)
+    assert not plain["sinks"] and with_sinks["sinks"]
+    assert with_sinks["lse_offset"] == plain["scratch_bytes"]
+    assert with_sinks["scratch_bytes"] == plain["scratch_bytes"] + align(40 * 8 * 4)
+    assert (with_sinks["decode"], with_sinks["prefill"]) == (plain["decode"], plain["prefill"])
 
 
 @pytest.mark.parametrize("dtype,head_dim,aligned,kernel,why", [

@@ -83,6 +83,7 @@ class Case:
     rotary_dim: int = 0
     rope_interleaved: int = 0
     rope_attention_scaling: float = 1.0
+    sinks: bool = False
     dtype: str = "float32"
     with_present: bool = True
 
@@ -150,9 +151,15 @@ CASES = [
     # everything at once
     Case("everything", past=(5, 9, 0), new=(3, 1, 2), q_heads=6, kv_heads=2, positions="shifted", q_norm=True,
          k_norm=True, inv_freq="custom", rotary_dim=10, window=7, softcap=3.0, block_size=3),
+    # attention sinks (GPT-OSS), the sequences' LSE from the ragged core
+    Case("sinks-decode-b3", past=(5, 12, 7), new=(1, 1, 1), sinks=True),
+    Case("sinks-ragged-mixed-b4", past=(9, 0, 20, 6), new=(1, 5, 0, 3), sinks=True),
+    Case("sinks-window-chunk-bs16", past=(30, 0), new=(9, 12), window=7, block_size=16, sinks=True),
+    Case("sinks-large-decode-bs16-b3", past=(300, 45, 129), new=(1, 1, 1), q_heads=8, kv_heads=2, head_dim=128,
+         block_size=16, sinks=True),
 ]
 _LOW_PRECISION_OF = ("decode-b3", "ragged-mixed-b4", "block-size-16", "qk-norm", "window-chunk-bs16", "dv-ne-d",
-                     "everything", "large-decode-bs16-b3")
+                     "everything", "large-decode-bs16-b3", "sinks-ragged-mixed-b4")
 CASES += [dataclasses.replace(c, id=f"{c.id}-{dtype}", dtype=dtype)
           for dtype in ("float16", "bfloat16") for c in CASES if c.id in _LOW_PRECISION_OF]
 CASES_BY_ID = {c.id: c for c in CASES}
@@ -164,7 +171,8 @@ def _case_of_overload(overload: str) -> Case:
     return Case(f"overload-{overload or 'plain'}", past=(3, 6), new=(2, 1), head_dim=8,
                 with_present="present" in features,
                 positions="shifted" if "pos" in features else None, q_norm="qnorm" in features,
-                k_norm="knorm" in features, inv_freq="custom" if "inv_freq" in features else None)
+                k_norm="knorm" in features, inv_freq="custom" if "inv_freq" in features else None,
+                sinks="sinks" in features)
 
 
 OVERLOAD_CASES = {overload: _case_of_overload(overload) for overload in paged.SPEC.overloads}
@@ -180,7 +188,7 @@ def problem_of(case_id: str):
                            layout=case.layout, spare_blocks=case.spare_blocks, table_extra=case.table_extra)
     add_optional_inputs(rng, problem, positions=case.positions, q_norm=case.q_norm, k_norm=case.k_norm,
                         inv_freq=case.inv_freq, head_dim=case.head_dim, rotary_dim=case.rotary_dim,
-                        rope_base=case.rope_base, dtype=case.dtype)
+                        rope_base=case.rope_base, dtype=case.dtype, sinks=case.q_heads if case.sinks else 0)
     return problem
 
 

@@ -146,7 +146,7 @@ _register_recompute_autograd(group_query_attention, gqa_reference, len(GQA_TENSO
 # ---- PagedAttention ----
 
 PAGED_TENSORS = ("query", "key", "value", "key_cache", "value_cache", "block_table", "cu_seqlens_q", "seq_lens",
-                 "position_ids", "q_norm_weight", "k_norm_weight", "rope_inv_freq")
+                 "position_ids", "q_norm_weight", "k_norm_weight", "rope_inv_freq", "sinks")
 
 
 @torch.library.custom_op("onnxattn::paged_attention", mutates_args=())
@@ -154,6 +154,7 @@ def paged_attention(
     query: Tensor, key: Tensor, value: Tensor, key_cache: Tensor, value_cache: Tensor,
     block_table: Tensor, cu_seqlens_q: Tensor, seq_lens: Tensor, position_ids: Optional[Tensor],
     q_norm_weight: Optional[Tensor], k_norm_weight: Optional[Tensor], rope_inv_freq: Optional[Tensor],
+    sinks: Optional[Tensor],
     num_heads: int, kv_num_heads: int, causal: bool, window: int, softcap: float, scale: float,
     rope: bool, rope_base: float, rotary_dim: int, rope_interleaved: bool, rope_attention_scaling: float,
     qk_norm_epsilon: float,
@@ -163,13 +164,13 @@ def paged_attention(
                                  rotary_dim, rope_interleaved, rope_attention_scaling, qk_norm_epsilon)))
     out, key_out, value_out = paged_reference(query, key, value, key_cache, value_cache, block_table, cu_seqlens_q,
                                               seq_lens, position_ids, q_norm_weight, k_norm_weight, rope_inv_freq,
-                                              **attrs)
+                                              sinks, **attrs)
     return out.contiguous(), key_out, value_out
 
 
 @paged_attention.register_fake
 def _(query, key, value, key_cache, value_cache, block_table, cu_seqlens_q, seq_lens, position_ids, q_norm_weight,
-      k_norm_weight, rope_inv_freq, num_heads, kv_num_heads, *attrs):
+      k_norm_weight, rope_inv_freq, sinks, num_heads, kv_num_heads, *attrs):
     dv = value.shape[1] // kv_num_heads
     return (query.new_empty((query.shape[0], num_heads * dv)), key_cache.new_empty(key_cache.shape),
             value_cache.new_empty(value_cache.shape))

@@ -43,13 +43,13 @@ def _gqa(query, key, value, past_key=None, past_value=None, past_lengths=None, p
 
 
 def _paged(query, key, value, key_cache, value_cache, block_table, cu_seqlens_q, seq_lens, position_ids=None,
-           q_norm_weight=None, k_norm_weight=None, rope_inv_freq=None, *attrs):
+           q_norm_weight=None, k_norm_weight=None, rope_inv_freq=None, sinks=None, *attrs):
     # every attribute explicit (onnx.reference ignores function defaults); unused cache outputs are
     # dropped later by attach_functions
     kinds = {a.name: a.kind for a in paged.SPEC.attrs}
     onnx_attrs = {name: int(v) if kinds[name] == "int" else float(v) for name, v in zip(GQA_ATTRS, attrs)}
     return _PAGED(query, key, value, key_cache, value_cache, block_table, cu_seqlens_q, seq_lens, position_ids,
-                  q_norm_weight, k_norm_weight, rope_inv_freq, **onnx_attrs)
+                  q_norm_weight, k_norm_weight, rope_inv_freq, sinks, **onnx_attrs)
 
 
 def _mla(query, latent, k_rope, w_uk, w_uv, past_latent=None, past_k_rope=None, past_lengths=None,

@@ -85,6 +85,7 @@ def paged_attention(
     q_norm_weight: torch.Tensor | None = None,
     k_norm_weight: torch.Tensor | None = None,
     rope_inv_freq: torch.Tensor | None = None,
+    sinks: torch.Tensor | None = None,
     *,
     num_heads: int,
     kv_num_heads: int,
@@ -104,10 +105,10 @@ def paged_attention(
     key_cache/value_cache [num_blocks, block_size, Hkv, D|Dv] listed per sequence by block_table [B, max_blocks]
     int32; seq_lens [B] int32 counts each sequence's keys including its new tokens. Returns (output [T,Hq*Dv],
     key_cache_out, value_cache_out): the pools with the new tokens written (new tensors in torch; the kernel
-    updates them in place). Attributes as in group_query_attention; see docs/ops.md."""
+    updates them in place). `sinks` and the attributes as in group_query_attention; see docs/ops.md."""
     return torch.ops.onnxattn.paged_attention(
         query, key, value, key_cache, value_cache, block_table, cu_seqlens_q, seq_lens, position_ids, q_norm_weight,
-        k_norm_weight, rope_inv_freq, int(num_heads), int(kv_num_heads), bool(causal), int(window), float(softcap),
+        k_norm_weight, rope_inv_freq, sinks, int(num_heads), int(kv_num_heads), bool(causal), int(window), float(softcap),
         float(scale or 0.0), bool(rope), float(rope_base), int(rotary_dim), bool(rope_interleaved),
         float(rope_attention_scaling), float(qk_norm_epsilon),
     )

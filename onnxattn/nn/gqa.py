@@ -196,9 +196,6 @@ class GroupedQueryAttention(nn.Module):
         if given:
             raise ValueError(f"GroupedQueryAttention: paged takes the cache from the PagedStep; {', '.join(given)} "
                              f"cannot be combined with it")
-        if self.sinks is not None:
-            raise ValueError("GroupedQueryAttention: attention sinks are not supported with paged (PagedAttention has "
-                             "no sinks input yet); use the contiguous KV cache")
         if x.dim() != 2:
             raise ValueError(f"GroupedQueryAttention: with paged, x must be the packed tokens [T, model_dim], got "
                              f"shape {list(x.shape)}")
@@ -218,7 +215,7 @@ class GroupedQueryAttention(nn.Module):
 
         out, key_cache, value_cache = F.paged_attention(
             q, k, v, key_cache, value_cache, step.block_table, step.cu_seqlens_q, step.seq_lens, position_ids,
-            self.q_norm, self.k_norm, self.rope_frequencies(last_position),
+            self.q_norm, self.k_norm, self.rope_frequencies(last_position), self.sinks,
             num_heads=self.num_query_heads, kv_num_heads=self.num_kv_heads, causal=self.causal, window=self.window,
             softcap=self.softcap, scale=self.scale, rope=rope is not None,
             rope_base=rope.base if rope else 10000.0, rotary_dim=rope.rotary_dim or 0 if rope else 0,

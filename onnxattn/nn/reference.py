@@ -265,7 +265,7 @@ def check_paged_inputs(tensors, attrs) -> None:
 
     from onnxattn.ops import TensorInfo, paged
 
-    float_inputs = (0, 1, 2, 3, 4, 9, 10)  # of the op's type T; index inputs are checked for shape only
+    float_inputs = (0, 1, 2, 3, 4, 9, 10, 12)  # of the op's type T; index inputs are checked for shape only
     infos = [None if t is None else TensorInfo(_ONNX_FLOAT_TYPES.get(t.dtype, 0) if i in float_inputs else 0,
                                                tuple(t.shape)) for i, t in enumerate(tensors)]
     kinds = {a.name: a.kind for a in paged.SPEC.attrs}
@@ -316,6 +316,7 @@ def paged_reference(
     q_norm_weight: torch.Tensor | None = None,
     k_norm_weight: torch.Tensor | None = None,
     rope_inv_freq: torch.Tensor | None = None,
+    sinks: torch.Tensor | None = None,
     *,
     num_heads: int,
     kv_num_heads: int,
@@ -334,7 +335,7 @@ def paged_reference(
     runs as a GroupQueryAttention over its blocks gathered into a contiguous cache (the math the kernel
     does without the gather). Checks its inputs as the kernel does (ValueError naming the op and input)."""
     tensors = (query, key, value, key_cache, value_cache, block_table, cu_seqlens_q, seq_lens, position_ids,
-               q_norm_weight, k_norm_weight, rope_inv_freq)
+               q_norm_weight, k_norm_weight, rope_inv_freq, sinks)
     check_paged_inputs(tensors, dict(
         num_heads=num_heads, kv_num_heads=kv_num_heads, causal=causal, window=window, softcap=softcap, scale=scale,
         rope=rope, rope_base=rope_base, rotary_dim=rotary_dim, rope_interleaved=rope_interleaved,
@@ -358,7 +359,7 @@ def paged_reference(
         positions = position_ids[start:end][None] if position_ids is not None else None
         out, present_k, present_v = gqa_reference(
             query[start:end][None], key[start:end][None], value[start:end][None], past_k, past_v, None, positions,
-            q_norm_weight, k_norm_weight, rope_inv_freq, **attrs)
+            q_norm_weight, k_norm_weight, rope_inv_freq, None, sinks, **attrs)
         outputs.append(out[0])
         new_positions = torch.arange(past, total, device=blocks.device)
         slots = blocks[new_positions // block_size] * block_size + new_positions % block_size

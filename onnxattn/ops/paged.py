@@ -31,7 +31,7 @@ I64, F32 = TensorProto.INT64, TensorProto.FLOAT
 SUMMARY = (
     "output, key_cache_out?, value_cache_out? = PagedAttention(query [T,Hq*D], key [T,Hkv*D], "
     "value [T,Hkv*Dv], key_cache [N,bs,Hkv,D], value_cache [N,bs,Hkv,Dv], block_table [B,max_blocks], "
-    "cu_seqlens_q [B+1], seq_lens [B], position_ids?, q_norm_weight?, k_norm_weight?, rope_inv_freq?)"
+    "cu_seqlens_q [B+1], seq_lens [B], position_ids?, q_norm_weight?, k_norm_weight?, rope_inv_freq?, sinks?)"
 )
 
 DOC = """\
@@ -48,7 +48,8 @@ token, in this order (as in GroupQueryAttention, and with the same attributes):
 2. its key (after RoPE) and value are written to slot `pos % block_size` of block
    `block_table[b, pos / block_size]`;
 3. it attends over keys `0 .. seq_lens[b] - 1` of its sequence, read from the blocks, under `causal`
-   (keys at positions <= its own) and `window`; GQA repeat-each, `scale`, `softcap`; a token that sees no
+   (keys at positions <= its own) and `window`; GQA repeat-each, `scale`, `softcap`, attention `sinks` (one
+   logit per query head in every row's softmax denominator, as in GroupQueryAttention); a token that sees no
    key outputs zeros.
 
 **Writing the cache.** The node writes the new tokens' K/V itself; `key_cache_out`/`value_cache_out`
@@ -69,11 +70,11 @@ outside its inputs and outputs. Validate on the host first where an error is nee
 function cannot raise on data; it clamps block indices.
 """
 
-FEATURES = ("pos", "qnorm", "knorm", "inv_freq", "present")
-_INPUT_OF_FEATURE = {"pos": 8, "qnorm": 9, "knorm": 10, "inv_freq": 11}
+FEATURES = ("pos", "qnorm", "knorm", "inv_freq", "sinks", "present")
+_INPUT_OF_FEATURE = {"pos": 8, "qnorm": 9, "knorm": 10, "inv_freq": 11, "sinks": 12}
 OVERLOAD_DOC = (
     "Overload names join the node's present optional parts with '+', in this order: `pos` "
-    "(position_ids), `qnorm`, `knorm`, `inv_freq`, `present` (the updated cache outputs)."
+    "(position_ids), `qnorm`, `knorm`, `inv_freq`, `sinks`, `present` (the updated cache outputs)."
 )
 OVERLOADS = tuple("+".join(f for f, on in zip(FEATURES, flags) if on)
                   for flags in itertools.product((False, True), repeat=len(FEATURES)))
@@ -98,7 +99,7 @@ def _mul(a: Dim, b: Dim) -> Dim:
 
 def infer(inputs: Sequence[TensorInfo | None], attrs: Mapping[str, Any]) -> list[TensorInfo]:
     (query, key, value, key_cache, value_cache, block_table, cu_seqlens, seq_lens, position_ids, q_norm, k_norm,
-     inv_freq) = inputs
+     inv_freq, sinks) = (list(inputs) + [None] * 13)[:13]
     hq, hkv = attrs["num_heads"], attrs["kv_num_heads"]
     if hq % hkv != 0:
         raise OpError(f"{NAME}: num_heads ({hq}) must be a multiple of kv_num_heads ({hkv})")
@@ -157,6 +158,9 @@ def infer(inputs: Sequence[TensorInfo | None], attrs: Mapping[str, Any]) -> list
                 inv_freq.rank != 1 or dims_differ(inv_freq.shape[0], rotary // 2)):
             raise OpError(f"{NAME}: input 'rope_inv_freq' must be [rotary_dim / 2] = [{rotary // 2}], got "
                           f"{inv_freq.shape_str()}")
+    if sinks is not None and sinks.rank is not None and (sinks.rank != 1 or dims_differ(sinks.shape[0], hq)):
+        raise OpError(f"{NAME}: input 'sinks' must be [num_heads] = [{hq}] (one logit per query head), got "
+                      f"{sinks.shape_str()}")
     elem = query.elem_type
     return [TensorInfo(elem, (tokens, _mul(hq, dv))), TensorInfo(elem, kc), TensorInfo(elem, vc)]
 
@@ -241,7 +245,11 @@ def build_function(overload: str, opset: int) -> onnx.FunctionProto:
     visible = bodies.structural_visibility(f, p, j, band=False)
     valid = f.op("Unsqueeze", f.op("Gather", seq_lens, seq_of), f.const([1, 2, 3], I64))
     visible = f.op("And", visible, f.op("Less", j, valid))
-    out, _ = bodies.masked_softmax_attention(f, bodies.scores(f, q, k_all), visible, v_all)  # [T, Hq, 1, Dv]
+    sink = None
+    if "sinks" in features:  # [1, Hq, 1, 1]
+        sink = f.op("Reshape", f.op("Cast", "sinks", to=F32), f.const([1, -1, 1, 1], I64))
+    out, _ = bodies.masked_softmax_attention(f, bodies.scores(f, q, k_all), visible, v_all,
+                                             sink=sink)  # [T, Hq, 1, Dv]
     out = f.op("Reshape", out, f.op("Concat", tokens, f.const([-1], I64), axis=0))
     f.nodes.append(onnx.helper.make_node("CastLike", [out, "query"], ["output"]))
     outputs = ["output"]
@@ -270,6 +278,8 @@ SPEC = OpSpec(
         Input("q_norm_weight", "T", "[D] per-head RMS-norm weight for queries (QK-norm).", optional=True),
         Input("k_norm_weight", "T", "[D] per-head RMS-norm weight for keys (QK-norm).", optional=True),
         Input("rope_inv_freq", "tensor(float)", "[rotary_dim / 2] RoPE inverse frequencies (scaled RoPE).",
+              optional=True),
+        Input("sinks", "T", "[Hq] attention-sink logits, one per query head (GPT-OSS), as in GroupQueryAttention.",
               optional=True),
     ),
     outputs=(

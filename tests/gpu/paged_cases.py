@@ -27,8 +27,8 @@ from paged_problems import add_optional_inputs, contiguous_oracle, make_problem,
 DTYPES = ("float16", "bfloat16", "float32")
 EPS = {"float16": 2.0**-10, "bfloat16": 2.0**-7}
 INPUTS = ("query", "key", "value", "key_cache", "value_cache", "block_table", "cu_seqlens_q", "seq_lens",
-          "position_ids", "q_norm_weight", "k_norm_weight", "rope_inv_freq")
-T_INPUTS = ("query", "key", "value", "key_cache", "value_cache", "q_norm_weight", "k_norm_weight")
+          "position_ids", "q_norm_weight", "k_norm_weight", "rope_inv_freq", "sinks")
+T_INPUTS = ("query", "key", "value", "key_cache", "value_cache", "q_norm_weight", "k_norm_weight", "sinks")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +58,7 @@ class Case:
     rotary_dim: int = 0
     rope_interleaved: int = 0
     rope_attention_scaling: float = 1.0
+    sinks: bool = False  # attention-sink logits per query head (GPT-OSS): the ragged core's LSE by packed row
     with_present: bool = True
 
     def __str__(self) -> str:
@@ -116,6 +117,10 @@ CASES = [
     Case("no-present", past=(40, 9), new=(1, 18), with_present=False),
     Case("everything", past=(35, 0, 9), new=(1, 24, 2), q_heads=6, kv_heads=2, head_dim=64, positions="shifted",
          q_norm=True, k_norm=True, inv_freq="custom", rotary_dim=40, window=20, softcap=3.0, block_size=8),
+    # attention sinks: decode rows (split-KV: the combine writes the LSE) and prefill chunks in one batch
+    Case("sinks-mixed", past=(3000, 0, 40), new=(1, 40, 3), head_dim=64, window=128, sinks=True),
+    Case("sinks-decode-split-b4", past=(2000, 5, 700, 1), new=(1, 1, 1, 1), sinks=True),
+    Case("sinks-simt-d12", past=(9, 30), new=(1, 20), q_heads=4, kv_heads=2, head_dim=12, block_size=4, sinks=True),
 ]
 CASES_BY_ID = {c.id: c for c in CASES}
 assert len(CASES_BY_ID) == len(CASES), "case ids must be unique"
@@ -134,7 +139,7 @@ def problem(case_id: str, dtype: str):
                      layout=case.layout, spare_blocks=case.spare_blocks, table_extra=case.table_extra)
     add_optional_inputs(rng, p, positions=case.positions, q_norm=case.q_norm, k_norm=case.k_norm,
                         inv_freq=case.inv_freq, head_dim=case.head_dim, rotary_dim=case.rotary_dim,
-                        rope_base=case.rope_base, dtype=dtype)
+                        rope_base=case.rope_base, dtype=dtype, sinks=case.q_heads if case.sinks else 0)
     return p
 
 
@@ -237,6 +242,7 @@ def spec(case: Case, dtype: str):
                     head_dim=case.head_dim, v_head_dim=case.dv, num_blocks=kc.shape[0], block_size=kc.shape[1],
                     max_blocks=f["block_table"].shape[1], position_ids="position_ids" in f,
                     q_norm="q_norm_weight" in f, k_norm="k_norm_weight" in f, inv_freq="rope_inv_freq" in f,
+                    sinks="sinks" in f,
                     causal=case.causal, window=case.window, softcap=case.softcap, scale=case.scale, rope=case.rope,
                     rope_base=case.rope_base, rotary_dim=case.rotary_dim, rope_interleaved=case.rope_interleaved,
                     rope_attention_scaling=case.rope_attention_scaling, qk_norm_epsilon=case.qk_norm_epsilon,

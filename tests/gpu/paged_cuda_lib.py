@@ -22,7 +22,8 @@ class Problem(ctypes.Structure):
         "window", "rotary_dim")] + [(n, ctypes.c_int32) for n in (
         "dtype", "causal", "rope", "rope_interleaved", "has_position_ids", "q_norm", "k_norm", "has_inv_freq")] + [
         (n, ctypes.c_float) for n in (
-        "softcap", "scale", "rope_base", "rope_attention_scaling", "qk_norm_epsilon", "reserved")]  # fmt: skip
+        "softcap", "scale", "rope_base", "rope_attention_scaling", "qk_norm_epsilon")] + [
+        ("has_sinks", ctypes.c_int32)]  # fmt: skip
 
 
 class PagedPlanInfo(ctypes.Structure):
@@ -33,7 +34,8 @@ class PagedPlanInfo(ctypes.Structure):
         "layout_blocks", "append_rows", "append_blocks", "totals_offset", "decode_items_offset",
         "prefill_items_offset", "decode_offset", "prefill_offset", "core_scratch_bytes", "layout_offset",
         "core_offset", "key_pool_offset", "value_pool_offset", "scratch_bytes")] + [
-        ("pools_in_scratch", ctypes.c_int32), ("reserved", ctypes.c_int32), ("reason", ctypes.c_char * 1024)]  # fmt: skip
+        ("pools_in_scratch", ctypes.c_int32), ("sinks", ctypes.c_int32), ("lse_offset", ctypes.c_int64),
+        ("reason", ctypes.c_char * 1024)]  # fmt: skip
 
     def as_dict(self) -> dict:
         out = {}
@@ -45,7 +47,7 @@ class PagedPlanInfo(ctypes.Structure):
                 value = tuple(value)
             elif name == "reason":
                 value = value.decode()
-            elif name == "pools_in_scratch":
+            elif name in ("pools_in_scratch", "sinks"):
                 value = bool(value)
             out[name] = value
         return out
@@ -53,7 +55,7 @@ class PagedPlanInfo(ctypes.Structure):
 
 TENSORS = ("query", "key", "value", "key_cache", "value_cache", "block_table", "cu_seqlens_q", "seq_lens",
            "position_ids", "q_norm_weight", "k_norm_weight", "inv_freq", "output", "key_cache_out",
-           "value_cache_out")  # fmt: skip
+           "value_cache_out", "sinks")  # fmt: skip
 
 
 class Tensors(ctypes.Structure):
@@ -96,6 +98,7 @@ class Spec:
     q_norm: bool = False
     k_norm: bool = False
     inv_freq: bool = False
+    sinks: bool = False
     causal: int = 1
     window: int = 0
     softcap: float = 0.0
@@ -110,13 +113,13 @@ class Spec:
 
     def problem(self) -> Problem:
         p = Problem()
-        skip = ("reserved", "has_position_ids", "has_inv_freq", "v_head_dim")
+        skip = ("has_position_ids", "has_inv_freq", "has_sinks", "v_head_dim")
         for name, _ in Problem._fields_:
             if name not in skip:
                 value = getattr(self, name)
                 setattr(p, name, int(value) if isinstance(value, bool) else value)
         p.v_head_dim = self.head_dim if self.v_head_dim is None else self.v_head_dim
-        p.has_position_ids, p.has_inv_freq = int(self.position_ids), int(self.inv_freq)
+        p.has_position_ids, p.has_inv_freq, p.has_sinks = int(self.position_ids), int(self.inv_freq), int(self.sinks)
         return p
 
 

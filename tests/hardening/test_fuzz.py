@@ -116,7 +116,8 @@ def paged_cases(draw):
         k_norm=draw(st.booleans()), inv_freq=draw(st.sampled_from([None, "linear4", "custom"])) if rope else None,
         causal=draw(st.sampled_from([1, 1, 0])), window=draw(st.sampled_from([0, 0, 1, 5, 60])),
         softcap=draw(st.sampled_from([0.0, 0.0, 3.0])), scale=draw(st.sampled_from([0.0, 0.5])), rope=rope,
-        rope_interleaved=draw(st.integers(0, 1)), dtype=draw(DTYPES), with_present=draw(st.booleans()))
+        rope_interleaved=draw(st.integers(0, 1)), sinks=draw(st.booleans()), dtype=draw(DTYPES),
+        with_present=draw(st.booleans()))
 
 
 @st.composite

@@ -15,7 +15,7 @@
 #include <stdexcept>
 
 #include "common/errors.h"
-#include "common/sinks.h"
+#include "common/sinks_cuda.cuh"
 #include "gqa/cuda_kernel.h"
 #include "sdpa/cuda_query_prep.cuh"
 
@@ -109,30 +109,6 @@ __global__ void __launch_bounds__(32 * kAppendRowsPerBlock) rotate_queries_kerne
   const int64_t position = a.position_ids != nullptr ? a.position_ids[token] : start + i;
   sdpa::cuda::prepare_row(a.query + row * a.head_dim, a.rotated + row * a.head_dim, a.head_dim, a.prep, position, 1.0f,
                           lane);
-}
-
-// Attention sinks: one warp per output (token, query head) row, scaled by the sink factor of the row's LSE.
-// Rows of a sequence the new-token kernel found invalid keep its NaN (their LSE was never written).
-template <typename T>
-struct SinkArgs {
-  T* output;              // [B, S, Hq*Dv]
-  const float* lse;       // [B, Hq, S]
-  const T* sinks;         // [Hq]
-  const int64_t* lengths;  // shared-buffer mode: [2][B] from the new-token kernel, else null
-  int64_t batch, seq, q_heads;
-  int v_head_dim;
-};
-
-template <typename T>
-__global__ void __launch_bounds__(32 * kAppendRowsPerBlock) apply_sinks_kernel(const SinkArgs<T> a) {
-  const int lane = threadIdx.x % 32;
-  const int64_t row = int64_t(blockIdx.x) * kAppendRowsPerBlock + threadIdx.x / 32;
-  if (row >= a.batch * a.seq * a.q_heads) return;  // whole warps
-  const int64_t h = row % a.q_heads, token = row / a.q_heads, b = token / a.seq, i = token % a.seq;
-  if (a.lengths != nullptr && a.lengths[a.batch + b] < 0) return;
-  const float factor = sink_factor(a.lse[(b * a.q_heads + h) * a.seq + i], to_float(a.sinks[h]));
-  T* const out = a.output + row * a.v_head_dim;
-  for (int e = lane; e < a.v_head_dim; e += 32) out[e] = from_float<T>(to_float(out[e]) * factor);
 }
 
 void check_cuda(cudaError_t status, const char* what) {
@@ -256,21 +232,16 @@ void run(const Params& p, const Tensors<T>& t_in, const Plan& plan, void* stream
   if (plan.sinks) at.lse = reinterpret_cast<float*>(base + plan.lse_offset);
   sdpa::cuda::run(plan.attention, at, plan.launch, stream, base + plan.attention_offset, plan.launch.scratch_bytes, prep);
 
-  // 4. Attention sinks, from the rows' LSE.
+  // 4. Attention sinks, from the rows' LSE ([B, Hq, S]).
   if (plan.sinks) {
-    SinkArgs<T> k{};
+    cuda_sinks::Args<T> k{};
     k.output = t.output;
     k.lse = at.lse;
     k.sinks = t.sinks;
     k.lengths = lengths;
-    k.batch = p.batch, k.seq = p.seq, k.q_heads = p.q_heads;
+    k.tokens = p.batch * p.seq, k.seq = p.seq, k.batch = p.batch, k.q_heads = p.q_heads;
     k.v_head_dim = int(p.v_head_dim);
-    const int64_t blocks = (p.batch * p.seq * p.q_heads + kAppendRowsPerBlock - 1) / kAppendRowsPerBlock;
-    if (blocks > int64_t(0x7fffffff)) throw std::runtime_error(str_cat(kOpName, ": too many query rows"));
-    if (blocks > 0) {
-      apply_sinks_kernel<T><<<unsigned(blocks), 32 * kAppendRowsPerBlock, 0, stream>>>(k);
-      check_cuda(cudaGetLastError(), "launching the attention-sink kernel");
-    }
+    cuda_sinks::apply(k, stream, kOpName);
   }
 }
 

@@ -4,6 +4,7 @@
 #include <cstring>
 #include <memory>
 
+#include "common/sinks.h"
 #include "gqa/new_tokens.h"
 #include "sdpa/cpu_kernel.h"
 
@@ -69,7 +70,22 @@ void run_cpu(const Params& p, const Tensors<T>& t, const ParallelFor& parallel_f
   at.query_offsets = layout.query_offsets.data();
   at.kv_lengths = layout.kv_lengths.data();
   at.block_table = t.block_table;
+  std::vector<float> lse;  // [T, Hq]: the core's LSE of ragged batches is by packed row
+  if (p.has_sinks) {
+    a.want_lse = true;
+    lse.resize(size_t(p.tokens * Hq));
+    at.lse = lse.data();
+  }
   sdpa::run_cpu<T, float>(a, at, parallel_for);
+  if (p.has_sinks) {
+    parallel_for(p.tokens, [&](int64_t token) {
+      T* row = t.output + token * Hq * Dv;
+      for (int64_t h = 0; h < Hq; ++h) {
+        const float factor = sink_factor(lse[size_t(token * Hq + h)], to_float(t.sinks[h]));
+        for (int64_t c = 0; c < Dv; ++c) row[h * Dv + c] = from_float<T>(to_float(row[h * Dv + c]) * factor);
+      }
+    });
+  }
 }
 
 template void run_cpu<float>(const Params&, const Tensors<float>&, const ParallelFor&);

@@ -24,7 +24,8 @@ struct OnnxAttnPagedProblem {
   int64_t num_blocks, block_size, max_blocks, window, rotary_dim;
   int32_t dtype;  // ONNX element type: 1 float32, 10 float16, 16 bfloat16
   int32_t causal, rope, rope_interleaved, has_position_ids, q_norm, k_norm, has_inv_freq;
-  float softcap, scale, rope_base, rope_attention_scaling, qk_norm_epsilon, reserved;
+  float softcap, scale, rope_base, rope_attention_scaling, qk_norm_epsilon;
+  int32_t has_sinks;
 };
 
 struct OnnxAttnPagedPlanInfo {
@@ -35,7 +36,8 @@ struct OnnxAttnPagedPlanInfo {
   int64_t layout_blocks, append_rows, append_blocks;
   int64_t totals_offset, decode_items_offset, prefill_items_offset, decode_offset, prefill_offset;
   int64_t core_scratch_bytes, layout_offset, core_offset, key_pool_offset, value_pool_offset, scratch_bytes;
-  int32_t pools_in_scratch, reserved;
+  int32_t pools_in_scratch, sinks;
+  int64_t lse_offset;
   char reason[1024];
 };
 
@@ -48,6 +50,7 @@ struct OnnxAttnPagedTensors {
   const void *q_norm_weight, *k_norm_weight;
   const float* inv_freq;
   void *output, *key_cache_out, *value_cache_out;
+  const void* sinks;
 };
 
 }  // extern "C"
@@ -75,6 +78,7 @@ Params params_from(const OnnxAttnPagedProblem& pr) {
   if (pr.k_norm) shapes.inputs[kKNorm] = Shape{pr.head_dim};
   const int64_t rotary = pr.rotary_dim ? pr.rotary_dim : pr.head_dim;
   if (pr.has_inv_freq) shapes.inputs[kInvFreq] = Shape{rotary / 2};
+  if (pr.has_sinks) shapes.inputs[kSinks] = Shape{pr.q_heads};
   gqa::Attributes a;
   a.num_heads = pr.q_heads;
   a.kv_num_heads = pr.kv_heads;
@@ -131,6 +135,8 @@ void fill_plan_info(const Plan& plan, OnnxAttnPagedPlanInfo* out) {
   out->value_pool_offset = int64_t(plan.value_pool_offset);
   out->scratch_bytes = int64_t(plan.scratch_bytes);
   out->pools_in_scratch = plan.pools_in_scratch ? 1 : 0;
+  out->sinks = plan.sinks ? 1 : 0;
+  out->lse_offset = int64_t(plan.lse_offset);
   std::snprintf(out->reason, sizeof out->reason, "%s", core.reason.c_str());
 }
 
@@ -151,6 +157,7 @@ int run_for_test(const Params& p, const OnnxAttnPagedTensors& in, const Request&
   t.q_norm_weight = static_cast<const T*>(in.q_norm_weight);
   t.k_norm_weight = static_cast<const T*>(in.k_norm_weight);
   t.inv_freq = in.inv_freq;
+  t.sinks = static_cast<const T*>(in.sinks);
   t.output = static_cast<T*>(in.output);
   t.key_cache_out = static_cast<T*>(in.key_cache_out);
   t.value_cache_out = static_cast<T*>(in.value_cache_out);

@@ -14,6 +14,7 @@
 #include <stdexcept>
 
 #include "common/errors.h"
+#include "common/sinks_cuda.cuh"
 #include "paged/cuda_kernel.h"
 #include "sdpa/cuda_query_prep.cuh"
 
@@ -217,7 +218,20 @@ void run(const Params& p, const Tensors<T>& t_in, const Plan& plan, void* stream
   QueryPrep<T> prep;
   prep.row = row_prep<T>(p, p.q_norm ? t.q_norm_weight : nullptr, t.inv_freq);
   prep.position_ids = p.has_position_ids ? t.position_ids : nullptr;
+  if (plan.sinks) at.lse = reinterpret_cast<float*>(base + plan.lse_offset);
   sdpa::cuda::run_ragged(plan.attention, at, plan.core, stream, base + plan.core_offset, plan.core.scratch_bytes, prep);
+
+  // 5. Attention sinks, from the rows' LSE ([T, Hq] by packed row). Rows of failed sequences hold NaN (step
+  // 3) and keep it: NaN times any factor, also one from their never-written LSE.
+  if (plan.sinks) {
+    cuda_sinks::Args<T> k{};
+    k.output = t.output;
+    k.lse = at.lse;
+    k.sinks = t.sinks;
+    k.tokens = p.tokens, k.q_heads = p.q_heads;
+    k.v_head_dim = int(p.v_head_dim);
+    cuda_sinks::apply(k, stream, kOpName);
+  }
 }
 
 template void run<float>(const Params&, const Tensors<float>&, const Plan&, void*, void*, size_t);

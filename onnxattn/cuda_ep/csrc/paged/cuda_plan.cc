@@ -37,6 +37,7 @@ sdpa::Params attention_params(const Params& p) {
   a.block_size = p.block_size;
   a.block_table_stride = p.max_blocks;
   a.num_blocks = p.num_blocks;
+  a.want_lse = p.has_sinks;  // by packed row [T, Hq]: the sink factor of each output row
   return a;
 }
 
@@ -72,6 +73,8 @@ Plan make_plan(const Params& p, DType dtype, const DeviceInfo& device, const Req
     plan.key_pool_offset = take(slots * size_t(p.head_dim) * size);
     plan.value_pool_offset = take(slots * size_t(p.v_head_dim) * size);
   }
+  plan.sinks = p.has_sinks;
+  if (plan.sinks) plan.lse_offset = take(size_t(p.tokens * p.q_heads) * sizeof(float));
   plan.scratch_bytes = offset;
   return plan;
 }

@@ -12,7 +12,9 @@
 //      written to their slots in the blocks; output rows of failed sequences set to NaN;
 //   4. the attention core's ragged launches (sdpa/cuda_plan.h: RaggedPlan): the device schedule, then the
 //      decode launch (sequences of <= 16 new tokens, split-KV) and the prefill launch (longer chunks),
-//      each K/V tile read from its blocks in the pool, queries prepared (QK-norm, RoPE) in the Q load.
+//      each K/V tile read from its blocks in the pool, queries prepared (QK-norm, RoPE) in the Q load;
+//   5. with attention sinks only: the core also writes each row's LSE ([T, Hq] by packed row) to scratch and
+//      a small kernel scales each output row by its sink factor (common/sinks_cuda.cuh).
 //
 // Bad index inputs (the CUDA kernel cannot raise without synchronising): a sequence that fails a check
 // (seq_lens[b] < its new tokens or past its table's capacity, a block index it would use outside
@@ -45,6 +47,8 @@ struct Plan {
   // starts, query counts, query offsets, key counts).
   size_t layout_offset = 0, core_offset = 0, key_pool_offset = 0, value_pool_offset = 0;
   bool pools_in_scratch = false;  // the node does not ask for the updated pools
+  bool sinks = false;             // step 5 runs; the core's LSE [T, Hq] float32 at lse_offset
+  size_t lse_offset = 0;
   size_t scratch_bytes = 0;
 };
 

@@ -55,6 +55,7 @@ Call<T> prepare(const gqa::Attributes& attrs, Ort::KernelContext& ctx) {
   t.q_norm_weight = ort::data_of<T>(in[kQNorm]);
   t.k_norm_weight = ort::data_of<T>(in[kKNorm]);
   t.inv_freq = ort::data_of<float>(in[kInvFreq]);
+  t.sinks = ort::data_of<T>(in[kSinks]);
   Ort::UnownedValue output = ctx.GetOutput(kOutput, p.output_shape());
   t.output = ort::data_of<T>(output);
   if (ctx.GetOutputCount() > kValueCacheOut) {

@@ -7,9 +7,9 @@
 namespace onnxattn::paged {
 namespace {
 
-const char* const kNames[kNumInputs] = {"query", "key", "value", "key_cache", "value_cache", "block_table",
-                                        "cu_seqlens_q", "seq_lens", "position_ids", "q_norm_weight",
-                                        "k_norm_weight", "rope_inv_freq"};
+const char* const kNames[] = {"query", "key", "value", "key_cache", "value_cache", "block_table", "cu_seqlens_q",
+                              "seq_lens", "position_ids", "q_norm_weight", "k_norm_weight", "rope_inv_freq", "sinks"};
+static_assert(sizeof(kNames) / sizeof(kNames[0]) == kNumInputs, "one name per input");
 
 const std::vector<int64_t>& expect_rank(const Shapes& s, Input index, size_t rank, const char* layout) {
   const std::vector<int64_t>& shape = *s.inputs[index];
@@ -72,6 +72,7 @@ Params make_params(const Shapes& s, const gqa::Attributes& a) {
   if ((p.has_inv_freq = s.inputs[kInvFreq].has_value()) && a.rope) {
     expect_shape(s, kInvFreq, {p.rotary_dim / 2}, "[rotary_dim / 2]");
   }
+  if ((p.has_sinks = s.inputs[kSinks].has_value())) expect_shape(s, kSinks, {p.q_heads}, "[num_heads]");
   p.scale = a.scale != 0.0f ? a.scale : 1.0f / std::sqrt(float(p.head_dim));
   return p;
 }

@@ -13,7 +13,7 @@ inline constexpr const char* kOpName = "PagedAttention";
 
 enum Input : size_t {
   kQuery, kKey, kValue, kKeyCache, kValueCache, kBlockTable, kCuSeqlensQ, kSeqLens, kPositionIds, kQNorm, kKNorm,
-  kInvFreq, kNumInputs
+  kInvFreq, kSinks, kNumInputs
 };
 enum Output : size_t { kOutput, kKeyCacheOut, kValueCacheOut, kNumOutputs };
 
@@ -28,6 +28,7 @@ struct Params {
   float scale = 1.0f;      // resolved
   int64_t rotary_dim = 0;  // resolved: 0 without RoPE
   bool has_position_ids = false, q_norm = false, k_norm = false, has_inv_freq = false;
+  bool has_sinks = false;  // attention sinks: the core's LSE rescales each output row (common/sinks.h)
 
   std::vector<int64_t> output_shape() const { return {tokens, q_heads * v_head_dim}; }
   std::vector<int64_t> pool_shape(int64_t width) const { return {num_blocks, block_size, kv_heads, width}; }
@@ -57,6 +58,7 @@ struct Tensors {
   const T* q_norm_weight = nullptr;
   const T* k_norm_weight = nullptr;
   const float* inv_freq = nullptr;
+  const T* sinks = nullptr;  // [Hq]
   T* output = nullptr;
   T* key_cache_out = nullptr;    // may be key_cache itself (updated in place)
   T* value_cache_out = nullptr;  // may be value_cache itself

@@ -329,13 +329,14 @@ __global__ void __launch_bounds__(tiles::kThreads) decode_mma_kernel(const Kerne
     }
   }
   if (tid < kRows && row_begin + tid < row_end) {
-    const int64_t out_row = partial_row(a, item, cta.kv_head, tid, row_ref(a, cta.batch, cta.kv_head, row_begin + tid));
+    const RowRef ref = row_ref(a, cta.batch, cta.kv_head, row_begin + tid);
+    const int64_t out_row = partial_row(a, item, cta.kv_head, tid, ref);
     const float total = final_l[tid];
     const float lse = total > 0.0f ? final_m[tid] + logf(total) : kNegInf;
     if (a.splits > 1) {
       a.partial_lse[cta.split * a.out_rows + out_row] = lse;
     } else if (a.lse != nullptr) {
-      a.lse[out_row] = lse;
+      a.lse[lse_row(a, ref, q_start)] = lse;
     }
   }
 }

@@ -274,6 +274,12 @@ __device__ __forceinline__ int64_t partial_row(const KernelArgs<T>& a, const Cta
   return partial_row(a, w.work, w.cta.kv_head, r - w.row_begin, ref);
 }
 
+// The LSE of a row: [B, Hq, Sq] (the out row), or [T, Hq] by packed row for ragged batches (work items).
+template <typename T>
+__device__ __forceinline__ int64_t lse_row(const KernelArgs<T>& a, const RowRef& ref, int64_t q_start) {
+  return a.work_items == nullptr ? ref.out_row : (q_start + ref.query) * a.q_heads + ref.head;
+}
+
 template <typename T>
 __device__ __forceinline__ int64_t mask_row_offset(const KernelArgs<T>& a, int64_t batch, const RowRef& ref) {
   return batch * a.mask_stride[0] + ref.head * a.mask_stride[1] + ref.query * a.mask_stride[2];

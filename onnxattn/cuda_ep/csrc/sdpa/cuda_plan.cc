@@ -320,7 +320,6 @@ RaggedPlan make_ragged_plan(const Params& p, DType dtype, const DeviceInfo& devi
   check_problem(p, device, op);
   if (tokens < 0 || p.q_len < 0) fail(op, ": negative packed query rows (", tokens, ") or queries (", p.q_len, ")");
   if (p.mask_kind != MaskKind::kNone) fail(op, ": the CUDA kernels take no mask with ragged query batches");
-  if (p.want_lse) fail(op, ": the CUDA kernels give no LSE output for ragged query batches");
   RaggedPlan r;
   r.tokens = tokens;
   const int64_t queries = std::min(p.q_len, tokens);  // the most queries of one sequence

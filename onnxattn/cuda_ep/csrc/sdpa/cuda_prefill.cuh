@@ -354,7 +354,7 @@ __global__ void __launch_bounds__(tiles::kThreads) prefill_mma_kernel(const Kern
       }
       if (a.lse != nullptr && lane % 4 == 0) {
         const float m_log2 = kPlain ? m[b][h] * scale_log2 : m[b][h];
-        a.lse[ref.out_row] = sum > 0.0f ? (m_log2 + log2f(sum)) * kLn2 : kNegInf;
+        a.lse[lse_row(a, ref, q_start)] = sum > 0.0f ? (m_log2 + log2f(sum)) * kLn2 : kNegInf;
       }
     }
   }

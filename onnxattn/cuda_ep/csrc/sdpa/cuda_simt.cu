@@ -164,7 +164,7 @@ __global__ void __launch_bounds__(tiles::kThreads) simt_kernel(const KernelArgs<
       if (a.splits > 1) {
         a.partial_lse[cta.split * a.out_rows + out_row] = lse;
       } else if (a.lse != nullptr) {
-        a.lse[out_row] = lse;
+        a.lse[lse_row(a, ref, seq.q_start)] = lse;
       }
     }
   }
@@ -179,7 +179,7 @@ __global__ void __launch_bounds__(tiles::kThreads) combine_kernel(const KernelAr
   wait_for_prerequisite_grids();  // the partials are complete and visible (LaunchPlan::pdl); at once otherwise
   const int64_t row = int64_t(blockIdx.x) * tiles::kCombineRowsPerCta + warp;
   if (row >= a.out_rows) return;  // whole warps leave; no CTA barrier follows
-  int64_t y_at = 0;
+  int64_t y_at = 0, lse_at = row;
   if (a.work_items == nullptr) {
     if (a.kv_lengths != nullptr && a.kv_lengths[row / (a.q_heads * a.q_len)] < 0) return;  // a skipped sequence
     y_at = y_row(a, row);
@@ -194,6 +194,7 @@ __global__ void __launch_bounds__(tiles::kThreads) combine_kernel(const KernelAr
     if (seq.skip || r >= seq.rows) return;
     const int64_t kv_head = (row / a.rows_per_cta) % a.kv_heads;
     y_at = y_row(a, it.x, kv_head * a.group + r % a.group, r / a.group, seq.q_start);
+    lse_at = (seq.q_start + r / a.group) * a.q_heads + kv_head * a.group + r % a.group;  // [T, Hq] (lse_row)
   }
   const int splits = int(a.splits);
   float big = kNegInf;
@@ -246,7 +247,7 @@ __global__ void __launch_bounds__(tiles::kThreads) combine_kernel(const KernelAr
       store_y(a, y_at + e, acc * inv);
     }
   }
-  if (lane == 0 && a.lse != nullptr) a.lse[row] = total > 0.0f ? big + logf(total) : kNegInf;
+  if (lane == 0 && a.lse != nullptr) a.lse[lse_at] = total > 0.0f ? big + logf(total) : kNegInf;
 }
 
 // One warp per sequence: its class by query count, the row tiles of the sequences before it in that class

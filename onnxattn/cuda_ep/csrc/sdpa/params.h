@@ -100,7 +100,7 @@ struct Tensors {
   const bool* bool_mask = nullptr;   // MaskKind::kBool: true = may attend
   const T* additive_mask = nullptr;  // MaskKind::kAdditive: added to the scores
   T* y = nullptr;
-  float* lse = nullptr;  // only when Params::want_lse
+  float* lse = nullptr;  // only when Params::want_lse: [B, Hq, Sq], or [T, Hq] by packed row when ragged
   // Instead of y: the output in float32 at y's strides (fused ops that project or mix the result further,
   // e.g. MLA's latent output times W_UV, NativeSparseAttention's gated branches, so 16-bit types round only
   // once, at the end).
@@ -109,7 +109,7 @@ struct Tensors {
   const int64_t* query_offsets = nullptr;  // [B] key position of query row 0 (instead of Skv - Sq)
   const int64_t* kv_lengths = nullptr;     // [B] valid keys (instead of Skv)
   // Ragged query batches (packed tokens): sequence b's rows start at packed row q_starts[b] (Q and Y use
-  // only their head and seq strides from there) and it has q_lengths[b] <= Sq rows. No LSE output.
+  // only their head and seq strides from there) and it has q_lengths[b] <= Sq rows; LSE by packed row.
   // (CUDA: device memory, like query_offsets and kv_lengths; see sdpa::cuda::make_ragged_plan.)
   const int64_t* q_starts = nullptr;
   const int64_t* q_lengths = nullptr;
