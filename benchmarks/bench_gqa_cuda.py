@@ -58,16 +58,20 @@ def _model(node, inputs, outputs, domain) -> bytes:
     return m.SerializeToString()
 
 
-def onnxattn_model(shared: bool) -> bytes:
+def onnxattn_model(shared: bool, sinks: bool = False) -> bytes:
     from onnx import TensorProto, helper
 
     f16, i64 = TensorProto.FLOAT16, TensorProto.INT64
     names = ["query", "key", "value"] + (["past_key", "past_value", "past_lengths"] if shared else [])
+    if sinks:  # input 11, the optional inputs in between absent
+        names += [""] * (11 - len(names)) + ["sinks"]
     inputs = [_vi("query", f16, [1, "S", HQ * D]), _vi("key", f16, [1, "S", HKV * D]), _vi("value", f16, [1, "S", HKV * D])]
     total = "M" if shared else "S"
     if shared:
         inputs += [_vi("past_key", f16, [1, HKV, "M", D]), _vi("past_value", f16, [1, HKV, "M", D]),
                    _vi("past_lengths", i64, [1])]  # fmt: skip
+    if sinks:
+        inputs.append(_vi("sinks", f16, [HQ]))
     outputs = [_vi("output", f16, [1, "S", HQ * D]), _vi("present_key", f16, [1, HKV, total, D]),
                _vi("present_value", f16, [1, HKV, total, D])]  # fmt: skip
     node = helper.make_node("GroupQueryAttention", names, [o.name for o in outputs], domain="onnxattn",
@@ -75,22 +79,31 @@ def onnxattn_model(shared: bool) -> bytes:
     return _model(node, inputs, outputs, "onnxattn")
 
 
-def ort_gqa_model() -> bytes:
-    """onnxruntime's contrib op with its rotary (cos/sin caches) and a shared past/present buffer."""
+def ort_gqa_model(sinks: bool = False) -> bytes:
+    """onnxruntime's contrib op with its rotary (cos/sin caches) and a shared past/present buffer; with
+    `sinks`, its head_sink input (11)."""
     from onnx import TensorProto, helper
 
     f16, i32 = TensorProto.FLOAT16, TensorProto.INT32
     names = ["query", "key", "value", "past_key", "past_value", "seqlens_k", "total_sequence_length", "cos_cache",
-             "sin_cache"]  # fmt: skip
+             "sin_cache"] + (["", "", "sinks"] if sinks else [])  # fmt: skip
     inputs = [_vi("query", f16, [1, "S", HQ * D]), _vi("key", f16, [1, "S", HKV * D]), _vi("value", f16, [1, "S", HKV * D]),
               _vi("past_key", f16, [1, HKV, "M", D]), _vi("past_value", f16, [1, HKV, "M", D]),
               _vi("seqlens_k", i32, [1]), _vi("total_sequence_length", i32, []),
               _vi("cos_cache", f16, ["T", D // 2]), _vi("sin_cache", f16, ["T", D // 2])]  # fmt: skip
+    if sinks:
+        inputs.append(_vi("sinks", f16, [HQ]))
     outputs = [_vi("output", f16, [1, "S", HQ * D]), _vi("present_key", f16, [1, HKV, "M", D]),
                _vi("present_value", f16, [1, HKV, "M", D])]  # fmt: skip
     node = helper.make_node("GroupQueryAttention", names, [o.name for o in outputs], domain="com.microsoft",
                             num_heads=HQ, kv_num_heads=HKV, do_rotary=1)  # fmt: skip
     return _model(node, inputs, outputs, "com.microsoft")
+
+
+def sink_logits():
+    """GPT-OSS-like attention-sink logits, one per query head, about the size of the largest scores."""
+    gen = torch.Generator(device="cuda").manual_seed(2)
+    return (torch.rand(HQ, generator=gen, device="cuda") * 5 - 1).half()
 
 
 def rope_caches(length: int):
@@ -207,6 +220,19 @@ def bench_prefill(ort, seq: int, repeats: int) -> dict:
         row["max_abs_diff_vs_ort"] = (ours_out["output"].float() - theirs_out["output"].float()).abs().max().item()
     except Exception as e:  # noqa: BLE001
         t["ort_gqa"] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
+    try:  # both ops with attention sinks (GPT-OSS): ours and onnxruntime's head_sink, checked to agree
+        sinks = sink_logits()
+        ours_sinks = Bound(ort, onnxattn_model(False, sinks=True), {"query": q, "key": k, "value": v, "sinks": sinks},
+                           ours_out, ort_cuda_library())  # fmt: skip
+        theirs_sinks = Bound(ort, ort_gqa_model(sinks=True), dict(theirs.keep[0], sinks=sinks), theirs_out, None)
+        t["onnxattn+sinks"], t["ort_gqa+sinks"] = timings(ours_sinks, repeats), timings(theirs_sinks, repeats)
+        ours_sinks()
+        theirs_sinks()
+        torch.cuda.synchronize()
+        diff = ours_out["output"].float() - theirs_out["output"].float()
+        row["max_abs_diff_vs_ort_sinks"] = diff.abs().max().item()
+    except Exception as e:  # noqa: BLE001 - a sinks row, not fatal
+        t["onnxattn+sinks"] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
     row["ms"] = t
     row["tflops"] = {impl: {timer: (flops / (ms * 1e-3) / 1e12 if isinstance(ms, float) and ms else None)
                             for timer, ms in tt.items() if timer != "error"} for impl, tt in t.items()}  # fmt: skip
@@ -248,6 +274,14 @@ def bench_decode(ort, past: int, capacity: int, copy_gbs: float, repeats: int) -
         t["ort_gqa"] = timings(theirs, repeats)
     except Exception as e:  # noqa: BLE001
         t["ort_gqa"] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
+    try:  # both ops with attention sinks (GPT-OSS)
+        sinks = sink_logits()
+        ours_sinks = Bound(ort, onnxattn_model(True, sinks=True), dict(ours_in, sinks=sinks), ours_out,
+                           ort_cuda_library())  # fmt: skip
+        theirs_sinks = Bound(ort, ort_gqa_model(sinks=True), dict(theirs.keep[0], sinks=sinks), theirs.keep[1], None)
+        t["onnxattn+sinks"], t["ort_gqa+sinks"] = timings(ours_sinks, repeats), timings(theirs_sinks, repeats)
+    except Exception as e:  # noqa: BLE001 - a sinks row, not fatal
+        t["onnxattn+sinks"] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
     row["ms"] = t
     row["gbs"] = {impl: {timer: (nbytes / (ms * 1e-3) / 1e9 if isinstance(ms, float) and ms else None)
                          for timer, ms in tt.items() if timer != "error"} for impl, tt in t.items()}  # fmt: skip
@@ -293,6 +327,11 @@ def print_table(env, copy_gbs, rows):
             wg_ratio = wgmma.get("gpu") / theirs["gpu"] if wgmma.get("gpu") and theirs.get("gpu") else None
             print(f"{'':8} on the wgmma prefill kernel: {fmt(wgmma.get('gpu'), '6.1f')} TFLOP/s (gpu), graph "
                   f"{fmt(wgmma.get('graph'), '6.1f')}; {fmt(wg_ratio, '5.2f')}x ORT's")
+        ours_sinks, theirs_sinks = metric.get("onnxattn+sinks", {}), metric.get("ort_gqa+sinks", {})
+        sinks_ratio = (ours_sinks.get("gpu") / theirs_sinks["gpu"]
+                       if ours_sinks.get("gpu") and theirs_sinks.get("gpu") else None)
+        print(f"{'':8} with attention sinks (gpu): ours {fmt(ours_sinks.get('gpu'), '6.1f')}, ORT's head_sink "
+              f"{fmt(theirs_sinks.get('gpu'), '6.1f')} {unit}; {fmt(sinks_ratio, '5.2f')}x")
 
 
 def main(argv=None) -> int:
