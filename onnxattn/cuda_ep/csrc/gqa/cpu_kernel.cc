@@ -126,13 +126,9 @@ void run_cpu(const Params& p, const Tensors<T>& t, const ParallelFor& parallel_f
   }
   sdpa::run_cpu<T, float>(a, at, parallel_for);
   if (p.has_sinks) {
-    parallel_for(B * S, [&](int64_t token) {
-      const int64_t b = token / S, s = token % S;
-      T* row = t.output + token * Hq * Dv;
-      for (int64_t h = 0; h < Hq; ++h) {
-        const float factor = sink_factor(lse[size_t(a.lse_offset(b, h, s))], to_float(t.sinks[h]));
-        for (int64_t c = 0; c < Dv; ++c) row[h * Dv + c] = from_float<T>(to_float(row[h * Dv + c]) * factor);
-      }
+    parallel_for(B * S, [&](int64_t token) {  // LSE [B, Hq, S]: a token's heads S apart
+      const float* token_lse = lse.data() + a.lse_offset(token / S, 0, token % S);
+      apply_sinks_to_row(t.output + token * Hq * Dv, Hq, Dv, token_lse, S, t.sinks);
     });
   }
 }

@@ -78,12 +78,8 @@ void run_cpu(const Params& p, const Tensors<T>& t, const ParallelFor& parallel_f
   }
   sdpa::run_cpu<T, float>(a, at, parallel_for);
   if (p.has_sinks) {
-    parallel_for(p.tokens, [&](int64_t token) {
-      T* row = t.output + token * Hq * Dv;
-      for (int64_t h = 0; h < Hq; ++h) {
-        const float factor = sink_factor(lse[size_t(token * Hq + h)], to_float(t.sinks[h]));
-        for (int64_t c = 0; c < Dv; ++c) row[h * Dv + c] = from_float<T>(to_float(row[h * Dv + c]) * factor);
-      }
+    parallel_for(p.tokens, [&](int64_t token) {  // LSE [T, Hq]: a token's heads side by side
+      apply_sinks_to_row(t.output + token * Hq * Dv, Hq, Dv, lse.data() + token * Hq, 1, t.sinks);
     });
   }
 }
