@@ -69,13 +69,20 @@ def masked_softmax_attention(f: FunctionBuilder, s: str, visible: str, v: str,
     probs = f.op("Exp", f.op("Sub", s, safe_max))
     row_sum = f.op("ReduceSum", probs, axis, keepdims=1)
     if sink is not None:  # e^(sink - max), 1 where the sink is the max (also +inf: all weight on it, zeros out)
-        sink_weight = f.op("Where", f.op("Equal", sink, safe_max), f.const(1.0), f.op("Exp", f.op("Sub", sink, safe_max)))
+        sink_weight = f.op("Where", f.op("Equal", sink, safe_max), f.const(1.0),
+                           f.op("Exp", f.op("Sub", sink, safe_max)))
         row_sum = f.op("Add", row_sum, sink_weight)
     weight = f.op("Unsqueeze", f.op("ReduceMax", probs, f.const([-2], I64), keepdims=0), axis)  # [..., T, 1]
     v = f.op("Where", f.op("Greater", weight, f.const(0.0)), v, f.const(0.0))
     out = f.op("Div", f.op("MatMul", probs, v), row_sum)
     out = f.op("Where", f.op("Equal", row_sum, f.const(0.0)), f.const(0.0), out)
     return out, f.op("Add", f.op("Log", row_sum), safe_max)
+
+
+def head_sinks(f: FunctionBuilder) -> str:
+    """The node's `sinks` input [Hq] as float32 [1, Hq, 1, 1]: masked_softmax_attention's `sink` for scores
+    whose second axis is the query head."""
+    return f.op("Reshape", f.op("Cast", "sinks", to=F32), f.const([1, -1, 1, 1], I64))
 
 
 # ---- RoPE and QK-norm (ops with rope* and qk_norm_epsilon attributes) ----

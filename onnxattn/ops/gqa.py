@@ -77,8 +77,8 @@ soft-capped) scores as they are. A query that sees no key still outputs zeros.
 (how scaled variants are expressed: linear scaling divides inv_freq by the factor; Llama 3 and YaRN
 frequency schemes are precomputed the same way, with YaRN's attention factor in
 `rope_attention_scaling`, which multiplies cos and sin; LongRoPE's two factor sets arrive through a
-`Where` in front of this input that picks one per run from the largest position). Angles `position * inv_freq`. Half-split layout
-(rotate_half, GPT-NeoX/Llama) by default, interleaved pairs (GPT-J, DeepSeek) with `rope_interleaved=1`.
+`Where` in front of this input that picks one per run from the largest position). Angles `position * inv_freq`.
+Half-split layout (rotate_half, GPT-NeoX/Llama) by default, interleaved pairs (GPT-J, DeepSeek) with `rope_interleaved=1`.
 `rotary_dim=0` means D. Positions default to the query's key position (`P + i`, or
 `past_lengths[b] + i`).
 
@@ -142,6 +142,13 @@ def _sum(a: Dim, b: Dim) -> Dim:
 
 def _mul(a: Dim, b: int) -> Dim:
     return a * b if isinstance(a, int) else None
+
+
+def check_sinks(op: str, sinks: TensorInfo | None, hq: int) -> None:
+    """The `sinks` input of the fused decoder ops (GroupQueryAttention, PagedAttention): [num_heads]."""
+    if sinks is not None and sinks.rank is not None and (sinks.rank != 1 or dims_differ(sinks.shape[0], hq)):
+        raise OpError(f"{op}: input 'sinks' must be [num_heads] = [{hq}] (one logit per query head), got "
+                      f"{sinks.shape_str()}")
 
 
 def infer(inputs: Sequence[TensorInfo | None], attrs: Mapping[str, Any]) -> list[TensorInfo]:
@@ -221,9 +228,7 @@ def infer(inputs: Sequence[TensorInfo | None], attrs: Mapping[str, Any]) -> list
         if mask.rank != 2 or dims_differ(mask.shape[0], batch) or dims_differ(mask.shape[1], total):
             raise OpError(f"{NAME}: input 'attention_mask' must be [B, total keys] = [{batch}, {total}] "
                           f"(past + new, or the buffer length in shared-buffer mode), got {mask.shape_str()}")
-    if sinks is not None and sinks.rank is not None and (sinks.rank != 1 or dims_differ(sinks.shape[0], hq)):
-        raise OpError(f"{NAME}: input 'sinks' must be [num_heads] = [{hq}] (one logit per query head), got "
-                      f"{sinks.shape_str()}")
+    check_sinks(NAME, sinks, hq)
 
     elem = query.elem_type
     out = TensorInfo(elem, (batch, seq, _mul(dv, hq) if dv is not None else None))
@@ -308,9 +313,7 @@ def build_function(overload: str, opset: int) -> onnx.FunctionProto:
         visible = f.op("And", visible, key_mask)
     k_all = bodies.repeat_kv_heads(f, f.op("Cast", present_k, to=F32), q)
     v_all = bodies.repeat_kv_heads(f, f.op("Cast", present_v, to=F32), q)
-    sink = None
-    if "sinks" in features:  # [1, Hq, 1, 1]
-        sink = f.op("Reshape", f.op("Cast", "sinks", to=F32), f.const([1, -1, 1, 1], I64))
+    sink = bodies.head_sinks(f) if "sinks" in features else None
     out, _ = bodies.masked_softmax_attention(f, bodies.scores(f, q, k_all), visible, v_all, sink=sink)
     out = f.op("Reshape", f.op("Transpose", out, perm=[0, 2, 1, 3]),
                f.op("Concat", f.op("Shape", "query", start=0, end=2), f.const([-1], I64), axis=0))

@@ -158,9 +158,7 @@ def infer(inputs: Sequence[TensorInfo | None], attrs: Mapping[str, Any]) -> list
                 inv_freq.rank != 1 or dims_differ(inv_freq.shape[0], rotary // 2)):
             raise OpError(f"{NAME}: input 'rope_inv_freq' must be [rotary_dim / 2] = [{rotary // 2}], got "
                           f"{inv_freq.shape_str()}")
-    if sinks is not None and sinks.rank is not None and (sinks.rank != 1 or dims_differ(sinks.shape[0], hq)):
-        raise OpError(f"{NAME}: input 'sinks' must be [num_heads] = [{hq}] (one logit per query head), got "
-                      f"{sinks.shape_str()}")
+    gqa.check_sinks(NAME, sinks, hq)
     elem = query.elem_type
     return [TensorInfo(elem, (tokens, _mul(hq, dv))), TensorInfo(elem, kc), TensorInfo(elem, vc)]
 
@@ -245,11 +243,8 @@ def build_function(overload: str, opset: int) -> onnx.FunctionProto:
     visible = bodies.structural_visibility(f, p, j, band=False)
     valid = f.op("Unsqueeze", f.op("Gather", seq_lens, seq_of), f.const([1, 2, 3], I64))
     visible = f.op("And", visible, f.op("Less", j, valid))
-    sink = None
-    if "sinks" in features:  # [1, Hq, 1, 1]
-        sink = f.op("Reshape", f.op("Cast", "sinks", to=F32), f.const([1, -1, 1, 1], I64))
-    out, _ = bodies.masked_softmax_attention(f, bodies.scores(f, q, k_all), visible, v_all,
-                                             sink=sink)  # [T, Hq, 1, Dv]
+    sink = bodies.head_sinks(f) if "sinks" in features else None
+    out, _ = bodies.masked_softmax_attention(f, bodies.scores(f, q, k_all), visible, v_all, sink=sink)  # [T, Hq, 1, Dv]
     out = f.op("Reshape", out, f.op("Concat", tokens, f.const([-1], I64), axis=0))
     f.nodes.append(onnx.helper.make_node("CastLike", [out, "query"], ["output"]))
     outputs = ["output"]
