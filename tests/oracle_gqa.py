@@ -86,6 +86,7 @@ def gqa_oracle(
     kv_num_heads: int,
     causal: int = 1,
     window: int = 0,
+    attention_chunk: int = 0,
     softcap: float = 0.0,
     scale: float = 0.0,
     rope: int = 0,
@@ -157,6 +158,8 @@ def gqa_oracle(
         visible = visible & (j <= p)
     if window > 0:
         visible = visible & (p - window < j)
+    if attention_chunk > 0:  # Llama 4: the query's own chunk only
+        visible = visible & (np.floor_divide(j, attention_chunk) == np.floor_divide(p, attention_chunk))
     if attention_mask is not None:
         visible = visible & np.asarray(attention_mask, dtype=bool)[:, None, :]
     visible = np.broadcast_to(visible, (batch, seq, total))

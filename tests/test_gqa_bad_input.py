@@ -30,7 +30,7 @@ from helpers import (
     gqa_model,
     kernel_session,
 )
-from onnxattn.nn import GroupedQueryAttention, LocalAttention, Rope
+from onnxattn.nn import GlobalAttention, GroupedQueryAttention, LocalAttention, Rope
 from onnxattn.nn.functional import group_query_attention
 from onnxattn.ops import OpError, TensorInfo, get_spec
 
@@ -167,6 +167,8 @@ CASES = [
         torch_skip="causal is a bool argument", function="silent"),  # the function treats any causal != 0 as on
     Bad("negative-window", r"attribute 'window' must be >= 0 \(0 = off\), got -1", attrs=dict(HEADS, window=-1),
         kernel="session", function="silent"),  # the function treats window <= 0 as off
+    Bad("negative-attention-chunk", r"attribute 'attention_chunk' must be >= 0 \(0 = off\), got -1",
+        attrs=dict(HEADS, attention_chunk=-1), kernel="session", function="silent"),  # <= 0 is off there
     Bad("negative-softcap", r"attribute 'softcap' must be finite and >= 0 \(0 = off\), got -1",
         attrs=dict(HEADS, softcap=-1.0), kernel="session", function="silent"),
     Bad("nan-scale", r"attribute 'scale' must be finite \(0 = 1/sqrt\(D\)\), got nan",
@@ -431,7 +433,13 @@ MODULE_CASES = [
      dict(past_key=torch.zeros(1, 4, 3, 8), past_value=torch.zeros(1, 4, 3, 8)),
      r"GroupQueryAttention: input 'past_key' must be \[B, Hkv, P, 8\] = \[1, 2, P, 8\]"),
     ("sinks-on-a-band", lambda: LocalAttention(32, 4, 2, window=2, kind="band", sinks=True), None,
-     r"LocalAttention\(kind='band'\) has no attention sinks"),
+     r"LocalAttention\(kind='band'\) has no sinks"),
+    ("chunk-on-a-band", lambda: LocalAttention(32, 4, 2, window=2, kind="band", attention_chunk=4), None,
+     r"LocalAttention\(kind='band'\) has no attention_chunk"),
+    ("chunk-on-global", lambda: GlobalAttention(32, 4, 2, attention_chunk=4), None,
+     r"GlobalAttention: has no window or attention_chunk"),
+    ("negative-chunk", lambda: GroupedQueryAttention(32, 4, 2, attention_chunk=-1), None,
+     r"GroupedQueryAttention: attention_chunk must be >= 0"),
 ]
 
 

@@ -110,6 +110,16 @@ def test_a_causal_window_bounds_the_splits_of_a_shared_buffer():
     assert p["splits"] <= 512 // 256
 
 
+def test_an_attention_chunk_bounds_the_splits_like_a_window():
+    # chunked attention (Llama 4): a decode step reads at most its chunk, whatever the buffer holds
+    chunked = lib.plan(lib.Spec(seq=1, mode="shared", past=1 << 20, attention_chunk=512, rope=1, **LLAMA))
+    whole = lib.plan(lib.Spec(seq=1, mode="shared", past=1 << 20, rope=1, **LLAMA))
+    assert chunked["attention"]["splits"] <= 512 // 256 < whole["attention"]["splits"]
+    concat = lib.plan(lib.Spec(seq=1, mode="concat", past=(1 << 16) + 5, attention_chunk=4096, rope=1, **LLAMA))
+    # the known query position 65541 sits 5 keys into its chunk: 6 visible keys, one split
+    assert concat["attention"]["splits"] == 1
+
+
 @pytest.mark.parametrize("batch,seq,kv_heads", [(1, 1, 8), (2, 2048, 8), (3, 5, 1), (0, 4, 2)])
 def test_new_token_kernel_has_one_warp_per_token_and_kv_head(batch, seq, kv_heads):
     p = lib.plan(lib.Spec(batch=batch, seq=seq, q_heads=8, kv_heads=kv_heads, mode="concat", past=3))

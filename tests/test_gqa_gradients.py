@@ -182,6 +182,6 @@ def test_custom_op_registration(setup, checks):
     if setup.get("sinks"):
         sinks = rand(HQ, seed=7)
     rope = bool(setup.get("rope"))
-    args = (q, k, v, pk, pv, lengths, None, qn, kn, None, mask, sinks, HQ, HKV, True, 2, 0.0, 0.0, rope, 10000.0, 0,
+    args = (q, k, v, pk, pv, lengths, None, qn, kn, None, mask, sinks, HQ, HKV, True, 2, 0, 0.0, 0.0, rope, 10000.0, 0,
             False, 1.0, 1e-6)
     torch.library.opcheck(op, args, test_utils=checks)

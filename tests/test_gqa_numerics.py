@@ -85,6 +85,7 @@ class Case:
     inv_freq: str | None = None  # None (the op's default), "linear4" (default / 4), "custom"
     causal: int = 1
     window: int = 0
+    attention_chunk: int = 0
     softcap: float = 0.0
     scale: float = 0.0
     rope: int = 0
@@ -99,7 +100,7 @@ class Case:
     @property
     def attrs(self) -> dict[str, Any]:
         return dict(num_heads=self.q_heads, kv_num_heads=self.kv_heads, causal=self.causal, window=self.window,
-                    softcap=self.softcap, scale=self.scale, rope=self.rope, rope_base=self.rope_base,
+                    attention_chunk=self.attention_chunk, softcap=self.softcap, scale=self.scale, rope=self.rope, rope_base=self.rope_base,
                     rotary_dim=self.rotary_dim, rope_interleaved=self.rope_interleaved,
                     rope_attention_scaling=self.rope_attention_scaling, qk_norm_epsilon=self.qk_norm_epsilon)
 
@@ -198,6 +199,20 @@ CASES = [
     Case("sinks-large-prefill-window", q_heads=8, kv_heads=2, seq=130, head_dim=64, window=50, sinks="random", **R),
     Case("sinks-large-decode-shared", batch=2, q_heads=8, kv_heads=1, seq=1, head_dim=128, buffer=400,
          past_lengths=(300, 17), sinks="random", **R),
+    # chunked attention (Llama 4): a query sees only its own chunk of C key positions (up to itself)
+    Case("attn-chunk-prefill-odd-s13", seq=13, attention_chunk=4, **R),
+    Case("attn-chunk-decode", seq=1, past=20, attention_chunk=8, **R),  # position 20: keys 16..20
+    Case("attn-chunk-decode-first-of-chunk", seq=1, past=16, attention_chunk=8, **R),  # sees itself only
+    Case("attn-chunk-chunked-prefill", batch=2, seq=7, past=11, attention_chunk=6, **R),  # spans chunk 1 -> 2 -> 3
+    Case("attn-chunk-shared-b2", batch=2, seq=3, buffer=24, past_lengths=(4, 17), attention_chunk=5, **R),
+    Case("attn-chunk-window", seq=12, past=5, window=3, attention_chunk=5, **R),  # both bounds
+    Case("attn-chunk-bidirectional", seq=10, causal=0, attention_chunk=4),  # the whole chunk, later keys too
+    Case("attn-chunk-wider-than-cache", seq=4, past=3, attention_chunk=1000, **R),
+    Case("attn-chunk-1", seq=6, attention_chunk=1, **R),  # every query sees itself only
+    Case("attn-chunk-sinks-mask", batch=2, seq=9, mask="random", attention_chunk=4, sinks="random", **R),
+    Case("attn-chunk-large-prefill", q_heads=8, kv_heads=2, seq=130, head_dim=64, attention_chunk=48, **R),
+    Case("attn-chunk-large-decode-shared", batch=2, q_heads=8, kv_heads=1, seq=1, head_dim=128, buffer=400,
+         past_lengths=(300, 17), attention_chunk=64, **R),
     Case("sinks-dv-ne-d-no-present", head_dim=16, v_head_dim=8, past=3, sinks="random", with_present=False, **R),
 ]
 
@@ -205,7 +220,8 @@ CASES = [
 # written in the input type, output rounding).
 _LOW_PRECISION_OF = ("prefill-rope-b2-odd-s9", "decode-b3-gqa8-2", "chunk-s5-p12", "shared-chunk-b2", "qk-norm",
                      "window-decode", "left-pad-prefill-b3", "softcap", "everything-shared", "dv-ne-d",
-                     "large-decode-shared-mqa-b2", "sinks-prefill-odd-s9", "sinks-shared-decode-b3", "sinks-large")
+                     "large-decode-shared-mqa-b2", "sinks-prefill-odd-s9", "sinks-shared-decode-b3", "sinks-large",
+                     "attn-chunk-chunked-prefill", "attn-chunk-shared-b2")
 CASES += [dataclasses.replace(c, id=f"{c.id}-{dtype}", dtype=dtype)
           for dtype in ("float16", "bfloat16") for c in CASES if c.id in _LOW_PRECISION_OF]
 CASES_BY_ID = {c.id: c for c in CASES}

@@ -99,6 +99,8 @@ SHAPE_CASES = [
         torch_skip="the torch reference takes any integer index tensors"),
     Bad("negative-window", r"attribute 'window' must be >= 0 \(0 = off\), got -1", attrs=dict(HEADS, window=-1),
         kernel="session"),
+    Bad("negative-attention-chunk", r"attribute 'attention_chunk' must be >= 0 \(0 = off\), got -1",
+        attrs=dict(HEADS, attention_chunk=-1), kernel="session"),
 ]
 
 

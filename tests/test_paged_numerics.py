@@ -76,6 +76,7 @@ class Case:
     inv_freq: str | None = None  # None, "linear4", "custom"
     causal: int = 1
     window: int = 0
+    attention_chunk: int = 0
     softcap: float = 0.0
     scale: float = 0.0
     rope: int = 1
@@ -90,7 +91,8 @@ class Case:
     @property
     def attrs(self) -> dict[str, Any]:
         return dict(num_heads=self.q_heads, kv_num_heads=self.kv_heads, causal=self.causal, window=self.window,
-                    softcap=self.softcap, scale=self.scale, rope=self.rope, rope_base=self.rope_base,
+                    attention_chunk=self.attention_chunk, softcap=self.softcap, scale=self.scale, rope=self.rope,
+                    rope_base=self.rope_base,
                     rotary_dim=self.rotary_dim, rope_interleaved=self.rope_interleaved,
                     rope_attention_scaling=self.rope_attention_scaling, qk_norm_epsilon=self.qk_norm_epsilon)
 
@@ -157,9 +159,15 @@ CASES = [
     Case("sinks-window-chunk-bs16", past=(30, 0), new=(9, 12), window=7, block_size=16, sinks=True),
     Case("sinks-large-decode-bs16-b3", past=(300, 45, 129), new=(1, 1, 1), q_heads=8, kv_heads=2, head_dim=128,
          block_size=16, sinks=True),
+    # chunked attention (Llama 4): each token sees its own chunk's keys only
+    Case("attn-chunk-ragged-mixed-b3", past=(9, 0, 21), new=(1, 13, 3), attention_chunk=4),
+    Case("attn-chunk-decode-bs16", past=(300, 45, 129), new=(1, 1, 1), q_heads=8, kv_heads=2, head_dim=128,
+         block_size=16, attention_chunk=64),
+    Case("attn-chunk-window-sinks", past=(30, 0), new=(9, 12), window=7, attention_chunk=10, block_size=16,
+         sinks=True),
 ]
 _LOW_PRECISION_OF = ("decode-b3", "ragged-mixed-b4", "block-size-16", "qk-norm", "window-chunk-bs16", "dv-ne-d",
-                     "everything", "large-decode-bs16-b3", "sinks-ragged-mixed-b4")
+                     "everything", "large-decode-bs16-b3", "sinks-ragged-mixed-b4", "attn-chunk-ragged-mixed-b3")
 CASES += [dataclasses.replace(c, id=f"{c.id}-{dtype}", dtype=dtype)
           for dtype in ("float16", "bfloat16") for c in CASES if c.id in _LOW_PRECISION_OF]
 CASES_BY_ID = {c.id: c for c in CASES}

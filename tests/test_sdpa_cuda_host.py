@@ -393,27 +393,30 @@ def test_choose_splits_degenerate_inputs():
 
 
 # ---- the key ranges the kernels visit (sdpa/cuda_ranges.h) against brute force
-def visible(causal, window, band, q_len, kv_len, i):
-    p = i + kv_len - q_len
-    return {j for j in range(kv_len) if (not causal or j <= p) and (window <= 0 or j > p - window) and (band <= 0 or abs(p - j) <= band)}
+def visible(causal, window, band, q_len, kv_len, i, chunk=0):
+    p = i + kv_len - q_len  # Python's // floors, as the chunk rule does for p < 0 (more queries than keys)
+    return {j for j in range(kv_len) if (not causal or j <= p) and (window <= 0 or j > p - window)
+            and (band <= 0 or abs(p - j) <= band) and (chunk <= 0 or j // chunk == p // chunk)}
 
 
 CONFIGS = [
-    (causal, window, band, q_len, kv_len)
-    for causal, window, band in [(0, 0, 0), (1, 0, 0), (1, 5, 0), (0, 7, 0), (0, 0, 3), (1, 0, 4), (1, 3, 2)]
+    (causal, window, band, chunk, q_len, kv_len)
+    for causal, window, band, chunk in [(0, 0, 0, 0), (1, 0, 0, 0), (1, 5, 0, 0), (0, 7, 0, 0), (0, 0, 3, 0),
+                                        (1, 0, 4, 0), (1, 3, 2, 0), (1, 0, 0, 4), (0, 0, 0, 5), (1, 3, 0, 8),
+                                        (1, 0, 0, 1), (1, 0, 0, 2**62)]
     for q_len, kv_len in [(1, 1), (1, 37), (9, 9), (9, 40), (20, 6), (33, 33)]
 ]
 
 
-@pytest.mark.parametrize("causal,window,band,q_len,kv_len", CONFIGS)
+@pytest.mark.parametrize("causal,window,band,chunk,q_len,kv_len", CONFIGS)
 @pytest.mark.parametrize("group", [1, 3])
-def test_tile_keys_bound_every_row(causal, window, band, q_len, kv_len, group):
+def test_tile_keys_bound_every_row(causal, window, band, chunk, q_len, kv_len, group):
     rows = q_len * group
     for tile in (1, 4, 16):
         for begin in range(0, rows, tile):
             end = min(begin + tile, rows)
-            (a0, a1), (l0, l1) = lib.tile_keys(causal, window, band, q_len, kv_len, begin, end, group)
-            sets = [visible(causal, window, band, q_len, kv_len, r // group) for r in range(begin, end)]
+            (a0, a1), (l0, l1) = lib.tile_keys(causal, window, band, q_len, kv_len, begin, end, group, chunk=chunk)
+            sets = [visible(causal, window, band, q_len, kv_len, r // group, chunk) for r in range(begin, end)]
             union = set().union(*sets)
             inter = set.intersection(*sets)
             # `any` is exactly the union when it is contiguous (it always is: bounds are monotone).

@@ -99,8 +99,8 @@ _register_recompute_autograd(scaled_dot_product_attention_lse, sdpa_reference, 4
 
 GQA_TENSORS = ("query", "key", "value", "past_key", "past_value", "past_lengths", "position_ids",
                "q_norm_weight", "k_norm_weight", "rope_inv_freq", "attention_mask", "sinks")
-GQA_ATTRS = ("num_heads", "kv_num_heads", "causal", "window", "softcap", "scale", "rope", "rope_base",
-             "rotary_dim", "rope_interleaved", "rope_attention_scaling", "qk_norm_epsilon")
+GQA_ATTRS = ("num_heads", "kv_num_heads", "causal", "window", "attention_chunk", "softcap", "scale", "rope",
+             "rope_base", "rotary_dim", "rope_interleaved", "rope_attention_scaling", "qk_norm_epsilon")
 
 
 @torch.library.custom_op("onnxattn::group_query_attention", mutates_args=())
@@ -109,14 +109,14 @@ def group_query_attention(
     past_key: Optional[Tensor], past_value: Optional[Tensor], past_lengths: Optional[Tensor],
     position_ids: Optional[Tensor], q_norm_weight: Optional[Tensor], k_norm_weight: Optional[Tensor],
     rope_inv_freq: Optional[Tensor], attention_mask: Optional[Tensor], sinks: Optional[Tensor],
-    num_heads: int, kv_num_heads: int, causal: bool, window: int, softcap: float, scale: float,
-    rope: bool, rope_base: float, rotary_dim: int, rope_interleaved: bool, rope_attention_scaling: float,
+    num_heads: int, kv_num_heads: int, causal: bool, window: int, attention_chunk: int, softcap: float,
+    scale: float, rope: bool, rope_base: float, rotary_dim: int, rope_interleaved: bool, rope_attention_scaling: float,
     qk_norm_epsilon: float,
 ) -> tuple[Tensor, Tensor, Tensor]:
     tensors = (query, key, value, past_key, past_value, past_lengths, position_ids, q_norm_weight, k_norm_weight,
                rope_inv_freq, attention_mask, sinks)
-    attrs = dict(zip(GQA_ATTRS, (num_heads, kv_num_heads, causal, window, softcap, scale, rope, rope_base,
-                                 rotary_dim, rope_interleaved, rope_attention_scaling, qk_norm_epsilon)))
+    attrs = dict(zip(GQA_ATTRS, (num_heads, kv_num_heads, causal, window, attention_chunk, softcap, scale, rope,
+                                 rope_base, rotary_dim, rope_interleaved, rope_attention_scaling, qk_norm_epsilon)))
     check_gqa_inputs(tensors, attrs)  # shapes first (gqa_reference checks them too, also in the backward)
     check_gqa_past_lengths(query, past_key, past_lengths)  # then values: on real tensors, so here only
     out, present_k, present_v = gqa_reference(*tensors, **attrs)
@@ -155,13 +155,13 @@ def paged_attention(
     block_table: Tensor, cu_seqlens_q: Tensor, seq_lens: Tensor, position_ids: Optional[Tensor],
     q_norm_weight: Optional[Tensor], k_norm_weight: Optional[Tensor], rope_inv_freq: Optional[Tensor],
     sinks: Optional[Tensor],
-    num_heads: int, kv_num_heads: int, causal: bool, window: int, softcap: float, scale: float,
-    rope: bool, rope_base: float, rotary_dim: int, rope_interleaved: bool, rope_attention_scaling: float,
+    num_heads: int, kv_num_heads: int, causal: bool, window: int, attention_chunk: int, softcap: float,
+    scale: float, rope: bool, rope_base: float, rotary_dim: int, rope_interleaved: bool, rope_attention_scaling: float,
     qk_norm_epsilon: float,
 ) -> tuple[Tensor, Tensor, Tensor]:
     # the updated pools are new tensors (paged_reference writes into copies): outputs may not alias inputs
-    attrs = dict(zip(GQA_ATTRS, (num_heads, kv_num_heads, causal, window, softcap, scale, rope, rope_base,
-                                 rotary_dim, rope_interleaved, rope_attention_scaling, qk_norm_epsilon)))
+    attrs = dict(zip(GQA_ATTRS, (num_heads, kv_num_heads, causal, window, attention_chunk, softcap, scale, rope,
+                                 rope_base, rotary_dim, rope_interleaved, rope_attention_scaling, qk_norm_epsilon)))
     out, key_out, value_out = paged_reference(query, key, value, key_cache, value_cache, block_table, cu_seqlens_q,
                                               seq_lens, position_ids, q_norm_weight, k_norm_weight, rope_inv_freq,
                                               sinks, **attrs)

@@ -51,6 +51,7 @@ def group_query_attention(
     kv_num_heads: int,
     causal: bool = True,
     window: int = 0,
+    attention_chunk: int = 0,
     softcap: float = 0.0,
     scale: float | None = None,
     rope: bool = False,
@@ -66,9 +67,9 @@ def group_query_attention(
     visibility rules."""
     return torch.ops.onnxattn.group_query_attention(
         query, key, value, past_key, past_value, past_lengths, position_ids, q_norm_weight, k_norm_weight,
-        rope_inv_freq, attention_mask, sinks, int(num_heads), int(kv_num_heads), bool(causal), int(window), float(softcap),
-        float(scale or 0.0), bool(rope), float(rope_base), int(rotary_dim), bool(rope_interleaved),
-        float(rope_attention_scaling), float(qk_norm_epsilon),
+        rope_inv_freq, attention_mask, sinks, int(num_heads), int(kv_num_heads), bool(causal), int(window),
+        int(attention_chunk), float(softcap), float(scale or 0.0), bool(rope), float(rope_base), int(rotary_dim),
+        bool(rope_interleaved), float(rope_attention_scaling), float(qk_norm_epsilon),
     )
 
 
@@ -91,6 +92,7 @@ def paged_attention(
     kv_num_heads: int,
     causal: bool = True,
     window: int = 0,
+    attention_chunk: int = 0,
     softcap: float = 0.0,
     scale: float | None = None,
     rope: bool = False,
@@ -108,9 +110,9 @@ def paged_attention(
     updates them in place). `sinks` and the attributes as in group_query_attention; see docs/ops.md."""
     return torch.ops.onnxattn.paged_attention(
         query, key, value, key_cache, value_cache, block_table, cu_seqlens_q, seq_lens, position_ids, q_norm_weight,
-        k_norm_weight, rope_inv_freq, sinks, int(num_heads), int(kv_num_heads), bool(causal), int(window), float(softcap),
-        float(scale or 0.0), bool(rope), float(rope_base), int(rotary_dim), bool(rope_interleaved),
-        float(rope_attention_scaling), float(qk_norm_epsilon),
+        k_norm_weight, rope_inv_freq, sinks, int(num_heads), int(kv_num_heads), bool(causal), int(window),
+        int(attention_chunk), float(softcap), float(scale or 0.0), bool(rope), float(rope_base), int(rotary_dim),
+        bool(rope_interleaved), float(rope_attention_scaling), float(qk_norm_epsilon),
     )
 
 

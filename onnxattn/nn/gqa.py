@@ -27,7 +27,8 @@ class GroupedQueryAttention(nn.Module):
     output projection. Input x [B, S, model_dim] -> [B, S, model_dim].
 
     Options: `num_kv_heads` (GQA; 1 = MQA), `head_dim` (may differ from model_dim / heads), `bias`,
-    `causal` (False: bidirectional, BERT), `window` (causal sliding window), `softcap`, `scale`,
+    `causal` (False: bidirectional, BERT), `window` (causal sliding window), `attention_chunk` (Llama 4's chunked
+    attention: a query sees only the keys of its own chunk of that many positions), `softcap`, `scale`,
     `rope` (a Rope, or None for no rotary embedding, e.g. GPT-2/BERT), `max_positions` (positions must be
     below it), `qk_norm`, `merged_qkv` (one projection for Q, K and V: one MatMul + Split when exported),
     `sinks` (a learned attention-sink logit per query head, GPT-OSS: the parameter `sinks` [num_query_heads],
@@ -44,6 +45,7 @@ class GroupedQueryAttention(nn.Module):
         out_bias: bool | None = None,
         causal: bool = True,
         window: int = 0,
+        attention_chunk: int = 0,
         softcap: float = 0.0,
         scale: float | None = None,
         rope: Rope | None = Rope(),
@@ -66,6 +68,9 @@ class GroupedQueryAttention(nn.Module):
             head_dim = model_dim // num_query_heads
         if window < 0:
             raise ValueError(f"GroupedQueryAttention: window must be >= 0 (0 = off), got {window}")
+        if attention_chunk < 0:
+            raise ValueError(f"GroupedQueryAttention: attention_chunk must be >= 0 (0 = off), got {attention_chunk}")
+        self.attention_chunk = attention_chunk
         self.model_dim, self.num_query_heads, self.num_kv_heads, self.head_dim = (
             model_dim, num_query_heads, num_kv_heads, head_dim)
         self.causal, self.window, self.softcap, self.scale = causal, window, float(softcap), scale
@@ -180,7 +185,7 @@ class GroupedQueryAttention(nn.Module):
             q, k, v, past_key, past_value, past_lengths, position_ids, self.q_norm, self.k_norm,
             self.rope_frequencies(last_position), attention_mask, self.sinks,
             num_heads=self.num_query_heads, kv_num_heads=self.num_kv_heads, causal=self.causal, window=self.window,
-            softcap=self.softcap, scale=self.scale, rope=rope is not None,
+            attention_chunk=self.attention_chunk, softcap=self.softcap, scale=self.scale, rope=rope is not None,
             rope_base=rope.base if rope else 10000.0, rotary_dim=rope.rotary_dim or 0 if rope else 0,
             rope_interleaved=rope.interleaved if rope else False,
             rope_attention_scaling=getattr(self, "rope_attention_scaling", 1.0), qk_norm_epsilon=self.qk_norm_eps,
@@ -217,7 +222,7 @@ class GroupedQueryAttention(nn.Module):
             q, k, v, key_cache, value_cache, step.block_table, step.cu_seqlens_q, step.seq_lens, position_ids,
             self.q_norm, self.k_norm, self.rope_frequencies(last_position), self.sinks,
             num_heads=self.num_query_heads, kv_num_heads=self.num_kv_heads, causal=self.causal, window=self.window,
-            softcap=self.softcap, scale=self.scale, rope=rope is not None,
+            attention_chunk=self.attention_chunk, softcap=self.softcap, scale=self.scale, rope=rope is not None,
             rope_base=rope.base if rope else 10000.0, rotary_dim=rope.rotary_dim or 0 if rope else 0,
             rope_interleaved=rope.interleaved if rope else False,
             rope_attention_scaling=getattr(self, "rope_attention_scaling", 1.0), qk_norm_epsilon=self.qk_norm_eps,
@@ -231,8 +236,9 @@ class GlobalAttention(GroupedQueryAttention):
     """Every layer-local option of GroupedQueryAttention, with full (non-windowed) attention."""
 
     def __init__(self, model_dim: int, num_query_heads: int, num_kv_heads: int | None = None, **kwargs):
-        if kwargs.get("window"):
-            raise ValueError("GlobalAttention: has no window; use LocalAttention")
+        if kwargs.get("window") or kwargs.get("attention_chunk"):
+            raise ValueError("GlobalAttention: has no window or attention_chunk; use LocalAttention or "
+                             "GroupedQueryAttention")
         super().__init__(model_dim, num_query_heads, num_kv_heads, **kwargs)
 
 
@@ -249,9 +255,10 @@ class LocalAttention(GroupedQueryAttention):
             raise ValueError(f"LocalAttention: window must be >= 1, got {window}")
         if kind not in ("sliding", "band"):
             raise ValueError(f"LocalAttention: kind must be 'sliding' or 'band', got {kind!r}")
-        if kind == "band" and kwargs.get("sinks"):
-            raise ValueError("LocalAttention(kind='band') has no attention sinks (ScaledDotProductAttention has no "
-                             "sinks input); use kind='sliding'")
+        for option in ("sinks", "attention_chunk"):
+            if kind == "band" and kwargs.get(option):
+                raise ValueError(f"LocalAttention(kind='band') has no {option} (ScaledDotProductAttention has no "
+                                 f"such input or attribute); use kind='sliding'")
         self.kind, self.band = kind, window if kind == "band" else 0
         if kind == "sliding":
             if causal is False:

@@ -186,6 +186,7 @@ def gqa_reference(
     kv_num_heads: int,
     causal: bool = True,
     window: int = 0,
+    attention_chunk: int = 0,
     softcap: float = 0.0,
     scale: float = 0.0,
     rope: bool = False,
@@ -201,9 +202,10 @@ def gqa_reference(
     check_gqa_inputs(
         (query, key, value, past_key, past_value, past_lengths, position_ids, q_norm_weight, k_norm_weight,
          rope_inv_freq, attention_mask, sinks),
-        dict(num_heads=num_heads, kv_num_heads=kv_num_heads, causal=causal, window=window, softcap=softcap,
-             scale=scale, rope=rope, rope_base=rope_base, rotary_dim=rotary_dim, rope_interleaved=rope_interleaved,
-             rope_attention_scaling=rope_attention_scaling, qk_norm_epsilon=qk_norm_epsilon))
+        dict(num_heads=num_heads, kv_num_heads=kv_num_heads, causal=causal, window=window,
+             attention_chunk=attention_chunk, softcap=softcap, scale=scale, rope=rope, rope_base=rope_base,
+             rotary_dim=rotary_dim, rope_interleaved=rope_interleaved, rope_attention_scaling=rope_attention_scaling,
+             qk_norm_epsilon=qk_norm_epsilon))
     b, s, _ = query.shape
     ct = compute_dtype(query.dtype)
     split = lambda x, h: x.to(ct).unflatten(-1, (h, -1)).transpose(1, 2)  # noqa: E731
@@ -244,6 +246,8 @@ def gqa_reference(
         visible = visible & (j <= p)
     if window > 0:
         visible = visible & (j > p - window)
+    if attention_chunk > 0:
+        visible = visible & (j // attention_chunk == p // attention_chunk)
     if past_lengths is not None:
         visible = visible & (j < (past_len + s)[:, None, :, None])
     if attention_mask is not None:
@@ -322,6 +326,7 @@ def paged_reference(
     kv_num_heads: int,
     causal: bool = True,
     window: int = 0,
+    attention_chunk: int = 0,
     softcap: float = 0.0,
     scale: float = 0.0,
     rope: bool = False,
@@ -337,15 +342,17 @@ def paged_reference(
     tensors = (query, key, value, key_cache, value_cache, block_table, cu_seqlens_q, seq_lens, position_ids,
                q_norm_weight, k_norm_weight, rope_inv_freq, sinks)
     check_paged_inputs(tensors, dict(
-        num_heads=num_heads, kv_num_heads=kv_num_heads, causal=causal, window=window, softcap=softcap, scale=scale,
-        rope=rope, rope_base=rope_base, rotary_dim=rotary_dim, rope_interleaved=rope_interleaved,
-        rope_attention_scaling=rope_attention_scaling, qk_norm_epsilon=qk_norm_epsilon))
+        num_heads=num_heads, kv_num_heads=kv_num_heads, causal=causal, window=window, attention_chunk=attention_chunk,
+        softcap=softcap, scale=scale, rope=rope, rope_base=rope_base, rotary_dim=rotary_dim,
+        rope_interleaved=rope_interleaved, rope_attention_scaling=rope_attention_scaling,
+        qk_norm_epsilon=qk_norm_epsilon))
     check_paged_layout(query.shape[0], key_cache.shape[0], key_cache.shape[1], block_table, cu_seqlens_q, seq_lens)
     block_size = key_cache.shape[1]
     cu = cu_seqlens_q.to(torch.int64).tolist()
     lengths = seq_lens.to(torch.int64).tolist()
-    attrs = dict(num_heads=num_heads, kv_num_heads=kv_num_heads, causal=causal, window=window, softcap=softcap,
-                 scale=scale, rope=rope, rope_base=rope_base, rotary_dim=rotary_dim, rope_interleaved=rope_interleaved,
+    attrs = dict(num_heads=num_heads, kv_num_heads=kv_num_heads, causal=causal, window=window,
+                 attention_chunk=attention_chunk, softcap=softcap, scale=scale, rope=rope, rope_base=rope_base,
+                 rotary_dim=rotary_dim, rope_interleaved=rope_interleaved,
                  rope_attention_scaling=rope_attention_scaling, qk_norm_epsilon=qk_norm_epsilon)
     key_out, value_out = key_cache.clone(), value_cache.clone()
     outputs = []

@@ -38,9 +38,10 @@ def scores(f: FunctionBuilder, q: str, k: str) -> str:
     return f.op("Where", cap_on, f.op("Mul", f.op("Tanh", f.op("Div", s, safe_cap)), safe_cap), s)
 
 
-def structural_visibility(f: FunctionBuilder, p: str, j: str, *, band: bool) -> str:
+def structural_visibility(f: FunctionBuilder, p: str, j: str, *, band: bool, chunk: bool = False) -> str:
     """Boolean visibility of key j to the query at key position p (both int64, broadcastable) under the
-    node's `causal` and `window` attributes, and `band` when the op has one."""
+    node's `causal` and `window` attributes, `band` when the op has one, and `attention_chunk` when it has
+    that (p, j >= 0 there, so Div's truncation is floor division)."""
     zero = f.const(0, I64)
     visible = f.op("Or", f.op("Equal", f.attr("causal"), zero), f.op("LessOrEqual", j, p))
     window = f.attr("window")
@@ -50,6 +51,12 @@ def structural_visibility(f: FunctionBuilder, p: str, j: str, *, band: bool) -> 
         width = f.attr("band")
         within = f.op("LessOrEqual", f.op("Abs", f.op("Sub", p, j)), width)
         visible = f.op("And", visible, f.op("Or", f.op("LessOrEqual", width, zero), within))
+    if chunk:
+        size = f.attr("attention_chunk")
+        chunk_on = f.op("Greater", size, zero)
+        safe_size = f.op("Where", chunk_on, size, f.const(1, I64))  # 0 = off divides by 1 in the unused branch
+        same_chunk = f.op("Equal", f.op("Div", j, safe_size), f.op("Div", p, safe_size))
+        visible = f.op("And", visible, f.op("Or", f.op("Not", chunk_on), same_chunk))
     return visible
 
 

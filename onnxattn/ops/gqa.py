@@ -62,10 +62,12 @@ One decoder (or encoder) attention layer after the Q/K/V projections, in this or
 
 **Visibility.** Query at key position p sees key j iff `j <= p` when `causal=1`, `p - window < j` when
 `window > 0` (the `window` most recent keys, the current one included — in prefill, chunked prefill and
-decode alike), j is a valid key (see the modes), and `attention_mask[b, j]` is True when a mask is given
-(key padding for left- or right-padded batches; cast a 0/1 integer mask to bool). Causality uses cache
-positions, so it is unaffected by position_ids resets (documents packed in one sequence use
-position_ids for RoPE and, if they must not see each other, an explicit mask via ScaledDotProductAttention).
+decode alike), `floor(j / C) == floor(p / C)` when `attention_chunk=C > 0` (Llama 4's chunked attention:
+the keys of the query's own chunk of C positions; with `causal=1` those up to p), j is a valid key (see the
+modes), and `attention_mask[b, j]` is True when a mask is given (key padding for left- or right-padded
+batches; cast a 0/1 integer mask to bool). Causality, windows and chunks use cache positions, so they are
+unaffected by position_ids resets (documents packed in one sequence use position_ids for RoPE and, if they
+must not see each other, an explicit mask via ScaledDotProductAttention).
 A query that sees no key outputs zeros.
 
 **Attention sinks** (`sinks` [Hq], GPT-OSS): one learned logit per query head that joins every row's softmax
@@ -304,7 +306,7 @@ def build_function(overload: str, opset: int) -> onnx.FunctionProto:
     total = f.op("Squeeze", f.op("Shape", present_k, start=2, end=3))
     j = f.op("Range", zero, total, one)  # [T]
     p = f.op("Unsqueeze", query_pos, f.const([1, 3], I64))  # [B or 1, 1, S, 1]
-    visible = bodies.structural_visibility(f, p, j, band=False)
+    visible = bodies.structural_visibility(f, p, j, band=False, chunk=True)
     if "shared" in features:
         valid = f.op("Add", past_len, f.op("Unsqueeze", seq, f.const([0], I64)))  # [B, 1]
         visible = f.op("And", visible, f.op("Less", j, f.op("Unsqueeze", valid, f.const([2, 3], I64))))
@@ -338,6 +340,9 @@ ATTRS = (
     Attr("causal", "int", 1, "1: query at key position p sees keys j <= p. 0: bidirectional (encoders).",
          zero_or_one),
     Attr("window", "int", 0, "> 0: only the `window` most recent keys (the current one included).",
+         non_negative("0 = off")),
+    Attr("attention_chunk", "int", 0, "> 0: chunked attention (Llama 4): only the keys of the query's own chunk "
+         "of `attention_chunk` positions, floor(j / attention_chunk) == floor(p / attention_chunk).",
          non_negative("0 = off")),
     Attr("softcap", "float", 0.0, "> 0: scores = softcap * tanh(scores / softcap) before masking.",
          finite_non_negative("0 = off")),

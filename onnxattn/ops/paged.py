@@ -48,9 +48,9 @@ token, in this order (as in GroupQueryAttention, and with the same attributes):
 2. its key (after RoPE) and value are written to slot `pos % block_size` of block
    `block_table[b, pos / block_size]`;
 3. it attends over keys `0 .. seq_lens[b] - 1` of its sequence, read from the blocks, under `causal`
-   (keys at positions <= its own) and `window`; GQA repeat-each, `scale`, `softcap`, attention `sinks` (one
-   logit per query head in every row's softmax denominator, as in GroupQueryAttention); a token that sees no
-   key outputs zeros.
+   (keys at positions <= its own), `window` and `attention_chunk` (its own chunk's keys only); GQA
+   repeat-each, `scale`, `softcap`, attention `sinks` (one logit per query head in every row's softmax
+   denominator, as in GroupQueryAttention); a token that sees no key outputs zeros.
 
 **Writing the cache.** The node writes the new tokens' K/V itself; `key_cache_out`/`value_cache_out`
 are the updated pools. The library's kernel declares that they may reuse the input pools' buffers
@@ -240,7 +240,7 @@ def build_function(overload: str, opset: int) -> onnx.FunctionProto:
     length = f.op("Squeeze", f.op("Shape", k_all, start=2, end=3))
     j = f.op("Range", zero, length, one)  # [L]
     p = f.op("Unsqueeze", pos, f.const([1, 2, 3], I64))  # [T, 1, 1, 1]
-    visible = bodies.structural_visibility(f, p, j, band=False)
+    visible = bodies.structural_visibility(f, p, j, band=False, chunk=True)
     valid = f.op("Unsqueeze", f.op("Gather", seq_lens, seq_of), f.const([1, 2, 3], I64))
     visible = f.op("And", visible, f.op("Less", j, valid))
     sink = bodies.head_sinks(f) if "sinks" in features else None

@@ -56,6 +56,7 @@ class Case:
     mask: str | None = None  # None | "random" | "left-pad" | "right-pad"
     causal: int = 1
     window: int = 0
+    attention_chunk: int = 0  # > 0: Llama 4's chunked attention
     softcap: float = 0.0
     scale: float = 0.0
     rope: int = 1
@@ -84,7 +85,8 @@ class Case:
     @property
     def attrs(self) -> dict[str, Any]:
         return dict(num_heads=self.q_heads, kv_num_heads=self.kv_heads, causal=self.causal, window=self.window,
-                    softcap=self.softcap, scale=self.scale, rope=self.rope, rope_base=self.rope_base,
+                    attention_chunk=self.attention_chunk, softcap=self.softcap, scale=self.scale, rope=self.rope,
+                    rope_base=self.rope_base,
                     rotary_dim=self.rotary_dim, rope_interleaved=self.rope_interleaved,
                     rope_attention_scaling=self.rope_attention_scaling, qk_norm_epsilon=self.qk_norm_epsilon)
 
@@ -161,6 +163,14 @@ CASES = [
     Case("sinks-chunk-mask", batch=2, seq=5, past=300, mask="left-pad", sinks=True),  # with empty rows
     Case("sinks-simt-d12", head_dim=12, seq=10, past=20, sinks=True),
     Case("sinks-no-present-dv-ne-d", v_head_dim=64, seq=20, past=30, with_present=False, sinks=True),
+    # chunked attention (Llama 4): chunk starts inside prefill tiles, decode splits over one chunk, shared buffers
+    Case("attn-chunk-prefill", seq=200, attention_chunk=48),
+    Case("attn-chunk-prefill-d64-gqa8", seq=150, q_heads=16, kv_heads=2, head_dim=64, attention_chunk=64),
+    Case("attn-chunk-decode-split", past=3000, attention_chunk=1024),  # position 3000: keys 2048..3000
+    Case("attn-chunk-chunked-prefill", seq=40, past=500, attention_chunk=256),  # rows in chunks 1 and 2
+    Case("attn-chunk-shared-b3", batch=3, buffer=2000, past_lengths=(5, 1999, 1024), attention_chunk=1024),
+    Case("attn-chunk-window-sinks", seq=30, past=700, window=100, attention_chunk=512, sinks=True),
+    Case("attn-chunk-simt-d12", head_dim=12, seq=10, past=20, attention_chunk=8),
 ]
 CASES_BY_ID = {c.id: c for c in CASES}
 assert len(CASES_BY_ID) == len(CASES), "case ids must be unique"
@@ -362,7 +372,9 @@ def spec(case: Case, dtype: str):
         v_head_dim=case.dv, mode=case.mode, past=case.buffer if case.buffer is not None else case.past or 0,
         position_ids="position_ids" in present, q_norm=case.q_norm, k_norm=case.k_norm,
         inv_freq="rope_inv_freq" in present, mask="attention_mask" in present, sinks=case.sinks, causal=case.causal,
-        window=case.window, softcap=case.softcap, scale=case.scale, rope=case.rope, rope_base=case.rope_base,
+        window=case.window, attention_chunk=case.attention_chunk, softcap=case.softcap, scale=case.scale,
+        rope=case.rope,
+        rope_base=case.rope_base,
         rotary_dim=case.rotary_dim, rope_interleaved=case.rope_interleaved,
         rope_attention_scaling=case.rope_attention_scaling, qk_norm_epsilon=case.qk_norm_epsilon,
         dtype=gqa_cuda_lib.sdpa.FLOAT32 if dtype == "float32" else gqa_cuda_lib.FLOAT16 if dtype == "float16"

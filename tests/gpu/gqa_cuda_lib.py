@@ -45,6 +45,7 @@ class Problem(ctypes.Structure):
         ("rope_attention_scaling", ctypes.c_float),
         ("qk_norm_epsilon", ctypes.c_float),
         ("has_sinks", ctypes.c_int32),
+        ("attention_chunk", ctypes.c_int64),
     ]
 
 
@@ -132,6 +133,7 @@ class Spec:
     sinks: bool = False
     causal: int = 1
     window: int = 0
+    attention_chunk: int = 0
     softcap: float = 0.0
     scale: float = 0.0
     rope: int = 0

@@ -51,6 +51,7 @@ class Case:
     inv_freq: str | None = None  # None, "linear4", "custom"
     causal: int = 1
     window: int = 0
+    attention_chunk: int = 0  # > 0: Llama 4's chunked attention
     softcap: float = 0.0
     scale: float = 0.0
     rope: int = 1
@@ -71,7 +72,8 @@ class Case:
     @property
     def attrs(self) -> dict[str, Any]:
         return dict(num_heads=self.q_heads, kv_num_heads=self.kv_heads, causal=self.causal, window=self.window,
-                    softcap=self.softcap, scale=self.scale, rope=self.rope, rope_base=self.rope_base,
+                    attention_chunk=self.attention_chunk, softcap=self.softcap, scale=self.scale, rope=self.rope,
+                    rope_base=self.rope_base,
                     rotary_dim=self.rotary_dim, rope_interleaved=self.rope_interleaved,
                     rope_attention_scaling=self.rope_attention_scaling, qk_norm_epsilon=self.qk_norm_epsilon)
 
@@ -121,6 +123,8 @@ CASES = [
     Case("sinks-mixed", past=(3000, 0, 40), new=(1, 40, 3), head_dim=64, window=128, sinks=True),
     Case("sinks-decode-split-b4", past=(2000, 5, 700, 1), new=(1, 1, 1, 1), sinks=True),
     Case("sinks-simt-d12", past=(9, 30), new=(1, 20), q_heads=4, kv_heads=2, head_dim=12, block_size=4, sinks=True),
+    # chunked attention (Llama 4) on a mixed batch: a split decode row, a prefill crossing a chunk boundary
+    Case("attn-chunk-mixed", past=(3000, 0, 40), new=(1, 70, 3), head_dim=64, attention_chunk=64),
 ]
 CASES_BY_ID = {c.id: c for c in CASES}
 assert len(CASES_BY_ID) == len(CASES), "case ids must be unique"
@@ -243,7 +247,8 @@ def spec(case: Case, dtype: str):
                     max_blocks=f["block_table"].shape[1], position_ids="position_ids" in f,
                     q_norm="q_norm_weight" in f, k_norm="k_norm_weight" in f, inv_freq="rope_inv_freq" in f,
                     sinks="sinks" in f,
-                    causal=case.causal, window=case.window, softcap=case.softcap, scale=case.scale, rope=case.rope,
+                    causal=case.causal, window=case.window, attention_chunk=case.attention_chunk,
+                    softcap=case.softcap, scale=case.scale, rope=case.rope,
                     rope_base=case.rope_base, rotary_dim=case.rotary_dim, rope_interleaved=case.rope_interleaved,
                     rope_attention_scaling=case.rope_attention_scaling, qk_norm_epsilon=case.qk_norm_epsilon,
                     dtype={"float16": lib.FLOAT16, "bfloat16": lib.BFLOAT16, "float32": lib.FLOAT32}[dtype])

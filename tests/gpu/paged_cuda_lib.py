@@ -23,7 +23,7 @@ class Problem(ctypes.Structure):
         "dtype", "causal", "rope", "rope_interleaved", "has_position_ids", "q_norm", "k_norm", "has_inv_freq")] + [
         (n, ctypes.c_float) for n in (
         "softcap", "scale", "rope_base", "rope_attention_scaling", "qk_norm_epsilon")] + [
-        ("has_sinks", ctypes.c_int32)]  # fmt: skip
+        ("has_sinks", ctypes.c_int32), ("attention_chunk", ctypes.c_int64)]  # fmt: skip
 
 
 class PagedPlanInfo(ctypes.Structure):
@@ -101,6 +101,7 @@ class Spec:
     sinks: bool = False
     causal: int = 1
     window: int = 0
+    attention_chunk: int = 0
     softcap: float = 0.0
     scale: float = 0.0
     rope: int = 0

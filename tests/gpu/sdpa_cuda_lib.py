@@ -128,7 +128,7 @@ def load(path: str | None = None) -> ctypes.CDLL:
     lib.OnnxAttnSdpaChooseSplits.restype = ctypes.c_int64
     lib.OnnxAttnSdpaChooseSplits.argtypes = [ctypes.c_int64] * 5
     lib.OnnxAttnSdpaTileKeys.restype = None
-    lib.OnnxAttnSdpaTileKeys.argtypes = [ctypes.c_int64] * 8 + [ctypes.POINTER(ctypes.c_int64)]
+    lib.OnnxAttnSdpaTileKeys.argtypes = [ctypes.c_int64] * 9 + [ctypes.POINTER(ctypes.c_int64)]
     lib.OnnxAttnSdpaSplitKeys.restype = None
     lib.OnnxAttnSdpaSplitKeys.argtypes = [ctypes.c_int64] * 6 + [ctypes.POINTER(ctypes.c_int64)]
     lib.OnnxAttnSdpaWgmmaLayout.restype = ctypes.c_uint64
@@ -199,9 +199,10 @@ def choose_splits(ctas: int, key_tiles: int, slots: int, min_tiles_per_split: in
     return load().OnnxAttnSdpaChooseSplits(ctas, key_tiles, slots, min_tiles_per_split, max_splits)
 
 
-def tile_keys(causal, window, band, q_len, kv_len, row_begin, row_end, group) -> tuple[tuple[int, int], tuple[int, int]]:
+def tile_keys(causal, window, band, q_len, kv_len, row_begin, row_end, group,
+              chunk=0) -> tuple[tuple[int, int], tuple[int, int]]:
     out = (ctypes.c_int64 * 4)()
-    load().OnnxAttnSdpaTileKeys(int(causal), window, band, q_len, kv_len, row_begin, row_end, group, out)
+    load().OnnxAttnSdpaTileKeys(int(causal), window, band, chunk, q_len, kv_len, row_begin, row_end, group, out)
     return (out[0], out[1]), (out[2], out[3])
 
 

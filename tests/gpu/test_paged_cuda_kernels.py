@@ -120,7 +120,8 @@ def test_equals_group_query_attention_on_a_contiguous_cache(case_id, dtype):
     spec = gqa_cuda_lib.Spec(batch=b, seq=s, q_heads=case.q_heads, kv_heads=case.kv_heads, head_dim=case.head_dim,
                              mode="shared", past=m, position_ids="position_ids" in f, q_norm=case.q_norm,
                              k_norm=case.k_norm, inv_freq="rope_inv_freq" in f, causal=case.causal,
-                             window=case.window, rope=case.rope, rotary_dim=case.rotary_dim,
+                             window=case.window, attention_chunk=case.attention_chunk, rope=case.rope,
+                             rotary_dim=case.rotary_dim,
                              rope_interleaved=case.rope_interleaved, dtype=pc.spec(case, dtype).dtype)  # fmt: skip
     gqa_cuda_lib.run(spec, t)
     y, _, _, plan, _ = pt.run(case, dtype)

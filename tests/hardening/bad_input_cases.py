@@ -73,6 +73,7 @@ def fault_of(case_id: str) -> str:
     """The fault category of an imported case, from its id."""
     rules = [("rank", "rank"), ("double", "dtype"), ("float16", "dtype"), ("int32", "dtype"), ("int64", "dtype"),
              ("mask-float", "dtype"), ("mask-int", "dtype"), ("mask", "mask"), ("window", "window"),
+             ("chunk", "window"),
              ("position", "positions"), ("block-index", "index values"), ("length", "index values"),
              ("cu-", "index values"), ("fewer-keys", "index values"), ("heads", "heads"),
              ("num-heads", "attribute"), ("attribute", "attribute"), ("causal", "attribute"), ("scale", "attribute"),

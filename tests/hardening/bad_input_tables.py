@@ -372,7 +372,8 @@ def _defined_without_validate_numerics() -> dict[str, str]:
 
 PAGED = "PagedAttention"
 FUNCTION_PAGED = dict.fromkeys(("value-cache-other-blocks", "seq-lens-length", "block-table-int64",
-                                 "negative-window", "block-index-negative", "length-negative",
+                                 "negative-window", "negative-attention-chunk", "block-index-negative",
+                                 "length-negative",
                                  "fewer-keys-than-new-tokens", "cu-not-starting-at-0", "cu-decreasing-past-t",
                                  ), "runs")
 

@@ -89,7 +89,7 @@ def gqa_cases(draw):
         q_norm=draw(st.booleans()), k_norm=draw(st.booleans()),
         inv_freq=draw(st.sampled_from([None, "linear4", "custom"])) if rope and rotary % 2 == 0 else None,
         causal=draw(st.sampled_from([1, 1, 0])), window=draw(st.sampled_from([0, 0, 1, 4, 100])),
-        softcap=draw(st.sampled_from([0.0, 0.0, 5.0])), scale=draw(st.sampled_from([0.0, 0.0, 0.4])), rope=rope,
+        attention_chunk=draw(st.sampled_from([0, 0, 0, 1, 3, 8, 64])), softcap=draw(st.sampled_from([0.0, 0.0, 5.0])), scale=draw(st.sampled_from([0.0, 0.0, 0.4])), rope=rope,
         rope_base=draw(st.sampled_from([10000.0, 500000.0])), rotary_dim=rotary,
         rope_interleaved=draw(st.integers(0, 1)), rope_attention_scaling=draw(st.sampled_from([1.0, 1.2])),
         sinks=draw(st.sampled_from([None, None, "random", "large"])), dtype=draw(DTYPES),
@@ -115,7 +115,7 @@ def paged_cases(draw):
         positions=draw(st.sampled_from([None, "shifted"])) if rope else None, q_norm=draw(st.booleans()),
         k_norm=draw(st.booleans()), inv_freq=draw(st.sampled_from([None, "linear4", "custom"])) if rope else None,
         causal=draw(st.sampled_from([1, 1, 0])), window=draw(st.sampled_from([0, 0, 1, 5, 60])),
-        softcap=draw(st.sampled_from([0.0, 0.0, 3.0])), scale=draw(st.sampled_from([0.0, 0.5])), rope=rope,
+        attention_chunk=draw(st.sampled_from([0, 0, 0, 1, 4, 16])), softcap=draw(st.sampled_from([0.0, 0.0, 3.0])), scale=draw(st.sampled_from([0.0, 0.5])), rope=rope,
         rope_interleaved=draw(st.integers(0, 1)), sinks=draw(st.booleans()), dtype=draw(DTYPES),
         with_present=draw(st.booleans()))
 

@@ -61,3 +61,18 @@ def test_key_ranges_with_windows_up_to_int64_max(window, band):
             got = cuda_lib.tile_keys(causal, window, band, 9, 3, *rows, 1)
             want = cuda_lib.tile_keys(causal, 0, 0, 9, 3, *rows, 1)
             assert got == want, (causal, rows)
+
+
+@pytest.mark.parametrize("chunk", [INT64_MAX, INT64_MAX - 1, 2**62])
+def test_key_ranges_with_chunks_up_to_int64_max(chunk):
+    """A chunk end p + (chunk - r) would wrap for a huge chunk; rows at negative key positions sit in the chunk
+    before key 0 (floor(p / chunk) = -1), so they see nothing."""
+    for causal in (0, 1):
+        for rows in ((0, 9), (3, 7), (6, 9)):
+            got = cuda_lib.tile_keys(causal, 0, 0, 9, 3, *rows, 1, chunk=chunk)
+            first, last = rows[0] - 6, rows[1] - 1 - 6  # key positions of the tile's first and last rows
+            # a row at p >= 0 sees [0, p + 1) (causal) or all 3 keys; one at p < 0 none
+            ends = [(p + 1 if causal else 3) if p >= 0 else 0 for p in (first, last)]
+            begins = [0 if p >= 0 else e for p, e in zip((first, last), ends)]
+            any_end = ends[1] if ends[1] > begins[0] else begins[0]
+            assert got == ((begins[0], any_end), (begins[1], ends[0])), (causal, rows, got)

@@ -1,6 +1,7 @@
 #pragma once
 // Which keys a query row may see, from the structural attributes shared by every attention op:
-// causal (bottom-right aligned), a causal sliding window of W keys, and a symmetric band |p - j| <= W.
+// causal (bottom-right aligned), a causal sliding window of W keys, a symmetric band |p - j| <= W, and
+// chunked attention (Llama 4: only the keys of the query's own chunk of C positions, floor(j/C) == floor(p/C)).
 // Query row i of Sq sits at key position p = i + (Skv - Sq). Every rule bounds j by an interval, so the
 // visible keys of a row are one contiguous range [begin, end), and both bounds are non-decreasing in i.
 // Kernels use the range to skip whole key tiles and only test elements on tile edges.
@@ -21,6 +22,7 @@ struct StructuralMask {
   bool causal = false;
   int64_t window = 0;  // > 0: keep the `window` most recent keys, the current one included
   int64_t band = 0;    // > 0: keep |p - j| <= band
+  int64_t chunk = 0;   // > 0: keep floor(j / chunk) == floor(p / chunk)
 
   ONNXATTN_HD KeyRange visible_keys(int64_t query_row, int64_t num_keys) const {
     const int64_t p = query_row + query_offset;
@@ -33,6 +35,13 @@ struct StructuralMask {
     if (band > 0) {
       if (p - begin > band) begin = p - band;
       if (end - p - 1 > band) end = p + band + 1;
+    }
+    if (chunk > 0) {
+      // p's offset in its chunk, floored for p < 0; p - r and p + (chunk - r) are formed only inside [begin, end)
+      int64_t r = p % chunk;
+      if (r < 0) r += chunk;
+      if (p - begin > r) begin = p - r;
+      if (end - p > chunk - r) end = p + (chunk - r);
     }
     if (end < begin) end = begin;
     if (begin > num_keys) begin = end = num_keys;

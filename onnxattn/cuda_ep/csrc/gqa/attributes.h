@@ -12,6 +12,7 @@ inline Attributes read_attributes(const OrtKernelInfo* info, const char* op) {
   a.kv_num_heads = ort::int_attribute(info, op, "kv_num_heads", a.kv_num_heads);
   a.causal = ort::int_attribute(info, op, "causal", a.causal);
   a.window = ort::int_attribute(info, op, "window", a.window);
+  a.attention_chunk = ort::int_attribute(info, op, "attention_chunk", a.attention_chunk);
   a.softcap = ort::float_attribute(info, op, "softcap", a.softcap);
   a.scale = ort::float_attribute(info, op, "scale", a.scale);
   a.rope = ort::int_attribute(info, op, "rope", a.rope);

@@ -96,6 +96,7 @@ void run_cpu(const Params& p, const Tensors<T>& t, const ParallelFor& parallel_f
   a.softcap = p.softcap;
   a.structure.causal = p.causal;
   a.structure.window = p.window;
+  a.structure.chunk = p.attention_chunk;
   a.structure.query_offset = p.past;
   a.q_strides = q_strides;
   a.k_strides = sdpa::Strides::contiguous(Hkv, M, D);

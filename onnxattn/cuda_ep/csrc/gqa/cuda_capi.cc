@@ -27,6 +27,7 @@ struct OnnxAttnGqaProblem {
   int32_t causal, rope, rope_interleaved, has_position_ids, q_norm, k_norm, has_inv_freq, has_mask;
   float softcap, scale, rope_base, rope_attention_scaling, qk_norm_epsilon;
   int32_t has_sinks;
+  int64_t attention_chunk;
 };
 
 struct OnnxAttnGqaPlanInfo {
@@ -85,6 +86,7 @@ Params params_from(const OnnxAttnGqaProblem& pr) {
   a.kv_num_heads = pr.kv_heads;
   a.causal = pr.causal;
   a.window = pr.window;
+  a.attention_chunk = pr.attention_chunk;
   a.softcap = pr.softcap;
   a.scale = pr.scale;
   a.rope = pr.rope;

@@ -25,6 +25,7 @@ sdpa::Params attention_params(const Params& p) {
   a.softcap = p.softcap;
   a.structure.causal = p.causal;
   a.structure.window = p.window;
+  a.structure.chunk = p.attention_chunk;
   // Concatenation: query i at P + i for every batch. Shared buffer: per batch, from the device (the value
   // here is never used then).
   a.structure.query_offset = p.past;

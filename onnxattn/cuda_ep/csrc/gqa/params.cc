@@ -43,6 +43,9 @@ void check_attributes(const Attributes& a, const char* op) {
   }
   if (a.causal != 0 && a.causal != 1) fail(op, ": attribute 'causal' must be 0 or 1, got ", a.causal);
   if (a.window < 0) fail(op, ": attribute 'window' must be >= 0 (0 = off), got ", a.window);
+  if (a.attention_chunk < 0) {
+    fail(op, ": attribute 'attention_chunk' must be >= 0 (0 = off), got ", a.attention_chunk);
+  }
   if (!std::isfinite(a.softcap) || a.softcap < 0) {
     fail(op, ": attribute 'softcap' must be finite and >= 0 (0 = off), got ", a.softcap);
   }
@@ -134,6 +137,7 @@ Params make_params(const Shapes& s, const Attributes& a) {
   p.qk_norm_epsilon = a.qk_norm_epsilon;
   p.causal = a.causal != 0;
   p.window = a.window;
+  p.attention_chunk = a.attention_chunk;
   p.softcap = a.softcap;
   p.scale = a.scale != 0.0f ? a.scale : 1.0f / std::sqrt(float(p.head_dim));
   return p;

@@ -14,6 +14,7 @@ inline constexpr const char* kOpName = "GroupQueryAttention";
 struct Attributes {
   int64_t num_heads = 0, kv_num_heads = 0;
   int64_t causal = 1, window = 0;
+  int64_t attention_chunk = 0;
   float softcap = 0.0f, scale = 0.0f;
   int64_t rope = 0;
   float rope_base = 10000.0f;
@@ -46,6 +47,7 @@ struct Params {
   int64_t total = 0;  // keys in the present cache: S, P + S, or the buffer length M
   bool causal = true;
   int64_t window = 0;
+  int64_t attention_chunk = 0;  // > 0: Llama 4's chunked attention (StructuralMask::chunk)
   float scale = 1.0f, softcap = 0.0f;
   bool rope = false, rope_interleaved = false, has_inv_freq = false;
   int64_t rotary_dim = 0;

@@ -54,6 +54,7 @@ void run_cpu(const Params& p, const Tensors<T>& t, const ParallelFor& parallel_f
   a.softcap = p.attrs.softcap;
   a.structure.causal = p.attrs.causal != 0;
   a.structure.window = p.attrs.window;
+  a.structure.chunk = p.attrs.attention_chunk;
   a.q_strides = {0, D, Hq * D};  // packed rows [T, Hq, D]
   a.y_strides = {0, Dv, Hq * Dv};
   a.k_strides = {0, D, Hkv * D};  // slot-major pools [slots, Hkv, D]

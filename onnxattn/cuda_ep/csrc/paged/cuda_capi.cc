@@ -26,6 +26,7 @@ struct OnnxAttnPagedProblem {
   int32_t causal, rope, rope_interleaved, has_position_ids, q_norm, k_norm, has_inv_freq;
   float softcap, scale, rope_base, rope_attention_scaling, qk_norm_epsilon;
   int32_t has_sinks;
+  int64_t attention_chunk;
 };
 
 struct OnnxAttnPagedPlanInfo {
@@ -84,6 +85,7 @@ Params params_from(const OnnxAttnPagedProblem& pr) {
   a.kv_num_heads = pr.kv_heads;
   a.causal = pr.causal;
   a.window = pr.window;
+  a.attention_chunk = pr.attention_chunk;
   a.softcap = pr.softcap;
   a.scale = pr.scale;
   a.rope = pr.rope;

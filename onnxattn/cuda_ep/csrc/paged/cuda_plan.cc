@@ -28,6 +28,7 @@ sdpa::Params attention_params(const Params& p) {
   a.softcap = p.attrs.softcap;
   a.structure.causal = p.attrs.causal != 0;
   a.structure.window = p.attrs.window;
+  a.structure.chunk = p.attrs.attention_chunk;
   // Raw packed queries (QK-norm and RoPE happen in the core's Q load), the packed output, and the pools as
   // [slots, Hkv, .] (slot-major: a block holds every head's rows of its slots).
   a.q_strides = {0, p.head_dim, p.q_heads * p.head_dim};

@@ -172,14 +172,15 @@ ONNXATTN_EXPORT int64_t OnnxAttnSdpaChooseSplits(int64_t ctas, int64_t key_tiles
 }
 
 // out = {any.begin, any.end, all.begin, all.end} for packed rows [row_begin, row_end) of a KV head.
-ONNXATTN_EXPORT void OnnxAttnSdpaTileKeys(int64_t causal, int64_t window, int64_t band, int64_t q_len,
-                                          int64_t kv_len, int64_t row_begin, int64_t row_end, int64_t group,
-                                          int64_t* out) {
+ONNXATTN_EXPORT void OnnxAttnSdpaTileKeys(int64_t causal, int64_t window, int64_t band, int64_t chunk,
+                                          int64_t q_len, int64_t kv_len, int64_t row_begin, int64_t row_end,
+                                          int64_t group, int64_t* out) {
   onnxattn::StructuralMask mask;
   mask.query_offset = kv_len - q_len;
   mask.causal = causal != 0;
   mask.window = window;
   mask.band = band;
+  mask.chunk = chunk;
   const onnxattn::sdpa::cuda::TileKeys t = onnxattn::sdpa::cuda::tile_keys(mask, row_begin, row_end, group, kv_len);
   out[0] = t.any.begin;
   out[1] = t.any.end;

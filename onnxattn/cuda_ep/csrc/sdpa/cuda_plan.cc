@@ -18,7 +18,8 @@
 //     to any query row, so a sliding window splits its window, not the whole cache.
 //  5. Per-batch lengths (Layout::per_batch_lengths: a shared KV-cache buffer whose valid lengths live on
 //     the device): the host cannot know the visible keys, so the split count is chosen for the longest
-//     possible range — the whole view, or window + Sq - 1 under a causal window — and is an upper bound.
+//     possible range — the whole view, or window + Sq - 1 under a causal window (chunk + Sq - 1 under a
+//     chunk) — and is an upper bound.
 //     On the device each CTA splits only its own sequence's visible keys, at least kMinKeysPerSplit per
 //     split (LaunchPlan::min_split_keys), so a short sequence uses few splits and the CTAs of the others
 //     return at once. No host synchronisation, and the launch shape does not depend on the lengths (a
@@ -263,6 +264,10 @@ LaunchPlan plan_launch(const Params& p, DType dtype, const DeviceInfo& device, c
       visible = p.structure.causal && p.structure.window > 0 && p.structure.window < p.kv_len
                     ? std::min(p.kv_len, p.structure.window + queries - 1)
                     : p.kv_len;
+      // a chunk bounds one sequence's queries the same way (their chunks' keys are contiguous)
+      if (p.structure.chunk > 0 && p.structure.chunk < p.kv_len) {
+        visible = std::min(visible, std::min(p.kv_len, p.structure.chunk + queries - 1));
+      }
       plan.min_split_keys = kMinKeysPerSplit;
     } else {
       const KeyRange keys = p.structure.visible_keys(0, p.q_len, p.kv_len);
