@@ -11,7 +11,9 @@ bias) and ungated MLP (Nemotron's squared ReLU), and the parallel blocks of GPT-
 (attention and MLP both read the block input; one shared norm or two), interleaved RoPE pairs (GPT-J, Cohere, GLM,
 ERNIE 4.5, Helium), a biased output projection, and GPT-OSS's attention
 sinks (a learned logit per query head in each softmax's denominator) and experts (router and expert biases, clamped
-SwiGLU: models.moe.ClampedSwiGLU). GptOssConfig ("gpt-oss" in the registry)
+SwiGLU: models.moe.ClampedSwiGLU), GLM-4.5's routing (DeepSeek-V3's: routed_scaling, num_groups, an ungated shared
+expert), Ministral 3's per-position scale of q (query_scale_beta) and OLMo 3's RoPE for the sliding layers
+(sliding_rope). GptOssConfig ("gpt-oss" in the registry)
 sets those options for a tiny GPT-OSS."""
 
 from __future__ import annotations
@@ -62,6 +64,12 @@ class LlamaConfig:
     norm_topk: bool = True  # the chosen experts' weights sum to 1 (Mixtral always) [norm_topk_prob]
     dense_layers: tuple[int, ...] = ()  # layers that keep the dense MLP [mlp_only_layers, decoder_sparse_step]
     shared_expert_intermediate: int = 0  # > 0: Qwen2-MoE's gated shared expert [shared_expert_intermediate_size]
+    # GLM-4.5 (DeepSeek-V3's routing; see models.moe): weights times routed_scaling, experts from the
+    # groups_per_token best of num_groups groups, the shared expert added ungated
+    routed_scaling: float = 1.0  # [routed_scaling_factor]
+    num_groups: int = 1  # [n_group]
+    groups_per_token: int = 1  # [topk_group]
+    shared_expert_gated: bool = True
     nope_layers: tuple[int, ...] = ()  # layers without RoPE (SmolLM3's NoPE layers)
     # Granite
     attention_scale: float | None = None  # None: 1/sqrt(head_dim) [attention_multiplier]
@@ -93,6 +101,13 @@ class LlamaConfig:
     router_bias: bool = False  # the MoE router adds a bias per expert
     expert_bias: bool = False  # the experts' gate_up_proj and down_proj have biases
     expert_glu: ClampedSwiGLU | None = None  # None: act(gate) * up [swiglu_alpha, swiglu_limit]
+    # Ministral 3 (Llama 4's attention temperature): q times 1 + beta * log(1 + floor(position / period)), in torch
+    # before the node (a per-position factor commutes with RoPE) [llama_4_scaling_beta,
+    # original_max_position_embeddings]; 0: off
+    query_scale_beta: float = 0.0
+    query_scale_period: int = 1
+    # OLMo 3: the sliding_attention layers' own RoPE (theta, scaling); None: the other layers' (rope_theta, ...)
+    sliding_rope: tuple[float, RopeScaling | None] | None = None
     seed: int = 0
 
     def __post_init__(self):
@@ -118,7 +133,8 @@ class LlamaConfig:
                              f"got {self.shared_expert_intermediate}")
         if self.num_experts:
             check_moe(name, num_experts=self.num_experts, experts_per_token=self.experts_per_token,
-                      intermediate=self.expert_intermediate, scoring=self.router_scoring)
+                      intermediate=self.expert_intermediate, scoring=self.router_scoring, num_groups=self.num_groups,
+                      groups_per_token=self.groups_per_token)
         for field in ("dense_layers", "nope_layers"):
             if not set(getattr(self, field)) <= set(range(self.num_layers)):
                 raise ValueError(f"{name}: {field} must be layer indices in [0, {self.num_layers}), "
@@ -126,7 +142,7 @@ class LlamaConfig:
         if self.attention_scale is not None and not 0 < self.attention_scale < math.inf:
             raise ValueError(f"{name}: attention_scale must be > 0 and finite (None: 1/sqrt(head_dim)), "
                              f"got {self.attention_scale}")
-        for field in ("embedding_multiplier", "residual_multiplier", "logits_scaling"):
+        for field in ("embedding_multiplier", "residual_multiplier", "logits_scaling", "routed_scaling"):
             if not math.isfinite(getattr(self, field)):
                 raise ValueError(f"{name}: {field} must be finite, got {getattr(self, field)}")
         if self.logits_scaling == 0:
@@ -147,6 +163,13 @@ class LlamaConfig:
             raise ValueError(f"{name}: sandwich_norm cannot be combined with post_norm or parallel_residual")
         if self.clip_qkv is not None and not 0 < self.clip_qkv < math.inf:
             raise ValueError(f"{name}: clip_qkv must be > 0 and finite (None: no clamp), got {self.clip_qkv}")
+        if not math.isfinite(self.query_scale_beta) or self.query_scale_period < 1:
+            raise ValueError(f"{name}: query_scale_beta must be finite and query_scale_period >= 1, got "
+                             f"{self.query_scale_beta} and {self.query_scale_period}")
+        if self.query_scale_beta and self.qk_norm:  # the op's QK-norm would undo a scale applied before the node
+            raise ValueError(f"{name}: query_scale_beta cannot be combined with qk_norm")
+        if self.sliding_rope is not None and not 0 < self.sliding_rope[0] < math.inf:
+            raise ValueError(f"{name}: sliding_rope's theta must be > 0 and finite, got {self.sliding_rope[0]}")
 
     @property
     def resolved_head_dim(self) -> int:
@@ -207,10 +230,13 @@ class LlamaAttention(GroupedQueryAttention):
     RMSNorm per head), each optional, in this order: OLMo 2's RMSNorm over q_proj's and k_proj's whole outputs, all
     heads at once (`proj_norm_eps`: q_proj_norm, k_proj_norm); Cohere's / Phi's / StableLM's LayerNorm over each head
     of q and k (`head_norm`: q_head_norm, k_head_norm, see HeadLayerNorm); OLMo's clamp of q, k and v to
-    [-clip_qkv, clip_qkv] (after the norms, as OLMoE). The node then applies RoPE."""
+    [-clip_qkv, clip_qkv] (after the norms, as OLMoE); Ministral 3's per-position scale of q (`query_scale`:
+    (beta, period), see LlamaConfig.query_scale_beta) at the positions the node rotates by. The node then applies
+    RoPE."""
 
     def __init__(self, *args, proj_norm_eps: float | None = None, head_norm: str | None = None,
-                 head_norm_eps: float = 1e-5, clip_qkv: float | None = None, **kwargs):
+                 head_norm_eps: float = 1e-5, clip_qkv: float | None = None,
+                 query_scale: tuple[float, int] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.q_proj_norm = self.k_proj_norm = self.q_head_norm = self.k_head_norm = None
         if proj_norm_eps is not None:
@@ -220,7 +246,36 @@ class LlamaAttention(GroupedQueryAttention):
             per_head = head_norm == "per_head"
             self.q_head_norm = HeadLayerNorm(self.num_query_heads, self.head_dim, head_norm_eps, per_head=per_head)
             self.k_head_norm = HeadLayerNorm(self.num_kv_heads, self.head_dim, head_norm_eps, per_head=per_head)
-        self.clip_qkv = clip_qkv
+        self.clip_qkv, self.query_scale = clip_qkv, query_scale
+        self._query_positions = None  # set by forward for project, with query_scale
+
+    def op_positions(self, x, kw: dict) -> torch.Tensor:
+        """The positions the node rotates x's tokens by ([B or 1, S], or [T] paged), from forward's arguments."""
+        position_ids, paged = kw.get("position_ids"), kw.get("paged")
+        if paged is not None:
+            if position_ids is None:
+                position_ids = paged.position_ids
+            return paged.token_positions(x.shape[0]) if position_ids is None else position_ids
+        past_key, cache, past_lengths = kw.get("past_key"), kw.get("cache"), kw.get("past_lengths")
+        if cache is not None:
+            past_key = cache.get(self.layer_idx)[0]
+        b, s = x.shape[0], x.shape[1]
+        past = 0 if past_key is None else past_key.shape[2]
+        if position_ids is None:
+            position_ids = self.positions(b, s, past, kw.get("doc_boundaries"), x.device)
+        if position_ids is not None:
+            return position_ids
+        offset = past_lengths.to(torch.int64)[:, None] if past_lengths is not None else past
+        return torch.arange(s, device=x.device)[None, :] + offset
+
+    def forward(self, x, **kwargs):
+        if self.query_scale is None:
+            return super().forward(x, **kwargs)
+        self._query_positions = self.op_positions(x, kwargs)
+        try:
+            return super().forward(x, **kwargs)
+        finally:
+            self._query_positions = None
 
     def project(self, x):
         q, k, v = super().project(x)
@@ -231,6 +286,11 @@ class LlamaAttention(GroupedQueryAttention):
         if self.clip_qkv is not None:
             c = self.clip_qkv
             q, k, v = q.clamp(-c, c), k.clamp(-c, c), v.clamp(-c, c)
+        if self.query_scale is not None:
+            beta, period = self.query_scale
+            # as transformers' get_llama_4_attn_scale, in float32
+            scale = 1 + beta * torch.log(1 + torch.floor(self._query_positions.float() / period))
+            q = q * scale.unsqueeze(-1).to(q.dtype)
         return q, k, v
 
 
@@ -254,14 +314,17 @@ class LlamaBlock(nn.Module):
         self.parallel_residual, self.shared_block_norm = cfg.parallel_residual, cfg.shared_block_norm
         if not cfg.post_norm:
             self.input_norm = make_norm(cfg)
-        rope = None if layer_idx in cfg.nope_layers else Rope(cfg.rope_theta, rotary_dim=cfg.rotary_dim,
-                                                              interleaved=cfg.rope_interleaved,
-                                                              scaling=cfg.rope_scaling)
+        theta, scaling = cfg.rope_theta, cfg.rope_scaling
+        if cfg.sliding_rope is not None and cfg.resolved_layer_types[layer_idx] == "sliding_attention":
+            theta, scaling = cfg.sliding_rope
+        rope = None if layer_idx in cfg.nope_layers else Rope(theta, rotary_dim=cfg.rotary_dim,
+                                                              interleaved=cfg.rope_interleaved, scaling=scaling)
         attention, extra = GroupedQueryAttention, {}
-        if cfg.qk_proj_norm or cfg.qk_layer_norm or cfg.clip_qkv is not None:
+        if cfg.qk_proj_norm or cfg.qk_layer_norm or cfg.clip_qkv is not None or cfg.query_scale_beta:
             attention, extra = LlamaAttention, dict(
                 proj_norm_eps=cfg.rms_norm_eps if cfg.qk_proj_norm else None, head_norm=cfg.qk_layer_norm,
-                head_norm_eps=cfg.rms_norm_eps, clip_qkv=cfg.clip_qkv)
+                head_norm_eps=cfg.rms_norm_eps, clip_qkv=cfg.clip_qkv,
+                query_scale=(cfg.query_scale_beta, cfg.query_scale_period) if cfg.query_scale_beta else None)
         self.attn = attention(
             cfg.hidden, cfg.num_heads, cfg.num_kv_heads, head_dim=cfg.resolved_head_dim, bias=cfg.qkv_bias,
             out_bias=cfg.o_bias, window=cfg.window(layer_idx), scale=cfg.attention_scale, rope=rope,
@@ -276,7 +339,9 @@ class LlamaBlock(nn.Module):
             self.mlp = MixtureOfExperts(cfg.hidden, cfg.num_experts, cfg.experts_per_token, cfg.expert_intermediate,
                                         cfg.activation, scoring=cfg.router_scoring, norm_topk=cfg.norm_topk,
                                         shared_intermediate=cfg.shared_expert_intermediate,
-                                        router_bias=cfg.router_bias, expert_bias=cfg.expert_bias, glu=cfg.expert_glu)
+                                        router_bias=cfg.router_bias, expert_bias=cfg.expert_bias, glu=cfg.expert_glu,
+                                        routed_scaling=cfg.routed_scaling, num_groups=cfg.num_groups,
+                                        groups_per_token=cfg.groups_per_token, shared_gated=cfg.shared_expert_gated)
         else:
             self.mlp = (SwiGLU if cfg.gated_mlp else PlainMLP)(cfg.hidden, cfg.intermediate, cfg.mlp_bias,
                                                                cfg.activation)

@@ -9,7 +9,7 @@ Router scoring: "softmax" (Mixtral, Qwen-MoE, DeepSeek-V2: softmax over all expe
 the experts come from the `groups_per_token` best of `num_groups` groups, a group scored by its best expert
 (group_score "max": DeepSeek-V2's group_limited_greedy) or by the sum of its two best ("top2_sum": DeepSeek-V3).
 An optional shared expert (Qwen2-MoE: shared_intermediate > 0) runs on every token, its output scaled by
-sigmoid(shared_expert_gate(x)) and added to the routed experts'.
+sigmoid(shared_expert_gate(x)) and added to the routed experts' (GLM-4.5 with shared_gated=False: added as it is).
 GPT-OSS's experts (all off by default): a router bias, expert biases, and ClampedSwiGLU in place of act(gate) * up.
 Its routing (softmax over the top-k logits only) is "softmax" with norm_topk: exp(l_i) / sum over the chosen of
 exp(l_j) either way.
@@ -76,15 +76,15 @@ class MixtureOfExperts(nn.Module):
     """x [..., hidden] -> sum over the chosen experts of weight * SwiGLU_e(x). Parameters as transformers
     stores them: `router` [E, hidden] (gate.weight), `gate_up_proj` [E, 2 * I, hidden] (gate rows first),
     `down_proj` [E, hidden, I]; with sigmoid scoring also `e_score_correction_bias` [E] (a buffer); with
-    shared_intermediate > 0 also `shared_expert` (a SwiGLU) and `shared_expert_gate` [1, hidden]; with
-    router_bias `router_bias` [E] (added to the router logits); with expert_bias `gate_up_proj_bias` [E, 2 * I]
-    and `down_proj_bias` [E, hidden]. `glu` (a ClampedSwiGLU) replaces act(gate) * up."""
+    shared_intermediate > 0 also `shared_expert` (a SwiGLU) and, with shared_gated, `shared_expert_gate`
+    [1, hidden]; with router_bias `router_bias` [E] (added to the router logits); with expert_bias
+    `gate_up_proj_bias` [E, 2 * I] and `down_proj_bias` [E, hidden]. `glu` (a ClampedSwiGLU) replaces act(gate) * up."""
 
     def __init__(self, hidden: int, num_experts: int, experts_per_token: int, intermediate: int,
                  activation: str = "silu", *, scoring: str = "softmax", norm_topk: bool = True,
                  routed_scaling: float = 1.0, num_groups: int = 1, groups_per_token: int = 1,
                  group_score: str = "top2_sum", shared_intermediate: int = 0, router_bias: bool = False,
-                 expert_bias: bool = False, glu: ClampedSwiGLU | None = None):
+                 expert_bias: bool = False, glu: ClampedSwiGLU | None = None, shared_gated: bool = True):
         super().__init__()
         check_moe(type(self).__name__, num_experts=num_experts, experts_per_token=experts_per_token,
                   intermediate=intermediate, scoring=scoring, num_groups=num_groups, groups_per_token=groups_per_token,
@@ -107,7 +107,7 @@ class MixtureOfExperts(nn.Module):
                              f"got {shared_intermediate}")
         if shared_intermediate:  # created only when asked for: the seeded init of the others stays as it was
             self.shared_expert = SwiGLU(h, shared_intermediate, False, activation)
-            self.shared_expert_gate = nn.Linear(h, 1, bias=False)
+            self.shared_expert_gate = nn.Linear(h, 1, bias=False) if shared_gated else None
         else:
             self.shared_expert = self.shared_expert_gate = None
 
@@ -148,13 +148,16 @@ class MixtureOfExperts(nn.Module):
         out = (y.float() * weights.transpose(-1, -2).unsqueeze(-1)).sum(-3).to(x.dtype)
         if self.shared_expert is None:
             return out
+        if self.shared_expert_gate is None:
+            return out + self.shared_expert(x)
         return out + torch.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)
 
     def extra_repr(self) -> str:
         groups = (f", groups={self.num_groups}, topk_groups={self.topk_groups}, group_score={self.group_score}"
                   if self.num_groups > 1 else "")
         shared = "" if self.shared_expert is None else \
-            f", gated shared expert={self.shared_expert.down_proj.in_features}"
+            f", {'gated ' if self.shared_expert_gate is not None else ''}shared expert=" \
+            f"{self.shared_expert.down_proj.in_features}"
         gpt_oss = (", router_bias" if self.router_bias is not None else "") + \
             (", expert_bias" if self.gate_up_proj_bias is not None else "") + \
             ("" if self.glu is None else f", {self.glu}")

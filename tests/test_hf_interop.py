@@ -17,7 +17,10 @@ head of q / k in standard ops before the node), Cohere 2 (sliding RoPE layers, f
 (LayerNorm without weight or bias, clip_qkv), OLMoE (whole-projection QK-norm, clip_qkv, experts), ERNIE 4.5 and Helium
 (interleaved RoPE), Seed-OSS, EXAONE 4 (post-norm, QK-norm, full NoPE layers), GLM / GLM-4 (interleaved partial RoPE,
 GLM-4's sandwich norms), Arcee and Nemotron (squared-ReLU MLP; Nemotron's 1 + weight LayerNorm) and StableLM (per-head
-QK LayerNorm weights, parallel or sequential blocks); Gemma 1 maps onto
+QK LayerNorm weights, parallel or sequential blocks), Ministral (sliding / full layers), Ministral 3 (YaRN, q scaled
+per position), OLMo 3 (RoPE per layer type), EXAONE 3.5 and InternLM3 (as Llama), GLM-4.5 (sigmoid group-limited
+routing with a choice bias and scaling, ungated shared expert) and MiniMax-M2 (whole-projection QK-norm, sigmoid
+routing with a choice bias); Gemma 1 maps onto
 our Gemma without post-norms; the encoders (BERT, RoBERTa / XLM-RoBERTa with positions
 from the pad token, ModernBERT with its local band) match transformers' hidden states on real tokens under a
 key-padding mask; unsupported architectures and settings get a message listing the supported ones."""
@@ -52,6 +55,37 @@ T = transformers
 # biased router, gate / up interleaved; swiglu_limit 0.5 clamps ~15% of the gates and ~30% of the ups here (the
 # default 7 would clamp none)
 GPT_OSS = SMALL | dict(head_dim=32, num_local_experts=4, num_experts_per_tok=2, sliding_window=6, swiglu_limit=0.5)
+
+
+def glm4_moe():
+    """GLM-4.5: layer 0 dense (first_k_dense_replace), layer 1 top-3 of 8 experts from the 2 best of 4 groups (a group
+    scored by its two best), sigmoid scores steered by a random correction bias, renormalised then times 2.5, plus
+    an ungated shared expert; q / k / v biases, per-head QK-norm, half-split RoPE on 8 of 16 channels."""
+    hf = T.Glm4MoeForCausalLM(T.Glm4MoeConfig(
+        **SMALL, **NO_TOKENS, head_dim=16, n_routed_experts=8, num_experts_per_tok=3, n_group=4, topk_group=2,
+        moe_intermediate_size=32, n_shared_experts=1, first_k_dense_replace=1, routed_scaling_factor=2.5,
+        attention_bias=True, use_qk_norm=True))
+    bias = hf.model.layers[1].mlp.gate.e_score_correction_bias  # a buffer: randomize leaves it zero
+    with torch.no_grad():
+        bias.copy_(torch.randn(bias.shape, generator=torch.Generator().manual_seed(3)) * 0.1)
+    return hf
+
+
+
+def minimax_m2():
+    """MiniMax-M2: RMSNorm over all heads of q_proj / k_proj (pre-norm blocks), half-split RoPE on 8 of 16 channels
+    (the released checkpoints' legacy rotary_dim field), top-2 of 4 experts in every layer by sigmoid scores
+    steered by a random correction bias, renormalised."""
+    hf = T.MiniMaxM2ForCausalLM(T.MiniMaxM2Config(**SMALL, **NO_TOKENS, head_dim=16, num_local_experts=4,
+                                                  num_experts_per_tok=2, rotary_dim=8))
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():  # buffers: randomize leaves them zero
+        for layer in hf.model.layers:
+            bias = layer.mlp.e_score_correction_bias
+            bias.copy_(torch.randn(bias.shape, generator=g) * 0.1)
+    return hf
+
+
 CASES = {
     # Llama 3.1-style RoPE scaling
     "llama": lambda: T.LlamaForCausalLM(T.LlamaConfig(**SMALL, rope_scaling={
@@ -145,6 +179,34 @@ CASES = {
     "stablelm_sequential": lambda: T.StableLmForCausalLM(T.StableLmConfig(**SMALL, **NO_TOKENS, use_qkv_bias=True)),
     # LayerNorm1P (scales by 1 + weight), 8 of 16 channels rotated, ungated squared-ReLU MLP
     "nemotron": lambda: T.NemotronForCausalLM(T.NemotronConfig(**SMALL, **NO_TOKENS)),
+    # Ministral 8B: layer 0 sliding (window < prompt), layer 1 full (layer_types); no Q/K/V biases (Qwen2's layers)
+    "ministral": lambda: T.MinistralForCausalLM(T.MinistralConfig(
+        **SMALL, **NO_TOKENS, head_dim=16, sliding_window=6, layer_types=["sliding_attention", "full_attention"])),
+    # Ministral 3: YaRN, and q times 1 + 0.5 * log(1 + floor(position / 4)) (llama_4_scaling_beta; the released
+    # period, 16384, is shortened to 4 so that positions 4..10 are scaled; unscaled the logits miss by ~0.4)
+    "ministral3": lambda: T.Ministral3ForCausalLM(T.Ministral3Config(
+        **SMALL, **NO_TOKENS, head_dim=16, max_position_embeddings=64, rope_parameters={
+            "rope_type": "yarn", "rope_theta": 1000000.0, "factor": 16.0, "original_max_position_embeddings": 4,
+            "beta_fast": 32.0, "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 1.0, "llama_4_scaling_beta": 0.5})),
+    # OLMo 2's whole-projection QK-norm and post-norm blocks; layer 0 sliding (window < prompt) with default RoPE at
+    # base 10k, layer 1 full with YaRN at base 500k (rope_parameters per layer type, as Olmo 3's long-context ones)
+    "olmo3": lambda: T.Olmo3ForCausalLM(T.Olmo3Config(
+        **SMALL, **NO_TOKENS, sliding_window=6, layer_types=["sliding_attention", "full_attention"],
+        max_position_embeddings=32,
+        rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                         "full_attention": {"rope_type": "yarn", "rope_theta": 500000.0, "factor": 8.0,
+                                            "original_max_position_embeddings": 4}})),
+    # EXAONE 3.5 (run as Llama by transformers): Llama 3 RoPE scaling, tied embeddings (as its 2.4B)
+    "exaone": lambda: T.LlamaForCausalLM(T.ExaoneConfig(
+        **SMALL, **NO_TOKENS, tie_word_embeddings=True, rope_parameters={
+            "rope_type": "llama3", "rope_theta": 1000000.0, "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 4})),
+    # InternLM3 (run as Llama): qkv_bias and bias on (every attention projection, o_proj too, and the MLP), head_dim 32
+    "internlm3": lambda: T.LlamaForCausalLM(T.InternLM3Config(**SMALL, **NO_TOKENS, head_dim=32, qkv_bias=True,
+                                                              bias=True)),
+    # sigmoid routing with a correction bias: what each exercises is in its factory's docstring
+    "glm4_moe": glm4_moe,
+    "minimax_m2": minimax_m2,
 }
 # attributes the GroupQueryAttention nodes must carry, layer by layer
 NODE_ATTRS = {"smollm3": dict(rope=[1, 0], window=[0, 6]), "granite": dict(scale=[0.05, 0.05]),
@@ -157,7 +219,9 @@ NODE_ATTRS = {"smollm3": dict(rope=[1, 0], window=[0, 6]), "granite": dict(scale
               "helium": dict(rope_interleaved=[1, 1]), "exaone4": dict(rope=[1, 0], window=[6, 0]),
               "glm": dict(rope_interleaved=[1, 1], rotary_dim=[8, 8]),
               "glm4": dict(rope_interleaved=[1, 1], rotary_dim=[8, 8]), "stablelm": dict(rotary_dim=[4, 4]),
-              "nemotron": dict(rotary_dim=[8, 8], rope_interleaved=[0, 0])}
+              "nemotron": dict(rotary_dim=[8, 8], rope_interleaved=[0, 0]), "ministral": dict(window=[6, 0]),
+              "olmo3": dict(window=[6, 0], rope_base=[10000.0, 500000.0]),
+              "glm4_moe": dict(rotary_dim=[8, 8], rope_interleaved=[0, 0]), "minimax_m2": dict(rotary_dim=[8, 8])}
 
 
 def randomize(model, seed=0):
@@ -460,10 +524,29 @@ _LLAMA_VARIANT_REFUSALS = ([
      "pass a StableLmForCausalLM for stablelm, got StableLmModel"),
     (lambda: T.NemotronForCausalLM(T.NemotronConfig(**ONE_LAYER, **NO_TOKENS, partial_rotary_factor=0.3125)),
      "nemotron with partial_rotary_factor 0.3125 rotates 5 of 16 channels"),
+    # its attention scales q by llama_4_scaling_beta and original_max_position_embeddings, which default RoPE lacks
+    (lambda: T.Ministral3ForCausalLM(T.Ministral3Config(**ONE_LAYER, **NO_TOKENS, head_dim=16, rope_parameters={
+        "rope_type": "default", "rope_theta": 10000.0})),
+     "Ministral 3 with rope_parameters llama_4_scaling_beta None and original_max_position_embeddings None"),
+    # transformers' sliding cache needs a window
+    (lambda: T.Olmo3ForCausalLM(T.Olmo3Config(**ONE_LAYER, **NO_TOKENS, sliding_window=None)),
+     "OLMo 3 with sliding_window None and sliding_attention layers is not supported"),
+    (lambda: T.Olmo3ForCausalLM(T.Olmo3Config(**ONE_LAYER, **NO_TOKENS, max_position_embeddings=64, rope_parameters={
+        "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+        "full_attention": {"rope_type": "longrope", "rope_theta": 10000.0, "short_factor": [1.0] * 8,
+                           "long_factor": [2.0] * 8, "original_max_position_embeddings": 16}})),
+     "LongRoPE .* is supported for the Llama-like architectures"),
+    # 3 experts from 1 group of 2
+    (lambda: T.Glm4MoeForCausalLM(T.Glm4MoeConfig(**ONE_LAYER, **NO_TOKENS, head_dim=16, n_routed_experts=8,
+                                                  num_experts_per_tok=3, n_group=4, topk_group=1,
+                                                  first_k_dense_replace=0)),
+     r"this Glm4MoeConfig does not map onto ours: LlamaConfig: experts_per_token must be in \[1, 2\]"),
 ], ["smollm3-window-without-use_sliding_window", "granite-attention-multiplier-0", "granite-logits-scaling-0",
         "olmo2-dynamic-rope", "starcoder2-gelu-fast", "starcoder2-base-model", "olmo-clip-0", "olmoe-clip-negative",
         "olmoe-more-chosen-than-experts", "ernie4_5-dynamic-rope", "exaone4-sliding-without-window",
-        "glm-odd-rotary-dim", "arcee-relu6", "stablelm-base-model", "nemotron-odd-rotary-dim"])
+        "glm-odd-rotary-dim", "arcee-relu6", "stablelm-base-model", "nemotron-odd-rotary-dim",
+        "ministral3-no-llama4-scaling", "olmo3-sliding-without-window", "olmo3-longrope",
+        "glm4_moe-more-chosen-than-groups-hold"])
 
 
 ONE_MHA = MHA | dict(num_hidden_layers=1)
@@ -664,7 +747,7 @@ def test_unsupported_architectures_list_the_supported_ones(tmp_path, monkeypatch
                                                "starcoder2 .Starcoder2ForCausalLM., gpt_oss .GptOssForCausalLM., "
                                                "olmo .OlmoForCausalLM., olmoe .OlmoeForCausalLM.*"
                                                "exaone4 .Exaone4ForCausalLM., glm4 .Glm4ForCausalLM.*"
-                                               "stablelm .StableLmForCausalLM., nemotron .NemotronForCausalLM., "
+                                               "stablelm .StableLmForCausalLM., nemotron .NemotronForCausalLM.*"
                                                "gpt_neox .GPTNeoXForCausalLM., gptj .GPTJForCausalLM., "
                                                "phi .PhiForCausalLM., cohere .CohereForCausalLM.*"
                                                "gemma2 .Gemma2ForCausalLM., gemma3_text .Gemma3ForCausalLM.*"

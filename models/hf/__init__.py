@@ -13,7 +13,11 @@ pre-norm blocks, clip_qkv, softmax top-k experts), ERNIE 4.5 (interleaved RoPE, 
 per-head RMS QK-norm, sliding layers with RoPE and full layers without), GLM (interleaved partial RoPE, fused gate / up)
 and GLM-4 (with sandwich norms), Arcee (ungated squared-ReLU MLP), StableLM (LayerNorm, partial RoPE, a LayerNorm per
 head of q / k with its own weight, parallel or sequential blocks) and Nemotron (LayerNorm scaling by 1 + weight,
-partial RoPE, ungated squared-ReLU MLP). The parallel-residual
+partial RoPE, ungated squared-ReLU MLP), Ministral (per-layer sliding / full), Ministral 3 (q scaled per position
+by llama_4_scaling_beta), OLMo 3 (OLMo 2's blocks, RoPE per layer type), EXAONE 3.5 and InternLM3 (run as Llama by
+transformers), GLM-4.5 (GQA, QK-norm, half-split partial RoPE, DeepSeek-V3's sigmoid routing with a choice bias,
+groups and scaling, an ungated shared expert) and MiniMax-M2 (whole-projection QK-norm, partial RoPE, sigmoid
+routing with a choice bias). The parallel-residual
 decoders map onto our Llama too, with LayerNorm, ungated MLPs and parallel blocks: GPT-NeoX / Pythia (two norms per
 block, or sequential blocks with use_parallel_residual=False; its fused query_key_value split per head, partial
 rotary), GPT-J (one norm per block, interleaved RoPE on rotary_dim channels, biased lm_head), Phi (phi-1 / 1.5 / 2:
@@ -61,7 +65,9 @@ _CONVERTERS = {"llama": _llama, "mistral": _llama, "mixtral": _llama, "qwen2": _
                "qwen3_moe": _llama, "qwen2_moe": _llama, "phi3": _llama, "smollm3": _llama, "granite": _llama,
                "olmo2": _llama, "starcoder2": _llama, "gpt_oss": _llama, "olmo": _llama, "olmoe": _llama,
                "ernie4_5": _llama, "helium": _llama, "seed_oss": _llama, "exaone4": _llama, "glm4": _llama,
-               "glm": _llama, "arcee": _llama, "stablelm": _llama, "nemotron": _llama,
+               "glm": _llama, "arcee": _llama, "stablelm": _llama, "nemotron": _llama, "ministral": _llama,
+               "ministral3": _llama, "olmo3": _llama, "exaone": _llama, "internlm3": _llama,
+               "glm4_moe": _llama, "minimax_m2": _llama,
                "gpt_neox": _gpt_neox, "gptj": _gptj,
                "phi": _phi, "cohere": _cohere, "cohere2": _cohere,
                "gemma": _gemma1, "gemma2": _gemma2, "gemma3_text": _gemma3, "gpt2": _gpt2,

@@ -35,6 +35,13 @@ SUPPORTED = {
     "arcee": "ArceeForCausalLM",
     "stablelm": "StableLmForCausalLM",
     "nemotron": "NemotronForCausalLM",
+    "ministral": "MinistralForCausalLM",
+    "ministral3": "Ministral3ForCausalLM",
+    "olmo3": "Olmo3ForCausalLM",
+    "exaone": "LlamaForCausalLM",  # transformers runs EXAONE 3 / 3.5 checkpoints as Llama
+    "internlm3": "LlamaForCausalLM",  # as Llama too
+    "glm4_moe": "Glm4MoeForCausalLM",
+    "minimax_m2": "MiniMaxM2ForCausalLM",
     "gpt_neox": "GPTNeoXForCausalLM",
     "gptj": "GPTJForCausalLM",
     "phi": "PhiForCausalLM",

@@ -1,8 +1,11 @@
 """Llama-likes (Mistral, Qwen, Phi-3, SmolLM3, Granite, OLMo / OLMo 2 / OLMoE, Starcoder2, GPT-OSS, ERNIE 4.5,
-Helium, Seed-OSS, EXAONE 4, GLM / GLM-4, Arcee, StableLM, Nemotron, ...), GPT-NeoX, GPT-J, Phi, Cohere, Cohere 2 -> our
+Helium, Seed-OSS, EXAONE 3.5 / 4, GLM / GLM-4 / GLM-4.5, Arcee, StableLM, Nemotron, Ministral / Ministral 3,
+OLMo 3, InternLM3, MiniMax-M2, ...), GPT-NeoX, GPT-J, Phi, Cohere, Cohere 2 -> our
 Llama."""
 
 from __future__ import annotations
+
+import types
 
 import torch
 from torch import nn
@@ -22,13 +25,25 @@ def _experts(hf) -> dict:
     moe = [hasattr(layer.mlp, "experts") for layer in hf.model.layers]
     if not any(moe):
         return {}
+    dense = tuple(i for i, sparse in enumerate(moe) if not sparse)
+    if c.model_type == "glm4_moe":  # DeepSeek-V3's router: sigmoid scores, a choice bias, groups by top-2 sum
+        return dict(num_experts=c.n_routed_experts, experts_per_token=c.num_experts_per_tok,
+                    moe_intermediate=c.moe_intermediate_size, router_scoring="sigmoid",
+                    norm_topk=bool(c.norm_topk_prob), routed_scaling=float(c.routed_scaling_factor),
+                    num_groups=c.n_group, groups_per_token=c.topk_group, dense_layers=dense,
+                    # n_shared_experts SwiGLUs as one wider one, added ungated (0: zero-width, adds nothing)
+                    shared_expert_intermediate=c.moe_intermediate_size * (c.n_shared_experts or 0),
+                    shared_expert_gated=False)
+    if c.model_type == "minimax_m2":  # sigmoid scores, a choice bias, always renormalised; no groups or scaling
+        return dict(num_experts=c.num_local_experts, experts_per_token=c.num_experts_per_tok,
+                    router_scoring="sigmoid", norm_topk=True, dense_layers=dense)
     # all route by a softmax over all experts, then top-k; Mixtral always renormalises the chosen weights (GPT-OSS's
     # softmax over the top-k logits is that too: it has no norm_topk_prob, so True).
     # Qwen2-MoE's shared expert is sigmoid-gated; a zero-width one (size 0) adds nothing, as none here
     return dict(num_experts=c.num_local_experts if c.model_type == "mixtral" else c.num_experts,
                 experts_per_token=c.num_experts_per_tok, moe_intermediate=getattr(c, "moe_intermediate_size", None),
                 router_scoring="softmax", norm_topk=bool(getattr(c, "norm_topk_prob", True)),
-                dense_layers=tuple(i for i, sparse in enumerate(moe) if not sparse),
+                dense_layers=dense,
                 shared_expert_intermediate=getattr(c, "shared_expert_intermediate_size", 0) or 0)
 
 
@@ -66,6 +81,26 @@ def _exaone4(c) -> dict:
     return dict(qk_norm=True, post_norm=True) | _rope_on_sliding_only(c, "EXAONE 4", window_required=False)
 
 
+def _ministral3(c) -> dict:
+    params = c.rope_parameters
+    beta, period = params.get("llama_4_scaling_beta"), params.get("original_max_position_embeddings")
+    if beta is None or not period:  # its attention scales q by both
+        raise _unsupported(f"Ministral 3 with rope_parameters llama_4_scaling_beta {beta} and "
+                           f"original_max_position_embeddings {period} is not supported (transformers cannot run it "
+                           f"either)")
+    return dict(query_scale_beta=float(beta), query_scale_period=period)
+
+
+def _olmo3(c) -> dict:
+    # OLMo 2's blocks; sliding and full layers each with their own rope_parameters (YaRN on the full ones)
+    if "sliding_attention" in c.layer_types and not c.sliding_window:
+        raise _unsupported(f"OLMo 3 with sliding_window {c.sliding_window} and sliding_attention layers is not "
+                           f"supported (transformers cannot run it either)")
+    full, sliding = c.rope_parameters["full_attention"], c.rope_parameters["sliding_attention"]
+    return dict(qk_proj_norm=True, post_norm=True, rope_scaling=_rope_scaling(full),
+                sliding_rope=(sliding["rope_theta"], _rope_scaling(sliding)))
+
+
 def _glm(c) -> dict:
     # interleaved pairs on the leading partial_rotary_factor channels; attention_bias is q / k / v's only
     return dict(rope_interleaved=True, o_bias=False)
@@ -90,7 +125,11 @@ def _gpt_oss(c) -> dict:
 # LlamaConfig fields that differ from the Llama mapping, per model_type
 _LLAMA_VARIANTS = {
     "smollm3": _smollm3, "granite": _granite, "starcoder2": _starcoder2, "gpt_oss": _gpt_oss,
-    "olmo": _olmo, "olmo2": lambda c: dict(qk_proj_norm=True, post_norm=True),
+    "olmo": _olmo, "olmo2": lambda c: dict(qk_proj_norm=True, post_norm=True), "olmo3": _olmo3,
+    "ministral3": _ministral3,
+    # GLM-4.5 / 4.6: attention_bias on q / k / v only, use_qk_norm per head before RoPE (half-split partial RoPE)
+    "glm4_moe": lambda c: dict(o_bias=False, qk_norm=bool(c.use_qk_norm)),
+    "minimax_m2": lambda c: dict(qk_proj_norm=True),  # over all heads, in pre-norm blocks (as OLMoE)
     "olmoe": lambda c: dict(qk_proj_norm=True, clip_qkv=c.clip_qkv),  # pre-norm blocks; clamped after the norms
     "ernie4_5": _ernie4_5, "helium": lambda c: dict(rope_interleaved=True, o_bias=False),
     "seed_oss": lambda c: dict(o_bias=bool(c.attention_out_bias)), "exaone4": _exaone4,
@@ -137,9 +176,15 @@ def _copy_experts(m: MixtureOfExperts, h) -> None:
         _copy(m.down_proj_bias, e.down_proj_bias, "the experts' down_proj_bias")
         return
     _copy(m.router, h.gate.weight, "the router weight")
+    if m.e_score_correction_bias is not None:  # steers the choice: GLM-4.5's router holds it, MiniMax-M2's block
+        theirs = getattr(h, "e_score_correction_bias", None)
+        _copy(m.e_score_correction_bias, h.gate.e_score_correction_bias if theirs is None else theirs,
+              "the e_score_correction_bias")
     _copy(m.gate_up_proj, h.experts.gate_up_proj, "the experts' gate_up_proj")
     _copy(m.down_proj, h.experts.down_proj, "the experts' down_proj")
-    if m.shared_expert is not None:
+    if m.shared_expert is not None and m.shared_expert_gate is None:  # GLM-4.5's shared_experts, ungated
+        m.shared_expert.load_state_dict(h.shared_experts.state_dict())
+    elif m.shared_expert is not None:
         m.shared_expert.load_state_dict(h.shared_expert.state_dict())
         m.shared_expert_gate.load_state_dict(h.shared_expert_gate.state_dict())
 
@@ -161,11 +206,12 @@ def _llama(hf) -> LlamaModel:
             window = 0
     qkv_bias = bool(c.qkv_bias) if c.model_type == "qwen2_moe" else c.model_type == "qwen2"
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    rope = c.rope_parameters.get("full_attention", c.rope_parameters)  # OLMo 3's per layer type (its variant)
     fields = dict(
         vocab_size=c.vocab_size, hidden=c.hidden_size, num_layers=c.num_hidden_layers,
         num_heads=c.num_attention_heads, num_kv_heads=c.num_key_value_heads or c.num_attention_heads,
-        head_dim=head_dim, intermediate=c.intermediate_size, rope_theta=c.rope_parameters["rope_theta"],
-        rope_scaling=_rope_scaling(c.rope_parameters, c.max_position_embeddings), rotary_dim=_rotary_dim(c, head_dim),
+        head_dim=head_dim, intermediate=c.intermediate_size, rope_theta=rope["rope_theta"],
+        rope_scaling=_rope_scaling(rope, c.max_position_embeddings), rotary_dim=_rotary_dim(c, head_dim),
         rms_norm_eps=getattr(c, "rms_norm_eps", None), qkv_bias=qkv_bias or bool(getattr(c, "attention_bias", False)),
         o_bias=bool(getattr(c, "attention_bias", False)), mlp_bias=bool(getattr(c, "mlp_bias", False)),
         qk_norm=c.model_type in ("qwen3", "qwen3_moe"), sliding_window=window,
@@ -220,6 +266,13 @@ def _llama(hf) -> LlamaModel:
                     set_linear(getattr(m, name), getattr(h, hf_name).weight, getattr(h, hf_name).bias)
             for ours_norm, hf_norm in _block_norms(cfg).items():
                 _load_norm(getattr(mine, ours_norm), getattr(theirs, hf_norm), unit_offset)
+    if cfg.sliding_rope is not None:  # OLMo 3: frequencies per layer type
+        for kind in set(c.layer_types):
+            layers = [mine.attn for mine, t in zip(ours.layers, c.layer_types) if t == kind]
+            group = types.SimpleNamespace(attention_layers=lambda layers=layers: layers)  # what _check_rope reads
+            _check_rope(group, getattr(src.rotary_emb, f"{kind}_inv_freq"),
+                        getattr(src.rotary_emb, f"{kind}_attention_scaling"), f"{c.model_type}'s {kind} layers")
+        return ours
     short, long = _hf_frequencies(src.rotary_emb)
     _check_rope(ours, short, src.rotary_emb.attention_scaling, c.model_type, long)
     return ours
