@@ -1,5 +1,8 @@
 """GPT-2: learned absolute positions (no RoPE), pre-LayerNorm blocks, merged QKV projection and MLP with
-biases, tanh GELU, tied output embedding. The position table bounds past + new tokens (`n_positions`)."""
+biases, tanh GELU, tied output embedding. The position table bounds past + new tokens (`n_positions`).
+Options, all off by default: multi-query / grouped KV heads (GPT-BigCode: num_kv_heads), and OPT's position offset
+(its table has `position_offset` extra leading rows), post-norm blocks, bias-free projections, a narrower embedding
+projected in and out (embed_dim) and no final norm."""
 
 from __future__ import annotations
 
@@ -25,14 +28,24 @@ class GPT2Config:
     activation: str = "gelu_tanh"  # GPT-2's "gelu_new"
     scale_attn_weights: bool = True  # False: no 1/sqrt(D)
     scale_attn_by_inverse_layer_idx: bool = False  # also divide layer i's scores by i + 1
+    num_kv_heads: int | None = None  # None: num_heads; GPT-BigCode's multi_query: 1
+    # OPT
+    position_offset: int = 0  # positions look up table row position + offset (the table has offset extra rows)
+    post_norm: bool = False  # x = ln_1(x + attn(x)), then ln_2(x + mlp(x)) [do_layer_norm_before=False]
+    bias: bool = True  # every projection's and MLP layer's bias [enable_bias]
+    embed_dim: int | None = None  # None: hidden; else embeddings of this width, project_in / project_out (no bias)
+    final_norm: bool = True  # ln_f before the head
     seed: int = 0
 
     def __post_init__(self):
         name = type(self).__name__
-        check_heads(name, self.hidden, self.num_heads, self.num_heads, None)
+        check_heads(name, self.hidden, self.num_heads, self.num_kv_heads or self.num_heads, None)
         check_activation(self.activation, name)
         if self.n_positions < 1:
             raise ValueError(f"{name}: n_positions must be >= 1")
+        if self.position_offset < 0 or (self.embed_dim is not None and self.embed_dim < 1):
+            raise ValueError(f"{name}: position_offset must be >= 0 and embed_dim >= 1 (or None), got "
+                             f"{self.position_offset} and {self.embed_dim}")
 
     def attention_scale(self, layer: int) -> float:
         scale = 1.0 / math.sqrt(self.hidden // self.num_heads) if self.scale_attn_weights else 1.0
@@ -43,14 +56,20 @@ class GPT2Block(nn.Module):
     def __init__(self, cfg: GPT2Config, layer_idx: int):
         super().__init__()
         self.ln_1 = nn.LayerNorm(cfg.hidden, eps=cfg.layer_norm_eps)
-        self.attn = GroupedQueryAttention(cfg.hidden, cfg.num_heads, cfg.num_heads, bias=True, rope=None,
-                                          merged_qkv=True, scale=cfg.attention_scale(layer_idx), layer_idx=layer_idx)
+        self.attn = GroupedQueryAttention(cfg.hidden, cfg.num_heads, cfg.num_kv_heads or cfg.num_heads, bias=cfg.bias,
+                                          rope=None, merged_qkv=True, scale=cfg.attention_scale(layer_idx),
+                                          layer_idx=layer_idx)
         self.ln_2 = nn.LayerNorm(cfg.hidden, eps=cfg.layer_norm_eps)
-        self.c_fc = nn.Linear(cfg.hidden, cfg.intermediate or 4 * cfg.hidden)
-        self.c_proj = nn.Linear(cfg.intermediate or 4 * cfg.hidden, cfg.hidden)
+        self.c_fc = nn.Linear(cfg.hidden, cfg.intermediate or 4 * cfg.hidden, bias=cfg.bias)
+        self.c_proj = nn.Linear(cfg.intermediate or 4 * cfg.hidden, cfg.hidden, bias=cfg.bias)
         self.act = ACTIVATIONS[cfg.activation]
+        self.post_norm = cfg.post_norm
 
     def forward(self, x, **kv):
+        if self.post_norm:  # OPT-350m: each norm after its residual add
+            h, present = self.attn(x, return_present=True, **kv)
+            x = self.ln_1(x + h)
+            return self.ln_2(x + self.c_proj(self.act(self.c_fc(x)))), present
         h, present = self.attn(self.ln_1(x), return_present=True, **kv)
         x = x + h
         return x + self.c_proj(self.act(self.c_fc(self.ln_2(x)))), present
@@ -63,16 +82,28 @@ class GPT2Model(CausalLM):
         super().__init__()
         self.config = cfg
         self.max_positions = cfg.n_positions
-        self.wte = nn.Embedding(cfg.vocab_size, cfg.hidden)
-        self.wpe = nn.Embedding(cfg.n_positions, cfg.hidden)
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.embed_dim or cfg.hidden)
+        self.wpe = nn.Embedding(cfg.n_positions + cfg.position_offset, cfg.hidden)
         self.layers = nn.ModuleList(GPT2Block(cfg, i) for i in range(cfg.num_layers))
-        self.ln_f = nn.LayerNorm(cfg.hidden, eps=cfg.layer_norm_eps)
+        # registered only when asked for: the seeded init of the others stays as it was
+        self.ln_f = nn.LayerNorm(cfg.hidden, eps=cfg.layer_norm_eps) if cfg.final_norm else None
+        if cfg.embed_dim is not None:
+            self.project_in = nn.Linear(cfg.embed_dim, cfg.hidden, bias=False)
+            self.project_out = nn.Linear(cfg.hidden, cfg.embed_dim, bias=False)
 
     def embed(self, input_ids, positions):
-        return self.wte(input_ids) + self.wpe(positions)
+        x = self.wte(input_ids)
+        if self.config.embed_dim is not None:
+            x = self.project_in(x)
+        offset = self.config.position_offset
+        return x + self.wpe(positions + offset if offset else positions)
 
     def head(self, x):
-        return nn.functional.linear(self.ln_f(x), self.wte.weight)  # tied
+        if self.ln_f is not None:
+            x = self.ln_f(x)
+        if self.config.embed_dim is not None:
+            x = self.project_out(x)
+        return nn.functional.linear(x, self.wte.weight)  # tied
 
 
 @register("gpt2", GPT2Config)

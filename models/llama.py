@@ -13,7 +13,11 @@ ERNIE 4.5, Helium), a biased output projection, and GPT-OSS's attention
 sinks (a learned logit per query head in each softmax's denominator) and experts (router and expert biases, clamped
 SwiGLU: models.moe.ClampedSwiGLU), GLM-4.5's routing (DeepSeek-V3's: routed_scaling, num_groups, an ungated shared
 expert), Ministral 3's per-position scale of q (query_scale_beta) and OLMo 3's RoPE for the sliding layers
-(sliding_rope). GptOssConfig ("gpt-oss" in the registry)
+(sliding_rope), and Llama 4's chunked attention (attention_chunk on the "chunked_attention" layers), QK-norm on
+some layers only (qk_norm_layers), attention temperature (the query scale at cache positions, offset by one, on
+some layers: query_scale_cache_positions, query_scale_offset, query_scale_layers) and experts that weigh their
+inputs (expert_input_scaling), ERNIE 4.5 MoE's routing (router_choice_bias, router_norm_min, shared_expert_bias)
+and PhiMoE's SparseMixer (router_scoring "sparsemixer", router_jitter_eps). GptOssConfig ("gpt-oss" in the registry)
 sets those options for a tiny GPT-OSS."""
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from onnxattn.models.moe import ClampedSwiGLU, MixtureOfExperts, check_moe
 from onnxattn.nn import GroupedQueryAttention, Rope, RopeScaling
 
 LAYER_TYPES = ("full_attention", "sliding_attention")
+LLAMA_LAYER_TYPES = (*LAYER_TYPES, "chunked_attention")  # Llama 4's chunked layers (ModernBERT's are LAYER_TYPES)
 NORMS = ("rms", "layer", "layer_no_bias", "layer_no_affine")
 QK_LAYER_NORMS = ("shared", "per_head")
 
@@ -70,6 +75,13 @@ class LlamaConfig:
     num_groups: int = 1  # [n_group]
     groups_per_token: int = 1  # [topk_group]
     shared_expert_gated: bool = True
+    # ERNIE 4.5 MoE: the choice bias steers softmax routing too (e_score_correction_bias), the chosen weights' sum is
+    # clamped to >= router_norm_min (0: an epsilon added instead), the shared expert has biases [moe_norm_min, use_bias]
+    router_choice_bias: bool = False
+    router_norm_min: float = 0.0
+    shared_expert_bias: bool = False
+    # PhiMoE (router_scoring "sparsemixer"): its relative threshold [router_jitter_noise]
+    router_jitter_eps: float = 0.0
     nope_layers: tuple[int, ...] = ()  # layers without RoPE (SmolLM3's NoPE layers)
     # Granite
     attention_scale: float | None = None  # None: 1/sqrt(head_dim) [attention_multiplier]
@@ -101,13 +113,23 @@ class LlamaConfig:
     router_bias: bool = False  # the MoE router adds a bias per expert
     expert_bias: bool = False  # the experts' gate_up_proj and down_proj have biases
     expert_glu: ClampedSwiGLU | None = None  # None: act(gate) * up [swiglu_alpha, swiglu_limit]
-    # Ministral 3 (Llama 4's attention temperature): q times 1 + beta * log(1 + floor(position / period)), in torch
-    # before the node (a per-position factor commutes with RoPE) [llama_4_scaling_beta,
-    # original_max_position_embeddings]; 0: off
+    # Ministral 3 (Llama 4's attention temperature): q times 1 + beta * log(1 + floor((position + query_scale_offset)
+    # / period)), in torch before the node (a per-position factor commutes with RoPE) [llama_4_scaling_beta,
+    # original_max_position_embeddings]; 0: off. See QueryScale
     query_scale_beta: float = 0.0
     query_scale_period: int = 1
     # OLMo 3: the sliding_attention layers' own RoPE (theta, scaling); None: the other layers' (rope_theta, ...)
     sliding_rope: tuple[float, RopeScaling | None] | None = None
+    # Llama 4: chunked attention on the layers typed "chunked_attention" (a query sees only the keys of its own chunk
+    # of attention_chunk cache positions) [attention_chunk_size]; 0: off
+    attention_chunk: int = 0
+    qk_norm_layers: tuple[int, ...] | None = None  # with qk_norm, the layers that have it; None: all [use_qk_norm]
+    # its attention temperature is the query scale above at the cache position (past length + index, not the
+    # position RoPE sees), offset by 1, on query_scale_layers only (None: all) [floor_scale, attn_scale]
+    query_scale_offset: int = 0
+    query_scale_cache_positions: bool = False
+    query_scale_layers: tuple[int, ...] | None = None
+    expert_input_scaling: bool = False  # the experts run on x times their routing weight, summed unweighted
     seed: int = 0
 
     def __post_init__(self):
@@ -117,11 +139,18 @@ class LlamaConfig:
         if self.sliding_window < 0:
             raise ValueError(f"{name}: sliding_window must be >= 0 (0 = off), got {self.sliding_window}")
         if self.layer_types is not None:
-            if len(self.layer_types) != self.num_layers or not set(self.layer_types) <= set(LAYER_TYPES):
-                raise ValueError(f"{name}: layer_types must list one of {LAYER_TYPES} per layer "
+            if len(self.layer_types) != self.num_layers or not set(self.layer_types) <= set(LLAMA_LAYER_TYPES):
+                raise ValueError(f"{name}: layer_types must list one of {LLAMA_LAYER_TYPES} per layer "
                                  f"({self.num_layers}), got {self.layer_types}")
             if "sliding_attention" in self.layer_types and not self.sliding_window:
                 raise ValueError(f"{name}: sliding_attention layers need sliding_window > 0")
+        elif self.sliding_window and self.attention_chunk:
+            raise ValueError(f"{name}: with both sliding_window and attention_chunk, layer_types must say which "
+                             f"layers have which")
+        if self.attention_chunk < 0:
+            raise ValueError(f"{name}: attention_chunk must be >= 0 (0 = off), got {self.attention_chunk}")
+        if "chunked_attention" in self.resolved_layer_types and not self.attention_chunk:
+            raise ValueError(f"{name}: chunked_attention layers need attention_chunk > 0")
         head_dim = self.resolved_head_dim
         if self.rotary_dim is not None and not (0 < self.rotary_dim <= head_dim and self.rotary_dim % 2 == 0):
             raise ValueError(f"{name}: rotary_dim must be even and in [2, head_dim = {head_dim}], "
@@ -134,9 +163,9 @@ class LlamaConfig:
         if self.num_experts:
             check_moe(name, num_experts=self.num_experts, experts_per_token=self.experts_per_token,
                       intermediate=self.expert_intermediate, scoring=self.router_scoring, num_groups=self.num_groups,
-                      groups_per_token=self.groups_per_token)
-        for field in ("dense_layers", "nope_layers"):
-            if not set(getattr(self, field)) <= set(range(self.num_layers)):
+                      groups_per_token=self.groups_per_token, jitter_eps=self.router_jitter_eps)
+        for field in ("dense_layers", "nope_layers", "qk_norm_layers", "query_scale_layers"):
+            if not set(getattr(self, field) or ()) <= set(range(self.num_layers)):
                 raise ValueError(f"{name}: {field} must be layer indices in [0, {self.num_layers}), "
                                  f"got {getattr(self, field)}")
         if self.attention_scale is not None and not 0 < self.attention_scale < math.inf:
@@ -163,11 +192,13 @@ class LlamaConfig:
             raise ValueError(f"{name}: sandwich_norm cannot be combined with post_norm or parallel_residual")
         if self.clip_qkv is not None and not 0 < self.clip_qkv < math.inf:
             raise ValueError(f"{name}: clip_qkv must be > 0 and finite (None: no clamp), got {self.clip_qkv}")
-        if not math.isfinite(self.query_scale_beta) or self.query_scale_period < 1:
-            raise ValueError(f"{name}: query_scale_beta must be finite and query_scale_period >= 1, got "
-                             f"{self.query_scale_beta} and {self.query_scale_period}")
-        if self.query_scale_beta and self.qk_norm:  # the op's QK-norm would undo a scale applied before the node
-            raise ValueError(f"{name}: query_scale_beta cannot be combined with qk_norm")
+        if not math.isfinite(self.query_scale_beta) or self.query_scale_period < 1 or self.query_scale_offset < 0:
+            raise ValueError(f"{name}: query_scale_beta must be finite, query_scale_period >= 1 and "
+                             f"query_scale_offset >= 0, got {self.query_scale_beta}, {self.query_scale_period} and "
+                             f"{self.query_scale_offset}")
+        # the op's QK-norm would undo a scale applied before the node
+        if any(self.query_scale(i) and self.has_qk_norm(i) for i in range(self.num_layers)):
+            raise ValueError(f"{name}: query_scale_beta cannot be combined with qk_norm on the same layer")
         if self.sliding_rope is not None and not 0 < self.sliding_rope[0] < math.inf:
             raise ValueError(f"{name}: sliding_rope's theta must be > 0 and finite, got {self.sliding_rope[0]}")
 
@@ -184,13 +215,28 @@ class LlamaConfig:
 
     @property
     def resolved_layer_types(self) -> tuple[str, ...]:
-        """layer_types, or the default for none: all sliding when sliding_window > 0, else all full."""
+        """layer_types, or the default for none: all sliding when sliding_window > 0, else all chunked when
+        attention_chunk > 0, else all full."""
         if self.layer_types is not None:
             return self.layer_types
-        return ("sliding_attention" if self.sliding_window else "full_attention",) * self.num_layers
+        kind = "sliding_attention" if self.sliding_window else "chunked_attention" if self.attention_chunk else \
+            "full_attention"
+        return (kind,) * self.num_layers
 
     def window(self, layer: int) -> int:
         return self.sliding_window if self.resolved_layer_types[layer] == "sliding_attention" else 0
+
+    def chunk(self, layer: int) -> int:
+        return self.attention_chunk if self.resolved_layer_types[layer] == "chunked_attention" else 0
+
+    def has_qk_norm(self, layer: int) -> bool:
+        return self.qk_norm and (self.qk_norm_layers is None or layer in self.qk_norm_layers)
+
+    def query_scale(self, layer: int) -> QueryScale | None:
+        if not self.query_scale_beta or (self.query_scale_layers is not None and layer not in self.query_scale_layers):
+            return None
+        return QueryScale(self.query_scale_beta, self.query_scale_period, self.query_scale_offset,
+                          self.query_scale_cache_positions)
 
 
 class PlainMLP(nn.Module):
@@ -225,18 +271,33 @@ class HeadLayerNorm(nn.Module):
         return h.flatten(-2).to(x.dtype)
 
 
+@dataclasses.dataclass(frozen=True)
+class QueryScale:
+    """A per-position scale of q: 1 + beta * log(1 + floor((position + offset) / period)), in float32 (as
+    transformers' get_llama_4_attn_scale and Llama4TextAttention's temperature tuning). `cache_positions`: the
+    position is the token's slot in the cache, past length + index (Llama 4), not the one the node rotates it by
+    (Ministral 3); the two differ with position_ids or packed documents."""
+
+    beta: float
+    period: int = 1
+    offset: int = 0
+    cache_positions: bool = False
+
+    def __call__(self, positions: torch.Tensor) -> torch.Tensor:
+        return 1 + self.beta * torch.log(1 + torch.floor((positions.float() + self.offset) / self.period))
+
+
 class LlamaAttention(GroupedQueryAttention):
     """GroupedQueryAttention with what runs in torch between the projections and the node (the op's QK-norm is an
     RMSNorm per head), each optional, in this order: OLMo 2's RMSNorm over q_proj's and k_proj's whole outputs, all
     heads at once (`proj_norm_eps`: q_proj_norm, k_proj_norm); Cohere's / Phi's / StableLM's LayerNorm over each head
     of q and k (`head_norm`: q_head_norm, k_head_norm, see HeadLayerNorm); OLMo's clamp of q, k and v to
-    [-clip_qkv, clip_qkv] (after the norms, as OLMoE); Ministral 3's per-position scale of q (`query_scale`:
-    (beta, period), see LlamaConfig.query_scale_beta) at the positions the node rotates by. The node then applies
-    RoPE."""
+    [-clip_qkv, clip_qkv] (after the norms, as OLMoE); Ministral 3's and Llama 4's per-position scale of q
+    (`query_scale`: a QueryScale). The node then applies RoPE."""
 
     def __init__(self, *args, proj_norm_eps: float | None = None, head_norm: str | None = None,
                  head_norm_eps: float = 1e-5, clip_qkv: float | None = None,
-                 query_scale: tuple[float, int] | None = None, **kwargs):
+                 query_scale: QueryScale | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.q_proj_norm = self.k_proj_norm = self.q_head_norm = self.k_head_norm = None
         if proj_norm_eps is not None:
@@ -249,11 +310,12 @@ class LlamaAttention(GroupedQueryAttention):
         self.clip_qkv, self.query_scale = clip_qkv, query_scale
         self._query_positions = None  # set by forward for project, with query_scale
 
-    def op_positions(self, x, kw: dict) -> torch.Tensor:
-        """The positions the node rotates x's tokens by ([B or 1, S], or [T] paged), from forward's arguments."""
-        position_ids, paged = kw.get("position_ids"), kw.get("paged")
+    def op_positions(self, x, kw: dict, *, slots: bool = False) -> torch.Tensor:
+        """The positions the node rotates x's tokens by ([B or 1, S], or [T] paged), from forward's arguments; with
+        `slots` their cache positions instead (past length + index), whatever position_ids say."""
+        position_ids, paged = None if slots else kw.get("position_ids"), kw.get("paged")
         if paged is not None:
-            if position_ids is None:
+            if position_ids is None and not slots:
                 position_ids = paged.position_ids
             return paged.token_positions(x.shape[0]) if position_ids is None else position_ids
         past_key, cache, past_lengths = kw.get("past_key"), kw.get("cache"), kw.get("past_lengths")
@@ -261,7 +323,7 @@ class LlamaAttention(GroupedQueryAttention):
             past_key = cache.get(self.layer_idx)[0]
         b, s = x.shape[0], x.shape[1]
         past = 0 if past_key is None else past_key.shape[2]
-        if position_ids is None:
+        if position_ids is None and not slots:
             position_ids = self.positions(b, s, past, kw.get("doc_boundaries"), x.device)
         if position_ids is not None:
             return position_ids
@@ -271,7 +333,7 @@ class LlamaAttention(GroupedQueryAttention):
     def forward(self, x, **kwargs):
         if self.query_scale is None:
             return super().forward(x, **kwargs)
-        self._query_positions = self.op_positions(x, kwargs)
+        self._query_positions = self.op_positions(x, kwargs, slots=self.query_scale.cache_positions)
         try:
             return super().forward(x, **kwargs)
         finally:
@@ -287,10 +349,7 @@ class LlamaAttention(GroupedQueryAttention):
             c = self.clip_qkv
             q, k, v = q.clamp(-c, c), k.clamp(-c, c), v.clamp(-c, c)
         if self.query_scale is not None:
-            beta, period = self.query_scale
-            # as transformers' get_llama_4_attn_scale, in float32
-            scale = 1 + beta * torch.log(1 + torch.floor(self._query_positions.float() / period))
-            q = q * scale.unsqueeze(-1).to(q.dtype)
+            q = q * self.query_scale(self._query_positions).unsqueeze(-1).to(q.dtype)
         return q, k, v
 
 
@@ -320,16 +379,16 @@ class LlamaBlock(nn.Module):
         rope = None if layer_idx in cfg.nope_layers else Rope(theta, rotary_dim=cfg.rotary_dim,
                                                               interleaved=cfg.rope_interleaved, scaling=scaling)
         attention, extra = GroupedQueryAttention, {}
-        if cfg.qk_proj_norm or cfg.qk_layer_norm or cfg.clip_qkv is not None or cfg.query_scale_beta:
+        query_scale = cfg.query_scale(layer_idx)
+        if cfg.qk_proj_norm or cfg.qk_layer_norm or cfg.clip_qkv is not None or query_scale is not None:
             attention, extra = LlamaAttention, dict(
                 proj_norm_eps=cfg.rms_norm_eps if cfg.qk_proj_norm else None, head_norm=cfg.qk_layer_norm,
-                head_norm_eps=cfg.rms_norm_eps, clip_qkv=cfg.clip_qkv,
-                query_scale=(cfg.query_scale_beta, cfg.query_scale_period) if cfg.query_scale_beta else None)
+                head_norm_eps=cfg.rms_norm_eps, clip_qkv=cfg.clip_qkv, query_scale=query_scale)
         self.attn = attention(
             cfg.hidden, cfg.num_heads, cfg.num_kv_heads, head_dim=cfg.resolved_head_dim, bias=cfg.qkv_bias,
-            out_bias=cfg.o_bias, window=cfg.window(layer_idx), scale=cfg.attention_scale, rope=rope,
-            qk_norm=cfg.qk_norm, qk_norm_eps=cfg.rms_norm_eps, sinks=cfg.attention_sinks, layer_idx=layer_idx,
-            **extra)
+            out_bias=cfg.o_bias, window=cfg.window(layer_idx), attention_chunk=cfg.chunk(layer_idx),
+            scale=cfg.attention_scale, rope=rope, qk_norm=cfg.has_qk_norm(layer_idx), qk_norm_eps=cfg.rms_norm_eps,
+            sinks=cfg.attention_sinks, layer_idx=layer_idx, **extra)
         self.sandwich_norm = cfg.sandwich_norm
         if cfg.sandwich_norm:  # registered only when asked for: the seeded init of the others stays as it was
             self.attn_out_norm = make_norm(cfg)
@@ -341,7 +400,10 @@ class LlamaBlock(nn.Module):
                                         shared_intermediate=cfg.shared_expert_intermediate,
                                         router_bias=cfg.router_bias, expert_bias=cfg.expert_bias, glu=cfg.expert_glu,
                                         routed_scaling=cfg.routed_scaling, num_groups=cfg.num_groups,
-                                        groups_per_token=cfg.groups_per_token, shared_gated=cfg.shared_expert_gated)
+                                        groups_per_token=cfg.groups_per_token, shared_gated=cfg.shared_expert_gated,
+                                        choice_bias=cfg.router_choice_bias, norm_min=cfg.router_norm_min,
+                                        shared_bias=cfg.shared_expert_bias, jitter_eps=cfg.router_jitter_eps,
+                                        scale_inputs=cfg.expert_input_scaling)
         else:
             self.mlp = (SwiGLU if cfg.gated_mlp else PlainMLP)(cfg.hidden, cfg.intermediate, cfg.mlp_bias,
                                                                cfg.activation)

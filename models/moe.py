@@ -13,6 +13,13 @@ sigmoid(shared_expert_gate(x)) and added to the routed experts' (GLM-4.5 with sh
 GPT-OSS's experts (all off by default): a router bias, expert biases, and ClampedSwiGLU in place of act(gate) * up.
 Its routing (softmax over the top-k logits only) is "softmax" with norm_topk: exp(l_i) / sum over the chosen of
 exp(l_j) either way.
+ERNIE 4.5 MoE (all off by default): a choice bias on the softmax scores too (choice_bias), the chosen weights' sum
+clamped to >= norm_min instead of an epsilon added, a biased shared expert (shared_bias).
+PhiMoE's SparseMixer at inference ("sparsemixer", always 2 experts): the best expert, weighted by its softmax over
+the logits within 2 * jitter_eps (relative) of the best, then the second best, weighted by its softmax over the others
+within 2 * jitter_eps of it.
+Llama 4 (scale_inputs): each expert runs on the token times its weight, and the outputs are summed unweighted
+(its router: sigmoid scoring, top-k, no renormalisation; an ungated shared expert).
 Top-k ties: torch.topk decides in eager torch (as in transformers); the exported ONNX TopK prefers the lower
 index, so an exact tie between two scores could pick a different expert there."""
 
@@ -26,7 +33,7 @@ from torch import nn
 
 from onnxattn.models._base import ACTIVATIONS, SwiGLU
 
-SCORINGS = ("softmax", "sigmoid")
+SCORINGS = ("softmax", "sigmoid", "sparsemixer")
 GROUP_SCORES = ("top2_sum", "max")
 
 
@@ -51,7 +58,8 @@ class ClampedSwiGLU:
 
 
 def check_moe(owner: str, *, num_experts: int, experts_per_token: int, intermediate: int, scoring: str = "softmax",
-              num_groups: int = 1, groups_per_token: int = 1, group_score: str = "top2_sum") -> None:
+              num_groups: int = 1, groups_per_token: int = 1, group_score: str = "top2_sum",
+              jitter_eps: float = 0.0) -> None:
     """Validates MoE settings (num_experts >= 1), naming `owner` and the offending field."""
     e, g = num_experts, num_groups
     if scoring not in SCORINGS:
@@ -67,6 +75,9 @@ def check_moe(owner: str, *, num_experts: int, experts_per_token: int, intermedi
                          f"top2_sum: a group scores by its two best), got {e // g}")
     if not 1 <= groups_per_token <= g:
         raise ValueError(f"{owner}: groups_per_token must be in [1, num_groups = {g}], got {groups_per_token}")
+    if scoring == "sparsemixer" and (experts_per_token != 2 or g != 1 or not 0 <= jitter_eps < math.inf):
+        raise ValueError(f"{owner}: sparsemixer routing picks 2 experts without groups, with a finite jitter_eps >= 0; "
+                         f"got experts_per_token {experts_per_token}, num_groups {g}, jitter_eps {jitter_eps}")
     if not 1 <= experts_per_token <= groups_per_token * (e // g):
         raise ValueError(f"{owner}: experts_per_token must be in [1, {groups_per_token * (e // g)}] "
                          f"(the experts of groups_per_token groups), got {experts_per_token}")
@@ -78,23 +89,31 @@ class MixtureOfExperts(nn.Module):
     `down_proj` [E, hidden, I]; with sigmoid scoring also `e_score_correction_bias` [E] (a buffer); with
     shared_intermediate > 0 also `shared_expert` (a SwiGLU) and, with shared_gated, `shared_expert_gate`
     [1, hidden]; with router_bias `router_bias` [E] (added to the router logits); with expert_bias
-    `gate_up_proj_bias` [E, 2 * I] and `down_proj_bias` [E, hidden]. `glu` (a ClampedSwiGLU) replaces act(gate) * up."""
+    `gate_up_proj_bias` [E, 2 * I] and `down_proj_bias` [E, hidden]. `glu` (a ClampedSwiGLU) replaces act(gate) * up.
+    With scale_inputs (Llama 4) the sum is over all experts of SwiGLU_e(weight * x): an expert not chosen gets a
+    zero input and gives zero, which needs experts without biases."""
 
     def __init__(self, hidden: int, num_experts: int, experts_per_token: int, intermediate: int,
                  activation: str = "silu", *, scoring: str = "softmax", norm_topk: bool = True,
                  routed_scaling: float = 1.0, num_groups: int = 1, groups_per_token: int = 1,
                  group_score: str = "top2_sum", shared_intermediate: int = 0, router_bias: bool = False,
-                 expert_bias: bool = False, glu: ClampedSwiGLU | None = None, shared_gated: bool = True):
+                 expert_bias: bool = False, glu: ClampedSwiGLU | None = None, shared_gated: bool = True,
+                 choice_bias: bool = False, norm_min: float = 0.0, shared_bias: bool = False, jitter_eps: float = 0.0,
+                 scale_inputs: bool = False):
         super().__init__()
+        if scale_inputs and expert_bias:  # a biased expert would give non-zero for the zero input of one not chosen
+            raise ValueError(f"{type(self).__name__}: scale_inputs cannot be combined with expert_bias")
         check_moe(type(self).__name__, num_experts=num_experts, experts_per_token=experts_per_token,
                   intermediate=intermediate, scoring=scoring, num_groups=num_groups, groups_per_token=groups_per_token,
-                  group_score=group_score)
+                  group_score=group_score, jitter_eps=jitter_eps)
         e, i, h = num_experts, intermediate, hidden
         self.num_experts, self.top_k, self.scoring = e, experts_per_token, scoring
         self.num_groups, self.topk_groups, self.group_score = num_groups, groups_per_token, group_score
-        self.routed_scaling, self.norm_topk = routed_scaling, norm_topk
+        self.routed_scaling, self.norm_topk, self.scale_inputs = routed_scaling, norm_topk, scale_inputs
+        self.norm_min, self.jitter_eps = norm_min, jitter_eps
         self.router = nn.Parameter(torch.zeros(e, h))
-        self.register_buffer("e_score_correction_bias", torch.zeros(e) if scoring == "sigmoid" else None)
+        biased = scoring == "sigmoid" or choice_bias
+        self.register_buffer("e_score_correction_bias", torch.zeros(e) if biased else None)
         self.gate_up_proj = nn.Parameter(torch.zeros(e, 2 * i, h))
         self.down_proj = nn.Parameter(torch.zeros(e, h, i))
         self.act, self.glu = ACTIVATIONS[activation], glu
@@ -106,7 +125,7 @@ class MixtureOfExperts(nn.Module):
             raise ValueError(f"{type(self).__name__}: shared_intermediate must be >= 0 (0 = none), "
                              f"got {shared_intermediate}")
         if shared_intermediate:  # created only when asked for: the seeded init of the others stays as it was
-            self.shared_expert = SwiGLU(h, shared_intermediate, False, activation)
+            self.shared_expert = SwiGLU(h, shared_intermediate, shared_bias, activation)
             self.shared_expert_gate = nn.Linear(h, 1, bias=False) if shared_gated else None
         else:
             self.shared_expert = self.shared_expert_gate = None
@@ -115,8 +134,12 @@ class MixtureOfExperts(nn.Module):
         """Routing weights [..., E] in float32: zero but for each token's top_k experts."""
         bias = None if self.router_bias is None else self.router_bias.float()
         logits = nn.functional.linear(x.float(), self.router.float(), bias)
+        if self.scoring == "sparsemixer":
+            return self.sparsemixer(logits)
         if self.scoring == "softmax":
             scores = choice = torch.softmax(logits, dim=-1)
+            if self.e_score_correction_bias is not None:  # ERNIE 4.5: steers the choice, not the weights
+                choice = scores + self.e_score_correction_bias.float()
         else:
             scores = torch.sigmoid(logits)
             choice = scores + self.e_score_correction_bias.float()  # the bias steers the choice, not the weights
@@ -131,13 +154,30 @@ class MixtureOfExperts(nn.Module):
             choice = grouped.masked_fill(keep.unsqueeze(-1) == 0, float("-inf")).flatten(-2)
         chosen = choice.topk(self.top_k, dim=-1).indices  # ties: see the module docstring
         weights = scores.gather(-1, chosen)
-        if self.norm_topk:  # the epsilon (DeepSeek-V3's) cannot change a softmax sum, which is >= k / E
+        if self.norm_topk and self.norm_min:  # ERNIE 4.5's clamp of the sum
+            weights = weights / weights.sum(-1, keepdim=True).clamp(min=self.norm_min)
+        elif self.norm_topk:  # the epsilon (DeepSeek-V3's) cannot change a softmax sum, which is >= k / E
             weights = weights / (weights.sum(-1, keepdim=True) + 1e-20)
         return torch.zeros_like(scores).scatter(-1, chosen, weights * self.routed_scaling)
 
+    def sparsemixer(self, logits: torch.Tensor) -> torch.Tensor:
+        """PhiMoE's routing at inference (transformers' sparsemixer, not training): weights [..., E] for 2 experts."""
+        weights = torch.zeros_like(logits)
+        masked = logits
+        for _ in range(2):  # the best expert, then the best of the others
+            best, index = masked.max(dim=-1, keepdim=True)
+            # logits further than 2 * jitter_eps (relative) below the best drop out of its softmax
+            far = (best - logits) / torch.maximum(logits.abs(), best) > 2 * self.jitter_eps
+            gates = torch.softmax(masked.masked_fill(far, float("-inf")), dim=-1)
+            weights = weights.scatter(-1, index, gates.gather(-1, index))
+            masked = masked.scatter(-1, index, float("-inf"))
+        return weights
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weights = self.route(x)  # [B, S, E]
-        gate_up = torch.matmul(x.unsqueeze(-3), self.gate_up_proj.transpose(1, 2))  # [B, E, S, 2I]
+        weights = self.route(x).transpose(-1, -2).unsqueeze(-1)  # [B, E, S, 1]
+        # Llama 4 weighs each expert's input instead of its output (in x's dtype, as transformers)
+        inputs = x.unsqueeze(-3) * weights.to(x.dtype) if self.scale_inputs else x.unsqueeze(-3)
+        gate_up = torch.matmul(inputs, self.gate_up_proj.transpose(1, 2))  # [B, E, S, 2I]
         if self.gate_up_proj_bias is not None:
             gate_up = gate_up + self.gate_up_proj_bias.unsqueeze(-2)
         gate, up = gate_up.chunk(2, dim=-1)  # [B, E, S, I]
@@ -145,7 +185,7 @@ class MixtureOfExperts(nn.Module):
                          self.down_proj.transpose(1, 2))  # [B, E, S, hidden]
         if self.down_proj_bias is not None:
             y = y + self.down_proj_bias.unsqueeze(-2)
-        out = (y.float() * weights.transpose(-1, -2).unsqueeze(-1)).sum(-3).to(x.dtype)
+        out = (y.float() if self.scale_inputs else y.float() * weights).sum(-3).to(x.dtype)
         if self.shared_expert is None:
             return out
         if self.shared_expert_gate is None:
@@ -162,4 +202,5 @@ class MixtureOfExperts(nn.Module):
             (", expert_bias" if self.gate_up_proj_bias is not None else "") + \
             ("" if self.glu is None else f", {self.glu}")
         return (f"experts={self.num_experts}, top_k={self.top_k}, scoring={self.scoring}{groups}, "
-                f"intermediate={self.down_proj.shape[-1]}{shared}{gpt_oss}")
+                f"intermediate={self.down_proj.shape[-1]}{shared}{gpt_oss}"
+                f"{', scale_inputs' if self.scale_inputs else ''}")

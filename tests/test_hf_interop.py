@@ -20,10 +20,15 @@ GLM-4's sandwich norms), Arcee and Nemotron (squared-ReLU MLP; Nemotron's 1 + we
 QK LayerNorm weights, parallel or sequential blocks), Ministral (sliding / full layers), Ministral 3 (YaRN, q scaled
 per position), OLMo 3 (RoPE per layer type), EXAONE 3.5 and InternLM3 (as Llama), GLM-4.5 (sigmoid group-limited
 routing with a choice bias and scaling, ungated shared expert) and MiniMax-M2 (whole-projection QK-norm, sigmoid
-routing with a choice bias); Gemma 1 maps onto
-our Gemma without post-norms; the encoders (BERT, RoBERTa / XLM-RoBERTa with positions
-from the pad token, ModernBERT with its local band) match transformers' hidden states on real tokens under a
-key-padding mask; unsupported architectures and settings get a message listing the supported ones."""
+routing with a choice bias); so does Llama 4's text model (chunked attention on the node, weightless QK-norm on the
+RoPE layers, attention temperature on the NoPE layer, experts weighted at their inputs; its greedy generation equals
+transformers' generate); Gemma 1 maps onto
+our Gemma without post-norms; Granite 3 MoE (multipliers, experts; GraniteMoeShared's shared MLP), ERNIE 4.5
+MoE (choice-biased softmax routing, clamped renormalisation), Falcon (multi-query, grouped KV, one or two norms,
+sequential blocks) and PhiMoE (SparseMixer routing) map onto our Llama, GPT-BigCode (multi-query) and OPT (offset
+positions, pre- or post-norm, projected embeddings) onto our GPT-2; the encoders (BERT, RoBERTa / XLM-RoBERTa
+with positions from the pad token, ModernBERT with its local band) match transformers' hidden states on real
+tokens under a key-padding mask; unsupported architectures and settings get a message listing the supported ones."""
 
 from __future__ import annotations
 
@@ -49,6 +54,12 @@ SMALL = dict(vocab_size=256, hidden_size=64, num_hidden_layers=2, num_attention_
              intermediate_size=128)
 NO_TOKENS = dict(bos_token_id=None, eos_token_id=None, pad_token_id=None)  # Phi-3's defaults exceed the vocab
 MHA = {k: v for k, v in SMALL.items() if k != "num_key_value_heads"}  # GPT-NeoX has no GQA
+BIGCODE = dict(vocab_size=256, n_positions=64, n_embd=64, n_layer=2, n_head=4, n_inner=128, **NO_TOKENS)
+OPT = dict(vocab_size=256, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, ffn_dim=128,
+           max_position_embeddings=64, word_embed_proj_dim=64, **NO_TOKENS)
+# Falcon's names: ffn_hidden_size; num_kv_heads only with new_decoder_architecture
+FALCON = dict(vocab_size=256, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, ffn_hidden_size=128,
+              **NO_TOKENS)
 T = transformers
 # GPT-OSS: attention sinks, Q/K/V/O biases, head_dim 32 != 64 / 4, layer 0 sliding (window < prompt) and layer 1 full,
 # GptOssConfig's own RoPE (YaRN, factor 32, correction range not truncated), top-2 of 4 biased experts routed with a
@@ -84,6 +95,18 @@ def minimax_m2():
             bias = layer.mlp.e_score_correction_bias
             bias.copy_(torch.randn(bias.shape, generator=g) * 0.1)
     return hf
+
+
+def llama4(**overrides):
+    """Llama 4: layer 0 RoPE (llama3-scaled, interleaved pairs) with chunked attention (chunks of 4 < the prompt of 8)
+    and the weightless QK-norm, dense MLP (intermediate_size_mlp 96); layer 1 NoPE, full attention, q scaled by
+    1 + 0.5 * log(1 + floor((position + 1) / 2)) (attn_temperature_tuning; the released floor_scale 8192 shortened),
+    top-1 of 4 experts weighted at their inputs by the sigmoid of the router logit, plus the ungated shared expert."""
+    return T.Llama4ForCausalLM(T.Llama4TextConfig(**(SMALL | dict(
+        head_dim=16, intermediate_size_mlp=96, num_local_experts=4, num_experts_per_tok=1, interleave_moe_layer_step=2,
+        no_rope_layer_interval=2, attention_chunk_size=4, floor_scale=2, attn_scale=0.5, max_position_embeddings=64,
+        rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+                         "high_freq_factor": 4.0, "original_max_position_embeddings": 4}) | overrides), **NO_TOKENS))
 
 
 CASES = {
@@ -132,6 +155,45 @@ CASES = {
     "olmo2": lambda: T.Olmo2ForCausalLM(T.Olmo2Config(**SMALL, **NO_TOKENS)),
     # LayerNorm with bias, biased projections, tanh-GELU c_fc / c_proj, window < prompt
     "starcoder2": lambda: T.Starcoder2ForCausalLM(T.Starcoder2Config(**SMALL, **NO_TOKENS, sliding_window=6)),
+    # Granite 3 MoE: Granite's multipliers far from 1, q / k / v / o biases, top-2 of 4 experts in every layer (softmax
+    # over the top-2 logits: renormalised, unrenormalised misses by ~3e-2); GraniteMoeShared adds an ungated shared
+    # SwiGLU with fused gate / up (dropped, the logits miss by ~0.1)
+    "granitemoe": lambda: T.GraniteMoeForCausalLM(T.GraniteMoeConfig(
+        **SMALL, **NO_TOKENS, num_local_experts=4, num_experts_per_tok=2, embedding_multiplier=12.0,
+        residual_multiplier=0.22, attention_multiplier=0.05, logits_scaling=8.0, attention_bias=True)),
+    "granitemoeshared": lambda: T.GraniteMoeSharedForCausalLM(T.GraniteMoeSharedConfig(
+        **SMALL, **NO_TOKENS, num_local_experts=4, num_experts_per_tok=2, shared_intermediate_size=96,
+        embedding_multiplier=12.0, residual_multiplier=0.22, attention_multiplier=0.05, logits_scaling=8.0)),
+    # ERNIE 4.5 MoE: interleaved RoPE, use_bias everywhere (lm_head too), head_dim 32; layer 0 dense, layer 1 top-2 of
+    # 4 experts by softmax scores plus the (randomized) choice bias, renormalised by the sum clamped to moe_norm_min
+    # 0.8 (above many sums here: unclamped misses by ~0.1), and a biased shared expert
+    "ernie4_5_moe": lambda: T.Ernie4_5_MoeForCausalLM(T.Ernie4_5_MoeConfig(
+        **SMALL, **NO_TOKENS, head_dim=32, use_bias=True, moe_num_experts=4, moe_k=2, moe_intermediate_size=48,
+        moe_num_shared_experts=1, moe_layer_start_index=1, moe_norm_min=0.8)),
+    # Falcon 40B / 180B-like (new_decoder_architecture): 2 KV groups of query heads in the fused query_key_value,
+    # parallel blocks with two LayerNorms (ln_attn, ln_mlp: one shared misses by ~0.4), biases (bias=True)
+    "falcon": lambda: T.FalconForCausalLM(T.FalconConfig(**FALCON, new_decoder_architecture=True, num_kv_heads=2,
+                                                         bias=True)),
+    # Falcon 7B-like: multi-query (one KV head, rows [q | k | v]), parallel blocks with one LayerNorm
+    "falcon_multi_query": lambda: T.FalconForCausalLM(T.FalconConfig(**FALCON)),
+    # sequential blocks (parallel_attn=False: parallel misses by ~0.8), MHA rows per head [q_h | k_h | v_h], biases
+    "falcon_sequential": lambda: T.FalconForCausalLM(T.FalconConfig(**FALCON, multi_query=False, parallel_attn=False,
+                                                                    bias=True)),
+    # StarCoder 1 / SantaCoder: multi-query (one KV head: with 4 the logits miss by ~1), learned positions, tanh-GELU
+    "gpt_bigcode": lambda: T.GPTBigCodeForCausalLM(T.GPTBigCodeConfig(**BIGCODE)),
+    # multi_query=False: MHA, c_attn rows per head [q_h | k_h | v_h]
+    "gpt_bigcode_mha": lambda: T.GPTBigCodeForCausalLM(T.GPTBigCodeConfig(**BIGCODE, multi_query=False)),
+    # OPT: positions offset by 2 in the table (offset 0 misses by ~1), pre-norm blocks, biases, ReLU fc1 / fc2
+    "opt": lambda: T.OPTForCausalLM(T.OPTConfig(**OPT)),
+    # OPT-350m-like: post-norm blocks (do_layer_norm_before=False: pre-norm misses by ~1) without a final norm,
+    # embeddings of word_embed_proj_dim 32 projected in and out, no biases (enable_bias=False)
+    "opt_post_norm": lambda: T.OPTForCausalLM(T.OPTConfig(**OPT | dict(do_layer_norm_before=False,
+                                                                       word_embed_proj_dim=32, enable_bias=False))),
+    # Phi-3.5-MoE: LayerNorm blocks, attention and lm_head biases, SparseMixer routing of 2 of 4 experts with
+    # router_jitter_noise 0.5 (released: 0.01) so that its thresholds admit other experts into a third of the
+    # tokens' softmaxes (threshold 0: misses by ~0.5; plain top-2 of a softmax: by ~0.6)
+    "phimoe": lambda: T.PhimoeForCausalLM(T.PhimoeConfig(**SMALL, **NO_TOKENS, num_local_experts=4, attention_bias=True,
+                                                         lm_head_bias=True, router_jitter_noise=0.5)),
     # Pythia: parallel blocks with two LayerNorms, query_key_value rows per head [q | k | v], 4 of 16 channels rotated
     "gpt_neox": lambda: T.GPTNeoXForCausalLM(T.GPTNeoXConfig(**MHA, rotary_pct=0.25)),
     "gpt_neox_sequential": lambda: T.GPTNeoXForCausalLM(T.GPTNeoXConfig(**MHA, rotary_pct=0.25,
@@ -207,6 +269,7 @@ CASES = {
     # sigmoid routing with a correction bias: what each exercises is in its factory's docstring
     "glm4_moe": glm4_moe,
     "minimax_m2": minimax_m2,
+    "llama4_text": llama4,
 }
 # attributes the GroupQueryAttention nodes must carry, layer by layer
 NODE_ATTRS = {"smollm3": dict(rope=[1, 0], window=[0, 6]), "granite": dict(scale=[0.05, 0.05]),
@@ -221,7 +284,12 @@ NODE_ATTRS = {"smollm3": dict(rope=[1, 0], window=[0, 6]), "granite": dict(scale
               "glm4": dict(rope_interleaved=[1, 1], rotary_dim=[8, 8]), "stablelm": dict(rotary_dim=[4, 4]),
               "nemotron": dict(rotary_dim=[8, 8], rope_interleaved=[0, 0]), "ministral": dict(window=[6, 0]),
               "olmo3": dict(window=[6, 0], rope_base=[10000.0, 500000.0]),
-              "glm4_moe": dict(rotary_dim=[8, 8], rope_interleaved=[0, 0]), "minimax_m2": dict(rotary_dim=[8, 8])}
+              "glm4_moe": dict(rotary_dim=[8, 8], rope_interleaved=[0, 0]), "minimax_m2": dict(rotary_dim=[8, 8]),
+              "llama4_text": dict(attention_chunk=[4, 0], rope=[1, 0], rope_interleaved=[1, 0]),
+              "granitemoe": dict(scale=[0.05, 0.05]), "ernie4_5_moe": dict(rope_interleaved=[1, 1]),
+              "falcon": dict(kv_num_heads=[2, 2]), "falcon_multi_query": dict(kv_num_heads=[1, 1]),
+              "falcon_sequential": dict(kv_num_heads=[4, 4]), "gpt_bigcode": dict(kv_num_heads=[1, 1], rope=[0, 0]),
+              "opt": dict(rope=[0, 0])}
 
 
 def randomize(model, seed=0):
@@ -459,6 +527,32 @@ def test_gpt_oss_sinks_are_node_inputs(tmp_path):
     onnx.save(proto, tmp_path / "no_sinks.onnx")
     got = run_steps(session(tmp_path / "no_sinks.onnx"), ids.numpy(), 8)
     assert min(relative_error(g, w) for g, w in zip(got, want)) > 1e-2
+
+
+def test_llama4_generation_and_chunks(tmp_path):
+    """Llama 4's greedy generation over 17 positions (chunks of 4 cut the prompt and the new tokens; the NoPE layer's
+    temperature grows with the cache position) equals transformers' generate, with concatenated and shared-buffer
+    caches (the temperature's positions then come from past_lengths). The chunk is the node's attention_chunk
+    attribute: zeroed there, the logits miss by far more than test_logits_match_transformers' tolerance."""
+    hf = randomize(llama4())
+    prompt = torch.randint(0, 256, (2, 5), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        want = hf.generate(prompt, max_new_tokens=12, do_sample=False).numpy()
+    for cache_mode in ("concat", "shared"):
+        result = from_transformers(hf, tmp_path / f"{cache_mode}.onnx", cache=cache_mode, progress=False)
+        got = generate(str(result.path), prompt.numpy(), 12, providers=["CPUExecutionProvider"], progress=False)
+        np.testing.assert_array_equal(got.tokens, want, err_msg=cache_mode)
+    assert len(np.unique(want[:, 5:])) >= 4, "the tiny model should not collapse onto one token"
+
+    proto = onnx.load(tmp_path / "concat.onnx")
+    node = next(n for n in proto.graph.node if n.op_type == "GroupQueryAttention")  # layer 0: chunked
+    chunk = next(a for a in node.attribute if a.name == "attention_chunk")
+    assert chunk.i == 4
+    chunk.i = 0
+    onnx.save(proto, tmp_path / "no_chunk.onnx")
+    ids = torch.randint(0, 256, (2, 11), generator=torch.Generator().manual_seed(1))
+    got = run_steps(session(tmp_path / "no_chunk.onnx"), ids.numpy(), 8)
+    assert min(relative_error(g, w) for g, w in zip(got, hf_steps(hf, ids, 8))) > 1e-2
 
 
 ONE_LAYER = SMALL | dict(num_hidden_layers=1)
@@ -724,9 +818,63 @@ _GEMMA_REFUSALS = ([
     "gemma-base-model"])
 
 
+_LLAMA4_REFUSALS = ([
+    # multimodal: its language_model is the Llama4ForCausalLM to pass
+    (lambda: T.Llama4ForConditionalGeneration(T.Llama4Config(
+        text_config=ONE_LAYER | dict(head_dim=16), vision_config=dict(
+            hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, vision_output_dim=32,
+            projector_input_dim=32, projector_output_dim=32, image_size=28, patch_size=14))),
+     "Llama4ForConditionalGeneration is multimodal; pass its text model, its language_model"),
+    # transformers divides by floor_scale
+    (lambda: llama4(floor_scale=0), "Llama 4 with attn_temperature_tuning, floor_scale 0 and attn_scale 0.5"),
+    # transformers has no mask for these
+    (lambda: llama4(attention_chunk_size=None, layer_types=["chunked_attention", "full_attention"]),
+     "Llama 4 with chunked_attention layers and attention_chunk_size None is not supported"),
+    (lambda: llama4(layer_types=["sliding_attention", "full_attention"]),
+     r"Llama 4 layer types other than chunked_attention, full_attention are not supported, "
+     r"got \['sliding_attention'\]"),
+    (lambda: llama4(num_experts_per_tok=5),
+     r"this Llama4TextConfig does not map onto ours: LlamaConfig: experts_per_token must be in \[1, 4\]"),
+    (lambda: T.Llama4TextModel(T.Llama4TextConfig(**ONE_LAYER, **NO_TOKENS, head_dim=16)),
+     "pass a Llama4ForCausalLM for llama4_text, got Llama4TextModel"),
+], ["llama4-multimodal", "llama4-floor-scale-0", "llama4-chunked-without-chunk-size", "llama4-sliding-layers",
+    "llama4-more-chosen-than-experts", "llama4-base-model"])
+
+
+_MORE_DECODER_REFUSALS = ([
+    (lambda: T.GraniteMoeForCausalLM(T.GraniteMoeConfig(**ONE_LAYER, **NO_TOKENS, num_local_experts=4,
+                                                        num_experts_per_tok=5)),
+     r"this GraniteMoeConfig does not map onto ours: LlamaConfig: experts_per_token must be in \[1, 4\]"),
+    (lambda: T.Ernie4_5_MoeForCausalLM(T.Ernie4_5_MoeConfig(**ONE_LAYER, **NO_TOKENS, moe_num_experts=4, moe_k=2,
+                                                            rope_parameters={"rope_type": "dynamic",
+                                                                             "rope_theta": 10000.0, "factor": 2.0})),
+     "RoPE type 'dynamic' is not supported"),
+    (lambda: T.FalconForCausalLM(T.FalconConfig(**FALCON | dict(num_hidden_layers=1), alibi=True)),
+     "Falcon with alibi=True is not supported: our attention op has no ALiBi"),
+    # transformers' FalconDecoderLayer has no sequential path for the new architecture
+    (lambda: T.FalconForCausalLM(T.FalconConfig(**FALCON | dict(num_hidden_layers=1), new_decoder_architecture=True,
+                                                parallel_attn=False)),
+     "Falcon with new_decoder_architecture=True, parallel_attn=False .* is not supported"),
+    (lambda: T.GPTBigCodeForCausalLM(T.GPTBigCodeConfig(**BIGCODE | dict(n_layer=1), tie_word_embeddings=False)),
+     r"GPT-BigCode with an output embedding other than the input one \(tie_word_embeddings=False\)"),
+    (lambda: T.OPTForCausalLM(T.OPTConfig(**OPT | dict(num_hidden_layers=1), layer_norm_elementwise_affine=False)),
+     "OPT with layer_norm_elementwise_affine=False is not supported"),
+    (lambda: T.OPTModel(T.OPTConfig(**OPT | dict(num_hidden_layers=1))), "pass a OPTForCausalLM for opt, got OPTModel"),
+    # Phi-3.5-MoE's released LongRoPE: cos / sin times short_mscale or long_mscale, per forward
+    (lambda: T.PhimoeForCausalLM(T.PhimoeConfig(**ONE_LAYER, **NO_TOKENS, num_local_experts=4,
+                                                max_position_embeddings=64, rope_parameters={
+        "rope_type": "longrope", "rope_theta": 10000.0, "short_factor": [1.0] * 8, "long_factor": [2.0] * 8,
+        "short_mscale": 1.0, "long_mscale": 1.2, "original_max_position_embeddings": 16})),
+     "PhiMoE with rope_type 'longrope' is not supported: .* short_mscale or long_mscale per forward"),
+    (lambda: T.PhimoeForCausalLM(T.PhimoeConfig(**ONE_LAYER, **NO_TOKENS, num_local_experts=4, num_experts_per_tok=3)),
+     "PhiMoE with num_experts_per_tok 3 is not supported: transformers' sparsemixer routes every token to 2"),
+], ["granitemoe-more-chosen-than-experts", "ernie4_5_moe-dynamic-rope", "falcon-alibi", "falcon-new-sequential",
+    "gpt_bigcode-untied", "opt-no-affine-norm", "opt-base-model", "phimoe-longrope", "phimoe-top3"])
+
+
 REFUSALS = [pytest.param(*case, id=name) for cases, names in (
     _PHI3_AND_MOE_REFUSALS, _LLAMA_VARIANT_REFUSALS, _PARALLEL_RESIDUAL_REFUSALS, _ENCODER_REFUSALS, _GPT_OSS_REFUSALS,
-    _GEMMA_REFUSALS)
+    _GEMMA_REFUSALS, _LLAMA4_REFUSALS, _MORE_DECODER_REFUSALS)
     for case, name in zip(cases, names)]
 
 

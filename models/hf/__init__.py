@@ -17,7 +17,9 @@ partial RoPE, ungated squared-ReLU MLP), Ministral (per-layer sliding / full), M
 by llama_4_scaling_beta), OLMo 3 (OLMo 2's blocks, RoPE per layer type), EXAONE 3.5 and InternLM3 (run as Llama by
 transformers), GLM-4.5 (GQA, QK-norm, half-split partial RoPE, DeepSeek-V3's sigmoid routing with a choice bias,
 groups and scaling, an ungated shared expert) and MiniMax-M2 (whole-projection QK-norm, partial RoPE, sigmoid
-routing with a choice bias). The parallel-residual
+routing with a choice bias). Llama 4's text model (models.hf.llama4, through the Llama converter) maps onto our
+Llama too: chunked-attention RoPE layers with a weightless QK-norm, NoPE layers with its attention temperature,
+experts weighted at their inputs; the multimodal Llama4ForConditionalGeneration is refused. The parallel-residual
 decoders map onto our Llama too, with LayerNorm, ungated MLPs and parallel blocks: GPT-NeoX / Pythia (two norms per
 block, or sequential blocks with use_parallel_residual=False; its fused query_key_value split per head, partial
 rotary), GPT-J (one norm per block, interleaved RoPE on rotary_dim channels, biased lm_head), Phi (phi-1 / 1.5 / 2:
@@ -25,7 +27,13 @@ one norm per block, partial rotary, biased projections and lm_head; qk_layernorm
 shared by the heads, in torch before the node), Cohere / Command-R (one bias-free LayerNorm per block, gated MLP,
 interleaved RoPE, logits times logit_scale as a division by its inverse; use_qk_norm as a LayerNorm per head of
 q / k with a weight per head) and Cohere 2 / Command R7B (as Cohere, sliding-window layers with RoPE, full layers
-without). Gemma maps onto models.gemma3 without post-norms, soft-caps, QK-norm or sliding layers. RoBERTa /
+without), and Falcon (its fused query_key_value split as multi-query, grouped KV with new_decoder_architecture
+or per head; parallel blocks with one LayerNorm or two, or sequential ones; ALiBi refused). Granite 3 MoE (Granite's
+multipliers, softmax top-k experts; GraniteMoeShared's ungated shared MLP), ERNIE 4.5 MoE (softmax routing steered by
+a choice bias, the renormalising sum clamped to moe_norm_min, a biased shared expert) and PhiMoE (LayerNorm, the
+SparseMixer router as transformers runs it at inference) map onto our Llama with models.moe experts (module moe).
+GPT-BigCode (multi-query) and OPT (positions offset by 2, pre- or post-norm, project_in / project_out) map onto our
+GPT-2. Gemma maps onto models.gemma3 without post-norms, soft-caps, QK-norm or sliding layers. RoBERTa /
 XLM-RoBERTa map onto our BERT (positions from the pad token id); ModernBERT
 onto models.modernbert. DeepSeek-V3 and DeepSeek-V2 / V2-Lite map onto models.deepseek (MLA with its latent cache,
 YaRN with mscale); V2's router scores by softmax, picks greedily
@@ -45,7 +53,7 @@ single factor).
 Nothing is downloaded: pass a model you built (e.g. ``LlamaForCausalLM(LlamaConfig(...))``) or loaded.
 
 Layout: _common (SUPPORTED, refusals, activation and RoPE helpers) and one converter module per family group
-(llama, gemma, gpt2, encoders, deepseek); this module holds the model_type -> converter table."""
+(llama, llama4, moe, gemma, gpt2, encoders, deepseek); this module holds the model_type -> converter table."""
 
 from __future__ import annotations
 
@@ -56,8 +64,10 @@ from onnxattn.models.hf._common import NOT_YET, SUPPORTED, UnsupportedModel, _un
 from onnxattn.models.hf.deepseek import _deepseek
 from onnxattn.models.hf.encoders import _bert, _modernbert
 from onnxattn.models.hf.gemma import _gemma1, _gemma2, _gemma3
-from onnxattn.models.hf.gpt2 import _gpt2
-from onnxattn.models.hf.llama import _cohere, _gpt_neox, _gptj, _llama, _phi
+from onnxattn.models.hf.gpt2 import _gpt2, _gpt_bigcode, _opt
+from onnxattn.models.hf.llama import _cohere, _falcon, _gpt_neox, _gptj, _llama, _phi
+from onnxattn.models.hf.llama4 import _llama4
+from onnxattn.models.hf.moe import _ernie4_5_moe, _granitemoe, _phimoe
 
 __all__ = ["NOT_YET", "SUPPORTED", "UnsupportedModel", "from_transformers", "load_local", "supported_message"]
 
@@ -67,7 +77,9 @@ _CONVERTERS = {"llama": _llama, "mistral": _llama, "mixtral": _llama, "qwen2": _
                "ernie4_5": _llama, "helium": _llama, "seed_oss": _llama, "exaone4": _llama, "glm4": _llama,
                "glm": _llama, "arcee": _llama, "stablelm": _llama, "nemotron": _llama, "ministral": _llama,
                "ministral3": _llama, "olmo3": _llama, "exaone": _llama, "internlm3": _llama,
-               "glm4_moe": _llama, "minimax_m2": _llama,
+               "glm4_moe": _llama, "minimax_m2": _llama, "llama4_text": _llama4,
+               "granitemoe": _granitemoe, "granitemoeshared": _granitemoe, "ernie4_5_moe": _ernie4_5_moe,
+               "falcon": _falcon, "gpt_bigcode": _gpt_bigcode, "opt": _opt, "phimoe": _phimoe,
                "gpt_neox": _gpt_neox, "gptj": _gptj,
                "phi": _phi, "cohere": _cohere, "cohere2": _cohere,
                "gemma": _gemma1, "gemma2": _gemma2, "gemma3_text": _gemma3, "gpt2": _gpt2,
@@ -85,6 +97,9 @@ def from_transformers(hf_model) -> nn.Module:
     if model_type == "gemma3":
         raise _unsupported("Gemma3ForConditionalGeneration is multimodal; pass its text model as "
                            "Gemma3ForCausalLM(config.text_config) with the language model's weights")
+    if model_type == "llama4":
+        raise _unsupported("Llama4ForConditionalGeneration is multimodal; pass its text model, its language_model "
+                           "(a Llama4ForCausalLM)")
     if model_type not in _CONVERTERS:
         raise _unsupported(f"{type(hf_model).__name__} (model_type {model_type!r}) is not supported")
     if type(hf_model).__name__ != SUPPORTED[model_type]:

@@ -1,7 +1,7 @@
 """Llama-likes (Mistral, Qwen, Phi-3, SmolLM3, Granite, OLMo / OLMo 2 / OLMoE, Starcoder2, GPT-OSS, ERNIE 4.5,
 Helium, Seed-OSS, EXAONE 3.5 / 4, GLM / GLM-4 / GLM-4.5, Arcee, StableLM, Nemotron, Ministral / Ministral 3,
-OLMo 3, InternLM3, MiniMax-M2, ...), GPT-NeoX, GPT-J, Phi, Cohere, Cohere 2 -> our
-Llama."""
+OLMo 3, InternLM3, MiniMax-M2, ...), GPT-NeoX, Falcon, GPT-J, Phi, Cohere, Cohere 2 -> our
+Llama. _llama also serves converters of their own (models.hf.llama4)."""
 
 from __future__ import annotations
 
@@ -196,7 +196,10 @@ def _build_llama(c, fields: dict) -> LlamaModel:
         raise _unsupported(f"this {type(c).__name__} does not map onto ours: {e}") from e
 
 
-def _llama(hf) -> LlamaModel:
+def _llama(hf, variant=None, mlp: str = "mlp", copy_experts=None) -> LlamaModel:
+    """The Llama-likes. A converter of its own (models.hf.llama4) passes `variant` (config -> the LlamaConfig fields
+    that differ, its experts' included: in place of _LLAMA_VARIANTS' and _experts'), `mlp` (the name of its layers'
+    MLP / expert block) and `copy_experts(ours, theirs)` for its expert blocks."""
     c = hf.config
     layer_types = getattr(c, "layer_types", None)
     window = _window(c)
@@ -216,8 +219,8 @@ def _llama(hf) -> LlamaModel:
         o_bias=bool(getattr(c, "attention_bias", False)), mlp_bias=bool(getattr(c, "mlp_bias", False)),
         qk_norm=c.model_type in ("qwen3", "qwen3_moe"), sliding_window=window,
         layer_types=layer_types if window else None, activation=_activation(c.hidden_act),
-        tie_embeddings=bool(c.tie_word_embeddings), **_experts(hf))
-    variant = _LLAMA_VARIANTS.get(c.model_type)
+        tie_embeddings=bool(c.tie_word_embeddings), **(_experts(hf) if variant is None else {}))
+    variant = variant or _LLAMA_VARIANTS.get(c.model_type)
     if variant is not None:
         fields |= variant(c)
     ours = _build_llama(c, fields)
@@ -238,9 +241,9 @@ def _llama(hf) -> LlamaModel:
             else:
                 for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
                     set_linear(getattr(a, name), getattr(t, name).weight, getattr(t, name).bias)
-            if cfg.qk_norm:
-                a.q_norm.copy_(t.q_norm.weight)
-                a.k_norm.copy_(t.k_norm.weight)
+            if a.q_norm is not None:  # Llama 4's has no weight (an L2 norm): ours scale by ones
+                for ours_norm, hf_norm in ((a.q_norm, "q_norm"), (a.k_norm, "k_norm")):
+                    ours_norm.copy_(getattr(t, hf_norm).weight if hasattr(t, hf_norm) else torch.ones_like(ours_norm))
             if cfg.attention_sinks:  # GPT-OSS
                 _copy(a.sinks, t.sinks, "the attention sinks")
             if cfg.qk_proj_norm:  # OLMo 2, OLMoE: over all heads
@@ -250,9 +253,9 @@ def _llama(hf) -> LlamaModel:
                 for ours_norm, hf_norm in (("q_head_norm", "q_layernorm"), ("k_head_norm", "k_layernorm")):
                     _copy(getattr(a, ours_norm).weight, torch.stack([n.weight for n in getattr(t, hf_norm).norms]),
                           f"the {hf_norm} weights")
-            m, h = mine.mlp, theirs.mlp
+            m, h = mine.mlp, getattr(theirs, mlp)
             if isinstance(m, MixtureOfExperts):
-                _copy_experts(m, h)
+                (copy_experts or _copy_experts)(m, h)
             elif hasattr(h, "gate_up_proj"):  # Phi-3: rows [gate | up], no biases
                 gate, up = h.gate_up_proj.weight.chunk(2)
                 set_linear(m.gate_proj, gate)
@@ -324,6 +327,61 @@ def _gpt_neox(hf) -> LlamaModel:
             mine.post_attn_norm.load_state_dict(theirs.post_attention_layernorm.state_dict())
     short, long = _hf_frequencies(src.rotary_emb)
     _check_rope(ours, short, src.rotary_emb.attention_scaling, "GPT-NeoX", long)
+    return ours
+
+
+def _falcon(hf) -> LlamaModel:
+    """Falcon: parallel blocks (one LayerNorm, or ln_attn / ln_mlp with new_decoder_architecture) or sequential ones
+    (parallel_attn=False), a fused query_key_value: multi-query [q | k | v], grouped KV (new_decoder_architecture:
+    per KV group [q_g0 .. q_g(r-1) | k_g | v_g]) or per head [q_h | k_h | v_h]; an ungated MLP, biases with bias."""
+    c = hf.config
+    if c.alibi:
+        raise _unsupported("Falcon with alibi=True is not supported: our attention op has no ALiBi bias (Falcon "
+                           "with RoPE, alibi=False, is)")
+    new, heads = bool(c.new_decoder_architecture), c.num_attention_heads
+    # transformers sets num_ln_in_parallel_attn to 2 for new_decoder_architecture when unset
+    two_norms = new and (c.num_ln_in_parallel_attn or 2) == 2
+    if (new and not c.parallel_attn) or (not new and c.parallel_attn and c.num_ln_in_parallel_attn == 2):
+        raise _unsupported(f"Falcon with new_decoder_architecture={new}, parallel_attn={c.parallel_attn} and "
+                           f"num_ln_in_parallel_attn {c.num_ln_in_parallel_attn} is not supported (transformers' "
+                           f"FalconDecoderLayer cannot run it either)")
+    kv_heads = c.num_kv_heads if new else 1 if c.multi_query else heads
+    head_dim = c.hidden_size // heads
+    bias = bool(c.bias)  # query_key_value, dense and the MLP alike
+    ours = _build_llama(c, _parallel_fields(
+        c, hidden=c.hidden_size, heads=heads, layers=c.num_hidden_layers, intermediate=c.ffn_hidden_size,
+        eps=c.layer_norm_epsilon, activation=c.activation, num_kv_heads=kv_heads,
+        rope_theta=c.rope_parameters["rope_theta"], rope_scaling=_rope_scaling(c.rope_parameters), qkv_bias=bias,
+        o_bias=bias, mlp_bias=bias, parallel_residual=bool(c.parallel_attn or new),
+        shared_block_norm=bool(c.parallel_attn or new) and not two_norms))
+    src = hf.transformer
+    with torch.no_grad():
+        _copy_head(ours, src.word_embeddings, hf.lm_head, src.ln_f)
+        for mine, theirs in zip(ours.layers, src.h):
+            a, t = mine.attn, theirs.self_attention
+            fused = [t.query_key_value.weight] + ([t.query_key_value.bias] if bias else [])
+            if new:  # rows per KV group: its query heads, then its key, then its value
+                parts = [w.unflatten(0, (kv_heads, heads // kv_heads + 2, head_dim)) for w in fused]
+                parts = [(w[:, :-2].flatten(0, 2), w[:, -2].flatten(0, 1), w[:, -1].flatten(0, 1)) for w in parts]
+            elif c.multi_query:  # rows [all query heads | k | v]
+                parts = [w.split([heads * head_dim, head_dim, head_dim]) for w in fused]
+            else:  # rows per head [q_h | k_h | v_h]
+                parts = [w.unflatten(0, (heads, 3, head_dim)) for w in fused]
+                parts = [tuple(w[:, i].flatten(0, 1) for i in range(3)) for w in parts]
+            for i, name in enumerate(("q_proj", "k_proj", "v_proj")):
+                set_linear(getattr(a, name), parts[0][i], parts[1][i] if bias else None)
+            set_linear(a.o_proj, t.dense.weight, t.dense.bias)
+            set_linear(mine.mlp.c_fc, theirs.mlp.dense_h_to_4h.weight, theirs.mlp.dense_h_to_4h.bias)
+            set_linear(mine.mlp.c_proj, theirs.mlp.dense_4h_to_h.weight, theirs.mlp.dense_4h_to_h.bias)
+            if two_norms:
+                norms = {"input_norm": "ln_attn", "post_attn_norm": "ln_mlp"}
+            else:  # sequential blocks norm the MLP input apart
+                norms = {"input_norm": "input_layernorm"} | \
+                    ({} if c.parallel_attn else {"post_attn_norm": "post_attention_layernorm"})
+            for ours_norm, hf_norm in norms.items():
+                getattr(mine, ours_norm).load_state_dict(getattr(theirs, hf_norm).state_dict())
+    short, long = _hf_frequencies(src.rotary_emb)
+    _check_rope(ours, short, src.rotary_emb.attention_scaling, "Falcon", long)
     return ours
 
 
