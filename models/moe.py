@@ -1,8 +1,13 @@
 """Mixture of experts (MoE) shared by the reference decoders: a router picks `experts_per_token` of
 `num_experts` SwiGLU experts per token and their outputs are mixed by the router's weights.
 
-Every expert runs on every token and the weights (zero for the experts not chosen) mix them: exact,
-exportable with standard ONNX ops, and E / k times the compute of a sparse dispatch (a reference model).
+Two exact ways to run the experts, both in standard ONNX ops, picked per forward by the token count T:
+- gathered (T * k < E: decode steps and short chunks): each token's k chosen experts' weights are gathered and run
+  on that token alone, so a step reads k of E experts per token instead of all E (decode is weight-bound);
+- dense (otherwise: prompts): every expert runs on every token and the weights (zero for the experts not chosen)
+  mix them, E / k times the compute of a sparse dispatch but a few large MatMuls.
+Exported, the choice is an If node on T (torch.cond), so one graph serves prefill and decode. `dispatch` ("auto",
+"gathered" or "all", an attribute to set before export) forces one way, e.g. to compare them.
 
 Router scoring: "softmax" (Mixtral, Qwen-MoE, DeepSeek-V2: softmax over all experts, then top-k) or "sigmoid"
 (DeepSeek-V3: sigmoid scores plus a per-expert bias that steers the choice only). Either may be group-limited:
@@ -35,6 +40,7 @@ from onnxattn.models._base import ACTIVATIONS, SwiGLU
 
 SCORINGS = ("softmax", "sigmoid", "sparsemixer")
 GROUP_SCORES = ("top2_sum", "max")
+DISPATCHES = ("auto", "gathered", "all")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,6 +117,9 @@ class MixtureOfExperts(nn.Module):
         self.num_groups, self.topk_groups, self.group_score = num_groups, groups_per_token, group_score
         self.routed_scaling, self.norm_topk, self.scale_inputs = routed_scaling, norm_topk, scale_inputs
         self.norm_min, self.jitter_eps = norm_min, jitter_eps
+        # experts with a non-zero weight per token (SparseMixer always routes to 2)
+        self.routed_per_token = 2 if scoring == "sparsemixer" else experts_per_token
+        self.dispatch = "auto"  # see the module docstring
         self.router = nn.Parameter(torch.zeros(e, h))
         biased = scoring == "sigmoid" or choice_bias
         self.register_buffer("e_score_correction_bias", torch.zeros(e) if biased else None)
@@ -174,23 +183,71 @@ class MixtureOfExperts(nn.Module):
         return weights
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weights = self.route(x).transpose(-1, -2).unsqueeze(-1)  # [B, E, S, 1]
-        # Llama 4 weighs each expert's input instead of its output (in x's dtype, as transformers)
-        inputs = x.unsqueeze(-3) * weights.to(x.dtype) if self.scale_inputs else x.unsqueeze(-3)
-        gate_up = torch.matmul(inputs, self.gate_up_proj.transpose(1, 2))  # [B, E, S, 2I]
-        if self.gate_up_proj_bias is not None:
-            gate_up = gate_up + self.gate_up_proj_bias.unsqueeze(-2)
-        gate, up = gate_up.chunk(2, dim=-1)  # [B, E, S, I]
-        y = torch.matmul(self.act(gate) * up if self.glu is None else self.glu(gate, up),
-                         self.down_proj.transpose(1, 2))  # [B, E, S, hidden]
-        if self.down_proj_bias is not None:
-            y = y + self.down_proj_bias.unsqueeze(-2)
-        out = (y.float() if self.scale_inputs else y.float() * weights).sum(-3).to(x.dtype)
+        tokens = x.reshape(-1, x.shape[-1])  # [T, hidden]
+        out = self.mix(tokens, self.route(tokens)).reshape(x.shape)
         if self.shared_expert is None:
             return out
         if self.shared_expert_gate is None:
             return out + self.shared_expert(x)
         return out + torch.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)
+
+    def mix(self, tokens: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """The routed experts' output [T, hidden] for tokens [T, hidden] and routing weights [T, E] (zero but for
+        at most routed_per_token experts per token), gathered or all experts by `dispatch` (module docstring)."""
+        if self.dispatch not in DISPATCHES:
+            raise ValueError(f"{type(self).__name__}: dispatch must be one of {', '.join(DISPATCHES)}, "
+                             f"got {self.dispatch!r}")
+        if self.dispatch != "auto":
+            gathered = self.dispatch == "gathered"
+        else:
+            gathered = tokens.shape[0] * self.routed_per_token < self.num_experts
+        if torch.compiler.is_exporting() and self.dispatch == "auto":  # an If node on the traced token count
+            routed = torch.cond(gathered, self._gathered_experts, self._all_experts, (tokens, weights))
+        else:
+            routed = (self._gathered_experts if gathered else self._all_experts)(tokens, weights)
+        return routed
+
+    def _glu(self, gate_up: torch.Tensor) -> torch.Tensor:
+        gate, up = gate_up.chunk(2, dim=-1)
+        return self.act(gate) * up if self.glu is None else self.glu(gate, up)
+
+    def _mix(self, y: torch.Tensor, weights: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Sum over the experts axis (-2) of y [T, n, hidden], weighted by weights [T, n] unless the inputs were
+        (Llama 4), in float32."""
+        return (y.float() if self.scale_inputs else y.float() * weights.unsqueeze(-1)).sum(-2).to(dtype)
+
+    def _scaled_inputs(self, tokens: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """[T, n, hidden]: each token for each of n experts, times its weight with scale_inputs (Llama 4 weighs the
+        expert's input, in x's dtype as transformers)."""
+        inputs = tokens.unsqueeze(-2)
+        return inputs * weights.to(tokens.dtype).unsqueeze(-1) if self.scale_inputs else inputs
+
+    def _gathered_experts(self, tokens: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Each token through its routed experts only, their weights gathered per token (matrix-vector products):
+        [T, hidden]."""
+        # by magnitude: a chosen expert's weight may be negative (a learned per-expert scale); the others weigh 0
+        chosen = weights.abs().topk(self.routed_per_token, dim=-1).indices  # [T, k]
+        chosen_weights = weights.gather(-1, chosen)
+        inputs = self._scaled_inputs(tokens, chosen_weights)  # [T, k or 1, hidden]
+        gate_up = torch.matmul(self.gate_up_proj[chosen], inputs.unsqueeze(-1)).squeeze(-1)  # [T, k, 2I]
+        if self.gate_up_proj_bias is not None:
+            gate_up = gate_up + self.gate_up_proj_bias[chosen]
+        y = torch.matmul(self.down_proj[chosen], self._glu(gate_up).unsqueeze(-1)).squeeze(-1)  # [T, k, hidden]
+        if self.down_proj_bias is not None:
+            y = y + self.down_proj_bias[chosen]
+        return self._mix(y, chosen_weights, tokens.dtype)
+
+    def _all_experts(self, tokens: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Every expert on every token (one matrix product per expert), mixed by the weights, zero for the experts
+        not chosen: [T, hidden]."""
+        inputs = self._scaled_inputs(tokens, weights).transpose(0, 1)  # [E or 1, T, hidden]
+        gate_up = torch.matmul(inputs, self.gate_up_proj.transpose(1, 2))  # [E, T, 2I]
+        if self.gate_up_proj_bias is not None:
+            gate_up = gate_up + self.gate_up_proj_bias.unsqueeze(-2)
+        y = torch.matmul(self._glu(gate_up), self.down_proj.transpose(1, 2))  # [E, T, hidden]
+        if self.down_proj_bias is not None:
+            y = y + self.down_proj_bias.unsqueeze(-2)
+        return self._mix(y.transpose(0, 1), weights, tokens.dtype)
 
     def extra_repr(self) -> str:
         groups = (f", groups={self.num_groups}, topk_groups={self.topk_groups}, group_score={self.group_score}"

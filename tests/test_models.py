@@ -267,6 +267,75 @@ def test_gpt_oss_preset():
         assert not torch.allclose(model(ids), logits, atol=1e-2)
 
 
+MOE_VARIANTS = {
+    "softmax-top2": dict(),
+    "sigmoid-groups-shared": dict(scoring="sigmoid", num_groups=2, groups_per_token=1, shared_intermediate=16,
+                                  routed_scaling=2.5),
+    "gpt-oss-biases-glu": dict(router_bias=True, expert_bias=True, glu=ClampedSwiGLU(1.702, 0.5)),
+    "llama4-scaled-inputs": dict(experts_per_token=1, scoring="sigmoid", norm_topk=False, scale_inputs=True,
+                                 shared_intermediate=16, shared_gated=False),
+    "sparsemixer": dict(scoring="sparsemixer", jitter_eps=0.3),
+    # chosen weights below zero (Gemma 4's learned per-expert scale can make them so): picked by magnitude
+    "negative-weights": dict(routed_scaling=-0.7),
+}
+
+
+@pytest.mark.parametrize("variant", list(MOE_VARIANTS))
+def test_moe_gathered_experts_equal_all_experts(variant):
+    """The two exact ways to run the experts (models.moe): a token's k gathered experts give what all E give
+    mixed by the routing weights, for every routing and expert option; the forward picks gathered only when
+    T * k < E (decode steps), all experts otherwise."""
+    options = dict(experts_per_token=2) | MOE_VARIANTS[variant]
+    torch.manual_seed(0)
+    moe = MixtureOfExperts(32, 8, options.pop("experts_per_token"), 24, **options)
+    with torch.no_grad():
+        for p in moe.parameters():
+            p.copy_(torch.randn(p.shape) / math.sqrt(p.shape[-1]))
+        if moe.e_score_correction_bias is not None:
+            moe.e_score_correction_bias.copy_(torch.randn(8) * 0.1)
+        x = torch.randn(5, 3, 32)
+        tokens = x.reshape(-1, 32)
+        weights = moe.route(tokens)
+        assert (weights > 0).sum(-1).max() <= moe.routed_per_token
+        torch.testing.assert_close(moe._gathered_experts(tokens, weights), moe._all_experts(tokens, weights),
+                                   atol=ATOL, rtol=1e-5)
+        calls = []
+        for name in ("_gathered_experts", "_all_experts"):
+            original = getattr(moe, name)
+            setattr(moe, name, lambda t, w, original=original, name=name: calls.append(name) or original(t, w))
+        moe(x), moe(x[:1, :1])
+        gathered = 1 * moe.routed_per_token < 8  # one token
+        assert calls == ["_all_experts", "_gathered_experts" if gathered else "_all_experts"]
+        moe.dispatch = "all"
+        moe(x[:1, :1])
+        assert calls[-1] == "_all_experts"
+        moe.dispatch = "sparse"
+        with pytest.raises(ValueError, match="MixtureOfExperts: dispatch must be one of auto, gathered, all"):
+            moe(x)
+
+
+def test_moe_export_runs_both_branches_in_onnxruntime(tmp_path):
+    """Exported, the choice between gathered and all experts is an If node on the token count: a prompt of
+    2 x 6 tokens runs all 8 experts (12 * 2 >= 8), each decode step of 2 tokens gathers its 2 (2 * 2 < 8), and
+    both give eager torch's logits."""
+    import onnx
+    from model_helpers import run_steps, session
+
+    from onnxattn.export import export_model
+
+    model = models.build("llama", num_experts=8, moe_intermediate=32, dense_layers=(0,)).eval()
+    path = export_model(model, tmp_path / "moe.onnx", progress=False).path
+    ifs = [n for n in onnx.load(path).graph.node if n.op_type == "If"]
+    assert len(ifs) == 1
+    ids = _ids(seq=9)
+    got = run_steps(session(path), ids.numpy(), 6)
+    cache = KVCache()
+    with torch.no_grad():
+        want = [model(ids[:, :6], cache=cache)] + [model(ids[:, t:t + 1], cache=cache) for t in range(6, 9)]
+    for g, w in zip(got, want):
+        torch.testing.assert_close(torch.from_numpy(g), w, atol=1e-4, rtol=1e-4)
+
+
 def test_unknown_names_and_options():
     available = "available: bert, .*gemma3, gpt-oss, gpt2, llama, moba, modernbert, nsa"
     with pytest.raises(KeyError, match=f"unknown model 'llama4'; {available}"):
