@@ -17,7 +17,9 @@ embeddings and final soft-cap (Gemma3Model's embed and head), with what Gemma 4 
 - per-layer inputs (`per_layer_hidden` > 0): a second token embedding [vocab, layers * per_layer_hidden] plus a
   projection of the embeddings, normed and averaged, feed each layer a gated residual (gate, product, projection,
   norm); each layer's output is multiplied by its `layer_scalar`;
-- `double_wide_mlp`: the shared layers' MLPs are twice as wide.
+- `double_wide_mlp`: the shared layers' MLPs are twice as wide;
+- `num_experts` > 0: transformers' MoE block beside the MLP (Gemma4Experts), its output and the MLP's each normed and
+  summed before the post-MLP norm.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from onnxattn.models._base import (ACTIVATIONS, CausalLM, RMSNorm, SwiGLU, _expo
                                    init_weights)
 from onnxattn.models.gemma3 import Gemma3Model
 from onnxattn.models.llama import LAYER_TYPES
+from onnxattn.models.moe import MixtureOfExperts
 from onnxattn.nn import GroupedQueryAttention, Rope, ScaledDotProductAttention
 from onnxattn.nn.reference import apply_rope, default_inv_freq, rms_norm_heads
 
@@ -67,6 +70,9 @@ class Gemma4Config:
     per_layer_hidden: int = 8  # per-layer inputs' width (0: none)
     per_layer_vocab: int = 256
     double_wide_mlp: bool = False  # the shared layers' MLPs twice as wide
+    num_experts: int = 0  # > 0: the MoE block beside each MLP
+    experts_per_token: int = 2
+    expert_intermediate: int = 32
     final_logit_softcap: float = 30.0
     rms_norm_eps: float = 1e-6
     activation: str = "gelu_tanh"
@@ -85,6 +91,8 @@ class Gemma4Config:
             raise ValueError(f"{name}: layer_types must list one of {LAYER_TYPES} per layer ({self.num_layers})")
         if self.final_logit_softcap < 0 or self.per_layer_hidden < 0:
             raise ValueError(f"{name}: final_logit_softcap and per_layer_hidden must be >= 0 (0 = off)")
+        if self.num_experts and not 1 <= self.experts_per_token <= self.num_experts:
+            raise ValueError(f"{name}: experts_per_token must be in [1, num_experts]")
         if not 0 <= self.num_kv_shared_layers < self.num_layers:
             raise ValueError(f"{name}: num_kv_shared_layers must be in [0, num_layers)")
         for i in range(self.num_layers):
@@ -190,6 +198,33 @@ class Gemma4SharedAttention(nn.Module):
         return self.o_proj(out.transpose(1, 2).flatten(2))
 
 
+class Gemma4Experts(MixtureOfExperts):
+    """transformers' Gemma 4 MoE block: its router (weightless RMS norm, times `scale` and hidden^-0.5, softmax over
+    the projection `proj`, top-k renormalised, times the chosen experts' `per_expert_scale`) weighs GeGLU experts run
+    on their own normed input (`pre_norm`); the experts as models.moe runs them (gathered per token in decode)."""
+
+    def __init__(self, cfg: Gemma4Config):
+        e, h = cfg.num_experts, cfg.hidden
+        super().__init__(h, e, cfg.experts_per_token, cfg.expert_intermediate, cfg.activation)
+        self.router = None  # Gemma 4 routes through `proj` after its own norm and scale
+        self.eps = cfg.rms_norm_eps
+        self.proj = nn.Linear(h, e, bias=False)
+        self.scale = nn.Parameter(torch.ones(h))
+        self.per_expert_scale = nn.Parameter(torch.ones(e))
+        self.pre_norm = RMSNorm(h, cfg.rms_norm_eps)  # transformers' pre_feedforward_layernorm_2
+
+    def route(self, tokens: torch.Tensor) -> torch.Tensor:
+        h = rms_norm_heads(tokens.float(), None, self.eps).to(tokens.dtype) * self.scale * tokens.shape[-1] ** -0.5
+        probs = torch.softmax(self.proj(h).float(), dim=-1)
+        weights, chosen = torch.topk(probs, self.top_k, dim=-1)
+        weights = weights / weights.sum(-1, keepdim=True) * self.per_expert_scale[chosen].float()
+        return torch.zeros_like(probs).scatter(-1, chosen, weights)  # [T, experts]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = x.reshape(-1, x.shape[-1])
+        return self.mix(self.pre_norm(tokens), self.route(tokens)).reshape(x.shape)
+
+
 class Gemma4Block(nn.Module):
     def __init__(self, cfg: Gemma4Config, layer_idx: int):
         super().__init__()
@@ -206,6 +241,9 @@ class Gemma4Block(nn.Module):
             self.per_layer_input_gate = nn.Linear(cfg.hidden, cfg.per_layer_hidden, bias=False)
             self.per_layer_projection = nn.Linear(cfg.per_layer_hidden, cfg.hidden, bias=False)
             self.post_per_layer_input_norm = norm(cfg.hidden)
+        if cfg.num_experts:
+            self.experts = Gemma4Experts(cfg)
+            self.post_mlp_norm_1, self.post_mlp_norm_2 = norm(cfg.hidden), norm(cfg.hidden)
         self.layer_scalar = nn.Parameter(torch.ones(1))
 
     def forward(self, x, per_layer_input=None, shared_kv=None, positions=None, **kv):
@@ -214,7 +252,10 @@ class Gemma4Block(nn.Module):
         else:
             h, present = self.attn(self.input_norm(x), return_present=True, **kv)
         x = x + self.post_attn_norm(h)
-        x = x + self.post_mlp_norm(self.mlp(self.pre_mlp_norm(x)))
+        h = self.mlp(self.pre_mlp_norm(x))
+        if hasattr(self, "experts"):  # routed on the MLP's input before its norm, as transformers
+            h = self.post_mlp_norm_1(h) + self.post_mlp_norm_2(self.experts(x))
+        x = x + self.post_mlp_norm(h)
         if per_layer_input is not None:
             h = self.per_layer_projection(self.act(self.per_layer_input_gate(x)) * per_layer_input)
             x = x + self.post_per_layer_input_norm(h)

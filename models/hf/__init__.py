@@ -33,7 +33,11 @@ multipliers, softmax top-k experts; GraniteMoeShared's ungated shared MLP), ERNI
 a choice bias, the renormalising sum clamped to moe_norm_min, a biased shared expert) and PhiMoE (LayerNorm, the
 SparseMixer router as transformers runs it at inference) map onto our Llama with models.moe experts (module moe).
 GPT-BigCode (multi-query) and OPT (positions offset by 2, pre- or post-norm, project_in / project_out) map onto our
-GPT-2. Gemma maps onto models.gemma3 without post-norms, soft-caps, QK-norm or sliding layers. RoBERTa /
+GPT-2. Gemma maps onto models.gemma3 without post-norms, soft-caps, QK-norm or sliding layers. Gemma 4's text model
+(gemma4_text, module gemma4) maps onto models.gemma4: head dims and KV heads per layer kind, proportional RoPE as
+node frequencies, V normed (or K's projection) before the node, KV-shared layers as ScaledDotProductAttention over
+their source layer's present, per-layer inputs, its MoE block as an exact mixture; bidirectional attention and the
+multimodal Gemma4ForConditionalGeneration are refused. RoBERTa /
 XLM-RoBERTa map onto our BERT (positions from the pad token id); ModernBERT
 onto models.modernbert. DeepSeek-V3 and DeepSeek-V2 / V2-Lite map onto models.deepseek (MLA with its latent cache,
 YaRN with mscale); V2's router scores by softmax, picks greedily
@@ -53,7 +57,7 @@ single factor).
 Nothing is downloaded: pass a model you built (e.g. ``LlamaForCausalLM(LlamaConfig(...))``) or loaded.
 
 Layout: _common (SUPPORTED, refusals, activation and RoPE helpers) and one converter module per family group
-(llama, llama4, moe, gemma, gpt2, encoders, deepseek); this module holds the model_type -> converter table."""
+(llama, llama4, moe, gemma, gemma4, gpt2, encoders, deepseek); this module holds the model_type -> converter table."""
 
 from __future__ import annotations
 
@@ -64,6 +68,7 @@ from onnxattn.models.hf._common import NOT_YET, SUPPORTED, UnsupportedModel, _un
 from onnxattn.models.hf.deepseek import _deepseek
 from onnxattn.models.hf.encoders import _bert, _modernbert
 from onnxattn.models.hf.gemma import _gemma1, _gemma2, _gemma3
+from onnxattn.models.hf.gemma4 import _gemma4
 from onnxattn.models.hf.gpt2 import _gpt2, _gpt_bigcode, _opt
 from onnxattn.models.hf.llama import _cohere, _falcon, _gpt_neox, _gptj, _llama, _phi
 from onnxattn.models.hf.llama4 import _llama4
@@ -82,7 +87,8 @@ _CONVERTERS = {"llama": _llama, "mistral": _llama, "mixtral": _llama, "qwen2": _
                "falcon": _falcon, "gpt_bigcode": _gpt_bigcode, "opt": _opt, "phimoe": _phimoe,
                "gpt_neox": _gpt_neox, "gptj": _gptj,
                "phi": _phi, "cohere": _cohere, "cohere2": _cohere,
-               "gemma": _gemma1, "gemma2": _gemma2, "gemma3_text": _gemma3, "gpt2": _gpt2,
+               "gemma": _gemma1, "gemma2": _gemma2, "gemma3_text": _gemma3, "gemma4_text": _gemma4,
+               "gpt2": _gpt2,
                "bert": _bert, "roberta": _bert, "xlm-roberta": _bert, "modernbert": _modernbert,
                "deepseek_v2": _deepseek, "deepseek_v3": _deepseek}
 
@@ -97,6 +103,9 @@ def from_transformers(hf_model) -> nn.Module:
     if model_type == "gemma3":
         raise _unsupported("Gemma3ForConditionalGeneration is multimodal; pass its text model as "
                            "Gemma3ForCausalLM(config.text_config) with the language model's weights")
+    if model_type == "gemma4":
+        raise _unsupported("Gemma4ForConditionalGeneration is multimodal; pass its text model as "
+                           "Gemma4ForCausalLM(config.text_config) with the language model's weights")
     if model_type == "llama4":
         raise _unsupported("Llama4ForConditionalGeneration is multimodal; pass its text model, its language_model "
                            "(a Llama4ForCausalLM)")

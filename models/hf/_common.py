@@ -58,6 +58,7 @@ SUPPORTED = {
     "gemma": "GemmaForCausalLM",
     "gemma2": "Gemma2ForCausalLM",
     "gemma3_text": "Gemma3ForCausalLM",
+    "gemma4_text": "Gemma4ForCausalLM",
     "gpt2": "GPT2LMHeadModel",
     "bert": "BertModel",
     "roberta": "RobertaModel",

@@ -1,5 +1,5 @@
-"""Gemma 4 (text: Gemma4ForCausalLM, model_type gemma4_text) -> our Gemma 4 model (models.gemma4). Refused: the
-mixture-of-experts block (enable_moe_block), bidirectional attention, attention biases, an untied output embedding,
+"""Gemma 4 (text: Gemma4ForCausalLM, model_type gemma4_text) -> our Gemma 4 model (models.gemma4), its MoE block
+(enable_moe_block) included. Refused: bidirectional attention, attention biases, an untied output embedding,
 RoPE types other than default and proportional, per-layer head dims / KV heads that differ within a layer kind."""
 
 from __future__ import annotations
@@ -9,6 +9,10 @@ import torch
 from onnxattn.models._base import set_linear
 from onnxattn.models.gemma4 import Gemma4Config, Gemma4Model, build_gemma4
 from onnxattn.models.hf._common import _activation, _copy, _unsupported, _window
+
+
+_NORMS = (("input_norm", "input_layernorm"), ("post_attn_norm", "post_attention_layernorm"),
+          ("pre_mlp_norm", "pre_feedforward_layernorm"), ("post_mlp_norm", "post_feedforward_layernorm"))
 
 
 def _rope(params: dict | None, kind: str) -> tuple[float, tuple[float, float] | None]:
@@ -25,7 +29,8 @@ def _rope(params: dict | None, kind: str) -> tuple[float, tuple[float, float] | 
 
 
 def _dims(c, kind: str) -> tuple[int, int]:
-    """(KV heads, head dim) of the layers of one kind; all of them must agree."""
+    """(KV heads, head dim) of the layers of one kind; all of them must agree (transformers' rotary embedding
+    requires it too, so this only guards the mapping)."""
     dims = {(c.per_layer_config[i].num_key_value_heads, c.per_layer_config[i].head_dim)
             for i, t in enumerate(c.layer_types) if t == kind}
     if len(dims) > 1:
@@ -34,11 +39,15 @@ def _dims(c, kind: str) -> tuple[int, int]:
     return dims.pop() if dims else (c.num_key_value_heads, c.head_dim)
 
 
+def _moe(c) -> dict:
+    if not getattr(c, "enable_moe_block", False):
+        return {}
+    return dict(num_experts=c.num_experts, experts_per_token=c.top_k_experts,
+                expert_intermediate=c.moe_intermediate_size)
+
+
 def _gemma4(hf) -> Gemma4Model:
     c, src = hf.config, hf.model
-    if getattr(c, "enable_moe_block", False):
-        raise _unsupported("Gemma 4 with enable_moe_block (the mixture-of-experts block beside the MLP) is not "
-                           "supported yet")
     if getattr(c, "use_bidirectional_attention", None) is not None:
         raise _unsupported(f"Gemma 4 with use_bidirectional_attention={c.use_bidirectional_attention!r} is not "
                            f"supported (causal attention only)")
@@ -64,7 +73,7 @@ def _gemma4(hf) -> Gemma4Model:
             attention_k_eq_v=bool(c.attention_k_eq_v), num_kv_shared_layers=c.num_kv_shared_layers,
             per_layer_hidden=per_layer, per_layer_vocab=c.vocab_size_per_layer_input if per_layer else 0,
             double_wide_mlp=bool(c.use_double_wide_mlp), final_logit_softcap=c.final_logit_softcapping or 0.0,
-            rms_norm_eps=c.rms_norm_eps, activation=_activation(c.hidden_activation))
+            rms_norm_eps=c.rms_norm_eps, activation=_activation(c.hidden_activation), **_moe(c))
     except ValueError as e:  # e.g. every layer KV-shared
         raise _unsupported(f"this {type(c).__name__} does not map onto ours: {e}") from e
     if [cfg.kv_source(i) is not None for i in range(cfg.num_layers)] != [m == "reuse" for m in c.kv_sharing_modes]:
@@ -90,15 +99,23 @@ def _gemma4(hf) -> Gemma4Model:
                 _copy(a.k_norm, t.k_norm.weight, "k_norm")
             for name in ("gate_proj", "up_proj", "down_proj"):
                 set_linear(getattr(mine.mlp, name), getattr(theirs.mlp, name).weight)
-            for ours_norm, hf_norm in (("input_norm", "input_layernorm"), ("post_attn_norm", "post_attention_layernorm"),
-                                       ("pre_mlp_norm", "pre_feedforward_layernorm"),
-                                       ("post_mlp_norm", "post_feedforward_layernorm")):
+            for ours_norm, hf_norm in _NORMS:
                 getattr(mine, ours_norm).weight.copy_(getattr(theirs, hf_norm).weight)
             if per_layer:
                 set_linear(mine.per_layer_input_gate, theirs.per_layer_input_gate.weight)
                 set_linear(mine.per_layer_projection, theirs.per_layer_projection.weight)
                 mine.post_per_layer_input_norm.weight.copy_(theirs.post_per_layer_input_norm.weight)
             _copy(mine.layer_scalar, theirs.layer_scalar.float(), "layer_scalar")
+            if cfg.num_experts:
+                e, r = mine.experts, theirs.router
+                set_linear(e.proj, r.proj.weight)
+                for name in ("scale", "per_expert_scale"):
+                    _copy(getattr(e, name), getattr(r, name), name)
+                for name in ("gate_up_proj", "down_proj"):
+                    _copy(getattr(e, name), getattr(theirs.experts, name), name)
+                e.pre_norm.weight.copy_(theirs.pre_feedforward_layernorm_2.weight)
+                mine.post_mlp_norm_1.weight.copy_(theirs.post_feedforward_layernorm_1.weight)
+                mine.post_mlp_norm_2.weight.copy_(theirs.post_feedforward_layernorm_2.weight)
     rotary = src.rotary_emb
     for i, layer in enumerate(ours.layers):
         kind = c.layer_types[i]
