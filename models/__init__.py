@@ -61,6 +61,6 @@ def build(name_or_config, **overrides):
 
 
 from onnxattn.models import (  # noqa: E402,F401  (register)
-    bert, deepseek, gemma3, gpt2, llama, modernbert, sparse, tiny_decoder)
+    bert, deepseek, gemma3, gemma4, gpt2, llama, modernbert, sparse, tiny_decoder)
 
 DEFAULT_MODEL = "llama"

@@ -29,6 +29,7 @@ import dataclasses
 import torch
 from torch import nn
 
+from onnxattn.models import register
 from onnxattn.models._base import (ACTIVATIONS, CausalLM, RMSNorm, SwiGLU, _exporting, check_activation, check_heads,
                                    init_weights)
 from onnxattn.models.gemma3 import Gemma3Model
@@ -341,9 +342,9 @@ class Gemma4Model(CausalLM):
         return logits if past_key_values is None else (logits, tuple(presents))
 
 
+@register("gemma4", Gemma4Config)
 def build_gemma4(cfg: Gemma4Config) -> Gemma4Model:
-    """Deterministic random weights, as the registered models'. Not in the registry (onnxattn.models.build):
-    onnxattn/cli.py lists the registered names, and tests/test_cli.py keeps the two equal."""
+    """Deterministic random weights, as the other registered models'."""
     model = init_weights(Gemma4Model(cfg), cfg.seed)
     with torch.no_grad():  # as Gemma 3's: scaled by sqrt(hidden) and tied to the output
         model.embed_tokens.weight.mul_(0.25)
