@@ -13,7 +13,10 @@ of the groups_per_token best of num_groups groups, a group scored by the sum of 
 chosen scores renormalised (norm_topk) and scaled (routed_scaling), plus always-on shared experts. DeepSeek-V2's
 router: softmax scores without a bias, groups scored by their best expert (its group_limited_greedy; one group is
 its greedy), the chosen scores scaled, not renormalised. Every expert runs on every token (exact and exportable;
-see models.moe). Multi-token prediction (MTP) is not modelled."""
+see models.moe). Multi-token prediction (MTP) is not modelled. MiniCPM3 is this decoder without experts, with
+Granite-like multipliers (embedding_multiplier, residual_multiplier, logits_scaling; all off by default).
+LongCat-Flash is it with layers in pairs and experts beside the MLPs (shortcut_moe: a pair is one transformers
+layer), a choice-biased softmax router and zero-computation (identity) experts."""
 
 from __future__ import annotations
 
@@ -63,6 +66,19 @@ class DeepSeekV3Config:
     latent_norm_eps: float = 1e-6  # the RMSNorms on the query and KV latents (DeepSeek fixes them at 1e-6)
     activation: str = "silu"
     tie_embeddings: bool = False
+    # MiniCPM3 (all off by default): token embeddings times embedding_multiplier [scale_emb], each block's attention
+    # and MLP outputs times residual_multiplier before the residual add [scale_depth / sqrt(num_hidden_layers)], the
+    # final normed hidden states divided by logits_scaling before lm_head [hidden_size / dim_model_base]
+    embedding_multiplier: float = 1.0
+    residual_multiplier: float = 1.0
+    logits_scaling: float = 1.0
+    # LongCat-Flash (all off by default): layers in pairs, each with its dense MLP; the first of a pair also runs the
+    # experts on its MLP input and their output joins the second's residual at its end (shortcut_moe; first_dense_layers
+    # has no role then). The softmax router's choice adds e_score_correction_bias (router_choice_bias), and
+    # identity_experts zero-computation experts (see models.moe) are chosen beside the num_experts MLP experts
+    shortcut_moe: bool = False
+    router_choice_bias: bool = False
+    identity_experts: int = 0
     seed: int = 0
 
     def __post_init__(self):
@@ -78,16 +94,25 @@ class DeepSeekV3Config:
         if self.num_experts < 0 or self.first_dense_layers < 0 or self.num_shared_experts < 0:
             raise ValueError(f"{name}: num_experts, first_dense_layers and num_shared_experts must be >= 0, got "
                              f"{self.num_experts}, {self.first_dense_layers}, {self.num_shared_experts}")
+        for label in ("embedding_multiplier", "residual_multiplier", "logits_scaling"):
+            if not math.isfinite(getattr(self, label)):
+                raise ValueError(f"{name}: {label} must be finite, got {getattr(self, label)}")
+        if self.logits_scaling == 0:
+            raise ValueError(f"{name}: logits_scaling divides the hidden states; it must not be 0")
+        if self.shortcut_moe and (not self.num_experts or self.num_layers % 2):
+            raise ValueError(f"{name}: shortcut_moe needs num_experts >= 1 and an even num_layers (pairs), got "
+                             f"{self.num_experts} and {self.num_layers}")
         if self.num_experts:
             self._check_moe(name)
 
     def _check_moe(self, name: str) -> None:
-        check_moe(name, num_experts=self.num_experts, experts_per_token=self.experts_per_token,
+        check_moe(name, num_experts=self.num_experts + self.identity_experts, experts_per_token=self.experts_per_token,
                   intermediate=self.moe_intermediate, scoring=self.router_scoring, num_groups=self.num_groups,
                   groups_per_token=self.groups_per_token, group_score=self.group_score)
 
     def is_moe(self, layer: int) -> bool:
-        return self.num_experts > 0 and layer >= self.first_dense_layers
+        """Whether the layer's MLP is the experts (with shortcut_moe every MLP is dense, the experts beside it)."""
+        return self.num_experts > 0 and layer >= self.first_dense_layers and not self.shortcut_moe
 
     @property
     def softmax_scale(self) -> float | None:
@@ -107,7 +132,8 @@ class DeepSeekMoE(MixtureOfExperts):
         super().__init__(cfg.hidden, cfg.num_experts, cfg.experts_per_token, cfg.moe_intermediate, cfg.activation,
                          scoring=cfg.router_scoring, norm_topk=cfg.norm_topk, routed_scaling=cfg.routed_scaling,
                          num_groups=cfg.num_groups, groups_per_token=cfg.groups_per_token,
-                         group_score=cfg.group_score)
+                         group_score=cfg.group_score, choice_bias=cfg.router_choice_bias,
+                         identity_experts=cfg.identity_experts)
         self.shared_experts = (SwiGLU(cfg.hidden, cfg.moe_intermediate * cfg.num_shared_experts, False, cfg.activation)
                                if cfg.num_shared_experts else None)
 
@@ -130,13 +156,26 @@ class DeepSeekBlock(nn.Module):
         self.post_attn_norm = RMSNorm(cfg.hidden, cfg.rms_norm_eps)
         self.mlp = DeepSeekMoE(cfg) if cfg.is_moe(layer_idx) else SwiGLU(cfg.hidden, cfg.intermediate, False,
                                                                          cfg.activation)
+        self.residual_multiplier, self.hidden = cfg.residual_multiplier, cfg.hidden
+        # LongCat-Flash: the first of a pair runs the experts beside its MLP, the second adds their output
+        self.shortcut = DeepSeekMoE(cfg) if cfg.shortcut_moe and layer_idx % 2 == 0 else None
+        self.adds_shortcut = cfg.shortcut_moe and layer_idx % 2 == 1
+
+    def residual(self, h):
+        return h if self.residual_multiplier == 1.0 else h * self.residual_multiplier
 
     def forward(self, x, *, cache=None, past_key=None, past_value=None, past_lengths=None):
+        if self.adds_shortcut:  # the pair's first layer passes [x | the experts' output] (see below)
+            x, shortcut = x.split([self.hidden, self.hidden], dim=-1)
         # the decoder base passes the per-layer cache as (key, value): here (latent, rope keys)
         h, present = self.attn(self.input_norm(x), cache=cache, past_latent=past_key, past_k_rope=past_value,
                                past_lengths=past_lengths, return_present=True)
-        x = x + h
-        return x + self.mlp(self.post_attn_norm(x)), present
+        x = x + self.residual(h)
+        normed = self.post_attn_norm(x)
+        x = x + self.residual(self.mlp(normed))
+        if self.shortcut is not None:  # carried to the next layer with x: the blocks pass one tensor
+            return torch.cat([x, self.shortcut(normed)], dim=-1), present
+        return (x + shortcut if self.adds_shortcut else x), present
 
 
 class DeepSeekV3Model(CausalLM):
@@ -153,10 +192,14 @@ class DeepSeekV3Model(CausalLM):
             self.lm_head.weight = self.embed_tokens.weight
 
     def embed(self, input_ids, positions):
-        return self.embed_tokens(input_ids)
+        x = self.embed_tokens(input_ids)
+        m = self.config.embedding_multiplier
+        return x if m == 1.0 else x * m
 
     def head(self, x):
-        return self.lm_head(self.norm(x))
+        x = self.norm(x)
+        s = self.config.logits_scaling
+        return self.lm_head(x if s == 1.0 else x / s)  # before the head, as MiniCPM3
 
     def kv_shapes(self) -> list[tuple[int, int, int]]:
         """Per layer (1, R, Dr): the latent cache [B, 1, P, R] and the rope keys [B, 1, P, Dr]."""
@@ -175,7 +218,8 @@ def build_deepseek_v3(cfg: DeepSeekV3Config) -> DeepSeekV3Model:
         # the routers' choice biases (buffers, zero after init_weights): DeepSeek-V3 learns them
         g = torch.Generator().manual_seed(cfg.seed + 2)
         for layer in model.layers:
-            if isinstance(layer.mlp, DeepSeekMoE) and layer.mlp.e_score_correction_bias is not None:
-                bias = layer.mlp.e_score_correction_bias
+            moe = layer.shortcut if layer.shortcut is not None else layer.mlp
+            if isinstance(moe, DeepSeekMoE) and moe.e_score_correction_bias is not None:
+                bias = moe.e_score_correction_bias
                 bias.copy_(torch.randn(bias.shape, generator=g) * 0.1)
     return model

@@ -135,7 +135,11 @@ class LlamaConfig:
     def __post_init__(self):
         name = type(self).__name__
         check_heads(name, self.hidden, self.num_heads, self.num_kv_heads, self.head_dim)
-        check_activation(self.activation, name)
+        if self.activation == "xielu":  # learned per layer: a module in the ungated dense MLP (Apertus) only
+            if self.gated_mlp or self.num_experts:
+                raise ValueError(f"{name}: activation 'xielu' needs gated_mlp=False and no experts")
+        else:
+            check_activation(self.activation, name)
         if self.sliding_window < 0:
             raise ValueError(f"{name}: sliding_window must be >= 0 (0 = off), got {self.sliding_window}")
         if self.layer_types is not None:
@@ -239,14 +243,33 @@ class LlamaConfig:
                           self.query_scale_cache_positions)
 
 
+class XIELU(nn.Module):
+    """Apertus' xIELU activation with its learned alpha_p, alpha_n (raw: softplus applies) and fixed beta, eps:
+    softplus(alpha_p) x^2 + beta x for x > 0, else (expm1(min(x, eps)) - x) (beta + softplus(alpha_n)) + beta x.
+    Defaults as transformers' XIELUActivation initialises them."""
+
+    def __init__(self, alpha_p: float = 0.8, alpha_n: float = 0.8, beta: float = 0.5, eps: float = -1e-6):
+        super().__init__()
+        self.alpha_p = nn.Parameter(torch.log(torch.expm1(torch.tensor([alpha_p]))))
+        self.alpha_n = nn.Parameter(torch.log(torch.expm1(torch.tensor([alpha_n - beta]))))
+        self.register_buffer("beta", torch.tensor(beta))
+        self.register_buffer("eps", torch.tensor(eps))
+
+    def forward(self, x):
+        alpha_p = nn.functional.softplus(self.alpha_p)
+        alpha_n = self.beta + nn.functional.softplus(self.alpha_n)
+        negative = (torch.expm1(torch.minimum(x, self.eps)) - x) * alpha_n + self.beta * x
+        return torch.where(x > 0, alpha_p * x * x + self.beta * x, negative)
+
+
 class PlainMLP(nn.Module):
-    """Ungated MLP (Starcoder2; names as GPT-2's)."""
+    """Ungated MLP (Starcoder2; names as GPT-2's); activation "xielu": an XIELU module of its own (Apertus)."""
 
     def __init__(self, hidden: int, intermediate: int, bias: bool, activation: str):
         super().__init__()
         self.c_fc = nn.Linear(hidden, intermediate, bias=bias)
         self.c_proj = nn.Linear(intermediate, hidden, bias=bias)
-        self.act = ACTIVATIONS[activation]
+        self.act = XIELU() if activation == "xielu" else ACTIVATIONS[activation]
 
     def forward(self, x):
         return self.c_proj(self.act(self.c_fc(x)))

@@ -25,6 +25,8 @@ the logits within 2 * jitter_eps (relative) of the best, then the second best, w
 within 2 * jitter_eps of it.
 Llama 4 (scale_inputs): each expert runs on the token times its weight, and the outputs are summed unweighted
 (its router: sigmoid scoring, top-k, no renormalisation; an ungated shared expert).
+LongCat-Flash's zero-computation experts (identity_experts, off by default): the router scores num_experts +
+identity_experts choices; a chosen identity expert adds the token itself times its weight (no MLP runs for it).
 Top-k ties: torch.topk decides in eager torch (as in transformers); the exported ONNX TopK prefers the lower
 index, so an exact tie between two scores could pick a different expert there."""
 
@@ -105,29 +107,35 @@ class MixtureOfExperts(nn.Module):
                  group_score: str = "top2_sum", shared_intermediate: int = 0, router_bias: bool = False,
                  expert_bias: bool = False, glu: ClampedSwiGLU | None = None, shared_gated: bool = True,
                  choice_bias: bool = False, norm_min: float = 0.0, shared_bias: bool = False, jitter_eps: float = 0.0,
-                 scale_inputs: bool = False):
+                 scale_inputs: bool = False, identity_experts: int = 0):
         super().__init__()
         if scale_inputs and expert_bias:  # a biased expert would give non-zero for the zero input of one not chosen
             raise ValueError(f"{type(self).__name__}: scale_inputs cannot be combined with expert_bias")
-        check_moe(type(self).__name__, num_experts=num_experts, experts_per_token=experts_per_token,
+        if identity_experts < 0 or (identity_experts and (scale_inputs or num_groups != 1 or scoring == "sparsemixer")):
+            raise ValueError(f"{type(self).__name__}: identity_experts must be >= 0, and cannot be combined with "
+                             f"scale_inputs, groups or sparsemixer routing; got {identity_experts}")
+        # the router chooses among the MLP experts and the identity ones alike (both checked as experts)
+        check_moe(type(self).__name__, num_experts=num_experts + identity_experts, experts_per_token=experts_per_token,
                   intermediate=intermediate, scoring=scoring, num_groups=num_groups, groups_per_token=groups_per_token,
                   group_score=group_score, jitter_eps=jitter_eps)
         e, i, h = num_experts, intermediate, hidden
         self.num_experts, self.top_k, self.scoring = e, experts_per_token, scoring
+        self.identity_experts = identity_experts
+        choices = e + identity_experts  # the router's outputs
         self.num_groups, self.topk_groups, self.group_score = num_groups, groups_per_token, group_score
         self.routed_scaling, self.norm_topk, self.scale_inputs = routed_scaling, norm_topk, scale_inputs
         self.norm_min, self.jitter_eps = norm_min, jitter_eps
         # experts with a non-zero weight per token (SparseMixer always routes to 2)
         self.routed_per_token = 2 if scoring == "sparsemixer" else experts_per_token
         self.dispatch = "auto"  # see the module docstring
-        self.router = nn.Parameter(torch.zeros(e, h))
+        self.router = nn.Parameter(torch.zeros(choices, h))
         biased = scoring == "sigmoid" or choice_bias
-        self.register_buffer("e_score_correction_bias", torch.zeros(e) if biased else None)
+        self.register_buffer("e_score_correction_bias", torch.zeros(choices) if biased else None)
         self.gate_up_proj = nn.Parameter(torch.zeros(e, 2 * i, h))
         self.down_proj = nn.Parameter(torch.zeros(e, h, i))
         self.act, self.glu = ACTIVATIONS[activation], glu
         # created only when asked for (as the shared expert below): the seeded init of the others stays as it was
-        self.router_bias = nn.Parameter(torch.zeros(e)) if router_bias else None
+        self.router_bias = nn.Parameter(torch.zeros(choices)) if router_bias else None
         self.gate_up_proj_bias = nn.Parameter(torch.zeros(e, 2 * i)) if expert_bias else None
         self.down_proj_bias = nn.Parameter(torch.zeros(e, h)) if expert_bias else None
         if shared_intermediate < 0:
@@ -140,7 +148,7 @@ class MixtureOfExperts(nn.Module):
             self.shared_expert = self.shared_expert_gate = None
 
     def route(self, x: torch.Tensor) -> torch.Tensor:
-        """Routing weights [..., E] in float32: zero but for each token's top_k experts."""
+        """Routing weights [..., E (+ identity_experts)] in float32: zero but for each token's top_k experts."""
         bias = None if self.router_bias is None else self.router_bias.float()
         logits = nn.functional.linear(x.float(), self.router.float(), bias)
         if self.scoring == "sparsemixer":
@@ -222,11 +230,25 @@ class MixtureOfExperts(nn.Module):
         inputs = tokens.unsqueeze(-2)
         return inputs * weights.to(tokens.dtype).unsqueeze(-1) if self.scale_inputs else inputs
 
+    def _identity(self, tokens: torch.Tensor, weights: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """out plus the identity experts' share: each token times its identity experts' summed weight."""
+        if not self.identity_experts:
+            return out
+        share = weights[:, self.num_experts:].sum(-1, keepdim=True) * tokens.float()
+        return (out.float() + share).to(out.dtype)
+
     def _gathered_experts(self, tokens: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """Each token through its routed experts only, their weights gathered per token (matrix-vector products):
         [T, hidden]."""
-        # by magnitude: a chosen expert's weight may be negative (a learned per-expert scale); the others weigh 0
-        chosen = weights.abs().topk(self.routed_per_token, dim=-1).indices  # [T, k]
+        if self.identity_experts:
+            routed = weights[:, :self.num_experts]
+            return self._identity(tokens, weights, self._gathered_mlp(tokens, routed))
+        return self._gathered_mlp(tokens, weights)
+
+    def _gathered_mlp(self, tokens: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        # by magnitude: a chosen expert's weight may be negative (a learned per-expert scale); the others weigh 0.
+        # With identity experts fewer than k MLP experts may be chosen: the extra picks weigh 0
+        chosen = weights.abs().topk(min(self.routed_per_token, self.num_experts), dim=-1).indices  # [T, k]
         chosen_weights = weights.gather(-1, chosen)
         inputs = self._scaled_inputs(tokens, chosen_weights)  # [T, k or 1, hidden]
         gate_up = torch.matmul(self.gate_up_proj[chosen], inputs.unsqueeze(-1)).squeeze(-1)  # [T, k, 2I]
@@ -240,6 +262,12 @@ class MixtureOfExperts(nn.Module):
     def _all_experts(self, tokens: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """Every expert on every token (one matrix product per expert), mixed by the weights, zero for the experts
         not chosen: [T, hidden]."""
+        if self.identity_experts:
+            routed = weights[:, :self.num_experts]
+            return self._identity(tokens, weights, self._all_mlp(tokens, routed))
+        return self._all_mlp(tokens, weights)
+
+    def _all_mlp(self, tokens: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         inputs = self._scaled_inputs(tokens, weights).transpose(0, 1)  # [E or 1, T, hidden]
         gate_up = torch.matmul(inputs, self.gate_up_proj.transpose(1, 2))  # [E, T, 2I]
         if self.gate_up_proj_bias is not None:
@@ -260,4 +288,5 @@ class MixtureOfExperts(nn.Module):
             ("" if self.glu is None else f", {self.glu}")
         return (f"experts={self.num_experts}, top_k={self.top_k}, scoring={self.scoring}{groups}, "
                 f"intermediate={self.down_proj.shape[-1]}{shared}{gpt_oss}"
-                f"{', scale_inputs' if self.scale_inputs else ''}")
+                f"{', scale_inputs' if self.scale_inputs else ''}"
+                f"{f', identity_experts={self.identity_experts}' if self.identity_experts else ''}")

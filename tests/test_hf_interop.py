@@ -97,6 +97,56 @@ def minimax_m2():
     return hf
 
 
+def dots1():
+    """dots.llm1: Qwen3's attention (per-head QK-norm: off, the logits miss by ~0.7), layer 0 full and layer 1 sliding
+    (max_window_layers 1, window 6 < prompt: no window misses by ~0.3); DeepSeek-V3's MoE: layer 0 dense
+    (first_k_dense_replace), layer 1 top-3 of 8 experts from the 2 best of 4 groups (no groups: ~0.5) by sigmoid scores
+    steered by a random correction bias (zeroed: ~0.4), renormalised (off: ~0.3) then times 2.5 (times 1: ~0.4), plus
+    an ungated shared expert (dropped: ~0.4)."""
+    hf = T.Dots1ForCausalLM(T.Dots1Config(
+        **SMALL, head_dim=16, n_routed_experts=8, num_experts_per_tok=3, n_group=4, topk_group=2,
+        moe_intermediate_size=32, n_shared_experts=1, first_k_dense_replace=1, routed_scaling_factor=2.5,
+        norm_topk_prob=True, sliding_window=6, max_window_layers=1))
+    bias = hf.model.layers[1].mlp.gate.e_score_correction_bias  # a buffer: randomize leaves it zero
+    with torch.no_grad():
+        bias.copy_(torch.randn(bias.shape, generator=torch.Generator().manual_seed(3)) * 0.1)
+    return hf
+
+
+def _choice_biases(hf):
+    """Random choice biases for every DeepSeek-V3-style router (buffers: randomize leaves them zero)."""
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for layer in hf.model.layers:
+            if hasattr(layer.mlp, "gate"):
+                bias = layer.mlp.gate.e_score_correction_bias
+                bias.copy_(torch.randn(bias.shape, generator=g) * 0.1)
+    return hf
+
+
+def solar_open():
+    """Solar Open: Llama's attention with q / k / v biases (off: the logits miss by ~1) and none on o_proj; GLM-4.5's
+    MoE in every layer: top-3 of 8 experts from the 2 best of 4 groups (no groups: ~0.8) by sigmoid scores steered by
+    a random correction bias (zeroed: ~0.7), renormalised then times 2.5 (times 1: ~0.7), an ungated shared expert
+    (dropped: ~0.9). Its config has no intermediate_size (no dense layers)."""
+    return _choice_biases(T.SolarOpenForCausalLM(T.SolarOpenConfig(
+        **{k: v for k, v in SMALL.items() if k != "intermediate_size"}, **NO_TOKENS, head_dim=16, n_routed_experts=8,
+        num_experts_per_tok=3, n_group=4, topk_group=2, moe_intermediate_size=32, n_shared_experts=1,
+        routed_scaling_factor=2.5, attention_bias=True)))
+
+
+def exaone_moe():
+    """K-EXAONE (exaone_moe): EXAONE 4's attention (per-head QK-norm: off, the logits miss by ~0.7; layer 0 sliding
+    with RoPE and a window < prompt (no window: ~0.9), layer 1 full without RoPE (with RoPE: ~0.8)) in pre-norm blocks
+    (EXAONE 4's post-norm: ~1); layer 0 dense (mlp_layer_types), layer 1 DeepSeek-V3's MoE: top-3 of 8 experts from
+    the 2 best of 4 groups (no groups: ~0.5), sigmoid scores steered by a random correction bias (zeroed: ~0.5),
+    renormalised then times 2.5 (times 1: ~0.4), a shared expert (dropped: ~0.8)."""
+    return _choice_biases(T.ExaoneMoeForCausalLM(T.ExaoneMoeConfig(
+        **SMALL, **NO_TOKENS, num_experts=8, num_experts_per_tok=3, n_group=4, topk_group=2, moe_intermediate_size=32,
+        num_shared_experts=1, routed_scaling_factor=2.5, sliding_window=6, sliding_window_pattern=2,
+        first_k_dense_replace=1)))
+
+
 def llama4(**overrides):
     """Llama 4: layer 0 RoPE (llama3-scaled, interleaved pairs) with chunked attention (chunks of 4 < the prompt of 8)
     and the weightless QK-norm, dense MLP (intermediate_size_mlp 96); layer 1 NoPE, full attention, q scaled by
@@ -194,6 +244,25 @@ CASES = {
     # tokens' softmaxes (threshold 0: misses by ~0.5; plain top-2 of a softmax: by ~0.6)
     "phimoe": lambda: T.PhimoeForCausalLM(T.PhimoeConfig(**SMALL, **NO_TOKENS, num_local_experts=4, attention_bias=True,
                                                          lm_head_bias=True, router_jitter_noise=0.5)),
+    # what each of these exercises is in its factory's docstring
+    "dots1": dots1,
+    "solar_open": solar_open,
+    "exaone_moe": exaone_moe,
+    # OLMo 2's whole-projection QK-norm (per head instead: the logits miss by ~0.9) and post-norm blocks (pre-norm:
+    # ~0.9), top-2 of 4 experts in every layer by softmax (norm_topk_prob cannot matter: the post-norm undoes any
+    # per-token scale of the MLP output)
+    "flex_olmo": lambda: T.FlexOlmoForCausalLM(T.FlexOlmoConfig(**SMALL, **NO_TOKENS, num_experts=4,
+                                                                num_experts_per_tok=2)),
+    # Apertus: per-head QK-norm (off: the logits miss by ~0.3), Llama 3 RoPE scaling, pre-norm blocks (its own norm
+    # names), ungated up_proj / down_proj MLP with xIELU whose learned alpha_p / alpha_n differ per layer (reset to
+    # their init: ~0.03; squared ReLU instead: ~0.2)
+    "apertus": lambda: T.ApertusForCausalLM(T.ApertusConfig(**SMALL, **NO_TOKENS, max_position_embeddings=64)),
+    # VaultGemma: Gemma 2's attention soft-cap 5 (off: ~0.04), final soft-cap 10 (off: ~0.2), query_pre_attn_scalar 16
+    # (head_dim instead: ~0.1), layer 0 sliding (window < prompt; off: ~0.3), in pre-norm blocks without Gemma 2's
+    # post-norms (with them: ~0.3); eager, as Gemma 2
+    "vaultgemma": lambda: T.VaultGemmaForCausalLM(T.VaultGemmaConfig(
+        **SMALL, head_dim=32, sliding_window=6, query_pre_attn_scalar=16, attn_logit_softcapping=5.0,
+        final_logit_softcapping=10.0, attn_implementation="eager")),
     # Pythia: parallel blocks with two LayerNorms, query_key_value rows per head [q | k | v], 4 of 16 channels rotated
     "gpt_neox": lambda: T.GPTNeoXForCausalLM(T.GPTNeoXConfig(**MHA, rotary_pct=0.25)),
     "gpt_neox_sequential": lambda: T.GPTNeoXForCausalLM(T.GPTNeoXConfig(**MHA, rotary_pct=0.25,
@@ -289,7 +358,9 @@ NODE_ATTRS = {"smollm3": dict(rope=[1, 0], window=[0, 6]), "granite": dict(scale
               "granitemoe": dict(scale=[0.05, 0.05]), "ernie4_5_moe": dict(rope_interleaved=[1, 1]),
               "falcon": dict(kv_num_heads=[2, 2]), "falcon_multi_query": dict(kv_num_heads=[1, 1]),
               "falcon_sequential": dict(kv_num_heads=[4, 4]), "gpt_bigcode": dict(kv_num_heads=[1, 1], rope=[0, 0]),
-              "opt": dict(rope=[0, 0])}
+              "opt": dict(rope=[0, 0]), "dots1": dict(window=[0, 6]),
+              "exaone_moe": dict(rope=[1, 0], window=[6, 0]),
+              "vaultgemma": dict(window=[6, 0], softcap=[5.0, 5.0], scale=[0.25, 0.25])}
 
 
 def randomize(model, seed=0):
@@ -872,9 +943,34 @@ _MORE_DECODER_REFUSALS = ([
     "gpt_bigcode-untied", "opt-no-affine-norm", "opt-base-model", "phimoe-longrope", "phimoe-top3"])
 
 
+_MOE_AND_GEMMA_FAMILY_REFUSALS = ([
+    # 3 experts from 1 group of 2
+    (lambda: T.Dots1ForCausalLM(T.Dots1Config(**ONE_LAYER, head_dim=16, n_routed_experts=8, num_experts_per_tok=3,
+                                              n_group=4, topk_group=1, n_shared_experts=1)),
+     r"this Dots1Config does not map onto ours: LlamaConfig: experts_per_token must be in \[1, 2\]"),
+    (lambda: T.SolarOpenForCausalLM(T.SolarOpenConfig(
+        **{k: v for k, v in ONE_LAYER.items() if k != "intermediate_size"}, **NO_TOKENS, head_dim=16,
+        n_routed_experts=4, rope_parameters={"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0})),
+     "RoPE type 'dynamic' is not supported"),
+    (lambda: T.ExaoneMoeForCausalLM(T.ExaoneMoeConfig(**ONE_LAYER, **NO_TOKENS, num_experts=4, num_experts_per_tok=5,
+                                                      first_k_dense_replace=0)),
+     r"this ExaoneMoeConfig does not map onto ours: LlamaConfig: experts_per_token must be in \[1, 4\]"),
+    (lambda: T.FlexOlmoForCausalLM(T.FlexOlmoConfig(**ONE_LAYER, **NO_TOKENS, num_experts=4, num_experts_per_tok=5)),
+     r"this FlexOlmoConfig does not map onto ours: LlamaConfig: experts_per_token must be in \[1, 4\]"),
+    (lambda: T.ApertusForCausalLM(T.ApertusConfig(**ONE_LAYER, **NO_TOKENS, hidden_act="relu6")),
+     "activation 'relu6' has no equivalent here"),
+    (lambda: T.VaultGemmaForCausalLM(T.VaultGemmaConfig(**ONE_LAYER, head_dim=32, rope_parameters={
+        "rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0})),
+     r"VaultGemma with scaled RoPE \(linear\) is not supported"),
+    (lambda: T.VaultGemmaForCausalLM(T.VaultGemmaConfig(**ONE_LAYER, head_dim=32, attention_bias=True)),
+     "VaultGemma with attention_bias is not supported"),
+], ["dots1-more-chosen-than-groups-hold", "solar_open-dynamic-rope", "exaone_moe-more-chosen-than-experts",
+    "flex_olmo-more-chosen-than-experts", "apertus-relu6", "vaultgemma-scaled-rope", "vaultgemma-attention-bias"])
+
+
 REFUSALS = [pytest.param(*case, id=name) for cases, names in (
     _PHI3_AND_MOE_REFUSALS, _LLAMA_VARIANT_REFUSALS, _PARALLEL_RESIDUAL_REFUSALS, _ENCODER_REFUSALS, _GPT_OSS_REFUSALS,
-    _GEMMA_REFUSALS, _LLAMA4_REFUSALS, _MORE_DECODER_REFUSALS)
+    _GEMMA_REFUSALS, _LLAMA4_REFUSALS, _MORE_DECODER_REFUSALS, _MOE_AND_GEMMA_FAMILY_REFUSALS)
     for case, name in zip(cases, names)]
 
 
@@ -946,12 +1042,14 @@ def deepseek_v3(name: str):
     return hf
 
 
-def check_deepseek(hf, path) -> None:
-    """Logits (prefill, then decode steps with the latent cache) and greedy generation of one export."""
+def check_deepseek(hf, path, moe_layers: int | None = None) -> None:
+    """Logits (prefill, then decode steps with the latent cache) and greedy generation of one export;
+    `moe_layers` expert layers (None: all but the first, so both MLP kinds occur)."""
     result = from_transformers(hf, path, progress=False)
     assert result.report.ok
     layers = hf.config.num_hidden_layers
-    assert sum(hasattr(layer.mlp, "experts") for layer in hf.model.layers) == layers - 1  # both MLP kinds occur
+    moe_layers = layers - 1 if moe_layers is None else moe_layers
+    assert sum(hasattr(layer.mlp, "experts") for layer in hf.model.layers) == moe_layers
     ops = [n.op_type for n in onnx.load(result.path).graph.node]
     assert ops.count("MultiHeadLatentAttention") == layers and "GroupQueryAttention" not in ops
     ids = torch.randint(0, 256, (2, 11), generator=torch.Generator().manual_seed(1))
@@ -1051,3 +1149,105 @@ def test_deepseek_v2_unsupported_settings_are_named(overrides, match, tmp_path):
         vocab_size=256, num_attention_heads=4, num_hidden_layers=1, first_k_dense_replace=0) | overrides))
     with pytest.raises(UnsupportedModel, match=match):
         from_transformers(hf, tmp_path / "x.onnx")
+
+
+# MiniCPM3: MLA (low-rank queries, v_head_dim 24 != qk_nope_head_dim 16) with half-split RoPE, YaRN with mscale !=
+# mscale_all_dim (an attention factor and a softmax scale), a dense MLP in every layer, tied embeddings, and MiniCPM's
+# multipliers far from 1: embeddings x 4 (scale_emb; off: the logits miss by ~0.3; 12, MiniCPM3-4B's, makes the
+# tied tiny model's greedy tokens collapse), residual branches x 4 / sqrt(2) (scale_depth; off: ~0.6), final hidden
+# states / (128 / 32) (dim_model_base; off: ~3); interleaved RoPE misses by ~0.6, the softmax scale without
+# mscale_all_dim by ~0.2
+MINICPM3 = dict(vocab_size=256, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                q_lora_rank=64, kv_lora_rank=32, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=24, scale_emb=4,
+                scale_depth=4.0, dim_model_base=32, max_position_embeddings=128, bos_token_id=None, eos_token_id=None,
+                rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "beta_fast": 32,
+                                 "beta_slow": 1, "original_max_position_embeddings": 32, "mscale": 1.0,
+                                 "mscale_all_dim": 0.8})
+
+
+def test_minicpm3_matches_transformers(tmp_path):
+    torch.manual_seed(0)
+    hf = randomize(T.MiniCPM3ForCausalLM(T.MiniCPM3Config(**MINICPM3)))
+    assert hf.lm_head.weight is hf.model.embed_tokens.weight
+    check_deepseek(hf, tmp_path / "minicpm3.onnx", moe_layers=0)
+
+
+@pytest.mark.parametrize("overrides, match", [
+    # MiniCPM3-4B's own RoPE: the MLA layer cannot switch factor sets per forward
+    (dict(rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0, "short_factor": [1.0] * 4,
+                           "long_factor": [2.0] * 4, "original_max_position_embeddings": 32}),
+     "MiniCPM3 with LongRoPE .* is not supported: our MultiHeadLatentAttention layer has no per-forward switch"),
+    (dict(mlp_bias=True), "MiniCPM3 with mlp_bias=True is not supported"),
+    (dict(dim_model_base=0), "MiniCPM3 with dim_model_base 0 is not supported"),
+], ids=["longrope", "mlp_bias", "dim_model_base-0"])
+def test_minicpm3_unsupported_settings_are_named(overrides, match, tmp_path):
+    hf = T.MiniCPM3ForCausalLM(T.MiniCPM3Config(**MINICPM3 | dict(num_hidden_layers=1) | overrides))
+    with pytest.raises(UnsupportedModel, match=match):
+        from_transformers(hf, tmp_path / "x.onnx")
+
+
+def sarvam_mla():
+    """Sarvam-MLA (sarvam-105b's shape; transformers runs its SarvamMLAConfig as DeepSeek-V3): one query projection,
+    interleaved RoPE (half-split misses by ~0.8) with the legacy rope_scaling type 'deepseek_yarn' (read as YaRN,
+    mscale != mscale_all_dim), layer 0 dense, layer 1 top-3 of 8 experts by sigmoid scores steered by a random choice
+    bias over one group, renormalised (off: ~0.4) and times 2.5 (times 1: ~0.4), one shared expert."""
+    config = T.SarvamMLAConfig(
+        vocab_size=256, hidden_size=128, intermediate_size=256, moe_intermediate_size=32, num_hidden_layers=2,
+        num_attention_heads=4, kv_lora_rank=32, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16,
+        n_routed_experts=8, num_experts_per_tok=3, n_shared_experts=1, routed_scaling_factor=2.5,
+        max_position_embeddings=128, bos_token_id=None, eos_token_id=None,
+        rope_scaling={"type": "deepseek_yarn", "rope_theta": 10000.0, "factor": 4.0, "beta_fast": 32, "beta_slow": 1,
+                      "original_max_position_embeddings": 32, "mscale": 1.0, "mscale_all_dim": 0.8})
+    hf = randomize(T.DeepseekV3ForCausalLM(config))
+    bias = hf.model.layers[1].mlp.gate.e_score_correction_bias  # a buffer: randomize leaves it zero
+    with torch.no_grad():
+        bias.copy_(torch.randn(bias.shape, generator=torch.Generator().manual_seed(3)) * 0.1)
+    return hf
+
+
+def test_sarvam_mla_matches_transformers(tmp_path):
+    torch.manual_seed(0)
+    hf = sarvam_mla()
+    assert hf.config.model_type == "sarvam_mla" and hf.config.rope_parameters["rope_type"] == "yarn"
+    assert hf.config.q_lora_rank is None and hf.config.rope_interleave
+    check_deepseek(hf, tmp_path / "sarvam_mla.onnx")
+
+
+LONGCAT = dict(vocab_size=256, hidden_size=128, num_layers=2, num_attention_heads=4, ffn_hidden_size=256,
+               q_lora_rank=64, kv_lora_rank=32, qk_nope_head_dim=16, qk_rope_head_dim=8, head_dim=8, v_head_dim=16,
+               moe_topk=3, n_routed_experts=4, zero_expert_num=2, expert_ffn_hidden_size=32,
+               routed_scaling_factor=6.0, bos_token_id=None, eos_token_id=None)
+
+
+def longcat_flash(**overrides):
+    """LongCat-Flash: 2 layers of two MLA sublayers each (4 MLA nodes; q and the latent scaled by sqrt(hidden / rank):
+    unscaled the logits miss by ~0.6 and ~0.9), each sublayer with its dense MLP, and per layer the shortcut MoE on
+    the first MLP's input, added at the layer's end (dropped: ~0.8): top-3 of 4 MLP experts and 2 zero-computation
+    (identity) experts (their share dropped: ~1) by softmax scores whose choice adds a random correction bias (zeroed:
+    ~0.4), not renormalised (renormalised: ~0.2), times 6 (times 1: ~0.7); interleaved RoPE."""
+    hf = randomize(T.LongcatFlashForCausalLM(T.LongcatFlashConfig(**LONGCAT | overrides)))
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():  # buffers: randomize leaves them zero
+        for layer in hf.model.layers:
+            bias = layer.mlp.router.e_score_correction_bias
+            bias.copy_(torch.randn(bias.shape, generator=g) * 0.1)
+    return hf
+
+
+def test_longcat_flash_matches_transformers(tmp_path):
+    torch.manual_seed(0)
+    hf = longcat_flash()
+    assert hf.config.num_hidden_layers == 4 and hf.model.layers[0].mlp.router.n_routed_experts == 6
+    check_deepseek(hf, tmp_path / "longcat_flash.onnx", moe_layers=2)
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (dict(n_routed_experts=0), "LongCat-Flash needs n_routed_experts and moe_topk >= 1, got 0 and 3"),
+    (dict(moe_topk=7), r"LongcatFlashConfig does not map onto ours: DeepSeekV3Config: experts_per_token must be in "
+                       r"\[1, 6\]"),
+    (dict(rope_parameters={"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0, "mscale_all_dim": 1.0}),
+     "LongCat-Flash's softmax scale .* is only reproduced for YaRN"),
+], ids=["no-mlp-experts", "more-chosen-than-experts", "linear-rope-mscale"])
+def test_longcat_flash_unsupported_settings_are_named(overrides, match, tmp_path):
+    with pytest.raises(UnsupportedModel, match=match):
+        from_transformers(longcat_flash(num_layers=1, **overrides), tmp_path / "x.onnx")

@@ -277,6 +277,8 @@ MOE_VARIANTS = {
     "sparsemixer": dict(scoring="sparsemixer", jitter_eps=0.3),
     # chosen weights below zero (Gemma 4's learned per-expert scale can make them so): picked by magnitude
     "negative-weights": dict(routed_scaling=-0.7),
+    # LongCat-Flash: 3 of 8 MLP experts + 3 identity experts, so a token may pick fewer than 3 MLP experts
+    "identity-experts": dict(experts_per_token=3, identity_experts=3, norm_topk=False, routed_scaling=6.0),
 }
 
 
@@ -337,7 +339,7 @@ def test_moe_export_runs_both_branches_in_onnxruntime(tmp_path):
 
 
 def test_unknown_names_and_options():
-    available = "available: bert, .*gemma3, gpt-oss, gpt2, llama, moba, modernbert, nsa"
+    available = "available: bert, .*gemma3, gemma4, gpt-oss, gpt2, llama, moba, modernbert, nsa"
     with pytest.raises(KeyError, match=f"unknown model 'llama4'; {available}"):
         models.build("llama4")
     with pytest.raises(ValueError, match="LlamaConfig: unknown option.*hiden"):

@@ -17,7 +17,10 @@ partial RoPE, ungated squared-ReLU MLP), Ministral (per-layer sliding / full), M
 by llama_4_scaling_beta), OLMo 3 (OLMo 2's blocks, RoPE per layer type), EXAONE 3.5 and InternLM3 (run as Llama by
 transformers), GLM-4.5 (GQA, QK-norm, half-split partial RoPE, DeepSeek-V3's sigmoid routing with a choice bias,
 groups and scaling, an ungated shared expert) and MiniMax-M2 (whole-projection QK-norm, partial RoPE, sigmoid
-routing with a choice bias). Llama 4's text model (models.hf.llama4, through the Llama converter) maps onto our
+routing with a choice bias). DeepSeek-V3's MoE block on Llama-like attention: dots.llm1 (Qwen3's attention, sliding
+layers), Solar Open (Q/K/V biases, experts in every layer), K-EXAONE (exaone_moe: EXAONE 4's attention in pre-norm
+blocks); FlexOlmo (OLMo 2's blocks, OLMoE's experts) and Apertus (QK-norm, ungated xIELU MLP with learned parameters)
+set LlamaConfig options too. Llama 4's text model (models.hf.llama4, through the Llama converter) maps onto our
 Llama too: chunked-attention RoPE layers with a weightless QK-norm, NoPE layers with its attention temperature,
 experts weighted at their inputs; the multimodal Llama4ForConditionalGeneration is refused. The parallel-residual
 decoders map onto our Llama too, with LayerNorm, ungated MLPs and parallel blocks: GPT-NeoX / Pythia (two norms per
@@ -33,7 +36,8 @@ multipliers, softmax top-k experts; GraniteMoeShared's ungated shared MLP), ERNI
 a choice bias, the renormalising sum clamped to moe_norm_min, a biased shared expert) and PhiMoE (LayerNorm, the
 SparseMixer router as transformers runs it at inference) map onto our Llama with models.moe experts (module moe).
 GPT-BigCode (multi-query) and OPT (positions offset by 2, pre- or post-norm, project_in / project_out) map onto our
-GPT-2. Gemma maps onto models.gemma3 without post-norms, soft-caps, QK-norm or sliding layers. Gemma 4's text model
+GPT-2. Gemma maps onto models.gemma3 without post-norms, soft-caps, QK-norm or sliding layers; VaultGemma is Gemma 2
+without its post-norms. Gemma 4's text model
 (gemma4_text, module gemma4) maps onto models.gemma4: head dims and KV heads per layer kind, proportional RoPE as
 node frequencies, V normed (or K's projection) before the node, KV-shared layers as ScaledDotProductAttention over
 their source layer's present, per-layer inputs, its MoE block as an exact mixture; bidirectional attention and the
@@ -41,7 +45,10 @@ multimodal Gemma4ForConditionalGeneration are refused. RoBERTa /
 XLM-RoBERTa map onto our BERT (positions from the pad token id); ModernBERT
 onto models.modernbert. DeepSeek-V3 and DeepSeek-V2 / V2-Lite map onto models.deepseek (MLA with its latent cache,
 YaRN with mscale); V2's router scores by softmax, picks greedily
-or group-limited (a group scored by its best expert) and scales without renormalising.
+or group-limited (a group scored by its best expert) and scales without renormalising. Sarvam-MLA is run as DeepSeek-V3
+by transformers; MiniCPM3 is MLA with dense MLPs and MiniCPM's embedding / residual / logits multipliers (its LongRoPE
+refused: the MLA layer has fixed frequencies); LongCat-Flash maps its two-sublayer layers onto pairs of ours with the
+shortcut MoE beside them (choice-biased softmax router, zero-computation identity experts).
 
 LongRoPE (rope_type "longrope": Phi-3-mini-128k, Phi-3.5-mini, Phi-4-mini) maps onto RopeScaling("longrope") for
 the Llama-likes, both factor sets checked against transformers'. As transformers' rotary embedding
@@ -65,7 +72,7 @@ import torch
 from torch import nn
 
 from onnxattn.models.hf._common import NOT_YET, SUPPORTED, UnsupportedModel, _unsupported, supported_message
-from onnxattn.models.hf.deepseek import _deepseek
+from onnxattn.models.hf.deepseek import _deepseek, _longcat_flash
 from onnxattn.models.hf.encoders import _bert, _modernbert
 from onnxattn.models.hf.gemma import _gemma1, _gemma2, _gemma3
 from onnxattn.models.hf.gemma4 import _gemma4
@@ -82,15 +89,19 @@ _CONVERTERS = {"llama": _llama, "mistral": _llama, "mixtral": _llama, "qwen2": _
                "ernie4_5": _llama, "helium": _llama, "seed_oss": _llama, "exaone4": _llama, "glm4": _llama,
                "glm": _llama, "arcee": _llama, "stablelm": _llama, "nemotron": _llama, "ministral": _llama,
                "ministral3": _llama, "olmo3": _llama, "exaone": _llama, "internlm3": _llama,
-               "glm4_moe": _llama, "minimax_m2": _llama, "llama4_text": _llama4,
+               "glm4_moe": _llama, "minimax_m2": _llama, "dots1": _llama,
+               "solar_open": _llama, "exaone_moe": _llama, "flex_olmo": _llama,
+               "apertus": _llama, "llama4_text": _llama4,
                "granitemoe": _granitemoe, "granitemoeshared": _granitemoe, "ernie4_5_moe": _ernie4_5_moe,
                "falcon": _falcon, "gpt_bigcode": _gpt_bigcode, "opt": _opt, "phimoe": _phimoe,
                "gpt_neox": _gpt_neox, "gptj": _gptj,
                "phi": _phi, "cohere": _cohere, "cohere2": _cohere,
-               "gemma": _gemma1, "gemma2": _gemma2, "gemma3_text": _gemma3, "gemma4_text": _gemma4,
+               "gemma": _gemma1, "gemma2": _gemma2, "vaultgemma": _gemma2, "gemma3_text": _gemma3,
+               "gemma4_text": _gemma4,
                "gpt2": _gpt2,
                "bert": _bert, "roberta": _bert, "xlm-roberta": _bert, "modernbert": _modernbert,
-               "deepseek_v2": _deepseek, "deepseek_v3": _deepseek}
+               "deepseek_v2": _deepseek, "deepseek_v3": _deepseek, "sarvam_mla": _deepseek, "minicpm3": _deepseek,
+               "longcat_flash": _longcat_flash}
 
 
 def from_transformers(hf_model) -> nn.Module:

@@ -42,6 +42,12 @@ SUPPORTED = {
     "internlm3": "LlamaForCausalLM",  # as Llama too
     "glm4_moe": "Glm4MoeForCausalLM",
     "minimax_m2": "MiniMaxM2ForCausalLM",
+    "dots1": "Dots1ForCausalLM",
+    "solar_open": "SolarOpenForCausalLM",
+    "exaone_moe": "ExaoneMoeForCausalLM",
+    "flex_olmo": "FlexOlmoForCausalLM",
+    "apertus": "ApertusForCausalLM",
+    "vaultgemma": "VaultGemmaForCausalLM",
     "llama4_text": "Llama4ForCausalLM",
     "granitemoe": "GraniteMoeForCausalLM",
     "granitemoeshared": "GraniteMoeSharedForCausalLM",
@@ -64,12 +70,16 @@ SUPPORTED = {
     "roberta": "RobertaModel",
     "xlm-roberta": "XLMRobertaModel",
     "modernbert": "ModernBertModel",
+    "sarvam_mla": "DeepseekV3ForCausalLM",  # transformers runs Sarvam-MLA (SarvamMLAConfig) as DeepSeek-V3
+    "minicpm3": "MiniCPM3ForCausalLM",
+    "longcat_flash": "LongcatFlashForCausalLM",
     "deepseek_v2": "DeepseekV2ForCausalLM",
     "deepseek_v3": "DeepseekV3ForCausalLM",
 }
 NOT_YET: dict[str, str] = {}  # model_type -> why it is not converted yet (listed in every refusal)
 _ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu": "gelu", "gelu_new": "gelu_tanh",
-                "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu", "relu2": "relu2"}
+                "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu", "relu2": "relu2",
+                "xielu": "xielu"}  # xielu: Llama's ungated MLP only (models.llama.XIELU)
 
 
 def supported_message() -> str:

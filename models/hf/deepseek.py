@@ -1,4 +1,5 @@
-"""DeepSeek-V3 and DeepSeek-V2 / V2-Lite -> models.deepseek (MLA, DeepSeek MoE)."""
+"""DeepSeek-V3, DeepSeek-V2 / V2-Lite, Sarvam-MLA (transformers runs it as DeepSeek-V3) and MiniCPM3 (MLA without
+experts, half-split RoPE, its scale_emb / scale_depth / dim_model_base multipliers) -> models.deepseek."""
 
 from __future__ import annotations
 
@@ -9,12 +10,12 @@ import torch
 from onnxattn.models import build
 from onnxattn.models._base import set_linear
 from onnxattn.models.deepseek import DeepSeekMoE, DeepSeekV3Config, DeepSeekV3Model
-from onnxattn.models.hf._common import _activation, _check_rope, _rope_scaling, _unsupported
+from onnxattn.models.hf._common import _activation, _check_rope, _copy, _rope_scaling, _unsupported
 
 
 def _deepseek_router(c) -> dict:
     """DeepSeekV3Config's router fields: V3's sigmoid router (the defaults), or V2's softmax one."""
-    if c.model_type == "deepseek_v3":
+    if c.model_type in ("deepseek_v3", "sarvam_mla"):
         return dict(num_groups=c.n_group or 1, groups_per_token=c.topk_group or 1, norm_topk=bool(c.norm_topk_prob))
     freq = getattr(c, "moe_layer_freq", 1)  # not a transformers field: its model has experts in every layer
     if freq != 1:
@@ -32,14 +33,32 @@ def _deepseek_router(c) -> dict:
                        f"{c.topk_group}) is not supported: greedy, or group_limited_greedy with both set")
 
 
+def _minicpm3_multipliers(c) -> dict:
+    """MiniCPM3's muP-style scales: embeddings times scale_emb, each residual branch times scale_depth /
+    sqrt(num_hidden_layers), the final hidden states divided by hidden_size / dim_model_base."""
+    if not c.dim_model_base:
+        raise _unsupported(f"MiniCPM3 with dim_model_base {c.dim_model_base} is not supported (transformers divides "
+                           f"by it)")
+    return dict(embedding_multiplier=float(c.scale_emb),
+                residual_multiplier=float(c.scale_depth) / math.sqrt(c.num_hidden_layers),
+                logits_scaling=c.hidden_size / c.dim_model_base)
+
+
 def _deepseek(hf) -> DeepSeekV3Model:
     """DeepSeek-V3, and DeepSeek-V2 / V2-Lite: the same MLA decoder with V2's router (softmax scores, groups
-    scored by their best expert, no choice bias); V2's RoPE always pairs channels (interleaved)."""
+    scored by their best expert, no choice bias); V2's RoPE always pairs channels (interleaved). Sarvam-MLA is V3's
+    model with its own config class; MiniCPM3 has a dense MLP in every layer and MiniCPM's multipliers."""
     c = hf.config
-    what = {"deepseek_v2": "DeepSeek-V2", "deepseek_v3": "DeepSeek-V3"}[c.model_type]
+    what = {"deepseek_v2": "DeepSeek-V2", "deepseek_v3": "DeepSeek-V3", "sarvam_mla": "Sarvam-MLA",
+            "minicpm3": "MiniCPM3"}[c.model_type]
+    minicpm3 = c.model_type == "minicpm3"
     params = c.rope_parameters
+    if minicpm3 and params.get("rope_type") == "longrope":  # MiniCPM3-4B's; our MLA layer takes fixed frequencies
+        raise _unsupported("MiniCPM3 with LongRoPE (rope_type 'longrope') is not supported: our "
+                           "MultiHeadLatentAttention layer has no per-forward switch between the factor sets")
     scaling = _rope_scaling(params)
-    num_layers, dense = c.num_hidden_layers, c.first_k_dense_replace
+    num_layers = c.num_hidden_layers
+    dense = num_layers if minicpm3 else c.first_k_dense_replace  # MiniCPM3 has no experts
     moe = dense < num_layers  # transformers gives layers >= first_k_dense_replace the MoE
     if moe and (not c.n_routed_experts or not c.num_experts_per_tok):
         raise _unsupported(f"{what} with MoE layers (first_k_dense_replace = {dense} < num_hidden_layers = "
@@ -61,8 +80,8 @@ def _deepseek(hf) -> DeepSeekV3Model:
             rope_theta=params["rope_theta"], rope_scaling=scaling,
             mscale_all_dim=float(params.get("mscale_all_dim") or 0.0) if scaling else 0.0,
             # V2 rotates channel pairs (complex numbers); V3 does when rope_interleave, else half-split
-            rope_interleaved=c.model_type == "deepseek_v2" or bool(c.rope_interleave),
-            attention_bias=bool(c.attention_bias),
+            rope_interleaved=c.model_type == "deepseek_v2" or bool(getattr(c, "rope_interleave", False)),
+            attention_bias=bool(c.attention_bias), **(_minicpm3_multipliers(c) if minicpm3 else {}),
             rms_norm_eps=c.rms_norm_eps,
             # transformers builds the latent norms with RMSNorm's default eps, not rms_norm_eps
             latent_norm_eps=src.layers[0].self_attn.kv_a_layernorm.variance_epsilon,
@@ -107,4 +126,74 @@ def _deepseek(hf) -> DeepSeekV3Model:
                 for name in ("gate_proj", "up_proj", "down_proj"):
                     set_linear(getattr(m, name), getattr(h, name).weight)
     _check_rope(ours, src.rotary_emb.inv_freq, src.rotary_emb.attention_scaling, c.model_type)
+    return ours
+
+
+def _longcat_flash(hf) -> DeepSeekV3Model:
+    """LongCat-Flash: each transformers layer holds two MLA sublayers with their own dense MLPs and one MoE that reads
+    the first MLP's input and joins the residual at the layer's end: our layers in pairs (shortcut_moe). Its router
+    (classifier) scores n_routed_experts + zero_expert_num experts by softmax, the choice steered by
+    e_score_correction_bias, the chosen scores times routed_scaling_factor, not renormalised; the zero experts are
+    identities. MLA scales q by sqrt(hidden / q_lora_rank) and the normed latent by sqrt(hidden / kv_lora_rank): folded
+    into q_b_proj and the latent norm's weight. transformers never adds the classifier's bias (router_bias)."""
+    c = hf.config
+    params = c.rope_parameters
+    scaling = _rope_scaling(params)
+    zero = c.zero_expert_num or 0
+    if not c.n_routed_experts or not c.moe_topk:
+        raise _unsupported(f"LongCat-Flash needs n_routed_experts and moe_topk >= 1, got {c.n_routed_experts} and "
+                           f"{c.moe_topk}")
+    if getattr(c, "mlp_bias", False):
+        raise _unsupported("LongCat-Flash with mlp_bias=True is not supported")
+    src = hf.model
+    try:
+        cfg = DeepSeekV3Config(
+            vocab_size=c.vocab_size, hidden=c.hidden_size, num_layers=2 * c.num_layers,
+            num_heads=c.num_attention_heads, q_rank=c.q_lora_rank, kv_rank=c.kv_lora_rank,
+            nope_head_dim=c.qk_nope_head_dim, rope_head_dim=c.qk_rope_head_dim, v_head_dim=c.v_head_dim,
+            intermediate=c.ffn_hidden_size, num_experts=c.n_routed_experts, experts_per_token=c.moe_topk,
+            moe_intermediate=c.expert_ffn_hidden_size, num_shared_experts=0, num_groups=1, groups_per_token=1,
+            routed_scaling=float(c.routed_scaling_factor), norm_topk=False, router_scoring="softmax",
+            router_choice_bias=True, identity_experts=zero, shortcut_moe=True,
+            rope_theta=params["rope_theta"], rope_scaling=scaling,
+            mscale_all_dim=float(params.get("mscale_all_dim") or 0.0) if scaling else 0.0,
+            rope_interleaved=True, attention_bias=bool(c.attention_bias), rms_norm_eps=c.rms_norm_eps,
+            latent_norm_eps=src.layers[0].self_attn[0].kv_a_layernorm.variance_epsilon,
+            activation=_activation(c.hidden_act), tie_embeddings=bool(c.tie_word_embeddings))
+    except ValueError as e:  # e.g. more experts per token than there are
+        raise _unsupported(f"this {type(c).__name__} does not map onto ours: {e}") from e
+    hf_scale = src.layers[0].self_attn[0].scaling
+    ours_scale = cfg.softmax_scale or 1.0 / math.sqrt(cfg.nope_head_dim + cfg.rope_head_dim)
+    if abs(ours_scale - hf_scale) > 1e-6 * hf_scale:
+        raise _unsupported(f"LongCat-Flash's softmax scale {hf_scale} (rope_parameters {params}, qk_head_dim "
+                           f"{c.qk_head_dim}) is only reproduced for YaRN (ours: {ours_scale})")
+    ours = build(cfg)
+    e = c.n_routed_experts
+    with torch.no_grad():
+        ours.embed_tokens.weight.copy_(src.embed_tokens.weight)
+        if not cfg.tie_embeddings:
+            ours.lm_head.weight.copy_(hf.lm_head.weight)
+        ours.norm.weight.copy_(src.norm.weight)
+        for i, mine in enumerate(ours.layers):
+            theirs, j = src.layers[i // 2], i % 2
+            a, t = mine.attn, theirs.self_attn[j]
+            set_linear(a.q_a_proj, t.q_a_proj.weight, t.q_a_proj.bias)
+            a.q_a_norm.copy_(t.q_a_layernorm.weight)
+            set_linear(a.q_b_proj, t.q_b_proj.weight * t.mla_scale_q_lora)
+            set_linear(a.kv_a_proj, t.kv_a_proj_with_mqa.weight, t.kv_a_proj_with_mqa.bias)
+            a.kv_a_norm.copy_(t.kv_a_layernorm.weight * t.mla_scale_kv_lora)
+            a.load_kv_b_proj(t.kv_b_proj.weight)
+            set_linear(a.o_proj, t.o_proj.weight, t.o_proj.bias)
+            mine.input_norm.weight.copy_(theirs.input_layernorm[j].weight)
+            mine.post_attn_norm.weight.copy_(theirs.post_attention_layernorm[j].weight)
+            for name in ("gate_proj", "up_proj", "down_proj"):
+                set_linear(getattr(mine.mlp, name), getattr(theirs.mlps[j], name).weight)
+            if mine.shortcut is not None:
+                m, h = mine.shortcut, theirs.mlp
+                _copy(m.router, h.router.classifier.weight, "the router weight")
+                _copy(m.e_score_correction_bias, h.router.e_score_correction_bias, "the e_score_correction_bias")
+                # gate_up_proj holds a row per expert, zero ones included (unused); down_proj the MLP experts'
+                _copy(m.gate_up_proj, h.experts.gate_up_proj[:e], "the experts' gate_up_proj")
+                _copy(m.down_proj, h.experts.down_proj, "the experts' down_proj")
+    _check_rope(ours, src.rotary_emb.inv_freq, src.rotary_emb.attention_scaling, "LongCat-Flash")
     return ours

@@ -1,5 +1,5 @@
-"""Gemma, Gemma 2 and Gemma 3 (text) -> our Gemma 3 model (Gemma: all layers global, no soft-caps, no QK-norm,
-pre-norm blocks without Gemma 2's post-norms)."""
+"""Gemma, Gemma 2, Gemma 3 (text) and VaultGemma -> our Gemma 3 model (Gemma: all layers global, no soft-caps, no
+QK-norm, pre-norm blocks without Gemma 2's post-norms; VaultGemma: Gemma 2 without its post-norms)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ def _gemma(hf, what: str, **fields) -> Gemma3Model:
     """Our Gemma model with the weights of a Gemma / Gemma 2 / Gemma 3 causal LM; `fields` are the config fields
     that differ between them (windows, RoPE, QK-norm, soft-caps, post-norms)."""
     c, src = hf.config, hf.model
-    if getattr(c, "use_bidirectional_attention", False):
+    if getattr(c, "use_bidirectional_attention", False) is True:  # VaultGemma's config holds an AttributeError
         raise _unsupported(f"{what} with use_bidirectional_attention (an encoder variant) is not supported")
     if getattr(c, "attention_bias", False):
         raise _unsupported(f"{what} with attention_bias is not supported (our Gemma has no projection biases)")
@@ -42,10 +42,13 @@ def _gemma(hf, what: str, **fields) -> Gemma3Model:
                 a.k_norm.copy_(one(t.k_norm.weight))
             for name in ("gate_proj", "up_proj", "down_proj"):
                 set_linear(getattr(mine.mlp, name), getattr(theirs.mlp, name).weight)
-            # Gemma 1's post_attention_layernorm norms the MLP's input, Gemma 2's the attention's output
+            # Gemma 1's post_attention_layernorm norms the MLP's input, Gemma 2's the attention's output; VaultGemma
+            # keeps only Gemma 2's pre_feedforward_layernorm before the MLP
+            pre_mlp = "pre_feedforward_layernorm" if hasattr(theirs, "pre_feedforward_layernorm") else \
+                "post_attention_layernorm"
             norms = (("input_norm", "input_layernorm"), ("post_attn_norm", "post_attention_layernorm"),
                      ("pre_mlp_norm", "pre_feedforward_layernorm"), ("post_mlp_norm", "post_feedforward_layernorm")) \
-                if cfg.post_norms else (("input_norm", "input_layernorm"), ("pre_mlp_norm", "post_attention_layernorm"))
+                if cfg.post_norms else (("input_norm", "input_layernorm"), ("pre_mlp_norm", pre_mlp))
             for ours_norm, hf_norm in norms:
                 getattr(mine, ours_norm).weight.copy_(getattr(theirs, hf_norm).weight)
     return ours
@@ -77,14 +80,17 @@ def _gemma3(hf) -> Gemma3Model:
 
 
 def _gemma2(hf) -> Gemma3Model:
+    """Gemma 2, and VaultGemma: Gemma 2's attention (soft-cap, sliding layers) in pre-norm blocks without post-norms."""
     c = hf.config
+    what = "VaultGemma" if c.model_type == "vaultgemma" else "Gemma 2"
     params = c.rope_parameters
     if params.get("rope_type", "default") != "default":  # ours would scale the global layers only
-        raise _unsupported(f"Gemma 2 with scaled RoPE ({params['rope_type']}) is not supported")
+        raise _unsupported(f"{what} with scaled RoPE ({params['rope_type']}) is not supported")
     # transformers' eager attention applies the cap (so do flash / flex; it refuses sdpa for Gemma 2)
-    ours = _gemma(hf, "Gemma 2", rope_local_theta=params["rope_theta"], rope_global_theta=params["rope_theta"],
-                  qk_norm=False, attn_logit_softcap=c.attn_logit_softcapping or 0.0, **_windowed(c))
-    _check_rope(ours, hf.model.rotary_emb.inv_freq, hf.model.rotary_emb.attention_scaling, "Gemma 2")
+    ours = _gemma(hf, what, rope_local_theta=params["rope_theta"], rope_global_theta=params["rope_theta"],
+                  qk_norm=False, attn_logit_softcap=c.attn_logit_softcapping or 0.0,
+                  post_norms=c.model_type != "vaultgemma", **_windowed(c))
+    _check_rope(ours, hf.model.rotary_emb.inv_freq, hf.model.rotary_emb.attention_scaling, what)
     return ours
 
 

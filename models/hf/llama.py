@@ -1,7 +1,7 @@
 """Llama-likes (Mistral, Qwen, Phi-3, SmolLM3, Granite, OLMo / OLMo 2 / OLMoE, Starcoder2, GPT-OSS, ERNIE 4.5,
 Helium, Seed-OSS, EXAONE 3.5 / 4, GLM / GLM-4 / GLM-4.5, Arcee, StableLM, Nemotron, Ministral / Ministral 3,
-OLMo 3, InternLM3, MiniMax-M2, ...), GPT-NeoX, Falcon, GPT-J, Phi, Cohere, Cohere 2 -> our
-Llama. _llama also serves converters of their own (models.hf.llama4)."""
+OLMo 3, InternLM3, MiniMax-M2, dots.llm1, Solar Open, K-EXAONE, FlexOlmo, Apertus, ...), GPT-NeoX, Falcon, GPT-J, Phi,
+Cohere, Cohere 2 -> our Llama. _llama also serves converters of their own (models.hf.llama4)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,12 @@ from onnxattn.models.llama import LlamaConfig, LlamaModel
 from onnxattn.models.moe import ClampedSwiGLU, MixtureOfExperts
 
 
+# model types with DeepSeek-V3's MoE block -> their config's names for (routed experts, shared experts)
+_V3_ROUTERS = {"glm4_moe": ("n_routed_experts", "n_shared_experts"), "dots1": ("n_routed_experts", "n_shared_experts"),
+               "solar_open": ("n_routed_experts", "n_shared_experts"),
+               "exaone_moe": ("num_experts", "num_shared_experts")}
+
+
 def _experts(hf) -> dict:
     """LlamaConfig's MoE fields for Mixtral / Qwen2-MoE / Qwen3-MoE; the modules say which layers have experts
     (the Qwen MoEs' mlp_only_layers and decoder_sparse_step leave the others a dense MLP)."""
@@ -26,13 +32,14 @@ def _experts(hf) -> dict:
     if not any(moe):
         return {}
     dense = tuple(i for i, sparse in enumerate(moe) if not sparse)
-    if c.model_type == "glm4_moe":  # DeepSeek-V3's router: sigmoid scores, a choice bias, groups by top-2 sum
-        return dict(num_experts=c.n_routed_experts, experts_per_token=c.num_experts_per_tok,
+    if c.model_type in _V3_ROUTERS:  # DeepSeek-V3's router: sigmoid scores, a choice bias, groups by top-2 sum
+        experts, shared = _V3_ROUTERS[c.model_type]
+        return dict(num_experts=getattr(c, experts), experts_per_token=c.num_experts_per_tok,
                     moe_intermediate=c.moe_intermediate_size, router_scoring="sigmoid",
                     norm_topk=bool(c.norm_topk_prob), routed_scaling=float(c.routed_scaling_factor),
                     num_groups=c.n_group, groups_per_token=c.topk_group, dense_layers=dense,
                     # n_shared_experts SwiGLUs as one wider one, added ungated (0: zero-width, adds nothing)
-                    shared_expert_intermediate=c.moe_intermediate_size * (c.n_shared_experts or 0),
+                    shared_expert_intermediate=c.moe_intermediate_size * (getattr(c, shared) or 0),
                     shared_expert_gated=False)
     if c.model_type == "minimax_m2":  # sigmoid scores, a choice bias, always renormalised; no groups or scaling
         return dict(num_experts=c.num_local_experts, experts_per_token=c.num_experts_per_tok,
@@ -130,6 +137,14 @@ _LLAMA_VARIANTS = {
     # GLM-4.5 / 4.6: attention_bias on q / k / v only, use_qk_norm per head before RoPE (half-split partial RoPE)
     "glm4_moe": lambda c: dict(o_bias=False, qk_norm=bool(c.use_qk_norm)),
     "minimax_m2": lambda c: dict(qk_proj_norm=True),  # over all heads, in pre-norm blocks (as OLMoE)
+    "dots1": lambda c: dict(qk_norm=True),  # Qwen3's attention (per-head QK-norm); DeepSeek-V3's MoE (_experts)
+    # GLM-4.5's MoE in every layer; Llama's attention with attention_bias on q / k / v only
+    "solar_open": lambda c: dict(o_bias=False),
+    # EXAONE 4's attention (per-head QK-norm, RoPE on the sliding layers only) in pre-norm blocks (OLMoE's)
+    "exaone_moe": lambda c: dict(qk_norm=True) | _rope_on_sliding_only(c, "EXAONE MoE", window_required=False),
+    "flex_olmo": lambda c: dict(qk_proj_norm=True, post_norm=True),  # OLMo 2's blocks, OLMoE's experts
+    # per-head QK-norm, ungated up_proj / down_proj MLP (xIELU with learned parameters per layer)
+    "apertus": lambda c: dict(qk_norm=True, gated_mlp=False),
     "olmoe": lambda c: dict(qk_proj_norm=True, clip_qkv=c.clip_qkv),  # pre-norm blocks; clamped after the norms
     "ernie4_5": _ernie4_5, "helium": lambda c: dict(rope_interleaved=True, o_bias=False),
     "seed_oss": lambda c: dict(o_bias=bool(c.attention_out_bias)), "exaone4": _exaone4,
@@ -150,9 +165,12 @@ def _load_norm(ours: nn.Module, theirs: nn.Module, unit_offset: bool) -> None:
     ours.load_state_dict(state)
 
 
-def _block_norms(cfg: LlamaConfig) -> dict[str, str]:
+def _block_norms(cfg: LlamaConfig, model_type: str = "") -> dict[str, str]:
     """Our block's norms -> transformers' (OLMo 2: post_attention_layernorm norms the attention output; GLM-4:
-    post_attention_layernorm norms the MLP input, post_self_attn_layernorm the attention output)."""
+    post_attention_layernorm norms the MLP input, post_self_attn_layernorm the attention output; Apertus names its
+    pre-norms apart)."""
+    if model_type == "apertus":
+        return {"input_norm": "attention_layernorm", "post_attn_norm": "feedforward_layernorm"}
     if cfg.post_norm:
         return {"post_attn_norm": "post_attention_layernorm", "post_mlp_norm": "post_feedforward_layernorm"}
     norms = {"input_norm": "input_layernorm"}
@@ -213,8 +231,10 @@ def _llama(hf, variant=None, mlp: str = "mlp", copy_experts=None) -> LlamaModel:
     fields = dict(
         vocab_size=c.vocab_size, hidden=c.hidden_size, num_layers=c.num_hidden_layers,
         num_heads=c.num_attention_heads, num_kv_heads=c.num_key_value_heads or c.num_attention_heads,
-        head_dim=head_dim, intermediate=c.intermediate_size, rope_theta=rope["rope_theta"],
-        rope_scaling=_rope_scaling(rope, c.max_position_embeddings), rotary_dim=_rotary_dim(c, head_dim),
+        # SolarOpen has no dense width (experts in every layer): its expert width stands in, unused
+        head_dim=head_dim, intermediate=getattr(c, "intermediate_size", None) or c.moe_intermediate_size,
+        rope_theta=rope["rope_theta"], rope_scaling=_rope_scaling(rope, c.max_position_embeddings),
+        rotary_dim=_rotary_dim(c, head_dim),
         rms_norm_eps=getattr(c, "rms_norm_eps", None), qkv_bias=qkv_bias or bool(getattr(c, "attention_bias", False)),
         o_bias=bool(getattr(c, "attention_bias", False)), mlp_bias=bool(getattr(c, "mlp_bias", False)),
         qk_norm=c.model_type in ("qwen3", "qwen3_moe"), sliding_window=window,
@@ -267,7 +287,10 @@ def _llama(hf, variant=None, mlp: str = "mlp", copy_experts=None) -> LlamaModel:
                 hf_names = ("up_proj", "down_proj") if not cfg.gated_mlp and hasattr(h, "up_proj") else names
                 for name, hf_name in zip(names, hf_names):
                     set_linear(getattr(m, name), getattr(h, hf_name).weight, getattr(h, hf_name).bias)
-            for ours_norm, hf_norm in _block_norms(cfg).items():
+                if cfg.activation == "xielu":  # Apertus: its learned parameters, beta and eps
+                    for name in ("alpha_p", "alpha_n", "beta", "eps"):
+                        _copy(getattr(m.act, name), getattr(h.act_fn, name).float(), f"xIELU's {name}")
+            for ours_norm, hf_norm in _block_norms(cfg, c.model_type).items():
                 _load_norm(getattr(mine, ours_norm), getattr(theirs, hf_norm), unit_offset)
     if cfg.sliding_rope is not None:  # OLMo 3: frequencies per layer type
         for kind in set(c.layer_types):
