@@ -49,6 +49,7 @@ transformers = pytest.importorskip("transformers")
 from onnxattn.export import from_transformers  # noqa: E402
 from onnxattn.models import hf as hf_mapping  # noqa: E402
 from onnxattn.models.hf import UnsupportedModel  # noqa: E402
+from onnxattn.nn import LatentCache  # noqa: E402
 
 SMALL = dict(vocab_size=256, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
              intermediate_size=128)
@@ -1172,14 +1173,33 @@ def test_minicpm3_matches_transformers(tmp_path):
     check_deepseek(hf, tmp_path / "minicpm3.onnx", moe_layers=0)
 
 
+def test_minicpm3_longrope_matches_transformers(tmp_path):
+    """MiniCPM3-4B's own RoPE, LongRoPE, over a short context: the prefill of 8 (positions 0..7) uses the short
+    factors, each decode step (positions 8..10 > original_max_position_embeddings 8) the long ones, as
+    transformers' rotary embedding picks them per forward; greedy generation crosses the boundary too."""
+    torch.manual_seed(0)
+    hf = randomize(T.MiniCPM3ForCausalLM(T.MiniCPM3Config(**MINICPM3 | dict(
+        max_position_embeddings=32, rope_parameters={
+            "rope_type": "longrope", "rope_theta": 10000.0, "short_factor": [1.0, 1.1, 1.3, 1.6],
+            "long_factor": [2.0, 3.0, 5.0, 8.0], "original_max_position_embeddings": 8}))))
+    check_deepseek(hf, tmp_path / "minicpm3_longrope.onnx", moe_layers=0)
+    result = from_transformers(hf, tmp_path / "minicpm3_short_only.onnx", progress=False)
+    for layer in result.model.layers:  # the short set in every forward: the decode steps miss
+        layer.attn.long_rope_inv_freq.copy_(layer.attn.rope_inv_freq)
+    ids = torch.randint(0, 256, (2, 11), generator=torch.Generator().manual_seed(1))
+    want = hf_steps(hf, ids, 8)
+    cache = LatentCache()
+    with torch.no_grad():
+        got = [result.model(ids[:, :8], cache=cache).numpy()] + [
+            result.model(ids[:, t:t + 1], cache=cache).numpy() for t in range(8, 11)]
+    errors = [relative_error(g, w) for g, w in zip(got, want)]
+    assert errors[0] <= 1e-4 < min(errors[1:]), errors
+
+
 @pytest.mark.parametrize("overrides, match", [
-    # MiniCPM3-4B's own RoPE: the MLA layer cannot switch factor sets per forward
-    (dict(rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0, "short_factor": [1.0] * 4,
-                           "long_factor": [2.0] * 4, "original_max_position_embeddings": 32}),
-     "MiniCPM3 with LongRoPE .* is not supported: our MultiHeadLatentAttention layer has no per-forward switch"),
     (dict(mlp_bias=True), "MiniCPM3 with mlp_bias=True is not supported"),
     (dict(dim_model_base=0), "MiniCPM3 with dim_model_base 0 is not supported"),
-], ids=["longrope", "mlp_bias", "dim_model_base-0"])
+], ids=["mlp_bias", "dim_model_base-0"])
 def test_minicpm3_unsupported_settings_are_named(overrides, match, tmp_path):
     hf = T.MiniCPM3ForCausalLM(T.MiniCPM3Config(**MINICPM3 | dict(num_hidden_layers=1) | overrides))
     with pytest.raises(UnsupportedModel, match=match):

@@ -10,7 +10,8 @@ import torch
 from onnxattn.models import build
 from onnxattn.models._base import set_linear
 from onnxattn.models.deepseek import DeepSeekMoE, DeepSeekV3Config, DeepSeekV3Model
-from onnxattn.models.hf._common import _activation, _check_rope, _copy, _rope_scaling, _unsupported
+from onnxattn.models.hf._common import (_activation, _check_rope, _copy, _hf_frequencies, _rope_scaling,
+                                       _unsupported)
 
 
 def _deepseek_router(c) -> dict:
@@ -53,10 +54,8 @@ def _deepseek(hf) -> DeepSeekV3Model:
             "minicpm3": "MiniCPM3"}[c.model_type]
     minicpm3 = c.model_type == "minicpm3"
     params = c.rope_parameters
-    if minicpm3 and params.get("rope_type") == "longrope":  # MiniCPM3-4B's; our MLA layer takes fixed frequencies
-        raise _unsupported("MiniCPM3 with LongRoPE (rope_type 'longrope') is not supported: our "
-                           "MultiHeadLatentAttention layer has no per-forward switch between the factor sets")
-    scaling = _rope_scaling(params)
+    # MiniCPM3-4B's LongRoPE: the MLA layer picks the factor set per forward, as transformers' rotary embedding
+    scaling = _rope_scaling(params, c.max_position_embeddings if minicpm3 else None)
     num_layers = c.num_hidden_layers
     dense = num_layers if minicpm3 else c.first_k_dense_replace  # MiniCPM3 has no experts
     moe = dense < num_layers  # transformers gives layers >= first_k_dense_replace the MoE
@@ -125,7 +124,8 @@ def _deepseek(hf) -> DeepSeekV3Model:
             if m is not None:
                 for name in ("gate_proj", "up_proj", "down_proj"):
                     set_linear(getattr(m, name), getattr(h, name).weight)
-    _check_rope(ours, src.rotary_emb.inv_freq, src.rotary_emb.attention_scaling, c.model_type)
+    short, long = _hf_frequencies(src.rotary_emb)  # long: LongRoPE's second set (MiniCPM3), else None
+    _check_rope(ours, short, src.rotary_emb.attention_scaling, c.model_type, long)
     return ours
 
 

@@ -20,7 +20,7 @@ from torch import nn
 from onnxattn.nn import functional as F
 from onnxattn.nn.kv_cache import KVCache
 from onnxattn.nn.reference import apply_rope, compute_dtype
-from onnxattn.nn.rope import Rope
+from onnxattn.nn.rope import Rope, longrope_frequencies
 
 FORMS = ("deepseek", "seed")
 
@@ -42,8 +42,8 @@ def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor
 
 
 def _no_longrope(name: str, rope: Rope) -> None:
-    if rope.switches:  # its frequencies are chosen per forward (GroupedQueryAttention does); not wired here
-        raise ValueError(f"{name}: LongRoPE scaling is not supported (GroupedQueryAttention takes it)")
+    if rope.switches:  # its frequencies are chosen per forward (the deepseek form does); not wired here
+        raise ValueError(f"{name}: LongRoPE scaling is not supported by the seed form (the deepseek form takes it)")
 
 
 def _onnx_rotary_embedding_available() -> bool:
@@ -127,10 +127,13 @@ class MultiHeadLatentAttention(nn.Module):
         self.w_uv = nn.Parameter(torch.randn(h, kv_rank, v_head_dim) / math.sqrt(kv_rank))
         self.o_proj = nn.Linear(h * v_head_dim, self.model_dim, bias=False)
         self.rope = rope if rope is not None else Rope(interleaved=True)
-        _no_longrope(name, self.rope)
         if self.rope.rotary_dim not in (None, dr):
             raise ValueError(f"{name}: RoPE rotates the whole rope part (rope_head_dim = {dr}); rotary_dim must be None")
         inv_freq, self.rope_attention_scaling = self.rope.frequencies(dr)
+        # LongRoPE (MiniCPM3): rope_inv_freq is the short set; each forward picks one by its positions, as
+        # GroupedQueryAttention.rope_frequencies does
+        long = self.rope.frequencies(dr, long=True)[0] if self.rope.switches else None
+        self.register_buffer("long_rope_inv_freq", long, persistent=False)
         # the default frequencies are computed by the op itself; scaled ones travel as an input
         self.register_buffer("rope_inv_freq", inv_freq if self.rope.scaling else None, persistent=False)
 
@@ -184,9 +187,19 @@ class MultiHeadLatentAttention(nn.Module):
                 past_latent = x.new_zeros(x.shape[0], 1, 0, self.kv_rank)
                 past_k_rope = x.new_zeros(x.shape[0], 1, 0, self.rope_head_dim)
         q, latent, k_rope = self.project(x)
+        inv_freq = self.rope_inv_freq
+        if self.long_rope_inv_freq is not None:  # LongRoPE: by the forward's largest position (over the batch)
+            if position_ids is not None:
+                last = position_ids.max()
+            else:
+                past = past_lengths.max() if past_lengths is not None else (
+                    past_latent.shape[-2] if past_latent is not None else 0)
+                last = (torch.arange(x.shape[1], device=x.device) + past).max()  # a tensor for a traced past
+            inv_freq = longrope_frequencies(inv_freq, self.long_rope_inv_freq, last,
+                                            self.rope.scaling.original_max_positions)
         out, present_latent, present_k_rope = F.multi_head_latent_attention(
             q, latent, k_rope, self.w_uk, self.w_uv, past_latent, past_k_rope, past_lengths, position_ids,
-            self.rope_inv_freq, num_heads=self.num_heads, causal=self.causal, window=self.window,
+            inv_freq, num_heads=self.num_heads, causal=self.causal, window=self.window,
             softcap=self.softcap, scale=self.scale, rope_base=self.rope.base, rope_interleaved=self.rope.interleaved,
             rope_attention_scaling=self.rope_attention_scaling)
         if cache is not None:
