@@ -17,7 +17,10 @@ expert), Ministral 3's per-position scale of q (query_scale_beta) and OLMo 3's R
 some layers only (qk_norm_layers), attention temperature (the query scale at cache positions, offset by one, on
 some layers: query_scale_cache_positions, query_scale_offset, query_scale_layers) and experts that weigh their
 inputs (expert_input_scaling), ERNIE 4.5 MoE's routing (router_choice_bias, router_norm_min, shared_expert_bias)
-and PhiMoE's SparseMixer (router_scoring "sparsemixer", router_jitter_eps). GptOssConfig ("gpt-oss" in the registry)
+and PhiMoE's SparseMixer (router_scoring "sparsemixer", router_jitter_eps), DBRX's p-norm renormalisation
+(router_norm_p), Cohere 2 MoE's averaged shared expert (shared_expert_average), Hunyuan's QK-norm after RoPE (both in
+torch before a node without RoPE: qk_norm_after_rope) and AFMoE's per-channel sigmoid gate on the attention output
+(attention_output_gate). GptOssConfig ("gpt-oss" in the registry)
 sets those options for a tiny GPT-OSS."""
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from onnxattn.models._base import (ACTIVATIONS, CausalLM, RMSNorm, SwiGLU, check
                                    init_weights)
 from onnxattn.models.moe import ClampedSwiGLU, MixtureOfExperts, check_moe
 from onnxattn.nn import GroupedQueryAttention, Rope, RopeScaling
+from onnxattn.nn.reference import apply_rope, rms_norm_heads
 
 LAYER_TYPES = ("full_attention", "sliding_attention")
 LLAMA_LAYER_TYPES = (*LAYER_TYPES, "chunked_attention")  # Llama 4's chunked layers (ModernBERT's are LAYER_TYPES)
@@ -130,6 +134,16 @@ class LlamaConfig:
     query_scale_cache_positions: bool = False
     query_scale_layers: tuple[int, ...] | None = None
     expert_input_scaling: bool = False  # the experts run on x times their routing weight, summed unweighted
+    # DBRX: the chosen experts' weights renormalised by their p-norm (with norm_topk) [moe_normalize_expert_weights]
+    router_norm_p: float = 1.0
+    # Cohere 2 MoE: the shared expert's output averaged with the routed experts' [shared_expert_combination_strategy]
+    shared_expert_average: bool = False
+    # Hunyuan: the per-head QK-norm (qk_norm's weights) after RoPE: both in torch before the node, which gets rope=0
+    # and no QK-norm (its cache then holds K rotated and normed, as transformers'). Layers without RoPE keep the op's
+    qk_norm_after_rope: bool = False
+    # AFMoE: the node's output times sigmoid(gate_proj(x)) per channel (gate_proj: hidden -> heads * head_dim, no
+    # bias), before o_proj
+    attention_output_gate: bool = False
     seed: int = 0
 
     def __post_init__(self):
@@ -203,6 +217,15 @@ class LlamaConfig:
         # the op's QK-norm would undo a scale applied before the node
         if any(self.query_scale(i) and self.has_qk_norm(i) for i in range(self.num_layers)):
             raise ValueError(f"{name}: query_scale_beta cannot be combined with qk_norm on the same layer")
+        if not 0 < self.router_norm_p < math.inf:
+            raise ValueError(f"{name}: router_norm_p must be > 0 and finite, got {self.router_norm_p}")
+        if self.shared_expert_average and not self.shared_expert_intermediate:
+            raise ValueError(f"{name}: shared_expert_average needs a shared expert (shared_expert_intermediate > 0)")
+        if self.qk_norm_after_rope and not self.qk_norm:
+            raise ValueError(f"{name}: qk_norm_after_rope needs qk_norm (its weights)")
+        if self.qk_norm_after_rope and self.rope_scaling is not None and self.rope_scaling.kind == "longrope":
+            raise ValueError(f"{name}: qk_norm_after_rope cannot be combined with LongRoPE (its factor sets switch "
+                             f"per forward in the node)")
         if self.sliding_rope is not None and not 0 < self.sliding_rope[0] < math.inf:
             raise ValueError(f"{name}: sliding_rope's theta must be > 0 and finite, got {self.sliding_rope[0]}")
 
@@ -310,18 +333,46 @@ class QueryScale:
         return 1 + self.beta * torch.log(1 + torch.floor((positions.float() + self.offset) / self.period))
 
 
+class GatedLinear(nn.Linear):
+    """An nn.Linear whose input is first multiplied by `gate` (set by its LlamaAttention around each forward; None:
+    no gate): AFMoE's o_proj of the node's output times sigmoid(gate_proj(x))."""
+
+    gate: torch.Tensor | None = None
+
+    def forward(self, x):
+        return super().forward(x if self.gate is None else x * self.gate)
+
+
 class LlamaAttention(GroupedQueryAttention):
     """GroupedQueryAttention with what runs in torch between the projections and the node (the op's QK-norm is an
     RMSNorm per head), each optional, in this order: OLMo 2's RMSNorm over q_proj's and k_proj's whole outputs, all
     heads at once (`proj_norm_eps`: q_proj_norm, k_proj_norm); Cohere's / Phi's / StableLM's LayerNorm over each head
     of q and k (`head_norm`: q_head_norm, k_head_norm, see HeadLayerNorm); OLMo's clamp of q, k and v to
     [-clip_qkv, clip_qkv] (after the norms, as OLMoE); Ministral 3's and Llama 4's per-position scale of q
-    (`query_scale`: a QueryScale). The node then applies RoPE."""
+    (`query_scale`: a QueryScale); Hunyuan's RoPE then per-head RMS QK-norm (`rope_then_norm`: the Rope, applied at
+    the node's positions, then q_rope_norm / k_rope_norm [head_dim]; give the node rope=None and no QK-norm). The node
+    then applies its RoPE, if any. After the node, AFMoE's `output_gate`: its output times sigmoid(gate_proj(x)) per
+    channel, before o_proj (a GatedLinear)."""
 
     def __init__(self, *args, proj_norm_eps: float | None = None, head_norm: str | None = None,
                  head_norm_eps: float = 1e-5, clip_qkv: float | None = None,
-                 query_scale: QueryScale | None = None, **kwargs):
+                 query_scale: QueryScale | None = None, rope_then_norm: Rope | None = None, output_gate: bool = False,
+                 **kwargs):
         super().__init__(*args, **kwargs)
+        if output_gate:  # created only when asked for: the seeded init of the others stays as it was
+            self.gate_proj = nn.Linear(self.model_dim, self.q_width, bias=False)
+            o_proj = GatedLinear(self.q_width, self.model_dim, bias=self.o_proj.bias is not None)
+            o_proj.load_state_dict(self.o_proj.state_dict())
+            self.o_proj = o_proj
+        self.rope_then_norm = rope_then_norm
+        if rope_then_norm is not None:
+            if rope_then_norm.switches:  # LongRoPE picks its set per forward; not modelled here
+                raise ValueError("LlamaAttention: rope_then_norm cannot be a switching (LongRoPE) Rope")
+            inv_freq, self.torch_rope_scaling = rope_then_norm.frequencies(self.head_dim)
+            # the name ends in rope_inv_freq so that models._base.cast_model keeps it float32
+            self.register_buffer("torch_rope_inv_freq", inv_freq, persistent=False)
+            self.q_rope_norm = nn.Parameter(torch.ones(self.head_dim))
+            self.k_rope_norm = nn.Parameter(torch.ones(self.head_dim))
         self.q_proj_norm = self.k_proj_norm = self.q_head_norm = self.k_head_norm = None
         if proj_norm_eps is not None:
             self.q_proj_norm = RMSNorm(self.q_width, proj_norm_eps)
@@ -331,7 +382,7 @@ class LlamaAttention(GroupedQueryAttention):
             self.q_head_norm = HeadLayerNorm(self.num_query_heads, self.head_dim, head_norm_eps, per_head=per_head)
             self.k_head_norm = HeadLayerNorm(self.num_kv_heads, self.head_dim, head_norm_eps, per_head=per_head)
         self.clip_qkv, self.query_scale = clip_qkv, query_scale
-        self._query_positions = None  # set by forward for project, with query_scale
+        self._query_positions = self._rope_positions = None  # set by forward for project
 
     def op_positions(self, x, kw: dict, *, slots: bool = False) -> torch.Tensor:
         """The positions the node rotates x's tokens by ([B or 1, S], or [T] paged), from forward's arguments; with
@@ -354,13 +405,34 @@ class LlamaAttention(GroupedQueryAttention):
         return torch.arange(s, device=x.device)[None, :] + offset
 
     def forward(self, x, **kwargs):
-        if self.query_scale is None:
+        gated = isinstance(self.o_proj, GatedLinear)
+        if self.query_scale is None and self.rope_then_norm is None and not gated:
             return super().forward(x, **kwargs)
-        self._query_positions = self.op_positions(x, kwargs, slots=self.query_scale.cache_positions)
+        if gated:  # read by o_proj inside the base forward
+            self.o_proj.gate = torch.sigmoid(self.gate_proj(x))
+        if self.query_scale is not None:
+            self._query_positions = self.op_positions(x, kwargs, slots=self.query_scale.cache_positions)
+        if self.rope_then_norm is not None:  # the positions the node would rotate by
+            self._rope_positions = self.op_positions(x, kwargs)
         try:
             return super().forward(x, **kwargs)
         finally:
-            self._query_positions = None
+            self._query_positions = self._rope_positions = None
+            if gated:
+                self.o_proj.gate = None
+
+    def _rotate_and_norm(self, t: torch.Tensor, heads: int, weight: torch.Tensor) -> torch.Tensor:
+        """t [..., S, heads * head_dim] (or paged [T, ...]) rotated at _rope_positions in float32, then RMS-normed per
+        head in float32 and times weight in t's dtype (as transformers' RMSNorm)."""
+        h = t.unflatten(-1, (heads, self.head_dim)).transpose(-3, -2).float()  # [B, H, S, D] or paged [H, T, D]
+        positions = self._rope_positions
+        paged = h.dim() == 3
+        if paged:
+            h, positions = h[None], positions.reshape(1, -1)
+        h = apply_rope(h, positions, self.torch_rope_inv_freq, interleaved=self.rope_then_norm.interleaved,
+                       attention_scaling=self.torch_rope_scaling)
+        h = (rms_norm_heads(h, None, self.qk_norm_eps).to(t.dtype) * weight.to(t.dtype))
+        return (h[0] if paged else h).transpose(-3, -2).flatten(-2)
 
     def project(self, x):
         q, k, v = super().project(x)
@@ -373,6 +445,9 @@ class LlamaAttention(GroupedQueryAttention):
             q, k, v = q.clamp(-c, c), k.clamp(-c, c), v.clamp(-c, c)
         if self.query_scale is not None:
             q = q * self.query_scale(self._query_positions).unsqueeze(-1).to(q.dtype)
+        if self.rope_then_norm is not None:
+            q = self._rotate_and_norm(q, self.num_query_heads, self.q_rope_norm)
+            k = self._rotate_and_norm(k, self.num_kv_heads, self.k_rope_norm)
         return q, k, v
 
 
@@ -403,14 +478,21 @@ class LlamaBlock(nn.Module):
                                                               interleaved=cfg.rope_interleaved, scaling=scaling)
         attention, extra = GroupedQueryAttention, {}
         query_scale = cfg.query_scale(layer_idx)
-        if cfg.qk_proj_norm or cfg.qk_layer_norm or cfg.clip_qkv is not None or query_scale is not None:
+        qk_norm = cfg.has_qk_norm(layer_idx)
+        # Hunyuan: RoPE and QK-norm in torch, none on the node (a layer without RoPE keeps the op's QK-norm)
+        rope_then_norm = rope if cfg.qk_norm_after_rope and qk_norm and rope is not None else None
+        if rope_then_norm is not None:
+            rope = qk_norm = None
+        if cfg.qk_proj_norm or cfg.qk_layer_norm or cfg.clip_qkv is not None or query_scale is not None or \
+                rope_then_norm is not None or cfg.attention_output_gate:
             attention, extra = LlamaAttention, dict(
                 proj_norm_eps=cfg.rms_norm_eps if cfg.qk_proj_norm else None, head_norm=cfg.qk_layer_norm,
-                head_norm_eps=cfg.rms_norm_eps, clip_qkv=cfg.clip_qkv, query_scale=query_scale)
+                head_norm_eps=cfg.rms_norm_eps, clip_qkv=cfg.clip_qkv, query_scale=query_scale,
+                rope_then_norm=rope_then_norm, output_gate=cfg.attention_output_gate)
         self.attn = attention(
             cfg.hidden, cfg.num_heads, cfg.num_kv_heads, head_dim=cfg.resolved_head_dim, bias=cfg.qkv_bias,
             out_bias=cfg.o_bias, window=cfg.window(layer_idx), attention_chunk=cfg.chunk(layer_idx),
-            scale=cfg.attention_scale, rope=rope, qk_norm=cfg.has_qk_norm(layer_idx), qk_norm_eps=cfg.rms_norm_eps,
+            scale=cfg.attention_scale, rope=rope, qk_norm=bool(qk_norm), qk_norm_eps=cfg.rms_norm_eps,
             sinks=cfg.attention_sinks, layer_idx=layer_idx, **extra)
         self.sandwich_norm = cfg.sandwich_norm
         if cfg.sandwich_norm:  # registered only when asked for: the seeded init of the others stays as it was
@@ -426,7 +508,8 @@ class LlamaBlock(nn.Module):
                                         groups_per_token=cfg.groups_per_token, shared_gated=cfg.shared_expert_gated,
                                         choice_bias=cfg.router_choice_bias, norm_min=cfg.router_norm_min,
                                         shared_bias=cfg.shared_expert_bias, jitter_eps=cfg.router_jitter_eps,
-                                        scale_inputs=cfg.expert_input_scaling)
+                                        scale_inputs=cfg.expert_input_scaling, norm_p=cfg.router_norm_p,
+                                        shared_average=cfg.shared_expert_average)
         else:
             self.mlp = (SwiGLU if cfg.gated_mlp else PlainMLP)(cfg.hidden, cfg.intermediate, cfg.mlp_bias,
                                                                cfg.activation)

@@ -27,6 +27,9 @@ Llama 4 (scale_inputs): each expert runs on the token times its weight, and the 
 (its router: sigmoid scoring, top-k, no renormalisation; an ungated shared expert).
 LongCat-Flash's zero-computation experts (identity_experts, off by default): the router scores num_experts +
 identity_experts choices; a chosen identity expert adds the token itself times its weight (no MLP runs for it).
+DBRX (norm_p, 1 by default): the chosen weights renormalised by their p-norm instead of their sum
+(moe_normalize_expert_weights). Cohere 2 MoE (shared_average): the shared expert's output averaged with the routed
+experts' instead of added.
 Top-k ties: torch.topk decides in eager torch (as in transformers); the exported ONNX TopK prefers the lower
 index, so an exact tie between two scores could pick a different expert there."""
 
@@ -107,8 +110,13 @@ class MixtureOfExperts(nn.Module):
                  group_score: str = "top2_sum", shared_intermediate: int = 0, router_bias: bool = False,
                  expert_bias: bool = False, glu: ClampedSwiGLU | None = None, shared_gated: bool = True,
                  choice_bias: bool = False, norm_min: float = 0.0, shared_bias: bool = False, jitter_eps: float = 0.0,
-                 scale_inputs: bool = False, identity_experts: int = 0):
+                 scale_inputs: bool = False, identity_experts: int = 0, norm_p: float = 1.0,
+                 shared_average: bool = False):
         super().__init__()
+        if not 0 < norm_p < math.inf:  # NaN too
+            raise ValueError(f"{type(self).__name__}: norm_p must be > 0 and finite, got {norm_p}")
+        if shared_average and not shared_intermediate:
+            raise ValueError(f"{type(self).__name__}: shared_average needs a shared expert (shared_intermediate > 0)")
         if scale_inputs and expert_bias:  # a biased expert would give non-zero for the zero input of one not chosen
             raise ValueError(f"{type(self).__name__}: scale_inputs cannot be combined with expert_bias")
         if identity_experts < 0 or (identity_experts and (scale_inputs or num_groups != 1 or scoring == "sparsemixer")):
@@ -125,6 +133,7 @@ class MixtureOfExperts(nn.Module):
         self.num_groups, self.topk_groups, self.group_score = num_groups, groups_per_token, group_score
         self.routed_scaling, self.norm_topk, self.scale_inputs = routed_scaling, norm_topk, scale_inputs
         self.norm_min, self.jitter_eps = norm_min, jitter_eps
+        self.norm_p, self.shared_average = norm_p, shared_average
         # experts with a non-zero weight per token (SparseMixer always routes to 2)
         self.routed_per_token = 2 if scoring == "sparsemixer" else experts_per_token
         self.dispatch = "auto"  # see the module docstring
@@ -173,6 +182,8 @@ class MixtureOfExperts(nn.Module):
         weights = scores.gather(-1, chosen)
         if self.norm_topk and self.norm_min:  # ERNIE 4.5's clamp of the sum
             weights = weights / weights.sum(-1, keepdim=True).clamp(min=self.norm_min)
+        elif self.norm_topk and self.norm_p != 1.0:  # DBRX: by the p-norm, no epsilon (as transformers)
+            weights = weights / weights.abs().pow(self.norm_p).sum(-1, keepdim=True).pow(1 / self.norm_p)
         elif self.norm_topk:  # the epsilon (DeepSeek-V3's) cannot change a softmax sum, which is >= k / E
             weights = weights / (weights.sum(-1, keepdim=True) + 1e-20)
         return torch.zeros_like(scores).scatter(-1, chosen, weights * self.routed_scaling)
@@ -195,6 +206,8 @@ class MixtureOfExperts(nn.Module):
         out = self.mix(tokens, self.route(tokens)).reshape(x.shape)
         if self.shared_expert is None:
             return out
+        if self.shared_average:  # Cohere 2 MoE's "average" combination
+            return (out + self.shared_expert(x)) / 2
         if self.shared_expert_gate is None:
             return out + self.shared_expert(x)
         return out + torch.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)
@@ -289,4 +302,6 @@ class MixtureOfExperts(nn.Module):
         return (f"experts={self.num_experts}, top_k={self.top_k}, scoring={self.scoring}{groups}, "
                 f"intermediate={self.down_proj.shape[-1]}{shared}{gpt_oss}"
                 f"{', scale_inputs' if self.scale_inputs else ''}"
+                f"{f', norm_p={self.norm_p}' if self.norm_p != 1.0 else ''}"
+                f"{', shared_average' if self.shared_average else ''}"
                 f"{f', identity_experts={self.identity_experts}' if self.identity_experts else ''}")

@@ -26,7 +26,10 @@ transformers' generate); Gemma 1 maps onto
 our Gemma without post-norms; Granite 3 MoE (multipliers, experts; GraniteMoeShared's shared MLP), ERNIE 4.5
 MoE (choice-biased softmax routing, clamped renormalisation), Falcon (multi-query, grouped KV, one or two norms,
 sequential blocks) and PhiMoE (SparseMixer routing) map onto our Llama, GPT-BigCode (multi-query) and OPT (offset
-positions, pre- or post-norm, projected embeddings) onto our GPT-2; the encoders (BERT, RoBERTa / XLM-RoBERTa
+positions, pre- or post-norm, projected embeddings) onto our GPT-2; Cohere 2 MoE (dense prefix with force_rope, softmax
+or sigmoid routing, shared experts averaged or summed), DBRX (fused Wqkv, clip_qkv, p-norm routing), Hunyuan dense /
+MoE (QK-norm after RoPE, in torch before a node without RoPE; NTK-alpha) and AFMoE (gated attention output, sandwich
+norms, muP) map onto our Llama too; the encoders (BERT, RoBERTa / XLM-RoBERTa
 with positions from the pad token, ModernBERT with its local band) match transformers' hidden states on real
 tokens under a key-padding mask; unsupported architectures and settings get a message listing the supported ones."""
 
@@ -112,6 +115,19 @@ def dots1():
     with torch.no_grad():
         bias.copy_(torch.randn(bias.shape, generator=torch.Generator().manual_seed(3)) * 0.1)
     return hf
+
+
+def dbrx_config(attn: dict | None = None, ffn: dict | None = None, **overrides):
+    """DBRX: fused Wqkv (rows [q | k | v], GQA 4 / 2) clamped by clip_qkv 1 (unclamped: the logits miss by ~1),
+    bias-free LayerNorms, half-split RoPE at base 500k, top-2 of 4 experts in every layer by a softmax over all,
+    renormalised by the 2-norm of the chosen weights (moe_normalize_expert_weights 2; released: 1, the sum: ~0.3; not
+    renormalised: ~0.5). Its attention reads attn_config.rope_theta (unused: rope_parameters rule)."""
+    return T.DbrxConfig(**dict(
+        d_model=64, n_heads=4, n_layers=2, vocab_size=256, max_seq_len=64,
+        rope_parameters={"rope_type": "default", "rope_theta": 500000.0},
+        attn_config=dict(kv_n_heads=2, clip_qkv=1.0, rope_theta=500000.0) | (attn or {}),
+        ffn_config=dict(ffn_hidden_size=32, moe_num_experts=4, moe_top_k=2, moe_normalize_expert_weights=2.0) |
+        (ffn or {})) | overrides)
 
 
 def _choice_biases(hf):
@@ -264,6 +280,39 @@ CASES = {
     "vaultgemma": lambda: T.VaultGemmaForCausalLM(T.VaultGemmaConfig(
         **SMALL, head_dim=32, sliding_window=6, query_pre_attn_scalar=16, attn_logit_softcapping=5.0,
         final_logit_softcapping=10.0, attn_implementation="eager")),
+    # Cohere 2 MoE: Cohere 2's parallel blocks (bias-free LayerNorm, interleaved RoPE, logits x 0.3); layer 0 dense
+    # (first_k_dense_replace, 96 wide) and full, with RoPE all the same (force_rope; as NoPE the logits miss by ~0.3),
+    # layer 1 sliding (window < prompt; off: ~0.3) with top-2 of 4 experts by a softmax of the top-2 logits and a
+    # shared expert averaged with them (summed instead: ~0.3; dropped: ~0.4)
+    "cohere2_moe": lambda: T.Cohere2MoeForCausalLM(T.Cohere2MoeConfig(
+        **SMALL, **NO_TOKENS, logit_scale=0.3, sliding_window=6, sliding_window_pattern=2, num_experts=4,
+        num_experts_per_tok=2, num_shared_experts=1, prefix_dense_intermediate_size=96, first_k_dense_replace=1)),
+    # RMSNorm (rms_norm_eps set), layer 0 sliding (window off: ~0.6), layer 1 full without RoPE (with: ~0.2), experts in
+    # both by a sigmoid of the top-2 logits (softmax instead: ~0.4) not renormalised (renormalised: ~0.4), plus 2 shared
+    # experts as one, summed (dropped: ~0.9)
+    "cohere2_moe_sigmoid": lambda: T.Cohere2MoeForCausalLM(T.Cohere2MoeConfig(
+        **SMALL, **NO_TOKENS, logit_scale=0.3, sliding_window=6, layer_types=["sliding_attention", "full_attention"],
+        num_experts=4, num_experts_per_tok=2, num_shared_experts=2, shared_expert_combination_strategy="sum",
+        expert_selection_fn="sigmoid", norm_topk_prob=False, rms_norm_eps=1e-6)),
+    "dbrx": lambda: T.DbrxForCausalLM(dbrx_config()),
+    # Hunyuan: RoPE, then a per-head RMS QK-norm with weights (both in torch before the node, which has rope=0; normed
+    # before RoPE, as the op's QK-norm would, the logits miss by ~0.5; weights of ones: ~0.3), head_dim 16
+    "hunyuan_v1_dense": lambda: T.HunYuanDenseV1ForCausalLM(T.HunYuanDenseV1Config(**SMALL, **NO_TOKENS, head_dim=16)),
+    # as the dense one (QK-norm before RoPE: ~0.5; weights of ones: ~0.5), with its NTK-alpha RoPE (the base times
+    # alpha^(16 / 14); alpha 10 here, 1000 released; base 10k unstretched: ~0.5) and top-2 of 4 experts in every layer
+    # by a softmax, renormalised (not: ~0.4), plus an ungated shared MLP (dropped: ~1)
+    "hunyuan_v1_moe": lambda: T.HunYuanMoEV1ForCausalLM(T.HunYuanMoEV1Config(
+        **(SMALL | dict(intermediate_size=48)), **NO_TOKENS, head_dim=16, num_experts=4, moe_topk=2,
+        rope_parameters={"rope_type": "dynamic", "rope_theta": 10000.0, "alpha": 10.0, "factor": 1.0})),
+    # AFMoE: per-head QK-norm before RoPE (the node's), layer 0 sliding with RoPE (window < prompt; off: ~0.9), layer 1
+    # full without (with: ~0.4), the attention output times sigmoid(gate_proj(x)) per channel (ungated: ~1), sandwich
+    # norms (no output norms: ~0.9), muP: embeddings times sqrt(64) (off: ~1); layer 0 dense (num_dense_layers),
+    # layer 1 top-3 of 8 experts by sigmoid scores steered by a random expert_bias (zeroed: ~0.5), renormalised then
+    # times route_scale 2.5 (times 1: ~0.2), plus an ungated shared expert (dropped: ~0.5)
+    "afmoe": lambda: T.AfmoeForCausalLM(T.AfmoeConfig(
+        **SMALL, **NO_TOKENS, head_dim=16, sliding_window=6, layer_types=["sliding_attention", "full_attention"],
+        num_dense_layers=1, num_experts=8, num_experts_per_tok=3, moe_intermediate_size=32, num_shared_experts=1,
+        route_scale=2.5, mup_enabled=True)),
     # Pythia: parallel blocks with two LayerNorms, query_key_value rows per head [q | k | v], 4 of 16 channels rotated
     "gpt_neox": lambda: T.GPTNeoXForCausalLM(T.GPTNeoXConfig(**MHA, rotary_pct=0.25)),
     "gpt_neox_sequential": lambda: T.GPTNeoXForCausalLM(T.GPTNeoXConfig(**MHA, rotary_pct=0.25,
@@ -348,6 +397,10 @@ NODE_ATTRS = {"smollm3": dict(rope=[1, 0], window=[0, 6]), "granite": dict(scale
               "phi": dict(rotary_dim=[6, 6], rope_interleaved=[0, 0]), "phi_qk_layernorm": dict(rotary_dim=[6, 6]),
               "cohere": dict(rope_interleaved=[1, 1]),
               "cohere2": dict(rope=[1, 0], window=[6, 0], rope_interleaved=[1, 0]),
+              "cohere2_moe": dict(rope=[1, 1], window=[0, 6], rope_interleaved=[1, 1]),
+              "cohere2_moe_sigmoid": dict(rope=[1, 0], window=[6, 0]),
+              "hunyuan_v1_dense": dict(rope=[0, 0]), "hunyuan_v1_moe": dict(rope=[0, 0]),
+              "afmoe": dict(rope=[1, 0], window=[6, 0]),
               "gpt_oss": dict(window=[6, 0]), "ernie4_5": dict(rope_interleaved=[1, 1], rotary_dim=[0, 0]),
               "helium": dict(rope_interleaved=[1, 1]), "exaone4": dict(rope=[1, 0], window=[6, 0]),
               "glm": dict(rope_interleaved=[1, 1], rotary_dim=[8, 8]),
@@ -965,8 +1018,44 @@ _MOE_AND_GEMMA_FAMILY_REFUSALS = ([
      r"VaultGemma with scaled RoPE \(linear\) is not supported"),
     (lambda: T.VaultGemmaForCausalLM(T.VaultGemmaConfig(**ONE_LAYER, head_dim=32, attention_bias=True)),
      "VaultGemma with attention_bias is not supported"),
+    # transformers' router and block raise on these at their first forward
+    (lambda: T.Cohere2MoeForCausalLM(T.Cohere2MoeConfig(**ONE_LAYER, **NO_TOKENS, num_experts=4,
+                                                        expert_selection_fn="relu")),
+     "Cohere 2 MoE with expert_selection_fn 'relu' is not supported"),
+    (lambda: T.Cohere2MoeForCausalLM(T.Cohere2MoeConfig(**ONE_LAYER, **NO_TOKENS, num_experts=4, num_shared_experts=1,
+                                                        shared_expert_combination_strategy="max")),
+     "Cohere 2 MoE with shared_expert_combination_strategy 'max' is not supported"),
+    (lambda: T.Cohere2MoeForCausalLM(T.Cohere2MoeConfig(**ONE_LAYER, **NO_TOKENS, num_experts=4,
+                                                        num_experts_per_tok=5)),
+     r"this Cohere2MoeConfig does not map onto ours: LlamaConfig: experts_per_token must be in \[1, 4\]"),
+    (lambda: T.Cohere2MoeForCausalLM(T.Cohere2MoeConfig(**ONE_LAYER, **NO_TOKENS, num_experts=4, sliding_window=None)),
+     "Cohere 2 MoE with sliding_window None is not supported"),
+    (lambda: T.DbrxForCausalLM(dbrx_config(attn=dict(clip_qkv=None), n_layers=1)),
+     "DBRX with attn_config.clip_qkv None is not supported"),
+    (lambda: T.DbrxForCausalLM(dbrx_config(ffn=dict(moe_normalize_expert_weights=math.inf), n_layers=1)),
+     "this DbrxConfig does not map onto ours: LlamaConfig: router_norm_p must be > 0 and finite, got inf"),
+    (lambda: T.DbrxForCausalLM(dbrx_config(ffn=dict(ffn_act_fn={"name": "relu6"}), n_layers=1)),
+     "activation 'relu6' has no equivalent here"),
+    # top-k per layer: ours has one count for all layers
+    (lambda: T.HunYuanMoEV1ForCausalLM(T.HunYuanMoEV1Config(**SMALL, **NO_TOKENS, head_dim=16, num_experts=4,
+                                                            moe_topk=[2, 1])),
+     r"Hunyuan MoE with num_experts 4 and moe_topk \[2, 1\] is not supported"),
+    # transformers' sliding mask needs a window
+    (lambda: T.AfmoeForCausalLM(T.AfmoeConfig(**ONE_LAYER, **NO_TOKENS, head_dim=16, sliding_window=None,
+                                              layer_types=["sliding_attention"], num_experts=4, num_experts_per_tok=2)),
+     "AFMoE with sliding_window None and sliding_attention layers is not supported"),
+    (lambda: T.AfmoeForCausalLM(T.AfmoeConfig(**ONE_LAYER, **NO_TOKENS, head_dim=16, num_dense_layers=0,
+                                              num_experts=4, num_experts_per_tok=5)),
+     r"this AfmoeConfig does not map onto ours: LlamaConfig: experts_per_token must be in \[1, 4\]"),
+    # dynamic NTK scaling without alpha rescales by the sequence length, per forward
+    (lambda: T.HunYuanDenseV1ForCausalLM(T.HunYuanDenseV1Config(**ONE_LAYER, **NO_TOKENS, head_dim=16, rope_parameters={
+        "rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0})), "RoPE type 'dynamic' is not supported"),
 ], ["dots1-more-chosen-than-groups-hold", "solar_open-dynamic-rope", "exaone_moe-more-chosen-than-experts",
-    "flex_olmo-more-chosen-than-experts", "apertus-relu6", "vaultgemma-scaled-rope", "vaultgemma-attention-bias"])
+    "flex_olmo-more-chosen-than-experts", "apertus-relu6", "vaultgemma-scaled-rope", "vaultgemma-attention-bias",
+    "cohere2_moe-relu-selection", "cohere2_moe-max-combination", "cohere2_moe-more-chosen-than-experts",
+    "cohere2_moe-no-window", "dbrx-no-clip", "dbrx-inf-norm", "dbrx-relu6",
+    "hunyuan_v1_moe-top-k-per-layer", "afmoe-sliding-without-window", "afmoe-more-chosen-than-experts",
+    "hunyuan_v1_dense-dynamic-rope"])
 
 
 REFUSALS = [pytest.param(*case, id=name) for cases, names in (

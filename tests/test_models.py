@@ -279,6 +279,9 @@ MOE_VARIANTS = {
     "negative-weights": dict(routed_scaling=-0.7),
     # LongCat-Flash: 3 of 8 MLP experts + 3 identity experts, so a token may pick fewer than 3 MLP experts
     "identity-experts": dict(experts_per_token=3, identity_experts=3, norm_topk=False, routed_scaling=6.0),
+    # DBRX: renormalised by the chosen weights' 2-norm; Cohere 2 MoE: an ungated shared expert averaged with them
+    "dbrx-p-norm": dict(norm_p=2.0),
+    "cohere2-moe-shared-average": dict(shared_intermediate=16, shared_gated=False, shared_average=True),
 }
 
 

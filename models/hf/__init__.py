@@ -34,7 +34,14 @@ without), and Falcon (its fused query_key_value split as multi-query, grouped KV
 or per head; parallel blocks with one LayerNorm or two, or sequential ones; ALiBi refused). Granite 3 MoE (Granite's
 multipliers, softmax top-k experts; GraniteMoeShared's ungated shared MLP), ERNIE 4.5 MoE (softmax routing steered by
 a choice bias, the renormalising sum clamped to moe_norm_min, a biased shared expert) and PhiMoE (LayerNorm, the
-SparseMixer router as transformers runs it at inference) map onto our Llama with models.moe experts (module moe).
+SparseMixer router as transformers runs it at inference) map onto our Llama with models.moe experts (module moe), as
+does DBRX (its fused Wqkv split, clamped by clip_qkv; bias-free LayerNorm; softmax routing renormalised by the p-norm
+of moe_normalize_expert_weights). Cohere 2 MoE (Cohere 2's blocks, dense prefix layers with force_rope, softmax or
+sigmoid routing of the top-k logits, shared experts summed or averaged), Hunyuan dense / MoE (its per-head QK-norm
+after RoPE: both in torch before a node without RoPE, qk_norm_after_rope; NTK-alpha RoPE as a stretched base; softmax
+top-k experts plus an ungated shared MLP) and AFMoE (per-head QK-norm, RoPE on the sliding layers only, the attention
+output gated per channel by sigmoid(gate_proj(x)), sandwich norms, muP embedding scale, sigmoid routing with a choice
+bias and route_scale plus a shared expert) map onto our Llama through LlamaConfig options (module llama).
 GPT-BigCode (multi-query) and OPT (positions offset by 2, pre- or post-norm, project_in / project_out) map onto our
 GPT-2. Gemma maps onto models.gemma3 without post-norms, soft-caps, QK-norm or sliding layers; VaultGemma is Gemma 2
 without its post-norms. Gemma 4's text model
@@ -79,7 +86,7 @@ from onnxattn.models.hf.gemma4 import _gemma4
 from onnxattn.models.hf.gpt2 import _gpt2, _gpt_bigcode, _opt
 from onnxattn.models.hf.llama import _cohere, _falcon, _gpt_neox, _gptj, _llama, _phi
 from onnxattn.models.hf.llama4 import _llama4
-from onnxattn.models.hf.moe import _ernie4_5_moe, _granitemoe, _phimoe
+from onnxattn.models.hf.moe import _dbrx, _ernie4_5_moe, _granitemoe, _phimoe
 
 __all__ = ["NOT_YET", "SUPPORTED", "UnsupportedModel", "from_transformers", "load_local", "supported_message"]
 
@@ -95,7 +102,8 @@ _CONVERTERS = {"llama": _llama, "mistral": _llama, "mixtral": _llama, "qwen2": _
                "granitemoe": _granitemoe, "granitemoeshared": _granitemoe, "ernie4_5_moe": _ernie4_5_moe,
                "falcon": _falcon, "gpt_bigcode": _gpt_bigcode, "opt": _opt, "phimoe": _phimoe,
                "gpt_neox": _gpt_neox, "gptj": _gptj,
-               "phi": _phi, "cohere": _cohere, "cohere2": _cohere,
+               "phi": _phi, "cohere": _cohere, "cohere2": _cohere, "cohere2_moe": _cohere, "dbrx": _dbrx,
+               "hunyuan_v1_dense": _llama, "hunyuan_v1_moe": _llama, "afmoe": _llama,
                "gemma": _gemma1, "gemma2": _gemma2, "vaultgemma": _gemma2, "gemma3_text": _gemma3,
                "gemma4_text": _gemma4,
                "gpt2": _gpt2,

@@ -61,6 +61,11 @@ SUPPORTED = {
     "phi": "PhiForCausalLM",
     "cohere": "CohereForCausalLM",
     "cohere2": "Cohere2ForCausalLM",
+    "cohere2_moe": "Cohere2MoeForCausalLM",
+    "dbrx": "DbrxForCausalLM",
+    "hunyuan_v1_dense": "HunYuanDenseV1ForCausalLM",
+    "hunyuan_v1_moe": "HunYuanMoEV1ForCausalLM",
+    "afmoe": "AfmoeForCausalLM",
     "gemma": "GemmaForCausalLM",
     "gemma2": "Gemma2ForCausalLM",
     "gemma3_text": "Gemma3ForCausalLM",
@@ -146,12 +151,14 @@ def _check_rope(ours: nn.Module, hf_inv_freq: torch.Tensor, hf_scaling: float, w
             torch.allclose(inv_freq, theirs.float().cpu(), rtol=1e-5)
 
     for attn in ours.attention_layers():
-        if attn.rope is None:  # NoPE layers (SmolLM3)
+        # Hunyuan's layers rotate in torch (rope_then_norm), the node not at all
+        rope = attn.rope if attn.rope is not None else getattr(attn, "rope_then_norm", None)
+        if rope is None:  # NoPE layers (SmolLM3)
             continue
         # MLA rotates only the rope part of each head
         dim = attn.rope_head_dim if isinstance(attn, MultiHeadLatentAttention) else attn.head_dim
-        inv_freq, scaling = attn.rope.frequencies(dim)
-        long_ok = same(attn.rope.frequencies(dim, long=True)[0], hf_long_inv_freq) if attn.rope.switches else \
+        inv_freq, scaling = rope.frequencies(dim)
+        long_ok = same(rope.frequencies(dim, long=True)[0], hf_long_inv_freq) if rope.switches else \
             hf_long_inv_freq is None
         if not same(inv_freq, hf_inv_freq) or not long_ok or abs(scaling - hf_scaling) > 1e-6:
             raise _unsupported(f"the RoPE frequencies of {what} differ from the transformers model's")

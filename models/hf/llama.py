@@ -1,7 +1,8 @@
 """Llama-likes (Mistral, Qwen, Phi-3, SmolLM3, Granite, OLMo / OLMo 2 / OLMoE, Starcoder2, GPT-OSS, ERNIE 4.5,
 Helium, Seed-OSS, EXAONE 3.5 / 4, GLM / GLM-4 / GLM-4.5, Arcee, StableLM, Nemotron, Ministral / Ministral 3,
 OLMo 3, InternLM3, MiniMax-M2, dots.llm1, Solar Open, K-EXAONE, FlexOlmo, Apertus, ...), GPT-NeoX, Falcon, GPT-J, Phi,
-Cohere, Cohere 2 -> our Llama. _llama also serves converters of their own (models.hf.llama4)."""
+Cohere, Cohere 2, Cohere 2 MoE, Hunyuan (dense and MoE: RoPE then QK-norm in torch, qk_norm_after_rope), AFMoE (gated
+attention output, sandwich norms, muP) -> our Llama. _llama also serves converters of their own (models.hf.llama4)."""
 
 from __future__ import annotations
 
@@ -41,6 +42,21 @@ def _experts(hf) -> dict:
                     # n_shared_experts SwiGLUs as one wider one, added ungated (0: zero-width, adds nothing)
                     shared_expert_intermediate=c.moe_intermediate_size * (getattr(c, shared) or 0),
                     shared_expert_gated=False)
+    if c.model_type == "afmoe":  # sigmoid scores, a choice bias, always renormalised then times route_scale
+        return dict(num_experts=c.num_experts, experts_per_token=c.num_experts_per_tok,
+                    moe_intermediate=c.moe_intermediate_size, router_scoring="sigmoid", norm_topk=True,
+                    routed_scaling=float(c.route_scale), dense_layers=dense,
+                    shared_expert_intermediate=c.moe_intermediate_size * (c.num_shared_experts or 0),
+                    shared_expert_gated=False)
+    if c.model_type == "hunyuan_v1_moe":  # softmax, top-k renormalised, plus an ungated shared MLP in every layer
+        per_layer = [c.moe_topk] if isinstance(c.moe_topk, int) else list(c.moe_topk)
+        if not isinstance(c.num_experts, int) or len(set(per_layer)) != 1:
+            raise _unsupported(f"Hunyuan MoE with num_experts {c.num_experts} and moe_topk {c.moe_topk} is not "
+                               f"supported: experts and top-k per layer need one count for all layers (transformers' "
+                               f"experts take num_experts as one count too)")
+        return dict(num_experts=c.num_experts, experts_per_token=per_layer[0], router_scoring="softmax",
+                    norm_topk=True, dense_layers=dense, shared_expert_intermediate=c.intermediate_size,
+                    shared_expert_gated=False)
     if c.model_type == "minimax_m2":  # sigmoid scores, a choice bias, always renormalised; no groups or scaling
         return dict(num_experts=c.num_local_experts, experts_per_token=c.num_experts_per_tok,
                     router_scoring="sigmoid", norm_topk=True, dense_layers=dense)
@@ -76,6 +92,20 @@ def _starcoder2(c) -> dict:
 def _olmo(c) -> dict:
     # OLMo 1: LayerNorm without weight or bias, its epsilon fixed at 1e-5 (OlmoLayerNorm)
     return dict(norm="layer_no_affine", rms_norm_eps=1e-5, clip_qkv=c.clip_qkv)
+
+
+def _afmoe(c) -> dict:
+    """AFMoE: per-head QK-norm, RoPE on the sliding layers only (the full ones never rotate), the attention output
+    gated per channel, sandwich norms, embeddings times sqrt(hidden) with mup_enabled; its experts: _experts."""
+    types = tuple(c.layer_types)
+    sliding = "sliding_attention" in types
+    if sliding and not c.sliding_window:
+        raise _unsupported(f"AFMoE with sliding_window {c.sliding_window} and sliding_attention layers is not "
+                           f"supported (transformers cannot run it either)")
+    return dict(qk_norm=True, attention_output_gate=True, sandwich_norm=True,
+                sliding_window=c.sliding_window if sliding else 0, layer_types=types if sliding else None,
+                nope_layers=tuple(i for i, kind in enumerate(types) if kind != "sliding_attention"),
+                embedding_multiplier=c.hidden_size ** 0.5 if c.mup_enabled else 1.0)
 
 
 def _ernie4_5(c) -> dict:
@@ -153,6 +183,10 @@ _LLAMA_VARIANTS = {
     "stablelm": _stablelm,
     # LayerNorm1P scales by 1 + weight (ours holds that sum), squared-ReLU up_proj / down_proj
     "nemotron": lambda c: dict(norm="layer", rms_norm_eps=c.norm_eps, gated_mlp=False),
+    # per-head RMS QK-norm after RoPE: both in torch before the node (qk_norm_after_rope); the MoE's experts: _experts
+    "afmoe": _afmoe,
+    "hunyuan_v1_dense": lambda c: dict(qk_norm=True, qk_norm_after_rope=True),
+    "hunyuan_v1_moe": lambda c: dict(qk_norm=True, qk_norm_after_rope=True),
 }
 _UNIT_OFFSET_NORMS = {"nemotron"}  # model types whose norms scale by 1 + weight
 
@@ -171,6 +205,9 @@ def _block_norms(cfg: LlamaConfig, model_type: str = "") -> dict[str, str]:
     pre-norms apart)."""
     if model_type == "apertus":
         return {"input_norm": "attention_layernorm", "post_attn_norm": "feedforward_layernorm"}
+    if model_type == "afmoe":  # sandwich norms under its own names
+        return {"input_norm": "input_layernorm", "attn_out_norm": "post_attention_layernorm",
+                "post_attn_norm": "pre_mlp_layernorm", "post_mlp_norm": "post_mlp_layernorm"}
     if cfg.post_norm:
         return {"post_attn_norm": "post_attention_layernorm", "post_mlp_norm": "post_feedforward_layernorm"}
     norms = {"input_norm": "input_layernorm"}
@@ -183,7 +220,8 @@ def _block_norms(cfg: LlamaConfig, model_type: str = "") -> dict[str, str]:
 
 def _copy_experts(m: MixtureOfExperts, h) -> None:
     """Router and experts of a transformers MoE block `h` into ours."""
-    if hasattr(h, "router"):  # GPT-OSS: a biased router; experts [E, in, out] (x @ W), gate / up interleaved
+    # GPT-OSS: a biased router; experts [E, in, out] (x @ W), gate / up interleaved (AFMoE's router has a gate)
+    if hasattr(h, "router") and not hasattr(h.router, "gate"):
         _copy(m.router, h.router.weight, "the router weight")
         _copy(m.router_bias, h.router.bias, "the router bias")
         e = h.experts
@@ -193,15 +231,17 @@ def _copy_experts(m: MixtureOfExperts, h) -> None:
         _copy(m.down_proj, e.down_proj.transpose(1, 2), "the experts' down_proj")
         _copy(m.down_proj_bias, e.down_proj_bias, "the experts' down_proj_bias")
         return
-    _copy(m.router, h.gate.weight, "the router weight")
+    # AFMoE's router is router.gate, Hunyuan's gate.wg
+    gate = h.router.gate if hasattr(h, "router") else h.gate.wg if hasattr(h.gate, "wg") else h.gate
+    _copy(m.router, gate.weight, "the router weight")
     if m.e_score_correction_bias is not None:  # steers the choice: GLM-4.5's router holds it, MiniMax-M2's block
-        theirs = getattr(h, "e_score_correction_bias", None)
+        theirs = getattr(h, "e_score_correction_bias", getattr(h, "expert_bias", None))  # AFMoE: expert_bias
         _copy(m.e_score_correction_bias, h.gate.e_score_correction_bias if theirs is None else theirs,
               "the e_score_correction_bias")
     _copy(m.gate_up_proj, h.experts.gate_up_proj, "the experts' gate_up_proj")
     _copy(m.down_proj, h.experts.down_proj, "the experts' down_proj")
-    if m.shared_expert is not None and m.shared_expert_gate is None:  # GLM-4.5's shared_experts, ungated
-        m.shared_expert.load_state_dict(h.shared_experts.state_dict())
+    if m.shared_expert is not None and m.shared_expert_gate is None:  # GLM-4.5's shared_experts, Hunyuan's shared_mlp
+        m.shared_expert.load_state_dict((h.shared_mlp if hasattr(h, "shared_mlp") else h.shared_experts).state_dict())
     elif m.shared_expert is not None:
         m.shared_expert.load_state_dict(h.shared_expert.state_dict())
         m.shared_expert_gate.load_state_dict(h.shared_expert_gate.state_dict())
@@ -228,12 +268,16 @@ def _llama(hf, variant=None, mlp: str = "mlp", copy_experts=None) -> LlamaModel:
     qkv_bias = bool(c.qkv_bias) if c.model_type == "qwen2_moe" else c.model_type == "qwen2"
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
     rope = c.rope_parameters.get("full_attention", c.rope_parameters)  # OLMo 3's per layer type (its variant)
+    theta = rope["rope_theta"]
+    if c.model_type in ("hunyuan_v1_dense", "hunyuan_v1_moe") and rope.get("rope_type") == "dynamic" and \
+            rope.get("alpha"):  # Hunyuan's NTK-alpha: a fixed stretch of the base (not dynamic scaling)
+        theta, rope = theta * rope["alpha"] ** (head_dim / (head_dim - 2)), {"rope_type": "default"}
     fields = dict(
         vocab_size=c.vocab_size, hidden=c.hidden_size, num_layers=c.num_hidden_layers,
         num_heads=c.num_attention_heads, num_kv_heads=c.num_key_value_heads or c.num_attention_heads,
         # SolarOpen has no dense width (experts in every layer): its expert width stands in, unused
         head_dim=head_dim, intermediate=getattr(c, "intermediate_size", None) or c.moe_intermediate_size,
-        rope_theta=rope["rope_theta"], rope_scaling=_rope_scaling(rope, c.max_position_embeddings),
+        rope_theta=theta, rope_scaling=_rope_scaling(rope, c.max_position_embeddings),
         rotary_dim=_rotary_dim(c, head_dim),
         rms_norm_eps=getattr(c, "rms_norm_eps", None), qkv_bias=qkv_bias or bool(getattr(c, "attention_bias", False)),
         o_bias=bool(getattr(c, "attention_bias", False)), mlp_bias=bool(getattr(c, "mlp_bias", False)),
@@ -264,6 +308,11 @@ def _llama(hf, variant=None, mlp: str = "mlp", copy_experts=None) -> LlamaModel:
             if a.q_norm is not None:  # Llama 4's has no weight (an L2 norm): ours scale by ones
                 for ours_norm, hf_norm in ((a.q_norm, "q_norm"), (a.k_norm, "k_norm")):
                     ours_norm.copy_(getattr(t, hf_norm).weight if hasattr(t, hf_norm) else torch.ones_like(ours_norm))
+            if hasattr(a, "gate_proj"):  # AFMoE's output gate
+                set_linear(a.gate_proj, t.gate_proj.weight)
+            if getattr(a, "rope_then_norm", None) is not None:  # Hunyuan: its QK-norm after RoPE, in torch
+                _copy(a.q_rope_norm, t.query_layernorm.weight, "the query_layernorm weight")
+                _copy(a.k_rope_norm, t.key_layernorm.weight, "the key_layernorm weight")
             if cfg.attention_sinks:  # GPT-OSS
                 _copy(a.sinks, t.sinks, "the attention sinks")
             if cfg.qk_proj_norm:  # OLMo 2, OLMoE: over all heads
@@ -484,17 +533,47 @@ def _rope_on_sliding_only(c, what: str, *, window_required: bool) -> dict:
                 nope_layers=tuple(i for i, kind in enumerate(types) if kind != "sliding_attention"))
 
 
+def _cohere2_moe(c) -> dict:
+    """Cohere 2 MoE's fields apart from Cohere 2's: RMSNorm when rms_norm_eps is set, dense layers per mlp_layer_types
+    (prefix_dense_intermediate_size wide, with RoPE on full layers too when prefix_dense_sliding_window_pattern is
+    1: its force_rope), experts routed by a softmax or a sigmoid of the top-k logits (the softmax always renormalised),
+    num_shared_experts SwiGLUs as one wider shared expert, summed with the routed ones or averaged."""
+    if c.expert_selection_fn not in ("softmax", "sigmoid"):
+        raise _unsupported(f"Cohere 2 MoE with expert_selection_fn {c.expert_selection_fn!r} is not supported "
+                           f"(transformers cannot run it either)")
+    shared = c.num_shared_experts or 0
+    if shared and c.shared_expert_combination_strategy not in ("sum", "average"):
+        raise _unsupported(f"Cohere 2 MoE with shared_expert_combination_strategy "
+                           f"{c.shared_expert_combination_strategy!r} is not supported (transformers cannot run it "
+                           f"either)")
+    dense = tuple(i for i, kind in enumerate(c.mlp_layer_types) if kind == "dense")
+    fields = dict(intermediate=c.prefix_dense_intermediate_size or c.intermediate_size, num_experts=c.num_experts,
+                  experts_per_token=c.num_experts_per_tok, moe_intermediate=c.intermediate_size, dense_layers=dense,
+                  router_scoring=c.expert_selection_fn,
+                  norm_topk=c.expert_selection_fn == "softmax" or bool(c.norm_topk_prob),
+                  shared_expert_intermediate=c.intermediate_size * shared, shared_expert_gated=False,
+                  shared_expert_average=bool(shared) and c.shared_expert_combination_strategy == "average")
+    if c.rms_norm_eps is not None:  # else Cohere's bias-free LayerNorm
+        fields |= dict(norm="rms", rms_norm_eps=c.rms_norm_eps)
+    return fields
+
+
 def _cohere(hf) -> LlamaModel:
     """Command-R (Cohere) and Command R7B / Command A (Cohere 2): parallel blocks with one bias-free, mean-centred
     LayerNorm, interleaved RoPE, logits times logit_scale, tied embeddings; Cohere's use_qk_norm (Command R+) a
-    LayerNorm per head of q / k; Cohere 2 adds sliding-window layers with RoPE interleaved with full NoPE layers."""
+    LayerNorm per head of q / k; Cohere 2 adds sliding-window layers with RoPE interleaved with full NoPE layers;
+    Cohere 2 MoE adds experts (_cohere2_moe)."""
     c = hf.config
-    cohere2 = c.model_type == "cohere2"
-    what = "Cohere 2" if cohere2 else "Cohere"
+    cohere2, moe = c.model_type in ("cohere2", "cohere2_moe"), c.model_type == "cohere2_moe"
+    what = "Cohere 2 MoE" if moe else "Cohere 2" if cohere2 else "Cohere"
     if not c.logit_scale:  # transformers multiplies by it; ours divides by its inverse
         raise _unsupported(f"{what} with logit_scale {c.logit_scale} is not supported")
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
     bias = bool(c.attention_bias)  # q / k / v and o alike
+    rope_fields = _rope_on_sliding_only(c, what, window_required=True) if cohere2 else {}
+    if moe and c.prefix_dense_sliding_window_pattern == 1 and "nope_layers" in rope_fields:
+        # force_rope: full dense layers rotate q / k too
+        rope_fields["nope_layers"] = tuple(i for i in rope_fields["nope_layers"] if c.mlp_layer_types[i] != "dense")
     ours = _build_llama(c, dict(
         vocab_size=c.vocab_size, hidden=c.hidden_size, num_layers=c.num_hidden_layers,
         num_heads=c.num_attention_heads, num_kv_heads=c.num_key_value_heads or c.num_attention_heads,
@@ -503,9 +582,9 @@ def _cohere(hf) -> LlamaModel:
         rms_norm_eps=c.layer_norm_eps, norm="layer_no_bias", parallel_residual=True, shared_block_norm=True,
         qkv_bias=bias, o_bias=bias, activation=_activation(c.hidden_act), tie_embeddings=bool(c.tie_word_embeddings),
         # x / (1 / s) is within 2 ulp of x * s
-        logits_scaling=1.0 / c.logit_scale, **(_rope_on_sliding_only(c, what, window_required=True) if cohere2 else {}),
+        logits_scaling=1.0 / c.logit_scale, **rope_fields,
         # use_qk_norm: mean-centred with a weight per head, in torch before the node (its QK-norm is RMS, shared)
-        qk_layer_norm="per_head" if getattr(c, "use_qk_norm", False) else None))
+        qk_layer_norm="per_head" if getattr(c, "use_qk_norm", False) else None) | (_cohere2_moe(c) if moe else {}))
     src = hf.model
     with torch.no_grad():
         _copy_head(ours, src.embed_tokens, hf.lm_head, src.norm)
@@ -516,8 +595,16 @@ def _cohere(hf) -> LlamaModel:
             if ours.config.qk_layer_norm:  # weights [heads, head_dim], no bias
                 a.q_head_norm.load_state_dict(t.q_norm.state_dict())
                 a.k_head_norm.load_state_dict(t.k_norm.state_dict())
-            for name in ("gate_proj", "up_proj", "down_proj"):
-                set_linear(getattr(mine.mlp, name), getattr(theirs.mlp, name).weight)
+            m, h = mine.mlp, theirs.mlp
+            if isinstance(m, MixtureOfExperts):  # Cohere 2 MoE
+                _copy(m.router, h.gate.weight, "the router weight")
+                _copy(m.gate_up_proj, h.experts.gate_up_proj, "the experts' gate_up_proj")
+                _copy(m.down_proj, h.experts.down_proj, "the experts' down_proj")
+                if m.shared_expert is not None:
+                    m.shared_expert.load_state_dict(h.shared_experts.state_dict())
+            else:
+                for name in ("gate_proj", "up_proj", "down_proj"):
+                    set_linear(getattr(m, name), getattr(h, name).weight)
             mine.input_norm.load_state_dict(theirs.input_layernorm.state_dict())
     short, long = _hf_frequencies(src.rotary_emb)
     _check_rope(ours, short, src.rotary_emb.attention_scaling, what, long)

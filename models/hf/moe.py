@@ -1,6 +1,7 @@
 """Llama-like mixtures of experts whose blocks transformers lays out apart from the Llama-likes' (their own router
-modules, shared MLPs outside the expert block): Granite 3 MoE (GraniteMoe, GraniteMoeShared), ERNIE 4.5 MoE and
-PhiMoE (Phi-3.5-MoE) -> our Llama with models.moe experts."""
+modules, shared MLPs outside the expert block): Granite 3 MoE (GraniteMoe, GraniteMoeShared), ERNIE 4.5 MoE,
+PhiMoE (Phi-3.5-MoE) and DBRX (fused Wqkv, clip_qkv, p-norm renormalised routing) -> our Llama with models.moe
+experts."""
 
 from __future__ import annotations
 
@@ -128,3 +129,45 @@ def _phimoe(hf) -> LlamaModel:
 
     return _convert(hf, fields, lambda layer: layer.mlp, copy_mlp, "PhiMoE")
 
+
+
+def _dbrx(hf) -> LlamaModel:
+    """DBRX: one fused Wqkv (rows [q | k | v]) clamped to +-clip_qkv, bias-free LayerNorms (epsilon 1e-5, nn.LayerNorm's
+    default), half-split RoPE, experts in every layer routed by a softmax over all experts, top-k, renormalised by
+    the p-norm of the chosen weights (moe_normalize_expert_weights; None: not renormalised); each expert's w1 / v1 /
+    w2 rows [E * I, H] are its gate / up / transposed down projections."""
+    c = hf.config
+    a, f = c.attn_config, c.ffn_config
+    if a.clip_qkv is None:  # its attention clamps with min = max = None, which torch.clamp refuses
+        raise _unsupported("DBRX with attn_config.clip_qkv None is not supported (transformers cannot run it either)")
+    p = f.moe_normalize_expert_weights
+    head_dim = c.d_model // c.n_heads
+    ours = _build_llama(c, dict(
+        vocab_size=c.vocab_size, hidden=c.d_model, num_layers=c.n_layers, num_heads=c.n_heads,
+        num_kv_heads=a.kv_n_heads, head_dim=head_dim, intermediate=f.ffn_hidden_size,
+        rope_theta=c.rope_parameters["rope_theta"], rope_scaling=_rope_scaling(c.rope_parameters),
+        norm="layer_no_bias", rms_norm_eps=1e-5, clip_qkv=float(a.clip_qkv),
+        activation=_activation(f.ffn_act_fn.get("name", "silu")), tie_embeddings=False, num_experts=f.moe_num_experts,
+        experts_per_token=f.moe_top_k, router_scoring="softmax", norm_topk=p is not None,
+        router_norm_p=1.0 if p is None else float(p)))
+    src = hf.transformer
+    e, i = f.moe_num_experts, f.ffn_hidden_size
+    with torch.no_grad():
+        ours.embed_tokens.weight.copy_(src.wte.weight)
+        ours.lm_head.weight.copy_(hf.lm_head.weight)
+        ours.norm.load_state_dict(src.norm_f.state_dict())
+        for mine, theirs in zip(ours.layers, src.blocks):
+            block, t = theirs.norm_attn_norm, theirs.norm_attn_norm.attn
+            for name, w in zip(("q_proj", "k_proj", "v_proj"),
+                               t.Wqkv.weight.split([mine.attn.q_width, mine.attn.kv_width, mine.attn.kv_width])):
+                set_linear(getattr(mine.attn, name), w)
+            set_linear(mine.attn.o_proj, t.out_proj.weight)
+            mine.input_norm.load_state_dict(block.norm_1.state_dict())
+            mine.post_attn_norm.load_state_dict(block.norm_2.state_dict())
+            m, x = mine.mlp, theirs.ffn.experts.mlp
+            _copy(m.router, theirs.ffn.router.layer.weight, "the router weight")
+            _copy(m.gate_up_proj, torch.cat((x.w1.view(e, i, -1), x.v1.view(e, i, -1)), 1), "the experts' w1 / v1")
+            _copy(m.down_proj, x.w2.view(e, i, -1).transpose(1, 2), "the experts' w2")
+    short, long = _hf_frequencies(src.rotary_emb)
+    _check_rope(ours, short, src.rotary_emb.attention_scaling, "DBRX", long)
+    return ours
