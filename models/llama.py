@@ -136,6 +136,7 @@ class LlamaConfig:
     expert_input_scaling: bool = False  # the experts run on x times their routing weight, summed unweighted
     # DBRX: the chosen experts' weights renormalised by their p-norm (with norm_topk) [moe_normalize_expert_weights]
     router_norm_p: float = 1.0
+    router_rank_by_logits: bool = False  # Llama 4: sigmoid scoring, experts ranked by the raw logits
     # Cohere 2 MoE: the shared expert's output averaged with the routed experts' [shared_expert_combination_strategy]
     shared_expert_average: bool = False
     # Hunyuan: the per-head QK-norm (qk_norm's weights) after RoPE: both in torch before the node, which gets rope=0
@@ -509,7 +510,8 @@ class LlamaBlock(nn.Module):
                                         choice_bias=cfg.router_choice_bias, norm_min=cfg.router_norm_min,
                                         shared_bias=cfg.shared_expert_bias, jitter_eps=cfg.router_jitter_eps,
                                         scale_inputs=cfg.expert_input_scaling, norm_p=cfg.router_norm_p,
-                                        shared_average=cfg.shared_expert_average)
+                                        shared_average=cfg.shared_expert_average,
+                                        rank_by_logits=cfg.router_rank_by_logits)
         else:
             self.mlp = (SwiGLU if cfg.gated_mlp else PlainMLP)(cfg.hidden, cfg.intermediate, cfg.mlp_bias,
                                                                cfg.activation)

@@ -24,7 +24,8 @@ PhiMoE's SparseMixer at inference ("sparsemixer", always 2 experts): the best ex
 the logits within 2 * jitter_eps (relative) of the best, then the second best, weighted by its softmax over the others
 within 2 * jitter_eps of it.
 Llama 4 (scale_inputs): each expert runs on the token times its weight, and the outputs are summed unweighted
-(its router: sigmoid scoring, top-k, no renormalisation; an ungated shared expert).
+(its router: sigmoid scoring, top-k of the raw logits (rank_by_logits), no renormalisation; an ungated shared
+expert).
 LongCat-Flash's zero-computation experts (identity_experts, off by default): the router scores num_experts +
 identity_experts choices; a chosen identity expert adds the token itself times its weight (no MLP runs for it).
 DBRX (norm_p, 1 by default): the chosen weights renormalised by their p-norm instead of their sum
@@ -111,8 +112,11 @@ class MixtureOfExperts(nn.Module):
                  expert_bias: bool = False, glu: ClampedSwiGLU | None = None, shared_gated: bool = True,
                  choice_bias: bool = False, norm_min: float = 0.0, shared_bias: bool = False, jitter_eps: float = 0.0,
                  scale_inputs: bool = False, identity_experts: int = 0, norm_p: float = 1.0,
-                 shared_average: bool = False):
+                 shared_average: bool = False, rank_by_logits: bool = False):
         super().__init__()
+        if rank_by_logits and (scoring != "sigmoid" or choice_bias or num_groups > 1):
+            raise ValueError(f"{type(self).__name__}: rank_by_logits is for sigmoid scoring without a choice bias or "
+                             f"groups (Llama 4)")
         if not 0 < norm_p < math.inf:  # NaN too
             raise ValueError(f"{type(self).__name__}: norm_p must be > 0 and finite, got {norm_p}")
         if shared_average and not shared_intermediate:
@@ -132,6 +136,8 @@ class MixtureOfExperts(nn.Module):
         choices = e + identity_experts  # the router's outputs
         self.num_groups, self.topk_groups, self.group_score = num_groups, groups_per_token, group_score
         self.routed_scaling, self.norm_topk, self.scale_inputs = routed_scaling, norm_topk, scale_inputs
+        # Llama 4 ranks the raw logits: the same order as their sigmoids, except where two sigmoids round to 1.0
+        self.rank_by_logits = rank_by_logits
         self.norm_min, self.jitter_eps = norm_min, jitter_eps
         self.norm_p, self.shared_average = norm_p, shared_average
         # experts with a non-zero weight per token (SparseMixer always routes to 2)
@@ -168,7 +174,8 @@ class MixtureOfExperts(nn.Module):
                 choice = scores + self.e_score_correction_bias.float()
         else:
             scores = torch.sigmoid(logits)
-            choice = scores + self.e_score_correction_bias.float()  # the bias steers the choice, not the weights
+            # the bias steers the choice, not the weights
+            choice = logits if self.rank_by_logits else scores + self.e_score_correction_bias.float()
         if self.num_groups > 1:
             grouped = choice.unflatten(-1, (self.num_groups, self.num_experts // self.num_groups))
             if self.group_score == "max":

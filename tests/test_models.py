@@ -273,6 +273,7 @@ MOE_VARIANTS = {
                                   routed_scaling=2.5),
     "gpt-oss-biases-glu": dict(router_bias=True, expert_bias=True, glu=ClampedSwiGLU(1.702, 0.5)),
     "llama4-scaled-inputs": dict(experts_per_token=1, scoring="sigmoid", norm_topk=False, scale_inputs=True,
+                                 rank_by_logits=True,
                                  shared_intermediate=16, shared_gated=False),
     "sparsemixer": dict(scoring="sparsemixer", jitter_eps=0.3),
     # chosen weights below zero (Gemma 4's learned per-expert scale can make them so): picked by magnitude
@@ -317,6 +318,20 @@ def test_moe_gathered_experts_equal_all_experts(variant):
         moe.dispatch = "sparse"
         with pytest.raises(ValueError, match="MixtureOfExperts: dispatch must be one of auto, gathered, all"):
             moe(x)
+
+
+def test_moe_rank_by_logits_breaks_saturated_sigmoid_ties():
+    """Llama 4 ranks experts by the raw router logits: logits 30 and 20 both give sigmoid 1.0 in float32, and only
+    the logits say that expert 0 wins (ranked by the sigmoids, torch's top-k picks expert 1 here); other options
+    refuse rank_by_logits."""
+    moe = MixtureOfExperts(4, 4, 1, 8, scoring="sigmoid", norm_topk=False, rank_by_logits=True)
+    with torch.no_grad():
+        moe.router.copy_(torch.tensor([[30.0, 0, 0, 0], [20.0, 0, 0, 0], [0.0] * 4, [-5.0, 0, 0, 0]]))
+        weights = moe.route(torch.tensor([[1.0, 0, 0, 0]]))
+    assert torch.sigmoid(torch.tensor(20.0)) == torch.sigmoid(torch.tensor(30.0)) == 1.0
+    assert weights.tolist() == [[1.0, 0.0, 0.0, 0.0]]
+    with pytest.raises(ValueError, match="rank_by_logits is for sigmoid scoring without a choice bias or groups"):
+        MixtureOfExperts(4, 4, 1, 8, rank_by_logits=True)
 
 
 def test_moe_export_runs_both_branches_in_onnxruntime(tmp_path):

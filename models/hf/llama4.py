@@ -44,10 +44,10 @@ def _fields(c) -> dict:
         fields |= dict(query_scale_beta=float(c.attn_scale), query_scale_period=c.floor_scale, query_scale_offset=1,
                        query_scale_cache_positions=True, query_scale_layers=nope)
     moe = set(c.moe_layers) & set(range(n))  # as Llama4TextDecoderLayer decides
-    if moe:  # top-k by logit = top-k by sigmoid score; the scores are not renormalised
+    if moe:  # top-k by logit, as transformers ranks them (not by sigmoid score); the scores are not renormalised
         fields |= dict(num_experts=c.num_local_experts, experts_per_token=c.num_experts_per_tok,
                        moe_intermediate=c.intermediate_size, router_scoring="sigmoid", norm_topk=False,
-                       expert_input_scaling=True, shared_expert_intermediate=c.intermediate_size,
+                       router_rank_by_logits=True, expert_input_scaling=True, shared_expert_intermediate=c.intermediate_size,
                        shared_expert_gated=False, dense_layers=tuple(i for i in range(n) if i not in moe))
     return fields
 
