@@ -16,18 +16,22 @@ def _gpt2(hf) -> GPT2Model:
                      num_heads=c.n_head, intermediate=c.n_inner, layer_norm_eps=c.layer_norm_epsilon,
                      activation=_activation(c.activation_function), scale_attn_weights=c.scale_attn_weights,
                      scale_attn_by_inverse_layer_idx=c.scale_attn_by_inverse_layer_idx)
-    ours = build(cfg)
-    src = hf.transformer
+    # HF's Conv1D stores weights [in, out]
+    return _copy_gpt2(build(cfg), hf.transformer, lambda w: w.T)
+
+
+def _copy_gpt2(ours: GPT2Model, src, as_linear, qkv=lambda w, b: (w, b)) -> GPT2Model:
+    """GPT-2-layout weights (wte, wpe, ln_f; per block c_attn, c_proj, mlp.c_fc / c_proj, ln_1 / ln_2) into ours:
+    `as_linear` turns a stored weight into nn.Linear's [out, in], `qkv` reorders c_attn's rows and bias."""
     with torch.no_grad():
         ours.wte.weight.copy_(src.wte.weight)
         ours.wpe.weight.copy_(src.wpe.weight)
         ours.ln_f.load_state_dict(src.ln_f.state_dict())
         for mine, theirs in zip(ours.layers, src.h):
-            # HF's Conv1D stores weights [in, out]
-            set_linear(mine.attn.qkv_proj, theirs.attn.c_attn.weight.T, theirs.attn.c_attn.bias)
-            set_linear(mine.attn.o_proj, theirs.attn.c_proj.weight.T, theirs.attn.c_proj.bias)
-            set_linear(mine.c_fc, theirs.mlp.c_fc.weight.T, theirs.mlp.c_fc.bias)
-            set_linear(mine.c_proj, theirs.mlp.c_proj.weight.T, theirs.mlp.c_proj.bias)
+            set_linear(mine.attn.qkv_proj, *qkv(as_linear(theirs.attn.c_attn.weight), theirs.attn.c_attn.bias))
+            set_linear(mine.attn.o_proj, as_linear(theirs.attn.c_proj.weight), theirs.attn.c_proj.bias)
+            set_linear(mine.c_fc, as_linear(theirs.mlp.c_fc.weight), theirs.mlp.c_fc.bias)
+            set_linear(mine.c_proj, as_linear(theirs.mlp.c_proj.weight), theirs.mlp.c_proj.bias)
             mine.ln_1.load_state_dict(theirs.ln_1.state_dict())
             mine.ln_2.load_state_dict(theirs.ln_2.state_dict())
     return ours
@@ -48,23 +52,15 @@ def _gpt_bigcode(hf) -> GPT2Model:
         vocab_size=c.vocab_size, n_positions=c.n_positions, hidden=c.n_embd, num_layers=c.n_layer, num_heads=heads,
         num_kv_heads=kv_heads, intermediate=c.n_inner, layer_norm_eps=c.layer_norm_epsilon,
         activation=_activation(c.activation_function), scale_attn_weights=c.scale_attn_weights))
-    src = hf.transformer
-    with torch.no_grad():
-        ours.wte.weight.copy_(src.wte.weight)
-        ours.wpe.weight.copy_(src.wpe.weight)
-        ours.ln_f.load_state_dict(src.ln_f.state_dict())
-        for mine, theirs in zip(ours.layers, src.h):
-            w, b = theirs.attn.c_attn.weight, theirs.attn.c_attn.bias
-            if not c.multi_query:  # per head [q_h | k_h | v_h] -> [q | k | v]
-                w = w.unflatten(0, (heads, 3, head_dim)).transpose(0, 1).flatten(0, 2)
-                b = b.unflatten(0, (heads, 3, head_dim)).transpose(0, 1).flatten()
-            set_linear(mine.attn.qkv_proj, w, b)
-            set_linear(mine.attn.o_proj, theirs.attn.c_proj.weight, theirs.attn.c_proj.bias)
-            set_linear(mine.c_fc, theirs.mlp.c_fc.weight, theirs.mlp.c_fc.bias)
-            set_linear(mine.c_proj, theirs.mlp.c_proj.weight, theirs.mlp.c_proj.bias)
-            mine.ln_1.load_state_dict(theirs.ln_1.state_dict())
-            mine.ln_2.load_state_dict(theirs.ln_2.state_dict())
-    return ours
+
+    def qkv(w, b):
+        if c.multi_query:
+            return w, b
+        # per head [q_h | k_h | v_h] -> [q | k | v]
+        return (w.unflatten(0, (heads, 3, head_dim)).transpose(0, 1).flatten(0, 2),
+                b.unflatten(0, (heads, 3, head_dim)).transpose(0, 1).flatten())
+
+    return _copy_gpt2(ours, hf.transformer, lambda w: w, qkv)  # nn.Linear weights
 
 
 def _opt(hf) -> GPT2Model:
