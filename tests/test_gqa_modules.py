@@ -554,15 +554,23 @@ def test_longrope_rejects_bad_settings(kwargs, message):
         RopeScaling("longrope", 2.0, **kwargs)
 
 
-def test_longrope_factors_must_fit_and_mla_refuses_them():
+def test_longrope_factors_must_fit_and_only_mla_seed_form_refuses_them():
+    """The deepseek form of MultiHeadLatentAttention takes LongRoPE (MiniCPM3: both sets, picked per forward, as
+    GroupedQueryAttention); the seed form rotates with fixed frequencies and refuses it."""
     with pytest.raises(ValueError, match="short_factor / long_factor belong to kind 'longrope', not 'yarn'"):
         RopeScaling("yarn", 2.0, short_factor=(1.0,))
     longrope = Rope(scaling=RopeScaling("longrope", 2.0, **LONGROPE))
     with pytest.raises(ValueError, match=r"one factor per frequency \(rotary_dim / 2 = 4\), got 3"):
         GroupedQueryAttention(MODEL_DIM, 4, 2, rope=longrope)
-    with pytest.raises(ValueError, match="MultiHeadLatentAttention: LongRoPE scaling is not supported"):
-        MultiHeadLatentAttention(MODEL_DIM, 4, kv_rank=16, nope_head_dim=8, rope_head_dim=6, v_head_dim=8,
+    mla = MultiHeadLatentAttention(MODEL_DIM, 4, kv_rank=16, nope_head_dim=8, rope_head_dim=6, v_head_dim=8,
+                                   rope=longrope)
+    assert mla.long_rope_inv_freq.shape == mla.rope_inv_freq.shape == (3,)
+    assert not torch.equal(mla.long_rope_inv_freq, mla.rope_inv_freq)
+    with pytest.raises(ValueError, match=r"one factor per frequency \(rotary_dim / 2 = 4\), got 3"):
+        MultiHeadLatentAttention(MODEL_DIM, 4, kv_rank=16, nope_head_dim=8, rope_head_dim=8, v_head_dim=8,
                                  rope=longrope)
+    with pytest.raises(ValueError, match="LongRoPE scaling is not supported by the seed form"):
+        MultiHeadLatentAttention(MODEL_DIM, 4, form="seed", latent_dim=16, rope_head_dim=6, rope=longrope)
 
 
 @pytest.mark.parametrize("kwargs, message", [
