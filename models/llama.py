@@ -598,3 +598,50 @@ class GptOssConfig(LlamaConfig):
 
 
 register("gpt-oss", GptOssConfig)(build_llama)  # the same model; build() matches the config's exact class
+
+
+@dataclasses.dataclass(frozen=True)
+class Llama4Config(LlamaConfig):
+    """Llama 4's text decoder (Scout / Maverick) as LlamaConfig options, tiny: chunked-attention RoPE layers with a
+    weightless QK-norm and every 4th layer full attention without RoPE, with the attention temperature on its queries
+    (NoPE layers; num_layers 4: layer 3); interleaved RoPE with Llama 3 scaling; MoE on every 2nd layer (top-1 of 4
+    sigmoid-scored experts ranked by logit, each run on its input times its score, plus an ungated shared expert),
+    dense MLPs of their own width elsewhere. Llama-4-Scout: hidden 5120, 48 layers, 40 / 8 heads of 128, chunk 8192,
+    16 experts top-1 of width 8192, dense width 16384, floor_scale 8192, attn_scale 0.1."""
+
+    num_layers: int = 4
+    rope_theta: float = 500000.0
+    rope_scaling: RopeScaling | None = RopeScaling("llama3", 16.0, original_max_positions=8192, low_freq_factor=1.0,
+                                                   high_freq_factor=1.0)
+    rope_interleaved: bool = True
+    attention_chunk: int = 8  # Llama 4: 8192; 8 cuts the tiny model's prompts
+    qk_norm: bool = True  # the chunked layers' L2 norm (weights of ones)
+    intermediate: int = 96  # the dense MLPs [intermediate_size_mlp]
+    num_experts: int = 4
+    experts_per_token: int = 1
+    moe_intermediate: int | None = 48  # each expert's and the shared expert's width [intermediate_size]
+    router_scoring: str = "sigmoid"
+    norm_topk: bool = False
+    router_rank_by_logits: bool = True
+    expert_input_scaling: bool = True
+    shared_expert_intermediate: int = 48
+    shared_expert_gated: bool = False
+    # Llama 4's attention temperature at cache positions on the NoPE layers [floor_scale, attn_scale]
+    query_scale_beta: float = 0.1
+    query_scale_period: int = 4  # Llama 4: 8192
+    query_scale_offset: int = 1
+    query_scale_cache_positions: bool = True
+
+    def __post_init__(self):
+        n = self.num_layers
+        nope = tuple(i for i in range(n) if i % 4 == 3)  # transformers' no_rope_layer_interval 4
+        defaults = dict(layer_types=tuple("full_attention" if i in nope else "chunked_attention" for i in range(n)),
+                        nope_layers=nope, qk_norm_layers=tuple(i for i in range(n) if i not in nope),
+                        query_scale_layers=nope, dense_layers=tuple(i for i in range(n) if i % 2 == 0))
+        for field, value in defaults.items():  # the per-layer fields follow num_layers unless given
+            if getattr(self, field) in (None, ()):
+                object.__setattr__(self, field, value)
+        super().__post_init__()
+
+
+register("llama4", Llama4Config)(build_llama)

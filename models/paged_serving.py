@@ -273,7 +273,7 @@ def build_demo(model: str = "llama", block_size: int = 4, num_blocks: int = 64, 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m onnxattn.models.paged_serving", description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="llama", help="a registered decoder (llama, gemma3, gpt2)")
+    parser.add_argument("--model", default="llama", help="a registered decoder (llama, llama4, gemma3, gpt2, gpt-oss)")
     parser.add_argument("--block-size", type=int, default=4)
     parser.add_argument("--num-blocks", type=int, default=64)
     parser.add_argument("--chunk", type=int, default=8, help="prefill chunk (tokens per sequence per step)")

@@ -23,7 +23,7 @@ from onnxattn.models.modernbert import ModernBertConfig
 from onnxattn.models.moe import ClampedSwiGLU, MixtureOfExperts
 from onnxattn.nn import KVCache
 
-DECODERS = ["llama", "gemma3", "gpt2", "gpt-oss"]
+DECODERS = ["llama", "gemma3", "gpt2", "gpt-oss", "llama4"]
 ATOL = 2e-5
 
 
@@ -357,9 +357,9 @@ def test_moe_export_runs_both_branches_in_onnxruntime(tmp_path):
 
 
 def test_unknown_names_and_options():
-    available = "available: bert, .*gemma3, gemma4, gpt-oss, gpt2, llama, moba, modernbert, nsa"
-    with pytest.raises(KeyError, match=f"unknown model 'llama4'; {available}"):
-        models.build("llama4")
+    available = "available: bert, .*gemma3, gemma4, gpt-oss, gpt2, llama, llama4, moba, modernbert, nsa"
+    with pytest.raises(KeyError, match=f"unknown model 'llama5'; {available}"):
+        models.build("llama5")
     with pytest.raises(ValueError, match="LlamaConfig: unknown option.*hiden"):
         models.build("llama", hiden=64)
 

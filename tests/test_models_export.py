@@ -19,7 +19,7 @@ from onnxattn import models
 from onnxattn.export import export_model
 from onnxattn.generate import GenerationResult, Sampler, generate, generate_torch
 
-DECODERS = ["llama", "gemma3", "gpt2", "gpt-oss"]
+DECODERS = ["llama", "gemma3", "gpt2", "gpt-oss", "llama4"]
 NEW = 16
 
 
@@ -56,8 +56,14 @@ def test_export_graph_and_validation(exported, name):
     assert dims(proto.graph.input[1])[0::2] == ["batch", "past_sequence"]
     attn = [n for n in proto.graph.node if n.domain == "onnxattn"]
     assert [n.op_type for n in attn] == ["GroupQueryAttention"] * layers
-    overloads = {"gemma3": "past+qnorm+knorm+present", "gpt-oss": "past+inv_freq+sinks+present"}  # YaRN: inv_freq
-    assert {n.overload for n in attn} == {overloads.get(name, "past+present")} and len(proto.functions) == 1
+    # scaled RoPE travels as inv_freq (GPT-OSS's YaRN, Llama 4's Llama 3 scaling); Llama 4's NoPE layer has neither
+    # RoPE nor QK-norm, its chunked layers both
+    overloads = {"gemma3": {"past+qnorm+knorm+present"}, "gpt-oss": {"past+inv_freq+sinks+present"},
+                 "llama4": {"past+qnorm+knorm+inv_freq+present", "past+present"}}.get(name, {"past+present"})
+    assert {n.overload for n in attn} == overloads and len(proto.functions) == len(overloads)
+    if name == "llama4":  # the chunk on the RoPE layers only
+        chunks = [next((a.i for a in n.attribute if a.name == "attention_chunk"), 0) for n in attn]
+        assert chunks == [8, 8, 8, 0]
     meta = {p.key: p.value for p in proto.metadata_props}
     assert meta["onnxattn.kind"] == "decoder" and meta["onnxattn.cache"] == "concat"
 

@@ -86,3 +86,11 @@ def test_gpt_oss_serves_paged_with_attention_sinks(capsys):
     assert paged_serving.main(["--model", "gpt-oss"]) == 0
     out = capsys.readouterr().out
     assert out.count("token-for-token equal to contiguous eager torch") == 3 and "DIFFERENT" not in out
+
+
+def test_llama4_serves_paged_with_chunked_attention(capsys):
+    """The llama4 reference model (chunked RoPE layers with a chunk of 8, shorter than the requests, a NoPE layer with
+    the attention temperature, experts) through PagedAttention: all three paths give the contiguous model's tokens."""
+    assert paged_serving.main(["--model", "llama4"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("token-for-token equal to contiguous eager torch") == 3 and "DIFFERENT" not in out

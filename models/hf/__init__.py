@@ -54,8 +54,8 @@ onto models.modernbert. DeepSeek-V3 and DeepSeek-V2 / V2-Lite map onto models.de
 YaRN with mscale); V2's router scores by softmax, picks greedily
 or group-limited (a group scored by its best expert) and scales without renormalising. Sarvam-MLA is run as DeepSeek-V3
 by transformers; MiniCPM3 is MLA with dense MLPs and MiniCPM's embedding / residual / logits multipliers (its LongRoPE
-switches factor sets per forward in the MLA layer, as in transformers); LongCat-Flash maps its two-sublayer layers onto pairs of ours with the
-shortcut MoE beside them (choice-biased softmax router, zero-computation identity experts).
+switches factor sets per forward in the MLA layer, as in transformers); LongCat-Flash maps its two-sublayer layers
+onto pairs of ours with the shortcut MoE beside them (choice-biased softmax router, zero-computation identity experts).
 
 LongRoPE (rope_type "longrope": Phi-3-mini-128k, Phi-3.5-mini, Phi-4-mini) maps onto RopeScaling("longrope") for
 the Llama-likes, both factor sets checked against transformers'. As transformers' rotary embedding

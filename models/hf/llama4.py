@@ -47,8 +47,8 @@ def _fields(c) -> dict:
     if moe:  # top-k by logit, as transformers ranks them (not by sigmoid score); the scores are not renormalised
         fields |= dict(num_experts=c.num_local_experts, experts_per_token=c.num_experts_per_tok,
                        moe_intermediate=c.intermediate_size, router_scoring="sigmoid", norm_topk=False,
-                       router_rank_by_logits=True, expert_input_scaling=True, shared_expert_intermediate=c.intermediate_size,
-                       shared_expert_gated=False, dense_layers=tuple(i for i in range(n) if i not in moe))
+                       router_rank_by_logits=True, expert_input_scaling=True,
+                       shared_expert_intermediate=c.intermediate_size, shared_expert_gated=False, dense_layers=tuple(i for i in range(n) if i not in moe))
     return fields
 
 
