@@ -123,13 +123,16 @@ def test_sampler_filters():
         Sampler(1.0, top_p=0.0)
 
 
-@pytest.mark.parametrize("name", ["llama", "gpt2", "gpt-oss"])
+@pytest.mark.parametrize("name", ["llama", "gpt2", "gpt-oss", "llama4"])
 def test_shared_buffer_graph_generates_in_place(exported, name):
+    """Generation over 9 + NEW tokens: past llama4's chunk of 8, so its chunk rule meets the shared buffer too."""
     result = exported(name, cache="shared", logits="last")
     proto = onnx.load(result.path)
     assert [i.name for i in proto.graph.input][-1] == "past_lengths"
-    overload = "past+shared+inv_freq+sinks+present" if name == "gpt-oss" else "past+shared+present"
-    assert {n.overload for n in proto.graph.node if n.domain == "onnxattn"} == {overload}
+    overloads = {"gpt-oss": {"past+shared+inv_freq+sinks+present"},
+                 "llama4": {"past+shared+qnorm+knorm+inv_freq+present", "past+shared+present"}}
+    assert {n.overload for n in proto.graph.node if n.domain == "onnxattn"} == overloads.get(
+        name, {"past+shared+present"})
     ids = _prompt(2, 9, seed=2)
     want = generate_torch(result.model, ids, NEW)
     for use_library in (True, False):  # the kernel updates the bound buffers in place; the function copies
