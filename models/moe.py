@@ -229,11 +229,16 @@ class MixtureOfExperts(nn.Module):
             gathered = self.dispatch == "gathered"
         else:
             gathered = tokens.shape[0] * self.routed_per_token < self.num_experts
+        routed = weights[:, :self.num_experts] if self.identity_experts else weights  # the MLP experts' weights
         if torch.compiler.is_exporting() and self.dispatch == "auto":  # an If node on the traced token count
-            routed = torch.cond(gathered, self._gathered_experts, self._all_experts, (tokens, weights))
+            out = torch.cond(gathered, self._gathered_experts, self._all_experts, (tokens, routed))
         else:
-            routed = (self._gathered_experts if gathered else self._all_experts)(tokens, weights)
-        return routed
+            out = (self._gathered_experts if gathered else self._all_experts)(tokens, routed)
+        if not self.identity_experts:
+            return out
+        # LongCat-Flash's identity experts: each token times their summed weight
+        share = weights[:, self.num_experts:].sum(-1, keepdim=True) * tokens.float()
+        return (out.float() + share).to(out.dtype)
 
     def _glu(self, gate_up: torch.Tensor) -> torch.Tensor:
         gate, up = gate_up.chunk(2, dim=-1)
@@ -250,22 +255,9 @@ class MixtureOfExperts(nn.Module):
         inputs = tokens.unsqueeze(-2)
         return inputs * weights.to(tokens.dtype).unsqueeze(-1) if self.scale_inputs else inputs
 
-    def _identity(self, tokens: torch.Tensor, weights: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        """out plus the identity experts' share: each token times its identity experts' summed weight."""
-        if not self.identity_experts:
-            return out
-        share = weights[:, self.num_experts:].sum(-1, keepdim=True) * tokens.float()
-        return (out.float() + share).to(out.dtype)
-
     def _gathered_experts(self, tokens: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """Each token through its routed experts only, their weights gathered per token (matrix-vector products):
-        [T, hidden]."""
-        if self.identity_experts:
-            routed = weights[:, :self.num_experts]
-            return self._identity(tokens, weights, self._gathered_mlp(tokens, routed))
-        return self._gathered_mlp(tokens, weights)
-
-    def _gathered_mlp(self, tokens: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Each token through its routed MLP experts only (weights [T, E]), their weights gathered per token
+        (matrix-vector products): [T, hidden]."""
         # by magnitude: a chosen expert's weight may be negative (a learned per-expert scale); the others weigh 0.
         # With identity experts fewer than k MLP experts may be chosen: the extra picks weigh 0
         chosen = weights.abs().topk(min(self.routed_per_token, self.num_experts), dim=-1).indices  # [T, k]
@@ -280,14 +272,8 @@ class MixtureOfExperts(nn.Module):
         return self._mix(y, chosen_weights, tokens.dtype)
 
     def _all_experts(self, tokens: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """Every expert on every token (one matrix product per expert), mixed by the weights, zero for the experts
-        not chosen: [T, hidden]."""
-        if self.identity_experts:
-            routed = weights[:, :self.num_experts]
-            return self._identity(tokens, weights, self._all_mlp(tokens, routed))
-        return self._all_mlp(tokens, weights)
-
-    def _all_mlp(self, tokens: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Every MLP expert on every token (one matrix product per expert), mixed by the weights [T, E], zero for the
+        experts not chosen: [T, hidden]."""
         inputs = self._scaled_inputs(tokens, weights).transpose(0, 1)  # [E or 1, T, hidden]
         gate_up = torch.matmul(inputs, self.gate_up_proj.transpose(1, 2))  # [E, T, 2I]
         if self.gate_up_proj_bias is not None:

@@ -303,8 +303,12 @@ def test_moe_gathered_experts_equal_all_experts(variant):
         tokens = x.reshape(-1, 32)
         weights = moe.route(tokens)
         assert (weights > 0).sum(-1).max() <= moe.routed_per_token
-        torch.testing.assert_close(moe._gathered_experts(tokens, weights), moe._all_experts(tokens, weights),
-                                   atol=ATOL, rtol=1e-5)
+        mixed = {}
+        for dispatch in ("gathered", "all"):
+            moe.dispatch = dispatch
+            mixed[dispatch] = moe.mix(tokens, weights)
+        moe.dispatch = "auto"
+        torch.testing.assert_close(mixed["gathered"], mixed["all"], atol=ATOL, rtol=1e-5)
         calls = []
         for name in ("_gathered_experts", "_all_experts"):
             original = getattr(moe, name)
