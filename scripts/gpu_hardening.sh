@@ -8,7 +8,8 @@
 # (../shared/device/ort-gpu-parts; if gpu_check.sh ran on this machine, they are installed already). Then:
 #   command: bash scripts/gpu_hardening.sh
 #   carry:   ["build/gpu/onnxattn/cuda_ep/libonnxattn_ops.so"]      timeout_s: 300
-# (caps: 150 s tests + 120 s memcheck = 270 s)
+# (caps: 150 s tests + 120 s memcheck = 270 s; CAP_HARD_TESTS and CAP_HARD_MEMCHECK set them, e.g. to fit what is left
+# of a gpu_check.sh call: OUT=$OUT/hardening CAP_HARD_TESTS=.. CAP_HARD_MEMCHECK=.. bash scripts/gpu_hardening.sh)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -22,14 +23,19 @@ if [ ! -d /tmp/ortsite/onnxruntime ] && ls /tmp/ortparts/*.part-* >/dev/null 2>&
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/ortsite /tmp/"$wheel"
 fi
 if [ -d /tmp/ortsite/onnxruntime ]; then export PYTHONPATH=/tmp/ortsite:${PYTHONPATH:-}; fi
+if [ -d /tmp/pysite/xdist ]; then export PYTHONPATH=/tmp/pysite:${PYTHONPATH:-}; fi  # installed by gpu_check.sh
 export PYTHONPATH=$root:$root/tests:$root/tests/gpu:$root/tests/hardening:${PYTHONPATH:-}
 
 echo "== hardening on CUDA: bad-input table per op, 8 threads, repeats (tests/gpu/hardening_cuda.py)"
-timeout -s INT -k 10 150 python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu/hardening_cuda.py -rfEs -s \
-  --junitxml="$OUT/gpu_hardening.xml" 2>&1 | tee "$OUT/tests.log"
+# One pytest case per op (and opt-in variant), each running its bad-input cases in a child process: with
+# pytest-xdist, the ops on several processes at once.
+parallel=()
+if python3 -c 'import xdist' 2>/dev/null; then parallel=(-n "${GPU_HARDENING_WORKERS:-8}"); fi
+timeout -s INT -k 10 "${CAP_HARD_TESTS:-150}" python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu/hardening_cuda.py \
+  -rfEs -s "${parallel[@]}" --junitxml="$OUT/gpu_hardening.xml" 2>&1 | tee "$OUT/tests.log"
 tests_rc=${PIPESTATUS[0]}
 echo "== compute-sanitizer memcheck over the bad-input cases"
-timeout 120 compute-sanitizer --tool memcheck --error-exitcode 9 --print-limit 20 \
+timeout "${CAP_HARD_MEMCHECK:-120}" compute-sanitizer --tool memcheck --error-exitcode 9 --print-limit 20 \
   python3 tests/gpu/hardening_cuda.py memcheck 2>&1 | tee "$OUT/memcheck.log"
 memcheck_rc=${PIPESTATUS[0]}
 errors=$(grep -c "========= Invalid\|========= Program hit" "$OUT/memcheck.log" || true)
