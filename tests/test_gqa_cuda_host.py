@@ -69,6 +69,9 @@ def test_key_padding_mask_is_one_row_per_batch():
 def test_schedule_and_kernel_come_from_the_shared_dispatch(dtype, kernel, seq, schedule):
     p = lib.plan(lib.Spec(seq=seq, mode="concat", past=100, dtype=dtype, rope=1, **LLAMA))
     a = p["attention"]
+    if schedule == "prefill" and kernel == "mma":
+        kernel = "wgmma"  # the Hopper prefill kernel on the H100 the plan is made for, queries rotated ahead
+        assert p["rotate_queries"]
     assert (a["schedule"], a["kernel"]) == (schedule, kernel), a["reason"]
     assert a["rows_per_head"] == seq * 4  # the 4 query heads of each KV head's group share its K/V tiles
 
@@ -268,7 +271,9 @@ def test_gpu_case_table_passes_on_the_cpu_kernel(case_id, dtype):
 
 def test_rotated_queries_are_asked_for_by_the_environment(monkeypatch):
     """ONNXATTN_GQA_CUDA_QUERY=rotated: the queries prepared into scratch first, only for tensor-core plans
-    that have a preparation to do; an unknown value is an error naming the variable."""
+    that have a preparation to do; an unknown value is an error naming the variable. (On mma.sync: the
+    wgmma kernel, the H100's default, always takes its queries prepared ahead.)"""
+    monkeypatch.setenv("ONNXATTN_SDPA_CUDA_PREFILL", "mma")
     s = lib.Spec(seq=64, mode="concat", past=100, rope=1, **LLAMA)
     fused = lib.plan(s)
     assert not fused["rotate_queries"]

@@ -50,9 +50,11 @@ def test_caches_in_scratch_without_present_outputs():
     assert without.scratch_bytes == with_out.scratch_bytes + align(2 * 2 * 101 * 512) + align(2 * 2 * 101 * 64)
 
 
-def test_shared_buffer_plans_for_the_buffer_length():
-    p = lib.plan(lib.Problem(batch=2, seq=1, heads=16, past=8192, mode="shared", cache_rank=4), sm_count=H100_SMS)
-    assert p.splits == 9  # by occupancy: ceil(264 / 32); 8192 // 256 allows 32
+def test_shared_buffer_plans_for_the_buffer_length(monkeypatch):
+    shared = lib.Problem(batch=2, seq=1, heads=16, past=8192, mode="shared", cache_rank=4)
+    assert lib.plan(shared, sm_count=H100_SMS).splits == 32  # mma: 2 rows of 16 heads; 8192 // 256 allows 32
+    monkeypatch.setenv("ONNXATTN_MLA_CUDA_KERNEL", "simt")
+    assert lib.plan(shared, sm_count=H100_SMS).splits == 9  # simt: by occupancy, ceil(264 / 32)
 
 
 @pytest.mark.parametrize("problem, message", [
@@ -65,10 +67,12 @@ def test_plan_errors(problem, message):
         lib.plan(problem)
 
 
-def test_the_attention_kernel_is_simt_unless_mma_is_asked_for(monkeypatch):
+def test_the_attention_kernel_is_mma_where_it_can_run(monkeypatch):
     ds = lib.Problem(batch=64, heads=16, past=4096)
     monkeypatch.delenv("ONNXATTN_MLA_CUDA_KERNEL", raising=False)
-    assert lib.plan(ds, sm_count=H100_SMS).kernel == "simt"  # until the mma kernel has passed on a GPU
+    assert lib.plan(ds, sm_count=H100_SMS).kernel == "mma"  # passed on the H100 at 93587a9, 6.7-11x simt's speed
+    assert lib.plan(ds, sm_count=H100_SMS, element_bytes=4).kernel == "simt"  # float32: no tensor-core path
+    assert lib.plan(lib.Problem(rank=40, rope=12), element_bytes=2).kernel == "simt"  # rows not 16-byte multiples
     monkeypatch.setenv("ONNXATTN_MLA_CUDA_KERNEL", "mma")
     p = lib.plan(ds, sm_count=H100_SMS)
     # one CTA per (token, 16 heads): 64 of them, so 5 splits fill 264 slots (ceil(264 / 64)); 4097 // 256 allows 16

@@ -31,19 +31,25 @@ def _setup():
 
 # (dtype, path, kernel): every dtype on the automatic plan; float16 also forced onto each schedule of the
 # attention core and onto its simple kernel.
+# "mma.sync": the prefill on mma.sync where the Hopper default would take wgmma (ONNXATTN_SDPA_CUDA_PREFILL=mma).
 VARIANTS = [("float16", "auto", "auto"), ("bfloat16", "auto", "auto"), ("float32", "auto", "auto"),
-            ("float16", "prefill", "auto"), ("float16", "decode", "auto"), ("float16", "auto", "simt")]  # fmt: skip
+            ("float16", "prefill", "auto"), ("float16", "decode", "auto"), ("float16", "auto", "simt"),
+            ("float16", "prefill", "mma.sync")]  # fmt: skip
 
 
 @pytest.mark.parametrize("dtype,path,kernel", VARIANTS, ids=["-".join(v) for v in VARIANTS])
 @pytest.mark.parametrize("case", gc.CASES, ids=str)
-def test_case_table(case, dtype, path, kernel):
-    y, pk, pv, plan, _ = gt.run(case, dtype, path=path, kernel=kernel)
+def test_case_table(case, dtype, path, kernel, monkeypatch):
+    monkeypatch.setenv("ONNXATTN_SDPA_CUDA_PREFILL", "mma" if kernel == "mma.sync" else "auto")
+    y, pk, pv, plan, _ = gt.run(case, dtype, path=path, kernel="auto" if kernel == "mma.sync" else kernel)
     a = plan["attention"]
     if path != "auto":
         assert a["schedule"] == path
-    tensor_cores = dtype != "float32" and kernel == "auto" and case.head_dim % 8 == 0 and case.dv % 8 == 0
-    assert a["kernel"] == ("mma" if tensor_cores else "simt"), a["reason"]
+    tensor_cores = dtype != "float32" and kernel != "simt" and case.head_dim % 8 == 0 and case.dv % 8 == 0
+    if a["kernel"] == "wgmma":  # the Hopper prefill, where eligible (sdpa/cuda_plan.cc rule 3)
+        assert tensor_cores and kernel == "auto" and a["schedule"] == "prefill", a["reason"]
+    else:
+        assert a["kernel"] == ("mma" if tensor_cores else "simt"), a["reason"]
     assert plan["per_batch"] == (case.mode == "shared")
     gc.check(case, dtype, y, pk, pv, context=f"{case} {dtype} {a['reason']}")
 
@@ -216,6 +222,7 @@ def test_rotated_queries_give_the_fused_bits(case_id, dtype, monkeypatch):
     """ONNXATTN_GQA_CUDA_QUERY=rotated (queries prepared into scratch by their own kernel) against the fused Q
     load: the same arithmetic on the same 16-bit rows, so the same output bits."""
     case = gc.CASES_BY_ID[case_id]
+    monkeypatch.setenv("ONNXATTN_SDPA_CUDA_PREFILL", "mma")  # the fused load is mma.sync's (wgmma always rotates)
     (y, pk, pv, plan), (y2, pk2, pv2, plan2) = run_before_and_after(case, dtype, monkeypatch, "ONNXATTN_GQA_CUDA_QUERY", "rotated")
     assert plan2["rotate_queries"] == (plan["attention"]["kernel"] == "mma"), plan2["attention"]["reason"]
     np.testing.assert_array_equal(y2, y)
@@ -232,6 +239,7 @@ def test_wgmma_prefill_with_prepared_queries(case_id, dtype, monkeypatch):
     queries prepared ahead (it has no preparation in its Q load); the cache outputs are the same bits, the
     output within the case's tolerance of the fused mma.sync path (other tiles, the same 16-bit rounding)."""
     case = gc.CASES_BY_ID[case_id]
+    monkeypatch.setenv("ONNXATTN_SDPA_CUDA_PREFILL", "mma")  # before: the fused mma.sync path
     (y, pk, pv, plan), (y2, pk2, pv2, plan2) = run_before_and_after(case, dtype, monkeypatch, "ONNXATTN_SDPA_CUDA_PREFILL", "wgmma")
     attention = plan2["attention"]
     if attention["kernel"] == "wgmma":

@@ -37,19 +37,24 @@ def variants():
         for path in ("auto", "prefill", "decode"):
             for kernel in ("auto", "simt") if dtype != torch.float32 else ("auto",):
                 yield pytest.param(dtype, path, kernel, id=f"{str(dtype)[6:]}-{path}-{kernel}")
+    # mma.sync's prefill where the Hopper default would take wgmma (ONNXATTN_SDPA_CUDA_PREFILL=mma)
+    yield pytest.param(torch.float16, "prefill", "mma.sync", id="float16-prefill-mma.sync")
 
 
 @pytest.mark.parametrize("dtype,path,kernel", list(variants()))
 @pytest.mark.parametrize("case", CASES, ids=str)
-def test_case_table(case, dtype, path, kernel):
+def test_case_table(case, dtype, path, kernel, monkeypatch):
     q, k, v, mask = make_inputs(case, dtype)
     out = torch.full((case.b, case.hq, case.sq, case.v_dim), float("nan"), dtype=dtype, device="cuda")
-    y, lse, plan = run(case, q, k, v, mask, path=path, kernel=kernel, out=out)
+    monkeypatch.setenv("ONNXATTN_SDPA_CUDA_PREFILL", "mma" if kernel == "mma.sync" else "auto")
+    y, lse, plan = run(case, q, k, v, mask, path=path, kernel="auto" if kernel == "mma.sync" else kernel, out=out)
     torch.cuda.synchronize()
     if path != "auto":
         assert plan["schedule"] == path
     if kernel == "simt" or dtype == torch.float32 or case.d % 8 or case.v_dim % 8:
         assert plan["kernel"] == "simt", plan["reason"]
+    elif plan["kernel"] == "wgmma":  # the Hopper prefill, where eligible (sdpa/cuda_plan.cc rule 3)
+        assert plan["schedule"] == "prefill" and kernel == "auto", plan["reason"]
     else:
         assert plan["kernel"] == "mma", plan["reason"]
     check(case, q, k, v, mask, y, lse if case.lse else None, context=f"{case} {plan['reason']}")

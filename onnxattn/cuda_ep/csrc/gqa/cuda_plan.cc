@@ -52,7 +52,7 @@ Plan make_plan(const Params& p, DType dtype, const DeviceInfo& device, const Req
   layout.op = kOpName;
   // The wgmma prefill kernel reads plain query rows: with it, the queries are prepared ahead (below).
   const bool prepares = p.rope || p.q_norm;
-  layout.wgmma_ok = !prepares || rotate_queries || request.prefill == Request::Prefill::kWgmma;
+  layout.wgmma_ok = !prepares || rotate_queries || request.prefill != Request::Prefill::kMma;
   // Rows of the views advance by multiples of D or Dv elements.
   const size_t size = element_size(dtype);
   const bool rows16 = (size_t(p.head_dim) * size) % 16 == 0 && (size_t(p.v_head_dim) * size) % 16 == 0;

@@ -15,8 +15,9 @@
 //    so the scores stay close to float32 ones (the absorbed query is a float32 product, unlike an input
 //    query); P is rounded to 16 bits for P V as in every flash kernel. With it, steps 2 and 4 run as small GEMMs per head over tiles of 16 tokens, so
 //    each weight row is read once per 16 tokens rather than once per token.
-// ONNXATTN_MLA_CUDA_KERNEL = auto | simt | mma picks one (read on every call). auto is simt: the mma
-// kernel has not run on a GPU yet (it becomes the default once the GPU tests pass on it).
+// ONNXATTN_MLA_CUDA_KERNEL = auto | simt | mma picks one (read on every call). auto is mma where it can run
+// (6.7-11x simt's speed on the H100, docs/performance.md), else simt; mma makes an ineligible problem an
+// error.
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
@@ -85,11 +86,15 @@ inline Plan make_plan(const Params& p, int sm_count, size_t element_bytes, bool 
                       KernelRequest request = kernel_request_from_env()) {
   Plan plan;
   const int64_t tokens = p.batch * p.seq, heads = p.heads, r = p.rank, dr = p.rope_dim;
-  if (request == KernelRequest::kMma) {
+  if (request != KernelRequest::kSimt) {
     const std::string why = mma_ineligible(p, element_bytes);
-    if (!why.empty()) fail(kOpName, ": ONNXATTN_MLA_CUDA_KERNEL=mma, but the tensor-core kernel cannot run this problem: ", why);
-    plan.kernel = Kernel::kMma;
-    plan.head_blocks = (heads + kMmaHeads - 1) / kMmaHeads;
+    if (request == KernelRequest::kMma && !why.empty()) {
+      fail(kOpName, ": ONNXATTN_MLA_CUDA_KERNEL=mma, but the tensor-core kernel cannot run this problem: ", why);
+    }
+    if (why.empty()) {
+      plan.kernel = Kernel::kMma;
+      plan.head_blocks = (heads + kMmaHeads - 1) / kMmaHeads;
+    }
   }
   plan.attention_smem = sizeof(float) * size_t((r + dr) + kAttentionWarps * r + 2 * kAttentionWarps);
   if (plan.attention_smem > kMaxSharedBytes) {

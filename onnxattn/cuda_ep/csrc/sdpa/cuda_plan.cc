@@ -9,11 +9,12 @@
 //  3. Kernel: mma (tensor cores) for float16/bfloat16 when D and Dv are multiples of 8 (16-byte rows) and
 //     Q, K, V, Y are 16-byte aligned; simt otherwise (float32 always). ONNXATTN_SDPA_CUDA_KERNEL=simt
 //     forces the simple kernel; =mma makes an ineligible problem an error instead of a silent fallback.
-//     A tensor-core prefill runs the wgmma kernel instead of mma.sync's when ONNXATTN_SDPA_CUDA_PREFILL=wgmma
-//     (auto = mma until the kernel has passed on a GPU) and it can: a device with sm_90a code
-//     (DeviceInfo::wgmma), max(D, Dv) <= 128, no softcap, no mask, scale > 0, contiguous K/V (not
+//     A tensor-core prefill runs the wgmma kernel instead of mma.sync's where it can: a device with sm_90a
+//     code (DeviceInfo::wgmma), max(D, Dv) <= 128, no softcap, no mask, scale > 0, contiguous K/V (not
 //     paged), a uniform batch, and a caller whose launch fits (Layout::wgmma_ok); otherwise mma.sync's,
-//     with the reason in the plan.
+//     with the reason in the plan. On the H100 it runs causal D=128 prefill at 1.30-1.40x mma.sync's
+//     TFLOP/s (docs/performance.md). ONNXATTN_SDPA_CUDA_PREFILL=mma keeps mma.sync; =wgmma asks for it
+//     explicitly (the plan says why where it cannot).
 //  4. Geometry from sdpa/cuda_tiles.h; splits (decode only) from choose_splits() over the keys visible
 //     to any query row, so a sliding window splits its window, not the whole cache.
 //  5. Per-batch lengths (Layout::per_batch_lengths: a shared KV-cache buffer whose valid lengths live on
@@ -215,7 +216,8 @@ LaunchPlan plan_launch(const Params& p, DType dtype, const DeviceInfo& device, c
       plan.rows_per_cta = tiles::prefill_rows(plan.head_dim_tile);
       plan.keys_per_tile = tiles::kPrefillKeys;
       plan.smem_bytes = tiles::prefill_smem_bytes(plan.head_dim_tile);
-      if (request.prefill == Request::Prefill::kWgmma) {
+      if (request.prefill != Request::Prefill::kMma) {
+        const bool asked = request.prefill == Request::Prefill::kWgmma;
         const std::string refusal = wgmma_refusal(p, device, wgmma_ok, part, plan.head_dim_tile);
         if (refusal.empty()) {
           plan.kernel = Kernel::kWgmma;
@@ -223,10 +225,12 @@ LaunchPlan plan_launch(const Params& p, DType dtype, const DeviceInfo& device, c
           plan.rows_per_cta = tiles::kWgmmaRows;
           plan.keys_per_tile = tiles::kWgmmaKeys;
           plan.smem_bytes = tiles::wgmma_prefill_smem_bytes(plan.head_dim_tile);
-          why += " -> wgmma (ONNXATTN_SDPA_CUDA_PREFILL)";
+          why += asked ? " -> wgmma (ONNXATTN_SDPA_CUDA_PREFILL)" : " -> wgmma";
         } else {
-          why += " (wgmma requested, not eligible: " + refusal + ")";
+          why += (asked ? " (wgmma requested, not eligible: " : " (not wgmma: ") + refusal + ")";
         }
+      } else {
+        why += " (mma.sync forced by ONNXATTN_SDPA_CUDA_PREFILL)";
       }
     }
   } else {

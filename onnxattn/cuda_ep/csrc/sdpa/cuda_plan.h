@@ -38,7 +38,7 @@ struct Request {
 // ONNXATTN_SDPA_CUDA_PATH = auto | prefill | decode and ONNXATTN_SDPA_CUDA_KERNEL = auto | mma | simt
 // (unset or empty = auto), ONNXATTN_SDPA_CUDA_SPLITS = 1 .. kMaxSplits (unset = the plan's choice; for
 // benchmarks that sweep the split rule), ONNXATTN_SDPA_CUDA_PREFILL = auto | mma | wgmma (the Hopper
-// prefill kernel where it can run, see cuda_plan.cc rule 3; auto = mma until it has passed on a GPU),
+// prefill kernel where it can run, see cuda_plan.cc rule 3; auto = wgmma where it can, mma = mma.sync always),
 // ONNXATTN_CUDA_PDL = 0 | 1 (rule 8), read on every call so tests can switch within one process. An unknown
 // value is an InputError.
 Request request_from_env();

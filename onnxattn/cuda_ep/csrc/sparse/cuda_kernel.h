@@ -24,9 +24,9 @@
 //    segment (cuda_routed.cuh): the routing lists inverted, each chosen segment staged once per slot for all
 //    the rows that chose it, each row's partials merged in the order of its list.
 // ONNXATTN_SPARSE_CUDA = auto | simple | fast (read on every call): fast is the above; simple the first
-// kernels (one CTA per selection list, a warp per row in every branch, SparseRoutedAttention included). auto is simple until the fast
-// path has passed the GPU tests (written with it, not yet run on a GPU); the tests and the benchmark ask
-// for each explicitly.
+// kernels (one CTA per selection list, a warp per row in every branch, SparseRoutedAttention included). auto is
+// fast (it passed the GPU tests; 5-20x simple's speed on the H100, docs/performance.md); the tests and the
+// benchmark ask for each explicitly.
 //
 // Usage: plan = plan_nsa(params, tensors); allocate plan.scratch_bytes of device scratch (256-byte
 // aligned); run_nsa() only enqueues work on `stream`: no host synchronisation, no allocation.
