@@ -158,6 +158,9 @@ void run(const Params& p, const Tensors<T>& t_in, const Plan& plan, void* stream
     throw std::runtime_error(str_cat(kOpName, ": the CUDA plan needs ", plan.scratch_bytes, " bytes of scratch, got ",
                                      scratch_bytes));
   }
+  // An empty cache (B = 0, or no past and no new tokens) leaves nothing to write or attend: the output has
+  // no rows either (S <= cache length), and onnxruntime hands empty tensors over without data.
+  if (p.batch * p.kv_heads * p.total == 0) return;
   const cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
   unsigned char* const base = static_cast<unsigned char*>(scratch);
   Tensors<T> t = t_in;

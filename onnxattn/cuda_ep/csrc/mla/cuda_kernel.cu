@@ -192,16 +192,16 @@ __global__ void __launch_bounds__(32 * kAttentionWarps) attention_kernel(const S
   for (int w = 0; w < kAttentionWarps; ++w) m_all = fmaxf(m_all, stats[2 * w]);
   float l_all = 0.0f, factor[kAttentionWarps];
   for (int w = 0; w < kAttentionWarps; ++w) {
-    factor[w] = stats[2 * w + 1] > 0.0f ? __expf(stats[2 * w] - m_all) : 0.0f;
+    factor[w] = stats[2 * w + 1] != 0.0f ? __expf(stats[2 * w] - m_all) : 0.0f;
     l_all += stats[2 * w + 1] * factor[w];
   }
-  const float inv = l_all > 0.0f ? 1.0f / l_all : 0.0f;
+  const float inv = l_all != 0.0f ? 1.0f / l_all : 0.0f;
   for (int64_t x = threadIdx.x; x < s.rank; x += blockDim.x) {
     float o = 0.0f;
     for (int w = 0; w < kAttentionWarps; ++w) o += acc[w * s.rank + x] * factor[w];
     out[x] = o * inv;
   }
-  if (threadIdx.x == 0) *lse = l_all > 0.0f ? m_all + __logf(l_all) : kNegInf;
+  if (threadIdx.x == 0) *lse = l_all != 0.0f ? m_all + __logf(l_all) : kNegInf;
 }
 
 // 3'. The tensor-core attention (mla/cuda_plan.h): one CTA per (token of the chunk, block of 16 heads,
@@ -443,7 +443,7 @@ __global__ void __launch_bounds__(kMmaThreads, 2)
     const float sum = sc::quad_sum(l[h]);
     if (r >= rows) continue;
     const int64_t row = tok * s.heads + h0 + r;
-    const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+    const float inv = sum != 0.0f ? 1.0f / sum : 0.0f;
     float* const out = ptr.partial + (split * chunk_rows + row) * s.rank;
 #pragma unroll
     for (int n = 0; n < kMmaOutPairs; ++n) {
@@ -458,7 +458,7 @@ __global__ void __launch_bounds__(kMmaThreads, 2)
         }
       }
     }
-    if (warp == 0 && lane % 4 == 0) ptr.lse[split * chunk_rows + row] = sum > 0.0f ? m[h] + logf(sum) : sc::kNegInf;
+    if (warp == 0 && lane % 4 == 0) ptr.lse[split * chunk_rows + row] = sum != 0.0f ? m[h] + logf(sum) : sc::kNegInf;
   }
 }
 
@@ -478,7 +478,7 @@ __global__ void __launch_bounds__(kOutputThreads) output_kernel(const Shape s, c
     const float v = ptr.lse[k * chunk_rows + row];
     total += v == kNegInf ? 0.0f : __expf(v - m);
   }
-  const float inv = total > 0.0f ? 1.0f / total : 0.0f;
+  const float inv = total != 0.0f ? 1.0f / total : 0.0f;
   for (int64_t x = threadIdx.x; x < s.rank; x += blockDim.x) {
     float o = 0.0f;
     for (int64_t k = 0; k < splits; ++k) {
@@ -592,7 +592,7 @@ __global__ void __launch_bounds__(kTileThreads) output_tiled_kernel(const Shape 
         total += v == kNegInf ? 0.0f : __expf(v - m);
       }
     }
-    const float inv = total > 0.0f ? 1.0f / total : 0.0f;
+    const float inv = total != 0.0f ? 1.0f / total : 0.0f;
     for (int64_t r = lane; r < s.rank; r += 32) {
       float o = 0.0f;
       if (ok) {

@@ -320,7 +320,7 @@ __global__ void __launch_bounds__(tiles::kThreads) decode_mma_kernel(const Kerne
 #pragma unroll
     for (int w = 0; w < kWarps; ++w) value += merge_o[(w * kRows + row) * kTile + col];
     const float total = final_l[row];
-    value = total > 0.0f ? value / total : 0.0f;
+    value = total != 0.0f ? value / total : 0.0f;
     const RowRef ref = row_ref(a, cta.batch, cta.kv_head, r);
     if (a.splits == 1) {
       store_y(a, y_row(a, cta.batch, ref.head, ref.query, q_start) + col, value);
@@ -332,7 +332,7 @@ __global__ void __launch_bounds__(tiles::kThreads) decode_mma_kernel(const Kerne
     const RowRef ref = row_ref(a, cta.batch, cta.kv_head, row_begin + tid);
     const int64_t out_row = partial_row(a, item, cta.kv_head, tid, ref);
     const float total = final_l[tid];
-    const float lse = total > 0.0f ? final_m[tid] + logf(total) : kNegInf;
+    const float lse = total != 0.0f ? final_m[tid] + logf(total) : kNegInf;
     if (a.splits > 1) {
       a.partial_lse[cta.split * a.out_rows + out_row] = lse;
     } else if (a.lse != nullptr) {

@@ -340,7 +340,7 @@ __global__ void __launch_bounds__(tiles::kThreads) prefill_mma_kernel(const Kern
       const int64_t r = row_begin + (warp * kBlocks + b) * 16 + quad_row + 8 * h;
       if (r >= row_end) continue;
       const RowRef ref = row_ref(a, cta.batch, cta.kv_head, r);
-      const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+      const float inv = sum != 0.0f ? 1.0f / sum : 0.0f;
       const int64_t y_at = y_row(a, cta.batch, ref.head, ref.query, q_start);
 #pragma unroll
       for (int n = 0; n < kOutN8; ++n) {
@@ -354,7 +354,7 @@ __global__ void __launch_bounds__(tiles::kThreads) prefill_mma_kernel(const Kern
       }
       if (a.lse != nullptr && lane % 4 == 0) {
         const float m_log2 = kPlain ? m[b][h] * scale_log2 : m[b][h];
-        a.lse[lse_row(a, ref, q_start)] = sum > 0.0f ? (m_log2 + log2f(sum)) * kLn2 : kNegInf;
+        a.lse[lse_row(a, ref, q_start)] = sum != 0.0f ? (m_log2 + log2f(sum)) * kLn2 : kNegInf;
       }
     }
   }

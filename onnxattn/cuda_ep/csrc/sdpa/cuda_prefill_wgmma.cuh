@@ -280,7 +280,7 @@ __global__ void __launch_bounds__(tiles::kWgmmaThreads, 1) prefill_wgmma_kernel(
     const int64_t r = row_begin + (h == 0 ? row_lo : row_hi);
     if (r >= row_end) continue;
     const RowRef ref = row_ref(a, cta.batch, cta.kv_head, r);
-    const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+    const float inv = sum != 0.0f ? 1.0f / sum : 0.0f;
     const int64_t y_at = y_row(a, cta.batch, ref.head, ref.query, q_start);
 #pragma unroll
     for (int n = 0; n < kOutN8; ++n) {
@@ -289,7 +289,7 @@ __global__ void __launch_bounds__(tiles::kWgmmaThreads, 1) prefill_wgmma_kernel(
       *reinterpret_cast<uint32_t*>(a.y + y_at + col) = Mma<T>::pack(o[4 * n + 2 * h] * inv, o[4 * n + 2 * h + 1] * inv);
     }
     if (a.lse != nullptr && lane % 4 == 0) {
-      a.lse[ref.out_row] = sum > 0.0f ? (m[h] * scale_log2 + log2f(sum)) * kLn2 : kNegInf;
+      a.lse[ref.out_row] = sum != 0.0f ? (m[h] * scale_log2 + log2f(sum)) * kLn2 : kNegInf;
     }
   }
 #elif defined(__CUDA_ARCH__)

@@ -148,7 +148,7 @@ __global__ void __launch_bounds__(tiles::kThreads) simt_kernel(const KernelArgs<
     const RowRef ref = row_ref(a, cta.batch, cta.kv_head, r);
     const int64_t out_row = partial_row(a, work, ref, r);  // the uniform out row when not ragged
     const int64_t y_at = y_row(a, cta.batch, ref.head, ref.query, seq.q_start);
-    const float inv = l[rr] > 0.0f ? 1.0f / l[rr] : 0.0f;
+    const float inv = l[rr] != 0.0f ? 1.0f / l[rr] : 0.0f;
 #pragma unroll
     for (int ch = 0; ch < kChunks; ++ch) {
       const int e = ch * 32 + lane;
@@ -160,7 +160,7 @@ __global__ void __launch_bounds__(tiles::kThreads) simt_kernel(const KernelArgs<
       }
     }
     if (lane == 0) {
-      const float lse = l[rr] > 0.0f ? m[rr] + logf(l[rr]) : kNegInf;
+      const float lse = l[rr] != 0.0f ? m[rr] + logf(l[rr]) : kNegInf;
       if (a.splits > 1) {
         a.partial_lse[cta.split * a.out_rows + out_row] = lse;
       } else if (a.lse != nullptr) {
@@ -209,7 +209,7 @@ __global__ void __launch_bounds__(tiles::kThreads) combine_kernel(const KernelAr
   }
   total = warp_sum(total);
   __syncwarp();
-  const float inv = total > 0.0f ? 1.0f / total : 0.0f;
+  const float inv = total != 0.0f ? 1.0f / total : 0.0f;
   const int v_dim = a.v_head_dim;
   // The partial loads are unconditional (an empty split's partial is never written: its weight-0 value is
   // selected away after the load), so the unrolled split loop keeps several loads in flight. A load under
@@ -247,7 +247,7 @@ __global__ void __launch_bounds__(tiles::kThreads) combine_kernel(const KernelAr
       store_y(a, y_at + e, acc * inv);
     }
   }
-  if (lane == 0 && a.lse != nullptr) a.lse[lse_at] = total > 0.0f ? big + logf(total) : kNegInf;
+  if (lane == 0 && a.lse != nullptr) a.lse[lse_at] = total != 0.0f ? big + logf(total) : kNegInf;
 }
 
 // One warp per sequence: its class by query count, the row tiles of the sequences before it in that class
