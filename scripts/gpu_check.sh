@@ -45,7 +45,7 @@ mkdir -p "$OUT"
 # (600 s at most). CAP_BENCH_SPARSE: bench_sparse_cuda.py also stops measuring by itself at 32 s (--budget-s).
 # CAP_SPARSE_TESTS is the sparse-attention stage's (NativeSparseAttention / SparseRoutedAttention).
 # CAP_BENCH_MODELS: bench_models_cuda.py starts no path after 45 s by itself (--budget-s).
-CAP_TESTS_PARALLEL=170 CAP_TESTS=85 CAP_GQA_TESTS=70 CAP_SPARSE_TESTS=90 CAP_PAGED_TESTS=55 CAP_SANITIZE=90
+CAP_TESTS_PARALLEL=170 CAP_TESTS=85 CAP_GQA_TESTS=70 CAP_SPARSE_TESTS=90 CAP_PAGED_TESTS=55 CAP_SANITIZE=${CAP_SANITIZE:-90}
 CAP_BENCH_SDPA=80 CAP_BENCH_GQA=50 CAP_BENCH_MLA=20 CAP_BENCH_PAGED=30 CAP_BENCH_SPARSE=40 CAP_BENCH_MODELS=60
 
 main() {

@@ -34,10 +34,21 @@ if python3 -c 'import xdist' 2>/dev/null; then parallel=(-n "${GPU_HARDENING_WOR
 timeout -s INT -k 10 "${CAP_HARD_TESTS:-150}" python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu/hardening_cuda.py \
   -rfEs -s "${parallel[@]}" --junitxml="$OUT/gpu_hardening.xml" 2>&1 | tee "$OUT/tests.log"
 tests_rc=${PIPESTATUS[0]}
-echo "== compute-sanitizer memcheck over the bad-input cases"
-timeout "${CAP_HARD_MEMCHECK:-120}" compute-sanitizer --tool memcheck --error-exitcode 9 --print-limit 20 \
-  python3 tests/gpu/hardening_cuda.py memcheck 2>&1 | tee "$OUT/memcheck.log"
-memcheck_rc=${PIPESTATUS[0]}
+echo "== compute-sanitizer memcheck over the bad-input cases, one process per op at once"
+ops=$(python3 -c 'import sys; sys.path[:0] = ["tests/hardening", "tests"]; from bad_input_cases import all_ops; print(*all_ops())')
+memcheck_rc=0 pids=()
+for op in $ops; do
+  timeout "${CAP_HARD_MEMCHECK:-120}" compute-sanitizer --tool memcheck --error-exitcode 9 --print-limit 20 \
+    python3 tests/gpu/hardening_cuda.py memcheck "$op" > "/tmp/memcheck_$op.log" 2>&1 &
+  pids+=($!)
+done
+i=0
+for op in $ops; do
+  wait "${pids[$i]}"; rc=$?; i=$((i + 1))
+  echo "== $op: exit $rc" >> "$OUT/memcheck.log"; cat "/tmp/memcheck_$op.log" >> "$OUT/memcheck.log"
+  echo "memcheck $op: exit $rc ($(grep -c '^ok ' "/tmp/memcheck_$op.log") cases ok, $(grep -c '^FAIL' "/tmp/memcheck_$op.log") failed)"
+  if [ "$rc" != 0 ] && [ "$memcheck_rc" = 0 ]; then memcheck_rc=$rc; fi
+done
 errors=$(grep -c "========= Invalid\|========= Program hit" "$OUT/memcheck.log" || true)
 python3 - "$OUT" "$tests_rc" "$memcheck_rc" "$errors" <<'PY'
 import json, sys
