@@ -258,7 +258,7 @@ def bench_decode(ort, past: int, capacity: int, copy_gbs: float, repeats: int) -
     spec = lib.Spec(seq=1, q_heads=HQ, kv_heads=HKV, head_dim=D, mode="shared", past=capacity, rope=1, rope_base=BASE)
     row["plan"] = lib.run(spec, {**ours_in, **ours_out})["attention"]["reason"]
     t["onnxattn"]["graph"] = time_graph(lambda: lib.run(spec, {**ours_in, **ours_out}), repeats=repeats)
-    try:  # decode and combine as programmatic dependent launches (ONNXATTN_CUDA_PDL=1, opt-in until measured)
+    try:  # decode and combine as programmatic dependent launches (ONNXATTN_CUDA_PDL=1, opt-in)
         with env_vars({"ONNXATTN_CUDA_PDL": "1"}):
             t["pdl"] = timings(ours, repeats)
             t["pdl"]["graph"] = time_graph(lambda: lib.run(spec, {**ours_in, **ours_out}), repeats=repeats)

@@ -95,6 +95,39 @@ def run_fuzz(examples: int) -> None:
 # ---------------------------------------------------------------------------------------------------------
 # The document
 
+def record_gpu_hardening(folder: Path, device: str, commit: str) -> None:
+    """docs/reliability/gpu_hardening.json from what scripts/gpu_hardening.sh returned in `folder` (its
+    memcheck.log: one line per case and op variant with the outcome and the node's provider; gpu_hardening.xml;
+    gpu_hardening.json)."""
+    import re
+    import xml.etree.ElementTree as ET
+
+    summary = json.loads((folder / "gpu_hardening.json").read_text())
+    suite = ET.parse(folder / "gpu_hardening.xml").getroot().find("testsuite")
+    line = re.compile(r"^(ok  |FAIL) (\w+) \(([\w-]+)\) ([\w.-]+): (\S+) ?(.*)$")
+    ops: dict[str, dict] = {}
+    exits: dict[str, int] = {}
+    for text in (folder / "memcheck.log").read_text().splitlines():
+        if text.startswith("== ") and ": exit " in text:
+            op, code = text[3:].split(": exit ")
+            exits[op] = int(code)
+        found = line.match(text)
+        if not found:
+            continue
+        status, op, variant, _case, outcome, provider = found.groups()
+        entry = ops.setdefault(f"{op} ({variant})", {"cases": 0, "failed": 0, "outcomes": {}, "on_cuda": 0})
+        entry["cases"] += 1
+        entry["failed"] += status == "FAIL"
+        entry["outcomes"][outcome] = entry["outcomes"].get(outcome, 0) + 1
+        entry["on_cuda"] += "CUDAExecutionProvider" in provider
+    record = {"date": suite.get("timestamp", "")[:10], "device": device, "commit": commit,
+              "tests": int(suite.get("tests")), "failures": int(suite.get("failures")),
+              "errors": int(suite.get("errors")), "memcheck_exit": exits, "memcheck_errors": summary["memcheck_errors"],
+              "clean": summary["clean"], "ops": ops}
+    (RECORDS / "gpu_hardening.json").write_text(json.dumps(record, indent=1) + "\n")
+    print(f"wrote {(RECORDS / 'gpu_hardening.json').relative_to(ROOT)}")
+
+
 def _table(header: list[str], rows: list[list]) -> list[str]:
     out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     out += ["| " + " | ".join(str(x) for x in row) + " |" for row in rows]
@@ -290,16 +323,47 @@ float32, each implementation in its own order), so blocks or segments that tie i
 differently by the kernel, the function, torch and the float64 oracle (each a top-k up to rounding: the fuzz
 accepts exactly that); non-finite K/V values inside the visible range of any row of a key
 tile reach the rows that mask them (0 x NaN), as in the function's MatMul.
-
-## 8. For the GPU session
-
-`scripts/gpu_hardening.sh`, one device call of its own (gpu_check.sh's budget is full; see its header): the
-bad-input table of every op through onnxruntime's CUDA EP with each case in a child process, expecting the CPU
-kernel's outcomes (tests/gpu/hardening_cuda.py; the node's provider is printed: ops or dtypes without a CUDA
-kernel run on ours for the CPU), 8 threads sharing a CUDA session == serial and bitwise repeats, then
-compute-sanitizer memcheck over the same cases in one process. Not yet run on a GPU. Still to write there: the
-2^32-element caches on the device (torch CUDA tensors bound in place; an H100 holds two 8 GiB float16 caches).
 """
+
+
+def gpu_section() -> list[str]:
+    lines = ["## 8. On the GPU", "",
+             "`scripts/gpu_hardening.sh` on the GPU machine (after scripts/gpu_check.sh, in the same lease): the "
+             "bad-input table of every op through onnxruntime's CUDA EP, each op's cases in a child process "
+             "(tests/gpu/hardening_cuda.py), expecting the CPU kernel's outcome except for bad index values on a "
+             "node the CUDA kernel runs: it cannot raise without synchronising the host, so its contract is NaN "
+             "output rows for the failing sequences and nothing written for them (gqa/cuda_kernel.h, "
+             "paged/cuda_plan.h, mla/cuda_kernel.h), checked as `nan-rows` (at least one row all NaN, none partly); "
+             "8 threads sharing one CUDA session equal serial runs bit for bit, and repeats are bitwise equal, for "
+             "every op; then compute-sanitizer memcheck over every case, one process per op. The variants: the "
+             "sparse ops on their other CUDA path too (`simple`; in the run below, made before `fast` became the "
+             "default, the `opt-in` rows ran `fast` again, and `simple` had passed the same table at 93587a9, "
+             "without memcheck). Recorded with "
+             "`python scripts/reliability_report.py --gpu-hardening <returned folder> --device H100 --commit C`.",
+             ""]
+    recorded = _load("gpu_hardening")
+    if not recorded:
+        return lines + ["No run recorded yet.", ""]
+    lines += [f"Run {recorded['date']}, {recorded['device']}, commit {recorded['commit']}: "
+              f"{recorded['tests']} tests, {recorded['failures'] + recorded['errors']} failed; memcheck "
+              f"{recorded['memcheck_errors']} errors, "
+              f"{'clean' if recorded['clean'] else 'NOT clean'}.", ""]
+    rows = []
+    for name, entry in recorded["ops"].items():
+        outcomes = ", ".join(f"{k} {v}" for k, v in sorted(entry["outcomes"].items()))
+        op = name.split(" (")[0]
+        rows.append([name, entry["cases"], outcomes, entry["on_cuda"], entry["failed"],
+                     recorded["memcheck_exit"].get(op, "n/a")])
+    lines += _table(["op (path)", "cases", "outcomes on CUDA", "ran on the CUDA EP", "not as expected",
+                     "memcheck exit"], rows)
+    lines += ["", "`ran on the CUDA EP` counts the cases whose node ran on our CUDA kernel (from onnxruntime's "
+              "profile); the others were rejected before any kernel ran (shape inference, the kernels' host-side "
+              "checks of shapes and attributes), as on the CPU. Found by the first of these runs and fixed "
+              "(`c5da53e`): a NaN row sum read as a row without visible keys (output 0, LSE -inf) in the SDPA and MLA CUDA kernels, where the CPU gives "
+              "NaN; GroupQueryAttention on CUDA failed on an empty cache (B = 0, or no past and no new tokens) "
+              "instead of returning the empty result. Not yet run there: caches of 2^32+ elements on the device "
+              "(host-side index arithmetic and the CPU kernels cover it, section 6).", ""]
+    return lines
 
 
 def render() -> str:
@@ -313,7 +377,7 @@ def render() -> str:
             "--record`.", ""]
     parts = head + bad_input_section() + fuzz_section() + sanitize_section() + soak_section()
     parts += determinism_section() + large_section()
-    return "\n".join(parts) + "\n" + STATIC_TAIL
+    return "\n".join(parts) + "\n" + STATIC_TAIL + "\n" + "\n".join(gpu_section())
 
 
 def main() -> int:
@@ -321,8 +385,13 @@ def main() -> int:
     parser.add_argument("--check", action="store_true")
     parser.add_argument("--run", nargs="*", default=[], choices=["bad-input", "soak", "large", "fuzz"])
     parser.add_argument("--examples", type=int, default=100)
+    parser.add_argument("--gpu-hardening", type=Path, help="a folder scripts/gpu_hardening.sh returned: record it")
+    parser.add_argument("--device", default="H100", help="with --gpu-hardening")
+    parser.add_argument("--commit", default="", help="with --gpu-hardening: the library's commit")
     args = parser.parse_args()
     os.chdir(ROOT)
+    if args.gpu_hardening:
+        record_gpu_hardening(args.gpu_hardening, args.device, args.commit)
     for what in args.run:
         {"bad-input": run_bad_input, "soak": run_soak, "large": run_large,
          "fuzz": lambda: run_fuzz(args.examples)}[what]()

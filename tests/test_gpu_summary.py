@@ -14,7 +14,8 @@ from script_modules import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-COMMITTED = sorted(RESULTS.glob("*_cuda_h100.json"))
+# The committed H100 results but the models benchmark, which the tests replace by a made-up one (models_result)
+COMMITTED = sorted(p for p in RESULTS.glob("*_cuda_h100.json") if p.name != "models_cuda_h100.json")
 
 
 

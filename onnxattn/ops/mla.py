@@ -66,8 +66,8 @@ w_uk[h]^T` (R), attention of `[q_lat ; q_rope]` over the R + Dr wide rows `[late
 heads (one KV head), then `@ w_uv[h]`. It is the same function up to rounding. The library's CPU kernel picks
 the form per call by counting multiply-adds (decode and short chunks over a long past: absorbed; prompts
 without a past and long chunks: expanded; `ONNXATTN_MLA_PATH=absorbed|expanded` forces one); its CUDA
-kernel runs the absorbed form, its attention step on CUDA cores or (`ONNXATTN_MLA_CUDA_KERNEL=mma`, 16-bit)
-on tensor cores with the heads of a token as the rows of one MQA group (FlashMLA's shape).
+kernel runs the absorbed form, its attention step on tensor cores for 16-bit (the heads of a token as the rows
+of one MQA group, FlashMLA's shape) or on CUDA cores (float32; `ONNXATTN_MLA_CUDA_KERNEL=simt`).
 
 **Weights.** `w_uk [H, R, Dn]` and `w_uv [H, R, Dv]` map the latent to each head's key and value: `k_nope =
 latent @ w_uk[h]`. From DeepSeek's `kv_b_proj.weight` ([H*(Dn+Dv), R]): `w = weight.view(H, Dn + Dv, R)`,

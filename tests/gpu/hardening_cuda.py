@@ -44,14 +44,12 @@ PROVIDERS = [CUDA_EP, "CPUExecutionProvider"]
 # GPU kernels accumulate in float32 but in other orders (tensor-core tiles, split-KV): a looser bound than the
 # CPU table's 1e-4 for its float32 defined cases.
 CUDA_TOLERANCE = 2e-3
-# The opt-in CUDA paths not yet run on a GPU get the same table (MultiHeadLatentAttention's mma kernel refuses
-# float32 by design, so it is checked by tests/gpu/test_mla_cuda.py and sanitize_cases.py instead).
-# (The attention core's opt-ins, ONNXATTN_SDPA_CUDA_PREFILL=wgmma and ONNXATTN_CUDA_PDL=1, serve 16-bit
-# tensor-core launches only, and this table is float32: they are checked by their own GPU tests and the
-# `wgmma` memcheck family of sanitize_cases.py instead.)
-VARIANTS = {"NativeSparseAttention": {"ONNXATTN_SPARSE_CUDA": "fast"},
-            "SparseRoutedAttention": {"ONNXATTN_SPARSE_CUDA": "fast"}}  # fmt: skip
-TABLE = [(op, "default") for op in all_ops()] + [(op, "opt-in") for op in all_ops() if op in VARIANTS]
+# The sparse ops' other CUDA path (simple; fast is the default) gets the same table. The table is float32, which
+# the 16-bit tensor-core paths (the wgmma prefill, MultiHeadLatentAttention's mma kernel, PDL launches) never
+# take: they are checked by their own GPU tests and the `wgmma` / `mla` memcheck families of sanitize_cases.py.
+VARIANTS = {"NativeSparseAttention": {"ONNXATTN_SPARSE_CUDA": "simple"},
+            "SparseRoutedAttention": {"ONNXATTN_SPARSE_CUDA": "simple"}}  # fmt: skip
+TABLE = [(op, "default") for op in all_ops()] + [(op, "simple") for op in all_ops() if op in VARIANTS]
 
 
 def cuda_expectation(c, got: dict) -> str:
@@ -70,7 +68,7 @@ def test_bad_input_table_on_cuda(op, variant, monkeypatch):
 
     from isolate import run_jobs
 
-    extra = VARIANTS[op] if variant == "opt-in" else {}
+    extra = VARIANTS[op] if variant != "default" else {}
     for name, value in extra.items():
         monkeypatch.setenv(name, value)  # the children's environment, and this process's for the retry below
     jobs = [f"{op}|{c.id}|kernel-cuda" for c in cases(op)]
@@ -127,7 +125,7 @@ def test_cuda_session_shared_by_eight_threads_and_bitwise_repeatable(op):
 
 def memcheck(ops: list[str]) -> int:
     """Every case of `ops` (all when empty), kernel path on CUDA, in this process (for compute-sanitizer); the
-    opt-in paths too."""
+    variant paths too."""
     import os
 
     import bad_input_paths
@@ -136,7 +134,7 @@ def memcheck(ops: list[str]) -> int:
     for op, variant in TABLE:
         if ops and op not in ops:
             continue
-        extra = VARIANTS[op] if variant == "opt-in" else {}
+        extra = VARIANTS[op] if variant != "default" else {}
         os.environ.update(extra)
         try:
             for c in cases(op):

@@ -1,6 +1,6 @@
-"""MultiHeadLatentAttention's CUDA kernel (absorbed form; the SIMT attention first run and passed on an H100,
-2026-11-27; the tensor-core attention, ONNXATTN_MLA_CUDA_KERNEL=mma, written since and not yet run) against the
-eager torch reference, through the library's ctypes entry on torch CUDA tensors, then through onnxruntime-gpu's
+"""MultiHeadLatentAttention's CUDA kernel (absorbed form; the SIMT attention and the tensor-core attention,
+ONNXATTN_MLA_CUDA_KERNEL=mma, the 16-bit default since it passed on an H100, 2026-11-27) against the eager torch
+reference, through the library's ctypes entry on torch CUDA tensors, then through onnxruntime-gpu's
 CUDA execution provider; each 16-bit case with both attention kernels.
 
 Reference: onnxattn.nn.mla_reference on the CPU from the same inputs — in float64 for float32 inputs; for

@@ -1,7 +1,7 @@
 """NativeSparseAttention and SparseRoutedAttention through onnxruntime-gpu's CUDA execution provider with our
 library registered, on both CUDA paths of sparse/cuda_kernel.cu (ONNXATTN_SPARSE_CUDA=simple: the first
-kernels, run and passed on an H100 2026-11-27; fast: tiled selection and NSA's branches on the attention core,
-not yet run): the sparse suite's own numerics matrix (tests/test_sparse_numerics.py: oracle outputs and exact selections, every dtype) with each node
+kernels; fast, the default: tiled selection and NSA's branches on the attention core; both passed on an H100,
+2026-11-27): the sparse suite's own numerics matrix (tests/test_sparse_numerics.py: oracle outputs and exact selections, every dtype) with each node
 proven to run on CUDA from onnxruntime's profile; the semantic checks that need no oracle (causality, ties);
 a long-context case (S = 4096) against our CPU kernel; and bad input rejected with the kernel's message.
 

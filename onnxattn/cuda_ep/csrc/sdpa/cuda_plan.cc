@@ -28,7 +28,7 @@
 //  6. Paged K/V (Params::block_size > 0, block table on the device): the same kernels, each K/V row read
 //     from its block (slot block_table[j / block_size] * block_size + j % block_size) straight from the
 //     pool; the table rows must cover the view (checked here). No layout change otherwise.
-//  8. ONNXATTN_CUDA_PDL=1 (opt-in until measured on a GPU): on sm_90 devices with the library's sm_90a code,
+//  8. ONNXATTN_CUDA_PDL=1 (opt-in: no gain measured on the H100): on sm_90 devices with the library's sm_90a code,
 //     the decode kernel and the split combine are launched as programmatic dependents (cudaLaunchKernelEx,
 //     programmatic stream serialization): each starts while its predecessor drains and waits in
 //     griddepcontrol.wait before reading anything, so a small decode (B = 1) pays less launch latency
