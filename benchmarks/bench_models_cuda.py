@@ -18,8 +18,9 @@ Paths, all with the same weights and a KV cache:
   - eager torch CUDA, onnxattn reference modules: our modules eagerly.
 The onnxruntime paths run onnxattn.generate as it is: its I/O-binding loop keeps the KV cache on the GPU
 (presents are OrtValues fed back as the next pasts) and copies the last position's logits to the host every
-step, where the sampler runs; the eager paths copy their logits to the host too. generate binds the shared
-buffer in place only on the CPU: on CUDA each step writes a fresh present buffer (said in the output).
+step, where the sampler runs; the eager paths copy their logits to the host too. With the shared buffer, generate
+keeps one buffer per cache on the device and binds each present to it, so each step writes only the new tokens
+(in place since 2026-11-27; the 93587a9 run predates it and wrote a fresh present buffer each step).
 Where our library runs, the GroupQueryAttention nodes must have run on CUDAExecutionProvider (onnxruntime's
 profile of a short generation on the same session, tests/gpu/ort_cuda.node_providers): otherwise the path
 is an error and the exit status 1. Time to first token (prefill + first sample) and decode tokens/s, best
@@ -79,8 +80,8 @@ LABELS = {
     "torch_sdpa": "eager torch, F.scaled_dot_product_attention",
     "torch_onnxattn": "eager torch, onnxattn reference modules",
 }
-SHARED_NOTE = ("onnxattn.generate binds the shared buffer in place only on the CPU: on CUDA each step writes "
-               "a fresh present buffer (not in place)")
+SHARED_NOTE = ("onnxattn.generate binds each shared buffer in place on the device: each step writes only the new "
+               "tokens")
 IO_NOTE = ("ORT paths: onnxattn.generate's I/O-binding loop, KV cache on the device as OrtValues, last-position "
            "logits copied to the host every step (host sampler); eager torch paths copy their logits to the host too")
 

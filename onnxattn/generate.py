@@ -118,6 +118,11 @@ def _session(model, use_library: bool, providers, session_options=None):
     return make_session(model, use_library=use_library, providers=providers, session_options=session_options)
 
 
+def _cuda_device_id(session) -> int:
+    options = session.get_provider_options().get("CUDAExecutionProvider", {})
+    return int(options.get("device_id", 0))
+
+
 def generate(
     model,
     input_ids,
@@ -154,15 +159,20 @@ def generate(
     device = "cuda" if session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
     batch, prompt = ids.shape
     length = prompt + max_new_tokens if shared else 0
+    # Presents bound to the past buffers: our kernel then appends in place (only the new tokens are written).
+    # Only where this function made the session, so the library is known to be registered.
+    in_place = shared and use_library and not isinstance(model, ort.InferenceSession)
     cache = {}
-    for name in pasts:  # first pasts on the host (onnxruntime copies them over); later ones stay on the device
+    for name in pasts:
         info = inputs[name]
         np_type, onnx_type = _ORT_TYPES[info.type]
         shape = [batch, info.shape[1], length, info.shape[3]]
-        cache[name] = ort.OrtValue.ortvalue_from_numpy_with_onnx_type(np.zeros(shape, np_type), onnx_type)
-    # Presents bound to the past buffers: our kernel then appends in place. Only where this function made the
-    # session (so the library is known to be registered), and on the CPU, where the buffers live.
-    in_place = shared and use_library and device == "cpu" and not isinstance(model, ort.InferenceSession)
+        zeros = np.zeros(shape, np_type)
+        if in_place and device == "cuda":  # the buffer on the device for the whole generation
+            cache[name] = ort.OrtValue.ortvalue_from_shape_and_type(shape, onnx_type, "cuda", _cuda_device_id(session))
+            cache[name].update_inplace(zeros)
+        else:  # first pasts on the host (onnxruntime copies them over); later ones stay where the presents are
+            cache[name] = ort.OrtValue.ortvalue_from_numpy_with_onnx_type(zeros, onnx_type)
     sampler, done = Sampler(temperature, top_k, top_p, seed), np.zeros(batch, dtype=bool)
     rng = sampler.start()
     tokens, step_ids, past_length = [ids], ids, 0
