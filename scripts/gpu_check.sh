@@ -9,7 +9,8 @@
 #   3. compute-sanitizer memcheck on PagedAttention's launches and bad index inputs (every run), and on
 #      representative launches of every other family whose tests failed
 #   4. the benchmarks (benchmarks/bench_sdpa_cuda.py, bench_gqa_cuda.py, bench_mla_cuda.py, bench_paged_cuda.py,
-#      bench_sparse_cuda.py, bench_models_cuda.py: whole-model float16 generation)
+#      bench_sparse_cuda.py, bench_models_cuda.py: whole-model float16 generation) and benchmarks/profile_cuda.py
+#      (per-kernel device time of the paths short of their targets)
 # then prints one summary table and leaves under $OUT (the device tool's output folder; out/gpu_check
 # elsewhere) 4 files, of the 8 the device tool returns at most: gpu_check.json (summary), gpu_tests.xml (the
 # serial stages' gpu_tests_*.xml merged into it), benchmarks.json (every bench_<name>_cuda.json bundled into it,
@@ -25,17 +26,18 @@
 # installs them; without them the onnxruntime checks and baseline are skipped, saying why. Then the one call:
 #   command: mkdir -p /tmp/ortparts && cp .devcarry/ort-4/* /tmp/ortparts/ && ONNXATTN_COMMIT=<git rev-parse HEAD> bash scripts/gpu_check.sh
 #   carry:   ["build/gpu/onnxattn/cuda_ep/libonnxattn_ops.so", ".devcarry/ort-4", ".devcarry/pywheels"]   timeout_s: 590
-# Worst case under the caps below: ~25 s setup, the parallel test stage 170 + 10 s, memcheck 90 s, benchmarks
-# 80 + 50 + 20 + 30 + 40 + 60 s: 575 s (without pytest-xdist the serial stages take 85 + 70 + 90 + 55 s, each + 5 s
-# for pytest's report after the interrupt: 715 s in all, past one call's 600 s: leave benchmarks out, e.g.
-# GPU_CHECK_BENCHES=sdpa,gqa,mla for 585 s, then timeout_s 595). The SDPA and GQA benchmarks also time the
+# Worst case under the caps below: ~25 s setup, the parallel test stage 130 + 10 s, memcheck 90 s, benchmarks
+# 80 + 50 + 20 + 30 + 40 + 60 s, the profile 45 s: 580 s (the 93587a9 run took 238 s in all, its 1662 tests 71 s).
+# Without pytest-xdist the serial stages take 85 + 70 + 90 + 55 s, each + 5 s for pytest's report after the
+# interrupt: 760 s in all, past one call's 600 s: leave benchmarks out, e.g. GPU_CHECK_BENCHES=sdpa,gqa,mla for
+# 585 s, then timeout_s 595. The SDPA and GQA benchmarks also time the
 # opt-in wgmma prefill and PDL decode per row (+10 s and +5 s over the 2c7df9d run's caps).
 # Commit the bench JSON it returns under benchmarks/results/ (scripts/gpu_unbundle.py).
 #
 # Environment: ONNXATTN_LIBRARY (default: the carried build), GPU_CHECK_QUICK=1 (smaller benchmark),
 # GPU_CHECK_PYTEST_ARGS (extra pytest arguments, e.g. "-k decode"), GPU_CHECK_SANITIZE=1 (memcheck and
 # racecheck even when the tests pass), GPU_CHECK_BENCHES (comma-separated subset of sdpa,gqa,mla,paged,sparse,
-# models; default all).
+# models,profile; default all; "none" for none).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -45,8 +47,9 @@ mkdir -p "$OUT"
 # (600 s at most). CAP_BENCH_SPARSE: bench_sparse_cuda.py also stops measuring by itself at 32 s (--budget-s).
 # CAP_SPARSE_TESTS is the sparse-attention stage's (NativeSparseAttention / SparseRoutedAttention).
 # CAP_BENCH_MODELS: bench_models_cuda.py starts no path after 45 s by itself (--budget-s).
-CAP_TESTS_PARALLEL=170 CAP_TESTS=85 CAP_GQA_TESTS=70 CAP_SPARSE_TESTS=90 CAP_PAGED_TESTS=55 CAP_SANITIZE=${CAP_SANITIZE:-90}
+CAP_TESTS_PARALLEL=130 CAP_TESTS=85 CAP_GQA_TESTS=70 CAP_SPARSE_TESTS=90 CAP_PAGED_TESTS=55 CAP_SANITIZE=${CAP_SANITIZE:-90}
 CAP_BENCH_SDPA=80 CAP_BENCH_GQA=50 CAP_BENCH_MLA=20 CAP_BENCH_PAGED=30 CAP_BENCH_SPARSE=40 CAP_BENCH_MODELS=60
+CAP_PROFILE=45  # benchmarks/profile_cuda.py: per-kernel device time of the paths short of their targets
 
 main() {
 
@@ -156,7 +159,7 @@ done
 echo "== benchmarks"
 quick=()
 if [ "${GPU_CHECK_QUICK:-0}" = 1 ]; then quick=(--quick); fi
-benches=",${GPU_CHECK_BENCHES:-sdpa,gqa,mla,paged,sparse,models},"
+benches=",${GPU_CHECK_BENCHES:-sdpa,gqa,mla,paged,sparse,models,profile},"
 bench_rc= gqa_bench_rc= mla_bench_rc=0 paged_bench_rc= sparse_bench_rc= models_bench_rc=
 if [[ $benches == *,sdpa,* ]]; then
   timeout "$CAP_BENCH_SDPA" python3 benchmarks/bench_sdpa_cuda.py --out "$OUT/bench_sdpa_cuda.json" "${quick[@]}"
@@ -178,6 +181,10 @@ fi
 if [[ $benches == *,sparse,* ]]; then
   timeout "$CAP_BENCH_SPARSE" python3 benchmarks/bench_sparse_cuda.py --out "$OUT/bench_sparse_cuda.json" "${quick[@]}"
   sparse_bench_rc=$?
+fi
+if [[ $benches == *,profile,* ]]; then  # a diagnosis, not a measurement with a target: its exit status is reported only
+  timeout "$CAP_PROFILE" python3 benchmarks/profile_cuda.py --out "$OUT/bench_profile_cuda.json" --budget-s 38
+  echo "CUDA profile: rc=$? (per-kernel device time; bundled as 'profile')"
 fi
 if [[ $benches == *,models,* ]]; then
   timeout "$CAP_BENCH_MODELS" python3 benchmarks/bench_models_cuda.py --out "$OUT/bench_models_cuda.json" "${quick[@]}"
