@@ -103,6 +103,20 @@ def test_greedy_float32_equals_eager_torch(exported, cache, tmp_path):
     np.testing.assert_array_equal(got.tokens, want.tokens)
 
 
+def test_generate_binds_the_shared_buffer_in_place_on_the_device(exported):
+    """generate() making its own session (so the library is known to be registered) keeps each shared cache buffer
+    on the session's device and binds it as past and present every step: the same tokens as eager torch."""
+    from onnxattn.generate import generate, generate_torch
+
+    result = exported("float32", "shared")
+    ids = prompt()
+    first = (EP, {"use_tf32": "0"}) if EP == ort_cuda.CUDA_EP else EP
+    providers = [first] + (["CPUExecutionProvider"] if EP != "CPUExecutionProvider" else [])
+    got = generate(result.path, ids, NEW, providers=providers, progress=False)
+    assert got.backend.startswith(f"onnxruntime {DEVICE.upper()}")
+    np.testing.assert_array_equal(got.tokens, generate_torch(result.model, ids, NEW).tokens)
+
+
 def torch_steps(model, tokens: np.ndarray, prompt_len: int, device: str) -> np.ndarray:
     """Teacher-forced logits [B, N, V] (float64): a prefill of tokens[:, :prompt_len], then one step per
     following token; step i predicts tokens[:, prompt_len + i]."""
