@@ -2,7 +2,8 @@
 biases, tanh GELU, tied output embedding. The position table bounds past + new tokens (`n_positions`).
 Options, all off by default: multi-query / grouped KV heads (GPT-BigCode: num_kv_heads), and OPT's position offset
 (its table has `position_offset` extra leading rows), post-norm blocks, bias-free projections, a narrower embedding
-projected in and out (embed_dim) and no final norm."""
+projected in and out (embed_dim) and no final norm; GPT-Neo's local attention (a causal window on window_layers)
+and BioGPT's / XGLM's token embeddings times embedding_multiplier."""
 
 from __future__ import annotations
 
@@ -36,6 +37,10 @@ class GPT2Config:
     embed_dim: int | None = None  # None: hidden; else embeddings of this width, project_in / project_out (no bias)
     final_norm: bool = True  # ln_f before the head
     seed: int = 0
+    # GPT-Neo: a causal sliding window of `window` keys (0: off) on window_layers (None: every layer)
+    window: int = 0
+    window_layers: tuple[int, ...] | None = None
+    embedding_multiplier: float = 1.0  # BioGPT, XGLM: token embeddings times this (scale_embedding: sqrt(hidden))
 
     def __post_init__(self):
         name = type(self).__name__
@@ -43,9 +48,17 @@ class GPT2Config:
         check_activation(self.activation, name)
         if self.n_positions < 1:
             raise ValueError(f"{name}: n_positions must be >= 1")
+        if self.window < 0 or not set(self.window_layers or ()) <= set(range(self.num_layers)):
+            raise ValueError(f"{name}: window must be >= 0 and window_layers layer indices in [0, {self.num_layers}), "
+                             f"got {self.window} and {self.window_layers}")
+        if not math.isfinite(self.embedding_multiplier):
+            raise ValueError(f"{name}: embedding_multiplier must be finite, got {self.embedding_multiplier}")
         if self.position_offset < 0 or (self.embed_dim is not None and self.embed_dim < 1):
             raise ValueError(f"{name}: position_offset must be >= 0 and embed_dim >= 1 (or None), got "
                              f"{self.position_offset} and {self.embed_dim}")
+
+    def layer_window(self, layer: int) -> int:
+        return self.window if self.window_layers is None or layer in self.window_layers else 0
 
     def attention_scale(self, layer: int) -> float:
         scale = 1.0 / math.sqrt(self.hidden // self.num_heads) if self.scale_attn_weights else 1.0
@@ -58,7 +71,7 @@ class GPT2Block(nn.Module):
         self.ln_1 = nn.LayerNorm(cfg.hidden, eps=cfg.layer_norm_eps)
         self.attn = GroupedQueryAttention(cfg.hidden, cfg.num_heads, cfg.num_kv_heads or cfg.num_heads, bias=cfg.bias,
                                           rope=None, merged_qkv=True, scale=cfg.attention_scale(layer_idx),
-                                          layer_idx=layer_idx)
+                                          window=cfg.layer_window(layer_idx), layer_idx=layer_idx)
         self.ln_2 = nn.LayerNorm(cfg.hidden, eps=cfg.layer_norm_eps)
         self.c_fc = nn.Linear(cfg.hidden, cfg.intermediate or 4 * cfg.hidden, bias=cfg.bias)
         self.c_proj = nn.Linear(cfg.intermediate or 4 * cfg.hidden, cfg.hidden, bias=cfg.bias)
@@ -93,6 +106,8 @@ class GPT2Model(CausalLM):
 
     def embed(self, input_ids, positions):
         x = self.wte(input_ids)
+        if self.config.embedding_multiplier != 1.0:
+            x = x * self.config.embedding_multiplier
         if self.config.embed_dim is not None:
             x = self.project_in(x)
         offset = self.config.position_offset

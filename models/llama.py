@@ -20,7 +20,8 @@ inputs (expert_input_scaling), ERNIE 4.5 MoE's routing (router_choice_bias, rout
 and PhiMoE's SparseMixer (router_scoring "sparsemixer", router_jitter_eps), DBRX's p-norm renormalisation
 (router_norm_p), Cohere 2 MoE's averaged shared expert (shared_expert_average), Hunyuan's QK-norm after RoPE (both in
 torch before a node without RoPE: qk_norm_after_rope) and AFMoE's per-channel sigmoid gate on the attention output
-(attention_output_gate). GptOssConfig ("gpt-oss" in the registry)
+(attention_output_gate), NanoChat's norm of the embeddings and final soft-cap (embedding_norm, final_logit_softcap)
+and Apertus 1.5's pruned lm_head (output_vocab_size). GptOssConfig ("gpt-oss" in the registry)
 sets those options for a tiny GPT-OSS."""
 
 from __future__ import annotations
@@ -145,6 +146,12 @@ class LlamaConfig:
     # AFMoE: the node's output times sigmoid(gate_proj(x)) per channel (gate_proj: hidden -> heads * head_dim, no
     # bias), before o_proj
     attention_output_gate: bool = False
+    # NanoChat: the embeddings normed (a norm of its own, embed_norm) before the first layer; the logits soft-capped,
+    # cap * tanh(logits / cap) after logits_scaling (0: off) [final_logit_softcapping]
+    embedding_norm: bool = False
+    final_logit_softcap: float = 0.0
+    # Apertus 1.5: an lm_head pruned to the first output_vocab_size ids (None: vocab_size rows) [output_vocab_size]
+    output_vocab_size: int | None = None
     seed: int = 0
 
     def __post_init__(self):
@@ -227,6 +234,14 @@ class LlamaConfig:
         if self.qk_norm_after_rope and self.rope_scaling is not None and self.rope_scaling.kind == "longrope":
             raise ValueError(f"{name}: qk_norm_after_rope cannot be combined with LongRoPE (its factor sets switch "
                              f"per forward in the node)")
+        if not 0 <= self.final_logit_softcap < math.inf:
+            raise ValueError(f"{name}: final_logit_softcap must be >= 0 and finite (0: off), "
+                             f"got {self.final_logit_softcap}")
+        if self.output_vocab_size is not None and not 0 < self.output_vocab_size <= self.vocab_size:
+            raise ValueError(f"{name}: output_vocab_size must be in [1, vocab_size = {self.vocab_size}] (None: "
+                             f"vocab_size), got {self.output_vocab_size}")
+        if self.output_vocab_size not in (None, self.vocab_size) and self.tie_embeddings:
+            raise ValueError(f"{name}: a pruned lm_head (output_vocab_size) cannot be tied to the embeddings")
         if self.sliding_rope is not None and not 0 < self.sliding_rope[0] < math.inf:
             raise ValueError(f"{name}: sliding_rope's theta must be > 0 and finite, got {self.sliding_rope[0]}")
 
@@ -545,21 +560,25 @@ class LlamaModel(CausalLM):
         super().__init__()
         self.config = cfg
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden)
+        if cfg.embedding_norm:  # registered only when asked for: the seeded init of the others stays as it was
+            self.embed_norm = make_norm(cfg)
         self.layers = nn.ModuleList(LlamaBlock(cfg, i) for i in range(cfg.num_layers))
         self.norm = make_norm(cfg)
-        self.lm_head = nn.Linear(cfg.hidden, cfg.vocab_size, bias=cfg.lm_head_bias)
+        self.lm_head = nn.Linear(cfg.hidden, cfg.output_vocab_size or cfg.vocab_size, bias=cfg.lm_head_bias)
         if cfg.tie_embeddings:  # the weight only: a biased head keeps its own bias (GPT-J, Phi)
             self.lm_head.weight = self.embed_tokens.weight
 
     def embed(self, input_ids, positions):
         x = self.embed_tokens(input_ids)
         m = self.config.embedding_multiplier
-        return x if m == 1.0 else x * m
+        x = x if m == 1.0 else x * m
+        return self.embed_norm(x) if self.config.embedding_norm else x
 
     def head(self, x):
         logits = self.lm_head(self.norm(x))
-        s = self.config.logits_scaling
-        return logits if s == 1.0 else logits / s
+        s, cap = self.config.logits_scaling, self.config.final_logit_softcap
+        logits = logits if s == 1.0 else logits / s
+        return cap * torch.tanh(logits / cap) if cap else logits
 
 
 @register("llama", LlamaConfig)

@@ -25,7 +25,7 @@ the logits within 2 * jitter_eps (relative) of the best, then the second best, w
 within 2 * jitter_eps of it.
 Llama 4 (scale_inputs): each expert runs on the token times its weight, and the outputs are summed unweighted
 (its router: sigmoid scoring, top-k of the raw logits (rank_by_logits), no renormalisation; an ungated shared
-expert).
+expert). Kolibri-1's router ranks the logits plus the choice bias (rank_by_logits with a non-zero bias).
 LongCat-Flash's zero-computation experts (identity_experts, off by default): the router scores num_experts +
 identity_experts choices; a chosen identity expert adds the token itself times its weight (no MLP runs for it).
 DBRX (norm_p, 1 by default): the chosen weights renormalised by their p-norm instead of their sum
@@ -174,8 +174,8 @@ class MixtureOfExperts(nn.Module):
                 choice = scores + self.e_score_correction_bias.float()
         else:
             scores = torch.sigmoid(logits)
-            # the bias steers the choice, not the weights
-            choice = logits if self.rank_by_logits else scores + self.e_score_correction_bias.float()
+            # the bias steers the choice, not the weights; Kolibri-1 ranks logits + bias (Llama 4's bias stays zero)
+            choice = (logits if self.rank_by_logits else scores) + self.e_score_correction_bias.float()
         if self.num_groups > 1:
             grouped = choice.unflatten(-1, (self.num_groups, self.num_experts // self.num_groups))
             if self.group_score == "max":

@@ -42,8 +42,21 @@ after RoPE: both in torch before a node without RoPE, qk_norm_after_rope; NTK-al
 top-k experts plus an ungated shared MLP) and AFMoE (per-head QK-norm, RoPE on the sliding layers only, the attention
 output gated per channel by sigmoid(gate_proj(x)), sandwich norms, muP embedding scale, sigmoid routing with a choice
 bias and route_scale plus a shared expert) map onto our Llama through LlamaConfig options (module llama).
+Module newer: CWM is Llama with sliding / full layers. Jais 2 has LayerNorm, biases and an ungated squared-ReLU MLP.
+HyperCLOVAX is Granite with its logits times logits_scaling and output norms (sandwich norms). Granite SWA and Granite
+MoE SWA add attention sinks, sliding layers and NoPE layers (layer_rope_theta 0). Mellum is Qwen3-MoE's attention and
+experts with RoPE per layer type. Apertus 1.5's text model is Apertus with a pruned lm_head. NanoChat has weightless
+norms (one on the embeddings), RoPE turning the other way (each head's q / k halves swapped) and a final soft-cap.
 GPT-BigCode (multi-query) and OPT (positions offset by 2, pre- or post-norm, project_in / project_out) map onto our
-GPT-2. Gemma maps onto models.gemma3 without post-norms, soft-caps, QK-norm or sliding layers; VaultGemma is Gemma 2
+GPT-2. GPT-Neo maps onto it too (unscaled scores, its local layers as windowed nodes; module gpt_family), and so do
+BioGPT (OPT's offset learned positions, embeddings times sqrt(hidden)) and XGLM (as BioGPT, sinusoidal positions copied
+into the table). CodeGen is GPT-J with its fused qkv split from 4 shards of [q | v | k] rows. Persimmon is GPT-NeoX's
+fused per-head qkv in sequential LayerNorm blocks with Phi's shared per-head QK LayerNorm and squared ReLU. Flint is
+Qwen3's attention with sinks, RoPE on sliding layers only, sigmoid experts and an ungated shared expert. HY-V3 is
+per-head QK-norm with sigmoid routing steered by a choice bias, renormalised and scaled, plus a shared expert.
+Kolibri-1 is EXAONE 4's attention in GLM-4's sandwich blocks, experts ranked by logits plus a choice bias. MPT and
+BLOOM (ALiBi) are refused (REFUSED).
+Gemma maps onto models.gemma3 without post-norms, soft-caps, QK-norm or sliding layers; VaultGemma is Gemma 2
 without its post-norms. Gemma 4's text model
 (gemma4_text, module gemma4) maps onto models.gemma4: head dims and KV heads per layer kind, proportional RoPE as
 node frequencies, V normed (or K's projection) before the node, KV-shared layers as ScaledDotProductAttention over
@@ -56,6 +69,7 @@ or group-limited (a group scored by its best expert) and scales without renormal
 by transformers; MiniCPM3 is MLA with dense MLPs and MiniCPM's embedding / residual / logits multipliers (its LongRoPE
 switches factor sets per forward in the MLA layer, as in transformers); LongCat-Flash maps its two-sublayer layers
 onto pairs of ours with the shortcut MoE beside them (choice-biased softmax router, zero-computation identity experts).
+Youtu-LLM is MLA with dense MLPs; GLM-4 MoE Lite is DeepSeek-V3's layers, dense where mlp_layer_types says.
 
 LongRoPE (rope_type "longrope": Phi-3-mini-128k, Phi-3.5-mini, Phi-4-mini) maps onto RopeScaling("longrope") for
 the Llama-likes, both factor sets checked against transformers'. As transformers' rotary embedding
@@ -71,7 +85,8 @@ single factor).
 Nothing is downloaded: pass a model you built (e.g. ``LlamaForCausalLM(LlamaConfig(...))``) or loaded.
 
 Layout: _common (SUPPORTED, refusals, activation and RoPE helpers) and one converter module per family group
-(llama, llama4, moe, gemma, gemma4, gpt2, encoders, deepseek); this module holds the model_type -> converter table."""
+(llama, llama4, moe, newer, gemma, gemma4, gpt2, gpt_family, encoders, deepseek); this module holds the model_type ->
+converter table."""
 
 from __future__ import annotations
 
@@ -79,14 +94,18 @@ import torch
 from torch import nn
 
 from onnxattn.models.hf._common import NOT_YET, SUPPORTED, UnsupportedModel, _unsupported, supported_message
+from onnxattn.models.hf._common import REFUSED
 from onnxattn.models.hf.deepseek import _deepseek, _longcat_flash
 from onnxattn.models.hf.encoders import _bert, _modernbert
 from onnxattn.models.hf.gemma import _gemma1, _gemma2, _gemma3
 from onnxattn.models.hf.gemma4 import _gemma4
 from onnxattn.models.hf.gpt2 import _gpt2, _gpt_bigcode, _opt
+from onnxattn.models.hf.gpt_family import _biogpt, _codegen, _flint, _gpt_neo, _hy_v3, _kolibri1, _persimmon, _xglm
 from onnxattn.models.hf.llama import _cohere, _falcon, _gpt_neox, _gptj, _llama, _phi
 from onnxattn.models.hf.llama4 import _llama4
 from onnxattn.models.hf.moe import _dbrx, _ernie4_5_moe, _granitemoe, _phimoe
+from onnxattn.models.hf.newer import (_apertus1p5_text, _granite_swa, _granitemoe_swa, _hyperclovax, _jais2, _mellum,
+                                      _nanochat)
 
 __all__ = ["NOT_YET", "SUPPORTED", "UnsupportedModel", "from_transformers", "load_local", "supported_message"]
 
@@ -109,7 +128,12 @@ _CONVERTERS = {"llama": _llama, "mistral": _llama, "mixtral": _llama, "qwen2": _
                "gpt2": _gpt2,
                "bert": _bert, "roberta": _bert, "xlm-roberta": _bert, "modernbert": _modernbert,
                "deepseek_v2": _deepseek, "deepseek_v3": _deepseek, "sarvam_mla": _deepseek, "minicpm3": _deepseek,
-               "longcat_flash": _longcat_flash}
+               "longcat_flash": _longcat_flash,
+               "gpt_neo": _gpt_neo, "biogpt": _biogpt, "xglm": _xglm, "codegen": _codegen, "persimmon": _persimmon,
+               "flint": _flint, "hy_v3": _hy_v3, "kolibri1": _kolibri1,
+               "cwm": _llama, "jais2": _jais2, "hyperclovax": _hyperclovax, "granite_swa": _granite_swa,
+               "granitemoe_swa": _granitemoe_swa, "mellum": _mellum, "apertus1p5_text": _apertus1p5_text,
+               "nanochat": _nanochat, "youtu": _deepseek, "glm4_moe_lite": _deepseek}
 
 
 def from_transformers(hf_model) -> nn.Module:
@@ -119,6 +143,8 @@ def from_transformers(hf_model) -> nn.Module:
     model_type = getattr(config, "model_type", None)
     if model_type in NOT_YET:
         raise _unsupported(f"{type(hf_model).__name__} ({model_type}): {NOT_YET[model_type]}")
+    if model_type in REFUSED:  # ALiBi models
+        raise _unsupported(f"{type(hf_model).__name__} ({model_type}): {REFUSED[model_type]}")
     if model_type == "gemma3":
         raise _unsupported("Gemma3ForConditionalGeneration is multimodal; pass its text model as "
                            "Gemma3ForCausalLM(config.text_config) with the language model's weights")

@@ -75,6 +75,26 @@ SUPPORTED = {
     "roberta": "RobertaModel",
     "xlm-roberta": "XLMRobertaModel",
     "modernbert": "ModernBertModel",
+    # GPT family and more decoders (models.hf.gpt_family); kept before the MLA entries, which the list ends with
+    "gpt_neo": "GPTNeoForCausalLM",
+    "biogpt": "BioGptForCausalLM",
+    "xglm": "XGLMForCausalLM",
+    "codegen": "CodeGenForCausalLM",
+    "persimmon": "PersimmonForCausalLM",
+    "flint": "FlintForCausalLM",
+    "hy_v3": "HYV3ForCausalLM",
+    "kolibri1": "Kolibri1ForCausalLM",
+    # newer Llama-likes (models.hf.newer) and MLA decoders (models.hf.deepseek); before the entries the list ends with
+    "cwm": "CwmForCausalLM",
+    "jais2": "Jais2ForCausalLM",
+    "hyperclovax": "HyperCLOVAXForCausalLM",
+    "granite_swa": "GraniteSWAForCausalLM",
+    "granitemoe_swa": "GraniteMoeSWAForCausalLM",
+    "mellum": "MellumForCausalLM",
+    "apertus1p5_text": "Apertus1p5TextForCausalLM",
+    "nanochat": "NanoChatForCausalLM",
+    "youtu": "YoutuForCausalLM",
+    "glm4_moe_lite": "Glm4MoeLiteForCausalLM",
     "sarvam_mla": "DeepseekV3ForCausalLM",  # transformers runs Sarvam-MLA (SarvamMLAConfig) as DeepSeek-V3
     "minicpm3": "MiniCPM3ForCausalLM",
     "longcat_flash": "LongcatFlashForCausalLM",
@@ -82,6 +102,11 @@ SUPPORTED = {
     "deepseek_v3": "DeepseekV3ForCausalLM",
 }
 NOT_YET: dict[str, str] = {}  # model_type -> why it is not converted yet (listed in every refusal)
+# model_type -> why it is refused for good (named in its own refusal only, as Falcon's alibi=True)
+REFUSED = {
+    "mpt": "MPT is not supported: its attention adds ALiBi position biases and our attention op has no ALiBi bias",
+    "bloom": "BLOOM is not supported: its attention adds ALiBi position biases and our attention op has no ALiBi bias",
+}
 _ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu": "gelu", "gelu_new": "gelu_tanh",
                 "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu", "relu2": "relu2",
                 "xielu": "xielu"}  # xielu: Llama's ungated MLP only (models.llama.XIELU)

@@ -1,5 +1,6 @@
 """DeepSeek-V3, DeepSeek-V2 / V2-Lite, Sarvam-MLA (transformers runs it as DeepSeek-V3) and MiniCPM3 (MLA without
-experts, half-split RoPE, its scale_emb / scale_depth / dim_model_base multipliers) -> models.deepseek."""
+experts, half-split RoPE, its scale_emb / scale_depth / dim_model_base multipliers), Youtu-LLM (MLA with dense MLPs)
+and GLM-4 MoE Lite (DeepSeek-V3's layers, the dense ones listed in mlp_layer_types) -> models.deepseek."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from onnxattn.models.hf._common import (_activation, _check_rope, _copy, _hf_fre
 
 def _deepseek_router(c) -> dict:
     """DeepSeekV3Config's router fields: V3's sigmoid router (the defaults), or V2's softmax one."""
-    if c.model_type in ("deepseek_v3", "sarvam_mla"):
+    if c.model_type in ("deepseek_v3", "sarvam_mla", "glm4_moe_lite"):  # GLM-4 MoE Lite's router is V3's
         return dict(num_groups=c.n_group or 1, groups_per_token=c.topk_group or 1, norm_topk=bool(c.norm_topk_prob))
     freq = getattr(c, "moe_layer_freq", 1)  # not a transformers field: its model has experts in every layer
     if freq != 1:
@@ -32,6 +33,16 @@ def _deepseek_router(c) -> dict:
         return router | dict(num_groups=c.n_group, groups_per_token=c.topk_group)
     raise _unsupported(f"DeepSeek-V2 with topk_method {c.topk_method!r} (n_group {c.n_group}, topk_group "
                        f"{c.topk_group}) is not supported: greedy, or group_limited_greedy with both set")
+
+
+def _dense_prefix(c) -> int:
+    """GLM-4 MoE Lite's leading dense layers: ours are a prefix (first_dense_layers), its mlp_layer_types any list."""
+    kinds = list(c.mlp_layer_types)
+    dense = kinds.index("sparse") if "sparse" in kinds else len(kinds)
+    if any(kind != "sparse" for kind in kinds[dense:]):
+        raise _unsupported(f"GLM-4 MoE Lite with mlp_layer_types {kinds} is not supported: only dense layers "
+                           f"before all sparse ones (as first_k_dense_replace)")
+    return dense
 
 
 def _minicpm3_multipliers(c) -> dict:
@@ -51,13 +62,18 @@ def _deepseek(hf) -> DeepSeekV3Model:
     model with its own config class; MiniCPM3 has a dense MLP in every layer and MiniCPM's multipliers."""
     c = hf.config
     what = {"deepseek_v2": "DeepSeek-V2", "deepseek_v3": "DeepSeek-V3", "sarvam_mla": "Sarvam-MLA",
-            "minicpm3": "MiniCPM3"}[c.model_type]
+            "minicpm3": "MiniCPM3", "youtu": "Youtu-LLM", "glm4_moe_lite": "GLM-4 MoE Lite"}[c.model_type]
     minicpm3 = c.model_type == "minicpm3"
     params = c.rope_parameters
     # MiniCPM3-4B's LongRoPE: the MLA layer picks the factor set per forward, as transformers' rotary embedding
     scaling = _rope_scaling(params, c.max_position_embeddings if minicpm3 else None)
     num_layers = c.num_hidden_layers
-    dense = num_layers if minicpm3 else c.first_k_dense_replace  # MiniCPM3 has no experts
+    if minicpm3 or c.model_type == "youtu":  # no experts
+        dense = num_layers
+    elif c.model_type == "glm4_moe_lite":  # dense / sparse per layer (mlp_layer_types)
+        dense = _dense_prefix(c)
+    else:
+        dense = c.first_k_dense_replace
     moe = dense < num_layers  # transformers gives layers >= first_k_dense_replace the MoE
     if moe and (not c.n_routed_experts or not c.num_experts_per_tok):
         raise _unsupported(f"{what} with MoE layers (first_k_dense_replace = {dense} < num_hidden_layers = "

@@ -90,17 +90,23 @@ def _opt(hf) -> GPT2Model:
         if ours.config.embed_dim is not None:
             set_linear(ours.project_in, src.project_in.weight)
             set_linear(ours.project_out, src.project_out.weight)
-        for mine, theirs in zip(ours.layers, src.layers):
-            t = theirs.self_attn
-            names = ("q_proj", "k_proj", "v_proj")
-            set_linear(mine.attn.qkv_proj, torch.cat([getattr(t, n).weight for n in names]),
-                       torch.cat([getattr(t, n).bias for n in names]) if bias else None)
-            set_linear(mine.attn.o_proj, t.out_proj.weight, t.out_proj.bias)
-            set_linear(mine.c_fc, theirs.fc1.weight, theirs.fc1.bias)
-            set_linear(mine.c_proj, theirs.fc2.weight, theirs.fc2.bias)
-            mine.ln_1.load_state_dict(theirs.self_attn_layer_norm.state_dict())
-            mine.ln_2.load_state_dict(theirs.final_layer_norm.state_dict())
+        _copy_fairseq_layers(ours, src.layers, bias)
     return ours
+
+
+def _copy_fairseq_layers(ours: GPT2Model, layers, bias: bool = True) -> None:
+    """fairseq's decoder layers (OPT, BioGPT, XGLM): self_attn.{q,k,v,out}_proj, self_attn_layer_norm, fc1 / fc2,
+    final_layer_norm, into our blocks (q / k / v merged into qkv_proj). Call under torch.no_grad()."""
+    for mine, theirs in zip(ours.layers, layers):
+        t = theirs.self_attn
+        names = ("q_proj", "k_proj", "v_proj")
+        set_linear(mine.attn.qkv_proj, torch.cat([getattr(t, n).weight for n in names]),
+                   torch.cat([getattr(t, n).bias for n in names]) if bias else None)
+        set_linear(mine.attn.o_proj, t.out_proj.weight, t.out_proj.bias)
+        set_linear(mine.c_fc, theirs.fc1.weight, theirs.fc1.bias)
+        set_linear(mine.c_proj, theirs.fc2.weight, theirs.fc2.bias)
+        mine.ln_1.load_state_dict(theirs.self_attn_layer_norm.state_dict())
+        mine.ln_2.load_state_dict(theirs.final_layer_norm.state_dict())
 
 
 def _build_gpt2(c, fields: dict) -> GPT2Model:

@@ -201,10 +201,13 @@ def _load_norm(ours: nn.Module, theirs: nn.Module, unit_offset: bool) -> None:
 
 def _block_norms(cfg: LlamaConfig, model_type: str = "") -> dict[str, str]:
     """Our block's norms -> transformers' (OLMo 2: post_attention_layernorm norms the attention output; GLM-4:
-    post_attention_layernorm norms the MLP input, post_self_attn_layernorm the attention output; Apertus names its
-    pre-norms apart)."""
-    if model_type == "apertus":
+    post_attention_layernorm norms the MLP input, post_self_attn_layernorm the attention output; Apertus and Apertus
+    1.5 name their pre-norms apart, HyperCLOVAX its output norms)."""
+    if model_type in ("apertus", "apertus1p5_text"):
         return {"input_norm": "attention_layernorm", "post_attn_norm": "feedforward_layernorm"}
+    if model_type == "hyperclovax" and cfg.sandwich_norm:  # its output norms (use_post_norm) under its own names
+        return {"input_norm": "input_layernorm", "attn_out_norm": "post_norm1",
+                "post_attn_norm": "post_attention_layernorm", "post_mlp_norm": "post_norm2"}
     if model_type == "afmoe":  # sandwich norms under its own names
         return {"input_norm": "input_layernorm", "attn_out_norm": "post_attention_layernorm",
                 "post_attn_norm": "pre_mlp_layernorm", "post_mlp_norm": "post_mlp_layernorm"}
@@ -458,13 +461,19 @@ def _falcon(hf) -> LlamaModel:
 
 
 def _gptj(hf) -> LlamaModel:
+    return _gptj_family(hf, "GPT-J", lambda attn: (attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight))
+
+
+def _gptj_family(hf, name: str, qkv_weights) -> LlamaModel:
+    """GPT-J and its kind (CodeGen): parallel blocks with one LayerNorm, interleaved RoPE on rotary_dim channels,
+    biased lm_head; qkv_weights(attention) gives the q, k and v projection weights of a layer."""
     c = hf.config
     head_dim = c.n_embd // c.n_head
     # transformers' sin / cos table is rotary_dim wide, or n_embd wide without one: that fits a head only with one
     rotary = c.rotary_dim or c.n_embd
     if rotary > head_dim:
-        raise _unsupported(f"GPT-J with rotary_dim {c.rotary_dim} rotates {rotary} channels of a {head_dim}-wide "
-                           f"head (transformers' GPTJAttention cannot run it either)")
+        raise _unsupported(f"{name} with rotary_dim {c.rotary_dim} rotates {rotary} channels of a {head_dim}-wide "
+                           f"head (transformers cannot run it either)")
     ours = _build_llama(c, _parallel_fields(
         c, hidden=c.n_embd, heads=c.n_head, layers=c.n_layer, intermediate=c.n_inner or 4 * c.n_embd,
         eps=c.layer_norm_epsilon, activation=c.activation_function, rope_theta=10000.0,  # fixed in transformers
@@ -475,15 +484,15 @@ def _gptj(hf) -> LlamaModel:
         _copy_head(ours, src.wte, hf.lm_head, src.ln_f)
         for mine, theirs in zip(ours.layers, src.h):
             a, t = mine.attn, theirs.attn
-            for name in ("q_proj", "k_proj", "v_proj"):
-                set_linear(getattr(a, name), getattr(t, name).weight)
+            for proj, weight in zip((a.q_proj, a.k_proj, a.v_proj), qkv_weights(t)):
+                set_linear(proj, weight)
             set_linear(a.o_proj, t.out_proj.weight)
             set_linear(mine.mlp.c_fc, theirs.mlp.fc_in.weight, theirs.mlp.fc_in.bias)
             set_linear(mine.mlp.c_proj, theirs.mlp.fc_out.weight, theirs.mlp.fc_out.bias)
             mine.input_norm.load_state_dict(theirs.ln_1.state_dict())
     # its table's row for position 1 holds [sin(inv_freq) | cos(inv_freq)]; every angle there is <= 1 rad
     sin, cos = src.rotary_emb.embed_positions[1].chunk(2)
-    _check_rope(ours, torch.atan2(sin, cos), 1.0, "GPT-J")
+    _check_rope(ours, torch.atan2(sin, cos), 1.0, name)
     return ours
 
 
