@@ -135,7 +135,7 @@ class CausalLM(nn.Module):
 
     def kv_shapes(self) -> list[tuple[int, int, int]]:
         """(Hkv, D of keys, D of values) per layer: the cache layout [B, Hkv, P, D]."""
-        return [(a.num_kv_heads, a.head_dim, a.head_dim) for a in self.attention_layers()]
+        return [(a.num_kv_heads, a.head_dim, getattr(a, "v_head_dim", a.head_dim)) for a in self.attention_layers()]
 
     def empty_past(self, batch: int, length: int = 0, dtype=None,
                    device=None) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -16,7 +16,8 @@ its greedy), the chosen scores scaled, not renormalised. Every expert runs on ev
 see models.moe). Multi-token prediction (MTP) is not modelled. MiniCPM3 is this decoder without experts, with
 Granite-like multipliers (embedding_multiplier, residual_multiplier, logits_scaling; all off by default).
 LongCat-Flash is it with layers in pairs and experts beside the MLPs (shortcut_moe: a pair is one transformers
-layer), a choice-biased softmax router and zero-computation (identity) experts."""
+layer), a choice-biased softmax router and zero-computation (identity) experts. Mistral 4 is it with V3's group
+scoring on softmax scores (no bias) and Ministral 3's per-position query scale (query_scale_beta, ScaledQueryMLA)."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from torch import nn
 
 from onnxattn.models import register
 from onnxattn.models._base import CausalLM, RMSNorm, check_activation, init_weights
-from onnxattn.models.llama import SwiGLU
+from onnxattn.models.llama import QueryScale, SwiGLU
 from onnxattn.models.moe import MixtureOfExperts, check_moe
 from onnxattn.nn import MultiHeadLatentAttention, Rope, RopeScaling
 
@@ -79,6 +80,11 @@ class DeepSeekV3Config:
     shortcut_moe: bool = False
     router_choice_bias: bool = False
     identity_experts: int = 0
+    # Mistral 4 (Ministral 3's / Llama 4's attention temperature): q times 1 + beta * log(1 + floor(position / period))
+    # in torch before the node (see ScaledQueryMLA) [rope_parameters' llama_4_scaling_beta,
+    # original_max_position_embeddings]; 0: off
+    query_scale_beta: float = 0.0
+    query_scale_period: int = 1
     seed: int = 0
 
     def __post_init__(self):
@@ -97,6 +103,9 @@ class DeepSeekV3Config:
         for label in ("embedding_multiplier", "residual_multiplier", "logits_scaling"):
             if not math.isfinite(getattr(self, label)):
                 raise ValueError(f"{name}: {label} must be finite, got {getattr(self, label)}")
+        if not math.isfinite(self.query_scale_beta) or self.query_scale_period < 1:
+            raise ValueError(f"{name}: query_scale_beta must be finite and query_scale_period >= 1, got "
+                             f"{self.query_scale_beta} and {self.query_scale_period}")
         if self.logits_scaling == 0:
             raise ValueError(f"{name}: logits_scaling divides the hidden states; it must not be 0")
         if self.shortcut_moe and (not self.num_experts or self.num_layers % 2):
@@ -142,15 +151,54 @@ class DeepSeekMoE(MixtureOfExperts):
         return out if self.shared_experts is None else out + self.shared_experts(x)
 
 
+class ScaledQueryMLA(MultiHeadLatentAttention):
+    """MultiHeadLatentAttention with Mistral 4's per-position scale of q (`query_scale`, a QueryScale), applied in torch
+    to the projected query before the node: a factor per token commutes with the node's RoPE and multiplies both the
+    nope and rope channels, as transformers scales the query after RoPE. The positions are the node's own (past
+    length + index, per row with shared buffers' past_lengths), taken from forward's arguments."""
+
+    def __init__(self, *args, query_scale: QueryScale, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.query_scale = query_scale
+        self._positions = None  # set by forward for project
+
+    def node_positions(self, x: torch.Tensor, kw: dict) -> torch.Tensor:
+        """The positions the node rotates x's tokens by: [1 or B, S]."""
+        if kw.get("position_ids") is not None:
+            return kw["position_ids"]
+        past_lengths, past = kw.get("past_lengths"), kw.get("past_latent")
+        if kw.get("cache") is not None:
+            past = kw["cache"].get(self.layer_idx)[0]
+        if past_lengths is not None:  # shared buffers: each row's valid length, not the buffer's
+            offset = past_lengths.to(torch.int64)[:, None]
+        else:  # [B, P, R] or [B, 1, P, R]; a traced dimension while exporting
+            offset = 0 if past is None else past.shape[-2]
+        return torch.arange(x.shape[1], device=x.device)[None, :] + offset
+
+    def forward(self, x, **kwargs):
+        self._positions = self.node_positions(x, kwargs)
+        try:
+            return super().forward(x, **kwargs)
+        finally:
+            self._positions = None
+
+    def project(self, x):
+        q, latent, k_rope = super().project(x)
+        return q * self.query_scale(self._positions).unsqueeze(-1).to(q.dtype), latent, k_rope
+
+
 class DeepSeekBlock(nn.Module):
     def __init__(self, cfg: DeepSeekV3Config, layer_idx: int):
         super().__init__()
         self.input_norm = RMSNorm(cfg.hidden, cfg.rms_norm_eps)
-        self.attn = MultiHeadLatentAttention(
+        scaled = dict(query_scale=QueryScale(cfg.query_scale_beta, cfg.query_scale_period)) \
+            if cfg.query_scale_beta else {}
+        self.attn = (ScaledQueryMLA if scaled else MultiHeadLatentAttention)(
             cfg.hidden, cfg.num_heads, kv_rank=cfg.kv_rank, q_rank=cfg.q_rank, nope_head_dim=cfg.nope_head_dim,
             rope_head_dim=cfg.rope_head_dim, v_head_dim=cfg.v_head_dim,
             rope=Rope(cfg.rope_theta, interleaved=cfg.rope_interleaved, scaling=cfg.rope_scaling),
-            scale=cfg.softmax_scale, norm_eps=cfg.latent_norm_eps, bias=cfg.attention_bias, layer_idx=layer_idx)
+            scale=cfg.softmax_scale, norm_eps=cfg.latent_norm_eps, bias=cfg.attention_bias, layer_idx=layer_idx,
+            **scaled)
         if cfg.attention_bias:  # the module's `bias` covers the down-projections; DeepSeek's W_O has one too
             self.attn.o_proj = nn.Linear(cfg.num_heads * cfg.v_head_dim, cfg.hidden, bias=True)
         self.post_attn_norm = RMSNorm(cfg.hidden, cfg.rms_norm_eps)

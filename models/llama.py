@@ -21,8 +21,9 @@ and PhiMoE's SparseMixer (router_scoring "sparsemixer", router_jitter_eps), DBRX
 (router_norm_p), Cohere 2 MoE's averaged shared expert (shared_expert_average), Hunyuan's QK-norm after RoPE (both in
 torch before a node without RoPE: qk_norm_after_rope) and AFMoE's per-channel sigmoid gate on the attention output
 (attention_output_gate), NanoChat's norm of the embeddings and final soft-cap (embedding_norm, final_logit_softcap)
-and Apertus 1.5's pruned lm_head (output_vocab_size). GptOssConfig ("gpt-oss" in the registry)
-sets those options for a tiny GPT-OSS."""
+and Apertus 1.5's pruned lm_head (output_vocab_size), MiMo-V2-Flash's value heads narrower than its query / key heads
+(v_head_dim), KV heads per layer (layer_kv_heads) and sinks on some layers only (sink_layers). GptOssConfig
+("gpt-oss" in the registry) sets those options for a tiny GPT-OSS."""
 
 from __future__ import annotations
 
@@ -152,6 +153,12 @@ class LlamaConfig:
     final_logit_softcap: float = 0.0
     # Apertus 1.5: an lm_head pruned to the first output_vocab_size ids (None: vocab_size rows) [output_vocab_size]
     output_vocab_size: int | None = None
+    # MiMo-V2-Flash: value heads of their own width (None: head_dim) [v_head_dim]; each layer's KV heads (None:
+    # num_kv_heads in every layer; its sliding layers have twice its full layers'); with attention_sinks, the layers
+    # that have them (None: all; its sliding layers only)
+    v_head_dim: int | None = None
+    layer_kv_heads: tuple[int, ...] | None = None
+    sink_layers: tuple[int, ...] | None = None
     seed: int = 0
 
     def __post_init__(self):
@@ -190,7 +197,15 @@ class LlamaConfig:
             check_moe(name, num_experts=self.num_experts, experts_per_token=self.experts_per_token,
                       intermediate=self.expert_intermediate, scoring=self.router_scoring, num_groups=self.num_groups,
                       groups_per_token=self.groups_per_token, jitter_eps=self.router_jitter_eps)
-        for field in ("dense_layers", "nope_layers", "qk_norm_layers", "query_scale_layers"):
+        if self.layer_kv_heads is not None:
+            if len(self.layer_kv_heads) != self.num_layers:
+                raise ValueError(f"{name}: layer_kv_heads must list one KV head count per layer ({self.num_layers}), "
+                                 f"got {self.layer_kv_heads}")
+            for kv_heads in self.layer_kv_heads:
+                check_heads(name, self.hidden, self.num_heads, kv_heads, self.head_dim)
+        if self.v_head_dim is not None and self.v_head_dim < 1:
+            raise ValueError(f"{name}: v_head_dim must be >= 1 (None: head_dim), got {self.v_head_dim}")
+        for field in ("dense_layers", "nope_layers", "qk_norm_layers", "query_scale_layers", "sink_layers"):
             if not set(getattr(self, field) or ()) <= set(range(self.num_layers)):
                 raise ValueError(f"{name}: {field} must be layer indices in [0, {self.num_layers}), "
                                  f"got {getattr(self, field)}")
@@ -271,6 +286,12 @@ class LlamaConfig:
 
     def chunk(self, layer: int) -> int:
         return self.attention_chunk if self.resolved_layer_types[layer] == "chunked_attention" else 0
+
+    def kv_heads(self, layer: int) -> int:
+        return self.num_kv_heads if self.layer_kv_heads is None else self.layer_kv_heads[layer]
+
+    def has_sinks(self, layer: int) -> bool:
+        return self.attention_sinks and (self.sink_layers is None or layer in self.sink_layers)
 
     def has_qk_norm(self, layer: int) -> bool:
         return self.qk_norm and (self.qk_norm_layers is None or layer in self.qk_norm_layers)
@@ -376,8 +397,8 @@ class LlamaAttention(GroupedQueryAttention):
                  **kwargs):
         super().__init__(*args, **kwargs)
         if output_gate:  # created only when asked for: the seeded init of the others stays as it was
-            self.gate_proj = nn.Linear(self.model_dim, self.q_width, bias=False)
-            o_proj = GatedLinear(self.q_width, self.model_dim, bias=self.o_proj.bias is not None)
+            self.gate_proj = nn.Linear(self.model_dim, self.out_width, bias=False)
+            o_proj = GatedLinear(self.out_width, self.model_dim, bias=self.o_proj.bias is not None)
             o_proj.load_state_dict(self.o_proj.state_dict())
             self.o_proj = o_proj
         self.rope_then_norm = rope_then_norm
@@ -506,10 +527,10 @@ class LlamaBlock(nn.Module):
                 head_norm_eps=cfg.rms_norm_eps, clip_qkv=cfg.clip_qkv, query_scale=query_scale,
                 rope_then_norm=rope_then_norm, output_gate=cfg.attention_output_gate)
         self.attn = attention(
-            cfg.hidden, cfg.num_heads, cfg.num_kv_heads, head_dim=cfg.resolved_head_dim, bias=cfg.qkv_bias,
+            cfg.hidden, cfg.num_heads, cfg.kv_heads(layer_idx), head_dim=cfg.resolved_head_dim, bias=cfg.qkv_bias,
             out_bias=cfg.o_bias, window=cfg.window(layer_idx), attention_chunk=cfg.chunk(layer_idx),
             scale=cfg.attention_scale, rope=rope, qk_norm=bool(qk_norm), qk_norm_eps=cfg.rms_norm_eps,
-            sinks=cfg.attention_sinks, layer_idx=layer_idx, **extra)
+            sinks=cfg.has_sinks(layer_idx), layer_idx=layer_idx, v_head_dim=cfg.v_head_dim, **extra)
         self.sandwich_norm = cfg.sandwich_norm
         if cfg.sandwich_norm:  # registered only when asked for: the seeded init of the others stays as it was
             self.attn_out_norm = make_norm(cfg)

@@ -99,6 +99,9 @@ MODULE_CASES = [
      dict(window=3, softcap=2.0, scale=0.5, bias=True)),
     ("global", GlobalAttention, (MODEL_DIM, 4, 2), dict(qk_norm=True)),
     ("local-sliding", LocalAttention, (MODEL_DIM, 4, 2), dict(window=3)),
+    # value heads narrower than query / key heads (MiMo-V2-Flash: 128 beside 192), partial RoPE, a window
+    ("v-head-dim", GroupedQueryAttention, (MODEL_DIM, 4, 2),
+     dict(head_dim=12, v_head_dim=6, window=3, rope=Rope(rotary_dim=4))),
 ]
 
 
@@ -116,7 +119,7 @@ def test_module_with_past_and_mask_matches_oracle(cls, args, kwargs):
     attn = make(cls, *args, **kwargs)
     x = randn(2, 3, MODEL_DIM)
     pk = randn(2, attn.num_kv_heads, 5, attn.head_dim, seed=2)
-    pv = randn(2, attn.num_kv_heads, 5, attn.head_dim, seed=3)
+    pv = randn(2, attn.num_kv_heads, 5, attn.v_head_dim, seed=3)
     mask = torch.ones(2, 8, dtype=torch.bool)
     mask[1, :2] = False
     with torch.no_grad():
@@ -137,6 +140,7 @@ DECODE_CONFIGS = [
     pytest.param(dict(rope=Rope(rotary_dim=4, interleaved=True)), id="rope-partial-interleaved"),
     pytest.param(dict(rope=Rope(scaling=RopeScaling("yarn", 4.0, original_max_positions=16))), id="yarn"),
     pytest.param(dict(softcap=1.5, bias=True), id="softcap-bias"),
+    pytest.param(dict(head_dim=12, v_head_dim=6, window=3), id="v-head-dim-window"),
 ]
 
 
@@ -719,3 +723,75 @@ def test_head_dim_override_shapes():
     with torch.no_grad():
         y, (k, v) = attn(randn(2, 3, MODEL_DIM), return_present=True)
     assert y.shape == (2, 3, MODEL_DIM) and k.shape == v.shape == (2, 2, 3, 12)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Value heads of their own width (v_head_dim)
+
+def test_v_head_dim_shapes_and_cache_layout():
+    """v_proj gives num_kv_heads * Dv, o_proj reads num_query_heads * Dv; the value cache is [B, Hkv, P, Dv]."""
+    attn = gqa(head_dim=12, v_head_dim=6)
+    assert (attn.q_proj.out_features, attn.k_proj.out_features, attn.v_proj.out_features,
+            attn.o_proj.in_features) == (48, 24, 12, 24)
+    with torch.no_grad():
+        y, (k, v) = attn(randn(2, 3, MODEL_DIM), return_present=True)
+    assert y.shape == (2, 3, MODEL_DIM) and k.shape == (2, 2, 3, 12) and v.shape == (2, 2, 3, 6)
+    assert gqa(head_dim=12).v_head_dim == 12  # None: head_dim
+
+
+def test_v_head_dim_merged_qkv_and_merge_match_oracle():
+    x = randn(2, 5, MODEL_DIM)
+    attn = gqa(head_dim=12, v_head_dim=6, bias=True)
+    merged = gqa(head_dim=12, v_head_dim=6, merged_qkv=True)
+    assert merged.qkv_proj.weight.shape == (48 + 24 + 12, MODEL_DIM)
+    with torch.no_grad():
+        np.testing.assert_allclose(merged(x).numpy(), module_oracle(merged, x).numpy(), atol=ATOL)
+        before = attn(x)
+        np.testing.assert_allclose(before.numpy(), module_oracle(attn, x).numpy(), atol=ATOL)
+        attn.merge_qkv()
+        assert attn.qkv_proj.weight.shape == (48 + 24 + 12, MODEL_DIM)
+        np.testing.assert_allclose(attn(x).numpy(), before.numpy(), atol=1e-6)
+
+
+def test_v_head_dim_with_sinks_matches_oracle():
+    """MiMo-V2-Flash's sliding layers: Dv != D with attention sinks and a window."""
+    attn = gqa(head_dim=12, v_head_dim=6, sinks=True, window=3)
+    with torch.no_grad():
+        attn.sinks.copy_(randn(4, seed=5))
+        x = randn(2, 5, MODEL_DIM)
+        expected = module_oracle(attn, x, sinks=attn.sinks)
+        np.testing.assert_allclose(attn(x).numpy(), expected.numpy(), atol=ATOL)
+        no_sinks = gqa(head_dim=12, v_head_dim=6, window=3)
+        no_sinks.load_state_dict({k: t for k, t in attn.state_dict().items() if k != "sinks"})
+        assert np.abs(no_sinks(x).numpy() - attn(x).numpy()).max() > 1e-3  # the sinks take part
+
+
+def test_v_head_dim_band_matches_sdpa_oracle():
+    band = make(LocalAttention, MODEL_DIM, 4, 2, window=2, kind="band", rope=None, head_dim=12, v_head_dim=6)
+    x = randn(2, 7, MODEL_DIM)
+    q, k, v = (np64(t.unflatten(-1, (h, d)).transpose(1, 2))
+               for t, h, d in zip(band.project(x), (4, 2, 2), (12, 12, 6)))
+    y, _ = sdpa_oracle(q, k, v, band=2, causal=0)
+    expected = band.o_proj(torch.from_numpy(y).transpose(1, 2).flatten(2).float())
+    with torch.no_grad():
+        np.testing.assert_allclose(band(x).numpy(), expected.detach().numpy(), atol=ATOL)
+
+
+def test_v_head_dim_paged_equals_concatenation():
+    """Paged pools [N, block, Hkv, Dv] for the values: one packed step over two fresh sequences equals each
+    sequence run alone."""
+    attn = gqa(head_dim=12, v_head_dim=6)
+    cache = PagedKVCache([(2, 12, 6)], 8, 4)
+    lengths = [3, 6]
+    x = randn(sum(lengths), MODEL_DIM)
+    for i in range(len(lengths)):
+        cache.add(i)
+    with torch.no_grad():
+        got = attn(x, paged=cache.step(range(len(lengths)), lengths))
+        np.testing.assert_allclose(got[:3].numpy(), attn(x[None, :3])[0].numpy(), atol=ATOL)
+        np.testing.assert_allclose(got[3:].numpy(), attn(x[None, 3:])[0].numpy(), atol=ATOL)
+
+
+def test_v_head_dim_must_be_positive():
+    with pytest.raises(ValueError, match=r"v_head_dim must be >= 1 \(None: head_dim\), got 0"):
+        gqa(v_head_dim=0)

@@ -69,7 +69,13 @@ or group-limited (a group scored by its best expert) and scales without renormal
 by transformers; MiniCPM3 is MLA with dense MLPs and MiniCPM's embedding / residual / logits multipliers (its LongRoPE
 switches factor sets per forward in the MLA layer, as in transformers); LongCat-Flash maps its two-sublayer layers
 onto pairs of ours with the shortcut MoE beside them (choice-biased softmax router, zero-computation identity experts).
-Youtu-LLM is MLA with dense MLPs; GLM-4 MoE Lite is DeepSeek-V3's layers, dense where mlp_layer_types says.
+Youtu-LLM is MLA with dense MLPs; GLM-4 MoE Lite is DeepSeek-V3's layers, dense where mlp_layer_types says. Mistral 4
+is DeepSeek-V3's layers with a softmax group-limited router (no choice bias) and Ministral 3's per-position query scale
+(llama_4_scaling_beta), applied in torch before the MLA node.
+MiMo-V2-Flash (module mimo) maps onto our Llama: value heads narrower than its query / key heads (v_head_dim), twice
+the KV heads and attention sinks on its sliding layers (layer_kv_heads, sink_layers), RoPE per layer type on the
+leading channels, values times attention_value_scale (in v_proj's weight), DeepSeek-V3's sigmoid routing without a
+shared expert; its multi-token-prediction layers are not converted (causal LM logits only).
 
 LongRoPE (rope_type "longrope": Phi-3-mini-128k, Phi-3.5-mini, Phi-4-mini) maps onto RopeScaling("longrope") for
 the Llama-likes, both factor sets checked against transformers'. As transformers' rotary embedding
@@ -85,8 +91,8 @@ single factor).
 Nothing is downloaded: pass a model you built (e.g. ``LlamaForCausalLM(LlamaConfig(...))``) or loaded.
 
 Layout: _common (SUPPORTED, refusals, activation and RoPE helpers) and one converter module per family group
-(llama, llama4, moe, newer, gemma, gemma4, gpt2, gpt_family, encoders, deepseek); this module holds the model_type ->
-converter table."""
+(llama, llama4, moe, newer, mimo, gemma, gemma4, gpt2, gpt_family, encoders, deepseek); this module holds the
+model_type -> converter table."""
 
 from __future__ import annotations
 
@@ -103,6 +109,7 @@ from onnxattn.models.hf.gpt2 import _gpt2, _gpt_bigcode, _opt
 from onnxattn.models.hf.gpt_family import _biogpt, _codegen, _flint, _gpt_neo, _hy_v3, _kolibri1, _persimmon, _xglm
 from onnxattn.models.hf.llama import _cohere, _falcon, _gpt_neox, _gptj, _llama, _phi
 from onnxattn.models.hf.llama4 import _llama4
+from onnxattn.models.hf.mimo import _mimo_v2_flash
 from onnxattn.models.hf.moe import _dbrx, _ernie4_5_moe, _granitemoe, _phimoe
 from onnxattn.models.hf.newer import (_apertus1p5_text, _granite_swa, _granitemoe_swa, _hyperclovax, _jais2, _mellum,
                                       _nanochat)
@@ -133,7 +140,8 @@ _CONVERTERS = {"llama": _llama, "mistral": _llama, "mixtral": _llama, "qwen2": _
                "flint": _flint, "hy_v3": _hy_v3, "kolibri1": _kolibri1,
                "cwm": _llama, "jais2": _jais2, "hyperclovax": _hyperclovax, "granite_swa": _granite_swa,
                "granitemoe_swa": _granitemoe_swa, "mellum": _mellum, "apertus1p5_text": _apertus1p5_text,
-               "nanochat": _nanochat, "youtu": _deepseek, "glm4_moe_lite": _deepseek}
+               "nanochat": _nanochat, "youtu": _deepseek, "glm4_moe_lite": _deepseek,
+               "mistral4": _deepseek, "mimo_v2_flash": _mimo_v2_flash}
 
 
 def from_transformers(hf_model) -> nn.Module:

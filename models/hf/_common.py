@@ -95,6 +95,8 @@ SUPPORTED = {
     "nanochat": "NanoChatForCausalLM",
     "youtu": "YoutuForCausalLM",
     "glm4_moe_lite": "Glm4MoeLiteForCausalLM",
+    "mistral4": "Mistral4ForCausalLM",
+    "mimo_v2_flash": "MiMoV2FlashForCausalLM",
     "sarvam_mla": "DeepseekV3ForCausalLM",  # transformers runs Sarvam-MLA (SarvamMLAConfig) as DeepSeek-V3
     "minicpm3": "MiniCPM3ForCausalLM",
     "longcat_flash": "LongcatFlashForCausalLM",

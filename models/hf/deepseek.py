@@ -1,6 +1,7 @@
 """DeepSeek-V3, DeepSeek-V2 / V2-Lite, Sarvam-MLA (transformers runs it as DeepSeek-V3) and MiniCPM3 (MLA without
 experts, half-split RoPE, its scale_emb / scale_depth / dim_model_base multipliers), Youtu-LLM (MLA with dense MLPs)
-and GLM-4 MoE Lite (DeepSeek-V3's layers, the dense ones listed in mlp_layer_types) -> models.deepseek."""
+and GLM-4 MoE Lite (DeepSeek-V3's layers, the dense ones listed in mlp_layer_types), Mistral 4 (DeepSeek-V3's layers,
+a softmax router, Ministral 3's query scale) -> models.deepseek."""
 
 from __future__ import annotations
 
@@ -16,9 +17,13 @@ from onnxattn.models.hf._common import (_activation, _check_rope, _copy, _hf_fre
 
 
 def _deepseek_router(c) -> dict:
-    """DeepSeekV3Config's router fields: V3's sigmoid router (the defaults), or V2's softmax one."""
+    """DeepSeekV3Config's router fields: V3's sigmoid router (the defaults), Mistral 4's softmax one with V3's groups,
+    or V2's softmax one."""
     if c.model_type in ("deepseek_v3", "sarvam_mla", "glm4_moe_lite"):  # GLM-4 MoE Lite's router is V3's
         return dict(num_groups=c.n_group or 1, groups_per_token=c.topk_group or 1, norm_topk=bool(c.norm_topk_prob))
+    if c.model_type == "mistral4":  # V3's groups (scored by their two best) on softmax scores, no choice bias
+        return dict(router_scoring="softmax", group_score="top2_sum", num_groups=c.n_group or 1,
+                    groups_per_token=c.topk_group or 1, norm_topk=bool(c.norm_topk_prob))
     freq = getattr(c, "moe_layer_freq", 1)  # not a transformers field: its model has experts in every layer
     if freq != 1:
         raise _unsupported(f"DeepSeek-V2 with moe_layer_freq = {freq} is not supported: transformers puts experts in "
@@ -56,13 +61,27 @@ def _minicpm3_multipliers(c) -> dict:
                 logits_scaling=c.hidden_size / c.dim_model_base)
 
 
+def _mistral4_query_scale(c) -> dict:
+    """Mistral 4 scales q by 1 + beta * log(1 + floor(position / period)) (Ministral 3's get_llama_4_attn_scale), the
+    period being YaRN's original_max_position_embeddings."""
+    params = c.rope_parameters
+    beta, period = params.get("llama_4_scaling_beta"), params.get("original_max_position_embeddings")
+    if beta is None or not period:
+        raise _unsupported(f"Mistral 4 with rope_parameters llama_4_scaling_beta {beta} and "
+                           f"original_max_position_embeddings {period} is not supported (transformers cannot run it "
+                           f"either)")
+    return dict(query_scale_beta=float(beta), query_scale_period=int(period))
+
+
 def _deepseek(hf) -> DeepSeekV3Model:
     """DeepSeek-V3, and DeepSeek-V2 / V2-Lite: the same MLA decoder with V2's router (softmax scores, groups
     scored by their best expert, no choice bias); V2's RoPE always pairs channels (interleaved). Sarvam-MLA is V3's
-    model with its own config class; MiniCPM3 has a dense MLP in every layer and MiniCPM's multipliers."""
+    model with its own config class; MiniCPM3 has a dense MLP in every layer and MiniCPM's multipliers; Mistral 4 is
+    V3 with a softmax router and q scaled per position."""
     c = hf.config
     what = {"deepseek_v2": "DeepSeek-V2", "deepseek_v3": "DeepSeek-V3", "sarvam_mla": "Sarvam-MLA",
-            "minicpm3": "MiniCPM3", "youtu": "Youtu-LLM", "glm4_moe_lite": "GLM-4 MoE Lite"}[c.model_type]
+            "minicpm3": "MiniCPM3", "youtu": "Youtu-LLM", "glm4_moe_lite": "GLM-4 MoE Lite",
+            "mistral4": "Mistral 4"}[c.model_type]
     minicpm3 = c.model_type == "minicpm3"
     params = c.rope_parameters
     # MiniCPM3-4B's LongRoPE: the MLA layer picks the factor set per forward, as transformers' rotary embedding
@@ -87,6 +106,7 @@ def _deepseek(hf) -> DeepSeekV3Model:
                    moe_intermediate=c.moe_intermediate_size, num_shared_experts=c.n_shared_experts,
                    first_dense_layers=dense, routed_scaling=c.routed_scaling_factor, **_deepseek_router(c)) if moe \
         else dict(num_experts=0)
+    query_scale = _mistral4_query_scale(c) if c.model_type == "mistral4" else {}  # refused outside the try below
     try:
         cfg = DeepSeekV3Config(
             vocab_size=c.vocab_size, hidden=c.hidden_size, num_layers=num_layers, num_heads=c.num_attention_heads,
@@ -97,6 +117,7 @@ def _deepseek(hf) -> DeepSeekV3Model:
             # V2 rotates channel pairs (complex numbers); V3 does when rope_interleave, else half-split
             rope_interleaved=c.model_type == "deepseek_v2" or bool(getattr(c, "rope_interleave", False)),
             attention_bias=bool(c.attention_bias), **(_minicpm3_multipliers(c) if minicpm3 else {}),
+            **query_scale,
             rms_norm_eps=c.rms_norm_eps,
             # transformers builds the latent norms with RMSNorm's default eps, not rms_norm_eps
             latent_norm_eps=src.layers[0].self_attn.kv_a_layernorm.variance_epsilon,

@@ -316,7 +316,7 @@ def _llama(hf, variant=None, mlp: str = "mlp", copy_experts=None) -> LlamaModel:
             if getattr(a, "rope_then_norm", None) is not None:  # Hunyuan: its QK-norm after RoPE, in torch
                 _copy(a.q_rope_norm, t.query_layernorm.weight, "the query_layernorm weight")
                 _copy(a.k_rope_norm, t.key_layernorm.weight, "the key_layernorm weight")
-            if cfg.attention_sinks:  # GPT-OSS
+            if a.sinks is not None:  # GPT-OSS; MiMo-V2-Flash's sliding layers only (sink_layers)
                 _copy(a.sinks, t.sinks, "the attention sinks")
             if cfg.qk_proj_norm:  # OLMo 2, OLMoE: over all heads
                 a.q_proj_norm.load_state_dict(t.q_norm.state_dict())

@@ -32,7 +32,9 @@ class GroupedQueryAttention(nn.Module):
     `rope` (a Rope, or None for no rotary embedding, e.g. GPT-2/BERT), `max_positions` (positions must be
     below it), `qk_norm`, `merged_qkv` (one projection for Q, K and V: one MatMul + Split when exported),
     `sinks` (a learned attention-sink logit per query head, GPT-OSS: the parameter `sinks` [num_query_heads],
-    in the space of the scaled scores), `layer_idx` (this layer's slot in a KVCache or a PagedStep)."""
+    in the space of the scaled scores), `layer_idx` (this layer's slot in a KVCache or a PagedStep),
+    `v_head_dim` (the value heads' width Dv, None: head_dim; MiMo-V2-Flash's 128 beside a query / key head of 192:
+    v_proj gives num_kv_heads * Dv, the node's output and o_proj's input are num_query_heads * Dv wide)."""
 
     def __init__(
         self,
@@ -55,6 +57,7 @@ class GroupedQueryAttention(nn.Module):
         merged_qkv: bool = False,
         sinks: bool = False,
         layer_idx: int = 0,
+        v_head_dim: int | None = None,
     ):
         super().__init__()
         num_kv_heads = num_kv_heads or num_query_heads
@@ -66,6 +69,9 @@ class GroupedQueryAttention(nn.Module):
                 raise ValueError(f"GroupedQueryAttention: model_dim ({model_dim}) is not divisible by "
                                  f"num_query_heads ({num_query_heads}); pass head_dim")
             head_dim = model_dim // num_query_heads
+        if v_head_dim is not None and v_head_dim < 1:
+            raise ValueError(f"GroupedQueryAttention: v_head_dim must be >= 1 (None: head_dim), got {v_head_dim}")
+        v_head_dim = head_dim if v_head_dim is None else v_head_dim
         if window < 0:
             raise ValueError(f"GroupedQueryAttention: window must be >= 0 (0 = off), got {window}")
         if attention_chunk < 0:
@@ -73,18 +79,21 @@ class GroupedQueryAttention(nn.Module):
         self.attention_chunk = attention_chunk
         self.model_dim, self.num_query_heads, self.num_kv_heads, self.head_dim = (
             model_dim, num_query_heads, num_kv_heads, head_dim)
+        self.v_head_dim = v_head_dim
         self.causal, self.window, self.softcap, self.scale = causal, window, float(softcap), scale
         self.rope, self.max_positions, self.layer_idx = rope, max_positions, layer_idx
         self.qk_norm_eps = qk_norm_eps
         q_width, kv_width = num_query_heads * head_dim, num_kv_heads * head_dim
         self.q_width, self.kv_width = q_width, kv_width
+        # the value projection's and the node output's widths (kv_width and q_width unless v_head_dim differs)
+        self.v_width, self.out_width = num_kv_heads * v_head_dim, num_query_heads * v_head_dim
         if merged_qkv:
-            self.qkv_proj = nn.Linear(model_dim, q_width + 2 * kv_width, bias=bias)
+            self.qkv_proj = nn.Linear(model_dim, q_width + kv_width + self.v_width, bias=bias)
         else:
             self.q_proj = nn.Linear(model_dim, q_width, bias=bias)
             self.k_proj = nn.Linear(model_dim, kv_width, bias=bias)
-            self.v_proj = nn.Linear(model_dim, kv_width, bias=bias)
-        self.o_proj = nn.Linear(q_width, model_dim, bias=bias if out_bias is None else out_bias)
+            self.v_proj = nn.Linear(model_dim, self.v_width, bias=bias)
+        self.o_proj = nn.Linear(self.out_width, model_dim, bias=bias if out_bias is None else out_bias)
         self.q_norm = nn.Parameter(torch.ones(head_dim)) if qk_norm else None
         self.k_norm = nn.Parameter(torch.ones(head_dim)) if qk_norm else None
         self.sinks = nn.Parameter(torch.zeros(num_query_heads)) if sinks else None
@@ -100,14 +109,15 @@ class GroupedQueryAttention(nn.Module):
 
     def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if hasattr(self, "qkv_proj"):
-            return torch.split(self.qkv_proj(x), [self.q_width, self.kv_width, self.kv_width], dim=-1)
+            return torch.split(self.qkv_proj(x), [self.q_width, self.kv_width, self.v_width], dim=-1)
         return self.q_proj(x), self.k_proj(x), self.v_proj(x)
 
     def merge_qkv(self) -> None:
         """Replaces the separate Q/K/V projections by one merged projection (same function), for decode."""
         if hasattr(self, "qkv_proj"):
             return
-        merged = nn.Linear(self.model_dim, self.q_width + 2 * self.kv_width, bias=self.q_proj.bias is not None)
+        merged = nn.Linear(self.model_dim, self.q_width + self.kv_width + self.v_width,
+                           bias=self.q_proj.bias is not None)
         with torch.no_grad():
             merged.weight.copy_(torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight]))
             if merged.bias is not None:
@@ -273,8 +283,9 @@ class LocalAttention(GroupedQueryAttention):
         if any(kwargs.get(k) is not None for k in ("cache", "past_key", "past_value", "past_lengths", "paged")):
             raise ValueError("LocalAttention(kind='band') has no KV cache support")
         b, s, _ = x.shape
-        q, k, v = (t.unflatten(-1, (h, self.head_dim)).transpose(1, 2)
-                   for t, h in zip(self.project(x), (self.num_query_heads, self.num_kv_heads, self.num_kv_heads)))
+        q, k, v = (t.unflatten(-1, (h, d)).transpose(1, 2) for t, h, d in zip(
+            self.project(x), (self.num_query_heads, self.num_kv_heads, self.num_kv_heads),
+            (self.head_dim, self.head_dim, self.v_head_dim)))
         if self.q_norm is not None:
             q, k = qk_norm(q, self.q_norm, self.qk_norm_eps), qk_norm(k, self.k_norm, self.qk_norm_eps)
         if self.rope is not None:
