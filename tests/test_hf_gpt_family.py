@@ -9,16 +9,15 @@ models (MPT, BLOOM) and settings these converters do not model are refused with 
 
 from __future__ import annotations
 
-import onnx
 import pytest
 import torch
-from model_helpers import one_torch_thread, relative_error, run_steps, session
+from model_helpers import one_torch_thread
 
 transformers = pytest.importorskip("transformers")
 
 from onnxattn.export import from_transformers  # noqa: E402
 from onnxattn.models.hf import UnsupportedModel  # noqa: E402
-from test_hf_interop import hf_steps, randomize  # noqa: E402
+from test_hf_interop import check_export_matches, randomize  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures(one_torch_thread.__name__)  # the module-scoped fixture: one torch thread
 
@@ -86,19 +85,8 @@ NODE_ATTRS = {"gpt_neo": dict(window=[0, 4], scale=[1.0, 1.0], rope=[0, 0]), "bi
 @pytest.mark.parametrize("name", list(CASES))
 def test_logits_match_transformers(name, tmp_path):
     torch.manual_seed(0)
-    hf = randomize(CASES[name]())
-    result = from_transformers(hf, tmp_path / f"{name}.onnx", progress=False)
-    assert result.report.ok
-    nodes = [n for n in onnx.load(result.path).graph.node if n.op_type == "GroupQueryAttention"]
-    assert len(nodes) == 2
-    attrs = [{a.name: onnx.helper.get_attribute_value(a) for a in n.attribute} for n in nodes]
-    for attr, values in NODE_ATTRS.get(name, {}).items():
-        assert [a[attr] for a in attrs] == pytest.approx(values), attr
-    ids = torch.randint(0, VOCAB, (2, 11), generator=torch.Generator().manual_seed(1))
-    want = hf_steps(hf, ids, 8)
-    got = run_steps(session(result.path), ids.numpy(), 8)  # prefill of 8, then 3 decode steps
-    errors = [relative_error(g, w) for g, w in zip(got, want)]
-    assert max(errors) <= 1e-4, errors
+    check_export_matches(randomize(CASES[name]()), tmp_path / f"{name}.onnx", vocab=VOCAB,
+                         node_attrs=NODE_ATTRS.get(name))
 
 
 ONE = dict(vocab_size=VOCAB, hidden_size=64, num_attention_heads=4, **NO_TOKENS)

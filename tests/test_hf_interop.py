@@ -442,23 +442,44 @@ def hf_steps(model, ids: torch.Tensor, prefill: int) -> list[np.ndarray]:
     return logits
 
 
+def check_export_matches(hf, path, *, vocab: int, node_attrs: dict | None = None, op: str = "GroupQueryAttention",
+                         layers: int = 2) -> None:
+    """Exports `hf` (random weights, eval) with our ops to `path`: `layers` nodes of `op` carrying `node_attrs`
+    (attribute -> value per layer), and onnxruntime's logits with our kernels within 1e-4 of transformers' for a
+    prefill of 8 tokens and 3 decode steps (batch 2)."""
+    result = from_transformers(hf, path, progress=False)
+    assert result.report.ok
+    nodes = [n for n in onnx.load(result.path).graph.node if n.op_type == op]
+    assert len(nodes) == layers
+    attrs = [{a.name: onnx.helper.get_attribute_value(a) for a in n.attribute} for n in nodes]
+    for attr, values in (node_attrs or {}).items():
+        assert [a[attr] for a in attrs] == pytest.approx(values), attr
+    ids = torch.randint(0, vocab, (2, 11), generator=torch.Generator().manual_seed(1))
+    want = hf_steps(hf, ids, 8)
+    got = run_steps(session(result.path), ids.numpy(), 8)  # prefill of 8, then 3 decode steps
+    assert got[0].shape == want[0].shape
+    errors = [relative_error(g, w) for g, w in zip(got, want)]
+    assert max(errors) <= 1e-4, errors
+
+
+def check_generation_matches(hf, tmp_path, *, vocab: int) -> None:
+    """Greedy generation of 12 tokens after a prompt of 5 (batch 2) through onnxruntime with our kernels equals
+    transformers' generate, with concatenated and shared-buffer caches; exports to tmp_path/{concat,shared}.onnx."""
+    prompt = torch.randint(0, vocab, (2, 5), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        want = hf.generate(prompt, max_new_tokens=12, do_sample=False).numpy()
+    for cache_mode in ("concat", "shared"):
+        result = from_transformers(hf, tmp_path / f"{cache_mode}.onnx", cache=cache_mode, progress=False)
+        got = generate(str(result.path), prompt.numpy(), 12, providers=["CPUExecutionProvider"], progress=False)
+        np.testing.assert_array_equal(got.tokens, want, err_msg=cache_mode)
+    assert len(np.unique(want[:, 5:])) >= 4, "the tiny model should not collapse onto one token"
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_logits_match_transformers(name, tmp_path):
     torch.manual_seed(0)
-    hf = randomize(CASES[name]())
-    result = from_transformers(hf, tmp_path / f"{name}.onnx", progress=False)
-    assert result.report.ok
-    proto = onnx.load(result.path)
-    nodes = [n for n in proto.graph.node if n.op_type == "GroupQueryAttention"]
-    assert len(nodes) == 2
-    attrs = [{a.name: onnx.helper.get_attribute_value(a) for a in n.attribute} for n in nodes]
-    for attr, values in NODE_ATTRS.get(name, {}).items():
-        assert [a[attr] for a in attrs] == pytest.approx(values), attr
-    ids = torch.randint(0, 256, (2, 11), generator=torch.Generator().manual_seed(1))
-    want = hf_steps(hf, ids, 8)
-    got = run_steps(session(result.path), ids.numpy(), 8)  # prefill of 8, then 3 decode steps
-    errors = [relative_error(g, w) for g, w in zip(got, want)]
-    assert max(errors) <= 1e-4, errors
+    check_export_matches(randomize(CASES[name]()), tmp_path / f"{name}.onnx", vocab=256,
+                         node_attrs=NODE_ATTRS.get(name))
 
 
 def phi3_longrope():
@@ -658,14 +679,7 @@ def test_llama4_generation_and_chunks(tmp_path):
     caches (the temperature's positions then come from past_lengths). The chunk is the node's attention_chunk
     attribute: zeroed there, the logits miss by far more than test_logits_match_transformers' tolerance."""
     hf = randomize(llama4())
-    prompt = torch.randint(0, 256, (2, 5), generator=torch.Generator().manual_seed(2))
-    with torch.no_grad():
-        want = hf.generate(prompt, max_new_tokens=12, do_sample=False).numpy()
-    for cache_mode in ("concat", "shared"):
-        result = from_transformers(hf, tmp_path / f"{cache_mode}.onnx", cache=cache_mode, progress=False)
-        got = generate(str(result.path), prompt.numpy(), 12, providers=["CPUExecutionProvider"], progress=False)
-        np.testing.assert_array_equal(got.tokens, want, err_msg=cache_mode)
-    assert len(np.unique(want[:, 5:])) >= 4, "the tiny model should not collapse onto one token"
+    check_generation_matches(hf, tmp_path, vocab=256)
 
     proto = onnx.load(tmp_path / "concat.onnx")
     node = next(n for n in proto.graph.node if n.op_type == "GroupQueryAttention")  # layer 0: chunked

@@ -13,11 +13,10 @@ import pytest
 import torch
 from model_helpers import one_torch_thread, relative_error, run_steps, session
 
-from onnxattn.generate import generate
 
 transformers = pytest.importorskip("transformers")
 
-from test_hf_interop import NO_TOKENS, hf_steps, randomize  # noqa: E402
+from test_hf_interop import NO_TOKENS, check_generation_matches, hf_steps, randomize  # noqa: E402
 
 from onnxattn.export import from_transformers  # noqa: E402
 from onnxattn.models import hf as hf_mapping  # noqa: E402
@@ -106,15 +105,7 @@ def test_mistral4_shared_buffers_scale_each_row_at_its_position():
 def test_mistral4_generation_matches_transformers(tmp_path):
     """Greedy generation over 17 positions (the scale steps up at 4, 8, 12 and 16) equals transformers' generate, with
     concatenated and shared-buffer caches (the positions then come from past_lengths)."""
-    hf = mistral4()
-    prompt = torch.randint(0, VOCAB, (2, 5), generator=torch.Generator().manual_seed(2))
-    with torch.no_grad():
-        want = hf.generate(prompt, max_new_tokens=12, do_sample=False).numpy()
-    for cache_mode in ("concat", "shared"):
-        result = from_transformers(hf, tmp_path / f"{cache_mode}.onnx", cache=cache_mode, progress=False)
-        got = generate(str(result.path), prompt.numpy(), 12, providers=["CPUExecutionProvider"], progress=False)
-        np.testing.assert_array_equal(got.tokens, want, err_msg=cache_mode)
-    assert len(np.unique(want[:, 5:])) >= 4, "the tiny model should not collapse onto one token"
+    check_generation_matches(mistral4(), tmp_path, vocab=VOCAB)
 
 
 def test_mistral4_without_query_scale_parameters_is_named(tmp_path):
