@@ -50,9 +50,10 @@ Plan make_plan(const Params& p, DType dtype, const DeviceInfo& device, const Req
   sdpa::cuda::Layout layout;
   layout.per_batch_lengths = plan.per_batch;
   layout.op = kOpName;
-  // The wgmma prefill kernel reads plain query rows: with it, the queries are prepared ahead (below).
+  // The wgmma prefill kernel reads plain query rows: with it, the queries are prepared ahead (below), so every
+  // GroupQueryAttention launch fits it (the plan consults this only where the request allows wgmma).
   const bool prepares = p.rope || p.q_norm;
-  layout.wgmma_ok = !prepares || rotate_queries || request.prefill != Request::Prefill::kMma;
+  layout.wgmma_ok = true;
   // Rows of the views advance by multiples of D or Dv elements.
   const size_t size = element_size(dtype);
   const bool rows16 = (size_t(p.head_dim) * size) % 16 == 0 && (size_t(p.v_head_dim) * size) % 16 == 0;
