@@ -1,4 +1,4 @@
-"""Helpers of the whole-model tests (test_models*.py, test_hf_interop.py): one torch thread while they
+"""Helpers of the whole-model tests (test_models*.py, test_hf_*.py): one torch thread while they
 run (pytest -n 2 on two shared cores: torch's default pool spins against onnxruntime's), exported models
 cached per test module, prefill/decode logits through onnxruntime, and proof that our kernels ran."""
 

@@ -13,7 +13,7 @@ from model_helpers import one_torch_thread, relative_error, session  # noqa: F40
 
 transformers = pytest.importorskip("transformers")
 
-from test_hf_interop import randomize  # noqa: E402
+from hf_helpers import randomize  # noqa: E402
 
 from onnxattn.export import from_transformers  # noqa: E402
 from onnxattn.models.hf import UnsupportedModel  # noqa: E402

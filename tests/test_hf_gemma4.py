@@ -23,7 +23,7 @@ transformers = pytest.importorskip("transformers")
 if not hasattr(transformers, "Gemma4ForCausalLM"):
     pytest.skip("this transformers has no Gemma 4", allow_module_level=True)
 
-from test_hf_interop import NO_TOKENS, SMALL, hf_steps, randomize  # noqa: E402
+from hf_helpers import NO_TOKENS, SMALL, hf_steps, randomize  # noqa: E402
 
 from onnxattn.export import from_transformers  # noqa: E402
 from onnxattn.models.gemma4 import Gemma4Attention  # noqa: E402

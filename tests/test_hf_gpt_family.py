@@ -17,7 +17,7 @@ transformers = pytest.importorskip("transformers")
 
 from onnxattn.export import from_transformers  # noqa: E402
 from onnxattn.models.hf import UnsupportedModel  # noqa: E402
-from test_hf_interop import check_export_matches, randomize  # noqa: E402
+from hf_helpers import check_export_matches, randomize  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures(one_torch_thread.__name__)  # the module-scoped fixture: one torch thread
 

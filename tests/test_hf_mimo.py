@@ -16,7 +16,7 @@ transformers = pytest.importorskip("transformers")
 if not hasattr(transformers, "MiMoV2FlashForCausalLM"):
     pytest.skip("this transformers has no MiMo-V2-Flash", allow_module_level=True)
 
-from test_hf_interop import NO_TOKENS, hf_steps, randomize  # noqa: E402
+from hf_helpers import NO_TOKENS, hf_steps, randomize  # noqa: E402
 from test_hf_newer import _choice_biases  # noqa: E402
 
 from onnxattn.export import from_transformers  # noqa: E402

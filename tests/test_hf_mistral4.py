@@ -16,7 +16,7 @@ from model_helpers import one_torch_thread, relative_error, run_steps, session
 
 transformers = pytest.importorskip("transformers")
 
-from test_hf_interop import NO_TOKENS, check_generation_matches, hf_steps, randomize  # noqa: E402
+from hf_helpers import NO_TOKENS, check_generation_matches, hf_steps, randomize  # noqa: E402
 
 from onnxattn.export import from_transformers  # noqa: E402
 from onnxattn.models import hf as hf_mapping  # noqa: E402

@@ -16,7 +16,7 @@ from onnxattn.generate import generate
 
 transformers = pytest.importorskip("transformers")
 
-from test_hf_interop import hf_steps, randomize  # noqa: E402
+from hf_helpers import hf_steps, randomize  # noqa: E402
 
 from onnxattn.export import from_transformers  # noqa: E402
 from onnxattn.models import hf as hf_mapping  # noqa: E402

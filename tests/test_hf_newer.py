@@ -11,7 +11,7 @@ from model_helpers import one_torch_thread
 
 transformers = pytest.importorskip("transformers")
 
-from test_hf_interop import NO_TOKENS, check_export_matches, randomize  # noqa: E402
+from hf_helpers import NO_TOKENS, check_export_matches, randomize  # noqa: E402
 
 from onnxattn.export import from_transformers  # noqa: E402
 from onnxattn.models.hf import UnsupportedModel  # noqa: E402

@@ -1,0 +1,328 @@
+"""Settings and architectures from_transformers does not model get an UnsupportedModel message naming them: per
+family, a tiny transformers model with the setting and the message (the tables below), and the message for an
+unknown or not-yet-supported architecture, which lists the supported ones."""
+
+from __future__ import annotations
+
+import math
+import types
+
+import pytest
+from hf_helpers import BIGCODE, FALCON, GPT_OSS, MHA, NO_TOKENS, OPT, SMALL, T, dbrx_config, llama4, randomize
+from model_helpers import one_torch_thread  # noqa: F401
+
+from onnxattn.export import from_transformers
+from onnxattn.models import hf as hf_mapping
+from onnxattn.models.hf import UnsupportedModel
+
+
+ONE_LAYER = SMALL | dict(num_hidden_layers=1)
+
+
+_PHI3_AND_MOE_REFUSALS = ([
+    # Llama's config only warns, and transformers broadcasts one factor over all 8 frequencies (Phi3Config refuses)
+    (lambda: T.LlamaForCausalLM(T.LlamaConfig(**ONE_LAYER, max_position_embeddings=128, rope_parameters={
+        "rope_type": "longrope", "rope_theta": 10000.0, "short_factor": [1.0], "long_factor": [2.0],
+        "original_max_position_embeddings": 32})),
+     r"LlamaConfig does not map onto ours: RopeScaling: longrope needs one factor per frequency "
+     r"\(rotary_dim / 2 = 8\)"),
+    # 16 * 0.5625 = 9 channels: transformers rotates 10 with frequencies for 9
+    (lambda: T.Phi3ForCausalLM(T.Phi3Config(**ONE_LAYER, **NO_TOKENS, rope_parameters={
+        "rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5625})),
+     "phi3 with partial_rotary_factor 0.5625 rotates 9 of 16 channels; only an even count"),
+    (lambda: T.Qwen3MoeForCausalLM(T.Qwen3MoeConfig(**ONE_LAYER, num_experts=4, num_experts_per_tok=5)),
+     r"this Qwen3MoeConfig does not map onto ours: LlamaConfig: experts_per_token must be in \[1, 4\]"),
+    (lambda: T.MixtralForCausalLM(T.MixtralConfig(**ONE_LAYER, head_dim=16, rope_parameters={
+        "rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0})), "RoPE type 'dynamic' is not supported"),
+    (lambda: T.Qwen2MoeForCausalLM(T.Qwen2MoeConfig(**ONE_LAYER, num_experts=4, num_experts_per_tok=5)),
+     r"this Qwen2MoeConfig does not map onto ours: LlamaConfig: experts_per_token must be in \[1, 4\]"),
+    (lambda: T.Qwen2MoeModel(T.Qwen2MoeConfig(**ONE_LAYER, num_experts=4)),
+     "pass a Qwen2MoeForCausalLM for qwen2_moe, got Qwen2MoeModel"),
+], ["llama-longrope-one-factor", "phi3-odd-rotary-dim", "qwen3_moe-more-chosen-than-experts",
+        "mixtral-dynamic-rope", "qwen2_moe-more-chosen-than-experts", "qwen2_moe-base-model"])
+
+
+_LLAMA_VARIANT_REFUSALS = ([
+    # transformers' eager / sdpa masks would apply the window, its flash attention would not
+    (lambda: T.SmolLM3ForCausalLM(T.SmolLM3Config(**ONE_LAYER, **NO_TOKENS, layer_types=["sliding_attention"],
+                                                  sliding_window=6)),
+     "SmolLM3 with sliding_attention layers but use_sliding_window=False is not supported"),
+    (lambda: T.GraniteForCausalLM(T.GraniteConfig(**ONE_LAYER, attention_multiplier=0.0)),
+     "GraniteConfig does not map onto ours: LlamaConfig: attention_scale must be > 0"),
+    (lambda: T.GraniteForCausalLM(T.GraniteConfig(**ONE_LAYER, logits_scaling=0.0)),
+     "GraniteConfig does not map onto ours: LlamaConfig: logits_scaling divides the logits; it must not be 0"),
+    (lambda: T.Olmo2ForCausalLM(T.Olmo2Config(**ONE_LAYER, **NO_TOKENS, rope_parameters={
+        "rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0})), "RoPE type 'dynamic' is not supported"),
+    (lambda: T.Starcoder2ForCausalLM(T.Starcoder2Config(**ONE_LAYER, **NO_TOKENS, hidden_act="gelu_fast")),
+     "activation 'gelu_fast' has no equivalent here"),
+    (lambda: T.Starcoder2Model(T.Starcoder2Config(**ONE_LAYER, **NO_TOKENS)),
+     "pass a Starcoder2ForCausalLM for starcoder2, got Starcoder2Model"),
+    # transformers would zero (0) or saturate (< 0) every q / k / v
+    (lambda: T.OlmoForCausalLM(T.OlmoConfig(**ONE_LAYER, **NO_TOKENS, clip_qkv=0.0)),
+     "OlmoConfig does not map onto ours: LlamaConfig: clip_qkv must be > 0 and finite"),
+    (lambda: T.OlmoeForCausalLM(T.OlmoeConfig(**ONE_LAYER, **NO_TOKENS, num_experts=4,
+                                                  num_experts_per_tok=2, clip_qkv=-1.0)),
+     "OlmoeConfig does not map onto ours: LlamaConfig: clip_qkv must be > 0 and finite"),
+    (lambda: T.OlmoeForCausalLM(T.OlmoeConfig(**ONE_LAYER, **NO_TOKENS, num_experts=4, num_experts_per_tok=5)),
+     r"this OlmoeConfig does not map onto ours: LlamaConfig: experts_per_token must be in \[1, 4\]"),
+    (lambda: T.Ernie4_5ForCausalLM(T.Ernie4_5Config(**ONE_LAYER, **NO_TOKENS, head_dim=16, rope_parameters={
+        "rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0})), "RoPE type 'dynamic' is not supported"),
+    # transformers' sliding mask needs a window
+    (lambda: T.Exaone4ForCausalLM(T.Exaone4Config(**ONE_LAYER, **NO_TOKENS, sliding_window=None,
+                                                  layer_types=["sliding_attention"])),
+     "EXAONE 4 with sliding_window None and sliding_attention layers is not supported"),
+    (lambda: T.GlmForCausalLM(T.GlmConfig(**ONE_LAYER, **NO_TOKENS, head_dim=16, partial_rotary_factor=0.3125)),
+     "glm with partial_rotary_factor 0.3125 rotates 5 of 16 channels; only an even count"),
+    (lambda: T.ArceeForCausalLM(T.ArceeConfig(**ONE_LAYER, **NO_TOKENS, hidden_act="relu6")),
+     "activation 'relu6' has no equivalent here"),
+    (lambda: T.StableLmModel(T.StableLmConfig(**ONE_LAYER, **NO_TOKENS)),
+     "pass a StableLmForCausalLM for stablelm, got StableLmModel"),
+    (lambda: T.NemotronForCausalLM(T.NemotronConfig(**ONE_LAYER, **NO_TOKENS, partial_rotary_factor=0.3125)),
+     "nemotron with partial_rotary_factor 0.3125 rotates 5 of 16 channels"),
+    # its attention scales q by llama_4_scaling_beta and original_max_position_embeddings, which default RoPE lacks
+    (lambda: T.Ministral3ForCausalLM(T.Ministral3Config(**ONE_LAYER, **NO_TOKENS, head_dim=16, rope_parameters={
+        "rope_type": "default", "rope_theta": 10000.0})),
+     "Ministral 3 with rope_parameters llama_4_scaling_beta None and original_max_position_embeddings None"),
+    # transformers' sliding cache needs a window
+    (lambda: T.Olmo3ForCausalLM(T.Olmo3Config(**ONE_LAYER, **NO_TOKENS, sliding_window=None)),
+     "OLMo 3 with sliding_window None and sliding_attention layers is not supported"),
+    (lambda: T.Olmo3ForCausalLM(T.Olmo3Config(**ONE_LAYER, **NO_TOKENS, max_position_embeddings=64, rope_parameters={
+        "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+        "full_attention": {"rope_type": "longrope", "rope_theta": 10000.0, "short_factor": [1.0] * 8,
+                           "long_factor": [2.0] * 8, "original_max_position_embeddings": 16}})),
+     "LongRoPE .* is supported for the Llama-like architectures"),
+    # 3 experts from 1 group of 2
+    (lambda: T.Glm4MoeForCausalLM(T.Glm4MoeConfig(**ONE_LAYER, **NO_TOKENS, head_dim=16, n_routed_experts=8,
+                                                  num_experts_per_tok=3, n_group=4, topk_group=1,
+                                                  first_k_dense_replace=0)),
+     r"this Glm4MoeConfig does not map onto ours: LlamaConfig: experts_per_token must be in \[1, 2\]"),
+], ["smollm3-window-without-use_sliding_window", "granite-attention-multiplier-0", "granite-logits-scaling-0",
+        "olmo2-dynamic-rope", "starcoder2-gelu-fast", "starcoder2-base-model", "olmo-clip-0", "olmoe-clip-negative",
+        "olmoe-more-chosen-than-experts", "ernie4_5-dynamic-rope", "exaone4-sliding-without-window",
+        "glm-odd-rotary-dim", "arcee-relu6", "stablelm-base-model", "nemotron-odd-rotary-dim",
+        "ministral3-no-llama4-scaling", "olmo3-sliding-without-window", "olmo3-longrope",
+        "glm4_moe-more-chosen-than-groups-hold"])
+
+
+ONE_MHA = MHA | dict(num_hidden_layers=1)
+ONE_GPTJ = dict(vocab_size=256, n_positions=64, n_embd=64, n_layer=1, n_head=4, **NO_TOKENS)
+
+
+_PARALLEL_RESIDUAL_REFUSALS = ([
+    (lambda: T.GPTNeoXForCausalLM(T.GPTNeoXConfig(**ONE_MHA, rope_parameters={
+        "rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0, "partial_rotary_factor": 0.25})),
+     "RoPE type 'dynamic' is not supported"),
+    (lambda: T.GPTNeoXForCausalLM(T.GPTNeoXConfig(**ONE_MHA, rotary_pct=0.3125)),
+     "gpt_neox with partial_rotary_factor 0.3125 rotates 5 of 16 channels; only an even count"),
+    (lambda: T.GPTNeoXModel(T.GPTNeoXConfig(**ONE_MHA)), "pass a GPTNeoXForCausalLM for gpt_neox, got GPTNeoXModel"),
+    # wider than a head: transformers' forward fails too
+    (lambda: T.GPTJForCausalLM(T.GPTJConfig(**ONE_GPTJ, rotary_dim=32)),
+     "GPT-J with rotary_dim 32 rotates 32 channels of a 16-wide head"),
+    (lambda: T.GPTJForCausalLM(T.GPTJConfig(**ONE_GPTJ, rotary_dim=7)),
+     "GPTJConfig does not map onto ours: LlamaConfig: rotary_dim must be even"),
+    (lambda: T.PhiForCausalLM(T.PhiConfig(**ONE_LAYER, **NO_TOKENS, partial_rotary_factor=0.3125)),
+     "phi with partial_rotary_factor 0.3125 rotates 5 of 16 channels"),
+    (lambda: T.PhiForCausalLM(T.PhiConfig(**ONE_LAYER, **NO_TOKENS, max_position_embeddings=64, rope_parameters={
+        "rope_type": "longrope", "rope_theta": 10000.0, "partial_rotary_factor": 0.5, "short_factor": [1.0] * 4,
+        "long_factor": [2.0] * 4, "original_max_position_embeddings": 16})),
+     "LongRoPE .* is supported for the Llama-like architectures"),
+    (lambda: T.CohereForCausalLM(T.CohereConfig(**ONE_LAYER, **NO_TOKENS, logit_scale=0.0)),
+     "Cohere with logit_scale 0.0 is not supported"),
+    (lambda: T.CohereForCausalLM(T.CohereConfig(**ONE_LAYER, **NO_TOKENS, rope_parameters={
+        "rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0})), "RoPE type 'dynamic' is not supported"),
+    # transformers' sliding mask raises without a window, even when no layer is sliding
+    (lambda: T.Cohere2ForCausalLM(T.Cohere2Config(**ONE_LAYER, **NO_TOKENS, sliding_window=None)),
+     "Cohere 2 with sliding_window None is not supported"),
+    (lambda: T.Cohere2ForCausalLM(T.Cohere2Config(**ONE_LAYER, **NO_TOKENS, logit_scale=0.0)),
+     "Cohere 2 with logit_scale 0.0 is not supported"),
+    (lambda: T.Cohere2Model(T.Cohere2Config(**ONE_LAYER, **NO_TOKENS)),
+     "pass a Cohere2ForCausalLM for cohere2, got Cohere2Model"),
+], ["gpt_neox-dynamic-rope", "gpt_neox-odd-rotary-dim", "gpt_neox-base-model", "gptj-rotary-dim-over-head",
+        "gptj-odd-rotary-dim", "phi-odd-rotary-dim", "phi-longrope", "cohere-logit-scale-0", "cohere-dynamic-rope",
+        "cohere2-no-window", "cohere2-logit-scale-0", "cohere2-base-model"])
+
+
+ONE_GPT_OSS = GPT_OSS | dict(num_hidden_layers=1)
+_GPT_OSS_REFUSALS = ([
+    (lambda: T.GptOssForCausalLM(T.GptOssConfig(**ONE_GPT_OSS | dict(swiglu_limit=-1.0))),
+     "GptOssConfig does not map onto ours: ClampedSwiGLU: limit must be >= 0, got -1.0"),
+    (lambda: T.GptOssForCausalLM(T.GptOssConfig(**ONE_GPT_OSS | dict(num_experts_per_tok=5))),
+     r"this GptOssConfig does not map onto ours: LlamaConfig: experts_per_token must be in \[1, 4\]"),
+    (lambda: T.GptOssModel(T.GptOssConfig(**ONE_GPT_OSS)), "pass a GptOssForCausalLM for gpt_oss, got GptOssModel"),
+], ["gpt_oss-negative-limit", "gpt_oss-more-chosen-than-experts",
+        "gpt_oss-base-model"])
+
+
+def gemma1(**setting):
+    # randomized: an untied lm_head then differs from the embedding
+    return randomize(T.GemmaForCausalLM(T.GemmaConfig(**ONE_LAYER, **NO_TOKENS, head_dim=32, **setting)))
+
+
+_GEMMA_REFUSALS = ([
+    (lambda: gemma1(attention_bias=True), "Gemma with attention_bias is not supported"),
+    (lambda: gemma1(tie_word_embeddings=False), "Gemma with an output embedding other than the input one"),
+    (lambda: gemma1(use_bidirectional_attention=True), "Gemma with use_bidirectional_attention .* is not supported"),
+    (lambda: gemma1(hidden_act="relu6"), "activation 'relu6' has no equivalent here"),
+    (lambda: gemma1(rope_parameters={"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0}),
+     "RoPE type 'dynamic' is not supported"),
+    (lambda: T.GemmaModel(T.GemmaConfig(**ONE_LAYER, **NO_TOKENS, head_dim=32)),
+     "pass a GemmaForCausalLM for gemma, got GemmaModel"),
+], ["gemma-attention-bias", "gemma-untied", "gemma-bidirectional", "gemma-relu6", "gemma-dynamic-rope",
+    "gemma-base-model"])
+
+
+_LLAMA4_REFUSALS = ([
+    # multimodal: its language_model is the Llama4ForCausalLM to pass
+    (lambda: T.Llama4ForConditionalGeneration(T.Llama4Config(
+        text_config=ONE_LAYER | dict(head_dim=16), vision_config=dict(
+            hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, vision_output_dim=32,
+            projector_input_dim=32, projector_output_dim=32, image_size=28, patch_size=14))),
+     "Llama4ForConditionalGeneration is multimodal; pass its text model, its language_model"),
+    # transformers divides by floor_scale
+    (lambda: llama4(floor_scale=0), "Llama 4 with attn_temperature_tuning, floor_scale 0 and attn_scale 0.5"),
+    # transformers has no mask for these
+    (lambda: llama4(attention_chunk_size=None, layer_types=["chunked_attention", "full_attention"]),
+     "Llama 4 with chunked_attention layers and attention_chunk_size None is not supported"),
+    (lambda: llama4(layer_types=["sliding_attention", "full_attention"]),
+     r"Llama 4 layer types other than chunked_attention, full_attention are not supported, "
+     r"got \['sliding_attention'\]"),
+    (lambda: llama4(num_experts_per_tok=5),
+     r"this Llama4TextConfig does not map onto ours: LlamaConfig: experts_per_token must be in \[1, 4\]"),
+    (lambda: T.Llama4TextModel(T.Llama4TextConfig(**ONE_LAYER, **NO_TOKENS, head_dim=16)),
+     "pass a Llama4ForCausalLM for llama4_text, got Llama4TextModel"),
+], ["llama4-multimodal", "llama4-floor-scale-0", "llama4-chunked-without-chunk-size", "llama4-sliding-layers",
+    "llama4-more-chosen-than-experts", "llama4-base-model"])
+
+
+_MORE_DECODER_REFUSALS = ([
+    (lambda: T.GraniteMoeForCausalLM(T.GraniteMoeConfig(**ONE_LAYER, **NO_TOKENS, num_local_experts=4,
+                                                        num_experts_per_tok=5)),
+     r"this GraniteMoeConfig does not map onto ours: LlamaConfig: experts_per_token must be in \[1, 4\]"),
+    (lambda: T.Ernie4_5_MoeForCausalLM(T.Ernie4_5_MoeConfig(**ONE_LAYER, **NO_TOKENS, moe_num_experts=4, moe_k=2,
+                                                            rope_parameters={"rope_type": "dynamic",
+                                                                             "rope_theta": 10000.0, "factor": 2.0})),
+     "RoPE type 'dynamic' is not supported"),
+    (lambda: T.FalconForCausalLM(T.FalconConfig(**FALCON | dict(num_hidden_layers=1), alibi=True)),
+     "Falcon with alibi=True is not supported: our attention op has no ALiBi"),
+    # transformers' FalconDecoderLayer has no sequential path for the new architecture
+    (lambda: T.FalconForCausalLM(T.FalconConfig(**FALCON | dict(num_hidden_layers=1), new_decoder_architecture=True,
+                                                parallel_attn=False)),
+     "Falcon with new_decoder_architecture=True, parallel_attn=False .* is not supported"),
+    (lambda: T.GPTBigCodeForCausalLM(T.GPTBigCodeConfig(**BIGCODE | dict(n_layer=1), tie_word_embeddings=False)),
+     r"GPT-BigCode with an output embedding other than the input one \(tie_word_embeddings=False\)"),
+    (lambda: T.OPTForCausalLM(T.OPTConfig(**OPT | dict(num_hidden_layers=1), layer_norm_elementwise_affine=False)),
+     "OPT with layer_norm_elementwise_affine=False is not supported"),
+    (lambda: T.OPTModel(T.OPTConfig(**OPT | dict(num_hidden_layers=1))), "pass a OPTForCausalLM for opt, got OPTModel"),
+    # Phi-3.5-MoE's released LongRoPE: cos / sin times short_mscale or long_mscale, per forward
+    (lambda: T.PhimoeForCausalLM(T.PhimoeConfig(**ONE_LAYER, **NO_TOKENS, num_local_experts=4,
+                                                max_position_embeddings=64, rope_parameters={
+        "rope_type": "longrope", "rope_theta": 10000.0, "short_factor": [1.0] * 8, "long_factor": [2.0] * 8,
+        "short_mscale": 1.0, "long_mscale": 1.2, "original_max_position_embeddings": 16})),
+     "PhiMoE with rope_type 'longrope' is not supported: .* short_mscale or long_mscale per forward"),
+    (lambda: T.PhimoeForCausalLM(T.PhimoeConfig(**ONE_LAYER, **NO_TOKENS, num_local_experts=4, num_experts_per_tok=3)),
+     "PhiMoE with num_experts_per_tok 3 is not supported: transformers' sparsemixer routes every token to 2"),
+], ["granitemoe-more-chosen-than-experts", "ernie4_5_moe-dynamic-rope", "falcon-alibi", "falcon-new-sequential",
+    "gpt_bigcode-untied", "opt-no-affine-norm", "opt-base-model", "phimoe-longrope", "phimoe-top3"])
+
+
+_MOE_AND_GEMMA_FAMILY_REFUSALS = ([
+    # 3 experts from 1 group of 2
+    (lambda: T.Dots1ForCausalLM(T.Dots1Config(**ONE_LAYER, head_dim=16, n_routed_experts=8, num_experts_per_tok=3,
+                                              n_group=4, topk_group=1, n_shared_experts=1)),
+     r"this Dots1Config does not map onto ours: LlamaConfig: experts_per_token must be in \[1, 2\]"),
+    (lambda: T.SolarOpenForCausalLM(T.SolarOpenConfig(
+        **{k: v for k, v in ONE_LAYER.items() if k != "intermediate_size"}, **NO_TOKENS, head_dim=16,
+        n_routed_experts=4, rope_parameters={"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0})),
+     "RoPE type 'dynamic' is not supported"),
+    (lambda: T.ExaoneMoeForCausalLM(T.ExaoneMoeConfig(**ONE_LAYER, **NO_TOKENS, num_experts=4, num_experts_per_tok=5,
+                                                      first_k_dense_replace=0)),
+     r"this ExaoneMoeConfig does not map onto ours: LlamaConfig: experts_per_token must be in \[1, 4\]"),
+    (lambda: T.FlexOlmoForCausalLM(T.FlexOlmoConfig(**ONE_LAYER, **NO_TOKENS, num_experts=4, num_experts_per_tok=5)),
+     r"this FlexOlmoConfig does not map onto ours: LlamaConfig: experts_per_token must be in \[1, 4\]"),
+    (lambda: T.ApertusForCausalLM(T.ApertusConfig(**ONE_LAYER, **NO_TOKENS, hidden_act="relu6")),
+     "activation 'relu6' has no equivalent here"),
+    (lambda: T.VaultGemmaForCausalLM(T.VaultGemmaConfig(**ONE_LAYER, head_dim=32, rope_parameters={
+        "rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0})),
+     r"VaultGemma with scaled RoPE \(linear\) is not supported"),
+    (lambda: T.VaultGemmaForCausalLM(T.VaultGemmaConfig(**ONE_LAYER, head_dim=32, attention_bias=True)),
+     "VaultGemma with attention_bias is not supported"),
+    # transformers' router and block raise on these at their first forward
+    (lambda: T.Cohere2MoeForCausalLM(T.Cohere2MoeConfig(**ONE_LAYER, **NO_TOKENS, num_experts=4,
+                                                        expert_selection_fn="relu")),
+     "Cohere 2 MoE with expert_selection_fn 'relu' is not supported"),
+    (lambda: T.Cohere2MoeForCausalLM(T.Cohere2MoeConfig(**ONE_LAYER, **NO_TOKENS, num_experts=4, num_shared_experts=1,
+                                                        shared_expert_combination_strategy="max")),
+     "Cohere 2 MoE with shared_expert_combination_strategy 'max' is not supported"),
+    (lambda: T.Cohere2MoeForCausalLM(T.Cohere2MoeConfig(**ONE_LAYER, **NO_TOKENS, num_experts=4,
+                                                        num_experts_per_tok=5)),
+     r"this Cohere2MoeConfig does not map onto ours: LlamaConfig: experts_per_token must be in \[1, 4\]"),
+    (lambda: T.Cohere2MoeForCausalLM(T.Cohere2MoeConfig(**ONE_LAYER, **NO_TOKENS, num_experts=4, sliding_window=None)),
+     "Cohere 2 MoE with sliding_window None is not supported"),
+    (lambda: T.DbrxForCausalLM(dbrx_config(attn=dict(clip_qkv=None), n_layers=1)),
+     "DBRX with attn_config.clip_qkv None is not supported"),
+    (lambda: T.DbrxForCausalLM(dbrx_config(ffn=dict(moe_normalize_expert_weights=math.inf), n_layers=1)),
+     "this DbrxConfig does not map onto ours: LlamaConfig: router_norm_p must be > 0 and finite, got inf"),
+    (lambda: T.DbrxForCausalLM(dbrx_config(ffn=dict(ffn_act_fn={"name": "relu6"}), n_layers=1)),
+     "activation 'relu6' has no equivalent here"),
+    # top-k per layer: ours has one count for all layers
+    (lambda: T.HunYuanMoEV1ForCausalLM(T.HunYuanMoEV1Config(**SMALL, **NO_TOKENS, head_dim=16, num_experts=4,
+                                                            moe_topk=[2, 1])),
+     r"Hunyuan MoE with num_experts 4 and moe_topk \[2, 1\] is not supported"),
+    # transformers' sliding mask needs a window
+    (lambda: T.AfmoeForCausalLM(T.AfmoeConfig(**ONE_LAYER, **NO_TOKENS, head_dim=16, sliding_window=None,
+                                              layer_types=["sliding_attention"], num_experts=4, num_experts_per_tok=2)),
+     "AFMoE with sliding_window None and sliding_attention layers is not supported"),
+    (lambda: T.AfmoeForCausalLM(T.AfmoeConfig(**ONE_LAYER, **NO_TOKENS, head_dim=16, num_dense_layers=0,
+                                              num_experts=4, num_experts_per_tok=5)),
+     r"this AfmoeConfig does not map onto ours: LlamaConfig: experts_per_token must be in \[1, 4\]"),
+    # dynamic NTK scaling without alpha rescales by the sequence length, per forward
+    (lambda: T.HunYuanDenseV1ForCausalLM(T.HunYuanDenseV1Config(**ONE_LAYER, **NO_TOKENS, head_dim=16, rope_parameters={
+        "rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0})), "RoPE type 'dynamic' is not supported"),
+], ["dots1-more-chosen-than-groups-hold", "solar_open-dynamic-rope", "exaone_moe-more-chosen-than-experts",
+    "flex_olmo-more-chosen-than-experts", "apertus-relu6", "vaultgemma-scaled-rope", "vaultgemma-attention-bias",
+    "cohere2_moe-relu-selection", "cohere2_moe-max-combination", "cohere2_moe-more-chosen-than-experts",
+    "cohere2_moe-no-window", "dbrx-no-clip", "dbrx-inf-norm", "dbrx-relu6",
+    "hunyuan_v1_moe-top-k-per-layer", "afmoe-sliding-without-window", "afmoe-more-chosen-than-experts",
+    "hunyuan_v1_dense-dynamic-rope"])
+
+
+REFUSALS = [pytest.param(*case, id=name) for cases, names in (
+    _PHI3_AND_MOE_REFUSALS, _LLAMA_VARIANT_REFUSALS, _PARALLEL_RESIDUAL_REFUSALS, _GPT_OSS_REFUSALS,
+    _GEMMA_REFUSALS, _LLAMA4_REFUSALS, _MORE_DECODER_REFUSALS, _MOE_AND_GEMMA_FAMILY_REFUSALS)
+    for case, name in zip(cases, names)]
+
+
+@pytest.mark.parametrize("make, match", REFUSALS)
+def test_unsupported_settings_are_named(make, match, tmp_path):
+    """Settings a converter does not model: (transformers model factory, the UnsupportedModel message)."""
+    with pytest.raises(UnsupportedModel, match=match):
+        from_transformers(make(), tmp_path / "x.onnx")
+
+
+def test_unsupported_architectures_list_the_supported_ones(tmp_path, monkeypatch):
+    fake = types.SimpleNamespace(config=types.SimpleNamespace(model_type="t5"))
+    with pytest.raises(UnsupportedModel, match="model_type 't5'.*supported: llama .LlamaForCausalLM., mistral.*"
+                                               "mixtral .MixtralForCausalLM.*qwen3_moe .Qwen3MoeForCausalLM., "
+                                               "qwen2_moe .Qwen2MoeForCausalLM.*"
+                                               "phi3 .Phi3ForCausalLM.*smollm3 .SmolLM3ForCausalLM., "
+                                               "granite .GraniteForCausalLM., olmo2 .Olmo2ForCausalLM., "
+                                               "starcoder2 .Starcoder2ForCausalLM., gpt_oss .GptOssForCausalLM., "
+                                               "olmo .OlmoForCausalLM., olmoe .OlmoeForCausalLM.*"
+                                               "exaone4 .Exaone4ForCausalLM., glm4 .Glm4ForCausalLM.*"
+                                               "stablelm .StableLmForCausalLM., nemotron .NemotronForCausalLM.*"
+                                               "gpt_neox .GPTNeoXForCausalLM., gptj .GPTJForCausalLM., "
+                                               "phi .PhiForCausalLM., cohere .CohereForCausalLM.*"
+                                               "gemma2 .Gemma2ForCausalLM., gemma3_text .Gemma3ForCausalLM.*"
+                                               "bert .BertModel., roberta .RobertaModel., "
+                                               "xlm-roberta .XLMRobertaModel., modernbert .ModernBertModel.*"
+                                               "deepseek_v2 .DeepseekV2ForCausalLM., "
+                                               "deepseek_v3 .DeepseekV3ForCausalLM.$"):
+        from_transformers(fake, tmp_path / "x.onnx")
+    # an architecture listed as not yet supported is named with the reason, after the supported ones
+    monkeypatch.setitem(hf_mapping.NOT_YET, "t5", "no encoder-decoder models")
+    with pytest.raises(UnsupportedModel, match=r"\(t5\): no encoder-decoder models\. supported: llama .*"
+                                               r"deepseek_v3 .DeepseekV3ForCausalLM.\. Not yet: t5: no encoder"):
+        from_transformers(fake, tmp_path / "x.onnx")
+    base = T.LlamaModel(T.LlamaConfig(**SMALL))
+    with pytest.raises(UnsupportedModel, match="pass a LlamaForCausalLM for llama, got LlamaModel"):
+        from_transformers(base, tmp_path / "x.onnx")
