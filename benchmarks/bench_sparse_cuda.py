@@ -14,6 +14,9 @@ causal prefill, S in {16k, 64k} (--quick: {4k, 16k}):
   - routed:    SparseRoutedAttention, the MoBA form: segments of 64, top 16 incl. the own, dot-product routing
                after RoPE (fast: its attention by segment, each chosen segment read once per slot);
   - routed_simple: routed on the simple kernels (a warp per row reading its own segments);
+  - nsa_mma, nsa_dot_mma, routed_mma: nsa, nsa_dot and routed with ONNXATTN_SPARSE_CUDA=mma (opt-in): the block
+               branch / the routed attention on the tensor-core kernel by block (each chosen block staged once per
+               slot for up to 64 rows, mma.sync), the rest as fast;
   - dense:     our ScaledDotProductAttention CUDA kernel (causal, GQA) through the library's C test entry
                (tests/gpu/sdpa_cuda_lib.py, as bench_sdpa_cuda.py);
   - dense_ort: the same op through onnxruntime's CUDA EP: the sparse ops' path, so sparse/dense compares like
@@ -27,7 +30,8 @@ Reported per S: ms; TFLOP/s over the keys each one attends to (4*D per query hea
 triangle for the dense ones, the selected blocks (+ window + compressed tokens for nsa) for the sparse ones,
 as bench_sparse_cpu.attended_keys; selection and compression work comes on top); and time ratios
 nsa/dense, routed/dense (dense = dense_ort, else the C entry) and nsa/torch, routed/torch (torch = the faster
-backend), nsa/nsa_simple and routed/routed_simple: below 1, sparse (fast) is faster. Anchors (issue 7, FlashMoBA on H100): NSA kernels ~6-9x faster than
+backend), nsa/nsa_simple and routed/routed_simple, and nsa_mma/nsa, nsa_dot_mma/nsa_dot, routed_mma/routed: below 1,
+the first is faster. Anchors (issue 7, FlashMoBA on H100): NSA kernels ~6-9x faster than
 FA2 at 64k (ratio ~0.11-0.17), MoBA ~6x (~0.17).
 
 Timers: onnxruntime by wall clock around run_with_iobinding (which synchronises; its per-run overhead of tens
@@ -68,17 +72,22 @@ from bench_sdpa_cuda import env_vars, environment, time_cuda, time_graph, time_w
 from bench_sparse_cpu import BLOCK, CASES, D, HKV, HQ, TOP, WINDOW, attended_keys  # noqa: E402
 
 DTYPE = torch.bfloat16
-IMPLS = ("nsa", "nsa_dot", "nsa_simple", "routed", "routed_simple", "dense", "dense_ort", "torch_flash", "torch_cudnn")
+# the opt-in tensor-core columns before the simple kernels' (the slowest, the first the budget skips)
+IMPLS = ("nsa", "nsa_dot", "routed", "nsa_mma", "nsa_dot_mma", "routed_mma", "dense", "dense_ort", "torch_flash",
+         "torch_cudnn", "nsa_simple", "routed_simple")
 NSA_DOT = ("NativeSparseAttention", ["Q", "K", "V", "gates"], CASES["nsa"][2])
 # implementation -> (op, inputs, attributes) and the environment its runs see
 ORT_CASES = {"nsa": CASES["nsa"], "nsa_dot": NSA_DOT, "nsa_simple": CASES["nsa"], "routed": CASES["routed"],
-             "routed_simple": CASES["routed"], "dense_ort": CASES["dense"]}  # fmt: skip
-FAST, SIMPLE = {"ONNXATTN_SPARSE_CUDA": "fast"}, {"ONNXATTN_SPARSE_CUDA": "simple"}
-ORT_ENV = {"nsa": FAST, "nsa_dot": FAST, "routed": FAST, "nsa_simple": SIMPLE, "routed_simple": SIMPLE}
+             "routed_simple": CASES["routed"], "dense_ort": CASES["dense"], "nsa_mma": CASES["nsa"],
+             "nsa_dot_mma": NSA_DOT, "routed_mma": CASES["routed"]}  # fmt: skip
+FAST, SIMPLE, MMA = ({"ONNXATTN_SPARSE_CUDA": v} for v in ("fast", "simple", "mma"))
+ORT_ENV = {"nsa": FAST, "nsa_dot": FAST, "routed": FAST, "nsa_simple": SIMPLE, "routed_simple": SIMPLE,
+           "nsa_mma": MMA, "nsa_dot_mma": MMA, "routed_mma": MMA}  # fmt: skip
 TORCH_BACKENDS = {"torch_flash": "FLASH_ATTENTION", "torch_cudnn": "CUDNN_ATTENTION"}
-SPARSE = ("nsa", "nsa_dot", "nsa_simple", "routed", "routed_simple")
+SPARSE = ("nsa", "nsa_dot", "nsa_simple", "routed", "routed_simple", "nsa_mma", "nsa_dot_mma", "routed_mma")
 DENSE, TORCH = ("dense_ort", "dense"), ("torch_flash", "torch_cudnn")
-FAST_VS_SIMPLE = (("nsa", "nsa_simple"), ("routed", "routed_simple"))
+FAST_VS_SIMPLE = (("nsa", "nsa_simple"), ("routed", "routed_simple"), ("nsa_mma", "nsa"), ("nsa_dot_mma", "nsa_dot"),
+                  ("routed_mma", "routed"))
 PROBE_SEQ = 1024  # the placement check's run
 SKIPPED = "skipped: "
 CAP_MARGIN_S = 4.0  # past --budget-s, before gpu_check.sh's cap (40 s) ends the process
@@ -236,6 +245,7 @@ def derive(row: dict) -> dict:
     blocks_and_window = attended_keys("routed", s) + float(sum(min(p + 1, WINDOW) for p in range(s)))
     keys = {"nsa": attended_keys("nsa", s), "nsa_simple": attended_keys("nsa", s), "nsa_dot": blocks_and_window,
             "routed": attended_keys("routed", s), "routed_simple": attended_keys("routed", s)}  # fmt: skip
+    keys.update({f"{n}_mma": keys[n] for n in ("nsa", "nsa_dot", "routed")})
     row["attended_keys"] = {**keys, "dense": attended_keys("dense", s)}
     row["tflops"] = {n: (4 * D * HQ * keys.get(n, row["attended_keys"]["dense"]) / (t * 1e-3) / 1e12 if t else None)
                      for n, t in ms.items()}  # fmt: skip
@@ -379,6 +389,7 @@ def main(argv=None) -> int:
     config = {"nsa": CASES["nsa"][2], "nsa_dot": "nsa without compressed_key/compressed_value",
               "nsa_simple": ORT_ENV["nsa_simple"], "routed": CASES["routed"][2],
               "routed_simple": ORT_ENV["routed_simple"], "dense": CASES["dense"][2],
+              "nsa_mma": ORT_ENV["nsa_mma"], "nsa_dot_mma": ORT_ENV["nsa_dot_mma"], "routed_mma": ORT_ENV["routed_mma"],
               "timers": "onnxruntime: wall clock around run_with_iobinding; torch and dense: CUDA events "
                         "(a graph of back-to-back calls under 5 ms); medians"}  # fmt: skip
 

@@ -25,7 +25,7 @@ def bench():
 
 
 MS = {"nsa": 40.0, "nsa_dot": 20.0, "nsa_simple": 160.0, "routed": 30.0, "routed_simple": 240.0, "dense": 70.0,
-      "dense_ort": 80.0, "torch_flash": 55.0, "torch_cudnn": 50.0}
+      "dense_ort": 80.0, "torch_flash": 55.0, "torch_cudnn": 50.0, "nsa_mma": 10.0, "nsa_dot_mma": 5.0, "routed_mma": 12.0}
 
 
 def fake_result(bench) -> dict:
@@ -42,7 +42,11 @@ def test_ratios_use_the_same_path_dense_and_the_faster_torch_backend(bench):
     assert r["ratio"] == pytest.approx({"nsa/dense": 0.5, "routed/dense": 0.375, "nsa/torch": 0.8, "routed/torch": 0.6,
                                         "nsa_dot/dense": 0.25, "nsa_dot/torch": 0.4, "nsa_simple/dense": 2.0,
                                         "nsa_simple/torch": 3.2, "nsa/nsa_simple": 0.25, "routed_simple/dense": 3.0,
-                                        "routed_simple/torch": 4.8, "routed/routed_simple": 0.125})  # fmt: skip
+                                        "routed_simple/torch": 4.8, "routed/routed_simple": 0.125,
+                                        "nsa_mma/dense": 0.125, "nsa_mma/torch": 0.2, "nsa_dot_mma/dense": 0.0625,
+                                        "nsa_dot_mma/torch": 0.1, "routed_mma/dense": 0.15, "routed_mma/torch": 0.24,
+                                        "nsa_mma/nsa": 0.25, "nsa_dot_mma/nsa_dot": 0.25, "routed_mma/routed": 0.4})  # fmt: skip
+    assert r["tflops"]["nsa_mma"] == pytest.approx(4 * r["tflops"]["nsa"])  # the same keys in a quarter of the time
     assert r["attended_keys"]["dense"] > r["attended_keys"]["nsa"] > r["attended_keys"]["nsa_dot"]
     s = 65536
     assert r["attended_keys"]["dense"] == s * (s + 1) / 2
@@ -57,7 +61,8 @@ def test_table(bench):
     text = bench.format_table(fake_result(bench)["environment"], fake_result(bench)["results"])
     assert "NVIDIA H100 80GB HBM3" in text and "commit 0123456789ab" in text
     lines = text.splitlines()
-    assert any(line.split()[:6] == ["64k", "40.00", "20.00", "160.00", "30.00", "240.00"] for line in lines)
+    assert any(line.split()[:7] == ["64k", "40.00", "20.00", "30.00", "10.00", "5.00", "12.00"] for line in lines)
+    assert any(line.split()[-2:] == ["160.00", "240.00"] for line in lines)  # the simple kernels last
     assert any(line.split()[:8] == ["64k", "0.500", "0.250", "0.375", "0.800", "0.600", "0.250", "0.125"] for line in lines)
     assert "S=16k routed: skipped: time budget spent" in text
 
@@ -119,7 +124,8 @@ def test_main_records_errors_and_goes_on(fake_device, tmp_path, capsys):
     assert fake_device.main(["--out", str(out), "--seqs", "128,256", "--repeats", "2"]) == 0
     data = json.loads(out.read_text())
     assert data["environment"]["onnxruntime"] == "9.9"
-    ort_names = ("nsa", "nsa_dot", "nsa_simple", "routed", "routed_simple", "dense_ort")
+    ort_names = ("nsa", "nsa_dot", "nsa_simple", "routed", "routed_simple", "dense_ort", "nsa_mma", "nsa_dot_mma",
+                 "routed_mma")
     assert data["environment"]["placement"] == {n: ["CUDAExecutionProvider"] for n in ort_names}
     assert [r["seq"] for r in data["results"]] == [128, 256]
     for r in data["results"]:

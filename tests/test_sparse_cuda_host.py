@@ -91,12 +91,13 @@ H100_SMEM, A100_SMEM = 232448, 166912
 @pytest.fixture(scope="module")
 def sizes():
     lib = ctypes.CDLL(sdpa_cuda_lib.library_path())
-    out = (ctypes.c_int64 * 3)()
+    out = (ctypes.c_int64 * 4)()
     lib.OnnxAttnSparseSelectTiling.argtypes = [ctypes.c_int32, ctypes.c_int32, ctypes.c_int64, ctypes.c_int64,
                                                ctypes.c_int64, ctypes.c_int32, ctypes.c_int64, ctypes.c_void_p]  # fmt: skip
     lib.OnnxAttnSparseFineTiling.argtypes = [ctypes.c_int32, ctypes.c_int64, ctypes.c_void_p]
     lib.OnnxAttnSparseRoutedBlocks.argtypes = [ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int32,
                                                ctypes.c_int32, ctypes.c_int32, ctypes.c_void_p]  # fmt: skip
+    lib.OnnxAttnSparseBlocksMma.argtypes = [ctypes.c_int64] * 5 + [ctypes.c_int32] * 3 + [ctypes.c_void_p]
 
     class Sizes:
         @staticmethod
@@ -113,6 +114,11 @@ def sizes():
         def routed(rows, top_k, keys, dim, v_dim, max_smem=H100_SMEM):
             lib.OnnxAttnSparseRoutedBlocks(rows, top_k, keys, dim, v_dim, max_smem, out)
             return bool(out[0]), out[1], out[2]
+
+        @staticmethod
+        def blocks_mma(lists, heads_per_list, out_rows, top_k, keys, dim, v_dim, max_smem=H100_SMEM):
+            lib.OnnxAttnSparseBlocksMma(lists, heads_per_list, out_rows, top_k, keys, dim, v_dim, max_smem, out)
+            return bool(out[0]), out[1], out[2], out[3]
 
     return Sizes
 
@@ -172,3 +178,33 @@ def test_routed_by_segment_sizes_and_limits(sizes):
     assert not sizes.routed((2**31 - 1) // 16, 16, 1000, 64, 64)[0]
     assert not sizes.routed(1000, 4, 2**31 - 2, 64, 64)[0]
     assert not sizes.routed(2**62, 2**4, 10, 64, 64)[0]  # no overflow into a small product
+
+
+def test_tensor_core_blocks_sizes_and_limits(sizes):
+    """The tensor-core attention by block (ONNXATTN_SPARSE_CUDA=mma): 64 rows per CTA made of whole lists, 16-bit
+    Q / K / V tiles with rows padded by 8 elements, head sizes multiples of 16 up to 256, int32 entries."""
+
+    def smem(d, dv):
+        return (64 * (d + 8) * 2 + 64 * (dv + 8)) * 2 + 64 * 16
+
+    def a256(n):
+        return -(-n // 256) * 256
+
+    # NSA at S = 64k, 16 / 2 heads, shared lists (8 rows each): 8 lists per chunk
+    lists, keys, rows = 2 * 65536, 16 * 2 * 1024, 16 * 65536
+    ok, shared, per_chunk, scratch = sizes.blocks_mma(lists, 8, rows, 16, keys, 128, 128)
+    assert ok and shared == smem(128, 128) == 53248 and per_chunk == 8
+    assert scratch == 2 * a256(keys * 4) + 2 * a256((keys + 1) * 4) + a256(lists * 16 * 4) + 2 * a256(rows * 4)
+    assert sizes.blocks_mma(1, 1, 1, 1, 1, 64, 64)[2] == 64 and sizes.blocks_mma(1, 3, 3, 1, 1, 64, 64)[2] == 21
+    assert sizes.blocks_mma(1, 64, 64, 1, 1, 64, 64)[0] and not sizes.blocks_mma(1, 65, 65, 1, 1, 64, 64)[0]
+    # the routed form sizes its scratch as the segment kernel does
+    assert sizes.blocks_mma(4096, 1, 4096, 8, 9999, 64, 64)[3] == sizes.routed(4096, 8, 9999, 64, 64)[2]
+    for d, dv, good in ((16, 16, True), (256, 256, True), (8, 16, False), (24, 16, False), (272, 64, False),
+                        (64, 40, False), (64, 0, False)):
+        assert sizes.blocks_mma(1, 1, 1, 1, 1, d, dv)[0] == good, (d, dv)
+    assert sizes.blocks_mma(1, 1, 1, 1, 1, 256, 256, max_smem=A100_SMEM)[0]  # 102,400 bytes
+    assert not sizes.blocks_mma(1, 1, 1, 1, 1, 256, 256, max_smem=99 << 10)[0]
+    assert not sizes.blocks_mma(0, 1, 1, 1, 1, 64, 64)[0] and not sizes.blocks_mma(1, 1, 1, 0, 1, 64, 64)[0]
+    assert sizes.blocks_mma((2**31 - 1) // 16 - 1, 1, 1, 16, 1000, 64, 64)[0]
+    assert not sizes.blocks_mma((2**31 - 1) // 16, 1, 1, 16, 1000, 64, 64)[0]
+    assert not sizes.blocks_mma(1000, 1, 1, 4, 2**31 - 2, 64, 64)[0]

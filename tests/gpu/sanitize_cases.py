@@ -7,8 +7,10 @@ both launches over blocks, and bad index inputs, which must stay inside every bu
 PYTORCH_NO_CUDA_MEMORY_CACHING=1 so each tensor is its own allocation and memcheck sees any stray access);
 then MultiHeadLatentAttention's tensor-core attention (family `mla`, on every run); then the Hopper prefill
 kernel (family `wgmma`, ONNXATTN_SDPA_CUDA_PREFILL=wgmma: partial row tiles, partial key steps, padded D/Dv, rows
-without keys; on every run, skipped on other GPUs). Both passed memcheck on an H100 (93587a9, 8ec89a9).
-Not a pytest module."""
+without keys; on every run, skipped on other GPUs). Both passed memcheck on an H100 (93587a9, 8ec89a9). Then the
+sparse ops' tensor-core attention by block (family `sparse_mma`, ONNXATTN_SPARSE_CUDA=mma, through onnxruntime's
+CUDA EP: shared and per-head NSA lists, partial last blocks, rows before any key, routed segments longer than a
+tile, Dv != D; on every run). Not a pytest module."""
 
 from __future__ import annotations
 
@@ -137,13 +139,31 @@ def gqa_cases() -> int:
                for name in GQA_NAMES for dtype in ("float16", "float32"))  # fmt: skip
 
 
+def sparse_mma_cases() -> int:
+    """NSA's block branch and the routed attention on the tensor-core kernel by block against the fast path."""
+    import test_sparse_cuda_ort as t
+
+    def run_case(kind, name, dtype):
+        got, fast, tol = (t.nsa_mma_and_fast if kind == "nsa" else t.routed_mma_and_fast)(name, dtype)
+        err = float(abs(got.astype("float64") - fast.astype("float64")).max(initial=0.0))
+        if not err <= tol:
+            raise AssertionError(f"max |mma - fast| = {err:.3g} > {tol:.3g}")
+        return f"max |mma - fast| = {err:.2g}"
+
+    return sum(checked(f"sparse_mma {kind} {name} {dtype}", lambda: run_case(kind, name, dtype))
+               for kind, names in (("nsa", t.MMA_SANITIZE_NSA), ("routed", t.MMA_SANITIZE_ROUTED))
+               for name in names for dtype in ("bfloat16",))  # fmt: skip
+
+
 def main(argv=None) -> int:
-    """Arguments: the families to run, `sdpa`, `gqa`, `paged`, `mla` and/or `wgmma` (default all)."""
-    families = set(argv if argv is not None else sys.argv[1:]) or {"sdpa", "gqa", "paged", "mla", "wgmma"}
+    """Arguments: the families to run, `sdpa`, `gqa`, `paged`, `mla`, `wgmma` and/or `sparse_mma` (default all)."""
+    families = set(argv if argv is not None else sys.argv[1:]) or {"sdpa", "gqa", "paged", "mla", "wgmma",
+                                                                   "sparse_mma"}
     by_name = {c.name: c for c in CASES}
     failed = paged_cases() if "paged" in families else 0  # first: the one family checked on every run
     failed += mla_cases() if "mla" in families else 0
     failed += wgmma_cases() if "wgmma" in families else 0
+    failed += sparse_mma_cases() if "sparse_mma" in families else 0
     for name in NAMES if "sdpa" in families else ():
         for dtype in (torch.float16, torch.float32):
             for path in ("prefill", "decode"):

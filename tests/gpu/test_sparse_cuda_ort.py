@@ -316,5 +316,127 @@ def test_a_bad_sparse_attention_setting_is_an_error(monkeypatch):
     model, feeds, _ = core_case("decode-mqa", "float32")
     sess = cuda_session(model)
     monkeypatch.setenv("ONNXATTN_SPARSE_CUDA", "core")
-    with pytest.raises(Exception, match=r"NativeSparseAttention: .*ONNXATTN_SPARSE_CUDA must be auto, simple or fast, got 'core'"):
+    with pytest.raises(Exception, match=r"NativeSparseAttention: .*ONNXATTN_SPARSE_CUDA must be auto, simple, fast or mma, "
+                                        r"got 'core'"):  # fmt: skip
         sess.run(None, feeds)
+
+
+# The tensor-core attention by block (ONNXATTN_SPARSE_CUDA=mma, opt-in; sparse/cuda_blocks_mma.cuh): NSA's block
+# branch and SparseRoutedAttention's attention for 16-bit inputs on the inverted lists, a chosen block staged once
+# per slot for up to 64 rows (whole lists: G rows for shared lists), S and P.V on mma.sync. The selection kernels
+# are the fast path's, so the lists are the same bits; against our CPU kernel the rows whose lists agree are
+# compared. Cases: shared lists with G = 4, 8, 32 (16, 8, 2 lists per chunk), G = 1 (64), per-head lists without
+# causality, blocks of 24 (partial tiles), Sq = 1, Sq > Skv (rows before any key), segments of 100 and 65 keys
+# (two tiles, a partial one), Dv = 48 != D, MQA; D = 12 is not a multiple of 16 and stays on the fast path.
+MMA_SANITIZE_NSA = ("paper-shared-causal", "odd-block-group-1", "more-queries-than-keys", "seed-per-head-fine")
+MMA_SANITIZE_ROUTED = ("long-segments-causal", "odd-segments-bidirectional")
+
+
+def with_sparse_path(path: str, fn):
+    """fn() with ONNXATTN_SPARSE_CUDA=path (read by the kernels on every call), then the old value back."""
+    old = os.environ.get("ONNXATTN_SPARSE_CUDA")
+    os.environ["ONNXATTN_SPARSE_CUDA"] = path
+    try:
+        return fn()
+    finally:
+        if old is None:
+            os.environ.pop("ONNXATTN_SPARSE_CUDA", None)
+        else:
+            os.environ["ONNXATTN_SPARSE_CUDA"] = old
+
+
+def nsa_mma_tolerance(feeds, dtype: str) -> float:
+    """From the exact result: P rounded to the input dtype before P.V (relative u per weight, |dY| <= u max|V|
+    per branch, three gated branches) and one rounding of Y -> 4 u max(1, max|V|), as the fast path's core."""
+    return 4 * UNIT_ROUNDOFF[dtype] * max(1.0, float(np.abs(feeds["V"].astype(np.float32)).max()))
+
+
+def routed_mma_tolerance(arrays, dtype: str, scale: float) -> float:
+    """Also Q and K rounded to the input dtype after RoPE (the float32 paths keep them): each score moves by at
+    most 2 u scale |q| |k| (RoPE keeps norms), each weight by a factor within exp(+-2 ds)."""
+    u = UNIT_ROUNDOFF[dtype]
+    norm = lambda x: float(np.sqrt((x.astype(np.float64) ** 2).sum(-1)).max())  # noqa: E731
+    ds = 2 * u * scale * norm(arrays["Q"]) * norm(arrays["K"])
+    return (np.expm1(2 * ds) + 4 * u) * max(1.0, float(np.abs(arrays["V"]).max()))
+
+
+def routed_case(name: str, dtype: str):
+    import sparse_helpers as sh
+
+    b, hq, hkv, sq, skv, d, dv, attrs = ROUTED_CASES[name]
+    rng = np.random.default_rng(zlib.crc32(name.encode()))
+    arrays = dict(Q=sh.grid(rng, (b, hq, sq, d)), K=sh.grid(rng, (b, hkv, skv, d)), V=sh.grid(rng, (b, hkv, skv, dv)))
+    model = sh.one_node_model(sh.ROUTED, list(arrays), ["Y", "selected_segments"], dtype=dtype,
+                              attrs=sh.routed_attrs(**attrs))  # fmt: skip
+    return model, arrays, sh.feeds_in(dtype, **arrays), routed_mma_tolerance(arrays, dtype, d**-0.5)
+
+
+def nsa_mma_and_fast(name: str, dtype: str):
+    """Y on the mma path and on the fast path (same selections, asserted) and the tolerance between them (twice
+    each one's from the exact result). For sanitize_cases.py's `sparse_mma` family too."""
+    model, feeds, _ = core_case(name, dtype)
+    sess = cuda_session(model)
+    mma = with_sparse_path("mma", lambda: sess.run(None, feeds))
+    fast = with_sparse_path("fast", lambda: sess.run(None, feeds))
+    assert all(np.array_equal(m, f) for m, f in zip(mma[1:], fast[1:])), f"{name}: the selections differ"
+    return mma[0], fast[0], 2 * nsa_mma_tolerance(feeds, dtype)
+
+
+def routed_mma_and_fast(name: str, dtype: str):
+    model, arrays, feeds, tol = routed_case(name, dtype)
+    sess = cuda_session(model)
+    mma = with_sparse_path("mma", lambda: sess.run(None, feeds))
+    fast = with_sparse_path("fast", lambda: sess.run(None, feeds))
+    assert np.array_equal(mma[1], fast[1]), f"{name}: the selections differ"
+    return mma[0], fast[0], tol + 2 * UNIT_ROUNDOFF[dtype] * max(1.0, float(np.abs(arrays["V"]).max()))
+
+
+def mma_and_cpu(model, feeds):
+    """Y etc. on the mma path (run twice: the same bits both times) and on our CPU kernel."""
+    from helpers import run_kernel
+
+    sess = cuda_session(model)
+    got = with_sparse_path("mma", lambda: sess.run(None, feeds))
+    again = with_sparse_path("mma", lambda: sess.run(None, feeds))
+    np.testing.assert_array_equal(again[0], got[0], err_msg="mma path: not deterministic")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        want = run_kernel(model, feeds, threads=8)
+    return got, want
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("name", list(CORE_CASES))
+def test_nsa_tensor_core_blocks_match_the_cpu_kernel(name, dtype):
+    model, feeds, attrs = core_case(name, dtype)
+    got, want = mma_and_cpu(model, feeds)
+    rows = agreeing_rows(got, want, attrs, feeds["Q"].shape[1], exact_scores=name not in COMPRESSED)
+    assert_close_on(rows, got[0], want[0], nsa_mma_tolerance(feeds, dtype), f"mma, {name}, {dtype}")
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("name", list(ROUTED_CASES))
+def test_routed_tensor_core_blocks_match_the_cpu_kernel(name, dtype):
+    model, arrays, feeds, tol = routed_case(name, dtype)
+    got, want = mma_and_cpu(model, feeds)
+    agree = float(np.mean(got[1] == want[1]))
+    assert agree > 0.999, f"selections agree on {agree:.4%} of the entries"
+    assert_close_on(np.all(got[1] == want[1], axis=-1), got[0], want[0], tol, f"mma, {name}, {dtype}")
+
+
+@pytest.mark.parametrize("kind, name", [("nsa", n) for n in ("paper-shared-causal", "mqa-g32", "decode-long-splits")]
+                         + [("routed", "moba-64-top-8")])  # fmt: skip
+def test_tensor_core_blocks_match_the_fast_path(kind, name):
+    got, fast, tol = (nsa_mma_and_fast if kind == "nsa" else routed_mma_and_fast)(name, "bfloat16")
+    err = float(np.abs(got.astype(np.float64) - fast.astype(np.float64)).max(initial=0.0))
+    assert err <= tol, f"{kind} {name}: max |mma - fast| = {err:.3g} > {tol:.3g}"
+
+
+def test_tensor_core_blocks_leave_float32_on_the_fast_path():
+    """float32 never takes the 16-bit kernel: ONNXATTN_SPARSE_CUDA=mma gives the fast path's bits."""
+    model, feeds, _ = core_case("paper-shared-causal", "float32")
+    sess = cuda_session(model)
+    mma = with_sparse_path("mma", lambda: sess.run(None, feeds))
+    fast = with_sparse_path("fast", lambda: sess.run(None, feeds))
+    for m, f in zip(mma, fast):
+        np.testing.assert_array_equal(m, f)

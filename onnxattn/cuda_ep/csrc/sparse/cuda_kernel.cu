@@ -8,10 +8,12 @@
 #include <cstdlib>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "common/errors.h"
 #include "sdpa/cuda_device.cuh"  // allow_smem
 #include "sparse/cuda_common.cuh"
+#include "sparse/cuda_blocks_mma.cuh"
 #include "sparse/cuda_kernel.h"
 #include "sparse/cuda_routed.cuh"
 #include "sparse/cuda_select.cuh"
@@ -292,14 +294,42 @@ void check_cuda_support(const char* op, int64_t head_dim, int64_t v_head_dim, in
 // ---- NativeSparseAttention: the plan and the launches ----
 namespace {
 
-// ONNXATTN_SPARSE_CUDA = auto | simple | fast (see cuda_kernel.h); `op` names the caller in the error.
-bool fast_requested(const char* op) {
+// ONNXATTN_SPARSE_CUDA = auto | simple | fast | mma (see cuda_kernel.h); `op` names the caller in the error.
+enum class SparsePath { kSimple, kFast, kMma };
+SparsePath requested_path(const char* op) {
   const char* value = std::getenv("ONNXATTN_SPARSE_CUDA");
   const std::string v = value == nullptr ? "" : value;
-  if (v.empty() || v == "auto" || v == "fast") return true;  // 5-20x simple's speed on the H100
-  if (v == "simple") return false;
-  fail(op, ": environment variable ONNXATTN_SPARSE_CUDA must be auto, simple or fast, got '", v, "'");
+  if (v.empty() || v == "auto" || v == "fast") return SparsePath::kFast;  // 5-20x simple's speed on the H100
+  if (v == "simple") return SparsePath::kSimple;
+  if (v == "mma") return SparsePath::kMma;  // opt-in until a GPU run has checked it
+  fail(op, ": environment variable ONNXATTN_SPARSE_CUDA must be auto, simple, fast or mma, got '", v, "'");
 }
+bool fast_requested(const char* op) { return requested_path(op) != SparsePath::kSimple; }
+
+// The tensor-core attention by block (cuda_blocks_mma.cuh) for 16-bit T under ONNXATTN_SPARSE_CUDA=mma, where it
+// takes the problem (its sizes; Q, K, V 16-byte aligned: it reads 16-byte chunks).
+template <typename T>
+bool blocks_mma_wanted(const char* op, int64_t lists, int64_t heads_per_list, int64_t top, int64_t keys,
+                       const Dims& d, float scale, std::initializer_list<const void*> tensors) {
+  if constexpr (std::is_same_v<T, float>) {
+    return false;
+  } else {
+    if (requested_path(op) != SparsePath::kMma) return false;
+    for (const void* x : tensors) {
+      if (reinterpret_cast<uintptr_t>(x) % 16 != 0) return false;
+    }
+    const int max_smem = sdpa::cuda::device_info(sdpa::cuda::current_device()).max_smem_per_block;
+    return scale > 0.0f && blocks_mma_eligible(lists, heads_per_list, top, keys, int(d.head_dim),
+                                               int(d.v_head_dim), max_smem);
+  }
+}
+
+// NSA's block branch on the tensor-core kernel: its lists, keys and rows per list.
+int64_t nsa_lists(const NsaParams& p) { return p.dims.batch * p.selection_heads * p.dims.q_len; }
+int64_t nsa_list_keys(const NsaParams& p) {
+  return p.attrs.top_blocks * p.dims.batch * p.selection_heads * std::max<int64_t>(p.num_blocks, 0);
+}
+int64_t nsa_heads_per_list(const NsaParams& p) { return p.attrs.shared_selection != 0 ? p.dims.group() : 1; }
 
 // The block branch on the core: one sequence per list, its heads as rows (see "NSA's lists" above).
 sdpa::Params blocks_core_params(const NsaParams& p, int64_t block_size) {
@@ -348,6 +378,7 @@ struct NsaScratch {
   int64_t* layout;  // [2][lists]: valid keys, pool starts
   unsigned char* grouped_q;  // shared lists with G > 1: Q regrouped as [B, Hkv, Sq, G, D]
   unsigned char *blocks_core, *window_core;
+  unsigned char* blocks_mma;  // the tensor-core block branch's inverted lists and row state
 };
 
 NsaScratch carve_nsa(const NsaParams& p, const NsaPlan& plan, Carver& c) {
@@ -363,6 +394,9 @@ NsaScratch carve_nsa(const NsaParams& p, const NsaPlan& plan, Carver& c) {
                                       d.batch * d.q_heads * d.q_len * d.head_dim : 0);
   s.blocks_core = c.take<unsigned char>(plan.core_blocks ? int64_t(plan.blocks.scratch_bytes) : 0);
   s.window_core = c.take<unsigned char>(plan.core_window ? int64_t(plan.window.scratch_bytes) : 0);
+  s.blocks_mma = c.take<unsigned char>(plan.mma_blocks ? int64_t(block_lists_scratch_bytes(
+                                           nsa_lists(p), d.batch * d.q_heads * d.q_len, p.attrs.top_blocks,
+                                           nsa_list_keys(p))) : 0);
   return s;
 }
 
@@ -386,7 +420,10 @@ NsaPlan plan_nsa(const NsaParams& p, const NsaTensors<T>& t) {
     view.q = t.q, view.k = t.k, view.v = t.v;
     // A branch the core refuses (a forced ONNXATTN_SDPA_CUDA_KERNEL it cannot honour, sizes past its limits)
     // runs on the simple kernels, as it would without the fast path.
-    if (a.top_blocks > 0) try {
+    plan.mma_blocks = a.top_blocks > 0 && p.num_blocks > 0 &&
+                      blocks_mma_wanted<T>(kNsaName, nsa_lists(p), nsa_heads_per_list(p), a.top_blocks,
+                                           nsa_list_keys(p), d, p.scale, {t.q, t.k, t.v});
+    if (a.top_blocks > 0 && !plan.mma_blocks) try {
       plan.core_blocks = true;
       plan.blocks_params = blocks_core_params(p, core_block_size(p));
       // One query per sequence: the decode launch, with per-sequence lengths (known on the device only).
@@ -458,7 +495,17 @@ void run_nsa(const NsaParams& p, const NsaTensors<T>& t, const NsaPlan& plan, vo
   }
   AttendArgs<T, T> base{t.q, t.k, t.v, nullptr, nullptr, d.batch, d.q_heads, d.kv_heads, d.q_len, d.kv_len, 1, 0,
                         int(d.head_dim), int(d.v_head_dim), false, false, 0, p.scale};
-  if (plan.core_blocks) {
+  if (plan.mma_blocks) {
+    if constexpr (!std::is_same_v<T, float>) {
+      RoutedBlocksArgs r{};
+      r.q = t.q, r.k = t.k, r.v = t.v, r.lists = sc.lists, r.out = branch[0];
+      r.batch = d.batch, r.q_heads = d.q_heads, r.kv_heads = d.kv_heads, r.q_len = d.q_len, r.kv_len = d.kv_len;
+      r.segment_size = a.block_size, r.num_segments = p.num_blocks, r.top_k = a.top_blocks;
+      r.list_heads = p.selection_heads, r.heads_per_list = nsa_heads_per_list(p);
+      r.dim = int(d.head_dim), r.v_dim = int(d.v_head_dim), r.causal = a.causal != 0, r.scale = p.scale;
+      run_blocks_mma<T, T>(r, sc.blocks_mma, stream);
+    }
+  } else if (plan.core_blocks) {
     const int64_t items = plan.blocks_params.batch;
     ListLayoutArgs l{sc.lists, items, a.top_blocks, d.q_len, d.kv_heads, p.selection_heads, d.group(), d.kv_len,
                      core_block_size(p), d.query_offset(), a.shared_selection != 0, a.causal != 0, sc.layout,
@@ -527,6 +574,15 @@ bool routed_by_segment(const RoutedParams& p) {
   return routed_blocks_eligible(routed_rows(p), p.attrs.top_k, routed_list_keys(p), int(p.dims.head_dim),
                                 int(p.dims.v_head_dim), max_smem);
 }
+// The tensor-core kernel by block for 16-bit T (ONNXATTN_SPARSE_CUDA=mma; one row per list); `q`, `k`, `v` are the
+// float32 RoPE'd copies it reads (0 to size the scratch, which the inverted lists need on either path).
+template <typename T>
+bool routed_by_block_mma(const RoutedParams& p, const void* q = nullptr, const void* k = nullptr,
+                         const void* v = nullptr) {
+  return routed_rows(p) > 0 && p.num_segments > 0 &&
+         blocks_mma_wanted<T>(kRoutedName, routed_rows(p), 1, p.attrs.top_k, routed_list_keys(p), p.dims, p.scale,
+                              {q, k, v});
+}
 
 }  // namespace
 
@@ -542,7 +598,9 @@ size_t routed_scratch_bytes(const RoutedParams& p) {
   c.take<float>(d.batch * d.kv_heads * std::max<int64_t>(p.num_segments, 1) * d.head_dim);
   c.take<int32_t>(q * p.attrs.top_k);
   c.take<float>(q * d.v_head_dim);
-  if (routed_by_segment(p)) c.take<char>(int64_t(routed_blocks_scratch_bytes(routed_rows(p), p.attrs.top_k, routed_list_keys(p))));
+  if (routed_by_segment(p) || routed_by_block_mma<Float16>(p)) {
+    c.take<char>(int64_t(routed_blocks_scratch_bytes(routed_rows(p), p.attrs.top_k, routed_list_keys(p))));
+  }
   return c.used;
 }
 
@@ -565,9 +623,11 @@ void run_routed(const RoutedParams& p, const RoutedTensors<T>& t, void* stream_p
   float* centroids = c.take<float>(d.batch * d.kv_heads * std::max<int64_t>(p.num_segments, 1) * d.head_dim);
   int32_t* lists = c.take<int32_t>(q_rows * a.top_k);
   float* out = c.take<float>(q_rows * d.v_head_dim);
-  const bool by_segment = routed_by_segment(p);
+  const bool inverted = routed_by_segment(p) || routed_by_block_mma<Float16>(p);  // as routed_scratch_bytes
   char* by_segment_scratch =
-      by_segment ? c.take<char>(int64_t(routed_blocks_scratch_bytes(q_rows, a.top_k, routed_list_keys(p)))) : nullptr;
+      inverted ? c.take<char>(int64_t(routed_blocks_scratch_bytes(q_rows, a.top_k, routed_list_keys(p)))) : nullptr;
+  const bool by_mma = inverted && routed_by_block_mma<T>(p, q_att, k_att, v);
+  const bool by_segment = !by_mma && routed_by_segment(p);
 
   const int rotary = a.rope ? int(p.rotary_dim) : 0;
   if (q_rows) {
@@ -601,13 +661,17 @@ void run_routed(const RoutedParams& p, const RoutedTensors<T>& t, void* stream_p
                                                                 p.num_segments, a.top_k, false, 1)
                                                 : SelectTiling{},
                 stream);
-  if (by_segment) {
+  if (by_segment || by_mma) {
     RoutedBlocksArgs r{};
     r.q = q_att, r.k = k_att, r.v = v, r.lists = lists, r.out = out;
     r.batch = d.batch, r.q_heads = d.q_heads, r.kv_heads = d.kv_heads, r.q_len = d.q_len, r.kv_len = d.kv_len;
     r.segment_size = a.segment_size, r.num_segments = p.num_segments, r.top_k = a.top_k;
+    r.list_heads = d.q_heads, r.heads_per_list = 1;
     r.dim = int(d.head_dim), r.v_dim = int(d.v_head_dim), r.causal = a.causal != 0, r.scale = p.scale;
-    run_routed_blocks(r, by_segment_scratch, stream);
+    if constexpr (!std::is_same_v<T, float>) {
+      if (by_mma) run_blocks_mma<float, T>(r, by_segment_scratch, stream);
+    }
+    if (by_segment) run_routed_blocks(r, by_segment_scratch, stream);
   } else {
     AttendArgs<float, float> attend{q_att, k_att, v, lists, out, d.batch, d.q_heads, d.kv_heads, d.q_len, d.kv_len,
                                     a.segment_size, a.top_k, int(d.head_dim), int(d.v_head_dim), false, a.causal != 0, 0,

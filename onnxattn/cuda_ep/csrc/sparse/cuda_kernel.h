@@ -23,10 +23,12 @@
 //  - SparseRoutedAttention's attention (its RoPE'd Q and K stay float32 to match the oracle's rounding) by
 //    segment (cuda_routed.cuh): the routing lists inverted, each chosen segment staged once per slot for all
 //    the rows that chose it, each row's partials merged in the order of its list.
-// ONNXATTN_SPARSE_CUDA = auto | simple | fast (read on every call): fast is the above; simple the first
+// ONNXATTN_SPARSE_CUDA = auto | simple | fast | mma (read on every call): fast is the above; simple the first
 // kernels (one CTA per selection list, a warp per row in every branch, SparseRoutedAttention included). auto is
 // fast (it passed the GPU tests; 5-20x simple's speed on the H100, docs/performance.md); the tests and the
-// benchmark ask for each explicitly.
+// benchmark ask for each explicitly. mma is fast with, for float16 and bfloat16, NSA's block branch and the routed
+// attention on the tensor-core kernel by block (cuda_blocks_mma.cuh: the inverted lists, a chosen block staged
+// once per slot for up to 64 rows, mma.sync); opt-in until a GPU run has checked it.
 //
 // Usage: plan = plan_nsa(params, tensors); allocate plan.scratch_bytes of device scratch (256-byte
 // aligned); run_nsa() only enqueues work on `stream`: no host synchronisation, no allocation.
@@ -41,6 +43,7 @@ namespace onnxattn::sparse::cuda {
 
 struct NsaPlan {
   bool core_blocks = false, core_window = false;  // the branch runs on the attention core
+  bool mma_blocks = false;  // the block branch runs on the tensor-core kernel by block (ONNXATTN_SPARSE_CUDA=mma)
   sdpa::Params blocks_params, window_params;
   sdpa::cuda::LaunchPlan blocks, window;
   size_t element_bytes = 0;

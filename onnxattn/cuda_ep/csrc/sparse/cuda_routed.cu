@@ -18,13 +18,13 @@ inline constexpr int kQueriesPerPass = 4;  // rows a warp scores together (each 
 inline constexpr int kMaxValueRegs = kRoutedMaxDim / 32;
 
 
-// The (slot, batch * head, segment) key of entry `idx` = row * top_k + slot, or -1 for an empty choice.
-__device__ __forceinline__ int64_t entry_key(const RoutedBlocksArgs& a, int64_t idx, int64_t* row) {
+// The (slot, batch * list head, segment) key of entry `idx` = list * top_k + slot, or -1 for an empty choice.
+__device__ __forceinline__ int64_t entry_key(const RoutedBlocksArgs& a, int64_t idx, int64_t* list) {
   const int32_t segment = a.lists[idx];
-  *row = idx / a.top_k;
+  *list = idx / a.top_k;
   if (segment < 0 || segment >= a.num_segments) return -1;
-  const int64_t slot = idx % a.top_k, bh = *row / a.q_len;
-  return (slot * a.batch * a.q_heads + bh) * a.num_segments + segment;
+  const int64_t slot = idx % a.top_k, bh = *list / a.q_len;
+  return (slot * a.batch * a.list_heads + bh) * a.num_segments + segment;
 }
 
 __global__ void count_kernel(const RoutedBlocksArgs a, int64_t entries) {
@@ -66,7 +66,7 @@ __device__ __forceinline__ void block_scan_pair(int& x, int& y, int* warp_x, int
   __syncthreads();  // warp_x / warp_y are reused by the next call
 }
 
-// One CTA: offsets = exclusive scan of counts, chunk_offsets = exclusive scan of ceil(counts / kRoutedChunk),
+// One CTA: offsets = exclusive scan of counts, chunk_offsets = exclusive scan of ceil(counts / lists_per_chunk),
 // each with its total at [n].
 __global__ void __launch_bounds__(kScanThreads) scan_kernel(const RoutedBlocksArgs a, int64_t n) {
   __shared__ int warp_x[32], warp_y[32];
@@ -76,7 +76,7 @@ __global__ void __launch_bounds__(kScanThreads) scan_kernel(const RoutedBlocksAr
     int cx[kScanPerThread], cy[kScanPerThread], x = 0, y = 0;
     for (int e = 0; e < kScanPerThread; ++e) {
       cx[e] = first + e < n ? a.counts[first + e] : 0;
-      cy[e] = (cx[e] + kRoutedChunk - 1) / kRoutedChunk;
+      cy[e] = (cx[e] + a.lists_per_chunk - 1) / a.lists_per_chunk;
       x += cx[e], y += cy[e];
     }
     int total_x, total_y;
@@ -152,12 +152,12 @@ __global__ void __launch_bounds__(kThreads) segment_kernel(const RoutedBlocksArg
   __syncthreads();
   for (int x = threadIdx.x; x < kRoutedChunk * dim; x += kThreads) {
     const int r = x / dim;
-    qs[x] = r < rows ? a.q[int64_t(row_of[r]) * dim + x % dim] * a.scale : 0.0f;
+    qs[x] = r < rows ? static_cast<const float*>(a.q)[int64_t(row_of[r]) * dim + x % dim] * a.scale : 0.0f;
   }
   for (int x = threadIdx.x; x < kRoutedChunk * v_dim; x += kThreads) os[x] = 0.0f;
 
-  const float* const k_head = a.k + (b * a.kv_heads + kv_head) * a.kv_len * dim;
-  const float* const v_head = a.v + (b * a.kv_heads + kv_head) * a.kv_len * v_dim;
+  const float* const k_head = static_cast<const float*>(a.k) + (b * a.kv_heads + kv_head) * a.kv_len * dim;
+  const float* const v_head = static_cast<const float*>(a.v) + (b * a.kv_heads + kv_head) * a.kv_len * v_dim;
   const int value_regs = (v_dim + 31) / 32;
   // Causal: tiles past every row's position are hidden from all of them; skipping them changes no bit (a
   // wholly hidden tile leaves each row's max, sum and output as they were).
@@ -273,15 +273,15 @@ __global__ void __launch_bounds__(kThreads) segment_kernel(const RoutedBlocksArg
 
 void check(cudaError_t error, const char* what) {
   if (error != cudaSuccess) {
-    throw std::runtime_error(std::string("SparseRoutedAttention: ") + what + ": " + cudaGetErrorString(error));
+    throw std::runtime_error(std::string("sparse attention by block: ") + what + ": " + cudaGetErrorString(error));
   }
 }
 
 }  // namespace
 
-void run_routed_blocks(RoutedBlocksArgs a, void* scratch, cudaStream_t stream) {
-  const int64_t rows = a.batch * a.q_heads * a.q_len, entries = rows * a.top_k;
-  const int64_t lists_per_slot = a.batch * a.q_heads * a.num_segments, keys = a.top_k * lists_per_slot;
+void invert_block_lists(RoutedBlocksArgs& a, void* scratch, cudaStream_t stream) {
+  const int64_t lists = block_lists(a), entries = lists * a.top_k, keys = block_list_keys(a);
+  const int64_t rows = a.batch * a.q_heads * a.q_len;
   char* at = static_cast<char*>(scratch);
   auto take = [&](size_t bytes) {
     char* p = at;
@@ -302,8 +302,19 @@ void run_routed_blocks(RoutedBlocksArgs a, void* scratch, cudaStream_t stream) {
   scan_kernel<<<1, kScanThreads, 0, stream>>>(a, keys);
   fill_kernel<<<grid_for(entries), 256, 0, stream>>>(a, entries);
   init_rows_kernel<<<grid_for(rows * a.v_dim), 256, 0, stream>>>(a, rows);
-  check_launch("routed list inversion kernels");
+  check_launch("block list inversion kernels");
+}
 
+void normalize_block_rows(const RoutedBlocksArgs& a, cudaStream_t stream) {
+  const int64_t rows = a.batch * a.q_heads * a.q_len;
+  normalize_kernel<<<grid_for(rows * a.v_dim), 256, 0, stream>>>(a, rows);
+  check_launch("block list normalize kernel");
+}
+
+void run_routed_blocks(RoutedBlocksArgs a, void* scratch, cudaStream_t stream) {
+  a.list_heads = a.q_heads, a.heads_per_list = 1, a.lists_per_chunk = kRoutedChunk;
+  const int64_t rows = block_lists(a), lists_per_slot = a.batch * a.q_heads * a.num_segments;
+  invert_block_lists(a, scratch, stream);
   const size_t smem = routed_blocks_smem_bytes(a.dim, a.v_dim);
   sdpa::cuda::allow_smem<segment_kernel>(smem);
   // Each row is in at most one list of a slot: at most rows / chunk + (one partial chunk per non-empty list).
@@ -313,8 +324,7 @@ void run_routed_blocks(RoutedBlocksArgs a, void* scratch, cudaStream_t stream) {
     segment_kernel<<<unsigned(grid), kThreads, smem, stream>>>(a, slot);
   }
   check_launch("routed segment kernel");
-  normalize_kernel<<<grid_for(rows * a.v_dim), 256, 0, stream>>>(a, rows);
-  check_launch("routed normalize kernel");
+  normalize_block_rows(a, stream);
 }
 
 }  // namespace onnxattn::sparse::cuda

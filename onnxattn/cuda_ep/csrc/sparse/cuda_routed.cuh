@@ -28,28 +28,45 @@
 namespace onnxattn::sparse::cuda {
 
 struct RoutedBlocksArgs {
-  const float* q;        // [rows, D], RoPE'd (unscaled)
-  const float* k;        // [B * Hkv * Skv, D], RoPE'd
-  const float* v;        // [B * Hkv * Skv, Dv]
-  const int32_t* lists;  // [rows, top_k]: chosen segments, -1 for none
+  // [rows, D] RoPE'd (unscaled), [B * Hkv * Skv, D] RoPE'd, [B * Hkv * Skv, Dv]: float32 for the segment kernel
+  // here; the tensor-core kernel (cuda_blocks_mma.cuh) reads them in its input type (float32 or 16-bit).
+  const void* q;
+  const void* k;
+  const void* v;
+  const int32_t* lists;  // [lists, top_k]: chosen segments (blocks), -1 for none
   int64_t batch, q_heads, kv_heads, q_len, kv_len, segment_size, num_segments, top_k;
+  // List (b, list head, i) owns the query rows of heads list head * heads_per_list + [0, heads_per_list) at query
+  // i: list_heads = Hq, heads_per_list = 1 for SparseRoutedAttention (and NSA's per-head lists); list_heads = Hkv,
+  // heads_per_list = Hq / Hkv for NSA's lists shared by a GQA group. The segment kernel takes one row per list.
+  int64_t list_heads = 0, heads_per_list = 1;
+  int lists_per_chunk = kRoutedChunk;  // lists per CTA (the chunks the scan counts)
   int dim, v_dim;
   bool causal;
   float scale;
-  // Scratch (routed_blocks_scratch_bytes): per (slot, batch, head, segment) key: row counts, their exclusive
-  // scan, fill cursors, chunk offsets; the inverted lists; the running row state. `out` is [rows, Dv].
+  // Scratch (block_lists_scratch_bytes): per (slot, batch, list head, segment) key: list counts, their exclusive
+  // scan, fill cursors, chunk offsets; the inverted lists; the running row state. `out` is [B * Hq * Sq, Dv].
   int32_t* counts;
   int32_t* offsets;        // [keys + 1]
   int32_t* cursors;
   int32_t* chunk_offsets;  // [keys + 1]
-  int32_t* entries;        // [rows * top_k]: row indices grouped by key
-  float* row_max;          // [rows]
-  float* row_sum;          // [rows]
-  float* out;              // [rows, Dv]: the running sum of p * v, normalised at the end
+  int32_t* entries;        // [lists * top_k]: list indices grouped by key
+  float* row_max;          // [out rows]
+  float* row_sum;          // [out rows]
+  float* out;              // [out rows, Dv]: the running sum of p * v, normalised at the end
 };
 
-// Carves a's scratch pointers (counts .. row_sum) from `scratch` (routed_blocks_scratch_bytes of them) and
-// enqueues every kernel on `stream`. a.out must be the row kernel's output buffer ([rows, Dv] float).
+inline int64_t block_lists(const RoutedBlocksArgs& a) { return a.batch * a.list_heads * a.q_len; }
+inline int64_t block_list_keys(const RoutedBlocksArgs& a) { return a.top_k * a.batch * a.list_heads * a.num_segments; }
+
+// Carves a's scratch pointers (counts .. row_sum) from `scratch` (block_lists_scratch_bytes of them), enqueues
+// the inversion (count, scan, fill) and clears the running row state.
+void invert_block_lists(RoutedBlocksArgs& a, void* scratch, cudaStream_t stream);
+// out[row] /= row_sum[row] (0 for a row that saw no key).
+void normalize_block_rows(const RoutedBlocksArgs& a, cudaStream_t stream);
+
+// SparseRoutedAttention by segment on the float32 segment kernel: `a` with one row per list (list_heads = Hq),
+// q/k/v float32. Carves a's scratch (routed_blocks_scratch_bytes) and enqueues every kernel on `stream`. a.out
+// must be the row kernel's output buffer ([rows, Dv] float).
 void run_routed_blocks(RoutedBlocksArgs a, void* scratch, cudaStream_t stream);
 
 }  // namespace onnxattn::sparse::cuda

@@ -1,6 +1,6 @@
 #pragma once
 // The launch geometry and shared-memory / scratch sizing of the sparse ops' CUDA kernels (cuda_select.cu,
-// cuda_routed.cu, planned in cuda_kernel.cu). Plain C++, built in every configuration, so
+// cuda_routed.cu, cuda_blocks_mma.cu; planned in cuda_kernel.cu). Plain C++, built in every configuration, so
 // tests/test_sparse_cuda_host.py checks it without a GPU (C entries in sparse/params.cc).
 #include <algorithm>
 #include <cstddef>
@@ -89,12 +89,50 @@ inline bool routed_blocks_eligible(int64_t rows, int64_t top_k, int64_t keys, in
          routed_blocks_smem_bytes(dim, v_dim) <= size_t(max_smem_per_block);
 }
 
-// Scratch beyond the row kernel's, carved in this order by run_routed_blocks: counts and cursors [keys],
-// offsets and chunk offsets [keys + 1], entries [rows * top_k] (int32 each), row maxima and sums [rows]
-// (float32), each 256-byte aligned. `keys` = top_k * B * Hq * segments.
-inline size_t routed_blocks_scratch_bytes(int64_t rows, int64_t top_k, int64_t keys) {
+// Scratch of the inverted lists, carved in this order by invert_block_lists: counts and cursors [keys], offsets
+// and chunk offsets [keys + 1], entries [lists * top_k] (int32 each), row maxima and sums [out_rows] (float32),
+// each 256-byte aligned. `keys` = top_k * B * (list heads) * blocks.
+inline size_t block_lists_scratch_bytes(int64_t lists, int64_t out_rows, int64_t top_k, int64_t keys) {
   return 2 * routed_align256(size_t(keys) * 4) + 2 * routed_align256(size_t(keys + 1) * 4) +
-         routed_align256(size_t(rows * top_k) * 4) + 2 * routed_align256(size_t(rows) * 4);
+         routed_align256(size_t(lists * top_k) * 4) + 2 * routed_align256(size_t(out_rows) * 4);
+}
+
+// SparseRoutedAttention by segment: one list per row.
+inline size_t routed_blocks_scratch_bytes(int64_t rows, int64_t top_k, int64_t keys) {
+  return block_lists_scratch_bytes(rows, rows, top_k, keys);
+}
+
+// ---- The tensor-core attention by block (cuda_blocks_mma.cu; ONNXATTN_SPARSE_CUDA=mma, 16-bit types): the same
+// inverted lists, a CTA per chunk of kMmaRows rows (whole lists: a list's query heads are its rows) that chose one
+// block, S = Q K^T and O = P V on mma.sync m16n8k16 with float32 accumulators.
+inline constexpr int kMmaRows = 64;  // 16 per warp
+inline constexpr int kMmaKeys = 64;  // keys per staged tile
+inline constexpr int kMmaMaxDim = 256;
+
+// 16-bit elements per staged row: 8 more than the row, so the 8 rows a quad of lanes reads sit 4 banks apart.
+ONNXATTN_HD int mma_row_stride(int dim) { return dim + 8; }
+
+// Q rows [kMmaRows], a key tile and a value tile [kMmaKeys] (16-bit, padded rows), then each row's output row
+// index and query position.
+inline size_t blocks_mma_smem_bytes(int dim, int v_dim) {
+  return (size_t(kMmaRows) * mma_row_stride(dim) + size_t(kMmaKeys) * mma_row_stride(dim) +
+          size_t(kMmaKeys) * mma_row_stride(v_dim)) * 2 +
+         size_t(kMmaRows) * (sizeof(int64_t) + sizeof(int64_t));
+}
+
+// Lists of `heads_per_list` rows each that a chunk holds: whole lists only (0: a list has too many rows).
+inline int blocks_mma_lists_per_chunk(int64_t heads_per_list) {
+  return heads_per_list >= 1 && heads_per_list <= kMmaRows ? int(kMmaRows / heads_per_list) : 0;
+}
+
+// Whether the tensor-core kernel takes the problem: head sizes multiples of 16 up to kMmaMaxDim, whole lists per
+// chunk, list entries and keys within int32, its shared memory within the device's limit.
+inline bool blocks_mma_eligible(int64_t lists, int64_t heads_per_list, int64_t top_k, int64_t keys, int dim,
+                                int v_dim, int max_smem_per_block) {
+  return dim >= 16 && dim <= kMmaMaxDim && dim % 16 == 0 && v_dim >= 16 && v_dim <= kMmaMaxDim && v_dim % 16 == 0 &&
+         blocks_mma_lists_per_chunk(heads_per_list) > 0 && lists >= 1 && top_k >= 1 &&
+         lists <= int64_t(0x7fffffff) / top_k - 1 && keys + 1 < int64_t(0x7fffffff) &&
+         blocks_mma_smem_bytes(dim, v_dim) <= size_t(max_smem_per_block);
 }
 
 }  // namespace onnxattn::sparse::cuda

@@ -259,3 +259,17 @@ extern "C" __attribute__((visibility("default"))) void OnnxAttnSparseRoutedBlock
   out[1] = int64_t(c::routed_blocks_smem_bytes(dim, v_dim));
   out[2] = int64_t(c::routed_blocks_scratch_bytes(rows, top_k, keys));
 }
+
+// out = {eligible, shared bytes, lists per chunk, scratch bytes} of the tensor-core attention by block.
+extern "C" __attribute__((visibility("default"))) void OnnxAttnSparseBlocksMma(int64_t lists, int64_t heads_per_list,
+                                                                               int64_t out_rows, int64_t top_k,
+                                                                               int64_t keys, int32_t dim,
+                                                                               int32_t v_dim,
+                                                                               int32_t max_smem_per_block,
+                                                                               int64_t* out) {
+  namespace c = onnxattn::sparse::cuda;
+  out[0] = c::blocks_mma_eligible(lists, heads_per_list, top_k, keys, dim, v_dim, max_smem_per_block) ? 1 : 0;
+  out[1] = int64_t(c::blocks_mma_smem_bytes(dim, v_dim));
+  out[2] = c::blocks_mma_lists_per_chunk(heads_per_list);
+  out[3] = int64_t(c::block_lists_scratch_bytes(lists, out_rows, top_k, keys));
+}

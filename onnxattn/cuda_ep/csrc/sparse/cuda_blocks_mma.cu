@@ -1,0 +1,268 @@
+// The sparse ops' attention by block on tensor cores (see cuda_blocks_mma.cuh).
+#include "sparse/cuda_blocks_mma.cuh"
+
+#include <algorithm>
+#include <stdexcept>
+
+#include "sdpa/cuda_device.cuh"  // Mma, ldmatrix, quad reductions, fast_exp2, NaN-safe V fragments, allow_smem
+#include "sparse/cuda_common.cuh"
+
+namespace onnxattn::sparse::cuda {
+namespace {
+
+using sdpa::cuda::Mma;
+
+inline constexpr int kKeyTiles = kMmaKeys / 8;  // n-tiles of S per warp
+static_assert(kMmaRows == 16 * kWarpsPerBlock, "a warp per 16 rows");
+
+// Eight elements (16 bytes of the staged 16-bit row) from `src` (16-byte aligned for 16-bit inputs, 32 for float).
+template <typename TMma>
+__device__ __forceinline__ uint4 load8(const float* src) {
+  const float4 x = *reinterpret_cast<const float4*>(src), y = *reinterpret_cast<const float4*>(src + 4);
+  return make_uint4(Mma<TMma>::pack(x.x, x.y), Mma<TMma>::pack(x.z, x.w), Mma<TMma>::pack(y.x, y.y),
+                    Mma<TMma>::pack(y.z, y.w));
+}
+template <typename TMma>
+__device__ __forceinline__ uint4 load8(const TMma* src) {
+  return *reinterpret_cast<const uint4*>(src);
+}
+
+// rows x dim elements into a staged [rows][stride] 16-bit tile; row r from src + row_at(r) * dim, or zeros where
+// row_at(r) < 0.
+template <typename TMma, typename TIn, typename RowAt>
+__device__ __forceinline__ void stage_rows(uint16_t* tile, int stride, const TIn* src, int dim, RowAt row_at) {
+  const int chunks = dim / 8;
+  for (int c = threadIdx.x; c < kMmaRows * chunks; c += kThreads) {
+    const int r = c / chunks, d0 = (c % chunks) * 8;
+    const int64_t at = row_at(r);
+    const uint4 value = at >= 0 ? load8<TMma>(src + at * dim + d0) : make_uint4(0u, 0u, 0u, 0u);
+    *reinterpret_cast<uint4*>(tile + r * stride + d0) = value;
+  }
+}
+
+// The online softmax step of a warp's row g (half 0: accumulator elements 0, 1) or g + 8 (half 1: 2, 3) over
+// this tile's raw scores Q.K (-inf where hidden); `m` stays in raw units (scale_log2 > 0 keeps the order), the
+// scores become probabilities, `l` is the lane's partial sum. Returns the factor for the row's earlier output.
+__device__ __forceinline__ float softmax_half(float (&s)[kKeyTiles][4], int half, float& m, float& l,
+                                              float scale_log2) {
+  float step = kNegInf;
+#pragma unroll
+  for (int n = 0; n < kKeyTiles; ++n) step = fmaxf(step, fmaxf(s[n][2 * half], s[n][2 * half + 1]));
+  const float m_new = fmaxf(m, sdpa::cuda::quad_max(step));
+  const float shift = m_new == kNegInf ? 0.0f : m_new * scale_log2;
+  const float alpha = sdpa::cuda::fast_exp2(fmaf(m, scale_log2, -shift));  // exp2(-inf) = 0: a first step
+  m = m_new;
+  float sum = 0.0f;
+#pragma unroll
+  for (int n = 0; n < kKeyTiles; ++n) {
+#pragma unroll
+    for (int e = 2 * half; e < 2 * half + 2; ++e) {
+      s[n][e] = sdpa::cuda::fast_exp2(fmaf(s[n][e], scale_log2, -shift));
+      sum += s[n][e];
+    }
+  }
+  l = l * alpha + sum;
+  return alpha;
+}
+
+// Slot `slot`'s chunk blockIdx.x (past the slot's chunks: nothing). kMaxDv >= Dv bounds the output registers.
+template <typename TIn, typename TMma, int kMaxDv>
+__global__ void __launch_bounds__(kThreads) blocks_mma_kernel(const RoutedBlocksArgs a, int64_t slot) {
+  extern __shared__ __align__(16) unsigned char blocks_smem[];
+  const int64_t keys_per_slot = a.batch * a.list_heads * a.num_segments, k0 = slot * keys_per_slot;
+  const int64_t chunk = int64_t(a.chunk_offsets[k0]) + blockIdx.x;
+  if (chunk >= a.chunk_offsets[k0 + keys_per_slot]) return;
+  int64_t lo = k0, hi = k0 + keys_per_slot;  // chunk_offsets[lo] <= chunk < chunk_offsets[hi]
+  while (hi - lo > 1) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    if (a.chunk_offsets[mid] <= chunk) lo = mid; else hi = mid;
+  }
+  const int64_t key = lo;
+  const int32_t e0 = a.offsets[key] + int32_t(chunk - a.chunk_offsets[key]) * a.lists_per_chunk;
+  const int lists = min(a.lists_per_chunk, a.offsets[key + 1] - e0);
+  const int per_list = int(a.heads_per_list), rows = lists * per_list;
+  const int64_t list_key = key - k0, bh = list_key / a.num_segments, block = list_key % a.num_segments;
+  const int64_t list_head = bh % a.list_heads, b = bh / a.list_heads;
+  const int64_t kv_head = list_head * a.heads_per_list / (a.q_heads / a.kv_heads);
+  const int64_t j_begin = block * a.segment_size, j_end = min(j_begin + a.segment_size, a.kv_len);
+  const int dim = a.dim, v_dim = a.v_dim;
+  const int q_stride = mma_row_stride(dim), v_stride = mma_row_stride(v_dim);
+
+  uint16_t* const qs = reinterpret_cast<uint16_t*>(blocks_smem);
+  uint16_t* const ks = qs + kMmaRows * q_stride;
+  uint16_t* const vs = ks + kMmaKeys * q_stride;
+  int64_t* const row_of = reinterpret_cast<int64_t*>(vs + kMmaKeys * v_stride);  // output row, -1: none
+  int64_t* const pos_of = row_of + kMmaRows;                                     // query position
+
+  for (int r = threadIdx.x; r < kMmaRows; r += kThreads) {
+    int64_t row = -1, pos = -1;
+    if (r < rows) {
+      const int64_t list = a.entries[e0 + r / per_list], i = list % a.q_len;
+      const int64_t head = list_head * a.heads_per_list + r % per_list;
+      row = (b * a.q_heads + head) * a.q_len + i;
+      pos = i + a.kv_len - a.q_len;  // bottom-right aligned
+    }
+    row_of[r] = row, pos_of[r] = pos;
+  }
+  __syncthreads();
+  stage_rows<TMma>(qs, q_stride, static_cast<const TIn*>(a.q), dim, [&](int r) { return row_of[r]; });
+
+  const int64_t head_rows = (b * a.kv_heads + kv_head) * a.kv_len;
+  const TIn* const k_head = static_cast<const TIn*>(a.k) + head_rows * dim;
+  const TIn* const v_head = static_cast<const TIn*>(a.v) + head_rows * v_dim;
+  // Causal: keys past every row's position are hidden from all of them, so their tiles are never staged.
+  int64_t tiles_end = j_end;
+  if (a.causal) {
+    int64_t last = -1;
+    for (int r = 0; r < rows; ++r) last = max(last, pos_of[r]);
+    tiles_end = min(j_end, last + 1);
+  }
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const bool warp_live = 16 * warp < rows;
+  const int r_lo = 16 * warp + g, r_hi = r_lo + 8;
+  const bool live_lo = r_lo < rows, live_hi = r_hi < rows;
+  const int64_t pos_lo = pos_of[r_lo], pos_hi = pos_of[r_hi];
+  const float scale_log2 = a.scale * sdpa::cuda::kLog2e;
+  float m_lo = kNegInf, m_hi = kNegInf, l_lo = 0.0f, l_hi = 0.0f;
+  float o[kMaxDv / 8][4];
+#pragma unroll
+  for (int n = 0; n < kMaxDv / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+
+  for (int64_t t0 = j_begin; t0 < tiles_end; t0 += kMmaKeys) {
+    const int64_t tile_keys = min(int64_t(kMmaKeys), j_end - t0);
+    __syncthreads();  // the previous tile is done with
+    stage_rows<TMma>(ks, q_stride, k_head + t0 * dim, dim, [&](int r) { return r < tile_keys ? int64_t(r) : -1; });
+    stage_rows<TMma>(vs, v_stride, v_head + t0 * v_dim, v_dim,
+                     [&](int r) { return r < tile_keys ? int64_t(r) : -1; });
+    __syncthreads();
+    if (!warp_live) continue;
+
+    float s[kKeyTiles][4];
+#pragma unroll
+    for (int n = 0; n < kKeyTiles; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+    for (int kc = 0; kc < dim / 16; ++kc) {
+      const uint16_t* const q_lo = qs + r_lo * q_stride + 16 * kc + 2 * t;
+      const uint16_t* const q_hi = qs + r_hi * q_stride + 16 * kc + 2 * t;
+      const uint32_t frag[4] = {*reinterpret_cast<const uint32_t*>(q_lo), *reinterpret_cast<const uint32_t*>(q_hi),
+                                *reinterpret_cast<const uint32_t*>(q_lo + 8),
+                                *reinterpret_cast<const uint32_t*>(q_hi + 8)};
+#pragma unroll
+      for (int n = 0; n < kKeyTiles; ++n) {
+        const uint16_t* const k_row = ks + (8 * n + g) * q_stride + 16 * kc + 2 * t;
+        Mma<TMma>::run(s[n], frag, *reinterpret_cast<const uint32_t*>(k_row),
+                       *reinterpret_cast<const uint32_t*>(k_row + 8));
+      }
+    }
+    // Hidden: keys past the block's end, and under causal keys past the row's position; rows past the chunk's.
+#pragma unroll
+    for (int n = 0; n < kKeyTiles; ++n) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int64_t j = t0 + 8 * n + 2 * t + (e & 1);
+        const bool row_live = e < 2 ? live_lo : live_hi;
+        const int64_t pos = e < 2 ? pos_lo : pos_hi;
+        if (!row_live || j >= j_end || (a.causal && j > pos)) s[n][e] = kNegInf;
+      }
+    }
+    const float alpha_lo = softmax_half(s, 0, m_lo, l_lo, scale_log2);
+    const float alpha_hi = softmax_half(s, 1, m_hi, l_hi, scale_log2);
+#pragma unroll
+    for (int n = 0; n < kMaxDv / 8; ++n) o[n][0] *= alpha_lo, o[n][1] *= alpha_lo, o[n][2] *= alpha_hi, o[n][3] *= alpha_hi;
+    uint32_t live = 0;  // keys some row of the warp weighs (the others' V is never multiplied: 0 * NaN)
+#pragma unroll
+    for (int n = 0; n < kKeyTiles; ++n) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) live |= (s[n][e] != 0.0f || s[n][e + 2] != 0.0f ? 1u : 0u) << (2 * n + e);
+    }
+    live = sdpa::cuda::warp_live_keys(live);
+#pragma unroll
+    for (int kc = 0; kc < kMmaKeys / 16; ++kc) {
+      const uint32_t p[4] = {Mma<TMma>::pack(s[2 * kc][0], s[2 * kc][1]), Mma<TMma>::pack(s[2 * kc][2], s[2 * kc][3]),
+                             Mma<TMma>::pack(s[2 * kc + 1][0], s[2 * kc + 1][1]),
+                             Mma<TMma>::pack(s[2 * kc + 1][2], s[2 * kc + 1][3])};
+      const uint32_t keep_lo = sdpa::cuda::live_halves(live, 2 * kc), keep_hi = sdpa::cuda::live_halves(live, 2 * kc + 1);
+      // ldmatrix.trans: lanes 8m..8m+7 address key rows 16 kc + 8 (m & 1) + [0, 8) at value columns 8 (m >> 1) on.
+      const uint16_t* const v_rows = vs + (16 * kc + 8 * ((lane / 8) & 1) + lane % 8) * v_stride + 8 * (lane / 16);
+#pragma unroll
+      for (int np = 0; np < kMaxDv / 16; ++np) {
+        if (16 * np >= v_dim) break;
+        uint32_t frag[4];
+        sdpa::cuda::ldmatrix_x4_trans(frag, sdpa::cuda::smem_u32(v_rows + 16 * np));
+        Mma<TMma>::run(o[2 * np], p, frag[0] & keep_lo, frag[1] & keep_hi);
+        Mma<TMma>::run(o[2 * np + 1], p, frag[2] & keep_lo, frag[3] & keep_hi);
+      }
+    }
+  }
+  if (!warp_live) return;  // no barrier below
+  l_lo = sdpa::cuda::quad_sum(l_lo);
+  l_hi = sdpa::cuda::quad_sum(l_hi);
+  // Merge each row's partial over this block into its running state (the only CTA touching it in this slot); the
+  // quad's four lanes read the state before its first lane writes it.
+  const bool merge_lo = live_lo && !(m_lo == kNegInf && l_lo == 0.0f), merge_hi = live_hi && !(m_hi == kNegInf && l_hi == 0.0f);
+  const int64_t row_lo = merge_lo ? row_of[r_lo] : 0, row_hi = merge_hi ? row_of[r_hi] : 0;
+  const float max_lo = merge_lo ? a.row_max[row_lo] : 0.0f, max_hi = merge_hi ? a.row_max[row_hi] : 0.0f;
+  const float sum_lo = merge_lo ? a.row_sum[row_lo] : 0.0f, sum_hi = merge_hi ? a.row_sum[row_hi] : 0.0f;
+  __syncwarp();
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    if (!(half == 0 ? merge_lo : merge_hi)) continue;
+    const int64_t row = half == 0 ? row_lo : row_hi;
+    const float m_row = half == 0 ? max_lo : max_hi, s_row = half == 0 ? sum_lo : sum_hi;
+    // The running state is in log2 units of the scaled score (the normalisation only needs the sum).
+    const float m_part = (half == 0 ? m_lo : m_hi) * scale_log2, l_part = half == 0 ? l_lo : l_hi;
+    const float m_new = fmaxf(m_row, m_part), m_use = m_new == kNegInf ? 0.0f : m_new;
+    const float keep = exp2f(m_row - m_use), add = exp2f(m_part - m_use);
+    float* const out = a.out + row * v_dim + 2 * t;
+#pragma unroll
+    for (int n = 0; n < kMaxDv / 8; ++n) {
+      if (8 * n >= v_dim) break;
+      float2 value = *reinterpret_cast<float2*>(out + 8 * n);
+      value.x = value.x * keep + o[n][2 * half] * add;
+      value.y = value.y * keep + o[n][2 * half + 1] * add;
+      *reinterpret_cast<float2*>(out + 8 * n) = value;
+    }
+    if (t == 0) a.row_sum[row] = s_row * keep + l_part * add, a.row_max[row] = m_new;
+  }
+}
+
+template <typename TIn, typename TMma, int kMaxDv>
+void launch_slots(const RoutedBlocksArgs& a, cudaStream_t stream) {
+  const size_t smem = blocks_mma_smem_bytes(a.dim, a.v_dim);
+  sdpa::cuda::allow_smem<blocks_mma_kernel<TIn, TMma, kMaxDv>>(smem);
+  // A list is in at most one key of a slot: at most lists / chunk + (one partial chunk per non-empty key) CTAs.
+  const int64_t lists = block_lists(a), keys_per_slot = a.batch * a.list_heads * a.num_segments;
+  const int64_t grid = (lists + a.lists_per_chunk - 1) / a.lists_per_chunk + std::min(keys_per_slot, lists);
+  if (grid > int64_t(0x7fffffff)) throw std::runtime_error("sparse attention by block: too many lists");
+  for (int64_t slot = 0; slot < a.top_k; ++slot) {
+    blocks_mma_kernel<TIn, TMma, kMaxDv><<<unsigned(grid), kThreads, smem, stream>>>(a, slot);
+  }
+  check_launch("sparse tensor-core block kernel");
+}
+
+}  // namespace
+
+template <typename TIn, typename TMma>
+void run_blocks_mma(RoutedBlocksArgs a, void* scratch, cudaStream_t stream) {
+  a.lists_per_chunk = blocks_mma_lists_per_chunk(a.heads_per_list);
+  if (a.lists_per_chunk < 1 || a.dim % 16 != 0 || a.v_dim % 16 != 0 || a.dim > kMmaMaxDim || a.v_dim > kMmaMaxDim ||
+      !(a.scale > 0.0f)) {
+    throw std::runtime_error("sparse attention by block: the tensor-core kernel does not take this problem");
+  }
+  invert_block_lists(a, scratch, stream);
+  if (a.v_dim <= 64) {
+    launch_slots<TIn, TMma, 64>(a, stream);
+  } else if (a.v_dim <= 128) {
+    launch_slots<TIn, TMma, 128>(a, stream);
+  } else {
+    launch_slots<TIn, TMma, 256>(a, stream);
+  }
+  normalize_block_rows(a, stream);
+}
+
+template void run_blocks_mma<float, Float16>(RoutedBlocksArgs, void*, cudaStream_t);
+template void run_blocks_mma<float, BFloat16>(RoutedBlocksArgs, void*, cudaStream_t);
+template void run_blocks_mma<Float16, Float16>(RoutedBlocksArgs, void*, cudaStream_t);
+template void run_blocks_mma<BFloat16, BFloat16>(RoutedBlocksArgs, void*, cudaStream_t);
+
+}  // namespace onnxattn::sparse::cuda

@@ -1,0 +1,27 @@
+#pragma once
+// The sparse ops' attention by block on tensor cores (ONNXATTN_SPARSE_CUDA=mma; float16 and bfloat16): the
+// inverted lists of cuda_routed.cuh, but a CTA takes up to kMmaRows rows (whole lists; for NSA's GQA-shared lists
+// a list's Hq / Hkv query heads are its rows) that chose one block, stages the block's keys and values once as
+// 16-bit tiles, and runs S = Q K^T and O = P V on mma.sync m16n8k16 with float32 accumulators (a warp per 16
+// rows, the FlashAttention-2 register layout: P stays in registers). One launch per slot, as the segment kernel:
+// each row's partial over the block merges into its running (max, sum, output) in scratch, in the order of its
+// list, with no atomics.
+//
+// Serves NativeSparseAttention's block branch (Q, K, V in the input type) and SparseRoutedAttention (RoPE'd
+// float32 Q and K, V as float32, rounded to the input type as they are staged). Against the float32 kernels the
+// scores see Q and K rounded to 16 bits (routed only: NSA's are 16-bit already) and the weights P are rounded to
+// 16 bits before P V, as in every 16-bit flash kernel.
+#include <cuda_runtime.h>
+
+#include "sparse/cuda_routed.cuh"
+
+namespace onnxattn::sparse::cuda {
+
+// `TIn`: the element type of a.q, a.k, a.v (float, Float16 or BFloat16); `TMma`: Float16 or BFloat16. `a` as for
+// run_routed_blocks, with list_heads and heads_per_list set (blocks_mma_eligible must hold). Carves a's scratch
+// (block_lists_scratch_bytes) and enqueues every kernel on `stream`; a.out ([B * Hq * Sq, Dv] float32) ends
+// normalised.
+template <typename TIn, typename TMma>
+void run_blocks_mma(RoutedBlocksArgs a, void* scratch, cudaStream_t stream);
+
+}  // namespace onnxattn::sparse::cuda
