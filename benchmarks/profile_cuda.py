@@ -11,7 +11,8 @@ Cases (each guarded: one failing is recorded in its row and the run goes on):
     ours and onnxruntime's com.microsoft.GroupQueryAttention through the CUDA EP (op 192 vs core 272 TFLOP/s);
   - gqa_decode_p32k / ort_gqa_decode_p32k: shared-buffer decode at P=32k (61% vs onnxruntime's 79% of copy);
   - nsa_16k, routed_16k: NativeSparseAttention (paper form) and SparseRoutedAttention at S=16k, bf16, through
-    the CUDA EP (3.6x and 13x our dense time).
+    the CUDA EP (3.6x and 13x our dense time); nsa_dot_16k: NSA with dot-product selection (2.7x);
+  - nsa_mma_16k, routed_mma_16k: the same with ONNXATTN_SPARSE_CUDA=mma (the tensor-core attention by block).
 
 Usage: python benchmarks/profile_cuda.py [--out FILE_OR_DIR] [--cases a,b] [--budget-s 40]
 Prints one table per case and writes JSON (device, commit, rows) after every case. Exit 2 without CUDA.
@@ -33,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests" / "gpu"), str(ROOT / "benchmarks")]
 
 CASES = ("sdpa_decode_b1_32k", "sdpa_decode_b1_4k", "gqa_prefill_s2048", "ort_gqa_prefill_s2048", "gqa_decode_p32k",
-         "ort_gqa_decode_p32k", "nsa_16k", "routed_16k")
+         "ort_gqa_decode_p32k", "nsa_16k", "routed_16k", "nsa_dot_16k", "nsa_mma_16k", "routed_mma_16k")
 GRAPH_CALLS = 20  # calls per captured graph (as bench_sdpa_cuda.time_graph)
 
 
@@ -154,7 +155,7 @@ def build(case: str, ort):
         return gqa("prefill" if "prefill" in case else "decode", not case.startswith("ort_"), ort)
     if ort is None:
         raise RuntimeError("onnxruntime-gpu unavailable")
-    return sparse(case.split("_")[0], ort)
+    return sparse(case.rsplit("_", 1)[0], ort)  # the benchmark's implementation name
 
 
 def format_case(case: str, row: dict, top: int = 8) -> str:
