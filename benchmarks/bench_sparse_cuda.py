@@ -16,7 +16,7 @@ causal prefill, S in {16k, 64k} (--quick: {4k, 16k}):
   - routed_simple: routed on the simple kernels (a warp per row reading its own segments);
   - nsa_mma, nsa_dot_mma, routed_mma: nsa, nsa_dot and routed with ONNXATTN_SPARSE_CUDA=mma (opt-in): the block
                branch / the routed attention on the tensor-core kernel by block (each chosen block staged once per
-               slot for up to 64 rows, mma.sync), the rest as fast;
+               slot for up to 64 rows, mma.sync) and NSA's selection on tensor cores, the rest as fast;
   - dense:     our ScaledDotProductAttention CUDA kernel (causal, GQA) through the library's C test entry
                (tests/gpu/sdpa_cuda_lib.py, as bench_sdpa_cuda.py);
   - dense_ort: the same op through onnxruntime's CUDA EP: the sparse ops' path, so sparse/dense compares like

@@ -98,6 +98,8 @@ def sizes():
     lib.OnnxAttnSparseRoutedBlocks.argtypes = [ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int32,
                                                ctypes.c_int32, ctypes.c_int32, ctypes.c_void_p]  # fmt: skip
     lib.OnnxAttnSparseBlocksMma.argtypes = [ctypes.c_int64] * 5 + [ctypes.c_int32] * 3 + [ctypes.c_void_p]
+    lib.OnnxAttnSparseSelectMmaTiling.argtypes = [ctypes.c_int32, ctypes.c_int32] + [ctypes.c_int64] * 3 + [
+        ctypes.c_int32, ctypes.c_int64, ctypes.c_int32, ctypes.c_void_p]  # fmt: skip
 
     class Sizes:
         @staticmethod
@@ -114,6 +116,12 @@ def sizes():
         def routed(rows, top_k, keys, dim, v_dim, max_smem=H100_SMEM):
             lib.OnnxAttnSparseRoutedBlocks(rows, top_k, keys, dim, v_dim, max_smem, out)
             return bool(out[0]), out[1], out[2]
+
+        @staticmethod
+        def select_mma(dim, v_dim, centroids, blocks, top, probabilities, heads, max_smem=H100_SMEM):
+            lib.OnnxAttnSparseSelectMmaTiling(dim, v_dim, centroids, blocks, top, int(probabilities), heads, max_smem,
+                                              out)  # fmt: skip
+            return tuple(out[:3])
 
         @staticmethod
         def blocks_mma(lists, heads_per_list, out_rows, top_k, keys, dim, v_dim, max_smem=H100_SMEM):
@@ -208,3 +216,29 @@ def test_tensor_core_blocks_sizes_and_limits(sizes):
     assert sizes.blocks_mma((2**31 - 1) // 16 - 1, 1, 1, 16, 1000, 64, 64)[0]
     assert not sizes.blocks_mma((2**31 - 1) // 16, 1, 1, 16, 1000, 64, 64)[0]
     assert not sizes.blocks_mma(1000, 1, 1, 4, 2**31 - 2, 64, 64)[0]
+
+
+def test_tensor_core_selection_sizes_and_limits(sizes):
+    """The selection on tensor cores: kMmaRows = 64 rows of whole queries per CTA; 16-bit Q, key tiles (two for
+    dot scores: hi and lo), a value tile for the compression branch, a [64][65] float score tile, each query's
+    keys, each warp's chosen blocks."""
+
+    def smem(d, dv, queries, stride, top, probabilities):
+        halves = 64 * (d + 8) * (2 if probabilities else 3) + (64 * (dv + 8) if probabilities else 0)
+        return halves * 2 + 64 * 65 * 4 + queries * stride * 4 + 4 * top * 4
+
+    # NSA at S = 64k: 1024 blocks, G = 8 (8 queries per CTA), dot scores and the compression branch
+    assert sizes.select_mma(128, 128, 1024, 1024, 16, False, 8) == (8, 8, smem(128, 0, 8, 1024, 16, False))
+    assert sizes.select_mma(128, 128, 1024, 1025, 16, True, 8) == (8, 8, smem(128, 128, 8, 1025, 16, True))
+    assert sizes.select_mma(64, 64, 100, 100, 4, False, 1)[:2] == (64, 1)  # one row per list: 64 queries
+    assert sizes.select_mma(64, 64, 100, 100, 4, False, 64)[:2] == (1, 64)
+    assert sizes.select_mma(64, 64, 100, 100, 4, False, 65)[0] == 0
+    # the keys must fit: one row per list at 1024 blocks is 256 KiB of keys
+    assert sizes.select_mma(128, 128, 1024, 1024, 16, False, 1)[0] == 0
+    assert sizes.select_mma(128, 128, 4096, 4096, 16, False, 16, max_smem=A100_SMEM)[0] == 4
+    assert sizes.select_mma(128, 128, 4096, 4096, 16, False, 8, max_smem=A100_SMEM)[0] == 0
+    for d, dv, probabilities, good in ((16, 16, True, True), (256, 256, True, True), (24, 16, False, False),
+                                       (64, 40, True, False), (64, 40, False, True), (272, 64, False, False)):
+        assert (sizes.select_mma(d, dv, 10, 10, 2, probabilities, 4)[0] > 0) == good, (d, dv, probabilities)
+    assert sizes.select_mma(64, 64, 10, 10, 0, False, 4)[0] == 0  # dot scores without a list to pick
+    assert sizes.select_mma(64, 64, 10, 10, 0, True, 4)[0] == 16  # the compression branch alone

@@ -321,11 +321,13 @@ def test_a_bad_sparse_attention_setting_is_an_error(monkeypatch):
         sess.run(None, feeds)
 
 
-# The tensor-core attention by block (ONNXATTN_SPARSE_CUDA=mma, opt-in; sparse/cuda_blocks_mma.cuh): NSA's block
-# branch and SparseRoutedAttention's attention for 16-bit inputs on the inverted lists, a chosen block staged once
-# per slot for up to 64 rows (whole lists: G rows for shared lists), S and P.V on mma.sync. The selection kernels
-# are the fast path's, so the lists are the same bits; against our CPU kernel the rows whose lists agree are
-# compared. Cases: shared lists with G = 4, 8, 32 (16, 8, 2 lists per chunk), G = 1 (64), per-head lists without
+# The tensor-core paths (ONNXATTN_SPARSE_CUDA=mma, opt-in): NSA's block branch and SparseRoutedAttention's attention
+# for 16-bit inputs by block (sparse/cuda_blocks_mma.cuh: the inverted lists, a chosen block staged once per slot
+# for up to 64 rows, whole lists: G rows for shared lists, S and P.V on mma.sync), and NSA's selection on tensor
+# cores (select_mma_kernel: dot scores against float32 centroids split into two 16-bit tiles; the compression
+# branch as a flash pass plus a probability pass). Grid inputs with power-of-two blocks keep every dot score exact,
+# so those selections must agree with the CPU kernel's entry for entry; elsewhere (blocks of 24, the compression
+# branch's exp) near-ties may go the other way, and the rows whose lists agree are compared. Cases: shared lists with G = 4, 8, 32 (16, 8, 2 lists per chunk), G = 1 (64), per-head lists without
 # causality, blocks of 24 (partial tiles), Sq = 1, Sq > Skv (rows before any key), segments of 100 and 65 keys
 # (two tiles, a partial one), Dv = 48 != D, MQA; D = 12 is not a multiple of 16 and stays on the fast path.
 MMA_SANITIZE_NSA = ("paper-shared-causal", "odd-block-group-1", "more-queries-than-keys", "seed-per-head-fine")
@@ -371,15 +373,32 @@ def routed_case(name: str, dtype: str):
     return model, arrays, sh.feeds_in(dtype, **arrays), routed_mma_tolerance(arrays, dtype, d**-0.5)
 
 
+def exact_selection(name: str) -> bool:
+    """Whether the case's dot scores are exact on every path (power-of-two blocks, no compression branch)."""
+    bs = CORE_CASES[name][-1]["block_size"]
+    return name not in COMPRESSED and bs & (bs - 1) == 0
+
+
+def mma_agreeing_rows(got, want, heads: int, exact: bool):
+    """Rows [B, Hq, Sq] whose lists agree: all of them when the scores are exact, else at least 98% of the
+    entries (near-ties broken the other way are not errors)."""
+    same = np.ones(got[0].shape[:3], bool)
+    for g, w in zip(got[1:], want[1:]):
+        agree = float(np.mean(g == w))
+        assert agree == 1.0 if exact else agree >= 0.98, f"selections agree on {agree:.4%} of the entries"
+        same &= np.repeat(np.all(g == w, axis=-1), heads // g.shape[1], axis=1)
+    return same
+
+
 def nsa_mma_and_fast(name: str, dtype: str):
-    """Y on the mma path and on the fast path (same selections, asserted) and the tolerance between them (twice
-    each one's from the exact result). For sanitize_cases.py's `sparse_mma` family too."""
+    """Y on the mma path and on the fast path (0 on the rows whose lists differ), and the tolerance between them
+    (twice each one's from the exact result). For sanitize_cases.py's `sparse_mma` family too."""
     model, feeds, _ = core_case(name, dtype)
     sess = cuda_session(model)
     mma = with_sparse_path("mma", lambda: sess.run(None, feeds))
     fast = with_sparse_path("fast", lambda: sess.run(None, feeds))
-    assert all(np.array_equal(m, f) for m, f in zip(mma[1:], fast[1:])), f"{name}: the selections differ"
-    return mma[0], fast[0], 2 * nsa_mma_tolerance(feeds, dtype)
+    rows = mma_agreeing_rows(mma, fast, feeds["Q"].shape[1], exact_selection(name))[..., None]
+    return np.where(rows, mma[0], 0), np.where(rows, fast[0], 0), 2 * nsa_mma_tolerance(feeds, dtype)
 
 
 def routed_mma_and_fast(name: str, dtype: str):
@@ -408,9 +427,10 @@ def mma_and_cpu(model, feeds):
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 @pytest.mark.parametrize("name", list(CORE_CASES))
 def test_nsa_tensor_core_blocks_match_the_cpu_kernel(name, dtype):
-    model, feeds, attrs = core_case(name, dtype)
+    model, feeds, _ = core_case(name, dtype)
     got, want = mma_and_cpu(model, feeds)
-    rows = agreeing_rows(got, want, attrs, feeds["Q"].shape[1], exact_scores=name not in COMPRESSED)
+    rows = mma_agreeing_rows(got, want, feeds["Q"].shape[1], exact_selection(name))
+    # the compression branch's P.V also takes P in 16 bits now: still within 4 u max|V| (one u per branch)
     assert_close_on(rows, got[0], want[0], nsa_mma_tolerance(feeds, dtype), f"mma, {name}, {dtype}")
 
 

@@ -4,66 +4,15 @@
 #include <algorithm>
 #include <stdexcept>
 
-#include "sdpa/cuda_device.cuh"  // Mma, ldmatrix, quad reductions, fast_exp2, NaN-safe V fragments, allow_smem
+#include "sdpa/cuda_device.cuh"  // allow_smem
 #include "sparse/cuda_common.cuh"
+#include "sparse/cuda_mma_tiles.cuh"
 
 namespace onnxattn::sparse::cuda {
 namespace {
 
-using sdpa::cuda::Mma;
-
-inline constexpr int kKeyTiles = kMmaKeys / 8;  // n-tiles of S per warp
+using namespace mma_tiles;  // NOLINT: the tile pieces this kernel is made of
 static_assert(kMmaRows == 16 * kWarpsPerBlock, "a warp per 16 rows");
-
-// Eight elements (16 bytes of the staged 16-bit row) from `src` (16-byte aligned for 16-bit inputs, 32 for float).
-template <typename TMma>
-__device__ __forceinline__ uint4 load8(const float* src) {
-  const float4 x = *reinterpret_cast<const float4*>(src), y = *reinterpret_cast<const float4*>(src + 4);
-  return make_uint4(Mma<TMma>::pack(x.x, x.y), Mma<TMma>::pack(x.z, x.w), Mma<TMma>::pack(y.x, y.y),
-                    Mma<TMma>::pack(y.z, y.w));
-}
-template <typename TMma>
-__device__ __forceinline__ uint4 load8(const TMma* src) {
-  return *reinterpret_cast<const uint4*>(src);
-}
-
-// rows x dim elements into a staged [rows][stride] 16-bit tile; row r from src + row_at(r) * dim, or zeros where
-// row_at(r) < 0.
-template <typename TMma, typename TIn, typename RowAt>
-__device__ __forceinline__ void stage_rows(uint16_t* tile, int stride, const TIn* src, int dim, RowAt row_at) {
-  const int chunks = dim / 8;
-  for (int c = threadIdx.x; c < kMmaRows * chunks; c += kThreads) {
-    const int r = c / chunks, d0 = (c % chunks) * 8;
-    const int64_t at = row_at(r);
-    const uint4 value = at >= 0 ? load8<TMma>(src + at * dim + d0) : make_uint4(0u, 0u, 0u, 0u);
-    *reinterpret_cast<uint4*>(tile + r * stride + d0) = value;
-  }
-}
-
-// The online softmax step of a warp's row g (half 0: accumulator elements 0, 1) or g + 8 (half 1: 2, 3) over
-// this tile's raw scores Q.K (-inf where hidden); `m` stays in raw units (scale_log2 > 0 keeps the order), the
-// scores become probabilities, `l` is the lane's partial sum. Returns the factor for the row's earlier output.
-__device__ __forceinline__ float softmax_half(float (&s)[kKeyTiles][4], int half, float& m, float& l,
-                                              float scale_log2) {
-  float step = kNegInf;
-#pragma unroll
-  for (int n = 0; n < kKeyTiles; ++n) step = fmaxf(step, fmaxf(s[n][2 * half], s[n][2 * half + 1]));
-  const float m_new = fmaxf(m, sdpa::cuda::quad_max(step));
-  const float shift = m_new == kNegInf ? 0.0f : m_new * scale_log2;
-  const float alpha = sdpa::cuda::fast_exp2(fmaf(m, scale_log2, -shift));  // exp2(-inf) = 0: a first step
-  m = m_new;
-  float sum = 0.0f;
-#pragma unroll
-  for (int n = 0; n < kKeyTiles; ++n) {
-#pragma unroll
-    for (int e = 2 * half; e < 2 * half + 2; ++e) {
-      s[n][e] = sdpa::cuda::fast_exp2(fmaf(s[n][e], scale_log2, -shift));
-      sum += s[n][e];
-    }
-  }
-  l = l * alpha + sum;
-  return alpha;
-}
 
 // Slot `slot`'s chunk blockIdx.x (past the slot's chunks: nothing). kMaxDv >= Dv bounds the output registers.
 template <typename TIn, typename TMma, int kMaxDv>
@@ -139,21 +88,8 @@ __global__ void __launch_bounds__(kThreads) blocks_mma_kernel(const RoutedBlocks
     if (!warp_live) continue;
 
     float s[kKeyTiles][4];
-#pragma unroll
-    for (int n = 0; n < kKeyTiles; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
-    for (int kc = 0; kc < dim / 16; ++kc) {
-      const uint16_t* const q_lo = qs + r_lo * q_stride + 16 * kc + 2 * t;
-      const uint16_t* const q_hi = qs + r_hi * q_stride + 16 * kc + 2 * t;
-      const uint32_t frag[4] = {*reinterpret_cast<const uint32_t*>(q_lo), *reinterpret_cast<const uint32_t*>(q_hi),
-                                *reinterpret_cast<const uint32_t*>(q_lo + 8),
-                                *reinterpret_cast<const uint32_t*>(q_hi + 8)};
-#pragma unroll
-      for (int n = 0; n < kKeyTiles; ++n) {
-        const uint16_t* const k_row = ks + (8 * n + g) * q_stride + 16 * kc + 2 * t;
-        Mma<TMma>::run(s[n], frag, *reinterpret_cast<const uint32_t*>(k_row),
-                       *reinterpret_cast<const uint32_t*>(k_row + 8));
-      }
-    }
+    zero(s);
+    add_scores<TMma>(s, qs, ks, q_stride, dim, r_lo, lane);
     // Hidden: keys past the block's end, and under causal keys past the row's position; rows past the chunk's.
 #pragma unroll
     for (int n = 0; n < kKeyTiles; ++n) {
@@ -169,30 +105,7 @@ __global__ void __launch_bounds__(kThreads) blocks_mma_kernel(const RoutedBlocks
     const float alpha_hi = softmax_half(s, 1, m_hi, l_hi, scale_log2);
 #pragma unroll
     for (int n = 0; n < kMaxDv / 8; ++n) o[n][0] *= alpha_lo, o[n][1] *= alpha_lo, o[n][2] *= alpha_hi, o[n][3] *= alpha_hi;
-    uint32_t live = 0;  // keys some row of the warp weighs (the others' V is never multiplied: 0 * NaN)
-#pragma unroll
-    for (int n = 0; n < kKeyTiles; ++n) {
-#pragma unroll
-      for (int e = 0; e < 2; ++e) live |= (s[n][e] != 0.0f || s[n][e + 2] != 0.0f ? 1u : 0u) << (2 * n + e);
-    }
-    live = sdpa::cuda::warp_live_keys(live);
-#pragma unroll
-    for (int kc = 0; kc < kMmaKeys / 16; ++kc) {
-      const uint32_t p[4] = {Mma<TMma>::pack(s[2 * kc][0], s[2 * kc][1]), Mma<TMma>::pack(s[2 * kc][2], s[2 * kc][3]),
-                             Mma<TMma>::pack(s[2 * kc + 1][0], s[2 * kc + 1][1]),
-                             Mma<TMma>::pack(s[2 * kc + 1][2], s[2 * kc + 1][3])};
-      const uint32_t keep_lo = sdpa::cuda::live_halves(live, 2 * kc), keep_hi = sdpa::cuda::live_halves(live, 2 * kc + 1);
-      // ldmatrix.trans: lanes 8m..8m+7 address key rows 16 kc + 8 (m & 1) + [0, 8) at value columns 8 (m >> 1) on.
-      const uint16_t* const v_rows = vs + (16 * kc + 8 * ((lane / 8) & 1) + lane % 8) * v_stride + 8 * (lane / 16);
-#pragma unroll
-      for (int np = 0; np < kMaxDv / 16; ++np) {
-        if (16 * np >= v_dim) break;
-        uint32_t frag[4];
-        sdpa::cuda::ldmatrix_x4_trans(frag, sdpa::cuda::smem_u32(v_rows + 16 * np));
-        Mma<TMma>::run(o[2 * np], p, frag[0] & keep_lo, frag[1] & keep_hi);
-        Mma<TMma>::run(o[2 * np + 1], p, frag[2] & keep_lo, frag[3] & keep_hi);
-      }
-    }
+    add_pv<TMma, kMaxDv>(o, s, vs, v_stride, v_dim, lane);
   }
   if (!warp_live) return;  // no barrier below
   l_lo = sdpa::cuda::quad_sum(l_lo);

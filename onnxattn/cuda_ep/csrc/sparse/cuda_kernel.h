@@ -28,7 +28,10 @@
 // fast (it passed the GPU tests; 5-20x simple's speed on the H100, docs/performance.md); the tests and the
 // benchmark ask for each explicitly. mma is fast with, for float16 and bfloat16, NSA's block branch and the routed
 // attention on the tensor-core kernel by block (cuda_blocks_mma.cuh: the inverted lists, a chosen block staged
-// once per slot for up to 64 rows, mma.sync); opt-in until a GPU run has checked it.
+// once per slot for up to 64 rows, mma.sync) and NSA's selection on tensor cores (cuda_select.cu,
+// select_mma_kernel: dot scores against the float32 centroids as hi + lo 16-bit tiles; the compression branch as a
+// flash pass for its output and log-sum-exp, then a pass for its probabilities; a CTA per 64 (query, head) rows
+// of whole queries); opt-in until a GPU run has checked it.
 //
 // Usage: plan = plan_nsa(params, tensors); allocate plan.scratch_bytes of device scratch (256-byte
 // aligned); run_nsa() only enqueues work on `stream`: no host synchronisation, no allocation.

@@ -4,9 +4,11 @@
 #include "sparse/cuda_select.cuh"
 
 #include <algorithm>
+#include <type_traits>
 
 #include "sdpa/cuda_device.cuh"  // allow_smem
 #include "sparse/cuda_common.cuh"
+#include "sparse/cuda_mma_tiles.cuh"
 
 namespace onnxattn::sparse::cuda {
 namespace {
@@ -507,11 +509,174 @@ __global__ void __launch_bounds__(kThreads) fine_tiled_kernel(const FineTiledArg
   }
 }
 
+
+// ---- selection on tensor cores (select_mma_tiling; 16-bit Q): one CTA per (b, list head, `queries` queries) ----
+//
+// Row r = x * rows_per_query + g: query i0 + x, head g of the list (the tiled kernel's rows), 16 per warp. Dot
+// scores: S = Q (C_hi + C_lo)^T per tile of 64 centroids, C = C_hi + C_lo the float32 centroids split in two
+// 16-bit tiles; products of 16-bit values are exact in float32 and only the order of the sums differs from the
+// float32 kernels. The compression branch: pass 1 is a flash attention over the visible compressed tokens (P in
+// 16 bits for P V, as every 16-bit flash kernel) giving the branch output and each row's log-sum-exp; pass 2
+// recomputes the scores and turns them into probabilities exp(s scale - lse). Then, per tile, the rows' values
+// are summed over the heads of each query in head order into its selection keys, and a warp per query picks its
+// list (warp_select).
+template <typename TQ, int kMaxDv>
+__global__ void __launch_bounds__(kThreads) select_mma_kernel(const SelectArgs<TQ> a, int queries, int rows_per_query) {
+  using namespace mma_tiles;  // NOLINT: the tile pieces this kernel is made of
+  extern __shared__ __align__(16) unsigned char select_mma_smem[];
+  const int dim = a.dim, v_dim = a.v_dim, tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
+  const int stride = mma_row_stride(dim), v_stride = mma_row_stride(v_dim), per = rows_per_query;
+  const int64_t nc = a.num_centroids, key_stride = max(nc, a.num_blocks);
+  uint16_t* const qs = reinterpret_cast<uint16_t*>(select_mma_smem);
+  uint16_t* const ks = qs + kMmaRows * stride;
+  uint16_t* const ks_lo = ks + kMmaKeys * stride;                                   // dot scores only
+  uint16_t* const vs = ks_lo + (a.probabilities ? 0 : kMmaKeys * stride);          // compression branch only
+  float* const ps = reinterpret_cast<float*>(vs + (a.probabilities ? kMmaKeys * v_stride : 0));  // [rows][65]
+  float* const keys = ps + kMmaRows * kMmaScoreStride;                              // [queries][key_stride]
+  int32_t* const chosen = reinterpret_cast<int32_t*>(keys + int64_t(queries) * key_stride);  // [warps][top]
+
+  const int64_t group = a.q_heads / a.kv_heads, list_heads = a.shared ? a.kv_heads : a.q_heads;
+  const int64_t tiles = (a.q_len + queries - 1) / queries;
+  const int64_t i0 = int64_t(blockIdx.x) % tiles * queries;
+  const int64_t list_head = int64_t(blockIdx.x) / tiles % list_heads, b = int64_t(blockIdx.x) / (tiles * list_heads);
+  const int64_t kv_head = a.shared ? list_head : list_head / group;
+  const int count_q = int(min(int64_t(queries), a.q_len - i0)), rows = count_q * per;
+  auto head_of = [&](int r) -> int64_t { return a.shared ? kv_head * group + r % per : list_head; };
+  auto out_row = [&](int r) -> int64_t { return (b * a.q_heads + head_of(r)) * a.q_len + i0 + r / per; };
+  // Compressed tokens row r's query sees (the compression branch), as select_kernel.
+  auto visible_of = [&](int r) -> int64_t {
+    if (r >= rows) return 0;
+    const int64_t position = i0 + r / per + a.query_offset;
+    return a.causal ? min(max(position + 1, int64_t(0)) / a.block_size, nc) : nc;
+  };
+  stage_rows<TQ>(qs, stride, a.q, dim, [&](int r) { return r < rows ? out_row(r) : int64_t(-1); });
+  for (int64_t x = tid; x < int64_t(queries) * key_stride; x += kThreads) keys[x] = 0.0f;
+  // Centroids any query of the CTA may need: its visible tokens, or its causal candidates (warp_select hides
+  // the rest, and the keys of tokens a query does not see stay 0 as in the float32 kernels).
+  int64_t c_end = 0;
+  for (int x = 0; x < count_q; ++x) {
+    const int64_t position = i0 + x + a.query_offset;
+    const int64_t end = a.probabilities ? visible_of(x * per)
+                        : a.causal    ? (position >= 0 ? min(position / a.block_size + 1, nc) : 0)
+                                      : nc;
+    c_end = max(c_end, end);
+  }
+
+  const bool warp_live = 16 * warp < rows;
+  const int r_lo = 16 * warp + g, r_hi = r_lo + 8;
+  const int64_t vis_lo = visible_of(r_lo), vis_hi = visible_of(r_hi);
+  const float scale_log2 = a.scale * sdpa::cuda::kLog2e;
+  const float* const cents = a.centroids + (b * a.kv_heads + kv_head) * nc * dim;
+  auto tile_row = [&](int64_t c0) { return [=](int r) { return c0 + r < c_end ? int64_t(r) : int64_t(-1); }; };
+  float lse_lo = 0.0f, lse_hi = 0.0f;  // log2 units of the scaled scores
+  if (a.probabilities) {
+    const TQ* const values = a.compressed_values + (b * a.kv_heads + kv_head) * nc * v_dim;
+    float m_lo = kNegInf, m_hi = kNegInf, l_lo = 0.0f, l_hi = 0.0f;
+    float o[kMaxDv / 8][4];
+#pragma unroll
+    for (int n = 0; n < kMaxDv / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+    for (int64_t c0 = 0; c0 < c_end; c0 += kMmaKeys) {
+      __syncthreads();  // the previous tiles are done with (and, the first time, qs and keys are written)
+      stage_rows<TQ>(ks, stride, cents + c0 * dim, dim, tile_row(c0));
+      stage_rows<TQ>(vs, v_stride, values + c0 * v_dim, v_dim, tile_row(c0));
+      __syncthreads();
+      if (!warp_live) continue;
+      float s[kKeyTiles][4];
+      zero(s);
+      add_scores<TQ>(s, qs, ks, stride, dim, r_lo, lane);
+#pragma unroll
+      for (int n = 0; n < kKeyTiles; ++n) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          if (c0 + 8 * n + 2 * t + (e & 1) >= (e < 2 ? vis_lo : vis_hi)) s[n][e] = kNegInf;
+        }
+      }
+      const float alpha_lo = softmax_half(s, 0, m_lo, l_lo, scale_log2);
+      const float alpha_hi = softmax_half(s, 1, m_hi, l_hi, scale_log2);
+#pragma unroll
+      for (int n = 0; n < kMaxDv / 8; ++n) o[n][0] *= alpha_lo, o[n][1] *= alpha_lo, o[n][2] *= alpha_hi, o[n][3] *= alpha_hi;
+      add_pv<TQ, kMaxDv>(o, s, vs, v_stride, v_dim, lane);
+    }
+    if (warp_live) {
+      l_lo = sdpa::cuda::quad_sum(l_lo);
+      l_hi = sdpa::cuda::quad_sum(l_hi);
+      lse_lo = m_lo * scale_log2 + log2f(l_lo);
+      lse_hi = m_hi * scale_log2 + log2f(l_hi);
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int r = half == 0 ? r_lo : r_hi;
+        if (r >= rows) continue;
+        // As select_kernel: a row that sees no token gets 0, a NaN sum stays NaN.
+        const float inv = (half == 0 ? vis_lo : vis_hi) > 0 ? 1.0f / (half == 0 ? l_lo : l_hi) : 0.0f;
+        float* const out = a.compressed_out + out_row(r) * v_dim + 2 * t;
+#pragma unroll
+        for (int n = 0; n < kMaxDv / 8; ++n) {
+          if (8 * n >= v_dim) break;
+          *reinterpret_cast<float2*>(out + 8 * n) = make_float2(o[n][2 * half] * inv, o[n][2 * half + 1] * inv);
+        }
+      }
+    }
+  }
+  // Scores (or probabilities) per tile, summed over each query's heads into its keys.
+  for (int64_t c0 = 0; c0 < c_end; c0 += kMmaKeys) {
+    __syncthreads();
+    if (a.probabilities) {
+      stage_rows<TQ>(ks, stride, cents + c0 * dim, dim, tile_row(c0));
+    } else {
+      stage_rows_split<TQ>(ks, ks_lo, stride, cents + c0 * dim, dim, tile_row(c0));
+    }
+    __syncthreads();
+    if (warp_live) {
+      float s[kKeyTiles][4];
+      zero(s);
+      add_scores<TQ>(s, qs, ks, stride, dim, r_lo, lane);
+      if (!a.probabilities) add_scores<TQ>(s, qs, ks_lo, stride, dim, r_lo, lane);
+#pragma unroll
+      for (int n = 0; n < kKeyTiles; ++n) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int col = 8 * n + 2 * t + (e & 1);
+          float value = s[n][e];
+          if (a.probabilities) {
+            value = c0 + col < (e < 2 ? vis_lo : vis_hi)
+                        ? sdpa::cuda::fast_exp2(fmaf(value, scale_log2, -(e < 2 ? lse_lo : lse_hi))) : 0.0f;
+          }
+          ps[(e < 2 ? r_lo : r_hi) * kMmaScoreStride + col] = value;
+        }
+      }
+    }
+    __syncthreads();
+    for (int idx = tid; idx < count_q * kMmaKeys; idx += kThreads) {
+      const int x = idx / kMmaKeys, col = idx % kMmaKeys;
+      if (c0 + col >= c_end) continue;
+      float key = 0.0f;
+      for (int h = 0; h < per; ++h) key += ps[(x * per + h) * kMmaScoreStride + col];
+      keys[x * key_stride + c0 + col] = key;
+    }
+  }
+  __syncthreads();
+  if (a.top == 0) return;
+  for (int x = warp; x < count_q; x += kWarpsPerBlock) {
+    const int64_t i = i0 + x;
+    warp_select(a, keys + x * key_stride, i + a.query_offset, chosen + warp * a.top,
+                ((b * list_heads + list_head) * a.q_len + i) * a.top);
+  }
+}
+
+template <typename TQ, int kMaxDv>
+void launch_select_mma(const SelectArgs<TQ>& a, const SelectTiling& tiling, int64_t grid, cudaStream_t stream) {
+  sdpa::cuda::allow_smem<select_mma_kernel<TQ, kMaxDv>>(tiling.smem);
+  select_mma_kernel<TQ, kMaxDv><<<unsigned(grid), kThreads, tiling.smem, stream>>>(a, tiling.queries,
+                                                                                   tiling.rows_per_query);
+  check_launch("sparse tensor-core selection kernel");
+}
+
 }  // namespace
 
 // `probabilities`: the compression branch (one row per (query, head) of the list); `heads_per_list`: G for
 // shared lists, else 1.
-// `tiling.queries` > 0: tiled_select_kernel (select_tiling); else one CTA per list.
+// `tiling.queries` > 0: tiled_select_kernel (select_tiling) or, with tiling.mma, select_mma_kernel
+// (select_mma_tiling); else one CTA per list.
 template <typename TQ>
 void launch_select(const SelectArgs<TQ>& a, const SelectTiling& tiling, cudaStream_t stream) {
   const int64_t list_heads = a.shared ? a.kv_heads : a.q_heads, lists = a.batch * list_heads * a.q_len;
@@ -519,6 +684,18 @@ void launch_select(const SelectArgs<TQ>& a, const SelectTiling& tiling, cudaStre
   if (tiling.queries > 0) {
     const int64_t grid = a.batch * list_heads * ((a.q_len + tiling.queries - 1) / tiling.queries);
     if (grid > int64_t(0x7fffffff)) throw std::runtime_error("sparse selection kernel: too many lists for one grid");
+    if (tiling.mma) {
+      if constexpr (std::is_same_v<TQ, float>) {
+        throw std::runtime_error("sparse selection kernel: the tensor-core selection takes 16-bit queries");
+      } else if (!a.probabilities || a.v_dim <= 64) {
+        launch_select_mma<TQ, 64>(a, tiling, grid, stream);
+      } else if (a.v_dim <= 128) {
+        launch_select_mma<TQ, 128>(a, tiling, grid, stream);
+      } else {
+        launch_select_mma<TQ, 256>(a, tiling, grid, stream);
+      }
+      return;
+    }
     sdpa::cuda::allow_smem<tiled_select_kernel<TQ>>(tiling.smem);  // once per device: launches stay capturable
     tiled_select_kernel<TQ><<<unsigned(grid), kThreads, tiling.smem, stream>>>(a, tiling.queries, tiling.rows_per_query);
     check_launch("sparse selection kernel");

@@ -18,11 +18,12 @@ inline constexpr int kSelectRows = 16;  // tiled selection: rows per CTA, 4 per 
 inline constexpr int kFineRows = 16;    // tiled fine branch: rows per CTA, 4 per warp
 inline constexpr size_t kSelectSmemBudget = 96 << 10;  // below every sm_80+ device's opt-in limit (sm_86: 99 KB)
 
-// How the tiled selection kernel runs (select_tiling); queries 0: one CTA per list.
+// How the tiled selection kernel runs (select_tiling, select_mma_tiling); queries 0: one CTA per list.
 struct SelectTiling {
   int queries = 0;  // per CTA
   int rows_per_query = 1;
   size_t smem = 0;
+  bool mma = false;  // the tensor-core selection (select_mma_tiling)
 };
 
 // Floats between staged rows of centroids / values: odd, so lanes reading a column hit distinct banks.
@@ -133,6 +134,38 @@ inline bool blocks_mma_eligible(int64_t lists, int64_t heads_per_list, int64_t t
          blocks_mma_lists_per_chunk(heads_per_list) > 0 && lists >= 1 && top_k >= 1 &&
          lists <= int64_t(0x7fffffff) / top_k - 1 && keys + 1 < int64_t(0x7fffffff) &&
          blocks_mma_smem_bytes(dim, v_dim) <= size_t(max_smem_per_block);
+}
+
+// ---- The selection on tensor cores (cuda_select.cu, ONNXATTN_SPARSE_CUDA=mma, 16-bit Q): a CTA per (batch, list
+// head, kMmaRows / heads_per_list queries), its rows (query, head of the list) scored against tiles of 64
+// centroids on mma.sync. Dot-product scores take the float32 centroids as hi + lo 16-bit tiles (two mmas); the
+// compression branch takes its compressed keys (16-bit already) and values, one flash pass for the softmax
+// statistics and the branch output, a second for the probabilities. Each tile's scores go through shared memory
+// ([kMmaRows][kMmaScoreStride] floats) to be summed over the heads of a query in head order, into the query's row
+// of selection keys ([queries][max(Nc, num_blocks)] floats); then a warp per query picks its list.
+inline constexpr int kMmaScoreStride = kMmaKeys + 1;
+
+inline SelectTiling select_mma_tiling(int dim, int v_dim, int64_t num_centroids, int64_t num_blocks, int64_t top,
+                                      bool probabilities, int64_t heads_per_list, int max_smem_per_block) {
+  SelectTiling t;
+  const bool dims_ok = dim >= 16 && dim <= kMmaMaxDim && dim % 16 == 0 &&
+                       (!probabilities || (v_dim >= 16 && v_dim <= kMmaMaxDim && v_dim % 16 == 0));
+  if (!dims_ok || heads_per_list < 1 || heads_per_list > kMmaRows || top < 0 || (!probabilities && top < 1) ||
+      num_centroids < 0 || num_blocks < 0 || std::max(num_centroids, num_blocks) > (int64_t(1) << 24)) {
+    return t;
+  }
+  const int64_t queries = kMmaRows / heads_per_list;
+  const size_t halves = size_t(kMmaRows) * mma_row_stride(dim) * (probabilities ? 2 : 3) +
+                        (probabilities ? size_t(kMmaKeys) * mma_row_stride(v_dim) : 0);
+  const size_t smem = halves * 2 + size_t(kMmaRows) * kMmaScoreStride * sizeof(float) +
+                      size_t(queries) * size_t(std::max(num_centroids, num_blocks)) * sizeof(float) +
+                      size_t(kWarpsPerBlock) * size_t(top) * sizeof(int32_t);
+  if (smem > size_t(max_smem_per_block)) return t;
+  t.queries = int(queries);
+  t.rows_per_query = int(heads_per_list);
+  t.smem = smem;
+  t.mma = true;
+  return t;
 }
 
 }  // namespace onnxattn::sparse::cuda

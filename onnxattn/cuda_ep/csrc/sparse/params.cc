@@ -273,3 +273,16 @@ extern "C" __attribute__((visibility("default"))) void OnnxAttnSparseBlocksMma(i
   out[2] = c::blocks_mma_lists_per_chunk(heads_per_list);
   out[3] = int64_t(c::block_lists_scratch_bytes(lists, out_rows, top_k, keys));
 }
+
+// out = {queries, rows per query, shared bytes} of the tensor-core selection (0 queries: it does not fit).
+extern "C" __attribute__((visibility("default"))) void OnnxAttnSparseSelectMmaTiling(int32_t dim, int32_t v_dim,
+                                                                                     int64_t num_centroids,
+                                                                                     int64_t num_blocks, int64_t top,
+                                                                                     int32_t probabilities,
+                                                                                     int64_t heads_per_list,
+                                                                                     int32_t max_smem_per_block,
+                                                                                     int64_t* out) {
+  const auto t = onnxattn::sparse::cuda::select_mma_tiling(dim, v_dim, num_centroids, num_blocks, top,
+                                                           probabilities != 0, heads_per_list, max_smem_per_block);
+  out[0] = t.queries, out[1] = t.rows_per_query, out[2] = int64_t(t.smem);
+}

@@ -1,0 +1,171 @@
+#pragma once
+// Warp-level tensor-core pieces of the sparse ops' mma kernels (cuda_blocks_mma.cu: attention by block;
+// cuda_select.cu: the selection on tensor cores): 16-bit tiles staged in shared memory with rows padded by 8
+// elements (mma_row_stride), a warp's 16 rows x 64 keys of scores on mma.sync m16n8k16 (the accumulator layout:
+// lane l holds rows l/4 and l/4 + 8, columns 8n + 2(l%4) + {0, 1} of n-tile n), the online softmax of those rows,
+// and O += P V with P kept in registers. Included by .cu files only.
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "sdpa/cuda_device.cuh"  // Mma, ldmatrix, quad reductions, fast_exp2, warp_live_keys / live_halves
+#include "sparse/cuda_sizes.h"   // kMmaRows, kMmaKeys, mma_row_stride
+
+namespace onnxattn::sparse::cuda::mma_tiles {
+
+using sdpa::cuda::Mma;
+inline constexpr int kKeyTiles = kMmaKeys / 8;  // n-tiles of a warp's scores
+inline constexpr float kMinusInf = -__builtin_huge_valf();
+
+// Eight elements (16 bytes of a staged 16-bit row) from `src` (16-byte aligned for 16-bit inputs, 32 for float).
+template <typename TMma>
+__device__ __forceinline__ uint4 load8(const float* src) {
+  const float4 x = *reinterpret_cast<const float4*>(src), y = *reinterpret_cast<const float4*>(src + 4);
+  return make_uint4(Mma<TMma>::pack(x.x, x.y), Mma<TMma>::pack(x.z, x.w), Mma<TMma>::pack(y.x, y.y),
+                    Mma<TMma>::pack(y.z, y.w));
+}
+template <typename TMma>
+__device__ __forceinline__ uint4 load8(const TMma* src) {
+  return *reinterpret_cast<const uint4*>(src);
+}
+
+// The two halves of a packed pair as floats.
+template <typename TMma>
+__device__ __forceinline__ float2 unpack(uint32_t bits);
+template <>
+__device__ __forceinline__ float2 unpack<Float16>(uint32_t bits) {
+  __half2 h;
+  memcpy(&h, &bits, sizeof bits);
+  return __half22float2(h);
+}
+template <>
+__device__ __forceinline__ float2 unpack<BFloat16>(uint32_t bits) {
+  return make_float2(__uint_as_float(bits << 16), __uint_as_float(bits & 0xffff0000u));
+}
+
+// x as hi + lo, both 16-bit (hi = x rounded, lo = the rest rounded): a float32 operand for two mmas whose sum
+// keeps ~16 significant bits (every value with at most 16 is exact).
+template <typename TMma>
+__device__ __forceinline__ void split_pair(float x0, float x1, uint32_t& hi, uint32_t& lo) {
+  hi = Mma<TMma>::pack(x0, x1);
+  const float2 h = unpack<TMma>(hi);
+  lo = Mma<TMma>::pack(x0 - h.x, x1 - h.y);
+}
+
+// kMmaRows rows of `dim` elements into a staged [kMmaRows][stride] 16-bit tile: row r from src + row_at(r) * dim,
+// zeros where row_at(r) < 0. All threads of the CTA.
+template <typename TMma, typename TIn, typename RowAt>
+__device__ __forceinline__ void stage_rows(uint16_t* tile, int stride, const TIn* src, int dim, RowAt row_at) {
+  const int chunks = dim / 8;
+  for (int c = threadIdx.x; c < kMmaRows * chunks; c += blockDim.x) {
+    const int r = c / chunks, d0 = (c % chunks) * 8;
+    const int64_t at = row_at(r);
+    const uint4 value = at >= 0 ? load8<TMma>(src + at * dim + d0) : make_uint4(0u, 0u, 0u, 0u);
+    *reinterpret_cast<uint4*>(tile + r * stride + d0) = value;
+  }
+}
+
+// The same from float32 rows, split into a hi tile and a lo tile (split_pair).
+template <typename TMma, typename RowAt>
+__device__ __forceinline__ void stage_rows_split(uint16_t* hi_tile, uint16_t* lo_tile, int stride, const float* src,
+                                                 int dim, RowAt row_at) {
+  const int chunks = dim / 8;
+  for (int c = threadIdx.x; c < kMmaRows * chunks; c += blockDim.x) {
+    const int r = c / chunks, d0 = (c % chunks) * 8;
+    const int64_t at = row_at(r);
+    uint4 hi = make_uint4(0u, 0u, 0u, 0u), lo = hi;
+    if (at >= 0) {
+      const float4 x = *reinterpret_cast<const float4*>(src + at * dim + d0);
+      const float4 y = *reinterpret_cast<const float4*>(src + at * dim + d0 + 4);
+      split_pair<TMma>(x.x, x.y, hi.x, lo.x);
+      split_pair<TMma>(x.z, x.w, hi.y, lo.y);
+      split_pair<TMma>(y.x, y.y, hi.z, lo.z);
+      split_pair<TMma>(y.z, y.w, hi.w, lo.w);
+    }
+    *reinterpret_cast<uint4*>(hi_tile + r * stride + d0) = hi;
+    *reinterpret_cast<uint4*>(lo_tile + r * stride + d0) = lo;
+  }
+}
+
+__device__ __forceinline__ void zero(float (&s)[kKeyTiles][4]) {
+#pragma unroll
+  for (int n = 0; n < kKeyTiles; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+}
+
+// s += Q K^T for the warp's rows r_lo, r_lo + 8 (r_lo = 16 warp + lane / 4) over the staged key tile's 64 rows.
+template <typename TMma>
+__device__ __forceinline__ void add_scores(float (&s)[kKeyTiles][4], const uint16_t* qs, const uint16_t* ks,
+                                           int stride, int dim, int r_lo, int lane) {
+  const int g = lane / 4, t = lane % 4;
+  for (int kc = 0; kc < dim / 16; ++kc) {
+    const uint16_t* const q_lo = qs + r_lo * stride + 16 * kc + 2 * t;
+    const uint16_t* const q_hi = q_lo + 8 * stride;
+    const uint32_t frag[4] = {*reinterpret_cast<const uint32_t*>(q_lo), *reinterpret_cast<const uint32_t*>(q_hi),
+                              *reinterpret_cast<const uint32_t*>(q_lo + 8), *reinterpret_cast<const uint32_t*>(q_hi + 8)};
+#pragma unroll
+    for (int n = 0; n < kKeyTiles; ++n) {
+      const uint16_t* const k_row = ks + (8 * n + g) * stride + 16 * kc + 2 * t;
+      Mma<TMma>::run(s[n], frag, *reinterpret_cast<const uint32_t*>(k_row),
+                     *reinterpret_cast<const uint32_t*>(k_row + 8));
+    }
+  }
+}
+
+// The online softmax step of row r_lo (half 0: elements 0, 1) or r_lo + 8 (half 1: 2, 3) over this tile's raw
+// scores Q.K (-inf where hidden); `m` stays in raw units (scale_log2 > 0 keeps the order), the scores become
+// probabilities, `l` is the lane's partial sum (quad_sum at the end). Returns the factor for the row's earlier
+// output (0 at a first step: exp2(-inf)).
+__device__ __forceinline__ float softmax_half(float (&s)[kKeyTiles][4], int half, float& m, float& l,
+                                              float scale_log2) {
+  float step = kMinusInf;
+#pragma unroll
+  for (int n = 0; n < kKeyTiles; ++n) step = fmaxf(step, fmaxf(s[n][2 * half], s[n][2 * half + 1]));
+  const float m_new = fmaxf(m, sdpa::cuda::quad_max(step));
+  const float shift = m_new == kMinusInf ? 0.0f : m_new * scale_log2;
+  const float alpha = sdpa::cuda::fast_exp2(fmaf(m, scale_log2, -shift));
+  m = m_new;
+  float sum = 0.0f;
+#pragma unroll
+  for (int n = 0; n < kKeyTiles; ++n) {
+#pragma unroll
+    for (int e = 2 * half; e < 2 * half + 2; ++e) {
+      s[n][e] = sdpa::cuda::fast_exp2(fmaf(s[n][e], scale_log2, -shift));
+      sum += s[n][e];
+    }
+  }
+  l = l * alpha + sum;
+  return alpha;
+}
+
+// o += P V for the warp's 16 rows: P = the probabilities in `p` (rounded to 16 bits), V the staged [64][v_dim]
+// tile. A key no row of the warp weighs is masked out of the V fragments (0 * NaN would be NaN).
+template <typename TMma, int kMaxDv>
+__device__ __forceinline__ void add_pv(float (&o)[kMaxDv / 8][4], const float (&p)[kKeyTiles][4], const uint16_t* vs,
+                                       int v_stride, int v_dim, int lane) {
+  uint32_t live = 0;
+#pragma unroll
+  for (int n = 0; n < kKeyTiles; ++n) {
+#pragma unroll
+    for (int e = 0; e < 2; ++e) live |= (p[n][e] != 0.0f || p[n][e + 2] != 0.0f ? 1u : 0u) << (2 * n + e);
+  }
+  live = sdpa::cuda::warp_live_keys(live);
+#pragma unroll
+  for (int kc = 0; kc < kMmaKeys / 16; ++kc) {
+    const uint32_t a[4] = {Mma<TMma>::pack(p[2 * kc][0], p[2 * kc][1]), Mma<TMma>::pack(p[2 * kc][2], p[2 * kc][3]),
+                           Mma<TMma>::pack(p[2 * kc + 1][0], p[2 * kc + 1][1]),
+                           Mma<TMma>::pack(p[2 * kc + 1][2], p[2 * kc + 1][3])};
+    const uint32_t keep_lo = sdpa::cuda::live_halves(live, 2 * kc), keep_hi = sdpa::cuda::live_halves(live, 2 * kc + 1);
+    // ldmatrix.trans: lanes 8m..8m+7 address key rows 16 kc + 8 (m & 1) + [0, 8) at value columns 8 (m >> 1) on.
+    const uint16_t* const v_rows = vs + (16 * kc + 8 * ((lane / 8) & 1) + lane % 8) * v_stride + 8 * (lane / 16);
+#pragma unroll
+    for (int np = 0; np < kMaxDv / 16; ++np) {
+      if (16 * np >= v_dim) break;
+      uint32_t frag[4];
+      sdpa::cuda::ldmatrix_x4_trans(frag, sdpa::cuda::smem_u32(v_rows + 16 * np));
+      Mma<TMma>::run(o[2 * np], a, frag[0] & keep_lo, frag[1] & keep_hi);
+      Mma<TMma>::run(o[2 * np + 1], a, frag[2] & keep_lo, frag[3] & keep_hi);
+    }
+  }
+}
+
+}  // namespace onnxattn::sparse::cuda::mma_tiles
