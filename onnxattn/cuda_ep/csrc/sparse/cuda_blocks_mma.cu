@@ -73,7 +73,7 @@ __global__ void __launch_bounds__(kThreads) blocks_mma_kernel(const RoutedBlocks
   const bool live_lo = r_lo < rows, live_hi = r_hi < rows;
   const int64_t pos_lo = pos_of[r_lo], pos_hi = pos_of[r_hi];
   const float scale_log2 = a.scale * sdpa::cuda::kLog2e;
-  float m_lo = kNegInf, m_hi = kNegInf, l_lo = 0.0f, l_hi = 0.0f;
+  float m[2] = {kNegInf, kNegInf}, l[2] = {0.0f, 0.0f};  // rows r_lo, r_hi
   float o[kMaxDv / 8][4];
 #pragma unroll
   for (int n = 0; n < kMaxDv / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
@@ -91,25 +91,15 @@ __global__ void __launch_bounds__(kThreads) blocks_mma_kernel(const RoutedBlocks
     zero(s);
     add_scores<TMma>(s, qs, ks, q_stride, dim, r_lo, lane);
     // Hidden: keys past the block's end, and under causal keys past the row's position; rows past the chunk's.
-#pragma unroll
-    for (int n = 0; n < kKeyTiles; ++n) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int64_t j = t0 + 8 * n + 2 * t + (e & 1);
-        const bool row_live = e < 2 ? live_lo : live_hi;
-        const int64_t pos = e < 2 ? pos_lo : pos_hi;
-        if (!row_live || j >= j_end || (a.causal && j > pos)) s[n][e] = kNegInf;
-      }
-    }
-    const float alpha_lo = softmax_half(s, 0, m_lo, l_lo, scale_log2);
-    const float alpha_hi = softmax_half(s, 1, m_hi, l_hi, scale_log2);
-#pragma unroll
-    for (int n = 0; n < kMaxDv / 8; ++n) o[n][0] *= alpha_lo, o[n][1] *= alpha_lo, o[n][2] *= alpha_hi, o[n][3] *= alpha_hi;
+    hide(s, lane, [&](int col, int half) {
+      const int64_t j = t0 + col;
+      return !(half == 0 ? live_lo : live_hi) || j >= j_end || (a.causal && j > (half == 0 ? pos_lo : pos_hi));
+    });
+    softmax_step<kMaxDv>(s, o, m, l, scale_log2);
     add_pv<TMma, kMaxDv>(o, s, vs, v_stride, v_dim, lane);
   }
   if (!warp_live) return;  // no barrier below
-  l_lo = sdpa::cuda::quad_sum(l_lo);
-  l_hi = sdpa::cuda::quad_sum(l_hi);
+  const float m_lo = m[0], m_hi = m[1], l_lo = sdpa::cuda::quad_sum(l[0]), l_hi = sdpa::cuda::quad_sum(l[1]);
   // Merge each row's partial over this block into its running state (the only CTA touching it in this slot); the
   // quad's four lanes read the state before its first lane writes it.
   const bool merge_lo = live_lo && !(m_lo == kNegInf && l_lo == 0.0f), merge_hi = live_hi && !(m_hi == kNegInf && l_hi == 0.0f);

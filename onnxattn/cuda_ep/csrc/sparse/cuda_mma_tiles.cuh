@@ -137,6 +137,28 @@ __device__ __forceinline__ float softmax_half(float (&s)[kKeyTiles][4], int half
   return alpha;
 }
 
+// Sets the scores `hidden(column of the tile, half)` names to -inf (half 0: row r_lo, half 1: row r_lo + 8).
+template <typename Hidden>
+__device__ __forceinline__ void hide(float (&s)[kKeyTiles][4], int lane, Hidden hidden) {
+#pragma unroll
+  for (int n = 0; n < kKeyTiles; ++n) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      if (hidden(8 * n + 2 * (lane % 4) + (e & 1), e >> 1)) s[n][e] = kMinusInf;
+    }
+  }
+}
+
+// The online softmax step of both rows (m, l: [half]) and the rescaling of their earlier output.
+template <int kMaxDv>
+__device__ __forceinline__ void softmax_step(float (&s)[kKeyTiles][4], float (&o)[kMaxDv / 8][4], float (&m)[2],
+                                             float (&l)[2], float scale_log2) {
+  const float alpha_lo = softmax_half(s, 0, m[0], l[0], scale_log2);
+  const float alpha_hi = softmax_half(s, 1, m[1], l[1], scale_log2);
+#pragma unroll
+  for (int n = 0; n < kMaxDv / 8; ++n) o[n][0] *= alpha_lo, o[n][1] *= alpha_lo, o[n][2] *= alpha_hi, o[n][3] *= alpha_hi;
+}
+
 // o += P V for the warp's 16 rows: P = the probabilities in `p` (rounded to 16 bits), V the staged [64][v_dim]
 // tile. A key no row of the warp weighs is masked out of the V fragments (0 * NaN would be NaN).
 template <typename TMma, int kMaxDv>

@@ -571,7 +571,7 @@ __global__ void __launch_bounds__(kThreads) select_mma_kernel(const SelectArgs<T
   float lse_lo = 0.0f, lse_hi = 0.0f;  // log2 units of the scaled scores
   if (a.probabilities) {
     const TQ* const values = a.compressed_values + (b * a.kv_heads + kv_head) * nc * v_dim;
-    float m_lo = kNegInf, m_hi = kNegInf, l_lo = 0.0f, l_hi = 0.0f;
+    float m[2] = {kNegInf, kNegInf}, l[2] = {0.0f, 0.0f};  // rows r_lo, r_hi
     float o[kMaxDv / 8][4];
 #pragma unroll
     for (int n = 0; n < kMaxDv / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
@@ -584,24 +584,14 @@ __global__ void __launch_bounds__(kThreads) select_mma_kernel(const SelectArgs<T
       float s[kKeyTiles][4];
       zero(s);
       add_scores<TQ>(s, qs, ks, stride, dim, r_lo, lane);
-#pragma unroll
-      for (int n = 0; n < kKeyTiles; ++n) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          if (c0 + 8 * n + 2 * t + (e & 1) >= (e < 2 ? vis_lo : vis_hi)) s[n][e] = kNegInf;
-        }
-      }
-      const float alpha_lo = softmax_half(s, 0, m_lo, l_lo, scale_log2);
-      const float alpha_hi = softmax_half(s, 1, m_hi, l_hi, scale_log2);
-#pragma unroll
-      for (int n = 0; n < kMaxDv / 8; ++n) o[n][0] *= alpha_lo, o[n][1] *= alpha_lo, o[n][2] *= alpha_hi, o[n][3] *= alpha_hi;
+      hide(s, lane, [&](int col, int half) { return c0 + col >= (half == 0 ? vis_lo : vis_hi); });
+      softmax_step<kMaxDv>(s, o, m, l, scale_log2);
       add_pv<TQ, kMaxDv>(o, s, vs, v_stride, v_dim, lane);
     }
     if (warp_live) {
-      l_lo = sdpa::cuda::quad_sum(l_lo);
-      l_hi = sdpa::cuda::quad_sum(l_hi);
-      lse_lo = m_lo * scale_log2 + log2f(l_lo);
-      lse_hi = m_hi * scale_log2 + log2f(l_hi);
+      const float l_lo = sdpa::cuda::quad_sum(l[0]), l_hi = sdpa::cuda::quad_sum(l[1]);
+      lse_lo = m[0] * scale_log2 + log2f(l_lo);
+      lse_hi = m[1] * scale_log2 + log2f(l_hi);
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
         const int r = half == 0 ? r_lo : r_hi;
