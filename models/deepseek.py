@@ -154,37 +154,16 @@ class DeepSeekMoE(MixtureOfExperts):
 class ScaledQueryMLA(MultiHeadLatentAttention):
     """MultiHeadLatentAttention with Mistral 4's per-position scale of q (`query_scale`, a QueryScale), applied in torch
     to the projected query before the node: a factor per token commutes with the node's RoPE and multiplies both the
-    nope and rope channels, as transformers scales the query after RoPE. The positions are the node's own (past
-    length + index, per row with shared buffers' past_lengths), taken from forward's arguments."""
+    nope and rope channels, as transformers scales the query after RoPE. The positions are the node's own
+    (token_positions: position_ids, else past length + index, per row with shared buffers' past_lengths)."""
 
     def __init__(self, *args, query_scale: QueryScale, **kwargs):
         super().__init__(*args, **kwargs)
         self.query_scale = query_scale
-        self._positions = None  # set by forward for project
-
-    def node_positions(self, x: torch.Tensor, kw: dict) -> torch.Tensor:
-        """The positions the node rotates x's tokens by: [1 or B, S]."""
-        if kw.get("position_ids") is not None:
-            return kw["position_ids"]
-        past_lengths, past = kw.get("past_lengths"), kw.get("past_latent")
-        if kw.get("cache") is not None:
-            past = kw["cache"].get(self.layer_idx)[0]
-        if past_lengths is not None:  # shared buffers: each row's valid length, not the buffer's
-            offset = past_lengths.to(torch.int64)[:, None]
-        else:  # [B, P, R] or [B, 1, P, R]; a traced dimension while exporting
-            offset = 0 if past is None else past.shape[-2]
-        return torch.arange(x.shape[1], device=x.device)[None, :] + offset
-
-    def forward(self, x, **kwargs):
-        self._positions = self.node_positions(x, kwargs)
-        try:
-            return super().forward(x, **kwargs)
-        finally:
-            self._positions = None
 
     def project(self, x):
         q, latent, k_rope = super().project(x)
-        return q * self.query_scale(self._positions).unsqueeze(-1).to(q.dtype), latent, k_rope
+        return q * self.query_scale(self.token_positions()).unsqueeze(-1).to(q.dtype), latent, k_rope
 
 
 class DeepSeekBlock(nn.Module):

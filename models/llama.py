@@ -419,50 +419,21 @@ class LlamaAttention(GroupedQueryAttention):
             self.q_head_norm = HeadLayerNorm(self.num_query_heads, self.head_dim, head_norm_eps, per_head=per_head)
             self.k_head_norm = HeadLayerNorm(self.num_kv_heads, self.head_dim, head_norm_eps, per_head=per_head)
         self.clip_qkv, self.query_scale = clip_qkv, query_scale
-        self._query_positions = self._rope_positions = None  # set by forward for project
-
-    def op_positions(self, x, kw: dict, *, slots: bool = False) -> torch.Tensor:
-        """The positions the node rotates x's tokens by ([B or 1, S], or [T] paged), from forward's arguments; with
-        `slots` their cache positions instead (past length + index), whatever position_ids say."""
-        position_ids, paged = None if slots else kw.get("position_ids"), kw.get("paged")
-        if paged is not None:
-            if position_ids is None and not slots:
-                position_ids = paged.position_ids
-            return paged.token_positions(x.shape[0]) if position_ids is None else position_ids
-        past_key, cache, past_lengths = kw.get("past_key"), kw.get("cache"), kw.get("past_lengths")
-        if cache is not None:
-            past_key = cache.get(self.layer_idx)[0]
-        b, s = x.shape[0], x.shape[1]
-        past = 0 if past_key is None else past_key.shape[2]
-        if position_ids is None and not slots:
-            position_ids = self.positions(b, s, past, kw.get("doc_boundaries"), x.device)
-        if position_ids is not None:
-            return position_ids
-        offset = past_lengths.to(torch.int64)[:, None] if past_lengths is not None else past
-        return torch.arange(s, device=x.device)[None, :] + offset
 
     def forward(self, x, **kwargs):
-        gated = isinstance(self.o_proj, GatedLinear)
-        if self.query_scale is None and self.rope_then_norm is None and not gated:
+        if not isinstance(self.o_proj, GatedLinear):
             return super().forward(x, **kwargs)
-        if gated:  # read by o_proj inside the base forward
-            self.o_proj.gate = torch.sigmoid(self.gate_proj(x))
-        if self.query_scale is not None:
-            self._query_positions = self.op_positions(x, kwargs, slots=self.query_scale.cache_positions)
-        if self.rope_then_norm is not None:  # the positions the node would rotate by
-            self._rope_positions = self.op_positions(x, kwargs)
+        self.o_proj.gate = torch.sigmoid(self.gate_proj(x))  # read by o_proj inside the base forward
         try:
             return super().forward(x, **kwargs)
         finally:
-            self._query_positions = self._rope_positions = None
-            if gated:
-                self.o_proj.gate = None
+            self.o_proj.gate = None
 
     def _rotate_and_norm(self, t: torch.Tensor, heads: int, weight: torch.Tensor) -> torch.Tensor:
-        """t [..., S, heads * head_dim] (or paged [T, ...]) rotated at _rope_positions in float32, then RMS-normed per
-        head in float32 and times weight in t's dtype (as transformers' RMSNorm)."""
+        """t [..., S, heads * head_dim] (or paged [T, ...]) rotated at the node's positions in float32, then RMS-normed
+        per head in float32 and times weight in t's dtype (as transformers' RMSNorm)."""
         h = t.unflatten(-1, (heads, self.head_dim)).transpose(-3, -2).float()  # [B, H, S, D] or paged [H, T, D]
-        positions = self._rope_positions
+        positions = self.token_positions()
         paged = h.dim() == 3
         if paged:
             h, positions = h[None], positions.reshape(1, -1)
@@ -481,7 +452,8 @@ class LlamaAttention(GroupedQueryAttention):
             c = self.clip_qkv
             q, k, v = q.clamp(-c, c), k.clamp(-c, c), v.clamp(-c, c)
         if self.query_scale is not None:
-            q = q * self.query_scale(self._query_positions).unsqueeze(-1).to(q.dtype)
+            positions = self.token_positions(slots=self.query_scale.cache_positions)
+            q = q * self.query_scale(positions).unsqueeze(-1).to(q.dtype)
         if self.rope_then_norm is not None:
             q = self._rotate_and_norm(q, self.num_query_heads, self.q_rope_norm)
             k = self._rotate_and_norm(k, self.num_kv_heads, self.k_rope_norm)

@@ -9,7 +9,7 @@ from onnxattn.nn import functional as F
 from onnxattn.nn.kv_cache import KVCache
 from onnxattn.nn.paged_cache import PagedStep
 from onnxattn.nn.reference import apply_rope, rms_norm_heads
-from onnxattn.nn.rope import Rope, longrope_frequencies, positions_from_boundaries
+from onnxattn.nn.rope import Rope, TokenPositions, longrope_frequencies, node_positions, positions_from_boundaries
 
 
 def qk_norm(x: torch.Tensor, weight: torch.Tensor | None = None, eps: float = 1e-6) -> torch.Tensor:
@@ -22,7 +22,7 @@ def whole_tensor_rms_norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return x * torch.rsqrt(x.pow(2).mean() + eps)
 
 
-class GroupedQueryAttention(nn.Module):
+class GroupedQueryAttention(TokenPositions, nn.Module):
     """Q/K/V projections, one onnxattn::GroupQueryAttention node (QK-norm, RoPE, KV cache, attention),
     output projection. Input x [B, S, model_dim] -> [B, S, model_dim].
 
@@ -172,38 +172,38 @@ class GroupedQueryAttention(nn.Module):
                 raise ValueError("GroupedQueryAttention: pass either cache or past_key/past_value, not both")
             past_key, past_value = cache.get(self.layer_idx)
         b, s, _ = x.shape
-        q, k, v = self.project(x)
         past = 0 if past_key is None else past_key.shape[2]
         if position_ids is None:
             position_ids = self.positions(b, s, past, doc_boundaries, x.device)
-        if self.max_positions is not None and self.rope is not None:
-            last = position_ids.max().item() if position_ids is not None else (
-                (past_lengths.max().item() if past_lengths is not None else past) + s - 1)
-            if last >= self.max_positions:
-                raise ValueError(f"GroupedQueryAttention: position {last} is out of range for max_positions "
-                                 f"{self.max_positions}")
-        rope = self.rope
+        self._positions_of = lambda slots: node_positions(s, x.device, position_ids, past, past_lengths, slots=slots)
+        try:
+            q, k, v = self.project(x)
+            if self.max_positions is not None and self.rope is not None:
+                last = position_ids.max().item() if position_ids is not None else (
+                    (past_lengths.max().item() if past_lengths is not None else past) + s - 1)
+                if last >= self.max_positions:
+                    raise ValueError(f"GroupedQueryAttention: position {last} is out of range for max_positions "
+                                     f"{self.max_positions}")
+            rope = self.rope
 
-        def last_position():  # the op's positions: position_ids, or (past_lengths[b] or past) + arange(s)
-            if position_ids is not None:
-                return position_ids.max()
-            offset = past_lengths.max() if past_lengths is not None else past
-            # a tensor even when past is a traced size, so the exported switch compares at run time
-            return (torch.arange(s, device=x.device) + offset).max()
+            def last_position():  # a tensor even for a traced past, so the exported switch compares at run time
+                return self.token_positions().max()
 
-        out, present_k, present_v = F.group_query_attention(
-            q, k, v, past_key, past_value, past_lengths, position_ids, self.q_norm, self.k_norm,
-            self.rope_frequencies(last_position), attention_mask, self.sinks,
-            num_heads=self.num_query_heads, kv_num_heads=self.num_kv_heads, causal=self.causal, window=self.window,
-            attention_chunk=self.attention_chunk, softcap=self.softcap, scale=self.scale, rope=rope is not None,
-            rope_base=rope.base if rope else 10000.0, rotary_dim=rope.rotary_dim or 0 if rope else 0,
-            rope_interleaved=rope.interleaved if rope else False,
-            rope_attention_scaling=getattr(self, "rope_attention_scaling", 1.0), qk_norm_epsilon=self.qk_norm_eps,
-        )
-        if cache is not None:
-            cache.update(self.layer_idx, present_k, present_v)
-        y = self.o_proj(out)
-        return (y, (present_k, present_v)) if return_present else y
+            out, present_k, present_v = F.group_query_attention(
+                q, k, v, past_key, past_value, past_lengths, position_ids, self.q_norm, self.k_norm,
+                self.rope_frequencies(last_position), attention_mask, self.sinks,
+                num_heads=self.num_query_heads, kv_num_heads=self.num_kv_heads, causal=self.causal, window=self.window,
+                attention_chunk=self.attention_chunk, softcap=self.softcap, scale=self.scale, rope=rope is not None,
+                rope_base=rope.base if rope else 10000.0, rotary_dim=rope.rotary_dim or 0 if rope else 0,
+                rope_interleaved=rope.interleaved if rope else False,
+                rope_attention_scaling=getattr(self, "rope_attention_scaling", 1.0), qk_norm_epsilon=self.qk_norm_eps,
+            )
+            if cache is not None:
+                cache.update(self.layer_idx, present_k, present_v)
+            y = self.o_proj(out)
+            return (y, (present_k, present_v)) if return_present else y
+        finally:
+            self._positions_of = None
 
     def _forward_paged(self, x: torch.Tensor, step: PagedStep, position_ids: torch.Tensor | None,
                        return_present: bool, **unsupported):
@@ -216,30 +216,35 @@ class GroupedQueryAttention(nn.Module):
                              f"shape {list(x.shape)}")
         key_cache, value_cache = step.pools(self.layer_idx)
         position_ids = position_ids if position_ids is not None else step.position_ids
-        if self.max_positions is not None and self.rope is not None and not torch.compiler.is_exporting():
-            last = (int(position_ids.max()) if position_ids is not None and position_ids.numel()
-                    else max(step.seq_lens.tolist(), default=0) - 1)
-            if last >= self.max_positions:
-                raise ValueError(f"GroupedQueryAttention: position {last} is out of range for max_positions "
-                                 f"{self.max_positions}")
-        q, k, v = self.project(x)
-        rope = self.rope
+        self._positions_of = lambda slots: (step.token_positions(x.shape[0]) if slots or position_ids is None
+                                            else position_ids)
+        try:
+            if self.max_positions is not None and self.rope is not None and not torch.compiler.is_exporting():
+                last = (int(position_ids.max()) if position_ids is not None and position_ids.numel()
+                        else max(step.seq_lens.tolist(), default=0) - 1)
+                if last >= self.max_positions:
+                    raise ValueError(f"GroupedQueryAttention: position {last} is out of range for max_positions "
+                                     f"{self.max_positions}")
+            q, k, v = self.project(x)
+            rope = self.rope
 
-        def last_position():  # over all sequences of the step, as transformers takes the max over the batch
-            return (position_ids if position_ids is not None else step.token_positions(x.shape[0])).max()
+            def last_position():  # over all sequences of the step, as transformers takes the max over the batch
+                return self.token_positions().max()
 
-        out, key_cache, value_cache = F.paged_attention(
-            q, k, v, key_cache, value_cache, step.block_table, step.cu_seqlens_q, step.seq_lens, position_ids,
-            self.q_norm, self.k_norm, self.rope_frequencies(last_position), self.sinks,
-            num_heads=self.num_query_heads, kv_num_heads=self.num_kv_heads, causal=self.causal, window=self.window,
-            attention_chunk=self.attention_chunk, softcap=self.softcap, scale=self.scale, rope=rope is not None,
-            rope_base=rope.base if rope else 10000.0, rotary_dim=rope.rotary_dim or 0 if rope else 0,
-            rope_interleaved=rope.interleaved if rope else False,
-            rope_attention_scaling=getattr(self, "rope_attention_scaling", 1.0), qk_norm_epsilon=self.qk_norm_eps,
-        )
-        step.update(self.layer_idx, key_cache, value_cache)
-        y = self.o_proj(out)
-        return (y, (key_cache, value_cache)) if return_present else y
+            out, key_cache, value_cache = F.paged_attention(
+                q, k, v, key_cache, value_cache, step.block_table, step.cu_seqlens_q, step.seq_lens, position_ids,
+                self.q_norm, self.k_norm, self.rope_frequencies(last_position), self.sinks,
+                num_heads=self.num_query_heads, kv_num_heads=self.num_kv_heads, causal=self.causal, window=self.window,
+                attention_chunk=self.attention_chunk, softcap=self.softcap, scale=self.scale, rope=rope is not None,
+                rope_base=rope.base if rope else 10000.0, rotary_dim=rope.rotary_dim or 0 if rope else 0,
+                rope_interleaved=rope.interleaved if rope else False,
+                rope_attention_scaling=getattr(self, "rope_attention_scaling", 1.0), qk_norm_epsilon=self.qk_norm_eps,
+            )
+            step.update(self.layer_idx, key_cache, value_cache)
+            y = self.o_proj(out)
+            return (y, (key_cache, value_cache)) if return_present else y
+        finally:
+            self._positions_of = None
 
 
 class GlobalAttention(GroupedQueryAttention):

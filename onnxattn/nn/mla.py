@@ -20,7 +20,7 @@ from torch import nn
 from onnxattn.nn import functional as F
 from onnxattn.nn.kv_cache import KVCache
 from onnxattn.nn.reference import apply_rope, compute_dtype
-from onnxattn.nn.rope import Rope, longrope_frequencies
+from onnxattn.nn.rope import Rope, TokenPositions, longrope_frequencies, node_positions
 
 FORMS = ("deepseek", "seed")
 
@@ -50,7 +50,7 @@ def _onnx_rotary_embedding_available() -> bool:
     return hasattr(torch.onnx, "ops") and hasattr(torch.onnx.ops, "rotary_embedding")
 
 
-class MultiHeadLatentAttention(nn.Module):
+class MultiHeadLatentAttention(TokenPositions, nn.Module):
     """x [B, S, model_dim] -> [B, S, model_dim] through multi-head latent attention (see the module doc).
 
     DeepSeek form: `kv_rank` R (latent width), `q_rank` (None: one query projection), `nope_head_dim` Dn,
@@ -186,26 +186,27 @@ class MultiHeadLatentAttention(nn.Module):
             if past_latent is None:  # an empty cache in the [B, 1, 0, .] layout it keeps
                 past_latent = x.new_zeros(x.shape[0], 1, 0, self.kv_rank)
                 past_k_rope = x.new_zeros(x.shape[0], 1, 0, self.rope_head_dim)
-        q, latent, k_rope = self.project(x)
-        inv_freq = self.rope_inv_freq
-        if self.long_rope_inv_freq is not None:  # LongRoPE: by the forward's largest position (over the batch)
-            if position_ids is not None:
-                last = position_ids.max()
-            else:
-                past = past_lengths.max() if past_lengths is not None else (
-                    past_latent.shape[-2] if past_latent is not None else 0)
-                last = (torch.arange(x.shape[1], device=x.device) + past).max()  # a tensor for a traced past
-            inv_freq = longrope_frequencies(inv_freq, self.long_rope_inv_freq, last,
-                                            self.rope.scaling.original_max_positions)
-        out, present_latent, present_k_rope = F.multi_head_latent_attention(
-            q, latent, k_rope, self.w_uk, self.w_uv, past_latent, past_k_rope, past_lengths, position_ids,
-            inv_freq, num_heads=self.num_heads, causal=self.causal, window=self.window,
-            softcap=self.softcap, scale=self.scale, rope_base=self.rope.base, rope_interleaved=self.rope.interleaved,
-            rope_attention_scaling=self.rope_attention_scaling)
-        if cache is not None:
-            cache.update(self.layer_idx, present_latent, present_k_rope)
-        y = self.o_proj(out)
-        return (y, (present_latent, present_k_rope)) if return_present else y
+        past = past_latent.shape[-2] if past_latent is not None else 0  # [B, P, R] or [B, 1, P, R]; traced
+        self._positions_of = lambda slots: node_positions(x.shape[1], x.device, position_ids, past, past_lengths,
+                                                          slots=slots)
+        try:
+            q, latent, k_rope = self.project(x)
+            inv_freq = self.rope_inv_freq
+            if self.long_rope_inv_freq is not None:  # LongRoPE: by the forward's largest position (over the batch)
+                inv_freq = longrope_frequencies(inv_freq, self.long_rope_inv_freq, self.token_positions().max(),
+                                                self.rope.scaling.original_max_positions)
+            out, present_latent, present_k_rope = F.multi_head_latent_attention(
+                q, latent, k_rope, self.w_uk, self.w_uv, past_latent, past_k_rope, past_lengths, position_ids,
+                inv_freq, num_heads=self.num_heads, causal=self.causal, window=self.window,
+                softcap=self.softcap, scale=self.scale, rope_base=self.rope.base,
+                rope_interleaved=self.rope.interleaved,
+                rope_attention_scaling=self.rope_attention_scaling)
+            if cache is not None:
+                cache.update(self.layer_idx, present_latent, present_k_rope)
+            y = self.o_proj(out)
+            return (y, (present_latent, present_k_rope)) if return_present else y
+        finally:
+            self._positions_of = None
 
     # ---- the seed's form ----
 

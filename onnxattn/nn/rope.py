@@ -151,3 +151,29 @@ def positions_from_boundaries(seq_len: int, boundaries, offset: int = 0, device=
             raise ValueError(f"document boundary {start} is outside [0, {seq_len})")
         positions[start:] = torch.arange(seq_len - start, device=device)
     return positions
+
+
+def node_positions(seq_len: int, device, position_ids: torch.Tensor | None, past, past_lengths: torch.Tensor | None,
+                   *, slots: bool = False) -> torch.Tensor:
+    """The positions an attention node rotates a forward's tokens by, [B or 1, S]: position_ids, or each
+    sequence's cache slots (past_lengths[b], else past, + arange(S)), which `slots` asks for whatever
+    position_ids say. `past` may be a traced size while exporting."""
+    if position_ids is not None and not slots:
+        return position_ids
+    offset = past_lengths.to(torch.int64)[:, None] if past_lengths is not None else past
+    return torch.arange(seq_len, device=device)[None, :] + offset
+
+
+class TokenPositions:
+    """For attention modules whose subclasses prepare q / k in torch (in `project`) at the node's own positions:
+    forward sets a callable for its tokens' positions (node_positions' rule, or a paged step's) for its duration,
+    and token_positions() returns them. One source of truth for what the node will use."""
+
+    _positions_of = None  # set by forward: slots -> positions
+
+    def token_positions(self, *, slots: bool = False) -> torch.Tensor:
+        """The running forward's token positions ([B or 1, S], or [T] for a paged step); with `slots` their cache
+        slots, whatever position_ids say. Only during forward."""
+        if self._positions_of is None:
+            raise RuntimeError(f"{type(self).__name__}.token_positions: only during forward")
+        return self._positions_of(slots)
