@@ -25,7 +25,8 @@ def bench():
 
 
 MS = {"nsa": 40.0, "nsa_dot": 20.0, "nsa_simple": 160.0, "routed": 30.0, "routed_simple": 240.0, "dense": 70.0,
-      "dense_ort": 80.0, "torch_flash": 55.0, "torch_cudnn": 50.0, "nsa_mma": 10.0, "nsa_dot_mma": 5.0, "routed_mma": 12.0}
+      "dense_ort": 80.0, "torch_flash": 55.0, "torch_cudnn": 50.0, "nsa_mma": 10.0, "nsa_dot_mma": 5.0,
+      "routed_mma": 12.0}
 
 
 def fake_result(bench) -> dict:
@@ -45,7 +46,8 @@ def test_ratios_use_the_same_path_dense_and_the_faster_torch_backend(bench):
                                         "routed_simple/torch": 4.8, "routed/routed_simple": 0.125,
                                         "nsa_mma/dense": 0.125, "nsa_mma/torch": 0.2, "nsa_dot_mma/dense": 0.0625,
                                         "nsa_dot_mma/torch": 0.1, "routed_mma/dense": 0.15, "routed_mma/torch": 0.24,
-                                        "nsa_mma/nsa": 0.25, "nsa_dot_mma/nsa_dot": 0.25, "routed_mma/routed": 0.4})  # fmt: skip
+                                        "nsa_mma/nsa": 0.25, "nsa_dot_mma/nsa_dot": 0.25,
+                                        "routed_mma/routed": 0.4})  # fmt: skip
     assert r["tflops"]["nsa_mma"] == pytest.approx(4 * r["tflops"]["nsa"])  # the same keys in a quarter of the time
     assert r["attended_keys"]["dense"] > r["attended_keys"]["nsa"] > r["attended_keys"]["nsa_dot"]
     s = 65536

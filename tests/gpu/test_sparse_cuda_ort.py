@@ -316,8 +316,8 @@ def test_a_bad_sparse_attention_setting_is_an_error(monkeypatch):
     model, feeds, _ = core_case("decode-mqa", "float32")
     sess = cuda_session(model)
     monkeypatch.setenv("ONNXATTN_SPARSE_CUDA", "core")
-    with pytest.raises(Exception, match=r"NativeSparseAttention: .*ONNXATTN_SPARSE_CUDA must be auto, simple, fast or mma, "
-                                        r"got 'core'"):  # fmt: skip
+    with pytest.raises(Exception, match=r"NativeSparseAttention: .*ONNXATTN_SPARSE_CUDA must be auto, simple, fast "
+                                        r"or mma, got 'core'"):  # fmt: skip
         sess.run(None, feeds)
 
 
@@ -327,9 +327,10 @@ def test_a_bad_sparse_attention_setting_is_an_error(monkeypatch):
 # cores (select_mma_kernel: dot scores against float32 centroids split into two 16-bit tiles; the compression
 # branch as a flash pass plus a probability pass). Grid inputs with power-of-two blocks keep every dot score exact,
 # so those selections must agree with the CPU kernel's entry for entry; elsewhere (blocks of 24, the compression
-# branch's exp) near-ties may go the other way, and the rows whose lists agree are compared. Cases: shared lists with G = 4, 8, 32 (16, 8, 2 lists per chunk), G = 1 (64), per-head lists without
-# causality, blocks of 24 (partial tiles), Sq = 1, Sq > Skv (rows before any key), segments of 100 and 65 keys
-# (two tiles, a partial one), Dv = 48 != D, MQA; D = 12 is not a multiple of 16 and stays on the fast path.
+# branch's exp) near-ties may go the other way, and the rows whose lists agree are compared. Cases: shared lists
+# with G = 4, 8, 32 (16, 8, 2 lists per chunk), G = 1 (64), per-head lists without causality, blocks of 24
+# (partial tiles), Sq = 1, Sq > Skv (rows before any key), segments of 100 and 65 keys (two tiles, a partial one),
+# Dv = 48 != D, MQA; D = 12 is not a multiple of 16 and stays on the fast path.
 MMA_SANITIZE_NSA = ("paper-shared-causal", "odd-block-group-1", "more-queries-than-keys", "seed-per-head-fine")
 MMA_SANITIZE_ROUTED = ("long-segments-causal", "odd-segments-bidirectional")
 

@@ -102,7 +102,8 @@ __global__ void __launch_bounds__(kThreads) blocks_mma_kernel(const RoutedBlocks
   const float m_lo = m[0], m_hi = m[1], l_lo = sdpa::cuda::quad_sum(l[0]), l_hi = sdpa::cuda::quad_sum(l[1]);
   // Merge each row's partial over this block into its running state (the only CTA touching it in this slot); the
   // quad's four lanes read the state before its first lane writes it.
-  const bool merge_lo = live_lo && !(m_lo == kNegInf && l_lo == 0.0f), merge_hi = live_hi && !(m_hi == kNegInf && l_hi == 0.0f);
+  const bool merge_lo = live_lo && !(m_lo == kNegInf && l_lo == 0.0f);
+  const bool merge_hi = live_hi && !(m_hi == kNegInf && l_hi == 0.0f);
   const int64_t row_lo = merge_lo ? row_of[r_lo] : 0, row_hi = merge_hi ? row_of[r_hi] : 0;
   const float max_lo = merge_lo ? a.row_max[row_lo] : 0.0f, max_hi = merge_hi ? a.row_max[row_hi] : 0.0f;
   const float sum_lo = merge_lo ? a.row_sum[row_lo] : 0.0f, sum_hi = merge_hi ? a.row_sum[row_hi] : 0.0f;

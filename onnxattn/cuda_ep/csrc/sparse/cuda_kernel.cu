@@ -457,9 +457,10 @@ NsaPlan plan_nsa(const NsaParams& p, const NsaTensors<T>& t) {
     plan.select = select_tiling(int(d.head_dim), int(d.v_head_dim), p.full_blocks, p.num_blocks, a.top_blocks,
                                 p.has_compressed, a.shared_selection != 0 ? d.group() : 1);
     // Under ONNXATTN_SPARSE_CUDA=mma, 16-bit Q: the selection on tensor cores where it fits (16-byte rows).
+    const void* const values = p.has_compressed ? static_cast<const void*>(t.compressed_value) : nullptr;
     if (!std::is_same_v<T, float> && requested_path(kNsaName) == SparsePath::kMma &&
         reinterpret_cast<uintptr_t>(t.q) % 16 == 0 && (!p.has_compressed || p.scale > 0.0f) &&
-        reinterpret_cast<uintptr_t>(p.has_compressed ? static_cast<const void*>(t.compressed_value) : nullptr) % 16 == 0) {
+        reinterpret_cast<uintptr_t>(values) % 16 == 0) {
       const int max_smem = sdpa::cuda::device_info(sdpa::cuda::current_device()).max_smem_per_block;
       const SelectTiling tensor_cores = select_mma_tiling(int(d.head_dim), int(d.v_head_dim), p.full_blocks,
                                                           p.num_blocks, a.top_blocks, p.has_compressed,

@@ -100,8 +100,9 @@ __device__ __forceinline__ void add_scores(float (&s)[kKeyTiles][4], const uint1
   for (int kc = 0; kc < dim / 16; ++kc) {
     const uint16_t* const q_lo = qs + r_lo * stride + 16 * kc + 2 * t;
     const uint16_t* const q_hi = q_lo + 8 * stride;
-    const uint32_t frag[4] = {*reinterpret_cast<const uint32_t*>(q_lo), *reinterpret_cast<const uint32_t*>(q_hi),
-                              *reinterpret_cast<const uint32_t*>(q_lo + 8), *reinterpret_cast<const uint32_t*>(q_hi + 8)};
+    const uint32_t frag[4] = {
+        *reinterpret_cast<const uint32_t*>(q_lo), *reinterpret_cast<const uint32_t*>(q_hi),
+        *reinterpret_cast<const uint32_t*>(q_lo + 8), *reinterpret_cast<const uint32_t*>(q_hi + 8)};
 #pragma unroll
     for (int n = 0; n < kKeyTiles; ++n) {
       const uint16_t* const k_row = ks + (8 * n + g) * stride + 16 * kc + 2 * t;
@@ -156,7 +157,10 @@ __device__ __forceinline__ void softmax_step(float (&s)[kKeyTiles][4], float (&o
   const float alpha_lo = softmax_half(s, 0, m[0], l[0], scale_log2);
   const float alpha_hi = softmax_half(s, 1, m[1], l[1], scale_log2);
 #pragma unroll
-  for (int n = 0; n < kMaxDv / 8; ++n) o[n][0] *= alpha_lo, o[n][1] *= alpha_lo, o[n][2] *= alpha_hi, o[n][3] *= alpha_hi;
+  for (int n = 0; n < kMaxDv / 8; ++n) {
+    o[n][0] *= alpha_lo, o[n][1] *= alpha_lo;
+    o[n][2] *= alpha_hi, o[n][3] *= alpha_hi;
+  }
 }
 
 // o += P V for the warp's 16 rows: P = the probabilities in `p` (rounded to 16 bits), V the staged [64][v_dim]

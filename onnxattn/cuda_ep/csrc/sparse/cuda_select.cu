@@ -524,7 +524,8 @@ template <typename TQ, int kMaxDv>
 __global__ void __launch_bounds__(kThreads) select_mma_kernel(const SelectArgs<TQ> a, int queries, int rows_per_query) {
   using namespace mma_tiles;  // NOLINT: the tile pieces this kernel is made of
   extern __shared__ __align__(16) unsigned char select_mma_smem[];
-  const int dim = a.dim, v_dim = a.v_dim, tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
+  const int dim = a.dim, v_dim = a.v_dim, tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int g = lane / 4, t = lane % 4;
   const int stride = mma_row_stride(dim), v_stride = mma_row_stride(v_dim), per = rows_per_query;
   const int64_t nc = a.num_centroids, key_stride = max(nc, a.num_blocks);
   uint16_t* const qs = reinterpret_cast<uint16_t*>(select_mma_smem);
