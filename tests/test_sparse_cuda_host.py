@@ -98,6 +98,8 @@ def sizes():
     lib.OnnxAttnSparseRoutedBlocks.argtypes = [ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int32,
                                                ctypes.c_int32, ctypes.c_int32, ctypes.c_void_p]  # fmt: skip
     lib.OnnxAttnSparseBlocksMma.argtypes = [ctypes.c_int64] * 5 + [ctypes.c_int32] * 3 + [ctypes.c_void_p]
+    lib.OnnxAttnSparseSelectSplitTiling.argtypes = [ctypes.c_int32] + [ctypes.c_int64] * 3 + [ctypes.c_int32,
+                                                                                              ctypes.c_void_p]
     lib.OnnxAttnSparseSelectMmaTiling.argtypes = [ctypes.c_int32, ctypes.c_int32] + [ctypes.c_int64] * 3 + [
         ctypes.c_int32, ctypes.c_int64, ctypes.c_int32, ctypes.c_void_p]  # fmt: skip
 
@@ -116,6 +118,11 @@ def sizes():
         def routed(rows, top_k, keys, dim, v_dim, max_smem=H100_SMEM):
             lib.OnnxAttnSparseRoutedBlocks(rows, top_k, keys, dim, v_dim, max_smem, out)
             return bool(out[0]), out[1], out[2]
+
+        @staticmethod
+        def select_split(dim, centroids, blocks, top, max_smem=H100_SMEM):
+            lib.OnnxAttnSparseSelectSplitTiling(dim, centroids, blocks, top, max_smem, out)
+            return tuple(out[:3])
 
         @staticmethod
         def select_mma(dim, v_dim, centroids, blocks, top, probabilities, heads, max_smem=H100_SMEM):
@@ -242,3 +249,21 @@ def test_tensor_core_selection_sizes_and_limits(sizes):
         assert (sizes.select_mma(d, dv, 10, 10, 2, probabilities, 4)[0] > 0) == good, (d, dv, probabilities)
     assert sizes.select_mma(64, 64, 10, 10, 0, False, 4)[0] == 0  # dot scores without a list to pick
     assert sizes.select_mma(64, 64, 10, 10, 0, True, 4)[0] == 16  # the compression branch alone
+
+
+def test_one_row_per_list_selection_sizes_and_limits(sizes):
+    """The routing on tensor cores (one row per list): 16 queries per CTA, Q's hi and lo tiles, two tiles of 32
+    centroids per warp, the 16 queries' keys, each warp's chosen blocks."""
+
+    def smem(d, stride, top):
+        return (d + 8) * (2 * 16 + 2 * 32 * 4) * 2 + 16 * stride * 4 + 4 * top * 4
+
+    # SparseRoutedAttention at S = 64k: 1024 segments, top 16 (A100 and H100); where 64 queries of keys do not fit
+    assert sizes.select_split(128, 1024, 1024, 16) == (16, 1, smem(128, 1024, 16))
+    assert sizes.select_split(128, 1024, 1024, 16, max_smem=A100_SMEM)[0] == 16
+    assert sizes.select_mma(128, 128, 1024, 1024, 16, False, 1)[0] == 0
+    assert sizes.select_split(128, 2048, 2048, 16)[0] == 16 and sizes.select_split(128, 2048, 2048, 16,
+                                                                                   max_smem=A100_SMEM)[0] == 0
+    for d, good in ((16, True), (256, True), (8, False), (24, False), (272, False)):
+        assert (sizes.select_split(d, 10, 10, 2)[0] > 0) == good, d
+    assert sizes.select_split(64, 10, 10, 0)[0] == 0  # dot scores need a list to pick

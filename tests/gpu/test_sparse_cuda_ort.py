@@ -325,7 +325,8 @@ def test_a_bad_sparse_attention_setting_is_an_error(monkeypatch):
 # for 16-bit inputs by block (sparse/cuda_blocks_mma.cuh: the inverted lists, a chosen block staged once per slot
 # for up to 64 rows, whole lists: G rows for shared lists, S and P.V on mma.sync), and NSA's selection on tensor
 # cores (select_mma_kernel: dot scores against float32 centroids split into two 16-bit tiles; the compression
-# branch as a flash pass plus a probability pass). Grid inputs with power-of-two blocks keep every dot score exact,
+# branch as a flash pass plus a probability pass; one row per list: the routing and NSA's per-head lists, with
+# float32 inputs as float16 hi + lo pairs). Grid inputs with power-of-two blocks keep every dot score exact,
 # so those selections must agree with the CPU kernel's entry for entry; elsewhere (blocks of 24, the compression
 # branch's exp) near-ties may go the other way, and the rows whose lists agree are compared. Cases: shared lists
 # with G = 4, 8, 32 (16, 8, 2 lists per chunk), G = 1 (64), per-head lists without causality, blocks of 24
@@ -403,12 +404,15 @@ def nsa_mma_and_fast(name: str, dtype: str):
 
 
 def routed_mma_and_fast(name: str, dtype: str):
+    """As nsa_mma_and_fast. The routing runs on tensor cores too (float32 RoPE'd scores as float16 hi + lo pairs,
+    ~21 bits): near-ties may go the other way, so the rows whose lists agree are compared."""
     model, arrays, feeds, tol = routed_case(name, dtype)
     sess = cuda_session(model)
     mma = with_sparse_path("mma", lambda: sess.run(None, feeds))
     fast = with_sparse_path("fast", lambda: sess.run(None, feeds))
-    assert np.array_equal(mma[1], fast[1]), f"{name}: the selections differ"
-    return mma[0], fast[0], tol + 2 * UNIT_ROUNDOFF[dtype] * max(1.0, float(np.abs(arrays["V"]).max()))
+    rows = mma_agreeing_rows(mma, fast, feeds["Q"].shape[1], exact=False)[..., None]
+    tol += 2 * UNIT_ROUNDOFF[dtype] * max(1.0, float(np.abs(arrays["V"]).max()))
+    return np.where(rows, mma[0], 0), np.where(rows, fast[0], 0), tol
 
 
 def mma_and_cpu(model, feeds):
@@ -440,9 +444,8 @@ def test_nsa_tensor_core_blocks_match_the_cpu_kernel(name, dtype):
 def test_routed_tensor_core_blocks_match_the_cpu_kernel(name, dtype):
     model, arrays, feeds, tol = routed_case(name, dtype)
     got, want = mma_and_cpu(model, feeds)
-    agree = float(np.mean(got[1] == want[1]))
-    assert agree > 0.999, f"selections agree on {agree:.4%} of the entries"
-    assert_close_on(np.all(got[1] == want[1], axis=-1), got[0], want[0], tol, f"mma, {name}, {dtype}")
+    rows = mma_agreeing_rows(got, want, feeds["Q"].shape[1], exact=False)  # the routing's near-ties (see above)
+    assert_close_on(rows, got[0], want[0], tol, f"mma, {name}, {dtype}")
 
 
 @pytest.mark.parametrize("kind, name", [("nsa", n) for n in ("paper-shared-causal", "mqa-g32", "decode-long-splits")]

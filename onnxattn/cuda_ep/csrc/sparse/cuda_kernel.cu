@@ -462,9 +462,12 @@ NsaPlan plan_nsa(const NsaParams& p, const NsaTensors<T>& t) {
         reinterpret_cast<uintptr_t>(t.q) % 16 == 0 && (!p.has_compressed || p.scale > 0.0f) &&
         reinterpret_cast<uintptr_t>(values) % 16 == 0) {
       const int max_smem = sdpa::cuda::device_info(sdpa::cuda::current_device()).max_smem_per_block;
-      const SelectTiling tensor_cores = select_mma_tiling(int(d.head_dim), int(d.v_head_dim), p.full_blocks,
-                                                          p.num_blocks, a.top_blocks, p.has_compressed,
-                                                          a.shared_selection != 0 ? d.group() : 1, max_smem);
+      const int64_t heads_per_list = a.shared_selection != 0 ? d.group() : 1;
+      SelectTiling tensor_cores = select_mma_tiling(int(d.head_dim), int(d.v_head_dim), p.full_blocks, p.num_blocks,
+                                                    a.top_blocks, p.has_compressed, heads_per_list, max_smem);
+      if (tensor_cores.queries == 0 && heads_per_list == 1 && !p.has_compressed) {  // too many keys for 64 queries
+        tensor_cores = select_split_tiling(int(d.head_dim), p.full_blocks, p.num_blocks, a.top_blocks, max_smem);
+      }
       if (tensor_cores.queries > 0) plan.select = tensor_cores;
     }
   }
@@ -668,10 +671,18 @@ void run_routed(const RoutedParams& p, const RoutedTensors<T>& t, void* stream_p
                       d.batch, d.q_heads, d.kv_heads, d.q_len, p.num_segments, p.num_segments, a.segment_size,
                       d.query_offset(), a.top_k, int(d.head_dim), int(d.v_head_dim), a.causal != 0, false, false, 0, 0,
                       p.scale};
-  launch_select(s, fast_requested(kRoutedName) ? select_tiling(int(d.head_dim), int(d.v_head_dim), p.num_segments,
-                                                                p.num_segments, a.top_k, false, 1)
-                                                : SelectTiling{},
-                stream);
+  SelectTiling routing = fast_requested(kRoutedName) ? select_tiling(int(d.head_dim), int(d.v_head_dim),
+                                                                     p.num_segments, p.num_segments, a.top_k, false, 1)
+                                                       : SelectTiling{};
+  // Under ONNXATTN_SPARSE_CUDA=mma, 16-bit inputs: the routing on tensor cores (its float32 RoPE'd Q and centroids as
+  // hi + lo float16 pairs) where it fits.
+  if (!std::is_same_v<T, float> && requested_path(kRoutedName) == SparsePath::kMma &&
+      reinterpret_cast<uintptr_t>(q_route) % 32 == 0) {
+    const int max_smem = sdpa::cuda::device_info(sdpa::cuda::current_device()).max_smem_per_block;
+    const SelectTiling split = select_split_tiling(int(d.head_dim), p.num_segments, p.num_segments, a.top_k, max_smem);
+    if (split.queries > 0) routing = split;
+  }
+  launch_select(s, routing, stream);
   if (by_segment || by_mma) {
     RoutedBlocksArgs r{};
     r.q = q_att, r.k = k_att, r.v = v, r.lists = lists, r.out = out;

@@ -31,7 +31,8 @@
 // once per slot for up to 64 rows, mma.sync) and NSA's selection on tensor cores (cuda_select.cu,
 // select_mma_kernel: dot scores against the float32 centroids as hi + lo 16-bit tiles; the compression branch as a
 // flash pass for its output and log-sum-exp, then a pass for its probabilities; a CTA per 64 (query, head) rows
-// of whole queries); opt-in until a GPU run has checked it.
+// of whole queries; one row per list, as SparseRoutedAttention's routing: a CTA per 16 queries whose warps split
+// the centroids, float32 inputs as float16 hi + lo pairs); opt-in until a GPU run has checked it.
 //
 // Usage: plan = plan_nsa(params, tensors); allocate plan.scratch_bytes of device scratch (256-byte
 // aligned); run_nsa() only enqueues work on `stream`: no host synchronisation, no allocation.

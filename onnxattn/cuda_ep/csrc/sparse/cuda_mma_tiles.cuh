@@ -65,37 +65,54 @@ __device__ __forceinline__ void stage_rows(uint16_t* tile, int stride, const TIn
   }
 }
 
-// The same from float32 rows, split into a hi tile and a lo tile (split_pair).
-template <typename TMma, typename RowAt>
-__device__ __forceinline__ void stage_rows_split(uint16_t* hi_tile, uint16_t* lo_tile, int stride, const float* src,
-                                                 int dim, RowAt row_at) {
-  const int chunks = dim / 8;
-  for (int c = threadIdx.x; c < kMmaRows * chunks; c += blockDim.x) {
-    const int r = c / chunks, d0 = (c % chunks) * 8;
-    const int64_t at = row_at(r);
-    uint4 hi = make_uint4(0u, 0u, 0u, 0u), lo = hi;
-    if (at >= 0) {
-      const float4 x = *reinterpret_cast<const float4*>(src + at * dim + d0);
-      const float4 y = *reinterpret_cast<const float4*>(src + at * dim + d0 + 4);
-      split_pair<TMma>(x.x, x.y, hi.x, lo.x);
-      split_pair<TMma>(x.z, x.w, hi.y, lo.y);
-      split_pair<TMma>(y.x, y.y, hi.z, lo.z);
-      split_pair<TMma>(y.z, y.w, hi.w, lo.w);
-    }
-    *reinterpret_cast<uint4*>(hi_tile + r * stride + d0) = hi;
-    *reinterpret_cast<uint4*>(lo_tile + r * stride + d0) = lo;
+// Eight elements of `src` as floats (16-byte aligned for 16-bit inputs, 32 for float).
+__device__ __forceinline__ void load8_float(const float* src, float (&x)[8]) {
+  const float4 a = *reinterpret_cast<const float4*>(src), b = *reinterpret_cast<const float4*>(src + 4);
+  x[0] = a.x, x[1] = a.y, x[2] = a.z, x[3] = a.w, x[4] = b.x, x[5] = b.y, x[6] = b.z, x[7] = b.w;
+}
+template <typename T16>
+__device__ __forceinline__ void load8_float(const T16* src, float (&x)[8]) {
+  const uint4 bits = *reinterpret_cast<const uint4*>(src);
+  const uint32_t words[4] = {bits.x, bits.y, bits.z, bits.w};
+#pragma unroll
+  for (int w = 0; w < 4; ++w) {
+    const float2 pair = unpack<T16>(words[w]);
+    x[2 * w] = pair.x, x[2 * w + 1] = pair.y;
   }
 }
 
-__device__ __forceinline__ void zero(float (&s)[kKeyTiles][4]) {
+// `rows` rows of `dim` elements as a hi tile and a lo tile of TMma (split_pair), zeros where row_at(r) < 0; the
+// threads `worker` = 0..workers-1 share the work (the CTA, or one warp staging its own tiles).
+template <typename TMma, typename TIn, typename RowAt>
+__device__ __forceinline__ void stage_rows_split(uint16_t* hi_tile, uint16_t* lo_tile, int stride, const TIn* src,
+                                                 int dim, int rows, RowAt row_at, int worker, int workers) {
+  const int chunks = dim / 8;
+  for (int c = worker; c < rows * chunks; c += workers) {
+    const int r = c / chunks, d0 = (c % chunks) * 8;
+    const int64_t at = row_at(r);
+    uint32_t hi[4] = {0u, 0u, 0u, 0u}, lo[4] = {0u, 0u, 0u, 0u};
+    if (at >= 0) {
+      float x[8];
+      load8_float(src + at * dim + d0, x);
 #pragma unroll
-  for (int n = 0; n < kKeyTiles; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+      for (int w = 0; w < 4; ++w) split_pair<TMma>(x[2 * w], x[2 * w + 1], hi[w], lo[w]);
+    }
+    *reinterpret_cast<uint4*>(hi_tile + r * stride + d0) = make_uint4(hi[0], hi[1], hi[2], hi[3]);
+    *reinterpret_cast<uint4*>(lo_tile + r * stride + d0) = make_uint4(lo[0], lo[1], lo[2], lo[3]);
+  }
 }
 
-// s += Q K^T for the warp's rows r_lo, r_lo + 8 (r_lo = 16 warp + lane / 4) over the staged key tile's 64 rows.
-template <typename TMma>
-__device__ __forceinline__ void add_scores(float (&s)[kKeyTiles][4], const uint16_t* qs, const uint16_t* ks,
-                                           int stride, int dim, int r_lo, int lane) {
+template <int kTiles>
+__device__ __forceinline__ void zero(float (&s)[kTiles][4]) {
+#pragma unroll
+  for (int n = 0; n < kTiles; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+}
+
+// s += Q K^T for the warp's rows r_lo, r_lo + 8 (r_lo = 16 warp + lane / 4) over the staged key tile's 8 kTiles
+// rows (64 by default).
+template <typename TMma, int kTiles = kKeyTiles>
+__device__ __forceinline__ void add_scores(float (&s)[kTiles][4], const uint16_t* qs, const uint16_t* ks, int stride,
+                                           int dim, int r_lo, int lane) {
   const int g = lane / 4, t = lane % 4;
   for (int kc = 0; kc < dim / 16; ++kc) {
     const uint16_t* const q_lo = qs + r_lo * stride + 16 * kc + 2 * t;
@@ -104,7 +121,7 @@ __device__ __forceinline__ void add_scores(float (&s)[kKeyTiles][4], const uint1
         *reinterpret_cast<const uint32_t*>(q_lo), *reinterpret_cast<const uint32_t*>(q_hi),
         *reinterpret_cast<const uint32_t*>(q_lo + 8), *reinterpret_cast<const uint32_t*>(q_hi + 8)};
 #pragma unroll
-    for (int n = 0; n < kKeyTiles; ++n) {
+    for (int n = 0; n < kTiles; ++n) {
       const uint16_t* const k_row = ks + (8 * n + g) * stride + 16 * kc + 2 * t;
       Mma<TMma>::run(s[n], frag, *reinterpret_cast<const uint32_t*>(k_row),
                      *reinterpret_cast<const uint32_t*>(k_row + 8));

@@ -614,7 +614,7 @@ __global__ void __launch_bounds__(kThreads) select_mma_kernel(const SelectArgs<T
     if (a.probabilities) {
       stage_rows<TQ>(ks, stride, cents + c0 * dim, dim, tile_row(c0));
     } else {
-      stage_rows_split<TQ>(ks, ks_lo, stride, cents + c0 * dim, dim, tile_row(c0));
+      stage_rows_split<TQ>(ks, ks_lo, stride, cents + c0 * dim, dim, kMmaKeys, tile_row(c0), tid, kThreads);
     }
     __syncthreads();
     if (warp_live) {
@@ -654,6 +654,70 @@ __global__ void __launch_bounds__(kThreads) select_mma_kernel(const SelectArgs<T
   }
 }
 
+// ---- selection on tensor cores, one row per list (select_split_tiling): a CTA per (b, list head, 16 queries) ----
+//
+// Dot scores only. The 4 warps share the 16 query rows (Q as hi + lo float16 tiles) and split the centroids: warp
+// w stages and scores tiles of kSplitKeys centroids c0 = kSplitKeys (w + 4 k) on its own (no CTA barrier in the
+// loop), S = Qh Ch + Qh Cl + Ql Ch, written straight into the queries' keys; then a warp per query: warp_select.
+template <typename TQ>
+__global__ void __launch_bounds__(kThreads) select_split_kernel(const SelectArgs<TQ> a) {
+  using namespace mma_tiles;  // NOLINT: the tile pieces this kernel is made of
+  extern __shared__ __align__(16) unsigned char select_split_smem[];
+  const int dim = a.dim, tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
+  const int stride = mma_row_stride(dim);
+  const int64_t nc = a.num_centroids, key_stride = max(nc, a.num_blocks);
+  uint16_t* const q_hi = reinterpret_cast<uint16_t*>(select_split_smem);
+  uint16_t* const q_lo = q_hi + kSplitQueries * stride;
+  uint16_t* const c_hi = q_lo + kSplitQueries * stride + warp * 2 * kSplitKeys * stride;  // this warp's tiles
+  uint16_t* const c_lo = c_hi + kSplitKeys * stride;
+  uint16_t* const tiles_end = q_lo + kSplitQueries * stride + kWarpsPerBlock * 2 * kSplitKeys * stride;
+  float* const keys = reinterpret_cast<float*>(tiles_end);
+  int32_t* const chosen = reinterpret_cast<int32_t*>(keys + int64_t(kSplitQueries) * key_stride);  // [warps][top]
+
+  const int64_t group = a.q_heads / a.kv_heads, list_heads = a.shared ? a.kv_heads : a.q_heads;
+  const int64_t tiles = (a.q_len + kSplitQueries - 1) / kSplitQueries;
+  const int64_t i0 = int64_t(blockIdx.x) % tiles * kSplitQueries;
+  const int64_t list_head = int64_t(blockIdx.x) / tiles % list_heads, b = int64_t(blockIdx.x) / (tiles * list_heads);
+  const int64_t kv_head = a.shared ? list_head : list_head / group;
+  const int64_t head = a.shared ? kv_head * group : list_head;  // one row per list: a shared list has G = 1
+  const int count_q = int(min(int64_t(kSplitQueries), a.q_len - i0));
+  auto q_row = [&](int r) { return r < count_q ? (b * a.q_heads + head) * a.q_len + i0 + r : int64_t(-1); };
+  stage_rows_split<Float16>(q_hi, q_lo, stride, a.q, dim, kSplitQueries, q_row, tid, kThreads);
+  for (int64_t x = tid; x < int64_t(kSplitQueries) * key_stride; x += kThreads) keys[x] = 0.0f;
+  // Centroids up to the last query's causal candidates (warp_select hides each query's later ones).
+  const int64_t last = i0 + count_q - 1 + a.query_offset;
+  const int64_t c_end = a.causal ? (last >= 0 ? min(last / a.block_size + 1, nc) : 0) : nc;
+  __syncthreads();
+  const float* const cents = a.centroids + (b * a.kv_heads + kv_head) * nc * dim;
+  for (int64_t c0 = int64_t(kSplitKeys) * warp; c0 < c_end; c0 += int64_t(kSplitKeys) * kWarpsPerBlock) {
+    __syncwarp();  // every lane is done with the previous tile
+    stage_rows_split<Float16>(c_hi, c_lo, stride, cents + c0 * dim, dim, kSplitKeys,
+                              [&](int r) { return c0 + r < c_end ? int64_t(r) : int64_t(-1); }, lane, 32);
+    __syncwarp();
+    float s[kSplitKeys / 8][4];
+    zero(s);
+    add_scores<Float16, kSplitKeys / 8>(s, q_hi, c_hi, stride, dim, g, lane);
+    add_scores<Float16, kSplitKeys / 8>(s, q_hi, c_lo, stride, dim, g, lane);
+    add_scores<Float16, kSplitKeys / 8>(s, q_lo, c_hi, stride, dim, g, lane);
+#pragma unroll
+    for (int n = 0; n < kSplitKeys / 8; ++n) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int row = g + (e < 2 ? 0 : 8);
+        const int64_t c = c0 + 8 * n + 2 * t + (e & 1);
+        if (row < count_q && c < c_end) keys[row * key_stride + c] = s[n][e];
+      }
+    }
+  }
+  __syncthreads();
+  if (a.top == 0) return;
+  for (int x = warp; x < count_q; x += kWarpsPerBlock) {
+    const int64_t i = i0 + x;
+    warp_select(a, keys + x * key_stride, i + a.query_offset, chosen + warp * a.top,
+                ((b * list_heads + list_head) * a.q_len + i) * a.top);
+  }
+}
+
 template <typename TQ, int kMaxDv>
 void launch_select_mma(const SelectArgs<TQ>& a, const SelectTiling& tiling, int64_t grid, cudaStream_t stream) {
   sdpa::cuda::allow_smem<select_mma_kernel<TQ, kMaxDv>>(tiling.smem);
@@ -675,6 +739,12 @@ void launch_select(const SelectArgs<TQ>& a, const SelectTiling& tiling, cudaStre
   if (tiling.queries > 0) {
     const int64_t grid = a.batch * list_heads * ((a.q_len + tiling.queries - 1) / tiling.queries);
     if (grid > int64_t(0x7fffffff)) throw std::runtime_error("sparse selection kernel: too many lists for one grid");
+    if (tiling.split) {
+      sdpa::cuda::allow_smem<select_split_kernel<TQ>>(tiling.smem);
+      select_split_kernel<TQ><<<unsigned(grid), kThreads, tiling.smem, stream>>>(a);
+      check_launch("sparse tensor-core selection kernel");
+      return;
+    }
     if (tiling.mma) {
       if constexpr (std::is_same_v<TQ, float>) {
         throw std::runtime_error("sparse selection kernel: the tensor-core selection takes 16-bit queries");

@@ -23,7 +23,8 @@ struct SelectTiling {
   int queries = 0;  // per CTA
   int rows_per_query = 1;
   size_t smem = 0;
-  bool mma = false;  // the tensor-core selection (select_mma_tiling)
+  bool mma = false;    // the tensor-core selection (select_mma_tiling, select_split_tiling)
+  bool split = false;  // ... its one-row-per-list form (select_split_tiling)
 };
 
 // Floats between staged rows of centroids / values: odd, so lanes reading a column hit distinct banks.
@@ -165,6 +166,32 @@ inline SelectTiling select_mma_tiling(int dim, int v_dim, int64_t num_centroids,
   t.rows_per_query = int(heads_per_list);
   t.smem = smem;
   t.mma = true;
+  return t;
+}
+
+// One row per list (SparseRoutedAttention's routing, NSA's per-head lists), dot scores only: a CTA per (batch,
+// list head, kSplitQueries queries); its 4 warps share those 16 rows and split the centroids, a warp scoring its own
+// tiles of kSplitKeys. Q and the centroids go in as hi + lo float16 pairs (S = Qh Ch + Qh Cl + Ql Ch: about 21
+// significant bits, float32 for the RoPE'd routing inputs). Shared memory: Q's two tiles, each warp's two centroid
+// tiles, the queries' keys [16][max(Nc, num_blocks)] and each warp's chosen blocks.
+inline constexpr int kSplitQueries = 16;
+inline constexpr int kSplitKeys = 32;
+
+inline SelectTiling select_split_tiling(int dim, int64_t num_centroids, int64_t num_blocks, int64_t top,
+                                        int max_smem_per_block) {
+  SelectTiling t;
+  if (dim < 16 || dim > kMmaMaxDim || dim % 16 != 0 || top < 1 || num_centroids < 0 || num_blocks < 0 ||
+      std::max(num_centroids, num_blocks) > (int64_t(1) << 24)) {
+    return t;
+  }
+  const size_t halves = size_t(mma_row_stride(dim)) * (2 * kSplitQueries + 2 * kSplitKeys * kWarpsPerBlock);
+  const size_t smem = halves * 2 + size_t(kSplitQueries) * size_t(std::max(num_centroids, num_blocks)) * sizeof(float) +
+                      size_t(kWarpsPerBlock) * size_t(top) * sizeof(int32_t);
+  if (smem > size_t(max_smem_per_block)) return t;
+  t.queries = kSplitQueries;
+  t.rows_per_query = 1;
+  t.smem = smem;
+  t.mma = t.split = true;
   return t;
 }
 

@@ -286,3 +286,12 @@ extern "C" __attribute__((visibility("default"))) void OnnxAttnSparseSelectMmaTi
                                                            probabilities != 0, heads_per_list, max_smem_per_block);
   out[0] = t.queries, out[1] = t.rows_per_query, out[2] = int64_t(t.smem);
 }
+
+// out = {queries, rows per query, shared bytes} of the one-row-per-list tensor-core selection (0 queries: no fit).
+extern "C" __attribute__((visibility("default"))) void OnnxAttnSparseSelectSplitTiling(int32_t dim, int64_t num_centroids,
+                                                                                       int64_t num_blocks, int64_t top,
+                                                                                       int32_t max_smem_per_block,
+                                                                                       int64_t* out) {
+  const auto t = onnxattn::sparse::cuda::select_split_tiling(dim, num_centroids, num_blocks, top, max_smem_per_block);
+  out[0] = t.queries, out[1] = t.rows_per_query, out[2] = int64_t(t.smem);
+}
