@@ -46,6 +46,10 @@ LABELS = {
     "routed": "SparseRoutedAttention (ORT CUDA EP)",
     "dense": "dense SDPA, ours (C entry)",
     "dense_ort": "dense SDPA, ours (ORT CUDA EP)",
+    "nsa_dot": "NSA, dot-product selection",
+    "nsa_mma": "NSA, tensor-core path (mma)",
+    "nsa_dot_mma": "NSA dot selection, mma",
+    "routed_mma": "SparseRoutedAttention, mma",
 }
 COLORS = {
     "onnxattn": "tab:blue",
@@ -59,6 +63,10 @@ COLORS = {
     "routed": "tab:brown",
     "dense": "tab:blue",
     "dense_ort": "tab:cyan",
+    "nsa_dot": "tab:pink",
+    "nsa_mma": "indigo",
+    "nsa_dot_mma": "orchid",
+    "routed_mma": "saddlebrown",
 }
 DTYPE = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
 PREFILL_TARGET_TFLOPS = 300.0  # the SDPA issue's first prefill target (FA2 class) at S=4k
@@ -374,8 +382,16 @@ def table_mla(data: dict) -> str:
 
 # ------------------------------------------------------------------------------------------------ sparse
 
-SPARSE_IMPLS = ("nsa", "routed", "dense", "dense_ort", "torch_flash", "torch_cudnn")
-SPARSE_RATIOS = ("nsa/dense", "routed/dense", "nsa/torch", "routed/torch")
+SPARSE_IMPLS = ("nsa", "nsa_dot", "routed", "nsa_mma", "nsa_dot_mma", "routed_mma", "dense", "dense_ort",
+                "torch_flash", "torch_cudnn")
+SPARSE_RATIOS = ("nsa/dense", "routed/dense", "nsa/torch", "routed/torch", "nsa_mma/dense", "nsa_dot_mma/dense",
+                 "routed_mma/dense")
+SPARSE_HEADS = {"nsa": "NSA ms", "nsa_dot": "NSA dot ms", "routed": "routed ms", "nsa_mma": "NSA mma ms",
+                "nsa_dot_mma": "NSA dot mma ms", "routed_mma": "routed mma ms", "dense": "dense ms (ours, C entry)",
+                "dense_ort": "dense ms (ours, ORT)", "torch_flash": "torch flash ms", "torch_cudnn": "torch cuDNN ms",
+                "nsa/dense": "NSA / dense", "routed/dense": "routed / dense", "nsa/torch": "NSA / torch",
+                "routed/torch": "routed / torch", "nsa_mma/dense": "NSA mma / dense",
+                "nsa_dot_mma/dense": "NSA dot mma / dense", "routed_mma/dense": "routed mma / dense"}  # fmt: skip
 
 
 def plot_sparse(data: dict, png: Path) -> None:
@@ -399,13 +415,16 @@ def plot_sparse(data: dict, png: Path) -> None:
 
 
 def table_sparse(data: dict) -> str:
-    out = ["| S | NSA ms | routed ms | dense ms (ours, C entry) | dense ms (ours, ORT) | torch flash ms "
-           "| torch cuDNN ms | NSA / dense | routed / dense | NSA / torch | routed / torch |",
-           "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in data["results"]:
+    """The columns some row has a number for (runs before the mma path have none of its columns)."""
+    rows = data["results"]
+    impls = [i for i in SPARSE_IMPLS if any(r["ms"].get(i) for r in rows)]
+    ratios = [k for k in SPARSE_RATIOS if any(r.get("ratio", {}).get(k) for r in rows)]
+    out = ["| S | " + " | ".join(SPARSE_HEADS[c] for c in impls + ratios) + " |",
+           "|---:|" + "---:|" * (len(impls) + len(ratios))]
+    for r in rows:
         ms, q = r["ms"], r.get("ratio", {})
-        out.append(f"| {short_len(r['seq'])} | " + " | ".join(num(ms.get(i), ".2f") for i in SPARSE_IMPLS) + " | "
-                   + " | ".join(num(q.get(k), ".3f") for k in SPARSE_RATIOS) + " |")
+        out.append(f"| {short_len(r['seq'])} | " + " | ".join(num(ms.get(i), ".2f") for i in impls) + " | "
+                   + " | ".join(num(q.get(k), ".3f") for k in ratios) + " |")
     out.append("")
     out.append("Time ratios: dense = our SDPA through the same onnxruntime path when measured, torch = the faster "
                "torch backend.")
