@@ -17,7 +17,8 @@ see models.moe). Multi-token prediction (MTP) is not modelled. MiniCPM3 is this 
 Granite-like multipliers (embedding_multiplier, residual_multiplier, logits_scaling; all off by default).
 LongCat-Flash is it with layers in pairs and experts beside the MLPs (shortcut_moe: a pair is one transformers
 layer), a choice-biased softmax router and zero-computation (identity) experts. Mistral 4 is it with V3's group
-scoring on softmax scores (no bias) and Ministral 3's per-position query scale (query_scale_beta, ScaledQueryMLA)."""
+scoring on softmax scores (no bias) and Ministral 3's per-position query scale (query_scale_beta, ScaledQueryMLA).
+A.X-K1 is it with an RMSNorm on each MoE block's output (moe_output_norm)."""
 
 from __future__ import annotations
 
@@ -85,6 +86,9 @@ class DeepSeekV3Config:
     # original_max_position_embeddings]; 0: off
     query_scale_beta: float = 0.0
     query_scale_period: int = 1
+    # A.X-K1 (off by default): an RMSNorm (rms_norm_eps) on each MoE block's output, routed plus shared experts,
+    # before the residual add [its MoE's post_mlp_layernorm]; the dense MLPs have none
+    moe_output_norm: bool = False
     seed: int = 0
 
     def __post_init__(self):
@@ -135,7 +139,8 @@ class DeepSeekV3Config:
 
 class DeepSeekMoE(MixtureOfExperts):
     """DeepSeek's routed experts (V3's or V2's router, group limit) plus `shared_experts` (a SwiGLU on every
-    token, None when num_shared_experts = 0)."""
+    token, None when num_shared_experts = 0), then `output_norm` on their sum (A.X-K1's; None unless
+    moe_output_norm)."""
 
     def __init__(self, cfg: DeepSeekV3Config):
         super().__init__(cfg.hidden, cfg.num_experts, cfg.experts_per_token, cfg.moe_intermediate, cfg.activation,
@@ -145,10 +150,12 @@ class DeepSeekMoE(MixtureOfExperts):
                          identity_experts=cfg.identity_experts)
         self.shared_experts = (SwiGLU(cfg.hidden, cfg.moe_intermediate * cfg.num_shared_experts, False, cfg.activation)
                                if cfg.num_shared_experts else None)
+        self.output_norm = RMSNorm(cfg.hidden, cfg.rms_norm_eps) if cfg.moe_output_norm else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = super().forward(x)
-        return out if self.shared_experts is None else out + self.shared_experts(x)
+        out = out if self.shared_experts is None else out + self.shared_experts(x)
+        return out if self.output_norm is None else self.output_norm(out)
 
 
 class ScaledQueryMLA(MultiHeadLatentAttention):

@@ -22,7 +22,9 @@ and PhiMoE's SparseMixer (router_scoring "sparsemixer", router_jitter_eps), DBRX
 torch before a node without RoPE: qk_norm_after_rope) and AFMoE's per-channel sigmoid gate on the attention output
 (attention_output_gate), NanoChat's norm of the embeddings and final soft-cap (embedding_norm, final_logit_softcap)
 and Apertus 1.5's pruned lm_head (output_vocab_size), MiMo-V2-Flash's value heads narrower than its query / key heads
-(v_head_dim), KV heads per layer (layer_kv_heads) and sinks on some layers only (sink_layers). GptOssConfig
+(v_head_dim), KV heads per layer (layer_kv_heads) and sinks on some layers only (sink_layers), Laguna's query heads
+per layer (layer_heads), the sliding layers' own rotary dim (sliding_rotary_dim), its softplus output gate, one per
+head (output_gate_softplus, output_gate_per_head) and soft-capped router logits (router_logit_softcap). GptOssConfig
 ("gpt-oss" in the registry) sets those options for a tiny GPT-OSS."""
 
 from __future__ import annotations
@@ -159,6 +161,16 @@ class LlamaConfig:
     v_head_dim: int | None = None
     layer_kv_heads: tuple[int, ...] | None = None
     sink_layers: tuple[int, ...] | None = None
+    # Laguna: each layer's query heads (None: num_heads in every layer) [num_attention_heads_per_layer]; the
+    # sliding_attention layers' rotary dim (None: rotary_dim) [partial_rotary_factor per layer type]; with
+    # attention_output_gate, the gate by softplus instead of sigmoid, and one per head (gate_proj: hidden -> heads,
+    # broadcast over the head's channels) instead of one per channel [gating]; the MoE router's logits soft-capped,
+    # cap * tanh(logits / cap), before scoring (0: off) [moe_router_logit_softcapping]
+    layer_heads: tuple[int, ...] | None = None
+    sliding_rotary_dim: int | None = None
+    output_gate_softplus: bool = False
+    output_gate_per_head: bool = False
+    router_logit_softcap: float = 0.0
     seed: int = 0
 
     def __post_init__(self):
@@ -259,6 +271,21 @@ class LlamaConfig:
             raise ValueError(f"{name}: a pruned lm_head (output_vocab_size) cannot be tied to the embeddings")
         if self.sliding_rope is not None and not 0 < self.sliding_rope[0] < math.inf:
             raise ValueError(f"{name}: sliding_rope's theta must be > 0 and finite, got {self.sliding_rope[0]}")
+        if self.layer_heads is not None:
+            if len(self.layer_heads) != self.num_layers:
+                raise ValueError(f"{name}: layer_heads must list one query head count per layer ({self.num_layers}), "
+                                 f"got {self.layer_heads}")
+            for layer in range(self.num_layers):
+                check_heads(name, self.hidden, self.heads(layer), self.kv_heads(layer), head_dim)
+        if self.sliding_rotary_dim is not None and not (0 < self.sliding_rotary_dim <= head_dim and
+                                                        self.sliding_rotary_dim % 2 == 0):
+            raise ValueError(f"{name}: sliding_rotary_dim must be even and in [2, head_dim = {head_dim}], "
+                             f"got {self.sliding_rotary_dim}")
+        if (self.output_gate_softplus or self.output_gate_per_head) and not self.attention_output_gate:
+            raise ValueError(f"{name}: output_gate_softplus and output_gate_per_head need attention_output_gate")
+        if not 0 <= self.router_logit_softcap < math.inf:
+            raise ValueError(f"{name}: router_logit_softcap must be >= 0 and finite (0: off), "
+                             f"got {self.router_logit_softcap}")
 
     @property
     def resolved_head_dim(self) -> int:
@@ -289,6 +316,9 @@ class LlamaConfig:
 
     def kv_heads(self, layer: int) -> int:
         return self.num_kv_heads if self.layer_kv_heads is None else self.layer_kv_heads[layer]
+
+    def heads(self, layer: int) -> int:
+        return self.num_heads if self.layer_heads is None else self.layer_heads[layer]
 
     def has_sinks(self, layer: int) -> bool:
         return self.attention_sinks and (self.sink_layers is None or layer in self.sink_layers)
@@ -389,15 +419,18 @@ class LlamaAttention(GroupedQueryAttention):
     (`query_scale`: a QueryScale); Hunyuan's RoPE then per-head RMS QK-norm (`rope_then_norm`: the Rope, applied at
     the node's positions, then q_rope_norm / k_rope_norm [head_dim]; give the node rope=None and no QK-norm). The node
     then applies its RoPE, if any. After the node, AFMoE's `output_gate`: its output times sigmoid(gate_proj(x)) per
-    channel, before o_proj (a GatedLinear)."""
+    channel, before o_proj (a GatedLinear); Laguna's by softplus (`output_gate_softplus`), and with
+    `output_gate_per_head` one gate per head (gate_proj: model_dim -> heads), broadcast over the head's channels."""
 
     def __init__(self, *args, proj_norm_eps: float | None = None, head_norm: str | None = None,
                  head_norm_eps: float = 1e-5, clip_qkv: float | None = None,
                  query_scale: QueryScale | None = None, rope_then_norm: Rope | None = None, output_gate: bool = False,
-                 **kwargs):
+                 output_gate_softplus: bool = False, output_gate_per_head: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
+        self.output_gate_softplus, self.output_gate_per_head = output_gate_softplus, output_gate_per_head
         if output_gate:  # created only when asked for: the seeded init of the others stays as it was
-            self.gate_proj = nn.Linear(self.model_dim, self.out_width, bias=False)
+            gates = self.num_query_heads if output_gate_per_head else self.out_width
+            self.gate_proj = nn.Linear(self.model_dim, gates, bias=False)
             o_proj = GatedLinear(self.out_width, self.model_dim, bias=self.o_proj.bias is not None)
             o_proj.load_state_dict(self.o_proj.state_dict())
             self.o_proj = o_proj
@@ -423,7 +456,12 @@ class LlamaAttention(GroupedQueryAttention):
     def forward(self, x, **kwargs):
         if not isinstance(self.o_proj, GatedLinear):
             return super().forward(x, **kwargs)
-        self.o_proj.gate = torch.sigmoid(self.gate_proj(x))  # read by o_proj inside the base forward
+        g = self.gate_proj(x)
+        # Laguna's softplus in float32, as transformers
+        g = nn.functional.softplus(g.float()).to(g.dtype) if self.output_gate_softplus else torch.sigmoid(g)
+        if self.output_gate_per_head:  # [..., heads] -> [..., heads * Dv]: each head's gate on all its channels
+            g = g.unsqueeze(-1).expand(*g.shape, self.v_head_dim).flatten(-2)
+        self.o_proj.gate = g  # read by o_proj inside the base forward
         try:
             return super().forward(x, **kwargs)
         finally:
@@ -483,7 +521,10 @@ class LlamaBlock(nn.Module):
         theta, scaling = cfg.rope_theta, cfg.rope_scaling
         if cfg.sliding_rope is not None and cfg.resolved_layer_types[layer_idx] == "sliding_attention":
             theta, scaling = cfg.sliding_rope
-        rope = None if layer_idx in cfg.nope_layers else Rope(theta, rotary_dim=cfg.rotary_dim,
+        rotary_dim = cfg.rotary_dim
+        if cfg.sliding_rotary_dim is not None and cfg.resolved_layer_types[layer_idx] == "sliding_attention":
+            rotary_dim = cfg.sliding_rotary_dim
+        rope = None if layer_idx in cfg.nope_layers else Rope(theta, rotary_dim=rotary_dim,
                                                               interleaved=cfg.rope_interleaved, scaling=scaling)
         attention, extra = GroupedQueryAttention, {}
         query_scale = cfg.query_scale(layer_idx)
@@ -497,10 +538,11 @@ class LlamaBlock(nn.Module):
             attention, extra = LlamaAttention, dict(
                 proj_norm_eps=cfg.rms_norm_eps if cfg.qk_proj_norm else None, head_norm=cfg.qk_layer_norm,
                 head_norm_eps=cfg.rms_norm_eps, clip_qkv=cfg.clip_qkv, query_scale=query_scale,
-                rope_then_norm=rope_then_norm, output_gate=cfg.attention_output_gate)
+                rope_then_norm=rope_then_norm, output_gate=cfg.attention_output_gate,
+                output_gate_softplus=cfg.output_gate_softplus, output_gate_per_head=cfg.output_gate_per_head)
         self.attn = attention(
-            cfg.hidden, cfg.num_heads, cfg.kv_heads(layer_idx), head_dim=cfg.resolved_head_dim, bias=cfg.qkv_bias,
-            out_bias=cfg.o_bias, window=cfg.window(layer_idx), attention_chunk=cfg.chunk(layer_idx),
+            cfg.hidden, cfg.heads(layer_idx), cfg.kv_heads(layer_idx), head_dim=cfg.resolved_head_dim,
+            bias=cfg.qkv_bias, out_bias=cfg.o_bias, window=cfg.window(layer_idx), attention_chunk=cfg.chunk(layer_idx),
             scale=cfg.attention_scale, rope=rope, qk_norm=bool(qk_norm), qk_norm_eps=cfg.rms_norm_eps,
             sinks=cfg.has_sinks(layer_idx), layer_idx=layer_idx, v_head_dim=cfg.v_head_dim, **extra)
         self.sandwich_norm = cfg.sandwich_norm
@@ -519,7 +561,8 @@ class LlamaBlock(nn.Module):
                                         shared_bias=cfg.shared_expert_bias, jitter_eps=cfg.router_jitter_eps,
                                         scale_inputs=cfg.expert_input_scaling, norm_p=cfg.router_norm_p,
                                         shared_average=cfg.shared_expert_average,
-                                        rank_by_logits=cfg.router_rank_by_logits)
+                                        rank_by_logits=cfg.router_rank_by_logits,
+                                        logit_softcap=cfg.router_logit_softcap)
         else:
             self.mlp = (SwiGLU if cfg.gated_mlp else PlainMLP)(cfg.hidden, cfg.intermediate, cfg.mlp_bias,
                                                                cfg.activation)

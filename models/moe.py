@@ -30,7 +30,8 @@ LongCat-Flash's zero-computation experts (identity_experts, off by default): the
 identity_experts choices; a chosen identity expert adds the token itself times its weight (no MLP runs for it).
 DBRX (norm_p, 1 by default): the chosen weights renormalised by their p-norm instead of their sum
 (moe_normalize_expert_weights). Cohere 2 MoE (shared_average): the shared expert's output averaged with the routed
-experts' instead of added.
+experts' instead of added. Laguna (logit_softcap, 0 by default): the router logits soft-capped, cap * tanh(logits /
+cap), before scoring.
 Top-k ties: torch.topk decides in eager torch (as in transformers); the exported ONNX TopK prefers the lower
 index, so an exact tie between two scores could pick a different expert there."""
 
@@ -112,7 +113,7 @@ class MixtureOfExperts(nn.Module):
                  expert_bias: bool = False, glu: ClampedSwiGLU | None = None, shared_gated: bool = True,
                  choice_bias: bool = False, norm_min: float = 0.0, shared_bias: bool = False, jitter_eps: float = 0.0,
                  scale_inputs: bool = False, identity_experts: int = 0, norm_p: float = 1.0,
-                 shared_average: bool = False, rank_by_logits: bool = False):
+                 shared_average: bool = False, rank_by_logits: bool = False, logit_softcap: float = 0.0):
         super().__init__()
         if rank_by_logits and (scoring != "sigmoid" or choice_bias or num_groups > 1):
             raise ValueError(f"{type(self).__name__}: rank_by_logits is for sigmoid scoring without a choice bias or "
@@ -140,6 +141,10 @@ class MixtureOfExperts(nn.Module):
         self.rank_by_logits = rank_by_logits
         self.norm_min, self.jitter_eps = norm_min, jitter_eps
         self.norm_p, self.shared_average = norm_p, shared_average
+        if not 0 <= logit_softcap < math.inf:
+            raise ValueError(f"{type(self).__name__}: logit_softcap must be >= 0 and finite (0: off), "
+                             f"got {logit_softcap}")
+        self.logit_softcap = logit_softcap  # Laguna: cap * tanh(logits / cap) before scoring
         # experts with a non-zero weight per token (SparseMixer always routes to 2)
         self.routed_per_token = 2 if scoring == "sparsemixer" else experts_per_token
         self.dispatch = "auto"  # see the module docstring
@@ -166,6 +171,8 @@ class MixtureOfExperts(nn.Module):
         """Routing weights [..., E (+ identity_experts)] in float32: zero but for each token's top_k experts."""
         bias = None if self.router_bias is None else self.router_bias.float()
         logits = nn.functional.linear(x.float(), self.router.float(), bias)
+        if self.logit_softcap:
+            logits = torch.tanh(logits / self.logit_softcap) * self.logit_softcap
         if self.scoring == "sparsemixer":
             return self.sparsemixer(logits)
         if self.scoring == "softmax":

@@ -8,6 +8,7 @@ import math
 import types
 
 import pytest
+import torch
 from hf_helpers import BIGCODE, FALCON, GPT_OSS, MHA, NO_TOKENS, OPT, SMALL, T, dbrx_config, llama4, randomize
 from model_helpers import one_torch_thread  # noqa: F401
 
@@ -326,3 +327,84 @@ def test_unsupported_architectures_list_the_supported_ones(tmp_path, monkeypatch
     base = T.LlamaModel(T.LlamaConfig(**SMALL))
     with pytest.raises(UnsupportedModel, match="pass a LlamaForCausalLM for llama, got LlamaModel"):
         from_transformers(base, tmp_path / "x.onnx")
+
+
+def inkling_text():
+    # a sliding layer and a full one, each with its own head counts
+    return T.InklingForCausalLM(T.InklingTextConfig(
+        **ONE_LAYER | dict(num_hidden_layers=2), **NO_TOKENS, head_dim=16, swa_num_attention_heads=2,
+        swa_num_key_value_heads=1, swa_head_dim=32, sliding_window_size=4, d_rel=4, rel_extent=8,
+        local_layer_ids=[0], moe_intermediate_size=32, n_routed_experts=4, num_experts_per_tok=2, n_shared_experts=1))
+
+
+def zaya():
+    return T.ZayaForCausalLM(T.ZayaConfig(**ONE_LAYER, **NO_TOKENS, head_dim=16, moe_intermediate_size=32,
+                                          num_experts=4, router_hidden_size=16))
+
+
+# models whose decoding needs state beside the KV cache (REFUSED): the reason is named in the message
+STATEFUL_REFUSALS = [
+    pytest.param(inkling_text, r"InklingForCausalLM \(inkling_text\): Inkling is not supported: .*short convolutions"
+                 r".*conv states beside the KV cache", id="inkling_text-short-convolutions"),
+    pytest.param(zaya, r"ZayaForCausalLM \(zaya\): ZAYA is not supported: .*\(CCA\).*causal convolutions.*previous "
+                 r"token's projection.*beside the KV cache", id="zaya-cca"),
+]
+
+
+@pytest.mark.parametrize("make, match", STATEFUL_REFUSALS)
+def test_conv_state_models_are_refused(make, match, tmp_path):
+    hf = make().eval()
+    # the reason holds: transformers' own decoding keeps a conv state for layer 0 in its cache
+    with torch.no_grad():
+        cache = hf(torch.arange(6)[None], use_cache=True).past_key_values
+    assert cache.get_conv_state(0, state_idx=0) is not None
+    with pytest.raises(UnsupportedModel, match=match):
+        from_transformers(hf, tmp_path / "x.onnx")
+
+
+def test_inkling_multimodal_is_refused(tmp_path):
+    # the multimodal model's vision tower needs scipy to build: its model_type is what the refusal reads
+    fake = types.SimpleNamespace(config=types.SimpleNamespace(model_type="inkling_mm_model"))
+    with pytest.raises(UnsupportedModel, match=r"\(inkling_mm_model\): Inkling is not supported: .*short conv"):
+        from_transformers(fake, tmp_path / "x.onnx")
+
+
+# DeepSeek-V3.2's sparse attention (DSA): a learned indexer keeps each query's top index_topk keys (4 here)
+DSA_MLA = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
+               q_lora_rank=48, kv_lora_rank=32, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16,
+               moe_intermediate_size=32, n_routed_experts=4, num_experts_per_tok=2, index_topk=4, index_head_dim=16,
+               index_n_heads=2, **NO_TOKENS)
+DSA_REFUSALS = [
+    pytest.param(lambda: T.AXK2ForCausalLM(T.AXK2Config(**DSA_MLA)),
+                 r"AXK2ForCausalLM \(axk2\): A.X-K2 is not supported: .*sparse attention \(DSA\).*index_topk keys a "
+                 r"learned indexer picks for each query.*no per-query key indices", id="axk2-dsa"),
+    pytest.param(lambda: T.HYV4ForCausalLM(T.HYV4Config(**DSA_MLA, hc_mult=2)),
+                 r"HYV4ForCausalLM \(hy_v4\): Hy4 \(HY-V4\) is not supported: .*sparse attention \(DSA\).*index_topk "
+                 r"keys a learned indexer picks for each query.*no per-query key indices", id="hy_v4-dsa"),
+]
+
+
+@pytest.mark.parametrize("make, match", DSA_REFUSALS)
+def test_indexer_sparse_attention_models_are_refused(make, match, tmp_path):
+    hf = randomize(make())
+    # the reason holds: past index_topk keys the indexer drops some (dense attention over all 8 differs)
+    ids = torch.arange(8)[None]
+    with torch.no_grad():
+        sparse = hf(ids).logits
+        for layer in hf.model.layers:
+            layer.self_attn.indexer.index_topk = 8
+        assert not torch.allclose(hf(ids).logits, sparse, rtol=1e-3, atol=1e-3)
+    with pytest.raises(UnsupportedModel, match=match):
+        from_transformers(hf, tmp_path / "x.onnx")
+
+
+def test_gated_deltanet_hybrid_is_refused(tmp_path):
+    hf = T.LaraMiniForCausalLM(T.LaraMiniConfig(
+        **ONE_LAYER, **NO_TOKENS, head_dim=16, linear_key_head_dim=16, linear_value_head_dim=16,
+        linear_num_key_heads=2, linear_num_value_heads=4, moe_intermediate_size=32, shared_expert_intermediate_size=32,
+        num_experts=4, num_experts_per_tok=2))
+    assert hf.config.layer_types == ["linear_attention"]  # its released pattern starts with a Gated DeltaNet layer
+    with pytest.raises(UnsupportedModel, match=r"LaraMiniForCausalLM \(lara_mini\): Lara-4-Mini is not supported: "
+                                               r"its linear_attention layers are Gated DeltaNet .*conv and recurrent "
+                                               r"states beside the KV cache"):
+        from_transformers(hf, tmp_path / "x.onnx")

@@ -55,7 +55,7 @@ fused per-head qkv in sequential LayerNorm blocks with Phi's shared per-head QK 
 Qwen3's attention with sinks, RoPE on sliding layers only, sigmoid experts and an ungated shared expert. HY-V3 is
 per-head QK-norm with sigmoid routing steered by a choice bias, renormalised and scaled, plus a shared expert.
 Kolibri-1 is EXAONE 4's attention in GLM-4's sandwich blocks, experts ranked by logits plus a choice bias. MPT and
-BLOOM (ALiBi) are refused (REFUSED).
+BLOOM (ALiBi) are refused (REFUSED), as are Inkling and ZAYA (conv states a decode step needs beside the KV cache).
 Gemma maps onto models.gemma3 without post-norms, soft-caps, QK-norm or sliding layers; VaultGemma is Gemma 2
 without its post-norms. Gemma 4's text model
 (gemma4_text, module gemma4) maps onto models.gemma4: head dims and KV heads per layer kind, proportional RoPE as
@@ -71,11 +71,18 @@ switches factor sets per forward in the MLA layer, as in transformers); LongCat-
 onto pairs of ours with the shortcut MoE beside them (choice-biased softmax router, zero-computation identity experts).
 Youtu-LLM is MLA with dense MLPs; GLM-4 MoE Lite is DeepSeek-V3's layers, dense where mlp_layer_types says. Mistral 4
 is DeepSeek-V3's layers with a softmax group-limited router (no choice bias) and Ministral 3's per-position query scale
-(llama_4_scaling_beta), applied in torch before the MLA node.
+(llama_4_scaling_beta), applied in torch before the MLA node. A.X-K1 (module axk1) is DeepSeek-V3's layers with an
+RMSNorm on each MoE block's output; A.X-K2 and Hy4 (DeepSeek-V3.2's indexer-selected sparse attention) and
+Lara-4-Mini (Gated DeltaNet layers) are refused (REFUSED).
 MiMo-V2-Flash (module mimo) maps onto our Llama: value heads narrower than its query / key heads (v_head_dim), twice
 the KV heads and attention sinks on its sliding layers (layer_kv_heads, sink_layers), RoPE per layer type on the
 leading channels, values times attention_value_scale (in v_proj's weight), DeepSeek-V3's sigmoid routing without a
 shared expert; its multi-token-prediction layers are not converted (causal LM logits only).
+Laguna (module laguna) maps onto our Llama: query heads per layer, RoPE base and rotary dim per layer type, the
+attention output times a softplus gate per head or per channel, sigmoid routing of soft-capped logits with a choice
+bias plus a shared expert. Dory (module dory) maps onto models.hf.dory's DoryModel: nGPT blocks (L2 norms, learned
+interpolation rates), q / k normed and rotated in torch before the node, its recurrent loops unrolled with shared
+weights and a cache per loop (recurrent_kv_cache_mode "last_loop" is refused).
 
 LongRoPE (rope_type "longrope": Phi-3-mini-128k, Phi-3.5-mini, Phi-4-mini) maps onto RopeScaling("longrope") for
 the Llama-likes, both factor sets checked against transformers'. As transformers' rotary embedding
@@ -91,8 +98,8 @@ single factor).
 Nothing is downloaded: pass a model you built (e.g. ``LlamaForCausalLM(LlamaConfig(...))``) or loaded.
 
 Layout: _common (SUPPORTED, refusals, activation and RoPE helpers) and one converter module per family group
-(llama, llama4, moe, newer, mimo, gemma, gemma4, gpt2, gpt_family, encoders, deepseek); this module holds the
-model_type -> converter table."""
+(llama, llama4, moe, newer, mimo, laguna, dory, gemma, gemma4, gpt2, gpt_family, encoders, deepseek, axk1); this module
+holds the model_type -> converter table."""
 
 from __future__ import annotations
 
@@ -101,13 +108,16 @@ from torch import nn
 
 from onnxattn.models.hf._common import NOT_YET, SUPPORTED, UnsupportedModel, _unsupported, supported_message
 from onnxattn.models.hf._common import REFUSED
+from onnxattn.models.hf.axk1 import _axk1
 from onnxattn.models.hf.deepseek import _deepseek, _longcat_flash
+from onnxattn.models.hf.dory import _dory
 from onnxattn.models.hf.encoders import _bert, _modernbert
 from onnxattn.models.hf.gemma import _gemma1, _gemma2, _gemma3
 from onnxattn.models.hf.gemma4 import _gemma4
 from onnxattn.models.hf.gpt2 import _gpt2, _gpt_bigcode, _opt
 from onnxattn.models.hf.gpt_family import _biogpt, _codegen, _flint, _gpt_neo, _hy_v3, _kolibri1, _persimmon, _xglm
 from onnxattn.models.hf.llama import _cohere, _falcon, _gpt_neox, _gptj, _llama, _phi
+from onnxattn.models.hf.laguna import _laguna
 from onnxattn.models.hf.llama4 import _llama4
 from onnxattn.models.hf.mimo import _mimo_v2_flash
 from onnxattn.models.hf.moe import _dbrx, _ernie4_5_moe, _granitemoe, _phimoe
@@ -141,7 +151,7 @@ _CONVERTERS = {"llama": _llama, "mistral": _llama, "mixtral": _llama, "qwen2": _
                "cwm": _llama, "jais2": _jais2, "hyperclovax": _hyperclovax, "granite_swa": _granite_swa,
                "granitemoe_swa": _granitemoe_swa, "mellum": _mellum, "apertus1p5_text": _apertus1p5_text,
                "nanochat": _nanochat, "youtu": _deepseek, "glm4_moe_lite": _deepseek,
-               "mistral4": _deepseek, "mimo_v2_flash": _mimo_v2_flash}
+               "mistral4": _deepseek, "mimo_v2_flash": _mimo_v2_flash, "laguna": _laguna, "dory": _dory, "axk1": _axk1}
 
 
 def from_transformers(hf_model) -> nn.Module:
@@ -151,7 +161,7 @@ def from_transformers(hf_model) -> nn.Module:
     model_type = getattr(config, "model_type", None)
     if model_type in NOT_YET:
         raise _unsupported(f"{type(hf_model).__name__} ({model_type}): {NOT_YET[model_type]}")
-    if model_type in REFUSED:  # ALiBi models
+    if model_type in REFUSED:  # ALiBi; conv states beside the KV cache
         raise _unsupported(f"{type(hf_model).__name__} ({model_type}): {REFUSED[model_type]}")
     if model_type == "gemma3":
         raise _unsupported("Gemma3ForConditionalGeneration is multimodal; pass its text model as "

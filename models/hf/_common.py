@@ -97,6 +97,9 @@ SUPPORTED = {
     "glm4_moe_lite": "Glm4MoeLiteForCausalLM",
     "mistral4": "Mistral4ForCausalLM",
     "mimo_v2_flash": "MiMoV2FlashForCausalLM",
+    "axk1": "AXK1ForCausalLM",
+    "laguna": "LagunaForCausalLM",
+    "dory": "DoryForCausalLM",
     "sarvam_mla": "DeepseekV3ForCausalLM",  # transformers runs Sarvam-MLA (SarvamMLAConfig) as DeepSeek-V3
     "minicpm3": "MiniCPM3ForCausalLM",
     "longcat_flash": "LongcatFlashForCausalLM",
@@ -105,9 +108,31 @@ SUPPORTED = {
 }
 NOT_YET: dict[str, str] = {}  # model_type -> why it is not converted yet (listed in every refusal)
 # model_type -> why it is refused for good (named in its own refusal only, as Falcon's alibi=True)
+_INKLING_REFUSAL = (
+    "Inkling is not supported: each layer runs causal short convolutions over the previous tokens' key and value "
+    "projections (k_sconv, v_sconv) and block outputs (attn_sconv, mlp_sconv), so a decode step needs their conv "
+    "states beside the KV cache, and our exported graphs carry past keys and values only")
 REFUSED = {
     "mpt": "MPT is not supported: its attention adds ALiBi position biases and our attention op has no ALiBi bias",
     "bloom": "BLOOM is not supported: its attention adds ALiBi position biases and our attention op has no ALiBi bias",
+    # DeepSeek-V3.2's sparse attention (DSA): dense attention equals it only up to index_topk keys, not at every length
+    "axk2": ("A.X-K2 is not supported: every layer's MLA is DeepSeek-V3.2's sparse attention (DSA), attending only to "
+             "the index_topk keys a learned indexer picks for each query, and our attention ops take no per-query "
+             "key indices"),
+    "hy_v4": ("Hy4 (HY-V4) is not supported: its MLA layers are DeepSeek-V3.2's sparse attention (DSA), attending "
+              "only to the index_topk keys a learned indexer picks for each query (its shared-indexer layers reuse "
+              "the picks), and our attention ops take no per-query key indices"),
+    "lara_mini": ("Lara-4-Mini is not supported: its linear_attention layers are Gated DeltaNet (a causal depthwise "
+                  "convolution and a gated delta-rule recurrence), which none of our attention ops computes, and a "
+                  "decode step needs their conv and recurrent states beside the KV cache, which our exported graphs "
+                  "do not carry"),
+    # decoding state beyond the KV cache
+    "inkling_text": _INKLING_REFUSAL,
+    "inkling_mm_model": _INKLING_REFUSAL,
+    "zaya": ("ZAYA is not supported: its compressed convolutional attention (CCA) mixes q and k over the previous "
+             "tokens with causal convolutions and takes half of each value head from the previous token's "
+             "projection, so a decode step needs those tokens' projections (conv and recurrent states) beside the "
+             "KV cache, and our exported graphs carry past keys and values only"),
 }
 _ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu": "gelu", "gelu_new": "gelu_tanh",
                 "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu", "relu2": "relu2",

@@ -19,7 +19,7 @@ from onnxattn.models.hf._common import (_activation, _check_rope, _copy, _hf_fre
 def _deepseek_router(c) -> dict:
     """DeepSeekV3Config's router fields: V3's sigmoid router (the defaults), Mistral 4's softmax one with V3's groups,
     or V2's softmax one."""
-    if c.model_type in ("deepseek_v3", "sarvam_mla", "glm4_moe_lite"):  # GLM-4 MoE Lite's router is V3's
+    if c.model_type in ("deepseek_v3", "sarvam_mla", "glm4_moe_lite", "axk1"):  # theirs is V3's
         return dict(num_groups=c.n_group or 1, groups_per_token=c.topk_group or 1, norm_topk=bool(c.norm_topk_prob))
     if c.model_type == "mistral4":  # V3's groups (scored by their two best) on softmax scores, no choice bias
         return dict(router_scoring="softmax", group_score="top2_sum", num_groups=c.n_group or 1,
@@ -40,12 +40,13 @@ def _deepseek_router(c) -> dict:
                        f"{c.topk_group}) is not supported: greedy, or group_limited_greedy with both set")
 
 
-def _dense_prefix(c) -> int:
-    """GLM-4 MoE Lite's leading dense layers: ours are a prefix (first_dense_layers), its mlp_layer_types any list."""
+def _dense_prefix(c, what: str = "GLM-4 MoE Lite") -> int:
+    """GLM-4 MoE Lite's (A.X-K1's) leading dense layers: ours are a prefix (first_dense_layers), its mlp_layer_types
+    any list."""
     kinds = list(c.mlp_layer_types)
     dense = kinds.index("sparse") if "sparse" in kinds else len(kinds)
     if any(kind != "sparse" for kind in kinds[dense:]):
-        raise _unsupported(f"GLM-4 MoE Lite with mlp_layer_types {kinds} is not supported: only dense layers "
+        raise _unsupported(f"{what} with mlp_layer_types {kinds} is not supported: only dense layers "
                            f"before all sparse ones (as first_k_dense_replace)")
     return dense
 
@@ -73,15 +74,16 @@ def _mistral4_query_scale(c) -> dict:
     return dict(query_scale_beta=float(beta), query_scale_period=int(period))
 
 
-def _deepseek(hf) -> DeepSeekV3Model:
+def _deepseek(hf, **fields) -> DeepSeekV3Model:
     """DeepSeek-V3, and DeepSeek-V2 / V2-Lite: the same MLA decoder with V2's router (softmax scores, groups
     scored by their best expert, no choice bias); V2's RoPE always pairs channels (interleaved). Sarvam-MLA is V3's
     model with its own config class; MiniCPM3 has a dense MLP in every layer and MiniCPM's multipliers; Mistral 4 is
-    V3 with a softmax router and q scaled per position."""
+    V3 with a softmax router and q scaled per position. `fields`: more DeepSeekV3Config fields, set by a caller that
+    copies their weights itself (models.hf.axk1)."""
     c = hf.config
     what = {"deepseek_v2": "DeepSeek-V2", "deepseek_v3": "DeepSeek-V3", "sarvam_mla": "Sarvam-MLA",
             "minicpm3": "MiniCPM3", "youtu": "Youtu-LLM", "glm4_moe_lite": "GLM-4 MoE Lite",
-            "mistral4": "Mistral 4"}[c.model_type]
+            "mistral4": "Mistral 4", "axk1": "A.X-K1"}[c.model_type]
     minicpm3 = c.model_type == "minicpm3"
     params = c.rope_parameters
     # MiniCPM3-4B's LongRoPE: the MLA layer picks the factor set per forward, as transformers' rotary embedding
@@ -89,8 +91,8 @@ def _deepseek(hf) -> DeepSeekV3Model:
     num_layers = c.num_hidden_layers
     if minicpm3 or c.model_type == "youtu":  # no experts
         dense = num_layers
-    elif c.model_type == "glm4_moe_lite":  # dense / sparse per layer (mlp_layer_types)
-        dense = _dense_prefix(c)
+    elif c.model_type in ("glm4_moe_lite", "axk1"):  # dense / sparse per layer (mlp_layer_types)
+        dense = _dense_prefix(c, what)
     else:
         dense = c.first_k_dense_replace
     moe = dense < num_layers  # transformers gives layers >= first_k_dense_replace the MoE
@@ -121,7 +123,7 @@ def _deepseek(hf) -> DeepSeekV3Model:
             rms_norm_eps=c.rms_norm_eps,
             # transformers builds the latent norms with RMSNorm's default eps, not rms_norm_eps
             latent_norm_eps=src.layers[0].self_attn.kv_a_layernorm.variance_epsilon,
-            activation=_activation(c.hidden_act), tie_embeddings=bool(c.tie_word_embeddings))
+            activation=_activation(c.hidden_act), tie_embeddings=bool(c.tie_word_embeddings), **fields)
     except ValueError as e:  # e.g. an expert count the group-limited routing cannot split
         raise _unsupported(f"this {type(c).__name__} does not map onto ours: {e}") from e
     hf_scale = src.layers[0].self_attn.scaling

@@ -311,8 +311,8 @@ def _llama(hf, variant=None, mlp: str = "mlp", copy_experts=None) -> LlamaModel:
             if a.q_norm is not None:  # Llama 4's has no weight (an L2 norm): ours scale by ones
                 for ours_norm, hf_norm in ((a.q_norm, "q_norm"), (a.k_norm, "k_norm")):
                     ours_norm.copy_(getattr(t, hf_norm).weight if hasattr(t, hf_norm) else torch.ones_like(ours_norm))
-            if hasattr(a, "gate_proj"):  # AFMoE's output gate
-                set_linear(a.gate_proj, t.gate_proj.weight)
+            if hasattr(a, "gate_proj"):  # AFMoE's output gate (Laguna's g_proj)
+                set_linear(a.gate_proj, (t.gate_proj if hasattr(t, "gate_proj") else t.g_proj).weight)
             if getattr(a, "rope_then_norm", None) is not None:  # Hunyuan: its QK-norm after RoPE, in torch
                 _copy(a.q_rope_norm, t.query_layernorm.weight, "the query_layernorm weight")
                 _copy(a.k_rope_norm, t.key_layernorm.weight, "the key_layernorm weight")
