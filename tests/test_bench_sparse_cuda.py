@@ -196,7 +196,9 @@ def test_plot_cuda_draws_the_sparse_json(bench, tmp_path, capsys):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     out = capsys.readouterr().out
     assert "### Sparse attention — NVIDIA H100" in out
-    assert "| 64k | 40.00 | 30.00 | 70.00 | 80.00 | 55.00 | 50.00 | 0.500 | 0.375 | 0.800 | 0.600 |" in out
+    # the columns some row has: nsa, nsa_dot, routed, the mma ones, dense (C entry, ORT), torch; then the ratios
+    assert ("| 64k | 40.00 | 20.00 | 30.00 | 10.00 | 5.00 | 12.00 | 70.00 | 80.00 | 55.00 | 50.00 | 0.500 | 0.375 | "
+            "0.800 | 0.600 | 0.125 | 0.062 | 0.150 |") in out
     assert "| 16k | 8.00 | — |" in out
 
 
