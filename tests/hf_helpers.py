@@ -169,6 +169,19 @@ def hf_steps(model, ids: torch.Tensor, prefill: int) -> list[np.ndarray]:
     return logits
 
 
+def eager_relative_error(hf, ours, ids: torch.Tensor, prefill: int = 8) -> float:
+    """Relative error of our eager model's logits (a prefill of `prefill` tokens, then one decode step per token
+    left) against transformers' logits of the whole `ids`: the feature-ablation tests' measure."""
+    with torch.no_grad():
+        want = hf(ids).logits
+        logits, presents = ours(ids[:, :prefill], ours.empty_past(ids.shape[0]))
+        steps = [logits]
+        for t in range(prefill, ids.shape[1]):
+            logits, presents = ours(ids[:, t:t + 1], presents)
+            steps.append(logits)
+    return relative_error(torch.cat(steps, 1).numpy(), want.numpy())
+
+
 def check_export_matches(hf, path, *, vocab: int, node_attrs: dict | None = None, op: str = "GroupQueryAttention",
                          layers: int = 2) -> None:
     """Exports `hf` (random weights, eval) with our ops to `path`: `layers` nodes of `op` carrying `node_attrs`

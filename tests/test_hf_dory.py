@@ -10,13 +10,14 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
-from model_helpers import one_torch_thread, relative_error
+from model_helpers import one_torch_thread
 
 transformers = pytest.importorskip("transformers")
 if not hasattr(transformers, "DoryForCausalLM"):
     pytest.skip("this transformers has no Dory", allow_module_level=True)
 
-from hf_helpers import NO_TOKENS, check_export_matches, check_generation_matches, randomize  # noqa: E402
+from hf_helpers import (NO_TOKENS, check_export_matches, check_generation_matches, eager_relative_error,  # noqa: E402
+                        randomize)
 
 from onnxattn.export import from_transformers  # noqa: E402
 from onnxattn.models.hf import UnsupportedModel  # noqa: E402
@@ -82,15 +83,7 @@ IDS = torch.randint(0, VOCAB, (2, 11), generator=torch.Generator().manual_seed(1
 
 
 def _ours_vs_hf(hf, ours) -> float:
-    """Relative error of our model's prefill of 8 and 3 decode steps against transformers' logits."""
-    with torch.no_grad():
-        want = hf(IDS).logits
-        logits, presents = ours(IDS[:, :8], ours.empty_past(2))
-        steps = [logits]
-        for t in range(8, 11):
-            logits, presents = ours(IDS[:, t:t + 1], presents)
-            steps.append(logits)
-    return relative_error(torch.cat(steps, 1).numpy(), want.numpy())
+    return eager_relative_error(hf, ours, IDS)
 
 
 def _attns(m):

@@ -23,7 +23,7 @@ transformers = pytest.importorskip("transformers")
 if not hasattr(transformers, "Gemma4ForCausalLM"):
     pytest.skip("this transformers has no Gemma 4", allow_module_level=True)
 
-from hf_helpers import NO_TOKENS, SMALL, hf_steps, randomize  # noqa: E402
+from hf_helpers import NO_TOKENS, SMALL, eager_relative_error, hf_steps, randomize  # noqa: E402
 
 from onnxattn.export import from_transformers  # noqa: E402
 from onnxattn.models.gemma4 import Gemma4Attention  # noqa: E402
@@ -186,14 +186,7 @@ OFF = {  # feature -> (case, switch it off in our converted model)
 
 
 def _ours_vs_hf(hf, ours) -> float:
-    with torch.no_grad():
-        want = hf(IDS).logits
-        logits, presents = ours(IDS[:, :8], ours.empty_past(2))
-        steps = [logits]
-        for t in range(8, 11):
-            logits, presents = ours(IDS[:, t:t + 1], presents)
-            steps.append(logits)
-    return relative_error(torch.cat(steps, 1).numpy(), want.numpy())
+    return eager_relative_error(hf, ours, IDS)
 
 
 @pytest.mark.parametrize("feature", list(OFF))

@@ -510,6 +510,39 @@ __global__ void __launch_bounds__(kThreads) fine_tiled_kernel(const FineTiledArg
 }
 
 
+// The lists of a CTA of the tensor-core selection kernels: (batch, list head) and its queries [i0, i0 + count),
+// `queries` per CTA.
+struct SelectCta {
+  int64_t group, list_heads, list_head, b, kv_head, i0;
+  int count;
+};
+template <typename TQ>
+__device__ __forceinline__ SelectCta select_cta(const SelectArgs<TQ>& a, int queries) {
+  SelectCta c;
+  c.group = a.q_heads / a.kv_heads;
+  c.list_heads = a.shared ? a.kv_heads : a.q_heads;
+  const int64_t tiles = (a.q_len + queries - 1) / queries;
+  c.i0 = int64_t(blockIdx.x) % tiles * queries;
+  c.list_head = int64_t(blockIdx.x) / tiles % c.list_heads;
+  c.b = int64_t(blockIdx.x) / (tiles * c.list_heads);
+  c.kv_head = a.shared ? c.list_head : c.list_head / c.group;
+  c.count = int(min(int64_t(queries), a.q_len - c.i0));
+  return c;
+}
+
+// Then a warp per query of the CTA: its list from its row of keys (warp_select); `chosen`: [warps][top] ints.
+template <typename TQ>
+__device__ __forceinline__ void select_cta_lists(const SelectArgs<TQ>& a, const SelectCta& cta, float* keys,
+                                                 int64_t key_stride, int32_t* chosen) {
+  if (a.top == 0) return;
+  const int warp = threadIdx.x / 32;
+  for (int x = warp; x < cta.count; x += kWarpsPerBlock) {
+    const int64_t i = cta.i0 + x;
+    warp_select(a, keys + x * key_stride, i + a.query_offset, chosen + warp * a.top,
+                ((cta.b * cta.list_heads + cta.list_head) * a.q_len + i) * a.top);
+  }
+}
+
 // ---- selection on tensor cores (select_mma_tiling; 16-bit Q): one CTA per (b, list head, `queries` queries) ----
 //
 // Row r = x * rows_per_query + g: query i0 + x, head g of the list (the tiled kernel's rows), 16 per warp. Dot
@@ -536,12 +569,10 @@ __global__ void __launch_bounds__(kThreads) select_mma_kernel(const SelectArgs<T
   float* const keys = ps + kMmaRows * kMmaScoreStride;                              // [queries][key_stride]
   int32_t* const chosen = reinterpret_cast<int32_t*>(keys + int64_t(queries) * key_stride);  // [warps][top]
 
-  const int64_t group = a.q_heads / a.kv_heads, list_heads = a.shared ? a.kv_heads : a.q_heads;
-  const int64_t tiles = (a.q_len + queries - 1) / queries;
-  const int64_t i0 = int64_t(blockIdx.x) % tiles * queries;
-  const int64_t list_head = int64_t(blockIdx.x) / tiles % list_heads, b = int64_t(blockIdx.x) / (tiles * list_heads);
-  const int64_t kv_head = a.shared ? list_head : list_head / group;
-  const int count_q = int(min(int64_t(queries), a.q_len - i0)), rows = count_q * per;
+  const SelectCta cta = select_cta(a, queries);
+  const int64_t group = cta.group, list_head = cta.list_head, b = cta.b;
+  const int64_t kv_head = cta.kv_head, i0 = cta.i0;
+  const int count_q = cta.count, rows = count_q * per;
   auto head_of = [&](int r) -> int64_t { return a.shared ? kv_head * group + r % per : list_head; };
   auto out_row = [&](int r) -> int64_t { return (b * a.q_heads + head_of(r)) * a.q_len + i0 + r / per; };
   // Compressed tokens row r's query sees (the compression branch), as select_kernel.
@@ -646,12 +677,7 @@ __global__ void __launch_bounds__(kThreads) select_mma_kernel(const SelectArgs<T
     }
   }
   __syncthreads();
-  if (a.top == 0) return;
-  for (int x = warp; x < count_q; x += kWarpsPerBlock) {
-    const int64_t i = i0 + x;
-    warp_select(a, keys + x * key_stride, i + a.query_offset, chosen + warp * a.top,
-                ((b * list_heads + list_head) * a.q_len + i) * a.top);
-  }
+  select_cta_lists(a, cta, keys, key_stride, chosen);
 }
 
 // ---- selection on tensor cores, one row per list (select_split_tiling): a CTA per (b, list head, 16 queries) ----
@@ -674,13 +700,10 @@ __global__ void __launch_bounds__(kThreads) select_split_kernel(const SelectArgs
   float* const keys = reinterpret_cast<float*>(tiles_end);
   int32_t* const chosen = reinterpret_cast<int32_t*>(keys + int64_t(kSplitQueries) * key_stride);  // [warps][top]
 
-  const int64_t group = a.q_heads / a.kv_heads, list_heads = a.shared ? a.kv_heads : a.q_heads;
-  const int64_t tiles = (a.q_len + kSplitQueries - 1) / kSplitQueries;
-  const int64_t i0 = int64_t(blockIdx.x) % tiles * kSplitQueries;
-  const int64_t list_head = int64_t(blockIdx.x) / tiles % list_heads, b = int64_t(blockIdx.x) / (tiles * list_heads);
-  const int64_t kv_head = a.shared ? list_head : list_head / group;
-  const int64_t head = a.shared ? kv_head * group : list_head;  // one row per list: a shared list has G = 1
-  const int count_q = int(min(int64_t(kSplitQueries), a.q_len - i0));
+  const SelectCta cta = select_cta(a, kSplitQueries);
+  const int64_t list_head = cta.list_head, b = cta.b, kv_head = cta.kv_head, i0 = cta.i0;
+  const int64_t head = a.shared ? kv_head * cta.group : list_head;  // one row per list: a shared list has G = 1
+  const int count_q = cta.count;
   auto q_row = [&](int r) { return r < count_q ? (b * a.q_heads + head) * a.q_len + i0 + r : int64_t(-1); };
   stage_rows_split<Float16>(q_hi, q_lo, stride, a.q, dim, kSplitQueries, q_row, tid, kThreads);
   for (int64_t x = tid; x < int64_t(kSplitQueries) * key_stride; x += kThreads) keys[x] = 0.0f;
@@ -710,12 +733,7 @@ __global__ void __launch_bounds__(kThreads) select_split_kernel(const SelectArgs
     }
   }
   __syncthreads();
-  if (a.top == 0) return;
-  for (int x = warp; x < count_q; x += kWarpsPerBlock) {
-    const int64_t i = i0 + x;
-    warp_select(a, keys + x * key_stride, i + a.query_offset, chosen + warp * a.top,
-                ((b * list_heads + list_head) * a.q_len + i) * a.top);
-  }
+  select_cta_lists(a, cta, keys, key_stride, chosen);
 }
 
 template <typename TQ, int kMaxDv>
