@@ -408,3 +408,81 @@ def test_gated_deltanet_hybrid_is_refused(tmp_path):
                                                r"its linear_attention layers are Gated DeltaNet .*conv and recurrent "
                                                r"states beside the KV cache"):
         from_transformers(hf, tmp_path / "x.onnx")
+
+
+# transformers 5.24 causal LMs refused by model_type (models.hf.sweep2's survey): the message names the feature. Built
+# tiny where that is cheap (the reason then checked on the model), else a fake with config.model_type
+def _qwen3_5_text():
+    hf = T.Qwen3_5ForCausalLM(T.Qwen3_5TextConfig(
+        **SMALL, **NO_TOKENS, head_dim=16, linear_key_head_dim=16, linear_value_head_dim=16, linear_num_key_heads=2,
+        linear_num_value_heads=4))
+    assert "linear_attention" in hf.config.layer_types  # Gated DeltaNet layers (its default pattern: 3 of 4)
+    return hf
+
+
+def _doge():
+    hf = T.DogeForCausalLM(T.DogeConfig(**ONE_LAYER, **NO_TOKENS))
+    assert hasattr(hf.model.layers[0].self_attn, "dt_proj")  # the per-key bias computed from the values
+    return hf
+
+
+def _fake(model_type):
+    return lambda: types.SimpleNamespace(config=types.SimpleNamespace(model_type=model_type))
+
+
+SWEEP2_REFUSALS = [pytest.param(make, match, id=name) for name, make, match in (
+    ("doge", _doge, r"\(doge\): Doge is not supported: its dynamic mask attention adds a per-key bias"),
+    ("qwen3_5_text", _qwen3_5_text, r"\(qwen3_5_text\): Qwen3.5 is not supported: its linear_attention layers are "
+                                    r"Gated DeltaNet"),
+    ("qwen3_5_moe_text", _fake("qwen3_5_moe_text"), r"Qwen3.5-MoE is not supported: .*Gated DeltaNet"),
+    ("minimax_m3_vl_text", _fake("minimax_m3_vl_text"), r"MiniMax-M3 is not supported: .*lightning indexer"),
+    ("blt", _fake("blt"), r"BLT \(Byte Latent Transformer\) is not supported: .*entropy model"),
+    ("gemma3n_text", _fake("gemma3n_text"), r"Gemma 3n is not supported: .*AltUp"),
+    ("jetmoe", _fake("jetmoe"), r"JetMoE is not supported yet: its mixture-of-attention"),
+    ("hrm_text", _fake("hrm_text"), r"HRM-Text is not supported: .*recurrently"),
+)]
+
+
+@pytest.mark.parametrize("make, match", SWEEP2_REFUSALS)
+def test_sweep2_model_types_are_refused(make, match, tmp_path):
+    with pytest.raises(UnsupportedModel, match=match):
+        from_transformers(make(), tmp_path / "x.onnx")
+
+
+# models.hf.sweep1's survey: fakes carry the model_type where a tiny model is impractical; the configs show the reason
+SWEEP1_REFUSALS = [
+    pytest.param("emu3", r"\(emu3\): Emu3ForConditionalGeneration is multimodal .*pass its text model as "
+                 r"Emu3ForCausalLM\(config.text_config\)", id="emu3-multimodal"),
+    pytest.param("qwen4_exp_text", r"\(qwen4_exp_text\): Qwen4-Exp is not supported: its linear_attention layers are "
+                 r"Gated DeltaNet .*QSA indexer.*hyper-connection streams", id="qwen4_exp_text-gated-deltanet"),
+    pytest.param("dots3_note_text", r"\(dots3_note_text\): dots3-note is not supported: its indexed_attention layers "
+                 r"are DeepSeek-V3.2's sparse attention \(DSA\).*no per-query key indices", id="dots3_note_text-dsa"),
+]
+
+
+@pytest.mark.parametrize("model_type, match", SWEEP1_REFUSALS)
+def test_sweep1_architectures_are_refused(model_type, match, tmp_path):
+    fake = types.SimpleNamespace(config=types.SimpleNamespace(model_type=model_type))
+    with pytest.raises(UnsupportedModel, match=match):
+        from_transformers(fake, tmp_path / "x.onnx")
+
+
+def test_sweep1_refusal_reasons_hold():
+    # the default layer patterns hold the layers named in the refusals
+    if hasattr(T, "Qwen4ExpTextConfig"):
+        assert {"linear_attention", "indexed_attention"} <= set(T.Qwen4ExpTextConfig(num_hidden_layers=4).layer_types)
+    if hasattr(T, "Dots3NoteTextConfig"):
+        assert "indexed_attention" in T.Dots3NoteTextConfig(num_hidden_layers=4).layer_types
+
+
+def test_modernbert_decoder_is_refused(tmp_path):
+    if not hasattr(T, "ModernBertDecoderForCausalLM"):
+        pytest.skip("this transformers has no ModernBERT-decoder")
+    hf = T.ModernBertDecoderForCausalLM(T.ModernBertDecoderConfig(
+        vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
+        pad_token_id=0, bos_token_id=1, eos_token_id=2, sep_token_id=3, cls_token_id=4))
+    # the reason holds: a dense layer, activation and LayerNorm between the final norm and the vocabulary projection
+    assert isinstance(hf.lm_head.dense, torch.nn.Linear) and isinstance(hf.lm_head.norm, torch.nn.LayerNorm)
+    with pytest.raises(UnsupportedModel, match=r"\(modernbert-decoder\): ModernBERT-decoder is not supported: its head "
+                                               r"runs ModernBERT's prediction head"):
+        from_transformers(hf, tmp_path / "x.onnx")

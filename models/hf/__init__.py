@@ -118,6 +118,8 @@ from onnxattn.models.hf.gpt2 import _gpt2, _gpt_bigcode, _opt
 from onnxattn.models.hf.gpt_family import _biogpt, _codegen, _flint, _gpt_neo, _hy_v3, _kolibri1, _persimmon, _xglm
 from onnxattn.models.hf.llama import _cohere, _falcon, _gpt_neox, _gptj, _llama, _phi
 from onnxattn.models.hf.laguna import _laguna
+from onnxattn.models.hf.sweep1 import _aria_text, _ctrl, _gpt_neox_japanese, _openai_gpt
+from onnxattn.models.hf.sweep2 import _bitnet, _diffllama, _gemma4_unified
 from onnxattn.models.hf.llama4 import _llama4
 from onnxattn.models.hf.mimo import _mimo_v2_flash
 from onnxattn.models.hf.moe import _dbrx, _ernie4_5_moe, _granitemoe, _phimoe
@@ -151,7 +153,11 @@ _CONVERTERS = {"llama": _llama, "mistral": _llama, "mixtral": _llama, "qwen2": _
                "cwm": _llama, "jais2": _jais2, "hyperclovax": _hyperclovax, "granite_swa": _granite_swa,
                "granitemoe_swa": _granitemoe_swa, "mellum": _mellum, "apertus1p5_text": _apertus1p5_text,
                "nanochat": _nanochat, "youtu": _deepseek, "glm4_moe_lite": _deepseek,
-               "mistral4": _deepseek, "mimo_v2_flash": _mimo_v2_flash, "laguna": _laguna, "dory": _dory, "axk1": _axk1}
+               "mistral4": _deepseek, "mimo_v2_flash": _mimo_v2_flash, "laguna": _laguna, "dory": _dory, "axk1": _axk1,
+               "iquestcoder": _llama, "gpt-sw3": _gpt2, "sarvam_moe": _llama, "emu3_text_model": _llama,
+               "aria_text": _aria_text, "openai-gpt": _openai_gpt, "ctrl": _ctrl,
+               "gpt_neox_japanese": _gpt_neox_japanese,
+               "bitnet": _bitnet, "diffllama": _diffllama, "gemma4_unified_text": _gemma4_unified}
 
 
 def from_transformers(hf_model) -> nn.Module:

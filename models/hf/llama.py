@@ -22,7 +22,8 @@ from onnxattn.models.moe import ClampedSwiGLU, MixtureOfExperts
 # model types with DeepSeek-V3's MoE block -> their config's names for (routed experts, shared experts)
 _V3_ROUTERS = {"glm4_moe": ("n_routed_experts", "n_shared_experts"), "dots1": ("n_routed_experts", "n_shared_experts"),
                "solar_open": ("n_routed_experts", "n_shared_experts"),
-               "exaone_moe": ("num_experts", "num_shared_experts")}
+               "exaone_moe": ("num_experts", "num_shared_experts"),
+               "sarvam_moe": ("n_routed_experts", "n_shared_experts")}  # transformers runs it as GLM-4.5
 
 
 def _experts(hf) -> dict:
@@ -166,6 +167,7 @@ _LLAMA_VARIANTS = {
     "ministral3": _ministral3,
     # GLM-4.5 / 4.6: attention_bias on q / k / v only, use_qk_norm per head before RoPE (half-split partial RoPE)
     "glm4_moe": lambda c: dict(o_bias=False, qk_norm=bool(c.use_qk_norm)),
+    "sarvam_moe": lambda c: dict(o_bias=False, qk_norm=bool(c.use_qk_norm)),  # GLM-4.5's (Glm4MoeForCausalLM)
     "minimax_m2": lambda c: dict(qk_proj_norm=True),  # over all heads, in pre-norm blocks (as OLMoE)
     "dots1": lambda c: dict(qk_norm=True),  # Qwen3's attention (per-head QK-norm); DeepSeek-V3's MoE (_experts)
     # GLM-4.5's MoE in every layer; Llama's attention with attention_bias on q / k / v only
