@@ -47,6 +47,8 @@ TABLE = {
     "gemma3n": "Gemma3nForCausalLM", "dots3_note": "Dots3NoteForCausalLM", "mllama": "cross_attention_layers",
     "mllama_text_model": "cross_attention_layers", "git": "bidirectionally", "gemma4_assistant": "shared KV states",
     "gemma4_unified_assistant": "shared KV states",
+    # residual and query scaling our Llama lacks
+    "beam": "depth_scaled_residual_add",
 }
 # model_types of sub-configs (the class from_transformers gets), not in transformers' CONFIG_MAPPING
 SUB_CONFIGS = {"musicgen_decoder": "MusicgenDecoderConfig", "musicgen_melody_decoder": "MusicgenMelodyDecoderConfig",
@@ -95,7 +97,10 @@ ENC_DEC = dict(vocab_size=256, d_model=64, encoder_layers=1, decoder_layers=1, e
     (lambda: T.BertGenerationDecoder(T.BertGenerationConfig(
         vocab_size=256, hidden_size=64, num_hidden_layers=1, num_attention_heads=4, intermediate_size=128,
         is_decoder=True)), "bert-generation"),
-], ids=["mamba", "qwen3_next", "bart-causal-lm", "bart-encoder-decoder", "bert-generation-decoder"])
+    (lambda: T.BeamForCausalLM(T.BeamConfig(
+        **TINY, num_attention_heads=4, num_key_value_heads=2, head_dim=16, intermediate_size=128, num_experts=4,
+        num_experts_per_tok=2, moe_intermediate_size=32, n_group=2, topk_group=1)), "beam"),
+], ids=["mamba", "qwen3_next", "bart-causal-lm", "bart-encoder-decoder", "bert-generation-decoder", "beam"])
 def test_real_models_are_refused(make, model_type, tmp_path):
     """The mapping and the export entry point both refuse the real model, with its reason."""
     model = make()

@@ -120,6 +120,7 @@ from onnxattn.models.hf.llama import _cohere, _falcon, _gpt_neox, _gptj, _llama,
 from onnxattn.models.hf.laguna import _laguna
 from onnxattn.models.hf.sweep1 import _aria_text, _ctrl, _gpt_neox_japanese, _openai_gpt
 from onnxattn.models.hf.sweep2 import _bitnet, _diffllama, _gemma4_unified
+from onnxattn.models.hf.sweep3 import _cohere_compass_text, _moshi
 from onnxattn.models.hf.llama4 import _llama4
 from onnxattn.models.hf.mimo import _mimo_v2_flash
 from onnxattn.models.hf.moe import _dbrx, _ernie4_5_moe, _granitemoe, _phimoe
@@ -157,7 +158,8 @@ _CONVERTERS = {"llama": _llama, "mistral": _llama, "mixtral": _llama, "qwen2": _
                "iquestcoder": _llama, "gpt-sw3": _gpt2, "sarvam_moe": _llama, "emu3_text_model": _llama,
                "aria_text": _aria_text, "openai-gpt": _openai_gpt, "ctrl": _ctrl,
                "gpt_neox_japanese": _gpt_neox_japanese,
-               "bitnet": _bitnet, "diffllama": _diffllama, "gemma4_unified_text": _gemma4_unified}
+               "bitnet": _bitnet, "diffllama": _diffllama, "gemma4_unified_text": _gemma4_unified,
+               "moshi": _moshi, "cohere_compass_text": _cohere_compass_text}
 
 
 def from_transformers(hf_model) -> nn.Module:

@@ -111,13 +111,24 @@ SUPPORTED = {
     "openai-gpt": "OpenAIGPTLMHeadModel",
     "ctrl": "CTRLLMHeadModel",
     "gpt_neox_japanese": "GPTNeoXJapaneseForCausalLM",
+    "moshi": "MoshiForCausalLM",  # the text decoder only (not MoshiForConditionalGeneration)
+    "cohere_compass_text": "CohereCompassForCausalLM",
     "sarvam_mla": "DeepseekV3ForCausalLM",  # transformers runs Sarvam-MLA (SarvamMLAConfig) as DeepSeek-V3
     "minicpm3": "MiniCPM3ForCausalLM",
     "longcat_flash": "LongcatFlashForCausalLM",
     "deepseek_v2": "DeepseekV2ForCausalLM",
     "deepseek_v3": "DeepseekV3ForCausalLM",
 }
-NOT_YET: dict[str, str] = {}  # model_type -> why it is not converted yet (listed in every refusal)
+# model_type -> why it is not converted yet (listed in every refusal): representable exactly, but each needs new
+# modules (JetMoE an attention mixture of experts; HRM-Text recurrent weight-shared stacks, unrolled as Dory's)
+NOT_YET: dict[str, str] = {
+    "jetmoe": ("JetMoE is not supported yet: its mixture-of-attention routes each token's query and output "
+               "projections to the top-k of num_local_experts attention experts (per-token q / o weights around "
+               "shared key / value heads), which our attention modules do not build"),
+    "hrm_text": ("HRM-Text is not supported yet: it runs its two weight-shared stacks recurrently (H_cycles x "
+                 "(L_cycles + 1) passes per token, each with a KV cache of its own) and can attend bidirectionally "
+                 "over a prefix (prefix_lm); it could be unrolled as Dory's loops are"),
+}
 # model_type -> why it is refused for good (named in its own refusal only, as Falcon's alibi=True)
 _INKLING_REFUSAL = (
     "Inkling is not supported: each layer runs causal short convolutions over the previous tokens' key and value "
@@ -143,12 +154,6 @@ REFUSED = {
     "gemma3n_text": ("Gemma 3n is not supported: its layers carry AltUp's several predicted hidden-state streams "
                      "(predict / correct per layer), a LAuReL low-rank residual branch and Gaussian top-k activation "
                      "sparsity, which our Gemma models do not have"),
-    "jetmoe": ("JetMoE is not supported yet: its mixture-of-attention routes each token's query and output "
-               "projections to the top-k of num_local_experts attention experts (per-token q / o weights around "
-               "shared key / value heads), which our attention modules do not build"),
-    "hrm_text": ("HRM-Text is not supported: it runs its two weight-shared stacks recurrently (H_cycles x "
-                 "(L_cycles + 1) passes per token, each with a KV cache of its own) and can attend bidirectionally "
-                 "over a prefix (prefix_lm), which our causal LMs with one pass over the layers do not model"),
     "mpt": "MPT is not supported: its attention adds ALiBi position biases and our attention op has no ALiBi bias",
     "bloom": "BLOOM is not supported: its attention adds ALiBi position biases and our attention op has no ALiBi bias",
     # DeepSeek-V3.2's sparse attention (DSA): dense attention equals it only up to index_topk keys, not at every length
@@ -183,6 +188,10 @@ REFUSED = {
     "modernbert-decoder": ("ModernBERT-decoder is not supported: its head runs ModernBERT's prediction head (a dense "
                            "layer, its activation and a LayerNorm) between the final norm and the biased vocabulary "
                            "projection, which none of our causal-LM heads has"),
+    "beam": ("Beam is not supported: each block adds its post-normed output to a rescaled residual stream "
+             "(depth_scaled_residual_add: output / sqrt(i) + residual * sqrt((i - 1) / i) for the i-th add) and its "
+             "layers without RoPE scale queries by (1 + (position + 1) / 2048) ** 0.1, neither of which our Llama "
+             "computes (its residual_multiplier scales the output only, its query scale is logarithmic)"),
 }
 # The refusal table below (tests/test_hf_refusal_table.py): per family, one sentence naming what our ops or exported
 # graphs cannot express. State-space, recurrent and linear-attention layers: their decoding state is not a KV cache
