@@ -110,3 +110,16 @@ def test_real_models_are_refused(make, model_type, tmp_path):
             convert(model)
         assert f"{type(model).__name__} ({model_type}): {REFUSED[model_type]}" in str(e.value)
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_every_causal_lm_type_of_transformers_has_an_answer():
+    """Every model_type transformers maps to a causal-LM class is supported, refused with its reason, listed as not
+    yet, or a multimodal wrapper from_transformers names the text model for: a transformers upgrade that brings a new
+    architecture fails here until someone decides which."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    from onnxattn.models.hf._common import NOT_YET
+
+    wrappers = {"gemma3", "gemma4", "llama4"}  # refused in from_transformers itself, naming the text model
+    known = set(SUPPORTED) | set(REFUSED) | set(NOT_YET) | wrappers
+    assert sorted(set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES) - known) == []
