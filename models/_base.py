@@ -201,3 +201,10 @@ def set_linear(linear: nn.Linear, weight: torch.Tensor, bias: torch.Tensor | Non
         linear.weight.copy_(weight)
         if linear.bias is not None:
             linear.bias.copy_(bias if bias is not None else torch.zeros_like(linear.bias))
+
+
+def copy_linears(dst: nn.Module, src: nn.Module, names=("q_proj", "k_proj", "v_proj", "o_proj")) -> None:
+    """set_linear for each named projection of `src` (weight and bias, if any) into the same-named one of `dst`."""
+    for name in names:
+        theirs = getattr(src, name)
+        set_linear(getattr(dst, name), theirs.weight, theirs.bias)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from onnxattn.models import build
-from onnxattn.models._base import set_linear
+from onnxattn.models._base import copy_linears, set_linear
 from onnxattn.models.gemma3 import Gemma3Config, Gemma3Model
 from onnxattn.models.hf._common import _activation, _check_rope, _rope_scaling, _unsupported, _window
 
@@ -35,8 +35,7 @@ def _gemma(hf, what: str, **fields) -> Gemma3Model:
         ours.norm.weight.copy_(src.norm.weight)
         for mine, theirs in zip(ours.layers, src.layers):
             a, t = mine.attn, theirs.self_attn
-            for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
-                set_linear(getattr(a, name), getattr(t, name).weight)
+            copy_linears(a, t)
             if cfg.qk_norm:
                 a.q_norm.copy_(one(t.q_norm.weight))
                 a.k_norm.copy_(one(t.k_norm.weight))

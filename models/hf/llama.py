@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from onnxattn.models import build
-from onnxattn.models._base import set_linear
+from onnxattn.models._base import copy_linears, set_linear
 from onnxattn.models.hf._common import (_activation, _check_rope, _copy, _hf_frequencies, _rope_scaling,
                                        _rotary_dim, _unsupported, _window)
 from onnxattn.models.llama import LlamaConfig, LlamaModel
@@ -308,8 +308,7 @@ def _llama(hf, variant=None, mlp: str = "mlp", copy_experts=None) -> LlamaModel:
                     set_linear(getattr(a, name), w)
                 set_linear(a.o_proj, t.o_proj.weight)
             else:
-                for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
-                    set_linear(getattr(a, name), getattr(t, name).weight, getattr(t, name).bias)
+                copy_linears(a, t)
             if a.q_norm is not None:  # Llama 4's has no weight (an L2 norm): ours scale by ones
                 for ours_norm, hf_norm in ((a.q_norm, "q_norm"), (a.k_norm, "k_norm")):
                     ours_norm.copy_(getattr(t, hf_norm).weight if hasattr(t, hf_norm) else torch.ones_like(ours_norm))
@@ -601,8 +600,7 @@ def _cohere(hf) -> LlamaModel:
         _copy_head(ours, src.embed_tokens, hf.lm_head, src.norm)
         for mine, theirs in zip(ours.layers, src.layers):
             a, t = mine.attn, theirs.self_attn
-            for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
-                set_linear(getattr(a, name), getattr(t, name).weight, getattr(t, name).bias)
+            copy_linears(a, t)
             if ours.config.qk_layer_norm:  # weights [heads, head_dim], no bias
                 a.q_head_norm.load_state_dict(t.q_norm.state_dict())
                 a.k_head_norm.load_state_dict(t.k_norm.state_dict())

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from onnxattn.models._base import set_linear
+from onnxattn.models._base import copy_linears, set_linear
 from onnxattn.models.hf._common import _activation, _check_rope, _copy, _hf_frequencies, _rope_scaling, _unsupported
 from onnxattn.models.hf.llama import _build_llama, _granite
 from onnxattn.models.llama import LlamaModel
@@ -40,8 +40,7 @@ def _convert(hf, fields: dict, moe_of, copy_mlp, what: str) -> LlamaModel:
         ours.norm.load_state_dict(src.norm.state_dict())
         for mine, theirs in zip(ours.layers, src.layers):
             a, t = mine.attn, theirs.self_attn
-            for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
-                set_linear(getattr(a, name), getattr(t, name).weight, getattr(t, name).bias)
+            copy_linears(a, t)
             mine.input_norm.load_state_dict(theirs.input_layernorm.state_dict())
             mine.post_attn_norm.load_state_dict(theirs.post_attention_layernorm.state_dict())
             copy_mlp(mine.mlp, theirs)

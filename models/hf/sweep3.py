@@ -23,7 +23,7 @@ import types
 
 import torch
 
-from onnxattn.models._base import set_linear
+from onnxattn.models._base import copy_linears, set_linear
 from onnxattn.models.hf._common import _activation, _check_rope, _copy, _hf_frequencies, _rope_scaling, _unsupported
 from onnxattn.models.hf.llama import _build_llama, _copy_head
 from onnxattn.models.llama import LlamaModel
@@ -92,8 +92,7 @@ def _cohere_compass_text(hf) -> LlamaModel:
         _copy_head(ours, src.embed_tokens, hf.lm_head, src.norm)
         for mine, theirs in zip(ours.layers, src.layers):
             a, t = mine.attn, theirs.self_attn
-            for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
-                set_linear(getattr(a, name), getattr(t, name).weight, getattr(t, name).bias)
+            copy_linears(a, t)
             for name in ("gate_proj", "up_proj", "down_proj"):
                 set_linear(getattr(mine.mlp, name), getattr(theirs.mlp, name).weight)
             mine.input_norm.load_state_dict(theirs.input_layernorm.state_dict())
