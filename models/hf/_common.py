@@ -113,6 +113,7 @@ SUPPORTED = {
     "gpt_neox_japanese": "GPTNeoXJapaneseForCausalLM",
     "moshi": "MoshiForCausalLM",  # the text decoder only (not MoshiForConditionalGeneration)
     "cohere_compass_text": "CohereCompassForCausalLM",
+    "jetmoe": "JetMoeForCausalLM",
     "sarvam_mla": "DeepseekV3ForCausalLM",  # transformers runs Sarvam-MLA (SarvamMLAConfig) as DeepSeek-V3
     "minicpm3": "MiniCPM3ForCausalLM",
     "longcat_flash": "LongcatFlashForCausalLM",
@@ -120,11 +121,8 @@ SUPPORTED = {
     "deepseek_v3": "DeepseekV3ForCausalLM",
 }
 # model_type -> why it is not converted yet (listed in every refusal): representable exactly, but each needs new
-# modules (JetMoE an attention mixture of experts; HRM-Text recurrent weight-shared stacks, unrolled as Dory's)
+# modules (HRM-Text recurrent weight-shared stacks, unrolled as Dory's)
 NOT_YET: dict[str, str] = {
-    "jetmoe": ("JetMoE is not supported yet: its mixture-of-attention routes each token's query and output "
-               "projections to the top-k of num_local_experts attention experts (per-token q / o weights around "
-               "shared key / value heads), which our attention modules do not build"),
     "hrm_text": ("HRM-Text is not supported yet: it runs its two weight-shared stacks recurrently (H_cycles x "
                  "(L_cycles + 1) passes per token, each with a KV cache of its own) and can attend bidirectionally "
                  "over a prefix (prefix_lm); it could be unrolled as Dory's loops are"),
