@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from onnxattn.models._base import CausalLM, RMSNorm
-from onnxattn.models.hf._common import _activation, _copy, _rope_scaling, _unsupported
+from onnxattn.models.hf._common import _activation, _check_rope, _copy, _hf_frequencies, _rope_scaling, _unsupported
 from onnxattn.models.moe import MixtureOfExperts
 from onnxattn.nn import GroupedQueryAttention, Rope
 
@@ -155,16 +155,6 @@ def _config(hf) -> JetMoeConfig:
         activation=_activation(c.activation_function))
 
 
-def _check_rope(ours: JetMoeModel, hf) -> None:
-    rotary = hf.model.rotary_emb
-    attn = ours.layers[0].attn
-    mine, scaling = attn.rope.frequencies(attn.head_dim)
-    theirs = rotary.original_inv_freq
-    if mine.shape != theirs.shape or not torch.allclose(mine, theirs.float().cpu(), rtol=1e-5) or \
-            abs(scaling - rotary.attention_scaling) > 1e-6:
-        raise _unsupported("the RoPE frequencies of jetmoe differ from the transformers model's")
-
-
 def _jetmoe(hf) -> JetMoeModel:
     cfg = _config(hf)
     ours = JetMoeModel(cfg)
@@ -189,5 +179,6 @@ def _jetmoe(hf) -> JetMoeModel:
             _copy(m.bias, x.bias, "the MoE bias")
             mine.input_norm.load_state_dict(theirs.input_layernorm.state_dict())
             mine.post_attn_norm.load_state_dict(theirs.post_attention_layernorm.state_dict())
-    _check_rope(ours, hf)
+    short, long = _hf_frequencies(hf.model.rotary_emb)  # long: None (LongRoPE is refused)
+    _check_rope(ours, short, hf.model.rotary_emb.attention_scaling, "jetmoe", long)
     return ours.eval()

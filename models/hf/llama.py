@@ -595,6 +595,16 @@ def _cohere(hf) -> LlamaModel:
         logits_scaling=1.0 / c.logit_scale, **rope_fields,
         # use_qk_norm: mean-centred with a weight per head, in torch before the node (its QK-norm is RMS, shared)
         qk_layer_norm="per_head" if getattr(c, "use_qk_norm", False) else None) | (_cohere2_moe(c) if moe else {}))
+    _copy_cohere_weights(ours, hf)
+    src = hf.model
+    short, long = _hf_frequencies(src.rotary_emb)
+    _check_rope(ours, short, src.rotary_emb.attention_scaling, what, long)
+    return ours
+
+
+def _copy_cohere_weights(ours: LlamaModel, hf) -> None:
+    """The weights of a Cohere-family model (Cohere, Cohere 2 and its MoE, Cohere Compass) into `ours`: the tied head,
+    q / k / v / o, the per-head QK LayerNorms when ours has them, the dense MLP or the experts, the one block norm."""
     src = hf.model
     with torch.no_grad():
         _copy_head(ours, src.embed_tokens, hf.lm_head, src.norm)
@@ -615,6 +625,3 @@ def _cohere(hf) -> LlamaModel:
                 for name in ("gate_proj", "up_proj", "down_proj"):
                     set_linear(getattr(m, name), getattr(h, name).weight)
             mine.input_norm.load_state_dict(theirs.input_layernorm.state_dict())
-    short, long = _hf_frequencies(src.rotary_emb)
-    _check_rope(ours, short, src.rotary_emb.attention_scaling, what, long)
-    return ours

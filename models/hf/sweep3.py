@@ -23,9 +23,9 @@ import types
 
 import torch
 
-from onnxattn.models._base import copy_linears, set_linear
+from onnxattn.models._base import set_linear
 from onnxattn.models.hf._common import _activation, _check_rope, _copy, _hf_frequencies, _rope_scaling, _unsupported
-from onnxattn.models.hf.llama import _build_llama, _copy_head
+from onnxattn.models.hf.llama import _build_llama, _copy_cohere_weights
 from onnxattn.models.llama import LlamaModel
 
 
@@ -87,15 +87,8 @@ def _cohere_compass_text(hf) -> LlamaModel:
         rms_norm_eps=c.layer_norm_eps, norm="layer_no_bias", parallel_residual=True, shared_block_norm=True,
         qkv_bias=bias, o_bias=bias, activation=_activation(c.hidden_act), tie_embeddings=bool(c.tie_word_embeddings),
         logits_scaling=1.0 / hf.logit_scale))  # x / (1 / s) is within 2 ulp of x * s
+    _copy_cohere_weights(ours, hf)  # Cohere 2's blocks: no QK LayerNorm, a dense MLP
     src = hf.model
-    with torch.no_grad():
-        _copy_head(ours, src.embed_tokens, hf.lm_head, src.norm)
-        for mine, theirs in zip(ours.layers, src.layers):
-            a, t = mine.attn, theirs.self_attn
-            copy_linears(a, t)
-            for name in ("gate_proj", "up_proj", "down_proj"):
-                set_linear(getattr(mine.mlp, name), getattr(theirs.mlp, name).weight)
-            mine.input_norm.load_state_dict(theirs.input_layernorm.state_dict())
     for kind, rope in ropes.items():  # each kind's frequencies against transformers' own
         if rope is not None:
             layers = [mine.attn for mine, k in zip(ours.layers, kinds) if k == kind]
