@@ -3,7 +3,7 @@
 // attributes at session creation; per call, shapes through make_params and the tensors' pointers (the
 // present outputs when the node asks for them); the op's signature, including the in-place declaration
 // of the KV-cache buffers. Each provider adds only its Compute.
-#include "common/ort_adapter.h"
+#include "common/cache_op.h"
 #include "gqa/attributes.h"
 #include "gqa/params.h"
 
@@ -64,36 +64,19 @@ Call<T> prepare(const Attributes& attrs, Ort::KernelContext& ctx) {
   return call;
 }
 
-// The op's signature, shared by every provider; Derived supplies the provider name, Kernel the Compute
-// (constructed from the attributes).
-template <typename Derived, typename Kernel, typename T>
-struct OpBase : Ort::CustomOpBase<Derived, Kernel, /*WithStatus=*/true> {
-  OpBase() {
-    // present_key/present_value may reuse past_key/past_value's buffers (shared-buffer mode).
-    OrtCustomOp::GetMayInplace = [](int** input_index, int** output_index) -> size_t {
-      *input_index = new int[2]{int(kPastKey), int(kPastValue)};
-      *output_index = new int[2]{int(kPresentKey), int(kPresentValue)};
-      return 2;
-    };
-    OrtCustomOp::ReleaseMayInplace = [](int* input_index, int* output_index) {
-      delete[] input_index;
-      delete[] output_index;
-    };
+// The op's signature, shared by every provider (common/cache_op.h): present_key/present_value may reuse
+// past_key/past_value's buffers (shared-buffer mode). Derived supplies the provider, Kernel the Compute.
+struct Signature {
+  static constexpr const char* kName = kOpName;
+  static constexpr size_t kInputs = kNumInputs, kOutputs = kNumOutputs, kRequiredInputs = kValue + 1;
+  static constexpr int kCacheInputs[2] = {int(kPastKey), int(kPastValue)};
+  static constexpr int kCacheOutputs[2] = {int(kPresentKey), int(kPresentValue)};
+  static ONNXTensorElementDataType input_type(size_t index, ONNXTensorElementDataType t) {
+    return adapter::input_type(index, t);
   }
-  OrtStatusPtr CreateKernelV2(const OrtApi& /*api*/, const OrtKernelInfo* info, void** kernel) const {
-    return ort::guarded([&] { *kernel = new Kernel{read_attributes(info, kOpName)}; });
-  }
-  const char* GetName() const { return kOpName; }
-  size_t GetInputTypeCount() const { return kNumInputs; }
-  ONNXTensorElementDataType GetInputType(size_t index) const { return input_type(index, ort::TypeOf<T>::value); }
-  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t index) const {
-    return index <= kValue ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
-  }
-  size_t GetOutputTypeCount() const { return kNumOutputs; }
-  ONNXTensorElementDataType GetOutputType(size_t /*index*/) const { return ort::TypeOf<T>::value; }
-  OrtCustomOpInputOutputCharacteristic GetOutputCharacteristic(size_t index) const {
-    return index == kOutput ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
-  }
+  static Attributes read_attributes(const OrtKernelInfo* info) { return gqa::read_attributes(info, kOpName); }
 };
+template <typename Derived, typename Kernel, typename T>
+using OpBase = ort::CacheOpBase<Derived, Kernel, T, Signature>;
 
 }  // namespace onnxattn::gqa::adapter

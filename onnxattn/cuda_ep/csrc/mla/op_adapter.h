@@ -2,7 +2,7 @@
 // The onnxruntime adapter of MultiHeadLatentAttention shared by the CPU (op.cc) and CUDA (op_cuda.cc)
 // kernels: attributes at session creation; per call, shapes through make_params and the tensors'
 // pointers; the op's signature, including the in-place declaration of the latent caches.
-#include "common/ort_adapter.h"
+#include "common/cache_op.h"
 #include "mla/params.h"
 
 namespace onnxattn::mla::adapter {
@@ -74,34 +74,19 @@ Call<T> prepare(const Attributes& attrs, Ort::KernelContext& ctx) {
   return call;
 }
 
-template <typename Derived, typename Kernel, typename T>
-struct OpBase : Ort::CustomOpBase<Derived, Kernel, /*WithStatus=*/true> {
-  OpBase() {
-    // present_latent/present_k_rope may reuse past_latent/past_k_rope's buffers (shared-buffer mode).
-    OrtCustomOp::GetMayInplace = [](int** input_index, int** output_index) -> size_t {
-      *input_index = new int[2]{int(kPastLatent), int(kPastKRope)};
-      *output_index = new int[2]{int(kPresentLatent), int(kPresentKRope)};
-      return 2;
-    };
-    OrtCustomOp::ReleaseMayInplace = [](int* input_index, int* output_index) {
-      delete[] input_index;
-      delete[] output_index;
-    };
+// The op's signature, shared by every provider (common/cache_op.h): present_latent/present_k_rope may reuse
+// past_latent/past_k_rope's buffers (shared-buffer mode). Derived supplies the provider, Kernel the Compute.
+struct Signature {
+  static constexpr const char* kName = kOpName;
+  static constexpr size_t kInputs = kNumInputs, kOutputs = kNumOutputs, kRequiredInputs = kWUv + 1;
+  static constexpr int kCacheInputs[2] = {int(kPastLatent), int(kPastKRope)};
+  static constexpr int kCacheOutputs[2] = {int(kPresentLatent), int(kPresentKRope)};
+  static ONNXTensorElementDataType input_type(size_t index, ONNXTensorElementDataType t) {
+    return adapter::input_type(index, t);
   }
-  OrtStatusPtr CreateKernelV2(const OrtApi& /*api*/, const OrtKernelInfo* info, void** kernel) const {
-    return ort::guarded([&] { *kernel = new Kernel{read_attributes(info)}; });
-  }
-  const char* GetName() const { return kOpName; }
-  size_t GetInputTypeCount() const { return kNumInputs; }
-  ONNXTensorElementDataType GetInputType(size_t index) const { return input_type(index, ort::TypeOf<T>::value); }
-  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t index) const {
-    return index <= kWUv ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
-  }
-  size_t GetOutputTypeCount() const { return kNumOutputs; }
-  ONNXTensorElementDataType GetOutputType(size_t /*index*/) const { return ort::TypeOf<T>::value; }
-  OrtCustomOpInputOutputCharacteristic GetOutputCharacteristic(size_t index) const {
-    return index == kOutput ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
-  }
+  static Attributes read_attributes(const OrtKernelInfo* info) { return adapter::read_attributes(info); }
 };
+template <typename Derived, typename Kernel, typename T>
+using OpBase = ort::CacheOpBase<Derived, Kernel, T, Signature>;
 
 }  // namespace onnxattn::mla::adapter

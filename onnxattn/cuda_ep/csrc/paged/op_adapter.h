@@ -7,7 +7,7 @@
 // In place: GetMayInplace lets onnxruntime hand the output pools the input pools' buffers, and I/O binding
 // of each output to its input's OrtValue does the same explicitly (the serving pattern); the kernels then
 // write only the new tokens. Other output buffers first receive a copy of the pools.
-#include "common/ort_adapter.h"
+#include "common/cache_op.h"
 #include "gqa/attributes.h"
 #include "paged/params.h"
 
@@ -67,36 +67,19 @@ Call<T> prepare(const gqa::Attributes& attrs, Ort::KernelContext& ctx) {
   return call;
 }
 
-// The op's signature, shared by every provider; Derived supplies the provider name, Kernel the Compute
-// (constructed from the attributes).
-template <typename Derived, typename Kernel, typename T>
-struct OpBase : Ort::CustomOpBase<Derived, Kernel, /*WithStatus=*/true> {
-  OpBase() {
-    // The output pools may reuse the input pools' buffers (in-place update).
-    OrtCustomOp::GetMayInplace = [](int** input_index, int** output_index) -> size_t {
-      *input_index = new int[2]{int(kKeyCache), int(kValueCache)};
-      *output_index = new int[2]{int(kKeyCacheOut), int(kValueCacheOut)};
-      return 2;
-    };
-    OrtCustomOp::ReleaseMayInplace = [](int* input_index, int* output_index) {
-      delete[] input_index;
-      delete[] output_index;
-    };
+// The op's signature, shared by every provider (common/cache_op.h): the output pools may reuse the input
+// pools' buffers (in-place update). Derived supplies the provider, Kernel the Compute.
+struct Signature {
+  static constexpr const char* kName = kOpName;
+  static constexpr size_t kInputs = kNumInputs, kOutputs = kNumOutputs, kRequiredInputs = kSeqLens + 1;
+  static constexpr int kCacheInputs[2] = {int(kKeyCache), int(kValueCache)};
+  static constexpr int kCacheOutputs[2] = {int(kKeyCacheOut), int(kValueCacheOut)};
+  static ONNXTensorElementDataType input_type(size_t index, ONNXTensorElementDataType t) {
+    return adapter::input_type(index, t);
   }
-  OrtStatusPtr CreateKernelV2(const OrtApi& /*api*/, const OrtKernelInfo* info, void** kernel) const {
-    return ort::guarded([&] { *kernel = new Kernel{gqa::read_attributes(info, kOpName)}; });
-  }
-  const char* GetName() const { return kOpName; }
-  size_t GetInputTypeCount() const { return kNumInputs; }
-  ONNXTensorElementDataType GetInputType(size_t index) const { return input_type(index, ort::TypeOf<T>::value); }
-  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t index) const {
-    return index <= kSeqLens ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
-  }
-  size_t GetOutputTypeCount() const { return kNumOutputs; }
-  ONNXTensorElementDataType GetOutputType(size_t /*index*/) const { return ort::TypeOf<T>::value; }
-  OrtCustomOpInputOutputCharacteristic GetOutputCharacteristic(size_t index) const {
-    return index == kOutput ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
-  }
+  static gqa::Attributes read_attributes(const OrtKernelInfo* info) { return gqa::read_attributes(info, kOpName); }
 };
+template <typename Derived, typename Kernel, typename T>
+using OpBase = ort::CacheOpBase<Derived, Kernel, T, Signature>;
 
 }  // namespace onnxattn::paged::adapter
