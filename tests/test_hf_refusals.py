@@ -317,14 +317,12 @@ def test_unsupported_architectures_list_the_supported_ones(tmp_path, monkeypatch
                                                "bert .BertModel., roberta .RobertaModel., "
                                                "xlm-roberta .XLMRobertaModel., modernbert .ModernBertModel.*"
                                                "deepseek_v2 .DeepseekV2ForCausalLM., "
-                                               "deepseek_v3 .DeepseekV3ForCausalLM.\\. Not yet: hrm_text: HRM-Text is "
-                                               "not supported yet: .*Dory.s loops are$"):
+                                               "deepseek_v3 .DeepseekV3ForCausalLM.$"):
         from_transformers(fake, tmp_path / "x.onnx")
     # an architecture listed as not yet supported is named with the reason, after the supported ones
     monkeypatch.setitem(hf_mapping.NOT_YET, "t5", "no encoder-decoder models")
     with pytest.raises(UnsupportedModel, match=r"\(t5\): no encoder-decoder models\. supported: llama .*"
-                                               r"deepseek_v3 .DeepseekV3ForCausalLM.\. Not yet: hrm_text: "
-                                               r".*; t5: no encoder"):
+                                               r"deepseek_v3 .DeepseekV3ForCausalLM.\. Not yet: t5: no encoder"):
         from_transformers(fake, tmp_path / "x.onnx")
     base = T.LlamaModel(T.LlamaConfig(**SMALL))
     with pytest.raises(UnsupportedModel, match="pass a LlamaForCausalLM for llama, got LlamaModel"):
@@ -440,7 +438,6 @@ SWEEP2_REFUSALS = [pytest.param(make, match, id=name) for name, make, match in (
     ("minimax_m3_vl_text", _fake("minimax_m3_vl_text"), r"MiniMax-M3 is not supported: .*lightning indexer"),
     ("blt", _fake("blt"), r"BLT \(Byte Latent Transformer\) is not supported: .*entropy model"),
     ("gemma3n_text", _fake("gemma3n_text"), r"Gemma 3n is not supported: .*AltUp"),
-    ("hrm_text", _fake("hrm_text"), r"HRM-Text is not supported yet: .*recurrently"),
 )]
 
 

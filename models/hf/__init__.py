@@ -85,6 +85,9 @@ interpolation rates), q / k normed and rotated in torch before the node, its rec
 weights and a cache per loop (recurrent_kv_cache_mode "last_loop" is refused). JetMoE (module jetmoe) maps onto
 models.hf.jetmoe's JetMoeModel: its mixture of attention (per-token routed query / output projections around shared
 key / value heads, the query heads reordered to our grouping) in torch around the node, top-k experts plus a bias.
+HRM-Text (module hrm_text) maps onto models.hf.hrm_text's HrmTextModel: its two weight-shared stacks run recurrently,
+every pass unrolled with a cache of its own and its stack's weights, the attention output gated per channel
+(prefix_lm=True, a bidirectional prefix, is refused).
 
 LongRoPE (rope_type "longrope": Phi-3-mini-128k, Phi-3.5-mini, Phi-4-mini) maps onto RopeScaling("longrope") for
 the Llama-likes, both factor sets checked against transformers'. As transformers' rotary embedding
@@ -100,7 +103,7 @@ single factor).
 Nothing is downloaded: pass a model you built (e.g. ``LlamaForCausalLM(LlamaConfig(...))``) or loaded.
 
 Layout: _common (SUPPORTED, refusals, activation and RoPE helpers) and one converter module per family group
-(llama, llama4, moe, newer, mimo, laguna, dory, jetmoe, gemma, gemma4, gpt2, gpt_family, encoders, deepseek,
+(llama, llama4, moe, newer, mimo, laguna, dory, jetmoe, hrm_text, gemma, gemma4, gpt2, gpt_family, encoders, deepseek,
 axk1); this module holds the model_type -> converter table."""
 
 from __future__ import annotations
@@ -118,6 +121,7 @@ from onnxattn.models.hf.gemma import _gemma1, _gemma2, _gemma3
 from onnxattn.models.hf.gemma4 import _gemma4
 from onnxattn.models.hf.gpt2 import _gpt2, _gpt_bigcode, _opt
 from onnxattn.models.hf.gpt_family import _biogpt, _codegen, _flint, _gpt_neo, _hy_v3, _kolibri1, _persimmon, _xglm
+from onnxattn.models.hf.hrm_text import _hrm_text
 from onnxattn.models.hf.jetmoe import _jetmoe
 from onnxattn.models.hf.llama import _cohere, _falcon, _gpt_neox, _gptj, _llama, _phi
 from onnxattn.models.hf.laguna import _laguna
@@ -162,7 +166,8 @@ _CONVERTERS = {"llama": _llama, "mistral": _llama, "mixtral": _llama, "qwen2": _
                "aria_text": _aria_text, "openai-gpt": _openai_gpt, "ctrl": _ctrl,
                "gpt_neox_japanese": _gpt_neox_japanese,
                "bitnet": _bitnet, "diffllama": _diffllama, "gemma4_unified_text": _gemma4_unified,
-               "moshi": _moshi, "cohere_compass_text": _cohere_compass_text, "jetmoe": _jetmoe}
+               "moshi": _moshi, "cohere_compass_text": _cohere_compass_text, "jetmoe": _jetmoe,
+               "hrm_text": _hrm_text}
 
 
 def from_transformers(hf_model) -> nn.Module:

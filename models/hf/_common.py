@@ -114,6 +114,7 @@ SUPPORTED = {
     "moshi": "MoshiForCausalLM",  # the text decoder only (not MoshiForConditionalGeneration)
     "cohere_compass_text": "CohereCompassForCausalLM",
     "jetmoe": "JetMoeForCausalLM",
+    "hrm_text": "HrmTextForCausalLM",
     "sarvam_mla": "DeepseekV3ForCausalLM",  # transformers runs Sarvam-MLA (SarvamMLAConfig) as DeepSeek-V3
     "minicpm3": "MiniCPM3ForCausalLM",
     "longcat_flash": "LongcatFlashForCausalLM",
@@ -121,12 +122,8 @@ SUPPORTED = {
     "deepseek_v3": "DeepseekV3ForCausalLM",
 }
 # model_type -> why it is not converted yet (listed in every refusal): representable exactly, but each needs new
-# modules (HRM-Text recurrent weight-shared stacks, unrolled as Dory's)
-NOT_YET: dict[str, str] = {
-    "hrm_text": ("HRM-Text is not supported yet: it runs its two weight-shared stacks recurrently (H_cycles x "
-                 "(L_cycles + 1) passes per token, each with a KV cache of its own) and can attend bidirectionally "
-                 "over a prefix (prefix_lm); it could be unrolled as Dory's loops are"),
-}
+# modules
+NOT_YET: dict[str, str] = {}
 # model_type -> why it is refused for good (named in its own refusal only, as Falcon's alibi=True)
 _INKLING_REFUSAL = (
     "Inkling is not supported: each layer runs causal short convolutions over the previous tokens' key and value "
