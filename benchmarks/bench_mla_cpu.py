@@ -15,8 +15,13 @@ A second table checks the cost model where the choice is close: causal chunks of
 ones (concatenation mode), both forms forced (max(2, --repeat // 3) rounds of bursts), and the form the
 kernel picks by itself.
 
+A third table is DeepSeek-V3.2's sparse attention (DSA) at decode: the same step with key_indices listing K
+of the P + 1 keys (--indexed K, DeepSeek-V3.2's index_topk is 2048; distinct random keys) against the dense
+absorbed step over all of them, both in the kernel, same rounds: the indexed path gathers and scores only the
+listed rows, so its time should follow K, not P.
+
     python benchmarks/bench_mla_cpu.py [--past 4096] [--heads 16] [--repeat 10] [--threads 0] [--settle 0.1]
-                                       [--burst 0.02] [--out ...]
+                                       [--burst 0.02] [--indexed 2048] [--indexed-past 8192 32768] [--out ...]
 """
 
 from __future__ import annotations
@@ -44,14 +49,16 @@ R, DR, DN, DV = 512, 64, 128, 128
 F32, I64 = TensorProto.FLOAT, TensorProto.INT64
 
 
-def mla_model(heads: int):
+def mla_model(heads: int, indexed: bool = False):
     names = ["q", "latent", "k_rope", "w_uk", "w_uv", "past_latent", "past_k_rope", "past_lengths"]
+    names += ["", "", "key_indices"] if indexed else []
     node = helper.make_node("MultiHeadLatentAttention", names, ["y", "present_latent", "present_k_rope"],
                             domain=ops.DOMAIN, num_heads=heads, rope_interleaved=1)
     vi = helper.make_tensor_value_info
     inputs = [vi("q", F32, [1, 1, heads * (DN + DR)]), vi("latent", F32, [1, 1, R]), vi("k_rope", F32, [1, 1, DR]),
               vi("w_uk", F32, [heads, R, DN]), vi("w_uv", F32, [heads, R, DV]), vi("past_latent", F32, [1, "M", R]),
               vi("past_k_rope", F32, [1, "M", DR]), vi("past_lengths", I64, [1])]
+    inputs += [vi("key_indices", I64, [1, 1, "K"])] if indexed else []
     outputs = [vi("y", F32, [1, 1, heads * DV]), vi("present_latent", F32, [1, "M", R]),
                vi("present_k_rope", F32, [1, "M", DR])]
     model = helper.make_model(helper.make_graph([node], "mla", inputs, outputs),
@@ -155,6 +162,42 @@ def bench_decode(heads: int, past: int, repeat: int, threads: int, with_function
     return rows
 
 
+def bench_indexed(heads: int, past: int, listed: int, repeat: int, threads: int, settle: float = cpu_timing.SETTLE,
+                  burst: float = cpu_timing.BURST) -> dict:
+    """One decode step over P cached tokens, dense (every key) and indexed (K distinct random keys), both the
+    kernel in shared-buffer mode with the caches bound in place."""
+    rng = np.random.default_rng(1)
+    capacity = past + 64
+    feeds = {"q": rng.standard_normal((1, 1, heads * (DN + DR)), np.float32),
+             "latent": rng.standard_normal((1, 1, R), np.float32),
+             "k_rope": rng.standard_normal((1, 1, DR), np.float32),
+             "w_uk": (rng.standard_normal((heads, R, DN)) / np.sqrt(R)).astype(np.float32),
+             "w_uv": (rng.standard_normal((heads, R, DV)) / np.sqrt(R)).astype(np.float32),
+             "past_lengths": np.array([past], np.int64)}
+    indices = rng.choice(past + 1, size=min(listed, past + 1), replace=False).astype(np.int64)[None, None]
+    latent = rng.standard_normal((1, capacity, R), np.float32)
+    rope = rng.standard_normal((1, capacity, DR), np.float32)
+    runs = {}
+    for impl, indexed in (("dense", False), ("indexed", True)):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        session = make_session(mla_model(heads, indexed), providers=["CPUExecutionProvider"], session_options=options)
+        buffers = (ort.OrtValue.ortvalue_from_numpy(latent.copy()), ort.OrtValue.ortvalue_from_numpy(rope.copy()))
+        binding = session.io_binding()
+        for name, value in (dict(feeds, key_indices=indices) if indexed else feeds).items():
+            binding.bind_cpu_input(name, value)
+        binding.bind_ortvalue_input("past_latent", buffers[0])
+        binding.bind_ortvalue_input("past_k_rope", buffers[1])
+        binding.bind_output("y")
+        binding.bind_ortvalue_output("present_latent", buffers[0])
+        binding.bind_ortvalue_output("present_k_rope", buffers[1])
+        session.run_with_iobinding(binding)
+        runs[impl] = lambda session=session, binding=binding: session.run_with_iobinding(binding)
+    median = cpu_timing.median_rounds(runs, repeat, settle, burst)
+    return {"phase": "indexed", "H": heads, "P": past, "K": indices.shape[-1], "dense_ms": median["dense"] * 1e3,
+            "indexed_ms": median["indexed"] * 1e3, "speedup": median["dense"] / median["indexed"]}
+
+
 def chunk_model(heads: int):
     names = ["q", "latent", "k_rope", "w_uk", "w_uv", "past_latent", "past_k_rope"]
     node = helper.make_node("MultiHeadLatentAttention", names, ["y"], domain=ops.DOMAIN, num_heads=heads,
@@ -205,6 +248,8 @@ def main() -> None:
     parser.add_argument("--no-function", action="store_true", help="skip the inlined reference function")
     parser.add_argument("--chunks", nargs="*", default=["16x0", "256x0", "64x2048", "256x2048"],
                         help="SxP causal chunks for the cost-model table (none: skip it)")
+    parser.add_argument("--indexed", type=int, default=2048, help="DSA table: K listed keys (0: skip the table)")
+    parser.add_argument("--indexed-past", type=int, nargs="*", default=[8192, 32768], help="DSA table: cache lengths")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
 
@@ -234,6 +279,14 @@ def main() -> None:
         for r in chunk_rows:
             print(f"  {r['S']:>5} {r['P']:>6} {r['absorbed_ms']:12.2f} {r['expanded_ms']:12.2f}  {r['chosen']:<9} "
                   f"{r['faster']}")
+    if args.indexed > 0 and args.indexed_past:
+        indexed_rows = [bench_indexed(args.heads, past, args.indexed, args.repeat, args.threads, args.settle,
+                                      args.burst) for past in args.indexed_past]
+        rows += indexed_rows
+        print("DeepSeek sparse attention (key_indices), decode: K listed keys of P + 1, both the kernel:")
+        print(f"  {'P':>6} {'K':>5} {'dense ms':>9} {'indexed ms':>11} {'dense / indexed':>16}")
+        for r in indexed_rows:
+            print(f"  {r['P']:>6} {r['K']:>5} {r['dense_ms']:9.2f} {r['indexed_ms']:11.2f} {r['speedup']:15.1f}x")
     load = [load_before, cpu_timing.load_average()]
     print(f"load average {load[0]} -> {load[1]}")
     args.out.mkdir(parents=True, exist_ok=True)

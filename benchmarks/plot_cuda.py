@@ -355,7 +355,7 @@ def table_paged(data: dict) -> str:
 def plot_mla(data: dict, png: Path) -> None:
     rows = [r for r in data["rows"] if "error" not in r]
     groups = [f"B{r['B']} H{r['H']} {r.get('kernel', 'simt')}\nP{short_len(r['P'])} {DTYPE.get(r['dtype'], r['dtype'])}"
-              f"\n{r['splits']} split(s)" for r in rows]
+              f"{'' if r.get('K', -1) < 0 else ' K' + str(r['K'])}\n{r['splits']} split(s)" for r in rows]
     plt, fig, (ax1, ax2) = new_figure(2, width=11, height=5)
     grouped_bars(ax1, groups, {"onnxattn": [r["cache_gbps"] for r in rows]}, COLORS, LABELS)
     ax1.set_ylabel("latent cache GB/s")
@@ -369,10 +369,12 @@ def plot_mla(data: dict, png: Path) -> None:
 
 
 def table_mla(data: dict) -> str:
-    out = ["| B | H | P | dtype | attention | µs | cache GB/s | TFLOP/s | splits |",
-           "|---:|---:|---:|---|---|---:|---:|---:|---:|"]
+    out = ["| B | H | P | listed keys | dtype | attention | µs | cache GB/s | TFLOP/s | splits |",
+           "|---:|---:|---:|---:|---|---|---:|---:|---:|---:|"]
     for r in data["rows"]:
-        head = f"| {r['B']} | {r['H']} | {r['P']} | {DTYPE.get(r['dtype'], r['dtype'])} | {r.get('kernel', 'simt')} |"
+        listed = "all" if r.get("K", -1) < 0 else r["K"]
+        head = (f"| {r['B']} | {r['H']} | {r['P']} | {listed} | {DTYPE.get(r['dtype'], r['dtype'])} | "
+                f"{r.get('kernel', 'simt')} |")
         if "error" in r:
             out.append(f"{head} failed: {r['error'][:80]} | | | |")
             continue

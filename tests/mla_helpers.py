@@ -17,11 +17,11 @@ from onnxattn import ops
 
 MLA = "MultiHeadLatentAttention"
 MLA_INPUTS = ("query", "latent", "k_rope", "w_uk", "w_uv", "past_latent", "past_k_rope", "past_lengths",
-              "position_ids", "rope_inv_freq")
+              "position_ids", "rope_inv_freq", "key_indices")
 MLA_OUTPUTS = ("output", "present_latent", "present_k_rope")
 MLA_T_INPUTS = MLA_INPUTS[:7]
 MLA_FIXED_TYPES = {"past_lengths": TensorProto.INT64, "position_ids": TensorProto.INT64,
-                   "rope_inv_freq": TensorProto.FLOAT}
+                   "rope_inv_freq": TensorProto.FLOAT, "key_indices": TensorProto.INT64}
 MLA_ATTR_NAMES = ("num_heads", "causal", "window", "softcap", "scale", "rope_base", "rope_interleaved",
                   "rope_attention_scaling")
 PATHS = ("absorbed", "expanded")
@@ -50,7 +50,7 @@ def mla_model(
     types (bad-input tests). bfloat16 models take and return float32 and Cast inside."""
     unknown = set(inputs) - set(MLA_INPUTS[5:])
     assert not unknown, f"unknown optional inputs {unknown}"
-    ranks = dict(zip(MLA_INPUTS + MLA_OUTPUTS, (3, 3, 3, 3, 3, cache_rank, cache_rank, 1, 2, 1, 3,
+    ranks = dict(zip(MLA_INPUTS + MLA_OUTPUTS, (3, 3, 3, 3, 3, cache_rank, cache_rank, 1, 2, 1, 3, 3,
                                                 cache_rank, cache_rank)))
     declared = {n: _symbolic(n, r) for n, r in ranks.items()}
     declared.update(shapes or {})

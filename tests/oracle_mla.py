@@ -15,6 +15,7 @@ Contract, in order:
    >= past_lengths[b] + S hidden. Caches may be [B, P, .] or [B, 1, P, .] (same values).
 4. per head h: k[j] = [latent[j] @ w_uk[h] ; k_rope[j]], v[j] = latent[j] @ w_uv[h].
 5. query at key position p sees key j iff j <= p (causal), p - W < j (window W > 0) and j is valid;
+   with key_indices [B, S, K] also iff j is one of key_indices[b, i] (a set; negative entries list nothing);
    scores = scale * q.k (scale 0: 1/sqrt(Dn+Dr)), softcap c > 0: c tanh(s / c); a row that sees nothing
    gives zeros. Output [B,S,H*Dv].
 
@@ -65,6 +66,7 @@ def mla_oracle(
     past_lengths: np.ndarray | None = None,
     position_ids: np.ndarray | None = None,
     rope_inv_freq: np.ndarray | None = None,
+    key_indices: np.ndarray | None = None,
     *,
     num_heads: int,
     causal: int = 1,
@@ -133,6 +135,8 @@ def mla_oracle(
                 p = query_pos[b, i]
                 j = np.arange(total)
                 seen = valid & ((j <= p) if causal else True) & ((p - window < j) if window > 0 else True)
+                if key_indices is not None:
+                    seen = seen & np.isin(j, key_indices[b, i])
                 idx = np.flatnonzero(seen)
                 if idx.size == 0:
                     continue

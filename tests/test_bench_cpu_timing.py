@@ -82,7 +82,8 @@ def test_sdpa_benchmark_uses_the_shared_timing():
 
 TINY = {
     "bench_gqa_cpu": ["--prefill", "64", "--past", "32", "--capacity", "128", "--repeat", "2"],
-    "bench_mla_cpu": ["--past", "32", "--heads", "2", "--repeat", "2", "--chunks", "4x0", "2x16", "--threads", "1"],
+    "bench_mla_cpu": ["--past", "32", "--heads", "2", "--repeat", "2", "--chunks", "4x0", "2x16", "--threads", "1",
+                      "--indexed", "8", "--indexed-past", "64"],
     "bench_paged_cpu": ["--batch", "2", "--past", "40", "--block-size", "16", "--repeat", "2"],
     "bench_sparse_cpu": ["--seq", "256", "--function-seq", "128", "--repeat", "1"],
 }
@@ -113,7 +114,7 @@ def test_cpu_benchmark_runs_end_to_end(name, tmp_path, monkeypatch, capsys):
     assert result["machine"]["cores"] and len(result["load_average"]) >= 2
     assert result["timing"]["settle"] == 0 and result["timing"]["burst"] == 0.001
     rows = result["rows"]
-    assert rows and all(r.get("ms", r.get("absorbed_ms", r.get("paged_ms", 0))) > 0 for r in rows)
+    assert rows and all(r.get("ms", r.get("absorbed_ms", r.get("paged_ms", r.get("indexed_ms", 0)))) > 0 for r in rows)
     if name == "bench_gqa_cpu":
         assert {(r["phase"], r["impl"]) for r in rows} == {("prefill", "onnxattn"), ("prefill", "ort_gqa"),
                                                           ("prefill", "function"), ("decode", "onnxattn"),
@@ -122,7 +123,8 @@ def test_cpu_benchmark_runs_end_to_end(name, tmp_path, monkeypatch, capsys):
     elif name == "bench_mla_cpu":
         assert [r["impl"] for r in rows if r["phase"] == "decode"] == ["absorbed", "expanded", "function"]
         assert [(r["S"], r["P"]) for r in rows if r["phase"] == "chunk"] == [(4, 0), (2, 16)]
-        assert "kernel's own choice" in out
+        assert [(r["P"], r["K"]) for r in rows if r["phase"] == "indexed"] == [(64, 8)]
+        assert "kernel's own choice" in out and "dense / indexed" in out
     elif name == "bench_paged_cpu":
         assert [(r["threads"], r["layout"]) for r in rows] == [(1, "in-order"), (1, "shuffled"), (2, "in-order"),
                                                                (2, "shuffled")]

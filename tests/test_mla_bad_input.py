@@ -96,6 +96,17 @@ CASES = [
         shapes=_with(position_ids=(1, 4))),
     Bad("inv-freq-wrong-length", r"input 'rope_inv_freq' must be \[Dr / 2\] = \[3\], got \[4\]",
         shapes=_with(rope_inv_freq=(4,))),
+    # key_indices (DeepSeek sparse attention)
+    Bad("key-indices-rank-2", r"input 'key_indices' must be \[B, S, K\] = \[1, 5, K\], got \[1, 5\]",
+        shapes=_with(key_indices=(1, 5)), kernel_match=r"input 'key_indices' must have rank 3 \[B, S, K\], got "
+        r"shape \[1, 5\]"),
+    Bad("key-indices-wrong-seq", r"input 'key_indices' must be \[B, S, K\] = \[1, 5, K\], got \[1, 4, 8\]",
+        shapes=_with(key_indices=(1, 4, 8)), kernel_match=r"input 'key_indices' must be \[B, S, K\] = \[1, 5, K\], "
+        r"got shape \[1, 4, 8\]"),
+    Bad("key-indices-int32", r"input 'key_indices' must be tensor\(int64\), got tensor\(int32\)",
+        shapes=_with(key_indices=(1, 5, 2)), types=dict(key_indices=TensorProto.INT32), kernel="graph",
+        kernel_match=r"key_indices\) of operator \(MultiHeadLatentAttention\)",
+        torch_skip="the torch reference takes any integer indices"),
     # types
     Bad("latent-float16-with-float-query", r"input 'latent' must have the same type as the other 'T' inputs "
         r"\(float\), got float16", types=dict(latent=TensorProto.FLOAT16), kernel="graph", kernel_match=MLA),
@@ -241,6 +252,39 @@ def test_kernel_and_torch_reject_past_lengths_out_of_range(lengths):
     with pytest.raises(ValueError) as info:
         multi_head_latent_attention(**tensors, **HEADS)
     assert_names_op(str(info.value), _length_message(lengths))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Run-time values: key_indices entries must name a cache slot (negative ones are padding)
+
+INDEX_CASES = [("past-the-concatenated-cache", None, 8, "the caches hold 8 tokens"),
+               ("past-the-buffer", [2, 3], 10, "the caches hold 10 tokens")]
+
+
+@pytest.mark.parametrize("lengths, bad, held", [pytest.param(c[1], c[2], c[3], id=c[0]) for c in INDEX_CASES])
+def test_kernel_and_torch_reject_key_indices_out_of_range(lengths, bad, held):
+    """An entry past the caches is an error naming the first bad entry; slots of the buffer past a sequence's
+    valid length are not (they are hidden keys, as future ones)."""
+    feeds = length_feeds(lengths or [0, 0])
+    if lengths is None:  # concatenation mode: P = 3 past tokens + 5 new ones
+        feeds.update(past_latent=feeds["past_latent"][:, :3], past_k_rope=feeds["past_k_rope"][:, :3])
+        del feeds["past_lengths"]
+    indices = np.full((2, 5, 4), -1, dtype=np.int64)
+    indices[0, :, 0] = 7 if lengths is None else 9  # the last slot: fine
+    indices[1, 2, 3] = bad
+    feeds["key_indices"] = indices
+    present = [n for n in MLA_INPUTS[5:] if n in feeds]
+    m = mla_model(present, shapes={n: None for n in MLA_INPUTS}, attrs=HEADS, with_present=True)
+    message = rf"key_indices\[1, 2, 3\] = {bad} is out of range: {held} \(negative entries list no key\)"
+    with pytest.raises(Exception) as info:
+        kernel_session(m).run(None, feeds)
+    assert_names_op(str(info.value), message)
+    tensors = {n: torch.from_numpy(v) for n, v in feeds.items()}
+    with pytest.raises(ValueError) as info:
+        multi_head_latent_attention(**tensors, **HEADS)
+    assert_names_op(str(info.value), message)
+    indices[1, 2, 3] = bad - 1
+    kernel_session(m).run(None, feeds)  # the last slot is fine
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -86,6 +86,7 @@ class Case:
     rope_attention_scaling: float = 1.0
     dtype: str = "float32"
     with_present: bool = True
+    index_count: int | None = None  # key_indices [B, S, K] with K entries per query (DeepSeek sparse attention)
 
     @property
     def attrs(self) -> dict[str, Any]:
@@ -134,12 +135,23 @@ CASES = [
     Case("decode-wide-h16-b2", batch=2, heads=16, seq=1, buffer=300, past_lengths=(250, 17), **NARROW),
     Case("decode-wide-h128", heads=128, seq=1, past=70, rank=32, nope=16, rope_dim=16, v_dim=16, **I),
     Case("prefill-large-window", heads=4, seq=70, past=40, rank=48, nope=16, rope_dim=16, v_dim=16, window=50),
+    # key_indices (DeepSeek sparse attention): random lists with repeats, padding (-1), future and hidden keys
+    Case("indexed-prefill-b2", batch=2, seq=9, index_count=4, **I),
+    Case("indexed-decode", seq=1, past=40, index_count=8, **I),
+    Case("indexed-decode-wide-h16-b2", batch=2, heads=16, seq=1, buffer=300, past_lengths=(250, 17),
+         index_count=64, **NARROW),
+    Case("indexed-chunk-window", seq=6, past=20, window=9, index_count=7),
+    Case("indexed-shared-b2", batch=2, seq=3, buffer=16, past_lengths=(4, 11), index_count=6, softcap=2.0),
+    Case("indexed-more-than-keys", seq=4, past=2, index_count=20),
+    Case("indexed-empty-lists", seq=3, past=5, index_count=0),
+    Case("indexed-bidirectional", seq=5, past=3, causal=0, index_count=3),
 ]
 
 # Low-precision variants of the cases that exercise distinct conversions (inputs, weights, cache written in
 # the input type, output rounding) in both tile shapes.
 _LOW_PRECISION_OF = ("prefill-b2-odd-s9", "decode-b3", "shared-chunk-b2", "yarn-inv-freq", "softcap",
-                     "decode-narrow-h8", "decode-wide-h16-b2", "bnsh-shared-b2")
+                     "decode-narrow-h8", "decode-wide-h16-b2", "bnsh-shared-b2", "indexed-decode-wide-h16-b2",
+                     "indexed-shared-b2")
 CASES += [dataclasses.replace(c, id=f"{c.id}-{dtype}", dtype=dtype)
           for dtype in ("float16", "bfloat16") for c in CASES if c.id in _LOW_PRECISION_OF]
 CASES_BY_ID = {c.id: c for c in CASES}
@@ -186,6 +198,16 @@ def feeds_of(case_id: str) -> dict[str, np.ndarray]:
         feeds["position_ids"] = offsets[:, None] + np.arange(s)[None, :] + 3 + np.arange(b)[:, None] * 5
     if case.inv_freq == "yarn":
         feeds["rope_inv_freq"] = yarn_inv_freq(case.rope_dim, case.rope_base)
+    if case.index_count is not None:
+        # Each query lists K cache slots drawn from all of them (future keys and hidden buffer slots included:
+        # ignored), one in four entries -1 (padding), with repeats; row 0 of the first batch lists nothing.
+        total = case.buffer if case.buffer is not None else (case.past or 0) + s
+        indices = rng.integers(0, total, size=(b, s, case.index_count))
+        indices[rng.random(indices.shape) < 0.25] = -1
+        if case.index_count > 1:
+            indices[..., -1] = indices[..., 0]
+        indices[0, 0] = -1
+        feeds["key_indices"] = indices.astype(np.int64)
     return feeds
 
 
@@ -292,6 +314,40 @@ def test_oracle_self_check():
     np.testing.assert_array_equal(present_latent[0], [[1.0, 0.0], [0.0, 1.0]])
 
 
+@pytest.mark.parametrize("case_id", [c.id for c in CASES if c.index_count and c.dtype == "float32"])
+def test_key_indices_matter(case_id: str):
+    """The lists change the output (each indexed case attends to fewer keys than its mask allows), and a query
+    whose list holds nothing visible gives zeros."""
+    case = CASES_BY_ID[case_id]
+    feeds = feeds_of(case_id)
+    listed = oracle(case)[0]
+    dense = mla_oracle(**{k: v for k, v in feeds.items() if k != "key_indices"}, **case.attrs)[0]
+    assert np.abs(listed - dense).max() > 1e-3
+    np.testing.assert_array_equal(listed[0, 0], 0.0)  # row 0 of the first batch lists nothing
+
+
+def test_key_indices_hand_computed():
+    """One head, Dn = Dr = 2 and R = 2 with identity up-projections: a decode query listing only key 1 (with
+    padding entries and a repeat) outputs that key's value; listing keys 0 and 1 weighs them by the softmax
+    of their scores; its own key (2) is left out unless listed."""
+    eye = np.eye(2)[None]
+    past_latent, past_rope = np.array([[[1.0, 0.0], [0.0, 2.0]]]), np.zeros((1, 2, 2))
+    query, latent, k_rope = np.array([[[1.0, 1.0, 0.0, 0.0]]]), np.zeros((1, 1, 2)), np.zeros((1, 1, 2))
+    args = (query, latent, k_rope, eye, eye, past_latent, past_rope)
+    one = mla_oracle(*args, key_indices=np.array([[[1, -1, 1, -7]]]), num_heads=1)[0]
+    np.testing.assert_allclose(one[0, 0], [0.0, 2.0], rtol=1e-12)
+    two = mla_oracle(*args, key_indices=np.array([[[0, 1]]]), num_heads=1)[0]
+    w = np.exp(np.array([1.0, 2.0]) / 2.0)  # scores q . k / sqrt(Dn + Dr) = 1/2 and 2/2
+    np.testing.assert_allclose(two[0, 0], (w[0] * np.array([1.0, 0.0]) + w[1] * np.array([0.0, 2.0])) / w.sum(),
+                               rtol=1e-12)
+    feeds = dict(zip(MLA_INPUTS, (*(x.astype(np.float32) for x in args), None, None, None,
+                                  np.array([[[1, -1, 1, -7]]], dtype=np.int64))))
+    feeds = {k: v for k, v in feeds.items() if v is not None}
+    model = mla_model(["past_latent", "past_k_rope", "key_indices"], attrs=dict(num_heads=1))
+    for run in (run_function, run_kernel):
+        np.testing.assert_allclose(run(model, feeds)[0][0, 0], [0.0, 2.0], rtol=1e-6)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Every signature (present optional inputs and outputs) on every path
 
@@ -304,7 +360,8 @@ def _case_of_overload(overload: str) -> Case:
     elif "past" in features:
         fields.update(past=4)
     fields.update(positions="shifted" if "pos" in features else None,
-                  inv_freq="yarn" if "inv_freq" in features else None)
+                  inv_freq="yarn" if "inv_freq" in features else None,
+                  index_count=5 if "index" in features else None)
     return Case(f"overload-{overload or 'plain'}", **fields)
 
 

@@ -9,7 +9,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from onnxattn.nn.mla_reference import check_mla_inputs, check_mla_past_lengths, mla_reference
+from onnxattn.nn.mla_reference import check_mla_inputs, check_mla_key_indices, check_mla_past_lengths, mla_reference
 from onnxattn.nn.reference import (
     check_gqa_inputs,
     check_gqa_past_lengths,
@@ -183,7 +183,7 @@ _register_recompute_autograd(paged_attention, paged_reference, len(PAGED_TENSORS
 # ---- MultiHeadLatentAttention ----
 
 MLA_TENSORS = ("query", "latent", "k_rope", "w_uk", "w_uv", "past_latent", "past_k_rope", "past_lengths",
-               "position_ids", "rope_inv_freq")
+               "position_ids", "rope_inv_freq", "key_indices")
 MLA_ATTRS = ("num_heads", "causal", "window", "softcap", "scale", "rope_base", "rope_interleaved",
              "rope_attention_scaling")
 
@@ -192,15 +192,17 @@ MLA_ATTRS = ("num_heads", "causal", "window", "softcap", "scale", "rope_base", "
 def multi_head_latent_attention(
     query: Tensor, latent: Tensor, k_rope: Tensor, w_uk: Tensor, w_uv: Tensor,
     past_latent: Optional[Tensor], past_k_rope: Optional[Tensor], past_lengths: Optional[Tensor],
-    position_ids: Optional[Tensor], rope_inv_freq: Optional[Tensor],
+    position_ids: Optional[Tensor], rope_inv_freq: Optional[Tensor], key_indices: Optional[Tensor],
     num_heads: int, causal: bool, window: int, softcap: float, scale: float, rope_base: float,
     rope_interleaved: bool, rope_attention_scaling: float,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    tensors = (query, latent, k_rope, w_uk, w_uv, past_latent, past_k_rope, past_lengths, position_ids, rope_inv_freq)
+    tensors = (query, latent, k_rope, w_uk, w_uv, past_latent, past_k_rope, past_lengths, position_ids, rope_inv_freq,
+               key_indices)
     attrs = dict(zip(MLA_ATTRS, (num_heads, causal, window, softcap, scale, rope_base, rope_interleaved,
                                  rope_attention_scaling)))
     check_mla_inputs(tensors, attrs)
     check_mla_past_lengths(query, past_latent, past_lengths)
+    check_mla_key_indices(query, latent, past_latent, past_lengths, key_indices)
     outputs = mla_reference(*tensors, **attrs)
     # without a past the present latent is the input itself: outputs may not alias inputs
     return tuple(_unaliased(t.contiguous(), (latent, k_rope, past_latent, past_k_rope)) for t in outputs)
@@ -208,7 +210,7 @@ def multi_head_latent_attention(
 
 @multi_head_latent_attention.register_fake
 def _(query, latent, k_rope, w_uk, w_uv, past_latent, past_k_rope, past_lengths, position_ids, rope_inv_freq,
-      num_heads, *attrs):
+      key_indices, num_heads, *attrs):
     b, s = query.shape[0], query.shape[1]
     if past_latent is None:
         lead, total = (b,), s

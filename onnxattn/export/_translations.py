@@ -53,11 +53,11 @@ def _paged(query, key, value, key_cache, value_cache, block_table, cu_seqlens_q,
 
 
 def _mla(query, latent, k_rope, w_uk, w_uv, past_latent=None, past_k_rope=None, past_lengths=None,
-         position_ids=None, rope_inv_freq=None, *attrs):
+         position_ids=None, rope_inv_freq=None, key_indices=None, *attrs):
     kinds = {a.name: a.kind for a in mla.SPEC.attrs}
     onnx_attrs = {name: int(v) if kinds[name] == "int" else float(v) for name, v in zip(MLA_ATTRS, attrs)}
     return _MLA(query, latent, k_rope, w_uk, w_uv, past_latent, past_k_rope, past_lengths, position_ids,
-                rope_inv_freq, **onnx_attrs)
+                rope_inv_freq, key_indices, **onnx_attrs)
 
 
 def _explicit(spec, names, values) -> dict:

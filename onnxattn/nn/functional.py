@@ -127,6 +127,7 @@ def multi_head_latent_attention(
     past_lengths: torch.Tensor | None = None,
     position_ids: torch.Tensor | None = None,
     rope_inv_freq: torch.Tensor | None = None,
+    key_indices: torch.Tensor | None = None,
     *,
     num_heads: int,
     causal: bool = True,
@@ -139,10 +140,11 @@ def multi_head_latent_attention(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """onnxattn::MultiHeadLatentAttention (DeepSeek-V2/V3 MLA) on query [B,S,H*(Dn+Dr)], the new tokens' latent
     [B,S,R] and rope keys [B,S,Dr] (before RoPE), with up-projections w_uk [H,R,Dn] and w_uv [H,R,Dv]. Caches
-    past_latent [B,P,R] / past_k_rope [B,P,Dr] (or [B,1,P,.]; buffers with past_lengths). Returns (output
+    past_latent [B,P,R] / past_k_rope [B,P,Dr] (or [B,1,P,.]; buffers with past_lengths). key_indices [B,S,K]
+    int64 (DeepSeek-V3.2 sparse attention): each query sees only the cache positions it lists. Returns (output
     [B,S,H*Dv], present_latent, present_k_rope); scale None means 1/sqrt(Dn+Dr). See docs/ops.md."""
     return torch.ops.onnxattn.multi_head_latent_attention(
         query, latent, k_rope, w_uk, w_uv, past_latent, past_k_rope, past_lengths, position_ids, rope_inv_freq,
-        int(num_heads), bool(causal), int(window), float(softcap), float(scale or 0.0), float(rope_base),
+        key_indices, int(num_heads), bool(causal), int(window), float(softcap), float(scale or 0.0), float(rope_base),
         bool(rope_interleaved), float(rope_attention_scaling),
     )

@@ -166,15 +166,17 @@ class MultiHeadLatentAttention(TokenPositions, nn.Module):
         past_k_rope: torch.Tensor | None = None,
         past_lengths: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
+        key_indices: torch.Tensor | None = None,
         return_present: bool = False,
     ):
         """x [B, S, model_dim]. The latent cache comes from `cache` (this layer's slot, updated in place) or
         from explicit `past_latent`/`past_k_rope` ([B, P, .] or [B, 1, P, .]; with `past_lengths`: preallocated
-        buffers, shared-buffer mode). Returns the output, and with `return_present` also (present_latent,
-        present_k_rope)."""
+        buffers, shared-buffer mode). `key_indices` [B, S, K] int64 (DeepSeek sparse attention, deepseek form):
+        each query attends only to the cache positions it lists. Returns the output, and with `return_present`
+        also (present_latent, present_k_rope)."""
         if self.form == "seed":
             given = [k for k, v in dict(cache=cache, past_latent=past_latent, past_k_rope=past_k_rope,
-                                        past_lengths=past_lengths).items() if v is not None]
+                                        past_lengths=past_lengths, key_indices=key_indices).items() if v is not None]
             if given or return_present:
                 raise ValueError(f"{type(self).__name__}(form='seed') has no cache; got "
                                  f"{', '.join(given) or 'return_present'} (use the deepseek form)")
@@ -197,7 +199,7 @@ class MultiHeadLatentAttention(TokenPositions, nn.Module):
                                                 self.rope.scaling.original_max_positions)
             out, present_latent, present_k_rope = F.multi_head_latent_attention(
                 q, latent, k_rope, self.w_uk, self.w_uv, past_latent, past_k_rope, past_lengths, position_ids,
-                inv_freq, num_heads=self.num_heads, causal=self.causal, window=self.window,
+                inv_freq, key_indices, num_heads=self.num_heads, causal=self.causal, window=self.window,
                 softcap=self.softcap, scale=self.scale, rope_base=self.rope.base,
                 rope_interleaved=self.rope.interleaved,
                 rope_attention_scaling=self.rope_attention_scaling)

@@ -41,6 +41,27 @@ def check_mla_past_lengths(query: torch.Tensor, past_latent: torch.Tensor | None
                              f"{buffer} tokens, so with {seq} new tokens it must be in [0, {buffer - seq}]")
 
 
+def check_mla_key_indices(query: torch.Tensor, latent: torch.Tensor, past_latent: torch.Tensor | None,
+                          past_lengths: torch.Tensor | None, key_indices: torch.Tensor | None) -> None:
+    """key_indices values (the kernel's message): each entry a cache slot, or negative; on real tensors only."""
+    if key_indices is None or key_indices.numel() == 0:
+        return
+    total = latent.shape[1] if past_latent is None else past_latent.shape[-2] + (
+        0 if past_lengths is not None else latent.shape[1])
+    bad = (key_indices >= total).nonzero()
+    if bad.numel():
+        b, i, e = (int(x) for x in bad[0])
+        raise ValueError(f"{NAME}: key_indices[{b}, {i}, {e}] = {int(key_indices[b, i, e])} is out of range: the "
+                         f"caches hold {total} tokens (negative entries list no key)")
+
+
+def listed_keys(key_indices: torch.Tensor, total: int) -> torch.Tensor:
+    """[B, 1, S, T] bool: key j is listed in key_indices[b, i] (a set; negative entries list nothing)."""
+    slots = torch.where(key_indices < 0, total, key_indices).to(torch.int64)
+    marks = torch.zeros(*key_indices.shape[:2], total + 1, dtype=torch.bool, device=key_indices.device)
+    return marks.scatter(2, slots, True)[:, None, :, :total]
+
+
 def mla_reference(
     query: torch.Tensor,
     latent: torch.Tensor,
@@ -52,6 +73,7 @@ def mla_reference(
     past_lengths: torch.Tensor | None = None,
     position_ids: torch.Tensor | None = None,
     rope_inv_freq: torch.Tensor | None = None,
+    key_indices: torch.Tensor | None = None,
     *,
     num_heads: int,
     causal: bool = True,
@@ -65,11 +87,12 @@ def mla_reference(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Eager onnxattn::MultiHeadLatentAttention: (output [B,S,H*Dv], present_latent, present_k_rope), with the
     op's contract (docs/ops.md). `absorbed` computes attention over the shared latent rows instead of the
-    expanded per-head keys (same function, other rounding)."""
+    expanded per-head keys (same function, other rounding). `key_indices` [B, S, K]: each query sees only the
+    keys it lists (DeepSeek sparse attention)."""
     attrs = dict(num_heads=num_heads, causal=causal, window=window, softcap=softcap, scale=scale,
                  rope_base=rope_base, rope_interleaved=rope_interleaved, rope_attention_scaling=rope_attention_scaling)
     check_mla_inputs((query, latent, k_rope, w_uk, w_uv, past_latent, past_k_rope, past_lengths, position_ids,
-                      rope_inv_freq), attrs)
+                      rope_inv_freq, key_indices), attrs)
     b, s, _ = query.shape
     heads, _, nope = w_uk.shape
     rope_dim = k_rope.shape[-1]
@@ -110,6 +133,8 @@ def mla_reference(
         visible = visible & (j > p - window)
     if past_lengths is not None:
         visible = visible & (j < (past_len + s)[:, None, :, None])
+    if key_indices is not None:
+        visible = visible & listed_keys(key_indices, total)
     visible = visible.expand(b, 1, s, total)
 
     lat, kr = present_lat.to(ct)[:, None], present_kr.to(ct)[:, None]  # [B, 1, T, .]

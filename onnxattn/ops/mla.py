@@ -34,7 +34,7 @@ I64, F32 = TensorProto.INT64, TensorProto.FLOAT
 SUMMARY = (
     "output, present_latent?, present_k_rope? = MultiHeadLatentAttention(query [B,S,H*(Dn+Dr)], latent [B,S,R], "
     "k_rope [B,S,Dr], w_uk [H,R,Dn], w_uv [H,R,Dv], past_latent?, past_k_rope?, past_lengths?, position_ids?, "
-    "rope_inv_freq?)"
+    "rope_inv_freq?, key_indices?)"
 )
 
 DOC = """\
@@ -88,6 +88,15 @@ generation tooling). The present caches have the rank of the past ones (rank 3 w
 **Visibility.** Query at key position p sees key j iff `j <= p` (`causal=1`), `p - window < j`
 (`window > 0`), and j is a valid key. A query that sees no key outputs zeros.
 
+**Key indices (DeepSeek sparse attention, DSA).** With `key_indices [B, S, K]` (int64) query (b, i) also needs
+j to be listed in `key_indices[b, i]`: the keys a DeepSeek-V3.2 lightning indexer picked for it (its top-k,
+e.g. `TopK` of the index scores). The list is a set: order and repeats do not matter, negative entries list
+nothing (padding), entries that are not visible under the rules above (a future key, a hidden buffer slot)
+are ignored, and an entry past the caches (>= P + S, or >= M in shared-buffer mode) is an error (the CUDA
+kernel, which cannot raise, ignores it). The kernels attend to each token's listed keys only, so their work
+grows with K rather than with the cache (the CPU kernel's `indexed` path; the CUDA kernel sorts each token's
+list once and walks it). Selection is discrete: no gradient flows into the indices.
+
 **RoPE.** `inv_freq[i] = rope_base^(-2i/Dr)`, or the `rope_inv_freq` input (scaled RoPE such as the YaRN
 frequencies of DeepSeek-V3, with its attention factor in `rope_attention_scaling`, which multiplies cos
 and sin). Positions default to each query's key position.
@@ -97,7 +106,8 @@ and sin). Positions default to each query's key position.
 
 OVERLOAD_DOC = (
     "Overload names join the node's present optional parts with '+', in this order: `past` (past_latent and "
-    "past_k_rope), `shared` (past_lengths), `pos` (position_ids), `inv_freq`, `present` (present_latent and "
+    "past_k_rope), `shared` (past_lengths), `pos` (position_ids), `inv_freq`, `index` (key_indices), `present` "
+    "(present_latent and "
     "present_k_rope outputs). `shared` requires `past`. The plain form is the default overload ''. One body "
     "serves both cache ranks."
 )
@@ -124,8 +134,8 @@ y = attn(x_next_token, cache=cache)    # decode: attention over the R + Dr wide 
 ```""",
 )
 
-FEATURES = ("past", "shared", "pos", "inv_freq", "present")
-_INPUT_OF_FEATURE = {"past": 5, "shared": 7, "pos": 8, "inv_freq": 9}
+FEATURES = ("past", "shared", "pos", "inv_freq", "index", "present")
+_INPUT_OF_FEATURE = {"past": 5, "shared": 7, "pos": 8, "inv_freq": 9, "index": 10}
 
 
 def _all_overloads() -> tuple[str, ...]:
@@ -146,7 +156,8 @@ def _known(*dims: Dim) -> bool:
 
 
 def infer(inputs: Sequence[TensorInfo | None], attrs: Mapping[str, Any]) -> list[TensorInfo]:
-    query, latent, k_rope, w_uk, w_uv, past_latent, past_k_rope, past_lengths, position_ids, inv_freq = inputs
+    query, latent, k_rope, w_uk, w_uv, past_latent, past_k_rope, past_lengths, position_ids, inv_freq = inputs[:10]
+    key_indices = inputs[10] if len(inputs) > 10 else None
     heads = attrs["num_heads"]
     if heads < 1:
         raise OpError(f"{NAME}: attribute 'num_heads' is required and must be >= 1, got {heads}")
@@ -218,6 +229,11 @@ def infer(inputs: Sequence[TensorInfo | None], attrs: Mapping[str, Any]) -> list
     half = rope_dim // 2 if _known(rope_dim) else None
     if inv_freq is not None and inv_freq.rank is not None and (inv_freq.rank != 1 or dims_differ(inv_freq.shape[0], half)):
         raise OpError(f"{NAME}: input 'rope_inv_freq' must be [Dr / 2] = [{half}], got {inv_freq.shape_str()}")
+    if key_indices is not None and key_indices.rank is not None:
+        ki = key_indices.shape
+        if key_indices.rank != 3 or dims_differ(ki[0], batch) or dims_differ(ki[1], seq):
+            raise OpError(f"{NAME}: input 'key_indices' must be [B, S, K] = [{batch}, {seq}, K], got "
+                          f"{key_indices.shape_str()}")
 
     if past_lengths is not None:
         total = past_len
@@ -320,6 +336,8 @@ def build_function(overload: str, opset: int) -> onnx.FunctionProto:
     if "shared" in features:
         valid = f.op("Add", past_len, f.op("Unsqueeze", seq, axis0))  # [B, 1]
         visible = f.op("And", visible, f.op("Less", j, f.op("Unsqueeze", valid, f.const([2, 3], I64))))
+    if "index" in features:
+        visible = f.op("And", visible, _listed_keys(f, total))
     out, _ = bodies.masked_softmax_attention(f, bodies.scores(f, q, k), visible, v)
     out = f.op("Reshape", f.op("Transpose", out, perm=[0, 2, 1, 3]),
                f.op("Concat", f.op("Shape", "query", start=0, end=2), f.const([-1], I64), axis=0))
@@ -330,6 +348,21 @@ def build_function(overload: str, opset: int) -> onnx.FunctionProto:
         f.nodes.append(onnx.helper.make_node("Identity", [present_rope], ["present_k_rope"]))
         outputs += ["present_latent", "present_k_rope"]
     return f.build(inputs, outputs)
+
+
+def _listed_keys(f: FunctionBuilder, total: str) -> str:
+    """[B, 1, S, T] bool: key j is listed in key_indices[b, i]. Negative entries are scattered into an extra
+    column T that is dropped (ScatterElements would wrap a negative index); an entry past it fails there."""
+    zero, one = f.const(0, I64), f.const(1, I64)
+    indices = f.op("Cast", "key_indices", to=I64)
+    width = f.op("Unsqueeze", f.op("Add", total, one), f.const([0], I64))  # [1]: T + 1
+    indices = f.op("Where", f.op("Less", indices, zero), total, indices)
+    slots = f.op("ConstantOfShape", f.op("Concat", f.op("Shape", "key_indices", end=2), width, axis=0),
+                 value=onnx.helper.make_tensor("zero", F32, [1], [0.0]))
+    marks = f.op("ScatterElements", slots, indices, f.op("Expand", f.const(1.0, F32), f.op("Shape", indices)),
+                 axis=2)
+    listed = f.op("Slice", marks, f.const([0], I64), f.op("Unsqueeze", total, f.const([0], I64)), f.const([2], I64))
+    return f.op("Unsqueeze", f.op("Greater", listed, f.const(0.0, F32)), f.const([1], I64))
 
 
 _GQA_ATTRS = {a.name: a for a in gqa.ATTRS}
@@ -367,6 +400,8 @@ SPEC = OpSpec(
               optional=True),
         Input("rope_inv_freq", "tensor(float)", "[Dr / 2] RoPE inverse frequencies (scaled RoPE such as YaRN); "
               "default rope_base^(-2i/Dr).", optional=True),
+        Input("key_indices", "tensor(int64)", "[B, S, K]: the keys (cache positions) each query may attend to "
+              "(DeepSeek sparse attention's top-k; negative = none); default: every visible key.", optional=True),
     ),
     outputs=(
         Output("output", "T", "Attention output [B, S, H*Dv]."),

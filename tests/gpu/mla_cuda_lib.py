@@ -65,11 +65,12 @@ class Problem:
     scale: float = 0.0
     rope_base: float = 10000.0
     rope_attention_scaling: float = 1.0
+    index_count: int = -1  # K of key_indices [B, S, K]; -1: no key_indices
 
     def arrays(self):
-        ints = (ctypes.c_int64 * 15)(self.batch, self.seq, self.heads, self.rank, self.nope, self.rope, self.v_dim,
+        ints = (ctypes.c_int64 * 16)(self.batch, self.seq, self.heads, self.rank, self.nope, self.rope, self.v_dim,
                                      self.past, MODES[self.mode], self.causal, self.window, self.interleaved,
-                                     self.cache_rank, int(self.position_ids), int(self.inv_freq))
+                                     self.cache_rank, int(self.position_ids), int(self.inv_freq), self.index_count)
         floats = (ctypes.c_float * 4)(self.softcap, self.scale, self.rope_base, self.rope_attention_scaling)
         return ints, floats
 
@@ -83,15 +84,16 @@ class Plan:
     scratch_bytes: int
     kernel: str  # of the attention step: "simt" or "mma" (ONNXATTN_MLA_CUDA_KERNEL)
     head_blocks: int
+    list_padded: int  # key_indices: K padded to a power of two (each token's list is sorted in shared memory)
 
 
 def plan(problem: Problem, *, sm_count: int = 132, element_bytes: int = 2, present_outputs: bool = True) -> Plan:
     ints, floats = problem.arrays()
-    out = (ctypes.c_int64 * 7)()
+    out = (ctypes.c_int64 * 8)()
     error = load().OnnxAttnMlaCudaPlan(ints, floats, sm_count, element_bytes, int(present_outputs), out)
     if error:
         raise ValueError(error.decode())
-    return Plan(out[0], out[1], out[2], bool(out[3]), out[4], "mma" if out[5] else "simt", out[6])
+    return Plan(out[0], out[1], out[2], bool(out[3]), out[4], "mma" if out[5] else "simt", out[6], out[7])
 
 
 def scratch_bytes(problem: Problem, dtype: str, present_outputs: bool = True) -> int:
@@ -119,6 +121,7 @@ def run(problem: Problem, tensors: dict, dtype: str, *, output, present_latent=N
     ptrs = [tensors[name].data_ptr() if name in tensors else None for name in INPUTS]
     ptrs += [output.data_ptr(), present_latent.data_ptr() if present_latent is not None else None,
              present_k_rope.data_ptr() if present_k_rope is not None else None]
+    ptrs.append(tensors["key_indices"].data_ptr() if "key_indices" in tensors else None)
     ints, floats = problem.arrays()
     cuda_stream = (stream or torch.cuda.current_stream()).cuda_stream
     error = lib.OnnxAttnMlaCudaRunForTest(ints, floats, (ctypes.c_void_p * len(ptrs))(*ptrs), ONNX_DTYPES[dtype],

@@ -30,7 +30,8 @@ NAMES = ("gqa4_causal_sq_lt_skv", "decode_gqa_odd", "d80", "dv128_d192", "bool_m
 PAGED_NAMES = ("decode-b4-bs16", "mixed-chunks-decodes", "decode-long-splits", "d12-simt", "chunk-bs1", "no-present")
 PAGED_FAULTS = ("block-huge", "block-negative", "length-past-capacity", "negative-length")
 PAGED_CALL_FAULTS = ("cu-decreasing", "cu-past-the-rows")
-MLA_NAMES = ("decode-h16-b2", "decode-h128-shared-b3", "chunk-s37-window", "prompt-odd-b2", "shared-bnsh-yarn")
+MLA_NAMES = ("decode-h16-b2", "decode-h128-shared-b3", "chunk-s37-window", "prompt-odd-b2", "shared-bnsh-yarn",
+             "indexed-shared-b3", "indexed-chunk-s9-window")  # key_indices: gathered rows, sorted lists
 WGMMA_NAMES = ("causal_sq_gt_skv_empty_rows", "mha_odd_bidirectional", "d72_dv128", "dv80_d128", "window_causal",
                "band", "sq17")  # fmt: skip
 

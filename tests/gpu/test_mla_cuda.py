@@ -16,7 +16,10 @@ Cases cover DeepSeek-V3 sizes (R=512, Dr=64, Dn=Dv=128) at decode with 16 and 12
 causal chunk with a window, a prompt without a past and odd sizes, shared buffers with per-sequence lengths
 and NaN stale slots ([B, 1, M, .] caches, YaRN frequencies, explicit positions, softcap, scale),
 bidirectional attention, caches in scratch, in place, and an out-of-range past_lengths entry (NaN rows
-for that sequence only, its cache untouched: the device cannot raise)."""
+for that sequence only, its cache untouched: the device cannot raise). key_indices (DeepSeek-V3.2 sparse
+attention): DeepSeek sizes at decode with 2048 listed keys of a 3000-token cache, shared buffers whose lists
+name stale (NaN) slots, a windowed chunk with an odd K, a prompt, empty lists; entries past the caches are
+ignored on the device (the CPU kernel raises)."""
 
 from __future__ import annotations
 
@@ -58,6 +61,15 @@ CASES = [
     Case("bidirectional", lib.Problem(seq=5, heads=4, rank=64, nope=16, rope=16, v_dim=16, past=20, causal=0)),
     Case("caches-in-scratch", lib.Problem(batch=2, heads=16, past=900, **DS), present="scratch"),
     Case("in-place-decode", lib.Problem(batch=2, heads=16, past=2048, mode="shared", **DS), (2000, 77), "in-place"),
+    # key_indices: random lists with padding (-1), repeats, future keys and (shared) stale slots
+    Case("indexed-decode-h128-b2", lib.Problem(batch=2, heads=128, past=3000, index_count=2048, **DS)),
+    Case("indexed-shared-b3", lib.Problem(batch=3, seq=2, heads=16, past=600, mode="shared", index_count=64, **DS),
+         (500, 0, 598)),
+    Case("indexed-chunk-s9-window", lib.Problem(seq=9, heads=4, rank=64, nope=32, rope=16, v_dim=32, past=300,
+                                                window=40, index_count=33)),
+    Case("indexed-prompt-odd-b2", lib.Problem(batch=2, seq=17, heads=3, rank=40, nope=24, rope=8, v_dim=20,
+                                              mode="none", index_count=5)),
+    Case("indexed-empty", lib.Problem(seq=3, heads=4, rank=64, nope=32, rope=16, v_dim=32, past=50, index_count=0)),
 ]
 CASES_BY_ID = {c.id: c for c in CASES}
 
@@ -83,6 +95,13 @@ def make_inputs(case: Case, dtype: str, seed: int = 0) -> dict:
     if p.inv_freq:
         base = 10000.0 ** (-torch.arange(0, p.rope, 2, dtype=torch.float32) / p.rope)
         x["rope_inv_freq"] = base * torch.linspace(1.0, 0.25, p.rope // 2)
+    if p.index_count >= 0:
+        total = p.past + p.seq if p.mode == "concat" else p.past if p.mode == "shared" else p.seq
+        indices = torch.randint(0, total, (p.batch, p.seq, p.index_count), generator=g)
+        indices[torch.rand(indices.shape, generator=g) < 0.2] = -1
+        if p.index_count > 1:
+            indices[..., -1] = indices[..., 0]  # a repeat
+        x["key_indices"] = indices
     return x
 
 
@@ -161,7 +180,8 @@ def check(case: Case, dtype: str, y, presents, reference_and_baseline, *, invali
 
 
 PARAMS = [(c.id, d) for c in CASES for d in DTYPES if d == "bfloat16" or c.id in
-          ("decode-h16-b2", "shared-bnsh-yarn", "prompt-odd-b2", "chunk-s37-window")]
+          ("decode-h16-b2", "shared-bnsh-yarn", "prompt-odd-b2", "chunk-s37-window", "indexed-shared-b3",
+           "indexed-chunk-s9-window")]
 
 
 KERNELS = ("simt", "mma")  # ONNXATTN_MLA_CUDA_KERNEL: the attention step's SIMT and tensor-core kernels
@@ -216,10 +236,23 @@ def test_decode_steps_equal_one_pass():
     torch.testing.assert_close(torch.cat(rows, 1), full, atol=2e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_key_indices_past_the_caches_are_ignored_on_the_device(kernel, monkeypatch):
+    """The device cannot raise: an entry >= the cache length lists nothing (the CPU kernel rejects it)."""
+    case = CASES_BY_ID["indexed-shared-b3"]
+    use_kernel(monkeypatch, kernel, "bfloat16", case.problem)
+    x = make_inputs(case, "bfloat16")
+    bad = x["key_indices"].clone()
+    bad[0, 0, :5] = torch.tensor([600, 601, 10**9, 2**31, 2**40])
+    y, presents = run_cuda(case, dict(x, key_indices=bad), "bfloat16")
+    fixed = dict(x, key_indices=torch.where(bad >= 600, -1, bad))
+    check(case, "bfloat16", y, presents, reference(case, fixed, "bfloat16"))
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Through onnxruntime's CUDA execution provider
 
-ORT_CASES = ["decode-h16-b2", "shared-bnsh-yarn", "caches-in-scratch", "in-place-decode"]
+ORT_CASES = ["decode-h16-b2", "shared-bnsh-yarn", "caches-in-scratch", "in-place-decode", "indexed-decode-h128-b2"]
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
@@ -236,7 +269,7 @@ def test_runs_on_the_cuda_execution_provider(case_id, kernel, tmp_path, monkeypa
     case, dtype = CASES_BY_ID[case_id], "float16"
     p = case.problem
     x = make_inputs(case, dtype)
-    present = [n for n in INPUTS[5:] if n in x]
+    present = [n for n in (*INPUTS[5:], "key_indices") if n in x]
     with_present = case.present != "scratch"
     model = mla_model(present, dtype=dtype, with_present=with_present, attrs=attrs(p) | dict(
         causal=p.causal, rope_interleaved=p.interleaved), cache_rank=p.cache_rank)

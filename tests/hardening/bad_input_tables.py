@@ -470,7 +470,8 @@ MLA = "MultiHeadLatentAttention"
 FUNCTION_MLA = dict.fromkeys(("latent-batch", "inv-freq-wrong-length", "latent-float16-with-float-query",
                                "position-ids-int32", "causal-2", "negative-window", "negative-softcap", "nan-scale",
                                "rope-base-zero", "rope-interleaved-2", "inf-rope-attention-scaling",
-                               "kv-num-heads-attribute", "past-lengths-negative"), "runs")
+                               "kv-num-heads-attribute", "past-lengths-negative", "key-indices-int32",
+                               "key-indices-the-cache-length"), "runs")
 
 
 def _mla_model(present, shapes, attrs, *, with_present=False):
@@ -508,6 +509,28 @@ def mla_cases() -> list[Case]:
             dynamic_model=lambda: mla_model(shared, shapes={n: None for n in MLA_INPUTS}, attrs=t.HEADS,
                                             with_present=True, attach=False),
             feeds=functools.partial(t.length_feeds, lengths)))
+
+    # key_indices values: an entry must name a cache slot (8 of them: 3 past + 5 new); negative ones are padding
+    def index_feeds(bad):
+        feeds = t.length_feeds([0, 0])
+        feeds.update(past_latent=feeds["past_latent"][:, :3], past_k_rope=feeds["past_k_rope"][:, :3])
+        del feeds["past_lengths"]
+        indices = np.full((2, 5, 4), -1, dtype=np.int64)
+        indices[1, 2, 3] = bad
+        return dict(feeds, key_indices=indices)
+
+    listed = ["past_latent", "past_k_rope", "key_indices"]
+    for name, bad in (("the-cache-length", 8), ("int64-max", INT64_MAX)):
+        out.append(Case(
+            MLA, f"key-indices-{name}", origin if name == "the-cache-length" else "tests/hardening/bad_input_tables.py",
+            "index values", expect("accepts", "accepts", FUNCTION_MLA.get(f"key-indices-{name}", "fails"), "rejects"),
+            match=rf"key_indices\[1, 2, 3\] = {bad} is out of range: the caches hold 8 tokens",
+            note=FUNCTION_NOTE if name == "the-cache-length" else FAILS_NOTE,
+            static_model=lambda: mla_model(listed, shapes={n: v.shape for n, v in index_feeds(0).items()},
+                                           attrs=t.HEADS, with_present=True, attach=False),
+            dynamic_model=lambda: mla_model(listed, shapes={n: None for n in MLA_INPUTS}, attrs=t.HEADS,
+                                            with_present=True, attach=False),
+            feeds=functools.partial(index_feeds, bad)))
 
     here = "tests/hardening/bad_input_tables.py"
     heads = dict(t.HEADS)

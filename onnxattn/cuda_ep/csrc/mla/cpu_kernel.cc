@@ -242,18 +242,13 @@ void attend_split(const Params& p, const Tensors<T>& t, const Prepared<T>& prep,
   });
 }
 
-// Absorbed: attention over the latent rows [latent ; k_rope] (R + Dr) shared by every head.
+// q_abs [B, S, H, R + Dr] = [q_nope . W_UK[h]^T ; rotated q_rope]: the absorbed queries.
 template <typename T>
-void run_absorbed(const Params& p, const Tensors<T>& t, Prepared<T>& prep, const ParallelFor& parallel_for) {
-  const int64_t B = p.batch, S = p.seq, H = p.heads, R = p.rank, Dn = p.nope_dim, Dr = p.rope_dim;
-  const int64_t Dv = p.v_head_dim, M = p.total, Dq = p.query_width(), Dk = R + Dr;
-  Buffer w_uk_storage, w_uv_storage;
-  const float* w_uk = as_float(t.w_uk, H * R * Dn, w_uk_storage, parallel_for);
-  const float* w_uv = as_float(t.w_uv, H * R * Dv, w_uv_storage, parallel_for);
-
-  // q_abs [B, S, H, R + Dr] = [q_nope . W_UK[h]^T ; rotated q_rope]
-  Buffer q_abs = floats(B * S * H * Dk);
-  parallel_for(B * S * H, [&](int64_t item) {
+Buffer absorb_queries(const Params& p, const Tensors<T>& t, const Prepared<T>& prep, const float* w_uk,
+                      const ParallelFor& parallel_for) {
+  const int64_t H = p.heads, R = p.rank, Dn = p.nope_dim, Dr = p.rope_dim, Dq = p.query_width(), Dk = R + Dr;
+  Buffer q_abs = floats(p.batch * p.seq * H * Dk);
+  parallel_for(p.batch * p.seq * H, [&](int64_t item) {
     const int64_t h = item % H;
     std::vector<float> nope(static_cast<size_t>(Dn));
     const T* src = t.query + item * Dq;
@@ -262,6 +257,19 @@ void run_absorbed(const Params& p, const Tensors<T>& t, Prepared<T>& prep, const
     dot_rows(nope.data(), w_uk + h * R * Dn, R, Dn, Dn, dst);
     std::memcpy(dst + R, prep.q_rope.get() + item * Dr, size_t(Dr) * sizeof(float));
   });
+  return q_abs;
+}
+
+// Absorbed: attention over the latent rows [latent ; k_rope] (R + Dr) shared by every head.
+template <typename T>
+void run_absorbed(const Params& p, const Tensors<T>& t, Prepared<T>& prep, const ParallelFor& parallel_for) {
+  const int64_t B = p.batch, S = p.seq, H = p.heads, R = p.rank, Dn = p.nope_dim, Dr = p.rope_dim;
+  const int64_t Dv = p.v_head_dim, M = p.total, Dk = R + Dr;
+  Buffer w_uk_storage, w_uv_storage;
+  const float* w_uk = as_float(t.w_uk, H * R * Dn, w_uk_storage, parallel_for);
+  const float* w_uv = as_float(t.w_uv, H * R * Dv, w_uv_storage, parallel_for);
+
+  Buffer q_abs = absorb_queries(p, t, prep, w_uk, parallel_for);
 
   // Attention of every head over the one latent "KV head"; float output [B, S, H, R].
   Buffer latent_out = floats(B * S * H * R);
@@ -280,6 +288,89 @@ void run_absorbed(const Params& p, const Tensors<T>& t, Prepared<T>& prep, const
   }
 
   // output [B, S, H*Dv] = latent output . W_UV[h], blocks of queries per head (W_UV[h] read once per block)
+  project_output(p, latent_out.get(), R, w_uv, t.output, parallel_for);
+}
+
+// key_indices entries must name a cache slot (negative ones list no key); checked before anything is written.
+template <typename T>
+void check_key_indices(const Params& p, const Tensors<T>& t) {
+  const int64_t K = p.index_count, entries = p.batch * p.seq * K;
+  for (int64_t e = 0; e < entries; ++e) {
+    if (t.key_indices[e] >= p.total) {
+      const int64_t token = e / K;
+      fail(kOpName, ": key_indices[", token / p.seq, ", ", token % p.seq, ", ", e % K, "] = ", t.key_indices[e],
+           " is out of range: the caches hold ", p.total, " tokens (negative entries list no key)");
+    }
+  }
+}
+
+// Indexed (key_indices [B, S, K], DeepSeek sparse attention): each token's absorbed queries attend only to the
+// keys it lists that are valid and visible to it, each once, in ascending order: those latent rows are gathered
+// and every head scores them (the work grows with K, not with the cache). Work items are (token, block of 16
+// heads), so a single decode token still spreads over the threads; each item gathers its token's rows.
+template <typename T>
+void run_indexed(const Params& p, const Tensors<T>& t, Prepared<T>& prep, const ParallelFor& parallel_for) {
+  const int64_t B = p.batch, S = p.seq, H = p.heads, R = p.rank, Dn = p.nope_dim, Dr = p.rope_dim;
+  const int64_t Dv = p.v_head_dim, M = p.total, Dk = R + Dr, K = p.index_count, tokens = B * S;
+  // Each token's keys: listed, valid and visible, sorted, without repeats.
+  std::vector<int64_t> lists(static_cast<size_t>(tokens * K)), counts(static_cast<size_t>(tokens));
+  parallel_for(tokens, [&](int64_t token) {
+    const int64_t b = token / S, s = token % S;
+    StructuralMask structure;
+    structure.causal = p.causal;
+    structure.window = p.window;
+    structure.query_offset = prep.past[size_t(b)];
+    const KeyRange visible = structure.visible_keys(s, prep.valid[size_t(b)]);
+    int64_t* const list = lists.data() + token * K;
+    int64_t n = 0;
+    for (int64_t e = 0; e < K; ++e) {
+      const int64_t j = t.key_indices[token * K + e];
+      if (j >= visible.begin && j < visible.end) list[n++] = j;
+    }
+    std::sort(list, list + n);
+    counts[size_t(token)] = std::unique(list, list + n) - list;
+  });
+
+  Buffer w_uk_storage, w_uv_storage;
+  const float* w_uk = as_float(t.w_uk, H * R * Dn, w_uk_storage, parallel_for);
+  const float* w_uv = as_float(t.w_uv, H * R * Dv, w_uv_storage, parallel_for);
+  Buffer q_abs = absorb_queries(p, t, prep, w_uk, parallel_for);
+  Buffer latent_out = floats(tokens * H * R);
+  constexpr int64_t kHeadBlock = 16;
+  const int64_t head_blocks = (H + kHeadBlock - 1) / kHeadBlock;
+  const bool has_softcap = p.softcap > 0.0f;
+  parallel_for(tokens * head_blocks, [&](int64_t item) {
+    const int64_t token = item / head_blocks, b = token / S, h0 = item % head_blocks * kHeadBlock;
+    const int64_t heads = std::min(kHeadBlock, H - h0), n = counts[size_t(token)];
+    float* const y = latent_out.get() + (token * H + h0) * R;
+    if (n == 0) {  // no key to see: zeros, as every path
+      std::fill(y, y + heads * R, 0.0f);
+      return;
+    }
+    const int64_t* const list = lists.data() + token * K;
+    std::vector<float> rows(static_cast<size_t>(n * Dk)), probs(static_cast<size_t>(heads * n));
+    for (int64_t e = 0; e < n; ++e) {
+      const T* latent = t.present_latent + (b * M + list[e]) * R;
+      const T* rope = t.present_k_rope + (b * M + list[e]) * Dr;
+      float* row = rows.data() + e * Dk;
+      for (int64_t x = 0; x < R; ++x) row[x] = to_float(latent[x]);
+      for (int64_t x = 0; x < Dr; ++x) row[R + x] = to_float(rope[x]);
+    }
+    for (int64_t h = 0; h < heads; ++h) {
+      float* const score = probs.data() + h * n;
+      dot_rows(q_abs.get() + (token * H + h0 + h) * Dk, rows.data(), n, Dk, Dk, score);
+      float top = -std::numeric_limits<float>::infinity();
+      for (int64_t e = 0; e < n; ++e) {
+        score[e] *= p.scale;
+        if (has_softcap) score[e] = p.softcap * std::tanh(score[e] / p.softcap);
+        top = std::max(top, score[e]);
+      }
+      float total = 0.0f;
+      for (int64_t e = 0; e < n; ++e) total += score[e] = std::exp(score[e] - top);
+      for (int64_t e = 0; e < n; ++e) score[e] /= total;
+    }
+    matmul(probs.data(), n, heads, n, rows.data(), Dk, R, y, R);  // y [heads, R] = P . latent rows
+  });
   project_output(p, latent_out.get(), R, w_uv, t.output, parallel_for);
 }
 
@@ -358,8 +449,13 @@ void run_expanded(const Params& p, const Tensors<T>& t, Prepared<T>& prep, const
 
 template <typename T>
 Path run_cpu(const Params& p, const Tensors<T>& t, const ParallelFor& parallel_for) {
+  if (p.indexed()) check_key_indices(p, t);
   Prepared<T> prep = prepare(p, t, parallel_for);
   if (p.batch == 0 || p.seq == 0) return Path::kAbsorbed;
+  if (p.indexed()) {
+    run_indexed(p, t, prep, parallel_for);
+    return Path::kIndexed;
+  }
   const Path path = choose_path(p, prep.past.data(), prep.valid.data());
   if (path == Path::kExpanded) {
     run_expanded(p, t, prep, parallel_for);

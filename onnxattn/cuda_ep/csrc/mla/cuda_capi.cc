@@ -25,7 +25,7 @@ namespace {
 
 // ints: batch, seq, heads, rank, nope_dim, rope_dim, v_head_dim, past (P, or the buffer length M),
 //       mode (0 none, 1 concatenation, 2 shared buffer), causal, window, rope_interleaved, cache_rank,
-//       has_position_ids, has_inv_freq
+//       has_position_ids, has_inv_freq, index_count (K of key_indices [B, S, K]; -1: no key_indices)
 // floats: softcap, scale, rope_base, rope_attention_scaling
 Params mla_problem(const int64_t* n, const float* f) {
   const int64_t b = n[0], s = n[1], h = n[2], r = n[3], dn = n[4], dr = n[5], dv = n[6], past = n[7], mode = n[8];
@@ -42,6 +42,7 @@ Params mla_problem(const int64_t* n, const float* f) {
   if (mode == 2) shapes.inputs[kPastLengths] = Shape{b};
   if (n[13]) shapes.inputs[kPositionIds] = Shape{b, s};
   if (n[14]) shapes.inputs[kInvFreq] = Shape{dr / 2};
+  if (n[15] >= 0) shapes.inputs[kKeyIndices] = Shape{b, s, n[15]};
   Attributes a;
   a.num_heads = h;
   a.causal = n[9];
@@ -73,7 +74,7 @@ const char* guarded(F&& f) {
 extern "C" {
 
 // out: splits, chunk_tokens, attention_smem, present_in_scratch, scratch_bytes, kernel (0 simt, 1 mma),
-// head_blocks. The kernel request comes from ONNXATTN_MLA_CUDA_KERNEL. Returns an error message or null.
+// head_blocks, list_padded (key_indices: the sort's width; 0 without). The kernel request comes from ONNXATTN_MLA_CUDA_KERNEL. Returns an error message or null.
 __attribute__((visibility("default"))) const char* OnnxAttnMlaCudaPlan(const int64_t* ints, const float* floats,
                                                                        int32_t sm_count, int32_t element_bytes,
                                                                        int32_t present_outputs, int64_t* out) {
@@ -87,12 +88,13 @@ __attribute__((visibility("default"))) const char* OnnxAttnMlaCudaPlan(const int
     out[4] = int64_t(plan.scratch_bytes);
     out[5] = plan.kernel == Kernel::kMma ? 1 : 0;
     out[6] = plan.head_blocks;
+    out[7] = plan.list_padded;
   });
 }
 
 #ifdef ONNXATTN_WITH_CUDA
 // ptrs: query, latent, k_rope, w_uk, w_uv, past_latent, past_k_rope, past_lengths, position_ids, rope_inv_freq,
-// output, present_latent, present_k_rope (device pointers; null where absent). dtype: ONNX element type
+// output, present_latent, present_k_rope, key_indices (device pointers; null where absent). dtype: ONNX element type
 // (1, 10, 16). stream: a cudaStream_t (null: the default stream). scratch null: its own, synchronised.
 __attribute__((visibility("default"))) const char* OnnxAttnMlaCudaRunForTest(const int64_t* ints, const float* floats,
                                                                              void* const* ptrs, int32_t dtype,
@@ -118,6 +120,7 @@ __attribute__((visibility("default"))) const char* OnnxAttnMlaCudaRunForTest(con
       t.output = static_cast<T*>(ptrs[10]);
       t.present_latent = static_cast<T*>(ptrs[11]);
       t.present_k_rope = static_cast<T*>(ptrs[12]);
+      t.key_indices = static_cast<const int64_t*>(ptrs[13]);
       run_for_test(p, t, stream, scratch, size_t(scratch_bytes));
     };
     if (dtype == 1) go(float{});

@@ -6,6 +6,7 @@
 // row, which exists only after every split of the row has finished.
 #include <cuda_runtime.h>
 
+#include <climits>
 #include <cmath>
 #include <stdexcept>
 #include <type_traits>
@@ -29,12 +30,14 @@ struct Shape {
   int causal, interleaved;
   int64_t window;
   float scale, softcap, log_base, rope_scaling;
+  int64_t index_count;  // K of key_indices; -1 without
 };
 
 Shape shape_of(const Params& p) {
   Shape s;
   s.batch = p.batch, s.seq = p.seq, s.heads = p.heads, s.rank = p.rank, s.nope = p.nope_dim, s.rope = p.rope_dim;
   s.v_dim = p.v_head_dim, s.total = p.total, s.past = p.past, s.mode = int(p.mode);
+  s.index_count = p.index_count;
   s.causal = p.causal ? 1 : 0, s.interleaved = p.rope_interleaved ? 1 : 0, s.window = p.window;
   s.scale = p.scale, s.softcap = p.softcap, s.log_base = std::log(p.rope_base);  // as the CPU kernel
   s.rope_scaling = p.rope_attention_scaling;
@@ -137,13 +140,78 @@ __global__ void __launch_bounds__(32 * kAbsorbWarps) absorb_kernel(const Shape s
       threadIdx.x, blockDim.x);
 }
 
+// 2b. key_indices: one block per token of the chunk turns its K listed entries into the keys it will attend to,
+// each once and ascending (the order the attention walks the cache in): entries that are padding, past the
+// sequence's valid keys or hidden by the mask become INT_MAX, a bitonic sort in shared memory (K padded to a
+// power of two) puts them last, and a repeat of its predecessor becomes -1 (the attention skips it).
+constexpr int kListThreads = 256;
+
+// key_lists [chunk, K] (scratch): each token's visible listed keys, ascending, repeats as -1. Passed on their own,
+// not in Pointers: a larger Pointers made ptxas spill in output_kernel (sm_90a).
+template <typename T>
+__global__ void __launch_bounds__(kListThreads) key_list_kernel(const Shape s, const Pointers<T> ptr, int64_t first,
+                                                                int padded, const int64_t* key_indices,
+                                                                int32_t* key_lists) {
+  extern __shared__ int listed[];  // [padded]
+  const int64_t tok = blockIdx.x, token = first + tok, b = token / s.seq, i = token % s.seq, k = s.index_count;
+  const int64_t valid = ptr.lengths[s.batch + b];
+  const int64_t p = ptr.lengths[b] + i;
+  int64_t begin = 0, end = valid < 0 ? 0 : valid;
+  if (s.causal && p + 1 < end) end = p + 1;
+  if (s.window > 0 && p - begin >= s.window) begin = p - s.window + 1;
+  const int64_t* entries = key_indices + token * k;
+  for (int e = threadIdx.x; e < padded; e += blockDim.x) {
+    const int64_t j = e < k ? entries[e] : -1;
+    listed[e] = j >= begin && j < end ? int(j) : INT_MAX;
+  }
+  __syncthreads();
+  for (int width = 2; width <= padded; width *= 2) {
+    for (int stride = width / 2; stride > 0; stride /= 2) {
+      for (int e = threadIdx.x; e < padded; e += blockDim.x) {
+        const int other = e ^ stride;
+        if (other > e) {
+          const int x = listed[e], y = listed[other];
+          if ((x > y) == ((e & width) == 0)) {
+            listed[e] = y;
+            listed[other] = x;
+          }
+        }
+      }
+      __syncthreads();
+    }
+  }
+  int32_t* out = key_lists + tok * k;
+  for (int e = threadIdx.x; e < k; e += blockDim.x) {
+    const int j = listed[e];
+    out[e] = j != INT_MAX && (e == 0 || listed[e - 1] != j) ? j : -1;
+  }
+}
+
+// What a row walks: keys begin..end-1 of the cache, or (key_indices) the entries 0..K-1 of its token's list,
+// each naming a key or -1 (a slot to skip).
+struct KeyWalk {
+  const int32_t* list;  // the token's list; null: the keys themselves
+  int64_t begin, end;
+  __device__ __forceinline__ int64_t key(int64_t e) const { return list != nullptr ? int64_t(list[e]) : e; }
+};
+
+__device__ __forceinline__ KeyWalk key_walk(const Shape& s, const int32_t* key_lists, int64_t tok, int64_t valid,
+                                            int64_t p) {
+  if (key_lists != nullptr) return KeyWalk{key_lists + tok * s.index_count, 0, s.index_count};
+  int64_t begin = 0, end = valid;
+  if (s.causal && p + 1 < end) end = p + 1;
+  if (s.window > 0 && p - begin >= s.window) begin = p - s.window + 1;  // no p - window: it may overflow
+  return KeyWalk{nullptr, begin, end};
+}
+
 // 3. One block per (row = token of the chunk x head, split): the split's share of the row's visible keys,
 // each warp an online softmax over every kAttentionWarps-th key (scores reduced across lanes, the latent
 // accumulator in shared memory), then the warps merged. Writes the split's normalised output and its
 // log-sum-exp (-inf when it saw no key).
 template <typename T>
 __global__ void __launch_bounds__(32 * kAttentionWarps) attention_kernel(const Shape s, const Pointers<T> ptr,
-                                                                          int64_t first, int64_t splits) {
+                                                                          int64_t first, int64_t splits,
+                                                                          const int32_t* key_lists) {
   extern __shared__ float smem[];
   float* q = smem;                                  // [R + Dr]
   float* acc = q + (s.rank + s.rope);               // [warps][R]
@@ -156,11 +224,9 @@ __global__ void __launch_bounds__(32 * kAttentionWarps) attention_kernel(const S
   const int64_t valid = ptr.lengths[s.batch + b];
   if (valid < 0) return;  // NaN rows already written; kernel 4 skips the sequence
   const int64_t p = ptr.lengths[b] + i;  // the query's key position
-  int64_t begin = 0, end = valid;
-  if (s.causal && p + 1 < end) end = p + 1;
-  if (s.window > 0 && p - begin >= s.window) begin = p - s.window + 1;  // no p - window: it may overflow
-  const int64_t count = end > begin ? end - begin : 0, per = (count + splits - 1) / splits;
-  const int64_t lo = begin + split * per, hi = lo + per < end ? lo + per : end;
+  const KeyWalk walk = key_walk(s, key_lists, row / s.heads, valid, p);
+  const int64_t count = walk.end > walk.begin ? walk.end - walk.begin : 0, per = (count + splits - 1) / splits;
+  const int64_t lo = walk.begin + split * per, hi = lo + per < walk.end ? lo + per : walk.end;
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   for (int64_t x = threadIdx.x; x < s.rank + s.rope; x += blockDim.x) q[x] = ptr.q_abs[row * (s.rank + s.rope) + x];
@@ -170,7 +236,9 @@ __global__ void __launch_bounds__(32 * kAttentionWarps) attention_kernel(const S
   float m = kNegInf, l = 0.0f;
   const T* latent = ptr.present_latent + b * s.total * s.rank;
   const T* rope = ptr.present_k_rope + b * s.total * s.rope;
-  for (int64_t j = lo + warp; j < hi; j += kAttentionWarps) {
+  for (int64_t e = lo + warp; e < hi; e += kAttentionWarps) {
+    const int64_t j = walk.key(e);
+    if (j < 0) continue;  // a repeated listed key (warp-uniform)
     const T* key = latent + j * s.rank;
     float dot = 0.0f;
     for (int64_t x = lane; x < s.rank; x += 32) dot += q[x] * to_float(key[x]);
@@ -223,7 +291,7 @@ constexpr int kMmaOutPairs = int(kMmaMaxRank) / 16 / 4; // a warp's pairs of out
 template <typename T>
 __global__ void __launch_bounds__(kMmaThreads, 2)
     attention_mma_kernel(const Shape s, const Pointers<T> ptr, int64_t first, int64_t count, int64_t splits,
-                         int64_t head_blocks) {
+                         int64_t head_blocks, const int32_t* key_lists) {
   extern __shared__ __align__(16) unsigned char mma_smem[];
   uint16_t* const stage0 = reinterpret_cast<uint16_t*>(mma_smem);
   uint16_t* const stage1 = stage0 + kMmaKeys * kMmaStride;
@@ -236,11 +304,9 @@ __global__ void __launch_bounds__(kMmaThreads, 2)
   const int64_t valid = ptr.lengths[s.batch + b];
   if (valid < 0) return;  // NaN rows already written; kernel 4 skips the sequence
   const int64_t p = ptr.lengths[b] + i;  // the query's key position
-  int64_t begin = 0, end = valid;
-  if (s.causal && p + 1 < end) end = p + 1;
-  if (s.window > 0 && p - begin >= s.window) begin = p - s.window + 1;
-  const int64_t n_keys = end > begin ? end - begin : 0, per = (n_keys + splits - 1) / splits;
-  const int64_t lo = begin + split * per, hi = lo + per < end ? lo + per : end;
+  const KeyWalk walk = key_walk(s, key_lists, tok, valid, p);
+  const int64_t n_keys = walk.end > walk.begin ? walk.end - walk.begin : 0, per = (n_keys + splits - 1) / splits;
+  const int64_t lo = walk.begin + split * per, hi = lo + per < walk.end ? lo + per : walk.end;
   const int h0 = int(head_block * kMmaHeads);
   const int rows = int(min(kMmaHeads, s.heads - h0));
   const int rank = int(s.rank), width = int(s.rank + s.rope);
@@ -296,21 +362,21 @@ __global__ void __launch_bounds__(kMmaThreads, 2)
   }
   __syncthreads();  // stage0 now takes K
 
-  // ---- K tiles: row r = latent row j0 + r as [latent (R) | rope (Dr) | zeros up to the k-steps' width];
-  // rows past the split read nothing and are zero (their scores are masked below).
+  // ---- K tiles: row r = the latent row of entry e0 + r (walk.key) as [latent (R) | rope (Dr) | zeros up to the
+  // k-steps' width]; rows past the split or skipped (-1) read nothing and are zero (their scores are masked below).
   const T* const latent = ptr.present_latent + b * s.total * s.rank;
   const T* const rope = ptr.present_k_rope + b * s.total * s.rope;
   const int lat_chunks = rank / 8, rope_chunks = int(s.rope) / 8, row_chunks = k_steps * 2;
-  auto load_tile = [&](uint16_t* dst, int64_t j0) {
+  auto load_tile = [&](uint16_t* dst, int64_t e0) {
     for (int idx = tid; idx < kMmaKeys * row_chunks; idx += kMmaThreads) {
       const int r = idx / row_chunks, c = idx % row_chunks;
-      const int64_t j = j0 + r;
+      const int64_t j = e0 + r < hi ? walk.key(e0 + r) : -1;
       const T* src = latent;
       bool valid_chunk = false;
-      if (j < hi && c < lat_chunks) {
+      if (j >= 0 && c < lat_chunks) {
         src = latent + j * s.rank + c * 8;
         valid_chunk = true;
-      } else if (j < hi && c < lat_chunks + rope_chunks) {
+      } else if (j >= 0 && c < lat_chunks + rope_chunks) {
         src = rope + j * s.rope + (c - lat_chunks) * 8;
         valid_chunk = true;
       }
@@ -337,10 +403,10 @@ __global__ void __launch_bounds__(kMmaThreads, 2)
   for (int64_t step = 0; step < steps; ++step) {
     uint16_t* const cur = step % 2 == 0 ? stage0 : stage1;
     uint16_t* const next = step % 2 == 0 ? stage1 : stage0;
-    const int64_t j0 = lo + step * kMmaKeys;
+    const int64_t e0 = lo + step * kMmaKeys;  // the step's first entry of the walk
     sc::cp_async_wait<0>();
     __syncthreads();  // `cur` landed for every warp; all are done with `next` and with s_part of the last step
-    if (step + 1 < steps) load_tile(next, j0 + kMmaKeys);
+    if (step + 1 < steps) load_tile(next, e0 + kMmaKeys);
     sc::cp_async_commit();
 
     // ---- Partial S over this warp's k-steps, all 32 keys (n8 tiles t: keys 8t..8t+7).
@@ -395,8 +461,8 @@ __global__ void __launch_bounds__(kMmaThreads, 2)
           v.y = softcap.apply(v.y);
         }
         const int key = 8 * t + quad_col;
-        x[h][2 * t] = j0 + key < hi ? v.x : sc::kNegInf;
-        x[h][2 * t + 1] = j0 + key + 1 < hi ? v.y : sc::kNegInf;
+        x[h][2 * t] = e0 + key < hi && walk.key(e0 + key) >= 0 ? v.x : sc::kNegInf;
+        x[h][2 * t + 1] = e0 + key + 1 < hi && walk.key(e0 + key + 1) >= 0 ? v.y : sc::kNegInf;
       }
     }
     float alpha[2];
@@ -682,6 +748,7 @@ void run(const Params& p, const Tensors<T>& t, const Plan& plan, void* stream_pt
   ptr.lse = reinterpret_cast<float*>(base + plan.lse_offset);
   const Shape s = shape_of(p);
   const int64_t tokens = p.batch * p.seq;
+  int32_t* const key_lists = p.indexed() ? reinterpret_cast<int32_t*>(base + plan.key_lists_offset) : nullptr;
 
   copy_past(p, t.past_latent, ptr.present_latent, p.rank, stream);
   copy_past(p, t.past_k_rope, ptr.present_k_rope, p.rope_dim, stream);
@@ -708,14 +775,20 @@ void run(const Params& p, const Tensors<T>& t, const Plan& plan, void* stream_pt
                          sizeof(float) * size_t(p.nope_dim), stream>>>(s, ptr, first);
     }
     check_cuda(cudaGetLastError(), "launching the query absorption");
+    if (p.indexed() && p.index_count > 0) {
+      key_list_kernel<T><<<grid_dim(count, "tokens"), kListThreads, sizeof(int) * size_t(plan.list_padded), stream>>>(
+          s, ptr, first, int(plan.list_padded), t.key_indices, key_lists);
+      check_cuda(cudaGetLastError(), "launching the key lists");
+    }
     if (use_mma) {
       if constexpr (!std::is_same_v<T, float>) {
         attention_mma_kernel<T><<<dim3(grid_dim(count * plan.head_blocks, "rows"), unsigned(plan.splits)),
-                                  kMmaThreads, kMmaSmem, stream>>>(s, ptr, first, count, plan.splits, plan.head_blocks);
+                                  kMmaThreads, kMmaSmem, stream>>>(s, ptr, first, count, plan.splits, plan.head_blocks,
+                                                                   key_lists);
       }
     } else {
       attention_kernel<T><<<dim3(grid_dim(count * p.heads, "rows"), unsigned(plan.splits)), 32 * kAttentionWarps,
-                            plan.attention_smem, stream>>>(s, ptr, first, plan.splits);
+                            plan.attention_smem, stream>>>(s, ptr, first, plan.splits, key_lists);
     }
     check_cuda(cudaGetLastError(), "launching the attention");
     if (use_mma) {  // R <= 512: the merged rows take at most 32 KiB

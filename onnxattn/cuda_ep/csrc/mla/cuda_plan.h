@@ -62,6 +62,8 @@ inline constexpr int64_t kMinKeysPerSplit = 256;
 inline constexpr int64_t kMaxSplits = 64;
 inline constexpr size_t kScratchBudget = size_t(256) << 20;  // query-side scratch per chunk of tokens
 inline constexpr size_t kMaxSharedBytes = 48 * 1024;         // the attention kernel's dynamic shared memory
+// key_indices: each token's list is sorted in shared memory, padded to a power of two (DeepSeek-V3.2: 2048).
+inline constexpr int64_t kMaxListedKeys = 8192;
 
 struct Plan {
   Kernel kernel = Kernel::kSimt;  // of step 3
@@ -75,6 +77,9 @@ struct Plan {
   // then the caches when present_in_scratch.
   size_t lengths_offset = 0, q_offset = 0, partial_offset = 0, lse_offset = 0;
   size_t present_latent_offset = 0, present_k_rope_offset = 0;
+  // key_indices: each token's key list [chunk, K] int32, and K padded to a power of two (the sort's width)
+  size_t key_lists_offset = 0;
+  int64_t list_padded = 0;
   size_t scratch_bytes = 0;
 };
 
@@ -106,12 +111,22 @@ inline Plan make_plan(const Params& p, int sm_count, size_t element_bytes, bool 
     fail(kOpName, ": the CUDA kernel stages a query's Dn values and a merged latent row in shared memory, which "
          "allows Dn and R up to ", kMaxSharedBytes / sizeof(float), "; got Dn = ", p.nope_dim, ", R = ", r);
   }
-  // Enough blocks to fill the GPU twice over, each split seeing at least kMinKeysPerSplit keys.
+  if (p.indexed()) {
+    if (p.index_count > kMaxListedKeys) {
+      fail(kOpName, ": the CUDA kernel sorts each token's key_indices in shared memory, which allows K <= ",
+           kMaxListedKeys, " entries per query; got K = ", p.index_count);
+    }
+    plan.list_padded = 1;
+    while (plan.list_padded < p.index_count) plan.list_padded *= 2;
+  }
+  // Enough blocks to fill the GPU twice over, each split seeing at least kMinKeysPerSplit keys (with
+  // key_indices: list entries, the most a row attends to).
   const int64_t rows = std::max<int64_t>(1, plan.kernel == Kernel::kMma ? tokens * plan.head_blocks : tokens * heads);
   const int64_t by_occupancy = (2 * int64_t(std::max(sm_count, 1)) + rows - 1) / rows;
-  const int64_t by_keys = std::max<int64_t>(1, p.total / kMinKeysPerSplit);
+  const int64_t by_keys = std::max<int64_t>(1, (p.indexed() ? p.index_count : p.total) / kMinKeysPerSplit);
   plan.splits = std::clamp<int64_t>(std::min(by_occupancy, by_keys), 1, kMaxSplits);
-  const size_t per_token = sizeof(float) * size_t(heads) * size_t((r + dr) + plan.splits * (r + 1));
+  const size_t per_token = sizeof(float) * size_t(heads) * size_t((r + dr) + plan.splits * (r + 1)) +
+                           sizeof(int32_t) * size_t(std::max<int64_t>(p.index_count, 0));
   plan.chunk_tokens = std::clamp<int64_t>(int64_t(kScratchBudget / std::max<size_t>(per_token, 1)), 1,
                                           std::max<int64_t>(tokens, 1));
   const size_t chunk_rows = size_t(plan.chunk_tokens * heads);
@@ -124,6 +139,8 @@ inline Plan make_plan(const Params& p, int sm_count, size_t element_bytes, bool 
   at += align256(sizeof(float) * size_t(plan.splits) * chunk_rows * size_t(r));
   plan.lse_offset = at;
   at += align256(sizeof(float) * size_t(plan.splits) * chunk_rows);
+  plan.key_lists_offset = at;
+  if (p.indexed()) at += align256(sizeof(int32_t) * size_t(plan.chunk_tokens) * size_t(p.index_count));
   plan.present_in_scratch = !present_outputs;
   if (plan.present_in_scratch) {
     plan.present_latent_offset = at;

@@ -28,6 +28,7 @@ inline ONNXTensorElementDataType input_type(size_t index, ONNXTensorElementDataT
     case kPastLengths:
     case kPositionIds: return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64;
     case kInvFreq: return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+    case kKeyIndices: return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64;
     default: return t;
   }
 }
@@ -62,6 +63,7 @@ Call<T> prepare(const Attributes& attrs, Ort::KernelContext& ctx) {
   t.past_lengths = ort::data_of<int64_t>(inputs[kPastLengths]);
   t.position_ids = ort::data_of<int64_t>(inputs[kPositionIds]);
   t.inv_freq = ort::data_of<float>(inputs[kInvFreq]);
+  t.key_indices = ort::data_of<int64_t>(inputs[kKeyIndices]);
 
   Ort::UnownedValue output = ctx.GetOutput(kOutput, p.output_shape());
   t.output = ort::data_of<T>(output);

@@ -12,7 +12,8 @@ namespace onnxattn::mla {
 namespace {
 
 const char* const kInputNames[kNumInputs] = {"query", "latent", "k_rope", "w_uk", "w_uv", "past_latent",
-                                             "past_k_rope", "past_lengths", "position_ids", "rope_inv_freq"};
+                                             "past_k_rope", "past_lengths", "position_ids", "rope_inv_freq",
+                                             "key_indices"};
 
 const Shape& expect_rank(const Shapes& s, Input index, size_t rank, const char* layout) {
   const Shape& shape = *s.inputs[index];
@@ -133,6 +134,14 @@ Params make_params(const Shapes& s, const Attributes& a) {
     expect_shape(s, kPositionIds, {p.batch, p.seq}, "[B, S]");
   }
   if ((p.has_inv_freq = s.inputs[kInvFreq].has_value())) expect_shape(s, kInvFreq, {p.rope_dim / 2}, "[Dr / 2]");
+  if (s.inputs[kKeyIndices]) {
+    const Shape& indices = expect_rank(s, kKeyIndices, 3, "[B, S, K]");
+    if (indices[0] != p.batch || indices[1] != p.seq) {
+      fail(kOpName, ": input 'key_indices' must be [B, S, K] = [", p.batch, ", ", p.seq, ", K], got shape ",
+           shape_str(indices));
+    }
+    p.index_count = indices[2];
+  }
   p.rope_interleaved = a.rope_interleaved != 0;
   p.rope_base = a.rope_base;
   p.rope_attention_scaling = a.rope_attention_scaling;
@@ -176,6 +185,8 @@ Path choose_path(const Params& p, const int64_t* past, const int64_t* valid) {
   return cost.expanded < cost.absorbed ? Path::kExpanded : Path::kAbsorbed;
 }
 
-const char* path_name(Path path) { return path == Path::kExpanded ? "expanded" : "absorbed"; }
+const char* path_name(Path path) {
+  return path == Path::kExpanded ? "expanded" : path == Path::kIndexed ? "indexed" : "absorbed";
+}
 
 }  // namespace onnxattn::mla

@@ -21,7 +21,8 @@ using gqa::CacheMode;
 
 // Input indices, as in the schema.
 enum Input : size_t {
-  kQuery, kLatent, kKRope, kWUk, kWUv, kPastLatent, kPastKRope, kPastLengths, kPositionIds, kInvFreq, kNumInputs
+  kQuery, kLatent, kKRope, kWUk, kWUv, kPastLatent, kPastKRope, kPastLengths, kPositionIds, kInvFreq, kKeyIndices,
+  kNumInputs
 };
 enum Output : size_t { kOutput, kPresentLatent, kPresentKRope, kNumOutputs };
 
@@ -46,6 +47,11 @@ struct Params {
   float scale = 1.0f, softcap = 0.0f;
   bool rope_interleaved = false, has_inv_freq = false, has_position_ids = false;
   float rope_base = 10000.0f, rope_attention_scaling = 1.0f;
+  // key_indices [B, S, K] (DeepSeek sparse attention): each query attends only to the keys it lists (a set;
+  // negative entries list nothing), within its usual visibility. index_count = K; -1 without the input.
+  int64_t index_count = -1;
+
+  bool indexed() const { return index_count >= 0; }
 
   int64_t query_width() const { return nope_dim + rope_dim; }
   std::vector<int64_t> output_shape() const { return {batch, seq, heads * v_head_dim}; }
@@ -70,6 +76,7 @@ struct Tensors {
   const int64_t* past_lengths = nullptr;
   const int64_t* position_ids = nullptr;
   const float* inv_freq = nullptr;
+  const int64_t* key_indices = nullptr;  // [B, S, K]
   T* output = nullptr;
   T* present_latent = nullptr;  // may equal past_latent (shared buffer, updated in place)
   T* present_k_rope = nullptr;  // may equal past_k_rope
@@ -88,7 +95,8 @@ struct Tensors {
 // prompt without a past is expanded (as many keys as queries: the projections cost the same, and the
 // expanded attention is narrower). Measured on the CPU kernel (benchmarks/bench_mla_cpu.py) the choice
 // matches the faster form.
-enum class Path { kAbsorbed, kExpanded };
+// Indexed: key_indices given; the absorbed form over each token's listed keys only (see run_indexed).
+enum class Path { kAbsorbed, kExpanded, kIndexed };
 
 struct Cost {
   double absorbed = 0.0, expanded = 0.0;  // multiply-adds
