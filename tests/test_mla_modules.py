@@ -42,7 +42,7 @@ def _inputs(dtype=torch.float64, b=2, s=3, h=2, r=4, dn=2, dr=2, dv=3, past=2, s
 # Gradients
 
 
-@pytest.mark.parametrize("mode", ["concat", "shared", "no-past"])
+@pytest.mark.parametrize("mode", ["concat", "shared", "no-past", "key-indices"])
 def test_functional_gradcheck(mode):
     """The custom op's backward (recomputed through the eager reference) against finite differences, for
     every differentiable input, outputs and caches alike."""
@@ -54,6 +54,10 @@ def test_functional_gradcheck(mode):
                                               (x["past_latent"], x["past_k_rope"]))
     elif mode == "no-past":
         del x["past_latent"], x["past_k_rope"]
+    elif mode == "key-indices":  # DSA: gradients flow to the listed keys only (the selection itself is discrete)
+        total = x["past_latent"].shape[1] + x["query"].shape[1]
+        extra["key_indices"] = torch.randint(-1, total, (*x["query"].shape[:2], 3), generator=torch.Generator()
+                                             .manual_seed(3))
     names = list(x)
     leaves = [x[n].requires_grad_() for n in names]
 
