@@ -60,21 +60,21 @@ def test_shared_buffer_plans_for_the_buffer_length(monkeypatch):
 def test_key_indices_split_the_lists_and_take_scratch_for_them(monkeypatch):
     """With key_indices a row walks its K listed entries, not the cache: splits by K (a 128k cache with
     DeepSeek-V3.2's 2048 picks splits like a 2048-key cache), each token's list sorted at K's power of two,
-    and the chunk's lists ([chunk, K] int32) after the LSE in scratch."""
+    and the chunk's lists ([chunk, K] int32, then [chunk] counts) after the LSE in scratch."""
     monkeypatch.delenv("ONNXATTN_MLA_CUDA_KERNEL", raising=False)
     dense = lib.plan(lib.Problem(batch=1, heads=16, past=131072), sm_count=H100_SMS)
     listed = lib.plan(lib.Problem(batch=1, heads=16, past=131072, index_count=2048), sm_count=H100_SMS)
     like = lib.plan(lib.Problem(batch=1, heads=16, past=2047), sm_count=H100_SMS)
     assert dense.splits == 64 and listed.splits == like.splits == 8 and listed.list_padded == 2048
     assert dense.list_padded == 0
-    assert listed.scratch_bytes == like.scratch_bytes + align(4 * 1 * 2048)
+    assert listed.scratch_bytes == like.scratch_bytes + align(4 * 1 * (2048 + 1))
     odd = lib.plan(lib.Problem(batch=2, seq=5, heads=4, past=50, index_count=3), sm_count=H100_SMS)
     assert odd.list_padded == 4 and odd.splits == 1
     empty = lib.plan(lib.Problem(batch=2, seq=5, heads=4, past=50, index_count=0), sm_count=H100_SMS)
     assert empty.list_padded == 1 and empty.splits == 1
     # a long prefill: the lists count in the chunk's scratch budget
     prefill = lib.plan(lib.Problem(batch=1, seq=32768, heads=128, past=0, index_count=2048), sm_count=H100_SMS)
-    per_token = 4 * 128 * (576 + prefill.splits * 513) + 4 * 2048
+    per_token = 4 * 128 * (576 + prefill.splits * 513) + 4 * (2048 + 1)
     assert prefill.chunk_tokens == (256 << 20) // per_token
     with pytest.raises(ValueError, match=r"MultiHeadLatentAttention: the CUDA kernel sorts each token's key_indices "
                        r"in shared memory, which allows K <= 8192 entries per query; got K = 8193"):

@@ -143,7 +143,9 @@ __global__ void __launch_bounds__(32 * kAbsorbWarps) absorb_kernel(const Shape s
 // 2b. key_indices: one block per token of the chunk turns its K listed entries into the keys it will attend to,
 // each once and ascending (the order the attention walks the cache in): entries that are padding, past the
 // sequence's valid keys or hidden by the mask become INT_MAX, a bitonic sort in shared memory (K padded to a
-// power of two) puts them last, and a repeat of its predecessor becomes -1 (the attention skips it).
+// power of two) puts them last, and a repeat of its predecessor becomes -1 (the attention skips it). The count
+// of entries before the first dropped one goes to key_lists[chunk * K + token], so a row walks no trailing
+// padding (a prompt's early queries see few keys but list K).
 constexpr int kListThreads = 256;
 
 // key_lists [chunk, K] (scratch): each token's visible listed keys, ascending, repeats as -1. Passed on their own,
@@ -184,20 +186,25 @@ __global__ void __launch_bounds__(kListThreads) key_list_kernel(const Shape s, c
   for (int e = threadIdx.x; e < k; e += blockDim.x) {
     const int j = listed[e];
     out[e] = j != INT_MAX && (e == 0 || listed[e - 1] != j) ? j : -1;
+    if (j == INT_MAX && (e == 0 || listed[e - 1] != INT_MAX)) key_lists[int64_t(gridDim.x) * k + tok] = e;
   }
+  if (threadIdx.x == 0 && listed[k - 1] != INT_MAX) key_lists[int64_t(gridDim.x) * k + tok] = int(k);
 }
 
-// What a row walks: keys begin..end-1 of the cache, or (key_indices) the entries 0..K-1 of its token's list,
-// each naming a key or -1 (a slot to skip).
+// What a row walks: keys begin..end-1 of the cache, or (key_indices) the first entries of its token's list (up to
+// its count), each naming a key or -1 (a repeat to skip).
 struct KeyWalk {
   const int32_t* list;  // the token's list; null: the keys themselves
   int64_t begin, end;
   __device__ __forceinline__ int64_t key(int64_t e) const { return list != nullptr ? int64_t(list[e]) : e; }
 };
 
-__device__ __forceinline__ KeyWalk key_walk(const Shape& s, const int32_t* key_lists, int64_t tok, int64_t valid,
-                                            int64_t p) {
-  if (key_lists != nullptr) return KeyWalk{key_lists + tok * s.index_count, 0, s.index_count};
+__device__ __forceinline__ KeyWalk key_walk(const Shape& s, const int32_t* key_lists, int64_t tok, int64_t tokens,
+                                            int64_t valid, int64_t p) {
+  if (key_lists != nullptr) {
+    const int64_t count = s.index_count > 0 ? key_lists[tokens * s.index_count + tok] : 0;
+    return KeyWalk{key_lists + tok * s.index_count, 0, count};
+  }
   int64_t begin = 0, end = valid;
   if (s.causal && p + 1 < end) end = p + 1;
   if (s.window > 0 && p - begin >= s.window) begin = p - s.window + 1;  // no p - window: it may overflow
@@ -224,7 +231,7 @@ __global__ void __launch_bounds__(32 * kAttentionWarps) attention_kernel(const S
   const int64_t valid = ptr.lengths[s.batch + b];
   if (valid < 0) return;  // NaN rows already written; kernel 4 skips the sequence
   const int64_t p = ptr.lengths[b] + i;  // the query's key position
-  const KeyWalk walk = key_walk(s, key_lists, row / s.heads, valid, p);
+  const KeyWalk walk = key_walk(s, key_lists, row / s.heads, int64_t(gridDim.x) / s.heads, valid, p);
   const int64_t count = walk.end > walk.begin ? walk.end - walk.begin : 0, per = (count + splits - 1) / splits;
   const int64_t lo = walk.begin + split * per, hi = lo + per < walk.end ? lo + per : walk.end;
 
@@ -304,7 +311,7 @@ __global__ void __launch_bounds__(kMmaThreads, 2)
   const int64_t valid = ptr.lengths[s.batch + b];
   if (valid < 0) return;  // NaN rows already written; kernel 4 skips the sequence
   const int64_t p = ptr.lengths[b] + i;  // the query's key position
-  const KeyWalk walk = key_walk(s, key_lists, tok, valid, p);
+  const KeyWalk walk = key_walk(s, key_lists, tok, count, valid, p);
   const int64_t n_keys = walk.end > walk.begin ? walk.end - walk.begin : 0, per = (n_keys + splits - 1) / splits;
   const int64_t lo = walk.begin + split * per, hi = lo + per < walk.end ? lo + per : walk.end;
   const int h0 = int(head_block * kMmaHeads);

@@ -77,7 +77,8 @@ struct Plan {
   // then the caches when present_in_scratch.
   size_t lengths_offset = 0, q_offset = 0, partial_offset = 0, lse_offset = 0;
   size_t present_latent_offset = 0, present_k_rope_offset = 0;
-  // key_indices: each token's key list [chunk, K] int32, and K padded to a power of two (the sort's width)
+  // key_indices: each token's key list [chunk, K] int32 then each one's count [chunk] int32, and K padded to a
+  // power of two (the sort's width)
   size_t key_lists_offset = 0;
   int64_t list_padded = 0;
   size_t scratch_bytes = 0;
@@ -126,7 +127,7 @@ inline Plan make_plan(const Params& p, int sm_count, size_t element_bytes, bool 
   const int64_t by_keys = std::max<int64_t>(1, (p.indexed() ? p.index_count : p.total) / kMinKeysPerSplit);
   plan.splits = std::clamp<int64_t>(std::min(by_occupancy, by_keys), 1, kMaxSplits);
   const size_t per_token = sizeof(float) * size_t(heads) * size_t((r + dr) + plan.splits * (r + 1)) +
-                           sizeof(int32_t) * size_t(std::max<int64_t>(p.index_count, 0));
+                           sizeof(int32_t) * size_t(std::max<int64_t>(p.index_count + 1, 0));
   plan.chunk_tokens = std::clamp<int64_t>(int64_t(kScratchBudget / std::max<size_t>(per_token, 1)), 1,
                                           std::max<int64_t>(tokens, 1));
   const size_t chunk_rows = size_t(plan.chunk_tokens * heads);
@@ -140,7 +141,7 @@ inline Plan make_plan(const Params& p, int sm_count, size_t element_bytes, bool 
   plan.lse_offset = at;
   at += align256(sizeof(float) * size_t(plan.splits) * chunk_rows);
   plan.key_lists_offset = at;
-  if (p.indexed()) at += align256(sizeof(int32_t) * size_t(plan.chunk_tokens) * size_t(p.index_count));
+  if (p.indexed()) at += align256(sizeof(int32_t) * size_t(plan.chunk_tokens) * size_t(p.index_count + 1));
   plan.present_in_scratch = !present_outputs;
   if (plan.present_in_scratch) {
     plan.present_latent_offset = at;
