@@ -115,7 +115,8 @@ class CausalLM(nn.Module):
     - ``model(ids)``: no cache, logits;
     - ``model(ids, cache=KVCache())``: eager generation, the cache grows in place, logits;
     - ``model(ids, past_key_values)``: per-layer (key, value) [B, Hkv, P, D] (P may be 0), concatenation
-      mode; returns (logits, presents). This is the exported signature;
+      mode; returns (logits, presents). This is the exported signature (a layer's entry holds more tensors
+      when cache_layout says so);
     - ``model(ids, past_key_values, past_lengths)``: shared-buffer mode, preallocated [B, Hkv, M, D] buffers
       with past_lengths [B] valid tokens; presents are the updated buffers.
     `logits_to_keep` > 0 keeps only the last positions' logits (generation needs one)."""
@@ -137,11 +138,16 @@ class CausalLM(nn.Module):
         """(Hkv, D of keys, D of values) per layer: the cache layout [B, Hkv, P, D]."""
         return [(a.num_kv_heads, a.head_dim, getattr(a, "v_head_dim", a.head_dim)) for a in self.attention_layers()]
 
-    def empty_past(self, batch: int, length: int = 0, dtype=None,
-                   device=None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def cache_layout(self) -> list[dict[str, tuple[int, int]]]:
+        """Per layer, its cache tensors [B, heads, P, width] in order, by name (the exported graph's
+        past_key_values.{i}.{name} / present.{i}.{name}): "key" and "value" from kv_shapes, and any a model adds
+        (DeepSeek-V3.2's "index_key"), which forward passes to the block as past_{name}."""
+        return [{"key": (h, dk), "value": (h, dv)} for h, dk, dv in self.kv_shapes()]
+
+    def empty_past(self, batch: int, length: int = 0, dtype=None, device=None) -> list[tuple[torch.Tensor, ...]]:
         dtype = dtype or next(self.parameters()).dtype
-        return [(torch.zeros(batch, h, length, dk, dtype=dtype, device=device),
-                 torch.zeros(batch, h, length, dv, dtype=dtype, device=device)) for h, dk, dv in self.kv_shapes()]
+        return [tuple(torch.zeros(batch, h, length, d, dtype=dtype, device=device) for h, d in layer.values())
+                for layer in self.cache_layout()]
 
     def check_length(self, total: int) -> None:
         """Clear error for sequences longer than a learned position table."""
@@ -171,9 +177,11 @@ class CausalLM(nn.Module):
         positions = torch.arange(s, device=input_ids.device)[None, :] + offsets  # [1 or B, S]
         x = self.embed(input_ids, positions)
         presents = []
+        extra = [list(names)[2:] for names in self.cache_layout()] if past_key_values is not None else []
         for i, layer in enumerate(layers):
             if past_key_values is not None:
                 kv = dict(past_key=past_key_values[i][0], past_value=past_key_values[i][1], past_lengths=past_lengths)
+                kv.update({f"past_{name}": t for name, t in zip(extra[i], past_key_values[i][2:])})
             else:
                 kv = dict(cache=cache)
             x, present = layer(x, **kv)
@@ -188,8 +196,8 @@ class CausalLM(nn.Module):
         specializes dims of size 0 and 1)."""
         g = torch.Generator().manual_seed(seed)
         ids = torch.randint(0, self.config.vocab_size, (batch, seq), generator=g)
-        past_kv = [(torch.randn(k.shape, generator=g).to(k.dtype), torch.randn(v.shape, generator=g).to(v.dtype))
-                   for k, v in self.empty_past(batch, past)]
+        past_kv = [tuple(torch.randn(t.shape, generator=g).to(t.dtype) for t in layer)
+                   for layer in self.empty_past(batch, past)]
         return ids, past_kv
 
 

@@ -18,7 +18,14 @@ Granite-like multipliers (embedding_multiplier, residual_multiplier, logits_scal
 LongCat-Flash is it with layers in pairs and experts beside the MLPs (shortcut_moe: a pair is one transformers
 layer), a choice-biased softmax router and zero-computation (identity) experts. Mistral 4 is it with V3's group
 scoring on softmax scores (no bias) and Ministral 3's per-position query scale (query_scale_beta, ScaledQueryMLA).
-A.X-K1 is it with an RMSNorm on each MoE block's output (moe_output_norm)."""
+A.X-K1 is it with an RMSNorm on each MoE block's output (moe_output_norm).
+
+DeepSeek-V3.2 is V3 with its sparse attention (DSA, index_topk > 0): in each layer a LightningIndexer (onnxattn.nn)
+picks every query's index_topk keys, fed to the layer's one MultiHeadLatentAttention node as key_indices. The
+indexer's keys are a third cache tensor per layer (cache_layout "index_key" [B, 1, P, index_head_dim]; exported as
+past_key_values.{i}.index_key / present.{i}.index_key, in both cache modes), so a decode step computes only its new
+tokens' index keys. GLM-5 is it with the indexer's RoPE on interleaved pairs and `index_shared_layers` that run no
+indexer (and cache no index keys) but reuse the previous layer's picks."""
 
 from __future__ import annotations
 
@@ -32,7 +39,8 @@ from onnxattn.models import register
 from onnxattn.models._base import CausalLM, RMSNorm, check_activation, init_weights
 from onnxattn.models.llama import QueryScale, SwiGLU
 from onnxattn.models.moe import MixtureOfExperts, check_moe
-from onnxattn.nn import MultiHeadLatentAttention, Rope, RopeScaling
+from onnxattn.nn import LightningIndexer, MultiHeadLatentAttention, Rope, RopeScaling
+from onnxattn.nn.mla import _rms_norm
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,6 +97,13 @@ class DeepSeekV3Config:
     # A.X-K1 (off by default): an RMSNorm (rms_norm_eps) on each MoE block's output, routed plus shared experts,
     # before the residual add [its MoE's post_mlp_layernorm]; the dense MLPs have none
     moe_output_norm: bool = False
+    # DeepSeek-V3.2's sparse attention (DSA; 0: off): each layer's LightningIndexer (index_n_heads heads of
+    # index_head_dim, RoPE on its first rope_head_dim channels) picks index_topk keys per query; needs q_rank
+    index_topk: int = 0
+    index_n_heads: int = 4
+    index_head_dim: int = 16
+    index_rope_interleaved: bool = False  # GLM-5's indexer rotates interleaved pairs, DeepSeek-V3.2's half-split
+    index_shared_layers: tuple[int, ...] = ()  # GLM-5: layers without an indexer, reusing the previous layer's picks
     seed: int = 0
 
     def __post_init__(self):
@@ -117,6 +132,26 @@ class DeepSeekV3Config:
                              f"{self.num_experts} and {self.num_layers}")
         if self.num_experts:
             self._check_moe(name)
+        if self.index_topk:
+            self._check_index(name)
+        elif self.index_shared_layers:
+            raise ValueError(f"{name}: index_shared_layers needs the indexer (index_topk >= 1)")
+
+    def _check_index(self, name: str) -> None:
+        if self.index_topk < 0 or self.index_n_heads < 1 or self.index_head_dim < self.rope_head_dim:
+            raise ValueError(f"{name}: the indexer needs index_topk >= 1 (0: off), index_n_heads >= 1 and "
+                             f"index_head_dim >= rope_head_dim ({self.rope_head_dim}), got {self.index_topk}, "
+                             f"{self.index_n_heads} and {self.index_head_dim}")
+        if self.q_rank is None:
+            raise ValueError(f"{name}: the indexer reads the query latent; it needs q_rank")
+        if self.query_scale_beta or self.shortcut_moe:
+            raise ValueError(f"{name}: the indexer (index_topk) does not combine with query_scale_beta or shortcut_moe")
+        if self.rope_scaling is not None and self.rope_scaling.kind == "longrope":
+            raise ValueError(f"{name}: the indexer does not support LongRoPE")
+        shared = set(self.index_shared_layers)
+        if not shared <= set(range(1, self.num_layers)):
+            raise ValueError(f"{name}: index_shared_layers must be in [1, num_layers) (layer 0 has no previous "
+                             f"picks to reuse), got {sorted(shared)}")
 
     def _check_moe(self, name: str) -> None:
         check_moe(name, num_experts=self.num_experts + self.identity_experts, experts_per_token=self.experts_per_token,
@@ -173,13 +208,65 @@ class ScaledQueryMLA(MultiHeadLatentAttention):
         return q * self.query_scale(self.token_positions()).unsqueeze(-1).to(q.dtype), latent, k_rope
 
 
+class IndexedMLA(MultiHeadLatentAttention):
+    """DeepSeek-V3.2's attention: MLA whose keys per query the layer's LightningIndexer picks (the node's
+    key_indices), or in GLM-5's shared layers (indexer None) the previous layer's picks (forward's `picks`). The
+    indexer reads the query latent q_a_norm(q_a_proj(x)) the MLA's query comes from: computed once, reused by
+    project."""
+
+    def __init__(self, *args, indexer: LightningIndexer | None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.indexer, self._q_resid = indexer, None
+
+    def project(self, x):
+        if self._q_resid is None:
+            return super().project(x)
+        latent, k_rope = torch.split(self.kv_a_proj(x), [self.kv_rank, self.rope_head_dim], dim=-1)
+        return self.q_b_proj(self._q_resid), _rms_norm(latent, self.kv_a_norm, self.norm_eps), k_rope
+
+    def forward(self, x, *, cache=None, past_index_key=None, past_lengths=None, picks=None, return_present=False,
+                **kwargs):
+        """As MultiHeadLatentAttention's, plus the index keys: `past_index_key` [B, 1, P, index_head_dim] (buffers
+        with past_lengths), or this layer's ("index_key", layer_idx) slot of `cache`. Returns (output, picks), with
+        `return_present` (output, present, picks), the present (latent, rope keys, index keys) where this layer has
+        an indexer."""
+        index_present = None
+        if self.indexer is None:
+            if picks is None:
+                raise ValueError(f"{type(self).__name__}: a layer without an indexer needs the previous layer's picks")
+        else:
+            if cache is not None:  # a slot of its own, truncated with the latents (KVCache.truncate)
+                past_index_key = cache.get(("index_key", self.layer_idx))[0]
+            self._q_resid = _rms_norm(self.q_a_proj(x), self.q_a_norm, self.norm_eps)
+            picks, index_present = self.indexer(x, self._q_resid, past_keys=past_index_key, past_lengths=past_lengths)
+            if cache is not None:
+                cache.update(("index_key", self.layer_idx), index_present, index_present)
+        try:
+            out = super().forward(x, cache=cache, past_lengths=past_lengths, key_indices=picks,
+                                  return_present=return_present, **kwargs)
+        finally:
+            self._q_resid = None
+        if not return_present:
+            return out, picks
+        return out[0], out[1] if index_present is None else (*out[1], index_present), picks
+
+
 class DeepSeekBlock(nn.Module):
     def __init__(self, cfg: DeepSeekV3Config, layer_idx: int):
         super().__init__()
         self.input_norm = RMSNorm(cfg.hidden, cfg.rms_norm_eps)
         scaled = dict(query_scale=QueryScale(cfg.query_scale_beta, cfg.query_scale_period)) \
             if cfg.query_scale_beta else {}
-        self.attn = (ScaledQueryMLA if scaled else MultiHeadLatentAttention)(
+        if cfg.index_topk:  # DeepSeek-V3.2's DSA (no query scale: refused by the config)
+            indexer = None if layer_idx in cfg.index_shared_layers else LightningIndexer(
+                cfg.hidden, cfg.q_rank, cfg.index_n_heads, cfg.index_head_dim, cfg.rope_head_dim, cfg.index_topk,
+                rope=Rope(cfg.rope_theta, interleaved=cfg.index_rope_interleaved, scaling=cfg.rope_scaling))
+            scaled = dict(indexer=indexer)
+        self.indexed = bool(cfg.index_topk)
+        # GLM-5: a layer without an indexer gets the previous layer's picks with x (the blocks pass one value)
+        self.takes_picks = self.indexed and layer_idx in cfg.index_shared_layers
+        self.passes_picks = self.indexed and layer_idx + 1 in cfg.index_shared_layers
+        self.attn = (IndexedMLA if self.indexed else ScaledQueryMLA if scaled else MultiHeadLatentAttention)(
             cfg.hidden, cfg.num_heads, kv_rank=cfg.kv_rank, q_rank=cfg.q_rank, nope_head_dim=cfg.nope_head_dim,
             rope_head_dim=cfg.rope_head_dim, v_head_dim=cfg.v_head_dim,
             rope=Rope(cfg.rope_theta, interleaved=cfg.rope_interleaved, scaling=cfg.rope_scaling),
@@ -198,17 +285,23 @@ class DeepSeekBlock(nn.Module):
     def residual(self, h):
         return h if self.residual_multiplier == 1.0 else h * self.residual_multiplier
 
-    def forward(self, x, *, cache=None, past_key=None, past_value=None, past_lengths=None):
+    def forward(self, x, *, cache=None, past_key=None, past_value=None, past_lengths=None, past_index_key=None):
         if self.adds_shortcut:  # the pair's first layer passes [x | the experts' output] (see below)
             x, shortcut = x.split([self.hidden, self.hidden], dim=-1)
-        # the decoder base passes the per-layer cache as (key, value): here (latent, rope keys)
-        h, present = self.attn(self.input_norm(x), cache=cache, past_latent=past_key, past_k_rope=past_value,
-                               past_lengths=past_lengths, return_present=True)
+        # the decoder base passes the per-layer cache as (key, value): here (latent, rope keys), + the index keys
+        picks = None
+        if self.takes_picks:
+            x, picks = x
+        index = dict(past_index_key=past_index_key, picks=picks) if self.indexed else {}
+        h, present, *picked = self.attn(self.input_norm(x), cache=cache, past_latent=past_key, past_k_rope=past_value,
+                                        past_lengths=past_lengths, return_present=True, **index)
         x = x + self.residual(h)
         normed = self.post_attn_norm(x)
         x = x + self.residual(self.mlp(normed))
         if self.shortcut is not None:  # carried to the next layer with x: the blocks pass one tensor
             return torch.cat([x, self.shortcut(normed)], dim=-1), present
+        if self.passes_picks:
+            return (x, picked[0]), present
         return (x + shortcut if self.adds_shortcut else x), present
 
 
@@ -238,6 +331,15 @@ class DeepSeekV3Model(CausalLM):
     def kv_shapes(self) -> list[tuple[int, int, int]]:
         """Per layer (1, R, Dr): the latent cache [B, 1, P, R] and the rope keys [B, 1, P, Dr]."""
         return [(1, layer.attn.kv_rank, layer.attn.rope_head_dim) for layer in self.layers]
+
+    def cache_layout(self) -> list[dict[str, tuple[int, int]]]:
+        """The latents as key and value, and with DSA the layer's index keys [B, 1, P, index_head_dim]."""
+        layout = super().cache_layout()
+        for entry, layer in zip(layout, self.layers):
+            indexer = getattr(layer.attn, "indexer", None)
+            if indexer is not None:
+                entry["index_key"] = (1, indexer.head_dim)
+        return layout
 
 
 @register("deepseek-v3", DeepSeekV3Config)

@@ -1,5 +1,5 @@
 """Architectures refused for good by model_type (REFUSED in models.hf._common): state-space / recurrent /
-linear-attention decoders, DeepSeek-V3.2-style sparse attention, encoder-decoder models, BERT-likes (encoders, and
+linear-attention decoders, DeepSeek-V4's compressed sparse attention, encoder-decoder models, BERT-likes (encoders, and
 their causal-LM forms), multimodal wrappers and drafters. Each gets its own reason, checked on a stand-in object
 (from_transformers looks at config.model_type before anything else), and on tiny real transformers models for a few."""
 
@@ -29,8 +29,8 @@ TABLE = {
     "lfm3": "short convolutions", "inkling2_text": "short convolutions", "inkling2_loop_text": "Inkling 2 Loop",
     "inkling2": "multimodal", "qwen3_5": "Gated DeltaNet", "qwen3_5_moe": "Gated DeltaNet",
     "qwen4_exp": "QSA indexer",
-    # DeepSeek-V3.2-style sparse attention
-    "deepseek_v32": "index_topk", "glm_moe_dsa": "index_topk", "deepseek_v4": "index_topk",
+    # DeepSeek-V4's compressed sparse attention (DeepSeek-V3.2's DSA converts: deepseek_v32, glm_moe_dsa)
+    "deepseek_v4": "index_topk",
     # encoder-decoder models
     **{t: "encoder's hidden states" for t in (
         "bart", "bigbird_pegasus", "blenderbot", "blenderbot-small", "marian", "mbart", "mvp", "pegasus", "plbart",

@@ -161,6 +161,7 @@ _CONVERTERS = {"llama": _llama, "mistral": _llama, "mixtral": _llama, "qwen2": _
                "cwm": _llama, "jais2": _jais2, "hyperclovax": _hyperclovax, "granite_swa": _granite_swa,
                "granitemoe_swa": _granitemoe_swa, "mellum": _mellum, "apertus1p5_text": _apertus1p5_text,
                "nanochat": _nanochat, "youtu": _deepseek, "glm4_moe_lite": _deepseek,
+               "deepseek_v32": _deepseek, "glm_moe_dsa": _deepseek,
                "mistral4": _deepseek, "mimo_v2_flash": _mimo_v2_flash, "laguna": _laguna, "dory": _dory, "axk1": _axk1,
                "iquestcoder": _llama, "gpt-sw3": _gpt2, "sarvam_moe": _llama, "emu3_text_model": _llama,
                "aria_text": _aria_text, "openai-gpt": _openai_gpt, "ctrl": _ctrl,

@@ -115,6 +115,8 @@ SUPPORTED = {
     "cohere_compass_text": "CohereCompassForCausalLM",
     "jetmoe": "JetMoeForCausalLM",
     "hrm_text": "HrmTextForCausalLM",
+    "deepseek_v32": "DeepseekV32ForCausalLM",
+    "glm_moe_dsa": "GlmMoeDsaForCausalLM",
     "sarvam_mla": "DeepseekV3ForCausalLM",  # transformers runs Sarvam-MLA (SarvamMLAConfig) as DeepSeek-V3
     "minicpm3": "MiniCPM3ForCausalLM",
     "longcat_flash": "LongcatFlashForCausalLM",
@@ -151,13 +153,13 @@ REFUSED = {
                      "sparsity, which our Gemma models do not have"),
     "mpt": "MPT is not supported: its attention adds ALiBi position biases and our attention op has no ALiBi bias",
     "bloom": "BLOOM is not supported: its attention adds ALiBi position biases and our attention op has no ALiBi bias",
-    # DeepSeek-V3.2's sparse attention (DSA): dense attention equals it only up to index_topk keys, not at every length
-    "axk2": ("A.X-K2 is not supported: every layer's MLA is DeepSeek-V3.2's sparse attention (DSA), attending only to "
-             "the index_topk keys a learned indexer picks for each query, and our attention ops take no per-query "
-             "key indices"),
-    "hy_v4": ("Hy4 (HY-V4) is not supported: its MLA layers are DeepSeek-V3.2's sparse attention (DSA), attending "
-              "only to the index_topk keys a learned indexer picks for each query (its shared-indexer layers reuse "
-              "the picks), and our attention ops take no per-query key indices"),
+    # DeepSeek-V3.2's sparse attention (DSA) with more: deepseek_v32 / glm_moe_dsa convert, these add what we lack
+    "axk2": ("A.X-K2 is not supported: its MLA is DeepSeek-V3.2's sparse attention (DSA, which we convert for "
+             "deepseek_v32), but its layers' norms are gated RMSNorms (RMSNorm times a low-rank, input-dependent "
+             "sigmoid gate), which models.deepseek does not have"),
+    "hy_v4": ("Hy4 (HY-V4) is not supported: its MLA layers are DeepSeek-V3.2's sparse attention (DSA, which we "
+              "convert for deepseek_v32 / glm_moe_dsa), but its residual stream is hc_mult hyper-connection streams "
+              "(HYV4HyperConnection, HYV4HyperHead), which models.deepseek does not have"),
     "lara_mini": ("Lara-4-Mini is not supported: its linear_attention layers are Gated DeltaNet (a causal depthwise "
                   "convolution and a gated delta-rule recurrence), which none of our attention ops computes, and a "
                   "decode step needs their conv and recurrent states beside the KV cache, which our exported graphs "
@@ -178,7 +180,7 @@ REFUSED = {
                        "residual stream is hc_count hyper-connection streams, none of which our models have"),
     "dots3_note_text": ("dots3-note is not supported: its indexed_attention layers are DeepSeek-V3.2's sparse "
                         "attention (DSA), attending only to the index_topk keys a learned indexer picks for each "
-                        "query, and our attention ops take no per-query key indices; its MLA also differs from ours "
+                        "query (converted for deepseek_v32), but its MLA differs from ours "
                         "(head shapes per layer type, a norm on the shared rope key, a sigmoid gate per head)"),
     "modernbert-decoder": ("ModernBERT-decoder is not supported: its head runs ModernBERT's prediction head (a dense "
                            "layer, its activation and a LayerNorm) between the final norm and the biased vocabulary "
@@ -202,9 +204,6 @@ _INKLING2_REFUSAL = (
     "Inkling 2 is not supported: its layers run causal short convolutions over the previous tokens' key and value "
     "projections (dynamic ones on the full-attention layers) and over the attention and MLP outputs "
     "(post_attention_convolution, post_mlp_convolution), " + _CONV_TAIL)
-# DeepSeek-V3.2's sparse attention (DSA), as axk2 / hy_v4 above
-_DSA_TAIL = ("attending only to the index_topk keys a learned indexer picks for each query, and our attention ops "
-             "take no per-query key indices")
 # encoder-decoder models: the decoder cross-attends to the encoder's states
 _CROSS_TAIL = ("cross-attend to the encoder's hidden states, and we export decoder-only graphs, which take no encoder "
                "states")
@@ -267,17 +266,14 @@ REFUSED.update({
                   "Qwen4ExpForCausalLM (qwen4_exp_text), is a hybrid: its linear_attention layers are " + _GDN
                   + ", whose conv and recurrent states a decode step needs beside the KV cache, and its "
                   "indexed_attention layers attend only to the keys a learned QSA indexer picks for each query; our "
-                  "exported graphs carry past keys and values only, and our attention ops take no per-query key "
-                  "indices"),
-    # DeepSeek-V3.2-style sparse attention (DSA)
-    "deepseek_v32": "DeepSeek-V3.2 is not supported: every layer's MLA is its sparse attention (DSA), " + _DSA_TAIL,
-    "glm_moe_dsa": ("GLM-5 (GLM-MoE-DSA) is not supported: every layer's MLA is DeepSeek-V3.2's sparse attention "
-                    "(DSA; its indexer_types 'shared' layers reuse the previous layer's picks), " + _DSA_TAIL),
+                  "exported graphs carry past keys and values only, and of our attention ops only MLA takes per-query "
+                  "key indices"),
     "deepseek_v4": ("DeepSeek-V4 is not supported: beside a sliding window, its compressed layers attend to keys "
                     "and values a learned compressor pools from every compress_rate tokens (a decode step needs the "
                     "tokens not yet pooled beside the KV cache), its compressed_sparse_attention layers only to the "
                     "index_topk compressed entries a learned indexer picks for each query; our exported graphs carry "
-                    "past keys and values only, and our attention ops take no per-query key indices"),
+                    "past keys and values only, and our MLA's key indices pick cache positions, not compressed "
+                    "entries"),
     # encoder-decoder models
     "bart": "BART is an encoder-decoder model: its decoder layers " + _CROSS_TAIL,
     "bigbird_pegasus": "BigBird-Pegasus is an encoder-decoder model: its decoder layers " + _CROSS_TAIL,

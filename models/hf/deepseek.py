@@ -1,7 +1,8 @@
 """DeepSeek-V3, DeepSeek-V2 / V2-Lite, Sarvam-MLA (transformers runs it as DeepSeek-V3) and MiniCPM3 (MLA without
 experts, half-split RoPE, its scale_emb / scale_depth / dim_model_base multipliers), Youtu-LLM (MLA with dense MLPs)
 and GLM-4 MoE Lite (DeepSeek-V3's layers, the dense ones listed in mlp_layer_types), Mistral 4 (DeepSeek-V3's layers,
-a softmax router, Ministral 3's query scale) -> models.deepseek."""
+a softmax router, Ministral 3's query scale), DeepSeek-V3.2 and GLM-5 (DeepSeek-V3's layers with DeepSeek's sparse
+attention, DSA: a lightning indexer per layer picks each query's keys) -> models.deepseek."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from onnxattn.models.hf._common import (_activation, _check_rope, _copy, _hf_fre
 def _deepseek_router(c) -> dict:
     """DeepSeekV3Config's router fields: V3's sigmoid router (the defaults), Mistral 4's softmax one with V3's groups,
     or V2's softmax one."""
-    if c.model_type in ("deepseek_v3", "sarvam_mla", "glm4_moe_lite", "axk1"):  # theirs is V3's
+    if c.model_type in ("deepseek_v3", "sarvam_mla", "glm4_moe_lite", "axk1", "deepseek_v32",
+                        "glm_moe_dsa"):  # theirs is V3's
         return dict(num_groups=c.n_group or 1, groups_per_token=c.topk_group or 1, norm_topk=bool(c.norm_topk_prob))
     if c.model_type == "mistral4":  # V3's groups (scored by their two best) on softmax scores, no choice bias
         return dict(router_scoring="softmax", group_score="top2_sum", num_groups=c.n_group or 1,
@@ -74,6 +76,20 @@ def _mistral4_query_scale(c) -> dict:
     return dict(query_scale_beta=float(beta), query_scale_period=int(period))
 
 
+def _dsa_fields(c) -> dict:
+    """DeepSeek-V3.2's and GLM-5's indexer (DSA) as DeepSeekV3Config fields. GLM-5's indexer rotates interleaved pairs
+    (V3.2's half-split), and its indexer_types 'shared' layers run no indexer, reusing the previous layer's picks."""
+    glm = c.model_type == "glm_moe_dsa"
+    kinds = list(getattr(c, "indexer_types", None) or ["full"] * c.num_hidden_layers) if glm else []
+    if any(kind not in ("full", "shared") for kind in kinds) or kinds[:1] == ["shared"]:
+        raise _unsupported(f"GLM-5 with indexer_types {kinds} is not supported: 'full' or 'shared' per layer, the "
+                           f"first 'full' (a shared layer reuses the previous layer's picks)")
+    if not c.index_topk or c.index_topk < 1:
+        raise _unsupported(f"index_topk {c.index_topk} is not supported (>= 1)")
+    return dict(index_topk=c.index_topk, index_n_heads=c.index_n_heads, index_head_dim=c.index_head_dim,
+                index_rope_interleaved=glm, index_shared_layers=tuple(i for i, k in enumerate(kinds) if k == "shared"))
+
+
 def _deepseek(hf, **fields) -> DeepSeekV3Model:
     """DeepSeek-V3, and DeepSeek-V2 / V2-Lite: the same MLA decoder with V2's router (softmax scores, groups
     scored by their best expert, no choice bias); V2's RoPE always pairs channels (interleaved). Sarvam-MLA is V3's
@@ -83,7 +99,9 @@ def _deepseek(hf, **fields) -> DeepSeekV3Model:
     c = hf.config
     what = {"deepseek_v2": "DeepSeek-V2", "deepseek_v3": "DeepSeek-V3", "sarvam_mla": "Sarvam-MLA",
             "minicpm3": "MiniCPM3", "youtu": "Youtu-LLM", "glm4_moe_lite": "GLM-4 MoE Lite",
-            "mistral4": "Mistral 4", "axk1": "A.X-K1"}[c.model_type]
+            "mistral4": "Mistral 4", "axk1": "A.X-K1", "deepseek_v32": "DeepSeek-V3.2",
+            "glm_moe_dsa": "GLM-5"}[c.model_type]
+    dsa = c.model_type in ("deepseek_v32", "glm_moe_dsa")
     minicpm3 = c.model_type == "minicpm3"
     params = c.rope_parameters
     # MiniCPM3-4B's LongRoPE: the MLA layer picks the factor set per forward, as transformers' rotary embedding
@@ -91,7 +109,7 @@ def _deepseek(hf, **fields) -> DeepSeekV3Model:
     num_layers = c.num_hidden_layers
     if minicpm3 or c.model_type == "youtu":  # no experts
         dense = num_layers
-    elif c.model_type in ("glm4_moe_lite", "axk1"):  # dense / sparse per layer (mlp_layer_types)
+    elif c.model_type in ("glm4_moe_lite", "axk1", "deepseek_v32", "glm_moe_dsa"):  # dense / sparse per layer
         dense = _dense_prefix(c, what)
     else:
         dense = c.first_k_dense_replace
@@ -109,6 +127,8 @@ def _deepseek(hf, **fields) -> DeepSeekV3Model:
                    first_dense_layers=dense, routed_scaling=c.routed_scaling_factor, **_deepseek_router(c)) if moe \
         else dict(num_experts=0)
     query_scale = _mistral4_query_scale(c) if c.model_type == "mistral4" else {}  # refused outside the try below
+    if dsa:
+        fields = _dsa_fields(c) | fields
     try:
         cfg = DeepSeekV3Config(
             vocab_size=c.vocab_size, hidden=c.hidden_size, num_layers=num_layers, num_heads=c.num_attention_heads,
@@ -116,8 +136,8 @@ def _deepseek(hf, **fields) -> DeepSeekV3Model:
             rope_head_dim=c.qk_rope_head_dim, v_head_dim=c.v_head_dim, intermediate=c.intermediate_size, **experts,
             rope_theta=params["rope_theta"], rope_scaling=scaling,
             mscale_all_dim=float(params.get("mscale_all_dim") or 0.0) if scaling else 0.0,
-            # V2 rotates channel pairs (complex numbers); V3 does when rope_interleave, else half-split
-            rope_interleaved=c.model_type == "deepseek_v2" or bool(getattr(c, "rope_interleave", False)),
+            # V2 rotates channel pairs (complex numbers), V3.2 and GLM-5 always; V3 does when rope_interleave
+            rope_interleaved=c.model_type == "deepseek_v2" or dsa or bool(getattr(c, "rope_interleave", False)),
             attention_bias=bool(c.attention_bias), **(_minicpm3_multipliers(c) if minicpm3 else {}),
             **query_scale,
             rms_norm_eps=c.rms_norm_eps,
@@ -150,6 +170,8 @@ def _deepseek(hf, **fields) -> DeepSeekV3Model:
             a.kv_a_norm.copy_(t.kv_a_layernorm.weight)
             a.load_kv_b_proj(t.kv_b_proj.weight)
             set_linear(a.o_proj, t.o_proj.weight, t.o_proj.bias)
+            if getattr(a, "indexer", None) is not None:  # DSA (GLM-5's shared layers have none, as transformers')
+                _copy_indexer(a.indexer, t.indexer)
             mine.input_norm.weight.copy_(theirs.input_layernorm.weight)
             mine.post_attn_norm.weight.copy_(theirs.post_attention_layernorm.weight)
             m, h = mine.mlp, theirs.mlp
@@ -166,6 +188,17 @@ def _deepseek(hf, **fields) -> DeepSeekV3Model:
     short, long = _hf_frequencies(src.rotary_emb)  # long: LongRoPE's second set (MiniCPM3), else None
     _check_rope(ours, short, src.rotary_emb.attention_scaling, c.model_type, long)
     return ours
+
+
+def _copy_indexer(mine, theirs) -> None:
+    """DeepseekV32Indexer's (GlmMoeDsaIndexer's) weights: wq_b, wk, k_norm (a LayerNorm with bias), weights_proj."""
+    if abs(theirs.k_norm.eps - mine.k_norm.eps) > 1e-12 or abs(theirs.softmax_scale - mine.head_dim ** -0.5) > 1e-9:
+        raise _unsupported(f"an indexer with k_norm eps {theirs.k_norm.eps} and softmax_scale {theirs.softmax_scale} "
+                           f"is not supported ({mine.k_norm.eps} and index_head_dim^-0.5)")
+    for name in ("wq_b", "wk", "weights_proj"):
+        set_linear(getattr(mine, name), getattr(theirs, name).weight)
+    _copy(mine.k_norm.weight, theirs.k_norm.weight, "the indexer's k_norm weight")
+    _copy(mine.k_norm.bias, theirs.k_norm.bias, "the indexer's k_norm bias")
 
 
 def _longcat_flash(hf) -> DeepSeekV3Model:

@@ -17,7 +17,8 @@ def from_transformers(hf_model, path: str | os.PathLike, **export_options) -> Ex
     (UnsupportedModel) that lists the supported ones.
 
     Decoders: one graph for prefill and decode. DeepSeek-V2's and V3's caches are their latents:
-    past_key_values.{i}.key [B, 1, P, kv_lora_rank], .value [B, 1, P, qk_rope_head_dim]. LongRoPE is a Greater +
+    past_key_values.{i}.key [B, 1, P, kv_lora_rank], .value [B, 1, P, qk_rope_head_dim]; DeepSeek-V3.2's and GLM-5's
+layers with an indexer add .index_key [B, 1, P, index_head_dim] (the indexer's keys). LongRoPE is a Greater +
     Where in front of each node's rope_inv_freq, picking the factor set per run as transformers' forward does, so
     KV-cached generation equals transformers' model run forward by forward with its cache; Phi-3's generate()
     differs once the sequence crosses original_max_position_embeddings (it re-encodes everything there).

@@ -3,7 +3,8 @@
 Decoders get one graph for prefill and decode: ``input_ids [batch, sequence]`` plus, per layer i,
 ``past_key_values.{i}.key/.value [batch, Hkv, past_sequence, D]`` in, ``logits`` (float32) and
 ``present.{i}.key/.value`` out (the optimum / onnxruntime-genai naming). Prefill feeds empty pasts
-(past_sequence = 0). Two cache modes:
+(past_sequence = 0). A model whose layers cache more (CausalLM.cache_layout: DeepSeek-V3.2's indexer keys) adds
+``past_key_values.{i}.<name>`` / ``present.{i}.<name>`` after a layer's key and value, in both modes. Two cache modes:
 
 - ``cache="concat"`` (default): present = concat(past, new); plain onnxruntime loops feed presents back.
 - ``cache="shared"``: preallocated buffers ``[batch, Hkv, max_sequence, D]`` plus ``past_lengths [batch]``;
@@ -44,10 +45,12 @@ class ExportResult:
 
 
 def io_names(kind: str, num_layers: int = 0, cache: str = "concat", outputs: int = 1,
-             inputs: int = 3) -> tuple[list[str], list[str]]:
+             inputs: int = 3, cache_names: list | None = None) -> tuple[list[str], list[str]]:
+    """`cache_names`: per layer its cache tensors' names (default: key and value; CausalLM.cache_layout)."""
     if kind == "decoder":
-        past = [f"past_key_values.{i}.{t}" for i in range(num_layers) for t in ("key", "value")]
-        present = [f"present.{i}.{t}" for i in range(num_layers) for t in ("key", "value")]
+        cache_names = cache_names or [("key", "value")] * num_layers
+        past = [f"past_key_values.{i}.{t}" for i, names in enumerate(cache_names) for t in names]
+        present = [f"present.{i}.{t}" for i, names in enumerate(cache_names) for t in names]
         return ["input_ids", *past] + (["past_lengths"] if cache == "shared" else []), ["logits", *present]
     if kind == "encoder":
         names = ["input_ids", "attention_mask", "token_type_ids"][:inputs]
@@ -150,23 +153,24 @@ def export_model(
 
         dims = {"batch": 2, "sequence": 5}
         if kind == "decoder":
-            num_layers = len(module.kv_shapes())
-            inputs, outputs = io_names(kind, num_layers, cache)
+            cache_names = [tuple(layer) for layer in module.cache_layout()]  # key, value (and more, per model)
+            num_layers = len(cache_names)
+            inputs, outputs = io_names(kind, num_layers, cache, cache_names=cache_names)
             graph = _DecoderGraph(module, 1 if logits == "last" else 0).eval()
             ids, past = module.example_inputs(2, 5, 3)
-            past = [(k.to(torch_dtype), v.to(torch_dtype)) for k, v in past]
+            past = [tuple(t.to(torch_dtype) for t in layer) for layer in past]
             seq = {0: "batch", 1: "sequence"}
             if cache == "shared":
                 pad = lambda t: torch.cat([t, t.new_zeros(*t.shape[:2], 9, t.shape[3])], 2)  # noqa: E731  (M = 12)
-                buffers = [(pad(k), pad(v)) for k, v in past]
+                buffers = [tuple(pad(t) for t in layer) for layer in past]
                 lengths = torch.tensor([3, 1])
                 kv = {0: "batch", 2: "max_sequence"}
                 args = (ids, buffers, lengths)
-                dynamic = (seq, [(kv, kv)] * num_layers, {0: "batch"})
+                dynamic = (seq, [(kv,) * len(names) for names in cache_names], {0: "batch"})
                 dims.update(max_sequence=12, past_sequence=3)
             else:
                 kv = {0: "batch", 2: "past_sequence"}
-                args, dynamic = (ids, past), (seq, [(kv, kv)] * num_layers)
+                args, dynamic = (ids, past), (seq, [(kv,) * len(names) for names in cache_names])
                 dims["past_sequence"] = 3
         elif kind == "encoder":
             graph, args = module, module.example_inputs(2, 5)

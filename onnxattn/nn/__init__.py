@@ -9,6 +9,7 @@ from onnxattn.nn.gqa import (
     qk_norm,
     whole_tensor_rms_norm,
 )
+from onnxattn.nn.dsa import LightningIndexer
 from onnxattn.nn.kv_cache import KVCache
 from onnxattn.nn.masks import AttentionMask, build_causal_sliding_window_mask
 from onnxattn.nn.mla import LatentCache, MultiHeadLatentAttention
@@ -39,6 +40,7 @@ __all__ = [
     "GroupedQueryAttention",
     "KVCache",
     "LatentCache",
+    "LightningIndexer",
     "LocalAttention",
     "MultiHeadLatentAttention",
     "NSACoarseCompression",
