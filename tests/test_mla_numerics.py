@@ -145,6 +145,9 @@ CASES = [
     Case("indexed-more-than-keys", seq=4, past=2, index_count=20),
     Case("indexed-empty-lists", seq=3, past=5, index_count=0),
     Case("indexed-bidirectional", seq=5, past=3, causal=0, index_count=3),
+    # decode with K >= 512: each token's list split into ranges of >= 256 keys, merged by log-sum-exp (a short
+    # sequence's lists keep few keys: later ranges empty)
+    Case("indexed-split-shared-b2", batch=2, seq=1, buffer=1000, past_lengths=(900, 20), index_count=600, **I),
 ]
 
 # Low-precision variants of the cases that exercise distinct conversions (inputs, weights, cache written in

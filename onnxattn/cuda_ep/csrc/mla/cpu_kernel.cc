@@ -195,6 +195,29 @@ int64_t key_splits(const Params& p, const Prepared<T>& prep) {
   return std::clamp<int64_t>(keys / kMinKeys, 1, kMaxSplits);
 }
 
+// out[row] ([rows, width]) = the key ranges' normalised outputs part_at(k, row) weighted by exp(lse_at(k, row)):
+// flash-decoding's merge; zeros where no range saw a key.
+template <typename LseAt, typename PartAt>
+void merge_ranges(int64_t splits, int64_t rows, int64_t width, LseAt lse_at, PartAt part_at, float* out_rows,
+                  const ParallelFor& parallel_for) {
+  parallel_for(rows, [&](int64_t row) {
+    float m = -std::numeric_limits<float>::infinity();
+    for (int64_t k = 0; k < splits; ++k) m = std::max(m, lse_at(k, row));
+    float* out = out_rows + row * width;
+    std::fill(out, out + width, 0.0f);
+    if (m == -std::numeric_limits<float>::infinity()) return;  // no visible key: zeros
+    float total = 0.0f;
+    for (int64_t k = 0; k < splits; ++k) {
+      const float w = std::exp(lse_at(k, row) - m);
+      if (w == 0.0f) continue;
+      total += w;
+      const float* y = part_at(k, row);
+      for (int64_t x = 0; x < width; ++x) out[x] += w * y[x];
+    }
+    for (int64_t x = 0; x < width; ++x) out[x] /= total;
+  });
+}
+
 template <typename T>
 void attend_split(const Params& p, const Tensors<T>& t, const Prepared<T>& prep, const float* q_abs, int64_t splits,
                   float* latent_out, const ParallelFor& parallel_for) {
@@ -222,24 +245,13 @@ void attend_split(const Params& p, const Tensors<T>& t, const Prepared<T>& prep,
     sdpa::run_cpu<T, float>(a, at, serial_for);
   });
   // Merge: row (b, s, h) has LSE [b, h, s] (the core's layout) and output [b, s, h] in each split.
-  parallel_for(rows, [&](int64_t row) {
-    const int64_t h = row % H, token = row / H, b = token / S, s = token % S;
-    const int64_t at = (b * H + h) * S + s;
-    float m = -std::numeric_limits<float>::infinity();
-    for (int64_t k = 0; k < splits; ++k) m = std::max(m, lse[size_t(k * rows + at)]);
-    float* out = latent_out + row * R;
-    std::fill(out, out + R, 0.0f);
-    if (m == -std::numeric_limits<float>::infinity()) return;  // no visible key: zeros
-    float total = 0.0f;
-    for (int64_t k = 0; k < splits; ++k) {
-      const float w = std::exp(lse[size_t(k * rows + at)] - m);
-      if (w == 0.0f) continue;
-      total += w;
-      const float* y = partial.get() + (k * rows + row) * R;
-      for (int64_t x = 0; x < R; ++x) out[x] += w * y[x];
-    }
-    for (int64_t x = 0; x < R; ++x) out[x] /= total;
-  });
+  merge_ranges(
+      splits, rows, R,
+      [&](int64_t k, int64_t row) {
+        const int64_t h = row % H, token = row / H;
+        return lse[size_t(k * rows + (token / S * H + h) * S + token % S)];
+      },
+      [&](int64_t k, int64_t row) { return partial.get() + (k * rows + row) * R; }, latent_out, parallel_for);
 }
 
 // q_abs [B, S, H, R + Dr] = [q_nope . W_UK[h]^T ; rotated q_rope]: the absorbed queries.
@@ -305,9 +317,11 @@ void check_key_indices(const Params& p, const Tensors<T>& t) {
 }
 
 // Indexed (key_indices [B, S, K], DeepSeek sparse attention): each token's absorbed queries attend only to the
-// keys it lists that are valid and visible to it, each once, in ascending order: those latent rows are gathered
-// and every head scores them (the work grows with K, not with the cache). Work items are (token, block of 16
-// heads), so a single decode token still spreads over the threads; each item gathers its token's rows.
+// keys it lists that are valid and visible to it, each once, in ascending order (the work grows with K, not with
+// the cache). A work item gathers a range of its token's keys into a contiguous float block once and scores it for
+// every head (dot_rows per head, then P . rows as one matmul). Decode (at most 4 tokens) splits each token's list
+// into ranges of >= 256 keys (at most 16, by K: the shape, not the thread count, decides) merged by log-sum-exp,
+// so one token still spreads over the threads; longer calls take one item per token.
 template <typename T>
 void run_indexed(const Params& p, const Tensors<T>& t, Prepared<T>& prep, const ParallelFor& parallel_for) {
   const int64_t B = p.batch, S = p.seq, H = p.heads, R = p.rank, Dn = p.nope_dim, Dr = p.rope_dim;
@@ -335,42 +349,54 @@ void run_indexed(const Params& p, const Tensors<T>& t, Prepared<T>& prep, const 
   const float* w_uk = as_float(t.w_uk, H * R * Dn, w_uk_storage, parallel_for);
   const float* w_uv = as_float(t.w_uv, H * R * Dv, w_uv_storage, parallel_for);
   Buffer q_abs = absorb_queries(p, t, prep, w_uk, parallel_for);
-  Buffer latent_out = floats(tokens * H * R);
-  constexpr int64_t kHeadBlock = 16;
-  const int64_t head_blocks = (H + kHeadBlock - 1) / kHeadBlock;
+  constexpr int64_t kMinKeys = 256, kMaxSplits = 16, kMaxTokens = 4;
+  const int64_t splits = tokens <= kMaxTokens ? std::clamp<int64_t>(K / kMinKeys, 1, kMaxSplits) : 1;
+  const int64_t rows_out = tokens * H;
+  Buffer latent_out = floats(rows_out * R);
+  Buffer partial = floats(splits > 1 ? splits * rows_out * R : 0), lse = floats(splits * rows_out);
   const bool has_softcap = p.softcap > 0.0f;
-  parallel_for(tokens * head_blocks, [&](int64_t item) {
-    const int64_t token = item / head_blocks, b = token / S, h0 = item % head_blocks * kHeadBlock;
-    const int64_t heads = std::min(kHeadBlock, H - h0), n = counts[size_t(token)];
-    float* const y = latent_out.get() + (token * H + h0) * R;
-    if (n == 0) {  // no key to see: zeros, as every path
-      std::fill(y, y + heads * R, 0.0f);
+  parallel_for(tokens * splits, [&](int64_t item) {
+    const int64_t token = item / splits, k = item % splits, b = token / S, n = counts[size_t(token)];
+    const int64_t chunk = (n + splits - 1) / splits, first = std::min(n, k * chunk);
+    const int64_t m = std::min(n, first + chunk) - first;
+    float* const y = splits > 1 ? partial.get() + (k * rows_out + token * H) * R : latent_out.get() + token * H * R;
+    float* const item_lse = lse.get() + k * rows_out + token * H;
+    if (m == 0) {  // no key in this range: zeros and weight 0 (a row that sees nothing outputs zeros)
+      std::fill(y, y + H * R, 0.0f);
+      std::fill(item_lse, item_lse + H, -std::numeric_limits<float>::infinity());
       return;
     }
-    const int64_t* const list = lists.data() + token * K;
-    std::vector<float> rows(static_cast<size_t>(n * Dk)), probs(static_cast<size_t>(heads * n));
-    for (int64_t e = 0; e < n; ++e) {
+    const int64_t* const list = lists.data() + token * K + first;
+    std::vector<float> rows(static_cast<size_t>(m * Dk)), probs(static_cast<size_t>(H * m));
+    for (int64_t e = 0; e < m; ++e) {
       const T* latent = t.present_latent + (b * M + list[e]) * R;
       const T* rope = t.present_k_rope + (b * M + list[e]) * Dr;
       float* row = rows.data() + e * Dk;
       for (int64_t x = 0; x < R; ++x) row[x] = to_float(latent[x]);
       for (int64_t x = 0; x < Dr; ++x) row[R + x] = to_float(rope[x]);
     }
-    for (int64_t h = 0; h < heads; ++h) {
-      float* const score = probs.data() + h * n;
-      dot_rows(q_abs.get() + (token * H + h0 + h) * Dk, rows.data(), n, Dk, Dk, score);
+    for (int64_t h = 0; h < H; ++h) {
+      float* const score = probs.data() + h * m;
+      dot_rows(q_abs.get() + (token * H + h) * Dk, rows.data(), m, Dk, Dk, score);
       float top = -std::numeric_limits<float>::infinity();
-      for (int64_t e = 0; e < n; ++e) {
+      for (int64_t e = 0; e < m; ++e) {
         score[e] *= p.scale;
         if (has_softcap) score[e] = p.softcap * std::tanh(score[e] / p.softcap);
         top = std::max(top, score[e]);
       }
       float total = 0.0f;
-      for (int64_t e = 0; e < n; ++e) total += score[e] = std::exp(score[e] - top);
-      for (int64_t e = 0; e < n; ++e) score[e] /= total;
+      for (int64_t e = 0; e < m; ++e) total += score[e] = std::exp(score[e] - top);
+      for (int64_t e = 0; e < m; ++e) score[e] /= total;
+      item_lse[h] = top + std::log(total);
     }
-    matmul(probs.data(), n, heads, n, rows.data(), Dk, R, y, R);  // y [heads, R] = P . latent rows
+    matmul(probs.data(), m, H, m, rows.data(), Dk, R, y, R);  // y [H, R] = P . latent rows
   });
+  if (splits > 1) {
+    merge_ranges(
+        splits, rows_out, R, [&](int64_t k, int64_t row) { return lse[size_t(k * rows_out + row)]; },
+        [&](int64_t k, int64_t row) { return partial.get() + (k * rows_out + row) * R; }, latent_out.get(),
+        parallel_for);
+  }
   project_output(p, latent_out.get(), R, w_uv, t.output, parallel_for);
 }
 
