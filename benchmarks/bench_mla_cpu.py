@@ -102,40 +102,50 @@ def forced_run(path: str | None, run):
     return call
 
 
-def bench_decode(heads: int, past: int, repeat: int, threads: int, with_function: bool,
-                 settle: float = cpu_timing.SETTLE, burst: float = cpu_timing.BURST) -> list[dict]:
-    rng = np.random.default_rng(0)
-    capacity = past + 64
+def decode_inputs(heads: int, past: int, rng) -> tuple[dict, np.ndarray, np.ndarray]:
+    """One new token's feeds, and latent / rope-key buffers of P + 64 slots with P valid."""
     feeds = {"q": rng.standard_normal((1, 1, heads * (DN + DR)), np.float32),
              "latent": rng.standard_normal((1, 1, R), np.float32),
              "k_rope": rng.standard_normal((1, 1, DR), np.float32),
              "w_uk": (rng.standard_normal((heads, R, DN)) / np.sqrt(R)).astype(np.float32),
              "w_uv": (rng.standard_normal((heads, R, DV)) / np.sqrt(R)).astype(np.float32),
              "past_lengths": np.array([past], np.int64)}
-    latent = rng.standard_normal((1, capacity, R), np.float32)
-    rope = rng.standard_normal((1, capacity, DR), np.float32)
+    return (feeds, rng.standard_normal((1, past + 64, R), np.float32),
+            rng.standard_normal((1, past + 64, DR), np.float32))
+
+
+def bound_session(model, feeds: dict, latent: np.ndarray, rope: np.ndarray, threads: int, library: bool = True):
+    """A session with its inputs bound and copies of the buffers as the pasts; with the library the presents are
+    bound to them too (the kernel appends in place; the function writes a new buffer, ScatterElements)."""
+    options = ort.SessionOptions()  # one per session: the library registers on it
+    options.intra_op_num_threads = threads
+    session = make_session(model, providers=["CPUExecutionProvider"], use_library=library, session_options=options)
+    buffers = (ort.OrtValue.ortvalue_from_numpy(latent.copy()), ort.OrtValue.ortvalue_from_numpy(rope.copy()))
+    binding = session.io_binding()
+    for name, value in feeds.items():
+        binding.bind_cpu_input(name, value)
+    binding.bind_ortvalue_input("past_latent", buffers[0])
+    binding.bind_ortvalue_input("past_k_rope", buffers[1])
+    binding.bind_output("y")
+    if library:
+        binding.bind_ortvalue_output("present_latent", buffers[0])
+        binding.bind_ortvalue_output("present_k_rope", buffers[1])
+    else:
+        binding.bind_output("present_latent")
+        binding.bind_output("present_k_rope")
+    return session, binding, buffers
+
+
+def bench_decode(heads: int, past: int, repeat: int, threads: int, with_function: bool,
+                 settle: float = cpu_timing.SETTLE, burst: float = cpu_timing.BURST) -> list[dict]:
+    feeds, latent, rope = decode_inputs(heads, past, np.random.default_rng(0))
     model = mla_model(heads)
     impls = {"absorbed": ("absorbed", True), "expanded": ("expanded", True)}
     if with_function:
         impls["function"] = (None, False)
     sessions, outputs = {}, {}
     for impl, (path, library) in impls.items():
-        options = ort.SessionOptions()  # one per session: the library registers on it
-        options.intra_op_num_threads = threads
-        session = make_session(model, providers=["CPUExecutionProvider"], use_library=library, session_options=options)
-        buffers = (ort.OrtValue.ortvalue_from_numpy(latent.copy()), ort.OrtValue.ortvalue_from_numpy(rope.copy()))
-        binding = session.io_binding()
-        for name, value in feeds.items():
-            binding.bind_cpu_input(name, value)
-        binding.bind_ortvalue_input("past_latent", buffers[0])
-        binding.bind_ortvalue_input("past_k_rope", buffers[1])
-        binding.bind_output("y")
-        if library:  # the kernel appends in place; the function writes a new buffer (ScatterElements)
-            binding.bind_ortvalue_output("present_latent", buffers[0])
-            binding.bind_ortvalue_output("present_k_rope", buffers[1])
-        else:
-            binding.bind_output("present_latent")
-            binding.bind_output("present_k_rope")
+        session, binding, buffers = bound_session(model, feeds, latent, rope, threads, library)
         sessions[impl] = (session, binding, path, buffers)
         with forced_path(path):
             session.run_with_iobinding(binding)
@@ -167,30 +177,13 @@ def bench_indexed(heads: int, past: int, listed: int, repeat: int, threads: int,
     """One decode step over P cached tokens, dense (every key) and indexed (K distinct random keys), both the
     kernel in shared-buffer mode with the caches bound in place."""
     rng = np.random.default_rng(1)
-    capacity = past + 64
-    feeds = {"q": rng.standard_normal((1, 1, heads * (DN + DR)), np.float32),
-             "latent": rng.standard_normal((1, 1, R), np.float32),
-             "k_rope": rng.standard_normal((1, 1, DR), np.float32),
-             "w_uk": (rng.standard_normal((heads, R, DN)) / np.sqrt(R)).astype(np.float32),
-             "w_uv": (rng.standard_normal((heads, R, DV)) / np.sqrt(R)).astype(np.float32),
-             "past_lengths": np.array([past], np.int64)}
+    feeds, latent, rope = decode_inputs(heads, past, rng)
     indices = rng.choice(past + 1, size=min(listed, past + 1), replace=False).astype(np.int64)[None, None]
-    latent = rng.standard_normal((1, capacity, R), np.float32)
-    rope = rng.standard_normal((1, capacity, DR), np.float32)
     runs = {}
     for impl, indexed in (("dense", False), ("indexed", True)):
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        session = make_session(mla_model(heads, indexed), providers=["CPUExecutionProvider"], session_options=options)
-        buffers = (ort.OrtValue.ortvalue_from_numpy(latent.copy()), ort.OrtValue.ortvalue_from_numpy(rope.copy()))
-        binding = session.io_binding()
-        for name, value in (dict(feeds, key_indices=indices) if indexed else feeds).items():
-            binding.bind_cpu_input(name, value)
-        binding.bind_ortvalue_input("past_latent", buffers[0])
-        binding.bind_ortvalue_input("past_k_rope", buffers[1])
-        binding.bind_output("y")
-        binding.bind_ortvalue_output("present_latent", buffers[0])
-        binding.bind_ortvalue_output("present_k_rope", buffers[1])
+        session, binding, _ = bound_session(mla_model(heads, indexed),
+                                            dict(feeds, key_indices=indices) if indexed else feeds, latent, rope,
+                                            threads)
         session.run_with_iobinding(binding)
         runs[impl] = lambda session=session, binding=binding: session.run_with_iobinding(binding)
     median = cpu_timing.median_rounds(runs, repeat, settle, burst)
