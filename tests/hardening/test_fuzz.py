@@ -139,7 +139,8 @@ def mla_cases(draw):
         positions=draw(st.sampled_from([None, "shifted"])), inv_freq=draw(st.sampled_from([None, "yarn"])),
         causal=draw(st.sampled_from([1, 1, 0])), window=draw(st.sampled_from([0, 0, 2, 30])),
         softcap=draw(st.sampled_from([0.0, 0.0, 2.0])), scale=draw(st.sampled_from([0.0, 0.3])),
-        rope_interleaved=draw(st.integers(0, 1)), dtype=draw(DTYPES), with_present=draw(st.booleans()))
+        rope_interleaved=draw(st.integers(0, 1)), dtype=draw(DTYPES), with_present=draw(st.booleans()),
+        index_count=draw(st.sampled_from([None, None, 0, 1, 3, 600])))  # key_indices (600: split ranges)
 
 
 def _mla_kernel_path(isa, _case):
