@@ -40,7 +40,6 @@ from onnxattn.models._base import CausalLM, RMSNorm, check_activation, init_weig
 from onnxattn.models.llama import QueryScale, SwiGLU
 from onnxattn.models.moe import MixtureOfExperts, check_moe
 from onnxattn.nn import LightningIndexer, MultiHeadLatentAttention, Rope, RopeScaling
-from onnxattn.nn.mla import _rms_norm
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,17 +211,14 @@ class IndexedMLA(MultiHeadLatentAttention):
     """DeepSeek-V3.2's attention: MLA whose keys per query the layer's LightningIndexer picks (the node's
     key_indices), or in GLM-5's shared layers (indexer None) the previous layer's picks (forward's `picks`). The
     indexer reads the query latent q_a_norm(q_a_proj(x)) the MLA's query comes from: computed once, reused by
-    project."""
+    project (query_latent)."""
 
     def __init__(self, *args, indexer: LightningIndexer | None, **kwargs):
         super().__init__(*args, **kwargs)
         self.indexer, self._q_resid = indexer, None
 
-    def project(self, x):
-        if self._q_resid is None:
-            return super().project(x)
-        latent, k_rope = torch.split(self.kv_a_proj(x), [self.kv_rank, self.rope_head_dim], dim=-1)
-        return self.q_b_proj(self._q_resid), _rms_norm(latent, self.kv_a_norm, self.norm_eps), k_rope
+    def query_latent(self, x):
+        return super().query_latent(x) if self._q_resid is None else self._q_resid
 
     def forward(self, x, *, cache=None, past_index_key=None, past_lengths=None, picks=None, return_present=False,
                 **kwargs):
@@ -230,17 +226,18 @@ class IndexedMLA(MultiHeadLatentAttention):
         with past_lengths), or this layer's ("index_key", layer_idx) slot of `cache`. Returns (output, picks), with
         `return_present` (output, present, picks), the present (latent, rope keys, index keys) where this layer has
         an indexer."""
-        index_present = None
+        index_present = q_resid = None
         if self.indexer is None:
             if picks is None:
                 raise ValueError(f"{type(self).__name__}: a layer without an indexer needs the previous layer's picks")
         else:
             if cache is not None:  # a slot of its own, truncated with the latents (KVCache.truncate)
                 past_index_key = cache.get(("index_key", self.layer_idx))[0]
-            self._q_resid = _rms_norm(self.q_a_proj(x), self.q_a_norm, self.norm_eps)
-            picks, index_present = self.indexer(x, self._q_resid, past_keys=past_index_key, past_lengths=past_lengths)
+            q_resid = self.query_latent(x)
+            picks, index_present = self.indexer(x, q_resid, past_keys=past_index_key, past_lengths=past_lengths)
             if cache is not None:
                 cache.update(("index_key", self.layer_idx), index_present, index_present)
+        self._q_resid = q_resid  # project's query_latent reuses it (None: a layer without an indexer computes it)
         try:
             out = super().forward(x, cache=cache, past_lengths=past_lengths, key_indices=picks,
                                   return_present=return_present, **kwargs)

@@ -137,10 +137,14 @@ class MultiHeadLatentAttention(TokenPositions, nn.Module):
         # the default frequencies are computed by the op itself; scaled ones travel as an input
         self.register_buffer("rope_inv_freq", inv_freq if self.rope.scaling else None, persistent=False)
 
+    def query_latent(self, x: torch.Tensor) -> torch.Tensor:
+        """The normalised query latent [B,S,q_rank] (low-rank query path) that q_b_proj maps to the query."""
+        return _rms_norm(self.q_a_proj(x), self.q_a_norm, self.norm_eps)
+
     def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(query [B,S,H*(Dn+Dr)], normalised latent [B,S,R], rope keys before RoPE [B,S,Dr])."""
         if self.q_rank:
-            q = self.q_b_proj(_rms_norm(self.q_a_proj(x), self.q_a_norm, self.norm_eps))
+            q = self.q_b_proj(self.query_latent(x))
         else:
             q = self.q_proj(x)
         latent, k_rope = torch.split(self.kv_a_proj(x), [self.kv_rank, self.rope_head_dim], dim=-1)
