@@ -5,6 +5,8 @@ tensors per layer, prefill and decode in one graph)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -199,6 +201,26 @@ class CausalLM(nn.Module):
         past_kv = [tuple(torch.randn(t.shape, generator=g).to(t.dtype) for t in layer)
                    for layer in self.empty_past(batch, past)]
         return ids, past_kv
+
+
+class PlainFrameLM(CausalLM):
+    """A CausalLM with the plainest frame: token embedding, the blocks, a final RMSNorm and a bias-free lm_head
+    (no embedding scale, no tied head). `cfg` has vocab_size, hidden, num_layers and rms_norm_eps; `block(cfg, i)`
+    builds layer i."""
+
+    def __init__(self, cfg, block: Callable[[Any, int], nn.Module]):
+        super().__init__()
+        self.config = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden)
+        self.layers = nn.ModuleList(block(cfg, i) for i in range(cfg.num_layers))
+        self.norm = RMSNorm(cfg.hidden, cfg.rms_norm_eps)
+        self.lm_head = nn.Linear(cfg.hidden, cfg.vocab_size, bias=False)
+
+    def embed(self, input_ids, positions):
+        return self.embed_tokens(input_ids)
+
+    def head(self, x):
+        return self.lm_head(self.norm(x))
 
 
 def set_linear(linear: nn.Linear, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from onnxattn.models import register
-from onnxattn.models._base import CausalLM, RMSNorm, check_heads, init_weights
+from onnxattn.models._base import PlainFrameLM, RMSNorm, check_heads, init_weights
 from onnxattn.models.llama import SwiGLU
 from onnxattn.nn import NativeSparseAttention, Rope, SparseRoutedAttention
 from onnxattn.nn.reference import apply_rope
@@ -125,24 +125,13 @@ class SparseBlock(nn.Module):
         return x + self.mlp(self.post_attn_norm(x)), present
 
 
-class SparseDecoder(CausalLM):
+class SparseDecoder(PlainFrameLM):
     """token ids [B, S] (+ KV cache, see CausalLM) -> logits [B, S, vocab]."""
 
     cache_modes = ("concat",)  # the sparse ops take whole K/V sequences: no past_lengths into a shared buffer
 
     def __init__(self, cfg: SparseDecoderConfig, kind: str):
-        super().__init__()
-        self.config = cfg
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden)
-        self.layers = nn.ModuleList(SparseBlock(cfg, i, kind) for i in range(cfg.num_layers))
-        self.norm = RMSNorm(cfg.hidden, cfg.rms_norm_eps)
-        self.lm_head = nn.Linear(cfg.hidden, cfg.vocab_size, bias=False)
-
-    def embed(self, input_ids, positions):
-        return self.embed_tokens(input_ids)
-
-    def head(self, x):
-        return self.lm_head(self.norm(x))
+        super().__init__(cfg, lambda c, i: SparseBlock(c, i, kind))
 
 
 @register("nsa", NSAConfig)

@@ -19,7 +19,7 @@ import dataclasses
 import torch
 from torch import nn
 
-from onnxattn.models._base import CausalLM, RMSNorm
+from onnxattn.models._base import PlainFrameLM, RMSNorm
 from onnxattn.models.hf._common import _activation, _check_rope, _copy, _hf_frequencies, _rope_scaling, _unsupported
 from onnxattn.models.moe import MixtureOfExperts
 from onnxattn.nn import GroupedQueryAttention, Rope
@@ -121,22 +121,11 @@ class JetMoeBlock(nn.Module):
         return x + self.mlp(self.post_attn_norm(x)), present
 
 
-class JetMoeModel(CausalLM):
+class JetMoeModel(PlainFrameLM):
     """token ids [B, S] (+ KV cache, see CausalLM) -> logits [B, S, vocab]."""
 
     def __init__(self, cfg: JetMoeConfig):
-        super().__init__()
-        self.config = cfg
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden)
-        self.layers = nn.ModuleList(JetMoeBlock(cfg, i) for i in range(cfg.num_layers))
-        self.norm = RMSNorm(cfg.hidden, cfg.rms_norm_eps)
-        self.lm_head = nn.Linear(cfg.hidden, cfg.vocab_size, bias=False)
-
-    def embed(self, input_ids, positions):
-        return self.embed_tokens(input_ids)
-
-    def head(self, x):
-        return self.lm_head(self.norm(x))
+        super().__init__(cfg, JetMoeBlock)
 
 
 def _config(hf) -> JetMoeConfig:
