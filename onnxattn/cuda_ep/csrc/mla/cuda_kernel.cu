@@ -140,6 +140,29 @@ __global__ void __launch_bounds__(32 * kAbsorbWarps) absorb_kernel(const Shape s
       threadIdx.x, blockDim.x);
 }
 
+// What a row walks: keys begin..end-1 of the cache, or (key_indices) the first entries of its token's list (up to
+// its count), each naming a key or -1 (a repeat to skip).
+struct KeyWalk {
+  const int32_t* list;  // the token's list; null: the keys themselves
+  int64_t begin, end;
+  __device__ __forceinline__ int64_t key(int64_t e) const { return list != nullptr ? int64_t(list[e]) : e; }
+};
+
+// The cache keys a query at key position p sees among the `valid` ones (causal, window).
+__device__ __forceinline__ KeyWalk visible_keys(const Shape& s, int64_t valid, int64_t p) {
+  int64_t begin = 0, end = valid;
+  if (s.causal && p + 1 < end) end = p + 1;
+  if (s.window > 0 && p - begin >= s.window) begin = p - s.window + 1;  // no p - window: it may overflow
+  return KeyWalk{nullptr, begin, end};
+}
+
+__device__ __forceinline__ KeyWalk key_walk(const Shape& s, const int32_t* key_lists, int64_t tok, int64_t tokens,
+                                            int64_t valid, int64_t p) {
+  if (key_lists == nullptr) return visible_keys(s, valid, p);
+  const int64_t count = s.index_count > 0 ? key_lists[tokens * s.index_count + tok] : 0;
+  return KeyWalk{key_lists + tok * s.index_count, 0, count};
+}
+
 // 2b. key_indices: one block per token of the chunk turns its K listed entries into the keys it will attend to,
 // each once and ascending (the order the attention walks the cache in): entries that are padding, past the
 // sequence's valid keys or hidden by the mask become INT_MAX, a bitonic sort in shared memory (K padded to a
@@ -157,14 +180,11 @@ __global__ void __launch_bounds__(kListThreads) key_list_kernel(const Shape s, c
   extern __shared__ int listed[];  // [padded]
   const int64_t tok = blockIdx.x, token = first + tok, b = token / s.seq, i = token % s.seq, k = s.index_count;
   const int64_t valid = ptr.lengths[s.batch + b];
-  const int64_t p = ptr.lengths[b] + i;
-  int64_t begin = 0, end = valid < 0 ? 0 : valid;
-  if (s.causal && p + 1 < end) end = p + 1;
-  if (s.window > 0 && p - begin >= s.window) begin = p - s.window + 1;
+  const KeyWalk seen = visible_keys(s, valid < 0 ? 0 : valid, ptr.lengths[b] + i);
   const int64_t* entries = key_indices + token * k;
   for (int e = threadIdx.x; e < padded; e += blockDim.x) {
     const int64_t j = e < k ? entries[e] : -1;
-    listed[e] = j >= begin && j < end ? int(j) : INT_MAX;
+    listed[e] = j >= seen.begin && j < seen.end ? int(j) : INT_MAX;
   }
   __syncthreads();
   for (int width = 2; width <= padded; width *= 2) {
@@ -189,26 +209,6 @@ __global__ void __launch_bounds__(kListThreads) key_list_kernel(const Shape s, c
     if (j == INT_MAX && (e == 0 || listed[e - 1] != INT_MAX)) key_lists[int64_t(gridDim.x) * k + tok] = e;
   }
   if (threadIdx.x == 0 && listed[k - 1] != INT_MAX) key_lists[int64_t(gridDim.x) * k + tok] = int(k);
-}
-
-// What a row walks: keys begin..end-1 of the cache, or (key_indices) the first entries of its token's list (up to
-// its count), each naming a key or -1 (a repeat to skip).
-struct KeyWalk {
-  const int32_t* list;  // the token's list; null: the keys themselves
-  int64_t begin, end;
-  __device__ __forceinline__ int64_t key(int64_t e) const { return list != nullptr ? int64_t(list[e]) : e; }
-};
-
-__device__ __forceinline__ KeyWalk key_walk(const Shape& s, const int32_t* key_lists, int64_t tok, int64_t tokens,
-                                            int64_t valid, int64_t p) {
-  if (key_lists != nullptr) {
-    const int64_t count = s.index_count > 0 ? key_lists[tokens * s.index_count + tok] : 0;
-    return KeyWalk{key_lists + tok * s.index_count, 0, count};
-  }
-  int64_t begin = 0, end = valid;
-  if (s.causal && p + 1 < end) end = p + 1;
-  if (s.window > 0 && p - begin >= s.window) begin = p - s.window + 1;  // no p - window: it may overflow
-  return KeyWalk{nullptr, begin, end};
 }
 
 // 3. One block per (row = token of the chunk x head, split): the split's share of the row's visible keys,
