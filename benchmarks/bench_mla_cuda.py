@@ -85,25 +85,21 @@ def main() -> int:
         return 2
     repeat = 5 if args.quick else args.repeat
     device = torch.cuda.get_device_name(0)
+    # (B, H, P, attention kernel, listed keys): the shapes on both kernels, then DSA (B=1, H=128) dense
+    # and with K = 2048 listed keys
+    shapes = [(batch, heads, 4096, kernel, -1) for batch, heads in ((64, 16), (64, 128), (1, 16))
+              for kernel in ("simt", "mma")]
+    shapes += [(1, 128, past, "mma", listed) for past in (32768, 131072) for listed in (-1, 2048)]
     rows = []
-    for batch, heads in ((64, 16), (64, 128), (1, 16)):
-        for kernel in ("simt", "mma"):
-            try:
-                with env_vars({"ONNXATTN_MLA_CUDA_KERNEL": kernel}):
-                    rows.append(bench(batch, heads, 4096, repeat, kernel))
-            except Exception as e:  # noqa: BLE001 - a failing kernel is reported, the other still measured
-                rows.append({"B": batch, "H": heads, "P": 4096, "K": -1, "dtype": "bfloat16", "kernel": kernel,
-                             "error": f"{type(e).__name__}: {e}"})
-                print(f"bench_mla_cuda: B{batch} H{heads} {kernel}: {rows[-1]['error']}", file=sys.stderr)
-    for past in (32768, 131072):  # DSA: dense, then K = 2048 listed keys
-        for listed in (-1, 2048):
-            try:
-                with env_vars({"ONNXATTN_MLA_CUDA_KERNEL": "mma"}):
-                    rows.append(bench(1, 128, past, repeat, "mma", listed))
-            except Exception as e:  # noqa: BLE001 - reported, the others still measured
-                rows.append({"B": 1, "H": 128, "P": past, "K": listed, "dtype": "bfloat16", "kernel": "mma",
-                             "error": f"{type(e).__name__}: {e}"})
-                print(f"bench_mla_cuda: DSA P{past} K{listed}: {rows[-1]['error']}", file=sys.stderr)
+    for batch, heads, past, kernel, listed in shapes:
+        try:
+            with env_vars({"ONNXATTN_MLA_CUDA_KERNEL": kernel}):
+                rows.append(bench(batch, heads, past, repeat, kernel, listed))
+        except Exception as e:  # noqa: BLE001 - a failing shape is reported, the others still measured
+            rows.append({"B": batch, "H": heads, "P": past, "K": listed, "dtype": "bfloat16", "kernel": kernel,
+                         "error": f"{type(e).__name__}: {e}"})
+            print(f"bench_mla_cuda: B{batch} H{heads} P{past} K{listed} {kernel}: {rows[-1]['error']}",
+                  file=sys.stderr)
     print(f"\nMultiHeadLatentAttention CUDA (absorbed), decode, bf16, R={R} Dr={DR} Dn={DN} Dv={DV}, {device}")
     print(f"  {'B':>3} {'H':>4} {'P':>6} {'K':>5} {'kernel':>6} {'splits':>6} {'us':>9} {'cache GB/s':>11} "
           f"{'TFLOP/s':>8}")
