@@ -261,18 +261,25 @@ INDEX_CASES = [("past-the-concatenated-cache", None, 8, "the caches hold 8 token
                ("past-the-buffer", [2, 3], 10, "the caches hold 10 tokens")]
 
 
+def index_feeds(lengths, bad):
+    """B = 2, S = 5 with key_indices listing the last cache slot (fine) and `bad` at [1, 2, 3]: concatenation mode
+    (lengths None: P = 3 past tokens + 5 new ones) or buffers of 10 with past_lengths `lengths`."""
+    feeds = length_feeds(lengths or [0, 0])
+    if lengths is None:
+        feeds.update(past_latent=feeds["past_latent"][:, :3], past_k_rope=feeds["past_k_rope"][:, :3])
+        del feeds["past_lengths"]
+    indices = np.full((2, 5, 4), -1, dtype=np.int64)
+    indices[0, :, 0] = 7 if lengths is None else 9
+    indices[1, 2, 3] = bad
+    return dict(feeds, key_indices=indices)
+
+
 @pytest.mark.parametrize("lengths, bad, held", [pytest.param(c[1], c[2], c[3], id=c[0]) for c in INDEX_CASES])
 def test_kernel_and_torch_reject_key_indices_out_of_range(lengths, bad, held):
     """An entry past the caches is an error naming the first bad entry; slots of the buffer past a sequence's
     valid length are not (they are hidden keys, as future ones)."""
-    feeds = length_feeds(lengths or [0, 0])
-    if lengths is None:  # concatenation mode: P = 3 past tokens + 5 new ones
-        feeds.update(past_latent=feeds["past_latent"][:, :3], past_k_rope=feeds["past_k_rope"][:, :3])
-        del feeds["past_lengths"]
-    indices = np.full((2, 5, 4), -1, dtype=np.int64)
-    indices[0, :, 0] = 7 if lengths is None else 9  # the last slot: fine
-    indices[1, 2, 3] = bad
-    feeds["key_indices"] = indices
+    feeds = index_feeds(lengths, bad)
+    indices = feeds["key_indices"]
     present = [n for n in MLA_INPUTS[5:] if n in feeds]
     m = mla_model(present, shapes={n: None for n in MLA_INPUTS}, attrs=HEADS, with_present=True)
     message = rf"key_indices\[1, 2, 3\] = {bad} is out of range: {held} \(negative entries list no key\)"

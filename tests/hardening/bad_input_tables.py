@@ -511,14 +511,7 @@ def mla_cases() -> list[Case]:
             feeds=functools.partial(t.length_feeds, lengths)))
 
     # key_indices values: an entry must name a cache slot (8 of them: 3 past + 5 new); negative ones are padding
-    def index_feeds(bad):
-        feeds = t.length_feeds([0, 0])
-        feeds.update(past_latent=feeds["past_latent"][:, :3], past_k_rope=feeds["past_k_rope"][:, :3])
-        del feeds["past_lengths"]
-        indices = np.full((2, 5, 4), -1, dtype=np.int64)
-        indices[1, 2, 3] = bad
-        return dict(feeds, key_indices=indices)
-
+    index_feeds = functools.partial(t.index_feeds, None)
     listed = ["past_latent", "past_k_rope", "key_indices"]
     for name, bad in (("the-cache-length", 8), ("int64-max", INT64_MAX)):
         out.append(Case(
