@@ -204,9 +204,9 @@ class CausalLM(nn.Module):
 
 
 class PlainFrameLM(CausalLM):
-    """A CausalLM with the plainest frame: token embedding, the blocks, a final RMSNorm and a bias-free lm_head
-    (no embedding scale, no tied head). `cfg` has vocab_size, hidden, num_layers and rms_norm_eps; `block(cfg, i)`
-    builds layer i."""
+    """A CausalLM framed by a token embedding, the blocks, a final RMSNorm and a bias-free lm_head; embed and head
+    apply them plainly (subclasses add scales or tie the head). `cfg` has vocab_size, hidden, num_layers and
+    rms_norm_eps; `block(cfg, i)` builds layer i."""
 
     def __init__(self, cfg, block: Callable[[Any, int], nn.Module]):
         super().__init__()

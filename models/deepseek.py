@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from onnxattn.models import register
-from onnxattn.models._base import CausalLM, RMSNorm, check_activation, init_weights
+from onnxattn.models._base import PlainFrameLM, RMSNorm, check_activation, init_weights
 from onnxattn.models.llama import QueryScale, SwiGLU
 from onnxattn.models.moe import MixtureOfExperts, check_moe
 from onnxattn.nn import LightningIndexer, MultiHeadLatentAttention, Rope, RopeScaling
@@ -302,16 +302,11 @@ class DeepSeekBlock(nn.Module):
         return (x + shortcut if self.adds_shortcut else x), present
 
 
-class DeepSeekV3Model(CausalLM):
+class DeepSeekV3Model(PlainFrameLM):
     """token ids [B, S] (+ latent cache, see CausalLM) -> logits [B, S, vocab]."""
 
     def __init__(self, cfg: DeepSeekV3Config):
-        super().__init__()
-        self.config = cfg
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden)
-        self.layers = nn.ModuleList(DeepSeekBlock(cfg, i) for i in range(cfg.num_layers))
-        self.norm = RMSNorm(cfg.hidden, cfg.rms_norm_eps)
-        self.lm_head = nn.Linear(cfg.hidden, cfg.vocab_size, bias=False)
+        super().__init__(cfg, DeepSeekBlock)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
 
