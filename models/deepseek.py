@@ -20,12 +20,13 @@ layer), a choice-biased softmax router and zero-computation (identity) experts. 
 scoring on softmax scores (no bias) and Ministral 3's per-position query scale (query_scale_beta, ScaledQueryMLA).
 A.X-K1 is it with an RMSNorm on each MoE block's output (moe_output_norm).
 
-DeepSeek-V3.2 is V3 with its sparse attention (DSA, index_topk > 0): in each layer a LightningIndexer (onnxattn.nn)
-picks every query's index_topk keys, fed to the layer's one MultiHeadLatentAttention node as key_indices. The
-indexer's keys are a third cache tensor per layer (cache_layout "index_key" [B, 1, P, index_head_dim]; exported as
-past_key_values.{i}.index_key / present.{i}.index_key, in both cache modes), so a decode step computes only its new
-tokens' index keys. GLM-5 is it with the indexer's RoPE on interleaved pairs and `index_shared_layers` that run no
-indexer (and cache no index keys) but reuse the previous layer's picks."""
+DeepSeek-V3.2 is V3 with its sparse attention (DSA, index_topk > 0): in each layer a LightningIndexer (onnxattn.nn;
+its scores and top-k export as one LightningIndexer node) picks every query's index_topk keys, fed to the layer's
+one MultiHeadLatentAttention node as key_indices. The indexer's keys are a third cache tensor per layer (cache_layout
+"index_key" [B, 1, P, index_head_dim]; exported as past_key_values.{i}.index_key / present.{i}.index_key, in both
+cache modes), so a decode step computes only its new tokens' index keys. GLM-5 is it with the indexer's RoPE on
+interleaved pairs and `index_shared_layers` that run no indexer (and cache no index keys) but reuse the previous
+layer's picks."""
 
 from __future__ import annotations
 

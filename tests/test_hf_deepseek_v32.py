@@ -1,11 +1,13 @@
 """DeepSeek-V3.2 and GLM-5 (DeepSeek's sparse attention, DSA) exported with onnxattn.export.from_transformers onto
-models.deepseek: per layer a LightningIndexer (standard ONNX ops, TopK) feeding key_indices to the one
-MultiHeadLatentAttention node, its keys a third cache tensor (past_key_values.{i}.index_key). onnxruntime's logits
-with our kernels equal transformers' for a prefill and three decode steps, greedy generation equals transformers'
-with both cache modes, and the indexer matters (index_topk below the sequence length).
+models.deepseek: per layer a LightningIndexer (projections, LayerNorm and RoPE as standard ONNX ops, scores and
+top-k as one onnxattn::LightningIndexer node) feeding key_indices to the one MultiHeadLatentAttention node, its keys
+a third cache tensor (past_key_values.{i}.index_key). onnxruntime's logits with our kernels equal transformers' for
+a prefill and three decode steps, greedy generation equals transformers' with both cache modes, and the indexer
+matters (index_topk below the sequence length).
 
-Ties: ONNX TopK orders equal scores by index, torch.topk does not promise an order; the tiny models' index scores are
-checked to differ at every top-k boundary (no_boundary_ties), so the picks are the same set in both."""
+Ties: our picks break them toward the lower position and list them in ascending order, transformers' (torch.topk)
+promise neither; the tiny models' index scores are checked to differ at every top-k boundary (no_boundary_ties), so
+the picks are the same set in both (compared as sets)."""
 
 from __future__ import annotations
 
@@ -16,7 +18,9 @@ import torch
 from model_helpers import one_torch_thread, relative_error, run_steps, session  # noqa: F401  (autouse fixture)
 
 from onnxattn.generate import generate
-from onnxattn.nn import LightningIndexer, Rope
+from onnxattn.models.deepseek import DeepSeekMoE
+from onnxattn.nn import LightningIndexer, Rope, functional
+from onnxattn.nn.dsa import lightning_indexer_scores
 
 transformers = pytest.importorskip("transformers")
 
@@ -51,18 +55,18 @@ def no_boundary_ties(ours, ids: torch.Tensor, monkeypatch) -> float:
     """The smallest relative gap between the k-th and (k+1)-th visible index score over all queries and layers of
     our eager model on `ids` (inf when no query sees more than topk keys)."""
     gaps = []
-    pick = LightningIndexer._pick
+    pick = functional.lightning_indexer
 
-    def recording(self, index, positions, total):
-        visible = torch.arange(total) <= positions[..., None]
-        values = torch.where(visible, index, float("-inf")).sort(dim=-1, descending=True).values
-        if values.shape[-1] > self.topk:
-            kth, next_ = values[..., self.topk - 1], values[..., self.topk]
+    def recording(query, key, weights, past_lengths=None, *, num_heads, top_k, scale=None):
+        index = lightning_indexer_scores(query, key, weights, past_lengths, num_heads=num_heads, scale=scale or 0.0)
+        values = index.sort(dim=-1, descending=True).values  # hidden keys score -inf: last
+        if values.shape[-1] > top_k:
+            kth, next_ = values[..., top_k - 1], values[..., top_k]
             seen = torch.isfinite(next_)
             gaps.append(((kth - next_) / kth.abs().clamp_min(1e-6))[seen].min().item() if seen.any() else np.inf)
-        return pick(self, index, positions, total)
+        return pick(query, key, weights, past_lengths, num_heads=num_heads, top_k=top_k, scale=scale)
 
-    monkeypatch.setattr(LightningIndexer, "_pick", recording)
+    monkeypatch.setattr(functional, "lightning_indexer", recording)  # the module calls it through the module
     with torch.no_grad():
         ours(ids)
     monkeypatch.undo()
@@ -82,8 +86,17 @@ def check(hf, path, monkeypatch, *, shared: bool = True) -> None:
     result = from_transformers(hf, path, progress=False)
     assert result.report.ok
     layers = hf.config.num_hidden_layers
-    nodes = [n for n in onnx.load(result.path).graph.node if n.op_type == "MultiHeadLatentAttention"]
+    graph = onnx.load(result.path).graph
+    nodes = [n for n in graph.node if n.op_type == "MultiHeadLatentAttention"]
     assert len(nodes) == layers and all(len(n.input) == 11 and n.input[10] for n in nodes)
+    # the indexer's scores and top-k are one LightningIndexer node per layer with an indexer, feeding its MLA node
+    # (GLM-5's shared layers reuse the previous one's picks); the main graph's only TopKs are the MoE routers'
+    indexers = [n for n in graph.node if n.op_type == "LightningIndexer"]
+    assert len(indexers) == sum(layer.attn.indexer is not None for layer in ours.layers)
+    assert {n.output[0] for n in indexers} == {n.input[10] for n in nodes}
+    ops = [n.op_type for n in graph.node]
+    assert ops.count("TopK") == sum(isinstance(layer.mlp, DeepSeekMoE) for layer in ours.layers)
+    assert "Relu" not in ops
     assert [n for n in result.input_names if n.endswith("index_key")] == [
         f"past_key_values.{i}.index_key" for i, layer in enumerate(hf.model.layers) if layer.self_attn.indexer]
     want = hf_steps(hf, ids, 8)

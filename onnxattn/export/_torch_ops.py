@@ -9,6 +9,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from onnxattn.nn.dsa import lightning_indexer_reference
 from onnxattn.nn.mla_reference import check_mla_inputs, check_mla_key_indices, check_mla_past_lengths, mla_reference
 from onnxattn.nn.reference import (
     check_gqa_inputs,
@@ -223,6 +224,26 @@ def _(query, latent, k_rope, w_uk, w_uv, past_latent, past_k_rope, past_lengths,
 
 _register_recompute_autograd(multi_head_latent_attention, mla_reference, len(MLA_TENSORS), MLA_ATTRS,
                              differentiable_outputs=(0, 1, 2))
+
+
+# ---- LightningIndexer ----
+
+INDEXER_ATTRS = ("num_heads", "top_k", "scale")
+
+
+@torch.library.custom_op("onnxattn::lightning_indexer", mutates_args=())
+def lightning_indexer(
+    query: Tensor, key: Tensor, weights: Tensor, past_lengths: Optional[Tensor], num_heads: int, top_k: int,
+    scale: float,
+) -> Tensor:
+    # no autograd: the output is a discrete selection (integers)
+    return lightning_indexer_reference(query, key, weights, past_lengths, num_heads=num_heads, top_k=top_k,
+                                       scale=scale).contiguous()
+
+
+@lightning_indexer.register_fake
+def _(query, key, weights, past_lengths, num_heads, top_k, scale):
+    return query.new_empty((query.shape[0], query.shape[1], top_k), dtype=torch.int64)
 
 
 # ---- NativeSparseAttention, SparseRoutedAttention ----

@@ -7,8 +7,8 @@ import onnxscript
 import torch
 
 from onnxattn.export import _torch_ops  # noqa: F401  (defines torch.ops.onnxattn.*)
-from onnxattn.export._torch_ops import GQA_ATTRS, MLA_ATTRS, NSA_ATTRS, ROUTED_ATTRS
-from onnxattn.ops import DOMAIN, OPSET_VERSION, gqa, mla, nsa, paged, routed, sdpa
+from onnxattn.export._torch_ops import GQA_ATTRS, INDEXER_ATTRS, MLA_ATTRS, NSA_ATTRS, ROUTED_ATTRS
+from onnxattn.ops import DOMAIN, OPSET_VERSION, gqa, indexer, mla, nsa, paged, routed, sdpa
 
 _OPSET = onnxscript.values.Opset(DOMAIN, OPSET_VERSION)
 # The exporter sizes a node's outputs by its schema, so each output count gets its own schema view.
@@ -17,6 +17,7 @@ _SDPA_LSE = onnxscript.values.Op(_OPSET, sdpa.NAME, sdpa.SPEC.onnx_schema(num_ou
 _GQA = onnxscript.values.Op(_OPSET, gqa.NAME, gqa.SPEC.onnx_schema())
 _PAGED = onnxscript.values.Op(_OPSET, paged.NAME, paged.SPEC.onnx_schema())
 _MLA = onnxscript.values.Op(_OPSET, mla.NAME, mla.SPEC.onnx_schema())
+_INDEXER = onnxscript.values.Op(_OPSET, indexer.NAME, indexer.SPEC.onnx_schema())
 _NSA = onnxscript.values.Op(_OPSET, nsa.NAME, nsa.SPEC.onnx_schema())
 _ROUTED = onnxscript.values.Op(_OPSET, routed.NAME, routed.SPEC.onnx_schema())
 
@@ -65,6 +66,10 @@ def _explicit(spec, names, values) -> dict:
     return {name: int(v) if kinds[name] == "int" else float(v) for name, v in zip(names, values)}
 
 
+def _indexer(query, key, weights, past_lengths=None, *attrs):
+    return _INDEXER(query, key, weights, past_lengths, **_explicit(indexer.SPEC, INDEXER_ATTRS, attrs))
+
+
 def _nsa(q, k, v, gates=None, compressed_key=None, compressed_value=None, *attrs):
     # all three outputs; attach_functions drops the selections when nothing reads them
     return _NSA(q, k, v, gates, compressed_key, compressed_value, **_explicit(nsa.SPEC, NSA_ATTRS, attrs))
@@ -80,6 +85,7 @@ TRANSLATIONS = {
     torch.ops.onnxattn.group_query_attention.default: _gqa,
     torch.ops.onnxattn.paged_attention.default: _paged,
     torch.ops.onnxattn.multi_head_latent_attention.default: _mla,
+    torch.ops.onnxattn.lightning_indexer.default: _indexer,
     torch.ops.onnxattn.native_sparse_attention.default: _nsa,
     torch.ops.onnxattn.sparse_routed_attention.default: _routed,
 }

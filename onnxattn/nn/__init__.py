@@ -9,7 +9,8 @@ from onnxattn.nn.gqa import (
     qk_norm,
     whole_tensor_rms_norm,
 )
-from onnxattn.nn.dsa import LightningIndexer
+from onnxattn.nn.dsa import LightningIndexer, lightning_indexer_reference
+from onnxattn.nn.functional import lightning_indexer
 from onnxattn.nn.kv_cache import KVCache
 from onnxattn.nn.masks import AttentionMask, build_causal_sliding_window_mask
 from onnxattn.nn.mla import LatentCache, MultiHeadLatentAttention
@@ -60,6 +61,8 @@ __all__ = [
     "compress_kv",
     "functional",
     "gqa_reference",
+    "lightning_indexer",
+    "lightning_indexer_reference",
     "mla_reference",
     "native_sparse_attention",
     "nsa_reference",

@@ -148,3 +148,23 @@ def multi_head_latent_attention(
         key_indices, int(num_heads), bool(causal), int(window), float(softcap), float(scale or 0.0), float(rope_base),
         bool(rope_interleaved), float(rope_attention_scaling),
     )
+
+
+def lightning_indexer(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    weights: torch.Tensor,
+    past_lengths: torch.Tensor | None = None,
+    *,
+    num_heads: int,
+    top_k: int,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """onnxattn::LightningIndexer (DeepSeek-V3.2 sparse attention's key selection) on query [B,S,H*D] (the
+    indexer's queries after RoPE), key [B,T,D] or [B,1,T,D] (its key cache, the new tokens' keys included; a
+    buffer with past_lengths [B] int64) and weights [B,S,H] float32. Returns key_indices [B,S,top_k] int64: per
+    query the top_k visible keys by sum_h weights[h] * relu(scale * q_h . k), ties to the lower position, in
+    ascending order, -1 padding when fewer are visible (multi_head_latent_attention's key_indices). scale None
+    means 1/sqrt(D). Not differentiable (a discrete selection). See docs/ops.md."""
+    return torch.ops.onnxattn.lightning_indexer(query, key, weights, past_lengths, int(num_heads), int(top_k),
+                                                float(scale or 0.0))

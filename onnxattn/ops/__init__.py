@@ -11,11 +11,11 @@ from collections.abc import Iterator
 import onnx
 import onnx.defs
 
-from onnxattn.ops import gqa, mla, nsa, paged, routed, sdpa
+from onnxattn.ops import gqa, indexer, mla, nsa, paged, routed, sdpa
 from onnxattn.ops._spec import DOMAIN, IR_VERSION, MIN_MODEL_OPSET, OPSET_VERSION, OpError, OpSpec, TensorInfo
 
 SPECS: dict[str, OpSpec] = {
-    spec.name: spec for spec in (sdpa.SPEC, gqa.SPEC, paged.SPEC, mla.SPEC, nsa.SPEC, routed.SPEC)
+    spec.name: spec for spec in (sdpa.SPEC, gqa.SPEC, paged.SPEC, mla.SPEC, indexer.SPEC, nsa.SPEC, routed.SPEC)
 }
 
 __all__ = [

@@ -131,7 +131,8 @@ def builder(op: str):
 
 
 def _register() -> None:
-    import bad_input_sparse  # noqa: F401 - each module registers its builders
+    import bad_input_indexer  # noqa: F401 - each module registers its builders
+    import bad_input_sparse  # noqa: F401
     import bad_input_tables  # noqa: F401
 
 

@@ -33,6 +33,7 @@ SOURCES = {
                               lambda m, c: m.feeds_in(c.dtype, **m.arrays_of(c.id))),
     "SparseRoutedAttention": ("test_sparse_numerics", "routed-moba-decode-b2",
                               lambda m, c: m.feeds_in(c.dtype, **m.arrays_of(c.id))),
+    "LightningIndexer": ("test_indexer_numerics", "shared-chunk-b2", lambda m, c: m.feeds_of(c.id)),
 }
 
 

@@ -59,7 +59,8 @@ def test_table_covers_the_issue_faults(op):
     not_applicable = {"ScaledDotProductAttention": {"positions", "index values"},  # no such inputs
                       "PagedAttention": {"mask"}, "MultiHeadLatentAttention": {"mask"},
                       "NativeSparseAttention": {"mask", "positions"},
-                      "SparseRoutedAttention": {"mask", "window", "index values"}}.get(op, set())
+                      "SparseRoutedAttention": {"mask", "window", "index values"},
+                      "LightningIndexer": {"mask", "window", "positions"}}.get(op, set())
     covered = {c.fault for c in cases(op)}
     missing = set(FAULTS) - covered - not_applicable - {"shape"}
     assert not missing, f"{op}: no case of {sorted(missing)}"

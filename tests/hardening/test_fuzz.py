@@ -185,6 +185,27 @@ def sparse_cases(draw, op):
                     positions=draw(st.sampled_from([None, "batch", "docs"])) if rope else None, **common)
 
 
+@st.composite
+def indexer_cases(draw):
+    """Grid inputs (exact scores: picks equal the oracle's, ties included) or unit-normal ones (a top-k within the
+    float32 bound); the default scale only where 1/sqrt(D) is a power of two (D = 1, 4, 16, 64), so grid scores
+    stay exact."""
+    m = importlib.import_module("test_indexer_numerics")
+    batch, q_len = draw(st.integers(1, 3)), draw(st.integers(1, 12))
+    head_dim = draw(st.sampled_from([1, 4, 5, 16, 24, 64]))
+    scale = draw(st.sampled_from([0.0, 0.0, 0.5, 2.0])) if head_dim in (1, 4, 16, 64) else \
+        draw(st.sampled_from([0.25, 0.5, 1.0]))
+    if draw(st.booleans()):  # shared buffer: per-row past lengths, NaN in the hidden slots
+        past = tuple(draw(st.lists(st.integers(0, 30), min_size=batch, max_size=batch)))
+        kv_len = max(past) + q_len + draw(st.integers(0, 6))
+    else:
+        past, kv_len = None, q_len + draw(st.integers(0, 60))
+    return m.Case("", batch=batch, q_len=q_len, kv_len=kv_len, heads=draw(st.integers(1, 6)), head_dim=head_dim,
+                  top_k=draw(st.integers(1, kv_len + 4)), scale=scale, key_rank=draw(st.sampled_from([3, 4])),
+                  past=past, values=draw(st.sampled_from(["grid", "grid", "grid", "dup-keys", "zero-query", "normal"])),
+                  weights=draw(st.sampled_from(["grid", "grid", "negative"])), dtype=draw(DTYPES))
+
+
 def _plain_check(name):
     return lambda m, case, outputs, path: getattr(m, name)(case, outputs)
 
@@ -199,6 +220,8 @@ TARGETS = {
                                     _plain_check("check"), selects=True),
     "SparseRoutedAttention": Target("test_sparse_numerics", lambda: sparse_cases("SparseRoutedAttention"),
                                     _plain_check("check"), selects=True),
+    # exact picks on grid inputs, a top-k within the float32 bound on unit-normal ones (the module's check)
+    "LightningIndexer": Target("test_indexer_numerics", indexer_cases, _plain_check("check")),
 }
 
 

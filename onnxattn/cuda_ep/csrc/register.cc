@@ -13,6 +13,7 @@
 #include "common/ort_adapter.h"
 #include "sdpa/cpu_kernel.h"
 #include "gqa/op.h"
+#include "indexer/op.h"
 #include "mla/op.h"
 #include "paged/op.h"
 #include "sdpa/op.h"
@@ -50,6 +51,9 @@ void add_all_ops(Ort::CustomOpDomain& domain) {
   domain.Add(mla::cpu_op<float>());
   domain.Add(mla::cpu_op<Float16>());
   domain.Add(mla::cpu_op<BFloat16>());
+  domain.Add(indexer::cpu_op<float>());
+  domain.Add(indexer::cpu_op<Float16>());
+  domain.Add(indexer::cpu_op<BFloat16>());
   domain.Add(sparse::nsa_cpu_op<float>());
   domain.Add(sparse::nsa_cpu_op<Float16>());
   domain.Add(sparse::nsa_cpu_op<BFloat16>());
@@ -76,6 +80,9 @@ void add_all_ops(Ort::CustomOpDomain& domain) {
     domain.Add(mla::cuda_op<float>());
     domain.Add(mla::cuda_op<Float16>());
     domain.Add(mla::cuda_op<BFloat16>());
+    domain.Add(indexer::cuda_op<float>());
+    domain.Add(indexer::cuda_op<Float16>());
+    domain.Add(indexer::cuda_op<BFloat16>());
   }
 #endif
 }

@@ -1,0 +1,253 @@
+// LightningIndexer on CUDA: a score kernel (tiles of kQueryTile queries x kKeyTile keys on CUDA cores, one thread
+// per key, summed over the heads in registers) writes whole float32 score rows to scratch; a select kernel (one
+// block per row) finds each row's top-k by a radix select on the scores' order-preserving bits and writes the picks
+// in ascending position order with two block scans. Rows go in waves of query tiles (cuda_plan.h).
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <stdexcept>
+
+#include "common/errors.h"
+#include "common/half.h"
+#include "indexer/cuda_kernel.h"
+#include "sdpa/cuda_device.cuh"  // allow_smem
+
+namespace onnxattn::indexer::cuda {
+namespace {
+
+namespace sc = onnxattn::sdpa::cuda;
+
+constexpr int kSelectWarps = kSelectThreads / 32;
+static_assert(kKeyTile == 128, "the score kernel runs one thread per key of its tile");
+
+// The key position of row b's first query; a past_lengths entry outside [0, T - S] is clamped into it.
+__device__ __forceinline__ int64_t first_position(const int64_t* past_lengths, int64_t b, int64_t seq, int64_t total) {
+  const int64_t last = total - seq;
+  if (past_lengths == nullptr) return last;
+  const int64_t length = past_lengths[b];
+  return length < 0 ? 0 : (length > last ? last : length);
+}
+
+// One thread per key: its key row (zero-padded to kWidth channels) stays in registers for every query and head of
+// the tile, while each query's heads, scaled, sit in shared memory and are read as float4 broadcasts (the same
+// address for the whole warp), so an FMA costs a quarter of a shared load. Scores of keys in a query's future are
+// not written.
+template <typename T, int kWidth>
+__global__ void __launch_bounds__(kKeyTile)
+    score_kernel(const T* __restrict__ query, const T* __restrict__ key, const float* __restrict__ weights,
+                 const int64_t* __restrict__ past_lengths, int64_t seq, int64_t total, int heads, int head_dim,
+                 float scale, int64_t tiles_per_row, int64_t first_tile, int64_t first_row,
+                 float* __restrict__ scores) {
+  extern __shared__ float4 smem[];
+  float* const q = reinterpret_cast<float*>(smem);  // one query's heads [H][kWidth], scaled
+  float* const w = q + heads * kWidth;              // its head weights [H]
+  const int64_t tile = first_tile + blockIdx.y;
+  const int64_t b = tile / tiles_per_row;
+  const int64_t i0 = (tile % tiles_per_row) * kQueryTile;
+  const int count = int(seq - i0 < kQueryTile ? seq - i0 : kQueryTile);
+  const int64_t first = first_position(past_lengths, b, seq, total);
+  const int64_t k0 = int64_t(blockIdx.x) * kKeyTile;
+  if (k0 > first + i0 + count - 1) return;  // the whole key tile is in every query's future
+  const int64_t t = k0 + threadIdx.x;
+  float k_row[kWidth];
+#pragma unroll
+  for (int d = 0; d < kWidth; ++d) {
+    k_row[d] = t < total && d < head_dim ? to_float(key[(b * total + t) * head_dim + d]) : 0.0f;
+  }
+  const int64_t row0 = b * seq + i0;
+  for (int j = 0; j < count; ++j) {
+    const int64_t position = first + i0 + j;
+    if (k0 > position) continue;  // uniform over the block
+    __syncthreads();  // the previous query's heads are consumed
+    for (int idx = threadIdx.x; idx < heads * kWidth; idx += kKeyTile) {
+      const int h = idx / kWidth, d = idx - h * kWidth;
+      q[idx] = d < head_dim ? to_float(query[((row0 + j) * heads + h) * head_dim + d]) * scale : 0.0f;
+    }
+    for (int h = threadIdx.x; h < heads; h += kKeyTile) w[h] = weights[(row0 + j) * heads + h];
+    __syncthreads();
+    if (t > position || t >= total) continue;
+    float score = 0.0f;
+    for (int h = 0; h < heads; ++h) {
+      const float4* q_head = reinterpret_cast<const float4*>(q + h * kWidth);
+      float4 dot = make_float4(0.0f, 0.0f, 0.0f, 0.0f);  // four chains, so the FMAs overlap
+#pragma unroll
+      for (int d = 0; d < kWidth / 4; ++d) {
+        const float4 x = q_head[d];
+        dot.x = fmaf(x.x, k_row[4 * d], dot.x);
+        dot.y = fmaf(x.y, k_row[4 * d + 1], dot.y);
+        dot.z = fmaf(x.z, k_row[4 * d + 2], dot.z);
+        dot.w = fmaf(x.w, k_row[4 * d + 3], dot.w);
+      }
+      score += w[h] * fmaxf((dot.x + dot.y) + (dot.z + dot.w), 0.0f);
+    }
+    scores[(row0 + j - first_row) * total + t] = score;
+  }
+}
+
+// Order-preserving bits of a score (a larger key is a larger score), 0 for scores never picked (-inf, NaN);
+// -0 counts as +0, as float comparison has it.
+__device__ __forceinline__ uint32_t order_key(float x) {
+  if (!(x > -INFINITY)) return 0u;
+  uint32_t bits = __float_as_uint(x);
+  if ((bits << 1) == 0u) bits = 0u;
+  return (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
+}
+
+// The block's exclusive prefix sum of `value`, and in `total` the sum. `scan`: kSelectWarps + 1 shared ints.
+__device__ int block_exclusive_scan(int value, int* scan, int* total) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  __syncthreads();  // a previous scan's readers are done with `scan`
+  int inclusive = value;
+#pragma unroll
+  for (int offset = 1; offset < 32; offset <<= 1) {
+    const int other = __shfl_up_sync(0xffffffffu, inclusive, offset);
+    if (lane >= offset) inclusive += other;
+  }
+  if (lane == 31) scan[warp] = inclusive;
+  __syncthreads();
+  if (warp == 0) {
+    const int sum = lane < kSelectWarps ? scan[lane] : 0;
+    int running = sum;
+#pragma unroll
+    for (int offset = 1; offset < 32; offset <<= 1) {
+      const int other = __shfl_up_sync(0xffffffffu, running, offset);
+      if (lane >= offset) running += other;
+    }
+    if (lane < kSelectWarps) scan[lane] = running - sum;
+    if (lane == kSelectWarps - 1) scan[kSelectWarps] = running;
+  }
+  __syncthreads();
+  *total = scan[kSelectWarps];
+  return scan[warp] + inclusive - value;
+}
+
+__global__ void __launch_bounds__(kSelectThreads)
+    select_kernel(const float* __restrict__ scores, const int64_t* __restrict__ past_lengths, int64_t seq,
+                  int64_t total, int64_t top_k, int64_t first_row, int64_t* __restrict__ key_indices) {
+  __shared__ unsigned histogram[256];
+  __shared__ int scan[kSelectWarps + 1];
+  __shared__ uint32_t chosen_prefix;
+  __shared__ int64_t chosen_rank;
+  const int64_t row = first_row + blockIdx.x;
+  const int64_t b = row / seq, i = row - b * seq;
+  const int64_t visible = first_position(past_lengths, b, seq, total) + i + 1;
+  const float* s = scores + int64_t(blockIdx.x) * total;
+  int64_t* const out = key_indices + row * top_k;
+  const int tid = threadIdx.x;
+
+  int mine = 0;
+  for (int64_t t = tid; t < visible; t += kSelectThreads) mine += order_key(s[t]) != 0u;
+  int candidates = 0;
+  block_exclusive_scan(mine, scan, &candidates);
+  // picks: every key above `threshold`, then the first `ties` keys equal to it (lower positions win ties)
+  uint32_t threshold = 0u;
+  int64_t ties = 0;
+  if (candidates > top_k) {  // radix select of the top_k-th largest key, 8 bits a pass
+    uint32_t prefix = 0u, mask = 0u;
+    int64_t rank = top_k;  // the wanted key's rank among the keys matching prefix
+    for (int shift = 24; shift >= 0; shift -= 8) {
+      for (int x = tid; x < 256; x += kSelectThreads) histogram[x] = 0u;
+      __syncthreads();
+      for (int64_t t = tid; t < visible; t += kSelectThreads) {
+        const uint32_t k = order_key(s[t]);
+        if (k != 0u && (k & mask) == prefix) atomicAdd(&histogram[(k >> shift) & 255u], 1u);
+      }
+      __syncthreads();
+      if (tid == 0) {
+        int64_t above = 0;
+        for (int bin = 255; bin >= 0; --bin) {
+          if (above + histogram[bin] >= rank) {
+            chosen_prefix = prefix | (uint32_t(bin) << shift);
+            chosen_rank = rank - above;
+            break;
+          }
+          above += histogram[bin];
+        }
+      }
+      __syncthreads();
+      prefix = chosen_prefix;
+      rank = chosen_rank;
+      mask |= 255u << shift;
+    }
+    threshold = prefix;
+    ties = rank;
+  }
+  // each thread a contiguous run of positions, so that the picks come out in ascending order
+  const int64_t per_thread = (visible + kSelectThreads - 1) / kSelectThreads;
+  const int64_t begin = min(visible, tid * per_thread), end = min(visible, begin + per_thread);
+  int above = 0, equal = 0;
+  for (int64_t t = begin; t < end; ++t) {
+    const uint32_t k = order_key(s[t]);
+    above += k > threshold;
+    equal += k == threshold;
+  }
+  int equal_total = 0;
+  const int equal_before = block_exclusive_scan(equal, scan, &equal_total);
+  int64_t take_equal = ties - equal_before;
+  take_equal = take_equal < 0 ? 0 : (take_equal > equal ? equal : take_equal);
+  int written = 0;
+  int64_t slot = block_exclusive_scan(above + int(take_equal), scan, &written);
+  for (int64_t t = begin; t < end; ++t) {
+    const uint32_t k = order_key(s[t]);
+    if (k > threshold || (k == threshold && take_equal > 0)) {
+      if (k == threshold) --take_equal;
+      out[slot++] = t;
+    }
+  }
+  for (int64_t x = written + tid; x < top_k; x += kSelectThreads) out[x] = -1;
+}
+
+void check_cuda(cudaError_t status, const char* what) {
+  if (status != cudaSuccess) {
+    throw std::runtime_error(str_cat(kOpName, ": ", what, ": ", cudaGetErrorName(status), " (",
+                                     cudaGetErrorString(status), ")"));
+  }
+}
+
+}  // namespace
+
+namespace {
+
+template <typename T, int kWidth>
+void launch_score(const Params& p, const Tensors<T>& t, const Plan& plan, int64_t tile, int64_t tiles, int64_t row0,
+                  float* scores, cudaStream_t stream) {
+  sc::allow_smem<score_kernel<T, kWidth>>(plan.score_smem);
+  const dim3 grid(unsigned(plan.key_tiles), unsigned(tiles));
+  score_kernel<T, kWidth><<<grid, kKeyTile, plan.score_smem, stream>>>(
+      t.query, t.key, t.weights, t.past_lengths, p.seq, p.total, int(p.heads), int(p.head_dim), p.scale,
+      plan.tiles_per_row, tile, row0, scores);
+}
+
+}  // namespace
+
+template <typename T>
+void run(const Params& p, const Tensors<T>& t, const Plan& plan, void* stream_ptr, void* scratch,
+         size_t scratch_bytes) {
+  if (p.rows() == 0 || p.top_k == 0) return;
+  check_support(p);
+  if (scratch == nullptr || scratch_bytes < plan.scratch_bytes) {
+    throw std::runtime_error(str_cat(kOpName, ": the CUDA plan needs ", plan.scratch_bytes, " bytes of scratch, got ",
+                                     scratch_bytes));
+  }
+  const cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
+  float* const scores = static_cast<float*>(scratch);
+  for (int64_t tile = 0; tile < plan.tiles; tile += plan.tiles_per_wave) {
+    const int64_t end = tile + plan.tiles_per_wave < plan.tiles ? tile + plan.tiles_per_wave : plan.tiles;
+    const int64_t row0 = tile_row(p, plan, tile), row1 = tile_row(p, plan, end);
+    switch (plan.width) {
+      case 32: launch_score<T, 32>(p, t, plan, tile, end - tile, row0, scores, stream); break;
+      case 64: launch_score<T, 64>(p, t, plan, tile, end - tile, row0, scores, stream); break;
+      default: launch_score<T, 128>(p, t, plan, tile, end - tile, row0, scores, stream); break;
+    }
+    check_cuda(cudaGetLastError(), "launching the score kernel");
+    select_kernel<<<unsigned(row1 - row0), kSelectThreads, 0, stream>>>(scores, t.past_lengths, p.seq, p.total,
+                                                                         p.top_k, row0, t.key_indices);
+    check_cuda(cudaGetLastError(), "launching the select kernel");
+  }
+}
+
+template void run<float>(const Params&, const Tensors<float>&, const Plan&, void*, void*, size_t);
+template void run<Float16>(const Params&, const Tensors<Float16>&, const Plan&, void*, void*, size_t);
+template void run<BFloat16>(const Params&, const Tensors<BFloat16>&, const Plan&, void*, void*, size_t);
+
+}  // namespace onnxattn::indexer::cuda

@@ -1,0 +1,66 @@
+// The CPU kernel of LightningIndexer for onnxruntime: the shared adapter (op_adapter.h) plus its Compute.
+#include "indexer/op.h"
+
+#include <algorithm>
+#include <string>
+
+#include "common/errors.h"
+#include "indexer/cpu_kernel.h"
+#include "indexer/cuda_plan.h"
+#include "indexer/op_adapter.h"
+
+namespace onnxattn::indexer {
+namespace {
+
+template <typename T>
+struct CpuKernel {
+  Attributes attrs;
+
+  OrtStatusPtr ComputeV2(OrtKernelContext* raw_context) {
+    return ort::guarded([&] {
+      Ort::KernelContext ctx(raw_context);
+      const adapter::Call<T> call = adapter::prepare<T>(attrs, ctx);
+      run_cpu<T>(call.params, call.tensors, ort::intra_op_parallel_for(ctx));
+    });
+  }
+};
+
+template <typename T>
+struct CpuOp : adapter::OpBase<CpuOp<T>, CpuKernel<T>, T> {
+  const char* GetExecutionProviderType() const { return "CPUExecutionProvider"; }
+};
+
+}  // namespace
+
+template <typename T>
+const OrtCustomOp* cpu_op() {
+  static const CpuOp<T> op;
+  return &op;
+}
+
+template const OrtCustomOp* cpu_op<float>();
+template const OrtCustomOp* cpu_op<Float16>();
+template const OrtCustomOp* cpu_op<BFloat16>();
+
+}  // namespace onnxattn::indexer
+
+// For tests: the CUDA launch plan of a shape (built without CUDA too). `out` receives tiles_per_row, tiles,
+// tiles_per_wave, key_tiles, width, score_smem and scratch_bytes. Returns null, or the InputError message the CUDA
+// kernel would give (check_support) with `out` untouched.
+extern "C" __attribute__((visibility("default"))) const char* OnnxAttnIndexerCudaPlan(
+    int64_t batch, int64_t seq, int64_t total, int64_t heads, int64_t head_dim, int64_t top_k, int64_t* out) {
+  static thread_local std::string error;
+  onnxattn::indexer::Params p;
+  p.batch = batch, p.seq = seq, p.total = total, p.heads = heads, p.head_dim = head_dim, p.top_k = top_k;
+  try {
+    onnxattn::indexer::cuda::check_support(p);
+  } catch (const onnxattn::InputError& e) {
+    error = e.what();
+    return error.c_str();
+  }
+  const onnxattn::indexer::cuda::Plan plan = onnxattn::indexer::cuda::make_plan(p);
+  const int64_t values[7] = {plan.tiles_per_row, plan.tiles, plan.tiles_per_wave, plan.key_tiles, plan.width,
+                             int64_t(plan.score_smem), int64_t(plan.scratch_bytes)};
+  std::copy(values, values + 7, out);
+  return nullptr;
+}
