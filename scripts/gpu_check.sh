@@ -8,8 +8,9 @@
 #   2c. PagedAttention: kernels via ctypes, then the CUDA EP (tests/gpu/test_paged_cuda_kernels.py, _ort.py)
 #   3. compute-sanitizer memcheck on PagedAttention's launches and bad index inputs (every run), and on
 #      representative launches of every other family whose tests failed
-#   4. the benchmarks (benchmarks/bench_sdpa_cuda.py, bench_gqa_cuda.py, bench_mla_cuda.py, bench_paged_cuda.py,
-#      bench_sparse_cuda.py, bench_models_cuda.py: whole-model float16 generation) and benchmarks/profile_cuda.py
+#   4. the benchmarks (benchmarks/bench_sdpa_cuda.py, bench_gqa_cuda.py, bench_mla_cuda.py, bench_indexer_cuda.py,
+#      bench_paged_cuda.py, bench_sparse_cuda.py, bench_models_cuda.py: whole-model float16 generation) and
+#      benchmarks/profile_cuda.py
 #      (per-kernel device time of the paths short of their targets)
 # then prints one summary table and leaves under $OUT (the device tool's output folder; out/gpu_check
 # elsewhere) 4 files, of the 8 the device tool returns at most: gpu_check.json (summary), gpu_tests.xml (the
@@ -36,8 +37,8 @@
 #
 # Environment: ONNXATTN_LIBRARY (default: the carried build), GPU_CHECK_QUICK=1 (smaller benchmark),
 # GPU_CHECK_PYTEST_ARGS (extra pytest arguments, e.g. "-k decode"), GPU_CHECK_SANITIZE=1 (memcheck and
-# racecheck even when the tests pass), GPU_CHECK_BENCHES (comma-separated subset of sdpa,gqa,mla,paged,sparse,
-# models,profile; default all; "none" for none).
+# racecheck even when the tests pass), GPU_CHECK_BENCHES (comma-separated subset of sdpa,gqa,mla,indexer,
+# paged,sparse,models,profile; default all; "none" for none).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -48,7 +49,7 @@ mkdir -p "$OUT"
 # CAP_SPARSE_TESTS is the sparse-attention stage's (NativeSparseAttention / SparseRoutedAttention).
 # CAP_BENCH_MODELS: bench_models_cuda.py starts no path after 45 s by itself (--budget-s).
 CAP_TESTS_PARALLEL=130 CAP_TESTS=85 CAP_GQA_TESTS=70 CAP_SPARSE_TESTS=90 CAP_PAGED_TESTS=55 CAP_SANITIZE=${CAP_SANITIZE:-90}
-CAP_BENCH_SDPA=80 CAP_BENCH_GQA=50 CAP_BENCH_MLA=20 CAP_BENCH_PAGED=30 CAP_BENCH_SPARSE=40 CAP_BENCH_MODELS=60
+CAP_BENCH_SDPA=80 CAP_BENCH_GQA=50 CAP_BENCH_MLA=20 CAP_BENCH_INDEXER=15 CAP_BENCH_PAGED=30 CAP_BENCH_SPARSE=40 CAP_BENCH_MODELS=60
 CAP_PROFILE=45  # benchmarks/profile_cuda.py: per-kernel device time of the paths short of their targets
 
 main() {
@@ -160,7 +161,7 @@ done
 echo "== benchmarks"
 quick=()
 if [ "${GPU_CHECK_QUICK:-0}" = 1 ]; then quick=(--quick); fi
-benches=",${GPU_CHECK_BENCHES:-sdpa,gqa,mla,paged,sparse,models,profile},"
+benches=",${GPU_CHECK_BENCHES:-sdpa,gqa,mla,indexer,paged,sparse,models,profile},"
 bench_rc= gqa_bench_rc= mla_bench_rc=0 paged_bench_rc= sparse_bench_rc= models_bench_rc=
 if [[ $benches == *,sdpa,* ]]; then
   timeout "$CAP_BENCH_SDPA" python3 benchmarks/bench_sdpa_cuda.py --out "$OUT/bench_sdpa_cuda.json" "${quick[@]}"
@@ -174,6 +175,10 @@ if [[ $benches == *,mla,* ]]; then
   timeout "$CAP_BENCH_MLA" python3 benchmarks/bench_mla_cuda.py --out "$OUT/bench_mla_cuda.json" "${quick[@]}"
   mla_bench_rc=$?
   echo "MultiHeadLatentAttention benchmark: rc=$mla_bench_rc (its tests ran in the first stage)"
+fi
+if [[ $benches == *,indexer,* ]]; then  # always --quick: it shares the MLA stage's few seconds
+  timeout "$CAP_BENCH_INDEXER" python3 benchmarks/bench_indexer_cuda.py --out "$OUT/bench_indexer_cuda.json" --quick
+  echo "LightningIndexer benchmark: rc=$? (its tests ran in the first stage)"
 fi
 if [[ $benches == *,paged,* ]]; then
   timeout "$CAP_BENCH_PAGED" python3 benchmarks/bench_paged_cuda.py --out "$OUT/bench_paged_cuda.json" "${quick[@]}"
