@@ -25,6 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests" / "gpu"))
 import sdpa_cuda_lib  # noqa: E402
+from bench_sdpa_cuda import time_cuda  # noqa: E402
 
 H, D, TOP_K = 64, 128, 2048
 PLAN_FIELDS = ("tiles_per_row", "tiles", "tiles_per_wave", "key_tiles", "width", "score_smem", "scratch_bytes")
@@ -73,18 +74,8 @@ def overlap(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def timed(fn, repeat: int) -> float:
-    for _ in range(2):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeat):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    return statistics.median(times)
+    """Median seconds of fn() on the current stream (bench_sdpa_cuda's CUDA-event timer)."""
+    return time_cuda(fn, warmup=2, repeats=repeat) / 1e3
 
 
 def bench(lib, batch: int, seq: int, total: int, repeat: int, with_unfused: bool) -> dict:
