@@ -240,16 +240,57 @@ def single_node_model(node: onnx.NodeProto, inputs: Sequence[TensorInfo | None],
     return model
 
 
+# Shared-buffer mode: the input whose dim -2 is the buffer length M, so that random past_lengths stay within
+# [0, M - S] (the query's dim 1 is S); any other value is bad input the kernels reject.
+_SHARED_BUFFER = {"GroupQueryAttention": "past_key", "MultiHeadLatentAttention": "past_latent",
+                  "LightningIndexer": "key"}
+
+
+def _shared_buffer_dims(spec, inputs: Sequence[TensorInfo | None], dims: Mapping[str, int]) -> dict[str, int]:
+    """`dims`, plus for a node in shared-buffer mode a buffer length of S + DEFAULT_DIM where that dim is
+    symbolic and not given, so that random past_lengths can be non-zero."""
+    names = [i.name for i in spec.inputs]
+    buffer_name = _SHARED_BUFFER.get(spec.name)
+    if buffer_name is None or "past_lengths" not in names:
+        return dict(dims)
+    lengths, buffer, query = (inputs[names.index(n)] if names.index(n) < len(inputs) else None
+                              for n in ("past_lengths", buffer_name, names[0]))
+    out = dict(dims)
+    if lengths is None or buffer is None or buffer.shape is None or query.shape is None or len(query.shape) < 2:
+        return out
+    length = buffer.shape[-2]
+    if isinstance(length, str) and length not in out:
+        seq = query.shape[1]
+        seq = seq if isinstance(seq, int) else _dim_value(seq, out) if isinstance(seq, str) else DEFAULT_DIM
+        out[length] = seq + DEFAULT_DIM
+    return out
+
+
+def _valid_past_lengths(spec, feeds: dict[str, np.ndarray], rng: np.random.Generator) -> None:
+    """Random past_lengths within [0, M - S] (0 where M < S), in place."""
+    names = [i.name for i in spec.inputs]
+    buffer_name = _SHARED_BUFFER.get(spec.name)
+    if buffer_name is None or "past_lengths" not in names:
+        return
+    lengths, buffer = f"in{names.index('past_lengths')}", f"in{names.index(buffer_name)}"
+    if lengths not in feeds or buffer not in feeds:
+        return
+    room = max(feeds[buffer].shape[-2] - feeds["in0"].shape[1], 0)
+    feeds[lengths] = rng.integers(0, room + 1, feeds[lengths].shape).astype(feeds[lengths].dtype)
+
+
 def _compare_kernel_and_function(proto, node, spec, types, dims, providers, seed) -> str:
     from onnxattn.cuda_ep import make_session
 
     inputs = ops.node_inputs(node, types)
     model = single_node_model(node, inputs, ops.model_opset(proto))
     rng = np.random.default_rng(seed)
+    dims = _shared_buffer_dims(spec, inputs, dims)
     feeds = {}
     for position, info in enumerate(inputs):
         if info is not None:
             feeds[f"in{position}"] = _random_input(info, _concrete_shape(info, dims), rng)
+    _valid_past_lengths(spec, feeds, rng)
     kernel = make_session(model, providers=list(providers), use_library=True).run(None, feeds)
     function = make_session(model, providers=list(providers), use_library=False).run(None, feeds)
     tolerance = TOLERANCE.get(inputs[0].elem_type, 2e-4)

@@ -97,3 +97,44 @@ def test_report_text_and_cli_exit_codes(tmp_path, capsys):
     assert "result: OK" in out and "attn" in out
     assert cli_main(["validate", str(bad)]) == 1
     assert "FAILED" in capsys.readouterr().out
+
+
+def shared_buffer_model(op: str) -> onnx.ModelProto:
+    """One node of `op` in shared-buffer mode, every sequence dim symbolic (S new tokens, buffers of M)."""
+    f, i64 = TensorProto.FLOAT, TensorProto.INT64
+    inputs = {
+        "GroupQueryAttention": ([("query", f, ["B", "S", 64]), ("key", f, ["B", "S", 32]), ("value", f, ["B", "S", 32]),
+                                 ("past_key", f, ["B", 2, "M", 16]), ("past_value", f, ["B", 2, "M", 16]),
+                                 ("past_lengths", i64, ["B"])],
+                                [("output", f, 3), ("present_key", f, 4), ("present_value", f, 4)],
+                                dict(num_heads=4, kv_num_heads=2)),
+        "MultiHeadLatentAttention": ([("query", f, ["B", "S", 48]), ("latent", f, ["B", "S", 32]),
+                                      ("k_rope", f, ["B", "S", 8]), ("w_uk", f, [2, 32, 16]), ("w_uv", f, [2, 32, 16]),
+                                      ("past_latent", f, ["B", "M", 32]), ("past_k_rope", f, ["B", "M", 8]),
+                                      ("past_lengths", i64, ["B"])],
+                                     [("output", f, 3), ("present_latent", f, 3), ("present_k_rope", f, 3)],
+                                     dict(num_heads=2)),
+        "LightningIndexer": ([("query", f, ["B", "S", 64]), ("key", f, ["B", 1, "M", 16]),
+                              ("weights", f, ["B", "S", 4]),
+                              ("past_lengths", i64, ["B"])], [("key_indices", i64, 3)], dict(num_heads=4, top_k=3)),
+    }[op]
+    values, outputs, attrs = inputs
+    node = helper.make_node(op, [name for name, _, _ in values], [name for name, _, _ in outputs], domain=ops.DOMAIN,
+                            name="node", **attrs)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info(*v) for v in values],
+                              [helper.make_tensor_value_info(name, t, [None] * rank) for name, t, rank in outputs])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid(ops.DOMAIN, 1)],
+                              ir_version=ops.IR_VERSION)
+    return ops.attach_functions(model)
+
+
+@pytest.mark.parametrize("op", ["GroupQueryAttention", "MultiHeadLatentAttention", "LightningIndexer"])
+def test_shared_buffer_numerics_draw_past_lengths_within_the_buffer(op):
+    # past_lengths drawn at random in [0, 4) once made every shared-buffer export fail --numerics (the kernels
+    # reject past_lengths + S > M); the buffer length now defaults to S + 4 and past_lengths to [0, M - S]
+    report = validate(shared_buffer_model(op), numerics=True, dims={"B": 3, "S": 2})
+    assert report.ok, str(report)
+    assert "[3, 2, 64]" in report.nodes[0].checks[-1].message or "[3, 2, 48]" in report.nodes[0].checks[-1].message
+    assert ", 6, " in report.nodes[0].checks[-1].message  # M = S + 4
+    # an explicit buffer length is kept
+    assert validate(shared_buffer_model(op), numerics=True, dims={"B": 2, "S": 3, "M": 3}).ok
