@@ -162,8 +162,8 @@ def validate(
 
 def _dim_value(dim: str, dims: Mapping[str, int]) -> int:
     """A symbolic dim's size: given by name, or an arithmetic expression of given names as torch's exporter
-    writes them (e.g. "past_sequence + sequence", "((past_sequence + sequence)//4)"), so inputs that the
-    graph relates (a cache and the keys compressed from it) stay consistent; else DEFAULT_DIM."""
+    writes them (e.g. "past_sequence + sequence", "((past_sequence + sequence)//4)"), names not given counting
+    DEFAULT_DIM, so inputs that the graph relates (a cache and the keys compressed from it) stay consistent."""
     if dim in dims:
         return dims[dim]
     import ast
@@ -176,8 +176,8 @@ def _dim_value(dim: str, dims: Mapping[str, int]) -> int:
             return binary[type(node.op)](value(node.left), value(node.right))
         if isinstance(node, ast.Constant) and isinstance(node.value, int):
             return node.value
-        if isinstance(node, ast.Name) and node.id in dims:
-            return dims[node.id]
+        if isinstance(node, ast.Name):  # a name not given is DEFAULT_DIM in expressions too, so that
+            return dims.get(node.id, DEFAULT_DIM)  # "past + seq" and "(past + seq)//4" stay consistent
         raise ValueError(dim)
 
     try:

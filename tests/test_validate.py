@@ -138,3 +138,16 @@ def test_shared_buffer_numerics_draw_past_lengths_within_the_buffer(op):
     assert ", 6, " in report.nodes[0].checks[-1].message  # M = S + 4
     # an explicit buffer length is kept
     assert validate(shared_buffer_model(op), numerics=True, dims={"B": 2, "S": 3, "M": 3}).ok
+
+
+def test_symbolic_dims_not_given_count_the_default_inside_expressions():
+    # the NSA exports' compressed keys are "((past_sequence + sequence)//4)" long and their cache
+    # "past_sequence + sequence": evaluated as a whole to the default (4 and 4) they disagreed, and --numerics
+    # failed with the kernel's "compressed_key must be [B, Hkv, Nc, .]" on a valid model
+    from onnxattn.validation import DEFAULT_DIM, _dim_value
+
+    assert _dim_value("past_sequence + sequence", {}) == 2 * DEFAULT_DIM
+    assert _dim_value("((past_sequence + sequence)//4)", {}) == 2 * DEFAULT_DIM // 4
+    assert _dim_value("((past_sequence + sequence)//4)", {"past_sequence": 12}) == (12 + DEFAULT_DIM) // 4
+    assert _dim_value("M", {}) == DEFAULT_DIM and _dim_value("M", {"M": 9}) == 9
+    assert _dim_value("s0 - 10", {}) == 0  # never negative
