@@ -241,42 +241,63 @@ def single_node_model(node: onnx.NodeProto, inputs: Sequence[TensorInfo | None],
 
 
 # Shared-buffer mode: the input whose dim -2 is the buffer length M, so that random past_lengths stay within
-# [0, M - S] (the query's dim 1 is S); any other value is bad input the kernels reject.
+# [0, M - S] (the query's dim 1 is S); any other value is bad input the kernels reject. PagedAttention's index
+# inputs are recognised by name (block_table, cu_seqlens_q, seq_lens, key_cache).
 _SHARED_BUFFER = {"GroupQueryAttention": "past_key", "MultiHeadLatentAttention": "past_latent",
                   "LightningIndexer": "key"}
 
 
-def _shared_buffer_dims(spec, inputs: Sequence[TensorInfo | None], dims: Mapping[str, int]) -> dict[str, int]:
-    """`dims`, plus for a node in shared-buffer mode a buffer length of S + DEFAULT_DIM where that dim is
-    symbolic and not given, so that random past_lengths can be non-zero."""
+def _index_dims(spec, inputs: Sequence[TensorInfo | None], dims: Mapping[str, int]) -> dict[str, int]:
+    """`dims`, plus sizes for the symbolic dims (not given) that index inputs must fit: a shared buffer of
+    S + DEFAULT_DIM (so that random past_lengths can be non-zero), a paged pool of B * max_blocks blocks (so
+    that every sequence can own distinct blocks)."""
     names = [i.name for i in spec.inputs]
-    buffer_name = _SHARED_BUFFER.get(spec.name)
-    if buffer_name is None or "past_lengths" not in names:
-        return dict(dims)
-    lengths, buffer, query = (inputs[names.index(n)] if names.index(n) < len(inputs) else None
-                              for n in ("past_lengths", buffer_name, names[0]))
+    info = {n: inputs[k] if k < len(inputs) else None for k, n in enumerate(names)}
     out = dict(dims)
-    if lengths is None or buffer is None or buffer.shape is None or query.shape is None or len(query.shape) < 2:
-        return out
-    length = buffer.shape[-2]
-    if isinstance(length, str) and length not in out:
-        seq = query.shape[1]
-        seq = seq if isinstance(seq, int) else _dim_value(seq, out) if isinstance(seq, str) else DEFAULT_DIM
-        out[length] = seq + DEFAULT_DIM
+
+    def size(dim) -> int:
+        return dim if isinstance(dim, int) else _dim_value(dim, out) if isinstance(dim, str) else DEFAULT_DIM
+
+    def free(dim) -> bool:
+        return isinstance(dim, str) and dim not in out
+
+    buffer = info.get(_SHARED_BUFFER.get(spec.name, ""))
+    query = info.get(names[0])
+    if info.get("past_lengths") is not None and buffer is not None and buffer.shape and query.shape:
+        if free(buffer.shape[-2]) and len(query.shape) > 1:
+            out[buffer.shape[-2]] = size(query.shape[1]) + DEFAULT_DIM
+    table, pools = info.get("block_table"), [info.get(n) for n in ("key_cache", "value_cache")]
+    if table is not None and table.shape and all(p is not None and p.shape for p in pools):
+        for pool in pools:
+            if free(pool.shape[0]):
+                out[pool.shape[0]] = size(table.shape[0]) * size(table.shape[1])
     return out
 
 
-def _valid_past_lengths(spec, feeds: dict[str, np.ndarray], rng: np.random.Generator) -> None:
-    """Random past_lengths within [0, M - S] (0 where M < S), in place."""
+def _valid_index_inputs(spec, feeds: dict[str, np.ndarray], rng: np.random.Generator) -> None:
+    """Random index inputs that satisfy their contracts, in place: past_lengths within [0, M - S] (0 where M <
+    S); a paged batch's cu_seqlens_q (the T tokens split among the B sequences), seq_lens (new tokens plus a
+    random past that the table holds) and a block table of distinct blocks (where the pool has enough)."""
     names = [i.name for i in spec.inputs]
-    buffer_name = _SHARED_BUFFER.get(spec.name)
-    if buffer_name is None or "past_lengths" not in names:
-        return
-    lengths, buffer = f"in{names.index('past_lengths')}", f"in{names.index(buffer_name)}"
-    if lengths not in feeds or buffer not in feeds:
-        return
-    room = max(feeds[buffer].shape[-2] - feeds["in0"].shape[1], 0)
-    feeds[lengths] = rng.integers(0, room + 1, feeds[lengths].shape).astype(feeds[lengths].dtype)
+    feed = {n: f"in{k}" for k, n in enumerate(names) if f"in{k}" in feeds}
+    buffer = feed.get(_SHARED_BUFFER.get(spec.name, ""))
+    if "past_lengths" in feed and buffer is not None:
+        lengths = feeds[feed["past_lengths"]]
+        room = max(feeds[buffer].shape[-2] - feeds["in0"].shape[1], 0)
+        feeds[feed["past_lengths"]] = rng.integers(0, room + 1, lengths.shape).astype(lengths.dtype)
+    if all(n in feed for n in ("block_table", "cu_seqlens_q", "seq_lens", "key_cache")):
+        table = feeds[feed["block_table"]]
+        batch, width = table.shape
+        tokens, (blocks, block_size) = feeds["in0"].shape[0], feeds[feed["key_cache"]].shape[:2]
+        cuts = np.sort(rng.integers(0, tokens + 1, max(batch - 1, 0)))
+        cu = np.concatenate([[0], cuts, [tokens]]) if batch else np.array([tokens])
+        new = np.diff(cu)
+        capacity = width * block_size
+        lengths = new + rng.integers(0, np.maximum(capacity - new, 0) + 1)
+        order = rng.permutation(max(blocks, batch * width)) % max(blocks, 1)
+        feeds[feed["cu_seqlens_q"]] = cu.astype(feeds[feed["cu_seqlens_q"]].dtype)
+        feeds[feed["seq_lens"]] = lengths.astype(feeds[feed["seq_lens"]].dtype)
+        feeds[feed["block_table"]] = order[:batch * width].reshape(batch, width).astype(table.dtype)
 
 
 def _compare_kernel_and_function(proto, node, spec, types, dims, providers, seed) -> str:
@@ -285,12 +306,12 @@ def _compare_kernel_and_function(proto, node, spec, types, dims, providers, seed
     inputs = ops.node_inputs(node, types)
     model = single_node_model(node, inputs, ops.model_opset(proto))
     rng = np.random.default_rng(seed)
-    dims = _shared_buffer_dims(spec, inputs, dims)
+    dims = _index_dims(spec, inputs, dims)
     feeds = {}
     for position, info in enumerate(inputs):
         if info is not None:
             feeds[f"in{position}"] = _random_input(info, _concrete_shape(info, dims), rng)
-    _valid_past_lengths(spec, feeds, rng)
+    _valid_index_inputs(spec, feeds, rng)
     kernel = make_session(model, providers=list(providers), use_library=True).run(None, feeds)
     function = make_session(model, providers=list(providers), use_library=False).run(None, feeds)
     tolerance = TOLERANCE.get(inputs[0].elem_type, 2e-4)

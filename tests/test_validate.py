@@ -99,9 +99,9 @@ def test_report_text_and_cli_exit_codes(tmp_path, capsys):
     assert "FAILED" in capsys.readouterr().out
 
 
-def shared_buffer_model(op: str) -> onnx.ModelProto:
-    """One node of `op` in shared-buffer mode, every sequence dim symbolic (S new tokens, buffers of M)."""
-    f, i64 = TensorProto.FLOAT, TensorProto.INT64
+def index_input_model(op: str) -> onnx.ModelProto:
+    """One node of `op` with index inputs (shared-buffer past_lengths, or a paged batch), dims symbolic."""
+    f, i64, i32 = TensorProto.FLOAT, TensorProto.INT64, TensorProto.INT32
     inputs = {
         "GroupQueryAttention": ([("query", f, ["B", "S", 64]), ("key", f, ["B", "S", 32]), ("value", f, ["B", "S", 32]),
                                  ("past_key", f, ["B", 2, "M", 16]), ("past_value", f, ["B", 2, "M", 16]),
@@ -117,6 +117,12 @@ def shared_buffer_model(op: str) -> onnx.ModelProto:
         "LightningIndexer": ([("query", f, ["B", "S", 64]), ("key", f, ["B", 1, "M", 16]),
                               ("weights", f, ["B", "S", 4]),
                               ("past_lengths", i64, ["B"])], [("key_indices", i64, 3)], dict(num_heads=4, top_k=3)),
+        "PagedAttention": ([("query", f, ["T", 64]), ("key", f, ["T", 32]), ("value", f, ["T", 32]),
+                            ("key_cache", f, ["N", 4, 2, 16]), ("value_cache", f, ["N", 4, 2, 16]),
+                            ("block_table", i32, ["B", "W"]), ("cu_seqlens_q", i32, ["B1"]),
+                            ("seq_lens", i32, ["B"])],
+                           [("output", f, 2), ("key_cache_out", f, 4), ("value_cache_out", f, 4)],
+                           dict(num_heads=4, kv_num_heads=2)),
     }[op]
     values, outputs, attrs = inputs
     node = helper.make_node(op, [name for name, _, _ in values], [name for name, _, _ in outputs], domain=ops.DOMAIN,
@@ -132,12 +138,12 @@ def shared_buffer_model(op: str) -> onnx.ModelProto:
 def test_shared_buffer_numerics_draw_past_lengths_within_the_buffer(op):
     # past_lengths drawn at random in [0, 4) once made every shared-buffer export fail --numerics (the kernels
     # reject past_lengths + S > M); the buffer length now defaults to S + 4 and past_lengths to [0, M - S]
-    report = validate(shared_buffer_model(op), numerics=True, dims={"B": 3, "S": 2})
+    report = validate(index_input_model(op), numerics=True, dims={"B": 3, "S": 2})
     assert report.ok, str(report)
     assert "[3, 2, 64]" in report.nodes[0].checks[-1].message or "[3, 2, 48]" in report.nodes[0].checks[-1].message
     assert ", 6, " in report.nodes[0].checks[-1].message  # M = S + 4
     # an explicit buffer length is kept
-    assert validate(shared_buffer_model(op), numerics=True, dims={"B": 2, "S": 3, "M": 3}).ok
+    assert validate(index_input_model(op), numerics=True, dims={"B": 2, "S": 3, "M": 3}).ok
 
 
 def test_symbolic_dims_not_given_count_the_default_inside_expressions():
@@ -151,3 +157,14 @@ def test_symbolic_dims_not_given_count_the_default_inside_expressions():
     assert _dim_value("((past_sequence + sequence)//4)", {"past_sequence": 12}) == (12 + DEFAULT_DIM) // 4
     assert _dim_value("M", {}) == DEFAULT_DIM and _dim_value("M", {"M": 9}) == 9
     assert _dim_value("s0 - 10", {}) == 0  # never negative
+
+
+def test_paged_numerics_draw_a_valid_batch():
+    # random int32s in [0, 4) for cu_seqlens_q / seq_lens / block_table failed every paged export's --numerics
+    # ("cu_seqlens_q must start at 0"); now the T tokens are split among the B sequences, seq_lens add a past
+    # the table holds and the table lists distinct blocks of a pool of B * W
+    for seed in range(3):
+        report = validate(index_input_model("PagedAttention"), numerics=True, dims={"T": 7, "B": 3, "B1": 4, "W": 2},
+                          seed=seed)
+        assert report.ok, str(report)
+        assert "[6, 4, 2, 16]" in report.nodes[0].checks[-1].message  # the pool: B * W blocks
