@@ -121,7 +121,9 @@ void run_cpu(const Params& p, const Tensors<T>& t, const ParallelFor& parallel_f
     for (; end < blocks.size() && (end == begin || rows + blocks[end].count <= wave_rows); ++end) {
       const Block& block = blocks[end];
       const int64_t keys = first[block.batch] + block.first_row + block.count;  // the last query's keys
-      for (int64_t k0 = 0; k0 < keys; k0 += kKeys) items.push_back({end, k0, std::min(keys, k0 + kKeys), rows});
+      // whole tiles of keys, also past the block's last visible one (they exist; their products go unread): a
+      // ragged last tile ran the matmul's narrow column tails and took a fifth of a prompt's time
+      for (int64_t k0 = 0; k0 < keys; k0 += kKeys) items.push_back({end, k0, std::min(p.total, k0 + kKeys), rows});
       row_offsets.push_back(rows);
       rows += block.count;
     }
