@@ -64,6 +64,35 @@ void score_range(const Params& p, const Tensors<T>& t, const Block& block, const
   }
 }
 
+// score_range for a block of one query (decode), whose [D, H] transposed heads `q_t` the caller prepared once
+// for all its key tiles: the keys are the matmul's rows as they lie in memory (no transposed copy of every key
+// tile, which cost as much as the products at H = 64), each key's H products contiguous, summed by dot_rows
+// with the scaled head weights after the ReLU.
+template <typename T>
+void score_range_one_query(const Params& p, const Tensors<T>& t, const Block& block, const int64_t* first,
+                           const float* q_t, int64_t k0, int64_t k1, float* scores) {
+  const int64_t H = p.heads, D = p.head_dim, keys = k1 - k0;
+  const int64_t visible = std::min(k1, first[block.batch] + block.first_row + 1) - k0;
+  if (visible <= 0) return;
+  thread_local std::vector<float> key_rows, products, weights;
+  const T* key = t.key + (block.batch * p.total + k0) * D;
+  const float* k_rows;
+  if constexpr (std::is_same_v<T, float>) {
+    k_rows = key;
+  } else {
+    key_rows.resize(size_t(kKeys * D));
+    for (int64_t i = 0; i < keys * D; ++i) key_rows[size_t(i)] = to_float(key[i]);
+    k_rows = key_rows.data();
+  }
+  products.resize(size_t(kKeys * H));
+  mla::matmul(k_rows, D, visible, D, q_t, H, H, products.data(), H);
+  for (int64_t i = 0; i < visible * H; ++i) products[size_t(i)] = std::max(products[size_t(i)], 0.0f);
+  const float* w = t.weights + (block.batch * p.seq + block.first_row) * H;
+  weights.resize(size_t(H));
+  for (int64_t h = 0; h < H; ++h) weights[size_t(h)] = w[h] * p.scale;
+  mla::dot_rows(weights.data(), products.data(), visible, H, H, scores + k0);
+}
+
 // The top_k of scores[0, visible) (ties to the lower position) in ascending position order, -1 padded. Scores
 // that are not > -inf (a -inf or NaN score) are never picked.
 void select_row(const float* scores, int64_t visible, int64_t top_k, int64_t* out) {
@@ -112,6 +141,7 @@ void run_cpu(const Params& p, const Tensors<T>& t, const ParallelFor& parallel_f
   };
   std::vector<Item> items;
   std::vector<int64_t> row_offsets;
+  std::vector<float> queries_t;
   for (size_t begin = 0; begin < blocks.size();) {
     // a wave: consecutive blocks whose rows fit the buffer
     items.clear();
@@ -127,10 +157,27 @@ void run_cpu(const Params& p, const Tensors<T>& t, const ParallelFor& parallel_f
       row_offsets.push_back(rows);
       rows += block.count;
     }
-    parallel_for(int64_t(items.size()), [&](int64_t index) {
-      const Item& item = items[size_t(index)];
-      score_range(p, t, blocks[item.block], first.data(), item.k0, item.k1, scores.get() + item.offset * p.total);
-    });
+    if (per_block == 1 || p.seq == 1) {  // one query a block: its heads transposed once for all its key tiles
+      const int64_t H = p.heads, D = p.head_dim;
+      queries_t.resize(size_t((end - begin) * D * H));
+      for (size_t index = begin; index < end; ++index) {
+        const T* q = t.query + (blocks[index].batch * p.seq + blocks[index].first_row) * H * D;
+        float* q_t = queries_t.data() + (index - begin) * D * H;
+        for (int64_t h = 0; h < H; ++h) {
+          for (int64_t d = 0; d < D; ++d) q_t[d * H + h] = to_float(q[h * D + d]);
+        }
+      }
+      parallel_for(int64_t(items.size()), [&](int64_t index) {
+        const Item& item = items[size_t(index)];
+        score_range_one_query(p, t, blocks[item.block], first.data(), queries_t.data() + (item.block - begin) * D * H,
+                              item.k0, item.k1, scores.get() + item.offset * p.total);
+      });
+    } else {
+      parallel_for(int64_t(items.size()), [&](int64_t index) {
+        const Item& item = items[size_t(index)];
+        score_range(p, t, blocks[item.block], first.data(), item.k0, item.k1, scores.get() + item.offset * p.total);
+      });
+    }
     parallel_for(rows, [&](int64_t row) {
       const size_t block_index = begin + size_t(std::upper_bound(row_offsets.begin(), row_offsets.end(), row) -
                                                 row_offsets.begin()) - 1;
