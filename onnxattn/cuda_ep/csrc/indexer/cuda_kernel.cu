@@ -121,7 +121,7 @@ __device__ int block_exclusive_scan(int value, int* scan, int* total) {
   return scan[warp] + inclusive - value;
 }
 
-__global__ void __launch_bounds__(kSelectThreads)
+__global__ void __launch_bounds__(kSelectThreads, 1)
     select_kernel(const float* __restrict__ scores, const int64_t* __restrict__ past_lengths, int64_t seq,
                   int64_t total, int64_t top_k, int64_t first_row, int64_t* __restrict__ key_indices) {
   __shared__ unsigned histogram[256];
@@ -133,7 +133,7 @@ __global__ void __launch_bounds__(kSelectThreads)
   const int64_t visible = first_position(past_lengths, b, seq, total) + i + 1;
   const float* s = scores + int64_t(blockIdx.x) * total;
   int64_t* const out = key_indices + row * top_k;
-  const int tid = threadIdx.x;
+  const int tid = threadIdx.x, lane = tid & 31;
 
   int mine = 0;
   for (int64_t t = tid; t < visible; t += kSelectThreads) mine += order_key(s[t]) != 0u;
@@ -148,9 +148,14 @@ __global__ void __launch_bounds__(kSelectThreads)
     for (int shift = 24; shift >= 0; shift -= 8) {
       for (int x = tid; x < 256; x += kSelectThreads) histogram[x] = 0u;
       __syncthreads();
-      for (int64_t t = tid; t < visible; t += kSelectThreads) {
-        const uint32_t k = order_key(s[t]);
-        if (k != 0u && (k & mask) == prefix) atomicAdd(&histogram[(k >> shift) & 255u], 1u);
+      // scores cluster in a few bins (the first pass sees sign and exponent): one atomic per bin and warp, not one
+      // per lane, or the lanes of a warp serialise on the same shared word. Whole warps step together (t0 is the
+      // warp's first position), so every lane takes part in the match.
+      for (int64_t t0 = tid - lane; t0 < visible; t0 += kSelectThreads) {
+        const uint32_t k = t0 + lane < visible ? order_key(s[t0 + lane]) : 0u;
+        const uint32_t bin = k != 0u && (k & mask) == prefix ? (k >> shift) & 255u : 256u;
+        const unsigned peers = __match_any_sync(0xffffffffu, bin);
+        if (bin < 256u && lane == __ffs(peers) - 1) atomicAdd(&histogram[bin], unsigned(__popc(peers)));
       }
       __syncthreads();
       if (tid == 0) {
