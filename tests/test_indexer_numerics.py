@@ -119,6 +119,10 @@ CASES = [
     Case("normal-chunk-b2", batch=2, q_len=7, kv_len=50, values="normal", top_k=9),
     Case("normal-large", q_len=40, kv_len=600, heads=8, head_dim=64, top_k=64, values="normal"),
     Case("normal-shared-d8", batch=2, q_len=3, kv_len=40, past=(10, 30), head_dim=8, values="normal", top_k=8),
+    # the CPU kernel's one-query blocks (decode, and any S once H > 128), over several key tiles with a ragged last
+    Case("decode-h64-t300-b2", batch=2, q_len=1, kv_len=300, heads=64, head_dim=16, top_k=20),
+    Case("shared-decode-h64", batch=2, q_len=1, kv_len=200, heads=64, head_dim=16, past=(150, 7), top_k=9),
+    Case("h160-one-query-blocks", q_len=6, kv_len=70, heads=160, head_dim=8, top_k=7),
 ]
 _LOW_PRECISION_OF = ("chunk-sq-ne-t-b2", "decode-b3", "shared-b3-nan-hidden", "ties-duplicated-keys", "large",
                      "normal-chunk-b2", "normal-shared-d8")
