@@ -335,6 +335,15 @@ class DeepSeekV3Model(PlainFrameLM):
         return layout
 
 
+@dataclasses.dataclass(frozen=True)
+class DeepSeekV32Config(DeepSeekV3Config):
+    """DeepSeek-V3.2 (DSA) as DeepSeekV3Config options, tiny: every layer's lightning indexer (one LightningIndexer
+    node) picks index_topk keys per query for its MultiHeadLatentAttention (key_indices). DeepSeek-V3.2: 64 index
+    heads of 128, index_topk 2048."""
+
+    index_topk: int = 8  # below a short prompt's length, so the picks drop keys
+
+
 @register("deepseek-v3", DeepSeekV3Config)
 def build_deepseek_v3(cfg: DeepSeekV3Config) -> DeepSeekV3Model:
     model = init_weights(DeepSeekV3Model(cfg), cfg.seed)
@@ -352,3 +361,6 @@ def build_deepseek_v3(cfg: DeepSeekV3Config) -> DeepSeekV3Model:
                 bias = moe.e_score_correction_bias
                 bias.copy_(torch.randn(bias.shape, generator=g) * 0.1)
     return model
+
+
+register("deepseek-v3.2", DeepSeekV32Config)(build_deepseek_v3)  # the same model; build() matches the exact class

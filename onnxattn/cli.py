@@ -14,7 +14,8 @@ import numpy as np
 
 # The registered reference models (onnxattn.models.MODELS), named here so `--help` need not import torch;
 # tests/test_cli.py keeps the two equal.
-MODEL_NAMES = {"decoders": ("llama", "llama4", "gemma3", "gemma4", "gpt2", "gpt-oss", "deepseek-v3", "nsa", "moba"),
+MODEL_NAMES = {"decoders": ("llama", "llama4", "gemma3", "gemma4", "gpt2", "gpt-oss", "deepseek-v3", "deepseek-v3.2",
+                            "nsa", "moba"),
                "others": ("bert", "modernbert", "tiny-decoder")}  # encoders, a decoder without a KV cache
 
 

@@ -34,6 +34,15 @@ def exported(tmp_path_factory):
     return {"concat": plain, "shared": yarn}, paths
 
 
+def test_deepseek_v32_is_registered_with_its_indexer_on():
+    # `onnxattn export deepseek-v3.2` / `onnxattn demo --model deepseek-v3.2`: DSA without --set overrides
+    m = models.build("deepseek-v3.2")
+    assert type(m).__name__ == "DeepSeekV3Model" and m.config.index_topk == 8
+    assert all(layer.attn.indexer is not None for layer in m.layers)
+    assert [sorted(entry) for entry in m.cache_layout()] == [["index_key", "key", "value"]] * len(m.layers)
+    assert models.build("deepseek-v3.2", index_topk=4).config.index_topk == 4
+
+
 def test_registered_and_configurable():
     assert "deepseek-v3" in models.MODELS and "deepseek-v3" not in models.PLANNED
     m = models.build("deepseek-v3", q_rank=None, num_layers=1)
