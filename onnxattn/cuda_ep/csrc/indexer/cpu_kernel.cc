@@ -24,6 +24,18 @@ struct Block {
   int64_t batch, first_row, count;  // rows first_row .. + count of batch `batch` (row = i within the sequence)
 };
 
+// `count` values of `src` as float32: the input itself for float, else converted into `buffer`.
+template <typename T>
+const float* as_float(const T* src, int64_t count, std::vector<float>& buffer) {
+  if constexpr (std::is_same_v<T, float>) {
+    return src;
+  } else {
+    buffer.resize(size_t(count));
+    for (int64_t i = 0; i < count; ++i) buffer[size_t(i)] = to_float(src[i]);
+    return buffer.data();
+  }
+}
+
 // The index scores of a block's queries for keys [k0, k1): score[j][t] = sum_h w[j, h] * relu(q_jh . k_t) * scale
 // (relu(scale * x) = scale * relu(x) for scale >= 0), for the keys each query sees. The block's query heads are the
 // rows of one matmul against the transposed key tile, so each head's products are contiguous over the keys and
@@ -35,15 +47,8 @@ void score_range(const Params& p, const Tensors<T>& t, const Block& block, const
   thread_local std::vector<float> queries, keys_t, products;
   keys_t.resize(size_t(D * kKeys));
   products.resize(size_t(rows * kKeys));
-  const T* q = t.query + (block.batch * p.seq + block.first_row) * H * D;  // [count * H, D], rows contiguous
-  const float* q_rows;
-  if constexpr (std::is_same_v<T, float>) {
-    q_rows = q;
-  } else {
-    queries.resize(size_t(rows * D));
-    for (int64_t i = 0; i < rows * D; ++i) queries[size_t(i)] = to_float(q[i]);
-    q_rows = queries.data();
-  }
+  // [count * H, D], rows contiguous
+  const float* q_rows = as_float(t.query + (block.batch * p.seq + block.first_row) * H * D, rows * D, queries);
   const T* key = t.key + (block.batch * p.total + k0) * D;
   for (int64_t k = 0; k < keys; ++k) {
     for (int64_t d = 0; d < D; ++d) keys_t[size_t(d * keys + k)] = to_float(key[k * D + d]);
@@ -71,19 +76,11 @@ void score_range(const Params& p, const Tensors<T>& t, const Block& block, const
 template <typename T>
 void score_range_one_query(const Params& p, const Tensors<T>& t, const Block& block, const int64_t* first,
                            const float* q_t, int64_t k0, int64_t k1, float* scores) {
-  const int64_t H = p.heads, D = p.head_dim, keys = k1 - k0;
+  const int64_t H = p.heads, D = p.head_dim;
   const int64_t visible = std::min(k1, first[block.batch] + block.first_row + 1) - k0;
   if (visible <= 0) return;
   thread_local std::vector<float> key_rows, products, weights;
-  const T* key = t.key + (block.batch * p.total + k0) * D;
-  const float* k_rows;
-  if constexpr (std::is_same_v<T, float>) {
-    k_rows = key;
-  } else {
-    key_rows.resize(size_t(kKeys * D));
-    for (int64_t i = 0; i < keys * D; ++i) key_rows[size_t(i)] = to_float(key[i]);
-    k_rows = key_rows.data();
-  }
+  const float* k_rows = as_float(t.key + (block.batch * p.total + k0) * D, visible * D, key_rows);
   products.resize(size_t(kKeys * H));
   mla::matmul(k_rows, D, visible, D, q_t, H, H, products.data(), H);
   for (int64_t i = 0; i < visible * H; ++i) products[size_t(i)] = std::max(products[size_t(i)], 0.0f);
@@ -128,6 +125,7 @@ void run_cpu(const Params& p, const Tensors<T>& t, const ParallelFor& parallel_f
   const std::vector<int64_t> first = first_positions(p, t.past_lengths);
   // Queries per block: about 256 rows of products (H = 64: four queries share each key tile).
   const int64_t per_block = std::clamp<int64_t>(256 / p.heads, 1, 8);
+  const bool one_query_blocks = std::min(per_block, p.seq) == 1;
   std::vector<Block> blocks;
   for (int64_t b = 0; b < p.batch; ++b) {
     for (int64_t i = 0; i < p.seq; i += per_block) blocks.push_back({b, i, std::min(per_block, p.seq - i)});
@@ -157,8 +155,8 @@ void run_cpu(const Params& p, const Tensors<T>& t, const ParallelFor& parallel_f
       row_offsets.push_back(rows);
       rows += block.count;
     }
-    if (per_block == 1 || p.seq == 1) {  // one query a block: its heads transposed once for all its key tiles
-      const int64_t H = p.heads, D = p.head_dim;
+    const int64_t H = p.heads, D = p.head_dim;
+    if (one_query_blocks) {  // their heads transposed once for all their key tiles
       queries_t.resize(size_t((end - begin) * D * H));
       for (size_t index = begin; index < end; ++index) {
         const T* q = t.query + (blocks[index].batch * p.seq + blocks[index].first_row) * H * D;
@@ -167,17 +165,17 @@ void run_cpu(const Params& p, const Tensors<T>& t, const ParallelFor& parallel_f
           for (int64_t d = 0; d < D; ++d) q_t[d * H + h] = to_float(q[h * D + d]);
         }
       }
-      parallel_for(int64_t(items.size()), [&](int64_t index) {
-        const Item& item = items[size_t(index)];
-        score_range_one_query(p, t, blocks[item.block], first.data(), queries_t.data() + (item.block - begin) * D * H,
-                              item.k0, item.k1, scores.get() + item.offset * p.total);
-      });
-    } else {
-      parallel_for(int64_t(items.size()), [&](int64_t index) {
-        const Item& item = items[size_t(index)];
-        score_range(p, t, blocks[item.block], first.data(), item.k0, item.k1, scores.get() + item.offset * p.total);
-      });
     }
+    parallel_for(int64_t(items.size()), [&](int64_t index) {
+      const Item& item = items[size_t(index)];
+      float* block_scores = scores.get() + item.offset * p.total;
+      if (one_query_blocks) {
+        score_range_one_query(p, t, blocks[item.block], first.data(), queries_t.data() + (item.block - begin) * D * H,
+                              item.k0, item.k1, block_scores);
+      } else {
+        score_range(p, t, blocks[item.block], first.data(), item.k0, item.k1, block_scores);
+      }
+    });
     parallel_for(rows, [&](int64_t row) {
       const size_t block_index = begin + size_t(std::upper_bound(row_offsets.begin(), row_offsets.end(), row) -
                                                 row_offsets.begin()) - 1;
