@@ -14,6 +14,7 @@
 #include <cmath>
 #include <stdexcept>
 
+#include "common/cuda_errors.h"
 #include "common/errors.h"
 #include "common/sinks_cuda.cuh"
 #include "gqa/cuda_kernel.h"
@@ -111,12 +112,7 @@ __global__ void __launch_bounds__(32 * kAppendRowsPerBlock) rotate_queries_kerne
                           lane);
 }
 
-void check_cuda(cudaError_t status, const char* what) {
-  if (status != cudaSuccess) {
-    throw std::runtime_error(str_cat(kOpName, ": ", what, ": ", cudaGetErrorName(status), " (",
-                                     cudaGetErrorString(status), ")"));
-  }
-}
+void check_cuda(cudaError_t status, const char* what) { onnxattn::check_cuda(status, kOpName, what); }
 
 template <typename T>
 RowPrep<T> row_prep(const Params& p, const T* norm_weight, const float* inv_freq) {

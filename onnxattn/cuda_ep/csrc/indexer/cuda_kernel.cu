@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <stdexcept>
 
+#include "common/cuda_errors.h"
 #include "common/errors.h"
 #include "common/half.h"
 #include "indexer/cuda_kernel.h"
@@ -202,12 +203,7 @@ __global__ void __launch_bounds__(kSelectThreads, 1)
   for (int64_t x = written + tid; x < top_k; x += kSelectThreads) out[x] = -1;
 }
 
-void check_cuda(cudaError_t status, const char* what) {
-  if (status != cudaSuccess) {
-    throw std::runtime_error(str_cat(kOpName, ": ", what, ": ", cudaGetErrorName(status), " (",
-                                     cudaGetErrorString(status), ")"));
-  }
-}
+void check_cuda(cudaError_t status, const char* what) { onnxattn::check_cuda(status, kOpName, what); }
 
 }  // namespace
 

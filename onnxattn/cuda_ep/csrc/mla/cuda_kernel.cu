@@ -11,6 +11,7 @@
 #include <stdexcept>
 #include <type_traits>
 
+#include "common/cuda_errors.h"
 #include "common/errors.h"
 #include "common/half.h"
 #include "mla/cuda_kernel.h"
@@ -693,12 +694,7 @@ __global__ void __launch_bounds__(kTileThreads) output_tiled_kernel(const Shape 
   }
 }
 
-void check_cuda(cudaError_t status, const char* what) {
-  if (status != cudaSuccess) {
-    throw std::runtime_error(str_cat(kOpName, ": ", what, ": ", cudaGetErrorName(status), " (",
-                                     cudaGetErrorString(status), ")"));
-  }
-}
+void check_cuda(cudaError_t status, const char* what) { onnxattn::check_cuda(status, kOpName, what); }
 
 // The past part of a present cache of `width` channels; nothing when present is the past buffer.
 template <typename T>

@@ -13,6 +13,7 @@
 #include <cmath>
 #include <stdexcept>
 
+#include "common/cuda_errors.h"
 #include "common/errors.h"
 #include "common/sinks_cuda.cuh"
 #include "paged/cuda_kernel.h"
@@ -119,12 +120,7 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock) append_kernel(const Appen
   }
 }
 
-void check_cuda(cudaError_t status, const char* what) {
-  if (status != cudaSuccess) {
-    throw std::runtime_error(str_cat(kOpName, ": ", what, ": ", cudaGetErrorName(status), " (",
-                                     cudaGetErrorString(status), ")"));
-  }
-}
+void check_cuda(cudaError_t status, const char* what) { onnxattn::check_cuda(status, kOpName, what); }
 
 template <typename T>
 RowPrep<T> row_prep(const Params& p, const T* norm_weight, const float* inv_freq) {

@@ -7,6 +7,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "common/cuda_errors.h"
 #include "common/errors.h"
 #include "sdpa/cuda_device.cuh"
 #include "sdpa/cuda_kernel.h"
@@ -14,12 +15,7 @@
 namespace onnxattn::sdpa::cuda {
 namespace {
 
-void check_cuda(cudaError_t status, const char* what) {
-  if (status != cudaSuccess) {
-    throw std::runtime_error(str_cat(kOpName, ": ", what, ": ", cudaGetErrorName(status), " (",
-                                     cudaGetErrorString(status), ")"));
-  }
-}
+void check_cuda(cudaError_t status, const char* what) { onnxattn::check_cuda(status, kOpName, what); }
 
 void strides_of(const Strides& s, int64_t (&out)[3]) {
   out[0] = s.batch;
