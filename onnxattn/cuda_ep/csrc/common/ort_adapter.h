@@ -42,6 +42,16 @@ const char* type_name(ONNXTensorElementDataType type);
 // Input `index`, or an empty value when the node omits this optional input.
 Ort::ConstValue optional_input(const Ort::KernelContext& ctx, size_t index);
 
+// Every input of the node (empty values for omitted optional ones) and, in `shapes` (an op's Shapes: optional
+// shapes by input index), the shapes of those present.
+template <size_t N, typename Shapes>
+void read_inputs(const Ort::KernelContext& ctx, Ort::ConstValue (&inputs)[N], Shapes& shapes) {
+  for (size_t i = 0; i < N; ++i) {
+    inputs[i] = optional_input(ctx, i);
+    if (inputs[i]) shapes.inputs[i] = shape_of(inputs[i]);
+  }
+}
+
 // Runs on the session's intra-op thread pool.
 ParallelFor intra_op_parallel_for(const Ort::KernelContext& ctx);
 

@@ -46,10 +46,7 @@ template <typename T>
 Call<T> prepare(const Attributes& attrs, Ort::KernelContext& ctx) {
   Ort::ConstValue inputs[kNumInputs];
   Shapes shapes;
-  for (size_t i = 0; i < kNumInputs; ++i) {
-    inputs[i] = ort::optional_input(ctx, i);
-    if (inputs[i]) shapes.inputs[i] = ort::shape_of(inputs[i]);
-  }
+  ort::read_inputs(ctx, inputs, shapes);
   Call<T> call{make_params(shapes, attrs), {}};
   const Params& p = call.params;
   Tensors<T>& t = call.tensors;

@@ -36,10 +36,7 @@ template <typename T>
 Call<T> prepare(const gqa::Attributes& attrs, Ort::KernelContext& ctx) {
   Ort::ConstValue in[kNumInputs];
   Shapes shapes;
-  for (size_t i = 0; i < kNumInputs; ++i) {
-    in[i] = ort::optional_input(ctx, i);
-    if (in[i]) shapes.inputs[i] = ort::shape_of(in[i]);
-  }
+  ort::read_inputs(ctx, in, shapes);
   Call<T> call{make_params(shapes, attrs), {}};
   const Params& p = call.params;
   Tensors<T>& t = call.tensors;
