@@ -65,10 +65,10 @@ def check_indexer_inputs(query: torch.Tensor, key: torch.Tensor, weights: torch.
 
 def query_positions(query: torch.Tensor, total: int, past_lengths: torch.Tensor | None) -> torch.Tensor:
     """[B or 1, S] int64: each query's cache position (the last S of T, or past_lengths[b] + i)."""
-    steps = torch.arange(query.shape[1], device=query.device)
-    first = torch.tensor([[total - query.shape[1]]], device=query.device) if past_lengths is None \
-        else past_lengths.to(torch.int64)[:, None]
-    return first + steps
+    steps = torch.arange(query.shape[1], device=query.device)[None, :]
+    if past_lengths is None:
+        return steps + (total - query.shape[1])  # plain arithmetic: traces with a symbolic T
+    return past_lengths.to(torch.int64)[:, None] + steps
 
 
 def lightning_indexer_scores(query: torch.Tensor, key: torch.Tensor, weights: torch.Tensor,
@@ -157,13 +157,10 @@ class LightningIndexer(nn.Module):
         past), buffers [B, 1, M, D] with `past_lengths` [B]. Returns (key_indices [B, S, topk] int64: cache
         positions in ascending order, -1 padding where fewer than topk keys are visible; present keys [B, 1, T, D])."""
         b, s, _ = x.shape
-        if past_lengths is not None:
-            if past_keys is None:
-                raise ValueError(f"{type(self).__name__}: past_lengths needs past_keys (the buffers)")
-            positions = past_lengths.to(torch.int64)[:, None] + torch.arange(s, device=x.device)  # [B, S]
-        else:
-            past = 0 if past_keys is None else past_keys.shape[2]
-            positions = torch.arange(s, device=x.device)[None, :] + past  # [1, S]
+        if past_lengths is not None and past_keys is None:
+            raise ValueError(f"{type(self).__name__}: past_lengths needs past_keys (the buffers)")
+        past = 0 if past_keys is None else past_keys.shape[2]  # concatenation mode's P (buffers: past_lengths)
+        positions = query_positions(x, past + s, past_lengths)  # [B or 1, S]
         new = self.keys(x, positions)
         if past_keys is None:
             keys = new
