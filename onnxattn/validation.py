@@ -186,11 +186,15 @@ def _dim_value(dim: str, dims: Mapping[str, int]) -> int:
         return DEFAULT_DIM
 
 
+def _dim_size(dim, dims: Mapping[str, int]) -> int:
+    """A dim's size for random inputs: known, symbolic (_dim_value), or DEFAULT_DIM when unknown."""
+    return dim if isinstance(dim, int) else _dim_value(dim, dims) if isinstance(dim, str) else DEFAULT_DIM
+
+
 def _concrete_shape(info: TensorInfo, dims: Mapping[str, int]) -> list[int]:
     if info.shape is None:
         raise OpError("an input of unknown rank; cannot make random inputs")
-    return [d if isinstance(d, int) else _dim_value(d, dims) if isinstance(d, str) else DEFAULT_DIM
-            for d in info.shape]
+    return [_dim_size(d, dims) for d in info.shape]
 
 
 def _random_input(info: TensorInfo, shape: list[int], rng: np.random.Generator) -> np.ndarray:
@@ -240,37 +244,28 @@ def single_node_model(node: onnx.NodeProto, inputs: Sequence[TensorInfo | None],
     return model
 
 
-# Shared-buffer mode: the input whose dim -2 is the buffer length M, so that random past_lengths stay within
-# [0, M - S] (the query's dim 1 is S); any other value is bad input the kernels reject. PagedAttention's index
-# inputs are recognised by name (block_table, cu_seqlens_q, seq_lens, key_cache).
-_SHARED_BUFFER = {"GroupQueryAttention": "past_key", "MultiHeadLatentAttention": "past_latent",
-                  "LightningIndexer": "key"}
-
-
 def _index_dims(spec, inputs: Sequence[TensorInfo | None], dims: Mapping[str, int]) -> dict[str, int]:
-    """`dims`, plus sizes for the symbolic dims (not given) that index inputs must fit: a shared buffer of
-    S + DEFAULT_DIM (so that random past_lengths can be non-zero), a paged pool of B * max_blocks blocks (so
-    that every sequence can own distinct blocks)."""
+    """`dims`, plus sizes for the symbolic dims (not given) that index inputs must fit: a shared buffer (the spec's
+    `shared_buffer` input) of S + DEFAULT_DIM, so that random past_lengths can be non-zero; a paged pool (the
+    inputs named block_table, key_cache, value_cache) of B * max_blocks blocks, so that every sequence can own
+    distinct blocks."""
     names = [i.name for i in spec.inputs]
     info = {n: inputs[k] if k < len(inputs) else None for k, n in enumerate(names)}
     out = dict(dims)
 
-    def size(dim) -> int:
-        return dim if isinstance(dim, int) else _dim_value(dim, out) if isinstance(dim, str) else DEFAULT_DIM
-
     def free(dim) -> bool:
         return isinstance(dim, str) and dim not in out
 
-    buffer = info.get(_SHARED_BUFFER.get(spec.name, ""))
+    buffer = info.get(spec.shared_buffer)
     query = info.get(names[0])
     if info.get("past_lengths") is not None and buffer is not None and buffer.shape and query.shape:
         if free(buffer.shape[-2]) and len(query.shape) > 1:
-            out[buffer.shape[-2]] = size(query.shape[1]) + DEFAULT_DIM
+            out[buffer.shape[-2]] = _dim_size(query.shape[1], out) + DEFAULT_DIM
     table, pools = info.get("block_table"), [info.get(n) for n in ("key_cache", "value_cache")]
     if table is not None and table.shape and all(p is not None and p.shape for p in pools):
         for pool in pools:
             if free(pool.shape[0]):
-                out[pool.shape[0]] = size(table.shape[0]) * size(table.shape[1])
+                out[pool.shape[0]] = _dim_size(table.shape[0], out) * _dim_size(table.shape[1], out)
     return out
 
 
@@ -280,7 +275,7 @@ def _valid_index_inputs(spec, feeds: dict[str, np.ndarray], rng: np.random.Gener
     random past that the table holds) and a block table of distinct blocks (where the pool has enough)."""
     names = [i.name for i in spec.inputs]
     feed = {n: f"in{k}" for k, n in enumerate(names) if f"in{k}" in feeds}
-    buffer = feed.get(_SHARED_BUFFER.get(spec.name, ""))
+    buffer = feed.get(spec.shared_buffer)
     if "past_lengths" in feed and buffer is not None:
         lengths = feeds[feed["past_lengths"]]
         room = max(feeds[buffer].shape[-2] - feeds["in0"].shape[1], 0)

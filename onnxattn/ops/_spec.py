@@ -169,6 +169,9 @@ class OpSpec:
     overloads: tuple[str, ...]  # every overload signature() can return
     overload_doc: str = ""  # how overloads are named, for ops with too many to list
     examples: tuple[str, ...] = ()
+    # Ops with a shared-buffer mode (a past_lengths input): the input whose dim -2 is the buffer length M, so that
+    # past_lengths + S <= M can be kept by whoever draws inputs (validate --numerics)
+    shared_buffer: str = ""
 
     # ---- attributes ----
     def attr(self, name: str) -> Attr:

@@ -203,4 +203,5 @@ SPEC = OpSpec(
     build_function=build_function,
     overloads=OVERLOADS,
     examples=EXAMPLES,
+    shared_buffer="key",
 )

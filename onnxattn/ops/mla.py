@@ -416,4 +416,5 @@ SPEC = OpSpec(
     overloads=OVERLOADS,
     overload_doc=OVERLOAD_DOC,
     examples=EXAMPLES,
+    shared_buffer="past_latent",
 )
