@@ -20,6 +20,7 @@ CPU = ["CPUExecutionProvider"]
 
 @pytest.fixture(autouse=True, scope="module")
 def one_torch_thread():
+    """pytest -n 2 on two shared cores: torch's intra-op threads would only contend (80x slower gradchecks)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

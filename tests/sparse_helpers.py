@@ -12,24 +12,13 @@ from typing import Any
 
 import numpy as np
 import onnx
-import pytest
 from onnx import TensorProto, helper
 
 from helpers import IO_NUMPY, ONNX_TYPES, round_to
+from model_helpers import one_torch_thread  # noqa: F401  (re-exported: the sparse suites' autouse fixture)
 from onnxattn import ops
 
 NSA, ROUTED = "NativeSparseAttention", "SparseRoutedAttention"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """pytest -n 2 on two shared cores: torch's intra-op threads would only contend (80x slower gradchecks)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 NSA_INPUTS = ("Q", "K", "V", "gates", "compressed_key", "compressed_value")
 NSA_OUTPUTS = ("Y", "selected_blocks", "selected_tokens")
 ROUTED_INPUTS = ("Q", "K", "V", "position_ids")

@@ -10,6 +10,7 @@ import onnx
 import onnx.reference
 import pytest
 import torch
+from model_helpers import one_torch_thread  # noqa: F401  (autouse fixture)
 
 import onnxattn.export as ox
 from onnxattn import ops
@@ -18,14 +19,6 @@ from onnxattn.nn import LightningIndexer, Rope, lightning_indexer, lightning_ind
 from onnxattn.nn.dsa import lightning_indexer_scores
 
 CPU = ["CPUExecutionProvider"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _inputs(b=2, s=3, h=4, d=8, total=7, seed=0, dtype=torch.float32):

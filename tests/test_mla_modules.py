@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from model_helpers import one_torch_thread  # noqa: F401  (autouse fixture)
 
 import onnxattn.export as ox
 from onnxattn import ops
@@ -21,14 +22,6 @@ from onnxattn.nn import LatentCache, MultiHeadLatentAttention, Rope, RopeScaling
 from onnxattn.nn.functional import multi_head_latent_attention
 
 CPU = ["CPUExecutionProvider"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _inputs(dtype=torch.float64, b=2, s=3, h=2, r=4, dn=2, dr=2, dv=3, past=2, seed=0):

@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from model_helpers import one_torch_thread  # noqa: F401  (autouse fixture)
 
 from helpers import kernel_ops_run, run_onnx_reference, session_options
 from onnxattn import ops
@@ -25,14 +26,6 @@ from onnxattn.ops import paged
 
 ATOL = 2e-5
 DIM = 32
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # pytest -n 2 on two cores
-    yield
-    torch.set_num_threads(threads)
 
 
 MODULES = {
