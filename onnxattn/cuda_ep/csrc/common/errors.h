@@ -35,4 +35,25 @@ template <typename... Parts>
   throw InputError(str_cat(parts...));
 }
 
+// `shape` when it has `rank` dims, none negative; else an InputError naming the op and the input, with the
+// expected `layout` (e.g. "[B, S, H*D]").
+inline const std::vector<int64_t>& expect_rank(const std::vector<int64_t>& shape, const char* op, const char* input,
+                                               size_t rank, const char* layout) {
+  if (shape.size() != rank) {
+    fail(op, ": input '", input, "' must have rank ", rank, " ", layout, ", got shape ", shape_str(shape));
+  }
+  for (int64_t d : shape) {
+    if (d < 0) fail(op, ": input '", input, "' has a negative dimension: ", shape_str(shape));
+  }
+  return shape;
+}
+
+// expect_rank, and the dims `want` too.
+inline void expect_shape(const std::vector<int64_t>& shape, const char* op, const char* input,
+                         const std::vector<int64_t>& want, const char* layout) {
+  if (expect_rank(shape, op, input, want.size(), layout) != want) {
+    fail(op, ": input '", input, "' must be ", layout, " = ", shape_str(want), ", got ", shape_str(shape));
+  }
+}
+
 }  // namespace onnxattn

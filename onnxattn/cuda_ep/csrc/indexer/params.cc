@@ -10,15 +10,7 @@ namespace {
 const char* const kInputNames[kNumInputs] = {"query", "key", "weights", "past_lengths"};
 
 const Shape& expect_rank(const Shapes& s, Input index, size_t rank, const char* layout) {
-  const Shape& shape = *s.inputs[index];
-  if (shape.size() != rank) {
-    fail(kOpName, ": input '", kInputNames[index], "' must have rank ", rank, " ", layout, ", got shape ",
-         shape_str(shape));
-  }
-  for (int64_t d : shape) {
-    if (d < 0) fail(kOpName, ": input '", kInputNames[index], "' has a negative dimension: ", shape_str(shape));
-  }
-  return shape;
+  return onnxattn::expect_rank(*s.inputs[index], kOpName, kInputNames[index], rank, layout);
 }
 
 }  // namespace

@@ -16,23 +16,11 @@ const char* const kInputNames[kNumInputs] = {"query", "latent", "k_rope", "w_uk"
                                              "key_indices"};
 
 const Shape& expect_rank(const Shapes& s, Input index, size_t rank, const char* layout) {
-  const Shape& shape = *s.inputs[index];
-  if (shape.size() != rank) {
-    fail(kOpName, ": input '", kInputNames[index], "' must have rank ", rank, " ", layout, ", got shape ",
-         shape_str(shape));
-  }
-  for (int64_t d : shape) {
-    if (d < 0) fail(kOpName, ": input '", kInputNames[index], "' has a negative dimension: ", shape_str(shape));
-  }
-  return shape;
+  return onnxattn::expect_rank(*s.inputs[index], kOpName, kInputNames[index], rank, layout);
 }
 
 void expect_shape(const Shapes& s, Input index, const Shape& want, const char* layout) {
-  const Shape& got = expect_rank(s, index, want.size(), layout);
-  if (got != want) {
-    fail(kOpName, ": input '", kInputNames[index], "' must be ", layout, " = ", shape_str(want), ", got ",
-         shape_str(got));
-  }
+  onnxattn::expect_shape(*s.inputs[index], kOpName, kInputNames[index], want, layout);
 }
 
 // A past cache as [B, T, width], from [B, T, width] or [B, 1, T, width].
