@@ -225,7 +225,6 @@ template <typename T>
 void run(const Params& p, const Tensors<T>& t, const Plan& plan, void* stream_ptr, void* scratch,
          size_t scratch_bytes) {
   if (p.rows() == 0 || p.top_k == 0) return;
-  check_support(p);
   if (scratch == nullptr || scratch_bytes < plan.scratch_bytes) {
     throw std::runtime_error(str_cat(kOpName, ": the CUDA plan needs ", plan.scratch_bytes, " bytes of scratch, got ",
                                      scratch_bytes));

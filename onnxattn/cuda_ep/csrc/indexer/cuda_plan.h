@@ -36,7 +36,11 @@ inline int64_t tile_row(const Params& p, const Plan& plan, int64_t tile) {
   return (tile / plan.tiles_per_row) * p.seq + (tile % plan.tiles_per_row) * kQueryTile;
 }
 
+// The plan of a call; InputError, naming the op and the input or attribute, for what the CUDA kernel does not take.
 inline Plan make_plan(const Params& p) {
+  if (p.head_dim > kMaxHeadDim) {
+    fail(kOpName, ": input 'key' has D = ", p.head_dim, "; the CUDA kernel takes D <= ", kMaxHeadDim);
+  }
   Plan plan;
   if (p.rows() == 0) return plan;
   plan.tiles_per_row = (p.seq + kQueryTile - 1) / kQueryTile;
@@ -49,19 +53,12 @@ inline Plan make_plan(const Params& p) {
   plan.scratch_bytes = size_t(plan.tiles_per_wave) * tile_bytes;
   plan.width = p.head_dim <= 32 ? 32 : p.head_dim <= 64 ? 64 : 128;
   plan.score_smem = size_t(p.heads) * size_t(plan.width + 1) * sizeof(float);
-  return plan;
-}
-
-// Throws InputError for what the CUDA kernel does not take, naming the op and the input or attribute.
-inline void check_support(const Params& p) {
-  if (p.head_dim > kMaxHeadDim) {
-    fail(kOpName, ": input 'key' has D = ", p.head_dim, "; the CUDA kernel takes D <= ", kMaxHeadDim);
-  }
-  if (make_plan(p).score_smem > kMaxScoreSmem) {
+  if (plan.score_smem > kMaxScoreSmem) {
     fail(kOpName, ": attribute 'num_heads' (", p.heads, ") times D (", p.head_dim,
          ") is too large for the CUDA kernel, which keeps one query's heads in shared memory (at most ",
          kMaxScoreSmem / sizeof(float), " floats)");
   }
+  return plan;
 }
 
 }  // namespace onnxattn::indexer::cuda

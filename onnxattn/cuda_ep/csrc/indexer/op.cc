@@ -46,19 +46,19 @@ template const OrtCustomOp* cpu_op<BFloat16>();
 
 // For tests: the CUDA launch plan of a shape (built without CUDA too). `out` receives tiles_per_row, tiles,
 // tiles_per_wave, key_tiles, width, score_smem and scratch_bytes. Returns null, or the InputError message the CUDA
-// kernel would give (check_support) with `out` untouched.
+// kernel would give (make_plan's) with `out` untouched.
 extern "C" __attribute__((visibility("default"))) const char* OnnxAttnIndexerCudaPlan(
     int64_t batch, int64_t seq, int64_t total, int64_t heads, int64_t head_dim, int64_t top_k, int64_t* out) {
   static thread_local std::string error;
   onnxattn::indexer::Params p;
   p.batch = batch, p.seq = seq, p.total = total, p.heads = heads, p.head_dim = head_dim, p.top_k = top_k;
+  onnxattn::indexer::cuda::Plan plan;
   try {
-    onnxattn::indexer::cuda::check_support(p);
+    plan = onnxattn::indexer::cuda::make_plan(p);
   } catch (const onnxattn::InputError& e) {
     error = e.what();
     return error.c_str();
   }
-  const onnxattn::indexer::cuda::Plan plan = onnxattn::indexer::cuda::make_plan(p);
   const int64_t values[7] = {plan.tiles_per_row, plan.tiles, plan.tiles_per_wave, plan.key_tiles, plan.width,
                              int64_t(plan.score_smem), int64_t(plan.scratch_bytes)};
   std::copy(values, values + 7, out);

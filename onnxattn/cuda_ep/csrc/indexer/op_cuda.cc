@@ -21,7 +21,6 @@ struct CudaKernel {
     return ort::guarded([&] {
       Ort::KernelContext ctx(raw_context);
       const adapter::Call<T> call = adapter::prepare<T>(attrs, ctx);
-      cuda::check_support(call.params);
       const cuda::Plan plan = cuda::make_plan(call.params);
       const Ort::ConstMemoryInfo memory = ctx.GetInput(kQuery).GetTensorMemoryInfo();
       ort::Scratch scratch(raw_context, memory, plan.scratch_bytes, kOpName);
@@ -65,7 +64,6 @@ extern "C" __attribute__((visibility("default"))) const char* OnnxAttnIndexerCud
     shapes.inputs[indexer::kWeights] = indexer::Shape{batch, seq, heads};
     if (ptrs[3] != nullptr) shapes.inputs[indexer::kPastLengths] = indexer::Shape{batch};
     const indexer::Params p = indexer::make_params(shapes, indexer::Attributes{heads, top_k, scale});
-    indexer::cuda::check_support(p);
     const indexer::cuda::Plan plan = indexer::cuda::make_plan(p);
     auto go = [&](auto tag) {
       using T = decltype(tag);
