@@ -3,7 +3,7 @@
 // attributes at session creation; per call, shapes through make_params and the tensors' pointers (the
 // present outputs when the node asks for them); the op's signature, including the in-place declaration
 // of the KV-cache buffers. Each provider adds only its Compute.
-#include "common/cache_op.h"
+#include "common/custom_op.h"
 #include "gqa/attributes.h"
 #include "gqa/params.h"
 
@@ -61,9 +61,9 @@ Call<T> prepare(const Attributes& attrs, Ort::KernelContext& ctx) {
   return call;
 }
 
-// The op's signature, shared by every provider (common/cache_op.h): present_key/present_value may reuse
-// past_key/past_value's buffers (shared-buffer mode). Derived supplies the provider, Kernel the Compute.
-struct Signature {
+// The op's signature, shared by every provider (common/custom_op.h): present_key/present_value may reuse
+// past_key/past_value's buffers (shared-buffer mode).
+struct Signature : ort::SignatureBase<Signature> {
   static constexpr const char* kName = kOpName;
   static constexpr size_t kInputs = kNumInputs, kOutputs = kNumOutputs, kRequiredInputs = kValue + 1;
   static constexpr int kCacheInputs[2] = {int(kPastKey), int(kPastValue)};
@@ -73,7 +73,5 @@ struct Signature {
   }
   static Attributes read_attributes(const OrtKernelInfo* info) { return gqa::read_attributes(info, kOpName); }
 };
-template <typename Derived, typename Kernel, typename T>
-using OpBase = ort::CacheOpBase<Derived, Kernel, T, Signature>;
 
 }  // namespace onnxattn::gqa::adapter

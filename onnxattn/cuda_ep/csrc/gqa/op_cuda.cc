@@ -16,7 +16,6 @@ namespace onnxattn::gqa {
 namespace {
 
 using adapter::Call;
-using adapter::OpBase;
 using adapter::prepare;
 
 template <typename T>
@@ -36,17 +35,11 @@ struct CudaKernel {
   }
 };
 
-template <typename T>
-struct CudaOp : OpBase<CudaOp<T>, CudaKernel<T>, T> {
-  const char* GetExecutionProviderType() const { return "CUDAExecutionProvider"; }
-};
-
 }  // namespace
 
 template <typename T>
 const OrtCustomOp* cuda_op() {
-  static const CudaOp<T> op;
-  return &op;
+  return ort::custom_op<CudaKernel<T>, T, adapter::Signature, ort::OnCuda>();
 }
 
 template const OrtCustomOp* cuda_op<float>();

@@ -1,7 +1,7 @@
 #pragma once
 // The onnxruntime adapter of LightningIndexer shared by the CPU (op.cc) and CUDA (op_cuda.cc) kernels:
 // attributes at session creation; per call, shapes through make_params and the tensors' pointers; the signature.
-#include "common/ort_adapter.h"
+#include "common/custom_op.h"
 #include "indexer/params.h"
 
 namespace onnxattn::indexer::adapter {
@@ -37,26 +37,21 @@ Call<T> prepare(const Attributes& attrs, Ort::KernelContext& ctx) {
   return call;
 }
 
-// Derived supplies the provider (GetExecutionProviderType), Kernel the ComputeV2.
-template <typename Derived, typename Kernel, typename T>
-struct OpBase : Ort::CustomOpBase<Derived, Kernel, /*WithStatus=*/true> {
-  OrtStatusPtr CreateKernelV2(const OrtApi& /*api*/, const OrtKernelInfo* info, void** kernel) const {
-    return ort::guarded([&] { *kernel = new Kernel{read_attributes(info)}; });
-  }
-  const char* GetName() const { return kOpName; }
-  size_t GetInputTypeCount() const { return kNumInputs; }
-  ONNXTensorElementDataType GetInputType(size_t index) const {
+// The op's signature, shared by every provider (common/custom_op.h).
+struct Signature : ort::SignatureBase<Signature> {
+  static constexpr const char* kName = kOpName;
+  static constexpr size_t kInputs = kNumInputs, kOutputs = 1, kRequiredInputs = kPastLengths;
+  static ONNXTensorElementDataType input_type(size_t index, ONNXTensorElementDataType t) {
     switch (index) {
       case kWeights: return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
       case kPastLengths: return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64;
-      default: return ort::TypeOf<T>::value;
+      default: return t;
     }
   }
-  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t index) const {
-    return index < kPastLengths ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
+  static ONNXTensorElementDataType output_type(size_t /*index*/, ONNXTensorElementDataType /*t*/) {
+    return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64;
   }
-  size_t GetOutputTypeCount() const { return 1; }
-  ONNXTensorElementDataType GetOutputType(size_t /*index*/) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64; }
+  static Attributes read_attributes(const OrtKernelInfo* info) { return adapter::read_attributes(info); }
 };
 
 }  // namespace onnxattn::indexer::adapter

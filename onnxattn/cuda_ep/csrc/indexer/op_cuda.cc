@@ -29,17 +29,11 @@ struct CudaKernel {
   }
 };
 
-template <typename T>
-struct CudaOp : adapter::OpBase<CudaOp<T>, CudaKernel<T>, T> {
-  const char* GetExecutionProviderType() const { return "CUDAExecutionProvider"; }
-};
-
 }  // namespace
 
 template <typename T>
 const OrtCustomOp* cuda_op() {
-  static const CudaOp<T> op;
-  return &op;
+  return ort::custom_op<CudaKernel<T>, T, adapter::Signature, ort::OnCuda>();
 }
 
 template const OrtCustomOp* cuda_op<float>();

@@ -34,17 +34,11 @@ struct CpuKernel {
   }
 };
 
-template <typename T>
-struct CpuOp : adapter::OpBase<CpuOp<T>, CpuKernel<T>, T> {
-  const char* GetExecutionProviderType() const { return "CPUExecutionProvider"; }
-};
-
 }  // namespace
 
 template <typename T>
 const OrtCustomOp* cpu_op() {
-  static const CpuOp<T> op;
-  return &op;
+  return ort::custom_op<CpuKernel<T>, T, adapter::Signature, ort::OnCpu>();
 }
 
 template const OrtCustomOp* cpu_op<float>();

@@ -2,7 +2,7 @@
 // The onnxruntime adapter of MultiHeadLatentAttention shared by the CPU (op.cc) and CUDA (op_cuda.cc)
 // kernels: attributes at session creation; per call, shapes through make_params and the tensors'
 // pointers; the op's signature, including the in-place declaration of the latent caches.
-#include "common/cache_op.h"
+#include "common/custom_op.h"
 #include "mla/params.h"
 
 namespace onnxattn::mla::adapter {
@@ -73,9 +73,9 @@ Call<T> prepare(const Attributes& attrs, Ort::KernelContext& ctx) {
   return call;
 }
 
-// The op's signature, shared by every provider (common/cache_op.h): present_latent/present_k_rope may reuse
-// past_latent/past_k_rope's buffers (shared-buffer mode). Derived supplies the provider, Kernel the Compute.
-struct Signature {
+// The op's signature, shared by every provider (common/custom_op.h): present_latent/present_k_rope may reuse
+// past_latent/past_k_rope's buffers (shared-buffer mode).
+struct Signature : ort::SignatureBase<Signature> {
   static constexpr const char* kName = kOpName;
   static constexpr size_t kInputs = kNumInputs, kOutputs = kNumOutputs, kRequiredInputs = kWUv + 1;
   static constexpr int kCacheInputs[2] = {int(kPastLatent), int(kPastKRope)};
@@ -85,7 +85,5 @@ struct Signature {
   }
   static Attributes read_attributes(const OrtKernelInfo* info) { return adapter::read_attributes(info); }
 };
-template <typename Derived, typename Kernel, typename T>
-using OpBase = ort::CacheOpBase<Derived, Kernel, T, Signature>;
 
 }  // namespace onnxattn::mla::adapter

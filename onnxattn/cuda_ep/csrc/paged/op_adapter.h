@@ -7,7 +7,7 @@
 // In place: GetMayInplace lets onnxruntime hand the output pools the input pools' buffers, and I/O binding
 // of each output to its input's OrtValue does the same explicitly (the serving pattern); the kernels then
 // write only the new tokens. Other output buffers first receive a copy of the pools.
-#include "common/cache_op.h"
+#include "common/custom_op.h"
 #include "gqa/attributes.h"
 #include "paged/params.h"
 
@@ -64,9 +64,9 @@ Call<T> prepare(const gqa::Attributes& attrs, Ort::KernelContext& ctx) {
   return call;
 }
 
-// The op's signature, shared by every provider (common/cache_op.h): the output pools may reuse the input
-// pools' buffers (in-place update). Derived supplies the provider, Kernel the Compute.
-struct Signature {
+// The op's signature, shared by every provider (common/custom_op.h): the output pools may reuse the input
+// pools' buffers (in-place update).
+struct Signature : ort::SignatureBase<Signature> {
   static constexpr const char* kName = kOpName;
   static constexpr size_t kInputs = kNumInputs, kOutputs = kNumOutputs, kRequiredInputs = kSeqLens + 1;
   static constexpr int kCacheInputs[2] = {int(kKeyCache), int(kValueCache)};
@@ -76,7 +76,5 @@ struct Signature {
   }
   static gqa::Attributes read_attributes(const OrtKernelInfo* info) { return gqa::read_attributes(info, kOpName); }
 };
-template <typename Derived, typename Kernel, typename T>
-using OpBase = ort::CacheOpBase<Derived, Kernel, T, Signature>;
 
 }  // namespace onnxattn::paged::adapter

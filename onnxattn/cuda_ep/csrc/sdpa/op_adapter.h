@@ -2,7 +2,7 @@
 // The onnxruntime adapter of ScaledDotProductAttention shared by the CPU (op.cc) and CUDA (op_cuda.cc)
 // kernels: attribute reading (at session creation), the input checks that fill Params through the
 // shared validation, and the op's signature. Each provider adds only its Compute.
-#include "common/ort_adapter.h"
+#include "common/custom_op.h"
 #include "sdpa/params.h"
 
 namespace onnxattn::sdpa::adapter {
@@ -62,28 +62,17 @@ Call<T> prepare(const Attributes& attrs, Ort::KernelContext& ctx) {
   return call;
 }
 
-// The op's signature, shared by every provider; Derived supplies the provider name, Kernel the Compute.
-template <typename Derived, typename Kernel, typename T>
-struct OpBase : Ort::CustomOpBase<Derived, Kernel, /*WithStatus=*/true> {
-  OrtStatusPtr CreateKernelV2(const OrtApi& /*api*/, const OrtKernelInfo* info, void** kernel) const {
-    return ort::guarded([&] { *kernel = new Kernel{read_attributes(info)}; });
+// The op's signature, shared by every provider (common/custom_op.h).
+struct Signature : ort::SignatureBase<Signature> {
+  static constexpr const char* kName = kOpName;
+  static constexpr size_t kInputs = kNumInputs, kOutputs = kNumOutputs, kRequiredInputs = kMask;
+  static ONNXTensorElementDataType input_type(size_t index, ONNXTensorElementDataType t) {
+    return index == kMask ? ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED : t;  // bool or T; the kernel checks which
   }
-  const char* GetName() const { return kOpName; }
-  size_t GetInputTypeCount() const { return kNumInputs; }
-  ONNXTensorElementDataType GetInputType(size_t index) const {
-    // The mask may be bool or T; the kernel checks which.
-    return index == kMask ? ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED : ort::TypeOf<T>::value;
+  static ONNXTensorElementDataType output_type(size_t index, ONNXTensorElementDataType t) {
+    return index == kLse ? ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT : t;
   }
-  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t index) const {
-    return index == kMask ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
-  }
-  size_t GetOutputTypeCount() const { return kNumOutputs; }
-  ONNXTensorElementDataType GetOutputType(size_t index) const {
-    return index == kLse ? ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT : ort::TypeOf<T>::value;
-  }
-  OrtCustomOpInputOutputCharacteristic GetOutputCharacteristic(size_t index) const {
-    return index == kLse ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
-  }
+  static Attributes read_attributes(const OrtKernelInfo* info) { return adapter::read_attributes(info); }
 };
 
 }  // namespace onnxattn::sdpa::adapter

@@ -10,7 +10,6 @@ namespace onnxattn::sdpa {
 namespace {
 
 using adapter::Call;
-using adapter::OpBase;
 using adapter::prepare;
 
 template <typename T>
@@ -29,17 +28,11 @@ struct CudaKernel {
   }
 };
 
-template <typename T>
-struct CudaOp : OpBase<CudaOp<T>, CudaKernel<T>, T> {
-  const char* GetExecutionProviderType() const { return "CUDAExecutionProvider"; }
-};
-
 }  // namespace
 
 template <typename T>
 const OrtCustomOp* cuda_op() {
-  static const CudaOp<T> op;
-  return &op;
+  return ort::custom_op<CudaKernel<T>, T, adapter::Signature, ort::OnCuda>();
 }
 
 template const OrtCustomOp* cuda_op<float>();

@@ -34,28 +34,16 @@ struct RoutedCpuKernel {
   }
 };
 
-template <typename T>
-struct NsaCpuOp : adapter::NsaOpBase<NsaCpuOp<T>, NsaCpuKernel<T>, T> {
-  const char* GetExecutionProviderType() const { return "CPUExecutionProvider"; }
-};
-
-template <typename T>
-struct RoutedCpuOp : adapter::RoutedOpBase<RoutedCpuOp<T>, RoutedCpuKernel<T>, T> {
-  const char* GetExecutionProviderType() const { return "CPUExecutionProvider"; }
-};
-
 }  // namespace
 
 template <typename T>
 const OrtCustomOp* nsa_cpu_op() {
-  static const NsaCpuOp<T> op;
-  return &op;
+  return ort::custom_op<NsaCpuKernel<T>, T, adapter::NsaSignature, ort::OnCpu>();
 }
 
 template <typename T>
 const OrtCustomOp* routed_cpu_op() {
-  static const RoutedCpuOp<T> op;
-  return &op;
+  return ort::custom_op<RoutedCpuKernel<T>, T, adapter::RoutedSignature, ort::OnCpu>();
 }
 
 template const OrtCustomOp* nsa_cpu_op<float>();

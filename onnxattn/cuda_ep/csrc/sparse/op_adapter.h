@@ -2,7 +2,7 @@
 // The onnxruntime adapters of NativeSparseAttention and SparseRoutedAttention shared by the CPU (op.cc) and
 // CUDA (op_cuda.cc) kernels: attribute reading (at session creation), the input checks that fill the params
 // through the shared validation, and the ops' signatures. Each provider adds only its Compute.
-#include "common/ort_adapter.h"
+#include "common/custom_op.h"
 #include "sparse/params.h"
 
 namespace onnxattn::sparse::adapter {
@@ -120,47 +120,29 @@ RoutedCall<T> prepare_routed(const RoutedAttributes& attrs, Ort::KernelContext& 
   return call;
 }
 
-// The ops' signatures, shared by every provider; Derived supplies the provider name, Kernel the Compute.
-template <typename Derived, typename Kernel, typename T>
-struct NsaOpBase : Ort::CustomOpBase<Derived, Kernel, /*WithStatus=*/true> {
-  OrtStatusPtr CreateKernelV2(const OrtApi& /*api*/, const OrtKernelInfo* info, void** kernel) const {
-    return ort::guarded([&] { *kernel = new Kernel{read_nsa_attributes(info)}; });
+// The ops' signatures, shared by every provider (common/custom_op.h).
+struct NsaSignature : ort::SignatureBase<NsaSignature> {
+  static constexpr const char* kName = kNsaName;
+  static constexpr size_t kInputs = nsa_io::kNumInputs, kOutputs = nsa_io::kNumOutputs;
+  static constexpr size_t kRequiredInputs = nsa_io::kGates;
+  static ONNXTensorElementDataType input_type(size_t /*index*/, ONNXTensorElementDataType t) { return t; }
+  static ONNXTensorElementDataType output_type(size_t index, ONNXTensorElementDataType t) {
+    return index == nsa_io::kY ? t : ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64;  // the selections
   }
-  const char* GetName() const { return kNsaName; }
-  size_t GetInputTypeCount() const { return nsa_io::kNumInputs; }
-  ONNXTensorElementDataType GetInputType(size_t) const { return ort::TypeOf<T>::value; }
-  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t index) const {
-    return index >= nsa_io::kGates ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
-  }
-  size_t GetOutputTypeCount() const { return nsa_io::kNumOutputs; }
-  ONNXTensorElementDataType GetOutputType(size_t index) const {
-    return index == nsa_io::kY ? ort::TypeOf<T>::value : ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64;
-  }
-  OrtCustomOpInputOutputCharacteristic GetOutputCharacteristic(size_t index) const {
-    return index == nsa_io::kY ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
-  }
+  static NsaAttributes read_attributes(const OrtKernelInfo* info) { return read_nsa_attributes(info); }
 };
 
-template <typename Derived, typename Kernel, typename T>
-struct RoutedOpBase : Ort::CustomOpBase<Derived, Kernel, /*WithStatus=*/true> {
-  OrtStatusPtr CreateKernelV2(const OrtApi& /*api*/, const OrtKernelInfo* info, void** kernel) const {
-    return ort::guarded([&] { *kernel = new Kernel{read_routed_attributes(info)}; });
+struct RoutedSignature : ort::SignatureBase<RoutedSignature> {
+  static constexpr const char* kName = kRoutedName;
+  static constexpr size_t kInputs = routed_io::kNumInputs, kOutputs = routed_io::kNumOutputs;
+  static constexpr size_t kRequiredInputs = routed_io::kPositions;
+  static ONNXTensorElementDataType input_type(size_t index, ONNXTensorElementDataType t) {
+    return index == routed_io::kPositions ? ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64 : t;
   }
-  const char* GetName() const { return kRoutedName; }
-  size_t GetInputTypeCount() const { return routed_io::kNumInputs; }
-  ONNXTensorElementDataType GetInputType(size_t index) const {
-    return index == routed_io::kPositions ? ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64 : ort::TypeOf<T>::value;
+  static ONNXTensorElementDataType output_type(size_t index, ONNXTensorElementDataType t) {
+    return index == routed_io::kY ? t : ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64;  // the selections
   }
-  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t index) const {
-    return index == routed_io::kPositions ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
-  }
-  size_t GetOutputTypeCount() const { return routed_io::kNumOutputs; }
-  ONNXTensorElementDataType GetOutputType(size_t index) const {
-    return index == routed_io::kY ? ort::TypeOf<T>::value : ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64;
-  }
-  OrtCustomOpInputOutputCharacteristic GetOutputCharacteristic(size_t index) const {
-    return index == routed_io::kY ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
-  }
+  static RoutedAttributes read_attributes(const OrtKernelInfo* info) { return read_routed_attributes(info); }
 };
 
 }  // namespace onnxattn::sparse::adapter

@@ -42,28 +42,16 @@ struct RoutedCudaKernel {
   }
 };
 
-template <typename T>
-struct NsaCudaOp : adapter::NsaOpBase<NsaCudaOp<T>, NsaCudaKernel<T>, T> {
-  const char* GetExecutionProviderType() const { return "CUDAExecutionProvider"; }
-};
-
-template <typename T>
-struct RoutedCudaOp : adapter::RoutedOpBase<RoutedCudaOp<T>, RoutedCudaKernel<T>, T> {
-  const char* GetExecutionProviderType() const { return "CUDAExecutionProvider"; }
-};
-
 }  // namespace
 
 template <typename T>
 const OrtCustomOp* nsa_cuda_op() {
-  static const NsaCudaOp<T> op;
-  return &op;
+  return ort::custom_op<NsaCudaKernel<T>, T, adapter::NsaSignature, ort::OnCuda>();
 }
 
 template <typename T>
 const OrtCustomOp* routed_cuda_op() {
-  static const RoutedCudaOp<T> op;
-  return &op;
+  return ort::custom_op<RoutedCudaKernel<T>, T, adapter::RoutedSignature, ort::OnCuda>();
 }
 
 template const OrtCustomOp* nsa_cuda_op<float>();
