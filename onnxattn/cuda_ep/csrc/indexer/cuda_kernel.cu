@@ -1,7 +1,8 @@
 // LightningIndexer on CUDA: a score kernel (tiles of kQueryTile queries x kKeyTile keys on CUDA cores, one thread
 // per key, summed over the heads in registers) writes whole float32 score rows to scratch; a select kernel (one
 // block per row) finds each row's top-k by a radix select on the scores' order-preserving bits and writes the picks
-// in ascending position order with two block scans. Rows go in waves of query tiles (cuda_plan.h).
+// in ascending position order with three block scans (candidates, ties, output slots). Rows go in waves of query
+// tiles (cuda_plan.h).
 #include <cuda_runtime.h>
 
 #include <cstdint>
