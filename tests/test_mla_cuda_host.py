@@ -79,6 +79,10 @@ def test_key_indices_split_the_lists_and_take_scratch_for_them(monkeypatch):
     with pytest.raises(ValueError, match=r"MultiHeadLatentAttention: the CUDA kernel sorts each token's key_indices "
                        r"in shared memory, which allows K <= 8192 entries per query; got K = 8193"):
         lib.plan(lib.Problem(batch=1, heads=16, past=9000, index_count=8193))
+    with pytest.raises(ValueError, match=r"MultiHeadLatentAttention: the CUDA kernel keeps each token's key_indices "
+                       r"as int32 positions, so the caches may hold at most 2147483647 tokens; got 2147483648"):
+        lib.plan(lib.Problem(batch=1, heads=16, past=2**31 - 1, index_count=64))
+    lib.plan(lib.Problem(batch=1, heads=16, past=2**31 - 2, index_count=64))  # the longest it takes
 
 
 @pytest.mark.parametrize("problem, message", [

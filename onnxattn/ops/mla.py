@@ -95,7 +95,8 @@ nothing (padding), entries that are not visible under the rules above (a future 
 are ignored, and an entry past the caches (>= P + S, or >= M in shared-buffer mode) is an error (the CUDA
 kernel, which cannot raise, ignores it). The kernels attend to each token's listed keys only, so their work
 grows with K rather than with the cache (the CPU kernel's `indexed` path; the CUDA kernel sorts each token's
-list once and walks it). Selection is discrete: no gradient flows into the indices.
+list once and walks it, which takes K <= 8192 and caches of at most 2^31 - 1 tokens). Selection is discrete: no gradient
+flows into the indices.
 
 **RoPE.** `inv_freq[i] = rope_base^(-2i/Dr)`, or the `rope_inv_freq` input (scaled RoPE such as the YaRN
 frequencies of DeepSeek-V3, with its attention factor in `rope_attention_scaling`, which multiplies cos

@@ -113,6 +113,10 @@ inline Plan make_plan(const Params& p, int sm_count, size_t element_bytes, bool 
          "allows Dn and R up to ", kMaxSharedBytes / sizeof(float), "; got Dn = ", p.nope_dim, ", R = ", r);
   }
   if (p.indexed()) {
+    if (p.total > int64_t(INT32_MAX)) {  // the lists hold int32 positions, INT32_MAX marking the unused slots
+      fail(kOpName, ": the CUDA kernel keeps each token's key_indices as int32 positions, so the caches may hold "
+           "at most ", INT32_MAX, " tokens; got ", p.total);
+    }
     if (p.index_count > kMaxListedKeys) {
       fail(kOpName, ": the CUDA kernel sorts each token's key_indices in shared memory, which allows K <= ",
            kMaxListedKeys, " entries per query; got K = ", p.index_count);
