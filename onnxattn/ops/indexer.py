@@ -41,6 +41,9 @@ RoPE: for each query, the `top_k` visible cache positions with the highest index
 per token shared by every head; `weights` are its per-token head weights (DeepSeek-V3.2: `weights_proj(x) *
 H^-0.5`). An unfused graph computes the [B, S, H, T] scores in float32 (4 GiB for a 4k-token prompt with 64 heads)
 before its TopK; the kernels keep one [S, T] row block of summed scores at most, the CPU one a row per thread.
+Scores are float32 sums of float32 products in every kernel: the CUDA one multiplies float16 / bfloat16 inputs on
+tensor cores (exact products, float32 accumulation; `ONNXATTN_INDEXER_CUDA=simt` asks for its CUDA-core kernel),
+float32 inputs on CUDA cores (no TF32).
 
 **Keys and positions.** `key` holds every key the queries may pick, the new tokens' included (the indexer's key
 cache after this step's keys were written: `[B, T, D]`, or `[B, 1, T, D]` as the decoder export caches it).

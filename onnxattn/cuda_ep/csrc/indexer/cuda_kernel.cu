@@ -1,12 +1,13 @@
-// LightningIndexer on CUDA: a score kernel (tiles of kQueryTile queries x kKeyTile keys on CUDA cores, one thread
-// per key, summed over the heads in registers) writes whole float32 score rows to scratch; a select kernel (one
-// block per row) finds each row's top-k by a radix select on the scores' order-preserving bits and writes the picks
-// in ascending position order with three block scans (candidates, ties, output slots). Rows go in waves of query
-// tiles (cuda_plan.h).
+// LightningIndexer on CUDA: a score kernel writes whole float32 score rows to scratch, for tiles of kQueryTile
+// queries x kKeyTile keys: on tensor cores for 16-bit inputs (score_mma_kernel), else on CUDA cores (score_kernel,
+// one thread per key, summed over the heads in registers); a select kernel (one block per row) finds each row's
+// top-k by a radix select on the scores' order-preserving bits and writes the picks in ascending position order
+// with three block scans (candidates, ties, output slots). Rows go in waves of query tiles (cuda_plan.h).
 #include <cuda_runtime.h>
 
 #include <cstdint>
 #include <stdexcept>
+#include <type_traits>
 
 #include "common/cuda_errors.h"
 #include "common/errors.h"
@@ -21,6 +22,7 @@ namespace sc = onnxattn::sdpa::cuda;
 
 constexpr int kSelectWarps = kSelectThreads / 32;
 static_assert(kKeyTile == 128, "the score kernel runs one thread per key of its tile");
+static_assert(kKeyTile == kMmaWarps * 32, "the tensor-core score kernel's warps take 32 keys each");
 
 // The key position of row b's first query; a past_lengths entry outside [0, T - S] is clamped into it.
 __device__ __forceinline__ int64_t first_position(const int64_t* past_lengths, int64_t b, int64_t seq, int64_t total) {
@@ -83,6 +85,127 @@ __global__ void __launch_bounds__(kKeyTile)
       score += w[h] * fmaxf((dot.x + dot.y) + (dot.z + dot.w), 0.0f);
     }
     scores[(row0 + j - first_row) * total + t] = score;
+  }
+}
+
+// Tensor cores (16-bit inputs): per query, the key tile times the query's heads on mma.sync m16n8k16 with the keys
+// as rows (a warp's 32 keys are two m16 blocks whose A fragments stay in registers for every query of the tile) and
+// the heads as columns (n8 blocks read from shared memory by ldmatrix), float32 accumulators. Each accumulator goes
+// through ReLU(scale x) times its head's weight into the lane's per-key sums; the four lanes of a quad hold one key
+// row's columns, so a quad sum gives the key's score. The next query's heads load while this one's multiply. Rows
+// and channels past H and D are zero (zero weight), keys past T zero and never written, like keys in a query's
+// future.
+template <typename T, int kWidth>
+__global__ void __launch_bounds__(kMmaWarps * 32)
+    score_mma_kernel(const T* __restrict__ query, const T* __restrict__ key, const float* __restrict__ weights,
+                     const int64_t* __restrict__ past_lengths, int64_t seq, int64_t total, int heads, int mma_heads,
+                     int head_dim, float scale, int64_t tiles_per_row, int64_t first_tile, int64_t first_row,
+                     float* __restrict__ scores) {
+  constexpr int kStride = kWidth + int(kMmaPad);  // elements per shared row
+  constexpr int kChunks = kWidth / 8;             // 16-byte chunks per row
+  constexpr int kSteps = kWidth / 16;             // k16 steps per product
+  constexpr int kThreads = kMmaWarps * 32;
+  extern __shared__ float4 smem[];  // as score_kernel's: one declaration of the dynamic shared memory per unit
+  uint16_t* const k_s = reinterpret_cast<uint16_t*>(smem);                         // [kKeyTile][kStride]
+  uint16_t* const q_s = k_s + kKeyTile * kStride;                                  // [2][mma_heads][kStride]
+  float* const w_s = reinterpret_cast<float*>(q_s + 2 * mma_heads * kStride);      // [2][mma_heads]
+
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int quad_row = lane / 4, quad_col = 2 * (lane % 4);
+  const int64_t tile = first_tile + blockIdx.y;
+  const int64_t b = tile / tiles_per_row;
+  const int64_t i0 = (tile % tiles_per_row) * kQueryTile;
+  const int count = int(seq - i0 < kQueryTile ? seq - i0 : kQueryTile);
+  const int64_t first = first_position(past_lengths, b, seq, total);
+  const int64_t k0 = int64_t(blockIdx.x) * kKeyTile;
+  if (k0 > first + i0 + count - 1) return;  // the whole key tile is in every query's future
+  // positions grow with j: the queries before j_begin see none of the tile
+  const int j_begin = k0 > first + i0 ? int(k0 - first - i0) : 0;
+  const int d_chunks = head_dim / 8;  // D % 8 == 0 (the plan)
+  const int64_t row0 = b * seq + i0;
+
+  for (int idx = tid; idx < kKeyTile * kChunks; idx += kThreads) {
+    const int r = idx / kChunks, c = idx % kChunks;
+    const bool valid = k0 + r < total && c < d_chunks;
+    const T* const src = valid ? key + (b * total + k0 + r) * head_dim + c * 8 : key;
+    sc::cp_async_16(sc::smem_u32(k_s + r * kStride + c * 8), src, valid);
+  }
+  sc::cp_async_commit();  // group: the key tile
+  auto load_query = [&](int j, int buf) {
+    uint16_t* const dst = q_s + buf * mma_heads * kStride;
+    const T* const src = query + (row0 + j) * int64_t(heads) * head_dim;
+    for (int idx = tid; idx < mma_heads * kChunks; idx += kThreads) {
+      const int h = idx / kChunks, c = idx % kChunks;
+      const bool valid = h < heads && c < d_chunks;
+      sc::cp_async_16(sc::smem_u32(dst + h * kStride + c * 8), valid ? src + h * head_dim + c * 8 : src, valid);
+    }
+    float* const w_dst = w_s + buf * mma_heads;
+    for (int h = tid; h < mma_heads; h += kThreads) w_dst[h] = h < heads ? weights[(row0 + j) * heads + h] : 0.0f;
+  };
+  load_query(j_begin, 0);
+  sc::cp_async_commit();  // group: the first query
+  sc::cp_async_wait<1>();  // the key tile has landed (this thread's part)
+  __syncthreads();
+  uint32_t ka[2][kSteps][4];
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+    for (int ks = 0; ks < kSteps; ++ks) {
+      sc::ldmatrix_x4(ka[mt][ks],
+                      sc::smem_u32(k_s + (warp * 32 + mt * 16 + lane % 16) * kStride + ks * 16 + (lane / 16) * 8));
+    }
+  }
+
+  const int head_blocks = mma_heads / 16;
+  for (int j = j_begin; j < count; ++j) {
+    const int buf = (j - j_begin) & 1;
+    if (j + 1 < count) load_query(j + 1, buf ^ 1);
+    sc::cp_async_commit();  // empty past the last query: the group count stays uniform
+    sc::cp_async_wait<1>();  // query j has landed (this thread's part) ...
+    __syncthreads();         // ... every thread's, and its weights
+    const uint16_t* const heads_s = q_s + buf * mma_heads * kStride;
+    const float* const w = w_s + buf * mma_heads;
+    float part[2][2] = {{0.0f, 0.0f}, {0.0f, 0.0f}};  // [m16 block][row half]: this lane's columns' sum
+    for (int hb = 0; hb < head_blocks; ++hb) {
+      float acc[2][2][4];  // [m16 block][n8 block][fragment]
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+        for (int n = 0; n < 2; ++n) acc[mt][n][0] = acc[mt][n][1] = acc[mt][n][2] = acc[mt][n][3] = 0.0f;
+      const uint32_t q_addr =
+          sc::smem_u32(heads_s + (hb * 16 + lane % 8 + (lane / 16) * 8) * kStride + ((lane / 8) % 2) * 8);
+#pragma unroll
+      for (int ks = 0; ks < kSteps; ++ks) {
+        uint32_t qb[4];
+        sc::ldmatrix_x4(qb, q_addr + ks * 32);
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt) {
+          sc::Mma<T>::run(acc[mt][0], ka[mt][ks], qb[0], qb[1]);
+          sc::Mma<T>::run(acc[mt][1], ka[mt][ks], qb[2], qb[3]);
+        }
+      }
+#pragma unroll
+      for (int n = 0; n < 2; ++n) {
+        const float2 wn = *reinterpret_cast<const float2*>(w + hb * 16 + n * 8 + quad_col);
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt) {
+          part[mt][0] += wn.x * fmaxf(acc[mt][n][0] * scale, 0.0f) + wn.y * fmaxf(acc[mt][n][1] * scale, 0.0f);
+          part[mt][1] += wn.x * fmaxf(acc[mt][n][2] * scale, 0.0f) + wn.y * fmaxf(acc[mt][n][3] * scale, 0.0f);
+        }
+      }
+    }
+    const int64_t position = first + i0 + j;
+    float* const out = scores + (row0 + j - first_row) * total;
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const float score = sc::quad_sum(part[mt][half]);
+        const int64_t t = k0 + warp * 32 + mt * 16 + half * 8 + quad_row;
+        if (lane % 4 == 0 && t <= position && t < total) out[t] = score;
+      }
+    }
+    __syncthreads();  // every warp is done with buffer `buf` before the next iteration refills it
   }
 }
 
@@ -213,8 +336,20 @@ namespace {
 template <typename T, int kWidth>
 void launch_score(const Params& p, const Tensors<T>& t, const Plan& plan, int64_t tile, int64_t tiles, int64_t row0,
                   float* scores, cudaStream_t stream) {
-  sc::allow_smem<score_kernel<T, kWidth>>(plan.score_smem);
   const dim3 grid(unsigned(plan.key_tiles), unsigned(tiles));
+  if constexpr (!std::is_same_v<T, float>) {
+    if (plan.score_kernel == ScoreKernel::kTensorCores) {
+      sc::allow_smem<score_mma_kernel<T, kWidth>>(plan.score_smem);
+      score_mma_kernel<T, kWidth><<<grid, kMmaWarps * 32, plan.score_smem, stream>>>(
+          t.query, t.key, t.weights, t.past_lengths, p.seq, p.total, int(p.heads), int(plan.mma_heads),
+          int(p.head_dim), p.scale, plan.tiles_per_row, tile, row0, scores);
+      return;
+    }
+  }
+  if (plan.score_kernel != ScoreKernel::kCudaCores) {
+    throw std::runtime_error(str_cat(kOpName, ": the tensor-core score kernel takes float16 or bfloat16 inputs"));
+  }
+  sc::allow_smem<score_kernel<T, kWidth>>(plan.score_smem);
   score_kernel<T, kWidth><<<grid, kKeyTile, plan.score_smem, stream>>>(
       t.query, t.key, t.weights, t.past_lengths, p.seq, p.total, int(p.heads), int(p.head_dim), p.scale,
       plan.tiles_per_row, tile, row0, scores);

@@ -21,7 +21,7 @@ struct CudaKernel {
     return ort::guarded([&] {
       Ort::KernelContext ctx(raw_context);
       const adapter::Call<T> call = adapter::prepare<T>(attrs, ctx);
-      const cuda::Plan plan = cuda::make_plan(call.params);
+      const cuda::Plan plan = cuda::make_plan(call.params, int(sizeof(T)), cuda::tensor_cores_allowed());
       const Ort::ConstMemoryInfo memory = ctx.GetInput(kQuery).GetTensorMemoryInfo();
       ort::Scratch scratch(raw_context, memory, plan.scratch_bytes, kOpName);
       cuda::run(call.params, call.tensors, plan, ctx.GetGPUComputeStream(), scratch.data(), plan.scratch_bytes);
@@ -58,9 +58,10 @@ extern "C" __attribute__((visibility("default"))) const char* OnnxAttnIndexerCud
     shapes.inputs[indexer::kWeights] = indexer::Shape{batch, seq, heads};
     if (ptrs[3] != nullptr) shapes.inputs[indexer::kPastLengths] = indexer::Shape{batch};
     const indexer::Params p = indexer::make_params(shapes, indexer::Attributes{heads, top_k, scale});
-    const indexer::cuda::Plan plan = indexer::cuda::make_plan(p);
     auto go = [&](auto tag) {
       using T = decltype(tag);
+      const bool tensor_cores = indexer::cuda::tensor_cores_allowed();
+      const indexer::cuda::Plan plan = indexer::cuda::make_plan(p, int(sizeof(T)), tensor_cores);
       indexer::Tensors<T> t;
       t.query = static_cast<const T*>(ptrs[0]);
       t.key = static_cast<const T*>(ptrs[1]);
