@@ -246,13 +246,48 @@ __device__ int block_exclusive_scan(int value, int* scan, int* total) {
   return scan[warp] + inclusive - value;
 }
 
+// Warp 0 finds the bin holding the rank-th largest of the keys counted in `histogram` (bin 255 first): each lane
+// sums 8 bins, a warp scan orders the lanes' sums, and the lane whose range holds the rank walks its own 8 bins,
+// instead of one thread walking up to 256 dependent shared reads. Sets `chosen_prefix` (prefix | bin << shift) and
+// `chosen_rank` (the rank among that bin's keys) when rank <= the histogram's total, and `counted` to the total.
+__device__ void find_bin(const unsigned* histogram, int64_t rank, uint32_t prefix, int shift, uint32_t* chosen_prefix,
+                         int64_t* chosen_rank, int64_t* counted) {
+  const int lane = threadIdx.x & 31;
+  unsigned counts[8];
+  int64_t mine = 0;
+#pragma unroll
+  for (int q = 0; q < 8; ++q) {
+    counts[q] = histogram[255 - 8 * lane - q];
+    mine += counts[q];
+  }
+  int64_t inclusive = mine;
+#pragma unroll
+  for (int offset = 1; offset < 32; offset <<= 1) {
+    const int64_t other = __shfl_up_sync(0xffffffffu, inclusive, offset);
+    if (lane >= offset) inclusive += other;
+  }
+  int64_t above = inclusive - mine;  // keys in the bins above this lane's
+  if (above < rank && rank <= inclusive) {
+#pragma unroll
+    for (int q = 0; q < 8; ++q) {
+      if (above + counts[q] >= rank) {
+        *chosen_prefix = prefix | (uint32_t(255 - 8 * lane - q) << shift);
+        *chosen_rank = rank - above;
+        break;
+      }
+      above += counts[q];
+    }
+  }
+  if (lane == 31) *counted = inclusive;
+}
+
 __global__ void __launch_bounds__(kSelectThreads, 1)
     select_kernel(const float* __restrict__ scores, const int64_t* __restrict__ past_lengths, int64_t seq,
                   int64_t total, int64_t top_k, int64_t first_row, int64_t* __restrict__ key_indices) {
   __shared__ unsigned histogram[256];
   __shared__ int scan[kSelectWarps + 1];
   __shared__ uint32_t chosen_prefix;
-  __shared__ int64_t chosen_rank;
+  __shared__ int64_t chosen_rank, counted;
   const int64_t row = first_row + blockIdx.x;
   const int64_t b = row / seq, i = row - b * seq;
   const int64_t visible = first_position(past_lengths, b, seq, total) + i + 1;
@@ -260,47 +295,36 @@ __global__ void __launch_bounds__(kSelectThreads, 1)
   int64_t* const out = key_indices + row * top_k;
   const int tid = threadIdx.x, lane = tid & 31;
 
-  int mine = 0;
-  for (int64_t t = tid; t < visible; t += kSelectThreads) mine += order_key(s[t]) != 0u;
-  int candidates = 0;
-  block_exclusive_scan(mine, scan, &candidates);
-  // picks: every key above `threshold`, then the first `ties` keys equal to it (lower positions win ties)
+  // picks: every key above `threshold`, then the first `ties` keys equal to it (lower positions win ties). A radix
+  // select finds the top_k-th largest key, 8 bits a pass; the first pass's histogram also counts the candidates
+  // (keys that may be picked): with top_k or fewer of them, every one is picked.
   uint32_t threshold = 0u;
   int64_t ties = 0;
-  if (candidates > top_k) {  // radix select of the top_k-th largest key, 8 bits a pass
-    uint32_t prefix = 0u, mask = 0u;
-    int64_t rank = top_k;  // the wanted key's rank among the keys matching prefix
-    for (int shift = 24; shift >= 0; shift -= 8) {
-      for (int x = tid; x < 256; x += kSelectThreads) histogram[x] = 0u;
-      __syncthreads();
-      // scores cluster in a few bins (the first pass sees sign and exponent): one atomic per bin and warp, not one
-      // per lane, or the lanes of a warp serialise on the same shared word. Whole warps step together (t0 is the
-      // warp's first position), so every lane takes part in the match.
-      for (int64_t t0 = tid - lane; t0 < visible; t0 += kSelectThreads) {
-        const uint32_t k = t0 + lane < visible ? order_key(s[t0 + lane]) : 0u;
-        const uint32_t bin = k != 0u && (k & mask) == prefix ? (k >> shift) & 255u : 256u;
-        const unsigned peers = __match_any_sync(0xffffffffu, bin);
-        if (bin < 256u && lane == __ffs(peers) - 1) atomicAdd(&histogram[bin], unsigned(__popc(peers)));
-      }
-      __syncthreads();
-      if (tid == 0) {
-        int64_t above = 0;
-        for (int bin = 255; bin >= 0; --bin) {
-          if (above + histogram[bin] >= rank) {
-            chosen_prefix = prefix | (uint32_t(bin) << shift);
-            chosen_rank = rank - above;
-            break;
-          }
-          above += histogram[bin];
-        }
-      }
-      __syncthreads();
-      prefix = chosen_prefix;
-      rank = chosen_rank;
-      mask |= 255u << shift;
+  uint32_t prefix = 0u, mask = 0u;
+  int64_t rank = top_k;  // the wanted key's rank among the keys matching prefix
+  for (int shift = 24; shift >= 0; shift -= 8) {
+    for (int x = tid; x < 256; x += kSelectThreads) histogram[x] = 0u;
+    __syncthreads();
+    // scores cluster in a few bins (the first pass sees sign and exponent): one atomic per bin and warp, not one
+    // per lane, or the lanes of a warp serialise on the same shared word. Whole warps step together (t0 is the
+    // warp's first position), so every lane takes part in the match.
+    for (int64_t t0 = tid - lane; t0 < visible; t0 += kSelectThreads) {
+      const uint32_t k = t0 + lane < visible ? order_key(s[t0 + lane]) : 0u;
+      const uint32_t bin = k != 0u && (k & mask) == prefix ? (k >> shift) & 255u : 256u;
+      const unsigned peers = __match_any_sync(0xffffffffu, bin);
+      if (bin < 256u && lane == __ffs(peers) - 1) atomicAdd(&histogram[bin], unsigned(__popc(peers)));
     }
-    threshold = prefix;
-    ties = rank;
+    __syncthreads();
+    if (tid < 32) find_bin(histogram, rank, prefix, shift, &chosen_prefix, &chosen_rank, &counted);
+    __syncthreads();
+    if (shift == 24 && counted <= top_k) break;  // every candidate is picked: threshold 0, no ties
+    prefix = chosen_prefix;
+    rank = chosen_rank;
+    mask |= 255u << shift;
+    if (shift == 0) {
+      threshold = prefix;
+      ties = rank;
+    }
   }
   // each thread a contiguous run of positions, so that the picks come out in ascending order
   const int64_t per_thread = (visible + kSelectThreads - 1) / kSelectThreads;
