@@ -8,7 +8,8 @@ Contract:
 1. q = query [B, S, H*D] -> [B, S, H, D]; key [B, T, D] or [B, 1, T, D] -> [B, T, D]; D from key, H = (H*D) / D.
 2. score[b, i, t] = sum_h weights[b, i, h] * relu(scale * q[b, i, h] . key[b, t]); scale 0 means 1/sqrt(D).
 3. query i sits at p = T - S + i, or p = past_lengths[b] + i (shared buffer); it sees keys t <= p.
-4. the top_k visible keys by score, ties toward the lower position, listed in ascending position order, then -1.
+4. the top_k visible keys by score, ties toward the lower position, listed in ascending position order, then -1;
+   a key whose score is NaN or -inf is never picked (a NaN in a visible key makes its score NaN).
 
 Inputs of any float dtype are upcast to float64 exactly (fp16 / bf16 values are float64 values), so the oracle
 sees what every implementation sees; only the arithmetic differs (implementations score in float32).
@@ -79,7 +80,8 @@ def indexer_oracle(query, key, weights, past_lengths=None, *, num_heads, top_k, 
             p = (total - seq + i) if past_lengths is None else int(past_lengths[b]) + i
             visible = min(max(p + 1, 0), total)
             row = scores[b, i, :visible]
-            order = np.lexsort((np.arange(visible), -row))[:top_k]  # by score descending, then position
+            pickable = np.flatnonzero(row > -np.inf)  # NaN compares False
+            order = pickable[np.lexsort((pickable, -row[pickable]))][:top_k]  # score descending, then position
             picks = np.sort(order)
             out[b, i, : picks.size] = picks
     return out
@@ -120,16 +122,18 @@ def assert_topk_within(picks, query, key, weights, past_lengths=None, *, num_hea
             p = (total - seq + i) if past_lengths is None else int(past_lengths[b]) + i
             visible = min(max(p + 1, 0), total)
             row = picks[b, i]
-            count = min(top_k, visible)
+            s = scores[b, i, :visible]
+            pickable = np.flatnonzero(s > -np.inf)  # NaN and -inf scores are never picked
+            count = min(top_k, pickable.size)
             where = f"row [{b}, {i}] (position {p}): {row.tolist()}"
             assert (row[count:] == -1).all(), f"{where}: expected {count} picks, then -1"
             chosen = row[:count]
             assert ((chosen >= 0) & (chosen < visible)).all(), f"{where}: a pick outside the visible 0..{p}"
             assert (np.diff(chosen) > 0).all(), f"{where}: picks not ascending and distinct"
-            if count == visible:
+            assert np.isin(chosen, pickable).all(), f"{where}: a key scoring NaN or -inf picked"
+            if count == pickable.size:
                 continue
-            s = scores[b, i, :visible]
-            rest = np.setdiff1d(np.arange(visible), chosen)
+            rest = np.setdiff1d(pickable, chosen)
             low, high = s[chosen].min(), s[rest].max()
             assert high <= low + tolerance[b, i], (
                 f"{where}: key {rest[s[rest].argmax()]} (score {high:.9g}) left out for a pick scoring {low:.9g} "

@@ -83,7 +83,8 @@ class Case:
     scale: float = 0.0
     key_rank: int = 4
     past: tuple | None = None  # shared-buffer mode: past_lengths per batch row (hidden slots hold NaN)
-    values: str = "grid"  # "grid", "normal" (tolerance check), "dup-keys" (key t = key t % 3), "zero-query"
+    values: str = "grid"  # "grid", "normal" (tolerance check), "dup-keys" (key t = key t % 3), "zero-query",
+    # "nan-keys" (NaN in some visible keys: their scores are NaN, never picked)
     weights: str = "grid"  # or "negative"
     dtype: str = "float32"
 
@@ -114,6 +115,8 @@ CASES = [
     Case("ties-duplicated-keys", batch=2, q_len=6, kv_len=15, values="dup-keys", top_k=4),
     Case("ties-zero-query", q_len=4, kv_len=10, values="zero-query", top_k=3),
     Case("negative-weights", batch=2, q_len=5, kv_len=16, heads=2, weights="negative", top_k=2),
+    # early rows see fewer keys than top_k once the NaN ones are out: padding follows the finite picks
+    Case("nan-visible-keys", batch=2, q_len=6, kv_len=12, values="nan-keys", top_k=5),
     Case("large", batch=2, q_len=40, kv_len=600, heads=8, head_dim=64, top_k=64),
     Case("t-prime-1031", q_len=5, kv_len=1031, heads=2, head_dim=16, top_k=129),
     Case("normal-chunk-b2", batch=2, q_len=7, kv_len=50, values="normal", top_k=9),
@@ -124,8 +127,8 @@ CASES = [
     Case("shared-decode-h64", batch=2, q_len=1, kv_len=200, heads=64, head_dim=16, past=(150, 7), top_k=9),
     Case("h160-one-query-blocks", q_len=6, kv_len=70, heads=160, head_dim=8, top_k=7),
 ]
-_LOW_PRECISION_OF = ("chunk-sq-ne-t-b2", "decode-b3", "shared-b3-nan-hidden", "ties-duplicated-keys", "large",
-                     "normal-chunk-b2", "normal-shared-d8")
+_LOW_PRECISION_OF = ("chunk-sq-ne-t-b2", "decode-b3", "shared-b3-nan-hidden", "nan-visible-keys",
+                     "ties-duplicated-keys", "large", "normal-chunk-b2", "normal-shared-d8")
 CASES += [dataclasses.replace(c, id=f"{c.id}-{dtype}", dtype=dtype)
           for dtype in ("float16", "bfloat16") for c in CASES if c.id in _LOW_PRECISION_OF]
 CASES_BY_ID = {c.id: c for c in CASES}
@@ -152,6 +155,9 @@ def arrays_of(case_id: str) -> dict[str, np.ndarray]:
         key = key[:, np.arange(t) % 3]
     if c.values == "zero-query":
         query = np.zeros_like(query)
+    if c.values == "nan-keys":
+        key[0, [1, 4, 6, 7]] = np.nan
+        key[1, [0, 9], 3] = np.nan  # one channel: the whole dot product is NaN
     if c.weights == "negative":
         weights = -np.abs(weights) - 0.25
     out = {"query": query, "key": key, "weights": weights}

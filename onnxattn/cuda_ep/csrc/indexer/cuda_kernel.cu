@@ -32,6 +32,10 @@ __device__ __forceinline__ int64_t first_position(const int64_t* past_lengths, i
   return length < 0 ? 0 : (length > last ? last : length);
 }
 
+// ReLU as the contract (and the CPU kernel's std::max(x, 0.0f)) has it: NaN stays NaN, so a key whose product is
+// NaN scores NaN and is never picked; fmaxf would turn it into 0, a finite score.
+__device__ __forceinline__ float relu(float x) { return x < 0.0f ? 0.0f : x; }
+
 // One thread per key: its key row (zero-padded to kWidth channels) stays in registers for every query and head of
 // the tile, while each query's heads, scaled, sit in shared memory and are read as float4 broadcasts (the same
 // address for the whole warp), so an FMA costs a quarter of a shared load. Scores of keys in a query's future are
@@ -82,7 +86,7 @@ __global__ void __launch_bounds__(kKeyTile)
         dot.z = fmaf(x.z, k_row[4 * d + 2], dot.z);
         dot.w = fmaf(x.w, k_row[4 * d + 3], dot.w);
       }
-      score += w[h] * fmaxf((dot.x + dot.y) + (dot.z + dot.w), 0.0f);
+      score += w[h] * relu((dot.x + dot.y) + (dot.z + dot.w));
     }
     scores[(row0 + j - first_row) * total + t] = score;
   }
@@ -189,8 +193,8 @@ __global__ void __launch_bounds__(kMmaWarps * 32)
         const float2 wn = *reinterpret_cast<const float2*>(w + hb * 16 + n * 8 + quad_col);
 #pragma unroll
         for (int mt = 0; mt < 2; ++mt) {
-          part[mt][0] += wn.x * fmaxf(acc[mt][n][0] * scale, 0.0f) + wn.y * fmaxf(acc[mt][n][1] * scale, 0.0f);
-          part[mt][1] += wn.x * fmaxf(acc[mt][n][2] * scale, 0.0f) + wn.y * fmaxf(acc[mt][n][3] * scale, 0.0f);
+          part[mt][0] += wn.x * relu(acc[mt][n][0] * scale) + wn.y * relu(acc[mt][n][1] * scale);
+          part[mt][1] += wn.x * relu(acc[mt][n][2] * scale) + wn.y * relu(acc[mt][n][3] * scale);
         }
       }
     }
