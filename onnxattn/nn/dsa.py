@@ -21,8 +21,8 @@ torch, the function and the kernels); transformers' order differs (torch.topk's,
 sets. They agree with transformers' wherever the k-th and (k+1)-th largest visible scores differ. When fewer than
 `topk` keys are visible the list is every visible key followed by -1 (padding, which the MLA node ignores).
 Scores are float32 over all past and new keys per query. Exported, the node's function body (what onnxruntime
-runs without our library) still materialises the [B, S, H, T] per-head scores; our kernels keep at most one
-[S, T] block of summed scores."""
+runs without our library) holds the [B, rows, H, T] per-head scores of a chunk of query rows (at most 128 MiB of
+them, or one row); our kernels keep at most one [S, T] block of summed scores."""
 
 from __future__ import annotations
 

@@ -323,6 +323,11 @@ class FunctionBuilder:
         self.nodes.append(node)
         return out
 
+    def subgraph(self) -> GraphBuilder:
+        """A builder for a subgraph of this body (an If branch, a Loop body), its values named from this body's
+        counter so that no name repeats; it may read this body's values (outer scope)."""
+        return GraphBuilder(self)
+
     def build(self, inputs: Sequence[str], outputs: Sequence[str]) -> onnx.FunctionProto:
         fn = helper.make_function(
             DOMAIN,
@@ -338,3 +343,21 @@ class FunctionBuilder:
         for a in self.spec.attrs:
             fn.attribute_proto.append(helper.make_attribute(a.name, a.default))
         return fn
+
+
+class GraphBuilder(FunctionBuilder):
+    """The nodes of a subgraph of a function body (FunctionBuilder.subgraph); attributes are read in the body."""
+
+    def __init__(self, parent: FunctionBuilder):
+        super().__init__(parent.spec, parent.overload, parent.opset)
+        self._parent = parent
+
+    def _fresh(self, hint: str) -> str:
+        return self._parent._fresh(hint)
+
+    def attr(self, name: str) -> str:
+        raise TypeError(f"{self.spec.name}: read attribute {name!r} in the function body, not in a subgraph")
+
+    def graph(self, name: str, inputs: Sequence[onnx.ValueInfoProto],
+              outputs: Sequence[onnx.ValueInfoProto]) -> onnx.GraphProto:
+        return helper.make_graph(self.nodes, name, list(inputs), list(outputs))

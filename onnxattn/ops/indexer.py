@@ -40,7 +40,9 @@ RoPE: for each query, the `top_k` visible cache positions with the highest index
 `MultiHeadLatentAttention`'s input of that name. The indexer has H heads of width D for the queries and one key
 per token shared by every head; `weights` are its per-token head weights (DeepSeek-V3.2: `weights_proj(x) *
 H^-0.5`). An unfused graph computes the [B, S, H, T] scores in float32 (4 GiB for a 4k-token prompt with 64 heads)
-before its TopK; the kernels keep one [S, T] row block of summed scores at most, the CPU one a row per thread.
+before its TopK; the kernels keep one [S, T] row block of summed scores at most, the CPU one a row per thread, and
+the reference function scores its query rows in chunks (a Loop) once [B, S, H, T] passes 2^25 values (128 MiB), so
+it too runs long prompts in bounded memory.
 Scores are float32 sums of float32 products in every kernel: the CUDA one multiplies float16 / bfloat16 inputs on
 tensor cores (exact products, float32 accumulation; `ONNXATTN_INDEXER_CUDA=simt` asks for its CUDA-core kernel),
 float32 inputs on CUDA cores (no TF32).
@@ -128,6 +130,12 @@ def signature(inputs: Sequence[TensorInfo | None], outputs_present: Sequence[boo
     return "shared" if len(inputs) > 3 and inputs[3] is not None else ""
 
 
+# The function body scores at most this many float32 values ([B, rows, H, T], 128 MiB) at once: a call with more
+# (a long prompt) scores its query rows in chunks, in a Loop, so that it needs O(B H T) memory, not O(B S H T).
+# Module-level so that tests can shrink it to exercise the chunked form on small inputs.
+CHUNK_ELEMENTS = 1 << 25
+
+
 def build_function(overload: str, opset: int) -> onnx.FunctionProto:
     if overload not in OVERLOADS:
         raise ValueError(f"{NAME}: unknown overload {overload!r}")
@@ -141,36 +149,92 @@ def build_function(overload: str, opset: int) -> onnx.FunctionProto:
     q = f.op("Cast", f.op("Reshape", "query", q_shape, allowzero=1), to=F32)
     k_shape = f.op("Concat", f.op("Shape", "key", end=1), f.op("Shape", "key", start=-2), axis=0)
     k = f.op("Reshape", f.op("Cast", "key", to=F32), k_shape, allowzero=1)
-    k_t = f.op("Transpose", f.op("Unsqueeze", k, axis1), perm=[0, 1, 3, 2])
+    k_t = f.op("Transpose", k, perm=[0, 2, 1])  # [B, D, T]
     scale_attr = f.attr("scale")
     default_scale = f.op("Reciprocal", f.op("Sqrt", f.op("Cast", head_dim, to=F32)))
     scale = f.op("Where", f.op("Equal", scale_attr, f.const(0.0)), default_scale, scale_attr)
-    per_head = f.op("Relu", f.op("Mul", f.op("MatMul", q, k_t), scale))  # [B, S, H, T]
-    weights = f.op("Unsqueeze", f.op("Cast", "weights", to=F32), axis2)  # [B, S, 1, H]
-    score = f.op("Squeeze", f.op("MatMul", weights, per_head), axis2)  # [B, S, T]
+    weights = f.op("Cast", "weights", to=F32)  # [B, S, H]
 
-    seq = f.op("Squeeze", f.op("Shape", "query", start=1, end=2))
-    total = f.op("Squeeze", f.op("Shape", k, start=1, end=2))
+    batch = f.op("Shape", "query", end=1)  # [1]
+    seq_1 = f.op("Shape", "query", start=1, end=2)  # [1]
+    seq = f.op("Squeeze", seq_1)
+    total_1 = f.op("Shape", k, start=1, end=2)  # [1]
+    total = f.op("Squeeze", total_1)
     steps = f.op("Unsqueeze", f.op("Range", zero, seq, one), axis0)  # [1, S]
     if overload == "shared":
         first = f.op("Unsqueeze", "past_lengths", axis1)  # [B, 1]
     else:
         first = f.op("Unsqueeze", f.op("Sub", total, seq), axis0)  # [1]
     positions = f.op("Unsqueeze", f.op("Add", first, steps), last)  # [B or 1, S, 1]
-    visible = f.op("LessOrEqual", f.op("Range", zero, total, one), positions)  # [B or 1, S, T]
+    key_positions = f.op("Range", zero, total, one)  # [T]
     neg_inf = f.const(float("-inf"))
-    score = f.op("Where", f.op("And", visible, f.op("Not", f.op("IsNaN", score))), score, neg_inf)
-    # padded by top_k hidden columns, so TopK's k never exceeds the row whatever T is
     top_k = f.op("Unsqueeze", f.attr("top_k"), axis0)  # [1]
-    pad = f.op("Expand", neg_inf, f.op("Concat", f.op("Shape", score, end=2), top_k, axis=0))
-    values, picks = f.op("TopK", f.op("Concat", score, pad, axis=-1), top_k, axis=-1, largest=1, sorted=1,
-                         outputs=2)
-    # hidden picks (score -inf) sort last as INT64_MAX, then become -1
     none = f.const(INT64_MAX, I64)
-    picks = f.op("Where", f.op("Greater", values, neg_inf), picks, none)
-    ascending = f.op("TopK", picks, top_k, axis=-1, largest=0, sorted=1, outputs=2)[0]
-    f.nodes.append(onnx.helper.make_node("Where", [f.op("Equal", ascending, none), f.const(-1, I64), ascending],
-                                         ["key_indices"]))
+    minus_one = f.const(-1, I64)
+
+    def select(g: FunctionBuilder, q_rows: str, w_rows: str, row_positions: str) -> str:
+        """key_indices [B, rows, K] of some query rows: q [B, rows, H, D], w [B, rows, H], positions [B|1, rows, 1]."""
+        # [B, rows H, D] x [B, D, T]: batch dims equal, no broadcasting (onnxruntime's MatMul refuses to broadcast
+        # a size-1 dim against a size-0 one, e.g. [B, 0, H, D] x [B, 1, D, T] for an empty sequence)
+        rows_heads = g.op("Mul", g.op("Shape", q_rows, start=1, end=2), heads)
+        flat = g.op("Reshape", q_rows, g.op("Concat", batch, rows_heads, head_dim, axis=0), allowzero=1)
+        products = g.op("Reshape", g.op("MatMul", flat, k_t),
+                        g.op("Concat", g.op("Shape", q_rows, end=3), total_1, axis=0), allowzero=1)
+        per_head = g.op("Relu", g.op("Mul", products, scale))  # [B, rows, H, T]
+        score = g.op("Squeeze", g.op("MatMul", g.op("Unsqueeze", w_rows, axis2), per_head), axis2)  # [B, rows, T]
+        visible = g.op("LessOrEqual", key_positions, row_positions)  # [B or 1, rows, T]
+        score = g.op("Where", g.op("And", visible, g.op("Not", g.op("IsNaN", score))), score, neg_inf)
+        # padded by top_k hidden columns, so TopK's k never exceeds the row whatever T is
+        pad = g.op("Expand", neg_inf, g.op("Concat", g.op("Shape", score, end=2), top_k, axis=0))
+        values, picks = g.op("TopK", g.op("Concat", score, pad, axis=-1), top_k, axis=-1, largest=1, sorted=1,
+                             outputs=2)
+        # hidden picks (score -inf) sort last as INT64_MAX, then become -1
+        picks = g.op("Where", g.op("Greater", values, neg_inf), picks, none)
+        ascending = g.op("TopK", picks, top_k, axis=-1, largest=0, sorted=1, outputs=2)[0]
+        return g.op("Where", g.op("Equal", ascending, none), minus_one, ascending)
+
+    def rows_info(name: str) -> onnx.ValueInfoProto:
+        return onnx.helper.make_tensor_value_info(name, I64, [None, None, None])
+
+    # All rows at once when their scores fit CHUNK_ELEMENTS (decode, short prompts, empty inputs) ...
+    whole = f.subgraph()
+    whole_out = whole.op("Identity", select(whole, q, weights, positions))
+    # ... else chunks of C rows: C = max(1, CHUNK_ELEMENTS // (B H T)), ceil(S / C) steps of a Loop whose picks
+    # (the last chunk padded to C rows with -1) stack to [steps, B, C, K], then [B, steps C, K] cut to S rows.
+    row_elements = f.op("Mul", f.op("Mul", batch, heads), total_1)  # [1]: B H T
+    elements = f.op("Squeeze", f.op("Mul", row_elements, seq_1))
+    budget = f.const(CHUNK_ELEMENTS, I64)
+    chunked = f.subgraph()
+    chunk = chunked.op("Min", chunked.op("Max", chunked.op("Div", budget, chunked.op("Max", row_elements, one)), one),
+                       seq_1)  # [1]
+    chunk_count = chunked.op("Div", chunked.op("Sub", chunked.op("Add", seq, chunked.op("Squeeze", chunk)), one),
+                             chunked.op("Squeeze", chunk))
+    body = f.subgraph()
+    step, cond = "chunk_step", "chunk_cond"
+    begin = body.op("Mul", body.op("Unsqueeze", step, axis0), chunk)  # [1]
+    end = body.op("Add", begin, chunk)
+    rows = select(body, body.op("Slice", q, begin, end, axis1), body.op("Slice", weights, begin, end, axis1),
+                  body.op("Slice", positions, begin, end, axis1))
+    missing = body.op("Sub", chunk, body.op("Shape", rows, start=1, end=2))  # [1]: rows short of C (last chunk)
+    pads = body.op("Concat", body.const([0, 0, 0, 0], I64), missing, body.const([0], I64), axis=0)  # [B, rows, K]
+    padded = body.op("Pad", rows, pads, minus_one)
+    cond_out = body.op("Identity", cond)
+    body_graph = body.graph("chunk_body", [onnx.helper.make_tensor_value_info(step, I64, []),
+                                           onnx.helper.make_tensor_value_info(cond, TensorProto.BOOL, [])],
+                            [onnx.helper.make_tensor_value_info(cond_out, TensorProto.BOOL, []),
+                             onnx.helper.make_tensor_value_info(padded, I64, [None, None, None])])
+    stacked = chunked.op("Loop", chunk_count, chunked.const(True, TensorProto.BOOL), body=body_graph)
+    # [n, B, C, K] as the spec stacks scan outputs (onnx.reference concatenates them: [n B, C, K], the same order)
+    count_1 = chunked.op("Unsqueeze", chunk_count, axis0)
+    stacked = chunked.op("Reshape", stacked, chunked.op("Concat", count_1, batch, chunk, top_k, axis=0))
+    merged_shape = chunked.op("Concat", batch, chunked.op("Mul", count_1, chunk), top_k, axis=0)
+    merged = chunked.op("Reshape", chunked.op("Transpose", stacked, perm=[1, 0, 2, 3]), merged_shape)
+    chunked_out = chunked.op("Slice", merged, f.const([0], I64), seq_1, axis1)
+    fits = f.op("LessOrEqual", elements, budget)
+    f.nodes.append(onnx.helper.make_node(
+        "If", [fits], ["key_indices"],
+        then_branch=whole.graph("all_rows", [], [rows_info(whole_out)]),
+        else_branch=chunked.graph("row_chunks", [], [rows_info(chunked_out)])))
     inputs = ["query", "key", "weights"] + (["past_lengths"] if overload == "shared" else [])
     return f.build(inputs, ["key_indices"])
 

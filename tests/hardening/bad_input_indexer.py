@@ -9,7 +9,7 @@ import functools
 import numpy as np
 
 from bad_input_cases import INT64_MAX, Case, builder, defined, expect
-from bad_input_tables import EMPTY_NOTE, FAILS_NOTE, FUNCTION_NOTE, KERNEL, defined_empty
+from bad_input_tables import EMPTY_NOTE, FAILS_NOTE, FUNCTION_NOTE, KERNEL
 
 OP = "LightningIndexer"
 HERE = "tests/hardening/bad_input_indexer.py"
@@ -104,7 +104,7 @@ def indexer_cases() -> list[Case]:
     out += [
         new("zero-batch", "zero-size", defined(),
             dict(query=(0, 5, 64), key=(0, 1, 9, 16), weights=(0, 5, 4))),
-        new("empty-sequence", "empty sequence", defined_empty(), dict(ok, query=(2, 0, 64), weights=(2, 0, 4))),
+        new("empty-sequence", "empty sequence", defined(), dict(ok, query=(2, 0, 64), weights=(2, 0, 4))),
         new("empty-sequence-no-keys", "empty sequence", defined(),
             dict(query=(2, 0, 64), key=(2, 1, 0, 16), weights=(2, 0, 4))),
         new("top-k-more-than-keys", "attribute", defined(), ok, attrs=dict(top_k=40)),
