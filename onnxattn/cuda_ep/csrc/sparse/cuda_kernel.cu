@@ -467,6 +467,7 @@ NsaPlan plan_nsa(const NsaParams& p, const NsaTensors<T>& t) {
                                                     a.top_blocks, p.has_compressed, heads_per_list, max_smem);
       if (tensor_cores.queries == 0 && heads_per_list == 1 && !p.has_compressed) {  // too many keys for 64 queries
         tensor_cores = select_split_tiling(int(d.head_dim), p.full_blocks, p.num_blocks, a.top_blocks, max_smem);
+        tensor_cores.split_bf16 = std::is_same_v<T, BFloat16>;  // hi + lo in the inputs' type: float16 may overflow
       }
       if (tensor_cores.queries > 0) plan.select = tensor_cores;
     }
@@ -675,12 +676,15 @@ void run_routed(const RoutedParams& p, const RoutedTensors<T>& t, void* stream_p
                                                                      p.num_segments, p.num_segments, a.top_k, false, 1)
                                                        : SelectTiling{};
   // Under ONNXATTN_SPARSE_CUDA=mma, 16-bit inputs: the routing on tensor cores (its float32 RoPE'd Q and centroids as
-  // hi + lo float16 pairs) where it fits.
+  // hi + lo pairs of the inputs' type: bfloat16 values may lie outside float16's range) where it fits.
   if (!std::is_same_v<T, float> && requested_path(kRoutedName) == SparsePath::kMma &&
       reinterpret_cast<uintptr_t>(q_route) % 32 == 0) {
     const int max_smem = sdpa::cuda::device_info(sdpa::cuda::current_device()).max_smem_per_block;
     const SelectTiling split = select_split_tiling(int(d.head_dim), p.num_segments, p.num_segments, a.top_k, max_smem);
-    if (split.queries > 0) routing = split;
+    if (split.queries > 0) {
+      routing = split;
+      routing.split_bf16 = std::is_same_v<T, BFloat16>;
+    }
   }
   launch_select(s, routing, stream);
   if (by_segment || by_mma) {

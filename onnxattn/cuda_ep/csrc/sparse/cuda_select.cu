@@ -682,10 +682,12 @@ __global__ void __launch_bounds__(kThreads) select_mma_kernel(const SelectArgs<T
 
 // ---- selection on tensor cores, one row per list (select_split_tiling): a CTA per (b, list head, 16 queries) ----
 //
-// Dot scores only. The 4 warps share the 16 query rows (Q as hi + lo float16 tiles) and split the centroids: warp
+// Dot scores only. The 4 warps share the 16 query rows (Q as hi + lo TMma tiles) and split the centroids: warp
 // w stages and scores tiles of kSplitKeys centroids c0 = kSplitKeys (w + 4 k) on its own (no CTA barrier in the
 // loop), S = Qh Ch + Qh Cl + Ql Ch, written straight into the queries' keys; then a warp per query: warp_select.
-template <typename TQ>
+// TMma: float16 (~21 significant bits for values within its range) for float16 inputs, bfloat16 (~16 bits, float32's
+// range) for bfloat16 inputs, whose values float16 may not hold (SelectTiling::split_bf16).
+template <typename TQ, typename TMma>
 __global__ void __launch_bounds__(kThreads) select_split_kernel(const SelectArgs<TQ> a) {
   using namespace mma_tiles;  // NOLINT: the tile pieces this kernel is made of
   extern __shared__ __align__(16) unsigned char select_split_smem[];
@@ -705,7 +707,7 @@ __global__ void __launch_bounds__(kThreads) select_split_kernel(const SelectArgs
   const int64_t head = a.shared ? kv_head * cta.group : list_head;  // one row per list: a shared list has G = 1
   const int count_q = cta.count;
   auto q_row = [&](int r) { return r < count_q ? (b * a.q_heads + head) * a.q_len + i0 + r : int64_t(-1); };
-  stage_rows_split<Float16>(q_hi, q_lo, stride, a.q, dim, kSplitQueries, q_row, tid, kThreads);
+  stage_rows_split<TMma>(q_hi, q_lo, stride, a.q, dim, kSplitQueries, q_row, tid, kThreads);
   for (int64_t x = tid; x < int64_t(kSplitQueries) * key_stride; x += kThreads) keys[x] = 0.0f;
   // Centroids up to the last query's causal candidates (warp_select hides each query's later ones).
   const int64_t last = i0 + count_q - 1 + a.query_offset;
@@ -714,14 +716,14 @@ __global__ void __launch_bounds__(kThreads) select_split_kernel(const SelectArgs
   const float* const cents = a.centroids + (b * a.kv_heads + kv_head) * nc * dim;
   for (int64_t c0 = int64_t(kSplitKeys) * warp; c0 < c_end; c0 += int64_t(kSplitKeys) * kWarpsPerBlock) {
     __syncwarp();  // every lane is done with the previous tile
-    stage_rows_split<Float16>(c_hi, c_lo, stride, cents + c0 * dim, dim, kSplitKeys,
+    stage_rows_split<TMma>(c_hi, c_lo, stride, cents + c0 * dim, dim, kSplitKeys,
                               [&](int r) { return c0 + r < c_end ? int64_t(r) : int64_t(-1); }, lane, 32);
     __syncwarp();
     float s[kSplitKeys / 8][4];
     zero(s);
-    add_scores<Float16, kSplitKeys / 8>(s, q_hi, c_hi, stride, dim, g, lane);
-    add_scores<Float16, kSplitKeys / 8>(s, q_hi, c_lo, stride, dim, g, lane);
-    add_scores<Float16, kSplitKeys / 8>(s, q_lo, c_hi, stride, dim, g, lane);
+    add_scores<TMma, kSplitKeys / 8>(s, q_hi, c_hi, stride, dim, g, lane);
+    add_scores<TMma, kSplitKeys / 8>(s, q_hi, c_lo, stride, dim, g, lane);
+    add_scores<TMma, kSplitKeys / 8>(s, q_lo, c_hi, stride, dim, g, lane);
 #pragma unroll
     for (int n = 0; n < kSplitKeys / 8; ++n) {
 #pragma unroll
@@ -758,8 +760,13 @@ void launch_select(const SelectArgs<TQ>& a, const SelectTiling& tiling, cudaStre
     const int64_t grid = a.batch * list_heads * ((a.q_len + tiling.queries - 1) / tiling.queries);
     if (grid > int64_t(0x7fffffff)) throw std::runtime_error("sparse selection kernel: too many lists for one grid");
     if (tiling.split) {
-      sdpa::cuda::allow_smem<select_split_kernel<TQ>>(tiling.smem);
-      select_split_kernel<TQ><<<unsigned(grid), kThreads, tiling.smem, stream>>>(a);
+      if (tiling.split_bf16) {
+        sdpa::cuda::allow_smem<select_split_kernel<TQ, BFloat16>>(tiling.smem);
+        select_split_kernel<TQ, BFloat16><<<unsigned(grid), kThreads, tiling.smem, stream>>>(a);
+      } else {
+        sdpa::cuda::allow_smem<select_split_kernel<TQ, Float16>>(tiling.smem);
+        select_split_kernel<TQ, Float16><<<unsigned(grid), kThreads, tiling.smem, stream>>>(a);
+      }
       check_launch("sparse tensor-core selection kernel");
       return;
     }

@@ -25,6 +25,7 @@ struct SelectTiling {
   size_t smem = 0;
   bool mma = false;    // the tensor-core selection (select_mma_tiling, select_split_tiling)
   bool split = false;  // ... its one-row-per-list form (select_split_tiling)
+  bool split_bf16 = false;  // ... with bfloat16 hi + lo halves (bfloat16 inputs: float16's range may not hold them)
 };
 
 // Floats between staged rows of centroids / values: odd, so lanes reading a column hit distinct banks.
