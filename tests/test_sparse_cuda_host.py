@@ -189,7 +189,9 @@ def test_routed_by_segment_sizes_and_limits(sizes):
     assert sizes.routed(1, 1, 1, 256, 256, max_smem=H100_SMEM)[0]
     assert not sizes.routed(1, 1, 1, 256, 256, max_smem=A100_SMEM)[0]  # 197,632 bytes at D = Dv = 256
     # int32 list entries and keys
-    assert sizes.routed((2**31 - 1) // 16 - 1, 16, 1000, 64, 64)[0]
+    # int32 scans: entries + min(keys, entries) chunks at most
+    assert sizes.routed((2**31 - 1 - 1000) // 16 - 1, 16, 1000, 64, 64)[0]
+    assert not sizes.routed((2**31 - 1 - 1000) // 16 + 1, 16, 1000, 64, 64)[0]
     assert not sizes.routed((2**31 - 1) // 16, 16, 1000, 64, 64)[0]
     assert not sizes.routed(1000, 4, 2**31 - 2, 64, 64)[0]
     assert not sizes.routed(2**62, 2**4, 10, 64, 64)[0]  # no overflow into a small product
@@ -220,7 +222,8 @@ def test_tensor_core_blocks_sizes_and_limits(sizes):
     assert sizes.blocks_mma(1, 1, 1, 1, 1, 256, 256, max_smem=A100_SMEM)[0]  # 102,400 bytes
     assert not sizes.blocks_mma(1, 1, 1, 1, 1, 256, 256, max_smem=99 << 10)[0]
     assert not sizes.blocks_mma(0, 1, 1, 1, 1, 64, 64)[0] and not sizes.blocks_mma(1, 1, 1, 0, 1, 64, 64)[0]
-    assert sizes.blocks_mma((2**31 - 1) // 16 - 1, 1, 1, 16, 1000, 64, 64)[0]
+    assert sizes.blocks_mma((2**31 - 1 - 1000) // 16 - 1, 1, 1, 16, 1000, 64, 64)[0]
+    assert not sizes.blocks_mma((2**31 - 1 - 1000) // 16 + 1, 1, 1, 16, 1000, 64, 64)[0]
     assert not sizes.blocks_mma((2**31 - 1) // 16, 1, 1, 16, 1000, 64, 64)[0]
     assert not sizes.blocks_mma(1000, 1, 1, 4, 2**31 - 2, 64, 64)[0]
 

@@ -85,11 +85,18 @@ inline size_t routed_blocks_smem_bytes(int dim, int v_dim) {
 
 // Whether the by-segment path takes the problem: head sizes up to kRoutedMaxDim, list entries and keys
 // within int32, its shared memory within the device's limit (`max_smem_per_block`).
+// The inverted lists' int32 scans: entries (rows x top_k) and keys, and the chunk count, at most one chunk per
+// entry plus one per non-empty key (the last, partial chunk of each), i.e. entries + min(keys, entries).
+inline bool block_lists_fit_int32(int64_t rows, int64_t top_k, int64_t keys) {
+  if (rows > int64_t(0x7fffffff) / top_k - 1 || keys + 1 >= int64_t(0x7fffffff)) return false;
+  const int64_t entries = rows * top_k;
+  return entries + (keys < entries ? keys : entries) < int64_t(0x7fffffff);
+}
+
 inline bool routed_blocks_eligible(int64_t rows, int64_t top_k, int64_t keys, int dim, int v_dim,
                                    int max_smem_per_block) {
   return dim >= 1 && dim <= kRoutedMaxDim && v_dim >= 1 && v_dim <= kRoutedMaxDim && rows >= 1 && top_k >= 1 &&
-         rows <= int64_t(0x7fffffff) / top_k - 1 && keys + 1 < int64_t(0x7fffffff) &&
-         routed_blocks_smem_bytes(dim, v_dim) <= size_t(max_smem_per_block);
+         block_lists_fit_int32(rows, top_k, keys) && routed_blocks_smem_bytes(dim, v_dim) <= size_t(max_smem_per_block);
 }
 
 // Scratch of the inverted lists, carved in this order by invert_block_lists: counts and cursors [keys], offsets
@@ -129,13 +136,12 @@ inline int blocks_mma_lists_per_chunk(int64_t heads_per_list) {
 }
 
 // Whether the tensor-core kernel takes the problem: head sizes multiples of 16 up to kMmaMaxDim, whole lists per
-// chunk, list entries and keys within int32, its shared memory within the device's limit.
+// chunk, the inverted lists within int32 (block_lists_fit_int32), its shared memory within the device's limit.
 inline bool blocks_mma_eligible(int64_t lists, int64_t heads_per_list, int64_t top_k, int64_t keys, int dim,
                                 int v_dim, int max_smem_per_block) {
   return dim >= 16 && dim <= kMmaMaxDim && dim % 16 == 0 && v_dim >= 16 && v_dim <= kMmaMaxDim && v_dim % 16 == 0 &&
          blocks_mma_lists_per_chunk(heads_per_list) > 0 && lists >= 1 && top_k >= 1 &&
-         lists <= int64_t(0x7fffffff) / top_k - 1 && keys + 1 < int64_t(0x7fffffff) &&
-         blocks_mma_smem_bytes(dim, v_dim) <= size_t(max_smem_per_block);
+         block_lists_fit_int32(lists, top_k, keys) && blocks_mma_smem_bytes(dim, v_dim) <= size_t(max_smem_per_block);
 }
 
 // ---- The selection on tensor cores (cuda_select.cu, ONNXATTN_SPARSE_CUDA=mma, 16-bit Q): a CTA per (batch, list
