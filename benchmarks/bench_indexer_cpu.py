@@ -8,10 +8,11 @@ DeepSeek-V3.2 indexer sizes: H=64 index heads of D=128, top_k=2048, fp32 queries
 Reported: ms (median over --repeat rounds of bursts, cpu_timing.py as every CPU benchmark), GFLOP/s of the visible
 (query, key, head) dot products (2 * H * D each), and for prefill the peak resident memory of a fresh process that
 builds the session and runs the call once (VmHWM, so the inputs and onnxruntime itself are included; the
-function's [B, S, H, T] float32 scores are most of its figure).
+function's per-head scores, [B, S, H, T] float32 up to 2^25 values and chunks of query rows beyond, are most of
+its figure).
 
     python benchmarks/bench_indexer_cpu.py [--decode 8192 32768 131072] [--prefill 1024 2048 4096]
-                                           [--function-prefill 2048] [--repeat 5] [--threads 0] [--out ...]
+                                           [--function-prefill 4096] [--repeat 5] [--threads 0] [--out ...]
 """
 
 from __future__ import annotations
@@ -129,8 +130,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--decode", type=int, nargs="*", default=[8192, 32768, 131072], help="cache lengths T")
     parser.add_argument("--prefill", type=int, nargs="*", default=[1024, 2048, 4096], help="prompt lengths S")
-    parser.add_argument("--function-prefill", type=int, default=2048,
-                        help="largest prompt the inlined function runs at (its scores: 64 * S^2 floats)")
+    parser.add_argument("--function-prefill", type=int, default=4096,
+                        help="largest prompt the inlined function runs at (seconds each at 4k)")
     parser.add_argument("--repeat", type=int, default=5, help="rounds of bursts")
     parser.add_argument("--threads", type=int, default=0, help="intra-op threads (0: onnxruntime's default)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")

@@ -178,9 +178,10 @@ inline SelectTiling select_mma_tiling(int dim, int v_dim, int64_t num_centroids,
 
 // One row per list (SparseRoutedAttention's routing, NSA's per-head lists), dot scores only: a CTA per (batch,
 // list head, kSplitQueries queries); its 4 warps share those 16 rows and split the centroids, a warp scoring its own
-// tiles of kSplitKeys. Q and the centroids go in as hi + lo float16 pairs (S = Qh Ch + Qh Cl + Ql Ch: about 21
-// significant bits, float32 for the RoPE'd routing inputs). Shared memory: Q's two tiles, each warp's two centroid
-// tiles, the queries' keys [16][max(Nc, num_blocks)] and each warp's chosen blocks.
+// tiles of kSplitKeys. Q and the centroids go in as hi + lo pairs of the inputs' 16-bit type (S = Qh Ch + Qh Cl +
+// Ql Ch: about 21 significant bits in float16, 16 in bfloat16, whose range float16 lacks; SelectTiling::split_bf16).
+// Shared memory: Q's two tiles, each warp's two centroid tiles, the queries' keys [16][max(Nc, num_blocks)] and each
+// warp's chosen blocks.
 inline constexpr int kSplitQueries = 16;
 inline constexpr int kSplitKeys = 32;
 
