@@ -149,7 +149,6 @@ def build_function(overload: str, opset: int) -> onnx.FunctionProto:
     q = f.op("Cast", f.op("Reshape", "query", q_shape, allowzero=1), to=F32)
     k_shape = f.op("Concat", f.op("Shape", "key", end=1), f.op("Shape", "key", start=-2), axis=0)
     k = f.op("Reshape", f.op("Cast", "key", to=F32), k_shape, allowzero=1)
-    k_t = f.op("Transpose", k, perm=[0, 2, 1])  # [B, D, T]
     scale_attr = f.attr("scale")
     default_scale = f.op("Reciprocal", f.op("Sqrt", f.op("Cast", head_dim, to=F32)))
     scale = f.op("Where", f.op("Equal", scale_attr, f.const(0.0)), default_scale, scale_attr)
@@ -178,6 +177,8 @@ def build_function(overload: str, opset: int) -> onnx.FunctionProto:
         # a size-1 dim against a size-0 one, e.g. [B, 0, H, D] x [B, 1, D, T] for an empty sequence)
         rows_heads = g.op("Mul", g.op("Shape", q_rows, start=1, end=2), heads)
         flat = g.op("Reshape", q_rows, g.op("Concat", batch, rows_heads, head_dim, axis=0), allowzero=1)
+        # K^T in the subgraph beside its MatMul, so that onnxruntime fuses the two (no transposed copy of the keys)
+        k_t = g.op("Transpose", k, perm=[0, 2, 1])  # [B, D, T]
         products = g.op("Reshape", g.op("MatMul", flat, k_t),
                         g.op("Concat", g.op("Shape", q_rows, end=3), total_1, axis=0), allowzero=1)
         per_head = g.op("Relu", g.op("Mul", products, scale))  # [B, rows, H, T]
