@@ -2,7 +2,9 @@
 our own reference function, side by side in one run.
 
 Shapes of a Llama-3-8B layer (Hq=32, Hkv=8, D=128, RoPE), fp32, B=1:
-  - prefill S=2048: ms and GFLOP/s (causal FLOPs 4*Hq*S^2*D/2); onnxattn vs ort_gqa vs function (inlined);
+  - prefill S=2048: ms and GFLOP/s (causal FLOPs 4*Hq*S^2*D/2); onnxattn vs ort_gqa vs function (inlined: what runs
+    without our library, its query rows in chunks once the [B, Hq, S, T] scores pass 2^25 values) vs
+    function_whole (the same function with every row at once: the plain unfused decomposition);
   - decode (S=1) over P cached tokens in shared-buffer mode: past and present are one preallocated buffer
     of M >= P+1 tokens bound with onnxruntime I/O binding (present bound to the past's OrtValue), so the
     kernel writes only the new token. GB/s of K+V read = 2*Hkv*(P+1)*D*4 bytes / time. Each P runs with
@@ -21,6 +23,7 @@ max(3, --repeat // 2).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -30,6 +33,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper
 
 from onnxattn import ops
+from onnxattn.ops import _bodies
 from onnxattn.cuda_ep import make_session
 
 if str(Path(__file__).parent) not in sys.path:  # cpu_timing next to this file, also when imported by path
@@ -95,6 +99,17 @@ def rope_caches(length: int):
 SINKS = np.random.default_rng(2).uniform(-1.0, 4.0, HQ).astype(np.float32)
 
 
+@contextlib.contextmanager
+def whole_rows():
+    """Reference functions built inside score every query row at once (no chunks, whatever their size)."""
+    saved = _bodies.CHUNK_ELEMENTS
+    _bodies.CHUNK_ELEMENTS = 1 << 62
+    try:
+        yield
+    finally:
+        _bodies.CHUNK_ELEMENTS = saved
+
+
 def bench_prefill(s: int, repeat: int, with_function: bool, settle: float = cpu_timing.SETTLE,
                   burst: float = cpu_timing.BURST, sinks: bool = False) -> list[dict]:
     rng = np.random.default_rng(0)
@@ -119,6 +134,9 @@ def bench_prefill(s: int, repeat: int, with_function: bool, settle: float = cpu_
     if with_function:
         function = make_session(onnxattn_model(False), providers=cpu, use_library=False)
         runs["function"] = lambda: function.run(None, {"q": q, "k": k, "v": v})
+        with whole_rows():
+            whole = make_session(onnxattn_model(False), providers=cpu, use_library=False)
+        runs["function_whole"] = lambda: whole.run(None, {"q": q, "k": k, "v": v})
     if sinks:
         ours_sinks = make_session(onnxattn_model(False, sinks=True), providers=cpu)
         theirs_sinks = make_session(ort_gqa_model(sinks=True), providers=cpu, use_library=False)

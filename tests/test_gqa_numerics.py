@@ -385,6 +385,20 @@ def test_matches_oracle(case: Case, path: str):
     check(case, outputs, present_checked=case.with_present or path == "torch")
 
 
+@pytest.mark.parametrize("rows", [1, 3], ids=["one-row-chunks", "three-row-chunks"])
+@pytest.mark.parametrize("path", ["function-ort", "function-onnx-reference"])
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in CASES if c.dtype == "float32"])
+def test_the_function_in_row_chunks_matches_oracle(case: Case, path: str, rows: int, monkeypatch):
+    """The reference function's chunked form (a Loop over query rows, for calls whose [B, Hq, S, T] scores pass
+    ops._bodies.CHUNK_ELEMENTS: long prompts), forced on every float32 case by a budget of `rows` rows."""
+    from onnxattn.ops import _bodies
+
+    total = case.buffer if case.buffer is not None else (case.past or 0) + case.seq
+    monkeypatch.setattr(_bodies, "CHUNK_ELEMENTS", rows * case.batch * case.q_heads * total)
+    assert any(n.op_type == "If" for fn in model_of(case).functions for n in fn.node)
+    check(case, run_path(case, path), present_checked=case.with_present)
+
+
 def test_oracle_self_check():
     """The oracle against a hand-written decode step: one query at position 2 over a 2-token past plus
     itself, RoPE with D = 2 (one pair, inv_freq 1) rotating by the position, one head."""

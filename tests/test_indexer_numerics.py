@@ -249,11 +249,11 @@ def test_matches_oracle(case: Case, path: str):
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in CASES if c.dtype != "bfloat16"])
 def test_the_function_in_row_chunks_matches_the_oracle(case: Case, path: str, rows: int, monkeypatch):
     """The reference function's chunked form (a Loop over query rows, for calls whose [B, S, H, T] scores pass
-    ops.indexer.CHUNK_ELEMENTS: long prompts), forced on every case by a budget of `rows` rows: S not a multiple
+    ops._bodies.CHUNK_ELEMENTS: long prompts), forced on every case by a budget of `rows` rows: S not a multiple
     of it leaves a short last chunk."""
-    from onnxattn.ops import indexer as spec
+    from onnxattn.ops import _bodies
 
-    monkeypatch.setattr(spec, "CHUNK_ELEMENTS", rows * case.batch * case.heads * case.kv_len)
+    monkeypatch.setattr(_bodies, "CHUNK_ELEMENTS", rows * case.batch * case.heads * case.kv_len)
     model = model_of(case)
     assert any(n.op_type == "If" for fn in model.functions for n in fn.node)
     check(case, run_path(case, path))

@@ -299,6 +299,21 @@ def test_matches_oracle(case: Case, path: str):
     check(case, outputs, present_checked=case.with_present or path == "torch")
 
 
+@pytest.mark.parametrize("rows", [1, 3], ids=["one-row-chunks", "three-row-chunks"])
+@pytest.mark.parametrize("path", ["function-ort", "function-onnx-reference"])
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in CASES if c.dtype == "float32"])
+def test_the_function_in_row_chunks_matches_oracle(case: Case, path: str, rows: int, monkeypatch):
+    """The reference function's chunked form (a Loop over query rows, for calls whose [B, H, S, T] scores pass
+    ops._bodies.CHUNK_ELEMENTS: long prompts), forced on every float32 case by a budget of `rows` rows; with
+    key_indices each chunk takes its rows of the listed-key mask."""
+    from onnxattn.ops import _bodies
+
+    total = case.buffer if case.buffer is not None else (case.past or 0) + case.seq
+    monkeypatch.setattr(_bodies, "CHUNK_ELEMENTS", rows * case.batch * case.heads * total)
+    assert any(n.op_type == "If" for fn in model_of(case).functions for n in fn.node)
+    check(case, run_path(case, path), present_checked=case.with_present)
+
+
 def test_oracle_self_check():
     """The oracle against a hand-written decode step: one head, R = 2, Dn = 1, Dr = 2, Dv = 1, a one-token
     past, the new token at position 1 (inv_freq 1: the rope pair turns by 1 radian)."""

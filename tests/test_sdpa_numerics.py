@@ -308,6 +308,20 @@ def test_matches_oracle(case: Case, path: str):
     check_against_oracle(case, run_path(case, path))
 
 
+@pytest.mark.parametrize("rows", [1, 3], ids=["one-row-chunks", "three-row-chunks"])
+@pytest.mark.parametrize("path", ["function-ort", "function-onnx-reference"])
+@pytest.mark.parametrize("case", [case_param(c) for c in CASES if c.dtype != "bfloat16"])
+def test_the_function_in_row_chunks_matches_oracle(case: Case, path: str, rows: int, monkeypatch):
+    """The reference function's chunked form (a Loop over query rows, for calls whose [B, Hq, Sq, Skv] scores pass
+    ops._bodies.CHUNK_ELEMENTS: long prompts), forced on every case by a budget of `rows` rows; masks with a
+    broadcast query axis pass whole, Sq not a multiple of 3 leaves a short last chunk."""
+    from onnxattn.ops import _bodies
+
+    monkeypatch.setattr(_bodies, "CHUNK_ELEMENTS", rows * case.batch * case.q_heads * case.kv_len)
+    assert any(n.op_type == "If" for fn in model_of(case).functions for n in fn.node)
+    check_against_oracle(case, run_path(case, path))
+
+
 # Zero-size dimensions: no keys (every row empty), no queries, an empty batch, Dv = 0 (Y empty, LSE not).
 EMPTY_CASES = [
     Case("no-keys", q_len=3, kv_len=0, causal=1, with_lse=True),

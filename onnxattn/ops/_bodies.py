@@ -5,7 +5,10 @@ Every piece works on float32 values inside a FunctionBuilder; the ops cast input
 
 from __future__ import annotations
 
-from onnx import TensorProto
+import dataclasses
+from collections.abc import Callable, Sequence
+
+from onnx import TensorProto, helper
 
 from onnxattn.ops._spec import FunctionBuilder
 
@@ -25,39 +28,150 @@ def repeat_kv_heads(f: FunctionBuilder, x: str, q: str) -> str:
     return f.op("Reshape", expanded, f.op("Concat", batch, q_heads, tail, axis=0), allowzero=1)
 
 
-def scores(f: FunctionBuilder, q: str, k: str) -> str:
-    """scale * q @ k^T, then the softcap; q [B, H, S, D] and k [B, H, T, D] in float32. Uses the node's
-    `scale` (0: 1/sqrt(D)) and `softcap` (0: off) attributes."""
+def score_attributes(f: FunctionBuilder, q: str) -> dict[str, str]:
+    """The node's `scale` (0: 1/sqrt(D), D the last dim of q) and `softcap` (0: off) as values of the body, for
+    `scores` (read here, in the function body, so that subgraphs can use them)."""
     scale_attr = f.attr("scale")
-    default_scale = f.op("Reciprocal", f.op("Sqrt", f.op("Cast", f.op("Shape", q, start=3), to=F32)))
-    scale = f.op("Where", f.op("Equal", scale_attr, f.const(0.0)), default_scale, scale_attr)
-    s = f.op("Mul", f.op("MatMul", q, f.op("Transpose", k, perm=[0, 1, 3, 2])), scale)
+    default_scale = f.op("Reciprocal", f.op("Sqrt", f.op("Cast", f.op("Shape", q, start=-1), to=F32)))
     cap = f.attr("softcap")
     cap_on = f.op("Greater", cap, f.const(0.0))
-    safe_cap = f.op("Where", cap_on, cap, f.const(1.0))  # a 0 cap divides by 1 in the unused branch
-    return f.op("Where", cap_on, f.op("Mul", f.op("Tanh", f.op("Div", s, safe_cap)), safe_cap), s)
+    return dict(scale=f.op("Where", f.op("Equal", scale_attr, f.const(0.0)), default_scale, scale_attr),
+                cap_on=cap_on, safe_cap=f.op("Where", cap_on, cap, f.const(1.0)))  # a 0 cap divides by 1 unused
 
 
-def structural_visibility(f: FunctionBuilder, p: str, j: str, *, band: bool, chunk: bool = False) -> str:
+def scores(f: FunctionBuilder, q: str, k: str, attrs: dict[str, str] | None = None) -> str:
+    """scale * q @ k^T, then the softcap; q [B, H, S, D] and k [B, H, T, D] in float32. `attrs`: from
+    score_attributes (read from the node when None)."""
+    a = attrs or score_attributes(f, q)
+    s = f.op("Mul", f.op("MatMul", q, f.op("Transpose", k, perm=[0, 1, 3, 2])), a["scale"])
+    capped = f.op("Mul", f.op("Tanh", f.op("Div", s, a["safe_cap"])), a["safe_cap"])
+    return f.op("Where", a["cap_on"], capped, s)
+
+
+def visibility_attributes(f: FunctionBuilder, *, band: bool, chunk: bool = False) -> dict[str, str]:
+    """The node's `causal`, `window`, and `band` / `attention_chunk` where the op has them, for
+    structural_visibility."""
+    out = dict(causal=f.attr("causal"), window=f.attr("window"))
+    if band:
+        out["band"] = f.attr("band")
+    if chunk:
+        out["attention_chunk"] = f.attr("attention_chunk")
+    return out
+
+
+def structural_visibility(f: FunctionBuilder, p: str, j: str, *, band: bool, chunk: bool = False,
+                          attrs: dict[str, str] | None = None) -> str:
     """Boolean visibility of key j to the query at key position p (both int64, broadcastable) under the
     node's `causal` and `window` attributes, `band` when the op has one, and `attention_chunk` when it has
-    that (p, j >= 0 there, so Div's truncation is floor division)."""
+    that (p, j >= 0 there, so Div's truncation is floor division). `attrs`: from visibility_attributes (read
+    from the node when None)."""
+    a = attrs or visibility_attributes(f, band=band, chunk=chunk)
     zero = f.const(0, I64)
-    visible = f.op("Or", f.op("Equal", f.attr("causal"), zero), f.op("LessOrEqual", j, p))
-    window = f.attr("window")
+    visible = f.op("Or", f.op("Equal", a["causal"], zero), f.op("LessOrEqual", j, p))
+    window = a["window"]
     visible = f.op("And", visible,
                    f.op("Or", f.op("LessOrEqual", window, zero), f.op("Greater", j, f.op("Sub", p, window))))
     if band:
-        width = f.attr("band")
+        width = a["band"]
         within = f.op("LessOrEqual", f.op("Abs", f.op("Sub", p, j)), width)
         visible = f.op("And", visible, f.op("Or", f.op("LessOrEqual", width, zero), within))
     if chunk:
-        size = f.attr("attention_chunk")
+        size = a["attention_chunk"]
         chunk_on = f.op("Greater", size, zero)
         safe_size = f.op("Where", chunk_on, size, f.const(1, I64))  # 0 = off divides by 1 in the unused branch
         same_chunk = f.op("Equal", f.op("Div", j, safe_size), f.op("Div", p, safe_size))
         visible = f.op("And", visible, f.op("Or", f.op("Not", chunk_on), same_chunk))
     return visible
+
+
+# ---- Query rows in chunks: bounded memory for long prompts ----
+
+# Score values (float32) a function body holds at once: a call whose scores would pass this scores its query rows
+# in chunks, in a Loop, so that a long prompt needs memory for a chunk's scores, not all of them. Module-level so
+# that tests can shrink it to exercise the chunked form on small inputs.
+CHUNK_ELEMENTS = 1 << 25
+
+
+@dataclasses.dataclass(frozen=True)
+class RowOutput:
+    """An output of a row-wise body: its rank, the axis its query rows lie on, its element type and the value that
+    pads a short last chunk (cut away afterwards)."""
+    rank: int
+    axis: int
+    dtype: int = F32
+    pad: float | int = 0
+
+
+def over_row_chunks(f: FunctionBuilder, seq_1: str, row_elements: str, inputs: Sequence[tuple[str, int]],
+                    body: Callable[[FunctionBuilder, list[str]], list[str]],
+                    outputs: Sequence[RowOutput]) -> list[str]:
+    """Runs `body` (a row-wise computation: each query row's outputs depend on its own input rows only) over the S
+    query rows (seq_1: [1]) of `inputs` (value, row axis) at once when S x row_elements ([1]: score values per
+    row) fits CHUNK_ELEMENTS, else in chunks of C = max(1, CHUNK_ELEMENTS // row_elements) rows: a Loop slices
+    each input's rows (an input whose row axis has size 1 broadcasts: it is passed whole), pads each output's
+    last chunk to C rows and stacks them; the rows are then put back in order and cut to S. `body(g, rows)` builds
+    its nodes with builder g (a subgraph: it reads the body's values, never the node's attributes) and returns
+    its outputs, described by `outputs`. Returns the outputs' values for all S rows."""
+    budget = f.const(CHUNK_ELEMENTS, I64)
+    zero_1, one_1 = f.const([0], I64), f.const([1], I64)
+    fits = f.op("LessOrEqual", f.op("Squeeze", f.op("Mul", row_elements, seq_1)), budget)
+
+    def infos(names, extra_axes: int = 0):
+        return [helper.make_tensor_value_info(n, o.dtype, [None] * (o.rank + extra_axes))
+                for n, o in zip(names, outputs)]
+
+    whole = f.subgraph()
+    whole_outs = [whole.op("Identity", x) for x in body(whole, [x for x, _ in inputs])]
+
+    chunked = f.subgraph()
+    chunk = chunked.op("Min", chunked.op("Max", chunked.op("Div", budget, chunked.op("Max", row_elements, one_1)),
+                                         one_1), seq_1)  # [1]
+    count_1 = chunked.op("Div", chunked.op("Sub", chunked.op("Add", seq_1, chunk), one_1), chunk)  # [1]: ceil(S / C)
+    loop = f.subgraph()
+    step, cond = loop._fresh("chunk_step"), loop._fresh("chunk_cond")
+    begin = loop.op("Mul", loop.op("Unsqueeze", step, zero_1), chunk)  # [1]
+    end = loop.op("Add", begin, chunk)
+
+    def rows_of(x: str, axis: int) -> str:
+        broadcast = loop.op("Equal", loop.op("Shape", x, start=axis, end=axis + 1), one_1)
+        return loop.op("Slice", x, loop.op("Where", broadcast, zero_1, begin), loop.op("Where", broadcast, one_1, end),
+                       loop.const([axis], I64))
+
+    stacked = []
+    for value, o in zip(body(loop, [rows_of(x, axis) for x, axis in inputs]), outputs):
+        missing = loop.op("Sub", chunk, loop.op("Shape", value, start=o.axis, end=o.axis + 1))
+        pads = [loop.const([0] * (o.rank + o.axis), I64), missing]
+        if o.rank - o.axis - 1:
+            pads.append(loop.const([0] * (o.rank - o.axis - 1), I64))
+        padded = loop.op("Pad", value, loop.op("Concat", *pads, axis=0), loop.const(o.pad, o.dtype))
+        # a leading unit axis, so that stacking (the spec, onnxruntime: [n, 1, ...]) and concatenating (onnx.reference:
+        # [n, ...]) the iterations give the same values in the same order
+        stacked.append(loop.op("Unsqueeze", padded, zero_1))
+    cond_out = loop.op("Identity", cond)
+    loop_graph = loop.graph("row_chunk", [helper.make_tensor_value_info(step, I64, []),
+                                          helper.make_tensor_value_info(cond, TensorProto.BOOL, [])],
+                            [helper.make_tensor_value_info(cond_out, TensorProto.BOOL, [])] + infos(stacked, 1))
+    runs = chunked.op("Loop", chunked.op("Squeeze", count_1), chunked.const(True, TensorProto.BOOL), body=loop_graph,
+                      outputs=len(outputs))
+    runs = [runs] if isinstance(runs, str) else runs
+    chunked_outs = []
+    for run, o in zip(runs, outputs):
+        x = chunked.op("Reshape", run, chunked.op("Concat", count_1, chunked.op("Shape", run, start=-o.rank), axis=0))
+        perm = list(range(1, o.axis + 1)) + [0] + list(range(o.axis + 1, o.rank + 1))
+        x = chunked.op("Transpose", x, perm=perm)  # [..., n, C, ...]
+        dims = [chunked.op("Mul", count_1, chunk)]
+        if o.axis:
+            dims.insert(0, chunked.op("Shape", x, end=o.axis))
+        if o.rank - o.axis - 1:
+            dims.append(chunked.op("Shape", x, start=o.axis + 2))
+        x = chunked.op("Reshape", x, chunked.op("Concat", *dims, axis=0))
+        chunked_outs.append(chunked.op("Slice", x, zero_1, seq_1, chunked.const([o.axis], I64)))
+
+    names = [f._fresh("rows") for _ in outputs]
+    f.nodes.append(helper.make_node("If", [fits], names,
+                                    then_branch=whole.graph("all_rows", [], infos(whole_outs)),
+                                    else_branch=chunked.graph("row_chunks", [], infos(chunked_outs))))
+    return names
 
 
 def masked_softmax_attention(f: FunctionBuilder, s: str, visible: str, v: str,

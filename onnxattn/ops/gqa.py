@@ -302,21 +302,37 @@ def build_function(overload: str, opset: int) -> onnx.FunctionProto:
     else:
         present_k, present_v = k_new, v_new
 
-    # attention over the cache
-    total = f.op("Squeeze", f.op("Shape", present_k, start=2, end=3))
+    # attention over the cache, by chunks of query rows for long prompts (bodies.over_row_chunks)
+    total_1 = f.op("Shape", present_k, start=2, end=3)
+    total = f.op("Squeeze", total_1)
     j = f.op("Range", zero, total, one)  # [T]
     p = f.op("Unsqueeze", query_pos, f.const([1, 3], I64))  # [B or 1, 1, S, 1]
-    visible = bodies.structural_visibility(f, p, j, band=False, chunk=True)
+    keys_visible = None  # [B, 1, 1, T]: the same for every row
     if "shared" in features:
         valid = f.op("Add", past_len, f.op("Unsqueeze", seq, f.const([0], I64)))  # [B, 1]
-        visible = f.op("And", visible, f.op("Less", j, f.op("Unsqueeze", valid, f.const([2, 3], I64))))
+        keys_visible = f.op("Less", j, f.op("Unsqueeze", valid, f.const([2, 3], I64)))
     if "mask" in features:
         key_mask = f.op("Unsqueeze", f.op("Cast", "attention_mask", to=TensorProto.BOOL), f.const([1, 2], I64))
-        visible = f.op("And", visible, key_mask)
+        keys_visible = key_mask if keys_visible is None else f.op("And", keys_visible, key_mask)
     k_all = bodies.repeat_kv_heads(f, f.op("Cast", present_k, to=F32), q)
     v_all = bodies.repeat_kv_heads(f, f.op("Cast", present_v, to=F32), q)
     sink = bodies.head_sinks(f) if "sinks" in features else None
-    out, _ = bodies.masked_softmax_attention(f, bodies.scores(f, q, k_all), visible, v_all, sink=sink)
+    score_attrs = bodies.score_attributes(f, q)
+    visibility_attrs = bodies.visibility_attributes(f, band=False, chunk=True)
+
+    def attend(g: FunctionBuilder, rows: list[str]) -> list[str]:
+        q_rows, p_rows = rows
+        visible = bodies.structural_visibility(g, p_rows, j, band=False, chunk=True, attrs=visibility_attrs)
+        if keys_visible is not None:
+            visible = g.op("And", visible, keys_visible)
+        out, _ = bodies.masked_softmax_attention(g, bodies.scores(g, q_rows, k_all, score_attrs), visible, v_all,
+                                                 sink=sink)
+        return [out]
+
+    # scores [B, Hq, rows, T]: B Hq T values a query row
+    row_elements = f.op("Mul", f.op("Shape", q, end=1), f.op("Mul", f.op("Shape", q, start=1, end=2), total_1))
+    out = bodies.over_row_chunks(f, f.op("Shape", "query", start=1, end=2), row_elements, [(q, 2), (p, 2)], attend,
+                                 [bodies.RowOutput(rank=4, axis=2)])[0]
     out = f.op("Reshape", f.op("Transpose", out, perm=[0, 2, 1, 3]),
                f.op("Concat", f.op("Shape", "query", start=0, end=2), f.const([-1], I64), axis=0))
     f.nodes.append(onnx.helper.make_node("CastLike", [out, "query"], ["output"]))

@@ -9,6 +9,7 @@ from typing import Any
 import onnx
 from onnx import TensorProto
 
+from onnxattn.ops import _bodies as bodies
 from onnxattn.ops._spec import (
     FLOAT_TYPES,
     Attr,
@@ -130,12 +131,6 @@ def signature(inputs: Sequence[TensorInfo | None], outputs_present: Sequence[boo
     return "shared" if len(inputs) > 3 and inputs[3] is not None else ""
 
 
-# The function body scores at most this many float32 values ([B, rows, H, T], 128 MiB) at once: a call with more
-# (a long prompt) scores its query rows in chunks, in a Loop, so that it needs O(B H T) memory, not O(B S H T).
-# Module-level so that tests can shrink it to exercise the chunked form on small inputs.
-CHUNK_ELEMENTS = 1 << 25
-
-
 def build_function(overload: str, opset: int) -> onnx.FunctionProto:
     if overload not in OVERLOADS:
         raise ValueError(f"{NAME}: unknown overload {overload!r}")
@@ -143,7 +138,7 @@ def build_function(overload: str, opset: int) -> onnx.FunctionProto:
     zero, one = f.const(0, I64), f.const(1, I64)
     axis0, axis1, axis2, last = (f.const([a], I64) for a in (0, 1, 2, -1))
     head_dim = f.op("Shape", "key", start=-1)  # [1]
-    # q [B, S, H, D], k^T [B, 1, D, T] (either key rank); no -1 in the shapes, so that empty inputs reshape too
+    # q [B, S, H, D], k [B, T, D] (either key rank); no -1 in the shapes, so that empty inputs reshape too
     heads = f.op("Unsqueeze", f.attr("num_heads"), axis0)
     q_shape = f.op("Concat", f.op("Shape", "query", end=2), heads, head_dim, axis=0)
     q = f.op("Cast", f.op("Reshape", "query", q_shape, allowzero=1), to=F32)
@@ -171,15 +166,15 @@ def build_function(overload: str, opset: int) -> onnx.FunctionProto:
     none = f.const(INT64_MAX, I64)
     minus_one = f.const(-1, I64)
 
-    def select(g: FunctionBuilder, q_rows: str, w_rows: str, row_positions: str) -> str:
+    def select(g: FunctionBuilder, rows: list[str]) -> list[str]:
         """key_indices [B, rows, K] of some query rows: q [B, rows, H, D], w [B, rows, H], positions [B|1, rows, 1]."""
+        q_rows, w_rows, row_positions = rows
         # [B, rows H, D] x [B, D, T]: batch dims equal, no broadcasting (onnxruntime's MatMul refuses to broadcast
-        # a size-1 dim against a size-0 one, e.g. [B, 0, H, D] x [B, 1, D, T] for an empty sequence)
+        # a size-1 dim against a size-0 one, e.g. [B, 0, H, D] x [B, 1, D, T] for an empty sequence); K^T in the
+        # subgraph beside its MatMul, so that onnxruntime fuses the two (no transposed copy of the keys)
         rows_heads = g.op("Mul", g.op("Shape", q_rows, start=1, end=2), heads)
         flat = g.op("Reshape", q_rows, g.op("Concat", batch, rows_heads, head_dim, axis=0), allowzero=1)
-        # K^T in the subgraph beside its MatMul, so that onnxruntime fuses the two (no transposed copy of the keys)
-        k_t = g.op("Transpose", k, perm=[0, 2, 1])  # [B, D, T]
-        products = g.op("Reshape", g.op("MatMul", flat, k_t),
+        products = g.op("Reshape", g.op("MatMul", flat, g.op("Transpose", k, perm=[0, 2, 1])),
                         g.op("Concat", g.op("Shape", q_rows, end=3), total_1, axis=0), allowzero=1)
         per_head = g.op("Relu", g.op("Mul", products, scale))  # [B, rows, H, T]
         score = g.op("Squeeze", g.op("MatMul", g.op("Unsqueeze", w_rows, axis2), per_head), axis2)  # [B, rows, T]
@@ -192,50 +187,13 @@ def build_function(overload: str, opset: int) -> onnx.FunctionProto:
         # hidden picks (score -inf) sort last as INT64_MAX, then become -1
         picks = g.op("Where", g.op("Greater", values, neg_inf), picks, none)
         ascending = g.op("TopK", picks, top_k, axis=-1, largest=0, sorted=1, outputs=2)[0]
-        return g.op("Where", g.op("Equal", ascending, none), minus_one, ascending)
+        return [g.op("Where", g.op("Equal", ascending, none), minus_one, ascending)]
 
-    def rows_info(name: str) -> onnx.ValueInfoProto:
-        return onnx.helper.make_tensor_value_info(name, I64, [None, None, None])
-
-    # All rows at once when their scores fit CHUNK_ELEMENTS (decode, short prompts, empty inputs) ...
-    whole = f.subgraph()
-    whole_out = whole.op("Identity", select(whole, q, weights, positions))
-    # ... else chunks of C rows: C = max(1, CHUNK_ELEMENTS // (B H T)), ceil(S / C) steps of a Loop whose picks
-    # (the last chunk padded to C rows with -1) stack to [steps, B, C, K], then [B, steps C, K] cut to S rows.
-    row_elements = f.op("Mul", f.op("Mul", batch, heads), total_1)  # [1]: B H T
-    elements = f.op("Squeeze", f.op("Mul", row_elements, seq_1))
-    budget = f.const(CHUNK_ELEMENTS, I64)
-    chunked = f.subgraph()
-    chunk = chunked.op("Min", chunked.op("Max", chunked.op("Div", budget, chunked.op("Max", row_elements, one)), one),
-                       seq_1)  # [1]
-    chunk_count = chunked.op("Div", chunked.op("Sub", chunked.op("Add", seq, chunked.op("Squeeze", chunk)), one),
-                             chunked.op("Squeeze", chunk))
-    body = f.subgraph()
-    step, cond = "chunk_step", "chunk_cond"
-    begin = body.op("Mul", body.op("Unsqueeze", step, axis0), chunk)  # [1]
-    end = body.op("Add", begin, chunk)
-    rows = select(body, body.op("Slice", q, begin, end, axis1), body.op("Slice", weights, begin, end, axis1),
-                  body.op("Slice", positions, begin, end, axis1))
-    missing = body.op("Sub", chunk, body.op("Shape", rows, start=1, end=2))  # [1]: rows short of C (last chunk)
-    pads = body.op("Concat", body.const([0, 0, 0, 0], I64), missing, body.const([0], I64), axis=0)  # [B, rows, K]
-    padded = body.op("Pad", rows, pads, minus_one)
-    cond_out = body.op("Identity", cond)
-    body_graph = body.graph("chunk_body", [onnx.helper.make_tensor_value_info(step, I64, []),
-                                           onnx.helper.make_tensor_value_info(cond, TensorProto.BOOL, [])],
-                            [onnx.helper.make_tensor_value_info(cond_out, TensorProto.BOOL, []),
-                             onnx.helper.make_tensor_value_info(padded, I64, [None, None, None])])
-    stacked = chunked.op("Loop", chunk_count, chunked.const(True, TensorProto.BOOL), body=body_graph)
-    # [n, B, C, K] as the spec stacks scan outputs (onnx.reference concatenates them: [n B, C, K], the same order)
-    count_1 = chunked.op("Unsqueeze", chunk_count, axis0)
-    stacked = chunked.op("Reshape", stacked, chunked.op("Concat", count_1, batch, chunk, top_k, axis=0))
-    merged_shape = chunked.op("Concat", batch, chunked.op("Mul", count_1, chunk), top_k, axis=0)
-    merged = chunked.op("Reshape", chunked.op("Transpose", stacked, perm=[1, 0, 2, 3]), merged_shape)
-    chunked_out = chunked.op("Slice", merged, f.const([0], I64), seq_1, axis1)
-    fits = f.op("LessOrEqual", elements, budget)
-    f.nodes.append(onnx.helper.make_node(
-        "If", [fits], ["key_indices"],
-        then_branch=whole.graph("all_rows", [], [rows_info(whole_out)]),
-        else_branch=chunked.graph("row_chunks", [], [rows_info(chunked_out)])))
+    # per-head scores [B, rows, H, T]: B H T values a query row
+    row_elements = f.op("Mul", f.op("Mul", batch, heads), total_1)
+    picks = bodies.over_row_chunks(f, seq_1, row_elements, [(q, 1), (weights, 1), (positions, 1)], select,
+                                   [bodies.RowOutput(rank=3, axis=1, dtype=I64, pad=-1)])[0]
+    f.nodes.append(onnx.helper.make_node("Identity", [picks], ["key_indices"]))
     inputs = ["query", "key", "weights"] + (["past_lengths"] if overload == "shared" else [])
     return f.build(inputs, ["key_indices"])
 

@@ -330,16 +330,33 @@ def build_function(overload: str, opset: int) -> onnx.FunctionProto:
     k_rope_heads = f.op("Expand", rope_all, f.op("Concat", f.op("Shape", k_nope, end=3), rope_dim, axis=0))
     k = f.op("Concat", k_nope, k_rope_heads, axis=-1)
 
-    total = f.op("Squeeze", f.op("Shape", latent_all, start=2, end=3))
+    # attention over the caches, by chunks of query rows for long prompts (bodies.over_row_chunks)
+    total_1 = f.op("Shape", latent_all, start=2, end=3)
+    total = f.op("Squeeze", total_1)
     j = f.op("Range", zero, total, one)  # [T]
     p = f.op("Unsqueeze", query_pos, f.const([1, 3], I64))  # [B or 1, 1, S, 1]
-    visible = bodies.structural_visibility(f, p, j, band=False)
+    rows = [(q, 2), (p, 2)]
+    if "index" in features:
+        rows.append((_listed_keys(f, total), 2))  # [B, 1, S, T]
+    valid_keys = None
     if "shared" in features:
         valid = f.op("Add", past_len, f.op("Unsqueeze", seq, axis0))  # [B, 1]
-        visible = f.op("And", visible, f.op("Less", j, f.op("Unsqueeze", valid, f.const([2, 3], I64))))
-    if "index" in features:
-        visible = f.op("And", visible, _listed_keys(f, total))
-    out, _ = bodies.masked_softmax_attention(f, bodies.scores(f, q, k), visible, v)
+        valid_keys = f.op("Less", j, f.op("Unsqueeze", valid, f.const([2, 3], I64)))  # [B, 1, 1, T]
+    score_attrs = bodies.score_attributes(f, q)
+    visibility_attrs = bodies.visibility_attributes(f, band=False)
+
+    def attend(g: FunctionBuilder, row_inputs: list[str]) -> list[str]:
+        visible = bodies.structural_visibility(g, row_inputs[1], j, band=False, attrs=visibility_attrs)
+        if valid_keys is not None:
+            visible = g.op("And", visible, valid_keys)
+        if "index" in features:
+            visible = g.op("And", visible, row_inputs[2])
+        return [bodies.masked_softmax_attention(g, bodies.scores(g, row_inputs[0], k, score_attrs), visible, v)[0]]
+
+    # scores [B, H, rows, T]: B H T values a query row
+    row_elements = f.op("Mul", f.op("Shape", q, end=1), f.op("Mul", f.op("Shape", q, start=1, end=2), total_1))
+    out = bodies.over_row_chunks(f, f.op("Shape", "query", start=1, end=2), row_elements, rows, attend,
+                                 [bodies.RowOutput(rank=4, axis=2)])[0]
     out = f.op("Reshape", f.op("Transpose", out, perm=[0, 2, 1, 3]),
                f.op("Concat", f.op("Shape", "query", start=0, end=2), f.const([-1], I64), axis=0))
     f.nodes.append(onnx.helper.make_node("CastLike", [out, "query"], ["output"]))

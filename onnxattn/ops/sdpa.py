@@ -165,24 +165,39 @@ def build_function(overload: str, opset: int) -> onnx.FunctionProto:
     q = f.op("Cast", "Q", to=F32)
     k = bodies.repeat_kv_heads(f, f.op("Cast", "K", to=F32), "Q")
     v = bodies.repeat_kv_heads(f, f.op("Cast", "V", to=F32), "Q")
-    scores = bodies.scores(f, q, k)
+    score_attrs = bodies.score_attributes(f, q)
+    visibility_attrs = bodies.visibility_attributes(f, band=True)
 
     # query row i sits at key position p = i + Skv - Sq
     zero, one = f.const(0, I64), f.const(1, I64)
-    sq = f.op("Squeeze", f.op("Shape", "Q", start=2, end=3))
-    skv = f.op("Squeeze", f.op("Shape", "K", start=2, end=3))
-    p = f.op("Unsqueeze", f.op("Add", f.op("Range", zero, sq, one), f.op("Sub", skv, sq)), f.const([1], I64))
-    j = f.op("Unsqueeze", f.op("Range", zero, skv, one), f.const([0], I64))
-    visible = bodies.structural_visibility(f, p, j, band=True)
+    sq_1 = f.op("Shape", "Q", start=2, end=3)
+    sq = f.op("Squeeze", sq_1)
+    skv_1 = f.op("Shape", "K", start=2, end=3)
+    skv = f.op("Squeeze", skv_1)
+    p = f.op("Unsqueeze", f.op("Add", f.op("Range", zero, sq, one), f.op("Sub", skv, sq)), f.const([1], I64))  # [Sq, 1]
+    j = f.op("Unsqueeze", f.op("Range", zero, skv, one), f.const([0], I64))  # [1, Skv]
 
     inputs = ["Q", "K", "V"]
-    if BOOL_MASK in features:
+    rows = [(q, 2), (p, 0)]
+    if BOOL_MASK in features or ADDITIVE_MASK in features:
         inputs.append("attn_mask")
-        visible = f.op("And", visible, "attn_mask")
-    elif ADDITIVE_MASK in features:
-        inputs.append("attn_mask")
-        scores = f.op("Add", scores, f.op("Cast", "attn_mask", to=F32))
-    out, lse = bodies.masked_softmax_attention(f, scores, visible, v)
+        mask = "attn_mask" if BOOL_MASK in features else f.op("Cast", "attn_mask", to=F32)
+        rows.append((f.op("Expand", mask, f.const([1, 1, 1, 1], I64)), 2))  # rank 4: rows on axis 2
+
+    def attend(g: FunctionBuilder, row_inputs: list[str]) -> list[str]:
+        q_rows, p_rows = row_inputs[:2]
+        scores = bodies.scores(g, q_rows, k, score_attrs)
+        visible = bodies.structural_visibility(g, p_rows, j, band=True, attrs=visibility_attrs)
+        if BOOL_MASK in features:
+            visible = g.op("And", visible, row_inputs[2])
+        elif ADDITIVE_MASK in features:
+            scores = g.op("Add", scores, row_inputs[2])
+        return list(bodies.masked_softmax_attention(g, scores, visible, v))
+
+    # scores [B, Hq, rows, Skv]: B Hq Skv values a query row
+    row_elements = f.op("Mul", f.op("Shape", q, end=1), f.op("Mul", f.op("Shape", q, start=1, end=2), skv_1))
+    out, lse = bodies.over_row_chunks(f, sq_1, row_elements, rows, attend,
+                                      [bodies.RowOutput(rank=4, axis=2), bodies.RowOutput(rank=4, axis=2)])
     f.nodes.append(onnx.helper.make_node("CastLike", [out, "Q"], ["Y"]))
     if WITH_LSE not in features:
         return f.build(inputs, ["Y"])
