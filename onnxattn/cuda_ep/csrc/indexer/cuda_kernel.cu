@@ -32,6 +32,26 @@ __device__ __forceinline__ int64_t first_position(const int64_t* past_lengths, i
   return length < 0 ? 0 : (length > last ? last : length);
 }
 
+// A score block's tiles: blockIdx.y the wave's query tile (sequence b, queries i0 .. i0 + count - 1 at positions
+// first + i), blockIdx.x the key tile (keys k0 .. k0 + kKeyTile - 1).
+struct ScoreTile {
+  int64_t b, i0, first, k0;
+  int count;
+  __device__ __forceinline__ bool any_visible() const { return k0 <= first + i0 + count - 1; }  // else: all future
+};
+
+__device__ __forceinline__ ScoreTile score_tile(const int64_t* past_lengths, int64_t seq, int64_t total,
+                                                int64_t tiles_per_row, int64_t first_tile) {
+  const int64_t tile = first_tile + blockIdx.y;
+  ScoreTile t;
+  t.b = tile / tiles_per_row;
+  t.i0 = (tile % tiles_per_row) * kQueryTile;
+  t.count = int(seq - t.i0 < kQueryTile ? seq - t.i0 : kQueryTile);
+  t.first = first_position(past_lengths, t.b, seq, total);
+  t.k0 = int64_t(blockIdx.x) * kKeyTile;
+  return t;
+}
+
 // ReLU as the contract (and the CPU kernel's std::max(x, 0.0f)) has it: NaN stays NaN, so a key whose product is
 // NaN scores NaN and is never picked; fmaxf would turn it into 0, a finite score.
 __device__ __forceinline__ float relu(float x) { return x < 0.0f ? 0.0f : x; }
@@ -49,13 +69,10 @@ __global__ void __launch_bounds__(kKeyTile)
   extern __shared__ float4 smem[];
   float* const q = reinterpret_cast<float*>(smem);  // one query's heads [H][kWidth], scaled
   float* const w = q + heads * kWidth;              // its head weights [H]
-  const int64_t tile = first_tile + blockIdx.y;
-  const int64_t b = tile / tiles_per_row;
-  const int64_t i0 = (tile % tiles_per_row) * kQueryTile;
-  const int count = int(seq - i0 < kQueryTile ? seq - i0 : kQueryTile);
-  const int64_t first = first_position(past_lengths, b, seq, total);
-  const int64_t k0 = int64_t(blockIdx.x) * kKeyTile;
-  if (k0 > first + i0 + count - 1) return;  // the whole key tile is in every query's future
+  const ScoreTile tile = score_tile(past_lengths, seq, total, tiles_per_row, first_tile);
+  if (!tile.any_visible()) return;
+  const int64_t b = tile.b, i0 = tile.i0, first = tile.first, k0 = tile.k0;
+  const int count = tile.count;
   const int64_t t = k0 + threadIdx.x;
   float k_row[kWidth];
 #pragma unroll
@@ -116,13 +133,10 @@ __global__ void __launch_bounds__(kMmaWarps * 32)
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int quad_row = lane / 4, quad_col = 2 * (lane % 4);
-  const int64_t tile = first_tile + blockIdx.y;
-  const int64_t b = tile / tiles_per_row;
-  const int64_t i0 = (tile % tiles_per_row) * kQueryTile;
-  const int count = int(seq - i0 < kQueryTile ? seq - i0 : kQueryTile);
-  const int64_t first = first_position(past_lengths, b, seq, total);
-  const int64_t k0 = int64_t(blockIdx.x) * kKeyTile;
-  if (k0 > first + i0 + count - 1) return;  // the whole key tile is in every query's future
+  const ScoreTile tile = score_tile(past_lengths, seq, total, tiles_per_row, first_tile);
+  if (!tile.any_visible()) return;
+  const int64_t b = tile.b, i0 = tile.i0, first = tile.first, k0 = tile.k0;
+  const int count = tile.count;
   // positions grow with j: the queries before j_begin see none of the tile
   const int j_begin = k0 > first + i0 ? int(k0 - first - i0) : 0;
   const int d_chunks = head_dim / 8;  // D % 8 == 0 (the plan)
