@@ -10,7 +10,8 @@ kernel (family `wgmma`, ONNXATTN_SDPA_CUDA_PREFILL=wgmma: partial row tiles, par
 without keys; on every run, skipped on other GPUs). Both passed memcheck on an H100 (93587a9, 8ec89a9). Then the
 sparse ops' tensor-core attention by block (family `sparse_mma`, ONNXATTN_SPARSE_CUDA=mma, through onnxruntime's
 CUDA EP: shared and per-head NSA lists, partial last blocks, rows before any key, routed segments longer than a
-tile, Dv != D; on every run). Not a pytest module."""
+tile, Dv != D; on every run). Then LightningIndexer (family `indexer`, not yet run on a GPU: both score kernels,
+the radix select, shared buffers with NaN in hidden slots; on every run). Not a pytest module."""
 
 from __future__ import annotations
 
@@ -156,14 +157,70 @@ def sparse_mma_cases() -> int:
                for name in names for dtype in ("bfloat16",))  # fmt: skip
 
 
+INDEXER_NAMES = ("shared-b3-nan-hidden", "decode-h64-t300-b2", "nan-visible-keys", "odd-h3-d5", "large")
+
+
+def indexer_cases() -> int:
+    """LightningIndexer through the library's C entry on torch tensors (tests/test_indexer_numerics.py's cases,
+    checked against its oracle): the tensor-core score kernel (16-bit, D % 8 == 0), the CUDA-core one (float32,
+    D = 5, or ONNXATTN_INDEXER_CUDA=simt), shared buffers with NaN in the hidden slots, the radix select."""
+    import ctypes
+    import dataclasses
+
+    import numpy as np
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))  # tests/
+    import test_indexer_numerics as n
+
+    dll = ctypes.CDLL(lib.library_path())
+    dll.OnnxAttnIndexerCudaPlan.restype = dll.OnnxAttnIndexerCudaRun.restype = ctypes.c_char_p
+    dll.OnnxAttnIndexerCudaPlan.argtypes = [ctypes.c_int64] * 8 + [ctypes.POINTER(ctypes.c_int64)]
+    dll.OnnxAttnIndexerCudaRun.argtypes = [ctypes.c_int64] * 6 + [ctypes.c_float, ctypes.POINTER(ctypes.c_void_p),
+                                                                ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p,
+                                                                ctypes.c_int64]
+    types = {"float32": (torch.float32, 1, 4), "float16": (torch.float16, 10, 2)}
+
+    def run_case(case_id: str, dtype: str, kernel: str) -> str:
+        c = n.CASES_BY_ID[case_id]
+        feeds = n.feeds_of(case_id)
+        torch_type, onnx_type, size = types[dtype]
+        q = torch.from_numpy(np.asarray(feeds["query"], np.float32)).to("cuda", torch_type)
+        k = torch.from_numpy(np.asarray(feeds["key"], np.float32)).to("cuda", torch_type).contiguous()
+        w = torch.from_numpy(feeds["weights"]).cuda()
+        past = torch.from_numpy(feeds["past_lengths"]).cuda() if "past_lengths" in feeds else None
+        out = torch.empty(c.batch, c.q_len, c.top_k, dtype=torch.int64, device="cuda")
+        plan = (ctypes.c_int64 * 9)()
+        with library_switch("ONNXATTN_INDEXER_CUDA", kernel):
+            error = dll.OnnxAttnIndexerCudaPlan(c.batch, c.q_len, c.kv_len, c.heads, c.head_dim, c.top_k, size, -1,
+                                                plan)
+            if error:
+                raise RuntimeError(error.decode())
+            scratch = torch.empty(max(plan[6], 1), dtype=torch.uint8, device="cuda")
+            ptrs = (ctypes.c_void_p * 5)(q.data_ptr(), k.data_ptr(), w.data_ptr(),
+                                         past.data_ptr() if past is not None else None, out.data_ptr())
+            error = dll.OnnxAttnIndexerCudaRun(c.batch, c.q_len, c.kv_len, c.heads, c.head_dim, c.top_k, c.scale, ptrs,
+                                               onnx_type, torch.cuda.current_stream().cuda_stream, scratch.data_ptr(),
+                                               scratch.numel())
+            if error:
+                raise RuntimeError(error.decode())
+        torch.cuda.synchronize()
+        n.check(dataclasses.replace(c, dtype=dtype), [out.cpu().numpy()])
+        return "tensor cores" if plan[7] else "CUDA cores"
+
+    return sum(checked(f"indexer {name} {dtype} {kernel}", lambda: run_case(name, dtype, kernel))
+               for name in INDEXER_NAMES for dtype, kernel in (("float16", "mma"), ("float32", "simt")))
+
+
 def main(argv=None) -> int:
-    """Arguments: the families to run, `sdpa`, `gqa`, `paged`, `mla`, `wgmma` and/or `sparse_mma` (default all)."""
+    """Arguments: the families to run, `sdpa`, `gqa`, `paged`, `mla`, `wgmma`, `sparse_mma` and/or `indexer`
+    (default all)."""
     families = set(argv if argv is not None else sys.argv[1:]) or {"sdpa", "gqa", "paged", "mla", "wgmma",
-                                                                   "sparse_mma"}
+                                                                   "sparse_mma", "indexer"}
     by_name = {c.name: c for c in CASES}
     failed = paged_cases() if "paged" in families else 0  # first: the one family checked on every run
     # then the newest kernels (not yet run on a GPU), before the cap can cut the run short
     failed += sparse_mma_cases() if "sparse_mma" in families else 0
+    failed += indexer_cases() if "indexer" in families else 0
     failed += mla_cases() if "mla" in families else 0
     failed += wgmma_cases() if "wgmma" in families else 0
     for name in NAMES if "sdpa" in families else ():
