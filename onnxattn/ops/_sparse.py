@@ -63,15 +63,15 @@ def chosen_mask(f: FunctionBuilder, key: str, indices: str, chosen: str, extra: 
     return f.op("ScatterElements", zeros, indices, f.op("Cast", chosen, to=F32), axis=-1)
 
 
-def ascending_list(f: FunctionBuilder, indices: str, chosen: str, width_attr: str) -> str:
-    """The chosen indices in ascending order, then -1 up to the node attribute `width_attr` entries
-    (int64 [.., width]): the selected_* outputs."""
+def ascending_list(f: FunctionBuilder, indices: str, chosen: str, width: str) -> str:
+    """The chosen indices in ascending order, then -1 up to `width` entries (an int64 scalar value, the node's
+    top_* attribute) (int64 [.., width]): the selected_* outputs."""
     neg = f.op("Where", chosen, f.op("Neg", f.op("Cast", indices, to=F32)), f.const(float("-inf")))
     k = f.op("Shape", neg, start=-1)
     values, _ = f.op("TopK", neg, k, outputs=2, axis=-1, largest=1, sorted=1)
     listed = f.op("Where", f.op("Greater", values, f.const(float("-inf"))),
                   f.op("Cast", f.op("Neg", values), to=I64), f.const(-1, I64))
-    missing = f.op("Sub", f.op("Reshape", f.attr(width_attr), f.const([1], I64)), k)
+    missing = f.op("Sub", f.op("Reshape", width, f.const([1], I64)), k)
     lead = f.op("Mul", f.op("Shape", listed, end=-1), f.const([0], I64))  # a 0 per leading axis
     pads = f.op("Concat", lead, f.const([0], I64), lead, missing, axis=0)
     return f.op("Pad", listed, pads, f.const(-1, I64))

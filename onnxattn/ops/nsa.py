@@ -271,7 +271,7 @@ def build_function(overload: str, opset: int) -> onnx.FunctionProto:
     if BLOCKS in features or TOKENS in features:
         # the rows of a group are equal under shared selection: report the group's (every G-th head)
         heads = f.op("Range", zero, sparse.scalar_dim(f, "Q", 1), f.op("Squeeze", f.op("Where", shared, group, one)))
-        listed = sparse.ascending_list(f, indices, chosen, "top_blocks")
+        listed = sparse.ascending_list(f, indices, chosen, f.attr("top_blocks"))
         f.nodes.append(onnx.helper.make_node("Gather", [listed, heads], ["selected_blocks"], axis=1))
 
     # ---- fine branch (top_tokens keys by score) or the compression branch's output
@@ -282,7 +282,7 @@ def build_function(overload: str, opset: int) -> onnx.FunctionProto:
             token_mask = sparse.chosen_mask(f, token_key, t_indices, t_chosen)
             o_second, _ = bodies.masked_softmax_attention(f, logits, f.op("Cast", token_mask, to=TensorProto.BOOL), vr)
         if TOKENS in features:
-            f.nodes.append(onnx.helper.make_node("Identity", [sparse.ascending_list(f, t_indices, t_chosen, "top_tokens")],
+            f.nodes.append(onnx.helper.make_node("Identity", [sparse.ascending_list(f, t_indices, t_chosen, f.attr("top_tokens"))],
                                                  ["selected_tokens"]))
 
     # ---- window branch: the W most recent keys, the current one included

@@ -158,28 +158,41 @@ def build_function(overload: str, opset: int) -> onnx.FunctionProto:
     norms = f.op("Sqrt", f.op("ReduceSum", f.op("Mul", centroids, centroids), f.const([-1], I64), keepdims=1))
     unit = f.op("Div", centroids, f.op("Max", norms, f.const(1e-12)))
     centroids = f.op("Where", f.op("Equal", f.attr("cosine"), one), unit, centroids)
-    scores = f.op("MatMul", q_route, f.op("Transpose", bodies.repeat_kv_heads(f, centroids, "Q"), perm=[0, 1, 3, 2]))
-
-    # routing: the own segment forced, earlier ones by score (causal); all by score otherwise
+    centroids_t = f.op("Transpose", bodies.repeat_kv_heads(f, centroids, "Q"), perm=[0, 1, 3, 2])
     causal = f.op("Equal", f.attr("causal"), one)
-    own = sparse.own_index(f, p, seg)
-    candidate = f.op("Or", f.op("Not", causal), f.op("Less", c, own))
-    key = f.op("Where", f.op("And", causal, f.op("Equal", c, own)), f.const(float("inf")),
-               f.op("Where", candidate, scores, f.const(float("-inf"))))
-    indices, chosen = sparse.select_top(f, key, f.attr("top_k"))
-    mask = sparse.chosen_mask(f, key, indices, chosen)
-    routed = f.op("Cast", f.op("Gather", mask, f.op("Div", j, seg), axis=3), to=TensorProto.BOOL)
-    visible = f.op("And", routed, f.op("Or", f.op("Not", causal), f.op("LessOrEqual", j, p)))
-
+    top_k = f.attr("top_k")
     scale = sparse.resolved_scale(f, "Q")
-    kr = bodies.repeat_kv_heads(f, k_rot, "Q")
-    logits = f.op("Mul", f.op("MatMul", q_rot, f.op("Transpose", kr, perm=[0, 1, 3, 2])), scale)
-    out, _ = bodies.masked_softmax_attention(f, logits, visible, vr)
-    f.nodes.append(onnx.helper.make_node("CastLike", [out, "Q"], ["Y"]))
+    kr_t = f.op("Transpose", bodies.repeat_kv_heads(f, k_rot, "Q"), perm=[0, 1, 3, 2])
+
+    def attend(g: FunctionBuilder, rows: list[str]) -> list[str]:
+        """Routing and attention of some query rows: q_route, q_rot [B, Hq, rows, D], p [rows, 1]."""
+        q_route_rows, q_rot_rows, p_rows = rows
+        scores = g.op("MatMul", q_route_rows, centroids_t)
+        # routing: the own segment forced, earlier ones by score (causal); all by score otherwise
+        own = sparse.own_index(g, p_rows, seg)
+        candidate = g.op("Or", g.op("Not", causal), g.op("Less", c, own))
+        key = g.op("Where", g.op("And", causal, g.op("Equal", c, own)), g.const(float("inf")),
+                   g.op("Where", candidate, scores, g.const(float("-inf"))))
+        indices, chosen = sparse.select_top(g, key, top_k)
+        mask = sparse.chosen_mask(g, key, indices, chosen)
+        routed = g.op("Cast", g.op("Gather", mask, g.op("Div", j, seg), axis=3), to=TensorProto.BOOL)
+        visible = g.op("And", routed, g.op("Or", g.op("Not", causal), g.op("LessOrEqual", j, p_rows)))
+        logits = g.op("Mul", g.op("MatMul", q_rot_rows, kr_t), scale)
+        out = [bodies.masked_softmax_attention(g, logits, visible, vr)[0]]
+        return out + ([sparse.ascending_list(g, indices, chosen, top_k)] if SEGMENTS in features else [])
+
+    # logits [B, Hq, rows, Skv]: B Hq Skv values a query row
+    row_elements = f.op("Mul", f.op("Shape", "Q", end=1), f.op("Mul", f.op("Shape", "Q", start=1, end=2),
+                                                                f.op("Shape", "K", start=2, end=3)))
+    row_outputs = [bodies.RowOutput(rank=4, axis=2)]
+    if SEGMENTS in features:
+        row_outputs.append(bodies.RowOutput(rank=4, axis=2, dtype=I64, pad=-1))
+    results = bodies.over_row_chunks(f, f.op("Shape", "Q", start=2, end=3), row_elements,
+                                     [(q_route, 2), (q_rot, 2), (p, 0)], attend, row_outputs)
+    f.nodes.append(onnx.helper.make_node("CastLike", [results[0], "Q"], ["Y"]))
     outputs = ["Y"]
     if SEGMENTS in features:
-        f.nodes.append(onnx.helper.make_node("Identity", [sparse.ascending_list(f, indices, chosen, "top_k")],
-                                             ["selected_segments"]))
+        f.nodes.append(onnx.helper.make_node("Identity", [results[1]], ["selected_segments"]))
         outputs.append("selected_segments")
     inputs = ["Q", "K", "V"] + (["position_ids"] if POSITIONS in features else [])
     return f.build(inputs, outputs)
