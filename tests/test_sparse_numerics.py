@@ -243,11 +243,11 @@ def test_matches_oracle(case: Case, path: str):
 
 @pytest.mark.parametrize("rows", [1, 3], ids=["one-row-chunks", "three-row-chunks"])
 @pytest.mark.parametrize("path", ["function-ort", "function-onnx-reference"])
-@pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in CASES
-                                  if c.op == ROUTED and c.dtype == "float32"])
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in CASES if c.dtype == "float32"])
 def test_the_function_in_row_chunks_matches_oracle(case: Case, path: str, rows: int, monkeypatch):
-    """SparseRoutedAttention's reference function in its chunked form (a Loop over query rows, for calls whose
-    [B, Hq, Sq, Skv] logits pass ops._bodies.CHUNK_ELEMENTS: long contexts), forced by a budget of `rows` rows."""
+    """The reference functions in their chunked form (a Loop over query rows, for calls whose [B, Hq, Sq, Skv]
+    logits pass ops._bodies.CHUNK_ELEMENTS: long contexts), forced by a budget of `rows` rows: selections,
+    compression branch, gates and all three outputs per chunk."""
     from onnxattn.ops import _bodies
 
     monkeypatch.setattr(_bodies, "CHUNK_ELEMENTS", rows * case.batch * case.q_heads * case.kv_len)

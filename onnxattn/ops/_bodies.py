@@ -156,7 +156,8 @@ def over_row_chunks(f: FunctionBuilder, seq_1: str, row_elements: str, inputs: S
     runs = [runs] if isinstance(runs, str) else runs
     chunked_outs = []
     for run, o in zip(runs, outputs):
-        x = chunked.op("Reshape", run, chunked.op("Concat", count_1, chunked.op("Shape", run, start=-o.rank), axis=0))
+        x = chunked.op("Reshape", run, chunked.op("Concat", count_1, chunked.op("Shape", run, start=-o.rank), axis=0),
+                       allowzero=1)  # a 0 is an empty dim (e.g. no selections), not "copy the input's"
         perm = list(range(1, o.axis + 1)) + [0] + list(range(o.axis + 1, o.rank + 1))
         x = chunked.op("Transpose", x, perm=perm)  # [..., n, C, ...]
         dims = [chunked.op("Mul", count_1, chunk)]
@@ -164,7 +165,7 @@ def over_row_chunks(f: FunctionBuilder, seq_1: str, row_elements: str, inputs: S
             dims.insert(0, chunked.op("Shape", x, end=o.axis))
         if o.rank - o.axis - 1:
             dims.append(chunked.op("Shape", x, start=o.axis + 2))
-        x = chunked.op("Reshape", x, chunked.op("Concat", *dims, axis=0))
+        x = chunked.op("Reshape", x, chunked.op("Concat", *dims, axis=0), allowzero=1)
         chunked_outs.append(chunked.op("Slice", x, zero_1, seq_1, chunked.const([o.axis], I64)))
 
     names = [f._fresh("rows") for _ in outputs]

@@ -210,101 +210,131 @@ def build_function(overload: str, opset: int) -> onnx.FunctionProto:
     features = set(overload.split("+")) if overload else set()
     f = FunctionBuilder(SPEC, overload, opset)
     zero, one = f.const(0, I64), f.const(1, I64)
-    q = f.op("Cast", "Q", to=F32)
     k = f.op("Cast", "K", to=F32)
-    kr = bodies.repeat_kv_heads(f, k, "Q")
+    kr_t = f.op("Transpose", bodies.repeat_kv_heads(f, k, "Q"), perm=[0, 1, 3, 2])
     vr = bodies.repeat_kv_heads(f, f.op("Cast", "V", to=F32), "Q")
     scale = sparse.resolved_scale(f, "Q")
-    dots = f.op("MatMul", q, f.op("Transpose", kr, perm=[0, 1, 3, 2]))  # [B, Hq, Sq, Skv], unscaled
-    logits = f.op("Mul", dots, scale)
     p = sparse.query_positions(f, "Q", "K")  # [Sq, 1]
     skv = sparse.scalar_dim(f, "K", 2)
     j = f.op("Range", zero, skv, one)  # [Skv]
     causal = f.op("Equal", f.attr("causal"), one)
-    past_only = f.op("Or", f.op("Not", causal), f.op("LessOrEqual", j, p))  # [Sq, Skv]
     bs = f.attr("block_size")
     full = f.op("Div", skv, bs)  # complete blocks
-
-    # ---- compression branch: attention over the compressed tokens; its probabilities score the blocks
+    # the node's attributes, read here: the row-wise part below may run in a Loop's body (bodies.over_row_chunks)
+    top_blocks, top_tokens, window = f.attr("top_blocks"), f.attr("top_tokens"), f.attr("window")
+    sink_blocks, local_blocks = f.attr("sink_blocks"), f.attr("local_blocks")
+    shared = f.op("Equal", f.attr("shared_selection"), one)
+    group = f.op("Div", f.op("Shape", "Q", start=1, end=2), f.op("Shape", "K", start=1, end=2))
+    blocks = f.op("Add", full, f.op("Mul", f.op("Cast", causal, to=I64),
+                                    f.op("Cast", f.op("Greater", f.op("Mod", skv, bs), zero), to=I64)))
+    block_pads = f.op("Concat", f.const([0, 0, 0, 0, 0, 0, 0], I64),
+                      f.op("Reshape", f.op("Sub", blocks, full), f.const([1], I64)), axis=0)
+    c = f.op("Range", zero, blocks, one)  # [Nb]
+    key_block = f.op("Min", f.op("Div", j, bs), blocks)
     if COMPRESSED in features:
-        ck = bodies.repeat_kv_heads(f, f.op("Cast", "compressed_key", to=F32), "Q")
+        ck_t = f.op("Transpose", bodies.repeat_kv_heads(f, f.op("Cast", "compressed_key", to=F32), "Q"),
+                    perm=[0, 1, 3, 2])
         cv = bodies.repeat_kv_heads(f, f.op("Cast", "compressed_value", to=F32), "Q")
-        c_logits = f.op("Mul", f.op("MatMul", q, f.op("Transpose", ck, perm=[0, 1, 3, 2])), scale)
-        t = f.op("Range", zero, sparse.scalar_dim(f, ck, 2), one)
-        whole = f.op("LessOrEqual", f.op("Sub", f.op("Mul", f.op("Add", t, one), bs), one), p)
-        c_visible = f.op("Or", f.op("Not", causal), whole)  # [Sq, Nc]
-        o_second, c_lse = bodies.masked_softmax_attention(f, c_logits, c_visible, cv)
-        block_scores = f.op("Where", c_visible, f.op("Exp", f.op("Sub", c_logits, c_lse)), f.const(0.0))
+        t = f.op("Range", zero, sparse.scalar_dim(f, "compressed_key", 2), one)
     else:
         keys = f.op("Slice", k, f.const([0], I64), f.op("Reshape", f.op("Mul", full, bs), f.const([1], I64)),
                     f.const([2], I64))
         shape = f.op("Concat", f.op("Shape", k, end=2), f.op("Reshape", full, f.const([1], I64)),
                      f.op("Reshape", bs, f.const([1], I64)), f.op("Shape", k, start=3), axis=0)
         means = f.op("ReduceMean", f.op("Reshape", keys, shape, allowzero=1), f.const([3], I64), keepdims=0)
-        block_scores = f.op("MatMul", q, f.op("Transpose", bodies.repeat_kv_heads(f, means, "Q"), perm=[0, 1, 3, 2]))
+        means_t = f.op("Transpose", bodies.repeat_kv_heads(f, means, "Q"), perm=[0, 1, 3, 2])
+    # the queries cast per chunk: a function-scope Cast read only by the subgraphs is one onnxruntime tries to drop
+    # for float32 inputs, and warns that it cannot (their implicit inputs keep its name)
+    rows = [("Q", 2), (p, 0)]
+    if GATES in features:  # [B, Hq, Sq, 3]
+        rows.append((f.op("Expand", f.op("Cast", "gates", to=F32),
+                          f.op("Concat", f.op("Shape", "Q", end=3), f.const([3], I64), axis=0)), 2))
 
-    # ---- block branch: selection keys, TopK, keys of the chosen blocks
-    shared = f.op("Equal", f.attr("shared_selection"), one)
-    group = f.op("Div", f.op("Shape", "Q", start=1, end=2), f.op("Shape", "K", start=1, end=2))
-    grouped_shape = f.op("Concat", f.op("Shape", "K", end=2), group, f.op("Shape", block_scores, start=2), axis=0)
-    summed = f.op("ReduceSum", f.op("Reshape", block_scores, grouped_shape, allowzero=1), f.const([2], I64), keepdims=0)
-    # one body for both settings: per head, or the group's sum repeated to every head of the group
-    block_scores = f.op("Where", shared, bodies.repeat_kv_heads(f, summed, "Q"), block_scores)
-    blocks = f.op("Add", full, f.op("Mul", f.op("Cast", causal, to=I64),
-                                    f.op("Cast", f.op("Greater", f.op("Mod", skv, bs), zero), to=I64)))
-    pads = f.op("Concat", f.const([0, 0, 0, 0, 0, 0, 0], I64),
-                f.op("Reshape", f.op("Sub", blocks, full), f.const([1], I64)), axis=0)
-    block_scores = f.op("Pad", block_scores, pads, f.const(float("-inf")))  # the own partial block: forced
-    c = f.op("Range", zero, blocks, one)  # [Nb]
-    own = sparse.own_index(f, p, bs)  # [Sq, 1]
-    candidate = f.op("Or", f.op("Not", causal), f.op("LessOrEqual", c, own))
-    local = f.op("And", f.op("Less", c, own), f.op("GreaterOrEqual", c, f.op("Sub", own, f.attr("local_blocks"))))
-    forced = f.op("Or", f.op("Or", f.op("And", causal, f.op("Equal", c, own)), f.op("Less", c, f.attr("sink_blocks"))),
-                  local)
-    forced = f.op("And", forced, candidate)
-    key = f.op("Where", forced, f.const(float("inf")), f.op("Where", candidate, block_scores, f.const(float("-inf"))))
-    indices, chosen = sparse.select_top(f, key, f.attr("top_blocks"))
-    block_mask = sparse.chosen_mask(f, key, indices, chosen, extra=1)  # + a zero column for dropped keys
-    key_block = f.op("Min", f.op("Div", j, bs), blocks)
-    in_blocks = f.op("Cast", f.op("Gather", block_mask, key_block, axis=3), to=TensorProto.BOOL)
-    o_blocks, _ = bodies.masked_softmax_attention(f, logits, f.op("And", in_blocks, past_only), vr)
+    def attend(g: FunctionBuilder, row_inputs: list[str]) -> list[str]:
+        """The three branches and their selections for some query rows: q [B, Hq, rows, D], p [rows, 1]."""
+        q_rows, p_rows = g.op("Cast", row_inputs[0], to=F32), row_inputs[1]
+        dots = g.op("MatMul", q_rows, kr_t)  # [B, Hq, rows, Skv], unscaled
+        logits = g.op("Mul", dots, scale)
+        past_only = g.op("Or", g.op("Not", causal), g.op("LessOrEqual", j, p_rows))  # [rows, Skv]
+        results = []
+
+        # ---- compression branch: attention over the compressed tokens; its probabilities score the blocks
+        if COMPRESSED in features:
+            c_logits = g.op("Mul", g.op("MatMul", q_rows, ck_t), scale)
+            whole = g.op("LessOrEqual", g.op("Sub", g.op("Mul", g.op("Add", t, one), bs), one), p_rows)
+            c_visible = g.op("Or", g.op("Not", causal), whole)  # [rows, Nc]
+            o_second, c_lse = bodies.masked_softmax_attention(g, c_logits, c_visible, cv)
+            block_scores = g.op("Where", c_visible, g.op("Exp", g.op("Sub", c_logits, c_lse)), g.const(0.0))
+        else:
+            block_scores = g.op("MatMul", q_rows, means_t)
+
+        # ---- block branch: selection keys, TopK, keys of the chosen blocks
+        grouped_shape = g.op("Concat", g.op("Shape", "K", end=2), group, g.op("Shape", block_scores, start=2), axis=0)
+        summed = g.op("ReduceSum", g.op("Reshape", block_scores, grouped_shape, allowzero=1), g.const([2], I64),
+                      keepdims=0)
+        # one body for both settings: per head, or the group's sum repeated to every head of the group
+        block_scores = g.op("Where", shared, bodies.repeat_kv_heads(g, summed, "Q"), block_scores)
+        block_scores = g.op("Pad", block_scores, block_pads, g.const(float("-inf")))  # the own partial block: forced
+        own = sparse.own_index(g, p_rows, bs)  # [rows, 1]
+        candidate = g.op("Or", g.op("Not", causal), g.op("LessOrEqual", c, own))
+        local = g.op("And", g.op("Less", c, own), g.op("GreaterOrEqual", c, g.op("Sub", own, local_blocks)))
+        forced = g.op("Or", g.op("Or", g.op("And", causal, g.op("Equal", c, own)), g.op("Less", c, sink_blocks)),
+                      local)
+        forced = g.op("And", forced, candidate)
+        key = g.op("Where", forced, g.const(float("inf")),
+                   g.op("Where", candidate, block_scores, g.const(float("-inf"))))
+        indices, chosen = sparse.select_top(g, key, top_blocks)
+        block_mask = sparse.chosen_mask(g, key, indices, chosen, extra=1)  # + a zero column for dropped keys
+        in_blocks = g.op("Cast", g.op("Gather", block_mask, key_block, axis=3), to=TensorProto.BOOL)
+        o_blocks, _ = bodies.masked_softmax_attention(g, logits, g.op("And", in_blocks, past_only), vr)
+        if BLOCKS in features or TOKENS in features:
+            # the rows of a group are equal under shared selection: report the group's (every G-th head)
+            heads = g.op("Range", zero, sparse.scalar_dim(g, "Q", 1), g.op("Squeeze", g.op("Where", shared, group, one)))
+            listed = sparse.ascending_list(g, indices, chosen, top_blocks)
+            results.append(g.op("Gather", listed, heads, axis=1))
+
+        # ---- fine branch (top_tokens keys by score) or the compression branch's output
+        if COMPRESSED not in features or TOKENS in features:
+            token_key = g.op("Where", past_only, dots, g.const(float("-inf")))
+            t_indices, t_chosen = sparse.select_top(g, token_key, top_tokens)
+            if COMPRESSED not in features:
+                token_mask = sparse.chosen_mask(g, token_key, t_indices, t_chosen)
+                o_second, _ = bodies.masked_softmax_attention(g, logits, g.op("Cast", token_mask, to=TensorProto.BOOL),
+                                                              vr)
+            if TOKENS in features:
+                results.append(sparse.ascending_list(g, t_indices, t_chosen, top_tokens))
+
+        # ---- window branch: the W most recent keys, the current one included
+        in_window = g.op("And", g.op("LessOrEqual", j, p_rows), g.op("Greater", j, g.op("Sub", p_rows, window)))
+        in_window = g.op("And", in_window, g.op("Greater", window, zero))
+        o_window, _ = bodies.masked_softmax_attention(g, logits, in_window, vr)
+
+        # ---- gates
+        if GATES in features:
+            gate = [g.op("Slice", row_inputs[2], g.const([x], I64), g.const([x + 1], I64), g.const([3], I64))
+                    for x in range(3)]
+            y = g.op("Add", g.op("Add", g.op("Mul", gate[0], o_blocks), g.op("Mul", gate[1], o_second)),
+                     g.op("Mul", gate[2], o_window))
+        else:
+            y = g.op("Add", g.op("Add", o_blocks, o_second), o_window)
+        return [y] + results
+
+    # logits [B, Hq, rows, Skv]: B Hq Skv values a query row
+    row_elements = f.op("Mul", f.op("Shape", "Q", end=1), f.op("Mul", f.op("Shape", "Q", start=1, end=2),
+                                                                f.op("Shape", "K", start=2, end=3)))
+    row_outputs = [bodies.RowOutput(rank=4, axis=2)]
     if BLOCKS in features or TOKENS in features:
-        # the rows of a group are equal under shared selection: report the group's (every G-th head)
-        heads = f.op("Range", zero, sparse.scalar_dim(f, "Q", 1), f.op("Squeeze", f.op("Where", shared, group, one)))
-        listed = sparse.ascending_list(f, indices, chosen, f.attr("top_blocks"))
-        f.nodes.append(onnx.helper.make_node("Gather", [listed, heads], ["selected_blocks"], axis=1))
-
-    # ---- fine branch (top_tokens keys by score) or the compression branch's output
-    if COMPRESSED not in features or TOKENS in features:
-        token_key = f.op("Where", past_only, dots, f.const(float("-inf")))
-        t_indices, t_chosen = sparse.select_top(f, token_key, f.attr("top_tokens"))
-        if COMPRESSED not in features:
-            token_mask = sparse.chosen_mask(f, token_key, t_indices, t_chosen)
-            o_second, _ = bodies.masked_softmax_attention(f, logits, f.op("Cast", token_mask, to=TensorProto.BOOL), vr)
-        if TOKENS in features:
-            f.nodes.append(onnx.helper.make_node("Identity", [sparse.ascending_list(f, t_indices, t_chosen, f.attr("top_tokens"))],
-                                                 ["selected_tokens"]))
-
-    # ---- window branch: the W most recent keys, the current one included
-    window = f.attr("window")
-    in_window = f.op("And", f.op("LessOrEqual", j, p), f.op("Greater", j, f.op("Sub", p, window)))
-    in_window = f.op("And", in_window, f.op("Greater", window, zero))
-    o_window, _ = bodies.masked_softmax_attention(f, logits, in_window, vr)
-
-    # ---- gates
-    if GATES in features:
-        g = f.op("Expand", f.op("Cast", "gates", to=F32), f.op("Concat", f.op("Shape", "Q", end=3), f.const([3], I64),
-                                                               axis=0))
-        gate = [f.op("Slice", g, f.const([x], I64), f.const([x + 1], I64), f.const([3], I64)) for x in range(3)]
-        y = f.op("Add", f.op("Add", f.op("Mul", gate[0], o_blocks), f.op("Mul", gate[1], o_second)),
-                 f.op("Mul", gate[2], o_window))
-    else:
-        y = f.op("Add", f.op("Add", o_blocks, o_second), o_window)
-    f.nodes.append(onnx.helper.make_node("CastLike", [y, "Q"], ["Y"]))
+        row_outputs.append(bodies.RowOutput(rank=4, axis=2, dtype=I64, pad=-1))
+    if TOKENS in features:
+        row_outputs.append(bodies.RowOutput(rank=4, axis=2, dtype=I64, pad=-1))
+    results = bodies.over_row_chunks(f, f.op("Shape", "Q", start=2, end=3), row_elements, rows, attend, row_outputs)
+    f.nodes.append(onnx.helper.make_node("CastLike", [results[0], "Q"], ["Y"]))
+    outputs = ["Y"]
+    for name, value in zip(("selected_blocks", "selected_tokens"), results[1:]):
+        f.nodes.append(onnx.helper.make_node("Identity", [value], [name]))
+        outputs.append(name)
     last = 5 if COMPRESSED in features else 3 if GATES in features else 2
     inputs = [i.name for i in SPEC.inputs[: last + 1]]
-    outputs = ["Y"] + (["selected_blocks"] if BLOCKS in features or TOKENS in features else []) + (
-        ["selected_tokens"] if TOKENS in features else [])
     return f.build(inputs, outputs)
 
 
