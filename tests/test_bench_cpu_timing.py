@@ -117,7 +117,8 @@ def test_cpu_benchmark_runs_end_to_end(name, tmp_path, monkeypatch, capsys):
     assert rows and all(r.get("ms", r.get("absorbed_ms", r.get("paged_ms", r.get("indexed_ms", 0)))) > 0 for r in rows)
     if name == "bench_gqa_cpu":
         assert {(r["phase"], r["impl"]) for r in rows} == {("prefill", "onnxattn"), ("prefill", "ort_gqa"),
-                                                          ("prefill", "function"), ("decode", "onnxattn"),
+                                                          ("prefill", "function"), ("prefill", "function_whole"),
+                                                          ("decode", "onnxattn"),
                                                           ("decode", "ort_gqa")}
         assert all(r["in_place"] for r in rows if r["phase"] == "decode") and "onnxattn is" in out
     elif name == "bench_mla_cpu":
@@ -144,3 +145,17 @@ def test_benchmarks_import_without_benchmarks_on_the_path(name, monkeypatch):
     monkeypatch.delitem(sys.modules, "cpu_timing")
     module = load_script(f"benchmarks/{name}.py", f"{name}_path_check")
     assert module.cpu_timing.__file__ == timing.__file__
+
+
+def test_functions_benchmark_runs_end_to_end(tmp_path, monkeypatch):
+    """bench_functions_cpu.py: each (op, S, form) in a fresh process, rows with seconds and peak memory, JSON and
+    plot; the two forms of a function give the same result."""
+    module = load_script("benchmarks/bench_functions_cpu.py", "bench_functions_cpu")
+    monkeypatch.setattr(sys, "argv", ["bench_functions_cpu", "--sizes", "64", "--out", str(tmp_path)])
+    assert module.main() == 0
+    rows = json.loads((tmp_path / "functions_cpu.json").read_text())["rows"]
+    assert {(r["op"], r["form"]) for r in rows} == {(op, form) for op in module.OPS for form in ("chunked", "whole")}
+    assert all(r["seconds"] > 0 and r["peak_mb"] > 0 for r in rows)
+    for op in module.OPS:
+        assert len({r["checksum"] for r in rows if r["op"] == op}) == 1
+    assert (tmp_path / "functions_cpu.png").stat().st_size > 0

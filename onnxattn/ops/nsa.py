@@ -289,7 +289,8 @@ def build_function(overload: str, opset: int) -> onnx.FunctionProto:
         o_blocks, _ = bodies.masked_softmax_attention(g, logits, g.op("And", in_blocks, past_only), vr)
         if BLOCKS in features or TOKENS in features:
             # the rows of a group are equal under shared selection: report the group's (every G-th head)
-            heads = g.op("Range", zero, sparse.scalar_dim(g, "Q", 1), g.op("Squeeze", g.op("Where", shared, group, one)))
+            step = g.op("Squeeze", g.op("Where", shared, group, one))
+            heads = g.op("Range", zero, sparse.scalar_dim(g, "Q", 1), step)
             listed = sparse.ascending_list(g, indices, chosen, top_blocks)
             results.append(g.op("Gather", listed, heads, axis=1))
 
