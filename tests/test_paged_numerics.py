@@ -284,6 +284,23 @@ def test_matches_contiguous(case: Case, path: str):
     check(case, outputs, pools_checked=case.with_present or path == "torch")
 
 
+@pytest.mark.parametrize("rows", [1, 3], ids=["one-token-chunks", "three-token-chunks"])
+@pytest.mark.parametrize("path", ["function-ort", "function-onnx-reference"])
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in CASES if c.dtype == "float32"])
+def test_the_function_in_token_chunks_matches_contiguous(case: Case, path: str, rows: int, monkeypatch):
+    """The reference function's chunked form (a Loop over the packed tokens, for calls whose per-token keys and
+    values, Hq L (D + Dv) floats a token, pass ops._bodies.CHUNK_ELEMENTS: long prompt chunks), forced by a budget
+    of `rows` tokens."""
+    from onnxattn.ops import _bodies
+
+    feeds = feeds_of(case.id)
+    length = feeds["block_table"].shape[1] * feeds["key_cache"].shape[1]
+    width = feeds["key_cache"].shape[-1] + feeds["value_cache"].shape[-1]
+    monkeypatch.setattr(_bodies, "CHUNK_ELEMENTS", rows * case.q_heads * length * width)
+    assert any(n.op_type == "If" for fn in model_of(case).functions for n in fn.node)
+    check(case, run_path(case, path), pools_checked=case.with_present)
+
+
 OVERLOAD_PARAMS = [pytest.param(o, id=o or "plain") for o in paged.SPEC.overloads]
 
 

@@ -225,26 +225,44 @@ def build_function(overload: str, opset: int) -> onnx.FunctionProto:
 
     key_cache, value_cache = write("key_cache", k, "key"), write("value_cache", v, "value")
 
-    # each token's sequence, gathered from the blocks: [T, Hkv, L, E] with L = max_blocks * block_size
+    # each token's sequence, gathered from the blocks: [T, Hkv, L, E] with L = max_blocks * block_size. Tokens go
+    # in chunks (bodies.over_row_chunks): a token's keys and values repeated to the query heads are Hq L (D + Dv)
+    # floats, so a prompt's all at once would be far more than its cache
     num_blocks = f.op("Shape", "key_cache", start=0, end=1)
     safe_table = f.op("Clip", table, zero, f.op("Squeeze", f.op("Sub", num_blocks, f.const([1], I64))))
 
-    def sequence_of_tokens(pool):
+    def sequences(pool):
         blocks = f.op("Gather", pool, safe_table, axis=0)  # [B, max_blocks, bs, Hkv, E]
-        flat = f.op("Reshape", blocks, f.op("Concat", f.op("Shape", blocks, end=1), f.const([-1], I64),
-                                              f.op("Shape", blocks, start=3), axis=0))  # [B, L, Hkv, E]
-        per_token = f.op("Gather", flat, seq_of, axis=0)  # [T, L, Hkv, E]
-        return bodies.repeat_kv_heads(f, f.op("Cast", f.op("Transpose", per_token, perm=[0, 2, 1, 3]), to=F32), q)
+        return f.op("Reshape", blocks, f.op("Concat", f.op("Shape", blocks, end=1), f.const([-1], I64),
+                                            f.op("Shape", blocks, start=3), axis=0))  # [B, L, Hkv, E]
 
-    k_all, v_all = sequence_of_tokens(key_cache), sequence_of_tokens(value_cache)
-    length = f.op("Squeeze", f.op("Shape", k_all, start=2, end=3))
-    j = f.op("Range", zero, length, one)  # [L]
+    key_seqs, value_seqs = sequences(key_cache), sequences(value_cache)
+    length_1 = f.op("Shape", key_seqs, start=1, end=2)
+    j = f.op("Range", zero, f.op("Squeeze", length_1), one)  # [L]
     p = f.op("Unsqueeze", pos, f.const([1, 2, 3], I64))  # [T, 1, 1, 1]
-    visible = bodies.structural_visibility(f, p, j, band=False, chunk=True)
     valid = f.op("Unsqueeze", f.op("Gather", seq_lens, seq_of), f.const([1, 2, 3], I64))
-    visible = f.op("And", visible, f.op("Less", j, valid))
     sink = bodies.head_sinks(f) if "sinks" in features else None
-    out, _ = bodies.masked_softmax_attention(f, bodies.scores(f, q, k_all), visible, v_all, sink=sink)  # [T, Hq, 1, Dv]
+    score_attrs = bodies.score_attributes(f, q)
+    visibility_attrs = bodies.visibility_attributes(f, band=False, chunk=True)
+
+    def attend(g: FunctionBuilder, rows: list[str]) -> list[str]:
+        """Attention of some tokens: q [rows, Hq, 1, D], p and valid [rows, 1, 1, 1], seq_of [rows]."""
+        q_rows, p_rows, valid_rows, seq_rows = rows
+
+        def of_tokens(seqs):  # [rows, Hq, L, E]
+            per_token = g.op("Gather", seqs, seq_rows, axis=0)  # [rows, L, Hkv, E]
+            return bodies.repeat_kv_heads(g, g.op("Cast", g.op("Transpose", per_token, perm=[0, 2, 1, 3]), to=F32),
+                                          q_rows)
+
+        visible = bodies.structural_visibility(g, p_rows, j, band=False, chunk=True, attrs=visibility_attrs)
+        visible = g.op("And", visible, g.op("Less", j, valid_rows))
+        scores = bodies.scores(g, q_rows, of_tokens(key_seqs), score_attrs)
+        return [bodies.masked_softmax_attention(g, scores, visible, of_tokens(value_seqs), sink=sink)[0]]
+
+    widths = f.op("Add", f.op("Shape", q, start=3), f.op("Shape", "value_cache", start=3))  # D + Dv
+    row_elements = f.op("Mul", f.op("Mul", f.op("Shape", q, start=1, end=2), length_1), widths)
+    out = bodies.over_row_chunks(f, tokens, row_elements, [(q, 0), (p, 0), (valid, 0), (seq_of, 0)], attend,
+                                 [bodies.RowOutput(rank=4, axis=0)])[0]  # [T, Hq, 1, Dv]
     out = f.op("Reshape", out, f.op("Concat", tokens, f.const([-1], I64), axis=0))
     f.nodes.append(onnx.helper.make_node("CastLike", [out, "query"], ["output"]))
     outputs = ["output"]
