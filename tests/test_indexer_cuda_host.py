@@ -123,6 +123,6 @@ def test_the_environment_picks_the_score_kernel(value, kernel, monkeypatch):
 
 def test_a_bad_environment_value_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("ONNXATTN_INDEXER_CUDA", "wgmma")
-    with pytest.raises(ValueError, match=r"LightningIndexer: environment variable ONNXATTN_INDEXER_CUDA must be 'mma' "
-                       r"or 'simt', got 'wgmma'"):
+    with pytest.raises(ValueError, match=r"LightningIndexer: environment variable ONNXATTN_INDEXER_CUDA must be mma "
+                       r"or simt, got 'wgmma'"):
         plan(element_bytes=2, tensor_cores=-1)

@@ -24,6 +24,7 @@
 #include <cstdlib>
 #include <string>
 
+#include "common/env.h"
 #include "common/errors.h"
 
 #include "gqa/params.h"
@@ -42,11 +43,7 @@ inline constexpr int kAppendRowsPerBlock = 4;  // new-token kernel: one warp per
 // ONNXATTN_GQA_CUDA_QUERY = fused | rotated (unset or empty = fused), read on every call. An unknown value is
 // an InputError.
 inline bool rotated_queries_from_env() {
-  const char* value = std::getenv("ONNXATTN_GQA_CUDA_QUERY");
-  const std::string v = value == nullptr ? "" : value;
-  if (v.empty() || v == "fused") return false;
-  if (v == "rotated") return true;
-  fail(kOpName, ": environment variable ONNXATTN_GQA_CUDA_QUERY must be fused or rotated, got '", v, "'");
+  return env_choice(kOpName, "ONNXATTN_GQA_CUDA_QUERY", {"fused", "rotated"}) == 1;
 }
 
 struct Plan {

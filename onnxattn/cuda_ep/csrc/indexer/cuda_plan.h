@@ -15,6 +15,7 @@
 #include <cstdlib>
 #include <string>
 
+#include "common/env.h"
 #include "common/errors.h"
 #include "indexer/params.h"
 
@@ -51,13 +52,7 @@ inline int64_t tile_row(const Params& p, const Plan& plan, int64_t tile) {
 
 // The score kernel ONNXATTN_INDEXER_CUDA asks for: "simt" (CUDA cores), "mma" or unset (tensor cores where they
 // apply). Read per call, like the other ONNXATTN_*_CUDA switches, so tests can compare the two.
-inline bool tensor_cores_allowed() {
-  const char* value = std::getenv("ONNXATTN_INDEXER_CUDA");
-  const std::string path = value == nullptr ? "" : value;
-  if (path.empty() || path == "mma") return true;
-  if (path == "simt") return false;
-  fail(kOpName, ": environment variable ONNXATTN_INDEXER_CUDA must be 'mma' or 'simt', got '", path, "'");
-}
+inline bool tensor_cores_allowed() { return env_choice(kOpName, "ONNXATTN_INDEXER_CUDA", {"mma", "simt"}) == 0; }
 
 // The tensor-core kernel's shared memory: the key tile [kKeyTile][width + pad], two query buffers
 // [mma_heads][width + pad] (the next query's loads overlap this one's products) and their weights.

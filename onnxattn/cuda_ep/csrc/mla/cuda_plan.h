@@ -24,6 +24,7 @@
 #include <cstdlib>
 #include <string>
 
+#include "common/env.h"
 #include "common/errors.h"
 #include "mla/params.h"
 
@@ -43,12 +44,7 @@ enum class KernelRequest { kAuto, kSimt, kMma };
 
 // ONNXATTN_MLA_CUDA_KERNEL (unset or empty = auto). An unknown value is an InputError.
 inline KernelRequest kernel_request_from_env() {
-  const char* value = std::getenv("ONNXATTN_MLA_CUDA_KERNEL");
-  const std::string v = value == nullptr ? "" : value;
-  if (v.empty() || v == "auto") return KernelRequest::kAuto;
-  if (v == "simt") return KernelRequest::kSimt;
-  if (v == "mma") return KernelRequest::kMma;
-  fail(kOpName, ": environment variable ONNXATTN_MLA_CUDA_KERNEL must be auto, simt or mma, got '", v, "'");
+  return KernelRequest(env_choice(kOpName, "ONNXATTN_MLA_CUDA_KERNEL", {"auto", "simt", "mma"}));  // enum order
 }
 
 // Why the mma kernel cannot run a problem ("" when it can).
