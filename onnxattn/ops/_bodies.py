@@ -128,7 +128,7 @@ def over_row_chunks(f: FunctionBuilder, seq_1: str, row_elements: str, inputs: S
                                          one_1), seq_1)  # [1]
     count_1 = chunked.op("Div", chunked.op("Sub", chunked.op("Add", seq_1, chunk), one_1), chunk)  # [1]: ceil(S / C)
     loop = f.subgraph()
-    step, cond = loop._fresh("chunk_step"), loop._fresh("chunk_cond")
+    step, cond = loop.fresh("chunk_step"), loop.fresh("chunk_cond")
     begin = loop.op("Mul", loop.op("Unsqueeze", step, zero_1), chunk)  # [1]
     end = loop.op("Add", begin, chunk)
 
@@ -168,7 +168,7 @@ def over_row_chunks(f: FunctionBuilder, seq_1: str, row_elements: str, inputs: S
         x = chunked.op("Reshape", x, chunked.op("Concat", *dims, axis=0), allowzero=1)
         chunked_outs.append(chunked.op("Slice", x, zero_1, seq_1, chunked.const([o.axis], I64)))
 
-    names = [f._fresh("rows") for _ in outputs]
+    names = [f.fresh("rows") for _ in outputs]
     f.nodes.append(helper.make_node("If", [fits], names,
                                     then_branch=whole.graph("all_rows", [], infos(whole_outs)),
                                     else_branch=chunked.graph("row_chunks", [], infos(chunked_outs))))

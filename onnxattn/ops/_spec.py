@@ -296,12 +296,13 @@ class FunctionBuilder:
         self.nodes: list[onnx.NodeProto] = []
         self._count = 0
 
-    def _fresh(self, hint: str) -> str:
+    def fresh(self, hint: str) -> str:
+        """A value name not used before in this body (or its subgraphs)."""
         self._count += 1
         return f"{hint}_{self._count}"
 
     def op(self, op_type: str, *inputs: str, outputs: int = 1, hint: str | None = None, **attrs):
-        names = [self._fresh(hint or op_type.lower()) for _ in range(outputs)]
+        names = [self.fresh(hint or op_type.lower()) for _ in range(outputs)]
         self.nodes.append(helper.make_node(op_type, list(inputs), names, **attrs))
         return names[0] if outputs == 1 else names
 
@@ -313,7 +314,7 @@ class FunctionBuilder:
     def attr(self, name: str) -> str:
         """The node attribute `name` as a scalar tensor (Constant with ref_attr_name)."""
         a = self.spec.attr(name)
-        out = self._fresh(name)
+        out = self.fresh(name)
         ref = onnx.AttributeProto()
         ref.name = "value_int" if a.kind == "int" else "value_float"
         ref.ref_attr_name = name
@@ -352,8 +353,8 @@ class GraphBuilder(FunctionBuilder):
         super().__init__(parent.spec, parent.overload, parent.opset)
         self._parent = parent
 
-    def _fresh(self, hint: str) -> str:
-        return self._parent._fresh(hint)
+    def fresh(self, hint: str) -> str:
+        return self._parent.fresh(hint)
 
     def attr(self, name: str) -> str:
         raise TypeError(f"{self.spec.name}: read attribute {name!r} in the function body, not in a subgraph")
