@@ -73,6 +73,22 @@ struct CustomOp : Ort::CustomOpBase<CustomOp<Kernel, T, Signature, Provider>, Ke
   }
 };
 
+// The per-node state and Compute of an op whose CPU Compute is only: check the inputs and make the outputs
+// (Prepare(attributes, context) -> a call with .params and .tensors), then run the CPU kernel on onnxruntime's
+// intra-op threads (Run(params, tensors, parallel_for)).
+template <typename Attributes, auto Prepare, auto Run>
+struct PreparedCpuKernel {
+  Attributes attrs;
+
+  OrtStatusPtr ComputeV2(OrtKernelContext* raw_context) {
+    return guarded([&] {
+      Ort::KernelContext ctx(raw_context);
+      const auto call = Prepare(attrs, ctx);
+      Run(call.params, call.tensors, intra_op_parallel_for(ctx));
+    });
+  }
+};
+
 // The registered instance (onnxruntime keeps the pointer for the library's lifetime).
 template <typename Kernel, typename T, typename Signature, typename Provider>
 const OrtCustomOp* custom_op() {

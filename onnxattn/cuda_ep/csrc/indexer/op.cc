@@ -10,26 +10,11 @@
 #include "indexer/op_adapter.h"
 
 namespace onnxattn::indexer {
-namespace {
-
-template <typename T>
-struct CpuKernel {
-  Attributes attrs;
-
-  OrtStatusPtr ComputeV2(OrtKernelContext* raw_context) {
-    return ort::guarded([&] {
-      Ort::KernelContext ctx(raw_context);
-      const adapter::Call<T> call = adapter::prepare<T>(attrs, ctx);
-      run_cpu<T>(call.params, call.tensors, ort::intra_op_parallel_for(ctx));
-    });
-  }
-};
-
-}  // namespace
 
 template <typename T>
 const OrtCustomOp* cpu_op() {
-  return ort::custom_op<CpuKernel<T>, T, adapter::Signature, ort::OnCpu>();
+  using Kernel = ort::PreparedCpuKernel<Attributes, adapter::prepare<T>, run_cpu<T>>;
+  return ort::custom_op<Kernel, T, adapter::Signature, ort::OnCpu>();
 }
 
 template const OrtCustomOp* cpu_op<float>();
