@@ -6,6 +6,7 @@
 #include <onnxruntime_cxx_api.h>
 
 #include <cstddef>
+#include <memory>
 #include <stdexcept>
 #include <string>
 
@@ -37,5 +38,14 @@ class Scratch {
   OrtAllocator* allocator_ = nullptr;
   void* data_ = nullptr;
 };
+
+// `count` elements of T from onnxruntime's CPU arena, held by `holder`: for an output a node does not ask for but
+// the CPU kernel writes (a present cache), where a fresh new[] would be page-faulted in on every call.
+template <typename T>
+T* host_scratch(OrtKernelContext* ctx, size_t count, const char* op, std::unique_ptr<Scratch>& holder) {
+  const Ort::MemoryInfo host = Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault);
+  holder = std::make_unique<Scratch>(ctx, host, (count > 0 ? count : 1) * sizeof(T), op);
+  return static_cast<T*>(holder->data());
+}
 
 }  // namespace onnxattn::ort

@@ -26,19 +26,11 @@ struct CpuKernel {
       Tensors<T>& t = call.tensors;
       // Present caches the node does not ask for: from onnxruntime's CPU arena (a fresh new[] of them, 16 MiB at
       // S = 2048 with 8 KV heads of 128, page-faulted on every prefill: ~3% of it).
-      const Ort::MemoryInfo host = Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault);
-      auto cache_scratch = [&](int64_t width) {
-        const size_t count = size_t(p.batch * p.kv_heads * p.total * width);
-        return std::make_unique<ort::Scratch>(raw_context, host, (count > 0 ? count : 1) * sizeof(T), kOpName);
-      };
+      const size_t rows = size_t(p.batch * p.kv_heads * p.total);
       std::unique_ptr<ort::Scratch> scratch_key, scratch_value;
-      if (!t.present_key) {
-        scratch_key = cache_scratch(p.head_dim);
-        t.present_key = static_cast<T*>(scratch_key->data());
-      }
+      if (!t.present_key) t.present_key = ort::host_scratch<T>(raw_context, rows * p.head_dim, kOpName, scratch_key);
       if (!t.present_value) {
-        scratch_value = cache_scratch(p.v_head_dim);
-        t.present_value = static_cast<T*>(scratch_value->data());
+        t.present_value = ort::host_scratch<T>(raw_context, rows * p.v_head_dim, kOpName, scratch_value);
       }
       run_cpu<T>(p, t, ort::intra_op_parallel_for(ctx));
     });

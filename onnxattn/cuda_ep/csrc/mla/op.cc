@@ -4,6 +4,7 @@
 
 #include <memory>
 
+#include "common/ort_scratch.h"
 #include "mla/cpu_kernel.h"
 #include "mla/op_adapter.h"
 
@@ -20,14 +21,14 @@ struct CpuKernel {
       adapter::Call<T> call = adapter::prepare<T>(attrs, ctx);
       const Params& p = call.params;
       Tensors<T>& t = call.tensors;
-      std::unique_ptr<T[]> scratch_latent, scratch_rope;
+      // Present caches the node does not ask for: from onnxruntime's CPU arena (as GroupQueryAttention's).
+      const size_t rows = size_t(p.batch * p.total);
+      std::unique_ptr<ort::Scratch> scratch_latent, scratch_rope;
       if (!t.present_latent) {
-        scratch_latent.reset(new T[size_t(p.batch * p.total * p.rank)]);
-        t.present_latent = scratch_latent.get();
+        t.present_latent = ort::host_scratch<T>(raw_context, rows * p.rank, kOpName, scratch_latent);
       }
       if (!t.present_k_rope) {
-        scratch_rope.reset(new T[size_t(p.batch * p.total * p.rope_dim)]);
-        t.present_k_rope = scratch_rope.get();
+        t.present_k_rope = ort::host_scratch<T>(raw_context, rows * p.rope_dim, kOpName, scratch_rope);
       }
       run_cpu<T>(p, t, ort::intra_op_parallel_for(ctx));
     });

@@ -4,6 +4,7 @@
 
 #include <memory>
 
+#include "common/ort_scratch.h"
 #include "paged/cpu_kernel.h"
 #include "paged/op_adapter.h"
 
@@ -21,12 +22,11 @@ struct CpuKernel {
       const Params& p = call.params;
       Tensors<T>& t = call.tensors;
       // Without the cache outputs the node still writes the new tokens: into scratch copies of the pools.
-      std::unique_ptr<T[]> scratch_key, scratch_value;
+      std::unique_ptr<ort::Scratch> scratch_key, scratch_value;
       if (t.key_cache_out == nullptr || t.value_cache_out == nullptr) {
-        scratch_key.reset(new T[size_t(p.num_blocks * p.block_size * p.kv_heads * p.head_dim)]);
-        scratch_value.reset(new T[size_t(p.num_blocks * p.block_size * p.kv_heads * p.v_head_dim)]);
-        t.key_cache_out = scratch_key.get();
-        t.value_cache_out = scratch_value.get();
+        const size_t slots = size_t(p.num_blocks * p.block_size * p.kv_heads);
+        t.key_cache_out = ort::host_scratch<T>(raw_context, slots * p.head_dim, kOpName, scratch_key);
+        t.value_cache_out = ort::host_scratch<T>(raw_context, slots * p.v_head_dim, kOpName, scratch_value);
       }
       run_cpu<T>(p, t, ort::intra_op_parallel_for(ctx));
     });
