@@ -28,15 +28,20 @@ def repeat_kv_heads(f: FunctionBuilder, x: str, q: str) -> str:
     return f.op("Reshape", expanded, f.op("Concat", batch, q_heads, tail, axis=0), allowzero=1)
 
 
+def resolved_scale(f: FunctionBuilder, head_dim: str) -> str:
+    """The node's `scale`, or 1/sqrt(D) when it is 0; `head_dim`: D as an int64 [1]. float32 [1]."""
+    scale = f.attr("scale")
+    default = f.op("Reciprocal", f.op("Sqrt", f.op("Cast", head_dim, to=F32)))
+    return f.op("Where", f.op("Equal", scale, f.const(0.0)), default, scale)
+
+
 def score_attributes(f: FunctionBuilder, q: str) -> dict[str, str]:
     """The node's `scale` (0: 1/sqrt(D), D the last dim of q) and `softcap` (0: off) as values of the body, for
     `scores` (read here, in the function body, so that subgraphs can use them)."""
-    scale_attr = f.attr("scale")
-    default_scale = f.op("Reciprocal", f.op("Sqrt", f.op("Cast", f.op("Shape", q, start=-1), to=F32)))
     cap = f.attr("softcap")
     cap_on = f.op("Greater", cap, f.const(0.0))
-    return dict(scale=f.op("Where", f.op("Equal", scale_attr, f.const(0.0)), default_scale, scale_attr),
-                cap_on=cap_on, safe_cap=f.op("Where", cap_on, cap, f.const(1.0)))  # a 0 cap divides by 1 unused
+    return dict(scale=resolved_scale(f, f.op("Shape", q, start=-1)), cap_on=cap_on,
+                safe_cap=f.op("Where", cap_on, cap, f.const(1.0)))  # a 0 cap divides by 1 in the unused branch
 
 
 def scores(f: FunctionBuilder, q: str, k: str, attrs: dict[str, str] | None = None) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from onnx import TensorProto
 
+from onnxattn.ops import _bodies as bodies
 from onnxattn.ops._spec import FunctionBuilder
 
 I64, F32 = TensorProto.INT64, TensorProto.FLOAT
@@ -37,10 +38,8 @@ def own_index(f: FunctionBuilder, p: str, size: str) -> str:
 
 
 def resolved_scale(f: FunctionBuilder, q: str) -> str:
-    """The node's `scale`, or 1/sqrt(D) when it is 0 (float32 scalar)."""
-    attr = f.attr("scale")
-    default = f.op("Reciprocal", f.op("Sqrt", f.op("Cast", f.op("Shape", q, start=3), to=F32)))
-    return f.op("Squeeze", f.op("Where", f.op("Equal", attr, f.const(0.0)), default, attr))
+    """The node's `scale`, or 1/sqrt(D) when it is 0 (float32 scalar; D: q's dim 3)."""
+    return f.op("Squeeze", bodies.resolved_scale(f, f.op("Shape", q, start=3)))
 
 
 def select_top(f: FunctionBuilder, key: str, top: str) -> tuple[str, str]:

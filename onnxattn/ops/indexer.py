@@ -144,9 +144,7 @@ def build_function(overload: str, opset: int) -> onnx.FunctionProto:
     q = f.op("Cast", f.op("Reshape", "query", q_shape, allowzero=1), to=F32)
     k_shape = f.op("Concat", f.op("Shape", "key", end=1), f.op("Shape", "key", start=-2), axis=0)
     k = f.op("Reshape", f.op("Cast", "key", to=F32), k_shape, allowzero=1)
-    scale_attr = f.attr("scale")
-    default_scale = f.op("Reciprocal", f.op("Sqrt", f.op("Cast", head_dim, to=F32)))
-    scale = f.op("Where", f.op("Equal", scale_attr, f.const(0.0)), default_scale, scale_attr)
+    scale = bodies.resolved_scale(f, head_dim)
     weights = f.op("Cast", "weights", to=F32)  # [B, S, H]
 
     batch = f.op("Shape", "query", end=1)  # [1]
