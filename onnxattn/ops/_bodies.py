@@ -107,6 +107,12 @@ class RowOutput:
     pad: float | int = 0
 
 
+def row_scores(f: FunctionBuilder, q: str, keys: str) -> str:
+    """B H T, an int64 [1]: the score values of one query row of [B, H, S, T] scores, for q [B, H, S, .] and
+    `keys` = T as an int64 [1] (over_row_chunks' row_elements)."""
+    return f.op("Mul", f.op("Shape", q, end=1), f.op("Mul", f.op("Shape", q, start=1, end=2), keys))
+
+
 def over_row_chunks(f: FunctionBuilder, seq_1: str, row_elements: str, inputs: Sequence[tuple[str, int]],
                     body: Callable[[FunctionBuilder, list[str]], list[str]],
                     outputs: Sequence[RowOutput]) -> list[str]:

@@ -329,9 +329,8 @@ def build_function(overload: str, opset: int) -> onnx.FunctionProto:
                                                  sink=sink)
         return [out]
 
-    # scores [B, Hq, rows, T]: B Hq T values a query row
-    row_elements = f.op("Mul", f.op("Shape", q, end=1), f.op("Mul", f.op("Shape", q, start=1, end=2), total_1))
-    out = bodies.over_row_chunks(f, f.op("Shape", "query", start=1, end=2), row_elements, [(q, 2), (p, 2)], attend,
+    out = bodies.over_row_chunks(f, f.op("Shape", "query", start=1, end=2), bodies.row_scores(f, q, total_1),
+                                 [(q, 2), (p, 2)], attend,
                                  [bodies.RowOutput(rank=4, axis=2)])[0]
     out = f.op("Reshape", f.op("Transpose", out, perm=[0, 2, 1, 3]),
                f.op("Concat", f.op("Shape", "query", start=0, end=2), f.const([-1], I64), axis=0))

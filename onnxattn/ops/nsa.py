@@ -320,9 +320,7 @@ def build_function(overload: str, opset: int) -> onnx.FunctionProto:
             y = g.op("Add", g.op("Add", o_blocks, o_second), o_window)
         return [y] + results
 
-    # logits [B, Hq, rows, Skv]: B Hq Skv values a query row
-    row_elements = f.op("Mul", f.op("Shape", "Q", end=1), f.op("Mul", f.op("Shape", "Q", start=1, end=2),
-                                                                f.op("Shape", "K", start=2, end=3)))
+    row_elements = bodies.row_scores(f, "Q", f.op("Shape", "K", start=2, end=3))
     row_outputs = [bodies.RowOutput(rank=4, axis=2)]
     if BLOCKS in features or TOKENS in features:
         row_outputs.append(bodies.RowOutput(rank=4, axis=2, dtype=I64, pad=-1))

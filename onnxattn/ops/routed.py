@@ -181,9 +181,7 @@ def build_function(overload: str, opset: int) -> onnx.FunctionProto:
         out = [bodies.masked_softmax_attention(g, logits, visible, vr)[0]]
         return out + ([sparse.ascending_list(g, indices, chosen, top_k)] if SEGMENTS in features else [])
 
-    # logits [B, Hq, rows, Skv]: B Hq Skv values a query row
-    row_elements = f.op("Mul", f.op("Shape", "Q", end=1), f.op("Mul", f.op("Shape", "Q", start=1, end=2),
-                                                                f.op("Shape", "K", start=2, end=3)))
+    row_elements = bodies.row_scores(f, "Q", f.op("Shape", "K", start=2, end=3))
     row_outputs = [bodies.RowOutput(rank=4, axis=2)]
     if SEGMENTS in features:
         row_outputs.append(bodies.RowOutput(rank=4, axis=2, dtype=I64, pad=-1))

@@ -194,9 +194,7 @@ def build_function(overload: str, opset: int) -> onnx.FunctionProto:
             scores = g.op("Add", scores, row_inputs[2])
         return list(bodies.masked_softmax_attention(g, scores, visible, v))
 
-    # scores [B, Hq, rows, Skv]: B Hq Skv values a query row
-    row_elements = f.op("Mul", f.op("Shape", q, end=1), f.op("Mul", f.op("Shape", q, start=1, end=2), skv_1))
-    out, lse = bodies.over_row_chunks(f, sq_1, row_elements, rows, attend,
+    out, lse = bodies.over_row_chunks(f, sq_1, bodies.row_scores(f, q, skv_1), rows, attend,
                                       [bodies.RowOutput(rank=4, axis=2), bodies.RowOutput(rank=4, axis=2)])
     f.nodes.append(onnx.helper.make_node("CastLike", [out, "Q"], ["Y"]))
     if WITH_LSE not in features:
