@@ -96,10 +96,14 @@ def measure(op: str, seq: int, whole: bool) -> dict:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
+    try:
+        import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no plot")
+        return
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for op in OPS:

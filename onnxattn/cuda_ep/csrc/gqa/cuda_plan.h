@@ -21,8 +21,6 @@
 // input values, so a decode step can be captured in a CUDA graph.
 #include <cstddef>
 #include <cstdint>
-#include <cstdlib>
-#include <string>
 
 #include "common/env.h"
 #include "common/errors.h"
