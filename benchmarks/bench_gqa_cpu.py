@@ -9,7 +9,8 @@ Shapes of a Llama-3-8B layer (Hq=32, Hkv=8, D=128, RoPE), fp32, B=1:
     of M >= P+1 tokens bound with onnxruntime I/O binding (present bound to the past's OrtValue), so the
     kernel writes only the new token. GB/s of K+V read = 2*Hkv*(P+1)*D*4 bytes / time. Each P runs with
     M = P+64 and M = 32768: the time must follow P, not M (no O(M) copy). ORT's op runs the same way
-    (its past_present_share_buffer mode).
+    (its past_present_share_buffer mode), and so does the function (bound the same way; its ScatterElements
+    writes a whole new buffer, so its time follows M).
 With --sinks, the same rounds also time both ops with attention sinks (one logit per query head: our `sinks`
 input, onnxruntime's `head_sink`), checked to agree, and the results go to gqa_cpu_sinks.json.
 Timing (cpu_timing.py, as every CPU benchmark): rounds in which every implementation runs one burst, a pause
@@ -154,19 +155,21 @@ def bench_prefill(s: int, repeat: int, with_function: bool, settle: float = cpu_
 
 
 def bench_decode(past: int, capacity: int, repeat: int, settle: float = cpu_timing.SETTLE,
-                 burst: float = cpu_timing.BURST, sinks: bool = False) -> list[dict]:
+                 burst: float = cpu_timing.BURST, sinks: bool = False, with_function: bool = False) -> list[dict]:
     rng = np.random.default_rng(1)
     cpu = ["CPUExecutionProvider"]
     q = rng.standard_normal((1, 1, HQ * D), np.float32)
     k = rng.standard_normal((1, 1, HKV * D), np.float32)
     v = rng.standard_normal((1, 1, HKV * D), np.float32)
     runs, bindings = {}, {}
-    for impl in ("onnxattn", "ort_gqa") + (("onnxattn+sinks", "ort_gqa+sinks") if sinks else ()):
+    impls = ("onnxattn", "ort_gqa") + (("function",) if with_function else ()) + (
+        ("onnxattn+sinks", "ort_gqa+sinks") if sinks else ())
+    for impl in impls:
         with_sinks = impl.endswith("+sinks")
         key_buffer = ort.OrtValue.ortvalue_from_numpy(rng.standard_normal((1, HKV, capacity, D), np.float32))
         value_buffer = ort.OrtValue.ortvalue_from_numpy(rng.standard_normal((1, HKV, capacity, D), np.float32))
-        if impl.startswith("onnxattn"):
-            session = make_session(onnxattn_model(True, with_sinks), providers=cpu)
+        if impl.startswith("onnxattn") or impl == "function":
+            session = make_session(onnxattn_model(True, with_sinks), providers=cpu, use_library=impl != "function")
             extra = {"past_lengths": np.array([past], np.int64)}
         else:
             session = make_session(ort_gqa_model(with_sinks), providers=cpu, use_library=False)
@@ -212,7 +215,8 @@ def main() -> None:
                          args.sinks)
     for past in args.past:
         for capacity in (past + 64, max(args.capacity, past + 64)):
-            rows += bench_decode(past, capacity, args.repeat, args.settle, args.burst, args.sinks)
+            rows += bench_decode(past, capacity, args.repeat, args.settle, args.burst, args.sinks,
+                                 not args.no_function)
     load = [load_before, cpu_timing.load_average()]
 
     print(f"\nGroupQueryAttention, fp32, B=1, Hq={HQ}, Hkv={HKV}, D={D}, RoPE, {ort.get_device()} onnxruntime "

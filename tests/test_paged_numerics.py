@@ -289,14 +289,14 @@ def test_matches_contiguous(case: Case, path: str):
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in CASES if c.dtype == "float32"])
 def test_the_function_in_token_chunks_matches_contiguous(case: Case, path: str, rows: int, monkeypatch):
     """The reference function's chunked form (a Loop over the packed tokens, for calls whose per-token keys and
-    values, Hq L (D + Dv) floats a token, pass ops._bodies.CHUNK_ELEMENTS: long prompt chunks), forced by a budget
+    values and scores, L (Hkv (D + Dv) + Hq) floats a token, pass ops._bodies.CHUNK_ELEMENTS: long prompt chunks), forced by a budget
     of `rows` tokens."""
     from onnxattn.ops import _bodies
 
     feeds = feeds_of(case.id)
     length = feeds["block_table"].shape[1] * feeds["key_cache"].shape[1]
     width = feeds["key_cache"].shape[-1] + feeds["value_cache"].shape[-1]
-    monkeypatch.setattr(_bodies, "CHUNK_ELEMENTS", rows * case.q_heads * length * width)
+    monkeypatch.setattr(_bodies, "CHUNK_ELEMENTS", rows * length * (case.kv_heads * width + case.q_heads))
     assert any(n.op_type == "If" for fn in model_of(case).functions for n in fn.node)
     check(case, run_path(case, path), pools_checked=case.with_present)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 
+import onnx
 from onnx import TensorProto, helper
 
 from onnxattn.ops._spec import FunctionBuilder
@@ -28,6 +29,28 @@ def repeat_kv_heads(f: FunctionBuilder, x: str, q: str) -> str:
     return f.op("Reshape", expanded, f.op("Concat", batch, q_heads, tail, axis=0), allowzero=1)
 
 
+def kv_group_rows(f: FunctionBuilder, x: str, kv: str) -> str:
+    """x [B, Hq, S, E] -> [B, Hkv, G S, E] (a view: query head h = kv G + g), Hkv the head axis of `kv`: the G query
+    heads that share a key/value head as one matrix, so that a MatMul against [B, Hkv, ., .] serves the whole group
+    from one read of its keys or values, never repeated per query head (repeat_kv_heads)."""
+    kv_heads = f.op("Shape", kv, start=1, end=2)
+    rows = f.op("Mul", f.op("Div", f.op("Shape", x, start=1, end=2), kv_heads), f.op("Shape", x, start=2, end=3))
+    # allowzero: an empty dim (e.g. S = 0) stays empty, not "copy the input's dim"
+    return f.op("Reshape", x, f.op("Concat", f.op("Shape", x, end=1), kv_heads, rows, f.op("Shape", x, start=3),
+                                   axis=0), allowzero=1)
+
+
+def grouped_matmul(f: FunctionBuilder, x: str, y: str, transpose_y: bool = False) -> str:
+    """x [B, Hq, S, E] @ y [B or 1, Hkv, E, N] -> [B, Hq, S, N], query head h against key/value head h // G
+    (G = Hq / Hkv, repeat-each) without repeating y: one [G S, E] x [E, N] product per key/value head.
+    transpose_y: y is [B or 1, Hkv, N, E], transposed here, beside the MatMul, so that onnxruntime fuses the two
+    (no transposed copy; the shape is read from y itself, so nothing else holds on to the transposed value)."""
+    y_t = f.op("Transpose", y, perm=[0, 1, 3, 2]) if transpose_y else y
+    out = f.op("MatMul", kv_group_rows(f, x, y), y_t)  # batch: x's and y's broadcast
+    return f.op("Reshape", out, f.op("Concat", f.op("Shape", out, end=1), f.op("Shape", x, start=1, end=3),
+                                     f.op("Shape", out, start=3), axis=0), allowzero=1)
+
+
 def resolved_scale(f: FunctionBuilder, head_dim: str) -> str:
     """The node's `scale`, or 1/sqrt(D) when it is 0; `head_dim`: D as an int64 [1]. float32 [1]."""
     scale = f.attr("scale")
@@ -45,10 +68,10 @@ def score_attributes(f: FunctionBuilder, q: str) -> dict[str, str]:
 
 
 def scores(f: FunctionBuilder, q: str, k: str, attrs: dict[str, str] | None = None) -> str:
-    """scale * q @ k^T, then the softcap; q [B, H, S, D] and k [B, H, T, D] in float32. `attrs`: from
-    score_attributes (read from the node when None)."""
+    """scale * q @ k^T, then the softcap; q [B, Hq, S, D] and k [B, Hkv, T, D] in float32 (query head h against
+    key head h // G, grouped_matmul). `attrs`: from score_attributes (read from the node when None)."""
     a = attrs or score_attributes(f, q)
-    s = f.op("Mul", f.op("MatMul", q, f.op("Transpose", k, perm=[0, 1, 3, 2])), a["scale"])
+    s = f.op("Mul", grouped_matmul(f, q, k, transpose_y=True), a["scale"])
     capped = f.op("Mul", f.op("Tanh", f.op("Div", s, a["safe_cap"])), a["safe_cap"])
     return f.op("Where", a["cap_on"], capped, s)
 
@@ -188,9 +211,10 @@ def over_row_chunks(f: FunctionBuilder, seq_1: str, row_elements: str, inputs: S
 
 def masked_softmax_attention(f: FunctionBuilder, s: str, visible: str, v: str,
                              sink: str | None = None) -> tuple[str, str]:
-    """softmax(s where visible, else -inf) @ v with empty rows giving zeros. Returns (output, LSE with a
-    trailing unit axis; -inf for empty rows). A key that no row gives weight to contributes nothing, even
-    if its V holds NaN or Inf (e.g. an unwritten cache slot hidden by a mask), as in the kernels.
+    """softmax(s where visible, else -inf) @ v with empty rows giving zeros; s [B, Hq, S, T], v [B, Hkv, T, Dv]
+    (query head h reads value head h // G, grouped_matmul). Returns (output, LSE with a trailing unit axis; -inf
+    for empty rows). A key that no row of a key/value head's group gives weight to contributes nothing, even if
+    its V holds NaN or Inf (e.g. an unwritten cache slot hidden by a mask), as in the kernels.
     `sink` (float32, broadcastable to the rows [..., 1]): an extra logit in every row's softmax without a
     value (attention sinks), so the weights sum to less than 1 and an empty row stays zero."""
     s = f.op("Where", visible, s, f.const(float("-inf")))
@@ -205,9 +229,24 @@ def masked_softmax_attention(f: FunctionBuilder, s: str, visible: str, v: str,
         sink_weight = f.op("Where", f.op("Equal", sink, safe_max), f.const(1.0),
                            f.op("Exp", f.op("Sub", sink, safe_max)))
         row_sum = f.op("Add", row_sum, sink_weight)
-    weight = f.op("Unsqueeze", f.op("ReduceMax", probs, f.const([-2], I64), keepdims=0), axis)  # [..., T, 1]
-    v = f.op("Where", f.op("Greater", weight, f.const(0.0)), v, f.const(0.0))
-    out = f.op("Div", f.op("MatMul", probs, v), row_sum)
+    # a key is live when some row of its head gives it weight (NaN is none), then when some head of its group does
+    head_live = f.op("Cast", f.op("Greater", f.op("ReduceMax", probs, f.const([-2], I64), keepdims=0), f.const(0.0)),
+                     to=F32)  # [B, Hq, T]
+    live = f.op("Cast", f.op("ReduceMax", kv_group_rows(f, f.op("Unsqueeze", head_live, f.const([2], I64)), v),
+                             f.const([2], I64), keepdims=0), to=TensorProto.BOOL)  # [B, Hkv, T]
+    # V is cleaned (a copy) only when some key has no weight at all: not in a plain decode step, where it would
+    # double the bytes read
+    dead = f.op("ReduceSum", f.op("Cast", f.op("Not", live), to=F32), keepdims=0)
+    plain, cleaned = f.subgraph(), f.subgraph()
+    plain_out = grouped_matmul(plain, probs, v)
+    cleaned_out = grouped_matmul(cleaned, probs, cleaned.op("Where", cleaned.op("Unsqueeze", live, axis), v,
+                                                            cleaned.const(0.0)))
+    def branch(g: FunctionBuilder, name: str, value: str) -> onnx.GraphProto:
+        return g.graph(name, [], [helper.make_tensor_value_info(value, F32, [None] * 4)])
+
+    out = f.op("If", f.op("Greater", dead, f.const(0.0)), hint="weighted",
+               then_branch=branch(cleaned, "cleaned_values", cleaned_out), else_branch=branch(plain, "values", plain_out))
+    out = f.op("Div", out, row_sum)
     out = f.op("Where", f.op("Equal", row_sum, f.const(0.0)), f.const(0.0), out)
     return out, f.op("Add", f.op("Log", row_sum), safe_max)
 

@@ -301,8 +301,12 @@ class FunctionBuilder:
         self._count += 1
         return f"{hint}_{self._count}"
 
-    def op(self, op_type: str, *inputs: str, outputs: int = 1, hint: str | None = None, **attrs):
-        names = [self.fresh(hint or op_type.lower()) for _ in range(outputs)]
+    def op(self, op_type: str, *inputs: str, outputs: int = 1, hint: str | None = None, out: str | None = None,
+           **attrs):
+        """One node; returns its output name(s), fresh ones, or `out` for a single output that must carry a given
+        name (a function output produced in place rather than copied by an Identity)."""
+        names = [out] if out is not None and outputs == 1 else [self.fresh(hint or op_type.lower()) for _ in
+                                                                 range(outputs)]
         self.nodes.append(helper.make_node(op_type, list(inputs), names, **attrs))
         return names[0] if outputs == 1 else names
 

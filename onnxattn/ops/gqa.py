@@ -287,20 +287,24 @@ def build_function(overload: str, opset: int) -> onnx.FunctionProto:
     q = bodies.apply_rope(f, q, cos, sin, rotary)
     k = bodies.apply_rope(f, k, cos, sin, rotary)
 
-    # the cache, in the input type
-    k_new, v_new = f.op("CastLike", k, "key"), f.op("CastLike", v, "value")
+    # the cache, in the input type; made under the outputs' names when they are wanted (an Identity would copy it)
+    out_k, out_v = ("present_key", "present_value") if "present" in features else (None, None)
     if "shared" in features:
-        def scatter(buffer, update):
+        k_new, v_new = f.op("CastLike", k, "key"), f.op("CastLike", v, "value")
+
+        def scatter(buffer, update, out):
             index = f.op("Add", f.op("Unsqueeze", past_len, f.const([1, 3], I64)),
                          f.op("Unsqueeze", steps, f.const([1, 3], I64)))  # [B, 1, S, 1]
-            return f.op("ScatterElements", buffer, f.op("Expand", index, f.op("Shape", update)), update, axis=2)
+            return f.op("ScatterElements", buffer, f.op("Expand", index, f.op("Shape", update)), update, axis=2,
+                        out=out)
 
-        present_k, present_v = scatter("past_key", k_new), scatter("past_value", v_new)
+        present_k, present_v = scatter("past_key", k_new, out_k), scatter("past_value", v_new, out_v)
     elif "past" in features:
-        present_k = f.op("Concat", "past_key", k_new, axis=2)
-        present_v = f.op("Concat", "past_value", v_new, axis=2)
+        k_new, v_new = f.op("CastLike", k, "key"), f.op("CastLike", v, "value")
+        present_k = f.op("Concat", "past_key", k_new, axis=2, out=out_k)
+        present_v = f.op("Concat", "past_value", v_new, axis=2, out=out_v)
     else:
-        present_k, present_v = k_new, v_new
+        present_k, present_v = f.op("CastLike", k, "key", out=out_k), f.op("CastLike", v, "value", out=out_v)
 
     # attention over the cache, by chunks of query rows for long prompts (bodies.over_row_chunks)
     total_1 = f.op("Shape", present_k, start=2, end=3)
@@ -314,8 +318,7 @@ def build_function(overload: str, opset: int) -> onnx.FunctionProto:
     if "mask" in features:
         key_mask = f.op("Unsqueeze", f.op("Cast", "attention_mask", to=TensorProto.BOOL), f.const([1, 2], I64))
         keys_visible = key_mask if keys_visible is None else f.op("And", keys_visible, key_mask)
-    k_all = bodies.repeat_kv_heads(f, f.op("Cast", present_k, to=F32), q)
-    v_all = bodies.repeat_kv_heads(f, f.op("Cast", present_v, to=F32), q)
+    k_all, v_all = f.op("Cast", present_k, to=F32), f.op("Cast", present_v, to=F32)  # [B, Hkv, T, .]
     sink = bodies.head_sinks(f) if "sinks" in features else None
     score_attrs = bodies.score_attributes(f, q)
     visibility_attrs = bodies.visibility_attributes(f, band=False, chunk=True)
@@ -337,8 +340,6 @@ def build_function(overload: str, opset: int) -> onnx.FunctionProto:
     f.nodes.append(onnx.helper.make_node("CastLike", [out, "query"], ["output"]))
     outputs = ["output"]
     if "present" in features:
-        f.nodes.append(onnx.helper.make_node("Identity", [present_k], ["present_key"]))
-        f.nodes.append(onnx.helper.make_node("Identity", [present_v], ["present_value"]))
         outputs += ["present_key", "present_value"]
     return f.build(inputs, outputs)
 

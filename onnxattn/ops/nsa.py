@@ -211,8 +211,8 @@ def build_function(overload: str, opset: int) -> onnx.FunctionProto:
     f = FunctionBuilder(SPEC, overload, opset)
     zero, one = f.const(0, I64), f.const(1, I64)
     k = f.op("Cast", "K", to=F32)
-    kr_t = f.op("Transpose", bodies.repeat_kv_heads(f, k, "Q"), perm=[0, 1, 3, 2])
-    vr = bodies.repeat_kv_heads(f, f.op("Cast", "V", to=F32), "Q")
+    # keys and values stay [B, Hkv, ...]: each group's query heads read them once (bodies.grouped_matmul)
+    v = f.op("Cast", "V", to=F32)
     scale = sparse.resolved_scale(f, "Q")
     p = sparse.query_positions(f, "Q", "K")  # [Sq, 1]
     skv = sparse.scalar_dim(f, "K", 2)
@@ -232,9 +232,8 @@ def build_function(overload: str, opset: int) -> onnx.FunctionProto:
     c = f.op("Range", zero, blocks, one)  # [Nb]
     key_block = f.op("Min", f.op("Div", j, bs), blocks)
     if COMPRESSED in features:
-        ck_t = f.op("Transpose", bodies.repeat_kv_heads(f, f.op("Cast", "compressed_key", to=F32), "Q"),
-                    perm=[0, 1, 3, 2])
-        cv = bodies.repeat_kv_heads(f, f.op("Cast", "compressed_value", to=F32), "Q")
+        ck = f.op("Cast", "compressed_key", to=F32)
+        cv = f.op("Cast", "compressed_value", to=F32)
         t = f.op("Range", zero, sparse.scalar_dim(f, "compressed_key", 2), one)
     else:
         keys = f.op("Slice", k, f.const([0], I64), f.op("Reshape", f.op("Mul", full, bs), f.const([1], I64)),
@@ -242,7 +241,6 @@ def build_function(overload: str, opset: int) -> onnx.FunctionProto:
         shape = f.op("Concat", f.op("Shape", k, end=2), f.op("Reshape", full, f.const([1], I64)),
                      f.op("Reshape", bs, f.const([1], I64)), f.op("Shape", k, start=3), axis=0)
         means = f.op("ReduceMean", f.op("Reshape", keys, shape, allowzero=1), f.const([3], I64), keepdims=0)
-        means_t = f.op("Transpose", bodies.repeat_kv_heads(f, means, "Q"), perm=[0, 1, 3, 2])
     # the queries cast per chunk: a function-scope Cast read only by the subgraphs is one onnxruntime tries to drop
     # for float32 inputs, and warns that it cannot (their implicit inputs keep its name)
     rows = [("Q", 2), (p, 0)]
@@ -253,20 +251,20 @@ def build_function(overload: str, opset: int) -> onnx.FunctionProto:
     def attend(g: FunctionBuilder, row_inputs: list[str]) -> list[str]:
         """The three branches and their selections for some query rows: q [B, Hq, rows, D], p [rows, 1]."""
         q_rows, p_rows = g.op("Cast", row_inputs[0], to=F32), row_inputs[1]
-        dots = g.op("MatMul", q_rows, kr_t)  # [B, Hq, rows, Skv], unscaled
+        dots = bodies.grouped_matmul(g, q_rows, k, transpose_y=True)  # [B, Hq, rows, Skv], unscaled
         logits = g.op("Mul", dots, scale)
         past_only = g.op("Or", g.op("Not", causal), g.op("LessOrEqual", j, p_rows))  # [rows, Skv]
         results = []
 
         # ---- compression branch: attention over the compressed tokens; its probabilities score the blocks
         if COMPRESSED in features:
-            c_logits = g.op("Mul", g.op("MatMul", q_rows, ck_t), scale)
+            c_logits = g.op("Mul", bodies.grouped_matmul(g, q_rows, ck, transpose_y=True), scale)
             whole = g.op("LessOrEqual", g.op("Sub", g.op("Mul", g.op("Add", t, one), bs), one), p_rows)
             c_visible = g.op("Or", g.op("Not", causal), whole)  # [rows, Nc]
             o_second, c_lse = bodies.masked_softmax_attention(g, c_logits, c_visible, cv)
             block_scores = g.op("Where", c_visible, g.op("Exp", g.op("Sub", c_logits, c_lse)), g.const(0.0))
         else:
-            block_scores = g.op("MatMul", q_rows, means_t)
+            block_scores = bodies.grouped_matmul(g, q_rows, means, transpose_y=True)
 
         # ---- block branch: selection keys, TopK, keys of the chosen blocks
         grouped_shape = g.op("Concat", g.op("Shape", "K", end=2), group, g.op("Shape", block_scores, start=2), axis=0)
@@ -286,7 +284,7 @@ def build_function(overload: str, opset: int) -> onnx.FunctionProto:
         indices, chosen = sparse.select_top(g, key, top_blocks)
         block_mask = sparse.chosen_mask(g, key, indices, chosen, extra=1)  # + a zero column for dropped keys
         in_blocks = g.op("Cast", g.op("Gather", block_mask, key_block, axis=3), to=TensorProto.BOOL)
-        o_blocks, _ = bodies.masked_softmax_attention(g, logits, g.op("And", in_blocks, past_only), vr)
+        o_blocks, _ = bodies.masked_softmax_attention(g, logits, g.op("And", in_blocks, past_only), v)
         if BLOCKS in features or TOKENS in features:
             # the rows of a group are equal under shared selection: report the group's (every G-th head)
             step = g.op("Squeeze", g.op("Where", shared, group, one))
@@ -301,14 +299,14 @@ def build_function(overload: str, opset: int) -> onnx.FunctionProto:
             if COMPRESSED not in features:
                 token_mask = sparse.chosen_mask(g, token_key, t_indices, t_chosen)
                 o_second, _ = bodies.masked_softmax_attention(g, logits, g.op("Cast", token_mask, to=TensorProto.BOOL),
-                                                              vr)
+                                                              v)
             if TOKENS in features:
                 results.append(sparse.ascending_list(g, t_indices, t_chosen, top_tokens))
 
         # ---- window branch: the W most recent keys, the current one included
         in_window = g.op("And", g.op("LessOrEqual", j, p_rows), g.op("Greater", j, g.op("Sub", p_rows, window)))
         in_window = g.op("And", in_window, g.op("Greater", window, zero))
-        o_window, _ = bodies.masked_softmax_attention(g, logits, in_window, vr)
+        o_window, _ = bodies.masked_softmax_attention(g, logits, in_window, v)
 
         # ---- gates
         if GATES in features:

@@ -226,8 +226,8 @@ def build_function(overload: str, opset: int) -> onnx.FunctionProto:
     key_cache, value_cache = write("key_cache", k, "key"), write("value_cache", v, "value")
 
     # each token's sequence, gathered from the blocks: [T, Hkv, L, E] with L = max_blocks * block_size. Tokens go
-    # in chunks (bodies.over_row_chunks): a token's keys and values repeated to the query heads are Hq L (D + Dv)
-    # floats, so a prompt's all at once would be far more than its cache
+    # in chunks (bodies.over_row_chunks): a token's keys, values and scores are L (Hkv (D + Dv) + Hq) floats, so a
+    # prompt's all at once would be far more than its cache
     num_blocks = f.op("Shape", "key_cache", start=0, end=1)
     safe_table = f.op("Clip", table, zero, f.op("Squeeze", f.op("Sub", num_blocks, f.const([1], I64))))
 
@@ -249,10 +249,9 @@ def build_function(overload: str, opset: int) -> onnx.FunctionProto:
         """Attention of some tokens: q [rows, Hq, 1, D], p and valid [rows, 1, 1, 1], seq_of [rows]."""
         q_rows, p_rows, valid_rows, seq_rows = rows
 
-        def of_tokens(seqs):  # [rows, Hq, L, E]
+        def of_tokens(seqs):  # [rows, Hkv, L, E]
             per_token = g.op("Gather", seqs, seq_rows, axis=0)  # [rows, L, Hkv, E]
-            return bodies.repeat_kv_heads(g, g.op("Cast", g.op("Transpose", per_token, perm=[0, 2, 1, 3]), to=F32),
-                                          q_rows)
+            return g.op("Cast", g.op("Transpose", per_token, perm=[0, 2, 1, 3]), to=F32)
 
         visible = bodies.structural_visibility(g, p_rows, j, band=False, chunk=True, attrs=visibility_attrs)
         visible = g.op("And", visible, g.op("Less", j, valid_rows))
@@ -260,7 +259,9 @@ def build_function(overload: str, opset: int) -> onnx.FunctionProto:
         return [bodies.masked_softmax_attention(g, scores, visible, of_tokens(value_seqs), sink=sink)[0]]
 
     widths = f.op("Add", f.op("Shape", q, start=3), f.op("Shape", "value_cache", start=3))  # D + Dv
-    row_elements = f.op("Mul", f.op("Mul", f.op("Shape", q, start=1, end=2), length_1), widths)
+    per_position = f.op("Add", f.op("Mul", f.op("Shape", "key_cache", start=2, end=3), widths),
+                        f.op("Shape", q, start=1, end=2))  # Hkv (D + Dv) + Hq
+    row_elements = f.op("Mul", length_1, per_position)
     out = bodies.over_row_chunks(f, tokens, row_elements, [(q, 0), (p, 0), (valid, 0), (seq_of, 0)], attend,
                                  [bodies.RowOutput(rank=4, axis=0)])[0]  # [T, Hq, 1, Dv]
     out = f.op("Reshape", out, f.op("Concat", tokens, f.const([-1], I64), axis=0))

@@ -118,7 +118,7 @@ def build_function(overload: str, opset: int) -> onnx.FunctionProto:
     f = FunctionBuilder(SPEC, overload, opset)
     zero, one = f.const(0, I64), f.const(1, I64)
     q, k = f.op("Cast", "Q", to=F32), f.op("Cast", "K", to=F32)
-    vr = bodies.repeat_kv_heads(f, f.op("Cast", "V", to=F32), "Q")
+    v = f.op("Cast", "V", to=F32)  # [B, Hkv, ...] as the keys: each group's query heads read them once
     sq, skv = sparse.scalar_dim(f, "Q", 2), sparse.scalar_dim(f, "K", 2)
     p = sparse.query_positions(f, "Q", "K")  # [Sq, 1]
     j = f.op("Range", zero, skv, one)
@@ -158,16 +158,14 @@ def build_function(overload: str, opset: int) -> onnx.FunctionProto:
     norms = f.op("Sqrt", f.op("ReduceSum", f.op("Mul", centroids, centroids), f.const([-1], I64), keepdims=1))
     unit = f.op("Div", centroids, f.op("Max", norms, f.const(1e-12)))
     centroids = f.op("Where", f.op("Equal", f.attr("cosine"), one), unit, centroids)
-    centroids_t = f.op("Transpose", bodies.repeat_kv_heads(f, centroids, "Q"), perm=[0, 1, 3, 2])
     causal = f.op("Equal", f.attr("causal"), one)
     top_k = f.attr("top_k")
     scale = sparse.resolved_scale(f, "Q")
-    kr_t = f.op("Transpose", bodies.repeat_kv_heads(f, k_rot, "Q"), perm=[0, 1, 3, 2])
 
     def attend(g: FunctionBuilder, rows: list[str]) -> list[str]:
         """Routing and attention of some query rows: q_route, q_rot [B, Hq, rows, D], p [rows, 1]."""
         q_route_rows, q_rot_rows, p_rows = rows
-        scores = g.op("MatMul", q_route_rows, centroids_t)
+        scores = bodies.grouped_matmul(g, q_route_rows, centroids, transpose_y=True)
         # routing: the own segment forced, earlier ones by score (causal); all by score otherwise
         own = sparse.own_index(g, p_rows, seg)
         candidate = g.op("Or", g.op("Not", causal), g.op("Less", c, own))
@@ -177,8 +175,8 @@ def build_function(overload: str, opset: int) -> onnx.FunctionProto:
         mask = sparse.chosen_mask(g, key, indices, chosen)
         routed = g.op("Cast", g.op("Gather", mask, g.op("Div", j, seg), axis=3), to=TensorProto.BOOL)
         visible = g.op("And", routed, g.op("Or", g.op("Not", causal), g.op("LessOrEqual", j, p_rows)))
-        logits = g.op("Mul", g.op("MatMul", q_rot_rows, kr_t), scale)
-        out = [bodies.masked_softmax_attention(g, logits, visible, vr)[0]]
+        logits = g.op("Mul", bodies.grouped_matmul(g, q_rot_rows, k_rot, transpose_y=True), scale)
+        out = [bodies.masked_softmax_attention(g, logits, visible, v)[0]]
         return out + ([sparse.ascending_list(g, indices, chosen, top_k)] if SEGMENTS in features else [])
 
     row_elements = bodies.row_scores(f, "Q", f.op("Shape", "K", start=2, end=3))

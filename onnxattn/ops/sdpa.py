@@ -163,8 +163,7 @@ def build_function(overload: str, opset: int) -> onnx.FunctionProto:
     features = set(overload.split("+"))
     f = FunctionBuilder(SPEC, overload, opset)
     q = f.op("Cast", "Q", to=F32)
-    k = bodies.repeat_kv_heads(f, f.op("Cast", "K", to=F32), "Q")
-    v = bodies.repeat_kv_heads(f, f.op("Cast", "V", to=F32), "Q")
+    k, v = f.op("Cast", "K", to=F32), f.op("Cast", "V", to=F32)  # [B, Hkv, ...]: each read once per group
     score_attrs = bodies.score_attributes(f, q)
     visibility_attrs = bodies.visibility_attributes(f, band=True)
 

@@ -96,8 +96,8 @@ def _cases(op: str) -> list[Case]:
     q0 = dict(Q=(0, 4, 8, 8), K=(0, 2, 8, 8), V=(0, 2, 8, 8))
     huge_top = expect("accepts", "rejects", "defined", "rejects")
     out += [
-        new("zero-batch", "zero-size", defined_empty(), q0),
-        new("empty-query", "empty sequence", defined_empty(), dict(qkv, Q=(1, 4, 0, 8))),
+        new("zero-batch", "zero-size", defined(), q0),
+        new("empty-query", "empty sequence", defined(), dict(qkv, Q=(1, 4, 0, 8))),
         new("nan-query", "non-finite", defined(), change=lambda f: poke(f, "Q", (0, 1, 3), np.nan),
             oracle=_nan_row_selects_nothing(op, attrs_of(), (0, 1, 3)), note=NAN_SELECTION_NOTE),
         new("q-double", "dtype", expect("rejects", "rejects", "fails", "rejects"),
