@@ -8,8 +8,8 @@ appends in place. Reported: ms (median over --repeat rounds of bursts, cpu_timin
 in each round every implementation a pause of --settle seconds, one untimed call, then timed calls for at
 least --burst seconds), the cache read in GB/s ((P+1) * (R+Dr) * 4 bytes: what the absorbed form must stream),
 and GFLOP/s of the form's own multiply-adds (absorbed: H * (R*(Dn+Dv) + (P+1)*(2R+Dr)); expanded:
-H * ((P+1)*R*(Dn+Dv) + (P+1)*(Dn+Dr+Dv)); 2 FLOPs each). The kernel's cost model (mla/params.h) and the path it
-picks on its own are printed too.
+H * ((P+1)*R*(Dn+Dv) + (P+1)*(Dn+Dr+Dv)); the function: absorbed's, the form it picks at decode; 2 FLOPs each).
+The kernel's cost model (mla/params.h) and the path it picks on its own are printed too.
 
 A second table checks the cost model where the choice is close: causal chunks of S tokens over P cached
 ones (concatenation mode), both forms forced (max(2, --repeat // 3) rounds of bursts), and the form the
@@ -157,7 +157,7 @@ def bench_decode(heads: int, past: int, repeat: int, threads: int, with_function
 
     flops = {"absorbed": 2 * heads * (R * (DN + DV) + (past + 1) * (2 * R + DR)),
              "expanded": 2 * heads * ((past + 1) * R * (DN + DV) + (past + 1) * (DN + DR + DV))}
-    flops["function"] = flops["expanded"]
+    flops["function"] = flops["absorbed"]  # the function picks its form by the kernel's rule: absorbed at decode
     runs = {impl: forced_run(path, lambda session=session, binding=binding: session.run_with_iobinding(binding))
             for impl, (session, binding, path, _) in sessions.items()}
     median = cpu_timing.median_rounds(runs, repeat, settle, burst)

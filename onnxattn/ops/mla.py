@@ -67,7 +67,9 @@ heads (one KV head), then `@ w_uv[h]`. It is the same function up to rounding. T
 the form per call by counting multiply-adds (decode and short chunks over a long past: absorbed; prompts
 without a past and long chunks: expanded; `ONNXATTN_MLA_PATH=absorbed|expanded` forces one); its CUDA
 kernel runs the absorbed form, its attention step on tensor cores for 16-bit (the heads of a token as the rows
-of one MQA group, FlashMLA's shape) or on CUDA cores (float32; `ONNXATTN_MLA_CUDA_KERNEL=simt`).
+of one MQA group, FlashMLA's shape) or on CUDA cores (float32; `ONNXATTN_MLA_CUDA_KERNEL=simt`). The
+reference function picks its form by the same count (with every key scored, as it does), so that without
+the library a decode step reads the latent cache once instead of expanding it for every head.
 
 **Weights.** `w_uk [H, R, Dn]` and `w_uv [H, R, Dv]` map the latent to each head's key and value: `k_nope =
 latent @ w_uk[h]`. From DeepSeek's `kv_b_proj.weight` ([H*(Dn+Dv), R]): `w = weight.view(H, Dn + Dv, R)`,
@@ -296,53 +298,80 @@ def build_function(overload: str, opset: int) -> onnx.FunctionProto:
         "Expand", query_pos, f.op("Shape", "query", start=0, end=2))
     rotary = f.op("Squeeze", rope_dim)
     cos, sin = bodies.rope_tables(f, positions, rotary, "rope_inv_freq" if "inv_freq" in features else None)
-    q = f.op("Concat", q_nope, bodies.apply_rope(f, q_rope, cos, sin, rotary), axis=-1)
+    q_rope_rotated = bodies.apply_rope(f, q_rope, cos, sin, rotary)
+    q = f.op("Concat", q_nope, q_rope_rotated, axis=-1)
     k_rope_new = bodies.apply_rope(f, f.op("Unsqueeze", f.op("Cast", "k_rope", to=F32), axis1), cos, sin, rotary)
-    k_rope_new = f.op("Squeeze", f.op("CastLike", k_rope_new, "k_rope"), axis1)  # [B, S, Dr]
+    k_rope_new = f.op("CastLike", k_rope_new, "k_rope")  # [B, 1, S, Dr]
 
-    # the caches, in the input type and the past's rank (shapes taken from the tensors: one body for both ranks)
+    # the caches, in the input type and the past's rank (shapes taken from the tensors: one body for both ranks),
+    # made under the outputs' names when they are wanted (an Identity would copy them)
+    out_latent, out_rope = ("present_latent", "present_k_rope") if "present" in features else (None, None)
     if "past" in features:
         def like_past(x):  # [B, S, .] -> [B, S, .] or [B, 1, S, .]
             return f.op("Reshape", x, f.op("Concat", f.op("Shape", "past_latent", end=-2), f.op("Shape", x, start=1),
                                            axis=0))
 
-        new_latent, new_rope = like_past("latent"), like_past(k_rope_new)
+        new_latent, new_rope = like_past("latent"), like_past(f.op("Squeeze", k_rope_new, axis1))
         if "shared" in features:
-            def scatter(buffer, update):
+            def scatter(buffer, update, out):
                 index = like_past(f.op("Unsqueeze", f.op("Add", past_len, steps), last_axis))  # [B, (1,) S, 1]
-                return f.op("ScatterElements", buffer, f.op("Expand", index, f.op("Shape", update)), update, axis=-2)
+                return f.op("ScatterElements", buffer, f.op("Expand", index, f.op("Shape", update)), update, axis=-2,
+                            out=out)
 
-            present_latent, present_rope = scatter("past_latent", new_latent), scatter("past_k_rope", new_rope)
+            present_latent = scatter("past_latent", new_latent, out_latent)
+            present_rope = scatter("past_k_rope", new_rope, out_rope)
         else:
-            present_latent = f.op("Concat", "past_latent", new_latent, axis=-2)
-            present_rope = f.op("Concat", "past_k_rope", new_rope, axis=-2)
+            present_latent = f.op("Concat", "past_latent", new_latent, axis=-2, out=out_latent)
+            present_rope = f.op("Concat", "past_k_rope", new_rope, axis=-2, out=out_rope)
     else:
-        present_latent, present_rope = f.op("Identity", "latent"), k_rope_new
+        present_latent = f.op("Identity", "latent", out=out_latent)
+        present_rope = f.op("Squeeze", k_rope_new, axis1, out=out_rope)
 
-    # expanded keys and values of every head: [B, H, T, .]
     def as_bnsh(x):  # [B, (1,) T, .] -> [B, 1, T, .] float
         dims = f.op("Concat", f.op("Shape", x, end=1), f.const([1], I64), f.op("Shape", x, start=-2), axis=0)
         return f.op("Reshape", f.op("Cast", x, to=F32), dims)
 
     latent_all, rope_all = as_bnsh(present_latent), as_bnsh(present_rope)
-    k_nope = f.op("MatMul", latent_all, f.op("Cast", "w_uk", to=F32))
-    v = f.op("MatMul", latent_all, f.op("Cast", "w_uv", to=F32))
-    k_rope_heads = f.op("Expand", rope_all, f.op("Concat", f.op("Shape", k_nope, end=3), rope_dim, axis=0))
-    k = f.op("Concat", k_nope, k_rope_heads, axis=-1)
+    def per_head(w):  # [H, R, .] float; a Reshape to num_heads heads, so that a weight of other heads fails here
+        dims = f.op("Concat", f.op("Unsqueeze", f.attr("num_heads"), axis0), f.op("Shape", w, start=1), axis=0)
+        return f.op("Reshape", f.op("Cast", w, to=F32), dims)
+
+    w_uk, w_uv = per_head("w_uk"), per_head("w_uv")
+    absorbed = _absorbed_is_cheaper(f, latent_all, rope_dim)
+
+    # the two forms of the same attention (as the CPU kernel), by cost. Absorbed: queries q_nope W_uk^T [B, H, S, R]
+    # with their RoPE part against the latent cache and its RoPE keys [B, 1, T, R + Dr] (one key head for all),
+    # values the latent cache, W_UV applied to the output. Expanded: every head's keys latent W_UK with the RoPE
+    # keys, values latent W_UV, [B, H, T, .]
+    def form(g: FunctionBuilder, name: str, use_absorbed: bool) -> onnx.GraphProto:
+        if use_absorbed:
+            q_latent = g.op("MatMul", q_nope, g.op("Transpose", w_uk, perm=[0, 2, 1]))
+            values = [g.op("Concat", q_latent, q_rope_rotated, axis=-1),
+                      g.op("Concat", latent_all, rope_all, axis=-1), g.op("Identity", latent_all)]
+        else:
+            k_nope = g.op("MatMul", latent_all, w_uk)
+            k_rope_heads = g.op("Expand", rope_all, g.op("Concat", g.op("Shape", k_nope, end=3), rope_dim, axis=0))
+            values = [g.op("Identity", q), g.op("Concat", k_nope, k_rope_heads, axis=-1),
+                      g.op("MatMul", latent_all, w_uv)]
+        return g.graph(name, [], [onnx.helper.make_tensor_value_info(x, F32, [None] * 4) for x in values])
+
+    q_used, k, v = f.op("If", absorbed, outputs=3, hint="attention_form",
+                        then_branch=form(f.subgraph(), "absorbed", True),
+                        else_branch=form(f.subgraph(), "expanded", False))
 
     # attention over the caches, by chunks of query rows for long prompts (bodies.over_row_chunks)
     total_1 = f.op("Shape", latent_all, start=2, end=3)
     total = f.op("Squeeze", total_1)
     j = f.op("Range", zero, total, one)  # [T]
     p = f.op("Unsqueeze", query_pos, f.const([1, 3], I64))  # [B or 1, 1, S, 1]
-    rows = [(q, 2), (p, 2)]
+    rows = [(q_used, 2), (p, 2)]
     if "index" in features:
         rows.append((_listed_keys(f, total), 2))  # [B, 1, S, T]
     valid_keys = None
     if "shared" in features:
         valid = f.op("Add", past_len, f.op("Unsqueeze", seq, axis0))  # [B, 1]
         valid_keys = f.op("Less", j, f.op("Unsqueeze", valid, f.const([2, 3], I64)))  # [B, 1, 1, T]
-    score_attrs = bodies.score_attributes(f, q)
+    score_attrs = bodies.score_attributes(f, q)  # 1/sqrt(Dn + Dr) by default, in both forms
     visibility_attrs = bodies.visibility_attributes(f, band=False)
 
     def attend(g: FunctionBuilder, row_inputs: list[str]) -> list[str]:
@@ -356,15 +385,33 @@ def build_function(overload: str, opset: int) -> onnx.FunctionProto:
     out = bodies.over_row_chunks(f, f.op("Shape", "query", start=1, end=2), bodies.row_scores(f, q, total_1), rows,
                                  attend,
                                  [bodies.RowOutput(rank=4, axis=2)])[0]
+    up, same = f.subgraph(), f.subgraph()
+    info = [onnx.helper.make_tensor_value_info(x, F32, [None] * 4) for x in (up.op("MatMul", out, w_uv),
+                                                                             same.op("Identity", out))]
+    out = f.op("If", absorbed, hint="values", then_branch=up.graph("latent_to_values", [], info[:1]),
+               else_branch=same.graph("values", [], info[1:]))  # [B, H, S, Dv]
     out = f.op("Reshape", f.op("Transpose", out, perm=[0, 2, 1, 3]),
                f.op("Concat", f.op("Shape", "query", start=0, end=2), f.const([-1], I64), axis=0))
     f.nodes.append(onnx.helper.make_node("CastLike", [out, "query"], ["output"]))
     outputs = ["output"]
     if "present" in features:
-        f.nodes.append(onnx.helper.make_node("Identity", [present_latent], ["present_latent"]))
-        f.nodes.append(onnx.helper.make_node("Identity", [present_rope], ["present_k_rope"]))
         outputs += ["present_latent", "present_k_rope"]
     return f.build(inputs, outputs)
+
+
+def _absorbed_is_cheaper(f: FunctionBuilder, latent_all: str, rope_dim: str) -> str:
+    """A bool scalar: the absorbed form takes fewer multiply-adds than the expanded one for this call (the function
+    scores every key, so per head: absorbed S R (Dn + Dv) + S T (2R + Dr), expanded T R (Dn + Dv) + S T (Dn + Dr +
+    Dv); the CPU kernel's rule, mla/params.h, with every pair counted). Decode is absorbed, a prompt expanded."""
+    rank = f.op("Shape", "w_uk", start=1, end=2)
+    widths = f.op("Add", f.op("Shape", "w_uk", start=2, end=3), f.op("Shape", "w_uv", start=2, end=3))  # Dn + Dv
+    projection = f.op("Mul", rank, widths)
+    seq, total = f.op("Shape", "query", start=1, end=2), f.op("Shape", latent_all, start=2, end=3)
+    pairs = f.op("Mul", seq, total)
+    absorbed = f.op("Add", f.op("Mul", seq, projection), f.op("Mul", pairs, f.op("Add", f.op("Add", rank, rank),
+                                                                                  rope_dim)))
+    expanded = f.op("Add", f.op("Mul", total, projection), f.op("Mul", pairs, f.op("Add", widths, rope_dim)))
+    return f.op("Squeeze", f.op("LessOrEqual", absorbed, expanded))
 
 
 def _listed_keys(f: FunctionBuilder, total: str) -> str:
