@@ -63,17 +63,24 @@ def score_attributes(f: FunctionBuilder, q: str) -> dict[str, str]:
     `scores` (read here, in the function body, so that subgraphs can use them)."""
     cap = f.attr("softcap")
     cap_on = f.op("Greater", cap, f.const(0.0))
-    return dict(scale=resolved_scale(f, f.op("Shape", q, start=-1)), cap_on=cap_on,
-                safe_cap=f.op("Where", cap_on, cap, f.const(1.0)))  # a 0 cap divides by 1 in the unused branch
+    return dict(scale=resolved_scale(f, f.op("Shape", q, start=-1)), cap_on=cap_on, cap=cap)
 
 
 def scores(f: FunctionBuilder, q: str, k: str, attrs: dict[str, str] | None = None) -> str:
     """scale * q @ k^T, then the softcap; q [B, Hq, S, D] and k [B, Hkv, T, D] in float32 (query head h against
     key head h // G, grouped_matmul). `attrs`: from score_attributes (read from the node when None)."""
     a = attrs or score_attributes(f, q)
-    s = f.op("Mul", grouped_matmul(f, q, k, transpose_y=True), a["scale"])
-    capped = f.op("Mul", f.op("Tanh", f.op("Div", s, a["safe_cap"])), a["safe_cap"])
-    return f.op("Where", a["cap_on"], capped, s)
+
+    # the scale on q (S D values, not S T), and the softcap's passes over the scores only when it is on: an If
+    # with the product in each branch (a branch passing the outer product through would copy it)
+    def branch(g: FunctionBuilder, name: str, capped: bool) -> onnx.GraphProto:
+        s = grouped_matmul(g, g.op("Mul", q, a["scale"]), k, transpose_y=True)
+        if capped:
+            s = g.op("Mul", g.op("Tanh", g.op("Div", s, a["cap"])), a["cap"])
+        return g.graph(name, [], [helper.make_tensor_value_info(s, F32, [None] * 4)])
+
+    return f.op("If", a["cap_on"], hint="scores", then_branch=branch(f.subgraph(), "capped_scores", True),
+                else_branch=branch(f.subgraph(), "scores", False))
 
 
 def visibility_attributes(f: FunctionBuilder, *, band: bool, chunk: bool = False) -> dict[str, str]:
