@@ -314,6 +314,18 @@ def test_the_function_in_row_chunks_matches_oracle(case: Case, path: str, rows: 
     check(case, run_path(case, path), present_checked=case.with_present)
 
 
+@pytest.mark.parametrize("form", ["absorbed", "expanded"])
+@pytest.mark.parametrize("path", ["function-ort", "function-onnx-reference"])
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in CASES if c.dtype == "float32"])
+def test_both_forms_of_the_function_match_oracle(case: Case, path: str, form: str, monkeypatch):
+    """The reference function picks the absorbed or the expanded form per call by cost (decode absorbed, a prompt
+    expanded, as the CPU kernel); each form, forced, on every float32 case."""
+    from onnxattn.ops import mla
+
+    monkeypatch.setattr(mla, "FUNCTION_FORM", form)
+    check(case, run_path(case, path), present_checked=case.with_present)
+
+
 def test_oracle_self_check():
     """The oracle against a hand-written decode step: one head, R = 2, Dn = 1, Dr = 2, Dv = 1, a one-token
     past, the new token at position 1 (inv_freq 1: the rope pair turns by 1 radian)."""

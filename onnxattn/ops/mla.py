@@ -153,6 +153,10 @@ def _all_overloads() -> tuple[str, ...]:
 
 OVERLOADS = _all_overloads()
 
+# The reference function's attention form: None picks it per call by cost (_absorbed_is_cheaper); "absorbed" or
+# "expanded" fixes it in the functions built while it is set, so that tests can check both forms on any case.
+FUNCTION_FORM: str | None = None
+
 
 def _known(*dims: Dim) -> bool:
     return all(isinstance(d, int) for d in dims)
@@ -403,6 +407,10 @@ def _absorbed_is_cheaper(f: FunctionBuilder, latent_all: str, rope_dim: str) -> 
     """A bool scalar: the absorbed form takes fewer multiply-adds than the expanded one for this call (the function
     scores every key, so per head: absorbed S R (Dn + Dv) + S T (2R + Dr), expanded T R (Dn + Dv) + S T (Dn + Dr +
     Dv); the CPU kernel's rule, mla/params.h, with every pair counted). Decode is absorbed, a prompt expanded."""
+    if FUNCTION_FORM is not None:
+        if FUNCTION_FORM not in ("absorbed", "expanded"):
+            raise ValueError(f"{NAME}: FUNCTION_FORM must be None, 'absorbed' or 'expanded', got {FUNCTION_FORM!r}")
+        return f.const(FUNCTION_FORM == "absorbed", TensorProto.BOOL)
     rank = f.op("Shape", "w_uk", start=1, end=2)
     widths = f.op("Add", f.op("Shape", "w_uk", start=2, end=3), f.op("Shape", "w_uv", start=2, end=3))  # Dn + Dv
     projection = f.op("Mul", rank, widths)
