@@ -288,9 +288,9 @@ def test_matches_contiguous(case: Case, path: str):
 @pytest.mark.parametrize("path", ["function-ort", "function-onnx-reference"])
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in CASES if c.dtype == "float32"])
 def test_the_function_in_token_chunks_matches_contiguous(case: Case, path: str, rows: int, monkeypatch):
-    """The reference function's chunked form (a Loop over the packed tokens, for calls whose per-token keys and
-    values and scores, L (Hkv (D + Dv) + Hq) floats a token, pass ops._bodies.CHUNK_ELEMENTS: long prompt chunks), forced by a budget
-    of `rows` tokens."""
+    """The reference function's chunked form (a Loop over the packed tokens, for calls whose per-token keys,
+    values and scores, L (Hkv (D + Dv) + Hq) floats a token, pass ops._bodies.CHUNK_ELEMENTS: long prompt
+    chunks), forced by a budget of `rows` tokens."""
     from onnxattn.ops import _bodies
 
     feeds = feeds_of(case.id)

@@ -29,6 +29,21 @@ def repeat_kv_heads(f: FunctionBuilder, x: str, q: str) -> str:
     return f.op("Reshape", expanded, f.op("Concat", batch, q_heads, tail, axis=0), allowzero=1)
 
 
+def if_else(f: FunctionBuilder, cond: str, then_body: Callable[[FunctionBuilder], Sequence[str]],
+            else_body: Callable[[FunctionBuilder], Sequence[str]], ranks: Sequence[int] = (4,),
+            hint: str = "branch") -> list[str]:
+    """An If: each body builds its branch's nodes with a subgraph builder (it may read this body's values, not the
+    node's attributes) and returns the branch's float32 outputs, of `ranks`. Work that only one branch needs runs
+    only there; a branch should compute its outputs rather than pass outer values through (an Identity copies)."""
+    def graph(body, name: str) -> onnx.GraphProto:
+        g = f.subgraph()
+        return g.graph(name, [], [helper.make_tensor_value_info(x, F32, [None] * r) for x, r in zip(body(g), ranks)])
+
+    out = f.op("If", cond, outputs=len(ranks), hint=hint, then_branch=graph(then_body, f"{hint}_then"),
+               else_branch=graph(else_body, f"{hint}_else"))
+    return [out] if isinstance(out, str) else out
+
+
 def kv_group_rows(f: FunctionBuilder, x: str, kv: str) -> str:
     """x [B, Hq, S, E] -> [B, Hkv, G S, E] (a view: query head h = kv G + g), Hkv the head axis of `kv`: the G query
     heads that share a key/value head as one matrix, so that a MatMul against [B, Hkv, ., .] serves the whole group
@@ -71,16 +86,15 @@ def scores(f: FunctionBuilder, q: str, k: str, attrs: dict[str, str] | None = No
     key head h // G, grouped_matmul). `attrs`: from score_attributes (read from the node when None)."""
     a = attrs or score_attributes(f, q)
 
-    # the scale on q (S D values, not S T), and the softcap's passes over the scores only when it is on: an If
-    # with the product in each branch (a branch passing the outer product through would copy it)
-    def branch(g: FunctionBuilder, name: str, capped: bool) -> onnx.GraphProto:
-        s = grouped_matmul(g, g.op("Mul", q, a["scale"]), k, transpose_y=True)
-        if capped:
-            s = g.op("Mul", g.op("Tanh", g.op("Div", s, a["cap"])), a["cap"])
-        return g.graph(name, [], [helper.make_tensor_value_info(s, F32, [None] * 4)])
+    # the scale on q (S D values, not S T), and the softcap's passes over the scores only when it is on: the
+    # product in each branch
+    def product(g: FunctionBuilder) -> str:
+        return grouped_matmul(g, g.op("Mul", q, a["scale"]), k, transpose_y=True)
 
-    return f.op("If", a["cap_on"], hint="scores", then_branch=branch(f.subgraph(), "capped_scores", True),
-                else_branch=branch(f.subgraph(), "scores", False))
+    def capped(g: FunctionBuilder) -> list[str]:
+        return [g.op("Mul", g.op("Tanh", g.op("Div", product(g), a["cap"])), a["cap"])]
+
+    return if_else(f, a["cap_on"], capped, lambda g: [product(g)], hint="scores")[0]
 
 
 def visibility_attributes(f: FunctionBuilder, *, band: bool, chunk: bool = False) -> dict[str, str]:
@@ -244,15 +258,9 @@ def masked_softmax_attention(f: FunctionBuilder, s: str, visible: str, v: str,
     # V is cleaned (a copy) only when some key has no weight at all: not in a plain decode step, where it would
     # double the bytes read
     dead = f.op("ReduceSum", f.op("Cast", f.op("Not", live), to=F32), keepdims=0)
-    plain, cleaned = f.subgraph(), f.subgraph()
-    plain_out = grouped_matmul(plain, probs, v)
-    cleaned_out = grouped_matmul(cleaned, probs, cleaned.op("Where", cleaned.op("Unsqueeze", live, axis), v,
-                                                            cleaned.const(0.0)))
-    def branch(g: FunctionBuilder, name: str, value: str) -> onnx.GraphProto:
-        return g.graph(name, [], [helper.make_tensor_value_info(value, F32, [None] * 4)])
-
-    out = f.op("If", f.op("Greater", dead, f.const(0.0)), hint="weighted",
-               then_branch=branch(cleaned, "cleaned_values", cleaned_out), else_branch=branch(plain, "values", plain_out))
+    out = if_else(f, f.op("Greater", dead, f.const(0.0)),
+                  lambda g: [grouped_matmul(g, probs, g.op("Where", g.op("Unsqueeze", live, axis), v, g.const(0.0)))],
+                  lambda g: [grouped_matmul(g, probs, v)], hint="weighted")[0]
     out = f.op("Div", out, row_sum)
     out = f.op("Where", f.op("Equal", row_sum, f.const(0.0)), f.const(0.0), out)
     return out, f.op("Add", f.op("Log", row_sum), safe_max)

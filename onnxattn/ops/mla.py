@@ -347,21 +347,17 @@ def build_function(overload: str, opset: int) -> onnx.FunctionProto:
     # with their RoPE part against the latent cache and its RoPE keys [B, 1, T, R + Dr] (one key head for all),
     # values the latent cache, W_UV applied to the output. Expanded: every head's keys latent W_UK with the RoPE
     # keys, values latent W_UV, [B, H, T, .]
-    def form(g: FunctionBuilder, name: str, use_absorbed: bool) -> onnx.GraphProto:
-        if use_absorbed:
-            q_latent = g.op("MatMul", q_nope, g.op("Transpose", w_uk, perm=[0, 2, 1]))
-            values = [g.op("Concat", q_latent, q_rope_rotated, axis=-1),
-                      g.op("Concat", latent_all, rope_all, axis=-1), g.op("Identity", latent_all)]
-        else:
-            k_nope = g.op("MatMul", latent_all, w_uk)
-            k_rope_heads = g.op("Expand", rope_all, g.op("Concat", g.op("Shape", k_nope, end=3), rope_dim, axis=0))
-            values = [g.op("Identity", q), g.op("Concat", k_nope, k_rope_heads, axis=-1),
-                      g.op("MatMul", latent_all, w_uv)]
-        return g.graph(name, [], [onnx.helper.make_tensor_value_info(x, F32, [None] * 4) for x in values])
+    def absorbed_form(g: FunctionBuilder) -> list[str]:
+        q_latent = g.op("MatMul", q_nope, g.op("Transpose", w_uk, perm=[0, 2, 1]))
+        return [g.op("Concat", q_latent, q_rope_rotated, axis=-1), g.op("Concat", latent_all, rope_all, axis=-1),
+                g.op("Identity", latent_all)]
 
-    q_used, k, v = f.op("If", absorbed, outputs=3, hint="attention_form",
-                        then_branch=form(f.subgraph(), "absorbed", True),
-                        else_branch=form(f.subgraph(), "expanded", False))
+    def expanded_form(g: FunctionBuilder) -> list[str]:
+        k_nope = g.op("MatMul", latent_all, w_uk)
+        k_rope_heads = g.op("Expand", rope_all, g.op("Concat", g.op("Shape", k_nope, end=3), rope_dim, axis=0))
+        return [g.op("Identity", q), g.op("Concat", k_nope, k_rope_heads, axis=-1), g.op("MatMul", latent_all, w_uv)]
+
+    q_used, k, v = bodies.if_else(f, absorbed, absorbed_form, expanded_form, ranks=(4, 4, 4), hint="attention_form")
 
     # attention over the caches, by chunks of query rows for long prompts (bodies.over_row_chunks)
     total_1 = f.op("Shape", latent_all, start=2, end=3)
@@ -389,11 +385,8 @@ def build_function(overload: str, opset: int) -> onnx.FunctionProto:
     out = bodies.over_row_chunks(f, f.op("Shape", "query", start=1, end=2), bodies.row_scores(f, q, total_1), rows,
                                  attend,
                                  [bodies.RowOutput(rank=4, axis=2)])[0]
-    up, same = f.subgraph(), f.subgraph()
-    info = [onnx.helper.make_tensor_value_info(x, F32, [None] * 4) for x in (up.op("MatMul", out, w_uv),
-                                                                             same.op("Identity", out))]
-    out = f.op("If", absorbed, hint="values", then_branch=up.graph("latent_to_values", [], info[:1]),
-               else_branch=same.graph("values", [], info[1:]))  # [B, H, S, Dv]
+    out = bodies.if_else(f, absorbed, lambda g: [g.op("MatMul", out, w_uv)], lambda g: [g.op("Identity", out)],
+                         hint="values")[0]  # [B, H, S, Dv]
     out = f.op("Reshape", f.op("Transpose", out, perm=[0, 2, 1, 3]),
                f.op("Concat", f.op("Shape", "query", start=0, end=2), f.const([-1], I64), axis=0))
     f.nodes.append(onnx.helper.make_node("CastLike", [out, "query"], ["output"]))
