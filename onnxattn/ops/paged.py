@@ -231,13 +231,14 @@ def build_function(overload: str, opset: int) -> onnx.FunctionProto:
     num_blocks = f.op("Shape", "key_cache", start=0, end=1)
     safe_table = f.op("Clip", table, zero, f.op("Squeeze", f.op("Sub", num_blocks, f.const([1], I64))))
 
-    def sequences(pool):
+    def sequences(pool):  # [B, Hkv, L, E] float, laid out once per sequence (not per token) for the products
         blocks = f.op("Gather", pool, safe_table, axis=0)  # [B, max_blocks, bs, Hkv, E]
-        return f.op("Reshape", blocks, f.op("Concat", f.op("Shape", blocks, end=1), f.const([-1], I64),
+        seqs = f.op("Reshape", blocks, f.op("Concat", f.op("Shape", blocks, end=1), f.const([-1], I64),
                                             f.op("Shape", blocks, start=3), axis=0))  # [B, L, Hkv, E]
+        return f.op("Cast", f.op("Transpose", seqs, perm=[0, 2, 1, 3]), to=F32)
 
     key_seqs, value_seqs = sequences(key_cache), sequences(value_cache)
-    length_1 = f.op("Shape", key_seqs, start=1, end=2)
+    length_1 = f.op("Shape", key_seqs, start=2, end=3)
     j = f.op("Range", zero, f.op("Squeeze", length_1), one)  # [L]
     p = f.op("Unsqueeze", pos, f.const([1, 2, 3], I64))  # [T, 1, 1, 1]
     valid = f.op("Unsqueeze", f.op("Gather", seq_lens, seq_of), f.const([1, 2, 3], I64))
@@ -250,8 +251,7 @@ def build_function(overload: str, opset: int) -> onnx.FunctionProto:
         q_rows, p_rows, valid_rows, seq_rows = rows
 
         def of_tokens(seqs):  # [rows, Hkv, L, E]
-            per_token = g.op("Gather", seqs, seq_rows, axis=0)  # [rows, L, Hkv, E]
-            return g.op("Cast", g.op("Transpose", per_token, perm=[0, 2, 1, 3]), to=F32)
+            return g.op("Gather", seqs, seq_rows, axis=0)
 
         visible = bodies.structural_visibility(g, p_rows, j, band=False, chunk=True, attrs=visibility_attrs)
         visible = g.op("And", visible, g.op("Less", j, valid_rows))
