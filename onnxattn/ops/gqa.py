@@ -289,9 +289,10 @@ def build_function(overload: str, opset: int) -> onnx.FunctionProto:
 
     # the cache, in the input type; made under the outputs' names when they are wanted (an Identity would copy it)
     out_k, out_v = ("present_key", "present_value") if "present" in features else (None, None)
+    new_only = "shared" not in features and "past" not in features  # the new keys are the whole cache
+    k_new = f.op("CastLike", k, "key", out=out_k if new_only else None)
+    v_new = f.op("CastLike", v, "value", out=out_v if new_only else None)
     if "shared" in features:
-        k_new, v_new = f.op("CastLike", k, "key"), f.op("CastLike", v, "value")
-
         def scatter(buffer, update, out):
             index = f.op("Add", f.op("Unsqueeze", past_len, f.const([1, 3], I64)),
                          f.op("Unsqueeze", steps, f.const([1, 3], I64)))  # [B, 1, S, 1]
@@ -300,11 +301,10 @@ def build_function(overload: str, opset: int) -> onnx.FunctionProto:
 
         present_k, present_v = scatter("past_key", k_new, out_k), scatter("past_value", v_new, out_v)
     elif "past" in features:
-        k_new, v_new = f.op("CastLike", k, "key"), f.op("CastLike", v, "value")
         present_k = f.op("Concat", "past_key", k_new, axis=2, out=out_k)
         present_v = f.op("Concat", "past_value", v_new, axis=2, out=out_v)
     else:
-        present_k, present_v = f.op("CastLike", k, "key", out=out_k), f.op("CastLike", v, "value", out=out_v)
+        present_k, present_v = k_new, v_new
 
     # attention over the cache, by chunks of query rows for long prompts (bodies.over_row_chunks)
     total_1 = f.op("Shape", present_k, start=2, end=3)
