@@ -28,6 +28,7 @@ def _no_forcing(monkeypatch):
     monkeypatch.delenv("ONNXATTN_SDPA_CUDA_KERNEL", raising=False)
     monkeypatch.delenv("ONNXATTN_SDPA_CUDA_PREFILL", raising=False)
     monkeypatch.delenv("ONNXATTN_GQA_CUDA_QUERY", raising=False)
+    monkeypatch.delenv("ONNXATTN_GQA_CUDA_ROTATION", raising=False)
 
 
 def ceil_div(a: int, b: int) -> int:
@@ -288,6 +289,34 @@ def test_rotated_queries_are_asked_for_by_the_environment(monkeypatch):
     monkeypatch.setenv("ONNXATTN_GQA_CUDA_QUERY", "early")
     with pytest.raises(lib.GqaCudaError, match="ONNXATTN_GQA_CUDA_QUERY must be fused or rotated, got 'early'"):
         lib.plan(s)
+
+
+def test_queries_without_qk_norm_are_turned_by_16_byte_chunks(monkeypatch):
+    """RoPE without QK-norm: the chunked query kernel (one thread per 16-byte chunk of 4 heads' rows, angles
+    once per token and pair); QK-norm, rows that do not split into 16-byte chunks, unaligned pointers and
+    ONNXATTN_GQA_CUDA_ROTATION=rows take the per-row kernel (rotate_chunks 0)."""
+    monkeypatch.setenv("ONNXATTN_SDPA_CUDA_PREFILL", "wgmma")  # wgmma always prepares its queries ahead
+    prefill = dict(seq=2048, mode="concat", past=0, rope=1, **LLAMA)
+    p = lib.plan(lib.Spec(**prefill))
+    assert p["rotate_queries"] and p["attention"]["kernel"] == "wgmma"
+    # D = 128, pairs (i, i + 64): 8 chunks of 8 pairs per row; 32 heads in 8 groups of 4; 2048 tokens
+    assert (p["rotate_chunks"], p["rotary_chunks"]) == (8, 8)
+    assert p["rotate_blocks"] == 2048 * 8 * 8 // 256
+    partial = lib.plan(lib.Spec(**{**prefill, "rotary_dim": 64}))  # 4 chunks turned, 8 copied
+    assert (partial["rotate_chunks"], partial["rotary_chunks"]) == (12, 4)
+    interleaved = lib.plan(lib.Spec(**{**prefill, "rotary_dim": 72, "rope_interleaved": 1}))
+    assert (interleaved["rotate_chunks"], interleaved["rotary_chunks"]) == (16, 9)  # 9 chunks of 4 pairs, 7 copied
+    odd_heads = lib.plan(lib.Spec(**{**prefill, "q_heads": 6, "kv_heads": 2}))  # groups of 4 and 2 heads
+    assert odd_heads["rotate_blocks"] == -(-2048 * 2 * 8 // 256)
+    assert lib.plan(lib.Spec(**{**prefill, "rotary_dim": 72}))["rotate_chunks"] == 0  # R/2 = 36: not whole chunks
+    assert lib.plan(lib.Spec(**{**prefill, "q_norm": True}))["rotate_chunks"] == 0  # the norm: a row-wide sum
+    assert lib.plan(lib.Spec(**prefill), aligned=False)["rotate_queries"] is False  # mma.sync's fused load then
+    monkeypatch.setenv("ONNXATTN_GQA_CUDA_ROTATION", "rows")
+    rows = lib.plan(lib.Spec(**prefill))
+    assert rows["rotate_queries"] and rows["rotate_chunks"] == 0 and rows["scratch_bytes"] == p["scratch_bytes"]
+    monkeypatch.setenv("ONNXATTN_GQA_CUDA_ROTATION", "warps")
+    with pytest.raises(lib.GqaCudaError, match="ONNXATTN_GQA_CUDA_ROTATION must be chunks or rows, got 'warps'"):
+        lib.plan(lib.Spec(**prefill))
 
 
 def test_wgmma_prefill_prepares_the_queries_ahead(monkeypatch):

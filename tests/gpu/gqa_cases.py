@@ -139,6 +139,7 @@ CASES = [
     Case("mha", q_heads=4, kv_heads=4, seq=33, past=10),
     Case("gqa-16-over-2", q_heads=16, kv_heads=2, seq=3, past=250),
     Case("mqa-hkv1-b2", batch=2, kv_heads=1, past=300),
+    Case("heads-6-over-3", q_heads=6, kv_heads=3, seq=37, past=20),  # query heads in groups of 4 and 2 (chunked RoPE)
     Case("dv-ne-d", v_head_dim=64, seq=20, past=30),
     Case("d64", head_dim=64, seq=40, past=60),
     Case("d256", head_dim=256, q_heads=4, seq=20, past=40),

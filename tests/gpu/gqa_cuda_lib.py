@@ -72,6 +72,9 @@ class GqaPlanInfo(ctypes.Structure):
         ("rotate_queries", ctypes.c_int32),
         ("sinks", ctypes.c_int32),
         ("lse_offset", ctypes.c_int64),
+        ("rotate_chunks", ctypes.c_int32),
+        ("rotary_chunks", ctypes.c_int32),
+        ("rotate_blocks", ctypes.c_int64),
     ]
 
     def as_dict(self) -> dict:

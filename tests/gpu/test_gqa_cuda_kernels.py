@@ -212,7 +212,8 @@ def run_before_and_after(case, dtype, monkeypatch, switch: str, value: str):
 
 
 ROTATED_CASES = ["prefill-s96", "chunk-s5-p700", "shared-chunk-b2", "window-shared-b2", "left-pad-prefill-b3",
-                 "positions-docs", "rope-partial-interleaved", "rope-inv-freq-custom-scaling", "qk-norm",
+                 "positions-docs", "positions-large", "rope-partial", "rope-interleaved", "rope-partial-interleaved",
+                 "rope-inv-freq-custom-scaling", "d80", "prefill-b2-s77-d64", "heads-6-over-3", "qk-norm",
                  "qnorm-only-decode", "everything-shared"]
 
 
@@ -225,6 +226,25 @@ def test_rotated_queries_give_the_fused_bits(case_id, dtype, monkeypatch):
     monkeypatch.setenv("ONNXATTN_SDPA_CUDA_PREFILL", "mma")  # the fused load is mma.sync's (wgmma always rotates)
     (y, pk, pv, plan), (y2, pk2, pv2, plan2) = run_before_and_after(case, dtype, monkeypatch, "ONNXATTN_GQA_CUDA_QUERY", "rotated")
     assert plan2["rotate_queries"] == (plan["attention"]["kernel"] == "mma"), plan2["attention"]["reason"]
+    np.testing.assert_array_equal(y2, y)
+    for a, b in ((pk2, pk), (pv2, pv)):
+        if a is not None:
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("case_id", ROTATED_CASES)
+def test_chunked_query_kernel_gives_the_row_kernels_bits(case_id, dtype, monkeypatch):
+    """The chunked query kernel (RoPE without QK-norm: a thread per 16-byte chunk of 4 heads' rows) against the
+    per-row kernel (ONNXATTN_GQA_CUDA_ROTATION=rows): the same arithmetic, so the same bits; QK-norm cases take
+    the per-row kernel either way."""
+    case = gc.CASES_BY_ID[case_id]
+    monkeypatch.setenv("ONNXATTN_SDPA_CUDA_PREFILL", "mma")
+    monkeypatch.setenv("ONNXATTN_GQA_CUDA_QUERY", "rotated")
+    switch = "ONNXATTN_GQA_CUDA_ROTATION"
+    (y, pk, pv, plan), (y2, pk2, pv2, plan2) = run_before_and_after(case, dtype, monkeypatch, switch, "rows")
+    chunked = plan["rotate_queries"] and not case.q_norm and (case.rotary_dim or case.head_dim) % 16 == 0
+    assert (plan["rotate_chunks"] > 0) == chunked and plan2["rotate_chunks"] == 0, plan["attention"]["reason"]
     np.testing.assert_array_equal(y2, y)
     for a, b in ((pk2, pk), (pv2, pv)):
         if a is not None:

@@ -40,6 +40,8 @@ struct OnnxAttnGqaPlanInfo {
   int64_t rotated_q_offset;
   int32_t rotate_queries, sinks;
   int64_t lse_offset;
+  int32_t rotate_chunks, rotary_chunks;
+  int64_t rotate_blocks;
 };
 
 // Device pointers of one call; null where the input is absent. present_key/present_value null: the
@@ -122,6 +124,9 @@ void fill_plan_info(const Plan& plan, OnnxAttnGqaPlanInfo* out) {
   out->rotated_q_offset = int64_t(plan.rotated_q_offset);
   out->sinks = plan.sinks ? 1 : 0;
   out->lse_offset = int64_t(plan.lse_offset);
+  out->rotate_chunks = plan.rotate_chunks;
+  out->rotary_chunks = plan.rotary_chunks;
+  out->rotate_blocks = plan.rotate_blocks;
   out->append_rows = plan.append_rows;
   out->append_blocks = plan.append_blocks;
   out->lengths_offset = int64_t(plan.lengths_offset);

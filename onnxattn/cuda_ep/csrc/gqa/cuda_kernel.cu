@@ -84,10 +84,11 @@ __global__ void __launch_bounds__(32 * kAppendRowsPerBlock) append_kernel(const 
   }
 }
 
-// ONNXATTN_GQA_CUDA_QUERY=rotated: one warp per query (token, head) row, prepared into scratch exactly as the
-// core's Q load would prepare it (sdpa/cuda_query_prep.cuh: 16-bit in, float32 arithmetic, 16-bit out) at
-// the query's position. Rows of a sequence the new-token kernel found invalid are left alone (the core
-// skips that sequence).
+// Queries prepared ahead of the core (always for the wgmma kernel; for mma.sync with
+// ONNXATTN_GQA_CUDA_QUERY=rotated). The per-row kernel (QK-norm, or rows the chunked kernel below cannot take):
+// one warp per query (token, head) row, prepared into scratch exactly as the core's Q load would prepare it
+// (sdpa/cuda_query_prep.cuh: 16-bit in, float32 arithmetic, 16-bit out) at the query's position. Rows of a
+// sequence the new-token kernel found invalid are left alone (the core skips that sequence).
 template <typename T>
 struct RotateArgs {
   const T* query;  // [B, S, Hq*D]
@@ -110,6 +111,111 @@ __global__ void __launch_bounds__(32 * kAppendRowsPerBlock) rotate_queries_kerne
   const int64_t position = a.position_ids != nullptr ? a.position_ids[token] : start + i;
   sdpa::cuda::prepare_row(a.query + row * a.head_dim, a.rotated + row * a.head_dim, a.head_dim, a.prep, position, 1.0f,
                           lane);
+}
+
+// Without QK-norm (plan.rotate_chunks > 0): one thread per 16-byte chunk of the rows of kRotateHeadsPerThread
+// heads of one token. The per-row kernel above has a warp recompute every angle for every head and move 2 bytes
+// per access; at S = 2048 it took 39.9 us for 34 MB (H200, 21d5171), ~5x the copy time. Here a thread computes
+// its pairs' angles once for all its heads, and every load and store moves 16 bytes. The same arithmetic as
+// prepare_row (rope_angle, rope_turn, the same conversions), so the same bits.
+template <typename T>
+union Chunk {
+  uint4 bits;
+  T e[16 / sizeof(T)];
+};
+
+template <typename T>
+__global__ void __launch_bounds__(kRotateThreadsPerBlock)
+    rotate_query_chunks_kernel(const RotateArgs<T> a, const int rotary_chunks, const int chunks_per_row) {
+  static_assert(sizeof(T) == 2, "16-bit rows");
+  constexpr int kVec = 16 / sizeof(T), kHeads = kRotateHeadsPerThread;
+  const int64_t head_groups = (a.q_heads + kHeads - 1) / kHeads;
+  const int64_t t = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (t >= a.batch * a.seq * head_groups * chunks_per_row) return;
+  const int chunk = int(t % chunks_per_row);
+  const int64_t rest = t / chunks_per_row;
+  const int64_t head_begin = (rest % head_groups) * kHeads, token = rest / head_groups;
+  const int64_t b = token / a.seq, i = token % a.seq;
+  if (a.lengths != nullptr && a.lengths[a.batch + b] < 0) return;
+  const int heads = int(min(int64_t(kHeads), a.q_heads - head_begin));
+  const int64_t row0 = (token * a.q_heads + head_begin) * a.head_dim;  // the first head's row
+  const uint4* const src = reinterpret_cast<const uint4*>(a.query + row0);
+  uint4* const dst = reinterpret_cast<uint4*>(a.rotated + row0);
+  const int64_t row_chunks = a.head_dim / kVec;  // a row's stride in chunks
+  const int rotary_dim = a.prep.rotary_dim;
+  if (chunk >= rotary_chunks) {  // channels past rotary_dim: copied
+    const int64_t c = rotary_dim / kVec + (chunk - rotary_chunks);
+    uint4 v[kHeads];
+#pragma unroll
+    for (int h = 0; h < kHeads; ++h)
+      if (h < heads) v[h] = src[h * row_chunks + c];
+#pragma unroll
+    for (int h = 0; h < kHeads; ++h)
+      if (h < heads) dst[h * row_chunks + c] = v[h];
+    return;
+  }
+  const int64_t start = a.lengths != nullptr ? a.lengths[b] : a.past;
+  const float position_f = float(a.position_ids != nullptr ? a.position_ids[token] : start + i);
+  if (a.prep.interleaved) {  // pairs (2p, 2p + 1) inside the chunk: kVec / 2 of them
+    float2 angle[kVec / 2];
+#pragma unroll
+    for (int k = 0; k < kVec / 2; ++k) angle[k] = sdpa::cuda::rope_angle(a.prep, chunk * (kVec / 2) + k, position_f);
+    Chunk<T> x[kHeads];
+#pragma unroll
+    for (int h = 0; h < kHeads; ++h)
+      if (h < heads) x[h].bits = src[h * row_chunks + chunk];
+#pragma unroll
+    for (int h = 0; h < kHeads; ++h) {
+      if (h >= heads) break;
+      Chunk<T> y;
+#pragma unroll
+      for (int k = 0; k < kVec / 2; ++k) {
+        const float2 turned = sdpa::cuda::rope_turn(to_float(x[h].e[2 * k]), to_float(x[h].e[2 * k + 1]), angle[k]);
+        y.e[2 * k] = from_float<T>(turned.x);
+        y.e[2 * k + 1] = from_float<T>(turned.y);
+      }
+      dst[h * row_chunks + chunk] = y.bits;
+    }
+    return;
+  }
+  // pairs (p, p + R/2): chunk `chunk` of the first half with the chunk R/2 elements further on
+  const int64_t second = chunk + rotary_dim / 2 / kVec;
+  float2 angle[kVec];
+#pragma unroll
+  for (int k = 0; k < kVec; ++k) angle[k] = sdpa::cuda::rope_angle(a.prep, chunk * kVec + k, position_f);
+  Chunk<T> x1[kHeads], x2[kHeads];
+#pragma unroll
+  for (int h = 0; h < kHeads; ++h) {
+    if (h < heads) {
+      x1[h].bits = src[h * row_chunks + chunk];
+      x2[h].bits = src[h * row_chunks + second];
+    }
+  }
+#pragma unroll
+  for (int h = 0; h < kHeads; ++h) {
+    if (h >= heads) break;
+    Chunk<T> y1, y2;
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) {
+      const float2 turned = sdpa::cuda::rope_turn(to_float(x1[h].e[k]), to_float(x2[h].e[k]), angle[k]);
+      y1.e[k] = from_float<T>(turned.x);
+      y2.e[k] = from_float<T>(turned.y);
+    }
+    dst[h * row_chunks + chunk] = y1.bits;
+    dst[h * row_chunks + second] = y2.bits;
+  }
+}
+
+template <typename T>
+void launch_query_chunks(const RotateArgs<T>& r, const Plan& plan, cudaStream_t stream) {
+  if constexpr (sizeof(T) == 2) {
+    if (plan.rotate_blocks > int64_t(0x7fffffff)) throw std::runtime_error(str_cat(kOpName, ": too many query rows"));
+    const unsigned blocks = unsigned(plan.rotate_blocks);
+    const int rotary_chunks = plan.rotary_chunks, chunks = plan.rotate_chunks;
+    rotate_query_chunks_kernel<T><<<blocks, kRotateThreadsPerBlock, 0, stream>>>(r, rotary_chunks, chunks);
+  } else {
+    throw std::runtime_error(str_cat(kOpName, ": the chunked query kernel takes 16-bit rows (plan/run mismatch)"));
+  }
 }
 
 void check_cuda(cudaError_t status, const char* what) { onnxattn::check_cuda(status, kOpName, what); }
@@ -221,9 +327,13 @@ void run(const Params& p, const Tensors<T>& t_in, const Plan& plan, void* stream
     r.batch = p.batch, r.seq = p.seq, r.q_heads = p.q_heads, r.past = p.past;
     r.head_dim = int(p.head_dim);
     r.prep = prep.row;
-    const int64_t blocks = (p.batch * p.seq * p.q_heads + kAppendRowsPerBlock - 1) / kAppendRowsPerBlock;
-    if (blocks > int64_t(0x7fffffff)) throw std::runtime_error(str_cat(kOpName, ": too many query rows"));
-    rotate_queries_kernel<T><<<unsigned(blocks), 32 * kAppendRowsPerBlock, 0, stream>>>(r);
+    if (plan.rotate_chunks > 0) {
+      if (plan.rotate_blocks > 0) launch_query_chunks(r, plan, stream);
+    } else {
+      const int64_t blocks = (p.batch * p.seq * p.q_heads + kAppendRowsPerBlock - 1) / kAppendRowsPerBlock;
+      if (blocks > int64_t(0x7fffffff)) throw std::runtime_error(str_cat(kOpName, ": too many query rows"));
+      rotate_queries_kernel<T><<<unsigned(blocks), 32 * kAppendRowsPerBlock, 0, stream>>>(r);
+    }
     check_cuda(cudaGetLastError(), "launching the query kernel");
     at.q = r.rotated;
     prep = QueryPrep<T>{};  // the core reads prepared rows

@@ -43,7 +43,7 @@ sdpa::Params attention_params(const Params& p) {
 }
 
 Plan make_plan(const Params& p, DType dtype, const DeviceInfo& device, const Request& request, bool aligned16,
-               bool present_outputs, bool rotate_queries) {
+               bool present_outputs, bool rotate_queries, bool row_rotation) {
   Plan plan;
   plan.attention = attention_params(p);
   plan.per_batch = p.mode == CacheMode::kShared;
@@ -81,7 +81,22 @@ Plan make_plan(const Params& p, DType dtype, const DeviceInfo& device, const Req
   const sdpa::cuda::Kernel kernel = plan.launch.kernel;
   plan.rotate_queries = prepares && plan.launch.grid > 0 &&
                         (kernel == sdpa::cuda::Kernel::kWgmma || (rotate_queries && kernel == sdpa::cuda::Kernel::kMma));
-  if (plan.rotate_queries) plan.rotated_q_offset = take(size_t(p.batch * p.seq * p.q_heads * p.head_dim) * size);
+  if (plan.rotate_queries) {
+    plan.rotated_q_offset = take(size_t(p.batch * p.seq * p.q_heads * p.head_dim) * size);
+    // 16-byte chunks: pairs (i, i + R/2) of a non-interleaved rotation pair chunk c of the first half with chunk
+    // c of the second, so R/2 must split into chunks; interleaved pairs lie inside a chunk.
+    const int64_t per_chunk = int64_t(16 / size), rotary = p.rope ? p.rotary_dim : 0;
+    const int64_t rotary_span = p.rope_interleaved ? rotary : rotary / 2;
+    const bool chunked = !p.q_norm && size == 2 && aligned16 && rows16 && rotary_span % per_chunk == 0 &&
+                         (p.head_dim - rotary) % per_chunk == 0 && !row_rotation;
+    if (chunked) {
+      plan.rotary_chunks = int(rotary_span / per_chunk);
+      plan.rotate_chunks = plan.rotary_chunks + int((p.head_dim - rotary) / per_chunk);
+      const int64_t head_groups = (p.q_heads + kRotateHeadsPerThread - 1) / kRotateHeadsPerThread;
+      const int64_t threads = p.batch * p.seq * head_groups * plan.rotate_chunks;
+      plan.rotate_blocks = (threads + kRotateThreadsPerBlock - 1) / kRotateThreadsPerBlock;
+    }
+  }
   plan.sinks = p.has_sinks;
   if (plan.sinks) plan.lse_offset = take(size_t(p.batch * p.q_heads * p.seq) * sizeof(float));
   plan.scratch_bytes = offset;

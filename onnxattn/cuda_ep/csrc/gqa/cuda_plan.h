@@ -13,7 +13,9 @@
 //      Q load (sdpa/cuda_query_prep.h) and the output written straight into [B, S, Hq*Dv]. With
 //      ONNXATTN_GQA_CUDA_QUERY=rotated (tensor-core plans only; for measuring what the fusion costs), a
 //      kernel first writes the prepared queries to scratch and the core reads them plainly: the same
-//      arithmetic (the tensor-core kernels prepare 16-bit rows in 16 bits), so the same bits.
+//      arithmetic (the tensor-core kernels prepare 16-bit rows in 16 bits), so the same bits. Without QK-norm
+//      a thread per 16-byte chunk does it for several heads with one set of angles; with it, a warp per row
+//      (the norm is a row-wide sum, added up as the fused load adds it).
 //   4. with attention sinks only: the core also writes each row's LSE to scratch, and a small kernel scales
 //      each output row by 1 / (1 + e^(sink - lse)) (common/sinks.h), in the output's type. The core's
 //      kernels stay as they are; the price is one pass over the output (B * S * Hq * Dv) and one launch.
@@ -37,11 +39,21 @@ using sdpa::cuda::LaunchPlan;
 using sdpa::cuda::Request;
 
 inline constexpr int kAppendRowsPerBlock = 4;  // new-token kernel: one warp per (token, KV head) row
+// The chunked query kernel (RoPE without QK-norm): one thread per 16-byte chunk of kRotateHeadsPerThread heads'
+// rows of one token, kRotateThreadsPerBlock threads per CTA.
+inline constexpr int kRotateHeadsPerThread = 4;
+inline constexpr int kRotateThreadsPerBlock = 256;
 
 // ONNXATTN_GQA_CUDA_QUERY = fused | rotated (unset or empty = fused), read on every call. An unknown value is
 // an InputError.
 inline bool rotated_queries_from_env() {
   return env_choice(kOpName, "ONNXATTN_GQA_CUDA_QUERY", {"fused", "rotated"}) == 1;
+}
+
+// ONNXATTN_GQA_CUDA_ROTATION = chunks | rows (unset or empty = chunks): which kernel prepares queries ahead of the
+// core where the chunked one can (rows: one warp per row, the only one for QK-norm; for A/B measurements).
+inline bool row_rotation_from_env() {
+  return env_choice(kOpName, "ONNXATTN_GQA_CUDA_ROTATION", {"chunks", "rows"}) == 1;
 }
 
 struct Plan {
@@ -56,6 +68,10 @@ struct Plan {
   bool present_in_scratch = false;  // the node does not ask for present_key/present_value
   bool rotate_queries = false;      // the queries are prepared into scratch ([B, S, Hq*D]) before the core
   size_t rotated_q_offset = 0;
+  // The chunked query kernel (rotate_queries only): 16-byte chunks per row (rotated pairs, then the channels
+  // past rotary_dim), its CTAs; 0 chunks: the per-row kernel (QK-norm, float32, unaligned rows, odd splits).
+  int rotate_chunks = 0, rotary_chunks = 0;
+  int64_t rotate_blocks = 0;
   bool sinks = false;    // step 4 runs; the core's LSE [B, Hq, S] float32 at lse_offset
   size_t lse_offset = 0;
   size_t scratch_bytes = 0;
@@ -69,6 +85,7 @@ sdpa::Params attention_params(const Params& p);
 // present_key/present_value (else the caches live in scratch). Throws InputError naming the op when the
 // CUDA kernels cannot run the problem.
 Plan make_plan(const Params& p, DType dtype, const DeviceInfo& device, const Request& request, bool aligned16,
-               bool present_outputs, bool rotate_queries = rotated_queries_from_env());
+               bool present_outputs, bool rotate_queries = rotated_queries_from_env(),
+               bool row_rotation = row_rotation_from_env());
 
 }  // namespace onnxattn::gqa::cuda

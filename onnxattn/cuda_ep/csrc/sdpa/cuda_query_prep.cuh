@@ -6,11 +6,31 @@
 
 namespace onnxattn::sdpa::cuda {
 
+// The angle of rotary pair i at a position: (cos, sin), each times attention_scaling. One definition for every
+// kernel that turns rows (this Q-load hook, GroupQueryAttention's new-token and query kernels), so they agree.
+template <typename TW>
+__device__ __forceinline__ float2 rope_angle(const RowPrep<TW>& prep, int i, float position_f) {
+  const float inv_freq = prep.inv_freq != nullptr
+                             ? prep.inv_freq[i]
+                             : expf(-((float(2 * i) / float(prep.rotary_dim)) * prep.log_base));
+  float sin_v, cos_v;
+  sincosf(position_f * inv_freq, &sin_v, &cos_v);
+  return make_float2(cos_v * prep.attention_scaling, sin_v * prep.attention_scaling);
+}
+
+// The pair (x1, x2) turned by `angle` (cos, sin). Every product and sum is rounded on its own: the compiler
+// may contract such expressions into FMAs differently in different kernels, and the kernels must give the
+// same bits (tests/gpu: the rotated queries against the fused Q load).
+__device__ __forceinline__ float2 rope_turn(float x1, float x2, float2 angle) {
+  return make_float2(__fsub_rn(__fmul_rn(x1, angle.x), __fmul_rn(x2, angle.y)),
+                     __fadd_rn(__fmul_rn(x2, angle.x), __fmul_rn(x1, angle.y)));
+}
+
 // Warp-cooperative: all 32 lanes call it with the same arguments. dst[d] = prep(src)[d] * post_scale for
 // d < dim. src and dst may be the same row (in place): every lane reads for the norm first, then each
 // element is read and written by exactly one lane, with __syncwarp between the phases. Arithmetic follows
 // the CPU kernel (gqa/cpu_kernel.cc): sum of squares, 1 / sqrt(mean + eps), x * inv * w, then the
-// rotation with float32 angle = float(position) * inv_freq and accurate sincosf (no fast-math).
+// rotation with float32 angle = float(position) * inv_freq and accurate sincosf (no fast-math), rope_turn.
 template <typename TW, typename TS, typename TD>
 __device__ __forceinline__ void prepare_row(const TS* src, TD* dst, int dim, const RowPrep<TW>& prep,
                                             int64_t position, float post_scale, int lane) {
@@ -34,16 +54,9 @@ __device__ __forceinline__ void prepare_row(const TS* src, TD* dst, int dim, con
   for (int i = lane; i < half; i += 32) {
     const int first = prep.interleaved ? 2 * i : i;
     const int second = prep.interleaved ? 2 * i + 1 : i + half;
-    const float x1 = normed(first), x2 = normed(second);
-    const float inv_freq = prep.inv_freq != nullptr
-                               ? prep.inv_freq[i]
-                               : expf(-((float(2 * i) / float(prep.rotary_dim)) * prep.log_base));
-    float sin_v, cos_v;
-    sincosf(position_f * inv_freq, &sin_v, &cos_v);
-    cos_v *= prep.attention_scaling;
-    sin_v *= prep.attention_scaling;
-    dst[first] = from_float<TD>((x1 * cos_v - x2 * sin_v) * post_scale);
-    dst[second] = from_float<TD>((x2 * cos_v + x1 * sin_v) * post_scale);
+    const float2 turned = rope_turn(normed(first), normed(second), rope_angle(prep, i, position_f));
+    dst[first] = from_float<TD>(turned.x * post_scale);
+    dst[second] = from_float<TD>(turned.y * post_scale);
   }
   for (int d = prep.rotary_dim + lane; d < dim; d += 32) dst[d] = from_float<TD>(normed(d) * post_scale);
   __syncwarp();
