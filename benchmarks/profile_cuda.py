@@ -9,6 +9,8 @@ Cases (each guarded: one failing is recorded in its row and the run goes on):
   - sdpa_decode_b1_4k: the same at 4k (25% of copy: the fixed cost of a call);
   - gqa_prefill_s2048 / ort_gqa_prefill_s2048: GroupQueryAttention prefill, B=1, S=2048, 32q/8kv, RoPE, fp16,
     ours and onnxruntime's com.microsoft.GroupQueryAttention through the CUDA EP (op 192 vs core 272 TFLOP/s);
+    gqa_prefill_s2048_rows: ours with the queries turned by the per-row kernel (ONNXATTN_GQA_CUDA_ROTATION=rows,
+    the default before the chunked one: 39.9 us of 181 on the H200 at 21d5171);
   - gqa_decode_p32k / ort_gqa_decode_p32k: shared-buffer decode at P=32k (61% vs onnxruntime's 79% of copy);
   - nsa_16k, routed_16k: NativeSparseAttention (paper form) and SparseRoutedAttention at S=16k, bf16, through
     the CUDA EP (3.6x and 13x our dense time); nsa_dot_16k: NSA with dot-product selection (2.7x);
@@ -25,7 +27,9 @@ import time
 START = time.perf_counter()  # the budget counts imports too (gpu_check.sh caps the whole process)
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import json  # noqa: E402
+import os  # noqa: E402
 import sys  # noqa: E402
 from collections.abc import Callable, Iterable  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -33,8 +37,11 @@ from pathlib import Path  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests" / "gpu"), str(ROOT / "benchmarks")]
 
-CASES = ("sdpa_decode_b1_32k", "sdpa_decode_b1_4k", "gqa_prefill_s2048", "ort_gqa_prefill_s2048", "gqa_decode_p32k",
-         "ort_gqa_decode_p32k", "nsa_16k", "routed_16k", "nsa_dot_16k", "nsa_mma_16k", "routed_mma_16k")
+CASES = ("sdpa_decode_b1_32k", "sdpa_decode_b1_4k", "gqa_prefill_s2048", "gqa_prefill_s2048_rows",
+         "ort_gqa_prefill_s2048", "gqa_decode_p32k", "ort_gqa_decode_p32k", "nsa_16k", "routed_16k", "nsa_dot_16k",
+         "nsa_mma_16k", "routed_mma_16k")
+# Library switches a case runs under (read by the kernels on every call).
+CASE_ENV = {"gqa_prefill_s2048_rows": {"ONNXATTN_GQA_CUDA_ROTATION": "rows"}}
 GRAPH_CALLS = 20  # calls per captured graph (as bench_sdpa_cuda.time_graph)
 
 
@@ -85,6 +92,21 @@ def profile(fn: Callable[[], None], *, graph: bool, runs: int = 5) -> dict:
     return summarize(prof.events(), per)
 
 
+@contextlib.contextmanager
+def switches(env: dict[str, str]):
+    """The environment variables `env` set for the duration, then restored."""
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 # ---- the cases: each returns (fn, graph?, notes)
 def sdpa_decode(kv_len: int):
     import torch
@@ -122,7 +144,7 @@ def gqa(kind: str, ours: bool, ort):
                   "total_sequence_length": torch.tensor(seq, dtype=torch.int32), "cos_cache": cos, "sin_cache": sin}
         out = {"output": torch.empty_like(q), "present_key": buffers[0], "present_value": buffers[1]}
         return g.Bound(ort, g.ort_gqa_model(), inputs, out, None), False, {"flops": 4 * hq * seq * seq * d / 2}
-    past = capacity = 32768
+    past, capacity = 32768, 32769  # as bench_gqa_cuda: the buffer holds the new token (a full one is refused)
     q, k, v = randn(1, 1, hq * d), randn(1, 1, hkv * d), randn(1, 1, hkv * d)
     key_buffer, value_buffer = randn(1, hkv, capacity, d), randn(1, hkv, capacity, d)
     out = {"output": torch.empty_like(q), "present_key": key_buffer, "present_value": value_buffer}
@@ -205,8 +227,9 @@ def main(argv=None) -> int:
             rows[case] = {"error": "skipped: time budget spent (--budget-s)"}
         else:
             try:
-                fn, graph, notes = build(case, ort)
-                rows[case] = {**profile(fn, graph=graph), "graph": graph, **notes}
+                with switches(CASE_ENV.get(case, {})):
+                    fn, graph, notes = build(case, ort)
+                    rows[case] = {**profile(fn, graph=graph), "graph": graph, **notes}
             except Exception as e:  # noqa: BLE001 - one case failing is recorded, not fatal
                 rows[case] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"}
         print(format_case(case, rows[case]))
