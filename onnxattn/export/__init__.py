@@ -51,6 +51,7 @@ def export(
 
     if not isinstance(args, tuple):
         args = (args,)
+    _reuse_torchlib_registry()
     # torch.onnx logs a warning per torchvision op it cannot register when torchvision is absent.
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     with warnings.catch_warnings():
@@ -79,6 +80,37 @@ def export(
     if path is not None:
         save(proto, path)
     return proto
+
+
+def _reuse_torchlib_registry() -> None:
+    """torch.onnx.export rebuilds its registry of ATen translations from torchlib on every call: ~0.4 s on a 2-core
+    machine, as long as exporting a small model's layers takes. From the first export on, the registry is built once
+    per opset and each export gets a copy of it (it registers its custom translations into that copy). A torch whose
+    exporter lacks the private names this relies on keeps its own behaviour."""
+    try:
+        from torch.onnx._internal.exporter import _registration
+    except ImportError:
+        return
+    registry_class = getattr(_registration, "ONNXRegistry", None)
+    build = getattr(registry_class, "from_torchlib", None)
+    if build is None or getattr(build, "_onnxattn_cached", False):
+        return
+    pristine: dict[int, Any] = {}
+
+    def from_torchlib(cls, *args, **kwargs):
+        opset = kwargs.get("opset_version", args[0] if args else None)
+        if opset not in pristine:
+            built = build(*args, **kwargs)
+            if not isinstance(getattr(built, "functions", None), dict):
+                return built  # not the registry this copy knows how to make
+            pristine[opset] = built
+        copy = cls.__new__(cls)
+        copy.__dict__.update(pristine[opset].__dict__)
+        copy.functions = {target: list(overloads) for target, overloads in pristine[opset].functions.items()}
+        return copy
+
+    from_torchlib._onnxattn_cached = True
+    registry_class.from_torchlib = classmethod(from_torchlib)
 
 
 def _weights_to_file(model, data_path: str | os.PathLike, threshold: int | None) -> None:
