@@ -156,3 +156,21 @@ def test_lse_variant_runs_like_eager(exported_lse, batch, seq, path):
     y, lse = RUNNERS[path](proto, {"x": x.numpy(), "bias": bias.numpy()})
     np.testing.assert_allclose(y, y_ref.numpy(), atol=ATOL, rtol=ATOL)
     np.testing.assert_allclose(lse, lse_ref.numpy(), atol=ATOL, rtol=ATOL)
+
+
+def test_the_torchlib_registry_is_built_once_and_each_export_gets_a_copy():
+    """onnxattn.export keeps torch's exporter from rebuilding its torchlib registry on every call: the registry is
+    built once per opset and copied; a copy's registrations (each export adds its custom translations) stay its own."""
+    _registration = pytest.importorskip("torch.onnx._internal.exporter._registration")
+    from onnxattn.export import _reuse_torchlib_registry
+
+    _reuse_torchlib_registry()
+    _reuse_torchlib_registry()  # idempotent: wraps once
+    assert _registration.ONNXRegistry.from_torchlib.__func__._onnxattn_cached
+    a, b = (_registration.ONNXRegistry.from_torchlib(opset_version=18) for _ in range(2))
+    assert a is not b and a.opset_version == b.opset_version == 18
+    assert a.functions.keys() == b.functions.keys() and len(a.functions) > 100
+    target = next(iter(a.functions))
+    a.functions[target].insert(0, "a translation of this export only")
+    assert b.functions[target][0] != "a translation of this export only"
+    assert _registration.ONNXRegistry.from_torchlib(opset_version=18).functions[target] == b.functions[target]
