@@ -7,9 +7,11 @@ recorded per row, the table."""
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 import types
+from pathlib import Path
 
 import pytest
 from script_modules import load_script
@@ -98,15 +100,28 @@ def test_a_failed_export_fails_its_paths_only_and_a_spent_budget_skips(bench, tm
 
 
 @pytest.fixture
-def fake_device(bench, monkeypatch):
-    """main with the device faked: tiny configs in float32 on the CPU execution provider, a fixed environment."""
+def fake_device(bench, monkeypatch, tmp_path_factory):
+    """main with the device faked: tiny configs in float32 on the CPU execution provider, a fixed environment.
+    The parallel exports run once per set of configs; later calls get copies of their files (main deletes its
+    work folder), since test_parallel_exports_then_every_path covers the exports themselves."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(bench.ort_cuda, "onnxruntime_cuda", lambda: (ort, None))
     monkeypatch.setitem(sys.modules, "bench_sdpa_cuda", types.SimpleNamespace(
         environment=lambda: {"date": "2026-11-30", "device": "Fake GPU", "driver": "0", "commit": "abc"}))
     monkeypatch.setattr(bench, "CONFIGS", SPECS)
     export_all, run_config = bench.export_all, bench.run_config
-    monkeypatch.setattr(bench, "export_all", lambda specs, work, dtype, **kw: export_all(specs, work, torch.float32, **kw))
+    kept: dict[tuple, dict] = {}
+
+    def exports_once(specs, work, dtype, **kw):
+        key = tuple(sorted(specs))
+        if key not in kept:
+            store = tmp_path_factory.mktemp("exports")
+            kept[key] = {job: (Path(shutil.copy(v[0], store)), v[1]) if not isinstance(v, BaseException) else v
+                         for job, v in export_all(specs, work, torch.float32, **kw).items()}  # fmt: skip
+        return {job: (Path(shutil.copy(v[0], work)), v[1]) if not isinstance(v, BaseException) else v
+                for job, v in kept[key].items()}  # fmt: skip
+
+    monkeypatch.setattr(bench, "export_all", exports_once)
     monkeypatch.setattr(bench, "run_config", lambda *a, **kw: run_config(*a, **kw, device="cpu", dtype=torch.float32))
     return bench
 

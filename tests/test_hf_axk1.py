@@ -1,7 +1,7 @@
 """A.X-K1 (transformers' AXK1ForCausalLM) exported with onnxattn.export.from_transformers onto models.deepseek:
 DeepSeek-V3's MLA and experts plus an RMSNorm on each MoE block's output (post_mlp_layernorm). onnxruntime's logits
 with our kernels equal the transformers model's for a prefill and three decode steps (fp32, <= 1e-4 relative, as
-tests/test_hf_mla.py), greedy generation equals transformers' generate with concatenated and shared-buffer caches,
+tests/test_hf_mla.py), greedy generation equals transformers' generate with shared-buffer caches,
 dropping the output norm makes the logits miss, and settings the converter does not model are named."""
 
 from __future__ import annotations
