@@ -27,9 +27,7 @@ import time
 START = time.perf_counter()  # the budget counts imports too (gpu_check.sh caps the whole process)
 
 import argparse  # noqa: E402
-import contextlib  # noqa: E402
 import json  # noqa: E402
-import os  # noqa: E402
 import sys  # noqa: E402
 from collections.abc import Callable, Iterable  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -90,21 +88,6 @@ def profile(fn: Callable[[], None], *, graph: bool, runs: int = 5) -> dict:
             target()
         torch.cuda.synchronize()
     return summarize(prof.events(), per)
-
-
-@contextlib.contextmanager
-def switches(env: dict[str, str]):
-    """The environment variables `env` set for the duration, then restored."""
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 # ---- the cases: each returns (fn, graph?, notes)
@@ -211,7 +194,7 @@ def main(argv=None) -> int:
         print("profile_cuda: no CUDA GPU", file=sys.stderr)
         return 2
     import ort_cuda
-    from bench_sdpa_cuda import environment
+    from bench_sdpa_cuda import env_vars, environment
 
     ort, missing = ort_cuda.onnxruntime_cuda()
     env = environment()
@@ -227,7 +210,7 @@ def main(argv=None) -> int:
             rows[case] = {"error": "skipped: time budget spent (--budget-s)"}
         else:
             try:
-                with switches(CASE_ENV.get(case, {})):
+                with env_vars(CASE_ENV.get(case, {})):
                     fn, graph, notes = build(case, ort)
                     rows[case] = {**profile(fn, graph=graph), "graph": graph, **notes}
             except Exception as e:  # noqa: BLE001 - one case failing is recorded, not fatal
