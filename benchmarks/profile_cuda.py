@@ -9,8 +9,8 @@ Cases (each guarded: one failing is recorded in its row and the run goes on):
   - sdpa_decode_b1_4k: the same at 4k (25% of copy: the fixed cost of a call);
   - gqa_prefill_s2048 / ort_gqa_prefill_s2048: GroupQueryAttention prefill, B=1, S=2048, 32q/8kv, RoPE, fp16,
     ours and onnxruntime's com.microsoft.GroupQueryAttention through the CUDA EP (op 192 vs core 272 TFLOP/s);
-    gqa_prefill_s2048_rows: ours with the queries turned by the per-row kernel (ONNXATTN_GQA_CUDA_ROTATION=rows,
-    the default before the chunked one: 39.9 us of 181 on the H200 at 21d5171);
+    gqa_prefill_s2048_chunks: ours with the queries turned by the chunked kernel (ONNXATTN_GQA_CUDA_ROTATION=chunks,
+    opt-in until checked on a GPU) instead of the per-row one (39.9 us of 181 on the H200 at 21d5171);
   - gqa_decode_p32k / ort_gqa_decode_p32k: shared-buffer decode at P=32k (61% vs onnxruntime's 79% of copy);
   - nsa_16k, routed_16k: NativeSparseAttention (paper form) and SparseRoutedAttention at S=16k, bf16, through
     the CUDA EP (3.6x and 13x our dense time); nsa_dot_16k: NSA with dot-product selection (2.7x);
@@ -35,11 +35,11 @@ from pathlib import Path  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests" / "gpu"), str(ROOT / "benchmarks")]
 
-CASES = ("sdpa_decode_b1_32k", "sdpa_decode_b1_4k", "gqa_prefill_s2048", "gqa_prefill_s2048_rows",
+CASES = ("sdpa_decode_b1_32k", "sdpa_decode_b1_4k", "gqa_prefill_s2048", "gqa_prefill_s2048_chunks",
          "ort_gqa_prefill_s2048", "gqa_decode_p32k", "ort_gqa_decode_p32k", "nsa_16k", "routed_16k", "nsa_dot_16k",
          "nsa_mma_16k", "routed_mma_16k")
 # Library switches a case runs under (read by the kernels on every call).
-CASE_ENV = {"gqa_prefill_s2048_rows": {"ONNXATTN_GQA_CUDA_ROTATION": "rows"}}
+CASE_ENV = {"gqa_prefill_s2048_chunks": {"ONNXATTN_GQA_CUDA_ROTATION": "chunks"}}
 GRAPH_CALLS = 20  # calls per captured graph (as bench_sdpa_cuda.time_graph)
 
 

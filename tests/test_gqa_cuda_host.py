@@ -291,14 +291,18 @@ def test_rotated_queries_are_asked_for_by_the_environment(monkeypatch):
         lib.plan(s)
 
 
-def test_queries_without_qk_norm_are_turned_by_16_byte_chunks(monkeypatch):
-    """RoPE without QK-norm: the chunked query kernel (one thread per 16-byte chunk of 4 heads' rows, angles
-    once per token and pair); QK-norm, rows that do not split into 16-byte chunks, unaligned pointers and
-    ONNXATTN_GQA_CUDA_ROTATION=rows take the per-row kernel (rotate_chunks 0)."""
+def test_queries_without_qk_norm_can_be_turned_by_16_byte_chunks(monkeypatch):
+    """ONNXATTN_GQA_CUDA_ROTATION=chunks (opt-in until a GPU run has checked it): RoPE without QK-norm on the chunked
+    query kernel (one thread per 16-byte chunk of 4 heads' rows, angles once per token and pair); QK-norm, rows that
+    do not split into 16-byte chunks and unaligned pointers keep the per-row kernel (rotate_chunks 0), as does the
+    default (rows)."""
     monkeypatch.setenv("ONNXATTN_SDPA_CUDA_PREFILL", "wgmma")  # wgmma always prepares its queries ahead
     prefill = dict(seq=2048, mode="concat", past=0, rope=1, **LLAMA)
+    rows = lib.plan(lib.Spec(**prefill))
+    assert rows["rotate_queries"] and rows["attention"]["kernel"] == "wgmma" and rows["rotate_chunks"] == 0
+    monkeypatch.setenv("ONNXATTN_GQA_CUDA_ROTATION", "chunks")
     p = lib.plan(lib.Spec(**prefill))
-    assert p["rotate_queries"] and p["attention"]["kernel"] == "wgmma"
+    assert p["rotate_queries"] and p["scratch_bytes"] == rows["scratch_bytes"]
     # D = 128, pairs (i, i + 64): 8 chunks of 8 pairs per row; 32 heads in 8 groups of 4; 2048 tokens
     assert (p["rotate_chunks"], p["rotary_chunks"]) == (8, 8)
     assert p["rotate_blocks"] == 2048 * 8 * 8 // 256
@@ -311,11 +315,8 @@ def test_queries_without_qk_norm_are_turned_by_16_byte_chunks(monkeypatch):
     assert lib.plan(lib.Spec(**{**prefill, "rotary_dim": 72}))["rotate_chunks"] == 0  # R/2 = 36: not whole chunks
     assert lib.plan(lib.Spec(**{**prefill, "q_norm": True}))["rotate_chunks"] == 0  # the norm: a row-wide sum
     assert lib.plan(lib.Spec(**prefill), aligned=False)["rotate_queries"] is False  # mma.sync's fused load then
-    monkeypatch.setenv("ONNXATTN_GQA_CUDA_ROTATION", "rows")
-    rows = lib.plan(lib.Spec(**prefill))
-    assert rows["rotate_queries"] and rows["rotate_chunks"] == 0 and rows["scratch_bytes"] == p["scratch_bytes"]
     monkeypatch.setenv("ONNXATTN_GQA_CUDA_ROTATION", "warps")
-    with pytest.raises(lib.GqaCudaError, match="ONNXATTN_GQA_CUDA_ROTATION must be chunks or rows, got 'warps'"):
+    with pytest.raises(lib.GqaCudaError, match="ONNXATTN_GQA_CUDA_ROTATION must be rows or chunks, got 'warps'"):
         lib.plan(lib.Spec(**prefill))
 
 

@@ -235,16 +235,16 @@ def test_rotated_queries_give_the_fused_bits(case_id, dtype, monkeypatch):
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 @pytest.mark.parametrize("case_id", ROTATED_CASES)
 def test_chunked_query_kernel_gives_the_row_kernels_bits(case_id, dtype, monkeypatch):
-    """The chunked query kernel (RoPE without QK-norm: a thread per 16-byte chunk of 4 heads' rows) against the
-    per-row kernel (ONNXATTN_GQA_CUDA_ROTATION=rows): the same arithmetic, so the same bits; QK-norm cases take
-    the per-row kernel either way."""
+    """The chunked query kernel (ONNXATTN_GQA_CUDA_ROTATION=chunks; RoPE without QK-norm: a thread per 16-byte chunk
+    of 4 heads' rows) against the per-row kernel (the default): the same arithmetic, so the same bits; QK-norm cases
+    take the per-row kernel either way. Its default flips to chunks once this passes on a GPU."""
     case = gc.CASES_BY_ID[case_id]
     monkeypatch.setenv("ONNXATTN_SDPA_CUDA_PREFILL", "mma")
     monkeypatch.setenv("ONNXATTN_GQA_CUDA_QUERY", "rotated")
     switch = "ONNXATTN_GQA_CUDA_ROTATION"
-    (y, pk, pv, plan), (y2, pk2, pv2, plan2) = run_before_and_after(case, dtype, monkeypatch, switch, "rows")
-    chunked = plan["rotate_queries"] and not case.q_norm and (case.rotary_dim or case.head_dim) % 16 == 0
-    assert (plan["rotate_chunks"] > 0) == chunked and plan2["rotate_chunks"] == 0, plan["attention"]["reason"]
+    (y, pk, pv, plan), (y2, pk2, pv2, plan2) = run_before_and_after(case, dtype, monkeypatch, switch, "chunks")
+    chunked = plan2["rotate_queries"] and not case.q_norm and (case.rotary_dim or case.head_dim) % 16 == 0
+    assert (plan2["rotate_chunks"] > 0) == chunked and plan["rotate_chunks"] == 0, plan2["attention"]["reason"]
     np.testing.assert_array_equal(y2, y)
     for a, b in ((pk2, pk), (pv2, pv)):
         if a is not None:

@@ -113,11 +113,12 @@ __global__ void __launch_bounds__(32 * kAppendRowsPerBlock) rotate_queries_kerne
                           lane);
 }
 
-// Without QK-norm (plan.rotate_chunks > 0): one thread per 16-byte chunk of the rows of kRotateHeadsPerThread
-// heads of one token. The per-row kernel above has a warp recompute every angle for every head and move 2 bytes
-// per access; at S = 2048 it took 39.9 us for 34 MB (H200, 21d5171), ~5x the copy time. Here a thread computes
-// its pairs' angles once for all its heads, and every load and store moves 16 bytes. The same arithmetic as
-// prepare_row (rope_angle, rope_turn, the same conversions), so the same bits.
+// ONNXATTN_GQA_CUDA_ROTATION=chunks, without QK-norm (plan.rotate_chunks > 0): one thread per 16-byte chunk of
+// the rows of kRotateHeadsPerThread heads of one token. The per-row kernel above has a warp recompute every
+// angle for every head and move 2 bytes per access; at S = 2048 it took 39.9 us for 34 MB (H200, 21d5171), ~5x
+// the copy time. Here a thread computes its pairs' angles once for all its heads, and every load and store
+// moves 16 bytes. The same arithmetic as prepare_row (rope_angle, rope_turn, the same conversions), so the same
+// bits. Opt-in until a GPU run has checked it (see gqa/cuda_plan.h).
 template <typename T>
 union Chunk {
   uint4 bits;

@@ -43,7 +43,7 @@ sdpa::Params attention_params(const Params& p) {
 }
 
 Plan make_plan(const Params& p, DType dtype, const DeviceInfo& device, const Request& request, bool aligned16,
-               bool present_outputs, bool rotate_queries, bool row_rotation) {
+               bool present_outputs, bool rotate_queries, bool chunked_rotation) {
   Plan plan;
   plan.attention = attention_params(p);
   plan.per_batch = p.mode == CacheMode::kShared;
@@ -88,7 +88,7 @@ Plan make_plan(const Params& p, DType dtype, const DeviceInfo& device, const Req
     const int64_t per_chunk = int64_t(16 / size), rotary = p.rope ? p.rotary_dim : 0;
     const int64_t rotary_span = p.rope_interleaved ? rotary : rotary / 2;
     const bool chunked = !p.q_norm && size == 2 && aligned16 && rows16 && rotary_span % per_chunk == 0 &&
-                         (p.head_dim - rotary) % per_chunk == 0 && !row_rotation;
+                         (p.head_dim - rotary) % per_chunk == 0 && chunked_rotation;
     if (chunked) {
       plan.rotary_chunks = int(rotary_span / per_chunk);
       plan.rotate_chunks = plan.rotary_chunks + int((p.head_dim - rotary) / per_chunk);

@@ -14,8 +14,8 @@
 //      ONNXATTN_GQA_CUDA_QUERY=rotated (tensor-core plans only; for measuring what the fusion costs), a
 //      kernel first writes the prepared queries to scratch and the core reads them plainly: the same
 //      arithmetic (the tensor-core kernels prepare 16-bit rows in 16 bits), so the same bits. Without QK-norm
-//      a thread per 16-byte chunk does it for several heads with one set of angles; with it, a warp per row
-//      (the norm is a row-wide sum, added up as the fused load adds it).
+//      a thread per 16-byte chunk can do it for several heads with one set of angles (opt-in, see below); with
+//      it, a warp per row (the norm is a row-wide sum, added up as the fused load adds it).
 //   4. with attention sinks only: the core also writes each row's LSE to scratch, and a small kernel scales
 //      each output row by 1 / (1 + e^(sink - lse)) (common/sinks.h), in the output's type. The core's
 //      kernels stay as they are; the price is one pass over the output (B * S * Hq * Dv) and one launch.
@@ -50,10 +50,11 @@ inline bool rotated_queries_from_env() {
   return env_choice(kOpName, "ONNXATTN_GQA_CUDA_QUERY", {"fused", "rotated"}) == 1;
 }
 
-// ONNXATTN_GQA_CUDA_ROTATION = chunks | rows (unset or empty = chunks): which kernel prepares queries ahead of the
-// core where the chunked one can (rows: one warp per row, the only one for QK-norm; for A/B measurements).
-inline bool row_rotation_from_env() {
-  return env_choice(kOpName, "ONNXATTN_GQA_CUDA_ROTATION", {"chunks", "rows"}) == 1;
+// ONNXATTN_GQA_CUDA_ROTATION = rows | chunks (unset or empty = rows): which kernel prepares queries ahead of the
+// core. chunks: the chunked kernel where it can run (not with QK-norm), opt-in until a GPU run has checked it
+// (written in a session without a GPU; tests/gpu compares its bits with the per-row kernel's).
+inline bool chunked_rotation_from_env() {
+  return env_choice(kOpName, "ONNXATTN_GQA_CUDA_ROTATION", {"rows", "chunks"}) == 1;
 }
 
 struct Plan {
@@ -86,6 +87,6 @@ sdpa::Params attention_params(const Params& p);
 // CUDA kernels cannot run the problem.
 Plan make_plan(const Params& p, DType dtype, const DeviceInfo& device, const Request& request, bool aligned16,
                bool present_outputs, bool rotate_queries = rotated_queries_from_env(),
-               bool row_rotation = row_rotation_from_env());
+               bool chunked_rotation = chunked_rotation_from_env());
 
 }  // namespace onnxattn::gqa::cuda
