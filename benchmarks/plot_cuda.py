@@ -14,6 +14,8 @@ bench_sparse_cuda.py (which one a file is: its name, `sdpa_...`, `gqa_...`, `pag
   - sparse: NativeSparseAttention and SparseRoutedAttention (CUDA EP) vs our dense SDPA and torch SDPA, ms per
            sequence length (log scale) and the sparse/dense, sparse/torch time ratios.
 Each plot is titled with the device, commit and date of the run; a markdown table of each file goes to stdout.
+The indexer, whole-model and profile runs (and gpu_check's summary) are named on stderr and skipped: their
+benchmarks print their own tables.
 Computes nothing the benchmarks did not record (ratios of recorded times aside).
 
     python benchmarks/plot_cuda.py [FILE.json ...] [--out-dir DIR]
@@ -77,8 +79,16 @@ PAGED_RATIO_TARGET = 1.15  # paged within 15% of contiguous
 # ----------------------------------------------------------------------------------------------- helpers
 
 
+# Runs this script does not draw: their benchmarks print their own tables (bench_indexer_cuda.py,
+# bench_models_cuda.py, profile_cuda.py), and gpu_check.sh's summary is no benchmark.
+UNPLOTTED = ("indexer", "models", "profile", "gpu_check")
+
+
 def kind_of(path: Path, data: dict) -> str:
     stem = path.stem.removeprefix("bench_")
+    for kind in UNPLOTTED:
+        if stem.startswith(kind):
+            return kind
     for kind in ("sdpa", "gqa", "paged", "mla", "sparse"):
         if stem.startswith(kind):
             return kind
@@ -470,6 +480,10 @@ def main(argv: list[str] | None = None) -> int:
         print("plot_cuda: no benchmark JSON found", file=sys.stderr)
         return 1
     for path in files:
+        kind = kind_of(path, json.loads(path.read_text()))
+        if kind in UNPLOTTED:
+            print(f"plot_cuda: {path.name}: not drawn here ({kind} runs print their own tables)", file=sys.stderr)
+            continue
         png, table = process(path, args.out_dir)
         print(table)
         print(f"plot: {png}\n")

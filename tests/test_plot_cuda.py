@@ -49,3 +49,18 @@ def test_sdpa_table_shows_the_wgmma_kernel_only_when_it_ran():
     assert lines[0].count("|") == lines[1].count("|")  # header and rule agree
     row = next(line for line in lines if line.startswith(f"| {plot_cuda.DTYPE[prefill['dtype']]} | {prefill['shape']} |"))
     assert row.count("|") == lines[0].count("|") and row.endswith(" 2.00× |")
+
+
+def test_runs_it_does_not_draw_are_skipped_with_a_message(tmp_path, capsys):
+    """The indexer, whole-model and profile JSONs (their benchmarks print their own tables) and gpu_check's summary
+    are named and skipped, not a KeyError; the other files still plot."""
+    pytest.importorskip("matplotlib")
+    plot_cuda = load_plot_cuda()
+    skipped = [RESULTS / f"{name}_cuda_h200.json" for name in ("indexer", "models", "profile")]
+    skipped.append(RESULTS / "gpu_check_h200.json")
+    assert all(f.exists() for f in skipped)
+    assert plot_cuda.main([*map(str, skipped), str(RESULTS / "mla_cuda_h100.json"), "--out-dir", str(tmp_path)]) == 0
+    err = capsys.readouterr().err
+    for f in skipped:
+        assert f"plot_cuda: {f.name}: not drawn here" in err
+    assert [p.name for p in tmp_path.iterdir()] == ["mla_cuda_h100.png"]
