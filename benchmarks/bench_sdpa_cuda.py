@@ -287,7 +287,8 @@ def env_vars(values: dict):
 def split_sweep(q, k, v, y, nbytes, copy_gbs, repeats) -> dict:
     """Our decode with the key splits forced (ONNXATTN_SDPA_CUDA_SPLITS) to fill half, one, one and a half, two
     and three waves of 2 CTAs per SM: where a single sequence's bandwidth peaks, for the split rule
-    (choose_splits takes the first count within 85% of the best last-wave occupancy). Fraction of copy per count."""
+    (choose_splits fills one wave where one holds the row tiles, else takes the first count within 85% of the best
+    last-wave occupancy). Fraction of copy per count."""
     ctas = k.shape[0] * k.shape[1]
     slots = 2 * torch.cuda.get_device_properties(0).multi_processor_count
     counts = sorted({max(1, min(256, round(w * slots / ctas))) for w in (0.5, 1.0, 1.5, 2.0, 3.0)})

@@ -134,8 +134,9 @@ void check_layout(const Params& p, const char* op = kOpName);
 
 // Number of key splits for split-KV: `ctas` CTAs exist without splitting, each over `key_tiles` tiles;
 // `slots` CTAs fit on the device at once. With at least `min_tiles_per_split` tiles per split and at most
-// `max_splits`: all allowed splits when even that stays within one wave, else the smallest split count
-// whose last wave is nearly as full as the best one's.
+// `max_splits`: all allowed splits when even that stays within one wave; else, when one wave holds the CTAs at
+// least twice and at least 85% full, the most splits it holds; else the smallest split count whose last wave
+// is nearly as full as the best one's.
 int64_t choose_splits(int64_t ctas, int64_t key_tiles, int64_t slots, int64_t min_tiles_per_split, int64_t max_splits);
 
 const char* schedule_name(Schedule s);
