@@ -14,7 +14,8 @@ causal prefill, S in {16k, 64k} (--quick: {4k, 16k}):
   - routed:    SparseRoutedAttention, the MoBA form: segments of 64, top 16 incl. the own, dot-product routing
                after RoPE (fast: its attention by segment, each chosen segment read once per slot);
   - routed_simple: routed on the simple kernels (a warp per row reading its own segments);
-  - nsa_mma, nsa_dot_mma, routed_mma: nsa, nsa_dot and routed with ONNXATTN_SPARSE_CUDA=mma (opt-in): the block
+  - nsa_mma, nsa_dot_mma, routed_mma: nsa, nsa_dot and routed with ONNXATTN_SPARSE_CUDA=mma (the default since
+               stop 23; nsa, nsa_dot and routed ask for fast explicitly): the block
                branch / the routed attention on the tensor-core kernel by block (each chosen block staged once per
                slot for up to 64 rows, mma.sync) and NSA's selection on tensor cores, the rest as fast;
   - dense:     our ScaledDotProductAttention CUDA kernel (causal, GQA) through the library's C test entry
@@ -72,7 +73,7 @@ from bench_sdpa_cuda import env_vars, environment, time_cuda, time_graph, time_w
 from bench_sparse_cpu import BLOCK, CASES, D, HKV, HQ, TOP, WINDOW, attended_keys  # noqa: E402
 
 DTYPE = torch.bfloat16
-# the opt-in tensor-core columns before the simple kernels' (the slowest, the first the budget skips)
+# the tensor-core columns (the default path) before the simple kernels' (the slowest, the first the budget skips)
 IMPLS = ("nsa", "nsa_dot", "routed", "nsa_mma", "nsa_dot_mma", "routed_mma", "dense", "dense_ort", "torch_flash",
          "torch_cudnn", "nsa_simple", "routed_simple")
 NSA_DOT = ("NativeSparseAttention", ["Q", "K", "V", "gates"], CASES["nsa"][2])

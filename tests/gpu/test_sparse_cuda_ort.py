@@ -321,17 +321,17 @@ def test_a_bad_sparse_attention_setting_is_an_error(monkeypatch):
         sess.run(None, feeds)
 
 
-# The tensor-core paths (ONNXATTN_SPARSE_CUDA=mma, opt-in): NSA's block branch and SparseRoutedAttention's attention
-# for 16-bit inputs by block (sparse/cuda_blocks_mma.cuh: the inverted lists, a chosen block staged once per slot
-# for up to 64 rows, whole lists: G rows for shared lists, S and P.V on mma.sync), and NSA's selection on tensor
-# cores (select_mma_kernel: dot scores against float32 centroids split into two 16-bit tiles; the compression
-# branch as a flash pass plus a probability pass; one row per list: the routing and NSA's per-head lists, with
-# float32 inputs as float16 hi + lo pairs). Grid inputs with power-of-two blocks keep every dot score exact,
-# so those selections must agree with the CPU kernel's entry for entry; elsewhere (blocks of 24, the compression
-# branch's exp) near-ties may go the other way, and the rows whose lists agree are compared. Cases: shared lists
-# with G = 4, 8, 32 (16, 8, 2 lists per chunk), G = 1 (64), per-head lists without causality, blocks of 24
-# (partial tiles), Sq = 1, Sq > Skv (rows before any key), segments of 100 and 65 keys (two tiles, a partial one),
-# Dv = 48 != D, MQA; D = 12 is not a multiple of 16 and stays on the fast path.
+# The tensor-core paths (ONNXATTN_SPARSE_CUDA=mma, the default since stop 23; asked for explicitly here): NSA's block
+# branch and SparseRoutedAttention's attention for 16-bit inputs by block (sparse/cuda_blocks_mma.cuh: the inverted
+# lists, a chosen block staged once per slot for up to 64 rows, whole lists: G rows for shared lists, S and P.V on
+# mma.sync), and NSA's selection on tensor cores (select_mma_kernel: dot scores against float32 centroids split into two
+# 16-bit tiles; the compression branch as a flash pass plus a probability pass; one row per list: the routing and NSA's
+# per-head lists, with float32 inputs as float16 hi + lo pairs). Grid inputs with power-of-two blocks keep every dot
+# score exact, so those selections must agree with the CPU kernel's entry for entry; elsewhere (blocks of 24, the
+# compression branch's exp) near-ties may go the other way, and the rows whose lists agree are compared. Cases: shared
+# lists with G = 4, 8, 32 (16, 8, 2 lists per chunk), G = 1 (64), per-head lists without causality, blocks of 24
+# (partial tiles), Sq = 1, Sq > Skv (rows before any key), segments of 100 and 65 keys (two tiles, a partial one), Dv =
+# 48 != D, MQA; D = 12 is not a multiple of 16 and stays on the fast path.
 MMA_SANITIZE_NSA = ("paper-shared-causal", "odd-block-group-1", "more-queries-than-keys", "seed-per-head-fine")
 MMA_SANITIZE_ROUTED = ("long-segments-causal", "odd-segments-bidirectional")
 

@@ -299,9 +299,10 @@ enum class SparsePath { kSimple, kFast, kMma };
 SparsePath requested_path(const char* op) {
   const char* value = std::getenv("ONNXATTN_SPARSE_CUDA");
   const std::string v = value == nullptr ? "" : value;
-  if (v.empty() || v == "auto" || v == "fast") return SparsePath::kFast;  // 5-20x simple's speed on the H100
+  // auto: mma (fast where the tensor-core kernels do not take the problem: float32, odd sizes, unaligned)
+  if (v.empty() || v == "auto" || v == "mma") return SparsePath::kMma;
+  if (v == "fast") return SparsePath::kFast;  // 5-20x simple's speed on the H100
   if (v == "simple") return SparsePath::kSimple;
-  if (v == "mma") return SparsePath::kMma;  // opt-in until a GPU run has checked it
   fail(op, ": environment variable ONNXATTN_SPARSE_CUDA must be auto, simple, fast or mma, got '", v, "'");
 }
 bool fast_requested(const char* op) { return requested_path(op) != SparsePath::kSimple; }

@@ -25,14 +25,16 @@
 //    the rows that chose it, each row's partials merged in the order of its list.
 // ONNXATTN_SPARSE_CUDA = auto | simple | fast | mma (read on every call): fast is the above; simple the first
 // kernels (one CTA per selection list, a warp per row in every branch, SparseRoutedAttention included). auto is
-// fast (it passed the GPU tests; 5-20x simple's speed on the H100, docs/performance.md); the tests and the
-// benchmark ask for each explicitly. mma is fast with, for float16 and bfloat16, NSA's block branch and the routed
+// mma (since stop 23: it passed every GPU test on the H200 at 21d5171, and ran NSA 1.3x / 4.1x and the routed
+// attention 3.3x / 2.2x as fast as fast at 16k / 64k, bf16, docs/performance.md); the tests and the benchmark ask
+// for each path explicitly. mma is fast with, for float16 and bfloat16, NSA's block branch and the routed
 // attention on the tensor-core kernel by block (cuda_blocks_mma.cuh: the inverted lists, a chosen block staged
 // once per slot for up to 64 rows, mma.sync) and NSA's selection on tensor cores (cuda_select.cu,
 // select_mma_kernel: dot scores against the float32 centroids as hi + lo 16-bit tiles; the compression branch as a
 // flash pass for its output and log-sum-exp, then a pass for its probabilities; a CTA per 64 (query, head) rows
 // of whole queries; one row per list, as SparseRoutedAttention's routing: a CTA per 16 queries whose warps split
-// the centroids, float32 inputs as float16 hi + lo pairs); opt-in until a GPU run has checked it.
+// the centroids, float32 inputs as float16 hi + lo pairs). float32 inputs give fast's bits under mma
+// (tests/gpu/test_sparse_cuda_ort.py); 16-bit ones round P (and the routed Q, K after RoPE) to the input dtype.
 //
 // Usage: plan = plan_nsa(params, tensors); allocate plan.scratch_bytes of device scratch (256-byte
 // aligned); run_nsa() only enqueues work on `stream`: no host synchronisation, no allocation.
