@@ -86,10 +86,7 @@ UNPLOTTED = ("indexer", "models", "profile", "gpu_check")
 
 def kind_of(path: Path, data: dict) -> str:
     stem = path.stem.removeprefix("bench_")
-    for kind in UNPLOTTED:
-        if stem.startswith(kind):
-            return kind
-    for kind in ("sdpa", "gqa", "paged", "mla", "sparse"):
+    for kind in UNPLOTTED + ("sdpa", "gqa", "paged", "mla", "sparse"):
         if stem.startswith(kind):
             return kind
     if "rows" in data:
@@ -454,10 +451,14 @@ KINDS = {
 }
 
 
-def process(path: Path, out_dir: Path | None = None) -> tuple[Path, str]:
-    """Plot one benchmark JSON; returns the PNG's path and the markdown table."""
+def process(path: Path, out_dir: Path | None = None) -> tuple[Path, str] | None:
+    """Plot one benchmark JSON; returns the PNG's path and the markdown table (None for an UNPLOTTED run, named on
+    stderr)."""
     data = json.loads(path.read_text())
     kind = kind_of(path, data)
+    if kind in UNPLOTTED:
+        print(f"plot_cuda: {path.name}: not drawn here ({kind} runs print their own tables)", file=sys.stderr)
+        return None
     plot, table, name = KINDS[kind]
     png = (out_dir or path.parent) / f"{path.stem}.png"
     png.parent.mkdir(parents=True, exist_ok=True)
@@ -480,11 +481,10 @@ def main(argv: list[str] | None = None) -> int:
         print("plot_cuda: no benchmark JSON found", file=sys.stderr)
         return 1
     for path in files:
-        kind = kind_of(path, json.loads(path.read_text()))
-        if kind in UNPLOTTED:
-            print(f"plot_cuda: {path.name}: not drawn here ({kind} runs print their own tables)", file=sys.stderr)
+        plotted = process(path, args.out_dir)
+        if plotted is None:
             continue
-        png, table = process(path, args.out_dir)
+        png, table = plotted
         print(table)
         print(f"plot: {png}\n")
     return 0

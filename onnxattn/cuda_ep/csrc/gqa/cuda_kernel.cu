@@ -329,7 +329,7 @@ void run(const Params& p, const Tensors<T>& t_in, const Plan& plan, void* stream
     r.head_dim = int(p.head_dim);
     r.prep = prep.row;
     if (plan.rotate_chunks > 0) {
-      if (plan.rotate_blocks > 0) launch_query_chunks(r, plan, stream);
+      launch_query_chunks(r, plan, stream);  // rotate_queries implies rows to turn (the plan's grid > 0)
     } else {
       const int64_t blocks = (p.batch * p.seq * p.q_heads + kAppendRowsPerBlock - 1) / kAppendRowsPerBlock;
       if (blocks > int64_t(0x7fffffff)) throw std::runtime_error(str_cat(kOpName, ": too many query rows"));
