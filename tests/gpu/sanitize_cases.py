@@ -142,7 +142,8 @@ def gqa_cases() -> int:
 
 
 def sparse_mma_cases() -> int:
-    """NSA's block branch and the routed attention on the tensor-core kernel by block against the fast path."""
+    """NSA's block branch and the routed attention on the tensor-core kernel by block against the fast path, with
+    its loads waited for and overlapped."""
     import test_sparse_cuda_ort as t
 
     def run_case(kind, name, dtype):
@@ -152,9 +153,14 @@ def sparse_mma_cases() -> int:
             raise AssertionError(f"max |mma - fast| = {err:.3g} > {tol:.3g}")
         return f"max |mma - fast| = {err:.2g}"
 
-    return sum(checked(f"sparse_mma {kind} {name} {dtype}", lambda: run_case(kind, name, dtype))
-               for kind, names in (("nsa", t.MMA_SANITIZE_NSA), ("routed", t.MMA_SANITIZE_ROUTED))
-               for name in names for dtype in ("bfloat16",))  # fmt: skip
+    failed = 0
+    for loads in ("sync", "async"):  # ONNXATTN_SPARSE_CUDA_LOADS: the kernel and its overlapped-loads twin
+        with library_switch("ONNXATTN_SPARSE_CUDA_LOADS", loads):
+            failed += sum(checked(f"sparse_mma {kind} {name} bfloat16 loads={loads}",
+                                  lambda: run_case(kind, name, "bfloat16"))
+                          for kind, names in (("nsa", t.MMA_SANITIZE_NSA), ("routed", t.MMA_SANITIZE_ROUTED))
+                          for name in names)  # fmt: skip
+    return failed
 
 
 INDEXER_NAMES = ("shared-b3-nan-hidden", "decode-h64-t300-b2", "nan-visible-keys", "odd-h3-d5", "large")

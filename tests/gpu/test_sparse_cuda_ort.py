@@ -336,17 +336,20 @@ MMA_SANITIZE_NSA = ("paper-shared-causal", "odd-block-group-1", "more-queries-th
 MMA_SANITIZE_ROUTED = ("long-segments-causal", "odd-segments-bidirectional")
 
 
-def with_sparse_path(path: str, fn):
-    """fn() with ONNXATTN_SPARSE_CUDA=path (read by the kernels on every call), then the old value back."""
-    old = os.environ.get("ONNXATTN_SPARSE_CUDA")
-    os.environ["ONNXATTN_SPARSE_CUDA"] = path
+def with_sparse_path(path: str, fn, loads: str | None = None):
+    """fn() with ONNXATTN_SPARSE_CUDA=path and, if given, ONNXATTN_SPARSE_CUDA_LOADS=loads (read by the kernels on
+    every call), then the old values back."""
+    switches = {"ONNXATTN_SPARSE_CUDA": path} | ({"ONNXATTN_SPARSE_CUDA_LOADS": loads} if loads else {})
+    old = {name: os.environ.get(name) for name in switches}
+    os.environ.update(switches)
     try:
         return fn()
     finally:
-        if old is None:
-            os.environ.pop("ONNXATTN_SPARSE_CUDA", None)
-        else:
-            os.environ["ONNXATTN_SPARSE_CUDA"] = old
+        for name, value in old.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def nsa_mma_tolerance(feeds, dtype: str) -> float:
@@ -464,3 +467,29 @@ def test_tensor_core_blocks_leave_float32_on_the_fast_path():
     fast = with_sparse_path("fast", lambda: sess.run(None, feeds))
     for m, f in zip(mma, fast):
         np.testing.assert_array_equal(m, f)
+
+
+# ONNXATTN_SPARSE_CUDA_LOADS=async (opt-in until a GPU run has checked and timed it): the tensor-core kernel by block
+# with its memory latencies overlapped (cp.async staging, the chunk's key found by a warp, each row's state read
+# early and its output row read whole before it is written). The same arithmetic in the same order: the same bits
+# as the kernel beside it, on every case (those the kernel does not take run the fast path both times).
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("kind, name", [("nsa", n) for n in CORE_CASES] + [("routed", n) for n in ROUTED_CASES])
+def test_overlapped_loads_give_the_same_bits(kind, name, dtype):
+    model, feeds = core_case(name, dtype)[:2] if kind == "nsa" else routed_case(name, dtype)[0:3:2]
+    sess = cuda_session(model)
+    waited = with_sparse_path("mma", lambda: sess.run(None, feeds), loads="sync")
+    overlapped = with_sparse_path("mma", lambda: sess.run(None, feeds), loads="async")
+    for w, o in zip(waited, overlapped):
+        np.testing.assert_array_equal(o, w, err_msg=f"{kind} {name} {dtype}: overlapped loads changed the output")
+
+
+@pytest.mark.parametrize("kind", ["nsa", "routed"])
+def test_a_bad_sparse_loads_setting_is_an_error(kind):
+    model, feeds = core_case("paper-shared-causal", "bfloat16")[:2] if kind == "nsa" else \
+        routed_case("moba-64-top-8", "bfloat16")[0:3:2]
+    sess = cuda_session(model)
+    op = "NativeSparseAttention" if kind == "nsa" else "SparseRoutedAttention"
+    with pytest.raises(Exception, match=rf"{op}: environment variable ONNXATTN_SPARSE_CUDA_LOADS must be sync or "
+                                        r"async, got 'later'"):  # fmt: skip
+        with_sparse_path("mma", lambda: sess.run(None, feeds), loads="later")

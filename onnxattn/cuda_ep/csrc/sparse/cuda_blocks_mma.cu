@@ -14,6 +14,131 @@ namespace {
 using namespace mma_tiles;  // NOLINT: the tile pieces this kernel is made of
 static_assert(kMmaRows == 16 * kWarpsPerBlock, "a warp per 16 rows");
 
+// The chunk of slot `slot` that CTA blockIdx.x takes: its (batch, list head, block) key, its lists and rows.
+struct ChunkWork {
+  int32_t e0;  // its first entry in a.entries
+  int lists, per_list, rows;
+  int64_t b, list_head, kv_head, j_begin, j_end;
+};
+
+__device__ __forceinline__ ChunkWork chunk_work(const RoutedBlocksArgs& a, int64_t k0, int64_t key, int64_t chunk) {
+  ChunkWork w;
+  w.e0 = a.offsets[key] + int32_t(chunk - a.chunk_offsets[key]) * a.lists_per_chunk;
+  w.lists = min(a.lists_per_chunk, a.offsets[key + 1] - w.e0);
+  w.per_list = int(a.heads_per_list), w.rows = w.lists * w.per_list;
+  const int64_t list_key = key - k0, bh = list_key / a.num_segments, block = list_key % a.num_segments;
+  w.list_head = bh % a.list_heads, w.b = bh / a.list_heads;
+  w.kv_head = w.list_head * a.heads_per_list / (a.q_heads / a.kv_heads);
+  w.j_begin = block * a.segment_size, w.j_end = min(w.j_begin + a.segment_size, a.kv_len);
+  return w;
+}
+
+// Row r < kMmaRows of the chunk: its output row and query position (-1, -1: no row).
+__device__ __forceinline__ void chunk_row(const RoutedBlocksArgs& a, const ChunkWork& w, int r, int64_t& row,
+                                          int64_t& pos) {
+  row = -1, pos = -1;
+  if (r < w.rows) {
+    const int64_t list = a.entries[w.e0 + r / w.per_list], i = list % a.q_len;
+    const int64_t head = w.list_head * a.heads_per_list + r % w.per_list;
+    row = (w.b * a.q_heads + head) * a.q_len + i;
+    pos = i + a.kv_len - a.q_len;  // bottom-right aligned
+  }
+}
+
+// One staged tile of keys t0.. for the warp's rows r_lo, r_lo + 8: scores, the hidden ones masked, the online
+// softmax step and O += P V.
+template <typename TMma, int kMaxDv>
+__device__ __forceinline__ void attend_tile(const RoutedBlocksArgs& a, const uint16_t* qs, const uint16_t* ks,
+                                            const uint16_t* vs, int q_stride, int v_stride, int64_t t0,
+                                            int64_t j_end, int r_lo, bool live_lo, bool live_hi, int64_t pos_lo,
+                                            int64_t pos_hi, float (&o)[kMaxDv / 8][4], float (&m)[2], float (&l)[2],
+                                            float scale_log2) {
+  const int lane = threadIdx.x % 32;
+  float s[kKeyTiles][4];
+  zero(s);
+  add_scores<TMma>(s, qs, ks, q_stride, a.dim, r_lo, lane);
+  // Hidden: keys past the block's end, and under causal keys past the row's position; rows past the chunk's.
+  hide(s, lane, [&](int col, int half) {
+    const int64_t j = t0 + col;
+    return !(half == 0 ? live_lo : live_hi) || j >= j_end || (a.causal && j > (half == 0 ? pos_lo : pos_hi));
+  });
+  softmax_step<kMaxDv>(s, o, m, l, scale_log2);
+  add_pv<TMma, kMaxDv>(o, s, vs, v_stride, a.v_dim, lane);
+}
+
+// The last key in [lo, hi) whose chunks start at or before `chunk` (chunk_offsets ascend; an empty key repeats
+// the next one's offset), given chunk_offsets[lo] <= chunk < chunk_offsets[hi]: the binary search's answer. A warp
+// probes 32 evenly spaced keys a round, so ~log32(hi - lo) dependent loads instead of log2. Every lane returns it.
+__device__ __forceinline__ int64_t warp_find_key(const int32_t* chunk_offsets, int64_t lo, int64_t hi, int64_t chunk) {
+  const int lane = threadIdx.x % 32;
+  while (hi - lo > 1) {
+    const int64_t step = (hi - lo + 31) / 32, at = lo + lane * step;
+    const unsigned at_or_before = __ballot_sync(0xffffffffu, at < hi && chunk_offsets[at] <= chunk);
+    lo += (31 - __clz(at_or_before)) * step;  // the set lanes are a prefix, lane 0 (lo itself) among them
+    hi = min(hi, lo + step);
+  }
+  return lo;
+}
+
+// The running state (max, sum) of the rows r_lo and r_hi of a warp, for those that are live.
+struct RowState {
+  float max[2], sum[2];
+};
+__device__ __forceinline__ RowState row_state(const RoutedBlocksArgs& a, bool live_lo, bool live_hi, int64_t row_lo,
+                                              int64_t row_hi) {
+  RowState s;
+  s.max[0] = live_lo ? a.row_max[row_lo] : 0.0f, s.sum[0] = live_lo ? a.row_sum[row_lo] : 0.0f;
+  s.max[1] = live_hi ? a.row_max[row_hi] : 0.0f, s.sum[1] = live_hi ? a.row_sum[row_hi] : 0.0f;
+  return s;
+}
+
+// Merges each live row's partial over this block (o, m, l) into its running state (`state`, read before) and its
+// output row: the only CTA touching the row in this slot. kReadWhole: the lane's part of the output row is read
+// whole before any of it is written (one memory latency, not one per 8 columns).
+template <int kMaxDv, bool kReadWhole>
+__device__ __forceinline__ void merge_rows(const RoutedBlocksArgs& a, const float (&o)[kMaxDv / 8][4],
+                                           const float (&m)[2], const float (&l)[2], bool live_lo, bool live_hi,
+                                           int64_t row_lo, int64_t row_hi, const RowState& state, float scale_log2) {
+  const int t = threadIdx.x % 4, v_dim = a.v_dim;
+  const float l_lo = sdpa::cuda::quad_sum(l[0]), l_hi = sdpa::cuda::quad_sum(l[1]);
+  const bool merge_lo = live_lo && !(m[0] == kNegInf && l_lo == 0.0f);
+  const bool merge_hi = live_hi && !(m[1] == kNegInf && l_hi == 0.0f);
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    if (!(half == 0 ? merge_lo : merge_hi)) continue;
+    const int64_t row = half == 0 ? row_lo : row_hi;
+    const float m_row = state.max[half], s_row = state.sum[half];
+    // The running state is in log2 units of the scaled score (the normalisation only needs the sum).
+    const float m_part = m[half] * scale_log2, l_part = half == 0 ? l_lo : l_hi;
+    const float m_new = fmaxf(m_row, m_part), m_use = m_new == kNegInf ? 0.0f : m_new;
+    const float keep = exp2f(m_row - m_use), add = exp2f(m_part - m_use);
+    float* const out = a.out + row * v_dim + 2 * t;
+    if constexpr (kReadWhole) {
+      float2 before[kMaxDv / 8];
+#pragma unroll
+      for (int n = 0; n < kMaxDv / 8; ++n) {
+        if (8 * n < v_dim) before[n] = *reinterpret_cast<const float2*>(out + 8 * n);
+      }
+#pragma unroll
+      for (int n = 0; n < kMaxDv / 8; ++n) {
+        if (8 * n >= v_dim) break;
+        const float2 value = {before[n].x * keep + o[n][2 * half] * add, before[n].y * keep + o[n][2 * half + 1] * add};
+        *reinterpret_cast<float2*>(out + 8 * n) = value;
+      }
+    } else {
+#pragma unroll
+      for (int n = 0; n < kMaxDv / 8; ++n) {
+        if (8 * n >= v_dim) break;
+        float2 value = *reinterpret_cast<float2*>(out + 8 * n);
+        value.x = value.x * keep + o[n][2 * half] * add;
+        value.y = value.y * keep + o[n][2 * half + 1] * add;
+        *reinterpret_cast<float2*>(out + 8 * n) = value;
+      }
+    }
+    if (t == 0) a.row_sum[row] = s_row * keep + l_part * add, a.row_max[row] = m_new;
+  }
+}
+
 // Slot `slot`'s chunk blockIdx.x (past the slot's chunks: nothing). kMaxDv >= Dv bounds the output registers.
 template <typename TIn, typename TMma, int kMaxDv>
 __global__ void __launch_bounds__(kThreads) blocks_mma_kernel(const RoutedBlocksArgs a, int64_t slot) {
@@ -26,15 +151,8 @@ __global__ void __launch_bounds__(kThreads) blocks_mma_kernel(const RoutedBlocks
     const int64_t mid = lo + (hi - lo) / 2;
     if (a.chunk_offsets[mid] <= chunk) lo = mid; else hi = mid;
   }
-  const int64_t key = lo;
-  const int32_t e0 = a.offsets[key] + int32_t(chunk - a.chunk_offsets[key]) * a.lists_per_chunk;
-  const int lists = min(a.lists_per_chunk, a.offsets[key + 1] - e0);
-  const int per_list = int(a.heads_per_list), rows = lists * per_list;
-  const int64_t list_key = key - k0, bh = list_key / a.num_segments, block = list_key % a.num_segments;
-  const int64_t list_head = bh % a.list_heads, b = bh / a.list_heads;
-  const int64_t kv_head = list_head * a.heads_per_list / (a.q_heads / a.kv_heads);
-  const int64_t j_begin = block * a.segment_size, j_end = min(j_begin + a.segment_size, a.kv_len);
-  const int dim = a.dim, v_dim = a.v_dim;
+  const ChunkWork w = chunk_work(a, k0, lo, chunk);
+  const int rows = w.rows, dim = a.dim, v_dim = a.v_dim;
   const int q_stride = mma_row_stride(dim), v_stride = mma_row_stride(v_dim);
 
   uint16_t* const qs = reinterpret_cast<uint16_t*>(blocks_smem);
@@ -43,31 +161,22 @@ __global__ void __launch_bounds__(kThreads) blocks_mma_kernel(const RoutedBlocks
   int64_t* const row_of = reinterpret_cast<int64_t*>(vs + kMmaKeys * v_stride);  // output row, -1: none
   int64_t* const pos_of = row_of + kMmaRows;                                     // query position
 
-  for (int r = threadIdx.x; r < kMmaRows; r += kThreads) {
-    int64_t row = -1, pos = -1;
-    if (r < rows) {
-      const int64_t list = a.entries[e0 + r / per_list], i = list % a.q_len;
-      const int64_t head = list_head * a.heads_per_list + r % per_list;
-      row = (b * a.q_heads + head) * a.q_len + i;
-      pos = i + a.kv_len - a.q_len;  // bottom-right aligned
-    }
-    row_of[r] = row, pos_of[r] = pos;
-  }
+  for (int r = threadIdx.x; r < kMmaRows; r += kThreads) chunk_row(a, w, r, row_of[r], pos_of[r]);
   __syncthreads();
   stage_rows<TMma>(qs, q_stride, static_cast<const TIn*>(a.q), dim, [&](int r) { return row_of[r]; });
 
-  const int64_t head_rows = (b * a.kv_heads + kv_head) * a.kv_len;
+  const int64_t head_rows = (w.b * a.kv_heads + w.kv_head) * a.kv_len;
   const TIn* const k_head = static_cast<const TIn*>(a.k) + head_rows * dim;
   const TIn* const v_head = static_cast<const TIn*>(a.v) + head_rows * v_dim;
   // Causal: keys past every row's position are hidden from all of them, so their tiles are never staged.
-  int64_t tiles_end = j_end;
+  int64_t tiles_end = w.j_end;
   if (a.causal) {
     int64_t last = -1;
     for (int r = 0; r < rows; ++r) last = max(last, pos_of[r]);
-    tiles_end = min(j_end, last + 1);
+    tiles_end = min(w.j_end, last + 1);
   }
 
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4;
   const bool warp_live = 16 * warp < rows;
   const int r_lo = 16 * warp + g, r_hi = r_lo + 8;
   const bool live_lo = r_lo < rows, live_hi = r_hi < rows;
@@ -78,70 +187,123 @@ __global__ void __launch_bounds__(kThreads) blocks_mma_kernel(const RoutedBlocks
 #pragma unroll
   for (int n = 0; n < kMaxDv / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
 
-  for (int64_t t0 = j_begin; t0 < tiles_end; t0 += kMmaKeys) {
-    const int64_t tile_keys = min(int64_t(kMmaKeys), j_end - t0);
+  for (int64_t t0 = w.j_begin; t0 < tiles_end; t0 += kMmaKeys) {
+    const int64_t tile_keys = min(int64_t(kMmaKeys), w.j_end - t0);
     __syncthreads();  // the previous tile is done with
     stage_rows<TMma>(ks, q_stride, k_head + t0 * dim, dim, [&](int r) { return r < tile_keys ? int64_t(r) : -1; });
     stage_rows<TMma>(vs, v_stride, v_head + t0 * v_dim, v_dim,
                      [&](int r) { return r < tile_keys ? int64_t(r) : -1; });
     __syncthreads();
     if (!warp_live) continue;
-
-    float s[kKeyTiles][4];
-    zero(s);
-    add_scores<TMma>(s, qs, ks, q_stride, dim, r_lo, lane);
-    // Hidden: keys past the block's end, and under causal keys past the row's position; rows past the chunk's.
-    hide(s, lane, [&](int col, int half) {
-      const int64_t j = t0 + col;
-      return !(half == 0 ? live_lo : live_hi) || j >= j_end || (a.causal && j > (half == 0 ? pos_lo : pos_hi));
-    });
-    softmax_step<kMaxDv>(s, o, m, l, scale_log2);
-    add_pv<TMma, kMaxDv>(o, s, vs, v_stride, v_dim, lane);
+    attend_tile<TMma, kMaxDv>(a, qs, ks, vs, q_stride, v_stride, t0, w.j_end, r_lo, live_lo, live_hi, pos_lo, pos_hi,
+                              o, m, l, scale_log2);
   }
   if (!warp_live) return;  // no barrier below
-  const float m_lo = m[0], m_hi = m[1], l_lo = sdpa::cuda::quad_sum(l[0]), l_hi = sdpa::cuda::quad_sum(l[1]);
-  // Merge each row's partial over this block into its running state (the only CTA touching it in this slot); the
-  // quad's four lanes read the state before its first lane writes it.
-  const bool merge_lo = live_lo && !(m_lo == kNegInf && l_lo == 0.0f);
-  const bool merge_hi = live_hi && !(m_hi == kNegInf && l_hi == 0.0f);
-  const int64_t row_lo = merge_lo ? row_of[r_lo] : 0, row_hi = merge_hi ? row_of[r_hi] : 0;
-  const float max_lo = merge_lo ? a.row_max[row_lo] : 0.0f, max_hi = merge_hi ? a.row_max[row_hi] : 0.0f;
-  const float sum_lo = merge_lo ? a.row_sum[row_lo] : 0.0f, sum_hi = merge_hi ? a.row_sum[row_hi] : 0.0f;
+  const int64_t row_lo = live_lo ? row_of[r_lo] : 0, row_hi = live_hi ? row_of[r_hi] : 0;
+  // The quad's four lanes read the running state before its first lane writes it.
+  const RowState state = row_state(a, live_lo, live_hi, row_lo, row_hi);
   __syncwarp();
-#pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    if (!(half == 0 ? merge_lo : merge_hi)) continue;
-    const int64_t row = half == 0 ? row_lo : row_hi;
-    const float m_row = half == 0 ? max_lo : max_hi, s_row = half == 0 ? sum_lo : sum_hi;
-    // The running state is in log2 units of the scaled score (the normalisation only needs the sum).
-    const float m_part = (half == 0 ? m_lo : m_hi) * scale_log2, l_part = half == 0 ? l_lo : l_hi;
-    const float m_new = fmaxf(m_row, m_part), m_use = m_new == kNegInf ? 0.0f : m_new;
-    const float keep = exp2f(m_row - m_use), add = exp2f(m_part - m_use);
-    float* const out = a.out + row * v_dim + 2 * t;
-#pragma unroll
-    for (int n = 0; n < kMaxDv / 8; ++n) {
-      if (8 * n >= v_dim) break;
-      float2 value = *reinterpret_cast<float2*>(out + 8 * n);
-      value.x = value.x * keep + o[n][2 * half] * add;
-      value.y = value.y * keep + o[n][2 * half + 1] * add;
-      *reinterpret_cast<float2*>(out + 8 * n) = value;
-    }
-    if (t == 0) a.row_sum[row] = s_row * keep + l_part * add, a.row_max[row] = m_new;
-  }
+  merge_rows<kMaxDv, false>(a, o, m, l, live_lo, live_hi, row_lo, row_hi, state, scale_log2);
 }
 
+// blocks_mma_kernel with its memory latencies overlapped (ONNXATTN_SPARSE_CUDA_LOADS=async): the same arithmetic in
+// the same order, so the same bits. Its key is found by warp_find_key; the block's first key and value tiles are
+// issued before the rows are known and the query rows right after (cp.async for 16-bit inputs, so all three are in
+// flight at once); each row's running state is read before the tiles are scored, and its output row read whole
+// before any of it is written back. (The other kernel waits for each 16-byte chunk it stages, each step of its
+// search and each 8-byte piece of an output row in turn.)
 template <typename TIn, typename TMma, int kMaxDv>
-void launch_slots(const RoutedBlocksArgs& a, cudaStream_t stream) {
+__global__ void __launch_bounds__(kThreads) blocks_mma_overlapped_kernel(const RoutedBlocksArgs a, int64_t slot) {
+  static_assert(kThreads >= kMmaRows && kMmaRows == 64, "a thread per row; two rows per lane of a warp");
+  extern __shared__ __align__(16) unsigned char blocks_smem[];
+  const int64_t keys_per_slot = a.batch * a.list_heads * a.num_segments, k0 = slot * keys_per_slot;
+  const int64_t chunk = int64_t(a.chunk_offsets[k0]) + blockIdx.x;
+  if (chunk >= a.chunk_offsets[k0 + keys_per_slot]) return;
+  const ChunkWork w = chunk_work(a, k0, warp_find_key(a.chunk_offsets, k0, k0 + keys_per_slot, chunk), chunk);
+  const int rows = w.rows, dim = a.dim, v_dim = a.v_dim;
+  const int q_stride = mma_row_stride(dim), v_stride = mma_row_stride(v_dim);
+
+  uint16_t* const qs = reinterpret_cast<uint16_t*>(blocks_smem);
+  uint16_t* const ks = qs + kMmaRows * q_stride;
+  uint16_t* const vs = ks + kMmaKeys * q_stride;
+  int64_t* const row_of = reinterpret_cast<int64_t*>(vs + kMmaKeys * v_stride);  // output row, -1: none
+  int64_t* const pos_of = row_of + kMmaRows;                                     // query position
+
+  const int64_t head_rows = (w.b * a.kv_heads + w.kv_head) * a.kv_len;
+  const TIn* const k_head = static_cast<const TIn*>(a.k) + head_rows * dim;
+  const TIn* const v_head = static_cast<const TIn*>(a.v) + head_rows * v_dim;
+  auto issue_tile = [&](int64_t t0) {
+    const int64_t tile_keys = min(int64_t(kMmaKeys), w.j_end - t0);
+    const auto tile_row = [tile_keys](int r) { return r < tile_keys ? int64_t(r) : int64_t(-1); };
+    issue_rows<TMma>(ks, q_stride, k_head + t0 * dim, dim, tile_row);
+    issue_rows<TMma>(vs, v_stride, v_head + t0 * v_dim, v_dim, tile_row);
+  };
+  issue_tile(w.j_begin);  // staged even where causality hides it all (harmless: the keys exist)
+  if (threadIdx.x < kMmaRows) chunk_row(a, w, threadIdx.x, row_of[threadIdx.x], pos_of[threadIdx.x]);
+  __syncthreads();
+  issue_rows<TMma>(qs, q_stride, static_cast<const TIn*>(a.q), dim, [&](int r) { return row_of[r]; });
+  sdpa::cuda::cp_async_commit();
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4;
+  // Causal: keys past every row's position are hidden from all of them, so their tiles are never staged. Each warp
+  // reduces the positions itself (a missing row's is -1).
+  int64_t tiles_end = w.j_end;
+  if (a.causal) {
+    int64_t last = max(pos_of[lane], pos_of[lane + 32]);
+    for (int step = 16; step > 0; step /= 2) last = max(last, __shfl_xor_sync(0xffffffffu, last, step));
+    tiles_end = min(w.j_end, last + 1);
+  }
+  const bool warp_live = 16 * warp < rows;
+  const int r_lo = 16 * warp + g, r_hi = r_lo + 8;
+  const bool live_lo = r_lo < rows, live_hi = r_hi < rows;
+  const int64_t pos_lo = pos_of[r_lo], pos_hi = pos_of[r_hi];
+  const int64_t row_lo = live_lo ? row_of[r_lo] : 0, row_hi = live_hi ? row_of[r_hi] : 0;
+  // Final since the slot before's launch: read now, used after the tiles (no lane writes it before the barriers).
+  const RowState state = row_state(a, live_lo, live_hi, row_lo, row_hi);
+  const float scale_log2 = a.scale * sdpa::cuda::kLog2e;
+  float m[2] = {kNegInf, kNegInf}, l[2] = {0.0f, 0.0f};  // rows r_lo, r_hi
+  float o[kMaxDv / 8][4];
+#pragma unroll
+  for (int n = 0; n < kMaxDv / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+  sdpa::cuda::cp_async_wait<0>();
+  __syncthreads();
+
+  for (int64_t t0 = w.j_begin; t0 < tiles_end; t0 += kMmaKeys) {
+    if (t0 != w.j_begin) {  // the first tile is staged above
+      __syncthreads();      // the previous tile is done with
+      issue_tile(t0);
+      sdpa::cuda::cp_async_commit();
+      sdpa::cuda::cp_async_wait<0>();
+      __syncthreads();
+    }
+    if (warp_live) {
+      attend_tile<TMma, kMaxDv>(a, qs, ks, vs, q_stride, v_stride, t0, w.j_end, r_lo, live_lo, live_hi, pos_lo,
+                                pos_hi, o, m, l, scale_log2);
+    }
+  }
+  if (!warp_live) return;  // no barrier below
+  merge_rows<kMaxDv, true>(a, o, m, l, live_lo, live_hi, row_lo, row_hi, state, scale_log2);
+}
+
+template <auto kKernel>
+void launch_slots_on(const RoutedBlocksArgs& a, cudaStream_t stream) {
   const size_t smem = blocks_mma_smem_bytes(a.dim, a.v_dim);
-  sdpa::cuda::allow_smem<blocks_mma_kernel<TIn, TMma, kMaxDv>>(smem);
+  sdpa::cuda::allow_smem<kKernel>(smem);
   // A list is in at most one key of a slot: at most lists / chunk + (one partial chunk per non-empty key) CTAs.
   const int64_t lists = block_lists(a), keys_per_slot = a.batch * a.list_heads * a.num_segments;
   const int64_t grid = (lists + a.lists_per_chunk - 1) / a.lists_per_chunk + std::min(keys_per_slot, lists);
   if (grid > int64_t(0x7fffffff)) throw std::runtime_error("sparse attention by block: too many lists");
-  for (int64_t slot = 0; slot < a.top_k; ++slot) {
-    blocks_mma_kernel<TIn, TMma, kMaxDv><<<unsigned(grid), kThreads, smem, stream>>>(a, slot);
-  }
+  for (int64_t slot = 0; slot < a.top_k; ++slot) kKernel<<<unsigned(grid), kThreads, smem, stream>>>(a, slot);
   check_launch("sparse tensor-core block kernel");
+}
+
+template <typename TIn, typename TMma, int kMaxDv>
+void launch_slots(const RoutedBlocksArgs& a, cudaStream_t stream) {
+  if (a.overlap_loads) {
+    launch_slots_on<blocks_mma_overlapped_kernel<TIn, TMma, kMaxDv>>(a, stream);
+  } else {
+    launch_slots_on<blocks_mma_kernel<TIn, TMma, kMaxDv>>(a, stream);
+  }
 }
 
 }  // namespace

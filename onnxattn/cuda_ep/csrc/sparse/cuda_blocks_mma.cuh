@@ -7,6 +7,12 @@
 // each row's partial over the block merges into its running (max, sum, output) in scratch, in the order of its
 // list, with no atomics.
 //
+// Two kernels do this: blocks_mma_kernel, which waits for each load it makes in turn (the one run on a GPU so far:
+// 7.4 ms of NSA's 9.5 at 16k on the H200, ~18 TFLOP/s), and blocks_mma_overlapped_kernel (RoutedBlocksArgs::
+// overlap_loads, ONNXATTN_SPARSE_CUDA_LOADS=async; opt-in until a GPU run has checked and timed it), the same
+// arithmetic with its loads in flight together: cp.async staging, a warp's search for its block, each output row
+// read whole before it is written.
+//
 // Serves NativeSparseAttention's block branch (Q, K, V in the input type) and SparseRoutedAttention (RoPE'd
 // float32 Q and K, V as float32, rounded to the input type as they are staged). Against the float32 kernels the
 // scores see Q and K rounded to 16 bits (routed only: NSA's are 16-bit already) and the weights P are rounded to

@@ -10,6 +10,7 @@
 #include <string>
 #include <type_traits>
 
+#include "common/env.h"
 #include "common/errors.h"
 #include "sdpa/cuda_device.cuh"  // allow_smem
 #include "sparse/cuda_common.cuh"
@@ -306,6 +307,11 @@ SparsePath requested_path(const char* op) {
   fail(op, ": environment variable ONNXATTN_SPARSE_CUDA must be auto, simple, fast or mma, got '", v, "'");
 }
 bool fast_requested(const char* op) { return requested_path(op) != SparsePath::kSimple; }
+// ONNXATTN_SPARSE_CUDA_LOADS = sync | async: the tensor-core kernel by block with its loads overlapped
+// (cuda_blocks_mma.cu: the same bits). Opt-in until a GPU run has checked it and timed it.
+bool overlapped_loads_requested(const char* op) {
+  return env_choice(op, "ONNXATTN_SPARSE_CUDA_LOADS", {"sync", "async"}) == 1;
+}
 
 // The tensor-core attention by block (cuda_blocks_mma.cuh) for 16-bit T under ONNXATTN_SPARSE_CUDA=mma, where it
 // takes the problem (its sizes; Q, K, V 16-byte aligned: it reads 16-byte chunks).
@@ -424,6 +430,7 @@ NsaPlan plan_nsa(const NsaParams& p, const NsaTensors<T>& t) {
     plan.mma_blocks = a.top_blocks > 0 && p.num_blocks > 0 &&
                       blocks_mma_wanted<T>(kNsaName, nsa_lists(p), nsa_heads_per_list(p), a.top_blocks,
                                            nsa_list_keys(p), d, p.scale, {t.q, t.k, t.v});
+    plan.overlap_loads = plan.mma_blocks && overlapped_loads_requested(kNsaName);
     if (a.top_blocks > 0 && !plan.mma_blocks) try {
       plan.core_blocks = true;
       plan.blocks_params = blocks_core_params(p, core_block_size(p));
@@ -519,6 +526,7 @@ void run_nsa(const NsaParams& p, const NsaTensors<T>& t, const NsaPlan& plan, vo
       r.segment_size = a.block_size, r.num_segments = p.num_blocks, r.top_k = a.top_blocks;
       r.list_heads = p.selection_heads, r.heads_per_list = nsa_heads_per_list(p);
       r.dim = int(d.head_dim), r.v_dim = int(d.v_head_dim), r.causal = a.causal != 0, r.scale = p.scale;
+      r.overlap_loads = plan.overlap_loads;
       run_blocks_mma<T, T>(r, sc.blocks_mma, stream);
     }
   } else if (plan.core_blocks) {
@@ -644,6 +652,7 @@ void run_routed(const RoutedParams& p, const RoutedTensors<T>& t, void* stream_p
       inverted ? c.take<char>(int64_t(routed_blocks_scratch_bytes(q_rows, a.top_k, routed_list_keys(p)))) : nullptr;
   const bool by_mma = inverted && routed_by_block_mma<T>(p, q_att, k_att, v);
   const bool by_segment = !by_mma && routed_by_segment(p);
+  const bool overlap_loads = by_mma && overlapped_loads_requested(kRoutedName);  // read before any launch
 
   const int rotary = a.rope ? int(p.rotary_dim) : 0;
   if (q_rows) {
@@ -696,6 +705,7 @@ void run_routed(const RoutedParams& p, const RoutedTensors<T>& t, void* stream_p
     r.list_heads = d.q_heads, r.heads_per_list = 1;
     r.dim = int(d.head_dim), r.v_dim = int(d.v_head_dim), r.causal = a.causal != 0, r.scale = p.scale;
     if constexpr (!std::is_same_v<T, float>) {
+      r.overlap_loads = overlap_loads;
       if (by_mma) run_blocks_mma<float, T>(r, by_segment_scratch, stream);
     }
     if (by_segment) run_routed_blocks(r, by_segment_scratch, stream);

@@ -7,6 +7,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "sdpa/cuda_device.cuh"  // Mma, ldmatrix, quad reductions, fast_exp2, warp_live_keys / live_halves
 #include "sparse/cuda_sizes.h"   // kMmaRows, kMmaKeys, mma_row_stride
@@ -62,6 +63,41 @@ __device__ __forceinline__ void stage_rows(uint16_t* tile, int stride, const TIn
     const int64_t at = row_at(r);
     const uint4 value = at >= 0 ? load8<TMma>(src + at * dim + d0) : make_uint4(0u, 0u, 0u, 0u);
     *reinterpret_cast<uint4*>(tile + r * stride + d0) = value;
+  }
+}
+
+// As stage_rows, with a thread's loads issued before its stores so that their latencies overlap. A source of the
+// tile's 16-bit type is copied by cp.async, and the copies are only issued: the caller commits and waits
+// (sdpa::cuda::cp_async_commit, cp_async_wait) before the barrier that publishes the tile. A float32 source is
+// loaded and rounded in batches of four chunks a thread. `src` must hold a row 0: a missing row's load reads it (so
+// that no load waits on a branch) and is dropped.
+template <typename TMma, typename TIn, typename RowAt>
+__device__ __forceinline__ void issue_rows(uint16_t* tile, int stride, const TIn* src, int dim, RowAt row_at) {
+  const int chunks = dim / 8, total = kMmaRows * chunks;
+  if constexpr (std::is_same_v<TIn, TMma>) {
+    for (int c = threadIdx.x; c < total; c += blockDim.x) {
+      const int r = c / chunks, d0 = (c % chunks) * 8;
+      const int64_t at = row_at(r);
+      sdpa::cuda::cp_async_16(sdpa::cuda::smem_u32(tile + r * stride + d0), src + max(at, int64_t(0)) * dim + d0,
+                              at >= 0);
+    }
+  } else {
+    constexpr int kBatch = 4;
+    for (int c0 = threadIdx.x; c0 < total; c0 += kBatch * int(blockDim.x)) {
+      uint4 value[kBatch];
+#pragma unroll
+      for (int x = 0; x < kBatch; ++x) {
+        const int c = c0 + x * int(blockDim.x);
+        const int64_t at = c < total ? row_at(c / chunks) : int64_t(-1);
+        value[x] = load8<TMma>(src + max(at, int64_t(0)) * dim + (c % chunks) * 8);
+        if (at < 0) value[x] = make_uint4(0u, 0u, 0u, 0u);
+      }
+#pragma unroll
+      for (int x = 0; x < kBatch; ++x) {
+        const int c = c0 + x * int(blockDim.x);
+        if (c < total) *reinterpret_cast<uint4*>(tile + (c / chunks) * stride + (c % chunks) * 8) = value[x];
+      }
+    }
   }
 }
 
