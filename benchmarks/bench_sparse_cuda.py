@@ -18,6 +18,8 @@ causal prefill, S in {16k, 64k} (--quick: {4k, 16k}):
                stop 23; nsa, nsa_dot and routed ask for fast explicitly): the block
                branch / the routed attention on the tensor-core kernel by block (each chosen block staged once per
                slot for up to 64 rows, mma.sync) and NSA's selection on tensor cores, the rest as fast;
+  - nsa_mma_async, routed_mma_async: nsa_mma and routed_mma with ONNXATTN_SPARSE_CUDA_LOADS=async (opt-in):
+               the kernel by block with its memory latencies overlapped (the same bits);
   - dense:     our ScaledDotProductAttention CUDA kernel (causal, GQA) through the library's C test entry
                (tests/gpu/sdpa_cuda_lib.py, as bench_sdpa_cuda.py);
   - dense_ort: the same op through onnxruntime's CUDA EP: the sparse ops' path, so sparse/dense compares like
@@ -31,7 +33,8 @@ Reported per S: ms; TFLOP/s over the keys each one attends to (4*D per query hea
 triangle for the dense ones, the selected blocks (+ window + compressed tokens for nsa) for the sparse ones,
 as bench_sparse_cpu.attended_keys; selection and compression work comes on top); and time ratios
 nsa/dense, routed/dense (dense = dense_ort, else the C entry) and nsa/torch, routed/torch (torch = the faster
-backend), nsa/nsa_simple and routed/routed_simple, and nsa_mma/nsa, nsa_dot_mma/nsa_dot, routed_mma/routed: below 1,
+backend), nsa/nsa_simple and routed/routed_simple, nsa_mma/nsa, nsa_dot_mma/nsa_dot, routed_mma/routed,
+nsa_mma_async/nsa_mma and routed_mma_async/routed_mma: below 1,
 the first is faster. Anchors (issue 7, FlashMoBA on H100): NSA kernels ~6-9x faster than
 FA2 at 64k (ratio ~0.11-0.17), MoBA ~6x (~0.17).
 
@@ -74,21 +77,25 @@ from bench_sparse_cpu import BLOCK, CASES, D, HKV, HQ, TOP, WINDOW, attended_key
 
 DTYPE = torch.bfloat16
 # the tensor-core columns (the default path) before the simple kernels' (the slowest, the first the budget skips)
-IMPLS = ("nsa", "nsa_dot", "routed", "nsa_mma", "nsa_dot_mma", "routed_mma", "dense", "dense_ort", "torch_flash",
-         "torch_cudnn", "nsa_simple", "routed_simple")
+IMPLS = ("nsa", "nsa_dot", "routed", "nsa_mma", "nsa_dot_mma", "routed_mma", "nsa_mma_async", "routed_mma_async",
+         "dense", "dense_ort", "torch_flash", "torch_cudnn", "nsa_simple", "routed_simple")
 NSA_DOT = ("NativeSparseAttention", ["Q", "K", "V", "gates"], CASES["nsa"][2])
 # implementation -> (op, inputs, attributes) and the environment its runs see
 ORT_CASES = {"nsa": CASES["nsa"], "nsa_dot": NSA_DOT, "nsa_simple": CASES["nsa"], "routed": CASES["routed"],
              "routed_simple": CASES["routed"], "dense_ort": CASES["dense"], "nsa_mma": CASES["nsa"],
-             "nsa_dot_mma": NSA_DOT, "routed_mma": CASES["routed"]}  # fmt: skip
+             "nsa_dot_mma": NSA_DOT, "routed_mma": CASES["routed"], "nsa_mma_async": CASES["nsa"],
+             "routed_mma_async": CASES["routed"]}  # fmt: skip
 FAST, SIMPLE, MMA = ({"ONNXATTN_SPARSE_CUDA": v} for v in ("fast", "simple", "mma"))
+MMA_ASYNC = {**MMA, "ONNXATTN_SPARSE_CUDA_LOADS": "async"}
 ORT_ENV = {"nsa": FAST, "nsa_dot": FAST, "routed": FAST, "nsa_simple": SIMPLE, "routed_simple": SIMPLE,
-           "nsa_mma": MMA, "nsa_dot_mma": MMA, "routed_mma": MMA}  # fmt: skip
+           "nsa_mma": MMA, "nsa_dot_mma": MMA, "routed_mma": MMA, "nsa_mma_async": MMA_ASYNC,
+           "routed_mma_async": MMA_ASYNC}  # fmt: skip
 TORCH_BACKENDS = {"torch_flash": "FLASH_ATTENTION", "torch_cudnn": "CUDNN_ATTENTION"}
-SPARSE = ("nsa", "nsa_dot", "nsa_simple", "routed", "routed_simple", "nsa_mma", "nsa_dot_mma", "routed_mma")
+SPARSE = ("nsa", "nsa_dot", "nsa_simple", "routed", "routed_simple", "nsa_mma", "nsa_dot_mma", "routed_mma",
+          "nsa_mma_async", "routed_mma_async")
 DENSE, TORCH = ("dense_ort", "dense"), ("torch_flash", "torch_cudnn")
 FAST_VS_SIMPLE = (("nsa", "nsa_simple"), ("routed", "routed_simple"), ("nsa_mma", "nsa"), ("nsa_dot_mma", "nsa_dot"),
-                  ("routed_mma", "routed"))
+                  ("routed_mma", "routed"), ("nsa_mma_async", "nsa_mma"), ("routed_mma_async", "routed_mma"))
 PROBE_SEQ = 1024  # the placement check's run
 SKIPPED = "skipped: "
 CAP_MARGIN_S = 4.0  # past --budget-s, before gpu_check.sh's cap (40 s) ends the process
@@ -247,6 +254,7 @@ def derive(row: dict) -> dict:
     keys = {"nsa": attended_keys("nsa", s), "nsa_simple": attended_keys("nsa", s), "nsa_dot": blocks_and_window,
             "routed": attended_keys("routed", s), "routed_simple": attended_keys("routed", s)}  # fmt: skip
     keys.update({f"{n}_mma": keys[n] for n in ("nsa", "nsa_dot", "routed")})
+    keys.update({f"{n}_mma_async": keys[n] for n in ("nsa", "routed")})
     row["attended_keys"] = {**keys, "dense": attended_keys("dense", s)}
     row["tflops"] = {n: (4 * D * HQ * keys.get(n, row["attended_keys"]["dense"]) / (t * 1e-3) / 1e12 if t else None)
                      for n, t in ms.items()}  # fmt: skip
@@ -391,6 +399,7 @@ def main(argv=None) -> int:
               "nsa_simple": ORT_ENV["nsa_simple"], "routed": CASES["routed"][2],
               "routed_simple": ORT_ENV["routed_simple"], "dense": CASES["dense"][2],
               "nsa_mma": ORT_ENV["nsa_mma"], "nsa_dot_mma": ORT_ENV["nsa_dot_mma"], "routed_mma": ORT_ENV["routed_mma"],
+              "nsa_mma_async": ORT_ENV["nsa_mma_async"], "routed_mma_async": ORT_ENV["routed_mma_async"],
               "timers": "onnxruntime: wall clock around run_with_iobinding; torch and dense: CUDA events "
                         "(a graph of back-to-back calls under 5 ms); medians"}  # fmt: skip
 

@@ -14,7 +14,9 @@ Cases (each guarded: one failing is recorded in its row and the run goes on):
   - gqa_decode_p32k / ort_gqa_decode_p32k: shared-buffer decode at P=32k (61% vs onnxruntime's 79% of copy);
   - nsa_16k, routed_16k: NativeSparseAttention (paper form) and SparseRoutedAttention at S=16k, bf16, through
     the CUDA EP (3.6x and 13x our dense time); nsa_dot_16k: NSA with dot-product selection (2.7x);
-  - nsa_mma_16k, routed_mma_16k: the same with ONNXATTN_SPARSE_CUDA=mma (the tensor-core attention by block).
+  - nsa_mma_16k, routed_mma_16k: the same with ONNXATTN_SPARSE_CUDA=mma (the tensor-core attention by block);
+    nsa_mma_async_16k, routed_mma_async_16k: and ONNXATTN_SPARSE_CUDA_LOADS=async (that kernel with its loads
+    overlapped; opt-in until checked on a GPU: blocks_mma_kernel took 7.4 ms of NSA's 9.5 on the H200 at 21d5171).
 
 Usage: python benchmarks/profile_cuda.py [--out FILE_OR_DIR] [--cases a,b] [--budget-s 40]
 Prints one table per case and writes JSON (device, commit, rows) after every case. Exit 2 without CUDA.
@@ -37,7 +39,7 @@ sys.path[:0] = [str(ROOT / "tests" / "gpu"), str(ROOT / "benchmarks")]
 
 CASES = ("sdpa_decode_b1_32k", "sdpa_decode_b1_4k", "gqa_prefill_s2048", "gqa_prefill_s2048_chunks",
          "ort_gqa_prefill_s2048", "gqa_decode_p32k", "ort_gqa_decode_p32k", "nsa_16k", "routed_16k", "nsa_dot_16k",
-         "nsa_mma_16k", "routed_mma_16k")
+         "nsa_mma_16k", "routed_mma_16k", "nsa_mma_async_16k", "routed_mma_async_16k")
 # Library switches a case runs under (read by the kernels on every call).
 CASE_ENV = {"gqa_prefill_s2048_chunks": {"ONNXATTN_GQA_CUDA_ROTATION": "chunks"}}
 GRAPH_CALLS = 20  # calls per captured graph (as bench_sdpa_cuda.time_graph)
