@@ -19,7 +19,7 @@ causal prefill, S in {16k, 64k} (--quick: {4k, 16k}):
                branch / the routed attention on the tensor-core kernel by block (each chosen block staged once per
                slot for up to 64 rows, mma.sync) and NSA's selection on tensor cores, the rest as fast;
   - nsa_mma_async, routed_mma_async: nsa_mma and routed_mma with ONNXATTN_SPARSE_CUDA_LOADS=async (opt-in):
-               the kernel by block with its memory latencies overlapped (the same bits);
+               the tensor-core kernels (by block, selection) with their loads overlapped (the same bits);
   - dense:     our ScaledDotProductAttention CUDA kernel (causal, GQA) through the library's C test entry
                (tests/gpu/sdpa_cuda_lib.py, as bench_sdpa_cuda.py);
   - dense_ort: the same op through onnxruntime's CUDA EP: the sparse ops' path, so sparse/dense compares like

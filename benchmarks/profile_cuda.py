@@ -15,8 +15,9 @@ Cases (each guarded: one failing is recorded in its row and the run goes on):
   - nsa_16k, routed_16k: NativeSparseAttention (paper form) and SparseRoutedAttention at S=16k, bf16, through
     the CUDA EP (3.6x and 13x our dense time); nsa_dot_16k: NSA with dot-product selection (2.7x);
   - nsa_mma_16k, routed_mma_16k: the same with ONNXATTN_SPARSE_CUDA=mma (the tensor-core attention by block);
-    nsa_mma_async_16k, routed_mma_async_16k: and ONNXATTN_SPARSE_CUDA_LOADS=async (that kernel with its loads
-    overlapped; opt-in until checked on a GPU: blocks_mma_kernel took 7.4 ms of NSA's 9.5 on the H200 at 21d5171).
+    nsa_mma_async_16k, routed_mma_async_16k: and ONNXATTN_SPARSE_CUDA_LOADS=async (the tensor-core kernels with
+    their loads overlapped; opt-in until checked on a GPU: on the H200 at 21d5171 blocks_mma_kernel took 7.4 ms
+    of NSA's 9.5, select_split_kernel 4.5 of routed's 13.5).
 
 Usage: python benchmarks/profile_cuda.py [--out FILE_OR_DIR] [--cases a,b] [--budget-s 40]
 Prints one table per case and writes JSON (device, commit, rows) after every case. Exit 2 without CUDA.

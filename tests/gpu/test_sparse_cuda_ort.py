@@ -469,10 +469,12 @@ def test_tensor_core_blocks_leave_float32_on_the_fast_path():
         np.testing.assert_array_equal(m, f)
 
 
-# ONNXATTN_SPARSE_CUDA_LOADS=async (opt-in until a GPU run has checked and timed it): the tensor-core kernel by block
-# with its memory latencies overlapped (cp.async staging, the chunk's key found by a warp, each row's state read
-# early and its output row read whole before it is written). The same arithmetic in the same order: the same bits
-# as the kernel beside it, on every case (those the kernel does not take run the fast path both times).
+# ONNXATTN_SPARSE_CUDA_LOADS=async (opt-in until a GPU run has checked and timed it): the tensor-core kernels with
+# their memory latencies overlapped; by block: cp.async staging, the chunk's key found by a warp, each row's state
+# read early and its output row read whole before it is written; the selection (select_mma_kernel,
+# select_split_kernel): cp.async for 16-bit tiles, float32 ones loaded four chunks a thread at a time. The same
+# arithmetic in the same order: the same bits, selections included, on every case (those the kernels do not take
+# run the fast path both times).
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 @pytest.mark.parametrize("kind, name", [("nsa", n) for n in CORE_CASES] + [("routed", n) for n in ROUTED_CASES])
 def test_overlapped_loads_give_the_same_bits(kind, name, dtype):

@@ -421,6 +421,7 @@ NsaPlan plan_nsa(const NsaParams& p, const NsaTensors<T>& t) {
                     d.v_head_dim <= sdpa::cuda::kMaxHeadDim && d.kv_len > 0 && d.batch > 0 && d.q_len > 0;
   check_cuda_support(kNsaName, d.head_dim, d.v_head_dim, std::max(p.num_blocks, p.full_blocks),
                      std::max(a.top_blocks, a.top_tokens));
+  plan.overlap_loads = overlapped_loads_requested(kNsaName);
   if (core) {
     const sdpa::cuda::DeviceInfo device = sdpa::cuda::device_info(sdpa::cuda::current_device());
     sdpa::Tensors<T> view;
@@ -430,7 +431,6 @@ NsaPlan plan_nsa(const NsaParams& p, const NsaTensors<T>& t) {
     plan.mma_blocks = a.top_blocks > 0 && p.num_blocks > 0 &&
                       blocks_mma_wanted<T>(kNsaName, nsa_lists(p), nsa_heads_per_list(p), a.top_blocks,
                                            nsa_list_keys(p), d, p.scale, {t.q, t.k, t.v});
-    plan.overlap_loads = plan.mma_blocks && overlapped_loads_requested(kNsaName);
     if (a.top_blocks > 0 && !plan.mma_blocks) try {
       plan.core_blocks = true;
       plan.blocks_params = blocks_core_params(p, core_block_size(p));
@@ -513,7 +513,8 @@ void run_nsa(const NsaParams& p, const NsaTensors<T>& t, const NsaPlan& plan, vo
     SelectArgs<T> s{t.q, sc.centroids, t.compressed_value, p.has_compressed ? branch[1] : nullptr, sc.lists,
                     p.want_blocks ? t.selected_blocks : nullptr, d.batch, d.q_heads, d.kv_heads, d.q_len, nc,
                     p.num_blocks, a.block_size, d.query_offset(), a.top_blocks, int(d.head_dim), int(d.v_head_dim),
-                    a.causal != 0, a.shared_selection != 0, p.has_compressed, a.sink_blocks, a.local_blocks, p.scale};
+                    a.causal != 0, a.shared_selection != 0, p.has_compressed, a.sink_blocks, a.local_blocks, p.scale,
+                    plan.overlap_loads};
     launch_select(s, plan.select, stream);
   }
   AttendArgs<T, T> base{t.q, t.k, t.v, nullptr, nullptr, d.batch, d.q_heads, d.kv_heads, d.q_len, d.kv_len, 1, 0,
@@ -652,7 +653,7 @@ void run_routed(const RoutedParams& p, const RoutedTensors<T>& t, void* stream_p
       inverted ? c.take<char>(int64_t(routed_blocks_scratch_bytes(q_rows, a.top_k, routed_list_keys(p)))) : nullptr;
   const bool by_mma = inverted && routed_by_block_mma<T>(p, q_att, k_att, v);
   const bool by_segment = !by_mma && routed_by_segment(p);
-  const bool overlap_loads = by_mma && overlapped_loads_requested(kRoutedName);  // read before any launch
+  const bool overlap_loads = overlapped_loads_requested(kRoutedName);  // read before any launch
 
   const int rotary = a.rope ? int(p.rotary_dim) : 0;
   if (q_rows) {
@@ -681,7 +682,7 @@ void run_routed(const RoutedParams& p, const RoutedTensors<T>& t, void* stream_p
   SelectArgs<float> s{q_route, centroids, nullptr, nullptr, lists, p.want_segments ? t.selected_segments : nullptr,
                       d.batch, d.q_heads, d.kv_heads, d.q_len, p.num_segments, p.num_segments, a.segment_size,
                       d.query_offset(), a.top_k, int(d.head_dim), int(d.v_head_dim), a.causal != 0, false, false, 0, 0,
-                      p.scale};
+                      p.scale, overlap_loads};
   SelectTiling routing = fast_requested(kRoutedName) ? select_tiling(int(d.head_dim), int(d.v_head_dim),
                                                                      p.num_segments, p.num_segments, a.top_k, false, 1)
                                                        : SelectTiling{};

@@ -35,8 +35,8 @@
 // of whole queries; one row per list, as SparseRoutedAttention's routing: a CTA per 16 queries whose warps split
 // the centroids, float32 inputs as float16 hi + lo pairs). float32 inputs give fast's bits under mma
 // (tests/gpu/test_sparse_cuda_ort.py); 16-bit ones round P (and the routed Q, K after RoPE) to the input dtype.
-// ONNXATTN_SPARSE_CUDA_LOADS = sync | async (read by plan_nsa and run_routed): mma's kernel by block waits for
-// its loads in turn, or overlaps them (the same bits; cuda_blocks_mma.cuh).
+// ONNXATTN_SPARSE_CUDA_LOADS = sync | async (read by plan_nsa and run_routed): mma's tensor-core kernels (by block,
+// selection) wait for their loads in turn, or overlap them (the same bits; cuda_blocks_mma.cuh).
 //
 // Usage: plan = plan_nsa(params, tensors); allocate plan.scratch_bytes of device scratch (256-byte
 // aligned); run_nsa() only enqueues work on `stream`: no host synchronisation, no allocation.
@@ -52,7 +52,7 @@ namespace onnxattn::sparse::cuda {
 struct NsaPlan {
   bool core_blocks = false, core_window = false;  // the branch runs on the attention core
   bool mma_blocks = false;  // the block branch runs on the tensor-core kernel by block (ONNXATTN_SPARSE_CUDA=mma)
-  bool overlap_loads = false;  // ... with its loads overlapped (ONNXATTN_SPARSE_CUDA_LOADS=async)
+  bool overlap_loads = false;  // the tensor-core kernels' loads overlapped (ONNXATTN_SPARSE_CUDA_LOADS=async)
   sdpa::Params blocks_params, window_params;
   sdpa::cuda::LaunchPlan blocks, window;
   size_t element_bytes = 0;

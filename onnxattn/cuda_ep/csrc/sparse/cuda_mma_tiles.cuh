@@ -138,6 +138,41 @@ __device__ __forceinline__ void stage_rows_split(uint16_t* hi_tile, uint16_t* lo
   }
 }
 
+// As stage_rows_split, with each worker's loads issued four chunks at a time before their splits and stores (one
+// memory latency per four chunks, not per chunk). `src` must hold a row 0: a missing row's load reads it and is
+// dropped, so that no load waits on a branch.
+template <typename TMma, typename TIn, typename RowAt>
+__device__ __forceinline__ void stage_rows_split_batched(uint16_t* hi_tile, uint16_t* lo_tile, int stride,
+                                                         const TIn* src, int dim, int rows, RowAt row_at, int worker,
+                                                         int workers) {
+  constexpr int kBatch = 4;
+  const int chunks = dim / 8, total = rows * chunks;
+  for (int c0 = worker; c0 < total; c0 += kBatch * workers) {
+    float x[kBatch][8];
+#pragma unroll
+    for (int b = 0; b < kBatch; ++b) {
+      const int c = c0 + b * workers;
+      const int64_t at = c < total ? row_at(c / chunks) : int64_t(-1);
+      load8_float(src + max(at, int64_t(0)) * dim + (c % chunks) * 8, x[b]);
+      if (at < 0) {
+#pragma unroll
+        for (int e = 0; e < 8; ++e) x[b][e] = 0.0f;
+      }
+    }
+#pragma unroll
+    for (int b = 0; b < kBatch; ++b) {
+      const int c = c0 + b * workers;
+      if (c >= total) break;
+      uint32_t hi[4], lo[4];
+#pragma unroll
+      for (int w = 0; w < 4; ++w) split_pair<TMma>(x[b][2 * w], x[b][2 * w + 1], hi[w], lo[w]);
+      const int at = (c / chunks) * stride + (c % chunks) * 8;
+      *reinterpret_cast<uint4*>(hi_tile + at) = make_uint4(hi[0], hi[1], hi[2], hi[3]);
+      *reinterpret_cast<uint4*>(lo_tile + at) = make_uint4(lo[0], lo[1], lo[2], lo[3]);
+    }
+  }
+}
+
 template <int kTiles>
 __device__ __forceinline__ void zero(float (&s)[kTiles][4]) {
 #pragma unroll

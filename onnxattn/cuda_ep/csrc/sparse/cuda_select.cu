@@ -581,7 +581,19 @@ __global__ void __launch_bounds__(kThreads) select_mma_kernel(const SelectArgs<T
     const int64_t position = i0 + r / per + a.query_offset;
     return a.causal ? min(max(position + 1, int64_t(0)) / a.block_size, nc) : nc;
   };
-  stage_rows<TQ>(qs, stride, a.q, dim, [&](int r) { return r < rows ? out_row(r) : int64_t(-1); });
+  // Under a.overlap_loads a tile's loads are in flight together (issue_rows, stage_rows_split_batched).
+  auto stage = [&](uint16_t* tile, int tile_stride, const auto* src, int src_dim, auto row_at) {
+    if (a.overlap_loads) {
+      issue_rows<TQ>(tile, tile_stride, src, src_dim, row_at);
+    } else {
+      stage_rows<TQ>(tile, tile_stride, src, src_dim, row_at);
+    }
+  };
+  auto staged = [&] {  // before the barrier that publishes what stage() issued
+    if (a.overlap_loads) sdpa::cuda::cp_async_commit(), sdpa::cuda::cp_async_wait<0>();
+  };
+  stage(qs, stride, a.q, dim, [&](int r) { return r < rows ? out_row(r) : int64_t(-1); });
+  staged();
   for (int64_t x = tid; x < int64_t(queries) * key_stride; x += kThreads) keys[x] = 0.0f;
   // Centroids any query of the CTA may need: its visible tokens, or its causal candidates (warp_select hides
   // the rest, and the keys of tokens a query does not see stay 0 as in the float32 kernels).
@@ -609,8 +621,9 @@ __global__ void __launch_bounds__(kThreads) select_mma_kernel(const SelectArgs<T
     for (int n = 0; n < kMaxDv / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
     for (int64_t c0 = 0; c0 < c_end; c0 += kMmaKeys) {
       __syncthreads();  // the previous tiles are done with (and, the first time, qs and keys are written)
-      stage_rows<TQ>(ks, stride, cents + c0 * dim, dim, tile_row(c0));
-      stage_rows<TQ>(vs, v_stride, values + c0 * v_dim, v_dim, tile_row(c0));
+      stage(ks, stride, cents + c0 * dim, dim, tile_row(c0));
+      stage(vs, v_stride, values + c0 * v_dim, v_dim, tile_row(c0));
+      staged();
       __syncthreads();
       if (!warp_live) continue;
       float s[kKeyTiles][4];
@@ -643,7 +656,10 @@ __global__ void __launch_bounds__(kThreads) select_mma_kernel(const SelectArgs<T
   for (int64_t c0 = 0; c0 < c_end; c0 += kMmaKeys) {
     __syncthreads();
     if (a.probabilities) {
-      stage_rows<TQ>(ks, stride, cents + c0 * dim, dim, tile_row(c0));
+      stage(ks, stride, cents + c0 * dim, dim, tile_row(c0));
+      staged();
+    } else if (a.overlap_loads) {
+      stage_rows_split_batched<TQ>(ks, ks_lo, stride, cents + c0 * dim, dim, kMmaKeys, tile_row(c0), tid, kThreads);
     } else {
       stage_rows_split<TQ>(ks, ks_lo, stride, cents + c0 * dim, dim, kMmaKeys, tile_row(c0), tid, kThreads);
     }
@@ -707,7 +723,15 @@ __global__ void __launch_bounds__(kThreads) select_split_kernel(const SelectArgs
   const int64_t head = a.shared ? kv_head * cta.group : list_head;  // one row per list: a shared list has G = 1
   const int count_q = cta.count;
   auto q_row = [&](int r) { return r < count_q ? (b * a.q_heads + head) * a.q_len + i0 + r : int64_t(-1); };
-  stage_rows_split<TMma>(q_hi, q_lo, stride, a.q, dim, kSplitQueries, q_row, tid, kThreads);
+  // Under a.overlap_loads a worker's loads are in flight four chunks at a time (stage_rows_split_batched).
+  auto stage_split = [&](uint16_t* hi, uint16_t* lo, const auto* src, int rows, auto row_at, int worker, int workers) {
+    if (a.overlap_loads) {
+      stage_rows_split_batched<TMma>(hi, lo, stride, src, dim, rows, row_at, worker, workers);
+    } else {
+      stage_rows_split<TMma>(hi, lo, stride, src, dim, rows, row_at, worker, workers);
+    }
+  };
+  stage_split(q_hi, q_lo, a.q, kSplitQueries, q_row, tid, kThreads);
   for (int64_t x = tid; x < int64_t(kSplitQueries) * key_stride; x += kThreads) keys[x] = 0.0f;
   // Centroids up to the last query's causal candidates (warp_select hides each query's later ones).
   const int64_t last = i0 + count_q - 1 + a.query_offset;
@@ -716,8 +740,8 @@ __global__ void __launch_bounds__(kThreads) select_split_kernel(const SelectArgs
   const float* const cents = a.centroids + (b * a.kv_heads + kv_head) * nc * dim;
   for (int64_t c0 = int64_t(kSplitKeys) * warp; c0 < c_end; c0 += int64_t(kSplitKeys) * kWarpsPerBlock) {
     __syncwarp();  // every lane is done with the previous tile
-    stage_rows_split<TMma>(c_hi, c_lo, stride, cents + c0 * dim, dim, kSplitKeys,
-                              [&](int r) { return c0 + r < c_end ? int64_t(r) : int64_t(-1); }, lane, 32);
+    stage_split(c_hi, c_lo, cents + c0 * dim, kSplitKeys,
+                [&](int r) { return c0 + r < c_end ? int64_t(r) : int64_t(-1); }, lane, 32);
     __syncwarp();
     float s[kSplitKeys / 8][4];
     zero(s);

@@ -24,6 +24,8 @@ struct SelectArgs {
   bool causal, shared, probabilities;
   int64_t sink_blocks, local_blocks;
   float scale;
+  // The tensor-core kernels' loads overlapped (ONNXATTN_SPARSE_CUDA_LOADS=async): the same bits.
+  bool overlap_loads = false;
 };
 
 template <typename T>
