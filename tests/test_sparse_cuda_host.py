@@ -10,6 +10,7 @@ by-segment path's shared memory, scratch and int32 limits. Runs without a GPU th
 from __future__ import annotations
 
 import ctypes
+import math
 import sys
 import warnings
 from pathlib import Path
@@ -270,3 +271,32 @@ def test_one_row_per_list_selection_sizes_and_limits(sizes):
     for d, good in ((16, True), (256, True), (8, False), (24, False), (272, False)):
         assert (sizes.select_split(d, 10, 10, 2)[0] > 0) == good, d
     assert sizes.select_split(64, 10, 10, 0)[0] == 0  # dot scores need a list to pick
+
+
+def test_the_overlapped_block_kernels_search_finds_the_binary_searchs_key():
+    """blocks_mma_overlapped_kernel finds its CTA's key by a warp's 32 probes a round (sparse/cuda_sizes.h
+    find_key_step, find_key_narrow; the C entry replays the probes one by one): it must land on the key the other
+    kernel's binary search finds, the one whose chunk range holds the CTA's chunk, across runs of empty keys and in
+    a slot's range [k0, k0 + n), in at most ceil(log32 n) rounds."""
+    lib = ctypes.CDLL(sdpa_cuda_lib.library_path())
+    fn = lib.OnnxAttnSparseFindKey
+    fn.restype = ctypes.c_int64
+    fn.argtypes = [ctypes.POINTER(ctypes.c_int32), ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
+                   ctypes.POINTER(ctypes.c_int32)]  # fmt: skip
+    rng = np.random.default_rng(7)
+    for n in (1, 2, 31, 32, 33, 100, 512, 1023, 1025, 4096, 70000):
+        k0 = int(rng.integers(0, 50))
+        counts = rng.integers(1, 4, k0 + n + 5) * (rng.random(k0 + n + 5) < 0.4)  # ~60% of the keys empty
+        counts[k0 + int(rng.integers(0, n))] += 1  # the slot holds at least one chunk
+        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
+        ptr = offsets.ctypes.data_as(ctypes.POINTER(ctypes.c_int32))
+        first, end = int(offsets[k0]), int(offsets[k0 + n])  # the slot's chunks
+        chunks = range(first, end) if end - first <= 600 else rng.integers(first, end, 600)
+        rounds = ctypes.c_int32()
+        for chunk in chunks:
+            key = fn(ptr, k0, k0 + n, int(chunk), ctypes.byref(rounds))
+            # the binary search's answer: the last key of the slot whose chunks start at or before this one
+            want = k0 + int(np.searchsorted(offsets[k0 : k0 + n], chunk, side="right")) - 1
+            assert key == want, (n, k0, int(chunk))
+            assert offsets[key] <= chunk < offsets[key + 1]  # a non-empty key holding the chunk
+            assert rounds.value <= math.ceil(math.log(n, 32) - 1e-9) if n > 1 else rounds.value == 0

@@ -68,14 +68,13 @@ __device__ __forceinline__ void attend_tile(const RoutedBlocksArgs& a, const uin
 
 // The last key in [lo, hi) whose chunks start at or before `chunk` (chunk_offsets ascend; an empty key repeats
 // the next one's offset), given chunk_offsets[lo] <= chunk < chunk_offsets[hi]: the binary search's answer. A warp
-// probes 32 evenly spaced keys a round, so ~log32(hi - lo) dependent loads instead of log2. Every lane returns it.
+// probes 32 evenly spaced keys a round (find_key_narrow), so ~log32(hi - lo) dependent loads instead of log2.
+// Every lane returns it.
 __device__ __forceinline__ int64_t warp_find_key(const int32_t* chunk_offsets, int64_t lo, int64_t hi, int64_t chunk) {
   const int lane = threadIdx.x % 32;
   while (hi - lo > 1) {
-    const int64_t step = (hi - lo + 31) / 32, at = lo + lane * step;
-    const unsigned at_or_before = __ballot_sync(0xffffffffu, at < hi && chunk_offsets[at] <= chunk);
-    lo += (31 - __clz(at_or_before)) * step;  // the set lanes are a prefix, lane 0 (lo itself) among them
-    hi = min(hi, lo + step);
+    const int64_t at = lo + lane * find_key_step(lo, hi);
+    find_key_narrow(lo, hi, __ballot_sync(0xffffffffu, at < hi && chunk_offsets[at] <= chunk));
   }
   return lo;
 }

@@ -130,6 +130,23 @@ inline size_t blocks_mma_smem_bytes(int dim, int v_dim) {
          size_t(kMmaRows) * (sizeof(int64_t) + sizeof(int64_t));
 }
 
+// The rounds of the overlapped kernel's search for a CTA's key (warp_find_key in cuda_blocks_mma.cu; the host tests
+// replay them): among keys [lo, hi) with chunk_offsets[lo] <= chunk < chunk_offsets[hi] (offsets ascend, an empty
+// key repeats the next one's), a warp probes keys lo + p * find_key_step(lo, hi) for p < 32. `at_or_before` has bit
+// p set where probe p is below hi and its offset <= chunk: a prefix of the bits, bit 0 (lo itself) always set. The
+// invariant holds for the narrowed range, and it shrinks to one key (the binary search's) in ~log32 rounds.
+ONNXATTN_HD int64_t find_key_step(int64_t lo, int64_t hi) { return (hi - lo + 31) / 32; }
+ONNXATTN_HD void find_key_narrow(int64_t& lo, int64_t& hi, unsigned at_or_before) {
+#ifdef __CUDA_ARCH__
+  const int last = 31 - __clz(at_or_before);
+#else
+  const int last = 31 - __builtin_clz(at_or_before);
+#endif
+  const int64_t step = find_key_step(lo, hi);
+  lo += last * step;
+  hi = hi < lo + step ? hi : lo + step;
+}
+
 // Lists of `heads_per_list` rows each that a chunk holds: whole lists only (0: a list has too many rows).
 inline int blocks_mma_lists_per_chunk(int64_t heads_per_list) {
   return heads_per_list >= 1 && heads_per_list <= kMmaRows ? int(kMmaRows / heads_per_list) : 0;

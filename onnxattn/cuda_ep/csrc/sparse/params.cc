@@ -295,3 +295,22 @@ extern "C" __attribute__((visibility("default"))) void OnnxAttnSparseSelectSplit
   const auto t = onnxattn::sparse::cuda::select_split_tiling(dim, num_centroids, num_blocks, top, max_smem_per_block);
   out[0] = t.queries, out[1] = t.rows_per_query, out[2] = int64_t(t.smem);
 }
+
+// The overlapped block kernel's search (find_key_step, find_key_narrow) with its warp's 32 probes replayed one by one:
+// the key whose chunk range holds `chunk` among [lo, hi), the rounds it took in *rounds.
+extern "C" __attribute__((visibility("default"))) int64_t OnnxAttnSparseFindKey(const int32_t* chunk_offsets,
+                                                                                int64_t lo, int64_t hi, int64_t chunk,
+                                                                                int32_t* rounds) {
+  namespace c = onnxattn::sparse::cuda;
+  *rounds = 0;
+  while (hi - lo > 1) {
+    unsigned at_or_before = 0;
+    for (int lane = 0; lane < 32; ++lane) {
+      const int64_t at = lo + lane * c::find_key_step(lo, hi);
+      if (at < hi && chunk_offsets[at] <= chunk) at_or_before |= 1u << lane;
+    }
+    c::find_key_narrow(lo, hi, at_or_before);
+    ++*rounds;
+  }
+  return lo;
+}
