@@ -17,7 +17,9 @@ Cases (each guarded: one failing is recorded in its row and the run goes on):
   - nsa_mma_16k, routed_mma_16k: the same with ONNXATTN_SPARSE_CUDA=mma (the tensor-core attention by block);
     nsa_mma_async_16k, routed_mma_async_16k: and ONNXATTN_SPARSE_CUDA_LOADS=async (the tensor-core kernels with
     their loads overlapped; opt-in until checked on a GPU: on the H200 at 21d5171 blocks_mma_kernel took 7.4 ms
-    of NSA's 9.5, select_split_kernel 4.5 of routed's 13.5).
+    of NSA's 9.5, select_split_kernel 4.5 of routed's 13.5);
+  - nsa_mma_64k, routed_mma_64k, nsa_mma_async_64k, routed_mma_async_64k: the same at issue 7's S=64k (last: the
+    budget skips them first).
 
 Usage: python benchmarks/profile_cuda.py [--out FILE_OR_DIR] [--cases a,b] [--budget-s 40]
 Prints one table per case and writes JSON (device, commit, rows) after every case. Exit 2 without CUDA.
@@ -40,7 +42,8 @@ sys.path[:0] = [str(ROOT / "tests" / "gpu"), str(ROOT / "benchmarks")]
 
 CASES = ("sdpa_decode_b1_32k", "sdpa_decode_b1_4k", "gqa_prefill_s2048", "gqa_prefill_s2048_chunks",
          "ort_gqa_prefill_s2048", "gqa_decode_p32k", "ort_gqa_decode_p32k", "nsa_16k", "routed_16k", "nsa_dot_16k",
-         "nsa_mma_16k", "routed_mma_16k", "nsa_mma_async_16k", "routed_mma_async_16k")
+         "nsa_mma_16k", "routed_mma_16k", "nsa_mma_async_16k", "routed_mma_async_16k", "nsa_mma_64k",
+         "routed_mma_64k", "nsa_mma_async_64k", "routed_mma_async_64k")
 # Library switches a case runs under (read by the kernels on every call).
 CASE_ENV = {"gqa_prefill_s2048_chunks": {"ONNXATTN_GQA_CUDA_ROTATION": "chunks"}}
 GRAPH_CALLS = 20  # calls per captured graph (as bench_sdpa_cuda.time_graph)
@@ -146,11 +149,11 @@ def gqa(kind: str, ours: bool, ort):
     return g.Bound(ort, g.ort_gqa_model(), inputs, out, None), False, notes
 
 
-def sparse(name: str, ort):
+def sparse(name: str, seq: int, ort):
     import bench_sparse_cuda as sp
 
     op = sp.OrtOp(ort, sp.ORT_CASES[name], sp.ORT_ENV.get(name))
-    op.bind(sp.problem(16384))
+    op.bind(sp.problem(seq))
     return op, False, {"op": sp.ORT_CASES[name][0]}
 
 
@@ -163,7 +166,8 @@ def build(case: str, ort):
         return gqa("prefill" if "prefill" in case else "decode", not case.startswith("ort_"), ort)
     if ort is None:
         raise RuntimeError("onnxruntime-gpu unavailable")
-    return sparse(case.rsplit("_", 1)[0], ort)  # the benchmark's implementation name
+    name, length = case.rsplit("_", 1)  # the benchmark's implementation name, the sequence length
+    return sparse(name, {"16k": 16384, "64k": 65536}[length], ort)
 
 
 def format_case(case: str, row: dict, top: int = 8) -> str:
