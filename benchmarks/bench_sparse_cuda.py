@@ -18,8 +18,9 @@ causal prefill, S in {16k, 64k} (--quick: {4k, 16k}):
                stop 23; nsa, nsa_dot and routed ask for fast explicitly): the block
                branch / the routed attention on the tensor-core kernel by block (each chosen block staged once per
                slot for up to 64 rows, mma.sync) and NSA's selection on tensor cores, the rest as fast;
-  - nsa_mma_async, routed_mma_async: nsa_mma and routed_mma with ONNXATTN_SPARSE_CUDA_LOADS=async (opt-in):
-               the tensor-core kernels (by block, selection) with their loads overlapped (the same bits);
+  - nsa_mma_async, routed_mma_async: nsa_mma and routed_mma with the latency work (opt-in, the same bits):
+               ONNXATTN_SPARSE_CUDA_LOADS=async (the tensor-core kernels, by block and selection, with their
+               loads overlapped) and ONNXATTN_SPARSE_CUDA_ARGMAX=redux (the selection's argmax by warp reductions);
   - dense:     our ScaledDotProductAttention CUDA kernel (causal, GQA) through the library's C test entry
                (tests/gpu/sdpa_cuda_lib.py, as bench_sdpa_cuda.py);
   - dense_ort: the same op through onnxruntime's CUDA EP: the sparse ops' path, so sparse/dense compares like
@@ -86,7 +87,7 @@ ORT_CASES = {"nsa": CASES["nsa"], "nsa_dot": NSA_DOT, "nsa_simple": CASES["nsa"]
              "nsa_dot_mma": NSA_DOT, "routed_mma": CASES["routed"], "nsa_mma_async": CASES["nsa"],
              "routed_mma_async": CASES["routed"]}  # fmt: skip
 FAST, SIMPLE, MMA = ({"ONNXATTN_SPARSE_CUDA": v} for v in ("fast", "simple", "mma"))
-MMA_ASYNC = {**MMA, "ONNXATTN_SPARSE_CUDA_LOADS": "async"}
+MMA_ASYNC = {**MMA, "ONNXATTN_SPARSE_CUDA_LOADS": "async", "ONNXATTN_SPARSE_CUDA_ARGMAX": "redux"}
 ORT_ENV = {"nsa": FAST, "nsa_dot": FAST, "routed": FAST, "nsa_simple": SIMPLE, "routed_simple": SIMPLE,
            "nsa_mma": MMA, "nsa_dot_mma": MMA, "routed_mma": MMA, "nsa_mma_async": MMA_ASYNC,
            "routed_mma_async": MMA_ASYNC}  # fmt: skip

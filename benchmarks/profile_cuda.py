@@ -15,9 +15,10 @@ Cases (each guarded: one failing is recorded in its row and the run goes on):
   - nsa_16k, routed_16k: NativeSparseAttention (paper form) and SparseRoutedAttention at S=16k, bf16, through
     the CUDA EP (3.6x and 13x our dense time); nsa_dot_16k: NSA with dot-product selection (2.7x);
   - nsa_mma_16k, routed_mma_16k: the same with ONNXATTN_SPARSE_CUDA=mma (the tensor-core attention by block);
-    nsa_mma_async_16k, routed_mma_async_16k: and ONNXATTN_SPARSE_CUDA_LOADS=async (the tensor-core kernels with
-    their loads overlapped; opt-in until checked on a GPU: on the H200 at 21d5171 blocks_mma_kernel took 7.4 ms
-    of NSA's 9.5, select_split_kernel 4.5 of routed's 13.5);
+    nsa_mma_async_16k, routed_mma_async_16k: and the latency work (ONNXATTN_SPARSE_CUDA_LOADS=async: the
+    tensor-core kernels with their loads overlapped; ONNXATTN_SPARSE_CUDA_ARGMAX=redux: the selection's argmax by
+    warp reductions; opt-in until checked on a GPU: on the H200 at 21d5171 blocks_mma_kernel took 7.4 ms of NSA's
+    9.5, select_split_kernel 4.5 of routed's 13.5);
   - nsa_mma_64k, routed_mma_64k, nsa_mma_async_64k, routed_mma_async_64k: the same at issue 7's S=64k (last: the
     budget skips them first).
 

@@ -300,3 +300,30 @@ def test_the_overlapped_block_kernels_search_finds_the_binary_searchs_key():
             assert key == want, (n, k0, int(chunk))
             assert offsets[key] <= chunk < offsets[key + 1]  # a non-empty key holding the chunk
             assert rounds.value <= math.ceil(math.log(n, 32) - 1e-9) if n > 1 else rounds.value == 0
+
+
+def test_the_redux_argmax_picks_as_the_shuffle_argmax():
+    """ONNXATTN_SPARSE_CUDA_ARGMAX=redux: the selection's warp argmax as two warp reductions over unsigned keys
+    (sparse/cuda_sizes.h argmax_key; the C entry replays the warp lane by lane) must pick as better() does: larger
+    value first, the lower index on ties (-0 ties with +0), NaN never, and no pick at -inf. Checked against that rule
+    on scores full of ties, NaN, +-inf and signed zeros."""
+    lib = ctypes.CDLL(sdpa_cuda_lib.library_path())
+    fn = lib.OnnxAttnSparseArgmaxPicks
+    fn.restype = ctypes.c_int64
+    fn.argtypes = [ctypes.POINTER(ctypes.c_float), ctypes.c_int64, ctypes.c_int64, ctypes.POINTER(ctypes.c_int32)]
+    rng = np.random.default_rng(11)
+    specials = np.array([np.nan, np.inf, -np.inf, -0.0, 0.0, -1e-38, 1e-45, -3.0e38], np.float32)
+    for trial in range(300):
+        n, top = int(rng.integers(1, 1100)), int(rng.integers(1, 40))
+        scores = rng.integers(-4, 5, n).astype(np.float32) * np.float32(0.5)  # many ties
+        hit = rng.random(n) < 0.15
+        scores[hit] = rng.choice(specials, int(hit.sum()))
+        if trial % 7 == 0:
+            scores[:] = np.nan if trial % 2 else -np.inf  # nothing to pick
+        picks = np.full(top, -7, np.int32)
+        work = scores.copy()
+        count = fn(work.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), n, top,
+                   picks.ctypes.data_as(ctypes.POINTER(ctypes.c_int32)))  # fmt: skip
+        eligible = [j for j in range(n) if not np.isnan(scores[j]) and scores[j] != -np.inf]
+        want = sorted(eligible, key=lambda j: (-float(scores[j]), j))[:top]  # -0.0 == 0.0: index order
+        assert picks[:count].tolist() == want, (trial, n, top)

@@ -142,8 +142,8 @@ def gqa_cases() -> int:
 
 
 def sparse_mma_cases() -> int:
-    """NSA's block branch and the routed attention on the tensor-core kernel by block against the fast path, with
-    its loads waited for and overlapped."""
+    """NSA's block branch and the routed attention on the tensor-core kernel by block against the fast path, as
+    they are and with the latency work (loads overlapped, the redux argmax)."""
     import test_sparse_cuda_ort as t
 
     def run_case(kind, name, dtype):
@@ -154,9 +154,10 @@ def sparse_mma_cases() -> int:
         return f"max |mma - fast| = {err:.2g}"
 
     failed = 0
-    for loads in ("sync", "async"):  # ONNXATTN_SPARSE_CUDA_LOADS: the kernel and its overlapped-loads twin
-        with library_switch("ONNXATTN_SPARSE_CUDA_LOADS", loads):
-            failed += sum(checked(f"sparse_mma {kind} {name} bfloat16 loads={loads}",
+    # ONNXATTN_SPARSE_CUDA_LOADS / _ARGMAX: the kernels as they are, and with the latency work
+    for loads, argmax in (("sync", "shuffle"), ("async", "redux")):
+        with library_switch("ONNXATTN_SPARSE_CUDA_LOADS", loads), library_switch("ONNXATTN_SPARSE_CUDA_ARGMAX", argmax):
+            failed += sum(checked(f"sparse_mma {kind} {name} bfloat16 loads={loads} argmax={argmax}",
                                   lambda: run_case(kind, name, "bfloat16"))
                           for kind, names in (("nsa", t.MMA_SANITIZE_NSA), ("routed", t.MMA_SANITIZE_ROUTED))
                           for name in names)  # fmt: skip

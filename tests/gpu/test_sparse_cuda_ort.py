@@ -336,10 +336,10 @@ MMA_SANITIZE_NSA = ("paper-shared-causal", "odd-block-group-1", "more-queries-th
 MMA_SANITIZE_ROUTED = ("long-segments-causal", "odd-segments-bidirectional")
 
 
-def with_sparse_path(path: str, fn, loads: str | None = None):
-    """fn() with ONNXATTN_SPARSE_CUDA=path and, if given, ONNXATTN_SPARSE_CUDA_LOADS=loads (read by the kernels on
-    every call), then the old values back."""
-    switches = {"ONNXATTN_SPARSE_CUDA": path} | ({"ONNXATTN_SPARSE_CUDA_LOADS": loads} if loads else {})
+def with_sparse_path(path: str, fn, **more: str):
+    """fn() with ONNXATTN_SPARSE_CUDA=path and ONNXATTN_SPARSE_CUDA_<NAME>=value for each NAME=value of `more`
+    (read by the kernels on every call), then the old values back."""
+    switches = {"ONNXATTN_SPARSE_CUDA": path} | {f"ONNXATTN_SPARSE_CUDA_{k}": v for k, v in more.items()}
     old = {name: os.environ.get(name) for name in switches}
     os.environ.update(switches)
     try:
@@ -469,29 +469,37 @@ def test_tensor_core_blocks_leave_float32_on_the_fast_path():
         np.testing.assert_array_equal(m, f)
 
 
-# ONNXATTN_SPARSE_CUDA_LOADS=async (opt-in until a GPU run has checked and timed it): the tensor-core kernels with
-# their memory latencies overlapped; by block: cp.async staging, the chunk's key found by a warp, each row's state
-# read early and its output row read whole before it is written; the selection (select_mma_kernel,
-# select_split_kernel): cp.async for 16-bit tiles, float32 ones loaded four chunks a thread at a time. The same
-# arithmetic in the same order: the same bits, selections included, on every case (those the kernels do not take
-# run the fast path both times).
+# The latency work, opt-in until a GPU run has checked and timed it. ONNXATTN_SPARSE_CUDA_LOADS=async: the tensor-core
+# kernels with their memory latencies overlapped; by block: cp.async staging, the chunk's key found by a warp, each
+# row's state read early and its output row read whole before it is written; the selection (select_mma_kernel,
+# select_split_kernel): cp.async for 16-bit tiles, float32 ones loaded four chunks a thread at a time.
+# ONNXATTN_SPARSE_CUDA_ARGMAX=redux: every path's selection picks by two warp reductions instead of five shuffle
+# rounds. The same arithmetic in the same order: the same bits, selections included, on every case, each switch
+# alone and both (cases the tensor-core kernels do not take run the fast path every time).
+LATENCY_SWITCHES = ({"LOADS": "async"}, {"ARGMAX": "redux"}, {"LOADS": "async", "ARGMAX": "redux"})
+
+
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 @pytest.mark.parametrize("kind, name", [("nsa", n) for n in CORE_CASES] + [("routed", n) for n in ROUTED_CASES])
-def test_overlapped_loads_give_the_same_bits(kind, name, dtype):
+def test_the_latency_switches_give_the_same_bits(kind, name, dtype):
     model, feeds = core_case(name, dtype)[:2] if kind == "nsa" else routed_case(name, dtype)[0:3:2]
     sess = cuda_session(model)
-    waited = with_sparse_path("mma", lambda: sess.run(None, feeds), loads="sync")
-    overlapped = with_sparse_path("mma", lambda: sess.run(None, feeds), loads="async")
-    for w, o in zip(waited, overlapped):
-        np.testing.assert_array_equal(o, w, err_msg=f"{kind} {name} {dtype}: overlapped loads changed the output")
+    runs = [("mma", {"LOADS": "sync", "ARGMAX": "shuffle"}, s) for s in LATENCY_SWITCHES]
+    runs.append(("fast", {"ARGMAX": "shuffle"}, {"ARGMAX": "redux"}))  # the fast path's selections take it too
+    for path, base, switches in runs:
+        want = with_sparse_path(path, lambda: sess.run(None, feeds), **base)
+        got = with_sparse_path(path, lambda: sess.run(None, feeds), **switches)
+        for w, g in zip(want, got):
+            np.testing.assert_array_equal(g, w, err_msg=f"{kind} {name} {dtype}: {path} with {switches}")
 
 
+@pytest.mark.parametrize("switch, values", [("LOADS", "sync or async"), ("ARGMAX", "shuffle or redux")])
 @pytest.mark.parametrize("kind", ["nsa", "routed"])
-def test_a_bad_sparse_loads_setting_is_an_error(kind):
+def test_a_bad_latency_switch_is_an_error(kind, switch, values):
     model, feeds = core_case("paper-shared-causal", "bfloat16")[:2] if kind == "nsa" else \
         routed_case("moba-64-top-8", "bfloat16")[0:3:2]
     sess = cuda_session(model)
     op = "NativeSparseAttention" if kind == "nsa" else "SparseRoutedAttention"
-    with pytest.raises(Exception, match=rf"{op}: environment variable ONNXATTN_SPARSE_CUDA_LOADS must be sync or "
-                                        r"async, got 'later'"):  # fmt: skip
-        with_sparse_path("mma", lambda: sess.run(None, feeds), loads="later")
+    with pytest.raises(Exception, match=rf"{op}: environment variable ONNXATTN_SPARSE_CUDA_{switch} must be {values}, "
+                                        r"got 'later'"):  # fmt: skip
+        with_sparse_path("mma", lambda: sess.run(None, feeds), **{switch: "later"})

@@ -312,6 +312,11 @@ bool fast_requested(const char* op) { return requested_path(op) != SparsePath::k
 bool overlapped_loads_requested(const char* op) {
   return env_choice(op, "ONNXATTN_SPARSE_CUDA_LOADS", {"sync", "async"}) == 1;
 }
+// ONNXATTN_SPARSE_CUDA_ARGMAX = shuffle | redux: the selection's warp argmax by five rounds of shuffles or by two
+// warp reductions (cuda_select.cu warp_select: the same lists). Opt-in until a GPU run has checked it and timed it.
+bool redux_argmax_requested(const char* op) {
+  return env_choice(op, "ONNXATTN_SPARSE_CUDA_ARGMAX", {"shuffle", "redux"}) == 1;
+}
 
 // The tensor-core attention by block (cuda_blocks_mma.cuh) for 16-bit T under ONNXATTN_SPARSE_CUDA=mma, where it
 // takes the problem (its sizes; Q, K, V 16-byte aligned: it reads 16-byte chunks).
@@ -422,6 +427,7 @@ NsaPlan plan_nsa(const NsaParams& p, const NsaTensors<T>& t) {
   check_cuda_support(kNsaName, d.head_dim, d.v_head_dim, std::max(p.num_blocks, p.full_blocks),
                      std::max(a.top_blocks, a.top_tokens));
   plan.overlap_loads = overlapped_loads_requested(kNsaName);
+  plan.redux_argmax = redux_argmax_requested(kNsaName);
   if (core) {
     const sdpa::cuda::DeviceInfo device = sdpa::cuda::device_info(sdpa::cuda::current_device());
     sdpa::Tensors<T> view;
@@ -514,7 +520,7 @@ void run_nsa(const NsaParams& p, const NsaTensors<T>& t, const NsaPlan& plan, vo
                     p.want_blocks ? t.selected_blocks : nullptr, d.batch, d.q_heads, d.kv_heads, d.q_len, nc,
                     p.num_blocks, a.block_size, d.query_offset(), a.top_blocks, int(d.head_dim), int(d.v_head_dim),
                     a.causal != 0, a.shared_selection != 0, p.has_compressed, a.sink_blocks, a.local_blocks, p.scale,
-                    plan.overlap_loads};
+                    plan.overlap_loads, plan.redux_argmax};
     launch_select(s, plan.select, stream);
   }
   AttendArgs<T, T> base{t.q, t.k, t.v, nullptr, nullptr, d.batch, d.q_heads, d.kv_heads, d.q_len, d.kv_len, 1, 0,
@@ -653,7 +659,8 @@ void run_routed(const RoutedParams& p, const RoutedTensors<T>& t, void* stream_p
       inverted ? c.take<char>(int64_t(routed_blocks_scratch_bytes(q_rows, a.top_k, routed_list_keys(p)))) : nullptr;
   const bool by_mma = inverted && routed_by_block_mma<T>(p, q_att, k_att, v);
   const bool by_segment = !by_mma && routed_by_segment(p);
-  const bool overlap_loads = overlapped_loads_requested(kRoutedName);  // read before any launch
+  // read before any launch
+  const bool overlap_loads = overlapped_loads_requested(kRoutedName), redux = redux_argmax_requested(kRoutedName);
 
   const int rotary = a.rope ? int(p.rotary_dim) : 0;
   if (q_rows) {
@@ -682,7 +689,7 @@ void run_routed(const RoutedParams& p, const RoutedTensors<T>& t, void* stream_p
   SelectArgs<float> s{q_route, centroids, nullptr, nullptr, lists, p.want_segments ? t.selected_segments : nullptr,
                       d.batch, d.q_heads, d.kv_heads, d.q_len, p.num_segments, p.num_segments, a.segment_size,
                       d.query_offset(), a.top_k, int(d.head_dim), int(d.v_head_dim), a.causal != 0, false, false, 0, 0,
-                      p.scale, overlap_loads};
+                      p.scale, overlap_loads, redux};
   SelectTiling routing = fast_requested(kRoutedName) ? select_tiling(int(d.head_dim), int(d.v_head_dim),
                                                                      p.num_segments, p.num_segments, a.top_k, false, 1)
                                                        : SelectTiling{};

@@ -61,12 +61,24 @@ __device__ __forceinline__ void warp_select(const SelectArgs<TQ>& a, float* key,
   }
   __syncwarp();
   for (; count < a.top; ++count) {
-    float best = kNegInf;
-    int64_t index = nb;
-    for (int64_t c = lane; c < nb; c += 32)
-      if (better(key[c], c, best, index)) best = key[c], index = c;
-    warp_best(best, index);
-    if (!(best > kNegInf)) break;
+    int64_t index;
+    if (a.redux_argmax) {  // each lane's best key (its lowest index on ties), then two warp reductions
+      unsigned best = 0u, at = 0xffffffffu;
+      for (int64_t c = lane; c < nb; c += 32) {
+        const unsigned k = argmax_key(key[c]);
+        if (k > best) best = k, at = unsigned(c);
+      }
+      const unsigned top_key = __reduce_max_sync(0xffffffffu, best);
+      if (top_key <= kNegInfArgmaxKey) break;
+      index = __reduce_min_sync(0xffffffffu, best == top_key ? at : 0xffffffffu);
+    } else {  // five rounds of (value, index) shuffles
+      float best = kNegInf;
+      index = nb;
+      for (int64_t c = lane; c < nb; c += 32)
+        if (better(key[c], c, best, index)) best = key[c], index = c;
+      warp_best(best, index);
+      if (!(best > kNegInf)) break;
+    }
     if (lane == 0) {
       chosen[count] = int32_t(index);
       key[index] = kNegInf;

@@ -26,6 +26,8 @@ struct SelectArgs {
   float scale;
   // The tensor-core kernels' loads overlapped (ONNXATTN_SPARSE_CUDA_LOADS=async): the same bits.
   bool overlap_loads = false;
+  // The selection's argmax by two warp reductions (ONNXATTN_SPARSE_CUDA_ARGMAX=redux, warp_select): the same lists.
+  bool redux_argmax = false;
 };
 
 template <typename T>

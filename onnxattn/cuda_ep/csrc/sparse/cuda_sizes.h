@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 
 #include "common/host_device.h"
 
@@ -129,6 +130,20 @@ inline size_t blocks_mma_smem_bytes(int dim, int v_dim) {
           size_t(kMmaKeys) * mma_row_stride(v_dim)) * 2 +
          size_t(kMmaRows) * (sizeof(int64_t) + sizeof(int64_t));
 }
+
+// The selection's argmax under ONNXATTN_SPARSE_CUDA_ARGMAX=redux (warp_select in cuda_select.cu; the host tests
+// replay it): a score as an unsigned key in the scores' order, -0 equal to +0 and NaN below everything. A warp's
+// largest key (one __reduce_max_sync), then the lowest index among its holders (one __reduce_min_sync), is the pick
+// the shuffle argmax makes by better(): the larger value, then the lower index, NaN never; a largest key at or below
+// kNegInfArgmaxKey (-inf or NaN) ends the list.
+ONNXATTN_HD unsigned argmax_key(float x) {
+  if (x != x) return 0u;
+  if (x == 0.0f) x = 0.0f;
+  unsigned bits;
+  memcpy(&bits, &x, sizeof bits);
+  return (bits & 0x80000000u) != 0u ? ~bits : bits | 0x80000000u;
+}
+inline constexpr unsigned kNegInfArgmaxKey = 0x007fffffu;  // argmax_key(-inf)
 
 // The rounds of the overlapped kernel's search for a CTA's key (warp_find_key in cuda_blocks_mma.cu; the host tests
 // replay them): among keys [lo, hi) with chunk_offsets[lo] <= chunk < chunk_offsets[hi] (offsets ascend, an empty

@@ -1,6 +1,8 @@
 #include "sparse/params.h"
 
+#include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "common/errors.h"
 #include "sparse/cuda_sizes.h"
@@ -313,4 +315,29 @@ extern "C" __attribute__((visibility("default"))) int64_t OnnxAttnSparseFindKey(
     ++*rounds;
   }
   return lo;
+}
+
+// The selection's argmax under ONNXATTN_SPARSE_CUDA_ARGMAX=redux (argmax_key) with its warp replayed lane by lane:
+// up to `top` picks from scores[n] (each pick then hidden as -inf, as warp_select does) into picks; returns the count.
+extern "C" __attribute__((visibility("default"))) int64_t OnnxAttnSparseArgmaxPicks(float* scores, int64_t n,
+                                                                                    int64_t top, int32_t* picks) {
+  namespace c = onnxattn::sparse::cuda;
+  int64_t count = 0;
+  for (; count < top; ++count) {
+    unsigned best[32], at[32], top_key = 0u;
+    for (int lane = 0; lane < 32; ++lane) {
+      best[lane] = 0u, at[lane] = 0xffffffffu;
+      for (int64_t j = lane; j < n; j += 32) {
+        const unsigned k = c::argmax_key(scores[j]);
+        if (k > best[lane]) best[lane] = k, at[lane] = unsigned(j);
+      }
+      top_key = std::max(top_key, best[lane]);  // __reduce_max_sync
+    }
+    if (top_key <= c::kNegInfArgmaxKey) break;
+    unsigned index = 0xffffffffu;
+    for (int lane = 0; lane < 32; ++lane) index = std::min(index, best[lane] == top_key ? at[lane] : 0xffffffffu);
+    picks[count] = int32_t(index);
+    scores[index] = -std::numeric_limits<float>::infinity();
+  }
+  return count;
 }
