@@ -45,6 +45,24 @@ __device__ __forceinline__ void chunk_row(const RoutedBlocksArgs& a, const Chunk
   }
 }
 
+// The kernels' shared memory (blocks_mma_smem_bytes): Q rows [kMmaRows], a key tile and a value tile [kMmaKeys]
+// (16-bit, padded rows), then each row's output row (-1: none) and query position.
+struct BlocksSmem {
+  int q_stride, v_stride;
+  uint16_t *qs, *ks, *vs;
+  int64_t *row_of, *pos_of;
+};
+__device__ __forceinline__ BlocksSmem carve_blocks_smem(unsigned char* base, int dim, int v_dim) {
+  BlocksSmem sm;
+  sm.q_stride = mma_row_stride(dim), sm.v_stride = mma_row_stride(v_dim);
+  sm.qs = reinterpret_cast<uint16_t*>(base);
+  sm.ks = sm.qs + kMmaRows * sm.q_stride;
+  sm.vs = sm.ks + kMmaKeys * sm.q_stride;
+  sm.row_of = reinterpret_cast<int64_t*>(sm.vs + kMmaKeys * sm.v_stride);
+  sm.pos_of = sm.row_of + kMmaRows;
+  return sm;
+}
+
 // One staged tile of keys t0.. for the warp's rows r_lo, r_lo + 8: scores, the hidden ones masked, the online
 // softmax step and O += P V.
 template <typename TMma, int kMaxDv>
@@ -152,13 +170,10 @@ __global__ void __launch_bounds__(kThreads) blocks_mma_kernel(const RoutedBlocks
   }
   const ChunkWork w = chunk_work(a, k0, lo, chunk);
   const int rows = w.rows, dim = a.dim, v_dim = a.v_dim;
-  const int q_stride = mma_row_stride(dim), v_stride = mma_row_stride(v_dim);
-
-  uint16_t* const qs = reinterpret_cast<uint16_t*>(blocks_smem);
-  uint16_t* const ks = qs + kMmaRows * q_stride;
-  uint16_t* const vs = ks + kMmaKeys * q_stride;
-  int64_t* const row_of = reinterpret_cast<int64_t*>(vs + kMmaKeys * v_stride);  // output row, -1: none
-  int64_t* const pos_of = row_of + kMmaRows;                                     // query position
+  const BlocksSmem sm = carve_blocks_smem(blocks_smem, dim, v_dim);
+  const int q_stride = sm.q_stride, v_stride = sm.v_stride;
+  uint16_t *const qs = sm.qs, *const ks = sm.ks, *const vs = sm.vs;
+  int64_t *const row_of = sm.row_of, *const pos_of = sm.pos_of;
 
   for (int r = threadIdx.x; r < kMmaRows; r += kThreads) chunk_row(a, w, r, row_of[r], pos_of[r]);
   __syncthreads();
@@ -220,13 +235,10 @@ __global__ void __launch_bounds__(kThreads) blocks_mma_overlapped_kernel(const R
   if (chunk >= a.chunk_offsets[k0 + keys_per_slot]) return;
   const ChunkWork w = chunk_work(a, k0, warp_find_key(a.chunk_offsets, k0, k0 + keys_per_slot, chunk), chunk);
   const int rows = w.rows, dim = a.dim, v_dim = a.v_dim;
-  const int q_stride = mma_row_stride(dim), v_stride = mma_row_stride(v_dim);
-
-  uint16_t* const qs = reinterpret_cast<uint16_t*>(blocks_smem);
-  uint16_t* const ks = qs + kMmaRows * q_stride;
-  uint16_t* const vs = ks + kMmaKeys * q_stride;
-  int64_t* const row_of = reinterpret_cast<int64_t*>(vs + kMmaKeys * v_stride);  // output row, -1: none
-  int64_t* const pos_of = row_of + kMmaRows;                                     // query position
+  const BlocksSmem sm = carve_blocks_smem(blocks_smem, dim, v_dim);
+  const int q_stride = sm.q_stride, v_stride = sm.v_stride;
+  uint16_t *const qs = sm.qs, *const ks = sm.ks, *const vs = sm.vs;
+  int64_t *const row_of = sm.row_of, *const pos_of = sm.pos_of;
 
   const int64_t head_rows = (w.b * a.kv_heads + w.kv_head) * a.kv_len;
   const TIn* const k_head = static_cast<const TIn*>(a.k) + head_rows * dim;
