@@ -264,6 +264,12 @@ def bench_decode(ort, past: int, capacity: int, copy_gbs: float, repeats: int) -
             t["pdl"]["graph"] = time_graph(lambda: lib.run(spec, {**ours_in, **ours_out}), repeats=repeats)
     except Exception as e:  # noqa: BLE001 - an opt-in path's row, not fatal
         t["pdl"] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
+    try:  # the decode's K/V copies addressed directly (ONNXATTN_SDPA_CUDA_DECODE_LOADS=direct, opt-in)
+        with env_vars({"ONNXATTN_SDPA_CUDA_DECODE_LOADS": "direct"}):
+            t["direct"] = timings(ours, repeats)
+            t["direct"]["graph"] = time_graph(lambda: lib.run(spec, {**ours_in, **ours_out}), repeats=repeats)
+    except Exception as e:  # noqa: BLE001 - an opt-in path's row, not fatal
+        t["direct"] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
     try:
         cos, sin = rope_caches(capacity)
         theirs = Bound(ort, ort_gqa_model(), {
@@ -314,6 +320,10 @@ def print_table(env, copy_gbs, rows):
             pdl = r["fraction_of_copy"].get("pdl", {})
             if pdl.get("gpu") or pdl.get("graph"):
                 extra += f"; with PDL {100 * (pdl.get('gpu') or 0):.0f}% (graph {100 * (pdl.get('graph') or 0):.0f}%)"
+            direct = r["fraction_of_copy"].get("direct", {})
+            if direct.get("gpu") or direct.get("graph"):
+                extra += (f"; with direct loads {100 * (direct.get('gpu') or 0):.0f}% "
+                          f"(graph {100 * (direct.get('graph') or 0):.0f}%)")  # fmt: skip
         print(f"{r['kind']:8} {r['shape']:34} {fmt(ours.get('gpu'), '9.1f')} {fmt(theirs.get('gpu'), '9.1f')} "
               f"{fmt(ours.get('wall'), '9.1f')} {fmt(theirs.get('wall'), '9.1f')} {fmt(ours.get('graph'), '10.1f')}  "
               f"{unit}; {fmt(ratio, '5.2f')}x{extra}")  # fmt: skip

@@ -249,6 +249,10 @@ def bench_decode(dtype, batch, kv_len, ort, copy_gbs, repeats):
     # Decode and combine as programmatic dependent launches (opt-in: no gain measured on the H100), beside the default.
     with env_vars({"ONNXATTN_CUDA_PDL": "1"}):
         measure(row["shape"], lambda: lib.run(q, k, v, out=y), lambda f: time_graph(f, repeats=repeats), ms, row, "pdl")
+    # The decode's K/V copies addressed directly (opt-in: ONNXATTN_SDPA_CUDA_DECODE_LOADS=direct, cuda_plan.cc rule 9).
+    with env_vars({"ONNXATTN_SDPA_CUDA_DECODE_LOADS": "direct"}):
+        measure(row["shape"], lambda: lib.run(q, k, v, out=y), lambda f: time_graph(f, repeats=repeats), ms, row,
+                "direct")  # fmt: skip
     for name, backend in BASELINES:
         fn = torch_sdpa(backend)
         measure(row["shape"], lambda fn=fn: fn(q, k, v, causal=False), lambda f: time_graph(f, repeats=repeats), ms, row, name)
@@ -351,6 +355,8 @@ def print_table(env, copy_gbs, rows):
             extra += f", ours {100 * r['fraction_of_copy']['onnxattn']:.0f}% of copy bw"
             if r["fraction_of_copy"].get("pdl"):
                 extra += f" ({100 * r['fraction_of_copy']['pdl']:.0f}% with PDL)"
+            if r["fraction_of_copy"].get("direct"):
+                extra += f" ({100 * r['fraction_of_copy']['direct']:.0f}% with direct loads)"
         print(f"{r['kind']:8} {r['dtype']:9} {r['shape']:32} {cells}{extra}")
         sweep = {n: f for n, f in r.get("split_sweep", {}).items() if n != "error" and f}
         if sweep:

@@ -35,6 +35,7 @@ def _no_forcing(monkeypatch):
     monkeypatch.delenv("ONNXATTN_SDPA_CUDA_KERNEL", raising=False)
     monkeypatch.delenv("ONNXATTN_SDPA_CUDA_PREFILL", raising=False)
     monkeypatch.delenv("ONNXATTN_CUDA_PDL", raising=False)
+    monkeypatch.delenv("ONNXATTN_SDPA_CUDA_DECODE_LOADS", raising=False)
 
 
 # ---- the tile geometry the kernels are compiled with (sdpa/cuda_tiles.h), restated as the contract
@@ -143,7 +144,8 @@ def test_environment_forces_the_path(monkeypatch):
 
 
 @pytest.mark.parametrize("name,value", [("ONNXATTN_SDPA_CUDA_PATH", "fast"), ("ONNXATTN_SDPA_CUDA_KERNEL", "wgmma"),
-                                        ("ONNXATTN_SDPA_CUDA_PREFILL", "fa3"), ("ONNXATTN_CUDA_PDL", "yes")])  # fmt: skip
+                                        ("ONNXATTN_SDPA_CUDA_PREFILL", "fa3"), ("ONNXATTN_CUDA_PDL", "yes"),
+                                        ("ONNXATTN_SDPA_CUDA_DECODE_LOADS", "fast")])  # fmt: skip
 def test_unknown_environment_values_are_errors(monkeypatch, name, value):
     monkeypatch.setenv(name, value)
     with pytest.raises(lib.SdpaCudaError, match=f"{name} must be .*got '{value}'"):
@@ -566,3 +568,23 @@ def test_split_floor_uses_fewer_splits_for_short_sequences(length, splits):
     assert [lib.split_keys(begin, begin + length, s, splits, granule) for s in range(splits)] == [
         lib.split_keys(begin, begin + length, s, splits, granule, 0) for s in range(splits)
     ]
+
+
+# ---- direct K/V loads in the tensor-core decode (ONNXATTN_SDPA_CUDA_DECODE_LOADS=direct, cuda_plan.cc rule 9)
+def test_direct_decode_loads_are_opt_in_for_contiguous_tensor_core_decode(monkeypatch):
+    decode = spec(q_heads=32, kv_heads=8, q_len=1, kv_len=32768, head_dim=128)
+    base = lib.plan(decode)
+    assert "direct K/V loads" not in base["reason"]
+    monkeypatch.setenv("ONNXATTN_SDPA_CUDA_DECODE_LOADS", "direct")
+    p = lib.plan(decode)
+    assert p["reason"] == base["reason"] + ", direct K/V loads (ONNXATTN_SDPA_CUDA_DECODE_LOADS)"
+    assert {k: v for k, v in p.items() if k != "reason"} == {k: v for k, v in base.items() if k != "reason"}
+    for head_dim in (32, 64, 256):  # every head tile
+        assert "direct K/V loads" in lib.plan(spec(q_len=1, kv_len=4096, head_dim=head_dim))["reason"]
+    # not where it does not apply: the SIMT kernel (float32 too), prefill (nor paged K/V: Params::block_size > 0)
+    assert "direct K/V loads" not in lib.plan(decode, kernel="simt")["reason"]
+    assert "direct K/V loads" not in lib.plan(spec(q_len=1, kv_len=4096, head_dim=128, dtype=FP32))["reason"]
+    assert "direct K/V loads" not in lib.plan(spec(q_heads=8, kv_heads=2, q_len=2048, kv_len=2048,
+                                                   head_dim=128))["reason"]  # fmt: skip
+    monkeypatch.setenv("ONNXATTN_SDPA_CUDA_DECODE_LOADS", "lookup")
+    assert lib.plan(decode) == base

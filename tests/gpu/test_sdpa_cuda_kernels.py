@@ -228,6 +228,27 @@ def test_per_batch_lengths_read_only_each_sequences_keys(dtype, path, sq):
               context=f"sequence {i} of {lengths}: {plan['reason']}")
 
 
+@pytest.mark.parametrize("name", ["decode", "decode_gqa_odd", "decode_sq5", "decode_sq16", "window_decode",
+                                  "mask_decode", "mqa_long", "d32", "d40", "d256_decode", "dv64_d128", "dv256_d64",
+                                  "dv16_d32"])  # fmt: skip
+def test_direct_decode_loads_give_the_same_bits(name, monkeypatch):
+    # ONNXATTN_SDPA_CUDA_DECODE_LOADS=direct (cuda_plan.cc rule 9; opt-in until a GPU run has timed it): the decode
+    # kernel's K/V copies addressed directly (contiguous K/V) instead of through the slot lookup: the same copies
+    # into the same stages, so the same bits; every head tile, Dv != D, partial last steps, masks and windows.
+    case = next(c for c in CASES if c.name == name)
+    for dtype in (torch.float16, torch.bfloat16):
+        q, k, v, mask = make_inputs(case, dtype)
+        y, lse, plan = run(case, q, k, v, mask, path="decode")
+        monkeypatch.setenv("ONNXATTN_SDPA_CUDA_DECODE_LOADS", "direct")
+        y2, lse2, plan2 = run(case, q, k, v, mask, path="decode")
+        monkeypatch.delenv("ONNXATTN_SDPA_CUDA_DECODE_LOADS")
+        torch.cuda.synchronize()
+        assert ("direct K/V loads" in plan2["reason"]) == (plan["kernel"] == "mma"), plan2["reason"]
+        assert torch.equal(y, y2), (name, dtype)
+        if case.lse:
+            assert torch.equal(lse, lse2), (name, dtype)
+
+
 @pytest.mark.skipif(not CUDA or torch.cuda.get_device_capability() != (9, 0), reason="programmatic dependent launch: sm_90")
 @pytest.mark.parametrize("name", ["decode", "decode_gqa_odd", "decode_sq5", "decode_sq16", "window_decode",
                                   "mask_decode", "mqa_long"])  # fmt: skip

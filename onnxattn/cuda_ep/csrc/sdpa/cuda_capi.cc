@@ -43,6 +43,7 @@ Request request_from(int32_t path, int32_t kernel) {
   r.splits = from_env.splits;  // only from the environment (benchmarks' sweeps)
   r.prefill = from_env.prefill;
   r.pdl = from_env.pdl;
+  r.direct_decode_loads = from_env.direct_decode_loads;
   return r;
 }
 

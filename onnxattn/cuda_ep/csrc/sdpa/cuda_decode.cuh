@@ -9,6 +9,8 @@
 // online-softmax state; at the end the warps merge through shared memory and the CTA writes either the
 // final output (one split) or a partial output normalised by its own sum plus its log-sum-exp, which
 // the combine kernel (cuda_simt.cu) merges across splits. All offsets are 64-bit.
+// Over contiguous K/V a second instantiation (kDirectLoads, ONNXATTN_SDPA_CUDA_DECODE_LOADS=direct) addresses
+// the K/V copies directly instead of through the paged path's slot lookup: the same copies.
 //
 // Fused ops: the Q tile is prepared in place (QK-norm, RoPE; cuda_query_prep.cuh) before its fragments go
 // to registers, so decode needs no separate pass over Q. With per-batch lengths (a shared KV-cache buffer)
@@ -18,7 +20,9 @@
 
 namespace onnxattn::sdpa::cuda {
 
-template <typename T, int kTile>
+// kDirectLoads: contiguous K/V addressed directly (load_step_direct below; a kernel of its own, so the lookup path's
+// registers stay as they were).
+template <typename T, int kTile, bool kDirectLoads = false>
 __global__ void __launch_bounds__(tiles::kThreads) decode_mma_kernel(const KernelArgs<T> a) {
   constexpr int kWarps = tiles::kWarps;
   constexpr int kRows = tiles::kDecodeRows;
@@ -129,10 +133,47 @@ __global__ void __launch_bounds__(tiles::kThreads) decode_mma_kernel(const Kerne
     }
   };
 
+  // Direct loads (kDirectLoads: contiguous K/V, cuda_plan.cc rule 9): key j's row is j itself, and a lane copies
+  // the same chunk of every row it loads (rows lane / kChunks + i * kRowStep), so its source pointer steps by a
+  // constant and its shared-memory address by an immediate, where load_step computes each copy's address from a
+  // shuffled slot and a 64-bit product. The same copies.
+  constexpr int kRowStep = 32 / kChunks, kCopies = kWarpKeys / kRowStep;
+  static_assert(32 % kChunks == 0 && kWarpKeys % kRowStep == 0, "a lane keeps its chunk from row to row");
+  const int lane_chunk = lane % kChunks, lane_row = lane / kChunks;
+  const bool k_chunk = lane_chunk < d_chunks, v_chunk = lane_chunk < dv_chunks;  // copied (zeros past D, Dv)
+  const bool k_data = lane_chunk * 8 < a.head_dim, v_data = lane_chunk * 8 < a.v_head_dim;
+  const uint32_t lane_pipe = smem_u32(warp_pipe + lane_row * kStride + lane_chunk * 8);
+  const T* const k_lane = k_base + int64_t(lane_row) * k_row_stride + lane_chunk * 8;
+  const T* const v_lane = v_base + int64_t(lane_row) * v_row_stride + lane_chunk * 8;
+  const int64_t k_step = kRowStep * k_row_stride, v_step = kRowStep * v_row_stride;
+  auto load_step_direct = [&](int it) {
+    const int j0 = range_begin + (warp + it * kWarps) * kWarpKeys;
+    const int rows = min(kWarpKeys, range_end - j0);
+    const uint32_t k_dst = lane_pipe + uint32_t((it % kStages) * 2 * kWarpKeys * kStride * 2);
+    const uint32_t v_dst = k_dst + uint32_t(kWarpKeys * kStride * 2);
+    const T* k_src = k_lane + int64_t(j0) * k_row_stride;
+    const T* v_src = v_lane + int64_t(j0) * v_row_stride;
+#pragma unroll
+    for (int i = 0; i < kCopies; ++i) {
+      const bool in = lane_row + i * kRowStep < rows;
+      const uint32_t offset = uint32_t(i * kRowStep * kStride * 2);
+      if (k_chunk) cp_async_16(k_dst + offset, in && k_data ? k_src : k_base, in && k_data);
+      if (v_chunk) cp_async_16(v_dst + offset, in && v_data ? v_src : v_base, in && v_data);
+      if (i + 1 < kCopies) k_src += k_step, v_src += v_step;
+    }
+  };
+  auto load = [&](int it) {
+    if constexpr (kDirectLoads) {
+      load_step_direct(it);
+    } else {
+      load_step(it);
+    }
+  };
+
   // The first stages' K/V loads go out before the Q tile is awaited (and prepared), so they overlap.
 #pragma unroll
   for (int st = 0; st < kStages - 1; ++st) {
-    if (st < my_steps) load_step(st);
+    if (st < my_steps) load(st);
     cp_async_commit();  // empty groups keep the count uniform
   }
   cp_async_wait<kStages - 1>();  // the Q group, the oldest, has landed (this thread's part)
@@ -157,7 +198,7 @@ __global__ void __launch_bounds__(tiles::kThreads) decode_mma_kernel(const Kerne
   const SoftCap softcap(a.softcap);  // its divisions once, not per score
 
   for (int it = 0; it < my_steps; ++it) {
-    if (it + kStages - 1 < my_steps) load_step(it + kStages - 1);
+    if (it + kStages - 1 < my_steps) load(it + kStages - 1);
     cp_async_commit();
     cp_async_wait<kStages - 1>();  // the group of step `it` has landed (this lane's part)
     __syncwarp();                  // ... and every lane's part is visible
@@ -341,11 +382,20 @@ __global__ void __launch_bounds__(tiles::kThreads) decode_mma_kernel(const Kerne
   }
 }
 
+template <typename T, int kTile, bool kDirectLoads>
+void launch_decode_kernel(const KernelArgs<T>& args, const LaunchPlan& plan, cudaStream_t stream) {
+  allow_smem<decode_mma_kernel<T, kTile, kDirectLoads>>(plan.smem_bytes);
+  launch_maybe_dependent(decode_mma_kernel<T, kTile, kDirectLoads>, unsigned(plan.grid), unsigned(plan.threads),
+                         plan.smem_bytes, stream, plan.pdl, args);  // errors: checked by the caller (cudaGetLastError)
+}
+
 template <typename T, int kTile>
 void launch_decode_tile(const KernelArgs<T>& args, const LaunchPlan& plan, cudaStream_t stream) {
-  allow_smem<decode_mma_kernel<T, kTile>>(plan.smem_bytes);
-  launch_maybe_dependent(decode_mma_kernel<T, kTile>, unsigned(plan.grid), unsigned(plan.threads), plan.smem_bytes,
-                         stream, plan.pdl, args);  // errors: checked by the caller (cudaGetLastError)
+  if (args.direct_loads) {
+    launch_decode_kernel<T, kTile, true>(args, plan, stream);
+  } else {
+    launch_decode_kernel<T, kTile, false>(args, plan, stream);
+  }
 }
 
 template <typename T>

@@ -37,6 +37,13 @@
 //     decode for 1..16 queries, prefill above; each class's launch is planned by rules 2-5 for the most
 //     the class may hold (rows, sequences, queries per sequence), so the grid is a bound and the split
 //     count an upper bound, as in rule 5.
+//  9. ONNXATTN_SDPA_CUDA_DECODE_LOADS=direct (opt-in, not yet run on a GPU): the tensor-core decode over contiguous
+//     K/V (not paged) addresses its K/V copies directly: a lane copies the same 16-byte chunk of every row it
+//     loads, so its source steps by a constant row stride. The default path (lookup) serves paged and contiguous
+//     K/V alike: per copy a shuffled pool slot and a 64-bit product, ~30 instructions, about 40% of a warp's
+//     ~1200 per 16-key step in the sm_90a SASS. Why: the decode streamed at most ~2.8 TB/s on the H100 and the
+//     H200 alike (the H200 copies 4.2), an SM-side limit, and its warps (2 per scheduler) run long dependent
+//     chains. The same copies, so the same bits.
 #include "sdpa/cuda_plan.h"
 
 #include <algorithm>
@@ -87,6 +94,8 @@ Request request_from_env() {
   r.kernel = Request::Kernel(env_choice("ONNXATTN_SDPA_CUDA_KERNEL", kKernels));
   r.prefill = Request::Prefill(env_choice("ONNXATTN_SDPA_CUDA_PREFILL", kPrefills));
   r.pdl = env_choice("ONNXATTN_CUDA_PDL", kSwitch) == 1;
+  static constexpr const char* kDecodeLoads[] = {"lookup", "direct"};
+  r.direct_decode_loads = env_choice("ONNXATTN_SDPA_CUDA_DECODE_LOADS", kDecodeLoads) == 1;
   const std::string splits = env_value("ONNXATTN_SDPA_CUDA_SPLITS");
   if (!splits.empty()) {
     char* end = nullptr;
@@ -300,6 +309,8 @@ LaunchPlan plan_launch(const Params& p, DType dtype, const DeviceInfo& device, c
   plan.grid = ctas * plan.splits;
   plan.pdl = request.pdl && device.wgmma && decode && plan.kernel == Kernel::kMma;
   if (plan.pdl) why += ", programmatic dependent launches (ONNXATTN_CUDA_PDL)";
+  plan.direct_loads = request.direct_decode_loads && decode && plan.kernel == Kernel::kMma && p.block_size == 0;
+  if (plan.direct_loads) why += ", direct K/V loads (ONNXATTN_SDPA_CUDA_DECODE_LOADS)";
   if (plan.grid > int64_t(0x7fffffff)) {
     fail(op, ": problem too large for one CUDA grid (", plan.grid, " CTAs)");
   }

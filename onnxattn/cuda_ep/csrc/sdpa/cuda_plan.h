@@ -33,13 +33,15 @@ struct Request {
   Prefill prefill = Prefill::kAuto;
   bool pdl = false;    // programmatic dependent launch of decode -> combine (ONNXATTN_CUDA_PDL=1)
   int64_t splits = 0;  // > 0: decode launches split their keys this many ways (at most one split per key tile)
+  bool direct_decode_loads = false;  // ONNXATTN_SDPA_CUDA_DECODE_LOADS=direct (rule 9)
 };
 
 // ONNXATTN_SDPA_CUDA_PATH = auto | prefill | decode and ONNXATTN_SDPA_CUDA_KERNEL = auto | mma | simt
 // (unset or empty = auto), ONNXATTN_SDPA_CUDA_SPLITS = 1 .. kMaxSplits (unset = the plan's choice; for
 // benchmarks that sweep the split rule), ONNXATTN_SDPA_CUDA_PREFILL = auto | mma | wgmma (the Hopper
 // prefill kernel where it can run, see cuda_plan.cc rule 3; auto = wgmma where it can, mma = mma.sync always),
-// ONNXATTN_CUDA_PDL = 0 | 1 (rule 8), read on every call so tests can switch within one process. An unknown
+// ONNXATTN_CUDA_PDL = 0 | 1 (rule 8), ONNXATTN_SDPA_CUDA_DECODE_LOADS = lookup | direct (rule 9), read on every
+// call so tests can switch within one process. An unknown
 // value is an InputError.
 Request request_from_env();
 
@@ -71,6 +73,7 @@ struct LaunchPlan {
   int64_t work_tiles = 0;
   int64_t combine_grid = 0;   // CTAs of the combine kernel (0 when splits == 1)
   bool pdl = false;           // decode and combine launched as programmatic dependents (rule 8)
+  bool direct_loads = false;  // decode mma over contiguous K/V: each lane's addresses stepped directly (rule 9)
   size_t scratch_bytes = 0;   // partial outputs + partial LSE (0 when splits == 1)
   size_t partial_lse_offset = 0;  // byte offset of the partial LSE inside scratch
   std::string reason;         // why this plan: schedule, kernel and split choice, for logs and tests
