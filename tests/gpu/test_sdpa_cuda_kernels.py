@@ -228,6 +228,25 @@ def test_per_batch_lengths_read_only_each_sequences_keys(dtype, path, sq):
               context=f"sequence {i} of {lengths}: {plan['reason']}")
 
 
+def decode_with_and_without(name: str, monkeypatch, switch: str, value: str) -> list[tuple[dict, dict]]:
+    """Case `name` on the decode path without and with environment switch `switch` = `value`, float16 and
+    bfloat16: the outputs (and LSE) must be the same bits. Returns the (plan, plan with the switch) pairs."""
+    case = next(c for c in CASES if c.name == name)
+    plans = []
+    for dtype in (torch.float16, torch.bfloat16):
+        q, k, v, mask = make_inputs(case, dtype)
+        y, lse, plan = run(case, q, k, v, mask, path="decode")
+        monkeypatch.setenv(switch, value)
+        y2, lse2, plan2 = run(case, q, k, v, mask, path="decode")
+        monkeypatch.delenv(switch)
+        torch.cuda.synchronize()
+        assert torch.equal(y, y2), (name, dtype, plan2["reason"])
+        if case.lse:
+            assert torch.equal(lse, lse2), (name, dtype, plan2["reason"])
+        plans.append((plan, plan2))
+    return plans
+
+
 @pytest.mark.parametrize("name", ["decode", "decode_gqa_odd", "decode_sq5", "decode_sq16", "window_decode",
                                   "mask_decode", "mqa_long", "d32", "d40", "d256_decode", "dv64_d128", "dv256_d64",
                                   "dv16_d32"])  # fmt: skip
@@ -235,18 +254,8 @@ def test_direct_decode_loads_give_the_same_bits(name, monkeypatch):
     # ONNXATTN_SDPA_CUDA_DECODE_LOADS=direct (cuda_plan.cc rule 9; opt-in until a GPU run has timed it): the decode
     # kernel's K/V copies addressed directly (contiguous K/V) instead of through the slot lookup: the same copies
     # into the same stages, so the same bits; every head tile, Dv != D, partial last steps, masks and windows.
-    case = next(c for c in CASES if c.name == name)
-    for dtype in (torch.float16, torch.bfloat16):
-        q, k, v, mask = make_inputs(case, dtype)
-        y, lse, plan = run(case, q, k, v, mask, path="decode")
-        monkeypatch.setenv("ONNXATTN_SDPA_CUDA_DECODE_LOADS", "direct")
-        y2, lse2, plan2 = run(case, q, k, v, mask, path="decode")
-        monkeypatch.delenv("ONNXATTN_SDPA_CUDA_DECODE_LOADS")
-        torch.cuda.synchronize()
-        assert ("direct K/V loads" in plan2["reason"]) == (plan["kernel"] == "mma"), plan2["reason"]
-        assert torch.equal(y, y2), (name, dtype)
-        if case.lse:
-            assert torch.equal(lse, lse2), (name, dtype)
+    for plan, direct in decode_with_and_without(name, monkeypatch, "ONNXATTN_SDPA_CUDA_DECODE_LOADS", "direct"):
+        assert ("direct K/V loads" in direct["reason"]) == (plan["kernel"] == "mma"), direct["reason"]
 
 
 @pytest.mark.skipif(not CUDA or torch.cuda.get_device_capability() != (9, 0), reason="programmatic dependent launch: sm_90")
@@ -255,15 +264,5 @@ def test_direct_decode_loads_give_the_same_bits(name, monkeypatch):
 def test_programmatic_dependent_launches_give_the_same_bits(name, monkeypatch):
     # ONNXATTN_CUDA_PDL=1: the decode kernel and the split combine start while their predecessors drain and
     # wait in griddepcontrol.wait before reading: the same kernels, so the same bits, with several splits.
-    case = next(c for c in CASES if c.name == name)
-    for dtype in (torch.float16, torch.bfloat16):
-        q, k, v, mask = make_inputs(case, dtype)
-        y, lse, plan = run(case, q, k, v, mask, path="decode")
-        monkeypatch.setenv("ONNXATTN_CUDA_PDL", "1")
-        y2, lse2, plan2 = run(case, q, k, v, mask, path="decode")
-        monkeypatch.delenv("ONNXATTN_CUDA_PDL")
-        torch.cuda.synchronize()
-        assert plan2["pdl"] == 1 and plan["pdl"] == 0, plan2["reason"]
-        assert torch.equal(y, y2), (name, dtype)
-        if case.lse:
-            assert torch.equal(lse, lse2), (name, dtype)
+    for plan, pdl in decode_with_and_without(name, monkeypatch, "ONNXATTN_CUDA_PDL", "1"):
+        assert pdl["pdl"] == 1 and plan["pdl"] == 0, pdl["reason"]
