@@ -472,7 +472,8 @@ def test_tensor_core_blocks_leave_float32_on_the_fast_path():
 # The latency work, opt-in until a GPU run has checked and timed it. ONNXATTN_SPARSE_CUDA_LOADS=async: the tensor-core
 # kernels with their memory latencies overlapped; by block: cp.async staging, the chunk's key found by a warp, each
 # row's state read early and its output row read whole before it is written; the selection (select_mma_kernel,
-# select_split_kernel): cp.async for 16-bit tiles, float32 ones loaded four chunks a thread at a time.
+# select_split_kernel): cp.async for 16-bit tiles, float32 ones loaded four chunks a thread at a time; the routed
+# attention reads 16-bit copies of its RoPE'd Q and K (rounded as the kernel rounds float32 rows) and V as it is.
 # ONNXATTN_SPARSE_CUDA_ARGMAX=redux: every path's selection picks by two warp reductions instead of five shuffle
 # rounds. The same arithmetic in the same order: the same bits, selections included, on every case, each switch
 # alone and both (cases the tensor-core kernels do not take run the fast path every time).

@@ -337,6 +337,24 @@ void run_blocks_mma(RoutedBlocksArgs a, void* scratch, cudaStream_t stream) {
   normalize_block_rows(a, stream);
 }
 
+namespace {
+template <typename TMma>
+__global__ void round_kernel(const float* src, TMma* dst, int64_t chunks) {
+  for (int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; c < chunks; c += int64_t(gridDim.x) * blockDim.x) {
+    *reinterpret_cast<uint4*>(dst + 8 * c) = load8<TMma>(src + 8 * c);
+  }
+}
+}  // namespace
+
+template <typename TMma>
+void round_for_blocks_mma(const float* src, TMma* dst, int64_t count, cudaStream_t stream) {
+  if (count <= 0) return;
+  round_kernel<TMma><<<grid_for(count / 8), 256, 0, stream>>>(src, dst, count / 8);
+  check_launch("sparse rounding kernel");
+}
+
+template void round_for_blocks_mma<Float16>(const float*, Float16*, int64_t, cudaStream_t);
+template void round_for_blocks_mma<BFloat16>(const float*, BFloat16*, int64_t, cudaStream_t);
 template void run_blocks_mma<float, Float16>(RoutedBlocksArgs, void*, cudaStream_t);
 template void run_blocks_mma<float, BFloat16>(RoutedBlocksArgs, void*, cudaStream_t);
 template void run_blocks_mma<Float16, Float16>(RoutedBlocksArgs, void*, cudaStream_t);

@@ -30,4 +30,10 @@ namespace onnxattn::sparse::cuda {
 template <typename TIn, typename TMma>
 void run_blocks_mma(RoutedBlocksArgs a, void* scratch, cudaStream_t stream);
 
+// dst[i] = src[i] rounded to TMma exactly as the kernel's staging rounds float32 rows (load8), so that the kernel
+// reading dst in TMma gives the bits it gives reading src in float32. `count` a multiple of 8; src 32-byte and dst
+// 16-byte aligned.
+template <typename TMma>
+void round_for_blocks_mma(const float* src, TMma* dst, int64_t count, cudaStream_t stream);
+
 }  // namespace onnxattn::sparse::cuda

@@ -661,6 +661,9 @@ void run_routed(const RoutedParams& p, const RoutedTensors<T>& t, void* stream_p
   const bool by_segment = !by_mma && routed_by_segment(p);
   // read before any launch
   const bool overlap_loads = overlapped_loads_requested(kRoutedName), redux = redux_argmax_requested(kRoutedName);
+  // Under LOADS=async the tensor-core kernel reads 16-bit copies of the RoPE'd Q and K (rounded as its staging rounds
+  // the float32 ones) and V in its own type: half the bytes, staged by cp.async, the same bits.
+  const bool mma_16bit = by_mma && overlap_loads && reinterpret_cast<uintptr_t>(t.v) % 16 == 0;
 
   const int rotary = a.rope ? int(p.rotary_dim) : 0;
   if (q_rows) {
@@ -675,7 +678,9 @@ void run_routed(const RoutedParams& p, const RoutedTensors<T>& t, void* stream_p
                                                              a.rope_interleaved != 0, a.rope_base,
                                                              a.rope_attention_scaling, t.position_ids,
                                                              p.position_batch_stride, 0);
-    to_float_kernel<T><<<grid_for(k_rows * d.v_head_dim), 256, 0, stream>>>(t.v, v, k_rows * d.v_head_dim);
+    if (!mma_16bit) {  // (the 16-bit kernel reads V as it is)
+      to_float_kernel<T><<<grid_for(k_rows * d.v_head_dim), 256, 0, stream>>>(t.v, v, k_rows * d.v_head_dim);
+    }
   }
   check_launch("routed RoPE kernel");
   const float* q_route = route_raw ? q_raw : q_att;
@@ -714,7 +719,16 @@ void run_routed(const RoutedParams& p, const RoutedTensors<T>& t, void* stream_p
     r.dim = int(d.head_dim), r.v_dim = int(d.v_head_dim), r.causal = a.causal != 0, r.scale = p.scale;
     if constexpr (!std::is_same_v<T, float>) {
       r.overlap_loads = overlap_loads;
-      if (by_mma) run_blocks_mma<float, T>(r, by_segment_scratch, stream);
+      if (mma_16bit) {  // into the raw Q and K buffers: the routing, their last reader, is done
+        T* const q16 = reinterpret_cast<T*>(q_raw);
+        T* const k16 = reinterpret_cast<T*>(k_raw);
+        round_for_blocks_mma<T>(q_att, q16, q_rows * d.head_dim, stream);
+        round_for_blocks_mma<T>(k_att, k16, k_rows * d.head_dim, stream);
+        r.q = q16, r.k = k16, r.v = t.v;
+        run_blocks_mma<T, T>(r, by_segment_scratch, stream);
+      } else if (by_mma) {
+        run_blocks_mma<float, T>(r, by_segment_scratch, stream);
+      }
     }
     if (by_segment) run_routed_blocks(r, by_segment_scratch, stream);
   } else {
