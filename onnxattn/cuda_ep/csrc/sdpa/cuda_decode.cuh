@@ -391,7 +391,7 @@ void launch_decode_kernel(const KernelArgs<T>& args, const LaunchPlan& plan, cud
 
 template <typename T, int kTile>
 void launch_decode_tile(const KernelArgs<T>& args, const LaunchPlan& plan, cudaStream_t stream) {
-  if (args.direct_loads) {
+  if (plan.direct_loads && args.block_table == nullptr) {  // contiguous K/V only (rule 9)
     launch_decode_kernel<T, kTile, true>(args, plan, stream);
   } else {
     launch_decode_kernel<T, kTile, false>(args, plan, stream);

@@ -76,8 +76,6 @@ struct KernelArgs {
   // Paged K/V only (null = 0): sequence b's pool starts kv_starts[b] rows into K/V, its table entries count
   // blocks from there (block-sparse lists over per-(batch, head) K/V, e.g. NativeSparseAttention's).
   const int64_t* kv_starts;
-  // Decode on tensor cores over contiguous K/V: each lane's K/V addresses stepped directly (cuda_plan.cc rule 9).
-  bool direct_loads;
 };
 
 // Q's row of query i of head h of batch b; `q_start` is the packed row of the batch's query 0 in a ragged

@@ -41,8 +41,7 @@ struct Request {
 // benchmarks that sweep the split rule), ONNXATTN_SDPA_CUDA_PREFILL = auto | mma | wgmma (the Hopper
 // prefill kernel where it can run, see cuda_plan.cc rule 3; auto = wgmma where it can, mma = mma.sync always),
 // ONNXATTN_CUDA_PDL = 0 | 1 (rule 8), ONNXATTN_SDPA_CUDA_DECODE_LOADS = lookup | direct (rule 9), read on every
-// call so tests can switch within one process. An unknown
-// value is an InputError.
+// call so tests can switch within one process. An unknown value is an InputError.
 Request request_from_env();
 
 // prefill: one pass over the keys per row tile, the output written directly.

@@ -65,7 +65,6 @@ KernelArgs<T> make_args(const Params& p, const Tensors<T>& t, const LaunchPlan& 
   a.min_split_keys = plan.min_split_keys;
   a.prep = prep;
   a.rows_per_cta = plan.rows_per_cta;
-  a.direct_loads = plan.direct_loads && t.block_table == nullptr;
   if (t.block_table != nullptr) {
     a.block_table = t.block_table;
     a.table_stride = p.block_table_stride;

@@ -17,15 +17,15 @@ static_assert(kMmaRows == 16 * kWarpsPerBlock, "a warp per 16 rows");
 // The chunk of slot `slot` that CTA blockIdx.x takes: its (batch, list head, block) key, its lists and rows.
 struct ChunkWork {
   int32_t e0;  // its first entry in a.entries
-  int lists, per_list, rows;
+  int per_list, rows;
   int64_t b, list_head, kv_head, j_begin, j_end;
 };
 
 __device__ __forceinline__ ChunkWork chunk_work(const RoutedBlocksArgs& a, int64_t k0, int64_t key, int64_t chunk) {
   ChunkWork w;
   w.e0 = a.offsets[key] + int32_t(chunk - a.chunk_offsets[key]) * a.lists_per_chunk;
-  w.lists = min(a.lists_per_chunk, a.offsets[key + 1] - w.e0);
-  w.per_list = int(a.heads_per_list), w.rows = w.lists * w.per_list;
+  const int lists = min(a.lists_per_chunk, a.offsets[key + 1] - w.e0);
+  w.per_list = int(a.heads_per_list), w.rows = lists * w.per_list;
   const int64_t list_key = key - k0, bh = list_key / a.num_segments, block = list_key % a.num_segments;
   w.list_head = bh % a.list_heads, w.b = bh / a.list_heads;
   w.kv_head = w.list_head * a.heads_per_list / (a.q_heads / a.kv_heads);
@@ -296,6 +296,14 @@ __global__ void __launch_bounds__(kThreads) blocks_mma_overlapped_kernel(const R
   merge_rows<kMaxDv, true>(a, o, m, l, live_lo, live_hi, row_lo, row_hi, state, scale_log2);
 }
 
+// round_for_blocks_mma's: a thread per 8 elements.
+template <typename TMma>
+__global__ void round_kernel(const float* src, TMma* dst, int64_t chunks) {
+  for (int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; c < chunks; c += int64_t(gridDim.x) * blockDim.x) {
+    *reinterpret_cast<uint4*>(dst + 8 * c) = load8<TMma>(src + 8 * c);
+  }
+}
+
 template <auto kKernel>
 void launch_slots_on(const RoutedBlocksArgs& a, cudaStream_t stream) {
   const size_t smem = blocks_mma_smem_bytes(a.dim, a.v_dim);
@@ -336,15 +344,6 @@ void run_blocks_mma(RoutedBlocksArgs a, void* scratch, cudaStream_t stream) {
   }
   normalize_block_rows(a, stream);
 }
-
-namespace {
-template <typename TMma>
-__global__ void round_kernel(const float* src, TMma* dst, int64_t chunks) {
-  for (int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; c < chunks; c += int64_t(gridDim.x) * blockDim.x) {
-    *reinterpret_cast<uint4*>(dst + 8 * c) = load8<TMma>(src + 8 * c);
-  }
-}
-}  // namespace
 
 template <typename TMma>
 void round_for_blocks_mma(const float* src, TMma* dst, int64_t count, cudaStream_t stream) {
