@@ -37,7 +37,8 @@ sys.path.insert(0, str(ROOT / "tests" / "gpu"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import gqa_cuda_lib as lib  # noqa: E402
 import ort_cuda  # noqa: E402
-from bench_sdpa_cuda import copy_bandwidth_gbs, env_vars, environment, time_graph, time_wall  # noqa: E402
+from bench_sdpa_cuda import (OPT_IN_DECODE, copy_bandwidth_gbs, env_vars, environment, time_graph,  # noqa: E402
+                             time_wall)
 
 HQ, HKV, D, BASE = 32, 8, 128, 10000.0
 IMPLS = ("onnxattn", "ort_gqa")
@@ -258,18 +259,13 @@ def bench_decode(ort, past: int, capacity: int, copy_gbs: float, repeats: int) -
     spec = lib.Spec(seq=1, q_heads=HQ, kv_heads=HKV, head_dim=D, mode="shared", past=capacity, rope=1, rope_base=BASE)
     row["plan"] = lib.run(spec, {**ours_in, **ours_out})["attention"]["reason"]
     t["onnxattn"]["graph"] = time_graph(lambda: lib.run(spec, {**ours_in, **ours_out}), repeats=repeats)
-    try:  # decode and combine as programmatic dependent launches (ONNXATTN_CUDA_PDL=1, opt-in)
-        with env_vars({"ONNXATTN_CUDA_PDL": "1"}):
-            t["pdl"] = timings(ours, repeats)
-            t["pdl"]["graph"] = time_graph(lambda: lib.run(spec, {**ours_in, **ours_out}), repeats=repeats)
-    except Exception as e:  # noqa: BLE001 - an opt-in path's row, not fatal
-        t["pdl"] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
-    try:  # the decode's K/V copies addressed directly (ONNXATTN_SDPA_CUDA_DECODE_LOADS=direct, opt-in)
-        with env_vars({"ONNXATTN_SDPA_CUDA_DECODE_LOADS": "direct"}):
-            t["direct"] = timings(ours, repeats)
-            t["direct"]["graph"] = time_graph(lambda: lib.run(spec, {**ours_in, **ours_out}), repeats=repeats)
-    except Exception as e:  # noqa: BLE001 - an opt-in path's row, not fatal
-        t["direct"] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
+    for name, (_, switch) in OPT_IN_DECODE.items():  # beside the default
+        try:
+            with env_vars(switch):
+                t[name] = timings(ours, repeats)
+                t[name]["graph"] = time_graph(lambda: lib.run(spec, {**ours_in, **ours_out}), repeats=repeats)
+        except Exception as e:  # noqa: BLE001 - an opt-in path's row, not fatal
+            t[name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
     try:
         cos, sin = rope_caches(capacity)
         theirs = Bound(ort, ort_gqa_model(), {
@@ -317,13 +313,11 @@ def print_table(env, copy_gbs, rows):
         if r["kind"] == "decode":
             frac = r["fraction_of_copy"].get("onnxattn", {})
             extra = f", ours {100 * (frac.get('gpu') or 0):.0f}% of copy bw (graph {100 * (frac.get('graph') or 0):.0f}%)"
-            pdl = r["fraction_of_copy"].get("pdl", {})
-            if pdl.get("gpu") or pdl.get("graph"):
-                extra += f"; with PDL {100 * (pdl.get('gpu') or 0):.0f}% (graph {100 * (pdl.get('graph') or 0):.0f}%)"
-            direct = r["fraction_of_copy"].get("direct", {})
-            if direct.get("gpu") or direct.get("graph"):
-                extra += (f"; with direct loads {100 * (direct.get('gpu') or 0):.0f}% "
-                          f"(graph {100 * (direct.get('graph') or 0):.0f}%)")  # fmt: skip
+            for name, (label, _) in OPT_IN_DECODE.items():
+                f = r["fraction_of_copy"].get(name, {})
+                if f.get("gpu") or f.get("graph"):
+                    gpu, graph = 100 * (f.get("gpu") or 0), 100 * (f.get("graph") or 0)
+                    extra += f"; with {label} {gpu:.0f}% (graph {graph:.0f}%)"
         print(f"{r['kind']:8} {r['shape']:34} {fmt(ours.get('gpu'), '9.1f')} {fmt(theirs.get('gpu'), '9.1f')} "
               f"{fmt(ours.get('wall'), '9.1f')} {fmt(theirs.get('wall'), '9.1f')} {fmt(ours.get('graph'), '10.1f')}  "
               f"{unit}; {fmt(ratio, '5.2f')}x{extra}")  # fmt: skip

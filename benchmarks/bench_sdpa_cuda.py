@@ -235,6 +235,13 @@ def bench_prefill(dtype, seq, ort, repeats):
     return row
 
 
+# The opt-in decode paths each decode row also times beside the default (bench_gqa_cuda.py too): column -> (label,
+# library switches). PDL: decode and combine as programmatic dependent launches (no gain measured on the H100);
+# direct: the decode's K/V copies addressed directly (cuda_plan.cc rule 9, not yet timed).
+OPT_IN_DECODE = {"pdl": ("PDL", {"ONNXATTN_CUDA_PDL": "1"}),
+                 "direct": ("direct loads", {"ONNXATTN_SDPA_CUDA_DECODE_LOADS": "direct"})}
+
+
 def bench_decode(dtype, batch, kv_len, ort, copy_gbs, repeats):
     hq, hkv, d = 32, 8, 128
     q = torch.randn(batch, hq, 1, d, dtype=dtype, device="cuda")
@@ -246,13 +253,10 @@ def bench_decode(dtype, batch, kv_len, ort, copy_gbs, repeats):
     ms = {}
     row["plan"] = lib.run(q, k, v, out=y)[2]["reason"]
     measure(row["shape"], lambda: lib.run(q, k, v, out=y), lambda f: time_graph(f, repeats=repeats), ms, row, "onnxattn")
-    # Decode and combine as programmatic dependent launches (opt-in: no gain measured on the H100), beside the default.
-    with env_vars({"ONNXATTN_CUDA_PDL": "1"}):
-        measure(row["shape"], lambda: lib.run(q, k, v, out=y), lambda f: time_graph(f, repeats=repeats), ms, row, "pdl")
-    # The decode's K/V copies addressed directly (opt-in: ONNXATTN_SDPA_CUDA_DECODE_LOADS=direct, cuda_plan.cc rule 9).
-    with env_vars({"ONNXATTN_SDPA_CUDA_DECODE_LOADS": "direct"}):
-        measure(row["shape"], lambda: lib.run(q, k, v, out=y), lambda f: time_graph(f, repeats=repeats), ms, row,
-                "direct")  # fmt: skip
+    for name, (_, switch) in OPT_IN_DECODE.items():  # beside the default
+        with env_vars(switch):
+            measure(row["shape"], lambda: lib.run(q, k, v, out=y), lambda f: time_graph(f, repeats=repeats), ms, row,
+                    name)  # fmt: skip
     for name, backend in BASELINES:
         fn = torch_sdpa(backend)
         measure(row["shape"], lambda fn=fn: fn(q, k, v, causal=False), lambda f: time_graph(f, repeats=repeats), ms, row, name)
@@ -353,10 +357,9 @@ def print_table(env, copy_gbs, rows):
             extra += f", wgmma/best-baseline {fmt(metric['wgmma'] / max(base), '5.2f')}x"
         if r["kind"] == "decode" and r["fraction_of_copy"].get("onnxattn"):
             extra += f", ours {100 * r['fraction_of_copy']['onnxattn']:.0f}% of copy bw"
-            if r["fraction_of_copy"].get("pdl"):
-                extra += f" ({100 * r['fraction_of_copy']['pdl']:.0f}% with PDL)"
-            if r["fraction_of_copy"].get("direct"):
-                extra += f" ({100 * r['fraction_of_copy']['direct']:.0f}% with direct loads)"
+            for name, (label, _) in OPT_IN_DECODE.items():
+                if r["fraction_of_copy"].get(name):
+                    extra += f" ({100 * r['fraction_of_copy'][name]:.0f}% with {label})"
         print(f"{r['kind']:8} {r['dtype']:9} {r['shape']:32} {cells}{extra}")
         sweep = {n: f for n, f in r.get("split_sweep", {}).items() if n != "error" and f}
         if sweep:

@@ -43,10 +43,11 @@ from pathlib import Path  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests" / "gpu"), str(ROOT / "benchmarks")]
 
-CASES = ("sdpa_decode_b1_32k", "sdpa_decode_b1_32k_direct", "sdpa_decode_b1_4k", "gqa_prefill_s2048", "gqa_prefill_s2048_chunks",
-         "ort_gqa_prefill_s2048", "gqa_decode_p32k", "gqa_decode_p32k_direct", "ort_gqa_decode_p32k", "nsa_16k", "routed_16k", "nsa_dot_16k",
-         "nsa_mma_16k", "routed_mma_16k", "nsa_mma_async_16k", "routed_mma_async_16k", "nsa_mma_64k",
-         "routed_mma_64k", "nsa_mma_async_64k", "routed_mma_async_64k")
+CASES = ("sdpa_decode_b1_32k", "sdpa_decode_b1_32k_direct", "sdpa_decode_b1_4k", "gqa_prefill_s2048",
+         "gqa_prefill_s2048_chunks", "ort_gqa_prefill_s2048", "gqa_decode_p32k", "gqa_decode_p32k_direct",
+         "ort_gqa_decode_p32k", "nsa_16k", "routed_16k", "nsa_dot_16k", "nsa_mma_16k", "routed_mma_16k",
+         "nsa_mma_async_16k", "routed_mma_async_16k", "nsa_mma_64k", "routed_mma_64k", "nsa_mma_async_64k",
+         "routed_mma_async_64k")
 # Library switches a case runs under (read by the kernels on every call).
 CASE_ENV = {"gqa_prefill_s2048_chunks": {"ONNXATTN_GQA_CUDA_ROTATION": "chunks"},
             "sdpa_decode_b1_32k_direct": {"ONNXATTN_SDPA_CUDA_DECODE_LOADS": "direct"},
