@@ -21,6 +21,9 @@ causal prefill, S in {16k, 64k} (--quick: {4k, 16k}):
   - nsa_mma_async, routed_mma_async: nsa_mma and routed_mma with the latency work (opt-in, the same bits):
                ONNXATTN_SPARSE_CUDA_LOADS=async (the tensor-core kernels, by block and selection, with their
                loads overlapped) and ONNXATTN_SPARSE_CUDA_ARGMAX=redux (the selection's argmax by warp reductions);
+  - nsa_mma_tiles, routed_mma_tiles: nsa_mma_async and routed_mma_async by query tiles (opt-in, not the same
+               bits): ONNXATTN_SPARSE_CUDA_BLOCKS=queries, a CTA per run of consecutive queries walking the union
+               of their lists, outputs in registers, instead of the inverted lists and their per-slot merges;
   - dense:     our ScaledDotProductAttention CUDA kernel (causal, GQA) through the library's C test entry
                (tests/gpu/sdpa_cuda_lib.py, as bench_sdpa_cuda.py);
   - dense_ort: the same op through onnxruntime's CUDA EP: the sparse ops' path, so sparse/dense compares like
@@ -35,7 +38,8 @@ triangle for the dense ones, the selected blocks (+ window + compressed tokens f
 as bench_sparse_cpu.attended_keys; selection and compression work comes on top); and time ratios
 nsa/dense, routed/dense (dense = dense_ort, else the C entry) and nsa/torch, routed/torch (torch = the faster
 backend), nsa/nsa_simple and routed/routed_simple, nsa_mma/nsa, nsa_dot_mma/nsa_dot, routed_mma/routed,
-nsa_mma_async/nsa_mma and routed_mma_async/routed_mma: below 1,
+nsa_mma_async/nsa_mma, routed_mma_async/routed_mma, nsa_mma_tiles/nsa_mma_async and
+routed_mma_tiles/routed_mma_async: below 1,
 the first is faster. Anchors (issue 7, FlashMoBA on H100): NSA kernels ~6-9x faster than
 FA2 at 64k (ratio ~0.11-0.17), MoBA ~6x (~0.17).
 
@@ -77,26 +81,31 @@ from bench_sdpa_cuda import env_vars, environment, time_cuda, time_graph, time_w
 from bench_sparse_cpu import BLOCK, CASES, D, HKV, HQ, TOP, WINDOW, attended_keys  # noqa: E402
 
 DTYPE = torch.bfloat16
-# the tensor-core columns (the default path) before the simple kernels' (the slowest, the first the budget skips)
-IMPLS = ("nsa", "nsa_dot", "routed", "nsa_mma", "nsa_dot_mma", "routed_mma", "nsa_mma_async", "routed_mma_async",
-         "dense", "dense_ort", "torch_flash", "torch_cudnn", "nsa_simple", "routed_simple")
+# the default path (mma), its opt-in variants and the dense references first; the fast and simple paths, the slowest,
+# last (when the time budget runs short it skips the last columns first)
+IMPLS = ("nsa_mma", "routed_mma", "nsa_mma_tiles", "routed_mma_tiles", "nsa_mma_async", "routed_mma_async",
+         "dense_ort", "dense", "nsa_dot_mma", "torch_flash", "torch_cudnn", "nsa", "nsa_dot", "routed", "nsa_simple",
+         "routed_simple")
 NSA_DOT = ("NativeSparseAttention", ["Q", "K", "V", "gates"], CASES["nsa"][2])
 # implementation -> (op, inputs, attributes) and the environment its runs see
 ORT_CASES = {"nsa": CASES["nsa"], "nsa_dot": NSA_DOT, "nsa_simple": CASES["nsa"], "routed": CASES["routed"],
              "routed_simple": CASES["routed"], "dense_ort": CASES["dense"], "nsa_mma": CASES["nsa"],
              "nsa_dot_mma": NSA_DOT, "routed_mma": CASES["routed"], "nsa_mma_async": CASES["nsa"],
-             "routed_mma_async": CASES["routed"]}  # fmt: skip
+             "routed_mma_async": CASES["routed"], "nsa_mma_tiles": CASES["nsa"],
+             "routed_mma_tiles": CASES["routed"]}  # fmt: skip
 FAST, SIMPLE, MMA = ({"ONNXATTN_SPARSE_CUDA": v} for v in ("fast", "simple", "mma"))
 MMA_ASYNC = {**MMA, "ONNXATTN_SPARSE_CUDA_LOADS": "async", "ONNXATTN_SPARSE_CUDA_ARGMAX": "redux"}
+MMA_TILES = {**MMA_ASYNC, "ONNXATTN_SPARSE_CUDA_BLOCKS": "queries"}
 ORT_ENV = {"nsa": FAST, "nsa_dot": FAST, "routed": FAST, "nsa_simple": SIMPLE, "routed_simple": SIMPLE,
            "nsa_mma": MMA, "nsa_dot_mma": MMA, "routed_mma": MMA, "nsa_mma_async": MMA_ASYNC,
-           "routed_mma_async": MMA_ASYNC}  # fmt: skip
+           "routed_mma_async": MMA_ASYNC, "nsa_mma_tiles": MMA_TILES, "routed_mma_tiles": MMA_TILES}  # fmt: skip
 TORCH_BACKENDS = {"torch_flash": "FLASH_ATTENTION", "torch_cudnn": "CUDNN_ATTENTION"}
 SPARSE = ("nsa", "nsa_dot", "nsa_simple", "routed", "routed_simple", "nsa_mma", "nsa_dot_mma", "routed_mma",
-          "nsa_mma_async", "routed_mma_async")
+          "nsa_mma_async", "routed_mma_async", "nsa_mma_tiles", "routed_mma_tiles")
 DENSE, TORCH = ("dense_ort", "dense"), ("torch_flash", "torch_cudnn")
 FAST_VS_SIMPLE = (("nsa", "nsa_simple"), ("routed", "routed_simple"), ("nsa_mma", "nsa"), ("nsa_dot_mma", "nsa_dot"),
-                  ("routed_mma", "routed"), ("nsa_mma_async", "nsa_mma"), ("routed_mma_async", "routed_mma"))
+                  ("routed_mma", "routed"), ("nsa_mma_async", "nsa_mma"), ("routed_mma_async", "routed_mma"),
+                  ("nsa_mma_tiles", "nsa_mma_async"), ("routed_mma_tiles", "routed_mma_async"))
 PROBE_SEQ = 1024  # the placement check's run
 SKIPPED = "skipped: "
 CAP_MARGIN_S = 4.0  # past --budget-s, before gpu_check.sh's cap (40 s) ends the process
@@ -255,7 +264,7 @@ def derive(row: dict) -> dict:
     keys = {"nsa": attended_keys("nsa", s), "nsa_simple": attended_keys("nsa", s), "nsa_dot": blocks_and_window,
             "routed": attended_keys("routed", s), "routed_simple": attended_keys("routed", s)}  # fmt: skip
     keys.update({f"{n}_mma": keys[n] for n in ("nsa", "nsa_dot", "routed")})
-    keys.update({f"{n}_mma_async": keys[n] for n in ("nsa", "routed")})
+    keys.update({f"{n}_mma_{switch}": keys[n] for n in ("nsa", "routed") for switch in ("async", "tiles")})
     row["attended_keys"] = {**keys, "dense": attended_keys("dense", s)}
     row["tflops"] = {n: (4 * D * HQ * keys.get(n, row["attended_keys"]["dense"]) / (t * 1e-3) / 1e12 if t else None)
                      for n, t in ms.items()}  # fmt: skip
@@ -292,8 +301,8 @@ def format_table(env: dict, rows: list[dict]) -> str:
     lines.append(f"{'S':>5} " + " ".join(f"{n:>11}" for n in IMPLS) + "   (TFLOP/s over the keys attended)")
     for r in rows:
         lines.append(f"{short_len(r['seq']):>5} " + " ".join(fmt(r.get("tflops", {}).get(n), "11.1f", 11) for n in IMPLS))
-    heads = ("nsa/dense", "nsa_dot/dense", "routed/dense", "nsa/torch", "routed/torch", "nsa/nsa_simple",
-             "routed/routed_simple")
+    heads = ("nsa_mma/dense", "routed_mma/dense", "nsa_mma_tiles/dense", "routed_mma_tiles/dense", "nsa_mma/torch",
+             "routed_mma/torch", "nsa/dense", "routed/dense")
     lines.append(f"{'S':>5} " + " ".join(f"{h:>12}" for h in heads) + "   time ratios (< 1: sparse faster)  dense, torch =")
     for r in rows:
         refs = f"{r.get('dense_ref') or '-'}, {r.get('torch_ref') or '-'}"
@@ -400,7 +409,7 @@ def main(argv=None) -> int:
               "nsa_simple": ORT_ENV["nsa_simple"], "routed": CASES["routed"][2],
               "routed_simple": ORT_ENV["routed_simple"], "dense": CASES["dense"][2],
               "nsa_mma": ORT_ENV["nsa_mma"], "nsa_dot_mma": ORT_ENV["nsa_dot_mma"], "routed_mma": ORT_ENV["routed_mma"],
-              "nsa_mma_async": ORT_ENV["nsa_mma_async"], "routed_mma_async": ORT_ENV["routed_mma_async"],
+              **{n: ORT_ENV[n] for n in ("nsa_mma_async", "routed_mma_async", "nsa_mma_tiles", "routed_mma_tiles")},
               "timers": "onnxruntime: wall clock around run_with_iobinding; torch and dense: CUDA events "
                         "(a graph of back-to-back calls under 5 ms); medians"}  # fmt: skip
 

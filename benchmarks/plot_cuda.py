@@ -54,6 +54,8 @@ LABELS = {
     "routed_mma": "SparseRoutedAttention, mma",
     "nsa_mma_async": "NSA, mma, overlapped loads",
     "routed_mma_async": "routed, mma, overlapped loads",
+    "nsa_mma_tiles": "NSA, mma, query tiles",
+    "routed_mma_tiles": "routed, mma, query tiles",
 }
 COLORS = {
     "onnxattn": "tab:blue",
@@ -73,6 +75,8 @@ COLORS = {
     "routed_mma": "saddlebrown",
     "nsa_mma_async": "slateblue",
     "routed_mma_async": "chocolate",
+    "nsa_mma_tiles": "darkviolet",
+    "routed_mma_tiles": "peru",
 }
 DTYPE = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
 PREFILL_TARGET_TFLOPS = 300.0  # the SDPA issue's first prefill target (FA2 class) at S=4k
@@ -396,9 +400,10 @@ def table_mla(data: dict) -> str:
 # ------------------------------------------------------------------------------------------------ sparse
 
 SPARSE_IMPLS = ("nsa", "nsa_dot", "routed", "nsa_mma", "nsa_dot_mma", "routed_mma", "nsa_mma_async",
-                "routed_mma_async", "dense", "dense_ort", "torch_flash", "torch_cudnn")
+                "routed_mma_async", "nsa_mma_tiles", "routed_mma_tiles", "dense", "dense_ort", "torch_flash", "torch_cudnn")
 SPARSE_RATIOS = ("nsa/dense", "routed/dense", "nsa/torch", "routed/torch", "nsa_mma/dense", "nsa_dot_mma/dense",
-                 "routed_mma/dense", "nsa_mma_async/dense", "routed_mma_async/dense")
+                 "routed_mma/dense", "nsa_mma_async/dense", "routed_mma_async/dense", "nsa_mma_tiles/dense",
+                 "routed_mma_tiles/dense")
 SPARSE_HEADS = {"nsa": "NSA ms", "nsa_dot": "NSA dot ms", "routed": "routed ms", "nsa_mma": "NSA mma ms",
                 "nsa_dot_mma": "NSA dot mma ms", "routed_mma": "routed mma ms", "dense": "dense ms (ours, C entry)",
                 "dense_ort": "dense ms (ours, ORT)", "torch_flash": "torch flash ms", "torch_cudnn": "torch cuDNN ms",
@@ -407,7 +412,10 @@ SPARSE_HEADS = {"nsa": "NSA ms", "nsa_dot": "NSA dot ms", "routed": "routed ms",
                 "nsa_dot_mma/dense": "NSA dot mma / dense", "routed_mma/dense": "routed mma / dense",
                 "nsa_mma_async": "NSA mma async ms", "routed_mma_async": "routed mma async ms",
                 "nsa_mma_async/dense": "NSA mma async / dense",
-                "routed_mma_async/dense": "routed mma async / dense"}  # fmt: skip
+                "routed_mma_async/dense": "routed mma async / dense",
+                "nsa_mma_tiles": "NSA mma tiles ms", "routed_mma_tiles": "routed mma tiles ms",
+                "nsa_mma_tiles/dense": "NSA mma tiles / dense",
+                "routed_mma_tiles/dense": "routed mma tiles / dense"}  # fmt: skip
 
 
 def plot_sparse(data: dict, png: Path) -> None:

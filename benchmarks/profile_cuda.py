@@ -20,9 +20,11 @@ Cases (each guarded: one failing is recorded in its row and the run goes on):
     nsa_mma_async_16k, routed_mma_async_16k: and the latency work (ONNXATTN_SPARSE_CUDA_LOADS=async: the
     tensor-core kernels with their loads overlapped; ONNXATTN_SPARSE_CUDA_ARGMAX=redux: the selection's argmax by
     warp reductions; opt-in until checked on a GPU: on the H200 at 21d5171 blocks_mma_kernel took 7.4 ms of NSA's
-    9.5, select_split_kernel 4.5 of routed's 13.5);
-  - nsa_mma_64k, routed_mma_64k, nsa_mma_async_64k, routed_mma_async_64k: the same at issue 7's S=64k (last: the
-    budget skips them first).
+    9.5, select_split_kernel 4.5 of routed's 13.5); nsa_mma_tiles_16k, routed_mma_tiles_16k: the async cases by
+    query tiles (ONNXATTN_SPARSE_CUDA_BLOCKS=queries, opt-in until checked on a GPU: no inverted lists, no per-slot
+    merges of the output rows);
+  - nsa_mma_64k, nsa_mma_tiles_64k, routed_mma_64k, routed_mma_tiles_64k, nsa_mma_async_64k, routed_mma_async_64k:
+    the same at issue 7's S=64k (last: the budget skips them first).
 
 Usage: python benchmarks/profile_cuda.py [--out FILE_OR_DIR] [--cases a,b] [--budget-s 40]
 Prints one table per case and writes JSON (device, commit, rows) after every case. Exit 2 without CUDA.
@@ -46,8 +48,8 @@ sys.path[:0] = [str(ROOT / "tests" / "gpu"), str(ROOT / "benchmarks")]
 CASES = ("sdpa_decode_b1_32k", "sdpa_decode_b1_32k_direct", "sdpa_decode_b1_4k", "gqa_prefill_s2048",
          "gqa_prefill_s2048_chunks", "ort_gqa_prefill_s2048", "gqa_decode_p32k", "gqa_decode_p32k_direct",
          "ort_gqa_decode_p32k", "nsa_16k", "routed_16k", "nsa_dot_16k", "nsa_mma_16k", "routed_mma_16k",
-         "nsa_mma_async_16k", "routed_mma_async_16k", "nsa_mma_64k", "routed_mma_64k", "nsa_mma_async_64k",
-         "routed_mma_async_64k")
+         "nsa_mma_async_16k", "routed_mma_async_16k", "nsa_mma_tiles_16k", "routed_mma_tiles_16k", "nsa_mma_64k",
+         "nsa_mma_tiles_64k", "routed_mma_64k", "routed_mma_tiles_64k", "nsa_mma_async_64k", "routed_mma_async_64k")
 # Library switches a case runs under (read by the kernels on every call).
 CASE_ENV = {"gqa_prefill_s2048_chunks": {"ONNXATTN_GQA_CUDA_ROTATION": "chunks"},
             "sdpa_decode_b1_32k_direct": {"ONNXATTN_SDPA_CUDA_DECODE_LOADS": "direct"},

@@ -26,7 +26,8 @@ def bench():
 
 MS = {"nsa": 40.0, "nsa_dot": 20.0, "nsa_simple": 160.0, "routed": 30.0, "routed_simple": 240.0, "dense": 70.0,
       "dense_ort": 80.0, "torch_flash": 55.0, "torch_cudnn": 50.0, "nsa_mma": 10.0, "nsa_dot_mma": 5.0,
-      "routed_mma": 12.0, "nsa_mma_async": 5.0, "routed_mma_async": 6.0}
+      "routed_mma": 12.0, "nsa_mma_async": 5.0, "routed_mma_async": 6.0, "nsa_mma_tiles": 2.5,
+      "routed_mma_tiles": 4.5}
 
 
 def fake_result(bench) -> dict:
@@ -50,7 +51,10 @@ def test_ratios_use_the_same_path_dense_and_the_faster_torch_backend(bench):
                                         "routed_mma/routed": 0.4, "nsa_mma_async/dense": 0.0625,
                                         "nsa_mma_async/torch": 0.1, "routed_mma_async/dense": 0.075,
                                         "routed_mma_async/torch": 0.12, "nsa_mma_async/nsa_mma": 0.5,
-                                        "routed_mma_async/routed_mma": 0.5})  # fmt: skip
+                                        "routed_mma_async/routed_mma": 0.5, "nsa_mma_tiles/dense": 0.03125,
+                                        "nsa_mma_tiles/torch": 0.05, "routed_mma_tiles/dense": 0.05625,
+                                        "routed_mma_tiles/torch": 0.09, "nsa_mma_tiles/nsa_mma_async": 0.5,
+                                        "routed_mma_tiles/routed_mma_async": 0.75})  # fmt: skip
     assert r["tflops"]["nsa_mma"] == pytest.approx(4 * r["tflops"]["nsa"])  # the same keys in a quarter of the time
     assert r["attended_keys"]["dense"] > r["attended_keys"]["nsa"] > r["attended_keys"]["nsa_dot"]
     s = 65536
@@ -66,9 +70,11 @@ def test_table(bench):
     text = bench.format_table(fake_result(bench)["environment"], fake_result(bench)["results"])
     assert "NVIDIA H100 80GB HBM3" in text and "commit 0123456789ab" in text
     lines = text.splitlines()
-    assert any(line.split()[:7] == ["64k", "40.00", "20.00", "30.00", "10.00", "5.00", "12.00"] for line in lines)
-    assert any(line.split()[-2:] == ["160.00", "240.00"] for line in lines)  # the simple kernels last
-    assert any(line.split()[:8] == ["64k", "0.500", "0.250", "0.375", "0.800", "0.600", "0.250", "0.125"] for line in lines)
+    # the default path, its opt-in variants and the dense references first; the simple kernels last
+    assert any(line.split()[:8] == ["64k", "10.00", "12.00", "2.50", "4.50", "5.00", "6.00", "80.00"] for line in lines)
+    assert any(line.split()[-2:] == ["160.00", "240.00"] for line in lines)
+    ratios = ["64k", "0.125", "0.150", "0.031", "0.056", "0.200", "0.240", "0.500", "0.375", "dense_ort,", "torch_cudnn"]
+    assert ratios in [line.split() for line in lines]
     assert "S=16k routed: skipped: time budget spent" in text
 
 
@@ -130,7 +136,7 @@ def test_main_records_errors_and_goes_on(fake_device, tmp_path, capsys):
     data = json.loads(out.read_text())
     assert data["environment"]["onnxruntime"] == "9.9"
     ort_names = ("nsa", "nsa_dot", "nsa_simple", "routed", "routed_simple", "dense_ort", "nsa_mma", "nsa_dot_mma",
-                 "routed_mma", "nsa_mma_async", "routed_mma_async")
+                 "routed_mma", "nsa_mma_async", "routed_mma_async", "nsa_mma_tiles", "routed_mma_tiles")
     assert data["environment"]["placement"] == {n: ["CUDAExecutionProvider"] for n in ort_names}
     assert [r["seq"] for r in data["results"]] == [128, 256]
     for r in data["results"]:
@@ -200,8 +206,8 @@ def test_plot_cuda_draws_the_sparse_json(bench, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "### Sparse attention — NVIDIA H100" in out
     # the columns some row has: nsa, nsa_dot, routed, the mma ones, dense (C entry, ORT), torch; then the ratios
-    assert ("| 64k | 40.00 | 20.00 | 30.00 | 10.00 | 5.00 | 12.00 | 5.00 | 6.00 | 70.00 | 80.00 | 55.00 | 50.00 | "
-            "0.500 | 0.375 | 0.800 | 0.600 | 0.125 | 0.062 | 0.150 | 0.062 | 0.075 |") in out
+    assert ("| 64k | 40.00 | 20.00 | 30.00 | 10.00 | 5.00 | 12.00 | 5.00 | 6.00 | 2.50 | 4.50 | 70.00 | 80.00 | 55.00 | "
+            "50.00 | 0.500 | 0.375 | 0.800 | 0.600 | 0.125 | 0.062 | 0.150 | 0.062 | 0.075 | 0.031 | 0.056 |") in out
     assert "| 16k | 8.00 | — |" in out
 
 

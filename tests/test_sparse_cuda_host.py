@@ -103,6 +103,7 @@ def sizes():
                                                                                               ctypes.c_void_p]
     lib.OnnxAttnSparseSelectMmaTiling.argtypes = [ctypes.c_int32, ctypes.c_int32] + [ctypes.c_int64] * 3 + [
         ctypes.c_int32, ctypes.c_int64, ctypes.c_int32, ctypes.c_void_p]  # fmt: skip
+    lib.OnnxAttnSparseQueryTiles.argtypes = [ctypes.c_int64] * 6 + [ctypes.c_int32] * 3 + [ctypes.c_void_p]
 
     class Sizes:
         @staticmethod
@@ -135,6 +136,12 @@ def sizes():
         def blocks_mma(lists, heads_per_list, out_rows, top_k, keys, dim, v_dim, max_smem=H100_SMEM):
             lib.OnnxAttnSparseBlocksMma(lists, heads_per_list, out_rows, top_k, keys, dim, v_dim, max_smem, out)
             return bool(out[0]), out[1], out[2], out[3]
+
+        @staticmethod
+        def query_tiles(batch, list_heads, q_len, heads_per_list, top_k, blocks, dim, v_dim, max_smem=H100_SMEM):
+            lib.OnnxAttnSparseQueryTiles(batch, list_heads, q_len, heads_per_list, top_k, blocks, dim, v_dim, max_smem,
+                                         out)  # fmt: skip
+            return bool(out[0]), out[1], out[2]
 
     return Sizes
 
@@ -227,6 +234,59 @@ def test_tensor_core_blocks_sizes_and_limits(sizes):
     assert not sizes.blocks_mma((2**31 - 1 - 1000) // 16 + 1, 1, 1, 16, 1000, 64, 64)[0]
     assert not sizes.blocks_mma((2**31 - 1) // 16, 1, 1, 16, 1000, 64, 64)[0]
     assert not sizes.blocks_mma(1000, 1, 1, 4, 2**31 - 2, 64, 64)[0]
+
+
+def test_query_tile_sizes_and_limits(sizes):
+    """The attention by query tiles (ONNXATTN_SPARSE_CUDA_BLOCKS=queries): whole lists of up to 64 rows per CTA, Q's
+    16-bit rows and two stages of key and value tiles (rows padded by 8 elements), then the tile's lists (int32);
+    the tensor-core kernel's head sizes, block indices within int32, the CTAs within one launch."""
+
+    def smem(d, dv, per_list, top):
+        return (64 * (d + 8) + 2 * 64 * (d + 8 + dv + 8)) * 2 + (64 // per_list) * top * 4
+
+    # NSA at S = 64k, 16 / 2 heads, shared lists of 8 rows, 16 blocks of 1024: 8 lists per tile, two CTAs per SM
+    ok, shared, per_tile = sizes.query_tiles(1, 2, 65536, 8, 16, 1024, 128, 128)
+    assert ok and per_tile == 8 and shared == smem(128, 128, 8, 16) == 87552 and 2 * shared <= H100_SMEM
+    # routed: one row per list, 64 lists per tile
+    assert sizes.query_tiles(1, 16, 65536, 1, 16, 1024, 128, 128)[1:] == (smem(128, 128, 1, 16), 64)
+    assert sizes.query_tiles(1, 1, 1, 64, 1, 1, 64, 64)[0] and not sizes.query_tiles(1, 1, 1, 65, 1, 1, 64, 64)[0]
+    for d, dv, good in ((16, 16, True), (256, 256, True), (8, 16, False), (24, 16, False), (272, 64, False),
+                        (64, 40, False), (64, 0, False)):
+        assert sizes.query_tiles(1, 1, 1, 1, 1, 1, d, dv)[0] == good, (d, dv)
+    assert smem(256, 256, 8, 16) > A100_SMEM and not sizes.query_tiles(1, 1, 1, 8, 16, 1, 256, 256, A100_SMEM)[0]
+    assert sizes.query_tiles(1, 1, 1, 8, 16, 1, 256, 256)[0]  # on the H100
+    assert not sizes.query_tiles(1, 1, 1, 1, 1024, 1, 128, 128)[0]  # 64 lists of 1024 entries: 256 KiB
+    for zero in range(6):  # an empty problem (or no list entries, no blocks) is not this kernel's
+        args = [1, 1, 1, 1, 1, 1]
+        args[zero] = 0
+        assert not sizes.query_tiles(*args, 64, 64)[0], zero
+    assert not sizes.query_tiles(1, 1, 1, 1, 4097, 1, 16, 16)[0]
+    assert not sizes.query_tiles(1, 1, 1, 1, 1, 2**31 - 1, 64, 64)[0]
+    assert sizes.query_tiles(1, 1, (2**31 - 1) * 64, 1, 1, 1, 64, 64)[0]  # 2^31 - 1 CTAs
+    assert not sizes.query_tiles(1, 1, (2**31 - 1) * 64 + 1, 1, 1, 1, 64, 64)[0]
+    assert not sizes.query_tiles(2**40, 2**40, 1, 1, 1, 1, 64, 64)[0]  # no overflow into a small product
+
+
+def test_query_tiles_walk_each_list_in_ascending_order_once():
+    """A query tile walks the union of its lists by merging them (cuda_blocks_mma.cu next_step), so each list must
+    be ascending with each block once, then the end marker (kNoBlock): normalize_block_list on the selection's lists
+    (-1 for none), and on anything else (out of range, repeats, any order)."""
+    lib = ctypes.CDLL(sdpa_cuda_lib.library_path())
+    fn = lib.OnnxAttnSparseNormalizeBlockList
+    fn.argtypes = [ctypes.POINTER(ctypes.c_int32), ctypes.c_int32, ctypes.c_int64]
+    no_block = 2**31 - 1
+    rng = np.random.default_rng(5)
+    for trial in range(400):
+        top, blocks = int(rng.integers(1, 40)), int(rng.integers(1, 70))
+        entries = rng.integers(-3, blocks + 3, top).astype(np.int32)
+        if trial % 3 == 0:  # as the selection writes them: distinct blocks, then -1
+            valid = int(rng.integers(0, min(top, blocks) + 1))
+            entries[:] = -1
+            entries[:valid] = rng.permutation(blocks)[:valid]
+        got = entries.copy()
+        fn(got.ctypes.data_as(ctypes.POINTER(ctypes.c_int32)), top, blocks)
+        want = sorted({int(x) for x in entries if 0 <= x < blocks})
+        assert got.tolist() == want + [no_block] * (top - len(want)), (trial, entries.tolist())
 
 
 def test_tensor_core_selection_sizes_and_limits(sizes):

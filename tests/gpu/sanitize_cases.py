@@ -8,10 +8,11 @@ PYTORCH_NO_CUDA_MEMORY_CACHING=1 so each tensor is its own allocation and memche
 then MultiHeadLatentAttention's tensor-core attention (family `mla`, on every run); then the Hopper prefill
 kernel (family `wgmma`, ONNXATTN_SDPA_CUDA_PREFILL=wgmma: partial row tiles, partial key steps, padded D/Dv, rows
 without keys; on every run, skipped on other GPUs). Both passed memcheck on an H100 (93587a9, 8ec89a9). Then the
-sparse ops' tensor-core attention by block (family `sparse_mma`, ONNXATTN_SPARSE_CUDA=mma, through onnxruntime's
-CUDA EP: shared and per-head NSA lists, partial last blocks, rows before any key, routed segments longer than a
-tile, Dv != D; on every run). Then LightningIndexer (family `indexer`, not yet run on a GPU: both score kernels,
-the radix select, shared buffers with NaN in hidden slots; on every run). Not a pytest module."""
+sparse ops' tensor-core attention by block (family `sparse_mma`, ONNXATTN_SPARSE_CUDA=mma, through onnxruntime's CUDA
+EP: shared and per-head NSA lists, partial last blocks, rows before any key, routed segments longer than a tile, Dv !=
+D; with the opt-in switches too, the query tiles included; on every run). Then LightningIndexer (family `indexer`, not
+yet run on a GPU: both score kernels, the radix select, shared buffers with NaN in hidden slots; on every run). Not a
+pytest module."""
 
 from __future__ import annotations
 
@@ -154,10 +155,15 @@ def sparse_mma_cases() -> int:
         return f"max |mma - fast| = {err:.2g}"
 
     failed = 0
-    # ONNXATTN_SPARSE_CUDA_LOADS / _ARGMAX: the kernels as they are, and with the latency work
-    for loads, argmax in (("sync", "shuffle"), ("async", "redux")):
-        with library_switch("ONNXATTN_SPARSE_CUDA_LOADS", loads), library_switch("ONNXATTN_SPARSE_CUDA_ARGMAX", argmax):
-            failed += sum(checked(f"sparse_mma {kind} {name} bfloat16 loads={loads} argmax={argmax}",
+    # ONNXATTN_SPARSE_CUDA_LOADS / _ARGMAX / _BLOCKS: the kernels as they are, with the latency work, and by query
+    # tiles (its walk of the lists, two stages of tiles)
+    for loads, argmax, blocks in (("sync", "shuffle", "lists"), ("async", "redux", "lists"),
+                                  ("async", "redux", "queries")):  # fmt: skip
+        switches = {"LOADS": loads, "ARGMAX": argmax, "BLOCKS": blocks}
+        with contextlib.ExitStack() as stack:
+            for switch, value in switches.items():
+                stack.enter_context(library_switch(f"ONNXATTN_SPARSE_CUDA_{switch}", value))
+            failed += sum(checked(f"sparse_mma {kind} {name} bfloat16 loads={loads} argmax={argmax} blocks={blocks}",
                                   lambda: run_case(kind, name, "bfloat16"))
                           for kind, names in (("nsa", t.MMA_SANITIZE_NSA), ("routed", t.MMA_SANITIZE_ROUTED))
                           for name in names)  # fmt: skip

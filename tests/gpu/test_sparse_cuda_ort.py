@@ -494,7 +494,8 @@ def test_the_latency_switches_give_the_same_bits(kind, name, dtype):
             np.testing.assert_array_equal(g, w, err_msg=f"{kind} {name} {dtype}: {path} with {switches}")
 
 
-@pytest.mark.parametrize("switch, values", [("LOADS", "sync or async"), ("ARGMAX", "shuffle or redux")])
+@pytest.mark.parametrize("switch, values", [("LOADS", "sync or async"), ("ARGMAX", "shuffle or redux"),
+                                            ("BLOCKS", "lists or queries")])
 @pytest.mark.parametrize("kind", ["nsa", "routed"])
 def test_a_bad_latency_switch_is_an_error(kind, switch, values):
     model, feeds = core_case("paper-shared-causal", "bfloat16")[:2] if kind == "nsa" else \
@@ -504,3 +505,39 @@ def test_a_bad_latency_switch_is_an_error(kind, switch, values):
     with pytest.raises(Exception, match=rf"{op}: environment variable ONNXATTN_SPARSE_CUDA_{switch} must be {values}, "
                                         r"got 'later'"):  # fmt: skip
         with_sparse_path("mma", lambda: sess.run(None, feeds), **{switch: "later"})
+
+
+# ONNXATTN_SPARSE_CUDA_BLOCKS=queries, opt-in until a GPU run has checked and timed it: the attention by block by query
+# tiles (cuda_blocks_mma.cu blocks_query_tiles_kernel: a CTA per run of consecutive queries walks the union of their
+# lists in ascending block order, each staged tile scored for the rows whose list holds its block, outputs kept in
+# registers) instead of the inverted lists. Each row sums its blocks in another order, so not the lists' bits: the
+# same selections (the selection kernels are the same), Y within the mma tolerance of the CPU kernel and within twice
+# it of the inverted lists, the same bits on a second run; and under LOADS=async the routed attention reads 16-bit
+# copies of its RoPE'd Q and K rounded as the float32 staging rounds them: the same bits as under LOADS=sync. The
+# cases cover shared lists of 4, 32 (2 queries a tile) and 1 heads, per-head lists, Sq = 1, Sq > Skv, partial blocks
+# and segments of 100 and 65 keys (two tiles, one partial), bidirectional routing, Dv = 48, D = 16 and MQA.
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("kind, name", [("nsa", n) for n in CORE_CASES] + [("routed", n) for n in ROUTED_CASES])
+def test_query_tiles_match_the_cpu_kernel_and_the_inverted_lists(kind, name, dtype):
+    from helpers import run_kernel
+
+    if kind == "nsa":
+        model, feeds, _ = core_case(name, dtype)
+        tol, exact = nsa_mma_tolerance(feeds, dtype), exact_selection(name)
+    else:
+        model, _, feeds, tol = routed_case(name, dtype)
+        exact = False  # the routing's near-ties (see above)
+    sess = cuda_session(model)
+    lists = with_sparse_path("mma", lambda: sess.run(None, feeds), BLOCKS="lists", LOADS="sync")
+    tiles = with_sparse_path("mma", lambda: sess.run(None, feeds), BLOCKS="queries", LOADS="sync")
+    overlapped = with_sparse_path("mma", lambda: sess.run(None, feeds), BLOCKS="queries", LOADS="async")
+    for t, a in zip(tiles, overlapped):
+        np.testing.assert_array_equal(a, t, err_msg=f"{kind} {name} {dtype}: query tiles, LOADS=async vs sync")
+    for t, w in zip(tiles[1:], lists[1:]):
+        np.testing.assert_array_equal(t, w, err_msg=f"{kind} {name} {dtype}: the selections")
+    assert_close_on(np.ones(tiles[0].shape[:3], bool), tiles[0], lists[0], 2 * tol, f"tiles vs lists, {name}, {dtype}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        want = run_kernel(model, feeds, threads=8)
+    rows = mma_agreeing_rows(tiles, want, feeds["Q"].shape[1], exact)
+    assert_close_on(rows, tiles[0], want[0], tol, f"query tiles, {name}, {dtype}")

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <stdexcept>
+#include <type_traits>
 
 #include "sdpa/cuda_device.cuh"  // allow_smem
 #include "sparse/cuda_common.cuh"
@@ -296,6 +297,167 @@ __global__ void __launch_bounds__(kThreads) blocks_mma_overlapped_kernel(const R
   merge_rows<kMaxDv, true>(a, o, m, l, live_lo, live_hi, row_lo, row_hi, state, scale_log2);
 }
 
+// ---- By query tiles (RoutedBlocksArgs::query_tiles, ONNXATTN_SPARSE_CUDA_BLOCKS=queries) ----
+//
+// The inverted lists read each chosen block once per slot for up to 64 rows, but every row then merges its float32
+// output row through global memory once per slot (at 64k, NSA's ~16 GB of merges). A query tile instead keeps its 64
+// rows' outputs in registers from the first block to the last: a CTA takes consecutive queries of one (batch, list
+// head), walks the union of their lists in ascending block order, and scores each staged tile for the rows whose list
+// holds its block (the others are hidden, as causality hides keys). Consecutive queries choose mostly the same
+// blocks (the forced ones, and scores that move slowly with the position), so the union stays near one list's length
+// while the rows share each tile; a tile's copies are issued one step ahead, into the other of two stages.
+
+// One step of a tile's walk: keys t0.. of `block` (kNoBlock: the walk is over) and the CTA's lists holding the block
+// (list l is bit l % 32 of lists[l / 32]).
+struct WalkStep {
+  int32_t block;
+  int64_t t0;
+  unsigned lists[2];
+};
+
+// A warp's place in the CTA's lists (lane l: lists l and l + 32): each one's next entry and its index.
+struct ListCursors {
+  int at[2];
+  int32_t next[2];
+};
+
+__device__ __forceinline__ int32_t list_entry(const int32_t* lists, int count, int top_k, int list, int at) {
+  return list < count && at < top_k ? lists[list * top_k + at] : kNoBlock;
+}
+
+// The step after `step`, the same in every lane: the block's next tile, else the first tile of the lowest block a
+// list holds next (passing over blocks with no key to stage: tiles_end(block) <= its first key).
+template <typename TilesEnd>
+__device__ __forceinline__ WalkStep next_step(const WalkStep& step, ListCursors& c, const int32_t* lists, int count,
+                                              int top_k, int64_t segment_size, TilesEnd tiles_end) {
+  if (step.block != kNoBlock && step.t0 + kMmaKeys < tiles_end(step.block)) {
+    return {step.block, step.t0 + kMmaKeys, {step.lists[0], step.lists[1]}};
+  }
+  const int lane = threadIdx.x % 32;
+  for (;;) {
+    WalkStep next{__reduce_min_sync(0xffffffffu, min(c.next[0], c.next[1])), 0, {0u, 0u}};
+    if (next.block == kNoBlock) return next;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const bool holds = c.next[h] == next.block;  // (each list holds a block once: normalize_block_list)
+      next.lists[h] = __ballot_sync(0xffffffffu, holds);
+      if (holds) c.next[h] = list_entry(lists, count, top_k, lane + 32 * h, ++c.at[h]);
+    }
+    next.t0 = int64_t(next.block) * segment_size;
+    if (next.t0 < tiles_end(next.block)) return next;
+  }
+}
+
+// Query tile blockIdx.x: (batch, list head) blockIdx.x / tiles, its queries from i0 on. Writes its rows of a.out
+// normalised (0 for a row that saw no key). kMaxDv >= Dv bounds the output registers.
+template <typename TIn, typename TMma, int kMaxDv>
+__global__ void __launch_bounds__(kThreads) blocks_query_tiles_kernel(const RoutedBlocksArgs a) {
+  extern __shared__ __align__(16) unsigned char tiles_smem[];
+  const int per_list = int(a.heads_per_list), per_tile = kMmaRows / per_list, top_k = int(a.top_k);
+  const int64_t tiles = (a.q_len + per_tile - 1) / per_tile;
+  const int64_t bh = blockIdx.x / tiles, i0 = blockIdx.x % tiles * per_tile;  // bh = b * list heads + list head
+  const int count = int(min(int64_t(per_tile), a.q_len - i0)), rows = count * per_list;
+  const int64_t b = bh / a.list_heads, first_head = bh % a.list_heads * a.heads_per_list;
+  const int64_t kv_head = first_head / (a.q_heads / a.kv_heads);
+  const int dim = a.dim, v_dim = a.v_dim, q_stride = mma_row_stride(dim), v_stride = mma_row_stride(v_dim);
+  // Q, then stage s's key tile at stages + s * stage_size and its value tile after it (offsets, not an array of
+  // pointers a runtime index would put on the stack), then the lists.
+  uint16_t* const qs = reinterpret_cast<uint16_t*>(tiles_smem);
+  uint16_t* const stages = qs + kMmaRows * q_stride;
+  const int stage_size = kMmaKeys * (q_stride + v_stride), values_at = kMmaKeys * q_stride;
+  int32_t* const lists = reinterpret_cast<int32_t*>(stages + 2 * stage_size);
+
+  // Row r: query i0 + r / per_list, head first_head + r % per_list; Q's row and the output's (-1: none).
+  const auto row_of = [&](int r) {
+    return r < rows ? (b * a.q_heads + first_head + r % per_list) * a.q_len + i0 + r / per_list : int64_t(-1);
+  };
+  const int32_t* const chosen = a.lists + (bh * a.q_len + i0) * a.top_k;  // the tile's lists, one after another
+  for (int x = threadIdx.x; x < count * top_k; x += kThreads) lists[x] = chosen[x];
+  issue_rows<TMma>(qs, q_stride, static_cast<const TIn*>(a.q), dim, row_of);
+  __syncthreads();
+  for (int list = threadIdx.x; list < count; list += kThreads) {
+    normalize_block_list(lists + list * top_k, top_k, a.num_segments);
+  }
+  __syncthreads();
+
+  const int64_t head_rows = (b * a.kv_heads + kv_head) * a.kv_len;
+  const TIn* const k_head = static_cast<const TIn*>(a.k) + head_rows * dim;
+  const TIn* const v_head = static_cast<const TIn*>(a.v) + head_rows * v_dim;
+  const int64_t seg = a.segment_size, last_pos = i0 + count - 1 + a.kv_len - a.q_len;  // bottom-right aligned
+  const auto block_end = [&](int32_t block) { return min((int64_t(block) + 1) * seg, a.kv_len); };
+  // Causal: keys past the tile's last query are hidden from every row, so they are never staged.
+  const auto tiles_end = [&](int32_t block) {
+    return a.causal ? min(block_end(block), last_pos + 1) : block_end(block);
+  };
+  const auto issue_tile = [&](int stage, const WalkStep& step) {
+    const int64_t tile_keys = min(int64_t(kMmaKeys), block_end(step.block) - step.t0);
+    const auto tile_row = [tile_keys](int r) { return r < tile_keys ? int64_t(r) : int64_t(-1); };
+    uint16_t* const ks = stages + stage * stage_size;
+    issue_rows<TMma>(ks, q_stride, k_head + step.t0 * dim, dim, tile_row);
+    issue_rows<TMma>(ks + values_at, v_stride, v_head + step.t0 * v_dim, v_dim, tile_row);
+  };
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  ListCursors cursors;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) cursors.at[h] = 0, cursors.next[h] = list_entry(lists, count, top_k, lane + 32 * h, 0);
+  WalkStep step = next_step({kNoBlock, 0, {0u, 0u}}, cursors, lists, count, top_k, seg, tiles_end);
+  if (step.block != kNoBlock) issue_tile(0, step);
+  sdpa::cuda::cp_async_commit();  // Q and the first tile
+
+  const int r_lo = 16 * warp + lane / 4, r_hi = r_lo + 8;
+  const int list_lo = r_lo / per_list, list_hi = r_hi / per_list;  // < 64
+  const int64_t pos_lo = i0 + list_lo + a.kv_len - a.q_len, pos_hi = i0 + list_hi + a.kv_len - a.q_len;
+  const float scale_log2 = a.scale * sdpa::cuda::kLog2e;
+  float m[2] = {kNegInf, kNegInf}, l[2] = {0.0f, 0.0f};  // rows r_lo, r_hi
+  float o[kMaxDv / 8][4];
+#pragma unroll
+  for (int n = 0; n < kMaxDv / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+
+  for (int stage = 0; step.block != kNoBlock; stage ^= 1) {
+    const WalkStep next = next_step(step, cursors, lists, count, top_k, seg, tiles_end);
+    if (next.block != kNoBlock) issue_tile(stage ^ 1, next);  // its stage was last read before the barrier below
+    sdpa::cuda::cp_async_commit();
+    sdpa::cuda::cp_async_wait<1>();  // this step's tile (and Q) has landed
+    __syncthreads();
+    const bool live_lo = r_lo < rows && ((list_lo < 32 ? step.lists[0] : step.lists[1]) >> (list_lo % 32) & 1u);
+    const bool live_hi = r_hi < rows && ((list_hi < 32 ? step.lists[0] : step.lists[1]) >> (list_hi % 32) & 1u);
+    if (__any_sync(0xffffffffu, live_lo || live_hi)) {
+      const uint16_t* const ks = stages + stage * stage_size;
+      attend_tile<TMma, kMaxDv>(a, qs, ks, ks + values_at, q_stride, v_stride, step.t0, block_end(step.block), r_lo,
+                                live_lo, live_hi, pos_lo, pos_hi, o, m, l, scale_log2);
+    }
+    __syncthreads();  // the stage is done with before the next step's copies go into it
+    step = next;
+  }
+  sdpa::cuda::cp_async_wait<0>();  // (a tile whose lists are all empty still issued its Q rows)
+
+  const float sum[2] = {sdpa::cuda::quad_sum(l[0]), sdpa::cuda::quad_sum(l[1])};
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int r = half == 0 ? r_lo : r_hi;
+    if (r >= rows) continue;
+    const float inv = sum[half] > 0.0f ? 1.0f / sum[half] : 0.0f;
+    float* const out = a.out + row_of(r) * v_dim + 2 * (lane % 4);
+#pragma unroll
+    for (int n = 0; n < kMaxDv / 8; ++n) {
+      if (8 * n >= v_dim) break;
+      *reinterpret_cast<float2*>(out + 8 * n) = make_float2(o[n][2 * half] * inv, o[n][2 * half + 1] * inv);
+    }
+  }
+}
+
+template <typename TIn, typename TMma, int kMaxDv>
+void launch_query_tiles(const RoutedBlocksArgs& a, cudaStream_t stream) {
+  constexpr auto kKernel = blocks_query_tiles_kernel<TIn, TMma, kMaxDv>;
+  const size_t smem = query_tiles_smem_bytes(a.dim, a.v_dim, a.heads_per_list, a.top_k);
+  sdpa::cuda::allow_smem<kKernel>(smem);
+  const int64_t per_tile = blocks_mma_lists_per_chunk(a.heads_per_list);
+  const int64_t grid = a.batch * a.list_heads * ((a.q_len + per_tile - 1) / per_tile);
+  kKernel<<<unsigned(grid), kThreads, smem, stream>>>(a);
+  check_launch("sparse tensor-core query-tile kernel");
+}
+
 // round_for_blocks_mma's: a thread per 8 elements.
 template <typename TMma>
 __global__ void round_kernel(const float* src, TMma* dst, int64_t chunks) {
@@ -334,14 +496,22 @@ void run_blocks_mma(RoutedBlocksArgs a, void* scratch, cudaStream_t stream) {
       !(a.scale > 0.0f)) {
     throw std::runtime_error("sparse attention by block: the tensor-core kernel does not take this problem");
   }
-  invert_block_lists(a, scratch, stream);
-  if (a.v_dim <= 64) {
-    launch_slots<TIn, TMma, 64>(a, stream);
-  } else if (a.v_dim <= 128) {
-    launch_slots<TIn, TMma, 128>(a, stream);
-  } else {
-    launch_slots<TIn, TMma, 256>(a, stream);
+  // kMaxDv: the output registers' bound for Dv
+  const auto by_max_dv = [&](auto launch) {
+    if (a.v_dim <= 64) {
+      launch(std::integral_constant<int, 64>{});
+    } else if (a.v_dim <= 128) {
+      launch(std::integral_constant<int, 128>{});
+    } else {
+      launch(std::integral_constant<int, 256>{});
+    }
+  };
+  if (a.query_tiles) {
+    by_max_dv([&](auto max_dv) { launch_query_tiles<TIn, TMma, decltype(max_dv)::value>(a, stream); });
+    return;
   }
+  invert_block_lists(a, scratch, stream);
+  by_max_dv([&](auto max_dv) { launch_slots<TIn, TMma, decltype(max_dv)::value>(a, stream); });
   normalize_block_rows(a, stream);
 }
 

@@ -318,6 +318,14 @@ bool redux_argmax_requested(const char* op) {
   return env_choice(op, "ONNXATTN_SPARSE_CUDA_ARGMAX", {"shuffle", "redux"}) == 1;
 }
 
+// ONNXATTN_SPARSE_CUDA_BLOCKS = lists | queries: the tensor-core attention by block over the inverted lists, or by
+// query tiles walking the union of their lists (cuda_blocks_mma.cu; each row then sums its blocks in ascending order,
+// not in its list's: not the same bits). Opt-in until a GPU run has checked it and timed it.
+bool query_tiles_requested(const char* op) {
+  return env_choice(op, "ONNXATTN_SPARSE_CUDA_BLOCKS", {"lists", "queries"}) == 1;
+}
+int max_smem_per_block() { return sdpa::cuda::device_info(sdpa::cuda::current_device()).max_smem_per_block; }
+
 // The tensor-core attention by block (cuda_blocks_mma.cuh) for 16-bit T under ONNXATTN_SPARSE_CUDA=mma, where it
 // takes the problem (its sizes; Q, K, V 16-byte aligned: it reads 16-byte chunks).
 template <typename T>
@@ -330,7 +338,7 @@ bool blocks_mma_wanted(const char* op, int64_t lists, int64_t heads_per_list, in
     for (const void* x : tensors) {
       if (reinterpret_cast<uintptr_t>(x) % 16 != 0) return false;
     }
-    const int max_smem = sdpa::cuda::device_info(sdpa::cuda::current_device()).max_smem_per_block;
+    const int max_smem = max_smem_per_block();
     return scale > 0.0f && blocks_mma_eligible(lists, heads_per_list, top, keys, int(d.head_dim),
                                                int(d.v_head_dim), max_smem);
   }
@@ -406,7 +414,7 @@ NsaScratch carve_nsa(const NsaParams& p, const NsaPlan& plan, Carver& c) {
                                       d.batch * d.q_heads * d.q_len * d.head_dim : 0);
   s.blocks_core = c.take<unsigned char>(plan.core_blocks ? int64_t(plan.blocks.scratch_bytes) : 0);
   s.window_core = c.take<unsigned char>(plan.core_window ? int64_t(plan.window.scratch_bytes) : 0);
-  s.blocks_mma = c.take<unsigned char>(plan.mma_blocks ? int64_t(block_lists_scratch_bytes(
+  s.blocks_mma = c.take<unsigned char>(plan.mma_blocks && !plan.query_tiles ? int64_t(block_lists_scratch_bytes(
                                            nsa_lists(p), d.batch * d.q_heads * d.q_len, p.attrs.top_blocks,
                                            nsa_list_keys(p))) : 0);
   return s;
@@ -428,6 +436,7 @@ NsaPlan plan_nsa(const NsaParams& p, const NsaTensors<T>& t) {
                      std::max(a.top_blocks, a.top_tokens));
   plan.overlap_loads = overlapped_loads_requested(kNsaName);
   plan.redux_argmax = redux_argmax_requested(kNsaName);
+  const bool query_tiles = query_tiles_requested(kNsaName);
   if (core) {
     const sdpa::cuda::DeviceInfo device = sdpa::cuda::device_info(sdpa::cuda::current_device());
     sdpa::Tensors<T> view;
@@ -437,6 +446,9 @@ NsaPlan plan_nsa(const NsaParams& p, const NsaTensors<T>& t) {
     plan.mma_blocks = a.top_blocks > 0 && p.num_blocks > 0 &&
                       blocks_mma_wanted<T>(kNsaName, nsa_lists(p), nsa_heads_per_list(p), a.top_blocks,
                                            nsa_list_keys(p), d, p.scale, {t.q, t.k, t.v});
+    plan.query_tiles = plan.mma_blocks && query_tiles &&
+                       query_tiles_eligible(d.batch, p.selection_heads, d.q_len, nsa_heads_per_list(p), a.top_blocks,
+                                            p.num_blocks, int(d.head_dim), int(d.v_head_dim), max_smem_per_block());
     if (a.top_blocks > 0 && !plan.mma_blocks) try {
       plan.core_blocks = true;
       plan.blocks_params = blocks_core_params(p, core_block_size(p));
@@ -475,7 +487,7 @@ NsaPlan plan_nsa(const NsaParams& p, const NsaTensors<T>& t) {
     if (!std::is_same_v<T, float> && requested_path(kNsaName) == SparsePath::kMma &&
         reinterpret_cast<uintptr_t>(t.q) % 16 == 0 && (!p.has_compressed || p.scale > 0.0f) &&
         reinterpret_cast<uintptr_t>(values) % 16 == 0) {
-      const int max_smem = sdpa::cuda::device_info(sdpa::cuda::current_device()).max_smem_per_block;
+      const int max_smem = max_smem_per_block();
       const int64_t heads_per_list = a.shared_selection != 0 ? d.group() : 1;
       SelectTiling tensor_cores = select_mma_tiling(int(d.head_dim), int(d.v_head_dim), p.full_blocks, p.num_blocks,
                                                     a.top_blocks, p.has_compressed, heads_per_list, max_smem);
@@ -533,7 +545,7 @@ void run_nsa(const NsaParams& p, const NsaTensors<T>& t, const NsaPlan& plan, vo
       r.segment_size = a.block_size, r.num_segments = p.num_blocks, r.top_k = a.top_blocks;
       r.list_heads = p.selection_heads, r.heads_per_list = nsa_heads_per_list(p);
       r.dim = int(d.head_dim), r.v_dim = int(d.v_head_dim), r.causal = a.causal != 0, r.scale = p.scale;
-      r.overlap_loads = plan.overlap_loads;
+      r.overlap_loads = plan.overlap_loads, r.query_tiles = plan.query_tiles;
       run_blocks_mma<T, T>(r, sc.blocks_mma, stream);
     }
   } else if (plan.core_blocks) {
@@ -601,7 +613,7 @@ int64_t routed_list_keys(const RoutedParams& p) {
 }
 bool routed_by_segment(const RoutedParams& p) {
   if (!fast_requested(kRoutedName) || routed_rows(p) == 0 || p.num_segments == 0) return false;
-  const int max_smem = sdpa::cuda::device_info(sdpa::cuda::current_device()).max_smem_per_block;
+  const int max_smem = max_smem_per_block();
   return routed_blocks_eligible(routed_rows(p), p.attrs.top_k, routed_list_keys(p), int(p.dims.head_dim),
                                 int(p.dims.v_head_dim), max_smem);
 }
@@ -661,6 +673,9 @@ void run_routed(const RoutedParams& p, const RoutedTensors<T>& t, void* stream_p
   const bool by_segment = !by_mma && routed_by_segment(p);
   // read before any launch
   const bool overlap_loads = overlapped_loads_requested(kRoutedName), redux = redux_argmax_requested(kRoutedName);
+  const bool query_tiles = by_mma && query_tiles_requested(kRoutedName) &&
+                           query_tiles_eligible(d.batch, d.q_heads, d.q_len, 1, a.top_k, p.num_segments,
+                                                int(d.head_dim), int(d.v_head_dim), max_smem_per_block());
   // Under LOADS=async the tensor-core kernel reads 16-bit copies of the RoPE'd Q and K (rounded as its staging rounds
   // the float32 ones) and V in its own type: half the bytes, staged by cp.async, the same bits.
   const bool mma_16bit = by_mma && overlap_loads && reinterpret_cast<uintptr_t>(t.v) % 16 == 0;
@@ -702,7 +717,7 @@ void run_routed(const RoutedParams& p, const RoutedTensors<T>& t, void* stream_p
   // hi + lo pairs of the inputs' type: bfloat16 values may lie outside float16's range) where it fits.
   if (!std::is_same_v<T, float> && requested_path(kRoutedName) == SparsePath::kMma &&
       reinterpret_cast<uintptr_t>(q_route) % 32 == 0) {
-    const int max_smem = sdpa::cuda::device_info(sdpa::cuda::current_device()).max_smem_per_block;
+    const int max_smem = max_smem_per_block();
     const SelectTiling split = select_split_tiling(int(d.head_dim), p.num_segments, p.num_segments, a.top_k, max_smem);
     if (split.queries > 0) {
       routing = split;
@@ -718,7 +733,7 @@ void run_routed(const RoutedParams& p, const RoutedTensors<T>& t, void* stream_p
     r.list_heads = d.q_heads, r.heads_per_list = 1;
     r.dim = int(d.head_dim), r.v_dim = int(d.v_head_dim), r.causal = a.causal != 0, r.scale = p.scale;
     if constexpr (!std::is_same_v<T, float>) {
-      r.overlap_loads = overlap_loads;
+      r.overlap_loads = overlap_loads, r.query_tiles = query_tiles;
       if (mma_16bit) {  // into the raw Q and K buffers: the routing, their last reader, is done
         T* const q16 = reinterpret_cast<T*>(q_raw);
         T* const k16 = reinterpret_cast<T*>(k_raw);

@@ -37,6 +37,9 @@
 // (tests/gpu/test_sparse_cuda_ort.py); 16-bit ones round P (and the routed Q, K after RoPE) to the input dtype.
 // ONNXATTN_SPARSE_CUDA_LOADS = sync | async (read by plan_nsa and run_routed): mma's tensor-core kernels (by block,
 // selection) wait for their loads in turn, or overlap them (the same bits; cuda_blocks_mma.cuh).
+// ONNXATTN_SPARSE_CUDA_BLOCKS = lists | queries (likewise): mma's attention by block over the inverted lists, or by
+// query tiles: a CTA per run of consecutive queries walks the union of their lists, its rows' outputs in registers
+// throughout (cuda_blocks_mma.cu; a row sums its blocks in ascending order, so not the lists' bits).
 // ONNXATTN_SPARSE_CUDA_ARGMAX = shuffle | redux (likewise): every path's selection picks each entry by a warp argmax
 // of five shuffle rounds, or of two warp reductions (the same lists; cuda_select.cu warp_select).
 //
@@ -56,6 +59,7 @@ struct NsaPlan {
   bool mma_blocks = false;  // the block branch runs on the tensor-core kernel by block (ONNXATTN_SPARSE_CUDA=mma)
   bool overlap_loads = false;  // the tensor-core kernels' loads overlapped (ONNXATTN_SPARSE_CUDA_LOADS=async)
   bool redux_argmax = false;   // the selection's argmax by warp reductions (ONNXATTN_SPARSE_CUDA_ARGMAX=redux)
+  bool query_tiles = false;    // the tensor-core block branch by query tiles (ONNXATTN_SPARSE_CUDA_BLOCKS=queries)
   sdpa::Params blocks_params, window_params;
   sdpa::cuda::LaunchPlan blocks, window;
   size_t element_bytes = 0;
@@ -65,7 +69,7 @@ struct NsaPlan {
   size_t scratch_bytes = 0;
 };
 
-// Reads the current device's numbers and ONNXATTN_SPARSE_CUDA, ONNXATTN_SPARSE_CUDA_LOADS and _ARGMAX.
+// Reads the current device's numbers and ONNXATTN_SPARSE_CUDA, ONNXATTN_SPARSE_CUDA_LOADS, _BLOCKS and _ARGMAX.
 template <typename T>
 NsaPlan plan_nsa(const NsaParams& p, const NsaTensors<T>& t);
 template <typename T>

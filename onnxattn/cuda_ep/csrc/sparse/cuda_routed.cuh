@@ -42,6 +42,9 @@ struct RoutedBlocksArgs {
   int lists_per_chunk = kRoutedChunk;  // lists per CTA (the chunks the scan counts)
   // The tensor-core kernel's loads overlapped (ONNXATTN_SPARSE_CUDA_LOADS=async; cuda_blocks_mma.cu): the same bits.
   bool overlap_loads = false;
+  // The tensor-core attention by query tiles instead of the inverted lists (ONNXATTN_SPARSE_CUDA_BLOCKS=queries;
+  // cuda_blocks_mma.cu, query_tiles_eligible must hold): a.out is written normalised, the scratch is not used.
+  bool query_tiles = false;
   int dim, v_dim;
   bool causal;
   float scale;

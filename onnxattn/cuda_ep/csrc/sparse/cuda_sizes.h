@@ -176,6 +176,53 @@ inline bool blocks_mma_eligible(int64_t lists, int64_t heads_per_list, int64_t t
          block_lists_fit_int32(lists, top_k, keys) && blocks_mma_smem_bytes(dim, v_dim) <= size_t(max_smem_per_block);
 }
 
+// The attention by block by query tiles (ONNXATTN_SPARSE_CUDA_BLOCKS=queries; cuda_blocks_mma.cu): a CTA per
+// (batch, list head, blocks_mma_lists_per_chunk consecutive queries), its kMmaRows rows those queries' lists' heads,
+// walks the union of their lists in ascending block order, each block's tiles staged once (two stages, the next
+// tile's copies in flight during this one's mma) for every row whose list holds it: no inverted lists, no per-slot
+// merges of float32 output rows through global memory. Shared memory: Q's rows, two stages of a key and a value tile
+// (16-bit, padded rows), and the CTA's lists (normalize_block_list).
+inline size_t query_tiles_smem_bytes(int dim, int v_dim, int64_t heads_per_list, int64_t top_k) {
+  const int64_t lists = blocks_mma_lists_per_chunk(heads_per_list);
+  return (size_t(kMmaRows) * mma_row_stride(dim) +
+          2 * size_t(kMmaKeys) * (size_t(mma_row_stride(dim)) + size_t(mma_row_stride(v_dim)))) * 2 +
+         size_t(lists) * size_t(top_k > 0 ? top_k : 0) * sizeof(int32_t);
+}
+
+// Whether the query-tile kernel takes the problem: the tensor-core kernel's head sizes, whole lists per tile, int32
+// block indices, the CTAs within one launch, its shared memory within the device's limit.
+inline bool query_tiles_eligible(int64_t batch, int64_t list_heads, int64_t q_len, int64_t heads_per_list,
+                                 int64_t top_k, int64_t num_blocks, int dim, int v_dim, int max_smem_per_block) {
+  const int64_t per_tile = blocks_mma_lists_per_chunk(heads_per_list);
+  if (dim < 16 || dim > kMmaMaxDim || dim % 16 != 0 || v_dim < 16 || v_dim > kMmaMaxDim || v_dim % 16 != 0 ||
+      per_tile < 1 || batch < 1 || list_heads < 1 || q_len < 1 || top_k < 1 || top_k > 4096 || num_blocks < 1 ||
+      num_blocks >= int64_t(0x7fffffff)) {
+    return false;
+  }
+  const int64_t tiles = (q_len + per_tile - 1) / per_tile;
+  if (batch > int64_t(0x7fffffff) / list_heads || batch * list_heads > int64_t(0x7fffffff) / tiles) return false;
+  return query_tiles_smem_bytes(dim, v_dim, heads_per_list, top_k) <= size_t(max_smem_per_block);
+}
+
+// The end of the walk's lists: above every block.
+inline constexpr int32_t kNoBlock = 0x7fffffff;
+
+// A query tile's copy of one list, as its walk reads it: the blocks in ascending order, each once, then kNoBlock
+// (the selection writes -1 for none; an entry outside [0, num_blocks) is none too). In place, by one thread.
+ONNXATTN_HD void normalize_block_list(int32_t* list, int top_k, int64_t num_blocks) {
+  for (int k = 0; k < top_k; ++k) {  // insertion sort: top_k is small
+    const int32_t x = list[k] < 0 || list[k] >= num_blocks ? kNoBlock : list[k];
+    int at = k;
+    for (; at > 0 && list[at - 1] > x; --at) list[at] = list[at - 1];
+    list[at] = x;
+  }
+  int kept = 0;
+  for (int k = 0; k < top_k; ++k) {
+    if (list[k] != kNoBlock && (kept == 0 || list[kept - 1] != list[k])) list[kept++] = list[k];
+  }
+  for (int k = kept; k < top_k; ++k) list[k] = kNoBlock;
+}
+
 // ---- The selection on tensor cores (cuda_select.cu, ONNXATTN_SPARSE_CUDA=mma, 16-bit Q): a CTA per (batch, list
 // head, kMmaRows / heads_per_list queries), its rows (query, head of the list) scored against tiles of 64
 // centroids on mma.sync. Dot-product scores take the float32 centroids as hi + lo 16-bit tiles (two mmas); the

@@ -276,6 +276,26 @@ extern "C" __attribute__((visibility("default"))) void OnnxAttnSparseBlocksMma(i
   out[3] = int64_t(c::block_lists_scratch_bytes(lists, out_rows, top_k, keys));
 }
 
+// out = {eligible, shared bytes, lists per tile} of the tensor-core attention by query tiles.
+extern "C" __attribute__((visibility("default"))) void OnnxAttnSparseQueryTiles(int64_t batch, int64_t list_heads,
+                                                                                int64_t q_len, int64_t heads_per_list,
+                                                                                int64_t top_k, int64_t num_blocks,
+                                                                                int32_t dim, int32_t v_dim,
+                                                                                int32_t max_smem_per_block,
+                                                                                int64_t* out) {
+  namespace c = onnxattn::sparse::cuda;
+  out[0] = c::query_tiles_eligible(batch, list_heads, q_len, heads_per_list, top_k, num_blocks, dim, v_dim,
+                                   max_smem_per_block) ? 1 : 0;
+  out[1] = int64_t(c::query_tiles_smem_bytes(dim, v_dim, heads_per_list, top_k));
+  out[2] = c::blocks_mma_lists_per_chunk(heads_per_list);
+}
+
+// A query tile's copy of a list as its walk reads it (normalize_block_list), in place.
+extern "C" __attribute__((visibility("default"))) void OnnxAttnSparseNormalizeBlockList(int32_t* list, int32_t top_k,
+                                                                                        int64_t num_blocks) {
+  onnxattn::sparse::cuda::normalize_block_list(list, top_k, num_blocks);
+}
+
 // out = {queries, rows per query, shared bytes} of the tensor-core selection (0 queries: it does not fit).
 extern "C" __attribute__((visibility("default"))) void OnnxAttnSparseSelectMmaTiling(int32_t dim, int32_t v_dim,
                                                                                      int64_t num_centroids,
