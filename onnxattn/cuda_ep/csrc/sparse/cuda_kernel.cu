@@ -232,24 +232,39 @@ struct MixArgs {
   int64_t grouped;  // > 1: branch 0 is [B, Hq / grouped, Sq, grouped, Dv] (the core's shared-list layout)
 };
 
+// A warp per output row (grid-stride over rows): the row's (b, h, i), gates and branch rows once, its columns by the
+// lanes (coalesced). The sum runs over the branches in order, as the CPU kernel's.
 template <typename T>
 __global__ void mix_kernel(const MixArgs<T> a) {
-  const int64_t count = a.rows * a.v_dim;
-  for (int64_t x = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; x < count; x += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t row = x / a.v_dim, i = row % a.q_len, h = row / a.q_len % a.q_heads, b = row / (a.q_len * a.q_heads);
-    float y = 0.0f;
+  const int lane = threadIdx.x % 32;
+  const int64_t warps = int64_t(gridDim.x) * (blockDim.x / 32);
+  for (int64_t row = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32; row < a.rows; row += warps) {
+    const int64_t i = row % a.q_len, h = row / a.q_len % a.q_heads, b = row / (a.q_len * a.q_heads);
+    const float* src[3];
+    float gate[3];
+#pragma unroll
     for (int g = 0; g < 3; ++g) {
-      if (!a.branch[g]) continue;
-      const float gate = a.gates ? to_float(a.gates[b * a.gate_strides[0] + h * a.gate_strides[1] +
-                                                    i * a.gate_strides[2] + g * a.gate_strides[3]]) : 1.0f;
-      int64_t at = x;
-      if (g == 0 && a.grouped > 1) {
-        const int64_t e = x % a.v_dim;
-        at = (((b * a.q_heads + h - h % a.grouped) * a.q_len + i * a.grouped) + h % a.grouped) * a.v_dim + e;
+      src[g] = a.branch[g];
+      gate[g] = 1.0f;
+      if (!src[g]) continue;
+      if (a.gates) {
+        gate[g] = to_float(a.gates[b * a.gate_strides[0] + h * a.gate_strides[1] + i * a.gate_strides[2] +
+                                   g * a.gate_strides[3]]);
       }
-      y += gate * a.branch[g][at];
+      const int64_t at = g == 0 && a.grouped > 1
+                             ? (b * a.q_heads + h - h % a.grouped) * a.q_len + i * a.grouped + h % a.grouped
+                             : row;
+      src[g] += at * a.v_dim;
     }
-    a.y[x] = from_float<T>(y);
+    T* const y_row = a.y + row * a.v_dim;
+    for (int e = lane; e < a.v_dim; e += 32) {
+      float y = 0.0f;
+#pragma unroll
+      for (int g = 0; g < 3; ++g) {
+        if (src[g]) y += gate[g] * src[g][e];
+      }
+      y_row[e] = from_float<T>(y);
+    }
   }
 }
 
@@ -514,7 +529,7 @@ void run_nsa(const NsaParams& p, const NsaTensors<T>& t, const NsaPlan& plan, vo
   cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
   Carver c{static_cast<char*>(scratch)};
   const NsaScratch sc = carve_nsa(p, plan, c);
-  const int64_t rows = d.batch * d.q_heads * d.q_len, out = rows * d.v_head_dim, nc = p.full_blocks;
+  const int64_t rows = d.batch * d.q_heads * d.q_len, nc = p.full_blocks;
   float* const* branch = sc.branch;
 
   if (nc > 0) {  // compressed keys (a "mean" over one row each) or the complete blocks' mean keys
@@ -600,7 +615,7 @@ void run_nsa(const NsaParams& p, const NsaTensors<T>& t, const NsaPlan& plan, vo
                 branch_used(p, 2) ? branch[2] : nullptr},
                t.gates, {p.gate_strides[0], p.gate_strides[1], p.gate_strides[2], p.gate_strides[3]}, t.y, d.q_heads,
                d.q_len, rows, int(d.v_head_dim), plan.core_blocks && grouped_queries(p) ? d.group() : 1};
-  mix_kernel<T><<<grid_for(out), 256, 0, stream>>>(m);
+  mix_kernel<T><<<grid_for(rows * 32), 256, 0, stream>>>(m);  // a warp per row
   check_launch("sparse mix kernel");
 }
 
@@ -753,7 +768,7 @@ void run_routed(const RoutedParams& p, const RoutedTensors<T>& t, void* stream_p
     launch_attend(attend, stream);
   }
   MixArgs<T> m{{out, nullptr, nullptr}, nullptr, {0, 0, 0, 0}, t.y, d.q_heads, d.q_len, q_rows, int(d.v_head_dim), 1};
-  mix_kernel<T><<<grid_for(q_rows * d.v_head_dim), 256, 0, stream>>>(m);
+  mix_kernel<T><<<grid_for(q_rows * 32), 256, 0, stream>>>(m);  // a warp per row
   check_launch("routed output kernel");
 }
 
