@@ -46,12 +46,14 @@ def _vi(name, dtype, shape):
     return helper.make_tensor_value_info(name, dtype, shape)
 
 
-def model(op: str, inputs: list[str], attrs: dict):
+def model(op: str, inputs: list[str], attrs: dict, selection: str | None = None):
+    """One node; `selection`: also its list output of that name (selected_blocks, selected_segments)."""
     shapes = {"Q": [1, HQ, "S", D], "K": [1, HKV, "S", D], "V": [1, HKV, "S", D], "gates": [1, HQ, "S", 3],
               "compressed_key": [1, HKV, "N", D], "compressed_value": [1, HKV, "N", D], "position_ids": [1, "S"]}
-    node = helper.make_node(op, inputs, ["Y"], domain=ops.DOMAIN, **attrs)
+    outputs = [_vi("Y", F32, [1, HQ, "S", D])] + ([_vi(selection, I64, None)] if selection else [])
+    node = helper.make_node(op, inputs, [o.name for o in outputs], domain=ops.DOMAIN, **attrs)
     graph = helper.make_graph([node], op, [_vi(n, I64 if n == "position_ids" else F32, shapes[n]) for n in inputs],
-                              [_vi("Y", F32, [1, HQ, "S", D])])
+                              outputs)
     m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid(ops.DOMAIN, 1)],
                           ir_version=ops.IR_VERSION)
     return ops.attach_functions(m)
