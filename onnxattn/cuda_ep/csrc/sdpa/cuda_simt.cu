@@ -197,13 +197,23 @@ __global__ void __launch_bounds__(tiles::kThreads) combine_kernel(const KernelAr
     lse_at = (seq.q_start + r / a.group) * a.q_heads + kv_head * a.group + r % a.group;  // [T, Hq] (lse_row)
   }
   const int splits = int(a.splits);
+  // The lane's log-sum-exps stay in registers between the max and the weights (one round trip to L2, not two).
+  float lse[kMaxSplits / 32];
   float big = kNegInf;
-  for (int s = lane; s < splits; s += 32) big = fmaxf(big, a.partial_lse[s * a.out_rows + row]);
+#pragma unroll
+  for (int x = 0; x < kMaxSplits / 32; ++x) {
+    const int s = lane + 32 * x;
+    lse[x] = s < splits ? a.partial_lse[s * a.out_rows + row] : kNegInf;
+    big = fmaxf(big, lse[x]);
+  }
   big = warp_max(big);
   const float shift = big == kNegInf ? 0.0f : big;
   float total = 0.0f;
-  for (int s = lane; s < splits; s += 32) {
-    const float w = expf(a.partial_lse[s * a.out_rows + row] - shift);
+#pragma unroll
+  for (int x = 0; x < kMaxSplits / 32; ++x) {
+    const int s = lane + 32 * x;
+    if (s >= splits) break;
+    const float w = expf(lse[x] - shift);
     weights[warp][s] = w;
     total += w;
   }
@@ -212,22 +222,31 @@ __global__ void __launch_bounds__(tiles::kThreads) combine_kernel(const KernelAr
   const float inv = total != 0.0f ? 1.0f / total : 0.0f;
   const int v_dim = a.v_head_dim;
   // The partial loads are unconditional (an empty split's partial is never written: its weight-0 value is
-  // selected away after the load), so the unrolled split loop keeps several loads in flight. A load under
-  // `if (w != 0)` went out one at a time: ~splits x Dv/32 dependent L2 round trips, most of a B=1 decode.
+  // selected away after the load) and come in batches written before their uses, so several are in flight. A load
+  // under `if (w != 0)` went out one at a time (~splits x Dv/32 dependent L2 round trips, most of a B=1 decode);
+  // the float4 loop below had kept that `if` and ptxas predicated each load on its weight, two or three in flight
+  // (sm_90a SASS); now it issues four of a batch of eight before the first use. Weight 0 adds fma(0, 0, acc) = acc
+  // (acc is never -0): the same sums.
   const float* const partials = a.partial_out + row * v_dim;
   const int64_t split_stride = a.out_rows * v_dim;
+  constexpr int kLoadBatch = 8;
   if (v_dim % 4 == 0) {  // rows 16-byte aligned (the scratch base is 256-byte aligned)
     for (int e = 4 * lane; e < v_dim; e += 128) {
       float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-#pragma unroll 8
-      for (int s = 0; s < splits; ++s) {
-        const float w = weights[warp][s];
-        const float4 p = *reinterpret_cast<const float4*>(partials + s * split_stride + e);
-        if (w != 0.0f) {
-          acc.x = fmaf(w, p.x, acc.x);
-          acc.y = fmaf(w, p.y, acc.y);
-          acc.z = fmaf(w, p.z, acc.z);
-          acc.w = fmaf(w, p.w, acc.w);
+      for (int s0 = 0; s0 < splits; s0 += kLoadBatch) {
+        float4 p[kLoadBatch];
+#pragma unroll
+        for (int x = 0; x < kLoadBatch; ++x) {  // past the last split: the last one again, selected away below
+          p[x] = *reinterpret_cast<const float4*>(partials + min(s0 + x, splits - 1) * split_stride + e);
+        }
+#pragma unroll
+        for (int x = 0; x < kLoadBatch; ++x) {
+          const float w = s0 + x < splits ? weights[warp][s0 + x] : 0.0f;
+          const bool live = w != 0.0f;
+          acc.x = fmaf(w, live ? p[x].x : 0.0f, acc.x);
+          acc.y = fmaf(w, live ? p[x].y : 0.0f, acc.y);
+          acc.z = fmaf(w, live ? p[x].z : 0.0f, acc.z);
+          acc.w = fmaf(w, live ? p[x].w : 0.0f, acc.w);
         }
       }
       store_y(a, y_at + e, acc.x * inv);
