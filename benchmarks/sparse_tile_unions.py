@@ -12,7 +12,7 @@ query-by-query kernel stages its own list); the mean union of a warp's lists; an
 rows whose list holds it.
 
     python benchmarks/sparse_tile_unions.py [--seq 16384] [--threads 2] [--out benchmarks/results]
-Writes sparse_tile_unions.json there.
+Writes sparse_tile_unions_<S>.json there (S in thousands: 16k, 64k).
 """
 
 from __future__ import annotations
@@ -61,6 +61,10 @@ def stats(lists: np.ndarray, heads_per_list: int) -> dict:
             "rows_holding_a_staged_block": float((held / np.maximum(tiles * queries, 1)).mean())}
 
 
+def short(seq: int) -> str:
+    return f"{seq // 1024}k" if seq % 1024 == 0 else str(seq)
+
+
 def selections(name: str, seq: int, threads: int) -> np.ndarray:
     """Our CPU kernel's lists for the benchmark's case `name` at `seq`: [heads, S, top]."""
     from onnxattn.cuda_ep import make_session
@@ -90,7 +94,7 @@ def main(argv=None) -> dict:
               f"{r['queries_per_warp']} queries {r['warp_union_mean']:.1f}; rows holding a staged block "
               f"{r['rows_holding_a_staged_block']:.0%}")
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "sparse_tile_unions.json").write_text(json.dumps(result, indent=1))
+    (args.out / f"sparse_tile_unions_{short(args.seq)}.json").write_text(json.dumps(result, indent=1))
     return result
 
 

@@ -33,7 +33,7 @@ def test_unions_of_hand_made_lists(unions):
 
 def test_a_small_run_on_the_cpu_kernels_lists(unions, tmp_path):
     result = unions.main(["--seq", "512", "--threads", "1", "--out", str(tmp_path)])
-    assert json.loads((tmp_path / "sparse_tile_unions.json").read_text()) == result
+    assert json.loads((tmp_path / "sparse_tile_unions_512.json").read_text()) == result
     for name, r in result["ops"].items():
         # causal lists of up to 16 blocks of 64 among the 8 there are at S = 512
         assert 1 <= r["list_length"] <= 8 and r["list_length"] <= r["tile_union_mean"] <= 8, name
