@@ -36,6 +36,7 @@ def _no_forcing(monkeypatch):
     monkeypatch.delenv("ONNXATTN_SDPA_CUDA_PREFILL", raising=False)
     monkeypatch.delenv("ONNXATTN_CUDA_PDL", raising=False)
     monkeypatch.delenv("ONNXATTN_SDPA_CUDA_DECODE_LOADS", raising=False)
+    monkeypatch.delenv("ONNXATTN_SDPA_CUDA_DECODE_STAGES", raising=False)
 
 
 # ---- the tile geometry the kernels are compiled with (sdpa/cuda_tiles.h), restated as the contract
@@ -145,7 +146,8 @@ def test_environment_forces_the_path(monkeypatch):
 
 @pytest.mark.parametrize("name,value", [("ONNXATTN_SDPA_CUDA_PATH", "fast"), ("ONNXATTN_SDPA_CUDA_KERNEL", "wgmma"),
                                         ("ONNXATTN_SDPA_CUDA_PREFILL", "fa3"), ("ONNXATTN_CUDA_PDL", "yes"),
-                                        ("ONNXATTN_SDPA_CUDA_DECODE_LOADS", "fast")])  # fmt: skip
+                                        ("ONNXATTN_SDPA_CUDA_DECODE_LOADS", "fast"),
+                                        ("ONNXATTN_SDPA_CUDA_DECODE_STAGES", "3")])  # fmt: skip
 def test_unknown_environment_values_are_errors(monkeypatch, name, value):
     monkeypatch.setenv(name, value)
     with pytest.raises(lib.SdpaCudaError, match=f"{name} must be .*got '{value}'"):
@@ -587,4 +589,55 @@ def test_direct_decode_loads_are_opt_in_for_contiguous_tensor_core_decode(monkey
     assert "direct K/V loads" not in lib.plan(spec(q_heads=8, kv_heads=2, q_len=2048, kv_len=2048,
                                                    head_dim=128))["reason"]  # fmt: skip
     monkeypatch.setenv("ONNXATTN_SDPA_CUDA_DECODE_LOADS", "lookup")
+    assert lib.plan(decode) == base
+
+
+# ---- the lean decode (ONNXATTN_SDPA_CUDA_DECODE_STAGES=2 with direct loads, cuda_plan.cc rule 10)
+LEAN = ", two stages a warp, up to 3 CTAs an SM (ONNXATTN_SDPA_CUDA_DECODE_STAGES)"
+NOT_LEAN = (", not two stages (ONNXATTN_SDPA_CUDA_DECODE_STAGES=2 needs direct loads over contiguous K/V and a head "
+            "tile of 128)")
+
+
+def test_lean_decode_keeps_two_stages_so_three_ctas_fit_an_sm(monkeypatch):
+    """Head tiles of 128: two stages a warp (16 rows of Q, then 4 warps x 2 stages x K and V of 16 keys, rows padded
+    to 136 elements), so three CTAs (with the 1 KiB the plan reserves each) fit the H100's 228 KiB an SM, and the
+    split rule counts 3 x 132 slots."""
+    monkeypatch.setenv("ONNXATTN_SDPA_CUDA_DECODE_LOADS", "direct")
+    decode = spec(q_heads=32, kv_heads=8, q_len=1, kv_len=32768, head_dim=128)
+    direct = lib.plan(decode)
+    monkeypatch.setenv("ONNXATTN_SDPA_CUDA_DECODE_STAGES", "2")
+    lean = lib.plan(decode)
+    assert direct["stages"] == 3 and direct["smem_bytes"] == smem_decode(128) == 16 * 136 * 2 + 4 * 3 * 16 * 136 * 4
+    assert lean["stages"] == 2 and lean["smem_bytes"] == 16 * 136 * 2 + 4 * 2 * 16 * 136 * 4 == 73984
+    assert 3 * (lean["smem_bytes"] + 1024) <= lib.H100["smem_per_sm"] < 3 * (direct["smem_bytes"] + 1024)
+    key_tiles = ceil_div(32768, 64)
+    assert lean["splits"] == lib.choose_splits(8, key_tiles, 3 * 132, 4, 256) > direct["splits"]
+    assert direct["splits"] == lib.choose_splits(8, key_tiles, 2 * 132, 4, 256)
+    assert lean["grid"] == 8 * lean["splits"] and lean["reason"].endswith(", direct K/V loads "
+                                                                          "(ONNXATTN_SDPA_CUDA_DECODE_LOADS)" + LEAN)
+    # the A100's 164 KiB an SM hold two: the splits of two slots an SM, still two stages
+    a100 = lib.plan(decode, lib.A100)
+    assert a100["stages"] == 2 and a100["splits"] == lib.choose_splits(8, key_tiles, 2 * 108, 4, 256)
+    # a forced split count is kept: then every warp takes the same steps as with three stages (the same bits)
+    monkeypatch.setenv("ONNXATTN_SDPA_CUDA_SPLITS", "24")
+    assert lib.plan(decode)["splits"] == 24
+
+
+def test_lean_decode_needs_direct_loads_and_a_head_tile_of_128(monkeypatch):
+    decode = spec(q_heads=32, kv_heads=8, q_len=1, kv_len=32768, head_dim=128)
+    base = lib.plan(decode)
+    monkeypatch.setenv("ONNXATTN_SDPA_CUDA_DECODE_STAGES", "2")
+    alone = lib.plan(decode)  # without ONNXATTN_SDPA_CUDA_DECODE_LOADS=direct: the default kernel, told why
+    assert alone["reason"] == base["reason"] + NOT_LEAN
+    assert {k: v for k, v in alone.items() if k != "reason"} == {k: v for k, v in base.items() if k != "reason"}
+    monkeypatch.setenv("ONNXATTN_SDPA_CUDA_DECODE_LOADS", "direct")
+    for head_dim in (64, 256):  # other head tiles keep their stages
+        p = lib.plan(spec(q_len=1, kv_len=4096, head_dim=head_dim))
+        assert p["stages"] == (4 if head_dim == 64 else 2) and p["reason"].endswith(NOT_LEAN)
+    # not where there is no tensor-core decode: the SIMT kernel, prefill
+    assert "stages" not in lib.plan(decode, kernel="simt")["reason"]
+    prefill = lib.plan(spec(q_heads=8, kv_heads=2, q_len=2048, kv_len=2048, head_dim=128))
+    assert "ONNXATTN_SDPA_CUDA_DECODE_STAGES" not in prefill["reason"]
+    monkeypatch.setenv("ONNXATTN_SDPA_CUDA_DECODE_STAGES", "auto")
+    monkeypatch.delenv("ONNXATTN_SDPA_CUDA_DECODE_LOADS")
     assert lib.plan(decode) == base

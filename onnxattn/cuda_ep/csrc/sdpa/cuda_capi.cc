@@ -44,6 +44,7 @@ Request request_from(int32_t path, int32_t kernel) {
   r.prefill = from_env.prefill;
   r.pdl = from_env.pdl;
   r.direct_decode_loads = from_env.direct_decode_loads;
+  r.decode_stages = from_env.decode_stages;
   return r;
 }
 

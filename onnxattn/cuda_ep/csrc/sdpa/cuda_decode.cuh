@@ -10,24 +10,28 @@
 // final output (one split) or a partial output normalised by its own sum plus its log-sum-exp, which
 // the combine kernel (cuda_simt.cu) merges across splits. All offsets are 64-bit.
 // Over contiguous K/V a second instantiation (kDirectLoads, ONNXATTN_SDPA_CUDA_DECODE_LOADS=direct) addresses
-// the K/V copies directly instead of through the paged path's slot lookup: the same copies.
+// the K/V copies directly instead of through the paged path's slot lookup: the same copies. A third, for head tiles
+// of 128, keeps two stages a warp instead of three (ONNXATTN_SDPA_CUDA_DECODE_STAGES=2): three CTAs an SM.
 //
 // Fused ops: the Q tile is prepared in place (QK-norm, RoPE; cuda_query_prep.cuh) before its fragments go
 // to registers, so decode needs no separate pass over Q. With per-batch lengths (a shared KV-cache buffer)
 // each CTA splits only its own sequence's visible keys, at least a.min_split_keys per split: the plan's
 // split count is an upper bound from the buffer length, and CTAs left without keys return at once.
+#include <stdexcept>
+
 #include "sdpa/cuda_query_prep.cuh"
 
 namespace onnxattn::sdpa::cuda {
 
 // kDirectLoads: contiguous K/V addressed directly (load_step_direct below; a kernel of its own, so the lookup path's
-// registers stay as they were).
-template <typename T, int kTile, bool kDirectLoads = false>
+// registers stay as they were). kStagesAsked > 0: that many stages in each warp's ring instead of
+// decode_stages(kTile) (the lean decode, cuda_plan.cc rule 10).
+template <typename T, int kTile, bool kDirectLoads = false, int kStagesAsked = 0>
 __global__ void __launch_bounds__(tiles::kThreads) decode_mma_kernel(const KernelArgs<T> a) {
   constexpr int kWarps = tiles::kWarps;
   constexpr int kRows = tiles::kDecodeRows;
   constexpr int kWarpKeys = tiles::kDecodeWarpKeys;
-  constexpr int kStages = tiles::decode_stages(kTile);
+  constexpr int kStages = kStagesAsked > 0 ? kStagesAsked : tiles::decode_stages(kTile);
   constexpr int kStride = tiles::smem_stride(kTile);
   constexpr int kChunks = kTile / 8;
   constexpr int kOutN8 = kTile / 8;
@@ -382,16 +386,25 @@ __global__ void __launch_bounds__(tiles::kThreads) decode_mma_kernel(const Kerne
   }
 }
 
-template <typename T, int kTile, bool kDirectLoads>
+template <typename T, int kTile, bool kDirectLoads, int kStagesAsked = 0>
 void launch_decode_kernel(const KernelArgs<T>& args, const LaunchPlan& plan, cudaStream_t stream) {
-  allow_smem<decode_mma_kernel<T, kTile, kDirectLoads>>(plan.smem_bytes);
-  launch_maybe_dependent(decode_mma_kernel<T, kTile, kDirectLoads>, unsigned(plan.grid), unsigned(plan.threads),
-                         plan.smem_bytes, stream, plan.pdl, args);  // errors: checked by the caller (cudaGetLastError)
+  constexpr auto kKernel = decode_mma_kernel<T, kTile, kDirectLoads, kStagesAsked>;
+  constexpr int kStages = kStagesAsked > 0 ? kStagesAsked : tiles::decode_stages(kTile);
+  // The plan sized the shared memory for its stages: a kernel with more would run past it.
+  if (plan.stages != kStages) throw std::logic_error("decode launch: the plan's stages are not the kernel's");
+  allow_smem<kKernel>(plan.smem_bytes);
+  launch_maybe_dependent(kKernel, unsigned(plan.grid), unsigned(plan.threads), plan.smem_bytes, stream, plan.pdl,
+                         args);  // errors: checked by the caller (cudaGetLastError)
 }
 
 template <typename T, int kTile>
 void launch_decode_tile(const KernelArgs<T>& args, const LaunchPlan& plan, cudaStream_t stream) {
   if (plan.direct_loads && args.block_table == nullptr) {  // contiguous K/V only (rule 9)
+    if constexpr (kTile == tiles::kDecodeLeanTile) {
+      if (plan.stages == tiles::kDecodeLeanStages) {  // rule 10
+        return launch_decode_kernel<T, kTile, true, tiles::kDecodeLeanStages>(args, plan, stream);
+      }
+    }
     launch_decode_kernel<T, kTile, true>(args, plan, stream);
   } else {
     launch_decode_kernel<T, kTile, false>(args, plan, stream);

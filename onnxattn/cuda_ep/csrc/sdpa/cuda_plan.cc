@@ -44,6 +44,12 @@
 //     ~1200 per 16-key step in the sm_90a SASS. Why: the decode streamed at most ~2.8 TB/s on the H100 and the
 //     H200 alike (the H200 copies 4.2), an SM-side limit, and its warps (2 per scheduler) run long dependent
 //     chains. The same copies, so the same bits.
+// 10. ONNXATTN_SDPA_CUDA_DECODE_STAGES=2 (opt-in, with rule 9, not yet run on a GPU): the tensor-core decode of head
+//     tiles of 128 keeps two stages in each warp's ring instead of three (73,984 bytes of shared memory instead of
+//     108,800), so three CTAs fit an SM where two did, and the split rule counts three slots an SM. Why: at B = 1 a
+//     warp's 16-key step took ~3.8 us on the H200 (60 us for 16 steps a warp at 32k), far longer than a load's
+//     latency, so a second load in flight buys little while a third warp a scheduler runs another chain. The
+//     same steps in each warp: with the same split count, the same bits.
 #include "sdpa/cuda_plan.h"
 
 #include <algorithm>
@@ -96,6 +102,8 @@ Request request_from_env() {
   r.pdl = env_choice("ONNXATTN_CUDA_PDL", kSwitch) == 1;
   static constexpr const char* kDecodeLoads[] = {"lookup", "direct"};
   r.direct_decode_loads = env_choice("ONNXATTN_SDPA_CUDA_DECODE_LOADS", kDecodeLoads) == 1;
+  static constexpr const char* kDecodeStages[] = {"auto", "2"};
+  r.decode_stages = env_choice("ONNXATTN_SDPA_CUDA_DECODE_STAGES", kDecodeStages) == 1 ? tiles::kDecodeLeanStages : 0;
   const std::string splits = env_value("ONNXATTN_SDPA_CUDA_SPLITS");
   if (!splits.empty()) {
     char* end = nullptr;
@@ -221,6 +229,7 @@ LaunchPlan plan_launch(const Params& p, DType dtype, const DeviceInfo& device, c
 
   plan.threads = tiles::kThreads;
   int resident_cap = 2;  // CTAs per SM assumed for the split choice, further limited by shared memory
+  std::string lean;      // rule 10's note, after rule 9's
   if (plan.kernel == Kernel::kMma) {
     plan.head_dim_tile = tiles::mma_head_dim_tile(p.head_dim, p.v_head_dim);
     if (decode) {
@@ -228,6 +237,17 @@ LaunchPlan plan_launch(const Params& p, DType dtype, const DeviceInfo& device, c
       plan.keys_per_tile = tiles::kDecodeKeys;
       plan.stages = tiles::decode_stages(plan.head_dim_tile);
       plan.smem_bytes = tiles::decode_smem_bytes(plan.head_dim_tile);
+      if (request.decode_stages == tiles::kDecodeLeanStages) {  // rule 10
+        if (request.direct_decode_loads && p.block_size == 0 && plan.head_dim_tile == tiles::kDecodeLeanTile) {
+          plan.stages = tiles::kDecodeLeanStages;
+          plan.smem_bytes = tiles::decode_smem_bytes(plan.head_dim_tile, plan.stages);
+          resident_cap = tiles::kDecodeLeanCtasPerSm;
+          lean = ", two stages a warp, up to 3 CTAs an SM (ONNXATTN_SDPA_CUDA_DECODE_STAGES)";
+        } else {
+          lean = ", not two stages (ONNXATTN_SDPA_CUDA_DECODE_STAGES=2 needs direct loads over contiguous K/V and a "
+                 "head tile of 128)";
+        }
+      }
     } else {
       plan.rows_per_cta = tiles::prefill_rows(plan.head_dim_tile);
       plan.keys_per_tile = tiles::kPrefillKeys;
@@ -311,6 +331,7 @@ LaunchPlan plan_launch(const Params& p, DType dtype, const DeviceInfo& device, c
   if (plan.pdl) why += ", programmatic dependent launches (ONNXATTN_CUDA_PDL)";
   plan.direct_loads = request.direct_decode_loads && decode && plan.kernel == Kernel::kMma && p.block_size == 0;
   if (plan.direct_loads) why += ", direct K/V loads (ONNXATTN_SDPA_CUDA_DECODE_LOADS)";
+  why += lean;
   if (plan.grid > int64_t(0x7fffffff)) {
     fail(op, ": problem too large for one CUDA grid (", plan.grid, " CTAs)");
   }

@@ -52,13 +52,21 @@ inline constexpr int kDecodeRows = 16;
 inline constexpr int kDecodeWarpKeys = 16;
 inline constexpr int kDecodeKeys = kDecodeWarpKeys * kWarps;  // keys per CTA step
 constexpr int decode_stages(int head_dim_tile) { return head_dim_tile <= 64 ? 4 : head_dim_tile <= 128 ? 3 : 2; }
-constexpr size_t decode_pipeline_bytes(int head_dim_tile) {
-  return size_t(kWarps) * decode_stages(head_dim_tile) * kDecodeWarpKeys * smem_stride(head_dim_tile) * 2 * 2;
+// The lean decode (ONNXATTN_SDPA_CUDA_DECODE_STAGES=2, cuda_plan.cc rule 10): head tiles of 128 with two stages per
+// warp's ring instead of three, so that three CTAs fit an SM (shared memory; its registers stay within 65536 / 384)
+// where two did: 12 warps an SM instead of 8.
+inline constexpr int kDecodeLeanTile = 128;
+inline constexpr int kDecodeLeanStages = 2;
+inline constexpr int kDecodeLeanCtasPerSm = 3;
+// `stages` 0: decode_stages(head_dim_tile).
+constexpr size_t decode_pipeline_bytes(int head_dim_tile, int stages = 0) {
+  return size_t(kWarps) * (stages > 0 ? stages : decode_stages(head_dim_tile)) * kDecodeWarpKeys *
+         smem_stride(head_dim_tile) * 2 * 2;
 }
 // Q tile [16][stride] 16-bit; the pipeline area is reused for the cross-warp merge (fp32 [warps][16][tile]).
 constexpr size_t decode_merge_bytes(int head_dim_tile) { return size_t(kWarps) * kDecodeRows * head_dim_tile * 4; }
-constexpr size_t decode_smem_bytes(int head_dim_tile) {
-  const size_t pipe = decode_pipeline_bytes(head_dim_tile), merge = decode_merge_bytes(head_dim_tile);
+constexpr size_t decode_smem_bytes(int head_dim_tile, int stages = 0) {
+  const size_t pipe = decode_pipeline_bytes(head_dim_tile, stages), merge = decode_merge_bytes(head_dim_tile);
   return size_t(kDecodeRows) * smem_stride(head_dim_tile) * 2 + (pipe > merge ? pipe : merge);
 }
 
