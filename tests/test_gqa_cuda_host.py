@@ -320,6 +320,33 @@ def test_queries_without_qk_norm_can_be_turned_by_16_byte_chunks(monkeypatch):
         lib.plan(lib.Spec(**prefill))
 
 
+def test_new_keys_can_be_turned_by_16_byte_chunks(monkeypatch):
+    """ONNXATTN_GQA_CUDA_ROTATION=chunks also moves the new keys and values by the chunked new-token kernel (a thread
+    per 16-byte chunk of 4 KV heads' rows: the key's chunks, turned as the queries', then the value's), in prefill and
+    decode, with or without queries prepared ahead; K-norm, rows that do not split into chunks, float32 and unaligned
+    pointers keep the per-row kernel (append_key_chunks 0), as does the default (rows)."""
+    prefill = dict(seq=2048, mode="concat", past=0, rope=1, **LLAMA)
+    rows = lib.plan(lib.Spec(**prefill))
+    assert rows["append_key_chunks"] == rows["append_chunk_blocks"] == 0
+    monkeypatch.setenv("ONNXATTN_GQA_CUDA_ROTATION", "chunks")
+    p = lib.plan(lib.Spec(**prefill))
+    assert p["attention"] == rows["attention"] and p["scratch_bytes"] == rows["scratch_bytes"]
+    # D = Dv = 128 in chunks of 8: a key thread turns chunk c with chunk c + 8 (pairs (i, i + 64)), so 8 of them a
+    # row, all turned; 16 value chunks; 8 KV heads in 2 groups of 4, 2048 tokens
+    assert (p["append_key_chunks"], p["append_rotary_chunks"], p["append_value_chunks"]) == (8, 8, 16)
+    assert p["append_chunk_blocks"] == 2048 * 2 * 24 // 256 and p["append_blocks"] == rows["append_blocks"]
+    decode = lib.plan(lib.Spec(**{**prefill, "seq": 1, "mode": "shared", "past": 4000}))
+    assert decode["append_key_chunks"] == 8 and decode["append_chunk_blocks"] == 1
+    partial = lib.plan(lib.Spec(**{**prefill, "rotary_dim": 64}))  # 4 chunks turned, 8 copied
+    assert (partial["append_key_chunks"], partial["append_rotary_chunks"]) == (12, 4)
+    assert lib.plan(lib.Spec(**{**prefill, "rope": 0}))["append_key_chunks"] == 16  # all 16 copied
+    assert lib.plan(lib.Spec(**{**prefill, "rotary_dim": 72}))["append_key_chunks"] == 0  # R/2 = 36
+    assert lib.plan(lib.Spec(**{**prefill, "k_norm": True}))["append_key_chunks"] == 0  # the norm: a row-wide sum
+    assert lib.plan(lib.Spec(**{**prefill, "q_norm": True}))["append_key_chunks"] == 8  # the queries' norm: not K's
+    assert lib.plan(lib.Spec(**prefill), aligned=False)["append_key_chunks"] == 0
+    assert lib.plan(lib.Spec(**{**prefill, "dtype": lib.FLOAT32}))["append_key_chunks"] == 0
+
+
 def test_wgmma_prefill_prepares_the_queries_ahead(monkeypatch):
     """ONNXATTN_SDPA_CUDA_PREFILL=wgmma: the Hopper kernel has no preparation in its Q load, so a prefill that
     rotates or normalises queries takes them prepared into scratch; one without either reads them plainly;

@@ -75,6 +75,11 @@ class GqaPlanInfo(ctypes.Structure):
         ("rotate_chunks", ctypes.c_int32),
         ("rotary_chunks", ctypes.c_int32),
         ("rotate_blocks", ctypes.c_int64),
+        ("append_key_chunks", ctypes.c_int32),
+        ("append_rotary_chunks", ctypes.c_int32),
+        ("append_value_chunks", ctypes.c_int32),
+        ("reserved", ctypes.c_int32),
+        ("append_chunk_blocks", ctypes.c_int64),
     ]
 
     def as_dict(self) -> dict:

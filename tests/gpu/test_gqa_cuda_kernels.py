@@ -64,11 +64,13 @@ def test_in_place_update_of_the_shared_buffer(case_id, dtype):
     gc.check(case, dtype, y, pk, pv, context=f"in place {case} {dtype}")
 
 
-@pytest.mark.parametrize("dtype", ["float16", "float32"])
-def test_out_of_range_past_lengths_leave_the_cache_and_give_nan_rows(dtype):
+@pytest.mark.parametrize("dtype, rotation", [("float16", "rows"), ("float32", "rows"), ("float16", "chunks")])
+def test_out_of_range_past_lengths_leave_the_cache_and_give_nan_rows(dtype, rotation, monkeypatch):
     # Sequence 1 would write past the buffer, sequence 2 has a negative length: neither touches the cache,
     # their output rows are NaN (the CPU kernel raises instead; here that would need a host sync), and
-    # sequence 0 is unaffected.
+    # sequence 0 is unaffected. rotation=chunks: the chunked new-token kernel (ONNXATTN_GQA_CUDA_ROTATION) does the
+    # same.
+    monkeypatch.setenv("ONNXATTN_GQA_CUDA_ROTATION", rotation)
     good = gc.Case("oor-good", batch=1, seq=2, buffer=50, past_lengths=(10,))
     gc.CASES_BY_ID.setdefault(good.id, good)
     t0 = gt.to_device(good, dtype)
@@ -79,8 +81,9 @@ def test_out_of_range_past_lengths_leave_the_cache_and_give_nan_rows(dtype):
     out = gt.outputs(case, dtype)
     out["present_key"], out["present_value"] = t["past_key"], t["past_value"]
     spec = dataclasses.replace(gc.spec(good, dtype), batch=3)
-    lib.run(spec, {gt.FIELD.get(n, n): v for n, v in {**t, **out}.items()})
+    plan = lib.run(spec, {gt.FIELD.get(n, n): v for n, v in {**t, **out}.items()})
     torch.cuda.synchronize()
+    assert (plan["append_key_chunks"] > 0) == (rotation == "chunks"), plan["attention"]["reason"]
     y = out["output"].double().cpu().numpy()
     assert np.isnan(y[1:]).all(), "rows of invalid sequences must be NaN"
     for name, before in (("present_key", before_k), ("present_value", before_v)):
@@ -237,7 +240,8 @@ def test_rotated_queries_give_the_fused_bits(case_id, dtype, monkeypatch):
 def test_chunked_query_kernel_gives_the_row_kernels_bits(case_id, dtype, monkeypatch):
     """The chunked query kernel (ONNXATTN_GQA_CUDA_ROTATION=chunks; RoPE without QK-norm: a thread per 16-byte chunk
     of 4 heads' rows) against the per-row kernel (the default): the same arithmetic, so the same bits; QK-norm cases
-    take the per-row kernel either way. Its default flips to chunks once this passes on a GPU."""
+    take the per-row kernel either way. The same switch moves the new keys and values by the chunked new-token
+    kernel: the same cache bits. Its default flips to chunks once this passes on a GPU."""
     case = gc.CASES_BY_ID[case_id]
     monkeypatch.setenv("ONNXATTN_SDPA_CUDA_PREFILL", "mma")
     monkeypatch.setenv("ONNXATTN_GQA_CUDA_QUERY", "rotated")
@@ -245,6 +249,11 @@ def test_chunked_query_kernel_gives_the_row_kernels_bits(case_id, dtype, monkeyp
     (y, pk, pv, plan), (y2, pk2, pv2, plan2) = run_before_and_after(case, dtype, monkeypatch, switch, "chunks")
     chunked = plan2["rotate_queries"] and not case.q_norm and (case.rotary_dim or case.head_dim) % 16 == 0
     assert (plan2["rotate_chunks"] > 0) == chunked and plan["rotate_chunks"] == 0, plan2["attention"]["reason"]
+    # the new keys likewise by the chunked new-token kernel (without K-norm): the same cache bits, compared below
+    rotary = (case.rotary_dim or case.head_dim) if case.rope else 0
+    span = rotary if case.rope_interleaved else rotary // 2
+    appended = not case.k_norm and span % 8 == 0 and (case.head_dim - rotary) % 8 == 0
+    assert (plan2["append_key_chunks"] > 0) == appended and plan["append_key_chunks"] == 0, plan2["attention"]["reason"]
     np.testing.assert_array_equal(y2, y)
     for a, b in ((pk2, pk), (pv2, pv)):
         if a is not None:

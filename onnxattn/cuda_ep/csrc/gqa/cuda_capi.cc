@@ -42,6 +42,8 @@ struct OnnxAttnGqaPlanInfo {
   int64_t lse_offset;
   int32_t rotate_chunks, rotary_chunks;
   int64_t rotate_blocks;
+  int32_t append_key_chunks, append_rotary_chunks, append_value_chunks, reserved;
+  int64_t append_chunk_blocks;
 };
 
 // Device pointers of one call; null where the input is absent. present_key/present_value null: the
@@ -127,6 +129,10 @@ void fill_plan_info(const Plan& plan, OnnxAttnGqaPlanInfo* out) {
   out->rotate_chunks = plan.rotate_chunks;
   out->rotary_chunks = plan.rotary_chunks;
   out->rotate_blocks = plan.rotate_blocks;
+  out->append_key_chunks = plan.append_key_chunks;
+  out->append_rotary_chunks = plan.append_rotary_chunks;
+  out->append_value_chunks = plan.append_value_chunks;
+  out->append_chunk_blocks = plan.append_chunk_blocks;
   out->append_rows = plan.append_rows;
   out->append_blocks = plan.append_blocks;
   out->lengths_offset = int64_t(plan.lengths_offset);

@@ -61,6 +61,23 @@ Plan make_plan(const Params& p, DType dtype, const DeviceInfo& device, const Req
 
   plan.append_rows = p.batch * p.seq * p.kv_heads;
   plan.append_blocks = (plan.append_rows + kAppendRowsPerBlock - 1) / kAppendRowsPerBlock;
+  // 16-byte chunks of a row: pairs (i, i + R/2) of a non-interleaved rotation pair chunk c of the first half with
+  // chunk c of the second, so R/2 must split into chunks; interleaved pairs lie inside a chunk. The rotated chunks
+  // come first, then the channels past rotary_dim; 0: the rows do not split so.
+  const int64_t per_chunk = int64_t(16 / size), rotary = p.rope ? p.rotary_dim : 0;
+  const int64_t rotary_span = p.rope_interleaved ? rotary : rotary / 2;
+  const bool chunk_rows = size == 2 && aligned16 && rows16 && rotary_span % per_chunk == 0 &&
+                          (p.head_dim - rotary) % per_chunk == 0 && chunked_rotation;
+  const int rotary_chunks = int(rotary_span / per_chunk);
+  const int row_chunks = rotary_chunks + int((p.head_dim - rotary) / per_chunk);
+  if (chunk_rows && !p.k_norm && plan.append_rows > 0) {
+    plan.append_rotary_chunks = rotary_chunks;
+    plan.append_key_chunks = row_chunks;
+    plan.append_value_chunks = int(p.v_head_dim / per_chunk);
+    const int64_t head_groups = (p.kv_heads + kRotateHeadsPerThread - 1) / kRotateHeadsPerThread;
+    const int64_t threads = p.batch * p.seq * head_groups * (plan.append_key_chunks + plan.append_value_chunks);
+    plan.append_chunk_blocks = (threads + kRotateThreadsPerBlock - 1) / kRotateThreadsPerBlock;
+  }
 
   size_t offset = 0;
   auto take = [&](size_t bytes) {
@@ -83,15 +100,9 @@ Plan make_plan(const Params& p, DType dtype, const DeviceInfo& device, const Req
                         (kernel == sdpa::cuda::Kernel::kWgmma || (rotate_queries && kernel == sdpa::cuda::Kernel::kMma));
   if (plan.rotate_queries) {
     plan.rotated_q_offset = take(size_t(p.batch * p.seq * p.q_heads * p.head_dim) * size);
-    // 16-byte chunks: pairs (i, i + R/2) of a non-interleaved rotation pair chunk c of the first half with chunk
-    // c of the second, so R/2 must split into chunks; interleaved pairs lie inside a chunk.
-    const int64_t per_chunk = int64_t(16 / size), rotary = p.rope ? p.rotary_dim : 0;
-    const int64_t rotary_span = p.rope_interleaved ? rotary : rotary / 2;
-    const bool chunked = !p.q_norm && size == 2 && aligned16 && rows16 && rotary_span % per_chunk == 0 &&
-                         (p.head_dim - rotary) % per_chunk == 0 && chunked_rotation;
-    if (chunked) {
-      plan.rotary_chunks = int(rotary_span / per_chunk);
-      plan.rotate_chunks = plan.rotary_chunks + int((p.head_dim - rotary) / per_chunk);
+    if (chunk_rows && !p.q_norm) {
+      plan.rotary_chunks = rotary_chunks;
+      plan.rotate_chunks = row_chunks;
       const int64_t head_groups = (p.q_heads + kRotateHeadsPerThread - 1) / kRotateHeadsPerThread;
       const int64_t threads = p.batch * p.seq * head_groups * plan.rotate_chunks;
       plan.rotate_blocks = (threads + kRotateThreadsPerBlock - 1) / kRotateThreadsPerBlock;

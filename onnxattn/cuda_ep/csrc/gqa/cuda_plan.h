@@ -50,8 +50,9 @@ inline bool rotated_queries_from_env() {
   return env_choice(kOpName, "ONNXATTN_GQA_CUDA_QUERY", {"fused", "rotated"}) == 1;
 }
 
-// ONNXATTN_GQA_CUDA_ROTATION = rows | chunks (unset or empty = rows): which kernel prepares queries ahead of the
-// core. chunks: the chunked kernel where it can run (not with QK-norm), opt-in until a GPU run has checked it
+// ONNXATTN_GQA_CUDA_ROTATION = rows | chunks (unset or empty = rows): which kernels prepare the queries ahead of the
+// core and the new keys. chunks: the chunked kernels where they can run (not with QK-norm), opt-in until a GPU run
+// has checked them
 // (written in a session without a GPU; tests/gpu compares its bits with the per-row kernel's).
 inline bool chunked_rotation_from_env() {
   return env_choice(kOpName, "ONNXATTN_GQA_CUDA_ROTATION", {"rows", "chunks"}) == 1;
@@ -63,6 +64,11 @@ struct Plan {
   bool per_batch = false;  // shared-buffer mode: query offsets and valid lengths per sequence, on the device
   int64_t append_rows = 0;    // B * S * Hkv
   int64_t append_blocks = 0;  // CTAs of the new-token kernel
+  // The chunked new-token kernel (ONNXATTN_GQA_CUDA_ROTATION=chunks, no K-norm, 16-bit 16-byte rows; run() also
+  // needs key and value 16-byte aligned): a key row's chunks (turned ones first) and a value row's, its CTAs; 0 key
+  // chunks: the per-row kernel.
+  int append_key_chunks = 0, append_rotary_chunks = 0, append_value_chunks = 0;
+  int64_t append_chunk_blocks = 0;
   // Scratch, one device block: byte offsets (256-aligned) and the total. lengths: [2][B] int64 (query
   // offsets, then valid lengths; a negative length marks an out-of-range past_lengths entry).
   size_t lengths_offset = 0, attention_offset = 0, present_key_offset = 0, present_value_offset = 0;
