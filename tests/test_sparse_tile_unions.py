@@ -1,24 +1,16 @@
 """benchmarks/sparse_tile_unions.py: the union sizes of neighbouring queries' selection lists (what the CUDA attention
 by query tiles stages), on hand-made lists, and one small run on our CPU kernel's lists."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from script_modules import load_script
 
 
 @pytest.fixture(scope="module")
 def unions():
-    spec = importlib.util.spec_from_file_location("sparse_tile_unions", ROOT / "benchmarks" / "sparse_tile_unions.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["sparse_tile_unions"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/sparse_tile_unions.py", "sparse_tile_unions")
 
 
 def test_unions_of_hand_made_lists(unions):

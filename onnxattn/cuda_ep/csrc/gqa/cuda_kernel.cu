@@ -128,6 +128,18 @@ union Chunk {
 // Chunk `chunk` of `heads` rows (src and dst rows head_stride_src / head_stride_dst 16-byte chunks apart) turned at
 // position_f: the rotated chunks (pairs inside a chunk when interleaved, else chunk c of the first half with the
 // chunk rotary_dim / 2 elements further on) or, from rotary_chunks on, the channels past rotary_dim copied.
+// Chunk c of `heads` rows copied (rows head_stride_src / head_stride_dst chunks apart): every load, then every store.
+__device__ __forceinline__ void copy_chunk(const uint4* src, int64_t head_stride_src, uint4* dst,
+                                           int64_t head_stride_dst, int heads, int64_t c) {
+  uint4 v[kRotateHeadsPerThread];
+#pragma unroll
+  for (int h = 0; h < kRotateHeadsPerThread; ++h)
+    if (h < heads) v[h] = src[h * head_stride_src + c];
+#pragma unroll
+  for (int h = 0; h < kRotateHeadsPerThread; ++h)
+    if (h < heads) dst[h * head_stride_dst + c] = v[h];
+}
+
 template <typename T>
 __device__ __forceinline__ void turn_chunk(const uint4* src, int64_t head_stride_src, uint4* dst,
                                            int64_t head_stride_dst, int heads, int chunk, int rotary_chunks,
@@ -136,14 +148,7 @@ __device__ __forceinline__ void turn_chunk(const uint4* src, int64_t head_stride
   constexpr int kVec = 16 / sizeof(T), kHeads = kRotateHeadsPerThread;
   const int rotary_dim = prep.rotary_dim;
   if (chunk >= rotary_chunks) {  // channels past rotary_dim: copied
-    const int64_t c = rotary_dim / kVec + (chunk - rotary_chunks);
-    uint4 v[kHeads];
-#pragma unroll
-    for (int h = 0; h < kHeads; ++h)
-      if (h < heads) v[h] = src[h * head_stride_src + c];
-#pragma unroll
-    for (int h = 0; h < kHeads; ++h)
-      if (h < heads) dst[h * head_stride_dst + c] = v[h];
+    copy_chunk(src, head_stride_src, dst, head_stride_dst, heads, rotary_dim / kVec + (chunk - rotary_chunks));
     return;
   }
   if (prep.interleaved) {  // pairs (2p, 2p + 1) inside the chunk: kVec / 2 of them
@@ -259,16 +264,10 @@ __global__ void __launch_bounds__(kRotateThreadsPerBlock)
                rotary_chunks, a.key_prep, position_f);
     return;
   }
-  const int64_t row_chunks = a.v_head_dim / kVec, c = chunk - key_chunks;
-  const uint4* const src = reinterpret_cast<const uint4*>(a.value + (token * a.kv_heads + head_begin) * a.v_head_dim);
-  uint4* const dst = reinterpret_cast<uint4*>(a.present_value + cache_row * a.v_head_dim);
-  uint4 v[kHeads];
-#pragma unroll
-  for (int h = 0; h < kHeads; ++h)
-    if (h < heads) v[h] = src[h * row_chunks + c];
-#pragma unroll
-  for (int h = 0; h < kHeads; ++h)
-    if (h < heads) dst[h * a.total * row_chunks + c] = v[h];
+  const int64_t row_chunks = a.v_head_dim / kVec;
+  copy_chunk(reinterpret_cast<const uint4*>(a.value + (token * a.kv_heads + head_begin) * a.v_head_dim), row_chunks,
+             reinterpret_cast<uint4*>(a.present_value + cache_row * a.v_head_dim), a.total * row_chunks, heads,
+             chunk - key_chunks);
 }
 
 template <typename T>
