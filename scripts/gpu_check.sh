@@ -142,7 +142,7 @@ fi
 # tensor-core attention and the wgmma prefill too: the newest kernels (passed at 93587a9 and 8ec89a9), cheap to keep;
 # and the sparse ops' tensor-core attention by block (ONNXATTN_SPARSE_CUDA=mma) and LightningIndexer's kernels (both
 # not yet run on a GPU).
-families=(paged indexer mla wgmma sparse_mma)
+families=(paged indexer mla wgmma sparse_mma optin)
 if [ "$tests_rc" != 0 ] || [ "${GPU_CHECK_SANITIZE:-0}" = 1 ]; then families+=(sdpa); fi  # sanitize_cases.py
 if [ "$gqa_tests_rc" != 0 ] || [ "${GPU_CHECK_SANITIZE:-0}" = 1 ]; then families+=(gqa); fi
 echo "== compute-sanitizer on representative launches of: ${families[*]} (tests/gpu/sanitize_cases.py)"

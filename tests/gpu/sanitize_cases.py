@@ -11,8 +11,9 @@ without keys; on every run, skipped on other GPUs). Both passed memcheck on an H
 sparse ops' tensor-core attention by block (family `sparse_mma`, ONNXATTN_SPARSE_CUDA=mma, through onnxruntime's CUDA
 EP: shared and per-head NSA lists, partial last blocks, rows before any key, routed segments longer than a tile, Dv !=
 D; with the opt-in switches too, the query tiles included; on every run). Then LightningIndexer (family `indexer`, not
-yet run on a GPU: both score kernels, the radix select, shared buffers with NaN in hidden slots; on every run). Not a
-pytest module."""
+yet run on a GPU: both score kernels, the radix select, shared buffers with NaN in hidden slots; on every run). Then
+the opt-in decode and new-token kernels not yet run on a GPU (family `optin`: the direct-loads decode with two stages
+a warp, GroupQueryAttention's chunked query and new-token kernels; on every run). Not a pytest module."""
 
 from __future__ import annotations
 
@@ -142,6 +143,36 @@ def gqa_cases() -> int:
                for name in GQA_NAMES for dtype in ("float16", "float32"))  # fmt: skip
 
 
+OPTIN_SDPA = ("decode_gqa_odd", "window_decode", "mask_decode")
+OPTIN_GQA = ("shared-decode-b4", "everything-shared", "chunk-s5-p700")
+
+
+def optin_cases() -> int:
+    """The opt-in decode and new-token kernels (not yet run on a GPU), against the oracles: the direct-loads decode
+    with two stages a warp (ONNXATTN_SDPA_CUDA_DECODE_LOADS=direct, _DECODE_STAGES=2) under ScaledDotProductAttention
+    and GroupQueryAttention, the latter also with its chunked query and new-token kernels (ONNXATTN_GQA_CUDA_ROTATION=
+    chunks, queries prepared ahead: ONNXATTN_GQA_CUDA_QUERY=rotated)."""
+    import gqa_cases as gc
+    import gqa_torch as gt
+
+    by_name = {c.name: c for c in CASES}
+
+    def run_gqa(case):
+        y, pk, pv, plan, _ = gt.run(case, "float16")
+        gc.check(case, "float16", y, pk, pv, context=plan["attention"]["reason"])
+        return plan["attention"]["reason"]
+
+    switches = {"ONNXATTN_SDPA_CUDA_DECODE_LOADS": "direct", "ONNXATTN_SDPA_CUDA_DECODE_STAGES": "2",
+                "ONNXATTN_GQA_CUDA_ROTATION": "chunks", "ONNXATTN_GQA_CUDA_QUERY": "rotated"}  # fmt: skip
+    with contextlib.ExitStack() as stack:
+        for name, value in switches.items():
+            stack.enter_context(library_switch(name, value))
+        failed = sum(checked(f"optin sdpa {n}", lambda: sdpa_run(by_name[n], torch.float16, "decode"))
+                     for n in OPTIN_SDPA)  # fmt: skip
+        failed += sum(checked(f"optin gqa {n}", lambda: run_gqa(gc.CASES_BY_ID[n])) for n in OPTIN_GQA)
+    return failed
+
+
 def sparse_mma_cases() -> int:
     """NSA's block branch and the routed attention on the tensor-core kernel by block against the fast path, as
     they are and with the latency work (loads overlapped, the redux argmax)."""
@@ -225,14 +256,15 @@ def indexer_cases() -> int:
 
 
 def main(argv=None) -> int:
-    """Arguments: the families to run, `sdpa`, `gqa`, `paged`, `mla`, `wgmma`, `sparse_mma` and/or `indexer`
-    (default all)."""
+    """Arguments: the families to run, `sdpa`, `gqa`, `paged`, `mla`, `wgmma`, `sparse_mma`, `optin` and/or
+    `indexer` (default all)."""
     families = set(argv if argv is not None else sys.argv[1:]) or {"sdpa", "gqa", "paged", "mla", "wgmma",
-                                                                   "sparse_mma", "indexer"}
+                                                                   "sparse_mma", "optin", "indexer"}
     by_name = {c.name: c for c in CASES}
     failed = paged_cases() if "paged" in families else 0  # first: the one family checked on every run
     # then the newest kernels (not yet run on a GPU), before the cap can cut the run short
     failed += sparse_mma_cases() if "sparse_mma" in families else 0
+    failed += optin_cases() if "optin" in families else 0
     failed += indexer_cases() if "indexer" in families else 0
     failed += mla_cases() if "mla" in families else 0
     failed += wgmma_cases() if "wgmma" in families else 0
