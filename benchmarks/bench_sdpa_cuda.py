@@ -162,7 +162,7 @@ class OrtGqa:
     def prepare(self, q, k, v):
         """q [B,Hq,Sq,D]; prefill: k, v [B,Hkv,S,D]; decode: k, v are the cache [B,Hkv,Skv,D]."""
         b, hq, sq, d = q.shape
-        hkv, skv = k.shape[1], k.shape[2]
+        skv = k.shape[2]
         bsnh = lambda t: t.transpose(1, 2).reshape(t.shape[0], t.shape[2], -1).contiguous()  # noqa: E731
         self.out = torch.empty(b, sq, hq * d, dtype=q.dtype, device="cuda")
         inputs = {"query": bsnh(q)}
