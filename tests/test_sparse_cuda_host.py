@@ -141,7 +141,7 @@ def sizes():
         def query_tiles(batch, list_heads, q_len, heads_per_list, top_k, blocks, dim, v_dim, max_smem=H100_SMEM):
             lib.OnnxAttnSparseQueryTiles(batch, list_heads, q_len, heads_per_list, top_k, blocks, dim, v_dim, max_smem,
                                          out)  # fmt: skip
-            return bool(out[0]), out[1], out[2]
+            return bool(out[0]), out[1], out[2], out[3]
 
     return Sizes
 
@@ -245,10 +245,14 @@ def test_query_tile_sizes_and_limits(sizes):
         return (64 * (d + 8) + 2 * 64 * (d + 8 + dv + 8)) * 2 + (64 // per_list) * top * 4
 
     # NSA at S = 64k, 16 / 2 heads, shared lists of 8 rows, 16 blocks of 1024: 8 lists per tile, two CTAs per SM
-    ok, shared, per_tile = sizes.query_tiles(1, 2, 65536, 8, 16, 1024, 128, 128)
+    ok, shared, per_tile, grid = sizes.query_tiles(1, 2, 65536, 8, 16, 1024, 128, 128)
     assert ok and per_tile == 8 and shared == smem(128, 128, 8, 16) == 87552 and 2 * shared <= H100_SMEM
+    assert grid == 2 * 65536 // 8
     # routed: one row per list, 64 lists per tile
-    assert sizes.query_tiles(1, 16, 65536, 1, 16, 1024, 128, 128)[1:] == (smem(128, 128, 1, 16), 64)
+    assert sizes.query_tiles(1, 16, 65536, 1, 16, 1024, 128, 128)[1:] == (smem(128, 128, 1, 16), 64, 16 * 1024)
+    # a decode step: one CTA per (batch, list head), too few to fill a GPU (the plan keeps the inverted lists then)
+    assert sizes.query_tiles(3, 2, 1, 8, 16, 64, 128, 128)[3] == 6
+    assert sizes.query_tiles(1, 2, 9, 8, 16, 64, 128, 128)[3] == 4  # 9 queries in tiles of 8: 2 a head
     assert sizes.query_tiles(1, 1, 1, 64, 1, 1, 64, 64)[0] and not sizes.query_tiles(1, 1, 1, 65, 1, 1, 64, 64)[0]
     for d, dv, good in ((16, 16, True), (256, 256, True), (8, 16, False), (24, 16, False), (272, 64, False),
                         (64, 40, False), (64, 0, False)):

@@ -495,7 +495,7 @@ def test_the_latency_switches_give_the_same_bits(kind, name, dtype):
 
 
 @pytest.mark.parametrize("switch, values", [("LOADS", "sync or async"), ("ARGMAX", "shuffle or redux"),
-                                            ("BLOCKS", "lists or queries")])
+                                            ("BLOCKS", "lists, queries or auto")])
 @pytest.mark.parametrize("kind", ["nsa", "routed"])
 def test_a_bad_latency_switch_is_an_error(kind, switch, values):
     model, feeds = core_case("paper-shared-causal", "bfloat16")[:2] if kind == "nsa" else \
@@ -541,3 +541,18 @@ def test_query_tiles_match_the_cpu_kernel_and_the_inverted_lists(kind, name, dty
         want = run_kernel(model, feeds, threads=8)
     rows = mma_agreeing_rows(tiles, want, feeds["Q"].shape[1], exact)
     assert_close_on(rows, tiles[0], want[0], tol, f"query tiles, {name}, {dtype}")
+
+
+def test_auto_takes_query_tiles_where_their_ctas_fill_the_device():
+    """ONNXATTN_SPARSE_CUDA_BLOCKS=auto: query tiles where their CTAs number at least the SMs (the routed MoBA case:
+    16 heads x 16 tiles of 64 queries = 256), the inverted lists elsewhere (an NSA decode step: 3 x 1 CTAs); the
+    same bits as the path it picks."""
+    sm_count = torch.cuda.get_device_properties(0).multi_processor_count
+    for kind, name, tiles in (("routed", "moba-64-top-8", 256), ("nsa", "decode-mqa", 3)):
+        model, feeds = core_case(name, "bfloat16")[:2] if kind == "nsa" else routed_case(name, "bfloat16")[0:3:2]
+        sess = cuda_session(model)
+        auto = with_sparse_path("mma", lambda: sess.run(None, feeds), BLOCKS="auto")
+        picked = "queries" if tiles >= sm_count else "lists"
+        want = with_sparse_path("mma", lambda: sess.run(None, feeds), BLOCKS=picked)
+        for a, w in zip(auto, want):
+            np.testing.assert_array_equal(a, w, err_msg=f"{kind} {name}: auto should pick {picked}")

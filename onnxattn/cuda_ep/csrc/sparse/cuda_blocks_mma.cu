@@ -452,9 +452,7 @@ void launch_query_tiles(const RoutedBlocksArgs& a, cudaStream_t stream) {
   constexpr auto kKernel = blocks_query_tiles_kernel<TIn, TMma, kMaxDv>;
   const size_t smem = query_tiles_smem_bytes(a.dim, a.v_dim, a.heads_per_list, a.top_k);
   sdpa::cuda::allow_smem<kKernel>(smem);
-  const int64_t per_tile = blocks_mma_lists_per_chunk(a.heads_per_list);
-  const int64_t grid = a.batch * a.list_heads * ((a.q_len + per_tile - 1) / per_tile);
-  kKernel<<<unsigned(grid), kThreads, smem, stream>>>(a);
+  kKernel<<<unsigned(query_tiles_grid(a.batch, a.list_heads, a.q_len, a.heads_per_list)), kThreads, smem, stream>>>(a);
   check_launch("sparse tensor-core query-tile kernel");
 }
 

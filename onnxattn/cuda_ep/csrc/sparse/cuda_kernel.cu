@@ -333,13 +333,24 @@ bool redux_argmax_requested(const char* op) {
   return env_choice(op, "ONNXATTN_SPARSE_CUDA_ARGMAX", {"shuffle", "redux"}) == 1;
 }
 
-// ONNXATTN_SPARSE_CUDA_BLOCKS = lists | queries: the tensor-core attention by block over the inverted lists, or by
-// query tiles walking the union of their lists (cuda_blocks_mma.cu; each row then sums its blocks in ascending order,
-// not in its list's: not the same bits). Opt-in until a GPU run has checked it and timed it.
-bool query_tiles_requested(const char* op) {
-  return env_choice(op, "ONNXATTN_SPARSE_CUDA_BLOCKS", {"lists", "queries"}) == 1;
+// ONNXATTN_SPARSE_CUDA_BLOCKS = lists | queries | auto: the tensor-core attention by block over the inverted lists, or
+// by query tiles walking the union of their lists (cuda_blocks_mma.cu; each row then sums its blocks in ascending
+// order, not in its list's: not the same bits) wherever that kernel takes the problem, or (auto) where its CTAs also
+// fill the device: a decode step (Sq = 1) makes one CTA per (batch, list head), a handful for a whole GPU, where the
+// inverted lists spread each list's blocks over CTAs. lists until a GPU run has checked and timed the others.
+enum class BlocksMode { kLists, kQueries, kAuto };
+BlocksMode blocks_mode(const char* op) {
+  return BlocksMode(env_choice(op, "ONNXATTN_SPARSE_CUDA_BLOCKS", {"lists", "queries", "auto"}));
 }
 int max_smem_per_block() { return sdpa::cuda::device_info(sdpa::cuda::current_device()).max_smem_per_block; }
+bool query_tiles_wanted(BlocksMode mode, int64_t batch, int64_t list_heads, int64_t q_len, int64_t heads_per_list,
+                        int64_t top_k, int64_t num_blocks, const Dims& d) {
+  if (mode == BlocksMode::kLists) return false;
+  const int sm_count = sdpa::cuda::device_info(sdpa::cuda::current_device()).sm_count;
+  return (mode == BlocksMode::kQueries || query_tiles_grid(batch, list_heads, q_len, heads_per_list) >= sm_count) &&
+         query_tiles_eligible(batch, list_heads, q_len, heads_per_list, top_k, num_blocks, int(d.head_dim),
+                              int(d.v_head_dim), max_smem_per_block());
+}
 
 // The tensor-core attention by block (cuda_blocks_mma.cuh) for 16-bit T under ONNXATTN_SPARSE_CUDA=mma, where it
 // takes the problem (its sizes; Q, K, V 16-byte aligned: it reads 16-byte chunks).
@@ -451,7 +462,7 @@ NsaPlan plan_nsa(const NsaParams& p, const NsaTensors<T>& t) {
                      std::max(a.top_blocks, a.top_tokens));
   plan.overlap_loads = overlapped_loads_requested(kNsaName);
   plan.redux_argmax = redux_argmax_requested(kNsaName);
-  const bool query_tiles = query_tiles_requested(kNsaName);
+  const BlocksMode blocks = blocks_mode(kNsaName);
   if (core) {
     const sdpa::cuda::DeviceInfo device = sdpa::cuda::device_info(sdpa::cuda::current_device());
     sdpa::Tensors<T> view;
@@ -461,9 +472,8 @@ NsaPlan plan_nsa(const NsaParams& p, const NsaTensors<T>& t) {
     plan.mma_blocks = a.top_blocks > 0 && p.num_blocks > 0 &&
                       blocks_mma_wanted<T>(kNsaName, nsa_lists(p), nsa_heads_per_list(p), a.top_blocks,
                                            nsa_list_keys(p), d, p.scale, {t.q, t.k, t.v});
-    plan.query_tiles = plan.mma_blocks && query_tiles &&
-                       query_tiles_eligible(d.batch, p.selection_heads, d.q_len, nsa_heads_per_list(p), a.top_blocks,
-                                            p.num_blocks, int(d.head_dim), int(d.v_head_dim), max_smem_per_block());
+    plan.query_tiles = plan.mma_blocks && query_tiles_wanted(blocks, d.batch, p.selection_heads, d.q_len,
+                                                             nsa_heads_per_list(p), a.top_blocks, p.num_blocks, d);
     if (a.top_blocks > 0 && !plan.mma_blocks) try {
       plan.core_blocks = true;
       plan.blocks_params = blocks_core_params(p, core_block_size(p));
@@ -688,9 +698,9 @@ void run_routed(const RoutedParams& p, const RoutedTensors<T>& t, void* stream_p
   const bool by_segment = !by_mma && routed_by_segment(p);
   // read before any launch
   const bool overlap_loads = overlapped_loads_requested(kRoutedName), redux = redux_argmax_requested(kRoutedName);
-  const bool query_tiles = by_mma && query_tiles_requested(kRoutedName) &&
-                           query_tiles_eligible(d.batch, d.q_heads, d.q_len, 1, a.top_k, p.num_segments,
-                                                int(d.head_dim), int(d.v_head_dim), max_smem_per_block());
+  const BlocksMode blocks = blocks_mode(kRoutedName);
+  const bool query_tiles = by_mma && query_tiles_wanted(blocks, d.batch, d.q_heads, d.q_len, 1, a.top_k,
+                                                        p.num_segments, d);
   // Under LOADS=async the tensor-core kernel reads 16-bit copies of the RoPE'd Q and K (rounded as its staging rounds
   // the float32 ones) and V in its own type: half the bytes, staged by cp.async, the same bits.
   const bool mma_16bit = by_mma && overlap_loads && reinterpret_cast<uintptr_t>(t.v) % 16 == 0;

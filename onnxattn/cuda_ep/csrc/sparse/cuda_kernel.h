@@ -37,9 +37,10 @@
 // (tests/gpu/test_sparse_cuda_ort.py); 16-bit ones round P (and the routed Q, K after RoPE) to the input dtype.
 // ONNXATTN_SPARSE_CUDA_LOADS = sync | async (read by plan_nsa and run_routed): mma's tensor-core kernels (by block,
 // selection) wait for their loads in turn, or overlap them (the same bits; cuda_blocks_mma.cuh).
-// ONNXATTN_SPARSE_CUDA_BLOCKS = lists | queries (likewise): mma's attention by block over the inverted lists, or by
-// query tiles: a CTA per run of consecutive queries walks the union of their lists, its rows' outputs in registers
-// throughout (cuda_blocks_mma.cu; a row sums its blocks in ascending order, so not the lists' bits).
+// ONNXATTN_SPARSE_CUDA_BLOCKS = lists | queries | auto (likewise): mma's attention by block over the inverted lists,
+// or by query tiles: a CTA per run of consecutive queries walks the union of their lists, its rows' outputs in
+// registers throughout (cuda_blocks_mma.cu; a row sums its blocks in ascending order, so not the lists' bits);
+// auto: query tiles where their CTAs fill the device (not a decode step).
 // ONNXATTN_SPARSE_CUDA_ARGMAX = shuffle | redux (likewise): every path's selection picks each entry by a warp argmax
 // of five shuffle rounds, or of two warp reductions (the same lists; cuda_select.cu warp_select).
 //

@@ -204,6 +204,12 @@ inline bool query_tiles_eligible(int64_t batch, int64_t list_heads, int64_t q_le
   return query_tiles_smem_bytes(dim, v_dim, heads_per_list, top_k) <= size_t(max_smem_per_block);
 }
 
+// The query-tile kernel's CTAs: one per (batch, list head, run of blocks_mma_lists_per_chunk queries).
+inline int64_t query_tiles_grid(int64_t batch, int64_t list_heads, int64_t q_len, int64_t heads_per_list) {
+  const int64_t per_tile = blocks_mma_lists_per_chunk(heads_per_list);
+  return per_tile < 1 ? 0 : batch * list_heads * ((q_len + per_tile - 1) / per_tile);
+}
+
 // The end of the walk's lists: above every block.
 inline constexpr int32_t kNoBlock = 0x7fffffff;
 

@@ -276,7 +276,7 @@ extern "C" __attribute__((visibility("default"))) void OnnxAttnSparseBlocksMma(i
   out[3] = int64_t(c::block_lists_scratch_bytes(lists, out_rows, top_k, keys));
 }
 
-// out = {eligible, shared bytes, lists per tile} of the tensor-core attention by query tiles.
+// out = {eligible, shared bytes, lists per tile, CTAs} of the tensor-core attention by query tiles.
 extern "C" __attribute__((visibility("default"))) void OnnxAttnSparseQueryTiles(int64_t batch, int64_t list_heads,
                                                                                 int64_t q_len, int64_t heads_per_list,
                                                                                 int64_t top_k, int64_t num_blocks,
@@ -288,6 +288,7 @@ extern "C" __attribute__((visibility("default"))) void OnnxAttnSparseQueryTiles(
                                    max_smem_per_block) ? 1 : 0;
   out[1] = int64_t(c::query_tiles_smem_bytes(dim, v_dim, heads_per_list, top_k));
   out[2] = c::blocks_mma_lists_per_chunk(heads_per_list);
+  out[3] = c::query_tiles_grid(batch, list_heads, q_len, heads_per_list);
 }
 
 // A query tile's copy of a list as its walk reads it (normalize_block_list), in place.
