@@ -140,8 +140,8 @@ fi
 
 # PagedAttention always: its bad index inputs must stay inside every buffer, which only memcheck shows. MLA's
 # tensor-core attention and the wgmma prefill too: the newest kernels (passed at 93587a9 and 8ec89a9), cheap to keep;
-# and the sparse ops' tensor-core attention by block (ONNXATTN_SPARSE_CUDA=mma) and LightningIndexer's kernels (both
-# not yet run on a GPU).
+# the sparse ops' tensor-core attention by block and LightningIndexer's kernels (passed on the H200 at 21d5171); and
+# the opt-in kernels not yet run on a GPU (optin; sparse_mma with its switches: query tiles, overlapped loads).
 families=(paged indexer mla wgmma sparse_mma optin)
 if [ "$tests_rc" != 0 ] || [ "${GPU_CHECK_SANITIZE:-0}" = 1 ]; then families+=(sdpa); fi  # sanitize_cases.py
 if [ "$gqa_tests_rc" != 0 ] || [ "${GPU_CHECK_SANITIZE:-0}" = 1 ]; then families+=(gqa); fi
