@@ -303,9 +303,10 @@ __global__ void __launch_bounds__(kThreads) blocks_mma_overlapped_kernel(const R
 // output row through global memory once per slot (at 64k, NSA's ~16 GB of merges). A query tile instead keeps its 64
 // rows' outputs in registers from the first block to the last: a CTA takes consecutive queries of one (batch, list
 // head), walks the union of their lists in ascending block order, and scores each staged tile for the rows whose list
-// holds its block (the others are hidden, as causality hides keys). Consecutive queries choose mostly the same
-// blocks (the forced ones, and scores that move slowly with the position), so the union stays near one list's length
-// while the rows share each tile; a tile's copies are issued one step ahead, into the other of two stages.
+// holds its block (the others are hidden, as causality hides keys); a tile's copies are issued one step ahead, into
+// the other of two stages. What it stages depends on how alike neighbouring queries' lists are: on random inputs
+// little beyond the forced blocks (NSA: 8 lists of 16 join into ~84-100 blocks, ~10-12 a query where a query alone
+// reads 16; benchmarks/sparse_tile_unions.py), fewer where scores move slowly with the position.
 
 // One step of a tile's walk: keys t0.. of `block` (kNoBlock: the walk is over) and the CTA's lists holding the block
 // (list l is bit l % 32 of lists[l / 32]).

@@ -346,10 +346,11 @@ int max_smem_per_block() { return sdpa::cuda::device_info(sdpa::cuda::current_de
 bool query_tiles_wanted(BlocksMode mode, int64_t batch, int64_t list_heads, int64_t q_len, int64_t heads_per_list,
                         int64_t top_k, int64_t num_blocks, const Dims& d) {
   if (mode == BlocksMode::kLists) return false;
-  const int sm_count = sdpa::cuda::device_info(sdpa::cuda::current_device()).sm_count;
-  return (mode == BlocksMode::kQueries || query_tiles_grid(batch, list_heads, q_len, heads_per_list) >= sm_count) &&
+  const sdpa::cuda::DeviceInfo device = sdpa::cuda::device_info(sdpa::cuda::current_device());
+  return (mode == BlocksMode::kQueries ||
+          query_tiles_grid(batch, list_heads, q_len, heads_per_list) >= device.sm_count) &&
          query_tiles_eligible(batch, list_heads, q_len, heads_per_list, top_k, num_blocks, int(d.head_dim),
-                              int(d.v_head_dim), max_smem_per_block());
+                              int(d.v_head_dim), device.max_smem_per_block);
 }
 
 // The tensor-core attention by block (cuda_blocks_mma.cuh) for 16-bit T under ONNXATTN_SPARSE_CUDA=mma, where it
