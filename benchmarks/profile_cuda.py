@@ -48,15 +48,17 @@ sys.path[:0] = [str(ROOT / "tests" / "gpu"), str(ROOT / "benchmarks")]
 
 CASES = ("sdpa_decode_b1_32k", "sdpa_decode_b1_32k_direct", "sdpa_decode_b1_32k_lean", "sdpa_decode_b1_4k",
          "gqa_prefill_s2048", "gqa_prefill_s2048_chunks", "ort_gqa_prefill_s2048", "gqa_decode_p32k",
-         "gqa_decode_p32k_direct", "gqa_decode_p32k_lean", "ort_gqa_decode_p32k", "nsa_16k", "routed_16k", "nsa_dot_16k", "nsa_mma_16k", "routed_mma_16k",
-         "nsa_mma_async_16k", "routed_mma_async_16k", "nsa_mma_tiles_16k", "routed_mma_tiles_16k", "nsa_mma_64k",
-         "nsa_mma_tiles_64k", "routed_mma_64k", "routed_mma_tiles_64k", "nsa_mma_async_64k", "routed_mma_async_64k")
-# Library switches a case runs under (read by the kernels on every call).
+         "gqa_decode_p32k_direct", "gqa_decode_p32k_lean", "ort_gqa_decode_p32k", "nsa_16k", "routed_16k",
+         "nsa_dot_16k", "nsa_mma_16k", "routed_mma_16k", "nsa_mma_async_16k", "routed_mma_async_16k",
+         "nsa_mma_tiles_16k", "routed_mma_tiles_16k", "nsa_mma_64k", "nsa_mma_tiles_64k", "routed_mma_64k",
+         "routed_mma_tiles_64k", "nsa_mma_async_64k", "routed_mma_async_64k")
+# Library switches a case runs under (read by the kernels on every call); the decode ones as bench_sdpa_cuda's
+# OPT_IN_DECODE columns.
+DIRECT = {"ONNXATTN_SDPA_CUDA_DECODE_LOADS": "direct"}
+LEAN = {**DIRECT, "ONNXATTN_SDPA_CUDA_DECODE_STAGES": "2"}
 CASE_ENV = {"gqa_prefill_s2048_chunks": {"ONNXATTN_GQA_CUDA_ROTATION": "chunks"},
-            "sdpa_decode_b1_32k_direct": {"ONNXATTN_SDPA_CUDA_DECODE_LOADS": "direct"},
-            "gqa_decode_p32k_direct": {"ONNXATTN_SDPA_CUDA_DECODE_LOADS": "direct"}}
-LEAN = {"ONNXATTN_SDPA_CUDA_DECODE_LOADS": "direct", "ONNXATTN_SDPA_CUDA_DECODE_STAGES": "2"}
-CASE_ENV.update({"sdpa_decode_b1_32k_lean": LEAN, "gqa_decode_p32k_lean": LEAN})
+            **{f"{base}_{name}": switch for base in ("sdpa_decode_b1_32k", "gqa_decode_p32k")
+               for name, switch in (("direct", DIRECT), ("lean", LEAN))}}  # fmt: skip
 GRAPH_CALLS = 20  # calls per captured graph (as bench_sdpa_cuda.time_graph)
 
 

@@ -378,6 +378,11 @@ def routed_case(name: str, dtype: str):
     return model, arrays, sh.feeds_in(dtype, **arrays), routed_mma_tolerance(arrays, dtype, d**-0.5)
 
 
+def model_and_feeds(kind: str, name: str, dtype: str):
+    """The (model, feeds) of NSA case `name` (kind "nsa") or routed case `name` (kind "routed")."""
+    return core_case(name, dtype)[:2] if kind == "nsa" else routed_case(name, dtype)[0:3:2]
+
+
 def exact_selection(name: str) -> bool:
     """Whether the case's dot scores are exact on every path (power-of-two blocks, no compression branch)."""
     bs = CORE_CASES[name][-1]["block_size"]
@@ -483,7 +488,7 @@ LATENCY_SWITCHES = ({"LOADS": "async"}, {"ARGMAX": "redux"}, {"LOADS": "async", 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 @pytest.mark.parametrize("kind, name", [("nsa", n) for n in CORE_CASES] + [("routed", n) for n in ROUTED_CASES])
 def test_the_latency_switches_give_the_same_bits(kind, name, dtype):
-    model, feeds = core_case(name, dtype)[:2] if kind == "nsa" else routed_case(name, dtype)[0:3:2]
+    model, feeds = model_and_feeds(kind, name, dtype)
     sess = cuda_session(model)
     runs = [("mma", {"LOADS": "sync", "ARGMAX": "shuffle"}, s) for s in LATENCY_SWITCHES]
     runs.append(("fast", {"ARGMAX": "shuffle"}, {"ARGMAX": "redux"}))  # the fast path's selections take it too
@@ -498,8 +503,7 @@ def test_the_latency_switches_give_the_same_bits(kind, name, dtype):
                                             ("BLOCKS", "lists, queries or auto")])
 @pytest.mark.parametrize("kind", ["nsa", "routed"])
 def test_a_bad_latency_switch_is_an_error(kind, switch, values):
-    model, feeds = core_case("paper-shared-causal", "bfloat16")[:2] if kind == "nsa" else \
-        routed_case("moba-64-top-8", "bfloat16")[0:3:2]
+    model, feeds = model_and_feeds(kind, "paper-shared-causal" if kind == "nsa" else "moba-64-top-8", "bfloat16")
     sess = cuda_session(model)
     op = "NativeSparseAttention" if kind == "nsa" else "SparseRoutedAttention"
     with pytest.raises(Exception, match=rf"{op}: environment variable ONNXATTN_SPARSE_CUDA_{switch} must be {values}, "
@@ -549,7 +553,7 @@ def test_auto_takes_query_tiles_where_their_ctas_fill_the_device():
     same bits as the path it picks."""
     sm_count = torch.cuda.get_device_properties(0).multi_processor_count
     for kind, name, tiles in (("routed", "moba-64-top-8", 256), ("nsa", "decode-mqa", 3)):
-        model, feeds = core_case(name, "bfloat16")[:2] if kind == "nsa" else routed_case(name, "bfloat16")[0:3:2]
+        model, feeds = model_and_feeds(kind, name, "bfloat16")
         sess = cuda_session(model)
         auto = with_sparse_path("mma", lambda: sess.run(None, feeds), BLOCKS="auto")
         picked = "queries" if tiles >= sm_count else "lists"
