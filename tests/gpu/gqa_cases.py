@@ -140,6 +140,9 @@ CASES = [
     Case("gqa-16-over-2", q_heads=16, kv_heads=2, seq=3, past=250),
     Case("mqa-hkv1-b2", batch=2, kv_heads=1, past=300),
     Case("heads-6-over-3", q_heads=6, kv_heads=3, seq=37, past=20),  # query heads in groups of 4 and 2 (chunked RoPE)
+    # KV heads in groups of 4 and 2 (the chunked new-token kernel), per-document positions into a shared buffer
+    Case("shared-docs-12-over-6", batch=2, q_heads=12, kv_heads=6, seq=9, buffer=200, past_lengths=(30, 120),
+         positions="docs"),
     Case("dv-ne-d", v_head_dim=64, seq=20, past=30),
     Case("d64", head_dim=64, seq=40, past=60),
     Case("d256", head_dim=256, q_heads=4, seq=20, past=40),

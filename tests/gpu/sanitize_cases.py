@@ -144,7 +144,9 @@ def gqa_cases() -> int:
 
 
 OPTIN_SDPA = ("decode_gqa_odd", "window_decode", "mask_decode")
-OPTIN_GQA = ("shared-decode-b4", "everything-shared", "chunk-s5-p700")
+# (everything-shared has K-norm, so its new keys take the per-row kernel; shared-docs-12-over-6 takes the chunked one
+# over two groups of KV heads)
+OPTIN_GQA = ("shared-decode-b4", "everything-shared", "chunk-s5-p700", "shared-docs-12-over-6")
 
 
 def optin_cases() -> int:
