@@ -365,3 +365,19 @@ def test_wgmma_prefill_prepares_the_queries_ahead(monkeypatch):
     assert small["attention"]["kernel"] == "wgmma" and small["attention"]["head_dim_tile"] == 64 and small["rotate_queries"]
     wide = lib.plan(lib.Spec(seq=64, mode="concat", past=100, rope=1, q_heads=8, kv_heads=2, head_dim=192))
     assert wide["attention"]["kernel"] == "mma" and not wide["rotate_queries"]
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_every_gpu_case_plans_on_a_device_with_99_kib_a_block(dtype):
+    """sm_86 / sm_89 (A10, L4, RTX 30 and 40) allow 101,376 bytes of shared memory per block: a decode of head
+    tiles of 128 takes two stages a warp, D = 256 the simt kernel (sdpa/cuda_plan.cc rule 11), where both were
+    errors before."""
+    sm86 = dict(sm_count=58, max_smem_per_block=101376, smem_per_sm=102400, wgmma=0)
+    for case in gc.CASES:
+        attention = lib.plan(gc.spec(case, dtype), sm86)["attention"]
+        assert attention["smem_bytes"] <= sm86["max_smem_per_block"], (case.id, attention["reason"])
+        tile = max(case.head_dim, case.dv)
+        if attention["kernel"] == "mma" and attention["schedule"] == "decode" and 64 < tile <= 128:
+            assert attention["stages"] == 2 and "two stages a warp (three need 108800" in attention["reason"], case.id
+        if tile > 128 and dtype == "float16":
+            assert attention["kernel"] == "simt" and "-> simt (the mma kernel needs" in attention["reason"], case.id

@@ -333,3 +333,17 @@ def test_block_division_by_multiplication_is_exact(block_size):
     got = (hi + js) >> np.uint64(shift)  # the sum stays below 2^32 for j < 2^31
     assert ((hi + js) < (1 << 32)).all()
     np.testing.assert_array_equal(got, js // np.uint64(block_size))
+
+
+def test_every_gpu_case_plans_on_a_device_with_99_kib_a_block():
+    """sm_86 / sm_89 allow 101,376 bytes of shared memory per block: paged decode of head tiles of 128 takes two
+    stages a warp (sdpa/cuda_plan.cc rule 11) where it was an error before."""
+    sm86 = dict(sm_count=58, max_smem_per_block=101376, smem_per_sm=102400, wgmma=0)
+    for case in pc.CASES:
+        p = lib.plan(pc.spec(case, "float16"), sm86)
+        for launch in (p["decode"], p["prefill"]):
+            if launch:
+                assert launch["smem_bytes"] <= sm86["max_smem_per_block"], (case.id, launch["reason"])
+        decode = p["decode"]
+        if decode and decode["kernel"] == "mma" and decode["head_dim_tile"] == 128:
+            assert decode["stages"] == 2, (case.id, decode["reason"])

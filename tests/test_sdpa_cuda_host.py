@@ -150,8 +150,25 @@ def test_environment_forces_the_path(monkeypatch):
                                         ("ONNXATTN_SDPA_CUDA_DECODE_STAGES", "3")])  # fmt: skip
 def test_unknown_environment_values_are_errors(monkeypatch, name, value):
     monkeypatch.setenv(name, value)
-    with pytest.raises(lib.SdpaCudaError, match=f"{name} must be .*got '{value}'"):
+    with pytest.raises(lib.SdpaCudaError, match=f"^ScaledDotProductAttention: environment variable {name} must be "
+                                                f".*got '{value}'"):  # fmt: skip
         lib.plan(spec(), path="env", kernel="env")
+
+
+@pytest.mark.parametrize("name,value", [("ONNXATTN_SDPA_CUDA_PATH", "fast"), ("ONNXATTN_SDPA_CUDA_DECODE_STAGES", "3"),
+                                        ("ONNXATTN_SDPA_CUDA_SPLITS", "0")])  # fmt: skip
+def test_the_attention_cores_switches_name_the_op_that_read_them(monkeypatch, name, value):
+    # GroupQueryAttention and PagedAttention plan their attention core with the same switches
+    import gqa_cases
+    import gqa_cuda_lib
+    import paged_cases
+    import paged_cuda_lib
+
+    monkeypatch.setenv(name, value)
+    with pytest.raises(gqa_cuda_lib.GqaCudaError, match=f"^GroupQueryAttention: environment variable {name} must be"):
+        gqa_cuda_lib.plan(gqa_cases.spec(gqa_cases.CASES_BY_ID["decode-p1000"], "float16"))
+    with pytest.raises(paged_cuda_lib.PagedCudaError, match=f"^PagedAttention: environment variable {name} must be"):
+        paged_cuda_lib.plan(paged_cases.spec(paged_cases.CASES[0], "float16"))
 
 
 # ---- the Hopper prefill kernel (ONNXATTN_SDPA_CUDA_PREFILL=wgmma, sdpa/cuda_prefill_wgmma.cuh)
@@ -590,6 +607,48 @@ def test_direct_decode_loads_are_opt_in_for_contiguous_tensor_core_decode(monkey
                                                    head_dim=128))["reason"]  # fmt: skip
     monkeypatch.setenv("ONNXATTN_SDPA_CUDA_DECODE_LOADS", "lookup")
     assert lib.plan(decode) == base
+
+
+# ---- devices with 99 KiB of shared memory per block (sm_86 / sm_89: A10, L4, RTX 30 and 40; cuda_plan.cc rule 11)
+SM86 = {"sm_count": 58, "max_smem_per_block": 101376, "smem_per_sm": 102400, "wgmma": 0}
+
+
+@pytest.mark.parametrize("loads", ["lookup", "direct"])
+def test_decode_of_head_tiles_of_128_takes_two_stages_where_three_do_not_fit(monkeypatch, loads):
+    """Three stages a warp need 108,800 bytes, two 73,984 (rule 10's kernel): with either loads, the same steps."""
+    monkeypatch.setenv("ONNXATTN_SDPA_CUDA_DECODE_LOADS", loads)
+    for head_dim, v_head_dim in ((128, 128), (80, 80), (64, 128)):
+        decode = spec(q_heads=32, kv_heads=8, q_len=1, kv_len=32768, head_dim=head_dim, v_head_dim=v_head_dim)
+        p = lib.plan(decode, SM86)
+        assert (p["kernel"], p["head_dim_tile"], p["stages"]) == ("mma", 128, 2), p["reason"]
+        assert p["smem_bytes"] == 73984 < SM86["max_smem_per_block"] < smem_decode(128)
+        assert p["reason"].endswith(", two stages a warp (three need 108800 bytes of shared memory; this device "
+                                    "allows 101376 per block)")
+        # one CTA an SM (102,400 bytes): the splits of 58 slots
+        assert p["splits"] == lib.choose_splits(8, ceil_div(32768, 64), 58, 4, 256)
+        assert lib.plan(decode)["stages"] == 3  # the H100 keeps three
+    # head tiles of 64 fit with their four stages; Sq = 16 rows too
+    assert lib.plan(spec(q_len=1, kv_len=4096, head_dim=64), SM86)["stages"] == 4
+    assert lib.plan(spec(q_heads=16, q_len=1, kv_len=4096, head_dim=128), SM86)["stages"] == 2
+
+
+@pytest.mark.parametrize("q_len,needs", [(1, 143616), (100, 102400)])
+def test_mma_launches_that_do_not_fit_the_device_fall_back_to_simt(monkeypatch, q_len, needs):
+    """D = 256: the mma decode (143,616 bytes) and prefill (102,400) exceed 101,376 bytes; the simt kernel (98,432)
+    runs the problem and the plan says why; with ONNXATTN_SDPA_CUDA_KERNEL=mma it is an error naming the op."""
+    problem = spec(q_heads=8, kv_heads=2, q_len=q_len, kv_len=4096, head_dim=256)
+    p = lib.plan(problem, SM86)
+    assert p["kernel"] == "simt" and p["smem_bytes"] == smem_simt(256, 256) == 98432
+    assert (p["rows_per_cta"], p["keys_per_tile"], p["head_dim_tile"], p["stages"]) == (32, 32, 0, 1)
+    assert (f" -> simt (the mma kernel needs {needs} bytes of shared memory; this device allows 101376 per "
+            "block)") in p["reason"]
+    assert lib.plan(problem)["kernel"] == "mma"  # the H100 runs it on tensor cores
+    with pytest.raises(lib.SdpaCudaError, match=f"ScaledDotProductAttention: the mma .* kernel needs {needs} bytes"):
+        lib.plan(problem, SM86, kernel="mma")
+    # a device too small for the simt kernel as well: refused, naming what it needs
+    tiny = dict(SM86, max_smem_per_block=64 * 1024)
+    with pytest.raises(lib.SdpaCudaError, match="the simt .* kernel needs 98432 bytes of shared memory for D = 256"):
+        lib.plan(problem, tiny)
 
 
 # ---- the lean decode (ONNXATTN_SDPA_CUDA_DECODE_STAGES=2 with direct loads, cuda_plan.cc rule 10)

@@ -284,6 +284,49 @@ def test_lean_decode_gives_the_same_bits_at_the_same_splits(name, monkeypatch):
         check(case, q, k, v, mask, y3, lse3 if case.lse else None, context=f"{name} {dtype} {lean['reason']}")
 
 
+SM86_SMEM = "101376"  # shared memory per block of sm_86 / sm_89 devices (A10, L4, RTX 30 and 40)
+
+
+@pytest.mark.parametrize("loads", ["lookup", "direct"])
+@pytest.mark.parametrize("name", ["decode", "decode_gqa_odd", "decode_sq16", "window_decode", "mask_decode",
+                                  "dv64_d128", "d80", "d256", "d256_decode", "dv128_d192"])  # fmt: skip
+def test_plans_of_a_device_with_99_kib_a_block(name, loads, monkeypatch):
+    # cuda_plan.cc rule 11, run here under ONNXATTN_CUDA_MAX_SMEM_PER_BLOCK (the plan's view of the device): a decode
+    # of head tiles of 128 takes two stages a warp (either loads); at the default's split count, the default's bits.
+    # Launches of D or Dv above 128 fall back to the simt kernel; the oracle checks every one.
+    case = next(c for c in CASES if c.name == name)
+    monkeypatch.setenv("ONNXATTN_SDPA_CUDA_DECODE_LOADS", loads)
+    for dtype in (torch.float16, torch.bfloat16):
+        q, k, v, mask = make_inputs(case, dtype)
+        for path in ("auto", "decode"):
+            y, lse, plan = run(case, q, k, v, mask, path=path)
+            monkeypatch.setenv("ONNXATTN_CUDA_MAX_SMEM_PER_BLOCK", SM86_SMEM)
+            y2, lse2, small = run(case, q, k, v, mask, path=path)
+            if small["schedule"] == "decode" and small["kernel"] == "mma":
+                monkeypatch.setenv("ONNXATTN_SDPA_CUDA_SPLITS", str(plan["splits"]))
+                y3, lse3, same_splits = run(case, q, k, v, mask, path=path)
+                monkeypatch.delenv("ONNXATTN_SDPA_CUDA_SPLITS")
+                torch.cuda.synchronize()
+                assert same_splits["stages"] == 2 and same_splits["head_dim_tile"] == 128, same_splits["reason"]
+                assert torch.equal(y, y3), (name, dtype, same_splits["reason"])
+                if case.lse:
+                    assert torch.equal(lse, lse3), (name, dtype, same_splits["reason"])
+            monkeypatch.delenv("ONNXATTN_CUDA_MAX_SMEM_PER_BLOCK")
+            torch.cuda.synchronize()
+            assert small["smem_bytes"] <= int(SM86_SMEM), small["reason"]
+            if max(case.d, case.v_dim) > 128:
+                assert small["kernel"] == "simt" and "-> simt (the mma kernel needs" in small["reason"], small["reason"]
+            check(case, q, k, v, mask, y2, lse2 if case.lse else None, context=f"{name} {dtype} {small['reason']}")
+
+
+def test_a_bad_shared_memory_cap_is_an_error(monkeypatch):
+    case = next(c for c in CASES if c.name == "decode")
+    q, k, v, mask = make_inputs(case, torch.float16)
+    monkeypatch.setenv("ONNXATTN_CUDA_MAX_SMEM_PER_BLOCK", "99k")
+    with pytest.raises(lib.SdpaCudaError, match="ONNXATTN_CUDA_MAX_SMEM_PER_BLOCK must be a positive number of bytes"):
+        run(case, q, k, v, mask)
+
+
 @pytest.mark.skipif(not CUDA or torch.cuda.get_device_capability() != (9, 0), reason="programmatic dependent launch: sm_90")
 @pytest.mark.parametrize("name", ["decode", "decode_gqa_odd", "decode_sq5", "decode_sq16", "window_decode",
                                   "mask_decode", "mqa_long"])  # fmt: skip

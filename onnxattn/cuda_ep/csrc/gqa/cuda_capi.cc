@@ -187,7 +187,8 @@ ONNXATTN_EXPORT int OnnxAttnGqaCudaPlan(const OnnxAttnGqaProblem* problem, const
   return guarded(err, err_len, [&] {
     const onnxattn::gqa::Params p = params_from(*problem);
     const Plan plan = make_plan(p, dtype_from_onnx(problem->dtype, onnxattn::gqa::kOpName), device_from(*device),
-                                request_from(path, kernel), aligned16 != 0, present_outputs != 0);
+                                request_from(path, kernel, onnxattn::gqa::kOpName), aligned16 != 0,
+                                present_outputs != 0);
     fill_plan_info(plan, out);
     return 0;
   });
@@ -204,7 +205,7 @@ ONNXATTN_EXPORT int OnnxAttnGqaCudaRunForTest(const OnnxAttnGqaProblem* problem,
 #ifdef ONNXATTN_WITH_CUDA
   return guarded(err, err_len, [&] {
     const onnxattn::gqa::Params p = params_from(*problem);
-    const Request request = request_from(path, kernel);
+    const Request request = request_from(path, kernel, onnxattn::gqa::kOpName);
     switch (dtype_from_onnx(problem->dtype, onnxattn::gqa::kOpName)) {
       case DType::kFloat32: return run_for_test<float>(p, *tensors, request, scratch, scratch_bytes, stream, info);
       case DType::kFloat16:

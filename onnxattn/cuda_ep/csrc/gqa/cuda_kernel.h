@@ -22,7 +22,7 @@ bool aligned16(const Tensors<T>& t) {
 template <typename T>
 Plan plan_for(const Params& p, const Tensors<T>& t, const DeviceInfo& device) {
   const bool present_outputs = t.present_key != nullptr && t.present_value != nullptr;
-  return make_plan(p, sdpa::cuda::dtype_of<T>(), device, sdpa::cuda::request_from_env(), aligned16(t),
+  return make_plan(p, sdpa::cuda::dtype_of<T>(), device, sdpa::cuda::request_from_env(kOpName), aligned16(t),
                    present_outputs);
 }
 

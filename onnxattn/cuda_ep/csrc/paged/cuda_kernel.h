@@ -22,7 +22,8 @@ bool aligned16(const Tensors<T>& t) {
 template <typename T>
 Plan plan_for(const Params& p, const Tensors<T>& t, const DeviceInfo& device) {
   const bool pool_outputs = t.key_cache_out != nullptr && t.value_cache_out != nullptr;
-  return make_plan(p, sdpa::cuda::dtype_of<T>(), device, sdpa::cuda::request_from_env(), aligned16(t), pool_outputs);
+  return make_plan(p, sdpa::cuda::dtype_of<T>(), device, sdpa::cuda::request_from_env(kOpName), aligned16(t),
+                   pool_outputs);
 }
 
 // Enqueues the call on `stream` (a cudaStream_t). Every pointer in `t` is device memory, the index inputs

@@ -34,17 +34,14 @@ DType dtype_from_onnx(int32_t code, const char* op) {
   }
 }
 
-Request request_from(int32_t path, int32_t kernel) {
-  Request env = (path < 0 || kernel < 0) ? request_from_env() : Request{};
-  Request r;
-  r.path = path < 0 ? env.path : path == 1 ? Request::Path::kPrefill : path == 2 ? Request::Path::kDecode : Request::Path::kAuto;
-  r.kernel = kernel < 0 ? env.kernel : kernel == 1 ? Request::Kernel::kMma : kernel == 2 ? Request::Kernel::kSimt : Request::Kernel::kAuto;
-  const Request from_env = request_from_env();
-  r.splits = from_env.splits;  // only from the environment (benchmarks' sweeps)
-  r.prefill = from_env.prefill;
-  r.pdl = from_env.pdl;
-  r.direct_decode_loads = from_env.direct_decode_loads;
-  r.decode_stages = from_env.decode_stages;
+Request request_from(int32_t path, int32_t kernel, const char* op) {
+  Request r = request_from_env(op);  // the splits and the opt-in switches only from the environment
+  if (path >= 0) {
+    r.path = path == 1 ? Request::Path::kPrefill : path == 2 ? Request::Path::kDecode : Request::Path::kAuto;
+  }
+  if (kernel >= 0) {
+    r.kernel = kernel == 1 ? Request::Kernel::kMma : kernel == 2 ? Request::Kernel::kSimt : Request::Kernel::kAuto;
+  }
   return r;
 }
 

@@ -71,7 +71,7 @@ int guarded(char* err, size_t err_len, F&& f) noexcept {
 DType dtype_from_onnx(int32_t code, const char* op = kOpName);
 // path: -1 from the environment, 0 auto, 1 prefill, 2 decode; kernel: -1 environment, 0 auto, 1 mma, 2 simt.
 // The split count and the prefill kernel choice always come from the environment.
-Request request_from(int32_t path, int32_t kernel);
+Request request_from(int32_t path, int32_t kernel, const char* op = kOpName);
 DeviceInfo device_from(const OnnxAttnSdpaDevice& d);
 void fill_info(const LaunchPlan& plan, OnnxAttnSdpaPlanInfo* out);
 

@@ -25,9 +25,13 @@ namespace onnxattn::sdpa::cuda {
 
 // kDirectLoads: contiguous K/V addressed directly (load_step_direct below; a kernel of its own, so the lookup path's
 // registers stay as they were). kStagesAsked > 0: that many stages in each warp's ring instead of
-// decode_stages(kTile) (the lean decode, cuda_plan.cc rule 10).
+// decode_stages(kTile) (the lean decode, cuda_plan.cc rules 10 and 11). Rule 10's plan counts three CTAs an SM for
+// the lean kernel with direct loads: its launch bounds hold it to the registers that allows (65536 / 384). (0 for the
+// others: no bound, as before; a bound of 1 let ptxas take 180-184 registers where it had taken 168.)
 template <typename T, int kTile, bool kDirectLoads = false, int kStagesAsked = 0>
-__global__ void __launch_bounds__(tiles::kThreads) decode_mma_kernel(const KernelArgs<T> a) {
+__global__ void __launch_bounds__(tiles::kThreads, kDirectLoads && kStagesAsked == tiles::kDecodeLeanStages
+                                                       ? tiles::kDecodeLeanCtasPerSm
+                                                       : 0) decode_mma_kernel(const KernelArgs<T> a) {
   constexpr int kWarps = tiles::kWarps;
   constexpr int kRows = tiles::kDecodeRows;
   constexpr int kWarpKeys = tiles::kDecodeWarpKeys;
@@ -399,12 +403,14 @@ void launch_decode_kernel(const KernelArgs<T>& args, const LaunchPlan& plan, cud
 
 template <typename T, int kTile>
 void launch_decode_tile(const KernelArgs<T>& args, const LaunchPlan& plan, cudaStream_t stream) {
-  if (plan.direct_loads && args.block_table == nullptr) {  // contiguous K/V only (rule 9)
-    if constexpr (kTile == tiles::kDecodeLeanTile) {
-      if (plan.stages == tiles::kDecodeLeanStages) {  // rule 10
-        return launch_decode_kernel<T, kTile, true, tiles::kDecodeLeanStages>(args, plan, stream);
-      }
+  const bool direct = plan.direct_loads && args.block_table == nullptr;  // contiguous K/V only (rule 9)
+  if constexpr (kTile == tiles::kDecodeLeanTile) {
+    if (plan.stages == tiles::kDecodeLeanStages) {  // rules 10 and 11
+      if (direct) return launch_decode_kernel<T, kTile, true, tiles::kDecodeLeanStages>(args, plan, stream);
+      return launch_decode_kernel<T, kTile, false, tiles::kDecodeLeanStages>(args, plan, stream);
     }
+  }
+  if (direct) {
     launch_decode_kernel<T, kTile, true>(args, plan, stream);
   } else {
     launch_decode_kernel<T, kTile, false>(args, plan, stream);

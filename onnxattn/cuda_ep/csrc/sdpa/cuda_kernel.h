@@ -66,7 +66,7 @@ LaunchPlan plan_for(const Params& p, const Tensors<T>& t, const DeviceInfo& devi
   layout.per_batch_lengths = t.query_offsets != nullptr || t.kv_lengths != nullptr;
   layout.op = op;
   layout.wgmma_ok = t.y_float == nullptr && t.kv_starts == nullptr;  // callers of plan_for pass no QueryPrep
-  return make_plan(p, dtype_of<T>(), device, request_from_env(), aligned16(p, t), layout);
+  return make_plan(p, dtype_of<T>(), device, request_from_env(op), aligned16(p, t), layout);
 }
 
 // A ragged batch of `tokens` packed query rows: t.q_starts, q_lengths, query_offsets and kv_lengths are
@@ -78,7 +78,7 @@ RaggedPlan ragged_plan_for(const Params& p, const Tensors<T>& t, const DeviceInf
     fail(op, ": a ragged query batch needs per-sequence query starts, query counts, query offsets and lengths");
   }
   check_paged(p, t, op);
-  return make_ragged_plan(p, dtype_of<T>(), device, request_from_env(), aligned16(p, t), tokens, op);
+  return make_ragged_plan(p, dtype_of<T>(), device, request_from_env(op), aligned16(p, t), tokens, op);
 }
 
 // Enqueues the plan's kernels on `stream` (a cudaStream_t). `scratch` must hold plan.scratch_bytes

@@ -50,6 +50,12 @@
 //     warp's 16-key step took ~3.8 us on the H200 (60 us for 16 steps a warp at 32k), far longer than a load's
 //     latency, so a second load in flight buys little while a third warp a scheduler runs another chain. The
 //     same steps in each warp: with the same split count, the same bits.
+// 11. Devices with less shared memory per block (sm_86 / sm_89 / sm_120: 101,376 bytes; the H100 and A100 allow
+//     227 / 163 KB): a tensor-core decode of head tiles of 128 that does not fit with three stages a warp (108,800
+//     bytes) takes two (73,984; rule 10's kernel, with either loads, contiguous or paged K/V); any other mma or wgmma
+//     launch that does not fit (D or Dv above 128: decode 143,616 bytes, prefill 102,400) falls back to the simt
+//     kernel (98,432 bytes at D = Dv = 256), unless ONNXATTN_SDPA_CUDA_KERNEL=mma, which makes it an error. The
+//     plan says which. Before this rule every decode with 64 < max(D, Dv) <= 128 on those devices was an error.
 #include "sdpa/cuda_plan.h"
 
 #include <algorithm>
@@ -57,6 +63,7 @@
 #include <cstring>
 #include <utility>
 
+#include "common/env.h"
 #include "common/errors.h"
 #include "sdpa/cuda_tiles.h"
 
@@ -76,40 +83,21 @@ const char* env_value(const char* name) {
 const char* schedule_name(Schedule s) { return s == Schedule::kDecode ? "decode" : "prefill"; }
 const char* kernel_name(Kernel k) { return k == Kernel::kMma ? "mma" : k == Kernel::kWgmma ? "wgmma" : "simt"; }
 
-// The position of environment variable `name`'s value in `values` (unset or empty: 0, the default); an
-// InputError listing the values otherwise.
-template <size_t N>
-int env_choice(const char* name, const char* const (&values)[N]) {
-  const std::string value = env_value(name);
-  if (value.empty()) return 0;
-  std::string listed;
-  for (size_t i = 0; i < N; ++i) {
-    if (value == values[i]) return int(i);
-    listed += (i == 0 ? "" : i + 1 == N ? " or " : ", ") + std::string(values[i]);
-  }
-  fail(kOpName, ": environment variable ", name, " must be ", listed, ", got '", value, "'");
-}
-
-Request request_from_env() {
+Request request_from_env(const char* op) {
   Request r;
-  static constexpr const char* kPaths[] = {"auto", "prefill", "decode"};
-  static constexpr const char* kKernels[] = {"auto", "mma", "simt"};
-  static constexpr const char* kPrefills[] = {"auto", "mma", "wgmma"};
-  static constexpr const char* kSwitch[] = {"0", "1"};
-  r.path = Request::Path(env_choice("ONNXATTN_SDPA_CUDA_PATH", kPaths));
-  r.kernel = Request::Kernel(env_choice("ONNXATTN_SDPA_CUDA_KERNEL", kKernels));
-  r.prefill = Request::Prefill(env_choice("ONNXATTN_SDPA_CUDA_PREFILL", kPrefills));
-  r.pdl = env_choice("ONNXATTN_CUDA_PDL", kSwitch) == 1;
-  static constexpr const char* kDecodeLoads[] = {"lookup", "direct"};
-  r.direct_decode_loads = env_choice("ONNXATTN_SDPA_CUDA_DECODE_LOADS", kDecodeLoads) == 1;
-  static constexpr const char* kDecodeStages[] = {"auto", "2"};
-  r.decode_stages = env_choice("ONNXATTN_SDPA_CUDA_DECODE_STAGES", kDecodeStages) == 1 ? tiles::kDecodeLeanStages : 0;
+  r.path = Request::Path(env_choice(op, "ONNXATTN_SDPA_CUDA_PATH", {"auto", "prefill", "decode"}));
+  r.kernel = Request::Kernel(env_choice(op, "ONNXATTN_SDPA_CUDA_KERNEL", {"auto", "mma", "simt"}));
+  r.prefill = Request::Prefill(env_choice(op, "ONNXATTN_SDPA_CUDA_PREFILL", {"auto", "mma", "wgmma"}));
+  r.pdl = env_choice(op, "ONNXATTN_CUDA_PDL", {"0", "1"}) == 1;
+  r.direct_decode_loads = env_choice(op, "ONNXATTN_SDPA_CUDA_DECODE_LOADS", {"lookup", "direct"}) == 1;
+  r.decode_stages =
+      env_choice(op, "ONNXATTN_SDPA_CUDA_DECODE_STAGES", {"auto", "2"}) == 1 ? tiles::kDecodeLeanStages : 0;
   const std::string splits = env_value("ONNXATTN_SDPA_CUDA_SPLITS");
   if (!splits.empty()) {
     char* end = nullptr;
     const long long n = std::strtoll(splits.c_str(), &end, 10);
     if (end == splits.c_str() || *end != '\0' || n < 1 || n > kMaxSplits) {
-      fail(kOpName, ": environment variable ONNXATTN_SDPA_CUDA_SPLITS must be an integer in [1, ", kMaxSplits, "], got '",
+      fail(op, ": environment variable ONNXATTN_SDPA_CUDA_SPLITS must be an integer in [1, ", kMaxSplits, "], got '",
            splits, "'");
     }
     r.splits = n;
@@ -269,13 +257,32 @@ LaunchPlan plan_launch(const Params& p, DType dtype, const DeviceInfo& device, c
         why += " (mma.sync forced by ONNXATTN_SDPA_CUDA_PREFILL)";
       }
     }
-  } else {
+  }
+  const size_t max_smem = size_t(device.max_smem_per_block);
+  if (plan.kernel != Kernel::kSimt && plan.smem_bytes > max_smem) {  // rule 11
+    const size_t needed = plan.smem_bytes;
+    const std::string limit = std::to_string(needed) + " bytes of shared memory; this device allows " +
+                              std::to_string(max_smem) + " per block";
+    const size_t lean_bytes = tiles::decode_smem_bytes(tiles::kDecodeLeanTile, tiles::kDecodeLeanStages);
+    if (decode && plan.head_dim_tile == tiles::kDecodeLeanTile && lean_bytes <= max_smem) {
+      plan.stages = tiles::kDecodeLeanStages;
+      plan.smem_bytes = lean_bytes;
+      lean = ", two stages a warp (three need " + limit + ")";
+    } else if (request.kernel != Request::Kernel::kMma) {
+      why += std::string(" -> simt (the ") + kernel_name(plan.kernel) + " kernel needs " + limit + ")";
+      plan.kernel = Kernel::kSimt;
+      plan.threads = tiles::kThreads;
+      plan.head_dim_tile = 0;
+      plan.stages = 1;
+    }
+  }
+  if (plan.kernel == Kernel::kSimt) {
     plan.rows_per_cta = tiles::kSimtRows;
     plan.keys_per_tile = tiles::kSimtKeys;
     plan.smem_bytes = tiles::simt_smem_bytes(p.head_dim, p.v_head_dim);
     resident_cap = 4;
   }
-  if (plan.smem_bytes > size_t(device.max_smem_per_block)) {
+  if (plan.smem_bytes > max_smem) {
     fail(op, ": the ", kernel_name(plan.kernel), " ", schedule_name(plan.schedule), " kernel needs ",
          plan.smem_bytes, " bytes of shared memory for D = ", p.head_dim, ", Dv = ", p.v_head_dim,
          "; this device allows ", device.max_smem_per_block, " per block");

@@ -43,8 +43,8 @@ struct Request {
 // prefill kernel where it can run, see cuda_plan.cc rule 3; auto = wgmma where it can, mma = mma.sync always),
 // ONNXATTN_CUDA_PDL = 0 | 1 (rule 8), ONNXATTN_SDPA_CUDA_DECODE_LOADS = lookup | direct (rule 9),
 // ONNXATTN_SDPA_CUDA_DECODE_STAGES = auto | 2 (rule 10), read on every call so tests can switch within one process.
-// An unknown value is an InputError.
-Request request_from_env();
+// An unknown value is an InputError naming `op` (the op whose call read them).
+Request request_from_env(const char* op = kOpName);
 
 // prefill: one pass over the keys per row tile, the output written directly.
 // decode: the keys of each row tile are split into `splits` ranges processed by separate CTAs that write

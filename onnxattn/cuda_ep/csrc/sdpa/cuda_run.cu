@@ -1,6 +1,8 @@
 // Runs a LaunchPlan: fills the kernel arguments and enqueues the attention kernel (and the combine when
 // the keys are split); a RaggedPlan: the device schedule, then each class's launch. Also the per-device
 // facts the plan needs.
+#include <algorithm>
+#include <cstdlib>
 #include <mutex>
 #include <stdexcept>
 #include <string>
@@ -114,7 +116,25 @@ int current_device() {
   return device;
 }
 
-DeviceInfo device_info(int device) {
+namespace {
+
+// ONNXATTN_CUDA_MAX_SMEM_PER_BLOCK=N (a test hook): plan as if the device allowed at most N bytes of dynamic shared
+// memory per block, so that an H100 or H200 runs the plans of a device with less (cuda_plan.cc rule 11: 101376 for
+// sm_86 / sm_89). Read at every call, as the other switches are.
+DeviceInfo with_smem_cap(DeviceInfo info) {
+  const char* value = std::getenv("ONNXATTN_CUDA_MAX_SMEM_PER_BLOCK");
+  if (value == nullptr || *value == '\0') return info;
+  char* end = nullptr;
+  const long long cap = std::strtoll(value, &end, 10);
+  if (end == value || *end != '\0' || cap < 1) {
+    throw std::runtime_error(str_cat("onnxattn: environment variable ONNXATTN_CUDA_MAX_SMEM_PER_BLOCK must be a "
+                                     "positive number of bytes, got '", value, "'"));
+  }
+  info.max_smem_per_block = int(std::min<long long>(cap, info.max_smem_per_block));
+  return info;
+}
+
+DeviceInfo queried_device_info(int device) {
   static std::mutex mutex;
   static std::vector<std::pair<int, DeviceInfo>> cache;
   std::lock_guard<std::mutex> lock(mutex);
@@ -145,6 +165,10 @@ DeviceInfo device_info(int device) {
   cache.emplace_back(device, info);
   return info;
 }
+
+}  // namespace
+
+DeviceInfo device_info(int device) { return with_smem_cap(queried_device_info(device)); }
 
 template <typename T>
 void run(const Params& p, const Tensors<T>& t, const LaunchPlan& plan, void* stream_ptr, void* scratch, size_t scratch_bytes,

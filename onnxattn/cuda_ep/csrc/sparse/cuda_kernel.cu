@@ -466,6 +466,8 @@ NsaPlan plan_nsa(const NsaParams& p, const NsaTensors<T>& t) {
   const BlocksMode blocks = blocks_mode(kNsaName);
   if (core) {
     const sdpa::cuda::DeviceInfo device = sdpa::cuda::device_info(sdpa::cuda::current_device());
+    // read outside the refusals caught below: a malformed switch is an error, not a silent fallback
+    const sdpa::cuda::Request request = sdpa::cuda::request_from_env(kNsaName);
     sdpa::Tensors<T> view;
     view.q = t.q, view.k = t.k, view.v = t.v;
     // A branch the core refuses (a forced ONNXATTN_SDPA_CUDA_KERNEL it cannot honour, sizes past its limits)
@@ -479,8 +481,7 @@ NsaPlan plan_nsa(const NsaParams& p, const NsaTensors<T>& t) {
       plan.core_blocks = true;
       plan.blocks_params = blocks_core_params(p, core_block_size(p));
       // One query per sequence: the decode launch, with per-sequence lengths (known on the device only).
-      plan.blocks = sdpa::cuda::make_plan(plan.blocks_params, sdpa::cuda::dtype_of<T>(), device,
-                                          sdpa::cuda::request_from_env(),
+      plan.blocks = sdpa::cuda::make_plan(plan.blocks_params, sdpa::cuda::dtype_of<T>(), device, request,
                                           sdpa::cuda::aligned16(plan.blocks_params, view), {true, kNsaName});
       // The pool starts run on the decode and SIMT kernels; a forced prefill schedule keeps the simple kernel.
       plan.core_blocks = plan.blocks.schedule == sdpa::cuda::Schedule::kDecode ||
@@ -491,8 +492,7 @@ NsaPlan plan_nsa(const NsaParams& p, const NsaTensors<T>& t) {
     if (a.window > 0) try {
       plan.core_window = true;
       plan.window_params = window_core_params(p);
-      plan.window = sdpa::cuda::make_plan(plan.window_params, sdpa::cuda::dtype_of<T>(), device,
-                                          sdpa::cuda::request_from_env(),
+      plan.window = sdpa::cuda::make_plan(plan.window_params, sdpa::cuda::dtype_of<T>(), device, request,
                                           sdpa::cuda::aligned16(plan.window_params, view), {false, kNsaName});
     } catch (const InputError&) {
       plan.core_window = false;
