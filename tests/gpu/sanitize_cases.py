@@ -190,8 +190,10 @@ def sparse_mma_cases() -> int:
     failed = 0
     # ONNXATTN_SPARSE_CUDA_LOADS / _ARGMAX / _BLOCKS: with the latency work, by the inverted lists and by query tiles
     # (its walk of the lists, two stages of tiles); the default kernels passed memcheck on the H200 at 21d5171, and
-    # the newest go first before the cap can cut the run short
-    for loads, argmax, blocks in (("async", "redux", "queries"), ("async", "redux", "lists")):
+    # the newest go first before the cap can cut the run short (query tiles staging 16-bit copies by cp.async, then
+    # float32 ones by plain loads)
+    for loads, argmax, blocks in (("async", "redux", "queries"), ("sync", "shuffle", "queries"),
+                                  ("async", "redux", "lists")):
         switches = {"LOADS": loads, "ARGMAX": argmax, "BLOCKS": blocks}
         with contextlib.ExitStack() as stack:
             for switch, value in switches.items():

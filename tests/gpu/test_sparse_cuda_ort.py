@@ -336,6 +336,17 @@ MMA_SANITIZE_NSA = ("paper-shared-causal", "odd-block-group-1", "more-queries-th
 MMA_SANITIZE_ROUTED = ("long-segments-causal", "odd-segments-bidirectional")
 
 
+def kernels_of(fn):
+    """(fn(), the names of the CUDA kernels it ran): torch.profiler's CUPTI sees every kernel of the process,
+    onnxruntime's included (benchmarks/profile_cuda.py)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        out = fn()
+        torch.cuda.synchronize()
+    return out, {e.name for e in prof.events() if str(getattr(e, "device_type", "")).endswith("CUDA")}
+
+
 def with_sparse_path(path: str, fn, **more: str):
     """fn() with ONNXATTN_SPARSE_CUDA=path and ONNXATTN_SPARSE_CUDA_<NAME>=value for each NAME=value of `more`
     (read by the kernels on every call), then the old values back."""
@@ -532,8 +543,16 @@ def test_query_tiles_match_the_cpu_kernel_and_the_inverted_lists(kind, name, dty
         model, _, feeds, tol = routed_case(name, dtype)
         exact = False  # the routing's near-ties (see above)
     sess = cuda_session(model)
-    lists = with_sparse_path("mma", lambda: sess.run(None, feeds), BLOCKS="lists", LOADS="sync")
-    tiles = with_sparse_path("mma", lambda: sess.run(None, feeds), BLOCKS="queries", LOADS="sync")
+    lists, lists_kernels = with_sparse_path("mma", lambda: kernels_of(lambda: sess.run(None, feeds)), BLOCKS="lists",
+                                            LOADS="sync")  # fmt: skip
+    tiles, tiles_kernels = with_sparse_path("mma", lambda: kernels_of(lambda: sess.run(None, feeds)),
+                                            BLOCKS="queries", LOADS="sync")  # fmt: skip
+    if lists_kernels and tiles_kernels:  # (where the profiler sees kernels: it saw onnxruntime's on the H200)
+        # the query tiles ran wherever the inverted lists' tensor-core kernel had (not d12-simt-core's D = 12)
+        ran = [any(name in k for k in ks) for name, ks in (("blocks_mma", lists_kernels),
+                                                           ("blocks_query_tiles_kernel", lists_kernels),
+                                                           ("blocks_query_tiles_kernel", tiles_kernels))]  # fmt: skip
+        assert ran[1:] == [False, ran[0]], (sorted(lists_kernels), sorted(tiles_kernels))
     overlapped = with_sparse_path("mma", lambda: sess.run(None, feeds), BLOCKS="queries", LOADS="async")
     for t, a in zip(tiles, overlapped):
         np.testing.assert_array_equal(a, t, err_msg=f"{kind} {name} {dtype}: query tiles, LOADS=async vs sync")

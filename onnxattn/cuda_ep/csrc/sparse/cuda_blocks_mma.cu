@@ -306,7 +306,10 @@ __global__ void __launch_bounds__(kThreads) blocks_mma_overlapped_kernel(const R
 // holds its block (the others are hidden, as causality hides keys); a tile's copies are issued one step ahead, into
 // the other of two stages. What it stages depends on how alike neighbouring queries' lists are: on random inputs
 // little beyond the forced blocks (NSA: 8 lists of 16 join into ~84-100 blocks, ~10-12 a query where a query alone
-// reads 16; benchmarks/sparse_tile_unions.py), fewer where scores move slowly with the position.
+// reads 16; benchmarks/sparse_tile_unions.py), fewer where scores move slowly with the position. A NaN or infinity
+// in V reaches every row of the warp that scores its tile (zero weights times it, in P V on tensor cores), also rows
+// whose list lacks the block, where the inverted lists pass it only to rows that chose the block (finite V: such
+// rows get exactly nothing).
 
 // One step of a tile's walk: keys t0.. of `block` (kNoBlock: the walk is over) and the CTA's lists holding the block
 // (list l is bit l % 32 of lists[l / 32]).

@@ -189,14 +189,19 @@ inline size_t query_tiles_smem_bytes(int dim, int v_dim, int64_t heads_per_list,
          size_t(lists) * size_t(top_k > 0 ? top_k : 0) * sizeof(int32_t);
 }
 
-// Whether the query-tile kernel takes the problem: the tensor-core kernel's head sizes, whole lists per tile, int32
-// block indices, the CTAs within one launch, its shared memory within the device's limit.
+// The longest list a query tile takes: one thread sorts each list (normalize_block_list), in top_k^2 / 2 steps at
+// most. (The NSA paper chooses 16 blocks, MoBA a few.)
+inline constexpr int64_t kQueryTilesMaxTopK = 256;
+
+// Whether the query-tile kernel takes the problem: the tensor-core kernel's head sizes, whole lists per tile, lists
+// of at most kQueryTilesMaxTopK, int32 block indices, the CTAs within one launch, its shared memory within the
+// device's limit.
 inline bool query_tiles_eligible(int64_t batch, int64_t list_heads, int64_t q_len, int64_t heads_per_list,
                                  int64_t top_k, int64_t num_blocks, int dim, int v_dim, int max_smem_per_block) {
   const int64_t per_tile = blocks_mma_lists_per_chunk(heads_per_list);
   if (dim < 16 || dim > kMmaMaxDim || dim % 16 != 0 || v_dim < 16 || v_dim > kMmaMaxDim || v_dim % 16 != 0 ||
-      per_tile < 1 || batch < 1 || list_heads < 1 || q_len < 1 || top_k < 1 || top_k > 4096 || num_blocks < 1 ||
-      num_blocks >= int64_t(0x7fffffff)) {
+      per_tile < 1 || batch < 1 || list_heads < 1 || q_len < 1 || top_k < 1 || top_k > kQueryTilesMaxTopK ||
+      num_blocks < 1 || num_blocks >= int64_t(0x7fffffff)) {
     return false;
   }
   const int64_t tiles = (q_len + per_tile - 1) / per_tile;
