@@ -259,9 +259,10 @@ def bench_decode(ort, past: int, capacity: int, copy_gbs: float, repeats: int) -
     spec = lib.Spec(seq=1, q_heads=HQ, kv_heads=HKV, head_dim=D, mode="shared", past=capacity, rope=1, rope_base=BASE)
     row["plan"] = lib.run(spec, {**ours_in, **ours_out})["attention"]["reason"]
     t["onnxattn"]["graph"] = time_graph(lambda: lib.run(spec, {**ours_in, **ours_out}), repeats=repeats)
-    for name, (_, switch) in OPT_IN_DECODE.items():  # beside the default
+    for name, (_, switch) in OPT_IN_DECODE.items():  # beside the default, each with the plan it ran
         try:
             with env_vars(switch):
+                row.setdefault("plans", {})[name] = lib.run(spec, {**ours_in, **ours_out})["attention"]["reason"]
                 t[name] = timings(ours, repeats)
                 t[name]["graph"] = time_graph(lambda: lib.run(spec, {**ours_in, **ours_out}), repeats=repeats)
         except Exception as e:  # noqa: BLE001 - an opt-in path's row, not fatal

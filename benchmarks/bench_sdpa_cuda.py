@@ -256,8 +256,9 @@ def bench_decode(dtype, batch, kv_len, ort, copy_gbs, repeats):
     ms = {}
     row["plan"] = lib.run(q, k, v, out=y)[2]["reason"]
     measure(row["shape"], lambda: lib.run(q, k, v, out=y), lambda f: time_graph(f, repeats=repeats), ms, row, "onnxattn")
-    for name, (_, switch) in OPT_IN_DECODE.items():  # beside the default
+    for name, (_, switch) in OPT_IN_DECODE.items():  # beside the default, each with the plan it ran
         with env_vars(switch):
+            row.setdefault("plans", {})[name] = lib.run(q, k, v, out=y)[2]["reason"]
             measure(row["shape"], lambda: lib.run(q, k, v, out=y), lambda f: time_graph(f, repeats=repeats), ms, row,
                     name)  # fmt: skip
     for name, backend in BASELINES:
