@@ -177,6 +177,8 @@ CORE_CASES = {
     "mqa-g32": (1, 32, 1, 40, 100, 64, dict(block_size=16, top_blocks=3, window=20, causal=1, shared_selection=1)),
     "d12-simt-core": (2, 4, 2, 9, 30, 12, dict(block_size=4, top_blocks=3, window=5, causal=1, shared_selection=1)),
     "fine-many-cuts": (1, 2, 1, 30, 600, 32, dict(block_size=16, top_blocks=2, top_tokens=24, window=8)),
+    # 12 heads share a list: 5 lists (60 rows) a tensor-core chunk or query tile, not 64
+    "shared-g12": (1, 12, 1, 70, 200, 64, dict(block_size=16, top_blocks=4, window=32, causal=1, shared_selection=1)),
 }
 COMPRESSED = {"paper-compressed", "compressed-per-head"}
 UNIT_ROUNDOFF = {"float32": 2.0**-24, "float16": 2.0**-11, "bfloat16": 2.0**-8}
@@ -269,6 +271,9 @@ ROUTED_CASES = {
                                                            rope_before_routing=1)),
     "chunk-over-past-mqa": (2, 6, 1, 30, 500, 16, 16, dict(segment_size=16, top_k=4, causal=1, cosine=0, rope=1,
                                                            rope_before_routing=0)),
+    # Dv = 256: the tensor-core kernels' widest output registers (kMaxDv = 256)
+    "dv256": (1, 4, 2, 100, 260, 64, 256, dict(segment_size=64, top_k=3, causal=1, cosine=0, rope=1,
+                                               rope_before_routing=1)),
 }
 
 
@@ -529,8 +534,9 @@ def test_a_bad_latency_switch_is_an_error(kind, switch, values):
 # same selections (the selection kernels are the same), Y within the mma tolerance of the CPU kernel and within twice
 # it of the inverted lists, the same bits on a second run; and under LOADS=async the routed attention reads 16-bit
 # copies of its RoPE'd Q and K rounded as the float32 staging rounds them: the same bits as under LOADS=sync. The
-# cases cover shared lists of 4, 32 (2 queries a tile) and 1 heads, per-head lists, Sq = 1, Sq > Skv, partial blocks
-# and segments of 100 and 65 keys (two tiles, one partial), bidirectional routing, Dv = 48, D = 16 and MQA.
+# cases cover shared lists of 4, 12 (5 queries, 60 rows a tile), 32 (2 queries a tile) and 1 heads, per-head lists,
+# Sq = 1, Sq > Skv, partial blocks and segments of 100 and 65 keys (two tiles, one partial), bidirectional routing,
+# Dv = 48 and 256, D = 16 and MQA.
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 @pytest.mark.parametrize("kind, name", [("nsa", n) for n in CORE_CASES] + [("routed", n) for n in ROUTED_CASES])
 def test_query_tiles_match_the_cpu_kernel_and_the_inverted_lists(kind, name, dtype):
