@@ -395,7 +395,9 @@ void launch_decode_kernel(const KernelArgs<T>& args, const LaunchPlan& plan, cud
   constexpr auto kKernel = decode_mma_kernel<T, kTile, kDirectLoads, kStagesAsked>;
   constexpr int kStages = kStagesAsked > 0 ? kStagesAsked : tiles::decode_stages(kTile);
   // The plan sized the shared memory for its stages: a kernel with more would run past it.
-  if (plan.stages != kStages) throw std::logic_error("decode launch: the plan's stages are not the kernel's");
+  if (plan.stages != kStages || plan.smem_bytes < tiles::decode_smem_bytes(kTile, kStages)) {
+    throw std::logic_error("decode launch: the plan's stages or shared memory are not the kernel's");
+  }
   allow_smem<kKernel>(plan.smem_bytes);
   launch_maybe_dependent(kKernel, unsigned(plan.grid), unsigned(plan.threads), plan.smem_bytes, stream, plan.pdl,
                          args);  // errors: checked by the caller (cudaGetLastError)
