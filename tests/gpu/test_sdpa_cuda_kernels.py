@@ -180,15 +180,23 @@ def test_unsupported_head_size_is_a_clear_error():
 # ---- layouts of fused ops (GroupQueryAttention): strided views, per-batch query offsets and lengths
 @pytest.mark.parametrize("path", ["prefill", "decode"])
 @pytest.mark.parametrize("kernel", ["auto", "simt"])
-def test_strided_views_give_the_contiguous_result(path, kernel):
-    # Q and Y as [B, S, H*D] activations, K and V as a cache longer than the keys: views with other strides
-    # run the same arithmetic, so the results are bit-identical.
+@pytest.mark.parametrize("kv_layout", ["cache", "bshd"])
+@pytest.mark.parametrize("loads", ["lookup", "direct"])
+def test_strided_views_give_the_contiguous_result(path, kernel, kv_layout, loads, monkeypatch):
+    # Q and Y as [B, S, H*D] activations, K and V as a cache longer than the keys or as [B, S, Hkv, D] activations
+    # (rows Hkv * D apart): views with other strides run the same arithmetic, so the results are bit-identical; with
+    # the tensor-core decode's K/V copies addressed through the slot lookup or directly (ONNXATTN_SDPA_CUDA_DECODE_LOADS).
+    monkeypatch.setenv("ONNXATTN_SDPA_CUDA_DECODE_LOADS", loads)
     b, hq, hkv, sq, skv, d = 2, 8, 2, 37, 300, 128
     gen = torch.Generator(device="cuda").manual_seed(11)
     q_bshd = torch.randn(b, sq, hq, d, generator=gen, device="cuda").half()
-    cache_k = torch.randn(b, hkv, skv + 50, d, generator=gen, device="cuda").half()
-    cache_v = torch.randn(b, hkv, skv + 50, d, generator=gen, device="cuda").half()
-    q, k, v = q_bshd.transpose(1, 2), cache_k[:, :, :skv], cache_v[:, :, :skv]
+    if kv_layout == "cache":
+        cache_k = torch.randn(b, hkv, skv + 50, d, generator=gen, device="cuda").half()
+        cache_v = torch.randn(b, hkv, skv + 50, d, generator=gen, device="cuda").half()
+        k, v = cache_k[:, :, :skv], cache_v[:, :, :skv]
+    else:
+        k, v = (torch.randn(b, skv, hkv, d, generator=gen, device="cuda").half().transpose(1, 2) for _ in range(2))
+    q = q_bshd.transpose(1, 2)
     y_bshd = torch.full((b, sq, hq, d), float("nan"), dtype=torch.half, device="cuda")
     y_view, _, plan = lib.run(q, k, v, causal=True, path=path, kernel=kernel, out=y_bshd.transpose(1, 2))
     y_ref, _, _ = lib.run(q.contiguous(), k.contiguous(), v.contiguous(), causal=True, path=path, kernel=kernel)

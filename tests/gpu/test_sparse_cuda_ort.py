@@ -515,6 +515,27 @@ def test_the_latency_switches_give_the_same_bits(kind, name, dtype):
             np.testing.assert_array_equal(g, w, err_msg=f"{kind} {name} {dtype}: {path} with {switches}")
 
 
+@pytest.mark.parametrize("degenerate", ["zero-queries", "nan-key"])
+@pytest.mark.parametrize("kind, name", [("nsa", "paper-shared-causal"), ("routed", "moba-64-top-8")])
+def test_redux_argmax_breaks_ties_and_passes_over_nan_as_the_shuffles(kind, name, degenerate):
+    """The redux argmax on the scores random inputs never give: all tied at zero (zero queries: the lowest block
+    wins each pick) and NaN for the blocks holding a NaN key (never picked): the shuffle argmax's lists and Y.
+    (tests/test_sparse_cuda_host.py checks the lane loop on such lists through a host copy of it.)"""
+    model, feeds = model_and_feeds(kind, name, "bfloat16")
+    feeds = dict(feeds)
+    if degenerate == "zero-queries":
+        feeds["Q"] = np.zeros_like(feeds["Q"])
+    else:
+        feeds["K"] = feeds["K"].copy()
+        feeds["K"][:, :, 37, 5] = np.nan  # block or segment 0's mean, hence its scores
+    sess = cuda_session(model)
+    for path in ("mma", "fast"):
+        want = with_sparse_path(path, lambda: sess.run(None, feeds), ARGMAX="shuffle")
+        got = with_sparse_path(path, lambda: sess.run(None, feeds), ARGMAX="redux")
+        for w, g in zip(want, got):
+            np.testing.assert_array_equal(g, w, err_msg=f"{kind} {name} {degenerate}: {path}, redux vs shuffle")
+
+
 @pytest.mark.parametrize("switch, values", [("LOADS", "sync or async"), ("ARGMAX", "shuffle or redux"),
                                             ("BLOCKS", "lists, queries or auto")])
 @pytest.mark.parametrize("kind", ["nsa", "routed"])
