@@ -520,6 +520,7 @@ void run_blocks_mma(RoutedBlocksArgs a, void* scratch, cudaStream_t stream) {
 template <typename TMma>
 void round_for_blocks_mma(const float* src, TMma* dst, int64_t count, cudaStream_t stream) {
   if (count <= 0) return;
+  if (count % 8 != 0) throw std::logic_error("sparse rounding kernel: a count of whole 8-element chunks");
   round_kernel<TMma><<<grid_for(count / 8), 256, 0, stream>>>(src, dst, count / 8);
   check_launch("sparse rounding kernel");
 }
