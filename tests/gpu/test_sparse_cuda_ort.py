@@ -512,9 +512,11 @@ def test_the_latency_switches_give_the_same_bits(kind, name, dtype):
     runs = [("mma", {"LOADS": "sync", "ARGMAX": "shuffle"}, s) for s in LATENCY_SWITCHES]
     runs.append(("fast", {"ARGMAX": "shuffle"}, {"ARGMAX": "redux"}))  # the fast path's selections take it too
     for path, base, switches in runs:
-        want, want_kernels = with_sparse_path(path, lambda: kernels_of(lambda: sess.run(None, feeds)), **base)
-        got, got_kernels = with_sparse_path(path, lambda: kernels_of(lambda: sess.run(None, feeds)), **switches)
-        if switches.get("LOADS") == "async" and want_kernels and got_kernels:  # the overlapped kernel really ran
+        profiled = switches.get("LOADS") == "async"  # (the profiler only where its kernels are checked)
+        run = (lambda: kernels_of(lambda: sess.run(None, feeds))) if profiled else (lambda: (sess.run(None, feeds), ()))
+        want, want_kernels = with_sparse_path(path, run, **base)
+        got, got_kernels = with_sparse_path(path, run, **switches)
+        if profiled and want_kernels and got_kernels:  # the overlapped kernel really ran
             synced = any("blocks_mma_kernel" in k for k in want_kernels)
             assert any("blocks_mma_overlapped_kernel" in k for k in got_kernels) == synced, sorted(got_kernels)
         for w, g in zip(want, got):
