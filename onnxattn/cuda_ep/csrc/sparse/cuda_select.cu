@@ -715,7 +715,9 @@ __global__ void __launch_bounds__(kThreads) select_mma_kernel(const SelectArgs<T
 // loop), S = Qh Ch + Qh Cl + Ql Ch, written straight into the queries' keys; then a warp per query: warp_select.
 // TMma: float16 (~21 significant bits for values within its range) for float16 inputs, bfloat16 (~16 bits, float32's
 // range) for bfloat16 inputs, whose values float16 may not hold (SelectTiling::split_bf16).
-template <typename TQ, typename TMma>
+// kOverlap (a.overlap_loads, ONNXATTN_SPARSE_CUDA_LOADS=async) is a template parameter: as a runtime branch it took
+// the default path's kernel from 64 to 80 registers with spills (sm_90a).
+template <typename TQ, typename TMma, bool kOverlap>
 __global__ void __launch_bounds__(kThreads) select_split_kernel(const SelectArgs<TQ> a) {
   using namespace mma_tiles;  // NOLINT: the tile pieces this kernel is made of
   extern __shared__ __align__(16) unsigned char select_split_smem[];
@@ -735,9 +737,9 @@ __global__ void __launch_bounds__(kThreads) select_split_kernel(const SelectArgs
   const int64_t head = a.shared ? kv_head * cta.group : list_head;  // one row per list: a shared list has G = 1
   const int count_q = cta.count;
   auto q_row = [&](int r) { return r < count_q ? (b * a.q_heads + head) * a.q_len + i0 + r : int64_t(-1); };
-  // Under a.overlap_loads a worker's loads are in flight four chunks at a time (stage_rows_split_batched).
+  // Under kOverlap a worker's loads are in flight four chunks at a time (stage_rows_split_batched).
   auto stage_split = [&](uint16_t* hi, uint16_t* lo, const auto* src, int rows, auto row_at, int worker, int workers) {
-    if (a.overlap_loads) {
+    if constexpr (kOverlap) {
       stage_rows_split_batched<TMma>(hi, lo, stride, src, dim, rows, row_at, worker, workers);
     } else {
       stage_rows_split<TMma>(hi, lo, stride, src, dim, rows, row_at, worker, workers);
@@ -796,12 +798,22 @@ void launch_select(const SelectArgs<TQ>& a, const SelectTiling& tiling, cudaStre
     const int64_t grid = a.batch * list_heads * ((a.q_len + tiling.queries - 1) / tiling.queries);
     if (grid > int64_t(0x7fffffff)) throw std::runtime_error("sparse selection kernel: too many lists for one grid");
     if (tiling.split) {
+      const auto launch = [&](auto mma_type, auto overlap) {
+        constexpr auto kKernel = select_split_kernel<TQ, decltype(mma_type), decltype(overlap)::value>;
+        sdpa::cuda::allow_smem<kKernel>(tiling.smem);
+        kKernel<<<unsigned(grid), kThreads, tiling.smem, stream>>>(a);
+      };
+      const auto with_overlap = [&](auto mma_type) {
+        if (a.overlap_loads) {
+          launch(mma_type, std::true_type{});
+        } else {
+          launch(mma_type, std::false_type{});
+        }
+      };
       if (tiling.split_bf16) {
-        sdpa::cuda::allow_smem<select_split_kernel<TQ, BFloat16>>(tiling.smem);
-        select_split_kernel<TQ, BFloat16><<<unsigned(grid), kThreads, tiling.smem, stream>>>(a);
+        with_overlap(BFloat16{});
       } else {
-        sdpa::cuda::allow_smem<select_split_kernel<TQ, Float16>>(tiling.smem);
-        select_split_kernel<TQ, Float16><<<unsigned(grid), kThreads, tiling.smem, stream>>>(a);
+        with_overlap(Float16{});
       }
       check_launch("sparse tensor-core selection kernel");
       return;
