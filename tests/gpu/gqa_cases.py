@@ -143,6 +143,8 @@ CASES = [
     # KV heads in groups of 4 and 2 (the chunked new-token kernel), per-document positions into a shared buffer
     Case("shared-docs-12-over-6", batch=2, q_heads=12, kv_heads=6, seq=9, buffer=200, past_lengths=(30, 120),
          positions="docs"),
+    # 3 query heads (one partial group), interleaved RoPE over 40 channels: 5 rotated chunks
+    Case("heads-3-rope-interleaved-40", q_heads=3, kv_heads=1, seq=20, past=30, rotary_dim=40, rope_interleaved=1),
     Case("dv-ne-d", v_head_dim=64, seq=20, past=30),
     Case("d64", head_dim=64, seq=40, past=60),
     Case("d256", head_dim=256, q_heads=4, seq=20, past=40),

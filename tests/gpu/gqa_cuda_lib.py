@@ -176,10 +176,12 @@ def plan(spec: Spec, device: dict = H100, *, path: str = "auto", kernel: str = "
     return info.as_dict()
 
 
-def run(spec: Spec, tensors: dict, *, path: str = "auto", kernel: str = "auto") -> dict:
+def run(spec: Spec, tensors: dict, *, path: str = "auto", kernel: str = "auto", poison: bool = False) -> dict:
     """Runs the op on torch CUDA tensors named like the op's inputs and outputs (`output` preallocated;
     `present_key`/`present_value` preallocated, the past tensors themselves for the in-place update, or
-    absent to keep the caches in scratch) on torch's current stream. Returns the plan dict."""
+    absent to keep the caches in scratch) on torch's current stream. Returns the plan dict. poison: the scratch
+    filled with 0xFF bytes (NaN in 16 bits) first, so that a region read before it is written shows, where a reused
+    block could hold an earlier run's results."""
     import torch
 
     names = [n for n, _ in Tensors._fields_]
@@ -207,6 +209,8 @@ def run(spec: Spec, tensors: dict, *, path: str = "auto", kernel: str = "auto") 
         rc = call(None)
         if rc == 2:  # torch's caching allocator: 512-byte aligned, reused only by work ordered after ours
             scratch = torch.empty(int(math.ceil(info.scratch_bytes / 256) * 256), dtype=torch.uint8, device=device)
+            if poison:
+                scratch.fill_(255)
             rc = call(scratch)
         if rc != 0:
             raise GqaCudaError(err.value.decode())

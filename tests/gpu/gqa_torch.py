@@ -32,16 +32,17 @@ def outputs(case: gc.Case, dtype: str) -> dict[str, torch.Tensor]:
     return out
 
 
-def run(case: gc.Case, dtype: str, *, path="auto", kernel="auto", in_place=False, inputs=None):
+def run(case: gc.Case, dtype: str, *, path="auto", kernel="auto", in_place=False, inputs=None, poison=False):
     """Runs the op; returns (output, present_key, present_value as numpy float64 or None, plan, tensors).
-    in_place: the present caches are the past tensors themselves (shared-buffer mode)."""
+    in_place: the present caches are the past tensors themselves (shared-buffer mode); poison: as
+    gqa_cuda_lib.run's."""
     t = inputs if inputs is not None else to_device(case, dtype)
     out = outputs(case, dtype)
     if in_place:
         assert case.mode == "shared" and case.with_present
         out["present_key"], out["present_value"] = t["past_key"], t["past_value"]
     args = {FIELD.get(n, n): v for n, v in {**t, **out}.items()}
-    plan = lib.run(gc.spec(case, dtype), args, path=path, kernel=kernel)
+    plan = lib.run(gc.spec(case, dtype), args, path=path, kernel=kernel, poison=poison)
     torch.cuda.synchronize()
     numpy = lambda x: None if x is None else x.double().cpu().numpy()  # noqa: E731
     return numpy(out["output"]), numpy(out.get("present_key")), numpy(out.get("present_value")), plan, {**t, **out}

@@ -71,6 +71,7 @@ def test_out_of_range_past_lengths_leave_the_cache_and_give_nan_rows(dtype, rota
     # sequence 0 is unaffected. rotation=chunks: the chunked new-token kernel (ONNXATTN_GQA_CUDA_ROTATION) does the
     # same.
     monkeypatch.setenv("ONNXATTN_GQA_CUDA_ROTATION", rotation)
+    monkeypatch.setenv("ONNXATTN_GQA_CUDA_QUERY", "rotated" if rotation == "chunks" else "fused")
     good = gc.Case("oor-good", batch=1, seq=2, buffer=50, past_lengths=(10,))
     gc.CASES_BY_ID.setdefault(good.id, good)
     t0 = gt.to_device(good, dtype)
@@ -208,20 +209,21 @@ def test_agrees_with_the_torch_reference_on_the_gpu(case_id, dtype):
 
 def run_before_and_after(case, dtype, monkeypatch, switch: str, value: str):
     """(y, present_key, present_value, plan) of `case` on the same inputs without, then with, the library switch
-    `switch`=`value` (fresh copies each time: in-place cases write their inputs)."""
+    `switch`=`value` (fresh copies each time: in-place cases write their inputs; scratch poisoned each time: the
+    second run may get the first one's block back, prepared queries included)."""
     t = gt.to_device(case, dtype)
-    before = gt.run(case, dtype, inputs={k: v.clone() for k, v in t.items()})[:4]
+    before = gt.run(case, dtype, inputs={k: v.clone() for k, v in t.items()}, poison=True)[:4]
     monkeypatch.setenv(switch, value)
-    return before, gt.run(case, dtype, inputs={k: v.clone() for k, v in t.items()})[:4]
+    return before, gt.run(case, dtype, inputs={k: v.clone() for k, v in t.items()}, poison=True)[:4]
 
 
 # (the chunked kernels' conditions: a second, partial group of 4 KV heads, Dv != D, keys without RoPE copied whole,
-# a shared buffer with position_ids and no norm)
+# a shared buffer with position_ids and no norm, fewer than 4 query heads with an odd count of rotated chunks)
 ROTATED_CASES = ["prefill-s96", "chunk-s5-p700", "shared-chunk-b2", "window-shared-b2", "left-pad-prefill-b3",
                  "positions-docs", "positions-large", "rope-partial", "rope-interleaved", "rope-partial-interleaved",
                  "rope-inv-freq-custom-scaling", "d80", "prefill-b2-s77-d64", "heads-6-over-3", "qk-norm",
                  "qnorm-only-decode", "everything-shared", "dv-ne-d", "decode-b2-g4-p1500", "bidirectional",
-                 "shared-docs-12-over-6"]
+                 "shared-docs-12-over-6", "heads-3-rope-interleaved-40"]
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
@@ -252,12 +254,15 @@ def test_chunked_query_kernel_gives_the_row_kernels_bits(case_id, dtype, monkeyp
     monkeypatch.setenv("ONNXATTN_GQA_CUDA_QUERY", "rotated")
     switch = "ONNXATTN_GQA_CUDA_ROTATION"
     (y, pk, pv, plan), (y2, pk2, pv2, plan2) = run_before_and_after(case, dtype, monkeypatch, switch, "chunks")
-    chunked = plan2["rotate_queries"] and not case.q_norm and (case.rotary_dim or case.head_dim) % 16 == 0
-    assert (plan2["rotate_chunks"] > 0) == chunked and plan["rotate_chunks"] == 0, plan2["attention"]["reason"]
-    # the new keys likewise by the chunked new-token kernel (without K-norm): the same cache bits, compared below
+    # rows split into 16-byte chunks (cuda_plan.cc): the rotated span (pairs (i, i + R/2) across chunks, interleaved
+    # pairs inside one) and the channels past rotary_dim in whole chunks
     rotary = (case.rotary_dim or case.head_dim) if case.rope else 0
     span = rotary if case.rope_interleaved else rotary // 2
-    appended = not case.k_norm and span % 8 == 0 and (case.head_dim - rotary) % 8 == 0
+    chunk_rows = span % 8 == 0 and (case.head_dim - rotary) % 8 == 0
+    chunked = plan2["rotate_queries"] and not case.q_norm and chunk_rows
+    assert (plan2["rotate_chunks"] > 0) == chunked and plan["rotate_chunks"] == 0, plan2["attention"]["reason"]
+    # the new keys likewise by the chunked new-token kernel (without K-norm): the same cache bits, compared below
+    appended = not case.k_norm and chunk_rows
     assert (plan2["append_key_chunks"] > 0) == appended and plan["append_key_chunks"] == 0, plan2["attention"]["reason"]
     np.testing.assert_array_equal(y2, y)
     for a, b in ((pk2, pk), (pv2, pv)):
@@ -266,13 +271,17 @@ def test_chunked_query_kernel_gives_the_row_kernels_bits(case_id, dtype, monkeyp
 
 
 @pytest.mark.skipif(not CUDA or torch.cuda.get_device_capability() != (9, 0), reason="the wgmma kernel needs an sm_90 GPU")
+@pytest.mark.parametrize("rotation", ["rows", "chunks"])
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 @pytest.mark.parametrize("case_id", ROTATED_CASES)
-def test_wgmma_prefill_with_prepared_queries(case_id, dtype, monkeypatch):
+def test_wgmma_prefill_with_prepared_queries(case_id, dtype, rotation, monkeypatch):
     """ONNXATTN_SDPA_CUDA_PREFILL=wgmma: the Hopper prefill kernel where the core's plan allows it, with the
-    queries prepared ahead (it has no preparation in its Q load); the cache outputs are the same bits, the
-    output within the case's tolerance of the fused mma.sync path (other tiles, the same 16-bit rounding)."""
+    queries prepared ahead (it has no preparation in its Q load) by the per-row or the chunked kernel
+    (ONNXATTN_GQA_CUDA_ROTATION: the pair the H200's GQA prefill would run once chunks is the default); the cache
+    outputs are the same bits, the output within the case's tolerance of the fused mma.sync path (other tiles, the
+    same 16-bit rounding)."""
     case = gc.CASES_BY_ID[case_id]
+    monkeypatch.setenv("ONNXATTN_GQA_CUDA_ROTATION", rotation)
     monkeypatch.setenv("ONNXATTN_SDPA_CUDA_PREFILL", "mma")  # before: the fused mma.sync path
     (y, pk, pv, plan), (y2, pk2, pv2, plan2) = run_before_and_after(case, dtype, monkeypatch, "ONNXATTN_SDPA_CUDA_PREFILL", "wgmma")
     attention = plan2["attention"]
