@@ -129,6 +129,8 @@ union Chunk {
 // position_f: the rotated chunks (pairs inside a chunk when interleaved, else chunk c of the first half with the
 // chunk rotary_dim / 2 elements further on) or, from rotary_chunks on, the channels past rotary_dim copied.
 // Chunk c of `heads` rows copied (rows head_stride_src / head_stride_dst chunks apart): every load, then every store.
+// The raw bits: where the per-row kernels pass such channels through float, a NaN comes out canonical (float16
+// 0x7E00 with its sign, bfloat16 quieted), so only NaN payloads in the inputs can differ between the two.
 __device__ __forceinline__ void copy_chunk(const uint4* src, int64_t head_stride_src, uint4* dst,
                                            int64_t head_stride_dst, int heads, int64_t c) {
   uint4 v[kRotateHeadsPerThread];
