@@ -564,8 +564,9 @@ __device__ __forceinline__ void select_cta_lists(const SelectArgs<TQ>& a, const 
 // 16 bits for P V, as every 16-bit flash kernel) giving the branch output and each row's log-sum-exp; pass 2
 // recomputes the scores and turns them into probabilities exp(s scale - lse). Then, per tile, the rows' values
 // are summed over the heads of each query in head order into its selection keys, and a warp per query picks its
-// list (warp_select).
-template <typename TQ, int kMaxDv>
+// list (warp_select). kOverlap: a.overlap_loads (ONNXATTN_SPARSE_CUDA_LOADS=async) as a template parameter, as in
+// select_split_kernel (as a runtime branch it took the default kMaxDv = 64 kernel from 128 to 147 registers).
+template <typename TQ, int kMaxDv, bool kOverlap>
 __global__ void __launch_bounds__(kThreads) select_mma_kernel(const SelectArgs<TQ> a, int queries, int rows_per_query) {
   using namespace mma_tiles;  // NOLINT: the tile pieces this kernel is made of
   extern __shared__ __align__(16) unsigned char select_mma_smem[];
@@ -593,16 +594,16 @@ __global__ void __launch_bounds__(kThreads) select_mma_kernel(const SelectArgs<T
     const int64_t position = i0 + r / per + a.query_offset;
     return a.causal ? min(max(position + 1, int64_t(0)) / a.block_size, nc) : nc;
   };
-  // Under a.overlap_loads a tile's loads are in flight together (issue_rows, stage_rows_split_batched).
+  // Under kOverlap a tile's loads are in flight together (issue_rows, stage_rows_split_batched).
   auto stage = [&](uint16_t* tile, int tile_stride, const auto* src, int src_dim, auto row_at) {
-    if (a.overlap_loads) {
+    if constexpr (kOverlap) {
       issue_rows<TQ>(tile, tile_stride, src, src_dim, row_at);
     } else {
       stage_rows<TQ>(tile, tile_stride, src, src_dim, row_at);
     }
   };
   auto staged = [&] {  // before the barrier that publishes what stage() issued
-    if (a.overlap_loads) sdpa::cuda::cp_async_commit(), sdpa::cuda::cp_async_wait<0>();
+    if constexpr (kOverlap) sdpa::cuda::cp_async_commit(), sdpa::cuda::cp_async_wait<0>();
   };
   stage(qs, stride, a.q, dim, [&](int r) { return r < rows ? out_row(r) : int64_t(-1); });
   staged();
@@ -670,7 +671,7 @@ __global__ void __launch_bounds__(kThreads) select_mma_kernel(const SelectArgs<T
     if (a.probabilities) {
       stage(ks, stride, cents + c0 * dim, dim, tile_row(c0));
       staged();
-    } else if (a.overlap_loads) {
+    } else if (kOverlap) {
       stage_rows_split_batched<TQ>(ks, ks_lo, stride, cents + c0 * dim, dim, kMmaKeys, tile_row(c0), tid, kThreads);
     } else {
       stage_rows_split<TQ>(ks, ks_lo, stride, cents + c0 * dim, dim, kMmaKeys, tile_row(c0), tid, kThreads);
@@ -778,9 +779,16 @@ __global__ void __launch_bounds__(kThreads) select_split_kernel(const SelectArgs
 
 template <typename TQ, int kMaxDv>
 void launch_select_mma(const SelectArgs<TQ>& a, const SelectTiling& tiling, int64_t grid, cudaStream_t stream) {
-  sdpa::cuda::allow_smem<select_mma_kernel<TQ, kMaxDv>>(tiling.smem);
-  select_mma_kernel<TQ, kMaxDv><<<unsigned(grid), kThreads, tiling.smem, stream>>>(a, tiling.queries,
-                                                                                   tiling.rows_per_query);
+  const auto launch = [&](auto overlap) {
+    constexpr auto kKernel = select_mma_kernel<TQ, kMaxDv, decltype(overlap)::value>;
+    sdpa::cuda::allow_smem<kKernel>(tiling.smem);
+    kKernel<<<unsigned(grid), kThreads, tiling.smem, stream>>>(a, tiling.queries, tiling.rows_per_query);
+  };
+  if (a.overlap_loads) {
+    launch(std::true_type{});
+  } else {
+    launch(std::false_type{});
+  }
   check_launch("sparse tensor-core selection kernel");
 }
 
