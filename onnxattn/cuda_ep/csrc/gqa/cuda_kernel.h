@@ -14,7 +14,7 @@ namespace onnxattn::gqa::cuda {
 
 template <typename T>
 bool aligned16(const Tensors<T>& t) {
-  auto ok = [](const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15u) == 0; };
+  const auto ok = sdpa::cuda::is_aligned16;
   // Caches in scratch are 256-aligned.
   return ok(t.query) && ok(t.output) && ok(t.present_key) && ok(t.present_value);
 }

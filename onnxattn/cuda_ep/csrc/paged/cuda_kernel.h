@@ -14,7 +14,7 @@ namespace onnxattn::paged::cuda {
 
 template <typename T>
 bool aligned16(const Tensors<T>& t) {
-  auto ok = [](const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15u) == 0; };
+  const auto ok = sdpa::cuda::is_aligned16;
   // Pools in scratch are 256-aligned.
   return ok(t.query) && ok(t.output) && ok(t.key_cache_out) && ok(t.value_cache_out);
 }

@@ -25,17 +25,19 @@ constexpr DType dtype_of() {
   else return DType::kBFloat16;
 }
 
+// A pointer the kernels' 16-byte copies can use.
+inline bool is_aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15u) == 0; }
+
 // Every row of Q, K, V and Y starts on a 16-byte boundary (what the mma kernels' 16-byte copies need):
 // the base pointers and all strides, in bytes, are multiples of 16.
 template <typename T>
 bool aligned16(const Params& p, const Tensors<T>& t) {
-  auto ok = [](const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15u) == 0; };
   auto strides_ok = [](const Strides& s) {
     return (s.batch * int64_t(sizeof(T))) % 16 == 0 && (s.head * int64_t(sizeof(T))) % 16 == 0 &&
            (s.seq * int64_t(sizeof(T))) % 16 == 0;
   };
-  return ok(t.q) && ok(t.k) && ok(t.v) && ok(t.y) && strides_ok(p.q_strides) && strides_ok(p.k_strides) &&
-         strides_ok(p.v_strides) && strides_ok(p.y_strides);
+  return is_aligned16(t.q) && is_aligned16(t.k) && is_aligned16(t.v) && is_aligned16(t.y) &&
+         strides_ok(p.q_strides) && strides_ok(p.k_strides) && strides_ok(p.v_strides) && strides_ok(p.y_strides);
 }
 
 // The CUDA device's numbers, queried once per device and cached. Throws on a CUDA error.
