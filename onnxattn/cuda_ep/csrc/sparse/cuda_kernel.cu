@@ -268,6 +268,12 @@ __global__ void mix_kernel(const MixArgs<T> a) {
   }
 }
 
+template <typename T>
+void launch_mix(const MixArgs<T>& m, cudaStream_t stream, const char* what) {
+  mix_kernel<T><<<grid_for(m.rows * 32), 256, 0, stream>>>(m);  // a warp per row
+  check_launch(what);
+}
+
 
 // Scores of the fine branch's rows per launch: as many rows as fit kFineScratchBytes (at least one).
 int64_t fine_rows_per_launch(const Dims& d) {
@@ -626,8 +632,7 @@ void run_nsa(const NsaParams& p, const NsaTensors<T>& t, const NsaPlan& plan, vo
                 branch_used(p, 2) ? branch[2] : nullptr},
                t.gates, {p.gate_strides[0], p.gate_strides[1], p.gate_strides[2], p.gate_strides[3]}, t.y, d.q_heads,
                d.q_len, rows, int(d.v_head_dim), plan.core_blocks && grouped_queries(p) ? d.group() : 1};
-  mix_kernel<T><<<grid_for(rows * 32), 256, 0, stream>>>(m);  // a warp per row
-  check_launch("sparse mix kernel");
+  launch_mix(m, stream, "sparse mix kernel");
 }
 
 namespace {
@@ -779,8 +784,7 @@ void run_routed(const RoutedParams& p, const RoutedTensors<T>& t, void* stream_p
     launch_attend(attend, stream);
   }
   MixArgs<T> m{{out, nullptr, nullptr}, nullptr, {0, 0, 0, 0}, t.y, d.q_heads, d.q_len, q_rows, int(d.v_head_dim), 1};
-  mix_kernel<T><<<grid_for(q_rows * 32), 256, 0, stream>>>(m);  // a warp per row
-  check_launch("routed output kernel");
+  launch_mix(m, stream, "routed output kernel");
 }
 
 template NsaPlan plan_nsa<float>(const NsaParams&, const NsaTensors<float>&);

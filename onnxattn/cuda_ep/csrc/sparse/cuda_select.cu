@@ -777,18 +777,24 @@ __global__ void __launch_bounds__(kThreads) select_split_kernel(const SelectArgs
   select_cta_lists(a, cta, keys, key_stride, chosen);
 }
 
+// f(std::true_type) or f(std::false_type) as `flag` says: a runtime switch as a kernel's template parameter (the
+// selection kernels' kOverlap).
+template <typename F>
+void with_flag(bool flag, F&& f) {
+  if (flag) {
+    f(std::true_type{});
+  } else {
+    f(std::false_type{});
+  }
+}
+
 template <typename TQ, int kMaxDv>
 void launch_select_mma(const SelectArgs<TQ>& a, const SelectTiling& tiling, int64_t grid, cudaStream_t stream) {
-  const auto launch = [&](auto overlap) {
+  with_flag(a.overlap_loads, [&](auto overlap) {
     constexpr auto kKernel = select_mma_kernel<TQ, kMaxDv, decltype(overlap)::value>;
     sdpa::cuda::allow_smem<kKernel>(tiling.smem);
     kKernel<<<unsigned(grid), kThreads, tiling.smem, stream>>>(a, tiling.queries, tiling.rows_per_query);
-  };
-  if (a.overlap_loads) {
-    launch(std::true_type{});
-  } else {
-    launch(std::false_type{});
-  }
+  });
   check_launch("sparse tensor-core selection kernel");
 }
 
@@ -811,17 +817,10 @@ void launch_select(const SelectArgs<TQ>& a, const SelectTiling& tiling, cudaStre
         sdpa::cuda::allow_smem<kKernel>(tiling.smem);
         kKernel<<<unsigned(grid), kThreads, tiling.smem, stream>>>(a);
       };
-      const auto with_overlap = [&](auto mma_type) {
-        if (a.overlap_loads) {
-          launch(mma_type, std::true_type{});
-        } else {
-          launch(mma_type, std::false_type{});
-        }
-      };
       if (tiling.split_bf16) {
-        with_overlap(BFloat16{});
+        with_flag(a.overlap_loads, [&](auto overlap) { launch(BFloat16{}, overlap); });
       } else {
-        with_overlap(Float16{});
+        with_flag(a.overlap_loads, [&](auto overlap) { launch(Float16{}, overlap); });
       }
       check_launch("sparse tensor-core selection kernel");
       return;
