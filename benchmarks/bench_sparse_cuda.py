@@ -405,11 +405,9 @@ def main(argv=None) -> int:
         out.mkdir(parents=True, exist_ok=True)
         out = out / f"bench_sparse_cuda_{env['date'][:10]}_{env['device'].replace(' ', '_')}.json"
     rows: list[dict] = []
-    config = {"nsa": CASES["nsa"][2], "nsa_dot": "nsa without compressed_key/compressed_value",
-              "nsa_simple": ORT_ENV["nsa_simple"], "routed": CASES["routed"][2],
-              "routed_simple": ORT_ENV["routed_simple"], "dense": CASES["dense"][2],
-              "nsa_mma": ORT_ENV["nsa_mma"], "nsa_dot_mma": ORT_ENV["nsa_dot_mma"], "routed_mma": ORT_ENV["routed_mma"],
-              **{n: ORT_ENV[n] for n in ("nsa_mma_async", "routed_mma_async", "nsa_mma_tiles", "routed_mma_tiles")},
+    # each column's switches, but the fast path's columns: the op's attributes
+    config = {**ORT_ENV, "nsa": CASES["nsa"][2], "nsa_dot": "nsa without compressed_key/compressed_value",
+              "routed": CASES["routed"][2], "dense": CASES["dense"][2],
               "timers": "onnxruntime: wall clock around run_with_iobinding; torch and dense: CUDA events "
                         "(a graph of back-to-back calls under 5 ms); medians"}  # fmt: skip
 
