@@ -400,7 +400,8 @@ def table_mla(data: dict) -> str:
 # ------------------------------------------------------------------------------------------------ sparse
 
 SPARSE_IMPLS = ("nsa", "nsa_dot", "routed", "nsa_mma", "nsa_dot_mma", "routed_mma", "nsa_mma_async",
-                "routed_mma_async", "nsa_mma_tiles", "routed_mma_tiles", "dense", "dense_ort", "torch_flash", "torch_cudnn")
+                "routed_mma_async", "nsa_mma_tiles", "routed_mma_tiles", "dense", "dense_ort", "torch_flash",
+                "torch_cudnn")
 SPARSE_RATIOS = ("nsa/dense", "routed/dense", "nsa/torch", "routed/torch", "nsa_mma/dense", "nsa_dot_mma/dense",
                  "routed_mma/dense", "nsa_mma_async/dense", "routed_mma_async/dense", "nsa_mma_tiles/dense",
                  "routed_mma_tiles/dense")

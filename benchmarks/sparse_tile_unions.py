@@ -90,7 +90,8 @@ def main(argv=None) -> dict:
         print(f"{name} S={args.seq}: lists of {r['list_length']:.2f}; a tile of {r['queries_per_tile']} queries "
               f"stages {r['tile_union_mean']:.1f} blocks (median {r['tile_union_median']:.0f}, max "
               f"{r['tile_union_max']}; second half {r['tile_union_mean_second_half']:.1f}), "
-              f"{r['staged_blocks_per_query']:.1f} per query ({r['staged_blocks_per_query_second_half']:.1f}); a warp's "
+              f"{r['staged_blocks_per_query']:.1f} per query ({r['staged_blocks_per_query_second_half']:.1f}); "
+              f"a warp's "
               f"{r['queries_per_warp']} queries {r['warp_union_mean']:.1f}; rows holding a staged block "
               f"{r['rows_holding_a_staged_block']:.0%}")
     args.out.mkdir(parents=True, exist_ok=True)

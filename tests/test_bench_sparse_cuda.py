@@ -73,7 +73,8 @@ def test_table(bench):
     # the default path, its opt-in variants and the dense references first; the simple kernels last
     assert any(line.split()[:8] == ["64k", "10.00", "12.00", "2.50", "4.50", "5.00", "6.00", "80.00"] for line in lines)
     assert any(line.split()[-2:] == ["160.00", "240.00"] for line in lines)
-    ratios = ["64k", "0.125", "0.150", "0.031", "0.056", "0.200", "0.240", "0.500", "0.375", "dense_ort,", "torch_cudnn"]
+    ratios = ["64k", "0.125", "0.150", "0.031", "0.056", "0.200", "0.240", "0.500", "0.375", "dense_ort,",
+              "torch_cudnn"]
     assert ratios in [line.split() for line in lines]
     assert "S=16k routed: skipped: time budget spent" in text
 
@@ -206,8 +207,8 @@ def test_plot_cuda_draws_the_sparse_json(bench, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "### Sparse attention — NVIDIA H100" in out
     # the columns some row has: nsa, nsa_dot, routed, the mma ones, dense (C entry, ORT), torch; then the ratios
-    assert ("| 64k | 40.00 | 20.00 | 30.00 | 10.00 | 5.00 | 12.00 | 5.00 | 6.00 | 2.50 | 4.50 | 70.00 | 80.00 | 55.00 | "
-            "50.00 | 0.500 | 0.375 | 0.800 | 0.600 | 0.125 | 0.062 | 0.150 | 0.062 | 0.075 | 0.031 | 0.056 |") in out
+    assert ("| 64k | 40.00 | 20.00 | 30.00 | 10.00 | 5.00 | 12.00 | 5.00 | 6.00 | 2.50 | 4.50 | 70.00 | 80.00 | "
+            "55.00 | 50.00 | 0.500 | 0.375 | 0.800 | 0.600 | 0.125 | 0.062 | 0.150 | 0.062 | 0.075 | 0.031 | 0.056 |") in out
     assert "| 16k | 8.00 | — |" in out
 
 

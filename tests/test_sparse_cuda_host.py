@@ -261,7 +261,8 @@ def test_query_tile_sizes_and_limits(sizes):
     assert sizes.query_tiles(1, 1, 1, 8, 16, 1, 256, 256)[0]  # on the H100
     assert not sizes.query_tiles(1, 1, 1, 1, 1024, 1, 128, 128)[0]  # 64 lists of 1024 entries: 256 KiB
     # lists of at most 256 entries (each sorted by one thread): 64 heads share one list of 256, not of 257
-    assert sizes.query_tiles(1, 1, 1, 64, 256, 1, 128, 128)[0] and not sizes.query_tiles(1, 1, 1, 64, 257, 1, 128, 128)[0]
+    assert sizes.query_tiles(1, 1, 1, 64, 256, 1, 128, 128)[0]
+    assert not sizes.query_tiles(1, 1, 1, 64, 257, 1, 128, 128)[0]
     for zero in range(6):  # an empty problem (or no list entries, no blocks) is not this kernel's
         args = [1, 1, 1, 1, 1, 1]
         args[zero] = 0

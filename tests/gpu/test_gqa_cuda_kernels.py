@@ -316,9 +316,9 @@ def test_programmatic_dependent_launches_give_the_same_bits(case_id, monkeypatch
                                      "qnorm-only-decode", "sinks-decode-split"])  # fmt: skip
 def test_direct_and_lean_decode_give_the_same_bits(case_id, dtype, monkeypatch):
     """The decode's opt-in paths under GroupQueryAttention (its fused Q preparation, per-sequence lengths in a
-    shared buffer, windows, sinks, QK-norm): ONNXATTN_SDPA_CUDA_DECODE_LOADS=direct (cuda_plan.cc rule 9) and, on top of it,
-    ONNXATTN_SDPA_CUDA_DECODE_STAGES=2 (rule 10: two stages a warp, three CTAs an SM) at the default's split count:
-    the same steps, so the same output and cache bits."""
+    shared buffer, windows, sinks, QK-norm): ONNXATTN_SDPA_CUDA_DECODE_LOADS=direct (cuda_plan.cc rule 9) and, on top
+    of it, ONNXATTN_SDPA_CUDA_DECODE_STAGES=2 (rule 10: two stages a warp, three CTAs an SM) at the default's split
+    count: the same steps, so the same output and cache bits."""
     case = gc.CASES_BY_ID[case_id]
     switch = "ONNXATTN_SDPA_CUDA_DECODE_LOADS"
     (y, pk, pv, plan), (y2, pk2, pv2, plan2) = run_before_and_after(case, dtype, monkeypatch, switch, "direct")

@@ -185,7 +185,8 @@ def test_unsupported_head_size_is_a_clear_error():
 def test_strided_views_give_the_contiguous_result(path, kernel, kv_layout, loads, monkeypatch):
     # Q and Y as [B, S, H*D] activations, K and V as a cache longer than the keys or as [B, S, Hkv, D] activations
     # (rows Hkv * D apart): views with other strides run the same arithmetic, so the results are bit-identical; with
-    # the tensor-core decode's K/V copies addressed through the slot lookup or directly (ONNXATTN_SDPA_CUDA_DECODE_LOADS).
+    # the tensor-core decode's K/V copies addressed through the slot lookup or directly
+    # (ONNXATTN_SDPA_CUDA_DECODE_LOADS).
     monkeypatch.setenv("ONNXATTN_SDPA_CUDA_DECODE_LOADS", loads)
     b, hq, hkv, sq, skv, d = 2, 8, 2, 37, 300, 128
     gen = torch.Generator(device="cuda").manual_seed(11)
