@@ -52,13 +52,14 @@ def checked(label: str, run) -> int:
 
 
 @contextlib.contextmanager
-def library_switch(name: str, value: str):
-    """One of the library's environment switches (read on every call) set for the block."""
-    os.environ[name] = value
+def library_switches(values: dict[str, str]):
+    """The library's environment switches `values` (read on every call) set for the block."""
+    os.environ.update(values)
     try:
         yield
     finally:
-        os.environ.pop(name, None)
+        for name in values:
+            os.environ.pop(name, None)
 
 
 def paged_cases() -> int:
@@ -98,7 +99,7 @@ def mla_cases() -> int:
         y, presents = tm.run_cuda(case, x, "bfloat16")
         tm.check(case, "bfloat16", y, presents, tm.reference(case, x, "bfloat16"))
 
-    with library_switch("ONNXATTN_MLA_CUDA_KERNEL", "mma"):
+    with library_switches({"ONNXATTN_MLA_CUDA_KERNEL": "mma"}):
         return sum(checked(f"mla mma {name}", lambda: run_case(tm.CASES_BY_ID[name])) for name in MLA_NAMES)
 
 
@@ -126,7 +127,7 @@ def wgmma_cases() -> int:
         reason = sdpa_run(case, torch.bfloat16, "prefill")
         assert "-> wgmma" in reason, reason
 
-    with library_switch("ONNXATTN_SDPA_CUDA_PREFILL", "wgmma"):
+    with library_switches({"ONNXATTN_SDPA_CUDA_PREFILL": "wgmma"}):
         return sum(checked(f"wgmma {name}", lambda: run_case(by_name[name])) for name in WGMMA_NAMES)
 
 
@@ -166,9 +167,7 @@ def optin_cases() -> int:
 
     switches = {"ONNXATTN_SDPA_CUDA_DECODE_LOADS": "direct", "ONNXATTN_SDPA_CUDA_DECODE_STAGES": "2",
                 "ONNXATTN_GQA_CUDA_ROTATION": "chunks", "ONNXATTN_GQA_CUDA_QUERY": "rotated"}  # fmt: skip
-    with contextlib.ExitStack() as stack:
-        for name, value in switches.items():
-            stack.enter_context(library_switch(name, value))
+    with library_switches(switches):
         failed = sum(checked(f"optin sdpa {n}", lambda: sdpa_run(by_name[n], torch.float16, "decode"))
                      for n in OPTIN_SDPA)  # fmt: skip
         failed += sum(checked(f"optin gqa {n}", lambda: run_gqa(gc.CASES_BY_ID[n])) for n in OPTIN_GQA)
@@ -195,9 +194,7 @@ def sparse_mma_cases() -> int:
     for loads, argmax, blocks in (("async", "redux", "queries"), ("sync", "shuffle", "queries"),
                                   ("async", "redux", "lists")):
         switches = {"LOADS": loads, "ARGMAX": argmax, "BLOCKS": blocks}
-        with contextlib.ExitStack() as stack:
-            for switch, value in switches.items():
-                stack.enter_context(library_switch(f"ONNXATTN_SPARSE_CUDA_{switch}", value))
+        with library_switches({f"ONNXATTN_SPARSE_CUDA_{switch}": value for switch, value in switches.items()}):
             failed += sum(checked(f"sparse_mma {kind} {name} bfloat16 loads={loads} argmax={argmax} blocks={blocks}",
                                   lambda: run_case(kind, name, "bfloat16"))
                           for kind, names in (("nsa", t.MMA_SANITIZE_NSA), ("routed", t.MMA_SANITIZE_ROUTED))
@@ -238,7 +235,7 @@ def indexer_cases() -> int:
         past = torch.from_numpy(feeds["past_lengths"]).cuda() if "past_lengths" in feeds else None
         out = torch.empty(c.batch, c.q_len, c.top_k, dtype=torch.int64, device="cuda")
         plan = (ctypes.c_int64 * 9)()
-        with library_switch("ONNXATTN_INDEXER_CUDA", kernel):
+        with library_switches({"ONNXATTN_INDEXER_CUDA": kernel}):
             error = dll.OnnxAttnIndexerCudaPlan(c.batch, c.q_len, c.kv_len, c.heads, c.head_dim, c.top_k, size, -1,
                                                 plan)
             if error:
