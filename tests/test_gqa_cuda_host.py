@@ -372,7 +372,7 @@ def test_every_gpu_case_plans_on_a_device_with_99_kib_a_block(dtype):
     """sm_86 / sm_89 (A10, L4, RTX 30 and 40) allow 101,376 bytes of shared memory per block: a decode of head
     tiles of 128 takes two stages a warp, D = 256 the simt kernel (sdpa/cuda_plan.cc rule 11), where both were
     errors before."""
-    sm86 = dict(sm_count=58, max_smem_per_block=101376, smem_per_sm=102400, wgmma=0)
+    sm86 = sdpa_cuda_lib.SM86
     for case in gc.CASES:
         attention = lib.plan(gc.spec(case, dtype), sm86)["attention"]
         assert attention["smem_bytes"] <= sm86["max_smem_per_block"], (case.id, attention["reason"])

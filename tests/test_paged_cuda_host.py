@@ -338,7 +338,7 @@ def test_block_division_by_multiplication_is_exact(block_size):
 def test_every_gpu_case_plans_on_a_device_with_99_kib_a_block():
     """sm_86 / sm_89 allow 101,376 bytes of shared memory per block: paged decode of head tiles of 128 takes two
     stages a warp (sdpa/cuda_plan.cc rule 11) where it was an error before."""
-    sm86 = dict(sm_count=58, max_smem_per_block=101376, smem_per_sm=102400, wgmma=0)
+    sm86 = sdpa_cuda_lib.SM86
     for case in pc.CASES:
         p = lib.plan(pc.spec(case, "float16"), sm86)
         for launch in (p["decode"], p["prefill"]):

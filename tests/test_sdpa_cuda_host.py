@@ -610,7 +610,7 @@ def test_direct_decode_loads_are_opt_in_for_contiguous_tensor_core_decode(monkey
 
 
 # ---- devices with 99 KiB of shared memory per block (sm_86 / sm_89: A10, L4, RTX 30 and 40; cuda_plan.cc rule 11)
-SM86 = {"sm_count": 58, "max_smem_per_block": 101376, "smem_per_sm": 102400, "wgmma": 0}
+SM86 = lib.SM86
 
 
 @pytest.mark.parametrize("loads", ["lookup", "direct"])

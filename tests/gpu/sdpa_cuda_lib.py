@@ -17,6 +17,8 @@ PATHS = {"env": -1, "auto": 0, "prefill": 1, "decode": 2}
 KERNELS = {"env": -1, "auto": 0, "mma": 1, "simt": 2}
 H100 = {"sm_count": 132, "max_smem_per_block": 232448, "smem_per_sm": 233472, "wgmma": 1}
 A100 = {"sm_count": 108, "max_smem_per_block": 166912, "smem_per_sm": 167936, "wgmma": 0}
+# 99 KiB of shared memory per block: sm_86 / sm_89 (A10, L4, RTX 30 and 40; cuda_plan.cc rule 11), an L4's SMs
+SM86 = {"sm_count": 58, "max_smem_per_block": 101376, "smem_per_sm": 102400, "wgmma": 0}
 KERNEL_NAMES = ("mma", "simt", "wgmma")  # PlanInfo.kernel codes
 
 

@@ -293,7 +293,7 @@ def test_lean_decode_gives_the_same_bits_at_the_same_splits(name, monkeypatch):
         check(case, q, k, v, mask, y3, lse3 if case.lse else None, context=f"{name} {dtype} {lean['reason']}")
 
 
-SM86_SMEM = "101376"  # shared memory per block of sm_86 / sm_89 devices (A10, L4, RTX 30 and 40)
+SM86_SMEM = str(lib.SM86["max_smem_per_block"])  # sm_86 / sm_89 devices (A10, L4, RTX 30 and 40)
 
 
 @pytest.mark.parametrize("loads", ["lookup", "direct"])
