@@ -358,10 +358,12 @@ def test_the_environment_can_force_the_split_count(monkeypatch):
     p = lib.plan(llama)
     assert p["splits"] == 33 and p["grid"] == 8 * 33 and "ONNXATTN_SDPA_CUDA_SPLITS" in p["reason"]
     assert lib.plan(spec(q_len=1, kv_len=100))["splits"] == 2  # at most one split per key tile
-    for bad in ("0", "257", "many"):
+    for bad in ("0", "257", "many", "4 ", "1e2", "-3", "99999999999999999999"):
         monkeypatch.setenv("ONNXATTN_SDPA_CUDA_SPLITS", bad)
         with pytest.raises(lib.SdpaCudaError, match=rf"ONNXATTN_SDPA_CUDA_SPLITS must be an integer in \[1, 256\], got '{bad}'"):
             lib.plan(llama)
+    monkeypatch.setenv("ONNXATTN_SDPA_CUDA_SPLITS", "")  # empty is unset: the plan's choice
+    assert lib.plan(llama)["splits"] == 32
 
 
 def test_decode_of_an_empty_cache_uses_one_split():

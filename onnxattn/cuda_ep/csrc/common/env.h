@@ -1,5 +1,6 @@
 #pragma once
 // The library's ONNXATTN_* environment switches, read on every call (so that tests can flip them between calls).
+#include <cerrno>
 #include <cstdlib>
 #include <initializer_list>
 #include <string>
@@ -22,6 +23,20 @@ inline int env_choice(const char* op, const char* name, std::initializer_list<co
     ++index;
   }
   fail(op, ": environment variable ", name, " must be ", listed, ", got '", value, "'");
+}
+
+// The integer environment variable `name` holds, in [lo, hi]; unset or empty is `fallback`. Any other value is an
+// InputError naming `op`: "<op>: environment variable <name> must be an integer in [lo, hi], got 'x'".
+inline long long env_integer(const char* op, const char* name, long long lo, long long hi, long long fallback) {
+  const char* raw = std::getenv(name);
+  if (raw == nullptr || *raw == '\0') return fallback;
+  char* end = nullptr;
+  errno = 0;
+  const long long n = std::strtoll(raw, &end, 10);
+  if (end == raw || *end != '\0' || errno == ERANGE || n < lo || n > hi) {
+    fail(op, ": environment variable ", name, " must be an integer in [", lo, ", ", hi, "], got '", raw, "'");
+  }
+  return n;
 }
 
 }  // namespace onnxattn

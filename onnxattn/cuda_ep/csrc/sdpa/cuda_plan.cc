@@ -73,11 +73,6 @@ namespace {
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 size_t align_up(size_t n, size_t a) { return (n + a - 1) / a * a; }
 
-const char* env_value(const char* name) {
-  const char* value = std::getenv(name);
-  return value == nullptr ? "" : value;
-}
-
 }  // namespace
 
 const char* schedule_name(Schedule s) { return s == Schedule::kDecode ? "decode" : "prefill"; }
@@ -92,16 +87,7 @@ Request request_from_env(const char* op) {
   r.direct_decode_loads = env_choice(op, "ONNXATTN_SDPA_CUDA_DECODE_LOADS", {"lookup", "direct"}) == 1;
   r.decode_stages =
       env_choice(op, "ONNXATTN_SDPA_CUDA_DECODE_STAGES", {"auto", "2"}) == 1 ? tiles::kDecodeLeanStages : 0;
-  const std::string splits = env_value("ONNXATTN_SDPA_CUDA_SPLITS");
-  if (!splits.empty()) {
-    char* end = nullptr;
-    const long long n = std::strtoll(splits.c_str(), &end, 10);
-    if (end == splits.c_str() || *end != '\0' || n < 1 || n > kMaxSplits) {
-      fail(op, ": environment variable ONNXATTN_SDPA_CUDA_SPLITS must be an integer in [1, ", kMaxSplits, "], got '",
-           splits, "'");
-    }
-    r.splits = n;
-  }
+  r.splits = env_integer(op, "ONNXATTN_SDPA_CUDA_SPLITS", 1, kMaxSplits, 0);
   return r;
 }
 

@@ -2,6 +2,7 @@
 // the keys are split); a RaggedPlan: the device schedule, then each class's launch. Also the per-device
 // facts the plan needs.
 #include <algorithm>
+#include <climits>
 #include <cstdlib>
 #include <mutex>
 #include <stdexcept>
@@ -10,6 +11,7 @@
 #include <vector>
 
 #include "common/cuda_errors.h"
+#include "common/env.h"
 #include "common/errors.h"
 #include "sdpa/cuda_device.cuh"
 #include "sdpa/cuda_kernel.h"
@@ -122,14 +124,8 @@ namespace {
 // memory per block, so that an H100 or H200 runs the plans of a device with less (cuda_plan.cc rule 11: 101376 for
 // sm_86 / sm_89). Read at every call, as the other switches are.
 DeviceInfo with_smem_cap(DeviceInfo info) {
-  const char* value = std::getenv("ONNXATTN_CUDA_MAX_SMEM_PER_BLOCK");
-  if (value == nullptr || *value == '\0') return info;
-  char* end = nullptr;
-  const long long cap = std::strtoll(value, &end, 10);
-  if (end == value || *end != '\0' || cap < 1) {
-    throw std::runtime_error(str_cat("onnxattn: environment variable ONNXATTN_CUDA_MAX_SMEM_PER_BLOCK must be a "
-                                     "positive number of bytes, got '", value, "'"));
-  }
+  const long long cap = env_integer("onnxattn", "ONNXATTN_CUDA_MAX_SMEM_PER_BLOCK", 1, INT_MAX, 0);
+  if (cap == 0) return info;
   info.max_smem_per_block = int(std::min<long long>(cap, info.max_smem_per_block));
   return info;
 }
