@@ -325,7 +325,7 @@ def test_direct_and_lean_decode_give_the_same_bits(case_id, dtype, monkeypatch):
     monkeypatch.setenv("ONNXATTN_SDPA_CUDA_SPLITS", str(plan["attention"]["splits"]))
     monkeypatch.setenv("ONNXATTN_SDPA_CUDA_DECODE_STAGES", "2")
     t = gt.to_device(case, dtype)
-    y3, pk3, pv3, plan3 = gt.run(case, dtype, inputs={k: v.clone() for k, v in t.items()})[:4]
+    y3, pk3, pv3, plan3 = gt.run(case, dtype, inputs={k: v.clone() for k, v in t.items()}, poison=True)[:4]
     attention, lean = plan2["attention"], plan3["attention"]
     assert attention["schedule"] == "decode" and "direct K/V loads" in attention["reason"], attention["reason"]
     assert lean["stages"] == (2 if lean["head_dim_tile"] == 128 else attention["stages"]), lean["reason"]

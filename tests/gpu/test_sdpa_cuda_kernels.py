@@ -248,12 +248,27 @@ def decode_with_and_without(name: str, monkeypatch, switch: str, value: str) -> 
         monkeypatch.setenv(switch, value)
         y2, lse2, plan2 = run(case, q, k, v, mask, path="decode")
         monkeypatch.delenv(switch)
-        torch.cuda.synchronize()
-        assert torch.equal(y, y2), (name, dtype, plan2["reason"])
-        if case.lse:
-            assert torch.equal(lse, lse2), (name, dtype, plan2["reason"])
+        assert_same_bits(case, (y, lse), (y2, lse2), (name, dtype, plan2["reason"]))
         plans.append((plan, plan2))
     return plans
+
+
+def assert_same_bits(case, want, got, context):
+    """`got` = (y, lse) holds the bits of `want` (the LSE where the case asks for it)."""
+    torch.cuda.synchronize()
+    assert torch.equal(want[0], got[0]), context
+    if case.lse:
+        assert torch.equal(want[1], got[1]), context
+
+
+def run_at_splits(case, q, k, v, mask, monkeypatch, splits: int, path: str):
+    """(y, lse, plan) of `case` forced to `splits` splits (ONNXATTN_SDPA_CUDA_SPLITS, unset again afterwards): an
+    opt-in decode at the default's split count must give the default's bits."""
+    monkeypatch.setenv("ONNXATTN_SDPA_CUDA_SPLITS", str(splits))
+    try:
+        return run(case, q, k, v, mask, path=path)
+    finally:
+        monkeypatch.delenv("ONNXATTN_SDPA_CUDA_SPLITS")
 
 
 @pytest.mark.parametrize("name", ["decode", "decode_gqa_odd", "decode_sq5", "decode_sq16", "window_decode",
@@ -280,16 +295,11 @@ def test_lean_decode_gives_the_same_bits_at_the_same_splits(name, monkeypatch):
         q, k, v, mask = make_inputs(case, dtype)
         y, lse, plan = run(case, q, k, v, mask, path="decode")
         monkeypatch.setenv("ONNXATTN_SDPA_CUDA_DECODE_STAGES", "2")
-        monkeypatch.setenv("ONNXATTN_SDPA_CUDA_SPLITS", str(plan["splits"]))
-        y2, lse2, same_splits = run(case, q, k, v, mask, path="decode")
-        monkeypatch.delenv("ONNXATTN_SDPA_CUDA_SPLITS")
+        y2, lse2, same_splits = run_at_splits(case, q, k, v, mask, monkeypatch, plan["splits"], "decode")
         y3, lse3, lean = run(case, q, k, v, mask, path="decode")
         monkeypatch.delenv("ONNXATTN_SDPA_CUDA_DECODE_STAGES")
-        torch.cuda.synchronize()
         assert same_splits["stages"] == (2 if plan["head_dim_tile"] == 128 else plan["stages"]), same_splits["reason"]
-        assert torch.equal(y, y2), (name, dtype, same_splits["reason"])
-        if case.lse:
-            assert torch.equal(lse, lse2), (name, dtype, same_splits["reason"])
+        assert_same_bits(case, (y, lse), (y2, lse2), (name, dtype, same_splits["reason"]))
         check(case, q, k, v, mask, y3, lse3 if case.lse else None, context=f"{name} {dtype} {lean['reason']}")
 
 
@@ -312,14 +322,9 @@ def test_plans_of_a_device_with_99_kib_a_block(name, loads, monkeypatch):
             monkeypatch.setenv("ONNXATTN_CUDA_MAX_SMEM_PER_BLOCK", SM86_SMEM)
             y2, lse2, small = run(case, q, k, v, mask, path=path)
             if small["schedule"] == "decode" and small["kernel"] == "mma":
-                monkeypatch.setenv("ONNXATTN_SDPA_CUDA_SPLITS", str(plan["splits"]))
-                y3, lse3, same_splits = run(case, q, k, v, mask, path=path)
-                monkeypatch.delenv("ONNXATTN_SDPA_CUDA_SPLITS")
-                torch.cuda.synchronize()
+                y3, lse3, same_splits = run_at_splits(case, q, k, v, mask, monkeypatch, plan["splits"], path)
                 assert same_splits["stages"] == 2 and same_splits["head_dim_tile"] == 128, same_splits["reason"]
-                assert torch.equal(y, y3), (name, dtype, same_splits["reason"])
-                if case.lse:
-                    assert torch.equal(lse, lse3), (name, dtype, same_splits["reason"])
+                assert_same_bits(case, (y, lse), (y3, lse3), (name, dtype, same_splits["reason"]))
             monkeypatch.delenv("ONNXATTN_CUDA_MAX_SMEM_PER_BLOCK")
             torch.cuda.synchronize()
             assert small["smem_bytes"] <= int(SM86_SMEM), small["reason"]
@@ -332,7 +337,8 @@ def test_a_bad_shared_memory_cap_is_an_error(monkeypatch):
     case = next(c for c in CASES if c.name == "decode")
     q, k, v, mask = make_inputs(case, torch.float16)
     monkeypatch.setenv("ONNXATTN_CUDA_MAX_SMEM_PER_BLOCK", "99k")
-    with pytest.raises(lib.SdpaCudaError, match="ONNXATTN_CUDA_MAX_SMEM_PER_BLOCK must be a positive number of bytes"):
+    expected = r"ONNXATTN_CUDA_MAX_SMEM_PER_BLOCK must be an integer in \[1, 2147483647\], got '99k'"
+    with pytest.raises(lib.SdpaCudaError, match=expected):
         run(case, q, k, v, mask)
 
 
