@@ -648,18 +648,36 @@ bool routed_by_segment(const RoutedParams& p) {
   return routed_blocks_eligible(routed_rows(p), p.attrs.top_k, routed_list_keys(p), int(p.dims.head_dim),
                                 int(p.dims.v_head_dim), max_smem);
 }
-// The tensor-core kernel by block for 16-bit T (ONNXATTN_SPARSE_CUDA=mma; one row per list); `q`, `k`, `v` are the
-// float32 RoPE'd copies it reads (0 to size the scratch, which the inverted lists need on either path).
+// The tensor-core kernel by block for 16-bit T (ONNXATTN_SPARSE_CUDA=mma; one row per list). It reads the float32
+// RoPE'd copies of Q, K and V carved from the scratch (256-byte aligned offsets), so no alignment test here.
 template <typename T>
-bool routed_by_block_mma(const RoutedParams& p, const void* q = nullptr, const void* k = nullptr,
-                         const void* v = nullptr) {
+bool routed_by_block_mma(const RoutedParams& p) {
   return routed_rows(p) > 0 && p.num_segments > 0 &&
-         blocks_mma_wanted<T>(kRoutedName, routed_rows(p), 1, p.attrs.top_k, routed_list_keys(p), p.dims, p.scale,
-                              {q, k, v});
+         blocks_mma_wanted<T>(kRoutedName, routed_rows(p), 1, p.attrs.top_k, routed_list_keys(p), p.dims, p.scale, {});
+}
+
+// Which attention over the routed segments run_routed launches for T (its scratch is sized by the same answer).
+struct RoutedRoute {
+  bool by_mma = false;       // the tensor-core kernel by block (16-bit T)
+  bool by_segment = false;   // the attention by segment (cuda_routed.cuh)
+  bool query_tiles = false;  // by_mma by query tiles (ONNXATTN_SPARSE_CUDA_BLOCKS): no inverted lists
+  bool inverted_lists() const { return by_segment || (by_mma && !query_tiles); }
+};
+template <typename T>
+RoutedRoute routed_route(const RoutedParams& p) {
+  const Dims& d = p.dims;
+  const BlocksMode blocks = blocks_mode(kRoutedName);  // read whatever the dtype: a malformed value is an error
+  RoutedRoute r;
+  r.by_mma = routed_by_block_mma<T>(p);
+  r.by_segment = !r.by_mma && routed_by_segment(p);
+  r.query_tiles =
+      r.by_mma && query_tiles_wanted(blocks, d.batch, d.q_heads, d.q_len, 1, p.attrs.top_k, p.num_segments, d);
+  return r;
 }
 
 }  // namespace
 
+template <typename T>
 size_t routed_scratch_bytes(const RoutedParams& p) {
   const Dims& d = p.dims;
   Carver c{nullptr};
@@ -672,7 +690,7 @@ size_t routed_scratch_bytes(const RoutedParams& p) {
   c.take<float>(d.batch * d.kv_heads * std::max<int64_t>(p.num_segments, 1) * d.head_dim);
   c.take<int32_t>(q * p.attrs.top_k);
   c.take<float>(q * d.v_head_dim);
-  if (routed_by_segment(p) || routed_by_block_mma<Float16>(p)) {
+  if (routed_route<T>(p).inverted_lists()) {
     c.take<char>(int64_t(routed_blocks_scratch_bytes(routed_rows(p), p.attrs.top_k, routed_list_keys(p))));
   }
   return c.used;
@@ -683,7 +701,7 @@ void run_routed(const RoutedParams& p, const RoutedTensors<T>& t, void* stream_p
   const Dims& d = p.dims;
   const RoutedAttributes& a = p.attrs;
   check_cuda_support(kRoutedName, d.head_dim, d.v_head_dim, p.num_segments, a.top_k);
-  if (scratch_bytes < routed_scratch_bytes(p)) fail(kRoutedName, ": CUDA scratch too small");
+  if (scratch_bytes < routed_scratch_bytes<T>(p)) fail(kRoutedName, ": CUDA scratch too small");
   if (d.batch == 0 || d.q_len == 0) return;
   cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
   Carver c{static_cast<char*>(scratch)};
@@ -697,16 +715,13 @@ void run_routed(const RoutedParams& p, const RoutedTensors<T>& t, void* stream_p
   float* centroids = c.take<float>(d.batch * d.kv_heads * std::max<int64_t>(p.num_segments, 1) * d.head_dim);
   int32_t* lists = c.take<int32_t>(q_rows * a.top_k);
   float* out = c.take<float>(q_rows * d.v_head_dim);
-  const bool inverted = routed_by_segment(p) || routed_by_block_mma<Float16>(p);  // as routed_scratch_bytes
-  char* by_segment_scratch =
-      inverted ? c.take<char>(int64_t(routed_blocks_scratch_bytes(q_rows, a.top_k, routed_list_keys(p)))) : nullptr;
-  const bool by_mma = inverted && routed_by_block_mma<T>(p, q_att, k_att, v);
-  const bool by_segment = !by_mma && routed_by_segment(p);
   // read before any launch
+  const RoutedRoute route = routed_route<T>(p);  // as routed_scratch_bytes<T>
+  char* by_segment_scratch =
+      route.inverted_lists() ? c.take<char>(int64_t(routed_blocks_scratch_bytes(q_rows, a.top_k, routed_list_keys(p))))
+                             : nullptr;
+  const bool by_mma = route.by_mma, by_segment = route.by_segment, query_tiles = route.query_tiles;
   const bool overlap_loads = overlapped_loads_requested(kRoutedName), redux = redux_argmax_requested(kRoutedName);
-  const BlocksMode blocks = blocks_mode(kRoutedName);
-  const bool query_tiles = by_mma && query_tiles_wanted(blocks, d.batch, d.q_heads, d.q_len, 1, a.top_k,
-                                                        p.num_segments, d);
   // Under LOADS=async the tensor-core kernel reads 16-bit copies of the RoPE'd Q and K (rounded as its staging rounds
   // the float32 ones) and V in its own type: half the bytes, staged by cp.async, the same bits.
   const bool mma_16bit = by_mma && overlap_loads && reinterpret_cast<uintptr_t>(t.v) % 16 == 0;
@@ -793,6 +808,9 @@ template NsaPlan plan_nsa<BFloat16>(const NsaParams&, const NsaTensors<BFloat16>
 template void run_nsa<float>(const NsaParams&, const NsaTensors<float>&, const NsaPlan&, void*, void*, size_t);
 template void run_nsa<Float16>(const NsaParams&, const NsaTensors<Float16>&, const NsaPlan&, void*, void*, size_t);
 template void run_nsa<BFloat16>(const NsaParams&, const NsaTensors<BFloat16>&, const NsaPlan&, void*, void*, size_t);
+template size_t routed_scratch_bytes<float>(const RoutedParams&);
+template size_t routed_scratch_bytes<Float16>(const RoutedParams&);
+template size_t routed_scratch_bytes<BFloat16>(const RoutedParams&);
 template void run_routed<float>(const RoutedParams&, const RoutedTensors<float>&, void*, void*, size_t);
 template void run_routed<Float16>(const RoutedParams&, const RoutedTensors<Float16>&, void*, void*, size_t);
 template void run_routed<BFloat16>(const RoutedParams&, const RoutedTensors<BFloat16>&, void*, void*, size_t);

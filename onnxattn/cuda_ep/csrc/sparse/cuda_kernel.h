@@ -77,6 +77,8 @@ template <typename T>
 void run_nsa(const NsaParams& p, const NsaTensors<T>& t, const NsaPlan& plan, void* stream, void* scratch,
              size_t scratch_bytes);
 
+// Reads ONNXATTN_SPARSE_CUDA and _BLOCKS, as run_routed<T> does: the inverted lists' scratch only where it uses them.
+template <typename T>
 size_t routed_scratch_bytes(const RoutedParams& p);
 template <typename T>
 void run_routed(const RoutedParams& p, const RoutedTensors<T>& t, void* stream, void* scratch, size_t scratch_bytes);

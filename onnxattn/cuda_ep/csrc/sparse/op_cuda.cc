@@ -35,7 +35,7 @@ struct RoutedCudaKernel {
       Ort::KernelContext ctx(raw_context);
       const adapter::RoutedCall<T> call = adapter::prepare_routed<T>(attrs, ctx);
       const Ort::ConstMemoryInfo memory = ctx.GetInput(adapter::routed_io::kQ).GetTensorMemoryInfo();
-      const size_t bytes = cuda::routed_scratch_bytes(call.params);
+      const size_t bytes = cuda::routed_scratch_bytes<T>(call.params);
       ort::Scratch scratch(raw_context, memory, bytes, kRoutedName);
       cuda::run_routed<T>(call.params, call.tensors, ctx.GetGPUComputeStream(), scratch.data(), bytes);
     });
