@@ -270,6 +270,32 @@ def test_chunked_query_kernel_gives_the_row_kernels_bits(case_id, dtype, monkeyp
             np.testing.assert_array_equal(a, b)
 
 
+def unaligned_copy(x: torch.Tensor) -> torch.Tensor:
+    """`x`'s values in a view one element past an allocation's start (for 16-bit x: 2 bytes off 16-byte alignment)."""
+    view = torch.empty(x.numel() + 1, dtype=x.dtype, device=x.device)[1:].view(x.shape)
+    view.copy_(x)
+    return view
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("case_id", ["prefill-s96", "chunk-s5-p700", "decode-b2-g4-p1500", "dv-ne-d"])
+def test_unaligned_new_keys_keep_the_per_row_new_token_kernel(case_id, dtype, monkeypatch):
+    """The chunked new-token kernel (ONNXATTN_GQA_CUDA_ROTATION=chunks) reads key and value by 16-byte chunks: key
+    and value 2 bytes off that alignment make the plan itself keep the per-row kernel (append_key_chunks 0; it
+    reported chunks and the run fell back before), with the aligned run's bits."""
+    case = gc.CASES_BY_ID[case_id]
+    monkeypatch.setenv("ONNXATTN_GQA_CUDA_ROTATION", "chunks")
+    t = gt.to_device(case, dtype)
+    y, pk, pv, plan = gt.run(case, dtype, inputs={k: v.clone() for k, v in t.items()}, poison=True)[:4]
+    shifted = {k: unaligned_copy(v) if k in ("key", "value") else v.clone() for k, v in t.items()}
+    assert shifted["key"].data_ptr() % 16 != 0 and shifted["value"].data_ptr() % 16 != 0
+    y2, pk2, pv2, plan2 = gt.run(case, dtype, inputs=shifted, poison=True)[:4]
+    assert plan["append_key_chunks"] > 0 and plan2["append_key_chunks"] == 0, (plan, plan2)
+    for a, b in ((y2, y), (pk2, pk), (pv2, pv)):
+        if b is not None:
+            np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.skipif(not CUDA or torch.cuda.get_device_capability() != (9, 0), reason="the wgmma kernel needs an sm_90 GPU")
 @pytest.mark.parametrize("rotation", ["rows", "chunks"])
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])

@@ -164,7 +164,7 @@ int run_for_test(const Params& p, const OnnxAttnGqaTensors& in, const Request& r
   t.sinks = static_cast<const T*>(in.sinks);
   const bool present_outputs = t.present_key != nullptr && t.present_value != nullptr;
   const Plan plan = make_plan(p, sdpa::cuda::dtype_of<T>(), sdpa::cuda::device_info(sdpa::cuda::current_device()),
-                              request, aligned16(t), present_outputs);
+                              request, aligned16(t), present_outputs, new_tokens_aligned16(t));
   fill_plan_info(plan, info);
   if (plan.scratch_bytes > scratch_bytes) return 2;  // the caller allocates plan.scratch_bytes and calls again
   run(p, t, plan, stream, scratch, scratch_bytes);
@@ -177,8 +177,8 @@ int run_for_test(const Params& p, const OnnxAttnGqaTensors& in, const Request& r
 
 extern "C" {
 
-// The plan of `problem` on a described device. `aligned16`: the pointers the caller will pass are
-// 16-byte aligned; `present_outputs`: the caller provides present buffers. Returns 0, or 1 with a
+// The plan of `problem` on a described device. `aligned16`: the pointers the caller will pass (key and value
+// included) are 16-byte aligned; `present_outputs`: the caller provides present buffers. Returns 0, or 1 with a
 // message in err.
 ONNXATTN_EXPORT int OnnxAttnGqaCudaPlan(const OnnxAttnGqaProblem* problem, const OnnxAttnSdpaDevice* device,
                                         int32_t path, int32_t kernel, int32_t aligned16, int32_t present_outputs,
@@ -188,7 +188,7 @@ ONNXATTN_EXPORT int OnnxAttnGqaCudaPlan(const OnnxAttnGqaProblem* problem, const
     const onnxattn::gqa::Params p = params_from(*problem);
     const Plan plan = make_plan(p, dtype_from_onnx(problem->dtype, onnxattn::gqa::kOpName), device_from(*device),
                                 request_from(path, kernel, onnxattn::gqa::kOpName), aligned16 != 0,
-                                present_outputs != 0);
+                                present_outputs != 0, /*new_tokens_aligned16=*/aligned16 != 0);
     fill_plan_info(plan, out);
     return 0;
   });

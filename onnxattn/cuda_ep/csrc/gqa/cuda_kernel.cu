@@ -378,7 +378,11 @@ void run(const Params& p, const Tensors<T>& t_in, const Plan& plan, void* stream
     a.head_dim = int(p.head_dim);
     a.v_head_dim = int(p.v_head_dim);
     a.key_prep = row_prep<T>(p, p.k_norm ? t.k_norm_weight : nullptr, t.inv_freq);
-    if (plan.append_key_chunks > 0 && sdpa::cuda::is_aligned16(t.key) && sdpa::cuda::is_aligned16(t.value)) {
+    if (plan.append_key_chunks > 0) {
+      // the plan's condition (plan_for: the same tensors); 16-byte loads from anything else would fault
+      if (!new_tokens_aligned16(t)) {
+        throw std::runtime_error(str_cat(kOpName, ": unaligned key/value for the chunked kernel (plan/run mismatch)"));
+      }
       launch_append_chunks(a, plan, stream);
     } else {
       if (plan.append_blocks > int64_t(0x7fffffff)) throw std::runtime_error(str_cat(kOpName, ": too many new tokens"));

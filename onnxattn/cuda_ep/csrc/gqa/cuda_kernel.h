@@ -19,11 +19,17 @@ bool aligned16(const Tensors<T>& t) {
   return ok(t.query) && ok(t.output) && ok(t.present_key) && ok(t.present_value);
 }
 
+// The new tokens' key and value (read by 16-byte chunks where the plan chooses the chunked new-token kernel).
+template <typename T>
+bool new_tokens_aligned16(const Tensors<T>& t) {
+  return sdpa::cuda::is_aligned16(t.key) && sdpa::cuda::is_aligned16(t.value);
+}
+
 template <typename T>
 Plan plan_for(const Params& p, const Tensors<T>& t, const DeviceInfo& device) {
   const bool present_outputs = t.present_key != nullptr && t.present_value != nullptr;
   return make_plan(p, sdpa::cuda::dtype_of<T>(), device, sdpa::cuda::request_from_env(kOpName), aligned16(t),
-                   present_outputs);
+                   present_outputs, new_tokens_aligned16(t));
 }
 
 // Enqueues the call on `stream` (a cudaStream_t). Every pointer in `t` is device memory;

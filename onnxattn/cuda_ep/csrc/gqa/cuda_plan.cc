@@ -43,7 +43,7 @@ sdpa::Params attention_params(const Params& p) {
 }
 
 Plan make_plan(const Params& p, DType dtype, const DeviceInfo& device, const Request& request, bool aligned16,
-               bool present_outputs, bool rotate_queries, bool chunked_rotation) {
+               bool present_outputs, bool new_tokens_aligned16, bool rotate_queries, bool chunked_rotation) {
   Plan plan;
   plan.attention = attention_params(p);
   plan.per_batch = p.mode == CacheMode::kShared;
@@ -70,7 +70,7 @@ Plan make_plan(const Params& p, DType dtype, const DeviceInfo& device, const Req
                           (p.head_dim - rotary) % per_chunk == 0 && chunked_rotation;
   const int rotary_chunks = int(rotary_span / per_chunk);
   const int row_chunks = rotary_chunks + int((p.head_dim - rotary) / per_chunk);
-  if (chunk_rows && !p.k_norm && plan.append_rows > 0) {
+  if (chunk_rows && new_tokens_aligned16 && !p.k_norm && plan.append_rows > 0) {
     plan.append_rotary_chunks = rotary_chunks;
     plan.append_key_chunks = row_chunks;
     plan.append_value_chunks = int(p.v_head_dim / per_chunk);

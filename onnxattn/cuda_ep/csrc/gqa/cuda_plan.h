@@ -89,10 +89,11 @@ sdpa::Params attention_params(const Params& p);
 
 // `aligned16`: every row of query, output and the present caches starts on a 16-byte boundary (base
 // pointers; the strides are multiples of D and Dv, checked here). `present_outputs`: the node asks for
-// present_key/present_value (else the caches live in scratch). Throws InputError naming the op when the
-// CUDA kernels cannot run the problem.
+// present_key/present_value (else the caches live in scratch). `new_tokens_aligned16`: key and value start on
+// 16-byte boundaries (the chunked new-token kernel reads them by 16-byte chunks). Throws InputError naming the op
+// when the CUDA kernels cannot run the problem.
 Plan make_plan(const Params& p, DType dtype, const DeviceInfo& device, const Request& request, bool aligned16,
-               bool present_outputs, bool rotate_queries = rotated_queries_from_env(),
+               bool present_outputs, bool new_tokens_aligned16, bool rotate_queries = rotated_queries_from_env(),
                bool chunked_rotation = chunked_rotation_from_env());
 
 }  // namespace onnxattn::gqa::cuda
