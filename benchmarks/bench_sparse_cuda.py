@@ -79,33 +79,20 @@ import ort_cuda  # noqa: E402
 import sdpa_cuda_lib as lib  # noqa: E402
 from bench_sdpa_cuda import env_vars, environment, time_cuda, time_graph, time_wall  # noqa: E402
 from bench_sparse_cpu import BLOCK, CASES, D, HKV, HQ, TOP, WINDOW, attended_keys  # noqa: E402
+from sparse_columns import COLUMNS, PATHS  # noqa: E402
 
 DTYPE = torch.bfloat16
-# the default path (mma), its opt-in variants and the dense references first; the fast and simple paths, the slowest,
-# last (when the time budget runs short it skips the last columns first)
-IMPLS = ("nsa_mma", "routed_mma", "nsa_mma_tiles", "routed_mma_tiles", "nsa_mma_async", "routed_mma_async",
-         "dense_ort", "dense", "nsa_dot_mma", "torch_flash", "torch_cudnn", "nsa", "nsa_dot", "routed", "nsa_simple",
-         "routed_simple")
+IMPLS = tuple(c.name for c in sorted(COLUMNS, key=lambda c: c.run))  # run and table order: Column.run
 NSA_DOT = ("NativeSparseAttention", ["Q", "K", "V", "gates"], CASES["nsa"][2])
-# implementation -> (op, inputs, attributes) and the environment its runs see
-ORT_CASES = {"nsa": CASES["nsa"], "nsa_dot": NSA_DOT, "nsa_simple": CASES["nsa"], "routed": CASES["routed"],
-             "routed_simple": CASES["routed"], "dense_ort": CASES["dense"], "nsa_mma": CASES["nsa"],
-             "nsa_dot_mma": NSA_DOT, "routed_mma": CASES["routed"], "nsa_mma_async": CASES["nsa"],
-             "routed_mma_async": CASES["routed"], "nsa_mma_tiles": CASES["nsa"],
-             "routed_mma_tiles": CASES["routed"]}  # fmt: skip
-FAST, SIMPLE, MMA = ({"ONNXATTN_SPARSE_CUDA": v} for v in ("fast", "simple", "mma"))
-MMA_ASYNC = {**MMA, "ONNXATTN_SPARSE_CUDA_LOADS": "async", "ONNXATTN_SPARSE_CUDA_ARGMAX": "redux"}
-MMA_TILES = {**MMA_ASYNC, "ONNXATTN_SPARSE_CUDA_BLOCKS": "queries"}
-ORT_ENV = {"nsa": FAST, "nsa_dot": FAST, "routed": FAST, "nsa_simple": SIMPLE, "routed_simple": SIMPLE,
-           "nsa_mma": MMA, "nsa_dot_mma": MMA, "routed_mma": MMA, "nsa_mma_async": MMA_ASYNC,
-           "routed_mma_async": MMA_ASYNC, "nsa_mma_tiles": MMA_TILES, "routed_mma_tiles": MMA_TILES}  # fmt: skip
-TORCH_BACKENDS = {"torch_flash": "FLASH_ATTENTION", "torch_cudnn": "CUDNN_ATTENTION"}
-SPARSE = ("nsa", "nsa_dot", "nsa_simple", "routed", "routed_simple", "nsa_mma", "nsa_dot_mma", "routed_mma",
-          "nsa_mma_async", "routed_mma_async", "nsa_mma_tiles", "routed_mma_tiles")
-DENSE, TORCH = ("dense_ort", "dense"), ("torch_flash", "torch_cudnn")
-FAST_VS_SIMPLE = (("nsa", "nsa_simple"), ("routed", "routed_simple"), ("nsa_mma", "nsa"), ("nsa_dot_mma", "nsa_dot"),
-                  ("routed_mma", "routed"), ("nsa_mma_async", "nsa_mma"), ("routed_mma_async", "routed_mma"),
-                  ("nsa_mma_tiles", "nsa_mma_async"), ("routed_mma_tiles", "routed_mma_async"))
+# implementation -> (op, inputs, attributes) and the environment its runs see (grouped by path: the recorded config)
+ORT_CASES = {c.name: NSA_DOT if c.case == "nsa_dot" else CASES[c.case] for c in COLUMNS if c.case}
+ORT_ENV = {c.name: env for path, env in PATHS.items() for c in COLUMNS if c.path == path}
+TORCH_BACKENDS = {c.name: c.backend for c in COLUMNS if c.backend}
+SPARSE = tuple(c.name for c in COLUMNS if c.kind == "sparse")
+# the dense reference: the one through onnxruntime (the sparse ops' path) when measured, else the C entry
+DENSE = tuple(c.name for c in sorted((c for c in COLUMNS if c.kind == "dense"), key=lambda c: not c.case))
+TORCH = tuple(c.name for c in COLUMNS if c.kind == "torch")
+FAST_VS_SIMPLE = tuple((c.name, c.baseline) for c in COLUMNS if c.baseline)
 PROBE_SEQ = 1024  # the placement check's run
 SKIPPED = "skipped: "
 CAP_MARGIN_S = 4.0  # past --budget-s, before gpu_check.sh's cap (40 s) ends the process

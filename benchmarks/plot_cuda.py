@@ -30,6 +30,10 @@ import json
 import sys
 from pathlib import Path
 
+if str(Path(__file__).parent) not in sys.path:  # sparse_columns next to this file, also when imported by path
+    sys.path.insert(0, str(Path(__file__).parent))
+from sparse_columns import COLUMNS, PATHS  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 DEFAULTS = [RESULTS / f"{name}_cuda_h100.json" for name in ("sdpa", "gqa", "paged", "mla", "sparse")]
@@ -44,18 +48,7 @@ LABELS = {
     "ort_gqa": "ORT GroupQueryAttention",
     "gqa_contiguous": "contiguous (our GQA decode)",
     "onnxattn_ort": "paged via ORT CUDA EP",
-    "nsa": "NativeSparseAttention (ORT CUDA EP)",
-    "routed": "SparseRoutedAttention (ORT CUDA EP)",
-    "dense": "dense SDPA, ours (C entry)",
-    "dense_ort": "dense SDPA, ours (ORT CUDA EP)",
-    "nsa_dot": "NSA, dot-product selection",
-    "nsa_mma": "NSA, tensor-core path (mma)",
-    "nsa_dot_mma": "NSA dot selection, mma",
-    "routed_mma": "SparseRoutedAttention, mma",
-    "nsa_mma_async": "NSA, mma, overlapped loads",
-    "routed_mma_async": "routed, mma, overlapped loads",
-    "nsa_mma_tiles": "NSA, mma, query tiles",
-    "routed_mma_tiles": "routed, mma, query tiles",
+    **{c.name: c.label for c in COLUMNS if c.label},  # the sparse benchmark's (torch's: the entries above)
 }
 COLORS = {
     "onnxattn": "tab:blue",
@@ -65,18 +58,7 @@ COLORS = {
     "ort_gqa": "tab:red",
     "gqa_contiguous": "tab:gray",
     "onnxattn_ort": "tab:cyan",
-    "nsa": "tab:purple",
-    "routed": "tab:brown",
-    "dense": "tab:blue",
-    "dense_ort": "tab:cyan",
-    "nsa_dot": "tab:pink",
-    "nsa_mma": "indigo",
-    "nsa_dot_mma": "orchid",
-    "routed_mma": "saddlebrown",
-    "nsa_mma_async": "slateblue",
-    "routed_mma_async": "chocolate",
-    "nsa_mma_tiles": "darkviolet",
-    "routed_mma_tiles": "peru",
+    **{c.name: c.color for c in COLUMNS if c.color},
 }
 DTYPE = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
 PREFILL_TARGET_TFLOPS = 300.0  # the SDPA issue's first prefill target (FA2 class) at S=4k
@@ -399,24 +381,15 @@ def table_mla(data: dict) -> str:
 
 # ------------------------------------------------------------------------------------------------ sparse
 
-SPARSE_IMPLS = ("nsa", "nsa_dot", "routed", "nsa_mma", "nsa_dot_mma", "routed_mma", "nsa_mma_async",
-                "routed_mma_async", "nsa_mma_tiles", "routed_mma_tiles", "dense", "dense_ort", "torch_flash",
-                "torch_cudnn")
-SPARSE_RATIOS = ("nsa/dense", "routed/dense", "nsa/torch", "routed/torch", "nsa_mma/dense", "nsa_dot_mma/dense",
-                 "routed_mma/dense", "nsa_mma_async/dense", "routed_mma_async/dense", "nsa_mma_tiles/dense",
-                 "routed_mma_tiles/dense")
-SPARSE_HEADS = {"nsa": "NSA ms", "nsa_dot": "NSA dot ms", "routed": "routed ms", "nsa_mma": "NSA mma ms",
-                "nsa_dot_mma": "NSA dot mma ms", "routed_mma": "routed mma ms", "dense": "dense ms (ours, C entry)",
-                "dense_ort": "dense ms (ours, ORT)", "torch_flash": "torch flash ms", "torch_cudnn": "torch cuDNN ms",
-                "nsa/dense": "NSA / dense", "routed/dense": "routed / dense", "nsa/torch": "NSA / torch",
-                "routed/torch": "routed / torch", "nsa_mma/dense": "NSA mma / dense",
-                "nsa_dot_mma/dense": "NSA dot mma / dense", "routed_mma/dense": "routed mma / dense",
-                "nsa_mma_async": "NSA mma async ms", "routed_mma_async": "routed mma async ms",
-                "nsa_mma_async/dense": "NSA mma async / dense",
-                "routed_mma_async/dense": "routed mma async / dense",
-                "nsa_mma_tiles": "NSA mma tiles ms", "routed_mma_tiles": "routed mma tiles ms",
-                "nsa_mma_tiles/dense": "NSA mma tiles / dense",
-                "routed_mma_tiles/dense": "routed mma tiles / dense"}  # fmt: skip
+# the columns drawn and tabulated: the sparse ones, then the references
+SPARSE_IMPLS = tuple(c.name for sparse in (True, False) for c in COLUMNS
+                     if c.heading and (c.kind == "sparse") == sparse)  # fmt: skip
+# per path, its time ratios to dense, then to torch
+SPARSE_RATIOS = tuple(f"{c.name}/{ref}" for path in PATHS for ref in ("dense", "torch") for c in COLUMNS
+                      if c.path == path and ref in c.plot_ratios)  # fmt: skip
+SPARSE_HEADS = {**{c.name: c.heading for c in COLUMNS if c.heading},
+                **{f"{c.name}/{ref}": f"{c.heading.removesuffix(' ms')} / {ref}"
+                   for c in COLUMNS for ref in c.plot_ratios}}  # fmt: skip
 
 
 def plot_sparse(data: dict, png: Path) -> None:
