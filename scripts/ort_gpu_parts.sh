@@ -3,8 +3,9 @@
 # than ../shared/device/ort-gpu-parts (whose wheel parts scripts/gpu_check.sh also accepts).
 # The wheel (~245 MiB) is more than one call carries (64 MiB with the working tree). Python needs only its
 # onnxruntime/ folder, less libonnxruntime.so (for C API users; the Python module does not link it) and the
-# TensorRT provider; as tar.xz that is ~187 MiB: three parts of 60 MiB, one per call, and a remainder of ~7 MiB
-# that travels with the library in the call that runs the checks. Made here, under the git-ignored .devcarry/:
+# TensorRT provider; as tar.xz that is ~187 MiB: three parts of 55 MiB, one per call, and a remainder of ~22 MiB
+# that travels with the library (~15 MiB) in the call that runs the checks. A call carries 64 MiB with the working
+# tree (~5 MiB), so parts of 60 MiB did not fit. Made here, under the git-ignored .devcarry/:
 #   .devcarry/ort-1 .. ort-3   one call each:  mkdir -p /tmp/ortparts && cp .devcarry/ort-N/* /tmp/ortparts/
 #   .devcarry/ort-4, .devcarry/pywheels   carried by the checks' call with the library, whose command starts
 #                                         mkdir -p /tmp/ortparts && cp .devcarry/ort-4/* /tmp/ortparts/ && ...
@@ -33,7 +34,7 @@ trap 'rm -rf "$work"' EXIT
 name=onnxruntime_gpu-$ver.tar.xz
 tar -C "$work" -cf - onnxruntime | xz -T0 -6 > "$work/$name"
 rm -rf .devcarry/ort-*
-split -b 60M -d -a 1 "$work/$name" "$work/part-"
+split -b 55M -d -a 1 "$work/$name" "$work/part-"
 n=0
 for p in "$work"/part-*; do
   n=$((n + 1)); mkdir -p ".devcarry/ort-$n"; mv "$p" ".devcarry/ort-$n/$name.$(basename "$p")"
