@@ -675,10 +675,7 @@ RoutedRoute routed_route(const RoutedParams& p) {
   return r;
 }
 
-}  // namespace
-
-template <typename T>
-size_t routed_scratch_bytes(const RoutedParams& p) {
+size_t routed_scratch_bytes_of(const RoutedParams& p, const RoutedRoute& route) {
   const Dims& d = p.dims;
   Carver c{nullptr};
   const int64_t q = d.batch * d.q_heads * d.q_len, k = d.batch * d.kv_heads * d.kv_len;
@@ -690,10 +687,17 @@ size_t routed_scratch_bytes(const RoutedParams& p) {
   c.take<float>(d.batch * d.kv_heads * std::max<int64_t>(p.num_segments, 1) * d.head_dim);
   c.take<int32_t>(q * p.attrs.top_k);
   c.take<float>(q * d.v_head_dim);
-  if (routed_route<T>(p).inverted_lists()) {
+  if (route.inverted_lists()) {
     c.take<char>(int64_t(routed_blocks_scratch_bytes(routed_rows(p), p.attrs.top_k, routed_list_keys(p))));
   }
   return c.used;
+}
+
+}  // namespace
+
+template <typename T>
+size_t routed_scratch_bytes(const RoutedParams& p) {
+  return routed_scratch_bytes_of(p, routed_route<T>(p));
 }
 
 template <typename T>
@@ -701,7 +705,10 @@ void run_routed(const RoutedParams& p, const RoutedTensors<T>& t, void* stream_p
   const Dims& d = p.dims;
   const RoutedAttributes& a = p.attrs;
   check_cuda_support(kRoutedName, d.head_dim, d.v_head_dim, p.num_segments, a.top_k);
-  if (scratch_bytes < routed_scratch_bytes<T>(p)) fail(kRoutedName, ": CUDA scratch too small");
+  const RoutedRoute route = routed_route<T>(p);  // the environment read once, before any launch
+  if (scratch_bytes < routed_scratch_bytes_of(p, route)) fail(kRoutedName, ": CUDA scratch too small");
+  // the carved float32 copies the tensor-core kernel reads by 16-byte chunks are aligned through the base
+  if (reinterpret_cast<uintptr_t>(scratch) % 256 != 0) fail(kRoutedName, ": CUDA scratch not 256-byte aligned");
   if (d.batch == 0 || d.q_len == 0) return;
   cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
   Carver c{static_cast<char*>(scratch)};
@@ -715,12 +722,11 @@ void run_routed(const RoutedParams& p, const RoutedTensors<T>& t, void* stream_p
   float* centroids = c.take<float>(d.batch * d.kv_heads * std::max<int64_t>(p.num_segments, 1) * d.head_dim);
   int32_t* lists = c.take<int32_t>(q_rows * a.top_k);
   float* out = c.take<float>(q_rows * d.v_head_dim);
-  // read before any launch
-  const RoutedRoute route = routed_route<T>(p);  // as routed_scratch_bytes<T>
   char* by_segment_scratch =
       route.inverted_lists() ? c.take<char>(int64_t(routed_blocks_scratch_bytes(q_rows, a.top_k, routed_list_keys(p))))
                              : nullptr;
   const bool by_mma = route.by_mma, by_segment = route.by_segment, query_tiles = route.query_tiles;
+  // read before any launch
   const bool overlap_loads = overlapped_loads_requested(kRoutedName), redux = redux_argmax_requested(kRoutedName);
   // Under LOADS=async the tensor-core kernel reads 16-bit copies of the RoPE'd Q and K (rounded as its staging rounds
   // the float32 ones) and V in its own type: half the bytes, staged by cp.async, the same bits.

@@ -80,6 +80,7 @@ void run_nsa(const NsaParams& p, const NsaTensors<T>& t, const NsaPlan& plan, vo
 // Reads ONNXATTN_SPARSE_CUDA and _BLOCKS, as run_routed<T> does: the inverted lists' scratch only where it uses them.
 template <typename T>
 size_t routed_scratch_bytes(const RoutedParams& p);
+// `scratch`: routed_scratch_bytes<T>(p) device bytes, 256-byte aligned (onnxruntime's allocations are).
 template <typename T>
 void run_routed(const RoutedParams& p, const RoutedTensors<T>& t, void* stream, void* scratch, size_t scratch_bytes);
 
