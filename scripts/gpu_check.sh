@@ -12,10 +12,11 @@
 #      bench_paged_cuda.py, bench_sparse_cuda.py, bench_models_cuda.py: whole-model float16 generation) and
 #      benchmarks/profile_cuda.py
 #      (per-kernel device time of the paths short of their targets)
+#   5. Nsight Compute on the split-KV decode kernel, where the call still has time (the cause of issue 3's miss)
 # then prints one summary table and leaves under $OUT (the device tool's output folder; out/gpu_check
-# elsewhere) 4 files, of the 8 the device tool returns at most: gpu_check.json (summary), gpu_tests.xml (the
+# elsewhere) 5 files, of the 8 the device tool returns at most: gpu_check.json (summary), gpu_tests.xml (the
 # serial stages' gpu_tests_*.xml merged into it), benchmarks.json (every bench_<name>_cuda.json bundled into it,
-# both by gpu_summary.py), gpu_check.log. Split the returned bundle into benchmarks/results/<name>_cuda_<device>.json
+# both by gpu_summary.py), gpu_check.log, and ncu_decode.txt where Nsight Compute ran (stage 5). Split the returned bundle into benchmarks/results/<name>_cuda_<device>.json
 # with scripts/gpu_unbundle.py <files_at>/benchmarks.json [--summary <files_at>/gpu_check.json].
 #
 # Nothing compiles on the GPU machine. Here, first:
@@ -51,6 +52,8 @@ mkdir -p "$OUT"
 CAP_TESTS_PARALLEL=130 CAP_TESTS=85 CAP_GQA_TESTS=70 CAP_SPARSE_TESTS=90 CAP_PAGED_TESTS=55 CAP_SANITIZE=${CAP_SANITIZE:-90}
 CAP_BENCH_SDPA=80 CAP_BENCH_GQA=50 CAP_BENCH_MLA=20 CAP_BENCH_INDEXER=15 CAP_BENCH_PAGED=30 CAP_BENCH_SPARSE=40 CAP_BENCH_MODELS=60
 CAP_PROFILE=45  # benchmarks/profile_cuda.py: per-kernel device time of the paths short of their targets
+# Nsight Compute on the decode kernel, only where it can start by NCU_LATEST_START s and still leave the summary time
+CAP_NCU=40 NCU_LATEST_START=500
 
 main() {
 
@@ -196,6 +199,32 @@ fi
 if [[ $benches == *,models,* ]]; then
   timeout "$CAP_BENCH_MODELS" python3 benchmarks/bench_models_cuda.py --out "$OUT/bench_models_cuda.json" "${quick[@]}"
   models_bench_rc=$?
+fi
+
+# Issue 3's largest miss is the split-KV decode (H200 at 21d5171: 67% of copy bandwidth at B=16, 47% at B=1, where
+# cuDNN reads at ~100%), and its cause is not known: occupancy, bytes in flight, or each warp's step latency.
+# Nsight Compute's stall reasons, memory throughput and occupancy of three launches say which: the default decode
+# at B=16 and B=1 (GQA 32/8, Skv 32k, D 128, float16), then B=1 with the opt-in direct loads and two stages. A
+# diagnosis (ncu_decode.txt, key lines in the log); its exit status is reported only.
+if [ "${GPU_CHECK_NCU:-1}" = 1 ] && command -v ncu >/dev/null && [ "$SECONDS" -lt "$NCU_LATEST_START" ]; then
+  echo "== Nsight Compute on decode_mma_kernel (${SECONDS}s in)"
+  cat > /tmp/ncu_decode_launch.py <<'PY'
+import os, torch, sdpa_cuda_lib as lib
+lean = {"ONNXATTN_SDPA_CUDA_DECODE_LOADS": "direct", "ONNXATTN_SDPA_CUDA_DECODE_STAGES": "2"}
+for batch, env in ((16, {}), (1, {}), (1, lean)):
+    os.environ.update(env)
+    q = torch.randn(batch, 32, 1, 128, dtype=torch.float16, device="cuda")
+    k, v = (torch.randn(batch, 8, 32768, 128, dtype=torch.float16, device="cuda") for _ in range(2))
+    print(f"B={batch} {env}:", lib.run(q, k, v)[2]["reason"], flush=True)
+    torch.cuda.synchronize()
+PY
+  timeout "$CAP_NCU" ncu --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy \
+    --section LaunchStats --section SchedulerStats --section WarpStateStats -k regex:decode_mma_kernel -c 3 \
+    python3 /tmp/ncu_decode_launch.py > "$OUT/ncu_decode.txt" 2>&1
+  echo "ncu: exit $? ($(wc -l < "$OUT/ncu_decode.txt") lines in ncu_decode.txt)"
+  grep -E "^B=|decode_mma_kernel|Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Theoretical Occupancy|\
+Registers Per|Issue Slots Busy|No Eligible|Active Warps Per|Eligible Warps|Warp Cycles Per Issued|[Ss]tall" \
+    "$OUT/ncu_decode.txt" | head -60
 fi
 
 echo "== summary"
