@@ -203,15 +203,18 @@ fi
 
 # Issue 3's largest miss is the split-KV decode (H200 at 21d5171: 67% of copy bandwidth at B=16, 47% at B=1, where
 # cuDNN reads at ~100%), and its cause is not known: occupancy, bytes in flight, or each warp's step latency.
-# Nsight Compute's stall reasons, memory throughput and occupancy of three launches say which: the default decode
-# at B=16 and B=1 (GQA 32/8, Skv 32k, D 128, float16), then B=1 with the opt-in direct loads and two stages. A
-# diagnosis (ncu_decode.txt, key lines in the log); its exit status is reported only.
+# Nsight Compute's stall reasons, memory throughput and occupancy of four launches say which: the default decode
+# at B=16 and B=1 (GQA 32/8, Skv 32k, D 128, float16), then the opt-in direct loads at B=16 and, with two stages a
+# warp, at B=1. A diagnosis (ncu_decode.txt, key lines in the log); its exit status is reported only.
 if [ "${GPU_CHECK_NCU:-1}" = 1 ] && command -v ncu >/dev/null && [ "$SECONDS" -lt "$NCU_LATEST_START" ]; then
   echo "== Nsight Compute on decode_mma_kernel (${SECONDS}s in)"
   cat > /tmp/ncu_decode_launch.py <<'PY'
 import os, torch, sdpa_cuda_lib as lib
-lean = {"ONNXATTN_SDPA_CUDA_DECODE_LOADS": "direct", "ONNXATTN_SDPA_CUDA_DECODE_STAGES": "2"}
-for batch, env in ((16, {}), (1, {}), (1, lean)):
+direct = {"ONNXATTN_SDPA_CUDA_DECODE_LOADS": "direct"}
+lean = {**direct, "ONNXATTN_SDPA_CUDA_DECODE_STAGES": "2"}
+for batch, env in ((16, {}), (1, {}), (16, direct), (1, lean)):
+    for name in lean:
+        os.environ.pop(name, None)
     os.environ.update(env)
     q = torch.randn(batch, 32, 1, 128, dtype=torch.float16, device="cuda")
     k, v = (torch.randn(batch, 8, 32768, 128, dtype=torch.float16, device="cuda") for _ in range(2))
@@ -219,7 +222,7 @@ for batch, env in ((16, {}), (1, {}), (1, lean)):
     torch.cuda.synchronize()
 PY
   timeout "$CAP_NCU" ncu --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy \
-    --section LaunchStats --section SchedulerStats --section WarpStateStats -k regex:decode_mma_kernel -c 3 \
+    --section LaunchStats --section SchedulerStats --section WarpStateStats -k regex:decode_mma_kernel -c 4 \
     python3 /tmp/ncu_decode_launch.py > "$OUT/ncu_decode.txt" 2>&1
   echo "ncu: exit $? ($(wc -l < "$OUT/ncu_decode.txt") lines in ncu_decode.txt)"
   grep -E "^B=|decode_mma_kernel|Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Theoretical Occupancy|\
