@@ -218,6 +218,9 @@ def cmd_generate(args) -> int:
                  "auto": None}[args.provider]
     model = hf_model = None
     if Path(args.model).is_file():
+        if args.compare_torch:  # before generating, not after
+            raise ValueError("generate: --compare-torch needs a model name or a transformers checkpoint (the eager "
+                             f"model to compare with), not an exported file ({args.model})")
         path = Path(args.model)
         vocab = args.vocab_size
     else:  # a model name or a transformers checkpoint: export it first
@@ -246,9 +249,6 @@ def cmd_generate(args) -> int:
         if tokenizer is not None:
             print(f"  text: {tokenizer.decode(row.tolist())!r}")
     if args.compare_torch:
-        if model is None:
-            raise ValueError("generate: --compare-torch needs a model name or a transformers checkpoint (the "
-                             "eager model to compare with)")
         if hf_model is not None:
             tokens = _transformers_greedy(hf_model, ids, args.max_new_tokens)
             same = np.array_equal(tokens, out.tokens)

@@ -41,6 +41,11 @@ def test_export_run_bench_info(tmp_path, capsys):
     assert main(["generate", str(path), "--ids", "1,2,3;4,5,6", "-n", "5", "--quiet", "--provider", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "prompt 2 x 3, 5 new tokens per row" in out and "tokens/s" in out
+    # an exported file has no eager model to compare with: refused before generating anything
+    assert main(["generate", str(path), "-n", "5", "--quiet", "--provider", "cpu", "--compare-torch"]) == 2
+    captured = capsys.readouterr()
+    assert "--compare-torch needs a model name or a transformers checkpoint" in captured.err
+    assert "tokens/s" not in captured.out
 
     # a model onnxruntime refuses (a node edited after export): its message, no traceback
     for attribute in next(n for n in model.graph.node if n.domain == ops.DOMAIN).attribute:
