@@ -137,6 +137,11 @@ def _model_source(spec: str, overrides: list[str] | None):
     """(what export_model takes, a name for files, the transformers model or None): a reference model's name,
     or a directory holding a transformers checkpoint (config.json + weights), converted with its weights."""
     if not Path(spec).is_dir():
+        if spec.endswith(".onnx"):  # meant as an exported model
+            if not Path(spec).exists():
+                raise FileNotFoundError(f"{spec}: no such file")
+            raise ValueError(f"{spec} is an exported model: this command takes a model name or a transformers "
+                             "checkpoint directory")
         if "/" in spec or "\\" in spec:  # meant as a path (model names have no slashes)
             raise FileNotFoundError(f"{spec}: no such directory (a transformers checkpoint) or model name")
         return spec, spec, None

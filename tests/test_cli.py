@@ -66,10 +66,17 @@ def test_generate_a_model_name_compared_with_torch(tmp_path, capsys):
     assert main([*args, "--no-library"]) == 0
 
 
-def test_unknown_model_name_is_a_clear_error(capsys):
+def test_unknown_model_name_is_a_clear_error(tmp_path, capsys):
     assert main(["export", "no-such-model"]) == 2
     err = capsys.readouterr().err
     assert "unknown model 'no-such-model'" in err and "llama" in err and "deepseek-v3" in err
+    # a missing exported file is a missing file, not an unknown model name
+    assert main(["generate", "missing.onnx", "--quiet"]) == 2
+    assert "missing.onnx: no such file" in capsys.readouterr().err
+    exported = tmp_path / "exported.onnx"
+    exported.write_bytes(b"")
+    assert main(["export", str(exported)]) == 2
+    assert "is an exported model: this command takes a model name" in capsys.readouterr().err
 
 
 def test_help_names_every_registered_model_by_kind():
