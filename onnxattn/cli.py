@@ -69,19 +69,49 @@ def cmd_validate(args) -> int:
     return 0 if report.ok else 1
 
 
-def _random_feeds(session, dims: dict[str, int], seed: int = 0) -> dict[str, np.ndarray]:
+def _gather_rows(model_path: str) -> dict[str, int]:
+    """Graph input -> rows of the initializer table it indexes in a Gather (token, position and token-type ids)."""
+    import onnx
+
+    graph = onnx.load(model_path, load_external_data=False).graph
+    tables = {t.name: t.dims[0] for t in graph.initializer if t.dims}
+    inputs = {i.name for i in graph.input}
+    rows = {}
+    for node in graph.node:
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+        if node.op_type == "Gather" and axis == 0 and node.input[1] in inputs and node.input[0] in tables:
+            rows[node.input[1]] = min(rows.get(node.input[1], tables[node.input[0]]), tables[node.input[0]])
+    return rows
+
+
+def _random_feeds(session, model_path: str, dims: dict[str, int], seed: int = 0) -> dict[str, np.ndarray]:
+    """Random inputs that keep the model's contracts: ids below the rows of the table they index, an attention mask
+    that hides nothing, shared-buffer past_lengths within the room the buffers leave for the new tokens (buffers of
+    sequence + 4 unless --dim max_sequence says otherwise); other integers in [0, 16), floats standard normal."""
     rng = np.random.default_rng(seed)
+    rows = _gather_rows(model_path)
+    names = {inp.name for inp in session.get_inputs()}
+    if "past_lengths" in names:
+        dims = {"max_sequence": dims.get("sequence", 4) + 4, **dims}
     feeds = {}
     for inp in session.get_inputs():
         shape = [d if isinstance(d, int) else dims.get(d, 4) for d in inp.shape]
-        if "int64" in inp.type:
-            feeds[inp.name] = rng.integers(0, 16, shape).astype(np.int64)
+        if inp.name == "attention_mask":
+            feeds[inp.name] = np.ones(shape, dtype=bool if "bool" in inp.type else np.int64)
+        elif inp.type in ("tensor(int64)", "tensor(int32)"):
+            dtype = np.int64 if inp.type == "tensor(int64)" else np.int32
+            feeds[inp.name] = rng.integers(0, rows.get(inp.name, 16), shape).astype(dtype)
         elif "bool" in inp.type:
             feeds[inp.name] = rng.random(shape) < 0.8
         elif "float16" in inp.type:
             feeds[inp.name] = rng.standard_normal(shape).astype(np.float16)
         else:
             feeds[inp.name] = rng.standard_normal(shape).astype(np.float32)
+    if "past_lengths" in feeds and "input_ids" in feeds:
+        buffer = next(v for k, v in feeds.items() if k.startswith("past_key_values."))
+        room = max(buffer.shape[2] - feeds["input_ids"].shape[1], 0)
+        lengths = feeds["past_lengths"]
+        feeds["past_lengths"] = rng.integers(0, room + 1, lengths.shape).astype(lengths.dtype)
     return feeds
 
 
@@ -90,7 +120,7 @@ def cmd_run(args) -> int:
 
     session = make_session(args.model, use_library=not args.no_library,
                            providers=[args.provider] if args.provider else None)
-    feeds = _random_feeds(session, _parse_dims(args.dim))
+    feeds = _random_feeds(session, args.model, _parse_dims(args.dim))
     outputs, seconds = _timed(lambda: session.run(None, feeds), args.repeat)
     print(f"{args.model}: {'function (no library)' if args.no_library else 'onnxattn kernels'} on "
           f"{session.get_providers()[0]}, best of {args.repeat}: {seconds * 1e3:.2f} ms")
@@ -106,7 +136,7 @@ def cmd_bench(args) -> int:
     providers = [args.provider] if args.provider else None
     with_lib = make_session(args.model, use_library=True, providers=providers)
     without = make_session(args.model, use_library=False, providers=providers)
-    feeds = _random_feeds(with_lib, dims)
+    feeds = _random_feeds(with_lib, args.model, dims)
     out_lib, t_lib = _timed(lambda: with_lib.run(None, feeds), args.repeat)
     out_fn, t_fn = _timed(lambda: without.run(None, feeds), args.repeat)
     diff = max(float(np.max(np.abs(a.astype(np.float64) - b))) for a, b in zip(out_lib, out_fn))
@@ -442,7 +472,8 @@ def build_parser() -> argparse.ArgumentParser:
                                   ("bench", cmd_bench, "time a model with our kernels vs its reference functions")):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("model")
-        p.add_argument("--dim", action="append", metavar="NAME=SIZE", help="size of a symbolic input dim")
+        p.add_argument("--dim", action="append", metavar="NAME=SIZE",
+                       help="size of a symbolic input dim (default 4; a shared cache's max_sequence: sequence + 4)")
         p.add_argument("--provider", help="onnxruntime execution provider (default: CUDA if available, else CPU)")
         p.add_argument("--repeat", type=int, default=5)
         if name == "run":

@@ -87,3 +87,24 @@ def test_help_names_every_registered_model_by_kind():
     kinds = {name: models.build(name).kind for name in models.MODELS}
     assert set(MODEL_NAMES["decoders"]) == {n for n, k in kinds.items() if k == "decoder"}
     assert set(MODEL_NAMES["others"]) == {n for n, k in kinds.items() if k != "decoder"}
+
+
+def test_run_and_bench_feed_inputs_that_keep_the_models_contracts(tmp_path, capsys):
+    """`run` and `bench` make random inputs the model accepts: BERT's token_type_ids below its 2 types and a mask of
+    ones, a shared-buffer decoder's past_lengths within the room its buffers leave (they had drawn every integer
+    from [0, 16): onnxruntime refused both models)."""
+    from onnxattn.cli import _random_feeds
+    from onnxattn.cuda_ep import make_session
+
+    for name, extra in (("bert", []), ("gemma3", ["--cache", "shared"])):
+        path = tmp_path / f"{name}.onnx"
+        assert main(["export", name, "-o", str(path), "--set", "num_layers=1", "--quiet", *extra]) == 0
+        for command in ("run", "bench"):
+            assert main([command, str(path), "--provider", "CPUExecutionProvider", "--repeat", "1"]) == 0, command
+        feeds = _random_feeds(make_session(str(path), providers=["CPUExecutionProvider"]), str(path), {})
+        if name == "bert":
+            assert feeds["token_type_ids"].max() < 2 and feeds["attention_mask"].min() == 1
+        else:
+            buffer = feeds["past_key_values.0.key"].shape[2]
+            assert buffer == 8 and 0 <= feeds["past_lengths"].min() and feeds["past_lengths"].max() <= 4
+    capsys.readouterr()
