@@ -90,6 +90,10 @@ CASES = [
     nsa("paper-decode", q_len=1, kv_len=37, compressed=True, gates=(1, 4, 1, 3), **PAPER),
     nsa("paper-chunk-b2", batch=2, q_len=6, kv_len=30, compressed=True, gates=(2, 4, 6, 3), **PAPER),
     nsa("paper-mqa-g8", q_heads=8, kv_heads=1, q_len=14, kv_len=14, compressed=True, **PAPER),
+    # fewer keys than a block: no compressed token yet (a short prompt; the function failed in onnxruntime, whose
+    # ReduceMax/ReduceSum leave an empty axis empty under keepdims=1)
+    nsa("paper-shorter-than-a-block", q_len=3, kv_len=3, compressed=True, gates=(1, 4, 3, 3), **PAPER),
+    nsa("paper-decode-in-the-first-block", batch=2, q_len=1, kv_len=2, compressed=True, **PAPER),
     nsa("causal-mean-keys", q_len=19, kv_len=19, **PAPER),
     nsa("causal-per-head-fine", q_len=12, kv_len=15, block_size=4, top_blocks=3, top_tokens=5, causal=1),
     # one branch at a time, edge sizes

@@ -232,9 +232,15 @@ def build_function(overload: str, opset: int) -> onnx.FunctionProto:
     c = f.op("Range", zero, blocks, one)  # [Nb]
     key_block = f.op("Min", f.op("Div", j, bs), blocks)
     if COMPRESSED in features:
-        ck = f.op("Cast", "compressed_key", to=F32)
-        cv = f.op("Cast", "compressed_value", to=F32)
-        t = f.op("Range", zero, sparse.scalar_dim(f, "compressed_key", 2), one)
+        # one more compressed token, of zeros and never visible: before the first whole block there is none, and
+        # onnxruntime's (1.31) ReduceMax/ReduceSum under keepdims=1 leave an empty axis empty, which the softmax's
+        # Div cannot broadcast
+        extra_token = f.const([0, 0, 0, 0, 0, 0, 1, 0], I64)
+        ck = f.op("Pad", f.op("Cast", "compressed_key", to=F32), extra_token)
+        cv = f.op("Pad", f.op("Cast", "compressed_value", to=F32), extra_token)
+        n_compressed = sparse.scalar_dim(f, "compressed_key", 2)
+        t = f.op("Range", zero, f.op("Add", n_compressed, one), one)  # [Nc + 1]
+        real_token = f.op("Less", t, n_compressed)
     else:
         keys = f.op("Slice", k, f.const([0], I64), f.op("Reshape", f.op("Mul", full, bs), f.const([1], I64)),
                     f.const([2], I64))
@@ -260,9 +266,11 @@ def build_function(overload: str, opset: int) -> onnx.FunctionProto:
         if COMPRESSED in features:
             c_logits = g.op("Mul", bodies.grouped_matmul(g, q_rows, ck, transpose_y=True), scale)
             whole = g.op("LessOrEqual", g.op("Sub", g.op("Mul", g.op("Add", t, one), bs), one), p_rows)
-            c_visible = g.op("Or", g.op("Not", causal), whole)  # [rows, Nc]
+            c_visible = g.op("And", g.op("Or", g.op("Not", causal), whole), real_token)  # [rows, Nc + 1]
             o_second, c_lse = bodies.masked_softmax_attention(g, c_logits, c_visible, cv)
             block_scores = g.op("Where", c_visible, g.op("Exp", g.op("Sub", c_logits, c_lse)), g.const(0.0))
+            block_scores = g.op("Slice", block_scores, g.const([0], I64), g.op("Reshape", n_compressed,
+                                                                               g.const([1], I64)), g.const([-1], I64))
         else:
             block_scores = bodies.grouped_matmul(g, q_rows, means, transpose_y=True)
 
