@@ -257,7 +257,7 @@ def cmd_generate(args) -> int:
             raise ValueError("generate: --compare-torch needs a model name or a transformers checkpoint (the eager "
                              f"model to compare with), not an exported file ({args.model})")
         path = Path(args.model)
-        vocab = args.vocab_size
+        vocab = args.vocab_size or _gather_rows(str(path)).get("input_ids", 256)
     else:  # a model name or a transformers checkpoint: export it first
         from onnxattn.export import export_model
 
@@ -446,7 +446,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", metavar="DIR", help="a transformers tokenizer directory (default: the checkpoint's)")
     p.add_argument("--batch", type=int, default=1, help="rows of the random prompt")
     p.add_argument("--prompt-length", type=int, default=8, help="length of the random prompt")
-    p.add_argument("--vocab-size", type=int, default=256, help="vocabulary of the random prompt for a .onnx file")
+    p.add_argument("--vocab-size", type=int, help="vocabulary of the random prompt for a .onnx file (default: the rows "
+                   "of the table input_ids index, else 256)")
     p.add_argument("-n", "--max-new-tokens", type=int, default=16)
     p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
     p.add_argument("--top-k", type=int, default=0)
@@ -492,11 +493,22 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         # bad requests, and onnxruntime's errors (a kernel's or shape inference's message about a bad model),
         # are the user's answer, not a bug of this command: their message without the traceback
-        if not (isinstance(e, (FileNotFoundError, ValueError, KeyError))
-                or type(e).__module__.startswith("onnxruntime.")):
+        if not (isinstance(e, (FileNotFoundError, ValueError, KeyError)) or _from_onnxruntime(e)):
             raise
-        print(f"onnxattn {args.command}: error: {e}", file=sys.stderr)
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e  # str(KeyError) quotes its message
+        print(f"onnxattn {args.command}: error: {message}", file=sys.stderr)
         return 2
+
+
+def _from_onnxruntime(e: Exception) -> bool:
+    """An error onnxruntime raised: its own exception types, or a builtin one (RuntimeError from an I/O-bound run)
+    raised in its Python package."""
+    if type(e).__module__.startswith("onnxruntime."):
+        return True
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and Path(tb.tb_frame.f_code.co_filename).parts[-3:-1] == ("onnxruntime", "capi")
 
 
 if __name__ == "__main__":

@@ -70,6 +70,7 @@ def test_unknown_model_name_is_a_clear_error(tmp_path, capsys):
     assert main(["export", "no-such-model"]) == 2
     err = capsys.readouterr().err
     assert "unknown model 'no-such-model'" in err and "llama" in err and "deepseek-v3" in err
+    assert "error: unknown model" in err  # the message, not str(KeyError)'s quoted repr
     # a missing exported file is a missing file, not an unknown model name
     assert main(["generate", "missing.onnx", "--quiet"]) == 2
     assert "missing.onnx: no such file" in capsys.readouterr().err
@@ -108,3 +109,14 @@ def test_run_and_bench_feed_inputs_that_keep_the_models_contracts(tmp_path, caps
             buffer = feeds["past_key_values.0.key"].shape[2]
             assert buffer == 8 and 0 <= feeds["past_lengths"].min() and feeds["past_lengths"].max() <= 4
     capsys.readouterr()
+
+
+def test_generate_draws_a_random_prompt_from_the_models_vocabulary(tmp_path, capsys):
+    """A .onnx file's random prompt comes from the rows of its embedding (it came from 256 ids whatever the model:
+    a vocabulary of 100 failed in onnxruntime with a traceback); ids past it are onnxruntime's one-line error."""
+    path = tmp_path / "small-vocab.onnx"
+    assert main(["export", "llama", "-o", str(path), "--set", "num_layers=1", "--set", "vocab_size=100", "--quiet"]) == 0
+    for seed in range(3):
+        assert main(["generate", str(path), "-n", "2", "--quiet", "--provider", "cpu", "--seed", str(seed)]) == 0
+    assert main(["generate", str(path), "-n", "2", "--quiet", "--provider", "cpu", "--ids", "150"]) == 2
+    assert "onnxattn generate: error:" in capsys.readouterr().err
