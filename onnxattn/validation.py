@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import onnx
+from google.protobuf.message import DecodeError
 from onnx import TensorProto, helper
 
 from onnxattn import ops
@@ -85,7 +86,13 @@ def _load(model: onnx.ModelProto | str | os.PathLike) -> tuple[onnx.ModelProto, 
     if isinstance(model, onnx.ModelProto):
         return model, "<ModelProto>"
     # No check reads weights: leave external data (models over 2 GB) on disk
-    return onnx.load(os.fspath(model), load_external_data=False), os.fspath(model)
+    path = os.fspath(model)
+    try:
+        return onnx.load(path, load_external_data=False), path
+    except FileNotFoundError:
+        raise
+    except (OSError, DecodeError) as e:  # a directory, a text file, a truncated download
+        raise ValueError(f"{path}: not an ONNX model ({type(e).__name__}: {e})") from e
 
 
 def _run_check(checks: list[Check], name: str, fn) -> bool:
@@ -280,6 +287,12 @@ def _valid_index_inputs(spec, feeds: dict[str, np.ndarray], rng: np.random.Gener
         lengths = feeds[feed["past_lengths"]]
         room = max(feeds[buffer].shape[-2] - feeds["in0"].shape[1], 0)
         feeds[feed["past_lengths"]] = rng.integers(0, room + 1, lengths.shape).astype(lengths.dtype)
+    if "key_indices" in feed and "latent" in feed:  # MultiHeadLatentAttention: cache slots, or -1 (no key)
+        new_tokens = feeds[feed["latent"]].shape[1]
+        past = feeds[feed["past_latent"]].shape[-2] if "past_latent" in feed else 0  # as check_mla_key_indices
+        total = new_tokens if "past_latent" not in feed else past + (0 if "past_lengths" in feed else new_tokens)
+        indices = feeds[feed["key_indices"]]
+        feeds[feed["key_indices"]] = rng.integers(-1, max(total, 0), indices.shape).astype(indices.dtype)
     if all(n in feed for n in ("block_table", "cu_seqlens_q", "seq_lens", "key_cache")):
         table = feeds[feed["block_table"]]
         batch, width = table.shape

@@ -168,3 +168,39 @@ def test_paged_numerics_draw_a_valid_batch():
                           seed=seed)
         assert report.ok, str(report)
         assert "[6, 4, 2, 16]" in report.nodes[0].checks[-1].message  # the pool: B * W blocks
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_mla_numerics_draw_key_indices_within_the_cache(shared):
+    # key_indices drawn from [0, 4) failed --numerics wherever the caches held fewer than 4 tokens (DeepSeek-V3.2's
+    # export at sequence 1 without a past: "key_indices[0, 0, 1] = 2 is out of range"); now each is a slot of the
+    # caches or -1 (no key)
+    f, i64 = TensorProto.FLOAT, TensorProto.INT64
+    values = [("query", f, ["B", "S", 48]), ("latent", f, ["B", "S", 32]), ("k_rope", f, ["B", "S", 8]),
+              ("w_uk", f, [2, 32, 16]), ("w_uv", f, [2, 32, 16]), ("past_latent", f, ["B", "P", 32]),
+              ("past_k_rope", f, ["B", "P", 8])]
+    if shared:
+        values.append(("past_lengths", i64, ["B"]))
+    names = [name for name, _, _ in values] + [""] * (10 - len(values)) + ["key_indices"]
+    values.append(("key_indices", i64, ["B", "S", 8]))
+    node = helper.make_node("MultiHeadLatentAttention", names, ["output", "present_latent", "present_k_rope"],
+                            domain=ops.DOMAIN, name="node", num_heads=2)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info(*v) for v in values],
+                              [helper.make_tensor_value_info(n, f, [None] * 3)
+                               for n in ("output", "present_latent", "present_k_rope")])
+    model = ops.attach_functions(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21),
+                                                                         helper.make_opsetid(ops.DOMAIN, 1)],
+                                                   ir_version=ops.IR_VERSION))
+    for dims in ({"B": 1, "S": 1, "P": 0}, {"B": 2, "S": 1, "P": 2}, {"B": 2, "S": 3, "P": 5}):
+        if shared and dims["P"] < dims["S"]:
+            continue  # a shared buffer holds the new tokens
+        for seed in range(3):
+            report = validate(model, numerics=True, dims=dims, seed=seed)
+            assert report.ok, str(report)
+
+
+def test_unreadable_files_are_a_clear_error(tmp_path, capsys):
+    (tmp_path / "text.onnx").write_text("hello")
+    for path in (tmp_path / "text.onnx", tmp_path):
+        assert cli_main(["validate", str(path)]) == 2
+        assert f"{path}: not an ONNX model" in capsys.readouterr().err
