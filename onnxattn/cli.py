@@ -30,6 +30,8 @@ def _parse_dims(items: list[str] | None) -> dict[str, int]:
 
 
 def _timed(fn, repeat: int = 5) -> tuple[object, float]:
+    if repeat < 1:
+        raise ValueError(f"--repeat must be at least 1, got {repeat}")
     result = fn()  # warm-up
     best = float("inf")
     for _ in range(repeat):
@@ -103,8 +105,10 @@ def _random_feeds(session, model_path: str, dims: dict[str, int], seed: int = 0)
             feeds[inp.name] = rng.integers(0, rows.get(inp.name, 16), shape).astype(dtype)
         elif "bool" in inp.type:
             feeds[inp.name] = rng.random(shape) < 0.8
-        elif "float16" in inp.type:
+        elif inp.type == "tensor(float16)":
             feeds[inp.name] = rng.standard_normal(shape).astype(np.float16)
+        elif inp.type == "tensor(bfloat16)":
+            feeds[inp.name] = _bfloat16_value(rng.standard_normal(shape).astype(np.float32))
         else:
             feeds[inp.name] = rng.standard_normal(shape).astype(np.float32)
     if "past_lengths" in feeds and "input_ids" in feeds:
@@ -115,13 +119,56 @@ def _random_feeds(session, model_path: str, dims: dict[str, int], seed: int = 0)
     return feeds
 
 
+def _bfloat16_value(x: np.ndarray):
+    """float32 `x` as an onnxruntime bfloat16 tensor (numpy has no bfloat16): the upper 16 bits, rounded to even."""
+    import onnxruntime as ort
+
+    bits = x.view(np.uint32).astype(np.uint64)
+    bits = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+    return ort.OrtValue.ortvalue_from_numpy_with_onnx_type(bits, 16)  # TensorProto.BFLOAT16
+
+
+def _run(session, feeds: dict) -> list[np.ndarray]:
+    """The session's outputs on `feeds`, as numpy arrays; bfloat16 ones as float32. Where a feed or an output is
+    bfloat16 (onnxruntime's numpy conversion has none), through an I/O binding with the outputs on the host."""
+    import ctypes
+
+    import onnxruntime as ort
+
+    if not (any(isinstance(v, ort.OrtValue) for v in feeds.values())
+            or any(o.type == "tensor(bfloat16)" for o in session.get_outputs())):
+        return session.run(None, feeds)
+    binding = session.io_binding()
+    for name, value in feeds.items():
+        if isinstance(value, ort.OrtValue):
+            binding.bind_ortvalue_input(name, value)
+        else:
+            binding.bind_cpu_input(name, value)
+    for output in session.get_outputs():
+        binding.bind_output(output.name, "cpu")
+    session.run_with_iobinding(binding)
+    arrays = []
+    for value in binding.get_outputs():
+        if value.data_type() != "tensor(bfloat16)":
+            arrays.append(value.numpy())
+            continue
+        count = int(np.prod(value.shape()))
+        bits = np.ctypeslib.as_array((ctypes.c_uint16 * count).from_address(value.data_ptr())) if count else []
+        arrays.append((np.asarray(bits, np.uint32) << 16).view(np.float32).reshape(value.shape()))
+    return arrays
+
+
+def _shape(value) -> list[int]:
+    return list(value.shape() if callable(value.shape) else value.shape)  # an OrtValue's shape is a method
+
+
 def cmd_run(args) -> int:
     from onnxattn.cuda_ep import make_session
 
     session = make_session(args.model, use_library=not args.no_library,
                            providers=[args.provider] if args.provider else None)
     feeds = _random_feeds(session, args.model, _parse_dims(args.dim))
-    outputs, seconds = _timed(lambda: session.run(None, feeds), args.repeat)
+    outputs, seconds = _timed(lambda: _run(session, feeds), args.repeat)
     print(f"{args.model}: {'function (no library)' if args.no_library else 'onnxattn kernels'} on "
           f"{session.get_providers()[0]}, best of {args.repeat}: {seconds * 1e3:.2f} ms")
     for meta, value in zip(session.get_outputs(), outputs):
@@ -137,10 +184,10 @@ def cmd_bench(args) -> int:
     with_lib = make_session(args.model, use_library=True, providers=providers)
     without = make_session(args.model, use_library=False, providers=providers)
     feeds = _random_feeds(with_lib, args.model, dims)
-    out_lib, t_lib = _timed(lambda: with_lib.run(None, feeds), args.repeat)
-    out_fn, t_fn = _timed(lambda: without.run(None, feeds), args.repeat)
+    out_lib, t_lib = _timed(lambda: _run(with_lib, feeds), args.repeat)
+    out_fn, t_fn = _timed(lambda: _run(without, feeds), args.repeat)
     diff = max(float(np.max(np.abs(a.astype(np.float64) - b))) for a, b in zip(out_lib, out_fn))
-    print(f"{args.model} ({with_lib.get_providers()[0]}, inputs {[list(v.shape) for v in feeds.values()]})")
+    print(f"{args.model} ({with_lib.get_providers()[0]}, inputs {[_shape(v) for v in feeds.values()]})")
     print(f"  onnxattn kernels   {t_lib * 1e3:9.2f} ms")
     print(f"  reference function {t_fn * 1e3:9.2f} ms   ({t_fn / t_lib:.1f}x slower)")
     print(f"  max |difference|   {diff:.2e}")

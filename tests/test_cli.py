@@ -120,3 +120,33 @@ def test_generate_draws_a_random_prompt_from_the_models_vocabulary(tmp_path, cap
         assert main(["generate", str(path), "-n", "2", "--quiet", "--provider", "cpu", "--seed", str(seed)]) == 0
     assert main(["generate", str(path), "-n", "2", "--quiet", "--provider", "cpu", "--ids", "150"]) == 2
     assert "onnxattn generate: error:" in capsys.readouterr().err
+
+
+def test_run_and_bench_take_bfloat16_inputs_and_outputs(tmp_path, capsys):
+    """bfloat16 inputs were fed as float16 arrays ("tensor(float16)" matched "float16" in "tensor(bfloat16)") and
+    bfloat16 outputs have no numpy type: both go through onnxruntime bfloat16 tensors now. (A bfloat16 decoder needs
+    the CUDA provider; a Cast graph runs on the CPU.)"""
+    import numpy as np
+    from onnx import TensorProto, helper
+
+    from onnxattn.cli import _bfloat16_value, _run
+    from onnxattn.cuda_ep import make_session
+
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["x"], ["wide"], to=TensorProto.FLOAT), helper.make_node("Identity", ["x"], ["same"])],
+        "bf16", [helper.make_tensor_value_info("x", TensorProto.BFLOAT16, ["batch", 3])],
+        [helper.make_tensor_value_info("wide", TensorProto.FLOAT, ["batch", 3]),
+         helper.make_tensor_value_info("same", TensorProto.BFLOAT16, ["batch", 3])])
+    path = tmp_path / "bf16.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10), path)
+    for command in ("run", "bench"):
+        assert main([command, str(path), "--provider", "CPUExecutionProvider", "--repeat", "1"]) == 0, command
+    assert "same: [4, 3] float32" in capsys.readouterr().out
+    x = np.array([[1.0, -2.5, 3.0e-3], [65504.0, 1.0 + 2.0 ** -8, 1.0 + 3 * 2.0 ** -8]], np.float32)
+    wide, same = _run(make_session(str(path), providers=["CPUExecutionProvider"]), {"x": _bfloat16_value(x)})
+    bfloat16 = (x.view(np.uint32) + 0x7FFF + ((x.view(np.uint32) >> 16) & 1)) >> 16 << 16  # round to nearest even
+    np.testing.assert_array_equal(wide, bfloat16.view(np.float32))
+    np.testing.assert_array_equal(same, wide)
+    assert wide[1, 1] == 1.0 and wide[1, 2] == 1.0 + 2.0 ** -6  # ties to even, both ways
+    assert main(["run", str(path), "--repeat", "0"]) == 2
+    assert "--repeat must be at least 1" in capsys.readouterr().err
