@@ -309,6 +309,10 @@ def cmd_generate(args) -> int:
         from onnxattn.export import export_model
 
         source, name, hf_model = _model_source(args.model, args.set)
+        # before exporting (export refuses logits='last' without a KV cache); unknown names are export's to refuse
+        if source in MODEL_NAMES["others"] or getattr(source, "kind", "decoder") != "decoder":
+            raise ValueError(f"generate: {args.model} is not a decoder with a KV cache (decoders: "
+                             f"{', '.join(MODEL_NAMES['decoders'])}, or a transformers checkpoint of one)")
         if not args.compare_torch:
             hf_model = None  # only the comparison needs it: free its copy of the weights before exporting
         if hf_model is not None and args.temperature > 0:  # hf_model is kept for --compare-torch only
@@ -319,8 +323,6 @@ def cmd_generate(args) -> int:
                               overrides=_parse_overrides(args.set), logits="last", progress=not args.quiet,
                               numerics=False)
         path, model, vocab = result.path, result.model, result.model.config.vocab_size
-        if result.kind != "decoder":
-            raise ValueError(f"generate: {args.model} is an {result.kind}, not a decoder")
     tokenizer = _tokenizer(args)
     ids = _prompt(args, vocab, tokenizer)
     out = generate(path, ids, args.max_new_tokens, use_library=not args.no_library, providers=providers,

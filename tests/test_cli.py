@@ -150,3 +150,12 @@ def test_run_and_bench_take_bfloat16_inputs_and_outputs(tmp_path, capsys):
     assert wide[1, 1] == 1.0 and wide[1, 2] == 1.0 + 2.0 ** -6  # ties to even, both ways
     assert main(["run", str(path), "--repeat", "0"]) == 2
     assert "--repeat must be at least 1" in capsys.readouterr().err
+
+
+def test_models_without_a_kv_cache_refuse_last_logits_and_generation(tmp_path, capsys):
+    # --logits last was silently ignored for them (every position came out); generate refuses them before exporting
+    assert main(["export", "tiny-decoder", "--logits", "last", "-o", str(tmp_path / "t.onnx"), "--quiet"]) == 2
+    assert "TinyDecoder (stateless) cannot export logits='last'" in capsys.readouterr().err
+    assert main(["generate", "bert", "-n", "2", "--quiet"]) == 2
+    assert "bert is not a decoder with a KV cache" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())

@@ -144,6 +144,9 @@ def export_model(
             supports = f"it supports {' or '.join(map(repr, modes))}" if kind == "decoder" else "it has no KV cache"
             raise ValueError(f"export_model: {type(module).__name__} ({kind}) cannot export cache={cache!r}; "
                              f"{supports}")
+        if logits == "last" and kind != "decoder":  # only the KV-cache decoders' graph keeps the last position
+            raise ValueError(f"export_model: {type(module).__name__} ({kind}) cannot export logits='last'; it outputs "
+                             "every position")
         if torch_dtype != next(module.parameters()).dtype:
             from onnxattn.models._base import cast_model
 
