@@ -268,7 +268,11 @@ def _tokenizer(args):
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(where, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(where, local_files_only=True)
+        # from a config alone (a checkpoint saved without its tokenizer) transformers builds an empty one
+        if len(tokenizer) <= 1:
+            raise ValueError("it holds no tokenizer files (the tokenizer built from its config has no vocabulary)")
+        return tokenizer
     except (OSError, ValueError) as e:
         if args.prompt or args.tokenizer:
             raise ValueError(f"generate: no tokenizer could be loaded from {where}: {e}") from e

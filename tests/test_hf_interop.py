@@ -431,6 +431,15 @@ def test_cli_prompt_text_through_the_checkpoint_tokenizer(tmp_path, capsys):
     assert "tokenize to [2, 1] tokens" in capsys.readouterr().err
     assert main(["generate", "llama", "--prompt", "hi", "--quiet"]) == 2
     assert "--prompt needs a tokenizer" in capsys.readouterr().err
+    # a checkpoint saved without its tokenizer: transformers builds an empty one from the config, which tokenized
+    # every prompt to nothing and printed every continuation as ''; now it counts as none
+    bare = tmp_path / "bare"
+    randomize(CASES["qwen3"]()).save_pretrained(bare)
+    bare_args = ["generate", str(bare), "-n", "2", "--quiet", "--provider", "cpu", "--out", str(tmp_path)]
+    assert main([*bare_args, "--prompt", "hello"]) == 2
+    assert f"no tokenizer could be loaded from {bare}" in capsys.readouterr().err
+    assert main(bare_args) == 0
+    assert "text:" not in capsys.readouterr().out
 
 
 def test_gemma2_keeps_attention_softcap_and_windows(tmp_path):
