@@ -210,7 +210,6 @@ def build_function(overload: str, opset: int) -> onnx.FunctionProto:
     features = set(overload.split("+")) if overload else set()
     f = FunctionBuilder(SPEC, overload, opset)
     zero, one = f.const(0, I64), f.const(1, I64)
-    k = f.op("Cast", "K", to=F32)
     # keys and values stay [B, Hkv, ...]: each group's query heads read them once (bodies.grouped_matmul)
     v = f.op("Cast", "V", to=F32)
     scale = sparse.resolved_scale(f, "Q")
@@ -242,13 +241,13 @@ def build_function(overload: str, opset: int) -> onnx.FunctionProto:
         t = f.op("Range", zero, f.op("Add", n_compressed, one), one)  # [Nc + 1]
         real_token = f.op("Less", t, n_compressed)
     else:
-        keys = f.op("Slice", k, f.const([0], I64), f.op("Reshape", f.op("Mul", full, bs), f.const([1], I64)),
-                    f.const([2], I64))
-        shape = f.op("Concat", f.op("Shape", k, end=2), f.op("Reshape", full, f.const([1], I64)),
-                     f.op("Reshape", bs, f.const([1], I64)), f.op("Shape", k, start=3), axis=0)
+        keys = f.op("Slice", f.op("Cast", "K", to=F32), f.const([0], I64),
+                    f.op("Reshape", f.op("Mul", full, bs), f.const([1], I64)), f.const([2], I64))
+        shape = f.op("Concat", f.op("Shape", "K", end=2), f.op("Reshape", full, f.const([1], I64)),
+                     f.op("Reshape", bs, f.const([1], I64)), f.op("Shape", "K", start=3), axis=0)
         means = f.op("ReduceMean", f.op("Reshape", keys, shape, allowzero=1), f.const([3], I64), keepdims=0)
-    # the queries cast per chunk: a function-scope Cast read only by the subgraphs is one onnxruntime tries to drop
-    # for float32 inputs, and warns that it cannot (their implicit inputs keep its name)
+    # the queries and keys cast per chunk: a function-scope Cast read only by the subgraphs is one onnxruntime tries
+    # to drop for float32 inputs, and warns that it cannot (their implicit inputs keep its name)
     rows = [("Q", 2), (p, 0)]
     if GATES in features:  # [B, Hq, Sq, 3]
         rows.append((f.op("Expand", f.op("Cast", "gates", to=F32),
@@ -257,6 +256,7 @@ def build_function(overload: str, opset: int) -> onnx.FunctionProto:
     def attend(g: FunctionBuilder, row_inputs: list[str]) -> list[str]:
         """The three branches and their selections for some query rows: q [B, Hq, rows, D], p [rows, 1]."""
         q_rows, p_rows = g.op("Cast", row_inputs[0], to=F32), row_inputs[1]
+        k = g.op("Cast", "K", to=F32)
         dots = bodies.grouped_matmul(g, q_rows, k, transpose_y=True)  # [B, Hq, rows, Skv], unscaled
         logits = g.op("Mul", dots, scale)
         past_only = g.op("Or", g.op("Not", causal), g.op("LessOrEqual", j, p_rows))  # [rows, Skv]
