@@ -19,6 +19,17 @@ MODEL_NAMES = {"decoders": ("llama", "llama4", "gemma3", "gemma4", "gpt2", "gpt-
                "others": ("bert", "modernbert", "tiny-decoder")}  # encoders, a decoder without a KV cache
 
 
+PROVIDER_ALIASES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}  # as generate's --provider
+
+
+def _providers(args) -> list[str] | None:
+    """--provider as onnxruntime's providers list: a full name, or cpu / cuda (None: the default)."""
+    if not args.provider:
+        return None
+    name = PROVIDER_ALIASES.get(args.provider.lower(), args.provider)
+    return [name, "CPUExecutionProvider"] if name == "CUDAExecutionProvider" else [name]
+
+
 def _parse_dims(items: list[str] | None) -> dict[str, int]:
     dims = {}
     for item in items or []:
@@ -66,7 +77,7 @@ def cmd_info(args) -> int:
 def cmd_validate(args) -> int:
     from onnxattn.validation import validate
 
-    report = validate(args.model, numerics=args.numerics, dims=_parse_dims(args.dim), providers=[args.provider])
+    report = validate(args.model, numerics=args.numerics, dims=_parse_dims(args.dim), providers=_providers(args))
     print(report)
     return 0 if report.ok else 1
 
@@ -166,7 +177,7 @@ def cmd_run(args) -> int:
     from onnxattn.cuda_ep import make_session
 
     session = make_session(args.model, use_library=not args.no_library,
-                           providers=[args.provider] if args.provider else None)
+                           providers=_providers(args))
     feeds = _random_feeds(session, args.model, _parse_dims(args.dim))
     outputs, seconds = _timed(lambda: _run(session, feeds), args.repeat)
     print(f"{args.model}: {'function (no library)' if args.no_library else 'onnxattn kernels'} on "
@@ -180,7 +191,7 @@ def cmd_bench(args) -> int:
     from onnxattn.cuda_ep import make_session
 
     dims = _parse_dims(args.dim)
-    providers = [args.provider] if args.provider else None
+    providers = _providers(args)
     with_lib = make_session(args.model, use_library=True, providers=providers)
     without = make_session(args.model, use_library=False, providers=providers)
     feeds = _random_feeds(with_lib, args.model, dims)
@@ -519,7 +530,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model")
     p.add_argument("--numerics", action="store_true", help="also compare each node's kernel with its function")
     p.add_argument("--dim", action="append", metavar="NAME=SIZE", help="size of a symbolic dim for --numerics")
-    p.add_argument("--provider", default="CPUExecutionProvider")
+    p.add_argument("--provider", default="CPUExecutionProvider", help="onnxruntime execution provider: a full name, or "
+                   "cpu / cuda")
     p.set_defaults(func=cmd_validate)
 
     for name, func, help_text in (("run", cmd_run, "run a model on random inputs"),
@@ -528,7 +540,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("model")
         p.add_argument("--dim", action="append", metavar="NAME=SIZE",
                        help="size of a symbolic input dim (default 4; a shared cache's max_sequence: sequence + 4)")
-        p.add_argument("--provider", help="onnxruntime execution provider (default: CUDA if available, else CPU)")
+        p.add_argument("--provider", help="onnxruntime execution provider: a full name, or cpu / cuda (default: CUDA "
+                       "if available, else CPU)")
         p.add_argument("--repeat", type=int, default=5)
         if name == "run":
             p.add_argument("--no-library", action="store_true", help="run the reference functions instead")

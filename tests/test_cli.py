@@ -32,6 +32,7 @@ def test_export_run_bench_info(tmp_path, capsys):
     dims = ["--dim", "batch=1", "--dim", "sequence=9", "--dim", "past_sequence=3"]
     assert main(["run", str(path), *dims, "--provider", "CPUExecutionProvider", "--repeat", "1"]) == 0
     assert main(["run", str(path), "--no-library", "--provider", "CPUExecutionProvider", "--repeat", "1"]) == 0
+    assert main(["run", str(path), "--provider", "cpu", "--repeat", "1"]) == 0  # generate's spelling works too
     assert main(["bench", str(path), *dims, "--provider", "CPUExecutionProvider", "--repeat", "1"]) == 0
     assert main(["info"]) == 0
     out = capsys.readouterr().out
