@@ -30,10 +30,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from onnxattn.models._base import CausalLM
 from onnxattn.nn import KVCache
 from onnxattn.nn.paged_cache import PagedKVCache, PagedStep
 
 INDEX_INPUTS = ("input_ids", "block_table", "cu_seqlens_q", "seq_lens")
+
+
+_ATTENTION_MODULES = ("GroupedQueryAttention", "MultiHeadLatentAttention", "NativeSparseAttention",
+                      "SparseRoutedAttention")
 
 
 class PagedCausalLM(nn.Module):
@@ -45,6 +50,16 @@ class PagedCausalLM(nn.Module):
         super().__init__()
         if getattr(lm, "kind", None) != "decoder":
             raise ValueError(f"PagedCausalLM: {type(lm).__name__} is not a reference decoder")
+        # PagedAttention serves GroupedQueryAttention's layers; not DeepSeek's latent attention or the sparse ops
+        attention = {type(m).__name__ for m in lm.layers.modules() if type(m).__name__ in _ATTENTION_MODULES}
+        if attention - {"GroupedQueryAttention"}:
+            raise ValueError(f"PagedCausalLM: {type(lm).__name__} attends with {', '.join(sorted(attention))}; paged "
+                             "serving takes GroupedQueryAttention layers")
+        # run() replays CausalLM.forward's embed -> layers -> head; a model with its own forward (Gemma 4's per-layer
+        # inputs and K/V shared across layers) would be served wrong
+        if type(lm).forward is not CausalLM.forward:
+            raise ValueError(f"PagedCausalLM: {type(lm).__name__} has a forward of its own (per-layer inputs, shared "
+                             "K/V, ...) that paged serving does not replay")
         self.lm = lm
         self.train(lm.training)
 
@@ -279,7 +294,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--chunk", type=int, default=8, help="prefill chunk (tokens per sequence per step)")
     parser.add_argument("--no-library", action="store_true", help="only onnxruntime without our library")
     args = parser.parse_args(argv)
-    lm, new_cache, requests = build_demo(args.model, args.block_size, args.num_blocks)
+    for name in ("block_size", "num_blocks", "chunk"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    try:
+        lm, new_cache, requests = build_demo(args.model, args.block_size, args.num_blocks)
+        PagedCausalLM(lm)  # its layers' check, before any work
+    except (KeyError, ValueError) as e:
+        parser.error(str(e.args[0] if e.args else e))
     expected = generate_contiguous(lm, requests)
     engines = [lambda cache: TorchEngine(lm)]
     if not args.no_library:

@@ -94,3 +94,20 @@ def test_llama4_serves_paged_with_chunked_attention(capsys):
     assert paged_serving.main(["--model", "llama4"]) == 0
     out = capsys.readouterr().out
     assert out.count("token-for-token equal to contiguous eager torch") == 3 and "DIFFERENT" not in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model", "deepseek-v3"], "DeepSeekV3Model attends with MultiHeadLatentAttention"),
+    (["--model", "nsa"], "SparseDecoder attends with NativeSparseAttention"),
+    (["--model", "gemma4"], "Gemma4Model has a forward of its own"),  # it served different tokens
+    (["--model", "bert"], "BertModel is not a reference decoder"),
+    (["--model", "no-such-model"], "unknown model 'no-such-model'"),
+    (["--chunk", "0"], "--chunk must be at least 1"),
+    (["--block-size", "-1"], "--block-size must be at least 1"),
+])
+def test_main_refuses_what_it_cannot_serve(argv, message, capsys):
+    # these were tracebacks (a TypeError from the first layer called with paged=, an IndexError for --chunk 0), or
+    # for Gemma 4 other tokens than its contiguous generation (its per-layer inputs and shared K/V not replayed)
+    with pytest.raises(SystemExit) as exit_info:
+        paged_serving.main(argv)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
