@@ -4,7 +4,8 @@ equal to eager torch generation with a contiguous KVCache.
 
     python -m onnxattn.models.paged_serving [--model llama] [--block-size 4] [--no-library]
 
-- ``PagedCausalLM`` runs any reference decoder (onnxattn.models, e.g. llama, gemma3, gpt2) over the packed
+- ``PagedCausalLM`` runs a reference decoder of GroupedQueryAttention layers (onnxattn.models: llama, llama4,
+  gemma3, gpt2, gpt-oss; it refuses the others) over the packed
   new tokens of a step: ids [T] plus the step's block_table / cu_seqlens_q / seq_lens and every layer's pools
   in, the last token's logits per sequence [B, vocab] and the updated pools out. Its export has one
   PagedAttention node per layer whose cache outputs are the graph outputs.
