@@ -104,6 +104,11 @@ def _random_feeds(session, model_path: str, dims: dict[str, int], seed: int = 0)
     rng = np.random.default_rng(seed)
     rows = _gather_rows(model_path)
     names = {inp.name for inp in session.get_inputs()}
+    symbolic = {d for inp in session.get_inputs() for d in inp.shape if isinstance(d, str)}
+    unknown = sorted(set(dims) - symbolic)
+    if unknown:  # a typo would otherwise leave the default size in place, silently
+        raise ValueError(f"--dim {', '.join(unknown)}: the inputs have no dim of that name (theirs: "
+                         f"{', '.join(sorted(symbolic)) or 'none'})")
     if "past_lengths" in names:
         dims = {"max_sequence": dims.get("sequence", 4) + 4, **dims}
     feeds = {}
@@ -430,6 +435,9 @@ def cmd_demo(args) -> int:
     from onnxattn import models
     from onnxattn.export import export_model
 
+    for option, value in (("--batch", args.batch), ("--seq", args.seq), ("--new-tokens", args.new_tokens)):
+        if value < 1:  # before the export, not after
+            raise ValueError(f"demo: {option} must be at least 1, got {value}")
     out_dir = Path(args.out or tempfile.mkdtemp(prefix="onnxattn-demo-"))
     out_dir.mkdir(parents=True, exist_ok=True)
     name = args.model or models.DEFAULT_MODEL

@@ -80,16 +80,19 @@ class GenerationResult:
 
     def summary(self) -> str:
         b, n = self.new_tokens.shape
+        decode = f"decode {self.tokens_per_second:.1f} tokens/s" if n > 1 else "no decode step (one new token)"
         return (f"{self.backend}: prompt {b} x {self.prompt_length}, {n} new tokens per row; time to first token "
-                f"{self.time_to_first_token * 1e3:.1f} ms, decode {self.tokens_per_second:.1f} tokens/s")
+                f"{self.time_to_first_token * 1e3:.1f} ms, {decode}")
 
 
 def _check_request(input_ids: np.ndarray, max_new_tokens: int, max_positions: int | None) -> np.ndarray:
     ids = np.asarray(input_ids, dtype=np.int64)
     if ids.ndim == 1:
         ids = ids[None]
-    if ids.ndim != 2 or ids.shape[1] < 1:
-        raise ValueError(f"generate: input_ids must be [batch, prompt length >= 1], got shape {list(ids.shape)}")
+    if ids.ndim != 2 or ids.shape[0] < 1 or ids.shape[1] < 1:
+        raise ValueError(f"generate: input_ids must be [batch >= 1, prompt length >= 1], got shape {list(ids.shape)}")
+    if ids.min() < 0:  # the embedding's Gather would read them from the end of the table
+        raise ValueError(f"generate: input_ids must be token ids >= 0, got {int(ids.min())}")
     if max_new_tokens < 1:
         raise ValueError(f"generate: max_new_tokens must be >= 1, got {max_new_tokens}")
     total = ids.shape[1] + max_new_tokens

@@ -42,6 +42,16 @@ def test_export_run_bench_info(tmp_path, capsys):
     assert main(["generate", str(path), "--ids", "1,2,3;4,5,6", "-n", "5", "--quiet", "--provider", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "prompt 2 x 3, 5 new tokens per row" in out and "tokens/s" in out
+    assert main(["generate", str(path), "-n", "1", "--quiet", "--provider", "cpu"]) == 0
+    assert "no decode step (one new token)" in capsys.readouterr().out  # was "decode 0.0 tokens/s"
+    # refused up front: a batch of none (it "succeeded" with no output), negative ids (Gather read them from the
+    # table's end), a --dim no input has (ignored), a demo that would generate nothing (failed after exporting)
+    for argv, message in ((["generate", str(path), "--batch", "0"], "input_ids must be [batch >= 1"),
+                          (["generate", str(path), "--ids", "3,-1"], "token ids >= 0, got -1"),
+                          (["run", str(path), "--dim", "seq=3"], "--dim seq: the inputs have no dim of that name"),
+                          (["demo", "--new-tokens", "0"], "demo: --new-tokens must be at least 1")):
+        assert main([*argv, "--quiet"] if argv[0] == "generate" else argv) == 2, argv
+        assert message in capsys.readouterr().err, argv
     # an exported file has no eager model to compare with: refused before generating anything
     assert main(["generate", str(path), "-n", "5", "--quiet", "--provider", "cpu", "--compare-torch"]) == 2
     captured = capsys.readouterr()
