@@ -326,7 +326,13 @@ def cmd_generate(args) -> int:
         path = Path(args.model)
         vocab = args.vocab_size or _gather_rows(str(path)).get("input_ids", 256)
     else:  # a model name or a transformers checkpoint: export it first
+        from onnxattn.cuda_ep import default_providers
         from onnxattn.export import export_model
+
+        on_cpu = "CUDAExecutionProvider" not in (providers or default_providers())
+        if args.dtype == "bfloat16" and on_cpu:  # before exporting (make_session would refuse it after)
+            raise ValueError("generate: --dtype bfloat16 needs the CUDA provider: onnxruntime's CPU kernels for "
+                             "standard ops (MatMul, Mul, ...) have no bfloat16; use float32 or float16 on the CPU")
 
         source, name, hf_model = _model_source(args.model, args.set)
         # before exporting (export refuses logits='last' without a KV cache); unknown names are export's to refuse

@@ -49,7 +49,9 @@ def test_export_run_bench_info(tmp_path, capsys):
     for argv, message in ((["generate", str(path), "--batch", "0"], "input_ids must be [batch >= 1"),
                           (["generate", str(path), "--ids", "3,-1"], "token ids >= 0, got -1"),
                           (["run", str(path), "--dim", "seq=3"], "--dim seq: the inputs have no dim of that name"),
-                          (["demo", "--new-tokens", "0"], "demo: --new-tokens must be at least 1")):
+                          (["demo", "--new-tokens", "0"], "demo: --new-tokens must be at least 1"),
+                          (["generate", "llama", "--dtype", "bfloat16", "--provider", "cpu"],
+                           "--dtype bfloat16 needs the CUDA provider")):
         assert main([*argv, "--quiet"] if argv[0] == "generate" else argv) == 2, argv
         assert message in capsys.readouterr().err, argv
     # an exported file has no eager model to compare with: refused before generating anything
