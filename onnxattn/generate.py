@@ -95,10 +95,11 @@ def _check_request(input_ids: np.ndarray, max_new_tokens: int, max_positions: in
         raise ValueError(f"generate: input_ids must be token ids >= 0, got {int(ids.min())}")
     if max_new_tokens < 1:
         raise ValueError(f"generate: max_new_tokens must be >= 1, got {max_new_tokens}")
-    total = ids.shape[1] + max_new_tokens
-    if max_positions is not None and total > max_positions:
-        raise ValueError(f"generate: prompt ({ids.shape[1]}) + max_new_tokens ({max_new_tokens}) = {total} tokens exceed "
-                         f"the model's position table ({max_positions} positions)")
+    fed = ids.shape[1] + max_new_tokens - 1  # the last new token is sampled, never fed back
+    if max_positions is not None and fed > max_positions:
+        raise ValueError(f"generate: prompt ({ids.shape[1]}) + max_new_tokens ({max_new_tokens}) feed {fed} positions "
+                         f"(the last new token is not fed back), past the model's position table ({max_positions} "
+                         "positions)")
     return ids
 
 

@@ -228,11 +228,16 @@ def test_bad_requests_are_clear_errors(exported, tmp_path):
     with pytest.raises(ValueError, match="BertModel \\(encoder\\) cannot export cache='shared'; it has no KV cache"):
         export_model("bert", tmp_path / "x.onnx", cache="shared", progress=False)
     gpt2 = exported("gpt2")  # n_positions 128
-    with pytest.raises(ValueError, match=re.escape("prompt (120) + max_new_tokens (16) = 136 tokens exceed the "
-                                                   "model's position table (128 positions)")):
+    with pytest.raises(ValueError, match=re.escape("prompt (120) + max_new_tokens (16) feed 135 positions (the last "
+                                                   "new token is not fed back), past the model's position table (128 "
+                                                   "positions)")):
         generate(gpt2.path, _prompt(1, 120), NEW, progress=False)
-    with pytest.raises(ValueError, match="exceed the model's position table"):
+    with pytest.raises(ValueError, match="past the model's position table"):
         generate_torch(gpt2.model, _prompt(1, 120), NEW)
+    # exactly full: 113 + 16 new tokens feed 128 positions (it was refused, one short of what transformers generates)
+    full = generate(gpt2.path, _prompt(1, 113), NEW, progress=False)
+    assert full.tokens.shape == (1, 129)
+    np.testing.assert_array_equal(full.tokens, generate_torch(gpt2.model, _prompt(1, 113), NEW).tokens)
     with pytest.raises(FileNotFoundError, match="no model file"):
         generate(tmp_path / "missing.onnx", _prompt(), 2, progress=False)
 
