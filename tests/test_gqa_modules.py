@@ -333,6 +333,15 @@ def test_doc_boundaries_reset_rope_positions():
         np.testing.assert_allclose(y2.numpy(), attn(x, position_ids=restarted)[:, 2:].numpy(), atol=ATOL)
 
 
+def test_exporting_tensor_doc_boundaries_says_to_pass_ints():
+    # eager takes a tensor of boundaries; export bakes them into the graph, and torch buried the reason in pages of
+    # GuardOnDataDependentSymNode trace: now our message, the one the exporter raises
+    import onnxattn
+
+    with pytest.raises(ValueError, match="document boundaries must be Python ints when exporting"):
+        onnxattn.export(gqa(), (randn(1, 6, MODEL_DIM),), kwargs={"doc_boundaries": torch.tensor([0, 3])})
+
+
 def test_rope_is_relative_shifting_all_positions_changes_nothing():
     """q.k after RoPE depends only on position differences: shifting every position by a constant leaves
     attention unchanged (half-split and interleaved, partial rotation)."""

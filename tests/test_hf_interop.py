@@ -394,6 +394,10 @@ def test_cli_takes_a_checkpoint_directory(tmp_path, capsys):
     assert main(["generate", str(tmp_path / "ckpt"), "-n", "6", "--batch", "2", "--compare-torch", "--quiet",
                  "--provider", "cpu", "--out", str(tmp_path)]) == 0
     assert "tokens equal to transformers (greedy, KV-cached forward steps): yes" in capsys.readouterr().out
+    # the Python API takes the directory too (it called it "str (model_type None) is not supported")
+    api = from_transformers(tmp_path / "ckpt", tmp_path / "api.onnx", progress=False)
+    assert api.kind == "decoder" and [i.name for i in session(api.path).get_inputs()] == \
+        [i.name for i in session(out).get_inputs()]
     assert main(["export", str(tmp_path / "missing")]) == 2
     assert "no such directory" in capsys.readouterr().err
     assert main(["export", str(tmp_path / "ckpt"), "--set", "hidden=8"]) == 2

@@ -190,6 +190,16 @@ def test_export_paper_module_with_gate_mlp_and_compressor():
     onnx.checker.check_model(model, full_check=True)
 
 
+@pytest.mark.parametrize("compression", ["linear", "mean"])
+def test_export_paper_module_shorter_than_a_block_at_a_static_length(compression):
+    # no whole block to compress: the linear compressor's Reshape to [B, H, 0, ...] exported with a 0 in its static
+    # shape, which onnxruntime refused at session load ("Invalid position of 0"); now no tokens, no Reshape
+    q, k, v = qkv(batch=1, s=3)
+    x = torch.randn(1, 3, 32)
+    nsa = NativeSparseAttention.paper(4, 2, 8, 32, block_size=4, top_blocks=3, window=5, compression=compression)
+    _export_and_run(nsa, (q, k, v, x), "NativeSparseAttention", ["q", "k", "v", "x"], dynamic=False)
+
+
 def test_export_routed_module():
     q, k, v = qkv(batch=2, s=12)
     positions = torch.arange(12)[None].repeat(2, 1)

@@ -51,6 +51,8 @@ def export(
 
     if not isinstance(args, tuple):
         args = (args,)
+    if opset_version is None and any(getattr(m, "onnx_rope", False) for m in model.modules()):
+        opset_version = 23  # ONNX RotaryEmbedding (the seed-form MLA's rope); torch's default opset predates it
     _reuse_torchlib_registry()
     # torch.onnx logs a warning per torchvision op it cannot register when torchvision is absent.
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
@@ -58,19 +60,25 @@ def export(
         warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
         # dims named alike in dynamic_shapes (batch, sequence) are one dim; torch says so once per input
         warnings.filterwarnings("ignore", message=".*The axis name: .* will not be used.*", category=UserWarning)
-        program = torch.onnx.export(
-            model,
-            args,
-            kwargs=dict(kwargs or {}),
-            dynamo=True,
-            custom_translation_table=TRANSLATIONS,
-            dynamic_shapes=dynamic_shapes,
-            input_names=list(input_names) if input_names else None,
-            output_names=list(output_names) if output_names else None,
-            opset_version=opset_version,
-            optimize=optimize,
-            verbose=False,
-        )
+        try:
+            program = torch.onnx.export(
+                model,
+                args,
+                kwargs=dict(kwargs or {}),
+                dynamo=True,
+                custom_translation_table=TRANSLATIONS,
+                dynamic_shapes=dynamic_shapes,
+                input_names=list(input_names) if input_names else None,
+                output_names=list(output_names) if output_names else None,
+                opset_version=opset_version,
+                optimize=optimize,
+                verbose=False,
+            )
+        except Exception as e:
+            ours = _our_value_error(e)
+            if ours is None:
+                raise
+            raise ours from e  # our modules' refusal, not torch's pages of trace around it
     if external_data is not None:
         _weights_to_file(program.model, external_data, external_data_threshold)
     proto = program.model_proto
@@ -80,6 +88,21 @@ def export(
     if path is not None:
         save(proto, path)
     return proto
+
+
+def _our_value_error(error: BaseException) -> ValueError | None:
+    """The ValueError one of our modules raised while torch traced it, if that is what `error` wraps."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, ValueError):
+            tb = error.__traceback__
+            while tb is not None and tb.tb_next is not None:
+                tb = tb.tb_next
+            if tb is not None and f"{os.sep}onnxattn{os.sep}" in tb.tb_frame.f_code.co_filename:
+                return error
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def _reuse_torchlib_registry() -> None:

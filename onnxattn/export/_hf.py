@@ -12,6 +12,7 @@ from onnxattn.export._models import ExportResult, export_model
 
 def from_transformers(hf_model, path: str | os.PathLike, **export_options) -> ExportResult:
     """Exports `hf_model`, a transformers model of a supported architecture in float32 (models.hf.SUPPORTED;
+    or the directory of a saved one: config.json + weights, local files only, as `onnxattn export DIR` takes it;
     docs/huggingface.md says how each maps onto our ops and what is refused), to `path`; `export_options` as for
     export_model (dtype, cache, logits, validate, ...). Other architectures and settings raise a ValueError
     (UnsupportedModel) that lists the supported ones.
@@ -27,6 +28,9 @@ layers with an indexer add .index_key [B, 1, P, index_head_dim] (the indexer's k
     derive positions from the ids as transformers does (from pad_token_id + 1, pad tokens skipped), so feed the
     pad token where attention_mask is 0. ModernBERT takes no token_type_ids."""
     from onnxattn.models.hf import from_transformers as convert
+    from onnxattn.models.hf import load_local
 
+    if isinstance(hf_model, (str, os.PathLike)):  # a checkpoint directory, as the command line takes it
+        hf_model = load_local(hf_model)
     # the conversion is this call's own: a dtype cast may happen in place
     return export_model(convert(hf_model), path, _owned=True, **export_options)

@@ -145,6 +145,9 @@ def longrope_frequencies(short: torch.Tensor, long: torch.Tensor, last_position:
 def positions_from_boundaries(seq_len: int, boundaries, offset: int = 0, device=None) -> torch.Tensor:
     """Positions [seq_len] of packed documents: restart at 0 at each boundary index (a document starts
     there), counted from `offset` for the first one."""
+    if isinstance(boundaries, torch.Tensor) and torch.compiler.is_exporting():
+        raise ValueError("document boundaries must be Python ints when exporting (they are built into the graph); "
+                         "pass position_ids for boundaries known only at run time")
     positions = torch.arange(seq_len, device=device) + offset
     for start in sorted(int(b) for b in boundaries):
         if not 0 <= start < seq_len:
