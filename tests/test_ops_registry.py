@@ -227,3 +227,35 @@ def test_attach_functions_finds_nodes_in_subgraphs():
     p = random_problem(np.random.default_rng(0), q_len=3, kv_len=3, head_dim=8)
     feeds = dict(feeds_of(p.q, p.k, p.v), cond=np.array(True))
     np.testing.assert_allclose(run_function(model, feeds)[0], sdpa_oracle(p.q, p.k, p.v)[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("op, outputs", [
+    ("GroupQueryAttention", ["o", "present_key"]),
+    ("GroupQueryAttention", ["o", "", "present_value"]),
+    ("MultiHeadLatentAttention", ["o", "present_latent"]),
+    ("MultiHeadLatentAttention", ["o", "", "present_k_rope"]),
+])
+def test_a_node_asking_for_one_cache_of_two_is_refused_by_shape_inference_and_the_kernel(op, outputs):
+    # the kernels ran and returned no second cache (or one of garbage) while strict shape inference accepted the node;
+    # only attach_functions / validate said that both caches go together
+    from onnxattn.cuda_ep import make_session
+
+    f = TensorProto.FLOAT
+    if op == "GroupQueryAttention":
+        values = [("query", [1, 2, 32]), ("key", [1, 2, 16]), ("value", [1, 2, 16]), ("past_key", [1, 2, 3, 8]),
+                  ("past_value", [1, 2, 3, 8])]
+        attrs, message = dict(num_heads=4, kv_num_heads=2), "'present_key' and 'present_value' must be requested"
+    else:
+        values = [("query", [1, 2, 24]), ("latent", [1, 2, 8]), ("k_rope", [1, 2, 4]), ("w_uk", [2, 8, 8]),
+                  ("w_uv", [2, 8, 8]), ("past_latent", [1, 3, 8]), ("past_k_rope", [1, 3, 4])]
+        attrs, message = dict(num_heads=2), "'present_latent' and 'present_k_rope' must be requested"
+    node = helper.make_node(op, [n for n, _ in values], outputs, domain=ops.DOMAIN, **attrs)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info(n, f, s) for n, s in values],
+                              [helper.make_tensor_value_info(n, f, None) for n in outputs if n])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid(ops.DOMAIN, 1)],
+                              ir_version=ops.IR_VERSION)
+    with pytest.raises(onnx.shape_inference.InferenceError, match=message):
+        onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    feeds = {n: np.zeros(s, np.float32) for n, s in values}
+    with pytest.raises(Exception, match=message):
+        make_session(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)

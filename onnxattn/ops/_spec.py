@@ -279,6 +279,9 @@ class OpSpec:
         attrs = [a for a in (ctx.get_attribute(x.name) for x in self.attrs) if a is not None]
         try:
             outputs = self.infer_node(inputs, attrs)
+            # the outputs the node asks for must make a signature (e.g. both caches or neither), as attach_functions
+            # and the kernels require
+            self.signature(inputs, [ctx.has_output(i) for i in range(ctx.get_num_outputs())])
         except OpError as e:
             raise onnx.shape_inference.InferenceError(str(e)) from None
         for index in range(min(ctx.get_num_outputs(), len(outputs))):

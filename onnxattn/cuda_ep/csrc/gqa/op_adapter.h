@@ -52,9 +52,16 @@ Call<T> prepare(const Attributes& attrs, Ort::KernelContext& ctx) {
 
   Ort::UnownedValue output = ctx.GetOutput(kOutput, p.output_shape());
   t.output = ort::data_of<T>(output);
-  if (ctx.GetOutputCount() > kPresentValue) {
+  if (ctx.GetOutputCount() > kPresentKey) {
+    // both or neither (as the schema's signature): with one, the other cache would be left unwritten or garbage
     Ort::UnownedValue present_key = ctx.GetOutput(kPresentKey, p.present_shape(p.head_dim));
-    Ort::UnownedValue present_value = ctx.GetOutput(kPresentValue, p.present_shape(p.v_head_dim));
+    Ort::UnownedValue present_value{nullptr};
+    if (ctx.GetOutputCount() > kPresentValue) {
+      present_value = ctx.GetOutput(kPresentValue, p.present_shape(p.v_head_dim));
+    }
+    if (!present_key || !present_value) {
+      fail(kOpName, ": outputs 'present_key' and 'present_value' must be requested together");
+    }
     t.present_key = ort::data_of<T>(present_key);
     t.present_value = ort::data_of<T>(present_value);
   }
