@@ -128,7 +128,8 @@ def test_generate_draws_a_random_prompt_from_the_models_vocabulary(tmp_path, cap
     """A .onnx file's random prompt comes from the rows of its embedding (it came from 256 ids whatever the model:
     a vocabulary of 100 failed in onnxruntime with a traceback); ids past it are onnxruntime's one-line error."""
     path = tmp_path / "small-vocab.onnx"
-    assert main(["export", "llama", "-o", str(path), "--set", "num_layers=1", "--set", "vocab_size=100", "--quiet"]) == 0
+    assert main(["export", "llama", "-o", str(path), "--set", "num_layers=1", "--set", "vocab_size=100",
+                 "--quiet"]) == 0
     for seed in range(3):
         assert main(["generate", str(path), "-n", "2", "--quiet", "--provider", "cpu", "--seed", str(seed)]) == 0
     assert main(["generate", str(path), "-n", "2", "--quiet", "--provider", "cpu", "--ids", "150"]) == 2
@@ -146,7 +147,8 @@ def test_run_and_bench_take_bfloat16_inputs_and_outputs(tmp_path, capsys):
     from onnxattn.cuda_ep import make_session
 
     graph = helper.make_graph(
-        [helper.make_node("Cast", ["x"], ["wide"], to=TensorProto.FLOAT), helper.make_node("Identity", ["x"], ["same"])],
+        [helper.make_node("Cast", ["x"], ["wide"], to=TensorProto.FLOAT),
+         helper.make_node("Identity", ["x"], ["same"])],
         "bf16", [helper.make_tensor_value_info("x", TensorProto.BFLOAT16, ["batch", 3])],
         [helper.make_tensor_value_info("wide", TensorProto.FLOAT, ["batch", 3]),
          helper.make_tensor_value_info("same", TensorProto.BFLOAT16, ["batch", 3])])
