@@ -16,7 +16,8 @@
 # then prints one summary table and leaves under $OUT (the device tool's output folder; out/gpu_check
 # elsewhere) 5 files, of the 8 the device tool returns at most: gpu_check.json (summary), gpu_tests.xml (the
 # serial stages' gpu_tests_*.xml merged into it), benchmarks.json (every bench_<name>_cuda.json bundled into it,
-# both by gpu_summary.py), gpu_check.log, and ncu_decode.txt where Nsight Compute ran (stage 5). Split the returned bundle into benchmarks/results/<name>_cuda_<device>.json
+# both by gpu_summary.py), gpu_check.log, and ncu_decode.txt where Nsight Compute ran (stage 5). Split the returned
+# bundle into benchmarks/results/<name>_cuda_<device>.json
 # with scripts/gpu_unbundle.py <files_at>/benchmarks.json [--summary <files_at>/gpu_check.json].
 #
 # Nothing compiles on the GPU machine. Here, first:
