@@ -234,6 +234,8 @@ def test_attach_functions_finds_nodes_in_subgraphs():
     ("GroupQueryAttention", ["o", "", "present_value"]),
     ("MultiHeadLatentAttention", ["o", "present_latent"]),
     ("MultiHeadLatentAttention", ["o", "", "present_k_rope"]),
+    ("PagedAttention", ["o", "key_cache_out"]),
+    ("PagedAttention", ["o", "", "value_cache_out"]),
 ])
 def test_a_node_asking_for_one_cache_of_two_is_refused_by_shape_inference_and_the_kernel(op, outputs):
     # the kernels ran and returned no second cache (or one of garbage) while strict shape inference accepted the node;
@@ -245,17 +247,24 @@ def test_a_node_asking_for_one_cache_of_two_is_refused_by_shape_inference_and_th
         values = [("query", [1, 2, 32]), ("key", [1, 2, 16]), ("value", [1, 2, 16]), ("past_key", [1, 2, 3, 8]),
                   ("past_value", [1, 2, 3, 8])]
         attrs, message = dict(num_heads=4, kv_num_heads=2), "'present_key' and 'present_value' must be requested"
-    else:
+    elif op == "MultiHeadLatentAttention":
         values = [("query", [1, 2, 24]), ("latent", [1, 2, 8]), ("k_rope", [1, 2, 4]), ("w_uk", [2, 8, 8]),
                   ("w_uv", [2, 8, 8]), ("past_latent", [1, 3, 8]), ("past_k_rope", [1, 3, 4])]
         attrs, message = dict(num_heads=2), "'present_latent' and 'present_k_rope' must be requested"
+    else:  # one sequence of 2 new tokens in block 0
+        values = [("query", [2, 32]), ("key", [2, 16]), ("value", [2, 16]), ("key_cache", [1, 4, 2, 8]),
+                  ("value_cache", [1, 4, 2, 8]), ("block_table", [1, 1]), ("cu_seqlens_q", [2]), ("seq_lens", [1])]
+        attrs, message = dict(num_heads=4, kv_num_heads=2), "'key_cache_out' and 'value_cache_out' must be requested"
+    index = {"block_table": np.zeros((1, 1), np.int32), "cu_seqlens_q": np.array([0, 2], np.int32),
+             "seq_lens": np.array([2], np.int32)}
     node = helper.make_node(op, [n for n, _ in values], outputs, domain=ops.DOMAIN, **attrs)
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info(n, f, s) for n, s in values],
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info(n, TensorProto.INT32 if n in index else f, s)
+                                            for n, s in values],
                               [helper.make_tensor_value_info(n, f, None) for n in outputs if n])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid(ops.DOMAIN, 1)],
                               ir_version=ops.IR_VERSION)
     with pytest.raises(onnx.shape_inference.InferenceError, match=message):
         onnx.shape_inference.infer_shapes(model, strict_mode=True)
-    feeds = {n: np.zeros(s, np.float32) for n, s in values}
+    feeds = {n: index.get(n, np.zeros(s, np.float32)) for n, s in values}
     with pytest.raises(Exception, match=message):
         make_session(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)

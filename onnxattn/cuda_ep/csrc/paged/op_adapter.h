@@ -55,9 +55,14 @@ Call<T> prepare(const gqa::Attributes& attrs, Ort::KernelContext& ctx) {
   t.sinks = ort::data_of<T>(in[kSinks]);
   Ort::UnownedValue output = ctx.GetOutput(kOutput, p.output_shape());
   t.output = ort::data_of<T>(output);
-  if (ctx.GetOutputCount() > kValueCacheOut) {
+  if (ctx.GetOutputCount() > kKeyCacheOut) {
+    // both or neither (as the schema's signature): with one, the other pool would be left unwritten or garbage
     Ort::UnownedValue key_out = ctx.GetOutput(kKeyCacheOut, p.pool_shape(p.head_dim));
-    Ort::UnownedValue value_out = ctx.GetOutput(kValueCacheOut, p.pool_shape(p.v_head_dim));
+    Ort::UnownedValue value_out{nullptr};
+    if (ctx.GetOutputCount() > kValueCacheOut) value_out = ctx.GetOutput(kValueCacheOut, p.pool_shape(p.v_head_dim));
+    if (!key_out || !value_out) {
+      fail(kOpName, ": outputs 'key_cache_out' and 'value_cache_out' must be requested together");
+    }
     t.key_cache_out = ort::data_of<T>(key_out);
     t.value_cache_out = ort::data_of<T>(value_out);
   }
