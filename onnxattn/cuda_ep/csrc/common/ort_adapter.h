@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/errors.h"
@@ -77,6 +78,21 @@ const T* data_of(const Ort::ConstValue& value) {
 template <typename T>
 T* data_of(Ort::UnownedValue& value) {
   return value ? static_cast<T*>(value.GetTensorMutableRawData()) : nullptr;
+}
+
+// A node's two optional cache outputs `first` and `first + 1`, which go together (as the ops' signatures): both
+// allocated at their shapes, or neither (two nulls); one without the other is an InputError naming the op, since
+// the kernel would leave the other unwritten.
+template <typename T>
+std::pair<T*, T*> paired_outputs(Ort::KernelContext& ctx, const char* op, size_t first, const char* first_name,
+                                 const std::vector<int64_t>& first_shape, const char* second_name,
+                                 const std::vector<int64_t>& second_shape) {
+  if (ctx.GetOutputCount() <= first) return {nullptr, nullptr};
+  Ort::UnownedValue a = ctx.GetOutput(first, first_shape);
+  Ort::UnownedValue b{nullptr};
+  if (ctx.GetOutputCount() > first + 1) b = ctx.GetOutput(first + 1, second_shape);
+  if (!a || !b) fail(op, ": outputs '", first_name, "' and '", second_name, "' must be requested together");
+  return {data_of<T>(a), data_of<T>(b)};
 }
 
 }  // namespace onnxattn::ort

@@ -3,6 +3,8 @@
 // attributes at session creation; per call, shapes through make_params and the tensors' pointers (the
 // present outputs when the node asks for them); the op's signature, including the in-place declaration
 // of the KV-cache buffers. Each provider adds only its Compute.
+#include <tuple>
+
 #include "common/custom_op.h"
 #include "gqa/attributes.h"
 #include "gqa/params.h"
@@ -52,19 +54,9 @@ Call<T> prepare(const Attributes& attrs, Ort::KernelContext& ctx) {
 
   Ort::UnownedValue output = ctx.GetOutput(kOutput, p.output_shape());
   t.output = ort::data_of<T>(output);
-  if (ctx.GetOutputCount() > kPresentKey) {
-    // both or neither (as the schema's signature): with one, the other cache would be left unwritten or garbage
-    Ort::UnownedValue present_key = ctx.GetOutput(kPresentKey, p.present_shape(p.head_dim));
-    Ort::UnownedValue present_value{nullptr};
-    if (ctx.GetOutputCount() > kPresentValue) {
-      present_value = ctx.GetOutput(kPresentValue, p.present_shape(p.v_head_dim));
-    }
-    if (!present_key || !present_value) {
-      fail(kOpName, ": outputs 'present_key' and 'present_value' must be requested together");
-    }
-    t.present_key = ort::data_of<T>(present_key);
-    t.present_value = ort::data_of<T>(present_value);
-  }
+  std::tie(t.present_key, t.present_value) =
+      ort::paired_outputs<T>(ctx, kOpName, kPresentKey, "present_key", p.present_shape(p.head_dim), "present_value",
+                             p.present_shape(p.v_head_dim));
   return call;
 }
 

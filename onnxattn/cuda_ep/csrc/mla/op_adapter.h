@@ -2,6 +2,8 @@
 // The onnxruntime adapter of MultiHeadLatentAttention shared by the CPU (op.cc) and CUDA (op_cuda.cc)
 // kernels: attributes at session creation; per call, shapes through make_params and the tensors'
 // pointers; the op's signature, including the in-place declaration of the latent caches.
+#include <tuple>
+
 #include "common/custom_op.h"
 #include "mla/params.h"
 
@@ -64,19 +66,9 @@ Call<T> prepare(const Attributes& attrs, Ort::KernelContext& ctx) {
 
   Ort::UnownedValue output = ctx.GetOutput(kOutput, p.output_shape());
   t.output = ort::data_of<T>(output);
-  if (ctx.GetOutputCount() > kPresentLatent) {
-    // both or neither (as the schema's signature): with one, the other cache would be left unwritten or garbage
-    Ort::UnownedValue present_latent = ctx.GetOutput(kPresentLatent, p.present_shape(p.rank));
-    Ort::UnownedValue present_k_rope{nullptr};
-    if (ctx.GetOutputCount() > kPresentKRope) {
-      present_k_rope = ctx.GetOutput(kPresentKRope, p.present_shape(p.rope_dim));
-    }
-    if (!present_latent || !present_k_rope) {
-      fail(kOpName, ": outputs 'present_latent' and 'present_k_rope' must be requested together");
-    }
-    t.present_latent = ort::data_of<T>(present_latent);
-    t.present_k_rope = ort::data_of<T>(present_k_rope);
-  }
+  std::tie(t.present_latent, t.present_k_rope) =
+      ort::paired_outputs<T>(ctx, kOpName, kPresentLatent, "present_latent", p.present_shape(p.rank), "present_k_rope",
+                             p.present_shape(p.rope_dim));
   return call;
 }
 

@@ -7,6 +7,8 @@
 // In place: GetMayInplace lets onnxruntime hand the output pools the input pools' buffers, and I/O binding
 // of each output to its input's OrtValue does the same explicitly (the serving pattern); the kernels then
 // write only the new tokens. Other output buffers first receive a copy of the pools.
+#include <tuple>
+
 #include "common/custom_op.h"
 #include "gqa/attributes.h"
 #include "paged/params.h"
@@ -55,17 +57,9 @@ Call<T> prepare(const gqa::Attributes& attrs, Ort::KernelContext& ctx) {
   t.sinks = ort::data_of<T>(in[kSinks]);
   Ort::UnownedValue output = ctx.GetOutput(kOutput, p.output_shape());
   t.output = ort::data_of<T>(output);
-  if (ctx.GetOutputCount() > kKeyCacheOut) {
-    // both or neither (as the schema's signature): with one, the other pool would be left unwritten or garbage
-    Ort::UnownedValue key_out = ctx.GetOutput(kKeyCacheOut, p.pool_shape(p.head_dim));
-    Ort::UnownedValue value_out{nullptr};
-    if (ctx.GetOutputCount() > kValueCacheOut) value_out = ctx.GetOutput(kValueCacheOut, p.pool_shape(p.v_head_dim));
-    if (!key_out || !value_out) {
-      fail(kOpName, ": outputs 'key_cache_out' and 'value_cache_out' must be requested together");
-    }
-    t.key_cache_out = ort::data_of<T>(key_out);
-    t.value_cache_out = ort::data_of<T>(value_out);
-  }
+  std::tie(t.key_cache_out, t.value_cache_out) =
+      ort::paired_outputs<T>(ctx, kOpName, kKeyCacheOut, "key_cache_out", p.pool_shape(p.head_dim), "value_cache_out",
+                             p.pool_shape(p.v_head_dim));
   return call;
 }
 
