@@ -19,12 +19,12 @@ MODEL_NAMES = {"decoders": ("llama", "llama4", "gemma3", "gemma4", "gpt2", "gpt-
                "others": ("bert", "modernbert", "tiny-decoder")}  # encoders, a decoder without a KV cache
 
 
-PROVIDER_ALIASES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}  # as generate's --provider
+PROVIDER_ALIASES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
 
 def _providers(args) -> list[str] | None:
-    """--provider as onnxruntime's providers list: a full name, or cpu / cuda (None: the default)."""
-    if not args.provider:
+    """--provider as onnxruntime's providers list: a full name, or cpu / cuda (None: unset or auto, the default)."""
+    if not args.provider or args.provider == "auto":
         return None
     name = PROVIDER_ALIASES.get(args.provider.lower(), args.provider)
     return [name, "CPUExecutionProvider"] if name == "CUDAExecutionProvider" else [name]
@@ -100,7 +100,10 @@ def _gather_rows(model_path: str) -> dict[str, int]:
 def _random_feeds(session, model_path: str, dims: dict[str, int], seed: int = 0) -> dict[str, np.ndarray]:
     """Random inputs that keep the model's contracts: ids below the rows of the table they index, an attention mask
     that hides nothing, shared-buffer past_lengths within the room the buffers leave for the new tokens (buffers of
-    sequence + 4 unless --dim max_sequence says otherwise); other integers in [0, 16), floats standard normal."""
+    sequence + DEFAULT_DIM unless --dim max_sequence says otherwise); other integers in [0, 16), floats standard
+    normal."""
+    from onnxattn.validation import DEFAULT_DIM, random_past_lengths
+
     rng = np.random.default_rng(seed)
     rows = _gather_rows(model_path)
     names = {inp.name for inp in session.get_inputs()}
@@ -110,10 +113,10 @@ def _random_feeds(session, model_path: str, dims: dict[str, int], seed: int = 0)
         raise ValueError(f"--dim {', '.join(unknown)}: the inputs have no dim of that name (theirs: "
                          f"{', '.join(sorted(symbolic)) or 'none'})")
     if "past_lengths" in names:
-        dims = {"max_sequence": dims.get("sequence", 4) + 4, **dims}
+        dims = {"max_sequence": dims.get("sequence", DEFAULT_DIM) + DEFAULT_DIM, **dims}
     feeds = {}
     for inp in session.get_inputs():
-        shape = [d if isinstance(d, int) else dims.get(d, 4) for d in inp.shape]
+        shape = [d if isinstance(d, int) else dims.get(d, DEFAULT_DIM) for d in inp.shape]
         if inp.name == "attention_mask":
             feeds[inp.name] = np.ones(shape, dtype=bool if "bool" in inp.type else np.int64)
         elif inp.type in ("tensor(int64)", "tensor(int32)"):
@@ -129,9 +132,8 @@ def _random_feeds(session, model_path: str, dims: dict[str, int], seed: int = 0)
             feeds[inp.name] = rng.standard_normal(shape).astype(np.float32)
     if "past_lengths" in feeds and "input_ids" in feeds:
         buffer = next(v for k, v in feeds.items() if k.startswith("past_key_values."))
-        room = max(buffer.shape[2] - feeds["input_ids"].shape[1], 0)
-        lengths = feeds["past_lengths"]
-        feeds["past_lengths"] = rng.integers(0, room + 1, lengths.shape).astype(lengths.dtype)
+        feeds["past_lengths"] = random_past_lengths(rng, feeds["past_lengths"], buffer.shape[2],
+                                                    feeds["input_ids"].shape[1])
     return feeds
 
 
@@ -316,8 +318,7 @@ def cmd_generate(args) -> int:
     from onnxattn.generate import generate, generate_torch
 
     sampling = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
-    providers = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
-                 "auto": None}[args.provider]
+    providers = _providers(args)
     model = hf_model = None
     if Path(args.model).is_file():
         if args.compare_torch:  # before generating, not after
@@ -329,8 +330,8 @@ def cmd_generate(args) -> int:
         from onnxattn.cuda_ep import default_providers
         from onnxattn.export import export_model
 
-        on_cpu = "CUDAExecutionProvider" not in (providers or default_providers())
-        if args.dtype == "bfloat16" and on_cpu:  # before exporting (make_session would refuse it after)
+        # before exporting (make_session would refuse it after)
+        if args.dtype == "bfloat16" and "CUDAExecutionProvider" not in (providers or default_providers()):
             raise ValueError("generate: --dtype bfloat16 needs the CUDA provider: onnxruntime's CPU kernels for "
                              "standard ops (MatMul, Mul, ...) have no bfloat16; use float32 or float16 on the CPU")
 

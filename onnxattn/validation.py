@@ -276,6 +276,13 @@ def _index_dims(spec, inputs: Sequence[TensorInfo | None], dims: Mapping[str, in
     return out
 
 
+def random_past_lengths(rng: np.random.Generator, like: np.ndarray, buffer: int, new_tokens: int) -> np.ndarray:
+    """Random past_lengths (shape and dtype of `like`) of a shared buffer of `buffer` slots that `new_tokens` more
+    must fit: in [0, buffer - new_tokens] (0 where the buffer has no room)."""
+    room = max(buffer - new_tokens, 0)
+    return rng.integers(0, room + 1, like.shape).astype(like.dtype)
+
+
 def _valid_index_inputs(spec, feeds: dict[str, np.ndarray], rng: np.random.Generator) -> None:
     """Random index inputs that satisfy their contracts, in place: past_lengths within [0, M - S] (0 where M <
     S); a paged batch's cu_seqlens_q (the T tokens split among the B sequences), seq_lens (new tokens plus a
@@ -284,15 +291,15 @@ def _valid_index_inputs(spec, feeds: dict[str, np.ndarray], rng: np.random.Gener
     feed = {n: f"in{k}" for k, n in enumerate(names) if f"in{k}" in feeds}
     buffer = feed.get(spec.shared_buffer)
     if "past_lengths" in feed and buffer is not None:
-        lengths = feeds[feed["past_lengths"]]
-        room = max(feeds[buffer].shape[-2] - feeds["in0"].shape[1], 0)
-        feeds[feed["past_lengths"]] = rng.integers(0, room + 1, lengths.shape).astype(lengths.dtype)
+        feeds[feed["past_lengths"]] = random_past_lengths(rng, feeds[feed["past_lengths"]], feeds[buffer].shape[-2],
+                                                          feeds["in0"].shape[1])
     if "key_indices" in feed and "latent" in feed:  # MultiHeadLatentAttention: cache slots, or -1 (no key)
         new_tokens = feeds[feed["latent"]].shape[1]
-        past = feeds[feed["past_latent"]].shape[-2] if "past_latent" in feed else 0  # as check_mla_key_indices
-        total = new_tokens if "past_latent" not in feed else past + (0 if "past_lengths" in feed else new_tokens)
+        total = new_tokens  # the caches' tokens, as check_mla_key_indices counts them
+        if "past_latent" in feed:
+            total = feeds[feed["past_latent"]].shape[-2] + (0 if "past_lengths" in feed else new_tokens)
         indices = feeds[feed["key_indices"]]
-        feeds[feed["key_indices"]] = rng.integers(-1, max(total, 0), indices.shape).astype(indices.dtype)
+        feeds[feed["key_indices"]] = rng.integers(-1, total, indices.shape).astype(indices.dtype)
     if all(n in feed for n in ("block_table", "cu_seqlens_q", "seq_lens", "key_cache")):
         table = feeds[feed["block_table"]]
         batch, width = table.shape
