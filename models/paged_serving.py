@@ -42,6 +42,23 @@ _ATTENTION_MODULES = ("GroupedQueryAttention", "MultiHeadLatentAttention", "Nati
                       "SparseRoutedAttention")
 
 
+def check_servable(lm: nn.Module) -> None:
+    """ValueError unless PagedCausalLM can serve `lm`: a reference decoder (models._base.CausalLM's forward) of
+    GroupedQueryAttention layers."""
+    if getattr(lm, "kind", None) != "decoder":
+        raise ValueError(f"PagedCausalLM: {type(lm).__name__} is not a reference decoder")
+    # PagedAttention serves GroupedQueryAttention's layers; not DeepSeek's latent attention or the sparse ops
+    attention = {type(m).__name__ for m in lm.layers.modules() if type(m).__name__ in _ATTENTION_MODULES}
+    if attention - {"GroupedQueryAttention"}:
+        raise ValueError(f"PagedCausalLM: {type(lm).__name__} attends with {', '.join(sorted(attention))}; paged "
+                         "serving takes GroupedQueryAttention layers")
+    # run() replays CausalLM.forward's embed -> layers -> head; a model with its own forward (Gemma 4's per-layer
+    # inputs and K/V shared across layers) would be served wrong
+    if type(lm).forward is not CausalLM.forward:
+        raise ValueError(f"PagedCausalLM: {type(lm).__name__} has a forward of its own (per-layer inputs, shared "
+                         "K/V, ...) that paged serving does not replay")
+
+
 class PagedCausalLM(nn.Module):
     """A reference decoder (models._base.CausalLM: embed, layers with GroupedQueryAttention, head) over a
     step's packed tokens. forward(input_ids [T], block_table, cu_seqlens_q, seq_lens, key_caches,
@@ -49,18 +66,7 @@ class PagedCausalLM(nn.Module):
 
     def __init__(self, lm: nn.Module):
         super().__init__()
-        if getattr(lm, "kind", None) != "decoder":
-            raise ValueError(f"PagedCausalLM: {type(lm).__name__} is not a reference decoder")
-        # PagedAttention serves GroupedQueryAttention's layers; not DeepSeek's latent attention or the sparse ops
-        attention = {type(m).__name__ for m in lm.layers.modules() if type(m).__name__ in _ATTENTION_MODULES}
-        if attention - {"GroupedQueryAttention"}:
-            raise ValueError(f"PagedCausalLM: {type(lm).__name__} attends with {', '.join(sorted(attention))}; paged "
-                             "serving takes GroupedQueryAttention layers")
-        # run() replays CausalLM.forward's embed -> layers -> head; a model with its own forward (Gemma 4's per-layer
-        # inputs and K/V shared across layers) would be served wrong
-        if type(lm).forward is not CausalLM.forward:
-            raise ValueError(f"PagedCausalLM: {type(lm).__name__} has a forward of its own (per-layer inputs, shared "
-                             "K/V, ...) that paged serving does not replay")
+        check_servable(lm)
         self.lm = lm
         self.train(lm.training)
 
@@ -300,7 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     try:
         lm, new_cache, requests = build_demo(args.model, args.block_size, args.num_blocks)
-        PagedCausalLM(lm)  # its layers' check, before any work
+        check_servable(lm)  # before any work
     except (KeyError, ValueError) as e:
         parser.error(str(e.args[0] if e.args else e))
     expected = generate_contiguous(lm, requests)
