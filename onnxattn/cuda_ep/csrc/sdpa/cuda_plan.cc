@@ -59,8 +59,6 @@
 #include "sdpa/cuda_plan.h"
 
 #include <algorithm>
-#include <cstdlib>
-#include <cstring>
 #include <utility>
 
 #include "common/env.h"

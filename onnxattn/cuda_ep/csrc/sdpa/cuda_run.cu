@@ -3,7 +3,6 @@
 // facts the plan needs.
 #include <algorithm>
 #include <climits>
-#include <cstdlib>
 #include <mutex>
 #include <stdexcept>
 #include <string>
