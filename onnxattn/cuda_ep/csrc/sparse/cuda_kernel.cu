@@ -675,21 +675,35 @@ RoutedRoute routed_route(const RoutedParams& p) {
   return r;
 }
 
-size_t routed_scratch_bytes_of(const RoutedParams& p, const RoutedRoute& route) {
+// Scratch of run_routed, in order (as NsaScratch): with a null base it only counts, else it hands out the pointers.
+struct RoutedScratch {
+  float *q_att, *k_att, *q_raw, *k_raw, *v, *centroids;
+  int32_t* lists;
+  float* out;
+  char* inverted_lists;  // the inverted lists of the attention by segment / by tensor-core blocks (route)
+};
+
+RoutedScratch carve_routed(const RoutedParams& p, const RoutedRoute& route, Carver& c) {
   const Dims& d = p.dims;
-  Carver c{nullptr};
   const int64_t q = d.batch * d.q_heads * d.q_len, k = d.batch * d.kv_heads * d.kv_len;
-  c.take<float>(q * d.head_dim);
-  c.take<float>(k * d.head_dim);
-  c.take<float>(q * d.head_dim);
-  c.take<float>(k * d.head_dim);
-  c.take<float>(k * d.v_head_dim);
-  c.take<float>(d.batch * d.kv_heads * std::max<int64_t>(p.num_segments, 1) * d.head_dim);
-  c.take<int32_t>(q * p.attrs.top_k);
-  c.take<float>(q * d.v_head_dim);
-  if (route.inverted_lists()) {
-    c.take<char>(int64_t(routed_blocks_scratch_bytes(routed_rows(p), p.attrs.top_k, routed_list_keys(p))));
-  }
+  RoutedScratch s{};
+  s.q_att = c.take<float>(q * d.head_dim);
+  s.k_att = c.take<float>(k * d.head_dim);
+  s.q_raw = c.take<float>(q * d.head_dim);
+  s.k_raw = c.take<float>(k * d.head_dim);
+  s.v = c.take<float>(k * d.v_head_dim);
+  s.centroids = c.take<float>(d.batch * d.kv_heads * std::max<int64_t>(p.num_segments, 1) * d.head_dim);
+  s.lists = c.take<int32_t>(q * p.attrs.top_k);
+  s.out = c.take<float>(q * d.v_head_dim);
+  s.inverted_lists = route.inverted_lists()
+                         ? c.take<char>(int64_t(routed_blocks_scratch_bytes(q, p.attrs.top_k, routed_list_keys(p))))
+                         : nullptr;
+  return s;
+}
+
+size_t routed_scratch_bytes_of(const RoutedParams& p, const RoutedRoute& route) {
+  Carver c{nullptr};
+  carve_routed(p, route, c);
   return c.used;
 }
 
@@ -712,19 +726,13 @@ void run_routed(const RoutedParams& p, const RoutedTensors<T>& t, void* stream_p
   if (d.batch == 0 || d.q_len == 0) return;
   cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
   Carver c{static_cast<char*>(scratch)};
+  const RoutedScratch sc = carve_routed(p, route, c);
   const int64_t q_rows = d.batch * d.q_heads * d.q_len, k_rows = d.batch * d.kv_heads * d.kv_len;
   const bool route_raw = a.rope && !a.rope_before_routing;
-  float* q_att = c.take<float>(q_rows * d.head_dim);
-  float* k_att = c.take<float>(k_rows * d.head_dim);
-  float* q_raw = c.take<float>(q_rows * d.head_dim);
-  float* k_raw = c.take<float>(k_rows * d.head_dim);
-  float* v = c.take<float>(k_rows * d.v_head_dim);
-  float* centroids = c.take<float>(d.batch * d.kv_heads * std::max<int64_t>(p.num_segments, 1) * d.head_dim);
-  int32_t* lists = c.take<int32_t>(q_rows * a.top_k);
-  float* out = c.take<float>(q_rows * d.v_head_dim);
-  char* by_segment_scratch =
-      route.inverted_lists() ? c.take<char>(int64_t(routed_blocks_scratch_bytes(q_rows, a.top_k, routed_list_keys(p))))
-                             : nullptr;
+  float *const q_att = sc.q_att, *const k_att = sc.k_att, *const q_raw = sc.q_raw, *const k_raw = sc.k_raw;
+  float *const v = sc.v, *const centroids = sc.centroids, *const out = sc.out;
+  int32_t* const lists = sc.lists;
+  char* const by_segment_scratch = sc.inverted_lists;
   const bool by_mma = route.by_mma, by_segment = route.by_segment, query_tiles = route.query_tiles;
   // read before any launch
   const bool overlap_loads = overlapped_loads_requested(kRoutedName), redux = redux_argmax_requested(kRoutedName);
