@@ -40,7 +40,7 @@
 # Environment: ONNXATTN_LIBRARY (default: the carried build), GPU_CHECK_QUICK=1 (smaller benchmark),
 # GPU_CHECK_PYTEST_ARGS (extra pytest arguments, e.g. "-k decode"), GPU_CHECK_SANITIZE=1 (memcheck and
 # racecheck even when the tests pass), GPU_CHECK_BENCHES (comma-separated subset of sdpa,gqa,mla,indexer,
-# paged,sparse,models,profile; default all; "none" for none).
+# paged,sparse,models,profile; default all; "none" for none), GPU_CHECK_DEADLINE_S (the call's limit; see fits()).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -55,6 +55,15 @@ CAP_BENCH_SDPA=80 CAP_BENCH_GQA=50 CAP_BENCH_MLA=20 CAP_BENCH_INDEXER=15 CAP_BEN
 CAP_PROFILE=45  # benchmarks/profile_cuda.py: per-kernel device time of the paths short of their targets
 # Nsight Compute on the decode kernel, only where it can start by NCU_LATEST_START s and still leave the summary time
 CAP_NCU=40 NCU_LATEST_START=500
+# GPU_CHECK_DEADLINE_S: the call's own limit (timeout_s, or the device time left if less). A benchmark stage, or
+# Nsight Compute, that could run past it minus the summary's 20 s is skipped, saying so, so the summary and the
+# bundled JSON still come back from a short lease.
+DEADLINE=${GPU_CHECK_DEADLINE_S:-600}
+fits() {  # fits <stage name> <cap s>
+  if [ $(( SECONDS + $2 + 20 )) -le "$DEADLINE" ]; then return 0; fi
+  echo "== $1 skipped: ${SECONDS}s in, its ${2}s cap would pass the ${DEADLINE}s deadline (GPU_CHECK_DEADLINE_S)"
+  return 1
+}
 
 main() {
 
@@ -168,36 +177,38 @@ quick=()
 if [ "${GPU_CHECK_QUICK:-0}" = 1 ]; then quick=(--quick); fi
 benches=",${GPU_CHECK_BENCHES:-sdpa,gqa,mla,indexer,paged,sparse,models,profile},"
 bench_rc= gqa_bench_rc= mla_bench_rc=0 paged_bench_rc= sparse_bench_rc= models_bench_rc=
-if [[ $benches == *,sdpa,* ]]; then
+if [[ $benches == *,sdpa,* ]] && fits "sdpa benchmark" "$CAP_BENCH_SDPA"; then
   timeout "$CAP_BENCH_SDPA" python3 benchmarks/bench_sdpa_cuda.py --out "$OUT/bench_sdpa_cuda.json" "${quick[@]}"
   bench_rc=$?
 fi
-if [[ $benches == *,gqa,* ]]; then
+if [[ $benches == *,gqa,* ]] && fits "gqa benchmark" "$CAP_BENCH_GQA"; then
   timeout "$CAP_BENCH_GQA" python3 benchmarks/bench_gqa_cuda.py --out "$OUT/bench_gqa_cuda.json" "${quick[@]}"
   gqa_bench_rc=$?
 fi
-if [[ $benches == *,mla,* ]]; then
+if [[ $benches == *,mla,* ]] && fits "mla benchmark" "$CAP_BENCH_MLA"; then
   timeout "$CAP_BENCH_MLA" python3 benchmarks/bench_mla_cuda.py --out "$OUT/bench_mla_cuda.json" "${quick[@]}"
   mla_bench_rc=$?
   echo "MultiHeadLatentAttention benchmark: rc=$mla_bench_rc (its tests ran in the first stage)"
 fi
-if [[ $benches == *,indexer,* ]]; then  # always --quick: it shares the MLA stage's few seconds
+# The indexer's benchmark always --quick: it shares the MLA stage's few seconds
+if [[ $benches == *,indexer,* ]] && fits "indexer benchmark" "$CAP_BENCH_INDEXER"; then
   timeout "$CAP_BENCH_INDEXER" python3 benchmarks/bench_indexer_cuda.py --out "$OUT/bench_indexer_cuda.json" --quick
   echo "LightningIndexer benchmark: rc=$? (its tests ran in the first stage)"
 fi
-if [[ $benches == *,paged,* ]]; then
+if [[ $benches == *,paged,* ]] && fits "paged benchmark" "$CAP_BENCH_PAGED"; then
   timeout "$CAP_BENCH_PAGED" python3 benchmarks/bench_paged_cuda.py --out "$OUT/bench_paged_cuda.json" "${quick[@]}"
   paged_bench_rc=$?
 fi
-if [[ $benches == *,sparse,* ]]; then
+if [[ $benches == *,sparse,* ]] && fits "sparse benchmark" "$CAP_BENCH_SPARSE"; then
   timeout "$CAP_BENCH_SPARSE" python3 benchmarks/bench_sparse_cuda.py --out "$OUT/bench_sparse_cuda.json" "${quick[@]}"
   sparse_bench_rc=$?
 fi
-if [[ $benches == *,profile,* ]]; then  # a diagnosis, not a measurement with a target: its exit status is reported only
+# The profile is a diagnosis, not a measurement with a target: its exit status is reported only
+if [[ $benches == *,profile,* ]] && fits "CUDA profile" "$CAP_PROFILE"; then
   timeout "$CAP_PROFILE" python3 benchmarks/profile_cuda.py --out "$OUT/bench_profile_cuda.json" --budget-s 38
   echo "CUDA profile: rc=$? (per-kernel device time; bundled as 'profile')"
 fi
-if [[ $benches == *,models,* ]]; then
+if [[ $benches == *,models,* ]] && fits "models benchmark" "$CAP_BENCH_MODELS"; then
   timeout "$CAP_BENCH_MODELS" python3 benchmarks/bench_models_cuda.py --out "$OUT/bench_models_cuda.json" "${quick[@]}"
   models_bench_rc=$?
 fi
@@ -207,7 +218,8 @@ fi
 # Nsight Compute's stall reasons, memory throughput and occupancy of four launches say which: the default decode
 # at B=16 and B=1 (GQA 32/8, Skv 32k, D 128, float16), then the opt-in direct loads at B=16 and, with two stages a
 # warp, at B=1. A diagnosis (ncu_decode.txt, key lines in the log); its exit status is reported only.
-if [ "${GPU_CHECK_NCU:-1}" = 1 ] && command -v ncu >/dev/null && [ "$SECONDS" -lt "$NCU_LATEST_START" ]; then
+if [ "${GPU_CHECK_NCU:-1}" = 1 ] && command -v ncu >/dev/null && [ "$SECONDS" -lt "$NCU_LATEST_START" ] &&
+   fits "Nsight Compute" "$CAP_NCU"; then
   echo "== Nsight Compute on decode_mma_kernel (${SECONDS}s in)"
   cat > /tmp/ncu_decode_launch.py <<'PY'
 import os, torch, sdpa_cuda_lib as lib
