@@ -17,13 +17,18 @@ causal prefill, S in {16k, 64k} (--quick: {4k, 16k}):
   - nsa_mma, nsa_dot_mma, routed_mma: nsa, nsa_dot and routed with ONNXATTN_SPARSE_CUDA=mma (the default since
                stop 23; nsa, nsa_dot and routed ask for fast explicitly): the block
                branch / the routed attention on the tensor-core kernel by block (each chosen block staged once per
-               slot for up to 64 rows, mma.sync) and NSA's selection on tensor cores, the rest as fast;
-  - nsa_mma_async, routed_mma_async: nsa_mma and routed_mma with the latency work (opt-in, the same bits):
-               ONNXATTN_SPARSE_CUDA_LOADS=async (the tensor-core kernels, by block and selection, with their
-               loads overlapped) and ONNXATTN_SPARSE_CUDA_ARGMAX=redux (the selection's argmax by warp reductions);
-  - nsa_mma_tiles, routed_mma_tiles: nsa_mma_async and routed_mma_async by query tiles (opt-in, not the same
-               bits): ONNXATTN_SPARSE_CUDA_BLOCKS=queries, a CTA per run of consecutive queries walking the union
-               of their lists, outputs in registers, instead of the inverted lists and their per-slot merges;
+               slot for up to 64 rows, mma.sync) and NSA's selection on tensor cores, the rest as fast; with the
+               kernels that load in turn and the shuffle argmax, pinned (ONNXATTN_SPARSE_CUDA_LOADS=sync,
+               ONNXATTN_SPARSE_CUDA_ARGMAX=shuffle): the old kernels, as these columns recorded them before 82087dc;
+  - nsa_mma_async, routed_mma_async: nsa_mma and routed_mma with the latency work (the same bits), the default
+               since the H200 run at 82087dc (NSA 9.49 -> 4.58 ms at 16k, 40.49 -> 23.66 at 64k; routed 13.59 ->
+               7.93, 111.0 -> 70.44): ONNXATTN_SPARSE_CUDA_LOADS=async (the tensor-core kernels, by block and
+               selection, with their loads overlapped) and ONNXATTN_SPARSE_CUDA_ARGMAX=redux (the selection's
+               argmax by warp reductions; nsa, nsa_dot and routed take it too);
+  - nsa_mma_tiles, routed_mma_tiles: nsa_mma_async and routed_mma_async by query tiles (opt-in, slower on that
+               run, not the same bits): ONNXATTN_SPARSE_CUDA_BLOCKS=queries, a CTA per run of consecutive queries
+               walking the union of their lists, outputs in registers, instead of the inverted lists and their
+               per-slot merges;
   - dense:     our ScaledDotProductAttention CUDA kernel (causal, GQA) through the library's C test entry
                (tests/gpu/sdpa_cuda_lib.py, as bench_sdpa_cuda.py);
   - dense_ort: the same op through onnxruntime's CUDA EP: the sparse ops' path, so sparse/dense compares like

@@ -6,8 +6,13 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-_MMA = {"ONNXATTN_SPARSE_CUDA": "mma"}
-_MMA_ASYNC = {**_MMA, "ONNXATTN_SPARSE_CUDA_LOADS": "async", "ONNXATTN_SPARSE_CUDA_ARGMAX": "redux"}
+# mma: the tensor-core path with its loads in turn and the shuffle argmax (LOADS=sync, ARGMAX=shuffle), pinned: the
+# old kernels, as nsa_mma etc. recorded them before 82087dc; mma_async: the default since the H200 run at 82087dc
+# (LOADS=async, ARGMAX=redux: the same bits, NSA 9.49 -> 4.58 ms at 16k), named too so that a stray switch in the
+# environment cannot change what a column means.
+_MMA_PATH = {"ONNXATTN_SPARSE_CUDA": "mma"}
+_MMA = {**_MMA_PATH, "ONNXATTN_SPARSE_CUDA_LOADS": "sync", "ONNXATTN_SPARSE_CUDA_ARGMAX": "shuffle"}
+_MMA_ASYNC = {**_MMA_PATH, "ONNXATTN_SPARSE_CUDA_LOADS": "async", "ONNXATTN_SPARSE_CUDA_ARGMAX": "redux"}
 # The sparse kernels' paths: the ONNXATTN_ switches their runs see. The order of this dict groups the columns by
 # path in the recorded config and in plot_cuda's ratios.
 PATHS = {"fast": {"ONNXATTN_SPARSE_CUDA": "fast"}, "simple": {"ONNXATTN_SPARSE_CUDA": "simple"}, "mma": _MMA,
@@ -19,8 +24,8 @@ class Column(NamedTuple):
 
     name: str
     kind: str  # "sparse", "dense" (our dense SDPA) or "torch" (torch SDPA)
-    # position in the run and in bench_sparse_cuda's table: the default path (mma), its opt-in variants and the dense
-    # references first, the slowest paths last (a short time budget skips the last columns first)
+    # position in the run and in bench_sparse_cuda's table: the mma paths (the old kernels, the default, query tiles)
+    # and the dense references first, the slowest paths last (a short time budget skips the last columns first)
     run: int
     case: str | None = None  # its onnxruntime node: a bench_sparse_cpu.CASES name or "nsa_dot"; None: not through ORT
     path: str | None = None  # its PATHS entry; None: the op's default switches
@@ -51,15 +56,16 @@ COLUMNS = (
     Column("torch_flash", "torch", 9, backend="FLASH_ATTENTION", heading="torch flash ms"),
     Column("torch_cudnn", "torch", 10, backend="CUDNN_ATTENTION", heading="torch cuDNN ms"),
     Column("nsa_mma", "sparse", 0, case="nsa", path="mma", baseline="nsa", heading="NSA mma ms",
-           label="NSA, tensor-core path (mma)", color="indigo", plot_ratios=("dense",)),
+           label="NSA, mma, loads in turn", color="indigo", plot_ratios=("dense",)),
     Column("nsa_dot_mma", "sparse", 8, case="nsa_dot", path="mma", baseline="nsa_dot", heading="NSA dot mma ms",
-           label="NSA dot selection, mma", color="orchid", plot_ratios=("dense",)),
+           label="NSA dot selection, mma, loads in turn", color="orchid", plot_ratios=("dense",)),
     Column("routed_mma", "sparse", 1, case="routed", path="mma", baseline="routed", heading="routed mma ms",
-           label="SparseRoutedAttention, mma", color="saddlebrown", plot_ratios=("dense",)),
+           label="SparseRoutedAttention, mma, loads in turn", color="saddlebrown", plot_ratios=("dense",)),
     Column("nsa_mma_async", "sparse", 4, case="nsa", path="mma_async", baseline="nsa_mma",
-           heading="NSA mma async ms", label="NSA, mma, overlapped loads", color="slateblue", plot_ratios=("dense",)),
+           heading="NSA mma async ms", label="NSA, mma, overlapped loads (default)", color="slateblue",
+           plot_ratios=("dense",)),
     Column("routed_mma_async", "sparse", 5, case="routed", path="mma_async", baseline="routed_mma",
-           heading="routed mma async ms", label="routed, mma, overlapped loads", color="chocolate",
+           heading="routed mma async ms", label="routed, mma, overlapped loads (default)", color="chocolate",
            plot_ratios=("dense",)),
     Column("nsa_mma_tiles", "sparse", 2, case="nsa", path="mma_tiles", baseline="nsa_mma_async",
            heading="NSA mma tiles ms", label="NSA, mma, query tiles", color="darkviolet", plot_ratios=("dense",)),

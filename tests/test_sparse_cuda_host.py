@@ -4,8 +4,9 @@ listed blocks back to back, so its length must count exactly the keys the list's
 structural range — what the CPU kernel's block-sparse core attends to. Checked on the lists our CPU kernel
 selects (its `selected_blocks` output) over random configurations, and on hand-made edge cases. (2)
 sparse/cuda_sizes.h: the tiled selection's and fine branch's shared memory within their budget, and the routed
-by-segment path's shared memory, scratch and int32 limits. Runs without a GPU through the library's C entries
-(built in every configuration)."""
+by-segment path's shared memory, scratch and int32 limits. (3) The latency switches as the plans read them: async
+loads and the redux argmax unless told otherwise. Runs without a GPU through the library's C entries (built in every
+configuration)."""
 
 from __future__ import annotations
 
@@ -370,10 +371,10 @@ def test_the_overlapped_block_kernels_search_finds_the_binary_searchs_key():
 
 
 def test_the_redux_argmax_picks_as_the_shuffle_argmax():
-    """ONNXATTN_SPARSE_CUDA_ARGMAX=redux: the selection's warp argmax as two warp reductions over unsigned keys
-    (sparse/cuda_sizes.h argmax_key; the C entry replays the warp lane by lane) must pick as better() does: larger
-    value first, the lower index on ties (-0 ties with +0), NaN never, and no pick at -inf. Checked against that rule
-    on scores full of ties, NaN, +-inf and signed zeros."""
+    """ONNXATTN_SPARSE_CUDA_ARGMAX=redux (the default): the selection's warp argmax as two warp reductions over
+    unsigned keys (sparse/cuda_sizes.h argmax_key; the C entry replays the warp lane by lane) must pick as better()
+    does: larger value first, the lower index on ties (-0 ties with +0), NaN never, and no pick at -inf. Checked
+    against that rule on scores full of ties, NaN, +-inf and signed zeros."""
     lib = ctypes.CDLL(sdpa_cuda_lib.library_path())
     fn = lib.OnnxAttnSparseArgmaxPicks
     fn.restype = ctypes.c_int64
@@ -394,3 +395,43 @@ def test_the_redux_argmax_picks_as_the_shuffle_argmax():
         eligible = [j for j in range(n) if not np.isnan(scores[j]) and scores[j] != -np.inf]
         want = sorted(eligible, key=lambda j: (-float(scores[j]), j))[:top]  # -0.0 == 0.0: index order
         assert picks[:count].tolist() == want, (trial, n, top)
+
+
+def latency_switches(op: str = "NativeSparseAttention") -> tuple[int, int]:
+    """(overlap_loads, redux_argmax) as plan_nsa and run_routed read them (sparse/params.cc); a bad value raises
+    ValueError with the library's message."""
+    lib = ctypes.CDLL(sdpa_cuda_lib.library_path())
+    fn = lib.OnnxAttnSparseLatencySwitches
+    fn.restype = ctypes.c_int32
+    fn.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_int32), ctypes.c_char_p, ctypes.c_int64]
+    out, error = (ctypes.c_int32 * 2)(), ctypes.create_string_buffer(512)
+    if fn(op.encode(), out, error, len(error)) != 0:
+        raise ValueError(error.value.decode())
+    return out[0], out[1]
+
+
+@pytest.mark.parametrize("op", ["NativeSparseAttention", "SparseRoutedAttention"])
+def test_the_latency_work_is_the_default(op, monkeypatch):
+    """ONNXATTN_SPARSE_CUDA_LOADS=async and _ARGMAX=redux are the default since the H200 run at 82087dc (the same
+    bits, NSA 9.49 -> 4.58 ms at 16k): unset or empty means both; sync and shuffle keep the old kernels, each alone;
+    any other value is refused, naming the op and the values it takes."""
+    for name in ("ONNXATTN_SPARSE_CUDA_LOADS", "ONNXATTN_SPARSE_CUDA_ARGMAX"):
+        monkeypatch.delenv(name, raising=False)
+    assert latency_switches(op) == (1, 1)
+    monkeypatch.setenv("ONNXATTN_SPARSE_CUDA_LOADS", "")
+    monkeypatch.setenv("ONNXATTN_SPARSE_CUDA_ARGMAX", "")
+    assert latency_switches(op) == (1, 1)
+    for loads, argmax, want in (("sync", "", (0, 1)), ("", "shuffle", (1, 0)), ("sync", "shuffle", (0, 0)),
+                                ("async", "redux", (1, 1))):  # fmt: skip
+        monkeypatch.setenv("ONNXATTN_SPARSE_CUDA_LOADS", loads)
+        monkeypatch.setenv("ONNXATTN_SPARSE_CUDA_ARGMAX", argmax)
+        assert latency_switches(op) == want, (loads, argmax)
+    for name, values in (("LOADS", "async or sync"), ("ARGMAX", "redux or shuffle")):
+        monkeypatch.setenv(f"ONNXATTN_SPARSE_CUDA_{name}", "later")
+        with pytest.raises(ValueError, match=rf"^{op}: environment variable ONNXATTN_SPARSE_CUDA_{name} must be "
+                                             rf"{values}, got 'later'$"):  # fmt: skip
+            latency_switches(op)
+        monkeypatch.setenv(f"ONNXATTN_SPARSE_CUDA_{name}", "Async" if name == "LOADS" else "REDUX")  # exact values
+        with pytest.raises(ValueError, match=f"ONNXATTN_SPARSE_CUDA_{name} must be"):
+            latency_switches(op)
+        monkeypatch.delenv(f"ONNXATTN_SPARSE_CUDA_{name}")

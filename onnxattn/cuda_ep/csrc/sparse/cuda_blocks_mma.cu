@@ -221,12 +221,12 @@ __global__ void __launch_bounds__(kThreads) blocks_mma_kernel(const RoutedBlocks
   merge_rows<kMaxDv, false>(a, o, m, l, live_lo, live_hi, row_lo, row_hi, state, scale_log2);
 }
 
-// blocks_mma_kernel with its memory latencies overlapped (ONNXATTN_SPARSE_CUDA_LOADS=async): the same arithmetic in
-// the same order, so the same bits. Its key is found by warp_find_key; the block's first key and value tiles are
-// issued before the rows are known and the query rows right after (cp.async for 16-bit inputs, so all three are in
-// flight at once); each row's running state is read before the tiles are scored, and its output row read whole
-// before any of it is written back. (The other kernel waits for each 16-byte chunk it stages, each step of its
-// search and each 8-byte piece of an output row in turn.)
+// blocks_mma_kernel with its memory latencies overlapped (ONNXATTN_SPARSE_CUDA_LOADS=async, the default): the same
+// arithmetic in the same order, so the same bits. Its key is found by warp_find_key; the block's first key and value
+// tiles are issued before the rows are known and the query rows right after (cp.async for 16-bit inputs, so all three
+// are in flight at once); each row's running state is read before the tiles are scored, and its output row read whole
+// before any of it is written back. (The other kernel, kept under LOADS=sync, waits for each 16-byte chunk it stages,
+// each step of its search and each 8-byte piece of an output row in turn.)
 template <typename TIn, typename TMma, int kMaxDv>
 __global__ void __launch_bounds__(kThreads) blocks_mma_overlapped_kernel(const RoutedBlocksArgs a, int64_t slot) {
   static_assert(kThreads >= kMmaRows && kMmaRows == 64, "a thread per row; two rows per lane of a warp");

@@ -7,14 +7,14 @@
 // each row's partial over the block merges into its running (max, sum, output) in scratch, in the order of its
 // list, with no atomics.
 //
-// Two kernels do this: blocks_mma_kernel, which waits for each load it makes in turn (the one run on a GPU so far:
+// Two kernels do this: blocks_mma_kernel, which waits for each load it makes in turn (ONNXATTN_SPARSE_CUDA_LOADS=sync:
 // 7.4 ms of NSA's 9.5 at 16k on the H200, ~18 TFLOP/s), and blocks_mma_overlapped_kernel (RoutedBlocksArgs::
-// overlap_loads, ONNXATTN_SPARSE_CUDA_LOADS=async; opt-in until a GPU run has checked and timed it), the same
-// arithmetic with its loads in flight together: cp.async staging, a warp's search for its block, each output row
-// read whole before it is written. A third, blocks_query_tiles_kernel (RoutedBlocksArgs::query_tiles,
-// ONNXATTN_SPARSE_CUDA_BLOCKS=queries|auto; opt-in likewise), needs no inverted lists: a CTA per run of consecutive
-// queries walks the union of their lists and keeps its rows' outputs in registers (not the lists' bits: each row sums
-// its blocks in ascending order).
+// overlap_loads, LOADS=async, the default since the H200 run at 82087dc: the same bits, NSA 9.49 -> 4.58 ms at 16k
+// with the redux argmax), the same arithmetic with its loads in flight together: cp.async staging, a warp's search for
+// its block, each output row read whole before it is written. A third, blocks_query_tiles_kernel (RoutedBlocksArgs::
+// query_tiles, ONNXATTN_SPARSE_CUDA_BLOCKS=queries|auto; opt-in: slower on that run), needs no inverted lists: a CTA
+// per run of consecutive queries walks the union of their lists and keeps its rows' outputs in registers (not the
+// lists' bits: each row sums its blocks in ascending order).
 //
 // Serves NativeSparseAttention's block branch (Q, K, V in the input type) and SparseRoutedAttention (RoPE'd
 // float32 Q and K, V as float32, rounded to the input type as they are staged). Against the float32 kernels the

@@ -328,16 +328,8 @@ SparsePath requested_path(const char* op) {
   fail(op, ": environment variable ONNXATTN_SPARSE_CUDA must be auto, simple, fast or mma, got '", v, "'");
 }
 bool fast_requested(const char* op) { return requested_path(op) != SparsePath::kSimple; }
-// ONNXATTN_SPARSE_CUDA_LOADS = sync | async: the tensor-core kernel by block with its loads overlapped
-// (cuda_blocks_mma.cu: the same bits). Opt-in until a GPU run has checked it and timed it.
-bool overlapped_loads_requested(const char* op) {
-  return env_choice(op, "ONNXATTN_SPARSE_CUDA_LOADS", {"sync", "async"}) == 1;
-}
-// ONNXATTN_SPARSE_CUDA_ARGMAX = shuffle | redux: the selection's warp argmax by five rounds of shuffles or by two
-// warp reductions (cuda_select.cu warp_select: the same lists). Opt-in until a GPU run has checked it and timed it.
-bool redux_argmax_requested(const char* op) {
-  return env_choice(op, "ONNXATTN_SPARSE_CUDA_ARGMAX", {"shuffle", "redux"}) == 1;
-}
+// ONNXATTN_SPARSE_CUDA_LOADS (async | sync) and _ARGMAX (redux | shuffle): overlapped_loads_requested and
+// redux_argmax_requested (cuda_sizes.h, defined in params.cc so that the host tests read them too).
 
 // ONNXATTN_SPARSE_CUDA_BLOCKS = lists | queries | auto: the tensor-core attention by block over the inverted lists, or
 // by query tiles walking the union of their lists (cuda_blocks_mma.cu; each row then sums its blocks in ascending

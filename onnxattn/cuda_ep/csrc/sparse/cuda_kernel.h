@@ -35,14 +35,16 @@
 // of whole queries; one row per list, as SparseRoutedAttention's routing: a CTA per 16 queries whose warps split
 // the centroids, float32 inputs as float16 hi + lo pairs). float32 inputs give fast's bits under mma
 // (tests/gpu/test_sparse_cuda_ort.py); 16-bit ones round P (and the routed Q, K after RoPE) to the input dtype.
-// ONNXATTN_SPARSE_CUDA_LOADS = sync | async (read by plan_nsa and run_routed): mma's tensor-core kernels (by block,
-// selection) wait for their loads in turn, or overlap them (the same bits; cuda_blocks_mma.cuh).
+// ONNXATTN_SPARSE_CUDA_LOADS = async | sync (read by plan_nsa and run_routed): mma's tensor-core kernels (by block,
+// selection) overlap their loads, or wait for them in turn (the same bits; cuda_blocks_mma.cuh). async is the default
+// since the H200 run at 82087dc (NSA 9.49 -> 4.58 ms at 16k with redux; cuda_sizes.h); sync keeps the old kernels.
 // ONNXATTN_SPARSE_CUDA_BLOCKS = lists | queries | auto (likewise): mma's attention by block over the inverted lists,
 // or by query tiles: a CTA per run of consecutive queries walks the union of their lists, its rows' outputs in
 // registers throughout (cuda_blocks_mma.cu; a row sums its blocks in ascending order, so not the lists' bits);
 // auto: query tiles where their CTAs fill the device (not a decode step).
-// ONNXATTN_SPARSE_CUDA_ARGMAX = shuffle | redux (likewise): every path's selection picks each entry by a warp argmax
-// of five shuffle rounds, or of two warp reductions (the same lists; cuda_select.cu warp_select).
+// ONNXATTN_SPARSE_CUDA_ARGMAX = redux | shuffle (likewise): every path's selection picks each entry by a warp argmax
+// of two warp reductions, or of five shuffle rounds (the same lists; cuda_select.cu warp_select). redux is the
+// default with async (the same run); shuffle keeps the old argmax.
 //
 // Usage: plan = plan_nsa(params, tensors); allocate plan.scratch_bytes of device scratch (256-byte
 // aligned); run_nsa() only enqueues work on `stream`: no host synchronisation, no allocation.
@@ -58,8 +60,8 @@ namespace onnxattn::sparse::cuda {
 struct NsaPlan {
   bool core_blocks = false, core_window = false;  // the branch runs on the attention core
   bool mma_blocks = false;  // the block branch runs on the tensor-core kernel by block (ONNXATTN_SPARSE_CUDA=mma)
-  bool overlap_loads = false;  // the tensor-core kernels' loads overlapped (ONNXATTN_SPARSE_CUDA_LOADS=async)
-  bool redux_argmax = false;   // the selection's argmax by warp reductions (ONNXATTN_SPARSE_CUDA_ARGMAX=redux)
+  bool overlap_loads = false;  // the tensor-core kernels' loads overlapped (ONNXATTN_SPARSE_CUDA_LOADS=async, default)
+  bool redux_argmax = false;   // the selection's argmax by warp reductions (ONNXATTN_SPARSE_CUDA_ARGMAX=redux, default)
   bool query_tiles = false;    // the tensor-core block branch by query tiles (ONNXATTN_SPARSE_CUDA_BLOCKS=queries)
   sdpa::Params blocks_params, window_params;
   sdpa::cuda::LaunchPlan blocks, window;

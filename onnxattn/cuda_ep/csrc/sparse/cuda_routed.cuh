@@ -40,7 +40,8 @@ struct RoutedBlocksArgs {
   // heads_per_list = Hq / Hkv for NSA's lists shared by a GQA group. The segment kernel takes one row per list.
   int64_t list_heads = 0, heads_per_list = 1;
   int lists_per_chunk = kRoutedChunk;  // lists per CTA (the chunks the scan counts)
-  // The tensor-core kernel's loads overlapped (ONNXATTN_SPARSE_CUDA_LOADS=async; cuda_blocks_mma.cu): the same bits.
+  // The tensor-core kernel's loads overlapped (ONNXATTN_SPARSE_CUDA_LOADS=async, the default; cuda_blocks_mma.cu): the
+  // same bits.
   bool overlap_loads = false;
   // The tensor-core attention by query tiles instead of the inverted lists (ONNXATTN_SPARSE_CUDA_BLOCKS=queries;
   // cuda_blocks_mma.cu, query_tiles_eligible must hold): a.out is written normalised, the scratch is not used.

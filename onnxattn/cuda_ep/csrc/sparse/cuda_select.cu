@@ -564,7 +564,7 @@ __device__ __forceinline__ void select_cta_lists(const SelectArgs<TQ>& a, const 
 // 16 bits for P V, as every 16-bit flash kernel) giving the branch output and each row's log-sum-exp; pass 2
 // recomputes the scores and turns them into probabilities exp(s scale - lse). Then, per tile, the rows' values
 // are summed over the heads of each query in head order into its selection keys, and a warp per query picks its
-// list (warp_select). kOverlap: a.overlap_loads (ONNXATTN_SPARSE_CUDA_LOADS=async) as a template parameter, as in
+// list (warp_select). kOverlap: a.overlap_loads (LOADS=async, the default) as a template parameter, as in
 // select_split_kernel (as a runtime branch it took the default kMaxDv = 64 kernel from 128 to 147 registers).
 template <typename TQ, int kMaxDv, bool kOverlap>
 __global__ void __launch_bounds__(kThreads) select_mma_kernel(const SelectArgs<TQ> a, int queries, int rows_per_query) {
@@ -716,8 +716,8 @@ __global__ void __launch_bounds__(kThreads) select_mma_kernel(const SelectArgs<T
 // loop), S = Qh Ch + Qh Cl + Ql Ch, written straight into the queries' keys; then a warp per query: warp_select.
 // TMma: float16 (~21 significant bits for values within its range) for float16 inputs, bfloat16 (~16 bits, float32's
 // range) for bfloat16 inputs, whose values float16 may not hold (SelectTiling::split_bf16).
-// kOverlap (a.overlap_loads, ONNXATTN_SPARSE_CUDA_LOADS=async) is a template parameter: as a runtime branch it took
-// the default path's kernel from 64 to 80 registers with spills (sm_90a).
+// kOverlap (a.overlap_loads, ONNXATTN_SPARSE_CUDA_LOADS=async, the default) is a template parameter: as a runtime
+// branch it took the default path's kernel from 64 to 80 registers with spills (sm_90a).
 template <typename TQ, typename TMma, bool kOverlap>
 __global__ void __launch_bounds__(kThreads) select_split_kernel(const SelectArgs<TQ> a) {
   using namespace mma_tiles;  // NOLINT: the tile pieces this kernel is made of

@@ -24,9 +24,10 @@ struct SelectArgs {
   bool causal, shared, probabilities;
   int64_t sink_blocks, local_blocks;
   float scale;
-  // The tensor-core kernels' loads overlapped (ONNXATTN_SPARSE_CUDA_LOADS=async): the same bits.
+  // The tensor-core kernels' loads overlapped (ONNXATTN_SPARSE_CUDA_LOADS=async, the default): the same bits.
   bool overlap_loads = false;
-  // The selection's argmax by two warp reductions (ONNXATTN_SPARSE_CUDA_ARGMAX=redux, warp_select): the same lists.
+  // The selection's argmax by two warp reductions (ONNXATTN_SPARSE_CUDA_ARGMAX=redux, the default; warp_select): the
+  // same lists.
   bool redux_argmax = false;
 };
 

@@ -14,6 +14,17 @@ namespace onnxattn::sparse::cuda {
 inline constexpr int kThreads = 128;
 inline constexpr int kWarpsPerBlock = kThreads / 32;
 
+// ---- The latency switches, read by plan_nsa and run_routed on every call (defined in params.cc, whose C entry
+// OnnxAttnSparseLatencySwitches lets the host tests read them; a bad value is an InputError naming `op`).
+// ONNXATTN_SPARSE_CUDA_LOADS = async | sync: the tensor-core kernels (by block, selection) with their loads
+// overlapped, or waiting for each in turn: the same bits. ONNXATTN_SPARSE_CUDA_ARGMAX = redux | shuffle: the
+// selection's warp argmax by two warp reductions, or five shuffle rounds: the same lists. async and redux are the
+// default since the H200 run at 82087dc checked their bits and timed them (B1 16q/2kv D128 bf16 causal, blocks of 64,
+// top 16: NSA 9.49 -> 4.58 ms at 16k, 40.49 -> 23.66 at 64k; routed 13.59 -> 7.93, 111.0 -> 70.44); sync and shuffle
+// keep the old kernels.
+bool overlapped_loads_requested(const char* op);
+bool redux_argmax_requested(const char* op);
+
 // ---- selection and the fine branch (cuda_select.cu)
 inline constexpr int kSelectRows = 16;  // tiled selection: rows per CTA, 4 per warp
 inline constexpr int kFineRows = 16;    // tiled fine branch: rows per CTA, 4 per warp
@@ -131,11 +142,11 @@ inline size_t blocks_mma_smem_bytes(int dim, int v_dim) {
          size_t(kMmaRows) * (sizeof(int64_t) + sizeof(int64_t));
 }
 
-// The selection's argmax under ONNXATTN_SPARSE_CUDA_ARGMAX=redux (warp_select in cuda_select.cu; the host tests
-// replay it): a score as an unsigned key in the scores' order, -0 equal to +0 and NaN below everything. A warp's
-// largest key (one __reduce_max_sync), then the lowest index among its holders (one __reduce_min_sync), is the pick
-// the shuffle argmax makes by better(): the larger value, then the lower index, NaN never; a largest key at or below
-// kNegInfArgmaxKey (-inf or NaN) ends the list.
+// The selection's argmax under ONNXATTN_SPARSE_CUDA_ARGMAX=redux, the default (warp_select in cuda_select.cu; the
+// host tests replay it): a score as an unsigned key in the scores' order, -0 equal to +0 and NaN below everything. A
+// warp's largest key (one __reduce_max_sync), then the lowest index among its holders (one __reduce_min_sync), is the
+// pick the shuffle argmax makes by better(): the larger value, then the lower index, NaN never; a largest key at or
+// below kNegInfArgmaxKey (-inf or NaN) ends the list.
 ONNXATTN_HD unsigned argmax_key(float x) {
   if (x != x) return 0u;
   if (x == 0.0f) x = 0.0f;

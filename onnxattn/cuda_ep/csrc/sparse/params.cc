@@ -2,8 +2,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <exception>
 #include <limits>
 
+#include "common/env.h"
 #include "common/errors.h"
 #include "sparse/cuda_sizes.h"
 
@@ -223,6 +226,17 @@ std::vector<int64_t> routed_segments_shape(const RoutedParams& p) {
   return {p.dims.batch, p.dims.q_heads, p.dims.q_len, p.attrs.top_k};
 }
 
+namespace cuda {
+
+// The latency switches (cuda_sizes.h): async and redux unless told otherwise (the H200 run at 82087dc).
+bool overlapped_loads_requested(const char* op) {
+  return env_choice(op, "ONNXATTN_SPARSE_CUDA_LOADS", {"async", "sync"}) == 0;
+}
+bool redux_argmax_requested(const char* op) {
+  return env_choice(op, "ONNXATTN_SPARSE_CUDA_ARGMAX", {"redux", "shuffle"}) == 0;
+}
+
+}  // namespace cuda
 }  // namespace onnxattn::sparse
 
 // For the host tests (tests/test_sparse_cuda_host.py): list_sequence_keys through a C entry.
@@ -338,8 +352,9 @@ extern "C" __attribute__((visibility("default"))) int64_t OnnxAttnSparseFindKey(
   return lo;
 }
 
-// The selection's argmax under ONNXATTN_SPARSE_CUDA_ARGMAX=redux (argmax_key) with its warp replayed lane by lane:
-// up to `top` picks from scores[n] (each pick then hidden as -inf, as warp_select does) into picks; returns the count.
+// The selection's argmax under ONNXATTN_SPARSE_CUDA_ARGMAX=redux, the default (argmax_key), its warp replayed lane by
+// lane: up to `top` picks from scores[n] (each pick then hidden as -inf, as warp_select does) into picks; returns
+// the count.
 extern "C" __attribute__((visibility("default"))) int64_t OnnxAttnSparseArgmaxPicks(float* scores, int64_t n,
                                                                                     int64_t top, int32_t* picks) {
   namespace c = onnxattn::sparse::cuda;
@@ -361,4 +376,20 @@ extern "C" __attribute__((visibility("default"))) int64_t OnnxAttnSparseArgmaxPi
     scores[index] = -std::numeric_limits<float>::infinity();
   }
   return count;
+}
+
+// The latency switches as plan_nsa and run_routed read them: out = {overlap_loads, redux_argmax}, 0 returned; a bad
+// value returns 1 with the InputError's message in error[error_size].
+extern "C" __attribute__((visibility("default"))) int32_t OnnxAttnSparseLatencySwitches(const char* op, int32_t* out,
+                                                                                        char* error,
+                                                                                        int64_t error_size) {
+  namespace c = onnxattn::sparse::cuda;
+  try {
+    out[0] = c::overlapped_loads_requested(op) ? 1 : 0;
+    out[1] = c::redux_argmax_requested(op) ? 1 : 0;
+    return 0;
+  } catch (const std::exception& e) {
+    if (error_size > 0) std::snprintf(error, size_t(error_size), "%s", e.what());
+    return 1;
+  }
 }
