@@ -235,14 +235,14 @@ def bench_prefill(dtype, seq, ort, repeats):
     return row
 
 
-# The opt-in decode paths each decode row also times beside the default (bench_gqa_cuda.py too): column -> (label,
-# library switches). PDL: decode and combine as programmatic dependent launches (no gain measured on the H100);
-# direct: the decode's K/V copies addressed directly (cuda_plan.cc rule 9, not yet timed); lean: direct with two
-# stages a warp, three CTAs an SM (rule 10, not yet timed).
+# The other decode paths each decode row also times beside the default (bench_gqa_cuda.py too): column -> (label,
+# library switches). PDL: decode and combine as programmatic dependent launches (opt-in: no gain measured on the H100
+# nor the H200); lookup: the decode's K/V copies through the paged path's slot lookup (the default before direct
+# loads, cuda_plan.cc rule 9, won on the H200 at 82087dc); lean: two stages a warp, three CTAs an SM (rule 10, opt-in:
+# no gain there).
 OPT_IN_DECODE = {"pdl": ("PDL", {"ONNXATTN_CUDA_PDL": "1"}),
-                 "direct": ("direct loads", {"ONNXATTN_SDPA_CUDA_DECODE_LOADS": "direct"}),
-                 "lean": ("direct loads, 3 CTAs an SM", {"ONNXATTN_SDPA_CUDA_DECODE_LOADS": "direct",
-                                                        "ONNXATTN_SDPA_CUDA_DECODE_STAGES": "2"})}
+                 "lookup": ("slot-lookup loads", {"ONNXATTN_SDPA_CUDA_DECODE_LOADS": "lookup"}),
+                 "lean": ("3 CTAs an SM", {"ONNXATTN_SDPA_CUDA_DECODE_STAGES": "2"})}
 
 
 def bench_decode(dtype, batch, kv_len, ort, copy_gbs, repeats):

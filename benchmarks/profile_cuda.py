@@ -6,9 +6,9 @@ kernels show beside their busy time.
 Cases (each guarded: one failing is recorded in its row and the run goes on):
   - sdpa_decode_b1_32k: ScaledDotProductAttention decode, B=1, 32q/8kv, D=128, Skv=32k, fp16, through the C entry
     replayed from a CUDA graph (the benchmark's timing): split-KV kernel + combine; issue 3 misses 70% of copy here;
-  - sdpa_decode_b1_32k_direct, gqa_decode_p32k_direct: those with the decode's K/V copies addressed directly
-    (ONNXATTN_SDPA_CUDA_DECODE_LOADS=direct, opt-in until timed on a GPU); *_lean: and two stages a warp, three
-    CTAs an SM (ONNXATTN_SDPA_CUDA_DECODE_STAGES=2, likewise);
+  - sdpa_decode_b1_32k_lookup, gqa_decode_p32k_lookup: those with the decode's K/V copies through the slot lookup
+    (ONNXATTN_SDPA_CUDA_DECODE_LOADS=lookup; direct loads are the default since the H200 run at 82087dc); *_lean:
+    two stages a warp, three CTAs an SM (ONNXATTN_SDPA_CUDA_DECODE_STAGES=2, opt-in: no gain there);
   - sdpa_decode_b1_4k: the same at 4k (25% of copy: the fixed cost of a call);
   - gqa_prefill_s2048 / ort_gqa_prefill_s2048: GroupQueryAttention prefill, B=1, S=2048, 32q/8kv, RoPE, fp16,
     ours and onnxruntime's com.microsoft.GroupQueryAttention through the CUDA EP (op 192 vs core 272 TFLOP/s);
@@ -46,19 +46,19 @@ from pathlib import Path  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests" / "gpu"), str(ROOT / "benchmarks")]
 
-CASES = ("sdpa_decode_b1_32k", "sdpa_decode_b1_32k_direct", "sdpa_decode_b1_32k_lean", "sdpa_decode_b1_4k",
+CASES = ("sdpa_decode_b1_32k", "sdpa_decode_b1_32k_lookup", "sdpa_decode_b1_32k_lean", "sdpa_decode_b1_4k",
          "gqa_prefill_s2048", "gqa_prefill_s2048_chunks", "ort_gqa_prefill_s2048", "gqa_decode_p32k",
-         "gqa_decode_p32k_direct", "gqa_decode_p32k_lean", "ort_gqa_decode_p32k", "nsa_16k", "routed_16k",
+         "gqa_decode_p32k_lookup", "gqa_decode_p32k_lean", "ort_gqa_decode_p32k", "nsa_16k", "routed_16k",
          "nsa_dot_16k", "nsa_mma_16k", "routed_mma_16k", "nsa_mma_async_16k", "routed_mma_async_16k",
          "nsa_mma_tiles_16k", "routed_mma_tiles_16k", "nsa_mma_64k", "nsa_mma_tiles_64k", "routed_mma_64k",
          "routed_mma_tiles_64k", "nsa_mma_async_64k", "routed_mma_async_64k")
 # Library switches a case runs under (read by the kernels on every call); the decode ones as bench_sdpa_cuda's
 # OPT_IN_DECODE columns.
-DIRECT = {"ONNXATTN_SDPA_CUDA_DECODE_LOADS": "direct"}
-LEAN = {**DIRECT, "ONNXATTN_SDPA_CUDA_DECODE_STAGES": "2"}
+LOOKUP = {"ONNXATTN_SDPA_CUDA_DECODE_LOADS": "lookup"}
+LEAN = {"ONNXATTN_SDPA_CUDA_DECODE_STAGES": "2"}
 CASE_ENV = {"gqa_prefill_s2048_chunks": {"ONNXATTN_GQA_CUDA_ROTATION": "chunks"},
             **{f"{base}_{name}": switch for base in ("sdpa_decode_b1_32k", "gqa_decode_p32k")
-               for name, switch in (("direct", DIRECT), ("lean", LEAN))}}  # fmt: skip
+               for name, switch in (("lookup", LOOKUP), ("lean", LEAN))}}  # fmt: skip
 GRAPH_CALLS = 20  # calls per captured graph (as bench_sdpa_cuda.time_graph)
 
 

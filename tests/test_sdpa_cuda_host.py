@@ -591,24 +591,31 @@ def test_split_floor_uses_fewer_splits_for_short_sequences(length, splits):
     ]
 
 
-# ---- direct K/V loads in the tensor-core decode (ONNXATTN_SDPA_CUDA_DECODE_LOADS=direct, cuda_plan.cc rule 9)
-def test_direct_decode_loads_are_opt_in_for_contiguous_tensor_core_decode(monkeypatch):
+# ---- direct K/V loads in the tensor-core decode (the default; ONNXATTN_SDPA_CUDA_DECODE_LOADS=lookup, rule 9)
+LOOKUP = ", K/V loads by slot lookup (ONNXATTN_SDPA_CUDA_DECODE_LOADS)"
+
+
+def test_direct_decode_loads_are_the_default_for_contiguous_tensor_core_decode(monkeypatch):
     decode = spec(q_heads=32, kv_heads=8, q_len=1, kv_len=32768, head_dim=128)
     base = lib.plan(decode)
-    assert "direct K/V loads" not in base["reason"]
-    monkeypatch.setenv("ONNXATTN_SDPA_CUDA_DECODE_LOADS", "direct")
-    p = lib.plan(decode)
-    assert p["reason"] == base["reason"] + ", direct K/V loads (ONNXATTN_SDPA_CUDA_DECODE_LOADS)"
-    assert {k: v for k, v in p.items() if k != "reason"} == {k: v for k, v in base.items() if k != "reason"}
+    assert base["reason"].endswith(", direct K/V loads"), base["reason"]
     for head_dim in (32, 64, 256):  # every head tile
         assert "direct K/V loads" in lib.plan(spec(q_len=1, kv_len=4096, head_dim=head_dim))["reason"]
     # not where it does not apply: the SIMT kernel (float32 too), prefill (nor paged K/V: Params::block_size > 0)
     assert "direct K/V loads" not in lib.plan(decode, kernel="simt")["reason"]
     assert "direct K/V loads" not in lib.plan(spec(q_len=1, kv_len=4096, head_dim=128, dtype=FP32))["reason"]
-    assert "direct K/V loads" not in lib.plan(spec(q_heads=8, kv_heads=2, q_len=2048, kv_len=2048,
-                                                   head_dim=128))["reason"]  # fmt: skip
-    monkeypatch.setenv("ONNXATTN_SDPA_CUDA_DECODE_LOADS", "lookup")
+    assert "K/V loads" not in lib.plan(spec(q_heads=8, kv_heads=2, q_len=2048, kv_len=2048,
+                                            head_dim=128))["reason"]  # fmt: skip
+    monkeypatch.setenv("ONNXATTN_SDPA_CUDA_DECODE_LOADS", "direct")
     assert lib.plan(decode) == base
+    monkeypatch.setenv("ONNXATTN_SDPA_CUDA_DECODE_LOADS", "auto")
+    assert lib.plan(decode) == base
+    # the slot lookup (the paged kernel's loads) on request: the same launch, told why
+    monkeypatch.setenv("ONNXATTN_SDPA_CUDA_DECODE_LOADS", "lookup")
+    p = lib.plan(decode)
+    assert p["reason"] == base["reason"].removesuffix(", direct K/V loads") + LOOKUP
+    assert {k: v for k, v in p.items() if k != "reason"} == {k: v for k, v in base.items() if k != "reason"}
+    assert "K/V loads" not in lib.plan(decode, kernel="simt")["reason"]
 
 
 # ---- devices with 99 KiB of shared memory per block (sm_86 / sm_89: A10, L4, RTX 30 and 40; cuda_plan.cc rule 11)
@@ -663,7 +670,6 @@ def test_lean_decode_keeps_two_stages_so_three_ctas_fit_an_sm(monkeypatch):
     """Head tiles of 128: two stages a warp (16 rows of Q, then 4 warps x 2 stages x K and V of 16 keys, rows padded
     to 136 elements), so three CTAs (with the 1 KiB the plan reserves each) fit the H100's 228 KiB an SM, and the
     split rule counts 3 x 132 slots."""
-    monkeypatch.setenv("ONNXATTN_SDPA_CUDA_DECODE_LOADS", "direct")
     decode = spec(q_heads=32, kv_heads=8, q_len=1, kv_len=32768, head_dim=128)
     direct = lib.plan(decode)
     monkeypatch.setenv("ONNXATTN_SDPA_CUDA_DECODE_STAGES", "2")
@@ -674,8 +680,7 @@ def test_lean_decode_keeps_two_stages_so_three_ctas_fit_an_sm(monkeypatch):
     key_tiles = ceil_div(32768, 64)
     assert lean["splits"] == lib.choose_splits(8, key_tiles, 3 * 132, 4, 256) > direct["splits"]
     assert direct["splits"] == lib.choose_splits(8, key_tiles, 2 * 132, 4, 256)
-    assert lean["grid"] == 8 * lean["splits"] and lean["reason"].endswith(", direct K/V loads "
-                                                                          "(ONNXATTN_SDPA_CUDA_DECODE_LOADS)" + LEAN)
+    assert lean["grid"] == 8 * lean["splits"] and lean["reason"].endswith(", direct K/V loads" + LEAN)
     # the A100's 164 KiB an SM hold two: the splits of two slots an SM, still two stages
     a100 = lib.plan(decode, lib.A100)
     assert a100["stages"] == 2 and a100["splits"] == lib.choose_splits(8, key_tiles, 2 * 108, 4, 256)
@@ -686,12 +691,13 @@ def test_lean_decode_keeps_two_stages_so_three_ctas_fit_an_sm(monkeypatch):
 
 def test_lean_decode_needs_direct_loads_and_a_head_tile_of_128(monkeypatch):
     decode = spec(q_heads=32, kv_heads=8, q_len=1, kv_len=32768, head_dim=128)
+    monkeypatch.setenv("ONNXATTN_SDPA_CUDA_DECODE_LOADS", "lookup")
     base = lib.plan(decode)
     monkeypatch.setenv("ONNXATTN_SDPA_CUDA_DECODE_STAGES", "2")
-    alone = lib.plan(decode)  # without ONNXATTN_SDPA_CUDA_DECODE_LOADS=direct: the default kernel, told why
+    alone = lib.plan(decode)  # with the slot lookup: the default kernel, told why
     assert alone["reason"] == base["reason"] + NOT_LEAN
     assert {k: v for k, v in alone.items() if k != "reason"} == {k: v for k, v in base.items() if k != "reason"}
-    monkeypatch.setenv("ONNXATTN_SDPA_CUDA_DECODE_LOADS", "direct")
+    monkeypatch.delenv("ONNXATTN_SDPA_CUDA_DECODE_LOADS")
     for head_dim in (64, 256):  # other head tiles keep their stages
         p = lib.plan(spec(q_len=1, kv_len=4096, head_dim=head_dim))
         assert p["stages"] == (4 if head_dim == 64 else 2) and p["reason"].endswith(NOT_LEAN)
@@ -700,5 +706,5 @@ def test_lean_decode_needs_direct_loads_and_a_head_tile_of_128(monkeypatch):
     prefill = lib.plan(spec(q_heads=8, kv_heads=2, q_len=2048, kv_len=2048, head_dim=128))
     assert "ONNXATTN_SDPA_CUDA_DECODE_STAGES" not in prefill["reason"]
     monkeypatch.setenv("ONNXATTN_SDPA_CUDA_DECODE_STAGES", "auto")
-    monkeypatch.delenv("ONNXATTN_SDPA_CUDA_DECODE_LOADS")
+    monkeypatch.setenv("ONNXATTN_SDPA_CUDA_DECODE_LOADS", "lookup")
     assert lib.plan(decode) == base

@@ -342,18 +342,21 @@ def test_programmatic_dependent_launches_give_the_same_bits(case_id, monkeypatch
                                      "qnorm-only-decode", "sinks-decode-split"])  # fmt: skip
 def test_direct_and_lean_decode_give_the_same_bits(case_id, dtype, monkeypatch):
     """The decode's opt-in paths under GroupQueryAttention (its fused Q preparation, per-sequence lengths in a
-    shared buffer, windows, sinks, QK-norm): ONNXATTN_SDPA_CUDA_DECODE_LOADS=direct (cuda_plan.cc rule 9) and, on top
-    of it, ONNXATTN_SDPA_CUDA_DECODE_STAGES=2 (rule 10: two stages a warp, three CTAs an SM) at the default's split
-    count: the same steps, so the same output and cache bits."""
+    shared buffer, windows, sinks, QK-norm): direct K/V loads (cuda_plan.cc rule 9, the default) against the slot
+    lookup (ONNXATTN_SDPA_CUDA_DECODE_LOADS=lookup) and, on direct loads, ONNXATTN_SDPA_CUDA_DECODE_STAGES=2 (rule 10:
+    two stages a warp, three CTAs an SM) at the default's split count: the same steps, so the same output and cache
+    bits."""
     case = gc.CASES_BY_ID[case_id]
     switch = "ONNXATTN_SDPA_CUDA_DECODE_LOADS"
-    (y, pk, pv, plan), (y2, pk2, pv2, plan2) = run_before_and_after(case, dtype, monkeypatch, switch, "direct")
+    (y, pk, pv, plan), (y2, pk2, pv2, plan2) = run_before_and_after(case, dtype, monkeypatch, switch, "lookup")
+    monkeypatch.delenv(switch)
     monkeypatch.setenv("ONNXATTN_SDPA_CUDA_SPLITS", str(plan["attention"]["splits"]))
     monkeypatch.setenv("ONNXATTN_SDPA_CUDA_DECODE_STAGES", "2")
     t = gt.to_device(case, dtype)
     y3, pk3, pv3, plan3 = gt.run(case, dtype, inputs={k: v.clone() for k, v in t.items()}, poison=True)[:4]
-    attention, lean = plan2["attention"], plan3["attention"]
+    attention, lean = plan["attention"], plan3["attention"]
     assert attention["schedule"] == "decode" and "direct K/V loads" in attention["reason"], attention["reason"]
+    assert "by slot lookup" in plan2["attention"]["reason"], plan2["attention"]["reason"]
     assert lean["stages"] == (2 if lean["head_dim_tile"] == 128 else attention["stages"]), lean["reason"]
     for got in ((y2, pk2, pv2), (y3, pk3, pv3)):
         for a, b in zip(got, (y, pk, pv)):

@@ -9,7 +9,7 @@
 // online-softmax state; at the end the warps merge through shared memory and the CTA writes either the
 // final output (one split) or a partial output normalised by its own sum plus its log-sum-exp, which
 // the combine kernel (cuda_simt.cu) merges across splits. All offsets are 64-bit.
-// Over contiguous K/V a second instantiation (kDirectLoads, ONNXATTN_SDPA_CUDA_DECODE_LOADS=direct) addresses
+// Over contiguous K/V a second instantiation (kDirectLoads, the default; cuda_plan.cc rule 9) addresses
 // the K/V copies directly instead of through the paged path's slot lookup: the same copies. A third, for head tiles
 // of 128, keeps two stages a warp instead of three (ONNXATTN_SDPA_CUDA_DECODE_STAGES=2): three CTAs an SM.
 //

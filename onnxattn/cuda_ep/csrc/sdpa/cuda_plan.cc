@@ -37,14 +37,14 @@
 //     decode for 1..16 queries, prefill above; each class's launch is planned by rules 2-5 for the most
 //     the class may hold (rows, sequences, queries per sequence), so the grid is a bound and the split
 //     count an upper bound, as in rule 5.
-//  9. ONNXATTN_SDPA_CUDA_DECODE_LOADS=direct (opt-in, not yet run on a GPU): the tensor-core decode over contiguous
-//     K/V (not paged) addresses its K/V copies directly: a lane copies the same 16-byte chunk of every row it
-//     loads, so its source steps by a constant row stride. The default path (lookup) serves paged and contiguous
-//     K/V alike: per copy a shuffled pool slot and a 64-bit product, ~30 instructions, about 40% of a warp's
-//     ~1200 per 16-key step in the sm_90a SASS. Why: the decode streamed at most ~2.8 TB/s on the H100 and the
-//     H200 alike (the H200 copies 4.2), an SM-side limit, and its warps (2 per scheduler) run long dependent
-//     chains. The same copies, so the same bits.
-// 10. ONNXATTN_SDPA_CUDA_DECODE_STAGES=2 (opt-in, with rule 9, not yet run on a GPU): the tensor-core decode of head
+//  9. Direct K/V loads (the default; ONNXATTN_SDPA_CUDA_DECODE_LOADS=lookup keeps the slot lookup): the tensor-core
+//     decode over contiguous K/V (not paged) addresses its K/V copies directly: a lane copies the same 16-byte chunk
+//     of every row it loads, so its source steps by a constant row stride. The lookup path serves paged and
+//     contiguous K/V alike: per copy a shuffled pool slot and a 64-bit product, ~30 instructions, about 40% of a
+//     warp's ~1200 per 16-key step in the sm_90a SASS. The same copies, so the same bits. H200 at 82087dc (32q/8kv,
+//     D 128, fp16, % of copy bandwidth, lookup -> direct): B=16 Skv 32k 69 -> 94, 128k 72 -> 95; B=1 32k 53 -> 63,
+//     128k 64 -> 84; Nsight Compute at B=16 32k: DRAM throughput 45% -> 79% of peak, 983 -> 566 us.
+// 10. ONNXATTN_SDPA_CUDA_DECODE_STAGES=2 (opt-in, with rule 9; no gain on the H200 at 82087dc): the decode of head
 //     tiles of 128 keeps two stages in each warp's ring instead of three (73,984 bytes of shared memory instead of
 //     108,800), so three CTAs fit an SM where two did, and the split rule counts three slots an SM. Why: at B = 1 a
 //     warp's 16-key step took ~3.8 us on the H200 (60 us for 16 steps a warp at 32k), far longer than a load's
@@ -82,7 +82,7 @@ Request request_from_env(const char* op) {
   r.kernel = Request::Kernel(env_choice(op, "ONNXATTN_SDPA_CUDA_KERNEL", {"auto", "mma", "simt"}));
   r.prefill = Request::Prefill(env_choice(op, "ONNXATTN_SDPA_CUDA_PREFILL", {"auto", "mma", "wgmma"}));
   r.pdl = env_choice(op, "ONNXATTN_CUDA_PDL", {"0", "1"}) == 1;
-  r.direct_decode_loads = env_choice(op, "ONNXATTN_SDPA_CUDA_DECODE_LOADS", {"lookup", "direct"}) == 1;
+  r.direct_decode_loads = env_choice(op, "ONNXATTN_SDPA_CUDA_DECODE_LOADS", {"auto", "direct", "lookup"}) != 2;
   r.decode_stages =
       env_choice(op, "ONNXATTN_SDPA_CUDA_DECODE_STAGES", {"auto", "2"}) == 1 ? tiles::kDecodeLeanStages : 0;
   r.splits = env_integer(op, "ONNXATTN_SDPA_CUDA_SPLITS", 1, kMaxSplits, 0);
@@ -320,8 +320,10 @@ LaunchPlan plan_launch(const Params& p, DType dtype, const DeviceInfo& device, c
   plan.grid = ctas * plan.splits;
   plan.pdl = request.pdl && device.wgmma && decode && plan.kernel == Kernel::kMma;
   if (plan.pdl) why += ", programmatic dependent launches (ONNXATTN_CUDA_PDL)";
-  plan.direct_loads = request.direct_decode_loads && decode && plan.kernel == Kernel::kMma && p.block_size == 0;
-  if (plan.direct_loads) why += ", direct K/V loads (ONNXATTN_SDPA_CUDA_DECODE_LOADS)";
+  const bool contiguous_mma_decode = decode && plan.kernel == Kernel::kMma && p.block_size == 0;
+  plan.direct_loads = request.direct_decode_loads && contiguous_mma_decode;
+  if (plan.direct_loads) why += ", direct K/V loads";
+  if (contiguous_mma_decode && !plan.direct_loads) why += ", K/V loads by slot lookup (ONNXATTN_SDPA_CUDA_DECODE_LOADS)";
   why += lean;
   if (plan.grid > int64_t(0x7fffffff)) {
     fail(op, ": problem too large for one CUDA grid (", plan.grid, " CTAs)");

@@ -33,7 +33,7 @@ struct Request {
   Prefill prefill = Prefill::kAuto;
   bool pdl = false;    // programmatic dependent launch of decode -> combine (ONNXATTN_CUDA_PDL=1)
   int64_t splits = 0;  // > 0: decode launches split their keys this many ways (at most one split per key tile)
-  bool direct_decode_loads = false;  // ONNXATTN_SDPA_CUDA_DECODE_LOADS=direct (rule 9)
+  bool direct_decode_loads = true;  // rule 9; false: ONNXATTN_SDPA_CUDA_DECODE_LOADS=lookup
   int decode_stages = 0;  // ONNXATTN_SDPA_CUDA_DECODE_STAGES: 0 auto, 2 the lean decode (rule 10)
 };
 
@@ -41,7 +41,7 @@ struct Request {
 // (unset or empty = auto), ONNXATTN_SDPA_CUDA_SPLITS = 1 .. kMaxSplits (unset = the plan's choice; for
 // benchmarks that sweep the split rule), ONNXATTN_SDPA_CUDA_PREFILL = auto | mma | wgmma (the Hopper
 // prefill kernel where it can run, see cuda_plan.cc rule 3; auto = wgmma where it can, mma = mma.sync always),
-// ONNXATTN_CUDA_PDL = 0 | 1 (rule 8), ONNXATTN_SDPA_CUDA_DECODE_LOADS = lookup | direct (rule 9),
+// ONNXATTN_CUDA_PDL = 0 | 1 (rule 8), ONNXATTN_SDPA_CUDA_DECODE_LOADS = auto | direct | lookup (rule 9),
 // ONNXATTN_SDPA_CUDA_DECODE_STAGES = auto | 2 (rule 10), read on every call so tests can switch within one process.
 // An unknown value is an InputError naming `op` (the op whose call read them).
 Request request_from_env(const char* op = kOpName);
