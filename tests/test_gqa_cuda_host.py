@@ -292,8 +292,8 @@ def test_rotated_queries_are_asked_for_by_the_environment(monkeypatch):
 
 
 def test_queries_without_qk_norm_can_be_turned_by_16_byte_chunks(monkeypatch):
-    """ONNXATTN_GQA_CUDA_ROTATION=chunks (opt-in until a GPU run has checked it): RoPE without QK-norm on the chunked
-    query kernel (one thread per 16-byte chunk of 4 heads' rows, angles once per token and pair); QK-norm, rows that
+    """ONNXATTN_GQA_CUDA_ROTATION=chunks (opt-in until a GPU run has checked it): RoPE without QK-norm on the query
+    kernel by token (a CTA per token: its angles once, then a thread per 16-byte chunk of its rows); QK-norm, rows that
     do not split into 16-byte chunks and unaligned pointers keep the per-row kernel (rotate_chunks 0), as does the
     default (rows)."""
     monkeypatch.setenv("ONNXATTN_SDPA_CUDA_PREFILL", "wgmma")  # wgmma always prepares its queries ahead
@@ -303,15 +303,15 @@ def test_queries_without_qk_norm_can_be_turned_by_16_byte_chunks(monkeypatch):
     monkeypatch.setenv("ONNXATTN_GQA_CUDA_ROTATION", "chunks")
     p = lib.plan(lib.Spec(**prefill))
     assert p["rotate_queries"] and p["scratch_bytes"] == rows["scratch_bytes"]
-    # D = 128, pairs (i, i + 64): 8 chunks of 8 pairs per row; 32 heads in 8 groups of 4; 2048 tokens
+    # D = 128, pairs (i, i + 64): 8 chunks of 8 pairs per row; a CTA per token
     assert (p["rotate_chunks"], p["rotary_chunks"]) == (8, 8)
-    assert p["rotate_blocks"] == 2048 * 8 * 8 // 256
+    assert p["rotate_blocks"] == 2048
     partial = lib.plan(lib.Spec(**{**prefill, "rotary_dim": 64}))  # 4 chunks turned, 8 copied
     assert (partial["rotate_chunks"], partial["rotary_chunks"]) == (12, 4)
     interleaved = lib.plan(lib.Spec(**{**prefill, "rotary_dim": 72, "rope_interleaved": 1}))
     assert (interleaved["rotate_chunks"], interleaved["rotary_chunks"]) == (16, 9)  # 9 chunks of 4 pairs, 7 copied
-    odd_heads = lib.plan(lib.Spec(**{**prefill, "q_heads": 6, "kv_heads": 2}))  # groups of 4 and 2 heads
-    assert odd_heads["rotate_blocks"] == -(-2048 * 2 * 8 // 256)
+    odd_heads = lib.plan(lib.Spec(**{**prefill, "q_heads": 6, "kv_heads": 2, "batch": 3}))
+    assert odd_heads["rotate_blocks"] == 3 * 2048
     assert lib.plan(lib.Spec(**{**prefill, "rotary_dim": 72}))["rotate_chunks"] == 0  # R/2 = 36: not whole chunks
     assert lib.plan(lib.Spec(**{**prefill, "q_norm": True}))["rotate_chunks"] == 0  # the norm: a row-wide sum
     assert lib.plan(lib.Spec(**prefill), aligned=False)["rotate_queries"] is False  # mma.sync's fused load then
@@ -321,8 +321,8 @@ def test_queries_without_qk_norm_can_be_turned_by_16_byte_chunks(monkeypatch):
 
 
 def test_new_keys_can_be_turned_by_16_byte_chunks(monkeypatch):
-    """ONNXATTN_GQA_CUDA_ROTATION=chunks also moves the new keys and values by the chunked new-token kernel (a thread
-    per 16-byte chunk of 4 KV heads' rows: the key's chunks, turned as the queries', then the value's), in prefill and
+    """ONNXATTN_GQA_CUDA_ROTATION=chunks also moves the new keys and values by the new-token kernel by token (a CTA per
+    token, a thread per 16-byte chunk: the key's chunks, turned as the queries', then the value's), in prefill and
     decode, with or without queries prepared ahead; K-norm, rows that do not split into chunks, float32 and unaligned
     pointers keep the per-row kernel (append_key_chunks 0), as does the default (rows)."""
     prefill = dict(seq=2048, mode="concat", past=0, rope=1, **LLAMA)
@@ -332,14 +332,15 @@ def test_new_keys_can_be_turned_by_16_byte_chunks(monkeypatch):
     p = lib.plan(lib.Spec(**prefill))
     assert p["attention"] == rows["attention"] and p["scratch_bytes"] == rows["scratch_bytes"]
     # D = Dv = 128 in chunks of 8: a key thread turns chunk c with chunk c + 8 (pairs (i, i + 64)), so 8 of them a
-    # row, all turned; 16 value chunks; 8 KV heads in 2 groups of 4, 2048 tokens
+    # row, all turned; 16 value chunks; a CTA per token
     assert (p["append_key_chunks"], p["append_rotary_chunks"], p["append_value_chunks"]) == (8, 8, 16)
-    assert p["append_chunk_blocks"] == 2048 * 2 * 24 // 256 and p["append_blocks"] == rows["append_blocks"]
+    assert p["append_chunk_blocks"] == 2048 and p["append_blocks"] == rows["append_blocks"]
     decode = lib.plan(lib.Spec(**{**prefill, "seq": 1, "mode": "shared", "past": 4000}))
     assert decode["append_key_chunks"] == 8 and decode["append_chunk_blocks"] == 1
     partial = lib.plan(lib.Spec(**{**prefill, "rotary_dim": 64}))  # 4 chunks turned, 8 copied
     assert (partial["append_key_chunks"], partial["append_rotary_chunks"]) == (12, 4)
     assert lib.plan(lib.Spec(**{**prefill, "rope": 0}))["append_key_chunks"] == 16  # all 16 copied
+    assert lib.plan(lib.Spec(**{**prefill, "head_dim": 256}))["append_rotary_chunks"] == 16  # 128 pairs: the most
     assert lib.plan(lib.Spec(**{**prefill, "rotary_dim": 72}))["append_key_chunks"] == 0  # R/2 = 36
     assert lib.plan(lib.Spec(**{**prefill, "k_norm": True}))["append_key_chunks"] == 0  # the norm: a row-wide sum
     assert lib.plan(lib.Spec(**{**prefill, "q_norm": True}))["append_key_chunks"] == 8  # the queries' norm: not K's

@@ -113,172 +113,137 @@ __global__ void __launch_bounds__(32 * kAppendRowsPerBlock) rotate_queries_kerne
                           lane);
 }
 
-// ONNXATTN_GQA_CUDA_ROTATION=chunks, without QK-norm (plan.rotate_chunks > 0): one thread per 16-byte chunk of
-// the rows of kRotateHeadsPerThread heads of one token. The per-row kernel above has a warp recompute every
-// angle for every head and move 2 bytes per access; at S = 2048 it took 39.9 us for 34 MB (H200, 21d5171), ~5x
-// the copy time. Here a thread computes its pairs' angles once for all its heads, and every load and store
-// moves 16 bytes. The same arithmetic as prepare_row (rope_angle, rope_turn, the same conversions), so the same
-// bits. Opt-in until a GPU run has checked it (see gqa/cuda_plan.h).
+// ONNXATTN_GQA_CUDA_ROTATION=chunks, without QK-norm (plan.rotate_chunks > 0): one CTA per token. Its threads
+// compute the token's rotary angles once into shared memory, then each turns (or copies) 16-byte chunks of the
+// token's rows, every head's. Why: on the H200 (82087dc, S = 2048, Nsight Compute) the per-row kernel above
+// executed ~527 instructions a row at 3.5 IPC (issue-bound, 52 us under the profiler for 34 MB): every head
+// recomputed every angle (accurate expf and sincosf), 32 times per token here. A first chunked kernel (a thread per
+// chunk of four heads) kept 8 computations per token but ran 12 of 32 lanes a warp, at 30% occupancy: no faster.
+// The same arithmetic as prepare_row (rope_angle, rope_turn, the same conversions), so the same bits.
 template <typename T>
 union Chunk {
   uint4 bits;
   T e[16 / sizeof(T)];
 };
 
-// Chunk `chunk` of `heads` rows (src and dst rows head_stride_src / head_stride_dst 16-byte chunks apart) turned at
-// position_f: the rotated chunks (pairs inside a chunk when interleaved, else chunk c of the first half with the
-// chunk rotary_dim / 2 elements further on) or, from rotary_chunks on, the channels past rotary_dim copied.
-// Chunk c of `heads` rows copied (rows head_stride_src / head_stride_dst chunks apart): every load, then every store.
-// The raw bits: where the per-row kernels pass such channels through float, a NaN comes out canonical (float16
-// 0x7E00 with its sign, bfloat16 quieted), so only NaN payloads in the inputs can differ between the two.
-__device__ __forceinline__ void copy_chunk(const uint4* src, int64_t head_stride_src, uint4* dst,
-                                           int64_t head_stride_dst, int heads, int64_t c) {
-  uint4 v[kRotateHeadsPerThread];
-#pragma unroll
-  for (int h = 0; h < kRotateHeadsPerThread; ++h)
-    if (h < heads) v[h] = src[h * head_stride_src + c];
-#pragma unroll
-  for (int h = 0; h < kRotateHeadsPerThread; ++h)
-    if (h < heads) dst[h * head_stride_dst + c] = v[h];
+// The angles of a token's rotary pairs at position_f, once per CTA, in `angles`; the barrier publishes them.
+template <typename T>
+__device__ __forceinline__ void token_angles(const RowPrep<T>& prep, float position_f, float2* angles) {
+  for (int i = threadIdx.x; i < prep.rotary_dim / 2; i += blockDim.x) {
+    angles[i] = sdpa::cuda::rope_angle(prep, i, position_f);
+  }
+  __syncthreads();
 }
 
+// Chunk `chunk` of one row from src to dst: the rotated chunks (pairs inside a chunk when interleaved, else chunk c of
+// the first half with the chunk rotary_dim / 2 elements further on) or, from rotary_chunks on, a channel chunk past
+// rotary_dim copied as raw bits (where the per-row kernels pass such channels through float, a NaN comes out
+// canonical, so only NaN payloads in the inputs can differ between the two).
 template <typename T>
-__device__ __forceinline__ void turn_chunk(const uint4* src, int64_t head_stride_src, uint4* dst,
-                                           int64_t head_stride_dst, int heads, int chunk, int rotary_chunks,
-                                           const RowPrep<T>& prep, float position_f) {
+__device__ __forceinline__ void turn_row_chunk(const uint4* src, uint4* dst, int chunk, int rotary_chunks,
+                                               const RowPrep<T>& prep, const float2* angles) {
   static_assert(sizeof(T) == 2, "16-bit rows");
-  constexpr int kVec = 16 / sizeof(T), kHeads = kRotateHeadsPerThread;
+  constexpr int kVec = 16 / sizeof(T);
   const int rotary_dim = prep.rotary_dim;
-  if (chunk >= rotary_chunks) {  // channels past rotary_dim: copied
-    copy_chunk(src, head_stride_src, dst, head_stride_dst, heads, rotary_dim / kVec + (chunk - rotary_chunks));
+  if (chunk >= rotary_chunks) {
+    const int c = rotary_dim / kVec + (chunk - rotary_chunks);
+    dst[c] = src[c];
     return;
   }
   if (prep.interleaved) {  // pairs (2p, 2p + 1) inside the chunk: kVec / 2 of them
-    float2 angle[kVec / 2];
+    Chunk<T> x, y;
+    x.bits = src[chunk];
 #pragma unroll
-    for (int k = 0; k < kVec / 2; ++k) angle[k] = sdpa::cuda::rope_angle(prep, chunk * (kVec / 2) + k, position_f);
-    Chunk<T> x[kHeads];
-#pragma unroll
-    for (int h = 0; h < kHeads; ++h)
-      if (h < heads) x[h].bits = src[h * head_stride_src + chunk];
-#pragma unroll
-    for (int h = 0; h < kHeads; ++h) {
-      if (h >= heads) break;
-      Chunk<T> y;
-#pragma unroll
-      for (int k = 0; k < kVec / 2; ++k) {
-        const float2 turned = sdpa::cuda::rope_turn(to_float(x[h].e[2 * k]), to_float(x[h].e[2 * k + 1]), angle[k]);
-        y.e[2 * k] = from_float<T>(turned.x);
-        y.e[2 * k + 1] = from_float<T>(turned.y);
-      }
-      dst[h * head_stride_dst + chunk] = y.bits;
+    for (int k = 0; k < kVec / 2; ++k) {
+      const float2 turned =
+          sdpa::cuda::rope_turn(to_float(x.e[2 * k]), to_float(x.e[2 * k + 1]), angles[chunk * (kVec / 2) + k]);
+      y.e[2 * k] = from_float<T>(turned.x);
+      y.e[2 * k + 1] = from_float<T>(turned.y);
     }
+    dst[chunk] = y.bits;
     return;
   }
-  const int64_t second = chunk + rotary_dim / 2 / kVec;
-  float2 angle[kVec];
+  const int second = chunk + rotary_dim / 2 / kVec;
+  Chunk<T> x1, x2, y1, y2;
+  x1.bits = src[chunk];
+  x2.bits = src[second];
 #pragma unroll
-  for (int k = 0; k < kVec; ++k) angle[k] = sdpa::cuda::rope_angle(prep, chunk * kVec + k, position_f);
-  Chunk<T> x1[kHeads], x2[kHeads];
-#pragma unroll
-  for (int h = 0; h < kHeads; ++h) {
-    if (h < heads) {
-      x1[h].bits = src[h * head_stride_src + chunk];
-      x2[h].bits = src[h * head_stride_src + second];
-    }
+  for (int k = 0; k < kVec; ++k) {
+    const float2 turned = sdpa::cuda::rope_turn(to_float(x1.e[k]), to_float(x2.e[k]), angles[chunk * kVec + k]);
+    y1.e[k] = from_float<T>(turned.x);
+    y2.e[k] = from_float<T>(turned.y);
   }
-#pragma unroll
-  for (int h = 0; h < kHeads; ++h) {
-    if (h >= heads) break;
-    Chunk<T> y1, y2;
-#pragma unroll
-    for (int k = 0; k < kVec; ++k) {
-      const float2 turned = sdpa::cuda::rope_turn(to_float(x1[h].e[k]), to_float(x2[h].e[k]), angle[k]);
-      y1.e[k] = from_float<T>(turned.x);
-      y2.e[k] = from_float<T>(turned.y);
-    }
-    dst[h * head_stride_dst + chunk] = y1.bits;
-    dst[h * head_stride_dst + second] = y2.bits;
-  }
+  dst[chunk] = y1.bits;
+  dst[second] = y2.bits;
 }
 
+// The queries: a CTA per token (grid B * S), row_chunks chunks of each of its Hq rows.
 template <typename T>
 __global__ void __launch_bounds__(kRotateThreadsPerBlock)
-    rotate_query_chunks_kernel(const RotateArgs<T> a, const int rotary_chunks, const int chunks_per_row) {
-  constexpr int kVec = 16 / sizeof(T), kHeads = kRotateHeadsPerThread;
-  const int64_t head_groups = (a.q_heads + kHeads - 1) / kHeads;
-  const int64_t t = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (t >= a.batch * a.seq * head_groups * chunks_per_row) return;
-  const int chunk = int(t % chunks_per_row);
-  const int64_t rest = t / chunks_per_row;
-  const int64_t head_begin = (rest % head_groups) * kHeads, token = rest / head_groups;
-  const int64_t b = token / a.seq, i = token % a.seq;
-  if (a.lengths != nullptr && a.lengths[a.batch + b] < 0) return;
-  const int heads = int(min(int64_t(kHeads), a.q_heads - head_begin));
-  const int64_t row0 = (token * a.q_heads + head_begin) * a.head_dim;  // the first head's row
-  const int64_t row_chunks = a.head_dim / kVec;  // a row's stride in chunks
+    rotate_query_tokens_kernel(const RotateArgs<T> a, const int rotary_chunks, const int row_chunks) {
+  constexpr int kVec = 16 / sizeof(T);
+  __shared__ float2 angles[kMaxRotaryPairs];
+  const int64_t token = blockIdx.x, b = token / a.seq, i = token % a.seq;
+  if (a.lengths != nullptr && a.lengths[a.batch + b] < 0) return;  // the whole CTA: a skipped sequence
   const int64_t start = a.lengths != nullptr ? a.lengths[b] : a.past;
-  const float position_f = float(a.position_ids != nullptr ? a.position_ids[token] : start + i);
-  turn_chunk(reinterpret_cast<const uint4*>(a.query + row0), row_chunks, reinterpret_cast<uint4*>(a.rotated + row0),
-             row_chunks, heads, chunk, rotary_chunks, a.prep, position_f);
+  token_angles(a.prep, float(a.position_ids != nullptr ? a.position_ids[token] : start + i), angles);
+  const int64_t row_stride = a.head_dim / kVec;  // in chunks
+  const uint4* const src = reinterpret_cast<const uint4*>(a.query) + token * a.q_heads * row_stride;
+  uint4* const dst = reinterpret_cast<uint4*>(a.rotated) + token * a.q_heads * row_stride;
+  for (int64_t item = threadIdx.x; item < a.q_heads * row_chunks; item += blockDim.x) {
+    const int64_t h = item / row_chunks;
+    turn_row_chunk(src + h * row_stride, dst + h * row_stride, int(item % row_chunks), rotary_chunks, a.prep, angles);
+  }
 }
 
-// The new-token kernel by chunks (ONNXATTN_GQA_CUDA_ROTATION=chunks, without K-norm; plan.append_key_chunks > 0):
-// a thread per 16-byte chunk of kRotateHeadsPerThread KV heads' new rows of one token, the key's chunks (turned as
-// the queries are, by turn_chunk, at the key's position, into its cache slot) then the value's (copied). The same
-// arithmetic as append_kernel's prepare_row, so the same cache bits; its lengths and NaN rows likewise. The per-row
-// kernel above had a warp per (token, KV head) row, every angle per head and 2-byte accesses: 15.2 us at S = 2048
-// for ~16 MB on the H200 (21d5171).
+// The new-token kernel by tokens (ONNXATTN_GQA_CUDA_ROTATION=chunks, without K-norm; plan.append_key_chunks > 0): a
+// CTA per new token, the key's chunks of each KV head turned at the key's position into its cache slot, then the
+// value's copied. The same arithmetic as append_kernel's prepare_row, so the same cache bits; its lengths and NaN
+// rows likewise. (The per-row kernel: 15.3 us at S = 2048 for ~16 MB on the H200 at 82087dc.)
 template <typename T>
 __global__ void __launch_bounds__(kRotateThreadsPerBlock)
-    append_chunks_kernel(const AppendArgs<T> a, const int key_chunks, const int rotary_chunks, const int value_chunks) {
-  constexpr int kVec = 16 / sizeof(T), kHeads = kRotateHeadsPerThread;
+    append_tokens_kernel(const AppendArgs<T> a, const int key_chunks, const int rotary_chunks, const int value_chunks) {
+  constexpr int kVec = 16 / sizeof(T);
+  __shared__ float2 angles[kMaxRotaryPairs];
   sdpa::cuda::allow_dependent_grids();  // as append_kernel
-  const int chunks = key_chunks + value_chunks;
-  const int64_t head_groups = (a.kv_heads + kHeads - 1) / kHeads;
-  const int64_t t = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (t >= a.batch * a.seq * head_groups * chunks) return;
-  const int chunk = int(t % chunks);
-  const int64_t rest = t / chunks;
-  const int64_t group = rest % head_groups, head_begin = group * kHeads, token = rest / head_groups;
-  const int64_t b = token / a.seq, s = token % a.seq;
+  const int64_t token = blockIdx.x, b = token / a.seq, s = token % a.seq;
   const int64_t start = a.past_lengths != nullptr ? a.past_lengths[b] : a.past;
   const bool valid = start >= 0 && start <= a.total - a.seq;  // as append_kernel
-  if (a.lengths != nullptr && s == 0 && group == 0 && chunk == 0) {
+  if (a.lengths != nullptr && s == 0 && threadIdx.x == 0) {
     a.lengths[b] = valid ? start : 0;
     a.lengths[a.batch + b] = valid ? start + a.seq : -1;
   }
-  if (!valid) {
-    if (group == 0) {  // the token's output row NaN, its elements shared out among the group's chunk threads
-      T* const out = a.output + token * a.output_width;
-      for (int64_t e = chunk; e < a.output_width; e += chunks) out[e] = from_float<T>(__int_as_float(0x7fc00000));
-    }
+  if (!valid) {  // the whole CTA: the token's output row NaN
+    T* const out = a.output + token * a.output_width;
+    const T nan = from_float<T>(__int_as_float(0x7fc00000));
+    for (int64_t e = threadIdx.x; e < a.output_width; e += blockDim.x) out[e] = nan;
     return;
   }
-  const int heads = int(min(int64_t(kHeads), a.kv_heads - head_begin));
   const int64_t slot = start + s;
-  const int64_t cache_row = (b * a.kv_heads + head_begin) * a.total + slot;  // the first head's slot
-  if (chunk < key_chunks) {
-    const float position_f = float(a.position_ids != nullptr ? a.position_ids[token] : slot);
-    const int64_t row_chunks = a.head_dim / kVec;
-    turn_chunk(reinterpret_cast<const uint4*>(a.key + (token * a.kv_heads + head_begin) * a.head_dim), row_chunks,
-               reinterpret_cast<uint4*>(a.present_key + cache_row * a.head_dim), a.total * row_chunks, heads, chunk,
-               rotary_chunks, a.key_prep, position_f);
-    return;
+  token_angles(a.key_prep, float(a.position_ids != nullptr ? a.position_ids[token] : slot), angles);
+  const int64_t key_stride = a.head_dim / kVec, value_stride = a.v_head_dim / kVec;  // rows, in chunks
+  const uint4* const key = reinterpret_cast<const uint4*>(a.key) + token * a.kv_heads * key_stride;
+  const uint4* const value = reinterpret_cast<const uint4*>(a.value) + token * a.kv_heads * value_stride;
+  const int chunks = key_chunks + value_chunks;
+  for (int64_t item = threadIdx.x; item < a.kv_heads * chunks; item += blockDim.x) {
+    const int64_t h = item / chunks, cache_row = (b * a.kv_heads + h) * a.total + slot;
+    const int c = int(item % chunks);
+    if (c < key_chunks) {
+      turn_row_chunk(key + h * key_stride, reinterpret_cast<uint4*>(a.present_key) + cache_row * key_stride, c,
+                     rotary_chunks, a.key_prep, angles);
+    } else {
+      reinterpret_cast<uint4*>(a.present_value)[cache_row * value_stride + (c - key_chunks)] =
+          value[h * value_stride + (c - key_chunks)];
+    }
   }
-  const int64_t row_chunks = a.v_head_dim / kVec;
-  copy_chunk(reinterpret_cast<const uint4*>(a.value + (token * a.kv_heads + head_begin) * a.v_head_dim), row_chunks,
-             reinterpret_cast<uint4*>(a.present_value + cache_row * a.v_head_dim), a.total * row_chunks, heads,
-             chunk - key_chunks);
 }
 
 template <typename T>
 void launch_query_chunks(const RotateArgs<T>& r, const Plan& plan, cudaStream_t stream) {
   if constexpr (sizeof(T) == 2) {
     if (plan.rotate_blocks > int64_t(0x7fffffff)) throw std::runtime_error(str_cat(kOpName, ": too many query rows"));
-    const unsigned blocks = unsigned(plan.rotate_blocks);
-    const int rotary_chunks = plan.rotary_chunks, chunks = plan.rotate_chunks;
-    rotate_query_chunks_kernel<T><<<blocks, kRotateThreadsPerBlock, 0, stream>>>(r, rotary_chunks, chunks);
+    rotate_query_tokens_kernel<T><<<unsigned(plan.rotate_blocks), kRotateThreadsPerBlock, 0, stream>>>(
+        r, plan.rotary_chunks, plan.rotate_chunks);
   } else {
     throw std::runtime_error(str_cat(kOpName, ": the chunked query kernel takes 16-bit rows (plan/run mismatch)"));
   }
@@ -290,7 +255,7 @@ void launch_append_chunks(const AppendArgs<T>& a, const Plan& plan, cudaStream_t
     if (plan.append_chunk_blocks > int64_t(0x7fffffff)) {
       throw std::runtime_error(str_cat(kOpName, ": too many new tokens"));
     }
-    append_chunks_kernel<T><<<unsigned(plan.append_chunk_blocks), kRotateThreadsPerBlock, 0, stream>>>(
+    append_tokens_kernel<T><<<unsigned(plan.append_chunk_blocks), kRotateThreadsPerBlock, 0, stream>>>(
         a, plan.append_key_chunks, plan.append_rotary_chunks, plan.append_value_chunks);
   } else {
     throw std::runtime_error(str_cat(kOpName, ": the chunked new-token kernel takes 16-bit rows (plan/run mismatch)"));

@@ -67,16 +67,14 @@ Plan make_plan(const Params& p, DType dtype, const DeviceInfo& device, const Req
   const int64_t per_chunk = int64_t(16 / size), rotary = p.rope ? p.rotary_dim : 0;
   const int64_t rotary_span = p.rope_interleaved ? rotary : rotary / 2;
   const bool chunk_rows = size == 2 && aligned16 && rows16 && rotary_span % per_chunk == 0 &&
-                          (p.head_dim - rotary) % per_chunk == 0 && chunked_rotation;
+                          (p.head_dim - rotary) % per_chunk == 0 && rotary <= 2 * kMaxRotaryPairs && chunked_rotation;
   const int rotary_chunks = int(rotary_span / per_chunk);
   const int row_chunks = rotary_chunks + int((p.head_dim - rotary) / per_chunk);
   if (chunk_rows && new_tokens_aligned16 && !p.k_norm && plan.append_rows > 0) {
     plan.append_rotary_chunks = rotary_chunks;
     plan.append_key_chunks = row_chunks;
     plan.append_value_chunks = int(p.v_head_dim / per_chunk);
-    const int64_t head_groups = (p.kv_heads + kRotateHeadsPerThread - 1) / kRotateHeadsPerThread;
-    const int64_t threads = p.batch * p.seq * head_groups * (plan.append_key_chunks + plan.append_value_chunks);
-    plan.append_chunk_blocks = (threads + kRotateThreadsPerBlock - 1) / kRotateThreadsPerBlock;
+    plan.append_chunk_blocks = p.batch * p.seq;  // a CTA per new token
   }
 
   size_t offset = 0;
@@ -103,9 +101,7 @@ Plan make_plan(const Params& p, DType dtype, const DeviceInfo& device, const Req
     if (chunk_rows && !p.q_norm) {
       plan.rotary_chunks = rotary_chunks;
       plan.rotate_chunks = row_chunks;
-      const int64_t head_groups = (p.q_heads + kRotateHeadsPerThread - 1) / kRotateHeadsPerThread;
-      const int64_t threads = p.batch * p.seq * head_groups * plan.rotate_chunks;
-      plan.rotate_blocks = (threads + kRotateThreadsPerBlock - 1) / kRotateThreadsPerBlock;
+      plan.rotate_blocks = p.batch * p.seq;  // a CTA per token
     }
   }
   plan.sinks = p.has_sinks;

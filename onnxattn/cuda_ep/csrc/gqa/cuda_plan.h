@@ -39,10 +39,11 @@ using sdpa::cuda::LaunchPlan;
 using sdpa::cuda::Request;
 
 inline constexpr int kAppendRowsPerBlock = 4;  // new-token kernel: one warp per (token, KV head) row
-// The chunked query kernel (RoPE without QK-norm): one thread per 16-byte chunk of kRotateHeadsPerThread heads'
-// rows of one token, kRotateThreadsPerBlock threads per CTA.
-inline constexpr int kRotateHeadsPerThread = 4;
+// The chunked query and new-token kernels (RoPE without QK-norm): one CTA of kRotateThreadsPerBlock threads per token,
+// its rotary angles (at most kMaxRotaryPairs: rotary_dim <= 256) once in shared memory, then a thread per 16-byte
+// chunk of the token's rows.
 inline constexpr int kRotateThreadsPerBlock = 256;
+inline constexpr int kMaxRotaryPairs = 128;
 
 // ONNXATTN_GQA_CUDA_QUERY = fused | rotated (unset or empty = fused), read on every call. An unknown value is
 // an InputError.
@@ -51,9 +52,8 @@ inline bool rotated_queries_from_env() {
 }
 
 // ONNXATTN_GQA_CUDA_ROTATION = rows | chunks (unset or empty = rows): which kernels prepare the queries ahead of the
-// core and the new keys. chunks: the chunked kernels where they can run (not with QK-norm), opt-in until a GPU run
-// has checked them
-// (written in a session without a GPU; tests/gpu compares its bits with the per-row kernel's).
+// core and the new keys. chunks: the kernels by token where they can run (not with QK-norm), opt-in until a GPU run
+// has checked and timed them (tests/gpu compares their bits with the per-row kernels').
 inline bool chunked_rotation_from_env() {
   return env_choice(kOpName, "ONNXATTN_GQA_CUDA_ROTATION", {"rows", "chunks"}) == 1;
 }
