@@ -54,7 +54,7 @@ CAP_TESTS_PARALLEL=130 CAP_TESTS=85 CAP_GQA_TESTS=70 CAP_SPARSE_TESTS=90 CAP_PAG
 CAP_BENCH_SDPA=80 CAP_BENCH_GQA=50 CAP_BENCH_MLA=20 CAP_BENCH_INDEXER=15 CAP_BENCH_PAGED=30 CAP_BENCH_SPARSE=40 CAP_BENCH_MODELS=60
 CAP_PROFILE=45  # benchmarks/profile_cuda.py: per-kernel device time of the paths short of their targets
 # Nsight Compute on the decode kernel, only where it can start by NCU_LATEST_START s and still leave the summary time
-CAP_NCU=40 NCU_LATEST_START=500
+CAP_NCU=60 NCU_LATEST_START=480
 # GPU_CHECK_DEADLINE_S: the call's own limit (timeout_s, or the device time left if less). A benchmark stage, or
 # Nsight Compute, that could run past it minus the summary's 20 s is skipped, saying so, so the summary and the
 # bundled JSON still come back from a short lease.
@@ -213,32 +213,41 @@ if [[ $benches == *,models,* ]] && fits "models benchmark" "$CAP_BENCH_MODELS"; 
   models_bench_rc=$?
 fi
 
-# Issue 3's largest miss is the split-KV decode (H200 at 21d5171: 67% of copy bandwidth at B=16, 47% at B=1, where
-# cuDNN reads at ~100%), and its cause is not known: occupancy, bytes in flight, or each warp's step latency.
-# Nsight Compute's stall reasons, memory throughput and occupancy of four launches say which: the default decode
-# at B=16 and B=1 (GQA 32/8, Skv 32k, D 128, float16), then the opt-in direct loads at B=16 and, with two stages a
-# warp, at B=1. A diagnosis (ncu_decode.txt, key lines in the log); its exit status is reported only.
+# Issue 3's remaining misses, measured on the H200 at 82087dc: the B=1 decode at Skv 32k (63% of copy with direct
+# loads, target 70%; at B=16 94%: so a per-call cost, not the stream) and GroupQueryAttention's prefill, whose query
+# rotation took 40 us of 182 for 34 MB (issue-bound: ~527 instructions a row, every head recomputing every angle).
+# Nsight Compute on the B=1 decode with direct loads (the default) and with the slot lookup, each with its combine
+# (82087dc's run reported 33% excess global sectors for the direct one), then on GroupQueryAttention's new-token and
+# query kernels per row (the default) and by token (ONNXATTN_GQA_CUDA_ROTATION=chunks): stall reasons, throughput,
+# occupancy, source counters. A diagnosis (ncu_decode.txt, key lines in the log); its exit status is reported only.
 if [ "${GPU_CHECK_NCU:-1}" = 1 ] && command -v ncu >/dev/null && [ "$SECONDS" -lt "$NCU_LATEST_START" ] &&
    fits "Nsight Compute" "$CAP_NCU"; then
-  echo "== Nsight Compute on decode_mma_kernel (${SECONDS}s in)"
+  echo "== Nsight Compute on the B=1 decode, its combine and GroupQueryAttention's rotation kernels (${SECONDS}s in)"
   cat > /tmp/ncu_decode_launch.py <<'PY'
-import os, torch, sdpa_cuda_lib as lib
-direct = {"ONNXATTN_SDPA_CUDA_DECODE_LOADS": "direct"}
-lean = {**direct, "ONNXATTN_SDPA_CUDA_DECODE_STAGES": "2"}
-for batch, env in ((16, {}), (1, {}), (16, direct), (1, lean)):
-    for name in lean:
-        os.environ.pop(name, None)
-    os.environ.update(env)
-    q = torch.randn(batch, 32, 1, 128, dtype=torch.float16, device="cuda")
-    k, v = (torch.randn(batch, 8, 32768, 128, dtype=torch.float16, device="cuda") for _ in range(2))
-    print(f"B={batch} {env}:", lib.run(q, k, v)[2]["reason"], flush=True)
-    torch.cuda.synchronize()
+import os, torch, sdpa_cuda_lib as lib, gqa_cuda_lib as gqa
+q = torch.randn(1, 32, 1, 128, dtype=torch.float16, device="cuda")
+k, v = (torch.randn(1, 8, 32768, 128, dtype=torch.float16, device="cuda") for _ in range(2))
+for loads in ("auto", "lookup"):
+    os.environ["ONNXATTN_SDPA_CUDA_DECODE_LOADS"] = loads
+    print(f"B=1 decode, loads {loads}:", lib.run(q, k, v)[2]["reason"], flush=True)
+seq, hq, hkv, d = 2048, 32, 8, 128
+x = {n: torch.randn(1, seq, h * d, device="cuda").half() for n, h in (("query", hq), ("key", hkv), ("value", hkv))}
+x.update(output=torch.empty_like(x["query"]),
+         present_key=torch.empty(1, hkv, seq, d, dtype=torch.half, device="cuda"),
+         present_value=torch.empty(1, hkv, seq, d, dtype=torch.half, device="cuda"))
+spec = gqa.Spec(seq=seq, q_heads=hq, kv_heads=hkv, head_dim=d, rope=1, rope_base=10000.0)
+for rotation in ("rows", "chunks"):
+    os.environ["ONNXATTN_GQA_CUDA_ROTATION"] = rotation
+    plan = gqa.run(spec, x)
+    print(f"B=1 GQA prefill, rotation {rotation}:", plan["attention"]["reason"], plan["rotate_blocks"], flush=True)
+torch.cuda.synchronize()
 PY
   timeout "$CAP_NCU" ncu --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy \
-    --section LaunchStats --section SchedulerStats --section WarpStateStats -k regex:decode_mma_kernel -c 4 \
+    --section LaunchStats --section SchedulerStats --section WarpStateStats --section SourceCounters \
+    --section InstructionStats -k regex:"decode_mma_kernel|combine_kernel|rotate_quer|append" -c 8 \
     python3 /tmp/ncu_decode_launch.py > "$OUT/ncu_decode.txt" 2>&1
   echo "ncu: exit $? ($(wc -l < "$OUT/ncu_decode.txt") lines in ncu_decode.txt)"
-  grep -E "^B=|decode_mma_kernel|Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Theoretical Occupancy|\
+  grep -E "^B=|  void |Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Theoretical Occupancy|\
 Registers Per|Issue Slots Busy|No Eligible|Active Warps Per|Eligible Warps|Warp Cycles Per Issued|[Ss]tall" \
     "$OUT/ncu_decode.txt" | head -60
 fi
