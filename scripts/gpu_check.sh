@@ -154,8 +154,9 @@ fi
 # PagedAttention always: its bad index inputs must stay inside every buffer, which only memcheck shows. MLA's
 # tensor-core attention and the wgmma prefill too: the newest kernels (passed at 93587a9 and 8ec89a9), cheap to keep;
 # the sparse ops' tensor-core attention by block and LightningIndexer's kernels (passed on the H200 at 21d5171); and
-# the opt-in kernels not yet run on a GPU (optin; sparse_mma with its switches: query tiles, overlapped loads).
-families=(paged indexer mla wgmma sparse_mma optin)
+# the kernels newest to a GPU first, before the cap can cut the run short (optin: GroupQueryAttention's kernels by
+# token and the lean decode; sparse_mma with its switches: query tiles, overlapped loads, passed at 82087dc).
+families=(optin paged indexer mla wgmma sparse_mma)
 if [ "$tests_rc" != 0 ] || [ "${GPU_CHECK_SANITIZE:-0}" = 1 ]; then families+=(sdpa); fi  # sanitize_cases.py
 if [ "$gqa_tests_rc" != 0 ] || [ "${GPU_CHECK_SANITIZE:-0}" = 1 ]; then families+=(gqa); fi
 echo "== compute-sanitizer on representative launches of: ${families[*]} (tests/gpu/sanitize_cases.py)"

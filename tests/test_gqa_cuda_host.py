@@ -292,16 +292,18 @@ def test_rotated_queries_are_asked_for_by_the_environment(monkeypatch):
 
 
 def test_queries_without_qk_norm_can_be_turned_by_16_byte_chunks(monkeypatch):
-    """ONNXATTN_GQA_CUDA_ROTATION=chunks (opt-in until a GPU run has checked it): RoPE without QK-norm on the query
-    kernel by token (a CTA per token: its angles once, then a thread per 16-byte chunk of its rows); QK-norm, rows that
-    do not split into 16-byte chunks and unaligned pointers keep the per-row kernel (rotate_chunks 0), as does the
-    default (rows)."""
+    """ONNXATTN_GQA_CUDA_ROTATION=chunks (the default): RoPE without QK-norm on the query kernel by token (a CTA per
+    token: its angles once, then a thread per 16-byte chunk of its rows); QK-norm, rows that do not split into 16-byte
+    chunks and unaligned pointers keep the per-row kernel (rotate_chunks 0), as does ROTATION=rows."""
     monkeypatch.setenv("ONNXATTN_SDPA_CUDA_PREFILL", "wgmma")  # wgmma always prepares its queries ahead
     prefill = dict(seq=2048, mode="concat", past=0, rope=1, **LLAMA)
+    monkeypatch.setenv("ONNXATTN_GQA_CUDA_ROTATION", "rows")
     rows = lib.plan(lib.Spec(**prefill))
     assert rows["rotate_queries"] and rows["attention"]["kernel"] == "wgmma" and rows["rotate_chunks"] == 0
-    monkeypatch.setenv("ONNXATTN_GQA_CUDA_ROTATION", "chunks")
+    monkeypatch.delenv("ONNXATTN_GQA_CUDA_ROTATION")
     p = lib.plan(lib.Spec(**prefill))
+    monkeypatch.setenv("ONNXATTN_GQA_CUDA_ROTATION", "chunks")
+    assert lib.plan(lib.Spec(**prefill)) == p
     assert p["rotate_queries"] and p["scratch_bytes"] == rows["scratch_bytes"]
     # D = 128, pairs (i, i + 64): 8 chunks of 8 pairs per row; a CTA per token
     assert (p["rotate_chunks"], p["rotary_chunks"]) == (8, 8)
@@ -316,19 +318,20 @@ def test_queries_without_qk_norm_can_be_turned_by_16_byte_chunks(monkeypatch):
     assert lib.plan(lib.Spec(**{**prefill, "q_norm": True}))["rotate_chunks"] == 0  # the norm: a row-wide sum
     assert lib.plan(lib.Spec(**prefill), aligned=False)["rotate_queries"] is False  # mma.sync's fused load then
     monkeypatch.setenv("ONNXATTN_GQA_CUDA_ROTATION", "warps")
-    with pytest.raises(lib.GqaCudaError, match="ONNXATTN_GQA_CUDA_ROTATION must be rows or chunks, got 'warps'"):
+    with pytest.raises(lib.GqaCudaError, match="ONNXATTN_GQA_CUDA_ROTATION must be chunks or rows, got 'warps'"):
         lib.plan(lib.Spec(**prefill))
 
 
 def test_new_keys_can_be_turned_by_16_byte_chunks(monkeypatch):
-    """ONNXATTN_GQA_CUDA_ROTATION=chunks also moves the new keys and values by the new-token kernel by token (a CTA per
+    """ONNXATTN_GQA_CUDA_ROTATION=chunks (the default) also moves the new keys and values by the new-token kernel by token (a CTA per
     token, a thread per 16-byte chunk: the key's chunks, turned as the queries', then the value's), in prefill and
     decode, with or without queries prepared ahead; K-norm, rows that do not split into chunks, float32 and unaligned
-    pointers keep the per-row kernel (append_key_chunks 0), as does the default (rows)."""
+    pointers keep the per-row kernel (append_key_chunks 0), as does ROTATION=rows."""
     prefill = dict(seq=2048, mode="concat", past=0, rope=1, **LLAMA)
+    monkeypatch.setenv("ONNXATTN_GQA_CUDA_ROTATION", "rows")
     rows = lib.plan(lib.Spec(**prefill))
     assert rows["append_key_chunks"] == rows["append_chunk_blocks"] == 0
-    monkeypatch.setenv("ONNXATTN_GQA_CUDA_ROTATION", "chunks")
+    monkeypatch.delenv("ONNXATTN_GQA_CUDA_ROTATION")
     p = lib.plan(lib.Spec(**prefill))
     assert p["attention"] == rows["attention"] and p["scratch_bytes"] == rows["scratch_bytes"]
     # D = Dv = 128 in chunks of 8: a key thread turns chunk c with chunk c + 8 (pairs (i, i + 64)), so 8 of them a

@@ -153,7 +153,7 @@ OPTIN_GQA = ("shared-decode-b4", "everything-shared", "chunk-s5-p700", "shared-d
 def optin_cases() -> int:
     """The opt-in decode and new-token kernels, against the oracles: the (default) direct-loads decode with two stages
     a warp (ONNXATTN_SDPA_CUDA_DECODE_STAGES=2; passed memcheck on the H200 at 82087dc) under ScaledDotProductAttention
-    and GroupQueryAttention, the latter also with its chunked query and new-token kernels (ONNXATTN_GQA_CUDA_ROTATION=
+    and GroupQueryAttention, the latter also with its query and new-token kernels by token (ONNXATTN_GQA_CUDA_ROTATION=
     chunks, queries prepared ahead: ONNXATTN_GQA_CUDA_QUERY=rotated)."""
     import gqa_cases as gc
     import gqa_torch as gt

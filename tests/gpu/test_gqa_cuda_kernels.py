@@ -245,14 +245,15 @@ def test_rotated_queries_give_the_fused_bits(case_id, dtype, monkeypatch):
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 @pytest.mark.parametrize("case_id", ROTATED_CASES)
 def test_chunked_query_kernel_gives_the_row_kernels_bits(case_id, dtype, monkeypatch):
-    """The chunked query kernel (ONNXATTN_GQA_CUDA_ROTATION=chunks; RoPE without QK-norm: a thread per 16-byte chunk
-    of 4 heads' rows) against the per-row kernel (the default): the same arithmetic, so the same bits; QK-norm cases
-    take the per-row kernel either way. The same switch moves the new keys and values by the chunked new-token
-    kernel: the same cache bits. Its default flips to chunks once this passes on a GPU."""
+    """The query kernel by token (ONNXATTN_GQA_CUDA_ROTATION=chunks, the default; RoPE without QK-norm: a CTA per
+    token, its angles once, a thread per 16-byte chunk) against the per-row kernel (ROTATION=rows): the same
+    arithmetic, so the same bits; QK-norm cases take the per-row kernel either way. The same switch moves the new keys
+    and values by the new-token kernel by token: the same cache bits."""
     case = gc.CASES_BY_ID[case_id]
     monkeypatch.setenv("ONNXATTN_SDPA_CUDA_PREFILL", "mma")
     monkeypatch.setenv("ONNXATTN_GQA_CUDA_QUERY", "rotated")
     switch = "ONNXATTN_GQA_CUDA_ROTATION"
+    monkeypatch.setenv(switch, "rows")  # the first run's; run_before_and_after sets chunks for the second
     (y, pk, pv, plan), (y2, pk2, pv2, plan2) = run_before_and_after(case, dtype, monkeypatch, switch, "chunks")
     # rows split into 16-byte chunks (cuda_plan.cc): the rotated span (pairs (i, i + R/2) across chunks, interleaved
     # pairs inside one) and the channels past rotary_dim in whole chunks
