@@ -41,6 +41,7 @@ __global__ void __launch_bounds__(tiles::kThreads, kDirectLoads && kStagesAsked 
   constexpr int kOutN8 = kTile / 8;
   constexpr int kSteps = kTile / 16;
   static_assert(kRows == 16 && kWarpKeys == 16, "one m16 block of rows, one k16 step of keys per warp step");
+  static_assert(kStages >= 2, "the prologue's first stage and the Q tile are its two oldest groups");
 
   extern __shared__ __align__(16) unsigned char smem[];
   uint16_t* const q_s = reinterpret_cast<uint16_t*>(smem);
@@ -51,8 +52,9 @@ __global__ void __launch_bounds__(tiles::kThreads, kDirectLoads && kStagesAsked 
   // main loop holds no registers for them.
   __shared__ int2 row_keys_s[kRows];
   __shared__ int64_t mask_row_s[kRows];
-  // Facts only the epilogue needs, likewise: the batch's first packed row (ragged batches), the schedule item.
-  __shared__ int64_t q_start_s, item_s;
+  // Facts only the epilogue needs, likewise: where each row's output (the final row of Y, or this split's partial
+  // row) and its log-sum-exp go (-1: nowhere), worked out once per row instead of once per element.
+  __shared__ int64_t out_at_s[kRows], lse_at_s[kRows];
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int quad_row = lane / 4, quad_col = 2 * (lane % 4);
@@ -82,31 +84,6 @@ __global__ void __launch_bounds__(tiles::kThreads, kDirectLoads && kStagesAsked 
   const T* const k_base = kv_base(a, a.k, a.k_stride, cta.batch, cta.kv_head);
   const T* const v_base = kv_base(a, a.v, a.v_stride, cta.batch, cta.kv_head);
   const int64_t k_row_stride = a.k_stride[2], v_row_stride = a.v_stride[2];
-
-  // ---- Q tile (whole CTA); its A fragments go to registers for the whole loop once it has landed.
-  for (int idx = tid; idx < kRows * kChunks; idx += tiles::kThreads) {
-    const int row = idx / kChunks, c = idx % kChunks;
-    if (c >= d_chunks) continue;
-    const int64_t r = row_begin + row;
-    const bool valid = r < row_end && c * 8 < a.head_dim;
-    const T* src = a.q;
-    if (valid) {
-      const RowRef ref = row_ref(a, cta.batch, cta.kv_head, r);
-      src = q_row(a, cta.batch, ref.head, ref.query, seq.q_start) + c * 8;
-    }
-    cp_async_16(smem_u32(q_s + row * kStride + c * 8), src, valid);
-  }
-  cp_async_commit();  // group: Q
-  if (tid < kRows) {  // rows past the end repeat the last row (their results are never written)
-    const RowRef ref = row_ref(a, cta.batch, cta.kv_head, min(row_begin + tid, row_end - 1));
-    const KeyRange keys_of_row = seq.structure.visible_keys(ref.query, seq.num_keys);
-    row_keys_s[tid] = make_int2(int(keys_of_row.begin), int(keys_of_row.end));
-    mask_row_s[tid] = mask_row_offset(a, cta.batch, ref);
-  }  // read after the barrier that publishes the Q tile
-  if (tid == 0) {
-    q_start_s = seq.q_start;
-    item_s = work.work;
-  }
 
   // ---- This warp's stages: K then V, [kWarpKeys][kStride] each.
   uint16_t* const warp_pipe = reinterpret_cast<uint16_t*>(pipe) + warp * kStages * 2 * kWarpKeys * kStride;
@@ -178,13 +155,46 @@ __global__ void __launch_bounds__(tiles::kThreads, kDirectLoads && kStagesAsked 
     }
   };
 
-  // The first stages' K/V loads go out before the Q tile is awaited (and prepared), so they overlap.
-#pragma unroll
-  for (int st = 0; st < kStages - 1; ++st) {
-    if (st < my_steps) load(st);
-    cp_async_commit();  // empty groups keep the count uniform
+  // The first stage's K/V loads go out before anything else (the Q tile's row arithmetic, the row facts), then the
+  // Q tile's, then the other stages': groups S0, Q, S1 .. S(kStages - 2). At B = 1 a CTA streams only ~16 steps a warp,
+  // and the ~1,000 instructions of index arithmetic before the first K/V load were a visible part of each call.
+  if (my_steps > 0) load(0);
+  cp_async_commit();  // group S0 (empty groups keep the count uniform)
+  // ---- Q tile (whole CTA); its A fragments go to registers for the whole loop once it has landed.
+  for (int idx = tid; idx < kRows * kChunks; idx += tiles::kThreads) {
+    const int row = idx / kChunks, c = idx % kChunks;
+    if (c >= d_chunks) continue;
+    const int64_t r = row_begin + row;
+    const bool valid = r < row_end && c * 8 < a.head_dim;
+    const T* src = a.q;
+    if (valid) {
+      const RowRef ref = row_ref(a, cta.batch, cta.kv_head, r);
+      src = q_row(a, cta.batch, ref.head, ref.query, seq.q_start) + c * 8;
+    }
+    cp_async_16(smem_u32(q_s + row * kStride + c * 8), src, valid);
   }
-  cp_async_wait<kStages - 1>();  // the Q group, the oldest, has landed (this thread's part)
+  cp_async_commit();  // group: Q
+#pragma unroll
+  for (int st = 1; st < kStages - 1; ++st) {
+    if (st < my_steps) load(st);
+    cp_async_commit();
+  }
+  if (tid < kRows) {  // rows past the end repeat the last row (their results are never written)
+    const RowRef ref = row_ref(a, cta.batch, cta.kv_head, min(row_begin + tid, row_end - 1));
+    const KeyRange keys_of_row = seq.structure.visible_keys(ref.query, seq.num_keys);
+    row_keys_s[tid] = make_int2(int(keys_of_row.begin), int(keys_of_row.end));
+    mask_row_s[tid] = mask_row_offset(a, cta.batch, ref);
+    const int64_t partial = cta.split * a.out_rows + partial_row(a, work.work, cta.kv_head, tid, ref);
+    if (a.splits > 1) {
+      out_at_s[tid] = partial * a.v_head_dim;
+      lse_at_s[tid] = partial;
+    } else {
+      out_at_s[tid] = y_row(a, cta.batch, ref.head, ref.query, seq.q_start);
+      lse_at_s[tid] = a.lse != nullptr ? lse_row(a, ref, seq.q_start) : -1;
+    }
+  }  // read after the barrier that publishes the Q tile
+
+  cp_async_wait<kStages - 2>();  // the two oldest groups, S0 and Q, have landed (this thread's part)
   __syncthreads();
   if (a.prep.active()) {
     prepare_query_tile(a, seq, cta.batch, cta.kv_head, row_begin, row_end, reinterpret_cast<T*>(q_s), kStride, kRows,
@@ -358,34 +368,31 @@ __global__ void __launch_bounds__(tiles::kThreads, kDirectLoads && kStagesAsked 
   }
   __syncthreads();
 
-  // ---- Write: coalesced along Dv.
+  // ---- Write: coalesced along Dv, row by row (the rows' destinations were worked out in the prologue).
   const int dv = a.v_head_dim;
-  const int64_t q_start = q_start_s, item = item_s;
-  for (int idx = tid; idx < kRows * dv; idx += tiles::kThreads) {
-    const int row = idx / dv, col = idx % dv;
-    const int64_t r = row_begin + row;
-    if (r >= row_end) continue;
-    float value = 0.0f;
-#pragma unroll
-    for (int w = 0; w < kWarps; ++w) value += merge_o[(w * kRows + row) * kTile + col];
+  const int valid_rows = int(row_end - row_begin);
+  for (int row = 0; row < valid_rows; ++row) {
     const float total = final_l[row];
-    value = total != 0.0f ? value / total : 0.0f;
-    const RowRef ref = row_ref(a, cta.batch, cta.kv_head, r);
-    if (a.splits == 1) {
-      store_y(a, y_row(a, cta.batch, ref.head, ref.query, q_start) + col, value);
-    } else {
-      a.partial_out[(cta.split * a.out_rows + partial_row(a, item, cta.kv_head, row, ref)) * dv + col] = value;
+    const int64_t at = out_at_s[row];
+    for (int col = tid; col < dv; col += tiles::kThreads) {
+      float value = 0.0f;
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) value += merge_o[(w * kRows + row) * kTile + col];
+      value = total != 0.0f ? value / total : 0.0f;
+      if (a.splits == 1) {
+        store_y(a, at + col, value);
+      } else {
+        a.partial_out[at + col] = value;
+      }
     }
   }
-  if (tid < kRows && row_begin + tid < row_end) {
-    const RowRef ref = row_ref(a, cta.batch, cta.kv_head, row_begin + tid);
-    const int64_t out_row = partial_row(a, item, cta.kv_head, tid, ref);
+  if (tid < valid_rows) {
     const float total = final_l[tid];
     const float lse = total != 0.0f ? final_m[tid] + logf(total) : kNegInf;
     if (a.splits > 1) {
-      a.partial_lse[cta.split * a.out_rows + out_row] = lse;
-    } else if (a.lse != nullptr) {
-      a.lse[lse_row(a, ref, q_start)] = lse;
+      a.partial_lse[lse_at_s[tid]] = lse;
+    } else if (lse_at_s[tid] >= 0) {
+      a.lse[lse_at_s[tid]] = lse;
     }
   }
 }

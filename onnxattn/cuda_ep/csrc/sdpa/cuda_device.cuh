@@ -187,16 +187,19 @@ struct CtaCoords {
   int64_t row_tile, split, kv_head, batch;
 };
 
+// In 32-bit unsigned arithmetic: the grid (their product with the batch) is below 2^31 (the plans check it), where a
+// 64-bit division compiles to a range test, a 32-bit sequence and a routine call, at the start of every CTA.
 template <typename T>
 __device__ __forceinline__ CtaCoords cta_coords(const KernelArgs<T>& a) {
-  int64_t bid = blockIdx.x;
+  const uint32_t row_tiles = uint32_t(a.row_tiles), splits = uint32_t(a.splits), kv_heads = uint32_t(a.kv_heads);
+  uint32_t bid = blockIdx.x;
   CtaCoords c;
-  c.row_tile = bid % a.row_tiles;
-  bid /= a.row_tiles;
-  c.split = bid % a.splits;
-  bid /= a.splits;
-  c.kv_head = bid % a.kv_heads;
-  c.batch = bid / a.kv_heads;
+  c.row_tile = bid % row_tiles;
+  bid /= row_tiles;
+  c.split = bid % splits;
+  bid /= splits;
+  c.kv_head = bid % kv_heads;
+  c.batch = bid / kv_heads;
   return c;
 }
 
