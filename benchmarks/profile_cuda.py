@@ -12,20 +12,22 @@ Cases (each guarded: one failing is recorded in its row and the run goes on):
   - sdpa_decode_b1_4k: the same at 4k (25% of copy: the fixed cost of a call);
   - gqa_prefill_s2048 / ort_gqa_prefill_s2048: GroupQueryAttention prefill, B=1, S=2048, 32q/8kv, RoPE, fp16,
     ours and onnxruntime's com.microsoft.GroupQueryAttention through the CUDA EP (op 192 vs core 272 TFLOP/s);
-    gqa_prefill_s2048_chunks: ours with the queries turned by the chunked kernel (ONNXATTN_GQA_CUDA_ROTATION=chunks,
-    opt-in until checked on a GPU) instead of the per-row one (39.9 us of 181 on the H200 at 21d5171);
+    gqa_prefill_s2048_rows: ours with the queries and new keys turned by the per-row kernels (ONNXATTN_GQA_CUDA_ROTATION=
+    rows; the kernels by token are the default: the per-row query kernel took 39.9 us of 181 on the H200 at 21d5171);
   - gqa_decode_p32k / ort_gqa_decode_p32k: shared-buffer decode at P=32k (61% vs onnxruntime's 79% of copy);
   - nsa_16k, routed_16k: NativeSparseAttention (paper form) and SparseRoutedAttention at S=16k, bf16, through
     the CUDA EP (3.6x and 13x our dense time); nsa_dot_16k: NSA with dot-product selection (2.7x);
   - nsa_mma_16k, routed_mma_16k: the same with ONNXATTN_SPARSE_CUDA=mma (the tensor-core attention by block);
-    nsa_mma_async_16k, routed_mma_async_16k: and the latency work (ONNXATTN_SPARSE_CUDA_LOADS=async: the
-    tensor-core kernels with their loads overlapped; ONNXATTN_SPARSE_CUDA_ARGMAX=redux: the selection's argmax by
-    warp reductions; opt-in until checked on a GPU: on the H200 at 21d5171 blocks_mma_kernel took 7.4 ms of NSA's
-    9.5, select_split_kernel 4.5 of routed's 13.5); nsa_mma_tiles_16k, routed_mma_tiles_16k: the async cases by
-    query tiles (ONNXATTN_SPARSE_CUDA_BLOCKS=queries, opt-in until checked on a GPU: no inverted lists, no per-slot
-    merges of the output rows);
-  - nsa_mma_64k, nsa_mma_tiles_64k, routed_mma_64k, routed_mma_tiles_64k, nsa_mma_async_64k, routed_mma_async_64k:
-    the same at issue 7's S=64k (last: the budget skips them first).
+    (pinned to the old kernels: ONNXATTN_SPARSE_CUDA_LOADS=sync, _ARGMAX=shuffle); nsa_mma_async_16k,
+    routed_mma_async_16k: the latency work, the default since the H200 run at 82087dc (LOADS=async: the tensor-core
+    kernels with their loads overlapped; ARGMAX=redux: the selection's argmax by warp reductions; NSA 9.49 -> 4.58 ms
+    at 16k, routed 13.59 -> 7.93); nsa_mma_tiles_16k, routed_mma_tiles_16k: the async cases by query tiles
+    (ONNXATTN_SPARSE_CUDA_BLOCKS=queries, opt-in: no inverted lists, no per-slot merges of the output rows);
+    routed_mma_groups_16k: routed_mma_async with the routing's lists picked by group maxima
+    (ONNXATTN_SPARSE_CUDA_ROUTE=groups, opt-in until checked on a GPU: select_split_kernel took 51.8 ms of the
+    routed op's 70.3 at 64k on the H200 at 82087dc, most of it rescanning every key per pick);
+  - nsa_mma_64k, nsa_mma_tiles_64k, routed_mma_64k, routed_mma_tiles_64k, nsa_mma_async_64k, routed_mma_async_64k,
+    routed_mma_groups_64k: the same at issue 7's S=64k (last: the budget skips them first).
 
 Usage: python benchmarks/profile_cuda.py [--out FILE_OR_DIR] [--cases a,b] [--budget-s 40]
 Prints one table per case and writes JSON (device, commit, rows) after every case. Exit 2 without CUDA.
@@ -47,18 +49,22 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests" / "gpu"), str(ROOT / "benchmarks")]
 
 CASES = ("sdpa_decode_b1_32k", "sdpa_decode_b1_32k_lookup", "sdpa_decode_b1_32k_lean", "sdpa_decode_b1_4k",
-         "gqa_prefill_s2048", "gqa_prefill_s2048_chunks", "ort_gqa_prefill_s2048", "gqa_decode_p32k",
+         "gqa_prefill_s2048", "gqa_prefill_s2048_rows", "ort_gqa_prefill_s2048", "gqa_decode_p32k",
          "gqa_decode_p32k_lookup", "gqa_decode_p32k_lean", "ort_gqa_decode_p32k", "nsa_16k", "routed_16k",
          "nsa_dot_16k", "nsa_mma_16k", "routed_mma_16k", "nsa_mma_async_16k", "routed_mma_async_16k",
          "nsa_mma_tiles_16k", "routed_mma_tiles_16k", "nsa_mma_64k", "nsa_mma_tiles_64k", "routed_mma_64k",
-         "routed_mma_tiles_64k", "nsa_mma_async_64k", "routed_mma_async_64k")
+         "routed_mma_tiles_64k", "nsa_mma_async_64k", "routed_mma_async_64k", "routed_mma_groups_16k",
+         "routed_mma_groups_64k")
 # Library switches a case runs under (read by the kernels on every call); the decode ones as bench_sdpa_cuda's
 # OPT_IN_DECODE columns.
 LOOKUP = {"ONNXATTN_SDPA_CUDA_DECODE_LOADS": "lookup"}
 LEAN = {"ONNXATTN_SDPA_CUDA_DECODE_STAGES": "2"}
-CASE_ENV = {"gqa_prefill_s2048_chunks": {"ONNXATTN_GQA_CUDA_ROTATION": "chunks"},
+CASE_ENV = {"gqa_prefill_s2048_rows": {"ONNXATTN_GQA_CUDA_ROTATION": "rows"},
             **{f"{base}_{name}": switch for base in ("sdpa_decode_b1_32k", "gqa_decode_p32k")
-               for name, switch in (("lookup", LOOKUP), ("lean", LEAN))}}  # fmt: skip
+               for name, switch in (("lookup", LOOKUP), ("lean", LEAN))},
+            **{f"routed_mma_groups_{n}": {"ONNXATTN_SPARSE_CUDA_ROUTE": "groups"} for n in ("16k", "64k")}}  # fmt: skip
+# Sparse cases that run a benchmark column under their CASE_ENV switches (the column's own switches pinned as well).
+SPARSE_BASE = {"routed_mma_groups": "routed_mma_async"}
 GRAPH_CALLS = 20  # calls per captured graph (as bench_sdpa_cuda.time_graph)
 
 
@@ -180,7 +186,7 @@ def build(case: str, ort):
     if ort is None:
         raise RuntimeError("onnxruntime-gpu unavailable")
     name, length = case.rsplit("_", 1)  # the benchmark's implementation name, the sequence length
-    return sparse(name, {"16k": 16384, "64k": 65536}[length], ort)
+    return sparse(SPARSE_BASE.get(name, name), {"16k": 16384, "64k": 65536}[length], ort)
 
 
 def format_case(case: str, row: dict, top: int = 8) -> str:

@@ -397,17 +397,22 @@ def test_the_redux_argmax_picks_as_the_shuffle_argmax():
         assert picks[:count].tolist() == want, (trial, n, top)
 
 
-def latency_switches(op: str = "NativeSparseAttention") -> tuple[int, int]:
-    """(overlap_loads, redux_argmax) as plan_nsa and run_routed read them (sparse/params.cc); a bad value raises
-    ValueError with the library's message."""
+def all_latency_switches(op: str = "NativeSparseAttention") -> tuple[int, int, int]:
+    """(overlap_loads, redux_argmax, grouped_routing) as plan_nsa and run_routed read them (sparse/params.cc); a bad
+    value raises ValueError with the library's message."""
     lib = ctypes.CDLL(sdpa_cuda_lib.library_path())
     fn = lib.OnnxAttnSparseLatencySwitches
     fn.restype = ctypes.c_int32
     fn.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_int32), ctypes.c_char_p, ctypes.c_int64]
-    out, error = (ctypes.c_int32 * 2)(), ctypes.create_string_buffer(512)
+    out, error = (ctypes.c_int32 * 3)(), ctypes.create_string_buffer(512)
     if fn(op.encode(), out, error, len(error)) != 0:
         raise ValueError(error.value.decode())
-    return out[0], out[1]
+    return out[0], out[1], out[2]
+
+
+def latency_switches(op: str = "NativeSparseAttention") -> tuple[int, int]:
+    """(overlap_loads, redux_argmax): all_latency_switches' first two."""
+    return all_latency_switches(op)[:2]
 
 
 @pytest.mark.parametrize("op", ["NativeSparseAttention", "SparseRoutedAttention"])
@@ -435,3 +440,90 @@ def test_the_latency_work_is_the_default(op, monkeypatch):
         with pytest.raises(ValueError, match=f"ONNXATTN_SPARSE_CUDA_{name} must be"):
             latency_switches(op)
         monkeypatch.delenv(f"ONNXATTN_SPARSE_CUDA_{name}")
+
+
+@pytest.mark.parametrize("op", ["NativeSparseAttention", "SparseRoutedAttention"])
+def test_the_grouped_routing_is_opt_in(op, monkeypatch):
+    """ONNXATTN_SPARSE_CUDA_ROUTE = split (unset or empty: the default, warp_select) | groups (warp_select_groups,
+    the routing's tensor-core selection only); any other value is refused, naming the op and the values; the other
+    switches are left as they are."""
+    for name in ("ONNXATTN_SPARSE_CUDA_LOADS", "ONNXATTN_SPARSE_CUDA_ARGMAX", "ONNXATTN_SPARSE_CUDA_ROUTE"):
+        monkeypatch.delenv(name, raising=False)
+    assert all_latency_switches(op) == (1, 1, 0)
+    for value, want in (("", 0), ("split", 0), ("groups", 1)):
+        monkeypatch.setenv("ONNXATTN_SPARSE_CUDA_ROUTE", value)
+        assert all_latency_switches(op) == (1, 1, want), value
+    monkeypatch.setenv("ONNXATTN_SPARSE_CUDA_LOADS", "sync")
+    assert all_latency_switches(op) == (0, 1, 1)
+    for bad in ("later", "Groups", "groups "):
+        monkeypatch.setenv("ONNXATTN_SPARSE_CUDA_ROUTE", bad)
+        with pytest.raises(ValueError, match=rf"^{op}: environment variable ONNXATTN_SPARSE_CUDA_ROUTE must be "
+                                             rf"split or groups, got '{bad}'$"):  # fmt: skip
+            all_latency_switches(op)
+
+
+def argmax_keys(scores: np.ndarray) -> np.ndarray:
+    """sparse/cuda_sizes.h argmax_key for each score: unsigned keys in the scores' order, -0 as +0, NaN as 0."""
+    bits = np.where(scores == 0, np.float32(0), scores).astype(np.float32).view(np.uint32).astype(np.int64)
+    keys = np.where(bits & 0x80000000, ~bits & 0xFFFFFFFF, bits | 0x80000000)
+    return np.where(np.isnan(scores), 0, keys)
+
+
+def group_picks(scores, limit: int, top: int, forced: set[int]) -> list[int]:
+    """The pick order of warp_select_groups (cuda_select.cu), lane by lane: lane l keeps the best (key, lowest index)
+    of groups j = l mod 32 of 32 keys below `limit`, read rotated by l; a pick is the lanes' largest key, then the
+    lowest index holding it; the winner's groups are rescanned (per group: largest key, lowest index; groups in
+    ascending order, a later one only with a larger key). Forced blocks and keys at or above `limit` are key 0."""
+    keys = argmax_keys(np.asarray(scores, np.float32)).tolist()
+    groups = (limit + 31) // 32
+
+    def key_at(c):
+        return keys[c] if c < limit and c not in forced else 0
+
+    best, at = [0] * 32, [0xFFFFFFFF] * 32
+    for lane in range(32):
+        for j in range(lane, groups, 32):
+            for i in range(32):
+                c = 32 * j + ((i + lane) & 31)
+                k = key_at(c)
+                if k > best[lane] or (k == best[lane] and c < at[lane]):
+                    best[lane], at[lane] = k, c
+    picks = []
+    while len(picks) < top:
+        top_key = max(best)
+        if top_key <= 0x007FFFFF:  # kNegInfArgmaxKey
+            break
+        index = min(at[lane] for lane in range(32) if best[lane] == top_key)
+        picks.append(index)
+        keys[index] = int(argmax_keys(np.array([-np.inf], np.float32))[0])
+        owner = index // 32 % 32
+        group_best, group_at = 0, 0xFFFFFFFF
+        for j in range(owner, groups, 32):
+            ks = [key_at(32 * j + lane) for lane in range(32)]
+            k_max = max(ks)
+            c_min = min(32 * j + lane for lane in range(32) if ks[lane] == k_max)
+            if k_max > group_best:
+                group_best, group_at = k_max, c_min
+        best[owner], at[owner] = group_best, group_at
+    return picks
+
+
+def test_the_grouped_routing_picks_as_the_argmax():
+    """ONNXATTN_SPARSE_CUDA_ROUTE=groups: the group maxima's picks (a replay of warp_select_groups' lane logic) are
+    warp_select's: larger value first, the lower index on ties (-0 ties with +0), NaN and -inf never, forced blocks
+    and blocks past the causal limit never, in order; on ties, NaN, +-inf and signed zeros, limits across group and
+    lane boundaries and above 1024 (a lane's several groups)."""
+    rng = np.random.default_rng(13)
+    specials = np.array([np.nan, np.inf, -np.inf, -0.0, 0.0, -1e-38, 1e-45, -3.0e38], np.float32)
+    for trial in range(120):
+        n = int(rng.choice([1, 31, 32, 33, 100, 1023, 1024, 1025, 2100]))
+        limit, top = int(rng.integers(0, n + 1)), int(rng.integers(1, 40))
+        scores = rng.integers(-4, 5, n).astype(np.float32) * np.float32(0.5)  # many ties
+        hit = rng.random(n) < 0.15
+        scores[hit] = rng.choice(specials, int(hit.sum()))
+        if trial % 9 == 0:
+            scores[:] = np.nan if trial % 2 else -np.inf  # nothing to pick
+        forced = {int(c) for c in rng.integers(0, max(limit, 1), int(rng.integers(0, 3)))} if limit else set()
+        eligible = [j for j in range(limit) if j not in forced and not np.isnan(scores[j]) and scores[j] != -np.inf]
+        want = sorted(eligible, key=lambda j: (-float(scores[j]), j))[:top]
+        assert group_picks(scores, limit, top, forced) == want, (trial, n, limit, top)

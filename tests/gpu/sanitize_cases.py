@@ -187,15 +187,14 @@ def sparse_mma_cases() -> int:
         return f"max |mma - fast| = {err:.2g}"
 
     failed = 0
-    # ONNXATTN_SPARSE_CUDA_LOADS / _ARGMAX / _BLOCKS: with the latency work, by the inverted lists and by query tiles
-    # (its walk of the lists, two stages of tiles); the default kernels passed memcheck on the H200 at 21d5171, and
-    # the newest go first before the cap can cut the run short (query tiles staging 16-bit copies by cp.async, then
-    # float32 ones by plain loads)
-    for loads, argmax, blocks in (("async", "redux", "queries"), ("sync", "shuffle", "queries"),
-                                  ("async", "redux", "lists")):
-        switches = {"LOADS": loads, "ARGMAX": argmax, "BLOCKS": blocks}
+    # ONNXATTN_SPARSE_CUDA_LOADS / _ARGMAX / _BLOCKS / _ROUTE: the routing by groups first (not yet run on a GPU),
+    # then by the inverted lists and by query tiles (its walk of the lists, two stages of tiles); these passed memcheck
+    # on the H200 at 82087dc (query tiles staging 16-bit copies by cp.async, then float32 ones by plain loads)
+    for loads, argmax, blocks, route in (("async", "redux", "lists", "groups"), ("async", "redux", "queries", "split"),
+                                         ("sync", "shuffle", "queries", "split"), ("async", "redux", "lists", "split")):
+        switches = {"LOADS": loads, "ARGMAX": argmax, "BLOCKS": blocks, "ROUTE": route}
         with library_switches({f"ONNXATTN_SPARSE_CUDA_{switch}": value for switch, value in switches.items()}):
-            failed += sum(checked(f"sparse_mma {kind} {name} bfloat16 loads={loads} argmax={argmax} blocks={blocks}",
+            failed += sum(checked(f"sparse_mma {kind} {name} bfloat16 {switches}",
                                   lambda: run_case(kind, name, "bfloat16"))
                           for kind, names in (("nsa", t.MMA_SANITIZE_NSA), ("routed", t.MMA_SANITIZE_ROUTED))
                           for name in names)  # fmt: skip

@@ -553,9 +553,54 @@ def test_redux_argmax_breaks_ties_and_passes_over_nan_as_the_shuffles(kind, name
             np.testing.assert_array_equal(g, w, err_msg=f"{kind} {name} {degenerate}: {path}, redux vs shuffle")
 
 
-@pytest.mark.parametrize("switch, values", [("LOADS", "async or sync"), ("ARGMAX", "redux or shuffle"),
-                                            ("BLOCKS", "lists, queries or auto")])
-@pytest.mark.parametrize("kind", ["nsa", "routed"])
+# ONNXATTN_SPARSE_CUDA_ROUTE=groups, opt-in until a GPU run has checked and timed it: SparseRoutedAttention's
+# tensor-core routing (select_split_kernel) picks each list by group maxima (cuda_select.cu warp_select_groups: a lane
+# keeps the best of its groups of 32 keys, a pick rescans the winner's group) instead of rescanning every key per
+# pick, and its warps score tiles of 16 centroids instead of 32 (two CTAs an SM at D = 128, Nb = 1024). The same
+# scores (each sums over D in the same order) and the same pick rule: the same lists and Y bits as the default, under
+# either load mode, on every routed case, on all-tied scores (zero queries: the lowest blocks win) and on NaN scores
+# (never picked).
+def split_routing_kernels(kernels) -> list[str]:
+    """The select_split_kernel instances among the profiled kernel names, by their template arguments."""
+    return sorted(k.split(">(")[0].split("select_split_kernel<")[1] for k in kernels if "select_split_kernel<" in k)
+
+
+@pytest.mark.parametrize("loads", [None, "sync"])
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("name", list(ROUTED_CASES))
+def test_the_grouped_routing_gives_the_same_bits(name, dtype, loads):
+    model, feeds = model_and_feeds("routed", name, dtype)
+    sess = cuda_session(model)
+    run = lambda: kernels_of(lambda: sess.run(None, feeds))  # noqa: E731
+    want, want_kernels = with_sparse_path("mma", run, LOADS=loads, ROUTE=None)
+    got, got_kernels = with_sparse_path("mma", run, LOADS=loads, ROUTE="groups")
+    if want_kernels and got_kernels:  # (the profiler saw the kernels) the switch took the grouped instance, once
+        assert [k.endswith("false") for k in split_routing_kernels(want_kernels)] == [True], sorted(want_kernels)
+        assert [k.endswith("true") for k in split_routing_kernels(got_kernels)] == [True], sorted(got_kernels)
+    for w, g in zip(want, got):
+        np.testing.assert_array_equal(g, w, err_msg=f"routed {name} {dtype} LOADS={loads}: ROUTE=groups vs split")
+
+
+@pytest.mark.parametrize("degenerate", ["zero-queries", "nan-key"])
+def test_the_grouped_routing_breaks_ties_and_passes_over_nan_as_the_split_one(degenerate):
+    model, feeds = model_and_feeds("routed", "moba-64-top-8", "bfloat16")
+    feeds = dict(feeds)
+    if degenerate == "zero-queries":
+        feeds["Q"] = np.zeros_like(feeds["Q"])
+    else:
+        feeds["K"] = feeds["K"].copy()
+        feeds["K"][:, :, 37, 5] = np.nan  # segment 0's mean, hence its scores
+    sess = cuda_session(model)
+    want = with_sparse_path("mma", lambda: sess.run(None, feeds), ROUTE="split")
+    got = with_sparse_path("mma", lambda: sess.run(None, feeds), ROUTE="groups")
+    for w, g in zip(want, got):
+        np.testing.assert_array_equal(g, w, err_msg=f"routed {degenerate}: ROUTE=groups vs split")
+
+
+@pytest.mark.parametrize("kind, switch, values",
+                         [(kind, *sv) for kind in ("nsa", "routed") for sv in (("LOADS", "async or sync"),
+                          ("ARGMAX", "redux or shuffle"), ("BLOCKS", "lists, queries or auto"))]
+                         + [("routed", "ROUTE", "split or groups")])  # (ROUTE: the routed op's only)  # fmt: skip
 def test_a_bad_latency_switch_is_an_error(kind, switch, values):
     model, feeds = model_and_feeds(kind, "paper-shared-causal" if kind == "nsa" else "moba-64-top-8", "bfloat16")
     sess = cuda_session(model)

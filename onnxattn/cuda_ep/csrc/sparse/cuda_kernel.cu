@@ -728,6 +728,7 @@ void run_routed(const RoutedParams& p, const RoutedTensors<T>& t, void* stream_p
   const bool by_mma = route.by_mma, by_segment = route.by_segment, query_tiles = route.query_tiles;
   // read before any launch
   const bool overlap_loads = overlapped_loads_requested(kRoutedName), redux = redux_argmax_requested(kRoutedName);
+  const bool grouped = grouped_routing_requested(kRoutedName);  // (the tensor-core routing's only)
   // Under LOADS=async the tensor-core kernel reads 16-bit copies of the RoPE'd Q and K (rounded as its staging rounds
   // the float32 ones) and V in its own type: half the bytes, staged by cp.async, the same bits.
   const bool mma_16bit = by_mma && overlap_loads && reinterpret_cast<uintptr_t>(t.v) % 16 == 0;
@@ -770,12 +771,18 @@ void run_routed(const RoutedParams& p, const RoutedTensors<T>& t, void* stream_p
   if (!std::is_same_v<T, float> && requested_path(kRoutedName) == SparsePath::kMma &&
       reinterpret_cast<uintptr_t>(q_route) % 32 == 0) {
     const int max_smem = max_smem_per_block();
-    const SelectTiling split = select_split_tiling(int(d.head_dim), p.num_segments, p.num_segments, a.top_k, max_smem);
+    SelectTiling split = select_split_tiling(int(d.head_dim), p.num_segments, p.num_segments, a.top_k, max_smem);
+    // ROUTE=groups only where the default takes this kernel (its smaller tiles fit more blocks): the same bits
+    if (split.queries > 0 && grouped) {
+      split = select_split_tiling(int(d.head_dim), p.num_segments, p.num_segments, a.top_k, max_smem,
+                                  kSplitKeysGrouped);
+    }
     if (split.queries > 0) {
       routing = split;
       routing.split_bf16 = std::is_same_v<T, BFloat16>;
     }
   }
+  s.group_argmax = grouped && routing.split;
   launch_select(s, routing, stream);
   if (by_segment || by_mma) {
     RoutedBlocksArgs r{};

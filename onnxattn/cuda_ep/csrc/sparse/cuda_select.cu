@@ -102,6 +102,87 @@ __device__ __forceinline__ void warp_select(const SelectArgs<TQ>& a, float* key,
   __syncwarp();  // `chosen` may be reused by this warp
 }
 
+// warp_select's list by group maxima (ONNXATTN_SPARSE_CUDA_ROUTE=groups; the routing's select_split_kernel): the
+// same candidates (below the causal limit and Nc, not forced), picks (largest argmax_key, lowest index on ties;
+// -inf and NaN never) and output. warp_select scans all Nb keys on every lane for each pick (top * Nb / 32 reads a
+// lane); here lane l keeps the best of the key groups [32 j, 32 j + 32) with j = l mod 32 below the limit, a pick is
+// two warp reductions over those bests, and only the winning lane's groups are rescanned, by the whole warp (a key a
+// lane): limit / 32 + top reads a lane for limit <= 1024. A lane reads its own group rotated by its lane so that the
+// 32 lanes hit 32 banks; ties are broken by index explicitly, so the scan order does not matter.
+template <typename TQ>
+__device__ __forceinline__ void warp_select_groups(const SelectArgs<TQ>& a, float* key, int64_t position,
+                                                   int32_t* chosen, int64_t at) {
+  const int lane = threadIdx.x % 32;
+  const int64_t nb = a.num_blocks;
+  const int64_t own = position >= 0 ? position / a.block_size : -1;
+  const int64_t limit = a.causal ? min(own + 1, nb) : nb;
+  // warp_select's forced blocks below the limit, as 32-bit bounds (Nb <= 2^24, select_split_tiling): the own block
+  // (causal), [0, sinks), [local_lo, local_hi) = [own - local_blocks, own).
+  auto clip = [&](int64_t x) { return int(max(int64_t(0), min(x, limit))); };
+  const int own_c = a.causal && own >= 0 && own < limit ? int(own) : -1, sinks = clip(a.sink_blocks);
+  const int local_lo = clip(own - a.local_blocks), local_hi = clip(own), lim = int(limit);
+  auto forced = [&](int c) { return c < lim && (c == own_c || c < sinks || (c >= local_lo && c < local_hi)); };
+  int64_t count = 0;
+  for (int c0 = 0; c0 < lim; c0 += 32) {  // the forced blocks in index order, as warp_select
+    unsigned mask = __ballot_sync(0xffffffffu, forced(c0 + lane));
+    while (mask != 0u) {
+      const int bit = __ffs(mask) - 1;
+      mask &= mask - 1u;
+      if (count < a.top) {
+        if (lane == 0) chosen[count] = int32_t(c0 + bit);
+        ++count;
+      }
+    }
+  }
+  // A candidate's key (argmax_key), 0 (never picked) for the rest; a pick's key is then set to -inf below.
+  const int end = int(min(limit, a.num_centroids)), groups = (end + 31) / 32;
+  auto key_at = [&](int c) { return c < end && !forced(c) ? argmax_key(key[c]) : 0u; };
+  unsigned best = 0u, best_at = 0xffffffffu;
+  for (int j = lane; j < groups; j += 32) {
+#pragma unroll 8
+    for (int i = 0; i < 32; ++i) {
+      const int c = 32 * j + ((i + lane) & 31);
+      const unsigned k = key_at(c);
+      if (k > best || (k == best && unsigned(c) < best_at)) best = k, best_at = unsigned(c);
+    }
+  }
+  for (; count < a.top; ++count) {
+    const unsigned top_key = __reduce_max_sync(0xffffffffu, best);
+    if (top_key <= kNegInfArgmaxKey) break;
+    const unsigned index = __reduce_min_sync(0xffffffffu, best == top_key ? best_at : 0xffffffffu);
+    if (lane == 0) {
+      chosen[count] = int32_t(index);
+      key[index] = kNegInf;  // used up, as in warp_select
+    }
+    __syncwarp();
+    // The winner's groups again, a key a lane; their best goes back to the winning lane.
+    const int owner = int(index / 32u % 32u);
+    unsigned group_best = 0u, group_at = 0xffffffffu;
+    for (int j = owner; j < groups; j += 32) {
+      const int c = 32 * j + lane;
+      const unsigned k = key_at(c);
+      const unsigned k_max = __reduce_max_sync(0xffffffffu, k);
+      const unsigned c_min = __reduce_min_sync(0xffffffffu, k == k_max ? unsigned(c) : 0xffffffffu);
+      if (k_max > group_best) group_best = k_max, group_at = c_min;  // groups ascend: an equal key comes later
+    }
+    if (lane == owner) best = group_best, best_at = group_at;
+  }
+  __syncwarp();
+  // Ascending order: each entry's rank among the distinct picks (forced blocks are never picked again).
+  for (int64_t x = lane; x < a.top; x += 32) {
+    int32_t value = -1;
+    int64_t slot = x;
+    if (x < count) {
+      value = chosen[x];
+      slot = 0;
+      for (int64_t y = 0; y < count; ++y) slot += chosen[y] < value ? 1 : 0;
+    }
+    a.lists[at + slot] = value;
+    if (a.listed) a.listed[at + slot] = value;
+  }
+  __syncwarp();  // `chosen` may be reused by this warp
+}
+
 template <typename TQ>
 __global__ void __launch_bounds__(kThreads) select_kernel(const SelectArgs<TQ> a) {
   extern __shared__ float select_smem[];
@@ -542,16 +623,21 @@ __device__ __forceinline__ SelectCta select_cta(const SelectArgs<TQ>& a, int que
   return c;
 }
 
-// Then a warp per query of the CTA: its list from its row of keys (warp_select); `chosen`: [warps][top] ints.
-template <typename TQ>
+// Then a warp per query of the CTA: its list from its row of keys (warp_select, or warp_select_groups under
+// kGroups); `chosen`: [warps][top] ints.
+template <bool kGroups = false, typename TQ>
 __device__ __forceinline__ void select_cta_lists(const SelectArgs<TQ>& a, const SelectCta& cta, float* keys,
                                                  int64_t key_stride, int32_t* chosen) {
   if (a.top == 0) return;
   const int warp = threadIdx.x / 32;
   for (int x = warp; x < cta.count; x += kWarpsPerBlock) {
     const int64_t i = cta.i0 + x;
-    warp_select(a, keys + x * key_stride, i + a.query_offset, chosen + warp * a.top,
-                ((cta.b * cta.list_heads + cta.list_head) * a.q_len + i) * a.top);
+    const int64_t at = ((cta.b * cta.list_heads + cta.list_head) * a.q_len + i) * a.top;
+    if constexpr (kGroups) {
+      warp_select_groups(a, keys + x * key_stride, i + a.query_offset, chosen + warp * a.top, at);
+    } else {
+      warp_select(a, keys + x * key_stride, i + a.query_offset, chosen + warp * a.top, at);
+    }
   }
 }
 
@@ -712,24 +798,27 @@ __global__ void __launch_bounds__(kThreads) select_mma_kernel(const SelectArgs<T
 // ---- selection on tensor cores, one row per list (select_split_tiling): a CTA per (b, list head, 16 queries) ----
 //
 // Dot scores only. The 4 warps share the 16 query rows (Q as hi + lo TMma tiles) and split the centroids: warp
-// w stages and scores tiles of kSplitKeys centroids c0 = kSplitKeys (w + 4 k) on its own (no CTA barrier in the
+// w stages and scores tiles of kKeys centroids c0 = kKeys (w + 4 k) on its own (no CTA barrier in the
 // loop), S = Qh Ch + Qh Cl + Ql Ch, written straight into the queries' keys; then a warp per query: warp_select.
 // TMma: float16 (~21 significant bits for values within its range) for float16 inputs, bfloat16 (~16 bits, float32's
 // range) for bfloat16 inputs, whose values float16 may not hold (SelectTiling::split_bf16).
 // kOverlap (a.overlap_loads, ONNXATTN_SPARSE_CUDA_LOADS=async, the default) is a template parameter: as a runtime
-// branch it took the default path's kernel from 64 to 80 registers with spills (sm_90a).
-template <typename TQ, typename TMma, bool kOverlap>
+// branch it took the default path's kernel from 64 to 80 registers with spills (sm_90a). kGroups (a.group_argmax,
+// ONNXATTN_SPARSE_CUDA_ROUTE=groups, the routing only) picks the lists by warp_select_groups, from tiles of
+// kSplitKeysGrouped centroids (kKeys; kSplitKeys otherwise): the same lists and scores.
+template <typename TQ, typename TMma, bool kOverlap, bool kGroups = false>
 __global__ void __launch_bounds__(kThreads) select_split_kernel(const SelectArgs<TQ> a) {
   using namespace mma_tiles;  // NOLINT: the tile pieces this kernel is made of
   extern __shared__ __align__(16) unsigned char select_split_smem[];
+  constexpr int kKeys = kGroups ? kSplitKeysGrouped : kSplitKeys;  // centroids per warp tile (select_split_tiling)
   const int dim = a.dim, tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
   const int stride = mma_row_stride(dim);
   const int64_t nc = a.num_centroids, key_stride = max(nc, a.num_blocks);
   uint16_t* const q_hi = reinterpret_cast<uint16_t*>(select_split_smem);
   uint16_t* const q_lo = q_hi + kSplitQueries * stride;
-  uint16_t* const c_hi = q_lo + kSplitQueries * stride + warp * 2 * kSplitKeys * stride;  // this warp's tiles
-  uint16_t* const c_lo = c_hi + kSplitKeys * stride;
-  uint16_t* const tiles_end = q_lo + kSplitQueries * stride + kWarpsPerBlock * 2 * kSplitKeys * stride;
+  uint16_t* const c_hi = q_lo + kSplitQueries * stride + warp * 2 * kKeys * stride;  // this warp's tiles
+  uint16_t* const c_lo = c_hi + kKeys * stride;
+  uint16_t* const tiles_end = q_lo + kSplitQueries * stride + kWarpsPerBlock * 2 * kKeys * stride;
   float* const keys = reinterpret_cast<float*>(tiles_end);
   int32_t* const chosen = reinterpret_cast<int32_t*>(keys + int64_t(kSplitQueries) * key_stride);  // [warps][top]
 
@@ -753,18 +842,18 @@ __global__ void __launch_bounds__(kThreads) select_split_kernel(const SelectArgs
   const int64_t c_end = a.causal ? (last >= 0 ? min(last / a.block_size + 1, nc) : 0) : nc;
   __syncthreads();
   const float* const cents = a.centroids + (b * a.kv_heads + kv_head) * nc * dim;
-  for (int64_t c0 = int64_t(kSplitKeys) * warp; c0 < c_end; c0 += int64_t(kSplitKeys) * kWarpsPerBlock) {
+  for (int64_t c0 = int64_t(kKeys) * warp; c0 < c_end; c0 += int64_t(kKeys) * kWarpsPerBlock) {
     __syncwarp();  // every lane is done with the previous tile
-    stage_split(c_hi, c_lo, cents + c0 * dim, kSplitKeys,
+    stage_split(c_hi, c_lo, cents + c0 * dim, kKeys,
                 [&](int r) { return c0 + r < c_end ? int64_t(r) : int64_t(-1); }, lane, 32);
     __syncwarp();
-    float s[kSplitKeys / 8][4];
+    float s[kKeys / 8][4];
     zero(s);
-    add_scores<TMma, kSplitKeys / 8>(s, q_hi, c_hi, stride, dim, g, lane);
-    add_scores<TMma, kSplitKeys / 8>(s, q_hi, c_lo, stride, dim, g, lane);
-    add_scores<TMma, kSplitKeys / 8>(s, q_lo, c_hi, stride, dim, g, lane);
+    add_scores<TMma, kKeys / 8>(s, q_hi, c_hi, stride, dim, g, lane);
+    add_scores<TMma, kKeys / 8>(s, q_hi, c_lo, stride, dim, g, lane);
+    add_scores<TMma, kKeys / 8>(s, q_lo, c_hi, stride, dim, g, lane);
 #pragma unroll
-    for (int n = 0; n < kSplitKeys / 8; ++n) {
+    for (int n = 0; n < kKeys / 8; ++n) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int row = g + (e < 2 ? 0 : 8);
@@ -774,7 +863,7 @@ __global__ void __launch_bounds__(kThreads) select_split_kernel(const SelectArgs
     }
   }
   __syncthreads();
-  select_cta_lists(a, cta, keys, key_stride, chosen);
+  select_cta_lists<kGroups>(a, cta, keys, key_stride, chosen);
 }
 
 // f(std::true_type) or f(std::false_type) as `flag` says: a runtime switch as a kernel's template parameter (the
@@ -813,9 +902,18 @@ void launch_select(const SelectArgs<TQ>& a, const SelectTiling& tiling, cudaStre
     if (grid > int64_t(0x7fffffff)) throw std::runtime_error("sparse selection kernel: too many lists for one grid");
     if (tiling.split) {
       const auto launch = [&](auto mma_type, auto overlap) {
-        constexpr auto kKernel = select_split_kernel<TQ, decltype(mma_type), decltype(overlap)::value>;
-        sdpa::cuda::allow_smem<kKernel>(tiling.smem);
-        kKernel<<<unsigned(grid), kThreads, tiling.smem, stream>>>(a);
+        const auto run = [&](auto groups) {
+          constexpr auto kKernel =
+              select_split_kernel<TQ, decltype(mma_type), decltype(overlap)::value, decltype(groups)::value>;
+          sdpa::cuda::allow_smem<kKernel>(tiling.smem);
+          kKernel<<<unsigned(grid), kThreads, tiling.smem, stream>>>(a);
+        };
+        // group_argmax is the routing's (float32 Q): the other instances are not built
+        if constexpr (std::is_same_v<TQ, float>) {
+          with_flag(a.group_argmax, run);
+        } else {
+          run(std::false_type{});
+        }
       };
       if (tiling.split_bf16) {
         with_flag(a.overlap_loads, [&](auto overlap) { launch(BFloat16{}, overlap); });

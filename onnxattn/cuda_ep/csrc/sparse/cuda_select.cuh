@@ -29,6 +29,9 @@ struct SelectArgs {
   // The selection's argmax by two warp reductions (ONNXATTN_SPARSE_CUDA_ARGMAX=redux, the default; warp_select): the
   // same lists.
   bool redux_argmax = false;
+  // The routing's lists by group maxima (ONNXATTN_SPARSE_CUDA_ROUTE=groups, select_split_kernel with float32 Q only:
+  // warp_select_groups): the same lists.
+  bool group_argmax = false;
 };
 
 template <typename T>

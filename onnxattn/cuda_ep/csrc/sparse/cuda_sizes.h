@@ -24,6 +24,11 @@ inline constexpr int kWarpsPerBlock = kThreads / 32;
 // keep the old kernels.
 bool overlapped_loads_requested(const char* op);
 bool redux_argmax_requested(const char* op);
+// ONNXATTN_SPARSE_CUDA_ROUTE = split | groups (run_routed): SparseRoutedAttention's tensor-core routing
+// (select_split_kernel) picking its lists by warp_select, or by group maxima (warp_select_groups: a pick rescans 32
+// keys, not all of them) from tiles of kSplitKeysGrouped centroids (two CTAs an SM): the same lists and bits. Opt-in
+// until a GPU run has checked its bits and timed it.
+bool grouped_routing_requested(const char* op);
 
 // ---- selection and the fine branch (cuda_select.cu)
 inline constexpr int kSelectRows = 16;  // tiled selection: rows per CTA, 4 per warp
@@ -285,15 +290,19 @@ inline SelectTiling select_mma_tiling(int dim, int v_dim, int64_t num_centroids,
 // warp's chosen blocks.
 inline constexpr int kSplitQueries = 16;
 inline constexpr int kSplitKeys = 32;
+// Under ONNXATTN_SPARSE_CUDA_ROUTE=groups: tiles of 16 centroids, so that two CTAs fit an SM at D = 128 and Nb = 1024
+// (107 KB each instead of 141: twice the warps to hide the staging's and the picks' latencies). The same bits: a
+// score's sums run over D in the same order whatever the tile's width.
+inline constexpr int kSplitKeysGrouped = 16;
 
 inline SelectTiling select_split_tiling(int dim, int64_t num_centroids, int64_t num_blocks, int64_t top,
-                                        int max_smem_per_block) {
+                                        int max_smem_per_block, int keys_per_warp = kSplitKeys) {
   SelectTiling t;
   if (dim < 16 || dim > kMmaMaxDim || dim % 16 != 0 || top < 1 || num_centroids < 0 || num_blocks < 0 ||
       std::max(num_centroids, num_blocks) > (int64_t(1) << 24)) {
     return t;
   }
-  const size_t halves = size_t(mma_row_stride(dim)) * (2 * kSplitQueries + 2 * kSplitKeys * kWarpsPerBlock);
+  const size_t halves = size_t(mma_row_stride(dim)) * (2 * kSplitQueries + 2 * keys_per_warp * kWarpsPerBlock);
   const size_t smem = halves * 2 + size_t(kSplitQueries) * size_t(std::max(num_centroids, num_blocks)) * sizeof(float) +
                       size_t(kWarpsPerBlock) * size_t(top) * sizeof(int32_t);
   if (smem > size_t(max_smem_per_block)) return t;

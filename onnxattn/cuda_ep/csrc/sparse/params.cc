@@ -235,6 +235,9 @@ bool overlapped_loads_requested(const char* op) {
 bool redux_argmax_requested(const char* op) {
   return env_choice(op, "ONNXATTN_SPARSE_CUDA_ARGMAX", {"redux", "shuffle"}) == 0;
 }
+bool grouped_routing_requested(const char* op) {
+  return env_choice(op, "ONNXATTN_SPARSE_CUDA_ROUTE", {"split", "groups"}) == 1;
+}
 
 }  // namespace cuda
 }  // namespace onnxattn::sparse
@@ -378,8 +381,8 @@ extern "C" __attribute__((visibility("default"))) int64_t OnnxAttnSparseArgmaxPi
   return count;
 }
 
-// The latency switches as plan_nsa and run_routed read them: out = {overlap_loads, redux_argmax}, 0 returned; a bad
-// value returns 1 with the InputError's message in error[error_size].
+// The latency switches as plan_nsa and run_routed read them: out = {overlap_loads, redux_argmax, grouped_routing}, 0
+// returned; a bad value returns 1 with the InputError's message in error[error_size].
 extern "C" __attribute__((visibility("default"))) int32_t OnnxAttnSparseLatencySwitches(const char* op, int32_t* out,
                                                                                         char* error,
                                                                                         int64_t error_size) {
@@ -387,6 +390,7 @@ extern "C" __attribute__((visibility("default"))) int32_t OnnxAttnSparseLatencyS
   try {
     out[0] = c::overlapped_loads_requested(op) ? 1 : 0;
     out[1] = c::redux_argmax_requested(op) ? 1 : 0;
+    out[2] = c::grouped_routing_requested(op) ? 1 : 0;
     return 0;
   } catch (const std::exception& e) {
     if (error_size > 0) std::snprintf(error, size_t(error_size), "%s", e.what());
