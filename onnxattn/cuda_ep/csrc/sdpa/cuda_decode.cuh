@@ -161,18 +161,8 @@ __global__ void __launch_bounds__(tiles::kThreads, kDirectLoads && kStagesAsked 
   if (my_steps > 0) load(0);
   cp_async_commit();  // group S0 (empty groups keep the count uniform)
   // ---- Q tile (whole CTA); its A fragments go to registers for the whole loop once it has landed.
-  for (int idx = tid; idx < kRows * kChunks; idx += tiles::kThreads) {
-    const int row = idx / kChunks, c = idx % kChunks;
-    if (c >= d_chunks) continue;
-    const int64_t r = row_begin + row;
-    const bool valid = r < row_end && c * 8 < a.head_dim;
-    const T* src = a.q;
-    if (valid) {
-      const RowRef ref = row_ref(a, cta.batch, cta.kv_head, r);
-      src = q_row(a, cta.batch, ref.head, ref.query, seq.q_start) + c * 8;
-    }
-    cp_async_16(smem_u32(q_s + row * kStride + c * 8), src, valid);
-  }
+  load_query_tile<kRows, kChunks, tiles::kThreads>(
+      a, work, d_chunks, [&](int row, int c) { return smem_u32(q_s + row * kStride + c * 8); });
   cp_async_commit();  // group: Q
 #pragma unroll
   for (int st = 1; st < kStages - 1; ++st) {

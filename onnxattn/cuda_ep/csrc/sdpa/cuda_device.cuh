@@ -361,6 +361,24 @@ __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
 }
 
+// A CTA's Q tile by cp.async (the caller commits the group): 16-byte chunk c < `chunks` of tile row `row` (packed row
+// work.row_begin + row) to the shared-memory address dst(row, c); rows past the end and columns past D are zero.
+template <int kRows, int kChunks, int kThreads, typename T, typename Dst>
+__device__ __forceinline__ void load_query_tile(const KernelArgs<T>& a, const CtaWork& work, int chunks, Dst dst) {
+  for (int idx = threadIdx.x; idx < kRows * kChunks; idx += kThreads) {
+    const int row = idx / kChunks, c = idx % kChunks;
+    if (c >= chunks) continue;
+    const int64_t r = work.row_begin + row;
+    const bool valid = r < work.row_end && c * 8 < a.head_dim;
+    const T* src = a.q;
+    if (valid) {
+      const RowRef ref = row_ref(a, work.cta.batch, work.cta.kv_head, r);
+      src = q_row(a, work.cta.batch, ref.head, ref.query, work.seq.q_start) + c * 8;
+    }
+    cp_async_16(dst(row, c), src, valid);
+  }
+}
+
 // Four 8x8 b16 matrices; lanes 8m..8m+7 give the row addresses of matrix m. Lane l receives, of each
 // matrix, row l/4 and columns 2(l%4), 2(l%4)+1 (transposed: rows 2(l%4), 2(l%4)+1 of column l/4).
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {

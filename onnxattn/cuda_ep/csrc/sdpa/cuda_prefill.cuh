@@ -66,18 +66,8 @@ __global__ void __launch_bounds__(tiles::kThreads) prefill_mma_kernel(const Kern
   const T* const v_base = a.v + cta.batch * a.v_stride[0] + cta.kv_head * a.v_stride[1];
 
   // ---- Q tile: rows past the end and columns past D are zero.
-  for (int idx = tid; idx < kRows * kChunks; idx += kThreads) {
-    const int row = idx / kChunks, c = idx % kChunks;
-    if (c >= d_chunks) continue;
-    const int64_t r = row_begin + row;
-    const bool valid = r < row_end && c * 8 < a.head_dim;
-    const T* src = a.q;
-    if (valid) {
-      const RowRef ref = row_ref(a, cta.batch, cta.kv_head, r);
-      src = q_row(a, cta.batch, ref.head, ref.query, seq.q_start) + c * 8;
-    }
-    cp_async_16(smem_u32(q_s + row * kStride + c * 8), src, valid);
-  }
+  load_query_tile<kRows, kChunks, kThreads>(a, work, d_chunks,
+                                            [&](int row, int c) { return smem_u32(q_s + row * kStride + c * 8); });
   cp_async_commit();  // group: Q
   // Rows [j0, j_end) of K or V into `dst`; rows outside and columns past `width` are zero. Each thread
   // keeps one chunk column and strides over rows (`row_stride` elements apart), so addresses advance by

@@ -87,17 +87,8 @@ __global__ void __launch_bounds__(tiles::kWgmmaThreads, 1) prefill_wgmma_kernel(
   }
 
   // ---- Q tile; rows past the end and columns past D are zero (every k-step runs).
-  for (int idx = tid; idx < kRows * kChunks; idx += kThreads) {
-    const int row = idx / kChunks, c = idx % kChunks;
-    const int64_t r = row_begin + row;
-    const bool valid = r < row_end && c * 8 < a.head_dim;
-    const T* src = a.q;
-    if (valid) {
-      const RowRef ref = row_ref(a, cta.batch, cta.kv_head, r);
-      src = q_row(a, cta.batch, ref.head, ref.query, seq.q_start) + c * 8;
-    }
-    cp_async_16(q_addr + wgmma_layout::tile_offset(row, c), src, valid);
-  }
+  load_query_tile<kRows, kChunks, kThreads>(
+      a, work, kChunks, [&](int row, int c) { return q_addr + wgmma_layout::tile_offset(row, c); });
   // Rows [j0, j_end) of K or V into a stage; rows outside and columns past `width` are zero. Each thread
   // keeps one chunk column (so one swizzled chunk position) and strides over rows.
   auto load_rows = [&](uint32_t dst, const T* rows, int64_t row_stride, int width, int j0, int j_end) {
