@@ -170,37 +170,6 @@ __global__ void __launch_bounds__(tiles::kThreads) simt_kernel(const KernelArgs<
   }
 }
 
-// One output row of the split combine from its 16-byte-aligned partial rows: lane `lane` sums columns 4 * lane + 128k
-// over the splits in order, kLoadBatch partials loaded before their first use (see combine_kernel).
-template <int kLoadBatch, typename T>
-__device__ __forceinline__ void combine_float4_row(const KernelArgs<T>& a, const float* partials, int64_t split_stride,
-                                                   const float* weights, int splits, int64_t y_at, float inv,
-                                                   int lane) {
-  for (int e = 4 * lane; e < a.v_head_dim; e += 128) {
-    float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    for (int s0 = 0; s0 < splits; s0 += kLoadBatch) {
-      float4 p[kLoadBatch];
-#pragma unroll
-      for (int x = 0; x < kLoadBatch; ++x) {  // past the last split: the last one again, selected away below
-        p[x] = *reinterpret_cast<const float4*>(partials + min(s0 + x, splits - 1) * split_stride + e);
-      }
-#pragma unroll
-      for (int x = 0; x < kLoadBatch; ++x) {
-        const float w = s0 + x < splits ? weights[s0 + x] : 0.0f;
-        const bool live = w != 0.0f;
-        acc.x = fmaf(w, live ? p[x].x : 0.0f, acc.x);
-        acc.y = fmaf(w, live ? p[x].y : 0.0f, acc.y);
-        acc.z = fmaf(w, live ? p[x].z : 0.0f, acc.z);
-        acc.w = fmaf(w, live ? p[x].w : 0.0f, acc.w);
-      }
-    }
-    store_y(a, y_at + e, acc.x * inv);
-    store_y(a, y_at + e + 1, acc.y * inv);
-    store_y(a, y_at + e + 2, acc.z * inv);
-    store_y(a, y_at + e + 3, acc.w * inv);
-  }
-}
-
 // Y = sum_s w_s O_s / sum_s w_s with w_s = exp(lse_s - max lse); LSE = max lse + log(sum w_s).
 template <typename T>
 __global__ void __launch_bounds__(tiles::kThreads) combine_kernel(const KernelArgs<T> a) {
@@ -256,17 +225,34 @@ __global__ void __launch_bounds__(tiles::kThreads) combine_kernel(const KernelAr
   // selected away after the load) and come in batches written before their uses, so several are in flight. A load
   // under `if (w != 0)` went out one at a time (~splits x Dv/32 dependent L2 round trips, most of a B=1 decode);
   // the float4 loop below had kept that `if` and ptxas predicated each load on its weight, two or three in flight
-  // (sm_90a SASS). Batches of eight took five round trips at B = 1, whose 32-33 splits now take one or two batches
-  // of 32 (this kernel was ~5 us of a ~50 us call on the H200 at 82087dc); a few splits keep batches of eight. Weight
-  // 0 adds fma(0, 0, acc) = acc (acc is never -0), and the splits are summed in the same order: the same sums.
+  // (sm_90a SASS); now it issues four of a batch of eight before the first use. Weight 0 adds fma(0, 0, acc) = acc
+  // (acc is never -0): the same sums.
   const float* const partials = a.partial_out + row * v_dim;
   const int64_t split_stride = a.out_rows * v_dim;
+  constexpr int kLoadBatch = 8;
   if (v_dim % 4 == 0) {  // rows 16-byte aligned (the scratch base is 256-byte aligned)
-    const float* const split_weights = weights[warp];
-    if (splits > 8) {
-      combine_float4_row<32>(a, partials, split_stride, split_weights, splits, y_at, inv, lane);
-    } else {
-      combine_float4_row<8>(a, partials, split_stride, split_weights, splits, y_at, inv, lane);
+    for (int e = 4 * lane; e < v_dim; e += 128) {
+      float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      for (int s0 = 0; s0 < splits; s0 += kLoadBatch) {
+        float4 p[kLoadBatch];
+#pragma unroll
+        for (int x = 0; x < kLoadBatch; ++x) {  // past the last split: the last one again, selected away below
+          p[x] = *reinterpret_cast<const float4*>(partials + min(s0 + x, splits - 1) * split_stride + e);
+        }
+#pragma unroll
+        for (int x = 0; x < kLoadBatch; ++x) {
+          const float w = s0 + x < splits ? weights[warp][s0 + x] : 0.0f;
+          const bool live = w != 0.0f;
+          acc.x = fmaf(w, live ? p[x].x : 0.0f, acc.x);
+          acc.y = fmaf(w, live ? p[x].y : 0.0f, acc.y);
+          acc.z = fmaf(w, live ? p[x].z : 0.0f, acc.z);
+          acc.w = fmaf(w, live ? p[x].w : 0.0f, acc.w);
+        }
+      }
+      store_y(a, y_at + e, acc.x * inv);
+      store_y(a, y_at + e + 1, acc.y * inv);
+      store_y(a, y_at + e + 2, acc.z * inv);
+      store_y(a, y_at + e + 3, acc.w * inv);
     }
   } else {
     for (int e = lane; e < v_dim; e += 32) {
