@@ -23,11 +23,11 @@ Cases (each guarded: one failing is recorded in its row and the run goes on):
     kernels with their loads overlapped; ARGMAX=redux: the selection's argmax by warp reductions; NSA 9.49 -> 4.58 ms
     at 16k, routed 13.59 -> 7.93); nsa_mma_tiles_16k, routed_mma_tiles_16k: the async cases by query tiles
     (ONNXATTN_SPARSE_CUDA_BLOCKS=queries, opt-in: no inverted lists, no per-slot merges of the output rows);
-    routed_mma_groups_16k: routed_mma_async with the routing's lists picked by group maxima
-    (ONNXATTN_SPARSE_CUDA_ROUTE=groups, opt-in until checked on a GPU: select_split_kernel took 51.8 ms of the
-    routed op's 70.3 at 64k on the H200 at 82087dc, most of it rescanning every key per pick);
+    routed_mma_split_16k: routed_mma_async with the routing's lists picked by rescanning every key per pick
+    (ONNXATTN_SPARSE_CUDA_ROUTE=split; the default, by group maxima, took the routing from 51.5 to 19.6 ms of the
+    routed op at 64k on the H200 at 2c9a48e);
   - nsa_mma_64k, nsa_mma_tiles_64k, routed_mma_64k, routed_mma_tiles_64k, nsa_mma_async_64k, routed_mma_async_64k,
-    routed_mma_groups_64k: the same at issue 7's S=64k (last: the budget skips them first).
+    routed_mma_split_64k: the same at issue 7's S=64k (last: the budget skips them first).
 
 Usage: python benchmarks/profile_cuda.py [--out FILE_OR_DIR] [--cases a,b] [--budget-s 40]
 Prints one table per case and writes JSON (device, commit, rows) after every case. Exit 2 without CUDA.
@@ -53,8 +53,8 @@ CASES = ("sdpa_decode_b1_32k", "sdpa_decode_b1_32k_lookup", "sdpa_decode_b1_32k_
          "gqa_decode_p32k_lookup", "gqa_decode_p32k_lean", "ort_gqa_decode_p32k", "nsa_16k", "routed_16k",
          "nsa_dot_16k", "nsa_mma_16k", "routed_mma_16k", "nsa_mma_async_16k", "routed_mma_async_16k",
          "nsa_mma_tiles_16k", "routed_mma_tiles_16k", "nsa_mma_64k", "nsa_mma_tiles_64k", "routed_mma_64k",
-         "routed_mma_tiles_64k", "nsa_mma_async_64k", "routed_mma_async_64k", "routed_mma_groups_16k",
-         "routed_mma_groups_64k")
+         "routed_mma_tiles_64k", "nsa_mma_async_64k", "routed_mma_async_64k", "routed_mma_split_16k",
+         "routed_mma_split_64k")
 # Library switches a case runs under (read by the kernels on every call); the decode ones as bench_sdpa_cuda's
 # OPT_IN_DECODE columns.
 LOOKUP = {"ONNXATTN_SDPA_CUDA_DECODE_LOADS": "lookup"}
@@ -62,9 +62,9 @@ LEAN = {"ONNXATTN_SDPA_CUDA_DECODE_STAGES": "2"}
 CASE_ENV = {"gqa_prefill_s2048_rows": {"ONNXATTN_GQA_CUDA_ROTATION": "rows"},
             **{f"{base}_{name}": switch for base in ("sdpa_decode_b1_32k", "gqa_decode_p32k")
                for name, switch in (("lookup", LOOKUP), ("lean", LEAN))},
-            **{f"routed_mma_groups_{n}": {"ONNXATTN_SPARSE_CUDA_ROUTE": "groups"} for n in ("16k", "64k")}}  # fmt: skip
+            **{f"routed_mma_split_{n}": {"ONNXATTN_SPARSE_CUDA_ROUTE": "split"} for n in ("16k", "64k")}}  # fmt: skip
 # Sparse cases that run a benchmark column under their CASE_ENV switches (the column's own switches pinned as well).
-SPARSE_BASE = {"routed_mma_groups": "routed_mma_async"}
+SPARSE_BASE = {"routed_mma_split": "routed_mma_async"}
 GRAPH_CALLS = 20  # calls per captured graph (as bench_sdpa_cuda.time_graph)
 
 
@@ -168,10 +168,12 @@ def gqa(kind: str, ours: bool, ort):
     return g.Bound(ort, g.ort_gqa_model(), inputs, out, None), False, notes
 
 
-def sparse(name: str, seq: int, ort):
+def sparse(name: str, seq: int, ort, switches: dict | None = None):
+    """Benchmark column `name` at `seq` through onnxruntime, its own switches with `switches` over them (the op sets
+    its switches around each run, so a case's must join them there)."""
     import bench_sparse_cuda as sp
 
-    op = sp.OrtOp(ort, sp.ORT_CASES[name], sp.ORT_ENV.get(name))
+    op = sp.OrtOp(ort, sp.ORT_CASES[name], {**(sp.ORT_ENV.get(name) or {}), **(switches or {})})
     op.bind(sp.problem(seq))
     return op, False, {"op": sp.ORT_CASES[name][0]}
 
@@ -186,7 +188,7 @@ def build(case: str, ort):
     if ort is None:
         raise RuntimeError("onnxruntime-gpu unavailable")
     name, length = case.rsplit("_", 1)  # the benchmark's implementation name, the sequence length
-    return sparse(SPARSE_BASE.get(name, name), {"16k": 16384, "64k": 65536}[length], ort)
+    return sparse(SPARSE_BASE.get(name, name), {"16k": 16384, "64k": 65536}[length], ort, CASE_ENV.get(case))
 
 
 def format_case(case: str, row: dict, top: int = 8) -> str:

@@ -6,13 +6,15 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-# mma: the tensor-core path with its loads in turn and the shuffle argmax (LOADS=sync, ARGMAX=shuffle), pinned: the
-# old kernels, as nsa_mma etc. recorded them before 82087dc; mma_async: the default since the H200 run at 82087dc
-# (LOADS=async, ARGMAX=redux: the same bits, NSA 9.49 -> 4.58 ms at 16k), named too so that a stray switch in the
-# environment cannot change what a column means.
+# mma: the tensor-core path with its loads in turn, the shuffle argmax and the routing's full rescan (LOADS=sync,
+# ARGMAX=shuffle, ROUTE=split), pinned: the old kernels, as nsa_mma etc. recorded them before 82087dc; mma_async: the
+# default (LOADS=async, ARGMAX=redux since the H200 run at 82087dc, ROUTE=groups since 2c9a48e: the same bits), named
+# too so that a stray switch in the environment cannot change what a column means.
 _MMA_PATH = {"ONNXATTN_SPARSE_CUDA": "mma"}
-_MMA = {**_MMA_PATH, "ONNXATTN_SPARSE_CUDA_LOADS": "sync", "ONNXATTN_SPARSE_CUDA_ARGMAX": "shuffle"}
-_MMA_ASYNC = {**_MMA_PATH, "ONNXATTN_SPARSE_CUDA_LOADS": "async", "ONNXATTN_SPARSE_CUDA_ARGMAX": "redux"}
+_MMA = {**_MMA_PATH, "ONNXATTN_SPARSE_CUDA_LOADS": "sync", "ONNXATTN_SPARSE_CUDA_ARGMAX": "shuffle",
+        "ONNXATTN_SPARSE_CUDA_ROUTE": "split"}
+_MMA_ASYNC = {**_MMA_PATH, "ONNXATTN_SPARSE_CUDA_LOADS": "async", "ONNXATTN_SPARSE_CUDA_ARGMAX": "redux",
+              "ONNXATTN_SPARSE_CUDA_ROUTE": "groups"}
 # The sparse kernels' paths: the ONNXATTN_ switches their runs see. The order of this dict groups the columns by
 # path in the recorded config and in plot_cuda's ratios.
 PATHS = {"fast": {"ONNXATTN_SPARSE_CUDA": "fast"}, "simple": {"ONNXATTN_SPARSE_CUDA": "simple"}, "mma": _MMA,

@@ -443,14 +443,14 @@ def test_the_latency_work_is_the_default(op, monkeypatch):
 
 
 @pytest.mark.parametrize("op", ["NativeSparseAttention", "SparseRoutedAttention"])
-def test_the_grouped_routing_is_opt_in(op, monkeypatch):
-    """ONNXATTN_SPARSE_CUDA_ROUTE = split (unset or empty: the default, warp_select) | groups (warp_select_groups,
-    the routing's tensor-core selection only); any other value is refused, naming the op and the values; the other
+def test_the_grouped_routing_is_the_default(op, monkeypatch):
+    """ONNXATTN_SPARSE_CUDA_ROUTE = groups (unset or empty: the default, warp_select_groups, the routing's tensor-core
+    selection only) | split (warp_select); any other value is refused, naming the op and the values; the other
     switches are left as they are."""
     for name in ("ONNXATTN_SPARSE_CUDA_LOADS", "ONNXATTN_SPARSE_CUDA_ARGMAX", "ONNXATTN_SPARSE_CUDA_ROUTE"):
         monkeypatch.delenv(name, raising=False)
-    assert all_latency_switches(op) == (1, 1, 0)
-    for value, want in (("", 0), ("split", 0), ("groups", 1)):
+    assert all_latency_switches(op) == (1, 1, 1)
+    for value, want in (("", 1), ("split", 0), ("groups", 1)):
         monkeypatch.setenv("ONNXATTN_SPARSE_CUDA_ROUTE", value)
         assert all_latency_switches(op) == (1, 1, want), value
     monkeypatch.setenv("ONNXATTN_SPARSE_CUDA_LOADS", "sync")
@@ -458,7 +458,7 @@ def test_the_grouped_routing_is_opt_in(op, monkeypatch):
     for bad in ("later", "Groups", "groups "):
         monkeypatch.setenv("ONNXATTN_SPARSE_CUDA_ROUTE", bad)
         with pytest.raises(ValueError, match=rf"^{op}: environment variable ONNXATTN_SPARSE_CUDA_ROUTE must be "
-                                             rf"split or groups, got '{bad}'$"):  # fmt: skip
+                                             rf"groups or split, got '{bad}'$"):  # fmt: skip
             all_latency_switches(op)
 
 

@@ -187,9 +187,9 @@ def sparse_mma_cases() -> int:
         return f"max |mma - fast| = {err:.2g}"
 
     failed = 0
-    # ONNXATTN_SPARSE_CUDA_LOADS / _ARGMAX / _BLOCKS / _ROUTE: the routing by groups first (not yet run on a GPU),
-    # then by the inverted lists and by query tiles (its walk of the lists, two stages of tiles); these passed memcheck
-    # on the H200 at 82087dc (query tiles staging 16-bit copies by cp.async, then float32 ones by plain loads)
+    # ONNXATTN_SPARSE_CUDA_LOADS / _ARGMAX / _BLOCKS / _ROUTE: the routing by groups (the default; passed memcheck
+    # on the H200 at 2c9a48e), by the inverted lists and by query tiles (its walk of the lists, two stages of tiles;
+    # query tiles staging 16-bit copies by cp.async, then float32 ones by plain loads), and the routing's full rescan
     for loads, argmax, blocks, route in (("async", "redux", "lists", "groups"), ("async", "redux", "queries", "split"),
                                          ("sync", "shuffle", "queries", "split"), ("async", "redux", "lists", "split")):
         switches = {"LOADS": loads, "ARGMAX": argmax, "BLOCKS": blocks, "ROUTE": route}

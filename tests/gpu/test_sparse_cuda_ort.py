@@ -553,11 +553,11 @@ def test_redux_argmax_breaks_ties_and_passes_over_nan_as_the_shuffles(kind, name
             np.testing.assert_array_equal(g, w, err_msg=f"{kind} {name} {degenerate}: {path}, redux vs shuffle")
 
 
-# ONNXATTN_SPARSE_CUDA_ROUTE=groups, opt-in until a GPU run has checked and timed it: SparseRoutedAttention's
+# ONNXATTN_SPARSE_CUDA_ROUTE=groups, the default since the H200 run at 2c9a48e passed these: SparseRoutedAttention's
 # tensor-core routing (select_split_kernel) picks each list by group maxima (cuda_select.cu warp_select_groups: a lane
 # keeps the best of its groups of 32 keys, a pick rescans the winner's group) instead of rescanning every key per
 # pick, and its warps score tiles of 16 centroids instead of 32 (two CTAs an SM at D = 128, Nb = 1024). The same
-# scores (each sums over D in the same order) and the same pick rule: the same lists and Y bits as the default, under
+# scores (each sums over D in the same order) and the same pick rule: the same lists and Y bits as ROUTE=split, under
 # either load mode, on every routed case, on all-tied scores (zero queries: the lowest blocks win) and on NaN scores
 # (never picked).
 def split_routing_kernels(kernels) -> list[str]:
@@ -572,8 +572,8 @@ def test_the_grouped_routing_gives_the_same_bits(name, dtype, loads):
     model, feeds = model_and_feeds("routed", name, dtype)
     sess = cuda_session(model)
     run = lambda: kernels_of(lambda: sess.run(None, feeds))  # noqa: E731
-    want, want_kernels = with_sparse_path("mma", run, LOADS=loads, ROUTE=None)
-    got, got_kernels = with_sparse_path("mma", run, LOADS=loads, ROUTE="groups")
+    want, want_kernels = with_sparse_path("mma", run, LOADS=loads, ROUTE="split")
+    got, got_kernels = with_sparse_path("mma", run, LOADS=loads, ROUTE=None)  # the default: groups
     if want_kernels and got_kernels:  # (the profiler saw the kernels) the switch took the grouped instance, once
         assert [k.endswith("false") for k in split_routing_kernels(want_kernels)] == [True], sorted(want_kernels)
         assert [k.endswith("true") for k in split_routing_kernels(got_kernels)] == [True], sorted(got_kernels)
@@ -600,7 +600,7 @@ def test_the_grouped_routing_breaks_ties_and_passes_over_nan_as_the_split_one(de
 @pytest.mark.parametrize("kind, switch, values",
                          [(kind, *sv) for kind in ("nsa", "routed") for sv in (("LOADS", "async or sync"),
                           ("ARGMAX", "redux or shuffle"), ("BLOCKS", "lists, queries or auto"))]
-                         + [("routed", "ROUTE", "split or groups")])  # (ROUTE: the routed op's only)  # fmt: skip
+                         + [("routed", "ROUTE", "groups or split")])  # (ROUTE: the routed op's only)  # fmt: skip
 def test_a_bad_latency_switch_is_an_error(kind, switch, values):
     model, feeds = model_and_feeds(kind, "paper-shared-causal" if kind == "nsa" else "moba-64-top-8", "bfloat16")
     sess = cuda_session(model)

@@ -236,7 +236,7 @@ bool redux_argmax_requested(const char* op) {
   return env_choice(op, "ONNXATTN_SPARSE_CUDA_ARGMAX", {"redux", "shuffle"}) == 0;
 }
 bool grouped_routing_requested(const char* op) {
-  return env_choice(op, "ONNXATTN_SPARSE_CUDA_ROUTE", {"split", "groups"}) == 1;
+  return env_choice(op, "ONNXATTN_SPARSE_CUDA_ROUTE", {"groups", "split"}) == 0;
 }
 
 }  // namespace cuda
