@@ -15,7 +15,9 @@ Timers:
     when onnxruntime-gpu is present, through the CUDA EP with I/O binding;
   - wall (onnxruntime): wall clock around run_with_iobinding.
 Baseline: GroupQueryAttention's CUDA kernel (ours) in shared-buffer mode on the same keys stored
-contiguously ([B, Hkv, 4096, D]), graph-timed the same way.
+contiguously ([B, Hkv, 4096, D]), graph-timed the same way; since the contiguous decode took direct K/V loads
+(H200, 82087dc) it reads ~1.5x faster than the paged one's slot lookup, so each row also times the opt-in direct
+loads over paged blocks (ONNXATTN_SDPA_CUDA_DECODE_LOADS=direct: one lookup a 16-key step), graph-timed.
 
 Usage: python benchmarks/bench_paged_cuda.py [--out FILE_OR_DIR] [--quick]
 Prints one table and writes JSON with date, device, driver and commit (after every row).
@@ -39,7 +41,7 @@ import gqa_cuda_lib  # noqa: E402
 import ort_cuda  # noqa: E402
 import paged_cuda_lib as lib  # noqa: E402
 from bench_gqa_cuda import device_ms  # noqa: E402
-from bench_sdpa_cuda import copy_bandwidth_gbs, environment, time_graph, time_wall  # noqa: E402
+from bench_sdpa_cuda import copy_bandwidth_gbs, env_vars, environment, time_graph, time_wall  # noqa: E402
 
 HQ, HKV, D, BASE = 32, 8, 128, 10000.0
 BATCH, KEYS, BLOCK = 64, 4096, 16
@@ -118,6 +120,10 @@ def bench(label: str, new: list[int], shuffled: bool, copy_gbs: float, repeats: 
     call = lambda: lib.run(s, tensors)  # noqa: E731
     row["plan"] = call()["reason"]
     ms = {"onnxattn": {"graph": time_graph(call, repeats=repeats), "gpu": device_ms(call)}}
+    # opt-in: the decode's direct loads over paged blocks, one lookup a 16-key step (ONNXATTN_SDPA_CUDA_DECODE_LOADS)
+    with env_vars({"ONNXATTN_SDPA_CUDA_DECODE_LOADS": "direct"}):
+        row["plan_direct"] = call()["reason"]
+        ms["onnxattn_direct"] = {"graph": time_graph(call, repeats=repeats), "gpu": device_ms(call)}
     # baseline: the same keys contiguous, our GroupQueryAttention decode (decode rows only)
     decodes = [b for b, n in enumerate(new) if n == 1]
     if len(decodes) == batch:
@@ -164,15 +170,18 @@ def print_table(env, copy_gbs, rows):
     print(f"\nPagedAttention CUDA benchmark on {env['device']} (driver {env['driver']}, commit {env['commit'][:12]}); "
           f"measured copy bandwidth {copy_gbs:.0f} GB/s")  # fmt: skip
     print(f"{'kind':8} {'shape':36} {'ours graph':>10} {'% copy':>7} {'ours gpu':>9} {'ORT gpu':>9} {'contig graph':>12}"
-          f" {'paged/contig':>12}   (GB/s of K+V read)")  # fmt: skip
+          f" {'paged/contig':>12} {'direct graph':>12} {'direct/contig':>13}   (GB/s of K+V read)")  # fmt: skip
     for r in rows:
         g = r["gbs"]
         ours, contig = g.get("onnxattn", {}), g.get("gqa_contiguous", {})
         frac = r["fraction_of_copy"]["onnxattn"].get("graph")
         ratio = ours["graph"] / contig["graph"] if ours.get("graph") and contig.get("graph") else None
+        direct = g.get("onnxattn_direct", {}).get("graph")
+        direct_ratio = direct / contig["graph"] if direct and contig.get("graph") else None
         print(f"{r['kind']:8} {r['shape']:36} {fmt(ours.get('graph'), '10.0f')} {fmt(100 * frac if frac else None, '6.0f')}%"
               f" {fmt(ours.get('gpu'), '9.0f')} {fmt(g.get('onnxattn_ort', {}).get('gpu'), '9.0f')}"
-              f" {fmt(contig.get('graph'), '12.0f')} {fmt(ratio, '12.2f')}")  # fmt: skip
+              f" {fmt(contig.get('graph'), '12.0f')} {fmt(ratio, '12.2f')} {fmt(direct, '12.0f')}"
+              f" {fmt(direct_ratio, '13.2f')}")  # fmt: skip
 
 
 def main(argv=None) -> int:

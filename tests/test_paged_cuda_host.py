@@ -161,6 +161,27 @@ def test_few_long_sequences_split_their_keys():
     assert d["partial_lse_offset"] == align(d["splits"] * out_rows * 128 * 4)
 
 
+def test_direct_loads_reach_paged_blocks_of_multiples_of_16_on_request(monkeypatch):
+    """ONNXATTN_SDPA_CUDA_DECODE_LOADS=direct (opt-in for paged K/V, cuda_plan.cc rule 9): a 16-key step starting on
+    a multiple of 16 lies in one block of 16, 32, ... slots, so one lookup a step addresses its rows directly; the
+    default (auto) and blocks of other sizes, windows and chunks keep the slot lookup, told why where asked."""
+    serving = lib.Spec(tokens=64, batch=64, rope=1, **SERVING)
+    auto = lib.plan(serving)["decode"]
+    assert "K/V loads" not in auto["reason"], auto["reason"]
+    monkeypatch.setenv("ONNXATTN_SDPA_CUDA_DECODE_LOADS", "direct")
+    direct = lib.plan(serving)["decode"]
+    assert direct["reason"] == auto["reason"] + (", direct K/V loads, one block lookup a 16-key step "
+                                                 "(ONNXATTN_SDPA_CUDA_DECODE_LOADS)")
+    assert {k: v for k, v in direct.items() if k != "reason"} == {k: v for k, v in auto.items() if k != "reason"}
+    assert "direct K/V loads" in lib.plan(lib.Spec(**{**serving.__dict__, "block_size": 64}))["decode"]["reason"]
+    refused = ", K/V loads by slot lookup (direct paged loads need block_size a multiple of 16 and no window"
+    for change in ({"block_size": 8}, {"block_size": 24}, {"window": 512}, {"attention_chunk": 256}):
+        reason = lib.plan(lib.Spec(**{**serving.__dict__, **change}))["decode"]["reason"]
+        assert refused in reason, (change, reason)
+    monkeypatch.setenv("ONNXATTN_SDPA_CUDA_DECODE_LOADS", "lookup")
+    assert lib.plan(serving)["decode"] == auto
+
+
 def test_a_window_bounds_the_splits():
     p = lib.plan(lib.Spec(tokens=2, batch=2, q_heads=32, kv_heads=8, head_dim=128, block_size=16, max_blocks=4096,
                           num_blocks=8192, window=512))  # fmt: skip

@@ -50,6 +50,23 @@ def test_case_table(case, dtype, path, kernel):
     pc.check(case, dtype, y, kp, vp, context=f"{case} {dtype} {plan['reason']}")
 
 
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("case", pc.CASES, ids=str)
+def test_direct_paged_loads_give_the_lookup_bits(case, dtype, monkeypatch):
+    """ONNXATTN_SDPA_CUDA_DECODE_LOADS=direct (opt-in for paged K/V, cuda_plan.cc rule 9): where a 16-key step lies
+    in one block (block_size a multiple of 16, no window or chunk), one lookup a step and direct addressing: the same
+    copies as the slot lookup, so the same output and pool bits (NaN where the lookup gives NaN)."""
+    y, kp, vp, plan, _ = pt.run(case, dtype)
+    monkeypatch.setenv("ONNXATTN_SDPA_CUDA_DECODE_LOADS", "direct")
+    y2, kp2, vp2, plan2, _ = pt.run(case, dtype)
+    decode = plan2["decode"]
+    if decode is not None and decode["kernel"] == "mma":
+        eligible = case.block_size % 16 == 0 and not case.window and not case.attention_chunk
+        assert ("direct K/V loads" in decode["reason"]) == eligible, decode["reason"]
+    for got, want in ((y2, y), (kp2, kp), (vp2, vp)):
+        np.testing.assert_array_equal(got, want, err_msg=f"{case} {dtype} {decode and decode['reason']}")
+
+
 @pytest.mark.parametrize("dtype", pc.DTYPES)
 @pytest.mark.parametrize("case_id", ["decode-b4-bs16", "mixed-chunks-decodes", "decode-bs1", "everything"])
 def test_in_place_update_of_the_pools(case_id, dtype):
@@ -135,9 +152,12 @@ def test_equals_group_query_attention_on_a_contiguous_cache(case_id, dtype):
 BASE, SEQUENCE_FAULTS, CALL_FAULTS, faulty = pc.FAULT_BASE, pc.SEQUENCE_FAULTS, pc.CALL_FAULTS, pc.faulty
 
 
+@pytest.mark.parametrize("loads", ["auto", "direct"])
 @pytest.mark.parametrize("name", list(SEQUENCE_FAULTS))
 @pytest.mark.parametrize("path", ["auto", "prefill", "decode"])
-def test_a_bad_sequence_gets_nan_rows_and_writes_nothing(name, path):
+def test_a_bad_sequence_gets_nan_rows_and_writes_nothing(name, path, loads, monkeypatch):
+    # loads=direct: the decode's one block lookup a step (ONNXATTN_SDPA_CUDA_DECODE_LOADS) meets the same faults
+    monkeypatch.setenv("ONNXATTN_SDPA_CUDA_DECODE_LOADS", loads)
     bad, fault = SEQUENCE_FAULTS[name]
     case = pc.CASES_BY_ID[BASE]
     y, kp, vp, plan, _ = pt.run(case, "float16", feeds=faulty(fault), path=path)

@@ -118,10 +118,12 @@ __global__ void __launch_bounds__(tiles::kThreads, kDirectLoads && kStagesAsked 
     }
   };
 
-  // Direct loads (kDirectLoads: contiguous K/V, cuda_plan.cc rule 9): key j's row is j itself, and a lane copies
-  // the same chunk of every row it loads (rows lane / kChunks + i * kRowStep), so its source pointer steps by a
-  // constant and its shared-memory address by an immediate, where load_step computes each copy's address from a
-  // shuffled slot and a 64-bit product. The same copies.
+  // Direct loads (kDirectLoads, cuda_plan.cc rule 9): a step's 16 keys are 16 consecutive rows from the slot of its
+  // first key (key j's row is j itself over contiguous K/V; over paged K/V, which the plan sends here only where a
+  // step lies in one block, one lookup a step), and a lane copies the same chunk of every row it loads (rows
+  // lane / kChunks + i * kRowStep), so its source pointer steps by a constant and its shared-memory address by an
+  // immediate, where load_step computes each copy's address from a shuffled slot and a 64-bit product. The same
+  // copies (a bad block index reads zeros, as there).
   constexpr int kRowStep = 32 / kChunks, kCopies = kWarpKeys / kRowStep;
   static_assert(32 % kChunks == 0 && kWarpKeys % kRowStep == 0, "a lane keeps its chunk from row to row");
   const int lane_chunk = lane % kChunks, lane_row = lane / kChunks;
@@ -136,11 +138,12 @@ __global__ void __launch_bounds__(tiles::kThreads, kDirectLoads && kStagesAsked 
     const int rows = min(kWarpKeys, range_end - j0);
     const uint32_t k_dst = lane_pipe + uint32_t((it % kStages) * 2 * kWarpKeys * kStride * 2);
     const uint32_t v_dst = k_dst + uint32_t(kWarpKeys * kStride * 2);
-    const T* k_src = k_lane + int64_t(j0) * k_row_stride;
-    const T* v_src = v_lane + int64_t(j0) * v_row_stride;
+    const int64_t first = key_slot(a, table_row(a, cta.batch), j0);  // j0 itself over contiguous K/V
+    const T* k_src = k_lane + first * k_row_stride;
+    const T* v_src = v_lane + first * v_row_stride;
 #pragma unroll
     for (int i = 0; i < kCopies; ++i) {
-      const bool in = lane_row + i * kRowStep < rows;
+      const bool in = lane_row + i * kRowStep < rows && first >= 0;
       const uint32_t offset = uint32_t(i * kRowStep * kStride * 2);
       if (k_chunk) cp_async_16(k_dst + offset, in && k_data ? k_src : k_base, in && k_data);
       if (v_chunk) cp_async_16(v_dst + offset, in && v_data ? v_src : v_base, in && v_data);
@@ -402,7 +405,7 @@ void launch_decode_kernel(const KernelArgs<T>& args, const LaunchPlan& plan, cud
 
 template <typename T, int kTile>
 void launch_decode_tile(const KernelArgs<T>& args, const LaunchPlan& plan, cudaStream_t stream) {
-  const bool direct = plan.direct_loads && args.block_table == nullptr;  // contiguous K/V only (rule 9)
+  const bool direct = plan.direct_loads;  // contiguous K/V, or paged K/V whose steps lie in one block (rule 9)
   if constexpr (kTile == tiles::kDecodeLeanTile) {
     if (plan.stages == tiles::kDecodeLeanStages) {  // rules 10 and 11
       if (direct) return launch_decode_kernel<T, kTile, true, tiles::kDecodeLeanStages>(args, plan, stream);

@@ -44,6 +44,10 @@
 //     warp's ~1200 per 16-key step in the sm_90a SASS. The same copies, so the same bits. H200 at 82087dc (32q/8kv,
 //     D 128, fp16, % of copy bandwidth, lookup -> direct): B=16 Skv 32k 69 -> 94, 128k 72 -> 95; B=1 32k 53 -> 63,
 //     128k 64 -> 84; Nsight Compute at B=16 32k: DRAM throughput 45% -> 79% of peak, 983 -> 566 us.
+//     ONNXATTN_SDPA_CUDA_DECODE_LOADS=direct also takes paged K/V (opt-in until a GPU run has checked and timed it)
+//     where every 16-key step lies in one block (block_size a multiple of 16, no window, band or chunk): one lookup a
+//     step, then the same direct copies. Why: on the H200 at 2c9a48e paged decode read 0.67x as fast as the
+//     contiguous one with direct loads (61% of copy), where it had been within 15% of it.
 // 10. ONNXATTN_SDPA_CUDA_DECODE_STAGES=2 (opt-in, with rule 9; no gain on the H200 at 82087dc): the decode of head
 //     tiles of 128 keeps two stages in each warp's ring instead of three (73,984 bytes of shared memory instead of
 //     108,800), so three CTAs fit an SM where two did, and the split rule counts three slots an SM. Why: at B = 1 a
@@ -82,7 +86,9 @@ Request request_from_env(const char* op) {
   r.kernel = Request::Kernel(env_choice(op, "ONNXATTN_SDPA_CUDA_KERNEL", {"auto", "mma", "simt"}));
   r.prefill = Request::Prefill(env_choice(op, "ONNXATTN_SDPA_CUDA_PREFILL", {"auto", "mma", "wgmma"}));
   r.pdl = env_choice(op, "ONNXATTN_CUDA_PDL", {"0", "1"}) == 1;
-  r.direct_decode_loads = env_choice(op, "ONNXATTN_SDPA_CUDA_DECODE_LOADS", {"auto", "direct", "lookup"}) != 2;
+  const int loads = env_choice(op, "ONNXATTN_SDPA_CUDA_DECODE_LOADS", {"auto", "direct", "lookup"});
+  r.direct_decode_loads = loads != 2;
+  r.paged_direct_loads = loads == 1;
   r.decode_stages =
       env_choice(op, "ONNXATTN_SDPA_CUDA_DECODE_STAGES", {"auto", "2"}) == 1 ? tiles::kDecodeLeanStages : 0;
   r.splits = env_integer(op, "ONNXATTN_SDPA_CUDA_SPLITS", 1, kMaxSplits, 0);
@@ -320,10 +326,23 @@ LaunchPlan plan_launch(const Params& p, DType dtype, const DeviceInfo& device, c
   plan.grid = ctas * plan.splits;
   plan.pdl = request.pdl && device.wgmma && decode && plan.kernel == Kernel::kMma;
   if (plan.pdl) why += ", programmatic dependent launches (ONNXATTN_CUDA_PDL)";
-  const bool contiguous_mma_decode = decode && plan.kernel == Kernel::kMma && p.block_size == 0;
-  plan.direct_loads = request.direct_decode_loads && contiguous_mma_decode;
-  if (plan.direct_loads) why += ", direct K/V loads";
-  if (contiguous_mma_decode && !plan.direct_loads) why += ", K/V loads by slot lookup (ONNXATTN_SDPA_CUDA_DECODE_LOADS)";
+  const bool mma_decode = decode && plan.kernel == Kernel::kMma;
+  // Paged K/V (opt-in, ONNXATTN_SDPA_CUDA_DECODE_LOADS=direct): a warp's step of 16 keys starting on a multiple of 16
+  // lies in one block when block_size is a multiple of 16, so one lookup a step finds its rows, consecutive slots.
+  // Every split starts on a multiple of 16 when nothing moves the first visible key (no window, band or chunk).
+  const bool paged_direct_ok = p.block_size % tiles::kDecodeWarpKeys == 0 && p.structure.window == 0 &&
+                               p.structure.band == 0 && p.structure.chunk == 0;
+  plan.direct_loads = request.direct_decode_loads && mma_decode &&
+                      (p.block_size == 0 || (request.paged_direct_loads && paged_direct_ok));
+  if (plan.direct_loads) {
+    why += p.block_size == 0 ? ", direct K/V loads"
+                             : ", direct K/V loads, one block lookup a 16-key step (ONNXATTN_SDPA_CUDA_DECODE_LOADS)";
+  } else if (mma_decode && p.block_size == 0) {
+    why += ", K/V loads by slot lookup (ONNXATTN_SDPA_CUDA_DECODE_LOADS)";
+  } else if (mma_decode && request.paged_direct_loads) {
+    why += ", K/V loads by slot lookup (direct paged loads need block_size a multiple of 16 and no window, band or "
+           "chunk)";
+  }
   why += lean;
   if (plan.grid > int64_t(0x7fffffff)) {
     fail(op, ": problem too large for one CUDA grid (", plan.grid, " CTAs)");

@@ -34,6 +34,7 @@ struct Request {
   bool pdl = false;    // programmatic dependent launch of decode -> combine (ONNXATTN_CUDA_PDL=1)
   int64_t splits = 0;  // > 0: decode launches split their keys this many ways (at most one split per key tile)
   bool direct_decode_loads = true;  // rule 9; false: ONNXATTN_SDPA_CUDA_DECODE_LOADS=lookup
+  bool paged_direct_loads = false;  // rule 9 over paged K/V too: ONNXATTN_SDPA_CUDA_DECODE_LOADS=direct
   int decode_stages = 0;  // ONNXATTN_SDPA_CUDA_DECODE_STAGES: 0 auto, 2 the lean decode (rule 10)
 };
 
