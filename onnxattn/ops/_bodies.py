@@ -297,7 +297,12 @@ def rope_tables(f: FunctionBuilder, positions: str, rotary: str, inv_freq: str |
     if inv_freq is None:
         exponents = f.op("Div", f.op("Cast", f.op("Range", f.const(0, I64), rotary, f.const(2, I64)), to=F32),
                          f.op("Cast", rotary, to=F32))
-        inv_freq = f.op("Exp", f.op("Neg", f.op("Mul", exponents, f.op("Log", f.attr("rope_base")))))
+        # As the kernels: float32 log(base) and products, each exp correctly rounded to float32. Log and Exp go through
+        # float64 because onnxruntime's float32 Exp can be an ulp off (exp(-2.3025851) gave 0.1, not 0.099999994), and
+        # an ulp of a frequency is 5e-4 rad at position 65536 (PagedAttention's function was 1e-3 off there).
+        log_base = f.op("Cast", f.op("Log", f.op("Cast", f.attr("rope_base"), to=TensorProto.DOUBLE)), to=F32)
+        products = f.op("Cast", f.op("Neg", f.op("Mul", exponents, log_base)), to=TensorProto.DOUBLE)
+        inv_freq = f.op("Cast", f.op("Exp", products), to=F32)
     else:  # sliced, so that rope=0 (rotary 0) needs no frequencies
         half = f.op("Unsqueeze", f.op("Div", rotary, f.const(2, I64)), f.const([0], I64))
         inv_freq = f.op("Slice", f.op("Cast", inv_freq, to=F32), f.const([0], I64), half)
