@@ -315,8 +315,10 @@ case in the tables above, so it stays fixed):
 
 Reported to the ops' owners, recorded above as limitations: the reference functions fail in onnxruntime on
 zero-size dims (Reshape/Where/MatMul of an empty axis) where the kernels return the defined empty result; a huge
-top count is rejected by the sparse kernels but computed as "all candidates" by their functions; a NaN selection
-score is never chosen (the sparse ops' kernels and functions agree, the docs do not say it); the AVX-512
+top count is rejected by the sparse kernels but computed as "all candidates" by their functions; a selection
+score that is NaN or -inf (a non-finite key in a visible block) is never chosen and the next best fill the list,
+on every path and in the ops' docs (stop 28: the functions' TopK had left a -1 hole, torch and the oracle had
+chosen the block); the AVX-512
 AddressSanitizer reports of section 3 (not reproduced in the release library; worth a look with GCC 13+ or
 clang); the sparse ops' block and segment means over a count of keys that is not a power of two round (in
 float32, each implementation in its own order), so blocks or segments that tie in exact arithmetic may be chosen

@@ -39,7 +39,8 @@ def _choose(scores: dict[int, float], candidates: list[int], forced: set[int], t
     the candidates whose scores the implementations cannot compute exactly (see the module's doc)."""
     k = min(top, len(candidates)) if top > 0 else 0
     forced = sorted(c for c in candidates if c in forced)
-    rest = sorted((c for c in candidates if c not in forced), key=lambda c: (-scores[c], c))
+    # a NaN or -inf score is never chosen (a NaN or infinite key in the block): the kernels' and functions' rule
+    rest = sorted((c for c in candidates if c not in forced and scores[c] > -np.inf), key=lambda c: (-scores[c], c))
     chosen = sorted(forced + rest[: max(0, k - len(forced))]) if k else []
     if prefer is not None and tie_tol > 0:
         other = [int(c) for c in prefer if c >= 0]

@@ -209,3 +209,35 @@ def test_selecting_all_blocks_equals_dense_attention(causal):
         assert_all(run_all(NSA, arrays, attrs), want_y=dense, atol=1e-5)
     routed = run_all(ROUTED, arrays, routed_attrs(segment_size=4, top_k=4, causal=causal))
     assert_all(routed, want_y=dense, atol=1e-5)
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("op", [NSA, ROUTED])
+def test_a_block_scored_nan_or_minus_inf_is_never_chosen_on_any_path(op, value):
+    """A non-finite key in a visible block (here block 0 of KV head 0) gives its selection score NaN or -inf
+    (or +inf, then it ranks first as a forced block would): such a block is never chosen, and the next best fill
+    the list, on the kernel, the function, the torch modules and the oracle alike. The function's TopK had put
+    a NaN first and left a -1 hole in its place; torch's sort and the oracle had chosen it (NaN rows)."""
+    from oracle_sparse import nsa_oracle, routed_oracle
+
+    rng = np.random.default_rng(0)
+    feeds = {n: rng.standard_normal((1, 2, 32, 8)).astype(np.float32) for n in "QKV"}
+    feeds["K"][0, 0, 5, :] = value
+    if op == NSA:
+        attrs, outs, oracle, torch_run = nsa_attrs(block_size=8, top_blocks=2), ["Y", "selected_blocks"], nsa_oracle, \
+            run_nsa_torch
+        extra = [None] * 3
+    else:
+        attrs, outs, oracle, torch_run = routed_attrs(segment_size=8, top_k=2), ["Y", "selected_segments"], \
+            routed_oracle, run_routed_torch
+        extra = [None]
+    model = one_node_model(op, list(feeds), outs, attrs=attrs)
+    kernel, function = run_kernel(model, feeds), run_function(model, feeds)
+    torch_y, torch_list = torch_run(feeds, attrs, outputs=2)
+    with np.errstate(all="ignore"):
+        want_y, want_list = oracle(*(feeds[n].astype(np.float64) for n in "QKV"), *extra, **attrs)[:2]
+    want_list = np.asarray(want_list)
+    assert (want_list[0, 0] >= 0).all(), "3 finite blocks are visible to every row of head 0: no -1 in its lists"
+    for name, (y, listed) in (("kernel", kernel), ("function", function), ("torch", (torch_y, torch_list))):
+        np.testing.assert_array_equal(listed, want_list, err_msg=f"{op} {value}: {name} lists")
+        np.testing.assert_allclose(y, want_y, rtol=1e-5, atol=1e-5, err_msg=f"{op} {value}: {name} Y")

@@ -43,6 +43,7 @@ def select(key: torch.Tensor, top: int, width: int) -> tuple[torch.Tensor, torch
     chosen indices ascending, -1 padded, int64 [..., width])."""
     n = key.shape[-1]
     k = min(top, n)
+    key = key.masked_fill(key.isnan(), NEG_INF)  # a NaN score is never chosen (torch.sort puts it first)
     order = torch.sort(key, dim=-1, descending=True, stable=True)
     indices, chosen = order.indices[..., :k], order.values[..., :k] > NEG_INF
     mask = torch.zeros(key.shape, dtype=torch.bool, device=key.device).scatter(-1, indices, chosen)

@@ -3,8 +3,8 @@ selection with TopK and the masks it implies, in standard ONNX ops only.
 
 Selection everywhere is the same recipe, so that every path (function, kernels, torch, oracle) can agree
 exactly: each candidate gets a key (its score; +inf when the block is forced; -inf when it may not be
-chosen), TopK takes the k largest keys — ties go to the lower index, as TopK's spec says — and a chosen
-entry counts only when its key is > -inf.
+chosen, and when its score is NaN, e.g. a NaN or infinite key in the block), TopK takes the k largest keys —
+ties go to the lower index, as TopK's spec says — and a chosen entry counts only when its key is > -inf.
 """
 
 from __future__ import annotations
@@ -47,6 +47,8 @@ def select_top(f: FunctionBuilder, key: str, top: str) -> tuple[str, str]:
     bool [.., k]: the key was > -inf)."""
     width = f.op("Shape", key, start=-1)
     k = f.op("Min", f.op("Reshape", top, f.const([1], I64)), width)
+    # a NaN score is never chosen, as in the kernels (TopK would rank it first and the list would lose a slot)
+    key = f.op("Where", f.op("IsNaN", key), f.const(float("-inf")), key)
     values, indices = f.op("TopK", key, k, outputs=2, axis=-1, largest=1, sorted=1)
     return indices, f.op("Greater", values, f.const(float("-inf")))
 

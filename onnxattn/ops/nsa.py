@@ -76,7 +76,8 @@ other.
 `p - W < j <= p` (also when `causal=0`).
 
 **Selection** ranks by unscaled dot products (or, with compression, by probabilities), so `scale` must be
->= 0. Ties go to the lower index (as ONNX TopK). Selection is discrete: no gradient flows through it;
+>= 0. Ties go to the lower index (as ONNX TopK). A block whose score is NaN or -inf (a non-finite key in it) is
+never chosen; the next best fill the list. Selection is discrete: no gradient flows through it;
 gradients flow through each branch's attention to Q, K, V, the compressed tokens and the gates.
 
 `selected_blocks` `[B, Hs, Sq, top_blocks]` (`Hs` = Hkv with `shared_selection`, else Hq) and

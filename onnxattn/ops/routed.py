@@ -55,7 +55,8 @@ key position `p = i + Skv - Sq`; its own segment is `p // segment_size`.
 - `causal=1` (MoBA, decoders): only segments before the own one are candidates, the own segment is always
   chosen (counted in `top_k`) and masked causally (`j <= p`); no future segment is ever chosen.
 
-Ties go to the lower segment (as ONNX TopK). Routing is discrete: no gradient flows through it.
+Ties go to the lower segment (as ONNX TopK). A segment whose score is NaN or -inf (a non-finite key in it) is
+never chosen; the next best fill the list. Routing is discrete: no gradient flows through it.
 
 **Positions.** With `rope=1`, Q and K are rotated (RoPE, half-split or interleaved, partial with
 `rotary_dim`) at `position_ids` — one position per key, `[B or 1, Skv]`; query row i takes the position of
