@@ -126,6 +126,12 @@ def validate(
         opset = ops.model_opset(proto)
     except OpError as e:
         report.model_checks.append(Check("opset", False, str(e)))
+    # onnx and onnxruntime accept any version of a custom domain; this package's schemas are one version
+    for entry in proto.opset_import:
+        if entry.domain == ops.DOMAIN and entry.version != ops.OPSET_VERSION:
+            report.model_checks.append(Check("opset", False, f"the model imports domain {ops.DOMAIN!r} at version "
+                                                             f"{entry.version}; this package defines version "
+                                                             f"{ops.OPSET_VERSION}"))
     functions = {(f.domain, f.name, f.overload): f for f in proto.functions}
 
     for index, node in enumerate(ops.onnxattn_nodes(proto)):

@@ -48,6 +48,16 @@ def test_valid_model_passes_with_numerics(dtype, mask):
     assert "max error" in report.nodes[0].checks[-1].message
 
 
+@pytest.mark.parametrize("version", [0, 2])
+def test_a_domain_version_this_package_does_not_define_is_reported(version):
+    model = sdpa_model()
+    next(o for o in model.opset_import if o.domain == ops.DOMAIN).version = version
+    report = validate(model)
+    assert not report.ok
+    assert failed_checks(report)["model:opset"] == (f"the model imports domain 'onnxattn' at version {version}; "
+                                                    "this package defines version 1")
+
+
 def test_missing_function_is_reported():
     model = sdpa_model()
     del model.functions[:]
