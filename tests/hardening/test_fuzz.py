@@ -309,7 +309,9 @@ def test_selection_tie_accepts_only_near_ties():
     assert _choose(scores, [0, 1, 2, 3], set(), 2, prefer=[1, 3], tie_tol=1e-5, rounded={3}) == [1, 3]
     assert _choose(scores, [0, 1, 2, 3], set(), 2, prefer=[1, 3], tie_tol=1e-5, rounded={2}) == [0, 1]
     assert _choose(scores, [0, 1, 2, 3], set(), 2, prefer=[0, 2], tie_tol=1e-5, rounded={0, 1, 2, 3}) == [0, 1]
-    assert _choose({0: -np.inf, 1: -np.inf}, [0, 1], set(), 1, prefer=[1], tie_tol=1e3, rounded={0, 1}) == [0]
+    # a -inf (or NaN) score is never chosen, tied or not: the kernels' and functions' rule
+    assert _choose({0: -np.inf, 1: -np.inf}, [0, 1], set(), 1, prefer=[1], tie_tol=1e3, rounded={0, 1}) == []
+    assert _choose({0: np.nan, 1: 2.0, 2: 1.0}, [0, 1, 2], set(), 2) == [1, 2]
 
     m = importlib.import_module("test_sparse_numerics")
     case = m.CASES_BY_ID["nsa-seed"]  # float32, per-head blocks (2 of 3) and fine tokens
