@@ -12,22 +12,13 @@ import pytest
 from helpers import function_session, gqa_model, kernel_session
 from paged_helpers import paged_model
 
-from onnxattn import ops
 
 POSITIONS = [65536, 1_000_000, 2**24 + 1]
 
 
-def with_function(model: onnx.ModelProto) -> onnx.ModelProto:
-    node = next(ops.onnxattn_nodes(model))
-    spec = ops.get_spec(node.op_type)
-    node.overload = spec.signature(ops.node_inputs(node, ops.value_types(model)), [bool(o) for o in node.output])
-    model.functions.append(spec.build_function(node.overload, ops.model_opset(model)))
-    return model
-
-
 def assert_paths_agree(model: onnx.ModelProto, feeds: dict, what: str) -> None:
     kernel = kernel_session(model).run(None, feeds)
-    function = function_session(with_function(model)).run(None, feeds)
+    function = function_session(model).run(None, feeds)
     for name, k, f in zip(("output", "present key", "present value"), kernel, function):
         np.testing.assert_allclose(f, k, rtol=0, atol=2e-6, err_msg=f"{what}: {name}")
 
@@ -39,8 +30,7 @@ def test_paged_attention_function_rotates_as_the_kernel(position):
     feeds = dict(query=n(5, 4 * 8), key=n(5, 2 * 8), value=n(5, 2 * 8), key_cache=n(6, 4, 2, 8), value_cache=n(6, 4, 2, 8),
                  block_table=np.array([[0, 1, 2], [3, 4, 5]], np.int32), cu_seqlens_q=np.array([0, 2, 5], np.int32),
                  seq_lens=np.array([6, 3], np.int32), position_ids=np.arange(position, position + 5, dtype=np.int64))
-    model = paged_model(["position_ids"], attrs=dict(num_heads=4, kv_num_heads=2, rope=1), with_present=True,
-                        attach=False)
+    model = paged_model(["position_ids"], attrs=dict(num_heads=4, kv_num_heads=2, rope=1), with_present=True)
     assert_paths_agree(model, feeds, f"PagedAttention at position {position}")
 
 
@@ -50,5 +40,5 @@ def test_group_query_attention_function_rotates_as_the_kernel(position):
     n = lambda *s: rng.standard_normal(s).astype(np.float32)  # noqa: E731
     feeds = dict(query=n(1, 3, 4 * 16), key=n(1, 3, 2 * 16), value=n(1, 3, 2 * 16),
                  position_ids=np.arange(position, position + 3, dtype=np.int64)[None])
-    model = gqa_model(["position_ids"], attrs=dict(num_heads=4, kv_num_heads=2, rope=1), attach=False)
+    model = gqa_model(["position_ids"], attrs=dict(num_heads=4, kv_num_heads=2, rope=1))
     assert_paths_agree(model, feeds, f"GroupQueryAttention at position {position}")
