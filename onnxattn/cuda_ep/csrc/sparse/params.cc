@@ -2,12 +2,11 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdio>
-#include <exception>
 #include <limits>
 
 #include "common/env.h"
 #include "common/errors.h"
+#include "sdpa/cuda_capi.h"  // guarded: the C entries' error reporting
 #include "sparse/cuda_sizes.h"
 
 namespace onnxattn::sparse {
@@ -387,13 +386,10 @@ extern "C" __attribute__((visibility("default"))) int32_t OnnxAttnSparseLatencyS
                                                                                         char* error,
                                                                                         int64_t error_size) {
   namespace c = onnxattn::sparse::cuda;
-  try {
+  return onnxattn::sdpa::cuda::capi::guarded(error, size_t(std::max<int64_t>(error_size, 0)), [&] {
     out[0] = c::overlapped_loads_requested(op) ? 1 : 0;
     out[1] = c::redux_argmax_requested(op) ? 1 : 0;
     out[2] = c::grouped_routing_requested(op) ? 1 : 0;
     return 0;
-  } catch (const std::exception& e) {
-    if (error_size > 0) std::snprintf(error, size_t(error_size), "%s", e.what());
-    return 1;
-  }
+  });
 }
