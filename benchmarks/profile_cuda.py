@@ -8,7 +8,8 @@ Cases (each guarded: one failing is recorded in its row and the run goes on):
     replayed from a CUDA graph (the benchmark's timing): split-KV kernel + combine; issue 3 misses 70% of copy here;
   - sdpa_decode_b1_32k_lookup, gqa_decode_p32k_lookup: those with the decode's K/V copies through the slot lookup
     (ONNXATTN_SDPA_CUDA_DECODE_LOADS=lookup; direct loads are the default since the H200 run at 82087dc); *_lean:
-    two stages a warp, three CTAs an SM (ONNXATTN_SDPA_CUDA_DECODE_STAGES=2, opt-in: no gain there);
+    two stages a warp, three CTAs an SM (ONNXATTN_SDPA_CUDA_DECODE_STAGES=2, opt-in: no gain there); *_fused: the
+    splits merged by each row tile's last CTA, no combine kernel (ONNXATTN_SDPA_CUDA_COMBINE=fused, opt-in);
   - sdpa_decode_b1_4k: the same at 4k (25% of copy: the fixed cost of a call);
   - gqa_prefill_s2048 / ort_gqa_prefill_s2048: GroupQueryAttention prefill, B=1, S=2048, 32q/8kv, RoPE, fp16,
     ours and onnxruntime's com.microsoft.GroupQueryAttention through the CUDA EP (op 192 vs core 272 TFLOP/s);
@@ -48,9 +49,9 @@ from pathlib import Path  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests" / "gpu"), str(ROOT / "benchmarks")]
 
-CASES = ("sdpa_decode_b1_32k", "sdpa_decode_b1_32k_lookup", "sdpa_decode_b1_32k_lean", "sdpa_decode_b1_4k",
-         "gqa_prefill_s2048", "gqa_prefill_s2048_rows", "ort_gqa_prefill_s2048", "gqa_decode_p32k",
-         "gqa_decode_p32k_lookup", "gqa_decode_p32k_lean", "ort_gqa_decode_p32k", "nsa_16k", "routed_16k",
+CASES = ("sdpa_decode_b1_32k", "sdpa_decode_b1_32k_fused", "sdpa_decode_b1_32k_lookup", "sdpa_decode_b1_32k_lean",
+         "sdpa_decode_b1_4k", "gqa_prefill_s2048", "gqa_prefill_s2048_rows", "ort_gqa_prefill_s2048", "gqa_decode_p32k",
+         "gqa_decode_p32k_fused", "gqa_decode_p32k_lookup", "gqa_decode_p32k_lean", "ort_gqa_decode_p32k", "nsa_16k", "routed_16k",
          "nsa_dot_16k", "nsa_mma_16k", "routed_mma_16k", "nsa_mma_async_16k", "routed_mma_async_16k",
          "nsa_mma_tiles_16k", "routed_mma_tiles_16k", "nsa_mma_64k", "nsa_mma_tiles_64k", "routed_mma_64k",
          "routed_mma_tiles_64k", "nsa_mma_async_64k", "routed_mma_async_64k", "routed_mma_split_16k",
@@ -59,9 +60,10 @@ CASES = ("sdpa_decode_b1_32k", "sdpa_decode_b1_32k_lookup", "sdpa_decode_b1_32k_
 # OPT_IN_DECODE columns.
 LOOKUP = {"ONNXATTN_SDPA_CUDA_DECODE_LOADS": "lookup"}
 LEAN = {"ONNXATTN_SDPA_CUDA_DECODE_STAGES": "2"}
+FUSED = {"ONNXATTN_SDPA_CUDA_COMBINE": "fused"}
 CASE_ENV = {"gqa_prefill_s2048_rows": {"ONNXATTN_GQA_CUDA_ROTATION": "rows"},
             **{f"{base}_{name}": switch for base in ("sdpa_decode_b1_32k", "gqa_decode_p32k")
-               for name, switch in (("lookup", LOOKUP), ("lean", LEAN))},
+               for name, switch in (("lookup", LOOKUP), ("lean", LEAN), ("fused", FUSED))},
             **{f"routed_mma_split_{n}": {"ONNXATTN_SPARSE_CUDA_ROUTE": "split"} for n in ("16k", "64k")}}  # fmt: skip
 # Sparse cases that run a benchmark column under their CASE_ENV switches (the column's own switches pinned as well).
 SPARSE_BASE = {"routed_mma_split": "routed_mma_async"}

@@ -161,6 +161,21 @@ def test_few_long_sequences_split_their_keys():
     assert d["partial_lse_offset"] == align(d["splits"] * out_rows * 128 * 4)
 
 
+def test_fused_merge_counts_the_row_tiles_the_decode_class_may_hold(monkeypatch):
+    # ONNXATTN_SDPA_CUDA_COMBINE=fused (cuda_plan.cc rule 12) on a ragged batch: one counter per (row tile item, KV
+    # head), after the partial LSE in the decode launch's scratch, which the ragged layout places as before
+    spec = lib.Spec(tokens=2, batch=2, q_heads=32, kv_heads=8, head_dim=128, block_size=16, max_blocks=2048,
+                    num_blocks=4096)  # fmt: skip
+    kernel = lib.plan(spec)
+    monkeypatch.setenv("ONNXATTN_SDPA_CUDA_COMBINE", "fused")
+    fused = lib.plan(spec)
+    d, k = fused["decode"], kernel["decode"]
+    assert d["split_counters"] == fused["decode_work_tiles"] * 8 == d["grid"] // d["splits"] and d["combine_grid"] == 0
+    assert d["split_counters_offset"] == k["scratch_bytes"]
+    assert d["scratch_bytes"] == k["scratch_bytes"] + align(4 * d["split_counters"])
+    assert d["reason"].endswith(", splits merged by each row tile's last CTA (ONNXATTN_SDPA_CUDA_COMBINE)")
+
+
 def test_direct_loads_reach_paged_blocks_of_multiples_of_16_on_request(monkeypatch):
     """ONNXATTN_SDPA_CUDA_DECODE_LOADS=direct (opt-in for paged K/V, cuda_plan.cc rule 9): a 16-key step starting on
     a multiple of 16 lies in one block of 16, 32, ... slots, so one lookup a step addresses its rows directly; the

@@ -37,6 +37,7 @@ def _no_forcing(monkeypatch):
     monkeypatch.delenv("ONNXATTN_CUDA_PDL", raising=False)
     monkeypatch.delenv("ONNXATTN_SDPA_CUDA_DECODE_LOADS", raising=False)
     monkeypatch.delenv("ONNXATTN_SDPA_CUDA_DECODE_STAGES", raising=False)
+    monkeypatch.delenv("ONNXATTN_SDPA_CUDA_COMBINE", raising=False)
 
 
 # ---- the tile geometry the kernels are compiled with (sdpa/cuda_tiles.h), restated as the contract
@@ -147,7 +148,8 @@ def test_environment_forces_the_path(monkeypatch):
 @pytest.mark.parametrize("name,value", [("ONNXATTN_SDPA_CUDA_PATH", "fast"), ("ONNXATTN_SDPA_CUDA_KERNEL", "wgmma"),
                                         ("ONNXATTN_SDPA_CUDA_PREFILL", "fa3"), ("ONNXATTN_CUDA_PDL", "yes"),
                                         ("ONNXATTN_SDPA_CUDA_DECODE_LOADS", "fast"),
-                                        ("ONNXATTN_SDPA_CUDA_DECODE_STAGES", "3")])  # fmt: skip
+                                        ("ONNXATTN_SDPA_CUDA_DECODE_STAGES", "3"),
+                                        ("ONNXATTN_SDPA_CUDA_COMBINE", "1")])  # fmt: skip
 def test_unknown_environment_values_are_errors(monkeypatch, name, value):
     monkeypatch.setenv(name, value)
     with pytest.raises(lib.SdpaCudaError, match=f"^ScaledDotProductAttention: environment variable {name} must be "
@@ -708,3 +710,66 @@ def test_lean_decode_needs_direct_loads_and_a_head_tile_of_128(monkeypatch):
     monkeypatch.setenv("ONNXATTN_SDPA_CUDA_DECODE_STAGES", "auto")
     monkeypatch.setenv("ONNXATTN_SDPA_CUDA_DECODE_LOADS", "lookup")
     assert lib.plan(decode) == base
+
+
+# ---- the fused merge (ONNXATTN_SDPA_CUDA_COMBINE=fused, cuda_plan.cc rule 12)
+FUSED = ", splits merged by each row tile's last CTA (ONNXATTN_SDPA_CUDA_COMBINE)"
+NOT_FUSED = (", splits merged by the combine kernel (ONNXATTN_SDPA_CUDA_COMBINE=fused needs the tensor-core decode at "
+             "its default stages)")
+
+
+def without(plan: dict, *names: str) -> dict:
+    return {k: v for k, v in plan.items() if k not in names}
+
+
+@pytest.mark.parametrize("batch,q_len,kv_len", [(1, 1, 32768), (16, 1, 4096), (3, 1, 131072), (2, 16, 20000)])
+def test_fused_merge_has_a_counter_per_row_tile_after_the_partials(monkeypatch, batch, q_len, kv_len):
+    """The same launch as the combine kernel's; scratch grows by one uint32 counter per row tile (grid / splits),
+    256-aligned after the partial LSE, and no combine kernel runs."""
+    decode = spec(batch=batch, q_heads=32, kv_heads=8, q_len=q_len, kv_len=kv_len, head_dim=128)
+    kernel = lib.plan(decode)
+    monkeypatch.setenv("ONNXATTN_SDPA_CUDA_COMBINE", "fused")
+    fused = lib.plan(decode)
+    tiles = batch * 8 * ceil_div(q_len * 4, 16)
+    assert kernel["splits"] > 1 and kernel["combine_grid"] > 0 and kernel["split_counters"] == 0
+    assert fused["reason"] == kernel["reason"] + FUSED
+    assert fused["split_counters"] == fused["grid"] // fused["splits"] == tiles
+    assert fused["split_counters_offset"] == kernel["scratch_bytes"] and kernel["scratch_bytes"] % 256 == 0
+    assert fused["scratch_bytes"] == kernel["scratch_bytes"] + ceil_div(4 * tiles, 256) * 256
+    assert fused["combine_grid"] == 0
+    changed = ("reason", "combine_grid", "split_counters", "split_counters_offset", "scratch_bytes")
+    assert without(fused, *changed) == without(kernel, *changed)
+    monkeypatch.setenv("ONNXATTN_SDPA_CUDA_COMBINE", "kernel")
+    assert lib.plan(decode) == kernel
+
+
+def test_fused_merge_only_where_the_tensor_core_decode_splits(monkeypatch):
+    monkeypatch.setenv("ONNXATTN_SDPA_CUDA_COMBINE", "fused")
+    decode = spec(q_heads=32, kv_heads=8, q_len=1, kv_len=32768, head_dim=128)
+    simt = lib.plan(decode, kernel="simt")  # the SIMT decode keeps the combine kernel, and says so
+    assert simt["splits"] > 1 and simt["split_counters"] == 0 and simt["combine_grid"] > 0
+    assert simt["reason"].endswith(NOT_FUSED)
+    fp32 = lib.plan(dataclasses.replace(decode, dtype=FP32))
+    assert fp32["kernel"] == "simt" and fp32["split_counters"] == 0 and fp32["reason"].endswith(NOT_FUSED)
+    # the two-stage decode (rule 10 by request, rule 11 on a device with 99 KiB a block) has no fused kernel
+    monkeypatch.setenv("ONNXATTN_SDPA_CUDA_DECODE_STAGES", "2")
+    lean = lib.plan(decode)
+    assert lean["stages"] == 2 and lean["split_counters"] == 0 and NOT_FUSED in lean["reason"], lean["reason"]
+    monkeypatch.delenv("ONNXATTN_SDPA_CUDA_DECODE_STAGES")
+    small = lib.plan(decode, dict(lib.H100, max_smem_per_block=101376))
+    assert small["stages"] == 2 and small["split_counters"] == 0 and NOT_FUSED in small["reason"], small["reason"]
+    for head_dim in (64, 256):  # the other head tiles at their default stages
+        assert lib.plan(spec(q_len=1, kv_len=32768, head_dim=head_dim))["reason"].endswith(FUSED)
+    one = lib.plan(spec(q_heads=32, kv_heads=8, q_len=1, kv_len=256, head_dim=128))  # one split: nothing to merge
+    assert one["splits"] == 1 and one["split_counters"] == one["scratch_bytes"] == 0 and "COMBINE" not in one["reason"]
+    prefill = lib.plan(spec(q_heads=8, kv_heads=2, q_len=2048, kv_len=2048, head_dim=128))
+    assert prefill["split_counters"] == 0 and "COMBINE" not in prefill["reason"]
+
+
+def test_fused_merge_counts_per_batch_decodes_by_the_bound(monkeypatch):
+    # a shared KV-cache buffer (rule 5): the split count is an upper bound; CTAs without keys count themselves in too
+    monkeypatch.setenv("ONNXATTN_SDPA_CUDA_COMBINE", "fused")
+    p = lib.plan(spec(batch=4, q_heads=32, kv_heads=8, q_len=1, kv_len=65536, head_dim=128),
+                 layout=lib.Layout.of(per_batch_lengths=True))
+    assert p["min_split_keys"] == 256 and p["split_counters"] == 4 * 8 and p["reason"].endswith(FUSED), p["reason"]
+

@@ -13,7 +13,7 @@ EP: shared and per-head NSA lists, partial last blocks, rows before any key, rou
 D; with the opt-in switches too, the query tiles included; on every run). Then LightningIndexer (family `indexer`, not
 yet run on a GPU: both score kernels, the radix select, shared buffers with NaN in hidden slots; on every run). Then
 the opt-in decode and new-token kernels not yet run on a GPU (family `optin`: the direct-loads decode with two stages
-a warp, GroupQueryAttention's chunked query and new-token kernels; on every run). Not a pytest module."""
+a warp, GroupQueryAttention's chunked query and new-token kernels, the decode's fused split merge; on every run). Not a pytest module."""
 
 from __future__ import annotations
 
@@ -171,6 +171,21 @@ def optin_cases() -> int:
         failed = sum(checked(f"optin sdpa {n}", lambda: sdpa_run(by_name[n], torch.float16, "decode"))
                      for n in OPTIN_SDPA)  # fmt: skip
         failed += sum(checked(f"optin gqa {n}", lambda: run_gqa(gc.CASES_BY_ID[n])) for n in OPTIN_GQA)
+    # the fused split merge (ONNXATTN_SDPA_CUDA_COMBINE=fused, not yet run on a GPU): counters in scratch, the last
+    # CTA's reads of the other splits' partials; a ragged paged batch with long splits too
+    import paged_cases as pc
+    import paged_torch as pt
+
+    def run_paged(case):
+        y, kp, vp, plan, _ = pt.run(case, "float16")
+        pc.check(case, "float16", y, kp, vp, context=plan["reason"])
+        return plan["reason"]
+
+    with library_switches({"ONNXATTN_SDPA_CUDA_COMBINE": "fused"}):
+        failed += sum(checked(f"optin fused merge sdpa {n}", lambda: sdpa_run(by_name[n], torch.float16, "decode"))
+                      for n in OPTIN_SDPA + ("decode_sq16", "d256_decode"))  # fmt: skip
+        failed += sum(checked(f"optin fused merge gqa {n}", lambda: run_gqa(gc.CASES_BY_ID[n])) for n in OPTIN_GQA)
+        failed += checked("optin fused merge paged", lambda: run_paged(pc.CASES_BY_ID["decode-long-splits"]))
     return failed
 
 

@@ -73,6 +73,8 @@ class PlanInfo(ctypes.Structure):
         ("scratch_bytes", ctypes.c_int64),
         ("partial_lse_offset", ctypes.c_int64),
         ("min_split_keys", ctypes.c_int64),
+        ("split_counters", ctypes.c_int64),
+        ("split_counters_offset", ctypes.c_int64),
         ("reason", ctypes.c_char * 512),
     ]
 
@@ -245,10 +247,11 @@ def _strides(t) -> tuple[int, int, int] | None:
 
 
 def run(q, k, v, attn_mask=None, *, causal=False, window=0, band=0, scale=0.0, softcap=0.0, want_lse=False,
-        path="auto", kernel="auto", out=None, query_offsets=None, kv_lengths=None):  # fmt: skip
+        path="auto", kernel="auto", out=None, query_offsets=None, kv_lengths=None, scratch_fill=None):  # fmt: skip
     """Runs the CUDA kernels on torch CUDA tensors ([B,H,S,D] views with a contiguous last dim: strided
     views are passed as such) on torch's current stream. query_offsets / kv_lengths: optional int64 CUDA
-    tensors [B] (the per-batch layout of fused ops). `out` may be a strided view too.
+    tensors [B] (the per-batch layout of fused ops). `out` may be a strided view too. scratch_fill: a byte
+    value the scratch is filled with first (the kernels must not rely on its contents).
     Returns (Y, LSE or None, plan dict)."""
     import torch
 
@@ -290,6 +293,8 @@ def run(q, k, v, attn_mask=None, *, causal=False, window=0, band=0, scale=0.0, s
             # torch's caching allocator hands out 512-byte aligned blocks on this stream; freeing the block
             # when this returns is safe: the allocator reuses it only for work ordered after ours here.
             scratch = torch.empty(int(math.ceil(info.scratch_bytes / 256) * 256), dtype=torch.uint8, device=q.device)
+            if scratch_fill is not None:
+                scratch.fill_(scratch_fill)
             rc = call(scratch)
         if rc != 0:
             raise SdpaCudaError(err.value.decode())

@@ -363,3 +363,22 @@ def test_direct_and_lean_decode_give_the_same_bits(case_id, dtype, monkeypatch):
         for a, b in zip(got, (y, pk, pv)):
             if b is not None:
                 np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("case_id", ["shared-decode-b4", "window-shared-b2", "everything-shared", "chunk-s5-p700",
+                                     "qnorm-only-decode", "sinks-decode-split", "decode-b2-g4-p1500"])  # fmt: skip
+def test_fused_merge_gives_the_same_bits(case_id, dtype, monkeypatch):
+    """ONNXATTN_SDPA_CUDA_COMBINE=fused (cuda_plan.cc rule 12; opt-in): the decode's last CTA of each row tile merges
+    the splits with the combine kernel's code, in poisoned scratch (its counters zeroed by the launch): the same
+    output and cache bits."""
+    case = gc.CASES_BY_ID[case_id]
+    switch = "ONNXATTN_SDPA_CUDA_COMBINE"
+    (y, pk, pv, plan), (y2, pk2, pv2, plan2) = run_before_and_after(case, dtype, monkeypatch, switch, "fused")
+    attention, fused = plan["attention"], plan2["attention"]
+    assert attention["split_counters"] == 0 and attention["combine_grid"] > 0, attention["reason"]
+    assert fused["split_counters"] > 0 and fused["combine_grid"] == 0, fused["reason"]
+    for a, b in zip((y2, pk2, pv2), (y, pk, pv)):
+        if b is not None:
+            np.testing.assert_array_equal(a, b)
+

@@ -67,6 +67,22 @@ def test_direct_paged_loads_give_the_lookup_bits(case, dtype, monkeypatch):
         np.testing.assert_array_equal(got, want, err_msg=f"{case} {dtype} {decode and decode['reason']}")
 
 
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("case", pc.CASES, ids=str)
+def test_fused_merge_gives_the_combine_kernels_bits(case, dtype, monkeypatch):
+    """ONNXATTN_SDPA_CUDA_COMBINE=fused (opt-in, cuda_plan.cc rule 12) on ragged batches: the decode launch's last CTA
+    of each (row tile item, KV head) merges its splits, the same output and pool bits as the combine kernel's."""
+    y, kp, vp, plan, _ = pt.run(case, dtype)
+    monkeypatch.setenv("ONNXATTN_SDPA_CUDA_COMBINE", "fused")
+    y2, kp2, vp2, plan2, _ = pt.run(case, dtype)
+    decode = plan2["decode"]
+    if decode is not None:
+        fused = decode["kernel"] == "mma" and decode["splits"] > 1
+        assert (decode["split_counters"] > 0) == fused and (decode["combine_grid"] == 0) == fused, decode["reason"]
+    for got, want in ((y2, y), (kp2, kp), (vp2, vp)):
+        np.testing.assert_array_equal(got, want, err_msg=f"{case} {dtype} {decode and decode['reason']}")
+
+
 @pytest.mark.parametrize("dtype", pc.DTYPES)
 @pytest.mark.parametrize("case_id", ["decode-b4-bs16", "mixed-chunks-decodes", "decode-bs1", "everything"])
 def test_in_place_update_of_the_pools(case_id, dtype):
@@ -217,11 +233,14 @@ def test_token_by_token_decode_equals_one_chunk(dtype):
     assert (np.abs(y_steps - y_all) <= 4 * eps * (1 + np.abs(y_all))).all(), np.abs(y_steps - y_all).max()
 
 
+@pytest.mark.parametrize("combine", ["kernel", "fused"])
 @pytest.mark.parametrize("dtype", ["float16", "float32"])
-def test_a_decode_step_captured_in_a_cuda_graph_replays_with_new_lengths_and_tables(dtype):
+def test_a_decode_step_captured_in_a_cuda_graph_replays_with_new_lengths_and_tables(dtype, combine, monkeypatch):
     # No host synchronisation and no launch shape that depends on index values: a captured step stays valid
     # while seq_lens, cu_seqlens_q, the block table (device memory) and the inputs change. Each replay must
-    # equal a direct run on a copy of the same state, bit for bit.
+    # equal a direct run on a copy of the same state, bit for bit. combine=fused: the counters' memset is part
+    # of the graph, so each replay merges from zero.
+    monkeypatch.setenv("ONNXATTN_SDPA_CUDA_COMBINE", combine)
     case = pc.CASES_BY_ID["decode-b4-bs16"]
     t = pt.to_device(pc.feeds(case.id, dtype), dtype)
     out = pt.outputs(t, case, dtype, in_place=True)

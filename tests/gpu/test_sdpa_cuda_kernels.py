@@ -205,13 +205,16 @@ def test_strided_views_give_the_contiguous_result(path, kernel, kv_layout, loads
     assert torch.equal(y_bshd.transpose(1, 2), y_ref), plan["reason"]
 
 
+@pytest.mark.parametrize("combine", ["kernel", "fused"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
 @pytest.mark.parametrize("path", ["prefill", "decode"])
 @pytest.mark.parametrize("sq", [1, 5, 40])
-def test_per_batch_lengths_read_only_each_sequences_keys(dtype, path, sq):
+def test_per_batch_lengths_read_only_each_sequences_keys(dtype, path, sq, combine, monkeypatch):
     # A shared KV-cache buffer: sequence b holds kv_lengths[b] valid keys, its query row 0 sits at
     # query_offsets[b]; slots past the valid keys hold NaN and are never read. Each sequence must match
-    # the plain problem on its own valid keys; a negative length leaves its rows untouched.
+    # the plain problem on its own valid keys; a negative length leaves its rows untouched. combine=fused
+    # (cuda_plan.cc rule 12): CTAs left without keys by a short sequence still count themselves in.
+    monkeypatch.setenv("ONNXATTN_SDPA_CUDA_COMBINE", combine)
     hq, hkv, d, buffer = 8, 2, 128, 3000
     lengths = [2500, sq, 700, -1]
     gen = torch.Generator(device="cuda").manual_seed(sq)
@@ -228,6 +231,7 @@ def test_per_batch_lengths_read_only_each_sequences_keys(dtype, path, sq):
     torch.cuda.synchronize()
     if path == "decode":
         assert plan["min_split_keys"] == 256 and "per-batch lengths" in plan["reason"], plan["reason"]
+        assert (plan["split_counters"] > 0) == (combine == "fused" and plan["kernel"] == "mma"), plan["reason"]
     for i, n in enumerate(lengths):
         if n < 0:
             assert (y[i] == 7.0).all(), "a skipped sequence's rows must stay untouched"
@@ -351,3 +355,33 @@ def test_programmatic_dependent_launches_give_the_same_bits(name, monkeypatch):
     # wait in griddepcontrol.wait before reading: the same kernels, so the same bits, with several splits.
     for plan, pdl in decode_with_and_without(name, monkeypatch, "ONNXATTN_CUDA_PDL", "1"):
         assert pdl["pdl"] == 1 and plan["pdl"] == 0, pdl["reason"]
+
+
+FUSED_CASES = ["decode", "decode_gqa_odd", "decode_sq5", "decode_sq16", "window_decode", "mask_decode", "mqa_long",
+               "d32", "d40", "d256_decode", "dv64_d128", "dv256_d64", "dv16_d32"]
+
+
+@pytest.mark.parametrize("splits", ["auto", "3", "max"])
+@pytest.mark.parametrize("name", FUSED_CASES)
+def test_fused_merge_gives_the_combine_kernels_bits(name, splits, monkeypatch):
+    # ONNXATTN_SDPA_CUDA_COMBINE=fused (cuda_plan.cc rule 12; opt-in): the last CTA of each row tile's splits merges
+    # them with the combine kernel's code (sdpa/cuda_combine.cuh), so the output and LSE bits are the combine
+    # kernel's; with the plan's splits, 3, and one split per key tile (max), whatever the scratch held before.
+    case = next(c for c in CASES if c.name == name)
+    for dtype in (torch.float16, torch.bfloat16):
+        q, k, v, mask = make_inputs(case, dtype)
+        if splits != "auto":  # 256: clamped to one split per key tile
+            monkeypatch.setenv("ONNXATTN_SDPA_CUDA_SPLITS", "256" if splits == "max" else splits)
+        y, lse, plan = run(case, q, k, v, mask, path="decode")
+        monkeypatch.setenv("ONNXATTN_SDPA_CUDA_COMBINE", "fused")
+        for fill in (0x00, 0xFF, 0x01):  # counters of 0, 2^32 - 1 and 16843009 before the memset
+            out = torch.full_like(y, float("nan"))
+            y2, lse2, fused = lib.run(q, k, v, mask, causal=case.causal, window=case.window, band=case.band,
+                                      scale=case.scale, softcap=case.softcap, want_lse=case.lse, path="decode",
+                                      out=out, scratch_fill=fill)  # fmt: skip
+            assert_same_bits(case, (y, lse), (y2, lse2), (name, dtype, fill, fused["reason"]))
+        monkeypatch.delenv("ONNXATTN_SDPA_CUDA_COMBINE")
+        monkeypatch.delenv("ONNXATTN_SDPA_CUDA_SPLITS", raising=False)
+        mma = fused["kernel"] == "mma" and fused["splits"] > 1
+        assert (fused["split_counters"] > 0) == mma and (fused["combine_grid"] == 0) == mma, fused["reason"]
+

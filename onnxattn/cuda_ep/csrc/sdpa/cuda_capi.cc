@@ -72,6 +72,8 @@ void fill_info(const LaunchPlan& plan, OnnxAttnSdpaPlanInfo* out) {
   out->combine_grid = plan.combine_grid;
   out->scratch_bytes = int64_t(plan.scratch_bytes);
   out->partial_lse_offset = int64_t(plan.partial_lse_offset);
+  out->split_counters = plan.split_counters;
+  out->split_counters_offset = int64_t(plan.split_counters_offset);
   out->min_split_keys = plan.min_split_keys;
   out->pdl = plan.pdl ? 1 : 0;
   std::snprintf(out->reason, sizeof out->reason, "%s", plan.reason.c_str());

@@ -36,6 +36,7 @@ struct OnnxAttnSdpaPlanInfo {
   int32_t pdl;  // 1: decode and combine launched as programmatic dependents
   int64_t rows_per_head, row_tiles, splits, grid, smem_bytes, combine_grid, scratch_bytes, partial_lse_offset;
   int64_t min_split_keys;
+  int64_t split_counters, split_counters_offset;  // rule 12, the fused merge (0 counters: the combine kernel)
   char reason[512];
 };
 

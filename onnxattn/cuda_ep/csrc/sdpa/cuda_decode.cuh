@@ -8,7 +8,8 @@
 // (no CTA-wide barrier in the main loop, several loads in flight per warp). Each warp keeps its own
 // online-softmax state; at the end the warps merge through shared memory and the CTA writes either the
 // final output (one split) or a partial output normalised by its own sum plus its log-sum-exp, which
-// the combine kernel (cuda_simt.cu) merges across splits. All offsets are 64-bit.
+// the combine kernel (cuda_simt.cu) merges across splits, or, with the fused merge (cuda_plan.cc rule 12), the last
+// CTA of the row tile's splits does (cuda_combine.cuh). All offsets are 64-bit.
 // Over contiguous K/V a second instantiation (kDirectLoads, the default; cuda_plan.cc rule 9) addresses
 // the K/V copies directly instead of through the paged path's slot lookup: the same copies. A third, for head tiles
 // of 128, keeps two stages a warp instead of three (ONNXATTN_SDPA_CUDA_DECODE_STAGES=2): three CTAs an SM.
@@ -19,6 +20,7 @@
 // split count is an upper bound from the buffer length, and CTAs left without keys return at once.
 #include <stdexcept>
 
+#include "sdpa/cuda_combine.cuh"
 #include "sdpa/cuda_query_prep.cuh"
 
 namespace onnxattn::sdpa::cuda {
@@ -28,7 +30,9 @@ namespace onnxattn::sdpa::cuda {
 // decode_stages(kTile) (the lean decode, cuda_plan.cc rules 10 and 11). Rule 10's plan counts three CTAs an SM for
 // the lean kernel with direct loads: its launch bounds hold it to the registers that allows (65536 / 384). (0 for the
 // others: no bound, as before; a bound of 1 let ptxas take 180-184 registers where it had taken 168.)
-template <typename T, int kTile, bool kDirectLoads = false, int kStagesAsked = 0>
+// kFusedMerge: the splits are merged by each row tile's last CTA (cuda_plan.cc rule 12; a kernel of its own, so the
+// others' registers stay as they were).
+template <typename T, int kTile, bool kDirectLoads = false, int kStagesAsked = 0, bool kFusedMerge = false>
 __global__ void __launch_bounds__(tiles::kThreads, kDirectLoads && kStagesAsked == tiles::kDecodeLeanStages
                                                        ? tiles::kDecodeLeanCtasPerSm
                                                        : 0) decode_mma_kernel(const KernelArgs<T> a) {
@@ -42,6 +46,8 @@ __global__ void __launch_bounds__(tiles::kThreads, kDirectLoads && kStagesAsked 
   constexpr int kSteps = kTile / 16;
   static_assert(kRows == 16 && kWarpKeys == 16, "one m16 block of rows, one k16 step of keys per warp step");
   static_assert(kStages >= 2, "the prologue's first stage and the Q tile are its two oldest groups");
+  static_assert(size_t(kWarps) * kStages * 2 * kWarpKeys * kStride * sizeof(uint16_t) >= kFusedMergeSmemBytes<kRows>,
+                "the fused merge borrows the pipeline area");
 
   extern __shared__ __align__(16) unsigned char smem[];
   uint16_t* const q_s = reinterpret_cast<uint16_t*>(smem);
@@ -68,9 +74,10 @@ __global__ void __launch_bounds__(tiles::kThreads, kDirectLoads && kStagesAsked 
   const int64_t row_begin = work.row_begin, row_end = work.row_end;
   const TileKeys keys = tile_keys(seq.structure, row_begin, row_end, a.group, seq.num_keys);
   const KeyRange range = split_keys(keys.any, cta.split, a.splits, kWarpKeys, a.min_split_keys);
-  if (a.splits > 1 && range.empty()) {
+  if (!kFusedMerge && a.splits > 1 && range.empty()) {
     // Nothing to merge: an empty partial (LSE = -inf) has weight 0 in the combine, which never reads its
-    // output. A single split must still write its (zero) rows, so it takes the normal path.
+    // output. A single split must still write its (zero) rows, so it takes the normal path; so does a split of the
+    // fused merge, which must count itself in and may be the tile's last (one copy of the merge: fewer registers).
     if (tid < kRows && row_begin + tid < row_end) {
       const int64_t r = row_begin + tid;
       a.partial_lse[cta.split * a.out_rows + partial_row(a, work, row_ref(a, cta.batch, cta.kv_head, r), r)] = kNegInf;
@@ -388,15 +395,19 @@ __global__ void __launch_bounds__(tiles::kThreads, kDirectLoads && kStagesAsked 
       a.lse[lse_at_s[tid]] = lse;
     }
   }
+  // The fused merge (cuda_plan.cc rule 12): the row tile's last split merges them all; the pipeline area is free.
+  if constexpr (kFusedMerge) merge_splits_if_last<T, kRows>(a, work, pipe);
 }
 
-template <typename T, int kTile, bool kDirectLoads, int kStagesAsked = 0>
+template <typename T, int kTile, bool kDirectLoads, int kStagesAsked = 0, bool kFusedMerge = false>
 void launch_decode_kernel(const KernelArgs<T>& args, const LaunchPlan& plan, cudaStream_t stream) {
-  constexpr auto kKernel = decode_mma_kernel<T, kTile, kDirectLoads, kStagesAsked>;
+  constexpr auto kKernel = decode_mma_kernel<T, kTile, kDirectLoads, kStagesAsked, kFusedMerge>;
   constexpr int kStages = kStagesAsked > 0 ? kStagesAsked : tiles::decode_stages(kTile);
-  // The plan sized the shared memory for its stages: a kernel with more would run past it.
-  if (plan.stages != kStages || plan.smem_bytes < tiles::decode_smem_bytes(kTile, kStages)) {
-    throw std::logic_error("decode launch: the plan's stages or shared memory are not the kernel's");
+  // The plan sized the shared memory for its stages: a kernel with more would run past it. The fused merge needs
+  // its counters, and a kernel without it leaves the splits to the combine kernel.
+  if (plan.stages != kStages || plan.smem_bytes < tiles::decode_smem_bytes(kTile, kStages) ||
+      kFusedMerge != (args.split_counters != nullptr)) {
+    throw std::logic_error("decode launch: the plan's stages, shared memory or split merge are not the kernel's");
   }
   allow_smem<kKernel>(plan.smem_bytes);
   launch_maybe_dependent(kKernel, unsigned(plan.grid), unsigned(plan.threads), plan.smem_bytes, stream, plan.pdl,
@@ -411,6 +422,10 @@ void launch_decode_tile(const KernelArgs<T>& args, const LaunchPlan& plan, cudaS
       if (direct) return launch_decode_kernel<T, kTile, true, tiles::kDecodeLeanStages>(args, plan, stream);
       return launch_decode_kernel<T, kTile, false, tiles::kDecodeLeanStages>(args, plan, stream);
     }
+  }
+  if (args.split_counters != nullptr) {  // rule 12: the default stages only
+    if (direct) return launch_decode_kernel<T, kTile, true, 0, true>(args, plan, stream);
+    return launch_decode_kernel<T, kTile, false, 0, true>(args, plan, stream);
   }
   if (direct) {
     launch_decode_kernel<T, kTile, true>(args, plan, stream);

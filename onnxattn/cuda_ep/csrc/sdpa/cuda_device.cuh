@@ -76,6 +76,9 @@ struct KernelArgs {
   // Paged K/V only (null = 0): sequence b's pool starts kv_starts[b] rows into K/V, its table entries count
   // blocks from there (block-sparse lists over per-(batch, head) K/V, e.g. NativeSparseAttention's).
   const int64_t* kv_starts;
+  // Decode with splits > 1: the fused merge's counters, one per row tile, zeroed before the launch (cuda_combine.cuh,
+  // cuda_plan.cc rule 12); null: the combine kernel merges the splits. Last, so the other fields keep their offsets.
+  uint32_t* split_counters;
 };
 
 // Q's row of query i of head h of batch b; `q_start` is the packed row of the batch's query 0 in a ragged

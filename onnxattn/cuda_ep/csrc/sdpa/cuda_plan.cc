@@ -60,6 +60,15 @@
 //     launch that does not fit (D or Dv above 128: decode 143,616 bytes, prefill 102,400) falls back to the simt
 //     kernel (98,432 bytes at D = Dv = 256), unless ONNXATTN_SDPA_CUDA_KERNEL=mma, which makes it an error. The
 //     plan says which. Before this rule every decode with 64 < max(D, Dv) <= 128 on those devices was an error.
+// 12. ONNXATTN_SDPA_CUDA_COMBINE=fused (opt-in until a GPU run has checked and timed it; auto = kernel): a
+//     tensor-core decode with several splits merges them itself instead of launching the combine kernel. Each CTA,
+//     its partial rows written, counts itself in on its row tile's counter (scratch, zeroed by a cudaMemsetAsync
+//     before the launch: no host synchronisation, capturable); the last of the tile's splits merges the tile's rows
+//     from L2 with the combine kernel's code (sdpa/cuda_combine.cuh), so the same bits. Why: at B = 1 the combine
+//     kernel ran 8 CTAs for 32 rows, 9-12 us of a 51-60 us decode at Skv 32k on the H200 (Nsight Systems, 2c9a48e),
+//     the gap between B = 1's 60% of copy bandwidth and issue 3's 70%; onnxruntime's decode merges in-kernel the
+//     same way. Kernels of their own (the default stages, either loads), so the others keep their code; the SIMT
+//     kernel and the two-stage decode (rules 10, 11) keep the combine kernel.
 #include "sdpa/cuda_plan.h"
 
 #include <algorithm>
@@ -92,6 +101,7 @@ Request request_from_env(const char* op) {
   r.decode_stages =
       env_choice(op, "ONNXATTN_SDPA_CUDA_DECODE_STAGES", {"auto", "2"}) == 1 ? tiles::kDecodeLeanStages : 0;
   r.splits = env_integer(op, "ONNXATTN_SDPA_CUDA_SPLITS", 1, kMaxSplits, 0);
+  r.fused_combine = env_choice(op, "ONNXATTN_SDPA_CUDA_COMBINE", {"auto", "kernel", "fused"}) == 2;
   return r;
 }
 
@@ -355,6 +365,16 @@ LaunchPlan plan_launch(const Params& p, DType dtype, const DeviceInfo& device, c
     const size_t partial_out = align_up(size_t(plan.splits) * size_t(out_rows) * size_t(p.v_head_dim) * 4, 256);
     plan.partial_lse_offset = partial_out;
     plan.scratch_bytes = partial_out + align_up(size_t(plan.splits) * size_t(out_rows) * 4, 256);
+    if (request.fused_combine && mma_decode && plan.stages == tiles::decode_stages(plan.head_dim_tile)) {  // rule 12
+      plan.combine_grid = 0;
+      plan.split_counters = plan.grid / plan.splits;
+      plan.split_counters_offset = plan.scratch_bytes;
+      plan.scratch_bytes += align_up(size_t(plan.split_counters) * 4, 256);
+      why += ", splits merged by each row tile's last CTA (ONNXATTN_SDPA_CUDA_COMBINE)";
+    } else if (request.fused_combine) {
+      why += ", splits merged by the combine kernel (ONNXATTN_SDPA_CUDA_COMBINE=fused needs the tensor-core decode at "
+             "its default stages)";
+    }
   }
   plan.reason = why;
   return plan;

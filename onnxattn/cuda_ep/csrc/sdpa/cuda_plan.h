@@ -36,6 +36,7 @@ struct Request {
   bool direct_decode_loads = true;  // rule 9; false: ONNXATTN_SDPA_CUDA_DECODE_LOADS=lookup
   bool paged_direct_loads = false;  // rule 9 over paged K/V too: ONNXATTN_SDPA_CUDA_DECODE_LOADS=direct
   int decode_stages = 0;  // ONNXATTN_SDPA_CUDA_DECODE_STAGES: 0 auto, 2 the lean decode (rule 10)
+  bool fused_combine = false;  // rule 12: ONNXATTN_SDPA_CUDA_COMBINE=fused
 };
 
 // ONNXATTN_SDPA_CUDA_PATH = auto | prefill | decode and ONNXATTN_SDPA_CUDA_KERNEL = auto | mma | simt
@@ -43,7 +44,8 @@ struct Request {
 // benchmarks that sweep the split rule), ONNXATTN_SDPA_CUDA_PREFILL = auto | mma | wgmma (the Hopper
 // prefill kernel where it can run, see cuda_plan.cc rule 3; auto = wgmma where it can, mma = mma.sync always),
 // ONNXATTN_CUDA_PDL = 0 | 1 (rule 8), ONNXATTN_SDPA_CUDA_DECODE_LOADS = auto | direct | lookup (rule 9),
-// ONNXATTN_SDPA_CUDA_DECODE_STAGES = auto | 2 (rule 10), read on every call so tests can switch within one process.
+// ONNXATTN_SDPA_CUDA_DECODE_STAGES = auto | 2 (rule 10), ONNXATTN_SDPA_CUDA_COMBINE = auto | kernel | fused (rule 12),
+// read on every call so tests can switch within one process.
 // An unknown value is an InputError naming `op` (the op whose call read them).
 Request request_from_env(const char* op = kOpName);
 
@@ -76,8 +78,12 @@ struct LaunchPlan {
   int64_t combine_grid = 0;   // CTAs of the combine kernel (0 when splits == 1)
   bool pdl = false;           // decode and combine launched as programmatic dependents (rule 8)
   bool direct_loads = false;  // decode mma over contiguous K/V: each lane's addresses stepped directly (rule 9)
-  size_t scratch_bytes = 0;   // partial outputs + partial LSE (0 when splits == 1)
+  size_t scratch_bytes = 0;   // partial outputs + partial LSE (+ the fused merge's counters); 0 when splits == 1
   size_t partial_lse_offset = 0;  // byte offset of the partial LSE inside scratch
+  // Rule 12, the fused merge: uint32 counters, one per row tile (grid / splits), at this byte offset of scratch,
+  // zeroed before the decode launch; the combine kernel does not run (combine_grid 0). 0 counters: the combine kernel.
+  int64_t split_counters = 0;
+  size_t split_counters_offset = 0;
   std::string reason;         // why this plan: schedule, kernel and split choice, for logs and tests
 };
 

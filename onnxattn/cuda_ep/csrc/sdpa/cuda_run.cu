@@ -41,6 +41,9 @@ KernelArgs<T> make_args(const Params& p, const Tensors<T>& t, const LaunchPlan& 
   if (plan.splits > 1) {
     a.partial_out = static_cast<float*>(scratch);
     a.partial_lse = reinterpret_cast<float*>(static_cast<unsigned char*>(scratch) + plan.partial_lse_offset);
+    if (plan.split_counters > 0) {  // rule 12
+      a.split_counters = reinterpret_cast<uint32_t*>(static_cast<unsigned char*>(scratch) + plan.split_counters_offset);
+    }
   }
   a.batch = p.batch;
   a.q_heads = p.q_heads;
@@ -92,6 +95,10 @@ void launch_attention(const KernelArgs<T>& args, const LaunchPlan& plan, cudaStr
     if (plan.kernel != Kernel::kSimt) throw std::runtime_error(str_cat(kOpName, ": float32 has no tensor-core kernel"));
     launch_simt(args, plan, stream);
   } else {
+    if (args.split_counters != nullptr) {  // the fused merge counts each row tile's finished splits from 0
+      check_cuda(cudaMemsetAsync(args.split_counters, 0, size_t(plan.split_counters) * sizeof(uint32_t), stream),
+                 "zeroing the split counters");
+    }
     if (plan.kernel == Kernel::kSimt) {
       launch_simt(args, plan, stream);
     } else if (plan.kernel == Kernel::kWgmma) {
@@ -103,7 +110,7 @@ void launch_attention(const KernelArgs<T>& args, const LaunchPlan& plan, cudaStr
     }
   }
   check_cuda(cudaGetLastError(), "launching the attention kernel");
-  if (plan.splits > 1) {
+  if (plan.splits > 1 && args.split_counters == nullptr) {
     launch_combine(args, plan, stream);
     check_cuda(cudaGetLastError(), "launching the split combine kernel");
   }

@@ -11,6 +11,7 @@
 //
 // Fused ops' layouts (strided views, per-batch query offsets and lengths, the Q-load hook) as in the mma
 // kernels; here the prepared Q stays in float32.
+#include "sdpa/cuda_combine.cuh"
 #include "sdpa/cuda_query_prep.cuh"
 
 namespace onnxattn::sdpa::cuda {
@@ -170,7 +171,7 @@ __global__ void __launch_bounds__(tiles::kThreads) simt_kernel(const KernelArgs<
   }
 }
 
-// Y = sum_s w_s O_s / sum_s w_s with w_s = exp(lse_s - max lse); LSE = max lse + log(sum w_s).
+// One warp a row; the merge itself is cuda_combine.cuh's (shared with the decode kernel's fused merge).
 template <typename T>
 __global__ void __launch_bounds__(tiles::kThreads) combine_kernel(const KernelArgs<T> a) {
   constexpr int kMaxSplits = int(cuda::kMaxSplits);
@@ -197,58 +198,15 @@ __global__ void __launch_bounds__(tiles::kThreads) combine_kernel(const KernelAr
     lse_at = (seq.q_start + r / a.group) * a.q_heads + kv_head * a.group + r % a.group;  // [T, Hq] (lse_row)
   }
   const int splits = int(a.splits);
-  // The lane's log-sum-exps stay in registers between the max and the weights (one round trip to L2, not two).
-  float lse[kMaxSplits / 32];
-  float big = kNegInf;
-#pragma unroll
-  for (int x = 0; x < kMaxSplits / 32; ++x) {
-    const int s = lane + 32 * x;
-    lse[x] = s < splits ? a.partial_lse[s * a.out_rows + row] : kNegInf;
-    big = fmaxf(big, lse[x]);
-  }
-  big = warp_max(big);
-  const float shift = big == kNegInf ? 0.0f : big;
-  float total = 0.0f;
-#pragma unroll
-  for (int x = 0; x < kMaxSplits / 32; ++x) {
-    const int s = lane + 32 * x;
-    if (s >= splits) break;
-    const float w = expf(lse[x] - shift);
-    weights[warp][s] = w;
-    total += w;
-  }
-  total = warp_sum(total);
+  const SplitWeights w = split_weights</*kL2Only=*/false>(a.partial_lse, a.out_rows, row, splits, weights[warp], lane);
   __syncwarp();
-  const float inv = total != 0.0f ? 1.0f / total : 0.0f;
+  const float inv = w.total != 0.0f ? 1.0f / w.total : 0.0f;
   const int v_dim = a.v_head_dim;
-  // The partial loads are unconditional (an empty split's partial is never written: its weight-0 value is
-  // selected away after the load) and come in batches written before their uses, so several are in flight. A load
-  // under `if (w != 0)` went out one at a time (~splits x Dv/32 dependent L2 round trips, most of a B=1 decode);
-  // the float4 loop below had kept that `if` and ptxas predicated each load on its weight, two or three in flight
-  // (sm_90a SASS); now it issues four of a batch of eight before the first use. Weight 0 adds fma(0, 0, acc) = acc
-  // (acc is never -0): the same sums.
   const float* const partials = a.partial_out + row * v_dim;
   const int64_t split_stride = a.out_rows * v_dim;
-  constexpr int kLoadBatch = 8;
   if (v_dim % 4 == 0) {  // rows 16-byte aligned (the scratch base is 256-byte aligned)
     for (int e = 4 * lane; e < v_dim; e += 128) {
-      float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-      for (int s0 = 0; s0 < splits; s0 += kLoadBatch) {
-        float4 p[kLoadBatch];
-#pragma unroll
-        for (int x = 0; x < kLoadBatch; ++x) {  // past the last split: the last one again, selected away below
-          p[x] = *reinterpret_cast<const float4*>(partials + min(s0 + x, splits - 1) * split_stride + e);
-        }
-#pragma unroll
-        for (int x = 0; x < kLoadBatch; ++x) {
-          const float w = s0 + x < splits ? weights[warp][s0 + x] : 0.0f;
-          const bool live = w != 0.0f;
-          acc.x = fmaf(w, live ? p[x].x : 0.0f, acc.x);
-          acc.y = fmaf(w, live ? p[x].y : 0.0f, acc.y);
-          acc.z = fmaf(w, live ? p[x].z : 0.0f, acc.z);
-          acc.w = fmaf(w, live ? p[x].w : 0.0f, acc.w);
-        }
-      }
+      const float4 acc = weighted_sum4<false>(partials, e, split_stride, weights[warp], splits);
       store_y(a, y_at + e, acc.x * inv);
       store_y(a, y_at + e + 1, acc.y * inv);
       store_y(a, y_at + e + 2, acc.z * inv);
@@ -256,17 +214,10 @@ __global__ void __launch_bounds__(tiles::kThreads) combine_kernel(const KernelAr
     }
   } else {
     for (int e = lane; e < v_dim; e += 32) {
-      float acc = 0.0f;
-#pragma unroll 8
-      for (int s = 0; s < splits; ++s) {
-        const float w = weights[warp][s];
-        const float p = partials[s * split_stride + e];
-        acc = fmaf(w, w != 0.0f ? p : 0.0f, acc);
-      }
-      store_y(a, y_at + e, acc * inv);
+      store_y(a, y_at + e, weighted_sum<false>(partials, e, split_stride, weights[warp], splits) * inv);
     }
   }
-  if (lane == 0 && a.lse != nullptr) a.lse[lse_at] = total != 0.0f ? big + logf(total) : kNegInf;
+  if (lane == 0 && a.lse != nullptr) a.lse[lse_at] = merged_lse(w);
 }
 
 // One warp per sequence: its class by query count, the row tiles of the sequences before it in that class
