@@ -187,12 +187,15 @@ __global__ void __launch_bounds__(kRotateThreadsPerBlock)
   if (a.lengths != nullptr && a.lengths[a.batch + b] < 0) return;  // the whole CTA: a skipped sequence
   const int64_t start = a.lengths != nullptr ? a.lengths[b] : a.past;
   token_angles(a.prep, float(a.position_ids != nullptr ? a.position_ids[token] : start + i), angles);
-  const int64_t row_stride = a.head_dim / kVec;  // in chunks
+  const int row_stride = a.head_dim / kVec;  // in chunks
   const uint4* const src = reinterpret_cast<const uint4*>(a.query) + token * a.q_heads * row_stride;
   uint4* const dst = reinterpret_cast<uint4*>(a.rotated) + token * a.q_heads * row_stride;
-  for (int64_t item = threadIdx.x; item < a.q_heads * row_chunks; item += blockDim.x) {
-    const int64_t h = item / row_chunks;
-    turn_row_chunk(src + h * row_stride, dst + h * row_stride, int(item % row_chunks), rotary_chunks, a.prep, angles);
+  // 32-bit item indices (the launcher checks that a token's items fit): a 64-bit division per item was part of the
+  // new-token kernel's cost (Nsight Compute, H200, 2c9a48e).
+  const int items = int(a.q_heads) * row_chunks;
+  for (int item = threadIdx.x; item < items; item += blockDim.x) {
+    const int h = item / row_chunks;
+    turn_row_chunk(src + h * row_stride, dst + h * row_stride, item - h * row_chunks, rotary_chunks, a.prep, angles);
   }
 }
 
@@ -221,19 +224,26 @@ __global__ void __launch_bounds__(kRotateThreadsPerBlock)
   }
   const int64_t slot = start + s;
   token_angles(a.key_prep, float(a.position_ids != nullptr ? a.position_ids[token] : slot), angles);
-  const int64_t key_stride = a.head_dim / kVec, value_stride = a.v_head_dim / kVec;  // rows, in chunks
+  const int key_stride = a.head_dim / kVec, value_stride = a.v_head_dim / kVec;  // rows, in chunks
   const uint4* const key = reinterpret_cast<const uint4*>(a.key) + token * a.kv_heads * key_stride;
   const uint4* const value = reinterpret_cast<const uint4*>(a.value) + token * a.kv_heads * value_stride;
-  const int chunks = key_chunks + value_chunks;
-  for (int64_t item = threadIdx.x; item < a.kv_heads * chunks; item += blockDim.x) {
-    const int64_t h = item / chunks, cache_row = (b * a.kv_heads + h) * a.total + slot;
-    const int c = int(item % chunks);
-    if (c < key_chunks) {
-      turn_row_chunk(key + h * key_stride, reinterpret_cast<uint4*>(a.present_key) + cache_row * key_stride, c,
-                     rotary_chunks, a.key_prep, angles);
+  // The token's slot in head 0's cache rows; head h's is a.total rows further per head.
+  const int64_t first_row = b * a.kv_heads * a.total + slot;
+  uint4* const key_rows = reinterpret_cast<uint4*>(a.present_key) + first_row * key_stride;
+  uint4* const value_rows = reinterpret_cast<uint4*>(a.present_value) + first_row * value_stride;
+  const int64_t key_head_stride = a.total * key_stride, value_head_stride = a.total * value_stride;
+  // Every head's key chunks first, then every head's value chunks, so a warp runs one kind: with the kinds mixed
+  // within a head's items a warp ran 12.6 of 32 lanes, and divided 64-bit item indices (Nsight Compute, H200,
+  // 2c9a48e: 19.1 us at S = 2048 where the per-row kernel took 15.5). 32-bit items (the launcher checks they fit).
+  const int heads = int(a.kv_heads), key_items = heads * key_chunks, items = key_items + heads * value_chunks;
+  for (int item = threadIdx.x; item < items; item += blockDim.x) {
+    if (item < key_items) {
+      const int h = item / key_chunks;
+      turn_row_chunk(key + h * key_stride, key_rows + h * key_head_stride, item - h * key_chunks, rotary_chunks,
+                     a.key_prep, angles);
     } else {
-      reinterpret_cast<uint4*>(a.present_value)[cache_row * value_stride + (c - key_chunks)] =
-          value[h * value_stride + (c - key_chunks)];
+      const int h = (item - key_items) / value_chunks, c = item - key_items - h * value_chunks;
+      value_rows[h * value_head_stride + c] = value[h * value_stride + c];
     }
   }
 }
@@ -242,6 +252,9 @@ template <typename T>
 void launch_query_chunks(const RotateArgs<T>& r, const Plan& plan, cudaStream_t stream) {
   if constexpr (sizeof(T) == 2) {
     if (plan.rotate_blocks > int64_t(0x7fffffff)) throw std::runtime_error(str_cat(kOpName, ": too many query rows"));
+    if (r.q_heads * plan.rotate_chunks > int64_t(0x7fffffff)) {
+      throw std::runtime_error(str_cat(kOpName, ": too many query heads"));
+    }
     rotate_query_tokens_kernel<T><<<unsigned(plan.rotate_blocks), kRotateThreadsPerBlock, 0, stream>>>(
         r, plan.rotary_chunks, plan.rotate_chunks);
   } else {
@@ -252,8 +265,9 @@ void launch_query_chunks(const RotateArgs<T>& r, const Plan& plan, cudaStream_t 
 template <typename T>
 void launch_append_chunks(const AppendArgs<T>& a, const Plan& plan, cudaStream_t stream) {
   if constexpr (sizeof(T) == 2) {
-    if (plan.append_chunk_blocks > int64_t(0x7fffffff)) {
-      throw std::runtime_error(str_cat(kOpName, ": too many new tokens"));
+    if (plan.append_chunk_blocks > int64_t(0x7fffffff) ||
+        a.kv_heads * (plan.append_key_chunks + plan.append_value_chunks) > int64_t(0x7fffffff)) {
+      throw std::runtime_error(str_cat(kOpName, ": too many new tokens or KV heads"));
     }
     append_tokens_kernel<T><<<unsigned(plan.append_chunk_blocks), kRotateThreadsPerBlock, 0, stream>>>(
         a, plan.append_key_chunks, plan.append_rotary_chunks, plan.append_value_chunks);
