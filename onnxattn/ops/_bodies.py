@@ -29,6 +29,38 @@ def repeat_kv_heads(f: FunctionBuilder, x: str, q: str) -> str:
     return f.op("Reshape", expanded, f.op("Concat", batch, q_heads, tail, axis=0), allowzero=1)
 
 
+def split_heads(f: FunctionBuilder, x: str, heads: str) -> str:
+    """[..., H E] -> [..., H, E], H an int64 scalar. The shape is spelled out (E = last dim / H, allowzero) rather
+    than left to a -1, which onnxruntime cannot infer from an empty tensor (B, S or T = 0)."""
+    heads_1 = f.op("Unsqueeze", heads, f.const([0], I64))
+    width = f.op("Div", f.op("Shape", x, start=-1), heads_1)
+    return f.op("Reshape", x, f.op("Concat", f.op("Shape", x, end=-1), heads_1, width, axis=0), allowzero=1)
+
+
+def reduce_last(f: FunctionBuilder, op: str, x: str, identity: float | int, dtype: int = F32) -> str:
+    """`op` (ReduceSum, ReduceMax, ...) over the last axis of x, that axis dropped, also for an empty x: onnxruntime's
+    reductions of an empty tensor return it unchanged (1.31), where the spec's result drops the axis and holds the
+    identity where the axis itself is empty."""
+    def empty(g: FunctionBuilder) -> list[str]:
+        return [g.op("Expand", g.const(identity, dtype), g.op("Shape", x, end=-1))]
+
+    def reduced(g: FunctionBuilder) -> list[str]:
+        return [g.op(op, x, g.const([-1], I64), keepdims=0)]
+
+    def graph(body, name: str) -> onnx.GraphProto:
+        g = f.subgraph()
+        return g.graph(name, [], [helper.make_tensor_value_info(y, dtype, None) for y in body(g)])
+
+    return f.op("If", f.op("Equal", f.op("Size", x), f.const(0, I64)), hint="reduced",
+                then_branch=graph(empty, "empty"), else_branch=graph(reduced, "nonempty"))
+
+
+def merge_heads(f: FunctionBuilder, x: str) -> str:
+    """[..., H, E] -> [..., H E], spelled out as split_heads' shape is."""
+    width = f.op("Mul", f.op("Shape", x, start=-2, end=-1), f.op("Shape", x, start=-1))
+    return f.op("Reshape", x, f.op("Concat", f.op("Shape", x, end=-2), width, axis=0), allowzero=1)
+
+
 def if_else(f: FunctionBuilder, cond: str, then_body: Callable[[FunctionBuilder], Sequence[str]],
             else_body: Callable[[FunctionBuilder], Sequence[str]], ranks: Sequence[int] = (4,),
             hint: str = "branch") -> list[str]:
@@ -232,6 +264,30 @@ def over_row_chunks(f: FunctionBuilder, seq_1: str, row_elements: str, inputs: S
 
 def masked_softmax_attention(f: FunctionBuilder, s: str, visible: str, v: str,
                              sink: str | None = None) -> tuple[str, str]:
+    """softmax_attention's result, or for empty scores (no key, no row or no batch) the defined one: zero rows (none
+    where there are no rows), and an LSE of -inf (the sink's logit with sinks). Apart because onnxruntime's
+    reductions of an empty tensor do not keep the spec's shapes (an empty axis stays empty rather than becoming
+    0 / -inf of size 1), so the softmax's broadcasts fail there."""
+    no_keys = f.op("Equal", f.op("Size", s), f.const(0, I64))
+
+    def defined_empty(g: FunctionBuilder) -> list[str]:
+        rows = g.op("Shape", s, end=-1)
+        out = g.op("Expand", g.const(0.0), g.op("Concat", rows, g.op("Shape", v, start=-1), axis=0))
+        lse_shape = g.op("Concat", rows, g.const([1], I64), axis=0)
+        lse = g.op("Expand", sink if sink is not None else g.const(float("-inf")), lse_shape)
+        return [out, lse]
+
+    def graph(body, name: str) -> onnx.GraphProto:
+        g = f.subgraph()
+        return g.graph(name, [], [helper.make_tensor_value_info(x, F32, None) for x in body(g)])
+
+    out, lse = f.op("If", no_keys, outputs=2, hint="keys", then_branch=graph(defined_empty, "no_keys"),
+                    else_branch=graph(lambda g: list(softmax_attention(g, s, visible, v, sink)), "keys"))
+    return out, lse
+
+
+def softmax_attention(f: FunctionBuilder, s: str, visible: str, v: str,
+                      sink: str | None = None) -> tuple[str, str]:
     """softmax(s where visible, else -inf) @ v with empty rows giving zeros; s [B, Hq, S, T], v [B, Hkv, T, Dv]
     (query head h reads value head h // G, grouped_matmul). Returns (output, LSE with a trailing unit axis; -inf
     for empty rows). A key that no row of a key/value head's group gives weight to contributes nothing, even if

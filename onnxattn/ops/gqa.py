@@ -259,9 +259,7 @@ def build_function(overload: str, opset: int) -> onnx.FunctionProto:
     num_heads, kv_heads = f.attr("num_heads"), f.attr("kv_num_heads")
 
     def split(x, heads):
-        shape = f.op("Concat", f.op("Shape", x, start=0, end=2), f.op("Unsqueeze", heads, f.const([0], I64)),
-                     f.const([-1], I64), axis=0)
-        return f.op("Transpose", f.op("Reshape", f.op("Cast", x, to=F32), shape), perm=[0, 2, 1, 3])
+        return f.op("Transpose", bodies.split_heads(f, f.op("Cast", x, to=F32), heads), perm=[0, 2, 1, 3])
 
     q, k, v = split("query", num_heads), split("key", kv_heads), split("value", kv_heads)
     if "qnorm" in features:
@@ -335,8 +333,7 @@ def build_function(overload: str, opset: int) -> onnx.FunctionProto:
     out = bodies.over_row_chunks(f, f.op("Shape", "query", start=1, end=2), bodies.row_scores(f, q, total_1),
                                  [(q, 2), (p, 2)], attend,
                                  [bodies.RowOutput(rank=4, axis=2)])[0]
-    out = f.op("Reshape", f.op("Transpose", out, perm=[0, 2, 1, 3]),
-               f.op("Concat", f.op("Shape", "query", start=0, end=2), f.const([-1], I64), axis=0))
+    out = bodies.merge_heads(f, f.op("Transpose", out, perm=[0, 2, 1, 3]))
     f.nodes.append(onnx.helper.make_node("CastLike", [out, "query"], ["output"]))
     outputs = ["output"]
     if "present" in features:

@@ -279,9 +279,7 @@ def build_function(overload: str, opset: int) -> onnx.FunctionProto:
     axis0, axis1 = f.const([0], I64), f.const([1], I64)
 
     # heads: q [B, H, S, Dn+Dr] split into the nope and rope parts
-    shape = f.op("Concat", f.op("Shape", "query", start=0, end=2), f.op("Unsqueeze", f.attr("num_heads"), axis0),
-                 f.const([-1], I64), axis=0)
-    q = f.op("Transpose", f.op("Reshape", f.op("Cast", "query", to=F32), shape), perm=[0, 2, 1, 3])
+    q = f.op("Transpose", bodies.split_heads(f, f.op("Cast", "query", to=F32), f.attr("num_heads")), perm=[0, 2, 1, 3])
     rope_dim = f.op("Shape", "k_rope", start=2, end=3)  # [1]
     nope_dim = f.op("Shape", "w_uk", start=2, end=3)
     last_axis = f.const([-1], I64)
@@ -313,7 +311,7 @@ def build_function(overload: str, opset: int) -> onnx.FunctionProto:
     if "past" in features:
         def like_past(x):  # [B, S, .] -> [B, S, .] or [B, 1, S, .]
             return f.op("Reshape", x, f.op("Concat", f.op("Shape", "past_latent", end=-2), f.op("Shape", x, start=1),
-                                           axis=0))
+                                           axis=0), allowzero=1)  # S = 0 is an empty dim, not "copy the input's"
 
         new_latent, new_rope = like_past("latent"), like_past(f.op("Squeeze", k_rope_new, axis1))
         if "shared" in features:
@@ -333,7 +331,7 @@ def build_function(overload: str, opset: int) -> onnx.FunctionProto:
 
     def as_bnsh(x):  # [B, (1,) T, .] -> [B, 1, T, .] float
         dims = f.op("Concat", f.op("Shape", x, end=1), f.const([1], I64), f.op("Shape", x, start=-2), axis=0)
-        return f.op("Reshape", f.op("Cast", x, to=F32), dims)
+        return f.op("Reshape", f.op("Cast", x, to=F32), dims, allowzero=1)
 
     latent_all, rope_all = as_bnsh(present_latent), as_bnsh(present_rope)
     def per_head(w):  # [H, R, .] float; a Reshape to num_heads heads, so that a weight of other heads fails here
@@ -387,8 +385,7 @@ def build_function(overload: str, opset: int) -> onnx.FunctionProto:
                                  [bodies.RowOutput(rank=4, axis=2)])[0]
     out = bodies.if_else(f, absorbed, lambda g: [g.op("MatMul", out, w_uv)], lambda g: [g.op("Identity", out)],
                          hint="values")[0]  # [B, H, S, Dv]
-    out = f.op("Reshape", f.op("Transpose", out, perm=[0, 2, 1, 3]),
-               f.op("Concat", f.op("Shape", "query", start=0, end=2), f.const([-1], I64), axis=0))
+    out = bodies.merge_heads(f, f.op("Transpose", out, perm=[0, 2, 1, 3]))
     f.nodes.append(onnx.helper.make_node("CastLike", [out, "query"], ["output"]))
     outputs = ["output"]
     if "present" in features:

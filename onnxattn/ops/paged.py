@@ -187,17 +187,16 @@ def build_function(overload: str, opset: int) -> onnx.FunctionProto:
     cu = f.op("Cast", "cu_seqlens_q", to=I64)
     ends = f.op("Slice", cu, f.const([1], I64), f.const([2**62], I64))  # [B]
     starts = f.op("Slice", cu, axis0, f.const([-1], I64))  # [B]
-    seq_of = f.op("ReduceSum", f.op("Cast", f.op("LessOrEqual", f.op("Unsqueeze", ends, axis0),
-                                                 f.op("Unsqueeze", t, axis_last)), to=I64),
-                  axis_last, keepdims=0)  # [T]
+    seq_of = bodies.reduce_last(f, "ReduceSum", f.op("Cast", f.op("LessOrEqual", f.op("Unsqueeze", ends, axis0),
+                                                                  f.op("Unsqueeze", t, axis_last)), to=I64),
+                                0, I64)  # [T]
     seq_lens = f.op("Cast", "seq_lens", to=I64)
     new_tokens = f.op("Sub", ends, starts)
     pos = f.op("Add", f.op("Sub", f.op("Gather", seq_lens, seq_of), f.op("Gather", new_tokens, seq_of)),
                f.op("Sub", t, f.op("Gather", starts, seq_of)))  # [T]
 
     def heads(x, count):  # [T, H*E] -> float [T, H, 1, E]
-        shape = f.op("Concat", tokens, f.op("Unsqueeze", count, axis0), f.const([1, -1], I64), axis=0)
-        return f.op("Reshape", f.op("Cast", x, to=F32), shape)
+        return f.op("Unsqueeze", bodies.split_heads(f, f.op("Cast", x, to=F32), count), f.const([2], I64))
 
     num_heads, kv_heads = f.attr("num_heads"), f.attr("kv_num_heads")
     q, k, v = heads("query", num_heads), heads("key", kv_heads), heads("value", kv_heads)
@@ -219,9 +218,11 @@ def build_function(overload: str, opset: int) -> onnx.FunctionProto:
     slots = f.op("Unsqueeze", f.op("Add", f.op("Mul", blocks_at, block_size), f.op("Mod", pos, block_size)), axis_last)
 
     def write(pool, new, name):
-        flat_shape = f.op("Concat", f.const([-1], I64), f.op("Shape", pool, start=2), axis=0)
+        flat_shape = f.op("Concat", f.op("Mul", f.op("Shape", pool, end=1), f.op("Shape", pool, start=1, end=2)),
+                          f.op("Shape", pool, start=2), axis=0)  # [N bs, Hkv, E], explicit: N may be 0
         updates = f.op("CastLike", f.op("Squeeze", new, f.const([2], I64)), name)  # [T, Hkv, E]
-        return f.op("Reshape", f.op("ScatterND", f.op("Reshape", pool, flat_shape), slots, updates), f.op("Shape", pool))
+        return f.op("Reshape", f.op("ScatterND", f.op("Reshape", pool, flat_shape, allowzero=1), slots, updates),
+                    f.op("Shape", pool), allowzero=1)
 
     key_cache, value_cache = write("key_cache", k, "key"), write("value_cache", v, "value")
 
@@ -233,8 +234,9 @@ def build_function(overload: str, opset: int) -> onnx.FunctionProto:
 
     def sequences(pool):  # [B, Hkv, L, E] float, laid out once per sequence (not per token) for the products
         blocks = f.op("Gather", pool, safe_table, axis=0)  # [B, max_blocks, bs, Hkv, E]
-        seqs = f.op("Reshape", blocks, f.op("Concat", f.op("Shape", blocks, end=1), f.const([-1], I64),
-                                            f.op("Shape", blocks, start=3), axis=0))  # [B, L, Hkv, E]
+        length = f.op("Mul", f.op("Shape", blocks, start=1, end=2), f.op("Shape", blocks, start=2, end=3))
+        seqs = f.op("Reshape", blocks, f.op("Concat", f.op("Shape", blocks, end=1), length,
+                                            f.op("Shape", blocks, start=3), axis=0), allowzero=1)  # [B, L, Hkv, E]
         return f.op("Cast", f.op("Transpose", seqs, perm=[0, 2, 1, 3]), to=F32)
 
     key_seqs, value_seqs = sequences(key_cache), sequences(value_cache)
@@ -264,7 +266,7 @@ def build_function(overload: str, opset: int) -> onnx.FunctionProto:
     row_elements = f.op("Mul", length_1, per_position)
     out = bodies.over_row_chunks(f, tokens, row_elements, [(q, 0), (p, 0), (valid, 0), (seq_of, 0)], attend,
                                  [bodies.RowOutput(rank=4, axis=0)])[0]  # [T, Hq, 1, Dv]
-    out = f.op("Reshape", out, f.op("Concat", tokens, f.const([-1], I64), axis=0))
+    out = bodies.merge_heads(f, f.op("Squeeze", out, f.const([2], I64)))  # [T, Hq Dv]
     f.nodes.append(onnx.helper.make_node("CastLike", [out, "query"], ["output"]))
     outputs = ["output"]
     if "present" in features:
