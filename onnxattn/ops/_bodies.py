@@ -55,6 +55,22 @@ def reduce_last(f: FunctionBuilder, op: str, x: str, identity: float | int, dtyp
                 then_branch=graph(empty, "empty"), else_branch=graph(reduced, "nonempty"))
 
 
+def weights_matmul(f: FunctionBuilder, x: str, w: str) -> str:
+    """x [..., N, K] @ w [H, K, M] (per-head weights broadcast over the leading axes of x), also for an empty x:
+    onnxruntime's MatMul (1.31) cannot broadcast an empty batch against the weights, so an empty x takes the
+    (empty) result's shape directly."""
+    def empty(g: FunctionBuilder) -> list[str]:
+        return [g.op("Expand", g.const(0.0), g.op("Concat", g.op("Shape", x, end=-1), g.op("Shape", w, start=-1),
+                                                   axis=0))]
+
+    def graph(body, name: str) -> onnx.GraphProto:
+        g = f.subgraph()
+        return g.graph(name, [], [helper.make_tensor_value_info(y, F32, None) for y in body(g)])
+
+    return f.op("If", f.op("Equal", f.op("Size", x), f.const(0, I64)), hint="product",
+                then_branch=graph(empty, "empty"), else_branch=graph(lambda g: [g.op("MatMul", x, w)], "matmul"))
+
+
 def merge_heads(f: FunctionBuilder, x: str) -> str:
     """[..., H, E] -> [..., H E], spelled out as split_heads' shape is."""
     width = f.op("Mul", f.op("Shape", x, start=-2, end=-1), f.op("Shape", x, start=-1))

@@ -346,14 +346,15 @@ def build_function(overload: str, opset: int) -> onnx.FunctionProto:
     # values the latent cache, W_UV applied to the output. Expanded: every head's keys latent W_UK with the RoPE
     # keys, values latent W_UV, [B, H, T, .]
     def absorbed_form(g: FunctionBuilder) -> list[str]:
-        q_latent = g.op("MatMul", q_nope, g.op("Transpose", w_uk, perm=[0, 2, 1]))
+        q_latent = bodies.weights_matmul(g, q_nope, g.op("Transpose", w_uk, perm=[0, 2, 1]))
         return [g.op("Concat", q_latent, q_rope_rotated, axis=-1), g.op("Concat", latent_all, rope_all, axis=-1),
                 g.op("Identity", latent_all)]
 
     def expanded_form(g: FunctionBuilder) -> list[str]:
-        k_nope = g.op("MatMul", latent_all, w_uk)
+        k_nope = bodies.weights_matmul(g, latent_all, w_uk)
         k_rope_heads = g.op("Expand", rope_all, g.op("Concat", g.op("Shape", k_nope, end=3), rope_dim, axis=0))
-        return [g.op("Identity", q), g.op("Concat", k_nope, k_rope_heads, axis=-1), g.op("MatMul", latent_all, w_uv)]
+        return [g.op("Identity", q), g.op("Concat", k_nope, k_rope_heads, axis=-1),
+                bodies.weights_matmul(g, latent_all, w_uv)]
 
     q_used, k, v = bodies.if_else(f, absorbed, absorbed_form, expanded_form, ranks=(4, 4, 4), hint="attention_form")
 
@@ -383,8 +384,8 @@ def build_function(overload: str, opset: int) -> onnx.FunctionProto:
     out = bodies.over_row_chunks(f, f.op("Shape", "query", start=1, end=2), bodies.row_scores(f, q, total_1), rows,
                                  attend,
                                  [bodies.RowOutput(rank=4, axis=2)])[0]
-    out = bodies.if_else(f, absorbed, lambda g: [g.op("MatMul", out, w_uv)], lambda g: [g.op("Identity", out)],
-                         hint="values")[0]  # [B, H, S, Dv]
+    out = bodies.if_else(f, absorbed, lambda g: [bodies.weights_matmul(g, out, w_uv)],
+                         lambda g: [g.op("Identity", out)], hint="values")[0]  # [B, H, S, Dv]
     out = bodies.merge_heads(f, f.op("Transpose", out, perm=[0, 2, 1, 3]))
     f.nodes.append(onnx.helper.make_node("CastLike", [out, "query"], ["output"]))
     outputs = ["output"]
