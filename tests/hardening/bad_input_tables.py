@@ -43,8 +43,9 @@ FAILS_NOTE = ("the reference function does not validate its inputs: an op of its
 # onnxruntime 1.31's reductions return an empty tensor unchanged). Where a function still stops in onnxruntime
 # (block or segment sizes near 2^63 with no keys: the block shape's element count overflows in its Reshape),
 # validate's numerics check, which runs it, reports that too.
-EMPTY_NOTE = ("kernel: the defined empty/zero result; the reference function fails in onnxruntime on the empty "
-              "tensors (Reshape/Where/MatMul of a 0-sized axis), so validate --numerics reports it too")
+EMPTY_NOTE = ("kernel: the defined empty/zero result; the reference function fails in onnxruntime on the empty keys "
+              "(with a block or segment size near 2^63 its block Reshape's element count overflows), so validate "
+              "--numerics reports it too")
 
 
 def defined_empty(validate: str = "fails") -> dict[str, str]:
