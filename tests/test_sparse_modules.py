@@ -63,6 +63,18 @@ def test_seed_module_mixes_the_three_paths_with_sigmoid_gates():
     np.testing.assert_allclose(nsa(q, k, v).detach().numpy(), want[0], atol=1e-5)
 
 
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(top_blocks=2), r"the forced blocks \(own block 1 \+ sink_blocks 1 \+ local_blocks 1\) exceed top_blocks = 2"),
+    (dict(top_blocks=0), r"sink_blocks and local_blocks need the block branch"),
+])  # fmt: skip
+def test_paper_module_refuses_bad_block_counts_when_built(kwargs, message):
+    # the op's cross-attribute rules at construction, not at the first forward
+    with pytest.raises(onnxattn.ops.OpError, match=f"^NativeSparseAttention: {message}"):
+        NativeSparseAttention.paper(4, 2, 8, 32, block_size=4, **kwargs)
+    with pytest.raises(onnxattn.ops.OpError, match="every branch is off"):
+        NativeSparseAttention(4, 2, 8, top_blocks=0)
+
+
 def test_paper_module_uses_the_compressor_and_the_gate_mlp():
     q, k, v = qkv(s=20)
     x = torch.randn(1, 20, 32)

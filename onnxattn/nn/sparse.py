@@ -15,6 +15,7 @@ from torch import nn
 from onnxattn.export import _torch_ops  # noqa: F401  (registers torch.ops.onnxattn.*)
 from onnxattn.nn.rope import Rope, positions_from_boundaries
 from onnxattn.nn.sdpa import ScaledDotProductAttention
+from onnxattn.ops import nsa as nsa_op
 
 
 def native_sparse_attention(
@@ -175,6 +176,9 @@ class NativeSparseAttention(nn.Module):
         self.options = dict(block_size=block_size, top_blocks=top_blocks, top_tokens=top_tokens, window=window,
                             causal=causal, shared_selection=shared_selection, sink_blocks=sink_blocks,
                             local_blocks=local_blocks, scale=scale)
+        # the op's cross-attribute rules now, not at the first forward (e.g. paper(top_blocks=2): the own, sink and
+        # local blocks are forced)
+        nsa_op.check_attributes({**self.options, "causal": int(causal)}, has_compressed=compression is not None)
         if gate == "param":
             self.gate_logits = nn.Parameter(torch.zeros(num_heads, 3))
         else:
