@@ -51,7 +51,8 @@ sys.path[:0] = [str(ROOT / "tests" / "gpu"), str(ROOT / "benchmarks")]
 
 CASES = ("sdpa_decode_b1_32k", "sdpa_decode_b1_32k_fused", "sdpa_decode_b1_32k_lookup", "sdpa_decode_b1_32k_lean",
          "sdpa_decode_b1_4k", "gqa_prefill_s2048", "gqa_prefill_s2048_rows", "ort_gqa_prefill_s2048", "gqa_decode_p32k",
-         "gqa_decode_p32k_fused", "gqa_decode_p32k_lookup", "gqa_decode_p32k_lean", "ort_gqa_decode_p32k", "nsa_16k", "routed_16k",
+         "gqa_decode_p32k_fused", "gqa_decode_p32k_lookup", "gqa_decode_p32k_lean", "ort_gqa_decode_p32k", "nsa_16k",
+         "routed_16k",
          "nsa_dot_16k", "nsa_mma_16k", "routed_mma_16k", "nsa_mma_async_16k", "routed_mma_async_16k",
          "nsa_mma_tiles_16k", "routed_mma_tiles_16k", "nsa_mma_64k", "nsa_mma_tiles_64k", "routed_mma_64k",
          "routed_mma_tiles_64k", "nsa_mma_async_64k", "routed_mma_async_64k", "routed_mma_split_16k",

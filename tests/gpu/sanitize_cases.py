@@ -13,7 +13,8 @@ EP: shared and per-head NSA lists, partial last blocks, rows before any key, rou
 D; with the opt-in switches too, the query tiles included; on every run). Then LightningIndexer (family `indexer`, not
 yet run on a GPU: both score kernels, the radix select, shared buffers with NaN in hidden slots; on every run). Then
 the opt-in decode and new-token kernels not yet run on a GPU (family `optin`: the direct-loads decode with two stages
-a warp, GroupQueryAttention's chunked query and new-token kernels, the decode's fused split merge; on every run). Not a pytest module."""
+a warp, GroupQueryAttention's chunked query and new-token kernels, the decode's fused split merge; on every run).
+Not a pytest module."""
 
 from __future__ import annotations
 

@@ -448,7 +448,8 @@ def paged_cases() -> list[Case]:
     rejects_attr = expect("rejects", "rejects", "fails", "rejects")
     defined = functools.partial(_defined_without_validate_numerics)
     out += [
-        new("zero-tokens", "empty sequence", expect("accepts", "accepts", "defined", "defined"), past=[6, 3], new_tokens=[0, 0]),
+        new("zero-tokens", "empty sequence", expect("accepts", "accepts", "defined", "defined"), past=[6, 3],
+            new_tokens=[0, 0]),
         new("zero-batch", "zero-size", expect("accepts", "accepts", "defined", "defined"), past=[], new_tokens=[]),
         new("empty-sequence-in-batch", "empty sequence", defined(), past=[6, 0], new_tokens=[0, 3]),
         new("sequence-without-keys", "empty sequence", defined(), past=[0, 2], new_tokens=[0, 2]),

@@ -118,9 +118,9 @@ template <int kRows>
 inline constexpr size_t kFusedMergeSmemBytes = size_t(kRows) * (size_t(kMaxSplits) * 4 + 8 + 8 + 4);
 
 // The fused merge (cuda_plan.cc rule 12, KernelArgs::split_counters non-null). Every CTA of a split decode calls it
-// with all its threads once its partial rows (or, without keys, its -inf log-sum-exps) are written. Each counts itself
-// in on its row tile's counter (zeroed before the launch, cuda_run.cu); the last of the tile's a.splits CTAs merges
-// rows [row_begin, row_end) of the tile into Y (and LSE), as the combine kernel would, reading the other CTAs'
+// with all its threads once its partial rows are written (a CTA without keys writes zero rows, LSE -inf). Each counts
+// itself in on its row tile's counter (zeroed before the launch, cuda_run.cu); the last of the tile's a.splits CTAs
+// merges rows [row_begin, row_end) of the tile into Y (and LSE), as the combine kernel would, reading the other CTAs'
 // partials from L2. `smem`: kFusedMergeSmemBytes<kRows> bytes, 8-byte aligned, that the caller no longer uses. Dv is a
 // multiple of 8 (the tensor-core decode's rule).
 template <typename T, int kRows>
@@ -151,7 +151,8 @@ __device__ __forceinline__ void merge_splits_if_last(const KernelArgs<T>& a, con
   for (int r = warp; r < rows; r += warps) {
     const RowRef ref = row_ref(a, work.cta.batch, work.cta.kv_head, work.row_begin + r);
     const int64_t partial = partial_row(a, work, ref, work.row_begin + r);
-    const SplitWeights w = split_weights<true>(a.partial_lse, a.out_rows, partial, splits, weights + r * kMaxSplits, lane);
+    const SplitWeights w =
+        split_weights<true>(a.partial_lse, a.out_rows, partial, splits, weights + r * kMaxSplits, lane);
     if (lane == 0) {
       partial_at[r] = partial * a.v_head_dim;
       y_at[r] = y_row(a, work.cta.batch, ref.head, ref.query, work.seq.q_start);
