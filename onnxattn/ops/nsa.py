@@ -244,8 +244,11 @@ def build_function(overload: str, opset: int) -> onnx.FunctionProto:
     else:
         keys = f.op("Slice", f.op("Cast", "K", to=F32), f.const([0], I64),
                     f.op("Reshape", f.op("Mul", full, bs), f.const([1], I64)), f.const([2], I64))
+        # without a whole block (full = 0) any block length shapes the empty keys: at most Skv, so that a block_size
+        # near 2^63 does not overflow the Reshape's element count
+        block_len = f.op("Min", bs, f.op("Max", skv, one))
         shape = f.op("Concat", f.op("Shape", "K", end=2), f.op("Reshape", full, f.const([1], I64)),
-                     f.op("Reshape", bs, f.const([1], I64)), f.op("Shape", "K", start=3), axis=0)
+                     f.op("Reshape", block_len, f.const([1], I64)), f.op("Shape", "K", start=3), axis=0)
         means = f.op("ReduceMean", f.op("Reshape", keys, shape, allowzero=1), f.const([3], I64), keepdims=0)
     # the queries and keys cast per chunk: a function-scope Cast read only by the subgraphs is one onnxruntime tries
     # to drop for float32 inputs, and warns that it cannot (their implicit inputs keep its name)

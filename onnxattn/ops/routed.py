@@ -144,7 +144,9 @@ def build_function(overload: str, opset: int) -> onnx.FunctionProto:
     q_route, k_route = f.op("Where", before, q_rot, q), f.op("Where", before, k_rot, k)
 
     # centroids: segment sums over a zero-padded K, divided by each segment's own length
-    seg = f.attr("segment_size")
+    # a segment longer than the keys is one segment of all of them: the same segments, centroids and routing, and
+    # no int64 overflow in ceil(Skv / segment_size) or its padding for a segment_size near 2^63
+    seg = f.op("Min", f.attr("segment_size"), f.op("Max", skv, one))
     segments = f.op("Div", f.op("Add", skv, f.op("Sub", seg, one)), seg)
     pads = f.op("Concat", f.const([0, 0, 0, 0, 0, 0], I64),
                 f.op("Reshape", f.op("Sub", f.op("Mul", segments, seg), skv), f.const([1], I64)), f.const([0], I64),

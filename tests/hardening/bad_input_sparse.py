@@ -10,7 +10,7 @@ import numpy as np
 from onnx import TensorProto
 
 from bad_input_cases import INT64_MAX, Case, builder, defined, expect, fault_of, poke
-from bad_input_tables import EMPTY_NOTE, FAILS_NOTE, FUNCTION_NOTE, KERNEL, defined_empty
+from bad_input_tables import EMPTY_NOTE, FAILS_NOTE, FUNCTION_NOTE, KERNEL
 
 NSA, ROUTED = "NativeSparseAttention", "SparseRoutedAttention"
 HERE = "tests/hardening/bad_input_sparse.py"
@@ -114,15 +114,15 @@ def _cases(op: str) -> list[Case]:
             new("huge-top-tokens", "attribute", huge_top, attrs=dict(top_blocks=0, top_tokens=INT64_MAX),
                 oracle_attrs=dict(top_blocks=0, top_tokens=8), note=HUGE_TOP_NOTE,
                 match=r"attribute 'top_tokens' = 9223372036854775807 is too large"),
-            new("huge-block-size", "attribute", defined_empty(), attrs=dict(block_size=INT64_MAX, window=3)),
-            new("huge-block-size-causal", "attribute", defined_empty(),
+            new("huge-block-size", "attribute", defined(), attrs=dict(block_size=INT64_MAX, window=3)),
+            new("huge-block-size-causal", "attribute", defined(),
                 attrs=dict(block_size=INT64_MAX, window=3, causal=1)),
         ]
     else:
         out += [
             new("huge-top-k", "attribute", huge_top, attrs=dict(top_k=INT64_MAX), oracle_attrs=dict(top_k=2),
                 note=HUGE_TOP_NOTE, match=r"attribute 'top_k' = 9223372036854775807 is too large"),
-            new("huge-segment-size", "attribute", defined_empty(), attrs=dict(segment_size=INT64_MAX)),
+            new("huge-segment-size", "attribute", defined(), attrs=dict(segment_size=INT64_MAX)),
             new("q-rank-3", "rank", expect("rejects", "rejects", "fails", "rejects"), dict(qkv, Q=(4, 8, 8)),
                 match=r"input 'Q' must have rank 4"),
             new("positions-negative", "positions", defined(), dict(qkv, position_ids=(1, 8)), attrs=dict(rope=1),

@@ -39,17 +39,11 @@ FUNCTION_NOTE = ("the reference function does not validate its inputs (standard 
 FAILS_NOTE = ("the reference function does not validate its inputs: an op of its body stops with onnxruntime's "
               "message, which does not name the op")
 # Zero-size dims and empty sequences: the kernels return the defined (empty or zero) result, and so do the reference
-# functions (heads split with spelled-out shapes; the softmax takes the defined result for empty scores, since
-# onnxruntime 1.31's reductions return an empty tensor unchanged). Where a function still stops in onnxruntime
-# (block or segment sizes near 2^63 with no keys: the block shape's element count overflows in its Reshape),
-# validate's numerics check, which runs it, reports that too.
-EMPTY_NOTE = ("kernel: the defined empty/zero result; the reference function fails in onnxruntime on the empty keys "
-              "(with a block or segment size near 2^63 its block Reshape's element count overflows), so validate "
+# functions (heads split with spelled-out shapes; the softmax, and products with weights, take the defined result of
+# an empty tensor directly, since onnxruntime 1.31's reductions return an empty tensor unchanged and its MatMul will
+# not broadcast an empty batch). A defined case whose function still fails gets EMPTY_NOTE.
+EMPTY_NOTE = ("kernel: the defined result; the reference function fails in onnxruntime on these inputs, so validate "
               "--numerics reports it too")
-
-
-def defined_empty(validate: str = "fails") -> dict[str, str]:
-    return expect("accepts", validate, "fails", "defined")
 
 
 def _note(outcomes, note: str) -> str:
