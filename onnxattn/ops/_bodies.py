@@ -37,22 +37,18 @@ def split_heads(f: FunctionBuilder, x: str, heads: str) -> str:
     return f.op("Reshape", x, f.op("Concat", f.op("Shape", x, end=-1), heads_1, width, axis=0), allowzero=1)
 
 
+def is_empty(f: FunctionBuilder, x: str) -> str:
+    """Whether x has no element (bool scalar): the condition of the guards below."""
+    return f.op("Equal", f.op("Size", x), f.const(0, I64))
+
+
 def reduce_last(f: FunctionBuilder, op: str, x: str, identity: float | int, dtype: int = F32) -> str:
     """`op` (ReduceSum, ReduceMax, ...) over the last axis of x, that axis dropped, also for an empty x: onnxruntime's
     reductions of an empty tensor return it unchanged (1.31), where the spec's result drops the axis and holds the
     identity where the axis itself is empty."""
-    def empty(g: FunctionBuilder) -> list[str]:
-        return [g.op("Expand", g.const(identity, dtype), g.op("Shape", x, end=-1))]
-
-    def reduced(g: FunctionBuilder) -> list[str]:
-        return [g.op(op, x, g.const([-1], I64), keepdims=0)]
-
-    def graph(body, name: str) -> onnx.GraphProto:
-        g = f.subgraph()
-        return g.graph(name, [], [helper.make_tensor_value_info(y, dtype, None) for y in body(g)])
-
-    return f.op("If", f.op("Equal", f.op("Size", x), f.const(0, I64)), hint="reduced",
-                then_branch=graph(empty, "empty"), else_branch=graph(reduced, "nonempty"))
+    return if_else(f, is_empty(f, x), lambda g: [g.op("Expand", g.const(identity, dtype), g.op("Shape", x, end=-1))],
+                   lambda g: [g.op(op, x, g.const([-1], I64), keepdims=0)], ranks=(None,), hint="reduced",
+                   dtype=dtype)[0]
 
 
 def weights_matmul(f: FunctionBuilder, x: str, w: str) -> str:
@@ -63,12 +59,7 @@ def weights_matmul(f: FunctionBuilder, x: str, w: str) -> str:
         return [g.op("Expand", g.const(0.0), g.op("Concat", g.op("Shape", x, end=-1), g.op("Shape", w, start=-1),
                                                    axis=0))]
 
-    def graph(body, name: str) -> onnx.GraphProto:
-        g = f.subgraph()
-        return g.graph(name, [], [helper.make_tensor_value_info(y, F32, None) for y in body(g)])
-
-    return f.op("If", f.op("Equal", f.op("Size", x), f.const(0, I64)), hint="product",
-                then_branch=graph(empty, "empty"), else_branch=graph(lambda g: [g.op("MatMul", x, w)], "matmul"))
+    return if_else(f, is_empty(f, x), empty, lambda g: [g.op("MatMul", x, w)], ranks=(None,), hint="product")[0]
 
 
 def merge_heads(f: FunctionBuilder, x: str) -> str:
@@ -78,14 +69,16 @@ def merge_heads(f: FunctionBuilder, x: str) -> str:
 
 
 def if_else(f: FunctionBuilder, cond: str, then_body: Callable[[FunctionBuilder], Sequence[str]],
-            else_body: Callable[[FunctionBuilder], Sequence[str]], ranks: Sequence[int] = (4,),
-            hint: str = "branch") -> list[str]:
+            else_body: Callable[[FunctionBuilder], Sequence[str]], ranks: Sequence[int | None] = (4,),
+            hint: str = "branch", dtype: int = F32) -> list[str]:
     """An If: each body builds its branch's nodes with a subgraph builder (it may read this body's values, not the
-    node's attributes) and returns the branch's float32 outputs, of `ranks`. Work that only one branch needs runs
-    only there; a branch should compute its outputs rather than pass outer values through (an Identity copies)."""
+    node's attributes) and returns the branch's outputs of element type `dtype`, of `ranks` (None: any rank). Work
+    that only one branch needs runs only there; a branch should compute its outputs rather than pass outer values
+    through (an Identity copies)."""
     def graph(body, name: str) -> onnx.GraphProto:
         g = f.subgraph()
-        return g.graph(name, [], [helper.make_tensor_value_info(x, F32, [None] * r) for x, r in zip(body(g), ranks)])
+        return g.graph(name, [], [helper.make_tensor_value_info(x, dtype, None if r is None else [None] * r)
+                                  for x, r in zip(body(g), ranks)])
 
     out = f.op("If", cond, outputs=len(ranks), hint=hint, then_branch=graph(then_body, f"{hint}_then"),
                else_branch=graph(else_body, f"{hint}_else"))
@@ -284,8 +277,6 @@ def masked_softmax_attention(f: FunctionBuilder, s: str, visible: str, v: str,
     where there are no rows), and an LSE of -inf (the sink's logit with sinks). Apart because onnxruntime's
     reductions of an empty tensor do not keep the spec's shapes (an empty axis stays empty rather than becoming
     0 / -inf of size 1), so the softmax's broadcasts fail there."""
-    no_keys = f.op("Equal", f.op("Size", s), f.const(0, I64))
-
     def defined_empty(g: FunctionBuilder) -> list[str]:
         rows = g.op("Shape", s, end=-1)
         out = g.op("Expand", g.const(0.0), g.op("Concat", rows, g.op("Shape", v, start=-1), axis=0))
@@ -293,12 +284,8 @@ def masked_softmax_attention(f: FunctionBuilder, s: str, visible: str, v: str,
         lse = g.op("Expand", sink if sink is not None else g.const(float("-inf")), lse_shape)
         return [out, lse]
 
-    def graph(body, name: str) -> onnx.GraphProto:
-        g = f.subgraph()
-        return g.graph(name, [], [helper.make_tensor_value_info(x, F32, None) for x in body(g)])
-
-    out, lse = f.op("If", no_keys, outputs=2, hint="keys", then_branch=graph(defined_empty, "no_keys"),
-                    else_branch=graph(lambda g: list(softmax_attention(g, s, visible, v, sink)), "keys"))
+    out, lse = if_else(f, is_empty(f, s), defined_empty, lambda g: list(softmax_attention(g, s, visible, v, sink)),
+                       ranks=(None, None), hint="keys")
     return out, lse
 
 
