@@ -50,21 +50,28 @@ def test_case_table(case, dtype, path, kernel):
     pc.check(case, dtype, y, kp, vp, context=f"{case} {dtype} {plan['reason']}")
 
 
+def decode_plan_with_the_same_bits(case, dtype, monkeypatch, switch: str, value: str):
+    """`case` without, then with, the library switch `switch`=`value`: the same output and pool bits (NaN where the
+    first gives NaN). Returns the second run's decode plan (None: no decode launch)."""
+    y, kp, vp, _, _ = pt.run(case, dtype)
+    monkeypatch.setenv(switch, value)
+    y2, kp2, vp2, plan2, _ = pt.run(case, dtype)
+    decode = plan2["decode"]
+    for got, want in ((y2, y), (kp2, kp), (vp2, vp)):
+        np.testing.assert_array_equal(got, want, err_msg=f"{case} {dtype} {decode and decode['reason']}")
+    return decode
+
+
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 @pytest.mark.parametrize("case", pc.CASES, ids=str)
 def test_direct_paged_loads_give_the_lookup_bits(case, dtype, monkeypatch):
     """ONNXATTN_SDPA_CUDA_DECODE_LOADS=direct (opt-in for paged K/V, cuda_plan.cc rule 9): where a 16-key step lies
     in one block (block_size a multiple of 16, no window or chunk), one lookup a step and direct addressing: the same
     copies as the slot lookup, so the same output and pool bits (NaN where the lookup gives NaN)."""
-    y, kp, vp, plan, _ = pt.run(case, dtype)
-    monkeypatch.setenv("ONNXATTN_SDPA_CUDA_DECODE_LOADS", "direct")
-    y2, kp2, vp2, plan2, _ = pt.run(case, dtype)
-    decode = plan2["decode"]
+    decode = decode_plan_with_the_same_bits(case, dtype, monkeypatch, "ONNXATTN_SDPA_CUDA_DECODE_LOADS", "direct")
     if decode is not None and decode["kernel"] == "mma":
         eligible = case.block_size % 16 == 0 and not case.window and not case.attention_chunk
         assert ("direct K/V loads" in decode["reason"]) == eligible, decode["reason"]
-    for got, want in ((y2, y), (kp2, kp), (vp2, vp)):
-        np.testing.assert_array_equal(got, want, err_msg=f"{case} {dtype} {decode and decode['reason']}")
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
@@ -72,15 +79,10 @@ def test_direct_paged_loads_give_the_lookup_bits(case, dtype, monkeypatch):
 def test_fused_merge_gives_the_combine_kernels_bits(case, dtype, monkeypatch):
     """ONNXATTN_SDPA_CUDA_COMBINE=fused (opt-in, cuda_plan.cc rule 12) on ragged batches: the decode launch's last CTA
     of each (row tile item, KV head) merges its splits, the same output and pool bits as the combine kernel's."""
-    y, kp, vp, plan, _ = pt.run(case, dtype)
-    monkeypatch.setenv("ONNXATTN_SDPA_CUDA_COMBINE", "fused")
-    y2, kp2, vp2, plan2, _ = pt.run(case, dtype)
-    decode = plan2["decode"]
+    decode = decode_plan_with_the_same_bits(case, dtype, monkeypatch, "ONNXATTN_SDPA_CUDA_COMBINE", "fused")
     if decode is not None:
         fused = decode["kernel"] == "mma" and decode["splits"] > 1
         assert (decode["split_counters"] > 0) == fused and (decode["combine_grid"] == 0) == fused, decode["reason"]
-    for got, want in ((y2, y), (kp2, kp), (vp2, vp)):
-        np.testing.assert_array_equal(got, want, err_msg=f"{case} {dtype} {decode and decode['reason']}")
 
 
 @pytest.mark.parametrize("dtype", pc.DTYPES)

@@ -25,10 +25,11 @@ def _setup():
     torch.backends.cuda.matmul.allow_tf32 = False  # the oracle's plain fp32 baseline must be real fp32
 
 
-def run(case: Case, q, k, v, mask, *, path="auto", kernel="auto", out=None):
+def run(case: Case, q, k, v, mask, *, path="auto", kernel="auto", out=None, **kw):
+    """lib.run on the case's attributes; `kw`: lib.run's other options (e.g. scratch_fill)."""
     return lib.run(
         q, k, v, mask, causal=case.causal, window=case.window, band=case.band, scale=case.scale,
-        softcap=case.softcap, want_lse=case.lse, path=path, kernel=kernel, out=out,
+        softcap=case.softcap, want_lse=case.lse, path=path, kernel=kernel, out=out, **kw,
     )  # fmt: skip
 
 
@@ -275,9 +276,13 @@ def run_at_splits(case, q, k, v, mask, monkeypatch, splits: int, path: str):
         monkeypatch.delenv("ONNXATTN_SDPA_CUDA_SPLITS")
 
 
-@pytest.mark.parametrize("name", ["decode", "decode_gqa_odd", "decode_sq5", "decode_sq16", "window_decode",
-                                  "mask_decode", "mqa_long", "d32", "d40", "d256_decode", "dv64_d128", "dv256_d64",
-                                  "dv16_d32"])  # fmt: skip
+# Decode cases for the switches that must keep the default's bits: every head tile, Dv != D, partial last steps, masks
+# and windows, several queries a row tile.
+DECODE_SWITCH_CASES = ["decode", "decode_gqa_odd", "decode_sq5", "decode_sq16", "window_decode", "mask_decode",
+                       "mqa_long", "d32", "d40", "d256_decode", "dv64_d128", "dv256_d64", "dv16_d32"]
+
+
+@pytest.mark.parametrize("name", DECODE_SWITCH_CASES)
 def test_direct_decode_loads_give_the_same_bits(name, monkeypatch):
     # Direct K/V loads (cuda_plan.cc rule 9; the default since the H200 run at 82087dc): the decode kernel's K/V
     # copies addressed directly (contiguous K/V) instead of through the slot lookup (ONNXATTN_SDPA_CUDA_DECODE_LOADS=
@@ -357,12 +362,8 @@ def test_programmatic_dependent_launches_give_the_same_bits(name, monkeypatch):
         assert pdl["pdl"] == 1 and plan["pdl"] == 0, pdl["reason"]
 
 
-FUSED_CASES = ["decode", "decode_gqa_odd", "decode_sq5", "decode_sq16", "window_decode", "mask_decode", "mqa_long",
-               "d32", "d40", "d256_decode", "dv64_d128", "dv256_d64", "dv16_d32"]
-
-
 @pytest.mark.parametrize("splits", ["auto", "3", "max"])
-@pytest.mark.parametrize("name", FUSED_CASES)
+@pytest.mark.parametrize("name", DECODE_SWITCH_CASES)
 def test_fused_merge_gives_the_combine_kernels_bits(name, splits, monkeypatch):
     # ONNXATTN_SDPA_CUDA_COMBINE=fused (cuda_plan.cc rule 12; opt-in): the last CTA of each row tile's splits merges
     # them with the combine kernel's code (sdpa/cuda_combine.cuh), so the output and LSE bits are the combine
@@ -376,12 +377,9 @@ def test_fused_merge_gives_the_combine_kernels_bits(name, splits, monkeypatch):
         monkeypatch.setenv("ONNXATTN_SDPA_CUDA_COMBINE", "fused")
         for fill in (0x00, 0xFF, 0x01):  # counters of 0, 2^32 - 1 and 16843009 before the memset
             out = torch.full_like(y, float("nan"))
-            y2, lse2, fused = lib.run(q, k, v, mask, causal=case.causal, window=case.window, band=case.band,
-                                      scale=case.scale, softcap=case.softcap, want_lse=case.lse, path="decode",
-                                      out=out, scratch_fill=fill)  # fmt: skip
+            y2, lse2, fused = run(case, q, k, v, mask, path="decode", out=out, scratch_fill=fill)
             assert_same_bits(case, (y, lse), (y2, lse2), (name, dtype, fill, fused["reason"]))
         monkeypatch.delenv("ONNXATTN_SDPA_CUDA_COMBINE")
         monkeypatch.delenv("ONNXATTN_SDPA_CUDA_SPLITS", raising=False)
         mma = fused["kernel"] == "mma" and fused["splits"] > 1
         assert (fused["split_counters"] > 0) == mma and (fused["combine_grid"] == 0) == mma, fused["reason"]
-
