@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "common/element_type.h"
 #include "common/errors.h"
 #include "common/half.h"
 #include "gqa/cuda_plan.h"
@@ -206,12 +207,9 @@ ONNXATTN_EXPORT int OnnxAttnGqaCudaRunForTest(const OnnxAttnGqaProblem* problem,
   return guarded(err, err_len, [&] {
     const onnxattn::gqa::Params p = params_from(*problem);
     const Request request = request_from(path, kernel, onnxattn::gqa::kOpName);
-    switch (dtype_from_onnx(problem->dtype, onnxattn::gqa::kOpName)) {
-      case DType::kFloat32: return run_for_test<float>(p, *tensors, request, scratch, scratch_bytes, stream, info);
-      case DType::kFloat16:
-        return run_for_test<onnxattn::Float16>(p, *tensors, request, scratch, scratch_bytes, stream, info);
-      default: return run_for_test<onnxattn::BFloat16>(p, *tensors, request, scratch, scratch_bytes, stream, info);
-    }
+    return onnxattn::with_element_type(problem->dtype, onnxattn::gqa::kOpName, [&](auto tag) {
+      return run_for_test<decltype(tag)>(p, *tensors, request, scratch, scratch_bytes, stream, info);
+    });
   });
 #else
   (void)problem, (void)tensors, (void)path, (void)kernel, (void)scratch, (void)scratch_bytes, (void)stream, (void)info;

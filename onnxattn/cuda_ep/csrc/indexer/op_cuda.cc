@@ -4,6 +4,7 @@
 #include <exception>
 #include <string>
 
+#include "common/element_type.h"
 #include "common/errors.h"
 #include "common/ort_scratch.h"
 #include "indexer/cuda_kernel.h"
@@ -70,12 +71,7 @@ extern "C" __attribute__((visibility("default"))) const char* OnnxAttnIndexerCud
       t.key_indices = static_cast<int64_t*>(ptrs[4]);
       indexer::cuda::run(p, t, plan, stream, scratch, size_t(scratch_bytes));
     };
-    switch (dtype) {
-      case 1: go(float{}); break;
-      case 10: go(Float16{}); break;
-      case 16: go(BFloat16{}); break;
-      default: fail(indexer::kOpName, ": unsupported dtype ", dtype);
-    }
+    with_element_type(dtype, indexer::kOpName, go);
     return nullptr;
   } catch (const std::exception& e) {
     error = e.what();

@@ -12,6 +12,7 @@
 #include <exception>
 #include <string>
 
+#include "common/element_type.h"
 #include "common/errors.h"
 #include "common/half.h"
 #include "mla/cuda_plan.h"
@@ -123,10 +124,7 @@ __attribute__((visibility("default"))) const char* OnnxAttnMlaCudaRunForTest(con
       t.key_indices = static_cast<const int64_t*>(ptrs[13]);
       run_for_test(p, t, stream, scratch, size_t(scratch_bytes));
     };
-    if (dtype == 1) go(float{});
-    else if (dtype == 10) go(Float16{});
-    else if (dtype == 16) go(BFloat16{});
-    else fail("OnnxAttnMlaCudaRunForTest: dtype must be 1, 10 or 16, got ", dtype);
+    onnxattn::with_element_type(dtype, "OnnxAttnMlaCudaRunForTest", go);
   });
 }
 

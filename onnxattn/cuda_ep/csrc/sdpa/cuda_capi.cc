@@ -11,6 +11,7 @@
 #include <exception>
 #include <optional>
 
+#include "common/element_type.h"
 #include "common/errors.h"
 #include "common/half.h"
 #include "sdpa/cuda_capi.h"
@@ -244,16 +245,10 @@ ONNXATTN_EXPORT int OnnxAttnSdpaCudaRunForTest(const OnnxAttnSdpaProblem* proble
     const Request request = request_from(path, kernel);
     const int64_t* qo = query_offsets;
     const int64_t* kl = kv_lengths;
-    switch (dtype_from_onnx(problem->dtype)) {
-      case DType::kFloat32:
-        return run_for_test<float>(p, request, q, k, v, mask, y, lse, qo, kl, scratch, scratch_bytes, stream, info);
-      case DType::kFloat16:
-        return run_for_test<onnxattn::Float16>(p, request, q, k, v, mask, y, lse, qo, kl, scratch, scratch_bytes,
-                                               stream, info);
-      default:
-        return run_for_test<onnxattn::BFloat16>(p, request, q, k, v, mask, y, lse, qo, kl, scratch, scratch_bytes,
-                                                stream, info);
-    }
+    return onnxattn::with_element_type(problem->dtype, onnxattn::sdpa::kOpName, [&](auto tag) {
+      return run_for_test<decltype(tag)>(p, request, q, k, v, mask, y, lse, qo, kl, scratch, scratch_bytes, stream,
+                                         info);
+    });
   });
 #else
   (void)problem, (void)layout, (void)path, (void)kernel, (void)q, (void)k, (void)v, (void)mask, (void)y, (void)lse;
