@@ -159,3 +159,21 @@ def test_functions_benchmark_runs_end_to_end(tmp_path, monkeypatch):
     for op in module.OPS:
         assert len({r["checksum"] for r in rows if r["op"] == op}) == 1
     assert (tmp_path / "functions_cpu.png").stat().st_size > 0
+
+
+cpu_peak = load_script("benchmarks/cpu_peak.py", "cpu_peak")
+
+
+def test_cpu_peak_measures_the_widest_vectors_this_cpu_has_and_writes_its_json(tmp_path):
+    """benchmarks/cpu_peak.py at tiny sizes: its FMA loop compiles here for this CPU's widest vectors (the peak
+    the CPU targets are judged against must not be an AVX2 figure on an AVX-512 machine), every run gives a
+    positive rate, and the JSON holds what docs/performance.md quotes."""
+    out = tmp_path / "peak.json"
+    result = cpu_peak.main(["--threads", "1", "--iterations", "20000", "--gib", "0.01", "--repeats", "2",
+                            "--out", str(out)])
+    flags = next((line for line in open("/proc/cpuinfo") if line.startswith("flags")), "").split()
+    assert result["fma"]["vector_floats"] == (16 if "avx512f" in flags else 8)
+    assert len(result["fma"]["gflops_runs"]) == 2 and min(result["fma"]["gflops_runs"]) > 0
+    assert result["fma"]["gflops_best"] == max(result["fma"]["gflops_runs"])
+    assert result["read"]["gbs_best"] > 0
+    assert json.loads(out.read_text())["fma"]["chains"] == result["fma"]["chains"]
