@@ -148,6 +148,25 @@ def bundle_benchmarks(out: Path) -> list[str]:
     return names
 
 
+# bench_sdpa_cuda's columns (tests/test_gpu_summary.py holds these to its BASELINE_IMPLS and OPT_IN_DECODE): the
+# baselines a row's ratio is taken against, and the decode rows' opt-in paths of ours, timed beside the default (in
+# bench_gqa_cuda's rows too), which are not baselines.
+BASELINES = ("torch_flash", "torch_cudnn", "ort_gqa")
+OPT_IN_PATHS = ("pdl", "lookup", "lean", "fused")
+
+
+def opt_in_fractions(row: dict, timing: str | None = None) -> str:
+    """A decode row's opt-in paths' fractions of copy bandwidth, e.g. "; lean 60%, fused 71%", so that the summary
+    alone says whether one beats the default; `timing`: the key of a per-timing dict (bench_gqa_cuda's rows)."""
+    cells = []
+    for name in OPT_IN_PATHS:
+        value = row["fraction_of_copy"].get(name)
+        value = value.get(timing) if timing and isinstance(value, dict) else value
+        if isinstance(value, (int, float)):
+            cells.append(f"{name} {100 * value:.0f}%")
+    return "; " + ", ".join(cells) if cells else ""
+
+
 def print_gqa_bench(bench: dict) -> None:
     unit_of = {"prefill": ("tflops", "TFLOP/s"), "decode": ("gbs", "GB/s")}
     print(f"{'GQA bench':9} {'shape':34} {'ours gpu':>9} {'ort gpu':>9} {'ours wall':>9} {'ort wall':>9}  unit")
@@ -157,7 +176,7 @@ def print_gqa_bench(bench: dict) -> None:
         cells = " ".join(f"{v:9.1f}" if v else "      n/a" for v in (ours.get("gpu"), theirs.get("gpu"),
                                                                        ours.get("wall"), theirs.get("wall")))
         if r["kind"] == "decode" and r["fraction_of_copy"].get("onnxattn", {}).get("gpu"):
-            unit += f" (ours {100 * r['fraction_of_copy']['onnxattn']['gpu']:.0f}% of copy)"
+            unit += f" (ours {100 * r['fraction_of_copy']['onnxattn']['gpu']:.0f}% of copy{opt_in_fractions(r, 'gpu')})"
         print(f"{r['kind']:9} {r['shape']:34} {cells}  {unit}")
 
 
@@ -222,13 +241,13 @@ def main(argv=None) -> int:
         print(f"{'benchmark':8} {'dtype':9} {'shape':32} {'ours':>9} {'best base':>10} {'ratio':>6}  unit")
         for r in bench["results"]:
             metric = r["tflops"] if r["kind"] == "prefill" else r["gbs"]
-            base = {k: v for k, v in metric.items() if k != "onnxattn" and v}
+            base = {k: metric[k] for k in BASELINES if metric.get(k)}
             best = max(base.items(), key=lambda kv: kv[1]) if base else (None, None)
             ours = metric.get("onnxattn")
             ratio = f"{ours / best[1]:6.2f}" if ours and best[1] else "   n/a"
             unit = "TFLOP/s" if r["kind"] == "prefill" else "GB/s"
             if r["kind"] == "decode" and r["fraction_of_copy"].get("onnxattn"):
-                unit += f" ({100 * r['fraction_of_copy']['onnxattn']:.0f}% of copy)"
+                unit += f" ({100 * r['fraction_of_copy']['onnxattn']:.0f}% of copy{opt_in_fractions(r)})"
             ours_s = f"{ours:9.1f}" if ours else "      n/a"
             best_s = f"{best[1]:10.1f}" if best[1] else "       n/a"
             print(f"{r['kind']:8} {r['dtype']:9} {r['shape']:32} {ours_s} {best_s} {ratio}  {unit} [{best[0]}]")

@@ -136,3 +136,34 @@ def test_unbundle_refuses_what_is_not_a_bundle(unbundle, tmp_path, capsys):
     assert unbundle.main([str(tmp_path / "b.json"), "--results", str(tmp_path / "r")]) == 2
     assert unbundle.main([str(tmp_path / "missing.json")]) == 2
     assert "not a bundle" in capsys.readouterr().err
+
+
+def test_summary_columns_are_the_benchmarks(summary):
+    """The summary's baselines and opt-in paths are bench_sdpa_cuda's own (one list each, held equal here)."""
+    bench = load_script("benchmarks/bench_sdpa_cuda.py", "bench_sdpa_cuda_columns")
+    assert summary.BASELINES == bench.BASELINE_IMPLS
+    assert summary.OPT_IN_PATHS == tuple(bench.OPT_IN_DECODE)
+
+
+def test_opt_in_decode_paths_are_reported_and_never_taken_for_baselines(summary, tmp_path, capsys):
+    """A decode row whose opt-in path (here the fused merge) beats every baseline: the ratio is still against the best
+    baseline, and the line gives each opt-in path's fraction of copy bandwidth beside ours, in both tables."""
+    out = tmp_path / "out"
+    out.mkdir()
+    env = {"device": "NVIDIA H200", "driver": "580", "torch": "2.11", "commit": "0123456789abcdef"}
+    sdpa_row = {"kind": "decode", "dtype": "float16", "shape": "B1 32q/8kv Skv32k D128",
+                "gbs": {"onnxattn": 2600.0, "lean": 2500.0, "fused": 3000.0, "torch_flash": 2700.0, "ort_gqa": 900.0},
+                "fraction_of_copy": {"onnxattn": 0.62, "lean": 0.6, "fused": 0.714, "torch_flash": 0.64,
+                                     "ort_gqa": 0.21}}  # fmt: skip
+    gqa_row = {"kind": "decode", "shape": "B1 32q/8kv P32k M32k D128",
+               "gbs": {"onnxattn": {"gpu": 2300.0}, "ort_gqa": {"gpu": 3100.0}},
+               "fraction_of_copy": {"onnxattn": {"gpu": 0.54, "graph": 0.5}, "fused": {"gpu": 0.66, "graph": 0.6},
+                                    "ort_gqa": {"gpu": 0.73}}}  # fmt: skip
+    (out / "bench_sdpa_cuda.json").write_text(json.dumps({"environment": env, "results": [sdpa_row]}))
+    (out / "bench_gqa_cuda.json").write_text(json.dumps({"environment": env, "results": [gqa_row]}))
+    assert summary.main([str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    sdpa_line = next(x for x in lines if x.startswith("decode   float16"))
+    assert "2700.0   0.96  GB/s (62% of copy; lean 60%, fused 71%) [torch_flash]" in sdpa_line
+    gqa_line = next(x for x in lines if x.startswith("decode    B1 32q/8kv P32k"))
+    assert gqa_line.endswith("GB/s (ours 54% of copy; fused 66%)")
