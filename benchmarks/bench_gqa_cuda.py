@@ -198,6 +198,14 @@ def bench_prefill(ort, seq: int, repeats: int) -> dict:
                 t["wgmma"]["graph"] = time_graph(lambda: lib.run(spec, direct), repeats=repeats)
     except Exception as e:  # noqa: BLE001 - an opt-in kernel's row, not fatal
         t["wgmma"] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
+    try:  # the queries and the new keys by one kernel (ONNXATTN_GQA_CUDA_ROTATION=joint, opt-in until timed here)
+        with env_vars({"ONNXATTN_GQA_CUDA_ROTATION": "joint"}):
+            row["joint_new_tokens"] = lib.run(spec, direct)["joint_new_tokens"]
+            if row["joint_new_tokens"]:
+                t["joint"] = timings(ours, repeats)
+                t["joint"]["graph"] = time_graph(lambda: lib.run(spec, direct), repeats=repeats)
+    except Exception as e:  # noqa: BLE001 - an opt-in kernel's row, not fatal
+        t["joint"] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
     for name, qq, yy in (("core_same_layout", q_view, y_view), ("core_contiguous", q_contiguous, y_contiguous)):
         try:
             call = lambda qq=qq, yy=yy: lib.sdpa.run(qq, k_rot, v_rot, causal=True, out=yy)  # noqa: E731
@@ -328,10 +336,12 @@ def print_table(env, copy_gbs, rows):
             print(f"{'':8} attention core alone (graph): {fmt(same.get('graph'), '6.1f')} TFLOP/s on the same memory, "
                   f"{fmt(contiguous.get('graph'), '6.1f')} on a contiguous Q; the op's graph: {fmt(ours.get('graph'), '6.1f')}, "
                   f"with its queries rotated ahead: {fmt(rotated.get('graph'), '6.1f')}")
-            wgmma = metric.get("wgmma", {})
-            wg_ratio = wgmma.get("gpu") / theirs["gpu"] if wgmma.get("gpu") and theirs.get("gpu") else None
-            print(f"{'':8} on the wgmma prefill kernel: {fmt(wgmma.get('gpu'), '6.1f')} TFLOP/s (gpu), graph "
-                  f"{fmt(wgmma.get('graph'), '6.1f')}; {fmt(wg_ratio, '5.2f')}x ORT's")
+            for name, label in (("wgmma", "on the wgmma prefill kernel"),
+                                ("joint", "queries and new keys by one kernel (ROTATION=joint)")):
+                other = metric.get(name, {})
+                other_ratio = other.get("gpu") / theirs["gpu"] if other.get("gpu") and theirs.get("gpu") else None
+                print(f"{'':8} {label}: {fmt(other.get('gpu'), '6.1f')} TFLOP/s (gpu), graph "
+                      f"{fmt(other.get('graph'), '6.1f')}; {fmt(other_ratio, '5.2f')}x ORT's")
         ours_sinks, theirs_sinks = metric.get("onnxattn+sinks", {}), metric.get("ort_gqa+sinks", {})
         sinks_ratio = (ours_sinks.get("gpu") / theirs_sinks["gpu"]
                        if ours_sinks.get("gpu") and theirs_sinks.get("gpu") else None)

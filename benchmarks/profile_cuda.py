@@ -15,6 +15,8 @@ Cases (each guarded: one failing is recorded in its row and the run goes on):
     ours and onnxruntime's com.microsoft.GroupQueryAttention through the CUDA EP (op 192 vs core 272 TFLOP/s);
     gqa_prefill_s2048_rows: ours with the queries and new keys turned by the per-row kernels (ONNXATTN_GQA_CUDA_ROTATION=
     rows; the kernels by token are the default: the per-row query kernel took 39.9 us of 181 on the H200 at 21d5171);
+    gqa_prefill_s2048_joint: the two kernels by token as one (ONNXATTN_GQA_CUDA_ROTATION=joint, opt-in; they took 20.2
+    and 19.1 us of 164 at 2c9a48e);
   - gqa_decode_p32k / ort_gqa_decode_p32k: shared-buffer decode at P=32k (61% vs onnxruntime's 79% of copy);
   - nsa_16k, routed_16k: NativeSparseAttention (paper form) and SparseRoutedAttention at S=16k, bf16, through
     the CUDA EP (3.6x and 13x our dense time); nsa_dot_16k: NSA with dot-product selection (2.7x);
@@ -50,7 +52,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests" / "gpu"), str(ROOT / "benchmarks")]
 
 CASES = ("sdpa_decode_b1_32k", "sdpa_decode_b1_32k_fused", "sdpa_decode_b1_32k_lookup", "sdpa_decode_b1_32k_lean",
-         "sdpa_decode_b1_4k", "gqa_prefill_s2048", "gqa_prefill_s2048_rows", "ort_gqa_prefill_s2048", "gqa_decode_p32k",
+         "sdpa_decode_b1_4k", "gqa_prefill_s2048", "gqa_prefill_s2048_rows", "gqa_prefill_s2048_joint",
+         "ort_gqa_prefill_s2048", "gqa_decode_p32k",
          "gqa_decode_p32k_fused", "gqa_decode_p32k_lookup", "gqa_decode_p32k_lean", "ort_gqa_decode_p32k", "nsa_16k",
          "routed_16k",
          "nsa_dot_16k", "nsa_mma_16k", "routed_mma_16k", "nsa_mma_async_16k", "routed_mma_async_16k",
@@ -63,6 +66,7 @@ LOOKUP = {"ONNXATTN_SDPA_CUDA_DECODE_LOADS": "lookup"}
 LEAN = {"ONNXATTN_SDPA_CUDA_DECODE_STAGES": "2"}
 FUSED = {"ONNXATTN_SDPA_CUDA_COMBINE": "fused"}
 CASE_ENV = {"gqa_prefill_s2048_rows": {"ONNXATTN_GQA_CUDA_ROTATION": "rows"},
+            "gqa_prefill_s2048_joint": {"ONNXATTN_GQA_CUDA_ROTATION": "joint"},
             **{f"{base}_{name}": switch for base in ("sdpa_decode_b1_32k", "gqa_decode_p32k")
                for name, switch in (("lookup", LOOKUP), ("lean", LEAN), ("fused", FUSED))},
             **{f"routed_mma_split_{n}": {"ONNXATTN_SPARSE_CUDA_ROUTE": "split"} for n in ("16k", "64k")}}  # fmt: skip

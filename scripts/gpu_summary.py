@@ -177,6 +177,8 @@ def print_gqa_bench(bench: dict) -> None:
                                                                        ours.get("wall"), theirs.get("wall")))
         if r["kind"] == "decode" and r["fraction_of_copy"].get("onnxattn", {}).get("gpu"):
             unit += f" (ours {100 * r['fraction_of_copy']['onnxattn']['gpu']:.0f}% of copy{opt_in_fractions(r, 'gpu')})"
+        elif r["kind"] == "prefill" and r[key].get("joint", {}).get("gpu"):  # ONNXATTN_GQA_CUDA_ROTATION=joint
+            unit += f" (joint kernel {r[key]['joint']['gpu']:.1f})"
         print(f"{r['kind']:9} {r['shape']:34} {cells}  {unit}")
 
 

@@ -318,7 +318,7 @@ def test_queries_without_qk_norm_can_be_turned_by_16_byte_chunks(monkeypatch):
     assert lib.plan(lib.Spec(**{**prefill, "q_norm": True}))["rotate_chunks"] == 0  # the norm: a row-wide sum
     assert lib.plan(lib.Spec(**prefill), aligned=False)["rotate_queries"] is False  # mma.sync's fused load then
     monkeypatch.setenv("ONNXATTN_GQA_CUDA_ROTATION", "warps")
-    with pytest.raises(lib.GqaCudaError, match="ONNXATTN_GQA_CUDA_ROTATION must be chunks or rows, got 'warps'"):
+    with pytest.raises(lib.GqaCudaError, match="ROTATION must be chunks, rows or joint, got 'warps'"):
         lib.plan(lib.Spec(**prefill))
 
 
@@ -349,6 +349,36 @@ def test_new_keys_can_be_turned_by_16_byte_chunks(monkeypatch):
     assert lib.plan(lib.Spec(**{**prefill, "q_norm": True}))["append_key_chunks"] == 8  # the queries' norm: not K's
     assert lib.plan(lib.Spec(**prefill), aligned=False)["append_key_chunks"] == 0
     assert lib.plan(lib.Spec(**{**prefill, "dtype": lib.FLOAT32}))["append_key_chunks"] == 0
+
+
+def test_joint_kernel_takes_both_kernels_by_token_where_both_run(monkeypatch):
+    """ONNXATTN_GQA_CUDA_ROTATION=joint (opt-in): where the queries are prepared ahead by the kernel by token and the
+    new keys are written by the kernel by token (the prefill's wgmma core, or mma.sync with GQA_CUDA_QUERY=rotated),
+    one kernel over the same tokens does both, with the same scratch; anywhere else each runs as under chunks."""
+    prefill = dict(seq=2048, mode="concat", past=0, rope=1, **LLAMA)
+    chunks = lib.plan(lib.Spec(**prefill))
+    assert chunks["attention"]["kernel"] == "wgmma" and not chunks["joint_new_tokens"]
+    monkeypatch.setenv("ONNXATTN_GQA_CUDA_ROTATION", "joint")
+    joint = lib.plan(lib.Spec(**prefill))
+    assert joint["joint_new_tokens"] and joint["rotate_blocks"] == joint["append_chunk_blocks"] == 2048
+    assert {k: v for k, v in joint.items() if k != "joint_new_tokens"} == {
+        k: v for k, v in chunks.items() if k != "joint_new_tokens"}  # the same kernels' work and scratch
+    shared = lib.plan(lib.Spec(**{**prefill, "batch": 3, "seq": 100, "mode": "shared", "past": 4000}))
+    assert shared["joint_new_tokens"] and shared["append_chunk_blocks"] == 300 and shared["per_batch"]
+    partial = lib.plan(lib.Spec(**{**prefill, "rotary_dim": 64}))
+    assert partial["joint_new_tokens"] and (partial["rotary_chunks"], partial["append_rotary_chunks"]) == (4, 4)
+    monkeypatch.setenv("ONNXATTN_SDPA_CUDA_PREFILL", "mma")
+    assert not lib.plan(lib.Spec(**prefill))["joint_new_tokens"]  # mma.sync prepares the queries in its Q load
+    monkeypatch.setenv("ONNXATTN_GQA_CUDA_QUERY", "rotated")
+    assert lib.plan(lib.Spec(**prefill))["joint_new_tokens"]  # ... unless asked to prepare them ahead
+    monkeypatch.delenv("ONNXATTN_GQA_CUDA_QUERY")
+    monkeypatch.delenv("ONNXATTN_SDPA_CUDA_PREFILL")
+    for name, spec in {"q_norm (queries per row)": {"q_norm": True}, "k_norm (keys per row)": {"k_norm": True},
+                       "float32": {"dtype": lib.FLOAT32}, "R/2 = 36 (not whole chunks)": {"rotary_dim": 72},
+                       "no RoPE (nothing to prepare)": {"rope": 0},
+                       "decode (mma.sync's Q load)": {"seq": 1, "mode": "shared", "past": 4000}}.items():  # fmt: skip
+        assert not lib.plan(lib.Spec(**{**prefill, **spec}))["joint_new_tokens"], name
+    assert not lib.plan(lib.Spec(**prefill), aligned=False)["joint_new_tokens"]
 
 
 def test_wgmma_prefill_prepares_the_queries_ahead(monkeypatch):

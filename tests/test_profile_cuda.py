@@ -60,4 +60,5 @@ def test_unknown_cases_are_refused_and_no_gpu_exits_2(prof, capsys):
 
 def test_case_switches_name_known_cases(prof):
     assert prof.CASE_ENV["gqa_prefill_s2048_rows"] == {"ONNXATTN_GQA_CUDA_ROTATION": "rows"}
+    assert prof.CASE_ENV["gqa_prefill_s2048_joint"] == {"ONNXATTN_GQA_CUDA_ROTATION": "joint"}
     assert set(prof.CASE_ENV) <= set(prof.CASES)

@@ -78,7 +78,7 @@ class GqaPlanInfo(ctypes.Structure):
         ("append_key_chunks", ctypes.c_int32),
         ("append_rotary_chunks", ctypes.c_int32),
         ("append_value_chunks", ctypes.c_int32),
-        ("reserved", ctypes.c_int32),
+        ("joint_new_tokens", ctypes.c_int32),
         ("append_chunk_blocks", ctypes.c_int64),
     ]
 
@@ -90,7 +90,7 @@ class GqaPlanInfo(ctypes.Structure):
                 value = value.as_dict()
             elif isinstance(value, ctypes.Array):
                 value = tuple(value)
-            elif name in ("per_batch", "present_in_scratch", "rotate_queries", "sinks"):
+            elif name in ("per_batch", "present_in_scratch", "rotate_queries", "sinks", "joint_new_tokens"):
                 value = bool(value)
             out[name] = value
         return out

@@ -155,7 +155,8 @@ def optin_cases() -> int:
     """The opt-in decode and new-token kernels, against the oracles: the (default) direct-loads decode with two stages
     a warp (ONNXATTN_SDPA_CUDA_DECODE_STAGES=2; passed memcheck on the H200 at 82087dc) under ScaledDotProductAttention
     and GroupQueryAttention, the latter also with its query and new-token kernels by token (ONNXATTN_GQA_CUDA_ROTATION=
-    chunks, queries prepared ahead: ONNXATTN_GQA_CUDA_QUERY=rotated)."""
+    chunks, queries prepared ahead: ONNXATTN_GQA_CUDA_QUERY=rotated); the fused split merge; the joint query and
+    new-token kernel (ROTATION=joint)."""
     import gqa_cases as gc
     import gqa_torch as gt
 
@@ -187,6 +188,10 @@ def optin_cases() -> int:
                       for n in OPTIN_SDPA + ("decode_sq16", "d256_decode"))  # fmt: skip
         failed += sum(checked(f"optin fused merge gqa {n}", lambda: run_gqa(gc.CASES_BY_ID[n])) for n in OPTIN_GQA)
         failed += checked("optin fused merge paged", lambda: run_paged(pc.CASES_BY_ID["decode-long-splits"]))
+    # GroupQueryAttention's queries and new keys by one kernel (ONNXATTN_GQA_CUDA_ROTATION=joint, not yet run on a GPU)
+    with library_switches({"ONNXATTN_GQA_CUDA_ROTATION": "joint", "ONNXATTN_GQA_CUDA_QUERY": "rotated"}):
+        failed += sum(checked(f"optin joint new tokens gqa {n}", lambda: run_gqa(gc.CASES_BY_ID[n]))
+                      for n in OPTIN_GQA + ("prefill-s96", "rope-partial-interleaved"))  # fmt: skip
     return failed
 
 

@@ -64,14 +64,15 @@ def test_in_place_update_of_the_shared_buffer(case_id, dtype):
     gc.check(case, dtype, y, pk, pv, context=f"in place {case} {dtype}")
 
 
-@pytest.mark.parametrize("dtype, rotation", [("float16", "rows"), ("float32", "rows"), ("float16", "chunks")])
+@pytest.mark.parametrize("dtype, rotation", [("float16", "rows"), ("float32", "rows"), ("float16", "chunks"),
+                                             ("float16", "joint")])  # fmt: skip
 def test_out_of_range_past_lengths_leave_the_cache_and_give_nan_rows(dtype, rotation, monkeypatch):
     # Sequence 1 would write past the buffer, sequence 2 has a negative length: neither touches the cache,
     # their output rows are NaN (the CPU kernel raises instead; here that would need a host sync), and
     # sequence 0 is unaffected. rotation=chunks: the chunked new-token kernel (ONNXATTN_GQA_CUDA_ROTATION) does the
-    # same.
+    # same; joint: the kernel that also prepares the queries (they are prepared ahead here) likewise.
     monkeypatch.setenv("ONNXATTN_GQA_CUDA_ROTATION", rotation)
-    monkeypatch.setenv("ONNXATTN_GQA_CUDA_QUERY", "rotated" if rotation == "chunks" else "fused")
+    monkeypatch.setenv("ONNXATTN_GQA_CUDA_QUERY", "fused" if rotation == "rows" else "rotated")
     good = gc.Case("oor-good", batch=1, seq=2, buffer=50, past_lengths=(10,))
     gc.CASES_BY_ID.setdefault(good.id, good)
     t0 = gt.to_device(good, dtype)
@@ -85,7 +86,8 @@ def test_out_of_range_past_lengths_leave_the_cache_and_give_nan_rows(dtype, rota
     spec = dataclasses.replace(gc.spec(good, dtype), batch=3)
     plan = lib.run(spec, {gt.FIELD.get(n, n): v for n, v in {**t, **out}.items()})
     torch.cuda.synchronize()
-    assert (plan["append_key_chunks"] > 0) == (rotation == "chunks"), plan["attention"]["reason"]
+    assert (plan["append_key_chunks"] > 0) == (rotation != "rows"), plan["attention"]["reason"]
+    assert plan["joint_new_tokens"] == (rotation == "joint" and plan["rotate_chunks"] > 0), plan["attention"]["reason"]
     y = out["output"].double().cpu().numpy()
     assert np.isnan(y[1:]).all(), "rows of invalid sequences must be NaN"
     for name, before in (("present_key", before_k), ("present_value", before_v)):
@@ -271,6 +273,26 @@ def test_chunked_query_kernel_gives_the_row_kernels_bits(case_id, dtype, monkeyp
             np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("case_id", ROTATED_CASES)
+def test_joint_kernel_gives_the_two_kernels_bits(case_id, dtype, monkeypatch):
+    """ONNXATTN_GQA_CUDA_ROTATION=joint (opt-in): where the queries are prepared ahead and both kernels by token run,
+    one kernel does both (a CTA per token, its angles once), against the two launches of chunks: the same calls on the
+    same angles, so the same output and cache bits; elsewhere the plan keeps the two kernels."""
+    case = gc.CASES_BY_ID[case_id]
+    monkeypatch.setenv("ONNXATTN_SDPA_CUDA_PREFILL", "mma")
+    monkeypatch.setenv("ONNXATTN_GQA_CUDA_QUERY", "rotated")
+    switch = "ONNXATTN_GQA_CUDA_ROTATION"
+    monkeypatch.setenv(switch, "chunks")
+    (y, pk, pv, plan), (y2, pk2, pv2, plan2) = run_before_and_after(case, dtype, monkeypatch, switch, "joint")
+    both = plan["rotate_chunks"] > 0 and plan["append_key_chunks"] > 0
+    assert plan2["joint_new_tokens"] == both and not plan["joint_new_tokens"], plan2["attention"]["reason"]
+    np.testing.assert_array_equal(y2, y)
+    for a, b in ((pk2, pk), (pv2, pv)):
+        if a is not None:
+            np.testing.assert_array_equal(a, b)
+
+
 def unaligned_copy(x: torch.Tensor) -> torch.Tensor:
     """`x`'s values in a view one element past an allocation's start (for 16-bit x: 2 bytes off 16-byte alignment)."""
     view = torch.empty(x.numel() + 1, dtype=x.dtype, device=x.device)[1:].view(x.shape)
@@ -298,13 +320,13 @@ def test_unaligned_new_keys_keep_the_per_row_new_token_kernel(case_id, dtype, mo
 
 
 @pytest.mark.skipif(not CUDA or torch.cuda.get_device_capability() != (9, 0), reason="the wgmma kernel needs an sm_90 GPU")
-@pytest.mark.parametrize("rotation", ["rows", "chunks"])
+@pytest.mark.parametrize("rotation", ["rows", "chunks", "joint"])
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 @pytest.mark.parametrize("case_id", ROTATED_CASES)
 def test_wgmma_prefill_with_prepared_queries(case_id, dtype, rotation, monkeypatch):
     """ONNXATTN_SDPA_CUDA_PREFILL=wgmma: the Hopper prefill kernel where the core's plan allows it, with the
-    queries prepared ahead (it has no preparation in its Q load) by the per-row or the chunked kernel
-    (ONNXATTN_GQA_CUDA_ROTATION: the pair the H200's GQA prefill would run once chunks is the default); the cache
+    queries prepared ahead (it has no preparation in its Q load) by the per-row or the chunked kernel, or with the new
+    keys by the joint kernel (ONNXATTN_GQA_CUDA_ROTATION; chunks: the H200's GQA prefill by default); the cache
     outputs are the same bits, the output within the case's tolerance of the fused mma.sync path (other tiles, the
     same 16-bit rounding)."""
     case = gc.CASES_BY_ID[case_id]

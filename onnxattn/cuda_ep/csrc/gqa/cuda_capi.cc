@@ -43,7 +43,7 @@ struct OnnxAttnGqaPlanInfo {
   int64_t lse_offset;
   int32_t rotate_chunks, rotary_chunks;
   int64_t rotate_blocks;
-  int32_t append_key_chunks, append_rotary_chunks, append_value_chunks, reserved;
+  int32_t append_key_chunks, append_rotary_chunks, append_value_chunks, joint_new_tokens;
   int64_t append_chunk_blocks;
 };
 
@@ -134,6 +134,7 @@ void fill_plan_info(const Plan& plan, OnnxAttnGqaPlanInfo* out) {
   out->append_rotary_chunks = plan.append_rotary_chunks;
   out->append_value_chunks = plan.append_value_chunks;
   out->append_chunk_blocks = plan.append_chunk_blocks;
+  out->joint_new_tokens = plan.joint_new_tokens ? 1 : 0;
   out->append_rows = plan.append_rows;
   out->append_blocks = plan.append_blocks;
   out->lengths_offset = int64_t(plan.lengths_offset);

@@ -177,16 +177,12 @@ __device__ __forceinline__ void turn_row_chunk(const uint4* src, uint4* dst, int
   dst[second] = y2.bits;
 }
 
-// The queries: a CTA per token (grid B * S), row_chunks chunks of each of its Hq rows.
+// Token `token`'s query rows turned into the rotated buffer at `angles`: row_chunks chunks of each of its Hq rows, the
+// CTA's threads an item at a time.
 template <typename T>
-__global__ void __launch_bounds__(kRotateThreadsPerBlock)
-    rotate_query_tokens_kernel(const RotateArgs<T> a, const int rotary_chunks, const int row_chunks) {
+__device__ __forceinline__ void turn_query_token(const RotateArgs<T>& a, int64_t token, int rotary_chunks,
+                                                 int row_chunks, const float2* angles) {
   constexpr int kVec = 16 / sizeof(T);
-  __shared__ float2 angles[kMaxRotaryPairs];
-  const int64_t token = blockIdx.x, b = token / a.seq, i = token % a.seq;
-  if (a.lengths != nullptr && a.lengths[a.batch + b] < 0) return;  // the whole CTA: a skipped sequence
-  const int64_t start = a.lengths != nullptr ? a.lengths[b] : a.past;
-  token_angles(a.prep, float(a.position_ids != nullptr ? a.position_ids[token] : start + i), angles);
   const int row_stride = a.head_dim / kVec;  // in chunks
   const uint4* const src = reinterpret_cast<const uint4*>(a.query) + token * a.q_heads * row_stride;
   uint4* const dst = reinterpret_cast<uint4*>(a.rotated) + token * a.q_heads * row_stride;
@@ -199,17 +195,24 @@ __global__ void __launch_bounds__(kRotateThreadsPerBlock)
   }
 }
 
-// The new-token kernel by tokens (ONNXATTN_GQA_CUDA_ROTATION=chunks, without K-norm; plan.append_key_chunks > 0): a
-// CTA per new token, the key's chunks of each KV head turned at the key's position into its cache slot, then the
-// value's copied. The same arithmetic as append_kernel's prepare_row, so the same cache bits; its lengths and NaN
-// rows likewise. (The per-row kernel: 15.3 us at S = 2048 for ~16 MB on the H200 at 82087dc.)
+// The queries: a CTA per token (grid B * S), row_chunks chunks of each of its Hq rows.
 template <typename T>
 __global__ void __launch_bounds__(kRotateThreadsPerBlock)
-    append_tokens_kernel(const AppendArgs<T> a, const int key_chunks, const int rotary_chunks, const int value_chunks) {
-  constexpr int kVec = 16 / sizeof(T);
+    rotate_query_tokens_kernel(const RotateArgs<T> a, const int rotary_chunks, const int row_chunks) {
   __shared__ float2 angles[kMaxRotaryPairs];
-  sdpa::cuda::allow_dependent_grids();  // as append_kernel
-  const int64_t token = blockIdx.x, b = token / a.seq, s = token % a.seq;
+  const int64_t token = blockIdx.x, b = token / a.seq, i = token % a.seq;
+  if (a.lengths != nullptr && a.lengths[a.batch + b] < 0) return;  // the whole CTA: a skipped sequence
+  const int64_t start = a.lengths != nullptr ? a.lengths[b] : a.past;
+  token_angles(a.prep, float(a.position_ids != nullptr ? a.position_ids[token] : start + i), angles);
+  turn_query_token(a, token, rotary_chunks, row_chunks, angles);
+}
+
+// The new-token kernels by tokens' first step, for token `token` (sequence b, new token s): false where
+// past_lengths[b] is out of range (then its output row is NaN, written here), else its cache slot in `slot`. As
+// append_kernel, also the sequence's lengths for the attention (shared-buffer mode).
+template <typename T>
+__device__ __forceinline__ bool new_token_slot(const AppendArgs<T>& a, int64_t token, int64_t b, int64_t s,
+                                               int64_t& slot) {
   const int64_t start = a.past_lengths != nullptr ? a.past_lengths[b] : a.past;
   const bool valid = start >= 0 && start <= a.total - a.seq;  // as append_kernel
   if (a.lengths != nullptr && s == 0 && threadIdx.x == 0) {
@@ -220,10 +223,19 @@ __global__ void __launch_bounds__(kRotateThreadsPerBlock)
     T* const out = a.output + token * a.output_width;
     const T nan = from_float<T>(__int_as_float(0x7fc00000));
     for (int64_t e = threadIdx.x; e < a.output_width; e += blockDim.x) out[e] = nan;
-    return;
+    return false;
   }
-  const int64_t slot = start + s;
-  token_angles(a.key_prep, float(a.position_ids != nullptr ? a.position_ids[token] : slot), angles);
+  slot = start + s;
+  return true;
+}
+
+// Token `token`'s key rows turned at `angles` into cache slot `slot` of each KV head (batch b), its value rows copied
+// there, the CTA's threads an item at a time.
+template <typename T>
+__device__ __forceinline__ void write_new_token(const AppendArgs<T>& a, int64_t token, int64_t b, int64_t slot,
+                                                int key_chunks, int rotary_chunks, int value_chunks,
+                                                const float2* angles) {
+  constexpr int kVec = 16 / sizeof(T);
   const int key_stride = a.head_dim / kVec, value_stride = a.v_head_dim / kVec;  // rows, in chunks
   const uint4* const key = reinterpret_cast<const uint4*>(a.key) + token * a.kv_heads * key_stride;
   const uint4* const value = reinterpret_cast<const uint4*>(a.value) + token * a.kv_heads * value_stride;
@@ -248,13 +260,60 @@ __global__ void __launch_bounds__(kRotateThreadsPerBlock)
   }
 }
 
+// The new-token kernel by tokens (ONNXATTN_GQA_CUDA_ROTATION=chunks, without K-norm; plan.append_key_chunks > 0): a
+// CTA per new token, the key's chunks of each KV head turned at the key's position into its cache slot, then the
+// value's copied. The same arithmetic as append_kernel's prepare_row, so the same cache bits; its lengths and NaN
+// rows likewise. (The per-row kernel: 15.3 us at S = 2048 for ~16 MB on the H200 at 82087dc.)
+template <typename T>
+__global__ void __launch_bounds__(kRotateThreadsPerBlock)
+    append_tokens_kernel(const AppendArgs<T> a, const int key_chunks, const int rotary_chunks, const int value_chunks) {
+  __shared__ float2 angles[kMaxRotaryPairs];
+  sdpa::cuda::allow_dependent_grids();  // as append_kernel
+  const int64_t token = blockIdx.x, b = token / a.seq, s = token % a.seq;
+  int64_t slot;
+  if (!new_token_slot(a, token, b, s, slot)) return;
+  token_angles(a.key_prep, float(a.position_ids != nullptr ? a.position_ids[token] : slot), angles);
+  write_new_token(a, token, b, slot, key_chunks, rotary_chunks, value_chunks, angles);
+}
+
+// ONNXATTN_GQA_CUDA_ROTATION=joint (plan.joint_new_tokens): the two kernels above in one, a CTA per token: its angles
+// once (the query's position is the key's, start + s or position_ids, and both rows take the same frequencies and
+// scaling: rope_angle reads nothing else), its query rows turned into the rotated buffer, then its key and value rows
+// written. The same calls with the same angles, so the same bits as the two launches. A token of an invalid sequence
+// leaves its query rows alone, as the query kernel does (the core skips the sequence).
+template <typename T>
+__global__ void __launch_bounds__(kRotateThreadsPerBlock)
+    joint_new_tokens_kernel(const AppendArgs<T> a, const RotateArgs<T> r, const int key_chunks,
+                            const int key_rotary_chunks, const int value_chunks, const int query_rotary_chunks,
+                            const int query_chunks) {
+  __shared__ float2 angles[kMaxRotaryPairs];
+  sdpa::cuda::allow_dependent_grids();  // as append_kernel
+  const int64_t token = blockIdx.x, b = token / a.seq, s = token % a.seq;
+  int64_t slot;
+  if (!new_token_slot(a, token, b, s, slot)) return;
+  token_angles(a.key_prep, float(a.position_ids != nullptr ? a.position_ids[token] : slot), angles);
+  turn_query_token(r, token, query_rotary_chunks, query_chunks, angles);
+  write_new_token(a, token, b, slot, key_chunks, key_rotary_chunks, value_chunks, angles);
+}
+
+// The kernels by token index a token's items in 32 bits and take a CTA per token: what their launchers check.
+void check_query_items(int64_t q_heads, const Plan& plan) {
+  if (plan.rotate_blocks > int64_t(0x7fffffff)) throw std::runtime_error(str_cat(kOpName, ": too many query rows"));
+  if (q_heads * plan.rotate_chunks > int64_t(0x7fffffff)) {
+    throw std::runtime_error(str_cat(kOpName, ": too many query heads"));
+  }
+}
+void check_new_token_items(int64_t kv_heads, const Plan& plan) {
+  if (plan.append_chunk_blocks > int64_t(0x7fffffff) ||
+      kv_heads * (plan.append_key_chunks + plan.append_value_chunks) > int64_t(0x7fffffff)) {
+    throw std::runtime_error(str_cat(kOpName, ": too many new tokens or KV heads"));
+  }
+}
+
 template <typename T>
 void launch_query_chunks(const RotateArgs<T>& r, const Plan& plan, cudaStream_t stream) {
   if constexpr (sizeof(T) == 2) {
-    if (plan.rotate_blocks > int64_t(0x7fffffff)) throw std::runtime_error(str_cat(kOpName, ": too many query rows"));
-    if (r.q_heads * plan.rotate_chunks > int64_t(0x7fffffff)) {
-      throw std::runtime_error(str_cat(kOpName, ": too many query heads"));
-    }
+    check_query_items(r.q_heads, plan);
     rotate_query_tokens_kernel<T><<<unsigned(plan.rotate_blocks), kRotateThreadsPerBlock, 0, stream>>>(
         r, plan.rotary_chunks, plan.rotate_chunks);
   } else {
@@ -265,14 +324,27 @@ void launch_query_chunks(const RotateArgs<T>& r, const Plan& plan, cudaStream_t 
 template <typename T>
 void launch_append_chunks(const AppendArgs<T>& a, const Plan& plan, cudaStream_t stream) {
   if constexpr (sizeof(T) == 2) {
-    if (plan.append_chunk_blocks > int64_t(0x7fffffff) ||
-        a.kv_heads * (plan.append_key_chunks + plan.append_value_chunks) > int64_t(0x7fffffff)) {
-      throw std::runtime_error(str_cat(kOpName, ": too many new tokens or KV heads"));
-    }
+    check_new_token_items(a.kv_heads, plan);
     append_tokens_kernel<T><<<unsigned(plan.append_chunk_blocks), kRotateThreadsPerBlock, 0, stream>>>(
         a, plan.append_key_chunks, plan.append_rotary_chunks, plan.append_value_chunks);
   } else {
     throw std::runtime_error(str_cat(kOpName, ": the chunked new-token kernel takes 16-bit rows (plan/run mismatch)"));
+  }
+}
+
+template <typename T>
+void launch_joint_chunks(const AppendArgs<T>& a, const RotateArgs<T>& r, const Plan& plan, cudaStream_t stream) {
+  if constexpr (sizeof(T) == 2) {
+    check_query_items(r.q_heads, plan);
+    check_new_token_items(a.kv_heads, plan);
+    if (plan.rotate_blocks != plan.append_chunk_blocks) {
+      throw std::runtime_error(str_cat(kOpName, ": the joint kernel's tokens differ (plan/run mismatch)"));
+    }
+    joint_new_tokens_kernel<T><<<unsigned(plan.append_chunk_blocks), kRotateThreadsPerBlock, 0, stream>>>(
+        a, r, plan.append_key_chunks, plan.append_rotary_chunks, plan.append_value_chunks, plan.rotary_chunks,
+        plan.rotate_chunks);
+  } else {
+    throw std::runtime_error(str_cat(kOpName, ": the joint new-token kernel takes 16-bit rows (plan/run mismatch)"));
   }
 }
 
@@ -337,6 +409,22 @@ void run(const Params& p, const Tensors<T>& t_in, const Plan& plan, void* stream
   copy_past(p, t.past_key, t.present_key, p.head_dim, stream);
   copy_past(p, t.past_value, t.present_value, p.v_head_dim, stream);
 
+  // The queries' preparation: in the core's Q load, or (plan.rotate_queries) ahead of it into scratch, by a kernel of
+  // its own (step 3) or with the new tokens (step 2, plan.joint_new_tokens).
+  QueryPrep<T> prep;
+  prep.row = row_prep<T>(p, p.q_norm ? t.q_norm_weight : nullptr, t.inv_freq);
+  prep.position_ids = p.has_position_ids ? t.position_ids : nullptr;
+  RotateArgs<T> r{};
+  if (plan.rotate_queries) {
+    r.query = t.query;
+    r.rotated = reinterpret_cast<T*>(base + plan.rotated_q_offset);
+    r.position_ids = prep.position_ids;
+    r.lengths = lengths;
+    r.batch = p.batch, r.seq = p.seq, r.q_heads = p.q_heads, r.past = p.past;
+    r.head_dim = int(p.head_dim);
+    r.prep = prep.row;
+  }
+
   // 2. New keys and values into the cache; per-sequence lengths for the attention.
   if (plan.append_blocks > 0) {
     AppendArgs<T> a{};
@@ -362,7 +450,11 @@ void run(const Params& p, const Tensors<T>& t_in, const Plan& plan, void* stream
       if (!new_tokens_aligned16(t)) {
         throw std::runtime_error(str_cat(kOpName, ": unaligned key/value for the chunked kernel (plan/run mismatch)"));
       }
-      launch_append_chunks(a, plan, stream);
+      if (plan.joint_new_tokens) {
+        launch_joint_chunks(a, r, plan, stream);
+      } else {
+        launch_append_chunks(a, plan, stream);
+      }
     } else {
       if (plan.append_blocks > int64_t(0x7fffffff)) throw std::runtime_error(str_cat(kOpName, ": too many new tokens"));
       append_kernel<T><<<unsigned(plan.append_blocks), 32 * kAppendRowsPerBlock, 0, stream>>>(a);
@@ -381,18 +473,7 @@ void run(const Params& p, const Tensors<T>& t_in, const Plan& plan, void* stream
     at.query_offsets = lengths;
     at.kv_lengths = lengths + p.batch;
   }
-  QueryPrep<T> prep;
-  prep.row = row_prep<T>(p, p.q_norm ? t.q_norm_weight : nullptr, t.inv_freq);
-  prep.position_ids = p.has_position_ids ? t.position_ids : nullptr;
-  if (plan.rotate_queries) {
-    RotateArgs<T> r{};
-    r.query = t.query;
-    r.rotated = reinterpret_cast<T*>(base + plan.rotated_q_offset);
-    r.position_ids = prep.position_ids;
-    r.lengths = lengths;
-    r.batch = p.batch, r.seq = p.seq, r.q_heads = p.q_heads, r.past = p.past;
-    r.head_dim = int(p.head_dim);
-    r.prep = prep.row;
+  if (plan.rotate_queries && !plan.joint_new_tokens) {  // (joint: prepared with the new tokens in step 2)
     if (plan.rotate_chunks > 0) {
       launch_query_chunks(r, plan, stream);  // rotate_queries implies rows to turn (the plan's grid > 0)
     } else {
@@ -401,6 +482,8 @@ void run(const Params& p, const Tensors<T>& t_in, const Plan& plan, void* stream
       rotate_queries_kernel<T><<<unsigned(blocks), 32 * kAppendRowsPerBlock, 0, stream>>>(r);
     }
     check_cuda(cudaGetLastError(), "launching the query kernel");
+  }
+  if (plan.rotate_queries) {
     at.q = r.rotated;
     prep = QueryPrep<T>{};  // the core reads prepared rows
   }

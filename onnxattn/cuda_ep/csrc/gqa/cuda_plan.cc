@@ -43,7 +43,7 @@ sdpa::Params attention_params(const Params& p) {
 }
 
 Plan make_plan(const Params& p, DType dtype, const DeviceInfo& device, const Request& request, bool aligned16,
-               bool present_outputs, bool new_tokens_aligned16, bool rotate_queries, bool chunked_rotation) {
+               bool present_outputs, bool new_tokens_aligned16, bool rotate_queries, Rotation rotation) {
   Plan plan;
   plan.attention = attention_params(p);
   plan.per_batch = p.mode == CacheMode::kShared;
@@ -67,7 +67,8 @@ Plan make_plan(const Params& p, DType dtype, const DeviceInfo& device, const Req
   const int64_t per_chunk = int64_t(16 / size), rotary = p.rope ? p.rotary_dim : 0;
   const int64_t rotary_span = p.rope_interleaved ? rotary : rotary / 2;
   const bool chunk_rows = size == 2 && aligned16 && rows16 && rotary_span % per_chunk == 0 &&
-                          (p.head_dim - rotary) % per_chunk == 0 && rotary <= 2 * kMaxRotaryPairs && chunked_rotation;
+                          (p.head_dim - rotary) % per_chunk == 0 && rotary <= 2 * kMaxRotaryPairs &&
+                          rotation != Rotation::kRows;
   const int rotary_chunks = int(rotary_span / per_chunk);
   const int row_chunks = rotary_chunks + int((p.head_dim - rotary) / per_chunk);
   if (chunk_rows && new_tokens_aligned16 && !p.k_norm && plan.append_rows > 0) {
@@ -104,6 +105,8 @@ Plan make_plan(const Params& p, DType dtype, const DeviceInfo& device, const Req
       plan.rotate_blocks = p.batch * p.seq;  // a CTA per token
     }
   }
+  // Both by token, over the same tokens: one kernel (the new-token kernel's CTAs, a token each).
+  plan.joint_new_tokens = rotation == Rotation::kJoint && plan.append_key_chunks > 0 && plan.rotate_chunks > 0;
   plan.sinks = p.has_sinks;
   if (plan.sinks) plan.lse_offset = take(size_t(p.batch * p.q_heads * p.seq) * sizeof(float));
   plan.scratch_bytes = offset;

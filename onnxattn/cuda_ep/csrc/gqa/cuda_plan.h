@@ -14,8 +14,9 @@
 //      ONNXATTN_GQA_CUDA_QUERY=rotated (tensor-core plans only; for measuring what the fusion costs), a
 //      kernel first writes the prepared queries to scratch and the core reads them plainly: the same
 //      arithmetic (the tensor-core kernels prepare 16-bit rows in 16 bits), so the same bits. Without QK-norm
-//      a thread per 16-byte chunk can do it for several heads with one set of angles (opt-in, see below); with
-//      it, a warp per row (the norm is a row-wide sum, added up as the fused load adds it).
+//      a thread per 16-byte chunk can do it for several heads with one set of angles (the default, see below); with
+//      it, a warp per row (the norm is a row-wide sum, added up as the fused load adds it). With
+//      ONNXATTN_GQA_CUDA_ROTATION=joint the chunked query kernel runs inside step 2's kernel instead (one launch).
 //   4. with attention sinks only: the core also writes each row's LSE to scratch, and a small kernel scales
 //      each output row by 1 / (1 + e^(sink - lse)) (common/sinks.h), in the output's type. The core's
 //      kernels stay as they are; the price is one pass over the output (B * S * Hq * Dv) and one launch.
@@ -51,12 +52,18 @@ inline bool rotated_queries_from_env() {
   return env_choice(kOpName, "ONNXATTN_GQA_CUDA_QUERY", {"fused", "rotated"}) == 1;
 }
 
-// ONNXATTN_GQA_CUDA_ROTATION = chunks | rows (unset or empty = chunks): which kernels prepare the queries ahead of
-// the core and the new keys. chunks: the kernels by token where they can run (not with QK-norm; the per-row ones
-// elsewhere); rows: the per-row kernels always. The same bits (tests/gpu compares them). chunks is the default since
-// the per-row query kernel proved issue-bound on the H200 at 82087dc (40 of GQA prefill's 182 us at S = 2048).
-inline bool chunked_rotation_from_env() {
-  return env_choice(kOpName, "ONNXATTN_GQA_CUDA_ROTATION", {"chunks", "rows"}) == 0;
+// ONNXATTN_GQA_CUDA_ROTATION = chunks | rows | joint (unset or empty = chunks): which kernels prepare the queries
+// ahead of the core and the new keys. chunks: the kernels by token where they can run (not with QK-norm; the per-row
+// ones elsewhere); rows: the per-row kernels always; joint (opt-in until a GPU run times it): where both kernels by
+// token run (the prefill's queries prepared ahead: the wgmma core), one kernel does both, each token's CTA computing
+// its rotary angles once for its query and key rows (the same angles: the same position and frequencies), so one
+// launch and one angle computation fewer. The same bits (tests/gpu compares them). chunks is the default since the
+// per-row query kernel proved issue-bound on the H200 at 82087dc (40 of GQA prefill's 182 us at S = 2048); joint is
+// aimed at the two kernels by token that remained at 2c9a48e (20.2 + 19.1 us of the prefill's 164 at S = 2048, for
+// ~48 MB that the device copies in ~12 us).
+enum class Rotation { kChunks, kRows, kJoint };
+inline Rotation rotation_from_env() {
+  return Rotation(env_choice(kOpName, "ONNXATTN_GQA_CUDA_ROTATION", {"chunks", "rows", "joint"}));
 }
 
 struct Plan {
@@ -70,6 +77,9 @@ struct Plan {
   // chunks: the per-row kernel.
   int append_key_chunks = 0, append_rotary_chunks = 0, append_value_chunks = 0;
   int64_t append_chunk_blocks = 0;
+  // ONNXATTN_GQA_CUDA_ROTATION=joint where both kernels by token run (append_key_chunks and rotate_chunks > 0): one
+  // launch of append_chunk_blocks CTAs turns each token's query rows and writes its key and value rows.
+  bool joint_new_tokens = false;
   // Scratch, one device block: byte offsets (256-aligned) and the total. lengths: [2][B] int64 (query
   // offsets, then valid lengths; a negative length marks an out-of-range past_lengths entry).
   size_t lengths_offset = 0, attention_offset = 0, present_key_offset = 0, present_value_offset = 0;
@@ -95,6 +105,6 @@ sdpa::Params attention_params(const Params& p);
 // when the CUDA kernels cannot run the problem.
 Plan make_plan(const Params& p, DType dtype, const DeviceInfo& device, const Request& request, bool aligned16,
                bool present_outputs, bool new_tokens_aligned16, bool rotate_queries = rotated_queries_from_env(),
-               bool chunked_rotation = chunked_rotation_from_env());
+               Rotation rotation = rotation_from_env());
 
 }  // namespace onnxattn::gqa::cuda
