@@ -18,6 +18,8 @@ Cases (each guarded: one failing is recorded in its row and the run goes on):
     gqa_prefill_s2048_joint: the two kernels by token as one (ONNXATTN_GQA_CUDA_ROTATION=joint, opt-in; they took 20.2
     and 19.1 us of 164 at 2c9a48e);
   - gqa_decode_p32k / ort_gqa_decode_p32k: shared-buffer decode at P=32k (61% vs onnxruntime's 79% of copy);
+    gqa_decode_p32k_fused_joint: with the fused merge and the queries rotated ahead by the joint new-token kernel
+    (bench_gqa_cuda's fused_joint column);
   - nsa_16k, routed_16k: NativeSparseAttention (paper form) and SparseRoutedAttention at S=16k, bf16, through
     the CUDA EP (3.6x and 13x our dense time); nsa_dot_16k: NSA with dot-product selection (2.7x);
   - nsa_mma_16k, routed_mma_16k: the same with ONNXATTN_SPARSE_CUDA=mma (the tensor-core attention by block);
@@ -53,9 +55,8 @@ sys.path[:0] = [str(ROOT / "tests" / "gpu"), str(ROOT / "benchmarks")]
 
 CASES = ("sdpa_decode_b1_32k", "sdpa_decode_b1_32k_fused", "sdpa_decode_b1_32k_lookup", "sdpa_decode_b1_32k_lean",
          "sdpa_decode_b1_4k", "gqa_prefill_s2048", "gqa_prefill_s2048_rows", "gqa_prefill_s2048_joint",
-         "ort_gqa_prefill_s2048", "gqa_decode_p32k",
-         "gqa_decode_p32k_fused", "gqa_decode_p32k_lookup", "gqa_decode_p32k_lean", "ort_gqa_decode_p32k", "nsa_16k",
-         "routed_16k",
+         "ort_gqa_prefill_s2048", "gqa_decode_p32k", "gqa_decode_p32k_fused", "gqa_decode_p32k_fused_joint",
+         "gqa_decode_p32k_lookup", "gqa_decode_p32k_lean", "ort_gqa_decode_p32k", "nsa_16k", "routed_16k",
          "nsa_dot_16k", "nsa_mma_16k", "routed_mma_16k", "nsa_mma_async_16k", "routed_mma_async_16k",
          "nsa_mma_tiles_16k", "routed_mma_tiles_16k", "nsa_mma_64k", "nsa_mma_tiles_64k", "routed_mma_64k",
          "routed_mma_tiles_64k", "nsa_mma_async_64k", "routed_mma_async_64k", "routed_mma_split_16k",
@@ -69,6 +70,8 @@ CASE_ENV = {"gqa_prefill_s2048_rows": {"ONNXATTN_GQA_CUDA_ROTATION": "rows"},
             "gqa_prefill_s2048_joint": {"ONNXATTN_GQA_CUDA_ROTATION": "joint"},
             **{f"{base}_{name}": switch for base in ("sdpa_decode_b1_32k", "gqa_decode_p32k")
                for name, switch in (("lookup", LOOKUP), ("lean", LEAN), ("fused", FUSED))},
+            "gqa_decode_p32k_fused_joint": {**FUSED, "ONNXATTN_GQA_CUDA_QUERY": "rotated",
+                                            "ONNXATTN_GQA_CUDA_ROTATION": "joint"},
             **{f"routed_mma_split_{n}": {"ONNXATTN_SPARSE_CUDA_ROUTE": "split"} for n in ("16k", "64k")}}  # fmt: skip
 # Sparse cases that run a benchmark column under their CASE_ENV switches (the column's own switches pinned as well).
 SPARSE_BASE = {"routed_mma_split": "routed_mma_async"}

@@ -150,16 +150,17 @@ def bundle_benchmarks(out: Path) -> list[str]:
 
 # bench_sdpa_cuda's columns (tests/test_gpu_summary.py holds these to its BASELINE_IMPLS and OPT_IN_DECODE): the
 # baselines a row's ratio is taken against, and the decode rows' opt-in paths of ours, timed beside the default (in
-# bench_gqa_cuda's rows too), which are not baselines.
+# bench_gqa_cuda's rows too, with its own GQA_OPT_IN_PATHS: the rest of its DECODE_COLUMNS), which are not baselines.
 BASELINES = ("torch_flash", "torch_cudnn", "ort_gqa")
 OPT_IN_PATHS = ("pdl", "lookup", "lean", "fused")
+GQA_OPT_IN_PATHS = ("fused_joint",)
 
 
-def opt_in_fractions(row: dict, timing: str | None = None) -> str:
+def opt_in_fractions(row: dict, timing: str | None = None, names: tuple[str, ...] = OPT_IN_PATHS) -> str:
     """A decode row's opt-in paths' fractions of copy bandwidth, e.g. "; lean 60%, fused 71%", so that the summary
     alone says whether one beats the default; `timing`: the key of a per-timing dict (bench_gqa_cuda's rows)."""
     cells = []
-    for name in OPT_IN_PATHS:
+    for name in names:
         value = row["fraction_of_copy"].get(name)
         value = value.get(timing) if timing and isinstance(value, dict) else value
         if isinstance(value, (int, float)):
@@ -176,7 +177,8 @@ def print_gqa_bench(bench: dict) -> None:
         cells = " ".join(f"{v:9.1f}" if v else "      n/a" for v in (ours.get("gpu"), theirs.get("gpu"),
                                                                        ours.get("wall"), theirs.get("wall")))
         if r["kind"] == "decode" and r["fraction_of_copy"].get("onnxattn", {}).get("gpu"):
-            unit += f" (ours {100 * r['fraction_of_copy']['onnxattn']['gpu']:.0f}% of copy{opt_in_fractions(r, 'gpu')})"
+            opt_in = opt_in_fractions(r, "gpu", OPT_IN_PATHS + GQA_OPT_IN_PATHS)
+            unit += f" (ours {100 * r['fraction_of_copy']['onnxattn']['gpu']:.0f}% of copy{opt_in})"
         elif r["kind"] == "prefill" and r[key].get("joint", {}).get("gpu"):  # ONNXATTN_GQA_CUDA_ROTATION=joint
             unit += f" (joint kernel {r[key]['joint']['gpu']:.1f})"
         print(f"{r['kind']:9} {r['shape']:34} {cells}  {unit}")

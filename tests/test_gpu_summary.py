@@ -143,6 +143,8 @@ def test_summary_columns_are_the_benchmarks(summary):
     bench = load_script("benchmarks/bench_sdpa_cuda.py", "bench_sdpa_cuda_columns")
     assert summary.BASELINES == bench.BASELINE_IMPLS
     assert summary.OPT_IN_PATHS == tuple(bench.OPT_IN_DECODE)
+    gqa = load_script("benchmarks/bench_gqa_cuda.py", "bench_gqa_cuda_columns")
+    assert summary.OPT_IN_PATHS + summary.GQA_OPT_IN_PATHS == tuple(gqa.DECODE_COLUMNS)
 
 
 def test_opt_in_decode_paths_are_reported_and_never_taken_for_baselines(summary, tmp_path, capsys):
@@ -158,7 +160,7 @@ def test_opt_in_decode_paths_are_reported_and_never_taken_for_baselines(summary,
     gqa_row = {"kind": "decode", "shape": "B1 32q/8kv P32k M32k D128",
                "gbs": {"onnxattn": {"gpu": 2300.0}, "ort_gqa": {"gpu": 3100.0}},
                "fraction_of_copy": {"onnxattn": {"gpu": 0.54, "graph": 0.5}, "fused": {"gpu": 0.66, "graph": 0.6},
-                                    "ort_gqa": {"gpu": 0.73}}}  # fmt: skip
+                                    "fused_joint": {"gpu": 0.68}, "ort_gqa": {"gpu": 0.73}}}  # fmt: skip
     (out / "bench_sdpa_cuda.json").write_text(json.dumps({"environment": env, "results": [sdpa_row]}))
     (out / "bench_gqa_cuda.json").write_text(json.dumps({"environment": env, "results": [gqa_row]}))
     assert summary.main([str(out)]) == 0
@@ -166,4 +168,4 @@ def test_opt_in_decode_paths_are_reported_and_never_taken_for_baselines(summary,
     sdpa_line = next(x for x in lines if x.startswith("decode   float16"))
     assert "2700.0   0.96  GB/s (62% of copy; lean 60%, fused 71%) [torch_flash]" in sdpa_line
     gqa_line = next(x for x in lines if x.startswith("decode    B1 32q/8kv P32k"))
-    assert gqa_line.endswith("GB/s (ours 54% of copy; fused 66%)")
+    assert gqa_line.endswith("GB/s (ours 54% of copy; fused 66%, fused_joint 68%)")
