@@ -48,6 +48,14 @@ __global__ void __launch_bounds__(tiles::kThreads, kDirectLoads && kStagesAsked 
   static_assert(kStages >= 2, "the prologue's first stage and the Q tile are its two oldest groups");
   static_assert(size_t(kWarps) * kStages * 2 * kWarpKeys * kStride * sizeof(uint16_t) >= kFusedMergeSmemBytes<kRows>,
                 "the fused merge borrows the pipeline area");
+  // The warps' output rows in the merge area (the epilogue below), kMergeStride floats apart. A store of an mma
+  // fragment puts 8 rows' float2s in one instruction: rows kTile floats apart share their banks (an 8-way conflict,
+  // 4x the wavefronts of each of a warp's 2 * kOutN8 stores), rows 8 floats further apart each take their own banks.
+  // The padded rows with the fused merge only, whose kernels are not yet verified on a GPU; the others stay as run.
+  constexpr int kMergeStride = kFusedMerge ? kTile + 8 : kTile;
+  static_assert(size_t(kWarps) * kStages * 2 * kWarpKeys * kStride * sizeof(uint16_t) >=
+                    size_t(kWarps) * kRows * kMergeStride * sizeof(float),
+                "the warps' merge borrows the pipeline area");
 
   extern __shared__ __align__(16) unsigned char smem[];
   uint16_t* const q_s = reinterpret_cast<uint16_t*>(smem);
@@ -343,7 +351,7 @@ __global__ void __launch_bounds__(tiles::kThreads, kDirectLoads && kStagesAsked 
     merge_l[warp][quad_row + 8] = l[1];
   }
   __syncthreads();  // also: every warp is done with the pipeline area, reused below
-  float* const merge_o = reinterpret_cast<float*>(pipe);  // [kWarps][kRows][kTile]
+  float* const merge_o = reinterpret_cast<float*>(pipe);  // [kWarps][kRows][kMergeStride]
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     const int row = quad_row + 8 * h;
@@ -352,7 +360,7 @@ __global__ void __launch_bounds__(tiles::kThreads, kDirectLoads && kStagesAsked 
     for (int w = 0; w < kWarps; ++w) big = fmaxf(big, merge_m[w][row]);
     const float shift = (big == kNegInf ? 0.0f : big) * kLog2e;
     const float factor = fast_exp2(m[h] * kLog2e - shift);
-    float* const dst = merge_o + (warp * kRows + row) * kTile;
+    float* const dst = merge_o + (warp * kRows + row) * kMergeStride;
 #pragma unroll
     for (int n = 0; n < kOutN8; ++n) {
       if (n >= dv_chunks) break;
@@ -377,7 +385,7 @@ __global__ void __launch_bounds__(tiles::kThreads, kDirectLoads && kStagesAsked 
     for (int col = tid; col < dv; col += tiles::kThreads) {
       float value = 0.0f;
 #pragma unroll
-      for (int w = 0; w < kWarps; ++w) value += merge_o[(w * kRows + row) * kTile + col];
+      for (int w = 0; w < kWarps; ++w) value += merge_o[(w * kRows + row) * kMergeStride + col];
       value = total != 0.0f ? value / total : 0.0f;
       if (a.splits == 1) {
         store_y(a, at + col, value);
