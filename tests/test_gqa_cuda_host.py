@@ -381,6 +381,27 @@ def test_joint_kernel_takes_both_kernels_by_token_where_both_run(monkeypatch):
     assert not lib.plan(lib.Spec(**prefill), aligned=False)["joint_new_tokens"]
 
 
+def test_joint_kernel_zeroes_the_fused_merges_counters(monkeypatch):
+    """A decode with the fused split merge (ONNXATTN_SDPA_CUDA_COMBINE=fused) and its queries rotated ahead by the
+    joint kernel (GQA_CUDA_QUERY=rotated, ROTATION=joint): the joint kernel zeroes the merge's counters, so the core
+    launches no memset (split_counters_zeroed_ahead); with the two kernels, or the combine kernel, nothing changes."""
+    decode = lib.Spec(seq=1, mode="shared", past=32768, rope=1, **LLAMA)
+    monkeypatch.setenv("ONNXATTN_SDPA_CUDA_COMBINE", "fused")
+    monkeypatch.setenv("ONNXATTN_GQA_CUDA_QUERY", "rotated")
+    monkeypatch.setenv("ONNXATTN_GQA_CUDA_ROTATION", "joint")
+    joint = lib.plan(decode)
+    assert joint["joint_new_tokens"] and joint["attention"]["split_counters"] == 8, joint["attention"]["reason"]
+    assert joint["split_counters_zeroed_ahead"]
+    monkeypatch.setenv("ONNXATTN_GQA_CUDA_ROTATION", "chunks")
+    two = lib.plan(decode)
+    assert not two["split_counters_zeroed_ahead"] and two["attention"] == joint["attention"]
+    monkeypatch.setenv("ONNXATTN_GQA_CUDA_ROTATION", "joint")
+    monkeypatch.setenv("ONNXATTN_SDPA_CUDA_COMBINE", "kernel")
+    combine = lib.plan(decode)
+    assert combine["joint_new_tokens"] and combine["attention"]["split_counters"] == 0
+    assert not combine["split_counters_zeroed_ahead"]
+
+
 def test_wgmma_prefill_prepares_the_queries_ahead(monkeypatch):
     """ONNXATTN_SDPA_CUDA_PREFILL=wgmma: the Hopper kernel has no preparation in its Q load, so a prefill that
     rotates or normalises queries takes them prepared into scratch; one without either reads them plainly;

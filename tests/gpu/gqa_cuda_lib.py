@@ -80,6 +80,8 @@ class GqaPlanInfo(ctypes.Structure):
         ("append_value_chunks", ctypes.c_int32),
         ("joint_new_tokens", ctypes.c_int32),
         ("append_chunk_blocks", ctypes.c_int64),
+        ("split_counters_zeroed_ahead", ctypes.c_int32),
+        ("reserved", ctypes.c_int32),
     ]
 
     def as_dict(self) -> dict:
@@ -90,7 +92,8 @@ class GqaPlanInfo(ctypes.Structure):
                 value = value.as_dict()
             elif isinstance(value, ctypes.Array):
                 value = tuple(value)
-            elif name in ("per_batch", "present_in_scratch", "rotate_queries", "sinks", "joint_new_tokens"):
+            elif name in ("per_batch", "present_in_scratch", "rotate_queries", "sinks", "joint_new_tokens",
+                          "split_counters_zeroed_ahead"):
                 value = bool(value)
             out[name] = value
         return out

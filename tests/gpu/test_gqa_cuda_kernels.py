@@ -387,20 +387,26 @@ def test_direct_and_lean_decode_give_the_same_bits(case_id, dtype, monkeypatch):
                 np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("queries", ["fused", "joint"])
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 @pytest.mark.parametrize("case_id", ["shared-decode-b4", "window-shared-b2", "everything-shared", "chunk-s5-p700",
                                      "qnorm-only-decode", "sinks-decode-split", "decode-b2-g4-p1500"])  # fmt: skip
-def test_fused_merge_gives_the_same_bits(case_id, dtype, monkeypatch):
+def test_fused_merge_gives_the_same_bits(case_id, dtype, queries, monkeypatch):
     """ONNXATTN_SDPA_CUDA_COMBINE=fused (cuda_plan.cc rule 12; opt-in): the decode's last CTA of each row tile merges
     the splits with the combine kernel's code, in poisoned scratch (its counters zeroed by the launch): the same
-    output and cache bits."""
+    output and cache bits. queries=joint: the queries rotated ahead by the joint new-token kernel (GQA_CUDA_QUERY=
+    rotated, ROTATION=joint), which then zeroes the counters itself (no memset): the same bits again."""
     case = gc.CASES_BY_ID[case_id]
+    if queries == "joint":
+        monkeypatch.setenv("ONNXATTN_GQA_CUDA_QUERY", "rotated")
+        monkeypatch.setenv("ONNXATTN_GQA_CUDA_ROTATION", "joint")
     switch = "ONNXATTN_SDPA_CUDA_COMBINE"
     (y, pk, pv, plan), (y2, pk2, pv2, plan2) = run_before_and_after(case, dtype, monkeypatch, switch, "fused")
     attention, fused = plan["attention"], plan2["attention"]
     merged = fused["schedule"] == "decode" and fused["kernel"] == "mma" and fused["splits"] > 1
     assert attention["split_counters"] == 0 and (attention["combine_grid"] > 0) == merged, attention["reason"]
     assert (fused["split_counters"] > 0) == merged and fused["combine_grid"] == 0, fused["reason"]
+    assert plan2["split_counters_zeroed_ahead"] == (merged and plan2["joint_new_tokens"]), fused["reason"]
     for a, b in zip((y2, pk2, pv2), (y, pk, pv)):
         if b is not None:
             np.testing.assert_array_equal(a, b)

@@ -45,6 +45,7 @@ struct OnnxAttnGqaPlanInfo {
   int64_t rotate_blocks;
   int32_t append_key_chunks, append_rotary_chunks, append_value_chunks, joint_new_tokens;
   int64_t append_chunk_blocks;
+  int32_t split_counters_zeroed_ahead, reserved;  // the joint kernel zeroes the core's fused-merge counters
 };
 
 // Device pointers of one call; null where the input is absent. present_key/present_value null: the
@@ -135,6 +136,7 @@ void fill_plan_info(const Plan& plan, OnnxAttnGqaPlanInfo* out) {
   out->append_value_chunks = plan.append_value_chunks;
   out->append_chunk_blocks = plan.append_chunk_blocks;
   out->joint_new_tokens = plan.joint_new_tokens ? 1 : 0;
+  out->split_counters_zeroed_ahead = plan.launch.split_counters_zeroed_ahead ? 1 : 0;
   out->append_rows = plan.append_rows;
   out->append_blocks = plan.append_blocks;
   out->lengths_offset = int64_t(plan.lengths_offset);

@@ -285,9 +285,14 @@ template <typename T>
 __global__ void __launch_bounds__(kRotateThreadsPerBlock)
     joint_new_tokens_kernel(const AppendArgs<T> a, const RotateArgs<T> r, const int key_chunks,
                             const int key_rotary_chunks, const int value_chunks, const int query_rotary_chunks,
-                            const int query_chunks) {
+                            const int query_chunks, uint32_t* const split_counters, const int64_t split_counter_count) {
   __shared__ float2 angles[kMaxRotaryPairs];
   sdpa::cuda::allow_dependent_grids();  // as append_kernel
+  // The core's fused-merge counters (Plan::launch.split_counters_zeroed_ahead; null: none), before any exit: the
+  // merge counts each row tile's splits from 0, and this kernel completes before the core reads them.
+  if (split_counters != nullptr && blockIdx.x == 0) {
+    for (int64_t i = threadIdx.x; i < split_counter_count; i += blockDim.x) split_counters[i] = 0;
+  }
   const int64_t token = blockIdx.x, b = token / a.seq, s = token % a.seq;
   int64_t slot;
   if (!new_token_slot(a, token, b, s, slot)) return;
@@ -332,17 +337,22 @@ void launch_append_chunks(const AppendArgs<T>& a, const Plan& plan, cudaStream_t
   }
 }
 
+// `attention_scratch`: the core's scratch, whose fused-merge counters the kernel zeroes where the plan says so.
 template <typename T>
-void launch_joint_chunks(const AppendArgs<T>& a, const RotateArgs<T>& r, const Plan& plan, cudaStream_t stream) {
+void launch_joint_chunks(const AppendArgs<T>& a, const RotateArgs<T>& r, const Plan& plan,
+                         unsigned char* attention_scratch, cudaStream_t stream) {
   if constexpr (sizeof(T) == 2) {
     check_query_items(r.q_heads, plan);
     check_new_token_items(a.kv_heads, plan);
     if (plan.rotate_blocks != plan.append_chunk_blocks) {
       throw std::runtime_error(str_cat(kOpName, ": the joint kernel's tokens differ (plan/run mismatch)"));
     }
+    const bool zero = plan.launch.split_counters_zeroed_ahead;
+    uint32_t* const counters =
+        zero ? reinterpret_cast<uint32_t*>(attention_scratch + plan.launch.split_counters_offset) : nullptr;
     joint_new_tokens_kernel<T><<<unsigned(plan.append_chunk_blocks), kRotateThreadsPerBlock, 0, stream>>>(
         a, r, plan.append_key_chunks, plan.append_rotary_chunks, plan.append_value_chunks, plan.rotary_chunks,
-        plan.rotate_chunks);
+        plan.rotate_chunks, counters, zero ? plan.launch.split_counters : 0);
   } else {
     throw std::runtime_error(str_cat(kOpName, ": the joint new-token kernel takes 16-bit rows (plan/run mismatch)"));
   }
@@ -451,7 +461,7 @@ void run(const Params& p, const Tensors<T>& t_in, const Plan& plan, void* stream
         throw std::runtime_error(str_cat(kOpName, ": unaligned key/value for the chunked kernel (plan/run mismatch)"));
       }
       if (plan.joint_new_tokens) {
-        launch_joint_chunks(a, r, plan, stream);
+        launch_joint_chunks(a, r, plan, base + plan.attention_offset, stream);
       } else {
         launch_append_chunks(a, plan, stream);
       }

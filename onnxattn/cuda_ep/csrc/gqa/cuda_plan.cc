@@ -107,6 +107,8 @@ Plan make_plan(const Params& p, DType dtype, const DeviceInfo& device, const Req
   }
   // Both by token, over the same tokens: one kernel (the new-token kernel's CTAs, a token each).
   plan.joint_new_tokens = rotation == Rotation::kJoint && plan.append_key_chunks > 0 && plan.rotate_chunks > 0;
+  // The joint kernel also zeroes the fused merge's counters (its CTA 0, before the core's launch): no memset launch.
+  plan.launch.split_counters_zeroed_ahead = plan.joint_new_tokens && plan.launch.split_counters > 0;
   plan.sinks = p.has_sinks;
   if (plan.sinks) plan.lse_offset = take(size_t(p.batch * p.q_heads * p.seq) * sizeof(float));
   plan.scratch_bytes = offset;

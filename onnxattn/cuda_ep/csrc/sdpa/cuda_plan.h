@@ -84,6 +84,9 @@ struct LaunchPlan {
   // zeroed before the decode launch; the combine kernel does not run (combine_grid 0). 0 counters: the combine kernel.
   int64_t split_counters = 0;
   size_t split_counters_offset = 0;
+  // The caller's kernel, stream-ordered before this launch, zeroes the counters (GroupQueryAttention's joint
+  // new-token kernel), so run() launches no memset of its own.
+  bool split_counters_zeroed_ahead = false;
   std::string reason;         // why this plan: schedule, kernel and split choice, for logs and tests
 };
 

@@ -95,7 +95,8 @@ void launch_attention(const KernelArgs<T>& args, const LaunchPlan& plan, cudaStr
     if (plan.kernel != Kernel::kSimt) throw std::runtime_error(str_cat(kOpName, ": float32 has no tensor-core kernel"));
     launch_simt(args, plan, stream);
   } else {
-    if (args.split_counters != nullptr) {  // the fused merge counts each row tile's finished splits from 0
+    // the fused merge counts each row tile's finished splits from 0
+    if (args.split_counters != nullptr && !plan.split_counters_zeroed_ahead) {
       check_cuda(cudaMemsetAsync(args.split_counters, 0, size_t(plan.split_counters) * sizeof(uint32_t), stream),
                  "zeroing the split counters");
     }
