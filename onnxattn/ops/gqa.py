@@ -86,6 +86,13 @@ Half-split layout (rotate_half, GPT-NeoX/Llama) by default, interleaved pairs (G
 
 **Precision.** Everything is computed in float32; K and V are stored in the cache in the input type, and
 attention reads them back from it.
+
+**Bad input and the CUDA kernel.** Every input, `past_lengths` and `position_ids` included, stays in device
+memory on CUDA: the kernels read nothing on the host and their launches do not depend on input values, so a
+step runs without host synchronisation and can be captured in a CUDA graph. A `past_lengths[b]` outside
+`[0, M - S]` is an error naming it in the CPU kernel. The CUDA kernel cannot raise without synchronising the
+host, so it gives that sequence NaN output rows and writes none of its cache slots (the other sequences are
+unaffected); validate on the host first where an error is needed.
 """
 
 OVERLOAD_DOC = (
