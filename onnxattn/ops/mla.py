@@ -105,6 +105,11 @@ frequencies of DeepSeek-V3, with its attention factor in `rope_attention_scaling
 and sin). Positions default to each query's key position.
 
 **Precision.** Computed in float32; the caches hold the input type and attention reads them back.
+
+**Bad input and the CUDA kernel.** As `GroupQueryAttention`: every input stays in device memory on CUDA, nothing
+is read on the host, and a step can be captured in a CUDA graph. A `past_lengths[b]` outside `[0, M - S]` is an
+error naming it in the CPU kernel; the CUDA kernel, which cannot raise without synchronising the host, leaves
+that sequence's caches untouched and gives its output rows NaN.
 """
 
 OVERLOAD_DOC = (
