@@ -14,9 +14,10 @@
 #      (per-kernel device time of the paths short of their targets)
 #   5. Nsight Compute on the split-KV decode kernel, where the call still has time (the cause of issue 3's miss)
 # then prints one summary table and leaves under $OUT (the device tool's output folder; out/gpu_check
-# elsewhere) 5 files, of the 8 the device tool returns at most: gpu_check.json (summary), gpu_tests.xml (the
+# elsewhere) 6 files, of the 8 the device tool returns at most: gpu_check.json (summary), gpu_tests.xml (the
 # serial stages' gpu_tests_*.xml merged into it), benchmarks.json (every bench_<name>_cuda.json bundled into it,
-# both by gpu_summary.py), gpu_check.log, and ncu_decode.txt where Nsight Compute ran (stage 5). Split the returned
+# both by gpu_summary.py), gpu_check.log, and ncu_decode.txt and ncu_decode_source.csv (the decode kernel's source
+# page) where Nsight Compute ran (stage 5). Split the returned
 # bundle into benchmarks/results/<name>_cuda_<device>.json
 # with scripts/gpu_unbundle.py <files_at>/benchmarks.json [--summary <files_at>/gpu_check.json].
 #
@@ -253,6 +254,13 @@ PY
   grep -E "^B=|  void |Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Theoretical Occupancy|\
 Registers Per|Issue Slots Busy|No Eligible|Active Warps Per|Eligible Warps|Warp Cycles Per Issued|[Ss]tall" \
     "$OUT/ncu_decode.txt" | head -60
+  # The source page of the default B=1 decode kernel (the first decode_mma_kernel above): per SASS instruction, the
+  # excessive global sectors and shared wavefronts behind the totals (33% and 42% at 2c9a48e, not yet located).
+  if fits "Nsight Compute source page" 30; then
+    timeout 30 ncu --section SourceCounters --page source --print-source sass --csv -k regex:decode_mma_kernel -c 1 \
+      python3 /tmp/ncu_decode_launch.py > "$OUT/ncu_decode_source.csv" 2>&1
+    echo "ncu source page: exit $? ($(wc -l < "$OUT/ncu_decode_source.csv") lines in ncu_decode_source.csv)"
+  fi
 fi
 
 echo "== summary"
