@@ -38,6 +38,11 @@ __device__ __forceinline__ float merged_lse(const SplitWeights& w) {
   return w.total != 0.0f ? w.big + logf(w.total) : kNegInf;
 }
 
+// The factor of the merged row's weighted sum: 1 / sum of the weights, 0 where no split saw a key (zero rows).
+__device__ __forceinline__ float inverse_total(const SplitWeights& w) {
+  return w.total != 0.0f ? 1.0f / w.total : 0.0f;
+}
+
 // One warp: weights[s] = exp(lse_s - max lse) for the splits of partial row `row` (lane l takes splits l, l + 32, ...;
 // its log-sum-exps stay in registers between the max and the weights: one round trip to L2, not two). The caller syncs
 // the warp before reading `weights`.
@@ -156,7 +161,7 @@ __device__ __forceinline__ void merge_splits_if_last(const KernelArgs<T>& a, con
     if (lane == 0) {
       partial_at[r] = partial * a.v_head_dim;
       y_at[r] = y_row(a, work.cta.batch, ref.head, ref.query, work.seq.q_start);
-      inverse[r] = w.total != 0.0f ? 1.0f / w.total : 0.0f;
+      inverse[r] = inverse_total(w);
       if (a.lse != nullptr) a.lse[lse_row(a, ref, work.seq.q_start)] = merged_lse(w);
     }
   }

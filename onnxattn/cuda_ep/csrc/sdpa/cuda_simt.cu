@@ -200,7 +200,7 @@ __global__ void __launch_bounds__(tiles::kThreads) combine_kernel(const KernelAr
   const int splits = int(a.splits);
   const SplitWeights w = split_weights</*kL2Only=*/false>(a.partial_lse, a.out_rows, row, splits, weights[warp], lane);
   __syncwarp();
-  const float inv = w.total != 0.0f ? 1.0f / w.total : 0.0f;
+  const float inv = inverse_total(w);
   const int v_dim = a.v_head_dim;
   const float* const partials = a.partial_out + row * v_dim;
   const int64_t split_stride = a.out_rows * v_dim;
