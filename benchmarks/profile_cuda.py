@@ -9,8 +9,10 @@ Cases (each guarded: one failing is recorded in its row and the run goes on):
   - sdpa_decode_b1_32k_lookup, gqa_decode_p32k_lookup: those with the decode's K/V copies through the slot lookup
     (ONNXATTN_SDPA_CUDA_DECODE_LOADS=lookup; direct loads are the default since the H200 run at 82087dc); *_lean:
     two stages a warp, three CTAs an SM (ONNXATTN_SDPA_CUDA_DECODE_STAGES=2, opt-in: no gain there); *_fused: the
-    splits merged by each row tile's last CTA, no combine kernel (ONNXATTN_SDPA_CUDA_COMBINE=fused, opt-in);
-  - sdpa_decode_b1_4k: the same at 4k (25% of copy: the fixed cost of a call);
+    splits merged by each row tile's last CTA, no combine kernel (ONNXATTN_SDPA_CUDA_COMBINE=fused, opt-in); *_columns:
+    the combine kernel with a warp per 32 columns of a row (ONNXATTN_SDPA_CUDA_COMBINE=columns, opt-in);
+  - sdpa_decode_b1_4k: the same at 4k (25% of copy: the fixed cost of a call); sdpa_decode_b1_4k_columns with the
+    combine kernel by columns;
   - gqa_prefill_s2048 / ort_gqa_prefill_s2048: GroupQueryAttention prefill, B=1, S=2048, 32q/8kv, RoPE, fp16,
     ours and onnxruntime's com.microsoft.GroupQueryAttention through the CUDA EP (op 192 vs core 272 TFLOP/s);
     gqa_prefill_s2048_rows: ours with the queries and new keys turned by the per-row kernels (ONNXATTN_GQA_CUDA_ROTATION=
@@ -53,23 +55,25 @@ from pathlib import Path  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests" / "gpu"), str(ROOT / "benchmarks")]
 
-CASES = ("sdpa_decode_b1_32k", "sdpa_decode_b1_32k_fused", "sdpa_decode_b1_32k_lookup", "sdpa_decode_b1_32k_lean",
-         "sdpa_decode_b1_4k", "gqa_prefill_s2048", "gqa_prefill_s2048_rows", "gqa_prefill_s2048_joint",
-         "ort_gqa_prefill_s2048", "gqa_decode_p32k", "gqa_decode_p32k_fused", "gqa_decode_p32k_fused_joint",
-         "gqa_decode_p32k_lookup", "gqa_decode_p32k_lean", "ort_gqa_decode_p32k", "nsa_16k", "routed_16k",
-         "nsa_dot_16k", "nsa_mma_16k", "routed_mma_16k", "nsa_mma_async_16k", "routed_mma_async_16k",
-         "nsa_mma_tiles_16k", "routed_mma_tiles_16k", "nsa_mma_64k", "nsa_mma_tiles_64k", "routed_mma_64k",
-         "routed_mma_tiles_64k", "nsa_mma_async_64k", "routed_mma_async_64k", "routed_mma_split_16k",
-         "routed_mma_split_64k")
+CASES = ("sdpa_decode_b1_32k", "sdpa_decode_b1_32k_fused", "sdpa_decode_b1_32k_columns", "sdpa_decode_b1_32k_lookup",
+         "sdpa_decode_b1_32k_lean", "sdpa_decode_b1_4k", "sdpa_decode_b1_4k_columns", "gqa_prefill_s2048",
+         "gqa_prefill_s2048_rows", "gqa_prefill_s2048_joint", "ort_gqa_prefill_s2048", "gqa_decode_p32k",
+         "gqa_decode_p32k_fused", "gqa_decode_p32k_columns", "gqa_decode_p32k_fused_joint", "gqa_decode_p32k_lookup",
+         "gqa_decode_p32k_lean", "ort_gqa_decode_p32k", "nsa_16k", "routed_16k", "nsa_dot_16k", "nsa_mma_16k",
+         "routed_mma_16k", "nsa_mma_async_16k", "routed_mma_async_16k", "nsa_mma_tiles_16k", "routed_mma_tiles_16k",
+         "nsa_mma_64k", "nsa_mma_tiles_64k", "routed_mma_64k", "routed_mma_tiles_64k", "nsa_mma_async_64k",
+         "routed_mma_async_64k", "routed_mma_split_16k", "routed_mma_split_64k")
 # Library switches a case runs under (read by the kernels on every call); the decode ones as bench_sdpa_cuda's
 # OPT_IN_DECODE columns.
 LOOKUP = {"ONNXATTN_SDPA_CUDA_DECODE_LOADS": "lookup"}
 LEAN = {"ONNXATTN_SDPA_CUDA_DECODE_STAGES": "2"}
 FUSED = {"ONNXATTN_SDPA_CUDA_COMBINE": "fused"}
+COLUMNS = {"ONNXATTN_SDPA_CUDA_COMBINE": "columns"}
 CASE_ENV = {"gqa_prefill_s2048_rows": {"ONNXATTN_GQA_CUDA_ROTATION": "rows"},
             "gqa_prefill_s2048_joint": {"ONNXATTN_GQA_CUDA_ROTATION": "joint"},
             **{f"{base}_{name}": switch for base in ("sdpa_decode_b1_32k", "gqa_decode_p32k")
-               for name, switch in (("lookup", LOOKUP), ("lean", LEAN), ("fused", FUSED))},
+               for name, switch in (("lookup", LOOKUP), ("lean", LEAN), ("fused", FUSED), ("columns", COLUMNS))},
+            "sdpa_decode_b1_4k_columns": COLUMNS,
             "gqa_decode_p32k_fused_joint": {**FUSED, "ONNXATTN_GQA_CUDA_QUERY": "rotated",
                                             "ONNXATTN_GQA_CUDA_ROTATION": "joint"},
             **{f"routed_mma_split_{n}": {"ONNXATTN_SPARSE_CUDA_ROUTE": "split"} for n in ("16k", "64k")}}  # fmt: skip

@@ -773,3 +773,38 @@ def test_fused_merge_counts_per_batch_decodes_by_the_bound(monkeypatch):
                  layout=lib.Layout.of(per_batch_lengths=True))
     assert p["min_split_keys"] == 256 and p["split_counters"] == 4 * 8 and p["reason"].endswith(FUSED), p["reason"]
 
+
+
+# ---- the combine kernel by columns (ONNXATTN_SDPA_CUDA_COMBINE=columns, cuda_plan.cc rule 13)
+COLUMNS = ", splits merged by the combine kernel by columns (ONNXATTN_SDPA_CUDA_COMBINE)"
+
+
+@pytest.mark.parametrize("batch,q_len,kv_len,head_dim,v_head_dim,kernel",
+                         [(1, 1, 32768, 128, 128, "auto"), (16, 1, 4096, 128, 128, "auto"),
+                          (2, 16, 20000, 64, 64, "auto"), (1, 1, 32768, 256, 256, "auto"),
+                          (1, 1, 65536, 40, 40, "simt"), (1, 3, 9000, 24, 0, "simt"),
+                          (1, 1, 32768, 128, 128, "simt")])  # fmt: skip
+def test_columns_combine_takes_a_warp_per_32_columns_of_a_row(monkeypatch, batch, q_len, kv_len, head_dim,
+                                                              v_head_dim, kernel):
+    """The same decode launch and scratch as the row combine; only the combine grid grows, to one warp per 32
+    columns of each partial row (Dv = 0: one a row, for its log-sum-exp), 4 warps a CTA. Any decode kernel."""
+    decode = spec(batch=batch, q_heads=32, kv_heads=8, q_len=q_len, kv_len=kv_len, head_dim=head_dim,
+                  v_head_dim=v_head_dim)
+    rows = lib.plan(decode, kernel=kernel)
+    monkeypatch.setenv("ONNXATTN_SDPA_CUDA_COMBINE", "columns")
+    columns = lib.plan(decode, kernel=kernel)
+    out_rows = batch * 32 * q_len
+    assert rows["splits"] > 1 and rows["combine_grid"] == ceil_div(out_rows, 4), rows["reason"]
+    assert columns["reason"] == rows["reason"] + COLUMNS
+    assert columns["combine_grid"] == ceil_div(out_rows * max(1, ceil_div(v_head_dim, 32)), 4)
+    assert without(columns, "reason", "combine_grid") == without(rows, "reason", "combine_grid")
+    monkeypatch.setenv("ONNXATTN_SDPA_CUDA_COMBINE", "kernel")
+    assert lib.plan(decode, kernel=kernel) == rows
+
+
+def test_columns_combine_only_where_splits_are_merged(monkeypatch):
+    monkeypatch.setenv("ONNXATTN_SDPA_CUDA_COMBINE", "columns")
+    one = lib.plan(spec(q_heads=32, kv_heads=8, q_len=1, kv_len=256, head_dim=128))  # one split: nothing to merge
+    assert one["splits"] == 1 and one["combine_grid"] == 0 and "COMBINE" not in one["reason"]
+    prefill = lib.plan(spec(q_heads=8, kv_heads=2, q_len=2048, kv_len=2048, head_dim=128))
+    assert prefill["combine_grid"] == 0 and "COMBINE" not in prefill["reason"]

@@ -86,6 +86,17 @@ def test_fused_merge_gives_the_combine_kernels_bits(case, dtype, monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", pc.DTYPES)
+@pytest.mark.parametrize("case", pc.CASES, ids=str)
+def test_columns_combine_gives_the_row_combines_bits(case, dtype, monkeypatch):
+    """ONNXATTN_SDPA_CUDA_COMBINE=columns (opt-in, cuda_plan.cc rule 13) on ragged batches: a warp per 32 columns of
+    each (row tile item, KV head, tile row) partial row, rows of items the schedule left empty never read; the same
+    output and pool bits as the warp a row."""
+    decode = decode_plan_with_the_same_bits(case, dtype, monkeypatch, "ONNXATTN_SDPA_CUDA_COMBINE", "columns")
+    if decode is not None:
+        assert ("by columns" in decode["reason"]) == (decode["splits"] > 1), decode["reason"]
+
+
+@pytest.mark.parametrize("dtype", pc.DTYPES)
 @pytest.mark.parametrize("case_id", ["decode-b4-bs16", "mixed-chunks-decodes", "decode-bs1", "everything"])
 def test_in_place_update_of_the_pools(case_id, dtype):
     # The output pools ARE the input pools: only the new tokens' slots are written, everything else (past
@@ -235,7 +246,7 @@ def test_token_by_token_decode_equals_one_chunk(dtype):
     assert (np.abs(y_steps - y_all) <= 4 * eps * (1 + np.abs(y_all))).all(), np.abs(y_steps - y_all).max()
 
 
-@pytest.mark.parametrize("combine", ["kernel", "fused"])
+@pytest.mark.parametrize("combine", ["kernel", "fused", "columns"])
 @pytest.mark.parametrize("dtype", ["float16", "float32"])
 def test_a_decode_step_captured_in_a_cuda_graph_replays_with_new_lengths_and_tables(dtype, combine, monkeypatch):
     # No host synchronisation and no launch shape that depends on index values: a captured step stays valid

@@ -206,7 +206,7 @@ def test_strided_views_give_the_contiguous_result(path, kernel, kv_layout, loads
     assert torch.equal(y_bshd.transpose(1, 2), y_ref), plan["reason"]
 
 
-@pytest.mark.parametrize("combine", ["kernel", "fused"])
+@pytest.mark.parametrize("combine", ["kernel", "fused", "columns"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
 @pytest.mark.parametrize("path", ["prefill", "decode"])
 @pytest.mark.parametrize("sq", [1, 5, 40])
@@ -214,7 +214,8 @@ def test_per_batch_lengths_read_only_each_sequences_keys(dtype, path, sq, combin
     # A shared KV-cache buffer: sequence b holds kv_lengths[b] valid keys, its query row 0 sits at
     # query_offsets[b]; slots past the valid keys hold NaN and are never read. Each sequence must match
     # the plain problem on its own valid keys; a negative length leaves its rows untouched. combine=fused
-    # (cuda_plan.cc rule 12): CTAs left without keys by a short sequence still count themselves in.
+    # (cuda_plan.cc rule 12): CTAs left without keys by a short sequence still count themselves in; columns (rule 13):
+    # the skipped sequence's rows are not touched by the warps of their columns either.
     monkeypatch.setenv("ONNXATTN_SDPA_CUDA_COMBINE", combine)
     hq, hkv, d, buffer = 8, 2, 128, 3000
     lengths = [2500, sq, 700, -1]
@@ -360,6 +361,31 @@ def test_programmatic_dependent_launches_give_the_same_bits(name, monkeypatch):
     # wait in griddepcontrol.wait before reading: the same kernels, so the same bits, with several splits.
     for plan, pdl in decode_with_and_without(name, monkeypatch, "ONNXATTN_CUDA_PDL", "1"):
         assert pdl["pdl"] == 1 and plan["pdl"] == 0, pdl["reason"]
+
+
+@pytest.mark.parametrize("kernel", ["auto", "simt"])
+@pytest.mark.parametrize("splits", ["auto", "3", "max"])
+@pytest.mark.parametrize("name", DECODE_SWITCH_CASES)
+def test_columns_combine_gives_the_row_combines_bits(name, splits, kernel, monkeypatch):
+    # ONNXATTN_SDPA_CUDA_COMBINE=columns (cuda_plan.cc rule 13; opt-in): a warp per 32 columns of a row, each lane's
+    # partials of up to 32 splits in flight at once; the same weights and sums in the same order as the warp a row,
+    # so the same output and LSE bits, over every head size and Dv (lanes past Dv), with the plan's splits, 3 and one
+    # split per key tile (max: more than one batch of 32), in scratch filled with NaN (empty splits' partials, never
+    # written, must be selected away), on the tensor-core and the SIMT decode (float32 too).
+    case = next(c for c in CASES if c.name == name)
+    for dtype in (torch.float16, torch.bfloat16) if kernel == "auto" else (torch.float32, torch.float16):
+        q, k, v, mask = make_inputs(case, dtype)
+        if splits != "auto":  # 256: clamped to one split per key tile
+            monkeypatch.setenv("ONNXATTN_SDPA_CUDA_SPLITS", "256" if splits == "max" else splits)
+        y, lse, plan = run(case, q, k, v, mask, path="decode", kernel=kernel, scratch_fill=0xFF)
+        monkeypatch.setenv("ONNXATTN_SDPA_CUDA_COMBINE", "columns")
+        out = torch.full_like(y, float("nan"))
+        y2, lse2, columns = run(case, q, k, v, mask, path="decode", kernel=kernel, out=out, scratch_fill=0xFF)
+        assert_same_bits(case, (y, lse), (y2, lse2), (name, dtype, columns["reason"]))
+        monkeypatch.delenv("ONNXATTN_SDPA_CUDA_COMBINE")
+        monkeypatch.delenv("ONNXATTN_SDPA_CUDA_SPLITS", raising=False)
+        assert ("by columns" in columns["reason"]) == (columns["splits"] > 1), columns["reason"]
+        assert columns["splits"] == plan["splits"] and columns["grid"] == plan["grid"], columns["reason"]
 
 
 @pytest.mark.parametrize("splits", ["auto", "3", "max"])

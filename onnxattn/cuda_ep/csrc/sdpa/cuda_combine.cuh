@@ -117,6 +117,36 @@ __device__ __forceinline__ float weighted_sum(const float* row, int e, int64_t s
   return acc;
 }
 
+// The columns combine (ONNXATTN_SDPA_CUDA_COMBINE=columns): a lane sums one column of a row, its partials loaded a
+// batch of up to kColumnBatch splits before the first use, so all of a B = 1 decode's 32 splits are in flight at
+// once: one 4-byte register a split where weighted_sum4 needs four (its batches of 32 stayed at 40 registers, not in
+// flight; the columns kernel holds 112-114, and its sm_80 / sm_90a SASS issues the 32 loads back to back). The same
+// sums in the same order as weighted_sum4's lanes, so the same bits: a split past `splits` added nothing there
+// (fma(0, 0, acc) = acc) and is not added here.
+inline constexpr int kColumnBatch = 32;
+
+// p[x] = the partial of split s0 + x, for the splits below `splits` (the others are never read)
+template <bool kL2Only>
+__device__ __forceinline__ void load_column_batch(const float* column, int64_t split_stride, int s0, int splits,
+                                                  float (&p)[kColumnBatch]) {
+#pragma unroll
+  for (int x = 0; x < kColumnBatch; ++x) {
+    p[x] = s0 + x < splits ? load_partial<kL2Only>(column + (s0 + x) * split_stride) : 0.0f;
+  }
+}
+
+__device__ __forceinline__ float accumulate_column_batch(float acc, const float (&p)[kColumnBatch],
+                                                         const float* weights, int s0, int splits) {
+#pragma unroll
+  for (int x = 0; x < kColumnBatch; ++x) {
+    if (s0 + x < splits) {
+      const float w = weights[s0 + x];
+      acc = fmaf(w, w != 0.0f ? p[x] : 0.0f, acc);
+    }
+  }
+  return acc;
+}
+
 // Shared memory the fused merge borrows from its caller: the weights of each row, then each row's partial row,
 // Y row and 1 / total.
 template <int kRows>

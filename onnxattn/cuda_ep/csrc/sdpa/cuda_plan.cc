@@ -69,6 +69,12 @@
 //     the gap between B = 1's 60% of copy bandwidth and issue 3's 70%; onnxruntime's decode merges in-kernel the
 //     same way. Kernels of their own (the default stages, either loads), so the others keep their code; the SIMT
 //     kernel and the two-stage decode (rules 10, 11) keep the combine kernel.
+// 13. ONNXATTN_SDPA_CUDA_COMBINE=columns (opt-in until a GPU run has checked and timed it): the combine kernel with a
+//     warp per 32 columns of a row instead of a warp per row, each lane's partials of up to 32 splits in flight at
+//     once (sdpa/cuda_simt.cu): two round trips to L2 at 32 splits where the warp a row makes five. Why: the combine
+//     kernel took 4.7 us (batches of eight, 82087dc) of the B = 1 decode at Skv 32k, whose attention kernel alone
+//     runs at 75% of copy bandwidth, and 3.5 of 15 us at 4k, with 8 CTAs waiting on L2 one batch of eight after
+//     another. Any decode kernel, any Dv; the same bits as the row kernel.
 #include "sdpa/cuda_plan.h"
 
 #include <algorithm>
@@ -101,7 +107,9 @@ Request request_from_env(const char* op) {
   r.decode_stages =
       env_choice(op, "ONNXATTN_SDPA_CUDA_DECODE_STAGES", {"auto", "2"}) == 1 ? tiles::kDecodeLeanStages : 0;
   r.splits = env_integer(op, "ONNXATTN_SDPA_CUDA_SPLITS", 1, kMaxSplits, 0);
-  r.fused_combine = env_choice(op, "ONNXATTN_SDPA_CUDA_COMBINE", {"auto", "kernel", "fused"}) == 2;
+  const int combine = env_choice(op, "ONNXATTN_SDPA_CUDA_COMBINE", {"auto", "kernel", "fused", "columns"});
+  r.fused_combine = combine == 2;
+  r.columns_combine = combine == 3;
   return r;
 }
 
@@ -374,6 +382,13 @@ LaunchPlan plan_launch(const Params& p, DType dtype, const DeviceInfo& device, c
     } else if (request.fused_combine) {
       why += ", splits merged by the combine kernel (ONNXATTN_SDPA_CUDA_COMBINE=fused needs the tensor-core decode at "
              "its default stages)";
+    } else if (request.columns_combine) {  // rule 13
+      plan.combine_columns = true;
+      plan.combine_grid = ceil_div(out_rows * tiles::combine_column_chunks(p.v_head_dim), tiles::kWarps);
+      why += ", splits merged by the combine kernel by columns (ONNXATTN_SDPA_CUDA_COMBINE)";
+    }
+    if (plan.combine_grid > int64_t(0x7fffffff)) {
+      fail(op, ": problem too large for one CUDA grid (", plan.combine_grid, " CTAs of the split combine)");
     }
   }
   plan.reason = why;

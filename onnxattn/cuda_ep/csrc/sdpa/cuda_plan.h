@@ -37,6 +37,7 @@ struct Request {
   bool paged_direct_loads = false;  // rule 9 over paged K/V too: ONNXATTN_SDPA_CUDA_DECODE_LOADS=direct
   int decode_stages = 0;  // ONNXATTN_SDPA_CUDA_DECODE_STAGES: 0 auto, 2 the lean decode (rule 10)
   bool fused_combine = false;  // rule 12: ONNXATTN_SDPA_CUDA_COMBINE=fused
+  bool columns_combine = false;  // rule 13: ONNXATTN_SDPA_CUDA_COMBINE=columns
 };
 
 // ONNXATTN_SDPA_CUDA_PATH = auto | prefill | decode and ONNXATTN_SDPA_CUDA_KERNEL = auto | mma | simt
@@ -44,7 +45,8 @@ struct Request {
 // benchmarks that sweep the split rule), ONNXATTN_SDPA_CUDA_PREFILL = auto | mma | wgmma (the Hopper
 // prefill kernel where it can run, see cuda_plan.cc rule 3; auto = wgmma where it can, mma = mma.sync always),
 // ONNXATTN_CUDA_PDL = 0 | 1 (rule 8), ONNXATTN_SDPA_CUDA_DECODE_LOADS = auto | direct | lookup (rule 9),
-// ONNXATTN_SDPA_CUDA_DECODE_STAGES = auto | 2 (rule 10), ONNXATTN_SDPA_CUDA_COMBINE = auto | kernel | fused (rule 12),
+// ONNXATTN_SDPA_CUDA_DECODE_STAGES = auto | 2 (rule 10), ONNXATTN_SDPA_CUDA_COMBINE = auto | kernel | fused | columns
+// (rules 12, 13),
 // read on every call so tests can switch within one process.
 // An unknown value is an InputError naming `op` (the op whose call read them).
 Request request_from_env(const char* op = kOpName);
@@ -76,6 +78,7 @@ struct LaunchPlan {
   // (sequence, row tile) from the schedule the device writes. 0: a uniform batch (row_tiles per batch).
   int64_t work_tiles = 0;
   int64_t combine_grid = 0;   // CTAs of the combine kernel (0 when splits == 1)
+  bool combine_columns = false;  // the combine kernel by columns (rule 13): a warp per 32 columns of a row
   bool pdl = false;           // decode and combine launched as programmatic dependents (rule 8)
   bool direct_loads = false;  // decode mma over contiguous K/V: each lane's addresses stepped directly (rule 9)
   size_t scratch_bytes = 0;   // partial outputs + partial LSE (+ the fused merge's counters); 0 when splits == 1

@@ -7,7 +7,8 @@
 // CTA stages K and V (as float) in shared memory; lane c scores key c against the warp's 8 rows, the warp
 // runs the online softmax per row with shuffles, and lane c then accumulates output columns c, c+32, ...
 //
-// combine_kernel: one warp per output row merges the splits' partial outputs by their log-sum-exp.
+// combine_kernel: one warp per output row merges the splits' partial outputs by their log-sum-exp;
+// combine_columns_kernel (opt-in) the same, one warp per 32 columns of a row.
 //
 // Fused ops' layouts (strided views, per-batch query offsets and lengths, the Q-load hook) as in the mma
 // kernels; here the prepared Q stays in float32.
@@ -171,6 +172,30 @@ __global__ void __launch_bounds__(tiles::kThreads) simt_kernel(const KernelArgs<
   }
 }
 
+// Where partial row `row` goes: its Y row and LSE entry; false for a row no sequence owns (a skipped sequence, a
+// ragged row tile the attention did not run), which is never read.
+template <typename T>
+__device__ __forceinline__ bool combine_target(const KernelArgs<T>& a, int64_t row, int64_t& y_at, int64_t& lse_at) {
+  lse_at = row;
+  if (a.work_items == nullptr) {
+    if (a.kv_lengths != nullptr && a.kv_lengths[row / (a.q_heads * a.q_len)] < 0) return false;  // a skipped sequence
+    y_at = y_row(a, row);
+    return true;
+  }
+  // Ragged: the partial row of (item, KV head, tile row); rows the attention skipped are never read.
+  const int64_t item = row / (a.kv_heads * a.rows_per_cta);
+  if (item >= min(int64_t(*a.work_total), a.work_tiles)) return false;
+  const int2 it = a.work_items[item];
+  if (it.x < 0 || it.x >= a.batch) return false;
+  const SeqView seq = seq_view(a, it.x);
+  const int64_t r = int64_t(it.y) * a.rows_per_cta + row % a.rows_per_cta;
+  if (seq.skip || r >= seq.rows) return false;
+  const int64_t kv_head = (row / a.rows_per_cta) % a.kv_heads;
+  y_at = y_row(a, it.x, kv_head * a.group + r % a.group, r / a.group, seq.q_start);
+  lse_at = (seq.q_start + r / a.group) * a.q_heads + kv_head * a.group + r % a.group;  // [T, Hq] (lse_row)
+  return true;
+}
+
 // One warp a row; the merge itself is cuda_combine.cuh's (shared with the decode kernel's fused merge).
 template <typename T>
 __global__ void __launch_bounds__(tiles::kThreads) combine_kernel(const KernelArgs<T> a) {
@@ -181,22 +206,7 @@ __global__ void __launch_bounds__(tiles::kThreads) combine_kernel(const KernelAr
   const int64_t row = int64_t(blockIdx.x) * tiles::kCombineRowsPerCta + warp;
   if (row >= a.out_rows) return;  // whole warps leave; no CTA barrier follows
   int64_t y_at = 0, lse_at = row;
-  if (a.work_items == nullptr) {
-    if (a.kv_lengths != nullptr && a.kv_lengths[row / (a.q_heads * a.q_len)] < 0) return;  // a skipped sequence
-    y_at = y_row(a, row);
-  } else {
-    // Ragged: the partial row of (item, KV head, tile row); rows the attention skipped are never read.
-    const int64_t item = row / (a.kv_heads * a.rows_per_cta);
-    if (item >= min(int64_t(*a.work_total), a.work_tiles)) return;
-    const int2 it = a.work_items[item];
-    if (it.x < 0 || it.x >= a.batch) return;
-    const SeqView seq = seq_view(a, it.x);
-    const int64_t r = int64_t(it.y) * a.rows_per_cta + row % a.rows_per_cta;
-    if (seq.skip || r >= seq.rows) return;
-    const int64_t kv_head = (row / a.rows_per_cta) % a.kv_heads;
-    y_at = y_row(a, it.x, kv_head * a.group + r % a.group, r / a.group, seq.q_start);
-    lse_at = (seq.q_start + r / a.group) * a.q_heads + kv_head * a.group + r % a.group;  // [T, Hq] (lse_row)
-  }
+  if (!combine_target(a, row, y_at, lse_at)) return;
   const int splits = int(a.splits);
   const SplitWeights w = split_weights</*kL2Only=*/false>(a.partial_lse, a.out_rows, row, splits, weights[warp], lane);
   __syncwarp();
@@ -218,6 +228,42 @@ __global__ void __launch_bounds__(tiles::kThreads) combine_kernel(const KernelAr
     }
   }
   if (lane == 0 && a.lse != nullptr) a.lse[lse_at] = merged_lse(w);
+}
+
+// The columns combine (ONNXATTN_SDPA_CUDA_COMBINE=columns, cuda_plan.cc rule 13): one warp a (row, 32 columns), lane
+// c one column, so a B = 1 decode's 32 rows of 128 take 128 warps, not 32. A lane's partials (a batch of up to 32
+// splits) are all in flight at once: two round trips to L2 at 32 splits, the log-sum-exps' and the partials' (ptxas
+// issues the partials once the log-sum-exps are in, though they come first here), where the warp a row makes one
+// for the log-sum-exps, then one per batch of eight: five. The same weights and sums in the same order as
+// combine_kernel: the same bits.
+template <typename T>
+__global__ void __launch_bounds__(tiles::kThreads) combine_columns_kernel(const KernelArgs<T> a) {
+  constexpr int kMaxSplits = int(cuda::kMaxSplits);
+  __shared__ float weights[tiles::kWarps][kMaxSplits];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  wait_for_prerequisite_grids();  // the partials are complete and visible (LaunchPlan::pdl); at once otherwise
+  const int v_dim = a.v_head_dim;
+  const int64_t chunks = tiles::combine_column_chunks(v_dim);
+  const int64_t item = int64_t(blockIdx.x) * tiles::kWarps + warp;
+  const int64_t row = item / chunks;
+  if (row >= a.out_rows) return;  // whole warps leave; no CTA barrier follows
+  int64_t y_at = 0, lse_at = row;
+  if (!combine_target(a, row, y_at, lse_at)) return;
+  const int e = int(item % chunks) * 32 + lane;
+  const int splits = int(a.splits), loaded = e < v_dim ? splits : 0;  // lanes past Dv (or Dv = 0) read nothing
+  const float* const column = a.partial_out + row * v_dim + e;
+  const int64_t split_stride = a.out_rows * v_dim;
+  float p[kColumnBatch];
+  load_column_batch<false>(column, split_stride, 0, loaded, p);
+  const SplitWeights w = split_weights</*kL2Only=*/false>(a.partial_lse, a.out_rows, row, splits, weights[warp], lane);
+  __syncwarp();
+  float acc = accumulate_column_batch(0.0f, p, weights[warp], 0, loaded);
+  for (int s0 = kColumnBatch; s0 < loaded; s0 += kColumnBatch) {
+    load_column_batch<false>(column, split_stride, s0, loaded, p);
+    acc = accumulate_column_batch(acc, p, weights[warp], s0, loaded);
+  }
+  if (e < v_dim) store_y(a, y_at + e, acc * inverse_total(w));
+  if (e == 0 && a.lse != nullptr) a.lse[lse_at] = merged_lse(w);
 }
 
 // One warp per sequence: its class by query count, the row tiles of the sequences before it in that class
@@ -277,7 +323,8 @@ void launch_simt(const KernelArgs<T>& args, const LaunchPlan& plan, cudaStream_t
 
 template <typename T>
 void launch_combine(const KernelArgs<T>& args, const LaunchPlan& plan, cudaStream_t stream) {
-  launch_maybe_dependent(combine_kernel<T>, unsigned(plan.combine_grid), unsigned(tiles::kThreads), 0, stream, plan.pdl,
+  launch_maybe_dependent(plan.combine_columns ? combine_columns_kernel<T> : combine_kernel<T>,
+                         unsigned(plan.combine_grid), unsigned(tiles::kThreads), 0, stream, plan.pdl,
                          args);  // errors: checked by the caller (cudaGetLastError)
 }
 

@@ -94,7 +94,9 @@ constexpr BlockDivider block_divider(int64_t d) {
   return {uint32_t(mul), shift};
 }
 
-// ---- combine: one warp per output row.
+// ---- combine: one warp per output row; the columns combine (cuda_plan.cc rule 13) one warp per 32 columns of a row
+// (Dv = 0: one, for its log-sum-exp).
 inline constexpr int kCombineRowsPerCta = kWarps;
+constexpr int64_t combine_column_chunks(int64_t v_head_dim) { return v_head_dim > 32 ? (v_head_dim + 31) / 32 : 1; }
 
 }  // namespace onnxattn::sdpa::cuda::tiles
