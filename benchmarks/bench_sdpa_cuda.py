@@ -240,12 +240,17 @@ def bench_prefill(dtype, seq, ort, repeats):
 # nor the H200); lookup: the decode's K/V copies through the paged path's slot lookup (the default before direct
 # loads, cuda_plan.cc rule 9, won on the H200 at 82087dc); lean: two stages a warp, three CTAs an SM (rule 10, opt-in:
 # no gain there); fused: the splits merged by each row tile's last CTA, no combine kernel (rule 12, opt-in until timed);
-# columns: the combine kernel with a warp per 32 columns of a row, all of a lane's splits in flight (rule 13, opt-in).
+# columns: the combine kernel with a warp per 32 columns of a row, all of a lane's splits in flight (rule 13, opt-in);
+# lazy: the decode's O rescaled only where a row's max moved (the fused merge's kernels, rule 14, opt-in); columns_lazy:
+# both, so that the profile's kernel times tell the two apart.
 OPT_IN_DECODE = {"pdl": ("PDL", {"ONNXATTN_CUDA_PDL": "1"}),
                  "lookup": ("slot-lookup loads", {"ONNXATTN_SDPA_CUDA_DECODE_LOADS": "lookup"}),
                  "lean": ("3 CTAs an SM", {"ONNXATTN_SDPA_CUDA_DECODE_STAGES": "2"}),
                  "fused": ("fused merge", {"ONNXATTN_SDPA_CUDA_COMBINE": "fused"}),
-                 "columns": ("combine by columns", {"ONNXATTN_SDPA_CUDA_COMBINE": "columns"})}
+                 "columns": ("combine by columns", {"ONNXATTN_SDPA_CUDA_COMBINE": "columns"}),
+                 "lazy": ("lazy rescale", {"ONNXATTN_SDPA_CUDA_DECODE_RESCALE": "lazy"}),
+                 "columns_lazy": ("combine by columns, lazy rescale", {"ONNXATTN_SDPA_CUDA_COMBINE": "columns",
+                                                                       "ONNXATTN_SDPA_CUDA_DECODE_RESCALE": "lazy"})}
 
 
 def bench_decode(dtype, batch, kv_len, ort, copy_gbs, repeats):

@@ -11,6 +11,8 @@ Cases (each guarded: one failing is recorded in its row and the run goes on):
     two stages a warp, three CTAs an SM (ONNXATTN_SDPA_CUDA_DECODE_STAGES=2, opt-in: no gain there); *_fused: the
     splits merged by each row tile's last CTA, no combine kernel (ONNXATTN_SDPA_CUDA_COMBINE=fused, opt-in); *_columns:
     the combine kernel with a warp per 32 columns of a row (ONNXATTN_SDPA_CUDA_COMBINE=columns, opt-in);
+    *_columns_lazy: that with the decode's O rescaled only where a row's max moved (ONNXATTN_SDPA_CUDA_DECODE_RESCALE=
+    lazy, opt-in), the decode kernel's time beside the default's;
   - sdpa_decode_b1_4k: the same at 4k (25% of copy: the fixed cost of a call); sdpa_decode_b1_4k_columns with the
     combine kernel by columns;
   - gqa_prefill_s2048 / ort_gqa_prefill_s2048: GroupQueryAttention prefill, B=1, S=2048, 32q/8kv, RoPE, fp16,
@@ -55,10 +57,11 @@ from pathlib import Path  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests" / "gpu"), str(ROOT / "benchmarks")]
 
-CASES = ("sdpa_decode_b1_32k", "sdpa_decode_b1_32k_fused", "sdpa_decode_b1_32k_columns", "sdpa_decode_b1_32k_lookup",
-         "sdpa_decode_b1_32k_lean", "sdpa_decode_b1_4k", "sdpa_decode_b1_4k_columns", "gqa_prefill_s2048",
-         "gqa_prefill_s2048_rows", "gqa_prefill_s2048_joint", "ort_gqa_prefill_s2048", "gqa_decode_p32k",
-         "gqa_decode_p32k_fused", "gqa_decode_p32k_columns", "gqa_decode_p32k_fused_joint", "gqa_decode_p32k_lookup",
+CASES = ("sdpa_decode_b1_32k", "sdpa_decode_b1_32k_fused", "sdpa_decode_b1_32k_columns",
+         "sdpa_decode_b1_32k_columns_lazy", "sdpa_decode_b1_32k_lookup", "sdpa_decode_b1_32k_lean", "sdpa_decode_b1_4k",
+         "sdpa_decode_b1_4k_columns", "gqa_prefill_s2048", "gqa_prefill_s2048_rows", "gqa_prefill_s2048_joint",
+         "ort_gqa_prefill_s2048", "gqa_decode_p32k", "gqa_decode_p32k_fused", "gqa_decode_p32k_columns",
+         "gqa_decode_p32k_columns_lazy", "gqa_decode_p32k_fused_joint", "gqa_decode_p32k_lookup",
          "gqa_decode_p32k_lean", "ort_gqa_decode_p32k", "nsa_16k", "routed_16k", "nsa_dot_16k", "nsa_mma_16k",
          "routed_mma_16k", "nsa_mma_async_16k", "routed_mma_async_16k", "nsa_mma_tiles_16k", "routed_mma_tiles_16k",
          "nsa_mma_64k", "nsa_mma_tiles_64k", "routed_mma_64k", "routed_mma_tiles_64k", "nsa_mma_async_64k",
@@ -69,10 +72,12 @@ LOOKUP = {"ONNXATTN_SDPA_CUDA_DECODE_LOADS": "lookup"}
 LEAN = {"ONNXATTN_SDPA_CUDA_DECODE_STAGES": "2"}
 FUSED = {"ONNXATTN_SDPA_CUDA_COMBINE": "fused"}
 COLUMNS = {"ONNXATTN_SDPA_CUDA_COMBINE": "columns"}
+COLUMNS_LAZY = {**COLUMNS, "ONNXATTN_SDPA_CUDA_DECODE_RESCALE": "lazy"}
 CASE_ENV = {"gqa_prefill_s2048_rows": {"ONNXATTN_GQA_CUDA_ROTATION": "rows"},
             "gqa_prefill_s2048_joint": {"ONNXATTN_GQA_CUDA_ROTATION": "joint"},
             **{f"{base}_{name}": switch for base in ("sdpa_decode_b1_32k", "gqa_decode_p32k")
-               for name, switch in (("lookup", LOOKUP), ("lean", LEAN), ("fused", FUSED), ("columns", COLUMNS))},
+               for name, switch in (("lookup", LOOKUP), ("lean", LEAN), ("fused", FUSED), ("columns", COLUMNS),
+                                    ("columns_lazy", COLUMNS_LAZY))},
             "sdpa_decode_b1_4k_columns": COLUMNS,
             "gqa_decode_p32k_fused_joint": {**FUSED, "ONNXATTN_GQA_CUDA_QUERY": "rotated",
                                             "ONNXATTN_GQA_CUDA_ROTATION": "joint"},

@@ -152,7 +152,7 @@ def bundle_benchmarks(out: Path) -> list[str]:
 # baselines a row's ratio is taken against, and the decode rows' opt-in paths of ours, timed beside the default (in
 # bench_gqa_cuda's rows too, with its own GQA_OPT_IN_PATHS: the rest of its DECODE_COLUMNS), which are not baselines.
 BASELINES = ("torch_flash", "torch_cudnn", "ort_gqa")
-OPT_IN_PATHS = ("pdl", "lookup", "lean", "fused", "columns")
+OPT_IN_PATHS = ("pdl", "lookup", "lean", "fused", "columns", "lazy", "columns_lazy")
 GQA_OPT_IN_PATHS = ("fused_joint",)
 
 

@@ -38,6 +38,7 @@ def _no_forcing(monkeypatch):
     monkeypatch.delenv("ONNXATTN_SDPA_CUDA_DECODE_LOADS", raising=False)
     monkeypatch.delenv("ONNXATTN_SDPA_CUDA_DECODE_STAGES", raising=False)
     monkeypatch.delenv("ONNXATTN_SDPA_CUDA_COMBINE", raising=False)
+    monkeypatch.delenv("ONNXATTN_SDPA_CUDA_DECODE_RESCALE", raising=False)
 
 
 # ---- the tile geometry the kernels are compiled with (sdpa/cuda_tiles.h), restated as the contract
@@ -149,7 +150,8 @@ def test_environment_forces_the_path(monkeypatch):
                                         ("ONNXATTN_SDPA_CUDA_PREFILL", "fa3"), ("ONNXATTN_CUDA_PDL", "yes"),
                                         ("ONNXATTN_SDPA_CUDA_DECODE_LOADS", "fast"),
                                         ("ONNXATTN_SDPA_CUDA_DECODE_STAGES", "3"),
-                                        ("ONNXATTN_SDPA_CUDA_COMBINE", "1")])  # fmt: skip
+                                        ("ONNXATTN_SDPA_CUDA_COMBINE", "1"),
+                                        ("ONNXATTN_SDPA_CUDA_DECODE_RESCALE", "always")])  # fmt: skip
 def test_unknown_environment_values_are_errors(monkeypatch, name, value):
     monkeypatch.setenv(name, value)
     with pytest.raises(lib.SdpaCudaError, match=f"^ScaledDotProductAttention: environment variable {name} must be "
@@ -808,3 +810,45 @@ def test_columns_combine_only_where_splits_are_merged(monkeypatch):
     assert one["splits"] == 1 and one["combine_grid"] == 0 and "COMBINE" not in one["reason"]
     prefill = lib.plan(spec(q_heads=8, kv_heads=2, q_len=2048, kv_len=2048, head_dim=128))
     assert prefill["combine_grid"] == 0 and "COMBINE" not in prefill["reason"]
+
+
+# ---- the lazy rescale (ONNXATTN_SDPA_CUDA_DECODE_RESCALE=lazy, cuda_plan.cc rule 14)
+LAZY = ", O rescaled only where a row's max moved (ONNXATTN_SDPA_CUDA_DECODE_RESCALE)"
+NOT_LAZY = (", O rescaled every step (ONNXATTN_SDPA_CUDA_DECODE_RESCALE=lazy needs the tensor-core decode at its "
+            "default stages)")
+
+
+@pytest.mark.parametrize("batch,q_len,kv_len,head_dim", [(1, 1, 32768, 128), (16, 1, 4096, 128), (2, 16, 20000, 64),
+                                                         (1, 1, 32768, 256), (3, 1, 200, 128)])  # fmt: skip
+def test_lazy_rescale_is_the_same_launch_with_the_lean_step_kernels(monkeypatch, batch, q_len, kv_len, head_dim):
+    """Only the kernel changes (the fused merge's, without the merge): the same grid, splits, shared memory, scratch
+    and combine, with or without several splits; the plan says so."""
+    decode = spec(batch=batch, q_heads=32, kv_heads=8, q_len=q_len, kv_len=kv_len, head_dim=head_dim)
+    every = lib.plan(decode)
+    monkeypatch.setenv("ONNXATTN_SDPA_CUDA_DECODE_RESCALE", "lazy")
+    lazy = lib.plan(decode)
+    assert every["schedule"] == "decode" and every["kernel"] == "mma", every["reason"]
+    assert lazy["reason"] == every["reason"].replace(", direct K/V loads", ", direct K/V loads" + LAZY)
+    assert without(lazy, "reason") == without(every, "reason")
+    monkeypatch.setenv("ONNXATTN_SDPA_CUDA_COMBINE", "columns")  # beside the combine by columns: both say so
+    both = lib.plan(decode)
+    assert LAZY in both["reason"] and (COLUMNS in both["reason"]) == (every["splits"] > 1), both["reason"]
+
+
+def test_lazy_rescale_only_on_the_tensor_core_decode_at_its_default_stages(monkeypatch):
+    monkeypatch.setenv("ONNXATTN_SDPA_CUDA_DECODE_RESCALE", "lazy")
+    decode = spec(q_heads=32, kv_heads=8, q_len=1, kv_len=32768, head_dim=128)
+    simt = lib.plan(decode, kernel="simt")
+    assert simt["reason"].endswith(NOT_LAZY), simt["reason"]
+    fp32 = lib.plan(dataclasses.replace(decode, dtype=FP32))
+    assert fp32["kernel"] == "simt" and fp32["reason"].endswith(NOT_LAZY), fp32["reason"]
+    monkeypatch.setenv("ONNXATTN_SDPA_CUDA_DECODE_STAGES", "2")  # the two-stage decode has no lean-step kernel
+    assert NOT_LAZY in lib.plan(decode)["reason"]
+    monkeypatch.delenv("ONNXATTN_SDPA_CUDA_DECODE_STAGES")
+    small = lib.plan(decode, dict(lib.H100, max_smem_per_block=101376))  # rule 11's two stages
+    assert small["stages"] == 2 and NOT_LAZY in small["reason"], small["reason"]
+    lookup = spec(q_heads=32, kv_heads=8, q_len=1, kv_len=32768, head_dim=128)
+    monkeypatch.setenv("ONNXATTN_SDPA_CUDA_DECODE_LOADS", "lookup")  # either loads
+    assert lib.plan(lookup)["reason"].endswith(LAZY)
+    prefill = lib.plan(spec(q_heads=8, kv_heads=2, q_len=2048, kv_len=2048, head_dim=128))
+    assert "RESCALE" not in prefill["reason"]

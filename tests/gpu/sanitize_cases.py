@@ -188,12 +188,15 @@ def optin_cases() -> int:
                       for n in OPTIN_SDPA + ("decode_sq16", "d256_decode"))  # fmt: skip
         failed += sum(checked(f"optin fused merge gqa {n}", lambda: run_gqa(gc.CASES_BY_ID[n])) for n in OPTIN_GQA)
         failed += checked("optin fused merge paged", lambda: run_paged(pc.CASES_BY_ID["decode-long-splits"]))
-    # the combine kernel by columns (ONNXATTN_SDPA_CUDA_COMBINE=columns, not yet run on a GPU): the ragged rows'
-    # targets (paged); then one split per key tile: lanes past Dv (d40, dv16_d32), 65 splits (two batches of 32)
-    with library_switches({"ONNXATTN_SDPA_CUDA_COMBINE": "columns"}):
-        failed += sum(checked(f"optin columns combine sdpa {n}", lambda: sdpa_run(by_name[n], torch.float16, "decode"))
+    # the combine kernel by columns (ONNXATTN_SDPA_CUDA_COMBINE=columns, not yet run on a GPU) after the lean-step
+    # decode kernels without the fused merge (ONNXATTN_SDPA_CUDA_DECODE_RESCALE=lazy): the ragged rows' targets
+    # (paged); then one split per key tile: lanes past Dv (d40, dv16_d32), 65 splits (two batches of 32)
+    with library_switches({"ONNXATTN_SDPA_CUDA_COMBINE": "columns", "ONNXATTN_SDPA_CUDA_DECODE_RESCALE": "lazy"}):
+        failed += sum(checked(f"optin columns combine, lazy rescale sdpa {n}",
+                              lambda: sdpa_run(by_name[n], torch.float16, "decode"))
                       for n in OPTIN_SDPA)  # fmt: skip
-        failed += checked("optin columns combine paged", lambda: run_paged(pc.CASES_BY_ID["decode-long-splits"]))
+        failed += checked("optin columns combine, lazy rescale paged",
+                          lambda: run_paged(pc.CASES_BY_ID["decode-long-splits"]))
     with library_switches({"ONNXATTN_SDPA_CUDA_COMBINE": "columns", "ONNXATTN_SDPA_CUDA_SPLITS": "256"}):
         failed += sum(checked(f"optin columns combine sdpa {n}, one split a key tile",
                               lambda: sdpa_run(by_name[n], torch.float16, "decode"))

@@ -85,6 +85,16 @@ def test_fused_merge_gives_the_combine_kernels_bits(case, dtype, monkeypatch):
         assert (decode["split_counters"] > 0) == fused and (decode["combine_grid"] == 0) == fused, decode["reason"]
 
 
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("case", pc.CASES, ids=str)
+def test_lazy_rescale_gives_the_same_bits(case, dtype, monkeypatch):
+    """ONNXATTN_SDPA_CUDA_DECODE_RESCALE=lazy (opt-in, cuda_plan.cc rule 14) on ragged batches: the lean-step decode
+    kernels without the fused merge, the same output and pool bits."""
+    decode = decode_plan_with_the_same_bits(case, dtype, monkeypatch, "ONNXATTN_SDPA_CUDA_DECODE_RESCALE", "lazy")
+    if decode is not None:  # the plan says which: lean steps, or why not (SIMT, two stages)
+        assert ("rescaled only where" in decode["reason"]) != ("rescaled every step" in decode["reason"]), decode
+
+
 @pytest.mark.parametrize("dtype", pc.DTYPES)
 @pytest.mark.parametrize("case", pc.CASES, ids=str)
 def test_columns_combine_gives_the_row_combines_bits(case, dtype, monkeypatch):

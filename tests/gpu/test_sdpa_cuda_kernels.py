@@ -363,6 +363,17 @@ def test_programmatic_dependent_launches_give_the_same_bits(name, monkeypatch):
         assert pdl["pdl"] == 1 and plan["pdl"] == 0, pdl["reason"]
 
 
+@pytest.mark.parametrize("name", DECODE_SWITCH_CASES + ["large_logits", "softcap_saturated", "bool_mask_empty_rows"])
+def test_lazy_rescale_gives_the_same_bits(name, monkeypatch):
+    # ONNXATTN_SDPA_CUDA_DECODE_RESCALE=lazy (cuda_plan.cc rule 14; opt-in): the fused merge's kernels without the
+    # merge, whose main loop skips the rescale of O where no row of a warp's half raised its max (alpha exactly 1;
+    # x * 1 == x) and whose merge rows are padded: the same bits, also where maxima keep moving (large logits, a
+    # saturated softcap) and for rows without keys (alpha NaN or 0 rescales as before).
+    for plan, lazy in decode_with_and_without(name, monkeypatch, "ONNXATTN_SDPA_CUDA_DECODE_RESCALE", "lazy"):
+        assert ("rescaled only where" in lazy["reason"]) == (lazy["kernel"] == "mma"), lazy["reason"]
+        assert lazy["grid"] == plan["grid"] and lazy["splits"] == plan["splits"], lazy["reason"]
+
+
 @pytest.mark.parametrize("kernel", ["auto", "simt"])
 @pytest.mark.parametrize("splits", ["auto", "3", "max"])
 @pytest.mark.parametrize("name", DECODE_SWITCH_CASES)

@@ -30,9 +30,10 @@ namespace onnxattn::sdpa::cuda {
 // decode_stages(kTile) (the lean decode, cuda_plan.cc rules 10 and 11). Rule 10's plan counts three CTAs an SM for
 // the lean kernel with direct loads: its launch bounds hold it to the registers that allows (65536 / 384). (0 for the
 // others: no bound, as before; a bound of 1 let ptxas take 180-184 registers where it had taken 168.)
-// kFusedMerge: the splits are merged by each row tile's last CTA (cuda_plan.cc rule 12; a kernel of its own, so the
-// others' registers stay as they were).
-template <typename T, int kTile, bool kDirectLoads = false, int kStagesAsked = 0, bool kFusedMerge = false>
+// kLeanSteps: the kernels of the fused merge (cuda_plan.cc rule 12: where a.split_counters is set, each row tile's last
+// CTA merges the splits) and of the lazy rescale (rule 14, the combine kernel merging them): the O rescale skipped
+// where no row's max moved, the merge rows padded (below). Kernels of their own, so the others stay as run.
+template <typename T, int kTile, bool kDirectLoads = false, int kStagesAsked = 0, bool kLeanSteps = false>
 __global__ void __launch_bounds__(tiles::kThreads, kDirectLoads && kStagesAsked == tiles::kDecodeLeanStages
                                                        ? tiles::kDecodeLeanCtasPerSm
                                                        : 0) decode_mma_kernel(const KernelArgs<T> a) {
@@ -51,12 +52,12 @@ __global__ void __launch_bounds__(tiles::kThreads, kDirectLoads && kStagesAsked 
   // The warps' output rows in the merge area (the epilogue below), kMergeStride floats apart. A store of an mma
   // fragment puts 8 rows' float2s in one instruction: rows kTile floats apart share their banks (an 8-way conflict,
   // 4x the wavefronts of each of a warp's 2 * kOutN8 stores), rows 8 floats further apart each take their own banks.
-  // The padded rows with the fused merge only, whose kernels are not yet verified on a GPU; the others stay as run.
-  constexpr int kMergeStride = kFusedMerge ? kTile + 8 : kTile;
+  // The padded rows in the lean-step kernels only, not yet verified on a GPU; the others stay as run.
+  constexpr int kMergeStride = kLeanSteps ? kTile + 8 : kTile;
   // Likewise the main loop's rescale of O skipped where no row of the warp's half changed its running max (alpha is
   // then exactly 1 in every lane, and x * 1 == x: the same bits). After the first steps a new block of keys rarely
   // raises a row's max, and the 2 * kOutN8 multiplies a lane are ~64 issue slots a step of a latency-bound warp.
-  constexpr bool kSkipUnitRescale = kFusedMerge;
+  constexpr bool kSkipUnitRescale = kLeanSteps;
   static_assert(size_t(kWarps) * kStages * 2 * kWarpKeys * kStride * sizeof(uint16_t) >=
                     size_t(kWarps) * kRows * kMergeStride * sizeof(float),
                 "the warps' merge borrows the pipeline area");
@@ -86,10 +87,12 @@ __global__ void __launch_bounds__(tiles::kThreads, kDirectLoads && kStagesAsked 
   const int64_t row_begin = work.row_begin, row_end = work.row_end;
   const TileKeys keys = tile_keys(seq.structure, row_begin, row_end, a.group, seq.num_keys);
   const KeyRange range = split_keys(keys.any, cta.split, a.splits, kWarpKeys, a.min_split_keys);
-  if (!kFusedMerge && a.splits > 1 && range.empty()) {
+  if (!kLeanSteps && a.splits > 1 && range.empty()) {
     // Nothing to merge: an empty partial (LSE = -inf) has weight 0 in the combine, which never reads its
     // output. A single split must still write its (zero) rows, so it takes the normal path; so does a split of the
-    // fused merge, which must count itself in and may be the tile's last (one copy of the merge: fewer registers).
+    // fused merge, which must count itself in and may be the tile's last (one copy of the merge: fewer registers),
+    // and any split of a lean-step kernel, with or without the fused merge (this exit in their prologue cost the
+    // main loop a spilled register, sm_90a).
     if (tid < kRows && row_begin + tid < row_end) {
       const int64_t r = row_begin + tid;
       a.partial_lse[cta.split * a.out_rows + partial_row(a, work, row_ref(a, cta.batch, cta.kv_head, r), r)] = kNegInf;
@@ -410,17 +413,19 @@ __global__ void __launch_bounds__(tiles::kThreads, kDirectLoads && kStagesAsked 
     }
   }
   // The fused merge (cuda_plan.cc rule 12): the row tile's last split merges them all; the pipeline area is free.
-  if constexpr (kFusedMerge) merge_splits_if_last<T, kRows>(a, work, pipe);
+  if constexpr (kLeanSteps) {
+    if (a.split_counters != nullptr) merge_splits_if_last<T, kRows>(a, work, pipe);
+  }
 }
 
-template <typename T, int kTile, bool kDirectLoads, int kStagesAsked = 0, bool kFusedMerge = false>
+template <typename T, int kTile, bool kDirectLoads, int kStagesAsked = 0, bool kLeanSteps = false>
 void launch_decode_kernel(const KernelArgs<T>& args, const LaunchPlan& plan, cudaStream_t stream) {
-  constexpr auto kKernel = decode_mma_kernel<T, kTile, kDirectLoads, kStagesAsked, kFusedMerge>;
+  constexpr auto kKernel = decode_mma_kernel<T, kTile, kDirectLoads, kStagesAsked, kLeanSteps>;
   constexpr int kStages = kStagesAsked > 0 ? kStagesAsked : tiles::decode_stages(kTile);
-  // The plan sized the shared memory for its stages: a kernel with more would run past it. The fused merge needs
-  // its counters, and a kernel without it leaves the splits to the combine kernel.
+  // The plan sized the shared memory for its stages: a kernel with more would run past it. Only the lean-step
+  // kernels merge the splits themselves (with their counters); the others leave them to the combine kernel.
   if (plan.stages != kStages || plan.smem_bytes < tiles::decode_smem_bytes(kTile, kStages) ||
-      kFusedMerge != (args.split_counters != nullptr)) {
+      kLeanSteps != plan.lean_steps || (args.split_counters != nullptr && !kLeanSteps)) {
     throw std::logic_error("decode launch: the plan's stages, shared memory or split merge are not the kernel's");
   }
   allow_smem<kKernel>(plan.smem_bytes);
@@ -437,7 +442,7 @@ void launch_decode_tile(const KernelArgs<T>& args, const LaunchPlan& plan, cudaS
       return launch_decode_kernel<T, kTile, false, tiles::kDecodeLeanStages>(args, plan, stream);
     }
   }
-  if (args.split_counters != nullptr) {  // rule 12: the default stages only
+  if (plan.lean_steps) {  // rules 12 and 14: the default stages only
     if (direct) return launch_decode_kernel<T, kTile, true, 0, true>(args, plan, stream);
     return launch_decode_kernel<T, kTile, false, 0, true>(args, plan, stream);
   }

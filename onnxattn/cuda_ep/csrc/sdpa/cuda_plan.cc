@@ -75,6 +75,13 @@
 //     kernel took 4.7 us (batches of eight, 82087dc) of the B = 1 decode at Skv 32k, whose attention kernel alone
 //     runs at 75% of copy bandwidth, and 3.5 of 15 us at 4k, with 8 CTAs waiting on L2 one batch of eight after
 //     another. Any decode kernel, any Dv; the same bits as the row kernel.
+// 14. ONNXATTN_SDPA_CUDA_DECODE_RESCALE=lazy (opt-in until a GPU run has checked and timed it): the tensor-core decode
+//     at its default stages runs the fused merge's kernels (rule 12) without the fused merge: the main loop skips the
+//     rescale of O where no row of a warp's half raised its running max (alpha exactly 1 in every lane, a warp vote;
+//     x * 1 == x) and the warps' merge rows are padded against bank conflicts; the same bits. Why: Nsight Compute
+//     counted ~620 instructions a 16-key step at B = 1 in a latency-bound warp (0.4 eligible a scheduler, 2c9a48e),
+//     and the rescale's 2 x kOutN8 multiplies a lane are ~64 of them (1.56 M non-fused FP32 instructions in all),
+//     while after a row's first blocks a new block rarely raises its max. With COMBINE=fused these kernels run anyway.
 #include "sdpa/cuda_plan.h"
 
 #include <algorithm>
@@ -110,6 +117,7 @@ Request request_from_env(const char* op) {
   const int combine = env_choice(op, "ONNXATTN_SDPA_CUDA_COMBINE", {"auto", "kernel", "fused", "columns"});
   r.fused_combine = combine == 2;
   r.columns_combine = combine == 3;
+  r.lazy_rescale = env_choice(op, "ONNXATTN_SDPA_CUDA_DECODE_RESCALE", {"auto", "lazy"}) == 1;
   return r;
 }
 
@@ -362,6 +370,15 @@ LaunchPlan plan_launch(const Params& p, DType dtype, const DeviceInfo& device, c
            "chunk)";
   }
   why += lean;
+  // Rules 12 and 14: the lean-step kernels exist for the tensor-core decode at its default stages.
+  const bool lean_ok = mma_decode && plan.stages == tiles::decode_stages(plan.head_dim_tile);
+  if (request.lazy_rescale && lean_ok) {  // rule 14
+    plan.lean_steps = true;
+    why += ", O rescaled only where a row's max moved (ONNXATTN_SDPA_CUDA_DECODE_RESCALE)";
+  } else if (request.lazy_rescale && decode) {
+    why += ", O rescaled every step (ONNXATTN_SDPA_CUDA_DECODE_RESCALE=lazy needs the tensor-core decode at its "
+           "default stages)";
+  }
   if (plan.grid > int64_t(0x7fffffff)) {
     fail(op, ": problem too large for one CUDA grid (", plan.grid, " CTAs)");
   }
@@ -373,7 +390,8 @@ LaunchPlan plan_launch(const Params& p, DType dtype, const DeviceInfo& device, c
     const size_t partial_out = align_up(size_t(plan.splits) * size_t(out_rows) * size_t(p.v_head_dim) * 4, 256);
     plan.partial_lse_offset = partial_out;
     plan.scratch_bytes = partial_out + align_up(size_t(plan.splits) * size_t(out_rows) * 4, 256);
-    if (request.fused_combine && mma_decode && plan.stages == tiles::decode_stages(plan.head_dim_tile)) {  // rule 12
+    if (request.fused_combine && lean_ok) {  // rule 12
+      plan.lean_steps = true;
       plan.combine_grid = 0;
       plan.split_counters = plan.grid / plan.splits;
       plan.split_counters_offset = plan.scratch_bytes;

@@ -38,6 +38,7 @@ struct Request {
   int decode_stages = 0;  // ONNXATTN_SDPA_CUDA_DECODE_STAGES: 0 auto, 2 the lean decode (rule 10)
   bool fused_combine = false;  // rule 12: ONNXATTN_SDPA_CUDA_COMBINE=fused
   bool columns_combine = false;  // rule 13: ONNXATTN_SDPA_CUDA_COMBINE=columns
+  bool lazy_rescale = false;     // rule 14: ONNXATTN_SDPA_CUDA_DECODE_RESCALE=lazy
 };
 
 // ONNXATTN_SDPA_CUDA_PATH = auto | prefill | decode and ONNXATTN_SDPA_CUDA_KERNEL = auto | mma | simt
@@ -46,7 +47,7 @@ struct Request {
 // prefill kernel where it can run, see cuda_plan.cc rule 3; auto = wgmma where it can, mma = mma.sync always),
 // ONNXATTN_CUDA_PDL = 0 | 1 (rule 8), ONNXATTN_SDPA_CUDA_DECODE_LOADS = auto | direct | lookup (rule 9),
 // ONNXATTN_SDPA_CUDA_DECODE_STAGES = auto | 2 (rule 10), ONNXATTN_SDPA_CUDA_COMBINE = auto | kernel | fused | columns
-// (rules 12, 13),
+// (rules 12, 13), ONNXATTN_SDPA_CUDA_DECODE_RESCALE = auto | lazy (rule 14),
 // read on every call so tests can switch within one process.
 // An unknown value is an InputError naming `op` (the op whose call read them).
 Request request_from_env(const char* op = kOpName);
@@ -81,6 +82,8 @@ struct LaunchPlan {
   bool combine_columns = false;  // the combine kernel by columns (rule 13): a warp per 32 columns of a row
   bool pdl = false;           // decode and combine launched as programmatic dependents (rule 8)
   bool direct_loads = false;  // decode mma over contiguous K/V: each lane's addresses stepped directly (rule 9)
+  // decode mma: the lean-step kernels (rules 12, 14): the O rescale skipped where no row's max moved, merge rows padded
+  bool lean_steps = false;
   size_t scratch_bytes = 0;   // partial outputs + partial LSE (+ the fused merge's counters); 0 when splits == 1
   size_t partial_lse_offset = 0;  // byte offset of the partial LSE inside scratch
   // Rule 12, the fused merge: uint32 counters, one per row tile (grid / splits), at this byte offset of scratch,
