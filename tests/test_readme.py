@@ -21,6 +21,6 @@ def test_readme_example_runs(tmp_path, monkeypatch):
 def test_readme_commands_match_ci():
     commands = re.findall(r"```bash\n(?:#.*\n)?(.*?)\n```", README)
     assert commands[:2] == ["./scripts/setup.sh && .venv/bin/onnxattn demo",
-                            "./scripts/setup.sh && .venv/bin/python -m pytest -n 2 -q"]
+                            "./scripts/setup.sh && .venv/bin/python -m pytest -n 2 --dist worksteal -q"]
     ci = (ROOT / ".ci" / "run").read_text()
-    assert "./scripts/setup.sh" in ci and ".venv/bin/python -m pytest -n 2 -q" in ci
+    assert "./scripts/setup.sh" in ci and ".venv/bin/python -m pytest -n 2 --dist worksteal -q" in ci

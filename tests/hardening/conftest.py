@@ -20,8 +20,8 @@ for path in (HERE, HERE.parent):
 
 _COMMON = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
                print_blob=True)
-# CI: the same examples on every run (derandomize), 100 per op: 4-6 s per op on 2 cores (tiny shapes, 3 paths
-# each), ~30 s in all (~17 s wall with pytest -n 2).
+# CI: the same examples on every run (derandomize), 100 per op (tiny shapes, 3 paths each): 3-20 s per op on the
+# 2-core development machine (NativeSparseAttention the longest), ~77 s in all (pytest -n 2 --durations=0, 2026-11-29).
 settings.register_profile("ci", max_examples=int(os.environ.get("ONNXATTN_FUZZ_EXAMPLES", "100")), derandomize=True,
                           database=None, **_COMMON)
 # The long run: random seeds, many more examples, failures kept in hypothesis's example database.
