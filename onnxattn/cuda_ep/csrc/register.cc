@@ -125,4 +125,11 @@ ONNXATTN_EXPORT const char* OnnxAttnBuildInfo() {
 
 ONNXATTN_EXPORT const char* OnnxAttnCpuIsa() { return onnxattn::sdpa::cpu_isa(); }
 
+// For tests: the CPU kernels' 16-bit to float32 conversion of one ISA (sdpa::widen_for_test); 0, or 1 where this CPU
+// lacks the ISA.
+ONNXATTN_EXPORT int32_t OnnxAttnCpuWidenForTest(const char* isa, int32_t bfloat16, const uint16_t* src, int64_t n,
+                                               float* dst) {
+  return onnxattn::sdpa::widen_for_test(isa, bfloat16 != 0, src, n, dst) ? 0 : 1;
+}
+
 }  // extern "C"

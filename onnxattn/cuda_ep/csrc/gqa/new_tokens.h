@@ -5,10 +5,10 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <type_traits>
 #include <vector>
 
 #include "common/half.h"
+#include "sdpa/cpu_kernel.h"
 
 namespace onnxattn::gqa {
 
@@ -93,16 +93,12 @@ void prepare_token(const TokenPrep& p, const T* query, const T* key, const T* va
   }
   for (int64_t h = 0; h < p.q_heads; ++h) {
     float* dst = out.query + h * out.query_head_stride;
-    if constexpr (std::is_same_v<T, float>) {
-      std::memcpy(dst, query + h * d, size_t(d) * sizeof(float));
-    } else {
-      for (int64_t x = 0; x < d; ++x) dst[x] = to_float(query[h * d + x]);
-    }
+    sdpa::widen_cpu(query + h * d, d, dst);
     if (p.q_norm) detail::rms_norm(dst, d, q_norm_weight, p.epsilon);
     detail::rotate(dst, cos, sin, half, p.interleaved);
   }
   for (int64_t h = 0; h < p.kv_heads; ++h) {
-    for (int64_t x = 0; x < d; ++x) row[x] = to_float(key[h * d + x]);
+    sdpa::widen_cpu(key + h * d, d, row);
     if (p.k_norm) detail::rms_norm(row, d, k_norm_weight, p.epsilon);
     detail::rotate(row, cos, sin, half, p.interleaved);
     T* key_dst = out.key + h * out.key_head_stride;

@@ -9,9 +9,12 @@
 
 #include "common/half.h"
 #include "mla/cpu_linear.h"
+#include "sdpa/cpu_kernel.h"
 
 namespace onnxattn::indexer {
 namespace {
+
+using sdpa::as_float;
 
 // Keys per work item: the [D, kKeys] float tile of keys, the matmul's right-hand side read again for every four
 // query heads, stays in L1 at D = 128 (32 KiB; with 128 keys it spilled to L2 and decode ran at a third of the
@@ -23,18 +26,6 @@ constexpr int64_t kWaveFloats = int64_t(16) << 20;
 struct Block {
   int64_t batch, first_row, count;  // rows first_row .. + count of batch `batch` (row = i within the sequence)
 };
-
-// `count` values of `src` as float32: the input itself for float, else converted into `buffer`.
-template <typename T>
-const float* as_float(const T* src, int64_t count, std::vector<float>& buffer) {
-  if constexpr (std::is_same_v<T, float>) {
-    return src;
-  } else {
-    buffer.resize(size_t(count));
-    for (int64_t i = 0; i < count; ++i) buffer[size_t(i)] = to_float(src[i]);
-    return buffer.data();
-  }
-}
 
 // The index scores of a block's queries for keys [k0, k1): score[j][t] = sum_h w[j, h] * relu(q_jh . k_t) * scale
 // (relu(scale * x) = scale * relu(x) for scale >= 0), for the keys each query sees. The block's query heads are the

@@ -32,7 +32,7 @@ const float* as_float(const T* src, int64_t count, Buffer& storage, const Parall
     constexpr int64_t kChunk = 1 << 14;
     parallel_for((count + kChunk - 1) / kChunk, [&](int64_t c) {
       const int64_t end = std::min(count, (c + 1) * kChunk);
-      for (int64_t i = c * kChunk; i < end; ++i) dst[i] = to_float(src[i]);
+      sdpa::widen_cpu(src + c * kChunk, end - c * kChunk, dst + c * kChunk);
     });
     return dst;
   }
@@ -98,14 +98,14 @@ Prepared<T> prepare(const Params& p, const Tensors<T>& t, const ParallelFor& par
       sin[size_t(i)] = std::sin(angle) * rope.attention_scaling;
     }
     std::memcpy(t.present_latent + (b * M + slot) * R, t.latent + token * R, size_t(R) * sizeof(T));
-    for (int64_t x = 0; x < Dr; ++x) row[size_t(x)] = to_float(t.k_rope[token * Dr + x]);
+    sdpa::widen_cpu(t.k_rope + token * Dr, Dr, row.data());
     gqa::detail::rotate(row.data(), cos.data(), sin.data(), half, rope.interleaved);
     T* key = t.present_k_rope + (b * M + slot) * Dr;
     for (int64_t x = 0; x < Dr; ++x) key[x] = from_float<T>(row[size_t(x)]);
     for (int64_t h = 0; h < H; ++h) {
       const T* src = t.query + (token * H + h) * Dq + p.nope_dim;
       float* dst = q_rope + (token * H + h) * Dr;
-      for (int64_t x = 0; x < Dr; ++x) dst[x] = to_float(src[x]);
+      sdpa::widen_cpu(src, Dr, dst);
       gqa::detail::rotate(dst, cos.data(), sin.data(), half, rope.interleaved);
     }
   });
@@ -264,7 +264,7 @@ Buffer absorb_queries(const Params& p, const Tensors<T>& t, const Prepared<T>& p
     const int64_t h = item % H;
     std::vector<float> nope(static_cast<size_t>(Dn));
     const T* src = t.query + item * Dq;
-    for (int64_t x = 0; x < Dn; ++x) nope[size_t(x)] = to_float(src[x]);
+    sdpa::widen_cpu(src, Dn, nope.data());
     float* dst = q_abs.get() + item * Dk;
     dot_rows(nope.data(), w_uk + h * R * Dn, R, Dn, Dn, dst);
     std::memcpy(dst + R, prep.q_rope.get() + item * Dr, size_t(Dr) * sizeof(float));
@@ -372,8 +372,8 @@ void run_indexed(const Params& p, const Tensors<T>& t, Prepared<T>& prep, const 
       const T* latent = t.present_latent + (b * M + list[e]) * R;
       const T* rope = t.present_k_rope + (b * M + list[e]) * Dr;
       float* row = rows.data() + e * Dk;
-      for (int64_t x = 0; x < R; ++x) row[x] = to_float(latent[x]);
-      for (int64_t x = 0; x < Dr; ++x) row[R + x] = to_float(rope[x]);
+      sdpa::widen_cpu(latent, R, row);
+      sdpa::widen_cpu(rope, Dr, row + R);
     }
     for (int64_t h = 0; h < H; ++h) {
       float* const score = probs.data() + h * m;
@@ -415,7 +415,7 @@ void run_expanded(const Params& p, const Tensors<T>& t, Prepared<T>& prep, const
   parallel_for(B * S * H, [&](int64_t item) {
     const T* src = t.query + item * Dq;
     float* dst = q_full.get() + item * Dq;
-    for (int64_t x = 0; x < Dn; ++x) dst[x] = to_float(src[x]);
+    sdpa::widen_cpu(src, Dn, dst);
     std::memcpy(dst + Dn, prep.q_rope.get() + item * Dr, size_t(Dr) * sizeof(float));
   });
   Buffer storage;  // float output [B, S, H, Dv]: the node's output itself for float

@@ -10,6 +10,8 @@
   void run(const Params&, const Tensors<BFloat16>&, const ParallelFor&);                \
   void run(const Params&, const Tensors<Float16, float>&, const ParallelFor&);          \
   void run(const Params&, const Tensors<BFloat16, float>&, const ParallelFor&);         \
+  void widen_array(const Float16*, int64_t, float*);                                    \
+  void widen_array(const BFloat16*, int64_t, float*);                                   \
   }
 
 ONNXATTN_DECLARE_ISA(generic)

@@ -53,6 +53,44 @@ const char* cpu_isa() {
   }
 }
 
+template <typename T>
+void widen_best(const T* src, int64_t n, float* dst) {
+  static const Isa best = best_supported_isa();
+  switch (best) {
+#if ONNXATTN_HAVE_X86_ISAS
+    case Isa::kAvx512: return avx512::widen_array(src, n, dst);
+    case Isa::kAvx2: return avx2::widen_array(src, n, dst);
+#endif
+    default: return generic::widen_array(src, n, dst);
+  }
+}
+
+void widen_cpu(const Float16* src, int64_t n, float* dst) { widen_best(src, n, dst); }
+void widen_cpu(const BFloat16* src, int64_t n, float* dst) { widen_best(src, n, dst); }
+
+bool widen_for_test(const char* isa, bool bfloat16, const uint16_t* src, int64_t n, float* dst) {
+  // Float16 and BFloat16 are a uint16_t each (common/half.h)
+  const auto* half = reinterpret_cast<const Float16*>(src);
+  const auto* brain = reinterpret_cast<const BFloat16*>(src);
+  const Isa best = best_supported_isa();
+  if (std::strcmp(isa, "generic") == 0) {
+    bfloat16 ? generic::widen_array(brain, n, dst) : generic::widen_array(half, n, dst);
+    return true;
+  }
+#if ONNXATTN_HAVE_X86_ISAS
+  if (std::strcmp(isa, "avx2") == 0 && best >= Isa::kAvx2) {
+    bfloat16 ? avx2::widen_array(brain, n, dst) : avx2::widen_array(half, n, dst);
+    return true;
+  }
+  if (std::strcmp(isa, "avx512") == 0 && best >= Isa::kAvx512) {
+    bfloat16 ? avx512::widen_array(brain, n, dst) : avx512::widen_array(half, n, dst);
+    return true;
+  }
+#endif
+  (void)best;
+  return false;
+}
+
 template <typename T, typename TQ>
 void run_cpu(const Params& params, const Tensors<T, TQ>& tensors, const ParallelFor& parallel_for) {
   if (tensors.kv_starts != nullptr) fail(kOpName, ": per-sequence pool starts (kv_starts) are a CUDA-only layout");

@@ -13,6 +13,8 @@
 namespace onnxattn::sparse {
 namespace {
 
+using sdpa::as_float;
+
 int64_t round_up16(int64_t n) { return (std::max<int64_t>(n, 1) + 15) / 16 * 16; }
 
 // Block-sparse attention over lists of `list_len` blocks of `block_size` keys.
@@ -24,18 +26,6 @@ void make_sparse(sdpa::Params& a, int64_t block_size, int64_t list_len, bool sha
   a.sparse_block_size = a.kv_len > 0 ? std::min(block_size, a.kv_len) : block_size;
   a.sparse_list_len = list_len;
   a.sparse_shared = shared;
-}
-
-template <typename T>
-const float* as_float(const T* src, int64_t count, std::vector<float>& storage) {
-  if constexpr (std::is_same_v<T, float>) {
-    (void)count, (void)storage;
-    return src;
-  } else {
-    storage.resize(size_t(count));
-    for (int64_t x = 0; x < count; ++x) storage[size_t(x)] = to_float(src[x]);
-    return storage.data();
-  }
 }
 
 }  // namespace
@@ -173,7 +163,7 @@ void run_routed_cpu(const RoutedParams& p, const RoutedTensors<T>& t, const Para
   auto prepare = [&](const T* src, float* dst, float* raw, int64_t heads, int64_t len, int64_t first_key) {
     parallel_for(d.batch * heads * len, [&](int64_t row) {
       const int64_t b = row / (heads * len), s = row % len;
-      for (int64_t x = 0; x < dim; ++x) dst[row * dim + x] = to_float(src[row * dim + x]);
+      sdpa::widen_cpu(src + row * dim, dim, dst + row * dim);
       if (raw) std::copy(dst + row * dim, dst + (row + 1) * dim, raw + row * dim);
       if (!rope) return;
       const int64_t at = ((position_rows > 1 ? b : 0) * d.kv_len + first_key + s) * half;
