@@ -103,6 +103,22 @@ def test_gqa_benchmark_with_sinks_times_both_ops_with_sinks(tmp_path, monkeypatc
     assert not (tmp_path / "gqa_cpu.json").exists()
 
 
+def test_gqa_benchmark_in_float16(tmp_path, monkeypatch):
+    """--dtype float16: every implementation on fp16 inputs and caches (after the check that ours and onnxruntime's
+    agree), GB/s counting 2-byte K/V, written to gqa_cpu_float16.json."""
+    module = load_script("benchmarks/bench_gqa_cpu.py", "bench_gqa_cpu")
+    monkeypatch.setattr(sys, "argv", ["bench_gqa_cpu", *TINY["bench_gqa_cpu"], "--dtype", "float16", "--settle", "0",
+                                      "--burst", "0.001", "--out", str(tmp_path)])
+    module.main()
+    result = json.loads((tmp_path / "gqa_cpu_float16.json").read_text())
+    assert result["dtype"] == "float16" and {r["dtype"] for r in result["rows"]} == {"float16"}
+    decode = [r for r in result["rows"] if r["phase"] == "decode"]
+    assert {r["impl"] for r in decode} == {"onnxattn", "ort_gqa", "function"} and all(r["in_place"] for r in decode)
+    for r in decode:  # 2 bytes an element of the K and V read
+        assert r["gbps"] == pytest.approx(2 * module.HKV * (r["P"] + 1) * module.D * 2 / (r["ms"] * 1e-3) / 1e9)
+    assert not (tmp_path / "gqa_cpu.json").exists()
+
+
 @pytest.mark.parametrize("name", sorted(TINY))
 def test_cpu_benchmark_runs_end_to_end(name, tmp_path, monkeypatch, capsys):
     module = load_script(f"benchmarks/{name}.py", name)
