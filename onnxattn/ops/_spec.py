@@ -7,6 +7,7 @@ No torch here: schemas must load without it.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -152,6 +153,41 @@ InferFn = Callable[[Sequence[TensorInfo | None], Mapping[str, Any]], Sequence[Te
 SignatureFn = Callable[[Sequence[TensorInfo | None], Sequence[bool]], str]
 # build(overload, opset) -> FunctionProto
 BuildFn = Callable[[str, int], onnx.FunctionProto]
+
+
+@dataclasses.dataclass(frozen=True)
+class OptionalParts:
+    """The overloads of the fused cache ops (GroupQueryAttention, MultiHeadLatentAttention, PagedAttention): the
+    optional parts a node has, joined by '+' in `names` order. A part is an optional input (its index; `past` is two
+    inputs, the key and the value caches; `shared`, the past lengths, needs `past`) or `present`: the two cache
+    outputs, which are asked for together."""
+
+    op: str
+    names: tuple[str, ...]
+    input_index: Mapping[str, int]
+    present_outputs: tuple[str, str]
+    required_inputs: int  # the inputs every node has, before the optional ones
+
+    def overloads(self) -> tuple[str, ...]:
+        every = (tuple(n for n, on in zip(self.names, flags) if on)
+                 for flags in itertools.product((False, True), repeat=len(self.names)))
+        return tuple("+".join(chosen) for chosen in every if "past" in chosen or "shared" not in chosen)
+
+    def signature(self, inputs: Sequence[TensorInfo | None], outputs_present: Sequence[bool]) -> str:
+        present = [n for n, index in self.input_index.items() if index < len(inputs) and inputs[index] is not None]
+        if any(outputs_present[1:3]):
+            if len(outputs_present) < 3 or not all(outputs_present[1:3]):
+                first, second = self.present_outputs
+                raise OpError(f"{self.op}: outputs '{first}' and '{second}' must be requested together")
+            present.append("present")
+        return "+".join(n for n in self.names if n in present)
+
+    def formals(self, spec: OpSpec, parts: set[str]) -> list[str]:
+        """The function's inputs for a node with `parts`: positional, every input up to the last present one
+        (absent ones in between are never read)."""
+        last = max([self.required_inputs - 1] + [self.input_index[x] + (1 if x == "past" else 0)
+                                                 for x in parts if x in self.input_index])
+        return [spec_input.name for spec_input in spec.inputs[: last + 1]]
 
 
 @dataclasses.dataclass(frozen=True)

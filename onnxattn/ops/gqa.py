@@ -3,7 +3,6 @@ RoPE, KV cache update and attention in one node."""
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -19,6 +18,7 @@ from onnxattn.ops._spec import (
     Input,
     OpError,
     OpSpec,
+    OptionalParts,
     Output,
     TensorInfo,
     TypeConstraint,
@@ -123,22 +123,11 @@ y = attn(x_next_token, cache=cache)      # decode, positions continue from the c
 ```""",
 )
 
-FEATURES = ("past", "shared", "pos", "qnorm", "knorm", "inv_freq", "mask", "sinks", "present")
-_INPUT_OF_FEATURE = {"past": 3, "shared": 5, "pos": 6, "qnorm": 7, "knorm": 8, "inv_freq": 9, "mask": 10,
-                     "sinks": 11}
-
-
-def _all_overloads() -> tuple[str, ...]:
-    out = []
-    for flags in itertools.product((False, True), repeat=len(FEATURES)):
-        chosen = [f for f, on in zip(FEATURES, flags) if on]
-        if "shared" in chosen and "past" not in chosen:
-            continue
-        out.append("+".join(chosen))
-    return tuple(out)
-
-
-OVERLOADS = _all_overloads()
+PARTS = OptionalParts(
+    NAME, ("past", "shared", "pos", "qnorm", "knorm", "inv_freq", "mask", "sinks", "present"),
+    {"past": 3, "shared": 5, "pos": 6, "qnorm": 7, "knorm": 8, "inv_freq": 9, "mask": 10, "sinks": 11},
+    ("present_key", "present_value"), required_inputs=3)
+OVERLOADS = PARTS.overloads()
 
 
 def _div(a: Dim, b: int) -> Dim:
@@ -246,23 +235,12 @@ def infer(inputs: Sequence[TensorInfo | None], attrs: Mapping[str, Any]) -> list
     return [out, present_k, present_v]
 
 
-def signature(inputs: Sequence[TensorInfo | None], outputs_present: Sequence[bool]) -> str:
-    present = [f for f, index in _INPUT_OF_FEATURE.items() if index < len(inputs) and inputs[index] is not None]
-    if any(outputs_present[1:3]):
-        if not all(outputs_present[1:3]) or len(outputs_present) < 3:
-            raise OpError(f"{NAME}: outputs 'present_key' and 'present_value' must be requested together")
-        present.append("present")
-    return "+".join(f for f in FEATURES if f in present)
-
-
 def build_function(overload: str, opset: int) -> onnx.FunctionProto:
     if overload not in OVERLOADS:
         raise ValueError(f"{NAME}: unknown overload {overload!r}")
     features = set(overload.split("+")) if overload else set()
     f = FunctionBuilder(SPEC, overload, opset)
-    # Formals are positional: every input up to the last present one (absent ones are never read).
-    last = max([2] + [_INPUT_OF_FEATURE[x] + (1 if x == "past" else 0) for x in features if x in _INPUT_OF_FEATURE])
-    inputs = [spec_input.name for spec_input in SPEC.inputs[: last + 1]]
+    inputs = PARTS.formals(SPEC, features)
     num_heads, kv_heads = f.attr("num_heads"), f.attr("kv_num_heads")
 
     def split(x, heads):
@@ -410,7 +388,7 @@ SPEC = OpSpec(
     attrs=ATTRS,
     type_constraints=(TypeConstraint("T", FLOAT_TYPES, "Activations, caches and norm weights."),),
     infer=infer,
-    signature=signature,
+    signature=PARTS.signature,
     build_function=build_function,
     overloads=OVERLOADS,
     overload_doc=OVERLOAD_DOC,

@@ -4,7 +4,6 @@ in one node."""
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -21,6 +20,7 @@ from onnxattn.ops._spec import (
     Input,
     OpError,
     OpSpec,
+    OptionalParts,
     Output,
     TensorInfo,
     TypeConstraint,
@@ -142,21 +142,10 @@ y = attn(x_next_token, cache=cache)    # decode: attention over the R + Dr wide 
 ```""",
 )
 
-FEATURES = ("past", "shared", "pos", "inv_freq", "index", "present")
-_INPUT_OF_FEATURE = {"past": 5, "shared": 7, "pos": 8, "inv_freq": 9, "index": 10}
-
-
-def _all_overloads() -> tuple[str, ...]:
-    out = []
-    for flags in itertools.product((False, True), repeat=len(FEATURES)):
-        chosen = [f for f, on in zip(FEATURES, flags) if on]
-        if "shared" in chosen and "past" not in chosen:
-            continue
-        out.append("+".join(chosen))
-    return tuple(out)
-
-
-OVERLOADS = _all_overloads()
+PARTS = OptionalParts(NAME, ("past", "shared", "pos", "inv_freq", "index", "present"),
+                      {"past": 5, "shared": 7, "pos": 8, "inv_freq": 9, "index": 10},
+                      ("present_latent", "present_k_rope"), required_inputs=5)
+OVERLOADS = PARTS.overloads()
 
 # The reference function's attention form: None picks it per call by cost (_absorbed_is_cheaper); "absorbed" or
 # "expanded" fixes it in the functions built while it is set, so that tests can check both forms on any case.
@@ -264,22 +253,12 @@ def infer(inputs: Sequence[TensorInfo | None], attrs: Mapping[str, Any]) -> list
     return [TensorInfo(elem, (batch, seq, out_width)), cache(rank), cache(rope_dim)]
 
 
-def signature(inputs: Sequence[TensorInfo | None], outputs_present: Sequence[bool]) -> str:
-    present = [f for f, index in _INPUT_OF_FEATURE.items() if index < len(inputs) and inputs[index] is not None]
-    if any(outputs_present[1:3]):
-        if not all(outputs_present[1:3]) or len(outputs_present) < 3:
-            raise OpError(f"{NAME}: outputs 'present_latent' and 'present_k_rope' must be requested together")
-        present.append("present")
-    return "+".join(f for f in FEATURES if f in present)
-
-
 def build_function(overload: str, opset: int) -> onnx.FunctionProto:
     if overload not in OVERLOADS:
         raise ValueError(f"{NAME}: unknown overload {overload!r}")
     features = set(overload.split("+")) if overload else set()
     f = FunctionBuilder(SPEC, overload, opset)
-    last = max([4] + [_INPUT_OF_FEATURE[x] + (1 if x == "past" else 0) for x in features if x in _INPUT_OF_FEATURE])
-    inputs = [spec_input.name for spec_input in SPEC.inputs[: last + 1]]
+    inputs = PARTS.formals(SPEC, features)
     zero, one = f.const(0, I64), f.const(1, I64)
     axis0, axis1 = f.const([0], I64), f.const([1], I64)
 
@@ -479,7 +458,7 @@ SPEC = OpSpec(
     attrs=ATTRS,
     type_constraints=(TypeConstraint("T", FLOAT_TYPES, "Activations, caches and weights."),),
     infer=infer,
-    signature=signature,
+    signature=PARTS.signature,
     build_function=build_function,
     overloads=OVERLOADS,
     overload_doc=OVERLOAD_DOC,

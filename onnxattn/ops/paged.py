@@ -3,7 +3,6 @@ the new tokens' K/V written into their blocks by the same node."""
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -19,6 +18,7 @@ from onnxattn.ops._spec import (
     Input,
     OpError,
     OpSpec,
+    OptionalParts,
     Output,
     TensorInfo,
     TypeConstraint,
@@ -70,14 +70,14 @@ outside its inputs and outputs. Validate on the host first where an error is nee
 function cannot raise on data; it clamps block indices.
 """
 
-FEATURES = ("pos", "qnorm", "knorm", "inv_freq", "sinks", "present")
-_INPUT_OF_FEATURE = {"pos": 8, "qnorm": 9, "knorm": 10, "inv_freq": 11, "sinks": 12}
+PARTS = OptionalParts(NAME, ("pos", "qnorm", "knorm", "inv_freq", "sinks", "present"),
+                      {"pos": 8, "qnorm": 9, "knorm": 10, "inv_freq": 11, "sinks": 12},
+                      ("key_cache_out", "value_cache_out"), required_inputs=8)
 OVERLOAD_DOC = (
     "Overload names join the node's present optional parts with '+', in this order: `pos` "
     "(position_ids), `qnorm`, `knorm`, `inv_freq`, `sinks`, `present` (the updated cache outputs)."
 )
-OVERLOADS = tuple("+".join(f for f, on in zip(FEATURES, flags) if on)
-                  for flags in itertools.product((False, True), repeat=len(FEATURES)))
+OVERLOADS = PARTS.overloads()
 
 EXAMPLES = (
     """\
@@ -163,22 +163,12 @@ def infer(inputs: Sequence[TensorInfo | None], attrs: Mapping[str, Any]) -> list
     return [TensorInfo(elem, (tokens, _mul(hq, dv))), TensorInfo(elem, kc), TensorInfo(elem, vc)]
 
 
-def signature(inputs: Sequence[TensorInfo | None], outputs_present: Sequence[bool]) -> str:
-    present = [f for f, index in _INPUT_OF_FEATURE.items() if index < len(inputs) and inputs[index] is not None]
-    if any(outputs_present[1:3]):
-        if len(outputs_present) < 3 or not all(outputs_present[1:3]):
-            raise OpError(f"{NAME}: outputs 'key_cache_out' and 'value_cache_out' must be requested together")
-        present.append("present")
-    return "+".join(f for f in FEATURES if f in present)
-
-
 def build_function(overload: str, opset: int) -> onnx.FunctionProto:
     if overload not in OVERLOADS:
         raise ValueError(f"{NAME}: unknown overload {overload!r}")
     features = set(overload.split("+")) if overload else set()
     f = FunctionBuilder(SPEC, overload, opset)
-    last = max([7] + [_INPUT_OF_FEATURE[x] for x in features if x in _INPUT_OF_FEATURE])
-    inputs = [spec_input.name for spec_input in SPEC.inputs[: last + 1]]
+    inputs = PARTS.formals(SPEC, features)
     zero, one, axis0, axis_last = f.const(0, I64), f.const(1, I64), f.const([0], I64), f.const([-1], I64)
 
     # which sequence each packed token belongs to, and its key position
@@ -307,7 +297,7 @@ SPEC = OpSpec(
     attrs=gqa.ATTRS,
     type_constraints=(TypeConstraint("T", FLOAT_TYPES, "Activations, caches and norm weights."),),
     infer=infer,
-    signature=signature,
+    signature=PARTS.signature,
     build_function=build_function,
     overloads=OVERLOADS,
     overload_doc=OVERLOAD_DOC,
