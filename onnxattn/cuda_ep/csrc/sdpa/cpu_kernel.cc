@@ -53,6 +53,8 @@ const char* cpu_isa() {
   }
 }
 
+namespace {
+
 template <typename T>
 void widen_best(const T* src, int64_t n, float* dst) {
   static const Isa best = best_supported_isa();
@@ -64,6 +66,8 @@ void widen_best(const T* src, int64_t n, float* dst) {
     default: return generic::widen_array(src, n, dst);
   }
 }
+
+}  // namespace
 
 void widen_cpu(const Float16* src, int64_t n, float* dst) { widen_best(src, n, dst); }
 void widen_cpu(const BFloat16* src, int64_t n, float* dst) { widen_best(src, n, dst); }
