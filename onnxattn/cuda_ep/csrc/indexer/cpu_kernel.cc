@@ -35,14 +35,14 @@ template <typename T>
 void score_range(const Params& p, const Tensors<T>& t, const Block& block, const int64_t* first, int64_t k0, int64_t k1,
                  float* scores) {
   const int64_t H = p.heads, D = p.head_dim, rows = block.count * H, keys = k1 - k0;
-  thread_local std::vector<float> queries, keys_t, products;
+  thread_local std::vector<float> queries, key_rows, keys_t, products;
   keys_t.resize(size_t(D * kKeys));
   products.resize(size_t(rows * kKeys));
   // [count * H, D], rows contiguous
   const float* q_rows = as_float(t.query + (block.batch * p.seq + block.first_row) * H * D, rows * D, queries);
-  const T* key = t.key + (block.batch * p.total + k0) * D;
+  const float* key = as_float(t.key + (block.batch * p.total + k0) * D, keys * D, key_rows);
   for (int64_t k = 0; k < keys; ++k) {
-    for (int64_t d = 0; d < D; ++d) keys_t[size_t(d * keys + k)] = to_float(key[k * D + d]);
+    for (int64_t d = 0; d < D; ++d) keys_t[size_t(d * keys + k)] = key[k * D + d];
   }
   mla::matmul(q_rows, D, rows, D, keys_t.data(), keys, keys, products.data(), keys);
   for (int64_t j = 0; j < block.count; ++j) {
