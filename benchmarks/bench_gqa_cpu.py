@@ -10,8 +10,8 @@ fp16, for all three), B=1:
     of M >= P+1 tokens bound with onnxruntime I/O binding (present bound to the past's OrtValue), so the
     kernel writes only the new token. GB/s of K+V read = 2*Hkv*(P+1)*D*(4 or 2) bytes / time. Each P runs with
     M = P+64 and M = 32768: the time must follow P, not M (no O(M) copy). ORT's op runs the same way
-    (its past_present_share_buffer mode), and so does the function (bound the same way; its ScatterElements
-    writes a whole new buffer, so its time follows M).
+    (its past_present_share_buffer mode), and so does the function (bound the same way: onnxruntime's
+    ScatterElements skips its copy in place, and the function attends to the longest valid prefix).
 With --sinks, the same rounds also time both ops with attention sinks (one logit per query head: our `sinks`
 input, onnxruntime's `head_sink`), checked to agree, and the results go to gqa_cpu_sinks.json.
 Timing (cpu_timing.py, as every CPU benchmark): rounds in which every implementation runs one burst, a pause

@@ -116,7 +116,7 @@ def decode_inputs(heads: int, past: int, rng) -> tuple[dict, np.ndarray, np.ndar
 
 def bound_session(model, feeds: dict, latent: np.ndarray, rope: np.ndarray, threads: int, library: bool = True):
     """A session with its inputs bound and copies of the buffers as the pasts; with the library the presents are
-    bound to them too (the kernel appends in place; the function writes a new buffer, ScatterElements)."""
+    bound to them too (the kernel appends in place; the function's presents are new buffers, ScatterElements)."""
     options = ort.SessionOptions()  # one per session: the library registers on it
     options.intra_op_num_threads = threads
     session = make_session(model, providers=["CPUExecutionProvider"], use_library=library, session_options=options)

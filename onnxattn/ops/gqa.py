@@ -58,7 +58,9 @@ One decoder (or encoder) attention layer after the Q/K/V projections, in this or
   buffers (the library's kernel updates them in place — it declares the aliasing to onnxruntime — and
   reads only the valid prefix, so a decode step costs O(valid length), not O(M)). Query i of batch b
   sits at key position `past_lengths[b] + i`; keys at `>= past_lengths[b] + S` are stale and hidden.
-  Without the library, the reference function writes the buffer with ScatterElements (a copy).
+  Without the library, the reference function writes the new tokens with ScatterElements (onnxruntime
+  skips its copy when present is bound to the past's buffer) and attends to the buffers' first
+  max_b(past_lengths[b] + S) keys only, so its decode step follows the valid lengths too.
 
 **Visibility.** Query at key position p sees key j iff `j <= p` when `causal=1`, `p - window < j` when
 `window > 0` (the `window` most recent keys, the current one included — in prefill, chunked prefill and
@@ -290,18 +292,27 @@ def build_function(overload: str, opset: int) -> onnx.FunctionProto:
         present_k, present_v = k_new, v_new
 
     # attention over the cache, by chunks of query rows for long prompts (bodies.over_row_chunks)
-    total_1 = f.op("Shape", present_k, start=2, end=3)
-    total = f.op("Squeeze", total_1)
-    j = f.op("Range", zero, total, one)  # [T]
-    p = f.op("Unsqueeze", query_pos, f.const([1, 3], I64))  # [B or 1, 1, S, 1]
+    keys_k, keys_v, mask = present_k, present_v, "attention_mask"
     keys_visible = None  # [B, 1, 1, T]: the same for every row
     if "shared" in features:
         valid = f.op("Add", past_len, f.op("Unsqueeze", seq, f.const([0], I64)))  # [B, 1]
+        # T = the longest sequence's keys, not the buffer's M: the keys past it are hidden from every row, so the
+        # function's work follows the valid lengths, as the kernels' does
+        longest = f.op("Reshape", f.op("ReduceMax", valid, keepdims=0), f.const([1], I64))  # [1]
+        zero_1 = f.const([0], I64)
+        keys_k, keys_v = (f.op("Slice", x, zero_1, longest, f.const([2], I64)) for x in (present_k, present_v))
+        if "mask" in features:
+            mask = f.op("Slice", "attention_mask", zero_1, longest, f.const([1], I64))
+    total_1 = f.op("Shape", keys_k, start=2, end=3)
+    total = f.op("Squeeze", total_1)
+    j = f.op("Range", zero, total, one)  # [T]
+    p = f.op("Unsqueeze", query_pos, f.const([1, 3], I64))  # [B or 1, 1, S, 1]
+    if "shared" in features:
         keys_visible = f.op("Less", j, f.op("Unsqueeze", valid, f.const([2, 3], I64)))
     if "mask" in features:
-        key_mask = f.op("Unsqueeze", f.op("Cast", "attention_mask", to=TensorProto.BOOL), f.const([1, 2], I64))
+        key_mask = f.op("Unsqueeze", f.op("Cast", mask, to=TensorProto.BOOL), f.const([1, 2], I64))
         keys_visible = key_mask if keys_visible is None else f.op("And", keys_visible, key_mask)
-    k_all, v_all = f.op("Cast", present_k, to=F32), f.op("Cast", present_v, to=F32)  # [B, Hkv, T, .]
+    k_all, v_all = f.op("Cast", keys_k, to=F32), f.op("Cast", keys_v, to=F32)  # [B, Hkv, T, .]
     sink = bodies.head_sinks(f) if "sinks" in features else None
     score_attrs = bodies.score_attributes(f, q)
     visibility_attrs = bodies.visibility_attributes(f, band=False, chunk=True)

@@ -85,7 +85,8 @@ generation tooling). The present caches have the rank of the past ones (rank 3 w
 - *Shared buffer* (`past_lengths [B]` given): the pasts are preallocated buffers with `past_lengths[b]`
   valid tokens; the new tokens are written at `past_lengths[b] .. past_lengths[b]+S-1` and the presents are
   the same buffers (the library's kernel updates them in place and declares the aliasing to onnxruntime,
-  reading only the valid prefix). Query i of batch b sits at `past_lengths[b] + i`; later slots are hidden.
+  reading only the valid prefix; the reference function attends to the first max_b(past_lengths[b] + S)
+  slots). Query i of batch b sits at `past_lengths[b] + i`; later slots are hidden.
 
 **Visibility.** Query at key position p sees key j iff `j <= p` (`causal=1`), `p - window < j`
 (`window > 0`), and j is a valid key. A query that sees no key outputs zeros.
@@ -317,7 +318,15 @@ def build_function(overload: str, opset: int) -> onnx.FunctionProto:
         dims = f.op("Concat", f.op("Shape", x, end=1), f.const([1], I64), f.op("Shape", x, start=-2), axis=0)
         return f.op("Reshape", f.op("Cast", x, to=F32), dims, allowzero=1)
 
-    latent_all, rope_all = as_bnsh(present_latent), as_bnsh(present_rope)
+    keys_latent, keys_rope = present_latent, present_rope
+    if "shared" in features:
+        valid = f.op("Add", past_len, f.op("Unsqueeze", seq, axis0))  # [B, 1]
+        # T = the longest sequence's keys, not the buffers' M: the slots past it are hidden from every row, so the
+        # function's work follows the valid lengths, as the kernels' does
+        longest = f.op("Reshape", f.op("ReduceMax", valid, keepdims=0), f.const([1], I64))  # [1]
+        keys_latent, keys_rope = (f.op("Slice", x, f.const([0], I64), longest, f.const([-2], I64))
+                                  for x in (present_latent, present_rope))
+    latent_all, rope_all = as_bnsh(keys_latent), as_bnsh(keys_rope)
     def per_head(w):  # [H, R, .] float; a Reshape to num_heads heads, so that a weight of other heads fails here
         dims = f.op("Concat", f.op("Unsqueeze", f.attr("num_heads"), axis0), f.op("Shape", w, start=1), axis=0)
         return f.op("Reshape", f.op("Cast", w, to=F32), dims)
@@ -348,11 +357,11 @@ def build_function(overload: str, opset: int) -> onnx.FunctionProto:
     j = f.op("Range", zero, total, one)  # [T]
     p = f.op("Unsqueeze", query_pos, f.const([1, 3], I64))  # [B or 1, 1, S, 1]
     rows = [(q_used, 2), (p, 2)]
-    if "index" in features:
-        rows.append((_listed_keys(f, total), 2))  # [B, 1, S, T]
+    if "index" in features:  # [B, 1, S, T]; in shared mode the slots in [T, M) are hidden ones, ignored
+        buffer = f.op("Squeeze", f.op("Shape", "past_latent", start=-2, end=-1)) if "shared" in features else None
+        rows.append((_listed_keys(f, total, buffer), 2))
     valid_keys = None
     if "shared" in features:
-        valid = f.op("Add", past_len, f.op("Unsqueeze", seq, axis0))  # [B, 1]
         valid_keys = f.op("Less", j, f.op("Unsqueeze", valid, f.const([2, 3], I64)))  # [B, 1, 1, T]
     score_attrs = bodies.score_attributes(f, q)  # 1/sqrt(Dn + Dr) by default, in both forms
     visibility_attrs = bodies.visibility_attributes(f, band=False)
@@ -397,13 +406,19 @@ def _absorbed_is_cheaper(f: FunctionBuilder, latent_all: str, rope_dim: str) -> 
     return f.op("Squeeze", f.op("LessOrEqual", absorbed, expanded))
 
 
-def _listed_keys(f: FunctionBuilder, total: str) -> str:
-    """[B, 1, S, T] bool: key j is listed in key_indices[b, i]. Negative entries are scattered into an extra
-    column T that is dropped (ScatterElements would wrap a negative index); an entry past it fails there."""
+def _listed_keys(f: FunctionBuilder, total: str, buffer: str | None = None) -> str:
+    """[B, 1, S, T] bool: key j is listed in key_indices[b, i]. Negative entries, and with `buffer` (M, a scalar:
+    the shared buffers' length, T their longest valid prefix) entries in [T, M), slots no row sees, are scattered
+    into an extra column T that is dropped (ScatterElements would wrap a negative index); an entry past the caches
+    fails there."""
     zero, one = f.const(0, I64), f.const(1, I64)
     indices = f.op("Cast", "key_indices", to=I64)
     width = f.op("Unsqueeze", f.op("Add", total, one), f.const([0], I64))  # [1]: T + 1
-    indices = f.op("Where", f.op("Less", indices, zero), total, indices)
+    ignored = f.op("Less", indices, zero)
+    if buffer is not None:
+        hidden_slot = f.op("And", f.op("GreaterOrEqual", indices, total), f.op("Less", indices, buffer))
+        ignored = f.op("Or", ignored, hidden_slot)
+    indices = f.op("Where", ignored, total, indices)
     slots = f.op("ConstantOfShape", f.op("Concat", f.op("Shape", "key_indices", end=2), width, axis=0),
                  value=onnx.helper.make_tensor("zero", F32, [1], [0.0]))
     marks = f.op("ScatterElements", slots, indices, f.op("Expand", f.const(1.0, F32), f.op("Shape", indices)),
