@@ -191,7 +191,7 @@ def fuzz_section() -> list[str]:
              "bfloat16, attributes, optional inputs present or not, cache modes) as `Case`s of the op's numerics "
              "suite and checks the kernel (under a drawn ISA), the function in onnxruntime and the torch functional "
              "against the float64 oracle with that suite's tolerance rule.", "",
-             "- CI: hypothesis profile `ci`, derandomized, 100 examples per op (ONNXATTN_FUZZ_EXAMPLES), ~30 s of "
+             "- CI: hypothesis profile `ci`, derandomized, 50 examples per op (ONNXATTN_FUZZ_EXAMPLES), ~40 s of "
              "test time in all on 2 cores.",
              "- Top-k selections (NativeSparseAttention, SparseRoutedAttention): a tie in exact arithmetic that "
              "rounding breaks (a probability from exp, a unit-length centroid, a mean over 3 keys) may go either "

@@ -7,7 +7,7 @@ The suites' machinery is reused, not copied: a strategy draws a `Case` of the op
 (tests/test_*_numerics.py), registers it under a unique id in that module's CASES_BY_ID, and the module's own
 `run_path` builds the inputs and runs each path and its `check` applies the oracle and tolerances.
 
-Budget: the "ci" hypothesis profile (tests/hardening/conftest.py) is derandomized with 100 examples per op;
+Budget: the "ci" hypothesis profile (tests/hardening/conftest.py) is derandomized with 50 examples per op;
 `scripts/fuzz.sh` (or `--hypothesis-profile long`, ONNXATTN_FUZZ_EXAMPLES=N) runs the long version.
 """
 
