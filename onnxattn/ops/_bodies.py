@@ -192,6 +192,15 @@ class RowOutput:
     pad: float | int = 0
 
 
+def valid_prefix(f: FunctionBuilder, valid: str, tensors: Sequence[tuple[str, int]]) -> list[str]:
+    """Each (tensor, axis) cut to its first max_b(valid[b]) entries along `axis` (`valid` [B, 1]: each sequence's
+    keys in shared-buffer mode). The slots past the longest sequence's keys are hidden from every row, so the
+    functions attend to this prefix, not the whole buffer: their work follows the valid lengths, as the kernels'."""
+    longest = f.op("Reshape", f.op("ReduceMax", valid, keepdims=0), f.const([1], I64))  # [1]
+    zero_1 = f.const([0], I64)
+    return [f.op("Slice", x, zero_1, longest, f.const([axis], I64)) for x, axis in tensors]
+
+
 def row_scores(f: FunctionBuilder, q: str, keys: str) -> str:
     """B H T, an int64 [1]: the score values of one query row of [B, H, S, T] scores, for q [B, H, S, .] and
     `keys` = T as an int64 [1] (over_row_chunks' row_elements)."""

@@ -296,13 +296,10 @@ def build_function(overload: str, opset: int) -> onnx.FunctionProto:
     keys_visible = None  # [B, 1, 1, T]: the same for every row
     if "shared" in features:
         valid = f.op("Add", past_len, f.op("Unsqueeze", seq, f.const([0], I64)))  # [B, 1]
-        # T = the longest sequence's keys, not the buffer's M: the keys past it are hidden from every row, so the
-        # function's work follows the valid lengths, as the kernels' does
-        longest = f.op("Reshape", f.op("ReduceMax", valid, keepdims=0), f.const([1], I64))  # [1]
-        zero_1 = f.const([0], I64)
-        keys_k, keys_v = (f.op("Slice", x, zero_1, longest, f.const([2], I64)) for x in (present_k, present_v))
-        if "mask" in features:
-            mask = f.op("Slice", "attention_mask", zero_1, longest, f.const([1], I64))
+        # T = the longest sequence's keys, not the buffer's M
+        cut = [(present_k, 2), (present_v, 2)] + ([("attention_mask", 1)] if "mask" in features else [])
+        keys_k, keys_v, *masks = bodies.valid_prefix(f, valid, cut)
+        mask = masks[0] if masks else mask
     total_1 = f.op("Shape", keys_k, start=2, end=3)
     total = f.op("Squeeze", total_1)
     j = f.op("Range", zero, total, one)  # [T]

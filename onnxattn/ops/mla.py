@@ -321,11 +321,8 @@ def build_function(overload: str, opset: int) -> onnx.FunctionProto:
     keys_latent, keys_rope = present_latent, present_rope
     if "shared" in features:
         valid = f.op("Add", past_len, f.op("Unsqueeze", seq, axis0))  # [B, 1]
-        # T = the longest sequence's keys, not the buffers' M: the slots past it are hidden from every row, so the
-        # function's work follows the valid lengths, as the kernels' does
-        longest = f.op("Reshape", f.op("ReduceMax", valid, keepdims=0), f.const([1], I64))  # [1]
-        keys_latent, keys_rope = (f.op("Slice", x, f.const([0], I64), longest, f.const([-2], I64))
-                                  for x in (present_latent, present_rope))
+        # T = the longest sequence's keys, not the buffers' M
+        keys_latent, keys_rope = bodies.valid_prefix(f, valid, [(present_latent, -2), (present_rope, -2)])
     latent_all, rope_all = as_bnsh(keys_latent), as_bnsh(keys_rope)
     def per_head(w):  # [H, R, .] float; a Reshape to num_heads heads, so that a weight of other heads fails here
         dims = f.op("Concat", f.op("Unsqueeze", f.attr("num_heads"), axis0), f.op("Shape", w, start=1), axis=0)
