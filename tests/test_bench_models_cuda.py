@@ -49,8 +49,14 @@ def test_without_cuda_it_exits_2(bench, monkeypatch, capsys):
     assert "bench_models_cuda: no CUDA GPU" in capsys.readouterr().err
 
 
-def test_parallel_exports_then_every_path(bench, tmp_path):
-    exports = bench.export_all(SPECS, tmp_path, torch.float32, timeout_s=300, log=lambda text: None)
+@pytest.fixture(scope="module")
+def exports(bench, tmp_path_factory):
+    """export_all of both configs, once per module: the later tests take copies of its files."""
+    work = tmp_path_factory.mktemp("exports")
+    return bench.export_all(SPECS, work, torch.float32, timeout_s=300, log=lambda text: None)
+
+
+def test_parallel_exports_then_every_path(bench, exports, tmp_path):
     assert sorted(exports) == sorted([("base", "concat"), ("base", "shared"), ("base", "stock"), ("large", "concat"),
                                       ("large", "stock")])  # fmt: skip
     assert not [v for v in exports.values() if isinstance(v, BaseException)], exports
@@ -87,8 +93,9 @@ def test_shared_layers_share_weights_not_caches(bench):
     assert "forward" not in vars(model.layers[0].attn)
 
 
-def test_a_failed_export_fails_its_paths_only_and_a_spent_budget_skips(bench, tmp_path):
-    _, rows = run(bench, "base", tmp_path, exports={"concat": RuntimeError("boom"), "shared": RuntimeError("boom")})
+def test_a_failed_export_fails_its_paths_only_and_a_spent_budget_skips(bench, exports, tmp_path):
+    failed = {"concat": RuntimeError("boom"), "shared": RuntimeError("boom"), "stock": exports["base", "stock"]}
+    _, rows = run(bench, "base", tmp_path, exports=failed)
     errors = {r["path"]: r.get("error") for r in rows}
     assert errors["onnxattn"] == "RuntimeError: export (concat) failed: RuntimeError: boom"
     assert errors["functions"].startswith("RuntimeError: export (concat) failed")
@@ -100,28 +107,22 @@ def test_a_failed_export_fails_its_paths_only_and_a_spent_budget_skips(bench, tm
 
 
 @pytest.fixture
-def fake_device(bench, monkeypatch, tmp_path_factory):
+def fake_device(bench, exports, monkeypatch):
     """main with the device faked: tiny configs in float32 on the CPU execution provider, a fixed environment.
-    The parallel exports run once per set of configs; later calls get copies of their files (main deletes its
-    work folder), since test_parallel_exports_then_every_path covers the exports themselves."""
+    Its exports are copies of the module's (`exports`; main deletes its work folder), since
+    test_parallel_exports_then_every_path covers the exports themselves."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(bench.ort_cuda, "onnxruntime_cuda", lambda: (ort, None))
     monkeypatch.setitem(sys.modules, "bench_sdpa_cuda", types.SimpleNamespace(
         environment=lambda: {"date": "2026-11-30", "device": "Fake GPU", "driver": "0", "commit": "abc"}))
     monkeypatch.setattr(bench, "CONFIGS", SPECS)
-    export_all, run_config = bench.export_all, bench.run_config
-    kept: dict[tuple, dict] = {}
+    run_config = bench.run_config
 
-    def exports_once(specs, work, dtype, **kw):
-        key = tuple(sorted(specs))
-        if key not in kept:
-            store = tmp_path_factory.mktemp("exports")
-            kept[key] = {job: (Path(shutil.copy(v[0], store)), v[1]) if not isinstance(v, BaseException) else v
-                         for job, v in export_all(specs, work, torch.float32, **kw).items()}  # fmt: skip
+    def copied_exports(specs, work, dtype, **kw):
         return {job: (Path(shutil.copy(v[0], work)), v[1]) if not isinstance(v, BaseException) else v
-                for job, v in kept[key].items()}  # fmt: skip
+                for job, v in exports.items() if job[0] in specs}  # fmt: skip
 
-    monkeypatch.setattr(bench, "export_all", exports_once)
+    monkeypatch.setattr(bench, "export_all", copied_exports)
     monkeypatch.setattr(bench, "run_config", lambda *a, **kw: run_config(*a, **kw, device="cpu", dtype=torch.float32))
     return bench
 
