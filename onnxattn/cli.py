@@ -320,6 +320,9 @@ def cmd_generate(args) -> int:
     sampling = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     providers = _providers(args)
     model = hf_model = None
+    # the prompt first: a missing tokenizer or unequal rows are refused before an export (minutes for a large model)
+    tokenizer = _tokenizer(args)
+    ids = _prompt(args, 0, tokenizer) if args.prompt or args.ids else None  # a random prompt needs the vocabulary
     if Path(args.model).is_file():
         if args.compare_torch:  # before generating, not after
             raise ValueError("generate: --compare-torch needs a model name or a transformers checkpoint (the eager "
@@ -350,8 +353,8 @@ def cmd_generate(args) -> int:
                               overrides=_parse_overrides(args.set), logits="last", progress=not args.quiet,
                               numerics=False)
         path, model, vocab = result.path, result.model, result.model.config.vocab_size
-    tokenizer = _tokenizer(args)
-    ids = _prompt(args, vocab, tokenizer)
+    if ids is None:
+        ids = _prompt(args, vocab, tokenizer)
     out = generate(path, ids, args.max_new_tokens, use_library=not args.no_library, providers=providers,
                    progress=not args.quiet, **sampling)
     print(out.summary())

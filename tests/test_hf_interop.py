@@ -410,7 +410,8 @@ def test_cli_takes_a_checkpoint_directory(tmp_path, capsys):
 
 def test_cli_prompt_text_through_the_checkpoint_tokenizer(tmp_path, capsys):
     """--prompt tokenizes with the checkpoint directory's tokenizer (a word-level one built here: w0 .. w255 are
-    ids 0 .. 255) and the continuation is printed as text as well; prompts of unequal length are refused."""
+    ids 0 .. 255) and the continuation is printed as text as well; prompts of unequal length, or without a tokenizer,
+    are refused before the model is exported."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -442,6 +443,7 @@ def test_cli_prompt_text_through_the_checkpoint_tokenizer(tmp_path, capsys):
     bare_args = ["generate", str(bare), "-n", "2", "--quiet", "--provider", "cpu", "--out", str(tmp_path)]
     assert main([*bare_args, "--prompt", "hello"]) == 2
     assert f"no tokenizer could be loaded from {bare}" in capsys.readouterr().err
+    assert not (tmp_path / "bare.onnx").exists()  # refused before the export
     assert main(bare_args) == 0
     assert "text:" not in capsys.readouterr().out
 
