@@ -237,7 +237,7 @@ def main() -> None:
                                  not args.no_function, args.dtype)
     load = [load_before, cpu_timing.load_average()]
 
-    print(f"\nGroupQueryAttention, {args.dtype}, B=1, Hq={HQ}, Hkv={HKV}, D={D}, RoPE, {ort.get_device()} onnxruntime "
+    print(f"\nGroupQueryAttention, {args.dtype}, B=1, Hq={HQ}, Hkv={HKV}, D={D}, RoPE, CPU execution provider, onnxruntime "
           f"{ort.__version__}; load average {load[0]} -> {load[1]}")
     prefill = {r["impl"]: r for r in rows if r["phase"] == "prefill"}
     print(f"prefill S={args.prefill}:")
