@@ -8,6 +8,7 @@ model checked with ``onnx.checker.check_model(full_check=True)``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -54,10 +55,9 @@ def export(
     if opset_version is None and any(getattr(m, "onnx_rope", False) for m in model.modules()):
         opset_version = 23  # ONNX RotaryEmbedding (the seed-form MLA's rope); torch's default opset predates it
     _reuse_torchlib_registry()
-    _skip_pairwise_rewrites()
     # torch.onnx logs a warning per torchvision op it cannot register when torchvision is absent.
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _without_pairwise_rewrites():
         warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
         # dims named alike in dynamic_shapes (batch, sequence) are one dim; torch says so once per input
         warnings.filterwarnings("ignore", message=".*The axis name: .* will not be used.*", category=UserWarning)
@@ -137,24 +137,29 @@ def _reuse_torchlib_registry() -> None:
     registry_class.from_torchlib = classmethod(from_torchlib)
 
 
-def _skip_pairwise_rewrites() -> None:
-    """Leaves out of the optimizer that torch.onnx.export runs (onnxscript's default rewrite rules) the rules whose
-    pattern has several output nodes: onnxscript matches those by trying, for every node of the pattern's first
-    op type, every pair of nodes of the graph, so their cost grows with the square of the graph. There is one such
-    rule, SlicesSplit (two halves sliced off one tensor -> a Split, which onnxruntime does not need). Without it a
+@contextlib.contextmanager
+def _without_pairwise_rewrites():
+    """While torch.onnx.export runs: its optimizer (onnxscript's default rewrite rules) without the rules whose
+    pattern has several output nodes. onnxscript matches those by trying, for every node of the pattern's first op
+    type, every pair of nodes of the graph, so their cost grows with the square of the graph. There is one such rule,
+    SlicesSplit (two halves sliced off one tensor -> a Split, which onnxruntime does not need). Without it a
     transformers Dory of 4 layers exported in 14.1 s instead of 16.1 (the same graph: the rule had matched nothing),
     one of 12 layers in 42.7 s instead of 63.9 (2-core machine). An onnxscript without these private names keeps its
-    rules."""
+    rules; the rules are restored afterwards."""
     try:
         from onnxscript import rewriter
     except ImportError:
-        return
+        rewriter = None
     rules = getattr(rewriter, "_DEFAULT_REWRITE_RULES", None)
     if not isinstance(rules, tuple):
+        yield
         return
-    linear = tuple(r for r in rules if getattr(getattr(r, "_target_pattern", None), "has_single_output_node", True))
-    if len(linear) != len(rules):
-        rewriter._DEFAULT_REWRITE_RULES = linear
+    rewriter._DEFAULT_REWRITE_RULES = tuple(
+        r for r in rules if getattr(getattr(r, "_target_pattern", None), "has_single_output_node", True))
+    try:
+        yield
+    finally:
+        rewriter._DEFAULT_REWRITE_RULES = rules
 
 
 def _weights_to_file(model, data_path: str | os.PathLike, threshold: int | None) -> None:
