@@ -78,10 +78,21 @@ def attrs(proto, op_type: str) -> list[dict]:
             for n in proto.graph.node if n.op_type == op_type]
 
 
+_EXPORTED: dict = {}
+
+
+def exported(name: str, tmp_path_factory):
+    """(transformers model, from_transformers result) of CASES[name], exported once per worker process: the window
+    test edits a copy of the logits test's graph (an export of gemma4_shared takes ~13 s on 2 cores)."""
+    if name not in _EXPORTED:
+        hf = gemma4(**CASES[name])
+        _EXPORTED[name] = hf, from_transformers(hf, tmp_path_factory.mktemp(name) / f"{name}.onnx", progress=False)
+    return _EXPORTED[name]
+
+
 @pytest.mark.parametrize("name", list(CASES))
-def test_logits_match_transformers(name, tmp_path):
-    hf = gemma4(**CASES[name])
-    result = from_transformers(hf, tmp_path / f"{name}.onnx", progress=False)
+def test_logits_match_transformers(name, tmp_path_factory):
+    hf, result = exported(name, tmp_path_factory)
     assert result.report.ok
     proto = onnx.load(result.path)
     for op_type, expected in (("GroupQueryAttention", GQA_ATTRS[name]),
@@ -109,10 +120,9 @@ def test_logits_match_transformers(name, tmp_path):
     assert max(errors) <= 1e-4, errors
 
 
-def test_window_on_the_nodes_matters(tmp_path):
+def test_window_on_the_nodes_matters(tmp_path, tmp_path_factory):
     """The sliding layers' window, zeroed in the graph, misses transformers' logits."""
-    hf = gemma4(**CASES["gemma4_shared"])
-    result = from_transformers(hf, tmp_path / "g.onnx", progress=False, validate=False)
+    hf, result = exported("gemma4_shared", tmp_path_factory)
     proto = onnx.load(result.path)
     for node in proto.graph.node:
         if node.op_type in ("GroupQueryAttention", "ScaledDotProductAttention"):
