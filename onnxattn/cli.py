@@ -297,7 +297,8 @@ def _tokenizer(args):
         return None
 
 
-def _prompt(args, vocab_size: int, tokenizer=None) -> np.ndarray:
+def _given_prompt(args, tokenizer=None) -> np.ndarray | None:
+    """The prompt rows given by --prompt (through the tokenizer) or --ids; None when neither is given."""
     if args.prompt:
         if args.ids:
             raise ValueError("generate: give --prompt or --ids, not both")
@@ -311,7 +312,7 @@ def _prompt(args, vocab_size: int, tokenizer=None) -> np.ndarray:
         if len({len(r) for r in rows}) != 1:
             raise ValueError("--ids: every row (separated by ';') needs the same length")
         return np.array(rows, dtype=np.int64)
-    return np.random.default_rng(args.seed).integers(0, vocab_size, (args.batch, args.prompt_length)).astype(np.int64)
+    return None
 
 
 def cmd_generate(args) -> int:
@@ -322,7 +323,7 @@ def cmd_generate(args) -> int:
     model = hf_model = None
     # the prompt first: a missing tokenizer or unequal rows are refused before an export (minutes for a large model)
     tokenizer = _tokenizer(args)
-    ids = _prompt(args, 0, tokenizer) if args.prompt or args.ids else None  # a random prompt needs the vocabulary
+    ids = _given_prompt(args, tokenizer)
     if Path(args.model).is_file():
         if args.compare_torch:  # before generating, not after
             raise ValueError("generate: --compare-torch needs a model name or a transformers checkpoint (the eager "
@@ -353,8 +354,8 @@ def cmd_generate(args) -> int:
                               overrides=_parse_overrides(args.set), logits="last", progress=not args.quiet,
                               numerics=False)
         path, model, vocab = result.path, result.model, result.model.config.vocab_size
-    if ids is None:
-        ids = _prompt(args, vocab, tokenizer)
+    if ids is None:  # a random prompt, from the model's vocabulary
+        ids = np.random.default_rng(args.seed).integers(0, vocab, (args.batch, args.prompt_length)).astype(np.int64)
     out = generate(path, ids, args.max_new_tokens, use_library=not args.no_library, providers=providers,
                    progress=not args.quiet, **sampling)
     print(out.summary())
