@@ -15,13 +15,18 @@ A second table checks the cost model where the choice is close: causal chunks of
 ones (concatenation mode), both forms forced (max(2, --repeat // 3) rounds of bursts), and the form the
 kernel picks by itself.
 
-A third table is DeepSeek-V3.2's sparse attention (DSA) at decode: the same step with key_indices listing K
+A third table is the absorbed decode step with inputs, weights and caches in each of --dtypes (float32, float16,
+bfloat16; the same draw rounded), in the same rounds: time as a ratio to float32's, cache read in GB/s at the
+dtype's width, and the relative error against float32's output.
+
+A fourth table is DeepSeek-V3.2's sparse attention (DSA) at decode: the same step with key_indices listing K
 of the P + 1 keys (--indexed K, DeepSeek-V3.2's index_topk is 2048; distinct random keys) against the dense
 absorbed step over all of them, both in the kernel, same rounds: the indexed path gathers and scores only the
 listed rows, so its time should follow K, not P.
 
     python benchmarks/bench_mla_cpu.py [--past 4096] [--heads 16] [--repeat 10] [--threads 0] [--settle 0.1]
-                                       [--burst 0.02] [--indexed 2048] [--indexed-past 8192 32768] [--out ...]
+                                       [--burst 0.02] [--indexed 2048] [--indexed-past 8192 32768]
+                                       [--dtypes float32 float16 bfloat16] [--out ...]
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import os
 import sys
 from pathlib import Path
 
+import ml_dtypes
 import numpy as np
 import onnxruntime as ort
 from onnx import TensorProto, helper
@@ -49,18 +55,19 @@ R, DR, DN, DV = 512, 64, 128, 128
 F32, I64 = TensorProto.FLOAT, TensorProto.INT64
 
 
-def mla_model(heads: int, indexed: bool = False):
+def mla_model(heads: int, indexed: bool = False, elem: int = F32):
     names = ["q", "latent", "k_rope", "w_uk", "w_uv", "past_latent", "past_k_rope", "past_lengths"]
     names += ["", "", "key_indices"] if indexed else []
     node = helper.make_node("MultiHeadLatentAttention", names, ["y", "present_latent", "present_k_rope"],
                             domain=ops.DOMAIN, num_heads=heads, rope_interleaved=1)
     vi = helper.make_tensor_value_info
-    inputs = [vi("q", F32, [1, 1, heads * (DN + DR)]), vi("latent", F32, [1, 1, R]), vi("k_rope", F32, [1, 1, DR]),
-              vi("w_uk", F32, [heads, R, DN]), vi("w_uv", F32, [heads, R, DV]), vi("past_latent", F32, [1, "M", R]),
-              vi("past_k_rope", F32, [1, "M", DR]), vi("past_lengths", I64, [1])]
+    inputs = [vi("q", elem, [1, 1, heads * (DN + DR)]), vi("latent", elem, [1, 1, R]),
+              vi("k_rope", elem, [1, 1, DR]), vi("w_uk", elem, [heads, R, DN]), vi("w_uv", elem, [heads, R, DV]),
+              vi("past_latent", elem, [1, "M", R]), vi("past_k_rope", elem, [1, "M", DR]),
+              vi("past_lengths", I64, [1])]
     inputs += [vi("key_indices", I64, [1, 1, "K"])] if indexed else []
-    outputs = [vi("y", F32, [1, 1, heads * DV]), vi("present_latent", F32, [1, "M", R]),
-               vi("present_k_rope", F32, [1, "M", DR])]
+    outputs = [vi("y", elem, [1, 1, heads * DV]), vi("present_latent", elem, [1, "M", R]),
+               vi("present_k_rope", elem, [1, "M", DR])]
     model = helper.make_model(helper.make_graph([node], "mla", inputs, outputs),
                               opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid(ops.DOMAIN, 1)],
                               ir_version=ops.IR_VERSION)
@@ -191,6 +198,70 @@ def bench_indexed(heads: int, past: int, listed: int, repeat: int, threads: int,
             "indexed_ms": median["indexed"] * 1e3, "speedup": median["dense"] / median["indexed"]}
 
 
+# The dtype table's element types: ONNX type and the numpy storage of its bits (bfloat16 as uint16, wrapped with
+# ortvalue_from_numpy_with_onnx_type: onnxruntime's Python API has no bfloat16 arrays).
+DTYPES = {"float32": (F32, np.float32), "float16": (TensorProto.FLOAT16, np.float16),
+          "bfloat16": (TensorProto.BFLOAT16, ml_dtypes.bfloat16)}
+# Against float32's output, relative to its largest value: ~10 ulps of the dtype (2^-10, 2^-7). The inputs' own
+# rounding dominates (measured: 6e-4 and 5e-3 at P = 4096); a wrong conversion is off by O(1).
+DTYPE_TOLERANCE = {"float32": 0.0, "float16": 1e-2, "bfloat16": 8e-2}
+
+
+def bench_dtypes(heads: int, past: int, dtypes, repeat: int, threads: int, settle: float = cpu_timing.SETTLE,
+                 burst: float = cpu_timing.BURST) -> list[dict]:
+    """The absorbed kernel's decode step with every input and cache in each dtype (values rounded from the same
+    float32 draw), in place through I/O binding, all dtypes in the same rounds. 16-bit caches halve the bytes
+    the step streams; the weights W_UK / W_UV are 16-bit too."""
+    feeds, latent, rope = decode_inputs(heads, past, np.random.default_rng(3))
+    runs, outputs, keep = {}, {}, []
+    for name in dtypes:
+        elem, storage = DTYPES[name]
+
+        def value(x, elem=elem, storage=storage):
+            bits = np.ascontiguousarray(np.asarray(x).astype(storage))
+            if storage is ml_dtypes.bfloat16:
+                bits = bits.view(np.uint16)
+            keep.append(bits)  # the OrtValue wraps these bytes
+            return ort.OrtValue.ortvalue_from_numpy_with_onnx_type(bits, elem)
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        session = make_session(mla_model(heads, elem=elem), providers=["CPUExecutionProvider"],
+                               session_options=options)
+        binding = session.io_binding()
+        for key, x in feeds.items():
+            if key == "past_lengths":
+                binding.bind_cpu_input(key, x)
+            else:
+                binding.bind_ortvalue_input(key, value(x))
+        caches = value(latent), value(rope)
+        binding.bind_ortvalue_input("past_latent", caches[0])
+        binding.bind_ortvalue_input("past_k_rope", caches[1])
+        binding.bind_ortvalue_output("present_latent", caches[0])
+        binding.bind_ortvalue_output("present_k_rope", caches[1])
+        binding.bind_ortvalue_output("y", value(np.zeros((1, 1, heads * DV), np.float32)))
+        y = keep[-1]  # the output's bytes
+        with forced_path("absorbed"):
+            session.run_with_iobinding(binding)
+        outputs[name] = (y.view(ml_dtypes.bfloat16) if storage is ml_dtypes.bfloat16 else y).astype(np.float32)
+        runs[name] = forced_run("absorbed", lambda session=session, binding=binding:
+                                session.run_with_iobinding(binding))
+    reference = outputs.get("float32")
+    median = cpu_timing.median_rounds(runs, repeat, settle, burst)
+    rows = []
+    for name in dtypes:
+        seconds, size = median[name], np.dtype(DTYPES[name][1]).itemsize
+        err = (None if reference is None
+               else float(np.max(np.abs(outputs[name] - reference)) / np.max(np.abs(reference))))
+        if err is not None and err > DTYPE_TOLERANCE[name]:
+            raise SystemExit(f"decode P={past}: {name} disagrees with float32 (relative error {err:.2e})")
+        rows.append({"phase": "dtype", "H": heads, "P": past, "dtype": name, "ms": seconds * 1e3,
+                     "cache_gbps": (past + 1) * (R + DR) * size / seconds / 1e9,
+                     "vs_float32": seconds / median["float32"] if "float32" in median else None,
+                     "max_rel_error_vs_float32": err})
+    return rows
+
+
 def chunk_model(heads: int):
     names = ["q", "latent", "k_rope", "w_uk", "w_uv", "past_latent", "past_k_rope"]
     node = helper.make_node("MultiHeadLatentAttention", names, ["y"], domain=ops.DOMAIN, num_heads=heads,
@@ -243,6 +314,8 @@ def main() -> None:
                         help="SxP causal chunks for the cost-model table (none: skip it)")
     parser.add_argument("--indexed", type=int, default=2048, help="DSA table: K listed keys (0: skip the table)")
     parser.add_argument("--indexed-past", type=int, nargs="*", default=[8192, 32768], help="DSA table: cache lengths")
+    parser.add_argument("--dtypes", nargs="*", default=list(DTYPES), choices=list(DTYPES),
+                        help="dtype table: the absorbed decode step in each (none: skip it)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
 
@@ -263,6 +336,16 @@ def main() -> None:
     for past, (path, absorbed, expanded) in choices.items():
         print(f"  kernel's own choice at P={past}: {path} (cost model: absorbed {absorbed / 1e6:.1f}M, "
               f"expanded {expanded / 1e6:.1f}M multiply-adds)")
+    if args.dtypes:
+        dtype_rows = [row for past in args.past for row in bench_dtypes(args.heads, past, args.dtypes, args.repeat,
+                                                                          args.threads, args.settle, args.burst)]
+        rows += dtype_rows
+        print("the absorbed kernel's decode step by dtype (inputs, weights and caches), same rounds:")
+        print(f"  {'dtype':<9} {'P':>6} {'ms':>9} {'cache GB/s':>11} {'vs float32':>11}  rel err vs float32")
+        for r in dtype_rows:
+            ratio = "" if r["vs_float32"] is None else f"{r['vs_float32']:10.2f}x"
+            err = "" if r["max_rel_error_vs_float32"] is None else f"{r['max_rel_error_vs_float32']:.1e}"
+            print(f"  {r['dtype']:<9} {r['P']:>6} {r['ms']:9.2f} {r['cache_gbps']:11.2f} {ratio:>11}  {err}")
     shapes = [tuple(int(x) for x in c.split("x")) for c in args.chunks]
     if shapes:
         chunk_rows = bench_chunks(args.heads, shapes, args.repeat, args.threads, args.settle, args.burst)

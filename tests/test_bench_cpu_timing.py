@@ -141,7 +141,10 @@ def test_cpu_benchmark_runs_end_to_end(name, tmp_path, monkeypatch, capsys):
         assert [r["impl"] for r in rows if r["phase"] == "decode"] == ["absorbed", "expanded", "function"]
         assert [(r["S"], r["P"]) for r in rows if r["phase"] == "chunk"] == [(4, 0), (2, 16)]
         assert [(r["P"], r["K"]) for r in rows if r["phase"] == "indexed"] == [(64, 8)]
-        assert "kernel's own choice" in out and "dense / indexed" in out
+        dtypes = {r["dtype"]: r for r in rows if r["phase"] == "dtype"}
+        assert list(dtypes) == ["float32", "float16", "bfloat16"] and dtypes["float32"]["vs_float32"] == 1.0
+        assert 0 < dtypes["float16"]["max_rel_error_vs_float32"] <= module.DTYPE_TOLERANCE["float16"]
+        assert "kernel's own choice" in out and "dense / indexed" in out and "by dtype" in out
     elif name == "bench_paged_cpu":
         assert [(r["threads"], r["layout"]) for r in rows] == [(1, "in-order"), (1, "shuffled"), (2, "in-order"),
                                                                (2, "shuffled")]
