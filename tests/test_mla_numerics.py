@@ -135,6 +135,9 @@ CASES = [
     Case("decode-wide-h16-b2", batch=2, heads=16, seq=1, buffer=300, past_lengths=(250, 17), **NARROW),
     Case("decode-wide-h128", heads=128, seq=1, past=70, rank=32, nope=16, rope_dim=16, v_dim=16, **I),
     Case("prefill-large-window", heads=4, seq=70, past=40, rank=48, nope=16, rope_dim=16, v_dim=16, window=50),
+    # the CPU matmul's widest tile (6 rows x 64 columns on AVX-512) and its column tail, on the weights' side in
+    # both forms (output projection: 7 query rows x Dv; expansion: 12 key rows x Dn and x Dv)
+    Case("chunk-wide-weights", heads=2, seq=7, past=5, rank=32, nope=64, rope_dim=16, v_dim=80, **I),
     # key_indices (DeepSeek sparse attention): random lists with repeats, padding (-1), future and hidden keys
     Case("indexed-prefill-b2", batch=2, seq=9, index_count=4, **I),
     Case("indexed-decode", seq=1, past=40, index_count=8, **I),
@@ -154,7 +157,7 @@ CASES = [
 # the input type, output rounding) in both tile shapes.
 _LOW_PRECISION_OF = ("prefill-b2-odd-s9", "decode-b3", "shared-chunk-b2", "yarn-inv-freq", "softcap",
                      "decode-narrow-h8", "decode-wide-h16-b2", "bnsh-shared-b2", "indexed-decode-wide-h16-b2",
-                     "indexed-shared-b2")
+                     "indexed-shared-b2", "chunk-wide-weights")
 CASES += [dataclasses.replace(c, id=f"{c.id}-{dtype}", dtype=dtype)
           for dtype in ("float16", "bfloat16") for c in CASES if c.id in _LOW_PRECISION_OF]
 CASES_BY_ID = {c.id: c for c in CASES}

@@ -121,9 +121,9 @@ void store_output(const Params& p, const float* src, T* dst, const ParallelFor& 
   });
 }
 
-// output [B, S, H*Dv] = y [B, S, H, R] . W_UV[h] (float), in blocks of queries per head.
+// output [B, S, H*Dv] = y [B, S, H, R] . W_UV[h] (read as given), in blocks of queries per head.
 template <typename T>
-void project_output(const Params& p, const float* y, int64_t y_width, const float* w_uv, T* output,
+void project_output(const Params& p, const float* y, int64_t y_width, const T* w_uv, T* output,
                     const ParallelFor& parallel_for) {
   constexpr int64_t kRows = 16;
   const int64_t H = p.heads, S = p.seq, Dv = p.v_head_dim, blocks = (S + kRows - 1) / kRows;
@@ -256,8 +256,7 @@ void attend_split(const Params& p, const Tensors<T>& t, const Prepared<T>& prep,
 
 // q_abs [B, S, H, R + Dr] = [q_nope . W_UK[h]^T ; rotated q_rope]: the absorbed queries.
 template <typename T>
-Buffer absorb_queries(const Params& p, const Tensors<T>& t, const Prepared<T>& prep, const float* w_uk,
-                      const ParallelFor& parallel_for) {
+Buffer absorb_queries(const Params& p, const Tensors<T>& t, const Prepared<T>& prep, const ParallelFor& parallel_for) {
   const int64_t H = p.heads, R = p.rank, Dn = p.nope_dim, Dr = p.rope_dim, Dq = p.query_width(), Dk = R + Dr;
   Buffer q_abs = floats(p.batch * p.seq * H * Dk);
   parallel_for(p.batch * p.seq * H, [&](int64_t item) {
@@ -266,7 +265,7 @@ Buffer absorb_queries(const Params& p, const Tensors<T>& t, const Prepared<T>& p
     const T* src = t.query + item * Dq;
     sdpa::widen_cpu(src, Dn, nope.data());
     float* dst = q_abs.get() + item * Dk;
-    dot_rows(nope.data(), w_uk + h * R * Dn, R, Dn, Dn, dst);
+    dot_rows(nope.data(), t.w_uk + h * R * Dn, R, Dn, Dn, dst);
     std::memcpy(dst + R, prep.q_rope.get() + item * Dr, size_t(Dr) * sizeof(float));
   });
   return q_abs;
@@ -275,13 +274,8 @@ Buffer absorb_queries(const Params& p, const Tensors<T>& t, const Prepared<T>& p
 // Absorbed: attention over the latent rows [latent ; k_rope] (R + Dr) shared by every head.
 template <typename T>
 void run_absorbed(const Params& p, const Tensors<T>& t, Prepared<T>& prep, const ParallelFor& parallel_for) {
-  const int64_t B = p.batch, S = p.seq, H = p.heads, R = p.rank, Dn = p.nope_dim, Dr = p.rope_dim;
-  const int64_t Dv = p.v_head_dim, M = p.total, Dk = R + Dr;
-  Buffer w_uk_storage, w_uv_storage;
-  const float* w_uk = as_float(t.w_uk, H * R * Dn, w_uk_storage, parallel_for);
-  const float* w_uv = as_float(t.w_uv, H * R * Dv, w_uv_storage, parallel_for);
-
-  Buffer q_abs = absorb_queries(p, t, prep, w_uk, parallel_for);
+  const int64_t B = p.batch, S = p.seq, H = p.heads, R = p.rank, Dr = p.rope_dim, M = p.total, Dk = R + Dr;
+  Buffer q_abs = absorb_queries(p, t, prep, parallel_for);
 
   // Attention of every head over the one latent "KV head"; float output [B, S, H, R].
   Buffer latent_out = floats(B * S * H * R);
@@ -300,7 +294,7 @@ void run_absorbed(const Params& p, const Tensors<T>& t, Prepared<T>& prep, const
   }
 
   // output [B, S, H*Dv] = latent output . W_UV[h], blocks of queries per head (W_UV[h] read once per block)
-  project_output(p, latent_out.get(), R, w_uv, t.output, parallel_for);
+  project_output(p, latent_out.get(), R, t.w_uv, t.output, parallel_for);
 }
 
 // key_indices entries must name a cache slot (negative ones list no key); checked before anything is written.
@@ -324,8 +318,8 @@ void check_key_indices(const Params& p, const Tensors<T>& t) {
 // so one token still spreads over the threads; longer calls take one item per token.
 template <typename T>
 void run_indexed(const Params& p, const Tensors<T>& t, Prepared<T>& prep, const ParallelFor& parallel_for) {
-  const int64_t B = p.batch, S = p.seq, H = p.heads, R = p.rank, Dn = p.nope_dim, Dr = p.rope_dim;
-  const int64_t Dv = p.v_head_dim, M = p.total, Dk = R + Dr, K = p.index_count, tokens = B * S;
+  const int64_t B = p.batch, S = p.seq, H = p.heads, R = p.rank, Dr = p.rope_dim, M = p.total, Dk = R + Dr;
+  const int64_t K = p.index_count, tokens = B * S;
   // Each token's keys: listed, valid and visible, sorted, without repeats.
   std::vector<int64_t> lists(static_cast<size_t>(tokens * K)), counts(static_cast<size_t>(tokens));
   parallel_for(tokens, [&](int64_t token) {
@@ -345,10 +339,7 @@ void run_indexed(const Params& p, const Tensors<T>& t, Prepared<T>& prep, const 
     counts[size_t(token)] = std::unique(list, list + n) - list;
   });
 
-  Buffer w_uk_storage, w_uv_storage;
-  const float* w_uk = as_float(t.w_uk, H * R * Dn, w_uk_storage, parallel_for);
-  const float* w_uv = as_float(t.w_uv, H * R * Dv, w_uv_storage, parallel_for);
-  Buffer q_abs = absorb_queries(p, t, prep, w_uk, parallel_for);
+  Buffer q_abs = absorb_queries(p, t, prep, parallel_for);
   constexpr int64_t kMinKeys = 256, kMaxSplits = 16, kMaxTokens = 4;
   const int64_t splits = tokens <= kMaxTokens ? std::clamp<int64_t>(K / kMinKeys, 1, kMaxSplits) : 1;
   const int64_t rows_out = tokens * H;
@@ -397,7 +388,7 @@ void run_indexed(const Params& p, const Tensors<T>& t, Prepared<T>& prep, const 
         [&](int64_t k, int64_t row) { return partial.get() + (k * rows_out + row) * R; }, latent_out.get(),
         parallel_for);
   }
-  project_output(p, latent_out.get(), R, w_uv, t.output, parallel_for);
+  project_output(p, latent_out.get(), R, t.w_uv, t.output, parallel_for);
 }
 
 // Expanded: per sequence and group of heads, K_h = latent . W_UK[h] and V_h = latent . W_UV[h] for the keys
@@ -406,9 +397,8 @@ template <typename T>
 void run_expanded(const Params& p, const Tensors<T>& t, Prepared<T>& prep, const ParallelFor& parallel_for) {
   const int64_t B = p.batch, S = p.seq, H = p.heads, R = p.rank, Dn = p.nope_dim, Dr = p.rope_dim;
   const int64_t Dv = p.v_head_dim, M = p.total, Dq = p.query_width();
-  Buffer w_uk_storage, w_uv_storage;
-  const float* w_uk = as_float(t.w_uk, H * R * Dn, w_uk_storage, parallel_for);
-  const float* w_uv = as_float(t.w_uv, H * R * Dv, w_uv_storage, parallel_for);
+  const T* const w_uk = t.w_uk;  // read as given: fp16 / bfloat16 widened in the matmul's registers
+  const T* const w_uv = t.w_uv;
 
   // q_full [B, S, H, Dn + Dr] = [q_nope ; rotated q_rope]; output in float [B, S, H, Dv]
   Buffer q_full = floats(B * S * H * Dq);

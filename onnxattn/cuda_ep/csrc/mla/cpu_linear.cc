@@ -3,7 +3,11 @@
 #include <cstdint>
 #include <cstring>
 
+#include "common/half.h"  // before the target regions: to_float stays baseline code
 #include "sdpa/cpu_kernel.h"
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#endif
 
 // One copy per x86 ISA level (AVX-512, AVX2 + FMA, baseline), each in its own target region like the
 // attention core's kernels (sdpa/cpu_kernel_avx2.cc), chosen per call with the core's ISA (so
@@ -42,6 +46,10 @@ namespace onnxattn::mla::avx2 {
                              apply_to = function)
 #else
 #pragma GCC pop_options
+#pragma GCC diagnostic push
+// GCC 12 flags its own _mm512_undefined_* helpers (inside the fp16 / bfloat16 widening), as in sdpa's AVX-512 file.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")
 #endif
@@ -54,6 +62,7 @@ namespace onnxattn::mla::avx512 {
 #pragma clang attribute pop
 #else
 #pragma GCC pop_options
+#pragma GCC diagnostic pop
 #endif
 #endif
 
@@ -69,9 +78,8 @@ Level level() {
   return Level::kGeneric;
 }
 
-}  // namespace
-
-void dot_rows(const float* x, const float* w, int64_t rows, int64_t n, int64_t w_stride, float* out) {
+template <typename W>
+void dot_rows_at(const float* x, const W* w, int64_t rows, int64_t n, int64_t w_stride, float* out) {
   switch (level()) {
 #ifdef ONNXATTN_MLA_X86
     case Level::kAvx512: return avx512::dot_rows(x, w, rows, n, w_stride, out);
@@ -81,8 +89,9 @@ void dot_rows(const float* x, const float* w, int64_t rows, int64_t n, int64_t w
   }
 }
 
-void matmul(const float* a, int64_t lda, int64_t m, int64_t k, const float* b, int64_t ldb, int64_t n, float* c,
-            int64_t ldc) {
+template <typename W>
+void matmul_at(const float* a, int64_t lda, int64_t m, int64_t k, const W* b, int64_t ldb, int64_t n, float* c,
+               int64_t ldc) {
   switch (level()) {
 #ifdef ONNXATTN_MLA_X86
     case Level::kAvx512: return avx512::matmul(a, lda, m, k, b, ldb, n, c, ldc);
@@ -91,5 +100,20 @@ void matmul(const float* a, int64_t lda, int64_t m, int64_t k, const float* b, i
     default: return generic::matmul(a, lda, m, k, b, ldb, n, c, ldc);
   }
 }
+
+}  // namespace
+
+#define ONNXATTN_MLA_DISPATCH(W)                                                                                    \
+  void dot_rows(const float* x, const W* w, int64_t rows, int64_t n, int64_t w_stride, float* out) {               \
+    dot_rows_at(x, w, rows, n, w_stride, out);                                                                     \
+  }                                                                                                                \
+  void matmul(const float* a, int64_t lda, int64_t m, int64_t k, const W* b, int64_t ldb, int64_t n, float* c,      \
+              int64_t ldc) {                                                                                       \
+    matmul_at(a, lda, m, k, b, ldb, n, c, ldc);                                                                    \
+  }
+ONNXATTN_MLA_DISPATCH(float)
+ONNXATTN_MLA_DISPATCH(Float16)
+ONNXATTN_MLA_DISPATCH(BFloat16)
+#undef ONNXATTN_MLA_DISPATCH
 
 }  // namespace onnxattn::mla
