@@ -312,10 +312,11 @@ void check_key_indices(const Params& p, const Tensors<T>& t) {
 
 // Indexed (key_indices [B, S, K], DeepSeek sparse attention): each token's absorbed queries attend only to the
 // keys it lists that are valid and visible to it, each once, in ascending order (the work grows with K, not with
-// the cache). A work item gathers a range of its token's keys into a contiguous float block once and scores it for
-// every head (dot_rows per head, then P . rows as one matmul). Decode (at most 4 tokens) splits each token's list
-// into ranges of >= 256 keys (at most 16, by K: the shape, not the thread count, decides) merged by log-sum-exp,
-// so one token still spreads over the threads; longer calls take one item per token.
+// the cache). A work item gathers a range of its token's keys, as stored, into contiguous rows and runs the
+// attention core over them as the dense path does over the cache (every head at once, the core's tiles and
+// softmax). Decode (at most 4 tokens) splits each token's list into ranges of >= 256 keys (at most 16, by K: the
+// shape, not the thread count, decides) merged by log-sum-exp, so one token still spreads over the threads;
+// longer calls take one item per token.
 template <typename T>
 void run_indexed(const Params& p, const Tensors<T>& t, Prepared<T>& prep, const ParallelFor& parallel_for) {
   const int64_t B = p.batch, S = p.seq, H = p.heads, R = p.rank, Dr = p.rope_dim, M = p.total, Dk = R + Dr;
@@ -345,7 +346,6 @@ void run_indexed(const Params& p, const Tensors<T>& t, Prepared<T>& prep, const 
   const int64_t rows_out = tokens * H;
   Buffer latent_out = floats(rows_out * R);
   Buffer partial = floats(splits > 1 ? splits * rows_out * R : 0), lse = floats(splits * rows_out);
-  const bool has_softcap = p.softcap > 0.0f;
   parallel_for(tokens * splits, [&](int64_t item) {
     const int64_t token = item / splits, k = item % splits, b = token / S, n = counts[size_t(token)];
     const int64_t chunk = (n + splits - 1) / splits, first = std::min(n, k * chunk);
@@ -357,30 +357,30 @@ void run_indexed(const Params& p, const Tensors<T>& t, Prepared<T>& prep, const 
       std::fill(item_lse, item_lse + H, -std::numeric_limits<float>::infinity());
       return;
     }
+    // The range's keys gathered as stored into contiguous rows, then attended by the core like the dense
+    // path's cache (one KV head for every head, the rope keys as the split tail): every listed key is visible.
     const int64_t* const list = lists.data() + token * K + first;
-    std::vector<float> rows(static_cast<size_t>(m * Dk)), probs(static_cast<size_t>(H * m));
+    std::vector<T> latent_rows(static_cast<size_t>(m * R)), rope_rows(static_cast<size_t>(m * Dr));
     for (int64_t e = 0; e < m; ++e) {
-      const T* latent = t.present_latent + (b * M + list[e]) * R;
-      const T* rope = t.present_k_rope + (b * M + list[e]) * Dr;
-      float* row = rows.data() + e * Dk;
-      sdpa::widen_cpu(latent, R, row);
-      sdpa::widen_cpu(rope, Dr, row + R);
+      const int64_t slot = b * M + list[e];
+      std::memcpy(latent_rows.data() + e * R, t.present_latent + slot * R, size_t(R) * sizeof(T));
+      std::memcpy(rope_rows.data() + e * Dr, t.present_k_rope + slot * Dr, size_t(Dr) * sizeof(T));
     }
-    for (int64_t h = 0; h < H; ++h) {
-      float* const score = probs.data() + h * m;
-      dot_rows(q_abs.get() + (token * H + h) * Dk, rows.data(), m, Dk, Dk, score);
-      float top = -std::numeric_limits<float>::infinity();
-      for (int64_t e = 0; e < m; ++e) {
-        score[e] *= p.scale;
-        if (has_softcap) score[e] = p.softcap * std::tanh(score[e] / p.softcap);
-        top = std::max(top, score[e]);
-      }
-      float total = 0.0f;
-      for (int64_t e = 0; e < m; ++e) total += score[e] = std::exp(score[e] - top);
-      for (int64_t e = 0; e < m; ++e) score[e] /= total;
-      item_lse[h] = top + std::log(total);
-    }
-    matmul(probs.data(), m, H, m, rows.data(), Dk, R, y, R);  // y [H, R] = P . latent rows
+    sdpa::Params a = core_params(p, 1, H, 1, m, Dk, R, R);
+    a.q_len = 1;
+    a.structure = StructuralMask{};
+    a.want_lse = true;
+    a.q_strides = {0, Dk, 0};
+    a.k_strides = a.v_strides = {0, 0, R};
+    a.k_tail_strides = {0, 0, Dr};
+    a.y_strides = {0, R, 0};
+    sdpa::Tensors<T, float> at;
+    at.q = q_abs.get() + token * H * Dk;
+    at.k = at.v = latent_rows.data();
+    at.k_tail = rope_rows.data();
+    at.y_float = y;
+    at.lse = item_lse;  // the core's [1, H, 1]
+    sdpa::run_cpu<T, float>(a, at, serial_for);
   });
   if (splits > 1) {
     merge_ranges(
