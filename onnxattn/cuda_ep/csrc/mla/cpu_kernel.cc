@@ -121,24 +121,24 @@ void store_output(const Params& p, const float* src, T* dst, const ParallelFor& 
   });
 }
 
-// output [B, S, H*Dv] = y [B, S, H, R] . W_UV[h] (read as given), in blocks of queries per head.
+// output [B, S, H*Dv] = y [B, S, H, R] . W_UV[h] (read as given), in blocks of tokens per head: W_UV[h] is read
+// once per block of up to 16 tokens of the whole batch (rows of one head are evenly strided across sequences).
 template <typename T>
 void project_output(const Params& p, const float* y, int64_t y_width, const T* w_uv, T* output,
                     const ParallelFor& parallel_for) {
   constexpr int64_t kRows = 16;
-  const int64_t H = p.heads, S = p.seq, Dv = p.v_head_dim, blocks = (S + kRows - 1) / kRows;
+  const int64_t H = p.heads, Dv = p.v_head_dim, tokens = p.batch * p.seq, blocks = (tokens + kRows - 1) / kRows;
   Buffer storage;
   float* out = nullptr;
   if constexpr (std::is_same_v<T, float>) {
     out = output;
   } else {
-    storage = floats(p.batch * S * H * Dv);
+    storage = floats(tokens * H * Dv);
     out = storage.get();
   }
-  parallel_for(p.batch * H * blocks, [&](int64_t item) {
-    const int64_t b = item / (H * blocks), h = item / blocks % H, s0 = item % blocks * kRows;
-    const int64_t first = (b * S + s0) * H + h;
-    matmul(y + first * y_width, H * y_width, std::min(kRows, S - s0), y_width, w_uv + h * y_width * Dv, Dv, Dv,
+  parallel_for(H * blocks, [&](int64_t item) {
+    const int64_t h = item / blocks, t0 = item % blocks * kRows, first = t0 * H + h;
+    matmul(y + first * y_width, H * y_width, std::min(kRows, tokens - t0), y_width, w_uv + h * y_width * Dv, Dv, Dv,
            out + first * Dv, H * Dv);
   });
   if constexpr (!std::is_same_v<T, float>) store_output(p, out, output, parallel_for);
@@ -254,19 +254,43 @@ void attend_split(const Params& p, const Tensors<T>& t, const Prepared<T>& prep,
       [&](int64_t k, int64_t row) { return partial.get() + (k * rows + row) * R; }, latent_out, parallel_for);
 }
 
-// q_abs [B, S, H, R + Dr] = [q_nope . W_UK[h]^T ; rotated q_rope]: the absorbed queries.
+// q_abs [B, S, H, R + Dr] = [q_nope . W_UK[h]^T ; rotated q_rope]: the absorbed queries. A few tokens take one
+// pass over W_UK[h] (R x Dn, read as given) per token and head; from kBlockTokens tokens of the whole batch on, a
+// work item transposes W_UK[h] once, as stored, to [Dn, R] and multiplies a block of up to 64 tokens by it (batched
+// decode and prefill chunks read each weight once per block, not once per token). At 16 tokens the transposition
+// pays for itself in float32 and about breaks even in fp16 (2-core Xeon, H=16, R=512, Dn=128).
 template <typename T>
 Buffer absorb_queries(const Params& p, const Tensors<T>& t, const Prepared<T>& prep, const ParallelFor& parallel_for) {
   const int64_t H = p.heads, R = p.rank, Dn = p.nope_dim, Dr = p.rope_dim, Dq = p.query_width(), Dk = R + Dr;
-  Buffer q_abs = floats(p.batch * p.seq * H * Dk);
-  parallel_for(p.batch * p.seq * H, [&](int64_t item) {
-    const int64_t h = item % H;
-    std::vector<float> nope(static_cast<size_t>(Dn));
-    const T* src = t.query + item * Dq;
-    sdpa::widen_cpu(src, Dn, nope.data());
-    float* dst = q_abs.get() + item * Dk;
-    dot_rows(nope.data(), t.w_uk + h * R * Dn, R, Dn, Dn, dst);
-    std::memcpy(dst + R, prep.q_rope.get() + item * Dr, size_t(Dr) * sizeof(float));
+  const int64_t tokens = p.batch * p.seq;
+  constexpr int64_t kBlockTokens = 16, kRows = 64;
+  Buffer q_abs = floats(tokens * H * Dk);
+  parallel_for(tokens * H, [&](int64_t item) {
+    std::memcpy(q_abs.get() + item * Dk + R, prep.q_rope.get() + item * Dr, size_t(Dr) * sizeof(float));
+  });
+  if (tokens < kBlockTokens) {
+    parallel_for(tokens * H, [&](int64_t item) {
+      std::vector<float> nope(static_cast<size_t>(Dn));
+      sdpa::widen_cpu(t.query + item * Dq, Dn, nope.data());
+      dot_rows(nope.data(), t.w_uk + item % H * R * Dn, R, Dn, Dn, q_abs.get() + item * Dk);
+    });
+    return q_abs;
+  }
+  const int64_t blocks = (tokens + kRows - 1) / kRows;
+  parallel_for(H * blocks, [&](int64_t item) {
+    const int64_t h = item / blocks, t0 = item % blocks * kRows, rows = std::min(kRows, tokens - t0);
+    std::unique_ptr<T[]> w_t(new T[size_t(Dn * R)]);  // as stored: the matmul widens 16-bit values in registers
+    std::vector<float> nope(static_cast<size_t>(rows * Dn));
+    const T* w = t.w_uk + h * R * Dn;
+    constexpr int64_t kStrip = 16;  // rows of W_UK[h] per strip: its lines stay in L1, the writes are whole lines
+    for (int64_t r0 = 0; r0 < R; r0 += kStrip) {
+      const int64_t r1 = std::min(R, r0 + kStrip);
+      for (int64_t d = 0; d < Dn; ++d) {
+        for (int64_t r = r0; r < r1; ++r) w_t[d * R + r] = w[r * Dn + d];
+      }
+    }
+    for (int64_t i = 0; i < rows; ++i) sdpa::widen_cpu(t.query + ((t0 + i) * H + h) * Dq, Dn, nope.data() + i * Dn);
+    matmul(nope.data(), Dn, rows, Dn, w_t.get(), R, R, q_abs.get() + (t0 * H + h) * Dk, H * Dk);
   });
   return q_abs;
 }
