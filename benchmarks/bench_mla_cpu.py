@@ -19,14 +19,18 @@ A third table is the absorbed decode step with inputs, weights and caches in eac
 bfloat16; the same draw rounded), in the same rounds: time as a ratio to float32's, cache read in GB/s at the
 dtype's width, and the relative error against float32's output.
 
-A fourth table is DeepSeek-V3.2's sparse attention (DSA) at decode: the same step with key_indices listing K
+A fourth is batched decode (--batches, against B=1 in the same rounds): B sequences of --batch-past tokens each,
+one new token per sequence, time per sequence as a ratio to B=1's.
+
+A fifth table is DeepSeek-V3.2's sparse attention (DSA) at decode: the same step with key_indices listing K
 of the P + 1 keys (--indexed K, DeepSeek-V3.2's index_topk is 2048; distinct random keys) against the dense
 absorbed step over all of them, both in the kernel, same rounds: the indexed path gathers and scores only the
 listed rows, so its time should follow K, not P.
 
     python benchmarks/bench_mla_cpu.py [--past 4096] [--heads 16] [--repeat 10] [--threads 0] [--settle 0.1]
                                        [--burst 0.02] [--indexed 2048] [--indexed-past 8192 32768]
-                                       [--dtypes float32 float16 bfloat16] [--out ...]
+                                       [--dtypes float32 float16 bfloat16] [--batches 16 64] [--batch-past 1024]
+                                       [--out ...]
 """
 
 from __future__ import annotations
@@ -61,13 +65,13 @@ def mla_model(heads: int, indexed: bool = False, elem: int = F32):
     node = helper.make_node("MultiHeadLatentAttention", names, ["y", "present_latent", "present_k_rope"],
                             domain=ops.DOMAIN, num_heads=heads, rope_interleaved=1)
     vi = helper.make_tensor_value_info
-    inputs = [vi("q", elem, [1, 1, heads * (DN + DR)]), vi("latent", elem, [1, 1, R]),
-              vi("k_rope", elem, [1, 1, DR]), vi("w_uk", elem, [heads, R, DN]), vi("w_uv", elem, [heads, R, DV]),
-              vi("past_latent", elem, [1, "M", R]), vi("past_k_rope", elem, [1, "M", DR]),
-              vi("past_lengths", I64, [1])]
-    inputs += [vi("key_indices", I64, [1, 1, "K"])] if indexed else []
-    outputs = [vi("y", elem, [1, 1, heads * DV]), vi("present_latent", elem, [1, "M", R]),
-               vi("present_k_rope", elem, [1, "M", DR])]
+    inputs = [vi("q", elem, ["B", 1, heads * (DN + DR)]), vi("latent", elem, ["B", 1, R]),
+              vi("k_rope", elem, ["B", 1, DR]), vi("w_uk", elem, [heads, R, DN]), vi("w_uv", elem, [heads, R, DV]),
+              vi("past_latent", elem, ["B", "M", R]), vi("past_k_rope", elem, ["B", "M", DR]),
+              vi("past_lengths", I64, ["B"])]
+    inputs += [vi("key_indices", I64, ["B", 1, "K"])] if indexed else []
+    outputs = [vi("y", elem, ["B", 1, heads * DV]), vi("present_latent", elem, ["B", "M", R]),
+               vi("present_k_rope", elem, ["B", "M", DR])]
     model = helper.make_model(helper.make_graph([node], "mla", inputs, outputs),
                               opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid(ops.DOMAIN, 1)],
                               ir_version=ops.IR_VERSION)
@@ -109,16 +113,16 @@ def forced_run(path: str | None, run):
     return call
 
 
-def decode_inputs(heads: int, past: int, rng) -> tuple[dict, np.ndarray, np.ndarray]:
-    """One new token's feeds, and latent / rope-key buffers of P + 64 slots with P valid."""
-    feeds = {"q": rng.standard_normal((1, 1, heads * (DN + DR)), np.float32),
-             "latent": rng.standard_normal((1, 1, R), np.float32),
-             "k_rope": rng.standard_normal((1, 1, DR), np.float32),
+def decode_inputs(heads: int, past: int, rng, batch: int = 1) -> tuple[dict, np.ndarray, np.ndarray]:
+    """One new token's feeds per sequence, and latent / rope-key buffers of P + 64 slots with P valid."""
+    feeds = {"q": rng.standard_normal((batch, 1, heads * (DN + DR)), np.float32),
+             "latent": rng.standard_normal((batch, 1, R), np.float32),
+             "k_rope": rng.standard_normal((batch, 1, DR), np.float32),
              "w_uk": (rng.standard_normal((heads, R, DN)) / np.sqrt(R)).astype(np.float32),
              "w_uv": (rng.standard_normal((heads, R, DV)) / np.sqrt(R)).astype(np.float32),
-             "past_lengths": np.array([past], np.int64)}
-    return (feeds, rng.standard_normal((1, past + 64, R), np.float32),
-            rng.standard_normal((1, past + 64, DR), np.float32))
+             "past_lengths": np.full(batch, past, np.int64)}
+    return (feeds, rng.standard_normal((batch, past + 64, R), np.float32),
+            rng.standard_normal((batch, past + 64, DR), np.float32))
 
 
 def bound_session(model, feeds: dict, latent: np.ndarray, rope: np.ndarray, threads: int, library: bool = True):
@@ -262,6 +266,33 @@ def bench_dtypes(heads: int, past: int, dtypes, repeat: int, threads: int, settl
     return rows
 
 
+def bench_batches(heads: int, past: int, batches, repeat: int, threads: int, settle: float = cpu_timing.SETTLE,
+                  burst: float = cpu_timing.BURST) -> list[dict]:
+    """Batched decode: one new token for each of B sequences of P cached tokens (the absorbed kernel, fp32, shared
+    buffers in place), every B in the same rounds with B = 1 as the reference. The B sequences repeat one drawn
+    sequence, so every row of the output must be B = 1's; per sequence the attention work is the same at every B,
+    what batching can share is the pass over the weights W_UK / W_UV."""
+    model, runs = mla_model(heads), {}
+    feeds, latent, rope = decode_inputs(heads, past, np.random.default_rng(4))
+    reference = None
+    for batch in sorted({1, *batches}):
+        tiled = {k: v if k.startswith("w_") else np.repeat(v, batch, axis=0) for k, v in feeds.items()}
+        session, binding, _ = bound_session(model, tiled, np.repeat(latent, batch, axis=0),
+                                            np.repeat(rope, batch, axis=0), threads)
+        with forced_path("absorbed"):
+            session.run_with_iobinding(binding)
+        y = binding.copy_outputs_to_cpu()[0]
+        reference = y if reference is None else reference
+        if not np.allclose(y, reference, rtol=1e-5, atol=1e-6):
+            raise SystemExit(f"batched decode B={batch} P={past}: a sequence differs from the B=1 step")
+        runs[batch] = forced_run("absorbed", lambda session=session, binding=binding:
+                                 session.run_with_iobinding(binding))
+    median = cpu_timing.median_rounds(runs, repeat, settle, burst)
+    return [{"phase": "batch", "H": heads, "P": past, "B": batch, "ms": median[batch] * 1e3,
+             "ms_per_sequence": median[batch] / batch * 1e3, "per_sequence_vs_b1": median[batch] / batch / median[1]}
+            for batch in sorted(median)]
+
+
 def chunk_model(heads: int):
     names = ["q", "latent", "k_rope", "w_uk", "w_uv", "past_latent", "past_k_rope"]
     node = helper.make_node("MultiHeadLatentAttention", names, ["y"], domain=ops.DOMAIN, num_heads=heads,
@@ -316,6 +347,9 @@ def main() -> None:
     parser.add_argument("--indexed-past", type=int, nargs="*", default=[8192, 32768], help="DSA table: cache lengths")
     parser.add_argument("--dtypes", nargs="*", default=list(DTYPES), choices=list(DTYPES),
                         help="dtype table: the absorbed decode step in each (none: skip it)")
+    parser.add_argument("--batches", type=int, nargs="*", default=[16, 64],
+                        help="batched decode table: B sequences in one step, against B=1 (none: skip it)")
+    parser.add_argument("--batch-past", type=int, default=1024, help="batched decode table: P per sequence")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
 
@@ -346,6 +380,14 @@ def main() -> None:
             ratio = "" if r["vs_float32"] is None else f"{r['vs_float32']:10.2f}x"
             err = "" if r["max_rel_error_vs_float32"] is None else f"{r['max_rel_error_vs_float32']:.1e}"
             print(f"  {r['dtype']:<9} {r['P']:>6} {r['ms']:9.2f} {r['cache_gbps']:11.2f} {ratio:>11}  {err}")
+    if args.batches:
+        batch_rows = bench_batches(args.heads, args.batch_past, args.batches, args.repeat, args.threads, args.settle,
+                                   args.burst)
+        rows += batch_rows
+        print(f"batched decode, absorbed, fp32, P={args.batch_past} per sequence, same rounds:")
+        print(f"  {'B':>4} {'ms':>9} {'ms / sequence':>14} {'vs B=1':>7}")
+        for r in batch_rows:
+            print(f"  {r['B']:>4} {r['ms']:9.2f} {r['ms_per_sequence']:14.3f} {r['per_sequence_vs_b1']:6.2f}x")
     shapes = [tuple(int(x) for x in c.split("x")) for c in args.chunks]
     if shapes:
         chunk_rows = bench_chunks(args.heads, shapes, args.repeat, args.threads, args.settle, args.burst)

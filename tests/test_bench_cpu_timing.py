@@ -83,7 +83,7 @@ def test_sdpa_benchmark_uses_the_shared_timing():
 TINY = {
     "bench_gqa_cpu": ["--prefill", "64", "--past", "32", "--capacity", "128", "--repeat", "2"],
     "bench_mla_cpu": ["--past", "32", "--heads", "2", "--repeat", "2", "--chunks", "4x0", "2x16", "--threads", "1",
-                      "--indexed", "8", "--indexed-past", "64"],
+                      "--indexed", "8", "--indexed-past", "64", "--batches", "3", "20", "--batch-past", "24"],
     "bench_paged_cpu": ["--batch", "2", "--past", "40", "--block-size", "16", "--repeat", "2"],
     "bench_sparse_cpu": ["--seq", "256", "--function-seq", "128", "--repeat", "1"],
 }
@@ -144,7 +144,9 @@ def test_cpu_benchmark_runs_end_to_end(name, tmp_path, monkeypatch, capsys):
         dtypes = {r["dtype"]: r for r in rows if r["phase"] == "dtype"}
         assert list(dtypes) == ["float32", "float16", "bfloat16"] and dtypes["float32"]["vs_float32"] == 1.0
         assert 0 < dtypes["float16"]["max_rel_error_vs_float32"] <= module.DTYPE_TOLERANCE["float16"]
-        assert "kernel's own choice" in out and "dense / indexed" in out and "by dtype" in out
+        batch = [r for r in rows if r["phase"] == "batch"]
+        assert [(r["B"], r["P"]) for r in batch] == [(1, 24), (3, 24), (20, 24)] and batch[0]["per_sequence_vs_b1"] == 1
+        assert "kernel's own choice" in out and "dense / indexed" in out and "by dtype" in out and "batched" in out
     elif name == "bench_paged_cpu":
         assert [(r["threads"], r["layout"]) for r in rows] == [(1, "in-order"), (1, "shuffled"), (2, "in-order"),
                                                                (2, "shuffled")]
