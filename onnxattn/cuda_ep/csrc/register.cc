@@ -132,4 +132,11 @@ ONNXATTN_EXPORT int32_t OnnxAttnCpuWidenForTest(const char* isa, int32_t bfloat1
   return onnxattn::sdpa::widen_for_test(isa, bfloat16 != 0, src, n, dst) ? 0 : 1;
 }
 
+// For tests: the CPU kernels' float32 to 16-bit rounding of one ISA (sdpa::narrow_for_test); 0, or 1 where this CPU
+// lacks the ISA.
+ONNXATTN_EXPORT int32_t OnnxAttnCpuNarrowForTest(const char* isa, int32_t bfloat16, const float* src, int64_t n,
+                                                uint16_t* dst) {
+  return onnxattn::sdpa::narrow_for_test(isa, bfloat16 != 0, src, n, dst) ? 0 : 1;
+}
+
 }  // extern "C"

@@ -101,8 +101,7 @@ void prepare_token(const TokenPrep& p, const T* query, const T* key, const T* va
     sdpa::widen_cpu(key + h * d, d, row);
     if (p.k_norm) detail::rms_norm(row, d, k_norm_weight, p.epsilon);
     detail::rotate(row, cos, sin, half, p.interleaved);
-    T* key_dst = out.key + h * out.key_head_stride;
-    for (int64_t x = 0; x < d; ++x) key_dst[x] = from_float<T>(row[x]);
+    sdpa::narrow_cpu(row, d, out.key + h * out.key_head_stride);
     std::memcpy(out.value + h * out.value_head_stride, value + h * p.v_head_dim, size_t(p.v_head_dim) * sizeof(T));
   }
 }

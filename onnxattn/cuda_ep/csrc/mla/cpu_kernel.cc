@@ -100,8 +100,7 @@ Prepared<T> prepare(const Params& p, const Tensors<T>& t, const ParallelFor& par
     std::memcpy(t.present_latent + (b * M + slot) * R, t.latent + token * R, size_t(R) * sizeof(T));
     sdpa::widen_cpu(t.k_rope + token * Dr, Dr, row.data());
     gqa::detail::rotate(row.data(), cos.data(), sin.data(), half, rope.interleaved);
-    T* key = t.present_k_rope + (b * M + slot) * Dr;
-    for (int64_t x = 0; x < Dr; ++x) key[x] = from_float<T>(row[size_t(x)]);
+    sdpa::narrow_cpu(row.data(), Dr, t.present_k_rope + (b * M + slot) * Dr);
     for (int64_t h = 0; h < H; ++h) {
       const T* src = t.query + (token * H + h) * Dq + p.nope_dim;
       float* dst = q_rope + (token * H + h) * Dr;
@@ -116,9 +115,8 @@ Prepared<T> prepare(const Params& p, const Tensors<T>& t, const ParallelFor& par
 template <typename T>
 void store_output(const Params& p, const float* src, T* dst, const ParallelFor& parallel_for) {
   const int64_t width = p.heads * p.v_head_dim;
-  parallel_for(p.batch * p.seq, [&](int64_t token) {
-    for (int64_t e = 0; e < width; ++e) dst[token * width + e] = from_float<T>(src[token * width + e]);
-  });
+  parallel_for(p.batch * p.seq,
+               [&](int64_t token) { sdpa::narrow_cpu(src + token * width, width, dst + token * width); });
 }
 
 // output [B, S, H*Dv] = y [B, S, H, R] . W_UV[h] (read as given), in blocks of tokens per head: W_UV[h] is read

@@ -12,6 +12,8 @@
   void run(const Params&, const Tensors<BFloat16, float>&, const ParallelFor&);         \
   void widen_array(const Float16*, int64_t, float*);                                    \
   void widen_array(const BFloat16*, int64_t, float*);                                   \
+  void narrow_array(const float*, int64_t, Float16*);                                   \
+  void narrow_array(const float*, int64_t, BFloat16*);                                  \
   }
 
 ONNXATTN_DECLARE_ISA(generic)

@@ -67,10 +67,24 @@ void widen_best(const T* src, int64_t n, float* dst) {
   }
 }
 
+template <typename T>
+void narrow_best(const float* src, int64_t n, T* dst) {
+  static const Isa best = best_supported_isa();
+  switch (best) {
+#if ONNXATTN_HAVE_X86_ISAS
+    case Isa::kAvx512: return avx512::narrow_array(src, n, dst);
+    case Isa::kAvx2: return avx2::narrow_array(src, n, dst);
+#endif
+    default: return generic::narrow_array(src, n, dst);
+  }
+}
+
 }  // namespace
 
 void widen_cpu(const Float16* src, int64_t n, float* dst) { widen_best(src, n, dst); }
 void widen_cpu(const BFloat16* src, int64_t n, float* dst) { widen_best(src, n, dst); }
+void narrow_cpu(const float* src, int64_t n, Float16* dst) { narrow_best(src, n, dst); }
+void narrow_cpu(const float* src, int64_t n, BFloat16* dst) { narrow_best(src, n, dst); }
 
 bool widen_for_test(const char* isa, bool bfloat16, const uint16_t* src, int64_t n, float* dst) {
   // Float16 and BFloat16 are a uint16_t each (common/half.h)
@@ -88,6 +102,28 @@ bool widen_for_test(const char* isa, bool bfloat16, const uint16_t* src, int64_t
   }
   if (std::strcmp(isa, "avx512") == 0 && best >= Isa::kAvx512) {
     bfloat16 ? avx512::widen_array(brain, n, dst) : avx512::widen_array(half, n, dst);
+    return true;
+  }
+#endif
+  (void)best;
+  return false;
+}
+
+bool narrow_for_test(const char* isa, bool bfloat16, const float* src, int64_t n, uint16_t* dst) {
+  auto* half = reinterpret_cast<Float16*>(dst);
+  auto* brain = reinterpret_cast<BFloat16*>(dst);
+  const Isa best = best_supported_isa();
+  if (std::strcmp(isa, "generic") == 0) {
+    bfloat16 ? generic::narrow_array(src, n, brain) : generic::narrow_array(src, n, half);
+    return true;
+  }
+#if ONNXATTN_HAVE_X86_ISAS
+  if (std::strcmp(isa, "avx2") == 0 && best >= Isa::kAvx2) {
+    bfloat16 ? avx2::narrow_array(src, n, brain) : avx2::narrow_array(src, n, half);
+    return true;
+  }
+  if (std::strcmp(isa, "avx512") == 0 && best >= Isa::kAvx512) {
+    bfloat16 ? avx512::narrow_array(src, n, brain) : avx512::narrow_array(src, n, half);
     return true;
   }
 #endif

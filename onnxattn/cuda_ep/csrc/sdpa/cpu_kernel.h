@@ -29,9 +29,18 @@ void widen_cpu(const Float16* src, int64_t n, float* dst);
 void widen_cpu(const BFloat16* src, int64_t n, float* dst);
 inline void widen_cpu(const float* src, int64_t n, float* dst) { std::copy(src, src + n, dst); }
 
+// n floats of src rounded to 16 bits into dst, exactly as from_float (to nearest even; a NaN to its quiet NaN with
+// the sign), with the best conversion this CPU has (vcvtps2ph, or integer rounding for bfloat16). For the ops' code
+// outside the ISA-compiled kernels that rounded a value at a time (outputs, rotated keys).
+void narrow_cpu(const float* src, int64_t n, Float16* dst);
+void narrow_cpu(const float* src, int64_t n, BFloat16* dst);
+inline void narrow_cpu(const float* src, int64_t n, float* dst) { std::copy(src, src + n, dst); }
+
 // For tests: the conversion of the ISA named `isa` ("avx512", "avx2", "generic") on n raw 16-bit values (fp16 when
 // `bfloat16` is false); false where this CPU lacks the ISA or the name is unknown.
 bool widen_for_test(const char* isa, bool bfloat16, const uint16_t* src, int64_t n, float* dst);
+// For tests: the same for the rounding of n floats to raw 16-bit values.
+bool narrow_for_test(const char* isa, bool bfloat16, const float* src, int64_t n, uint16_t* dst);
 
 // `count` values of src as float32: src itself for float32, else widened into `storage`.
 template <typename T>

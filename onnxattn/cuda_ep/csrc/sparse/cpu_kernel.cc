@@ -125,7 +125,7 @@ void run_nsa_cpu(const NsaParams& p, const NsaTensors<T>& t, const ParallelFor& 
     mix(branch.get(), 2);
   }
   parallel_for(rows, [&](int64_t row) {
-    for (int64_t e = 0; e < v_dim; ++e) t.y[row * v_dim + e] = from_float<T>(mixed[size_t(row * v_dim + e)]);
+    sdpa::narrow_cpu(mixed.get() + row * v_dim, v_dim, t.y + row * v_dim);
   });
 }
 
@@ -231,7 +231,7 @@ void run_routed_cpu(const RoutedParams& p, const RoutedTensors<T>& t, const Para
   sdpa::run_cpu<float>(attend, core, parallel_for);
   if constexpr (!std::is_same_v<T, float>) {
     parallel_for(q_rows, [&](int64_t row) {
-      for (int64_t e = 0; e < v_dim; ++e) t.y[row * v_dim + e] = from_float<T>(out[size_t(row * v_dim + e)]);
+      sdpa::narrow_cpu(out.data() + row * v_dim, v_dim, t.y + row * v_dim);
     });
   }
 }
