@@ -55,10 +55,10 @@ const char* cpu_isa() {
 
 namespace {
 
+// The 16-bit conversions of one ISA (the caller checked that this CPU has it).
 template <typename T>
-void widen_best(const T* src, int64_t n, float* dst) {
-  static const Isa best = best_supported_isa();
-  switch (best) {
+void widen_at(Isa isa, const T* src, int64_t n, float* dst) {
+  switch (isa) {
 #if ONNXATTN_HAVE_X86_ISAS
     case Isa::kAvx512: return avx512::widen_array(src, n, dst);
     case Isa::kAvx2: return avx2::widen_array(src, n, dst);
@@ -68,9 +68,8 @@ void widen_best(const T* src, int64_t n, float* dst) {
 }
 
 template <typename T>
-void narrow_best(const float* src, int64_t n, T* dst) {
-  static const Isa best = best_supported_isa();
-  switch (best) {
+void narrow_at(Isa isa, const float* src, int64_t n, T* dst) {
+  switch (isa) {
 #if ONNXATTN_HAVE_X86_ISAS
     case Isa::kAvx512: return avx512::narrow_array(src, n, dst);
     case Isa::kAvx2: return avx2::narrow_array(src, n, dst);
@@ -79,56 +78,54 @@ void narrow_best(const float* src, int64_t n, T* dst) {
   }
 }
 
-}  // namespace
-
-void widen_cpu(const Float16* src, int64_t n, float* dst) { widen_best(src, n, dst); }
-void widen_cpu(const BFloat16* src, int64_t n, float* dst) { widen_best(src, n, dst); }
-void narrow_cpu(const float* src, int64_t n, Float16* dst) { narrow_best(src, n, dst); }
-void narrow_cpu(const float* src, int64_t n, BFloat16* dst) { narrow_best(src, n, dst); }
-
-bool widen_for_test(const char* isa, bool bfloat16, const uint16_t* src, int64_t n, float* dst) {
-  // Float16 and BFloat16 are a uint16_t each (common/half.h)
-  const auto* half = reinterpret_cast<const Float16*>(src);
-  const auto* brain = reinterpret_cast<const BFloat16*>(src);
-  const Isa best = best_supported_isa();
-  if (std::strcmp(isa, "generic") == 0) {
-    bfloat16 ? generic::widen_array(brain, n, dst) : generic::widen_array(half, n, dst);
-    return true;
-  }
-#if ONNXATTN_HAVE_X86_ISAS
-  if (std::strcmp(isa, "avx2") == 0 && best >= Isa::kAvx2) {
-    bfloat16 ? avx2::widen_array(brain, n, dst) : avx2::widen_array(half, n, dst);
-    return true;
-  }
-  if (std::strcmp(isa, "avx512") == 0 && best >= Isa::kAvx512) {
-    bfloat16 ? avx512::widen_array(brain, n, dst) : avx512::widen_array(half, n, dst);
-    return true;
-  }
-#endif
-  (void)best;
-  return false;
+// The conversions' ISA: the best this CPU has (ONNXATTN_CPU_ISA is not read: every ISA gives the same values).
+Isa conversion_isa() {
+  static const Isa best = best_supported_isa();
+  return best;
 }
 
-bool narrow_for_test(const char* isa, bool bfloat16, const float* src, int64_t n, uint16_t* dst) {
-  auto* half = reinterpret_cast<Float16*>(dst);
-  auto* brain = reinterpret_cast<BFloat16*>(dst);
-  const Isa best = best_supported_isa();
-  if (std::strcmp(isa, "generic") == 0) {
-    bfloat16 ? generic::narrow_array(src, n, brain) : generic::narrow_array(src, n, half);
-    return true;
+// For tests: the ISA named `name` if this CPU has it, else false.
+bool named_isa(const char* name, Isa& isa) {
+  if (std::strcmp(name, "generic") == 0) {
+    isa = Isa::kGeneric;
+  } else if (std::strcmp(name, "avx2") == 0) {
+    isa = Isa::kAvx2;
+  } else if (std::strcmp(name, "avx512") == 0) {
+    isa = Isa::kAvx512;
+  } else {
+    return false;
   }
-#if ONNXATTN_HAVE_X86_ISAS
-  if (std::strcmp(isa, "avx2") == 0 && best >= Isa::kAvx2) {
-    bfloat16 ? avx2::narrow_array(src, n, brain) : avx2::narrow_array(src, n, half);
-    return true;
+  return isa <= best_supported_isa();
+}
+
+}  // namespace
+
+void widen_cpu(const Float16* src, int64_t n, float* dst) { widen_at(conversion_isa(), src, n, dst); }
+void widen_cpu(const BFloat16* src, int64_t n, float* dst) { widen_at(conversion_isa(), src, n, dst); }
+void narrow_cpu(const float* src, int64_t n, Float16* dst) { narrow_at(conversion_isa(), src, n, dst); }
+void narrow_cpu(const float* src, int64_t n, BFloat16* dst) { narrow_at(conversion_isa(), src, n, dst); }
+
+// Float16 and BFloat16 are a uint16_t each (common/half.h).
+bool widen_for_test(const char* name, bool bfloat16, const uint16_t* src, int64_t n, float* dst) {
+  Isa isa;
+  if (!named_isa(name, isa)) return false;
+  if (bfloat16) {
+    widen_at(isa, reinterpret_cast<const BFloat16*>(src), n, dst);
+  } else {
+    widen_at(isa, reinterpret_cast<const Float16*>(src), n, dst);
   }
-  if (std::strcmp(isa, "avx512") == 0 && best >= Isa::kAvx512) {
-    bfloat16 ? avx512::narrow_array(src, n, brain) : avx512::narrow_array(src, n, half);
-    return true;
+  return true;
+}
+
+bool narrow_for_test(const char* name, bool bfloat16, const float* src, int64_t n, uint16_t* dst) {
+  Isa isa;
+  if (!named_isa(name, isa)) return false;
+  if (bfloat16) {
+    narrow_at(isa, src, n, reinterpret_cast<BFloat16*>(dst));
+  } else {
+    narrow_at(isa, src, n, reinterpret_cast<Float16*>(dst));
   }
-#endif
-  (void)best;
-  return false;
+  return true;
 }
 
 template <typename T, typename TQ>
