@@ -20,15 +20,15 @@ ONNXATTN_HD float sink_factor(float lse, float sink) {
 #endif
 }
 
-// The CPU kernels' step: one output row of q_heads heads of v_dim values, each head scaled by its factor; head
-// h's LSE is lse[h * lse_head_stride] (the layouts differ: [B, Hq, S] for GroupQueryAttention, [T, Hq] for
-// PagedAttention's packed rows).
-template <typename T>
-inline void apply_sinks_to_row(T* row, int64_t q_heads, int64_t v_dim, const float* lse, int64_t lse_head_stride,
-                               const T* sinks) {
+// The CPU kernels' step: one float output row of q_heads heads of v_dim values, each head scaled by its factor
+// (16-bit outputs are rounded after it, once); head h's LSE is lse[h * lse_head_stride] (the layouts differ:
+// [B, Hq, S] for GroupQueryAttention, [T, Hq] for PagedAttention's packed rows).
+template <typename TS>
+inline void apply_sinks_to_row(float* row, int64_t q_heads, int64_t v_dim, const float* lse, int64_t lse_head_stride,
+                               const TS* sinks) {
   for (int64_t h = 0; h < q_heads; ++h) {
     const float factor = sink_factor(lse[h * lse_head_stride], to_float(sinks[h]));
-    for (int64_t c = 0; c < v_dim; ++c) row[h * v_dim + c] = from_float<T>(to_float(row[h * v_dim + c]) * factor);
+    for (int64_t c = 0; c < v_dim; ++c) row[h * v_dim + c] *= factor;
   }
 }
 

@@ -119,17 +119,27 @@ void run_cpu(const Params& p, const Tensors<T>& t, const ParallelFor& parallel_f
     at.query_offsets = past.data();
     at.kv_lengths = kv_lengths.data();
   }
-  std::vector<float> lse;
+  std::vector<float> lse, y_float;
   if (p.has_sinks) {
     a.want_lse = true;
     lse.resize(size_t(B * Hq * S));
     at.lse = lse.data();
+    if constexpr (!std::is_same_v<T, float>) {  // scaled in float, then rounded once
+      y_float.resize(size_t(B * S * Hq * Dv));
+      at.y_float = y_float.data();
+    }
   }
   sdpa::run_cpu<T, float>(a, at, parallel_for);
   if (p.has_sinks) {
     parallel_for(B * S, [&](int64_t token) {  // LSE [B, Hq, S]: a token's heads S apart
       const float* token_lse = lse.data() + a.lse_offset(token / S, 0, token % S);
-      apply_sinks_to_row(t.output + token * Hq * Dv, Hq, Dv, token_lse, S, t.sinks);
+      if constexpr (std::is_same_v<T, float>) {
+        apply_sinks_to_row(t.output + token * Hq * Dv, Hq, Dv, token_lse, S, t.sinks);
+      } else {
+        float* row = y_float.data() + token * Hq * Dv;
+        apply_sinks_to_row(row, Hq, Dv, token_lse, S, t.sinks);
+        sdpa::narrow_cpu(row, Hq * Dv, t.output + token * Hq * Dv);
+      }
     });
   }
 }

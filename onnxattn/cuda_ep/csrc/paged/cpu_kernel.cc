@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cstring>
 #include <memory>
+#include <type_traits>
+#include <vector>
 
 #include "common/sinks.h"
 #include "gqa/new_tokens.h"
@@ -71,16 +73,26 @@ void run_cpu(const Params& p, const Tensors<T>& t, const ParallelFor& parallel_f
   at.query_offsets = layout.query_offsets.data();
   at.kv_lengths = layout.kv_lengths.data();
   at.block_table = t.block_table;
-  std::vector<float> lse;  // [T, Hq]: the core's LSE of ragged batches is by packed row
+  std::vector<float> lse, y_float;  // LSE [T, Hq]: the core's LSE of ragged batches is by packed row
   if (p.has_sinks) {
     a.want_lse = true;
     lse.resize(size_t(p.tokens * Hq));
     at.lse = lse.data();
+    if constexpr (!std::is_same_v<T, float>) {  // scaled in float, then rounded once
+      y_float.resize(size_t(p.tokens * Hq * Dv));
+      at.y_float = y_float.data();
+    }
   }
   sdpa::run_cpu<T, float>(a, at, parallel_for);
   if (p.has_sinks) {
-    parallel_for(p.tokens, [&](int64_t token) {  // LSE [T, Hq]: a token's heads side by side
-      apply_sinks_to_row(t.output + token * Hq * Dv, Hq, Dv, lse.data() + token * Hq, 1, t.sinks);
+    parallel_for(p.tokens, [&](int64_t token) {  // a token's heads side by side
+      if constexpr (std::is_same_v<T, float>) {
+        apply_sinks_to_row(t.output + token * Hq * Dv, Hq, Dv, lse.data() + token * Hq, 1, t.sinks);
+      } else {
+        float* row = y_float.data() + token * Hq * Dv;
+        apply_sinks_to_row(row, Hq, Dv, lse.data() + token * Hq, 1, t.sinks);
+        sdpa::narrow_cpu(row, Hq * Dv, t.output + token * Hq * Dv);
+      }
     });
   }
 }
