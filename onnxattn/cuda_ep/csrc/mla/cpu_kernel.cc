@@ -382,11 +382,12 @@ void run_indexed(const Params& p, const Tensors<T>& t, Prepared<T>& prep, const 
     // The range's keys gathered as stored into contiguous rows, then attended by the core like the dense
     // path's cache (one KV head for every head, the rope keys as the split tail): every listed key is visible.
     const int64_t* const list = lists.data() + token * K + first;
-    std::vector<T> latent_rows(static_cast<size_t>(m * R)), rope_rows(static_cast<size_t>(m * Dr));
+    // Left uninitialized (every row is copied in): zeroing them first would write the block twice.
+    std::unique_ptr<T[]> latent_rows(new T[size_t(m * R)]), rope_rows(new T[size_t(m * Dr)]);
     for (int64_t e = 0; e < m; ++e) {
       const int64_t slot = b * M + list[e];
-      std::memcpy(latent_rows.data() + e * R, t.present_latent + slot * R, size_t(R) * sizeof(T));
-      std::memcpy(rope_rows.data() + e * Dr, t.present_k_rope + slot * Dr, size_t(Dr) * sizeof(T));
+      std::memcpy(latent_rows.get() + e * R, t.present_latent + slot * R, size_t(R) * sizeof(T));
+      std::memcpy(rope_rows.get() + e * Dr, t.present_k_rope + slot * Dr, size_t(Dr) * sizeof(T));
     }
     sdpa::Params a = core_params(p, 1, H, 1, m, Dk, R, R);
     a.q_len = 1;
@@ -398,8 +399,8 @@ void run_indexed(const Params& p, const Tensors<T>& t, Prepared<T>& prep, const 
     a.y_strides = {0, R, 0};
     sdpa::Tensors<T, float> at;
     at.q = q_abs.get() + token * H * Dk;
-    at.k = at.v = latent_rows.data();
-    at.k_tail = rope_rows.data();
+    at.k = at.v = latent_rows.get();
+    at.k_tail = rope_rows.get();
     at.y_float = y;
     at.lse = item_lse;  // the core's [1, H, 1]
     sdpa::run_cpu<T, float>(a, at, serial_for);
